@@ -1,0 +1,113 @@
+"""Event-type registry: payload classes, schema versions and upcasters.
+
+The log is never rewritten. When a payload's shape changes, its ``schema_version`` goes up and an
+upcaster turns the stored old shape into the next one on read, so old events stay readable and
+their hash chain stays intact (the chain covers the stored shape, which the public feed serves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from events.errors import UnknownEventType
+from events.types import JSON, NewEvent, RecordedEvent
+
+Upcaster = Callable[[JSON], JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """How one event type is encoded, decoded and upcast."""
+
+    type: str
+    payload_class: type[Any]
+    schema_version: int
+    upcasters: dict[int, Upcaster] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """A recorded event whose payload is the current shape of its registered class."""
+
+    record: RecordedEvent
+    payload: Any
+
+
+class Codec:
+    """Maps event types to payload dataclasses and brings old shapes up to date on read."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[str, Registration] = {}
+        self._by_class: dict[type[Any], Registration] = {}
+
+    def register(
+        self,
+        payload_class: type[Any],
+        *,
+        type_name: str | None = None,
+        schema_version: int = 1,
+        upcasters: dict[int, Upcaster] | None = None,
+    ) -> None:
+        """Register a dataclass payload. ``upcasters[n]`` turns shape ``n`` into shape ``n + 1``."""
+        if not dataclasses.is_dataclass(payload_class):
+            raise TypeError(f"{payload_class!r} is not a dataclass")
+        name = type_name or payload_class.__name__
+        ups = dict(upcasters or {})
+        missing = [v for v in range(1, schema_version) if v not in ups]
+        if missing:
+            raise ValueError(f"{name}: no upcaster from schema version(s) {missing}")
+        reg = Registration(name, payload_class, schema_version, ups)
+        self._by_type[name] = reg
+        self._by_class[payload_class] = reg
+
+    def registration(self, type_name: str) -> Registration:
+        try:
+            return self._by_type[type_name]
+        except KeyError:
+            raise UnknownEventType(f"no event type {type_name!r} is registered") from None
+
+    @property
+    def types(self) -> Iterable[str]:
+        return self._by_type.keys()
+
+    def encode(self, payload: Any, **new_event_fields: Any) -> NewEvent:
+        """A ``NewEvent`` carrying ``payload`` at its class's current schema version."""
+        try:
+            reg = self._by_class[type(payload)]
+        except KeyError:
+            raise UnknownEventType(f"{type(payload).__name__} is not registered") from None
+        return NewEvent(
+            type=reg.type,
+            data=payload_to_dict(payload),
+            schema_version=reg.schema_version,
+            **new_event_fields,
+        )
+
+    def upcast(self, type_name: str, schema_version: int, data: JSON) -> JSON:
+        """The current shape of ``data`` stored at ``schema_version``."""
+        reg = self.registration(type_name)
+        version = schema_version
+        if version > reg.schema_version:
+            raise UnknownEventType(
+                f"{type_name} schema version {version} is newer than this code's {reg.schema_version}"
+            )
+        while version < reg.schema_version:
+            data = reg.upcasters[version](dict(data))
+            version += 1
+        return data
+
+    def decode(self, record: RecordedEvent) -> DecodedEvent:
+        """The recorded event with its payload upcast and built as its registered class."""
+        reg = self.registration(record.type)
+        data = record.data
+        if record.schema_version != reg.schema_version:
+            data = self.upcast(record.type, record.schema_version, data)
+        return DecodedEvent(record, reg.payload_class(**data))
+
+
+def payload_to_dict(payload: Any) -> JSON:
+    """A payload dataclass as plain JSON-ready data (shallow: nested values must be JSON already)."""
+    return {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)}

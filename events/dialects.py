@@ -1,0 +1,116 @@
+"""Everything that differs between SQLite and PostgreSQL, in one place.
+
+- connection set-up (SQLite: WAL, busy timeout, explicit ``BEGIN IMMEDIATE`` for writers);
+- the append-only triggers;
+- the write lock that makes position order equal commit order (gap-safe catch-up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+APPEND_ONLY_MESSAGE = "events are append-only: UPDATE and DELETE are refused"
+
+# Any constant works; it only has to be the same in every process that appends.
+_POSTGRES_APPEND_LOCK_KEY = 7_301_947_561
+
+
+def create_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine configured for the log: durable SQLite, pooled PostgreSQL (psycopg 3)."""
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        engine = sa.create_engine(
+            sa_url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs
+        )
+        _configure_sqlite(engine)
+        return engine
+    if sa_url.get_backend_name() == "postgresql" and sa_url.get_driver_name() in ("", "psycopg2"):
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(sa_url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up front;
+    # we issue BEGIN ourselves so that writers start with BEGIN IMMEDIATE and never deadlock on
+    # a read-to-write lock upgrade (they queue on the busy timeout instead).
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged append survives power loss
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_sqlite(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
+def write_connection(engine: Engine) -> Connection:
+    """A connection whose transactions are writers from their first statement."""
+    conn = engine.connect()
+    if is_sqlite(engine):
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+    return conn
+
+
+def take_append_lock(conn: Connection) -> None:
+    """Serialise "assign positions + insert + commit" so insert order is commit order.
+
+    On PostgreSQL a ``bigserial`` alone is not enough: a transaction that takes position 10 may
+    commit after one that takes 11, and a reader following ``position > checkpoint`` would skip
+    10 forever. A transaction-scoped advisory lock taken just before the insert, and released by
+    the commit itself (after the rows became visible), closes that gap. Callers do all their
+    reading and deciding first, so the lock covers only the insert and the commit.
+    SQLite has a single writer (``BEGIN IMMEDIATE``), so its positions are commit-ordered already.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_POSTGRES_APPEND_LOCK_KEY})")
+
+
+def append_only_ddl(dialect_name: str) -> list[str]:
+    """DDL for the triggers that make the database itself refuse UPDATE and DELETE on events."""
+    if dialect_name == "sqlite":
+        return [
+            f"""CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
+            BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END""",
+            f"""CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events
+            BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END""",
+        ]
+    if dialect_name == "postgresql":
+        return [
+            f"""CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger AS $$
+            BEGIN
+                RAISE EXCEPTION '{APPEND_ONLY_MESSAGE} (% on events)', TG_OP
+                    USING ERRCODE = 'restrict_violation';
+            END $$ LANGUAGE plpgsql""",
+            """CREATE TRIGGER events_refuse_update_delete BEFORE UPDATE OR DELETE ON events
+            FOR EACH ROW EXECUTE FUNCTION events_refuse_change()""",
+            """CREATE TRIGGER events_refuse_truncate BEFORE TRUNCATE ON events
+            FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change()""",
+        ]
+    raise ValueError(f"unsupported database {dialect_name!r}")
+
+
+def drop_append_only_ddl(dialect_name: str) -> list[str]:
+    if dialect_name == "sqlite":
+        return ["DROP TRIGGER IF EXISTS events_refuse_update",
+                "DROP TRIGGER IF EXISTS events_refuse_delete"]
+    return [
+        "DROP TRIGGER IF EXISTS events_refuse_update_delete ON events",
+        "DROP TRIGGER IF EXISTS events_refuse_truncate ON events",
+        "DROP FUNCTION IF EXISTS events_refuse_change()",
+    ]

@@ -1,0 +1,36 @@
+"""The event store's own errors: callers never see a raw driver or SQLAlchemy exception."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the event store raises."""
+
+
+class ConcurrencyError(StoreError):
+    """The stream moved on since it was read: ``expected_version`` is no longer its head."""
+
+    def __init__(self, account_id: str, expected_version: int, actual_version: int | None = None):
+        self.account_id = account_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        found = "" if actual_version is None else f", found {actual_version}"
+        super().__init__(
+            f"stream {account_id!r} is not at version {expected_version}{found}"
+        )
+
+
+class IdempotencyConflict(StoreError):
+    """An idempotency key came back with a different payload than the first time."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(f"idempotency key {key!r} was already used with a different payload")
+
+
+class AppendOnlyViolation(StoreError):
+    """The database refused to UPDATE or DELETE a recorded event."""
+
+
+class UnknownEventType(StoreError):
+    """The codec has no registration for an event type."""

@@ -1,0 +1,31 @@
+"""RFC 3339 UTC timestamps with microseconds and a ``Z``: the one textual time format."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def to_utc(moment: datetime) -> datetime:
+    """Return ``moment`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """``2026-11-24T10:00:00.000000Z``: always microseconds, always UTC."""
+    return to_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp (``Z`` or an offset) into an aware UTC datetime.
+
+    A timestamp without an offset is refused: an ambiguous time never enters the log.
+    """
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no UTC offset; use e.g. 2026-11-24T10:00:00Z")
+    return parsed.astimezone(UTC)

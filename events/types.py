@@ -1,0 +1,59 @@
+"""Plain data that crosses the store's boundary."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append: what happened (``type``, ``data``), when, and why (``metadata``)."""
+
+    type: str
+    data: JSON
+    occurred_at: datetime
+    metadata: JSON = field(default_factory=dict)
+    schema_version: int = 1
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the log holds it: immutable, positioned, chained to its predecessor."""
+
+    position: int
+    event_id: str
+    account_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: JSON
+    metadata: JSON
+    occurred_at: datetime
+    recorded_at: datetime
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    """The last version and hash of a stream (version 0 and the zero hash when empty)."""
+
+    version: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """Outcome of checking one stream's hash chain."""
+
+    ok: bool
+    events: int
+    head_hash: str | None = None
+    broken_at_version: int | None = None
+    reason: str | None = None

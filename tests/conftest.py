@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh migrated database on SQLite and on a real PostgreSQL per test.
+
+PostgreSQL comes from ``ENFORCEMENT_TEST_PG_URL`` (``scripts/test`` starts the server and sets
+it). A test that needs PostgreSQL fails when it is unreachable; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from enforcement.migrations import upgrade
+from events import EventStore, create_engine
+
+DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
+
+
+def pg_admin_url() -> str:
+    return os.environ.get("ENFORCEMENT_TEST_PG_URL", DEFAULT_PG_ADMIN_URL)
+
+
+def create_pg_database() -> str:
+    """Create an empty PostgreSQL database and return its URL."""
+    admin = sa.make_url(pg_admin_url())
+    name = f"enf_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine.dispose()
+    return admin.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    admin = sa.make_url(pg_admin_url())
+    name = sa.make_url(url).database
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """An empty database on the PostgreSQL test server (not migrated)."""
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """An empty SQLite file (not migrated)."""
+    return f"sqlite:///{tmp_path / 'enforcement.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database: every store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'enforcement.db'}"
+        upgrade(url)
+        yield url
+    else:
+        url = create_pg_database()
+        upgrade(url)
+        yield url
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = create_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> EventStore:
+    return EventStore(engine)
