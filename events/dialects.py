@@ -2,14 +2,17 @@
 
 - connection set-up (SQLite: WAL, busy timeout, explicit ``BEGIN IMMEDIATE`` for writers);
 - the append-only triggers;
-- the write lock that makes position order equal commit order (gap-safe catch-up).
+- the write lock that makes position order equal commit order (gap-safe catch-up);
+- how a JSON document comes back from the database (what the hash chain must cover).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 APPEND_ONLY_MESSAGE = "events are append-only: UPDATE and DELETE are refused"
@@ -74,11 +77,29 @@ def take_append_lock(conn: Connection) -> None:
     commit after one that takes 11, and a reader following ``position > checkpoint`` would skip
     10 forever. A transaction-scoped advisory lock taken just before the insert, and released by
     the commit itself (after the rows became visible), closes that gap. Callers do all their
-    reading and deciding first, so the lock covers only the insert and the commit.
+    reading and deciding first, so the lock covers only the stream heads, the insert and the
+    commit.
     SQLite has a single writer (``BEGIN IMMEDIATE``), so its positions are commit-ordered already.
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_POSTGRES_APPEND_LOCK_KEY})")
+
+
+def as_stored_json(conn: Connection, document: Any) -> Any:
+    """``document`` exactly as a JSON column of this database will give it back.
+
+    The hash chain must cover what readers get. PostgreSQL's ``jsonb`` rewrites some numbers
+    (``1e16`` comes back as ``10000000000000000``, ``-0.0`` as ``0.0``), so there the document
+    makes one round trip through the server before it is hashed; SQLite keeps the JSON text as
+    written. NaN and infinities are not JSON and raise ``ValueError`` on every database.
+    """
+    text = json.dumps(document, allow_nan=False)
+    if conn.dialect.name == "postgresql":
+        query = sa.text("SELECT CAST(:document AS jsonb) AS document").columns(
+            sa.column("document", postgresql.JSONB())
+        )
+        return conn.execute(query, {"document": text}).scalar_one()
+    return json.loads(text)
 
 
 def append_only_ddl(dialect_name: str) -> list[str]:

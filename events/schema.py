@@ -40,7 +40,7 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("position", Position, primary_key=True, autoincrement=True),
-    sa.Column("event_id", EventId, nullable=False, unique=True),
+    sa.Column("event_id", EventId, nullable=False),
     sa.Column("account_id", sa.String(128), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("type", sa.String(100), nullable=False),
@@ -51,7 +51,10 @@ events = sa.Table(
     sa.Column("recorded_at", UTCDateTime, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.UniqueConstraint("event_id", name="uq_events_event_id"),
     sa.UniqueConstraint("account_id", "version", name="uq_events_account_version"),
+    sa.CheckConstraint("version >= 1", name="ck_events_version_positive"),
+    sa.Index("ix_events_recorded_at", "recorded_at"),
 )
 
 idempotency_keys = sa.Table(

@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,12 @@ class EventStore:
             try:
                 return self._append_once(appends, idempotency_key, fingerprint, after_append)
             except ConcurrencyError:
+                # The same request may have won meanwhile (a concurrent retry): its result stands.
+                if idempotency_key is not None:
+                    assert fingerprint is not None
+                    previous = self._idempotent_result(idempotency_key, fingerprint)
+                    if previous is not None:
+                        return previous
                 # Only "append at head" is retried here; an explicit expected version is the
                 # caller's to re-decide.
                 if attempts >= self._max_head_retries or any(
@@ -148,15 +155,7 @@ class EventStore:
         with dialects.write_connection(self.engine) as conn:
             try:
                 with conn.begin():
-                    rows: list[dict[str, Any]] = []
-                    per_stream: list[list[dict[str, Any]]] = []
-                    for item in appends:
-                        head = self._head(conn, item.account_id)
-                        if item.expected_version is not None and item.expected_version != head.version:
-                            raise ConcurrencyError(item.account_id, item.expected_version, head.version)
-                        stream_rows = _chain_rows(item.account_id, head, item.events, recorded_at)
-                        per_stream.append(stream_rows)
-                        rows.extend(stream_rows)
+                    stored = [_as_stored(conn, item.events) for item in appends]
                     if idempotency_key is not None:
                         # Before the append lock: waiting on another writer's key row while
                         # holding the lock could deadlock.
@@ -165,11 +164,23 @@ class EventStore:
                                 key=idempotency_key,
                                 fingerprint=fingerprint,
                                 account_id=appends[0].account_id,
-                                event_ids=[r["event_id"] for r in rows],
+                                event_ids=[e.event_id for batch in stored for e in batch],
                                 recorded_at=recorded_at,
                             )
                         )
                     dialects.take_append_lock(conn)
+                    # Heads are read under the lock: no other appender can move them before our
+                    # commit, so "append at head" never loses a race and a stale expected
+                    # version is caught here rather than by the unique constraint.
+                    rows: list[dict[str, Any]] = []
+                    per_stream: list[list[dict[str, Any]]] = []
+                    for item, new_events in zip(appends, stored, strict=True):
+                        head = self._head(conn, item.account_id)
+                        if item.expected_version is not None and item.expected_version != head.version:
+                            raise ConcurrencyError(item.account_id, item.expected_version, head.version)
+                        stream_rows = _chain_rows(item.account_id, head, new_events, recorded_at)
+                        per_stream.append(stream_rows)
+                        rows.extend(stream_rows)
                     result = conn.execute(
                         events.insert().returning(events.c.position, sort_by_parameter_order=True),
                         rows,
@@ -188,6 +199,14 @@ class EventStore:
                     return recorded
             except IntegrityError as exc:
                 raise _translate_integrity_error(exc, appends) from exc
+
+    def recorded_for_key(self, key: str, fingerprint: str) -> list[RecordedEvent] | None:
+        """What an earlier append with this idempotency key recorded, or None if it is new.
+
+        Raises ``IdempotencyConflict`` when the key was used with another fingerprint.
+        """
+        previous = self._idempotent_result(key, fingerprint)
+        return None if previous is None else [e for batch in previous for e in batch]
 
     def _idempotent_result(self, key: str, fingerprint: str) -> list[list[RecordedEvent]] | None:
         with self.engine.connect() as conn:
@@ -325,6 +344,19 @@ class EventStore:
 
 class _DuplicateIdempotencyKey(StoreError):
     pass
+
+
+def _as_stored(conn: Connection, new_events: Sequence[NewEvent]) -> list[NewEvent]:
+    """The events with ``data`` and ``metadata`` exactly as reads will return them."""
+    try:
+        documents = dialects.as_stored_json(conn, [[e.data, e.metadata] for e in new_events])
+    except (ValueError, DBAPIError) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise StoreError(f"an event's data or metadata cannot be stored as JSON: {reason}") from exc
+    return [
+        dataclasses.replace(event, data=data, metadata=metadata)
+        for event, (data, metadata) in zip(new_events, documents, strict=True)
+    ]
 
 
 def _chain_rows(

@@ -1,0 +1,3 @@
+from enforcement.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, error handlers, middleware, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from enforcement.api.errors import install_error_handlers
+from enforcement.api.middleware import RequestContextMiddleware
+from enforcement.api.routes import accounts, reading, reporting
+from enforcement.bootstrap import Container
+
+
+def create_app(container: Container, run_workers: bool = False) -> FastAPI:
+    """The API over ``container``; ``run_workers`` starts the embedded workers with it."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        background = container.extras.get("start_workers")
+        stop = background() if (run_workers and callable(background)) else None
+        try:
+            yield
+        finally:
+            if callable(stop):
+                stop()
+            container.close()
+
+    app = FastAPI(
+        title="TaaS AUP enforcement",
+        version="1",
+        description="Event-sourced enforcement of the TaaS API Service Acceptable Use Policy.",
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(reporting.router)
+    app.include_router(accounts.router)
+    app.include_router(reading.router)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,59 @@
+"""Request dependencies as ``Annotated`` aliases: the container, the caller and their rights."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from enforcement.api.errors import ApiError
+from enforcement.bootstrap import Container
+from enforcement.logs import request_id_var
+from enforcement.roles import Permission, allows
+from enforcement.tokens import Principal
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def get_principal(request: Request, container: ContainerDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "A bearer token is required.",
+                       headers={"WWW-Authenticate": "Bearer"})
+    principal = container.tokens.authenticate(token.strip())
+    if principal is None:
+        raise ApiError(401, "unauthorized", "The bearer token is not valid.",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(permission: Permission):  # type: ignore[no-untyped-def]
+    def check(principal: PrincipalDep) -> Principal:
+        if not allows(principal.role, permission):
+            raise ApiError(403, "forbidden",
+                           f"The {principal.role.value} role may not do this.",
+                           {"role": principal.role.value, "needs": permission.value})
+        return principal
+
+    return check
+
+
+Reporter = Annotated[Principal, Depends(require(Permission.REPORT))]
+Operator = Annotated[Principal, Depends(require(Permission.COMMAND))]
+Reader = Annotated[Principal, Depends(require(Permission.READ))]
+StandingReader = Annotated[Principal, Depends(require(Permission.READ_STANDING))]
+Gateway = Annotated[Principal, Depends(require(Permission.GATE))]
+
+
+def correlation_id() -> str:
+    return request_id_var.get() or "cli"

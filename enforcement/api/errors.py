@@ -1,0 +1,131 @@
+"""Every error, in one place, as ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from enforcement.errors import Conflict, DomainError, NotFound, ValidationFailed
+from events import ConcurrencyError, IdempotencyConflict, StoreError
+
+log = logging.getLogger("enforcement.http")
+
+
+class ApiError(Exception):
+    """An error raised by a route: status, code, message, details."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def domain_status(exc: DomainError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, ValidationFailed):
+        return 422
+    return 400
+
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "validation_failed", 429: "too_many_requests",
+}
+
+
+def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    details = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+        item: dict[str, Any] = {"field": ".".join(loc) or "body", "message": err.get("msg", "")}
+        ctx = err.get("ctx") or {}
+        if "allowed" in ctx:
+            item["allowed"] = ctx["allowed"]
+        elif "expected" in ctx:
+            item["allowed"] = ctx["expected"]
+        details.append(item)
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return error_response(domain_status(exc), exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "malformed_json", "The request body is not valid JSON.")
+        return error_response(
+            422, "validation_failed", "The request has invalid fields.", validation_details(errors)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        message = {
+            404: "No such route or resource.",
+            405: "This method is not allowed on this route.",
+        }.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return error_response(
+            409, "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different request body.",
+        )
+
+    @app.exception_handler(ConcurrencyError)
+    async def _concurrency(_: Request, exc: ConcurrencyError) -> JSONResponse:
+        return error_response(
+            409, "concurrent_update",
+            "The account changed concurrently too many times; retry the request.",
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable: %s", exc.orig)
+        return error_response(503, "dependency_unavailable",
+                              "The database is unavailable; nothing was written.")
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        log.exception("database error")
+        return error_response(503, "dependency_unavailable",
+                              "The database refused the request; nothing was written.")
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        log.exception("store error")
+        return error_response(500, "internal_error", "The event store failed; nothing was written.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "An unexpected error occurred.")

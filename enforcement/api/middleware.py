@@ -1,0 +1,118 @@
+"""Pure ASGI middleware: request ids, access logs, and body size limits before any parsing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from enforcement.logs import request_id_var
+
+log = logging.getLogger("enforcement.http")
+
+DEFAULT_BODY_LIMIT = 64 * 1024
+BATCH_BODY_LIMIT = 4 * 1024 * 1024
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def body_limit_for(path: str) -> int:
+    return BATCH_BODY_LIMIT if path.endswith("/violations:batch") else DEFAULT_BODY_LIMIT
+
+
+def error_body(code: str, message: str, details: Any = None) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (``X-Request-Id`` in and out), logs it, enforces body limits.
+
+    The body is read and measured here, before FastAPI parses anything, so an oversized body is
+    refused with 413 without being parsed and without touching the database.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        supplied = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = supplied if _VALID_REQUEST_ID.match(supplied) else "req_" + uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+        rid_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            limit = body_limit_for(scope["path"])
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await self._too_large(send_with_id, limit)
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+                chunks: list[bytes] = []
+                size = 0
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        await self._too_large(send_with_id, limit)
+                        return
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+                body = b"".join(chunks)
+                delivered = False
+
+                async def replay() -> Message:
+                    nonlocal delivered
+                    if not delivered:
+                        delivered = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status_holder["status"],
+                extra={"fields": {
+                    "method": scope["method"], "path": scope["path"],
+                    "status": status_holder["status"],
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                }},
+            )
+            request_id_var.reset(token)
+
+    @staticmethod
+    async def _too_large(send: Send, limit: int) -> None:
+        body = error_body(
+            "payload_too_large", f"The request body is larger than {limit // 1024} KiB.",
+            {"limit_bytes": limit},
+        )
+        await send({
+            "type": "http.response.start", "status": 413,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "http.response.body", "body": body})

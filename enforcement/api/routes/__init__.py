@@ -1,0 +1,1 @@
+"""One router per resource, combined in ``enforcement.api.app``."""

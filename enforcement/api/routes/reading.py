@@ -1,0 +1,59 @@
+"""Reading (operator, auditor; standing also gateway): standing, events, feed, verify."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from enforcement.api.deps import ContainerDep, Reader, StandingReader
+from enforcement.api.schemas import AccountId
+from enforcement.api.shapes import parse_query_time
+from events.wire import event_to_json
+
+router = APIRouter(prefix="/v1", tags=["reading"])
+Account = Annotated[AccountId, Path()]
+
+
+@router.get("/accounts/{account_id}/standing")
+def get_standing(account_id: Account, container: ContainerDep, principal: StandingReader,
+                 as_of: str | None = None) -> dict[str, Any]:
+    """The standing folded from the events recorded up to ``as_of`` (default now)."""
+    moment = parse_query_time(as_of, "as_of")
+    return container.service.standing(account_id, moment).to_json()
+
+
+@router.get("/accounts/{account_id}/events")
+def get_account_events(
+    account_id: Account, container: ContainerDep, principal: Reader,
+    after_version: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    events = container.store.read_stream(account_id, after_version, limit=limit)
+    return {
+        "events": [event_to_json(e) for e in events],
+        "next_after_version": events[-1].version if len(events) == limit else None,
+    }
+
+
+@router.get("/events")
+def get_events(
+    container: ContainerDep, principal: Reader,
+    after_position: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> dict[str, Any]:
+    """Every account's events in commit-safe position order."""
+    events = container.store.read_all(after_position, limit)
+    return {
+        "events": [event_to_json(e) for e in events],
+        "next_after_position": events[-1].position if len(events) == limit else None,
+    }
+
+
+@router.get("/accounts/{account_id}/verify")
+def verify(account_id: Account, container: ContainerDep, principal: Reader) -> dict[str, Any]:
+    result = container.store.verify(account_id)
+    if result.ok:
+        return {"ok": True, "events": result.events, "head_hash": result.head_hash}
+    return {"ok": False, "events": result.events, "broken_at_version": result.broken_at_version,
+            "reason": result.reason}

@@ -1,0 +1,123 @@
+"""Reporting (role reporter): violations, batches, abuse reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from enforcement.api.deps import ContainerDep, Reporter, correlation_id
+from enforcement.api.errors import ApiError, validation_details
+from enforcement.api.schemas import AbuseReportIn, BatchItemIn, ViolationIn
+from enforcement.api.shapes import FUTURE_TOLERANCE
+from enforcement.policy import ViolationReport
+from enforcement.service import Actor, Outcome, request_fingerprint
+from events.timefmt import to_utc
+from events.wire import event_to_json
+
+router = APIRouter(prefix="/v1", tags=["reporting"])
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    violations: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=1000)]
+
+
+def _report(body: ViolationIn, now: datetime) -> ViolationReport:
+    occurred = to_utc(body.occurred_at) if body.occurred_at is not None else now
+    if occurred > now + FUTURE_TOLERANCE:
+        raise ApiError(422, "validation_failed", "occurred_at is more than 5 minutes in the future.",
+                       [{"field": "occurred_at", "message": "more than 5 minutes in the future"}])
+    return ViolationReport(
+        category=body.category, occurred_at=occurred, severity=body.severity, key_id=body.key_id,
+        source=body.source, detection=body.detection, evidence_ref=body.evidence_ref,
+        description=body.description,
+    )
+
+
+def violation_json(account_id: str, outcome: Outcome) -> dict[str, Any]:
+    reported = next((e for e in outcome.events if e.type == "ViolationReported"), None)
+    return {
+        "violation_id": reported.data["violation_id"] if reported else None,
+        "account_id": account_id,
+        "decisions": [event_to_json(e) for e in outcome.events if e.type != "ViolationReported"],
+        "events": [event_to_json(e) for e in outcome.events],
+        "standing": outcome.standing.to_json(),
+    }
+
+
+def _actor(principal: Any) -> Actor:
+    return Actor(name=f"{principal.role.value}:{principal.name}", correlation_id=correlation_id())
+
+
+@router.post("/violations", status_code=201)
+def report_violation(
+    body: ViolationIn,
+    response: Response,
+    container: ContainerDep,
+    principal: Reporter,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> dict[str, Any]:
+    """Record a violation; the policy decides at once. 200 on an idempotent replay."""
+    report = _report(body, to_utc(container.clock()))
+    fingerprint = request_fingerprint(body.model_dump(mode="json", exclude_unset=True))
+    outcome = container.service.report_violation(
+        body.account_id, report, _actor(principal), idempotency_key, fingerprint
+    )
+    if outcome.replayed:
+        response.status_code = 200
+    return violation_json(body.account_id, outcome)
+
+
+@router.post("/violations:batch")
+def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) -> dict[str, Any]:
+    """Up to 1000 violations; each item has its own status and one bad item stops no other."""
+    now = to_utc(container.clock())
+    results: list[dict[str, Any] | None] = [None] * len(body.violations)
+    items, positions = [], []
+    for index, raw in enumerate(body.violations):
+        try:
+            item = BatchItemIn.model_validate(raw)
+            report = _report(item, now)
+        except ValidationError as exc:
+            results[index] = _item_error(raw, 422, "validation_failed", "The item has invalid fields.",
+                                         validation_details(list(exc.errors())))
+            continue
+        except ApiError as exc:
+            results[index] = _item_error(raw, exc.status, exc.code, exc.message, exc.details)
+            continue
+        fields = item.model_dump(mode="json", exclude_unset=True)
+        fields.pop("idempotency_key", None)
+        items.append((item.account_id, report, item.idempotency_key, request_fingerprint(fields)))
+        positions.append(index)
+    outcomes = container.service.report_batch(items, _actor(principal))
+    for index, (account_id, *_), result in zip(positions, items, outcomes, strict=True):
+        if result.outcome is not None:
+            results[index] = {"status": result.status, **violation_json(account_id, result.outcome)}
+        else:
+            err = result.error
+            code = getattr(err, "code", "idempotency_key_reused")
+            message = getattr(err, "message", str(err))
+            results[index] = _item_error({"account_id": account_id}, result.status, code, message,
+                                         getattr(err, "details", None))
+    return {"results": results}
+
+
+def _item_error(raw: Any, status: int, code: str, message: str, details: Any) -> dict[str, Any]:
+    account = raw.get("account_id") if isinstance(raw, dict) else None
+    return {"violation_id": None, "account_id": account, "status": status,
+            "error": {"code": code, "message": message, "details": details}}
+
+
+@router.post("/abuse-reports", status_code=202)
+def file_abuse_report(
+    body: AbuseReportIn, container: ContainerDep, principal: Reporter
+) -> dict[str, Any]:
+    """A third party reports another account (AUP §7): recorded, no strike until triaged."""
+    outcome = container.service.file_abuse_report(
+        body.reported_account_id, body.category, body.description or "", body.reporter_contact,
+        body.evidence_ref, _actor(principal),
+    )
+    return {"report_id": outcome.events[0].data["report_id"]}

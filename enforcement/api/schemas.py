@@ -1,0 +1,130 @@
+"""Request bodies, validated at the edge: unknown input never reaches the domain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from enforcement.policy import CATEGORIES
+
+AccountId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+KeyId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+Text = Annotated[str, StringConstraints(max_length=4000)]
+Severity = Literal["low", "medium", "high", "critical"]
+Detection = Literal["automated", "human_review", "user_report"]
+
+
+def _no_nul(value: str | None) -> str | None:
+    # PostgreSQL's JSONB cannot hold U+0000; refuse it on every backend alike.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    return value
+
+
+SafeText = Annotated[Text, AfterValidator(_no_nul)]
+
+
+def _known_category(value: str) -> str:
+    if value not in CATEGORIES:
+        raise PydanticCustomError(
+            "unknown_category",
+            "unknown category {category!r}",
+            {"category": value, "allowed": sorted(CATEGORIES)},
+        )
+    return value
+
+
+Category = Annotated[str, AfterValidator(_known_category)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class ViolationIn(Strict):
+    account_id: AccountId
+    category: Category
+    severity: Severity | None = None
+    key_id: KeyId | None = None
+    occurred_at: datetime | None = None
+    source: Annotated[str, StringConstraints(max_length=200)] | None = None
+    detection: Detection = "automated"
+    evidence_ref: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    description: SafeText | None = None
+
+
+class BatchItemIn(ViolationIn):
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class AbuseReportIn(Strict):
+    reported_account_id: AccountId
+    category: Category
+    description: SafeText | None = None
+    reporter_contact: Annotated[str, StringConstraints(max_length=320)] | None = None
+    evidence_ref: Annotated[str, StringConstraints(max_length=2048)] | None = None
+
+
+class ReasonIn(Strict):
+    reason: SafeText = ""
+
+
+class NoteIn(Strict):
+    note: SafeText = ""
+
+
+class SuspendIn(Strict):
+    reason: SafeText = ""
+    until: datetime | None = None
+    notify: bool = True
+
+
+class TerminateIn(Strict):
+    reason: SafeText = ""
+    notify: bool = True
+
+
+class ThrottleIn(Strict):
+    key_id: KeyId | None = None
+    factor: Annotated[float, Field(gt=0, le=1)] = 0.25
+    expires_at: datetime | None = None
+    reason: SafeText = ""
+
+
+class AdultContentIn(Strict):
+    approved: bool
+    reason: SafeText = ""
+
+
+class LimitsIn(Strict):
+    requests_per_minute: Annotated[int, Field(gt=0, le=10_000_000)]
+    tokens_per_day: Annotated[int, Field(gt=0, le=10**15)]
+
+
+class TriageIn(Strict):
+    outcome: Literal["confirmed", "rejected"]
+    severity: Severity | None = None
+
+
+class AppealIn(Strict):
+    decision_event_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    statement: SafeText = ""
+
+
+class AppealDecisionIn(Strict):
+    outcome: Literal["upheld", "overturned"]
+    reason: SafeText = ""
+
+
+class ContactIn(Strict):
+    email: Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    webhook_url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://")] | None = None
+
+
+class GateCheckIn(Strict):
+    account_id: AccountId
+    key_id: KeyId
+    tokens: Annotated[int, Field(ge=0, le=10**12)] = 0

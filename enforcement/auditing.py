@@ -1,0 +1,110 @@
+"""Auditor tools over the log: verify every chain, export events and statements of reasons."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from enforcement.progress import progress_bar
+from events import EventStore, RecordedEvent
+from events.schema import events as events_table
+from events.timefmt import format_time, to_utc
+from events.wire import event_to_json
+
+# Decision types that restrict an account or tell it so: each gets a statement of reasons line.
+RESTRICTIVE = {
+    "NoticeIssued": "notice",
+    "RemediationRequested": "remediation_request",
+    "ThrottleApplied": "restriction_of_service_throttle",
+    "AccountSuspended": "suspension_of_account",
+    "AccountTerminated": "termination_of_account",
+    "RemediationExpired": "remediation_expired",
+    "ViolationDismissed": "dismissal",
+    "AppealDecided": "appeal_decision",
+    "AuthorityReferralOpened": "referral_to_authorities",
+}
+
+
+def verify_accounts(
+    store: EventStore, account: str | None = None, show_progress: bool = True
+) -> list[dict[str, Any]]:
+    """Verify one or every account's chain; each result names the account."""
+    accounts = [account] if account is not None else None
+    if accounts is None:
+        with store.engine.connect() as conn:
+            total = conn.execute(
+                sa.select(sa.func.count(sa.distinct(events_table.c.account_id)))
+            ).scalar_one()
+        source: Any = store.account_ids()
+    else:
+        total, source = 1, accounts
+    results = []
+    with progress_bar(show_progress and total > 1) as bar:
+        task = bar.add_task("verifying", total=total, unit="accounts")
+        for account_id in source:
+            r = store.verify(account_id)
+            results.append({
+                "account_id": account_id, "ok": r.ok, "events": r.events,
+                **({"head_hash": r.head_hash} if r.ok else
+                   {"broken_at_version": r.broken_at_version, "reason": r.reason}),
+            })
+            bar.advance(task)
+    return results
+
+
+def _in_range(event: RecordedEvent, since: datetime | None, until: datetime | None) -> bool:
+    if since is not None and event.recorded_at < since:
+        return False
+    return not (until is not None and event.recorded_at > until)
+
+
+def _events(store: EventStore, account: str | None) -> Iterator[RecordedEvent]:
+    return store.iter_stream(account) if account is not None else store.iter_all()
+
+
+def export_lines(
+    store: EventStore,
+    fmt: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    account: str | None = None,
+) -> Iterator[str]:
+    """JSON lines: every event (``jsonl``) or a statement of reasons per decision (``sor``)."""
+    since = to_utc(since) if since else None
+    until = to_utc(until) if until else None
+    for event in _events(store, account):
+        if not _in_range(event, since, until):
+            continue
+        if fmt == "jsonl":
+            yield json.dumps(event_to_json(event), ensure_ascii=False)
+        elif event.type in RESTRICTIVE and event.data.get("statement_of_reasons"):
+            yield json.dumps(statement_line(event), ensure_ascii=False)
+
+
+def statement_line(event: RecordedEvent) -> dict[str, Any]:
+    """One statement of reasons, shaped after the EU DSA transparency database's fields."""
+    sor = event.data["statement_of_reasons"]
+    data = event.data
+    return {
+        "uuid": event.event_id,
+        "account_id": event.account_id,
+        "decision_event_type": event.type,
+        "decision_type": RESTRICTIVE[event.type],
+        "decision_ground": sor.get("ground"),
+        "aup_sections": sor.get("aup_sections"),
+        "category": sor.get("categories"),
+        "decision_facts": sor.get("facts"),
+        "decision_explanation": sor.get("decision"),
+        "automated_detection": sor.get("automated_detection"),
+        "automated_decision": sor.get("automated_decision"),
+        "policy_version": sor.get("policy_version"),
+        "redress": sor.get("redress"),
+        "application_date": format_time(event.occurred_at),
+        "end_date": data.get("until") or data.get("expires_at"),
+        "created_at": format_time(event.recorded_at),
+    }

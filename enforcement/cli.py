@@ -1,0 +1,264 @@
+"""The ``enforcement`` command line (CONTRACT.md, "CLI"): thin commands over the use cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from enforcement.cli_output import EXIT_CHECK_FAILED, EXIT_USAGE, console, fail
+from enforcement.settings import Settings, SettingsError
+
+app = typer.Typer(
+    name="enforcement",
+    help="Enforcement backend for the TaaS API Service Acceptable Use Policy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        fail(f"Configuration error: {exc}.")
+
+
+def _container() -> Any:
+    from enforcement.bootstrap import bootstrap
+    from enforcement.errors import PolicyError
+
+    try:
+        return bootstrap(_settings())
+    except PolicyError as exc:
+        fail(f"The policy file cannot be used: {exc}.")
+
+
+def _time_option(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    from events.timefmt import parse_time
+
+    try:
+        return parse_time(value)
+    except ValueError:
+        fail(f"{name} must be an RFC 3339 time with a UTC offset, such as 2026-11-24T10:00:00Z.")
+
+
+@app.command()
+def init() -> None:
+    """Create or upgrade the schema (Alembic upgrade head)."""
+    from enforcement.migrations import current_revision, upgrade
+
+    settings = _settings()
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:  # noqa: BLE001 - reported as one sentence
+        fail(f"Could not migrate {settings.database_url}: {exc}", EXIT_CHECK_FAILED)
+    console.print(
+        f"Schema at revision [bold]{current_revision(settings.database_url)}[/] on "
+        f"{_redacted(settings.database_url)}"
+    )
+
+
+def _redacted(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[
+        bool, typer.Option(help="Run the relay, workers and scheduler inside (embedded mode).")
+    ] = True,
+) -> None:
+    """Run the HTTP API (and, in embedded mode, the workers and the deadline scheduler)."""
+    import uvicorn
+
+    from enforcement.api.app import create_app
+    from enforcement.logs import configure_logging
+
+    configure_logging()
+    container = _container()
+    application = create_app(container, run_workers=workers)
+    uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    role: Annotated[str, typer.Option(help="reporter, operator, auditor, gateway or admin.")],
+    name: Annotated[str, typer.Option(help="Who or what uses the token.")],
+) -> None:
+    """Create a token; it is printed alone on the last line (only its hash is stored)."""
+    from enforcement.roles import Role
+    from enforcement.tokens import create_token
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        fail(f"Unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}.")
+    container = _container()
+    try:
+        token = create_token(container.engine, chosen, name)
+    finally:
+        container.close()
+    console.print(f"Created a {chosen.value} token for {name!r}. Store it now: it is not shown again.")
+    sys.stdout.flush()
+    print(token)
+
+
+@app.command()
+def standing(
+    account: Annotated[str, typer.Argument(help="Account id.")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="RFC 3339 time.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one account's standing."""
+    from enforcement.render import standing_table
+
+    moment = _time_option(as_of, "--as-of")
+    container = _container()
+    try:
+        result = container.service.standing(account, moment).to_json()
+    finally:
+        container.close()
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(standing_table(result))
+
+
+@app.command()
+def history(
+    account: Annotated[str, typer.Argument(help="Account id.")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="RFC 3339 time.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """Show an account's events, each with what it changed in the standing and the rule."""
+    from enforcement.render import history_csv_rows, history_json, history_table
+
+    if fmt not in ("table", "json", "csv"):
+        fail(f"Unknown format {fmt!r}; choose table, json or csv.")
+    moment = _time_option(as_of, "--as-of")
+    container = _container()
+    try:
+        entries = list(container.service.history(account, moment))
+    finally:
+        container.close()
+    if fmt == "json":
+        print(json.dumps(history_json(entries), indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        for row in history_csv_rows(entries):
+            writer.writerow(row)
+    else:
+        console.print(history_table(account, entries))
+
+
+@app.command()
+def verify(
+    account: Annotated[str | None, typer.Argument(help="One account; all when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check hash chains: exit 0 when intact, 1 when any chain is broken."""
+    from enforcement.auditing import verify_accounts
+
+    container = _container()
+    try:
+        results = verify_accounts(container.store, account, show_progress=not as_json)
+    finally:
+        container.close()
+    broken = [r for r in results if not r["ok"]]
+    if as_json:
+        print(json.dumps(results if account is None else results[0], indent=2))
+    else:
+        for r in broken:
+            console.print(
+                f"[red]BROKEN[/] {r['account_id']} at version {r['broken_at_version']}: {r['reason']}"
+            )
+        total = sum(r["events"] for r in results)
+        console.print(
+            f"{len(results) - len(broken)} of {len(results)} account(s) intact, {total} events checked."
+        )
+    if broken:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+def replay(
+    account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
+) -> None:
+    """Rebuild the stored projections from the log, with a progress bar and events/s."""
+    from enforcement.progress import progress_bar
+    from projections.runner import rebuild_standings
+
+    container = _container()
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("replaying", total=None, unit="events")
+            stats = rebuild_standings(
+                container.store, container.standings, account=account,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    finally:
+        container.close()
+    console.print(
+        f"Rebuilt {stats.accounts} standing(s) from {stats.events} events in "
+        f"{stats.seconds:.2f}s ({stats.events_per_second:,.0f} events/s)."
+    )
+
+
+@app.command()
+def export(
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (events) or sor (statements).")],
+    since: Annotated[str | None, typer.Option("--since", help="RFC 3339 time.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="RFC 3339 time.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default stdout).")] = None,
+) -> None:
+    """Export events (jsonl) or statements of reasons (sor) as JSON lines."""
+    from enforcement.auditing import export_lines
+
+    if fmt not in ("jsonl", "sor"):
+        fail(f"Unknown format {fmt!r}; choose jsonl or sor.")
+    start, end = _time_option(since, "--since"), _time_option(until, "--until")
+    container = _container()
+    stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        count = 0
+        for line in export_lines(container.store, fmt, since=start, until=end, account=account):
+            stream.write(line + "\n")
+            count += 1
+    finally:
+        if output:
+            stream.close()
+        container.close()
+    if output:
+        console.print(f"Wrote {count} line(s) to {output}.")
+
+
+def main() -> None:
+    """Console entry point: usage errors exit 2 with one sentence on stderr."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            fail(exc.format_message().rstrip(".") + ".", EXIT_USAGE)
+        raise

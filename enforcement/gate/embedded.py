@@ -1,0 +1,217 @@
+"""The gate in process, for embedded mode: one lock, time from an injectable clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from enforcement.gate import core
+from enforcement.gate.base import Gate
+from enforcement.gate.decision import REASONS, DenialStats, GateDecision
+
+Clock = Callable[[], float]  # seconds since the epoch, like time.time
+
+SWEEP_EVERY_US = 60 * core.US
+
+
+@dataclass(slots=True)
+class _Usage:
+    tat: int = 0  # GCRA theoretical arrival time, µs
+    window: int = -1  # token window index
+    used: int = 0  # tokens used in that window
+
+
+@dataclass(slots=True)
+class _Account:
+    status: tuple[str, int, int] | None = None  # (status, until_ms, version)
+    limits: dict[str | None, tuple[int, int, int]] = field(default_factory=dict)  # rpm, tpd, v
+    throttles: dict[str, core.Throttle] = field(default_factory=dict)
+    usage: dict[str | None, _Usage] = field(default_factory=dict)  # None: the account ceiling
+    denials: dict[int, int] = field(default_factory=dict)  # bucket index → count
+    denied_keys: dict[str, int] = field(default_factory=dict)  # key id → last denial, ms
+
+
+class EmbeddedGate(Gate):
+    """Same behaviour as ``RedisGate``, in this process only (thread-safe)."""
+
+    def __init__(self, *, clock: Clock = time.time, **settings: int) -> None:
+        super().__init__(**settings)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._accounts: dict[str, _Account] = {}
+        self._bucket_s, self._buckets = core.denial_buckets(self.denial_window_s)
+        self._window_us = self.token_window_s * core.US
+        self._next_sweep = 0
+
+    def _now(self) -> int:
+        return int(self._clock() * core.US)
+
+    def _account(self, account_id: str) -> _Account:
+        account = self._accounts.get(account_id)
+        if account is None:
+            account = self._accounts[account_id] = _Account()
+        return account
+
+    def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
+        with self._lock:
+            now = self._now()
+            self._sweep(now)
+            acct = self._account(account_id)
+            key_rpm, key_tpd, _ = acct.limits.get(key_id, (self.default_rpm, self.default_tpd, 0))
+            acct_rpm, acct_tpd, _ = acct.limits.get(None, (self.default_rpm, self.default_tpd, 0))
+            acct_ppm, key_ppm = core.throttle_ppm(acct.throttles, key_id, now // 1000)
+            window = now // self._window_us
+            window_end = (window + 1) * self._window_us
+            key_use = acct.usage.get(key_id) or _Usage()
+            acct_use = acct.usage.get(None) or _Usage()
+            key_used = key_use.used if key_use.window == window else 0
+            acct_used = acct_use.used if acct_use.window == window else 0
+            requests = (
+                core.request_scope(key_use.tat, core.effective(key_rpm, key_ppm), now),
+                core.request_scope(acct_use.tat, core.effective(acct_rpm, acct_ppm), now),
+            )
+            quota = (
+                core.token_scope(
+                    key_used, core.effective(key_tpd, key_ppm), tokens, now, window_end
+                ),
+                core.token_scope(
+                    acct_used, core.effective(acct_tpd, acct_ppm), tokens, now, window_end
+                ),
+            )
+            status = acct.status or (None, 0, 0)
+            reason, retry_us = core.verdict(
+                core.refusal(status[0], status[1], now), requests, quota
+            )
+            allowed = reason == core.OK
+            denials, denied_keys = 0, 0
+            if allowed:
+                for scope_key, use, used, scope in (
+                    (key_id, key_use, key_used, requests[0]),
+                    (None, acct_use, acct_used, requests[1]),
+                ):
+                    acct.usage[scope_key] = _Usage(
+                        tat=core.take_request(use.tat, scope.limit, now),
+                        window=window,
+                        used=used + tokens,
+                    )
+            elif reason in (core.RATE_LIMITED, core.TOKEN_QUOTA_EXCEEDED):
+                denials, denied_keys = self._record_denial(acct, key_id, now)
+            req_limit, req_remaining, req_reset = core.binding(*requests, allowed)
+            tok_limit, tok_remaining, tok_reset = core.binding(*quota, allowed)
+        return GateDecision(
+            allowed=allowed,
+            reason=REASONS[reason],
+            limit_requests=req_limit,
+            remaining_requests=req_remaining,
+            reset_requests_s=_seconds(req_reset),
+            limit_tokens=tok_limit,
+            remaining_tokens=tok_remaining,
+            reset_tokens_s=_seconds(tok_reset),
+            retry_after_s=_seconds(retry_us),
+            denials_in_window=denials,
+            denied_keys_last_minute=denied_keys,
+        )
+
+    def _record_denial(self, acct: _Account, key_id: str, now: int) -> tuple[int, int]:
+        bucket = now // (self._bucket_s * core.US)
+        acct.denials[bucket] = acct.denials.get(bucket, 0) + 1
+        now_ms = now // 1000
+        acct.denied_keys[key_id] = now_ms
+        count, keys = self._stats(acct, now)
+        if keys > core.DENIED_KEYS_CAP:
+            oldest = sorted(acct.denied_keys, key=acct.denied_keys.__getitem__)
+            for stale in oldest[: keys - core.DENIED_KEYS_CAP]:
+                del acct.denied_keys[stale]
+            keys = core.DENIED_KEYS_CAP
+        return count, keys
+
+    def _stats(self, acct: _Account, now: int) -> tuple[int, int]:
+        """Prune what has left the windows; count what remains."""
+        bucket = now // (self._bucket_s * core.US)
+        for old in [b for b in acct.denials if b <= bucket - self._buckets]:
+            del acct.denials[old]
+        horizon = now // 1000 - core.DENIED_KEYS_WINDOW_MS
+        for old_key in [k for k, ms in acct.denied_keys.items() if ms <= horizon]:
+            del acct.denied_keys[old_key]
+        return sum(acct.denials.values()), len(acct.denied_keys)
+
+    def _denial_stats(self, account_id: str) -> DenialStats:
+        with self._lock:
+            acct = self._accounts.get(account_id)
+            count, keys = self._stats(acct, self._now()) if acct else (0, 0)
+        return DenialStats(count, self.denial_window_s, keys)
+
+    def _sweep(self, now: int) -> None:
+        """Drop usage that has fully refilled and denials that left their windows (bounded)."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY_US
+        window = now // self._window_us
+        for acct in self._accounts.values():
+            for scope_key, use in list(acct.usage.items()):
+                if use.tat <= now and (use.window != window or use.used == 0):
+                    del acct.usage[scope_key]
+            self._stats(acct, now)
+        idle = [a for a, acct in self._accounts.items() if acct == _Account()]
+        for account_id in idle:
+            del self._accounts[account_id]
+
+    def _set_limits(
+        self, account_id: str, key_id: str | None, rpm: int, tpd: int, version: int
+    ) -> bool:
+        with self._lock:
+            acct = self._account(account_id)
+            current = acct.limits.get(key_id)
+            if current is not None and current[2] >= version:
+                return False
+            acct.limits[key_id] = (rpm, tpd, version)
+            return True
+
+    def _apply_throttle(
+        self,
+        account_id: str,
+        throttle_id: str,
+        key_id: str | None,
+        ppm: int,
+        expires_ms: int,
+        version: int,
+    ) -> bool:
+        with self._lock:
+            acct = self._account(account_id)
+            core.prune_throttles(acct.throttles, self._now() // 1000)
+            current = acct.throttles.get(throttle_id)
+            if current is not None and current.version >= version:
+                return False
+            acct.throttles[throttle_id] = core.Throttle(key_id, ppm, expires_ms, version)
+            core.prune_throttles(acct.throttles, self._now() // 1000)
+            return True
+
+    def _lift_throttle(self, account_id: str, throttle_id: str, version: int) -> bool:
+        with self._lock:
+            acct = self._account(account_id)
+            core.prune_throttles(acct.throttles, self._now() // 1000)
+            current = acct.throttles.get(throttle_id)
+            if current is not None and current.version >= version:
+                return False
+            if current is None:
+                current = core.Throttle(None, core.PPM, 0, version)
+            acct.throttles[throttle_id] = core.Throttle(
+                current.key_id, current.ppm, current.expires_ms, version, lifted=True
+            )
+            core.prune_throttles(acct.throttles, self._now() // 1000)
+            return True
+
+    def _set_status(self, account_id: str, status: str, until_ms: int, version: int) -> bool:
+        with self._lock:
+            acct = self._account(account_id)
+            if acct.status is not None and acct.status[2] >= version:
+                return False
+            acct.status = (status, until_ms, version)
+            return True
+
+
+def _seconds(us: int) -> float:
+    """Microseconds to seconds, rounded up to the millisecond (never promise too early)."""
+    return -(-us // 1000) / 1000

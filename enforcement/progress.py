@@ -1,0 +1,39 @@
+"""Rich progress bars with a rate column, for long work (verify, replay, export)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
+
+
+class RateColumn(ProgressColumn):
+    """``12,345 events/s`` (or accounts/s): the unit is the task's ``unit`` field."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "items")
+        return Text("-" if speed is None else f"{speed:,.0f} {unit}/s", style="cyan")
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )

@@ -1,0 +1,67 @@
+"""Rendering for the CLI: Rich tables, JSON and CSV of standings and histories."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from rich.table import Table
+
+from events.wire import event_to_json
+from projections.history import HistoryEntry
+
+
+def standing_table(standing: dict[str, Any]) -> Table:
+    table = Table(title=f"Standing of {standing['account_id']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in standing.items():
+        if key == "account_id":
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        table.add_row(key, text)
+    return table
+
+
+def _change_text(change: dict[str, Any]) -> str:
+    parts = []
+    for key, pair in change.items():
+        before, after = pair["from"], pair["to"]
+        if isinstance(after, list | dict) or isinstance(before, list | dict):
+            parts.append(f"{key} changed")
+        else:
+            parts.append(f"{key}: {before} → {after}")
+    return "; ".join(parts)
+
+
+def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
+    table = Table(title=f"History of {account_id}")
+    for column in ("v", "recorded at", "event", "changed", "rule"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        e = entry.event
+        rule = entry.policy_version or ""
+        if entry.statement_of_reasons:
+            rule += f" · {entry.statement_of_reasons.get('ground', '')}"
+        table.add_row(str(e.version), e.recorded_at.isoformat(), e.type,
+                      _change_text(entry.change), rule)
+    return table
+
+
+def history_json(entries: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
+    """Events in the API's shape, each with an added ``change`` object."""
+    return [
+        {**event_to_json(entry.event), "change": entry.change} for entry in entries
+    ]
+
+
+def history_csv_rows(entries: Iterable[HistoryEntry]) -> Iterator[list[str]]:
+    yield ["version", "position", "recorded_at", "type", "event_id", "change", "policy_version",
+           "ground", "hash"]
+    for entry in entries:
+        e = event_to_json(entry.event)
+        ground = (entry.statement_of_reasons or {}).get("ground", "")
+        yield [str(e["version"]), str(e["position"]), e["recorded_at"], e["type"], e["event_id"],
+               json.dumps(entry.change, ensure_ascii=False), entry.policy_version or "", ground,
+               e["hash"]]

@@ -1,0 +1,265 @@
+"""The use cases: load the standing, let the policy decide, append in one transaction.
+
+Each command reads the account's stored standing (plus any newer events), asks a pure decision
+function for the events to record, and appends them with ``expected_version`` while the stored
+standing is updated in the same transaction. A concurrent writer makes the append fail with a
+``ConcurrencyError``; the command then reloads and decides again (bounded), so every ladder step
+is taken exactly once however many requests race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from enforcement import operator_decisions as ops
+from enforcement import policy as rules
+from enforcement.errors import DomainError, NotFound
+from enforcement.policy import Context, Policy, ViolationReport
+from events import ConcurrencyError, EventStore, IdempotencyConflict, NewEvent, RecordedEvent
+from events.timefmt import to_utc
+from projections.history import HistoryEntry, history
+from projections.standing import Standing, StandingState, apply_all, fold, view
+from projections.stored import StandingRepository
+
+Clock = Callable[[], datetime]
+Decide = Callable[[StandingState, Context], list[NewEvent]]
+MAX_ATTEMPTS = 25
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks (token name and role, or ``policy``/``scheduler``) and the request it belongs to."""
+
+    name: str
+    correlation_id: str
+    source: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command recorded (or, on an idempotent replay, had recorded) and the standing."""
+
+    events: list[RecordedEvent]
+    standing: Standing
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One item of a batch: its own status and outcome or error."""
+
+    status: int
+    outcome: Outcome | None = None
+    error: DomainError | IdempotencyConflict | None = None
+
+
+def request_fingerprint(body: Any) -> str:
+    """Fingerprint of a request body, for idempotency: the same body gives the same hash."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class EnforcementService:
+    """The application service. Stateless apart from its collaborators; thread-safe."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        standings: StandingRepository,
+        policy: Policy,
+        clock: Clock,
+        new_id: Callable[[str], str] = rules.random_id,
+    ):
+        self.store = store
+        self.standings = standings
+        self.policy = policy
+        self.clock = clock
+        self.new_id = new_id
+
+    # ------------------------------------------------------------------ machinery
+
+    def _execute(
+        self,
+        account_id: str,
+        decide: Decide,
+        actor: Actor,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+        causation_id: str | None = None,
+    ) -> Outcome:
+        if idempotency_key is not None:
+            assert fingerprint is not None
+            previous = self.store.recorded_for_key(idempotency_key, fingerprint)
+            if previous is not None:
+                return Outcome(previous, self.standing(account_id), replayed=True)
+        for _ in range(MAX_ATTEMPTS):
+            state = self.standings.load(account_id)
+            now = to_utc(self.clock())
+            ctx = Context(now=now, actor=actor.name, correlation_id=actor.correlation_id,
+                          new_id=self.new_id, source=actor.source, causation_id=causation_id)
+            new_events = decide(state, ctx)
+            if not new_events:
+                return Outcome([], view(state, now, self.policy.strike_lookback))
+            try:
+                recorded = self.store.append(
+                    account_id, state.version, new_events, idempotency_key,
+                    fingerprint=fingerprint, after_append=self.standings.saver(state),
+                )
+            except ConcurrencyError:
+                continue
+            if recorded and recorded[0].event_id != new_events[0].event_id:
+                # A concurrent request with the same idempotency key won the race.
+                return Outcome(recorded, self.standing(account_id), replayed=True)
+            after = apply_all(state, recorded)
+            return Outcome(recorded, view(after, max(now, recorded[-1].recorded_at),
+                                          self.policy.strike_lookback))
+        raise ConcurrencyError(account_id, -1)
+
+    # ------------------------------------------------------------------ reading
+
+    def standing(self, account_id: str, as_of: datetime | None = None) -> Standing:
+        """The standing now (stored row + newer events) or as recorded up to ``as_of``."""
+        if as_of is None:
+            now = to_utc(self.clock())
+            return view(self.standings.load(account_id), now, self.policy.strike_lookback)
+        as_of = to_utc(as_of)
+        events = self.store.iter_stream(account_id)
+        return fold(account_id, events, as_of, self.policy.strike_lookback)
+
+    def history(self, account_id: str, as_of: datetime | None = None) -> Iterator[HistoryEntry]:
+        """Each event recorded up to ``as_of`` with the standing change it caused."""
+        until = to_utc(as_of) if as_of is not None else None
+        events = (e for e in self.store.iter_stream(account_id)
+                  if until is None or e.recorded_at <= until)
+        return history(account_id, events, self.policy.strike_lookback)
+
+    # ------------------------------------------------------------------ reporting
+
+    def report_violation(
+        self,
+        account_id: str,
+        report: ViolationReport,
+        actor: Actor,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Outcome:
+        """Record a violation and the decisions the policy takes on it."""
+        return self._execute(
+            account_id,
+            lambda state, ctx: rules.decide_violation(self.policy, state, report, ctx),
+            actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+
+    def report_batch(
+        self,
+        items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
+        actor: Actor,
+    ) -> list[ItemResult]:
+        """Report many violations; each item stands alone (one failure stops no other)."""
+        results = []
+        for account_id, report, key, fingerprint in items:
+            try:
+                outcome = self.report_violation(account_id, report, actor, key, fingerprint)
+            except IdempotencyConflict as exc:
+                results.append(ItemResult(409, error=exc))
+            except DomainError as exc:
+                results.append(ItemResult(422 if exc.code.startswith("unknown") else 409, error=exc))
+            else:
+                results.append(ItemResult(200 if outcome.replayed else 201, outcome))
+        return results
+
+    def file_abuse_report(
+        self,
+        account_id: str,
+        category: str,
+        description: str,
+        reporter_contact: str | None,
+        evidence_ref: str | None,
+        actor: Actor,
+    ) -> Outcome:
+        """Record a third party's abuse report (AUP §7); no strike until triaged."""
+        return self._execute(
+            account_id,
+            lambda _state, ctx: rules.decide_abuse_report(
+                self.policy, category, description, reporter_contact, evidence_ref, ctx
+            ),
+            actor,
+        )
+
+    def triage_abuse_report(
+        self, account_id: str, report_id: str, outcome: str, severity: str | None, actor: Actor
+    ) -> Outcome:
+        """Confirm (it becomes a violation and the ladder runs) or reject an abuse report."""
+        return self._execute(
+            account_id,
+            lambda state, ctx: rules.decide_triage(
+                self.policy, state, report_id, outcome, severity, ctx
+            ),
+            actor,
+        )
+
+    # ------------------------------------------------------------------ deadlines
+
+    def expire_remediation(self, account_id: str, remediation_id: str, actor: Actor) -> Outcome:
+        """Record ``RemediationExpired`` and its escalation if the remediation is overdue."""
+        return self._execute(
+            account_id,
+            lambda state, ctx: rules.decide_remediation_expired(
+                self.policy, state, remediation_id, ctx
+            ),
+            actor,
+        )
+
+    def end_suspension(self, account_id: str, suspension_id: str, actor: Actor) -> Outcome:
+        """Record ``SuspensionEnded`` once a time-bound suspension's ``until`` has passed."""
+        return self._execute(
+            account_id,
+            lambda state, ctx: ops.decide_suspension_ended(self.policy, state, suspension_id, ctx),
+            actor,
+        )
+
+    # ------------------------------------------------------------------ appeals
+
+    def file_appeal(
+        self, account_id: str, decision_event_id: str, statement: str, actor: Actor
+    ) -> Outcome:
+        return self._execute(
+            account_id,
+            lambda state, ctx: rules.decide_appeal_filing(
+                self.policy, state, decision_event_id, statement, ctx
+            ),
+            actor,
+        )
+
+    def decide_appeal(
+        self, account_id: str, appeal_id: str, outcome: str, reason: str, actor: Actor
+    ) -> Outcome:
+        return self._execute(
+            account_id,
+            lambda state, ctx: rules.decide_appeal(
+                self.policy, state, appeal_id, outcome, reason, ctx
+            ),
+            actor,
+        )
+
+    # ------------------------------------------------------------------ operator commands
+
+    def operator(self, account_id: str, command: ops.Command, actor: Actor) -> Outcome:
+        """Run one operator command (suspend, reinstate, terminate, throttle, …)."""
+        return self._execute(
+            account_id, lambda state, ctx: ops.decide(self.policy, state, command, ctx), actor
+        )
+
+    def require_account(self, account_id: str) -> StandingState:
+        state = self.standings.load(account_id)
+        if state.version == 0:
+            raise NotFound(f"account {account_id!r} has no history")
+        return state

@@ -1,0 +1,73 @@
+"""One settings object, read from the environment once (CONTRACT.md, "Configuration")."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A configuration variable holds a value the service cannot use."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "sqlite:///./enforcement.db"
+    redis_url: str | None = None
+    policy_file: str | None = None
+    smtp_url: str | None = None
+    mail_dir: str = "./notices"
+    webhook_secret: str | None = None
+    webhook_allow_private: bool = False
+    default_rpm: int = 600
+    default_tpd: int = 1_000_000
+
+    @property
+    def embedded(self) -> bool:
+        """No Redis: workers run as threads inside ``serve`` and the gate keeps state in process."""
+        return self.redis_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def boolean(name: str) -> bool:
+            value = env.get(name, "").strip().lower()
+            if value in _TRUE:
+                return True
+            if value in _FALSE:
+                return False
+            raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+        def positive_int(name: str, default: int) -> int:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                number = int(value)
+            except ValueError:
+                raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
+            if number <= 0:
+                raise SettingsError(f"{name} must be positive, not {number}")
+            return number
+
+        return cls(
+            database_url=text("ENFORCEMENT_DATABASE_URL") or cls.database_url,
+            redis_url=text("ENFORCEMENT_REDIS_URL"),
+            policy_file=text("ENFORCEMENT_POLICY_FILE"),
+            smtp_url=text("ENFORCEMENT_SMTP_URL"),
+            mail_dir=text("ENFORCEMENT_MAIL_DIR") or cls.mail_dir,
+            webhook_secret=text("ENFORCEMENT_WEBHOOK_SECRET"),
+            webhook_allow_private=boolean("ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE"),
+            default_rpm=positive_int("ENFORCEMENT_DEFAULT_RPM", cls.default_rpm),
+            default_tpd=positive_int("ENFORCEMENT_DEFAULT_TPD", cls.default_tpd),
+        )

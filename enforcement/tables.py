@@ -1,0 +1,27 @@
+"""The application's own tables: API tokens and contact data. Migrations create them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from events.schema import UTCDateTime, metadata
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("token_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Mutable contact data (CONTRACT.md: "not an event").
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("account_id", sa.String(128), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=True),
+    sa.Column("webhook_url", sa.String(2048), nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

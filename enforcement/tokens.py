@@ -1,0 +1,80 @@
+"""API tokens: created by the CLI, stored only as SHA-256 hashes, checked in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from enforcement.roles import Role
+from enforcement.tables import api_tokens
+
+TOKEN_PREFIX = "enf_"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    token_id: str
+    name: str
+    role: Role
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(engine: Engine, role: Role, name: str) -> str:
+    """Create a token for ``role`` and return it; only its hash is stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        conn.execute(
+            api_tokens.insert().values(
+                token_id="tok_" + secrets.token_hex(8),
+                name=name,
+                role=role.value,
+                token_hash=_digest(token),
+                created_at=datetime.now(UTC),
+            )
+        )
+    return token
+
+
+class TokenAuthenticator:
+    """Resolves bearer tokens to principals, with a short positive cache off the hot path."""
+
+    def __init__(self, engine: Engine, cache_seconds: float = 30.0):
+        self._engine = engine
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, token: str) -> Principal | None:
+        if not token or len(token) > 200:
+            return None
+        digest = _digest(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(api_tokens.c.token_id, api_tokens.c.name, api_tokens.c.role,
+                          api_tokens.c.token_hash).where(api_tokens.c.token_hash == digest)
+            ).first()
+        # The lookup is by hash; the comparison of what was found is constant-time as well.
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        principal = Principal(row.token_id, row.name, Role(row.role))
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._cache_seconds, principal)
+        return principal

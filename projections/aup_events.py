@@ -1,0 +1,314 @@
+"""The AUP's event payloads: one frozen dataclass per fact, all at schema version 1.
+
+Payloads hold JSON-ready values only (str, int, float, bool, None, lists, dicts); times are
+RFC 3339 strings from ``events.timefmt.format_time``. A payload refuses values outside its
+vocabulary (``__post_init__``), so a malformed fact cannot be encoded. ``CODEC`` knows every type;
+when a shape changes, bump its ``schema_version`` in ``build_codec`` and add an upcaster there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from events import Codec
+
+JSON = dict[str, Any]
+
+SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+DETECTIONS: tuple[str, ...] = ("automated", "human_review", "user_report")
+NOTICE_KINDS: tuple[str, ...] = (
+    "warning",
+    "remediation",
+    "throttle",
+    "suspension",
+    "termination",
+    "reinstatement",
+    "appeal_outcome",
+    "dismissal",
+)
+TRIAGE_OUTCOMES: tuple[str, ...] = ("confirmed", "rejected")
+APPEAL_OUTCOMES: tuple[str, ...] = ("upheld", "overturned")
+
+
+def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _factor(value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"factor must be a number in (0, 1], not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationReported:
+    """A violation of the AUP was reported. ``severity`` is the effective one (after the floor).
+
+    ``strike`` is false for violations that never count towards the ladder (sustained abuse).
+    """
+
+    violation_id: str
+    category: str
+    severity: str
+    reported_severity: str | None
+    key_id: str | None
+    source: str | None
+    detection: str
+    evidence_ref: str | None
+    description: str | None
+    abuse_report_id: str | None
+    strike: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of("severity", self.severity, SEVERITIES)
+        if self.reported_severity is not None:
+            _one_of("reported_severity", self.reported_severity, SEVERITIES)
+        _one_of("detection", self.detection, DETECTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationDismissed:
+    """A violation no longer counts: it gives no strike and keeps nothing open."""
+
+    violation_id: str
+    reason: str
+    statement_of_reasons: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseReportReceived:
+    """A third party reported this account (AUP §7). No strike until triaged ``confirmed``."""
+
+    report_id: str
+    category: str
+    description: str
+    reporter_contact: str | None
+    evidence_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseReportTriaged:
+    """An operator triaged an abuse report; a confirmed one names the violation it became."""
+
+    report_id: str
+    outcome: str
+    severity: str | None
+    violation_id: str | None
+
+    def __post_init__(self) -> None:
+        _one_of("outcome", self.outcome, TRIAGE_OUTCOMES)
+        if self.severity is not None:
+            _one_of("severity", self.severity, SEVERITIES)
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeIssued:
+    """The account is to be told of a decision (``decision_event_id``); delivery follows."""
+
+    notice_id: str
+    kind: str
+    decision_event_id: str
+    violation_ids: list[str]
+    statement_of_reasons: JSON
+    deadline: str | None
+
+    def __post_init__(self) -> None:
+        _one_of("kind", self.kind, NOTICE_KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeDelivered:
+    """One delivery attempt of a notice succeeded."""
+
+    notice_id: str
+    notice_event_id: str
+    channel: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeDeliveryFailed:
+    """One delivery attempt of a notice failed; ``final`` means no further attempt follows."""
+
+    notice_id: str
+    notice_event_id: str
+    channel: str
+    attempt: int
+    error: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RemediationRequested:
+    """The account must remedy the violations by ``due_at``; it stays open until closed."""
+
+    remediation_id: str
+    violation_ids: list[str]
+    due_at: str
+    statement_of_reasons: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class RemediationCompleted:
+    """A remediation was completed; it is no longer open."""
+
+    remediation_id: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemediationExpired:
+    """A remediation passed its due time uncompleted; it is no longer open."""
+
+    remediation_id: str
+    statement_of_reasons: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleApplied:
+    """Limits of one key (or, with ``key_id`` None, every key) are multiplied by ``factor``.
+
+    Active until lifted or until ``expires_at`` (None: until lifted).
+    """
+
+    throttle_id: str
+    key_id: str | None
+    factor: float
+    expires_at: str | None
+    reason: str
+    statement_of_reasons: JSON
+    violation_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _factor(self.factor)
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleLifted:
+    """A throttle ends before its expiry."""
+
+    throttle_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSuspended:
+    """The account is suspended until ``until`` (None: indefinitely); it replaces any other."""
+
+    suspension_id: str
+    until: str | None
+    reason: str
+    statement_of_reasons: JSON
+    violation_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SuspensionEnded:
+    """The named suspension ended early."""
+
+    suspension_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountReinstated:
+    """The account is neither suspended nor terminated any more."""
+
+    reason: str
+    statement_of_reasons: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTerminated:
+    """The account is terminated; only an overturned appeal reinstates it."""
+
+    reason: str
+    statement_of_reasons: JSON
+    violation_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityReferralOpened:
+    """The violations are to be reported to the relevant authorities (AUP §6)."""
+
+    referral_id: str
+    violation_ids: list[str]
+    category: str
+    statement_of_reasons: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class AppealFiled:
+    """The account appealed one decision event."""
+
+    appeal_id: str
+    decision_event_id: str
+    statement: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppealDecided:
+    """An appeal was decided; ``overturned`` is followed by the events that reverse the decision."""
+
+    appeal_id: str
+    decision_event_id: str
+    outcome: str
+    reason: str
+    statement_of_reasons: JSON
+
+    def __post_init__(self) -> None:
+        _one_of("outcome", self.outcome, APPEAL_OUTCOMES)
+
+
+@dataclass(frozen=True, slots=True)
+class AdultContentApprovalChanged:
+    """The account is (or is no longer) approved for adult content (AUP §4)."""
+
+    approved: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitsConfigured:
+    """Limits of one key, or with ``key_id`` None the account-wide ceiling across its keys."""
+
+    key_id: str | None
+    requests_per_minute: int
+    tokens_per_day: int
+
+
+EVENT_CLASSES: tuple[type[Any], ...] = (
+    ViolationReported,
+    ViolationDismissed,
+    AbuseReportReceived,
+    AbuseReportTriaged,
+    NoticeIssued,
+    NoticeDelivered,
+    NoticeDeliveryFailed,
+    RemediationRequested,
+    RemediationCompleted,
+    RemediationExpired,
+    ThrottleApplied,
+    ThrottleLifted,
+    AccountSuspended,
+    SuspensionEnded,
+    AccountReinstated,
+    AccountTerminated,
+    AuthorityReferralOpened,
+    AppealFiled,
+    AppealDecided,
+    AdultContentApprovalChanged,
+    RateLimitsConfigured,
+)
+
+
+def build_codec() -> Codec:
+    """A codec that knows every AUP event type at its current schema version."""
+    codec = Codec()
+    for payload_class in EVENT_CLASSES:
+        codec.register(payload_class, schema_version=1)
+    return codec
+
+
+CODEC = build_codec()

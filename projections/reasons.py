@@ -1,0 +1,111 @@
+"""Statements of reasons (POLICY.md, modelled on EU DSA Art. 17) as plain JSON.
+
+Every restrictive decision carries one. The shape is stable and JSON-ready:
+``ground``, ``aup_sections``, ``categories``, ``decision``, ``facts``, ``automated_detection``,
+``automated_decision``, ``policy_version``, ``redress`` and ``appeal_deadline``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from events.timefmt import format_time
+
+JSON = dict[str, Any]
+T = TypeVar("T")
+
+FINAL_REDRESS = (
+    "This decision on your appeal is final within the service; other redress available under "
+    "applicable law is unaffected."
+)
+
+
+def violation_fact(
+    violation_id: str,
+    category: str,
+    severity: str,
+    occurred_at: str,
+    description: str | None,
+) -> JSON:
+    """One fact: a violation and what it was, as the statement lists it."""
+    text = description or f"{severity} {category.replace('_', ' ')} violation"
+    return {
+        "violation_id": violation_id,
+        "category": category,
+        "severity": severity,
+        "occurred_at": occurred_at,
+        "description": text,
+    }
+
+
+def human_duration(span: timedelta) -> str:
+    """``20 days``, ``24 hours``, ``10 minutes``, ``1 day``: the largest whole unit."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def ground_text(sections: Iterable[int], categories: Iterable[str]) -> str:
+    """``AUP §2 (phishing)``; several sections or categories are listed in order, once each."""
+    secs = ", ".join(f"§{s}" for s in _unique(sections))
+    cats = ", ".join(_unique(categories))
+    text = f"AUP {secs}" if secs else "AUP"
+    return f"{text} ({cats})" if cats else text
+
+
+def statement_of_reasons(
+    *,
+    sections: Iterable[int],
+    categories: Iterable[str],
+    decision: str,
+    facts: Sequence[JSON],
+    automated_detection: bool,
+    automated_decision: bool,
+    policy_version: str,
+    decided_at: datetime,
+    appeal_window: timedelta | None,
+) -> JSON:
+    """The statement of reasons for a decision taken at ``decided_at``.
+
+    ``redress`` tells the account how to appeal and until when (``decided_at + appeal_window``,
+    also given as ``appeal_deadline``). ``appeal_window=None`` marks a decision that is not
+    appealable within the service (an appeal's own outcome): ``appeal_deadline`` is null.
+    """
+    section_list = _unique(sections)
+    category_list = _unique(categories)
+    deadline: str | None = None
+    if appeal_window is None:
+        redress = FINAL_REDRESS
+    else:
+        deadline = format_time(decided_at + appeal_window)
+        redress = (
+            f"You may appeal this decision within {human_duration(appeal_window)} of it "
+            f"(until {deadline}) by replying to this notice and quoting its decision event id. "
+            "A person reviews every appeal; if the decision is overturned it is reversed and the "
+            "violations behind it no longer count as strikes."
+        )
+    return {
+        "ground": ground_text(section_list, category_list),
+        "aup_sections": [f"§{s}" for s in section_list],
+        "categories": category_list,
+        "decision": decision,
+        "facts": [dict(f) for f in facts],
+        "automated_detection": automated_detection,
+        "automated_decision": automated_decision,
+        "policy_version": policy_version,
+        "redress": redress,
+        "appeal_deadline": deadline,
+    }
+
+
+def _unique(items: Iterable[T]) -> list[T]:
+    seen: list[T] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen

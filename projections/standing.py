@@ -1,0 +1,704 @@
+"""An account's standing as a pure fold of its events.
+
+Two layers, both pure:
+
+- ``StandingState`` is the accumulator: everything the events said that the read side shows and
+  the policy needs (violations, remediations, throttles, suspension, decisions and their appeals,
+  abuse reports, rate limits). It holds no clock-dependent conclusion, so it can be stored
+  (``to_json``) and resumed (``from_json``) and brought up to date with ``apply``.
+- ``view(state, as_of, strike_lookback)`` draws the ``Standing`` at an instant: strikes that are
+  still within the lookback, suspensions and throttles that have not run out, the status.
+
+``fold`` composes them over the events recorded up to ``as_of``; the write side (to decide) and the
+read side (to answer) use the same code, so they cannot disagree.
+
+Times inside the state are canonical RFC 3339 strings (``format_time``): fixed width, UTC, so
+string order is time order and the state serialises without conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from events import RecordedEvent
+from events.timefmt import format_time, parse_time, to_utc
+from projections import aup_events as ev
+
+JSON = dict[str, Any]
+Status = Literal[
+    "terminated", "suspended", "throttled", "remediation_due", "warned", "good_standing"
+]
+STATE_SCHEMA = 1
+# Event types that are decisions an appeal may target, and what each one targets.
+DECISION_TYPES = (
+    "ThrottleApplied",
+    "AccountSuspended",
+    "AccountTerminated",
+    "RemediationRequested",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationRecord:
+    violation_id: str
+    event_id: str
+    category: str
+    severity: str
+    occurred_at: str
+    detection: str
+    description: str | None
+    key_id: str | None
+    strike: bool
+    dismissed: bool = False
+    decision_event_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemediationRecord:
+    remediation_id: str
+    event_id: str
+    violation_ids: tuple[str, ...]
+    due_at: str
+    requested_at: str
+    status: str = "open"  # open | completed | expired
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleRecord:
+    throttle_id: str
+    event_id: str
+    key_id: str | None
+    factor: float
+    expires_at: str | None
+    applied_at: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SuspensionRecord:
+    suspension_id: str
+    event_id: str
+    since: str
+    until: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """A decision event an appeal may target: what it was, when, why, and what it restricted."""
+
+    event_id: str
+    type: str
+    recorded_at: str
+    violation_ids: tuple[str, ...]
+    target_id: str | None
+    open_appeal_id: str | None = None
+    overturned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppealRecord:
+    appeal_id: str
+    event_id: str
+    decision_event_id: str
+    filed_at: str
+    status: str = "open"  # open | upheld | overturned
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseReportRecord:
+    report_id: str
+    event_id: str
+    category: str
+    description: str
+    evidence_ref: str | None
+    received_at: str
+    status: str = "open"  # open | confirmed | rejected
+    violation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitRecord:
+    key_id: str | None
+    requests_per_minute: int
+    tokens_per_day: int
+
+
+@dataclass(slots=True)
+class StandingState:
+    """What an account's events have established, independent of the clock.
+
+    A value: ``apply``, ``apply_all`` and ``fold`` never change a state they are given, and
+    callers must not either. ``from_json(to_json(s)) == s`` and ``to_json`` is plain JSON whose
+    collections are lists in event order (safe in PostgreSQL JSONB, which reorders object keys).
+    """
+
+    account_id: str
+    version: int = 0
+    last_recorded_at: str | None = None
+    terminated: bool = False
+    termination_event_id: str | None = None
+    adult_content_approved: bool = False
+    suspension: SuspensionRecord | None = None
+    account_rate_limit: RateLimitRecord | None = None
+    violations: dict[str, ViolationRecord] = field(default_factory=dict)
+    remediations: dict[str, RemediationRecord] = field(default_factory=dict)
+    throttles: dict[str, ThrottleRecord] = field(default_factory=dict)
+    decisions: dict[str, DecisionRecord] = field(default_factory=dict)
+    appeals: dict[str, AppealRecord] = field(default_factory=dict)
+    abuse_reports: dict[str, AbuseReportRecord] = field(default_factory=dict)
+    key_rate_limits: dict[str, RateLimitRecord] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, account_id: str) -> StandingState:
+        """The state of an account with no events: version 0."""
+        return cls(account_id=account_id)
+
+    def to_json(self) -> JSON:
+        return {
+            "schema": STATE_SCHEMA,
+            "account_id": self.account_id,
+            "version": self.version,
+            "last_recorded_at": self.last_recorded_at,
+            "terminated": self.terminated,
+            "termination_event_id": self.termination_event_id,
+            "adult_content_approved": self.adult_content_approved,
+            "suspension": _record_json(self.suspension),
+            "account_rate_limit": _record_json(self.account_rate_limit),
+            **{name: [_record_json(r) for r in getattr(self, name).values()] for name in _TABLES},
+        }
+
+    @classmethod
+    def from_json(cls, data: JSON) -> StandingState:
+        """The state ``to_json`` wrote. Raises ``ValueError`` for another state schema."""
+        if data.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"standing state schema {data.get('schema')!r} is not {STATE_SCHEMA}")
+        state = cls(
+            account_id=data["account_id"],
+            version=data["version"],
+            last_recorded_at=data["last_recorded_at"],
+            terminated=data["terminated"],
+            termination_event_id=data["termination_event_id"],
+            adult_content_approved=data["adult_content_approved"],
+            suspension=_optional_record(SuspensionRecord, data["suspension"]),
+            account_rate_limit=_optional_record(RateLimitRecord, data["account_rate_limit"]),
+        )
+        for name, (record_class, key) in _TABLES.items():
+            table = getattr(state, name)
+            for item in data[name]:
+                record = _record(record_class, item)
+                table[getattr(record, key)] = record
+        return state
+
+    def _owned_copy(self) -> StandingState:
+        """A copy whose tables may be changed in place; records are immutable and shared."""
+        return dataclasses.replace(
+            self,
+            violations=dict(self.violations),
+            remediations=dict(self.remediations),
+            throttles=dict(self.throttles),
+            decisions=dict(self.decisions),
+            appeals=dict(self.appeals),
+            abuse_reports=dict(self.abuse_reports),
+            key_rate_limits=dict(self.key_rate_limits),
+        )
+
+
+_TABLES: dict[str, tuple[type[Any], str]] = {
+    "violations": (ViolationRecord, "violation_id"),
+    "remediations": (RemediationRecord, "remediation_id"),
+    "throttles": (ThrottleRecord, "throttle_id"),
+    "decisions": (DecisionRecord, "event_id"),
+    "appeals": (AppealRecord, "appeal_id"),
+    "abuse_reports": (AbuseReportRecord, "report_id"),
+    "key_rate_limits": (RateLimitRecord, "key_id"),
+}
+R = TypeVar("R")
+
+
+def _record_json(record: Any) -> JSON | None:
+    if record is None:
+        return None
+    return {
+        f.name: list(v) if isinstance(v := getattr(record, f.name), tuple) else v
+        for f in dataclasses.fields(record)
+    }
+
+
+def _record(record_class: type[R], data: JSON) -> R:
+    return record_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _optional_record(record_class: type[R], data: JSON | None) -> R | None:
+    return None if data is None else _record(record_class, data)
+
+
+# --- applying events -----------------------------------------------------------------------
+
+
+def apply(state: StandingState, event: RecordedEvent) -> StandingState:
+    """The state after ``event``. An event at or below the state's version changes nothing
+    (redelivery is harmless); an event of another account is a ``ValueError``; an event type the
+    fold does not know only advances the version."""
+    if event.version <= state.version:
+        _check_account(state, event)
+        return state
+    new = state._owned_copy()
+    _apply_in_place(new, event)
+    return new
+
+
+def apply_all(state: StandingState, events: Iterable[RecordedEvent]) -> StandingState:
+    """``apply`` of each event in turn (one copy of the state, however many events)."""
+    new = state._owned_copy()
+    for event in events:
+        _apply_in_place(new, event)
+    return new
+
+
+def _check_account(state: StandingState, event: RecordedEvent) -> None:
+    if event.account_id != state.account_id:
+        raise ValueError(
+            f"event {event.event_id} belongs to {event.account_id!r}, not {state.account_id!r}"
+        )
+
+
+def _apply_in_place(s: StandingState, event: RecordedEvent) -> None:
+    _check_account(s, event)
+    if event.version <= s.version:
+        return
+    handler = _HANDLERS.get(event.type)
+    if handler is not None:
+        handler(s, ev.CODEC.decode(event).payload, event)
+    s.version = event.version
+    s.last_recorded_at = format_time(event.recorded_at)
+
+
+def _time(text: str | None) -> str | None:
+    return None if text is None else format_time(parse_time(text))
+
+
+def _record_decision(
+    s: StandingState, e: RecordedEvent, violation_ids: Iterable[str], target_id: str | None
+) -> None:
+    ids = tuple(violation_ids)
+    s.decisions[e.event_id] = DecisionRecord(
+        e.event_id, e.type, format_time(e.recorded_at), ids, target_id
+    )
+    for vid in ids:
+        v = s.violations.get(vid)
+        if v is not None:
+            links = (*v.decision_event_ids, e.event_id)
+            s.violations[vid] = dataclasses.replace(v, decision_event_ids=links)
+
+
+def _on_violation_reported(s: StandingState, p: ev.ViolationReported, e: RecordedEvent) -> None:
+    s.violations[p.violation_id] = ViolationRecord(
+        violation_id=p.violation_id,
+        event_id=e.event_id,
+        category=p.category,
+        severity=p.severity,
+        occurred_at=format_time(e.occurred_at),
+        detection=p.detection,
+        description=p.description,
+        key_id=p.key_id,
+        strike=p.strike,
+    )
+
+
+def _on_violation_dismissed(s: StandingState, p: ev.ViolationDismissed, e: RecordedEvent) -> None:
+    v = s.violations.get(p.violation_id)
+    if v is not None:
+        s.violations[p.violation_id] = dataclasses.replace(v, dismissed=True)
+
+
+def _on_report_received(s: StandingState, p: ev.AbuseReportReceived, e: RecordedEvent) -> None:
+    s.abuse_reports[p.report_id] = AbuseReportRecord(
+        p.report_id,
+        e.event_id,
+        p.category,
+        p.description,
+        p.evidence_ref,
+        format_time(e.occurred_at),
+    )
+
+
+def _on_report_triaged(s: StandingState, p: ev.AbuseReportTriaged, e: RecordedEvent) -> None:
+    r = s.abuse_reports.get(p.report_id)
+    if r is not None:
+        s.abuse_reports[p.report_id] = dataclasses.replace(
+            r, status=p.outcome, violation_id=p.violation_id
+        )
+
+
+def _on_remediation_requested(
+    s: StandingState, p: ev.RemediationRequested, e: RecordedEvent
+) -> None:
+    s.remediations[p.remediation_id] = RemediationRecord(
+        p.remediation_id,
+        e.event_id,
+        tuple(p.violation_ids),
+        format_time(parse_time(p.due_at)),
+        format_time(e.occurred_at),
+    )
+    _record_decision(s, e, p.violation_ids, p.remediation_id)
+
+
+def _close_remediation(s: StandingState, remediation_id: str, status: str) -> None:
+    r = s.remediations.get(remediation_id)
+    if r is not None:
+        s.remediations[remediation_id] = dataclasses.replace(r, status=status)
+
+
+def _on_remediation_completed(
+    s: StandingState, p: ev.RemediationCompleted, e: RecordedEvent
+) -> None:
+    _close_remediation(s, p.remediation_id, "completed")
+
+
+def _on_remediation_expired(s: StandingState, p: ev.RemediationExpired, e: RecordedEvent) -> None:
+    _close_remediation(s, p.remediation_id, "expired")
+
+
+def _on_throttle_applied(s: StandingState, p: ev.ThrottleApplied, e: RecordedEvent) -> None:
+    s.throttles[p.throttle_id] = ThrottleRecord(
+        p.throttle_id,
+        e.event_id,
+        p.key_id,
+        p.factor,
+        _time(p.expires_at),
+        format_time(e.occurred_at),
+        p.reason,
+    )
+    _record_decision(s, e, p.violation_ids, p.throttle_id)
+
+
+def _on_throttle_lifted(s: StandingState, p: ev.ThrottleLifted, e: RecordedEvent) -> None:
+    s.throttles.pop(p.throttle_id, None)
+
+
+def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: RecordedEvent) -> None:
+    s.suspension = SuspensionRecord(
+        p.suspension_id, e.event_id, format_time(e.occurred_at), _time(p.until), p.reason
+    )
+    _record_decision(s, e, p.violation_ids, p.suspension_id)
+
+
+def _on_suspension_ended(s: StandingState, p: ev.SuspensionEnded, e: RecordedEvent) -> None:
+    if s.suspension is not None and s.suspension.suspension_id == p.suspension_id:
+        s.suspension = None
+
+
+def _on_reinstated(s: StandingState, p: ev.AccountReinstated, e: RecordedEvent) -> None:
+    s.suspension = None
+    s.terminated = False
+    s.termination_event_id = None
+
+
+def _on_terminated(s: StandingState, p: ev.AccountTerminated, e: RecordedEvent) -> None:
+    s.terminated = True
+    s.termination_event_id = e.event_id
+    _record_decision(s, e, p.violation_ids, None)
+
+
+def _on_appeal_filed(s: StandingState, p: ev.AppealFiled, e: RecordedEvent) -> None:
+    s.appeals[p.appeal_id] = AppealRecord(
+        p.appeal_id, e.event_id, p.decision_event_id, format_time(e.occurred_at)
+    )
+    d = s.decisions.get(p.decision_event_id)
+    if d is not None:
+        s.decisions[d.event_id] = dataclasses.replace(d, open_appeal_id=p.appeal_id)
+
+
+def _on_appeal_decided(s: StandingState, p: ev.AppealDecided, e: RecordedEvent) -> None:
+    a = s.appeals.get(p.appeal_id)
+    if a is not None:
+        s.appeals[p.appeal_id] = dataclasses.replace(a, status=p.outcome)
+    d = s.decisions.get(p.decision_event_id)
+    if d is not None:
+        overturned = d.overturned or p.outcome == "overturned"
+        s.decisions[d.event_id] = dataclasses.replace(d, open_appeal_id=None, overturned=overturned)
+
+
+def _on_adult_approval(
+    s: StandingState, p: ev.AdultContentApprovalChanged, e: RecordedEvent
+) -> None:
+    s.adult_content_approved = p.approved
+
+
+def _on_rate_limits(s: StandingState, p: ev.RateLimitsConfigured, e: RecordedEvent) -> None:
+    record = RateLimitRecord(p.key_id, p.requests_per_minute, p.tokens_per_day)
+    if p.key_id is None:
+        s.account_rate_limit = record
+    else:
+        s.key_rate_limits[p.key_id] = record
+
+
+_HANDLERS: dict[str, Callable[[StandingState, Any, RecordedEvent], None]] = {
+    "ViolationReported": _on_violation_reported,
+    "ViolationDismissed": _on_violation_dismissed,
+    "AbuseReportReceived": _on_report_received,
+    "AbuseReportTriaged": _on_report_triaged,
+    "RemediationRequested": _on_remediation_requested,
+    "RemediationCompleted": _on_remediation_completed,
+    "RemediationExpired": _on_remediation_expired,
+    "ThrottleApplied": _on_throttle_applied,
+    "ThrottleLifted": _on_throttle_lifted,
+    "AccountSuspended": _on_suspended,
+    "SuspensionEnded": _on_suspension_ended,
+    "AccountReinstated": _on_reinstated,
+    "AccountTerminated": _on_terminated,
+    "AppealFiled": _on_appeal_filed,
+    "AppealDecided": _on_appeal_decided,
+    "AdultContentApprovalChanged": _on_adult_approval,
+    "RateLimitsConfigured": _on_rate_limits,
+}
+
+
+# --- viewing the state at an instant -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRemediation:
+    remediation_id: str
+    due_at: datetime
+    violation_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveThrottle:
+    throttle_id: str
+    key_id: str | None
+    factor: float
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSuspension:
+    suspension_id: str
+    since: datetime
+    until: datetime | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """An account's standing at ``as_of``; ``to_json`` is CONTRACT.md's standing object."""
+
+    account_id: str
+    status: Status
+    strikes: int
+    open_violations: tuple[str, ...]
+    open_remediations: tuple[OpenRemediation, ...]
+    active_throttles: tuple[ActiveThrottle, ...]
+    suspension: ActiveSuspension | None
+    terminated: bool
+    adult_content_approved: bool
+    open_abuse_reports: int
+    open_appeals: int
+    version: int
+    as_of: datetime
+
+    @property
+    def overdue_remediations(self) -> tuple[OpenRemediation, ...]:
+        """Open remediations whose due time has passed (``RemediationExpired`` not yet recorded)."""
+        return tuple(r for r in self.open_remediations if r.due_at <= self.as_of)
+
+    def to_json(self) -> JSON:
+        s = self.suspension
+        return {
+            "account_id": self.account_id,
+            "status": self.status,
+            "strikes": self.strikes,
+            "open_violations": list(self.open_violations),
+            "open_remediations": [
+                {
+                    "remediation_id": r.remediation_id,
+                    "due_at": format_time(r.due_at),
+                    "violation_ids": list(r.violation_ids),
+                }
+                for r in self.open_remediations
+            ],
+            "active_throttles": [
+                {
+                    "throttle_id": t.throttle_id,
+                    "key_id": t.key_id,
+                    "factor": t.factor,
+                    "expires_at": _fmt(t.expires_at),
+                }
+                for t in self.active_throttles
+            ],
+            "suspension": None
+            if s is None
+            else {
+                "suspension_id": s.suspension_id,
+                "since": format_time(s.since),
+                "until": _fmt(s.until),
+                "reason": s.reason,
+            },
+            "terminated": self.terminated,
+            "adult_content_approved": self.adult_content_approved,
+            "open_abuse_reports": self.open_abuse_reports,
+            "open_appeals": self.open_appeals,
+            "version": self.version,
+            "as_of": format_time(self.as_of),
+        }
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Standing:
+        """The standing ``to_json`` wrote (for clients and stored read models)."""
+        s = data["suspension"]
+        return cls(
+            account_id=data["account_id"],
+            status=data["status"],
+            strikes=data["strikes"],
+            open_violations=tuple(data["open_violations"]),
+            open_remediations=tuple(
+                OpenRemediation(
+                    r["remediation_id"], parse_time(r["due_at"]), tuple(r["violation_ids"])
+                )
+                for r in data["open_remediations"]
+            ),
+            active_throttles=tuple(
+                ActiveThrottle(t["throttle_id"], t["key_id"], t["factor"], _parse(t["expires_at"]))
+                for t in data["active_throttles"]
+            ),
+            suspension=None
+            if s is None
+            else ActiveSuspension(
+                s["suspension_id"], parse_time(s["since"]), _parse(s["until"]), s["reason"]
+            ),
+            terminated=data["terminated"],
+            adult_content_approved=data["adult_content_approved"],
+            open_abuse_reports=data["open_abuse_reports"],
+            open_appeals=data["open_appeals"],
+            version=data["version"],
+            as_of=parse_time(data["as_of"]),
+        )
+
+
+def _fmt(moment: datetime | None) -> str | None:
+    return None if moment is None else format_time(moment)
+
+
+def _parse(text: str | None) -> datetime | None:
+    return None if text is None else parse_time(text)
+
+
+def remediation_is_open(state: StandingState, remediation: RemediationRecord) -> bool:
+    """Open until completed or expired; one whose violations were all dismissed is closed too."""
+    if remediation.status != "open":
+        return False
+    ids = remediation.violation_ids
+    return not ids or not all(
+        (v := state.violations.get(vid)) is not None and v.dismissed for vid in ids
+    )
+
+
+def active_strikes(
+    state: StandingState, as_of: datetime, strike_lookback: timedelta
+) -> list[ViolationRecord]:
+    """Violations that count as strikes at ``as_of``: not dismissed, within the lookback."""
+    cutoff = format_time(to_utc(as_of) - strike_lookback)
+    return [
+        v
+        for v in state.violations.values()
+        if v.strike and not v.dismissed and v.occurred_at > cutoff
+    ]
+
+
+def active_suspension(state: StandingState, as_of: datetime) -> SuspensionRecord | None:
+    """The suspension in force at ``as_of``: one whose ``until`` has passed has ended."""
+    s = state.suspension
+    if s is None or (s.until is not None and s.until <= format_time(as_of)):
+        return None
+    return s
+
+
+def active_throttles(state: StandingState, as_of: datetime) -> list[ThrottleRecord]:
+    """Throttles in force at ``as_of``: not lifted and not expired."""
+    now = format_time(as_of)
+    return [t for t in state.throttles.values() if t.expires_at is None or t.expires_at > now]
+
+
+def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> Standing:
+    """The standing at ``as_of`` of a state holding the events recorded up to ``as_of``."""
+    as_of = to_utc(as_of)
+    cutoff = format_time(as_of - strike_lookback)
+    open_violations = tuple(
+        v.violation_id
+        for v in state.violations.values()
+        if not v.dismissed and v.occurred_at > cutoff
+    )
+    strikes = len(active_strikes(state, as_of, strike_lookback))
+    remediations = tuple(
+        OpenRemediation(r.remediation_id, parse_time(r.due_at), r.violation_ids)
+        for r in state.remediations.values()
+        if remediation_is_open(state, r)
+    )
+    throttles = tuple(
+        ActiveThrottle(t.throttle_id, t.key_id, t.factor, _parse(t.expires_at))
+        for t in active_throttles(state, as_of)
+    )
+    s = active_suspension(state, as_of)
+    suspension = (
+        None
+        if s is None
+        else ActiveSuspension(s.suspension_id, parse_time(s.since), _parse(s.until), s.reason)
+    )
+    status: Status
+    if state.terminated:
+        status = "terminated"
+    elif suspension is not None:
+        status = "suspended"
+    elif throttles:
+        status = "throttled"
+    elif remediations:
+        status = "remediation_due"
+    elif strikes:
+        status = "warned"
+    else:
+        status = "good_standing"
+    return Standing(
+        account_id=state.account_id,
+        status=status,
+        strikes=strikes,
+        open_violations=open_violations,
+        open_remediations=remediations,
+        active_throttles=throttles,
+        suspension=suspension,
+        terminated=state.terminated,
+        adult_content_approved=state.adult_content_approved,
+        open_abuse_reports=sum(1 for r in state.abuse_reports.values() if r.status == "open"),
+        open_appeals=sum(1 for a in state.appeals.values() if a.status == "open"),
+        version=state.version,
+        as_of=as_of,
+    )
+
+
+def state_at(account_id: str, events: Iterable[RecordedEvent], as_of: datetime) -> StandingState:
+    """The state from the events recorded up to ``as_of`` (later ones are ignored)."""
+    as_of = to_utc(as_of)
+    state = StandingState.empty(account_id)
+    for event in events:
+        if to_utc(event.recorded_at) <= as_of:
+            _apply_in_place(state, event)
+    return state
+
+
+def fold(
+    account_id: str,
+    events: Iterable[RecordedEvent],
+    as_of: datetime,
+    strike_lookback: timedelta,
+) -> Standing:
+    """The standing at ``as_of`` from an account's events (in version order).
+
+    Deterministic: the same events and ``as_of`` always give the same standing. An account with
+    no events recorded by ``as_of`` is in good standing at version 0.
+    """
+    return view(state_at(account_id, events, as_of), as_of, strike_lookback)

@@ -1,0 +1,71 @@
+"""Fixtures for the gate suite: every test runs on the embedded gate and on a real Redis.
+
+The embedded gate gets a fake clock that only moves when a test says so; the Redis gate reads
+Redis ``TIME``, so there a test's ``advance`` is a real (short) sleep and limits are picked so
+that the few milliseconds a step takes never matter. ``redis-server`` is started by the
+fixture; when it is missing the tests fail, they are not skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from enforcement.gate import EmbeddedGate, Gate, RedisGate  # noqa: E402
+from tests.gate.harness import Backend, FakeClock  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """An empty database on the session's Redis (started again if a test stopped it)."""
+    redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    yield redis_server.url
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def embedded_backend() -> Backend:
+    clock = FakeClock()
+    return Backend("embedded", lambda **kw: EmbeddedGate(clock=clock, **kw), clock, clock.advance)
+
+
+def redis_backend(client: redis.Redis) -> Backend:
+    return Backend(
+        "redis", lambda **kw: RedisGate(client, **kw), time.time, time.sleep, client=client
+    )
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "embedded":
+        return embedded_backend()
+    return redis_backend(request.getfixturevalue("redis_client"))
+
+
+@pytest.fixture
+def gate(backend: Backend) -> Gate:
+    return backend.make()

@@ -1,0 +1,43 @@
+"""Test doubles for the gate suite: a fake clock and a backend handle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from enforcement.gate import Gate
+
+# 2026-11-24T10:00:00Z: far from a UTC day boundary.
+FAKE_EPOCH = 1_795_600_800.0
+
+
+class FakeClock:
+    def __init__(self, now: float = FAKE_EPOCH) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Backend:
+    """Builds gates on a fresh store (embedded) or the test database (Redis); moves time."""
+
+    kind: str
+    build: Callable[..., Gate]
+    now: Callable[[], float]
+    advance: Callable[[float], None]
+    client: redis.Redis | None = None
+
+    def make(self, **settings: Any) -> Gate:
+        return self.build(**settings)
+
+    def at(self, seconds_from_now: float) -> datetime:
+        return datetime.fromtimestamp(self.now() + seconds_from_now, UTC)

@@ -1,0 +1,222 @@
+"""Requests per minute, tokens per day, the account ceiling and throttles (AUP §3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from enforcement.gate import Gate, GateDecision
+from tests.gate.harness import Backend
+
+
+def drain(gate: Gate, account: str, key: str, tokens: int = 0, limit: int = 1000) -> int:
+    """Check until the first denial; how many were allowed."""
+    for allowed in range(limit):
+        if not gate.check(account, key, tokens).allowed:
+            return allowed
+    raise AssertionError("never denied")
+
+
+def test_unconfigured_keys_and_accounts_get_the_default_limits(backend: Backend) -> None:
+    gate = backend.make(default_rpm=50, default_tpd=1000)
+
+    decision = gate.check("acct", "key", tokens=10)
+
+    assert decision == GateDecision(
+        allowed=True,
+        reason="ok",
+        limit_requests=50,
+        remaining_requests=49,
+        reset_requests_s=pytest.approx(1.2, abs=0.01),
+        limit_tokens=1000,
+        remaining_tokens=990,
+        reset_tokens_s=decision.reset_tokens_s,
+        retry_after_s=0.0,
+    )
+    assert 0 < decision.reset_tokens_s <= 86_400
+
+
+def test_the_shipped_defaults_are_600_rpm_and_a_million_tokens(gate: Gate) -> None:
+    decision = gate.check("acct", "key")
+
+    assert (decision.limit_requests, decision.limit_tokens) == (600, 1_000_000)
+
+
+def test_a_key_bursts_to_its_limit_then_is_denied_without_consuming(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=5, tpd=1000, version=1)
+
+    remaining = [gate.check("acct", "key", tokens=10).remaining_requests for _ in range(5)]
+    denied = gate.check("acct", "key", tokens=10)
+
+    assert remaining == [4, 3, 2, 1, 0]
+    assert not denied.allowed and denied.reason == "rate_limited"
+    assert 11 < denied.retry_after_s <= 12
+    assert denied.remaining_tokens == 950  # the denied request took no tokens
+    assert gate.check("acct", "key", tokens=10).remaining_tokens == 950
+
+
+def test_requests_refill_at_the_per_minute_rate(backend: Backend, gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=120, tpd=10**9, version=1)  # one every 0.5 s
+    assert drain(gate, "acct", "key") == 120
+    denied = gate.check("acct", "key")
+    assert 0 < denied.retry_after_s <= 0.5
+
+    backend.advance(denied.retry_after_s + 0.05)
+
+    assert gate.check("acct", "key").allowed
+    assert not gate.check("acct", "key").allowed
+
+
+def test_token_quota_is_checked_before_counting(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
+
+    first = gate.check("acct", "key", tokens=600)
+    too_big = gate.check("acct", "key", tokens=500)
+    fits = gate.check("acct", "key", tokens=400)
+    exhausted = gate.check("acct", "key", tokens=0)
+
+    assert first.allowed and first.remaining_tokens == 400
+    assert too_big.reason == "token_quota_exceeded" and too_big.remaining_tokens == 400
+    assert too_big.retry_after_s == pytest.approx(too_big.reset_tokens_s, abs=0.01)
+    assert fits.allowed and fits.remaining_tokens == 0
+    assert exhausted.reason == "token_quota_exceeded"  # no quota left: even tokens=0 waits
+    assert exhausted.remaining_requests == fits.remaining_requests  # no request was counted
+
+
+def test_the_token_window_ends_by_itself(backend: Backend) -> None:
+    gate = backend.make(token_window_s=2)  # the UTC day in production; 2 s to watch it roll
+    gate.set_limits("acct", "key", rpm=600, tpd=10, version=1)
+    backend.advance(gate.check("acct", "key").reset_tokens_s + 0.01)  # a fresh window
+
+    assert gate.check("acct", "key", tokens=10).allowed
+    denied = gate.check("acct", "key", tokens=1)
+    assert denied.reason == "token_quota_exceeded" and 1.5 < denied.retry_after_s <= 2
+
+    backend.advance(denied.retry_after_s + 0.05)
+
+    assert gate.check("acct", "key", tokens=10).allowed
+
+
+def test_decision_json_and_headers(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=1, tpd=1000, version=1)
+
+    allowed = gate.check("acct", "key", tokens=1)
+    denied = gate.check("acct", "key", tokens=1)
+
+    assert set(allowed.to_json()) == {
+        "allowed", "reason", "limit_requests", "remaining_requests", "reset_requests_s",
+        "limit_tokens", "remaining_tokens", "reset_tokens_s", "retry_after_s",
+    }  # fmt: skip
+    assert allowed.headers()["x-ratelimit-limit-requests"] == "1"
+    assert allowed.headers()["x-ratelimit-remaining-tokens"] == "999"
+    assert "retry-after" not in allowed.headers()
+    assert denied.to_json()["reason"] == "rate_limited"
+    headers = denied.headers()
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["retry-after"] == "60"
+    assert headers["x-ratelimit-reset-requests"] in ("1m0s", "59.999s", "59.998s")
+    assert set(headers) >= {
+        "x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens", "x-ratelimit-limit-requests",
+    }  # fmt: skip
+
+
+def test_the_account_ceiling_spans_all_its_keys(gate: Gate) -> None:
+    gate.set_limits("acct", None, rpm=10, tpd=1000, version=1)
+
+    results = [gate.check("acct", f"key{i % 5}") for i in range(30)]
+
+    assert sum(d.allowed for d in results) == 10
+    assert results[10].reason == "rate_limited" and results[10].limit_requests == 10
+
+
+def test_more_keys_never_buy_more_quota(backend: Backend) -> None:
+    gate = backend.make(default_rpm=10, default_tpd=100)
+
+    allowed = sum(gate.check("acct", f"key{i % 3}").allowed for i in range(30))
+    first = gate.check("acct", "key9", tokens=60)
+    second = gate.check("acct", "key8", tokens=60)
+
+    assert allowed == 10  # three keys at the default, and the account at the same default
+    assert first.reason == "rate_limited"
+    assert second.reason == "token_quota_exceeded" or second.reason == "rate_limited"
+
+
+def test_account_token_ceiling_across_keys(gate: Gate) -> None:
+    gate.set_limits("acct", None, rpm=100, tpd=1000, version=1)
+
+    assert gate.check("acct", "a", tokens=600).allowed
+    over = gate.check("acct", "b", tokens=600)
+    assert over.reason == "token_quota_exceeded"
+    assert (over.limit_tokens, over.remaining_tokens) == (1000, 400)
+    assert gate.check("acct", "b", tokens=400).allowed
+
+
+def test_the_tighter_of_key_and_account_is_reported(gate: Gate) -> None:
+    gate.set_limits("acct", None, rpm=10, tpd=1000, version=1)
+    gate.set_limits("acct", "key", rpm=3, tpd=5000, version=2)
+
+    decision = gate.check("acct", "key", tokens=100)
+
+    assert (decision.limit_requests, decision.remaining_requests) == (3, 2)
+    assert (decision.limit_tokens, decision.remaining_tokens) == (1000, 900)
+    assert drain(gate, "acct", "key") == 2
+
+
+def test_throttle_factors_most_restrictive_wins(backend: Backend, gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
+    gate.set_limits("acct", None, rpm=1000, tpd=10**6, version=1)
+
+    def limits(key: str = "key") -> tuple[int, int]:
+        decision = gate.check("acct", key)
+        return decision.limit_requests, decision.limit_tokens
+
+    assert limits() == (100, 1000)
+    gate.apply_throttle("acct", "t-acct", None, 0.5, None, version=2)
+    assert limits() == (50, 500)
+    gate.apply_throttle("acct", "t-key", "key", 0.25, None, version=3)
+    assert limits() == (25, 250)
+    assert limits("other") == (300, 500_000)  # defaults x the account-wide 0.5, not the key's
+    gate.apply_throttle("acct", "t-acct-2", None, 0.1, None, version=4)
+    assert limits() == (10, 100)
+    gate.lift_throttle("acct", "t-acct-2", version=5)
+    assert limits() == (25, 250)
+    gate.lift_throttle("acct", "t-key", version=6)
+    gate.lift_throttle("acct", "t-acct", version=7)
+    assert limits() == (100, 1000)
+
+
+def test_an_account_throttle_scales_the_account_ceiling(gate: Gate) -> None:
+    gate.set_limits("acct", None, rpm=20, tpd=1000, version=1)
+    gate.apply_throttle("acct", "t1", None, 0.5, None, version=2)
+
+    allowed = sum(gate.check("acct", f"key{i % 4}").allowed for i in range(40))
+
+    assert allowed == 10
+
+
+def test_throttled_limits_round_down_but_never_to_zero(gate: Gate) -> None:
+    gate.set_limits("acct", "a", rpm=100, tpd=100, version=1)
+    gate.set_limits("acct", "b", rpm=1, tpd=1, version=1)
+    gate.apply_throttle("acct", "t1", "a", 1 / 3, None, version=2)
+    gate.apply_throttle("acct", "t2", "b", 0.01, None, version=2)
+
+    a = gate.check("acct", "a")
+    b = gate.check("acct", "b", tokens=1)
+
+    assert (a.limit_requests, a.limit_tokens) == (33, 33)
+    assert (b.allowed, b.limit_requests, b.limit_tokens) == (True, 1, 1)
+
+
+def test_a_throttle_expires_by_itself(backend: Backend, gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
+    gate.apply_throttle("acct", "t1", None, 0.5, backend.at(0.3), version=2)
+    assert gate.check("acct", "key").limit_requests == 50
+
+    backend.advance(0.4)
+
+    assert gate.check("acct", "key").limit_requests == 100
+
+
+def test_an_already_expired_throttle_changes_nothing(backend: Backend, gate: Gate) -> None:
+    assert gate.apply_throttle("acct", "t1", None, 0.5, backend.at(-1), version=2)
+
+    assert gate.check("acct", "key").limit_requests == 600

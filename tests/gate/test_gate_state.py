@@ -1,0 +1,129 @@
+"""Account status (AUP §6) and state updates from the event log: versioned, idempotent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from enforcement.gate import Gate
+from tests.gate.harness import Backend
+
+
+def test_a_suspended_account_is_refused_and_nothing_is_counted(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=5, tpd=100, version=1)
+    gate.set_status("acct", "suspended", None, version=2)
+
+    refused = [gate.check("acct", "key", tokens=50) for _ in range(10)]
+
+    assert {(d.allowed, d.reason) for d in refused} == {(False, "suspended")}
+    assert refused[0].retry_after_s == 0  # indefinite: no wait ends it
+    assert "retry-after" not in refused[0].headers()
+    assert gate.denial_stats("acct").denials_in_window == 0  # not a rate/quota denial
+    gate.set_status("acct", "active", None, version=3)
+    reinstated = gate.check("acct", "key", tokens=50)
+    assert reinstated.allowed
+    assert (reinstated.remaining_requests, reinstated.remaining_tokens) == (4, 50)
+
+
+def test_a_terminated_account_is_refused_with_that_reason(gate: Gate) -> None:
+    gate.set_status("acct", "terminated", None, version=7)
+
+    decision = gate.check("acct", "any-key", tokens=1)
+
+    assert (decision.allowed, decision.reason, decision.retry_after_s) == (False, "terminated", 0)
+    assert gate.check("other-acct", "any-key").allowed
+
+
+def test_termination_outranks_an_exhausted_limit(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=1, tpd=100, version=1)
+    gate.check("acct", "key")
+    gate.set_status("acct", "terminated", None, version=2)
+
+    assert gate.check("acct", "key").reason == "terminated"
+
+
+def test_a_suspension_with_until_ends_by_itself(backend: Backend, gate: Gate) -> None:
+    gate.set_status("acct", "suspended", backend.at(0.3), version=4)
+    refused = gate.check("acct", "key")
+    assert refused.reason == "suspended" and 0 < refused.retry_after_s <= 0.3
+    assert refused.headers()["retry-after"] == "1"
+
+    backend.advance(0.4)
+
+    assert gate.check("acct", "key").allowed
+
+
+def test_a_stale_status_never_overwrites_a_newer_one(gate: Gate) -> None:
+    assert gate.set_status("acct", "suspended", None, version=5)
+    assert not gate.set_status("acct", "active", None, version=3)  # late delivery of v3
+    assert not gate.set_status("acct", "suspended", None, version=5)  # redelivery
+
+    assert gate.check("acct", "key").reason == "suspended"
+
+
+def test_a_stale_limit_never_overwrites_a_newer_one(gate: Gate) -> None:
+    assert gate.set_limits("acct", "key", rpm=5, tpd=100, version=2)
+    assert not gate.set_limits("acct", "key", rpm=500, tpd=10_000, version=1)
+    assert not gate.set_limits("acct", "key", rpm=500, tpd=10_000, version=2)
+
+    assert gate.check("acct", "key").limit_requests == 5
+
+
+def test_versions_are_per_item(gate: Gate) -> None:
+    assert gate.set_limits("acct", "a", rpm=5, tpd=100, version=9)
+    assert gate.set_limits("acct", "b", rpm=7, tpd=100, version=3)
+    assert gate.set_limits("acct", None, rpm=50, tpd=1000, version=4)
+    assert gate.apply_throttle("acct", "t1", None, 0.5, None, version=2)
+    assert gate.set_status("acct", "active", None, version=1)
+
+    assert gate.check("acct", "b").limit_requests == 3  # 7 x 0.5
+
+
+def test_a_stale_throttle_update_is_ignored(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
+    assert gate.apply_throttle("acct", "t1", "key", 0.5, None, version=3)
+    assert not gate.lift_throttle("acct", "t1", version=2)
+    assert gate.check("acct", "key").limit_requests == 50
+
+    assert gate.lift_throttle("acct", "t1", version=4)
+    assert not gate.apply_throttle("acct", "t1", "key", 0.5, None, version=3)  # redelivered
+
+    assert gate.check("acct", "key").limit_requests == 100
+
+
+def test_a_lift_that_overtakes_its_throttle_wins(gate: Gate) -> None:
+    assert gate.lift_throttle("acct", "t9", version=6)
+    assert not gate.apply_throttle("acct", "t9", None, 0.1, None, version=5)
+
+    assert gate.check("acct", "key").limit_requests == 600
+
+
+def test_lifted_throttle_tombstones_are_bounded(gate: Gate) -> None:
+    for version in range(1, 101):
+        gate.apply_throttle("acct", f"t{version}", None, 0.5, None, version=2 * version)
+        gate.lift_throttle("acct", f"t{version}", version=2 * version + 1)
+    gate.apply_throttle("acct", "live", None, 0.5, None, version=1000)
+
+    assert gate.check("acct", "key").limit_requests == 300
+    assert not gate.apply_throttle("acct", "t100", None, 0.5, None, version=200)  # still known
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda g: g.check("acct", "key", tokens=-1), "tokens"),
+        (lambda g: g.check("bad{id}", "key"), "account_id"),
+        (lambda g: g.check("acct", ""), "key_id"),
+        (lambda g: g.set_limits("acct", None, rpm=0, tpd=1, version=1), "rpm"),
+        (lambda g: g.set_limits("acct", None, rpm=1, tpd=1, version=-1), "version"),
+        (lambda g: g.apply_throttle("acct", "t", None, 0, None, 1), "factor"),
+        (lambda g: g.apply_throttle("acct", "t", None, 1.5, None, 1), "factor"),
+        (lambda g: g.apply_throttle("acct", "t", None, 0.5, datetime(2030, 1, 1), 1), "aware"),
+        (lambda g: g.set_status("acct", "banned", None, 1), "status"),
+        (lambda g: g.set_status("acct", "terminated", datetime(2030, 1, 1), 1), "until"),
+    ],
+)
+def test_bad_arguments_are_refused(gate: Gate, call: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(gate)  # type: ignore[operator]

@@ -1,0 +1,272 @@
+"""Appending to the log, on SQLite and on PostgreSQL: versions, idempotency, multi-stream atomicity
+and payload fidelity (the chain covers exactly what readers get back)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from events import (
+    GENESIS_HASH,
+    ConcurrencyError,
+    EventStore,
+    IdempotencyConflict,
+    NewEvent,
+    RecordedEvent,
+    StoreError,
+    StreamAppend,
+)
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def new(type_: str = "Noted", occurred_at: datetime = T0, **data: object) -> NewEvent:
+    return NewEvent(type=type_, data=dict(data), occurred_at=occurred_at, metadata={"actor": "t"})
+
+
+def ids(events: list) -> list[str]:
+    return [e.event_id for e in events]
+
+
+# ---------------------------------------------------------------- versions and the chain
+
+
+def test_first_append_starts_the_chain_at_version_one(store: EventStore) -> None:
+    recorded = store.append("acct_1", 0, [new(n=1), new(n=2), new(n=3)])
+
+    assert [e.version for e in recorded] == [1, 2, 3]
+    assert recorded[0].prev_hash == GENESIS_HASH
+    assert [e.prev_hash for e in recorded[1:]] == [e.hash for e in recorded[:-1]]
+    assert positions_increase(recorded)
+    assert store.read_stream("acct_1") == recorded
+    assert store.head("acct_1").version == 3
+    assert store.head("acct_1").hash == recorded[-1].hash
+
+
+def test_a_stale_expected_version_is_a_conflict_and_writes_nothing(store: EventStore) -> None:
+    store.append("acct_1", 0, [new(n=1), new(n=2)])
+    before = store.max_position()
+
+    with pytest.raises(ConcurrencyError) as caught:
+        store.append("acct_1", 1, [new(n=3)])
+
+    assert (caught.value.account_id, caught.value.expected_version) == ("acct_1", 1)
+    assert caught.value.actual_version == 2
+    assert store.max_position() == before
+    assert store.head("acct_1").version == 2
+
+
+def test_append_at_head_chains_onto_whatever_is_there(store: EventStore) -> None:
+    first = store.append("acct_1", None, [new(n=1)])
+    second = store.append("acct_1", None, [new(n=2)])
+
+    assert [first[0].version, second[0].version] == [1, 2]
+    assert second[0].prev_hash == first[0].hash
+    assert store.verify("acct_1").ok
+
+
+def test_nothing_to_append_is_refused(store: EventStore) -> None:
+    with pytest.raises(ValueError):
+        store.append("acct_1", 0, [])
+
+
+def test_an_event_id_appended_twice_is_refused_and_writes_nothing(store: EventStore) -> None:
+    [first] = store.append("acct_1", 0, [new(n=1)])
+    again = NewEvent("Noted", {"n": 2}, T0, event_id=first.event_id)
+
+    with pytest.raises(StoreError):
+        store.append("acct_2", 0, [again])
+
+    assert store.read_stream("acct_2") == []
+
+
+# ---------------------------------------------------------------- idempotency
+
+
+def test_same_key_and_payload_returns_the_first_result_and_writes_nothing(
+    store: EventStore,
+) -> None:
+    first = store.append("acct_1", 0, [new(n=1), new(n=2)], idempotency_key="req-1")
+    before = store.max_position()
+
+    # A retry carries fresh event ids and another occurred_at: only the payload is compared.
+    retry = store.append(
+        "acct_1", 0, [new(n=1, occurred_at=T0 + timedelta(seconds=5)), new(n=2)], "req-1"
+    )
+
+    assert retry == first
+    assert store.max_position() == before
+    assert ids(store.read_stream("acct_1")) == ids(first)
+
+
+def test_same_key_with_another_payload_is_a_conflict_and_writes_nothing(
+    store: EventStore,
+) -> None:
+    store.append("acct_1", 0, [new(n=1)], idempotency_key="req-1")
+    before = store.max_position()
+
+    with pytest.raises(IdempotencyConflict) as caught:
+        store.append("acct_1", 1, [new(n=999)], idempotency_key="req-1")
+
+    assert caught.value.key == "req-1"
+    assert store.max_position() == before
+
+
+def test_an_idempotent_multi_stream_append_replays_per_stream(store: EventStore) -> None:
+    appends = [
+        StreamAppend("acct_a", 0, [new(n=1), new(n=2)]),
+        StreamAppend("acct_b", 0, [new(n=3)]),
+    ]
+    first = store.append_streams(appends, idempotency_key="batch-1")
+    before = store.max_position()
+
+    retry = store.append_streams(appends, idempotency_key="batch-1")
+
+    assert retry == first
+    assert [[e.account_id for e in batch] for batch in retry] == [["acct_a"] * 2, ["acct_b"]]
+    assert store.max_position() == before
+
+
+def test_a_failed_append_does_not_record_its_idempotency_key(store: EventStore) -> None:
+    store.append("acct_1", 0, [new(n=1)])
+
+    with pytest.raises(ConcurrencyError):
+        store.append("acct_1", 0, [new(n=2)], idempotency_key="req-1")
+    recorded = store.append("acct_1", 1, [new(n=2)], idempotency_key="req-1")
+
+    assert [e.version for e in recorded] == [2]
+
+
+# ---------------------------------------------------------------- several streams, one transaction
+
+
+def test_append_streams_records_every_stream_in_one_transaction(store: EventStore) -> None:
+    store.append("acct_b", 0, [new(n=0)])
+
+    recorded = store.append_streams(
+        [StreamAppend("acct_a", 0, [new(n=1), new(n=2)]), StreamAppend("acct_b", 1, [new(n=3)])]
+    )
+
+    assert [[e.version for e in batch] for batch in recorded] == [[1, 2], [2]]
+    positions = [e.position for batch in recorded for e in batch]
+    assert positions == sorted(positions)
+    assert store.verify("acct_a").ok
+    assert store.verify("acct_b").ok
+
+
+def test_a_conflict_on_the_second_stream_writes_nothing_on_the_first(store: EventStore) -> None:
+    store.append("acct_b", 0, [new(n=0), new(n=1)])
+    before = store.max_position()
+
+    with pytest.raises(ConcurrencyError) as caught:
+        store.append_streams(
+            [StreamAppend("acct_a", 0, [new(n=1)]), StreamAppend("acct_b", 1, [new(n=2)])],
+            idempotency_key="req-1",
+        )
+
+    assert caught.value.account_id == "acct_b"
+    assert store.read_stream("acct_a") == []
+    assert store.max_position() == before
+    # The key was rolled back with the events: the corrected request goes through.
+    store.append_streams(
+        [StreamAppend("acct_a", 0, [new(n=1)]), StreamAppend("acct_b", 2, [new(n=2)])],
+        idempotency_key="req-1",
+    )
+    assert store.head("acct_a").version == 1
+
+
+def test_a_database_refusal_on_the_second_stream_writes_nothing_on_the_first(
+    store: EventStore,
+) -> None:
+    [existing] = store.append("acct_b", 0, [new(n=0)])
+    before = store.max_position()
+    duplicate_id = NewEvent("Noted", {"n": 2}, T0, event_id=existing.event_id)
+
+    with pytest.raises(StoreError):
+        store.append_streams(
+            [StreamAppend("acct_a", 0, [new(n=1)]), StreamAppend("acct_b", 1, [duplicate_id])]
+        )
+
+    assert store.read_stream("acct_a") == []
+    assert store.max_position() == before
+
+
+def test_after_append_runs_in_the_appending_transaction(store: EventStore) -> None:
+    def fail(_conn: object, _recorded: list) -> None:
+        raise RuntimeError("read model update failed")
+
+    with pytest.raises(RuntimeError):
+        store.append("acct_1", 0, [new(n=1)], after_append=fail)
+
+    assert store.read_stream("acct_1") == []
+
+
+# ---------------------------------------------------------------- payload fidelity
+
+AWKWARD_PAYLOADS = [
+    {"name": "Zoë Ünïcødé 東京 🚫", "quote": 'say "hi"\\n', "empty": {}, "list": []},
+    {"big": 10**30, "neg": -(2**63), "small": 5e-324, "tenth": 0.1, "one": 1.0},
+    {"huge_float": 1e16, "neg_zero": -0.0, "sci": 1.2345678901234567e20},
+    {"nested": {"b": [1, {"a": None, "c": True}], "a": False}},
+]
+
+
+@pytest.mark.parametrize("data", AWKWARD_PAYLOADS)
+def test_what_is_read_back_verifies_and_equals_what_append_returned(
+    store: EventStore, data: dict
+) -> None:
+    recorded = store.append("acct_1", 0, [NewEvent("Noted", data, T0, metadata=data)])
+
+    read = store.read_stream("acct_1")
+
+    assert read == recorded
+    assert store.verify("acct_1").ok
+    # An auditor recomputes the hash from the public JSON with hashlib and json alone.
+    assert recompute_hash(read[0]) == read[0].hash
+
+
+def test_a_payload_the_database_cannot_hold_is_a_store_error(store: EventStore) -> None:
+    with pytest.raises(StoreError):
+        store.append("acct_1", 0, [new(number=float("nan"))])
+
+    assert store.read_stream("acct_1") == []
+
+
+def recompute_hash(event: RecordedEvent) -> str:
+    """CONTRACT.md's recipe, from the event as the API shows it (times as RFC 3339 text)."""
+    shown = json.loads(json.dumps(api_json(event)))
+    keys = ["event_id", "account_id", "version", "type", "schema_version", "data", "metadata", "occurred_at", "recorded_at"]
+    canonical = json.dumps(
+        {k: shown[k] for k in keys}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256((shown["prev_hash"] + canonical).encode("utf-8")).hexdigest()
+
+
+def api_json(event: RecordedEvent) -> dict:
+    fields = dataclasses.asdict(event)
+    for name in ("occurred_at", "recorded_at"):
+        fields[name] = fields[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return fields
+
+
+def positions_increase(events: list) -> bool:
+    return all(a.position < b.position for a, b in zip(events, events[1:], strict=False))
+
+
+def test_a_nul_character_is_kept_where_the_database_can_hold_it_and_refused_cleanly_otherwise(
+    store: EventStore,
+) -> None:
+    event = new(text="before\x00after")
+
+    if store.engine.dialect.name == "postgresql":  # jsonb cannot hold U+0000
+        with pytest.raises(StoreError):
+            store.append("acct_1", 0, [event])
+        assert store.read_stream("acct_1") == []
+    else:
+        store.append("acct_1", 0, [event])
+        assert store.read_stream("acct_1")[0].data == {"text": "before\x00after"}
+        assert store.verify("acct_1").ok

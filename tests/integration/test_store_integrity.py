@@ -1,0 +1,240 @@
+"""The log's integrity, on SQLite and on PostgreSQL: the database refuses to change recorded events,
+and when someone changes them anyway (triggers dropped), ``verify`` finds where."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from enforcement.migrations import upgrade
+from events import (
+    AppendOnlyViolation,
+    EventStore,
+    NewEvent,
+    chain_hash,
+    create_engine,
+    hashed_fields,
+)
+from events.dialects import APPEND_ONLY_MESSAGE, drop_append_only_ddl
+from events.schema import events
+from events.store import translate_append_only
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
+EVENTS_PER_STREAM = 5
+
+
+def new(n: int) -> NewEvent:
+    return NewEvent("Noted", {"n": n, "note": "ünïcode ✓"}, T0, metadata={"actor": "op_1"})
+
+
+def fill(store: EventStore, account_id: str) -> list:
+    return store.append(account_id, 0, [new(n) for n in range(1, EVENTS_PER_STREAM + 1)])
+
+
+def snapshot(engine: sa.Engine) -> list:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(events).order_by(events.c.position)).all()
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def pg_store(pg_url: str) -> Iterator[EventStore]:
+    """A migrated PostgreSQL database, for what only PostgreSQL has."""
+    upgrade(pg_url)
+    engine = create_engine(pg_url)
+    yield EventStore(engine)
+    engine.dispose()
+
+
+# ---------------------------------------------------------------- the database refuses
+
+
+REFUSED = [
+    "UPDATE events SET type = 'Forged' WHERE version = 2",
+    "UPDATE events SET hash = prev_hash",
+    "DELETE FROM events WHERE version = 3",
+    "DELETE FROM events",
+]
+
+
+@pytest.mark.parametrize("statement", REFUSED)
+def test_the_database_refuses_update_and_delete(
+    store: EventStore, engine: sa.Engine, statement: str
+) -> None:
+    fill(store, "acct_1")
+    before = snapshot(engine)
+
+    with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+
+    assert APPEND_ONLY_MESSAGE in str(caught.value.orig)
+    assert isinstance(translate_append_only(caught.value), AppendOnlyViolation)
+    assert snapshot(engine) == before
+    assert store.verify("acct_1").ok
+
+
+@pytest.mark.parametrize(
+    ("operation", "statement"),
+    [("UPDATE", "UPDATE events SET data = '{}'::jsonb"), ("DELETE", "DELETE FROM events")],
+)
+def test_postgresql_names_the_refused_operation(
+    pg_store: EventStore, operation: str, statement: str
+) -> None:
+    fill(pg_store, "acct_1")
+
+    with pytest.raises(DBAPIError) as caught, pg_store.engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+
+    assert f"{APPEND_ONLY_MESSAGE} ({operation} on events)" in str(caught.value.orig)
+
+
+def test_postgresql_refuses_truncate(pg_store: EventStore) -> None:
+    fill(pg_store, "acct_1")
+    before = snapshot(pg_store.engine)
+
+    with pytest.raises(DBAPIError) as caught, pg_store.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE events")
+
+    assert f"{APPEND_ONLY_MESSAGE} (TRUNCATE on events)" in str(caught.value.orig)
+    assert snapshot(pg_store.engine) == before
+
+
+# ---------------------------------------------------------------- tampering is found
+
+Tamper = Callable[[sa.Connection, str, int], None]
+
+
+def set_column(column: str, value: Callable[[sa.Row], object]) -> Tamper:
+    def tamper(conn: sa.Connection, account_id: str, version: int) -> None:
+        where = (events.c.account_id == account_id) & (events.c.version == version)
+        row = conn.execute(sa.select(events).where(where)).one()
+        conn.execute(events.update().where(where).values({column: value(row)}))
+
+    return tamper
+
+
+def delete_event(conn: sa.Connection, account_id: str, version: int) -> None:
+    conn.execute(
+        events.delete().where((events.c.account_id == account_id) & (events.c.version == version))
+    )
+
+
+TAMPERING: dict[str, tuple[Tamper, str]] = {
+    "payload": (set_column("data", lambda r: {**r.data, "n": r.data["n"] + 1}), "content"),
+    "payload_unicode": (set_column("data", lambda r: {**r.data, "note": "unicode ✓"}), "content"),
+    "metadata": (set_column("metadata", lambda r: {"actor": "someone else"}), "content"),
+    "type": (set_column("type", lambda r: "Forged"), "content"),
+    "schema_version": (set_column("schema_version", lambda r: 2), "content"),
+    "event_id": (
+        set_column("event_id", lambda r: "00000000-0000-4000-8000-000000000000"),
+        "content",
+    ),
+    "occurred_at": (
+        set_column("occurred_at", lambda r: r.occurred_at + timedelta(microseconds=1)),
+        "content",
+    ),
+    "recorded_at": (
+        set_column("recorded_at", lambda r: r.recorded_at - timedelta(days=1)),
+        "content",
+    ),
+    "hash": (set_column("hash", lambda r: "f" * 64), "content"),
+    "prev_hash": (set_column("prev_hash", lambda r: "e" * 64), "prev_hash"),
+}
+
+
+def drop_triggers(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        for statement in drop_append_only_ddl(engine.dialect.name):
+            conn.exec_driver_sql(statement)
+
+
+@pytest.mark.parametrize("version", [1, 3, EVENTS_PER_STREAM])
+def test_verify_finds_the_version_whose_field_was_changed(
+    store: EventStore, engine: sa.Engine, version: int
+) -> None:
+    for name in TAMPERING:
+        fill(store, name)
+    fill(store, "untouched")
+    drop_triggers(engine)
+
+    with engine.begin() as conn:
+        for name, (tamper, _) in TAMPERING.items():
+            tamper(conn, name, version)
+
+    for name, (_, reason_word) in TAMPERING.items():
+        result = store.verify(name)
+        assert not result.ok, name
+        assert result.broken_at_version == version, name
+        assert result.reason and reason_word in result.reason, (name, result.reason)
+        assert (result.events, result.head_hash) == (version, None), name
+    intact = store.verify("untouched")
+    assert intact.ok and intact.events == EVENTS_PER_STREAM
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_verify_finds_an_event_deleted_from_the_middle(
+    store: EventStore, engine: sa.Engine, version: int
+) -> None:
+    fill(store, "acct_1")
+    drop_triggers(engine)
+
+    with engine.begin() as conn:
+        delete_event(conn, "acct_1", version)
+    result = store.verify("acct_1")
+
+    assert (result.ok, result.broken_at_version) == (False, version)
+    assert result.reason == f"version {version + 1} found where {version} was expected"
+
+
+def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(
+    store: EventStore, engine: sa.Engine
+) -> None:
+    fill(store, "acct_1")
+    drop_triggers(engine)
+
+    # The forger edits version 2 and recomputes its hash by the public recipe…
+    [original] = store.read_stream("acct_1", after_version=1, limit=1)
+    forged = dataclasses.replace(original, data={**original.data, "n": 200})
+    with engine.begin() as conn:
+        conn.execute(
+            events.update()
+            .where((events.c.account_id == "acct_1") & (events.c.version == 2))
+            .values(data=forged.data, hash=chain_hash(forged.prev_hash, hashed_fields(forged)))
+        )
+    result = store.verify("acct_1")
+
+    # …so version 2 checks out alone, but version 3 no longer follows from it.
+    assert (result.ok, result.broken_at_version) == (False, 3)
+    assert result.reason == "prev_hash does not match the previous event's hash"
+
+
+def test_deleting_the_newest_event_shows_against_a_remembered_head(
+    store: EventStore, engine: sa.Engine
+) -> None:
+    recorded = fill(store, "acct_1")
+    remembered_head = store.verify("acct_1").head_hash
+    drop_triggers(engine)
+
+    with engine.begin() as conn:
+        delete_event(conn, "acct_1", EVENTS_PER_STREAM)
+    result = store.verify("acct_1")
+
+    # A chain cut at its end is still a chain; the head hash an auditor kept is what tells.
+    assert result.ok and result.events == EVENTS_PER_STREAM - 1
+    assert remembered_head == recorded[-1].hash
+    assert result.head_hash != remembered_head
+
+
+def test_an_intact_stream_verifies_with_its_head_hash(store: EventStore) -> None:
+    recorded = fill(store, "acct_1")
+    recorded += store.append("acct_1", EVENTS_PER_STREAM, [new(99)])
+
+    result = store.verify("acct_1")
+
+    assert (result.ok, result.events) == (True, EVENTS_PER_STREAM + 1)
+    assert result.head_hash == recorded[-1].hash
+    assert (result.broken_at_version, result.reason) == (None, None)

@@ -1,0 +1,232 @@
+"""Reading the log, on SQLite and on PostgreSQL: streams, the global feed, paging, time bounds,
+and an upcast read through the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from events import GENESIS_HASH, Codec, EventStore, NewEvent, StreamAppend
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+class StepClock:
+    """Each call is one microsecond-precise second later than the previous one."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start - timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1, microseconds=1)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> StepClock:
+    return StepClock()
+
+
+@pytest.fixture
+def timed_store(engine: sa.Engine, clock: StepClock) -> EventStore:
+    return EventStore(engine, clock=clock)
+
+
+def new(**data: object) -> NewEvent:
+    return NewEvent(type="Noted", data=dict(data), occurred_at=T0)
+
+
+def fill(store: EventStore, account_id: str, count: int) -> None:
+    for n in range(1, count + 1):
+        store.append(account_id, n - 1, [new(n=n)])
+
+
+# ---------------------------------------------------------------- one stream
+
+
+def test_the_head_of_an_empty_stream_is_version_zero_and_the_zero_hash(store: EventStore) -> None:
+    head = store.head("nobody")
+
+    assert (head.version, head.hash) == (0, "0" * 64)
+    assert head.hash == GENESIS_HASH
+    assert store.read_stream("nobody") == []
+
+
+def test_an_empty_stream_verifies_with_no_events(store: EventStore) -> None:
+    result = store.verify("nobody")
+
+    assert (result.ok, result.events, result.head_hash) == (True, 0, GENESIS_HASH)
+
+
+def test_read_stream_after_version_and_limit(store: EventStore) -> None:
+    fill(store, "acct_1", 6)
+    fill(store, "acct_2", 2)
+
+    assert [e.version for e in store.read_stream("acct_1")] == [1, 2, 3, 4, 5, 6]
+    assert [e.version for e in store.read_stream("acct_1", after_version=4)] == [5, 6]
+    assert [e.version for e in store.read_stream("acct_1", after_version=1, limit=3)] == [2, 3, 4]
+    assert store.read_stream("acct_1", after_version=6) == []
+    assert {e.account_id for e in store.read_stream("acct_2")} == {"acct_2"}
+
+
+def test_read_stream_recorded_until_is_inclusive_and_exact_to_the_microsecond(
+    timed_store: EventStore, clock: StepClock
+) -> None:
+    first = timed_store.append("acct_1", 0, [new(n=1), new(n=2)])
+    second = timed_store.append("acct_1", 2, [new(n=3)])
+    timed_store.append("acct_1", 3, [new(n=4)])
+
+    until_second = second[0].recorded_at
+    assert until_second == clock.now - timedelta(seconds=1, microseconds=1)
+    assert timed_store.read_stream("acct_1", recorded_until=until_second) == first + second
+    just_before = until_second - timedelta(microseconds=1)
+    assert timed_store.read_stream("acct_1", recorded_until=just_before) == first
+    # The same instant in another zone is the same bound.
+    elsewhere = until_second.astimezone(timezone(timedelta(hours=-5)))
+    assert timed_store.read_stream("acct_1", recorded_until=elsewhere) == first + second
+    assert [
+        e.version
+        for e in timed_store.read_stream("acct_1", after_version=1, recorded_until=until_second)
+    ] == [2, 3]
+
+
+def test_times_come_back_as_utc_with_microseconds(timed_store: EventStore) -> None:
+    occurred = datetime(2026, 11, 24, 5, 0, 0, 7, tzinfo=timezone(timedelta(hours=-5)))
+    [recorded] = timed_store.append("acct_1", 0, [NewEvent("Noted", {}, occurred)])
+
+    [read] = timed_store.read_stream("acct_1")
+
+    assert read.occurred_at == occurred
+    assert read.occurred_at.utcoffset() == timedelta(0)
+    assert read.occurred_at.microsecond == 7
+    assert read.recorded_at == recorded.recorded_at
+    assert read.recorded_at.utcoffset() == timedelta(0)
+
+
+def test_iter_stream_pages_through_a_long_stream(store: EventStore) -> None:
+    store.append("acct_1", 0, [new(n=n) for n in range(1, 12)])
+
+    assert [e.version for e in store.iter_stream("acct_1", page_size=4)] == list(range(1, 12))
+    assert [e.version for e in store.iter_stream("acct_1", page_size=11)] == list(range(1, 12))
+
+
+# ---------------------------------------------------------------- the global feed
+
+
+def test_read_all_pages_by_position_across_streams(store: EventStore) -> None:
+    store.append_streams([StreamAppend("acct_a", 0, [new(n=1)]), StreamAppend("acct_b", 0, [new(n=2)])])
+    store.append("acct_a", 1, [new(n=3), new(n=4)])
+    store.append("acct_c", 0, [new(n=5)])
+
+    everything = store.read_all()
+    assert [e.data["n"] for e in everything] == [1, 2, 3, 4, 5]
+    assert [e.position for e in everything] == sorted({e.position for e in everything})
+    assert store.max_position() == everything[-1].position
+
+    pages, checkpoint = [], 0
+    while page := store.read_all(after_position=checkpoint, limit=2):
+        pages.append([e.data["n"] for e in page])
+        checkpoint = page[-1].position
+    assert pages == [[1, 2], [3, 4], [5]]
+    assert store.read_all(after_position=everything[2].position, limit=10) == everything[3:]
+
+
+def test_iter_all_reads_in_pages_of_constant_size(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(10):
+        store.append(f"acct_{n % 3}", None, [new(n=n)])
+    calls: list[tuple[int, int, int]] = []
+    read_all = store.read_all
+
+    def spy(after_position: int = 0, limit: int = 500) -> list:
+        page = read_all(after_position, limit)
+        calls.append((after_position, limit, len(page)))
+        return page
+
+    monkeypatch.setattr(store, "read_all", spy)
+
+    events = list(store.iter_all(page_size=4))
+
+    assert [e.data["n"] for e in events] == list(range(10))
+    assert [limit for _, limit, _ in calls] == [4, 4, 4]
+    assert [size for _, _, size in calls] == [4, 4, 2]
+    assert [after for after, _, _ in calls] == [0, events[3].position, events[7].position]
+
+
+def test_iter_all_after_a_position_and_on_an_exact_multiple_of_the_page(store: EventStore) -> None:
+    store.append("acct_1", 0, [new(n=n) for n in range(8)])
+    start = store.read_all(limit=2)[-1].position
+
+    assert [e.data["n"] for e in store.iter_all(after_position=start, page_size=3)] == [
+        2, 3, 4, 5, 6, 7,
+    ]
+    assert list(store.iter_all(after_position=store.max_position())) == []
+
+
+def test_account_ids_lists_every_stream_once_in_order(store: EventStore) -> None:
+    for account in ("acct_b", "acct_a", "acct_b", "acct_c"):
+        store.append(account, None, [new()])
+
+    assert list(store.account_ids()) == ["acct_a", "acct_b", "acct_c"]
+
+
+# ---------------------------------------------------------------- upcasting through the store
+
+
+@dataclass(frozen=True)
+class ThrottleAppliedV1:
+    factor: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ThrottleAppliedV2:
+    factor: float
+    reasons: list[str]
+    key_id: str | None
+
+
+def reasons_as_list(data: dict) -> dict:
+    return {"factor": data["factor"], "reasons": [data["reason"]], "key_id": None}
+
+
+def test_old_events_read_back_in_the_new_shape_and_still_verify(store: EventStore) -> None:
+    old_codec = Codec()
+    old_codec.register(ThrottleAppliedV1, type_name="ThrottleApplied", schema_version=1)
+    store.append(
+        "acct_1",
+        0,
+        [
+            old_codec.encode(ThrottleAppliedV1(0.25, "spam burst"), occurred_at=T0),
+            old_codec.encode(ThrottleAppliedV1(0.5, "retry storm"), occurred_at=T0),
+        ],
+    )
+
+    new_codec = Codec()
+    new_codec.register(
+        ThrottleAppliedV2,
+        type_name="ThrottleApplied",
+        schema_version=2,
+        upcasters={1: reasons_as_list},
+    )
+    store.append(
+        "acct_1", 2, [new_codec.encode(ThrottleAppliedV2(0.1, ["abuse"], "key_7"), occurred_at=T0)]
+    )
+
+    records = store.read_stream("acct_1")
+    decoded = [new_codec.decode(r).payload for r in records]
+
+    assert decoded == [
+        ThrottleAppliedV2(0.25, ["spam burst"], None),
+        ThrottleAppliedV2(0.5, ["retry storm"], None),
+        ThrottleAppliedV2(0.1, ["abuse"], "key_7"),
+    ]
+    # The log itself is unchanged: the old events keep their stored shape and their hashes.
+    assert [r.schema_version for r in records] == [1, 1, 2]
+    assert records[0].data == {"factor": 0.25, "reason": "spam burst"}
+    assert store.read_stream("acct_1") == records
+    assert store.verify("acct_1").ok

@@ -1,0 +1,158 @@
+"""A throwaway ``redis-server`` for tests and benchmarks.
+
+Starts the real binary on a free loopback port with persistence off (``--save ""``,
+``--appendonly no``) in a temporary directory, waits until it answers PING, and can stop and
+restart it on the same port (to test reconnects and script-cache loss). A missing binary raises
+``RuntimeError``: a test that needs Redis fails, it is never skipped.
+
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+
+``cluster=True`` starts a one-node Redis Cluster that owns all 16384 slots, so a plain client
+still works but Redis refuses any command or script whose keys span more than one slot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+
+BINARY_ENV = "ENFORCEMENT_TEST_REDIS_SERVER"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    binary = os.environ.get(BINARY_ENV) or shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError(
+            f"redis-server is not installed (not on PATH and {BINARY_ENV} unset); "
+            "install it with `apt-get install redis-server` or run scripts/test-services"
+        )
+    return binary
+
+
+class RedisServer:
+    """One ``redis-server`` subprocess on a fixed port for its whole life."""
+
+    def __init__(self, *, port: int | None = None, cluster: bool = False) -> None:
+        self.port = port or free_port()
+        self.cluster = cluster
+        self._binary = redis_server_binary()
+        self._dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        if self._process is not None:
+            return self
+        args = [
+            self._binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self._dir),
+            "--logfile", str(self._dir / "redis.log"),
+        ]  # fmt: skip
+        if self.cluster:
+            nodes = self._dir / "nodes.conf"
+            nodes.unlink(missing_ok=True)
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(nodes)]
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._wait_ready(timeout_s)
+        if self.cluster:
+            self._own_all_slots(timeout_s)
+        return self
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port; all data and cached scripts are gone."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    err = self._process.stderr.read().decode() if self._process.stderr else ""
+                    log = self._dir / "redis.log"
+                    detail = err or (log.read_text() if log.exists() else "")
+                    raise RuntimeError(f"redis-server exited on start: {detail[-2000:]}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not answer PING within {timeout_s}s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def _own_all_slots(self, timeout_s: float) -> None:
+        client = self.client()
+        command: Callable[..., Any] = client.execute_command
+        try:
+            command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            deadline = time.monotonic() + timeout_s
+            while b"cluster_state:ok" not in command("CLUSTER", "INFO"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("one-node cluster did not reach cluster_state:ok")
+                time.sleep(0.02)
+        finally:
+            client.close()

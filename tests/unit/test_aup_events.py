@@ -1,0 +1,170 @@
+"""The AUP event vocabulary: every CONTRACT.md type registered, JSON-ready, validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from events import RecordedEvent
+from projections import aup_events as ev
+from projections.reasons import ground_text, human_duration, statement_of_reasons, violation_fact
+
+CONTRACT_TYPES = {
+    "ViolationReported",
+    "ViolationDismissed",
+    "AbuseReportReceived",
+    "AbuseReportTriaged",
+    "NoticeIssued",
+    "NoticeDelivered",
+    "NoticeDeliveryFailed",
+    "RemediationRequested",
+    "RemediationCompleted",
+    "RemediationExpired",
+    "ThrottleApplied",
+    "ThrottleLifted",
+    "AccountSuspended",
+    "SuspensionEnded",
+    "AccountReinstated",
+    "AccountTerminated",
+    "AuthorityReferralOpened",
+    "AppealFiled",
+    "AppealDecided",
+    "AdultContentApprovalChanged",
+    "RateLimitsConfigured",
+}
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+SOR = {"ground": "AUP §2 (spam)", "policy_version": "aup-2026-11"}
+DUE = "2026-12-01T10:00:00.000000Z"
+
+SAMPLES: list[Any] = [
+    ev.ViolationReported(
+        "vio_1", "spam", "medium", None, "key_1", "clf", "automated", "s3://e/1", "d", None
+    ),
+    ev.ViolationDismissed("vio_1", "mistake"),
+    ev.AbuseReportReceived("rep_1", "phishing", "mails", "a@example.org", None),
+    ev.AbuseReportTriaged("rep_1", "confirmed", "high", "vio_2"),
+    ev.NoticeIssued("ntc_1", "warning", "evt", ["vio_1"], SOR, DUE),
+    ev.NoticeDelivered("ntc_1", "evt", "email", 1),
+    ev.NoticeDeliveryFailed("ntc_1", "evt", "webhook", 2, "timeout", False),
+    ev.RemediationRequested("rem_1", ["vio_1"], DUE, SOR),
+    ev.RemediationCompleted("rem_1", "filter added"),
+    ev.RemediationExpired("rem_1", SOR),
+    ev.ThrottleApplied("thr_1", None, 0.25, DUE, "minor_second_strike", SOR, ["vio_1"]),
+    ev.ThrottleLifted("thr_1", "appeal"),
+    ev.AccountSuspended("sus_1", None, "high_severity_repeat", SOR, ["vio_1"]),
+    ev.SuspensionEnded("sus_1", "operator"),
+    ev.AccountReinstated("operator", None),
+    ev.AccountTerminated("critical_violation", SOR, ["vio_1"]),
+    ev.AuthorityReferralOpened("ref_1", ["vio_1"], "csam", SOR),
+    ev.AppealFiled("apl_1", "evt", "please"),
+    ev.AppealDecided("apl_1", "evt", "upheld", "fine", SOR),
+    ev.AdultContentApprovalChanged(True, "verified"),
+    ev.RateLimitsConfigured(None, 600, 1_000_000),
+]
+
+
+def test_every_contract_type_is_registered_at_schema_version_1() -> None:
+    assert set(ev.CODEC.types) == CONTRACT_TYPES
+    for name in CONTRACT_TYPES:
+        assert ev.CODEC.registration(name).schema_version == 1
+    assert {type(s).__name__ for s in SAMPLES} == CONTRACT_TYPES
+
+
+def test_build_codec_gives_an_independent_equal_registry() -> None:
+    assert ev.build_codec() is not ev.CODEC
+    assert set(ev.build_codec().types) == set(ev.CODEC.types)
+
+
+@pytest.mark.parametrize("payload", SAMPLES, ids=lambda p: type(p).__name__)
+def test_payloads_are_frozen_and_survive_json(payload: Any) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(payload, dataclasses.fields(payload)[0].name, "x")
+    new = ev.CODEC.encode(payload, occurred_at=T0)
+    data = json.loads(json.dumps(new.data))
+    assert data == new.data
+    record = RecordedEvent(1, new.event_id, "a", 1, new.type, 1, data, {}, T0, T0, "", "")
+    assert ev.CODEC.decode(record).payload == payload
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ev.ViolationReported("v", "spam", "huge", None, None, None, "automated", *[None] * 3),
+        lambda: ev.ViolationReported("v", "spam", "low", "x", None, None, "automated", *[None] * 3),
+        lambda: ev.ViolationReported("v", "spam", "low", None, None, None, "psychic", *[None] * 3),
+        lambda: ev.NoticeIssued("n", "scolding", "e", [], {}, None),
+        lambda: ev.AbuseReportTriaged("r", "maybe", None, None),
+        lambda: ev.AbuseReportTriaged("r", "confirmed", "huge", None),
+        lambda: ev.AppealDecided("a", "e", "partly", "r", {}),
+        lambda: ev.ThrottleApplied("t", None, 0, None, "r", {}),
+        lambda: ev.ThrottleApplied("t", None, 1.5, None, "r", {}),
+        lambda: ev.ThrottleApplied("t", None, True, None, "r", {}),
+    ],
+)
+def test_payloads_refuse_values_outside_their_vocabulary(build: Any) -> None:
+    with pytest.raises(ValueError):
+        build()
+
+
+def test_statement_of_reasons_has_every_policy_field() -> None:
+    fact = violation_fact("vio_1", "csam", "critical", "2026-11-24T09:00:00.000000Z", None)
+    sor = statement_of_reasons(
+        sections=[2, 6],
+        categories=["csam"],
+        decision="The account is terminated permanently.",
+        facts=[fact],
+        automated_detection=True,
+        automated_decision=True,
+        policy_version="aup-2026-11",
+        decided_at=T0,
+        appeal_window=timedelta(days=20),
+    )
+    assert {"ground", "facts", "automated_detection", "automated_decision"} <= set(sor)
+    assert {"policy_version", "redress"} <= set(sor)
+    assert sor["ground"] == "AUP §2, §6 (csam)"
+    assert sor["aup_sections"] == ["§2", "§6"]
+    assert sor["facts"] == [fact]
+    assert fact["description"] == "critical csam violation"
+    assert sor["appeal_deadline"] == "2026-12-14T10:00:00.000000Z"
+    assert "20 days" in sor["redress"] and "2026-12-14T10:00:00.000000Z" in sor["redress"]
+    assert json.loads(json.dumps(sor)) == sor
+
+
+def test_a_final_statement_has_no_appeal_deadline() -> None:
+    sor = statement_of_reasons(
+        sections=[],
+        categories=[],
+        decision="The appeal is rejected.",
+        facts=[],
+        automated_detection=False,
+        automated_decision=False,
+        policy_version="p",
+        decided_at=T0,
+        appeal_window=None,
+    )
+    assert sor["appeal_deadline"] is None
+    assert sor["ground"] == "AUP"
+    assert "final" in sor["redress"]
+
+
+@pytest.mark.parametrize(
+    ("span", "text"),
+    [
+        (timedelta(days=20), "20 days"),
+        (timedelta(days=1), "1 day"),
+        (timedelta(hours=24), "1 day"),
+        (timedelta(hours=36), "36 hours"),
+        (timedelta(minutes=10), "10 minutes"),
+        (timedelta(seconds=90), "90 seconds"),
+    ],
+)
+def test_human_duration(span: timedelta, text: str) -> None:
+    assert human_duration(span) == text
+
+
+def test_ground_lists_sections_and_categories_once() -> None:
+    assert ground_text([2, 2, 3], ["spam", "spam", "phishing"]) == "AUP §2, §3 (spam, phishing)"

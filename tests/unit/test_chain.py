@@ -1,0 +1,246 @@
+"""The per-stream hash chain (CONTRACT.md, hash recipe), without a database.
+
+Chains are built here by an auditor's independent implementation (``hashlib`` and ``json`` over
+the event as the API shows it), so these tests check ``events.chain`` against the contract, not
+against itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events import GENESIS_HASH, RecordedEvent, canonical_json, chain_hash, hashed_fields
+from events.chain import verify_chain
+
+CONTRACT_KEYS = [
+    "event_id",
+    "account_id",
+    "version",
+    "type",
+    "schema_version",
+    "data",
+    "metadata",
+    "occurred_at",
+    "recorded_at",
+]
+
+# ---------------------------------------------------------------- the auditor's side
+
+
+def api_json(event: RecordedEvent) -> dict[str, Any]:
+    """The event as ``GET /v1/accounts/{id}/events`` shows it, after a trip over the wire."""
+    shown = dataclasses.asdict(event)
+    for name in ("occurred_at", "recorded_at"):
+        shown[name] = shown[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return json.loads(json.dumps(shown))
+
+
+def auditor_hash(shown: dict[str, Any]) -> str:
+    """CONTRACT.md: sha256_hex(prev_hash + canonical), with hashlib and json alone."""
+    canonical = json.dumps(
+        {key: shown[key] for key in CONTRACT_KEYS},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256((shown["prev_hash"] + canonical).encode("utf-8")).hexdigest()
+
+
+def build_chain(account_id: str, drafts: list[dict[str, Any]]) -> list[RecordedEvent]:
+    chain, prev = [], "0" * 64
+    for version, draft in enumerate(drafts, start=1):
+        event = RecordedEvent(
+            position=1000 + 3 * version,
+            account_id=account_id,
+            version=version,
+            prev_hash=prev,
+            hash="",
+            **draft,
+        )
+        event = dataclasses.replace(event, hash=auditor_hash(api_json(event)))
+        chain.append(event)
+        prev = event.hash
+    return chain
+
+
+# ---------------------------------------------------------------- strategies
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=6,
+)
+json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=4)
+zones = st.builds(
+    timezone, st.timedeltas(min_value=timedelta(hours=-14), max_value=timedelta(hours=14))
+)
+moments = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=zones
+)
+drafts = st.fixed_dictionaries(
+    {
+        "event_id": st.uuids().map(str),
+        "type": st.text(min_size=1, max_size=40),
+        "schema_version": st.integers(min_value=1, max_value=50),
+        "data": json_objects,
+        "metadata": json_objects,
+        "occurred_at": moments,
+        "recorded_at": moments,
+    }
+)
+account_ids = st.text(min_size=1, max_size=20)
+chains = st.builds(build_chain, account_ids, st.lists(drafts, min_size=1, max_size=4))
+long_chains = st.builds(build_chain, account_ids, st.lists(drafts, min_size=2, max_size=4))
+hex_hashes = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+
+
+# ---------------------------------------------------------------- properties
+
+
+@given(chains, zones)
+def test_any_chain_built_by_the_recipe_verifies(chain: list[RecordedEvent], zone: timezone) -> None:
+    result = verify_chain(chain)
+
+    assert (result.ok, result.events) == (True, len(chain))
+    assert result.head_hash == chain[-1].hash
+    assert (result.broken_at_version, result.reason) == (None, None)
+    # The library and an auditor compute the same hashes.
+    for event in chain:
+        assert sorted(hashed_fields(event)) == sorted(CONTRACT_KEYS)
+        assert chain_hash(event.prev_hash, hashed_fields(event)) == event.hash
+        assert auditor_hash(api_json(event)) == event.hash
+    # The hash covers instants, not how a client happened to express them.
+    moved = [
+        dataclasses.replace(
+            e,
+            occurred_at=e.occurred_at.astimezone(zone),
+            recorded_at=e.recorded_at.astimezone(zone),
+        )
+        for e in chain
+    ]
+    assert verify_chain(moved).ok
+
+
+def different(strategy: st.SearchStrategy[Any], original: Any, key: Any = None) -> Any:
+    def changes(value: Any) -> bool:
+        return (key or (lambda v: v))(value) != (key or (lambda v: v))(original)
+
+    return strategy.filter(changes)
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+MUTATIONS: dict[str, tuple[st.SearchStrategy[Any], Any]] = {
+    "event_id": (st.uuids().map(str), None),
+    "account_id": (account_ids, None),
+    "version": (st.integers(min_value=-5, max_value=100), None),
+    "type": (st.text(max_size=40), None),
+    "schema_version": (st.integers(min_value=0, max_value=100), None),
+    "data": (json_objects, canonical_json),
+    "metadata": (json_objects, canonical_json),
+    "occurred_at": (moments, utc_text),
+    "recorded_at": (moments, utc_text),
+    "prev_hash": (hex_hashes, None),
+    "hash": (hex_hashes, None),
+}
+
+
+@given(chains, st.sampled_from(sorted(MUTATIONS)), st.data())
+def test_any_single_mutation_breaks_the_chain_at_that_version(
+    chain: list[RecordedEvent], name: str, data: st.DataObject
+) -> None:
+    index = data.draw(st.integers(min_value=0, max_value=len(chain) - 1), label="index")
+    strategy, key = MUTATIONS[name]
+    original = getattr(chain[index], name)
+    value = data.draw(different(strategy, original, key), label="new value")
+    tampered = list(chain)
+    tampered[index] = dataclasses.replace(chain[index], **{name: value})
+
+    result = verify_chain(tampered)
+
+    assert not result.ok
+    assert result.broken_at_version == index + 1
+    assert result.reason
+    assert result.events == index + 1
+    assert result.head_hash is None
+
+
+@given(long_chains, st.data())
+def test_reordering_or_dropping_events_breaks_the_chain(
+    chain: list[RecordedEvent], data: st.DataObject
+) -> None:
+    index = data.draw(st.integers(min_value=0, max_value=len(chain) - 2))
+    swapped = list(chain)
+    swapped[index], swapped[index + 1] = swapped[index + 1], swapped[index]
+    dropped = chain[:index] + chain[index + 1 :]
+
+    assert verify_chain(swapped).broken_at_version == index + 1
+    assert verify_chain(dropped).broken_at_version == index + 1
+
+
+def test_an_empty_chain_verifies_with_the_zero_hash() -> None:
+    result = verify_chain([])
+
+    assert (result.ok, result.events, result.head_hash) == (True, 0, GENESIS_HASH)
+    assert GENESIS_HASH == "0" * 64
+
+
+# ---------------------------------------------------------------- the recipe, by example
+
+
+def test_canonical_json_sorts_keys_drops_spaces_and_keeps_non_ascii() -> None:
+    text = canonical_json({"b": [1, 2.5, None], "a": {"z": "Zoë — 東京 🚫", "y": True}})
+
+    assert text == '{"a":{"y":true,"z":"Zoë — 東京 🚫"},"b":[1,2.5,null]}'
+
+
+GOLDEN = RecordedEvent(
+    position=17,
+    event_id="9f2c1f0e-8c53-4d3b-9a55-3a6f6c0e7b21",
+    account_id="acct_42",
+    version=1,
+    type="ViolationReported",
+    schema_version=1,
+    data={"category": "phishing", "severity": "high", "description": "Zoë's 東京 page"},
+    metadata={"actor": "svc:mail-classifier", "source": "mail-classifier"},
+    occurred_at=datetime(2026, 11, 24, 10, 0, 0, 0, tzinfo=UTC),
+    recorded_at=datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC),
+    prev_hash="0" * 64,
+    hash="",
+)
+GOLDEN_CANONICAL = (
+    '{"account_id":"acct_42","data":{"category":"phishing","description":"Zoë\'s 東京 page",'
+    '"severity":"high"},"event_id":"9f2c1f0e-8c53-4d3b-9a55-3a6f6c0e7b21",'
+    '"metadata":{"actor":"svc:mail-classifier","source":"mail-classifier"},'
+    '"occurred_at":"2026-11-24T10:00:00.000000Z","recorded_at":"2026-11-24T10:00:00.123456Z",'
+    '"schema_version":1,"type":"ViolationReported","version":1}'
+)
+
+
+# sha256_hex("0" * 64 + GOLDEN_CANONICAL): a fixed point, so any change to the recipe shows.
+GOLDEN_HASH = "10d86bf0c4a4ae305576ee9b4ab0a0a389b6a4887409f4c56250db1ebf325824"
+
+
+def test_a_known_event_has_the_contract_canonical_text_and_hash() -> None:
+    assert canonical_json(hashed_fields(GOLDEN)) == GOLDEN_CANONICAL
+    assert chain_hash(GOLDEN.prev_hash, hashed_fields(GOLDEN)) == GOLDEN_HASH
+    assert auditor_hash(api_json(dataclasses.replace(GOLDEN, hash=GOLDEN_HASH))) == GOLDEN_HASH
+    assert verify_chain([dataclasses.replace(GOLDEN, hash=GOLDEN_HASH)]).head_hash == GOLDEN_HASH

@@ -1,0 +1,782 @@
+"""The policy's decisions: POLICY.md's ladder row by row, missed remediations, appeals, triage."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
+from enforcement.policy import (
+    CATEGORIES,
+    DEFAULT_POLICY,
+    Context,
+    ViolationReport,
+    decide_abuse_report,
+    decide_appeal,
+    decide_appeal_filing,
+    decide_remediation_expired,
+    decide_triage,
+    decide_violation,
+    effective_severity,
+    random_id,
+    sustained_abuse_due,
+)
+from events import NewEvent, RecordedEvent
+from events.timefmt import format_time
+from projections import aup_events as ev
+from projections.standing import StandingState, apply_all, view
+
+P = DEFAULT_POLICY
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+SOR = {"ground": "AUP §2"}
+METADATA_KEYS = {"policy_version", "actor", "causation_id", "correlation_id", "source"}
+
+# POLICY.md's category table: AUP sections, default severity, floor.
+POLICY_TABLE = {
+    "csam": ((2, 6), "critical", "critical"),
+    "weapons_development": ((6,), "critical", "critical"),
+    "violence_facilitation": ((2,), "high", "high"),
+    "illegal_content": ((2,), "high", "medium"),
+    "ip_infringement": ((2,), "medium", "low"),
+    "spam": ((2,), "medium", "low"),
+    "phishing": ((2,), "high", "medium"),
+    "cyberweapons": ((2,), "high", "high"),
+    "disinformation": ((2,), "medium", "low"),
+    "safety_circumvention": ((2,), "high", "medium"),
+    "personal_data_harvesting": ((2,), "high", "medium"),
+    "impersonation": ((2,), "medium", "low"),
+    "surveillance": ((2,), "high", "high"),
+    "rate_limit_circumvention": ((3,), "medium", "low"),
+    "sustained_abuse": ((3,), "low", "low"),
+    "unapproved_adult_content": ((4,), "low", "low"),
+    "missing_content_filtering": ((4,), "low", "low"),
+    "safety_probing": ((5,), "medium", "low"),
+    "model_extraction": ((5,), "high", "medium"),
+    "training_data_extraction": ((5,), "high", "medium"),
+}
+
+
+@dataclass
+class Account:
+    """An in-memory stream: decisions are recorded and folded as the store would."""
+
+    account_id: str = "acct_1"
+    state: StandingState = field(default_factory=lambda: StandingState.empty("acct_1"))
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self.ids)}"
+
+    def ctx(self, now: datetime, actor: str = "reporter") -> Context:
+        return Context(now=now, actor=actor, correlation_id="req_1", new_id=self.new_id)
+
+    def record(self, new_events: Sequence[NewEvent], at: datetime) -> list[RecordedEvent]:
+        recorded = []
+        for new in new_events:
+            version = self.state.version + len(recorded) + 1
+            data = json.loads(json.dumps(new.data))
+            recorded.append(
+                RecordedEvent(
+                    version,
+                    new.event_id,
+                    self.account_id,
+                    version,
+                    new.type,
+                    new.schema_version,
+                    data,
+                    new.metadata,
+                    new.occurred_at,
+                    at,
+                    "",
+                    "",
+                )
+            )
+        self.state = apply_all(self.state, recorded)
+        return recorded
+
+    def given(self, payload: Any, at: datetime) -> str:
+        """Record one fact directly (not through the policy); returns its event id."""
+        new = ev.CODEC.encode(payload, occurred_at=at, event_id=str(uuid.uuid4()))
+        self.record([new], at)
+        return new.event_id
+
+    def report(self, category: str, at: datetime, severity: str | None = None) -> list[NewEvent]:
+        decided = decide_violation(
+            P, self.state, ViolationReport(category, at, severity, description="d"), self.ctx(at)
+        )
+        self.record(decided, at)
+        return decided
+
+    def strike(self, vid: str, at: datetime, category: str = "spam", strike: bool = True) -> None:
+        self.given(
+            ev.ViolationReported(
+                vid, category, "medium", None, None, None, "automated", None, None, None, strike
+            ),
+            at,
+        )
+
+
+def t(days: float = 0) -> datetime:
+    return T0 + timedelta(days=days)
+
+
+def types(events: Sequence[NewEvent]) -> list[str]:
+    return [e.type for e in events]
+
+
+def of_type(events: Sequence[NewEvent], name: str) -> NewEvent:
+    (found,) = [e for e in events if e.type == name]
+    return found
+
+
+# --- severity -------------------------------------------------------------------------------
+
+
+def test_the_category_table_is_policy_md() -> None:
+    assert set(CATEGORIES) == set(POLICY_TABLE)
+    for name, (sections, default, floor) in POLICY_TABLE.items():
+        rule = CATEGORIES[name]
+        assert (rule.sections, rule.default_severity, rule.floor) == (sections, default, floor)
+        assert rule.refer_to_authorities == (name in ("csam", "weapons_development"))
+
+
+@pytest.mark.parametrize("category", sorted(POLICY_TABLE))
+def test_every_category_has_its_default_and_its_floor(category: str) -> None:
+    _, default, floor = POLICY_TABLE[category]
+    assert effective_severity(P, category, None) == default
+    assert effective_severity(P, category, "low") == floor
+    assert effective_severity(P, category, "critical") == "critical"
+
+
+def test_a_reported_severity_between_floor_and_default_is_kept() -> None:
+    assert effective_severity(P, "phishing", "medium") == "medium"
+    assert effective_severity(P, "spam", "high") == "high"
+
+
+def test_unknown_category_or_severity_is_a_validation_failure() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        effective_severity(P, "jaywalking", None)
+    assert caught.value.code == "unknown_category"
+    assert "spam" in caught.value.details[0]["allowed"]
+    with pytest.raises(ValidationFailed):
+        effective_severity(P, "spam", "apocalyptic")
+    with pytest.raises(ValidationFailed):
+        decide_violation(
+            P,
+            StandingState.empty("a"),
+            ViolationReport("spam", T0, detection="rumour"),
+            Context(T0, "r", "c"),
+        )
+
+
+# --- the ladder, row by row -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """Given prior facts, when a violation is reported, then these events in this order."""
+
+    category: str
+    severity: str | None = None
+    priors: tuple[tuple[str, float], ...] = ()  # (category, days before now)
+    given: tuple[str, ...] = ()  # approved | terminated | suspended_indefinitely | suspended_<d>d
+    expect: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()  # notice kinds, in order
+
+
+NOW = t(100)
+LADDER = {
+    "critical terminates and refers csam": Row(
+        "csam",
+        expect=(
+            "ViolationReported",
+            "AccountTerminated",
+            "AuthorityReferralOpened",
+            "NoticeIssued",
+        ),
+        kinds=("termination",),
+    ),
+    "critical terminates and refers weapons_development": Row(
+        "weapons_development",
+        expect=(
+            "ViolationReported",
+            "AccountTerminated",
+            "AuthorityReferralOpened",
+            "NoticeIssued",
+        ),
+        kinds=("termination",),
+    ),
+    "critical by reported severity terminates without referral": Row(
+        "phishing",
+        "critical",
+        expect=("ViolationReported", "AccountTerminated", "NoticeIssued"),
+        kinds=("termination",),
+    ),
+    "high with no prior strikes suspends for 7 days": Row(
+        "phishing",
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
+    ),
+    "high with a prior strike suspends indefinitely": Row(
+        "phishing",
+        priors=(("spam", 10),),
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
+    ),
+    "first minor warns and requests remediation": Row(
+        "spam",
+        expect=("ViolationReported", "NoticeIssued", "RemediationRequested"),
+        kinds=("warning",),
+    ),
+    "minor with 1 prior strike throttles and requests remediation": Row(
+        "spam",
+        priors=(("spam", 10),),
+        expect=("ViolationReported", "ThrottleApplied", "NoticeIssued", "RemediationRequested"),
+        kinds=("throttle",),
+    ),
+    "minor with 2 prior strikes suspends for 30 days": Row(
+        "spam",
+        priors=(("spam", 10), ("impersonation", 5)),
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
+    ),
+    "any with 3 prior strikes terminates": Row(
+        "spam",
+        priors=(("spam", 30), ("spam", 20), ("spam", 10)),
+        expect=("ViolationReported", "AccountTerminated", "NoticeIssued"),
+        kinds=("termination",),
+    ),
+    "high with 3 prior strikes terminates": Row(
+        "phishing",
+        priors=(("spam", 30), ("spam", 20), ("spam", 10)),
+        expect=("ViolationReported", "AccountTerminated", "NoticeIssued"),
+        kinds=("termination",),
+    ),
+    "strikes older than the lookback do not count": Row(
+        "spam",
+        priors=(("spam", 90), ("spam", 95)),
+        expect=("ViolationReported", "NoticeIssued", "RemediationRequested"),
+        kinds=("warning",),
+    ),
+    "sustained abuse gives no prior strike": Row(
+        "spam",
+        priors=(("sustained_abuse", 1),),
+        expect=("ViolationReported", "NoticeIssued", "RemediationRequested"),
+        kinds=("warning",),
+    ),
+    "adult content on an approved account is dismissed without notice": Row(
+        "unapproved_adult_content",
+        given=("approved",),
+        expect=("ViolationReported", "ViolationDismissed"),
+    ),
+    "adult content on an unapproved account is a minor violation": Row(
+        "unapproved_adult_content",
+        expect=("ViolationReported", "NoticeIssued", "RemediationRequested"),
+        kinds=("warning",),
+    ),
+    "sustained abuse throttles at 0.5 for 24 hours": Row(
+        "sustained_abuse",
+        expect=("ViolationReported", "ThrottleApplied", "NoticeIssued"),
+        kinds=("throttle",),
+    ),
+    "sustained abuse throttles even with prior strikes": Row(
+        "sustained_abuse",
+        priors=(("spam", 30), ("spam", 20), ("spam", 10)),
+        expect=("ViolationReported", "ThrottleApplied", "NoticeIssued"),
+        kinds=("throttle",),
+    ),
+    "a terminated account gets the violation recorded and nothing else": Row(
+        "csam", given=("terminated",), expect=("ViolationReported",)
+    ),
+    "suspended: a shorter suspension is not recorded": Row(
+        "phishing", given=("suspended_30d",), expect=("ViolationReported",)
+    ),
+    "suspended indefinitely: no timed suspension replaces it": Row(
+        "spam",
+        priors=(("spam", 10), ("spam", 5)),
+        given=("suspended_indefinitely",),
+        expect=("ViolationReported",),
+    ),
+    "suspended: a longer suspension replaces a shorter one": Row(
+        "phishing",
+        given=("suspended_3d",),
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
+    ),
+    "suspended: an indefinite suspension replaces a timed one": Row(
+        "phishing",
+        priors=(("spam", 10),),
+        given=("suspended_30d",),
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
+    ),
+    "suspended: critical still terminates": Row(
+        "csam",
+        given=("suspended_indefinitely",),
+        expect=(
+            "ViolationReported",
+            "AccountTerminated",
+            "AuthorityReferralOpened",
+            "NoticeIssued",
+        ),
+        kinds=("termination",),
+    ),
+    "suspended: minor strikes are counted and throttle as usual": Row(
+        "spam",
+        priors=(("spam", 10),),
+        given=("suspended_indefinitely",),
+        expect=("ViolationReported", "ThrottleApplied", "NoticeIssued", "RemediationRequested"),
+        kinds=("throttle",),
+    ),
+    "an expired suspension does not block a new one": Row(
+        "phishing",
+        given=("suspended_-1d",),
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
+    ),
+}
+
+
+def _given(account: Account, row: Row) -> None:
+    for n, (category, days_ago) in enumerate(row.priors):
+        account.strike(f"vio_prior_{n}", NOW - timedelta(days=days_ago), category, category != "sustained_abuse")
+    for fact in row.given:
+        if fact == "approved":
+            account.given(ev.AdultContentApprovalChanged(True, "verified"), t(1))
+        elif fact == "terminated":
+            account.given(ev.AccountTerminated("operator", SOR), t(1))
+        elif fact == "suspended_indefinitely":
+            account.given(ev.AccountSuspended("sus_0", None, "operator", SOR), t(1))
+        else:
+            days = int(fact.removeprefix("suspended_").removesuffix("d"))
+            until = format_time(NOW + timedelta(days=days))
+            account.given(ev.AccountSuspended("sus_0", until, "operator", SOR), t(1))
+
+
+@pytest.mark.parametrize("row", LADDER.values(), ids=list(LADDER))
+def test_the_ladder(row: Row) -> None:
+    account = Account()
+    _given(account, row)
+    decided = account.report(row.category, NOW, row.severity)
+    assert types(decided) == list(row.expect)
+    notices = [e for e in decided if e.type == "NoticeIssued"]
+    assert [n.data["kind"] for n in notices] == list(row.kinds)
+
+
+def test_critical_termination_details() -> None:
+    account = Account()
+    decided = account.report("csam", NOW)
+    reported, terminated, referral, notice = decided
+    assert terminated.data["reason"] == "critical_violation"
+    assert terminated.data["violation_ids"] == [reported.data["violation_id"]]
+    assert referral.data["category"] == "csam"
+    assert referral.data["referral_id"].startswith("ref_")
+    assert notice.data["decision_event_id"] == terminated.event_id
+    assert terminated.data["statement_of_reasons"]["ground"] == "AUP §2, §6 (csam)"
+    assert account.state.terminated
+
+
+def test_first_high_suspension_lasts_7_days_and_repeat_is_indefinite() -> None:
+    account = Account()
+    first = of_type(account.report("phishing", NOW), "AccountSuspended")
+    assert first.data["until"] == format_time(NOW + timedelta(days=7))
+    assert first.data["reason"] == "high_severity_first"
+    later = NOW + timedelta(days=8)
+    second = of_type(account.report("phishing", later), "AccountSuspended")
+    assert second.data["until"] is None
+    assert view(account.state, later, P.strike_lookback).status == "suspended"
+
+
+def test_minor_rungs_carry_the_policy_numbers() -> None:
+    account = Account()
+    first = account.report("spam", NOW)
+    remediation = of_type(first, "RemediationRequested")
+    warning = of_type(first, "NoticeIssued")
+    due = format_time(NOW + timedelta(days=7))
+    assert remediation.data["due_at"] == due
+    assert warning.data["deadline"] == due
+    assert warning.data["decision_event_id"] == remediation.event_id
+    second = account.report("spam", NOW + timedelta(days=1))
+    throttle = of_type(second, "ThrottleApplied")
+    assert (throttle.data["key_id"], throttle.data["factor"]) == (None, 0.25)
+    assert throttle.data["expires_at"] == format_time(NOW + timedelta(days=8))
+    third = account.report("spam", NOW + timedelta(days=2))
+    suspension = of_type(third, "AccountSuspended")
+    assert suspension.data["until"] == format_time(NOW + timedelta(days=32))
+    assert suspension.data["reason"] == "minor_third_strike"
+    fourth = account.report("spam", NOW + timedelta(days=3))
+    assert of_type(fourth, "AccountTerminated").data["reason"] == "strike_limit_reached"
+
+
+def test_sustained_abuse_throttle_and_no_strike() -> None:
+    account = Account()
+    decided = account.report("sustained_abuse", NOW)
+    assert decided[0].data["strike"] is False
+    throttle = of_type(decided, "ThrottleApplied")
+    assert (throttle.data["factor"], throttle.data["key_id"]) == (0.5, None)
+    assert throttle.data["expires_at"] == format_time(NOW + timedelta(hours=24))
+    standing = view(account.state, NOW, P.strike_lookback)
+    assert (standing.strikes, standing.status) == (0, "throttled")
+
+
+def test_adult_content_dismissal_reason() -> None:
+    account = Account()
+    account.given(ev.AdultContentApprovalChanged(True, "verified"), t(1))
+    decided = account.report("unapproved_adult_content", NOW)
+    assert decided[1].data["reason"] == "adult_content_approved"
+    assert decided[1].data["violation_id"] == decided[0].data["violation_id"]
+    assert view(account.state, NOW, P.strike_lookback).strikes == 0
+
+
+def test_the_violation_records_reported_and_effective_severity() -> None:
+    account = Account()
+    reported = account.report("phishing", NOW, "low")[0]
+    assert (reported.data["reported_severity"], reported.data["severity"]) == ("low", "medium")
+    assert reported.occurred_at == NOW
+
+
+# --- metadata, causation, statements of reasons ---------------------------------------------
+
+
+def test_every_event_carries_metadata_and_causation_chains() -> None:
+    account = Account()
+    account.strike("vio_prior", NOW - timedelta(days=3))
+    decided = account.report("spam", NOW)
+    reported, throttle, notice, remediation = decided
+    for event in decided:
+        assert set(event.metadata) == METADATA_KEYS
+        assert event.metadata["policy_version"] == "aup-2026-11"
+        assert event.metadata["correlation_id"] == "req_1"
+        uuid.UUID(event.event_id)
+    assert reported.metadata["actor"] == "reporter"
+    assert reported.metadata["causation_id"] is None
+    assert throttle.metadata["actor"] == "policy"
+    assert throttle.metadata["causation_id"] == reported.event_id
+    assert remediation.metadata["causation_id"] == reported.event_id
+    assert notice.metadata["causation_id"] == notice.data["decision_event_id"] == throttle.event_id
+    for decision in (throttle, notice, remediation):
+        sor = decision.data["statement_of_reasons"]
+        assert sor["policy_version"] == "aup-2026-11"
+        assert sor["automated_decision"] is True
+        assert sor["automated_detection"] is True
+        assert sor["ground"] == "AUP §2 (spam)"
+        assert sor["facts"][0]["violation_id"] == reported.data["violation_id"]
+        assert "20 days" in sor["redress"]
+
+
+def test_ids_have_their_prefixes_and_decisions_are_deterministic() -> None:
+    def run() -> list[NewEvent]:
+        account = Account()
+        account.strike("vio_prior", NOW - timedelta(days=3))
+        return account.report("spam", NOW)
+
+    first, second = run(), run()
+    assert first == second
+    assert first[0].data["violation_id"].startswith("vio_")
+    assert of_type(first, "ThrottleApplied").data["throttle_id"].startswith("thr_")
+    assert of_type(first, "RemediationRequested").data["remediation_id"].startswith("rem_")
+    assert of_type(first, "NoticeIssued").data["notice_id"].startswith("ntc_")
+    assert random_id("sus").startswith("sus_") and random_id("sus") != random_id("sus")
+
+
+# --- missed remediation ---------------------------------------------------------------------
+
+
+def _with_remediation() -> tuple[Account, str, datetime]:
+    account = Account()
+    decided = account.report("spam", NOW)
+    remediation = of_type(decided, "RemediationRequested")
+    return account, remediation.data["remediation_id"], NOW + timedelta(days=7)
+
+
+def test_a_missed_remediation_expires_and_suspends_for_7_days() -> None:
+    account, rem_id, due = _with_remediation()
+    decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due, "scheduler"))
+    assert types(decided) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+    expired, suspended, notice = decided
+    assert suspended.data["until"] == format_time(due + timedelta(days=7))
+    assert suspended.data["reason"] == "remediation_missed"
+    assert suspended.metadata["causation_id"] == expired.event_id
+    assert notice.data["kind"] == "suspension"
+    facts = expired.data["statement_of_reasons"]["facts"]
+    assert any(f.get("remediation_id") == rem_id for f in facts)
+    account.record(decided, due)
+    standing = view(account.state, due, P.strike_lookback)
+    assert (standing.status, standing.open_remediations) == ("suspended", ())
+
+
+@pytest.mark.parametrize(
+    "closing",
+    [
+        lambda rem, vio: ev.RemediationCompleted(rem, "fixed"),
+        lambda rem, vio: ev.RemediationExpired(rem, SOR),
+        lambda rem, vio: ev.ViolationDismissed(vio, "mistake"),
+    ],
+    ids=["completed", "expired", "dismissed"],
+)
+def test_a_closed_remediation_expires_to_nothing(closing: Any) -> None:
+    account, rem_id, due = _with_remediation()
+    vio_id = account.state.remediations[rem_id].violation_ids[0]
+    account.given(closing(rem_id, vio_id), NOW + timedelta(days=1))
+    assert decide_remediation_expired(P, account.state, rem_id, account.ctx(due)) == []
+
+
+def test_a_remediation_not_yet_due_expires_to_nothing() -> None:
+    account, rem_id, due = _with_remediation()
+    early = due - timedelta(microseconds=1)
+    assert decide_remediation_expired(P, account.state, rem_id, account.ctx(early)) == []
+
+
+def test_a_missed_remediation_on_a_terminated_or_longer_suspended_account() -> None:
+    account, rem_id, due = _with_remediation()
+    account.given(ev.AccountSuspended("sus_long", None, "operator", SOR), NOW)
+    decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due))
+    assert types(decided) == ["RemediationExpired"]
+    account.given(ev.AccountTerminated("operator", SOR), NOW)
+    decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due))
+    assert types(decided) == ["RemediationExpired"]
+
+
+def test_an_unknown_remediation_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        decide_remediation_expired(P, StandingState.empty("a"), "rem_x", Context(T0, "s", "c"))
+
+
+# --- appeals --------------------------------------------------------------------------------
+
+
+def _decided(category: str, **kwargs: Any) -> tuple[Account, NewEvent]:
+    account = Account()
+    for n, days in enumerate(kwargs.get("priors", ())):
+        account.strike(f"vio_prior_{n}", NOW - timedelta(days=days))
+    decided = account.report(category, NOW)
+    decision_type = kwargs.get("decision", "AccountSuspended")
+    return account, of_type(decided, decision_type)
+
+
+def _file(account: Account, decision: NewEvent, at: datetime) -> str:
+    filed = decide_appeal_filing(P, account.state, decision.event_id, "not me", account.ctx(at))
+    assert types(filed) == ["AppealFiled"]
+    assert filed[0].metadata["causation_id"] == decision.event_id
+    account.record(filed, at)
+    return str(filed[0].data["appeal_id"])
+
+
+def test_an_appeal_may_be_filed_until_the_window_closes() -> None:
+    account, decision = _decided("phishing")
+    last = NOW + timedelta(days=20)
+    _file(account, decision, last)
+    assert view(account.state, last, P.strike_lookback).open_appeals == 1
+    late, decision = _decided("phishing")
+    with pytest.raises(InvalidTransition) as caught:
+        _file(late, decision, last + timedelta(microseconds=1))
+    assert caught.value.code == "appeal_window_closed"
+
+
+def test_one_open_appeal_per_decision() -> None:
+    account, decision = _decided("phishing")
+    _file(account, decision, NOW)
+    with pytest.raises(Conflict) as caught:
+        _file(account, decision, NOW)
+    assert caught.value.code == "appeal_already_open"
+
+
+def test_only_decision_events_may_be_appealed() -> None:
+    account, decision = _decided("phishing")
+    violation_event_id = account.state.violations[decision.data["violation_ids"][0]].event_id
+    for target in ("nonsense", violation_event_id):
+        with pytest.raises(NotFound):
+            _file(account, decision.__class__(**{**_fields(decision), "event_id": target}), NOW)
+
+
+def _fields(event: NewEvent) -> dict[str, Any]:
+    return {
+        "type": event.type,
+        "data": event.data,
+        "occurred_at": event.occurred_at,
+        "metadata": event.metadata,
+        "schema_version": event.schema_version,
+        "event_id": event.event_id,
+    }
+
+
+def test_an_upheld_appeal_changes_nothing_but_is_notified() -> None:
+    account, decision = _decided("phishing")
+    appeal_id = _file(account, decision, NOW)
+    before = view(account.state, NOW, P.strike_lookback)
+    ctx = account.ctx(NOW, "operator_1")
+    decided = decide_appeal(P, account.state, appeal_id, "upheld", "evidence is clear", ctx)
+    assert types(decided) == ["AppealDecided", "NoticeIssued"]
+    appeal_decided, notice = decided
+    assert appeal_decided.metadata["actor"] == "operator_1"
+    assert appeal_decided.data["statement_of_reasons"]["automated_decision"] is False
+    assert notice.data["kind"] == "appeal_outcome"
+    assert notice.data["decision_event_id"] == appeal_decided.event_id
+    account.record(decided, NOW)
+    after = view(account.state, NOW, P.strike_lookback)
+    assert (after.status, after.strikes, after.open_appeals) == (before.status, before.strikes, 0)
+    with pytest.raises(InvalidTransition):
+        decide_appeal(P, account.state, appeal_id, "overturned", "again", ctx)
+    _file(account, decision, NOW)
+
+
+@pytest.mark.parametrize(
+    ("category", "decision_type", "priors", "reversal"),
+    [
+        ("phishing", "AccountSuspended", (), ["AccountReinstated"]),
+        ("csam", "AccountTerminated", (), ["AccountReinstated"]),
+        ("spam", "ThrottleApplied", (3,), ["ThrottleLifted"]),
+        ("spam", "RemediationRequested", (), []),
+    ],
+)
+def test_an_overturned_appeal_reverses_the_decision_and_its_strikes(
+    category: str, decision_type: str, priors: tuple[int, ...], reversal: list[str]
+) -> None:
+    account, decision = _decided(category, decision=decision_type, priors=priors)
+    appeal_id = _file(account, decision, NOW)
+    later = NOW + timedelta(hours=1)
+    decided = decide_appeal(
+        P, account.state, appeal_id, "overturned", "wrong account", account.ctx(later, "op")
+    )
+    assert types(decided) == ["AppealDecided", *reversal, "ViolationDismissed", "NoticeIssued"]
+    for event in decided[1:-1]:
+        assert event.metadata["causation_id"] == decided[0].event_id
+    account.record(decided, later)
+    standing = view(account.state, later, P.strike_lookback)
+    assert standing.strikes == len(priors)
+    assert standing.status in ("good_standing", "warned")
+    assert standing.open_remediations == ()
+    with pytest.raises(InvalidTransition) as caught:
+        _file(account, decision, later)
+    assert caught.value.code == "already_overturned"
+
+
+def test_overturning_a_superseded_suspension_does_not_reinstate() -> None:
+    account, first = _decided("phishing")
+    later = NOW + timedelta(days=1)
+    account.given(ev.AccountSuspended("sus_operator", None, "operator", SOR), later)
+    appeal_id = _file(account, first, later)
+    decided = decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(later))
+    assert types(decided) == ["AppealDecided", "ViolationDismissed", "NoticeIssued"]
+
+
+def test_deciding_an_unknown_appeal_or_with_an_unknown_outcome() -> None:
+    account, decision = _decided("phishing")
+    with pytest.raises(NotFound):
+        decide_appeal(P, account.state, "apl_x", "upheld", "r", account.ctx(NOW))
+    appeal_id = _file(account, decision, NOW)
+    with pytest.raises(ValidationFailed):
+        decide_appeal(P, account.state, appeal_id, "maybe", "r", account.ctx(NOW))
+
+
+# --- abuse reports --------------------------------------------------------------------------
+
+
+def _reported(category: str = "phishing") -> tuple[Account, str]:
+    account = Account()
+    received = decide_abuse_report(P, category, "phishing mails", "a@b.example", None, account.ctx(NOW))
+    assert types(received) == ["AbuseReportReceived"]
+    account.record(received, NOW)
+    assert view(account.state, NOW, P.strike_lookback).open_abuse_reports == 1
+    return account, str(received[0].data["report_id"])
+
+
+def test_a_rejected_report_is_closed_without_strike() -> None:
+    account, report_id = _reported()
+    decided = decide_triage(P, account.state, report_id, "rejected", None, account.ctx(NOW, "op"))
+    assert types(decided) == ["AbuseReportTriaged"]
+    account.record(decided, NOW)
+    standing = view(account.state, NOW, P.strike_lookback)
+    assert (standing.open_abuse_reports, standing.strikes) == (0, 0)
+    with pytest.raises(InvalidTransition):
+        decide_triage(P, account.state, report_id, "confirmed", None, account.ctx(NOW))
+
+
+def test_a_confirmed_report_becomes_a_violation_and_climbs_the_ladder() -> None:
+    account, report_id = _reported()
+    later = NOW + timedelta(days=1)
+    decided = decide_triage(P, account.state, report_id, "confirmed", None, account.ctx(later))
+    assert types(decided) == [
+        "AbuseReportTriaged",
+        "ViolationReported",
+        "AccountSuspended",
+        "NoticeIssued",
+    ]
+    triaged, reported = decided[0], decided[1]
+    assert triaged.data["violation_id"] == reported.data["violation_id"]
+    assert triaged.data["severity"] == "high"
+    assert reported.data["abuse_report_id"] == report_id
+    assert reported.data["detection"] == "user_report"
+    assert reported.occurred_at == NOW
+    account.record(decided, later)
+    assert view(account.state, later, P.strike_lookback).open_abuse_reports == 0
+
+
+def test_triage_of_an_unknown_report_or_category() -> None:
+    with pytest.raises(NotFound):
+        decide_triage(P, StandingState.empty("a"), "rep_x", "rejected", None, Context(T0, "o", "c"))
+    with pytest.raises(ValidationFailed):
+        decide_abuse_report(P, "jaywalking", "d", None, None, Context(T0, "o", "c"))
+
+
+# --- sustained abuse from gate denials ------------------------------------------------------
+
+
+def test_sustained_abuse_is_due_at_the_denial_count_unless_already_throttled_for_it() -> None:
+    account = Account()
+    assert not sustained_abuse_due(P, account.state, 99, NOW)
+    assert sustained_abuse_due(P, account.state, 100, NOW)
+    account.report("sustained_abuse", NOW)
+    assert not sustained_abuse_due(P, account.state, 500, NOW + timedelta(hours=23))
+    assert sustained_abuse_due(P, account.state, 100, NOW + timedelta(hours=24))
+
+
+# --- properties -----------------------------------------------------------------------------
+
+REPORTS = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(CATEGORIES)),
+        st.none() | st.sampled_from(ev.SEVERITIES),
+        st.integers(0, 60 * 24),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(REPORTS)
+def test_any_sequence_of_reports_gives_well_formed_decisions(
+    reports: list[tuple[str, str | None, int]],
+) -> None:
+    account = Account()
+    now = NOW
+    for category, severity, gap_hours in reports:
+        now += timedelta(hours=gap_hours)
+        was_terminated = account.state.terminated
+        decided = account.report(category, now, severity)
+        assert decided[0].type == "ViolationReported"
+        if was_terminated:
+            assert len(decided) == 1
+        ids = {e.event_id for e in decided}
+        for event in decided:
+            assert set(event.metadata) == METADATA_KEYS
+            if event.type == "NoticeIssued":
+                assert event.data["decision_event_id"] in ids
+                assert event.metadata["causation_id"] == event.data["decision_event_id"]
+            elif event.type != "ViolationReported":
+                assert event.metadata["causation_id"] == decided[0].event_id
+            if event.type in ("ThrottleApplied", "AccountSuspended", "AccountTerminated"):
+                assert event.data["statement_of_reasons"]["policy_version"] == P.version
+        standing = view(account.state, now, P.strike_lookback)
+        if decided[0].data["severity"] == "critical" and not was_terminated:
+            assert standing.status == "terminated"
+        assert standing.version == account.state.version
