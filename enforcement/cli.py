@@ -91,8 +91,28 @@ def serve(
 
     configure_logging()
     container = _container()
+    if workers and container.settings.embedded:
+        from enforcement.workers.runtime import install_embedded_workers
+
+        install_embedded_workers(container)
     application = create_app(container, run_workers=workers)
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run the relay, the deadline sweep and Dramatiq worker processes (needs Redis)."""
+    from enforcement.logs import configure_logging
+    from enforcement.workers.runtime import run_worker_processes
+
+    settings = _settings()
+    if settings.redis_url is None:
+        fail(
+            "enforcement worker needs ENFORCEMENT_REDIS_URL; in embedded mode "
+            "`enforcement serve` runs the workers itself."
+        )
+    configure_logging()
+    run_worker_processes(settings)
 
 
 @tokens_app.command("create")

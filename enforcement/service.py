@@ -22,6 +22,7 @@ from enforcement.errors import DomainError, NotFound
 from enforcement.policy import Context, Policy, ViolationReport
 from events import ConcurrencyError, EventStore, IdempotencyConflict, NewEvent, RecordedEvent
 from events.timefmt import to_utc
+from projections.aup_events import CODEC
 from projections.history import HistoryEntry, history
 from projections.standing import Standing, StandingState, apply_all, fold, view
 from projections.stored import StandingRepository
@@ -249,6 +250,29 @@ class EnforcementService:
             ),
             actor,
         )
+
+    # ------------------------------------------------------------------ facts from workers
+
+    def record_fact(
+        self,
+        account_id: str,
+        payload: object,
+        actor: Actor,
+        *,
+        causation_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Outcome:
+        """Record a fact that decides nothing (a delivery receipt); once per idempotency key."""
+
+        def decide(_state: StandingState, ctx: Context) -> list[NewEvent]:
+            metadata = {"policy_version": self.policy.version, "actor": ctx.actor,
+                        "causation_id": causation_id, "correlation_id": ctx.correlation_id,
+                        "source": ctx.source}
+            return [CODEC.encode(payload, occurred_at=ctx.now, metadata=metadata,
+                                 event_id=ctx.event_id())]
+
+        return self._execute(account_id, decide, actor, idempotency_key=idempotency_key,
+                             fingerprint=idempotency_key)
 
     # ------------------------------------------------------------------ operator commands
 

@@ -15,7 +15,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///./enforcement.db"
     redis_url: str | None = None
@@ -26,6 +26,13 @@ class Settings:
     webhook_allow_private: bool = False
     default_rpm: int = 600
     default_tpd: int = 1_000_000
+    notice_retries: int = 5
+    notice_backoff_ms: int = 15_000
+    notice_max_backoff_ms: int = 3_600_000
+    sweep_seconds: float = 30.0
+    worker_processes: int = 2
+    worker_threads: int = 8
+    worker_heartbeat_ms: int = 60_000
 
     @property
     def embedded(self) -> bool:
@@ -70,4 +77,15 @@ class Settings:
             webhook_allow_private=boolean("ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE"),
             default_rpm=positive_int("ENFORCEMENT_DEFAULT_RPM", cls.default_rpm),
             default_tpd=positive_int("ENFORCEMENT_DEFAULT_TPD", cls.default_tpd),
+            notice_retries=positive_int("ENFORCEMENT_NOTICE_RETRIES", cls.notice_retries),
+            notice_backoff_ms=positive_int("ENFORCEMENT_NOTICE_BACKOFF_MS", cls.notice_backoff_ms),
+            notice_max_backoff_ms=positive_int(
+                "ENFORCEMENT_NOTICE_MAX_BACKOFF_MS", cls.notice_max_backoff_ms
+            ),
+            sweep_seconds=float(positive_int("ENFORCEMENT_SWEEP_SECONDS", 30)),
+            worker_processes=positive_int("ENFORCEMENT_WORKER_PROCESSES", cls.worker_processes),
+            worker_threads=positive_int("ENFORCEMENT_WORKER_THREADS", cls.worker_threads),
+            worker_heartbeat_ms=positive_int(
+                "ENFORCEMENT_WORKER_HEARTBEAT_MS", cls.worker_heartbeat_ms
+            ),
         )

@@ -7,6 +7,7 @@ their hash chain stays intact (the chain covers the stored shape, which the publ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,8 +95,10 @@ class Codec:
             raise UnknownEventType(
                 f"{type_name} schema version {version} is newer than this code's {reg.schema_version}"
             )
+        if version < reg.schema_version:
+            data = copy.deepcopy(data)  # upcasters may edit in place; the record must not change
         while version < reg.schema_version:
-            data = reg.upcasters[version](dict(data))
+            data = reg.upcasters[version](data)
             version += 1
         return data
 

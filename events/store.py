@@ -271,6 +271,14 @@ class EventStore:
         with self.engine.connect() as own:
             return [row_to_event(r) for r in own.execute(query)]
 
+    def get_event(self, event_id: str) -> RecordedEvent | None:
+        """One event by its id, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(*_EVENT_COLUMNS).where(events.c.event_id == event_id)
+            ).first()
+        return None if row is None else row_to_event(row)
+
     def iter_stream(self, account_id: str, page_size: int = 1000) -> Iterator[RecordedEvent]:
         """Every event of a stream, in keyset pages (constant memory)."""
         after = 0

@@ -220,13 +220,16 @@ _TABLES: dict[str, tuple[type[Any], str]] = {
 R = TypeVar("R")
 
 
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def _record_json(record: Any) -> JSON | None:
     if record is None:
         return None
-    return {
-        f.name: list(v) if isinstance(v := getattr(record, f.name), tuple) else v
-        for f in dataclasses.fields(record)
-    }
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:
+        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))
+    return {name: list(v) if isinstance(v := getattr(record, name), tuple) else v for name in names}
 
 
 def _record(record_class: type[R], data: JSON) -> R:

@@ -9,7 +9,6 @@ fixture; when it is missing the tests fail, they are not skipped.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from enforcement.gate import EmbeddedGate, Gate, RedisGate  # noqa: E402
-from tests.gate.harness import Backend, FakeClock  # noqa: E402
+from enforcement.gate import Gate  # noqa: E402
+from tests.gate.harness import Backend, embedded_backend, redis_backend  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 
@@ -46,17 +45,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-def embedded_backend() -> Backend:
-    clock = FakeClock()
-    return Backend("embedded", lambda **kw: EmbeddedGate(clock=clock, **kw), clock, clock.advance)
-
-
-def redis_backend(client: redis.Redis) -> Backend:
-    return Backend(
-        "redis", lambda **kw: RedisGate(client, **kw), time.time, time.sleep, client=client
-    )
 
 
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,7 +10,7 @@ from typing import Any
 
 import redis
 
-from enforcement.gate import Gate
+from enforcement.gate import EmbeddedGate, Gate, RedisGate
 
 # 2026-11-24T10:00:00Z: far from a UTC day boundary.
 FAKE_EPOCH = 1_795_600_800.0
@@ -41,3 +42,14 @@ class Backend:
 
     def at(self, seconds_from_now: float) -> datetime:
         return datetime.fromtimestamp(self.now() + seconds_from_now, UTC)
+
+
+def embedded_backend() -> Backend:
+    clock = FakeClock()
+    return Backend("embedded", lambda **kw: EmbeddedGate(clock=clock, **kw), clock, clock.advance)
+
+
+def redis_backend(client: redis.Redis) -> Backend:
+    return Backend(
+        "redis", lambda **kw: RedisGate(client, **kw), time.time, time.sleep, client=client
+    )

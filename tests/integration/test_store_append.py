@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from events import (
     GENESIS_HASH,
@@ -30,6 +34,37 @@ def new(type_: str = "Noted", occurred_at: datetime = T0, **data: object) -> New
 
 def ids(events: list) -> list[str]:
     return [e.event_id for e in events]
+
+
+def recompute_hash(event: RecordedEvent) -> str:
+    """CONTRACT.md's recipe, from the event as the API shows it (times as RFC 3339 text)."""
+    shown = json.loads(json.dumps(api_json(event)))
+    keys = [
+        "event_id",
+        "account_id",
+        "version",
+        "type",
+        "schema_version",
+        "data",
+        "metadata",
+        "occurred_at",
+        "recorded_at",
+    ]
+    canonical = json.dumps(
+        {k: shown[k] for k in keys}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256((shown["prev_hash"] + canonical).encode("utf-8")).hexdigest()
+
+
+def api_json(event: RecordedEvent) -> dict:
+    fields = dataclasses.asdict(event)
+    for name in ("occurred_at", "recorded_at"):
+        fields[name] = fields[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return fields
+
+
+def positions_increase(events: list) -> bool:
+    return all(a.position < b.position for a, b in itertools.pairwise(events))
 
 
 # ---------------------------------------------------------------- versions and the chain
@@ -229,32 +264,40 @@ def test_what_is_read_back_verifies_and_equals_what_append_returned(
     assert recompute_hash(read[0]) == read[0].hash
 
 
+# Any JSON text a caller may send, except U+0000 (PostgreSQL's jsonb refuses it; see below).
+json_text = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | json_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(json_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.dictionaries(json_text, json_values, max_size=4))
+def test_any_json_payload_reads_back_as_appended_and_verifies(
+    store: EventStore, data: dict
+) -> None:
+    account_id = f"acct_{uuid.uuid4().hex}"  # one database for all examples, one stream each
+    recorded = store.append(account_id, 0, [NewEvent("Noted", data, T0, metadata={"m": data})])
+
+    assert store.read_stream(account_id) == recorded
+    assert store.verify(account_id).ok
+
+
 def test_a_payload_the_database_cannot_hold_is_a_store_error(store: EventStore) -> None:
     with pytest.raises(StoreError):
         store.append("acct_1", 0, [new(number=float("nan"))])
 
     assert store.read_stream("acct_1") == []
-
-
-def recompute_hash(event: RecordedEvent) -> str:
-    """CONTRACT.md's recipe, from the event as the API shows it (times as RFC 3339 text)."""
-    shown = json.loads(json.dumps(api_json(event)))
-    keys = ["event_id", "account_id", "version", "type", "schema_version", "data", "metadata", "occurred_at", "recorded_at"]
-    canonical = json.dumps(
-        {k: shown[k] for k in keys}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256((shown["prev_hash"] + canonical).encode("utf-8")).hexdigest()
-
-
-def api_json(event: RecordedEvent) -> dict:
-    fields = dataclasses.asdict(event)
-    for name in ("occurred_at", "recorded_at"):
-        fields[name] = fields[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return fields
-
-
-def positions_increase(events: list) -> bool:
-    return all(a.position < b.position for a, b in zip(events, events[1:], strict=False))
 
 
 def test_a_nul_character_is_kept_where_the_database_can_hold_it_and_refused_cleanly_otherwise(

@@ -69,9 +69,7 @@ def test_threads_appending_to_one_stream_lose_nothing(store: EventStore) -> None
     barrier = threading.Barrier(writers)
 
     with ThreadPoolExecutor(writers) as pool:
-        futures = [
-            pool.submit(run_writer, store, w, appends, barrier.wait) for w in range(writers)
-        ]
+        futures = [pool.submit(run_writer, store, w, appends, barrier.wait) for w in range(writers)]
         results = [f.result() for f in futures]
 
     acked = [event_id for recorded, _ in results for event_id in recorded]

@@ -185,7 +185,9 @@ def test_a_follower_sees_every_event_once_while_many_writers_commit(store: Event
         ids = []
         for seq in range(appends):
 
-            def linger(_conn: sa.Connection, _recorded: list, pause: float = pauses[w][seq]) -> None:
+            def linger(
+                _conn: sa.Connection, _recorded: list, pause: float = pauses[w][seq]
+            ) -> None:
                 time.sleep(pause)  # keep the transaction open after taking positions
 
             stream = f"acct_{(w + seq) % 3}"  # writers share streams and collide

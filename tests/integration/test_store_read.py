@@ -117,7 +117,9 @@ def test_iter_stream_pages_through_a_long_stream(store: EventStore) -> None:
 
 
 def test_read_all_pages_by_position_across_streams(store: EventStore) -> None:
-    store.append_streams([StreamAppend("acct_a", 0, [new(n=1)]), StreamAppend("acct_b", 0, [new(n=2)])])
+    store.append_streams(
+        [StreamAppend("acct_a", 0, [new(n=1)]), StreamAppend("acct_b", 0, [new(n=2)])]
+    )
     store.append("acct_a", 1, [new(n=3), new(n=4)])
     store.append("acct_c", 0, [new(n=5)])
 
@@ -162,7 +164,12 @@ def test_iter_all_after_a_position_and_on_an_exact_multiple_of_the_page(store: E
     start = store.read_all(limit=2)[-1].position
 
     assert [e.data["n"] for e in store.iter_all(after_position=start, page_size=3)] == [
-        2, 3, 4, 5, 6, 7,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
     ]
     assert list(store.iter_all(after_position=store.max_position())) == []
 

@@ -93,9 +93,15 @@ def test_payloads_are_frozen_and_survive_json(payload: Any) -> None:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: ev.ViolationReported("v", "spam", "huge", None, None, None, "automated", *[None] * 3),
-        lambda: ev.ViolationReported("v", "spam", "low", "x", None, None, "automated", *[None] * 3),
-        lambda: ev.ViolationReported("v", "spam", "low", None, None, None, "psychic", *[None] * 3),
+        lambda: ev.ViolationReported(
+            "v", "spam", "huge", None, None, None, "automated", None, None, None
+        ),
+        lambda: ev.ViolationReported(
+            "v", "spam", "low", "x", None, None, "automated", None, None, None
+        ),
+        lambda: ev.ViolationReported(
+            "v", "spam", "low", None, None, None, "psychic", None, None, None
+        ),
         lambda: ev.NoticeIssued("n", "scolding", "e", [], {}, None),
         lambda: ev.AbuseReportTriaged("r", "maybe", None, None),
         lambda: ev.AbuseReportTriaged("r", "confirmed", "huge", None),

@@ -13,7 +13,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import GENESIS_HASH, RecordedEvent, canonical_json, chain_hash, hashed_fields
@@ -113,6 +113,7 @@ hex_hashes = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 # ---------------------------------------------------------------- properties
 
 
+@settings(deadline=None)
 @given(chains, zones)
 def test_any_chain_built_by_the_recipe_verifies(chain: list[RecordedEvent], zone: timezone) -> None:
     result = verify_chain(chain)
@@ -163,6 +164,7 @@ MUTATIONS: dict[str, tuple[st.SearchStrategy[Any], Any]] = {
 }
 
 
+@settings(deadline=None)
 @given(chains, st.sampled_from(sorted(MUTATIONS)), st.data())
 def test_any_single_mutation_breaks_the_chain_at_that_version(
     chain: list[RecordedEvent], name: str, data: st.DataObject
@@ -183,6 +185,7 @@ def test_any_single_mutation_breaks_the_chain_at_that_version(
     assert result.head_hash is None
 
 
+@settings(deadline=None)
 @given(long_chains, st.data())
 def test_reordering_or_dropping_events_breaks_the_chain(
     chain: list[RecordedEvent], data: st.DataObject

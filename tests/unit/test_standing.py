@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from events import RecordedEvent
@@ -61,7 +61,9 @@ def records(
         new = ev.CODEC.encode(payload, occurred_at=at, event_id=f"e{offset}")
         data = json.loads(json.dumps(new.data))
         out.append(
-            RecordedEvent(offset, new.event_id, account_id, offset, new.type, 1, data, {}, at, at, "", "")
+            RecordedEvent(
+                offset, new.event_id, account_id, offset, new.type, 1, data, {}, at, at, "", ""
+            )
         )
     return out
 
@@ -70,7 +72,9 @@ def standing_of(steps: Sequence[tuple[Any, datetime]], as_of: datetime) -> Stand
     return fold("acct_1", records(steps), as_of, LOOKBACK)
 
 
-def violation(vid: str, category: str = "spam", severity: str = "medium", strike: bool = True) -> Any:
+def violation(
+    vid: str, category: str = "spam", severity: str = "medium", strike: bool = True
+) -> Any:
     return ev.ViolationReported(
         vid, category, severity, None, None, None, "automated", None, None, None, strike
     )
@@ -432,7 +436,6 @@ def _as_of(events: list[RecordedEvent], extra_hours: int) -> datetime:
     return last + timedelta(hours=extra_hours)
 
 
-@settings(max_examples=200)
 @given(histories(), st.integers(0, 150 * 24))
 def test_fold_is_deterministic_and_equals_applying_one_event_at_a_time(
     events: list[RecordedEvent], extra_hours: int
@@ -447,7 +450,6 @@ def test_fold_is_deterministic_and_equals_applying_one_event_at_a_time(
     assert Standing.from_json(first.to_json()) == first
 
 
-@settings(max_examples=200)
 @given(histories())
 def test_state_survives_json_exactly(events: list[RecordedEvent]) -> None:
     state = apply_all(StandingState.empty("acct_1"), events)
@@ -467,7 +469,6 @@ def test_as_of_before_the_first_event_is_good_standing_at_version_0(
     assert (standing.status, standing.version) == ("good_standing", 0)
 
 
-@settings(max_examples=200)
 @given(histories(), st.integers(0, 100 * 24))
 def test_dismissing_every_violation_leaves_no_strike(
     events: list[RecordedEvent], extra_hours: int
@@ -481,7 +482,6 @@ def test_dismissing_every_violation_leaves_no_strike(
     assert standing.status != "warned"
 
 
-@settings(max_examples=200)
 @given(histories(), st.data())
 def test_resuming_from_a_saved_state_equals_folding_from_scratch(
     events: list[RecordedEvent], data: st.DataObject

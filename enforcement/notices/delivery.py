@@ -1,0 +1,106 @@
+"""One delivery attempt of one notice on one channel, with its outcome recorded as an event.
+
+Idempotent by the notice's event id: an outcome is appended with an idempotency key derived
+from (notice event, channel[, attempt]), so a redelivered message never records a second
+``NoticeDelivered``, and a notice already delivered is not sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from enforcement.notices.email import EmailSender, build_message
+from enforcement.notices.templates import render
+from enforcement.notices.webhook import WebhookRefused, WebhookSender
+from enforcement.service import Actor, EnforcementService
+from enforcement.tables import contacts
+from projections import aup_events as ev
+
+log = logging.getLogger("enforcement.notices")
+WORKER = Actor(name="worker:notices", correlation_id="notice-delivery", source="worker")
+CHANNELS = ("email", "webhook")
+
+
+class DeliveryFailed(Exception):
+    """This attempt failed and another may succeed: the message is retried with backoff."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    email: str | None
+    webhook_url: str | None
+
+
+class NoticeDelivery:
+    def __init__(self, service: EnforcementService, email: EmailSender, webhook: WebhookSender):
+        self.service = service
+        self.store = service.store
+        self.email = email
+        self.webhook = webhook
+
+    def contact(self, account_id: str) -> Contact:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(contacts.c.email, contacts.c.webhook_url).where(
+                    contacts.c.account_id == account_id
+                )
+            ).first()
+        return Contact(None, None) if row is None else Contact(row.email, row.webhook_url)
+
+    def _delivered_key(self, notice_event_id: str, channel: str) -> str:
+        return f"notice-delivered:{notice_event_id}:{channel}"
+
+    def attempt(self, notice_event_id: str, channel: str, attempt: int, final: bool) -> str:
+        """Try once. Returns what happened; raises ``DeliveryFailed`` when a retry may help."""
+        notice = self.store.get_event(notice_event_id)
+        if notice is None or notice.type != "NoticeIssued":
+            log.warning("no NoticeIssued event %s", notice_event_id)
+            return "unknown_notice"
+        contact = self.contact(notice.account_id)
+        notice_id = notice.data["notice_id"]
+        if channel == "email" and contact.email is None and contact.webhook_url is None:
+            self._record(notice.account_id, notice_event_id,
+                         ev.NoticeDeliveryFailed(notice_id, notice_event_id, "none", attempt,
+                                                 "undeliverable: the account has no contact data",
+                                                 True),
+                         f"notice-undeliverable:{notice_event_id}")
+            return "undeliverable"
+        target = contact.email if channel == "email" else contact.webhook_url
+        if target is None:
+            return "no_target"
+        key = self._delivered_key(notice_event_id, channel)
+        if self.store.recorded_for_key(key, key) is not None:
+            return "already_delivered"
+        rendered = render(notice)
+        try:
+            if channel == "email":
+                self.email.send(build_message(notice, rendered, target), notice_event_id)
+            else:
+                self.webhook.send(target, notice_event_id, rendered.body)
+        except WebhookRefused as exc:
+            self._failed(notice.account_id, notice_event_id, notice_id, channel, attempt,
+                         str(exc), final=True)
+            return "refused"
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, then retried
+            self._failed(notice.account_id, notice_event_id, notice_id, channel, attempt,
+                         f"{type(exc).__name__}: {exc}", final=final)
+            if final:
+                return "failed"
+            raise DeliveryFailed(str(exc)) from exc
+        self._record(notice.account_id, notice_event_id,
+                     ev.NoticeDelivered(notice_id, notice_event_id, channel, attempt), key)
+        return "delivered"
+
+    def _failed(self, account_id: str, notice_event_id: str, notice_id: str, channel: str,
+                attempt: int, error: str, final: bool) -> None:
+        payload = ev.NoticeDeliveryFailed(notice_id, notice_event_id, channel, attempt,
+                                          error[:500], final)
+        self._record(account_id, notice_event_id, payload,
+                     f"notice-failed:{notice_event_id}:{channel}:{attempt}")
+
+    def _record(self, account_id: str, notice_event_id: str, payload: object, key: str) -> None:
+        self.service.record_fact(account_id, payload, WORKER, causation_id=notice_event_id,
+                                 idempotency_key=key)

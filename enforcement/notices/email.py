@@ -1,0 +1,56 @@
+"""Email notices: SMTP to ``ENFORCEMENT_SMTP_URL``, or ``.eml`` files when it is unset."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from enforcement.notices.templates import RenderedNotice
+from events import RecordedEvent
+
+SENDER = "TaaS Trust & Safety <trust-and-safety@taas.invalid>"
+
+
+def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = SENDER
+    message["To"] = to
+    message["Subject"] = rendered.subject
+    message["Date"] = format_datetime(notice.recorded_at)
+    message["Message-ID"] = make_msgid(idstring=notice.event_id, domain="taas.invalid")
+    message["X-Enforcement-Event-Id"] = notice.event_id
+    message.set_content(rendered.text)
+    return message
+
+
+class EmailSender:
+    """Sends over SMTP when ``smtp_url`` is set, else writes ``<mail_dir>/<event id>.eml``."""
+
+    def __init__(self, smtp_url: str | None, mail_dir: str, timeout: float = 10.0):
+        self.smtp_url = smtp_url
+        self.mail_dir = Path(mail_dir)
+        self.timeout = timeout
+
+    @property
+    def channel(self) -> str:
+        return "email" if self.smtp_url else "email_file"
+
+    def send(self, message: EmailMessage, notice_event_id: str) -> None:
+        if self.smtp_url is None:
+            self.mail_dir.mkdir(parents=True, exist_ok=True)
+            target = self.mail_dir / f"{notice_event_id}.eml"
+            partial = target.with_suffix(".eml.part")
+            partial.write_bytes(bytes(message))
+            partial.replace(target)  # atomic: a reader never sees half a message
+            return
+        url = urlparse(self.smtp_url)
+        if url.scheme not in ("smtp", "smtps"):
+            raise ValueError(f"ENFORCEMENT_SMTP_URL must be smtp:// or smtps://, not {url.scheme}")
+        smtp_class = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
+        with smtp_class(url.hostname or "localhost", url.port or 25, timeout=self.timeout) as smtp:
+            if url.username:
+                smtp.login(url.username, url.password or "")
+            smtp.send_message(message)

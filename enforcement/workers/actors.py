@@ -1,0 +1,84 @@
+"""The Dramatiq actors: short functions that call a use case or an adapter.
+
+Declared against an explicit broker (no global broker at import time). Retries and backoff are
+declared on the actors; every actor is idempotent, keyed by the event id it was sent for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from enforcement.notices.delivery import NoticeDelivery
+from enforcement.service import Actor, EnforcementService
+from enforcement.workers.relay import Message, delay_ms
+
+log = logging.getLogger("enforcement.workers")
+SCHEDULER = Actor(name="scheduler", correlation_id="deadline", source="worker")
+QUEUE = "enforcement"
+
+
+@dataclass
+class Actors:
+    broker: dramatiq.Broker
+    by_name: dict[str, dramatiq.Actor[Any, Any]]
+    clock: Any
+
+    def enqueue(self, message: Message) -> None:
+        actor = self.by_name[message.actor]
+        actor.send_with_options(args=message.args, delay=delay_ms(message.due_at, self.clock()))
+
+
+def register_actors(
+    broker: dramatiq.Broker,
+    service: EnforcementService,
+    delivery: NoticeDelivery,
+    gate_applier: Any | None,
+    *,
+    notice_retries: int,
+    min_backoff_ms: int,
+    max_backoff_ms: int,
+) -> Actors:
+    """Declare the actors on ``broker`` and return them by name."""
+
+    def deliver_notice(notice_event_id: str, channel: str) -> None:
+        message = CurrentMessage.get_current_message()
+        retries = int(message.options.get("retries", 0)) if message is not None else 0
+        outcome = delivery.attempt(notice_event_id, channel, attempt=retries + 1,
+                                   final=retries >= notice_retries)
+        log.info("notice %s via %s: %s", notice_event_id, channel, outcome)
+
+    def expire_remediation(account_id: str, remediation_id: str) -> None:
+        service.expire_remediation(account_id, remediation_id, SCHEDULER)
+
+    def end_suspension(account_id: str, suspension_id: str) -> None:
+        service.end_suspension(account_id, suspension_id, SCHEDULER)
+
+    def apply_gate_state(event_id: str) -> None:
+        if gate_applier is not None:
+            gate_applier(event_id)
+
+    declared = {
+        "deliver_notice": dramatiq.actor(
+            deliver_notice, actor_name="deliver_notice", queue_name=QUEUE, broker=broker,
+            max_retries=notice_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms,
+            time_limit=60_000,
+        ),
+        "expire_remediation": dramatiq.actor(
+            expire_remediation, actor_name="expire_remediation", queue_name=QUEUE, broker=broker,
+            max_retries=20, time_limit=60_000,
+        ),
+        "end_suspension": dramatiq.actor(
+            end_suspension, actor_name="end_suspension", queue_name=QUEUE, broker=broker,
+            max_retries=20, time_limit=60_000,
+        ),
+        "apply_gate_state": dramatiq.actor(
+            apply_gate_state, actor_name="apply_gate_state", queue_name=QUEUE, broker=broker,
+            max_retries=20, time_limit=30_000,
+        ),
+    }
+    return Actors(broker, declared, service.clock)

@@ -1,0 +1,171 @@
+"""How the workers run: threads inside ``serve`` (embedded) or ``enforcement worker`` processes.
+
+- Embedded (no Redis): an in-memory broker, Dramatiq worker threads, the relay and the deadline
+  sweep, all inside the ``serve`` process: one command runs everything.
+- Distributed: the Redis broker; ``enforcement worker`` runs the relay and the sweep in its main
+  process (one leader at a time on PostgreSQL, by an advisory lock) and Dramatiq consumers in
+  ``worker_processes`` child processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+
+import dramatiq
+import sqlalchemy as sa
+
+from enforcement.bootstrap import Container
+from enforcement.notices.delivery import CHANNELS, NoticeDelivery
+from enforcement.notices.email import EmailSender
+from enforcement.notices.webhook import WebhookSender
+from enforcement.settings import Settings
+from enforcement.workers.actors import Actors, register_actors
+from enforcement.workers.broker import make_broker
+from enforcement.workers.relay import Relay
+from enforcement.workers.sweep import run_sweeper
+
+log = logging.getLogger("enforcement.workers")
+_LEADER_LOCK_KEY = 7_301_947_562
+
+
+def build_actors(container: Container, broker: dramatiq.Broker | None = None) -> Actors:
+    settings = container.settings
+    broker = broker or make_broker(settings)
+    delivery = NoticeDelivery(
+        container.service,
+        EmailSender(settings.smtp_url, settings.mail_dir),
+        WebhookSender(settings.webhook_secret, settings.webhook_allow_private),
+    )
+    gate_applier = container.extras.get("gate_applier")
+    return register_actors(
+        broker, container.service, delivery, gate_applier,
+        notice_retries=settings.notice_retries, min_backoff_ms=settings.notice_backoff_ms,
+        max_backoff_ms=settings.notice_max_backoff_ms,
+    )
+
+
+class LeaderLock:
+    """On PostgreSQL a session advisory lock: only one relay and sweep run in the cluster.
+    SQLite deployments are single-host and single-process for writers, so it always leads."""
+
+    def __init__(self, container: Container):
+        self.engine = container.engine
+        self.conn: sa.Connection | None = None
+
+    def acquire(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        got = self.conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LEADER_LOCK_KEY})").scalar()
+        self.conn.commit()
+        return bool(got)
+
+    def release(self) -> None:
+        if self.conn is not None:
+            with suppress(Exception):
+                self.conn.close()  # closing the session releases the lock
+            self.conn = None
+
+
+def start_background(container: Container, actors: Actors, *, consumers: bool,
+                     relay: bool) -> Callable[[], None]:
+    """Start consumers and/or the relay and sweep as threads; returns a stop function."""
+    settings = container.settings
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    worker: dramatiq.Worker | None = None
+    if consumers:
+        worker = dramatiq.Worker(actors.broker, worker_threads=settings.worker_threads,
+                                 worker_timeout=100)
+        worker.start()
+    if relay:
+        leader = LeaderLock(container)
+        relay_obj = Relay(container.store, actors.enqueue, CHANNELS)
+
+        def lead() -> None:
+            while not stop.is_set():
+                if leader.acquire():
+                    log.info("this process leads the relay and the deadline sweep")
+                    sweeper = threading.Thread(
+                        target=run_sweeper, args=(container.service, stop, settings.sweep_seconds),
+                        name="sweep", daemon=True)
+                    sweeper.start()
+                    relay_obj.run(stop)
+                    sweeper.join(timeout=5)
+                    break
+                stop.wait(5)
+            leader.release()
+
+        threads.append(threading.Thread(target=lead, name="relay", daemon=True))
+    for t in threads:
+        t.start()
+
+    def stop_all() -> None:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        if worker is not None:
+            worker.stop(timeout=10_000)
+
+    return stop_all
+
+
+def install_embedded_workers(container: Container) -> None:
+    """Make ``serve`` start the workers inside its process (the app's lifespan calls it)."""
+
+    def start() -> Callable[[], None]:
+        actors = build_actors(container)
+        container.extras["actors"] = actors
+        return start_background(container, actors, consumers=container.settings.embedded,
+                                relay=container.settings.embedded)
+
+    container.extras["start_workers"] = start
+
+
+def _consumer_process(settings: Settings) -> None:
+    from enforcement.bootstrap import bootstrap
+
+    container = bootstrap(settings)
+    actors = build_actors(container)
+    stop = start_background(container, actors, consumers=True, relay=False)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    stop()
+    container.close()
+
+
+def run_worker_processes(settings: Settings) -> None:
+    """``enforcement worker``: consumer processes plus the relay and sweep in this one."""
+    from enforcement.bootstrap import bootstrap
+
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=_consumer_process, args=(settings,), name=f"consumer-{i}")
+                for i in range(settings.worker_processes)]
+    for child in children:
+        child.start()
+    container = bootstrap(settings)
+    actors = build_actors(container)
+    stop = start_background(container, actors, consumers=False, relay=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        while not done.wait(1):
+            if not all(c.is_alive() for c in children):
+                log.error("a consumer process died; stopping")
+                break
+    finally:
+        stop()
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join(timeout=15)
+        container.close()

@@ -1,0 +1,67 @@
+"""The deadline sweep: the safety net behind delayed messages.
+
+Periodically finds remediations past due and suspensions past their end in the stored
+standings and runs the same idempotent use cases, so a lost delayed message only delays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+
+from enforcement.service import Actor, EnforcementService
+from events.timefmt import format_time, to_utc
+from projections.standing import StandingState, remediation_is_open
+from projections.tables import standings
+
+log = logging.getLogger("enforcement.sweep")
+SWEEPER = Actor(name="scheduler:sweep", correlation_id="deadline-sweep", source="worker")
+
+
+def due_deadlines(state: StandingState, now_text: str) -> Iterator[tuple[str, str]]:
+    """(kind, id) of every deadline in ``state`` that has passed (pure)."""
+    for remediation in state.remediations.values():
+        if remediation_is_open(state, remediation) and remediation.due_at <= now_text:
+            yield "remediation", remediation.remediation_id
+    s = state.suspension
+    if s is not None and s.until is not None and s.until <= now_text:
+        yield "suspension", s.suspension_id
+
+
+def sweep_once(service: EnforcementService, page_size: int = 500) -> int:
+    """Run every overdue deadline once; returns how many use cases it ran."""
+    now_text = format_time(to_utc(service.clock()))
+    ran = 0
+    after = ""
+    engine = service.store.engine
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(standings.c.account_id, standings.c.state)
+                .where(standings.c.account_id > after)
+                .order_by(standings.c.account_id).limit(page_size)
+            ).all()
+        for account_id, raw in rows:
+            for kind, ident in due_deadlines(StandingState.from_json(raw), now_text):
+                try:
+                    if kind == "remediation":
+                        service.expire_remediation(account_id, ident, SWEEPER)
+                    else:
+                        service.end_suspension(account_id, ident, SWEEPER)
+                    ran += 1
+                except Exception:  # noqa: BLE001 - one bad account never stops the sweep
+                    log.exception("sweep failed for %s %s on %s", kind, ident, account_id)
+        if len(rows) < page_size:
+            return ran
+        after = rows[-1][0]
+
+
+def run_sweeper(service: EnforcementService, stop: threading.Event, every_seconds: float) -> None:
+    while not stop.wait(every_seconds):
+        try:
+            sweep_once(service)
+        except Exception:  # noqa: BLE001
+            log.exception("deadline sweep failed")

@@ -1,0 +1,181 @@
+"""What only the Redis gate must show: one slot per account, TTLs, one script per check."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from enforcement.gate import GateUnavailable, RedisGate
+from tests.gate.harness import Backend, redis_backend
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+ODD_IDS = ["acct", "acct.2:x-y_z"]
+ODD_KEYS = ["key", "k:{1}", "k}{", "ключ", "a" * 200]
+
+
+def crc16_xmodem(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def cluster_slot(key: bytes) -> int:
+    """The Redis Cluster slot: CRC16 of the hash tag (first {...} non-empty), mod 16384."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return crc16_xmodem(key) % 16384
+
+
+def exercise(gate: RedisGate, backend: Backend) -> None:
+    """Touch every kind of key: allowed and denied checks, every state update."""
+    for account in ODD_IDS:
+        gate.set_limits(account, None, rpm=3, tpd=1000, version=1)
+        for key in ODD_KEYS:
+            gate.set_limits(account, key, rpm=2, tpd=100, version=2)
+            gate.check(account, key, tokens=5)
+            gate.check(account, key, tokens=500)
+        gate.apply_throttle(account, "t1", ODD_KEYS[1], 0.5, backend.at(600), version=3)
+        gate.apply_throttle(account, "t2", None, 0.5, None, version=4)
+        gate.lift_throttle(account, "t2", version=5)
+        gate.set_status(account, "suspended", backend.at(600), version=6)
+        gate.check(account, "key")
+
+
+@pytest.fixture
+def backend(redis_client: redis.Redis) -> Backend:
+    """Here only the Redis backend (overrides the suite's two-backend fixture)."""
+    return redis_backend(redis_client)
+
+
+def test_crc16_matches_redis_py() -> None:
+    for key in (b"{a:acct}:cfg", b"{a:acct}:use:k:{1}", b"123456789", b"foo{}{bar}"):
+        assert cluster_slot(key) == key_slot(key)
+    assert crc16_xmodem(b"123456789") == 0x31C3  # the CRC16-XMODEM check value
+
+
+def test_every_key_of_an_account_has_one_hash_slot(backend: Backend) -> None:
+    client = backend.client
+    assert client is not None
+    exercise(RedisGate(client), backend)
+
+    slots: dict[bytes, set[int]] = defaultdict(set)
+    for name in client.scan_iter(count=1000):
+        assert name.startswith(b"{a:"), name
+        slots[name[: name.index(b"}") + 1]].add(cluster_slot(name))
+
+    assert set(slots) == {b"{a:" + account.encode() + b"}" for account in ODD_IDS}
+    assert all(len(found) == 1 for found in slots.values()), slots
+
+
+def test_every_key_has_a_ttl(backend: Backend) -> None:
+    client = backend.client
+    assert client is not None
+    exercise(RedisGate(client, state_ttl_s=3600), backend)
+
+    ttls = {name.decode(): client.pttl(name) for name in client.scan_iter(count=1000)}
+
+    assert len(ttls) == 2 * (4 + 3)  # cfg, use, den, dkeys; 3 keys fit the account's rpm
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
+    for name, ttl in ttls.items():
+        if name.endswith(":cfg"):
+            assert ttl <= 3_600_000
+        elif name.endswith(":dkeys"):
+            assert ttl <= 60_000
+        elif name.endswith(":den"):
+            assert ttl <= 610_000
+        else:  # usage: until the token window (the UTC day) ends
+            assert ttl <= 86_400_000
+
+
+def test_the_key_layout(backend: Backend) -> None:
+    client = backend.client
+    assert client is not None
+    gate = RedisGate(client)
+    gate.set_limits("acct", "k1", rpm=1, tpd=100, version=1)
+    gate.apply_throttle("acct", "t1", None, 0.25, None, version=2)
+    gate.check("acct", "k1", tokens=3)
+    gate.check("acct", "k1", tokens=3)
+
+    assert sorted(client.keys()) == [
+        b"{a:acct}:cfg", b"{a:acct}:den", b"{a:acct}:dkeys", b"{a:acct}:use", b"{a:acct}:use:k1",
+    ]  # fmt: skip
+    config = client.hgetall("{a:acct}:cfg")
+    assert config[b"lim:k1"] == b"1|100|1"
+    assert b'"f":250000' in config[b"thr"]
+    usage = client.hgetall("{a:acct}:use:k1")
+    assert usage[b"n"] == b"3" and usage[b"t"].isdigit()  # µs, stored exactly as an integer
+    assert client.zrange("{a:acct}:dkeys", 0, -1) == [b"k1"]
+
+
+def test_one_evalsha_per_check_and_the_script_is_loaded_once(backend: Backend) -> None:
+    client = backend.client
+    assert client is not None
+    client.script_flush()
+    gate = RedisGate(client)
+    client.config_resetstat()
+
+    for i in range(50):
+        gate.check("acct", f"key{i % 3}", tokens=1)
+
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 51  # one NOSCRIPT, then one per check
+    assert stats["cmdstat_script|load"]["calls"] == 1
+    assert "cmdstat_eval" not in stats
+
+
+def test_script_cache_loss_is_survived(backend: Backend) -> None:
+    client = backend.client
+    assert client is not None
+    gate = RedisGate(client)
+    gate.set_limits("acct", "key", rpm=2, tpd=100, version=1)
+    assert gate.check("acct", "key").allowed
+
+    client.script_flush()
+
+    assert gate.check("acct", "key").allowed
+    assert not gate.check("acct", "key").allowed
+
+
+def test_a_restarted_server_reloads_the_script(redis_server: RedisServer, redis_url: str) -> None:
+    gate = RedisGate.from_url(redis_url)
+    gate.set_limits("acct", "key", rpm=2, tpd=100, version=1)
+    gate.check("acct", "key")
+
+    redis_server.stop()
+    with pytest.raises(GateUnavailable):
+        gate.check("acct", "key")
+    redis_server.start()
+
+    decision = gate.check("acct", "key")  # the state went with the server: defaults again
+    assert decision.allowed and decision.limit_requests == 600
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisServer]:
+    with RedisServer(cluster=True) as server:
+        yield server
+
+
+def test_it_runs_on_redis_cluster(cluster: RedisServer) -> None:
+    # A cluster node refuses (CROSSSLOT) any script whose keys are not all in one slot.
+    client = cluster.client()
+    gate = RedisGate(client)
+    exercise(gate, Backend("cluster", lambda **_: gate, time.time, time.sleep, client))
+
+    assert gate.check("acct", "key").reason == "suspended"
+    assert gate.denial_stats("acct").denials_in_window > 0
+    client.close()

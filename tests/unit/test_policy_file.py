@@ -1,0 +1,158 @@
+"""Loading the policy: defaults are POLICY.md's, files override keys, bad files name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from enforcement.errors import PolicyError
+from enforcement.policy import DEFAULT_POLICY, load_policy
+from enforcement.policy_file import DenialRule, ThrottleRule, parse_duration, policy_from_mapping
+
+# The block from POLICY.md, verbatim.
+POLICY_MD_TOML = """
+version = "aup-2026-11"          # recorded on every decision
+strike_lookback = "90d"
+remediation_window = "7d"
+first_high_suspension = "7d"
+second_minor_throttle = { factor = 0.25, duration = "7d" }
+third_minor_suspension = "30d"
+missed_remediation_suspension = "7d"
+sustained_abuse_throttle = { factor = 0.5, duration = "24h" }
+sustained_abuse_denials = { count = 100, window = "10m" }   # gate denials: sustained_abuse
+termination_after_strikes = 3     # prior strikes at which any violation terminates
+appeal_window = "20d"             # an appeal filed later than this after its decision is refused
+"""
+
+
+def from_toml(text: str) -> object:
+    return policy_from_mapping(tomllib.loads(text))
+
+
+def test_the_default_policy_is_policy_md() -> None:
+    p = load_policy(None)
+    assert p is DEFAULT_POLICY
+    assert p.version == "aup-2026-11"
+    assert p.strike_lookback == timedelta(days=90)
+    assert p.remediation_window == timedelta(days=7)
+    assert p.first_high_suspension == timedelta(days=7)
+    assert p.second_minor_throttle == ThrottleRule(0.25, timedelta(days=7))
+    assert p.third_minor_suspension == timedelta(days=30)
+    assert p.missed_remediation_suspension == timedelta(days=7)
+    assert p.sustained_abuse_throttle == ThrottleRule(0.5, timedelta(hours=24))
+    assert p.sustained_abuse_denials == DenialRule(100, timedelta(minutes=10))
+    assert p.termination_after_strikes == 3
+    assert p.appeal_window == timedelta(days=20)
+
+
+def test_the_policy_md_file_loads_as_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY_MD_TOML, encoding="utf-8")
+    assert load_policy(str(path)) == DEFAULT_POLICY
+
+
+def test_keys_a_file_leaves_out_keep_their_defaults() -> None:
+    p = policy_from_mapping(
+        tomllib.loads(
+            'version = "strict-1"\nstrike_lookback = "180d"\n'
+            "second_minor_throttle = { factor = 0.1 }\n"
+            "sustained_abuse_denials = { window = '30s' }\n"
+            "termination_after_strikes = 2\n"
+        )
+    )
+    assert p.version == "strict-1"
+    assert p.strike_lookback == timedelta(days=180)
+    assert p.second_minor_throttle == ThrottleRule(0.1, timedelta(days=7))
+    assert p.sustained_abuse_denials == DenialRule(100, timedelta(seconds=30))
+    assert p.termination_after_strikes == 2
+    assert p.appeal_window == DEFAULT_POLICY.appeal_window
+    assert p.categories == DEFAULT_POLICY.categories
+
+
+def test_a_file_may_override_a_category() -> None:
+    p = policy_from_mapping(
+        tomllib.loads(
+            '[categories.spam]\ndefault_severity = "high"\nfloor = "medium"\n'
+            "[categories.phishing]\nrefer_to_authorities = true\nsections = [2, 7]\n"
+        )
+    )
+    assert (p.categories["spam"].default_severity, p.categories["spam"].floor) == (
+        "high",
+        "medium",
+    )
+    assert p.categories["spam"].sections == (2,)
+    assert p.categories["phishing"].refer_to_authorities is True
+    assert p.categories["phishing"].sections == (2, 7)
+    assert p.categories["csam"] == DEFAULT_POLICY.categories["csam"]
+    assert DEFAULT_POLICY.categories["spam"].default_severity == "medium"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("colour = 'blue'", "colour"),
+        ("version = ''", "version"),
+        ("version = 3", "version"),
+        ("strike_lookback = '90 days'", "strike_lookback"),
+        ("strike_lookback = '2w'", "strike_lookback"),
+        ("strike_lookback = '0d'", "strike_lookback"),
+        ("strike_lookback = '-1d'", "strike_lookback"),
+        ("strike_lookback = 90", "strike_lookback"),
+        ("appeal_window = '1.5d'", "appeal_window"),
+        ("second_minor_throttle = { factor = 0 }", "second_minor_throttle.factor"),
+        ("second_minor_throttle = { factor = 1.5 }", "second_minor_throttle.factor"),
+        ("second_minor_throttle = { factor = true }", "second_minor_throttle.factor"),
+        ("second_minor_throttle = { factor = '0.5' }", "second_minor_throttle.factor"),
+        ("sustained_abuse_throttle = { duration = '1y' }", "sustained_abuse_throttle.duration"),
+        ("sustained_abuse_throttle = { speed = 1 }", "sustained_abuse_throttle.speed"),
+        ("sustained_abuse_throttle = 0.5", "sustained_abuse_throttle"),
+        ("sustained_abuse_denials = { count = 0 }", "sustained_abuse_denials.count"),
+        ("sustained_abuse_denials = { window = 'x' }", "sustained_abuse_denials.window"),
+        ("termination_after_strikes = 0", "termination_after_strikes"),
+        ("termination_after_strikes = '3'", "termination_after_strikes"),
+        ("termination_after_strikes = true", "termination_after_strikes"),
+        ("[categories.jaywalking]\nfloor = 'low'", "categories.jaywalking"),
+        ("[categories.spam]\nfloor = 'severe'", "categories.spam.floor"),
+        ("[categories.spam]\ndefault_severity = 'x'", "categories.spam.default_severity"),
+        ("[categories.spam]\nfloor = 'high'", "categories.spam.floor"),
+        ("[categories.spam]\nsections = []", "categories.spam.sections"),
+        ("[categories.spam]\nsections = [9]", "categories.spam.sections"),
+        ("[categories.spam]\nrefer_to_authorities = 'yes'", "categories.spam.refer_to_authorities"),
+        ("[categories.spam]\ncolour = 'red'", "categories.spam.colour"),
+        ("categories = 3", "categories"),
+    ],
+)
+def test_a_bad_file_names_the_offending_key(text: str, key: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        from_toml(text)
+    assert key in str(caught.value)
+
+
+def test_an_unreadable_or_malformed_file_is_a_policy_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(PolicyError, match=r"missing\.toml"):
+        load_policy(str(missing))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("strike_lookback = ", encoding="utf-8")
+    with pytest.raises(PolicyError, match="not valid TOML"):
+        load_policy(str(broken))
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("appeal_window = 'soon'", encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"wrong\.toml.*appeal_window"):
+        load_policy(str(wrong))
+
+
+@pytest.mark.parametrize(
+    ("text", "span"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("10m", timedelta(minutes=10)),
+        ("24h", timedelta(hours=24)),
+        ("90d", timedelta(days=90)),
+    ],
+)
+def test_durations(text: str, span: timedelta) -> None:
+    assert parse_duration(text, "k") == span
