@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 
+from enforcement.gate import Gate
+from enforcement.gatekeeping import AbuseDetector, GateApplier, build_gate
 from enforcement.policy import Policy, load_policy
 from enforcement.service import EnforcementService
 from enforcement.settings import Settings
@@ -36,6 +38,8 @@ class Container:
     service: EnforcementService
     tokens: TokenAuthenticator
     clock: Clock
+    gate: Gate
+    abuse: AbuseDetector
     extras: dict[str, object] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -50,7 +54,8 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
     store = EventStore(engine, clock=clock)
     standings = StandingRepository(store)
     service = EnforcementService(store=store, standings=standings, policy=policy, clock=clock)
-    return Container(
+    gate = build_gate(settings, policy)
+    container = Container(
         settings=settings,
         engine=engine,
         store=store,
@@ -59,4 +64,8 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
         service=service,
         tokens=TokenAuthenticator(engine),
         clock=clock,
+        gate=gate,
+        abuse=AbuseDetector(service, policy),
     )
+    container.extras["gate_applier"] = GateApplier(gate, store, standings, clock)
+    return container

@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "CategoryRule",
     "Context",
+    "Decider",
     "DenialRule",
     "Policy",
     "ThrottleRule",
@@ -94,6 +95,9 @@ class Context:
     new_id: IdFactory = random_id
     source: str = "api"
     causation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "now", to_utc(self.now))
 
     def event_id(self) -> str:
         """A new event id (a UUID), deterministic when ``new_id`` is."""
@@ -141,8 +145,12 @@ def effective_severity(policy: Policy, category: str, reported: str | None) -> s
     return max(reported, rule.floor, key=SEVERITY_RANK.__getitem__)
 
 
-class _Decider:
-    """Builds the events of one decision: metadata, statements of reasons, notices."""
+class Decider:
+    """Builds the events of one decision: metadata, statements of reasons, notices.
+
+    Shared by every decision module (the ladder here, operator commands elsewhere) so that all
+    events carry the same metadata and statements of reasons.
+    """
 
     def __init__(
         self,
@@ -266,6 +274,10 @@ class _Decider:
         return self.build(payload, cause)
 
 
+# The former private name, still imported by enforcement/operator_decisions.py.
+_Decider = Decider
+
+
 # --- the ladder ------------------------------------------------------------------------------
 
 
@@ -298,7 +310,7 @@ def decide_violation(
         key_id=report.key_id,
         strike=report.category != SUSTAINED_ABUSE,
     )
-    d = _Decider(policy, state, ctx, [violation], automated=True)
+    d = Decider(policy, state, ctx, [violation], automated=True)
     payload = ev.ViolationReported(
         violation_id=violation.violation_id,
         category=report.category,
@@ -318,7 +330,7 @@ def decide_violation(
     return d.events
 
 
-def _ladder(d: _Decider, rule: CategoryRule, v: ViolationRecord, cause: str) -> None:
+def _ladder(d: Decider, rule: CategoryRule, v: ViolationRecord, cause: str) -> None:
     policy, state, now = d.policy, d.state, d.ctx.now
     prior = len(active_strikes(state, now, policy.strike_lookback))
     if state.terminated:
@@ -400,7 +412,7 @@ def decide_remediation_expired(
         "description": f"Remediation {remediation_id} was due at {remediation.due_at} "
         "and was not completed.",
     }
-    d = _Decider(policy, state, ctx, violations, automated=True, extra_facts=[missed])
+    d = Decider(policy, state, ctx, violations, automated=True, extra_facts=[missed])
     until = d.at(policy.missed_remediation_suspension)
     text = f"The remediation was not completed in time; the account is suspended until {until}."
     expired = d.build(ev.RemediationExpired(remediation_id, d.reasons(text)), remediation.event_id)
@@ -423,7 +435,7 @@ def decide_abuse_report(
 ) -> list[NewEvent]:
     """``AbuseReportReceived``: recorded, no strike until triaged."""
     category_rule(policy, category)
-    d = _Decider(policy, StandingState.empty(""), ctx, [], automated=False)
+    d = Decider(policy, StandingState.empty(""), ctx, [], automated=False)
     payload = ev.AbuseReportReceived(
         ctx.new_id("rep"), category, description, reporter_contact, evidence_ref
     )
@@ -449,7 +461,7 @@ def decide_triage(
         raise InvalidTransition(f"abuse report {report_id} was already triaged {report.status}")
     if outcome not in ev.TRIAGE_OUTCOMES:
         raise ValidationFailed(f"unknown outcome {outcome!r}")
-    d = _Decider(policy, state, ctx, [], automated=False)
+    d = Decider(policy, state, ctx, [], automated=False)
     if outcome == "rejected":
         payload = ev.AbuseReportTriaged(report_id, outcome, severity, None)
         return [d.build(payload, report.event_id)]
@@ -512,7 +524,7 @@ def decide_appeal_filing(
 ) -> list[NewEvent]:
     """``AppealFiled`` against a decision event, if ``check_appeal_filing`` allows it."""
     check_appeal_filing(policy, state, decision_event_id, ctx.now)
-    d = _Decider(policy, state, ctx, [], automated=False)
+    d = Decider(policy, state, ctx, [], automated=False)
     appeal = ev.AppealFiled(ctx.new_id("apl"), decision_event_id, statement)
     return [d.build(appeal, decision_event_id)]
 
@@ -543,10 +555,12 @@ def decide_appeal(
             f"unknown outcome {outcome!r}",
             details=[{"field": "outcome", "allowed": list(ev.APPEAL_OUTCOMES)}],
         )
-    decision = state.decisions[appeal.decision_event_id]
+    decision = state.decisions.get(appeal.decision_event_id)
+    if decision is None:
+        raise NotFound(f"appeal {appeal_id} targets no known decision", code="decision_not_found")
     violations = [state.violations[v] for v in decision.violation_ids if v in state.violations]
     fact = {"appeal_id": appeal_id, "description": reason}
-    d = _Decider(policy, state, ctx, violations, automated=False, extra_facts=[fact])
+    d = Decider(policy, state, ctx, violations, automated=False, extra_facts=[fact])
     what = f"decision {decision.event_id} ({decision.type})"
     if outcome == "upheld":
         text = f"The appeal is rejected: the {what} stands."
@@ -562,7 +576,7 @@ def decide_appeal(
     return d.events
 
 
-def _reverse(d: _Decider, decision: DecisionRecord, appeal_id: str, decided: NewEvent) -> None:
+def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewEvent) -> None:
     state, now, cause = d.state, d.ctx.now, decided.event_id
     why = f"appeal {appeal_id} overturned decision {decision.event_id}"
     sor = decided.data["statement_of_reasons"]

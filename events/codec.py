@@ -7,6 +7,7 @@ their hash chain stays intact (the chain covers the stored shape, which the publ
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ class Registration:
     """How one event type is encoded, decoded and upcast."""
 
     type: str
-    payload_class: type[Any]
+    payload_class: builtins.type[Any]  # ``type`` is the field above here
     schema_version: int
     upcasters: dict[int, Upcaster] = field(default_factory=dict)
 

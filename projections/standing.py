@@ -32,6 +32,8 @@ JSON = dict[str, Any]
 Status = Literal[
     "terminated", "suspended", "throttled", "remediation_due", "warned", "good_standing"
 ]
+# Bump when the stored shape of ``StandingState`` changes; ``from_json`` then refuses older
+# states and the stored standings must be rebuilt from the log (the log is the truth).
 STATE_SCHEMA = 1
 # Event types that are decisions an appeal may target, and what each one targets.
 DECISION_TYPES = (
@@ -44,6 +46,8 @@ DECISION_TYPES = (
 
 @dataclass(frozen=True, slots=True)
 class ViolationRecord:
+    """A reported violation; ``strike`` false never counts, ``dismissed`` no longer counts."""
+
     violation_id: str
     event_id: str
     category: str
@@ -59,6 +63,8 @@ class ViolationRecord:
 
 @dataclass(frozen=True, slots=True)
 class RemediationRecord:
+    """A remediation request; open means ``status == "open"`` (see ``remediation_is_open``)."""
+
     remediation_id: str
     event_id: str
     violation_ids: tuple[str, ...]
@@ -69,6 +75,8 @@ class RemediationRecord:
 
 @dataclass(frozen=True, slots=True)
 class ThrottleRecord:
+    """A throttle not lifted; in force until ``expires_at`` (None: until lifted)."""
+
     throttle_id: str
     event_id: str
     key_id: str | None
@@ -80,6 +88,8 @@ class ThrottleRecord:
 
 @dataclass(frozen=True, slots=True)
 class SuspensionRecord:
+    """The latest suspension not ended; in force until ``until`` (None: indefinitely)."""
+
     suspension_id: str
     event_id: str
     since: str
@@ -102,6 +112,8 @@ class DecisionRecord:
 
 @dataclass(frozen=True, slots=True)
 class AppealRecord:
+    """An appeal of one decision event, open until decided."""
+
     appeal_id: str
     event_id: str
     decision_event_id: str
@@ -111,6 +123,8 @@ class AppealRecord:
 
 @dataclass(frozen=True, slots=True)
 class AbuseReportRecord:
+    """A third party's report (AUP §7), open until triaged."""
+
     report_id: str
     event_id: str
     category: str
@@ -123,6 +137,8 @@ class AbuseReportRecord:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitRecord:
+    """The latest configured limits of a key, or (``key_id`` None) of the whole account."""
+
     key_id: str | None
     requests_per_minute: int
     tokens_per_day: int
@@ -467,6 +483,8 @@ _HANDLERS: dict[str, Callable[[StandingState, Any, RecordedEvent], None]] = {
 
 @dataclass(frozen=True, slots=True)
 class OpenRemediation:
+    """A remediation still open at ``as_of`` (possibly overdue)."""
+
     remediation_id: str
     due_at: datetime
     violation_ids: tuple[str, ...]
@@ -474,6 +492,8 @@ class OpenRemediation:
 
 @dataclass(frozen=True, slots=True)
 class ActiveThrottle:
+    """A throttle in force at ``as_of``; ``key_id`` None applies to every key."""
+
     throttle_id: str
     key_id: str | None
     factor: float
@@ -482,6 +502,8 @@ class ActiveThrottle:
 
 @dataclass(frozen=True, slots=True)
 class ActiveSuspension:
+    """The suspension in force at ``as_of``; ``until`` None means indefinitely."""
+
     suspension_id: str
     since: datetime
     until: datetime | None

@@ -33,7 +33,14 @@ class StandingRepository:
         row = conn.execute(
             sa.select(standings.c.state).where(standings.c.account_id == account_id)
         ).first()
-        state = StandingState.empty(account_id) if row is None else StandingState.from_json(row[0])
+        state = StandingState.empty(account_id)
+        if row is not None:
+            try:
+                state = StandingState.from_json(row[0])
+            except ValueError:
+                # A row written by an older state schema: fold the whole stream instead; the
+                # next append stores the current shape.
+                state = StandingState.empty(account_id)
         tail = self.store.read_stream(account_id, after_version=state.version, conn=conn)
         return apply_all(state, tail) if tail else state
 

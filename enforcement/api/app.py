@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from enforcement.api.errors import install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
-from enforcement.api.routes import accounts, reading, reporting
+from enforcement.api.routes import accounts, gate, reading, reporting
 from enforcement.bootstrap import Container
 
 
@@ -43,5 +43,6 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     app.include_router(reporting.router)
     app.include_router(accounts.router)
     app.include_router(reading.router)
+    app.include_router(gate.router)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -31,7 +31,7 @@ def _known_category(value: str) -> str:
     if value not in CATEGORIES:
         raise PydanticCustomError(
             "unknown_category",
-            "unknown category {category!r}",
+            "unknown category '{category}'",
             {"category": value, "allowed": sorted(CATEGORIES)},
         )
     return value

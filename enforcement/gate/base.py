@@ -21,6 +21,8 @@ DEFAULT_RPM = 600
 DEFAULT_TPD = 1_000_000
 DEFAULT_DENIAL_WINDOW_S = 600  # policy `sustained_abuse_denials.window`
 DAY_S = 86_400
+MAX_RPM = 10**7  # keeps a GCRA period within 70 s
+MAX_TPD = 10**15  # keeps token arithmetic exact in Lua's doubles
 
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # CONTRACT.md; no braces: see keys.py
 MAX_ID_LEN = 256
@@ -206,10 +208,10 @@ def _require_id(name: str, value: str) -> None:
 
 
 def _require_limits(rpm: int, tpd: int) -> None:
-    if not _is_int(rpm) or rpm < 1:
-        raise ValueError("rpm must be a positive integer")
-    if not _is_int(tpd) or tpd < 0:
-        raise ValueError("tpd must be a non-negative integer")
+    if not _is_int(rpm) or not 1 <= rpm <= MAX_RPM:
+        raise ValueError(f"rpm must be an integer from 1 to {MAX_RPM}")
+    if not _is_int(tpd) or not 0 <= tpd <= MAX_TPD:
+        raise ValueError(f"tpd must be an integer from 0 to {MAX_TPD}")
 
 
 def _require_version(version: int) -> None:

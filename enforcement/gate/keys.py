@@ -4,13 +4,15 @@ Every key of an account starts with the hash tag ``{a:<account_id>}``, so all of
 Redis Cluster slot and one script can check key, account and throttles atomically. Account ids
 cannot contain braces (``base.ACCOUNT_ID``), so the tag is always exactly the account's.
 
-``{a:<acct>}:cfg`` (hash)
+``{a:<acct>}:state`` (hash), read and written by every check
     ``st``: status|until_ms|version; ``lim`` and ``lim:<key>``: rpm|tpd|version;
-    ``thr``: JSON {throttle_id: {k: key id or "", f: factor ppm, e: expires ms, v, l: lifted}}.
-    TTL ``state_ttl_s``, renewed by every update and every check.
-``{a:<acct>}:use`` (hash), the account ceiling's usage, and ``{a:<acct>}:use:<key>``, a key's
-    ``t``: GCRA theoretical arrival time (µs); ``w``: token window index; ``n``: tokens used.
-    TTL: until the request bucket has refilled, or the token window's end if tokens were used.
+    ``thr``: JSON {throttle_id: {k: key id or "", f: factor ppm, e: expires ms, v, l: lifted}};
+    ``c``: present once any of those was written;
+    ``u`` (the account ceiling) and ``u:<key>``: usage, tat|window|used: the GCRA theoretical
+    arrival time (µs), the token window's index and the tokens used in it. A key's usage is
+    dropped at the account's first request of a new window when it is idle.
+    TTL: ``state_ttl_s`` after the last update or check when configured; otherwise until every
+    request bucket has refilled (2 min) or, if tokens were used, the token window ends.
 ``{a:<acct>}:den`` (hash)
     denial bucket index -> count, at most the window's buckets + 1 (61).
     TTL: the denial window plus one bucket.
@@ -25,16 +27,8 @@ def tag(account_id: str) -> str:
     return "{a:" + account_id + "}"
 
 
-def config(account_id: str) -> str:
-    return tag(account_id) + ":cfg"
-
-
-def account_usage(account_id: str) -> str:
-    return tag(account_id) + ":use"
-
-
-def key_usage(account_id: str, key_id: str) -> str:
-    return tag(account_id) + ":use:" + key_id
+def state(account_id: str) -> str:
+    return tag(account_id) + ":state"
 
 
 def denials(account_id: str) -> str:
@@ -45,16 +39,10 @@ def denied_keys(account_id: str) -> str:
     return tag(account_id) + ":dkeys"
 
 
-def check_keys(account_id: str, key_id: str) -> tuple[str, str, str, str, str]:
+def check_keys(account_id: str) -> tuple[str, str, str]:
     """The KEYS of the check script, in its order."""
     prefix = "{a:" + account_id + "}"
-    return (
-        prefix + ":cfg",
-        prefix + ":use:" + key_id,
-        prefix + ":use",
-        prefix + ":den",
-        prefix + ":dkeys",
-    )
+    return prefix + ":state", prefix + ":den", prefix + ":dkeys"
 
 
 def limits_field(key_id: str | None) -> str:

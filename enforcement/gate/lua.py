@@ -26,26 +26,30 @@ local function effective(limit, ppm)  -- core.effective, exact for limits below 
 end
 """
 
-# KEYS: cfg, key usage, account usage, denial buckets, denied keys. ARGV: key_id, tokens.
+# KEYS: the account's state hash, denial buckets, denied keys. ARGV: key_id, tokens.
 # Returns {reason, limit_req, remaining_req, reset_req_ms, limit_tok, remaining_tok,
 #          reset_tok_ms, retry_ms, denials_in_window, denied_keys_last_minute}.
+# An allowed check is four commands: TIME, HMGET, HSET, PEXPIREAT.
 CHECK = """
 local key_id, tokens = ARGV[1], tonumber(ARGV[2])
+local key_field = 'u:' .. key_id
 local now = now_us()
 local now_ms = math.floor(now / 1000)
-local cfg = redis.call('HMGET', KEYS[1], 'st', 'lim:' .. key_id, 'lim', 'thr')
+local state = redis.call('HMGET', KEYS[1],
+  'st', 'lim:' .. key_id, 'lim', 'thr', 'u', key_field, 'c')
+local configured = state[7]  -- set by every state update: the hash holds configuration
 
 local function limits(packed)
   if not packed then return DEFAULT_RPM, DEFAULT_TPD end
   local rpm, tpd = string.match(packed, '^(%d+)|(%d+)|')
   return tonumber(rpm), tonumber(tpd)
 end
-local key_rpm, key_tpd = limits(cfg[2])
-local acct_rpm, acct_tpd = limits(cfg[3])
+local key_rpm, key_tpd = limits(state[2])
+local acct_rpm, acct_tpd = limits(state[3])
 
 local acct_ppm, key_ppm = PPM, PPM  -- core.throttle_ppm
-if cfg[4] then
-  for _, th in pairs(cjson.decode(cfg[4])) do
+if state[4] then
+  for _, th in pairs(cjson.decode(state[4])) do
     if th.l == 0 and (th.e == 0 or now_ms < th.e) then
       if th.k == '' then acct_ppm = math.min(acct_ppm, th.f)
       elseif th.k == key_id then key_ppm = math.min(key_ppm, th.f) end
@@ -54,13 +58,17 @@ if cfg[4] then
 end
 key_ppm = math.min(key_ppm, acct_ppm)
 
+-- Usage fields are "tat|window|used": GCRA TAT (µs), token window index, tokens used in it.
 local window = math.floor(now / WINDOW_US)
 local window_end = (window + 1) * WINDOW_US
-local ku = redis.call('HMGET', KEYS[2], 't', 'w', 'n')
-local au = redis.call('HMGET', KEYS[3], 't', 'w', 'n')
-local key_tat, acct_tat = tonumber(ku[1]) or 0, tonumber(au[1]) or 0
-local key_used = (tonumber(ku[2]) == window and tonumber(ku[3])) or 0
-local acct_used = (tonumber(au[2]) == window and tonumber(au[3])) or 0
+local function usage(packed)
+  if not packed then return 0, 0 end
+  local tat, w, used = string.match(packed, '^(%d+)|(%d+)|(%d+)$')
+  if tonumber(w) ~= window then used = 0 end
+  return tonumber(tat), tonumber(used)
+end
+local key_tat, key_used = usage(state[6])
+local acct_tat, acct_used = usage(state[5])
 
 -- A scope: {fits, limit, remaining, reset_us, retry_us, cost, reset_cost_us} (core.Scope).
 local function request_scope(tat, limit)
@@ -82,8 +90,8 @@ local kt = token_scope(key_used, effective(key_tpd, key_ppm))
 local at = token_scope(acct_used, effective(acct_tpd, acct_ppm))
 
 local reason, retry = 0, 0  -- core.refusal, core.verdict
-if cfg[1] then
-  local status, until_ms = string.match(cfg[1], '^(%a+)|(%d+)|')
+if state[1] then
+  local status, until_ms = string.match(state[1], '^(%a+)|(%d+)|')
   local until_us = tonumber(until_ms) * 1000
   if status == 'terminated' then reason = 4
   elseif status == 'suspended' and until_us == 0 then reason = 3
@@ -101,36 +109,53 @@ if reason == 0 then
   end
 end
 
+-- The hash outlives every TAT in it (at most a period, ~60 s, ahead), the token window while
+-- the account used tokens in it, and configuration by STATE_TTL_MS (>= the window).
+local expire_ms = now_ms + USAGE_TTL_MS
+if configured then expire_ms = now_ms + STATE_TTL_MS end
 local denials, denied_keys = 0, 0
 if reason == 0 then
-  local function take(key, tat, limit, used)
+  if not state[5] or not string.find(state[5], '|' .. window .. '|', 1, true) then
+    -- The account's first request in this window: forget keys idle since the last one.
+    local all = redis.call('HGETALL', KEYS[1])
+    for i = 1, #all, 2 do
+      if string.sub(all[i], 1, 2) == 'u:' then
+        local tat, w = string.match(all[i + 1], '^(%d+)|(%d+)|')
+        if tonumber(w) ~= window and tonumber(tat) <= now then
+          redis.call('HDEL', KEYS[1], all[i])
+        end
+      end
+    end
+  end
+  local function packed(tat, limit, used)
     local new_tat = math.max(tat, now) + math.ceil(MINUTE_US / limit)
-    redis.call('HSET', key, 't', new_tat, 'w', window, 'n', used + tokens)
-    local expire_ms = math.ceil(new_tat / 1000)
-    if used + tokens > 0 then expire_ms = math.max(expire_ms, window_end / 1000) end
-    redis.call('PEXPIREAT', key, expire_ms)
+    return string.format('%.0f|%.0f|%.0f', new_tat, window, used + tokens)
   end
-  take(KEYS[2], key_tat, kr[2], key_used)
-  take(KEYS[3], acct_tat, ar[2], acct_used)
-elseif reason <= 2 then
-  local bucket = math.floor(now / BUCKET_US)
-  redis.call('HINCRBY', KEYS[4], bucket, 1)
-  local all = redis.call('HGETALL', KEYS[4])
-  for i = 1, #all, 2 do
-    if tonumber(all[i]) > bucket - BUCKETS then denials = denials + tonumber(all[i + 1])
-    else redis.call('HDEL', KEYS[4], all[i]) end
+  redis.call('HSET', KEYS[1], 'u', packed(acct_tat, ar[2], acct_used),
+    key_field, packed(key_tat, kr[2], key_used))
+  if acct_used + tokens > 0 then expire_ms = math.max(expire_ms, window_end / 1000) end
+  redis.call('PEXPIREAT', KEYS[1], expire_ms)
+else
+  if configured then redis.call('PEXPIREAT', KEYS[1], expire_ms) end
+  if reason <= 2 then
+    local bucket = math.floor(now / BUCKET_US)
+    redis.call('HINCRBY', KEYS[2], bucket, 1)
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      if tonumber(all[i]) > bucket - BUCKETS then denials = denials + tonumber(all[i + 1])
+      else redis.call('HDEL', KEYS[2], all[i]) end
+    end
+    redis.call('PEXPIRE', KEYS[2], (BUCKETS + 1) * BUCKET_US / 1000)
+    redis.call('ZADD', KEYS[3], now_ms, key_id)
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - DENIED_KEYS_MS)
+    denied_keys = redis.call('ZCARD', KEYS[3])
+    if denied_keys > DENIED_KEYS_CAP then
+      redis.call('ZREMRANGEBYRANK', KEYS[3], 0, denied_keys - DENIED_KEYS_CAP - 1)
+      denied_keys = DENIED_KEYS_CAP
+    end
+    redis.call('PEXPIRE', KEYS[3], DENIED_KEYS_MS)
   end
-  redis.call('PEXPIRE', KEYS[4], (BUCKETS + 1) * BUCKET_US / 1000)
-  redis.call('ZADD', KEYS[5], now_ms, key_id)
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - DENIED_KEYS_MS)
-  denied_keys = redis.call('ZCARD', KEYS[5])
-  if denied_keys > DENIED_KEYS_CAP then
-    redis.call('ZREMRANGEBYRANK', KEYS[5], 0, denied_keys - DENIED_KEYS_CAP - 1)
-    denied_keys = DENIED_KEYS_CAP
-  end
-  redis.call('PEXPIRE', KEYS[5], DENIED_KEYS_MS)
 end
-if cfg[1] or cfg[2] or cfg[3] or cfg[4] then redis.call('PEXPIRE', KEYS[1], STATE_TTL_MS) end
 
 local function binding(k, a)  -- core.binding
   local k_rem, a_rem, k_reset, a_reset = k[3], a[3], k[4], a[4]
@@ -161,18 +186,18 @@ local horizon = string.format('(%.0f', math.floor(now / 1000) - DENIED_KEYS_MS)
 return {denials, redis.call('ZCOUNT', KEYS[2], horizon, '+inf')}
 """
 
-# KEYS: cfg. ARGV: field, value without version, version. An item's value ends in |version.
+# KEYS: state. ARGV: field, value without version, version. An item's value ends in |version.
 SET_VERSIONED = """
 local field, version = ARGV[1], tonumber(ARGV[3])
 local current = redis.call('HGET', KEYS[1], field)
 if current and tonumber(string.match(current, '|(%d+)$')) >= version then return 0 end
-redis.call('HSET', KEYS[1], field, ARGV[2] .. '|' .. ARGV[3])
+redis.call('HSET', KEYS[1], field, ARGV[2] .. '|' .. ARGV[3], 'c', 1)
 redis.call('PEXPIRE', KEYS[1], STATE_TTL_MS)
 return 1
 """
 
-# KEYS: cfg. ARGV: throttle_id, version, then for an apply: key_id ('' = account), ppm,
-# expires_ms (0 = none); none for a lift. Throttles: cfg field thr, JSON {id: {k, f, e, v, l}}.
+# KEYS: state. ARGV: throttle_id, version, then for an apply: key_id ('' = account), ppm,
+# expires_ms (0 = none); none for a lift. Throttles: field thr, JSON {id: {k, f, e, v, l}}.
 THROTTLE = """
 local id, version = ARGV[1], tonumber(ARGV[2])
 local now_ms = math.floor(now_us() / 1000)
@@ -207,7 +232,8 @@ if not (current and current.v >= version) then
 end
 if next(throttles) == nil then redis.call('HDEL', KEYS[1], 'thr')
 else redis.call('HSET', KEYS[1], 'thr', cjson.encode(throttles)) end
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], STATE_TTL_MS) end
+redis.call('HSET', KEYS[1], 'c', 1)
+redis.call('PEXPIRE', KEYS[1], STATE_TTL_MS)
 return applied
 """
 

@@ -19,6 +19,7 @@ from enforcement.gate.base import Gate, GateUnavailable
 from enforcement.gate.decision import REASONS, DenialStats, GateDecision
 
 DEFAULT_STATE_TTL_S = 30 * 86_400
+USAGE_TTL_S = 120  # more than a TAT can run ahead: 60 s + MAX_RPM µs of rounding
 
 
 class RedisGate(Gate):
@@ -32,12 +33,16 @@ class RedisGate(Gate):
         **settings: int,
     ) -> None:
         super().__init__(**settings)
-        if state_ttl_s < 1:
-            raise ValueError("state_ttl_s must be positive")
+        if state_ttl_s < max(self.token_window_s, USAGE_TTL_S):
+            raise ValueError("state_ttl_s must cover the token window")
         self._client = client
         self._command: Callable[..., Any] = client.execute_command
         bucket_s, buckets = core.denial_buckets(self.denial_window_s)
-        common = {"STATE_TTL_MS": state_ttl_s * 1000, "BUCKET_US": bucket_s * core.US}
+        common = {
+            "STATE_TTL_MS": state_ttl_s * 1000,
+            "USAGE_TTL_MS": USAGE_TTL_S * 1000,
+            "BUCKET_US": bucket_s * core.US,
+        }
         self._check_script = lua.render(
             lua.CHECK,
             DEFAULT_RPM=self.default_rpm,
@@ -71,7 +76,7 @@ class RedisGate(Gate):
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
 
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
-        r = self._run(self._check_script, keys.check_keys(account_id, key_id), (key_id, tokens))
+        r = self._run(self._check_script, keys.check_keys(account_id), (key_id, tokens))
         return GateDecision(
             r[0] == core.OK,
             REASONS[r[0]],
@@ -95,11 +100,11 @@ class RedisGate(Gate):
         self, account_id: str, key_id: str | None, rpm: int, tpd: int, version: int
     ) -> bool:
         args = (keys.limits_field(key_id), f"{rpm}|{tpd}", version)
-        return bool(self._run(self._set_script, (keys.config(account_id),), args))
+        return bool(self._run(self._set_script, (keys.state(account_id),), args))
 
     def _set_status(self, account_id: str, status: str, until_ms: int, version: int) -> bool:
         args = ("st", f"{status}|{until_ms}", version)
-        return bool(self._run(self._set_script, (keys.config(account_id),), args))
+        return bool(self._run(self._set_script, (keys.state(account_id),), args))
 
     def _apply_throttle(
         self,
@@ -111,8 +116,8 @@ class RedisGate(Gate):
         version: int,
     ) -> bool:
         args = (throttle_id, version, key_id or "", ppm, expires_ms)
-        return bool(self._run(self._throttle_script, (keys.config(account_id),), args))
+        return bool(self._run(self._throttle_script, (keys.state(account_id),), args))
 
     def _lift_throttle(self, account_id: str, throttle_id: str, version: int) -> bool:
         args = (throttle_id, version)
-        return bool(self._run(self._throttle_script, (keys.config(account_id),), args))
+        return bool(self._run(self._throttle_script, (keys.state(account_id),), args))

@@ -20,6 +20,7 @@ import dramatiq
 import sqlalchemy as sa
 
 from enforcement.bootstrap import Container
+from enforcement.gatekeeping import seed_gate
 from enforcement.notices.delivery import CHANNELS, NoticeDelivery
 from enforcement.notices.email import EmailSender
 from enforcement.notices.webhook import WebhookSender
@@ -92,6 +93,9 @@ def start_background(container: Container, actors: Actors, *, consumers: bool,
             while not stop.is_set():
                 if leader.acquire():
                     log.info("this process leads the relay and the deadline sweep")
+                    seeded = seed_gate(container.gate, container.store,
+                                       container.clock())
+                    log.info("gate seeded from %d stored standings", seeded)
                     sweeper = threading.Thread(
                         target=run_sweeper, args=(container.service, stop, settings.sweep_seconds),
                         name="sweep", daemon=True)

@@ -65,7 +65,7 @@ def assert_one_intact_stream(store: EventStore, writers: int, appends: int, acke
 
 
 def test_threads_appending_to_one_stream_lose_nothing(store: EventStore) -> None:
-    writers, appends = 8, 25
+    writers, appends = 8, 20
     barrier = threading.Barrier(writers)
 
     with ThreadPoolExecutor(writers) as pool:
@@ -108,7 +108,7 @@ def process_writer(url: str, writer: int, appends: int, go: Any, results: Any) -
 def test_processes_appending_to_one_stream_lose_nothing(
     store: EventStore, database_url: str
 ) -> None:
-    writers, appends = 4, 25
+    writers, appends = 3, 20
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
     processes = [

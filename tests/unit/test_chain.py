@@ -185,7 +185,7 @@ def test_any_single_mutation_breaks_the_chain_at_that_version(
     assert result.head_hash is None
 
 
-@settings(deadline=None)
+@settings(deadline=None, max_examples=50)
 @given(long_chains, st.data())
 def test_reordering_or_dropping_events_breaks_the_chain(
     chain: list[RecordedEvent], data: st.DataObject

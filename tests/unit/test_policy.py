@@ -779,3 +779,72 @@ def test_any_sequence_of_reports_gives_well_formed_decisions(
         if critical and not was_terminated:
             assert standing.status == "terminated"
         assert standing.version == account.state.version
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("report"),
+            st.sampled_from(["spam", "phishing", "csam", "sustained_abuse", "impersonation"]),
+            st.none() | st.sampled_from(ev.SEVERITIES),
+        ),
+        st.tuples(st.just("expire"), st.none(), st.none()),
+        st.tuples(st.just("appeal"), st.integers(0, 20), st.none()),
+        st.tuples(st.just("decide"), st.sampled_from(ev.APPEAL_OUTCOMES), st.none()),
+    ).flatmap(lambda op: st.tuples(st.just(op), st.integers(0, 10 * 24))),
+    max_size=15,
+)
+
+
+def _run(
+    operations: list[tuple[tuple[str, Any, Any], int]],
+) -> tuple[Account, list[NewEvent], datetime]:
+    """Drive an account through reports, deadline sweeps and appeals, as the service would."""
+    account, log, now = Account(), [], NOW
+    for (name, a, b), gap_hours in operations:
+        now += timedelta(hours=gap_hours)
+        ctx = account.ctx(now, "op")
+        state = account.state
+        decided: list[NewEvent] = []
+        try:
+            if name == "report":
+                decided = decide_violation(P, state, ViolationReport(a, now, b), ctx)
+            elif name == "expire":
+                for rem_id in list(state.remediations):
+                    expired = decide_remediation_expired(P, account.state, rem_id, ctx)
+                    account.record(expired, now)
+                    log += expired
+            elif name == "appeal" and state.decisions:
+                target = list(state.decisions)[a % len(state.decisions)]
+                decided = decide_appeal_filing(P, state, target, "s", ctx)
+            elif name == "decide":
+                open_ids = [i for i, ap in state.appeals.items() if ap.status == "open"]
+                if open_ids:
+                    decided = decide_appeal(P, state, open_ids[0], a, "r", ctx)
+        except (NotFound, Conflict, InvalidTransition):
+            decided = []
+        account.record(decided, now)
+        log += decided
+    return account, log, now
+
+
+@settings(max_examples=100, deadline=None)
+@given(OPERATIONS)
+def test_reports_deadlines_and_appeals_keep_the_account_consistent(
+    operations: list[tuple[tuple[str, Any, Any], int]],
+) -> None:
+    account, log, now = _run(operations)
+    assert _run(operations)[1] == log
+    by_id = {e.event_id: e for e in log}
+    for event in log:
+        assert set(event.metadata) == METADATA_KEYS
+        if event.type == "NoticeIssued":
+            assert event.data["decision_event_id"] in by_id
+    state = account.state
+    for decision in state.decisions.values():
+        if decision.overturned:
+            for vid in decision.violation_ids:
+                assert state.violations[vid].dismissed
+    standing = view(state, now, P.strike_lookback)
+    assert (standing.status == "terminated") == state.terminated
+    assert standing.open_appeals == sum(1 for d in state.decisions.values() if d.open_appeal_id)

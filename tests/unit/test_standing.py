@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import RecordedEvent
@@ -436,6 +436,7 @@ def _as_of(events: list[RecordedEvent], extra_hours: int) -> datetime:
     return last + timedelta(hours=extra_hours)
 
 
+@settings(deadline=None)
 @given(histories(), st.integers(0, 150 * 24))
 def test_fold_is_deterministic_and_equals_applying_one_event_at_a_time(
     events: list[RecordedEvent], extra_hours: int
@@ -450,6 +451,7 @@ def test_fold_is_deterministic_and_equals_applying_one_event_at_a_time(
     assert Standing.from_json(first.to_json()) == first
 
 
+@settings(deadline=None)
 @given(histories())
 def test_state_survives_json_exactly(events: list[RecordedEvent]) -> None:
     state = apply_all(StandingState.empty("acct_1"), events)
@@ -459,6 +461,7 @@ def test_state_survives_json_exactly(events: list[RecordedEvent]) -> None:
     assert json.dumps(restored.to_json()) == text
 
 
+@settings(deadline=None)
 @given(histories(), st.integers(1, 1000))
 def test_as_of_before_the_first_event_is_good_standing_at_version_0(
     events: list[RecordedEvent], hours_before: int
@@ -469,6 +472,7 @@ def test_as_of_before_the_first_event_is_good_standing_at_version_0(
     assert (standing.status, standing.version) == ("good_standing", 0)
 
 
+@settings(deadline=None)
 @given(histories(), st.integers(0, 100 * 24))
 def test_dismissing_every_violation_leaves_no_strike(
     events: list[RecordedEvent], extra_hours: int
@@ -482,6 +486,7 @@ def test_dismissing_every_violation_leaves_no_strike(
     assert standing.status != "warned"
 
 
+@settings(deadline=None)
 @given(histories(), st.data())
 def test_resuming_from_a_saved_state_equals_folding_from_scratch(
     events: list[RecordedEvent], data: st.DataObject
@@ -497,6 +502,7 @@ def test_resuming_from_a_saved_state_equals_folding_from_scratch(
     assert view(resumed, as_of, LOOKBACK) == fold("acct_1", events, as_of, LOOKBACK)
 
 
+@settings(deadline=None)
 @given(histories())
 def test_apply_never_changes_the_state_it_is_given(events: list[RecordedEvent]) -> None:
     state = StandingState.empty("acct_1")

@@ -1,0 +1,189 @@
+"""The e2e harness: ``enforcement serve`` as a subprocess, tokens made by the real CLI, clients
+that check ``X-Request-Id`` on every response, and helpers to read the feed and check errors.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).with_name("enforcement"))
+ROLES = ("reporter", "operator", "auditor", "gateway", "admin")
+STARTUP_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_env(database_url: str, workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+    env.update(
+        {
+            "ENFORCEMENT_DATABASE_URL": database_url,
+            "ENFORCEMENT_MAIL_DIR": str(workdir / "notices"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def create_tokens(env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """``enforcement tokens create`` once per role, in parallel: the token is the last line."""
+    procs = {
+        role: subprocess.Popen(
+            [CLI, "tokens", "create", "--role", role, "--name", f"e2e-{role}"],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in ROLES
+    }
+    tokens = {}
+    for role, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, f"tokens create --role {role} failed: {err}"
+        tokens[role] = out.strip().splitlines()[-1]
+        assert tokens[role].startswith("enf_"), out
+    return tokens
+
+
+def _require_request_id(response: httpx.Response) -> None:
+    assert response.headers.get("x-request-id"), (
+        f"{response.request.method} {response.request.url} answered without X-Request-Id"
+    )
+
+
+@dataclass
+class Server:
+    """A running ``enforcement serve`` and an authenticated client per role."""
+
+    backend: str
+    base_url: str
+    tokens: dict[str, str]
+    clients: dict[str, httpx.Client] = field(default_factory=dict)
+
+    def client(self, role: str | None = None, token: str | None = None) -> httpx.Client:
+        """A client for ``role`` (``None``: no token), or for an explicit ``token``."""
+        key = f"token:{token}" if token is not None else (role or "anonymous")
+        if key not in self.clients:
+            headers = {}
+            bearer = token if token is not None else (self.tokens[role] if role else None)
+            if bearer is not None:
+                headers["Authorization"] = f"Bearer {bearer}"
+            self.clients[key] = httpx.Client(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=30,
+                event_hooks={"response": [_require_request_id]},
+            )
+        return self.clients[key]
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+
+
+def _wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            response = httpx.get(f"{base_url}/healthz", timeout=1)
+            if response.status_code == 200:
+                assert response.json() == {"status": "ok"}
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(
+        f"the server did not answer /healthz in {STARTUP_SECONDS}s:\n{log.read_text()}"
+    )
+
+
+def start_server(database_url: str, workdir: Path, backend: str) -> Iterator[Server]:
+    """``init``, then ``serve`` while the tokens are being created; stopped when done."""
+    env = cli_env(database_url, workdir)
+    init = run_cli(env, workdir, "init")
+    assert init.returncode == 0, init.stderr
+    port = free_port()
+    log = workdir / "server.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [CLI, "serve", "--port", str(port)],
+            env=env,
+            cwd=workdir,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        server = Server(backend, f"http://127.0.0.1:{port}", create_tokens(env, workdir))
+        _wait_healthy(server.base_url, proc, log)
+        yield server
+        server.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------ helpers for the tests
+
+
+def feed(client: httpx.Client) -> list[dict[str, Any]]:
+    """The whole global feed, page by page."""
+    out: list[dict[str, Any]] = []
+    after: int | None = 0
+    while after is not None:
+        response = client.get("/v1/events", params={"after_position": after, "limit": 500})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        out.extend(body["events"])
+        after = body["next_after_position"]
+    return out
+
+
+def requested_events(client: httpx.Client) -> list[str]:
+    """Ids of the events that requests recorded (the background workers' own are left out:
+    they record notice deliveries at their own pace)."""
+    return [e["event_id"] for e in feed(client) if e["metadata"].get("source") != "worker"]
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is ``status`` with exactly ``{"error": {"code", "message", "details"}}``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"], body
+    error = body["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert isinstance(error["code"], str) and error["code"].replace("_", "").isalpha()
+    assert error["code"] == error["code"].lower()
+    assert isinstance(error["message"], str) and error["message"].strip()
+    if code is not None:
+        assert error["code"] == code, error
+    return error

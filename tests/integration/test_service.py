@@ -1,0 +1,514 @@
+"""The use cases through ``EnforcementService`` on a real database (SQLite and PostgreSQL), with a
+fake clock: what each one records, what it refuses (writing nothing), and that the stored standing
+stays the fold of the log after every story."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import Container
+from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
+from enforcement.policy import ViolationReport
+from enforcement.service import Outcome
+from events import IdempotencyConflict
+from tests.integration.test_service_support import (
+    OPERATOR,
+    REPORTER,
+    FakeClock,
+    assert_account_consistent,
+    events_of,
+    fingerprint,
+    open_system,
+    types_of,
+)
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
+    with open_system(database_url, clock) as container:
+        yield container
+
+
+def report(
+    system: Container, account: str, category: str, severity: str | None = None, **kw: Any
+) -> Outcome:
+    violation = ViolationReport(category, system.clock(), severity, **kw)
+    return system.service.report_violation(account, violation, REPORTER)
+
+
+def command(system: Container, account: str, cmd: ops.Command) -> Outcome:
+    return system.service.operator(account, cmd, OPERATOR)
+
+
+def refused(
+    system: Container, account: str, error: type[Exception], action: Callable[[], object]
+) -> Exception:
+    """Run ``action``, expect ``error``, and check that nothing was written."""
+    before = system.store.head(account)
+    with pytest.raises(error) as caught:
+        action()
+    assert system.store.head(account) == before
+    return caught.value
+
+
+def decision(outcome: Outcome, event_type: str) -> str:
+    [event] = [e for e in outcome.events if e.type == event_type]
+    return event.event_id
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def test_a_reported_violation_is_decided_at_once_and_a_key_replays_the_first_result(
+    system: Container,
+) -> None:
+    body = {"account_id": "acct_1", "category": "spam"}
+    violation = ViolationReport("spam", system.clock())
+
+    first = system.service.report_violation(
+        "acct_1", violation, REPORTER, "key-1", fingerprint(**body)
+    )
+
+    assert types_of(first.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
+    assert not first.replayed
+    assert first.standing.status == "remediation_due"
+    assert first.standing.strikes == 1
+    assert first.standing.version == 3
+    notice = first.events[1]
+    assert notice.data["kind"] == "warning"
+    assert notice.data["decision_event_id"] == first.events[2].event_id
+
+    again = system.service.report_violation(
+        "acct_1", violation, REPORTER, "key-1", fingerprint(**body)
+    )
+    assert again.replayed
+    assert [e.event_id for e in again.events] == [e.event_id for e in first.events]
+    assert again.standing.version == 3
+
+    other = {**body, "severity": "high"}
+    refused(
+        system,
+        "acct_1",
+        IdempotencyConflict,
+        lambda: system.service.report_violation(
+            "acct_1", ViolationReport("spam", system.clock(), "high"), REPORTER, "key-1",
+            fingerprint(**other),
+        ),
+    )
+    assert len(events_of(system, "acct_1")) == 3
+    assert_account_consistent(system, "acct_1")
+
+
+def test_a_batch_reports_for_many_accounts_and_a_bad_item_stands_alone(system: Container) -> None:
+    now = system.clock()
+    spam = ViolationReport("spam", now)
+    items = [
+        ("acct_b0", spam, "batch-0", fingerprint(account_id="acct_b0", category="spam")),
+        ("acct_b1", ViolationReport("no_such_category", now), None, None),
+        ("acct_b2", ViolationReport("phishing", now, "high"), None, None),
+        ("acct_b3", ViolationReport("spam", now, "enormous"), None, None),
+        ("acct_b4", ViolationReport("csam", now), None, None),
+        ("acct_b0", spam, "batch-0", fingerprint(account_id="acct_b0", category="spam")),
+        ("acct_b5", spam, "batch-0", fingerprint(account_id="acct_b5", category="spam")),
+        ("acct_b6", ViolationReport("spam", now, detection="telepathy"), None, None),
+        ("acct_b0", spam, None, None),
+    ]
+
+    results = system.service.report_batch(items, REPORTER)
+
+    assert [r.status for r in results] == [201, 422, 201, 422, 201, 200, 409, 422, 201]
+    assert results[1].error is not None and results[1].error.code == "unknown_category"
+    assert isinstance(results[3].error, ValidationFailed)
+    assert isinstance(results[6].error, IdempotencyConflict)
+    assert results[5].outcome is not None and results[0].outcome is not None
+    assert [e.event_id for e in results[5].outcome.events] == [
+        e.event_id for e in results[0].outcome.events
+    ]
+    # The second report on acct_b0 was its second strike: the ladder ran per item, in order.
+    assert results[8].outcome is not None
+    assert "ThrottleApplied" in types_of(results[8].outcome.events)
+    assert results[2].outcome is not None and results[2].outcome.standing.status == "suspended"
+    assert results[4].outcome is not None and results[4].outcome.standing.terminated
+    for bad in ("acct_b1", "acct_b3", "acct_b5", "acct_b6"):
+        assert events_of(system, bad) == []
+    for account in ("acct_b0", "acct_b2", "acct_b4"):
+        assert_account_consistent(system, account)
+    assert len(events_of(system, "acct_b0")) == 3 + 4
+
+
+def test_a_confirmed_abuse_report_becomes_a_violation_and_a_rejected_one_no_strike(
+    system: Container, clock: FakeClock
+) -> None:
+    service = system.service
+    filed = service.file_abuse_report(
+        "acct_r", "phishing", "phishing mails", "victim@example.org", "s3://e/1", REPORTER
+    )
+    assert types_of(filed.events) == ["AbuseReportReceived"]
+    assert filed.standing.open_abuse_reports == 1
+    assert filed.standing.strikes == 0
+    report_id = filed.events[0].data["report_id"]
+    received_at = filed.events[0].occurred_at
+
+    clock.advance(DAY)
+    confirmed = service.triage_abuse_report("acct_r", report_id, "confirmed", None, OPERATOR)
+    assert types_of(confirmed.events) == [
+        "AbuseReportTriaged", "ViolationReported", "AccountSuspended", "NoticeIssued",
+    ]
+    reported = confirmed.events[1]
+    assert reported.data["detection"] == "user_report"
+    assert reported.data["abuse_report_id"] == report_id
+    assert reported.occurred_at == received_at
+    assert confirmed.events[0].data["violation_id"] == reported.data["violation_id"]
+    assert confirmed.events[0].data["severity"] == "high"
+    assert confirmed.standing.strikes == 1
+    assert confirmed.standing.status == "suspended"
+    assert confirmed.standing.open_abuse_reports == 0
+    refused(
+        system,
+        "acct_r",
+        InvalidTransition,
+        lambda: service.triage_abuse_report("acct_r", report_id, "rejected", None, OPERATOR),
+    )
+
+    second = service.file_abuse_report("acct_r", "spam", "spam", None, None, REPORTER)
+    second_id = second.events[0].data["report_id"]
+    rejected = service.triage_abuse_report("acct_r", second_id, "rejected", None, OPERATOR)
+    assert types_of(rejected.events) == ["AbuseReportTriaged"]
+    assert rejected.standing.strikes == 1
+    assert rejected.standing.open_abuse_reports == 0
+    refused(
+        system,
+        "acct_r",
+        NotFound,
+        lambda: service.triage_abuse_report("acct_r", "rep_nope", "confirmed", None, OPERATOR),
+    )
+    refused(
+        system,
+        "acct_q",
+        ValidationFailed,
+        lambda: service.file_abuse_report("acct_q", "gossip", "x", None, None, REPORTER),
+    )
+    assert_account_consistent(system, "acct_r")
+
+
+def test_a_dismissed_violation_no_longer_counts_and_closes_its_remediation(
+    system: Container, clock: FakeClock
+) -> None:
+    first = report(system, "acct_d", "spam")
+    violation_id = first.events[0].data["violation_id"]
+
+    clock.advance(timedelta(hours=1))
+    dismissed = command(system, "acct_d", ops.DismissViolation(violation_id, "false positive"))
+
+    assert types_of(dismissed.events) == ["ViolationDismissed"]
+    assert dismissed.standing.strikes == 0
+    assert dismissed.standing.open_remediations == ()
+    assert dismissed.standing.status == "good_standing"
+    refused(
+        system, "acct_d", InvalidTransition,
+        lambda: command(system, "acct_d", ops.DismissViolation(violation_id, "again")),
+    )
+    refused(
+        system, "acct_d", NotFound,
+        lambda: command(system, "acct_d", ops.DismissViolation("vio_unknown", "x")),
+    )
+    # The next minor violation is a first-time one again: a warning, not a throttle.
+    again = report(system, "acct_d", "spam")
+    assert types_of(again.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
+    assert_account_consistent(system, "acct_d")
+
+
+# --- remediations -----------------------------------------------------------------------------
+
+
+def test_a_completed_remediation_never_expires_and_a_missed_one_suspends(
+    system: Container, clock: FakeClock
+) -> None:
+    service = system.service
+    done = report(system, "acct_ok", "spam")
+    done_id = done.standing.open_remediations[0].remediation_id
+    missed = report(system, "acct_late", "spam")
+    missed_id = missed.standing.open_remediations[0].remediation_id
+
+    clock.advance(3 * DAY)
+    completed = command(system, "acct_ok", ops.CompleteRemediation(done_id, "keys rotated"))
+    assert types_of(completed.events) == ["RemediationCompleted"]
+    assert completed.standing.open_remediations == ()
+    assert completed.standing.status == "warned"
+    early = service.expire_remediation("acct_late", missed_id, OPERATOR)
+    assert early.events == []
+
+    clock.advance(5 * DAY)
+    assert service.expire_remediation("acct_ok", done_id, OPERATOR).events == []
+    refused(
+        system, "acct_ok", InvalidTransition,
+        lambda: command(system, "acct_ok", ops.CompleteRemediation(done_id, "twice")),
+    )
+    expired = service.expire_remediation("acct_late", missed_id, OPERATOR)
+    assert types_of(expired.events) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+    suspension = expired.standing.suspension
+    assert suspension is not None and suspension.until == clock() + 7 * DAY
+    assert expired.standing.status == "suspended"
+    # Idempotent for the scheduler: a second call records nothing.
+    assert service.expire_remediation("acct_late", missed_id, OPERATOR).events == []
+    refused(
+        system, "acct_late", InvalidTransition,
+        lambda: command(system, "acct_late", ops.CompleteRemediation(missed_id, "too late")),
+    )
+    refused(
+        system, "acct_late", NotFound,
+        lambda: service.expire_remediation("acct_late", "rem_unknown", OPERATOR),
+    )
+    assert_account_consistent(system, "acct_ok")
+    assert_account_consistent(system, "acct_late")
+
+
+# --- suspension, reinstatement, termination ---------------------------------------------------
+
+
+def test_suspend_end_the_suspension_and_reinstate(system: Container, clock: FakeClock) -> None:
+    service = system.service
+    report(system, "acct_s", "spam")
+    suspended = command(
+        system, "acct_s", ops.Suspend("under review", until=clock() + 2 * DAY)
+    )
+    assert types_of(suspended.events) == ["AccountSuspended", "NoticeIssued"]
+    assert suspended.events[0].data["statement_of_reasons"]["automated_decision"] is False
+    assert suspended.standing.status == "suspended"
+    suspension_id = suspended.events[0].data["suspension_id"]
+
+    assert service.end_suspension("acct_s", suspension_id, OPERATOR).events == []
+    clock.advance(2 * DAY)
+    ended = service.end_suspension("acct_s", suspension_id, OPERATOR)
+    assert types_of(ended.events) == ["SuspensionEnded"]
+    assert ended.standing.suspension is None
+    assert service.end_suspension("acct_s", suspension_id, OPERATOR).events == []
+    refused(system, "acct_s", InvalidTransition,
+            lambda: command(system, "acct_s", ops.Reinstate("nothing to lift")))
+
+    quiet = command(system, "acct_s", ops.Suspend("pending review", notify=False))
+    assert types_of(quiet.events) == ["AccountSuspended"]
+    assert quiet.standing.suspension is not None and quiet.standing.suspension.until is None
+    reinstated = command(system, "acct_s", ops.Reinstate("review done"))
+    assert types_of(reinstated.events) == ["AccountReinstated", "NoticeIssued"]
+    assert reinstated.standing.suspension is None
+    assert reinstated.standing.status == "remediation_due"
+    refused(system, "acct_s", InvalidTransition,
+            lambda: command(system, "acct_s", ops.Suspend("past", until=clock() - DAY)))
+    assert_account_consistent(system, "acct_s")
+
+
+def test_a_terminated_account_is_never_reinstated_by_a_plain_reinstate(
+    system: Container, clock: FakeClock
+) -> None:
+    command(system, "acct_t", ops.Suspend("review"))
+    terminated = command(system, "acct_t", ops.Terminate("fraud"))
+    assert types_of(terminated.events) == ["AccountTerminated", "NoticeIssued"]
+    assert terminated.standing.status == "terminated"
+
+    error = refused(system, "acct_t", Conflict,
+                    lambda: command(system, "acct_t", ops.Reinstate("please")))
+    assert isinstance(error, InvalidTransition)
+    for cmd in (
+        ops.Terminate("again"),
+        ops.Suspend("more"),
+        ops.ApplyThrottle(0.5, "slow", expires_at=clock() + DAY),
+    ):
+        refused(system, "acct_t", InvalidTransition, lambda cmd=cmd: command(system, "acct_t", cmd))
+    # A violation on a terminated account is recorded, and nothing else is decided.
+    after = report(system, "acct_t", "csam")
+    assert types_of(after.events) == ["ViolationReported"]
+    assert after.standing.terminated
+
+    silent = command(system, "acct_t2", ops.Terminate("fraud", notify=False))
+    assert types_of(silent.events) == ["AccountTerminated"]
+    assert_account_consistent(system, "acct_t")
+    assert_account_consistent(system, "acct_t2")
+
+
+# --- throttles, approvals, limits -------------------------------------------------------------
+
+
+def test_apply_and_lift_a_throttle(system: Container, clock: FakeClock) -> None:
+    applied = command(
+        system, "acct_th",
+        ops.ApplyThrottle(0.5, "bursty", key_id="key_7", expires_at=clock() + 2 * DAY),
+    )
+    assert types_of(applied.events) == ["ThrottleApplied", "NoticeIssued"]
+    [throttle] = applied.standing.active_throttles
+    assert (throttle.key_id, throttle.factor) == ("key_7", 0.5)
+    assert applied.standing.status == "throttled"
+
+    lifted = command(system, "acct_th", ops.LiftThrottle(throttle.throttle_id))
+    assert types_of(lifted.events) == ["ThrottleLifted"]
+    assert lifted.standing.active_throttles == ()
+    assert lifted.standing.status == "good_standing"
+    refused(system, "acct_th", NotFound,
+            lambda: command(system, "acct_th", ops.LiftThrottle(throttle.throttle_id)))
+
+    short = command(system, "acct_th", ops.ApplyThrottle(0.25, "x", expires_at=clock() + DAY))
+    short_id = short.events[0].data["throttle_id"]
+    clock.advance(2 * DAY)
+    assert system.service.standing("acct_th").active_throttles == ()
+    refused(system, "acct_th", InvalidTransition,
+            lambda: command(system, "acct_th", ops.LiftThrottle(short_id)))
+    refused(system, "acct_th", ValidationFailed,
+            lambda: command(system, "acct_th", ops.ApplyThrottle(0.0, "stop")))
+    refused(system, "acct_th", ValidationFailed,
+            lambda: command(system, "acct_th", ops.ApplyThrottle(1.5, "faster")))
+    assert_account_consistent(system, "acct_th")
+
+
+def test_adult_content_approval_dismisses_unapproved_adult_content(
+    system: Container, clock: FakeClock
+) -> None:
+    approved = command(system, "acct_a", ops.SetAdultContentApproval(True, "verified platform"))
+    assert types_of(approved.events) == ["AdultContentApprovalChanged"]
+    assert approved.standing.adult_content_approved
+
+    tolerated = report(system, "acct_a", "unapproved_adult_content")
+    assert types_of(tolerated.events) == ["ViolationReported", "ViolationDismissed"]
+    assert tolerated.events[1].data["reason"] == "adult_content_approved"
+    assert tolerated.standing.strikes == 0
+    assert tolerated.standing.status == "good_standing"
+
+    command(system, "acct_a", ops.SetAdultContentApproval(False, "approval withdrawn"))
+    counted = report(system, "acct_a", "unapproved_adult_content")
+    assert types_of(counted.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
+    assert counted.standing.strikes == 1
+    assert_account_consistent(system, "acct_a")
+
+
+def test_configure_key_and_account_limits(system: Container) -> None:
+    per_key = command(system, "acct_l", ops.ConfigureLimits(60, 10_000, key_id="key_1"))
+    ceiling = command(system, "acct_l", ops.ConfigureLimits(100, 50_000))
+    changed = command(system, "acct_l", ops.ConfigureLimits(30, 5_000, key_id="key_1"))
+
+    assert [types_of(o.events) for o in (per_key, ceiling, changed)] == [
+        ["RateLimitsConfigured"]
+    ] * 3
+    state = system.standings.load("acct_l")
+    assert state.account_rate_limit is not None
+    assert (state.account_rate_limit.requests_per_minute, state.account_rate_limit.tokens_per_day) == (
+        100, 50_000,
+    )
+    assert state.key_rate_limits["key_1"].requests_per_minute == 30
+    assert state.key_rate_limits["key_1"].tokens_per_day == 5_000
+    assert changed.standing.status == "good_standing"
+    assert_account_consistent(system, "acct_l")
+
+
+# --- appeals ----------------------------------------------------------------------------------
+
+
+def test_an_overturned_appeal_reverses_a_termination(system: Container, clock: FakeClock) -> None:
+    service = system.service
+    terminated = report(system, "acct_ap", "weapons_development")
+    termination = decision(terminated, "AccountTerminated")
+    clock.advance(DAY)
+
+    filed = service.file_appeal("acct_ap", termination, "wrong account", OPERATOR)
+    assert types_of(filed.events) == ["AppealFiled"]
+    assert filed.standing.open_appeals == 1
+    appeal_id = filed.events[0].data["appeal_id"]
+    refused(system, "acct_ap", Conflict,
+            lambda: service.file_appeal("acct_ap", termination, "again", OPERATOR))
+
+    decided = service.decide_appeal("acct_ap", appeal_id, "overturned", "misattributed", OPERATOR)
+    assert types_of(decided.events) == [
+        "AppealDecided", "AccountReinstated", "ViolationDismissed", "NoticeIssued",
+    ]
+    assert decided.standing.status == "good_standing"
+    assert not decided.standing.terminated
+    assert decided.standing.strikes == 0
+    assert decided.standing.open_appeals == 0
+    refused(system, "acct_ap", InvalidTransition,
+            lambda: service.decide_appeal("acct_ap", appeal_id, "upheld", "changed mind", OPERATOR))
+    refused(system, "acct_ap", InvalidTransition,
+            lambda: service.file_appeal("acct_ap", termination, "once more", OPERATOR))
+    # The account is live again: a minor violation is a first-time one.
+    again = report(system, "acct_ap", "spam")
+    assert types_of(again.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
+    assert_account_consistent(system, "acct_ap")
+
+
+def test_an_overturned_appeal_lifts_a_throttle_and_its_strike(
+    system: Container, clock: FakeClock
+) -> None:
+    service = system.service
+    report(system, "acct_th2", "spam")
+    second = report(system, "acct_th2", "spam")
+    throttle = decision(second, "ThrottleApplied")
+    assert second.standing.strikes == 2
+
+    filed = service.file_appeal("acct_th2", throttle, "not us", OPERATOR)
+    decided = service.decide_appeal(
+        "acct_th2", filed.events[0].data["appeal_id"], "overturned", "shared IP", OPERATOR
+    )
+    assert types_of(decided.events) == [
+        "AppealDecided", "ThrottleLifted", "ViolationDismissed", "NoticeIssued",
+    ]
+    assert decided.standing.active_throttles == ()
+    assert decided.standing.strikes == 1
+    assert_account_consistent(system, "acct_th2")
+
+
+def test_an_upheld_appeal_changes_nothing(system: Container, clock: FakeClock) -> None:
+    service = system.service
+    suspended = report(system, "acct_up", "phishing", "high")
+    suspension = decision(suspended, "AccountSuspended")
+    filed = service.file_appeal("acct_up", suspension, "please", OPERATOR)
+    before = service.standing("acct_up").to_json()
+
+    decided = service.decide_appeal(
+        "acct_up", filed.events[0].data["appeal_id"], "upheld", "evidence is clear", OPERATOR
+    )
+
+    assert types_of(decided.events) == ["AppealDecided", "NoticeIssued"]
+    assert decided.events[1].data["kind"] == "appeal_outcome"
+    after = decided.standing.to_json()
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == {"open_appeals", "version"}
+    assert before["open_appeals"] == 1 and after["open_appeals"] == 0
+    assert after["status"] == "suspended"
+    assert_account_consistent(system, "acct_up")
+
+
+def test_an_appeal_must_be_filed_within_the_window_and_target_a_decision(
+    system: Container, clock: FakeClock
+) -> None:
+    service = system.service
+    window = system.policy.appeal_window
+    first = report(system, "acct_w", "phishing", "high")
+    suspension = decision(first, "AccountSuspended")
+    reported = decision(first, "ViolationReported")
+
+    refused(system, "acct_w", NotFound,
+            lambda: service.file_appeal("acct_w", reported, "not a decision", OPERATOR))
+    refused(system, "acct_w", NotFound,
+            lambda: service.file_appeal("acct_w", "00000000-0000-0000-0000-000000000000", "x",
+                                        OPERATOR))
+    clock.advance(window + timedelta(microseconds=1))
+    error = refused(system, "acct_w", InvalidTransition,
+                    lambda: service.file_appeal("acct_w", suspension, "late", OPERATOR))
+    assert isinstance(error, InvalidTransition) and error.code == "appeal_window_closed"
+
+    second = report(system, "acct_w2", "phishing", "high")
+    clock.advance(window)
+    on_time = service.file_appeal("acct_w2", decision(second, "AccountSuspended"), "in time",
+                                  OPERATOR)
+    assert types_of(on_time.events) == ["AppealFiled"]
+    assert_account_consistent(system, "acct_w")
+    assert_account_consistent(system, "acct_w2")

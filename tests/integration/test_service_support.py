@@ -1,0 +1,119 @@
+"""Shared helpers of the service tests (no tests here): a fake clock, the wired system, and the
+invariants every account must keep whatever the use cases did to it.
+
+The invariants, checked against the real database:
+- versions are contiguous from 1 and the hash chain verifies;
+- the stored standing row is exactly ``apply_all(StandingState.empty(a), every event)``;
+- the standing the service answers (stored row + tail, ``view``) equals ``fold`` of the log.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from enforcement.bootstrap import Container, bootstrap
+from enforcement.service import Actor, request_fingerprint
+from enforcement.settings import Settings
+from events import RecordedEvent
+from projections.standing import StandingState, apply_all, fold, view
+from projections.tables import standings
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
+OPERATOR = Actor(name="operator:alice", correlation_id="corr-test")
+REPORTER = Actor(name="reporter:classifier", correlation_id="corr-report")
+
+
+class FakeClock:
+    """A clock that only moves when told to; safe to read from many threads."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, span: timedelta) -> datetime:
+        with self._lock:
+            self._now += span
+            return self._now
+
+    def set(self, moment: datetime) -> None:
+        with self._lock:
+            self._now = moment
+
+
+@contextmanager
+def open_system(database_url: str, clock: FakeClock) -> Iterator[Container]:
+    """The application wired by the composition root, on a migrated database, with ``clock``."""
+    container = bootstrap(Settings(database_url=database_url), clock=clock)
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def fingerprint(**body: Any) -> str:
+    return request_fingerprint(body)
+
+
+def stored_row(container: Container, account_id: str) -> tuple[int, dict[str, Any]] | None:
+    """The stored standing row (version, state JSON) as the database holds it, or None."""
+    with container.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(standings.c.version, standings.c.state).where(
+                standings.c.account_id == account_id
+            )
+        ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def all_stored_rows(container: Container) -> dict[str, tuple[int, dict[str, Any]]]:
+    with container.engine.connect() as conn:
+        rows = conn.execute(sa.select(standings.c.account_id, standings.c.version, standings.c.state))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def events_of(container: Container, account_id: str) -> list[RecordedEvent]:
+    return container.store.read_stream(account_id)
+
+
+def types_of(events: list[RecordedEvent]) -> list[str]:
+    return [e.type for e in events]
+
+
+def assert_account_consistent(
+    container: Container, account_id: str, as_of: datetime | None = None
+) -> list[RecordedEvent]:
+    """Check every invariant of one account; return its events."""
+    log = events_of(container, account_id)
+    assert [e.version for e in log] == list(range(1, len(log) + 1))
+    verified = container.store.verify(account_id)
+    assert verified.ok, verified
+    assert verified.events == len(log)
+
+    folded_state = apply_all(StandingState.empty(account_id), log)
+    row = stored_row(container, account_id)
+    if not log:
+        assert row is None
+    else:
+        assert row is not None, f"no stored standing for {account_id}"
+        assert row[0] == len(log)
+        assert row[1] == folded_state.to_json()
+        assert StandingState.from_json(row[1]).to_json() == folded_state.to_json()
+
+    when = as_of or container.clock()
+    lookback = container.policy.strike_lookback
+    expected = fold(account_id, log, when, lookback).to_json()
+    assert view(container.standings.load(account_id), when, lookback).to_json() == expected
+    assert container.service.standing(account_id).to_json() == (
+        fold(account_id, log, container.clock(), lookback).to_json()
+    )
+    return log
