@@ -6,7 +6,6 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
-
 from events.dialects import create_engine
 
 config = context.config

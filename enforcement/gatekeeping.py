@@ -35,8 +35,11 @@ CIRCUMVENTION_KEYS = 3
 
 def build_gate(settings: Settings, policy: Policy) -> Gate:
     window = int(policy.sustained_abuse_denials.window.total_seconds())
-    options = {"default_rpm": settings.default_rpm, "default_tpd": settings.default_tpd,
-               "denial_window_s": max(window, 60)}
+    options = {
+        "default_rpm": settings.default_rpm,
+        "default_tpd": settings.default_tpd,
+        "denial_window_s": max(window, 60),
+    }
     if settings.redis_url:
         return RedisGate.from_url(settings.redis_url, **options)
     return EmbeddedGate(**options)
@@ -55,8 +58,14 @@ def apply_state(gate: Gate, state: StandingState, now: datetime) -> None:
     active = {t.throttle_id for t in active_throttles(state, now)}
     for t in state.throttles.values():
         if t.throttle_id in active:
-            gate.apply_throttle(state.account_id, t.throttle_id, t.key_id, t.factor,
-                                parse_time(t.expires_at) if t.expires_at else None, version)
+            gate.apply_throttle(
+                state.account_id,
+                t.throttle_id,
+                t.key_id,
+                t.factor,
+                parse_time(t.expires_at) if t.expires_at else None,
+                version,
+            )
         else:
             gate.lift_throttle(state.account_id, t.throttle_id, version)
     suspension = active_suspension(state, now)
@@ -72,8 +81,9 @@ def apply_state(gate: Gate, state: StandingState, now: datetime) -> None:
 class GateApplier:
     """The ``apply_gate_state`` actor's body: one event id in, the gate brought up to date."""
 
-    def __init__(self, gate: Gate, store: EventStore, standings_repo: StandingRepository,
-                 clock: object):
+    def __init__(
+        self, gate: Gate, store: EventStore, standings_repo: StandingRepository, clock: object
+    ):
         self.gate = gate
         self.store = store
         self.standings = standings_repo
@@ -95,7 +105,8 @@ def seed_gate(gate: Gate, store: EventStore, now: datetime, page_size: int = 500
             rows = conn.execute(
                 sa.select(standings.c.account_id, standings.c.state)
                 .where(standings.c.account_id > after)
-                .order_by(standings.c.account_id).limit(page_size)
+                .order_by(standings.c.account_id)
+                .limit(page_size)
             ).all()
         for _, raw in rows:
             try:
@@ -146,16 +157,26 @@ class AbuseDetector:
             if category == "sustained_abuse"
             else f"{decision.denied_keys_last_minute} keys denied within one minute"
         )
-        report = ViolationReport(category=category, occurred_at=now, key_id=key_id,
-                                 source="gate", detection="automated", description=description)
+        report = ViolationReport(
+            category=category,
+            occurred_at=now,
+            key_id=key_id,
+            source="gate",
+            detection="automated",
+            description=description,
+        )
         key = f"gate:{category}:{account_id}:{bucket}"
         try:
             self.service.report_violation(
-                account_id, report, GATE_ACTOR, key,
-                request_fingerprint({"account": account_id, "category": category,
-                                     "bucket": bucket}),
+                account_id,
+                report,
+                GATE_ACTOR,
+                key,
+                request_fingerprint(
+                    {"account": account_id, "category": category, "bucket": bucket}
+                ),
             )
-        except Exception:  # noqa: BLE001 - the gate answers even if recording fails
+        except Exception:
             log.exception("could not record %s for %s", category, account_id)
             with self._lock:
                 self._reported.discard(marker)

@@ -82,8 +82,15 @@ class ConfigureLimits:
 
 
 Command = (
-    Suspend | Reinstate | Terminate | ApplyThrottle | LiftThrottle | DismissViolation
-    | CompleteRemediation | SetAdultContentApproval | ConfigureLimits
+    Suspend
+    | Reinstate
+    | Terminate
+    | ApplyThrottle
+    | LiftThrottle
+    | DismissViolation
+    | CompleteRemediation
+    | SetAdultContentApproval
+    | ConfigureLimits
 )
 
 
@@ -94,16 +101,19 @@ def _operator(policy: Policy, state: StandingState, ctx: Context, reason: str) -
 
 def _not_terminated(state: StandingState, what: str) -> None:
     if state.terminated:
-        raise InvalidTransition(f"the account is terminated; it cannot be {what}",
-                                code="account_terminated")
+        raise InvalidTransition(
+            f"the account is terminated; it cannot be {what}", code="account_terminated"
+        )
 
 
 def _future(moment: datetime | None, now: datetime, field: str) -> str | None:
     if moment is None:
         return None
     if to_utc(moment) <= now:
-        raise ValidationFailed(f"{field} must be in the future",
-                               details=[{"field": field, "message": "must be in the future"}])
+        raise ValidationFailed(
+            f"{field} must be in the future",
+            details=[{"field": field, "message": "must be in the future"}],
+        )
     return format_time(moment)
 
 
@@ -116,16 +126,22 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
             _not_terminated(state, "suspended")
             until_text = _future(until, now, "until")
             when = "indefinitely, pending review" if until_text is None else f"until {until_text}"
-            payload = ev.AccountSuspended(ctx.new_id("sus"), until_text, reason,
-                                          d.reasons(f"The account is suspended {when}."))
+            payload = ev.AccountSuspended(
+                ctx.new_id("sus"),
+                until_text,
+                reason,
+                d.reasons(f"The account is suspended {when}."),
+            )
             event = d.build(payload, ctx.causation_id)
             d.emit(event, *([d.notice("suspension", event)] if notify else []))
         case Reinstate(reason):
             _not_terminated(state, "reinstated (only an overturned appeal reverses a termination)")
             if active_suspension(state, now) is None:
                 raise InvalidTransition("the account is not suspended", code="not_suspended")
-            event = d.build(ev.AccountReinstated(reason, d.reasons("The account is reinstated.")),
-                            ctx.causation_id)
+            event = d.build(
+                ev.AccountReinstated(reason, d.reasons("The account is reinstated.")),
+                ctx.causation_id,
+            )
             d.emit(event, d.notice("reinstatement", event))
         case Terminate(reason, notify):
             _not_terminated(state, "terminated again")
@@ -135,43 +151,57 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
         case ApplyThrottle(factor, reason, key_id, expires_at, notify):
             _not_terminated(state, "throttled")
             if not 0 < factor <= 1:
-                raise ValidationFailed("factor must be in (0, 1]",
-                                       details=[{"field": "factor", "message": "must be in (0, 1]"}])
+                raise ValidationFailed(
+                    "factor must be in (0, 1]",
+                    details=[{"field": "factor", "message": "must be in (0, 1]"}],
+                )
             expires = _future(expires_at, now, "expires_at")
             scope = "every API key of the account" if key_id is None else f"API key {key_id}"
             until = "until lifted" if expires is None else f"until {expires}"
             text = f"Requests of {scope} are throttled to {factor:.0%} of its limits {until}."
-            payload = ev.ThrottleApplied(ctx.new_id("thr"), key_id, factor, expires, reason,
-                                         d.reasons(text))
+            payload = ev.ThrottleApplied(
+                ctx.new_id("thr"), key_id, factor, expires, reason, d.reasons(text)
+            )
             event = d.build(payload, ctx.causation_id)
             d.emit(event, *([d.notice("throttle", event)] if notify else []))
         case LiftThrottle(throttle_id, reason):
             if throttle_id not in state.throttles:
-                raise NotFound(f"no throttle {throttle_id!r} on this account",
-                               code="throttle_not_found")
+                raise NotFound(
+                    f"no throttle {throttle_id!r} on this account", code="throttle_not_found"
+                )
             if all(t.throttle_id != throttle_id for t in active_throttles(state, now)):
-                raise InvalidTransition(f"throttle {throttle_id} is no longer in force",
-                                        code="throttle_not_active")
+                raise InvalidTransition(
+                    f"throttle {throttle_id} is no longer in force", code="throttle_not_active"
+                )
             d.emit(d.build(ev.ThrottleLifted(throttle_id, reason), ctx.causation_id))
         case DismissViolation(violation_id, reason):
             violation = state.violations.get(violation_id)
             if violation is None:
-                raise NotFound(f"no violation {violation_id!r} on this account",
-                               code="violation_not_found")
+                raise NotFound(
+                    f"no violation {violation_id!r} on this account", code="violation_not_found"
+                )
             if violation.dismissed:
-                raise InvalidTransition(f"violation {violation_id} is already dismissed",
-                                        code="already_dismissed")
+                raise InvalidTransition(
+                    f"violation {violation_id} is already dismissed", code="already_dismissed"
+                )
             text = f"Violation {violation_id} is dismissed and no longer counts as a strike."
-            d.emit(d.build(ev.ViolationDismissed(violation_id, reason, d.reasons(text)),
-                           violation.event_id))
+            d.emit(
+                d.build(
+                    ev.ViolationDismissed(violation_id, reason, d.reasons(text)), violation.event_id
+                )
+            )
         case CompleteRemediation(remediation_id, note):
             remediation = state.remediations.get(remediation_id)
             if remediation is None:
-                raise NotFound(f"no remediation {remediation_id!r} on this account",
-                               code="remediation_not_found")
+                raise NotFound(
+                    f"no remediation {remediation_id!r} on this account",
+                    code="remediation_not_found",
+                )
             if not remediation_is_open(state, remediation):
-                raise InvalidTransition(f"remediation {remediation_id} is {remediation.status}",
-                                        code="remediation_not_open")
+                raise InvalidTransition(
+                    f"remediation {remediation_id} is {remediation.status}",
+                    code="remediation_not_open",
+                )
             d.emit(d.build(ev.RemediationCompleted(remediation_id, note), remediation.event_id))
         case SetAdultContentApproval(approved, reason):
             d.emit(d.build(ev.AdultContentApprovalChanged(approved, reason), ctx.causation_id))

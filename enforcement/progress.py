@@ -7,12 +7,12 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
-
-from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 

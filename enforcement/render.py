@@ -44,24 +44,40 @@ def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
         rule = entry.policy_version or ""
         if entry.statement_of_reasons:
             rule += f" · {entry.statement_of_reasons.get('ground', '')}"
-        table.add_row(str(e.version), e.recorded_at.isoformat(), e.type,
-                      _change_text(entry.change), rule)
+        table.add_row(
+            str(e.version), e.recorded_at.isoformat(), e.type, _change_text(entry.change), rule
+        )
     return table
 
 
 def history_json(entries: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
     """Events in the API's shape, each with an added ``change`` object."""
-    return [
-        {**event_to_json(entry.event), "change": entry.change} for entry in entries
-    ]
+    return [{**event_to_json(entry.event), "change": entry.change} for entry in entries]
 
 
 def history_csv_rows(entries: Iterable[HistoryEntry]) -> Iterator[list[str]]:
-    yield ["version", "position", "recorded_at", "type", "event_id", "change", "policy_version",
-           "ground", "hash"]
+    yield [
+        "version",
+        "position",
+        "recorded_at",
+        "type",
+        "event_id",
+        "change",
+        "policy_version",
+        "ground",
+        "hash",
+    ]
     for entry in entries:
         e = event_to_json(entry.event)
         ground = (entry.statement_of_reasons or {}).get("ground", "")
-        yield [str(e["version"]), str(e["position"]), e["recorded_at"], e["type"], e["event_id"],
-               json.dumps(entry.change, ensure_ascii=False), entry.policy_version or "", ground,
-               e["hash"]]
+        yield [
+            str(e["version"]),
+            str(e["position"]),
+            e["recorded_at"],
+            e["type"],
+            e["event_id"],
+            json.dumps(entry.change, ensure_ascii=False),
+            entry.policy_version or "",
+            ground,
+            e["hash"],
+        ]

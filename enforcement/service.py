@@ -18,7 +18,7 @@ from typing import Any
 
 from enforcement import operator_decisions as ops
 from enforcement import policy as rules
-from enforcement.errors import DomainError, NotFound
+from enforcement.errors import DomainError, NotFound, ValidationFailed
 from enforcement.policy import Context, Policy, ViolationReport
 from events import ConcurrencyError, EventStore, IdempotencyConflict, NewEvent, RecordedEvent
 from events.timefmt import to_utc
@@ -102,15 +102,25 @@ class EnforcementService:
         for _ in range(MAX_ATTEMPTS):
             state = self.standings.load(account_id)
             now = to_utc(self.clock())
-            ctx = Context(now=now, actor=actor.name, correlation_id=actor.correlation_id,
-                          new_id=self.new_id, source=actor.source, causation_id=causation_id)
+            ctx = Context(
+                now=now,
+                actor=actor.name,
+                correlation_id=actor.correlation_id,
+                new_id=self.new_id,
+                source=actor.source,
+                causation_id=causation_id,
+            )
             new_events = decide(state, ctx)
             if not new_events:
                 return Outcome([], view(state, now, self.policy.strike_lookback))
             try:
                 recorded = self.store.append(
-                    account_id, state.version, new_events, idempotency_key,
-                    fingerprint=fingerprint, after_append=self.standings.saver(state),
+                    account_id,
+                    state.version,
+                    new_events,
+                    idempotency_key,
+                    fingerprint=fingerprint,
+                    after_append=self.standings.saver(state),
                 )
             except ConcurrencyError:
                 continue
@@ -118,8 +128,10 @@ class EnforcementService:
                 # A concurrent request with the same idempotency key won the race.
                 return Outcome(recorded, self.standing(account_id), replayed=True)
             after = apply_all(state, recorded)
-            return Outcome(recorded, view(after, max(now, recorded[-1].recorded_at),
-                                          self.policy.strike_lookback))
+            return Outcome(
+                recorded,
+                view(after, max(now, recorded[-1].recorded_at), self.policy.strike_lookback),
+            )
         raise ConcurrencyError(account_id, -1)
 
     # ------------------------------------------------------------------ reading
@@ -136,8 +148,9 @@ class EnforcementService:
     def history(self, account_id: str, as_of: datetime | None = None) -> Iterator[HistoryEntry]:
         """Each event recorded up to ``as_of`` with the standing change it caused."""
         until = to_utc(as_of) if as_of is not None else None
-        events = (e for e in self.store.iter_stream(account_id)
-                  if until is None or e.recorded_at <= until)
+        events = (
+            e for e in self.store.iter_stream(account_id) if until is None or e.recorded_at <= until
+        )
         return history(account_id, events, self.policy.strike_lookback)
 
     # ------------------------------------------------------------------ reporting
@@ -171,8 +184,10 @@ class EnforcementService:
                 outcome = self.report_violation(account_id, report, actor, key, fingerprint)
             except IdempotencyConflict as exc:
                 results.append(ItemResult(409, error=exc))
+            except ValidationFailed as exc:
+                results.append(ItemResult(422, error=exc))
             except DomainError as exc:
-                results.append(ItemResult(422 if exc.code.startswith("unknown") else 409, error=exc))
+                results.append(ItemResult(409, error=exc))
             else:
                 results.append(ItemResult(200 if outcome.replayed else 201, outcome))
         return results
@@ -265,14 +280,22 @@ class EnforcementService:
         """Record a fact that decides nothing (a delivery receipt); once per idempotency key."""
 
         def decide(_state: StandingState, ctx: Context) -> list[NewEvent]:
-            metadata = {"policy_version": self.policy.version, "actor": ctx.actor,
-                        "causation_id": causation_id, "correlation_id": ctx.correlation_id,
-                        "source": ctx.source}
-            return [CODEC.encode(payload, occurred_at=ctx.now, metadata=metadata,
-                                 event_id=ctx.event_id())]
+            metadata = {
+                "policy_version": self.policy.version,
+                "actor": ctx.actor,
+                "causation_id": causation_id,
+                "correlation_id": ctx.correlation_id,
+                "source": ctx.source,
+            }
+            return [
+                CODEC.encode(
+                    payload, occurred_at=ctx.now, metadata=metadata, event_id=ctx.event_id()
+                )
+            ]
 
-        return self._execute(account_id, decide, actor, idempotency_key=idempotency_key,
-                             fingerprint=idempotency_key)
+        return self._execute(
+            account_id, decide, actor, idempotency_key=idempotency_key, fingerprint=idempotency_key
+        )
 
     # ------------------------------------------------------------------ operator commands
 

@@ -66,8 +66,12 @@ class TokenAuthenticator:
             return hit[1]
         with self._engine.connect() as conn:
             row = conn.execute(
-                sa.select(api_tokens.c.token_id, api_tokens.c.name, api_tokens.c.role,
-                          api_tokens.c.token_hash).where(api_tokens.c.token_hash == digest)
+                sa.select(
+                    api_tokens.c.token_id,
+                    api_tokens.c.name,
+                    api_tokens.c.role,
+                    api_tokens.c.token_hash,
+                ).where(api_tokens.c.token_hash == digest)
             ).first()
         # The lookup is by hash; the comparison of what was found is constant-time as well.
         if row is None or not hmac.compare_digest(row.token_hash, digest):

@@ -8,9 +8,9 @@ Create Date: 2026-11-25
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from alembic import op
 from events.dialects import append_only_ddl, drop_append_only_ddl
 
 revision = "0001_event_log"

@@ -8,8 +8,9 @@ Create Date: 2026-11-25
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from alembic import op
 
 revision = "0002_read_models"
 down_revision = "0001_event_log"

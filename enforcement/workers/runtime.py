@@ -27,7 +27,8 @@ from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
 from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
-from enforcement.workers.relay import Relay
+from enforcement.workers.recovery import notices_without_outcome
+from enforcement.workers.relay import Message, Relay
 from enforcement.workers.sweep import run_sweeper
 
 log = logging.getLogger("enforcement.workers")
@@ -96,6 +97,12 @@ def start_background(container: Container, actors: Actors, *, consumers: bool,
                     seeded = seed_gate(container.gate, container.store,
                                        container.clock())
                     log.info("gate seeded from %d stored standings", seeded)
+                    if settings.embedded:
+                        pending = notices_without_outcome(container.store, container.clock())
+                        for event_id in pending:
+                            for channel in CHANNELS:
+                                actors.enqueue(Message("deliver_notice", (event_id, channel)))
+                        log.info("re-sent %d notices without an outcome", len(pending))
                     sweeper = threading.Thread(
                         target=run_sweeper, args=(container.service, stop, settings.sweep_seconds),
                         name="sweep", daemon=True)
