@@ -14,8 +14,23 @@ from events.store import EventStore, StreamAppend
 from events.types import NewEvent, RecordedEvent, StreamHead, VerifyResult
 
 __all__ = [
-    "GENESIS_HASH", "AppendOnlyViolation", "Codec", "ConcurrencyError", "DecodedEvent",
-    "EventStore", "IdempotencyConflict", "NewEvent", "RecordedEvent", "StoreError",
-    "StreamAppend", "StreamHead", "UnknownEventType", "VerifyResult", "canonical_json",
-    "chain_hash", "create_engine", "hashed_fields", "verify_chain",
+    "GENESIS_HASH",
+    "AppendOnlyViolation",
+    "Codec",
+    "ConcurrencyError",
+    "DecodedEvent",
+    "EventStore",
+    "IdempotencyConflict",
+    "NewEvent",
+    "RecordedEvent",
+    "StoreError",
+    "StreamAppend",
+    "StreamHead",
+    "UnknownEventType",
+    "VerifyResult",
+    "canonical_json",
+    "chain_hash",
+    "create_engine",
+    "hashed_fields",
+    "verify_chain",
 ]

@@ -56,14 +56,25 @@ def verify_chain(events: Iterable[RecordedEvent]) -> VerifyResult:
         count += 1
         expected_version = count
         if event.version != expected_version:
-            return VerifyResult(False, count, None, expected_version,
-                                f"version {event.version} found where {expected_version} was expected")
+            return VerifyResult(
+                False,
+                count,
+                None,
+                expected_version,
+                f"version {event.version} found where {expected_version} was expected",
+            )
         if event.prev_hash != prev:
-            return VerifyResult(False, count, None, event.version,
-                                "prev_hash does not match the previous event's hash")
+            return VerifyResult(
+                False,
+                count,
+                None,
+                event.version,
+                "prev_hash does not match the previous event's hash",
+            )
         recomputed = chain_hash(prev, hashed_fields(event))
         if recomputed != event.hash:
-            return VerifyResult(False, count, None, event.version,
-                                "hash does not match the event's content")
+            return VerifyResult(
+                False, count, None, event.version, "hash does not match the event's content"
+            )
         prev = event.hash
     return VerifyResult(True, count, prev if count else GENESIS_HASH)

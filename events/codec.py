@@ -94,7 +94,8 @@ class Codec:
         version = schema_version
         if version > reg.schema_version:
             raise UnknownEventType(
-                f"{type_name} schema version {version} is newer than this code's {reg.schema_version}"
+                f"{type_name} schema version {version} is newer than this code's "
+                f"{reg.schema_version}"
             )
         if version < reg.schema_version:
             data = copy.deepcopy(data)  # upcasters may edit in place; the record must not change
@@ -113,5 +114,5 @@ class Codec:
 
 
 def payload_to_dict(payload: Any) -> JSON:
-    """A payload dataclass as plain JSON-ready data (shallow: nested values must be JSON already)."""
+    """A payload dataclass as plain JSON-ready data (shallow: nested values must be JSON)."""
     return {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)}

@@ -128,8 +128,10 @@ def append_only_ddl(dialect_name: str) -> list[str]:
 
 def drop_append_only_ddl(dialect_name: str) -> list[str]:
     if dialect_name == "sqlite":
-        return ["DROP TRIGGER IF EXISTS events_refuse_update",
-                "DROP TRIGGER IF EXISTS events_refuse_delete"]
+        return [
+            "DROP TRIGGER IF EXISTS events_refuse_update",
+            "DROP TRIGGER IF EXISTS events_refuse_delete",
+        ]
     return [
         "DROP TRIGGER IF EXISTS events_refuse_update_delete ON events",
         "DROP TRIGGER IF EXISTS events_refuse_truncate ON events",

@@ -15,9 +15,7 @@ class ConcurrencyError(StoreError):
         self.expected_version = expected_version
         self.actual_version = actual_version
         found = "" if actual_version is None else f", found {actual_version}"
-        super().__init__(
-            f"stream {account_id!r} is not at version {expected_version}{found}"
-        )
+        super().__init__(f"stream {account_id!r} is not at version {expected_version}{found}")
 
 
 class IdempotencyConflict(StoreError):

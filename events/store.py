@@ -37,9 +37,18 @@ Clock = Callable[[], datetime]
 AfterAppend = Callable[[Connection, list[RecordedEvent]], None]
 
 _EVENT_COLUMNS = [
-    events.c.position, events.c.event_id, events.c.account_id, events.c.version, events.c.type,
-    events.c.schema_version, events.c.data, events.c.metadata, events.c.occurred_at,
-    events.c.recorded_at, events.c.prev_hash, events.c.hash,
+    events.c.position,
+    events.c.event_id,
+    events.c.account_id,
+    events.c.version,
+    events.c.type,
+    events.c.schema_version,
+    events.c.data,
+    events.c.metadata,
+    events.c.occurred_at,
+    events.c.recorded_at,
+    events.c.prev_hash,
+    events.c.hash,
 ]
 
 
@@ -68,9 +77,18 @@ def fingerprint_events(new_events: Sequence[NewEvent]) -> str:
 
 def row_to_event(row: Any) -> RecordedEvent:
     return RecordedEvent(
-        position=row[0], event_id=str(row[1]), account_id=row[2], version=row[3], type=row[4],
-        schema_version=row[5], data=row[6], metadata=row[7], occurred_at=row[8],
-        recorded_at=row[9], prev_hash=row[10], hash=row[11],
+        position=row[0],
+        event_id=str(row[1]),
+        account_id=row[2],
+        version=row[3],
+        type=row[4],
+        schema_version=row[5],
+        data=row[6],
+        metadata=row[7],
+        occurred_at=row[8],
+        recorded_at=row[9],
+        prev_hash=row[10],
+        hash=row[11],
     )
 
 
@@ -176,8 +194,13 @@ class EventStore:
                     per_stream: list[list[dict[str, Any]]] = []
                     for item, new_events in zip(appends, stored, strict=True):
                         head = self._head(conn, item.account_id)
-                        if item.expected_version is not None and item.expected_version != head.version:
-                            raise ConcurrencyError(item.account_id, item.expected_version, head.version)
+                        if (
+                            item.expected_version is not None
+                            and item.expected_version != head.version
+                        ):
+                            raise ConcurrencyError(
+                                item.account_id, item.expected_version, head.version
+                            )
                         stream_rows = _chain_rows(item.account_id, head, new_events, recorded_at)
                         per_stream.append(stream_rows)
                         rows.extend(stream_rows)
@@ -220,9 +243,7 @@ class EventStore:
             if row.fingerprint != fingerprint:
                 raise IdempotencyConflict(key)
             ids = list(row.event_ids)
-            found = conn.execute(
-                sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))
-            ).all()
+            found = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))).all()
         by_id = {str(r[1]): row_to_event(r) for r in found}
         ordered = [by_id[i] for i in ids]
         grouped: dict[str, list[RecordedEvent]] = {}
@@ -311,17 +332,26 @@ class EventStore:
 
     def max_position(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0))).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0))
+                ).scalar_one()
+            )
 
     def account_ids(self) -> Iterator[str]:
         """Every stream id, in order, paged."""
         after = ""
         while True:
             with self.engine.connect() as conn:
-                page = list(conn.execute(
-                    sa.select(events.c.account_id).where(events.c.account_id > after)
-                    .group_by(events.c.account_id).order_by(events.c.account_id).limit(1000)
-                ).scalars())
+                page = list(
+                    conn.execute(
+                        sa.select(events.c.account_id)
+                        .where(events.c.account_id > after)
+                        .group_by(events.c.account_id)
+                        .order_by(events.c.account_id)
+                        .limit(1000)
+                    ).scalars()
+                )
             yield from page
             if len(page) < 1000:
                 return
@@ -344,7 +374,9 @@ class EventStore:
         """Record a subscription's position, in the caller's transaction."""
         now = to_utc(self._clock())
         updated = conn.execute(
-            checkpoints.update().where(checkpoints.c.name == name).values(position=position, updated_at=now)
+            checkpoints.update()
+            .where(checkpoints.c.name == name)
+            .values(position=position, updated_at=now)
         )
         if updated.rowcount == 0:
             conn.execute(checkpoints.insert().values(name=name, position=position, updated_at=now))
@@ -387,20 +419,33 @@ def _chain_rows(
             "recorded_at": recorded_text,
         }
         digest = chain_hash(prev, fields)
-        rows.append({
-            **fields, "occurred_at": occurred_at, "recorded_at": recorded_at,
-            "prev_hash": prev, "hash": digest,
-        })
+        rows.append(
+            {
+                **fields,
+                "occurred_at": occurred_at,
+                "recorded_at": recorded_at,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
         prev = digest
     return rows
 
 
 def _recorded(position: int, row: dict[str, Any]) -> RecordedEvent:
     return RecordedEvent(
-        position=position, event_id=row["event_id"], account_id=row["account_id"],
-        version=row["version"], type=row["type"], schema_version=row["schema_version"],
-        data=row["data"], metadata=row["metadata"], occurred_at=row["occurred_at"],
-        recorded_at=row["recorded_at"], prev_hash=row["prev_hash"], hash=row["hash"],
+        position=position,
+        event_id=row["event_id"],
+        account_id=row["account_id"],
+        version=row["version"],
+        type=row["type"],
+        schema_version=row["schema_version"],
+        data=row["data"],
+        metadata=row["metadata"],
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
     )
 
 
@@ -410,7 +455,9 @@ def _translate_integrity_error(exc: IntegrityError, appends: Sequence[StreamAppe
         return _DuplicateIdempotencyKey(str(exc.orig))
     if "uq_events_account_version" in text or "events.account_id, events.version" in text:
         first = appends[0]
-        return ConcurrencyError(first.account_id, first.expected_version if first.expected_version is not None else -1)
+        return ConcurrencyError(
+            first.account_id, first.expected_version if first.expected_version is not None else -1
+        )
     if "event_id" in text:
         return StoreError(f"an event id was appended twice: {exc.orig}")
     return StoreError(f"the database refused the append: {exc.orig}")

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -85,7 +86,8 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 def waiting_on_advisory_lock(engine: sa.Engine) -> bool:
     with engine.connect() as conn:
         waiting = conn.exec_driver_sql(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            "SELECT count(*) FROM pg_locks JOIN pg_database d ON d.oid = pg_locks.database"
+            " WHERE locktype = 'advisory' AND NOT granted AND d.datname = current_database()"
         ).scalar_one()
     return bool(waiting)
 
@@ -110,8 +112,7 @@ def a_open_while_b_commits(store: EventStore) -> Interleaving:
     a_inserted, b_done = threading.Event(), threading.Event()
     seen: dict[str, object] = {}
 
-    def hold_a_open(_conn: sa.Connection, recorded: list[RecordedEvent]) -> None:
-        seen["a_position"] = recorded[0].position
+    def hold_a_open(_conn: sa.Connection, _recorded: list[RecordedEvent]) -> None:
         a_inserted.set()
         wait_until(
             lambda: b_done.is_set() or waiting_on_advisory_lock(store.engine),
@@ -130,14 +131,12 @@ def a_open_while_b_commits(store: EventStore) -> Interleaving:
         [seen["b"]] = store.append("acct_b", 0, [new(who="B")])
         b_done.set()
 
-    thread_a = threading.Thread(target=append_a)
-    thread_a.start()
-    assert a_inserted.wait(PATIENCE)
-    thread_b = threading.Thread(target=append_b)
-    thread_b.start()
-    thread_a.join(PATIENCE)
-    thread_b.join(PATIENCE)
-    assert not thread_a.is_alive() and not thread_b.is_alive()
+    with ThreadPoolExecutor(2) as pool:
+        a_done = pool.submit(append_a)
+        assert a_inserted.wait(PATIENCE)
+        b_finished = pool.submit(append_b)
+        a_done.result(PATIENCE)  # re-raises what went wrong in the thread
+        b_finished.result(PATIENCE)
 
     outcome = Interleaving(
         a=seen["a"],  # type: ignore[arg-type]
@@ -176,8 +175,6 @@ def test_control_without_the_append_lock_the_follower_skips_an_event(
 
 def test_a_follower_sees_every_event_once_while_many_writers_commit(store: EventStore) -> None:
     writers, appends = 4, 15
-    follower = Follower(store, page_size=7)
-    follower.start()
     rng = random.Random(7)
     pauses = [[rng.uniform(0, 0.004) for _ in range(appends)] for _ in range(writers)]
 
@@ -195,20 +192,15 @@ def test_a_follower_sees_every_event_once_while_many_writers_commit(store: Event
             ids.append(event.event_id)
         return ids
 
-    threads_results: list[list[str]] = [[] for _ in range(writers)]
-    threads = [
-        threading.Thread(target=lambda w=w: threads_results.__setitem__(w, writer(w)))
-        for w in range(writers)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(PATIENCE * 3)
-    delivered = follower.finish()
+    follower = Follower(store, page_size=7)
+    follower.start()
+    with ThreadPoolExecutor(writers) as pool:
+        written = [i for ids in pool.map(writer, range(writers)) for i in ids]
+    delivered = [e.event_id for e in follower.finish()]
 
-    written = {i for ids in threads_results for i in ids}
-    assert len(written) == writers * appends
-    delivered_ids = [e.event_id for e in delivered]
-    assert len(delivered_ids) == len(set(delivered_ids))  # none twice
-    assert set(delivered_ids) == written  # none skipped
-    assert [e.position for e in delivered] == sorted(e.position for e in delivered)
+    assert len(set(written)) == writers * appends
+    assert len(delivered) == len(set(delivered))  # none twice
+    assert sorted(delivered) == sorted(written)  # none skipped
+    assert [e.position for e in follower.delivered] == sorted(
+        e.position for e in follower.delivered
+    )

@@ -77,16 +77,17 @@ json_scalars = (
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text()
+    | st.text(max_size=16)
 )
 json_values = st.recursive(
     json_scalars,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
     ),
-    max_leaves=6,
+    max_leaves=5,
 )
-json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=4)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=3)
+metadata_objects = st.dictionaries(st.text(max_size=8), st.text(max_size=16), max_size=3)
 zones = st.builds(
     timezone, st.timedeltas(min_value=timedelta(hours=-14), max_value=timedelta(hours=14))
 )
@@ -96,10 +97,10 @@ moments = st.datetimes(
 drafts = st.fixed_dictionaries(
     {
         "event_id": st.uuids().map(str),
-        "type": st.text(min_size=1, max_size=40),
+        "type": st.text(min_size=1, max_size=20),
         "schema_version": st.integers(min_value=1, max_value=50),
         "data": json_objects,
-        "metadata": json_objects,
+        "metadata": metadata_objects,
         "occurred_at": moments,
         "recorded_at": moments,
     }
@@ -156,7 +157,7 @@ MUTATIONS: dict[str, tuple[st.SearchStrategy[Any], Any]] = {
     "type": (st.text(max_size=40), None),
     "schema_version": (st.integers(min_value=0, max_value=100), None),
     "data": (json_objects, canonical_json),
-    "metadata": (json_objects, canonical_json),
+    "metadata": (metadata_objects, canonical_json),
     "occurred_at": (moments, utc_text),
     "recorded_at": (moments, utc_text),
     "prev_hash": (hex_hashes, None),

@@ -1,0 +1,165 @@
+"""The stored standing (``projections.stored.StandingRepository``) on SQLite and PostgreSQL: a
+row per account holding the fold's accumulator, saved in the appending transaction, loaded as the
+row plus the events after its version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from test_service_support import (
+    OPERATOR,
+    REPORTER,
+    T0,
+    FakeClock,
+    assert_account_consistent,
+    open_system,
+    stored_row,
+)
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import Container
+from enforcement.policy import ViolationReport
+from events import ConcurrencyError
+from projections import aup_events as ev
+from projections.standing import StandingState, apply_all
+from projections.tables import standings
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
+    with open_system(database_url, clock) as container:
+        yield container
+
+
+def report(system: Container, account: str, category: str = "spam", **kw: object) -> None:
+    violation = ViolationReport(category, system.clock(), **kw)  # type: ignore[arg-type]
+    system.service.report_violation(account, violation, REPORTER)
+
+
+def configured(rpm: int) -> object:
+    return ev.CODEC.encode(ev.RateLimitsConfigured(None, rpm, rpm * 10), occurred_at=T0)
+
+
+def test_an_account_without_events_loads_as_empty_and_has_no_row(system: Container) -> None:
+    state = system.standings.load("acct_nobody")
+
+    assert state == StandingState.empty("acct_nobody")
+    assert stored_row(system, "acct_nobody") is None
+    assert system.service.standing("acct_nobody").to_json()["status"] == "good_standing"
+
+
+def test_every_command_leaves_the_row_at_the_head_of_the_log(
+    system: Container, clock: FakeClock
+) -> None:
+    report(system, "acct_1")
+    assert stored_row(system, "acct_1") is not None
+    clock.advance(timedelta(hours=1))
+    report(system, "acct_1", description="Überwachung — ünïcödé ✓")
+    system.service.operator(
+        "acct_1",
+        ops.ApplyThrottle(0.3, "x", key_id="k", expires_at=clock() + timedelta(days=1)),
+        OPERATOR,
+    )
+
+    log = assert_account_consistent(system, "acct_1")
+    row = stored_row(system, "acct_1")
+    assert row is not None and row[0] == len(log) == system.standings.load("acct_1").version
+    # The row resumes to exactly the state it was written from (JSONB keeps it intact).
+    resumed = StandingState.from_json(row[1])
+    assert resumed == apply_all(StandingState.empty("acct_1"), log)
+    assert any(v.description == "Überwachung — ünïcödé ✓" for v in resumed.violations.values())
+
+
+def test_a_row_behind_the_log_is_completed_by_the_tail_and_caught_up_by_the_next_command(
+    system: Container,
+) -> None:
+    report(system, "acct_lag")
+    # Events appended without updating the row (as a writer that skipped it would leave them).
+    head = system.store.head("acct_lag").version
+    system.store.append("acct_lag", head, [configured(10), configured(20)])
+    row = stored_row(system, "acct_lag")
+    assert row is not None and row[0] == head
+
+    state = system.standings.load("acct_lag")
+    assert state.version == head + 2
+    assert state.account_rate_limit is not None
+    assert state.account_rate_limit.requests_per_minute == 20
+    assert state == apply_all(StandingState.empty("acct_lag"), system.store.read_stream("acct_lag"))
+
+    report(system, "acct_lag")
+    assert_account_consistent(system, "acct_lag")
+
+
+def test_an_older_state_never_replaces_a_newer_row_unless_forced(system: Container) -> None:
+    report(system, "acct_o")
+    report(system, "acct_o")
+    log = system.store.read_stream("acct_o")
+    older = apply_all(StandingState.empty("acct_o"), log[:3])
+    current = apply_all(StandingState.empty("acct_o"), log)
+
+    with system.engine.begin() as conn:
+        system.standings.save(conn, older)
+    assert stored_row(system, "acct_o") == (current.version, current.to_json())
+
+    with system.engine.begin() as conn:
+        system.standings.save(conn, older, force=True)
+    assert stored_row(system, "acct_o") == (older.version, older.to_json())
+    # Loading still gives the current state: the tail covers what the row lacks.
+    assert system.standings.load("acct_o") == current
+
+
+def test_the_row_commits_with_the_events_or_not_at_all(system: Container) -> None:
+    report(system, "acct_atomic")
+    before_row = stored_row(system, "acct_atomic")
+    before_head = system.store.head("acct_atomic")
+    state = system.standings.load("acct_atomic")
+    saver = system.standings.saver(state)
+
+    def failing_saver(conn: sa.Connection, recorded: list) -> None:  # type: ignore[type-arg]
+        saver(conn, recorded)
+        raise RuntimeError("the read model could not be written")
+
+    with pytest.raises(RuntimeError):
+        system.store.append(
+            "acct_atomic", state.version, [configured(5)], after_append=failing_saver
+        )
+    assert system.store.head("acct_atomic") == before_head
+    assert stored_row(system, "acct_atomic") == before_row
+
+    # A stale expected version writes neither the events nor the row.
+    with pytest.raises(ConcurrencyError):
+        system.store.append("acct_atomic", state.version - 1, [configured(6)], after_append=saver)
+    assert system.store.head("acct_atomic") == before_head
+    assert stored_row(system, "acct_atomic") == before_row
+    assert_account_consistent(system, "acct_atomic")
+
+
+def test_a_row_of_an_older_state_schema_is_not_misread_and_is_rewritten(
+    system: Container,
+) -> None:
+    report(system, "acct_schema")
+    report(system, "acct_schema")
+    with system.engine.begin() as conn:
+        conn.execute(
+            standings.update()
+            .where(standings.c.account_id == "acct_schema")
+            .values(state={"schema": 0, "account_id": "acct_schema", "version": 1})
+        )
+    log = system.store.read_stream("acct_schema")
+
+    assert system.standings.load("acct_schema") == apply_all(
+        StandingState.empty("acct_schema"), log
+    )
+    third = system.service.report_violation(
+        "acct_schema", ViolationReport("spam", system.clock()), REPORTER
+    )
+    assert third.standing.strikes == 3  # decided on the whole history, not on the broken row
+    assert_account_consistent(system, "acct_schema")
