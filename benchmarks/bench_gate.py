@@ -4,11 +4,16 @@ Side by side, in one run and on the same Redis: the gate's full check (one EVALS
 account limits, token quota, throttles, status), the ``limits`` library's fixed-window and
 moving-window limiters (``limits.storage.RedisStorage``), and a trivial ``EVALSHA`` of
 ``return 1`` through redis-py, the floor for one round trip. Clients are separate *processes*
-(no shared GIL), each with its own connection; every call is timed.
+(no shared GIL), each with its own connection; every call is timed. The cases run interleaved,
+round by round, so they share alike whatever else the machine is doing.
 
     .venv/bin/python benchmarks/bench_gate.py [--redis-url URL] [--duration 3] [--clients 1,8]
 
-Without ``--redis-url`` it starts its own ``redis-server`` (tests/redis_server.py). Not a test.
+Without ``--redis-url`` it starts its own ``redis-server`` (tests/redis_server.py); with ``--pin``
+(2 or more CPUs) it pins it to the first CPU and the clients to the others, as in production
+where Redis has a core of its own. "Redis µs/call" is Redis's own
+``usec_per_call`` for EVALSHA while the case ran: the server's cost, which bounds how many
+checks one Redis can serve. Not a test.
 """
 
 from __future__ import annotations
@@ -69,37 +74,56 @@ def limits_op(url: str, strategy: str) -> Callable[[int], object]:
     return lambda n: limiter.hit(item, *ids[n % ACCOUNTS])
 
 
+FLOOR = "EVALSHA `return 1` (floor)"
 CASES: dict[str, Callable[[str], Callable[[int], object]]] = {
-    "EVALSHA `return 1` (floor)": floor_op,
+    FLOOR: floor_op,
     "enforcement.gate RedisGate.check": gate_op,
     "limits FixedWindowRateLimiter": lambda url: limits_op(url, "fixed"),
     "limits MovingWindowRateLimiter": lambda url: limits_op(url, "moving"),
 }
 
 
-def client_process(
-    case: str, url: str, duration: float, offset: int, barrier: Any, results: Any
-) -> None:
-    """One client: warm up, wait for the others, then call as fast as it can for ``duration``."""
-    op = CASES[case](url)
-    n = offset
-    warm_until = time.perf_counter() + WARMUP_S
-    while time.perf_counter() < warm_until:
-        op(n)
-        n += 1
-    barrier.wait()
-    latencies: list[int] = []
+@dataclass(frozen=True)
+class Plan:
+    url: str
+    rounds: int
+    slice_s: float
+    cpus: frozenset[int] | None  # pin the clients here
+
+
+def client_process(plan: Plan, index: int, barrier: Any, results: Any) -> None:
+    """One client: build every case, then in each round run each case for ``plan.slice_s``,
+    starting together with the other clients. Client 0 also reads Redis's own time per call."""
+    if plan.cpus:
+        os.sched_setaffinity(0, plan.cpus)
+    ops = {case: make(plan.url) for case, make in CASES.items()}
+    stats = redis.Redis.from_url(plan.url) if index == 0 else None
+    n = index * 7919
+    for op in ops.values():
+        warm_until = time.perf_counter() + WARMUP_S
+        while time.perf_counter() < warm_until:
+            op(n)
+            n += 1
     clock = time.perf_counter_ns
-    started = clock()
-    deadline = started + int(duration * 1e9)
-    now = started
-    while now < deadline:
-        op(n)
-        n += 1
-        after = clock()
-        latencies.append(after - now)
-        now = after
-    results.put((len(latencies) / ((now - started) / 1e9), latencies))
+    for _ in range(plan.rounds):
+        for case, op in ops.items():
+            barrier.wait()
+            if stats is not None:
+                stats.config_resetstat()
+            latencies: list[int] = []
+            started = clock()
+            deadline = started + int(plan.slice_s * 1e9)
+            now = started
+            while now < deadline:
+                op(n)
+                n += 1
+                after = clock()
+                latencies.append(after - now)
+                now = after
+            server_us = None
+            if stats is not None:
+                server_us = stats.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+            results.put((case, len(latencies) / ((now - started) / 1e9), latencies, server_us))
 
 
 @dataclass(frozen=True)
@@ -109,30 +133,48 @@ class Result:
     per_second: float
     p50_us: float
     p99_us: float
+    server_us: float
 
 
-def run_case(case: str, url: str, clients: int, duration: float) -> Result:
+def run(plan: Plan, clients: int) -> list[Result]:
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(clients), ctx.Queue()
     procs = [
-        ctx.Process(
-            target=client_process,
-            args=(case, url, duration, i * (ACCOUNTS // clients), barrier, results),
-        )
-        for i in range(clients)
+        ctx.Process(target=client_process, args=(plan, i, barrier, results)) for i in range(clients)
     ]
     for proc in procs:
         proc.start()
+    rates: dict[str, list[float]] = {case: [0.0] * plan.rounds for case in CASES}
+    latencies: dict[str, list[int]] = {case: [] for case in CASES}
+    server: dict[str, list[float]] = {case: [] for case in CASES}
+    done = dict.fromkeys(CASES, 0)
     try:
-        outcomes = [results.get(timeout=duration + 30) for _ in procs]
+        for _ in range(plan.rounds * len(CASES) * clients):
+            case, rate, lat, server_us = results.get(timeout=plan.slice_s + 60)
+            rates[case][done[case] // clients] += rate  # a round's rate: the clients' sum
+            done[case] += 1
+            latencies[case].extend(lat)
+            if server_us is not None:
+                server[case].append(server_us)
     except queue.Empty:
         codes = [proc.exitcode for proc in procs]
-        raise RuntimeError(f"a client of {case!r} failed (exit codes {codes})") from None
+        raise RuntimeError(f"a client failed (exit codes {codes})") from None
     for proc in procs:
         proc.join()
-    latencies = sorted(ns for _, lat in outcomes for ns in lat)
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Result(case, clients, sum(rate for rate, _ in outcomes), cuts[49] / 1e3, cuts[98] / 1e3)
+    out = []
+    for case in CASES:
+        cuts = statistics.quantiles(sorted(latencies[case]), n=100, method="inclusive")
+        out.append(
+            Result(
+                case,
+                clients,
+                statistics.median(rates[case]),
+                cuts[49] / 1e3,
+                cuts[98] / 1e3,
+                statistics.median(server[case]),
+            )
+        )
+    return out
 
 
 def configure(url: str) -> None:
@@ -149,17 +191,21 @@ def configure(url: str) -> None:
 
 def table(results: list[Result], title: str) -> Table:
     out = Table(title=title)
-    for column in ("case", "clients", "checks/s", "p50 µs", "p99 µs", "x floor (checks/s)"):
+    columns = ("case", "clients", "checks/s", "vs floor", "p50 µs", "p50 vs floor", "p99 µs")
+    for column in (*columns, "Redis µs/call"):
         out.add_column(column, justify="left" if column == "case" else "right")
-    floors = {r.clients: r.per_second for r in results if "floor" in r.case}
+    floors = {r.clients: r for r in results if r.case == FLOOR}
     for r in results:
+        floor = floors[r.clients]
         out.add_row(
             r.case,
             str(r.clients),
             f"{r.per_second:,.0f}",
+            f"{r.per_second / floor.per_second:.2f}x",
             f"{r.p50_us:.1f}",
+            f"{r.p50_us / floor.p50_us:.2f}x",
             f"{r.p99_us:.1f}",
-            f"{r.per_second / floors[r.clients]:.2f}x",
+            f"{r.server_us:.1f}",
         )
     return out
 
@@ -168,37 +214,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per case")
+    parser.add_argument("--rounds", type=int, default=6, help="the duration is split in rounds")
     parser.add_argument("--clients", default="1,8", help="client process counts, e.g. 1,8")
+    parser.add_argument("--pin", action="store_true", help="Redis on one CPU, clients on the rest")
     args = parser.parse_args()
-    console = Console()
     server = None
     url = args.redis_url
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = None
     if url is None:
         from tests.redis_server import RedisServer
 
         server = RedisServer().start()
         url = server.url
+        if len(cpus) >= 2 and args.pin and server.pid is not None:
+            os.sched_setaffinity(server.pid, {cpus[0]})
+            pinned = frozenset(cpus[1:])
+    load_before = os.getloadavg()[0]
     try:
         client = redis.Redis.from_url(url)
         version = client.info("server")["redis_version"]
         client.flushdb()
         configure(url)
-        results = [
-            run_case(case, url, clients, args.duration)
-            for clients in (int(c) for c in args.clients.split(","))
-            for case in CASES
-        ]
+        plan = Plan(url, args.rounds, args.duration / args.rounds, pinned)
+        results = [r for n in args.clients.split(",") for r in run(plan, int(n))]
     finally:
         if server is not None:
             server.close()
-    console.print(
-        table(
-            results,
-            f"Gate checks on Redis {version} over loopback — clients are processes; "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"{args.duration:g} s per case",
-        )
+    placement = (
+        f"redis-server on CPU {cpus[0]}, clients on CPUs {sorted(pinned)}"
+        if pinned
+        else "not pinned"
     )
+    title = (
+        f"Gate checks on Redis {version} over loopback; clients are processes; "
+        f"{len(cpus)} CPUs ({placement}); Python {platform.python_version()}; "
+        f"{args.duration:g} s per case in {args.rounds} interleaved rounds, checks/s = the "
+        f"median round; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    )
+    Console(width=150).print(table(results, title))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class RedisServer:
     def __init__(self, *, port: int | None = None, cluster: bool = False) -> None:
         self.port = port or free_port()
         self.cluster = cluster
+        self._bus_port = free_port() if cluster else 0
         self._binary = redis_server_binary()
         self._dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -60,6 +61,10 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port)
@@ -80,12 +85,13 @@ class RedisServer:
             nodes = self._dir / "nodes.conf"
             nodes.unlink(missing_ok=True)
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(nodes)]
+            args += ["--cluster-port", str(self._bus_port)]  # not port + 10000: may exceed 65535
         self._process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         self._wait_ready(timeout_s)
         if self.cluster:
-            self._own_all_slots(timeout_s)
+            self._own_all_slots(timeout_s * 3)
         return self
 
     def stop(self) -> None:

@@ -25,6 +25,7 @@ MAX_RPM = 10**7  # keeps a GCRA period within 70 s
 MAX_TPD = 10**15  # keeps token arithmetic exact in Lua's doubles
 
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # CONTRACT.md; no braces: see keys.py
+_ACCOUNT_MATCH = ACCOUNT_ID.fullmatch
 MAX_ID_LEN = 256
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -98,9 +99,16 @@ class Gate(ABC):
 
     def check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
         """Allow and count one request of ``tokens`` tokens on ``key_id``, or refuse it."""
-        _require_account(account_id)
-        _require_id("key_id", key_id)
-        if not _is_int(tokens) or tokens < 0:
+        if not (  # one expression: this runs on every API request
+            type(tokens) is int
+            and tokens >= 0
+            and type(key_id) is str
+            and 0 < len(key_id) <= MAX_ID_LEN
+            and type(account_id) is str
+            and _ACCOUNT_MATCH(account_id)
+        ):
+            _require_account(account_id)
+            _require_id("key_id", key_id)
             raise ValueError("tokens must be a non-negative integer")
         return self._check(account_id, key_id, tokens)
 

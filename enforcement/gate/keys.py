@@ -7,12 +7,14 @@ cannot contain braces (``base.ACCOUNT_ID``), so the tag is always exactly the ac
 ``{a:<acct>}:state`` (hash), read and written by every check
     ``st``: status|until_ms|version; ``lim`` and ``lim:<key>``: rpm|tpd|version;
     ``thr``: JSON {throttle_id: {k: key id or "", f: factor ppm, e: expires ms, v, l: lifted}};
-    ``c``: present once any of those was written;
+    ``c``: present once any of those was written; ``x``: the hash's expiry (ms), mirrored so a
+    check renews the TTL only when it must move later;
     ``u`` (the account ceiling) and ``u:<key>``: usage, tat|window|used: the GCRA theoretical
     arrival time (µs), the token window's index and the tokens used in it. A key's usage is
     dropped at the account's first request of a new window when it is idle.
-    TTL: ``state_ttl_s`` after the last update or check when configured; otherwise until every
-    request bucket has refilled (2 min) or, if tokens were used, the token window ends.
+    TTL: when configured, ``state_ttl_s``, renewed by updates and by checks (once less than
+    ``state_ttl_s`` minus 10 %, at most 1 h, is left); otherwise until every request bucket has
+    refilled (about 2 min) or, if tokens were used, the token window ends.
 ``{a:<acct>}:den`` (hash)
     denial bucket index -> count, at most the window's buckets + 1 (61).
     TTL: the denial window plus one bucket.

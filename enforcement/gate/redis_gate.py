@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from enforcement.gate import core, keys, lua
@@ -19,15 +20,19 @@ from enforcement.gate.base import Gate, GateUnavailable
 from enforcement.gate.decision import REASONS, DenialStats, GateDecision
 
 DEFAULT_STATE_TTL_S = 30 * 86_400
-USAGE_TTL_S = 120  # more than a TAT can run ahead: 60 s + MAX_RPM µs of rounding
+USAGE_TTL_S = 120  # renewed when under 90 s: more than a TAT can run ahead (60 s + 10 s)
+USAGE_SLACK_S = 30
 
 
 class RedisGate(Gate):
-    """Same behaviour as ``EmbeddedGate``, shared through Redis (also Redis Cluster)."""
+    """Same behaviour as ``EmbeddedGate``, shared through Redis.
+
+    On Redis Cluster pass a ``redis.cluster.RedisCluster``: an account's keys share one slot.
+    """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         state_ttl_s: int = DEFAULT_STATE_TTL_S,
         **settings: int,
@@ -40,7 +45,9 @@ class RedisGate(Gate):
         bucket_s, buckets = core.denial_buckets(self.denial_window_s)
         common = {
             "STATE_TTL_MS": state_ttl_s * 1000,
+            "STATE_SLACK_MS": min(state_ttl_s * 100, 3_600_000),  # renew at most every 10 %
             "USAGE_TTL_MS": USAGE_TTL_S * 1000,
+            "USAGE_SLACK_MS": USAGE_SLACK_S * 1000,
             "BUCKET_US": bucket_s * core.US,
         }
         self._check_script = lua.render(
@@ -54,11 +61,16 @@ class RedisGate(Gate):
             **common,
         )
         self._stats_script = lua.render(
-            lua.DENIAL_STATS, BUCKETS=buckets, DENIED_KEYS_MS=core.DENIED_KEYS_WINDOW_MS, **common
+            lua.HELPERS + lua.DENIAL_STATS,
+            BUCKETS=buckets,
+            DENIED_KEYS_MS=core.DENIED_KEYS_WINDOW_MS,
+            **common,
         )
-        self._set_script = lua.render(lua.SET_VERSIONED, **common)
+        self._set_script = lua.render(lua.HELPERS + lua.CONFIGURED + lua.SET_VERSIONED, **common)
         self._throttle_script = lua.render(
-            lua.THROTTLE, LIFTED_CAP=core.LIFTED_THROTTLES_CAP, **common
+            lua.HELPERS + lua.CONFIGURED + lua.THROTTLE,
+            LIFTED_CAP=core.LIFTED_THROTTLES_CAP,
+            **common,
         )
 
     @classmethod
@@ -77,18 +89,20 @@ class RedisGate(Gate):
 
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
         r = self._run(self._check_script, keys.check_keys(account_id), (key_id, tokens))
-        return GateDecision(
-            r[0] == core.OK,
-            REASONS[r[0]],
-            r[1],
-            r[2],
-            r[3] / 1000,
-            r[4],
-            r[5],
-            r[6] / 1000,
-            r[7] / 1000,
-            r[8],
-            r[9],
+        return GateDecision.from_values(
+            (
+                r[0] == core.OK,
+                REASONS[r[0]],
+                r[1],
+                r[2],
+                r[3] / 1000,
+                r[4],
+                r[5],
+                r[6] / 1000,
+                r[7] / 1000,
+                r[8],
+                r[9],
+            )
         )
 
     def _denial_stats(self, account_id: str) -> DenialStats:

@@ -52,7 +52,9 @@ def test_threads_never_exceed_the_token_quota(gate: Gate) -> None:
     assert allowed == 14  # 98 of 100 tokens
 
 
-def _process_worker(url: str, calls: int, barrier: Barrier, results: multiprocessing.Queue) -> None:
+def _process_worker(
+    url: str, calls: int, barrier: Barrier, results: multiprocessing.Queue[int]
+) -> None:
     gate = RedisGate.from_url(url)
     gate.check("warm-up", "key")  # connect and load the script before the race
     barrier.wait()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from enforcement.gate import GateUnavailable, RedisGate
@@ -84,21 +85,35 @@ def test_every_key_of_an_account_has_one_hash_slot(backend: Backend) -> None:
 def test_every_key_has_a_ttl(backend: Backend) -> None:
     client = backend.client
     assert client is not None
-    exercise(RedisGate(client, state_ttl_s=3600), backend)
+    exercise(RedisGate(client, state_ttl_s=2 * 86_400), backend)
+    gate = RedisGate(client)
+    gate.check("unconfigured", "key")  # usage only: lives until its bucket has refilled
+    gate.check("unconfigured", "key")
 
     ttls = {name.decode(): client.pttl(name) for name in client.scan_iter(count=1000)}
 
-    assert len(ttls) == 2 * (4 + 3)  # cfg, use, den, dkeys; 3 keys fit the account's rpm
+    assert len(ttls) == 2 * 3 + 1
     assert all(ttl > 0 for ttl in ttls.values()), ttls
     for name, ttl in ttls.items():
-        if name.endswith(":cfg"):
-            assert ttl <= 3_600_000
+        if name == "{a:unconfigured}:state":
+            assert ttl <= 120_000
+        elif name.endswith(":state"):
+            assert ttl <= 2 * 86_400_000
         elif name.endswith(":dkeys"):
             assert ttl <= 60_000
-        elif name.endswith(":den"):
-            assert ttl <= 610_000
-        else:  # usage: until the token window (the UTC day) ends
-            assert ttl <= 86_400_000
+        else:
+            assert name.endswith(":den") and ttl <= 610_000
+
+
+def test_token_usage_keeps_its_key_until_the_window_ends(backend: Backend) -> None:
+    client = backend.client
+    assert client is not None
+    gate = RedisGate(client, token_window_s=3600)
+
+    decision = gate.check("acct", "key", tokens=5)
+
+    ttl_s = client.pttl("{a:acct}:state") / 1000
+    assert decision.reset_tokens_s - 1 <= ttl_s <= decision.reset_tokens_s + 1
 
 
 def test_the_key_layout(backend: Backend) -> None:
@@ -110,15 +125,35 @@ def test_the_key_layout(backend: Backend) -> None:
     gate.check("acct", "k1", tokens=3)
     gate.check("acct", "k1", tokens=3)
 
-    assert sorted(client.keys()) == [
-        b"{a:acct}:cfg", b"{a:acct}:den", b"{a:acct}:dkeys", b"{a:acct}:use", b"{a:acct}:use:k1",
-    ]  # fmt: skip
-    config = client.hgetall("{a:acct}:cfg")
-    assert config[b"lim:k1"] == b"1|100|1"
-    assert b'"f":250000' in config[b"thr"]
-    usage = client.hgetall("{a:acct}:use:k1")
-    assert usage[b"n"] == b"3" and usage[b"t"].isdigit()  # µs, stored exactly as an integer
+    assert sorted(client.keys()) == [b"{a:acct}:den", b"{a:acct}:dkeys", b"{a:acct}:state"]
+    state = client.hgetall("{a:acct}:state")
+    assert set(state) == {b"lim:k1", b"thr", b"c", b"x", b"u", b"u:k1"}
+    assert int(state[b"x"]) == pytest.approx(
+        time.time() * 1000 + client.pttl(b"{a:acct}:state"), abs=50
+    )
+    assert state[b"lim:k1"] == b"1|100|1"
+    assert b'"f":250000' in state[b"thr"]
+    usage = state[b"u:k1"]
+    assert isinstance(usage, bytes)
+    tat, window, used = usage.split(b"|")
+    assert tat.isdigit() and len(tat) == 16 and used == b"3"  # µs, an exact integer
+    assert int(window) == int(tat) // 86_400_000_000
     assert client.zrange("{a:acct}:dkeys", 0, -1) == [b"k1"]
+
+
+def test_idle_keys_are_dropped_when_a_new_window_starts(backend: Backend) -> None:
+    client = backend.client
+    assert client is not None
+    gate = RedisGate(client, token_window_s=1, state_ttl_s=120)
+    gate.set_limits("acct", None, rpm=600, tpd=1000, version=1)
+    for key in ("a", "b", "c"):
+        gate.check("acct", key, tokens=1)
+    assert len(client.hgetall("{a:acct}:state")) == 3 + 4
+
+    backend.advance(1.1)  # next window; the buckets refilled (0.1 s each)
+    gate.check("acct", "a", tokens=1)
+
+    assert set(client.hgetall("{a:acct}:state")) == {b"lim", b"c", b"x", b"u", b"u:a"}
 
 
 def test_one_evalsha_per_check_and_the_script_is_loaded_once(backend: Backend) -> None:
@@ -135,6 +170,13 @@ def test_one_evalsha_per_check_and_the_script_is_loaded_once(backend: Backend) -
     assert stats["cmdstat_evalsha"]["calls"] == 51  # one NOSCRIPT, then one per check
     assert stats["cmdstat_script|load"]["calls"] == 1
     assert "cmdstat_eval" not in stats
+    # Inside the script, an allowed check is TIME, HMGET, HSET; once, the account's first
+    # request of a token window also sweeps idle keys (HGETALL) and sets the expiry.
+    assert stats["cmdstat_time"]["calls"] == 50
+    assert stats["cmdstat_hmget"]["calls"] == 50
+    assert stats["cmdstat_hset"]["calls"] == 50 + 1
+    assert stats["cmdstat_pexpireat"]["calls"] == 1
+    assert stats["cmdstat_hgetall"]["calls"] == 1
 
 
 def test_script_cache_loss_is_survived(backend: Backend) -> None:
@@ -172,10 +214,13 @@ def cluster() -> Iterator[RedisServer]:
 
 def test_it_runs_on_redis_cluster(cluster: RedisServer) -> None:
     # A cluster node refuses (CROSSSLOT) any script whose keys are not all in one slot.
-    client = cluster.client()
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
     gate = RedisGate(client)
-    exercise(gate, Backend("cluster", lambda **_: gate, time.time, time.sleep, client))
+
+    exercise(gate, Backend("cluster", lambda **_: gate, time.time, time.sleep))
+    client.script_flush()  # and NOSCRIPT is survived through the cluster client too
 
     assert gate.check("acct", "key").reason == "suspended"
+    assert gate.check("other", "key").allowed
     assert gate.denial_stats("acct").denials_in_window > 0
     client.close()
