@@ -94,9 +94,21 @@ Command = (
 )
 
 
-def _operator(policy: Policy, state: StandingState, ctx: Context, reason: str) -> _Decider:
+# The AUP section an operator's decision rests on: §3 for rate limits and throttles, §4 for the
+# adult-content approval, §6 (account suspension) for every other restriction.
+_SECTIONS: dict[type, int] = {
+    ApplyThrottle: 3,
+    LiftThrottle: 3,
+    ConfigureLimits: 3,
+    SetAdultContentApproval: 4,
+}
+
+
+def _operator(
+    policy: Policy, state: StandingState, ctx: Context, reason: str, section: int
+) -> _Decider:
     fact = {"description": reason or "operator decision", "actor": ctx.actor}
-    return _Decider(policy, state, ctx, [], automated=False, extra_facts=[fact])
+    return _Decider(policy, state, ctx, [], automated=False, extra_facts=[fact], sections=[section])
 
 
 def _not_terminated(state: StandingState, what: str) -> None:
@@ -120,7 +132,9 @@ def _future(moment: datetime | None, now: datetime, field: str) -> str | None:
 def decide(policy: Policy, state: StandingState, command: Command, ctx: Context) -> list[NewEvent]:
     """The events an operator command records on ``state`` at ``ctx.now``."""
     now = to_utc(ctx.now)
-    d = _operator(policy, state, ctx, getattr(command, "reason", "") or "")
+    d = _operator(
+        policy, state, ctx, getattr(command, "reason", "") or "", _SECTIONS.get(type(command), 6)
+    )
     match command:
         case Suspend(reason, until, notify):
             _not_terminated(state, "suspended")

@@ -161,12 +161,15 @@ class Decider:
         *,
         automated: bool,
         extra_facts: Sequence[JSON] = (),
+        sections: Sequence[int] = (),
     ) -> None:
         self.policy, self.state, self.ctx = policy, state, ctx
         self.violations = list(violations)
         self.violation_ids = [v.violation_id for v in violations]
         self.automated = automated
         self.extra_facts = list(extra_facts)
+        # AUP sections cited besides the violations' own (an operator's decision cites §6).
+        self.sections = list(sections)
         self.events: list[NewEvent] = []
 
     def build(
@@ -206,7 +209,7 @@ class Decider:
             for v in self.violations
         ]
         return statement_of_reasons(
-            sections=[s for r in rules if r is not None for s in r.sections],
+            sections=[*(s for r in rules if r is not None for s in r.sections), *self.sections],
             categories=[v.category for v in self.violations],
             decision=decision,
             facts=facts + self.extra_facts,

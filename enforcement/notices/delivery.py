@@ -62,11 +62,19 @@ class NoticeDelivery:
         contact = self.contact(notice.account_id)
         notice_id = notice.data["notice_id"]
         if channel == "email" and contact.email is None and contact.webhook_url is None:
-            self._record(notice.account_id, notice_event_id,
-                         ev.NoticeDeliveryFailed(notice_id, notice_event_id, "none", attempt,
-                                                 "undeliverable: the account has no contact data",
-                                                 True),
-                         f"notice-undeliverable:{notice_event_id}")
+            self._record(
+                notice.account_id,
+                notice_event_id,
+                ev.NoticeDeliveryFailed(
+                    notice_id,
+                    notice_event_id,
+                    "none",
+                    attempt,
+                    "undeliverable: the account has no contact data",
+                    True,
+                ),
+                f"notice-undeliverable:{notice_event_id}",
+            )
             return "undeliverable"
         target = contact.email if channel == "email" else contact.webhook_url
         if target is None:
@@ -81,26 +89,58 @@ class NoticeDelivery:
             else:
                 self.webhook.send(target, notice_event_id, rendered.body)
         except WebhookRefused as exc:
-            self._failed(notice.account_id, notice_event_id, notice_id, channel, attempt,
-                         str(exc), final=True)
+            self._failed(
+                notice.account_id,
+                notice_event_id,
+                notice_id,
+                channel,
+                attempt,
+                str(exc),
+                final=True,
+            )
             return "refused"
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded, then retried
-            self._failed(notice.account_id, notice_event_id, notice_id, channel, attempt,
-                         f"{type(exc).__name__}: {exc}", final=final)
+        except Exception as exc:
+            self._failed(
+                notice.account_id,
+                notice_event_id,
+                notice_id,
+                channel,
+                attempt,
+                f"{type(exc).__name__}: {exc}",
+                final=final,
+            )
             if final:
                 return "failed"
             raise DeliveryFailed(str(exc)) from exc
-        self._record(notice.account_id, notice_event_id,
-                     ev.NoticeDelivered(notice_id, notice_event_id, channel, attempt), key)
+        self._record(
+            notice.account_id,
+            notice_event_id,
+            ev.NoticeDelivered(notice_id, notice_event_id, channel, attempt),
+            key,
+        )
         return "delivered"
 
-    def _failed(self, account_id: str, notice_event_id: str, notice_id: str, channel: str,
-                attempt: int, error: str, final: bool) -> None:
-        payload = ev.NoticeDeliveryFailed(notice_id, notice_event_id, channel, attempt,
-                                          error[:500], final)
-        self._record(account_id, notice_event_id, payload,
-                     f"notice-failed:{notice_event_id}:{channel}:{attempt}")
+    def _failed(
+        self,
+        account_id: str,
+        notice_event_id: str,
+        notice_id: str,
+        channel: str,
+        attempt: int,
+        error: str,
+        final: bool,
+    ) -> None:
+        payload = ev.NoticeDeliveryFailed(
+            notice_id, notice_event_id, channel, attempt, error[:500], final
+        )
+        self._record(
+            account_id,
+            notice_event_id,
+            payload,
+            f"notice-failed:{notice_event_id}:{channel}:{attempt}",
+        )
 
     def _record(self, account_id: str, notice_event_id: str, payload: object, key: str) -> None:
-        self.service.record_fact(account_id, payload, WORKER, causation_id=notice_event_id,
-                                 idempotency_key=key)
+        self.service.record_fact(
+            account_id, payload, WORKER, causation_id=notice_event_id, idempotency_key=key
+        )

@@ -61,7 +61,9 @@ def render(notice: RecordedEvent) -> RenderedNotice:
         f"- Decided automatically: {'yes' if sor.get('automated_decision') else 'no'}",
     ]
     for fact in sor.get("facts", []):
-        ident = fact.get("violation_id") or fact.get("remediation_id") or fact.get("appeal_id") or ""
+        ident = (
+            fact.get("violation_id") or fact.get("remediation_id") or fact.get("appeal_id") or ""
+        )
         lines.append(f"- Fact {ident}: {fact.get('description', '')}".replace("Fact :", "Fact:"))
     if data.get("deadline"):
         lines += ["", f"Deadline: {data['deadline']}"]

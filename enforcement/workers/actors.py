@@ -20,6 +20,11 @@ from enforcement.workers.relay import Message, delay_ms
 log = logging.getLogger("enforcement.workers")
 SCHEDULER = Actor(name="scheduler", correlation_id="deadline", source="worker")
 QUEUE = "enforcement"
+# Deadline messages wait days in the broker's delay queue, and a consumer holds only so many
+# delayed messages at a time (2 per worker thread in embedded mode): sharing a delay queue with
+# notice retries, a handful of pending deadlines would hold every retry back until they fire.
+# The sweep covers a deadline message that waits behind others on its own queue.
+DEADLINE_QUEUE = "deadlines"
 
 
 @dataclass
@@ -48,8 +53,9 @@ def register_actors(
     def deliver_notice(notice_event_id: str, channel: str) -> None:
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message is not None else 0
-        outcome = delivery.attempt(notice_event_id, channel, attempt=retries + 1,
-                                   final=retries >= notice_retries)
+        outcome = delivery.attempt(
+            notice_event_id, channel, attempt=retries + 1, final=retries >= notice_retries
+        )
         log.info("notice %s via %s: %s", notice_event_id, channel, outcome)
 
     def expire_remediation(account_id: str, remediation_id: str) -> None:
@@ -64,21 +70,38 @@ def register_actors(
 
     declared = {
         "deliver_notice": dramatiq.actor(
-            deliver_notice, actor_name="deliver_notice", queue_name=QUEUE, broker=broker,
-            max_retries=notice_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms,
+            deliver_notice,
+            actor_name="deliver_notice",
+            queue_name=QUEUE,
+            broker=broker,
+            max_retries=notice_retries,
+            min_backoff=min_backoff_ms,
+            max_backoff=max_backoff_ms,
             time_limit=60_000,
         ),
         "expire_remediation": dramatiq.actor(
-            expire_remediation, actor_name="expire_remediation", queue_name=QUEUE, broker=broker,
-            max_retries=20, time_limit=60_000,
+            expire_remediation,
+            actor_name="expire_remediation",
+            queue_name=DEADLINE_QUEUE,
+            broker=broker,
+            max_retries=20,
+            time_limit=60_000,
         ),
         "end_suspension": dramatiq.actor(
-            end_suspension, actor_name="end_suspension", queue_name=QUEUE, broker=broker,
-            max_retries=20, time_limit=60_000,
+            end_suspension,
+            actor_name="end_suspension",
+            queue_name=DEADLINE_QUEUE,
+            broker=broker,
+            max_retries=20,
+            time_limit=60_000,
         ),
         "apply_gate_state": dramatiq.actor(
-            apply_gate_state, actor_name="apply_gate_state", queue_name=QUEUE, broker=broker,
-            max_retries=20, time_limit=30_000,
+            apply_gate_state,
+            actor_name="apply_gate_state",
+            queue_name=QUEUE,
+            broker=broker,
+            max_retries=20,
+            time_limit=30_000,
         ),
     }
     return Actors(broker, declared, service.clock)

@@ -21,9 +21,14 @@ RECOVERY_WINDOW = timedelta(days=14)
 
 
 def notices_without_outcome(
-    store: EventStore, now: datetime, window: timedelta = RECOVERY_WINDOW
+    store: EventStore,
+    now: datetime,
+    window: timedelta = RECOVERY_WINDOW,
+    up_to_position: int | None = None,
 ) -> list[str]:
-    """Event ids of ``NoticeIssued`` events recorded within ``window`` that have no final outcome."""
+    """Event ids of ``NoticeIssued`` events recorded within ``window`` that have no final outcome,
+    at or before ``up_to_position`` (the relay's checkpoint: the relay itself sends what comes
+    after it, and sending those here too would deliver them twice)."""
     outcome = events.alias("outcome")
     notice_ref = outcome.c.data["notice_event_id"].as_string()
     final = outcome.c.data["final"].as_boolean()
@@ -49,5 +54,7 @@ def notices_without_outcome(
         )
         .order_by(events.c.position)
     )
+    if up_to_position is not None:
+        query = query.where(events.c.position <= up_to_position)
     with store.engine.connect() as conn:
         return [str(r[0]) for r in conn.execute(query)]

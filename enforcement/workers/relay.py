@@ -10,10 +10,11 @@ stops advancing and catches up when it returns; nothing is lost.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from events import EventStore, RecordedEvent
@@ -22,10 +23,17 @@ from events.timefmt import parse_time, to_utc
 log = logging.getLogger("enforcement.relay")
 CHECKPOINT = "relay"
 
-GATE_EVENTS = frozenset({
-    "RateLimitsConfigured", "ThrottleApplied", "ThrottleLifted", "AccountSuspended",
-    "SuspensionEnded", "AccountReinstated", "AccountTerminated",
-})
+GATE_EVENTS = frozenset(
+    {
+        "RateLimitsConfigured",
+        "ThrottleApplied",
+        "ThrottleLifted",
+        "AccountSuspended",
+        "SuspensionEnded",
+        "AccountReinstated",
+        "AccountTerminated",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +51,21 @@ def messages_for(event: RecordedEvent, channels: tuple[str, ...]) -> list[Messag
     if event.type == "NoticeIssued":
         out += [Message("deliver_notice", (event.event_id, channel)) for channel in channels]
     elif event.type == "RemediationRequested":
-        out.append(Message("expire_remediation", (event.account_id, event.data["remediation_id"]),
-                           parse_time(event.data["due_at"])))
+        out.append(
+            Message(
+                "expire_remediation",
+                (event.account_id, event.data["remediation_id"]),
+                parse_time(event.data["due_at"]),
+            )
+        )
     elif event.type == "AccountSuspended" and event.data.get("until"):
-        out.append(Message("end_suspension", (event.account_id, event.data["suspension_id"]),
-                           parse_time(event.data["until"])))
+        out.append(
+            Message(
+                "end_suspension",
+                (event.account_id, event.data["suspension_id"]),
+                parse_time(event.data["until"]),
+            )
+        )
     if event.type in GATE_EVENTS:
         out.append(Message("apply_gate_state", (event.event_id,)))
     return out
@@ -59,8 +77,14 @@ Enqueue = Callable[[Message], None]
 class Relay:
     """Follows the log from its checkpoint and enqueues messages; one leader at a time."""
 
-    def __init__(self, store: EventStore, enqueue: Enqueue, channels: tuple[str, ...],
-                 page_size: int = 500, checkpoint: str = CHECKPOINT):
+    def __init__(
+        self,
+        store: EventStore,
+        enqueue: Enqueue,
+        channels: tuple[str, ...],
+        page_size: int = 500,
+        checkpoint: str = CHECKPOINT,
+    ):
         self.store = store
         self.enqueue = enqueue
         self.channels = channels
@@ -84,12 +108,13 @@ class Relay:
             self.store.set_checkpoint(conn, self.checkpoint, page[-1].position)
         return len(page)
 
-    def run(self, stop: threading.Event, idle_seconds: float = 0.05,
-            error_seconds: float = 1.0) -> None:
+    def run(
+        self, stop: threading.Event, idle_seconds: float = 0.05, error_seconds: float = 1.0
+    ) -> None:
         while not stop.is_set():
             try:
                 moved = self.run_once()
-            except Exception:  # noqa: BLE001 - broker or database down: retry, lose nothing
+            except Exception:
                 log.exception("relay failed; retrying from checkpoint")
                 stop.wait(error_seconds)
                 continue
@@ -98,6 +123,9 @@ class Relay:
 
 
 def delay_ms(due_at: datetime | None, now: datetime) -> int | None:
+    """Milliseconds until ``due_at``, rounded up: a delayed message must never arrive before its
+    deadline (the use case would find it not yet due and do nothing). The extra millisecond
+    covers the broker truncating its own clock to whole milliseconds when it sets the eta."""
     if due_at is None:
         return None
-    return max(0, int((to_utc(due_at) - to_utc(now)).total_seconds() * 1000))
+    return max(0, math.ceil((to_utc(due_at) - to_utc(now)) / timedelta(milliseconds=1)) + 1)

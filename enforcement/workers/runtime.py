@@ -45,8 +45,12 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
     )
     gate_applier = container.extras.get("gate_applier")
     return register_actors(
-        broker, container.service, delivery, gate_applier,
-        notice_retries=settings.notice_retries, min_backoff_ms=settings.notice_backoff_ms,
+        broker,
+        container.service,
+        delivery,
+        gate_applier,
+        notice_retries=settings.notice_retries,
+        min_backoff_ms=settings.notice_backoff_ms,
         max_backoff_ms=settings.notice_max_backoff_ms,
     )
 
@@ -71,41 +75,64 @@ class LeaderLock:
     def release(self) -> None:
         if self.conn is not None:
             with suppress(Exception):
-                self.conn.close()  # closing the session releases the lock
+                # Ending the session releases the lock; a plain close() would only return the
+                # connection to the pool, session and lock included.
+                self.conn.invalidate()
+                self.conn.close()
             self.conn = None
 
 
-def start_background(container: Container, actors: Actors, *, consumers: bool,
-                     relay: bool) -> Callable[[], None]:
+def start_background(
+    container: Container, actors: Actors, *, consumers: bool, relay: bool
+) -> Callable[[], None]:
     """Start consumers and/or the relay and sweep as threads; returns a stop function."""
     settings = container.settings
     stop = threading.Event()
     threads: list[threading.Thread] = []
     worker: dramatiq.Worker | None = None
     if consumers:
-        worker = dramatiq.Worker(actors.broker, worker_threads=settings.worker_threads,
-                                 worker_timeout=100)
+        worker = dramatiq.Worker(
+            actors.broker, worker_threads=settings.worker_threads, worker_timeout=100
+        )
         worker.start()
     if relay:
         leader = LeaderLock(container)
         relay_obj = Relay(container.store, actors.enqueue, CHANNELS)
 
+        def take_the_lead() -> bool:
+            if not leader.acquire():
+                return False
+            log.info("this process leads the relay and the deadline sweep")
+            seeded = seed_gate(container.gate, container.store, container.clock())
+            log.info("gate seeded from %d stored standings", seeded)
+            if settings.embedded:
+                pending = notices_without_outcome(
+                    container.store, container.clock(), up_to_position=relay_obj.position()
+                )
+                for event_id in pending:
+                    for channel in CHANNELS:
+                        actors.enqueue(Message("deliver_notice", (event_id, channel)))
+                log.info("re-sent %d notices without an outcome", len(pending))
+            return True
+
         def lead() -> None:
             while not stop.is_set():
-                if leader.acquire():
-                    log.info("this process leads the relay and the deadline sweep")
-                    seeded = seed_gate(container.gate, container.store,
-                                       container.clock())
-                    log.info("gate seeded from %d stored standings", seeded)
-                    if settings.embedded:
-                        pending = notices_without_outcome(container.store, container.clock())
-                        for event_id in pending:
-                            for channel in CHANNELS:
-                                actors.enqueue(Message("deliver_notice", (event_id, channel)))
-                        log.info("re-sent %d notices without an outcome", len(pending))
+                try:
+                    leading = take_the_lead()
+                except Exception:
+                    # Redis or the database is not there yet: a dead thread would leave this
+                    # process running without a relay, so try again.
+                    log.exception("could not start the relay; retrying")
+                    leader.release()
+                    stop.wait(1)
+                    continue
+                if leading:
                     sweeper = threading.Thread(
-                        target=run_sweeper, args=(container.service, stop, settings.sweep_seconds),
-                        name="sweep", daemon=True)
+                        target=run_sweeper,
+                        args=(container.service, stop, settings.sweep_seconds),
+                        name="sweep",
+                        daemon=True,
+                    )
                     sweeper.start()
                     relay_obj.run(stop)
                     sweeper.join(timeout=5)
@@ -133,8 +160,12 @@ def install_embedded_workers(container: Container) -> None:
     def start() -> Callable[[], None]:
         actors = build_actors(container)
         container.extras["actors"] = actors
-        return start_background(container, actors, consumers=container.settings.embedded,
-                                relay=container.settings.embedded)
+        return start_background(
+            container,
+            actors,
+            consumers=container.settings.embedded,
+            relay=container.settings.embedded,
+        )
 
     container.extras["start_workers"] = start
 
@@ -158,8 +189,10 @@ def run_worker_processes(settings: Settings) -> None:
     from enforcement.bootstrap import bootstrap
 
     ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=_consumer_process, args=(settings,), name=f"consumer-{i}")
-                for i in range(settings.worker_processes)]
+    children = [
+        ctx.Process(target=_consumer_process, args=(settings,), name=f"consumer-{i}")
+        for i in range(settings.worker_processes)
+    ]
     for child in children:
         child.start()
     container = bootstrap(settings)

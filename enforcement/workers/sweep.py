@@ -42,7 +42,8 @@ def sweep_once(service: EnforcementService, page_size: int = 500) -> int:
             rows = conn.execute(
                 sa.select(standings.c.account_id, standings.c.state)
                 .where(standings.c.account_id > after)
-                .order_by(standings.c.account_id).limit(page_size)
+                .order_by(standings.c.account_id)
+                .limit(page_size)
             ).all()
         for account_id, raw in rows:
             for kind, ident in due_deadlines(StandingState.from_json(raw), now_text):
@@ -52,7 +53,7 @@ def sweep_once(service: EnforcementService, page_size: int = 500) -> int:
                     else:
                         service.end_suspension(account_id, ident, SWEEPER)
                     ran += 1
-                except Exception:  # noqa: BLE001 - one bad account never stops the sweep
+                except Exception:
                     log.exception("sweep failed for %s %s on %s", kind, ident, account_id)
         if len(rows) < page_size:
             return ran
@@ -63,5 +64,5 @@ def run_sweeper(service: EnforcementService, stop: threading.Event, every_second
     while not stop.wait(every_seconds):
         try:
             sweep_once(service)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("deadline sweep failed")

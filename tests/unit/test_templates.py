@@ -1,0 +1,254 @@
+"""Notice templates (``templates.render``): every notice kind has its own subject and opening,
+and every notice names the account, the decision, the AUP section, the statement of reasons, the
+deadline where there is one, and how to appeal. Pure: a notice event in, text and JSON out."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from enforcement import operator_decisions as ops
+from enforcement.notices.templates import INTROS, SUBJECTS, RenderedNotice, render
+from enforcement.policy import (
+    DEFAULT_POLICY,
+    Context,
+    ViolationReport,
+    decide_appeal,
+    decide_appeal_filing,
+    decide_violation,
+)
+from events import NewEvent, RecordedEvent
+from projections import aup_events as ev
+from projections.reasons import statement_of_reasons, violation_fact
+from projections.standing import StandingState, apply_all
+
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+ACCOUNT = "acct_42"
+
+
+@dataclass
+class Account:
+    """An in-memory stream: decisions are recorded and folded as the store would."""
+
+    state: StandingState = field(default_factory=lambda: StandingState.empty(ACCOUNT))
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def ctx(self, now: datetime, actor: str = "reporter:svc") -> Context:
+        return Context(now=now, actor=actor, correlation_id="req_1", new_id=self.new_id)
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self.ids)}"
+
+    def record(self, new_events: Sequence[NewEvent], at: datetime) -> list[RecordedEvent]:
+        out = []
+        for new in new_events:
+            version = self.state.version + len(out) + 1
+            data = json.loads(json.dumps(new.data))
+            out.append(
+                RecordedEvent(
+                    version,
+                    new.event_id,
+                    ACCOUNT,
+                    version,
+                    new.type,
+                    new.schema_version,
+                    data,
+                    new.metadata,
+                    new.occurred_at,
+                    at,
+                    "",
+                    "",
+                )
+            )
+        self.state = apply_all(self.state, out)
+        return out
+
+    def violation(
+        self, category: str, at: datetime, severity: str | None = None
+    ) -> list[RecordedEvent]:
+        report = ViolationReport(category, at, severity, description=f"{category} seen by svc")
+        return self.record(decide_violation(DEFAULT_POLICY, self.state, report, self.ctx(at)), at)
+
+    def operator(self, command: ops.Command, at: datetime) -> list[RecordedEvent]:
+        decided = ops.decide(DEFAULT_POLICY, self.state, command, self.ctx(at, "operator:ann"))
+        return self.record(decided, at)
+
+
+def notice_in(events: Sequence[RecordedEvent]) -> RecordedEvent:
+    [notice] = [e for e in events if e.type == "NoticeIssued"]
+    return notice
+
+
+def warning() -> RecordedEvent:
+    return notice_in(Account().violation("spam", T0))
+
+
+def throttle() -> RecordedEvent:
+    account = Account()
+    account.violation("spam", T0)
+    return notice_in(account.violation("impersonation", T0 + timedelta(days=1)))
+
+
+def suspension() -> RecordedEvent:
+    return notice_in(Account().violation("phishing", T0, "high"))
+
+
+def termination() -> RecordedEvent:
+    return notice_in(Account().violation("csam", T0))
+
+
+def reinstatement() -> RecordedEvent:
+    account = Account()
+    account.operator(ops.Suspend("payment fraud under review"), T0)
+    return notice_in(account.operator(ops.Reinstate("review cleared"), T0 + timedelta(hours=2)))
+
+
+def appeal_outcome() -> RecordedEvent:
+    account = Account()
+    decision = next(
+        e for e in account.violation("phishing", T0, "high") if e.type == "AccountSuspended"
+    )
+    at = T0 + timedelta(days=1)
+    filed = account.record(
+        decide_appeal_filing(
+            DEFAULT_POLICY, account.state, decision.event_id, "It was a test", account.ctx(at)
+        ),
+        at,
+    )
+    appeal_id = filed[0].data["appeal_id"]
+    at += timedelta(hours=1)
+    decided = decide_appeal(
+        DEFAULT_POLICY, account.state, appeal_id, "upheld", "the evidence holds",
+        account.ctx(at, "operator:ann"),
+    )  # fmt: skip
+    return notice_in(account.record(decided, at))
+
+
+def synthetic(kind: str, deadline: str | None = None) -> RecordedEvent:
+    """A notice of ``kind`` with a hand-built statement (for kinds no decision issues today)."""
+    sor = statement_of_reasons(
+        sections=[2],
+        categories=["spam"],
+        decision=f"A {kind} decision.",
+        facts=[violation_fact("vio_9", "spam", "medium", "2026-11-24T09:00:00.000000Z", None)],
+        automated_detection=True,
+        automated_decision=False,
+        policy_version="aup-2026-11",
+        decided_at=T0,
+        appeal_window=timedelta(days=20),
+    )
+    payload = ev.NoticeIssued("ntc_9", kind, "decision-evt-9", ["vio_9"], sor, deadline)
+    new = ev.CODEC.encode(payload, occurred_at=T0, event_id="notice-evt-9")
+    return Account().record([new], T0)[0]
+
+
+REAL = {
+    "warning": warning,
+    "throttle": throttle,
+    "suspension": suspension,
+    "termination": termination,
+    "reinstatement": reinstatement,
+    "appeal_outcome": appeal_outcome,
+}
+
+
+def assert_names_everything(notice: RecordedEvent, rendered: RenderedNotice) -> None:
+    sor = notice.data["statement_of_reasons"]
+    text = rendered.text
+    assert f"Account: {ACCOUNT}" in text
+    assert ACCOUNT in rendered.subject
+    assert f"Decision: {sor['decision']}" in text
+    assert f"Ground: {sor['ground']}" in text
+    assert "Statement of reasons" in text
+    assert f"Policy version: {sor['policy_version']}" in text
+    for fact in sor["facts"]:
+        assert fact["description"] in text
+    assert "How to appeal" in text
+    assert sor["redress"] in text
+    assert f"Decision event id: {notice.data['decision_event_id']}" in text
+    assert f"Notice id: {notice.data['notice_id']}" in text
+    deadline = notice.data["deadline"]
+    if deadline:
+        assert f"Deadline: {deadline}" in text
+    else:
+        assert "Deadline:" not in text
+
+
+def test_every_notice_kind_has_a_template() -> None:
+    assert set(SUBJECTS) == set(ev.NOTICE_KINDS)
+    assert set(INTROS) == set(ev.NOTICE_KINDS)
+    assert len(set(SUBJECTS.values())) == len(SUBJECTS)
+
+
+@pytest.mark.parametrize("kind", ev.NOTICE_KINDS)
+def test_each_kind_renders_its_own_subject_and_opening(kind: str) -> None:
+    deadline = "2026-12-01T10:00:00.000000Z" if kind in ("warning", "remediation") else None
+    notice = synthetic(kind, deadline)
+    rendered = render(notice)
+    assert rendered.subject == f"[TaaS] {SUBJECTS[kind]} ({ACCOUNT})"
+    assert INTROS[kind] in rendered.text
+    assert "AUP §2 (spam)" in rendered.text
+    assert "- Fact vio_9: medium spam violation" in rendered.text
+    assert_names_everything(notice, rendered)
+
+
+@pytest.mark.parametrize("kind", sorted(REAL))
+def test_notices_of_real_decisions_name_the_account_decision_section_reasons_and_appeal(
+    kind: str,
+) -> None:
+    notice = REAL[kind]()
+    assert notice.data["kind"] == kind
+    rendered = render(notice)
+    assert_names_everything(notice, rendered)
+    assert INTROS[kind] in rendered.text
+    if notice.data["violation_ids"]:
+        assert "AUP §" in rendered.text
+        for violation_id in notice.data["violation_ids"]:
+            assert f"- Fact {violation_id}: " in rendered.text
+
+
+def test_the_warning_names_its_remediation_deadline_and_the_section() -> None:
+    notice = warning()
+    text = render(notice).text
+    assert "Ground: AUP §2 (spam)" in text
+    assert notice.data["deadline"] == "2026-12-01T10:00:00.000000Z"  # the 7-day window
+    assert "Deadline: 2026-12-01T10:00:00.000000Z" in text
+    assert "Detected automatically: yes" in text
+    assert "Decided automatically: yes" in text
+    assert "until 2026-12-14T10:00:00.000000Z" in text  # the 20-day appeal window
+
+
+def test_a_termination_for_csam_cites_both_sections() -> None:
+    text = render(termination()).text
+    assert "Ground: AUP §2, §6 (csam)" in text
+    assert "Deadline:" not in text
+
+
+def test_the_webhook_body_is_json_and_carries_the_same_notice() -> None:
+    notice = warning()
+    rendered = render(notice)
+    body = json.loads(json.dumps(rendered.body))
+    assert body == rendered.body
+    assert body == {
+        "notice_id": notice.data["notice_id"],
+        "notice_event_id": notice.event_id,
+        "account_id": ACCOUNT,
+        "kind": "warning",
+        "decision_event_id": notice.data["decision_event_id"],
+        "violation_ids": notice.data["violation_ids"],
+        "deadline": notice.data["deadline"],
+        "subject": rendered.subject,
+        "text": rendered.text,
+        "statement_of_reasons": notice.data["statement_of_reasons"],
+        "issued_at": "2026-11-24T10:00:00.000000Z",
+    }
+
+
+def test_rendering_is_pure() -> None:
+    notice = appeal_outcome()
+    assert render(notice) == render(notice)

@@ -1,0 +1,171 @@
+"""Webhook notices: the signature recipe, the SSRF guard (``check_target``) and what the sender
+puts on the wire. The sender tests use a receiver on loopback (with private targets allowed)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+
+from enforcement.notices.webhook import WebhookRefused, WebhookSender, check_target, signature
+
+# ------------------------------------------------------------------ the signature
+
+
+def test_the_signature_is_hex_hmac_sha256_of_the_raw_body() -> None:
+    # RFC 4231, test case 2
+    assert signature("Jefe", b"what do ya want for nothing?") == (
+        "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    )
+    body = '{"kind": "warning", "text": "AUP §2"}'.encode()
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert signature("s3cret", body) == f"sha256={expected}"
+    assert signature("s3cret", body + b" ") != signature("s3cret", body)
+    assert signature("other", body) != signature("s3cret", body)
+
+
+# ------------------------------------------------------------------ the SSRF guard
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://127.9.9.9/hook",
+        "http://localhost/hook",
+        "http://10.0.0.1/hook",
+        "https://10.255.3.4:8443/hook",
+        "http://172.16.5.4/hook",
+        "http://192.168.1.20/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://100.64.0.1/hook",
+        "http://0.0.0.0/hook",
+        "http://[::1]:9000/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://[fc00::1]/hook",
+        "http://[fe80::1]/hook",
+    ],
+)
+def test_loopback_private_and_link_local_targets_are_refused(url: str) -> None:
+    with pytest.raises(WebhookRefused, match="non-public address"):
+        check_target(url, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://93.184.216.34/hooks/enforcement",
+        "http://8.8.8.8:8080/hook",
+        "https://[2001:4860:4860::8888]/hook",
+    ],
+)
+def test_a_public_literal_address_is_allowed(url: str) -> None:
+    check_target(url, allow_private=False)
+
+
+def test_allow_private_lets_loopback_and_private_targets_through() -> None:
+    for url in ("http://127.0.0.1:8080/hook", "http://10.0.0.1/", "http://[::1]/"):
+        check_target(url, allow_private=True)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://93.184.216.34/x", "file:///etc/passwd", "http:///no-host", "93.184.216.34"]
+)
+def test_only_http_urls_with_a_host_are_accepted_even_when_private_is_allowed(url: str) -> None:
+    with pytest.raises(WebhookRefused, match="not an http"):
+        check_target(url, allow_private=True)
+
+
+# ------------------------------------------------------------------ the sender
+
+
+class Sink:
+    """A loopback HTTP server: records requests, answers ``status`` (and ``location``)."""
+
+    def __init__(self, status: int = 204, location: str | None = None) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                sink.requests.append((self.path, dict(self.headers), body))
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.server.server_port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    yield s
+    s.close()
+
+
+def test_the_sender_posts_the_json_body_signed_with_the_event_id(sink: Sink) -> None:
+    payload = {"notice_id": "ntc_1", "text": "AUP §2 — spam", "deadline": None}
+    WebhookSender("s3cret", allow_private=True).send(sink.url(), "evt-1", payload)
+
+    [(path, headers, body)] = sink.requests
+    assert path == "/hook"
+    assert json.loads(body) == payload
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Enforcement-Event-Id"] == "evt-1"
+    assert headers["X-Enforcement-Signature"] == signature("s3cret", body)
+
+
+def test_without_a_secret_nothing_is_sent(sink: Sink) -> None:
+    with pytest.raises(WebhookRefused, match="ENFORCEMENT_WEBHOOK_SECRET"):
+        WebhookSender(None, allow_private=True).send(sink.url(), "evt-1", {})
+    assert sink.requests == []
+
+
+def test_a_private_target_is_refused_before_any_request(sink: Sink) -> None:
+    with pytest.raises(WebhookRefused):
+        WebhookSender("s3cret", allow_private=False).send(sink.url(), "evt-1", {})
+    assert sink.requests == []
+
+
+def test_an_error_status_is_a_retryable_failure() -> None:
+    failing = Sink(status=503)
+    try:
+        with pytest.raises(ConnectionError, match="HTTP 503"):
+            WebhookSender("s3cret", allow_private=True).send(failing.url(), "evt-1", {})
+    finally:
+        failing.close()
+
+
+def test_a_redirect_is_not_followed(sink: Sink) -> None:
+    # The redirect could lead past the SSRF check to another (private) address.
+    redirecting = Sink(status=307, location=sink.url("/elsewhere"))
+    try:
+        with pytest.raises(ConnectionError, match="HTTP 307"):
+            WebhookSender("s3cret", allow_private=True).send(redirecting.url(), "evt-1", {})
+    finally:
+        redirecting.close()
+    assert len(redirecting.requests) == 1
+    assert sink.requests == []

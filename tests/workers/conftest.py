@@ -1,0 +1,70 @@
+"""Fixtures for the workers suite: a real Redis, a real SMTP server, a real webhook receiver.
+
+``redis-server`` is started once for the session (``tests/redis_server.py``) and emptied before
+each test that uses it; a test that stopped it gets it started again. The database fixtures come
+from ``tests/conftest.py``: ``sqlite_db`` here is a migrated SQLite file, ``database_url`` there
+is parametrised over SQLite and PostgreSQL. Nothing is skipped: a missing server fails the test.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from enforcement.migrations import upgrade  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+from tests.workers.system import Receiver, SmtpSink  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """An empty Redis (started again if an earlier test left it stopped)."""
+    redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    yield redis_server.url
+    redis_server.start()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> str:
+    """A migrated SQLite file."""
+    url = f"sqlite:///{tmp_path / 'enforcement.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def broker_url(request: pytest.FixtureRequest) -> str | None:
+    """``None`` for the embedded (in-memory) broker, else an empty Redis's URL."""
+    if request.param == "embedded":
+        return None
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    yield sink
+    sink.close()

@@ -1,0 +1,207 @@
+"""The distributed runtime under failure: the real ``enforcement worker`` killed in the middle of
+a delivery, Redis stopped and started again while violations keep being recorded, and a worker
+started before Redis is up.
+
+All run on SQLite and on PostgreSQL (``database_url``) against a real Redis. Violations are
+recorded through the use case in this process, as ``serve`` would record them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from enforcement.bootstrap import Container, bootstrap
+from enforcement.settings import Settings
+from events import RecordedEvent
+from tests.redis_server import RedisServer
+from tests.workers.system import (
+    SECRET,
+    Receiver,
+    WorkerProcess,
+    all_events,
+    delivered_once_each,
+    fast_settings,
+    outcomes_of,
+    relay_position,
+    report,
+    set_contact,
+    wait_until,
+)
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    # A dead worker's unacknowledged messages are requeued once its heartbeat is 2 s old.
+    return fast_settings(
+        database_url, tmp_path, redis_url=redis_url, worker_threads=2, worker_heartbeat_ms=2000
+    )
+
+
+@pytest.fixture
+def poster(settings: Settings) -> Iterator[Container]:
+    """The recording side (what ``serve`` does), on the same database."""
+    container = bootstrap(replace(settings, redis_url=None))
+    yield container
+    container.close()
+
+
+def notice_of(recorded: Sequence[RecordedEvent]) -> str:
+    [notice] = [e for e in recorded if e.type == "NoticeIssued"]
+    return notice.event_id
+
+
+def test_a_worker_killed_mid_delivery_is_redelivered_and_recorded_once(
+    settings: Settings, poster: Container, tmp_path: Path
+) -> None:
+    receiver = Receiver(hold_first=True)
+    set_contact(poster.engine, "acct_crash", webhook_url=receiver.url)
+    first = WorkerProcess(settings, tmp_path / "worker-1.log")
+    second: WorkerProcess | None = None
+    try:
+        # Given a worker that is in the middle of posting a notice's webhook
+        notice_id = notice_of(report(poster, "acct_crash").events)
+        wait_until(
+            lambda: receiver.for_event(notice_id), "the first attempt to reach the receiver", 30
+        )
+
+        # When the worker and its consumer processes are SIGKILLed before it can finish
+        first.kill()
+        receiver.release()
+        assert outcomes_of(poster.store, notice_id) == []
+
+        # and a new worker starts
+        second = WorkerProcess(settings, tmp_path / "worker-2.log")
+
+        # Then Redis hands the unacknowledged message to it and the notice is delivered
+        wait_until(
+            lambda: delivered_once_each(poster.store, [notice_id], ["webhook"]),
+            "the redelivered notice to be recorded as delivered",
+            timeout=40,
+        )
+        second.stop()
+
+        # exactly once in the log, although the receiver saw it twice (at least once on the wire)
+        outcomes = outcomes_of(poster.store, notice_id)
+        assert [(e.type, e.data["channel"], e.data["attempt"]) for e in outcomes] == [
+            ("NoticeDelivered", "webhook", 1)
+        ], second.output()
+        attempts = receiver.for_event(notice_id)
+        assert len(attempts) == 2
+        assert attempts[0].body == attempts[1].body
+        signature = (
+            "sha256=" + hmac.new(SECRET.encode(), attempts[1].body, hashlib.sha256).hexdigest()
+        )
+        assert attempts[1].headers["x-enforcement-signature"] == signature
+    finally:
+        receiver.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_notices_recorded_while_redis_is_down_go_out_when_it_returns(
+    settings: Settings, poster: Container, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    notices: dict[str, list[str]] = {}
+
+    def post(phase: str, count: int) -> None:
+        for i in range(count):
+            account = f"acct_{phase}_{i}"
+            set_contact(poster.engine, account, f"{account}@customer.test", receiver.url)
+            notices.setdefault(phase, []).append(notice_of(report(poster, account).events))
+
+    try:
+        # Given a running worker that has delivered everything posted so far
+        post("before", 5)
+        wait_until(
+            lambda: delivered_once_each(poster.store, notices["before"], ["email", "webhook"]),
+            "the first notices to be delivered",
+            timeout=30,
+        )
+
+        # When Redis stops while violations keep being recorded
+        redis_server.stop()
+        stopped_at = relay_position(poster.store)
+        failures_before = worker.output().count("relay failed")
+        post("during", 8)
+        issued = all_events(poster.store, "NoticeIssued")
+        first_during = min(e.position for e in issued if e.event_id in notices["during"])
+        # (the relay cannot enqueue them, so it does not move past them)
+        wait_until(
+            lambda: worker.output().count("relay failed") > failures_before,
+            "the relay to hit the outage",
+        )
+        assert stopped_at <= relay_position(poster.store) < first_during
+
+        # and Redis comes back (empty: it keeps nothing on disk), and more violations come in
+        redis_server.restart()
+        post("after", 5)
+
+        # Then every notice goes out, each recorded as delivered exactly once per channel
+        everything = [n for phase in notices.values() for n in phase]
+        wait_until(
+            lambda: delivered_once_each(poster.store, everything, ["email", "webhook"]),
+            "every notice to be delivered after the outage",
+            timeout=40,
+        )
+        worker.stop()
+        delivered = Counter(
+            (e.data["notice_event_id"], e.data["channel"])
+            for e in all_events(poster.store, "NoticeDelivered")
+        )
+        assert len(delivered) == 2 * len(everything) == 36
+        assert set(delivered.values()) == {1}
+        assert all_events(poster.store, "NoticeDeliveryFailed") == []
+        assert {r.event_id for r in receiver.requests} == set(everything)
+        eml = {p.stem for p in (tmp_path / "notices").glob("*.eml")}
+        assert eml == set(everything)
+    finally:
+        receiver.close()
+        worker.stop()
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_worker_started_while_redis_is_down_relays_once_it_comes_up(
+    settings: Settings, poster: Container, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """On PostgreSQL, where a failed start must also give up the relay's leader lock."""
+    receiver = Receiver()
+    set_contact(poster.engine, "acct_early", webhook_url=receiver.url)
+    # Given Redis down when the worker starts, and a notice waiting to be relayed
+    redis_server.stop()
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        notice_id = notice_of(report(poster, "acct_early").events)
+        wait_until(
+            lambda: (
+                "leads the relay" in worker.output() and "Connection refused" in worker.output()
+            ),
+            "the worker to start against the missing Redis",
+            timeout=30,
+        )
+
+        # When Redis comes up
+        redis_server.start()
+
+        # Then the notice goes out without restarting the worker
+        wait_until(
+            lambda: delivered_once_each(poster.store, [notice_id], ["webhook"]),
+            "the notice to be delivered once Redis is up",
+            timeout=30,
+        )
+    finally:
+        receiver.close()
+        worker.stop()

@@ -1,0 +1,350 @@
+"""Notices leave through the relay and the real workers: SMTP and signed webhooks, retried with
+exponential backoff, refused for private targets, recorded as undeliverable without contact data,
+and never sent when an operator asked for none.
+
+Each test runs the relay, the sweep and Dramatiq worker threads in this process, over the
+embedded broker and over a real Redis (``broker_url``), on a migrated SQLite file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import bootstrap
+from enforcement.workers.actors import QUEUE
+from enforcement.workers.relay import CHECKPOINT
+from events import RecordedEvent
+from tests.workers.system import (
+    OPERATOR,
+    SECRET,
+    Receiver,
+    SmtpSink,
+    System,
+    delivered_once_each,
+    fast_settings,
+    report,
+    set_contact,
+    wait_until,
+)
+
+CHANNELS = ("email", "webhook")
+
+
+@pytest.fixture
+def system(
+    sqlite_db: str, broker_url: str | None, smtp: SmtpSink, tmp_path: Path
+) -> Iterator[System]:
+    s = System(fast_settings(sqlite_db, tmp_path, redis_url=broker_url, smtp_url=smtp.url))
+    yield s
+    s.close()
+
+
+def notice_in(recorded: Sequence[RecordedEvent]) -> str:
+    [notice] = [e for e in recorded if e.type == "NoticeIssued"]
+    return notice.event_id
+
+
+def summary(system: System, notice_event_id: str) -> list[tuple[str, str, int, bool | None]]:
+    return [
+        (e.type, e.data["channel"], e.data["attempt"], e.data.get("final"))
+        for e in system.outcomes(notice_event_id)
+    ]
+
+
+def test_a_notice_goes_out_by_smtp_and_by_a_signed_webhook(
+    system: System, smtp: SmtpSink, receiver: Receiver
+) -> None:
+    # Given an account with an email address and a webhook
+    system.contact("acct_42", email="abuse-desk@customer.test", webhook_url=receiver.url)
+
+    # When a first-time minor violation is reported
+    outcome = system.report("acct_42", "spam", description="bulk mail sent through key_7")
+    [notice] = [e for e in outcome.events if e.type == "NoticeIssued"]
+    [remediation] = [e for e in outcome.events if e.type == "RemediationRequested"]
+
+    # Then each channel delivers it exactly once, as recorded events
+    wait_until(
+        lambda: delivered_once_each(system.store, [notice.event_id], CHANNELS),
+        "NoticeDelivered on both channels",
+    )
+    assert sorted(summary(system, notice.event_id)) == [
+        ("NoticeDelivered", "email", 1, None),
+        ("NoticeDelivered", "webhook", 1, None),
+    ]
+    for delivered in system.outcomes(notice.event_id):
+        assert delivered.metadata["causation_id"] == notice.event_id
+
+    # The webhook carries the NoticeIssued id and an HMAC-SHA256 of its raw body
+    [request] = receiver.for_event(notice.event_id)
+    assert request.headers["x-enforcement-event-id"] == notice.event_id
+    expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request.headers["x-enforcement-signature"], expected)
+    forged = "sha256=" + hmac.new(b"another secret", request.body, hashlib.sha256).hexdigest()
+    assert not hmac.compare_digest(request.headers["x-enforcement-signature"], forged)
+    assert request.headers["content-type"] == "application/json"
+    body = request.json()
+    assert body["notice_event_id"] == notice.event_id
+    assert body["notice_id"] == notice.data["notice_id"]
+    assert body["account_id"] == "acct_42"
+    assert body["kind"] == "warning"
+    assert body["decision_event_id"] == remediation.event_id
+    assert body["deadline"] == remediation.data["due_at"]
+    assert body["statement_of_reasons"] == notice.data["statement_of_reasons"]
+
+    # The email names the account, the decision, the AUP section, the statement of reasons,
+    # the deadline and how to appeal
+    [(rcpts, message)] = [(r, m) for r, m in smtp.messages if m["X-Enforcement-Event-Id"]]
+    assert rcpts == ["abuse-desk@customer.test"]
+    assert message["To"] == "abuse-desk@customer.test"
+    assert message["X-Enforcement-Event-Id"] == notice.event_id
+    assert "acct_42" in message["Subject"]
+    text = message.get_content()
+    sor = notice.data["statement_of_reasons"]
+    assert "Account: acct_42" in text
+    assert f"Decision: {sor['decision']}" in text
+    assert "AUP §2" in text
+    assert "Statement of reasons" in text
+    violation_id = outcome.events[0].data["violation_id"]
+    assert f"{violation_id}: bulk mail sent through key_7" in text
+    assert f"Deadline: {remediation.data['due_at']}" in text
+    assert "How to appeal" in text
+    assert sor["redress"] in text
+
+
+def test_failed_attempts_are_retried_with_exponential_backoff(
+    sqlite_db: str, broker_url: str | None, tmp_path: Path
+) -> None:
+    # Given a webhook that fails its first two requests, and 3 retries at 100 ms doubling
+    receiver = Receiver(fail_first=2, fail_status=503)
+    system = System(fast_settings(sqlite_db, tmp_path, redis_url=broker_url, notice_retries=3))
+    try:
+        system.contact("acct_retry", webhook_url=receiver.url)
+
+        # When a notice is issued
+        outcome = system.report("acct_retry", "spam")
+        [notice] = [e for e in outcome.events if e.type == "NoticeIssued"]
+
+        # Then attempts 1 and 2 are recorded as failures, attempt 3 as the delivery
+        wait_until(
+            lambda: delivered_once_each(system.store, [notice.event_id], ["webhook"]),
+            "NoticeDelivered after two failures",
+        )
+        assert summary(system, notice.event_id) == [
+            ("NoticeDeliveryFailed", "webhook", 1, False),
+            ("NoticeDeliveryFailed", "webhook", 2, False),
+            ("NoticeDelivered", "webhook", 3, None),
+        ]
+        failures = [e for e in system.outcomes(notice.event_id) if e.type != "NoticeDelivered"]
+        assert all("HTTP 503" in e.data["error"] for e in failures)
+
+        # and the waits between attempts at least double: >= 100 ms, then >= 200 ms
+        times = [r.at for r in receiver.for_event(notice.event_id)]
+        assert len(times) == 3
+        assert times[1] - times[0] >= 0.1
+        assert times[2] - times[1] >= 0.2
+    finally:
+        system.close()
+        receiver.close()
+
+
+def test_a_final_failure_is_recorded_once_the_retries_are_spent(
+    sqlite_db: str, broker_url: str | None, tmp_path: Path
+) -> None:
+    # Given a webhook that always fails, and 2 retries
+    receiver = Receiver(fail_first=1_000)
+    settings = fast_settings(sqlite_db, tmp_path, redis_url=broker_url, notice_retries=2)
+    system = System(settings)
+    try:
+        system.contact("acct_down", webhook_url=receiver.url)
+
+        # When a notice is issued
+        [notice] = [e for e in system.report("acct_down").events if e.type == "NoticeIssued"]
+
+        # Then 3 attempts are made and the last is recorded as final
+        wait_until(
+            lambda: any(e.data.get("final") for e in system.outcomes(notice.event_id)),
+            "a final NoticeDeliveryFailed",
+        )
+        wait_until(
+            lambda: (
+                system.recorder.of("deliver_notice", notice.event_id, "webhook")
+                and system.recorder.of("deliver_notice", notice.event_id, "webhook")[-1].error
+                is None
+            ),
+            "the last attempt's message to finish",
+        )
+        expected = [
+            ("NoticeDeliveryFailed", "webhook", 1, False),
+            ("NoticeDeliveryFailed", "webhook", 2, False),
+            ("NoticeDeliveryFailed", "webhook", 3, True),
+        ]
+        assert summary(system, notice.event_id) == expected
+
+        # and no further attempt follows (longer than the longest backoff)
+        wait_for = 2 * settings.notice_max_backoff_ms / 1000
+        with pytest.raises(AssertionError):
+            wait_until(lambda: len(receiver.requests) > 3, "a 4th attempt", timeout=wait_for)
+        assert len(receiver.for_event(notice.event_id)) == 3
+        assert summary(system, notice.event_id) == expected
+    finally:
+        system.close()
+        receiver.close()
+
+
+def test_a_private_webhook_target_is_refused_without_allow_private(
+    sqlite_db: str, broker_url: str | None, tmp_path: Path, receiver: Receiver
+) -> None:
+    # Given ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE unset and a webhook on loopback
+    settings = fast_settings(sqlite_db, tmp_path, redis_url=broker_url, webhook_allow_private=False)
+    system = System(settings)
+    try:
+        system.contact("acct_ssrf", webhook_url=receiver.url)
+
+        # When a notice is issued
+        [notice] = [e for e in system.report("acct_ssrf").events if e.type == "NoticeIssued"]
+
+        # Then the attempt is a final failure naming the address, and no request is made
+        wait_until(lambda: system.outcomes(notice.event_id), "the refusal to be recorded")
+        wait_until(
+            lambda: system.recorder.of("deliver_notice", notice.event_id, "webhook"),
+            "the webhook message to be handled",
+        )
+        [refused] = system.outcomes(notice.event_id)
+        assert refused.type == "NoticeDeliveryFailed"
+        assert (refused.data["channel"], refused.data["attempt"], refused.data["final"]) == (
+            "webhook",
+            1,
+            True,
+        )
+        assert "non-public address 127.0.0.1" in refused.data["error"]
+        assert receiver.requests == []
+    finally:
+        system.close()
+
+
+def test_an_account_without_contact_data_gets_its_notice_recorded_undeliverable(
+    system: System, smtp: SmtpSink, receiver: Receiver, tmp_path: Path
+) -> None:
+    # Given an account with no contact data
+    # When a notice is issued
+    [notice] = [e for e in system.report("acct_nobody").events if e.type == "NoticeIssued"]
+
+    # Then one final "undeliverable" failure is recorded once both channels were tried
+    wait_until(
+        lambda: len(system.recorder.of("deliver_notice", notice.event_id)) == 2,
+        "both channels' messages to be handled",
+    )
+    [undeliverable] = system.outcomes(notice.event_id)
+    assert undeliverable.type == "NoticeDeliveryFailed"
+    assert undeliverable.data["final"] is True
+    assert undeliverable.data["channel"] == "none"
+    assert undeliverable.data["error"].startswith("undeliverable")
+    # and nothing was sent anywhere
+    assert smtp.messages == []
+    assert receiver.requests == []
+    assert not (tmp_path / "notices").exists()
+
+
+def test_notify_false_records_no_notice_and_sends_nothing(
+    system: System, smtp: SmtpSink, receiver: Receiver
+) -> None:
+    # Given three accounts with full contact data
+    for account in ("acct_quiet_s", "acct_quiet_t", "acct_loud"):
+        system.contact(account, email=f"{account}@customer.test", webhook_url=receiver.url)
+
+    # When an operator suspends one and terminates another with notify false, and (control)
+    # suspends a third with notify true
+    service = system.container.service
+    quiet = [
+        service.operator("acct_quiet_s", ops.Suspend("under review", notify=False), OPERATOR),
+        service.operator("acct_quiet_t", ops.Terminate("fraud ring", notify=False), OPERATOR),
+    ]
+    loud = service.operator("acct_loud", ops.Suspend("under review"), OPERATOR)
+
+    # Then the decisions carry no NoticeIssued
+    assert [[e.type for e in o.events] for o in quiet] == [
+        ["AccountSuspended"],
+        ["AccountTerminated"],
+    ]
+    # and once the relay has passed them and their messages were handled, nothing was sent
+    [loud_notice] = [e for e in loud.events if e.type == "NoticeIssued"]
+    wait_until(
+        lambda: delivered_once_each(system.store, [loud_notice.event_id], CHANNELS),
+        "the control notice to be delivered",
+    )
+    wait_until(system.caught_up, "the relay to pass every event")
+    for outcome in quiet:
+        decision = outcome.events[0]
+        wait_until(
+            lambda d=decision: system.recorder.of("apply_gate_state", d.event_id),
+            f"the gate message of {decision.type}",
+        )
+    assert system.events("NoticeIssued", account_id="acct_quiet_s") == []
+    assert system.events("NoticeIssued", account_id="acct_quiet_t") == []
+    assert [m["To"] for _, m in smtp.messages] == ["acct_loud@customer.test"]
+    assert {r.event_id for r in receiver.requests} == {loud_notice.event_id}
+
+
+def test_pending_deadlines_do_not_hold_back_notice_retries(sqlite_db: str, tmp_path: Path) -> None:
+    """Embedded Dramatiq holds at most 2 delayed messages per worker thread. Days-long deadline
+    messages must not fill that room for notice retries (regression: they shared a queue)."""
+    receiver = Receiver(fail_first=1)
+    system = System(fast_settings(sqlite_db, tmp_path, worker_threads=1))
+    try:
+        # Given more pending remediation deadlines (7 days away) than the delay prefetch
+        for i in range(4):
+            system.report(f"acct_pending_{i}", "spam")
+        wait_until(system.caught_up, "the relay to enqueue the deadline messages")
+
+        # When a notice's first webhook attempt fails
+        system.contact("acct_retry", webhook_url=receiver.url)
+        [notice] = [e for e in system.report("acct_retry").events if e.type == "NoticeIssued"]
+
+        # Then its retry still goes out within the backoff, not after the deadlines fire
+        wait_until(
+            lambda: delivered_once_each(system.store, [notice.event_id], ["webhook"]),
+            "the retried notice to be delivered",
+            timeout=10,
+        )
+        assert [e.data["attempt"] for e in system.outcomes(notice.event_id)] == [1, 2]
+    finally:
+        system.close()
+        receiver.close()
+
+
+def test_an_embedded_restart_sends_each_pending_notice_once(
+    sqlite_db: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    # Given two notices recorded while no worker ran: one the relay had already passed (its
+    # in-memory message died with the process) and one it had not reached yet
+    settings = fast_settings(sqlite_db, tmp_path)
+    before = bootstrap(settings)
+    for account in ("acct_passed", "acct_unrelayed"):
+        set_contact(before.engine, account, webhook_url=receiver.url)
+    passed = notice_in(report(before, "acct_passed").events)
+    with before.engine.begin() as conn:
+        before.store.set_checkpoint(conn, CHECKPOINT, before.store.max_position())
+    unrelayed = notice_in(report(before, "acct_unrelayed").events)
+    before.close()
+
+    # When `serve` starts again (embedded: the relay, the recovery and the workers)
+    system = System(settings)
+    try:
+        # Then each goes out, and only once: the recovery re-sends the first, the relay the other
+        wait_until(
+            lambda: delivered_once_each(system.store, [passed, unrelayed], ["webhook"]),
+            "both notices to be delivered",
+        )
+        wait_until(system.caught_up, "the relay to pass every event")
+        system.actors.broker.join(QUEUE, timeout=10_000)
+        for notice in (passed, unrelayed):
+            assert len(system.recorder.of("deliver_notice", notice, "webhook")) == 1
+            assert len(receiver.for_event(notice)) == 1
+    finally:
+        system.close()
