@@ -494,6 +494,13 @@ def event_sizes() -> tuple[int, int]:
     return ours, len(stored.state)
 
 
+def load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
         for line in info:
@@ -615,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     rows: list[tuple[str, str, float, float]] = []
+    load_before = load_average()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_store_") as tmp:
         for name in backends:
@@ -641,6 +649,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
     elapsed = time.perf_counter() - started
+    header.insert(
+        1,
+        f"load average (1 min) before the run {load_before}, after it {load_average()}: "
+        "anything above ~0.5 means other work shared the 2 cores",
+    )
 
     console.print("[bold]Event store throughput: events/ vs eventsourcing[/bold]")
     for line in header:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import threading
+import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +34,12 @@ from projections.stored import StandingRepository
 Clock = Callable[[], datetime]
 Decide = Callable[[StandingState, Context], list[NewEvent]]
 MAX_ATTEMPTS = 25
+# Between attempts (a writer elsewhere got there first) a request waits a random, exponentially
+# growing time, so that racing processes do not reload in lock step and one of them cannot lose
+# every round until it runs out of attempts.
+BACKOFF_BASE_S = 0.001
+BACKOFF_CAP_S = 0.05
+ACCOUNT_LOCK_STRIPES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,10 @@ class ItemResult:
     error: DomainError | IdempotencyConflict | None = None
 
 
+def _back_off(attempt: int) -> None:
+    time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
+
+
 def request_fingerprint(body: Any) -> str:
     """Fingerprint of a request body, for idempotency: the same body gives the same hash."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
@@ -81,6 +95,11 @@ class EnforcementService:
         self.policy = policy
         self.clock = clock
         self.new_id = new_id
+        self._account_locks = tuple(threading.Lock() for _ in range(ACCOUNT_LOCK_STRIPES))
+
+    def _account_lock(self, account_id: str) -> threading.Lock:
+        stripe = zlib.crc32(account_id.encode("utf-8")) % len(self._account_locks)
+        return self._account_locks[stripe]
 
     # ------------------------------------------------------------------ machinery
 
@@ -99,40 +118,46 @@ class EnforcementService:
             previous = self.store.recorded_for_key(idempotency_key, fingerprint)
             if previous is not None:
                 return Outcome(previous, self.standing(account_id), replayed=True)
-        for _ in range(MAX_ATTEMPTS):
-            state = self.standings.load(account_id)
-            now = to_utc(self.clock())
-            ctx = Context(
-                now=now,
-                actor=actor.name,
-                correlation_id=actor.correlation_id,
-                new_id=self.new_id,
-                source=actor.source,
-                causation_id=causation_id,
-            )
-            new_events = decide(state, ctx)
-            if not new_events:
-                return Outcome([], view(state, now, self.policy.strike_lookback))
-            try:
-                recorded = self.store.append(
-                    account_id,
-                    state.version,
-                    new_events,
-                    idempotency_key,
-                    fingerprint=fingerprint,
-                    after_append=self.standings.saver(state),
+        # Requests of this process on one account take turns (they would only lose the race to
+        # each other); requests of other processes still race, and lose to the version check.
+        with self._account_lock(account_id):
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt:
+                    _back_off(attempt)
+                state = self.standings.load(account_id)
+                now = to_utc(self.clock())
+                ctx = Context(
+                    now=now,
+                    actor=actor.name,
+                    correlation_id=actor.correlation_id,
+                    new_id=self.new_id,
+                    source=actor.source,
+                    causation_id=causation_id,
                 )
-            except ConcurrencyError:
-                continue
-            if recorded and recorded[0].event_id != new_events[0].event_id:
-                # A concurrent request with the same idempotency key won the race.
-                return Outcome(recorded, self.standing(account_id), replayed=True)
-            after = apply_all(state, recorded)
-            return Outcome(
-                recorded,
-                view(after, max(now, recorded[-1].recorded_at), self.policy.strike_lookback),
-            )
-        raise ConcurrencyError(account_id, -1)
+                new_events = decide(state, ctx)
+                if not new_events:
+                    return Outcome([], view(state, now, self.policy.strike_lookback))
+                try:
+                    recorded = self.store.append(
+                        account_id,
+                        state.version,
+                        new_events,
+                        idempotency_key,
+                        fingerprint=fingerprint,
+                        after_append=self.standings.saver(state),
+                    )
+                except ConcurrencyError:
+                    continue
+                if recorded and recorded[0].event_id != new_events[0].event_id:
+                    # A concurrent request with the same idempotency key won the race.
+                    return Outcome(recorded, self.standing(account_id), replayed=True)
+                after = apply_all(state, recorded)
+                self.standings.remember(after)  # committed: ``append`` returned
+                return Outcome(
+                    recorded,
+                    view(after, max(now, recorded[-1].recorded_at), self.policy.strike_lookback),
+                )
+            raise ConcurrencyError(account_id, -1)
 
     # ------------------------------------------------------------------ reading
 

@@ -94,12 +94,29 @@ def as_stored_json(conn: Connection, document: Any) -> Any:
     written. NaN and infinities are not JSON and raise ``ValueError`` on every database.
     """
     text = json.dumps(document, allow_nan=False)
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and not _jsonb_keeps(document):
         query = sa.text("SELECT CAST(:document AS jsonb) AS document").columns(
             sa.column("document", postgresql.JSONB())
         )
         return conn.execute(query, {"document": text}).scalar_one()
     return json.loads(text)
+
+
+def _jsonb_keeps(value: Any) -> bool:
+    """Whether ``jsonb`` gives ``value`` back unchanged, so the round trip can be skipped.
+
+    Strings, booleans, null and integers always come back as sent; a float does when its
+    shortest representation has no exponent and it is not negative zero (the cases ``numeric``
+    rewrites). Almost every payload qualifies, which saves a round trip per append.
+    """
+    if isinstance(value, dict):
+        return all(_jsonb_keeps(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_jsonb_keeps(v) for v in value)
+    if isinstance(value, float):
+        text = repr(value)
+        return "e" not in text and "n" not in text and text != "-0.0"
+    return not (isinstance(value, str) and "\x00" in value)
 
 
 def append_only_ddl(dialect_name: str) -> list[str]:

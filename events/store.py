@@ -52,6 +52,29 @@ _EVENT_COLUMNS = [
 ]
 
 
+# Built once: building a statement and its cache key costs more than SQLite takes to run it.
+_HEAD_QUERY = (
+    sa.select(events.c.version, events.c.hash)
+    .where(events.c.account_id == sa.bindparam("account_id"))
+    .order_by(events.c.version.desc())
+    .limit(1)
+)
+_STREAM_QUERY = (
+    sa.select(*_EVENT_COLUMNS)
+    .where(
+        events.c.account_id == sa.bindparam("account_id"),
+        events.c.version > sa.bindparam("after_version"),
+    )
+    .order_by(events.c.version)
+)
+_ALL_QUERY = (
+    sa.select(*_EVENT_COLUMNS)
+    .where(events.c.position > sa.bindparam("after_position"))
+    .order_by(events.c.position)
+    .limit(sa.bindparam("limit"))
+)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -204,11 +227,7 @@ class EventStore:
                         stream_rows = _chain_rows(item.account_id, head, new_events, recorded_at)
                         per_stream.append(stream_rows)
                         rows.extend(stream_rows)
-                    result = conn.execute(
-                        events.insert().returning(events.c.position, sort_by_parameter_order=True),
-                        rows,
-                    )
-                    positions = [r[0] for r in result]
+                    positions = _insert_rows(conn, rows)
                     recorded: list[list[RecordedEvent]] = []
                     i = 0
                     for stream_rows in per_stream:
@@ -260,12 +279,7 @@ class EventStore:
 
     @staticmethod
     def _head(conn: Connection, account_id: str) -> StreamHead:
-        row = conn.execute(
-            sa.select(events.c.version, events.c.hash)
-            .where(events.c.account_id == account_id)
-            .order_by(events.c.version.desc())
-            .limit(1)
-        ).first()
+        row = conn.execute(_HEAD_QUERY, {"account_id": account_id}).first()
         return StreamHead(0, GENESIS_HASH) if row is None else StreamHead(row[0], row[1])
 
     def read_stream(
@@ -278,19 +292,18 @@ class EventStore:
         conn: Connection | None = None,
     ) -> list[RecordedEvent]:
         """Events of one stream with ``version > after_version``, in version order."""
-        query = (
-            sa.select(*_EVENT_COLUMNS)
-            .where(events.c.account_id == account_id, events.c.version > after_version)
-            .order_by(events.c.version)
-        )
+        query = _STREAM_QUERY
+        params: dict[str, Any] = {"account_id": account_id, "after_version": after_version}
         if recorded_until is not None:
-            query = query.where(events.c.recorded_at <= to_utc(recorded_until))
+            query = query.where(events.c.recorded_at <= sa.bindparam("recorded_until"))
+            params["recorded_until"] = to_utc(recorded_until)
         if limit is not None:
-            query = query.limit(limit)
+            query = query.limit(sa.bindparam("limit"))
+            params["limit"] = limit
         if conn is not None:
-            return [row_to_event(r) for r in conn.execute(query)]
+            return [row_to_event(r) for r in conn.execute(query, params)]
         with self.engine.connect() as own:
-            return [row_to_event(r) for r in own.execute(query)]
+            return [row_to_event(r) for r in own.execute(query, params)]
 
     def get_event(self, event_id: str) -> RecordedEvent | None:
         """One event by its id, or None."""
@@ -312,14 +325,9 @@ class EventStore:
 
     def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]:
         """Events of every stream with ``position > after_position``, in commit order."""
-        query = (
-            sa.select(*_EVENT_COLUMNS)
-            .where(events.c.position > after_position)
-            .order_by(events.c.position)
-            .limit(limit)
-        )
+        params = {"after_position": after_position, "limit": limit}
         with self.engine.connect() as conn:
-            return [row_to_event(r) for r in conn.execute(query)]
+            return [row_to_event(r) for r in conn.execute(_ALL_QUERY, params)]
 
     def iter_all(self, after_position: int = 0, page_size: int = 1000) -> Iterator[RecordedEvent]:
         """Every event after ``after_position`` in keyset pages (constant memory)."""
@@ -397,6 +405,21 @@ def _as_stored(conn: Connection, new_events: Sequence[NewEvent]) -> list[NewEven
         dataclasses.replace(event, data=data, metadata=metadata)
         for event, (data, metadata) in zip(new_events, documents, strict=True)
     ]
+
+
+def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert the rows and return their positions, in the rows' order."""
+    if dialects.is_sqlite(conn):
+        # SQLite does not promise the order of RETURNING rows for a multi-row INSERT, so with
+        # ``sort_by_parameter_order`` SQLAlchemy sends one INSERT per row there. Match positions
+        # to rows by event id instead: unique, and given back by SQLite exactly as bound.
+        result = conn.execute(events.insert().returning(events.c.position, events.c.event_id), rows)
+        position_of = {event_id: position for position, event_id in result}
+        return [position_of[row["event_id"]] for row in rows]
+    result = conn.execute(
+        events.insert().returning(events.c.position, sort_by_parameter_order=True), rows
+    )
+    return [r[0] for r in result]
 
 
 def _chain_rows(

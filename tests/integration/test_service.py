@@ -9,14 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-
-from enforcement import operator_decisions as ops
-from enforcement.bootstrap import Container
-from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
-from enforcement.policy import ViolationReport
-from enforcement.service import Outcome
-from events import IdempotencyConflict
-from tests.integration.test_service_support import (
+from test_service_support import (
     OPERATOR,
     REPORTER,
     FakeClock,
@@ -26,6 +19,13 @@ from tests.integration.test_service_support import (
     open_system,
     types_of,
 )
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import Container
+from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
+from enforcement.policy import ViolationReport
+from enforcement.service import Outcome
+from events import IdempotencyConflict
 
 DAY = timedelta(days=1)
 
@@ -103,7 +103,10 @@ def test_a_reported_violation_is_decided_at_once_and_a_key_replays_the_first_res
         "acct_1",
         IdempotencyConflict,
         lambda: system.service.report_violation(
-            "acct_1", ViolationReport("spam", system.clock(), "high"), REPORTER, "key-1",
+            "acct_1",
+            ViolationReport("spam", system.clock(), "high"),
+            REPORTER,
+            "key-1",
             fingerprint(**other),
         ),
     )
@@ -164,7 +167,10 @@ def test_a_confirmed_abuse_report_becomes_a_violation_and_a_rejected_one_no_stri
     clock.advance(DAY)
     confirmed = service.triage_abuse_report("acct_r", report_id, "confirmed", None, OPERATOR)
     assert types_of(confirmed.events) == [
-        "AbuseReportTriaged", "ViolationReported", "AccountSuspended", "NoticeIssued",
+        "AbuseReportTriaged",
+        "ViolationReported",
+        "AccountSuspended",
+        "NoticeIssued",
     ]
     reported = confirmed.events[1]
     assert reported.data["detection"] == "user_report"
@@ -217,11 +223,15 @@ def test_a_dismissed_violation_no_longer_counts_and_closes_its_remediation(
     assert dismissed.standing.open_remediations == ()
     assert dismissed.standing.status == "good_standing"
     refused(
-        system, "acct_d", InvalidTransition,
+        system,
+        "acct_d",
+        InvalidTransition,
         lambda: command(system, "acct_d", ops.DismissViolation(violation_id, "again")),
     )
     refused(
-        system, "acct_d", NotFound,
+        system,
+        "acct_d",
+        NotFound,
         lambda: command(system, "acct_d", ops.DismissViolation("vio_unknown", "x")),
     )
     # The next minor violation is a first-time one again: a warning, not a throttle.
@@ -253,7 +263,9 @@ def test_a_completed_remediation_never_expires_and_a_missed_one_suspends(
     clock.advance(5 * DAY)
     assert service.expire_remediation("acct_ok", done_id, OPERATOR).events == []
     refused(
-        system, "acct_ok", InvalidTransition,
+        system,
+        "acct_ok",
+        InvalidTransition,
         lambda: command(system, "acct_ok", ops.CompleteRemediation(done_id, "twice")),
     )
     expired = service.expire_remediation("acct_late", missed_id, OPERATOR)
@@ -264,11 +276,15 @@ def test_a_completed_remediation_never_expires_and_a_missed_one_suspends(
     # Idempotent for the scheduler: a second call records nothing.
     assert service.expire_remediation("acct_late", missed_id, OPERATOR).events == []
     refused(
-        system, "acct_late", InvalidTransition,
+        system,
+        "acct_late",
+        InvalidTransition,
         lambda: command(system, "acct_late", ops.CompleteRemediation(missed_id, "too late")),
     )
     refused(
-        system, "acct_late", NotFound,
+        system,
+        "acct_late",
+        NotFound,
         lambda: service.expire_remediation("acct_late", "rem_unknown", OPERATOR),
     )
     assert_account_consistent(system, "acct_ok")
@@ -281,9 +297,7 @@ def test_a_completed_remediation_never_expires_and_a_missed_one_suspends(
 def test_suspend_end_the_suspension_and_reinstate(system: Container, clock: FakeClock) -> None:
     service = system.service
     report(system, "acct_s", "spam")
-    suspended = command(
-        system, "acct_s", ops.Suspend("under review", until=clock() + 2 * DAY)
-    )
+    suspended = command(system, "acct_s", ops.Suspend("under review", until=clock() + 2 * DAY))
     assert types_of(suspended.events) == ["AccountSuspended", "NoticeIssued"]
     assert suspended.events[0].data["statement_of_reasons"]["automated_decision"] is False
     assert suspended.standing.status == "suspended"
@@ -295,8 +309,12 @@ def test_suspend_end_the_suspension_and_reinstate(system: Container, clock: Fake
     assert types_of(ended.events) == ["SuspensionEnded"]
     assert ended.standing.suspension is None
     assert service.end_suspension("acct_s", suspension_id, OPERATOR).events == []
-    refused(system, "acct_s", InvalidTransition,
-            lambda: command(system, "acct_s", ops.Reinstate("nothing to lift")))
+    refused(
+        system,
+        "acct_s",
+        InvalidTransition,
+        lambda: command(system, "acct_s", ops.Reinstate("nothing to lift")),
+    )
 
     quiet = command(system, "acct_s", ops.Suspend("pending review", notify=False))
     assert types_of(quiet.events) == ["AccountSuspended"]
@@ -305,8 +323,12 @@ def test_suspend_end_the_suspension_and_reinstate(system: Container, clock: Fake
     assert types_of(reinstated.events) == ["AccountReinstated", "NoticeIssued"]
     assert reinstated.standing.suspension is None
     assert reinstated.standing.status == "remediation_due"
-    refused(system, "acct_s", InvalidTransition,
-            lambda: command(system, "acct_s", ops.Suspend("past", until=clock() - DAY)))
+    refused(
+        system,
+        "acct_s",
+        ValidationFailed,
+        lambda: command(system, "acct_s", ops.Suspend("past", until=clock() - DAY)),
+    )
     assert_account_consistent(system, "acct_s")
 
 
@@ -318,8 +340,9 @@ def test_a_terminated_account_is_never_reinstated_by_a_plain_reinstate(
     assert types_of(terminated.events) == ["AccountTerminated", "NoticeIssued"]
     assert terminated.standing.status == "terminated"
 
-    error = refused(system, "acct_t", Conflict,
-                    lambda: command(system, "acct_t", ops.Reinstate("please")))
+    error = refused(
+        system, "acct_t", Conflict, lambda: command(system, "acct_t", ops.Reinstate("please"))
+    )
     assert isinstance(error, InvalidTransition)
     for cmd in (
         ops.Terminate("again"),
@@ -343,7 +366,8 @@ def test_a_terminated_account_is_never_reinstated_by_a_plain_reinstate(
 
 def test_apply_and_lift_a_throttle(system: Container, clock: FakeClock) -> None:
     applied = command(
-        system, "acct_th",
+        system,
+        "acct_th",
         ops.ApplyThrottle(0.5, "bursty", key_id="key_7", expires_at=clock() + 2 * DAY),
     )
     assert types_of(applied.events) == ["ThrottleApplied", "NoticeIssued"]
@@ -355,19 +379,35 @@ def test_apply_and_lift_a_throttle(system: Container, clock: FakeClock) -> None:
     assert types_of(lifted.events) == ["ThrottleLifted"]
     assert lifted.standing.active_throttles == ()
     assert lifted.standing.status == "good_standing"
-    refused(system, "acct_th", NotFound,
-            lambda: command(system, "acct_th", ops.LiftThrottle(throttle.throttle_id)))
+    refused(
+        system,
+        "acct_th",
+        NotFound,
+        lambda: command(system, "acct_th", ops.LiftThrottle(throttle.throttle_id)),
+    )
 
     short = command(system, "acct_th", ops.ApplyThrottle(0.25, "x", expires_at=clock() + DAY))
     short_id = short.events[0].data["throttle_id"]
     clock.advance(2 * DAY)
     assert system.service.standing("acct_th").active_throttles == ()
-    refused(system, "acct_th", InvalidTransition,
-            lambda: command(system, "acct_th", ops.LiftThrottle(short_id)))
-    refused(system, "acct_th", ValidationFailed,
-            lambda: command(system, "acct_th", ops.ApplyThrottle(0.0, "stop")))
-    refused(system, "acct_th", ValidationFailed,
-            lambda: command(system, "acct_th", ops.ApplyThrottle(1.5, "faster")))
+    refused(
+        system,
+        "acct_th",
+        InvalidTransition,
+        lambda: command(system, "acct_th", ops.LiftThrottle(short_id)),
+    )
+    refused(
+        system,
+        "acct_th",
+        ValidationFailed,
+        lambda: command(system, "acct_th", ops.ApplyThrottle(0.0, "stop")),
+    )
+    refused(
+        system,
+        "acct_th",
+        ValidationFailed,
+        lambda: command(system, "acct_th", ops.ApplyThrottle(1.5, "faster")),
+    )
     assert_account_consistent(system, "acct_th")
 
 
@@ -401,8 +441,12 @@ def test_configure_key_and_account_limits(system: Container) -> None:
     ] * 3
     state = system.standings.load("acct_l")
     assert state.account_rate_limit is not None
-    assert (state.account_rate_limit.requests_per_minute, state.account_rate_limit.tokens_per_day) == (
-        100, 50_000,
+    assert (
+        state.account_rate_limit.requests_per_minute,
+        state.account_rate_limit.tokens_per_day,
+    ) == (
+        100,
+        50_000,
     )
     assert state.key_rate_limits["key_1"].requests_per_minute == 30
     assert state.key_rate_limits["key_1"].tokens_per_day == 5_000
@@ -423,21 +467,36 @@ def test_an_overturned_appeal_reverses_a_termination(system: Container, clock: F
     assert types_of(filed.events) == ["AppealFiled"]
     assert filed.standing.open_appeals == 1
     appeal_id = filed.events[0].data["appeal_id"]
-    refused(system, "acct_ap", Conflict,
-            lambda: service.file_appeal("acct_ap", termination, "again", OPERATOR))
+    refused(
+        system,
+        "acct_ap",
+        Conflict,
+        lambda: service.file_appeal("acct_ap", termination, "again", OPERATOR),
+    )
 
     decided = service.decide_appeal("acct_ap", appeal_id, "overturned", "misattributed", OPERATOR)
     assert types_of(decided.events) == [
-        "AppealDecided", "AccountReinstated", "ViolationDismissed", "NoticeIssued",
+        "AppealDecided",
+        "AccountReinstated",
+        "ViolationDismissed",
+        "NoticeIssued",
     ]
     assert decided.standing.status == "good_standing"
     assert not decided.standing.terminated
     assert decided.standing.strikes == 0
     assert decided.standing.open_appeals == 0
-    refused(system, "acct_ap", InvalidTransition,
-            lambda: service.decide_appeal("acct_ap", appeal_id, "upheld", "changed mind", OPERATOR))
-    refused(system, "acct_ap", InvalidTransition,
-            lambda: service.file_appeal("acct_ap", termination, "once more", OPERATOR))
+    refused(
+        system,
+        "acct_ap",
+        InvalidTransition,
+        lambda: service.decide_appeal("acct_ap", appeal_id, "upheld", "changed mind", OPERATOR),
+    )
+    refused(
+        system,
+        "acct_ap",
+        InvalidTransition,
+        lambda: service.file_appeal("acct_ap", termination, "once more", OPERATOR),
+    )
     # The account is live again: a minor violation is a first-time one.
     again = report(system, "acct_ap", "spam")
     assert types_of(again.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
@@ -458,7 +517,10 @@ def test_an_overturned_appeal_lifts_a_throttle_and_its_strike(
         "acct_th2", filed.events[0].data["appeal_id"], "overturned", "shared IP", OPERATOR
     )
     assert types_of(decided.events) == [
-        "AppealDecided", "ThrottleLifted", "ViolationDismissed", "NoticeIssued",
+        "AppealDecided",
+        "ThrottleLifted",
+        "ViolationDismissed",
+        "NoticeIssued",
     ]
     assert decided.standing.active_throttles == ()
     assert decided.standing.strikes == 1
@@ -495,20 +557,34 @@ def test_an_appeal_must_be_filed_within_the_window_and_target_a_decision(
     suspension = decision(first, "AccountSuspended")
     reported = decision(first, "ViolationReported")
 
-    refused(system, "acct_w", NotFound,
-            lambda: service.file_appeal("acct_w", reported, "not a decision", OPERATOR))
-    refused(system, "acct_w", NotFound,
-            lambda: service.file_appeal("acct_w", "00000000-0000-0000-0000-000000000000", "x",
-                                        OPERATOR))
+    refused(
+        system,
+        "acct_w",
+        NotFound,
+        lambda: service.file_appeal("acct_w", reported, "not a decision", OPERATOR),
+    )
+    refused(
+        system,
+        "acct_w",
+        NotFound,
+        lambda: service.file_appeal(
+            "acct_w", "00000000-0000-0000-0000-000000000000", "x", OPERATOR
+        ),
+    )
     clock.advance(window + timedelta(microseconds=1))
-    error = refused(system, "acct_w", InvalidTransition,
-                    lambda: service.file_appeal("acct_w", suspension, "late", OPERATOR))
+    error = refused(
+        system,
+        "acct_w",
+        InvalidTransition,
+        lambda: service.file_appeal("acct_w", suspension, "late", OPERATOR),
+    )
     assert isinstance(error, InvalidTransition) and error.code == "appeal_window_closed"
 
     second = report(system, "acct_w2", "phishing", "high")
     clock.advance(window)
-    on_time = service.file_appeal("acct_w2", decision(second, "AccountSuspended"), "in time",
-                                  OPERATOR)
+    on_time = service.file_appeal(
+        "acct_w2", decision(second, "AccountSuspended"), "in time", OPERATOR
+    )
     assert types_of(on_time.events) == ["AppealFiled"]
     assert_account_consistent(system, "acct_w")
     assert_account_consistent(system, "acct_w2")

@@ -77,7 +77,9 @@ def stored_row(container: Container, account_id: str) -> tuple[int, dict[str, An
 
 def all_stored_rows(container: Container) -> dict[str, tuple[int, dict[str, Any]]]:
     with container.engine.connect() as conn:
-        rows = conn.execute(sa.select(standings.c.account_id, standings.c.version, standings.c.state))
+        rows = conn.execute(
+            sa.select(standings.c.account_id, standings.c.version, standings.c.state)
+        )
         return {r[0]: (r[1], r[2]) for r in rows}
 
 

@@ -163,3 +163,58 @@ def test_a_row_of_an_older_state_schema_is_not_misread_and_is_rewritten(
     )
     assert third.standing.strikes == 3  # decided on the whole history, not on the broken row
     assert_account_consistent(system, "acct_schema")
+
+
+# --- remembered states (big accounts skip their row) ------------------------------------------
+
+
+def test_a_remembered_state_still_sees_what_other_writers_appended(
+    database_url: str, system: Container, clock: FakeClock
+) -> None:
+    system.standings.cache_min_version = 0  # remember every account, however small
+    report(system, "acct_mem")
+    with open_system(database_url, clock) as other:  # another process, with its own memory
+        report(other, "acct_mem")
+
+    log = system.store.read_stream("acct_mem")
+    assert system.standings.load("acct_mem") == apply_all(StandingState.empty("acct_mem"), log)
+    third = system.service.report_violation("acct_mem", ViolationReport("spam", clock()), REPORTER)
+    assert third.standing.strikes == 3
+    assert [e.type for e in third.events][1] == "AccountSuspended"  # the third minor strike
+    assert_account_consistent(system, "acct_mem")
+
+
+def test_a_failed_append_leaves_nothing_remembered(system: Container) -> None:
+    system.standings.cache_min_version = 0
+    report(system, "acct_fail")
+    before = system.standings.load("acct_fail")
+    saver = system.standings.saver
+
+    def failing(state: StandingState):  # type: ignore[no-untyped-def]
+        def after_append(conn: sa.Connection, recorded: list) -> None:  # type: ignore[type-arg]
+            saver(state)(conn, recorded)
+            raise RuntimeError("disk full")
+
+        return after_append
+
+    system.standings.saver = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        report(system, "acct_fail")
+    del system.standings.saver
+
+    assert system.standings.load("acct_fail") == before
+    assert_account_consistent(system, "acct_fail")
+
+
+def test_only_big_states_are_remembered_and_only_a_few(system: Container) -> None:
+    repo = system.standings
+    repo.cache_size, repo.cache_min_version = 2, 3
+    for account in ("acct_m1", "acct_m2", "acct_m3"):
+        report(system, account)  # three events each: remembered
+    report(system, "acct_small", "sustained_abuse")
+    command_events = system.service.operator("acct_m4", ops.ConfigureLimits(1, 1), OPERATOR)
+    assert command_events.standing.version == 1  # one event: too small to remember
+
+    assert list(repo._cache) == ["acct_m3", "acct_small"]  # least recently used went first
+    for account in ("acct_m1", "acct_m2", "acct_m3", "acct_small", "acct_m4"):
+        assert_account_consistent(system, account)
