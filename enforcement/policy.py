@@ -595,7 +595,8 @@ def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewE
         and current.suspension_id == decision.target_id
     )
     if reinstate:
-        d.emit(d.build(ev.AccountReinstated(why, copy.deepcopy(sor)), cause))
+        ends = "termination" if decision.type == "AccountTerminated" else "suspension"
+        d.emit(d.build(ev.AccountReinstated(why, copy.deepcopy(sor), ends), cause))
     if decision.type == "ThrottleApplied" and any(
         t.throttle_id == decision.target_id for t in active_throttles(state, now)
     ):

@@ -29,6 +29,7 @@ NOTICE_KINDS: tuple[str, ...] = (
 )
 TRIAGE_OUTCOMES: tuple[str, ...] = ("confirmed", "rejected")
 APPEAL_OUTCOMES: tuple[str, ...] = ("upheld", "overturned")
+REINSTATEMENT_SCOPES: tuple[str, ...] = ("all", "termination", "suspension")
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -213,10 +214,17 @@ class SuspensionEnded:
 
 @dataclass(frozen=True, slots=True)
 class AccountReinstated:
-    """The account is neither suspended nor terminated any more."""
+    """The account is reinstated from what ``ends`` names: ``"all"`` (neither suspended nor
+    terminated any more), only ``"termination"`` (an overturned termination: a suspension still
+    in force stays) or only ``"suspension"``. Events recorded before ``ends`` existed mean
+    ``"all"``."""
 
     reason: str
     statement_of_reasons: JSON | None = None
+    ends: str = "all"
+
+    def __post_init__(self) -> None:
+        _one_of("ends", self.ends, REINSTATEMENT_SCOPES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,26 +1,55 @@
-"""Rebuilding stored standings from the log.
+"""The stored standings as a checkpointed projection, and their rebuild (``enforcement replay``).
 
-``rebuild_standings`` walks the log in ``(account_id, version)`` keyset pages, so it holds one
-account's state and one page of events at a time (constant memory), and writes each finished
-account's row. The rows it writes equal those the write path stores inline: both are
-``apply_all`` over the same events.
+``StandingsProjection`` keeps the ``standings`` rows (``projections.stored``) current from the log
+under ``projections.catchup``: by position it loads the affected rows, applies the page with the
+same fold as the write path (``standing.apply_all``) and saves them, in the runner's transaction.
+Rebuilt from zero, it folds whole streams instead, which reads each stream once and writes each
+row once; the rows it writes are ``apply_all(StandingState.empty(a), events of a)``, exactly what
+the write path stores inline.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
-from events import EventStore
+from events import EventStore, RecordedEvent, dialects
 from events.schema import events
-from events.store import _EVENT_COLUMNS, row_to_event
-from projections.standing import StandingState, apply
+from events.timefmt import to_utc
+from projections.catchup import CatchUpRunner, Progress
+from projections.standing import _HANDLERS, StandingState, apply_all
 from projections.stored import StandingRepository
+from projections.tables import standings
 
-Progress = Callable[[int, int], None]  # (events done, events total)
+# The event types the fold reads beyond their version and time. Any other event only advances a
+# standing's version and ``last_recorded_at``, which the stream's last event sets again, so a
+# rebuild need not fetch or decode it unless it is the last (notices: about half of the log).
+FOLDED_TYPES: frozenset[str] = frozenset(_HANDLERS)
+_FOLDED_LIST = sorted(FOLDED_TYPES)
+
+# A stream's events as the fold reads them: no metadata or hashes, and ``data`` only where the
+# fold decodes it. Plain SQL, so the driver's values arrive without per-row type processing;
+# streamed (PostgreSQL: a server-side cursor), so a batch is never all in memory at once.
+_STREAMS_SQL = (
+    sa.text(
+        "SELECT account_id, version, type, event_id, schema_version, position, occurred_at, "
+        "recorded_at, CASE WHEN type IN :folded THEN data END AS data "
+        "FROM events WHERE account_id >= :first AND account_id <= :last AND position <= :up_to "
+        "ORDER BY account_id, version"
+    )
+    .bindparams(sa.bindparam("folded", expanding=True))
+    .execution_options(stream_results=True, max_row_buffer=5000)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +63,59 @@ class RebuildStats:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+class StandingsProjection:
+    """The ``standings`` rows as a ``catchup.StreamProjection`` named ``standings``."""
+
+    name = "standings"
+
+    def __init__(self, repository: StandingRepository) -> None:
+        self.repository = repository
+        self.store = repository.store
+
+    def apply(self, conn: Connection, page: Sequence[RecordedEvent]) -> None:
+        """Load the rows the page touches, apply its events, save the rows that moved.
+
+        A row must reflect every version of its stream before the page's first one (the
+        checkpoint says so); a row that does not (deleted, or of an older state schema) is
+        recomputed from the whole stream and written whatever it held.
+        """
+        by_account: dict[str, list[RecordedEvent]] = {}
+        for event in page:
+            by_account.setdefault(event.account_id, []).append(event)
+        rows = _stored_states(conn, by_account)
+        moved: list[StandingState] = []
+        recomputed: list[StandingState] = []
+        for account_id, account_events in by_account.items():
+            state = _trusted(rows.get(account_id), account_id, account_events[0].version)
+            if state is None:
+                log = self.store.read_stream(account_id, conn=conn)
+                recomputed.append(apply_all(StandingState.empty(account_id), log))
+                continue
+            after = apply_all(state, account_events)
+            if after.version != state.version:
+                moved.append(after)
+        save_states(conn, moved, force=False)
+        save_states(conn, recomputed, force=True)
+
+    def reset(self, conn: Connection) -> None:
+        """Delete every row (readers fold the log meanwhile: ``StandingRepository.load``)."""
+        conn.execute(standings.delete())
+
+    def rebuild_streams(self, conn: Connection, first: str, last: str, up_to: int) -> int:
+        """Rewrite the rows of the accounts ``first`` to ``last`` (in id order, inclusive) from
+        their events at or below position ``up_to``."""
+        params = {"folded": _FOLDED_LIST, "first": first, "last": last, "up_to": up_to}
+        result = conn.execute(_STREAMS_SQL, params)
+        folded = 0
+        rebuilt: list[StandingState] = []
+        for account_id, rows in groupby(result, key=itemgetter(0)):
+            fold_input, count = _fold_input(rows)
+            rebuilt.append(apply_all(StandingState.empty(account_id), fold_input))
+            folded += count
+        save_states(conn, rebuilt, force=True)
+        return folded
+
+
 def rebuild_standings(
     store: EventStore,
     standings: StandingRepository,
@@ -42,47 +124,126 @@ def rebuild_standings(
     page_size: int = 2000,
     progress: Progress | None = None,
 ) -> RebuildStats:
-    """Recompute every (or one) stored standing from the log and store it."""
+    """Recompute every (or one) stored standing from the log, then catch up to the head.
+
+    Every account: a rebuild of the ``standings`` projection (``CatchUpRunner.rebuild``), which
+    survives a crash: the next run or catch-up resumes where it stopped. One account: its row is
+    rewritten from its stream; the checkpoint is left alone (the row reflects every event).
+    """
+    projection = StandingsProjection(standings)
+    if account is None:
+        runner = CatchUpRunner(store, projection, page_size=page_size)
+        stats = runner.rebuild(progress)
+        return RebuildStats(stats.streams, stats.events, stats.seconds)
     started = time.perf_counter()
-    where = [] if account is None else [events.c.account_id == account]
-    with store.engine.connect() as conn:
-        total = conn.execute(sa.select(sa.func.count()).select_from(events).where(*where)).scalar_one()
-    done = accounts = 0
-    state: StandingState | None = None
-    finished: list[StandingState] = []
-    after: tuple[str, int] | None = None
+    with dialects.write_connection(store.engine) as conn, conn.begin():
+        up_to = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0)))
+        done = projection.rebuild_streams(conn, account, account, int(up_to.scalar_one()))
+    if progress is not None:
+        progress(done, done)
+    return RebuildStats(1 if done else 0, done, time.perf_counter() - started)
 
-    def flush() -> None:
-        if finished:
-            with store.engine.begin() as write:
-                for s in finished:
-                    standings.save(write, s, force=True)
-            finished.clear()
 
-    while True:
-        query = sa.select(*_EVENT_COLUMNS).where(*where)
-        if after is not None:
-            query = query.where(sa.tuple_(events.c.account_id, events.c.version) > sa.tuple_(*after))
-        query = query.order_by(events.c.account_id, events.c.version).limit(page_size)
-        with store.engine.connect() as conn:
-            page = [row_to_event(r) for r in conn.execute(query)]
-        for event in page:
-            if state is None or state.account_id != event.account_id:
-                if state is not None:
-                    finished.append(state)
-                    accounts += 1
-                state = StandingState.empty(event.account_id)
-            state = apply(state, event)
-        done += len(page)
-        if len(finished) >= 500:
-            flush()
-        if progress is not None:
-            progress(done, total)
-        if len(page) < page_size:
-            break
-        after = (page[-1].account_id, page[-1].version)
-    if state is not None:
-        finished.append(state)
-        accounts += 1
-    flush()
-    return RebuildStats(accounts, done, time.perf_counter() - started)
+# --------------------------------------------------------------------------- rows
+
+
+def save_states(conn: Connection, states: Sequence[StandingState], *, force: bool) -> None:
+    """``StandingRepository.save`` of many states in one statement (same upsert, same rule:
+    an older state never replaces a newer one unless ``force``)."""
+    if not states:
+        return
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(standings)
+    excluded = insert.excluded
+    statement = insert.on_conflict_do_update(
+        index_elements=[standings.c.account_id],
+        set_={
+            "version": excluded.version,
+            "state": excluded.state,
+            "updated_at": excluded.updated_at,
+        },
+        where=None if force else standings.c.version < excluded.version,
+    )
+    now = datetime.now(UTC)
+    conn.execute(
+        statement,
+        [
+            {
+                "account_id": s.account_id,
+                "version": s.version,
+                "state": s.to_json(),
+                "updated_at": now,
+            }
+            for s in states
+        ],
+    )
+
+
+def _stored_states(conn: Connection, account_ids: Iterable[str]) -> dict[str, Any]:
+    query = sa.select(standings.c.account_id, standings.c.state).where(
+        standings.c.account_id.in_(list(account_ids))
+    )
+    return {row[0]: row[1] for row in conn.execute(query)}
+
+
+def _trusted(stored: Any, account_id: str, first_version: int) -> StandingState | None:
+    """The stored state if it reflects every version before ``first_version``, else None."""
+    if stored is None:
+        return StandingState.empty(account_id) if first_version == 1 else None
+    try:
+        state = StandingState.from_json(stored)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if state.account_id != account_id or state.version < first_version - 1:
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------- fold input
+
+
+def _fold_input(rows: Iterable[Any]) -> tuple[list[RecordedEvent], int]:
+    """One stream's rows as the events the fold needs: the folded types, and the last event
+    (whatever its type: it sets the version and ``last_recorded_at``). Returns them and the
+    number of rows read."""
+    chosen: list[RecordedEvent] = []
+    count = 0
+    last = None
+    for row in rows:
+        count += 1
+        last = row
+        if row[2] in FOLDED_TYPES:
+            chosen.append(_event(row))
+    if last is not None and last[2] not in FOLDED_TYPES:
+        chosen.append(_event(last))
+    return chosen, count
+
+
+def _event(row: Any) -> RecordedEvent:
+    """A row of ``_STREAMS_SQL`` as a ``RecordedEvent`` carrying what the fold reads.
+
+    The driver's raw values differ: SQLite gives JSON and times as text, PostgreSQL (psycopg)
+    gives a dict, aware datetimes and a ``UUID``.
+    """
+    account_id, version, type_, event_id, schema_version, position, occurred, recorded, data = row
+    if isinstance(data, str):
+        data = json.loads(data)
+    return RecordedEvent(
+        position=position,
+        event_id=str(event_id),
+        account_id=account_id,
+        version=version,
+        type=type_,
+        schema_version=schema_version,
+        data=data if data is not None else {},
+        metadata={},
+        occurred_at=_time(occurred),
+        recorded_at=_time(recorded),
+        prev_hash="",
+        hash="",
+    )
+
+
+def _time(value: datetime | str) -> datetime:
+    if isinstance(value, str):  # SQLite: naive UTC as "YYYY-MM-DD HH:MM:SS.ffffff"
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return to_utc(value)

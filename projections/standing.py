@@ -413,9 +413,11 @@ def _on_suspension_ended(s: StandingState, p: ev.SuspensionEnded, e: RecordedEve
 
 
 def _on_reinstated(s: StandingState, p: ev.AccountReinstated, e: RecordedEvent) -> None:
-    s.suspension = None
-    s.terminated = False
-    s.termination_event_id = None
+    if p.ends in ("all", "suspension"):
+        s.suspension = None
+    if p.ends in ("all", "termination"):
+        s.terminated = False
+        s.termination_event_id = None
 
 
 def _on_terminated(s: StandingState, p: ev.AccountTerminated, e: RecordedEvent) -> None:
