@@ -61,8 +61,13 @@ def init() -> None:
     settings = _settings()
     try:
         upgrade(settings.database_url)
-    except Exception as exc:  # noqa: BLE001 - reported as one sentence
-        fail(f"Could not migrate {settings.database_url}: {exc}", EXIT_CHECK_FAILED)
+    except Exception as exc:
+        # The driver's own message, first line only, and the URL without its password.
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+        fail(
+            f"Could not migrate {_redacted(settings.database_url)}: {lines[0].rstrip('.')}.",
+            EXIT_CHECK_FAILED,
+        )
     console.print(
         f"Schema at revision [bold]{current_revision(settings.database_url)}[/] on "
         f"{_redacted(settings.database_url)}"
@@ -133,7 +138,9 @@ def tokens_create(
         token = create_token(container.engine, chosen, name)
     finally:
         container.close()
-    console.print(f"Created a {chosen.value} token for {name!r}. Store it now: it is not shown again.")
+    console.print(
+        f"Created a {chosen.value} token for {name!r}. Store it now: it is not shown again."
+    )
     sys.stdout.flush()
     print(token)
 
@@ -205,11 +212,13 @@ def verify(
     else:
         for r in broken:
             console.print(
-                f"[red]BROKEN[/] {r['account_id']} at version {r['broken_at_version']}: {r['reason']}"
+                f"[red]BROKEN[/] {r['account_id']} at version {r['broken_at_version']}: "
+                f"{r['reason']}"
             )
         total = sum(r["events"] for r in results)
         console.print(
-            f"{len(results) - len(broken)} of {len(results)} account(s) intact, {total} events checked."
+            f"{len(results) - len(broken)} of {len(results)} account(s) intact, "
+            f"{total} events checked."
         )
     if broken:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -228,7 +237,9 @@ def replay(
         with progress_bar() as bar:
             task = bar.add_task("replaying", total=None, unit="events")
             stats = rebuild_standings(
-                container.store, container.standings, account=account,
+                container.store,
+                container.standings,
+                account=account,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     finally:
@@ -245,7 +256,9 @@ def export(
     since: Annotated[str | None, typer.Option("--since", help="RFC 3339 time.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="RFC 3339 time.")] = None,
     account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default stdout).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File (default stdout).")
+    ] = None,
 ) -> None:
     """Export events (jsonl) or statements of reasons (sor) as JSON lines."""
     from enforcement.auditing import export_lines
@@ -268,17 +281,39 @@ def export(
         console.print(f"Wrote {count} line(s) to {output}.")
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    # Typer ≥ 0.2x vendors click (its ``ClickException`` derives from ``typer.TyperException``);
+    # older Typer raises click's own. Both are usage errors here.
+    kinds: list[type[Exception]] = [typer.TyperException]
+    try:
+        import click
+    except ImportError:  # pragma: no cover - only with a Typer that vendors click
+        pass
+    else:
+        kinds.append(click.ClickException)
+    return tuple(kinds)
+
+
+from enforcement import cli_reports  # noqa: E402,F401 - registers report and whatif
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2 with one sentence on stderr."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click *returns* the code of a ``typer.Exit`` instead of
+        # raising it; it must still become the process's exit status (``verify`` exits 1).
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            fail(exc.format_message().rstrip(".") + ".", EXIT_USAGE)
-        raise
+    except _usage_errors() as exc:
+        format_message = getattr(exc, "format_message", None)
+        if not callable(format_message):
+            raise
+        message = str(format_message()).strip().rstrip(".")
+        if not message:  # no command given: the help was printed already
+            sys.exit(EXIT_USAGE)
+        fail(message + ".", EXIT_USAGE)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)

@@ -9,6 +9,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,12 +66,29 @@ def is_sqlite(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "sqlite"
 
 
-def write_connection(engine: Engine) -> Connection:
-    """A connection whose transactions are writers from their first statement."""
-    conn = engine.connect()
-    if is_sqlite(engine):
-        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-    return conn
+_sqlite_writer_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
+    weakref.WeakKeyDictionary()
+)
+_sqlite_writer_locks_guard = threading.Lock()
+
+
+@contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection whose transactions are writers from their first statement.
+
+    On SQLite, writers of one process also queue on an in-process lock: SQLite's own busy
+    handler polls with growing sleeps, which under contention leaves the database idle and
+    stretches tail latency; a lock hands over at once. Other processes still wait on the busy
+    timeout.
+    """
+    if not is_sqlite(engine):
+        with engine.connect() as conn:
+            yield conn
+        return
+    with _sqlite_writer_locks_guard:
+        lock = _sqlite_writer_locks.setdefault(engine, threading.RLock())
+    with lock, engine.connect() as conn:
+        yield conn.execution_options(sqlite_begin="IMMEDIATE")
 
 
 def take_append_lock(conn: Connection) -> None:

@@ -25,12 +25,20 @@ def get_principal(request: Request, container: ContainerDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "A bearer token is required.",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "A bearer token is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     principal = container.tokens.authenticate(token.strip())
     if principal is None:
-        raise ApiError(401, "unauthorized", "The bearer token is not valid.",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "The bearer token is not valid.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return principal
 
 
@@ -40,9 +48,12 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 def require(permission: Permission):  # type: ignore[no-untyped-def]
     def check(principal: PrincipalDep) -> Principal:
         if not allows(principal.role, permission):
-            raise ApiError(403, "forbidden",
-                           f"The {principal.role.value} role may not do this.",
-                           {"role": principal.role.value, "needs": permission.value})
+            raise ApiError(
+                403,
+                "forbidden",
+                f"The {principal.role.value} role may not do this.",
+                {"role": principal.role.value, "needs": permission.value},
+            )
         return principal
 
     return check

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -17,18 +18,67 @@ from events import ConcurrencyError, IdempotencyConflict, StoreError
 log = logging.getLogger("enforcement.http")
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="A stable snake_case code, e.g. `validation_failed`.")
+    message: str = Field(description="One human sentence.")
+    details: Any = Field(
+        None, description="Null, or what helps: for 422 a list of `{field, message[, allowed]}`."
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (CONTRACT.md, "Errors")."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON.",
+    401: "No bearer token, or an unknown one.",
+    403: "The token's role may not do this.",
+    404: "No such route, or no such id on this account.",
+    409: "The account's state does not allow this, or an Idempotency-Key was reused with "
+    "another body.",
+    413: "The body is over 64 KiB (4 MiB for the batch endpoint).",
+    422: "Invalid fields: `details` lists each, and for an unknown category the allowed ones.",
+    503: "A dependency (the database) is down; nothing was written.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring ``ErrorBody`` for ``statuses`` (FastAPI's own 422 schema
+    is replaced: ours is the same ``ErrorBody`` as every other error)."""
+    return {
+        status: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }
+
+
+# What each kind of route can answer besides its success (the middleware's 413 applies to any
+# request with a body; 503 to any route that reads or writes the database).
+READ_ERRORS = error_responses(401, 403, 422, 503)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
+
+
 class ApiError(Exception):
     """An error raised by a route: status, code, message, details."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
         self.headers = headers
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, "details": details}},
         status_code=status,
@@ -47,9 +97,17 @@ def domain_status(exc: DomainError) -> int:
 
 
 _STATUS_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "validation_failed", 429: "too_many_requests",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "too_many_requests",
 }
 
 
@@ -97,28 +155,32 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IdempotencyConflict)
     async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
         return error_response(
-            409, "idempotency_key_reused",
+            409,
+            "idempotency_key_reused",
             "This Idempotency-Key was already used with a different request body.",
         )
 
     @app.exception_handler(ConcurrencyError)
     async def _concurrency(_: Request, exc: ConcurrencyError) -> JSONResponse:
         return error_response(
-            409, "concurrent_update",
+            409,
+            "concurrent_update",
             "The account changed concurrently too many times; retry the request.",
         )
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.error("database unavailable: %s", exc.orig)
-        return error_response(503, "dependency_unavailable",
-                              "The database is unavailable; nothing was written.")
+        return error_response(
+            503, "dependency_unavailable", "The database is unavailable; nothing was written."
+        )
 
     @app.exception_handler(DBAPIError)
     async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
         log.exception("database error")
-        return error_response(503, "dependency_unavailable",
-                              "The database refused the request; nothing was written.")
+        return error_response(
+            503, "dependency_unavailable", "The database refused the request; nothing was written."
+        )
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

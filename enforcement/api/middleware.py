@@ -96,23 +96,32 @@ class RequestContextMiddleware:
                 scope["method"],
                 scope["path"],
                 status_holder["status"],
-                extra={"fields": {
-                    "method": scope["method"], "path": scope["path"],
-                    "status": status_holder["status"],
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                }},
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status_holder["status"],
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    }
+                },
             )
             request_id_var.reset(token)
 
     @staticmethod
     async def _too_large(send: Send, limit: int) -> None:
         body = error_body(
-            "payload_too_large", f"The request body is larger than {limit // 1024} KiB.",
+            "payload_too_large",
+            f"The request body is larger than {limit // 1024} KiB.",
             {"limit_bytes": limit},
         )
-        await send({
-            "type": "http.response.start", "status": 413,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

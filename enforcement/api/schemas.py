@@ -5,13 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from enforcement.policy import CATEGORIES
 
-AccountId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-KeyId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+AccountId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+KeyId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+]
 Text = Annotated[str, StringConstraints(max_length=4000)]
 Severity = Literal["low", "medium", "high", "critical"]
 Detection = Literal["automated", "human_review", "user_report"]
@@ -24,7 +35,8 @@ def _no_nul(value: str | None) -> str | None:
     return value
 
 
-SafeText = Annotated[Text, AfterValidator(_no_nul)]
+NoNul = AfterValidator(_no_nul)
+SafeText = Annotated[Text, NoNul]
 
 
 def _known_category(value: str) -> str:
@@ -37,7 +49,12 @@ def _known_category(value: str) -> str:
     return value
 
 
-Category = Annotated[str, AfterValidator(_known_category)]
+# Validated by hand (so that a 422 lists the allowed ones), documented as the enum it is.
+Category = Annotated[
+    str,
+    AfterValidator(_known_category),
+    WithJsonSchema({"type": "string", "enum": sorted(CATEGORIES)}),
+]
 
 
 class Strict(BaseModel):
@@ -50,22 +67,24 @@ class ViolationIn(Strict):
     severity: Severity | None = None
     key_id: KeyId | None = None
     occurred_at: datetime | None = None
-    source: Annotated[str, StringConstraints(max_length=200)] | None = None
+    source: Annotated[str, StringConstraints(max_length=200), NoNul] | None = None
     detection: Detection = "automated"
-    evidence_ref: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    evidence_ref: Annotated[str, StringConstraints(max_length=2048), NoNul] | None = None
     description: SafeText | None = None
 
 
 class BatchItemIn(ViolationIn):
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    idempotency_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul] | None
+    ) = None
 
 
 class AbuseReportIn(Strict):
     reported_account_id: AccountId
     category: Category
     description: SafeText | None = None
-    reporter_contact: Annotated[str, StringConstraints(max_length=320)] | None = None
-    evidence_ref: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    reporter_contact: Annotated[str, StringConstraints(max_length=320), NoNul] | None = None
+    evidence_ref: Annotated[str, StringConstraints(max_length=2048), NoNul] | None = None
 
 
 class ReasonIn(Strict):
@@ -110,7 +129,7 @@ class TriageIn(Strict):
 
 
 class AppealIn(Strict):
-    decision_event_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    decision_event_id: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
     statement: SafeText = ""
 
 
@@ -120,8 +139,13 @@ class AppealDecisionIn(Strict):
 
 
 class ContactIn(Strict):
-    email: Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
-    webhook_url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://")] | None = None
+    email: (
+        Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), NoNul]
+        | None
+    ) = None
+    webhook_url: (
+        Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://"), NoNul] | None
+    ) = None
 
 
 class GateCheckIn(Strict):

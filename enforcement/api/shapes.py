@@ -27,6 +27,8 @@ def parse_query_time(value: str | None, name: str) -> datetime | None:
         return parse_time(value)
     except ValueError:
         raise ApiError(
-            422, "validation_failed", f"{name} is not an RFC 3339 time with a UTC offset.",
+            422,
+            "validation_failed",
+            f"{name} is not an RFC 3339 time with a UTC offset.",
             [{"field": name, "message": "expected e.g. 2026-11-24T10:00:00Z"}],
         ) from None

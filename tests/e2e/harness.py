@@ -187,3 +187,25 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def settled_events(
+    client: httpx.Client, account_id: str, timeout: float = 15
+) -> list[dict[str, Any]]:
+    """The account's events once the workers have recorded an outcome for each of its notices
+    (they append ``NoticeDelivered``/``NoticeDeliveryFailed`` at their own pace)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/accounts/{account_id}/events", params={"limit": 1000})
+        assert response.status_code == 200, response.text
+        events = response.json()["events"]
+        notices = {e["event_id"] for e in events if e["type"] == "NoticeIssued"}
+        answered = {
+            e["metadata"]["causation_id"]
+            for e in events
+            if e["type"] in ("NoticeDelivered", "NoticeDeliveryFailed")
+        }
+        if notices <= answered:
+            return events
+        assert time.monotonic() < deadline, f"notices of {account_id} were never attempted"
+        time.sleep(0.05)

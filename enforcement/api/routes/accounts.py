@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from enforcement import operator_decisions as ops
 from enforcement.api.deps import ContainerDep, Operator
+from enforcement.api.errors import WRITE_ERRORS
 from enforcement.api.routes.reporting import _actor
 from enforcement.api.schemas import (
     AccountId,
@@ -31,84 +32,109 @@ from enforcement.api.schemas import (
 from enforcement.api.shapes import outcome_json
 from enforcement.tables import contacts
 
-router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["account commands"])
+router = APIRouter(
+    prefix="/v1/accounts/{account_id}", tags=["account commands"], responses=WRITE_ERRORS
+)
 Account = Annotated[AccountId, Path()]
 Id = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 @router.post("/violations/{violation_id}/dismiss")
-def dismiss(account_id: Account, violation_id: Id, body: ReasonIn, container: ContainerDep,
-            principal: Operator) -> dict[str, Any]:
+def dismiss(
+    account_id: Account,
+    violation_id: Id,
+    body: ReasonIn,
+    container: ContainerDep,
+    principal: Operator,
+) -> dict[str, Any]:
     command = ops.DismissViolation(violation_id, body.reason)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.post("/remediations/{remediation_id}/complete")
-def complete_remediation(account_id: Account, remediation_id: Id, body: NoteIn,
-                         container: ContainerDep, principal: Operator) -> dict[str, Any]:
+def complete_remediation(
+    account_id: Account,
+    remediation_id: Id,
+    body: NoteIn,
+    container: ContainerDep,
+    principal: Operator,
+) -> dict[str, Any]:
     command = ops.CompleteRemediation(remediation_id, body.note)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.post("/suspend")
-def suspend(account_id: Account, body: SuspendIn, container: ContainerDep,
-            principal: Operator) -> dict[str, Any]:
+def suspend(
+    account_id: Account, body: SuspendIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     command = ops.Suspend(body.reason, body.until, body.notify)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.post("/reinstate")
-def reinstate(account_id: Account, body: ReasonIn, container: ContainerDep,
-              principal: Operator) -> dict[str, Any]:
+def reinstate(
+    account_id: Account, body: ReasonIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     command = ops.Reinstate(body.reason)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.post("/terminate")
-def terminate(account_id: Account, body: TerminateIn, container: ContainerDep,
-              principal: Operator) -> dict[str, Any]:
+def terminate(
+    account_id: Account, body: TerminateIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     command = ops.Terminate(body.reason, body.notify)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.post("/throttles")
-def apply_throttle(account_id: Account, body: ThrottleIn, container: ContainerDep,
-                   principal: Operator) -> dict[str, Any]:
+def apply_throttle(
+    account_id: Account, body: ThrottleIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     command = ops.ApplyThrottle(body.factor, body.reason, body.key_id, body.expires_at)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.delete("/throttles/{throttle_id}")
-def lift_throttle(account_id: Account, throttle_id: Id, container: ContainerDep,
-                  principal: Operator) -> dict[str, Any]:
+def lift_throttle(
+    account_id: Account, throttle_id: Id, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     command = ops.LiftThrottle(throttle_id)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.put("/adult-content-approval")
-def adult_content_approval(account_id: Account, body: AdultContentIn, container: ContainerDep,
-                           principal: Operator) -> dict[str, Any]:
+def adult_content_approval(
+    account_id: Account, body: AdultContentIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     command = ops.SetAdultContentApproval(body.approved, body.reason)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.put("/keys/{key_id}/limits")
-def key_limits(account_id: Account, key_id: Annotated[KeyId, Path()], body: LimitsIn,
-               container: ContainerDep, principal: Operator) -> dict[str, Any]:
+def key_limits(
+    account_id: Account,
+    key_id: Annotated[KeyId, Path()],
+    body: LimitsIn,
+    container: ContainerDep,
+    principal: Operator,
+) -> dict[str, Any]:
     command = ops.ConfigureLimits(body.requests_per_minute, body.tokens_per_day, key_id)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.put("/limits")
-def account_limits(account_id: Account, body: LimitsIn, container: ContainerDep,
-                   principal: Operator) -> dict[str, Any]:
+def account_limits(
+    account_id: Account, body: LimitsIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     command = ops.ConfigureLimits(body.requests_per_minute, body.tokens_per_day, None)
     return outcome_json(container.service.operator(account_id, command, _actor(principal)))
 
 
 @router.post("/abuse-reports/{report_id}/triage")
-def triage(account_id: Account, report_id: Id, body: TriageIn, container: ContainerDep,
-           principal: Operator) -> dict[str, Any]:
+def triage(
+    account_id: Account, report_id: Id, body: TriageIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     outcome = container.service.triage_abuse_report(
         account_id, report_id, body.outcome, body.severity, _actor(principal)
     )
@@ -116,8 +142,9 @@ def triage(account_id: Account, report_id: Id, body: TriageIn, container: Contai
 
 
 @router.post("/appeals")
-def file_appeal(account_id: Account, body: AppealIn, container: ContainerDep,
-                principal: Operator) -> dict[str, Any]:
+def file_appeal(
+    account_id: Account, body: AppealIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     outcome = container.service.file_appeal(
         account_id, body.decision_event_id, body.statement, _actor(principal)
     )
@@ -125,8 +152,13 @@ def file_appeal(account_id: Account, body: AppealIn, container: ContainerDep,
 
 
 @router.post("/appeals/{appeal_id}/decide")
-def decide_appeal(account_id: Account, appeal_id: Id, body: AppealDecisionIn,
-                  container: ContainerDep, principal: Operator) -> dict[str, Any]:
+def decide_appeal(
+    account_id: Account,
+    appeal_id: Id,
+    body: AppealDecisionIn,
+    container: ContainerDep,
+    principal: Operator,
+) -> dict[str, Any]:
     outcome = container.service.decide_appeal(
         account_id, appeal_id, body.outcome, body.reason, _actor(principal)
     )
@@ -134,18 +166,28 @@ def decide_appeal(account_id: Account, appeal_id: Id, body: AppealDecisionIn,
 
 
 @router.put("/contact")
-def set_contact(account_id: Account, body: ContactIn, container: ContainerDep,
-                principal: Operator) -> dict[str, Any]:
+def set_contact(
+    account_id: Account, body: ContactIn, container: ContainerDep, principal: Operator
+) -> dict[str, Any]:
     """Mutable contact data for notices (not an event)."""
-    values = {"account_id": account_id, "email": body.email, "webhook_url": body.webhook_url,
-              "updated_at": datetime.now(UTC)}
+    values = {
+        "account_id": account_id,
+        "email": body.email,
+        "webhook_url": body.webhook_url,
+        "updated_at": datetime.now(UTC),
+    }
     with container.engine.begin() as conn:
         dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         insert = dialect_insert(contacts).values(**values)
-        conn.execute(insert.on_conflict_do_update(
-            index_elements=[contacts.c.account_id],
-            set_={"email": insert.excluded.email, "webhook_url": insert.excluded.webhook_url,
-                  "updated_at": insert.excluded.updated_at},
-        ))
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[contacts.c.account_id],
+                set_={
+                    "email": insert.excluded.email,
+                    "webhook_url": insert.excluded.webhook_url,
+                    "updated_at": insert.excluded.updated_at,
+                },
+            )
+        )
         row = conn.execute(sa.select(contacts).where(contacts.c.account_id == account_id)).one()
     return {"account_id": row.account_id, "email": row.email, "webhook_url": row.webhook_url}

@@ -7,17 +7,26 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from enforcement.api.deps import ContainerDep, Reader, StandingReader
+from enforcement.api.errors import READ_ERRORS
 from enforcement.api.schemas import AccountId
 from enforcement.api.shapes import parse_query_time
 from events.wire import event_to_json
 
-router = APIRouter(prefix="/v1", tags=["reading"])
+router = APIRouter(prefix="/v1", tags=["reading"], responses=READ_ERRORS)
 Account = Annotated[AccountId, Path()]
+# The columns' ranges (version INTEGER, position BIGINT): a larger cursor is a 422, not a
+# driver overflow.
+MAX_VERSION = 2**31 - 1
+MAX_POSITION = 2**63 - 1
 
 
 @router.get("/accounts/{account_id}/standing")
-def get_standing(account_id: Account, container: ContainerDep, principal: StandingReader,
-                 as_of: str | None = None) -> dict[str, Any]:
+def get_standing(
+    account_id: Account,
+    container: ContainerDep,
+    principal: StandingReader,
+    as_of: str | None = None,
+) -> dict[str, Any]:
     """The standing folded from the events recorded up to ``as_of`` (default now)."""
     moment = parse_query_time(as_of, "as_of")
     return container.service.standing(account_id, moment).to_json()
@@ -25,8 +34,10 @@ def get_standing(account_id: Account, container: ContainerDep, principal: Standi
 
 @router.get("/accounts/{account_id}/events")
 def get_account_events(
-    account_id: Account, container: ContainerDep, principal: Reader,
-    after_version: Annotated[int, Query(ge=0)] = 0,
+    account_id: Account,
+    container: ContainerDep,
+    principal: Reader,
+    after_version: Annotated[int, Query(ge=0, le=MAX_VERSION)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     events = container.store.read_stream(account_id, after_version, limit=limit)
@@ -38,8 +49,9 @@ def get_account_events(
 
 @router.get("/events")
 def get_events(
-    container: ContainerDep, principal: Reader,
-    after_position: Annotated[int, Query(ge=0)] = 0,
+    container: ContainerDep,
+    principal: Reader,
+    after_position: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> dict[str, Any]:
     """Every account's events in commit-safe position order."""
@@ -55,5 +67,9 @@ def verify(account_id: Account, container: ContainerDep, principal: Reader) -> d
     result = container.store.verify(account_id)
     if result.ok:
         return {"ok": True, "events": result.events, "head_hash": result.head_hash}
-    return {"ok": False, "events": result.events, "broken_at_version": result.broken_at_version,
-            "reason": result.reason}
+    return {
+        "ok": False,
+        "events": result.events,
+        "broken_at_version": result.broken_at_version,
+        "reason": result.reason,
+    }

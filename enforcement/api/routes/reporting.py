@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from enforcement.api.deps import ContainerDep, Reporter, correlation_id
-from enforcement.api.errors import ApiError, validation_details
+from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
 from enforcement.api.schemas import AbuseReportIn, BatchItemIn, ViolationIn
 from enforcement.api.shapes import FUTURE_TOLERANCE
 from enforcement.policy import ViolationReport
@@ -17,7 +17,7 @@ from enforcement.service import Actor, Outcome, request_fingerprint
 from events.timefmt import to_utc
 from events.wire import event_to_json
 
-router = APIRouter(prefix="/v1", tags=["reporting"])
+router = APIRouter(prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS)
 
 
 class BatchIn(BaseModel):
@@ -28,11 +28,20 @@ class BatchIn(BaseModel):
 def _report(body: ViolationIn, now: datetime) -> ViolationReport:
     occurred = to_utc(body.occurred_at) if body.occurred_at is not None else now
     if occurred > now + FUTURE_TOLERANCE:
-        raise ApiError(422, "validation_failed", "occurred_at is more than 5 minutes in the future.",
-                       [{"field": "occurred_at", "message": "more than 5 minutes in the future"}])
+        raise ApiError(
+            422,
+            "validation_failed",
+            "occurred_at is more than 5 minutes in the future.",
+            [{"field": "occurred_at", "message": "more than 5 minutes in the future"}],
+        )
     return ViolationReport(
-        category=body.category, occurred_at=occurred, severity=body.severity, key_id=body.key_id,
-        source=body.source, detection=body.detection, evidence_ref=body.evidence_ref,
+        category=body.category,
+        occurred_at=occurred,
+        severity=body.severity,
+        key_id=body.key_id,
+        source=body.source,
+        detection=body.detection,
+        evidence_ref=body.evidence_ref,
         description=body.description,
     )
 
@@ -52,13 +61,19 @@ def _actor(principal: Any) -> Actor:
     return Actor(name=f"{principal.role.value}:{principal.name}", correlation_id=correlation_id())
 
 
-@router.post("/violations", status_code=201)
+@router.post(
+    "/violations",
+    status_code=201,
+    responses={200: {"description": "The same Idempotency-Key and body again: nothing new."}},
+)
 def report_violation(
     body: ViolationIn,
     response: Response,
     container: ContainerDep,
     principal: Reporter,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=200, pattern=r"^[^\x00]+$")
+    ] = None,
 ) -> dict[str, Any]:
     """Record a violation; the policy decides at once. 200 on an idempotent replay."""
     report = _report(body, to_utc(container.clock()))
@@ -82,8 +97,13 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
             item = BatchItemIn.model_validate(raw)
             report = _report(item, now)
         except ValidationError as exc:
-            results[index] = _item_error(raw, 422, "validation_failed", "The item has invalid fields.",
-                                         validation_details(list(exc.errors())))
+            results[index] = _item_error(
+                raw,
+                422,
+                "validation_failed",
+                "The item has invalid fields.",
+                validation_details(list(exc.errors())),
+            )
             continue
         except ApiError as exc:
             results[index] = _item_error(raw, exc.status, exc.code, exc.message, exc.details)
@@ -100,15 +120,24 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
             err = result.error
             code = getattr(err, "code", "idempotency_key_reused")
             message = getattr(err, "message", str(err))
-            results[index] = _item_error({"account_id": account_id}, result.status, code, message,
-                                         getattr(err, "details", None))
+            results[index] = _item_error(
+                {"account_id": account_id},
+                result.status,
+                code,
+                message,
+                getattr(err, "details", None),
+            )
     return {"results": results}
 
 
 def _item_error(raw: Any, status: int, code: str, message: str, details: Any) -> dict[str, Any]:
     account = raw.get("account_id") if isinstance(raw, dict) else None
-    return {"violation_id": None, "account_id": account, "status": status,
-            "error": {"code": code, "message": message, "details": details}}
+    return {
+        "violation_id": None,
+        "account_id": account,
+        "status": status,
+        "error": {"code": code, "message": message, "details": details},
+    }
 
 
 @router.post("/abuse-reports", status_code=202)
@@ -117,7 +146,11 @@ def file_abuse_report(
 ) -> dict[str, Any]:
     """A third party reports another account (AUP §7): recorded, no strike until triaged."""
     outcome = container.service.file_abuse_report(
-        body.reported_account_id, body.category, body.description or "", body.reporter_contact,
-        body.evidence_ref, _actor(principal),
+        body.reported_account_id,
+        body.category,
+        body.description or "",
+        body.reporter_contact,
+        body.evidence_ref,
+        _actor(principal),
     )
     return {"report_id": outcome.events[0].data["report_id"]}

@@ -1,0 +1,474 @@
+"""HTTP throughput and latency of ``POST /v1/violations``, against FastAPI's own ceiling.
+
+One ``enforcement serve`` process (embedded mode, as deployed without Redis: its relay and
+notice workers run inside it) per backend, on a fresh database (SQLite: a file in a temporary
+directory; PostgreSQL: a temporary database, dropped at the end). Beside it, in the same run and
+started the same way under uvicorn, a minimal FastAPI app with one ``POST`` route that parses a
+JSON object body and returns a constant: what this framework, server and client can do on this
+machine at all. The ratio ours/ceiling is the figure to quote.
+
+Workloads (each first warmed up, then timed for ``--seconds``):
+
+- ``single``: ``POST /v1/violations`` with 1, 8 and 32 concurrent clients. Every request reports a
+  first-time ``spam`` violation on a new account, so every request records three events
+  (ViolationReported, NoticeIssued, RemediationRequested) and the standing stays small.
+- ``batch``: ``POST /v1/violations:batch`` with ``--batch`` violations (new accounts) per
+  request; the figure is violations per second. The ceiling gets the same body.
+
+Clients: one asyncio event loop in this process, ``httpx.AsyncClient`` with one keep-alive
+connection per concurrent client; each client sends its next request when the previous answer
+arrives (closed loop). Latency is per request, from send to the whole answer read. The client
+shares the machine with the server: on a 2-core machine it takes one core, so the absolute
+figures are lower than a remote load generator would see, and alike for both sides.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_http.py                     # both backends, ~2-3 minutes
+    .venv/bin/python benchmarks/bench_http.py --backends sqlite --seconds 3
+    .venv/bin/python benchmarks/bench_http.py --no-workers        # serve --no-workers
+    .venv/bin/python benchmarks/bench_http.py --profile           # + py-spy hot spots (x8)
+
+``--profile`` needs ``py-spy`` (``.venv/bin/pip install py-spy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from enforcement.migrations import upgrade  # noqa: E402
+from enforcement.roles import Role  # noqa: E402
+from enforcement.tokens import create_token  # noqa: E402
+from events import create_engine  # noqa: E402
+
+ENFORCEMENT = str(Path(sys.executable).with_name("enforcement"))
+DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
+
+CEILING_APP = '''
+"""The framework's ceiling: one POST route that parses a JSON object and returns a constant."""
+import sys
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.post("/v1/violations", status_code=201)
+def report(body: dict[str, Any]) -> dict[str, str]:
+    return {"violation_id": "vio_constant"}
+
+
+@app.post("/v1/violations:batch")
+def batch(body: dict[str, Any]) -> dict[str, str]:
+    return {"results": "constant"}
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False)
+'''
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    base_url: str
+    token: str | None
+    pid: int
+
+
+def _wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"server did not become healthy:\n{log.read_text()}")
+
+
+@contextmanager
+def running(
+    name: str, command: list[str], env: dict[str, str], workdir: Path, token: str | None
+) -> Iterator[Server]:
+    port = free_port()
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, str(port)], env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base_url, proc, log)
+        yield Server(name, base_url, token, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def ceiling_server(workdir: Path) -> Iterator[Server]:
+    script = workdir / "ceiling_app.py"
+    script.write_text(CEILING_APP)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with running("ceiling", [sys.executable, str(script)], env, workdir, None) as server:
+        yield server
+
+
+@contextmanager
+def database(backend: str, workdir: Path, pg_url: str) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{workdir / 'bench_http.db'}"
+        return
+    admin = sa.make_url(pg_url)
+    name = f"bench_http_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine.dispose()
+
+
+@contextmanager
+def our_server(backend: str, workdir: Path, pg_url: str, workers: bool) -> Iterator[Server]:
+    with database(backend, workdir, pg_url) as url:
+        upgrade(url)
+        engine = create_engine(url)
+        token = create_token(engine, Role.REPORTER, "bench_http")
+        engine.dispose()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+        env.update(
+            {
+                "ENFORCEMENT_DATABASE_URL": url,
+                "PYTHONUNBUFFERED": "1",
+                "ENFORCEMENT_MAIL_DIR": str(workdir / "notices"),
+            }
+        )
+        command = [ENFORCEMENT, "serve", *([] if workers else ["--no-workers"]), "--port"]
+        with running(f"ours-{backend}", command, env, workdir, token) as server:
+            yield server
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class Result:
+    requests: int
+    items: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+Body = Callable[[], tuple[str, dict[str, Any], int]]  # (path, json, items it carries)
+
+
+async def _run(client: httpx.AsyncClient, body: Body, clients: int, seconds: float) -> Result:
+    """``clients`` closed loops that start together and send until ``seconds`` have passed;
+    the rate counts every request sent in that time over the time until the last answer."""
+    latencies: list[float] = []
+    counts = {"items": 0, "errors": 0}
+    start = time.perf_counter()
+    stop_at = start + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            path, payload, items = body()
+            sent = time.perf_counter()
+            response = await client.post(path, json=payload)
+            latencies.append(time.perf_counter() - sent)
+            counts["items"] += items
+            if response.status_code not in (200, 201):
+                counts["errors"] += 1
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+    return Result(len(latencies), counts["items"], counts["errors"], elapsed, latencies)
+
+
+async def _load(server: Server, body: Body, clients: int, warmup: float, seconds: float) -> Result:
+    headers = {"Authorization": f"Bearer {server.token}"} if server.token else {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers=headers, limits=limits, timeout=300
+    ) as client:
+        await _run(client, body, clients, warmup)  # connections open, caches warm
+        return await _run(client, body, clients, seconds)
+
+
+def measure(server: Server, body: Body, clients: int, warmup: float, seconds: float) -> Result:
+    return asyncio.run(_load(server, body, clients, warmup, seconds))
+
+
+def single_body() -> tuple[str, dict[str, Any], int]:
+    account = f"bench_{uuid.uuid4().hex[:16]}"
+    return (
+        "/v1/violations",
+        {
+            "account_id": account,
+            "category": "spam",
+            "source": "bench_http",
+            "description": "bulk mail",
+        },
+        1,
+    )
+
+
+def batch_body(size: int) -> Body:
+    def make() -> tuple[str, dict[str, Any], int]:
+        prefix = uuid.uuid4().hex[:12]
+        items = [
+            {"account_id": f"bench_{prefix}_{i}", "category": "spam", "source": "bench_http"}
+            for i in range(size)
+        ]
+        return "/v1/violations:batch", {"violations": items}, size
+
+    return make
+
+
+# --------------------------------------------------------------------------- profile
+
+
+@contextmanager
+def py_spy(pid: int, seconds: float, out: Path) -> Iterator[None]:
+    """Sample the server with py-spy (``pip install py-spy``) while the block runs."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    proc = subprocess.Popen(
+        [
+            exe,
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            "200",
+            "-d",
+            str(int(seconds)),
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+            "--threads",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.wait(timeout=seconds + 30)
+
+
+def hot_spots(raw: Path, top: int = 12) -> Table:
+    """Own-time frames, and where the request threads spend their time in our code."""
+    own: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    total = requests = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n, frames = int(count), stack.split(";")
+        total += n
+        own[frames[-1]] += n
+        if any("report_violation (" in f and "routes" in f for f in frames):
+            requests += n
+            mine = [
+                f
+                for f in frames
+                if f.split(" (")[-1].startswith(("events/", "enforcement/", "projections/"))
+            ]
+            ours[" > ".join(f.split(" (")[0] for f in mine[-2:]) or "(outside our code)"] += n
+    out = Table(title=f"py-spy: {total} samples, {requests} in request threads")
+    out.add_column("share")
+    out.add_column("own time (all threads)")
+    out.add_column("share of request samples")
+    out.add_column("innermost frames of our code (request threads)")
+    for (frame, n), (path, m) in zip(own.most_common(top), ours.most_common(top), strict=False):
+        out.add_row(f"{n / total:.1%}", frame, f"{m / max(requests, 1):.1%}", path)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Row:
+    backend: str
+    workload: str
+    clients: int
+    ours: Result
+    ceiling: Result
+    unit: str
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def table(rows: list[Row], goal: float) -> Table:
+    out = Table(title="POST /v1/violations over HTTP: ours vs a minimal FastAPI app (ceiling)")
+    for column in (
+        "backend",
+        "workload",
+        "clients",
+        "ours /s",
+        "ours p50 ms",
+        "ours p99 ms",
+        "ceiling /s",
+        "ceiling p50 ms",
+        "ceiling p99 ms",
+        "ours/ceiling",
+        "errors",
+    ):
+        out.add_column(column, justify="right" if column not in ("backend", "workload") else "left")
+    for r in rows:
+        ratio = r.ours.rate / r.ceiling.rate if r.ceiling.rate else float("nan")
+        style = "green" if ratio >= goal or r.workload != "single" else "red"
+        out.add_row(
+            r.backend,
+            r.workload,
+            str(r.clients),
+            f"{r.ours.rate:,.0f} {r.unit}",
+            f"{r.ours.percentile(0.50):.1f}",
+            f"{r.ours.percentile(0.99):.1f}",
+            f"{r.ceiling.rate:,.0f} {r.unit}",
+            f"{r.ceiling.percentile(0.50):.1f}",
+            f"{r.ceiling.percentile(0.99):.1f}",
+            f"[{style}]{ratio:.2f}x[/]",
+            str(r.ours.errors + r.ceiling.errors),
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--clients", default="1,8,32", help="concurrent clients for `single`")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per figure")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=100, help="violations per batch request")
+    parser.add_argument("--batch-clients", type=int, default=4)
+    parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL))
+    parser.add_argument("--no-workers", action="store_true", help="serve --no-workers")
+    parser.add_argument("--goal", type=float, default=0.5, help="ratio to reach for `single`")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the server during `single` with 8 clients"
+    )
+    args = parser.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    clients = [int(c) for c in args.clients.split(",") if c]
+
+    console = Console(width=max(Console().width, 150))
+    console.print(
+        f"[bold]machine[/]: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; client: httpx {httpx.__version__} on asyncio "
+        f"(one process, closed loop); server: uvicorn, one process; "
+        f"workers {'off' if args.no_workers else 'on (embedded)'}"
+    )
+    console.print(f"[bold]load average before[/]: {load_average()}")
+    rows: list[Row] = []
+    profiles: list[tuple[str, Path]] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_http_") as tmp:
+        workdir = Path(tmp)
+        with ceiling_server(workdir) as ceiling:
+            for backend in backends:
+                with our_server(backend, workdir, args.pg_url, not args.no_workers) as ours:
+                    for n in clients:
+                        # Interleaved: the ceiling runs right before ours, in the same conditions.
+                        top = measure(ceiling, single_body, n, args.warmup, args.seconds)
+                        if args.profile and n == 8:
+                            raw = workdir / f"py-spy-{backend}.txt"
+                            with py_spy(ours.pid, args.seconds + args.warmup, raw):
+                                mine = measure(ours, single_body, n, args.warmup, args.seconds)
+                            profiles.append((backend, raw))
+                        else:
+                            mine = measure(ours, single_body, n, args.warmup, args.seconds)
+                        rows.append(Row(backend, "single", n, mine, top, "req"))
+                        console.print(
+                            f"  {backend} single x{n}: {mine.rate:,.0f} vs {top.rate:,.0f} req/s"
+                        )
+                    body = batch_body(args.batch)
+                    top = measure(ceiling, body, args.batch_clients, args.warmup, args.seconds)
+                    mine = measure(ours, body, args.batch_clients, args.warmup, args.seconds)
+                    rows.append(
+                        Row(backend, f"batch of {args.batch}", args.batch_clients, mine, top, "vio")
+                    )
+                    console.print(f"  {backend} batch: {mine.rate:,.0f} vs {top.rate:,.0f} vio/s")
+            for backend, raw in profiles:
+                console.print(f"[bold]{backend}[/]")
+                console.print(hot_spots(raw))
+    console.print(table(rows, args.goal))
+    console.print(
+        f"[bold]load average after[/]: {load_average()}; total {time.perf_counter() - started:.0f}s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Schemathesis over ``/openapi.json``: generated requests, valid and invalid, to every operation,
+authenticated as admin, must never get a 500 nor a status or body that the schema does not
+describe (errors included: every error is the documented ``ErrorBody``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.generation import GenerationMode
+
+from enforcement.api.app import create_app
+from enforcement.bootstrap import bootstrap
+from enforcement.migrations import upgrade
+from enforcement.roles import Role
+from enforcement.settings import Settings
+from enforcement.tokens import create_token
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.conftest import create_pg_database, drop_pg_database  # noqa: E402
+
+# Examples per operation. PostgreSQL gets fewer: it is there for what only it refuses.
+EXAMPLES = {
+    ("sqlite", GenerationMode.POSITIVE): 20,
+    ("sqlite", GenerationMode.NEGATIVE): 8,
+    ("postgres", GenerationMode.POSITIVE): 10,
+    ("postgres", GenerationMode.NEGATIVE): 5,
+}
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
+
+
+class Api:
+    def __init__(self, backend: str, schema: schemathesis.Schema, token: str) -> None:
+        self.backend = backend
+        self.schema = schema
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The ASGI app on a fresh database of each backend (they differ: PostgreSQL refuses some
+    text that SQLite keeps), and an admin token for it."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('schemathesis') / 'enforcement.db'}"
+    else:
+        url = create_pg_database()
+    upgrade(url)
+    container = bootstrap(Settings(database_url=url))
+    token = create_token(container.engine, Role.ADMIN, "schemathesis")
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(container))
+    yield Api(request.param, schema, token)
+    container.close()
+    if request.param == "postgres":
+        drop_pg_database(url)
+
+
+def operations(api: Api) -> list[schemathesis.APIOperation]:
+    found = [result.ok() for result in api.schema.get_all_operations()]
+    assert len(found) >= 23, [op.label for op in found]
+    return found
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+def test_no_server_error_and_every_response_is_in_the_schema(
+    api: Api, mode: GenerationMode
+) -> None:
+    failures: list[str] = []
+    for operation in operations(api):
+        if mode is GenerationMode.NEGATIVE and not (
+            list(operation.iter_parameters()) or operation.body
+        ):
+            continue  # nothing to make invalid (GET /healthz)
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=EXAMPLES[api.backend, mode],
+            deadline=None,
+            database=None,
+            derandomize=True,  # the same examples on every run: CI is not a lottery
+            suppress_health_check=list(HealthCheck),
+        )
+        def exercise(case: schemathesis.Case) -> None:
+            case.call_and_validate(headers=api.headers, checks=CHECKS)
+
+        try:
+            exercise()
+        except (Exception, BaseExceptionGroup) as exc:  # report every operation's failures
+            failures.append(f"{operation.label}: {exc}")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_the_schema_declares_the_error_body(api: Api) -> None:
+    document = api.schema.raw_schema
+    error_body = document["components"]["schemas"]["ErrorBody"]
+    assert error_body["required"] == ["error"]
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            if path == "/healthz":
+                continue
+            expected = {"401", "403", "422", "503"}
+            if method != "get":
+                expected |= {"400", "413"}
+            for status in expected:
+                content = operation["responses"][status]["content"]["application/json"]
+                assert "#/components/schemas/ErrorBody" in json.dumps(content["schema"]), (
+                    method,
+                    path,
+                    status,
+                )
+    assert "HTTPValidationError" not in json.dumps(document)

@@ -1,0 +1,482 @@
+"""The ``enforcement`` CLI against a populated database, on SQLite and on PostgreSQL.
+
+``init``, ``tokens create``, ``verify`` and the usage errors run the installed console script in a
+subprocess (what an operator types); the other commands run in process through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from enforcement.auditing import RESTRICTIVE
+from enforcement.bootstrap import Container, bootstrap
+from enforcement.cli import app
+from enforcement.cli_output import console
+from enforcement.operator_decisions import Suspend
+from enforcement.policy import ViolationReport
+from enforcement.roles import Role
+from enforcement.service import Actor
+from enforcement.settings import Settings
+from enforcement.tables import api_tokens
+from enforcement.tokens import TokenAuthenticator
+from events.dialects import drop_append_only_ddl
+from events.schema import events as events_table
+from events.timefmt import format_time
+from events.wire import event_to_json
+from projections.tables import standings
+
+CLI = str(Path(sys.executable).with_name("enforcement"))
+T0 = datetime(2026, 3, 2, 9, 0, 0, 250_000, tzinfo=UTC)
+ACTOR = Actor(name="admin:cli-test", correlation_id="cli-test")
+API_EVENT_KEYS = {
+    "position",
+    "event_id",
+    "account_id",
+    "version",
+    "type",
+    "schema_version",
+    "data",
+    "metadata",
+    "occurred_at",
+    "recorded_at",
+    "prev_hash",
+    "hash",
+}
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Populated:
+    url: str
+    container: Container
+    clock: Clock
+
+    def events(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        store = self.container.store
+        found = store.iter_stream(account_id) if account_id else store.iter_all()
+        return [event_to_json(e) for e in found]
+
+
+def report(
+    container: Container, account_id: str, category: str, description: str = "", **fields: Any
+) -> None:
+    container.service.report_violation(
+        account_id,
+        ViolationReport(
+            category=category,
+            occurred_at=container.clock(),
+            description=description or None,
+            **fields,
+        ),
+        ACTOR,
+    )
+
+
+@pytest.fixture
+def populated(database_url: str) -> Iterator[Populated]:
+    """Three accounts whose events are recorded a day apart from ``T0`` on (a fake clock)."""
+    clock = Clock(T0)
+    container = bootstrap(Settings(database_url=database_url), clock=clock)
+    report(container, "acct_a", "spam", "bulk mail ✓")  # day 0: warning + remediation
+    clock.now = T0 + timedelta(days=1)
+    report(container, "acct_a", "phishing", severity="medium")  # day 1: second minor → throttle
+    report(container, "acct_b", "csam")  # day 1: termination and referral
+    clock.now = T0 + timedelta(days=2)
+    container.service.operator("acct_a", Suspend("review"), ACTOR)  # day 2
+    container.service.file_abuse_report("acct_c", "spam", "spam from them", None, None, ACTOR)
+    yield Populated(database_url, container, clock)
+    container.close()
+
+
+def run_cli(
+    url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+    environment.update({"ENFORCEMENT_DATABASE_URL": url, "COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [CLI, *args], env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture
+def invoke(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Run the CLI in process: ``invoke(url, *args)`` → click's ``Result``."""
+    runner = CliRunner()
+    monkeypatch.setattr(console, "width", 200)
+
+    def run(url: str, *args: str) -> Any:
+        return runner.invoke(
+            app, list(args), env={"ENFORCEMENT_DATABASE_URL": url}, catch_exceptions=False
+        )
+
+    yield run
+
+
+def one_sentence(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].endswith("."), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------ init and tokens
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_init_creates_the_schema_and_is_idempotent(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+
+    first = run_cli(url, "init")
+    second = run_cli(url, "init")
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "revision" in first.stdout
+    assert "enforcement:enforcement@" not in first.stdout  # the password is not printed
+    engine = sa.create_engine(url)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"events", "idempotency_keys", "api_tokens", "contacts", "standings"} <= tables
+
+
+def test_init_of_an_unreachable_database_fails_with_one_sentence() -> None:
+    result = run_cli("postgresql+psycopg://nobody:secret@127.0.0.1:1/none", "init")
+
+    assert result.returncode == 1
+    assert "Could not migrate" in one_sentence(result.stderr)
+    assert "secret" not in result.stderr
+
+
+def test_tokens_create_prints_the_token_last_and_stores_only_its_hash(
+    populated: Populated,
+) -> None:
+    result = run_cli(populated.url, "tokens", "create", "--role", "auditor", "--name", "alice")
+
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip().splitlines()[-1]
+    assert token.startswith("enf_") and " " not in token
+    with populated.container.engine.connect() as conn:
+        rows = conn.execute(sa.select(api_tokens)).mappings().all()
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["name"], row["role"]) == ("alice", "auditor")
+    assert row["token_hash"] == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in json.dumps({k: str(v) for k, v in row.items()})
+    principal = TokenAuthenticator(populated.container.engine).authenticate(token)
+    assert principal is not None and principal.role is Role.AUDITOR
+
+
+def test_tokens_create_refuses_an_unknown_role(populated: Populated) -> None:
+    result = run_cli(populated.url, "tokens", "create", "--role", "root", "--name", "x")
+
+    assert result.returncode == 2
+    assert "Unknown role" in one_sentence(result.stderr)
+    with populated.container.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(api_tokens)).scalar() == 0
+
+
+# ------------------------------------------------------------------ standing and history
+
+
+def test_standing_as_a_table_and_as_json(populated: Populated, invoke: Any) -> None:
+    table = invoke(populated.url, "standing", "acct_a")
+    as_json = invoke(populated.url, "standing", "acct_a", "--json")
+    then = invoke(
+        populated.url,
+        "standing",
+        "acct_a",
+        "--json",
+        "--as-of",
+        format_time(T0 + timedelta(hours=1)),
+    )
+    never = invoke(populated.url, "standing", "acct_none", "--json")
+
+    assert table.exit_code == 0, table.output
+    assert "Standing of acct_a" in table.stdout
+    assert "suspended" in table.stdout
+    body = json.loads(as_json.stdout)
+    # The CLI reads at the real now; the fixture's clock stands in the past.
+    expected = populated.container.service.standing("acct_a", datetime.now(UTC)).to_json()
+    assert {k: v for k, v in body.items() if k != "as_of"} == {
+        k: v for k, v in expected.items() if k != "as_of"
+    }
+    assert body["status"] == "suspended"
+    past = json.loads(then.stdout)
+    assert (past["status"], past["strikes"], past["version"]) == ("remediation_due", 1, 3)
+    assert past["as_of"] == format_time(T0 + timedelta(hours=1))
+    assert json.loads(never.stdout)["version"] == 0
+
+
+def test_history_as_a_table_json_and_csv(populated: Populated, invoke: Any) -> None:
+    stored = populated.events("acct_a")
+
+    table = invoke(populated.url, "history", "acct_a")
+    as_json = invoke(populated.url, "history", "acct_a", "--format", "json")
+    as_csv = invoke(populated.url, "history", "acct_a", "--format", "csv")
+    early = invoke(
+        populated.url,
+        "history",
+        "acct_a",
+        "--format",
+        "json",
+        "--as-of",
+        format_time(T0 + timedelta(hours=12)),
+    )
+
+    assert table.exit_code == 0, table.output
+    for event in stored:
+        assert event["type"] in table.stdout
+    assert "aup-2026-11" in table.stdout
+    entries = json.loads(as_json.stdout)
+    assert isinstance(entries, list) and len(entries) == len(stored)
+    for entry, event in zip(entries, stored, strict=True):
+        assert set(entry) == API_EVENT_KEYS | {"change"}
+        assert {k: v for k, v in entry.items() if k != "change"} == event
+        assert isinstance(entry["change"], dict)
+    assert entries[0]["change"]["strikes"] == {"from": 0, "to": 1}
+    suspended = next(
+        e
+        for e in entries
+        if e["type"] == "AccountSuspended" and e["metadata"]["actor"] == ACTOR.name
+    )
+    assert suspended["change"]["status"]["to"] == "suspended"
+    rows = list(csv.reader(io.StringIO(as_csv.stdout)))
+    assert rows[0][:4] == ["version", "position", "recorded_at", "type"]
+    assert [r[3] for r in rows[1:]] == [e["type"] for e in stored]
+    assert [r[rows[0].index("hash")] for r in rows[1:]] == [e["hash"] for e in stored]
+    assert [e["version"] for e in json.loads(early.stdout)] == [
+        e["version"] for e in stored if e["recorded_at"] <= format_time(T0 + timedelta(hours=12))
+    ]
+    assert len(json.loads(early.stdout)) == 3
+
+
+# ------------------------------------------------------------------ verify
+
+
+def tamper(populated: Populated, account_id: str, version: int) -> None:
+    """What someone with database access might do: drop the guard, edit a recorded event."""
+    engine = populated.container.engine
+    with engine.begin() as conn:
+        for statement in drop_append_only_ddl(engine.dialect.name):
+            conn.exec_driver_sql(statement)
+        conn.execute(
+            events_table.update()
+            .where(events_table.c.account_id == account_id, events_table.c.version == version)
+            .values(data={"violation_id": "vio_forged", "category": "spam"})
+        )
+
+
+def test_verify_exits_0_when_intact_and_1_after_tampering(
+    populated: Populated, invoke: Any
+) -> None:
+    intact = run_cli(populated.url, "verify")
+    one = invoke(populated.url, "verify", "acct_b", "--json")
+
+    tamper(populated, "acct_a", 2)
+    broken = run_cli(populated.url, "verify")
+    broken_json = invoke(populated.url, "verify", "acct_a", "--json")
+    other = invoke(populated.url, "verify", "acct_b")
+
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "3 of 3 account(s) intact" in intact.stdout
+    assert one.exit_code == 0
+    assert json.loads(one.stdout) == {
+        "account_id": "acct_b",
+        "ok": True,
+        "events": len(populated.events("acct_b")),
+        "head_hash": populated.events("acct_b")[-1]["hash"],
+    }
+    assert broken.returncode == 1
+    assert "BROKEN acct_a at version 2" in broken.stdout
+    assert "2 of 3 account(s) intact" in broken.stdout
+    result = json.loads(broken_json.stdout)
+    assert (result["ok"], result["broken_at_version"]) == (False, 2)
+    assert broken_json.exit_code == 1
+    assert other.exit_code == 0
+
+
+# ------------------------------------------------------------------ replay
+
+
+def standing_rows(populated: Populated) -> list[tuple[str, int, Any]]:
+    with populated.container.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(standings.c.account_id, standings.c.version, standings.c.state).order_by(
+                standings.c.account_id
+            )
+        )
+        return [(r.account_id, r.version, r.state) for r in rows]
+
+
+def test_replay_rebuilds_the_stored_standings(populated: Populated, invoke: Any) -> None:
+    before = standing_rows(populated)
+    with populated.container.engine.begin() as conn:
+        conn.execute(standings.delete())
+        conn.execute(
+            standings.insert().values(account_id="acct_a", version=1, state={}, updated_at=T0)
+        )
+
+    every = invoke(populated.url, "replay")
+    after_every = standing_rows(populated)
+    with populated.container.engine.begin() as conn:
+        conn.execute(standings.delete().where(standings.c.account_id == "acct_b"))
+    one = invoke(populated.url, "replay", "--account", "acct_b")
+
+    assert [r[0] for r in before] == ["acct_a", "acct_b", "acct_c"]
+    assert every.exit_code == 0, every.output
+    assert "Rebuilt 3 standing(s)" in every.stdout
+    assert "events/s" in every.stdout
+    assert after_every == before
+    assert one.exit_code == 0, one.output
+    assert "Rebuilt 1 standing(s)" in one.stdout
+    assert standing_rows(populated) == before
+
+
+# ------------------------------------------------------------------ export
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_export_jsonl_with_filters(populated: Populated, invoke: Any, tmp_path: Path) -> None:
+    everything = populated.events()
+    day1 = format_time(T0 + timedelta(days=1))
+    out = tmp_path / "events.jsonl"
+
+    whole = invoke(populated.url, "export", "--format", "jsonl", "-o", str(out))
+    exported = read_lines(out)
+    invoke(
+        populated.url,
+        "export",
+        "--format",
+        "jsonl",
+        "--since",
+        day1,
+        "--until",
+        format_time(T0 + timedelta(days=1, hours=1)),
+        "-o",
+        str(out),
+    )
+    window = read_lines(out)
+    invoke(
+        populated.url, "export", "--format", "jsonl", "--account", "acct_b", "--output", str(out)
+    )
+    only_b = read_lines(out)
+    to_stdout = invoke(
+        populated.url,
+        "export",
+        "--format",
+        "jsonl",
+        "--until",
+        format_time(T0 + timedelta(hours=1)),
+    )
+
+    assert whole.exit_code == 0, whole.output
+    assert f"Wrote {len(everything)} line(s)" in whole.stdout
+    assert exported == everything
+    assert window == [
+        e
+        for e in everything
+        if day1 <= e["recorded_at"] <= format_time(T0 + timedelta(days=1, hours=1))
+    ]
+    assert {e["account_id"] for e in window} == {"acct_a", "acct_b"}
+    assert only_b == populated.events("acct_b")
+    assert [json.loads(line) for line in to_stdout.stdout.splitlines()] == everything[:3]
+
+
+def test_export_statements_of_reasons(populated: Populated, invoke: Any, tmp_path: Path) -> None:
+    out = tmp_path / "sor.jsonl"
+    decisions = [
+        e
+        for e in populated.events()
+        if e["type"] in RESTRICTIVE and e["data"].get("statement_of_reasons")
+    ]
+
+    result = invoke(populated.url, "export", "--format", "sor", "-o", str(out))
+    statements = read_lines(out)
+    invoke(populated.url, "export", "--format", "sor", "--account", "acct_b", "-o", str(out))
+    only_b = read_lines(out)
+
+    assert result.exit_code == 0, result.output
+    assert [s["uuid"] for s in statements] == [e["event_id"] for e in decisions]
+    assert {
+        "AccountTerminated",
+        "AuthorityReferralOpened",
+        "AccountSuspended",
+        "ThrottleApplied",
+        "RemediationRequested",
+    } <= {s["decision_event_type"] for s in statements}
+    for statement in statements:
+        assert statement["policy_version"] == "aup-2026-11"
+        assert statement["decision_ground"].startswith("AUP")
+        if statement["automated_decision"]:
+            assert statement["decision_ground"].startswith("AUP §")
+        assert statement["redress"]
+        assert isinstance(statement["automated_decision"], bool)
+    operator = next(s for s in statements if s["decision_event_type"] == "AccountSuspended")
+    assert operator["automated_decision"] is False
+    assert {s["account_id"] for s in only_b} == {"acct_b"}
+    assert len(only_b) == len([d for d in decisions if d["account_id"] == "acct_b"])
+
+
+# ------------------------------------------------------------------ usage errors
+
+
+USAGE_ERRORS = [
+    ("standing", "acct_a", "--colour"),
+    ("standing", "acct_a", "--as-of", "yesterday"),
+    ("history", "acct_a", "--as-of", "2026-03-02T09:00:00"),
+    ("history", "acct_a", "--format", "xml"),
+    ("export", "--format", "pdf"),
+    ("export", "--format", "jsonl", "--since", "soon"),
+    ("verify", "acct_a", "extra"),
+    ("tokens", "create", "--role", "admin"),
+    ("frobnicate",),
+]
+
+
+def test_usage_errors_exit_2_with_one_sentence(sqlite_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+    env["ENFORCEMENT_DATABASE_URL"] = sqlite_url
+    procs = [
+        subprocess.Popen(
+            [CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args in USAGE_ERRORS
+    ]  # in parallel: each is a fresh interpreter
+
+    for args, proc in zip(USAGE_ERRORS, procs, strict=True):
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (args, stdout, stderr)
+        one_sentence(stderr)
+        assert stdout == "", args
