@@ -179,6 +179,13 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
             event = d.build(payload, ctx.causation_id)
             d.emit(event, *([d.notice("throttle", event)] if notify else []))
         case LiftThrottle(throttle_id, reason):
+            if throttle_id not in state.throttles and any(
+                dec.type == "ThrottleApplied" and dec.target_id == throttle_id
+                for dec in state.decisions.values()
+            ):
+                raise InvalidTransition(
+                    f"throttle {throttle_id} was already lifted", code="throttle_not_active"
+                )
             if throttle_id not in state.throttles:
                 raise NotFound(
                     f"no throttle {throttle_id!r} on this account", code="throttle_not_found"

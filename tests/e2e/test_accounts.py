@@ -193,13 +193,8 @@ def test_throttles_are_applied_and_lifted(server: Server) -> None:
     assert (throttle["key_id"], throttle["factor"]) == ("key_7", 0.5)
     assert lifted["standing"]["active_throttles"] == []
     assert lifted["standing"]["status"] == "good_standing"
-    # The fold forgets a lifted throttle, so lifting it again reads as "no such throttle" (404);
-    # the contract's "impossible transition" would be a 409. Either way nothing is recorded.
-    assert assert_error(lifted_twice, lifted_twice.status_code)["code"] in (
-        "throttle_not_found",
-        "throttle_not_active",
-    )
-    assert lifted_twice.status_code in (404, 409)
+    # Lifting a lifted throttle is an impossible transition (409), not an unknown id.
+    assert_error(lifted_twice, 409, "throttle_not_active")
     assert_error(unknown, 404, "throttle_not_found")
     assert [d["field"] for d in assert_error(past, 422)["details"]] == ["expires_at"]
 

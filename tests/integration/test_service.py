@@ -382,7 +382,7 @@ def test_apply_and_lift_a_throttle(system: Container, clock: FakeClock) -> None:
     refused(
         system,
         "acct_th",
-        NotFound,
+        InvalidTransition,
         lambda: command(system, "acct_th", ops.LiftThrottle(throttle.throttle_id)),
     )
 
