@@ -15,9 +15,10 @@ from events.schema import events as events_table
 from events.timefmt import format_time, to_utc
 from events.wire import event_to_json
 
-# Decision types that restrict an account or tell it so: each gets a statement of reasons line.
+# Decision types that carry a statement of reasons: each gets one line. A ``NoticeIssued`` only
+# carries a copy of its decision's statement (the warning notice's decision is the
+# ``RemediationRequested``), so it gets none: one line per decision, not two.
 RESTRICTIVE = {
-    "NoticeIssued": "notice",
     "RemediationRequested": "remediation_request",
     "ThrottleApplied": "restriction_of_service_throttle",
     "AccountSuspended": "suspension_of_account",
@@ -47,11 +48,18 @@ def verify_accounts(
         task = bar.add_task("verifying", total=total, unit="accounts")
         for account_id in source:
             r = store.verify(account_id)
-            results.append({
-                "account_id": account_id, "ok": r.ok, "events": r.events,
-                **({"head_hash": r.head_hash} if r.ok else
-                   {"broken_at_version": r.broken_at_version, "reason": r.reason}),
-            })
+            results.append(
+                {
+                    "account_id": account_id,
+                    "ok": r.ok,
+                    "events": r.events,
+                    **(
+                        {"head_hash": r.head_hash}
+                        if r.ok
+                        else {"broken_at_version": r.broken_at_version, "reason": r.reason}
+                    ),
+                }
+            )
             bar.advance(task)
     return results
 

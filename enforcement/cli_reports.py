@@ -1,0 +1,130 @@
+"""The auditor's CLI commands over the whole log: ``report`` and ``whatif``.
+
+Registered on ``enforcement.cli.app`` when that module is imported (it imports this one last).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from enforcement.cli import _container, _time_option, app
+from enforcement.cli_output import console, fail
+
+
+@app.command()
+def report(
+    since: Annotated[str, typer.Option("--since", help="Start of the period (RFC 3339).")],
+    until: Annotated[str, typer.Option("--until", help="End of the period (RFC 3339).")],
+    fmt: Annotated[str, typer.Option("--format", help="table or csv.")] = "table",
+    chart: Annotated[
+        Path | None, typer.Option("--chart", help="Also draw the report as a PNG image here.")
+    ] = None,
+) -> None:
+    """Transparency report of a period: violations, decisions, appeals, time to decision."""
+    from enforcement.reports import report_csv_rows, report_tables, transparency_report
+
+    if fmt not in ("table", "csv"):
+        fail(f"Unknown format {fmt!r}; choose table or csv.")
+    start, end = _time_option(since, "--since"), _time_option(until, "--until")
+    assert start is not None and end is not None
+    if start > end:
+        fail("--since must not be later than --until.")
+    if chart is not None and chart.suffix.lower() != ".png":
+        fail(f"--chart must name a .png file, not {chart}.")
+    container = _container()
+    try:
+        result = transparency_report(container.store, start, end)
+    finally:
+        container.close()
+    if fmt == "csv":
+        csv.writer(sys.stdout).writerows(report_csv_rows(result))
+    else:
+        console.print(report_tables(result))
+    if chart is not None:
+        _draw(result, chart)
+
+
+def _draw(result: object, chart: Path) -> None:
+    from enforcement.reports import TransparencyReport, write_chart
+
+    assert isinstance(result, TransparencyReport)
+    try:
+        write_chart(result, chart)
+    except ImportError:
+        fail("--chart needs matplotlib: install it with `pip install matplotlib`.")
+    except OSError as exc:
+        fail(f"Could not write {chart}: {exc.strerror}.", 1)
+    # The chart's note goes to stderr so that CSV on stdout stays clean.
+    print(f"Chart written to {chart}.", file=sys.stderr)
+
+
+@app.command()
+def whatif(
+    policy: Annotated[Path, typer.Option("--policy", help="The TOML policy file to evaluate.")],
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Re-decide only violations recorded from then on (RFC 3339)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Replay the recorded violations through another policy and show which decisions differ."""
+    from enforcement.errors import PolicyError
+    from enforcement.policy import load_policy
+    from enforcement.whatif import what_if
+
+    start = _time_option(since, "--since")
+    try:
+        other = load_policy(str(policy))
+    except PolicyError as exc:
+        fail(f"The policy file cannot be used: {exc}.")
+    container = _container()
+    try:
+        summary = what_if(container.store, other, start)
+    finally:
+        container.close()
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2, ensure_ascii=False))
+        return
+    for account in summary.differing:
+        table = Table(title=f"{account.account_id}: {_totals_text(account.totals)}")
+        for column in (
+            "recorded at",
+            "violation",
+            "category",
+            "recorded",
+            "other policy",
+            "change",
+        ):
+            table.add_column(column, overflow="fold")
+        for d in account.differences:
+            table.add_row(
+                d.recorded_at.strftime("%Y-%m-%d %H:%M"),
+                d.violation_id,
+                d.category,
+                d.recorded.describe(),
+                d.simulated.describe(),
+                d.change,
+            )
+        console.print(table)
+    scope = f"{summary.violations} violation(s) on {summary.accounts} account(s)"
+    if not summary.differing:
+        console.print(f"No difference: {summary.policy_version} decides the {scope} as recorded.")
+        return
+    console.print(
+        f"Policy {summary.policy_version} would decide {sum(summary.totals.values())} of the "
+        f"{scope} differently, on {len(summary.differing)} account(s): "
+        f"{_totals_text(summary.totals)}."
+    )
+
+
+def _totals_text(totals: dict[str, int]) -> str:
+    from enforcement.whatif import CHANGES
+
+    return ", ".join(f"{totals.get(name, 0)} {name}" for name in CHANGES)

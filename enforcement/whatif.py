@@ -1,0 +1,415 @@
+"""What-if: the decisions another policy would have taken on the violations that were recorded.
+
+For each account, the recorded log is replayed into an in-memory ``StandingState``:
+
+- every ``ViolationReported`` (from ``since`` on) is decided again by ``decide_violation`` of the
+  other policy, at the time it was recorded, on the *simulated* state; the simulated decisions
+  are applied to that state instead of the recorded ones;
+- everything else the log holds (operator commands, appeals, deadline escalations, abuse-report
+  triage, delivery receipts, and every event before ``since``) is applied as recorded, so the
+  simulation meets the same dismissals, completions and reversals as reality did. The ids the
+  other policy gives its decisions are the recorded ones wherever the two decide the same kind
+  of thing, so a recorded appeal or completion still finds what it named; where the other policy
+  took no such decision, the recorded event changes nothing.
+
+Each violation's outcome is the harshest decision taken on it, in the severity order
+``none < warning < throttle < suspension < termination`` (a longer suspension is harsher, an
+indefinite one harsher still; a lower throttle factor, then a longer throttle, is harsher). The
+comparison says, per violation, whether the other policy decides *more* (something where
+nothing was recorded), *fewer* (nothing where something was), *harsher* or *milder*.
+
+Nothing is written: the log is only read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from enforcement.policy import Context, Policy, ViolationReport, decide_violation
+from events import EventStore, NewEvent, RecordedEvent
+from events.timefmt import format_time, parse_time, to_utc
+from projections.standing import StandingState, apply_all
+
+KINDS = ("none", "warning", "throttle", "suspension", "termination")
+CHANGES = ("more", "fewer", "harsher", "milder")
+# What the ladder records with a violation, in the same transaction, caused by it (or by one of
+# its decisions, for notices).
+_LADDER_TYPES = frozenset(
+    {
+        "ViolationDismissed",
+        "RemediationRequested",
+        "ThrottleApplied",
+        "AccountSuspended",
+        "AccountTerminated",
+        "AuthorityReferralOpened",
+        "NoticeIssued",
+    }
+)
+# Where each kind of decision keeps the id the policy gave it (``Context.new_id`` prefix).
+_ID_FIELDS = {
+    "ViolationReported": ("vio", "violation_id"),
+    "RemediationRequested": ("rem", "remediation_id"),
+    "ThrottleApplied": ("thr", "throttle_id"),
+    "AccountSuspended": ("sus", "suspension_id"),
+    "AuthorityReferralOpened": ("ref", "referral_id"),
+    "NoticeIssued": ("ntc", "notice_id"),
+}
+_INDEFINITE = timedelta.max
+
+
+class _Decision(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The harshest decision taken on one violation."""
+
+    kind: str = "none"
+    span: timedelta | None = None  # suspension or throttle length; None: indefinite or n/a
+    factor: float | None = None  # throttle factor
+    referral: bool = False
+
+    @property
+    def rank(self) -> tuple[int, float, timedelta, bool]:
+        """Orders outcomes by severity: kind, then (throttles) the lower factor, then the
+        longer span (an indefinite one longest), then a referral."""
+        span = _INDEFINITE if self.span is None else self.span
+        squeeze = 1.0 - self.factor if self.factor is not None else 0.0
+        return (KINDS.index(self.kind), squeeze, span, self.referral)
+
+    def describe(self) -> str:
+        if self.kind == "suspension":
+            return "suspension " + (
+                "indefinitely" if self.span is None else f"for {_days(self.span)}"
+            )
+        if self.kind == "throttle":
+            return f"throttle to {self.factor:.0%} for {_days(self.span)}"
+        if self.kind == "termination":
+            return "termination and referral" if self.referral else "termination"
+        return self.kind
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "seconds": None if self.span is None else int(self.span.total_seconds()),
+            "factor": self.factor,
+            "referral": self.referral,
+            "text": self.describe(),
+        }
+
+
+def outcome_of(decisions: Iterable[_Decision]) -> Outcome:
+    """The harshest of the decisions recorded (or simulated) on one violation."""
+    taken = list(decisions)
+    referral = any(d.type == "AuthorityReferralOpened" for d in taken)
+    found = [Outcome()]
+    for d in taken:
+        if d.type == "AccountTerminated":
+            found.append(Outcome("termination", referral=referral))
+        elif d.type == "AccountSuspended":
+            until = d.data.get("until")
+            span = None if until is None else parse_time(until) - to_utc(d.occurred_at)
+            found.append(Outcome("suspension", span))
+        elif d.type == "ThrottleApplied":
+            expires = d.data.get("expires_at")
+            span = None if expires is None else parse_time(expires) - to_utc(d.occurred_at)
+            found.append(Outcome("throttle", span, float(d.data["factor"])))
+        elif d.type == "RemediationRequested":
+            found.append(Outcome("warning"))
+    return max(found, key=lambda o: o.rank)
+
+
+def change(recorded: Outcome, simulated: Outcome) -> str | None:
+    """``more``, ``fewer``, ``harsher``, ``milder``, or None when they decide the same."""
+    if recorded.rank == simulated.rank:
+        return None
+    if recorded.kind == "none":
+        return "more"
+    if simulated.kind == "none":
+        return "fewer"
+    return "harsher" if simulated.rank > recorded.rank else "milder"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One violation the other policy would have decided differently."""
+
+    account_id: str
+    violation_id: str
+    category: str
+    recorded_at: datetime
+    recorded: Outcome
+    simulated: Outcome
+    change: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "violation_id": self.violation_id,
+            "category": self.category,
+            "recorded_at": format_time(self.recorded_at),
+            "recorded": self.recorded.to_json(),
+            "simulated": self.simulated.to_json(),
+            "change": self.change,
+        }
+
+
+@dataclass
+class AccountWhatIf:
+    """One account's replay: how many violations were compared and which differ."""
+
+    account_id: str
+    violations: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def totals(self) -> Counter[str]:
+        return Counter(d.change for d in self.differences)
+
+
+@dataclass
+class WhatIfSummary:
+    """Totals over every account."""
+
+    policy_version: str
+    since: datetime | None
+    accounts: int = 0
+    violations: int = 0
+    recorded_policies: Counter[str] = field(default_factory=Counter)
+    totals: Counter[str] = field(default_factory=Counter)
+    differing: list[AccountWhatIf] = field(default_factory=list)
+
+    def add(self, result: AccountWhatIf) -> None:
+        self.accounts += 1
+        self.violations += result.violations
+        self.totals.update(result.totals)
+        if result.differences:
+            self.differing.append(result)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy_version": self.policy_version,
+            "since": None if self.since is None else format_time(self.since),
+            "accounts": self.accounts,
+            "violations": self.violations,
+            "recorded_policy_versions": dict(self.recorded_policies),
+            "totals": {name: self.totals[name] for name in CHANGES},
+            "differing_violations": sum(self.totals.values()),
+            "accounts_with_differences": [
+                {
+                    "account_id": r.account_id,
+                    "violations": r.violations,
+                    "totals": {name: r.totals[name] for name in CHANGES},
+                    "differences": [d.to_json() for d in r.differences],
+                }
+                for r in self.differing
+            ],
+        }
+
+
+def what_if(store: EventStore, policy: Policy, since: datetime | None = None) -> WhatIfSummary:
+    """Replay every account's recorded violations through ``policy``; nothing is written."""
+    summary = WhatIfSummary(policy.version, None if since is None else to_utc(since))
+    for account_id in store.account_ids():
+        log = list(store.iter_stream(account_id))
+        summary.recorded_policies.update(
+            e.metadata["policy_version"]
+            for e in log
+            if e.type == "ViolationReported" and e.metadata.get("policy_version")
+        )
+        summary.add(replay_account(policy, account_id, log, summary.since))
+    return summary
+
+
+def replay_account(
+    policy: Policy, account_id: str, log: Sequence[RecordedEvent], since: datetime | None = None
+) -> AccountWhatIf:
+    """One account's recorded log replayed with ``policy`` deciding its violations."""
+    result = AccountWhatIf(account_id)
+    state = StandingState.empty(account_id)
+    pending: list[RecordedEvent] = []  # applied in one go before the next decision
+
+    def add(event: RecordedEvent | NewEvent, recorded_at: datetime) -> None:
+        version = state.version + len(pending) + 1
+        pending.append(_as_recorded(event, account_id, version, recorded_at))
+
+    i = 0
+    while i < len(log):
+        event = log[i]
+        if event.type != "ViolationReported" or (since is not None and event.recorded_at < since):
+            add(event, event.recorded_at)
+            i += 1
+            continue
+        state = apply_all(state, pending)
+        pending.clear()
+        ladder = _recorded_ladder(log, i)
+        simulated = _decide_again(policy, state, event, ladder)
+        result.violations += 1
+        recorded_outcome, simulated_outcome = outcome_of(ladder), outcome_of(simulated[1:])
+        what = change(recorded_outcome, simulated_outcome)
+        if what is not None:
+            result.differences.append(
+                Difference(
+                    account_id,
+                    event.data["violation_id"],
+                    event.data["category"],
+                    event.recorded_at,
+                    recorded_outcome,
+                    simulated_outcome,
+                    what,
+                )
+            )
+        for new in simulated:
+            add(new, event.recorded_at)
+        i += 1 + len(ladder)
+    return result
+
+
+def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedEvent]:
+    """The decisions recorded with the violation at ``log[index]``: the events that follow it in
+    its transaction (same time, same request) and were caused by it, or by one of those
+    decisions (a notice may come before the decision it announces)."""
+    violation = log[index]
+    run: list[RecordedEvent] = []
+    for event in log[index + 1 :]:
+        if (
+            event.type not in _LADDER_TYPES
+            or event.recorded_at != violation.recorded_at
+            or event.metadata.get("correlation_id") != violation.metadata.get("correlation_id")
+        ):
+            break
+        run.append(event)
+    causes = {violation.event_id}
+    grew = True
+    while grew:
+        grew = False
+        for event in run:
+            if event.event_id not in causes and event.metadata.get("causation_id") in causes:
+                causes.add(event.event_id)
+                grew = True
+    ladder = []
+    for event in run:
+        if event.event_id not in causes:
+            break
+        ladder.append(event)
+    return ladder
+
+
+def _decide_again(
+    policy: Policy, state: StandingState, violation: RecordedEvent, ladder: Sequence[RecordedEvent]
+) -> list[NewEvent]:
+    """The other policy's decisions on ``violation``, with the recorded ids where they match."""
+    data, metadata = violation.data, violation.metadata
+    report = ViolationReport(
+        category=data["category"],
+        occurred_at=violation.occurred_at,
+        severity=data.get("reported_severity"),
+        key_id=data.get("key_id"),
+        source=data.get("source"),
+        detection=data.get("detection", "automated"),
+        evidence_ref=data.get("evidence_ref"),
+        description=data.get("description"),
+        abuse_report_id=data.get("abuse_report_id"),
+    )
+    ctx = Context(
+        now=violation.recorded_at,
+        actor=metadata.get("actor") or "whatif",
+        correlation_id=metadata.get("correlation_id") or "whatif",
+        new_id=_RecordedIds([violation, *ladder]),
+        source=metadata.get("source") or "api",
+        causation_id=metadata.get("causation_id"),
+    )
+    simulated = decide_violation(policy, state, report, ctx)
+    return _with_recorded_event_ids(simulated, [violation, *ladder])
+
+
+class _RecordedIds:
+    """An id factory that hands out the ids the recorded decisions carry, kind by kind, and
+    made-up ones once those run out."""
+
+    def __init__(self, recorded: Sequence[RecordedEvent]) -> None:
+        self._queues: dict[str, list[str]] = {}
+        for event in recorded:
+            if event.type in _ID_FIELDS:
+                prefix, name = _ID_FIELDS[event.type]
+                self._queues.setdefault(prefix, []).append(event.data[name])
+        self._made_up = itertools.count(1)
+
+    def __call__(self, prefix: str) -> str:
+        queue = self._queues.get(prefix)
+        if queue:
+            return queue.pop(0)
+        return f"{prefix}_whatif_{next(self._made_up)}"
+
+
+def _with_recorded_event_ids(
+    simulated: Sequence[NewEvent], recorded: Sequence[RecordedEvent]
+) -> list[NewEvent]:
+    """Give the n-th simulated event of a type the id of the n-th recorded one of that type, so
+    that recorded appeals of a decision still name the simulated one."""
+    available: dict[str, list[str]] = {}
+    for past in recorded:
+        available.setdefault(past.type, []).append(past.event_id)
+    renamed: dict[str, str] = {}
+    for event in simulated:
+        ids = available.get(event.type)
+        if ids:
+            renamed[event.event_id] = ids.pop(0)
+    out = []
+    for event in simulated:
+        data = event.data
+        if data.get("decision_event_id") in renamed:
+            data = {**data, "decision_event_id": renamed[data["decision_event_id"]]}
+        out.append(
+            dataclasses.replace(
+                event, event_id=renamed.get(event.event_id, event.event_id), data=data
+            )
+        )
+    return out
+
+
+def _as_recorded(
+    event: RecordedEvent | NewEvent, account_id: str, version: int, recorded_at: datetime
+) -> RecordedEvent:
+    """The event as the simulated state's next version (recorded ones keep their times)."""
+    return RecordedEvent(
+        position=event.position if isinstance(event, RecordedEvent) else 0,
+        event_id=event.event_id,
+        account_id=account_id,
+        version=version,
+        type=event.type,
+        schema_version=event.schema_version,
+        data=event.data,
+        metadata=event.metadata,
+        occurred_at=to_utc(event.occurred_at),
+        recorded_at=to_utc(recorded_at),
+        prev_hash="",
+        hash="",
+    )
+
+
+def _days(span: timedelta | None) -> str:
+    if span is None:
+        return "ever"
+    seconds = span.total_seconds()
+    if seconds % 86400 == 0:
+        days = int(seconds // 86400)
+        return f"{days} day{'s' if days != 1 else ''}"
+    return f"{seconds / 3600:g} h"
+
+
+def iter_differences(summary: WhatIfSummary) -> Iterator[Difference]:
+    for result in summary.differing:
+        yield from result.differences

@@ -1,0 +1,210 @@
+"""A deterministic population of accounts recorded through the use cases (no tests here).
+
+Every event goes through ``EnforcementService``, so the stored standings are the inline ones the
+write path keeps. The stories mix what the ladder decides with what operators, appeals, deadlines
+and delivery workers record, so that replays and reports meet every kind of event.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from test_service_support import OPERATOR, REPORTER, FakeClock, open_system
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import Container
+from enforcement.errors import DomainError
+from enforcement.migrations import upgrade
+from enforcement.policy import ViolationReport
+from enforcement.service import Actor
+from events.timefmt import format_time
+from projections import aup_events as ev
+from projections.standing import active_suspension, remediation_is_open
+
+WORKER = Actor(name="worker:notices", correlation_id="corr-delivery", source="worker")
+MINOR = ["spam", "ip_infringement", "disinformation", "impersonation", "safety_probing"]
+OTHER = ["phishing", "sustained_abuse", "unapproved_adult_content", "model_extraction"]
+
+
+@dataclass
+class Population:
+    accounts: list[str]
+    actions: dict[str, int] = field(default_factory=dict)
+
+    def count(self, action: str) -> None:
+        self.actions[action] = self.actions.get(action, 0) + 1
+
+
+def populate(
+    system: Container, clock: FakeClock, accounts: int = 10, steps: int = 7, seed: int = 5
+) -> Population:
+    """``accounts`` accounts, ``steps`` steps each, interleaved (account order varies by round)."""
+    rng = random.Random(seed)
+    names = [f"acct_{i:03d}" for i in range(accounts)]
+    population = Population(names)
+    for _ in range(steps):
+        clock.advance(timedelta(days=rng.randint(1, 4), minutes=rng.randint(0, 59)))
+        for account in rng.sample(names, len(names)):
+            clock.advance(timedelta(seconds=rng.randint(1, 30)))
+            _step(system, rng, account, population)
+    return population
+
+
+def _step(system: Container, rng: random.Random, account: str, population: Population) -> None:
+    service = system.service
+    state = system.standings.load(account)
+    now = system.clock()
+    open_remediations = [r for r in state.remediations.values() if remediation_is_open(state, r)]
+    appealable = [
+        d for d in state.decisions.values() if d.open_appeal_id is None and not d.overturned
+    ]
+    roll = rng.random()
+    try:
+        if state.version == 0:
+            service.operator(account, ops.ConfigureLimits(600, 1_000_000), OPERATOR)
+            population.count("limits")
+        elif open_remediations and roll < 0.2:
+            overdue = [r for r in open_remediations if r.due_at <= format_time(now)]
+            if overdue:
+                service.expire_remediation(account, overdue[0].remediation_id, OPERATOR)
+                population.count("expire")
+            else:
+                complete = ops.CompleteRemediation(open_remediations[0].remediation_id, "fixed")
+                service.operator(account, complete, OPERATOR)
+                population.count("complete")
+        elif appealable and roll < 0.3:
+            decision = rng.choice(appealable)
+            filed = service.file_appeal(account, decision.event_id, "please review", OPERATOR)
+            appeal_id = filed.events[0].data["appeal_id"]
+            outcome = rng.choice(["upheld", "overturned"])
+            service.decide_appeal(account, appeal_id, outcome, "reviewed", OPERATOR)
+            population.count(f"appeal_{outcome}")
+        elif roll < 0.35 and active_suspension(state, now) is None and not state.terminated:
+            service.operator(account, ops.Suspend("operator review"), OPERATOR)
+            population.count("operator_suspend")
+        elif roll < 0.4 and state.violations:
+            violation = rng.choice(list(state.violations.values()))
+            if not violation.dismissed:
+                dismiss = ops.DismissViolation(violation.violation_id, "false positive")
+                service.operator(account, dismiss, OPERATOR)
+                population.count("dismiss")
+        else:
+            _report(system, rng, account)
+            population.count("report")
+    except DomainError:
+        population.count("refused")
+    _deliver_notices(system, account)
+
+
+def _report(system: Container, rng: random.Random, account: str) -> None:
+    category = rng.choice(MINOR) if rng.random() < 0.7 else rng.choice(OTHER)
+    if rng.random() < 0.03:
+        category = "csam"
+    report = ViolationReport(
+        category=category,
+        occurred_at=system.clock() - timedelta(minutes=rng.randint(1, 120)),
+        severity=rng.choice([None, None, "low", "medium", "high"]),
+        source=rng.choice(["mail-classifier", "abuse-desk", "gate"]),
+        detection=rng.choice(["automated", "automated", "human_review", "user_report"]),
+        description=f"{category} seen in batch {rng.randint(1, 999)}",
+    )
+    system.service.report_violation(account, report, REPORTER)
+
+
+def _deliver_notices(system: Container, account: str) -> None:
+    """What the delivery worker records: one ``NoticeDelivered`` per notice not yet delivered."""
+    log = system.store.read_stream(account)
+    delivered = {e.data["notice_event_id"] for e in log if e.type == "NoticeDelivered"}
+    for event in log:
+        if event.type == "NoticeIssued" and event.event_id not in delivered:
+            receipt = ev.NoticeDelivered(event.data["notice_id"], event.event_id, "email", 1)
+            system.service.record_fact(
+                account,
+                receipt,
+                WORKER,
+                causation_id=event.event_id,
+                idempotency_key=event.event_id,
+            )
+
+
+# --------------------------------------------------------------------------- shared databases
+
+
+def pg_admin_url() -> str:
+    """As ``tests/conftest.py``: the PostgreSQL test server's maintenance database."""
+    default = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
+    return os.environ.get("ENFORCEMENT_TEST_PG_URL", default)
+
+
+def _pg_admin(statement: str) -> None:
+    engine = sa.create_engine(sa.make_url(pg_admin_url()), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(statement)
+    engine.dispose()
+
+
+def _pg_database(name: str) -> str:
+    url = sa.make_url(pg_admin_url()).set(database=name)
+    return url.render_as_string(hide_password=False)
+
+
+@dataclass
+class Template:
+    """A populated, migrated database that tests copy rather than rebuild (population is slow)."""
+
+    backend: str
+    url: str
+    now: datetime
+    population: Population
+
+    @classmethod
+    def build(
+        cls, backend: str, directory: Path, fill: Callable[[Container, FakeClock], Population]
+    ) -> Template:
+        if backend == "sqlite":
+            url = f"sqlite:///{directory / 'template.db'}"
+        else:
+            url = _pg_database(f"enf_tmpl_{uuid.uuid4().hex[:12]}")
+            _pg_admin(f'CREATE DATABASE "{sa.make_url(url).database}"')
+        upgrade(url)
+        clock = FakeClock()
+        with open_system(url, clock) as system:
+            population = fill(system, clock)
+        return cls(backend, url, clock(), population)
+
+    def copy(self, directory: Path) -> str:
+        """A fresh database holding the template's data."""
+        if self.backend == "sqlite":
+            target = directory / "copy.db"
+            shutil.copyfile(sa.make_url(self.url).database or "", target)
+            return f"sqlite:///{target}"
+        name = f"enf_copy_{uuid.uuid4().hex[:12]}"
+        _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{sa.make_url(self.url).database}"')
+        return _pg_database(name)
+
+    def discard(self, url: str | None = None) -> None:
+        """Drop a copy (or, without ``url``, the template itself) on PostgreSQL."""
+        if self.backend == "postgres":
+            name = sa.make_url(url or self.url).database
+            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def copied_system(template: Template, directory: Path) -> Iterator[Container]:
+    """The application on a copy of ``template``, its fake clock where the population ended."""
+    url = template.copy(directory)
+    try:
+        with open_system(url, FakeClock(template.now)) as system:
+            yield system
+    finally:
+        if template.backend == "postgres":
+            template.discard(url)

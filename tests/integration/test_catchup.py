@@ -1,0 +1,357 @@
+"""The catch-up runner and the standings projection on a real database (SQLite and PostgreSQL).
+
+What must hold: a rebuild writes exactly the rows the write path keeps inline; a crash at any
+point loses nothing and applies nothing twice (the checkpoint commits with the rows), so resuming
+gives the rows of an uninterrupted run; the checkpoint never claims an event whose row does not
+reflect it; concurrent appenders and runners never make a projection skip or repeat an event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aup_population import Population, Template, copied_system, populate
+from sqlalchemy.engine import Connection
+from test_service_support import T0, FakeClock, all_stored_rows
+
+from enforcement.bootstrap import Container
+from enforcement.migrations import upgrade
+from events import EventStore, NewEvent, RecordedEvent, create_engine
+from projections import aup_events as ev
+from projections import runner
+from projections.catchup import CatchUpRunner
+from projections.runner import StandingsProjection, rebuild_standings
+from projections.standing import StandingState, apply_all
+from projections.tables import standings
+
+Rows = dict[str, tuple[int, dict[str, Any]]]
+
+
+class Crash(Exception):
+    """Stands for the process dying mid-run."""
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Template]:
+    def fill(system: Container, clock: FakeClock) -> Population:
+        return populate(system, clock, accounts=9, steps=6)
+
+    built = Template.build(request.param, tmp_path_factory.mktemp("catchup"), fill)
+    yield built
+    built.discard()
+
+
+@pytest.fixture
+def system(template: Template, tmp_path: Path) -> Iterator[Container]:
+    with copied_system(template, tmp_path) as container:
+        yield container
+
+
+def folded_rows(system: Container) -> Rows:
+    """Every account's row as the fold of its whole log computes it."""
+    rows: Rows = {}
+    for account in system.store.account_ids():
+        state = apply_all(StandingState.empty(account), system.store.read_stream(account))
+        rows[account] = (state.version, state.to_json())
+    return rows
+
+
+def head(system: Container) -> int:
+    return system.store.max_position()
+
+
+def runner_for(system: Container, **kw: int) -> CatchUpRunner:
+    return CatchUpRunner(system.store, StandingsProjection(system.standings), **kw)
+
+
+def assert_checkpoint_honest(system: Container, checkpoint: int) -> None:
+    """Every event at or below the checkpoint is reflected by a row that is a true fold."""
+    rows = all_stored_rows(system)
+    for account in system.store.account_ids():
+        log = system.store.read_stream(account)
+        needed = max((e.version for e in log if e.position <= checkpoint), default=0)
+        if needed == 0:
+            continue
+        assert account in rows, f"{account}: events up to v{needed} claimed, no row"
+        version, state = rows[account]
+        assert version >= needed, f"{account}: checkpoint {checkpoint} passed v{version + 1}"
+        assert state == apply_all(StandingState.empty(account), log[:version]).to_json()
+
+
+def damage(system: Container) -> None:
+    """Rows a rebuild must repair: one deleted, one stale, one of an older state schema."""
+    accounts = sorted(all_stored_rows(system))
+    with system.engine.begin() as conn:
+        conn.execute(standings.delete().where(standings.c.account_id == accounts[0]))
+        conn.execute(
+            standings.update()
+            .where(standings.c.account_id == accounts[1])
+            .values(state={**StandingState.empty(accounts[1]).to_json(), "version": 99}, version=99)
+        )
+        conn.execute(
+            standings.update()
+            .where(standings.c.account_id == accounts[2])
+            .values(state={"schema": 0, "account_id": accounts[2]})
+        )
+
+
+def append_without_projection(system: Container, account: str, *payloads: Any) -> None:
+    """Events recorded by a writer that does not update the stored standing."""
+    events = [
+        ev.CODEC.encode(p, occurred_at=system.clock(), metadata={"actor": "test"}) for p in payloads
+    ]
+    system.store.append(account, None, events)
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def test_a_rebuild_writes_exactly_the_inline_rows(system: Container) -> None:
+    inline = all_stored_rows(system)
+    assert inline == folded_rows(system)
+    damage(system)
+
+    stats = rebuild_standings(system.store, system.standings, page_size=7)
+
+    assert all_stored_rows(system) == inline
+    assert stats.accounts == len(inline)
+    assert stats.events == head(system)
+    assert runner_for(system).checkpoint() == head(system)
+
+
+def test_rebuilding_one_account_rewrites_only_its_row(system: Container) -> None:
+    inline = all_stored_rows(system)
+    damage(system)
+    target = sorted(inline)[1]
+
+    stats = rebuild_standings(system.store, system.standings, account=target)
+
+    rows = all_stored_rows(system)
+    assert rows[target] == inline[target]
+    assert stats.events == inline[target][0] and stats.accounts == 1
+    assert rows[sorted(inline)[2]] != inline[sorted(inline)[2]]  # the others are left alone
+
+
+def test_events_appended_during_a_rebuild_are_caught_up(system: Container) -> None:
+    accounts = sorted(all_stored_rows(system))
+    appended = []
+
+    def progress(done: int, total: int) -> None:
+        if len(appended) < 3:  # a writer that does not maintain the standings, mid-rebuild
+            account = accounts[len(appended) * 3]
+            append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "ok"))
+            appended.append(account)
+
+    runner_for(system, streams_per_batch=2).rebuild(progress)
+
+    assert all_stored_rows(system) == folded_rows(system)
+    assert runner_for(system).checkpoint() == head(system)
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_a_crash_during_a_rebuild_resumes_to_the_same_rows(system: Container) -> None:
+    inline = all_stored_rows(system)
+    damage(system)
+    steps = 0
+
+    def crash_on_third_step(done: int, total: int) -> None:
+        nonlocal steps
+        assert_checkpoint_honest(system, runner_for(system).checkpoint())
+        steps += 1
+        if steps == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        runner_for(system, streams_per_batch=2).rebuild(crash_on_third_step)
+    assert runner_for(system).checkpoint() == 0  # the pass is unfinished: nothing is claimed
+    assert_checkpoint_honest(system, 0)
+
+    resumed = runner_for(system, streams_per_batch=2).run()
+
+    assert all_stored_rows(system) == inline
+    assert resumed.checkpoint == head(system)
+    assert resumed.streams == len(inline) - 2 * 2  # two batches of two were already rebuilt
+
+
+def test_a_crash_inside_a_page_rolls_the_page_back(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caught_up = runner_for(system, page_size=4).run()
+    assert caught_up.checkpoint == head(system)
+    for i, account in enumerate(sorted(all_stored_rows(system))):
+        notice = ev.NoticeDelivered(f"ntc_{i}", f"evt_{i}", "email", 2)
+        lift = ev.AdultContentApprovalChanged(i % 2 == 0, "review")
+        append_without_projection(system, account, notice, lift)
+    before = all_stored_rows(system)
+    saved_pages = 0
+    real_save = runner.save_states
+
+    def save_then_die_on_third_page(
+        conn: Connection, states: Sequence[Any], *, force: bool
+    ) -> None:
+        nonlocal saved_pages
+        real_save(conn, states, force=force)  # the writes happen, then the process dies
+        if not force:
+            saved_pages += 1
+            if saved_pages == 3:
+                raise Crash
+
+    monkeypatch.setattr(runner, "save_states", save_then_die_on_third_page)
+    with pytest.raises(Crash):
+        runner_for(system, page_size=4).run()
+    monkeypatch.undo()
+
+    checkpoint = runner_for(system).checkpoint()
+    assert checkpoint == caught_up.checkpoint + 2 * 4  # two pages committed, the third rolled back
+    assert_checkpoint_honest(system, checkpoint)
+    after_crash = all_stored_rows(system)
+    assert sum(after_crash[a] != before[a] for a in before) == 4  # 2 pages x 2 accounts
+
+    resumed = runner_for(system, page_size=4).run()
+    assert resumed.events == head(system) - checkpoint
+    assert all_stored_rows(system) == folded_rows(system)
+
+
+# --------------------------------------------------------------------------- catch-up
+
+
+def test_catch_up_applies_what_the_write_path_did_not(system: Container) -> None:
+    first = runner_for(system, page_size=5).run()  # rows are current: nothing changes
+    assert first.checkpoint == head(system) and all_stored_rows(system) == folded_rows(system)
+    account = sorted(all_stored_rows(system))[0]
+    append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "approved"))
+    assert all_stored_rows(system) != folded_rows(system)
+
+    second = runner_for(system, page_size=5).run()
+
+    assert second.events == 1
+    assert all_stored_rows(system) == folded_rows(system)
+    assert runner_for(system, page_size=5).run().events == 0
+
+
+def test_a_missing_row_is_recomputed_from_the_log(system: Container) -> None:
+    runner_for(system).run()
+    account = sorted(all_stored_rows(system))[0]
+    with system.engine.begin() as conn:
+        conn.execute(standings.delete().where(standings.c.account_id == account))
+    append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "approved"))
+
+    runner_for(system).run()
+
+    assert all_stored_rows(system) == folded_rows(system)
+
+
+# --------------------------------------------------------------------------- exactly once
+
+
+class PositionLedger:
+    """A projection that inserts each event's position once: a repeat violates the key."""
+
+    name = "test_ledger"
+    table = sa.Table(
+        "test_ledger", sa.MetaData(), sa.Column("position", sa.BigInteger, primary_key=True)
+    )
+
+    def apply(self, conn: Connection, page: Sequence[RecordedEvent]) -> None:
+        conn.execute(self.table.insert(), [{"position": e.position} for e in page])
+
+    def reset(self, conn: Connection) -> None:
+        conn.execute(self.table.delete())
+
+
+def test_concurrent_appends_and_runners_apply_every_event_exactly_once(system: Container) -> None:
+    clock = system.clock
+    ledger = PositionLedger()
+    ledger.table.create(system.engine)
+    appenders_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def append(worker: int) -> None:
+        try:
+            for i in range(15):
+                event = NewEvent("Noted", {"worker": worker, "i": i}, clock())
+                system.store.append(f"acct_conc_{worker}_{i % 3}", None, [event])
+        except BaseException as exc:
+            errors.append(exc)
+
+    def follow() -> None:
+        try:
+            follower = CatchUpRunner(system.store, ledger, page_size=3)
+            while not appenders_done.is_set():
+                follower.step()
+            follower.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    appenders = [threading.Thread(target=append, args=(w,)) for w in range(3)]
+    followers = [threading.Thread(target=follow) for _ in range(2)]
+    for thread in followers + appenders:
+        thread.start()
+    for thread in appenders:
+        thread.join()
+    appenders_done.set()
+    for thread in followers:
+        thread.join()
+
+    assert errors == []
+    with system.engine.connect() as conn:
+        applied = sorted(conn.execute(sa.select(ledger.table.c.position)).scalars())
+    assert applied == list(range(1, head(system) + 1))
+
+    rebuilt = CatchUpRunner(system.store, ledger).rebuild()  # a plain projection: reset + replay
+    assert rebuilt.events == head(system) and rebuilt.checkpoint == head(system)
+
+
+@pytest.mark.postgres
+def test_an_append_in_flight_is_never_passed_over(pg_url: str) -> None:
+    """PostgreSQL: while A holds its inserted but uncommitted event, B (which would take the next
+    position and commit first without the append lock) waits, and the runner does not move."""
+    upgrade(pg_url)
+    engine = create_engine(pg_url)
+    store = EventStore(engine)
+    ledger = PositionLedger()
+    ledger.table.create(engine)
+    store.append("acct_x", None, [NewEvent("Noted", {}, T0)])
+    runner = CatchUpRunner(store, ledger)
+    assert runner.run().checkpoint == 1
+    inserted, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection, recorded: list[RecordedEvent]) -> None:
+        inserted.set()
+        release.wait(10)
+
+    a = threading.Thread(
+        target=lambda: store.append("acct_a", None, [NewEvent("Noted", {}, T0)], after_append=hold)
+    )
+    b = threading.Thread(target=lambda: store.append("acct_b", None, [NewEvent("Noted", {}, T0)]))
+    try:
+        a.start()
+        assert inserted.wait(10)
+        b.start()
+        time.sleep(0.3)  # B is now waiting for the append lock
+
+        assert runner.step() is None
+        assert runner.checkpoint() == 1
+    finally:
+        release.set()
+        a.join(10)
+        b.join(10)
+
+    assert runner.run().events == 2
+    with engine.connect() as conn:
+        applied = sorted(conn.execute(sa.select(ledger.table.c.position)).scalars())
+    a_position = store.read_stream("acct_a")[0].position
+    assert applied == [1, 2, 3] and a_position == 2
+    engine.dispose()

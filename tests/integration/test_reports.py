@@ -1,0 +1,173 @@
+"""Transparency reports (``enforcement report``) on a known population, on SQLite and PostgreSQL.
+
+The stories below are small enough to count by hand; the report must find exactly those counts,
+only for the events recorded in its period, as a table, as CSV and as a PNG chart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from aup_population import Population, Template, copied_system
+from test_service_support import OPERATOR, REPORTER, T0, FakeClock
+from typer.testing import CliRunner
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import Container
+from enforcement.cli import app
+from enforcement.policy import ViolationReport
+from enforcement.reports import transparency_report
+from events.timefmt import format_time
+
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+START, END = T0 - DAY, T0 + 10 * DAY
+
+
+def report(
+    system: Container,
+    account: str,
+    category: str,
+    occurred_ago: timedelta,
+    severity: str | None = None,
+    **fields: str,
+) -> str:
+    violation = ViolationReport(category, system.clock() - occurred_ago, severity, **fields)
+    outcome = system.service.report_violation(account, violation, REPORTER)
+    return str(outcome.events[0].data["violation_id"])
+
+
+def stories(system: Container, clock: FakeClock) -> Population:
+    """Day 0: acct_a spam (occurred 2 h before) → warning and remediation.
+    Day 1: acct_a phishing high (30 min) → indefinite suspension; acct_b csam (1 h) →
+    termination and referral. Day 2: acct_b spam → nothing (terminated); an operator suspends
+    acct_c. Day 3: acct_c appeals, upheld; acct_a appeals the suspension, overturned →
+    reinstatement and the phishing violation dismissed. Day 12 (outside the period): acct_c spam.
+    """
+    service = system.service
+    report(system, "acct_a", "spam", 2 * HOUR, source="mail-classifier", detection="automated")
+    clock.advance(DAY)
+    report(system, "acct_a", "phishing", HOUR / 2, "high", source="abuse-desk",
+           detection="human_review")  # fmt: skip
+    report(system, "acct_b", "csam", HOUR)
+    clock.advance(DAY)
+    report(system, "acct_b", "spam", HOUR)
+    suspended = service.operator("acct_c", ops.Suspend("review"), OPERATOR).events[0]
+    clock.advance(DAY)
+    appeal = service.file_appeal("acct_c", suspended.event_id, "wrong", OPERATOR)
+    service.decide_appeal(
+        "acct_c", appeal.events[0].data["appeal_id"], "upheld", "stands", OPERATOR
+    )
+    suspension = next(e for e in system.store.read_stream("acct_a") if e.type == "AccountSuspended")
+    appeal = service.file_appeal("acct_a", suspension.event_id, "not us", OPERATOR)
+    service.decide_appeal(
+        "acct_a", appeal.events[0].data["appeal_id"], "overturned", "misread", OPERATOR
+    )
+    clock.advance(9 * DAY)
+    report(system, "acct_c", "spam", HOUR)
+    return Population(["acct_a", "acct_b", "acct_c"])
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Template]:
+    built = Template.build(request.param, tmp_path_factory.mktemp("reports"), stories)
+    yield built
+    built.discard()
+
+
+@pytest.fixture
+def system(template: Template, tmp_path: Path) -> Iterator[Container]:
+    with copied_system(template, tmp_path) as container:
+        yield container
+
+
+def test_the_report_counts_the_known_population(system: Container) -> None:
+    result = transparency_report(system.store, START, END)
+
+    assert result.violations_by_category == Counter(spam=2, phishing=1, csam=1)
+    assert result.violations_by_source == Counter(
+        {"mail-classifier": 1, "abuse-desk": 1, "unspecified": 2}
+    )
+    assert result.violations_by_detection == Counter(automated=3, human_review=1)
+    assert result.decisions_automated == Counter(
+        {
+            "warning / remediation": 1,
+            "suspension": 1,
+            "termination": 1,
+            "referral to authorities": 1,
+        }
+    )
+    assert result.decisions_by_operator == Counter(
+        {"suspension": 1, "reinstatement": 1, "violation dismissed": 1}
+    )
+    assert (result.appeals_filed, result.appeals_pending) == (2, 0)
+    assert result.appeal_outcomes == Counter(upheld=1, overturned=1)
+    assert sorted(result.times_to_decision) == [1800.0, 3600.0, 7200.0]
+    assert result.median_time_to_decision == HOUR
+    assert result.undecided == 1  # the spam on the terminated account
+    assert result.accounts == 2
+
+
+def test_only_events_recorded_in_the_period_count(system: Container) -> None:
+    day_one = transparency_report(system.store, T0 + DAY, T0 + DAY)
+    later = transparency_report(system.store, T0 + 11 * DAY, T0 + 13 * DAY)
+
+    assert day_one.violations_by_category == Counter(phishing=1, csam=1)
+    assert day_one.appeals_filed == 0
+    assert later.violations_by_category == Counter(spam=1)
+    assert later.accounts == 1 and later.undecided == 0
+
+
+def invoke(system: Container, *args: str) -> tuple[int, str]:
+    env = {"ENFORCEMENT_DATABASE_URL": system.settings.database_url, "COLUMNS": "160"}
+    result = CliRunner().invoke(app, ["report", *args], env=env)
+    return result.exit_code, result.stdout
+
+
+def period() -> list[str]:
+    return ["--since", format_time(START), "--until", format_time(END)]
+
+
+def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_path: Path) -> None:
+    chart = tmp_path / "report.png"
+
+    table_code, table = invoke(system, *period())
+    csv_code, text = invoke(system, *period(), "--format", "csv", "--chart", str(chart))
+
+    assert table_code == 0 and "Violations by category" in table and "median" in table
+    assert csv_code == 0
+    rows = {(r[0], r[1]): r[2] for r in csv.reader(io.StringIO(text))}
+    assert rows[("violations_by_category", "spam")] == "2"
+    assert rows[("decisions_by_kind", "suspension")] == "2"
+    assert rows[("decisions_by_operator", "suspension")] == "1"
+    assert rows[("appeals", "overturned")] == "1"
+    assert rows[("time_to_decision", "median_seconds")] == "3600"
+    image = chart.read_bytes()
+    assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 20_000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--since", "2026-11-24T10:00:00Z"],  # --until missing
+        ["--since", "yesterday", "--until", "2026-11-24T10:00:00Z"],
+        ["--since", "2026-11-25T10:00:00Z", "--until", "2026-11-24T10:00:00Z"],
+        ["--since", "2026-11-24T10:00:00Z", "--until", "2026-11-25T10:00:00Z", "--format", "xml"],
+        ["--since", "2026-11-24T10:00:00Z", "--until", "2026-11-25T10:00:00Z", "--chart", "a.svg"],
+    ],
+)
+def test_usage_errors_exit_2(sqlite_url: str, args: list[str]) -> None:
+    result = CliRunner().invoke(
+        app, ["report", *args], env={"ENFORCEMENT_DATABASE_URL": sqlite_url}
+    )
+
+    assert result.exit_code == 2

@@ -1,0 +1,220 @@
+"""What-if replays (``enforcement whatif``) on SQLite and PostgreSQL: the recorded violations fed
+through another policy, compared with what was recorded, and nothing written.
+
+Given the shipped policy, a replay of any history finds no difference. Given a stricter or a
+more lenient one, it finds exactly the decisions POLICY.md's ladder says would change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aup_population import Population, Template, copied_system, populate
+from test_service_support import REPORTER, FakeClock
+from typer.testing import CliRunner
+
+from enforcement.bootstrap import Container
+from enforcement.cli import app
+from enforcement.policy import DEFAULT_POLICY, ViolationReport
+from enforcement.policy_file import policy_from_mapping
+from enforcement.whatif import what_if
+from events.schema import events
+
+DAY = timedelta(days=1)
+
+
+def event_count(system: Container) -> int:
+    with system.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
+
+
+def report(system: Container, account: str, category: str, severity: str | None = None) -> None:
+    violation = ViolationReport(category, system.clock() - timedelta(minutes=5), severity)
+    system.service.report_violation(account, violation, REPORTER)
+
+
+def ladder_stories(system: Container, clock: FakeClock) -> Population:
+    """Known stories, a day apart:
+
+    - ``acct_minor``: five spam reports: warning, throttle, 30-day suspension, termination
+      (3 prior strikes), then nothing (terminated);
+    - ``acct_high``: one high-severity phishing report: a 7-day suspension.
+    """
+    report(system, "acct_high", "phishing", "high")
+    for _ in range(5):
+        report(system, "acct_minor", "spam")
+        clock.advance(DAY)
+    return Population(["acct_high", "acct_minor"])
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def ladder_template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Template]:
+    built = Template.build(request.param, tmp_path_factory.mktemp("ladder"), ladder_stories)
+    yield built
+    built.discard()
+
+
+@pytest.fixture
+def ladder(ladder_template: Template, tmp_path: Path) -> Iterator[Container]:
+    with copied_system(ladder_template, tmp_path) as system:
+        yield system
+
+
+def changes(summary: Any) -> list[tuple[str, str, str, str]]:
+    return [
+        (d.account_id, d.recorded.describe(), d.simulated.describe(), d.change)
+        for r in summary.differing
+        for d in r.differences
+    ]
+
+
+def test_the_shipped_policy_decides_every_violation_as_recorded(ladder: Container) -> None:
+    before = event_count(ladder)
+
+    summary = what_if(ladder.store, DEFAULT_POLICY)
+
+    assert (summary.accounts, summary.violations) == (2, 6)
+    assert summary.differing == [] and sum(summary.totals.values()) == 0
+    assert event_count(ladder) == before  # nothing written
+
+
+def test_terminating_after_one_strike_is_harsher_then_decides_nothing(ladder: Container) -> None:
+    strict = policy_from_mapping({"version": "strict", "termination_after_strikes": 1})
+    before = event_count(ladder)
+
+    summary = what_if(ladder.store, strict)
+
+    assert changes(summary) == [
+        ("acct_minor", "throttle to 25% for 7 days", "termination", "harsher"),
+        ("acct_minor", "suspension for 30 days", "none", "fewer"),
+        ("acct_minor", "termination", "none", "fewer"),
+    ]
+    assert (summary.totals["harsher"], summary.totals["fewer"]) == (1, 2)
+    assert event_count(ladder) == before
+
+
+def test_a_longer_first_high_suspension_is_harsher(ladder: Container) -> None:
+    summary = what_if(ladder.store, policy_from_mapping({"first_high_suspension": "30d"}))
+
+    assert changes(summary) == [
+        ("acct_high", "suspension for 7 days", "suspension for 30 days", "harsher")
+    ]
+
+
+def test_a_tighter_throttle_is_harsher_and_a_shorter_one_milder(ladder: Container) -> None:
+    tighter = policy_from_mapping({"second_minor_throttle": {"factor": 0.1, "duration": "1d"}})
+    shorter = policy_from_mapping({"second_minor_throttle": {"duration": "1d"}})
+
+    assert changes(what_if(ladder.store, tighter)) == [
+        ("acct_minor", "throttle to 25% for 7 days", "throttle to 10% for 1 day", "harsher")
+    ]
+    assert changes(what_if(ladder.store, shorter)) == [
+        ("acct_minor", "throttle to 25% for 7 days", "throttle to 25% for 1 day", "milder")
+    ]
+
+
+def test_a_lenient_policy_is_milder_and_decides_where_nothing_was(ladder: Container) -> None:
+    lenient = {"termination_after_strikes": 5, "third_minor_suspension": "3d"}
+
+    summary = what_if(ladder.store, policy_from_mapping(lenient))
+
+    assert changes(summary) == [
+        ("acct_minor", "suspension for 30 days", "suspension for 3 days", "milder"),
+        ("acct_minor", "termination", "suspension for 3 days", "milder"),
+        ("acct_minor", "none", "suspension for 3 days", "more"),
+    ]
+
+
+def test_since_re_decides_only_later_violations(ladder: Container) -> None:
+    strict = policy_from_mapping({"termination_after_strikes": 1})
+    since = ladder.clock() - 2 * DAY  # the last two spam reports (3 prior strikes, terminated)
+
+    summary = what_if(ladder.store, strict, since)
+
+    assert summary.violations == 2
+    assert changes(summary) == []  # by then the recorded history had terminated the account
+
+
+# --------------------------------------------------------------------------- a varied history
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Template]:
+    def fill(system: Container, clock: FakeClock) -> Population:
+        return populate(system, clock, accounts=10, steps=8, seed=11)
+
+    built = Template.build(request.param, tmp_path_factory.mktemp("whatif"), fill)
+    yield built
+    built.discard()
+
+
+@pytest.fixture
+def varied(template: Template, tmp_path: Path) -> Iterator[Container]:
+    with copied_system(template, tmp_path) as system:
+        yield system
+
+
+def test_no_difference_on_a_history_with_appeals_dismissals_and_expiries(
+    template: Template, varied: Container
+) -> None:
+    actions = template.population.actions
+    assert actions.get("report", 0) > 20 and actions.get("expire", 0) + actions.get("dismiss", 0)
+    assert actions.get("appeal_overturned", 0) + actions.get("appeal_upheld", 0) > 0
+
+    summary = what_if(varied.store, DEFAULT_POLICY)
+
+    assert summary.violations >= actions["report"]
+    assert changes(summary) == []
+
+
+def test_the_cli_prints_differences_and_json_and_writes_nothing(
+    varied: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", varied.settings.database_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    strict, shipped = tmp_path / "strict.toml", tmp_path / "shipped.toml"
+    strict.write_text('version = "strict"\ntermination_after_strikes = 1\n')
+    shipped.write_text("")
+    before = event_count(varied)
+    runner = CliRunner()
+
+    same = runner.invoke(app, ["whatif", "--policy", str(shipped)])
+    text = runner.invoke(app, ["whatif", "--policy", str(strict)])
+    as_json = runner.invoke(app, ["whatif", "--policy", str(strict), "--json"])
+
+    assert same.exit_code == 0 and "No difference" in same.stdout
+    assert text.exit_code == 0 and "Policy strict would decide" in text.stdout
+    result = json.loads(as_json.stdout)
+    expected = what_if(varied.store, policy_from_mapping({"termination_after_strikes": 1}))
+    assert result["totals"] == {name: expected.totals[name] for name in result["totals"]}
+    assert result["totals"]["harsher"] > 0
+    assert result["differing_violations"] == sum(
+        len(a["differences"]) for a in result["accounts_with_differences"]
+    )
+    assert event_count(varied) == before
+
+
+def test_the_cli_refuses_an_unusable_policy_file(tmp_path: Path, sqlite_url: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("termination_after_strikes = 0\n")
+
+    result = CliRunner().invoke(
+        app, ["whatif", "--policy", str(bad)], env={"ENFORCEMENT_DATABASE_URL": sqlite_url}
+    )
+
+    assert result.exit_code == 2
+    assert "termination_after_strikes" in result.output
