@@ -106,14 +106,20 @@ def start_background(
             seeded = seed_gate(container.gate, container.store, container.clock())
             log.info("gate seeded from %d stored standings", seeded)
             if settings.embedded:
-                pending = notices_without_outcome(
-                    container.store, container.clock(), up_to_position=relay_obj.position()
-                )
-                for event_id in pending:
-                    for channel in CHANNELS:
-                        actors.enqueue(Message("deliver_notice", (event_id, channel)))
-                log.info("re-sent %d notices without an outcome", len(pending))
+                resend_pending_notices()
             return True
+
+        def resend_pending_notices() -> None:
+            """Re-send notices up to the relay's checkpoint that have no outcome: their messages
+            were in a broker that lost them (the in-memory one at a restart, or Redis restarted
+            without persistence). Delivery is idempotent per notice and channel."""
+            pending = notices_without_outcome(
+                container.store, container.clock(), up_to_position=relay_obj.position()
+            )
+            for event_id in pending:
+                for channel in CHANNELS:
+                    actors.enqueue(Message("deliver_notice", (event_id, channel)))
+            log.info("re-sent %d notices without an outcome", len(pending))
 
         def lead() -> None:
             while not stop.is_set():
@@ -134,7 +140,7 @@ def start_background(
                         daemon=True,
                     )
                     sweeper.start()
-                    relay_obj.run(stop)
+                    relay_obj.run(stop, on_recovered=resend_pending_notices)
                     sweeper.join(timeout=5)
                     break
                 stop.wait(5)
