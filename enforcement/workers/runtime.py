@@ -33,6 +33,7 @@ from enforcement.workers.sweep import run_sweeper
 
 log = logging.getLogger("enforcement.workers")
 _LEADER_LOCK_KEY = 7_301_947_562
+GATE_RESEED_SECONDS = 6 * 3600
 
 
 def build_actors(container: Container, broker: dramatiq.Broker | None = None) -> Actors:
@@ -80,6 +81,16 @@ class LeaderLock:
                 self.conn.invalidate()
                 self.conn.close()
             self.conn = None
+
+
+def reseed_gate(container: Container, stop: threading.Event) -> None:
+    """Re-apply every stored standing to the gate now and then: Redis gate state carries a TTL
+    (30 days by default), so configuration nobody touched would otherwise expire."""
+    while not stop.wait(GATE_RESEED_SECONDS):
+        try:
+            seed_gate(container.gate, container.store, container.clock())
+        except Exception:
+            log.exception("re-seeding the gate failed; trying again later")
 
 
 def start_background(
@@ -140,8 +151,13 @@ def start_background(
                         daemon=True,
                     )
                     sweeper.start()
+                    reseeder = threading.Thread(
+                        target=reseed_gate, args=(container, stop), name="gate-reseed", daemon=True
+                    )
+                    reseeder.start()
                     relay_obj.run(stop, on_recovered=resend_pending_notices)
                     sweeper.join(timeout=5)
+                    reseeder.join(timeout=5)
                     break
                 stop.wait(5)
             leader.release()
