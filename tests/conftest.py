@@ -7,6 +7,7 @@ it). A test that needs PostgreSQL fails when it is unreachable; it is never skip
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from enforcement.migrations import upgrade
-from events import EventStore, create_engine
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from enforcement.migrations import upgrade  # noqa: E402
+from events import EventStore, create_engine  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 
@@ -82,3 +88,21 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 @pytest.fixture
 def store(engine: sa.Engine) -> EventStore:
     return EventStore(engine)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real ``redis-server`` for the session (gate and workers suites)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """An empty Redis (started again if an earlier test left it stopped, and after the test)."""
+    redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    yield redis_server.url
+    redis_server.start()

@@ -21,23 +21,6 @@ if str(ROOT) not in sys.path:
 
 from enforcement.gate import Gate  # noqa: E402
 from tests.gate.harness import Backend, embedded_backend, redis_backend  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """An empty database on the session's Redis (started again if a test stopped it)."""
-    redis_server.start()
-    client = redis_server.client()
-    client.flushall()
-    yield redis_server.url
-    client.close()
 
 
 @pytest.fixture

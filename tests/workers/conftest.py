@@ -19,25 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from enforcement.migrations import upgrade  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
 from tests.workers.system import Receiver, SmtpSink  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """An empty Redis (started again if an earlier test left it stopped)."""
-    redis_server.start()
-    client = redis_server.client()
-    client.flushall()
-    client.close()
-    yield redis_server.url
-    redis_server.start()
 
 
 @pytest.fixture
