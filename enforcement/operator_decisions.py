@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from enforcement.errors import InvalidTransition, NotFound, ValidationFailed
-from enforcement.policy import Context, Policy, _Decider
+from enforcement.policy import Context, Decider, Policy
 from events import NewEvent
 from events.timefmt import format_time, to_utc
 from projections import aup_events as ev
@@ -106,9 +106,9 @@ _SECTIONS: dict[type, int] = {
 
 def _operator(
     policy: Policy, state: StandingState, ctx: Context, reason: str, section: int
-) -> _Decider:
+) -> Decider:
     fact = {"description": reason or "operator decision", "actor": ctx.actor}
-    return _Decider(policy, state, ctx, [], automated=False, extra_facts=[fact], sections=[section])
+    return Decider(policy, state, ctx, [], automated=False, extra_facts=[fact], sections=[section])
 
 
 def _not_terminated(state: StandingState, what: str) -> None:
@@ -244,5 +244,5 @@ def decide_suspension_ended(
         or current.until > format_time(ctx.now)
     ):
         return []
-    d = _Decider(policy, state, ctx, [], automated=True)
+    d = Decider(policy, state, ctx, [], automated=True)
     return [d.build(ev.SuspensionEnded(suspension_id, "expired"), current.event_id)]

@@ -277,10 +277,6 @@ class Decider:
         return self.build(payload, cause)
 
 
-# The former private name, still imported by enforcement/operator_decisions.py.
-_Decider = Decider
-
-
 # --- the ladder ------------------------------------------------------------------------------
 
 

@@ -27,14 +27,13 @@ from events import EventStore, RecordedEvent, dialects
 from events.schema import events
 from events.timefmt import to_utc
 from projections.catchup import CatchUpRunner, Progress
-from projections.standing import _HANDLERS, StandingState, apply_all
+from projections.standing import FOLDED_TYPES, StandingState, apply_all
 from projections.stored import StandingRepository
 from projections.tables import standings
 
 # The event types the fold reads beyond their version and time. Any other event only advances a
 # standing's version and ``last_recorded_at``, which the stream's last event sets again, so a
 # rebuild need not fetch or decode it unless it is the last (notices: about half of the log).
-FOLDED_TYPES: frozenset[str] = frozenset(_HANDLERS)
 _FOLDED_LIST = sorted(FOLDED_TYPES)
 
 # A stream's events as the fold reads them: no metadata or hashes, and ``data`` only where the

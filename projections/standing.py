@@ -478,6 +478,8 @@ _HANDLERS: dict[str, Callable[[StandingState, Any, RecordedEvent], None]] = {
     "AdultContentApprovalChanged": _on_adult_approval,
     "RateLimitsConfigured": _on_rate_limits,
 }
+# The event types the fold reads; every other type only advances the version.
+FOLDED_TYPES: frozenset[str] = frozenset(_HANDLERS)
 
 
 # --- viewing the state at an instant -------------------------------------------------------

@@ -10,6 +10,7 @@ from enforcement.api.errors import ApiError
 from enforcement.bootstrap import Container
 from enforcement.logs import request_id_var
 from enforcement.roles import Permission, allows
+from enforcement.service import Actor
 from enforcement.tokens import Principal
 
 
@@ -68,3 +69,8 @@ Gateway = Annotated[Principal, Depends(require(Permission.GATE))]
 
 def correlation_id() -> str:
     return request_id_var.get() or "cli"
+
+
+def actor_of(principal: Principal) -> Actor:
+    """The use cases' actor for a request: ``role:name`` and the request id."""
+    return Actor(name=f"{principal.role.value}:{principal.name}", correlation_id=correlation_id())

@@ -68,40 +68,24 @@ def register_actors(
         if gate_applier is not None:
             gate_applier(event_id)
 
+    def declare(fn: Any, queue: str, **options: Any) -> dramatiq.Actor[Any, Any]:
+        return dramatiq.actor(
+            fn, actor_name=fn.__name__, queue_name=queue, broker=broker, **options
+        )
+
+    notice_options = {
+        "max_retries": notice_retries,
+        "min_backoff": min_backoff_ms,
+        "max_backoff": max_backoff_ms,
+        "time_limit": 60_000,
+    }
     declared = {
-        "deliver_notice": dramatiq.actor(
-            deliver_notice,
-            actor_name="deliver_notice",
-            queue_name=QUEUE,
-            broker=broker,
-            max_retries=notice_retries,
-            min_backoff=min_backoff_ms,
-            max_backoff=max_backoff_ms,
-            time_limit=60_000,
-        ),
-        "expire_remediation": dramatiq.actor(
-            expire_remediation,
-            actor_name="expire_remediation",
-            queue_name=DEADLINE_QUEUE,
-            broker=broker,
-            max_retries=20,
-            time_limit=60_000,
-        ),
-        "end_suspension": dramatiq.actor(
-            end_suspension,
-            actor_name="end_suspension",
-            queue_name=DEADLINE_QUEUE,
-            broker=broker,
-            max_retries=20,
-            time_limit=60_000,
-        ),
-        "apply_gate_state": dramatiq.actor(
-            apply_gate_state,
-            actor_name="apply_gate_state",
-            queue_name=QUEUE,
-            broker=broker,
-            max_retries=20,
-            time_limit=30_000,
-        ),
+        actor.actor_name: actor
+        for actor in (
+            declare(deliver_notice, QUEUE, **notice_options),
+            declare(expire_remediation, DEADLINE_QUEUE, max_retries=20, time_limit=60_000),
+            declare(end_suspension, DEADLINE_QUEUE, max_retries=20, time_limit=60_000),
+            declare(apply_gate_state, QUEUE, max_retries=20, time_limit=30_000),
+        )
     }
     return Actors(broker, declared, service.clock)

@@ -11,9 +11,8 @@ from fastapi import APIRouter, Path
 from sqlalchemy.dialects import postgresql, sqlite
 
 from enforcement import operator_decisions as ops
-from enforcement.api.deps import ContainerDep, Operator
+from enforcement.api.deps import ContainerDep, Operator, actor_of
 from enforcement.api.errors import WRITE_ERRORS
-from enforcement.api.routes.reporting import _actor
 from enforcement.api.schemas import (
     AccountId,
     AdultContentIn,
@@ -48,7 +47,7 @@ def dismiss(
     principal: Operator,
 ) -> dict[str, Any]:
     command = ops.DismissViolation(violation_id, body.reason)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.post("/remediations/{remediation_id}/complete")
@@ -60,7 +59,7 @@ def complete_remediation(
     principal: Operator,
 ) -> dict[str, Any]:
     command = ops.CompleteRemediation(remediation_id, body.note)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.post("/suspend")
@@ -68,7 +67,7 @@ def suspend(
     account_id: Account, body: SuspendIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     command = ops.Suspend(body.reason, body.until, body.notify)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.post("/reinstate")
@@ -76,7 +75,7 @@ def reinstate(
     account_id: Account, body: ReasonIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     command = ops.Reinstate(body.reason)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.post("/terminate")
@@ -84,7 +83,7 @@ def terminate(
     account_id: Account, body: TerminateIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     command = ops.Terminate(body.reason, body.notify)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.post("/throttles")
@@ -92,7 +91,7 @@ def apply_throttle(
     account_id: Account, body: ThrottleIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     command = ops.ApplyThrottle(body.factor, body.reason, body.key_id, body.expires_at)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.delete("/throttles/{throttle_id}")
@@ -100,7 +99,7 @@ def lift_throttle(
     account_id: Account, throttle_id: Id, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     command = ops.LiftThrottle(throttle_id)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.put("/adult-content-approval")
@@ -108,7 +107,7 @@ def adult_content_approval(
     account_id: Account, body: AdultContentIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     command = ops.SetAdultContentApproval(body.approved, body.reason)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.put("/keys/{key_id}/limits")
@@ -120,7 +119,7 @@ def key_limits(
     principal: Operator,
 ) -> dict[str, Any]:
     command = ops.ConfigureLimits(body.requests_per_minute, body.tokens_per_day, key_id)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.put("/limits")
@@ -128,7 +127,7 @@ def account_limits(
     account_id: Account, body: LimitsIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     command = ops.ConfigureLimits(body.requests_per_minute, body.tokens_per_day, None)
-    return outcome_json(container.service.operator(account_id, command, _actor(principal)))
+    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
 @router.post("/abuse-reports/{report_id}/triage")
@@ -136,7 +135,7 @@ def triage(
     account_id: Account, report_id: Id, body: TriageIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     outcome = container.service.triage_abuse_report(
-        account_id, report_id, body.outcome, body.severity, _actor(principal)
+        account_id, report_id, body.outcome, body.severity, actor_of(principal)
     )
     return outcome_json(outcome)
 
@@ -146,7 +145,7 @@ def file_appeal(
     account_id: Account, body: AppealIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     outcome = container.service.file_appeal(
-        account_id, body.decision_event_id, body.statement, _actor(principal)
+        account_id, body.decision_event_id, body.statement, actor_of(principal)
     )
     return {"appeal_id": outcome.events[0].data["appeal_id"], **outcome_json(outcome)}
 
@@ -160,7 +159,7 @@ def decide_appeal(
     principal: Operator,
 ) -> dict[str, Any]:
     outcome = container.service.decide_appeal(
-        account_id, appeal_id, body.outcome, body.reason, _actor(principal)
+        account_id, appeal_id, body.outcome, body.reason, actor_of(principal)
     )
     return outcome_json(outcome)
 

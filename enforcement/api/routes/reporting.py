@@ -8,12 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from enforcement.api.deps import ContainerDep, Reporter, correlation_id
+from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
 from enforcement.api.schemas import AbuseReportIn, BatchItemIn, ViolationIn
 from enforcement.api.shapes import FUTURE_TOLERANCE
 from enforcement.policy import ViolationReport
-from enforcement.service import Actor, Outcome, request_fingerprint
+from enforcement.service import Outcome, request_fingerprint
 from events.timefmt import to_utc
 from events.wire import event_to_json
 
@@ -57,10 +57,6 @@ def violation_json(account_id: str, outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _actor(principal: Any) -> Actor:
-    return Actor(name=f"{principal.role.value}:{principal.name}", correlation_id=correlation_id())
-
-
 @router.post(
     "/violations",
     status_code=201,
@@ -79,7 +75,7 @@ def report_violation(
     report = _report(body, to_utc(container.clock()))
     fingerprint = request_fingerprint(body.model_dump(mode="json", exclude_unset=True))
     outcome = container.service.report_violation(
-        body.account_id, report, _actor(principal), idempotency_key, fingerprint
+        body.account_id, report, actor_of(principal), idempotency_key, fingerprint
     )
     if outcome.replayed:
         response.status_code = 200
@@ -112,7 +108,7 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
         fields.pop("idempotency_key", None)
         items.append((item.account_id, report, item.idempotency_key, request_fingerprint(fields)))
         positions.append(index)
-    outcomes = container.service.report_batch(items, _actor(principal))
+    outcomes = container.service.report_batch(items, actor_of(principal))
     for index, (account_id, *_), result in zip(positions, items, outcomes, strict=True):
         if result.outcome is not None:
             results[index] = {"status": result.status, **violation_json(account_id, result.outcome)}
@@ -151,6 +147,6 @@ def file_abuse_report(
         body.description or "",
         body.reporter_contact,
         body.evidence_ref,
-        _actor(principal),
+        actor_of(principal),
     )
     return {"report_id": outcome.events[0].data["report_id"]}
