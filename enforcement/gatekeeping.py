@@ -16,8 +16,6 @@ import logging
 import threading
 from datetime import datetime
 
-import sqlalchemy as sa
-
 from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
 from enforcement.policy import Policy, ViolationReport, sustained_abuse_due
 from enforcement.service import Actor, EnforcementService, request_fingerprint
@@ -25,8 +23,7 @@ from enforcement.settings import Settings
 from events import EventStore, RecordedEvent
 from events.timefmt import parse_time, to_utc
 from projections.standing import StandingState, active_suspension, active_throttles
-from projections.stored import StandingRepository
-from projections.tables import standings
+from projections.stored import StandingRepository, iter_stored_states
 
 log = logging.getLogger("enforcement.gate")
 GATE_ACTOR = Actor(name="gate", correlation_id="gate", source="gate")
@@ -99,24 +96,11 @@ class GateApplier:
 
 def seed_gate(gate: Gate, store: EventStore, now: datetime, page_size: int = 500) -> int:
     """Apply every stored standing to the gate (start-up of an in-process gate)."""
-    after, count = "", 0
-    while True:
-        with store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(standings.c.account_id, standings.c.state)
-                .where(standings.c.account_id > after)
-                .order_by(standings.c.account_id)
-                .limit(page_size)
-            ).all()
-        for _, raw in rows:
-            try:
-                apply_state(gate, StandingState.from_json(raw), now)
-                count += 1
-            except ValueError:
-                log.warning("skipping a standing row of another schema while seeding the gate")
-        if len(rows) < page_size:
-            return count
-        after = rows[-1][0]
+    count = 0
+    for state in iter_stored_states(store.engine, page_size):
+        apply_state(gate, state, now)
+        count += 1
+    return count
 
 
 class AbuseDetector:

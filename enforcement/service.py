@@ -137,6 +137,7 @@ class EnforcementService:
                 new_events = decide(state, ctx)
                 if not new_events:
                     return Outcome([], view(state, now, self.policy.strike_lookback))
+                saver = self.standings.saver(state)
                 try:
                     recorded = self.store.append(
                         account_id,
@@ -144,14 +145,14 @@ class EnforcementService:
                         new_events,
                         idempotency_key,
                         fingerprint=fingerprint,
-                        after_append=self.standings.saver(state),
+                        after_append=saver,
                     )
                 except ConcurrencyError:
                     continue
                 if recorded and recorded[0].event_id != new_events[0].event_id:
                     # A concurrent request with the same idempotency key won the race.
                     return Outcome(recorded, self.standing(account_id), replayed=True)
-                after = apply_all(state, recorded)
+                after = saver.saved if saver.saved is not None else apply_all(state, recorded)
                 self.standings.remember(after)  # committed: ``append`` returned
                 return Outcome(
                     recorded,

@@ -20,7 +20,6 @@ from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from events import EventStore, RecordedEvent, dialects
@@ -28,8 +27,14 @@ from events.schema import events
 from events.timefmt import to_utc
 from projections.catchup import CatchUpRunner, Progress
 from projections.standing import FOLDED_TYPES, StandingState, apply_all
-from projections.stored import StandingRepository
-from projections.tables import standings
+from projections.stored import (
+    Change,
+    StandingRepository,
+    delete_all,
+    read_states,
+    replace_range,
+    write_states,
+)
 
 # The event types the fold reads beyond their version and time. Any other event only advances a
 # standing's version and ``last_recorded_at``, which the stream's last event sets again, so a
@@ -81,24 +86,24 @@ class StandingsProjection:
         by_account: dict[str, list[RecordedEvent]] = {}
         for event in page:
             by_account.setdefault(event.account_id, []).append(event)
-        rows = _stored_states(conn, by_account)
-        moved: list[StandingState] = []
-        recomputed: list[StandingState] = []
+        stored = read_states(conn, by_account)
+        moved: list[Change] = []
+        recomputed: list[Change] = []
         for account_id, account_events in by_account.items():
-            state = _trusted(rows.get(account_id), account_id, account_events[0].version)
+            state = _trusted(stored.get(account_id), account_id, account_events[0].version)
             if state is None:
                 log = self.store.read_stream(account_id, conn=conn)
-                recomputed.append(apply_all(StandingState.empty(account_id), log))
+                recomputed.append((None, apply_all(StandingState.empty(account_id), log)))
                 continue
             after = apply_all(state, account_events)
             if after.version != state.version:
-                moved.append(after)
-        save_states(conn, moved, force=False)
-        save_states(conn, recomputed, force=True)
+                moved.append((state, after))
+        write_states(conn, moved, force=False)
+        write_states(conn, recomputed, force=True)
 
     def reset(self, conn: Connection) -> None:
         """Delete every row (readers fold the log meanwhile: ``StandingRepository.load``)."""
-        conn.execute(standings.delete())
+        delete_all(conn)
 
     def rebuild_streams(self, conn: Connection, first: str, last: str, up_to: int) -> int:
         """Rewrite the rows of the accounts ``first`` to ``last`` (in id order, inclusive) from
@@ -111,7 +116,7 @@ class StandingsProjection:
             fold_input, count = _fold_input(rows)
             rebuilt.append(apply_all(StandingState.empty(account_id), fold_input))
             folded += count
-        save_states(conn, rebuilt, force=True)
+        replace_range(conn, first, last, rebuilt)
         return folded
 
 
@@ -146,52 +151,12 @@ def rebuild_standings(
 # --------------------------------------------------------------------------- rows
 
 
-def save_states(conn: Connection, states: Sequence[StandingState], *, force: bool) -> None:
-    """``StandingRepository.save`` of many states in one statement (same upsert, same rule:
-    an older state never replaces a newer one unless ``force``)."""
-    if not states:
-        return
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(standings)
-    excluded = insert.excluded
-    statement = insert.on_conflict_do_update(
-        index_elements=[standings.c.account_id],
-        set_={
-            "version": excluded.version,
-            "state": excluded.state,
-            "updated_at": excluded.updated_at,
-        },
-        where=None if force else standings.c.version < excluded.version,
-    )
-    now = datetime.now(UTC)
-    conn.execute(
-        statement,
-        [
-            {
-                "account_id": s.account_id,
-                "version": s.version,
-                "state": s.to_json(),
-                "updated_at": now,
-            }
-            for s in states
-        ],
-    )
-
-
-def _stored_states(conn: Connection, account_ids: Iterable[str]) -> dict[str, Any]:
-    query = sa.select(standings.c.account_id, standings.c.state).where(
-        standings.c.account_id.in_(list(account_ids))
-    )
-    return {row[0]: row[1] for row in conn.execute(query)}
-
-
-def _trusted(stored: Any, account_id: str, first_version: int) -> StandingState | None:
+def _trusted(
+    state: StandingState | None, account_id: str, first_version: int
+) -> StandingState | None:
     """The stored state if it reflects every version before ``first_version``, else None."""
-    if stored is None:
+    if state is None:
         return StandingState.empty(account_id) if first_version == 1 else None
-    try:
-        state = StandingState.from_json(stored)
-    except (ValueError, KeyError, TypeError):
-        return None
     if state.account_id != account_id or state.version < first_version - 1:
         return None
     return state

@@ -19,7 +19,7 @@ string order is time order and the state serialises without conversion.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -34,7 +34,7 @@ Status = Literal[
 ]
 # Bump when the stored shape of ``StandingState`` changes; ``from_json`` then refuses older
 # states and the stored standings must be rebuilt from the log (the log is the truth).
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
 # Event types that are decisions an appeal may target, and what each one targets.
 DECISION_TYPES = (
     "ThrottleApplied",
@@ -70,7 +70,7 @@ class RemediationRecord:
     violation_ids: tuple[str, ...]
     due_at: str
     requested_at: str
-    status: str = "open"  # open | completed | expired
+    status: str = "open"  # open | completed | expired | dismissed (all its violations were)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +168,18 @@ class StandingState:
     appeals: dict[str, AppealRecord] = field(default_factory=dict)
     abuse_reports: dict[str, AbuseReportRecord] = field(default_factory=dict)
     key_rate_limits: dict[str, RateLimitRecord] = field(default_factory=dict)
+    # Not part of the value: the version of the state this one was made from by ``apply`` /
+    # ``apply_all``, whose tables (``Table``) then note every key they changed since, so that
+    # ``projections.stored`` writes only those (``changed_keys``).
+    derived_from: int | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def empty(cls, account_id: str) -> StandingState:
         """The state of an account with no events: version 0."""
         return cls(account_id=account_id)
 
-    def to_json(self) -> JSON:
+    def head_json(self) -> JSON:
+        """Everything but the tables (``TABLES``): what is stored in the ``standings`` row."""
         return {
             "schema": STATE_SCHEMA,
             "account_id": self.account_id,
@@ -185,46 +190,99 @@ class StandingState:
             "adult_content_approved": self.adult_content_approved,
             "suspension": _record_json(self.suspension),
             "account_rate_limit": _record_json(self.account_rate_limit),
-            **{name: [_record_json(r) for r in getattr(self, name).values()] for name in _TABLES},
+        }
+
+    def to_json(self) -> JSON:
+        """The whole state: ``head_json`` plus every table as a list of records in event order."""
+        return {
+            **self.head_json(),
+            **{name: [_record_json(r) for r in getattr(self, name).values()] for name in TABLES},
         }
 
     @classmethod
     def from_json(cls, data: JSON) -> StandingState:
         """The state ``to_json`` wrote. Raises ``ValueError`` for another state schema."""
-        if data.get("schema") != STATE_SCHEMA:
-            raise ValueError(f"standing state schema {data.get('schema')!r} is not {STATE_SCHEMA}")
+        return cls.from_parts(data, {name: data[name] for name in TABLES})
+
+    @classmethod
+    def from_parts(cls, head: JSON, tables: Mapping[str, Iterable[JSON]]) -> StandingState:
+        """The state from ``head_json`` and each table's records (``record_json``) in event
+        order; a table missing from ``tables`` is empty. Raises ``ValueError`` for another state
+        schema."""
+        if head.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"standing state schema {head.get('schema')!r} is not {STATE_SCHEMA}")
         state = cls(
-            account_id=data["account_id"],
-            version=data["version"],
-            last_recorded_at=data["last_recorded_at"],
-            terminated=data["terminated"],
-            termination_event_id=data["termination_event_id"],
-            adult_content_approved=data["adult_content_approved"],
-            suspension=_optional_record(SuspensionRecord, data["suspension"]),
-            account_rate_limit=_optional_record(RateLimitRecord, data["account_rate_limit"]),
+            account_id=head["account_id"],
+            version=head["version"],
+            last_recorded_at=head["last_recorded_at"],
+            terminated=head["terminated"],
+            termination_event_id=head["termination_event_id"],
+            adult_content_approved=head["adult_content_approved"],
+            suspension=_optional_record(SuspensionRecord, head["suspension"]),
+            account_rate_limit=_optional_record(RateLimitRecord, head["account_rate_limit"]),
         )
-        for name, (record_class, key) in _TABLES.items():
+        for name, items in tables.items():
+            record_class, key = TABLES[name]
             table = getattr(state, name)
-            for item in data[name]:
+            for item in items:
                 record = _record(record_class, item)
                 table[getattr(record, key)] = record
         return state
 
     def _owned_copy(self) -> StandingState:
-        """A copy whose tables may be changed in place; records are immutable and shared."""
-        return dataclasses.replace(
-            self,
-            violations=dict(self.violations),
-            remediations=dict(self.remediations),
-            throttles=dict(self.throttles),
-            decisions=dict(self.decisions),
-            appeals=dict(self.appeals),
-            abuse_reports=dict(self.abuse_reports),
-            key_rate_limits=dict(self.key_rate_limits),
+        """A copy whose tables may be changed in place (and note what changes); records are
+        immutable and shared."""
+        return StandingState(
+            account_id=self.account_id,
+            version=self.version,
+            last_recorded_at=self.last_recorded_at,
+            terminated=self.terminated,
+            termination_event_id=self.termination_event_id,
+            adult_content_approved=self.adult_content_approved,
+            suspension=self.suspension,
+            account_rate_limit=self.account_rate_limit,
+            violations=Table(self.violations),
+            remediations=Table(self.remediations),
+            throttles=Table(self.throttles),
+            decisions=Table(self.decisions),
+            appeals=Table(self.appeals),
+            abuse_reports=Table(self.abuse_reports),
+            key_rate_limits=Table(self.key_rate_limits),
+            derived_from=self.version,
         )
 
+    def changes_since(self, base: StandingState, table: str) -> Table | None:
+        """``table`` with the keys it changed (``Table.touched``, ``Table.popped``) since
+        ``base``, when this state was made from ``base`` by one ``apply``/``apply_all``; else
+        None."""
+        if self.derived_from is None or self.derived_from != base.version:
+            return None
+        changed = getattr(self, table)
+        return changed if isinstance(changed, Table) else None
 
-_TABLES: dict[str, tuple[type[Any], str]] = {
+
+class Table(dict[str, Any]):
+    """A state's table that notes the keys set or popped in it since it was copied
+    (``StandingState.changes_since``). Equal to a plain ``dict`` with the same items."""
+
+    __slots__ = ("popped", "touched")
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.touched: dict[str, None] = {}  # every key set or popped, in that order
+        self.popped: set[str] = set()  # keys popped (set again since: now at the end)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.touched[key] = None
+        super().__setitem__(key, value)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.touched[key] = None
+        self.popped.add(key)
+        return super().pop(key, *default)
+
+
+TABLES: dict[str, tuple[type[Any], str]] = {
     "violations": (ViolationRecord, "violation_id"),
     "remediations": (RemediationRecord, "remediation_id"),
     "throttles": (ThrottleRecord, "throttle_id"),
@@ -239,13 +297,16 @@ R = TypeVar("R")
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
-def _record_json(record: Any) -> JSON | None:
-    if record is None:
-        return None
+def record_json(record: Any) -> JSON:
+    """A record of the state as plain JSON (tuples become lists)."""
     names = _FIELD_NAMES.get(type(record))
     if names is None:
         names = _FIELD_NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))
     return {name: list(v) if isinstance(v := getattr(record, name), tuple) else v for name in names}
+
+
+def _record_json(record: Any) -> JSON | None:
+    return None if record is None else record_json(record)
 
 
 def _record(record_class: type[R], data: JSON) -> R:
@@ -331,8 +392,23 @@ def _on_violation_reported(s: StandingState, p: ev.ViolationReported, e: Recorde
 
 def _on_violation_dismissed(s: StandingState, p: ev.ViolationDismissed, e: RecordedEvent) -> None:
     v = s.violations.get(p.violation_id)
-    if v is not None:
-        s.violations[p.violation_id] = dataclasses.replace(v, dismissed=True)
+    if v is None:
+        return
+    s.violations[p.violation_id] = dataclasses.replace(v, dismissed=True)
+    # A remediation asked for violations that are all dismissed is owed no more.
+    for decision_id in v.decision_event_ids:
+        d = s.decisions.get(decision_id)
+        if d is None or d.type != "RemediationRequested" or d.target_id is None:
+            continue
+        r = s.remediations.get(d.target_id)
+        if r is not None and r.status == "open" and _all_dismissed(s, r.violation_ids):
+            s.remediations[r.remediation_id] = dataclasses.replace(r, status="dismissed")
+
+
+def _all_dismissed(s: StandingState, violation_ids: tuple[str, ...]) -> bool:
+    return bool(violation_ids) and all(
+        (v := s.violations.get(vid)) is not None and v.dismissed for vid in violation_ids
+    )
 
 
 def _on_report_received(s: StandingState, p: ev.AbuseReportReceived, e: RecordedEvent) -> None:
@@ -357,12 +433,14 @@ def _on_report_triaged(s: StandingState, p: ev.AbuseReportTriaged, e: RecordedEv
 def _on_remediation_requested(
     s: StandingState, p: ev.RemediationRequested, e: RecordedEvent
 ) -> None:
+    ids = tuple(p.violation_ids)
     s.remediations[p.remediation_id] = RemediationRecord(
         p.remediation_id,
         e.event_id,
-        tuple(p.violation_ids),
+        ids,
         format_time(parse_time(p.due_at)),
         format_time(e.occurred_at),
+        "dismissed" if _all_dismissed(s, ids) else "open",
     )
     _record_decision(s, e, p.violation_ids, p.remediation_id)
 
@@ -619,13 +697,8 @@ def _parse(text: str | None) -> datetime | None:
 
 
 def remediation_is_open(state: StandingState, remediation: RemediationRecord) -> bool:
-    """Open until completed or expired; one whose violations were all dismissed is closed too."""
-    if remediation.status != "open":
-        return False
-    ids = remediation.violation_ids
-    return not ids or not all(
-        (v := state.violations.get(vid)) is not None and v.dismissed for vid in ids
-    )
+    """Open until completed, expired, or dismissed (all its violations were dismissed)."""
+    return remediation.status == "open"
 
 
 def active_strikes(

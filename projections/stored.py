@@ -1,31 +1,49 @@
-"""The stored standing: a row per account holding the fold's accumulator at some version.
+"""The stored standing: the fold's accumulator of each account, kept at the head of its log.
 
-Loading never replays a whole stream: it reads the row and applies only the events after its
+Two tables (``projections.tables``): a ``standings`` row per account with the state's head
+(``StandingState.head_json``: version, status flags, suspension, account limits) and a
+``standing_records`` row per record of the state's tables (violations, decisions, remediations…),
+with ``seq`` keeping their event order.
+
+Loading never replays a whole stream: it reads the rows and applies only the events after their
 version. Saving happens inside the appending transaction (``EventStore.append(after_append=…)``),
-so the row and the log can never disagree about what was committed.
+so the rows and the log can never disagree about what was committed, and it writes only what the
+append changed: the head, and the records that are new or different (records are immutable, so
+"different" is "not the same object" as in the state the append started from). An append to an
+account with 10,000 events writes as much as one to a new account
+(``benchmarks/bench_decide.py``).
 
-The row holds the whole accumulator, so reading and writing it costs in proportion to the
-account's history (at 10,000 events a ~1.8 MB row; ``benchmarks/bench_decide.py``). The
-repository therefore keeps the last committed state of a few big accounts in memory
+A change is written as a difference only when the stored rows are exactly the state it started
+from (same version, current state schema); anything else (no row, a row behind the log, a row of
+an older schema) is rewritten whole. An older state never replaces a newer one unless forced.
+
+The repository also keeps the last committed state of a few big accounts in memory
 (``remember``) and loads those as that state plus the events after it, read from the log,
-skipping the row: correct with any number of writers elsewhere, since the log is the truth.
-Writing the row in every append still costs in proportion to the state.
+skipping the rows: correct with any number of writers elsewhere, since the log is the truth.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import groupby, islice
+from operator import itemgetter
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from events import EventStore, RecordedEvent
-from projections.standing import StandingState, apply_all
-from projections.tables import standings
+from events import EventStore, RecordedEvent, dialects
+from projections.standing import STATE_SCHEMA, TABLES, StandingState, apply_all, record_json
+from projections.tables import standing_records, standings
+
+# A change to store: the state it started from as the rows hold it (None: unknown), and the
+# state to store.
+Change = tuple[StandingState | None, StandingState]
 
 
 class StandingRepository:
@@ -34,15 +52,15 @@ class StandingRepository:
     def __init__(self, store: EventStore, *, cache_size: int = 64, cache_min_version: int = 500):
         self.store = store
         # Only states of at least ``cache_min_version`` events are kept (smaller ones load fast
-        # from their row), at most ``cache_size`` of them, least recently used first out.
+        # from their rows), at most ``cache_size`` of them, least recently used first out.
         self.cache_size = cache_size
         self.cache_min_version = cache_min_version
         self._cache: OrderedDict[str, StandingState] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def load(self, account_id: str, conn: Connection | None = None) -> StandingState:
-        """The account's current accumulator: the stored row (or a remembered state) plus any
-        events after it."""
+        """The account's current accumulator: the stored rows (or a remembered state) plus any
+        events after them."""
         if conn is None:
             with self.store.engine.connect() as own:
                 return self.load(account_id, own)
@@ -53,44 +71,21 @@ class StandingRepository:
         if remembered is not None:
             tail = self.store.read_stream(account_id, after_version=remembered.version, conn=conn)
             return apply_all(remembered, tail) if tail else remembered
-        row = conn.execute(
-            sa.select(standings.c.state).where(standings.c.account_id == account_id)
-        ).first()
-        state = StandingState.empty(account_id)
-        if row is not None:
-            try:
-                state = StandingState.from_json(row[0])
-            except ValueError:
-                # A row written by an older state schema: fold the whole stream instead; the
-                # next append stores the current shape.
-                state = StandingState.empty(account_id)
+        state = read_state(conn, account_id) or StandingState.empty(account_id)
         tail = self.store.read_stream(account_id, after_version=state.version, conn=conn)
         return apply_all(state, tail) if tail else state
 
-    def save(self, conn: Connection, state: StandingState, *, force: bool = False) -> None:
-        """Upsert the row, in the caller's transaction; an older state never replaces a newer
-        (unless ``force``: a rebuild rewrites rows from the log whatever they held)."""
-        values = {
-            "account_id": state.account_id,
-            "version": state.version,
-            "state": state.to_json(),
-            "updated_at": datetime.now(UTC),
-        }
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(
-            standings
-        )
-        excluded = insert.excluded
-        conn.execute(
-            insert.values(**values).on_conflict_do_update(
-                index_elements=[standings.c.account_id],
-                set_={
-                    "version": excluded.version,
-                    "state": excluded.state,
-                    "updated_at": excluded.updated_at,
-                },
-                where=None if force else standings.c.version < excluded.version,
-            )
-        )
+    def save(
+        self,
+        conn: Connection,
+        state: StandingState,
+        *,
+        base: StandingState | None = None,
+        force: bool = False,
+    ) -> None:
+        """Store ``state`` in the caller's transaction. ``base``: the state it was made from,
+        so that only the difference is written if the rows still hold ``base``."""
+        write_states(conn, [(base, state)], force=force)
 
     def remember(self, state: StandingState) -> None:
         """Keep ``state`` for the next ``load``. Only a COMMITTED state may be given (one that
@@ -110,10 +105,310 @@ class StandingRepository:
         with self._cache_lock:
             self._cache.clear()
 
-    def saver(self, state: StandingState):  # type: ignore[no-untyped-def]
-        """An ``after_append`` callback that stores ``state`` advanced by the recorded events."""
+    def saver(self, state: StandingState) -> AfterAppend:
+        """An ``after_append`` callback that stores ``state`` advanced by the recorded events;
+        after the append, ``.saved`` is the state it stored."""
+        return AfterAppend(state)
 
-        def after_append(conn: Connection, recorded: Sequence[RecordedEvent]) -> None:
-            self.save(conn, apply_all(state, recorded))
 
-        return after_append
+class AfterAppend:
+    """``EventStore.append``'s ``after_append``: store the loaded state advanced by the events."""
+
+    def __init__(self, state: StandingState) -> None:
+        self.state = state
+        self.saved: StandingState | None = None
+
+    def __call__(self, conn: Connection, recorded: Sequence[RecordedEvent]) -> None:
+        self.saved = apply_all(self.state, recorded)
+        write_states(conn, [(self.state, self.saved)])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_state(conn: Connection, account_id: str) -> StandingState | None:
+    """The stored state of one account; None without rows or with rows of another schema."""
+    head = conn.execute(
+        sa.select(standings.c.state).where(standings.c.account_id == account_id)
+    ).scalar()
+    if head is None or head.get("schema") != STATE_SCHEMA:
+        return None
+    records = conn.execute(
+        sa.select(standing_records.c.kind, standing_records.c.data)
+        .where(standing_records.c.account_id == account_id)
+        .order_by(standing_records.c.kind, standing_records.c.seq)
+    )
+    tables = {kind: [r[1] for r in rows] for kind, rows in groupby(records, key=itemgetter(0))}
+    return StandingState.from_parts(head, tables)
+
+
+def read_states(conn: Connection, account_ids: Iterable[str]) -> dict[str, StandingState]:
+    """The stored states of many accounts (those with rows of the current schema)."""
+    ids = list(account_ids)
+    if not ids:
+        return {}
+    heads = {
+        account_id: head
+        for account_id, head in conn.execute(
+            sa.select(standings.c.account_id, standings.c.state).where(
+                standings.c.account_id.in_(ids)
+            )
+        )
+        if head.get("schema") == STATE_SCHEMA
+    }
+    tables: dict[str, dict[str, list[Any]]] = {a: {} for a in heads}
+    if heads:
+        r = standing_records.c
+        records = conn.execute(
+            sa.select(r.account_id, r.kind, r.data)
+            .where(r.account_id.in_(list(heads)))
+            .order_by(r.account_id, r.kind, r.seq)
+        )
+        for (account_id, kind), rows in groupby(records, key=itemgetter(0, 1)):
+            if account_id in tables:
+                tables[account_id][kind] = [r[2] for r in rows]
+    return {a: StandingState.from_parts(head, tables[a]) for a, head in heads.items()}
+
+
+def iter_stored_states(engine: sa.Engine, page_size: int = 500) -> Iterable[StandingState]:
+    """Every stored state of the current schema, in account order, a page at a time."""
+    after = ""
+    while True:
+        with engine.connect() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(standings.c.account_id)
+                    .where(standings.c.account_id > after)
+                    .order_by(standings.c.account_id)
+                    .limit(page_size)
+                ).scalars()
+            )
+            states = read_states(conn, ids)
+        for account_id in ids:
+            state = states.get(account_id)
+            if state is not None:
+                yield state
+        if len(ids) < page_size:
+            return
+        after = ids[-1]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChanges:
+    """Rows of ``standing_records`` to upsert and to delete."""
+
+    upserts: list[dict[str, Any]]
+    deletes: list[dict[str, Any]]
+
+
+def write_states(conn: Connection, changes: Sequence[Change], *, force: bool = False) -> None:
+    """Store each change's new state in the caller's transaction: only the difference from its
+    base when the rows hold exactly the base, else the whole state. A state not newer than the
+    stored one is skipped unless ``force``.
+
+    On PostgreSQL the append lock (``dialects.take_append_lock``, already held by an append)
+    serialises every writer of these rows, so the rows read here are the rows replaced.
+    """
+    if not changes:
+        return
+    dialects.take_append_lock(conn)
+    stored = _stored_versions(conn, [new.account_id for _, new in changes])
+    whole: list[StandingState] = []
+    upserts: list[dict[str, Any]] = []
+    deletes: list[dict[str, Any]] = []
+    heads: list[StandingState] = []
+    for base, new in changes:
+        version = stored.get(new.account_id)
+        if version is not None and not force and version >= new.version:
+            continue
+        heads.append(new)
+        diff = None
+        if base is not None and version is not None and version == base.version:
+            diff = changed_records(base, new)
+        if diff is None:
+            whole.append(new)
+        else:
+            upserts += diff.upserts
+            deletes += diff.deletes
+    if whole:
+        conn.execute(
+            standing_records.delete().where(
+                standing_records.c.account_id.in_([s.account_id for s in whole])
+            )
+        )
+        upserts += [row for s in whole for row in _all_records(s)]
+    if deletes:
+        conn.execute(
+            standing_records.delete().where(
+                standing_records.c.account_id == sa.bindparam("a"),
+                standing_records.c.kind == sa.bindparam("k"),
+                standing_records.c.record_key == sa.bindparam("r"),
+            ),
+            deletes,
+        )
+    if upserts:
+        conn.execute(_upsert_records(conn), upserts)
+    _write_heads(conn, heads)
+
+
+def replace_range(conn: Connection, first: str, last: str, states: Sequence[StandingState]) -> None:
+    """Replace every stored standing of the accounts ``first`` to ``last`` (inclusive, in id
+    order) with ``states`` (a rebuild: whatever the rows held)."""
+    dialects.take_append_lock(conn)
+    for table in (standing_records, standings):
+        conn.execute(table.delete().where(table.c.account_id.between(first, last)))
+    if not states:
+        return
+    records = [row for s in states for row in _all_records(s)]
+    if records:
+        conn.execute(standing_records.insert(), records)
+    now = datetime.now(UTC)
+    conn.execute(
+        standings.insert(),
+        [
+            {
+                "account_id": s.account_id,
+                "version": s.version,
+                "state": s.head_json(),
+                "updated_at": now,
+            }
+            for s in states
+        ],
+    )
+
+
+def delete_all(conn: Connection) -> None:
+    """Delete every stored standing (readers fold the log meanwhile)."""
+    dialects.take_append_lock(conn)
+    conn.execute(standing_records.delete())
+    conn.execute(standings.delete())
+
+
+def _stored_versions(conn: Connection, account_ids: list[str]) -> dict[str, int]:
+    """The stored version of each account whose head is of the current schema; an account
+    with a head of another schema maps to -1 (never a base, never newer)."""
+    rows = conn.execute(
+        sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
+            standings.c.account_id.in_(account_ids)
+        )
+    )
+    return {a: v if head.get("schema") == STATE_SCHEMA else -1 for a, v, head in rows}
+
+
+def changed_records(base: StandingState, new: StandingState) -> RecordChanges | None:
+    """The record rows to write so that rows holding ``base`` hold ``new``; None when ``new``
+    was not made from ``base`` by one ``apply_all`` (then only a whole rewrite is safe).
+
+    Only the keys ``new``'s tables changed are looked at (``StandingState.changes_since``), so
+    the cost is the append's, not the history's. A record added (or popped and set again,
+    which moves it to the end) gets ``seq`` after every record ``base`` holds: each event adds
+    at most one record to a table, so ``base.version + 1 + i`` stays below the next append's
+    numbers and keeps event order.
+    """
+    upserts: list[dict[str, Any]] = []
+    deletes: list[dict[str, Any]] = []
+    account_id = new.account_id
+    for kind in TABLES:
+        before: dict[str, Any] = getattr(base, kind)
+        if getattr(new, kind) is before:
+            continue
+        after = new.changes_since(base, kind)
+        if after is None:
+            return None
+        added = [k for k in after.touched if k in after and (k not in before or k in after.popped)]
+        # Those keys are the last ones of ``after``, in the order they were (re)inserted.
+        tail = list(islice(reversed(after), len(added)))
+        tail.reverse()
+        seq_of = {key: base.version + 1 + i for i, key in enumerate(tail)}
+        for key in after.touched:
+            record = after.get(key)
+            old = before.get(key)
+            moved = key in seq_of and old is not None
+            if old is not None and (record is None or moved):
+                deletes.append({"a": account_id, "k": kind, "r": key})
+            if record is not None and (record is not old or moved):
+                upserts.append(_row(account_id, kind, key, seq_of.get(key, -1), record))
+    return RecordChanges(upserts, deletes)
+
+
+def _all_records(state: StandingState) -> list[dict[str, Any]]:
+    return [
+        _row(state.account_id, kind, key, seq, record)
+        for kind in TABLES
+        for seq, (key, record) in enumerate(getattr(state, kind).items())
+    ]
+
+
+def _row(account_id: str, kind: str, key: str, seq: int, record: Any) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "kind": kind,
+        "record_key": key,
+        "seq": seq,
+        "data": record_json(record),
+    }
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert_records(conn: Connection) -> Any:
+    """Insert a record, or replace its data (keeping its ``seq``) when it exists."""
+    name = conn.dialect.name
+    statement = _UPSERTS.get(name)
+    if statement is None:
+        insert = (postgresql.insert if name == "postgresql" else sqlite.insert)(standing_records)
+        statement = _UPSERTS[name] = insert.on_conflict_do_update(
+            index_elements=[
+                standing_records.c.account_id,
+                standing_records.c.kind,
+                standing_records.c.record_key,
+            ],
+            set_={"data": insert.excluded.data},
+        )
+    return statement
+
+
+def _write_heads(conn: Connection, states: Sequence[StandingState]) -> None:
+    if not states:
+        return
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(standings)
+    excluded = insert.excluded
+    now = datetime.now(UTC)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[standings.c.account_id],
+            set_={
+                "version": excluded.version,
+                "state": excluded.state,
+                "updated_at": excluded.updated_at,
+            },
+        ),
+        [
+            {
+                "account_id": s.account_id,
+                "version": s.version,
+                "state": s.head_json(),
+                "updated_at": now,
+            }
+            for s in states
+        ],
+    )
+
+
+__all__ = [
+    "AfterAppend",
+    "Change",
+    "RecordChanges",
+    "StandingRepository",
+    "changed_records",
+    "delete_all",
+    "iter_stored_states",
+    "read_state",
+    "read_states",
+    "replace_range",
+    "write_states",
+]

@@ -10,12 +10,10 @@ import logging
 import threading
 from collections.abc import Iterator
 
-import sqlalchemy as sa
-
 from enforcement.service import Actor, EnforcementService
 from events.timefmt import format_time, to_utc
 from projections.standing import StandingState, remediation_is_open
-from projections.tables import standings
+from projections.stored import iter_stored_states
 
 log = logging.getLogger("enforcement.sweep")
 SWEEPER = Actor(name="scheduler:sweep", correlation_id="deadline-sweep", source="worker")
@@ -35,29 +33,18 @@ def sweep_once(service: EnforcementService, page_size: int = 500) -> int:
     """Run every overdue deadline once; returns how many use cases it ran."""
     now_text = format_time(to_utc(service.clock()))
     ran = 0
-    after = ""
-    engine = service.store.engine
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(standings.c.account_id, standings.c.state)
-                .where(standings.c.account_id > after)
-                .order_by(standings.c.account_id)
-                .limit(page_size)
-            ).all()
-        for account_id, raw in rows:
-            for kind, ident in due_deadlines(StandingState.from_json(raw), now_text):
-                try:
-                    if kind == "remediation":
-                        service.expire_remediation(account_id, ident, SWEEPER)
-                    else:
-                        service.end_suspension(account_id, ident, SWEEPER)
-                    ran += 1
-                except Exception:
-                    log.exception("sweep failed for %s %s on %s", kind, ident, account_id)
-        if len(rows) < page_size:
-            return ran
-        after = rows[-1][0]
+    for state in iter_stored_states(service.store.engine, page_size):
+        account_id = state.account_id
+        for kind, ident in due_deadlines(state, now_text):
+            try:
+                if kind == "remediation":
+                    service.expire_remediation(account_id, ident, SWEEPER)
+                else:
+                    service.end_suspension(account_id, ident, SWEEPER)
+                ran += 1
+            except Exception:
+                log.exception("sweep failed for %s %s on %s", kind, ident, account_id)
+    return ran
 
 
 def run_sweeper(service: EnforcementService, stop: threading.Event, every_seconds: float) -> None:

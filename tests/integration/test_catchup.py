@@ -196,19 +196,19 @@ def test_a_crash_inside_a_page_rolls_the_page_back(
         append_without_projection(system, account, notice, lift)
     before = all_stored_rows(system)
     saved_pages = 0
-    real_save = runner.save_states
+    real_save = runner.write_states
 
     def save_then_die_on_third_page(
-        conn: Connection, states: Sequence[Any], *, force: bool
+        conn: Connection, changes: Sequence[Any], *, force: bool
     ) -> None:
         nonlocal saved_pages
-        real_save(conn, states, force=force)  # the writes happen, then the process dies
+        real_save(conn, changes, force=force)  # the writes happen, then the process dies
         if not force:
             saved_pages += 1
             if saved_pages == 3:
                 raise Crash
 
-    monkeypatch.setattr(runner, "save_states", save_then_die_on_third_page)
+    monkeypatch.setattr(runner, "write_states", save_then_die_on_third_page)
     with pytest.raises(Crash):
         runner_for(system, page_size=4).run()
     monkeypatch.undo()

@@ -16,8 +16,13 @@ from enforcement.migrations import alembic_config, current_revision, downgrade, 
 from events import EventStore, NewEvent, create_engine
 from events.dialects import APPEND_ONLY_MESSAGE
 from events.schema import metadata as events_metadata
+from projections.standing import RateLimitRecord, StandingState, ViolationRecord
+from projections.stored import read_state
+from projections.tables import standing_records, standings
 
 LOG_TABLES = {"events", "idempotency_keys", "checkpoints"}
+# Tables compared with their SQLAlchemy definitions after the migrations.
+DEFINED_TABLES = LOG_TABLES | {"standings", "standing_records"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -113,10 +118,46 @@ def _about_log_tables(difference: object) -> bool:
     items = difference if isinstance(difference, list) else [difference]
     for item in items:
         for part in item if isinstance(item, tuple) else (item,):
-            if isinstance(part, str) and part in LOG_TABLES:
+            if isinstance(part, str) and part in DEFINED_TABLES:
                 return True
             table = getattr(part, "table", None)
             name = getattr(table, "name", None) or getattr(part, "name", None)
-            if name in LOG_TABLES:
+            if name in DEFINED_TABLES:
                 return True
     return False
+
+
+def test_0003_splits_whole_state_rows_into_a_head_and_records(empty_url: str) -> None:
+    """A standing stored whole (state schema 1, revision 0002) reads back the same after the
+    upgrade to head, where it is a head row plus one row per record."""
+    state = StandingState.empty("acct_old")
+    state.version = 3
+    state.last_recorded_at = "2026-11-24T10:00:00.000000Z"
+    state.violations["vio_1"] = ViolationRecord(
+        "vio_1", "evt_1", "spam", "minor", "2026-11-24T10:00:00.000000Z", "automated", None,
+        None, True, decision_event_ids=("evt_2",),
+    )  # fmt: skip
+    state.violations["vio_0"] = ViolationRecord(
+        "vio_0", "evt_0", "malware", "severe", "2026-11-24T10:00:00.000000Z", "manual", "x",
+        "key_1", True,
+    )  # fmt: skip
+    state.key_rate_limits["key_1"] = RateLimitRecord("key_1", 60, 1000)
+    whole = {**state.to_json(), "schema": 1}
+    upgrade(empty_url, "0002_read_models")
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                standings.insert().values(
+                    account_id="acct_old", version=3, state=whole, updated_at=datetime.now(UTC)
+                )
+            )
+        upgrade(empty_url)
+        with engine.connect() as conn:
+            converted = read_state(conn, "acct_old")
+            records = conn.execute(sa.select(sa.func.count()).select_from(standing_records))
+            assert records.scalar_one() == 3
+    finally:
+        engine.dispose()
+    assert converted == state
+    assert converted is not None and list(converted.violations) == ["vio_1", "vio_0"]

@@ -22,6 +22,7 @@ from enforcement.service import Actor, request_fingerprint
 from enforcement.settings import Settings
 from events import RecordedEvent
 from projections.standing import StandingState, apply_all, fold, view
+from projections.stored import read_states
 from projections.tables import standings
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
@@ -65,22 +66,25 @@ def fingerprint(**body: Any) -> str:
 
 
 def stored_row(container: Container, account_id: str) -> tuple[int, dict[str, Any]] | None:
-    """The stored standing row (version, state JSON) as the database holds it, or None."""
-    with container.engine.connect() as conn:
-        row = conn.execute(
-            sa.select(standings.c.version, standings.c.state).where(
-                standings.c.account_id == account_id
-            )
-        ).first()
-    return None if row is None else (row[0], row[1])
+    """The stored standing (version, whole state JSON) as the database holds it, or None."""
+    return all_stored_rows(container, account_id).get(account_id)
 
 
-def all_stored_rows(container: Container) -> dict[str, tuple[int, dict[str, Any]]]:
+def all_stored_rows(
+    container: Container, account_id: str | None = None
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every stored standing (or one) as (version, whole state JSON): the ``standings`` head
+    joined with its ``standing_records``; a head of another schema is given as it is."""
+    query = sa.select(standings.c.account_id, standings.c.version, standings.c.state)
+    if account_id is not None:
+        query = query.where(standings.c.account_id == account_id)
     with container.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(standings.c.account_id, standings.c.version, standings.c.state)
-        )
-        return {r[0]: (r[1], r[2]) for r in rows}
+        heads = {r[0]: (r[1], r[2]) for r in conn.execute(query)}
+        states = read_states(conn, heads)
+    return {
+        a: (version, states[a].to_json() if a in states else head)
+        for a, (version, head) in heads.items()
+    }
 
 
 def events_of(container: Container, account_id: str) -> list[RecordedEvent]:

@@ -218,3 +218,45 @@ def test_only_big_states_are_remembered_and_only_a_few(system: Container) -> Non
     assert list(repo._cache) == ["acct_m3", "acct_small"]  # least recently used went first
     for account in ("acct_m1", "acct_m2", "acct_m3", "acct_small", "acct_m4"):
         assert_account_consistent(system, account)
+
+
+# --- only the difference is written -----------------------------------------------------------
+
+
+def test_an_append_writes_only_the_records_it_changed(system: Container) -> None:
+    account = "acct_big"
+    many_keys = [
+        ev.CODEC.encode(ev.RateLimitsConfigured(f"key_{i}", 60 + i, 1000), occurred_at=T0)
+        for i in range(120)
+    ]
+    state = system.standings.load(account)
+    system.store.append(account, 0, many_keys, after_append=system.standings.saver(state))
+    written: list[int] = []
+
+    def count_record_rows(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "standing_records" in statement and not statement.lstrip().upper().startswith("SELECT"):
+            written.append(len(parameters) if executemany else 1)
+
+    sa.event.listen(system.engine, "before_cursor_execute", count_record_rows)
+    try:
+        report(system, account)  # ViolationReported + RemediationRequested + NoticeIssued
+    finally:
+        sa.event.remove(system.engine, "before_cursor_execute", count_record_rows)
+
+    # A violation, a remediation and its decision: three records, not the 120 limits again.
+    assert sum(written) == 3
+    row = stored_row(system, account)
+    assert row is not None
+    log = system.store.read_stream(account)
+    assert row == (len(log), apply_all(StandingState.empty(account), log).to_json())
+
+
+def test_a_lifted_throttle_leaves_no_record_behind(system: Container, clock: FakeClock) -> None:
+    throttle = ops.ApplyThrottle(0.5, "load", expires_at=clock() + timedelta(days=1))
+    applied = system.service.operator("acct_lift", throttle, OPERATOR)
+    throttle_id = ev.CODEC.decode(applied.events[0]).payload.throttle_id
+    system.service.operator("acct_lift", ops.LiftThrottle(throttle_id, "done"), OPERATOR)
+
+    row = stored_row(system, "acct_lift")
+    assert row is not None and row[1]["throttles"] == []
+    assert_account_consistent(system, "acct_lift")

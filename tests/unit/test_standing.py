@@ -216,6 +216,33 @@ def test_a_remediation_is_open_until_completed_expired_or_dismissed() -> None:
         assert standing.status in ("warned", "good_standing")
 
 
+def test_a_remediation_is_dismissed_when_every_violation_it_names_is() -> None:
+    both = [
+        (violation("vio_1"), t()),
+        (violation("vio_2"), t()),
+        (ev.RemediationRequested("rem_1", ["vio_1", "vio_2"], ts(7), SOR), t()),
+        (ev.ViolationDismissed("vio_1", "mistake"), t(1)),
+    ]
+    one_left = apply_all(StandingState.empty("acct_1"), records(both))
+    assert one_left.remediations["rem_1"].status == "open"
+
+    rest = records([(ev.ViolationDismissed("vio_2", "mistake"), t(2))], start=len(both))
+    none_left = apply_all(one_left, rest)
+    assert none_left.remediations["rem_1"].status == "dismissed"
+    assert view(none_left, t(3), LOOKBACK).open_remediations == ()
+
+    # Asked for after its only violation was dismissed: never owed.
+    late = [
+        (violation("vio_3"), t()),
+        (ev.ViolationDismissed("vio_3", "mistake"), t(1)),
+        (ev.RemediationRequested("rem_2", ["vio_3"], ts(7), SOR), t(2)),
+    ]
+    assert (
+        apply_all(StandingState.empty("acct_1"), records(late)).remediations["rem_2"].status
+        == "dismissed"
+    )
+
+
 def test_termination_and_reinstatement() -> None:
     terminated = [(ev.AccountTerminated("critical_violation", SOR), t())]
     assert standing_of(terminated, t(1)).status == "terminated"
