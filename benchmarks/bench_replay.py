@@ -13,7 +13,9 @@ own):
 
 - floor: ``SELECT *`` of every row with the bare driver, no decoding (sqlite3; psycopg with a
   server-side cursor and JSON left as text): the cost of just reading the table;
-- replay: ``projections.runner.rebuild_standings`` (what ``enforcement replay`` runs);
+- replay: ``projections.runner.rebuild_standings`` (what ``enforcement replay`` runs), in one
+  process (``jobs=1``) and with ``--jobs`` processes folding ranges of accounts while the main
+  one writes (``enforcement replay --jobs``; the default of ``--jobs`` is the CPU count);
 - verify: ``enforcement.auditing.verify_accounts`` (what ``enforcement verify`` runs).
 
 Goals: replay at least 0.3x the floor's events/s, peak memory under 300 MB.
@@ -279,15 +281,18 @@ def measure(kind: str, url: str) -> dict[str, Any]:
     started = time.perf_counter()
     if kind == "floor":
         events = _scan(url)
-    elif kind == "replay":
+    elif kind.startswith("replay"):  # "replay" (one process) or "replay:N" (N fold processes)
         from events import EventStore, create_engine
         from projections.runner import rebuild_standings
         from projections.stored import StandingRepository
 
+        jobs = int(kind.partition(":")[2] or 1)
         engine = create_engine(url)
         store = EventStore(engine)
         started = time.perf_counter()
-        events = rebuild_standings(store, StandingRepository(store)).events
+        events = rebuild_standings(
+            store, StandingRepository(store), jobs=jobs, parallel_min_events=0
+        ).events
         engine.dispose()
     elif kind == "verify":
         from enforcement.auditing import verify_accounts
@@ -304,7 +309,10 @@ def measure(kind: str, url: str) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown measurement {kind!r}")
     seconds = time.perf_counter() - started
-    return {"events": events, "seconds": seconds, "peak_mb": _peak_mb()}
+    # Worker processes: at most ``jobs`` at once, each at most the largest one's peak.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    workers = int(kind.partition(":")[2] or 0)
+    return {"events": events, "seconds": seconds, "peak_mb": _peak_mb() + workers * children}
 
 
 def _peak_mb() -> float:
@@ -397,6 +405,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where the SQLite file goes")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (best kept)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="fold processes of the parallel replay row (default: the CPUs; 1: no such row)",
+    )
     args = parser.parse_args(argv)
     console = Console(width=110)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_replay_"))
@@ -411,13 +425,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{time.perf_counter() - started:.0f}s"
             )
             results = {}
-            for kind in ("floor", "replay", "verify"):
+            kinds = ["floor", "replay", *(f"replay:{args.jobs}" for _ in [1] if args.jobs > 1)]
+            for kind in [*kinds, "verify"]:
                 runs = [run_measurement(kind, db.url) for _ in range(args.repeat)]
                 results[kind] = min(runs, key=lambda r: r["seconds"])
                 r = results[kind]
                 console.print(f"  {kind}: {r['events']:,} events in {r['seconds']:.1f}s")
             floor_rate = results["floor"]["events"] / results["floor"]["seconds"]
-            for kind in ("floor", "replay", "verify"):
+            for kind in [*kinds, "verify"]:
                 r = results[kind]
                 rows.append((backend, kind, r, (r["events"] / r["seconds"]) / floor_rate))
         finally:
@@ -426,9 +441,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = Table(title=f"Replay and verify, {args.events:,} events / {args.accounts:,} accounts")
     for column in ("backend", "operation", "events", "seconds", "events/s", "vs floor", "peak MB"):
         table.add_column(column, justify="left" if column in ("backend", "operation") else "right")
-    names = {"floor": "floor: SELECT * scan", "replay": "replay", "verify": "verify"}
+    names = {
+        "floor": "floor: SELECT * scan",
+        "replay": "replay, 1 process",
+        f"replay:{args.jobs}": f"replay, {args.jobs} fold processes",
+        "verify": "verify",
+    }
     for backend, kind, r, ratio in rows:
-        goal = kind != "replay" or ratio >= 0.3
+        goal = not kind.startswith("replay") or ratio >= 0.3
         table.add_row(
             backend, names[kind], f"{r['events']:,}", f"{r['seconds']:.1f}",
             f"{r['events'] / r['seconds']:,.0f}",
@@ -437,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )  # fmt: skip
     console.print(table)
     console.print(
+        "Peak MB of a parallel replay: the writing process plus N x the largest fold process. "
         f"Goals: replay >= 0.3x the floor, peak memory < 300 MB. Python {sys.version.split()[0]}, "
         f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -227,6 +228,15 @@ def verify(
 @app.command()
 def replay(
     account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=0,
+            help="Processes that fold the log (a log of 50,000 events or more); 0: the "
+            "number of CPUs, at most 4.",
+        ),
+    ] = 0,
 ) -> None:
     """Rebuild the stored projections from the log, with a progress bar and events/s."""
     from enforcement.progress import progress_bar
@@ -241,6 +251,7 @@ def replay(
                 container.standings,
                 account=account,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                jobs=jobs or min(4, os.cpu_count() or 1),
             )
     finally:
         container.close()

@@ -30,11 +30,14 @@ Guarantees of ``CatchUpRunner``:
 
 from __future__ import annotations
 
+import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -78,6 +81,20 @@ class StreamProjection(Projection, Protocol):
         ...
 
 
+@runtime_checkable
+class ParallelStreamProjection(StreamProjection, Protocol):
+    """A ``StreamProjection`` whose rebuild can fold ranges of streams in other processes."""
+
+    def fold_job(self, first: str, last: str, up_to: int) -> Callable[[], Any]:
+        """A picklable call that folds the streams ``first`` to ``last`` from their events at
+        or below ``up_to`` without writing, for ``write_folded``."""
+        ...
+
+    def write_folded(self, conn: Connection, folded: Any) -> int:
+        """Write what a ``fold_job`` returned, in the caller's transaction; returns its events."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CatchUpStats:
     """What one run did: events applied, streams rebuilt by a pass, and the final checkpoint."""
@@ -102,13 +119,19 @@ class CatchUpRunner:
         *,
         page_size: int = 2000,
         streams_per_batch: int = 500,
+        jobs: int = 1,
+        parallel_min_events: int = 50_000,
     ) -> None:
-        if page_size < 1 or streams_per_batch < 1:
-            raise ValueError("page_size and streams_per_batch must be at least 1")
+        if page_size < 1 or streams_per_batch < 1 or jobs < 1:
+            raise ValueError("page_size, streams_per_batch and jobs must be at least 1")
         self.store = store
         self.projection = projection
         self.page_size = page_size
         self.streams_per_batch = streams_per_batch
+        # A rebuild pass over at least ``parallel_min_events`` events folds in ``jobs``
+        # processes (a ``ParallelStreamProjection``); this one writes, in order.
+        self.jobs = jobs
+        self.parallel_min_events = parallel_min_events
         # An unfinished pass: the horizon it rebuilds up to, and the position of the first event
         # of the last stream it rebuilt (a position, because that is what a checkpoint holds).
         self.horizon_name = f"{projection.name}:rebuild_horizon"
@@ -137,6 +160,12 @@ class CatchUpRunner:
         done = streams = 0
         if progress is not None:
             progress(0, total)
+        if self.jobs > 1 and isinstance(self.projection, ParallelStreamProjection):
+            for batch in self._parallel_pass():
+                done += batch.events
+                streams += batch.streams
+                if progress is not None:
+                    progress(done, max(total, done))
         while True:
             step = self.step()
             if step is None:
@@ -205,6 +234,91 @@ class CatchUpRunner:
             self.store.set_checkpoint(conn, self.cursor_name, 0)
             return done, len(firsts), horizon
         return done, len(firsts), 0
+
+    # ------------------------------------------------------------------ a parallel pass
+
+    def _parallel_pass(self) -> Iterator[CatchUpStats]:
+        """The rest of an unfinished pass, folded ``jobs`` batches at a time in worker
+        processes and written here in stream order, each batch in one transaction with the
+        pass's cursor, exactly as ``step`` would: a crash leaves a pass that ``step`` (or another
+        parallel pass) resumes. Stops early, leaving the rest to ``step``, if another runner
+        moves the cursor. The events of a pass are at or below its horizon, all committed and
+        never changed, so workers read them outside the writing transactions."""
+        assert isinstance(self.projection, ParallelStreamProjection)
+        self._ensure_checkpoints()
+        with self.store.engine.connect() as conn:
+            horizon = self.store.get_checkpoint(conn, self.horizon_name)
+            cursor = self.store.get_checkpoint(conn, self.cursor_name)
+            if horizon <= self.store.get_checkpoint(conn, self.projection.name):
+                return  # no pass under way
+            if horizon - cursor < self.parallel_min_events:
+                return  # too small to pay for starting processes
+            after = ""
+            if cursor:
+                after = conn.execute(
+                    sa.select(events.c.account_id).where(events.c.position == cursor)
+                ).scalar_one()
+        batches = self._pass_batches(after, horizon)
+        context = multiprocessing.get_context("spawn")  # no fork: the caller may have threads
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
+            queued: deque[tuple[tuple[str, str, int, int], Future[Any]]] = deque()
+            for batch in batches:
+                first, last, _, _ = batch
+                queued.append((batch, pool.submit(self.projection.fold_job(first, last, horizon))))
+                if len(queued) > 2 * self.jobs:
+                    step = self._write_batch(*queued.popleft(), horizon, cursor)
+                    if step is None:
+                        return
+                    cursor = step.checkpoint
+                    yield step
+            while queued:
+                step = self._write_batch(*queued.popleft(), horizon, cursor)
+                if step is None:
+                    return
+                cursor = step.checkpoint
+                yield step
+
+    def _pass_batches(self, after: str, horizon: int) -> Iterator[tuple[str, str, int, int]]:
+        """(first stream, last stream, position of the last one's first event, streams) of each
+        batch of the pass after stream ``after``."""
+        while True:
+            with self.store.engine.connect() as conn:
+                firsts = conn.execute(
+                    sa.select(events.c.account_id, events.c.position)
+                    .where(events.c.account_id > after, events.c.version == 1)
+                    .where(events.c.position <= horizon)
+                    .order_by(events.c.account_id)
+                    .limit(self.streams_per_batch)
+                ).all()
+            if not firsts:
+                return
+            yield firsts[0][0], firsts[-1][0], int(firsts[-1][1]), len(firsts)
+            if len(firsts) < self.streams_per_batch:
+                return
+            after = firsts[-1][0]
+
+    def _write_batch(
+        self,
+        batch: tuple[str, str, int, int],
+        job: Future[Any],
+        horizon: int,
+        cursor: int,
+    ) -> CatchUpStats | None:
+        """Write one folded batch if the pass is still where this runner left it."""
+        assert isinstance(self.projection, ParallelStreamProjection)
+        folded = job.result()
+        started = time.perf_counter()
+        _, _, last_position, streams = batch
+        with dialects.write_connection(self.store.engine) as conn, conn.begin():
+            self._lock(conn)
+            if (
+                self.store.get_checkpoint(conn, self.horizon_name) != horizon
+                or self.store.get_checkpoint(conn, self.cursor_name) != cursor
+            ):
+                return None  # another runner moved the pass: let ``step`` go on from there
+            done = self.projection.write_folded(conn, folded)
+            self.store.set_checkpoint(conn, self.cursor_name, last_position)
+        return CatchUpStats(done, streams, last_position, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ the checkpoint row lock
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import partial
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -30,6 +32,7 @@ from projections.standing import FOLDED_TYPES, StandingState, apply_all
 from projections.stored import (
     Change,
     StandingRepository,
+    StoredRows,
     delete_all,
     read_states,
     replace_range,
@@ -42,18 +45,34 @@ from projections.stored import (
 _FOLDED_LIST = sorted(FOLDED_TYPES)
 
 # A stream's events as the fold reads them: no metadata or hashes, and ``data`` only where the
-# fold decodes it. Plain SQL, so the driver's values arrive without per-row type processing;
-# streamed (PostgreSQL: a server-side cursor), so a batch is never all in memory at once.
+# fold decodes it. Run on the driver's own cursor (the rebuild is the one place that reads the
+# whole log, and SQLAlchemy's row objects were a third of its time), server-side on PostgreSQL,
+# so a batch is never all in memory at once.
 _STREAMS_SQL = (
-    sa.text(
-        "SELECT account_id, version, type, event_id, schema_version, position, occurred_at, "
-        "recorded_at, CASE WHEN type IN :folded THEN data END AS data "
-        "FROM events WHERE account_id >= :first AND account_id <= :last AND position <= :up_to "
-        "ORDER BY account_id, version"
-    )
-    .bindparams(sa.bindparam("folded", expanding=True))
-    .execution_options(stream_results=True, max_row_buffer=5000)
+    "SELECT account_id, version, type, event_id, schema_version, position, occurred_at, "
+    "recorded_at, CASE WHEN type IN ({folded}) THEN data END AS data "
+    "FROM events WHERE account_id >= {p} AND account_id <= {p} AND position <= {p} "
+    "ORDER BY account_id, version"
 )
+
+
+def _stream_rows(conn: Connection, first: str, last: str, up_to: int) -> Iterator[Any]:
+    """The rows of ``_STREAMS_SQL`` from the driver, in the caller's transaction."""
+    driver: Any = conn.connection.dbapi_connection
+    assert driver is not None
+    if conn.dialect.name == "postgresql":
+        mark = "%s"
+        cursor = driver.cursor(name="rebuild_streams")  # psycopg: a server-side cursor
+        cursor.itersize = 5000
+    else:
+        mark = "?"
+        cursor = driver.cursor()
+    sql = _STREAMS_SQL.format(folded=", ".join([mark] * len(_FOLDED_LIST)), p=mark)
+    try:
+        cursor.execute(sql, (*_FOLDED_LIST, first, last, up_to))
+        yield from cursor
+    finally:
+        cursor.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,16 +127,52 @@ class StandingsProjection:
     def rebuild_streams(self, conn: Connection, first: str, last: str, up_to: int) -> int:
         """Rewrite the rows of the accounts ``first`` to ``last`` (in id order, inclusive) from
         their events at or below position ``up_to``."""
-        params = {"folded": _FOLDED_LIST, "first": first, "last": last, "up_to": up_to}
-        result = conn.execute(_STREAMS_SQL, params)
-        folded = 0
-        rebuilt: list[StandingState] = []
-        for account_id, rows in groupby(result, key=itemgetter(0)):
-            fold_input, count = _fold_input(rows)
-            rebuilt.append(apply_all(StandingState.empty(account_id), fold_input))
-            folded += count
-        replace_range(conn, first, last, rebuilt)
-        return folded
+        return self.write_folded(conn, fold_streams(conn, first, last, up_to))
+
+    def fold_job(self, first: str, last: str, up_to: int) -> Callable[[], FoldedStreams]:
+        """``fold_streams`` of the range as a picklable call, for another process: it opens
+        its own connection to the same database."""
+        url = self.store.engine.url.render_as_string(hide_password=False)
+        return partial(_fold_in_worker, url, first, last, up_to)
+
+    def write_folded(self, conn: Connection, folded: FoldedStreams) -> int:
+        """Write what ``fold_streams`` made, in the caller's transaction; returns its events."""
+        replace_range(conn, folded.first, folded.last, folded.rows)
+        return folded.events
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedStreams:
+    """The stored standings of the accounts ``first`` to ``last`` folded from the log, as rows."""
+
+    first: str
+    last: str
+    events: int
+    rows: StoredRows
+
+
+def fold_streams(conn: Connection, first: str, last: str, up_to: int) -> FoldedStreams:
+    """Fold every stream of the accounts ``first`` to ``last`` from its events at or below
+    ``up_to`` (only reads: the events there never change)."""
+    folded = 0
+    rebuilt: list[StandingState] = []
+    for account_id, rows in groupby(_stream_rows(conn, first, last, up_to), key=itemgetter(0)):
+        fold_input, count = _fold_input(rows)
+        rebuilt.append(apply_all(StandingState.empty(account_id), fold_input))
+        folded += count
+    return FoldedStreams(first, last, folded, StoredRows.of(rebuilt))
+
+
+_WORKER_ENGINES: dict[str, sa.Engine] = {}
+
+
+def _fold_in_worker(url: str, first: str, last: str, up_to: int) -> FoldedStreams:
+    """``fold_streams`` in a worker process, on an engine of its own (one per process)."""
+    engine = _WORKER_ENGINES.get(url)
+    if engine is None:
+        engine = _WORKER_ENGINES[url] = dialects.create_engine(url)
+    with engine.connect() as conn, conn.begin():
+        return fold_streams(conn, first, last, up_to)
 
 
 def rebuild_standings(
@@ -127,16 +182,26 @@ def rebuild_standings(
     account: str | None = None,
     page_size: int = 2000,
     progress: Progress | None = None,
+    jobs: int = 1,
+    parallel_min_events: int = 50_000,
 ) -> RebuildStats:
     """Recompute every (or one) stored standing from the log, then catch up to the head.
 
     Every account: a rebuild of the ``standings`` projection (``CatchUpRunner.rebuild``), which
-    survives a crash: the next run or catch-up resumes where it stopped. One account: its row is
-    rewritten from its stream; the checkpoint is left alone (the row reflects every event).
+    survives a crash: the next run or catch-up resumes where it stopped; with ``jobs`` > 1 a
+    log of at least ``parallel_min_events`` is folded in that many processes. One account: its
+    row is rewritten from its stream; the checkpoint is left alone (the row reflects every
+    event).
     """
     projection = StandingsProjection(standings)
     if account is None:
-        runner = CatchUpRunner(store, projection, page_size=page_size)
+        runner = CatchUpRunner(
+            store,
+            projection,
+            page_size=page_size,
+            jobs=jobs,
+            parallel_min_events=parallel_min_events,
+        )
         stats = runner.rebuild(progress)
         return RebuildStats(stats.streams, stats.events, stats.seconds)
     started = time.perf_counter()
@@ -190,7 +255,7 @@ def _event(row: Any) -> RecordedEvent:
     """
     account_id, version, type_, event_id, schema_version, position, occurred, recorded, data = row
     if isinstance(data, str):
-        data = json.loads(data)
+        data = _loads(data)
     return RecordedEvent(
         position=position,
         event_id=str(event_id),
@@ -209,5 +274,14 @@ def _event(row: Any) -> RecordedEvent:
 
 def _time(value: datetime | str) -> datetime:
     if isinstance(value, str):  # SQLite: naive UTC as "YYYY-MM-DD HH:MM:SS.ffffff"
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        if len(value) == 26:
+            return datetime.fromisoformat(value + "+00:00")
+        return to_utc(datetime.fromisoformat(value))
     return to_utc(value)
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # what orjson refuses (an integer beyond 64 bits)
+        return json.loads(text)

@@ -335,8 +335,12 @@ def apply(state: StandingState, event: RecordedEvent) -> StandingState:
 def apply_all(state: StandingState, events: Iterable[RecordedEvent]) -> StandingState:
     """``apply`` of each event in turn (one copy of the state, however many events)."""
     new = state._owned_copy()
+    last = None
     for event in events:
-        _apply_in_place(new, event)
+        if _apply_event(new, event):
+            last = event
+    if last is not None:  # only the last event's time is kept
+        new.last_recorded_at = format_time(last.recorded_at)
     return new
 
 
@@ -348,14 +352,31 @@ def _check_account(state: StandingState, event: RecordedEvent) -> None:
 
 
 def _apply_in_place(s: StandingState, event: RecordedEvent) -> None:
-    _check_account(s, event)
+    if _apply_event(s, event):
+        s.last_recorded_at = format_time(event.recorded_at)
+
+
+def _apply_event(s: StandingState, event: RecordedEvent) -> bool:
+    """Apply ``event`` but for ``last_recorded_at``; False if it was already reflected."""
+    if event.account_id != s.account_id:
+        _check_account(s, event)
     if event.version <= s.version:
-        return
+        return False
     handler = _HANDLERS.get(event.type)
     if handler is not None:
         handler(s, ev.CODEC.decode(event).payload, event)
     s.version = event.version
-    s.last_recorded_at = format_time(event.recorded_at)
+    return True
+
+
+def _with(record: R, **changes: Any) -> R:
+    """``dataclasses.replace`` for the state's records, without its checks (a hot path)."""
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:
+        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
+    values = {name: getattr(record, name) for name in names}
+    values.update(changes)
+    return type(record)(**values)
 
 
 def _time(text: str | None) -> str | None:
@@ -373,7 +394,7 @@ def _record_decision(
         v = s.violations.get(vid)
         if v is not None:
             links = (*v.decision_event_ids, e.event_id)
-            s.violations[vid] = dataclasses.replace(v, decision_event_ids=links)
+            s.violations[vid] = _with(v, decision_event_ids=links)
 
 
 def _on_violation_reported(s: StandingState, p: ev.ViolationReported, e: RecordedEvent) -> None:
@@ -394,7 +415,7 @@ def _on_violation_dismissed(s: StandingState, p: ev.ViolationDismissed, e: Recor
     v = s.violations.get(p.violation_id)
     if v is None:
         return
-    s.violations[p.violation_id] = dataclasses.replace(v, dismissed=True)
+    s.violations[p.violation_id] = _with(v, dismissed=True)
     # A remediation asked for violations that are all dismissed is owed no more.
     for decision_id in v.decision_event_ids:
         d = s.decisions.get(decision_id)
@@ -402,7 +423,7 @@ def _on_violation_dismissed(s: StandingState, p: ev.ViolationDismissed, e: Recor
             continue
         r = s.remediations.get(d.target_id)
         if r is not None and r.status == "open" and _all_dismissed(s, r.violation_ids):
-            s.remediations[r.remediation_id] = dataclasses.replace(r, status="dismissed")
+            s.remediations[r.remediation_id] = _with(r, status="dismissed")
 
 
 def _all_dismissed(s: StandingState, violation_ids: tuple[str, ...]) -> bool:
@@ -425,9 +446,7 @@ def _on_report_received(s: StandingState, p: ev.AbuseReportReceived, e: Recorded
 def _on_report_triaged(s: StandingState, p: ev.AbuseReportTriaged, e: RecordedEvent) -> None:
     r = s.abuse_reports.get(p.report_id)
     if r is not None:
-        s.abuse_reports[p.report_id] = dataclasses.replace(
-            r, status=p.outcome, violation_id=p.violation_id
-        )
+        s.abuse_reports[p.report_id] = _with(r, status=p.outcome, violation_id=p.violation_id)
 
 
 def _on_remediation_requested(
@@ -448,7 +467,7 @@ def _on_remediation_requested(
 def _close_remediation(s: StandingState, remediation_id: str, status: str) -> None:
     r = s.remediations.get(remediation_id)
     if r is not None:
-        s.remediations[remediation_id] = dataclasses.replace(r, status=status)
+        s.remediations[remediation_id] = _with(r, status=status)
 
 
 def _on_remediation_completed(
@@ -510,17 +529,17 @@ def _on_appeal_filed(s: StandingState, p: ev.AppealFiled, e: RecordedEvent) -> N
     )
     d = s.decisions.get(p.decision_event_id)
     if d is not None:
-        s.decisions[d.event_id] = dataclasses.replace(d, open_appeal_id=p.appeal_id)
+        s.decisions[d.event_id] = _with(d, open_appeal_id=p.appeal_id)
 
 
 def _on_appeal_decided(s: StandingState, p: ev.AppealDecided, e: RecordedEvent) -> None:
     a = s.appeals.get(p.appeal_id)
     if a is not None:
-        s.appeals[p.appeal_id] = dataclasses.replace(a, status=p.outcome)
+        s.appeals[p.appeal_id] = _with(a, status=p.outcome)
     d = s.decisions.get(p.decision_event_id)
     if d is not None:
         overturned = d.overturned or p.outcome == "overturned"
-        s.decisions[d.event_id] = dataclasses.replace(d, open_appeal_id=None, overturned=overturned)
+        s.decisions[d.event_id] = _with(d, open_appeal_id=None, overturned=overturned)
 
 
 def _on_adult_approval(

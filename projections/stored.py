@@ -24,6 +24,7 @@ skipping the rows: correct with any number of writers elsewhere, since the log i
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from itertools import groupby, islice
 from operator import itemgetter
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -254,30 +256,64 @@ def write_states(conn: Connection, changes: Sequence[Change], *, force: bool = F
     _write_heads(conn, heads)
 
 
-def replace_range(conn: Connection, first: str, last: str, states: Sequence[StandingState]) -> None:
+@dataclass(frozen=True, slots=True)
+class StoredRows:
+    """States as the rows ``replace_range`` writes (plain tuples, JSON as text: cheap to pickle,
+    so a rebuild can fold in other processes)."""
+
+    records: list[tuple[str, str, str, int, str]]  # account, kind, key, seq, data
+    heads: list[tuple[str, int, str]]  # account, version, state
+
+    @classmethod
+    def of(cls, states: Iterable[StandingState]) -> StoredRows:
+        records: list[tuple[str, str, str, int, str]] = []
+        heads: list[tuple[str, int, str]] = []
+        for state in states:
+            account_id = state.account_id
+            for kind in TABLES:
+                for seq, (key, record) in enumerate(getattr(state, kind).items()):
+                    records.append((account_id, kind, key, seq, _dumps(record_json(record))))
+            heads.append((account_id, state.version, _dumps(state.head_json())))
+        return cls(records, heads)
+
+
+def replace_range(
+    conn: Connection, first: str, last: str, states: Sequence[StandingState] | StoredRows
+) -> None:
     """Replace every stored standing of the accounts ``first`` to ``last`` (inclusive, in id
-    order) with ``states`` (a rebuild: whatever the rows held)."""
+    order) with ``states`` (a rebuild: whatever the rows held).
+
+    The rows go to the driver's ``executemany`` as they are, JSON already text: a rebuild
+    writes every row there is, and SQLAlchemy's per-row bind processing would double its cost.
+    """
+    rows = states if isinstance(states, StoredRows) else StoredRows.of(states)
     dialects.take_append_lock(conn)
     for table in (standing_records, standings):
         conn.execute(table.delete().where(table.c.account_id.between(first, last)))
-    if not states:
-        return
-    records = [row for s in states for row in _all_records(s)]
-    if records:
-        conn.execute(standing_records.insert(), records)
-    now = datetime.now(UTC)
-    conn.execute(
-        standings.insert(),
-        [
-            {
-                "account_id": s.account_id,
-                "version": s.version,
-                "state": s.head_json(),
-                "updated_at": now,
-            }
-            for s in states
-        ],
-    )
+    postgres = conn.dialect.name == "postgresql"
+    mark, document = ("%s", "CAST(%s AS jsonb)") if postgres else ("?", "?")
+    if rows.records:
+        conn.exec_driver_sql(
+            "INSERT INTO standing_records (account_id, kind, record_key, seq, data) "
+            f"VALUES ({mark}, {mark}, {mark}, {mark}, {document})",
+            rows.records,
+        )
+    if rows.heads:
+        now: Any = datetime.now(UTC)
+        if not postgres:  # as ``UTCDateTime`` writes it on SQLite: naive UTC text
+            now = now.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        conn.exec_driver_sql(
+            "INSERT INTO standings (account_id, version, state, updated_at) "
+            f"VALUES ({mark}, {mark}, {document}, {mark})",
+            [(*head, now) for head in rows.heads],
+        )
+
+
+def _dumps(document: Any) -> str:
+    try:
+        return orjson.dumps(document).decode()
+    except TypeError:  # what orjson does not take (an integer beyond 64 bits): the stdlib does
+        return json.dumps(document)
 
 
 def delete_all(conn: Connection) -> None:
@@ -404,6 +440,7 @@ __all__ = [
     "Change",
     "RecordChanges",
     "StandingRepository",
+    "StoredRows",
     "changed_records",
     "delete_all",
     "iter_stored_states",

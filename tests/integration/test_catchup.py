@@ -355,3 +355,66 @@ def test_an_append_in_flight_is_never_passed_over(pg_url: str) -> None:
     a_position = store.read_stream("acct_a")[0].position
     assert applied == [1, 2, 3] and a_position == 2
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- parallel rebuild
+
+
+def count_parallel_folds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record each range the pass hands to a worker process (only a parallel pass does)."""
+    ranges: list[tuple[str, str]] = []
+    real = StandingsProjection.fold_job
+
+    def fold_job(self: StandingsProjection, first: str, last: str, up_to: int) -> Any:
+        ranges.append((first, last))
+        return real(self, first, last, up_to)
+
+    monkeypatch.setattr(StandingsProjection, "fold_job", fold_job)
+    return ranges
+
+
+def test_a_rebuild_folded_in_worker_processes_writes_exactly_the_inline_rows(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inline = all_stored_rows(system)
+    damage(system)
+    ranges = count_parallel_folds(monkeypatch)
+
+    stats = runner_for(system, streams_per_batch=2, jobs=2, parallel_min_events=0).rebuild()
+
+    assert len(ranges) == (len(inline) + 1) // 2  # every batch was folded by a worker
+    assert all_stored_rows(system) == inline
+    assert (stats.streams, stats.events, stats.checkpoint) == (
+        len(inline),
+        head(system),
+        head(system),
+    )
+
+
+def test_a_crash_during_a_parallel_rebuild_resumes_to_the_same_rows(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inline = all_stored_rows(system)
+    damage(system)
+    ranges = count_parallel_folds(monkeypatch)
+    batches = 0
+
+    def crash_on_second_batch(done: int, total: int) -> None:
+        nonlocal batches
+        assert_checkpoint_honest(system, runner_for(system).checkpoint())
+        if done:
+            batches += 1
+            if batches == 2:
+                raise Crash
+
+    with pytest.raises(Crash):
+        runner_for(system, streams_per_batch=2, jobs=2, parallel_min_events=0).rebuild(
+            crash_on_second_batch
+        )
+    assert ranges and runner_for(system).checkpoint() == 0  # unfinished: nothing claimed
+
+    resumed = runner_for(system, streams_per_batch=2).run()  # a sequential runner finishes it
+
+    assert all_stored_rows(system) == inline
+    assert resumed.checkpoint == head(system)
+    assert resumed.streams == len(inline) - 2 * 2  # the two batches written before the crash

@@ -4,6 +4,7 @@ hold the next state, in the same order."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from test_standing import histories, records, t, violation
 from events import RecordedEvent
 from projections import aup_events as ev
 from projections.standing import TABLES, StandingState, apply_all, record_json
-from projections.stored import changed_records
+from projections.stored import StoredRows, changed_records
 
 Rows = dict[tuple[str, str], tuple[int, dict[str, Any]]]  # (kind, key) -> (seq, data)
 
@@ -119,3 +120,13 @@ def test_a_state_not_made_from_the_base_by_one_apply_gives_none() -> None:
 
     assert changed_records(base, two_steps) is None
     assert changed_records(base, StandingState.from_json(two_steps.to_json())) is None
+
+
+def test_rows_of_a_rebuild_keep_what_orjson_cannot_write() -> None:
+    limits = ev.RateLimitsConfigured("key_1", 60, 2**70)  # beyond 64 bits: the stdlib writes it
+    state = apply_all(StandingState.empty("acct_1"), records([(limits, t())]))
+
+    rows = StoredRows.of([state])
+
+    assert [json.loads(r[4]) for r in rows.records] == [record_json(state.key_rate_limits["key_1"])]
+    assert json.loads(rows.heads[0][2]) == state.head_json()
