@@ -210,19 +210,8 @@ class CatchUpRunner:
     def _pass_batch(self, conn: Connection, horizon: int) -> tuple[int, int, int]:
         """Rebuild the next streams of the pass; returns (events, streams, new checkpoint)."""
         assert isinstance(self.projection, StreamProjection)
-        cursor = self.store.get_checkpoint(conn, self.cursor_name)
-        after = ""
-        if cursor:
-            after = conn.execute(
-                sa.select(events.c.account_id).where(events.c.position == cursor)
-            ).scalar_one()
-        firsts = conn.execute(
-            sa.select(events.c.account_id, events.c.position)
-            .where(events.c.account_id > after, events.c.version == 1)
-            .where(events.c.position <= horizon)
-            .order_by(events.c.account_id)
-            .limit(self.streams_per_batch)
-        ).all()
+        after = _stream_at(conn, self.store.get_checkpoint(conn, self.cursor_name))
+        firsts = _next_streams(conn, after, horizon, self.streams_per_batch)
         done = 0
         if firsts:
             last, last_position = firsts[-1]
@@ -253,11 +242,7 @@ class CatchUpRunner:
                 return  # no pass under way
             if horizon - cursor < self.parallel_min_events:
                 return  # too small to pay for starting processes
-            after = ""
-            if cursor:
-                after = conn.execute(
-                    sa.select(events.c.account_id).where(events.c.position == cursor)
-                ).scalar_one()
+            after = _stream_at(conn, cursor)
         batches = self._pass_batches(after, horizon)
         context = multiprocessing.get_context("spawn")  # no fork: the caller may have threads
         with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
@@ -283,13 +268,7 @@ class CatchUpRunner:
         batch of the pass after stream ``after``."""
         while True:
             with self.store.engine.connect() as conn:
-                firsts = conn.execute(
-                    sa.select(events.c.account_id, events.c.position)
-                    .where(events.c.account_id > after, events.c.version == 1)
-                    .where(events.c.position <= horizon)
-                    .order_by(events.c.account_id)
-                    .limit(self.streams_per_batch)
-                ).all()
+                firsts = _next_streams(conn, after, horizon, self.streams_per_batch)
             if not firsts:
                 return
             yield firsts[0][0], firsts[-1][0], int(firsts[-1][1]), len(firsts)
@@ -355,6 +334,28 @@ class CatchUpRunner:
             .with_for_update()
         ).scalar_one()
         return int(position)
+
+
+def _stream_at(conn: Connection, cursor: int) -> str:
+    """The stream whose first event is at position ``cursor`` (a pass's cursor); "" for 0."""
+    if not cursor:
+        return ""
+    query = sa.select(events.c.account_id).where(events.c.position == cursor)
+    return str(conn.execute(query).scalar_one())
+
+
+def _next_streams(conn: Connection, after: str, horizon: int, limit: int) -> list[Any]:
+    """(stream, position of its first event) of the next ``limit`` streams after ``after``
+    that began at or below ``horizon``, in stream order."""
+    return list(
+        conn.execute(
+            sa.select(events.c.account_id, events.c.position)
+            .where(events.c.account_id > after, events.c.version == 1)
+            .where(events.c.position <= horizon)
+            .order_by(events.c.account_id)
+            .limit(limit)
+        ).all()
+    )
 
 
 def _page(conn: Connection, after: int, limit: int) -> list[RecordedEvent]:
