@@ -125,21 +125,47 @@ class AfterAppend:
         write_states(conn, [(self.state, self.saved)])
 
 
+# --------------------------------------------------------------------------- statements
+# Built once: constructing a statement costs more than running it on the hot path.
+
+_R = standing_records.c
+_HEAD = sa.select(standings.c.state).where(standings.c.account_id == sa.bindparam("a"))
+_RECORDS = (
+    sa.select(_R.kind, _R.data).where(_R.account_id == sa.bindparam("a")).order_by(_R.kind, _R.seq)
+)
+_HEADS_OF = sa.select(standings.c.account_id, standings.c.state).where(
+    standings.c.account_id.in_(sa.bindparam("ids", expanding=True))
+)
+_RECORDS_OF = (
+    sa.select(_R.account_id, _R.kind, _R.data)
+    .where(_R.account_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_R.account_id, _R.kind, _R.seq)
+)
+_VERSIONS_OF = sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
+    standings.c.account_id.in_(sa.bindparam("ids", expanding=True))
+)
+_VERSION_OF = sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
+    standings.c.account_id == sa.bindparam("a")
+)
+_DELETE_RECORDS_OF = standing_records.delete().where(
+    _R.account_id.in_(sa.bindparam("ids", expanding=True))
+)
+_DELETE_RECORD = standing_records.delete().where(
+    _R.account_id == sa.bindparam("a"),
+    _R.kind == sa.bindparam("k"),
+    _R.record_key == sa.bindparam("r"),
+)
+
+
 # --------------------------------------------------------------------------- reading
 
 
 def read_state(conn: Connection, account_id: str) -> StandingState | None:
     """The stored state of one account; None without rows or with rows of another schema."""
-    head = conn.execute(
-        sa.select(standings.c.state).where(standings.c.account_id == account_id)
-    ).scalar()
+    head = conn.execute(_HEAD, {"a": account_id}).scalar()
     if head is None or head.get("schema") != STATE_SCHEMA:
         return None
-    records = conn.execute(
-        sa.select(standing_records.c.kind, standing_records.c.data)
-        .where(standing_records.c.account_id == account_id)
-        .order_by(standing_records.c.kind, standing_records.c.seq)
-    )
+    records = conn.execute(_RECORDS, {"a": account_id})
     tables = {kind: [r[1] for r in rows] for kind, rows in groupby(records, key=itemgetter(0))}
     return StandingState.from_parts(head, tables)
 
@@ -151,21 +177,12 @@ def read_states(conn: Connection, account_ids: Iterable[str]) -> dict[str, Stand
         return {}
     heads = {
         account_id: head
-        for account_id, head in conn.execute(
-            sa.select(standings.c.account_id, standings.c.state).where(
-                standings.c.account_id.in_(ids)
-            )
-        )
+        for account_id, head in conn.execute(_HEADS_OF, {"ids": ids})
         if head.get("schema") == STATE_SCHEMA
     }
     tables: dict[str, dict[str, list[Any]]] = {a: {} for a in heads}
     if heads:
-        r = standing_records.c
-        records = conn.execute(
-            sa.select(r.account_id, r.kind, r.data)
-            .where(r.account_id.in_(list(heads)))
-            .order_by(r.account_id, r.kind, r.seq)
-        )
+        records = conn.execute(_RECORDS_OF, {"ids": list(heads)})
         for (account_id, kind), rows in groupby(records, key=itemgetter(0, 1)):
             if account_id in tables:
                 tables[account_id][kind] = [r[2] for r in rows]
@@ -236,21 +253,10 @@ def write_states(conn: Connection, changes: Sequence[Change], *, force: bool = F
             upserts += diff.upserts
             deletes += diff.deletes
     if whole:
-        conn.execute(
-            standing_records.delete().where(
-                standing_records.c.account_id.in_([s.account_id for s in whole])
-            )
-        )
+        conn.execute(_DELETE_RECORDS_OF, {"ids": [s.account_id for s in whole]})
         upserts += [row for s in whole for row in _all_records(s)]
     if deletes:
-        conn.execute(
-            standing_records.delete().where(
-                standing_records.c.account_id == sa.bindparam("a"),
-                standing_records.c.kind == sa.bindparam("k"),
-                standing_records.c.record_key == sa.bindparam("r"),
-            ),
-            deletes,
-        )
+        conn.execute(_DELETE_RECORD, deletes)
     if upserts:
         conn.execute(_upsert_records(conn), upserts)
     _write_heads(conn, heads)
@@ -326,11 +332,10 @@ def delete_all(conn: Connection) -> None:
 def _stored_versions(conn: Connection, account_ids: list[str]) -> dict[str, int]:
     """The stored version of each account whose head is of the current schema; an account
     with a head of another schema maps to -1 (never a base, never newer)."""
-    rows = conn.execute(
-        sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
-            standings.c.account_id.in_(account_ids)
-        )
-    )
+    if len(account_ids) == 1:
+        rows = conn.execute(_VERSION_OF, {"a": account_ids[0]})
+    else:
+        rows = conn.execute(_VERSIONS_OF, {"ids": account_ids})
     return {a: v if head.get("schema") == STATE_SCHEMA else -1 for a, v, head in rows}
 
 
@@ -408,21 +413,28 @@ def _upsert_records(conn: Connection) -> Any:
     return statement
 
 
+_HEAD_UPSERTS: dict[str, Any] = {}
+
+
 def _write_heads(conn: Connection, states: Sequence[StandingState]) -> None:
     if not states:
         return
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(standings)
-    excluded = insert.excluded
-    now = datetime.now(UTC)
-    conn.execute(
-        insert.on_conflict_do_update(
+    name = conn.dialect.name
+    statement = _HEAD_UPSERTS.get(name)
+    if statement is None:
+        insert = (postgresql.insert if name == "postgresql" else sqlite.insert)(standings)
+        excluded = insert.excluded
+        statement = _HEAD_UPSERTS[name] = insert.on_conflict_do_update(
             index_elements=[standings.c.account_id],
             set_={
                 "version": excluded.version,
                 "state": excluded.state,
                 "updated_at": excluded.updated_at,
             },
-        ),
+        )
+    now = datetime.now(UTC)
+    conn.execute(
+        statement,
         [
             {
                 "account_id": s.account_id,
