@@ -371,8 +371,9 @@ def postgres_backend(admin_url: str, idempotency_keys: bool) -> Backend:
         f"database each: synchronous_commit={settings['synchronous_commit']}, "
         f"fsync={settings['fsync']}, wal_sync_method={settings['wal_sync_method']}, "
         f"shared_buffers={settings['shared_buffers']}",
-        "  ours: SQLAlchemy Core + psycopg 3 (QueuePool, pool_pre_ping), "
-        "pg_advisory_xact_lock before the insert",
+        "  ours: SQLAlchemy QueuePool + psycopg 3 (hot statements on the driver connection, "
+        "liveness checked on checkout without a round trip), pipelined "
+        "pg_advisory_xact_lock + head read before the insert",
         "  eventsourcing: psycopg 3 pool (1 connection), pipeline mode, LOCK TABLE … IN "
         "EXCLUSIVE MODE + NOTIFY before the insert, default originator_id_type=uuid",
     ]

@@ -28,6 +28,7 @@ class Registration:
     payload_class: builtins.type[Any]  # ``type`` is the field above here
     schema_version: int
     upcasters: dict[int, Upcaster] = field(default_factory=dict)
+    field_names: tuple[str, ...] = ()  # the payload class's fields, looked up once
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,8 @@ class Codec:
         missing = [v for v in range(1, schema_version) if v not in ups]
         if missing:
             raise ValueError(f"{name}: no upcaster from schema version(s) {missing}")
-        reg = Registration(name, payload_class, schema_version, ups)
+        names = tuple(f.name for f in dataclasses.fields(payload_class))
+        reg = Registration(name, payload_class, schema_version, ups, names)
         self._by_type[name] = reg
         self._by_class[payload_class] = reg
 
@@ -83,7 +85,7 @@ class Codec:
             raise UnknownEventType(f"{type(payload).__name__} is not registered") from None
         return NewEvent(
             type=reg.type,
-            data=payload_to_dict(payload),
+            data={name: getattr(payload, name) for name in reg.field_names},
             schema_version=reg.schema_version,
             **new_event_fields,
         )

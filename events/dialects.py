@@ -3,17 +3,21 @@
 - connection set-up (SQLite: WAL, busy timeout, explicit ``BEGIN IMMEDIATE`` for writers);
 - the append-only triggers;
 - the write lock that makes position order equal commit order (gap-safe catch-up);
-- how a JSON document comes back from the database (what the hash chain must cover).
+- how a JSON document comes back from the database (what the hash chain must cover);
+- statements run on the driver's own connection (``driver_call``), and how a dropped PostgreSQL
+  connection is noticed when it is taken from the pool.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -23,6 +27,13 @@ APPEND_ONLY_MESSAGE = "events are append-only: UPDATE and DELETE are refused"
 
 # Any constant works; it only has to be the same in every process that appends.
 _POSTGRES_APPEND_LOCK_KEY = 7_301_947_561
+_POSTGRES_APPEND_LOCK = f"SELECT pg_advisory_xact_lock({_POSTGRES_APPEND_LOCK_KEY})"
+
+# A pooled PostgreSQL connection idle for longer than this is pinged before use (see
+# ``_configure_postgres``); one used more recently is checked without a round trip.
+POSTGRES_IDLE_PING_SECONDS = 10.0
+
+R = TypeVar("R")
 
 
 def create_engine(url: str, **kwargs: Any) -> Engine:
@@ -38,8 +49,55 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         sa_url = sa_url.set(drivername="postgresql+psycopg")
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(sa_url, **kwargs)
+    engine = sa.create_engine(sa_url, **kwargs)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        _configure_postgres(engine)
+    return engine
+
+
+def _configure_postgres(engine: Engine) -> None:
+    """Hand out only live connections, without a ``SELECT 1`` on every checkout.
+
+    ``pool_pre_ping`` costs a round trip per checkout, as much as a whole read. Instead: a server
+    that ends a connection (restart, ``pg_terminate_backend``, idle timeout) sends a FATAL
+    message and closes the socket, so a connection with unread input while it sat in the pool, or
+    one psycopg already knows is closed or broken, is pinged (and replaced if the ping fails); so
+    is one idle for longer than ``POSTGRES_IDLE_PING_SECONDS``, for whatever gives no sign. A
+    ``DisconnectionError`` raised here makes the pool connect afresh.
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["events_idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("events_idle_since")
+        if idle_since is None:  # connected just now
+            return
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise sa.exc.DisconnectionError("the connection was closed")
+        if time.monotonic() - idle_since < POSTGRES_IDLE_PING_SECONDS and not _has_input(
+            dbapi_conn
+        ):
+            return
+        try:
+            if dbapi_conn.info.transaction_status != 0:  # not IDLE: leave it to the reset
+                dbapi_conn.rollback()
+            dbapi_conn.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"the connection failed a ping: {exc}") from exc
+
+
+def _has_input(dbapi_conn: Any) -> bool:
+    """Whether the server sent anything to an idle connection (a FATAL message, end of file)."""
+    try:
+        poller = select.poll()
+        poller.register(dbapi_conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -59,7 +117,8 @@ def _configure_sqlite(engine: Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        statement = f"BEGIN {mode}"
+        driver_call(conn, statement, lambda dbapi_conn: dbapi_conn.execute(statement))
 
 
 def is_sqlite(conn: Connection | Engine) -> bool:
@@ -70,6 +129,11 @@ _sqlite_writer_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
     weakref.WeakKeyDictionary()
 )
 _sqlite_writer_locks_guard = threading.Lock()
+
+
+def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
+    with _sqlite_writer_locks_guard:
+        return _sqlite_writer_locks.setdefault(engine, threading.RLock())
 
 
 @contextmanager
@@ -85,13 +149,125 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
         with engine.connect() as conn:
             yield conn
         return
-    with _sqlite_writer_locks_guard:
-        lock = _sqlite_writer_locks.setdefault(engine, threading.RLock())
-    with lock, engine.connect() as conn:
+    with _sqlite_writer_lock(engine), engine.connect() as conn:
         yield conn.execution_options(sqlite_begin="IMMEDIATE")
 
 
-def take_append_lock(conn: Connection) -> None:
+class DriverConnection:
+    """A driver (DBAPI) connection in use, whose errors come out as SQLAlchemy's.
+
+    For the hot paths, where SQLAlchemy's per-statement and per-row processing costs more than
+    the statement itself: callers pass values the driver takes as they are. A driver error is
+    wrapped exactly as ``Connection.execute`` would wrap it (``IntegrityError``,
+    ``OperationalError`` …), and a disconnect invalidates the connection.
+    """
+
+    __slots__ = ("_invalidate", "dbapi_connection", "dialect")
+
+    def __init__(self, dialect: sa.Dialect, dbapi_connection: Any, invalidate: Callable[[], Any]):
+        self.dialect = dialect
+        self.dbapi_connection = dbapi_connection
+        self._invalidate = invalidate
+
+    @classmethod
+    def of(cls, conn: Connection) -> DriverConnection:
+        """The driver connection under a SQLAlchemy connection (in its transaction, if any)."""
+        return cls(conn.dialect, conn.connection.dbapi_connection, conn.invalidate)
+
+    def call(self, statement: str, call: Callable[[Any], R], params: Any = None) -> R:
+        """``call(dbapi_connection)``, which runs ``statement``."""
+        try:
+            return call(self.dbapi_connection)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise wrap_driver_error(
+                self.dialect, exc, statement, params, self.dbapi_connection, self._invalidate
+            ) from exc
+
+    def execute(self, statement: str, params: Any = ()) -> Any:
+        """Run one statement; its cursor (fetch inside ``call`` where fetching may fail)."""
+        return self.call(statement, lambda c: c.execute(statement, params), params)
+
+
+def driver_call(
+    conn: Connection, statement: str, call: Callable[[Any], R], params: Any = None
+) -> R:
+    """``call(dbapi_connection)`` on ``conn``'s driver connection (``DriverConnection.call``)."""
+    return DriverConnection.of(conn).call(statement, call, params)
+
+
+def raw_connection(engine: Engine) -> Any:
+    """``engine.raw_connection()``, with a failure to connect raised as ``engine.connect()``
+    raises it (a SQLAlchemy ``OperationalError``, not the driver's)."""
+    try:
+        return engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        wrapped = sa.exc.DBAPIError.instance(
+            None, None, exc, engine.dialect.loaded_dbapi.Error, dialect=engine.dialect
+        )
+        raise wrapped from exc
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[DriverConnection]:
+    """A writing transaction straight on a pooled driver connection, committed on success.
+
+    The same transaction as ``write_connection`` + ``begin()`` (on SQLite, the in-process
+    writer lock and ``BEGIN IMMEDIATE``), without SQLAlchemy's connection and transaction
+    objects, for writers that need no SQLAlchemy connection.
+    """
+    sqlite = is_sqlite(engine)
+    lock = _sqlite_writer_lock(engine) if sqlite else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        raw = raw_connection(engine)
+        try:
+            driver = DriverConnection(engine.dialect, raw.dbapi_connection, raw.invalidate)
+            if sqlite:
+                driver.execute("BEGIN IMMEDIATE")
+            try:
+                yield driver
+            except BaseException:
+                if raw.is_valid:
+                    try:
+                        driver.call("ROLLBACK", lambda c: c.rollback())
+                    except Exception:
+                        raw.invalidate()
+                raise
+            driver.call("COMMIT", lambda c: c.commit())
+        finally:
+            raw.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def wrap_driver_error(
+    dialect: sa.Dialect,
+    exc: Exception,
+    statement: str,
+    params: Any,
+    dbapi_conn: Any,
+    invalidate: Callable[[], None],
+) -> sa.exc.DBAPIError:
+    """The SQLAlchemy exception for a driver error; invalidates the connection on a disconnect."""
+    disconnect = dialect.is_disconnect(exc, dbapi_conn, None)  # type: ignore[arg-type]
+    if disconnect:
+        invalidate()
+    wrapped = sa.exc.DBAPIError.instance(
+        statement,
+        params,
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=disconnect,
+        dialect=dialect,
+    )
+    assert isinstance(wrapped, sa.exc.DBAPIError)
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def take_append_lock(conn: Connection | DriverConnection) -> None:
     """Serialise "assign positions + insert + commit" so insert order is commit order.
 
     On PostgreSQL a ``bigserial`` alone is not enough: a transaction that takes position 10 may
@@ -101,12 +277,16 @@ def take_append_lock(conn: Connection) -> None:
     reading and deciding first, so the lock covers only the stream heads, the insert and the
     commit.
     SQLite has a single writer (``BEGIN IMMEDIATE``), so its positions are commit-ordered already.
+
+    The statement goes to the driver connection directly, so that the store can pipeline it with
+    the reads of the stream heads that follow it; outside a pipeline it runs at once.
     """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_POSTGRES_APPEND_LOCK_KEY})")
+        driver = conn if isinstance(conn, DriverConnection) else DriverConnection.of(conn)
+        driver.execute(_POSTGRES_APPEND_LOCK)
 
 
-def as_stored_json(conn: Connection, document: Any) -> Any:
+def as_stored_json(conn: Connection | DriverConnection, document: Any) -> Any:
     """``document`` exactly as a JSON column of this database will give it back.
 
     The hash chain must cover what readers get. PostgreSQL's ``jsonb`` rewrites some numbers
@@ -116,6 +296,9 @@ def as_stored_json(conn: Connection, document: Any) -> Any:
     """
     text = json.dumps(document, allow_nan=False)
     if conn.dialect.name == "postgresql" and not _jsonb_keeps(document):
+        if isinstance(conn, DriverConnection):
+            statement = "SELECT CAST(%s AS jsonb)"
+            return conn.call(statement, lambda c: c.execute(statement, (text,)).fetchone()[0])
         query = sa.text("SELECT CAST(:document AS jsonb) AS document").columns(
             sa.column("document", postgresql.JSONB())
         )
@@ -135,9 +318,14 @@ def _jsonb_keeps(value: Any) -> bool:
     if isinstance(value, list):
         return all(_jsonb_keeps(v) for v in value)
     if isinstance(value, float):
-        text = repr(value)
-        return "e" not in text and "n" not in text and text != "-0.0"
+        return jsonb_keeps_float(value)
     return not (isinstance(value, str) and "\x00" in value)
+
+
+def jsonb_keeps_float(value: float) -> bool:
+    """Whether ``jsonb`` gives this float back as sent (see ``_jsonb_keeps``)."""
+    text = repr(value)
+    return "e" not in text and "n" not in text and text != "-0.0"
 
 
 def append_only_ddl(dialect_name: str) -> list[str]:

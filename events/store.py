@@ -13,8 +13,8 @@ Guarantees:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,16 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from events import dialects
-from events.chain import GENESIS_HASH, canonical_json, chain_hash, verify_chain
+from events.chain import (
+    GENESIS_HASH,
+    canonical_document,
+    canonical_event,
+    canonical_json,
+    document_encoder,
+    event_hash,
+    sha256_link,
+    verify_links,
+)
 from events.errors import AppendOnlyViolation, ConcurrencyError, IdempotencyConflict, StoreError
 from events.schema import checkpoints, events, idempotency_keys
 from events.timefmt import format_time, to_utc
@@ -74,6 +83,9 @@ _ALL_QUERY = (
     .limit(sa.bindparam("limit"))
 )
 
+_VERIFY_PAGE = 1000
+_INSERT_CHUNK = 500  # rows per INSERT: well inside both databases' limits on bound parameters
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -99,6 +111,7 @@ def fingerprint_events(new_events: Sequence[NewEvent]) -> str:
 
 
 def row_to_event(row: Any) -> RecordedEvent:
+    """A recorded event from a row of ``_EVENT_COLUMNS`` selected through SQLAlchemy."""
     return RecordedEvent(
         position=row[0],
         event_id=str(row[1]),
@@ -113,6 +126,189 @@ def row_to_event(row: Any) -> RecordedEvent:
         prev_hash=row[10],
         hash=row[11],
     )
+
+
+# ---------------------------------------------------------------------- the driver-level SQL
+#
+# The hot paths (append, head, read_stream, read_all, verify) run these statements on the
+# driver's connection with values the driver takes as they are, and decode rows themselves:
+# SQLAlchemy's per-statement and per-row processing cost several times what the database takes.
+# What is stored and read back is exactly what the ``events`` table's SQLAlchemy types would
+# store and return; ``row_to_event`` and ``_EVENT_COLUMNS`` remain for everyone else.
+
+_INSERT_COLUMNS = (
+    "event_id, account_id, version, type, schema_version, data, metadata, occurred_at, "
+    "recorded_at, prev_hash, hash"
+)
+
+
+class _SQL:
+    """The statements of one database, in its driver's parameter style."""
+
+    def __init__(self, dialect_name: str) -> None:
+        pg = dialect_name == "postgresql"
+        p = "%s" if pg else "?"
+        event_id = "event_id::text" if pg else "event_id"
+        columns = (
+            f"position, {event_id}, account_id, version, type, schema_version, data, metadata, "
+            "occurred_at, recorded_at, prev_hash, hash"
+        )
+        self.postgres = pg
+        self.head = (
+            f"SELECT version, hash FROM events WHERE account_id = {p} ORDER BY version DESC LIMIT 1"
+        )
+        stream = f"SELECT {columns} FROM events WHERE account_id = {p} AND version > {p}"
+        self.stream = stream + " ORDER BY version"
+        self.stream_limit = stream + f" ORDER BY version LIMIT {p}"
+        self.stream_until = stream + f" AND recorded_at <= {p} ORDER BY version"
+        self.stream_until_limit = stream + f" AND recorded_at <= {p} ORDER BY version LIMIT {p}"
+        self.all = f"SELECT {columns} FROM events WHERE position > {p} ORDER BY position LIMIT {p}"
+        # SQLite: json_valid tells the verifier that the stored texts are whole JSON values.
+        verify_extra = "" if pg else ", json_valid(data) AND json_valid(metadata)"
+        self.verify = (
+            f"SELECT {columns}{verify_extra} FROM events WHERE account_id = {p} AND version > {p} "
+            f"ORDER BY version LIMIT {p}"
+        )
+        if pg:
+            row = f"({p}::uuid, {p}, {p}, {p}, {p}, {p}::jsonb, {p}::jsonb, {p}, {p}, {p}, {p})"
+        else:
+            row = "(" + ", ".join([p] * 11) + ")"
+        self._insert = f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES "
+        self._row = row
+        self.insert_one = self._insert + row + (" RETURNING position" if pg else "")
+        key = "key" if pg else '"key"'
+        self.insert_key = (
+            f"INSERT INTO idempotency_keys ({key}, fingerprint, account_id, event_ids, "
+            f"recorded_at) VALUES ({p}, {p}, {p}, {p}{'::json' if pg else ''}, {p})"
+        )
+        self._insert_many: dict[int, str] = {}
+
+    def insert_many(self, count: int) -> str:
+        sql = self._insert_many.get(count)
+        if sql is None:
+            event_id = "event_id::text" if self.postgres else "event_id"
+            sql = self._insert + ", ".join([self._row] * count) + f" RETURNING position, {event_id}"
+            self._insert_many[count] = sql
+        return sql
+
+
+_SQL_BY_DIALECT = {name: _SQL(name) for name in ("sqlite", "postgresql")}
+
+_loads = json.loads
+_from_iso = datetime.fromisoformat
+
+# ``data`` and ``metadata`` are stored as their canonical JSON text (one serialisation serves the
+# hash and the column); NaN and infinities are refused, as JSON has no such numbers.
+_encode_document = document_encoder(allow_nan=False)
+
+
+def _sqlite_time(text: Any) -> datetime:
+    """A time column as SQLAlchemy's SQLite ``DATETIME`` and ``UTCDateTime`` give it back."""
+    return to_utc(_from_iso(text))
+
+
+def _sqlite_sql_time(moment: datetime) -> str:
+    """``moment`` (UTC) as SQLAlchemy's SQLite ``DATETIME`` stores it."""
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _sqlite_text(text: str, moment: datetime) -> str:
+    """``_sqlite_sql_time(moment)`` from ``text = format_time(moment)``, by slicing."""
+    if len(text) == 27:
+        return text[:10] + " " + text[11:26]
+    return _sqlite_sql_time(moment)
+
+
+def _event_from_sqlite(r: Sequence[Any]) -> RecordedEvent:
+    return RecordedEvent(
+        r[0],
+        str(r[1]),
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        _loads(r[6]),
+        _loads(r[7]),
+        _sqlite_time(r[8]),
+        _sqlite_time(r[9]),
+        r[10],
+        r[11],
+    )
+
+
+def _event_from_postgres(r: Sequence[Any]) -> RecordedEvent:
+    return RecordedEvent(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], to_utc(r[8]), to_utc(r[9]), r[10], r[11]
+    )
+
+
+def _sqlite_row_hash(prev: str, r: Sequence[Any]) -> str | None:
+    """The hash of a raw SQLite row with its stored JSON texts spliced in as they are.
+
+    Only when the row has the exact shapes this store writes (canonical JSON text, validated as
+    whole JSON values by SQLite, and times in SQLAlchemy's format); otherwise None. A match
+    means the stored texts are byte for byte the canonical texts once hashed, so readers, who
+    parse them, get exactly what was hashed; a mismatch is decided by the full recomputation.
+    """
+    occurred, recorded = r[8], r[9]
+    if not (
+        r[12]
+        and type(r[6]) is str
+        and type(r[7]) is str
+        and type(occurred) is str
+        and type(recorded) is str
+        and len(occurred) == 26
+        and len(recorded) == 26
+        and occurred[10] == " "
+        and recorded[10] == " "
+    ):
+        return None
+    return sha256_link(
+        prev,
+        canonical_event(
+            str(r[1]),
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            occurred[:10] + "T" + occurred[11:] + "Z",
+            recorded[:10] + "T" + recorded[11:] + "Z",
+        ),
+    )
+
+
+def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
+    expected: str = r[11]
+    if _sqlite_row_hash(prev, r) == expected:
+        return True
+    return event_hash(prev, _event_from_sqlite(r)) == expected
+
+
+def _postgres_row_matches(prev: str, r: Sequence[Any]) -> bool:
+    expected: str = r[11]
+    return (
+        sha256_link(
+            prev,
+            canonical_event(
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                canonical_document(r[6]),
+                canonical_document(r[7]),
+                format_time(r[8]),
+                format_time(r[9]),
+            ),
+        )
+        == expected
+    )
+
+
+def _link(r: Sequence[Any]) -> tuple[int, str, str]:
+    return r[3], r[10], r[11]
 
 
 class EventStore:
@@ -193,54 +389,31 @@ class EventStore:
         after_append: AfterAppend | None,
     ) -> list[list[RecordedEvent]]:
         recorded_at = to_utc(self._clock())
-        with dialects.write_connection(self.engine) as conn:
-            try:
-                with conn.begin():
-                    stored = [_as_stored(conn, item.events) for item in appends]
-                    if idempotency_key is not None:
-                        # Before the append lock: waiting on another writer's key row while
-                        # holding the lock could deadlock.
-                        conn.execute(
-                            idempotency_keys.insert().values(
-                                key=idempotency_key,
-                                fingerprint=fingerprint,
-                                account_id=appends[0].account_id,
-                                event_ids=[e.event_id for batch in stored for e in batch],
-                                recorded_at=recorded_at,
-                            )
-                        )
-                    dialects.take_append_lock(conn)
-                    # Heads are read under the lock: no other appender can move them before our
-                    # commit, so "append at head" never loses a race and a stale expected
-                    # version is caught here rather than by the unique constraint.
-                    rows: list[dict[str, Any]] = []
-                    per_stream: list[list[dict[str, Any]]] = []
-                    for item, new_events in zip(appends, stored, strict=True):
-                        head = self._head(conn, item.account_id)
-                        if (
-                            item.expected_version is not None
-                            and item.expected_version != head.version
-                        ):
-                            raise ConcurrencyError(
-                                item.account_id, item.expected_version, head.version
-                            )
-                        stream_rows = _chain_rows(item.account_id, head, new_events, recorded_at)
-                        per_stream.append(stream_rows)
-                        rows.extend(stream_rows)
-                    positions = _insert_rows(conn, rows)
-                    recorded: list[list[RecordedEvent]] = []
-                    i = 0
-                    for stream_rows in per_stream:
-                        batch = []
-                        for row in stream_rows:
-                            batch.append(_recorded(positions[i], row))
-                            i += 1
-                        recorded.append(batch)
-                    if after_append is not None:
-                        after_append(conn, [e for batch in recorded for e in batch])
-                    return recorded
-            except IntegrityError as exc:
-                raise _translate_integrity_error(exc, appends) from exc
+        sql = _SQL_BY_DIALECT[self.engine.dialect.name]
+        # Serialised before taking the connection (on SQLite, the write lock): one canonical
+        # JSON text per document serves the hash and the stored column.
+        documents = [_documents(item.events, sql.postgres) for item in appends]
+        try:
+            if after_append is None:
+                # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
+                with dialects.write_transaction(self.engine) as driver:
+                    return _write(
+                        driver, sql, appends, documents, idempotency_key, fingerprint, recorded_at
+                    )
+            with dialects.write_connection(self.engine) as conn, conn.begin():
+                recorded = _write(
+                    dialects.DriverConnection.of(conn),
+                    sql,
+                    appends,
+                    documents,
+                    idempotency_key,
+                    fingerprint,
+                    recorded_at,
+                )
+                after_append(conn, [e for batch in recorded for e in batch])
+                return recorded
+        except IntegrityError as exc:
+            raise _translate_integrity_error(exc, appends) from exc
 
     def recorded_for_key(self, key: str, fingerprint: str) -> list[RecordedEvent] | None:
         """What an earlier append with this idempotency key recorded, or None if it is new.
@@ -274,8 +447,8 @@ class EventStore:
 
     def head(self, account_id: str) -> StreamHead:
         """The stream's last version and hash; version 0 and the zero hash when empty."""
-        with self.engine.connect() as conn:
-            return self._head(conn, account_id)
+        rows = self._fetch(self._sql.head, (account_id,))
+        return StreamHead(0, GENESIS_HASH) if not rows else StreamHead(rows[0][0], rows[0][1])
 
     @staticmethod
     def _head(conn: Connection, account_id: str) -> StreamHead:
@@ -292,18 +465,29 @@ class EventStore:
         conn: Connection | None = None,
     ) -> list[RecordedEvent]:
         """Events of one stream with ``version > after_version``, in version order."""
-        query = _STREAM_QUERY
-        params: dict[str, Any] = {"account_id": account_id, "after_version": after_version}
-        if recorded_until is not None:
-            query = query.where(events.c.recorded_at <= sa.bindparam("recorded_until"))
-            params["recorded_until"] = to_utc(recorded_until)
-        if limit is not None:
-            query = query.limit(sa.bindparam("limit"))
-            params["limit"] = limit
         if conn is not None:
+            # In the caller's transaction: through SQLAlchemy, which also begins it if need be.
+            query = _STREAM_QUERY
+            params: dict[str, Any] = {"account_id": account_id, "after_version": after_version}
+            if recorded_until is not None:
+                query = query.where(events.c.recorded_at <= sa.bindparam("recorded_until"))
+                params["recorded_until"] = to_utc(recorded_until)
+            if limit is not None:
+                query = query.limit(sa.bindparam("limit"))
+                params["limit"] = limit
             return [row_to_event(r) for r in conn.execute(query, params)]
-        with self.engine.connect() as own:
-            return [row_to_event(r) for r in own.execute(query, params)]
+        sql = self._sql
+        values: tuple[Any, ...] = (account_id, after_version)
+        if recorded_until is None:
+            statement = sql.stream if limit is None else sql.stream_limit
+        else:
+            until = to_utc(recorded_until)
+            values += (until if sql.postgres else _sqlite_sql_time(until),)
+            statement = sql.stream_until if limit is None else sql.stream_until_limit
+        if limit is not None:
+            values += (limit,)
+        decode = _event_from_postgres if sql.postgres else _event_from_sqlite
+        return [decode(r) for r in self._fetch(statement, values)]
 
     def get_event(self, event_id: str) -> RecordedEvent | None:
         """One event by its id, or None."""
@@ -325,9 +509,9 @@ class EventStore:
 
     def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]:
         """Events of every stream with ``position > after_position``, in commit order."""
-        params = {"after_position": after_position, "limit": limit}
-        with self.engine.connect() as conn:
-            return [row_to_event(r) for r in conn.execute(_ALL_QUERY, params)]
+        sql = self._sql
+        decode = _event_from_postgres if sql.postgres else _event_from_sqlite
+        return [decode(r) for r in self._fetch(sql.all, (after_position, limit))]
 
     def iter_all(self, after_position: int = 0, page_size: int = 1000) -> Iterator[RecordedEvent]:
         """Every event after ``after_position`` in keyset pages (constant memory)."""
@@ -366,8 +550,59 @@ class EventStore:
             after = page[-1]
 
     def verify(self, account_id: str) -> VerifyResult:
-        """Recompute the stream's hash chain: intact, or the first broken version and why."""
-        return verify_chain(self.iter_stream(account_id))
+        """Recompute the stream's hash chain: intact, or the first broken version and why.
+
+        The same checks as ``verify_chain(self.iter_stream(account_id))``, on the rows as the
+        driver gives them: on SQLite the stored JSON texts are hashed as they are when they have
+        the shape this store writes (and recomputed as readers decode them when not).
+        """
+        matches = _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
+        return verify_links(self._verify_rows(account_id), _link, matches)
+
+    def _verify_rows(self, account_id: str) -> Iterator[Sequence[Any]]:
+        after = 0
+        while True:
+            page = self._fetch(self._sql.verify, (account_id, after, _VERIFY_PAGE))
+            yield from page
+            if len(page) < _VERIFY_PAGE:
+                return
+            after = page[-1][3]
+
+    # ------------------------------------------------------------------ driver-level reads
+
+    @property
+    def _sql(self) -> _SQL:
+        return _SQL_BY_DIALECT[self.engine.dialect.name]
+
+    def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
+        """The rows of one read-only statement, on a pooled connection of its own.
+
+        On PostgreSQL the statement runs in autocommit: a single statement sees one snapshot
+        either way, and it saves the BEGIN and ROLLBACK round trips. The connection goes back
+        to the pool in its usual mode, or is discarded.
+        """
+        engine = self.engine
+        raw = dialects.raw_connection(engine)
+        dbapi_conn: Any = raw.dbapi_connection
+        postgres = engine.dialect.name == "postgresql"
+        try:
+            try:
+                if postgres:
+                    dbapi_conn.autocommit = True
+                rows: list[Any] = dbapi_conn.execute(statement, params).fetchall()
+                return rows
+            except engine.dialect.loaded_dbapi.Error as exc:
+                raise dialects.wrap_driver_error(
+                    engine.dialect, exc, statement, params, dbapi_conn, raw.invalidate
+                ) from exc
+            finally:
+                if postgres and raw.is_valid:
+                    try:
+                        dbapi_conn.autocommit = False
+                    except Exception:
+                        raw.invalidate()
+        finally:
+            raw.close()
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -394,82 +629,326 @@ class _DuplicateIdempotencyKey(StoreError):
     pass
 
 
-def _as_stored(conn: Connection, new_events: Sequence[NewEvent]) -> list[NewEvent]:
-    """The events with ``data`` and ``metadata`` exactly as reads will return them."""
-    try:
-        documents = dialects.as_stored_json(conn, [[e.data, e.metadata] for e in new_events])
-    except (ValueError, DBAPIError) as exc:
-        reason = exc.orig if isinstance(exc, DBAPIError) else exc
-        raise StoreError(f"an event's data or metadata cannot be stored as JSON: {reason}") from exc
-    return [
-        dataclasses.replace(event, data=data, metadata=metadata)
-        for event, (data, metadata) in zip(new_events, documents, strict=True)
-    ]
+# One event's documents, ready to append: the canonical texts of ``data`` and ``metadata`` and
+# the values readers will get back from them.
+_Documents = tuple[str, str, Any, Any]
 
 
-def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert the rows and return their positions, in the rows' order."""
-    if dialects.is_sqlite(conn):
-        # SQLite does not promise the order of RETURNING rows for a multi-row INSERT, so with
-        # ``sort_by_parameter_order`` SQLAlchemy sends one INSERT per row there. Match positions
-        # to rows by event id instead: unique, and given back by SQLite exactly as bound.
-        result = conn.execute(events.insert().returning(events.c.position, events.c.event_id), rows)
-        position_of = {event_id: position for position, event_id in result}
-        return [position_of[row["event_id"]] for row in rows]
-    result = conn.execute(
-        events.insert().returning(events.c.position, sort_by_parameter_order=True), rows
-    )
-    return [r[0] for r in result]
+def _documents(new_events: Sequence[NewEvent], postgres: bool) -> list[_Documents | None]:
+    """Each event's documents, or None where only the database can say how they are stored."""
+    prepared: list[_Documents | None] = []
+    for event in new_events:
+        data, metadata = event.data, event.metadata
+        data_kind, metadata_kind = _plain_kind(data, postgres), _plain_kind(metadata, postgres)
+        if not (data_kind and metadata_kind):
+            prepared.append(None)
+            continue
+        try:
+            data_text, metadata_text = _encode_document(data), _encode_document(metadata)
+        except ValueError as exc:
+            raise StoreError(
+                f"an event's data or metadata cannot be stored as JSON: {exc}"
+            ) from exc
+        # What readers get back: a fresh copy (a shallow one suffices for a dict of scalars).
+        prepared.append(
+            (
+                data_text,
+                metadata_text,
+                dict(data) if data_kind == _FLAT else _loads(data_text),
+                dict(metadata) if metadata_kind == _FLAT else _loads(metadata_text),
+            )
+        )
+    return prepared
 
 
-def _chain_rows(
-    account_id: str, head: StreamHead, new_events: Sequence[NewEvent], recorded_at: datetime
-) -> list[dict[str, Any]]:
-    rows = []
-    prev = head.hash
+def _complete_documents(
+    driver: dialects.DriverConnection,
+    new_events: Sequence[NewEvent],
+    documents: list[_Documents | None],
+) -> None:
+    """Fill in the documents ``_documents`` left to the database (``dialects.as_stored_json``)."""
+    for i, event in enumerate(new_events):
+        if documents[i] is not None:
+            continue
+        try:
+            data, metadata = dialects.as_stored_json(driver, [event.data, event.metadata])
+            data_text, metadata_text = _encode_document(data), _encode_document(metadata)
+        except (ValueError, DBAPIError) as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+            raise StoreError(
+                f"an event's data or metadata cannot be stored as JSON: {reason}"
+            ) from exc
+        documents[i] = (data_text, metadata_text, data, metadata)
+
+
+def _is_plain(document: Any, postgres: bool) -> bool:
+    """Whether ``document`` is stored exactly as its canonical JSON text reads back.
+
+    True for the usual payload: dicts with string keys, lists, strings, integers, booleans,
+    None, and floats. Anything else (non-string keys, which JSON turns into strings; other
+    types) takes the general path. On PostgreSQL also NUL characters and the floats ``jsonb``
+    rewrites (``dialects.as_stored_json``), which that path sends through the server.
+    """
+    stack = [document]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value = pop()
+        kind = type(value)
+        if kind is dict:
+            for key, item in value.items():
+                if type(key) is not str or (postgres and "\x00" in key):
+                    return False
+                item_kind = type(item)
+                if item_kind is str:
+                    if postgres and "\x00" in item:
+                        return False
+                elif item_kind is not int:
+                    push(item)
+        elif kind is str:
+            if postgres and "\x00" in value:
+                return False
+        elif kind is list:
+            stack.extend(value)
+        elif kind is float:
+            if postgres and not dialects.jsonb_keeps_float(value):
+                return False
+        elif not (kind is int or kind is bool or value is None):
+            return False
+    return True
+
+
+_FLAT, _NESTED = 1, 2
+
+
+def _plain_kind(document: Any, postgres: bool) -> int:
+    """0 when not ``_is_plain``; ``_FLAT`` for a dict of scalars; ``_NESTED`` otherwise."""
+    if type(document) is not dict:
+        return _NESTED if _is_plain(document, postgres) else 0
+    nested = False
+    for key, item in document.items():
+        if type(key) is not str or (postgres and "\x00" in key):
+            return 0
+        kind = type(item)
+        if kind is str:
+            if postgres and "\x00" in item:
+                return 0
+        elif kind is float:
+            if postgres and not dialects.jsonb_keeps_float(item):
+                return 0
+        elif not (kind is int or kind is bool or item is None):
+            if not _is_plain(item, postgres):
+                return 0
+            nested = True
+    return _NESTED if nested else _FLAT
+
+
+def _write(
+    driver: dialects.DriverConnection,
+    sql: _SQL,
+    appends: Sequence[StreamAppend],
+    documents: list[list[_Documents | None]],
+    idempotency_key: str | None,
+    fingerprint: str | None,
+    recorded_at: datetime,
+) -> list[list[RecordedEvent]]:
+    """The body of one append transaction, up to (not including) ``after_append``."""
+    for item, docs in zip(appends, documents, strict=True):
+        if any(d is None for d in docs):
+            _complete_documents(driver, item.events, docs)
     recorded_text = format_time(recorded_at)
-    for offset, event in enumerate(new_events, start=1):
+    stored_at: Any = recorded_at if sql.postgres else _sqlite_text(recorded_text, recorded_at)
+    if idempotency_key is not None:
+        # Before the append lock: waiting on another writer's key row while holding the lock
+        # could deadlock.
+        values = (
+            idempotency_key,
+            fingerprint,
+            appends[0].account_id,
+            json.dumps([e.event_id for item in appends for e in item.events]),
+            stored_at,
+        )
+        driver.execute(sql.insert_key, values)
+    # Heads are read under the lock: no other appender can move them before our commit, so
+    # "append at head" never loses a race and a stale expected version is caught here rather
+    # than by the unique constraint.
+    heads = _locked_heads(driver, sql, [item.account_id for item in appends])
+    params: list[tuple[Any, ...]] = []
+    per_stream: list[list[RecordedEvent]] = []
+    for item, head, docs in zip(appends, heads, documents, strict=True):
+        if item.expected_version is not None and item.expected_version != head.version:
+            raise ConcurrencyError(item.account_id, item.expected_version, head.version)
+        per_stream.append(
+            _chain(
+                item.account_id,
+                head,
+                item.events,
+                docs,  # type: ignore[arg-type]  # completed above
+                recorded_at,
+                recorded_text,
+                stored_at,
+                sql.postgres,
+                params,
+            )
+        )
+    positions = _insert(driver, sql, params)
+    recorded: list[list[RecordedEvent]] = []
+    i = 0
+    for batch in per_stream:
+        placed = []
+        for event in batch:
+            placed.append(_placed(event, positions[i]))
+            i += 1
+        recorded.append(placed)
+    return recorded
+
+
+def _locked_heads(
+    driver: dialects.DriverConnection, sql: _SQL, account_ids: list[str]
+) -> list[StreamHead]:
+    """Take the append lock, then read each stream's head (one round trip on PostgreSQL)."""
+
+    def run(dbapi_conn: Any) -> list[Any]:
+        if sql.postgres:
+            # BEGIN, the lock and the head reads go out together; the server still runs them
+            # in order, so every head is read after the lock is held.
+            with dbapi_conn.pipeline():
+                dialects.take_append_lock(driver)
+                cursors = [dbapi_conn.execute(sql.head, (a,)) for a in account_ids]
+            return [cursor.fetchone() for cursor in cursors]
+        dialects.take_append_lock(driver)
+        return [dbapi_conn.execute(sql.head, (a,)).fetchone() for a in account_ids]
+
+    rows = driver.call(sql.head, run)
+    return [StreamHead(0, GENESIS_HASH) if r is None else StreamHead(r[0], r[1]) for r in rows]
+
+
+def _chain(
+    account_id: str,
+    head: StreamHead,
+    new_events: Sequence[NewEvent],
+    documents: Sequence[_Documents],
+    recorded_at: datetime,
+    recorded_text: str,
+    stored_recorded_at: Any,
+    postgres: bool,
+    params: list[tuple[Any, ...]],
+) -> list[RecordedEvent]:
+    """Chain the events onto ``head``: their insert parameters go to ``params``; returns them
+    as recorded, with position 0 until the insert assigns it."""
+    recorded = []
+    prev = head.hash
+    version = head.version
+    for event, (data_text, metadata_text, data, metadata) in zip(
+        new_events, documents, strict=True
+    ):
+        version += 1
         occurred_at = to_utc(event.occurred_at)
-        fields = {
-            "event_id": event.event_id,
-            "account_id": account_id,
-            "version": head.version + offset,
-            "type": event.type,
-            "schema_version": event.schema_version,
-            "data": event.data,
-            "metadata": event.metadata,
-            "occurred_at": format_time(occurred_at),
-            "recorded_at": recorded_text,
-        }
-        digest = chain_hash(prev, fields)
-        rows.append(
-            {
-                **fields,
-                "occurred_at": occurred_at,
-                "recorded_at": recorded_at,
-                "prev_hash": prev,
-                "hash": digest,
-            }
+        occurred_text = format_time(occurred_at)
+        digest = sha256_link(
+            prev,
+            canonical_event(
+                event.event_id,
+                account_id,
+                version,
+                event.type,
+                event.schema_version,
+                data_text,
+                metadata_text,
+                occurred_text,
+                recorded_text,
+            ),
+        )
+        params.append(
+            (
+                event.event_id,
+                account_id,
+                version,
+                event.type,
+                event.schema_version,
+                data_text,
+                metadata_text,
+                occurred_at if postgres else _sqlite_text(occurred_text, occurred_at),
+                stored_recorded_at,
+                prev,
+                digest,
+            )
+        )
+        recorded.append(
+            RecordedEvent(
+                0,
+                event.event_id,
+                account_id,
+                version,
+                event.type,
+                event.schema_version,
+                data,
+                metadata,
+                occurred_at,
+                recorded_at,
+                prev,
+                digest,
+            )
         )
         prev = digest
-    return rows
+    return recorded
 
 
-def _recorded(position: int, row: dict[str, Any]) -> RecordedEvent:
+def _placed(event: RecordedEvent, position: int) -> RecordedEvent:
     return RecordedEvent(
-        position=position,
-        event_id=row["event_id"],
-        account_id=row["account_id"],
-        version=row["version"],
-        type=row["type"],
-        schema_version=row["schema_version"],
-        data=row["data"],
-        metadata=row["metadata"],
-        occurred_at=row["occurred_at"],
-        recorded_at=row["recorded_at"],
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
+        position,
+        event.event_id,
+        event.account_id,
+        event.version,
+        event.type,
+        event.schema_version,
+        event.data,
+        event.metadata,
+        event.occurred_at,
+        event.recorded_at,
+        event.prev_hash,
+        event.hash,
     )
+
+
+def _insert(
+    driver: dialects.DriverConnection, sql: _SQL, params: list[tuple[Any, ...]]
+) -> list[int]:
+    """Insert the rows and return their positions, in the rows' order."""
+    if len(params) == 1:
+        row = params[0]
+        if sql.postgres:
+            [position] = driver.call(sql.insert_one, _fetch_one(sql.insert_one, row), row)
+            return [position]
+        return [driver.execute(sql.insert_one, row).lastrowid]
+    positions: list[int] = []
+    for start in range(0, len(params), _INSERT_CHUNK):
+        chunk = params[start : start + _INSERT_CHUNK]
+        statement = sql.insert_many(len(chunk))
+        flat = [value for row in chunk for value in row]
+        # Neither database promises the order of RETURNING rows for a multi-row INSERT: match
+        # them to the rows by event id (PostgreSQL gives it back in its canonical text form).
+        returned: list[Any] = driver.call(statement, _fetch_all(statement, flat), flat)
+        position_of = {event_id: position for position, event_id in returned}
+        for row in chunk:
+            position = position_of.get(row[0])
+            if position is None:
+                position = position_of[_canonical_uuid(row[0])]
+            positions.append(position)
+    return positions
+
+
+def _fetch_one(statement: str, params: Sequence[Any]) -> Callable[[Any], Any]:
+    return lambda dbapi_conn: dbapi_conn.execute(statement, params).fetchone()
+
+
+def _fetch_all(statement: str, params: Sequence[Any]) -> Callable[[Any], list[Any]]:
+    return lambda dbapi_conn: dbapi_conn.execute(statement, params).fetchall()
+
+
+def _canonical_uuid(event_id: str) -> str:
+    import uuid
+
+    return str(uuid.UUID(event_id))
 
 
 def _translate_integrity_error(exc: IntegrityError, appends: Sequence[StreamAppend]) -> StoreError:

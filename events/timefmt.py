@@ -7,14 +7,22 @@ from datetime import UTC, datetime
 
 def to_utc(moment: datetime) -> datetime:
     """Return ``moment`` as an aware UTC datetime; a naive one is taken to be UTC already."""
-    if moment.tzinfo is None:
+    tzinfo = moment.tzinfo
+    if tzinfo is UTC:
+        return moment
+    if tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
 
 
 def format_time(moment: datetime) -> str:
     """``2026-11-24T10:00:00.000000Z``: always microseconds, always UTC."""
-    return to_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = to_utc(moment)
+    if moment.year >= 1000:
+        # The same text as the strftime below, several times faster (it is on every hash).
+        return moment.isoformat(timespec="microseconds")[:26] + "Z"
+    # strftime writes years before 1000 without padding ("999-…"); the chain covers that text.
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(text: str) -> datetime:

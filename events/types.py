@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 JSON = dict[str, Any]
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID as text: ``str(uuid.uuid4())``, without building a UUID."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +28,7 @@ class NewEvent:
     occurred_at: datetime
     metadata: JSON = field(default_factory=dict)
     schema_version: int = 1
-    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    event_id: str = field(default_factory=new_event_id)
 
 
 @dataclass(frozen=True, slots=True)

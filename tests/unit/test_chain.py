@@ -13,11 +13,19 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import GENESIS_HASH, RecordedEvent, canonical_json, chain_hash, hashed_fields
-from events.chain import verify_chain
+from events.chain import (
+    canonical_document,
+    canonical_event,
+    document_encoder,
+    event_hash,
+    verify_chain,
+)
+from events.timefmt import format_time, to_utc
 
 CONTRACT_KEYS = [
     "event_id",
@@ -248,3 +256,58 @@ def test_a_known_event_has_the_contract_canonical_text_and_hash() -> None:
     assert chain_hash(GOLDEN.prev_hash, hashed_fields(GOLDEN)) == GOLDEN_HASH
     assert auditor_hash(api_json(dataclasses.replace(GOLDEN, hash=GOLDEN_HASH))) == GOLDEN_HASH
     assert verify_chain([dataclasses.replace(GOLDEN, hash=GOLDEN_HASH)]).head_hash == GOLDEN_HASH
+
+
+# ---------------------------------------------------------------- the store's shortcuts
+
+
+@settings(deadline=None)
+@given(drafts, account_ids, st.integers(min_value=1, max_value=10**6), hex_hashes)
+def test_the_spliced_canonical_text_is_canonical_json_of_the_hashed_fields(
+    draft: dict[str, Any], account_id: str, version: int, prev: str
+) -> None:
+    event = RecordedEvent(
+        position=1, account_id=account_id, version=version, prev_hash=prev, hash="", **draft
+    )
+    fields = hashed_fields(event)
+
+    spliced = canonical_event(
+        event.event_id,
+        account_id,
+        version,
+        event.type,
+        event.schema_version,
+        canonical_document(event.data),
+        canonical_document(event.metadata),
+        fields["occurred_at"],
+        fields["recorded_at"],
+    )
+
+    assert spliced == canonical_json(fields)
+    assert event_hash(prev, event) == chain_hash(prev, fields)
+
+
+@given(json_values)
+def test_the_document_encoders_write_what_json_dumps_writes(value: Any) -> None:
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_document(value) == expected
+    assert document_encoder(allow_nan=False)(value) == expected
+
+
+def test_the_document_encoders_refuse_what_json_dumps_refuses() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    for encode in (canonical_document, document_encoder(allow_nan=False)):
+        with pytest.raises(ValueError, match="Circular reference"):
+            encode({"a": cycle})
+    with pytest.raises(ValueError):
+        document_encoder(allow_nan=False)({"a": float("nan")})
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=zones)
+    | st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30))
+)
+def test_format_time_writes_what_strftime_writes(moment: datetime) -> None:
+    expected = to_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert format_time(moment) == expected
