@@ -5,15 +5,25 @@ account limits, token quota, throttles, status), the ``limits`` library's fixed-
 moving-window limiters (``limits.storage.RedisStorage``), and a trivial ``EVALSHA`` of
 ``return 1`` through redis-py, the floor for one round trip. Clients are separate *processes*
 (no shared GIL), each with its own connection; every call is timed. The cases run interleaved,
-round by round, so they share alike whatever else the machine is doing.
+round by round (the order rotates each round), so they share alike whatever else the machine is
+doing.
+
+The workload: 1,000 accounts with one key each, requests spread round-robin; every account and
+key has configured limits (1,000,000 rpm, 10**12 tokens/day, so every check is allowed) and a
+tenth of the accounts an account-wide throttle of 0.5; each check asks for 100 tokens. ``limits``
+gets the same 1,000 (account, key) identifiers and one per-minute limit of 1,000,000 (its own
+keys, in the same Redis database). All four go through redis-py's ``execute_command`` (the
+floor through ``Redis.evalsha``, ``limits`` through its registered ``Script`` objects).
 
     .venv/bin/python benchmarks/bench_gate.py [--redis-url URL] [--duration 3] [--clients 1,8]
 
 Without ``--redis-url`` it starts its own ``redis-server`` (tests/redis_server.py); with ``--pin``
 (2 or more CPUs) it pins it to the first CPU and the clients to the others, as in production
 where Redis has a core of its own. "Redis µs/call" is Redis's own
-``usec_per_call`` for EVALSHA while the case ran: the server's cost, which bounds how many
-checks one Redis can serve. Not a test.
+``usec_per_call`` for EVALSHA while the case ran (every case is one EVALSHA per call): the
+server's cost, which bounds how many checks one Redis can serve. Below the table, the issue's
+goal is checked for each client count: the gate at ≥ 0.8x the floor's checks/s and faster than
+both ``limits`` limiters. Not a test.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import os
 import platform
 import queue
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -105,8 +116,11 @@ def client_process(plan: Plan, index: int, barrier: Any, results: Any) -> None:
             op(n)
             n += 1
     clock = time.perf_counter_ns
-    for _ in range(plan.rounds):
-        for case, op in ops.items():
+    order = list(ops.items())
+    for round_ in range(plan.rounds):
+        # Rotate which case goes first, so none always follows the same neighbour.
+        shift = round_ % len(order)
+        for case, op in order[shift:] + order[:shift]:
             barrier.wait()
             if stats is not None:
                 stats.config_resetstat()
@@ -210,6 +224,66 @@ def table(results: list[Result], title: str) -> Table:
     return out
 
 
+GATE = "enforcement.gate RedisGate.check"
+LIMITS = ("limits FixedWindowRateLimiter", "limits MovingWindowRateLimiter")
+GOAL = 0.8
+
+
+def verdict(results: list[Result]) -> list[str]:
+    """The issue's goal per client count: ≥ 0.8x the floor and faster than both limiters."""
+    lines = []
+    for clients in sorted({r.clients for r in results}):
+        rate = {r.case: r.per_second for r in results if r.clients == clients}
+        ratio = rate[GATE] / rate[FLOOR]
+        ahead = [rate[GATE] / rate[case] for case in LIMITS]
+        met = ratio >= GOAL and all(a > 1 for a in ahead)
+        lines.append(
+            f"{clients} client(s): gate {ratio:.2f}x the floor (goal ≥ {GOAL}x), "
+            f"{ahead[0]:.2f}x FixedWindow, {ahead[1]:.2f}x MovingWindow: "
+            + ("goal met" if met else "goal NOT met")
+        )
+    return lines
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("redis", "hiredis", "limits"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"no {name}")
+    return ", ".join(found)
+
+
+def gate_revision() -> str:
+    """The commit measured, and whether enforcement/gate had uncommitted changes (read-only)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "enforcement/gate"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown commit"
+    return f"{commit or 'unknown commit'}{' + uncommitted changes' if dirty else ''}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
@@ -234,6 +308,8 @@ def main() -> None:
     try:
         client = redis.Redis.from_url(url)
         version = client.info("server")["redis_version"]
+        config = client.config_get("save") | client.config_get("appendonly")
+        persistence = f"save {config.get('save')!r}, appendonly {config.get('appendonly')}"
         client.flushdb()
         configure(url)
         plan = Plan(url, args.rounds, args.duration / args.rounds, pinned)
@@ -247,12 +323,17 @@ def main() -> None:
         else "not pinned"
     )
     title = (
-        f"Gate checks on Redis {version} over loopback; clients are processes; "
-        f"{len(cpus)} CPUs ({placement}); Python {platform.python_version()}; "
-        f"{args.duration:g} s per case in {args.rounds} interleaved rounds, checks/s = the "
-        f"median round; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        f"Gate checks on Redis {version} over loopback ({persistence}); clients are processes; "
+        f"{len(cpus)} CPUs, {cpu_model()} ({placement}); Python {platform.python_version()}, "
+        f"{versions()}; enforcement/gate at {gate_revision()}; {ACCOUNTS:,} accounts x 1 key, "
+        f"{TOKENS} tokens per check, a tenth throttled; {args.duration:g} s per case in "
+        f"{args.rounds} interleaved rounds (order rotating), checks/s = the median round; "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
-    Console(width=150).print(table(results, title))
+    console = Console(width=150)
+    console.print(table(results, title))
+    for line in verdict(results):
+        console.print(line)
 
 
 if __name__ == "__main__":

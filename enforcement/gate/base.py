@@ -99,14 +99,7 @@ class Gate(ABC):
 
     def check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
         """Allow and count one request of ``tokens`` tokens on ``key_id``, or refuse it."""
-        if not (  # one expression: this runs on every API request
-            type(tokens) is int
-            and tokens >= 0
-            and type(key_id) is str
-            and 0 < len(key_id) <= MAX_ID_LEN
-            and type(account_id) is str
-            and _ACCOUNT_MATCH(account_id)
-        ):
+        if not well_formed(account_id, key_id, tokens):
             _require_account(account_id)
             _require_id("key_id", key_id)
             raise ValueError("tokens must be a non-negative integer")
@@ -199,6 +192,18 @@ class Gate(ABC):
 
     @abstractmethod
     def _set_status(self, account_id: str, status: str, until_ms: int, version: int) -> bool: ...
+
+
+def well_formed(account_id: object, key_id: object, tokens: object) -> bool:
+    """Whether a check's arguments are valid (one expression: this runs on every request)."""
+    return (
+        type(tokens) is int
+        and tokens >= 0
+        and type(key_id) is str
+        and 0 < len(key_id) <= MAX_ID_LEN
+        and type(account_id) is str
+        and _ACCOUNT_MATCH(account_id) is not None
+    )
 
 
 def _is_int(value: object) -> bool:

@@ -8,6 +8,7 @@ the standings must run more often than that.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from enforcement.gate import core, keys, lua
-from enforcement.gate.base import Gate, GateUnavailable
+from enforcement.gate.base import Gate, GateUnavailable, well_formed
 from enforcement.gate.decision import REASONS, DenialStats, GateDecision
 
 DEFAULT_STATE_TTL_S = 30 * 86_400
@@ -66,9 +67,11 @@ class RedisGate(Gate):
             DENIED_KEYS_MS=core.DENIED_KEYS_WINDOW_MS,
             **common,
         )
-        self._set_script = lua.render(lua.HELPERS + lua.CONFIGURED + lua.SET_VERSIONED, **common)
+        self._check_sha = self._check_script.sha
+        self._key_limits_script = lua.render(lua.HELPERS + lua.SET_KEY_LIMITS, **common)
+        self._account_script = lua.render(lua.HELPERS + lua.SET_ACCOUNT, **common)
         self._throttle_script = lua.render(
-            lua.HELPERS + lua.CONFIGURED + lua.THROTTLE,
+            lua.HELPERS + lua.THROTTLE,
             LIFTED_CAP=core.LIFTED_THROTTLES_CAP,
             **common,
         )
@@ -79,30 +82,51 @@ class RedisGate(Gate):
 
     def _run(self, script: lua.Script, keys_: Sequence[str], args: Sequence[object]) -> Any:
         try:
-            try:
-                return self._command("EVALSHA", script.sha, len(keys_), *keys_, *args)
-            except NoScriptError:
-                self._client.script_load(script.source)
-                return self._command("EVALSHA", script.sha, len(keys_), *keys_, *args)
+            return self._command("EVALSHA", script.sha, len(keys_), *keys_, *args)
+        except NoScriptError:
+            return self._load_and_run(script, keys_, args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
 
-    def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
-        r = self._run(self._check_script, keys.check_keys(account_id), (key_id, tokens))
-        return GateDecision.from_values(
-            (
-                r[0] == core.OK,
-                REASONS[r[0]],
-                r[1],
-                r[2],
-                r[3] / 1000,
-                r[4],
-                r[5],
-                r[6] / 1000,
-                r[7] / 1000,
-                r[8],
-                r[9],
+    def _load_and_run(
+        self, script: lua.Script, keys_: Sequence[str], args: Sequence[object]
+    ) -> Any:
+        """After NOSCRIPT (a fresh or restarted server, SCRIPT FLUSH): load, then run again."""
+        try:
+            self._client.script_load(script.source)
+            return self._command("EVALSHA", script.sha, len(keys_), *keys_, *args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise GateUnavailable(f"gate store unavailable: {exc}") from exc
+
+    def check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
+        """``Gate.check``, with the hot path inlined: the same validation in one expression,
+        one EVALSHA straight through ``execute_command`` with the keys built in place, and the
+        decision built from the packed reply without per-field setattr."""
+        if not well_formed(account_id, key_id, tokens):
+            return super().check(account_id, key_id, tokens)  # raises the precise error
+        prefix = "{a:" + account_id
+        try:
+            raw = self._command(
+                "EVALSHA",
+                self._check_sha,
+                3,
+                prefix + _STATE,
+                prefix + "}:den",
+                prefix + "}:dkeys",
+                key_id,
+                tokens,
             )
+        except NoScriptError:
+            raw = self._load_and_run(
+                self._check_script, keys.check_keys(account_id), (key_id, tokens)
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise GateUnavailable(f"gate store unavailable: {exc}") from exc
+        return _decision(raw)
+
+    def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
+        return _decision(
+            self._run(self._check_script, keys.check_keys(account_id), (key_id, tokens))
         )
 
     def _denial_stats(self, account_id: str) -> DenialStats:
@@ -113,12 +137,15 @@ class RedisGate(Gate):
     def _set_limits(
         self, account_id: str, key_id: str | None, rpm: int, tpd: int, version: int
     ) -> bool:
-        args = (keys.limits_field(key_id), f"{rpm}|{tpd}", version)
-        return bool(self._run(self._set_script, (keys.state(account_id),), args))
+        if key_id is None:
+            script, args = self._account_script, ("limits", rpm, tpd, version)
+        else:
+            script, args = self._key_limits_script, (key_id, rpm, tpd, version)
+        return bool(self._run(script, (keys.state(account_id),), args))
 
     def _set_status(self, account_id: str, status: str, until_ms: int, version: int) -> bool:
-        args = ("st", f"{status}|{until_ms}", version)
-        return bool(self._run(self._set_script, (keys.state(account_id),), args))
+        args = ("status", _STATUS_CODES[status], until_ms, version)
+        return bool(self._run(self._account_script, (keys.state(account_id),), args))
 
     def _apply_throttle(
         self,
@@ -135,3 +162,36 @@ class RedisGate(Gate):
     def _lift_throttle(self, account_id: str, throttle_id: str, version: int) -> bool:
         args = (throttle_id, version)
         return bool(self._run(self._throttle_script, (keys.state(account_id),), args))
+
+
+_STATE = "}" + keys.STATE_SUFFIX
+# The account record stores the status as the reason code it refuses with (lua.HELPERS).
+_STATUS_CODES = {"active": core.OK, "suspended": core.SUSPENDED, "terminated": core.TERMINATED}
+_new = object.__new__
+_set = object.__setattr__  # a frozen dataclass refuses its own __setattr__
+_unpack_reply = struct.Struct("<10q").unpack  # lua.CHECK's reply
+
+
+def _decision(raw: bytes) -> GateDecision:
+    reason, limit_req, left_req, reset_req, limit_tok, left_tok, reset_tok, retry, den, dk = (
+        _unpack_reply(raw)
+    )
+    decision = _new(GateDecision)
+    _set(
+        decision,
+        "__dict__",
+        {
+            "allowed": reason == 0,
+            "reason": REASONS[reason],
+            "limit_requests": limit_req,
+            "remaining_requests": left_req,
+            "reset_requests_s": reset_req / 1000,
+            "limit_tokens": limit_tok,
+            "remaining_tokens": left_tok,
+            "reset_tokens_s": reset_tok / 1000,
+            "retry_after_s": retry / 1000,
+            "denials_in_window": den,
+            "denied_keys_last_minute": dk,
+        },
+    )
+    return decision

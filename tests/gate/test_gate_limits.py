@@ -222,3 +222,22 @@ def test_an_already_expired_throttle_changes_nothing(backend: Backend, gate: Gat
     assert gate.apply_throttle("acct", "t1", None, 0.5, backend.at(-1), version=2)
 
     assert gate.check("acct", "key").limit_requests == 600
+
+
+def test_throttles_expire_one_after_another(backend: Backend, gate: Gate) -> None:
+    # The Redis gate keeps a summary of the account-wide throttles for the check (the most
+    # restrictive factor, and until when it holds): each expiry must still take effect.
+    gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
+    gate.apply_throttle("acct", "t1", None, 0.25, backend.at(0.3), version=2)
+    gate.apply_throttle("acct", "t2", None, 0.5, backend.at(0.6), version=3)
+    gate.apply_throttle("acct", "t3", "key", 0.1, backend.at(0.3), version=4)
+    assert gate.check("acct", "key").limit_requests == 10
+    assert gate.check("acct", "other").limit_requests == 150  # 600 x 0.25
+
+    backend.advance(0.4)
+    assert gate.check("acct", "key").limit_requests == 50
+    assert gate.check("acct", "other").limit_requests == 300
+
+    backend.advance(0.3)
+    assert gate.check("acct", "key").limit_requests == 100
+    assert gate.check("acct", "other").limit_requests == 600
