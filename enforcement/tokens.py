@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from enforcement.roles import Role
 from enforcement.tables import api_tokens
+from events.dialects import write_connection
 
 TOKEN_PREFIX = "enf_"
 
@@ -33,7 +34,7 @@ def _digest(token: str) -> str:
 def create_token(engine: Engine, role: Role, name: str) -> str:
     """Create a token for ``role`` and return it; only its hash is stored."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    with engine.begin() as conn:
+    with write_connection(engine) as conn, conn.begin():
         conn.execute(
             api_tokens.insert().values(
                 token_id="tok_" + secrets.token_hex(8),

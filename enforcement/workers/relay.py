@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from events import EventStore, RecordedEvent
+from events.dialects import write_connection
 from events.timefmt import parse_time, to_utc
 
 log = logging.getLogger("enforcement.relay")
@@ -104,7 +105,7 @@ class Relay:
         for event in page:
             for message in messages_for(event, self.channels):
                 self.enqueue(message)
-        with self.store.engine.begin() as conn:
+        with write_connection(self.store.engine) as conn, conn.begin():
             self.store.set_checkpoint(conn, self.checkpoint, page[-1].position)
         return len(page)
 

@@ -30,6 +30,7 @@ from enforcement.api.schemas import (
 )
 from enforcement.api.shapes import outcome_json
 from enforcement.tables import contacts
+from events.dialects import write_connection
 
 router = APIRouter(
     prefix="/v1/accounts/{account_id}", tags=["account commands"], responses=WRITE_ERRORS
@@ -175,7 +176,7 @@ def set_contact(
         "webhook_url": body.webhook_url,
         "updated_at": datetime.now(UTC),
     }
-    with container.engine.begin() as conn:
+    with write_connection(container.engine) as conn, conn.begin():
         dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         insert = dialect_insert(contacts).values(**values)
         conn.execute(
