@@ -77,9 +77,10 @@ SUMMARIZE = """
 """
 
 # KEYS: the account's state hash, denial buckets, denied keys. ARGV: key_id, tokens.
-# Returns ten little-endian int64 packed in one string (cheaper for Redis than an array reply):
-# reason, limit_req, remaining_req, reset_req_ms, limit_tok, remaining_tok, reset_tok_ms,
-# retry_ms, denials_in_window, denied_keys_last_minute.
+# Returns little-endian int64 packed in one string (cheaper for Redis than an array reply):
+# when allowed, six: limit_req, remaining_req, reset_req_ms, limit_tok, remaining_tok,
+# reset_tok_ms (the reason, retry and denial counts are then 0); when denied, ten: reason,
+# the same six, retry_ms, denials_in_window, denied_keys_last_minute.
 # Arithmetic stays in the VM where it can (`x - x % y` is floor to a multiple, `if x < 0`
 # is max): every value is an integer below 2**53, so each step is exact.
 CHECK = (
@@ -207,32 +208,51 @@ if allowed then
     key_field, pack(K_FMT, now + key_busy + key_interval, window, key_used + tokens,
       k_rpm, k_tpd, k_v))
   if renew then redis.call('PEXPIREAT', KEYS[1], want) end
-else
-  if s[1] and expires < keep then
-    redis.call('HSET', KEYS[1], 'u', pack(U_FMT, acct_tat, acct_window, acct_stored, want))
-    redis.call('PEXPIREAT', KEYS[1], want)
+  -- core.binding after this request: an allowed request left both scopes a request and its
+  -- tokens (late <= 0: period - busy >= interval; used + need <= tpd), so nothing to clamp.
+  local key_left = key_period - key_busy - key_interval
+  key_left = (key_left - key_left % key_interval) / key_interval
+  local acct_left = acct_period - acct_busy - acct_interval
+  acct_left = (acct_left - acct_left % acct_interval) / acct_interval
+  local key_tok, acct_tok = key_tpd - key_used - tokens, acct_tpd - acct_used - tokens
+  local limit_req, left_req, busy = key_rpm, key_left, key_busy + key_interval + 999
+  if acct_left < key_left or (acct_left == key_left and acct_rpm < key_rpm) then
+    limit_req, left_req, busy = acct_rpm, acct_left, acct_busy + acct_interval + 999
   end
-  if reason <= 2 then
-    local bucket = floor(now / BUCKET_US)
-    redis.call('HINCRBY', KEYS[2], bucket, 1)
-    local all = redis.call('HGETALL', KEYS[2])
-    for i = 1, #all, 2 do
-      if tonumber(all[i]) > bucket - BUCKETS then denials = denials + tonumber(all[i + 1])
-      else redis.call('HDEL', KEYS[2], all[i]) end
-    end
-    redis.call('PEXPIRE', KEYS[2], (BUCKETS + 1) * BUCKET_US / 1000)
-    redis.call('ZADD', KEYS[3], now_ms, key_id)
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - DENIED_KEYS_MS)
-    denied_keys = redis.call('ZCARD', KEYS[3])
-    if denied_keys > DENIED_KEYS_CAP then
-      redis.call('ZREMRANGEBYRANK', KEYS[3], 0, denied_keys - DENIED_KEYS_CAP - 1)
-      denied_keys = DENIED_KEYS_CAP
-    end
-    redis.call('PEXPIRE', KEYS[3], DENIED_KEYS_MS)
+  local limit_tok, left_tok = key_tpd, key_tok
+  if acct_tok < key_tok or (acct_tok == key_tok and acct_tpd < key_tpd) then
+    limit_tok, left_tok = acct_tpd, acct_tok
   end
+  local reset_tok = window_end - now + 999
+  return pack('<i8i8i8i8i8i8', limit_req, left_req, (busy - busy % 1000) / 1000,
+    limit_tok, left_tok, (reset_tok - reset_tok % 1000) / 1000)
 end
 
--- core.binding: report the scope with less left (after this request if allowed).
+-- Denied: nothing is counted; the hash's expiry still moves when due.
+if s[1] and expires < keep then
+  redis.call('HSET', KEYS[1], 'u', pack(U_FMT, acct_tat, acct_window, acct_stored, want))
+  redis.call('PEXPIREAT', KEYS[1], want)
+end
+if reason <= 2 then
+  local bucket = floor(now / BUCKET_US)
+  redis.call('HINCRBY', KEYS[2], bucket, 1)
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    if tonumber(all[i]) > bucket - BUCKETS then denials = denials + tonumber(all[i + 1])
+    else redis.call('HDEL', KEYS[2], all[i]) end
+  end
+  redis.call('PEXPIRE', KEYS[2], (BUCKETS + 1) * BUCKET_US / 1000)
+  redis.call('ZADD', KEYS[3], now_ms, key_id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - DENIED_KEYS_MS)
+  denied_keys = redis.call('ZCARD', KEYS[3])
+  if denied_keys > DENIED_KEYS_CAP then
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, denied_keys - DENIED_KEYS_CAP - 1)
+    denied_keys = DENIED_KEYS_CAP
+  end
+  redis.call('PEXPIRE', KEYS[3], DENIED_KEYS_MS)
+end
+
+-- core.binding: report the scope with less left.
 local key_left = key_period - key_busy
 key_left = (key_left - key_left % key_interval) / key_interval
 local acct_left = acct_period - acct_busy
@@ -242,11 +262,6 @@ if key_left < 0 then key_left = 0 end
 if acct_left < 0 then acct_left = 0 end
 if key_tok < 0 then key_tok = 0 end
 if acct_tok < 0 then acct_tok = 0 end
-if allowed then
-  key_left, acct_left = key_left - 1, acct_left - 1
-  key_busy, acct_busy = key_busy + key_interval, acct_busy + acct_interval
-  key_tok, acct_tok = key_tok - tokens, acct_tok - tokens
-end
 local limit_req, left_req, busy = key_rpm, key_left, key_busy
 if acct_left < key_left or (acct_left == key_left and acct_rpm < key_rpm) then
   limit_req, left_req, busy = acct_rpm, acct_left, acct_busy
@@ -255,8 +270,6 @@ local limit_tok, left_tok = key_tpd, key_tok
 if acct_tok < key_tok or (acct_tok == key_tok and acct_tpd < key_tpd) then
   limit_tok, left_tok = acct_tpd, acct_tok
 end
-if left_req < 0 then left_req = 0 end
-if left_tok < 0 then left_tok = 0 end
 -- Durations in ms, rounded up: ceil(x / 1000) = floor((x + 999) / 1000) for x >= 0.
 busy, retry = busy + 999, retry + 999
 local reset_tok = window_end - now + 999

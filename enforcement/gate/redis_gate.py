@@ -169,14 +169,37 @@ _STATE = "}" + keys.STATE_SUFFIX
 _STATUS_CODES = {"active": core.OK, "suspended": core.SUSPENDED, "terminated": core.TERMINATED}
 _new = object.__new__
 _set = object.__setattr__  # a frozen dataclass refuses its own __setattr__
-_unpack_reply = struct.Struct("<10q").unpack  # lua.CHECK's reply
+_unpack_allowed = struct.Struct("<6q").unpack  # lua.CHECK's reply when allowed
+_unpack_denied = struct.Struct("<10q").unpack  # and when denied
+_ALLOWED_SIZE = 48
+_OK = REASONS[core.OK]
 
 
 def _decision(raw: bytes) -> GateDecision:
-    reason, limit_req, left_req, reset_req, limit_tok, left_tok, reset_tok, retry, den, dk = (
-        _unpack_reply(raw)
-    )
+    """The decision from lua.CHECK's reply: six numbers when allowed, ten when denied."""
     decision = _new(GateDecision)
+    if len(raw) == _ALLOWED_SIZE:
+        limit_req, left_req, reset_req, limit_tok, left_tok, reset_tok = _unpack_allowed(raw)
+        _set(
+            decision,
+            "__dict__",
+            {
+                "allowed": True,
+                "reason": _OK,
+                "limit_requests": limit_req,
+                "remaining_requests": left_req,
+                "reset_requests_s": reset_req / 1000,
+                "limit_tokens": limit_tok,
+                "remaining_tokens": left_tok,
+                "reset_tokens_s": reset_tok / 1000,
+                "retry_after_s": 0.0,
+                # denials_in_window, denied_keys_last_minute: the class defaults (0)
+            },
+        )
+        return decision
+    reason, limit_req, left_req, reset_req, limit_tok, left_tok, reset_tok, retry, den, dk = (
+        _unpack_denied(raw)
+    )
     _set(
         decision,
         "__dict__",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import pytest
 
 from enforcement.gate import GateDecision, format_duration
+from enforcement.gate.redis_gate import _decision
 
 DENIED = GateDecision(
     allowed=False,
@@ -29,6 +31,22 @@ def test_from_values_builds_the_same_frozen_decision() -> None:
     assert built == DENIED
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.allowed = True  # type: ignore[misc]
+
+
+def test_the_redis_replies_decode_to_whole_decisions() -> None:
+    # lua.CHECK answers six numbers when allowed (the rest are then 0) and ten when denied.
+    allowed = _decision(struct.pack("<6q", 600, 599, 100, 1000, 900, 3_600_000))
+    denied = _decision(struct.pack("<10q", *_DENIED_REPLY))
+
+    assert allowed == GateDecision(True, "ok", 600, 599, 0.1, 1000, 900, 3600.0, 0.0, 0, 0)
+    assert dataclasses.asdict(allowed)["denials_in_window"] == 0
+    assert allowed.denied_keys_last_minute == 0
+    assert denied == DENIED
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        allowed.allowed = False  # type: ignore[misc]
+
+
+_DENIED_REPLY = (1, 600, 0, 59_900, 1_000_000, 12_345, 3_725_000, 250, 7, 2)
 
 
 def test_json_is_the_contract_body_without_the_abuse_counters() -> None:
