@@ -24,7 +24,14 @@ from enforcement import operator_decisions as ops
 from enforcement import policy as rules
 from enforcement.errors import DomainError, NotFound, ValidationFailed
 from enforcement.policy import Context, Policy, ViolationReport
-from events import ConcurrencyError, EventStore, IdempotencyConflict, NewEvent, RecordedEvent
+from events import (
+    ConcurrencyError,
+    EventStore,
+    IdempotencyConflict,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+)
 from events.timefmt import to_utc
 from projections.aup_events import CODEC
 from projections.history import HistoryEntry, history
@@ -69,6 +76,19 @@ class ItemResult:
     error: DomainError | IdempotencyConflict | None = None
 
 
+def _item_result(run: Callable[[], Outcome]) -> ItemResult:
+    """A batch item's result: its outcome, or the error the API reports for it."""
+    try:
+        outcome = run()
+    except (IdempotencyConflict, DomainError) as exc:
+        return _item_error(exc)
+    return ItemResult(200 if outcome.replayed else 201, outcome)
+
+
+def _item_error(error: IdempotencyConflict | DomainError) -> ItemResult:
+    return ItemResult(422 if isinstance(error, ValidationFailed) else 409, error=error)
+
+
 def _back_off(attempt: int) -> None:
     time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
 
@@ -97,9 +117,11 @@ class EnforcementService:
         self.new_id = new_id
         self._account_locks = tuple(threading.Lock() for _ in range(ACCOUNT_LOCK_STRIPES))
 
+    def _stripe(self, account_id: str) -> int:
+        return zlib.crc32(account_id.encode("utf-8")) % len(self._account_locks)
+
     def _account_lock(self, account_id: str) -> threading.Lock:
-        stripe = zlib.crc32(account_id.encode("utf-8")) % len(self._account_locks)
-        return self._account_locks[stripe]
+        return self._account_locks[self._stripe(account_id)]
 
     # ------------------------------------------------------------------ machinery
 
@@ -203,20 +225,90 @@ class EnforcementService:
         items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
         actor: Actor,
     ) -> list[ItemResult]:
-        """Report many violations; each item stands alone (one failure stops no other)."""
-        results = []
-        for account_id, report, key, fingerprint in items:
+        """Report many violations; each item stands alone (one failure stops no other).
+
+        The first item of each account, if it has no idempotency key, is decided with the
+        others like it and recorded in ONE transaction (``append_streams``), with their stored
+        standings: a batch of 100 new violations is one commit, not 100. Every other item, and
+        every item of a group that meets a concurrent writer, goes through ``report_violation``
+        on its own, exactly as a single request would.
+        """
+        results: list[ItemResult | None] = [None] * len(items)
+        first_of_account: dict[str, int] = {}
+        for index, (account_id, *_rest) in enumerate(items):
+            first_of_account.setdefault(account_id, index)
+        # An account's first item, if it has no key: the items of one account stay in order.
+        grouped = [i for i in first_of_account.values() if items[i][2] is None]
+        if len(grouped) > 1:
+            for index, result in self._report_together(items, grouped, actor):
+                results[index] = result
+        for index, (account_id, report, key, fingerprint) in enumerate(items):
+            if results[index] is None:
+                results[index] = _item_result(
+                    lambda a=account_id, r=report, k=key, f=fingerprint: self.report_violation(
+                        a, r, actor, k, f
+                    )
+                )
+        return [r for r in results if r is not None]
+
+    def _report_together(
+        self,
+        items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
+        indexes: list[int],
+        actor: Actor,
+    ) -> list[tuple[int, ItemResult]]:
+        """Decide the items at ``indexes`` (distinct accounts) and record them in one append;
+        returns the results it settled (none if a concurrent writer got in the way)."""
+        accounts = [items[i][0] for i in indexes]
+        stripes = sorted({self._stripe(a) for a in accounts})
+        for stripe in stripes:
+            self._account_locks[stripe].acquire()
+        try:
+            now = to_utc(self.clock())
+            settled: list[tuple[int, ItemResult]] = []
+            pending: list[tuple[int, StandingState, list[NewEvent]]] = []
+            with self.store.engine.connect() as conn:
+                states = {a: self.standings.load(a, conn) for a in accounts}
+            for index in indexes:
+                account_id, report, _, _ = items[index]
+                state = states[account_id]
+                ctx = Context(
+                    now=now,
+                    actor=actor.name,
+                    correlation_id=actor.correlation_id,
+                    new_id=self.new_id,
+                    source=actor.source,
+                )
+                try:
+                    new_events = rules.decide_violation(self.policy, state, report, ctx)
+                except DomainError as exc:
+                    settled.append((index, _item_error(exc)))
+                    continue
+                if new_events:
+                    pending.append((index, state, new_events))
+                else:
+                    standing = view(state, now, self.policy.strike_lookback)
+                    settled.append((index, ItemResult(201, Outcome([], standing))))
+            if not pending:
+                return settled
+            saver = self.standings.group_saver([state for _, state, _ in pending])
             try:
-                outcome = self.report_violation(account_id, report, actor, key, fingerprint)
-            except IdempotencyConflict as exc:
-                results.append(ItemResult(409, error=exc))
-            except ValidationFailed as exc:
-                results.append(ItemResult(422, error=exc))
-            except DomainError as exc:
-                results.append(ItemResult(409, error=exc))
-            else:
-                results.append(ItemResult(200 if outcome.replayed else 201, outcome))
-        return results
+                recorded = self.store.append_streams(
+                    [StreamAppend(s.account_id, s.version, e) for _, s, e in pending],
+                    after_append=saver,
+                )
+            except ConcurrencyError:
+                return settled  # the rest go one by one
+        finally:
+            for stripe in reversed(stripes):
+                self._account_locks[stripe].release()
+        for (index, state, _), events in zip(pending, recorded, strict=True):
+            after = saver.saved.get(state.account_id) or apply_all(state, events)
+            self.standings.remember(after)
+            at = max(now, events[-1].recorded_at)
+            standing = view(after, at, self.policy.strike_lookback)
+            settled.append((index, ItemResult(201, Outcome(events, standing))))
+        return settled
 
     def file_abuse_report(
         self,

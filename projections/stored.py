@@ -107,6 +107,10 @@ class StandingRepository:
         with self._cache_lock:
             self._cache.clear()
 
+    def group_saver(self, states: Sequence[StandingState]) -> AfterGroupAppend:
+        """``saver`` for an ``append_streams`` to the accounts of ``states`` (one each)."""
+        return AfterGroupAppend(states)
+
     def saver(self, state: StandingState) -> AfterAppend:
         """An ``after_append`` callback that stores ``state`` advanced by the recorded events;
         after the append, ``.saved`` is the state it stored."""
@@ -123,6 +127,22 @@ class AfterAppend:
     def __call__(self, conn: Connection, recorded: Sequence[RecordedEvent]) -> None:
         self.saved = apply_all(self.state, recorded)
         write_states(conn, [(self.state, self.saved)])
+
+
+class AfterGroupAppend:
+    """``after_append`` of a multi-stream append: store each loaded state advanced by its
+    stream's events; after the append, ``.saved`` maps each account to the state it stored."""
+
+    def __init__(self, states: Sequence[StandingState]) -> None:
+        self.states = {s.account_id: s for s in states}
+        self.saved: dict[str, StandingState] = {}
+
+    def __call__(self, conn: Connection, recorded: Sequence[RecordedEvent]) -> None:
+        by_account: dict[str, list[RecordedEvent]] = {}
+        for event in recorded:
+            by_account.setdefault(event.account_id, []).append(event)
+        self.saved = {a: apply_all(self.states[a], e) for a, e in by_account.items()}
+        write_states(conn, [(self.states[a], s) for a, s in self.saved.items()])
 
 
 # --------------------------------------------------------------------------- statements
@@ -449,6 +469,7 @@ def _write_heads(conn: Connection, states: Sequence[StandingState]) -> None:
 
 __all__ = [
     "AfterAppend",
+    "AfterGroupAppend",
     "Change",
     "RecordChanges",
     "StandingRepository",

@@ -588,3 +588,59 @@ def test_an_appeal_must_be_filed_within_the_window_and_target_a_decision(
     assert types_of(on_time.events) == ["AppealFiled"]
     assert_account_consistent(system, "acct_w")
     assert_account_consistent(system, "acct_w2")
+
+
+def test_a_batch_of_new_accounts_is_recorded_in_one_transaction(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = system.store.append_streams
+
+    def counting(appends: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(len(appends))
+        return real(appends, *args, **kw)
+
+    monkeypatch.setattr(system.store, "append_streams", counting)
+    now = system.clock()
+    items = [(f"acct_g{i}", ViolationReport("spam", now), None, None) for i in range(20)]
+    items.append(("acct_g0", ViolationReport("spam", now), None, None))  # its second: after
+
+    results = system.service.report_batch(items, REPORTER)
+
+    assert [r.status for r in results] == [201] * 21
+    assert calls[0] == 20 and len(calls) == 2  # one append for the 20 firsts, one for the 21st
+    assert results[20].outcome is not None
+    assert "ThrottleApplied" in types_of(results[20].outcome.events)  # acct_g0's second strike
+    for i in range(20):
+        assert_account_consistent(system, f"acct_g{i}")
+        outcome = results[i].outcome
+        assert outcome is not None and outcome.standing.strikes == 1
+
+
+def test_a_batch_that_meets_a_concurrent_writer_goes_item_by_item(
+    system: Container, database_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = system.clock()
+    system.service.report_violation("acct_c1", ViolationReport("spam", now), REPORTER)
+    real = system.store.append_streams
+    raced: list[bool] = []
+
+    with open_system(database_url, clock) as other:  # another process, with its own locks
+
+        def racing(appends: Any, *args: Any, **kw: Any) -> Any:
+            if len(appends) > 1 and not raced:  # the other reports on acct_c1 first
+                raced.append(True)
+                other.service.report_violation("acct_c1", ViolationReport("spam", now), REPORTER)
+            return real(appends, *args, **kw)
+
+        monkeypatch.setattr(system.store, "append_streams", racing)
+        items = [(f"acct_c{i}", ViolationReport("spam", now), None, None) for i in range(4)]
+
+        results = system.service.report_batch(items, REPORTER)
+
+    assert raced and [r.status for r in results] == [201] * 4
+    assert len(events_of(system, "acct_c0")) == 3  # recorded once, on its own
+    # acct_c1's batch item was decided again after the race: its third strike.
+    assert results[1].outcome is not None and results[1].outcome.standing.strikes == 3
+    for i in range(4):
+        assert_account_consistent(system, f"acct_c{i}")
