@@ -117,6 +117,16 @@ class EnforcementService:
         self.new_id = new_id
         self._account_locks = tuple(threading.Lock() for _ in range(ACCOUNT_LOCK_STRIPES))
 
+    def _context(self, actor: Actor, now: datetime, causation_id: str | None = None) -> Context:
+        return Context(
+            now=now,
+            actor=actor.name,
+            correlation_id=actor.correlation_id,
+            new_id=self.new_id,
+            source=actor.source,
+            causation_id=causation_id,
+        )
+
     def _stripe(self, account_id: str) -> int:
         return zlib.crc32(account_id.encode("utf-8")) % len(self._account_locks)
 
@@ -148,15 +158,7 @@ class EnforcementService:
                     _back_off(attempt)
                 state = self.standings.load(account_id)
                 now = to_utc(self.clock())
-                ctx = Context(
-                    now=now,
-                    actor=actor.name,
-                    correlation_id=actor.correlation_id,
-                    new_id=self.new_id,
-                    source=actor.source,
-                    causation_id=causation_id,
-                )
-                new_events = decide(state, ctx)
+                new_events = decide(state, self._context(actor, now, causation_id))
                 if not new_events:
                     return Outcome([], view(state, now, self.policy.strike_lookback))
                 saver = self.standings.saver(state)
@@ -272,13 +274,7 @@ class EnforcementService:
             for index in indexes:
                 account_id, report, _, _ = items[index]
                 state = states[account_id]
-                ctx = Context(
-                    now=now,
-                    actor=actor.name,
-                    correlation_id=actor.correlation_id,
-                    new_id=self.new_id,
-                    source=actor.source,
-                )
+                ctx = self._context(actor, now)
                 try:
                     new_events = rules.decide_violation(self.policy, state, report, ctx)
                 except DomainError as exc:
