@@ -10,7 +10,6 @@ the write path stores inline.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -34,6 +32,7 @@ from projections.stored import (
     StandingRepository,
     StoredRows,
     delete_all,
+    loads_json,
     read_states,
     replace_range,
     write_states,
@@ -255,7 +254,7 @@ def _event(row: Any) -> RecordedEvent:
     """
     account_id, version, type_, event_id, schema_version, position, occurred, recorded, data = row
     if isinstance(data, str):
-        data = _loads(data)
+        data = loads_json(data)
     return RecordedEvent(
         position=position,
         event_id=str(event_id),
@@ -278,10 +277,3 @@ def _time(value: datetime | str) -> datetime:
             return datetime.fromisoformat(value + "+00:00")
         return to_utc(datetime.fromisoformat(value))
     return to_utc(value)
-
-
-def _loads(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # what orjson refuses (an integer beyond 64 bits)
-        return json.loads(text)

@@ -309,8 +309,22 @@ def _record_json(record: Any) -> JSON | None:
     return None if record is None else record_json(record)
 
 
+# The fields of each record that are tuples (JSON gives them as lists).
+_TUPLE_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    ViolationRecord: ("decision_event_ids",),
+    RemediationRecord: ("violation_ids",),
+    DecisionRecord: ("violation_ids",),
+}
+
+
 def _record(record_class: type[R], data: JSON) -> R:
-    return record_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    tuples = _TUPLE_FIELDS.get(record_class)
+    if tuples:
+        data = dict(data)
+        for name in tuples:
+            if name in data:
+                data[name] = tuple(data[name])
+    return record_class(**data)
 
 
 def _optional_record(record_class: type[R], data: JSON | None) -> R | None:

@@ -150,9 +150,13 @@ class AfterGroupAppend:
 
 _R = standing_records.c
 _HEAD = sa.select(standings.c.state).where(standings.c.account_id == sa.bindparam("a"))
-_RECORDS = (
-    sa.select(_R.kind, _R.data).where(_R.account_id == sa.bindparam("a")).order_by(_R.kind, _R.seq)
-)
+# One account's records with their JSON as text, on the driver (a big account has thousands:
+# orjson decodes them several times faster than the JSON type's per-row processing).
+_RECORDS_TEXT = {
+    "sqlite": "SELECT kind, data FROM standing_records WHERE account_id = ? ORDER BY kind, seq",
+    "postgresql": "SELECT kind, data::text FROM standing_records WHERE account_id = %s "
+    "ORDER BY kind, seq",
+}
 _HEADS_OF = sa.select(standings.c.account_id, standings.c.state).where(
     standings.c.account_id.in_(sa.bindparam("ids", expanding=True))
 )
@@ -185,8 +189,10 @@ def read_state(conn: Connection, account_id: str) -> StandingState | None:
     head = conn.execute(_HEAD, {"a": account_id}).scalar()
     if head is None or head.get("schema") != STATE_SCHEMA:
         return None
-    records = conn.execute(_RECORDS, {"a": account_id})
-    tables = {kind: [r[1] for r in rows] for kind, rows in groupby(records, key=itemgetter(0))}
+    records = conn.exec_driver_sql(_RECORDS_TEXT[conn.dialect.name], (account_id,))
+    tables = {
+        kind: [loads_json(r[1]) for r in rows] for kind, rows in groupby(records, key=itemgetter(0))
+    }
     return StandingState.from_parts(head, tables)
 
 
@@ -335,6 +341,14 @@ def replace_range(
         )
 
 
+def loads_json(text: str) -> Any:
+    """JSON text to Python, with orjson (the standard library for what orjson refuses)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # what orjson refuses (an integer beyond 64 bits)
+        return json.loads(text)
+
+
 def _dumps(document: Any) -> str:
     try:
         return orjson.dumps(document).decode()
@@ -477,6 +491,7 @@ __all__ = [
     "changed_records",
     "delete_all",
     "iter_stored_states",
+    "loads_json",
     "read_state",
     "read_states",
     "replace_range",

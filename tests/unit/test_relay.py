@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -148,20 +149,21 @@ class MemoryStore:
         self.journal: list[tuple[str, Any]] = []
         self.fail_checkpoint_writes = 0
         self.engine = self
+        self.dialect = SimpleNamespace(name="memory")  # what ``write_connection`` asks
 
     @contextmanager
-    def connect(self) -> Iterator[None]:
-        yield None
+    def connect(self) -> Iterator[MemoryStore]:
+        yield self
 
     begin = connect
 
     def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]:
         return [e for e in self.events if e.position > after_position][:limit]
 
-    def get_checkpoint(self, conn: None, name: str) -> int:
+    def get_checkpoint(self, conn: object, name: str) -> int:
         return self.checkpoints.get(name, 0)
 
-    def set_checkpoint(self, conn: None, name: str, position: int) -> None:
+    def set_checkpoint(self, conn: object, name: str, position: int) -> None:
         if self.fail_checkpoint_writes:
             self.fail_checkpoint_writes -= 1
             raise ConnectionError("database went away")
