@@ -373,7 +373,8 @@ def postgres_backend(admin_url: str, idempotency_keys: bool) -> Backend:
         f"shared_buffers={settings['shared_buffers']}",
         "  ours: SQLAlchemy QueuePool + psycopg 3 (hot statements on the driver connection, "
         "liveness checked on checkout without a round trip), pipelined "
-        "pg_advisory_xact_lock + head read before the insert",
+        "pg_advisory_xact_lock + head read before the insert, a multi-event append as one "
+        "INSERT … SELECT FROM unnest(binary arrays), jsonb parsed with orjson where it equals json",
         "  eventsourcing: psycopg 3 pool (1 connection), pipeline mode, LOCK TABLE … IN "
         "EXCLUSIVE MODE + NOTIFY before the insert, default originator_id_type=uuid",
     ]

@@ -108,7 +108,9 @@ class Codec:
 
     def decode(self, record: RecordedEvent) -> DecodedEvent:
         """The recorded event with its payload upcast and built as its registered class."""
-        reg = self.registration(record.type)
+        reg = self._by_type.get(record.type)
+        if reg is None:
+            reg = self.registration(record.type)  # raises UnknownEventType
         data = record.data
         if record.schema_version != reg.schema_version:
             data = self.upcast(record.type, record.schema_version, data)

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
+
+from events import fastjson
 
 APPEND_ONLY_MESSAGE = "events are append-only: UPDATE and DELETE are refused"
 
@@ -64,7 +66,15 @@ def _configure_postgres(engine: Engine) -> None:
     one psycopg already knows is closed or broken, is pinged (and replaced if the ping fails); so
     is one idle for longer than ``POSTGRES_IDLE_PING_SECONDS``, for whatever gives no sign. A
     ``DisconnectionError`` raised here makes the pool connect afresh.
+
+    Also: json and jsonb values are parsed by ``fastjson.loads`` (exactly ``json.loads``).
     """
+    from psycopg.types.json import set_json_loads
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # json and jsonb come back as ``json.loads`` gives them, only faster (``fastjson``).
+        set_json_loads(fastjson.loads, dbapi_conn)
 
     @sa.event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
@@ -125,15 +135,21 @@ def is_sqlite(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "sqlite"
 
 
-_sqlite_writer_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
-    weakref.WeakKeyDictionary()
-)
+# One writer lock per database FILE in this process, whatever engine opened it: two engines on
+# one file (a service and its embedded workers, a test and the system under test) must queue
+# here rather than meet in SQLite's busy handler, which sleeps in steps of up to 100 ms.
+_sqlite_writer_locks: dict[str, threading.RLock] = {}
 _sqlite_writer_locks_guard = threading.Lock()
 
 
 def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
+    database = engine.url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        key = os.path.realpath(database)
+    else:
+        key = f"engine:{id(engine)}"  # a private in-memory database
     with _sqlite_writer_locks_guard:
-        return _sqlite_writer_locks.setdefault(engine, threading.RLock())
+        return _sqlite_writer_locks.setdefault(key, threading.RLock())
 
 
 @contextmanager

@@ -13,8 +13,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from events import dialects
+from events import dialects, fastjson
 from events.chain import (
     GENESIS_HASH,
     canonical_document,
@@ -38,7 +40,14 @@ from events.chain import (
 from events.errors import AppendOnlyViolation, ConcurrencyError, IdempotencyConflict, StoreError
 from events.schema import checkpoints, events, idempotency_keys
 from events.timefmt import format_time, to_utc
-from events.types import NewEvent, RecordedEvent, StreamHead, VerifyResult
+from events.types import (
+    NewEvent,
+    RecordedEvent,
+    StreamHead,
+    VerifyResult,
+    canonical_event_id,
+    is_canonical_event_id,
+)
 
 Clock = Callable[[], datetime]
 # Called inside the appending transaction, after the insert: the place to update read models
@@ -142,6 +151,10 @@ _INSERT_COLUMNS = (
 )
 
 
+# ``format_time``'s text, followed by the era (AD or BC), which ``to_char`` leaves out of the year.
+_PG_TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"AD'
+
+
 class _SQL:
     """The statements of one database, in its driver's parameter style."""
 
@@ -163,10 +176,22 @@ class _SQL:
         self.stream_until = stream + f" AND recorded_at <= {p} ORDER BY version"
         self.stream_until_limit = stream + f" AND recorded_at <= {p} ORDER BY version LIMIT {p}"
         self.all = f"SELECT {columns} FROM events WHERE position > {p} ORDER BY position LIMIT {p}"
-        # SQLite: json_valid tells the verifier that the stored texts are whole JSON values.
-        verify_extra = "" if pg else ", json_valid(data) AND json_valid(metadata)"
+        if pg:
+            # The documents as text (parsed and written canonically in one go), the times also
+            # as the hash recipe writes them (``_postgres_time_text``).
+            times = ", ".join(
+                f"to_char({c} AT TIME ZONE 'UTC', '{_PG_TIME_FORMAT}')"
+                for c in ("occurred_at", "recorded_at")
+            )
+            verify_columns = (
+                f"position, {event_id}, account_id, version, type, schema_version, data::text, "
+                f"metadata::text, {times}, prev_hash, hash, occurred_at, recorded_at"
+            )
+        else:
+            # SQLite: json_valid tells the verifier that the stored texts are whole JSON values.
+            verify_columns = columns + ", json_valid(data) AND json_valid(metadata)"
         self.verify = (
-            f"SELECT {columns}{verify_extra} FROM events WHERE account_id = {p} AND version > {p} "
+            f"SELECT {verify_columns} FROM events WHERE account_id = {p} AND version > {p} "
             f"ORDER BY version LIMIT {p}"
         )
         if pg:
@@ -182,6 +207,17 @@ class _SQL:
             f"recorded_at) VALUES ({p}, {p}, {p}, {p}{'::json' if pg else ''}, {p})"
         )
         self._insert_many: dict[int, str] = {}
+        # PostgreSQL: many rows as one short statement over arrays, one per column. psycopg
+        # parses a statement's placeholders in Python and caches only short statements: a
+        # multi-row VALUES list costs it milliseconds per append.
+        self.insert_arrays = (
+            f"INSERT INTO events ({_INSERT_COLUMNS}) "
+            "SELECT e::uuid, a, v, t, s, d::jsonb, m::jsonb, o, r, p, h FROM unnest("
+            "%b::text[], %b::text[], %b::int[], %b::text[], %b::int[], %b::text[], %b::text[], "
+            "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[]"
+            ") WITH ORDINALITY AS u(e, a, v, t, s, d, m, o, r, p, h, n) ORDER BY n"
+            " RETURNING position, event_id::text"
+        )
 
     def insert_many(self, count: int) -> str:
         sql = self._insert_many.get(count)
@@ -194,7 +230,7 @@ class _SQL:
 
 _SQL_BY_DIALECT = {name: _SQL(name) for name in ("sqlite", "postgresql")}
 
-_loads = json.loads
+_loads = fastjson.loads  # exactly ``json.loads``
 _from_iso = datetime.fromisoformat
 
 # ``data`` and ``metadata`` are stored as their canonical JSON text (one serialisation serves the
@@ -204,6 +240,13 @@ _encode_document = document_encoder(allow_nan=False)
 
 def _sqlite_time(text: Any) -> datetime:
     """A time column as SQLAlchemy's SQLite ``DATETIME`` and ``UTCDateTime`` give it back."""
+    if type(text) is str and len(text) == 26 and text[19] == ".":
+        # The shape this store writes (``_sqlite_sql_time``), naive UTC: parsing it with the
+        # offset attached is the same as attaching UTC afterwards, which is much slower.
+        try:
+            return _from_iso(text + "+00:00")
+        except ValueError:
+            pass
     return to_utc(_from_iso(text))
 
 
@@ -242,16 +285,18 @@ def _event_from_postgres(r: Sequence[Any]) -> RecordedEvent:
     )
 
 
-def _sqlite_row_hash(prev: str, r: Sequence[Any]) -> str | None:
-    """The hash of a raw SQLite row with its stored JSON texts spliced in as they are.
+def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
+    """Whether a row of ``_SQL.verify`` on SQLite has the hash of its content.
 
-    Only when the row has the exact shapes this store writes (canonical JSON text, validated as
-    whole JSON values by SQLite, and times in SQLAlchemy's format); otherwise None. A match
-    means the stored texts are byte for byte the canonical texts once hashed, so readers, who
-    parse them, get exactly what was hashed; a mismatch is decided by the full recomputation.
+    First with its stored JSON texts spliced in as they are, when the row has the exact shapes
+    this store writes (canonical JSON text, validated as whole JSON values by SQLite, and times
+    in SQLAlchemy's format). A match means the stored texts are byte for byte the canonical
+    texts once hashed, so readers, who parse them, get exactly what was hashed; a mismatch (or
+    another shape) is decided by the full recomputation, on the row as readers decode it.
     """
+    expected: str = r[11]
     occurred, recorded = r[8], r[9]
-    if not (
+    if (
         r[12]
         and type(r[6]) is str
         and type(r[7]) is str
@@ -262,10 +307,7 @@ def _sqlite_row_hash(prev: str, r: Sequence[Any]) -> str | None:
         and occurred[10] == " "
         and recorded[10] == " "
     ):
-        return None
-    return sha256_link(
-        prev,
-        canonical_event(
+        canonical = canonical_event(
             str(r[1]),
             r[2],
             r[3],
@@ -275,18 +317,31 @@ def _sqlite_row_hash(prev: str, r: Sequence[Any]) -> str | None:
             r[7],
             occurred[:10] + "T" + occurred[11:] + "Z",
             recorded[:10] + "T" + recorded[11:] + "Z",
-        ),
-    )
-
-
-def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
-    expected: str = r[11]
-    if _sqlite_row_hash(prev, r) == expected:
-        return True
+        )
+        if _sha256((prev + canonical).encode("utf-8")).hexdigest() == expected:
+            return True
     return event_hash(prev, _event_from_sqlite(r)) == expected
 
 
+_sha256 = hashlib.sha256
+
+
+def _postgres_time_text(text: Any, moment: datetime) -> str:
+    """``format_time(moment)``, given ``text``, the time ``to_char``'d with ``_PG_TIME_FORMAT``.
+
+    The two agree for years 1000 to 9999 AD; ``format_time`` writes other years differently.
+    """
+    if type(text) is str and len(text) == 29 and text[0] != "0" and text[27:] == "AD":
+        return text[:27]
+    return format_time(moment)
+
+
 def _postgres_row_matches(prev: str, r: Sequence[Any]) -> bool:
+    """Whether a row of ``_SQL.verify`` on PostgreSQL has the hash of its content.
+
+    Its documents come as ``jsonb``'s text: canonically written, they are what readers (who
+    parse that same text) get. The times are the recipe's text (``_postgres_time_text``).
+    """
     expected: str = r[11]
     return (
         sha256_link(
@@ -297,18 +352,21 @@ def _postgres_row_matches(prev: str, r: Sequence[Any]) -> bool:
                 r[3],
                 r[4],
                 r[5],
-                canonical_document(r[6]),
-                canonical_document(r[7]),
-                format_time(r[8]),
-                format_time(r[9]),
+                _canonical_from_text(r[6], canonical_document),
+                _canonical_from_text(r[7], canonical_document),
+                _postgres_time_text(r[8], r[12]),
+                _postgres_time_text(r[9], r[13]),
             ),
         )
         == expected
     )
 
 
-def _link(r: Sequence[Any]) -> tuple[int, str, str]:
-    return r[3], r[10], r[11]
+_canonical_from_text = fastjson.canonical_from_text
+
+
+# A row's version, prev_hash and hash.
+_link: Callable[[Sequence[Any]], tuple[int, str, str]] = operator.itemgetter(3, 10, 11)
 
 
 class EventStore:
@@ -351,6 +409,7 @@ class EventStore:
         """Append to several streams in one transaction: all are recorded, or none."""
         if not appends or not any(a.events for a in appends):
             raise ValueError("nothing to append")
+        appends = _with_canonical_ids(appends)
         if idempotency_key is not None:
             fingerprint = fingerprint or fingerprint_events([e for a in appends for e in a.events])
             previous = self._idempotent_result(idempotency_key, fingerprint)
@@ -644,7 +703,8 @@ def _documents(new_events: Sequence[NewEvent], postgres: bool) -> list[_Document
             prepared.append(None)
             continue
         try:
-            data_text, metadata_text = _encode_document(data), _encode_document(metadata)
+            data_text = _encode_plain(data, data_kind)
+            metadata_text = _encode_plain(metadata, metadata_kind)
         except ValueError as exc:
             raise StoreError(
                 f"an event's data or metadata cannot be stored as JSON: {exc}"
@@ -654,11 +714,19 @@ def _documents(new_events: Sequence[NewEvent], postgres: bool) -> list[_Document
             (
                 data_text,
                 metadata_text,
-                dict(data) if data_kind == _FLAT else _loads(data_text),
-                dict(metadata) if metadata_kind == _FLAT else _loads(metadata_text),
+                dict(data) if data_kind & _FLAT else _loads(data_text),
+                dict(metadata) if metadata_kind & _FLAT else _loads(metadata_text),
             )
         )
     return prepared
+
+
+def _encode_plain(document: Any, kind: int) -> str:
+    """``_encode_document(document)`` of a plain document of this ``_plain_kind``."""
+    if kind & _FLOATS:
+        return _encode_document(document)
+    # No floats, plain types only: orjson writes the same text (fastjson.canonical_plain).
+    return fastjson.canonical_plain(document, _encode_document)
 
 
 def _complete_documents(
@@ -681,14 +749,16 @@ def _complete_documents(
         documents[i] = (data_text, metadata_text, data, metadata)
 
 
-def _is_plain(document: Any, postgres: bool) -> bool:
-    """Whether ``document`` is stored exactly as its canonical JSON text reads back.
+def _is_plain(document: Any, postgres: bool) -> int:
+    """Whether ``document`` is stored exactly as its canonical JSON text reads back: 0 when
+    not, else ``_NESTED``, with ``_FLOATS`` added when it holds a float.
 
-    True for the usual payload: dicts with string keys, lists, strings, integers, booleans,
+    Plain is the usual payload: dicts with string keys, lists, strings, integers, booleans,
     None, and floats. Anything else (non-string keys, which JSON turns into strings; other
     types) takes the general path. On PostgreSQL also NUL characters and the floats ``jsonb``
     rewrites (``dialects.as_stored_json``), which that path sends through the server.
     """
+    floats = 0
     stack = [document]
     pop, push = stack.pop, stack.append
     while stack:
@@ -697,34 +767,38 @@ def _is_plain(document: Any, postgres: bool) -> bool:
         if kind is dict:
             for key, item in value.items():
                 if type(key) is not str or (postgres and "\x00" in key):
-                    return False
+                    return 0
                 item_kind = type(item)
                 if item_kind is str:
                     if postgres and "\x00" in item:
-                        return False
+                        return 0
                 elif item_kind is not int:
                     push(item)
         elif kind is str:
             if postgres and "\x00" in value:
-                return False
+                return 0
         elif kind is list:
             stack.extend(value)
         elif kind is float:
             if postgres and not dialects.jsonb_keeps_float(value):
-                return False
+                return 0
+            floats = _FLOATS
         elif not (kind is int or kind is bool or value is None):
-            return False
-    return True
+            return 0
+    return _NESTED | floats
 
 
-_FLAT, _NESTED = 1, 2
+# ``_plain_kind`` flags: a dict of scalars, anything else plain; plus "holds a float".
+_FLAT, _NESTED, _FLOATS = 1, 2, 4
 
 
 def _plain_kind(document: Any, postgres: bool) -> int:
-    """0 when not ``_is_plain``; ``_FLAT`` for a dict of scalars; ``_NESTED`` otherwise."""
+    """0 when not plain (``_is_plain``); else ``_FLAT`` for a dict of scalars, ``_NESTED``
+    otherwise, either with ``_FLOATS`` added when the document holds a float."""
     if type(document) is not dict:
-        return _NESTED if _is_plain(document, postgres) else 0
-    nested = False
+        return _is_plain(document, postgres)
+    nested = 0
+    floats = 0
     for key, item in document.items():
         if type(key) is not str or (postgres and "\x00" in key):
             return 0
@@ -735,11 +809,14 @@ def _plain_kind(document: Any, postgres: bool) -> int:
         elif kind is float:
             if postgres and not dialects.jsonb_keeps_float(item):
                 return 0
+            floats = _FLOATS
         elif not (kind is int or kind is bool or item is None):
-            if not _is_plain(item, postgres):
+            inner = _is_plain(item, postgres)
+            if not inner:
                 return 0
-            nested = True
-    return _NESTED if nested else _FLAT
+            nested = _NESTED
+            floats |= inner & _FLOATS
+    return (nested or _FLAT) | floats
 
 
 def _write(
@@ -773,7 +850,7 @@ def _write(
     # than by the unique constraint.
     heads = _locked_heads(driver, sql, [item.account_id for item in appends])
     params: list[tuple[Any, ...]] = []
-    per_stream: list[list[RecordedEvent]] = []
+    per_stream: list[list[tuple[Any, ...]]] = []
     for item, head, docs in zip(appends, heads, documents, strict=True):
         if item.expected_version is not None and item.expected_version != head.version:
             raise ConcurrencyError(item.account_id, item.expected_version, head.version)
@@ -790,16 +867,8 @@ def _write(
                 params,
             )
         )
-    positions = _insert(driver, sql, params)
-    recorded: list[list[RecordedEvent]] = []
-    i = 0
-    for batch in per_stream:
-        placed = []
-        for event in batch:
-            placed.append(_placed(event, positions[i]))
-            i += 1
-        recorded.append(placed)
-    return recorded
+    positions = iter(_insert(driver, sql, params))
+    return [[RecordedEvent(next(positions), *fields) for fields in batch] for batch in per_stream]
 
 
 def _locked_heads(
@@ -832,18 +901,27 @@ def _chain(
     stored_recorded_at: Any,
     postgres: bool,
     params: list[tuple[Any, ...]],
-) -> list[RecordedEvent]:
-    """Chain the events onto ``head``: their insert parameters go to ``params``; returns them
-    as recorded, with position 0 until the insert assigns it."""
+) -> list[tuple[Any, ...]]:
+    """Chain the events onto ``head``: their insert parameters go to ``params``; returns the
+    fields of each as recorded after its position (``RecordedEvent(position, *fields)``)."""
     recorded = []
     prev = head.hash
     version = head.version
+    last_occurred: Any = None
+    occurred_at = recorded_at
+    occurred_text = ""
+    stored_occurred_at: Any = None
     for event, (data_text, metadata_text, data, metadata) in zip(
         new_events, documents, strict=True
     ):
         version += 1
-        occurred_at = to_utc(event.occurred_at)
-        occurred_text = format_time(occurred_at)
+        if event.occurred_at is not last_occurred:  # events of a batch often share one time
+            last_occurred = event.occurred_at
+            occurred_at = to_utc(last_occurred)
+            occurred_text = format_time(occurred_at)
+            stored_occurred_at = (
+                occurred_at if postgres else _sqlite_text(occurred_text, occurred_at)
+            )
         digest = sha256_link(
             prev,
             canonical_event(
@@ -867,15 +945,14 @@ def _chain(
                 event.schema_version,
                 data_text,
                 metadata_text,
-                occurred_at if postgres else _sqlite_text(occurred_text, occurred_at),
+                stored_occurred_at,
                 stored_recorded_at,
                 prev,
                 digest,
             )
         )
         recorded.append(
-            RecordedEvent(
-                0,
+            (
                 event.event_id,
                 account_id,
                 version,
@@ -893,23 +970,6 @@ def _chain(
     return recorded
 
 
-def _placed(event: RecordedEvent, position: int) -> RecordedEvent:
-    return RecordedEvent(
-        position,
-        event.event_id,
-        event.account_id,
-        event.version,
-        event.type,
-        event.schema_version,
-        event.data,
-        event.metadata,
-        event.occurred_at,
-        event.recorded_at,
-        event.prev_hash,
-        event.hash,
-    )
-
-
 def _insert(
     driver: dialects.DriverConnection, sql: _SQL, params: list[tuple[Any, ...]]
 ) -> list[int]:
@@ -921,6 +981,11 @@ def _insert(
             return [position]
         return [driver.execute(sql.insert_one, row).lastrowid]
     positions: list[int] = []
+    if sql.postgres:
+        statement = sql.insert_arrays
+        arrays = [list(column) for column in zip(*params, strict=True)]
+        returned_rows: list[Any] = driver.call(statement, _fetch_all(statement, arrays), arrays)
+        return _positions_of(params, returned_rows)
     for start in range(0, len(params), _INSERT_CHUNK):
         chunk = params[start : start + _INSERT_CHUNK]
         statement = sql.insert_many(len(chunk))
@@ -928,13 +993,15 @@ def _insert(
         # Neither database promises the order of RETURNING rows for a multi-row INSERT: match
         # them to the rows by event id (PostgreSQL gives it back in its canonical text form).
         returned: list[Any] = driver.call(statement, _fetch_all(statement, flat), flat)
-        position_of = {event_id: position for position, event_id in returned}
-        for row in chunk:
-            position = position_of.get(row[0])
-            if position is None:
-                position = position_of[_canonical_uuid(row[0])]
-            positions.append(position)
+        positions += _positions_of(chunk, returned)
     return positions
+
+
+def _positions_of(rows: Sequence[Sequence[Any]], returned: Sequence[Any]) -> list[int]:
+    """The position of each inserted row, from ``RETURNING position, event_id`` rows in any
+    order (event ids are canonical: ``_with_canonical_ids``)."""
+    position_of = {event_id: position for position, event_id in returned}
+    return [position_of[row[0]] for row in rows]
 
 
 def _fetch_one(statement: str, params: Sequence[Any]) -> Callable[[Any], Any]:
@@ -945,10 +1012,25 @@ def _fetch_all(statement: str, params: Sequence[Any]) -> Callable[[Any], list[An
     return lambda dbapi_conn: dbapi_conn.execute(statement, params).fetchall()
 
 
-def _canonical_uuid(event_id: str) -> str:
-    import uuid
-
-    return str(uuid.UUID(event_id))
+def _with_canonical_ids(appends: Sequence[StreamAppend]) -> Sequence[StreamAppend]:
+    """``appends`` with every event id in canonical UUID form (``ValueError`` for a non-UUID):
+    the chain hashes the id as appended, and PostgreSQL's uuid column gives back only that
+    form, so another spelling would never verify there."""
+    if all(is_canonical_event_id(e.event_id) for a in appends for e in a.events):
+        return appends
+    return [
+        StreamAppend(
+            a.account_id,
+            a.expected_version,
+            [
+                e
+                if is_canonical_event_id(e.event_id)
+                else dataclasses.replace(e, event_id=canonical_event_id(e.event_id))
+                for e in a.events
+            ],
+        )
+        for a in appends
+    ]
 
 
 def _translate_integrity_error(exc: IntegrityError, appends: Sequence[StreamAppend]) -> StoreError:

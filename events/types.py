@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +31,21 @@ class NewEvent:
     metadata: JSON = field(default_factory=dict)
     schema_version: int = 1
     event_id: str = field(default_factory=new_event_id)
+
+
+# The chain hashes the id as appended and PostgreSQL's uuid column gives it back in its
+# canonical form (lowercase, hyphenated): only that form may enter the log (``EventStore``).
+is_canonical_event_id = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+).fullmatch
+
+
+def canonical_event_id(text: str) -> str:
+    """``text`` as a canonical UUID (lowercase, hyphenated); ``ValueError`` if it is none."""
+    try:
+        return str(uuid.UUID(text))
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError(f"event_id {text!r} is not a UUID") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -312,3 +312,45 @@ def test_a_nul_character_is_kept_where_the_database_can_hold_it_and_refused_clea
         store.append("acct_1", 0, [event])
         assert store.read_stream("acct_1")[0].data == {"text": "before\x00after"}
         assert store.verify("acct_1").ok
+
+
+def test_a_large_multi_stream_batch_gets_positions_in_event_order(store: EventStore) -> None:
+    # Times shared and distinct, flat and nested payloads with and without floats.
+    def batch(stream: int) -> list[NewEvent]:
+        return [
+            NewEvent(
+                "Noted",
+                {"n": k, "s": stream, "f": k / 3, "nested": {"k": [k, "é"]}}
+                if k % 2
+                else {"n": k, "s": "x"},
+                T0 if k % 3 else T0 + timedelta(microseconds=k),
+                metadata={"actor": "t"},
+            )
+            for k in range(130)
+        ]
+
+    recorded = store.append_streams(
+        [StreamAppend("acct_a", 0, batch(1)), StreamAppend("acct_b", None, batch(2))]
+    )
+
+    flat = [e for stream in recorded for e in stream]
+    assert positions_increase(flat)
+    assert [e.version for e in recorded[0]] == list(range(1, 131))
+    assert store.read_all(0, 1000) == flat
+    for account_id in ("acct_a", "acct_b"):
+        assert store.verify(account_id).ok
+        assert all(recompute_hash(e) == e.hash for e in store.read_stream(account_id))
+
+
+def test_an_event_id_in_another_uuid_spelling_is_stored_canonical_and_verifies(
+    store: EventStore,
+) -> None:
+    upper = "6F9619FF-8B86-D011-B42D-00C04FC964FF"
+    recorded = store.append("acct_uuid", 0, [NewEvent("Noted", {"n": 1}, T0, event_id=upper)])
+
+    assert recorded[0].event_id == upper.lower()
+    assert store.read_stream("acct_uuid")[0].event_id == upper.lower()
+    assert store.verify("acct_uuid").ok
+    with pytest.raises(ValueError, match="not a UUID"):
+        store.append("acct_uuid", 1, [NewEvent("Noted", {}, T0, event_id="evt_1")])
+    assert len(store.read_stream("acct_uuid")) == 1

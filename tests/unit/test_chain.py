@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import GENESIS_HASH, RecordedEvent, canonical_json, chain_hash, hashed_fields
+from events import GENESIS_HASH, RecordedEvent, canonical_json, chain_hash, fastjson, hashed_fields
 from events.chain import (
     canonical_document,
     canonical_event,
@@ -311,3 +311,109 @@ def test_the_document_encoders_refuse_what_json_dumps_refuses() -> None:
 def test_format_time_writes_what_strftime_writes(moment: datetime) -> None:
     expected = to_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert format_time(moment) == expected
+
+
+# ---------------------------------------------------------------- orjson where it agrees with json
+
+# Texts and values where orjson and json part ways: big integers, floats of every formatting,
+# lone surrogates, control characters, keys that sort differently by UTF-16 and by code point,
+# NaN and infinities, duplicate keys, deep nesting.
+wide_text = st.text(
+    st.characters(codec=None, exclude_categories=()) | st.sampled_from("\x00\x1f\x7f\u2028\ud800"),
+    max_size=8,
+)
+wide_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**65), max_value=2**65)
+    | st.floats()
+    | st.sampled_from([1e16, 1e-05, 1e22, 5e-324, -0.0, 1e15, 123456789012345680.0])
+    | wide_text
+)
+wide_values = st.recursive(
+    wide_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(wide_text, inner, max_size=4),
+    max_leaves=12,
+)
+json_texts = (
+    wide_values.map(lambda v: json.dumps(v))
+    | wide_values.map(lambda v: json.dumps(v, ensure_ascii=False, indent=1))
+    | st.sampled_from(
+        [
+            '{"a":1,"b":2,"a":3}',
+            "123456789012345678901234567890",
+            "[-9223372036854775809, 18446744073709551615, 18446744073709551616]",
+            "1e400",
+            "[-0, -0.0, 1E5, 1.0e-400]",
+            '"\\ud800"',
+            "NaN",
+            "[Infinity]",
+            "[" * 300 + "]" * 300,
+            '{"x": "\\u0000"}',
+            "\ufeff{}",
+            '{"a" : [1 , 2]}\n',
+            "",
+            "[1,]",
+        ]
+    )
+)
+
+
+def _json_outcome(function: Any, argument: Any) -> tuple[str, Any]:
+    """What ``function(argument)`` returns (with its exact types and key order), or raises."""
+    try:
+        value = function(argument)
+    except (ValueError, RecursionError) as exc:
+        return ("raises", type(exc))
+    return ("returns", _exact(value))
+
+
+def _exact(value: Any) -> Any:
+    if type(value) is dict:
+        return ("dict", [(key, _exact(item)) for key, item in value.items()])
+    if type(value) is list:
+        return ("list", [_exact(item) for item in value])
+    if type(value) is float:
+        return ("float", value.hex() if value == value else "nan")
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=500)
+@given(json_texts)
+def test_fastjson_loads_is_json_loads(text: str) -> None:
+    assert _json_outcome(fastjson.loads, text) == _json_outcome(json.loads, text)
+    encoded = text.encode("utf-8", "surrogatepass")
+    assert _json_outcome(fastjson.loads, encoded) == _json_outcome(json.loads, encoded)
+
+
+@settings(max_examples=500)
+@given(wide_values)
+def test_fastjson_canonical_texts_are_json_dumps(value: Any) -> None:
+    expected = _json_outcome(canonical_document, value)
+    assert _json_outcome(
+        lambda v: fastjson.canonical_plain(v, canonical_document), value
+    ) == expected or fastjson.has_float(value)  # only float-free documents may take orjson
+    text = json.dumps(value)
+    assert _json_outcome(
+        lambda t: fastjson.canonical_from_text(t, canonical_document), text
+    ) == _json_outcome(lambda t: canonical_document(json.loads(t)), text)
+
+
+@settings(max_examples=300)
+@given(json_objects, metadata_objects)
+def test_the_store_writes_documents_as_json_dumps_does(data: Any, metadata: Any) -> None:
+    from events.store import _documents
+    from events.types import NewEvent
+
+    event = NewEvent("T", data, datetime(2026, 1, 1, tzinfo=UTC), metadata)
+    for postgres in (False, True):
+        [prepared] = _documents([event], postgres)
+        if prepared is None:  # left to the database
+            continue
+        data_text, metadata_text, data_copy, metadata_copy = prepared
+        assert data_text == document_encoder(allow_nan=False)(data)
+        assert metadata_text == document_encoder(allow_nan=False)(metadata)
+        # (a flat copy keeps the caller's key order; the values and their types are the same)
+        for copy, text in ((data_copy, data_text), (metadata_copy, metadata_text)):
+            assert _exact(dict(sorted(copy.items()))) == _exact(json.loads(text))
