@@ -25,7 +25,7 @@ from events.chain import (
     event_hash,
     verify_chain,
 )
-from events.timefmt import format_time, to_utc
+from events.timefmt import format_time, parse_time, to_utc
 
 CONTRACT_KEYS = [
     "event_id",
@@ -311,6 +311,18 @@ def test_the_document_encoders_refuse_what_json_dumps_refuses() -> None:
 def test_format_time_writes_what_strftime_writes(moment: datetime) -> None:
     expected = to_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert format_time(moment) == expected
+
+
+# From year 1000: format_time writes earlier years unpadded, as strftime does.
+@given(
+    st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30), timezones=zones)
+)
+def test_parse_time_reads_back_what_format_time_writes(moment: datetime) -> None:
+    text = format_time(moment)
+    parsed = parse_time(text)
+    assert parsed == moment and parsed.tzinfo is UTC
+    # The general path (an offset, surrounding space) gives the same instant.
+    assert parse_time(" " + text[:-1] + "+00:00 ") == parsed
 
 
 # ---------------------------------------------------------------- orjson where it agrees with json
