@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +45,18 @@ def _container() -> Any:
         fail(f"The policy file cannot be used: {exc}.")
 
 
-def _time_option(value: str | None, name: str) -> datetime | None:
+@contextmanager
+def opened_container() -> Iterator[Any]:
+    """The configured system for one command, closed when the command is done."""
+    container = _container()
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def time_option(value: str | None, name: str) -> datetime | None:
+    """An RFC 3339 option's value, or a usage error naming the option."""
     if value is None:
         return None
     from events.timefmt import parse_time
@@ -134,11 +147,8 @@ def tokens_create(
         chosen = Role(role)
     except ValueError:
         fail(f"Unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}.")
-    container = _container()
-    try:
+    with opened_container() as container:
         token = create_token(container.engine, chosen, name)
-    finally:
-        container.close()
     console.print(
         f"Created a {chosen.value} token for {name!r}. Store it now: it is not shown again."
     )
@@ -155,12 +165,9 @@ def standing(
     """Show one account's standing."""
     from enforcement.render import standing_table
 
-    moment = _time_option(as_of, "--as-of")
-    container = _container()
-    try:
+    moment = time_option(as_of, "--as-of")
+    with opened_container() as container:
         result = container.service.standing(account, moment).to_json()
-    finally:
-        container.close()
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -178,12 +185,9 @@ def history(
 
     if fmt not in ("table", "json", "csv"):
         fail(f"Unknown format {fmt!r}; choose table, json or csv.")
-    moment = _time_option(as_of, "--as-of")
-    container = _container()
-    try:
+    moment = time_option(as_of, "--as-of")
+    with opened_container() as container:
         entries = list(container.service.history(account, moment))
-    finally:
-        container.close()
     if fmt == "json":
         print(json.dumps(history_json(entries), indent=2, ensure_ascii=False))
     elif fmt == "csv":
@@ -202,11 +206,8 @@ def verify(
     """Check hash chains: exit 0 when intact, 1 when any chain is broken."""
     from enforcement.auditing import verify_accounts
 
-    container = _container()
-    try:
+    with opened_container() as container:
         results = verify_accounts(container.store, account, show_progress=not as_json)
-    finally:
-        container.close()
     broken = [r for r in results if not r["ok"]]
     if as_json:
         print(json.dumps(results if account is None else results[0], indent=2))
@@ -242,19 +243,15 @@ def replay(
     from enforcement.progress import progress_bar
     from projections.runner import rebuild_standings
 
-    container = _container()
-    try:
-        with progress_bar() as bar:
-            task = bar.add_task("replaying", total=None, unit="events")
-            stats = rebuild_standings(
-                container.store,
-                container.standings,
-                account=account,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                jobs=jobs or min(4, os.cpu_count() or 1),
-            )
-    finally:
-        container.close()
+    with opened_container() as container, progress_bar() as bar:
+        task = bar.add_task("replaying", total=None, unit="events")
+        stats = rebuild_standings(
+            container.store,
+            container.standings,
+            account=account,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            jobs=jobs or min(4, os.cpu_count() or 1),
+        )
     console.print(
         f"Rebuilt {stats.accounts} standing(s) from {stats.events} events in "
         f"{stats.seconds:.2f}s ({stats.events_per_second:,.0f} events/s)."
@@ -276,18 +273,17 @@ def export(
 
     if fmt not in ("jsonl", "sor"):
         fail(f"Unknown format {fmt!r}; choose jsonl or sor.")
-    start, end = _time_option(since, "--since"), _time_option(until, "--until")
-    container = _container()
-    stream = output.open("w", encoding="utf-8") if output else sys.stdout
-    try:
-        count = 0
-        for line in export_lines(container.store, fmt, since=start, until=end, account=account):
-            stream.write(line + "\n")
-            count += 1
-    finally:
-        if output:
-            stream.close()
-        container.close()
+    start, end = time_option(since, "--since"), time_option(until, "--until")
+    with opened_container() as container:
+        stream = output.open("w", encoding="utf-8") if output else sys.stdout
+        try:
+            count = 0
+            for line in export_lines(container.store, fmt, since=start, until=end, account=account):
+                stream.write(line + "\n")
+                count += 1
+        finally:
+            if output:
+                stream.close()
     if output:
         console.print(f"Wrote {count} line(s) to {output}.")
 

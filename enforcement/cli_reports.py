@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from enforcement.cli import _container, _time_option, app
+from enforcement.cli import app, opened_container, time_option
 from enforcement.cli_output import console, fail
 
 
@@ -32,17 +32,14 @@ def report(
 
     if fmt not in ("table", "csv"):
         fail(f"Unknown format {fmt!r}; choose table or csv.")
-    start, end = _time_option(since, "--since"), _time_option(until, "--until")
+    start, end = time_option(since, "--since"), time_option(until, "--until")
     assert start is not None and end is not None
     if start > end:
         fail("--since must not be later than --until.")
     if chart is not None and chart.suffix.lower() != ".png":
         fail(f"--chart must name a .png file, not {chart}.")
-    container = _container()
-    try:
+    with opened_container() as container:
         result = transparency_report(container.store, start, end)
-    finally:
-        container.close()
     if fmt == "csv":
         csv.writer(sys.stdout).writerows(report_csv_rows(result))
     else:
@@ -79,16 +76,13 @@ def whatif(
     from enforcement.policy import load_policy
     from enforcement.whatif import what_if
 
-    start = _time_option(since, "--since")
+    start = time_option(since, "--since")
     try:
         other = load_policy(str(policy))
     except PolicyError as exc:
         fail(f"The policy file cannot be used: {exc}.")
-    container = _container()
-    try:
+    with opened_container() as container:
         summary = what_if(container.store, other, start)
-    finally:
-        container.close()
     if as_json:
         print(json.dumps(summary.to_json(), indent=2, ensure_ascii=False))
         return
