@@ -7,6 +7,7 @@ and delivery workers record, so that replays and reports meet every kind of even
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import shutil
@@ -16,7 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from test_service_support import OPERATOR, REPORTER, FakeClock, open_system
 
@@ -208,3 +211,39 @@ def copied_system(template: Template, directory: Path) -> Iterator[Container]:
     finally:
         if template.backend == "postgres":
             template.discard(url)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+# Every populated template is built once per module on each backend.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+Fill = Callable[[Container, FakeClock], Population]
+
+
+def template_fixture(label: str, fill: Fill) -> Any:
+    """A module-scoped fixture: a ``Template`` filled by ``fill``, on each backend."""
+
+    @pytest.fixture(scope="module", params=BACKENDS)
+    def template(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Template]:
+        built = Template.build(request.param, tmp_path_factory.mktemp(label), fill)
+        yield built
+        built.discard()
+
+    return template
+
+
+def system_fixture(template: str = "template") -> Any:
+    """A fixture: the application on a fresh copy of the fixture named ``template``."""
+
+    def system(tmp_path: Path, **templates: Template) -> Iterator[Container]:
+        with copied_system(templates[template], tmp_path) as container:
+            yield container
+
+    # pytest reads a fixture's dependencies from its signature: name the template there.
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    system.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("tmp_path", keyword), inspect.Parameter(template, keyword)]
+    )
+    return pytest.fixture(system)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aup_population import Population, Template, copied_system, populate
+from aup_population import (
+    populate,
+    system_fixture,
+    template_fixture,
+)
 from sqlalchemy.engine import Connection
-from test_service_support import T0, FakeClock, all_stored_rows
+from test_service_support import T0, all_stored_rows
 
 from enforcement.bootstrap import Container
 from enforcement.migrations import upgrade
@@ -37,24 +40,10 @@ class Crash(Exception):
     """Stands for the process dying mid-run."""
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+template = template_fixture(
+    "catchup", lambda system, clock: populate(system, clock, accounts=9, steps=6)
 )
-def template(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Template]:
-    def fill(system: Container, clock: FakeClock) -> Population:
-        return populate(system, clock, accounts=9, steps=6)
-
-    built = Template.build(request.param, tmp_path_factory.mktemp("catchup"), fill)
-    yield built
-    built.discard()
-
-
-@pytest.fixture
-def system(template: Template, tmp_path: Path) -> Iterator[Container]:
-    with copied_system(template, tmp_path) as container:
-        yield container
+system = system_fixture()
 
 
 def folded_rows(system: Container) -> Rows:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from aup_population import Population, Template, copied_system, populate
-from test_service_support import FakeClock
+from aup_population import (
+    populate,
+    system_fixture,
+    template_fixture,
+)
 from typer.testing import CliRunner
 
 from enforcement.auditing import RESTRICTIVE, export_lines
@@ -39,24 +40,10 @@ SOR_FIELDS = {
 }  # fmt: skip
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+template = template_fixture(
+    "export", lambda system, clock: populate(system, clock, accounts=8, steps=7, seed=23)
 )
-def template(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Template]:
-    def fill(system: Container, clock: FakeClock) -> Population:
-        return populate(system, clock, accounts=8, steps=7, seed=23)
-
-    built = Template.build(request.param, tmp_path_factory.mktemp("export"), fill)
-    yield built
-    built.discard()
-
-
-@pytest.fixture
-def system(template: Template, tmp_path: Path) -> Iterator[Container]:
-    with copied_system(template, tmp_path) as container:
-        yield container
+system = system_fixture()
 
 
 def recompute_chains(lines: list[dict[str, Any]]) -> dict[str, int]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aup_population import Population, Template, copied_system
+from aup_population import Population, system_fixture, template_fixture
 from test_service_support import OPERATOR, REPORTER, T0, FakeClock
 from typer.testing import CliRunner
 
@@ -73,21 +72,8 @@ def stories(system: Container, clock: FakeClock) -> Population:
     return Population(["acct_a", "acct_b", "acct_c"])
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def template(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Template]:
-    built = Template.build(request.param, tmp_path_factory.mktemp("reports"), stories)
-    yield built
-    built.discard()
-
-
-@pytest.fixture
-def system(template: Template, tmp_path: Path) -> Iterator[Container]:
-    with copied_system(template, tmp_path) as container:
-        yield container
+template = template_fixture("reports", stories)
+system = system_fixture()
 
 
 def test_the_report_counts_the_known_population(system: Container) -> None:

@@ -30,11 +30,6 @@ CATEGORIES = ["spam", "phishing", "sustained_abuse", "safety_probing", "csam"]
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
     with open_system(database_url, clock) as container:
         populate(container, clock)

@@ -4,7 +4,7 @@ stays the fold of the log after every story."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,17 +28,6 @@ from enforcement.service import Outcome
 from events import IdempotencyConflict
 
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
-    with open_system(database_url, clock) as container:
-        yield container
 
 
 def report(

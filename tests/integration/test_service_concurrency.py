@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import timedelta
@@ -30,17 +29,6 @@ from events import ConcurrencyError, RecordedEvent
 
 THREADS, REPORTS = 8, 5
 ACCOUNT = "acct_contended"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
-    with open_system(database_url, clock) as container:
-        yield container
 
 
 def count_lost_races(system: Container) -> list[int]:

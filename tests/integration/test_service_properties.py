@@ -6,11 +6,9 @@ command writes nothing; and dismissing every violation leaves no strike."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_service_support import (
@@ -18,7 +16,6 @@ from test_service_support import (
     REPORTER,
     FakeClock,
     assert_account_consistent,
-    open_system,
     stored_row,
 )
 
@@ -151,17 +148,6 @@ def dismiss_everything(system: Container, account: str) -> None:
         if not violation.dismissed:
             dismissal = ops.DismissViolation(violation.violation_id, "clean slate")
             system.service.operator(account, dismissal, OPERATOR)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
-    with open_system(database_url, clock) as container:
-        yield container
 
 
 def test_random_use_cases_keep_the_stored_standing_equal_to_the_fold(

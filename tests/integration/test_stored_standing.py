@@ -4,7 +4,6 @@ row plus the events after its version."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -26,17 +25,6 @@ from events import ConcurrencyError
 from projections import aup_events as ev
 from projections.standing import StandingState, apply_all
 from projections.tables import standings
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
-    with open_system(database_url, clock) as container:
-        yield container
 
 
 def report(system: Container, account: str, category: str = "spam", **kw: object) -> None:

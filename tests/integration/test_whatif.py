@@ -8,14 +8,19 @@ more lenient one, it finds exactly the decisions POLICY.md's ladder says would c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aup_population import Population, Template, copied_system, populate
+from aup_population import (
+    Population,
+    Template,
+    populate,
+    system_fixture,
+    template_fixture,
+)
 from test_service_support import REPORTER, FakeClock
 from typer.testing import CliRunner
 
@@ -53,21 +58,8 @@ def ladder_stories(system: Container, clock: FakeClock) -> Population:
     return Population(["acct_high", "acct_minor"])
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def ladder_template(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Template]:
-    built = Template.build(request.param, tmp_path_factory.mktemp("ladder"), ladder_stories)
-    yield built
-    built.discard()
-
-
-@pytest.fixture
-def ladder(ladder_template: Template, tmp_path: Path) -> Iterator[Container]:
-    with copied_system(ladder_template, tmp_path) as system:
-        yield system
+ladder_template = template_fixture("ladder", ladder_stories)
+ladder = system_fixture("ladder_template")
 
 
 def changes(summary: Any) -> list[tuple[str, str, str, str]]:
@@ -148,24 +140,10 @@ def test_since_re_decides_only_later_violations(ladder: Container) -> None:
 # --------------------------------------------------------------------------- a varied history
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+template = template_fixture(
+    "whatif", lambda system, clock: populate(system, clock, accounts=10, steps=8, seed=11)
 )
-def template(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Template]:
-    def fill(system: Container, clock: FakeClock) -> Population:
-        return populate(system, clock, accounts=10, steps=8, seed=11)
-
-    built = Template.build(request.param, tmp_path_factory.mktemp("whatif"), fill)
-    yield built
-    built.discard()
-
-
-@pytest.fixture
-def varied(template: Template, tmp_path: Path) -> Iterator[Container]:
-    with copied_system(template, tmp_path) as system:
-        yield system
+varied = system_fixture()
 
 
 def test_no_difference_on_a_history_with_appeals_dismissals_and_expiries(
