@@ -88,27 +88,20 @@ class NoticeDelivery:
                 self.email.send(build_message(notice, rendered, target), notice_event_id)
             else:
                 self.webhook.send(target, notice_event_id, rendered.body)
-        except WebhookRefused as exc:
-            self._failed(
-                notice.account_id,
-                notice_event_id,
-                notice_id,
-                channel,
-                attempt,
-                str(exc),
-                final=True,
-            )
-            return "refused"
         except Exception as exc:
+            refused = isinstance(exc, WebhookRefused)  # a refused target never becomes valid
+            error = str(exc) if refused else f"{type(exc).__name__}: {exc}"
             self._failed(
                 notice.account_id,
                 notice_event_id,
                 notice_id,
                 channel,
                 attempt,
-                f"{type(exc).__name__}: {exc}",
-                final=final,
+                error,
+                final=final or refused,
             )
+            if refused:
+                return "refused"
             if final:
                 return "failed"
             raise DeliveryFailed(str(exc)) from exc
