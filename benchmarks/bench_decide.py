@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
+from common import load_average, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -110,21 +111,9 @@ def database(backend: str, pg_admin_url: str, tmp: Path) -> Iterator[str]:
         upgrade(url)
         yield url
         return
-    admin = sa.make_url(pg_admin_url)
-    if admin.get_driver_name() in ("", "psycopg2"):
-        admin = admin.set(drivername="postgresql+psycopg")
-    name = f"bench_decide_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        url = admin.set(database=name).render_as_string(hide_password=False)
+    with pg_database(pg_admin_url, "bench_decide") as url:
         upgrade(url)
         yield url
-    finally:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        engine.dispose()
 
 
 # --------------------------------------------------------------------------- the long history
@@ -513,13 +502,6 @@ def profile_long(container: Container, clock: Clock, console: Console, backend: 
             f"sorted by {key}[/bold]"
         )
         console.print(out.getvalue(), highlight=False, markup=False)
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:  # pragma: no cover
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
+from common import load_average, pg_database
 from rich.console import Console
 from rich.table import Table
 
@@ -167,17 +167,8 @@ def database(backend: str, workdir: Path, pg_url: str) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{workdir / 'bench_http.db'}"
         return
-    admin = sa.make_url(pg_url)
-    name = f"bench_http_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        engine.dispose()
+    with pg_database(pg_url, "bench_http") as url:
+        yield url
 
 
 @contextmanager
@@ -364,13 +355,6 @@ class Row:
     unit: str
 
 
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def table(rows: list[Row], goal: float) -> Table:
     out = Table(title="POST /v1/violations over HTTP: ours vs a minimal FastAPI app (ceiling)")
     for column in (
@@ -431,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(one process, closed loop); server: uvicorn, one process; "
         f"workers {'off' if args.no_workers else 'on (embedded)'}"
     )
-    console.print(f"[bold]load average before[/]: {load_average()}")
+    console.print(f"[bold]load average before[/]: {load_average(all_three=True)}")
     rows: list[Row] = []
     profiles: list[tuple[str, Path]] = []
     started = time.perf_counter()
@@ -466,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
                 console.print(hot_spots(raw))
     console.print(table(rows, args.goal))
     console.print(
-        f"[bold]load average after[/]: {load_average()}; total {time.perf_counter() - started:.0f}s"
+        f"[bold]load average after[/]: {load_average(all_three=True)}; "
+        f"total {time.perf_counter() - started:.0f}s"
     )
 
 

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
+from common import pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -135,21 +136,6 @@ class Run:
     stop: Callable[[], None]
 
 
-def pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    admin = sa.make_url(admin_url)
-    name = f"bench_notices_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        engine.dispose()
-
-    return admin.set(database=name).render_as_string(hide_password=False), drop
-
-
 def worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
     env.update(
@@ -169,9 +155,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def running(config: str, args: argparse.Namespace, workdir: Path) -> Iterator[Run]:
-    drop: Callable[[], None] | None = None
+    cleanup = ExitStack()
     if config.endswith("postgres"):
-        url, drop = pg_database(args.pg_url)
+        url = cleanup.enter_context(pg_database(args.pg_url, "bench_notices"))
         database = "PostgreSQL"
     else:
         url = f"sqlite:///{workdir / f'{config}.db'}"
@@ -227,8 +213,7 @@ def running(config: str, args: argparse.Namespace, workdir: Path) -> Iterator[Ru
                 stop_worker()
                 container.close()
     finally:
-        if drop is not None:
-            drop()
+        cleanup.close()
 
 
 # ------------------------------------------------------------------ measuring

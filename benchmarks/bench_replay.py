@@ -40,6 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
+from common import pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -363,35 +365,24 @@ def run_measurement(kind: str, url: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- main
 
 
-@dataclass
-class Database:
-    backend: str
-    url: str
-    drop: Any = None
+@contextmanager
+def fresh_database(backend: str, workdir: Path, admin_url: str) -> Iterator[str]:
+    """A new database's URL: a file in ``workdir`` (removed on exit) or a PostgreSQL database."""
+    if backend != "sqlite":
+        with pg_database(admin_url, "bench_replay") as url:
+            yield url
+        return
+    path = workdir / "bench_replay.db"
 
+    def remove() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
 
-def fresh_database(backend: str, workdir: Path, admin_url: str) -> Database:
-    if backend == "sqlite":
-        path = workdir / "bench_replay.db"
-
-        def remove() -> None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-
+    remove()
+    try:
+        yield f"sqlite:///{path}"
+    finally:
         remove()
-        return Database(backend, f"sqlite:///{path}", remove)
-    admin = sa.make_url(admin_url).set(drivername="postgresql+psycopg")
-    name = f"bench_replay_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        engine.dispose()
-
-    return Database(backend, admin.set(database=name).render_as_string(hide_password=False), drop)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -416,10 +407,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_replay_"))
     rows: list[tuple[str, str, dict[str, Any], float]] = []
     for backend in args.backends.split(","):
-        db = fresh_database(backend, workdir, args.pg_url)
-        try:
+        with fresh_database(backend, workdir, args.pg_url) as url:
             started = time.perf_counter()
-            total = populate(db.url, args.events, args.accounts, args.seed)
+            total = populate(url, args.events, args.accounts, args.seed)
             console.print(
                 f"[bold]{backend}[/]: generated {total:,} events on {args.accounts:,} accounts in "
                 f"{time.perf_counter() - started:.0f}s"
@@ -427,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             results = {}
             kinds = ["floor", "replay", *(f"replay:{args.jobs}" for _ in [1] if args.jobs > 1)]
             for kind in [*kinds, "verify"]:
-                runs = [run_measurement(kind, db.url) for _ in range(args.repeat)]
+                runs = [run_measurement(kind, url) for _ in range(args.repeat)]
                 results[kind] = min(runs, key=lambda r: r["seconds"])
                 r = results[kind]
                 console.print(f"  {kind}: {r['events']:,} events in {r['seconds']:.1f}s")
@@ -435,9 +425,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             for kind in [*kinds, "verify"]:
                 r = results[kind]
                 rows.append((backend, kind, r, (r["events"] / r["seconds"]) / floor_rate))
-        finally:
-            if db.drop is not None:
-                db.drop()
     table = Table(title=f"Replay and verify, {args.events:,} events / {args.accounts:,} accounts")
     for column in ("backend", "operation", "events", "seconds", "events/s", "vs floor", "peak MB"):
         table.add_column(column, justify="left" if column in ("backend", "operation") else "right")

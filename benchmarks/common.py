@@ -1,0 +1,40 @@
+"""Pieces the benchmarks share: a temporary PostgreSQL database and the load average."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+
+@contextmanager
+def pg_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database named ``<prefix>_<random>`` on the server of
+    ``admin_url`` (an account that may CREATE DATABASE), dropped on exit."""
+    admin = sa.make_url(admin_url)
+    if admin.get_driver_name() in ("", "psycopg2"):
+        admin = admin.set(drivername="postgresql+psycopg")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        engine.dispose()
+
+
+def load_average(all_three: bool = False) -> str:
+    """The 1-minute load average (or the 1, 5 and 15 minute ones), "n/a" where unknown."""
+    try:
+        loads = os.getloadavg()
+    except OSError:
+        return "n/a"
+    return " ".join(f"{x:.2f}" for x in loads) if all_three else f"{loads[0]:.2f}"
