@@ -165,6 +165,13 @@ _RECORDS_OF = (
     .where(_R.account_id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(_R.account_id, _R.kind, _R.seq)
 )
+_RECORDS_OF_KINDS = _RECORDS_OF.where(_R.kind.in_(sa.bindparam("kinds", expanding=True)))
+_HEADS_PAGE = (
+    sa.select(standings.c.account_id, standings.c.state)
+    .where(standings.c.account_id > sa.bindparam("after"))
+    .order_by(standings.c.account_id)
+    .limit(sa.bindparam("limit"))
+)
 _VERSIONS_OF = sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
     standings.c.account_id.in_(sa.bindparam("ids", expanding=True))
 )
@@ -196,46 +203,53 @@ def read_state(conn: Connection, account_id: str) -> StandingState | None:
     return StandingState.from_parts(head, tables)
 
 
-def read_states(conn: Connection, account_ids: Iterable[str]) -> dict[str, StandingState]:
-    """The stored states of many accounts (those with rows of the current schema)."""
+def read_states(
+    conn: Connection, account_ids: Iterable[str], kinds: Sequence[str] | None = None
+) -> dict[str, StandingState]:
+    """The stored states of many accounts (those with rows of the current schema).
+
+    ``kinds``: read only these tables (``TABLES``), for a reader that needs no others; the
+    states are then partial and must not be saved or folded further.
+    """
     ids = list(account_ids)
     if not ids:
         return {}
-    heads = {
-        account_id: head
-        for account_id, head in conn.execute(_HEADS_OF, {"ids": ids})
-        if head.get("schema") == STATE_SCHEMA
-    }
-    tables: dict[str, dict[str, list[Any]]] = {a: {} for a in heads}
-    if heads:
-        records = conn.execute(_RECORDS_OF, {"ids": list(heads)})
-        for (account_id, kind), rows in groupby(records, key=itemgetter(0, 1)):
-            if account_id in tables:
-                tables[account_id][kind] = [r[2] for r in rows]
-    return {a: StandingState.from_parts(head, tables[a]) for a, head in heads.items()}
+    return _with_records(conn, _current(conn.execute(_HEADS_OF, {"ids": ids})), kinds)
 
 
-def iter_stored_states(engine: sa.Engine, page_size: int = 500) -> Iterable[StandingState]:
-    """Every stored state of the current schema, in account order, a page at a time."""
+def iter_stored_states(
+    engine: sa.Engine, page_size: int = 500, kinds: Sequence[str] | None = None
+) -> Iterable[StandingState]:
+    """Every stored state of the current schema, in account order, a page at a time
+    (``kinds`` as in ``read_states``)."""
     after = ""
     while True:
         with engine.connect() as conn:
-            ids = list(
-                conn.execute(
-                    sa.select(standings.c.account_id)
-                    .where(standings.c.account_id > after)
-                    .order_by(standings.c.account_id)
-                    .limit(page_size)
-                ).scalars()
-            )
-            states = read_states(conn, ids)
-        for account_id in ids:
-            state = states.get(account_id)
-            if state is not None:
-                yield state
-        if len(ids) < page_size:
+            rows = conn.execute(_HEADS_PAGE, {"after": after, "limit": page_size}).all()
+            states = _with_records(conn, _current(rows), kinds)
+        yield from states.values()
+        if len(rows) < page_size:
             return
-        after = ids[-1]
+        after = rows[-1][0]
+
+
+def _current(heads: Iterable[Any]) -> dict[str, Any]:
+    """(account, head) rows whose head is of the current state schema, as a dict."""
+    return {a: head for a, head in heads if head.get("schema") == STATE_SCHEMA}
+
+
+def _with_records(
+    conn: Connection, heads: dict[str, Any], kinds: Sequence[str] | None
+) -> dict[str, StandingState]:
+    tables: dict[str, dict[str, list[Any]]] = {a: {} for a in heads}
+    if heads:
+        if kinds is None:
+            records = conn.execute(_RECORDS_OF, {"ids": list(heads)})
+        else:
+            records = conn.execute(_RECORDS_OF_KINDS, {"ids": list(heads), "kinds": list(kinds)})
+        for (account_id, kind), rows in groupby(records, key=itemgetter(0, 1)):
+            tables[account_id][kind] = [r[2] for r in rows]
+    return {a: StandingState.from_parts(head, tables[a]) for a, head in heads.items()}
 
 
 # --------------------------------------------------------------------------- writing

@@ -33,7 +33,8 @@ def sweep_once(service: EnforcementService, page_size: int = 500) -> int:
     """Run every overdue deadline once; returns how many use cases it ran."""
     now_text = format_time(to_utc(service.clock()))
     ran = 0
-    for state in iter_stored_states(service.store.engine, page_size):
+    # Deadlines live in the head (the suspension) and the remediations: read no other table.
+    for state in iter_stored_states(service.store.engine, page_size, kinds=("remediations",)):
         account_id = state.account_id
         for kind, ident in due_deadlines(state, now_text):
             try:

@@ -20,6 +20,8 @@ from test_service_support import (
 
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
+from enforcement.gate import EmbeddedGate
+from enforcement.gatekeeping import seed_gate
 from enforcement.policy import ViolationReport
 from events import ConcurrencyError
 from projections import aup_events as ev
@@ -248,3 +250,27 @@ def test_a_lifted_throttle_leaves_no_record_behind(system: Container, clock: Fak
     row = stored_row(system, "acct_lift")
     assert row is not None and row[1]["throttles"] == []
     assert_account_consistent(system, "acct_lift")
+
+
+# --- the gate seeded from the stored standings (reads only the tables it needs) ---------------
+
+
+def test_a_gate_seeded_from_the_stored_standings_enforces_them(
+    system: Container, clock: FakeClock
+) -> None:
+    service = system.service
+    service.operator("acct_lim", ops.ConfigureLimits(2, 1000, key_id="key_1"), OPERATOR)
+    report(system, "acct_lim")  # a remediation and a violation the gate does not read
+    service.operator("acct_sus", ops.Suspend("abuse"), OPERATOR)
+    service.operator("acct_thr", ops.ConfigureLimits(10, 1000, key_id="key_1"), OPERATOR)
+    service.operator("acct_thr", ops.ApplyThrottle(0.2, "load", key_id="key_1"), OPERATOR)
+    now = clock()
+    gate = EmbeddedGate(clock=lambda: now.timestamp())
+
+    assert seed_gate(gate, system.store, now) == 3
+
+    lim = [gate.check("acct_lim", "key_1").allowed for _ in range(3)]
+    assert lim == [True, True, False]
+    assert gate.check("acct_sus", "key_1").reason == "suspended"
+    thr = [gate.check("acct_thr", "key_1").allowed for _ in range(3)]
+    assert thr == [True, True, False]  # 10 per minute x 0.2
