@@ -8,7 +8,6 @@ after the EU DSA transparency database.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,12 @@ from enforcement.bootstrap import Container
 from enforcement.cli import app
 from events.timefmt import format_time, parse_time
 from events.wire import event_to_json
+from tests.auditor import check_chains
 
 API_EVENT_KEYS = {
     "position", "event_id", "account_id", "version", "type", "schema_version", "data",
     "metadata", "occurred_at", "recorded_at", "prev_hash", "hash",
 }  # fmt: skip
-HASHED = ("event_id", "account_id", "version", "type", "schema_version", "data", "metadata",
-          "occurred_at", "recorded_at")  # fmt: skip
 SOR_FIELDS = {
     "uuid", "account_id", "decision_event_type", "decision_type", "decision_ground",
     "aup_sections", "category", "decision_facts", "decision_explanation",
@@ -48,17 +46,7 @@ system = system_fixture()
 
 def recompute_chains(lines: list[dict[str, Any]]) -> dict[str, int]:
     """The contract's recipe, from the exported lines alone; returns events per account."""
-    heads: dict[str, tuple[int, str]] = {}
-    for line in lines:
-        version, prev = heads.get(line["account_id"], (0, "0" * 64))
-        assert line["version"] == version + 1
-        assert line["prev_hash"] == prev
-        fields = {key: line[key] for key in HASHED}
-        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        digest = hashlib.sha256((prev + canonical).encode("utf-8")).hexdigest()
-        assert digest == line["hash"], f"{line['account_id']} v{line['version']}"
-        heads[line["account_id"]] = (line["version"], digest)
-    return {account: version for account, (version, _) in heads.items()}
+    return {account: version for account, (version, _) in check_chains(lines).items()}
 
 
 def test_jsonl_lines_are_api_events_whose_hashes_recompute(system: Container) -> None:

@@ -3,10 +3,7 @@ and payload fidelity (the chain covers exactly what readers get back)."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +21,7 @@ from events import (
     StoreError,
     StreamAppend,
 )
+from tests.auditor import api_json, auditor_hash
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -38,29 +36,7 @@ def ids(events: list) -> list[str]:
 
 def recompute_hash(event: RecordedEvent) -> str:
     """CONTRACT.md's recipe, from the event as the API shows it (times as RFC 3339 text)."""
-    shown = json.loads(json.dumps(api_json(event)))
-    keys = [
-        "event_id",
-        "account_id",
-        "version",
-        "type",
-        "schema_version",
-        "data",
-        "metadata",
-        "occurred_at",
-        "recorded_at",
-    ]
-    canonical = json.dumps(
-        {k: shown[k] for k in keys}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256((shown["prev_hash"] + canonical).encode("utf-8")).hexdigest()
-
-
-def api_json(event: RecordedEvent) -> dict:
-    fields = dataclasses.asdict(event)
-    for name in ("occurred_at", "recorded_at"):
-        fields[name] = fields[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return fields
+    return auditor_hash(api_json(event))
 
 
 def positions_increase(events: list) -> bool:

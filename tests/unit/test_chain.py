@@ -8,7 +8,6 @@ against itself.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -26,39 +25,9 @@ from events.chain import (
     verify_chain,
 )
 from events.timefmt import format_time, parse_time, to_utc
-
-CONTRACT_KEYS = [
-    "event_id",
-    "account_id",
-    "version",
-    "type",
-    "schema_version",
-    "data",
-    "metadata",
-    "occurred_at",
-    "recorded_at",
-]
+from tests.auditor import CONTRACT_KEYS, api_json, auditor_hash
 
 # ---------------------------------------------------------------- the auditor's side
-
-
-def api_json(event: RecordedEvent) -> dict[str, Any]:
-    """The event as ``GET /v1/accounts/{id}/events`` shows it, after a trip over the wire."""
-    shown = dataclasses.asdict(event)
-    for name in ("occurred_at", "recorded_at"):
-        shown[name] = shown[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return json.loads(json.dumps(shown))
-
-
-def auditor_hash(shown: dict[str, Any]) -> str:
-    """CONTRACT.md: sha256_hex(prev_hash + canonical), with hashlib and json alone."""
-    canonical = json.dumps(
-        {key: shown[key] for key in CONTRACT_KEYS},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256((shown["prev_hash"] + canonical).encode("utf-8")).hexdigest()
 
 
 def build_chain(account_id: str, drafts: list[dict[str, Any]]) -> list[RecordedEvent]:
