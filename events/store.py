@@ -39,7 +39,7 @@ from events.chain import (
 )
 from events.errors import AppendOnlyViolation, ConcurrencyError, IdempotencyConflict, StoreError
 from events.schema import checkpoints, events, idempotency_keys
-from events.timefmt import format_time, to_utc
+from events.timefmt import format_time, parse_sqlite_time, sqlite_time_text, to_utc
 from events.types import (
     NewEvent,
     RecordedEvent,
@@ -231,35 +231,17 @@ class _SQL:
 _SQL_BY_DIALECT = {name: _SQL(name) for name in ("sqlite", "postgresql")}
 
 _loads = fastjson.loads  # exactly ``json.loads``
-_from_iso = datetime.fromisoformat
 
 # ``data`` and ``metadata`` are stored as their canonical JSON text (one serialisation serves the
 # hash and the column); NaN and infinities are refused, as JSON has no such numbers.
 _encode_document = document_encoder(allow_nan=False)
 
 
-def _sqlite_time(text: Any) -> datetime:
-    """A time column as SQLAlchemy's SQLite ``DATETIME`` and ``UTCDateTime`` give it back."""
-    if type(text) is str and len(text) == 26 and text[19] == ".":
-        # The shape this store writes (``_sqlite_sql_time``), naive UTC: parsing it with the
-        # offset attached is the same as attaching UTC afterwards, which is much slower.
-        try:
-            return _from_iso(text + "+00:00")
-        except ValueError:
-            pass
-    return to_utc(_from_iso(text))
-
-
-def _sqlite_sql_time(moment: datetime) -> str:
-    """``moment`` (UTC) as SQLAlchemy's SQLite ``DATETIME`` stores it."""
-    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
 def _sqlite_text(text: str, moment: datetime) -> str:
-    """``_sqlite_sql_time(moment)`` from ``text = format_time(moment)``, by slicing."""
+    """``sqlite_time_text(moment)`` from ``text = format_time(moment)``, by slicing."""
     if len(text) == 27:
         return text[:10] + " " + text[11:26]
-    return _sqlite_sql_time(moment)
+    return sqlite_time_text(moment)
 
 
 def _event_from_sqlite(r: Sequence[Any]) -> RecordedEvent:
@@ -272,8 +254,8 @@ def _event_from_sqlite(r: Sequence[Any]) -> RecordedEvent:
         r[5],
         _loads(r[6]),
         _loads(r[7]),
-        _sqlite_time(r[8]),
-        _sqlite_time(r[9]),
+        parse_sqlite_time(r[8]),
+        parse_sqlite_time(r[9]),
         r[10],
         r[11],
     )
@@ -541,7 +523,7 @@ class EventStore:
             statement = sql.stream if limit is None else sql.stream_limit
         else:
             until = to_utc(recorded_until)
-            values += (until if sql.postgres else _sqlite_sql_time(until),)
+            values += (until if sql.postgres else sqlite_time_text(until),)
             statement = sql.stream_until if limit is None else sql.stream_until_limit
         if limit is not None:
             values += (limit,)

@@ -42,3 +42,25 @@ def parse_time(text: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no UTC offset; use e.g. 2026-11-24T10:00:00Z")
     return parsed.astimezone(UTC)
+
+
+# SQLite has no time type: SQLAlchemy's ``DATETIME`` (and ``events.schema.UTCDateTime``) store
+# naive UTC text, "2026-11-24 10:00:00.000000". The hot paths that bypass SQLAlchemy read and
+# write that text themselves, with these two.
+
+
+def sqlite_time_text(moment: datetime) -> str:
+    """``moment`` (UTC) as SQLAlchemy's SQLite ``DATETIME`` stores it."""
+    return to_utc(moment).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def parse_sqlite_time(text: str) -> datetime:
+    """A SQLite time column's text as an aware UTC datetime."""
+    if len(text) == 26 and text[19] == ".":
+        # The shape written above, naive UTC: parsing it with the offset attached is the same
+        # as attaching UTC afterwards, which is much slower.
+        try:
+            return datetime.fromisoformat(text + "+00:00")
+        except ValueError:
+            pass
+    return to_utc(datetime.fromisoformat(text))

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from events import EventStore, RecordedEvent, dialects
 from events.schema import events
-from events.timefmt import to_utc
+from events.timefmt import parse_sqlite_time, to_utc
 from projections.catchup import CatchUpRunner, Progress
 from projections.standing import FOLDED_TYPES, StandingState, apply_all
 from projections.stored import (
@@ -272,8 +272,4 @@ def _event(row: Any) -> RecordedEvent:
 
 
 def _time(value: datetime | str) -> datetime:
-    if isinstance(value, str):  # SQLite: naive UTC as "YYYY-MM-DD HH:MM:SS.ffffff"
-        if len(value) == 26:
-            return datetime.fromisoformat(value + "+00:00")
-        return to_utc(datetime.fromisoformat(value))
-    return to_utc(value)
+    return parse_sqlite_time(value) if isinstance(value, str) else to_utc(value)

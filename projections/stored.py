@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from events import EventStore, RecordedEvent, dialects
+from events.timefmt import sqlite_time_text
 from projections.standing import STATE_SCHEMA, TABLES, StandingState, apply_all, record_json
 from projections.tables import standing_records, standings
 
@@ -346,8 +347,8 @@ def replace_range(
         )
     if rows.heads:
         now: Any = datetime.now(UTC)
-        if not postgres:  # as ``UTCDateTime`` writes it on SQLite: naive UTC text
-            now = now.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        if not postgres:  # as ``UTCDateTime`` writes it on SQLite
+            now = sqlite_time_text(now)
         conn.exec_driver_sql(
             "INSERT INTO standings (account_id, version, state, updated_at) "
             f"VALUES ({mark}, {mark}, {document}, {mark})",
