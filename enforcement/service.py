@@ -176,7 +176,7 @@ class EnforcementService:
                 if recorded and recorded[0].event_id != new_events[0].event_id:
                     # A concurrent request with the same idempotency key won the race.
                     return Outcome(recorded, self.standing(account_id), replayed=True)
-                after = saver.saved if saver.saved is not None else apply_all(state, recorded)
+                after = saver.saved.get(account_id) or apply_all(state, recorded)
                 self.standings.remember(after)  # committed: ``append`` returned
                 return Outcome(
                     recorded,
@@ -287,7 +287,7 @@ class EnforcementService:
                     settled.append((index, ItemResult(201, Outcome([], standing))))
             if not pending:
                 return settled
-            saver = self.standings.group_saver([state for _, state, _ in pending])
+            saver = self.standings.saver(*(state for _, state, _ in pending))
             try:
                 recorded = self.store.append_streams(
                     [StreamAppend(s.account_id, s.version, e) for _, s, e in pending],

@@ -108,31 +108,16 @@ class StandingRepository:
         with self._cache_lock:
             self._cache.clear()
 
-    def group_saver(self, states: Sequence[StandingState]) -> AfterGroupAppend:
-        """``saver`` for an ``append_streams`` to the accounts of ``states`` (one each)."""
-        return AfterGroupAppend(states)
-
-    def saver(self, state: StandingState) -> AfterAppend:
-        """An ``after_append`` callback that stores ``state`` advanced by the recorded events;
-        after the append, ``.saved`` is the state it stored."""
-        return AfterAppend(state)
+    def saver(self, *states: StandingState) -> AfterAppend:
+        """An ``after_append`` callback for an append to the accounts of ``states`` (one state
+        each, as loaded): it stores each advanced by its stream's recorded events; after the
+        append, ``.saved`` maps each account to the state it stored."""
+        return AfterAppend(states)
 
 
 class AfterAppend:
-    """``EventStore.append``'s ``after_append``: store the loaded state advanced by the events."""
-
-    def __init__(self, state: StandingState) -> None:
-        self.state = state
-        self.saved: StandingState | None = None
-
-    def __call__(self, conn: Connection, recorded: Sequence[RecordedEvent]) -> None:
-        self.saved = apply_all(self.state, recorded)
-        write_states(conn, [(self.state, self.saved)])
-
-
-class AfterGroupAppend:
-    """``after_append`` of a multi-stream append: store each loaded state advanced by its
-    stream's events; after the append, ``.saved`` maps each account to the state it stored."""
+    """``EventStore.append(after_append=…)``: store each loaded state advanced by its stream's
+    recorded events, in the appending transaction."""
 
     def __init__(self, states: Sequence[StandingState]) -> None:
         self.states = {s.account_id: s for s in states}
@@ -498,7 +483,6 @@ def _write_heads(conn: Connection, states: Sequence[StandingState]) -> None:
 
 __all__ = [
     "AfterAppend",
-    "AfterGroupAppend",
     "Change",
     "RecordChanges",
     "StandingRepository",
