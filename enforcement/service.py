@@ -22,7 +22,7 @@ from typing import Any
 
 from enforcement import operator_decisions as ops
 from enforcement import policy as rules
-from enforcement.errors import DomainError, NotFound, ValidationFailed
+from enforcement.errors import DomainError, ValidationFailed
 from enforcement.policy import Context, Policy, ViolationReport
 from events import (
     ConcurrencyError,
@@ -418,9 +418,3 @@ class EnforcementService:
         return self._execute(
             account_id, lambda state, ctx: ops.decide(self.policy, state, command, ctx), actor
         )
-
-    def require_account(self, account_id: str) -> StandingState:
-        state = self.standings.load(account_id)
-        if state.version == 0:
-            raise NotFound(f"account {account_id!r} has no history")
-        return state

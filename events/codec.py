@@ -115,8 +115,3 @@ class Codec:
         if record.schema_version != reg.schema_version:
             data = self.upcast(record.type, record.schema_version, data)
         return DecodedEvent(record, reg.payload_class(**data))
-
-
-def payload_to_dict(payload: Any) -> JSON:
-    """A payload dataclass as plain JSON-ready data (shallow: nested values must be JSON)."""
-    return {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)}

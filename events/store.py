@@ -71,12 +71,6 @@ _EVENT_COLUMNS = [
 
 
 # Built once: building a statement and its cache key costs more than SQLite takes to run it.
-_HEAD_QUERY = (
-    sa.select(events.c.version, events.c.hash)
-    .where(events.c.account_id == sa.bindparam("account_id"))
-    .order_by(events.c.version.desc())
-    .limit(1)
-)
 _STREAM_QUERY = (
     sa.select(*_EVENT_COLUMNS)
     .where(
@@ -490,11 +484,6 @@ class EventStore:
         """The stream's last version and hash; version 0 and the zero hash when empty."""
         rows = self._fetch(self._sql.head, (account_id,))
         return StreamHead(0, GENESIS_HASH) if not rows else StreamHead(rows[0][0], rows[0][1])
-
-    @staticmethod
-    def _head(conn: Connection, account_id: str) -> StreamHead:
-        row = conn.execute(_HEAD_QUERY, {"account_id": account_id}).first()
-        return StreamHead(0, GENESIS_HASH) if row is None else StreamHead(row[0], row[1])
 
     def read_stream(
         self,
