@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -408,8 +408,3 @@ def _days(span: timedelta | None) -> str:
         days = int(seconds // 86400)
         return f"{days} day{'s' if days != 1 else ''}"
     return f"{seconds / 3600:g} h"
-
-
-def iter_differences(summary: WhatIfSummary) -> Iterator[Difference]:
-    for result in summary.differing:
-        yield from result.differences
