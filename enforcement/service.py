@@ -31,6 +31,7 @@ from events import (
     NewEvent,
     RecordedEvent,
     StreamAppend,
+    StreamKeyUsed,
 )
 from events.timefmt import to_utc
 from projections.aup_events import CODEC
@@ -65,6 +66,16 @@ class Outcome:
     events: list[RecordedEvent]
     standing: Standing
     replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """A fact to record that decides nothing (a delivery receipt), once per its key."""
+
+    account_id: str
+    payload: object
+    causation_id: str | None
+    idempotency_key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,23 +403,89 @@ class EnforcementService:
         idempotency_key: str | None = None,
     ) -> Outcome:
         """Record a fact that decides nothing (a delivery receipt); once per idempotency key."""
-
-        def decide(_state: StandingState, ctx: Context) -> list[NewEvent]:
-            metadata = {
-                "policy_version": self.policy.version,
-                "actor": ctx.actor,
-                "causation_id": causation_id,
-                "correlation_id": ctx.correlation_id,
-                "source": ctx.source,
-            }
-            return [
-                CODEC.encode(
-                    payload, occurred_at=ctx.now, metadata=metadata, event_id=ctx.event_id()
-                )
-            ]
-
         return self._execute(
-            account_id, decide, actor, idempotency_key=idempotency_key, fingerprint=idempotency_key
+            account_id,
+            lambda _state, ctx: [self._fact_event(payload, ctx)],
+            actor,
+            idempotency_key=idempotency_key,
+            fingerprint=idempotency_key,
+            causation_id=causation_id,
+        )
+
+    def record_facts(self, facts: Sequence[Fact], actor: Actor) -> list[list[RecordedEvent]]:
+        """Record many facts, each once per its key: those of distinct accounts in ONE
+        transaction (one commit for a handful of delivery receipts). When that cannot be (a key
+        used before, a concurrent writer), or for a second fact of one account, a fact goes
+        through ``record_fact`` on its own. Returns each fact's events, in order; raises the
+        first error of a fact recorded on its own after trying every other."""
+        results: list[list[RecordedEvent] | None] = [None] * len(facts)
+        first_of_account: dict[str, int] = {}
+        for index, fact in enumerate(facts):
+            first_of_account.setdefault(fact.account_id, index)
+        if len(first_of_account) > 1:
+            for index, events in self._record_together(
+                facts, list(first_of_account.values()), actor
+            ):
+                results[index] = events
+        error: Exception | None = None
+        for index, fact in enumerate(facts):
+            if results[index] is None:
+                try:
+                    results[index] = self.record_fact(
+                        fact.account_id,
+                        fact.payload,
+                        actor,
+                        causation_id=fact.causation_id,
+                        idempotency_key=fact.idempotency_key,
+                    ).events
+                except Exception as exc:
+                    error = error or exc
+        if error is not None:
+            raise error
+        return [r for r in results if r is not None]
+
+    def _record_together(
+        self, facts: Sequence[Fact], indexes: list[int], actor: Actor
+    ) -> list[tuple[int, list[RecordedEvent]]]:
+        """Record the facts at ``indexes`` (distinct accounts) in one append; returns what it
+        recorded (nothing if a key was used before or a concurrent writer got in the way)."""
+        accounts = [facts[i].account_id for i in indexes]
+        stripes = sorted({self._stripe(a) for a in accounts})
+        for stripe in stripes:
+            self._account_locks[stripe].acquire()
+        try:
+            now = to_utc(self.clock())
+            with self.store.engine.connect() as conn:
+                states = [self.standings.load(a, conn) for a in accounts]
+            appends = []
+            for index, state in zip(indexes, states, strict=True):
+                fact = facts[index]
+                ctx = self._context(actor, now, fact.causation_id)
+                key = fact.idempotency_key
+                event = self._fact_event(fact.payload, ctx)
+                appends.append(StreamAppend(state.account_id, state.version, [event], key, key))
+            saver = self.standings.saver(*states)
+            try:
+                recorded = self.store.append_streams(appends, after_append=saver)
+            except (ConcurrencyError, StreamKeyUsed):
+                return []
+        finally:
+            for stripe in reversed(stripes):
+                self._account_locks[stripe].release()
+        for state, events in zip(states, recorded, strict=True):
+            self.standings.remember(saver.saved.get(state.account_id) or apply_all(state, events))
+        return list(zip(indexes, recorded, strict=True))
+
+    def _fact_event(self, payload: object, ctx: Context) -> NewEvent:
+        metadata = {
+            "policy_version": self.policy.version,
+            "actor": ctx.actor,
+            "causation_id": ctx.causation_id,
+            "correlation_id": ctx.correlation_id,
+            "source": ctx.source,
+        }
+        return CODEC.encode(
+            payload, occurred_at=ctx.now, metadata=metadata, event_id=ctx.event_id()
         )
 
     # ------------------------------------------------------------------ operator commands

@@ -8,6 +8,7 @@ from events.errors import (
     ConcurrencyError,
     IdempotencyConflict,
     StoreError,
+    StreamKeyUsed,
     UnknownEventType,
 )
 from events.store import EventStore, StreamAppend
@@ -26,6 +27,7 @@ __all__ = [
     "StoreError",
     "StreamAppend",
     "StreamHead",
+    "StreamKeyUsed",
     "UnknownEventType",
     "VerifyResult",
     "canonical_json",

@@ -15,7 +15,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -221,6 +221,38 @@ def raw_connection(engine: Engine) -> Any:
             None, None, exc, engine.dialect.loaded_dbapi.Error, dialect=engine.dialect
         )
         raise wrapped from exc
+
+
+def fetch_all(engine: Engine, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+    """The rows of one read-only statement in the driver's parameter style (``?`` on SQLite,
+    ``%s`` on PostgreSQL), on a pooled connection of its own, without SQLAlchemy's
+    per-statement work; errors come out as SQLAlchemy's.
+
+    On PostgreSQL the statement runs in autocommit: a single statement sees one snapshot
+    either way, and it saves the BEGIN and ROLLBACK round trips. The connection goes back
+    to the pool in its usual mode, or is discarded.
+    """
+    raw = raw_connection(engine)
+    dbapi_conn: Any = raw.dbapi_connection
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        try:
+            if postgres:
+                dbapi_conn.autocommit = True
+            rows: list[Any] = dbapi_conn.execute(statement, params).fetchall()
+            return rows
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise wrap_driver_error(
+                engine.dialect, exc, statement, params, dbapi_conn, raw.invalidate
+            ) from exc
+        finally:
+            if postgres and raw.is_valid:
+                try:
+                    dbapi_conn.autocommit = False
+                except Exception:
+                    raw.invalidate()
+    finally:
+        raw.close()
 
 
 @contextmanager

@@ -26,6 +26,11 @@ class IdempotencyConflict(StoreError):
         super().__init__(f"idempotency key {key!r} was already used with a different payload")
 
 
+class StreamKeyUsed(StoreError):
+    """One of several streams appended together has an idempotency key used before: nothing was
+    recorded; appended on its own, that stream gets its earlier result (or a conflict)."""
+
+
 class AppendOnlyViolation(StoreError):
     """The database refused to UPDATE or DELETE a recorded event."""
 

@@ -37,7 +37,13 @@ from events.chain import (
     sha256_link,
     verify_links,
 )
-from events.errors import AppendOnlyViolation, ConcurrencyError, IdempotencyConflict, StoreError
+from events.errors import (
+    AppendOnlyViolation,
+    ConcurrencyError,
+    IdempotencyConflict,
+    StoreError,
+    StreamKeyUsed,
+)
 from events.schema import checkpoints, events, idempotency_keys
 from events.timefmt import format_time, parse_sqlite_time, sqlite_time_text, to_utc
 from events.types import (
@@ -99,12 +105,17 @@ class StreamAppend:
     """Events for one stream, appended only if the stream is still at ``expected_version``.
 
     ``expected_version=None`` appends at whatever the head is (for facts that decide nothing,
-    such as a delivery receipt).
+    such as a delivery receipt). ``idempotency_key`` (with its ``fingerprint``, by default that
+    of the events) is this stream's own key, so that appends with keys of their own can share
+    one transaction: if any of them was used before, ``append_streams`` records nothing and
+    raises ``StreamKeyUsed`` (append that one alone to get its earlier result).
     """
 
     account_id: str
     expected_version: int | None
     events: Sequence[NewEvent]
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
 
 
 def fingerprint_events(new_events: Sequence[NewEvent]) -> str:
@@ -196,6 +207,8 @@ class _SQL:
         self._row = row
         self.insert_one = self._insert + row + (" RETURNING position" if pg else "")
         key = "key" if pg else '"key"'
+        self.key = f"SELECT 1 FROM idempotency_keys WHERE {key} = {p}"
+        self.by_id = f"SELECT {columns} FROM events WHERE event_id = {p}{'::uuid' if pg else ''}"
         self.insert_key = (
             f"INSERT INTO idempotency_keys ({key}, fingerprint, account_id, event_ids, "
             f"recorded_at) VALUES ({p}, {p}, {p}, {p}{'::json' if pg else ''}, {p})"
@@ -410,11 +423,16 @@ class EventStore:
                 ):
                     raise
             except _DuplicateIdempotencyKey:
-                assert idempotency_key is not None and fingerprint is not None
-                previous = self._idempotent_result(idempotency_key, fingerprint)
-                if previous is None:  # pragma: no cover - the winner's row must be visible
-                    raise StoreError("idempotency record vanished") from None
-                return previous
+                if idempotency_key is not None:
+                    assert fingerprint is not None
+                    previous = self._idempotent_result(idempotency_key, fingerprint)
+                    if previous is not None:
+                        return previous
+                if any(a.idempotency_key is not None for a in appends):
+                    raise StreamKeyUsed(
+                        "a stream's idempotency key was used before: append it on its own"
+                    ) from None
+                raise StoreError("idempotency record vanished") from None  # pragma: no cover
 
     def _append_once(
         self,
@@ -459,13 +477,15 @@ class EventStore:
         return None if previous is None else [e for batch in previous for e in batch]
 
     def _idempotent_result(self, key: str, fingerprint: str) -> list[list[RecordedEvent]] | None:
+        if not self._fetch(self._sql.key, (key,)):
+            return None  # the usual case: one indexed read on the driver's connection
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(idempotency_keys.c.fingerprint, idempotency_keys.c.event_ids).where(
                     idempotency_keys.c.key == key
                 )
             ).first()
-            if row is None:
+            if row is None:  # pragma: no cover - key rows are never deleted
                 return None
             if row.fingerprint != fingerprint:
                 raise IdempotencyConflict(key)
@@ -521,11 +541,14 @@ class EventStore:
 
     def get_event(self, event_id: str) -> RecordedEvent | None:
         """One event by its id, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(*_EVENT_COLUMNS).where(events.c.event_id == event_id)
-            ).first()
-        return None if row is None else row_to_event(row)
+        try:
+            event_id = canonical_event_id(event_id)  # the only form stored
+        except ValueError:
+            return None
+        sql = self._sql
+        decode = _event_from_postgres if sql.postgres else _event_from_sqlite
+        rows = self._fetch(sql.by_id, (event_id,))
+        return decode(rows[0]) if rows else None
 
     def iter_stream(self, account_id: str, page_size: int = 1000) -> Iterator[RecordedEvent]:
         """Every event of a stream, in keyset pages (constant memory)."""
@@ -605,34 +628,8 @@ class EventStore:
         return _SQL_BY_DIALECT[self.engine.dialect.name]
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
-        """The rows of one read-only statement, on a pooled connection of its own.
-
-        On PostgreSQL the statement runs in autocommit: a single statement sees one snapshot
-        either way, and it saves the BEGIN and ROLLBACK round trips. The connection goes back
-        to the pool in its usual mode, or is discarded.
-        """
-        engine = self.engine
-        raw = dialects.raw_connection(engine)
-        dbapi_conn: Any = raw.dbapi_connection
-        postgres = engine.dialect.name == "postgresql"
-        try:
-            try:
-                if postgres:
-                    dbapi_conn.autocommit = True
-                rows: list[Any] = dbapi_conn.execute(statement, params).fetchall()
-                return rows
-            except engine.dialect.loaded_dbapi.Error as exc:
-                raise dialects.wrap_driver_error(
-                    engine.dialect, exc, statement, params, dbapi_conn, raw.invalidate
-                ) from exc
-            finally:
-                if postgres and raw.is_valid:
-                    try:
-                        dbapi_conn.autocommit = False
-                    except Exception:
-                        raw.invalidate()
-        finally:
-            raw.close()
+        """The rows of one read-only statement (``dialects.fetch_all``)."""
+        return dialects.fetch_all(self.engine, statement, params)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -816,6 +813,14 @@ def _write(
             stored_at,
         )
         driver.execute(sql.insert_key, values)
+    for item in appends:
+        if item.idempotency_key is not None:
+            ids = json.dumps([e.event_id for e in item.events])
+            stream_fingerprint = item.fingerprint or fingerprint_events(item.events)
+            driver.execute(
+                sql.insert_key,
+                (item.idempotency_key, stream_fingerprint, item.account_id, ids, stored_at),
+            )
     # Heads are read under the lock: no other appender can move them before our commit, so
     # "append at head" never loses a race and a stale expected version is caught here rather
     # than by the unique constraint.
@@ -990,10 +995,9 @@ def _with_canonical_ids(appends: Sequence[StreamAppend]) -> Sequence[StreamAppen
     if all(is_canonical_event_id(e.event_id) for a in appends for e in a.events):
         return appends
     return [
-        StreamAppend(
-            a.account_id,
-            a.expected_version,
-            [
+        dataclasses.replace(
+            a,
+            events=[
                 e
                 if is_canonical_event_id(e.event_id)
                 else dataclasses.replace(e, event_id=canonical_event_id(e.event_id))

@@ -10,18 +10,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
+from enforcement.groupcommit import GroupCommit
 from enforcement.notices.email import EmailSender, build_message
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookRefused, WebhookSender
-from enforcement.service import Actor, EnforcementService
+from enforcement.service import Actor, EnforcementService, Fact
 from enforcement.tables import contacts
+from events import RecordedEvent, dialects
 from projections import aup_events as ev
 
 log = logging.getLogger("enforcement.notices")
 WORKER = Actor(name="worker:notices", correlation_id="notice-delivery", source="worker")
 CHANNELS = ("email", "webhook")
+_CONTACT_SQL = {
+    name: f"SELECT email, webhook_url FROM {contacts.name} WHERE account_id = {mark}"
+    for name, mark in (("sqlite", "?"), ("postgresql", "%s"))
+}
 
 
 class DeliveryFailed(Exception):
@@ -40,15 +44,15 @@ class NoticeDelivery:
         self.store = service.store
         self.email = email
         self.webhook = webhook
+        # Outcomes of concurrent attempts (worker threads) are recorded in one transaction.
+        self.outcomes: GroupCommit[Fact, list[RecordedEvent]] = GroupCommit(
+            lambda facts: service.record_facts(facts, WORKER)
+        )
 
     def contact(self, account_id: str) -> Contact:
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(contacts.c.email, contacts.c.webhook_url).where(
-                    contacts.c.account_id == account_id
-                )
-            ).first()
-        return Contact(None, None) if row is None else Contact(row.email, row.webhook_url)
+        engine = self.store.engine
+        rows = dialects.fetch_all(engine, _CONTACT_SQL[engine.dialect.name], (account_id,))
+        return Contact(None, None) if not rows else Contact(rows[0][0], rows[0][1])
 
     def _delivered_key(self, notice_event_id: str, channel: str) -> str:
         return f"notice-delivered:{notice_event_id}:{channel}"
@@ -134,6 +138,4 @@ class NoticeDelivery:
         )
 
     def _record(self, account_id: str, notice_event_id: str, payload: object, key: str) -> None:
-        self.service.record_fact(
-            account_id, payload, WORKER, causation_id=notice_event_id, idempotency_key=key
-        )
+        self.outcomes.submit(Fact(account_id, payload, notice_event_id, key))

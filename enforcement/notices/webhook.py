@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import socket
-import urllib.error
-import urllib.request
+import ssl
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -22,15 +23,36 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def check_target(url: str, allow_private: bool) -> None:
-    """Refuse non-HTTP(S) URLs and, unless allowed, hosts resolving to non-public addresses."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a webhook goes: the URL's parts and, when checked, the address to connect to."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    host_header: str
+    address: str | None  # None: connect by name (private targets allowed, nothing to pin)
+
+
+def check_target(url: str, allow_private: bool) -> Target:
+    """Refuse non-HTTP(S) URLs and, unless allowed, hosts resolving to non-public addresses.
+
+    The address that passed the check is the one connected to: a name that resolves again to a
+    private address between the check and the request (DNS rebinding) is never reached."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise WebhookRefused(f"webhook URL {url!r} is not an http(s) URL with a host")
-    if allow_private:
-        return
     try:
-        infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, proto=socket.IPPROTO_TCP)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError as exc:
+        raise WebhookRefused(f"webhook URL {url!r} has an invalid port") from exc
+    path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+    target = Target(parsed.scheme, parsed.hostname, port, path, parsed.netloc, None)
+    if allow_private:
+        return target
+    try:
+        infos = socket.getaddrinfo(parsed.hostname, port, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise ConnectionError(f"cannot resolve {parsed.hostname}: {exc}") from exc
     for info in infos:
@@ -40,16 +62,33 @@ def check_target(url: str, allow_private: bool) -> None:
                 f"webhook host {parsed.hostname} resolves to non-public address {address}; "
                 "set ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE=true to allow it"
             )
+    return replace(target, address=str(infos[0][4][0]))
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect could lead to a private address after the check: never follow one."""
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the checked address; the Host header still names the URL's host."""
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    def __init__(self, target: Target, timeout: float):
+        super().__init__(target.host, target.port, timeout=timeout)
+        self.address = target.address or target.host
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects())
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As ``_PinnedHTTPConnection``, with TLS verified against the URL's host name."""
+
+    def __init__(self, target: Target, timeout: float):
+        self.tls = ssl.create_default_context()
+        super().__init__(target.host, target.port, timeout=timeout, context=self.tls)
+        self.address = target.address or target.host
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
 
 class WebhookSender:
@@ -59,24 +98,25 @@ class WebhookSender:
         self.timeout = timeout
 
     def send(self, url: str, notice_event_id: str, payload: dict[str, Any]) -> None:
+        """One signed POST; redirects are not followed (one could lead to a private address)."""
         if self.secret is None:
             raise WebhookRefused("ENFORCEMENT_WEBHOOK_SECRET is unset: webhooks are not sent")
-        check_target(url, self.allow_private)
+        target = check_target(url, self.allow_private)
         body = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "taas-enforcement/1",
-                "X-Enforcement-Event-Id": notice_event_id,
-                "X-Enforcement-Signature": signature(self.secret, body),
-            },
-        )
+        headers = {
+            "Host": target.host_header,
+            "Content-Type": "application/json",
+            "User-Agent": "taas-enforcement/1",
+            "X-Enforcement-Event-Id": notice_event_id,
+            "X-Enforcement-Signature": signature(self.secret, body),
+        }
+        https = target.scheme == "https"
+        conn = (_PinnedHTTPSConnection if https else _PinnedHTTPConnection)(target, self.timeout)
         try:
-            with _OPENER.open(request, timeout=self.timeout) as response:
-                if not 200 <= response.status < 300:
-                    raise ConnectionError(f"webhook answered HTTP {response.status}")
-        except urllib.error.HTTPError as exc:
-            raise ConnectionError(f"webhook answered HTTP {exc.code}") from exc
+            conn.request("POST", target.path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        if not 200 <= response.status < 300:
+            raise ConnectionError(f"webhook answered HTTP {response.status}")

@@ -24,8 +24,9 @@ from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy import ViolationReport
-from enforcement.service import Outcome
+from enforcement.service import Fact, Outcome
 from events import IdempotencyConflict
+from projections import aup_events as ev
 
 DAY = timedelta(days=1)
 
@@ -579,9 +580,8 @@ def test_an_appeal_must_be_filed_within_the_window_and_target_a_decision(
     assert_account_consistent(system, "acct_w2")
 
 
-def test_a_batch_of_new_accounts_is_recorded_in_one_transaction(
-    system: Container, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def count_appends(system: Container, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of streams of each ``append_streams`` call from now on."""
     calls: list[int] = []
     real = system.store.append_streams
 
@@ -590,6 +590,13 @@ def test_a_batch_of_new_accounts_is_recorded_in_one_transaction(
         return real(appends, *args, **kw)
 
     monkeypatch.setattr(system.store, "append_streams", counting)
+    return calls
+
+
+def test_a_batch_of_new_accounts_is_recorded_in_one_transaction(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_appends(system, monkeypatch)
     now = system.clock()
     items = [(f"acct_g{i}", ViolationReport("spam", now), None, None) for i in range(20)]
     items.append(("acct_g0", ViolationReport("spam", now), None, None))  # its second: after
@@ -633,3 +640,71 @@ def test_a_batch_that_meets_a_concurrent_writer_goes_item_by_item(
     assert results[1].outcome is not None and results[1].outcome.standing.strikes == 3
     for i in range(4):
         assert_account_consistent(system, f"acct_c{i}")
+
+
+def _receipt(notice: str) -> Any:
+    return ev.NoticeDelivered(f"notice-{notice}", notice, "webhook", 1)
+
+
+def test_facts_of_many_accounts_are_recorded_in_one_transaction_once_per_key(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = system.clock()
+    for i in range(3):
+        system.service.report_violation(f"acct_f{i}", ViolationReport("spam", now), REPORTER)
+    calls = count_appends(system, monkeypatch)
+    facts = [Fact(f"acct_f{i}", _receipt(f"n{i}"), f"cause-{i}", f"key-{i}") for i in range(3)]
+    facts.append(Fact("acct_f0", _receipt("n3"), "cause-3", "key-3"))  # its second: after
+
+    recorded = system.service.record_facts(facts, REPORTER)
+
+    assert calls == [3, 1]
+    assert [[e.type for e in r] for r in recorded] == [["NoticeDelivered"]] * 4
+    assert [r[0].metadata["causation_id"] for r in recorded] == [f"cause-{i}" for i in range(4)]
+    for i in range(3):
+        assert_account_consistent(system, f"acct_f{i}")
+
+    # Again, with one key new: the group meets the used keys, nothing is recorded twice.
+    calls.clear()
+    again = system.service.record_facts(
+        [*facts[:3], Fact("acct_f1", _receipt("n4"), "cause-4", "key-4")], REPORTER
+    )
+    assert calls[0] == 3  # the three accounts' first facts together: refused (keys used)
+    assert [r[0].event_id for r in again[:3]] == [r[0].event_id for r in recorded[:3]]
+    assert again[3][0].type == "NoticeDelivered"
+    assert [
+        types_of(events_of(system, f"acct_f{i}")).count("NoticeDelivered") for i in range(3)
+    ] == [
+        2,
+        2,
+        1,
+    ]
+    for i in range(3):
+        assert_account_consistent(system, f"acct_f{i}")
+
+
+def test_facts_that_meet_a_concurrent_writer_are_recorded_one_by_one(
+    system: Container, database_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = system.clock()
+    for i in range(2):
+        system.service.report_violation(f"acct_w{i}", ViolationReport("spam", now), REPORTER)
+    real = system.store.append_streams
+    raced: list[bool] = []
+
+    with open_system(database_url, clock) as other:
+
+        def racing(appends: Any, *args: Any, **kw: Any) -> Any:
+            if len(appends) > 1 and not raced:
+                raced.append(True)
+                other.service.report_violation("acct_w1", ViolationReport("spam", now), REPORTER)
+            return real(appends, *args, **kw)
+
+        monkeypatch.setattr(system.store, "append_streams", racing)
+        facts = [Fact(f"acct_w{i}", _receipt(f"w{i}"), None, f"wkey-{i}") for i in range(2)]
+        recorded = system.service.record_facts(facts, REPORTER)
+
+    assert raced and [len(r) for r in recorded] == [1, 1]
+    assert types_of(events_of(system, "acct_w1"))[-1] == "NoticeDelivered"
+    for i in range(2):
+        assert_account_consistent(system, f"acct_w{i}")

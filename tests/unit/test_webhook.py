@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -169,3 +170,34 @@ def test_a_redirect_is_not_followed(sink: Sink) -> None:
         redirecting.close()
     assert len(redirecting.requests) == 1
     assert sink.requests == []
+
+
+def test_the_request_goes_to_the_address_that_passed_the_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DNS rebinding: the name resolves to a public address for the check and to a private one
+    # a moment later. The sender must connect to the checked address, never resolve again.
+    answers = iter(["93.184.216.34", "127.0.0.1"])
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    connected: list[tuple[str, int]] = []
+
+    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
+        connected.append(address)
+        raise ConnectionRefusedError("no route in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    with pytest.raises(ConnectionRefusedError):
+        WebhookSender("s3cret", allow_private=False).send("http://hooks.example/h", "evt-1", {})
+    assert connected == [("93.184.216.34", 80)]
+
+
+def test_the_host_header_and_path_come_from_the_url(sink: Sink) -> None:
+    url = sink.url("/hooks/enforcement?tenant=7")
+    WebhookSender("s3cret", allow_private=True).send(url, "evt-1", {"a": 1})
+    [(path, headers, _body)] = sink.requests
+    assert path == "/hooks/enforcement?tenant=7"
+    assert headers["Host"] == url.split("/")[2]
