@@ -12,7 +12,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from enforcement.gate import GateUnavailable, RedisGate
+from enforcement.gate import GateUnavailable, RedisGate, redis_gate
 from tests.gate.harness import Backend, redis_backend
 from tests.redis_server import RedisServer
 
@@ -188,6 +188,41 @@ def test_one_evalsha_per_check_and_the_script_is_loaded_once(backend: Backend) -
     assert stats["cmdstat_hset"]["calls"] == 50
     assert stats["cmdstat_pexpireat"]["calls"] == 1
     assert stats["cmdstat_hgetall"]["calls"] == 1
+
+
+@pytest.mark.parametrize("tokens", [-1, True, 1.5, "1", None])
+def test_bad_tokens_are_refused_after_the_pair_was_checked(
+    backend: Backend, tokens: object
+) -> None:
+    # A pair's EVALSHA arguments are cached after its first check; the token count is not.
+    gate = RedisGate(backend.client)
+    assert gate.check("acct", "key", tokens=1).allowed
+    with pytest.raises(ValueError, match="tokens"):
+        gate.check("acct", "key", tokens=tokens)  # type: ignore[arg-type]
+    assert gate.check("acct", "key", tokens=1).remaining_tokens == 1_000_000 - 2
+
+
+def test_the_argument_cache_is_bounded_and_never_mixes_pairs(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_gate, "CALL_CACHE_SIZE", 4)
+    gate = RedisGate(backend.client)
+    pairs = [(f"acct{i % 3}", f"key{i}") for i in range(10)]
+    for rounds in range(1, 4):
+        for account, key in pairs:
+            decision = gate.check(account, key, tokens=key_tokens(key))
+            assert decision.allowed
+            # The key's own token use: only its own checks were counted on it.
+            left = 1_000_000 - rounds * key_tokens(key)
+            assert decision.remaining_tokens <= left
+        assert len(gate._calls) <= 4
+    for account, key in pairs:
+        used = struct.unpack("<dddidd", backend.client.hget(f"{{a:{account}}}:gate", f"k:{key}"))[2]
+        assert used == 3 * key_tokens(key)
+
+
+def key_tokens(key: str) -> int:
+    return 1 + int(key.removeprefix("key"))
 
 
 def test_script_cache_loss_is_survived(backend: Backend) -> None:
