@@ -44,6 +44,7 @@ from events.errors import (
     StoreError,
     StreamKeyUsed,
 )
+from events.groupcommit import GroupCommit
 from events.schema import checkpoints, events, idempotency_keys
 from events.timefmt import format_time, parse_sqlite_time, sqlite_time_text, to_utc
 from events.types import (
@@ -358,6 +359,35 @@ _canonical_from_text = fastjson.canonical_from_text
 _link: Callable[[Sequence[Any]], tuple[int, str, str]] = operator.itemgetter(3, 10, 11)
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One append, ready to run in a write transaction."""
+
+    appends: Sequence[StreamAppend]
+    documents: list[list[_Documents | None]]
+    idempotency_key: str | None
+    fingerprint: str | None
+    recorded_at: datetime
+    after_append: AfterAppend | None
+
+    def run(
+        self, driver: dialects.DriverConnection, sql: _SQL, conn: Connection | None = None
+    ) -> list[list[RecordedEvent]]:
+        recorded = _write(
+            driver,
+            sql,
+            self.appends,
+            self.documents,
+            self.idempotency_key,
+            self.fingerprint,
+            self.recorded_at,
+        )
+        if self.after_append is not None:
+            assert conn is not None
+            self.after_append(conn, [e for batch in recorded for e in batch])
+        return recorded
+
+
 class EventStore:
     """Append to and read from the log. Thread-safe; share one per process."""
 
@@ -365,6 +395,10 @@ class EventStore:
         self.engine = engine
         self._clock = clock
         self._max_head_retries = max_head_retries
+        # Appends of this process's threads that meet each other share one transaction.
+        self._writes: GroupCommit[_Write, list[list[RecordedEvent]] | StoreError] = GroupCommit(
+            self._write_together
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -441,32 +475,66 @@ class EventStore:
         fingerprint: str | None,
         after_append: AfterAppend | None,
     ) -> list[list[RecordedEvent]]:
-        recorded_at = to_utc(self._clock())
         sql = _SQL_BY_DIALECT[self.engine.dialect.name]
         # Serialised before taking the connection (on SQLite, the write lock): one canonical
         # JSON text per document serves the hash and the stored column.
         documents = [_documents(item.events, sql.postgres) for item in appends]
+        write = _Write(
+            appends, documents, idempotency_key, fingerprint, to_utc(self._clock()), after_append
+        )
+        keyed = idempotency_key is not None or any(a.idempotency_key is not None for a in appends)
+        if keyed and sql.postgres:
+            # Alone: on PostgreSQL a key's row may have to wait for another transaction's,
+            # which must not happen while holding the append lock for others (SQLite has one
+            # writer at a time: no such wait).
+            return self._write_alone(write)
+        outcome = self._writes.submit(write)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
+
+    def _write_alone(self, write: _Write) -> list[list[RecordedEvent]]:
+        """One append in a transaction of its own."""
+        sql = _SQL_BY_DIALECT[self.engine.dialect.name]
         try:
-            if after_append is None:
+            if write.after_append is None:
                 # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
                 with dialects.write_transaction(self.engine) as driver:
-                    return _write(
-                        driver, sql, appends, documents, idempotency_key, fingerprint, recorded_at
-                    )
+                    return write.run(driver, sql)
             with dialects.write_connection(self.engine) as conn, conn.begin():
-                recorded = _write(
-                    dialects.DriverConnection.of(conn),
-                    sql,
-                    appends,
-                    documents,
-                    idempotency_key,
-                    fingerprint,
-                    recorded_at,
-                )
-                after_append(conn, [e for batch in recorded for e in batch])
-                return recorded
+                return write.run(dialects.DriverConnection.of(conn), sql, conn)
         except IntegrityError as exc:
-            raise _translate_integrity_error(exc, appends) from exc
+            raise _translate_integrity_error(exc, write.appends) from exc
+
+    def _write_together(
+        self, writes: Sequence[_Write]
+    ) -> list[list[list[RecordedEvent]] | StoreError]:
+        """Appends that met in one transaction, each in a savepoint of its own: one that fails
+        (a stale version) is rolled back alone and gets its error; the others commit together,
+        with one commit (one fsync) for all. An error of the transaction itself reaches all."""
+        if len(writes) == 1:
+            try:
+                return [self._write_alone(writes[0])]
+            except StoreError as exc:
+                return [exc]
+        sql = _SQL_BY_DIALECT[self.engine.dialect.name]
+        outcomes: list[list[list[RecordedEvent]] | StoreError] = []
+        with dialects.write_connection(self.engine) as conn, conn.begin():
+            driver = dialects.DriverConnection.of(conn)
+            for write in writes:
+                savepoint = conn.begin_nested()
+                try:
+                    recorded = write.run(driver, sql, conn)
+                except IntegrityError as exc:
+                    savepoint.rollback()
+                    outcomes.append(_translate_integrity_error(exc, write.appends))
+                except StoreError as exc:
+                    savepoint.rollback()
+                    outcomes.append(exc)
+                else:
+                    savepoint.commit()
+                    outcomes.append(recorded)
+        return outcomes
 
     def recorded_for_key(self, key: str, fingerprint: str) -> list[RecordedEvent] | None:
         """What an earlier append with this idempotency key recorded, or None if it is new.

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from enforcement.groupcommit import GroupCommit
 from enforcement.notices.email import EmailSender, build_message
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookRefused, WebhookSender
 from enforcement.service import Actor, EnforcementService, Fact
 from enforcement.tables import contacts
 from events import RecordedEvent, dialects
+from events.groupcommit import GroupCommit
 from projections import aup_events as ev
 
 log = logging.getLogger("enforcement.notices")

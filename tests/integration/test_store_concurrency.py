@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -153,3 +154,53 @@ def test_concurrent_retries_with_one_idempotency_key_record_once(
     stream = store.read_stream(STREAM)
     assert [e.version for e in stream] == [1, 2]
     assert all(result == stream for result in results)
+
+
+def test_appends_that_meet_share_one_transaction_and_a_stale_one_fails_alone(
+    store: EventStore,
+) -> None:
+    """While one append's transaction is open, others of the same store queue; they are then
+    written together, each in a savepoint: a stale one fails alone, the rest commit as one."""
+    store.append("acct_stale", 0, [noted(0, 0)])  # now at version 1
+    [earlier] = store.append("acct_keyed", 0, [noted(5, 0)], "key-1")
+    leader_in, release = threading.Event(), threading.Event()
+    connections: dict[str, Any] = {}
+
+    def hold(conn: Any, _recorded: list[RecordedEvent]) -> None:
+        leader_in.set()
+        assert release.wait(30)
+
+    def note(name: str) -> Callable[[Any, list[RecordedEvent]], None]:
+        return lambda conn, _recorded: connections.__setitem__(name, conn)
+
+    with ThreadPoolExecutor(5) as pool:
+        leader = pool.submit(store.append, "acct_lead", 0, [noted(1, 0)], after_append=hold)
+        assert leader_in.wait(30)
+        first = pool.submit(store.append, "acct_1", 0, [noted(2, 0)], after_append=note("1"))
+        second = pool.submit(store.append, "acct_2", 0, [noted(3, 0)], after_append=note("2"))
+        stale = pool.submit(store.append, "acct_stale", 0, [noted(4, 0)], after_append=note("s"))
+        # With an idempotency key: in the group on SQLite, alone on PostgreSQL (after it).
+        keyed = pool.submit(
+            store.append, "acct_keyed", 1, [noted(6, 0)], "key-2", after_append=note("k")
+        )
+        deadline = time.monotonic() + 30
+        waiting = 3 if store.engine.dialect.name == "postgresql" else 4
+        while len(store._writes._pending) < waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(store._writes._pending) == waiting  # they wait for the open transaction
+        release.set()
+        leader.result(30)
+        [one], [two] = first.result(30), second.result(30)
+        with pytest.raises(ConcurrencyError):
+            stale.result(30)
+        [second_keyed] = keyed.result(30)
+
+    assert connections["1"] is connections["2"]  # the two that met: one transaction
+    assert "s" not in connections
+    assert (one.version, two.version) == (1, 1)
+    assert [e.version for e in store.read_stream("acct_stale")] == [1]
+    assert second_keyed.version == 2 and earlier.version == 1
+    sqlite = store.engine.dialect.name == "sqlite"
+    assert (connections["k"] is connections["1"]) == sqlite
+    for account in ("acct_lead", "acct_1", "acct_2", "acct_stale", "acct_keyed"):
+        assert store.verify(account).ok

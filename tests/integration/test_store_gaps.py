@@ -127,8 +127,12 @@ def a_open_while_b_commits(store: EventStore) -> Interleaving:
     def append_a() -> None:
         [seen["a"]] = store.append("acct_a", 0, [new(who="A")], after_append=hold_a_open)
 
+    # B appends as another process would, through a store of its own: appends of one store's
+    # threads queue in-process behind A (they would share A's transaction), never on the lock.
+    other_process = EventStore(store.engine)
+
     def append_b() -> None:
-        [seen["b"]] = store.append("acct_b", 0, [new(who="B")])
+        [seen["b"]] = other_process.append("acct_b", 0, [new(who="B")])
         b_done.set()
 
     with ThreadPoolExecutor(2) as pool:

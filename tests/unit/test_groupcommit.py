@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from enforcement.groupcommit import GroupCommit
+from events.groupcommit import GroupCommit
 
 
 def test_a_lone_call_is_flushed_at_once_on_its_own() -> None:
