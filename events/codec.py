@@ -108,10 +108,14 @@ class Codec:
 
     def decode(self, record: RecordedEvent) -> DecodedEvent:
         """The recorded event with its payload upcast and built as its registered class."""
-        reg = self._by_type.get(record.type)
+        return DecodedEvent(record, self.payload(record.type, record.schema_version, record.data))
+
+    def payload(self, type_name: str, schema_version: int, data: JSON) -> Any:
+        """``decode``'s payload of an event stored as ``type_name`` at ``schema_version`` with
+        ``data``, without the ``DecodedEvent`` around it (the fold decodes every event)."""
+        reg = self._by_type.get(type_name)
         if reg is None:
-            reg = self.registration(record.type)  # raises UnknownEventType
-        data = record.data
-        if record.schema_version != reg.schema_version:
-            data = self.upcast(record.type, record.schema_version, data)
-        return DecodedEvent(record, reg.payload_class(**data))
+            reg = self.registration(type_name)  # raises UnknownEventType
+        if schema_version != reg.schema_version:
+            data = self.upcast(type_name, schema_version, data)
+        return reg.payload_class(**data)

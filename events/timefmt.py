@@ -44,6 +44,31 @@ def parse_time(text: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _is_canonical_shape(text: str) -> bool:
+    """Whether ``text`` looks like ``format_time``'s output for a year from 1000."""
+    return (
+        len(text) == 27
+        and text[26] == "Z"
+        and text[10] == "T"
+        and text[19] == "."
+        and text[4] == text[7] == "-"
+        and text[13] == text[16] == ":"
+        and text[0] != "0"
+    )
+
+
+def canonical_time(text: str) -> str:
+    """``format_time(parse_time(text))``, without the datetime when ``text`` already is that
+    (it is still parsed, so that it raises as ``parse_time`` would)."""
+    if _is_canonical_shape(text):
+        try:
+            datetime.fromisoformat(text[:26] + "+00:00")  # digits where digits must be
+            return text
+        except ValueError:
+            pass
+    return format_time(parse_time(text))
+
+
 # SQLite has no time type: SQLAlchemy's ``DATETIME`` (and ``events.schema.UTCDateTime``) store
 # naive UTC text, "2026-11-24 10:00:00.000000". The hot paths that bypass SQLAlchemy read and
 # write that text themselves, with these two.
@@ -64,3 +89,13 @@ def parse_sqlite_time(text: str) -> datetime:
         except ValueError:
             pass
     return to_utc(datetime.fromisoformat(text))
+
+
+def stamp_of_sqlite_time(text: str) -> str:
+    """``format_time(parse_sqlite_time(text))`` of the text ``sqlite_time_text`` (or SQLAlchemy)
+    writes, without the datetime: for years from 1000 the same digits, with a "T" between date
+    and time and a "Z" after. The digits are not checked: this is for text that those writers
+    made from a datetime (always 26 characters)."""
+    if len(text) == 26 and text[0] != "0":
+        return f"{text[:10]}T{text[11:]}Z"
+    return format_time(parse_sqlite_time(text))

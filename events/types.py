@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from events.timefmt import format_time
+
 JSON = dict[str, Any]
 
 
@@ -64,6 +66,16 @@ class RecordedEvent:
     recorded_at: datetime
     prev_hash: str
     hash: str
+
+    @property
+    def occurred_stamp(self) -> str:
+        """``occurred_at`` as canonical text (``format_time``)."""
+        return format_time(self.occurred_at)
+
+    @property
+    def recorded_stamp(self) -> str:
+        """``recorded_at`` as canonical text (``format_time``)."""
+        return format_time(self.recorded_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from events import Codec
+from projections.frozen import fast_init
 
 JSON = dict[str, Any]
 
@@ -42,6 +43,7 @@ def _factor(value: float) -> None:
         raise ValueError(f"factor must be a number in (0, 1], not {value!r}")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ViolationReported:
     """A violation of the AUP was reported. ``severity`` is the effective one (after the floor).
@@ -68,6 +70,7 @@ class ViolationReported:
         _one_of("detection", self.detection, DETECTIONS)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ViolationDismissed:
     """A violation no longer counts: it gives no strike and keeps nothing open."""
@@ -77,6 +80,7 @@ class ViolationDismissed:
     statement_of_reasons: JSON | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AbuseReportReceived:
     """A third party reported this account (AUP §7). No strike until triaged ``confirmed``."""
@@ -88,6 +92,7 @@ class AbuseReportReceived:
     evidence_ref: str | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AbuseReportTriaged:
     """An operator triaged an abuse report; a confirmed one names the violation it became."""
@@ -103,6 +108,7 @@ class AbuseReportTriaged:
             _one_of("severity", self.severity, SEVERITIES)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NoticeIssued:
     """The account is to be told of a decision (``decision_event_id``); delivery follows."""
@@ -118,6 +124,7 @@ class NoticeIssued:
         _one_of("kind", self.kind, NOTICE_KINDS)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NoticeDelivered:
     """One delivery attempt of a notice succeeded."""
@@ -128,6 +135,7 @@ class NoticeDelivered:
     attempt: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NoticeDeliveryFailed:
     """One delivery attempt of a notice failed; ``final`` means no further attempt follows."""
@@ -140,6 +148,7 @@ class NoticeDeliveryFailed:
     final: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RemediationRequested:
     """The account must remedy the violations by ``due_at``; it stays open until closed."""
@@ -150,6 +159,7 @@ class RemediationRequested:
     statement_of_reasons: JSON
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RemediationCompleted:
     """A remediation was completed; it is no longer open."""
@@ -158,6 +168,7 @@ class RemediationCompleted:
     note: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RemediationExpired:
     """A remediation passed its due time uncompleted; it is no longer open."""
@@ -166,6 +177,7 @@ class RemediationExpired:
     statement_of_reasons: JSON
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ThrottleApplied:
     """Limits of one key (or, with ``key_id`` None, every key) are multiplied by ``factor``.
@@ -185,6 +197,7 @@ class ThrottleApplied:
         _factor(self.factor)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ThrottleLifted:
     """A throttle ends before its expiry."""
@@ -193,6 +206,7 @@ class ThrottleLifted:
     reason: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AccountSuspended:
     """The account is suspended until ``until`` (None: indefinitely); it replaces any other."""
@@ -204,6 +218,7 @@ class AccountSuspended:
     violation_ids: list[str] = field(default_factory=list)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SuspensionEnded:
     """The named suspension ended early."""
@@ -212,6 +227,7 @@ class SuspensionEnded:
     reason: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AccountReinstated:
     """The account is reinstated from what ``ends`` names: ``"all"`` (neither suspended nor
@@ -227,6 +243,7 @@ class AccountReinstated:
         _one_of("ends", self.ends, REINSTATEMENT_SCOPES)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AccountTerminated:
     """The account is terminated; only an overturned appeal reinstates it."""
@@ -236,6 +253,7 @@ class AccountTerminated:
     violation_ids: list[str] = field(default_factory=list)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AuthorityReferralOpened:
     """The violations are to be reported to the relevant authorities (AUP §6)."""
@@ -246,6 +264,7 @@ class AuthorityReferralOpened:
     statement_of_reasons: JSON
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AppealFiled:
     """The account appealed one decision event."""
@@ -255,6 +274,7 @@ class AppealFiled:
     statement: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AppealDecided:
     """An appeal was decided; ``overturned`` is followed by the events that reverse the decision."""
@@ -269,6 +289,7 @@ class AppealDecided:
         _one_of("outcome", self.outcome, APPEAL_OUTCOMES)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AdultContentApprovalChanged:
     """The account is (or is no longer) approved for adult content (AUP §4)."""
@@ -277,6 +298,7 @@ class AdultContentApprovalChanged:
     reason: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RateLimitsConfigured:
     """Limits of one key, or with ``key_id`` None the account-wide ceiling across its keys."""

@@ -13,26 +13,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from itertools import groupby
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from events import EventStore, RecordedEvent, dialects
+from events.fastjson import loads as _loads
 from events.schema import events
-from events.timefmt import parse_sqlite_time, to_utc
+from events.timefmt import canonical_time, stamp_of_sqlite_time
 from projections.catchup import CatchUpRunner, Progress
-from projections.standing import FOLDED_TYPES, StandingState, apply_all
+from projections.standing import FOLDED_TYPES, StandingState, apply_all, fold_new
 from projections.stored import (
     Change,
     StandingRepository,
     StoredRows,
     delete_all,
-    loads_json,
     read_states,
     replace_range,
     write_states,
@@ -43,16 +42,33 @@ from projections.stored import (
 # rebuild need not fetch or decode it unless it is the last (notices: about half of the log).
 _FOLDED_LIST = sorted(FOLDED_TYPES)
 
-# A stream's events as the fold reads them: no metadata or hashes, and ``data`` only where the
-# fold decodes it. Run on the driver's own cursor (the rebuild is the one place that reads the
+# A stream's events as the fold reads them (``_Fact``): no metadata or hashes, and ``data`` only
+# where the fold decodes it, as text. The times come as text too: SQLite's stored text, and on
+# PostgreSQL already the fold's canonical text (``format_time``), made by ``to_char`` on the
+# server (``_postgres_stamp`` redoes in Python any that is not of the canonical shape, e.g. a
+# year before 1000). Run on the driver's own cursor (the rebuild is the one place that reads the
 # whole log, and SQLAlchemy's row objects were a third of its time), server-side on PostgreSQL,
 # so a batch is never all in memory at once.
 _STREAMS_SQL = (
-    "SELECT account_id, version, type, event_id, schema_version, position, occurred_at, "
-    "recorded_at, CASE WHEN type IN ({folded}) THEN data END AS data "
+    "SELECT account_id, version, type, {event_id}, schema_version, "
+    "CASE WHEN type IN ({folded}) THEN {data} END AS data, {occurred}, {recorded} "
     "FROM events WHERE account_id >= {p} AND account_id <= {p} AND position <= {p} "
     "ORDER BY account_id, version"
 )
+_POSTGRES_STAMP = "to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+
+def _streams_sql(dialect: str) -> str:
+    postgres = dialect == "postgresql"
+    mark = "%s" if postgres else "?"
+    return _STREAMS_SQL.format(
+        event_id="event_id::text" if postgres else "event_id",
+        data="data::text" if postgres else "data",
+        occurred=_POSTGRES_STAMP.format("occurred_at") if postgres else "occurred_at",
+        recorded=_POSTGRES_STAMP.format("recorded_at") if postgres else "recorded_at",
+        folded=", ".join([mark] * len(_FOLDED_LIST)),
+        p=mark,
+    )
 
 
 def _stream_rows(conn: Connection, first: str, last: str, up_to: int) -> Iterator[Any]:
@@ -60,15 +76,12 @@ def _stream_rows(conn: Connection, first: str, last: str, up_to: int) -> Iterato
     driver: Any = conn.connection.dbapi_connection
     assert driver is not None
     if conn.dialect.name == "postgresql":
-        mark = "%s"
         cursor = driver.cursor(name="rebuild_streams")  # psycopg: a server-side cursor
         cursor.itersize = 5000
     else:
-        mark = "?"
         cursor = driver.cursor()
-    sql = _STREAMS_SQL.format(folded=", ".join([mark] * len(_FOLDED_LIST)), p=mark)
     try:
-        cursor.execute(sql, (*_FOLDED_LIST, first, last, up_to))
+        cursor.execute(_streams_sql(conn.dialect.name), (*_FOLDED_LIST, first, last, up_to))
         yield from cursor
     finally:
         cursor.close()
@@ -155,9 +168,10 @@ def fold_streams(conn: Connection, first: str, last: str, up_to: int) -> FoldedS
     ``up_to`` (only reads: the events there never change)."""
     folded = 0
     rebuilt: list[StandingState] = []
+    fact = _postgres_fact if conn.dialect.name == "postgresql" else _sqlite_fact
     for account_id, rows in groupby(_stream_rows(conn, first, last, up_to), key=itemgetter(0)):
-        fold_input, count = _fold_input(rows)
-        rebuilt.append(apply_all(StandingState.empty(account_id), fold_input))
+        fold_input, count = _fold_input(rows, fact)
+        rebuilt.append(fold_new(account_id, fold_input))
         folded += count
     return FoldedStreams(first, last, folded, StoredRows.of(rebuilt))
 
@@ -229,47 +243,67 @@ def _trusted(
 # --------------------------------------------------------------------------- fold input
 
 
-def _fold_input(rows: Iterable[Any]) -> tuple[list[RecordedEvent], int]:
+class _Fact(NamedTuple):
+    """A row of ``_STREAMS_SQL`` as the fold reads it (``standing.FoldEvent``)."""
+
+    account_id: str
+    version: int
+    type: str
+    event_id: str
+    schema_version: int
+    data: dict[str, Any]
+    occurred_stamp: str
+    recorded_stamp: str
+
+
+def _fold_input(rows: Iterable[Any], fact: Callable[[Any], _Fact]) -> tuple[list[_Fact], int]:
     """One stream's rows as the events the fold needs: the folded types, and the last event
     (whatever its type: it sets the version and ``last_recorded_at``). Returns them and the
-    number of rows read."""
-    chosen: list[RecordedEvent] = []
-    count = 0
-    last = None
-    for row in rows:
-        count += 1
-        last = row
-        if row[2] in FOLDED_TYPES:
-            chosen.append(_event(row))
-    if last is not None and last[2] not in FOLDED_TYPES:
-        chosen.append(_event(last))
-    return chosen, count
+    number of rows read. ``fact``: ``_sqlite_fact`` or ``_postgres_fact``."""
+    read = list(rows)
+    chosen = [fact(row) for row in read if row[5] is not None]  # data: only folded types have it
+    if read and read[-1][5] is None:
+        chosen.append(fact(read[-1]))
+    return chosen, len(read)
 
 
-def _event(row: Any) -> RecordedEvent:
-    """A row of ``_STREAMS_SQL`` as a ``RecordedEvent`` carrying what the fold reads.
+_new_fact = tuple.__new__
 
-    The driver's raw values differ: SQLite gives JSON and times as text, PostgreSQL (psycopg)
-    gives a dict, aware datetimes and a ``UUID``.
-    """
-    account_id, version, type_, event_id, schema_version, position, occurred, recorded, data = row
-    if isinstance(data, str):
-        data = loads_json(data)
-    return RecordedEvent(
-        position=position,
-        event_id=str(event_id),
-        account_id=account_id,
-        version=version,
-        type=type_,
-        schema_version=schema_version,
-        data=data if data is not None else {},
-        metadata={},
-        occurred_at=_time(occurred),
-        recorded_at=_time(recorded),
-        prev_hash="",
-        hash="",
+
+def _sqlite_fact(row: Any) -> _Fact:
+    """A row of ``_STREAMS_SQL`` on SQLite as a ``_Fact``: its data decoded exactly as the store
+    does (``fastjson.loads``), its times as ``format_time`` writes them (``stamp_of_sqlite_time``,
+    its common case inline: this runs for most events of the log)."""
+    data, occurred, recorded = row[5], row[6], row[7]
+    if len(occurred) == 26 and occurred[0] != "0":
+        occurred = f"{occurred[:10]}T{occurred[11:]}Z"
+    else:
+        occurred = stamp_of_sqlite_time(occurred)
+    if len(recorded) == 26 and recorded[0] != "0":
+        recorded = f"{recorded[:10]}T{recorded[11:]}Z"
+    else:
+        recorded = stamp_of_sqlite_time(recorded)
+    return _new_fact(
+        _Fact,
+        (*row[:5], {} if data is None else _loads(data), occurred, recorded),
     )
 
 
-def _time(value: datetime | str) -> datetime:
-    return parse_sqlite_time(value) if isinstance(value, str) else to_utc(value)
+def _postgres_fact(row: Any) -> _Fact:
+    """A row of ``_STREAMS_SQL`` on PostgreSQL as a ``_Fact`` (see ``_sqlite_fact``)."""
+    data, occurred, recorded = row[5], row[6], row[7]
+    return _new_fact(
+        _Fact,
+        (
+            *row[:5],
+            {} if data is None else _loads(data),
+            _postgres_stamp(occurred),
+            _postgres_stamp(recorded),
+        ),
+    )
+
+
+def _postgres_stamp(text: str) -> str:
+    """``_POSTGRES_STAMP``'s text as ``format_time`` writes it: the same but for the years that
+    ``to_char`` pads (before 1000) and those Python refuses (after 9999; this raises)."""
+    return text if len(text) == 27 and text[0] != "0" else canonical_time(text)

@@ -22,11 +22,13 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from operator import attrgetter
+from typing import Any, Literal, Protocol, TypeVar
 
 from events import RecordedEvent
-from events.timefmt import format_time, parse_time, to_utc
+from events.timefmt import canonical_time, format_time, parse_time, to_utc
 from projections import aup_events as ev
+from projections.frozen import fast_init
 
 JSON = dict[str, Any]
 Status = Literal[
@@ -44,6 +46,7 @@ DECISION_TYPES = (
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ViolationRecord:
     """A reported violation; ``strike`` false never counts, ``dismissed`` no longer counts."""
@@ -61,6 +64,7 @@ class ViolationRecord:
     decision_event_ids: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RemediationRecord:
     """A remediation request; open means ``status == "open"`` (see ``remediation_is_open``)."""
@@ -73,6 +77,7 @@ class RemediationRecord:
     status: str = "open"  # open | completed | expired | dismissed (all its violations were)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ThrottleRecord:
     """A throttle not lifted; in force until ``expires_at`` (None: until lifted)."""
@@ -86,6 +91,7 @@ class ThrottleRecord:
     reason: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SuspensionRecord:
     """The latest suspension not ended; in force until ``until`` (None: indefinitely)."""
@@ -97,6 +103,7 @@ class SuspensionRecord:
     reason: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """A decision event an appeal may target: what it was, when, why, and what it restricted."""
@@ -110,6 +117,7 @@ class DecisionRecord:
     overturned: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AppealRecord:
     """An appeal of one decision event, open until decided."""
@@ -121,6 +129,7 @@ class AppealRecord:
     status: str = "open"  # open | upheld | overturned
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AbuseReportRecord:
     """A third party's report (AUP §7), open until triaged."""
@@ -135,6 +144,7 @@ class AbuseReportRecord:
     violation_id: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RateLimitRecord:
     """The latest configured limits of a key, or (``key_id`` None) of the whole account."""
@@ -334,7 +344,34 @@ def _optional_record(record_class: type[R], data: JSON | None) -> R | None:
 # --- applying events -----------------------------------------------------------------------
 
 
-def apply(state: StandingState, event: RecordedEvent) -> StandingState:
+class FoldEvent(Protocol):
+    """What the fold reads of an event: a ``RecordedEvent``, or a lighter row of the same event
+    (a rebuild's, ``projections.runner``) whose times are already canonical text."""
+
+    @property
+    def account_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def data(self) -> JSON: ...
+    @property
+    def occurred_stamp(self) -> str:
+        """``format_time(occurred_at)``."""
+        ...
+
+    @property
+    def recorded_stamp(self) -> str:
+        """``format_time(recorded_at)``."""
+        ...
+
+
+def apply(state: StandingState, event: FoldEvent) -> StandingState:
     """The state after ``event``. An event at or below the state's version changes nothing
     (redelivery is harmless); an event of another account is a ``ValueError``; an event type the
     fold does not know only advances the version."""
@@ -346,31 +383,47 @@ def apply(state: StandingState, event: RecordedEvent) -> StandingState:
     return new
 
 
-def apply_all(state: StandingState, events: Iterable[RecordedEvent]) -> StandingState:
+def apply_all(state: StandingState, events: Iterable[FoldEvent]) -> StandingState:
     """``apply`` of each event in turn (one copy of the state, however many events)."""
     new = state._owned_copy()
-    last = None
-    for event in events:
-        if _apply_event(new, event):
-            last = event
-    if last is not None:  # only the last event's time is kept
-        new.last_recorded_at = format_time(last.recorded_at)
+    _apply_all_in_place(new, events)
     return new
 
 
-def _check_account(state: StandingState, event: RecordedEvent) -> None:
+def fold_new(account_id: str, events: Iterable[FoldEvent]) -> StandingState:
+    """``apply_all(StandingState.empty(account_id), events)``, equal to it but with plain
+    tables that note no changes: a state to be stored whole (a rebuild), never as a difference
+    (``changes_since`` is None)."""
+    state = StandingState.empty(account_id)
+    _apply_all_in_place(state, events)
+    return state
+
+
+def _apply_all_in_place(s: StandingState, events: Iterable[FoldEvent]) -> None:
+    last = None
+    for event in events:
+        if _apply_event(s, event):
+            last = event
+    if last is not None:  # only the last event's time is kept
+        s.last_recorded_at = last.recorded_stamp
+
+
+def _check_account(state: StandingState, event: FoldEvent) -> None:
     if event.account_id != state.account_id:
         raise ValueError(
             f"event {event.event_id} belongs to {event.account_id!r}, not {state.account_id!r}"
         )
 
 
-def _apply_in_place(s: StandingState, event: RecordedEvent) -> None:
+def _apply_in_place(s: StandingState, event: FoldEvent) -> None:
     if _apply_event(s, event):
-        s.last_recorded_at = format_time(event.recorded_at)
+        s.last_recorded_at = event.recorded_stamp
 
 
-def _apply_event(s: StandingState, event: RecordedEvent) -> bool:
+_payload = ev.CODEC.payload
+
+
+def _apply_event(s: StandingState, event: FoldEvent) -> bool:
     """Apply ``event`` but for ``last_recorded_at``; False if it was already reflected."""
     if event.account_id != s.account_id:
         _check_account(s, event)
@@ -378,32 +431,38 @@ def _apply_event(s: StandingState, event: RecordedEvent) -> bool:
         return False
     handler = _HANDLERS.get(event.type)
     if handler is not None:
-        handler(s, ev.CODEC.decode(event).payload, event)
+        handler(s, _payload(event.type, event.schema_version, event.data), event)
     s.version = event.version
     return True
 
 
+# Per record class: a getter of all its fields (in order) and each field's index.
+_SHAPES: dict[type[Any], tuple[Callable[[Any], tuple[Any, ...]], dict[str, int]]] = {}
+
+
 def _with(record: R, **changes: Any) -> R:
     """``dataclasses.replace`` for the state's records, without its checks (a hot path)."""
-    names = _FIELD_NAMES.get(type(record))
-    if names is None:
-        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
-    values = {name: getattr(record, name) for name in names}
-    values.update(changes)
-    return type(record)(**values)
+    cls = type(record)
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        names = [f.name for f in dataclasses.fields(record)]  # type: ignore[arg-type]
+        shape = _SHAPES[cls] = (attrgetter(*names), {n: i for i, n in enumerate(names)})
+    getter, index = shape
+    values = list(getter(record))
+    for name, value in changes.items():
+        values[index[name]] = value
+    return cls(*values)
 
 
 def _time(text: str | None) -> str | None:
-    return None if text is None else format_time(parse_time(text))
+    return None if text is None else canonical_time(text)
 
 
 def _record_decision(
-    s: StandingState, e: RecordedEvent, violation_ids: Iterable[str], target_id: str | None
+    s: StandingState, e: FoldEvent, violation_ids: Iterable[str], target_id: str | None
 ) -> None:
     ids = tuple(violation_ids)
-    s.decisions[e.event_id] = DecisionRecord(
-        e.event_id, e.type, format_time(e.recorded_at), ids, target_id
-    )
+    s.decisions[e.event_id] = DecisionRecord(e.event_id, e.type, e.recorded_stamp, ids, target_id)
     for vid in ids:
         v = s.violations.get(vid)
         if v is not None:
@@ -411,13 +470,13 @@ def _record_decision(
             s.violations[vid] = _with(v, decision_event_ids=links)
 
 
-def _on_violation_reported(s: StandingState, p: ev.ViolationReported, e: RecordedEvent) -> None:
+def _on_violation_reported(s: StandingState, p: ev.ViolationReported, e: FoldEvent) -> None:
     s.violations[p.violation_id] = ViolationRecord(
         violation_id=p.violation_id,
         event_id=e.event_id,
         category=p.category,
         severity=p.severity,
-        occurred_at=format_time(e.occurred_at),
+        occurred_at=e.occurred_stamp,
         detection=p.detection,
         description=p.description,
         key_id=p.key_id,
@@ -425,7 +484,7 @@ def _on_violation_reported(s: StandingState, p: ev.ViolationReported, e: Recorde
     )
 
 
-def _on_violation_dismissed(s: StandingState, p: ev.ViolationDismissed, e: RecordedEvent) -> None:
+def _on_violation_dismissed(s: StandingState, p: ev.ViolationDismissed, e: FoldEvent) -> None:
     v = s.violations.get(p.violation_id)
     if v is None:
         return
@@ -446,33 +505,31 @@ def _all_dismissed(s: StandingState, violation_ids: tuple[str, ...]) -> bool:
     )
 
 
-def _on_report_received(s: StandingState, p: ev.AbuseReportReceived, e: RecordedEvent) -> None:
+def _on_report_received(s: StandingState, p: ev.AbuseReportReceived, e: FoldEvent) -> None:
     s.abuse_reports[p.report_id] = AbuseReportRecord(
         p.report_id,
         e.event_id,
         p.category,
         p.description,
         p.evidence_ref,
-        format_time(e.occurred_at),
+        e.occurred_stamp,
     )
 
 
-def _on_report_triaged(s: StandingState, p: ev.AbuseReportTriaged, e: RecordedEvent) -> None:
+def _on_report_triaged(s: StandingState, p: ev.AbuseReportTriaged, e: FoldEvent) -> None:
     r = s.abuse_reports.get(p.report_id)
     if r is not None:
         s.abuse_reports[p.report_id] = _with(r, status=p.outcome, violation_id=p.violation_id)
 
 
-def _on_remediation_requested(
-    s: StandingState, p: ev.RemediationRequested, e: RecordedEvent
-) -> None:
+def _on_remediation_requested(s: StandingState, p: ev.RemediationRequested, e: FoldEvent) -> None:
     ids = tuple(p.violation_ids)
     s.remediations[p.remediation_id] = RemediationRecord(
         p.remediation_id,
         e.event_id,
         ids,
-        format_time(parse_time(p.due_at)),
-        format_time(e.occurred_at),
+        canonical_time(p.due_at),
+        e.occurred_stamp,
         "dismissed" if _all_dismissed(s, ids) else "open",
     )
     _record_decision(s, e, p.violation_ids, p.remediation_id)
@@ -484,46 +541,44 @@ def _close_remediation(s: StandingState, remediation_id: str, status: str) -> No
         s.remediations[remediation_id] = _with(r, status=status)
 
 
-def _on_remediation_completed(
-    s: StandingState, p: ev.RemediationCompleted, e: RecordedEvent
-) -> None:
+def _on_remediation_completed(s: StandingState, p: ev.RemediationCompleted, e: FoldEvent) -> None:
     _close_remediation(s, p.remediation_id, "completed")
 
 
-def _on_remediation_expired(s: StandingState, p: ev.RemediationExpired, e: RecordedEvent) -> None:
+def _on_remediation_expired(s: StandingState, p: ev.RemediationExpired, e: FoldEvent) -> None:
     _close_remediation(s, p.remediation_id, "expired")
 
 
-def _on_throttle_applied(s: StandingState, p: ev.ThrottleApplied, e: RecordedEvent) -> None:
+def _on_throttle_applied(s: StandingState, p: ev.ThrottleApplied, e: FoldEvent) -> None:
     s.throttles[p.throttle_id] = ThrottleRecord(
         p.throttle_id,
         e.event_id,
         p.key_id,
         p.factor,
         _time(p.expires_at),
-        format_time(e.occurred_at),
+        e.occurred_stamp,
         p.reason,
     )
     _record_decision(s, e, p.violation_ids, p.throttle_id)
 
 
-def _on_throttle_lifted(s: StandingState, p: ev.ThrottleLifted, e: RecordedEvent) -> None:
+def _on_throttle_lifted(s: StandingState, p: ev.ThrottleLifted, e: FoldEvent) -> None:
     s.throttles.pop(p.throttle_id, None)
 
 
-def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: RecordedEvent) -> None:
+def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> None:
     s.suspension = SuspensionRecord(
-        p.suspension_id, e.event_id, format_time(e.occurred_at), _time(p.until), p.reason
+        p.suspension_id, e.event_id, e.occurred_stamp, _time(p.until), p.reason
     )
     _record_decision(s, e, p.violation_ids, p.suspension_id)
 
 
-def _on_suspension_ended(s: StandingState, p: ev.SuspensionEnded, e: RecordedEvent) -> None:
+def _on_suspension_ended(s: StandingState, p: ev.SuspensionEnded, e: FoldEvent) -> None:
     if s.suspension is not None and s.suspension.suspension_id == p.suspension_id:
         s.suspension = None
 
 
-def _on_reinstated(s: StandingState, p: ev.AccountReinstated, e: RecordedEvent) -> None:
+def _on_reinstated(s: StandingState, p: ev.AccountReinstated, e: FoldEvent) -> None:
     if p.ends in ("all", "suspension"):
         s.suspension = None
     if p.ends in ("all", "termination"):
@@ -531,22 +586,22 @@ def _on_reinstated(s: StandingState, p: ev.AccountReinstated, e: RecordedEvent) 
         s.termination_event_id = None
 
 
-def _on_terminated(s: StandingState, p: ev.AccountTerminated, e: RecordedEvent) -> None:
+def _on_terminated(s: StandingState, p: ev.AccountTerminated, e: FoldEvent) -> None:
     s.terminated = True
     s.termination_event_id = e.event_id
     _record_decision(s, e, p.violation_ids, None)
 
 
-def _on_appeal_filed(s: StandingState, p: ev.AppealFiled, e: RecordedEvent) -> None:
+def _on_appeal_filed(s: StandingState, p: ev.AppealFiled, e: FoldEvent) -> None:
     s.appeals[p.appeal_id] = AppealRecord(
-        p.appeal_id, e.event_id, p.decision_event_id, format_time(e.occurred_at)
+        p.appeal_id, e.event_id, p.decision_event_id, e.occurred_stamp
     )
     d = s.decisions.get(p.decision_event_id)
     if d is not None:
         s.decisions[d.event_id] = _with(d, open_appeal_id=p.appeal_id)
 
 
-def _on_appeal_decided(s: StandingState, p: ev.AppealDecided, e: RecordedEvent) -> None:
+def _on_appeal_decided(s: StandingState, p: ev.AppealDecided, e: FoldEvent) -> None:
     a = s.appeals.get(p.appeal_id)
     if a is not None:
         s.appeals[p.appeal_id] = _with(a, status=p.outcome)
@@ -556,13 +611,11 @@ def _on_appeal_decided(s: StandingState, p: ev.AppealDecided, e: RecordedEvent) 
         s.decisions[d.event_id] = _with(d, open_appeal_id=None, overturned=overturned)
 
 
-def _on_adult_approval(
-    s: StandingState, p: ev.AdultContentApprovalChanged, e: RecordedEvent
-) -> None:
+def _on_adult_approval(s: StandingState, p: ev.AdultContentApprovalChanged, e: FoldEvent) -> None:
     s.adult_content_approved = p.approved
 
 
-def _on_rate_limits(s: StandingState, p: ev.RateLimitsConfigured, e: RecordedEvent) -> None:
+def _on_rate_limits(s: StandingState, p: ev.RateLimitsConfigured, e: FoldEvent) -> None:
     record = RateLimitRecord(p.key_id, p.requests_per_minute, p.tokens_per_day)
     if p.key_id is None:
         s.account_rate_limit = record
@@ -570,7 +623,7 @@ def _on_rate_limits(s: StandingState, p: ev.RateLimitsConfigured, e: RecordedEve
         s.key_rate_limits[p.key_id] = record
 
 
-_HANDLERS: dict[str, Callable[[StandingState, Any, RecordedEvent], None]] = {
+_HANDLERS: dict[str, Callable[[StandingState, Any, FoldEvent], None]] = {
     "ViolationReported": _on_violation_reported,
     "ViolationDismissed": _on_violation_dismissed,
     "AbuseReportReceived": _on_report_received,

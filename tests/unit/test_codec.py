@@ -177,6 +177,10 @@ def test_a_v2_event_reads_as_v3_and_v3_is_left_alone(
 
     assert codec.decode(v2).payload == ThrottleApplied(round(factor * 100), reasons, key_id)
     assert codec.decode(v3).payload == ThrottleApplied(40, reasons, key_id)
+    # ``payload`` (what the fold uses) is ``decode``'s payload without the record around it.
+    for record in (v2, v3):
+        payload = codec.payload(record.type, record.schema_version, record.data)
+        assert payload == codec.decode(record).payload
 
 
 def test_upcast_applies_the_chain_in_order(v3_codec: Codec) -> None:

@@ -20,6 +20,7 @@ from projections.standing import (
     apply,
     apply_all,
     fold,
+    fold_new,
     state_at,
     view,
 )
@@ -538,3 +539,68 @@ def test_apply_never_changes_the_state_it_is_given(events: list[RecordedEvent]) 
         after = apply(state, event)
         assert state.to_json() == before
         state = after
+
+
+@settings(deadline=None)
+@given(histories())
+def test_fold_new_equals_apply_all_from_empty_and_stores_the_same_json(
+    events: list[RecordedEvent],
+) -> None:
+    reference = apply_all(StandingState.empty("acct_1"), events)
+    rebuilt = fold_new("acct_1", events)
+    assert rebuilt == reference
+    assert json.dumps(rebuilt.to_json()) == json.dumps(reference.to_json())
+    assert rebuilt.changes_since(StandingState.empty("acct_1"), "violations") is None
+
+
+def test_the_fast_init_of_records_and_payloads_is_the_dataclass_init() -> None:
+    """``frozen.fast_init``: same defaults, factories, validation, immutability and equality."""
+    import dataclasses
+
+    from projections.standing import RemediationRecord, ViolationRecord
+
+    record = ViolationRecord("v", "e", "spam", "low", "t", "automated", None, None, True)
+    assert (record.dismissed, record.decision_event_ids) == (False, ())
+    assert record == ViolationRecord(
+        violation_id="v", event_id="e", category="spam", severity="low", occurred_at="t",
+        detection="automated", description=None, key_id=None, strike=True,
+    )  # fmt: skip
+    assert dataclasses.replace(record, dismissed=True).dismissed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.category = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        RemediationRecord("r", "e")  # type: ignore[call-arg]
+    first, second = (
+        ev.ThrottleApplied("t1", None, 0.5, None, "r", SOR),
+        ev.ThrottleApplied("t2", None, 0.5, None, "r", SOR),
+    )
+    assert first.violation_ids == [] and first.violation_ids is not second.violation_ids
+    with pytest.raises(ValueError, match="factor"):
+        ev.ThrottleApplied("t", None, 2.0, None, "r", SOR)
+    with pytest.raises(ValueError, match="severity"):
+        ev.ViolationReported("v", "spam", "huge", None, None, None, "automated", None, None, None)
+
+
+@settings(deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_the_replays_time_texts_are_format_time(moment: datetime) -> None:
+    """A rebuild reads times as text (SQLite's stored text, PostgreSQL's ``to_char``) and must
+    get ``format_time``'s text, also for years before 1000."""
+    from events.timefmt import canonical_time, sqlite_time_text, stamp_of_sqlite_time
+    from projections.runner import _postgres_stamp
+
+    expected = format_time(moment)
+    assert stamp_of_sqlite_time(sqlite_time_text(moment)) == expected
+    if moment.year >= 1000:  # parse_time cannot read format_time's years before 1000
+        assert canonical_time(expected) == expected
+    assert canonical_time(moment.isoformat()) == expected
+    to_char = f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
+    assert _postgres_stamp(to_char) == expected
+
+
+def test_canonical_time_still_refuses_what_parse_time_refuses() -> None:
+    from events.timefmt import canonical_time
+
+    for text in ("2026-13-01T00:00:00.000000Z", "2026-11-24T10:00:00.000000", "nonsense"):
+        with pytest.raises(ValueError):
+            canonical_time(text)
