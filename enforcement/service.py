@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import threading
 import time
@@ -38,6 +39,8 @@ from projections.aup_events import CODEC
 from projections.history import HistoryEntry, history
 from projections.standing import Standing, StandingState, apply_all, fold, view
 from projections.stored import StandingRepository
+
+log = logging.getLogger("enforcement.service")
 
 Clock = Callable[[], datetime]
 Decide = Callable[[StandingState, Context], list[NewEvent]]
@@ -412,22 +415,26 @@ class EnforcementService:
             causation_id=causation_id,
         )
 
-    def record_facts(self, facts: Sequence[Fact], actor: Actor) -> list[list[RecordedEvent]]:
+    def record_facts(
+        self, facts: Sequence[Fact], actor: Actor
+    ) -> list[list[RecordedEvent] | Exception]:
         """Record many facts, each once per its key: those of distinct accounts in ONE
         transaction (one commit for a handful of delivery receipts). When that cannot be (a key
-        used before, a concurrent writer), or for a second fact of one account, a fact goes
-        through ``record_fact`` on its own. Returns each fact's events, in order; raises the
-        first error of a fact recorded on its own after trying every other."""
-        results: list[list[RecordedEvent] | None] = [None] * len(facts)
+        used before, a concurrent writer, any error of the shared transaction), or for a second
+        fact of one account, a fact goes through ``record_fact`` on its own. Returns each
+        fact's own outcome, in order: its events, or the error that stopped it alone."""
+        results: list[list[RecordedEvent] | Exception | None] = [None] * len(facts)
         first_of_account: dict[str, int] = {}
         for index, fact in enumerate(facts):
             first_of_account.setdefault(fact.account_id, index)
         if len(first_of_account) > 1:
-            for index, events in self._record_together(
-                facts, list(first_of_account.values()), actor
-            ):
+            try:
+                together = self._record_together(facts, list(first_of_account.values()), actor)
+            except Exception:  # nothing was recorded: each goes on its own below
+                log.warning("facts recorded one by one after a failed group", exc_info=True)
+                together = []
+            for index, events in together:
                 results[index] = events
-        error: Exception | None = None
         for index, fact in enumerate(facts):
             if results[index] is None:
                 try:
@@ -439,9 +446,7 @@ class EnforcementService:
                         idempotency_key=fact.idempotency_key,
                     ).events
                 except Exception as exc:
-                    error = error or exc
-        if error is not None:
-            raise error
+                    results[index] = exc
         return [r for r in results if r is not None]
 
     def _record_together(
@@ -449,6 +454,9 @@ class EnforcementService:
     ) -> list[tuple[int, list[RecordedEvent]]]:
         """Record the facts at ``indexes`` (distinct accounts) in one append; returns what it
         recorded (nothing if a key was used before or a concurrent writer got in the way)."""
+        # In key order: two processes recording the same facts insert their key rows in the
+        # same order (on PostgreSQL the other order could deadlock on them).
+        indexes = sorted(indexes, key=lambda i: facts[i].idempotency_key)
         accounts = [facts[i].account_id for i in indexes]
         stripes = sorted({self._stripe(a) for a in accounts})
         for stripe in stripes:

@@ -5,6 +5,11 @@ item included. Threads that submit meanwhile wait; when the flush ends, the lead
 lead to the first of them, which flushes all that gathered in the meantime. Nothing waits for a
 timer: alone, a call is flushed at once; under load, the batch is whatever arrived during the
 previous flush. No thread leads twice in a row for others, so none is held back for long.
+
+A thread interrupted while it waits or leads (a time limit, ``KeyboardInterrupt``) withdraws its
+item if it was not written yet and passes the lead on: the others never hang. If the leader is
+interrupted during a flush, the outcome of that batch is unknown to the others: they get
+``FlushInterrupted``, never the leader's interruption as if it were theirs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class FlushInterrupted(RuntimeError):
+    """The thread writing this item's batch was interrupted: the item may have been written."""
 
 
 class _Slot(Generic[T, R]):
@@ -40,6 +49,7 @@ class GroupCommit(Generic[T, R]):
         self._lock = threading.Lock()
         self._pending: list[_Slot[T, R]] = []
         self._busy = False
+        self._leading: _Slot[T, R] | None = None  # the slot whose thread must lead next
 
     def submit(self, item: T) -> R:
         slot: _Slot[T, R] = _Slot(item)
@@ -47,24 +57,53 @@ class GroupCommit(Generic[T, R]):
             self._pending.append(slot)
             lead = not self._busy
             self._busy = True
-        if not lead:
-            slot.wake.wait()
-        if not slot.finished:  # leading, or handed the lead: this slot is still pending
-            self._lead()
+            if lead:
+                self._leading = slot
+        try:
+            if not lead:
+                slot.wake.wait()
+            if not slot.finished:  # leading, or handed the lead: this slot is still pending
+                self._lead(slot)
+        except BaseException:
+            self._withdraw(slot)
+            raise
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]  # set with finished
 
-    def _lead(self) -> None:
+    def _withdraw(self, slot: _Slot[T, R]) -> None:
+        """An interrupted caller: drop its item if still pending, and pass the lead on if it
+        was this slot's to take."""
+        with self._lock:
+            if slot in self._pending:
+                self._pending.remove(slot)
+            if self._leading is slot:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """With ``_lock`` held: wake the next leader, or go idle."""
+        if self._pending:
+            self._leading = self._pending[0]
+            self._leading.wake.set()
+        else:
+            self._leading = None
+            self._busy = False
+
+    def _lead(self, own: _Slot[T, R]) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
+            self._leading = None
         try:
             results = self._flush([s.item for s in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"flush returned {len(results)} results for {len(batch)} items")
-        except BaseException as exc:
+        except Exception as exc:
             for slot in batch:
                 slot.error = exc
+        except BaseException as exc:
+            interrupted = FlushInterrupted("the flush of this batch was interrupted")
+            for slot in batch:
+                slot.error = exc if slot is own else interrupted
         else:
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
@@ -73,7 +112,4 @@ class GroupCommit(Generic[T, R]):
                 slot.finished = True
                 slot.wake.set()
             with self._lock:
-                if self._pending:
-                    self._pending[0].wake.set()  # hand the lead over
-                else:
-                    self._busy = False
+                self._hand_over()

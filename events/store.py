@@ -396,7 +396,7 @@ class EventStore:
         self._clock = clock
         self._max_head_retries = max_head_retries
         # Appends of this process's threads that meet each other share one transaction.
-        self._writes: GroupCommit[_Write, list[list[RecordedEvent]] | StoreError] = GroupCommit(
+        self._writes: GroupCommit[_Write, list[list[RecordedEvent]] | Exception] = GroupCommit(
             self._write_together
         )
 
@@ -489,7 +489,7 @@ class EventStore:
             # writer at a time: no such wait).
             return self._write_alone(write)
         outcome = self._writes.submit(write)
-        if isinstance(outcome, StoreError):
+        if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
@@ -508,29 +508,31 @@ class EventStore:
 
     def _write_together(
         self, writes: Sequence[_Write]
-    ) -> list[list[list[RecordedEvent]] | StoreError]:
+    ) -> list[list[list[RecordedEvent]] | Exception]:
         """Appends that met in one transaction, each in a savepoint of its own: one that fails
         (a stale version) is rolled back alone and gets its error; the others commit together,
         with one commit (one fsync) for all. An error of the transaction itself reaches all."""
         if len(writes) == 1:
             try:
                 return [self._write_alone(writes[0])]
-            except StoreError as exc:
+            except Exception as exc:
                 return [exc]
         sql = _SQL_BY_DIALECT[self.engine.dialect.name]
-        outcomes: list[list[list[RecordedEvent]] | StoreError] = []
+        outcomes: list[list[list[RecordedEvent]] | Exception] = []
         with dialects.write_connection(self.engine) as conn, conn.begin():
             driver = dialects.DriverConnection.of(conn)
             for write in writes:
                 savepoint = conn.begin_nested()
                 try:
                     recorded = write.run(driver, sql, conn)
-                except IntegrityError as exc:
+                except Exception as exc:
+                    # This append fails alone; if even its savepoint cannot be rolled back, the
+                    # transaction is broken and the error reaches every append of the group.
                     savepoint.rollback()
-                    outcomes.append(_translate_integrity_error(exc, write.appends))
-                except StoreError as exc:
-                    savepoint.rollback()
-                    outcomes.append(exc)
+                    if isinstance(exc, IntegrityError):
+                        outcomes.append(_translate_integrity_error(exc, write.appends))
+                    else:
+                        outcomes.append(exc)
                 else:
                     savepoint.commit()
                     outcomes.append(recorded)

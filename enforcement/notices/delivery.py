@@ -45,7 +45,7 @@ class NoticeDelivery:
         self.email = email
         self.webhook = webhook
         # Outcomes of concurrent attempts (worker threads) are recorded in one transaction.
-        self.outcomes: GroupCommit[Fact, list[RecordedEvent]] = GroupCommit(
+        self.outcomes: GroupCommit[Fact, list[RecordedEvent] | Exception] = GroupCommit(
             lambda facts: service.record_facts(facts, WORKER)
         )
 
@@ -138,4 +138,6 @@ class NoticeDelivery:
         )
 
     def _record(self, account_id: str, notice_event_id: str, payload: object, key: str) -> None:
-        self.outcomes.submit(Fact(account_id, payload, notice_event_id, key))
+        outcome = self.outcomes.submit(Fact(account_id, payload, notice_event_id, key))
+        if isinstance(outcome, Exception):
+            raise outcome

@@ -11,7 +11,7 @@ import socket
 import ssl
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 
 class WebhookRefused(Exception):
@@ -32,7 +32,22 @@ class Target:
     port: int
     path: str
     host_header: str
-    address: str | None  # None: connect by name (private targets allowed, nothing to pin)
+    addresses: tuple[str, ...]  # the checked ones, tried in order; () connects by name
+
+
+def _connect(target_host: str, addresses: tuple[str, ...], port: int, timeout: float) -> Any:
+    """A TCP connection to the first of ``addresses`` that answers (by name if none)."""
+    error: OSError | None = None
+    for address in addresses or (target_host,):
+        try:
+            sock = socket.create_connection((address, port), timeout)
+        except OSError as exc:
+            error = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    assert error is not None
+    raise error
 
 
 def check_target(url: str, allow_private: bool) -> Target:
@@ -40,7 +55,7 @@ def check_target(url: str, allow_private: bool) -> Target:
 
     The address that passed the check is the one connected to: a name that resolves again to a
     private address between the check and the request (DNS rebinding) is never reached."""
-    parsed = urlparse(url)
+    parsed = urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise WebhookRefused(f"webhook URL {url!r} is not an http(s) URL with a host")
     try:
@@ -48,7 +63,10 @@ def check_target(url: str, allow_private: bool) -> Target:
     except ValueError as exc:
         raise WebhookRefused(f"webhook URL {url!r} has an invalid port") from exc
     path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-    target = Target(parsed.scheme, parsed.hostname, port, path, parsed.netloc, None)
+    # Host: the host and port only (never the URL's user:password), IPv6 in brackets.
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    host_header = host if parsed.port is None else f"{host}:{parsed.port}"
+    target = Target(parsed.scheme, parsed.hostname, port, path, host_header, ())
     if allow_private:
         return target
     try:
@@ -62,19 +80,19 @@ def check_target(url: str, allow_private: bool) -> Target:
                 f"webhook host {parsed.hostname} resolves to non-public address {address}; "
                 "set ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE=true to allow it"
             )
-    return replace(target, address=str(infos[0][4][0]))
+    checked = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    return replace(target, addresses=checked)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the checked address; the Host header still names the URL's host."""
+    """Connects to a checked address; the Host header still names the URL's host."""
 
     def __init__(self, target: Target, timeout: float):
         super().__init__(target.host, target.port, timeout=timeout)
-        self.address = target.address or target.host
+        self.addresses = target.addresses
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = _connect(self.host, self.addresses, self.port, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -83,12 +101,14 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, target: Target, timeout: float):
         self.tls = ssl.create_default_context()
         super().__init__(target.host, target.port, timeout=timeout, context=self.tls)
-        self.address = target.address or target.host
+        self.addresses = target.addresses
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.address, self.port), self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _connect(self.host, self.addresses, self.port, self.timeout)
         self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+
+
+_MAX_ANSWER = 64 * 1024
 
 
 class WebhookSender:
@@ -115,7 +135,7 @@ class WebhookSender:
         try:
             conn.request("POST", target.path, body=body, headers=headers)
             response = conn.getresponse()
-            response.read()
+            response.read(_MAX_ANSWER)  # the status is what counts; the body is not kept
         finally:
             conn.close()
         if not 200 <= response.status < 300:

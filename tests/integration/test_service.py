@@ -708,3 +708,24 @@ def test_facts_that_meet_a_concurrent_writer_are_recorded_one_by_one(
     assert types_of(events_of(system, "acct_w1"))[-1] == "NoticeDelivered"
     for i in range(2):
         assert_account_consistent(system, f"acct_w{i}")
+
+
+def test_a_fact_that_fails_gets_its_own_error_and_the_others_are_recorded(
+    system: Container,
+) -> None:
+    now = system.clock()
+    for i in range(3):
+        system.service.report_violation(f"acct_e{i}", ViolationReport("spam", now), REPORTER)
+    facts = [
+        Fact("acct_e0", _receipt("e0"), None, "ekey-0"),
+        Fact("acct_e1", object(), None, "ekey-1"),  # no event type: cannot be encoded
+        Fact("acct_e2", _receipt("e2"), None, "ekey-2"),
+    ]
+
+    outcomes = system.service.record_facts(facts, REPORTER)
+
+    assert isinstance(outcomes[1], Exception)
+    assert [types_of(o) for o in (outcomes[0], outcomes[2])] == [["NoticeDelivered"]] * 2
+    assert "NoticeDelivered" not in types_of(events_of(system, "acct_e1"))
+    for i in range(3):
+        assert_account_consistent(system, f"acct_e{i}")

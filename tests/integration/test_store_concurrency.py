@@ -173,18 +173,22 @@ def test_appends_that_meet_share_one_transaction_and_a_stale_one_fails_alone(
     def note(name: str) -> Callable[[Any, list[RecordedEvent]], None]:
         return lambda conn, _recorded: connections.__setitem__(name, conn)
 
-    with ThreadPoolExecutor(5) as pool:
+    def broken(_conn: Any, _recorded: list[RecordedEvent]) -> None:
+        raise RuntimeError("a projection bug")
+
+    with ThreadPoolExecutor(6) as pool:
         leader = pool.submit(store.append, "acct_lead", 0, [noted(1, 0)], after_append=hold)
         assert leader_in.wait(30)
         first = pool.submit(store.append, "acct_1", 0, [noted(2, 0)], after_append=note("1"))
         second = pool.submit(store.append, "acct_2", 0, [noted(3, 0)], after_append=note("2"))
         stale = pool.submit(store.append, "acct_stale", 0, [noted(4, 0)], after_append=note("s"))
+        failing = pool.submit(store.append, "acct_bug", 0, [noted(7, 0)], after_append=broken)
         # With an idempotency key: in the group on SQLite, alone on PostgreSQL (after it).
         keyed = pool.submit(
             store.append, "acct_keyed", 1, [noted(6, 0)], "key-2", after_append=note("k")
         )
         deadline = time.monotonic() + 30
-        waiting = 3 if store.engine.dialect.name == "postgresql" else 4
+        waiting = 4 if store.engine.dialect.name == "postgresql" else 5
         while len(store._writes._pending) < waiting and time.monotonic() < deadline:
             time.sleep(0.001)
         assert len(store._writes._pending) == waiting  # they wait for the open transaction
@@ -193,12 +197,15 @@ def test_appends_that_meet_share_one_transaction_and_a_stale_one_fails_alone(
         [one], [two] = first.result(30), second.result(30)
         with pytest.raises(ConcurrencyError):
             stale.result(30)
+        with pytest.raises(RuntimeError, match="projection bug"):  # alone: the others commit
+            failing.result(30)
         [second_keyed] = keyed.result(30)
 
     assert connections["1"] is connections["2"]  # the two that met: one transaction
     assert "s" not in connections
     assert (one.version, two.version) == (1, 1)
     assert [e.version for e in store.read_stream("acct_stale")] == [1]
+    assert store.read_stream("acct_bug") == []
     assert second_keyed.version == 2 and earlier.version == 1
     sqlite = store.engine.dialect.name == "sqlite"
     assert (connections["k"] is connections["1"]) == sqlite

@@ -4,13 +4,14 @@ the calls of the batch that raised it."""
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
-from events.groupcommit import GroupCommit
+from events.groupcommit import FlushInterrupted, GroupCommit
 
 
 def test_a_lone_call_is_flushed_at_once_on_its_own() -> None:
@@ -106,3 +107,109 @@ def test_many_threads_each_item_flushed_exactly_once() -> None:
         t.join(30)
     assert wrong == []
     assert sorted(flushed) == sorted(k * 1000 + i for k in range(8) for i in range(200))
+
+
+class Interrupted(BaseException):
+    """Stands for an asynchronous interruption (Dramatiq's time limit raises one like it)."""
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise ``Interrupted`` in ``thread`` when it next runs Python code."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(Interrupted)
+    )
+    assert done == 1
+
+
+def test_a_follower_interrupted_when_handed_the_lead_passes_it_on() -> None:
+    first_started, release_first = threading.Event(), threading.Event()
+    batches: list[list[str]] = []
+
+    def flush(items: Sequence[str]) -> list[str]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            first_started.set()
+            assert release_first.wait(10)
+        return [f"done {i}" for i in items]
+
+    group: GroupCommit[str, str] = GroupCommit(flush)
+    outcomes: dict[str, object] = {}
+    call = _recording_calls(group, outcomes)
+
+    leader = threading.Thread(target=call, args=("leader",))
+    leader.start()
+    assert first_started.wait(10)
+    a = threading.Thread(target=call, args=("a",))
+    a.start()
+    _wait_pending(group, 1)
+    b = threading.Thread(target=call, args=("b",))
+    b.start()
+    _wait_pending(group, 2)
+    _interrupt(a)  # takes effect when "a" wakes: handed the lead, it must pass it to "b"
+    release_first.set()
+    for t in (leader, a, b):
+        t.join(10)
+        assert not t.is_alive()
+
+    assert isinstance(outcomes["a"], Interrupted)
+    assert outcomes["b"] == "done b" and outcomes["leader"] == "done leader"
+    assert batches == [["leader"], ["b"]]  # "a" was withdrawn, never written
+    assert group.submit("later") == "done later"  # nothing hangs
+
+
+def test_an_interrupted_leader_leaves_the_others_an_outcome_unknown_error() -> None:
+    first_started, release_first = threading.Event(), threading.Event()
+
+    def flush(items: Sequence[str]) -> list[str]:
+        if items == ["first"]:
+            first_started.set()
+            assert release_first.wait(10)
+        if "f1" in items:
+            raise Interrupted()  # the thread leading ["f1", "f2"] is interrupted mid-flush
+        return list(items)
+
+    group: GroupCommit[str, str] = GroupCommit(flush)
+    outcomes: dict[str, object] = {}
+    call = _recording_calls(group, outcomes)
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert first_started.wait(10)
+    followers = []
+    for count, name in enumerate(("f1", "f2"), start=1):
+        followers.append(threading.Thread(target=call, args=(name,)))
+        followers[-1].start()
+        _wait_pending(group, count)
+    release_first.set()
+    for t in (first, *followers):
+        t.join(10)
+        assert not t.is_alive()
+
+    assert outcomes["first"] == "first"
+    assert isinstance(outcomes["f1"], Interrupted)  # its own interruption
+    assert isinstance(outcomes["f2"], FlushInterrupted)  # not f1's, and not a hang
+    assert group.submit("later") == "later"
+
+
+def _wait_pending(group: GroupCommit[str, str], count: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with group._lock:
+            if len(group._pending) == count:
+                return
+        time.sleep(0.001)
+    raise AssertionError(f"never {count} pending")
+
+
+def _recording_calls(
+    group: GroupCommit[str, str], outcomes: dict[str, object]
+) -> Callable[[str], None]:
+    """A thread target: submit ``name`` and keep what came back, or what was raised."""
+
+    def call(name: str) -> None:
+        try:
+            outcomes[name] = group.submit(name)
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    return call

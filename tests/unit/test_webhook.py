@@ -182,17 +182,7 @@ def test_the_request_goes_to_the_address_that_passed_the_check(
     def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
 
-    connected: list[tuple[str, int]] = []
-
-    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
-        connected.append(address)
-        raise ConnectionRefusedError("no route in this test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket, "create_connection", create_connection)
-    with pytest.raises(ConnectionRefusedError):
-        WebhookSender("s3cret", allow_private=False).send("http://hooks.example/h", "evt-1", {})
-    assert connected == [("93.184.216.34", 80)]
+    assert _connections_tried(monkeypatch, getaddrinfo) == [("93.184.216.34", 80)]
 
 
 def test_the_host_header_and_path_come_from_the_url(sink: Sink) -> None:
@@ -201,3 +191,39 @@ def test_the_host_header_and_path_come_from_the_url(sink: Sink) -> None:
     [(path, headers, _body)] = sink.requests
     assert path == "/hooks/enforcement?tenant=7"
     assert headers["Host"] == url.split("/")[2]
+
+
+def test_the_host_header_never_carries_the_urls_credentials(sink: Sink) -> None:
+    port = sink.server.server_port
+    url = f"http://user:s3cret@127.0.0.1:{port}/hook;v=2?a=1"
+    WebhookSender("s3cret", allow_private=True).send(url, "evt-1", {})
+    [(path, headers, _body)] = sink.requests
+    assert headers["Host"] == f"127.0.0.1:{port}"
+    assert path == "/hook;v=2?a=1"
+
+
+def test_every_checked_address_is_tried_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2606:2800:220:1::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
+        ]
+
+    tried = _connections_tried(monkeypatch, getaddrinfo)
+    assert tried == [("2606:2800:220:1::1", 80), ("93.184.216.34", 80)]
+
+
+def _connections_tried(monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any) -> list[tuple[str, int]]:
+    """Send to hooks.example with ``getaddrinfo`` as the resolver and every connection refused;
+    returns the addresses the sender tried to connect to, in order."""
+    tried: list[tuple[str, int]] = []
+
+    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
+        tried.append(address)
+        raise ConnectionRefusedError("no route in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    with pytest.raises(ConnectionRefusedError):
+        WebhookSender("s3cret", allow_private=False).send("http://hooks.example/h", "evt-1", {})
+    return tried
