@@ -29,6 +29,7 @@ HTTP: the HTTP layer is not what is measured. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import json
 import multiprocessing
@@ -48,6 +49,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -293,14 +295,8 @@ class RelayWatch:
 
     def passed(self, position: int) -> float | None:
         """When the checkpoint was first seen at or past ``position``."""
-        low, high = 0, len(self.samples)
-        while low < high:
-            middle = (low + high) // 2
-            if self.samples[middle][1] >= position:
-                high = middle
-            else:
-                low = middle + 1
-        return self.samples[low][0] if low < len(self.samples) else None
+        index = bisect.bisect_left(self.samples, position, key=itemgetter(1))
+        return self.samples[index][0] if index < len(self.samples) else None
 
     def close(self) -> None:
         self.stop.set()

@@ -145,6 +145,29 @@ def effective_severity(policy: Policy, category: str, reported: str | None) -> s
     return max(reported, rule.floor, key=SEVERITY_RANK.__getitem__)
 
 
+def new_event(
+    policy: Policy,
+    ctx: Context,
+    payload: Any,
+    causation_id: str | None,
+    *,
+    actor: str | None = None,
+    occurred_at: datetime | None = None,
+) -> NewEvent:
+    """``payload`` as a new event with the metadata every event carries (``policy_version``,
+    ``actor`` (default: the context's), ``causation_id``, ``correlation_id``, ``source``)."""
+    metadata = {
+        "policy_version": policy.version,
+        "actor": actor or ctx.actor,
+        "causation_id": causation_id,
+        "correlation_id": ctx.correlation_id,
+        "source": ctx.source,
+    }
+    return ev.CODEC.encode(
+        payload, occurred_at=occurred_at or ctx.now, metadata=metadata, event_id=ctx.event_id()
+    )
+
+
 class Decider:
     """Builds the events of one decision: metadata, statements of reasons, notices.
 
@@ -181,18 +204,13 @@ class Decider:
         occurred_at: datetime | None = None,
     ) -> NewEvent:
         default_actor = POLICY_ACTOR if self.automated else self.ctx.actor
-        metadata = {
-            "policy_version": self.policy.version,
-            "actor": actor or default_actor,
-            "causation_id": causation_id,
-            "correlation_id": self.ctx.correlation_id,
-            "source": self.ctx.source,
-        }
-        return ev.CODEC.encode(
+        return new_event(
+            self.policy,
+            self.ctx,
             payload,
-            occurred_at=occurred_at or self.ctx.now,
-            metadata=metadata,
-            event_id=self.ctx.event_id(),
+            causation_id,
+            actor=actor or default_actor,
+            occurred_at=occurred_at,
         )
 
     def emit(self, *events: NewEvent) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,7 +36,6 @@ from events import (
     StreamKeyUsed,
 )
 from events.timefmt import to_utc
-from projections.aup_events import CODEC
 from projections.history import HistoryEntry, history
 from projections.standing import Standing, StandingState, apply_all, fold, view
 from projections.stored import StandingRepository
@@ -146,6 +146,19 @@ class EnforcementService:
 
     def _account_lock(self, account_id: str) -> threading.Lock:
         return self._account_locks[self._stripe(account_id)]
+
+    @contextmanager
+    def _accounts_locked(self, account_ids: Sequence[str]) -> Iterator[None]:
+        """The locks of several accounts, taken in stripe order (no deadlock between two
+        callers that hold several)."""
+        stripes = sorted({self._stripe(a) for a in account_ids})
+        for stripe in stripes:
+            self._account_locks[stripe].acquire()
+        try:
+            yield
+        finally:
+            for stripe in reversed(stripes):
+                self._account_locks[stripe].release()
 
     # ------------------------------------------------------------------ machinery
 
@@ -276,10 +289,7 @@ class EnforcementService:
         """Decide the items at ``indexes`` (distinct accounts) and record them in one append;
         returns the results it settled (none if a concurrent writer got in the way)."""
         accounts = [items[i][0] for i in indexes]
-        stripes = sorted({self._stripe(a) for a in accounts})
-        for stripe in stripes:
-            self._account_locks[stripe].acquire()
-        try:
+        with self._accounts_locked(accounts):
             now = to_utc(self.clock())
             settled: list[tuple[int, ItemResult]] = []
             pending: list[tuple[int, StandingState, list[NewEvent]]] = []
@@ -309,9 +319,6 @@ class EnforcementService:
                 )
             except ConcurrencyError:
                 return settled  # the rest go one by one
-        finally:
-            for stripe in reversed(stripes):
-                self._account_locks[stripe].release()
         for (index, state, _), events in zip(pending, recorded, strict=True):
             after = saver.saved.get(state.account_id) or apply_all(state, events)
             self.standings.remember(after)
@@ -408,7 +415,7 @@ class EnforcementService:
         """Record a fact that decides nothing (a delivery receipt); once per idempotency key."""
         return self._execute(
             account_id,
-            lambda _state, ctx: [self._fact_event(payload, ctx)],
+            lambda _state, ctx: [rules.new_event(self.policy, ctx, payload, causation_id)],
             actor,
             idempotency_key=idempotency_key,
             fingerprint=idempotency_key,
@@ -458,10 +465,7 @@ class EnforcementService:
         # same order (on PostgreSQL the other order could deadlock on them).
         indexes = sorted(indexes, key=lambda i: facts[i].idempotency_key)
         accounts = [facts[i].account_id for i in indexes]
-        stripes = sorted({self._stripe(a) for a in accounts})
-        for stripe in stripes:
-            self._account_locks[stripe].acquire()
-        try:
+        with self._accounts_locked(accounts):
             now = to_utc(self.clock())
             with self.store.engine.connect() as conn:
                 states = [self.standings.load(a, conn) for a in accounts]
@@ -470,31 +474,16 @@ class EnforcementService:
                 fact = facts[index]
                 ctx = self._context(actor, now, fact.causation_id)
                 key = fact.idempotency_key
-                event = self._fact_event(fact.payload, ctx)
+                event = rules.new_event(self.policy, ctx, fact.payload, fact.causation_id)
                 appends.append(StreamAppend(state.account_id, state.version, [event], key, key))
             saver = self.standings.saver(*states)
             try:
                 recorded = self.store.append_streams(appends, after_append=saver)
             except (ConcurrencyError, StreamKeyUsed):
                 return []
-        finally:
-            for stripe in reversed(stripes):
-                self._account_locks[stripe].release()
         for state, events in zip(states, recorded, strict=True):
             self.standings.remember(saver.saved.get(state.account_id) or apply_all(state, events))
         return list(zip(indexes, recorded, strict=True))
-
-    def _fact_event(self, payload: object, ctx: Context) -> NewEvent:
-        metadata = {
-            "policy_version": self.policy.version,
-            "actor": ctx.actor,
-            "causation_id": ctx.causation_id,
-            "correlation_id": ctx.correlation_id,
-            "source": ctx.source,
-        }
-        return CODEC.encode(
-            payload, occurred_at=ctx.now, metadata=metadata, event_id=ctx.event_id()
-        )
 
     # ------------------------------------------------------------------ operator commands
 

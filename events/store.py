@@ -45,7 +45,7 @@ from events.errors import (
     StreamKeyUsed,
 )
 from events.groupcommit import GroupCommit
-from events.schema import checkpoints, events, idempotency_keys
+from events.schema import checkpoints, events
 from events.timefmt import format_time, parse_sqlite_time, sqlite_time_text, to_utc
 from events.types import (
     NewEvent,
@@ -208,7 +208,7 @@ class _SQL:
         self._row = row
         self.insert_one = self._insert + row + (" RETURNING position" if pg else "")
         key = "key" if pg else '"key"'
-        self.key = f"SELECT 1 FROM idempotency_keys WHERE {key} = {p}"
+        self.key = f"SELECT fingerprint, event_ids FROM idempotency_keys WHERE {key} = {p}"
         self.by_id = f"SELECT {columns} FROM events WHERE event_id = {p}{'::uuid' if pg else ''}"
         self.insert_key = (
             f"INSERT INTO idempotency_keys ({key}, fingerprint, account_id, event_ids, "
@@ -475,7 +475,7 @@ class EventStore:
         fingerprint: str | None,
         after_append: AfterAppend | None,
     ) -> list[list[RecordedEvent]]:
-        sql = _SQL_BY_DIALECT[self.engine.dialect.name]
+        sql = self._sql
         # Serialised before taking the connection (on SQLite, the write lock): one canonical
         # JSON text per document serves the hash and the stored column.
         documents = [_documents(item.events, sql.postgres) for item in appends]
@@ -495,7 +495,7 @@ class EventStore:
 
     def _write_alone(self, write: _Write) -> list[list[RecordedEvent]]:
         """One append in a transaction of its own."""
-        sql = _SQL_BY_DIALECT[self.engine.dialect.name]
+        sql = self._sql
         try:
             if write.after_append is None:
                 # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
@@ -517,7 +517,7 @@ class EventStore:
                 return [self._write_alone(writes[0])]
             except Exception as exc:
                 return [exc]
-        sql = _SQL_BY_DIALECT[self.engine.dialect.name]
+        sql = self._sql
         outcomes: list[list[list[RecordedEvent]] | Exception] = []
         with dialects.write_connection(self.engine) as conn, conn.begin():
             driver = dialects.DriverConnection.of(conn)
@@ -547,19 +547,15 @@ class EventStore:
         return None if previous is None else [e for batch in previous for e in batch]
 
     def _idempotent_result(self, key: str, fingerprint: str) -> list[list[RecordedEvent]] | None:
-        if not self._fetch(self._sql.key, (key,)):
+        rows = self._fetch(self._sql.key, (key,))
+        if not rows:
             return None  # the usual case: one indexed read on the driver's connection
+        stored_fingerprint, stored_ids = rows[0]
+        if stored_fingerprint != fingerprint:
+            raise IdempotencyConflict(key)
+        # The JSON column's text (SQLite), or the value psycopg already parsed (PostgreSQL).
+        ids = list(_loads(stored_ids) if isinstance(stored_ids, str) else stored_ids)
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(idempotency_keys.c.fingerprint, idempotency_keys.c.event_ids).where(
-                    idempotency_keys.c.key == key
-                )
-            ).first()
-            if row is None:  # pragma: no cover - key rows are never deleted
-                return None
-            if row.fingerprint != fingerprint:
-                raise IdempotencyConflict(key)
-            ids = list(row.event_ids)
             found = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))).all()
         by_id = {str(r[1]): row_to_event(r) for r in found}
         ordered = [by_id[i] for i in ids]

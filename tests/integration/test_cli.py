@@ -39,24 +39,12 @@ from events.schema import events as events_table
 from events.timefmt import format_time
 from events.wire import event_to_json
 from projections.tables import standings
+from tests.auditor import CONTRACT_KEYS
 
 CLI = str(Path(sys.executable).with_name("enforcement"))
 T0 = datetime(2026, 3, 2, 9, 0, 0, 250_000, tzinfo=UTC)
 ACTOR = Actor(name="admin:cli-test", correlation_id="cli-test")
-API_EVENT_KEYS = {
-    "position",
-    "event_id",
-    "account_id",
-    "version",
-    "type",
-    "schema_version",
-    "data",
-    "metadata",
-    "occurred_at",
-    "recorded_at",
-    "prev_hash",
-    "hash",
-}
+API_EVENT_KEYS = {"position", *CONTRACT_KEYS, "prev_hash", "hash"}  # an event of the API
 
 
 class Clock:
