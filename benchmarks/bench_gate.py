@@ -3,7 +3,10 @@
 Side by side, in one run and on the same Redis: the gate's full check (one EVALSHA: key and
 account limits, token quota, throttles, status), the ``limits`` library's fixed-window and
 moving-window limiters (``limits.storage.RedisStorage``), and a trivial ``EVALSHA`` of
-``return 1`` through redis-py, the floor for one round trip. Clients are separate *processes*
+``return 1`` through redis-py, the floor for one round trip (the issue's yardstick). The gate
+sends its check pre-packed over connections of its own (``enforcement/gate/wire.py``), so a
+fifth case, a trivial ``EVALSHA`` of ``return 0`` over that same transport, shows what the
+check's script itself costs. Clients are separate *processes*
 (no shared GIL), each with its own connection; every call is timed. The cases run interleaved,
 round by round (the order rotates each round), so they share alike whatever else the machine is
 doing.
@@ -63,6 +66,17 @@ def floor_op(url: str) -> Callable[[int], object]:
     return lambda _: client.evalsha(sha, 0)
 
 
+def raw_floor_op(url: str) -> Callable[[int], object]:
+    """The floor on the gate's own transport (a pre-packed command on a kept connection)."""
+    from enforcement.gate.wire import Packed, Wire
+
+    client = redis.Redis.from_url(url)
+    sha = client.script_load("return 0")
+    command = Packed(("EVALSHA", sha)).with_last(0)
+    wire = Wire(client)
+    return lambda _: wire.call(command)
+
+
 def gate_op(url: str) -> Callable[[int], object]:
     from enforcement.gate import RedisGate
 
@@ -86,8 +100,10 @@ def limits_op(url: str, strategy: str) -> Callable[[int], object]:
 
 
 FLOOR = "EVALSHA `return 1` (floor)"
+RAW_FLOOR = "EVALSHA `return 0`, gate's wire"
 CASES: dict[str, Callable[[str], Callable[[int], object]]] = {
     FLOOR: floor_op,
+    RAW_FLOOR: raw_floor_op,
     "enforcement.gate RedisGate.check": gate_op,
     "limits FixedWindowRateLimiter": lambda url: limits_op(url, "fixed"),
     "limits MovingWindowRateLimiter": lambda url: limits_op(url, "moving"),
@@ -241,6 +257,7 @@ def verdict(results: list[Result]) -> list[str]:
             f"{clients} client(s): gate {ratio:.2f}x the floor (goal ≥ {GOAL}x), "
             f"{ahead[0]:.2f}x FixedWindow, {ahead[1]:.2f}x MovingWindow: "
             + ("goal met" if met else "goal NOT met")
+            + f"; {rate[GATE] / rate[RAW_FLOOR]:.2f}x a trivial EVALSHA on its own wire"
         )
     return lines
 

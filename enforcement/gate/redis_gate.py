@@ -16,7 +16,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from enforcement.gate import core, keys, lua
+from enforcement.gate import core, keys, lua, wire
 from enforcement.gate.base import Gate, GateUnavailable, well_formed
 from enforcement.gate.decision import REASONS, DenialStats, GateDecision
 
@@ -69,9 +69,12 @@ class RedisGate(Gate):
             **common,
         )
         self._check_sha = self._check_script.sha
-        # (account_id, key_id) -> the check's EVALSHA arguments but the token count: built
-        # once per pair, which was validated then (bounded: cleared when full).
-        self._calls: dict[tuple[str, str], tuple[object, ...]] = {}
+        # A plain client: checks go over the gate's own connections, packed (wire.py); on
+        # Redis Cluster through the client. (account_id, key_id) -> the check's EVALSHA
+        # command but the token count, packed or as arguments: built once per pair, which was
+        # validated then (bounded: cleared when full).
+        self._wire = wire.Wire(client) if wire.usable(client) else None
+        self._calls: dict[tuple[str, str], Any] = {}
         self._key_limits_script = lua.render(lua.HELPERS + lua.SET_KEY_LIMITS, **common)
         self._account_script = lua.render(lua.HELPERS + lua.SET_ACCOUNT, **common)
         self._throttle_script = lua.render(
@@ -117,7 +120,10 @@ class RedisGate(Gate):
                 return super().check(account_id, key_id, tokens)  # raises the precise error
             call = self._call(account_id, key_id)
         try:
-            raw = self._command(*call, tokens)
+            if self._wire is not None:
+                raw = self._wire.call(call.with_last(tokens))
+            else:
+                raw = self._command(*call, tokens)
         except NoScriptError:
             raw = self._load_and_run(
                 self._check_script, keys.check_keys(account_id), (key_id, tokens)
@@ -126,9 +132,11 @@ class RedisGate(Gate):
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
         return _decision(raw)
 
-    def _call(self, account_id: str, key_id: str) -> tuple[object, ...]:
-        """The check's EVALSHA arguments for a well-formed pair, but the token count; cached."""
-        call = ("EVALSHA", self._check_sha, 3, *keys.check_keys(account_id), key_id)
+    def _call(self, account_id: str, key_id: str) -> Any:
+        """The check's EVALSHA command for a well-formed pair but the token count, packed
+        (``wire.Packed``) or as arguments (Redis Cluster); cached."""
+        args = ("EVALSHA", self._check_sha, 3, *keys.check_keys(account_id), key_id)
+        call = args if self._wire is None else wire.Packed(args)
         if len(self._calls) >= CALL_CACHE_SIZE:
             self._calls.clear()
         self._calls[account_id, key_id] = call

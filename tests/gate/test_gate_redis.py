@@ -262,6 +262,7 @@ def test_it_runs_on_redis_cluster(cluster: RedisServer) -> None:
     # A cluster node refuses (CROSSSLOT) any script whose keys are not all in one slot.
     client = RedisCluster(host="127.0.0.1", port=cluster.port)
     gate = RedisGate(client)
+    assert gate._wire is None  # checks go through the cluster client, which routes by slot
 
     exercise(gate, Backend("cluster", lambda **_: gate, time.time, time.sleep))
     client.script_flush()  # and NOSCRIPT is survived through the cluster client too

@@ -1,0 +1,112 @@
+"""The check's own transport (``enforcement/gate/wire.py``) against a real Redis: the packed
+command is redis-py's, a killed connection is replaced, a timed-out reply is never read as a
+later check's, and a forked child does not share the parent's sockets."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.connection import Connection
+
+from enforcement.gate import GateUnavailable, RedisGate
+from enforcement.gate.wire import Packed, Wire, usable
+
+pytestmark = pytest.mark.redis
+
+ARG = st.one_of(st.text(), st.binary(), st.integers(min_value=-(2**63), max_value=2**63 - 1))
+
+
+@given(
+    name=st.sampled_from(["EVALSHA", "ECHO", "HSET"]),
+    args=st.lists(ARG, max_size=8),
+    last=st.integers(min_value=0, max_value=2**62),
+)
+def test_a_packed_command_is_what_redis_py_sends(
+    name: str, args: list[str | bytes | int], last: int
+) -> None:
+    # (redis-py splits its first argument, the command's name, on spaces: a plain word here.)
+    expected = b"".join(Connection().pack_command(name, *args, last))
+    assert Packed((name, *args)).with_last(last) == expected
+
+
+@pytest.fixture
+def gate(redis_url: str) -> Iterator[RedisGate]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.3)
+    gate = RedisGate(client)
+    gate.set_limits("acct", "key", rpm=10_000, tpd=10**6, version=1)
+    yield gate
+    client.close()
+
+
+def test_a_plain_client_uses_the_wire(redis_url: str) -> None:
+    plain = redis.Redis.from_url(redis_url)
+    assert usable(plain) and RedisGate(plain)._wire is not None  # cluster: test_gate_redis
+    plain.close()
+
+
+def test_a_connection_the_server_closed_is_replaced(gate: RedisGate, redis_url: str) -> None:
+    left = gate.check("acct", "key", tokens=10).remaining_tokens
+    admin = redis.Redis.from_url(redis_url)
+    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+
+    assert gate.check("acct", "key", tokens=100).remaining_tokens == left - 100
+    admin.close()
+
+
+def test_a_timed_out_reply_is_never_read_as_a_later_one(gate: RedisGate, redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    busy = "local s = redis.call('TIME') repeat local t = redis.call('TIME') until " + (
+        "(t[1] - s[1]) * 1000000 + t[2] - s[2] > 800000"
+    )
+    gate.check("acct", "key", tokens=1)
+    blocker = threading.Thread(target=admin.eval, args=(busy, 0))
+    blocker.start()
+    time.sleep(0.1)  # the script now holds Redis for 0.8 s
+
+    with pytest.raises(GateUnavailable):
+        gate.check("acct", "key", tokens=10)  # 0.3 s socket timeout; it may still run later
+    blocker.join()
+    first = gate.check("acct", "key", tokens=100)
+    second = gate.check("acct", "key", tokens=1000)
+
+    assert first.remaining_tokens in (1_000_000 - 101, 1_000_000 - 111)
+    assert second.remaining_tokens == first.remaining_tokens - 1000
+    admin.close()
+
+
+def _child(gate: RedisGate, results: multiprocessing.Queue[int]) -> None:
+    results.put(sum(gate.check("acct", "key", tokens=1).allowed for _ in range(20)))
+
+
+def test_a_forked_child_uses_connections_of_its_own(gate: RedisGate) -> None:
+    before = gate.check("acct", "key", tokens=1000).remaining_tokens
+    ctx = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[int] = ctx.Queue()
+    child = ctx.Process(target=_child, args=(gate, results))
+    child.start()
+    during = [gate.check("acct", "key", tokens=1000).remaining_tokens for _ in range(20)]
+    assert results.get(timeout=30) == 20
+    child.join(timeout=10)
+    after = gate.check("acct", "key", tokens=1000).remaining_tokens
+
+    assert child.exitcode == 0
+    assert all(a - b >= 1000 for a, b in itertools.pairwise(during))  # each reply its own
+    assert after == before - 21 * 1000 - 20
+
+
+def test_the_wire_returns_error_replies_and_keeps_the_connection(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    wire = Wire(client)
+    with pytest.raises(redis.ResponseError):
+        wire.call(Packed(("EVAL", "return redis.error_reply('no')")).with_last(0))
+    assert wire.call(Packed(("ECHO",)).with_last(7)) == b"7"
+    assert len(wire._idle) == 1
+    client.close()
