@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from enforcement.progress import progress_bar
 from events import EventStore, RecordedEvent
+from events.chain import VerifyResult
 from events.schema import events as events_table
 from events.timefmt import format_time, to_utc
 from events.wire import event_to_json
@@ -34,20 +35,19 @@ def verify_accounts(
     store: EventStore, account: str | None = None, show_progress: bool = True
 ) -> list[dict[str, Any]]:
     """Verify one or every account's chain; each result names the account."""
-    accounts = [account] if account is not None else None
-    if accounts is None:
+    source: Iterable[tuple[str, VerifyResult]]
+    if account is None:
         with store.engine.connect() as conn:
             total = conn.execute(
                 sa.select(sa.func.count(sa.distinct(events_table.c.account_id)))
             ).scalar_one()
-        source: Any = store.account_ids()
+        source = store.verify_all()  # one ordered pass over the log
     else:
-        total, source = 1, accounts
+        total, source = 1, [(account, store.verify(account))]
     results = []
     with progress_bar(show_progress and total > 1) as bar:
         task = bar.add_task("verifying", total=total, unit="accounts")
-        for account_id in source:
-            r = store.verify(account_id)
+        for account_id, r in source:
             results.append(
                 {
                     "account_id": account_id,

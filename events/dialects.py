@@ -15,6 +15,7 @@ import os
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -142,14 +143,25 @@ _sqlite_writer_locks: dict[str, threading.RLock] = {}
 _sqlite_writer_locks_guard = threading.Lock()
 
 
+# Each engine's lock, once found: resolving the file's real path costs a few system calls.
+_sqlite_engine_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
+    lock = _sqlite_engine_locks.get(engine)
+    if lock is not None:
+        return lock
     database = engine.url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         key = os.path.realpath(database)
     else:
         key = f"engine:{id(engine)}"  # a private in-memory database
     with _sqlite_writer_locks_guard:
-        return _sqlite_writer_locks.setdefault(key, threading.RLock())
+        lock = _sqlite_writer_locks.setdefault(key, threading.RLock())
+        _sqlite_engine_locks[engine] = lock
+    return lock
 
 
 @contextmanager

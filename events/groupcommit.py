@@ -31,7 +31,7 @@ class _Slot(Generic[T, R]):
 
     def __init__(self, item: T):
         self.item = item
-        self.wake = threading.Event()
+        self.wake: threading.Event | None = None  # a thread that waits has one (``submit``)
         self.finished = False
         self.result: R | None = None
         self.error: BaseException | None = None
@@ -59,8 +59,10 @@ class GroupCommit(Generic[T, R]):
             self._busy = True
             if lead:
                 self._leading = slot
+            else:
+                slot.wake = threading.Event()
         try:
-            if not lead:
+            if slot.wake is not None:
                 slot.wake.wait()
             if not slot.finished:  # leading, or handed the lead: this slot is still pending
                 self._lead(slot)
@@ -84,6 +86,7 @@ class GroupCommit(Generic[T, R]):
         """With ``_lock`` held: wake the next leader, or go idle."""
         if self._pending:
             self._leading = self._pending[0]
+            assert self._leading.wake is not None  # pending behind a flush: a waiter
             self._leading.wake.set()
         else:
             self._leading = None
@@ -110,6 +113,7 @@ class GroupCommit(Generic[T, R]):
         finally:
             for slot in batch:
                 slot.finished = True
-                slot.wake.set()
+                if slot.wake is not None:
+                    slot.wake.set()
             with self._lock:
                 self._hand_over()

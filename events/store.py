@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -200,6 +201,11 @@ class _SQL:
             f"SELECT {verify_columns} FROM events WHERE account_id = {p} AND version > {p} "
             f"ORDER BY version LIMIT {p}"
         )
+        # Every stream in one pass, in (account, version) order along the unique index.
+        self.verify_all = (
+            f"SELECT {verify_columns} FROM events WHERE (account_id, version) > ({p}, {p}) "
+            f"ORDER BY account_id, version LIMIT {p}"
+        )
         if pg:
             row = f"({p}::uuid, {p}, {p}, {p}, {p}, {p}::jsonb, {p}::jsonb, {p}, {p}, {p}, {p})"
         else:
@@ -357,6 +363,7 @@ _canonical_from_text = fastjson.canonical_from_text
 
 # A row's version, prev_hash and hash.
 _link: Callable[[Sequence[Any]], tuple[int, str, str]] = operator.itemgetter(3, 10, 11)
+_account_of: Callable[[Sequence[Any]], str] = operator.itemgetter(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,6 +684,23 @@ class EventStore:
         """
         matches = _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
         return verify_links(self._verify_rows(account_id), _link, matches)
+
+    def verify_all(self) -> Iterator[tuple[str, VerifyResult]]:
+        """``(account_id, verify(account_id))`` for every stream, in account order, from one
+        ordered pass over the log (pages along the ``(account_id, version)`` index) instead of
+        a query per stream. Streams appended to meanwhile are checked as far as the pass saw."""
+        matches = _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
+        for account_id, rows in itertools.groupby(self._all_verify_rows(), _account_of):
+            yield account_id, verify_links(rows, _link, matches)
+
+    def _all_verify_rows(self) -> Iterator[Sequence[Any]]:
+        after: tuple[str, int] = ("", 0)
+        while True:
+            page = self._fetch(self._sql.verify_all, (*after, _VERIFY_PAGE))
+            yield from page
+            if len(page) < _VERIFY_PAGE:
+                return
+            after = (page[-1][2], page[-1][3])
 
     def _verify_rows(self, account_id: str) -> Iterator[Sequence[Any]]:
         after = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,9 +16,13 @@ JSON = dict[str, Any]
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID as text: ``str(uuid.uuid4())``, without building a UUID."""
+    """A time-ordered (version 7, RFC 9562) UUID as text: 48 bits of Unix milliseconds, then
+    74 random bits. Ids made later sort later (within a millisecond, in no particular order),
+    so the unique index on ``event_id`` grows at its right edge instead of dirtying a random
+    page per insert: a commit of 100 events writes a few index pages, not dozens."""
     raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[0:6] = time.time_ns().__floordiv__(1_000_000).to_bytes(6, "big")
+    raw[6] = (raw[6] & 0x0F) | 0x70
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

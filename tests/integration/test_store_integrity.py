@@ -169,6 +169,31 @@ def test_verify_finds_the_version_whose_field_was_changed(
     assert intact.ok and intact.events == EVENTS_PER_STREAM
 
 
+@pytest.mark.parametrize("page", [3, 1000])
+def test_verify_all_gives_every_streams_verify_in_one_pass(
+    store: EventStore, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    # Pages of 3 rows split streams of 5; the broken streams' rest must not leak into the next.
+    monkeypatch.setattr("events.store._VERIFY_PAGE", page)
+    accounts = ["a", "b@1", "c@3", "d", "e@5", "f"]
+    for account in accounts:
+        fill(store, account)
+    store.append("f", EVENTS_PER_STREAM, [new(6)])
+    drop_triggers(engine)
+    with engine.begin() as conn:
+        for account in accounts:
+            if "@" in account:
+                TAMPERING["payload"][0](conn, account, int(account.split("@")[1]))
+        delete_event(conn, "d", 2)
+
+    results = list(store.verify_all())
+
+    assert [account for account, _ in results] == sorted(accounts)
+    assert results == [(account, store.verify(account)) for account in sorted(accounts)]
+    assert [r.ok for _, r in results] == [True, False, False, False, False, True]
+    assert dict(results)["f"].events == EVENTS_PER_STREAM + 1
+
+
 def test_verify_finds_an_event_deleted_from_the_middle(
     store: EventStore, engine: sa.Engine
 ) -> None:
