@@ -68,7 +68,9 @@ def _configure_postgres(engine: Engine) -> None:
     is one idle for longer than ``POSTGRES_IDLE_PING_SECONDS``, for whatever gives no sign. A
     ``DisconnectionError`` raised here makes the pool connect afresh.
 
-    Also: json and jsonb values are parsed by ``fastjson.loads`` (exactly ``json.loads``).
+    Also: json and jsonb values are parsed by ``fastjson.loads`` (exactly ``json.loads``), and
+    the session's time zone is UTC, so ``timestamptz`` values come back in UTC already (psycopg
+    gives them ``datetime.UTC``, which ``to_utc`` passes through instead of converting each).
     """
     from psycopg.types.json import set_json_loads
 
@@ -76,6 +78,12 @@ def _configure_postgres(engine: Engine) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # json and jsonb come back as ``json.loads`` gives them, only faster (``fastjson``).
         set_json_loads(fastjson.loads, dbapi_conn)
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True  # a session setting, outside any transaction
+        try:
+            dbapi_conn.execute("SET TIME ZONE 'UTC'")
+        finally:
+            dbapi_conn.autocommit = autocommit
 
     @sa.event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_conn: Any, record: Any) -> None:

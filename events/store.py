@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from events import dialects, fastjson
+from events import dialects, fastjson, readahead
 from events.chain import (
     GENESIS_HASH,
     canonical_document,
@@ -364,6 +364,8 @@ _canonical_from_text = fastjson.canonical_from_text
 # A row's version, prev_hash and hash.
 _link: Callable[[Sequence[Any]], tuple[int, str, str]] = operator.itemgetter(3, 10, 11)
 _account_of: Callable[[Sequence[Any]], str] = operator.itemgetter(2)
+_stream_key_of: Callable[[Sequence[Any]], tuple[str, int]] = operator.itemgetter(2, 3)
+_position_of: Callable[[Sequence[Any]], int] = operator.itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,13 +642,18 @@ class EventStore:
         return [decode(r) for r in self._fetch(sql.all, (after_position, limit))]
 
     def iter_all(self, after_position: int = 0, page_size: int = 1000) -> Iterator[RecordedEvent]:
-        """Every event after ``after_position`` in keyset pages (constant memory)."""
-        while True:
-            page = self.read_all(after_position, page_size)
-            yield from page
-            if len(page) < page_size:
-                return
-            after_position = page[-1].position
+        """Every event after ``after_position`` in keyset pages (constant memory), the next page
+        read ahead while the caller works on this one (``readahead``)."""
+        sql = self._sql
+        decode = _event_from_postgres if sql.postgres else _event_from_sqlite
+        rows = readahead.paged(
+            lambda after: self._fetch(sql.all, (after, page_size)),
+            _position_of,
+            after_position,
+            page_size,
+            ahead=sql.postgres,
+        )
+        return map(decode, rows)
 
     def max_position(self) -> int:
         with self.engine.connect() as conn:
@@ -694,13 +701,14 @@ class EventStore:
             yield account_id, verify_links(rows, _link, matches)
 
     def _all_verify_rows(self) -> Iterator[Sequence[Any]]:
-        after: tuple[str, int] = ("", 0)
-        while True:
-            page = self._fetch(self._sql.verify_all, (*after, _VERIFY_PAGE))
-            yield from page
-            if len(page) < _VERIFY_PAGE:
-                return
-            after = (page[-1][2], page[-1][3])
+        sql, size = self._sql, _VERIFY_PAGE
+        return readahead.paged(
+            lambda after: self._fetch(sql.verify_all, (*after, size)),
+            _stream_key_of,
+            ("", 0),
+            size,
+            ahead=sql.postgres,
+        )
 
     def _verify_rows(self, account_id: str) -> Iterator[Sequence[Any]]:
         after = 0

@@ -142,14 +142,14 @@ def test_iter_all_reads_in_pages_of_constant_size(
     for n in range(10):
         store.append(f"acct_{n % 3}", None, [new(n=n)])
     calls: list[tuple[int, int, int]] = []
-    read_all = store.read_all
+    fetch = store._fetch
 
-    def spy(after_position: int = 0, limit: int = 500) -> list:
-        page = read_all(after_position, limit)
-        calls.append((after_position, limit, len(page)))
+    def spy(statement: str, params: tuple[int, int]) -> list:
+        page = fetch(statement, params)
+        calls.append((*params, len(page)))
         return page
 
-    monkeypatch.setattr(store, "read_all", spy)
+    monkeypatch.setattr(store, "_fetch", spy)
 
     events = list(store.iter_all(page_size=4))
 
@@ -237,3 +237,18 @@ def test_old_events_read_back_in_the_new_shape_and_still_verify(store: EventStor
     assert records[0].data == {"factor": 0.25, "reason": "spam burst"}
     assert store.read_stream("acct_1") == records
     assert store.verify("acct_1").ok
+
+
+def test_times_come_back_in_utc_itself(store: EventStore) -> None:
+    # PostgreSQL sessions are set to UTC, so psycopg hands back datetime.UTC and nothing needs
+    # converting; an Etc/UTC session would give a ZoneInfo, converted on every read. SQLite
+    # stores the text that the reader parses as UTC.
+    store.append("acct_1", None, [new(n=1)])
+    [row] = store._fetch(store._sql.all, (0, 10))
+    [event] = store.read_all()
+
+    if store._sql.postgres:
+        assert row[8].tzinfo is UTC and row[9].tzinfo is UTC
+    else:
+        assert isinstance(row[9], str) and row[9][10] == " "
+    assert event.recorded_at.tzinfo is UTC and event.occurred_at.tzinfo is UTC
