@@ -44,20 +44,20 @@ def paged(
         yield from page
     if len(page) < page_size:
         return
-    ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+    handed: queue.Queue[Any] = queue.Queue(maxsize=1)  # pages read, for the caller
     stop = threading.Event()
 
     def read(key: Any) -> None:
         try:
             while not stop.is_set():
                 rows = fetch(key)
-                if not _offer(ahead, rows, stop) or len(rows) < page_size:
+                if not _offer(handed, rows, stop) or len(rows) < page_size:
                     break
                 key = next_key(rows[-1])
         except BaseException as exc:  # the caller raises it
-            _offer(ahead, exc, stop)
+            _offer(handed, exc, stop)
             return
-        _offer(ahead, _END, stop)
+        _offer(handed, _END, stop)
 
     reader = threading.Thread(
         target=read, args=(next_key(page[-1]),), name="events-read-ahead", daemon=True
@@ -65,7 +65,7 @@ def paged(
     reader.start()
     try:
         while True:
-            item = ahead.get()
+            item = handed.get()
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -76,11 +76,11 @@ def paged(
         reader.join()
 
 
-def _offer(ahead: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+def _offer(handed: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     """Put ``item`` for the caller; False if the caller has gone meanwhile."""
     while not stop.is_set():
         try:
-            ahead.put(item, timeout=_PUT_POLL_S)
+            handed.put(item, timeout=_PUT_POLL_S)
             return True
         except queue.Full:
             continue
