@@ -9,7 +9,9 @@ previous flush. No thread leads twice in a row for others, so none is held back 
 A thread interrupted while it waits or leads (a time limit, ``KeyboardInterrupt``) withdraws its
 item if it was not written yet and passes the lead on: the others never hang. If the leader is
 interrupted during a flush, the outcome of that batch is unknown to the others: they get
-``FlushInterrupted``, never the leader's interruption as if it were theirs.
+``FlushInterrupted``, never the leader's interruption as if it were theirs. When a flush raises,
+every thread of its batch raises a copy of that error of its own (same type and attributes),
+so their tracebacks do not mix.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class GroupCommit(Generic[T, R]):
                 raise RuntimeError(f"flush returned {len(results)} results for {len(batch)} items")
         except Exception as exc:
             for slot in batch:
-                slot.error = exc
+                slot.error = exc if slot is own else _own_copy(exc)
         except BaseException as exc:
             interrupted = FlushInterrupted("the flush of this batch was interrupted")
             for slot in batch:
@@ -117,3 +119,20 @@ class GroupCommit(Generic[T, R]):
                     slot.wake.set()
             with self._lock:
                 self._hand_over()
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """``exc`` for another thread to raise: a copy of its own (same type, arguments, attributes,
+    cause, context and traceback so far), so that each thread's raise extends its own traceback
+    instead of all of them rewriting one; ``exc`` itself if it cannot be copied that way."""
+    cls = type(exc)
+    try:
+        clone = cls.__new__(cls, *exc.args)  # as unpickling does: ``__init__`` is not run again
+        clone.args = exc.args
+        if hasattr(exc, "__dict__"):
+            clone.__dict__.update(exc.__dict__)
+    except Exception:
+        return exc
+    clone.__cause__, clone.__context__ = exc.__cause__, exc.__context__
+    clone.__suppress_context__ = exc.__suppress_context__
+    return clone.with_traceback(exc.__traceback__)

@@ -213,3 +213,56 @@ def _recording_calls(
             outcomes[name] = exc
 
     return call
+
+
+class _Refused(Exception):
+    def __init__(self, account_id: str, version: int) -> None:
+        super().__init__(f"{account_id} is not at version {version}")
+        self.account_id = account_id
+
+
+def test_each_thread_of_a_failed_batch_raises_its_own_copy_of_the_error() -> None:
+    first_started, release_first = threading.Event(), threading.Event()
+    flushes: list[list[int]] = []
+
+    def flush(items: Sequence[int]) -> list[int]:
+        flushes.append(list(items))
+        if len(flushes) == 1:
+            first_started.set()
+            assert release_first.wait(10)
+            return list(items)
+        raise _Refused("acct_1", 3) from KeyError("cause")
+
+    group: GroupCommit[int, int] = GroupCommit(flush)
+    errors: dict[int, BaseException] = {}
+
+    def call(i: int) -> None:
+        try:
+            group.submit(i)
+        except _Refused as exc:
+            errors[i] = exc
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert first_started.wait(10)
+    threads = [threading.Thread(target=call, args=(i,)) for i in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    while len(group._pending) < 3:
+        time.sleep(0.001)
+    release_first.set()
+    for t in [first, *threads]:
+        t.join(10)
+
+    assert flushes[1] == [1, 2, 3] and sorted(errors) == [1, 2, 3]
+    raised = list(errors.values())
+    assert len({id(e) for e in raised}) == 3  # one object per thread
+    for exc in raised:
+        assert type(exc) is _Refused and exc.args == ("acct_1 is not at version 3",)
+        assert exc.account_id == "acct_1" and isinstance(exc.__cause__, KeyError)
+        frames = []
+        tb = exc.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        assert frames.count("call") == 1 and "flush" in frames  # its own raise, then the flush's
