@@ -18,6 +18,7 @@ retried (the gateway is waiting). Fork-safe: a child process drops the parent's 
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any, TypeGuard
@@ -44,11 +45,22 @@ class Packed:
 
 
 class Wire:
-    """Sends packed commands over connections of ``client``'s pool, kept for this purpose."""
+    """Sends packed commands over connections of ``client``'s pool, kept for this purpose.
+
+    It keeps at most half of the pool's connections (``max_connections``, 100 by default), and
+    at most ``MAX_KEPT``: the rest of the pool stays for the client's other commands (with a
+    ``BlockingConnectionPool`` they would wait forever otherwise). A call that finds none of
+    its connections idle and may keep no more borrows one from the pool as any command does.
+    """
+
+    MAX_KEPT = 64
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
         self._idle: list[Any] = []  # pop/append are atomic: no lock
+        self._kept = 0
+        self._max_kept = max(1, min(self.MAX_KEPT, int(self._pool.max_connections) // 2))
+        self._keeping = threading.Lock()
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_connections(me))
 
@@ -58,18 +70,40 @@ class Wire:
         try:
             conn = self._idle.pop()
         except IndexError:
-            conn = self._pool.get_connection()  # kept by the gate, never released
+            conn = self._keep_one()
+            if conn is None:
+                return self._borrowed(command)
         try:
-            try:
-                conn.send_packed_command((command,), check_health=False)
-                return conn.read_response()
-            except redis.ConnectionError:
-                # A connection the server closed (restart, idle timeout): redis-py has
-                # disconnected it; the send reconnects. A second failure is the answer.
-                conn.send_packed_command((command,), check_health=False)
-                return conn.read_response()
+            return _send(conn, command)
         finally:
             self._idle.append(conn)
+
+    def _keep_one(self) -> Any:
+        """A new connection to keep, or None when as many are kept as may be."""
+        with self._keeping:
+            if self._kept >= self._max_kept:
+                return None
+            conn = self._pool.get_connection()  # kept by the wire, never released
+            self._kept += 1
+            return conn
+
+    def _borrowed(self, command: bytes) -> Any:
+        conn = self._pool.get_connection()
+        try:
+            return _send(conn, command)
+        finally:
+            self._pool.release(conn)
+
+
+def _send(conn: Any, command: bytes) -> Any:
+    try:
+        conn.send_packed_command((command,), check_health=False)
+        return conn.read_response()
+    except redis.ConnectionError:
+        # A connection the server closed (restart, idle timeout): redis-py has disconnected
+        # it; the send reconnects. A second failure is the answer.
+        conn.send_packed_command((command,), check_health=False)
+        return conn.read_response()
 
 
 def usable(client: object) -> TypeGuard[redis.Redis]:
@@ -83,3 +117,5 @@ def _forget_connections(ref: weakref.ref[Wire]) -> None:
     wire = ref()
     if wire is not None:
         wire._idle.clear()  # the parent's sockets: not ours to use or close
+        wire._kept = 0
+        wire._keeping = threading.Lock()  # it may have been held by another thread

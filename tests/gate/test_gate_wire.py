@@ -110,3 +110,33 @@ def test_the_wire_returns_error_replies_and_keeps_the_connection(redis_url: str)
     assert wire.call(Packed(("ECHO",)).with_last(7)) == b"7"
     assert len(wire._idle) == 1
     client.close()
+
+
+def test_the_wire_keeps_at_most_half_the_pool_and_borrows_beyond(redis_url: str) -> None:
+    # A blocking pool of 4: the wire keeps 2, so the client's other commands always find one.
+    client = redis.Redis(
+        connection_pool=redis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=4, timeout=2
+        )
+    )
+    wire = Wire(client)
+    slow = "local s = redis.call('TIME') repeat local t = redis.call('TIME') until " + (
+        "(t[1] - s[1]) * 1000000 + t[2] - s[2] > 30000 return ARGV[1]"
+    )
+    echo = Packed(("EVAL", slow, 0))  # 30 ms each: the six calls hold connections together
+    start, results = threading.Barrier(6), []
+
+    def check(i: int) -> None:
+        start.wait()
+        results.append(int(wire.call(echo.with_last(i))))
+
+    threads = [threading.Thread(target=check, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+    assert sorted(results) == list(range(6))
+    assert wire._kept <= 2 and len(wire._idle) <= 2
+    assert client.ping()  # not starved: at most 2 of the 4 are kept
+    client.close()
