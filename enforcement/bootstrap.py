@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from enforcement.gate import Gate
@@ -46,11 +48,30 @@ class Container:
         self.engine.dispose()
 
 
+# SQLite connections the pool keeps besides one per worker thread: the API's request threads,
+# the relay, the sweep. SQLAlchemy's default keeps 5 and closes every connection beyond them
+# when it is returned; the next one opened runs the connection PRAGMAs and reads the schema
+# again, which under concurrent requests and embedded workers happened hundreds of times a
+# second. An idle SQLite connection is a file handle and a page cache.
+SQLITE_POOL_EXTRA = 16
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """Options for ``create_engine`` beyond the URL: on SQLite, a pool that keeps a connection
+    for each thread that may hold one at a time."""
+    url = sa.make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return {}  # another database, or SQLite in memory (one connection per thread)
+    if "memory" in str(url.query.get("mode", "")):
+        return {}
+    return {"pool_size": settings.worker_threads + SQLITE_POOL_EXTRA, "max_overflow": 40}
+
+
 def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> Container:
     """Wire the application from ``settings`` (default: the environment)."""
     settings = settings or Settings.from_env()
     policy = load_policy(settings.policy_file)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **engine_options(settings))
     store = EventStore(engine, clock=clock)
     standings = StandingRepository(store)
     service = EnforcementService(store=store, standings=standings, policy=policy, clock=clock)

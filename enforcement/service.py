@@ -171,8 +171,13 @@ class EnforcementService:
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
         causation_id: str | None = None,
+        key_checked_by_append: bool = False,
     ) -> Outcome:
-        if idempotency_key is not None:
+        """Load, decide, append (retried on a concurrent writer). With an idempotency key, an
+        earlier result for it is returned without deciding again; ``key_checked_by_append``:
+        leave that look-up to the append itself (it makes the same one before writing), for a
+        ``decide`` that never refuses, so that a first use costs one look-up rather than two."""
+        if idempotency_key is not None and not key_checked_by_append:
             assert fingerprint is not None
             previous = self.store.recorded_for_key(idempotency_key, fingerprint)
             if previous is not None:
@@ -293,8 +298,7 @@ class EnforcementService:
             now = to_utc(self.clock())
             settled: list[tuple[int, ItemResult]] = []
             pending: list[tuple[int, StandingState, list[NewEvent]]] = []
-            with self.store.engine.connect() as conn:
-                states = {a: self.standings.load(a, conn) for a in accounts}
+            states = {a: self.standings.load(a) for a in accounts}
             for index in indexes:
                 account_id, report, _, _ = items[index]
                 state = states[account_id]
@@ -420,6 +424,7 @@ class EnforcementService:
             idempotency_key=idempotency_key,
             fingerprint=idempotency_key,
             causation_id=causation_id,
+            key_checked_by_append=idempotency_key is not None,
         )
 
     def record_facts(
@@ -467,8 +472,7 @@ class EnforcementService:
         accounts = [facts[i].account_id for i in indexes]
         with self._accounts_locked(accounts):
             now = to_utc(self.clock())
-            with self.store.engine.connect() as conn:
-                states = [self.standings.load(a, conn) for a in accounts]
+            states = [self.standings.load(a) for a in accounts]
             appends = []
             for index, state in zip(indexes, states, strict=True):
                 fact = facts[index]

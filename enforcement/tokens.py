@@ -56,6 +56,17 @@ class TokenAuthenticator:
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of ``token`` if a lookup less than ``cache_seconds`` ago found it;
+        None when only ``authenticate`` (which may read the database) can tell."""
+        if not token or len(token) > 200:
+            return None
+        with self._lock:
+            hit = self._cache.get(_digest(token))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return None
+
     def authenticate(self, token: str) -> Principal | None:
         if not token or len(token) > 200:
             return None

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby, islice
@@ -36,7 +36,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from events import EventStore, RecordedEvent, dialects
@@ -63,10 +62,17 @@ class StandingRepository:
 
     def load(self, account_id: str, conn: Connection | None = None) -> StandingState:
         """The account's current accumulator: the stored rows (or a remembered state) plus any
-        events after them."""
+        events after them.
+
+        Without ``conn``: the rows and the stream's version in one statement (one snapshot, so
+        they agree; ``read_state_and_head``), and only when the log is ahead of the rows the
+        events after them in another (``EventStore.read_stream``), each on a pooled connection
+        of its own without a transaction around them: events are never changed, so a tail read
+        later only holds more of them, and rows plus tail are still the state at the tail's
+        last event. One round trip on PostgreSQL when the rows are current.
+        """
         if conn is None:
-            with self.store.engine.connect() as own:
-                return self.load(account_id, own)
+            return self._load_alone(account_id)
         with self._cache_lock:
             remembered = self._cache.get(account_id)
             if remembered is not None:
@@ -76,6 +82,21 @@ class StandingRepository:
             return apply_all(remembered, tail) if tail else remembered
         state = read_state(conn, account_id) or StandingState.empty(account_id)
         tail = self.store.read_stream(account_id, after_version=state.version, conn=conn)
+        return apply_all(state, tail) if tail else state
+
+    def _load_alone(self, account_id: str) -> StandingState:
+        with self._cache_lock:
+            remembered = self._cache.get(account_id)
+            if remembered is not None:
+                self._cache.move_to_end(account_id)
+        if remembered is None:
+            stored, head_version = read_state_and_head(self.store.engine, account_id)
+            state = stored or StandingState.empty(account_id)
+            if head_version == state.version:
+                return state  # the rows are at the head of the log: no events after them
+        else:
+            state = remembered
+        tail = self.store.read_stream(account_id, after_version=state.version)
         return apply_all(state, tail) if tail else state
 
     def save(
@@ -128,7 +149,12 @@ class AfterAppend:
         for event in recorded:
             by_account.setdefault(event.account_id, []).append(event)
         self.saved = {a: apply_all(self.states[a], e) for a, e in by_account.items()}
-        write_states(conn, [(self.states[a], s) for a, s in self.saved.items()])
+        # A stream whose first event this append recorded had no state before it: whatever
+        # rows it may have are of no state of this log, and its whole state is what to write.
+        new_streams = {a for a, e in by_account.items() if e[0].version == 1}
+        changes = [(self.states[a], s) for a, s in self.saved.items()]
+        # The append holds the append lock already: no second round trip to take it again.
+        write_states(conn, changes, new_streams=new_streams, append_locked=True)
 
 
 # --------------------------------------------------------------------------- statements
@@ -164,14 +190,6 @@ _VERSIONS_OF = sa.select(standings.c.account_id, standings.c.version, standings.
 _VERSION_OF = sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
     standings.c.account_id == sa.bindparam("a")
 )
-_DELETE_RECORDS_OF = standing_records.delete().where(
-    _R.account_id.in_(sa.bindparam("ids", expanding=True))
-)
-_DELETE_RECORD = standing_records.delete().where(
-    _R.account_id == sa.bindparam("a"),
-    _R.kind == sa.bindparam("k"),
-    _R.record_key == sa.bindparam("r"),
-)
 
 
 # --------------------------------------------------------------------------- reading
@@ -187,6 +205,46 @@ def read_state(conn: Connection, account_id: str) -> StandingState | None:
         kind: [loads_json(r[1]) for r in rows] for kind, rows in groupby(records, key=itemgetter(0))
     }
     return StandingState.from_parts(head, tables)
+
+
+# The head and the records of one account, and the version of its last event, in ONE
+# statement (one snapshot: they agree): the head first (part 0), then the records in table and
+# event order (part 1), then the stream's version (part 2, always one row; NULL: no events).
+_STATE_TEXT = {
+    "sqlite": "SELECT 0, '', 0, state FROM standings WHERE account_id = ? "
+    "UNION ALL SELECT 1, kind, seq, data FROM standing_records WHERE account_id = ? "
+    "UNION ALL SELECT 2, '', max(version), NULL FROM events WHERE account_id = ? "
+    "ORDER BY 1, 2, 3",
+    "postgresql": "SELECT 0, '', 0::bigint, state::text FROM standings WHERE account_id = %s "
+    "UNION ALL SELECT 1, kind, seq, data::text FROM standing_records WHERE account_id = %s "
+    "UNION ALL SELECT 2, '', max(version), NULL FROM events WHERE account_id = %s "
+    "ORDER BY 1, 2, 3",
+}
+
+
+def read_state_and_head(engine: sa.Engine, account_id: str) -> tuple[StandingState | None, int]:
+    """``read_state`` and the stream's version (0 without events), in one statement on a
+    pooled connection of its own: one round trip, and none more when the rows are at the head
+    of the log (the usual case: every append saves them)."""
+    rows = dialects.fetch_all(
+        engine, _STATE_TEXT[engine.dialect.name], (account_id, account_id, account_id)
+    )
+    head_version = int(rows[-1][2] or 0)  # the part-2 row is always there, and last
+    if rows[0][0] != 0:
+        return None, head_version
+    head = loads_json(rows[0][3])
+    if not isinstance(head, dict) or head.get("schema") != STATE_SCHEMA:
+        return None, head_version
+    tables = {
+        kind: [loads_json(r[3]) for r in records]
+        for kind, records in groupby(islice(rows, 1, len(rows) - 1), key=itemgetter(1))
+    }
+    return StandingState.from_parts(head, tables), head_version
+
+
+def read_state_alone(engine: sa.Engine, account_id: str) -> StandingState | None:
+    """``read_state`` in one statement on a pooled connection of its own (one round trip)."""
+    return read_state_and_head(engine, account_id)[0]
 
 
 def read_states(
@@ -249,23 +307,41 @@ class RecordChanges:
     deletes: list[dict[str, Any]]
 
 
-def write_states(conn: Connection, changes: Sequence[Change], *, force: bool = False) -> None:
+def write_states(
+    conn: Connection,
+    changes: Sequence[Change],
+    *,
+    force: bool = False,
+    new_streams: Collection[str] = (),
+    append_locked: bool = False,
+) -> None:
     """Store each change's new state in the caller's transaction: only the difference from its
     base when the rows hold exactly the base, else the whole state. A state not newer than the
     stored one is skipped unless ``force``.
 
-    On PostgreSQL the append lock (``dialects.take_append_lock``, already held by an append)
-    serialises every writer of these rows, so the rows read here are the rows replaced.
+    ``new_streams``: accounts whose first event the caller's transaction appended (under the
+    append lock). They had no state before, so their whole state is written without reading
+    what their rows hold (at most leftovers of no state of this log, replaced).
+
+    On PostgreSQL the append lock (``dialects.take_append_lock``) serialises every writer of
+    these rows, so the rows read here are the rows replaced; it is taken here unless the caller
+    says its transaction holds it already (``append_locked``: an append's ``after_append``).
     """
     if not changes:
         return
-    dialects.take_append_lock(conn)
-    stored = _stored_versions(conn, [new.account_id for _, new in changes])
+    if not append_locked:
+        dialects.take_append_lock(conn)
+    to_read = [new.account_id for _, new in changes if new.account_id not in new_streams]
+    stored = _stored_versions(conn, to_read) if to_read else {}
     whole: list[StandingState] = []
     upserts: list[dict[str, Any]] = []
     deletes: list[dict[str, Any]] = []
     heads: list[StandingState] = []
     for base, new in changes:
+        if new.account_id in new_streams:
+            heads.append(new)
+            whole.append(new)
+            continue
         version = stored.get(new.account_id)
         if version is not None and not force and version >= new.version:
             continue
@@ -279,13 +355,85 @@ def write_states(conn: Connection, changes: Sequence[Change], *, force: bool = F
             upserts += diff.upserts
             deletes += diff.deletes
     if whole:
-        conn.execute(_DELETE_RECORDS_OF, {"ids": [s.account_id for s in whole]})
         upserts += [row for s in whole for row in _all_records(s)]
+    _write_rows(conn, [s.account_id for s in whole], deletes, upserts, heads)
+
+
+class _RowSQL:
+    """The statements that write the stored standings, in one database's parameter style."""
+
+    def __init__(self, dialect_name: str) -> None:
+        pg = dialect_name == "postgresql"
+        p = "%s" if pg else "?"
+        jsonb = "::jsonb" if pg else ""
+        self.postgres = pg
+        self.delete_record = (
+            f"DELETE FROM standing_records WHERE account_id = {p} AND kind = {p} "
+            f"AND record_key = {p}"
+        )
+        self.upsert_record = (
+            "INSERT INTO standing_records (account_id, kind, record_key, seq, data) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}{jsonb}) "
+            "ON CONFLICT (account_id, kind, record_key) DO UPDATE SET data = excluded.data"
+        )
+        self.upsert_head = (
+            "INSERT INTO standings (account_id, version, state, updated_at) "
+            f"VALUES ({p}, {p}, {p}{jsonb}, {p}) "
+            "ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, "
+            "state = excluded.state, updated_at = excluded.updated_at"
+        )
+
+    def delete_records_of(self, count: int) -> str:
+        marks = ", ".join(["%s" if self.postgres else "?"] * count)
+        return f"DELETE FROM standing_records WHERE account_id IN ({marks})"
+
+
+_ROW_SQL = {name: _RowSQL(name) for name in ("sqlite", "postgresql")}
+
+
+def _write_rows(
+    conn: Connection,
+    whole: list[str],
+    deletes: list[dict[str, Any]],
+    upserts: list[dict[str, Any]],
+    heads: list[StandingState],
+) -> None:
+    """Delete every record of the accounts ``whole``, then the records ``deletes``, upsert the
+    records ``upserts`` and the heads of ``heads``: on the driver's connection, in ``conn``'s
+    transaction, the JSON written as text once; on PostgreSQL in one round trip (a pipeline)."""
+    if not heads:
+        return
+    sql = _ROW_SQL[conn.dialect.name]
+    driver = dialects.DriverConnection.of(conn)
+    now = datetime.now(UTC)
+    stamp: Any = now if sql.postgres else sqlite_time_text(now)  # as ``UTCDateTime`` writes it
+    statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+    if whole:
+        statements.append((sql.delete_records_of(len(whole)), [tuple(whole)]))
     if deletes:
-        conn.execute(_DELETE_RECORD, deletes)
+        statements.append((sql.delete_record, [(d["a"], d["k"], d["r"]) for d in deletes]))
     if upserts:
-        conn.execute(_upsert_records(conn), upserts)
-    _write_heads(conn, heads)
+        rows = [
+            (u["account_id"], u["kind"], u["record_key"], u["seq"], _dumps(u["data"]))
+            for u in upserts
+        ]
+        statements.append((sql.upsert_record, rows))
+    head_rows = [(s.account_id, s.version, _dumps(s.head_json()), stamp) for s in heads]
+    statements.append((sql.upsert_head, head_rows))
+
+    def run(dbapi_conn: Any) -> None:
+        if sql.postgres:
+            with dbapi_conn.pipeline(), dbapi_conn.cursor() as cursor:
+                for statement, params in statements:
+                    cursor.executemany(statement, params)
+            return
+        for statement, params in statements:
+            if len(params) == 1:
+                dbapi_conn.execute(statement, params[0])
+            else:
+                dbapi_conn.executemany(statement, params)
+
+    driver.call(sql.upsert_head, run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,60 +599,6 @@ def _row(account_id: str, kind: str, key: str, seq: int, record: Any) -> dict[st
         "seq": seq,
         "data": record_json(record),
     }
-
-
-_UPSERTS: dict[str, Any] = {}
-
-
-def _upsert_records(conn: Connection) -> Any:
-    """Insert a record, or replace its data (keeping its ``seq``) when it exists."""
-    name = conn.dialect.name
-    statement = _UPSERTS.get(name)
-    if statement is None:
-        insert = (postgresql.insert if name == "postgresql" else sqlite.insert)(standing_records)
-        statement = _UPSERTS[name] = insert.on_conflict_do_update(
-            index_elements=[
-                standing_records.c.account_id,
-                standing_records.c.kind,
-                standing_records.c.record_key,
-            ],
-            set_={"data": insert.excluded.data},
-        )
-    return statement
-
-
-_HEAD_UPSERTS: dict[str, Any] = {}
-
-
-def _write_heads(conn: Connection, states: Sequence[StandingState]) -> None:
-    if not states:
-        return
-    name = conn.dialect.name
-    statement = _HEAD_UPSERTS.get(name)
-    if statement is None:
-        insert = (postgresql.insert if name == "postgresql" else sqlite.insert)(standings)
-        excluded = insert.excluded
-        statement = _HEAD_UPSERTS[name] = insert.on_conflict_do_update(
-            index_elements=[standings.c.account_id],
-            set_={
-                "version": excluded.version,
-                "state": excluded.state,
-                "updated_at": excluded.updated_at,
-            },
-        )
-    now = datetime.now(UTC)
-    conn.execute(
-        statement,
-        [
-            {
-                "account_id": s.account_id,
-                "version": s.version,
-                "state": s.head_json(),
-                "updated_at": now,
-            }
-            for s in states
-        ],
-    )
 
 
 __all__ = [

@@ -7,13 +7,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
+from enforcement.api.responses import json_response
 from enforcement.api.schemas import AbuseReportIn, BatchItemIn, ViolationIn
 from enforcement.api.shapes import FUTURE_TOLERANCE
+from enforcement.bootstrap import Container
 from enforcement.policy import ViolationReport
-from enforcement.service import Outcome, request_fingerprint
+from enforcement.service import Actor, Outcome, request_fingerprint
 from events.timefmt import to_utc
 from events.wire import event_to_json
 
@@ -48,11 +51,14 @@ def _report(body: ViolationIn, now: datetime) -> ViolationReport:
 
 def violation_json(account_id: str, outcome: Outcome) -> dict[str, Any]:
     reported = next((e for e in outcome.events if e.type == "ViolationReported"), None)
+    events = [event_to_json(e) for e in outcome.events]  # each event's JSON made once
     return {
         "violation_id": reported.data["violation_id"] if reported else None,
         "account_id": account_id,
-        "decisions": [event_to_json(e) for e in outcome.events if e.type != "ViolationReported"],
-        "events": [event_to_json(e) for e in outcome.events],
+        "decisions": [
+            j for e, j in zip(outcome.events, events, strict=True) if e.type != "ViolationReported"
+        ],
+        "events": events,
         "standing": outcome.standing.to_json(),
     }
 
@@ -60,26 +66,33 @@ def violation_json(account_id: str, outcome: Outcome) -> dict[str, Any]:
 @router.post(
     "/violations",
     status_code=201,
+    response_model=dict[str, Any],
     responses={200: {"description": "The same Idempotency-Key and body again: nothing new."}},
 )
-def report_violation(
+async def report_violation(
     body: ViolationIn,
-    response: Response,
     container: ContainerDep,
     principal: Reporter,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", max_length=200, pattern=r"^[^\x00]+$")
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Record a violation; the policy decides at once. 200 on an idempotent replay."""
+    # One hop to the thread pool for all the blocking work, answer encoding included.
+    return await run_in_threadpool(
+        _report_violation, body, container, actor_of(principal), idempotency_key
+    )
+
+
+def _report_violation(
+    body: ViolationIn, container: Container, actor: Actor, idempotency_key: str | None
+) -> Response:
     report = _report(body, to_utc(container.clock()))
     fingerprint = request_fingerprint(body.model_dump(mode="json", exclude_unset=True))
     outcome = container.service.report_violation(
-        body.account_id, report, actor_of(principal), idempotency_key, fingerprint
+        body.account_id, report, actor, idempotency_key, fingerprint
     )
-    if outcome.replayed:
-        response.status_code = 200
-    return violation_json(body.account_id, outcome)
+    return json_response(violation_json(body.account_id, outcome), 200 if outcome.replayed else 201)
 
 
 @router.post("/violations:batch")
