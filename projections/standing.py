@@ -817,12 +817,16 @@ def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> S
     """The standing at ``as_of`` of a state holding the events recorded up to ``as_of``."""
     as_of = to_utc(as_of)
     cutoff = format_time(as_of - strike_lookback)
-    open_violations = tuple(
-        v.violation_id
-        for v in state.violations.values()
-        if not v.dismissed and v.occurred_at > cutoff
-    )
-    strikes = len(active_strikes(state, as_of, strike_lookback))
+    # One pass for both (``active_strikes`` is the same filter plus ``strike``): the view is
+    # built on every request, and a long history holds thousands of violations.
+    open_ids: list[str] = []
+    strikes = 0
+    for v in state.violations.values():
+        if not v.dismissed and v.occurred_at > cutoff:
+            open_ids.append(v.violation_id)
+            if v.strike:
+                strikes += 1
+    open_violations = tuple(open_ids)
     remediations = tuple(
         OpenRemediation(r.remediation_id, parse_time(r.due_at), r.violation_ids)
         for r in state.remediations.values()
