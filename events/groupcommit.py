@@ -16,6 +16,7 @@ so their tracebacks do not mix.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -125,14 +126,17 @@ def _own_copy(exc: Exception) -> Exception:
     """``exc`` for another thread to raise: a copy of its own (same type, arguments, attributes,
     cause, context and traceback so far), so that each thread's raise extends its own traceback
     instead of all of them rewriting one; ``exc`` itself if it cannot be copied that way."""
-    cls = type(exc)
     try:
-        clone = cls.__new__(cls, *exc.args)  # as unpickling does: ``__init__`` is not run again
-        clone.args = exc.args
-        if hasattr(exc, "__dict__"):
-            clone.__dict__.update(exc.__dict__)
+        clone = copy.copy(exc)  # ``__reduce__``: keeps what built-in errors hold in C slots
     except Exception:
-        return exc
+        cls = type(exc)
+        try:  # an ``__init__`` that does not take ``args`` back: rebuild without running it
+            clone = cls.__new__(cls, *exc.args)
+            clone.args = exc.args
+            if hasattr(exc, "__dict__"):
+                clone.__dict__.update(exc.__dict__)
+        except Exception:
+            return exc
     clone.__cause__, clone.__context__ = exc.__cause__, exc.__context__
     clone.__suppress_context__ = exc.__suppress_context__
     return clone.with_traceback(exc.__traceback__)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 Row = TypeVar("Row")
@@ -29,7 +29,7 @@ def paged(
     page_size: int,
     *,
     ahead: bool = True,
-) -> Iterator[Row]:
+) -> Generator[Row, None, None]:
     """Every row of a keyset-paged read, one page read ahead (unless ``ahead`` is false).
 
     ``fetch(key)`` returns the page after ``key`` (at most ``page_size`` rows); ``next_key(row)``

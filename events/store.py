@@ -653,7 +653,11 @@ class EventStore:
             page_size,
             ahead=sql.postgres,
         )
-        return map(decode, rows)
+        try:
+            for row in rows:
+                yield decode(row)
+        finally:
+            rows.close()  # stops the reader thread when the caller stops early
 
     def max_position(self) -> int:
         with self.engine.connect() as conn:

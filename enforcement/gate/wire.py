@@ -59,7 +59,8 @@ class Wire:
         self._pool = client.connection_pool
         self._idle: list[Any] = []  # pop/append are atomic: no lock
         self._kept = 0
-        self._max_kept = max(1, min(self.MAX_KEPT, int(self._pool.max_connections) // 2))
+        # A pool of one keeps nothing: the client's own commands (SCRIPT LOAD) need it.
+        self._max_kept = min(self.MAX_KEPT, int(self._pool.max_connections) // 2)
         self._keeping = threading.Lock()
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_connections(me))
@@ -79,13 +80,19 @@ class Wire:
             self._idle.append(conn)
 
     def _keep_one(self) -> Any:
-        """A new connection to keep, or None when as many are kept as may be."""
+        """A new connection to keep, or None when as many are kept as may be. The lock only
+        reserves the slot: connecting (which may wait on a slow or absent server) is done
+        outside it, so concurrent checks do not queue behind one another's connect."""
         with self._keeping:
             if self._kept >= self._max_kept:
                 return None
-            conn = self._pool.get_connection()  # kept by the wire, never released
             self._kept += 1
-            return conn
+        try:
+            return self._pool.get_connection()  # kept by the wire, never released
+        except BaseException:
+            with self._keeping:
+                self._kept -= 1
+            raise
 
     def _borrowed(self, command: bytes) -> Any:
         conn = self._pool.get_connection()
@@ -96,14 +103,27 @@ class Wire:
 
 
 def _send(conn: Any, command: bytes) -> Any:
+    """Send and read one reply. A connection error is tried once more on a fresh connection:
+    mostly a connection the server closed while it sat idle (restart, idle timeout, CLIENT
+    KILL), which redis-py's pool would have probed and replaced before use. Should a reply be
+    lost after the script ran, the check is counted twice, as redis-py's retries would.
+    Any other interruption between the send and the reply (a timeout, a signal) disconnects
+    the connection: a reply left unread must never reach the next caller."""
+    try:
+        return _round_trip(conn, command)
+    except redis.ConnectionError:
+        return _round_trip(conn, command)  # the send reconnects; a second failure stands
+
+
+def _round_trip(conn: Any, command: bytes) -> Any:
     try:
         conn.send_packed_command((command,), check_health=False)
         return conn.read_response()
-    except redis.ConnectionError:
-        # A connection the server closed (restart, idle timeout): redis-py has disconnected
-        # it; the send reconnects. A second failure is the answer.
-        conn.send_packed_command((command,), check_health=False)
-        return conn.read_response()
+    except redis.ResponseError:
+        raise  # an error reply, read in full: the connection is clean
+    except BaseException:
+        conn.disconnect()
+        raise
 
 
 def usable(client: object) -> TypeGuard[redis.Redis]:

@@ -140,3 +140,35 @@ def test_the_wire_keeps_at_most_half_the_pool_and_borrows_beyond(redis_url: str)
     assert wire._kept <= 2 and len(wire._idle) <= 2
     assert client.ping()  # not starved: at most 2 of the 4 are kept
     client.close()
+
+
+def test_a_pool_of_one_is_left_to_the_client(redis_url: str) -> None:
+    # The wire keeps none of it: the script still loads (NOSCRIPT) and checks go through.
+    client = redis.Redis(
+        connection_pool=redis.ConnectionPool.from_url(redis_url, max_connections=1)
+    )
+    client.script_flush()
+    gate = RedisGate(client)
+    assert gate.check("acct", "key", tokens=5).remaining_tokens == 1_000_000 - 5
+    assert gate._wire is not None and gate._wire._kept == 0
+    client.close()
+
+
+def test_an_interrupted_call_leaves_no_reply_for_the_next(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    wire = Wire(client)
+    echo = Packed(("ECHO",))
+    assert wire.call(echo.with_last(1)) == b"1"
+    [conn] = wire._idle
+    real_read = conn.read_response
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt  # after the send, before the reply was read
+
+    conn.read_response = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        wire.call(echo.with_last(2))
+    conn.read_response = real_read
+
+    assert wire.call(echo.with_last(3)) == b"3"  # not the "2" left behind
+    client.close()

@@ -266,3 +266,14 @@ def test_each_thread_of_a_failed_batch_raises_its_own_copy_of_the_error() -> Non
             frames.append(tb.tb_frame.f_code.co_name)
             tb = tb.tb_next
         assert frames.count("call") == 1 and "flush" in frames  # its own raise, then the flush's
+
+
+def test_a_copied_built_in_error_keeps_what_it_holds_in_c_slots() -> None:
+    from events.groupcommit import _own_copy
+
+    original = OSError(2, "No such file or directory", "/missing")
+    copied = _own_copy(original)
+    assert copied is not original and type(copied) is type(original)
+    assert (copied.errno, copied.filename, str(copied)) == (2, "/missing", str(original))
+    encode = UnicodeEncodeError("ascii", "é", 0, 1, "ordinal not in range")
+    assert str(_own_copy(encode)) == str(encode)
