@@ -70,12 +70,11 @@ class TokenAuthenticator:
     def authenticate(self, token: str) -> Principal | None:
         if not token or len(token) > 200:
             return None
+        remembered = self.cached(token)
+        if remembered is not None:
+            return remembered
         digest = _digest(token)
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(

@@ -366,6 +366,7 @@ _link: Callable[[Sequence[Any]], tuple[int, str, str]] = operator.itemgetter(3, 
 _account_of: Callable[[Sequence[Any]], str] = operator.itemgetter(2)
 _stream_key_of: Callable[[Sequence[Any]], tuple[str, int]] = operator.itemgetter(2, 3)
 _position_of: Callable[[Sequence[Any]], int] = operator.itemgetter(0)
+_version_of: Callable[[Sequence[Any]], int] = operator.itemgetter(3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -715,13 +716,14 @@ class EventStore:
         )
 
     def _verify_rows(self, account_id: str) -> Iterator[Sequence[Any]]:
-        after = 0
-        while True:
-            page = self._fetch(self._sql.verify, (account_id, after, _VERIFY_PAGE))
-            yield from page
-            if len(page) < _VERIFY_PAGE:
-                return
-            after = page[-1][3]
+        sql, size = self._sql, _VERIFY_PAGE
+        return readahead.paged(
+            lambda after: self._fetch(sql.verify, (account_id, after, size)),
+            _version_of,
+            0,
+            size,
+            ahead=False,  # one stream: mostly a single page
+        )
 
     # ------------------------------------------------------------------ driver-level reads
 
