@@ -60,31 +60,17 @@ class StandingRepository:
         self._cache: OrderedDict[str, StandingState] = OrderedDict()
         self._cache_lock = threading.Lock()
 
-    def load(self, account_id: str, conn: Connection | None = None) -> StandingState:
+    def load(self, account_id: str) -> StandingState:
         """The account's current accumulator: the stored rows (or a remembered state) plus any
         events after them.
 
-        Without ``conn``: the rows and the stream's version in one statement (one snapshot, so
-        they agree; ``read_state_and_head``), and only when the log is ahead of the rows the
-        events after them in another (``EventStore.read_stream``), each on a pooled connection
-        of its own without a transaction around them: events are never changed, so a tail read
-        later only holds more of them, and rows plus tail are still the state at the tail's
-        last event. One round trip on PostgreSQL when the rows are current.
+        The rows and the stream's version come in one statement (one snapshot, so they agree;
+        ``read_state_and_head``), and only when the log is ahead of the rows the events after
+        them in another (``EventStore.read_stream``), each on a pooled connection of its own
+        without a transaction around them: events are never changed, so a tail read later only
+        holds more of them, and rows plus tail are still the state at the tail's last event.
+        One round trip on PostgreSQL when the rows are current.
         """
-        if conn is None:
-            return self._load_alone(account_id)
-        with self._cache_lock:
-            remembered = self._cache.get(account_id)
-            if remembered is not None:
-                self._cache.move_to_end(account_id)
-        if remembered is not None:
-            tail = self.store.read_stream(account_id, after_version=remembered.version, conn=conn)
-            return apply_all(remembered, tail) if tail else remembered
-        state = read_state(conn, account_id) or StandingState.empty(account_id)
-        tail = self.store.read_stream(account_id, after_version=state.version, conn=conn)
-        return apply_all(state, tail) if tail else state
-
-    def _load_alone(self, account_id: str) -> StandingState:
         with self._cache_lock:
             remembered = self._cache.get(account_id)
             if remembered is not None:
@@ -198,9 +184,15 @@ _VERSION_OF = sa.select(standings.c.account_id, standings.c.version, standings.c
 def read_state(conn: Connection, account_id: str) -> StandingState | None:
     """The stored state of one account; None without rows or with rows of another schema."""
     head = conn.execute(_HEAD, {"a": account_id}).scalar()
-    if head is None or head.get("schema") != STATE_SCHEMA:
-        return None
     records = conn.exec_driver_sql(_RECORDS_TEXT[conn.dialect.name], (account_id,))
+    return _state_of(head, records)
+
+
+def _state_of(head: Any, records: Iterable[Sequence[Any]]) -> StandingState | None:
+    """The state from its head document and its ``(kind, data as JSON text)`` records in table
+    and event order; None without a head or with one of another schema."""
+    if not isinstance(head, dict) or head.get("schema") != STATE_SCHEMA:
+        return None
     tables = {
         kind: [loads_json(r[1]) for r in rows] for kind, rows in groupby(records, key=itemgetter(0))
     }
@@ -211,14 +203,16 @@ def read_state(conn: Connection, account_id: str) -> StandingState | None:
 # statement (one snapshot: they agree): the head first (part 0), then the records in table and
 # event order (part 1), then the stream's version (part 2, always one row; NULL: no events).
 _STATE_TEXT = {
-    "sqlite": "SELECT 0, '', 0, state FROM standings WHERE account_id = ? "
-    "UNION ALL SELECT 1, kind, seq, data FROM standing_records WHERE account_id = ? "
-    "UNION ALL SELECT 2, '', max(version), NULL FROM events WHERE account_id = ? "
-    "ORDER BY 1, 2, 3",
-    "postgresql": "SELECT 0, '', 0::bigint, state::text FROM standings WHERE account_id = %s "
-    "UNION ALL SELECT 1, kind, seq, data::text FROM standing_records WHERE account_id = %s "
-    "UNION ALL SELECT 2, '', max(version), NULL FROM events WHERE account_id = %s "
-    "ORDER BY 1, 2, 3",
+    name: (
+        f"SELECT 0, '', 0{bigint}, state{text} FROM standings WHERE account_id = {p} "
+        f"UNION ALL SELECT 1, kind, seq, data{text} FROM standing_records WHERE account_id = {p} "
+        f"UNION ALL SELECT 2, '', max(version), NULL FROM events WHERE account_id = {p} "
+        "ORDER BY 1, 2, 3"
+    )
+    for name, p, bigint, text in (
+        ("sqlite", "?", "", ""),
+        ("postgresql", "%s", "::bigint", "::text"),
+    )
 }
 
 
@@ -232,19 +226,8 @@ def read_state_and_head(engine: sa.Engine, account_id: str) -> tuple[StandingSta
     head_version = int(rows[-1][2] or 0)  # the part-2 row is always there, and last
     if rows[0][0] != 0:
         return None, head_version
-    head = loads_json(rows[0][3])
-    if not isinstance(head, dict) or head.get("schema") != STATE_SCHEMA:
-        return None, head_version
-    tables = {
-        kind: [loads_json(r[3]) for r in records]
-        for kind, records in groupby(islice(rows, 1, len(rows) - 1), key=itemgetter(1))
-    }
-    return StandingState.from_parts(head, tables), head_version
-
-
-def read_state_alone(engine: sa.Engine, account_id: str) -> StandingState | None:
-    """``read_state`` in one statement on a pooled connection of its own (one round trip)."""
-    return read_state_and_head(engine, account_id)[0]
+    records = ((r[1], r[3]) for r in islice(rows, 1, len(rows) - 1))
+    return _state_of(loads_json(rows[0][3]), records), head_version
 
 
 def read_states(

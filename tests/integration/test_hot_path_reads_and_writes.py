@@ -68,8 +68,8 @@ def test_the_rows_read_in_one_statement_are_the_rows_read_one_table_at_a_time(
 
     assert expected is not None and expected.version == system.store.head("acct_r").version
     assert len(expected.violations) == 3
-    assert stored.read_state_alone(system.engine, "acct_r") == expected
-    assert stored.read_state_alone(system.engine, "acct_nobody") is None
+    assert stored.read_state_and_head(system.engine, "acct_r")[0] == expected
+    assert stored.read_state_and_head(system.engine, "acct_nobody")[0] is None
 
 
 def test_rows_of_another_state_schema_are_not_read(system: Container) -> None:
@@ -81,7 +81,7 @@ def test_rows_of_another_state_schema_are_not_read(system: Container) -> None:
             .values(state={"schema": 1, "account_id": "acct_old"})
         )
 
-    assert stored.read_state_alone(system.engine, "acct_old") is None
+    assert stored.read_state_and_head(system.engine, "acct_old")[0] is None
     # The log is the truth: the load folds it and the next command rewrites the row.
     assert system.standings.load("acct_old").version == system.store.head("acct_old").version
     report(system, "acct_old")
