@@ -694,14 +694,13 @@ class EventStore:
         driver gives them: on SQLite the stored JSON texts are hashed as they are when they have
         the shape this store writes (and recomputed as readers decode them when not).
         """
-        matches = _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
-        return verify_links(self._verify_rows(account_id), _link, matches)
+        return verify_links(self._verify_rows(account_id), _link, self._row_matches)
 
     def verify_all(self) -> Iterator[tuple[str, VerifyResult]]:
         """``(account_id, verify(account_id))`` for every stream, in account order, from one
         ordered pass over the log (pages along the ``(account_id, version)`` index) instead of
         a query per stream. Streams appended to meanwhile are checked as far as the pass saw."""
-        matches = _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
+        matches = self._row_matches
         for account_id, rows in itertools.groupby(self._all_verify_rows(), _account_of):
             yield account_id, verify_links(rows, _link, matches)
 
@@ -730,6 +729,11 @@ class EventStore:
     @property
     def _sql(self) -> _SQL:
         return _SQL_BY_DIALECT[self.engine.dialect.name]
+
+    @property
+    def _row_matches(self) -> Callable[[str, Sequence[Any]], bool]:
+        """Whether a row of ``_SQL.verify`` has the hash of its content, on this database."""
+        return _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
         """The rows of one read-only statement (``dialects.fetch_all``)."""

@@ -223,9 +223,9 @@ class _Refused(Exception):
 
 def test_each_thread_of_a_failed_batch_raises_its_own_copy_of_the_error() -> None:
     first_started, release_first = threading.Event(), threading.Event()
-    flushes: list[list[int]] = []
+    flushes: list[list[str]] = []
 
-    def flush(items: Sequence[int]) -> list[int]:
+    def flush(items: Sequence[str]) -> list[str]:
         flushes.append(list(items))
         if len(flushes) == 1:
             first_started.set()
@@ -233,31 +233,26 @@ def test_each_thread_of_a_failed_batch_raises_its_own_copy_of_the_error() -> Non
             return list(items)
         raise _Refused("acct_1", 3) from KeyError("cause")
 
-    group: GroupCommit[int, int] = GroupCommit(flush)
-    errors: dict[int, BaseException] = {}
+    group: GroupCommit[str, str] = GroupCommit(flush)
+    outcomes: dict[str, object] = {}
+    call = _recording_calls(group, outcomes)
 
-    def call(i: int) -> None:
-        try:
-            group.submit(i)
-        except _Refused as exc:
-            errors[i] = exc
-
-    first = threading.Thread(target=call, args=(0,))
+    first = threading.Thread(target=call, args=("0",))
     first.start()
     assert first_started.wait(10)
-    threads = [threading.Thread(target=call, args=(i,)) for i in (1, 2, 3)]
+    threads = [threading.Thread(target=call, args=(name,)) for name in ("1", "2", "3")]
     for t in threads:
         t.start()
-    while len(group._pending) < 3:
-        time.sleep(0.001)
+    _wait_pending(group, 3)
     release_first.set()
     for t in [first, *threads]:
         t.join(10)
 
-    assert flushes[1] == [1, 2, 3] and sorted(errors) == [1, 2, 3]
-    raised = list(errors.values())
+    assert flushes[1] == ["1", "2", "3"]
+    raised = [outcomes[name] for name in ("1", "2", "3")]
     assert len({id(e) for e in raised}) == 3  # one object per thread
     for exc in raised:
+        assert isinstance(exc, _Refused)
         assert type(exc) is _Refused and exc.args == ("acct_1 is not at version 3",)
         assert exc.account_id == "acct_1" and isinstance(exc.__cause__, KeyError)
         frames = []
