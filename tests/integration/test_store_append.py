@@ -318,6 +318,22 @@ def test_a_large_multi_stream_batch_gets_positions_in_event_order(store: EventSt
         assert all(recompute_hash(e) == e.hash for e in store.read_stream(account_id))
 
 
+def test_an_append_of_several_insert_chunks_returns_the_positions_it_stored(
+    store: EventStore,
+) -> None:
+    # More rows than one INSERT takes, after events already in the log: the positions the
+    # append returns are those stored, in order, with no gap from the log's last one.
+    store.append("acct_before", 0, [NewEvent("Noted", {"n": -1}, T0)])
+    before = store.max_position()
+    events = [NewEvent("Noted", {"n": k}, T0) for k in range(1201)]
+
+    recorded = store.append("acct_chunks", 0, events)
+
+    assert [e.position for e in recorded] == list(range(before + 1, before + 1202))
+    assert store.read_all(before, 2000) == recorded
+    assert store.verify("acct_chunks").ok
+
+
 def test_an_event_id_in_another_uuid_spelling_is_stored_canonical_and_verifies(
     store: EventStore,
 ) -> None:
