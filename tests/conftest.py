@@ -90,6 +90,25 @@ def store(engine: sa.Engine) -> EventStore:
     return EventStore(engine)
 
 
+def _migrated_store(url: str) -> Iterator[EventStore]:
+    upgrade(url)
+    engine = create_engine(url)
+    yield EventStore(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_store(pg_url: str) -> Iterator[EventStore]:
+    """A store on a fresh, migrated PostgreSQL database, for what only PostgreSQL has."""
+    yield from _migrated_store(pg_url)
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[EventStore]:
+    """A store on a fresh, migrated SQLite file, for what only SQLite has."""
+    yield from _migrated_store(sqlite_url)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real ``redis-server`` for the session (gate and workers suites)."""

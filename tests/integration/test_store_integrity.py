@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from enforcement.migrations import upgrade
 from events import (
     AppendOnlyViolation,
     EventStore,
     NewEvent,
     chain_hash,
-    create_engine,
     hashed_fields,
 )
 from events.dialects import APPEND_ONLY_MESSAGE, drop_append_only_ddl
@@ -40,15 +38,6 @@ def fill(store: EventStore, account_id: str) -> list:
 def snapshot(engine: sa.Engine) -> list:
     with engine.connect() as conn:
         return conn.execute(sa.select(events).order_by(events.c.position)).all()
-
-
-@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
-def pg_store(pg_url: str) -> Iterator[EventStore]:
-    """A migrated PostgreSQL database, for what only PostgreSQL has."""
-    upgrade(pg_url)
-    engine = create_engine(pg_url)
-    yield EventStore(engine)
-    engine.dispose()
 
 
 # ---------------------------------------------------------------- the database refuses
@@ -81,6 +70,7 @@ def test_the_database_refuses_update_and_delete(store: EventStore, engine: sa.En
     assert store.verify("acct_1").ok
 
 
+@pytest.mark.postgres
 def test_postgresql_refuses_truncate_and_names_each_refused_operation(
     pg_store: EventStore,
 ) -> None:

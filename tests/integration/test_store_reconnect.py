@@ -4,27 +4,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from enforcement.migrations import upgrade
-from events import EventStore, NewEvent, create_engine, dialects
+from events import EventStore, NewEvent, dialects
 from tests.conftest import pg_admin_url
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_store(pg_url: str) -> Iterator[EventStore]:
-    upgrade(pg_url)
-    engine = create_engine(pg_url)
-    yield EventStore(engine)
-    engine.dispose()
 
 
 def new(n: int) -> NewEvent:

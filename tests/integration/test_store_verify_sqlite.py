@@ -6,7 +6,6 @@ text does not match is still judged by the recipe alone."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,32 +13,13 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_store_append import json_text, json_values
 
-from enforcement.migrations import upgrade
-from events import EventStore, NewEvent, canonical_json, create_engine, hashed_fields
+from events import EventStore, NewEvent, canonical_json, hashed_fields
 from events.chain import GENESIS_HASH
 from events.store import _SQLITE_HASHED
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
-
-text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=10)
-values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | text,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
-    max_leaves=6,
-)
-
-
-@pytest.fixture
-def sqlite_store(sqlite_url: str) -> Iterator[EventStore]:
-    upgrade(sqlite_url)
-    engine = create_engine(sqlite_url)
-    yield EventStore(engine)
-    engine.dispose()
 
 
 def database_text(store: EventStore, account_id: str, version: int) -> Any:
@@ -54,10 +34,10 @@ def database_text(store: EventStore, account_id: str, version: int) -> Any:
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    account=text.filter(bool),
-    type_=text.filter(bool),
-    data=st.dictionaries(text, values, max_size=4),
-    metadata=st.dictionaries(text, values, max_size=2),
+    account=json_text.filter(bool),
+    type_=json_text.filter(bool),
+    data=st.dictionaries(json_text, json_values, max_size=4),
+    metadata=st.dictionaries(json_text, json_values, max_size=2),
 )
 def test_the_database_builds_the_recipes_text_of_every_event_this_store_writes(
     sqlite_store: EventStore, account: str, type_: str, data: dict, metadata: dict
