@@ -223,6 +223,10 @@ class DriverConnection:
         """Run one statement; its cursor (fetch inside ``call`` where fetching may fail)."""
         return self.call(statement, lambda c: c.execute(statement, params), params)
 
+    def invalidate(self) -> None:
+        """Discard the connection: the pool closes it instead of handing it out again."""
+        self._invalidate()
+
 
 def driver_call(
     conn: Connection, statement: str, call: Callable[[Any], R], params: Any = None

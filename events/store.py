@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -21,7 +22,7 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -111,6 +112,7 @@ class StreamAppend:
     of the events) is this stream's own key, so that appends with keys of their own can share
     one transaction: if any of them was used before, ``append_streams`` records nothing and
     raises ``StreamKeyUsed`` (append that one alone to get its earlier result).
+
     """
 
     account_id: str
@@ -243,7 +245,7 @@ class _SQL:
             row = "(" + ", ".join([p] * 11) + ")"
         self._insert = f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES "
         self._row = row
-        self.insert_one = self._insert + row + (" RETURNING position" if pg else "")
+        self.insert_one = self._insert + row + (" RETURNING position, event_id::text" if pg else "")
         key = "key" if pg else '"key"'
         self.key = f"SELECT fingerprint, event_ids FROM idempotency_keys WHERE {key} = {p}"
         self.by_id = f"SELECT {columns} FROM events WHERE event_id = {p}{'::uuid' if pg else ''}"
@@ -491,6 +493,13 @@ class EventStore:
         write = _Write(
             appends, documents, idempotency_key, fingerprint, to_utc(self._clock()), after_append
         )
+        if (
+            sql.postgres
+            and len(appends) == 1
+            and appends[0].expected_version == 0
+            and all(d is not None for d in documents[0])
+        ):
+            return [self._write_alone(write, new_stream=True)]
         keyed = idempotency_key is not None or any(a.idempotency_key is not None for a in appends)
         if keyed and sql.postgres:
             # Alone: on PostgreSQL a key's row may have to wait for another transaction's,
@@ -502,16 +511,30 @@ class EventStore:
             raise outcome
         return outcome
 
-    def _write_alone(self, write: _Write) -> list[list[RecordedEvent]]:
-        """One append in a transaction of its own."""
+    @overload
+    def _write_alone(self, write: _Write) -> list[list[RecordedEvent]]: ...
+
+    @overload
+    def _write_alone(self, write: _Write, *, new_stream: bool) -> list[RecordedEvent]: ...
+
+    def _write_alone(
+        self, write: _Write, *, new_stream: bool = False
+    ) -> list[list[RecordedEvent]] | list[RecordedEvent]:
+        """One append in a transaction of its own; ``new_stream``: the first events of one
+        stream, on PostgreSQL, in one round trip (``_write_new_stream``)."""
         sql = self._sql
         try:
             if write.after_append is None:
                 # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
                 with dialects.write_transaction(self.engine) as driver:
+                    if new_stream:
+                        return _write_new_stream(driver, sql, write, None)
                     return write.run(driver, sql)
             with dialects.write_connection(self.engine) as conn, conn.begin():
-                return write.run(dialects.DriverConnection.of(conn), sql, conn)
+                driver = dialects.DriverConnection.of(conn)
+                if new_stream:
+                    return _write_new_stream(driver, sql, write, conn)
+                return write.run(driver, sql, conn)
         except IntegrityError as exc:
             raise _translate_integrity_error(exc, write.appends) from exc
 
@@ -919,25 +942,7 @@ def _write(
             _complete_documents(driver, item.events, docs)
     recorded_text = format_time(recorded_at)
     stored_at: Any = recorded_at if sql.postgres else _sqlite_text(recorded_text, recorded_at)
-    if idempotency_key is not None:
-        # Before the append lock: waiting on another writer's key row while holding the lock
-        # could deadlock.
-        values = (
-            idempotency_key,
-            fingerprint,
-            appends[0].account_id,
-            json.dumps([e.event_id for item in appends for e in item.events]),
-            stored_at,
-        )
-        driver.execute(sql.insert_key, values)
-    for item in appends:
-        if item.idempotency_key is not None:
-            ids = json.dumps([e.event_id for e in item.events])
-            stream_fingerprint = item.fingerprint or fingerprint_events(item.events)
-            driver.execute(
-                sql.insert_key,
-                (item.idempotency_key, stream_fingerprint, item.account_id, ids, stored_at),
-            )
+    _insert_keys(driver, sql, appends, idempotency_key, fingerprint, stored_at)
     # Heads are read under the lock: no other appender can move them before our commit, so
     # "append at head" never loses a race and a stale expected version is caught here rather
     # than by the unique constraint.
@@ -962,6 +967,116 @@ def _write(
         )
     positions = iter(_insert(driver, sql, params))
     return [[RecordedEvent(next(positions), *fields) for fields in batch] for batch in per_stream]
+
+
+def _insert_keys(
+    driver: dialects.DriverConnection,
+    sql: _SQL,
+    appends: Sequence[StreamAppend],
+    idempotency_key: str | None,
+    fingerprint: str | None,
+    stored_at: Any,
+) -> None:
+    """Record the append's idempotency key and its streams' own keys. Before the append lock:
+    waiting on another writer's key row while holding the lock could deadlock."""
+    if idempotency_key is not None:
+        values = (
+            idempotency_key,
+            fingerprint,
+            appends[0].account_id,
+            json.dumps([e.event_id for item in appends for e in item.events]),
+            stored_at,
+        )
+        driver.execute(sql.insert_key, values)
+    for item in appends:
+        if item.idempotency_key is not None:
+            ids = json.dumps([e.event_id for e in item.events])
+            stream_fingerprint = item.fingerprint or fingerprint_events(item.events)
+            driver.execute(
+                sql.insert_key,
+                (item.idempotency_key, stream_fingerprint, item.account_id, ids, stored_at),
+            )
+
+
+def _write_new_stream(
+    driver: dialects.DriverConnection,
+    sql: _SQL,
+    write: _Write,
+    conn: Connection | None,
+) -> list[RecordedEvent]:
+    """PostgreSQL, the first events of one stream (``expected_version=0``), every document
+    ready: the whole transaction in ONE round trip, a pipeline of BEGIN, the keys, the append
+    lock, the insert, ``after_append``'s writes and COMMIT. The lock is held for the server's
+    work only, not across round trips.
+
+    Its head needs no reading: it is the empty stream's, and if the stream has events after
+    all, the unique ``(account_id, version)`` constraint refuses the insert and the rest of
+    the pipeline with it. ``after_append`` gets the events before the database has given their
+    positions (0 until then): it must not use them, and it runs before the append is known to
+    have succeeded (its writes are rolled back with it).
+    """
+    [item] = write.appends
+    [docs] = write.documents
+    recorded_at = write.recorded_at
+    params: list[tuple[Any, ...]] = []
+    fields = _chain(
+        item.account_id,
+        _EMPTY_HEAD,
+        item.events,
+        docs,  # type: ignore[arg-type]  # complete: checked by the caller
+        recorded_at,
+        format_time(recorded_at),
+        recorded_at,
+        True,
+        params,
+    )
+    statement = sql.insert_one if len(params) == 1 else sql.insert_arrays
+    args: Any = params[0] if len(params) == 1 else [list(c) for c in zip(*params, strict=True)]
+
+    def run(dbapi_conn: Any) -> list[Any]:
+        # BEGIN and COMMIT are sent as statements of the pipeline: psycopg's own BEGIN would
+        # sync it, a round trip of its own. The caller's transaction is left with nothing to do.
+        dbapi_conn.autocommit = True
+        try:
+            with dbapi_conn.pipeline():
+                dbapi_conn.execute("BEGIN")
+                _insert_keys(
+                    driver,
+                    sql,
+                    write.appends,
+                    write.idempotency_key,
+                    write.fingerprint,
+                    recorded_at,
+                )
+                dialects.take_append_lock(driver)
+                cursor = dbapi_conn.execute(statement, args)
+                if write.after_append is not None:
+                    assert conn is not None
+                    write.after_append(conn, [RecordedEvent(0, *f) for f in fields])
+                dbapi_conn.execute("COMMIT")
+            rows: list[Any] = cursor.fetchall()
+            return rows
+        except BaseException:
+            if not dbapi_conn.closed and dbapi_conn.info.transaction_status != _PG_IDLE:
+                with contextlib.suppress(Exception):
+                    dbapi_conn.execute("ROLLBACK")
+            raise
+        finally:
+            if not dbapi_conn.closed:
+                try:
+                    dbapi_conn.autocommit = False
+                except Exception:
+                    driver.invalidate()  # never back to the pool in autocommit
+
+    returned = driver.call(statement, run, args)
+    positions = iter(_positions_of(params, returned))
+    return [RecordedEvent(next(positions), *f) for f in fields]
+
+
+_EMPTY_HEAD = StreamHead(0, GENESIS_HASH)
+
+
+_PG_IDLE = 0  # ``psycopg.pq.TransactionStatus.IDLE``
 
 
 def _locked_heads(
@@ -1070,7 +1185,7 @@ def _insert(
     if len(params) == 1:
         row = params[0]
         if sql.postgres:
-            [position] = driver.call(sql.insert_one, _fetch_one(sql.insert_one, row), row)
+            position, _ = driver.call(sql.insert_one, _fetch_one(sql.insert_one, row), row)
             return [position]
         return [driver.execute(sql.insert_one, row).lastrowid]
     if sql.postgres:

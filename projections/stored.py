@@ -24,6 +24,7 @@ skipping the rows: correct with any number of writers elsewhere, since the log i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import OrderedDict
@@ -169,12 +170,6 @@ _HEADS_PAGE = (
     .where(standings.c.account_id > sa.bindparam("after"))
     .order_by(standings.c.account_id)
     .limit(sa.bindparam("limit"))
-)
-_VERSIONS_OF = sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
-    standings.c.account_id.in_(sa.bindparam("ids", expanding=True))
-)
-_VERSION_OF = sa.select(standings.c.account_id, standings.c.version, standings.c.state).where(
-    standings.c.account_id == sa.bindparam("a")
 )
 
 
@@ -406,7 +401,10 @@ def _write_rows(
 
     def run(dbapi_conn: Any) -> None:
         if sql.postgres:
-            with dbapi_conn.pipeline(), dbapi_conn.cursor() as cursor:
+            # In the caller's pipeline if it has one (an append's ``after_append``): queued
+            # with the rest of its transaction. A pipeline of their own would sync it first.
+            own = contextlib.nullcontext() if dbapi_conn.pgconn.pipeline_status else None
+            with own or dbapi_conn.pipeline(), dbapi_conn.cursor() as cursor:
                 for statement, params in statements:
                     cursor.executemany(statement, params)
             return
@@ -522,12 +520,26 @@ def delete_all(conn: Connection) -> None:
 
 def _stored_versions(conn: Connection, account_ids: list[str]) -> dict[str, int]:
     """The stored version of each account whose head is of the current schema; an account
-    with a head of another schema maps to -1 (never a base, never newer)."""
-    if len(account_ids) == 1:
-        rows = conn.execute(_VERSION_OF, {"a": account_ids[0]})
-    else:
-        rows = conn.execute(_VERSIONS_OF, {"ids": account_ids})
-    return {a: v if head.get("schema") == STATE_SCHEMA else -1 for a, v, head in rows}
+    with a head of another schema maps to -1 (never a base, never newer).
+
+    On the driver's connection: an append's ``after_append`` may run inside a pipeline
+    (``EventStore``), where only the driver reads (it syncs the pipeline to fetch)."""
+    name = conn.dialect.name
+    marks = ", ".join(["%s" if name == "postgresql" else "?"] * len(account_ids))
+    statement = _VERSIONS_OF[name].format(marks)
+    rows = dialects.driver_call(
+        conn, statement, lambda c: c.execute(statement, account_ids).fetchall(), account_ids
+    )
+    return {a: v if schema == STATE_SCHEMA else -1 for a, v, schema in rows}
+
+
+# The stored version and state schema of some accounts (``{}``: their placeholders).
+_VERSIONS_OF = {
+    "sqlite": "SELECT account_id, version, json_extract(state, '$.schema') FROM standings "
+    "WHERE account_id IN ({})",
+    "postgresql": "SELECT account_id, version, state -> 'schema' FROM standings "
+    "WHERE account_id IN ({})",
+}
 
 
 def changed_records(base: StandingState, new: StandingState) -> RecordChanges | None:

@@ -1,0 +1,136 @@
+"""On PostgreSQL the first append to a stream (``expected_version=0``) is one pipeline: BEGIN,
+keys, lock, insert, ``after_append``'s writes and COMMIT, without reading the stream's head
+(``events.store._write_new_stream``). What it must keep: the same results, nothing written when
+the stream was not new after all, and connections that go back to the pool as they came."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from enforcement.migrations import upgrade
+from events import (
+    ConcurrencyError,
+    EventStore,
+    IdempotencyConflict,
+    NewEvent,
+    RecordedEvent,
+    create_engine,
+)
+from events.schema import checkpoints
+
+pytestmark = pytest.mark.postgres
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
+
+
+def noted(n: int) -> NewEvent:
+    return NewEvent("Noted", {"n": n}, T0, metadata={"actor": "t"})
+
+
+@pytest.fixture
+def one_connection_store(pg_url: str) -> Iterator[EventStore]:
+    """A store whose pool holds one connection: every append reuses it."""
+    upgrade(pg_url)
+    engine = create_engine(pg_url, pool_size=1, max_overflow=0)
+    yield EventStore(engine)
+    engine.dispose()
+
+
+def no_head_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: Any) -> None:
+        raise AssertionError("a new stream's head was read")
+
+    monkeypatch.setattr("events.store._locked_heads", refuse)
+
+
+def test_a_new_streams_events_are_appended_without_reading_its_head(
+    pg_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_head_reads(monkeypatch)
+    seen: list[list[RecordedEvent]] = []
+
+    one = pg_store.append("acct_one", 0, [noted(1)])
+    three = pg_store.append(
+        "acct_three", 0, [noted(2), noted(3), noted(4)], after_append=lambda _c, r: seen.append(r)
+    )
+    keyed = pg_store.append("acct_keyed", 0, [noted(5)], "key-1")
+
+    assert pg_store.read_all(0, 100) == one + three + keyed
+    assert [e.version for e in three] == [1, 2, 3]
+    assert all(pg_store.verify(a).ok for a in ("acct_one", "acct_three", "acct_keyed"))
+    # after_append saw the events as recorded, but for the positions not known yet.
+    assert [[e.__class__(0, *_fields(e)) for e in three]] == seen
+    assert pg_store.append("acct_keyed", 0, [noted(5)], "key-1") == keyed  # a replay
+    with pytest.raises(IdempotencyConflict):
+        pg_store.append("acct_keyed", 0, [noted(6)], "key-1")
+
+
+def _fields(event: RecordedEvent) -> tuple[Any, ...]:
+    return (
+        event.event_id,
+        event.account_id,
+        event.version,
+        event.type,
+        event.schema_version,
+        event.data,
+        event.metadata,
+        event.occurred_at,
+        event.recorded_at,
+        event.prev_hash,
+        event.hash,
+    )
+
+
+def write_checkpoint(name: str) -> Any:
+    """An ``after_append`` writing a row of its own in the append's transaction."""
+
+    def after(conn: sa.Connection, _recorded: list[RecordedEvent]) -> None:
+        conn.execute(checkpoints.insert().values(name=name, position=1, updated_at=T0))
+
+    return after
+
+
+def checkpoint_names(store: EventStore) -> list[str]:
+    with store.engine.connect() as conn:
+        return list(conn.execute(sa.select(checkpoints.c.name)).scalars())
+
+
+def test_a_stream_that_was_not_new_gets_nothing_not_even_after_appends_writes(
+    one_connection_store: EventStore,
+) -> None:
+    store = one_connection_store
+    [first] = store.append("acct_1", 0, [noted(1)])
+
+    with pytest.raises(ConcurrencyError):
+        store.append("acct_1", 0, [noted(2)], after_append=write_checkpoint("lost"))
+
+    assert store.read_stream("acct_1") == [first]
+    assert checkpoint_names(store) == []
+    store.append("acct_2", 0, [noted(3)], after_append=write_checkpoint("kept"))
+    assert checkpoint_names(store) == ["kept"]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_connection_goes_back_to_the_pool_in_transactions(
+    one_connection_store: EventStore, fails: bool
+) -> None:
+    store = one_connection_store
+    store.append("acct_1", 0, [noted(1)])
+    if fails:
+        with pytest.raises(ConcurrencyError):
+            store.append("acct_1", 0, [noted(2)])
+    else:
+        store.append("acct_2", 0, [noted(2)])
+
+    # The pool's one connection again: a transaction rolled back must leave nothing behind
+    # (in autocommit, the insert would have stayed).
+    with store.engine.connect() as conn:
+        transaction = conn.begin()
+        conn.execute(checkpoints.insert().values(name="rolled back", position=1, updated_at=T0))
+        transaction.rollback()
+    assert checkpoint_names(store) == []
