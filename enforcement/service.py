@@ -188,7 +188,7 @@ class EnforcementService:
             for attempt in range(MAX_ATTEMPTS):
                 if attempt:
                     _back_off(attempt)
-                state = self.standings.load(account_id)
+                state, head = self.standings.load_with_head(account_id)
                 now = to_utc(self.clock())
                 new_events = decide(state, self._context(actor, now, causation_id))
                 if not new_events:
@@ -202,6 +202,7 @@ class EnforcementService:
                         idempotency_key,
                         fingerprint=fingerprint,
                         after_append=saver,
+                        head=head,
                     )
                 except ConcurrencyError:
                     continue

@@ -198,12 +198,13 @@ class DriverConnection:
     ``OperationalError`` …), and a disconnect invalidates the connection.
     """
 
-    __slots__ = ("_invalidate", "dbapi_connection", "dialect")
+    __slots__ = ("_invalidate", "_invalidated", "dbapi_connection", "dialect")
 
     def __init__(self, dialect: sa.Dialect, dbapi_connection: Any, invalidate: Callable[[], Any]):
         self.dialect = dialect
         self.dbapi_connection = dbapi_connection
         self._invalidate = invalidate
+        self._invalidated = False
 
     @classmethod
     def of(cls, conn: Connection) -> DriverConnection:
@@ -216,7 +217,7 @@ class DriverConnection:
             return call(self.dbapi_connection)
         except self.dialect.loaded_dbapi.Error as exc:
             raise wrap_driver_error(
-                self.dialect, exc, statement, params, self.dbapi_connection, self._invalidate
+                self.dialect, exc, statement, params, self.dbapi_connection, self.invalidate
             ) from exc
 
     def execute(self, statement: str, params: Any = ()) -> Any:
@@ -225,7 +226,9 @@ class DriverConnection:
 
     def invalidate(self) -> None:
         """Discard the connection: the pool closes it instead of handing it out again."""
-        self._invalidate()
+        if not self._invalidated:
+            self._invalidated = True
+            self._invalidate()
 
 
 def driver_call(

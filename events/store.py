@@ -13,7 +13,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -113,6 +112,9 @@ class StreamAppend:
     one transaction: if any of them was used before, ``append_streams`` records nothing and
     raises ``StreamKeyUsed`` (append that one alone to get its earlier result).
 
+    ``head``: the stream's head as the caller read it, at ``expected_version``. On PostgreSQL
+    an append to one stream whose head is known (this one, or the empty stream's for
+    ``expected_version=0``) is pipelined without reading it again (``_write_pipelined``).
     """
 
     account_id: str
@@ -120,6 +122,14 @@ class StreamAppend:
     events: Sequence[NewEvent]
     idempotency_key: str | None = None
     fingerprint: str | None = None
+    head: StreamHead | None = None
+
+    @property
+    def known_head(self) -> StreamHead | None:
+        """The head to chain onto without reading it, if any."""
+        if self.head is not None and self.head.version == self.expected_version:
+            return self.head
+        return _EMPTY_HEAD if self.expected_version == 0 else None
 
 
 def fingerprint_events(new_events: Sequence[NewEvent]) -> str:
@@ -266,6 +276,19 @@ class _SQL:
             "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[]"
             ") WITH ORDINALITY AS u(e, a, v, t, s, d, m, o, r, p, h, n) ORDER BY n"
             " RETURNING position, event_id::text"
+        )
+        # PostgreSQL: the same inserts, of nothing unless the stream's head is the given
+        # version with the given hash (``_write_pipelined``).
+        head_is = (
+            " WHERE EXISTS (SELECT 1 FROM events WHERE account_id = %s AND version = %s"
+            " AND hash = %s)"
+        )
+        self.insert_one_after = (
+            f"INSERT INTO events ({_INSERT_COLUMNS}) SELECT {row[1:-1]}{head_is}"
+            " RETURNING position, event_id::text"
+        )
+        self.insert_arrays_after = self.insert_arrays.replace(
+            " ORDER BY n", head_is + " ORDER BY n"
         )
 
     def insert_many(self, count: int) -> str:
@@ -422,10 +445,12 @@ class EventStore:
         *,
         fingerprint: str | None = None,
         after_append: AfterAppend | None = None,
+        head: StreamHead | None = None,
     ) -> list[RecordedEvent]:
-        """Append ``new_events`` to one stream atomically and return them as recorded."""
+        """Append ``new_events`` to one stream atomically and return them as recorded.
+        ``head``: the stream's head as read at ``expected_version`` (``StreamAppend``)."""
         [recorded] = self.append_streams(
-            [StreamAppend(account_id, expected_version, new_events)],
+            [StreamAppend(account_id, expected_version, new_events, head=head)],
             idempotency_key,
             fingerprint=fingerprint,
             after_append=after_append,
@@ -493,13 +518,10 @@ class EventStore:
         write = _Write(
             appends, documents, idempotency_key, fingerprint, to_utc(self._clock()), after_append
         )
-        if (
-            sql.postgres
-            and len(appends) == 1
-            and appends[0].expected_version == 0
-            and all(d is not None for d in documents[0])
-        ):
-            return [self._write_alone(write, new_stream=True)]
+        if sql.postgres and len(appends) == 1:
+            head = appends[0].known_head
+            if head is not None and all(d is not None for d in documents[0]):
+                return [self._write_alone(write, head)]
         keyed = idempotency_key is not None or any(a.idempotency_key is not None for a in appends)
         if keyed and sql.postgres:
             # Alone: on PostgreSQL a key's row may have to wait for another transaction's,
@@ -515,25 +537,25 @@ class EventStore:
     def _write_alone(self, write: _Write) -> list[list[RecordedEvent]]: ...
 
     @overload
-    def _write_alone(self, write: _Write, *, new_stream: bool) -> list[RecordedEvent]: ...
+    def _write_alone(self, write: _Write, head: StreamHead) -> list[RecordedEvent]: ...
 
     def _write_alone(
-        self, write: _Write, *, new_stream: bool = False
+        self, write: _Write, head: StreamHead | None = None
     ) -> list[list[RecordedEvent]] | list[RecordedEvent]:
-        """One append in a transaction of its own; ``new_stream``: the first events of one
-        stream, on PostgreSQL, in one round trip (``_write_new_stream``)."""
+        """One append in a transaction of its own; with the ``head`` of its one stream known,
+        pipelined (``_write_pipelined``, PostgreSQL)."""
         sql = self._sql
         try:
             if write.after_append is None:
                 # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
                 with dialects.write_transaction(self.engine) as driver:
-                    if new_stream:
-                        return _write_new_stream(driver, sql, write, None)
+                    if head is not None:
+                        return _write_pipelined(driver, sql, write, head, None)
                     return write.run(driver, sql)
             with dialects.write_connection(self.engine) as conn, conn.begin():
                 driver = dialects.DriverConnection.of(conn)
-                if new_stream:
-                    return _write_new_stream(driver, sql, write, conn)
+                if head is not None:
+                    return _write_pipelined(driver, sql, write, head, conn)
                 return write.run(driver, sql, conn)
         except IntegrityError as exc:
             raise _translate_integrity_error(exc, write.appends) from exc
@@ -998,22 +1020,27 @@ def _insert_keys(
             )
 
 
-def _write_new_stream(
+def _write_pipelined(
     driver: dialects.DriverConnection,
     sql: _SQL,
     write: _Write,
+    head: StreamHead,
     conn: Connection | None,
 ) -> list[RecordedEvent]:
-    """PostgreSQL, the first events of one stream (``expected_version=0``), every document
-    ready: the whole transaction in ONE round trip, a pipeline of BEGIN, the keys, the append
-    lock, the insert, ``after_append``'s writes and COMMIT. The lock is held for the server's
-    work only, not across round trips.
+    """PostgreSQL, one stream whose head is known (``StreamAppend.known_head``), every document
+    ready: BEGIN, the keys, the append lock, the insert and ``after_append``'s writes go out as
+    one pipeline; the head is not read, and the lock is held for the server's work, not across
+    round trips of this client.
 
-    Its head needs no reading: it is the empty stream's, and if the stream has events after
-    all, the unique ``(account_id, version)`` constraint refuses the insert and the rest of
-    the pipeline with it. ``after_append`` gets the events before the database has given their
-    positions (0 until then): it must not use them, and it runs before the append is known to
-    have succeeded (its writes are rolled back with it).
+    The unique ``(account_id, version)`` constraint refuses the insert if the stream has moved
+    past ``head``. A new stream's transaction commits in the same round trip (a refused insert
+    aborts it). After version 0 the insert also requires the head's row with its hash (it
+    inserts nothing otherwise: ``ConcurrencyError``), so that transaction commits in one more
+    round trip, once the insert is seen to have happened.
+
+    ``after_append`` gets the events before the database has given their positions (0 until
+    then): it must not use them. It runs before the append is known to have succeeded; its
+    writes are rolled back with the append.
     """
     [item] = write.appends
     [docs] = write.documents
@@ -1021,7 +1048,7 @@ def _write_new_stream(
     params: list[tuple[Any, ...]] = []
     fields = _chain(
         item.account_id,
-        _EMPTY_HEAD,
+        head,
         item.events,
         docs,  # type: ignore[arg-type]  # complete: checked by the caller
         recorded_at,
@@ -1030,8 +1057,13 @@ def _write_new_stream(
         True,
         params,
     )
-    statement = sql.insert_one if len(params) == 1 else sql.insert_arrays
-    args: Any = params[0] if len(params) == 1 else [list(c) for c in zip(*params, strict=True)]
+    guard = () if head.version == 0 else (item.account_id, head.version, head.hash)
+    if len(params) == 1:
+        statement = sql.insert_one_after if guard else sql.insert_one
+        args: Any = (*params[0], *guard)
+    else:
+        statement = sql.insert_arrays_after if guard else sql.insert_arrays
+        args = [*(list(column) for column in zip(*params, strict=True)), *guard]
 
     def run(dbapi_conn: Any) -> list[Any]:
         # BEGIN and COMMIT are sent as statements of the pipeline: psycopg's own BEGIN would
@@ -1053,30 +1085,28 @@ def _write_new_stream(
                 if write.after_append is not None:
                     assert conn is not None
                     write.after_append(conn, [RecordedEvent(0, *f) for f in fields])
-                dbapi_conn.execute("COMMIT")
+                if not guard:
+                    dbapi_conn.execute("COMMIT")
             rows: list[Any] = cursor.fetchall()
-            return rows
+            if guard:
+                dbapi_conn.execute("COMMIT" if rows else "ROLLBACK")
         except BaseException:
-            if not dbapi_conn.closed and dbapi_conn.info.transaction_status != _PG_IDLE:
-                with contextlib.suppress(Exception):
-                    dbapi_conn.execute("ROLLBACK")
+            # Discarded (the server rolls its transaction back): after an error in a pipeline,
+            # psycopg may count as prepared a statement whose preparation the server skipped,
+            # and the connection's next use of it would fail.
+            driver.invalidate()
             raise
-        finally:
-            if not dbapi_conn.closed:
-                try:
-                    dbapi_conn.autocommit = False
-                except Exception:
-                    driver.invalidate()  # never back to the pool in autocommit
+        dbapi_conn.autocommit = False  # idle: the transaction was committed or rolled back
+        return rows
 
     returned = driver.call(statement, run, args)
+    if not returned:
+        raise ConcurrencyError(item.account_id, head.version)
     positions = iter(_positions_of(params, returned))
     return [RecordedEvent(next(positions), *f) for f in fields]
 
 
 _EMPTY_HEAD = StreamHead(0, GENESIS_HASH)
-
-
-_PG_IDLE = 0  # ``psycopg.pq.TransactionStatus.IDLE``
 
 
 def _locked_heads(

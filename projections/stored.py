@@ -39,7 +39,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from events import EventStore, RecordedEvent, dialects
+from events import EventStore, RecordedEvent, StreamHead, dialects
+from events.chain import GENESIS_HASH
 from events.timefmt import sqlite_time_text
 from projections.standing import STATE_SCHEMA, TABLES, StandingState, apply_all, record_json
 from projections.tables import standing_records, standings
@@ -62,8 +63,13 @@ class StandingRepository:
         self._cache_lock = threading.Lock()
 
     def load(self, account_id: str) -> StandingState:
+        """The account's current accumulator (``load_with_head``)."""
+        return self.load_with_head(account_id)[0]
+
+    def load_with_head(self, account_id: str) -> tuple[StandingState, StreamHead | None]:
         """The account's current accumulator: the stored rows (or a remembered state) plus any
-        events after them.
+        events after them; and the head of its stream at that state's version, when the reads
+        gave its hash (``EventStore.append(head=…)``), else None.
 
         The rows and the stream's version come in one statement (one snapshot, so they agree;
         ``read_state_and_head``), and only when the log is ahead of the rows the events after
@@ -77,14 +83,16 @@ class StandingRepository:
             if remembered is not None:
                 self._cache.move_to_end(account_id)
         if remembered is None:
-            stored, head_version = read_state_and_head(self.store.engine, account_id)
+            stored, head = read_state_and_head(self.store.engine, account_id)
             state = stored or StandingState.empty(account_id)
-            if head_version == state.version:
-                return state  # the rows are at the head of the log: no events after them
+            if head.version == state.version:
+                return state, head  # the rows are at the head of the log: no events after them
         else:
             state = remembered
         tail = self.store.read_stream(account_id, after_version=state.version)
-        return apply_all(state, tail) if tail else state
+        if not tail:
+            return state, None
+        return apply_all(state, tail), StreamHead(tail[-1].version, tail[-1].hash)
 
     def save(
         self,
@@ -194,14 +202,16 @@ def _state_of(head: Any, records: Iterable[Sequence[Any]]) -> StandingState | No
     return StandingState.from_parts(head, tables)
 
 
-# The head and the records of one account, and the version of its last event, in ONE
+# The head and the records of one account, and the version and hash of its last event, in ONE
 # statement (one snapshot: they agree): the head first (part 0), then the records in table and
-# event order (part 1), then the stream's version (part 2, always one row; NULL: no events).
+# event order (part 1), then the stream's head (part 2, always one row, the hash in the state's
+# column; NULL: no events).
 _STATE_TEXT = {
     name: (
         f"SELECT 0, '', 0{bigint}, state{text} FROM standings WHERE account_id = {p} "
         f"UNION ALL SELECT 1, kind, seq, data{text} FROM standing_records WHERE account_id = {p} "
-        f"UNION ALL SELECT 2, '', max(version), NULL FROM events WHERE account_id = {p} "
+        f"UNION ALL SELECT 2, '', max(version), (SELECT hash FROM events WHERE account_id = {p} "
+        f"ORDER BY version DESC LIMIT 1) FROM events WHERE account_id = {p} "
         "ORDER BY 1, 2, 3"
     )
     for name, p, bigint, text in (
@@ -211,18 +221,19 @@ _STATE_TEXT = {
 }
 
 
-def read_state_and_head(engine: sa.Engine, account_id: str) -> tuple[StandingState | None, int]:
-    """``read_state`` and the stream's version (0 without events), in one statement on a
-    pooled connection of its own: one round trip, and none more when the rows are at the head
-    of the log (the usual case: every append saves them)."""
-    rows = dialects.fetch_all(
-        engine, _STATE_TEXT[engine.dialect.name], (account_id, account_id, account_id)
-    )
-    head_version = int(rows[-1][2] or 0)  # the part-2 row is always there, and last
+def read_state_and_head(
+    engine: sa.Engine, account_id: str
+) -> tuple[StandingState | None, StreamHead]:
+    """``read_state`` and the stream's head (version 0 and the zero hash without events), in
+    one statement on a pooled connection of its own: one round trip, and none more when the
+    rows are at the head of the log (the usual case: every append saves them)."""
+    rows = dialects.fetch_all(engine, _STATE_TEXT[engine.dialect.name], (account_id,) * 4)
+    last = rows[-1]  # the part-2 row is always there, and last
+    head = StreamHead(int(last[2]), last[3]) if last[2] else StreamHead(0, GENESIS_HASH)
     if rows[0][0] != 0:
-        return None, head_version
+        return None, head
     records = ((r[1], r[3]) for r in islice(rows, 1, len(rows) - 1))
-    return _state_of(loads_json(rows[0][3]), records), head_version
+    return _state_of(loads_json(rows[0][3]), records), head
 
 
 def read_states(

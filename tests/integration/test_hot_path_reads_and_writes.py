@@ -17,7 +17,8 @@ from enforcement.bootstrap import Container
 from enforcement.policy import ViolationReport
 from enforcement.roles import Role
 from enforcement.tokens import create_token
-from events import dialects
+from events import StreamHead, dialects
+from events.chain import GENESIS_HASH
 from projections import aup_events as ev
 from projections import stored
 from projections.standing import StandingState
@@ -190,15 +191,19 @@ def test_a_load_reads_the_log_only_when_it_is_ahead_of_the_rows(
         return read_stream(account_id, after_version, **kw)
 
     monkeypatch.setattr(system.store, "read_stream", counting)
-    head = system.store.head("acct_t").version
-    assert stored.read_state_and_head(system.engine, "acct_t")[1] == head
-    assert stored.read_state_and_head(system.engine, "acct_nobody") == (None, 0)
+    stream_head = system.store.head("acct_t")
+    head = stream_head.version
+    assert stored.read_state_and_head(system.engine, "acct_t")[1] == stream_head
+    nobody = stored.read_state_and_head(system.engine, "acct_nobody")
+    assert nobody == (None, StreamHead(0, GENESIS_HASH))
 
-    assert system.standings.load("acct_t").version == head
+    state, state_head = system.standings.load_with_head("acct_t")
+    assert state.version == head and state_head == stream_head
     assert tails == []  # the rows are at the head of the log
     # Events appended without updating the rows: the log is ahead, its tail is read.
     limits = ev.CODEC.encode(ev.RateLimitsConfigured(None, 10, 100), occurred_at=system.clock())
-    system.store.append("acct_t", head, [limits])
-    state = system.standings.load("acct_t")
+    [appended] = system.store.append("acct_t", head, [limits])
+    state, state_head = system.standings.load_with_head("acct_t")
     assert tails == [head] and state.version == head + 1
+    assert state_head == StreamHead(appended.version, appended.hash)
     assert state.account_rate_limit is not None

@@ -1,7 +1,9 @@
-"""On PostgreSQL the first append to a stream (``expected_version=0``) is one pipeline: BEGIN,
-keys, lock, insert, ``after_append``'s writes and COMMIT, without reading the stream's head
-(``events.store._write_new_stream``). What it must keep: the same results, nothing written when
-the stream was not new after all, and connections that go back to the pool as they came."""
+"""On PostgreSQL an append to one stream whose head is known, the empty stream's for
+``expected_version=0`` or one the caller read, is one pipeline: BEGIN, keys, lock, insert,
+``after_append``'s writes (and COMMIT for a new stream), without reading the stream's head
+(``events.store._write_pipelined``). What it must keep: the same results, nothing written when
+the head was not the stream's head after all, and connections that go back to the pool as
+they came."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from events import (
     IdempotencyConflict,
     NewEvent,
     RecordedEvent,
+    StreamHead,
     create_engine,
 )
 from events.schema import checkpoints
@@ -68,6 +71,56 @@ def test_a_new_streams_events_are_appended_without_reading_its_head(
     assert pg_store.append("acct_keyed", 0, [noted(5)], "key-1") == keyed  # a replay
     with pytest.raises(IdempotencyConflict):
         pg_store.append("acct_keyed", 0, [noted(6)], "key-1")
+
+
+def test_an_append_at_a_head_the_caller_read_does_not_read_it_again(
+    pg_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [first] = pg_store.append("acct_1", 0, [noted(1)])
+    head = pg_store.head("acct_1")
+    no_head_reads(monkeypatch)
+
+    more = pg_store.append("acct_1", 1, [noted(2), noted(3)], head=head)
+    last = pg_store.append("acct_1", 3, [noted(4)], head=StreamHead(3, more[-1].hash))
+
+    assert pg_store.read_stream("acct_1") == [first, *more, *last]
+    assert pg_store.verify("acct_1").ok
+
+
+@pytest.mark.parametrize("stale", ["moved", "another_hash"])
+def test_an_append_at_a_head_that_is_not_the_streams_appends_nothing(
+    one_connection_store: EventStore, stale: str
+) -> None:
+    store = one_connection_store
+    [first] = store.append("acct_1", 0, [noted(1)])
+    head = store.head("acct_1")
+    if stale == "moved":  # another writer appended after the head was read
+        store.append("acct_1", 1, [noted(2)])
+    else:  # a head at the right version but with another hash: no such head in this log
+        head = StreamHead(1, "f" * 64)
+    before = store.read_stream("acct_1")
+
+    for events in ([noted(3)], [noted(3), noted(4)]):
+        with pytest.raises(ConcurrencyError):
+            store.append("acct_1", 1, events, after_append=write_checkpoint("lost"), head=head)
+
+    assert store.read_stream("acct_1") == before
+    assert checkpoint_names(store) == []
+    assert store.append("acct_1", len(before), [noted(5)])[0].prev_hash == before[-1].hash
+    assert before[0] == first
+
+
+def test_a_head_at_another_version_than_expected_is_not_used(
+    pg_store: EventStore,
+) -> None:
+    pg_store.append("acct_1", 0, [noted(1)])
+    pg_store.append("acct_1", 1, [noted(2)])
+
+    with pytest.raises(ConcurrencyError):  # read under the lock, as without a head
+        pg_store.append("acct_1", 1, [noted(3)], head=StreamHead(2, "f" * 64))
+    [appended] = pg_store.append("acct_1", 2, [noted(3)], head=StreamHead(1, "f" * 64))
+
+    assert appended.version == 3 and pg_store.verify("acct_1").ok
 
 
 def _fields(event: RecordedEvent) -> tuple[Any, ...]:
