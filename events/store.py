@@ -425,10 +425,21 @@ class _Write:
 class EventStore:
     """Append to and read from the log. Thread-safe; share one per process."""
 
-    def __init__(self, engine: Engine, clock: Clock = _utc_now, max_head_retries: int = 20):
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock = _utc_now,
+        max_head_retries: int = 20,
+        *,
+        pipeline_known_heads: bool = True,
+    ):
+        """``pipeline_known_heads=False``: on PostgreSQL, read every head under the lock and
+        group appends, as before ``_write_pipelined`` (``benchmarks/bench_write_path.py``
+        compares the two)."""
         self.engine = engine
         self._clock = clock
         self._max_head_retries = max_head_retries
+        self._pipeline_known_heads = pipeline_known_heads
         # Appends of this process's threads that meet each other share one transaction.
         self._writes: GroupCommit[_Write, list[list[RecordedEvent]] | Exception] = GroupCommit(
             self._write_together
@@ -518,7 +529,7 @@ class EventStore:
         write = _Write(
             appends, documents, idempotency_key, fingerprint, to_utc(self._clock()), after_append
         )
-        if sql.postgres and len(appends) == 1:
+        if sql.postgres and len(appends) == 1 and self._pipeline_known_heads:
             head = appends[0].known_head
             if head is not None and all(d is not None for d in documents[0]):
                 return [self._write_alone(write, head)]

@@ -24,6 +24,7 @@ from events import (
     StreamHead,
     create_engine,
 )
+from events import store as events_store
 from events.schema import checkpoints
 
 pytestmark = pytest.mark.postgres
@@ -187,3 +188,26 @@ def test_the_connection_goes_back_to_the_pool_in_transactions(
         conn.execute(checkpoints.insert().values(name="rolled back", position=1, updated_at=T0))
         transaction.rollback()
     assert checkpoint_names(store) == []
+
+
+def test_without_pipelining_every_head_is_read_under_the_lock(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upgrade(pg_url)
+    engine = create_engine(pg_url)
+    store = EventStore(engine, pipeline_known_heads=False)
+    reads: list[list[str]] = []
+    locked_heads = events_store._locked_heads
+
+    def counting(driver: Any, sql: Any, account_ids: list[str]) -> Any:
+        reads.append(account_ids)
+        return locked_heads(driver, sql, account_ids)
+
+    monkeypatch.setattr(events_store, "_locked_heads", counting)
+    try:
+        [first] = store.append("acct_1", 0, [noted(1)])
+        store.append("acct_1", 1, [noted(2)], head=StreamHead(1, first.hash))
+    finally:
+        engine.dispose()
+
+    assert reads == [["acct_1"], ["acct_1"]]
