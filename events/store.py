@@ -59,8 +59,14 @@ from events.types import (
 
 Clock = Callable[[], datetime]
 # Called inside the appending transaction, after the insert: the place to update read models
-# that must commit atomically with the events (e.g. the stored standing).
+# that must commit atomically with the events (e.g. the stored standing). One with a true
+# ``pipeline_safe`` attribute may also be called inside a PostgreSQL pipeline
+# (``_write_pipelined``): before the insert is known to have succeeded, with the events'
+# positions still 0, and where it may only write through ``conn`` or read on its driver
+# connection (``dialects.driver_call``): SQLAlchemy sees no rows and no row counts there.
 AfterAppend = Callable[[Connection, list[RecordedEvent]], None]
+
+_EMPTY_HEAD = StreamHead(0, GENESIS_HASH)
 
 _EVENT_COLUMNS = [
     events.c.position,
@@ -126,10 +132,13 @@ class StreamAppend:
 
     @property
     def known_head(self) -> StreamHead | None:
-        """The head to chain onto without reading it, if any."""
+        """The head to chain onto without reading it, if any. At version 0 it is the empty
+        stream's whatever ``head`` says: nothing would check another hash there."""
+        if self.expected_version == 0:
+            return _EMPTY_HEAD
         if self.head is not None and self.head.version == self.expected_version:
             return self.head
-        return _EMPTY_HEAD if self.expected_version == 0 else None
+        return None
 
 
 def fingerprint_events(new_events: Sequence[NewEvent]) -> str:
@@ -170,6 +179,15 @@ _INSERT_COLUMNS = (
 )
 
 
+def _sqlite_time_shape(column: str) -> str:
+    """SQL: the column holds a time as SQLAlchemy writes it on SQLite: text of 26 bytes with no
+    NUL (SQLite's ``length`` and ``substr`` stop at a NUL) and a space between date and time."""
+    return (
+        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = 26 "
+        f"AND length({column}) = 26 AND substr({column}, 11, 1) = ' '"
+    )
+
+
 def _sqlite_time(column: str) -> str:
     """SQL: ``format_time``'s text of a time as SQLAlchemy stores it on SQLite (checked by
     ``_SQLITE_HASHED``: 26 characters, a space between date and time), JSON-quoted."""
@@ -179,20 +197,21 @@ def _sqlite_time(column: str) -> str:
 # SQLite: ``prev_hash + canonical`` of a row (``chain.canonical_event`` with the stored JSON
 # texts spliced in) as UTF-8 bytes, built by the database, or NULL for a row without exactly the
 # shapes this store writes: documents that are text and whole JSON values, ids and type as text,
-# integer versions, times as SQLAlchemy writes them. ``json_quote`` escapes strings as the hash
-# recipe does (``json`` with non-ASCII kept). A row whose hash matches this text has stored
-# texts that are, byte for byte, those hashed, so readers (who parse them) get what was hashed;
-# any other row is decided by the full recomputation (``EventStore._sqlite_row_matches``).
+# integer versions, times as SQLAlchemy writes them (26 bytes, no NUL). ``json_quote`` escapes
+# strings as the hash recipe does (``json`` with non-ASCII kept). For the texts this store wrote,
+# a match means the stored texts are, byte for byte, those hashed, so readers (who parse them) get
+# what was hashed; any other row is decided by the full recomputation on what readers decode
+# (``EventStore._sqlite_row_matches``). (Whoever rewrites a row and recomputes the hashes after
+# it can pass valid but non-canonical JSON here, which an auditor's recomputation would reject;
+# no unkeyed chain stops such a rewrite: comparing the head hash with one kept elsewhere does.)
 _SQLITE_HASHED = (
     "CASE WHEN typeof(data) = 'text' AND typeof(metadata) = 'text' "
     "AND json_valid(data) AND json_valid(metadata) "
     "AND typeof(event_id) = 'text' AND typeof(account_id) = 'text' AND typeof(type) = 'text' "
     "AND typeof(prev_hash) = 'text' "
     "AND typeof(version) = 'integer' AND typeof(schema_version) = 'integer' "
-    "AND typeof(occurred_at) = 'text' AND length(occurred_at) = 26 "
-    "AND substr(occurred_at, 11, 1) = ' ' "
-    "AND typeof(recorded_at) = 'text' AND length(recorded_at) = 26 "
-    "AND substr(recorded_at, 11, 1) = ' ' "
+    f"AND {_sqlite_time_shape('occurred_at')} AND {_sqlite_time_shape('recorded_at')} "
+    "AND instr(data, char(0)) = 0 AND instr(metadata, char(0)) = 0 "
     "THEN CAST(prev_hash || '{\"account_id\":' || json_quote(account_id) || ',\"data\":' || data "
     "|| ',\"event_id\":' || json_quote(event_id) || ',\"metadata\":' || metadata "
     f"|| ',\"occurred_at\":' || {_sqlite_time('occurred_at')} "
@@ -253,9 +272,9 @@ class _SQL:
             row = f"({p}::uuid, {p}, {p}, {p}, {p}, {p}::jsonb, {p}::jsonb, {p}, {p}, {p}, {p})"
         else:
             row = "(" + ", ".join([p] * 11) + ")"
-        self._insert = f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES "
-        self._row = row
-        self.insert_one = self._insert + row + (" RETURNING position, event_id::text" if pg else "")
+        self.insert_one = f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES {row}" + (
+            " RETURNING position, event_id::text" if pg else ""
+        )
         key = "key" if pg else '"key"'
         self.key = f"SELECT fingerprint, event_ids FROM idempotency_keys WHERE {key} = {p}"
         self.by_id = f"SELECT {columns} FROM events WHERE event_id = {p}{'::uuid' if pg else ''}"
@@ -529,7 +548,12 @@ class EventStore:
         write = _Write(
             appends, documents, idempotency_key, fingerprint, to_utc(self._clock()), after_append
         )
-        if sql.postgres and len(appends) == 1 and self._pipeline_known_heads:
+        if (
+            sql.postgres
+            and len(appends) == 1
+            and self._pipeline_known_heads
+            and (after_append is None or getattr(after_append, "pipeline_safe", False))
+        ):
             head = appends[0].known_head
             if head is not None and all(d is not None for d in documents[0]):
                 return [self._write_alone(write, head)]
@@ -634,7 +658,7 @@ class EventStore:
     def head(self, account_id: str) -> StreamHead:
         """The stream's last version and hash; version 0 and the zero hash when empty."""
         rows = self._fetch(self._sql.head, (account_id,))
-        return StreamHead(0, GENESIS_HASH) if not rows else StreamHead(rows[0][0], rows[0][1])
+        return _EMPTY_HEAD if not rows else StreamHead(rows[0][0], rows[0][1])
 
     def read_stream(
         self,
@@ -798,7 +822,14 @@ class EventStore:
         if hashed is not None and _sha256(hashed).hexdigest() == r[3]:
             return True
         rows = self._fetch(self._sql.at_version, (r[0], r[1]))
-        return bool(rows) and event_hash(prev, _event_from_sqlite(rows[0])) == r[3]
+        if not rows:
+            return False
+        try:
+            event = _event_from_sqlite(rows[0])
+        except ValueError:  # readers cannot decode it either: not what was hashed
+            return False
+        expected: str = r[3]
+        return event_hash(prev, event) == expected
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
         """The rows of one read-only statement (``dialects.fetch_all``)."""
@@ -1096,11 +1127,13 @@ def _write_pipelined(
                 if write.after_append is not None:
                     assert conn is not None
                     write.after_append(conn, [RecordedEvent(0, *f) for f in fields])
-                if not guard:
-                    dbapi_conn.execute("COMMIT")
+                ended = None if guard else dbapi_conn.execute("COMMIT")
             rows: list[Any] = cursor.fetchall()
             if guard:
-                dbapi_conn.execute("COMMIT" if rows else "ROLLBACK")
+                ended = dbapi_conn.execute("COMMIT" if rows else "ROLLBACK")
+            # A transaction that failed (an error something caught) answers COMMIT with ROLLBACK.
+            if rows and ended is not None and ended.statusmessage != "COMMIT":
+                raise StoreError("the append's transaction was rolled back")
         except BaseException:
             # Discarded (the server rolls its transaction back): after an error in a pipeline,
             # psycopg may count as prepared a statement whose preparation the server skipped,
@@ -1115,9 +1148,6 @@ def _write_pipelined(
         raise ConcurrencyError(item.account_id, head.version)
     positions = iter(_positions_of(params, returned))
     return [RecordedEvent(next(positions), *f) for f in fields]
-
-
-_EMPTY_HEAD = StreamHead(0, GENESIS_HASH)
 
 
 def _locked_heads(
@@ -1137,7 +1167,7 @@ def _locked_heads(
         return [dbapi_conn.execute(sql.head, (a,)).fetchone() for a in account_ids]
 
     rows = driver.call(sql.head, run)
-    return [StreamHead(0, GENESIS_HASH) if r is None else StreamHead(r[0], r[1]) for r in rows]
+    return [_EMPTY_HEAD if r is None else StreamHead(r[0], r[1]) for r in rows]
 
 
 def _chain(

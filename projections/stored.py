@@ -133,7 +133,10 @@ class StandingRepository:
 
 class AfterAppend:
     """``EventStore.append(after_append=…)``: store each loaded state advanced by its stream's
-    recorded events, in the appending transaction."""
+    recorded events, in the appending transaction. It uses no positions, writes through the
+    driver and reads on it: it may run inside the store's pipeline."""
+
+    pipeline_safe = True
 
     def __init__(self, states: Sequence[StandingState]) -> None:
         self.states = {s.account_id: s for s in states}

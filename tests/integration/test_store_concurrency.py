@@ -24,23 +24,34 @@ def noted(writer: int, seq: int) -> NewEvent:
     return NewEvent("Noted", {"writer": writer, "seq": seq}, T0)
 
 
-def append_with_retry(store: EventStore, writer: int, seq: int) -> tuple[RecordedEvent, int]:
-    """The write path's loop: read the head, decide, append at it; on a conflict, start over."""
+def append_with_retry(
+    store: EventStore, writer: int, seq: int, with_head: bool = True
+) -> tuple[RecordedEvent, int]:
+    """The write path's loop: read the head, decide, append at it (passing the head read, as
+    the service does, or only its version); on a conflict, start over."""
     conflicts = 0
     while True:
         head = store.head(STREAM)
         try:
-            [recorded] = store.append(STREAM, head.version, [noted(writer, seq)])
+            [recorded] = store.append(
+                STREAM, head.version, [noted(writer, seq)], head=head if with_head else None
+            )
             return recorded, conflicts
         except ConcurrencyError:
             conflicts += 1
 
 
-def run_writer(store: EventStore, writer: int, appends: int, start: Callable[[], Any]) -> tuple:
+def run_writer(
+    store: EventStore,
+    writer: int,
+    appends: int,
+    start: Callable[[], Any],
+    with_head: bool = True,
+) -> tuple:
     start()
     recorded, conflicts = [], 0
     for seq in range(appends):
-        event, lost = append_with_retry(store, writer, seq)
+        event, lost = append_with_retry(store, writer, seq, with_head)
         recorded.append(event.event_id)
         conflicts += lost
     return recorded, conflicts
@@ -65,12 +76,16 @@ def assert_one_intact_stream(store: EventStore, writers: int, appends: int, acke
     assert result.head_hash == stream[-1].hash
 
 
-def test_threads_appending_to_one_stream_lose_nothing(store: EventStore) -> None:
+@pytest.mark.parametrize("with_head", [True, False], ids=["head-given", "version-only"])
+def test_threads_appending_to_one_stream_lose_nothing(store: EventStore, with_head: bool) -> None:
     writers, appends = 8, 20
     barrier = threading.Barrier(writers)
 
     with ThreadPoolExecutor(writers) as pool:
-        futures = [pool.submit(run_writer, store, w, appends, barrier.wait) for w in range(writers)]
+        futures = [
+            pool.submit(run_writer, store, w, appends, barrier.wait, with_head)
+            for w in range(writers)
+        ]
         results = [f.result() for f in futures]
 
     acked = [event_id for recorded, _ in results for event_id in recorded]

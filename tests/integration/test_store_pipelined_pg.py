@@ -7,7 +7,7 @@ they came."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,7 +60,7 @@ def test_a_new_streams_events_are_appended_without_reading_its_head(
 
     one = pg_store.append("acct_one", 0, [noted(1)])
     three = pg_store.append(
-        "acct_three", 0, [noted(2), noted(3), noted(4)], after_append=lambda _c, r: seen.append(r)
+        "acct_three", 0, [noted(2), noted(3), noted(4)], after_append=pipeline_safe(seen.append)
     )
     keyed = pg_store.append("acct_keyed", 0, [noted(5)], "key-1")
 
@@ -140,12 +140,23 @@ def _fields(event: RecordedEvent) -> tuple[Any, ...]:
     )
 
 
+def pipeline_safe(call: Callable[[list[RecordedEvent]], object]) -> Any:
+    """An ``after_append`` that may run in the pipeline, calling ``call`` with the events."""
+
+    def after(_conn: sa.Connection, recorded: list[RecordedEvent]) -> None:
+        call(recorded)
+
+    after.pipeline_safe = True  # type: ignore[attr-defined]
+    return after
+
+
 def write_checkpoint(name: str) -> Any:
     """An ``after_append`` writing a row of its own in the append's transaction."""
 
     def after(conn: sa.Connection, _recorded: list[RecordedEvent]) -> None:
         conn.execute(checkpoints.insert().values(name=name, position=1, updated_at=T0))
 
+    after.pipeline_safe = True  # type: ignore[attr-defined]
     return after
 
 
@@ -211,3 +222,38 @@ def test_without_pipelining_every_head_is_read_under_the_lock(
         engine.dispose()
 
     assert reads == [["acct_1"], ["acct_1"]]
+
+
+def test_a_new_stream_chains_onto_the_empty_head_whatever_head_it_is_given(
+    pg_store: EventStore,
+) -> None:
+    [event] = pg_store.append("acct_1", 0, [noted(1)], head=StreamHead(0, "f" * 64))
+
+    assert event.prev_hash == "0" * 64
+    assert pg_store.verify("acct_1").ok
+
+
+def test_a_keyed_append_at_a_known_head_replays_and_conflicts_like_any_other(
+    pg_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [first] = pg_store.append("acct_1", 0, [noted(1)])
+    head = StreamHead(1, first.hash)
+    no_head_reads(monkeypatch)
+
+    second = pg_store.append("acct_1", 1, [noted(2)], "key-2", head=head)
+
+    assert pg_store.append("acct_1", 1, [noted(2)], "key-2", head=head) == second
+    with pytest.raises(IdempotencyConflict):
+        pg_store.append("acct_1", 1, [noted(3)], "key-2", head=head)
+    assert pg_store.read_stream("acct_1") == [first, *second]
+
+
+def test_an_after_append_that_is_not_pipeline_safe_keeps_the_read_head_path(
+    pg_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[RecordedEvent]] = []
+    no_head_reads(monkeypatch)
+
+    with pytest.raises(AssertionError, match="head was read"):
+        pg_store.append("acct_1", 0, [noted(1)], after_append=lambda _c, r: seen.append(r))
+    assert seen == []

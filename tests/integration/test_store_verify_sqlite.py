@@ -71,7 +71,12 @@ def test_a_normal_log_verifies_without_reading_any_row_twice(
 
 
 def insert_raw(
-    store: EventStore, account_id: str, data_text: str, hash_of: dict, event_id: str
+    store: EventStore,
+    account_id: str,
+    data_text: str,
+    hash_of: dict,
+    event_id: str,
+    occurred_text: str = "2026-11-24 10:00:00.123456",
 ) -> None:
     """Store an event whose ``data`` column is ``data_text`` and whose hash is the recipe's
     over ``hash_of`` as its data (triggers are for UPDATE and DELETE: an INSERT is allowed)."""
@@ -92,12 +97,13 @@ def insert_raw(
             sa.text(
                 "INSERT INTO events (event_id, account_id, version, type, schema_version, data, "
                 "metadata, occurred_at, recorded_at, prev_hash, hash) VALUES (:e, :a, 1, 'Noted', "
-                "1, :d, '{}', '2026-11-24 10:00:00.123456', '2026-11-24 10:00:00.123456', :p, :h)"
+                "1, :d, '{}', :o, '2026-11-24 10:00:00.123456', :p, :h)"
             ),
             {
                 "e": fields["event_id"],
                 "a": account_id,
                 "d": data_text,
+                "o": occurred_text,
                 "p": GENESIS_HASH,
                 "h": digest,
             },
@@ -122,3 +128,36 @@ def test_a_row_in_another_shape_is_judged_by_the_recipe_on_what_readers_get(
         "forged": forged,
         "spaced": sqlite_store.verify("spaced"),
     }
+
+
+@pytest.mark.parametrize(
+    ("occurred_text", "readers_get_the_hashed_time"),
+    [
+        # SQLite's length() and substr() stop at a NUL; so does Python's fromisoformat.
+        ("2026-11-24 10:00:00.123456\x00junk", True),
+        ("2026-11-24 10:00:00.1234\x006", False),  # readers get .123400
+        ("2026-11-24T10:00:00.123456", True),
+        ("2026-11-24 10:00:00.123457", False),
+    ],
+)
+def test_a_time_in_another_shape_is_judged_by_what_readers_decode(
+    sqlite_store: EventStore, occurred_text: str, readers_get_the_hashed_time: bool
+) -> None:
+    # The hash is the recipe's over 10:00:00.123456; the stored text is another.
+    insert_raw(
+        sqlite_store,
+        "edited",
+        '{"n":1}',
+        {"n": 1},
+        "0195b6f0-0000-7000-8000-000000000003",
+        occurred_text=occurred_text,
+    )
+
+    result = sqlite_store.verify("edited")
+
+    if occurred_text.endswith(".123457"):  # the usual shape: the database's text, not matching
+        assert database_text(sqlite_store, "edited", 1) is not None
+    else:  # not the shape this store writes: no text from the database, the full recomputation
+        assert database_text(sqlite_store, "edited", 1) is None
+    assert result.ok is readers_get_the_hashed_time
+    assert dict(sqlite_store.verify_all())["edited"] == result
