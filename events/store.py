@@ -179,47 +179,6 @@ _INSERT_COLUMNS = (
 )
 
 
-def _sqlite_time_shape(column: str) -> str:
-    """SQL: the column holds a time as SQLAlchemy writes it on SQLite: text of 26 bytes with no
-    NUL (SQLite's ``length`` and ``substr`` stop at a NUL) and a space between date and time."""
-    return (
-        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = 26 "
-        f"AND length({column}) = 26 AND substr({column}, 11, 1) = ' '"
-    )
-
-
-def _sqlite_time(column: str) -> str:
-    """SQL: ``format_time``'s text of a time as SQLAlchemy stores it on SQLite (checked by
-    ``_SQLITE_HASHED``: 26 characters, a space between date and time), JSON-quoted."""
-    return f"json_quote(substr({column}, 1, 10) || 'T' || substr({column}, 12) || 'Z')"
-
-
-# SQLite: ``prev_hash + canonical`` of a row (``chain.canonical_event`` with the stored JSON
-# texts spliced in) as UTF-8 bytes, built by the database, or NULL for a row without exactly the
-# shapes this store writes: documents that are text and whole JSON values, ids and type as text,
-# integer versions, times as SQLAlchemy writes them (26 bytes, no NUL). ``json_quote`` escapes
-# strings as the hash recipe does (``json`` with non-ASCII kept). For the texts this store wrote,
-# a match means the stored texts are, byte for byte, those hashed, so readers (who parse them) get
-# what was hashed; any other row is decided by the full recomputation on what readers decode
-# (``EventStore._sqlite_row_matches``). (Whoever rewrites a row and recomputes the hashes after
-# it can pass valid but non-canonical JSON here, which an auditor's recomputation would reject;
-# no unkeyed chain stops such a rewrite: comparing the head hash with one kept elsewhere does.)
-_SQLITE_HASHED = (
-    "CASE WHEN typeof(data) = 'text' AND typeof(metadata) = 'text' "
-    "AND json_valid(data) AND json_valid(metadata) "
-    "AND typeof(event_id) = 'text' AND typeof(account_id) = 'text' AND typeof(type) = 'text' "
-    "AND typeof(prev_hash) = 'text' "
-    "AND typeof(version) = 'integer' AND typeof(schema_version) = 'integer' "
-    f"AND {_sqlite_time_shape('occurred_at')} AND {_sqlite_time_shape('recorded_at')} "
-    "AND instr(data, char(0)) = 0 AND instr(metadata, char(0)) = 0 "
-    "THEN CAST(prev_hash || '{\"account_id\":' || json_quote(account_id) || ',\"data\":' || data "
-    "|| ',\"event_id\":' || json_quote(event_id) || ',\"metadata\":' || metadata "
-    f"|| ',\"occurred_at\":' || {_sqlite_time('occurred_at')} "
-    f"|| ',\"recorded_at\":' || {_sqlite_time('recorded_at')} "
-    "|| ',\"schema_version\":' || schema_version || ',\"type\":' || json_quote(type) "
-    "|| ',\"version\":' || version || '}' AS BLOB) END"
-)
-
 # ``format_time``'s text, followed by the era (AD or BC), which ``to_char`` leaves out of the year.
 _PG_TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"AD'
 
@@ -253,12 +212,12 @@ class _SQL:
                 for c in ("occurred_at", "recorded_at")
             )
             verify_columns = (
-                f"account_id, version, prev_hash, hash, {event_id}, type, schema_version, "
-                f"data::text, metadata::text, {times}, occurred_at, recorded_at"
+                f"position, {event_id}, account_id, version, type, schema_version, data::text, "
+                f"metadata::text, {times}, prev_hash, hash, occurred_at, recorded_at"
             )
         else:
-            # SQLite: the text the hash covers, built by the database (``_SQLITE_HASHED``).
-            verify_columns = f"account_id, version, prev_hash, hash, {_SQLITE_HASHED}"
+            # SQLite: json_valid tells the verifier that the stored texts are whole JSON values.
+            verify_columns = columns + ", json_valid(data) AND json_valid(metadata)"
         self.verify = (
             f"SELECT {verify_columns} FROM events WHERE account_id = {p} AND version > {p} "
             f"ORDER BY version LIMIT {p}"
@@ -278,7 +237,6 @@ class _SQL:
         key = "key" if pg else '"key"'
         self.key = f"SELECT fingerprint, event_ids FROM idempotency_keys WHERE {key} = {p}"
         self.by_id = f"SELECT {columns} FROM events WHERE event_id = {p}{'::uuid' if pg else ''}"
-        self.at_version = f"SELECT {columns} FROM events WHERE account_id = {p} AND version = {p}"
         self.insert_key = (
             f"INSERT INTO idempotency_keys ({key}, fingerprint, account_id, event_ids, "
             f"recorded_at) VALUES ({p}, {p}, {p}, {p}{'::json' if pg else ''}, {p})"
@@ -361,6 +319,48 @@ def _event_from_postgres(r: Sequence[Any]) -> RecordedEvent:
     )
 
 
+def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
+    """Whether a row of ``_SQL.verify`` on SQLite has the hash of its content.
+
+    First with its stored JSON texts spliced in as they are, when the row has the exact shapes
+    this store writes (canonical JSON text, validated as whole JSON values by SQLite, and times
+    in SQLAlchemy's format). A match means the stored texts are byte for byte the canonical
+    texts once hashed, so readers, who parse them, get exactly what was hashed; a mismatch (or
+    another shape) is decided by the full recomputation, on the row as readers decode it.
+    """
+    expected: str = r[11]
+    occurred, recorded = r[8], r[9]
+    if (
+        r[12]
+        and type(r[6]) is str
+        and type(r[7]) is str
+        and type(occurred) is str
+        and type(recorded) is str
+        and len(occurred) == 26
+        and len(recorded) == 26
+        and occurred[10] == " "
+        and recorded[10] == " "
+    ):
+        canonical = canonical_event(
+            str(r[1]),
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            occurred[:10] + "T" + occurred[11:] + "Z",
+            recorded[:10] + "T" + recorded[11:] + "Z",
+        )
+        if _sha256((prev + canonical).encode("utf-8")).hexdigest() == expected:
+            return True
+    try:
+        event = _event_from_sqlite(r)
+    except ValueError:  # readers cannot decode it either: not what was hashed
+        return False
+    return event_hash(prev, event) == expected
+
+
 _sha256 = hashlib.sha256
 
 
@@ -380,20 +380,20 @@ def _postgres_row_matches(prev: str, r: Sequence[Any]) -> bool:
     Its documents come as ``jsonb``'s text: canonically written, they are what readers (who
     parse that same text) get. The times are the recipe's text (``_postgres_time_text``).
     """
-    expected: str = r[3]
+    expected: str = r[11]
     return (
         sha256_link(
             prev,
             canonical_event(
-                r[4],
-                r[0],
                 r[1],
+                r[2],
+                r[3],
+                r[4],
                 r[5],
-                r[6],
+                _canonical_from_text(r[6], canonical_document),
                 _canonical_from_text(r[7], canonical_document),
-                _canonical_from_text(r[8], canonical_document),
-                _postgres_time_text(r[9], r[11]),
-                _postgres_time_text(r[10], r[12]),
+                _postgres_time_text(r[8], r[12]),
+                _postgres_time_text(r[9], r[13]),
             ),
         )
         == expected
@@ -403,13 +403,12 @@ def _postgres_row_matches(prev: str, r: Sequence[Any]) -> bool:
 _canonical_from_text = fastjson.canonical_from_text
 
 
-# Rows of ``_SQL.verify``: their account, version, prev_hash and hash come first.
-_link: Callable[[Sequence[Any]], tuple[int, str, str]] = operator.itemgetter(1, 2, 3)
-_account_of: Callable[[Sequence[Any]], str] = operator.itemgetter(0)
-_stream_key_of: Callable[[Sequence[Any]], tuple[str, int]] = operator.itemgetter(0, 1)
-_version_of: Callable[[Sequence[Any]], int] = operator.itemgetter(1)
-# Rows of ``_SQL.all``.
+# A row's version, prev_hash and hash.
+_link: Callable[[Sequence[Any]], tuple[int, str, str]] = operator.itemgetter(3, 10, 11)
+_account_of: Callable[[Sequence[Any]], str] = operator.itemgetter(2)
+_stream_key_of: Callable[[Sequence[Any]], tuple[str, int]] = operator.itemgetter(2, 3)
 _position_of: Callable[[Sequence[Any]], int] = operator.itemgetter(0)
+_version_of: Callable[[Sequence[Any]], int] = operator.itemgetter(3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,24 +811,7 @@ class EventStore:
     @property
     def _row_matches(self) -> Callable[[str, Sequence[Any]], bool]:
         """Whether a row of ``_SQL.verify`` has the hash of its content, on this database."""
-        return _postgres_row_matches if self._sql.postgres else self._sqlite_row_matches
-
-    def _sqlite_row_matches(self, prev: str, r: Sequence[Any]) -> bool:
-        """Whether a row of ``_SQL.verify`` on SQLite has the hash of its content: first of
-        the text the database built (``_SQLITE_HASHED``); when there is none or it does not
-        match, of the row as readers decode it, read again (only a broken or unusual row)."""
-        hashed = r[4]
-        if hashed is not None and _sha256(hashed).hexdigest() == r[3]:
-            return True
-        rows = self._fetch(self._sql.at_version, (r[0], r[1]))
-        if not rows:
-            return False
-        try:
-            event = _event_from_sqlite(rows[0])
-        except ValueError:  # readers cannot decode it either: not what was hashed
-            return False
-        expected: str = r[3]
-        return event_hash(prev, event) == expected
+        return _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
         """The rows of one read-only statement (``dialects.fetch_all``)."""
