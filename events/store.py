@@ -21,7 +21,7 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -423,8 +423,16 @@ class _Write:
     after_append: AfterAppend | None
 
     def run(
-        self, driver: dialects.DriverConnection, sql: _SQL, conn: Connection | None = None
+        self,
+        driver: dialects.DriverConnection,
+        sql: _SQL,
+        conn: Connection | None = None,
+        head: StreamHead | None = None,
     ) -> list[list[RecordedEvent]]:
+        """The append in the transaction on ``driver`` (and ``conn``, for ``after_append``);
+        with its one stream's ``head`` known, pipelined (``_write_pipelined``, PostgreSQL)."""
+        if head is not None:
+            return [_write_pipelined(driver, sql, self, head, conn)]
         recorded = _write(
             driver,
             sql,
@@ -555,7 +563,7 @@ class EventStore:
         ):
             head = appends[0].known_head
             if head is not None and all(d is not None for d in documents[0]):
-                return [self._write_alone(write, head)]
+                return self._write_alone(write, head)
         keyed = idempotency_key is not None or any(a.idempotency_key is not None for a in appends)
         if keyed and sql.postgres:
             # Alone: on PostgreSQL a key's row may have to wait for another transaction's,
@@ -567,30 +575,18 @@ class EventStore:
             raise outcome
         return outcome
 
-    @overload
-    def _write_alone(self, write: _Write) -> list[list[RecordedEvent]]: ...
-
-    @overload
-    def _write_alone(self, write: _Write, head: StreamHead) -> list[RecordedEvent]: ...
-
     def _write_alone(
         self, write: _Write, head: StreamHead | None = None
-    ) -> list[list[RecordedEvent]] | list[RecordedEvent]:
-        """One append in a transaction of its own; with the ``head`` of its one stream known,
-        pipelined (``_write_pipelined``, PostgreSQL)."""
+    ) -> list[list[RecordedEvent]]:
+        """One append in a transaction of its own (``head``: ``_Write.run``)."""
         sql = self._sql
         try:
             if write.after_append is None:
                 # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
                 with dialects.write_transaction(self.engine) as driver:
-                    if head is not None:
-                        return _write_pipelined(driver, sql, write, head, None)
-                    return write.run(driver, sql)
+                    return write.run(driver, sql, head=head)
             with dialects.write_connection(self.engine) as conn, conn.begin():
-                driver = dialects.DriverConnection.of(conn)
-                if head is not None:
-                    return _write_pipelined(driver, sql, write, head, conn)
-                return write.run(driver, sql, conn)
+                return write.run(dialects.DriverConnection.of(conn), sql, conn, head)
         except IntegrityError as exc:
             raise _translate_integrity_error(exc, write.appends) from exc
 
@@ -1082,12 +1078,7 @@ def _write_pipelined(
         params,
     )
     guard = () if head.version == 0 else (item.account_id, head.version, head.hash)
-    if len(params) == 1:
-        statement = sql.insert_one_after if guard else sql.insert_one
-        args: Any = (*params[0], *guard)
-    else:
-        statement = sql.insert_arrays_after if guard else sql.insert_arrays
-        args = [*(list(column) for column in zip(*params, strict=True)), *guard]
+    statement, args = _postgres_insert(sql, params, guard)
 
     def run(dbapi_conn: Any) -> list[Any]:
         # BEGIN and COMMIT are sent as statements of the pipeline: psycopg's own BEGIN would
@@ -1235,17 +1226,12 @@ def _insert(
     driver: dialects.DriverConnection, sql: _SQL, params: list[tuple[Any, ...]]
 ) -> list[int]:
     """Insert the rows and return their positions, in the rows' order."""
-    if len(params) == 1:
-        row = params[0]
-        if sql.postgres:
-            position, _ = driver.call(sql.insert_one, _fetch_one(sql.insert_one, row), row)
-            return [position]
-        return [driver.execute(sql.insert_one, row).lastrowid]
     if sql.postgres:
-        statement = sql.insert_arrays
-        arrays = [list(column) for column in zip(*params, strict=True)]
-        returned_rows: list[Any] = driver.call(statement, _fetch_all(statement, arrays), arrays)
+        statement, args = _postgres_insert(sql, params, ())
+        returned_rows: list[Any] = driver.call(statement, _fetch_all(statement, args), args)
         return _positions_of(params, returned_rows)
+    if len(params) == 1:
+        return [driver.execute(sql.insert_one, params[0]).lastrowid]
     # SQLite: this transaction is the only writer (BEGIN IMMEDIATE), so the positions after the
     # last one are ours to give, in the rows' order, as SQLite itself would have. Given, they
     # need no RETURNING, which SQLite buffers row by row (a sixth of a 100-event append).
@@ -1263,15 +1249,23 @@ def _insert(
     return positions
 
 
+def _postgres_insert(
+    sql: _SQL, params: list[tuple[Any, ...]], head_is: tuple[Any, ...]
+) -> tuple[str, Any]:
+    """PostgreSQL: the statement inserting these rows (one row as values, more as arrays),
+    returning ``position, event_id``, and its arguments; with ``head_is`` (account, version,
+    hash) only if the stream's head is that (``_SQL.insert_one_after``)."""
+    if len(params) == 1:
+        return (sql.insert_one_after if head_is else sql.insert_one), (*params[0], *head_is)
+    arrays = [list(column) for column in zip(*params, strict=True)]
+    return (sql.insert_arrays_after if head_is else sql.insert_arrays), [*arrays, *head_is]
+
+
 def _positions_of(rows: Sequence[Sequence[Any]], returned: Sequence[Any]) -> list[int]:
     """The position of each inserted row, from ``RETURNING position, event_id`` rows in any
     order (event ids are canonical: ``_with_canonical_ids``)."""
     position_of = {event_id: position for position, event_id in returned}
     return [position_of[row[0]] for row in rows]
-
-
-def _fetch_one(statement: str, params: Sequence[Any]) -> Callable[[Any], Any]:
-    return lambda dbapi_conn: dbapi_conn.execute(statement, params).fetchone()
 
 
 def _fetch_all(statement: str, params: Sequence[Any]) -> Callable[[Any], list[Any]]:

@@ -10,7 +10,9 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -90,23 +92,32 @@ def store(engine: sa.Engine) -> EventStore:
     return EventStore(engine)
 
 
-def _migrated_store(url: str) -> Iterator[EventStore]:
+@contextmanager
+def migrated_store(
+    url: str, engine_options: dict[str, Any] | None = None, **store_options: Any
+) -> Iterator[EventStore]:
+    """A store on ``url``, migrated first (``engine_options`` for ``create_engine``,
+    ``store_options`` for ``EventStore``); its engine disposed after."""
     upgrade(url)
-    engine = create_engine(url)
-    yield EventStore(engine)
-    engine.dispose()
+    engine = create_engine(url, **(engine_options or {}))
+    try:
+        yield EventStore(engine, **store_options)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
 def pg_store(pg_url: str) -> Iterator[EventStore]:
     """A store on a fresh, migrated PostgreSQL database, for what only PostgreSQL has."""
-    yield from _migrated_store(pg_url)
+    with migrated_store(pg_url) as store:
+        yield store
 
 
 @pytest.fixture
 def sqlite_store(sqlite_url: str) -> Iterator[EventStore]:
     """A store on a fresh, migrated SQLite file, for what only SQLite has."""
-    yield from _migrated_store(sqlite_url)
+    with migrated_store(sqlite_url) as store:
+        yield store
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ they came."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from enforcement.migrations import upgrade
 from events import (
     ConcurrencyError,
     EventStore,
@@ -22,10 +22,10 @@ from events import (
     NewEvent,
     RecordedEvent,
     StreamHead,
-    create_engine,
 )
 from events import store as events_store
 from events.schema import checkpoints
+from tests.conftest import migrated_store
 
 pytestmark = pytest.mark.postgres
 
@@ -39,10 +39,8 @@ def noted(n: int) -> NewEvent:
 @pytest.fixture
 def one_connection_store(pg_url: str) -> Iterator[EventStore]:
     """A store whose pool holds one connection: every append reuses it."""
-    upgrade(pg_url)
-    engine = create_engine(pg_url, pool_size=1, max_overflow=0)
-    yield EventStore(engine)
-    engine.dispose()
+    with migrated_store(pg_url, {"pool_size": 1, "max_overflow": 0}) as store:
+        yield store
 
 
 def no_head_reads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +66,7 @@ def test_a_new_streams_events_are_appended_without_reading_its_head(
     assert [e.version for e in three] == [1, 2, 3]
     assert all(pg_store.verify(a).ok for a in ("acct_one", "acct_three", "acct_keyed"))
     # after_append saw the events as recorded, but for the positions not known yet.
-    assert [[e.__class__(0, *_fields(e)) for e in three]] == seen
+    assert [[dataclasses.replace(e, position=0) for e in three]] == seen
     assert pg_store.append("acct_keyed", 0, [noted(5)], "key-1") == keyed  # a replay
     with pytest.raises(IdempotencyConflict):
         pg_store.append("acct_keyed", 0, [noted(6)], "key-1")
@@ -122,22 +120,6 @@ def test_a_head_at_another_version_than_expected_is_not_used(
     [appended] = pg_store.append("acct_1", 2, [noted(3)], head=StreamHead(1, "f" * 64))
 
     assert appended.version == 3 and pg_store.verify("acct_1").ok
-
-
-def _fields(event: RecordedEvent) -> tuple[Any, ...]:
-    return (
-        event.event_id,
-        event.account_id,
-        event.version,
-        event.type,
-        event.schema_version,
-        event.data,
-        event.metadata,
-        event.occurred_at,
-        event.recorded_at,
-        event.prev_hash,
-        event.hash,
-    )
 
 
 def pipeline_safe(call: Callable[[list[RecordedEvent]], object]) -> Any:
@@ -204,9 +186,6 @@ def test_the_connection_goes_back_to_the_pool_in_transactions(
 def test_without_pipelining_every_head_is_read_under_the_lock(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upgrade(pg_url)
-    engine = create_engine(pg_url)
-    store = EventStore(engine, pipeline_known_heads=False)
     reads: list[list[str]] = []
     locked_heads = events_store._locked_heads
 
@@ -215,11 +194,9 @@ def test_without_pipelining_every_head_is_read_under_the_lock(
         return locked_heads(driver, sql, account_ids)
 
     monkeypatch.setattr(events_store, "_locked_heads", counting)
-    try:
+    with migrated_store(pg_url, pipeline_known_heads=False) as store:
         [first] = store.append("acct_1", 0, [noted(1)])
         store.append("acct_1", 1, [noted(2)], head=StreamHead(1, first.hash))
-    finally:
-        engine.dispose()
 
     assert reads == [["acct_1"], ["acct_1"]]
 

@@ -121,17 +121,31 @@ def _interrupt(thread: threading.Thread) -> None:
     assert done == 1
 
 
+class FirstBatchHeld:
+    """A flush that records its batches and holds the first open until ``release`` is set;
+    ``first`` answers the first batch (by default ``later``), ``later`` every other."""
+
+    def __init__(
+        self,
+        later: Callable[[Sequence[str]], list[str]],
+        first: Callable[[Sequence[str]], list[str]] | None = None,
+    ) -> None:
+        self.later, self.first = later, first or later
+        self.batches: list[list[str]] = []
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, items: Sequence[str]) -> list[str]:
+        self.batches.append(list(items))
+        if len(self.batches) > 1:
+            return self.later(items)
+        self.started.set()
+        assert self.release.wait(10)
+        return self.first(items)
+
+
 def test_a_follower_interrupted_when_handed_the_lead_passes_it_on() -> None:
-    first_started, release_first = threading.Event(), threading.Event()
-    batches: list[list[str]] = []
-
-    def flush(items: Sequence[str]) -> list[str]:
-        batches.append(list(items))
-        if len(batches) == 1:
-            first_started.set()
-            assert release_first.wait(10)
-        return [f"done {i}" for i in items]
-
+    flush = FirstBatchHeld(lambda items: [f"done {i}" for i in items])
+    first_started, release_first, batches = flush.started, flush.release, flush.batches
     group: GroupCommit[str, str] = GroupCommit(flush)
     outcomes: dict[str, object] = {}
     call = _recording_calls(group, outcomes)
@@ -222,18 +236,12 @@ class _Refused(Exception):
 
 
 def test_each_thread_of_a_failed_batch_raises_its_own_copy_of_the_error() -> None:
-    first_started, release_first = threading.Event(), threading.Event()
-    flushes: list[list[str]] = []
-
-    def flush(items: Sequence[str]) -> list[str]:
-        flushes.append(list(items))
-        if len(flushes) == 1:
-            first_started.set()
-            assert release_first.wait(10)
-            return list(items)
+    def flush(_items: Sequence[str]) -> list[str]:
         raise _Refused("acct_1", 3) from KeyError("cause")
 
-    group: GroupCommit[str, str] = GroupCommit(flush)
+    held = FirstBatchHeld(flush, first=list)
+    first_started, release_first, flushes = held.started, held.release, held.batches
+    group: GroupCommit[str, str] = GroupCommit(held)
     outcomes: dict[str, object] = {}
     call = _recording_calls(group, outcomes)
 
