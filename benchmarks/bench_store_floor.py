@@ -1,0 +1,267 @@
+"""The floor under ``bench_store.py``'s SQLite append rows: the statements alone, no library.
+
+``bench_store.py`` times our ``EventStore`` against eventsourcing's recorder, Python included.
+This benchmark takes Python out: both sides' append statements run straight on ``sqlite3``
+with every parameter computed beforehand (ids, JSON texts, hashes, times), so what is left is
+what SQLite itself takes for each schema. If our schema's floor is below eventsourcing's,
+no Python on our side can bring the store's append rows to 1.0x; the narrower variants show
+what a different table would buy.
+
+Sides, each a fresh file of its own in one temporary directory, WAL, ``synchronous=FULL``:
+
+- ``ours``: the ``events`` table as ``alembic upgrade head`` creates it (three unique or
+  plain indexes beside the rowid: event id, (account, version), recorded_at); a 1-event
+  append is ``BEGIN IMMEDIATE``, the head read, the insert, ``COMMIT``; a B-event append is
+  ``BEGIN IMMEDIATE``, ``max(position)``, one multi-row insert with the positions given,
+  ``COMMIT`` (as ``events/store.py`` does);
+- ``ours - recorded_at index``: the same, without ``ix_events_recorded_at``;
+- ``narrow``: the same statements on a table with binary ids and hashes (16 and 32 bytes
+  instead of 36 and 64 characters), times as integer microseconds, no ``recorded_at`` index;
+- ``eventsourcing``: its ``SQLiteApplicationRecorder`` table (rowid + primary key on
+  (originator_id, originator_version)) and its statements: ``BEGIN``, one ``INSERT`` per
+  event, ``COMMIT``.
+
+The payload is ``bench_store.py``'s. Appends alternate between the sides in chunks, in an
+order that rotates, and every figure is the median of ``--repeats`` runs.
+
+Run from the repository root: ``.venv/bin/python benchmarks/bench_store_floor.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench_store import filesystem, payload_fields  # noqa: E402
+from common import load_average  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from enforcement.migrations import upgrade  # noqa: E402
+from events.types import new_event_id  # noqa: E402
+
+OURS, WITHOUT_RECORDED, NARROW, THEIRS = (
+    "ours",
+    "ours - recorded_at index",
+    "narrow",
+    "eventsourcing",
+)
+SIDES = (OURS, WITHOUT_RECORDED, NARROW, THEIRS)
+CHUNKS = 10
+COLUMNS = (
+    "event_id, account_id, version, type, schema_version, data, metadata, occurred_at, "
+    "recorded_at, prev_hash, hash"
+)
+HEAD = "SELECT version, hash FROM events WHERE account_id = ? ORDER BY version DESC LIMIT 1"
+NARROW_TABLE = """CREATE TABLE events (
+    position INTEGER PRIMARY KEY, event_id BLOB NOT NULL, account_id TEXT NOT NULL,
+    version INTEGER NOT NULL, type TEXT NOT NULL, schema_version INTEGER NOT NULL,
+    data TEXT NOT NULL, metadata TEXT NOT NULL, occurred_at INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
+    CONSTRAINT uq_events_event_id UNIQUE (event_id),
+    CONSTRAINT uq_events_account_version UNIQUE (account_id, version),
+    CONSTRAINT ck_events_version_positive CHECK (version >= 1))"""
+THEIR_TABLE = """CREATE TABLE stored_events (originator_id TEXT, originator_version INTEGER,
+    topic TEXT, state BLOB, PRIMARY KEY (originator_id, originator_version))"""
+THEIR_INSERT = "INSERT INTO stored_events VALUES (?,?,?,?)"
+THEIR_TOPIC = "bench_store:ESViolationReported"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+@dataclass
+class Side:
+    name: str
+    conn: sqlite3.Connection
+    binary: bool = False  # the narrow table's ids, hashes and times
+
+    def row(self, account_id: str, version: int, i: int, now: datetime) -> tuple[Any, ...]:
+        data = json.dumps(payload_fields(i), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(f"{account_id}:{version}".encode()).digest()
+        if self.name == THEIRS:
+            state = json.dumps(
+                {**payload_fields(i), "timestamp": {"_type_": "datetime_iso", "_data_": str(now)}}
+            ).encode()
+            return (uuid.UUID(account_id).hex, version, THEIR_TOPIC, state)
+        if self.binary:
+            micros = int(now.timestamp() * 1_000_000)
+            event_id: Any = uuid.UUID(new_event_id()).bytes
+            return (event_id, account_id, version, "ViolationReported", 1, data, "{}",
+                    micros, micros, bytes(32), digest)  # fmt: skip
+        text = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return (new_event_id(), account_id, version, "ViolationReported", 1, data, "{}",
+                text, text, "0" * 64, digest.hex())  # fmt: skip
+
+    def append_one(self, rows: list[tuple[Any, ...]]) -> int:
+        """One transaction per row (each to its own stream)."""
+        execute = self.conn.execute
+        if self.name == THEIRS:
+            for row in rows:
+                execute("BEGIN")
+                execute(THEIR_INSERT, row)
+                execute("COMMIT")
+            return len(rows)
+        insert = f"INSERT INTO events ({COLUMNS}) VALUES ({', '.join('?' * 11)})"
+        for row in rows:
+            execute("BEGIN IMMEDIATE")
+            execute(HEAD, (row[1],)).fetchone()
+            execute(insert, row)
+            execute("COMMIT")
+        return len(rows)
+
+    def append_batch(self, rows: list[tuple[Any, ...]]) -> int:
+        """All ``rows`` (one stream's) in one transaction."""
+        execute = self.conn.execute
+        if self.name == THEIRS:
+            execute("BEGIN")
+            for row in rows:
+                execute(THEIR_INSERT, row)
+            execute("COMMIT")
+            return len(rows)
+        values = ", ".join(["(" + ", ".join("?" * 12) + ")"] * len(rows))
+        execute("BEGIN IMMEDIATE")
+        [(last,)] = execute("SELECT coalesce(max(position), 0) FROM events").fetchall()
+        flat = [v for n, row in enumerate(rows, last + 1) for v in (n, *row)]
+        execute(f"INSERT INTO events (position, {COLUMNS}) VALUES {values}", flat)
+        execute("COMMIT")
+        return len(rows)
+
+
+def make_sides(directory: Path) -> dict[str, Side]:
+    sides = {}
+    for name in (OURS, WITHOUT_RECORDED):
+        path = directory / f"{name.split()[0]}-{len(sides)}.db"
+        upgrade(f"sqlite:///{path}")
+        conn = connect(path)
+        if name == WITHOUT_RECORDED:
+            conn.execute("DROP INDEX ix_events_recorded_at")
+        sides[name] = Side(name, conn)
+    narrow = connect(directory / "narrow.db")
+    narrow.execute(NARROW_TABLE)
+    sides[NARROW] = Side(NARROW, narrow, binary=True)
+    theirs = connect(directory / "eventsourcing.db")
+    theirs.execute(THEIR_TABLE)
+    sides[THEIRS] = Side(THEIRS, theirs)
+    return sides
+
+
+def measure(
+    sides: dict[str, Side], events: int, batch: int, round_no: int
+) -> dict[tuple[str, str], float]:
+    """One run of both workloads on every side: events/s per (workload, side)."""
+    streams = max(1, events // 10)
+    work: dict[tuple[str, str], list[Callable[[], int]]] = {}
+    for side in sides.values():
+        ids = [str(uuid.uuid4()) for _ in range(streams)]
+        now = datetime.now(UTC)
+        # 1/tx: every stream gets ten events, one per transaction, round robin.
+        one = [side.row(a, v, i, now) for v in range(1, 11) for i, a in enumerate(ids)]
+        per_chunk = -(-len(one) // CHUNKS)
+        work[("append 1/tx", side.name)] = [
+            (lambda rows=one[k : k + per_chunk], s=side: s.append_one(rows))
+            for k in range(0, len(one), per_chunk)
+        ]
+        batches = [
+            [side.row(a, v, v, now) for v in range(1, batch + 1)]
+            for a in (str(uuid.uuid4()) for _ in range(max(1, events // batch)))
+        ]
+        per_chunk = -(-len(batches) // CHUNKS)
+        work[(f"append {batch}/tx", side.name)] = [
+            (lambda bs=batches[k : k + per_chunk], s=side: sum(s.append_batch(b) for b in bs))
+            for k in range(0, len(batches), per_chunk)
+        ]
+    rates: dict[tuple[str, str], float] = {}
+    for operation in ("append 1/tx", f"append {batch}/tx"):
+        seconds = dict.fromkeys(sides, 0.0)
+        counts = dict.fromkeys(sides, 0)
+        names = list(sides)
+        for k in range(CHUNKS):
+            shift = (k + round_no) % len(names)
+            for name in names[shift:] + names[:shift]:
+                chunks = work[(operation, name)]
+                if k < len(chunks):
+                    start = time.perf_counter()
+                    counts[name] += chunks[k]()
+                    seconds[name] += time.perf_counter() - start
+        for name in names:
+            rates[(operation, name)] = counts[name] / seconds[name]
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000, help="events per workload and run")
+    parser.add_argument("--batch", type=int, default=100, help="events per batched append")
+    parser.add_argument("--repeats", type=int, default=5, help="runs; the table shows medians")
+    args = parser.parse_args()
+
+    console = Console(width=140)
+    load_before = load_average()
+    started = time.perf_counter()
+    runs: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_store_floor_") as tmp:
+        directory = Path(tmp)
+        sides = make_sides(directory)
+        for round_no in range(args.repeats):
+            for key, rate in measure(sides, args.events, args.batch, round_no).items():
+                runs.setdefault(key, []).append(rate)
+        for side in sides.values():
+            side.conn.close()
+        where = filesystem(directory)
+
+    console.print("Event store floor: the append statements alone, on sqlite3 (no library)")
+    console.print(f"  machine: {os.cpu_count()} cores, {platform.platform()}")
+    console.print(
+        f"  load average (1 min) before {load_before}, after {load_average()}; "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+    )
+    console.print(
+        f"  one file per side in a temp dir on {where}; WAL, synchronous=FULL; every parameter "
+        "computed before the timing; the payload of bench_store.py"
+    )
+    console.print(
+        f"  append 1/tx: {args.events} events over {max(1, args.events // 10)} streams; "
+        f"append {args.batch}/tx: {max(1, args.events // args.batch)} transactions; "
+        f"median of {args.repeats} runs, interleaved in {CHUNKS} chunks"
+    )
+    table = Table(title=f"events per second (run took {time.perf_counter() - started:.0f} s)")
+    table.add_column("operation")
+    for name in SIDES:
+        table.add_column(name, justify="right")
+    for name in SIDES[:-1]:
+        table.add_column(f"{name} / eventsourcing", justify="right")
+    for operation in ("append 1/tx", f"append {args.batch}/tx"):
+        rate = {name: statistics.median(runs[(operation, name)]) for name in SIDES}
+        table.add_row(
+            operation,
+            *(f"{rate[name]:,.0f}" for name in SIDES),
+            *(f"{rate[name] / rate[THEIRS]:.2f}x" for name in SIDES[:-1]),
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
