@@ -33,6 +33,7 @@ from enforcement.policy_file import (
 )
 from events import NewEvent
 from events.timefmt import format_time, parse_time, to_utc
+from events.types import new_event_id
 from projections import aup_events as ev
 from projections.reasons import human_duration, statement_of_reasons, violation_fact
 from projections.standing import (
@@ -75,8 +76,9 @@ IdFactory = Callable[[str], str]
 POLICY_ACTOR = "policy"
 SUSTAINED_ABUSE = "sustained_abuse"
 ADULT_CONTENT = "unapproved_adult_content"
-# Event ids are UUIDs (the store's column); they are derived from ``new_id("evt")`` so that one
-# injected id factory makes every output deterministic.
+# Event ids are UUIDs (the store's column). With the production ``random_id`` they are the
+# store's time-ordered ids; with an injected id factory they are derived from ``new_id("evt")``,
+# so that one factory makes every output deterministic.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a4e-8d3b-5e7f-9a0b-1c2d3e4f5a6b")
 
 
@@ -100,7 +102,14 @@ class Context:
         object.__setattr__(self, "now", to_utc(self.now))
 
     def event_id(self) -> str:
-        """A new event id (a UUID), deterministic when ``new_id`` is."""
+        """A new event id (a UUID), deterministic when ``new_id`` is.
+
+        In production (``random_id``) a time-ordered one (``events.new_event_id``): ids made
+        later sort later, so the log's unique index on ``event_id`` grows at its right edge.
+        Random ids landed each of a violation's three events on a page of its own: a SQLite
+        commit wrote about 2.5 pages more to the WAL (16 pages a violation instead of 13.6)."""
+        if self.new_id is random_id:
+            return new_event_id()
         return str(uuid.uuid5(EVENT_ID_NAMESPACE, self.new_id("evt")))
 
 

@@ -178,6 +178,32 @@ def test_unknown_category_or_severity_is_a_validation_failure() -> None:
         )
 
 
+def test_production_event_ids_are_time_ordered_and_injected_ones_deterministic() -> None:
+    """``random_id`` (production) gives the store's version 7 ids, later ones sorting later, so
+    the log's event id index grows at its right edge; an injected factory gives the same ids
+    for the same calls."""
+    report = ViolationReport("spam", T0, description="bulk mail")
+    made = [
+        e.event_id
+        for _ in range(3)
+        for e in decide_violation(P, StandingState.empty("a"), report, Context(T0, "r", "c"))
+    ]
+    assert len(made) == 9 and len(set(made)) == 9
+    assert all(uuid.UUID(i).version == 7 for i in made)
+    stamps = [uuid.UUID(i).int >> 80 for i in made]
+    assert stamps == sorted(stamps)
+
+    def decided() -> list[str]:
+        counter = itertools.count(1)
+        ctx = Context(T0, "r", "c", new_id=lambda prefix: f"{prefix}_{next(counter)}")
+        return [e.event_id for e in decide_violation(P, StandingState.empty("a"), report, ctx)]
+
+    first = decided()
+    assert first == decided()
+    assert all(uuid.UUID(i).version == 5 for i in first)
+    assert Context(T0, "r", "c").new_id is random_id
+
+
 # --- the ladder, row by row -----------------------------------------------------------------
 
 
