@@ -15,17 +15,22 @@ Workloads (each first warmed up, then timed for ``--seconds``):
 - ``batch``: ``POST /v1/violations:batch`` with ``--batch`` violations (new accounts) per
   request; the figure is violations per second. The ceiling gets the same body.
 
-Clients: one asyncio event loop in this process, ``httpx.AsyncClient`` with one keep-alive
-connection per concurrent client; each client sends its next request when the previous answer
-arrives (closed loop). Latency is per request, from send to the whole answer read. The client
-shares the machine with the server: on a 2-core machine it takes one core, so the absolute
-figures are lower than a remote load generator would see, and alike for both sides.
+Clients: one asyncio event loop in this process, one keep-alive connection per concurrent
+client; each client sends its next request when the previous answer arrives (closed loop).
+Latency is per request, from send to the whole answer read. The client shares the machine with
+the servers, so it should cost as little as it can: by default (``--client raw``) it is a
+minimal HTTP/1.1 client on asyncio streams (the request written in one piece, the answer read
+by its ``Content-Length``), which costs a fraction of what ``httpx.AsyncClient``
+(``--client httpx``, the client of the runs before 2026-12-03's last session) costs per
+request. The heavier client takes CPU from both servers alike, which flatters the ratio: the
+ceiling's own work is the smaller part of its latency.
 
 Run from the repository root:
 
     .venv/bin/python benchmarks/bench_http.py                     # both backends, ~2-3 minutes
     .venv/bin/python benchmarks/bench_http.py --backends sqlite --seconds 3
     .venv/bin/python benchmarks/bench_http.py --no-workers        # serve --no-workers
+    .venv/bin/python benchmarks/bench_http.py --client httpx      # the earlier, heavier client
     .venv/bin/python benchmarks/bench_http.py --profile           # + py-spy hot spots (x8)
 
 ``--profile`` needs ``py-spy`` (``.venv/bin/pip install py-spy``).
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shutil
@@ -45,7 +51,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,43 +220,104 @@ class Result:
 
 
 Body = Callable[[], tuple[str, dict[str, Any], int]]  # (path, json, items it carries)
+Post = Callable[[str, dict[str, Any]], Awaitable[int]]  # (path, json) -> the answer's status
 
 
-async def _run(client: httpx.AsyncClient, body: Body, clients: int, seconds: float) -> Result:
-    """``clients`` closed loops that start together and send until ``seconds`` have passed;
-    the rate counts every request sent in that time over the time until the last answer."""
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads each answer whole by its
+    ``Content-Length`` (both servers send one): the least a client can do per request."""
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        url = httpx.URL(base_url)
+        self.host, self.port = url.host, url.port or 80
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.headers = (
+            f"Host: {self.host}:{self.port}\r\n{auth}Content-Type: application/json\r\n"
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, payload: dict[str, Any]) -> int:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(payload).encode()
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (path.encode(), self.headers, len(body), body)
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = None
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                raise RuntimeError("a chunked answer: this client reads Content-Length only")
+        if length is None:
+            raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
+        await self.reader.readexactly(length)
+        return int(head[9:12])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def _run(posts: list[Post], body: Body, seconds: float) -> Result:
+    """One closed loop per ``posts`` entry, started together, sending until ``seconds`` have
+    passed; the rate counts every request sent in that time over the time until the last
+    answer."""
     latencies: list[float] = []
     counts = {"items": 0, "errors": 0}
     start = time.perf_counter()
     stop_at = start + seconds
 
-    async def worker() -> None:
+    async def worker(post: Post) -> None:
         while time.perf_counter() < stop_at:
             path, payload, items = body()
             sent = time.perf_counter()
-            response = await client.post(path, json=payload)
+            status = await post(path, payload)
             latencies.append(time.perf_counter() - sent)
             counts["items"] += items
-            if response.status_code not in (200, 201):
+            if status not in (200, 201):
                 counts["errors"] += 1
 
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    await asyncio.gather(*(worker(post) for post in posts))
     elapsed = time.perf_counter() - start
     return Result(len(latencies), counts["items"], counts["errors"], elapsed, latencies)
 
 
-async def _load(server: Server, body: Body, clients: int, warmup: float, seconds: float) -> Result:
+async def _load(
+    server: Server, body: Body, clients: int, warmup: float, seconds: float, client: str
+) -> Result:
+    if client == "raw":
+        connections = [RawConnection(server.base_url, server.token) for _ in range(clients)]
+        try:
+            posts: list[Post] = [c.post for c in connections]
+            await _run(posts, body, warmup)  # connections open, caches warm
+            return await _run(posts, body, seconds)
+        finally:
+            for connection in connections:
+                await connection.close()
     headers = {"Authorization": f"Bearer {server.token}"} if server.token else {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
         base_url=server.base_url, headers=headers, limits=limits, timeout=300
-    ) as client:
-        await _run(client, body, clients, warmup)  # connections open, caches warm
-        return await _run(client, body, clients, seconds)
+    ) as pool:
+
+        async def post(path: str, payload: dict[str, Any]) -> int:
+            return (await pool.post(path, json=payload)).status_code
+
+        await _run([post] * clients, body, warmup)
+        return await _run([post] * clients, body, seconds)
 
 
-def measure(server: Server, body: Body, clients: int, warmup: float, seconds: float) -> Result:
-    return asyncio.run(_load(server, body, clients, warmup, seconds))
+def measure(
+    server: Server, body: Body, clients: int, warmup: float, seconds: float, client: str = "raw"
+) -> Result:
+    return asyncio.run(_load(server, body, clients, warmup, seconds, client))
 
 
 def single_body() -> tuple[str, dict[str, Any], int]:
@@ -402,6 +469,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-workers", action="store_true", help="serve --no-workers")
     parser.add_argument("--goal", type=float, default=0.5, help="ratio to reach for `single`")
     parser.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load generator: a minimal HTTP/1.1 client (default) or httpx.AsyncClient",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy the server during `single` with 8 clients"
     )
     args = parser.parse_args(argv)
@@ -409,10 +482,16 @@ def main(argv: list[str] | None = None) -> None:
     clients = [int(c) for c in args.clients.split(",") if c]
 
     console = Console(width=max(Console().width, 150))
+    client_name = (
+        "a minimal HTTP/1.1 client (--client raw)"
+        if args.client == "raw"
+        else f"httpx {httpx.__version__} (--client httpx)"
+    )
     console.print(
         f"[bold]machine[/]: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}; client: httpx {httpx.__version__} on asyncio "
-        f"(one process, closed loop); server: uvicorn, one process; "
+        f"Python {platform.python_version()}; client: {client_name} on asyncio "
+        f"(one process, closed loop, a keep-alive connection per client); server: uvicorn, "
+        f"one process; "
         f"workers {'off' if args.no_workers else 'on (embedded)'}"
     )
     console.print(f"[bold]load average before[/]: {load_average(all_three=True)}")
@@ -426,21 +505,31 @@ def main(argv: list[str] | None = None) -> None:
                 with our_server(backend, workdir, args.pg_url, not args.no_workers) as ours:
                     for n in clients:
                         # Interleaved: the ceiling runs right before ours, in the same conditions.
-                        top = measure(ceiling, single_body, n, args.warmup, args.seconds)
+                        top = measure(
+                            ceiling, single_body, n, args.warmup, args.seconds, args.client
+                        )
                         if args.profile and n == 8:
                             raw = workdir / f"py-spy-{backend}.txt"
                             with py_spy(ours.pid, args.seconds + args.warmup, raw):
-                                mine = measure(ours, single_body, n, args.warmup, args.seconds)
+                                mine = measure(
+                                    ours, single_body, n, args.warmup, args.seconds, args.client
+                                )
                             profiles.append((backend, raw))
                         else:
-                            mine = measure(ours, single_body, n, args.warmup, args.seconds)
+                            mine = measure(
+                                ours, single_body, n, args.warmup, args.seconds, args.client
+                            )
                         rows.append(Row(backend, "single", n, mine, top, "req"))
                         console.print(
                             f"  {backend} single x{n}: {mine.rate:,.0f} vs {top.rate:,.0f} req/s"
                         )
                     body = batch_body(args.batch)
-                    top = measure(ceiling, body, args.batch_clients, args.warmup, args.seconds)
-                    mine = measure(ours, body, args.batch_clients, args.warmup, args.seconds)
+                    top = measure(
+                        ceiling, body, args.batch_clients, args.warmup, args.seconds, args.client
+                    )
+                    mine = measure(
+                        ours, body, args.batch_clients, args.warmup, args.seconds, args.client
+                    )
                     rows.append(
                         Row(backend, f"batch of {args.batch}", args.batch_clients, mine, top, "vio")
                     )
