@@ -21,7 +21,7 @@ Latency is per request, from send to the whole answer read. The client shares th
 the servers, so it should cost as little as it can: by default (``--client raw``) it is a
 minimal HTTP/1.1 client on asyncio streams (the request written in one piece, the answer read
 by its ``Content-Length``), which costs a fraction of what ``httpx.AsyncClient``
-(``--client httpx``, the client of the runs before 2026-12-03's last session) costs per
+(``--client httpx``, the client of the runs before commit 5e0e6d2) costs per
 request. The heavier client takes CPU from both servers alike, which flatters the ratio: the
 ceiling's own work is the smaller part of its latency.
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -55,7 +56,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from common import load_average, pg_database
@@ -225,10 +226,18 @@ Post = Callable[[str, dict[str, Any]], Awaitable[int]]  # (path, json) -> the an
 
 class RawConnection:
     """One keep-alive HTTP/1.1 connection that POSTs JSON and reads each answer whole by its
-    ``Content-Length`` (both servers send one): the least a client can do per request."""
+    ``Content-Length`` (both servers send one): the least a client can do per request.
+
+    It reconnects when the server ends the connection (``Connection: close``, or a kept-alive
+    connection found closed before the next request got any answer) and gives up on an answer
+    after ``TIMEOUT`` seconds, as the httpx client did."""
+
+    TIMEOUT = 300.0
 
     def __init__(self, base_url: str, token: str | None) -> None:
         url = httpx.URL(base_url)
+        if url.scheme != "http":
+            raise ValueError(f"the raw client speaks plain HTTP only, not {url.scheme!r}")
         self.host, self.port = url.host, url.port or 80
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self.headers = (
@@ -238,31 +247,52 @@ class RawConnection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, payload: dict[str, Any]) -> int:
+        body = json.dumps(payload).encode()
+        request = b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            path.encode(),
+            self.headers,
+            len(body),
+            body,
+        )
+        reused = self.writer is not None
+        try:
+            return await asyncio.wait_for(self._exchange(request), self.TIMEOUT)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            await self.close()
+            answered = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
+            if not reused or answered:
+                raise
+            # The server closed the idle kept-alive connection: once more on a new one.
+            return await asyncio.wait_for(self._exchange(request), self.TIMEOUT)
+
+    async def _exchange(self, request: bytes) -> int:
         if self.reader is None or self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        body = json.dumps(payload).encode()
-        self.writer.write(
-            b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
-            % (path.encode(), self.headers, len(body), body)
-        )
+        self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
-        length = None
+        length, close = None, False
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"content-length":
                 length = int(value)
+            elif name == b"connection":
+                close = value.strip().lower() == b"close"
             elif name == b"transfer-encoding":
                 raise RuntimeError("a chunked answer: this client reads Content-Length only")
         if length is None:
             raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
         await self.reader.readexactly(length)
+        if close:
+            await self.close()
         return int(head[9:12])
 
     async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            await self.writer.wait_closed()
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
 async def _run(posts: list[Post], body: Body, seconds: float) -> Result:
@@ -289,10 +319,13 @@ async def _run(posts: list[Post], body: Body, seconds: float) -> Result:
     return Result(len(latencies), counts["items"], counts["errors"], elapsed, latencies)
 
 
+ClientKind = Literal["raw", "httpx"]
+
+
 async def _load(
-    server: Server, body: Body, clients: int, warmup: float, seconds: float, client: str
+    server: Server, body: Body, clients: int, warmup: float, seconds: float, kind: ClientKind
 ) -> Result:
-    if client == "raw":
+    if kind == "raw":
         connections = [RawConnection(server.base_url, server.token) for _ in range(clients)]
         try:
             posts: list[Post] = [c.post for c in connections]
@@ -315,9 +348,14 @@ async def _load(
 
 
 def measure(
-    server: Server, body: Body, clients: int, warmup: float, seconds: float, client: str = "raw"
+    server: Server,
+    body: Body,
+    clients: int,
+    warmup: float,
+    seconds: float,
+    kind: ClientKind = "raw",
 ) -> Result:
-    return asyncio.run(_load(server, body, clients, warmup, seconds, client))
+    return asyncio.run(_load(server, body, clients, warmup, seconds, kind))
 
 
 def single_body() -> tuple[str, dict[str, Any], int]:

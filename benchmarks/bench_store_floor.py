@@ -1,28 +1,38 @@
 """The floor under ``bench_store.py``'s SQLite append rows: the statements alone, no library.
 
 ``bench_store.py`` times our ``EventStore`` against eventsourcing's recorder, Python included.
-This benchmark takes Python out: both sides' append statements run straight on ``sqlite3``
-with every parameter computed beforehand (ids, JSON texts, hashes, times), so what is left is
-what SQLite itself takes for each schema. If our schema's floor is below eventsourcing's,
-no Python on our side can bring the store's append rows to 1.0x; the narrower variants show
-what a different table would buy.
+Here both sides' append statements also run straight on ``sqlite3``, with every parameter
+computed beforehand (ids, JSON texts, hashes, times): what is left is what SQLite itself takes
+for each table. Beside them, eventsourcing's library and our store append the same events, so
+one run shows how much time each side's Python adds, and how much ours could add for the store
+to match the library (negative: not even bare statements would). The narrower variants of our
+table show what a different table would buy.
 
 Sides, each a fresh file of its own in one temporary directory, WAL, ``synchronous=FULL``:
 
 - ``ours``: the ``events`` table as ``alembic upgrade head`` creates it (three unique or
   plain indexes beside the rowid: event id, (account, version), recorded_at); a 1-event
   append is ``BEGIN IMMEDIATE``, the head read, the insert, ``COMMIT``; a B-event append is
-  ``BEGIN IMMEDIATE``, ``max(position)``, one multi-row insert with the positions given,
-  ``COMMIT`` (as ``events/store.py`` does);
+  ``BEGIN IMMEDIATE``, the head read, ``max(position)``, one multi-row insert with the positions
+  given, ``COMMIT`` (as ``events/store.py`` does);
 - ``ours - recorded_at index``: the same, without ``ix_events_recorded_at``;
 - ``narrow``: the same statements on a table with binary ids and hashes (16 and 32 bytes
   instead of 36 and 64 characters), times as integer microseconds, no ``recorded_at`` index;
 - ``eventsourcing``: its ``SQLiteApplicationRecorder`` table (rowid + primary key on
   (originator_id, originator_version)) and its statements: ``BEGIN``, one ``INSERT`` per
-  event, ``COMMIT``.
+  event, ``COMMIT``;
+- ``eventsourcing library``: the same through the library itself,
+  ``SQLiteApplicationRecorder.insert_events`` of ready ``StoredEvent`` objects (its pool,
+  locks and cursors included): what ``bench_store.py`` compares our store with, less the
+  mapping of domain events. Its time per event less our statements' is what our Python may
+  take per event for the store to match it;
+- ``our store``: ``EventStore.append`` of events encoded beforehand (the expected version given,
+  no idempotency key), on a database migrated like ``ours``: its time per event less our
+  statements' is what our Python does take.
 
 The payload is ``bench_store.py``'s. Appends alternate between the sides in chunks, in an
-order that rotates, and every figure is the median of ``--repeats`` runs.
+order that rotates and, every other chunk, reverses; every figure is the median of
+``--repeats`` runs.
 
 Run from the repository root: ``.venv/bin/python benchmarks/bench_store_floor.py``.
 """
@@ -30,6 +40,7 @@ Run from the repository root: ``.venv/bin/python benchmarks/bench_store_floor.py
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -50,21 +61,30 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench_store import filesystem, payload_fields  # noqa: E402
+from bench_store import ViolationReported, filesystem, payload_fields  # noqa: E402
 from common import load_average  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from enforcement.migrations import upgrade  # noqa: E402
+from events import Codec, EventStore, create_engine  # noqa: E402
 from events.types import new_event_id  # noqa: E402
 
-OURS, WITHOUT_RECORDED, NARROW, THEIRS = (
+try:
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    sys.exit(f"{exc}: install the benchmark extra: .venv/bin/pip install -e '.[bench]'")
+
+OURS, WITHOUT_RECORDED, NARROW, STORE, THEIRS, LIBRARY = (
     "ours",
     "ours - recorded_at index",
     "narrow",
+    "our store",
     "eventsourcing",
+    "eventsourcing library",
 )
-SIDES = (OURS, WITHOUT_RECORDED, NARROW, THEIRS)
+SIDES = (OURS, WITHOUT_RECORDED, NARROW, STORE, THEIRS, LIBRARY)
 CHUNKS = 10
 COLUMNS = (
     "event_id, account_id, version, type, schema_version, data, metadata, occurred_at, "
@@ -83,6 +103,8 @@ THEIR_TABLE = """CREATE TABLE stored_events (originator_id TEXT, originator_vers
     topic TEXT, state BLOB, PRIMARY KEY (originator_id, originator_version))"""
 THEIR_INSERT = "INSERT INTO stored_events VALUES (?,?,?,?)"
 THEIR_TOPIC = "bench_store:ESViolationReported"
+CODEC = Codec()
+CODEC.register(ViolationReported)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -95,17 +117,29 @@ def connect(path: Path) -> sqlite3.Connection:
 @dataclass
 class Side:
     name: str
-    conn: sqlite3.Connection
+    conn: sqlite3.Connection | None
     binary: bool = False  # the narrow table's ids, hashes and times
+    recorder: SQLiteApplicationRecorder | None = None  # the library side's
+    store: EventStore | None = None  # our store's side
 
     def row(self, account_id: str, version: int, i: int, now: datetime) -> tuple[Any, ...]:
         data = json.dumps(payload_fields(i), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(f"{account_id}:{version}".encode()).digest()
         if self.name == THEIRS:
             state = json.dumps(
-                {**payload_fields(i), "timestamp": {"_type_": "datetime_iso", "_data_": str(now)}}
+                {**payload_fields(i), "timestamp": {"_type_": "datetime_iso", "_data_": str(now)}},
+                separators=(",", ":"),  # as eventsourcing's JSONTranscoder writes it
             ).encode()
             return (uuid.UUID(account_id).hex, version, THEIR_TOPIC, state)
+        if self.name == STORE:
+            event = CODEC.encode(ViolationReported(**payload_fields(i)), occurred_at=now)
+            return (account_id, version - 1, event)
+        if self.name == LIBRARY:
+            state = json.dumps(
+                {**payload_fields(i), "timestamp": {"_type_": "datetime_iso", "_data_": str(now)}},
+                separators=(",", ":"),
+            ).encode()
+            return (StoredEvent(uuid.UUID(account_id), version, THEIR_TOPIC, state),)
         if self.binary:
             micros = int(now.timestamp() * 1_000_000)
             event_id: Any = uuid.UUID(new_event_id()).bytes
@@ -117,6 +151,15 @@ class Side:
 
     def append_one(self, rows: list[tuple[Any, ...]]) -> int:
         """One transaction per row (each to its own stream)."""
+        if self.recorder is not None:
+            for (stored,) in rows:
+                self.recorder.insert_events([stored])
+            return len(rows)
+        if self.store is not None:
+            for account_id, expected, event in rows:
+                self.store.append(account_id, expected, [event])
+            return len(rows)
+        assert self.conn is not None
         execute = self.conn.execute
         if self.name == THEIRS:
             for row in rows:
@@ -134,6 +177,13 @@ class Side:
 
     def append_batch(self, rows: list[tuple[Any, ...]]) -> int:
         """All ``rows`` (one stream's) in one transaction."""
+        if self.recorder is not None:
+            self.recorder.insert_events([stored for (stored,) in rows])
+            return len(rows)
+        if self.store is not None:
+            self.store.append(rows[0][0], 0, [event for _, _, event in rows])
+            return len(rows)
+        assert self.conn is not None
         execute = self.conn.execute
         if self.name == THEIRS:
             execute("BEGIN")
@@ -141,13 +191,21 @@ class Side:
                 execute(THEIR_INSERT, row)
             execute("COMMIT")
             return len(rows)
-        values = ", ".join(["(" + ", ".join("?" * 12) + ")"] * len(rows))
+        insert = _insert_many(len(rows))
         execute("BEGIN IMMEDIATE")
+        execute(HEAD, (rows[0][1],)).fetchone()
         [(last,)] = execute("SELECT coalesce(max(position), 0) FROM events").fetchall()
+        # The positions are known only under the lock: spliced in as the store does.
         flat = [v for n, row in enumerate(rows, last + 1) for v in (n, *row)]
-        execute(f"INSERT INTO events (position, {COLUMNS}) VALUES {values}", flat)
+        execute(insert, flat)
         execute("COMMIT")
         return len(rows)
+
+
+@functools.cache
+def _insert_many(count: int) -> str:
+    values = ", ".join(["(" + ", ".join("?" * 12) + ")"] * count)
+    return f"INSERT INTO events (position, {COLUMNS}) VALUES {values}"
 
 
 def make_sides(directory: Path) -> dict[str, Side]:
@@ -159,12 +217,19 @@ def make_sides(directory: Path) -> dict[str, Side]:
         if name == WITHOUT_RECORDED:
             conn.execute("DROP INDEX ix_events_recorded_at")
         sides[name] = Side(name, conn)
+    url = f"sqlite:///{directory / 'store.db'}"
+    upgrade(url)
+    sides[STORE] = Side(STORE, None, store=EventStore(create_engine(url)))
     narrow = connect(directory / "narrow.db")
     narrow.execute(NARROW_TABLE)
     sides[NARROW] = Side(NARROW, narrow, binary=True)
     theirs = connect(directory / "eventsourcing.db")
     theirs.execute(THEIR_TABLE)
     sides[THEIRS] = Side(THEIRS, theirs)
+    datastore = SQLiteDatastore(str(directory / "eventsourcing-library.db"))
+    recorder = SQLiteApplicationRecorder(datastore)
+    recorder.create_table()
+    sides[LIBRARY] = Side(LIBRARY, None, recorder=recorder)
     return sides
 
 
@@ -199,8 +264,11 @@ def measure(
         counts = dict.fromkeys(sides, 0)
         names = list(sides)
         for k in range(CHUNKS):
+            # Each chunk rotates who goes first, and every other chunk runs backwards, so
+            # that no side always follows the same one.
             shift = (k + round_no) % len(names)
-            for name in names[shift:] + names[:shift]:
+            order = names[shift:] + names[:shift]
+            for name in reversed(order) if k % 2 else order:
                 chunks = work[(operation, name)]
                 if k < len(chunks):
                     start = time.perf_counter()
@@ -229,7 +297,12 @@ def main() -> None:
             for key, rate in measure(sides, args.events, args.batch, round_no).items():
                 runs.setdefault(key, []).append(rate)
         for side in sides.values():
-            side.conn.close()
+            if side.conn is not None:
+                side.conn.close()
+            if side.recorder is not None:
+                side.recorder.datastore.close()
+            if side.store is not None:
+                side.store.engine.dispose()
         where = filesystem(directory)
 
     console.print("Event store floor: the append statements alone, on sqlite3 (no library)")
@@ -251,16 +324,27 @@ def main() -> None:
     table.add_column("operation")
     for name in SIDES:
         table.add_column(name, justify="right")
-    for name in SIDES[:-1]:
+    statements = (OURS, WITHOUT_RECORDED, NARROW)
+    for name in statements:
         table.add_column(f"{name} / eventsourcing", justify="right")
+    table.add_column("µs/event our Python may take to match the library", justify="right")
+    table.add_column("µs/event it takes", justify="right")
     for operation in ("append 1/tx", f"append {args.batch}/tx"):
         rate = {name: statistics.median(runs[(operation, name)]) for name in SIDES}
         table.add_row(
             operation,
             *(f"{rate[name]:,.0f}" for name in SIDES),
-            *(f"{rate[name] / rate[THEIRS]:.2f}x" for name in SIDES[:-1]),
+            *(f"{rate[name] / rate[THEIRS]:.2f}x" for name in statements),
+            f"{1e6 / rate[LIBRARY] - 1e6 / rate[OURS]:.1f}",
+            f"{1e6 / rate[STORE] - 1e6 / rate[OURS]:.1f}",
         )
     console.print(table)
+    console.print(
+        "  the last two columns: the library's time per event (its Python and statements, from "
+        "StoredEvent to commit) and our store's (EventStore.append of encoded events, hash "
+        "chain included), each less our statements' time per event; bench_store.py also times "
+        "encoding the payload on both sides"
+    )
 
 
 if __name__ == "__main__":

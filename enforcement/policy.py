@@ -3,7 +3,9 @@
 Each ``decide_*`` takes the ``Policy``, the account's current ``StandingState`` (every event
 appended so far) and a ``Context`` (now, actor, correlation id, id factory) and returns the events
 to append, in order; or it raises a ``DomainError`` and decides nothing. Nothing here reads a
-clock, a database or the network: the same inputs always give the same events.
+clock (``now`` is the context's), a database or the network: the same inputs, with an injected
+id factory, always give the same events. The production factory (``random_id``) makes fresh
+ids, and time-ordered event ids (``Context.event_id``).
 
 Every event carries the metadata ``policy_version, actor, causation_id, correlation_id, source``.
 Causation chains violation → decision → notice; every notice names its ``decision_event_id``;
@@ -104,10 +106,10 @@ class Context:
     def event_id(self) -> str:
         """A new event id (a UUID), deterministic when ``new_id`` is.
 
-        In production (``random_id``) a time-ordered one (``events.new_event_id``): ids made
-        later sort later, so the log's unique index on ``event_id`` grows at its right edge.
-        Random ids landed each of a violation's three events on a page of its own: a SQLite
-        commit wrote about 2.5 pages more to the WAL (16 pages a violation instead of 13.6)."""
+        With the production factory itself (``random_id``, not a wrapper of it) a time-ordered
+        one (``events.new_event_id``): ids made later sort later, so the log's unique index on
+        ``event_id`` grows at its right edge instead of taking a random page per event
+        (``benchmarks/bench_violation_pages.py`` measures the difference)."""
         if self.new_id is random_id:
             return new_event_id()
         return str(uuid.uuid5(EVENT_ID_NAMESPACE, self.new_id("evt")))

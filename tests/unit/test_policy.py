@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,15 +184,20 @@ def test_production_event_ids_are_time_ordered_and_injected_ones_deterministic()
     the log's event id index grows at its right edge; an injected factory gives the same ids
     for the same calls."""
     report = ViolationReport("spam", T0, description="bulk mail")
-    made = [
-        e.event_id
-        for _ in range(3)
-        for e in decide_violation(P, StandingState.empty("a"), report, Context(T0, "r", "c"))
-    ]
+    before = time.time_ns() // 1_000_000
+    made = []
+    for _ in range(3):
+        made += [
+            e.event_id
+            for e in decide_violation(P, StandingState.empty("a"), report, Context(T0, "r", "c"))
+        ]
+        time.sleep(0.002)
+    after = time.time_ns() // 1_000_000
     assert len(made) == 9 and len(set(made)) == 9
     assert all(uuid.UUID(i).version == 7 for i in made)
-    stamps = [uuid.UUID(i).int >> 80 for i in made]
-    assert stamps == sorted(stamps)
+    stamps = [uuid.UUID(i).int >> 80 for i in made]  # Unix milliseconds of making
+    assert all(before <= stamp <= after for stamp in stamps)
+    assert stamps == sorted(stamps) and len(set(stamps)) >= 3  # later decisions sort later
 
     def decided() -> list[str]:
         counter = itertools.count(1)
