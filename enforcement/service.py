@@ -205,12 +205,13 @@ class EnforcementService:
                         head=head,
                     )
                 except ConcurrencyError:
+                    self.standings.forget_head(account_id)
                     continue
                 if recorded and recorded[0].event_id != new_events[0].event_id:
                     # A concurrent request with the same idempotency key won the race.
                     return Outcome(recorded, self.standing(account_id), replayed=True)
                 after = saver.saved.get(account_id) or apply_all(state, recorded)
-                self.standings.remember(after)  # committed: ``append`` returned
+                self.standings.remember(after, recorded[-1].hash)  # committed: append returned
                 return Outcome(
                     recorded,
                     view(after, max(now, recorded[-1].recorded_at), self.policy.strike_lookback),
@@ -326,7 +327,7 @@ class EnforcementService:
                 return settled  # the rest go one by one
         for (index, state, _), events in zip(pending, recorded, strict=True):
             after = saver.saved.get(state.account_id) or apply_all(state, events)
-            self.standings.remember(after)
+            self.standings.remember(after, events[-1].hash)
             at = max(now, events[-1].recorded_at)
             standing = view(after, at, self.policy.strike_lookback)
             settled.append((index, ItemResult(201, Outcome(events, standing))))
@@ -487,7 +488,8 @@ class EnforcementService:
             except (ConcurrencyError, StreamKeyUsed):
                 return []
         for state, events in zip(states, recorded, strict=True):
-            self.standings.remember(saver.saved.get(state.account_id) or apply_all(state, events))
+            after = saver.saved.get(state.account_id) or apply_all(state, events)
+            self.standings.remember(after, events[-1].hash)
         return list(zip(indexes, recorded, strict=True))
 
     # ------------------------------------------------------------------ operator commands

@@ -59,7 +59,8 @@ class StandingRepository:
         # from their rows), at most ``cache_size`` of them, least recently used first out.
         self.cache_size = cache_size
         self.cache_min_version = cache_min_version
-        self._cache: OrderedDict[str, StandingState] = OrderedDict()
+        # Each remembered state with the hash of its stream's event at its version, when known.
+        self._cache: OrderedDict[str, tuple[StandingState, str | None]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def load(self, account_id: str) -> StandingState:
@@ -82,16 +83,18 @@ class StandingRepository:
             remembered = self._cache.get(account_id)
             if remembered is not None:
                 self._cache.move_to_end(account_id)
+        known_hash: str | None = None
         if remembered is None:
             stored, head = read_state_and_head(self.store.engine, account_id)
             state = stored or StandingState.empty(account_id)
             if head.version == state.version:
                 return state, head  # the rows are at the head of the log: no events after them
         else:
-            state = remembered
+            state, known_hash = remembered
         tail = self.store.read_stream(account_id, after_version=state.version)
         if not tail:
-            return state, None
+            # A remembered state is at the head of the log: its hash is the head's, if known.
+            return state, None if known_hash is None else StreamHead(state.version, known_hash)
         return apply_all(state, tail), StreamHead(tail[-1].version, tail[-1].hash)
 
     def save(
@@ -106,18 +109,28 @@ class StandingRepository:
         so that only the difference is written if the rows still hold ``base``."""
         write_states(conn, [(base, state)], force=force)
 
-    def remember(self, state: StandingState) -> None:
+    def remember(self, state: StandingState, head_hash: str | None = None) -> None:
         """Keep ``state`` for the next ``load``. Only a COMMITTED state may be given (one that
-        ``apply_all`` made from events an append returned): loading trusts it as the log's."""
+        ``apply_all`` made from events an append returned): loading trusts it as the log's.
+        ``head_hash``: the hash of the stream's event at ``state.version`` (the last one that
+        append returned), so that a load can give the head without reading it."""
         if state.version < self.cache_min_version or self.cache_size <= 0:
             return
         with self._cache_lock:
             known = self._cache.get(state.account_id)
-            if known is None or known.version < state.version:
-                self._cache[state.account_id] = state
+            if known is None or known[0].version < state.version:
+                self._cache[state.account_id] = (state, head_hash)
             self._cache.move_to_end(state.account_id)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+
+    def forget_head(self, account_id: str) -> None:
+        """Keep the remembered state of ``account_id`` but not its head's hash: after an append
+        at that head failed, the next load reads the head under the append lock instead."""
+        with self._cache_lock:
+            known = self._cache.get(account_id)
+            if known is not None:
+                self._cache[account_id] = (known[0], None)
 
     def forget(self) -> None:
         """Drop every remembered state (loads read the rows again)."""

@@ -23,7 +23,7 @@ from enforcement.bootstrap import Container
 from enforcement.gate import EmbeddedGate
 from enforcement.gatekeeping import seed_gate
 from enforcement.policy import ViolationReport
-from events import ConcurrencyError
+from events import ConcurrencyError, StreamHead
 from projections import aup_events as ev
 from projections import stored
 from projections.standing import StandingState, apply_all
@@ -173,6 +173,51 @@ def test_a_remembered_state_still_sees_what_other_writers_appended(
     assert third.standing.strikes == 3
     assert [e.type for e in third.events][1] == "AccountSuspended"  # the third minor strike
     assert_account_consistent(system, "acct_mem")
+
+
+def test_a_remembered_state_gives_its_head_without_a_read(
+    database_url: str, system: Container, clock: FakeClock
+) -> None:
+    """The hash of the last event an append returned is remembered with the state, so a big
+    account's load gives its head (PostgreSQL then pipelines the next append); once another
+    process appended, the tail gives the newer head."""
+    repo = system.standings
+    repo.cache_min_version = 0
+    report(system, "acct_head")
+    last = system.store.read_stream("acct_head")[-1]
+    assert repo.load_with_head("acct_head")[1] == StreamHead(last.version, last.hash)
+
+    with open_system(database_url, clock) as other:
+        report(other, "acct_head")
+    last = system.store.read_stream("acct_head")[-1]
+    state, head = repo.load_with_head("acct_head")
+    assert (state.version, head) == (last.version, StreamHead(last.version, last.hash))
+
+    report(system, "acct_head")  # remembered again, at the head, with its hash
+    repo.forget_head("acct_head")
+    last = system.store.read_stream("acct_head")[-1]
+    state, head = repo.load_with_head("acct_head")
+    assert head is None and state.version == last.version  # the state itself stays
+    assert_account_consistent(system, "acct_head")
+
+
+def test_a_wrong_remembered_head_costs_a_retry_not_an_error(system: Container) -> None:
+    """Should a remembered hash ever be wrong, the append at it is refused (PostgreSQL checks
+    the head row's hash inside the insert), the hash is forgotten and the retry succeeds."""
+    repo = system.standings
+    repo.cache_min_version = 0
+    report(system, "acct_wrong")
+    state = repo.load("acct_wrong")
+    repo.forget()
+    repo.remember(state, "0" * 64)  # not its head's hash
+    assert repo.load_with_head("acct_wrong")[1] == StreamHead(state.version, "0" * 64)
+
+    report(system, "acct_wrong")
+
+    log = system.store.read_stream("acct_wrong")
+    assert len(log) > state.version and system.store.verify("acct_wrong").ok
+    assert repo.load_with_head("acct_wrong")[1] == StreamHead(log[-1].version, log[-1].hash)
+    assert_account_consistent(system, "acct_wrong")
 
 
 def test_a_failed_append_leaves_nothing_remembered(system: Container) -> None:
