@@ -70,7 +70,8 @@ class StandingRepository:
     def load_with_head(self, account_id: str) -> tuple[StandingState, StreamHead | None]:
         """The account's current accumulator: the stored rows (or a remembered state) plus any
         events after them; and the head of its stream at that state's version, when the reads
-        gave its hash (``EventStore.append(head=…)``), else None.
+        gave its hash or the state was remembered with it (``EventStore.append(head=…)``),
+        else None.
 
         The rows and the stream's version come in one statement (one snapshot, so they agree;
         ``read_state_and_head``), and only when the log is ahead of the rows the events after
@@ -93,7 +94,9 @@ class StandingRepository:
             state, known_hash = remembered
         tail = self.store.read_stream(account_id, after_version=state.version)
         if not tail:
-            # A remembered state is at the head of the log: its hash is the head's, if known.
+            # The remembered state was at the head when the tail was read: its hash, if known,
+            # is the head's. Should the log have moved on since, or the hash be wrong, the
+            # append at it is refused (unique version; PostgreSQL's guarded insert) and retried.
             return state, None if known_hash is None else StreamHead(state.version, known_hash)
         return apply_all(state, tail), StreamHead(tail[-1].version, tail[-1].hash)
 
@@ -126,7 +129,8 @@ class StandingRepository:
 
     def forget_head(self, account_id: str) -> None:
         """Keep the remembered state of ``account_id`` but not its head's hash: after an append
-        at that head failed, the next load reads the head under the append lock instead."""
+        at that head failed, the next load gives no head while its tail is empty, so the next
+        append reads the head under the append lock."""
         with self._cache_lock:
             known = self._cache.get(account_id)
             if known is not None:

@@ -5,6 +5,7 @@ row plus the events after its version."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from enforcement.gate import EmbeddedGate
 from enforcement.gatekeeping import seed_gate
 from enforcement.policy import ViolationReport
 from events import ConcurrencyError, StreamHead
+from events import store as store_module
 from projections import aup_events as ev
 from projections import stored
 from projections.standing import StandingState, apply_all
@@ -175,17 +177,40 @@ def test_a_remembered_state_still_sees_what_other_writers_appended(
     assert_account_consistent(system, "acct_mem")
 
 
+def pipelined_appends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the store's pipelined appends (PostgreSQL, head known): one entry per call."""
+    calls: list[int] = []
+    write_pipelined = store_module._write_pipelined
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return write_pipelined(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "_write_pipelined", counting)
+    return calls
+
+
 def test_a_remembered_state_gives_its_head_without_a_read(
-    database_url: str, system: Container, clock: FakeClock
+    database_url: str, system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hash of the last event an append returned is remembered with the state, so a big
-    account's load gives its head (PostgreSQL then pipelines the next append); once another
-    process appended, the tail gives the newer head."""
+    account's load gives its head without reading the rows, and on PostgreSQL the next append
+    is pipelined; once another process appended, the tail gives the newer head."""
     repo = system.standings
     repo.cache_min_version = 0
     report(system, "acct_head")
     last = system.store.read_stream("acct_head")[-1]
-    assert repo.load_with_head("acct_head")[1] == StreamHead(last.version, last.hash)
+
+    def no_row_reads(*args: Any) -> Any:
+        raise AssertionError("a remembered state's load read the stored rows")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stored, "read_state_and_head", no_row_reads)
+        assert repo.load_with_head("acct_head")[1] == StreamHead(last.version, last.hash)
+        pipelined = pipelined_appends(patched)
+        report(system, "acct_head")
+    postgres = system.engine.dialect.name == "postgresql"
+    assert len(pipelined) == (1 if postgres else 0)  # SQLite never pipelines
 
     with open_system(database_url, clock) as other:
         report(other, "acct_head")
@@ -201,9 +226,12 @@ def test_a_remembered_state_gives_its_head_without_a_read(
     assert_account_consistent(system, "acct_head")
 
 
-def test_a_wrong_remembered_head_costs_a_retry_not_an_error(system: Container) -> None:
+def test_a_wrong_remembered_head_costs_a_retry_not_an_error(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Should a remembered hash ever be wrong, the append at it is refused (PostgreSQL checks
-    the head row's hash inside the insert), the hash is forgotten and the retry succeeds."""
+    the head row's hash inside the insert), the hash is forgotten and the retry succeeds
+    without it. (SQLite reads every head under its lock: there the append succeeds at once.)"""
     repo = system.standings
     repo.cache_min_version = 0
     report(system, "acct_wrong")
@@ -211,9 +239,12 @@ def test_a_wrong_remembered_head_costs_a_retry_not_an_error(system: Container) -
     repo.forget()
     repo.remember(state, "0" * 64)  # not its head's hash
     assert repo.load_with_head("acct_wrong")[1] == StreamHead(state.version, "0" * 64)
+    pipelined = pipelined_appends(monkeypatch)
 
     report(system, "acct_wrong")
 
+    postgres = system.engine.dialect.name == "postgresql"
+    assert len(pipelined) == (1 if postgres else 0)  # the refused attempt; the retry read it
     log = system.store.read_stream("acct_wrong")
     assert len(log) > state.version and system.store.verify("acct_wrong").ok
     assert repo.load_with_head("acct_wrong")[1] == StreamHead(log[-1].version, log[-1].hash)
