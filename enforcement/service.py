@@ -204,8 +204,13 @@ class EnforcementService:
                         after_append=saver,
                         head=head,
                     )
-                except ConcurrencyError:
-                    self.standings.forget_head(account_id)
+                except ConcurrencyError as exc:
+                    if exc.actual_version is not None and exc.actual_version < state.version:
+                        # The log is behind the state loaded for it (a remembered state of a
+                        # database since restored): read the rows next time.
+                        self.standings.forget(account_id)
+                    else:
+                        self.standings.forget_head(account_id)
                     continue
                 if recorded and recorded[0].event_id != new_events[0].event_id:
                     # A concurrent request with the same idempotency key won the race.

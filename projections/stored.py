@@ -136,10 +136,14 @@ class StandingRepository:
             if known is not None:
                 self._cache[account_id] = (known[0], None)
 
-    def forget(self) -> None:
-        """Drop every remembered state (loads read the rows again)."""
+    def forget(self, account_id: str | None = None) -> None:
+        """Drop the remembered state of ``account_id``, or every one (loads read the rows
+        again)."""
         with self._cache_lock:
-            self._cache.clear()
+            if account_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(account_id, None)
 
     def saver(self, *states: StandingState) -> AfterAppend:
         """An ``after_append`` callback for an append to the accounts of ``states`` (one state

@@ -4,6 +4,7 @@ row plus the events after its version."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -249,6 +250,24 @@ def test_a_wrong_remembered_head_costs_a_retry_not_an_error(
     assert len(log) > state.version and system.store.verify("acct_wrong").ok
     assert repo.load_with_head("acct_wrong")[1] == StreamHead(log[-1].version, log[-1].hash)
     assert_account_consistent(system, "acct_wrong")
+
+
+def test_a_remembered_state_ahead_of_the_log_is_forgotten(system: Container) -> None:
+    """A remembered state the log is behind (a database restored under a running process) is
+    dropped once an append finds the stream's head below it: the retry reads the rows."""
+    repo = system.standings
+    repo.cache_min_version = 0
+    report(system, "acct_ahead")
+    state = repo.load("acct_ahead")
+    repo.forget()
+    repo.remember(dataclasses.replace(state, version=state.version + 3), "0" * 64)
+
+    report(system, "acct_ahead")
+
+    log = system.store.read_stream("acct_ahead")
+    assert len(log) > state.version and system.store.verify("acct_ahead").ok
+    assert repo.load("acct_ahead").version == log[-1].version
+    assert_account_consistent(system, "acct_ahead")
 
 
 def test_a_failed_append_leaves_nothing_remembered(system: Container) -> None:
