@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -81,6 +81,7 @@ EVENTS_PER_STREAM = 10  # the 1-event-per-transaction workload uses N / 10 strea
 CHUNKS = 10  # append measurements alternate the two sides this many times
 OPERATIONS = ("append 1/tx", "append {batch}/tx", "read_all + decode", "verify all streams")
 OURS, THEIRS = "ours", "eventsourcing"
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- payloads
@@ -397,7 +398,8 @@ def filesystem(path: Path) -> str:
 Results = dict[tuple[str, str], list[float]]  # (operation, side) -> events/s of each run
 
 
-def chunked(items: Sequence[str], parts: int) -> list[Sequence[str]]:
+def chunked(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """``items`` in at most ``parts`` slices of equal size (the last may be shorter)."""
     size = max(1, -(-len(items) // parts))
     return [items[i : i + size] for i in range(0, len(items), size)]
 

@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench_store import Ours, Theirs, filesystem, payload_fields  # noqa: E402
+from bench_store import Ours, Theirs, chunked, filesystem, payload_fields  # noqa: E402
 from common import load_average  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -220,19 +220,16 @@ def measure(
         now = datetime.now(UTC)
         # 1/tx: every stream gets ten events, one per transaction, round robin.
         one = [side.row(a, v, i, now) for v in range(1, 11) for i, a in enumerate(ids)]
-        per_chunk = -(-len(one) // CHUNKS)
         work[("append 1/tx", side.name)] = [
-            (lambda rows=one[k : k + per_chunk], s=side: s.append_one(rows))
-            for k in range(0, len(one), per_chunk)
+            (lambda rows=rows, s=side: s.append_one(rows)) for rows in chunked(one, CHUNKS)
         ]
         batches = [
             [side.row(a, v, v, now) for v in range(1, batch + 1)]
             for a in (str(uuid.uuid4()) for _ in range(max(1, events // batch)))
         ]
-        per_chunk = -(-len(batches) // CHUNKS)
         work[(f"append {batch}/tx", side.name)] = [
-            (lambda bs=batches[k : k + per_chunk], s=side: sum(s.append_batch(b) for b in bs))
-            for k in range(0, len(batches), per_chunk)
+            (lambda bs=bs, s=side: sum(s.append_batch(b) for b in bs))
+            for bs in chunked(batches, CHUNKS)
         ]
     rates: dict[tuple[str, str], float] = {}
     for operation in ("append 1/tx", f"append {batch}/tx"):

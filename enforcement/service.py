@@ -37,7 +37,7 @@ from events import (
 )
 from events.timefmt import to_utc
 from projections.history import HistoryEntry, history
-from projections.standing import Standing, StandingState, apply_all, fold, view
+from projections.standing import Standing, StandingState, fold, view
 from projections.stored import StandingRepository
 
 log = logging.getLogger("enforcement.service")
@@ -205,18 +205,12 @@ class EnforcementService:
                         head=head,
                     )
                 except ConcurrencyError as exc:
-                    if exc.actual_version is not None and exc.actual_version < state.version:
-                        # The log is behind the state loaded for it (a remembered state of a
-                        # database since restored): read the rows next time.
-                        self.standings.forget(account_id)
-                    else:
-                        self.standings.forget_head(account_id)
+                    self.standings.append_refused(state, exc.actual_version)
                     continue
                 if recorded and recorded[0].event_id != new_events[0].event_id:
                     # A concurrent request with the same idempotency key won the race.
                     return Outcome(recorded, self.standing(account_id), replayed=True)
-                after = saver.saved.get(account_id) or apply_all(state, recorded)
-                self.standings.remember(after, recorded[-1].hash)  # committed: append returned
+                after = self.standings.remember_appended(saver, state, recorded)
                 return Outcome(
                     recorded,
                     view(after, max(now, recorded[-1].recorded_at), self.policy.strike_lookback),
@@ -331,8 +325,7 @@ class EnforcementService:
             except ConcurrencyError:
                 return settled  # the rest go one by one
         for (index, state, _), events in zip(pending, recorded, strict=True):
-            after = saver.saved.get(state.account_id) or apply_all(state, events)
-            self.standings.remember(after, events[-1].hash)
+            after = self.standings.remember_appended(saver, state, events)
             at = max(now, events[-1].recorded_at)
             standing = view(after, at, self.policy.strike_lookback)
             settled.append((index, ItemResult(201, Outcome(events, standing))))
@@ -493,8 +486,7 @@ class EnforcementService:
             except (ConcurrencyError, StreamKeyUsed):
                 return []
         for state, events in zip(states, recorded, strict=True):
-            after = saver.saved.get(state.account_id) or apply_all(state, events)
-            self.standings.remember(after, events[-1].hash)
+            self.standings.remember_appended(saver, state, events)
         return list(zip(indexes, recorded, strict=True))
 
     # ------------------------------------------------------------------ operator commands

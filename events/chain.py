@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from events.timefmt import format_time
-from events.types import RecordedEvent, VerifyResult
+from events.types import RecordedEvent, StreamHead, VerifyResult
 
 GENESIS_HASH = "0" * 64
+# The head of a stream without events: what its first event chains onto.
+EMPTY_HEAD = StreamHead(0, GENESIS_HASH)
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from events import dialects, fastjson, readahead
 from events.chain import (
-    GENESIS_HASH,
+    EMPTY_HEAD,
     canonical_document,
     canonical_event,
     canonical_json,
@@ -65,8 +65,6 @@ Clock = Callable[[], datetime]
 # positions still 0, and where it may only write through ``conn`` or read on its driver
 # connection (``dialects.driver_call``): SQLAlchemy sees no rows and no row counts there.
 AfterAppend = Callable[[Connection, list[RecordedEvent]], None]
-
-_EMPTY_HEAD = StreamHead(0, GENESIS_HASH)
 
 _EVENT_COLUMNS = [
     events.c.position,
@@ -135,7 +133,7 @@ class StreamAppend:
         """The head to chain onto without reading it, if any. At version 0 it is the empty
         stream's whatever ``head`` says: nothing would check another hash there."""
         if self.expected_version == 0:
-            return _EMPTY_HEAD
+            return EMPTY_HEAD
         if self.head is not None and self.head.version == self.expected_version:
             return self.head
         return None
@@ -653,7 +651,7 @@ class EventStore:
     def head(self, account_id: str) -> StreamHead:
         """The stream's last version and hash; version 0 and the zero hash when empty."""
         rows = self._fetch(self._sql.head, (account_id,))
-        return _EMPTY_HEAD if not rows else StreamHead(rows[0][0], rows[0][1])
+        return EMPTY_HEAD if not rows else StreamHead(rows[0][0], rows[0][1])
 
     def read_stream(
         self,
@@ -1140,7 +1138,7 @@ def _locked_heads(
         return [dbapi_conn.execute(sql.head, (a,)).fetchone() for a in account_ids]
 
     rows = driver.call(sql.head, run)
-    return [_EMPTY_HEAD if r is None else StreamHead(r[0], r[1]) for r in rows]
+    return [EMPTY_HEAD if r is None else StreamHead(r[0], r[1]) for r in rows]
 
 
 def _chain(

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from events import EventStore, RecordedEvent, StreamHead, dialects
-from events.chain import GENESIS_HASH
+from events.chain import EMPTY_HEAD
 from events.timefmt import sqlite_time_text
 from projections.standing import STATE_SCHEMA, TABLES, StandingState, apply_all, record_json
 from projections.tables import standing_records, standings
@@ -126,6 +126,26 @@ class StandingRepository:
             self._cache.move_to_end(state.account_id)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+
+    def remember_appended(
+        self, saver: AfterAppend, state: StandingState, events: Sequence[RecordedEvent]
+    ) -> StandingState:
+        """The state of ``state``'s account after ``events``, which a committed append returned
+        (the one ``saver``, its ``after_append``, stored if it ran), remembered with the hash of
+        the last of them; returned."""
+        after = saver.saved.get(state.account_id) or apply_all(state, events)
+        self.remember(after, events[-1].hash)
+        return after
+
+    def append_refused(self, state: StandingState, actual_version: int | None) -> None:
+        """An append at ``state``, as loaded, was refused (``ConcurrencyError``, with the
+        stream's version if it says): forget the remembered head's hash; and the remembered
+        state itself when the stream is below it (the log is behind it: a database restored
+        under this process), so that the next load reads the rows."""
+        if actual_version is not None and actual_version < state.version:
+            self.forget(state.account_id)
+        else:
+            self.forget_head(state.account_id)
 
     def forget_head(self, account_id: str) -> None:
         """Keep the remembered state of ``account_id`` but not its head's hash: after an append
@@ -253,7 +273,7 @@ def read_state_and_head(
     rows are at the head of the log (the usual case: every append saves them)."""
     rows = dialects.fetch_all(engine, _STATE_TEXT[engine.dialect.name], (account_id,) * 4)
     last = rows[-1]  # the part-2 row is always there, and last
-    head = StreamHead(int(last[2]), last[3]) if last[2] else StreamHead(0, GENESIS_HASH)
+    head = StreamHead(int(last[2]), last[3]) if last[2] else EMPTY_HEAD
     if rows[0][0] != 0:
         return None, head
     records = ((r[1], r[3]) for r in islice(rows, 1, len(rows) - 1))
