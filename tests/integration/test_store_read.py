@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from events import GENESIS_HASH, Codec, EventStore, NewEvent, StreamAppend
+from events import GENESIS_HASH, Codec, EventStore, NewEvent, RecordedEvent, StreamAppend
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -104,6 +104,32 @@ def test_times_come_back_as_utc_with_microseconds(timed_store: EventStore) -> No
     assert read.occurred_at.microsecond == 7
     assert read.recorded_at == recorded.recorded_at
     assert read.recorded_at.utcoffset() == timedelta(0)
+
+
+def test_each_row_of_one_read_keeps_its_own_times(timed_store: EventStore) -> None:
+    # Rows of one transaction share recorded_at, some share occurred_at: a read parses a time
+    # met in the row before only once, and must still give every row its own.
+    later = T0 + timedelta(hours=1)
+    timed_store.append("acct_1", 0, [new(n=1), new(n=2), NewEvent("Noted", {"n": 3}, later)])
+    timed_store.append("acct_2", 0, [NewEvent("Noted", {"n": 4}, later), new(n=5)])
+    timed_store.append("acct_1", 3, [new(n=6)])
+    # StepClock: each append is recorded one second and one microsecond after the one before.
+    first, second, third = (T0 + timedelta(seconds=s, microseconds=s + 1) for s in range(3))
+    expected = [
+        (T0, first),
+        (T0, first),
+        (later, first),
+        (later, second),
+        (T0, second),
+        (T0, third),
+    ]
+
+    def times(read: list[RecordedEvent]) -> list[tuple[datetime, datetime]]:
+        return [(e.occurred_at, e.recorded_at) for e in read]
+
+    assert times(timed_store.read_all()) == expected
+    assert times(list(timed_store.iter_all(page_size=2))) == expected
+    assert times(timed_store.read_stream("acct_1")) == [expected[i] for i in (0, 1, 2, 5)]
 
 
 def test_iter_stream_pages_through_a_long_stream(store: EventStore) -> None:
