@@ -25,6 +25,7 @@ from enforcement.bootstrap import Container
 from enforcement.gate import EmbeddedGate
 from enforcement.gatekeeping import seed_gate
 from enforcement.policy import ViolationReport
+from enforcement.service import Fact
 from events import ConcurrencyError, StreamHead
 from events import store as store_module
 from projections import aup_events as ev
@@ -178,6 +179,43 @@ def test_a_remembered_state_still_sees_what_other_writers_appended(
     assert_account_consistent(system, "acct_mem")
 
 
+def test_a_write_between_the_load_and_the_append_costs_a_retry(
+    database_url: str, system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered state at the head loads with an empty tail and the remembered hash; should
+    another process append right after that read, the append at the stale head is refused, the
+    remembered hash forgotten, and the retry decides on the state with the other's event."""
+    repo = system.standings
+    repo.cache_min_version = 0
+    report(system, "acct_race")
+    load_with_head = repo.load_with_head
+    loads: list[StreamHead | None] = []
+
+    with open_system(database_url, clock) as other:
+
+        def raced_load(account_id: str) -> Any:
+            state, head = load_with_head(account_id)
+            loads.append(head)
+            if len(loads) == 1:  # the log moves on between this load and the append
+                report(other, account_id)
+            return state, head
+
+        monkeypatch.setattr(repo, "load_with_head", raced_load)
+        third = system.service.report_violation(
+            "acct_race", ViolationReport("spam", clock()), REPORTER
+        )
+
+    log = system.store.read_stream("acct_race")
+    first_head = system.store.read_stream("acct_race", limit=3)[-1]
+    assert loads[0] == StreamHead(first_head.version, first_head.hash)  # from memory
+    assert len(loads) == 2  # refused once, then decided again
+    assert [e.type for e in log].count("ViolationReported") == 3
+    assert third.standing.strikes == 3  # the retry saw the other process's strike
+    assert [e.type for e in third.events][1] == "AccountSuspended"
+    assert system.store.verify("acct_race").ok
+    assert_account_consistent(system, "acct_race")
+
+
 def pipelined_appends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the store's pipelined appends (PostgreSQL, head known): one entry per call."""
     calls: list[int] = []
@@ -225,6 +263,56 @@ def test_a_remembered_state_gives_its_head_without_a_read(
     state, head = repo.load_with_head("acct_head")
     assert head is None and state.version == last.version  # the state itself stays
     assert_account_consistent(system, "acct_head")
+
+
+def test_facts_recorded_together_remember_each_accounts_head(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One append to several streams (``record_facts``) remembers every account's state with
+    the hash of its own last event: each next load gives that head from memory (no rows read,
+    an empty tail), and on PostgreSQL each account's next append is pipelined at it."""
+    repo = system.standings
+    repo.cache_min_version = 0
+    accounts = ["acct_b0", "acct_b1", "acct_b2"]
+    for account in accounts:
+        report(system, account)
+    receipts = [
+        Fact(a, ev.NoticeDelivered(f"notice-{a}", a, "webhook", 1), f"cause-{a}", f"key-{a}")
+        for a in accounts
+    ]
+    together = system.service.record_facts(receipts, REPORTER)
+    assert [[e.type for e in r] for r in together if isinstance(r, list)] == [
+        ["NoticeDelivered"]
+    ] * 3
+
+    def no_row_reads(*args: Any) -> Any:
+        raise AssertionError("a remembered state's load read the stored rows")
+
+    lasts = [system.store.read_stream(account)[-1] for account in accounts]
+    assert [last.type for last in lasts] == ["NoticeDelivered"] * 3
+    tails: list[int] = []
+    read_stream = system.store.read_stream
+
+    def counted_tail(*args: Any, **kwargs: Any) -> Any:
+        tail = read_stream(*args, **kwargs)
+        tails.append(len(tail))
+        return tail
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stored, "read_state_and_head", no_row_reads)
+        patched.setattr(system.store, "read_stream", counted_tail)
+        for account, last in zip(accounts, lasts, strict=True):
+            state, head = repo.load_with_head(account)
+            assert (state.version, head) == (last.version, StreamHead(last.version, last.hash))
+        assert tails == [0, 0, 0]  # each state was remembered at its head, with its hash
+        pipelined = pipelined_appends(patched)
+        for account in accounts:
+            report(system, account)
+    postgres = system.engine.dialect.name == "postgresql"
+    assert len(pipelined) == (3 if postgres else 0)  # SQLite never pipelines
+    for account in accounts:
+        assert system.store.verify(account).ok
+        assert_account_consistent(system, account)
 
 
 def test_a_wrong_remembered_head_costs_a_retry_not_an_error(
