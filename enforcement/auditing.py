@@ -10,8 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enforcement.progress import progress_bar
-from events import EventStore, RecordedEvent
-from events.chain import VerifyResult
+from events import EventStore, RecordedEvent, VerifyResult
 from events.schema import events as events_table
 from events.timefmt import format_time, to_utc
 from events.wire import event_to_json

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime
+from typing import Any
 
 from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
 from enforcement.policy import Policy, ViolationReport, sustained_abuse_due
@@ -32,7 +33,7 @@ CIRCUMVENTION_KEYS = 3
 
 def build_gate(settings: Settings, policy: Policy) -> Gate:
     window = int(policy.sustained_abuse_denials.window.total_seconds())
-    options = {
+    options: dict[str, Any] = {
         "default_rpm": settings.default_rpm,
         "default_tpd": settings.default_tpd,
         "denial_window_s": max(window, 60),

@@ -135,6 +135,7 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
     d = _operator(
         policy, state, ctx, getattr(command, "reason", "") or "", _SECTIONS.get(type(command), 6)
     )
+    payload: object  # each command's own event payload
     match command:
         case Suspend(reason, until, notify):
             _not_terminated(state, "suspended")
@@ -171,8 +172,8 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
                 )
             expires = _future(expires_at, now, "expires_at")
             scope = "every API key of the account" if key_id is None else f"API key {key_id}"
-            until = "until lifted" if expires is None else f"until {expires}"
-            text = f"Requests of {scope} are throttled to {factor:.0%} of its limits {until}."
+            lasting = "until lifted" if expires is None else f"until {expires}"
+            text = f"Requests of {scope} are throttled to {factor:.0%} of its limits {lasting}."
             payload = ev.ThrottleApplied(
                 ctx.new_id("thr"), key_id, factor, expires, reason, d.reasons(text)
             )

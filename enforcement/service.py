@@ -9,6 +9,7 @@ is taken exactly once however many requests race.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -280,8 +281,8 @@ class EnforcementService:
         for index, (account_id, report, key, fingerprint) in enumerate(items):
             if results[index] is None:
                 results[index] = _item_result(
-                    lambda a=account_id, r=report, k=key, f=fingerprint: self.report_violation(
-                        a, r, actor, k, f
+                    functools.partial(
+                        self.report_violation, account_id, report, actor, key, fingerprint
                     )
                 )
         return [r for r in results if r is not None]

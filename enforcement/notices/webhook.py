@@ -35,7 +35,7 @@ class Target:
     addresses: tuple[str, ...]  # the checked ones, tried in order; () connects by name
 
 
-def _connect(target_host: str, addresses: tuple[str, ...], port: int, timeout: float) -> Any:
+def _connect(target_host: str, addresses: tuple[str, ...], port: int, timeout: float | None) -> Any:
     """A TCP connection to the first of ``addresses`` that answers (by name if none)."""
     error: OSError | None = None
     for address in addresses or (target_host,):

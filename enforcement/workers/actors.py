@@ -7,6 +7,7 @@ declared on the actors; every actor is idempotent, keyed by the event id it was 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,10 +69,11 @@ def register_actors(
         if gate_applier is not None:
             gate_applier(event_id)
 
-    def declare(fn: Any, queue: str, **options: Any) -> dramatiq.Actor[Any, Any]:
-        return dramatiq.actor(
-            fn, actor_name=fn.__name__, queue_name=queue, broker=broker, **options
+    def declare(fn: Callable[..., None], queue: str, **options: Any) -> dramatiq.Actor[Any, None]:
+        decorate = dramatiq.actor(
+            actor_name=fn.__name__, queue_name=queue, broker=broker, **options
         )
+        return decorate(fn)
 
     notice_options = {
         "max_retries": notice_retries,

@@ -22,7 +22,7 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
         # Dramatiq runs it on 0.1% of commands: an idle consumer polls ~10 times a second, so a
         # dead worker's messages would wait minutes. 5% runs it within a second or two; without
         # dead workers it costs two small sorted-set reads.
-        broker = RedisBroker(
+        broker = RedisBroker(  # type: ignore[no-untyped-call]
             url=settings.redis_url,
             heartbeat_timeout=settings.worker_heartbeat_ms,
             maintenance_chance=MAINTENANCE_CHANCE,

@@ -111,7 +111,7 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
                 422,
                 "validation_failed",
                 "The item has invalid fields.",
-                validation_details(list(exc.errors())),
+                validation_details(exc.errors()),
             )
             continue
         except ApiError as exc:
