@@ -13,7 +13,7 @@ from datetime import datetime
 from enforcement.errors import InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy import Context, Decider, Policy
 from events import NewEvent
-from events.timefmt import format_time, to_utc
+from events.timefmt import format_time, parse_time, to_utc
 from projections import aup_events as ev
 from projections.standing import (
     StandingState,
@@ -223,6 +223,14 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
                 raise InvalidTransition(
                     f"remediation {remediation_id} is {remediation.status}",
                     code="remediation_not_open",
+                )
+            if now >= parse_time(remediation.due_at):
+                # POLICY.md: one not completed by its due time expires and suspends; from its
+                # due time on it is overdue (the standing says so), decided by the scheduler.
+                raise InvalidTransition(
+                    f"remediation {remediation_id} was due at {remediation.due_at} and can no "
+                    "longer be completed",
+                    code="remediation_overdue",
                 )
             d.emit(d.build(ev.RemediationCompleted(remediation_id, note), remediation.event_id))
         case SetAdultContentApproval(approved, reason):

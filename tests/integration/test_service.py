@@ -281,6 +281,39 @@ def test_a_completed_remediation_never_expires_and_a_missed_one_suspends(
     assert_account_consistent(system, "acct_late")
 
 
+def test_a_remediation_is_completed_before_its_due_time_or_not_at_all(
+    system: Container, clock: FakeClock
+) -> None:
+    """POLICY.md: a remediation "not completed by its due time" expires and suspends. From its
+    due time on (when the standing calls it overdue) a completion is refused, however late the
+    scheduler comes to record the expiry; a microsecond before, it is accepted."""
+    on_time = report(system, "acct_in_time", "spam").standing.open_remediations[0]
+    late = report(system, "acct_overdue", "spam").standing.open_remediations[0]
+    assert on_time.due_at == late.due_at == clock() + 7 * DAY
+
+    clock.set(on_time.due_at - timedelta(microseconds=1))
+    completed = command(system, "acct_in_time", ops.CompleteRemediation(on_time.remediation_id, ""))
+    assert types_of(completed.events) == ["RemediationCompleted"]
+
+    for moment in (late.due_at, late.due_at + timedelta(hours=5)):
+        clock.set(moment)
+        assert system.service.standing("acct_overdue").overdue_remediations == (late,)
+        error = refused(
+            system,
+            "acct_overdue",
+            InvalidTransition,
+            lambda: command(
+                system, "acct_overdue", ops.CompleteRemediation(late.remediation_id, "late")
+            ),
+        )
+        assert getattr(error, "code", None) == "remediation_overdue"
+    expired = system.service.expire_remediation("acct_overdue", late.remediation_id, OPERATOR)
+    assert types_of(expired.events) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+    assert expired.standing.status == "suspended"
+    assert_account_consistent(system, "acct_in_time")
+    assert_account_consistent(system, "acct_overdue")
+
+
 # --- suspension, reinstatement, termination ---------------------------------------------------
 
 
