@@ -588,7 +588,12 @@ def decide_appeal(
         raise NotFound(f"appeal {appeal_id} targets no known decision", code="decision_not_found")
     violations = [state.violations[v] for v in decision.violation_ids if v in state.violations]
     fact = {"appeal_id": appeal_id, "description": reason}
-    d = Decider(policy, state, ctx, violations, automated=False, extra_facts=[fact])
+    # The ground: the sections of the violations behind the decision; an operator's decision
+    # has none, and cites what the operator's own did (§3 for a throttle, else §6).
+    sections = [] if violations else [3 if decision.type == "ThrottleApplied" else 6]
+    d = Decider(
+        policy, state, ctx, violations, automated=False, extra_facts=[fact], sections=sections
+    )
     what = f"decision {decision.event_id} ({decision.type})"
     if outcome == "upheld":
         text = f"The appeal is rejected: the {what} stands."

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enforcement import operator_decisions as ops
 from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy import (
     CATEGORIES,
@@ -883,3 +884,38 @@ def test_reports_deadlines_and_appeals_keep_the_account_consistent(
     standing = view(state, now, P.strike_lookback)
     assert (standing.status == "terminated") == state.terminated
     assert standing.open_appeals == sum(1 for d in state.decisions.values() if d.open_appeal_id)
+
+
+@pytest.mark.parametrize(
+    ("command", "sections"),
+    [
+        (ops.Suspend("under review"), ["§6"]),
+        (ops.Terminate("fraud ring"), ["§6"]),
+        (ops.ApplyThrottle(0.5, "bursts"), ["§3"]),
+    ],
+    ids=["suspension", "termination", "throttle"],
+)
+def test_an_appeal_of_an_operator_decision_cites_what_the_decision_cited(
+    command: Any, sections: list[str]
+) -> None:
+    """POLICY.md: every decision carries its AUP citation. An operator's decision has no
+    violations behind it; the appeal's outcome cites the section the decision itself cited."""
+    account = Account()
+    operated = ops.decide(P, account.state, command, account.ctx(NOW, "operator_1"))
+    account.record(operated, NOW)
+    decision = operated[0]
+    assert decision.data["statement_of_reasons"]["aup_sections"] == sections
+    appeal_id = _file(account, decision, NOW)
+    for outcome in ("upheld", "overturned"):
+        decided = decide_appeal(P, account.state, appeal_id, outcome, "why", account.ctx(NOW))
+        reasons = decided[0].data["statement_of_reasons"]
+        assert reasons["aup_sections"] == sections
+        assert reasons["ground"] == "AUP " + ", ".join(sections)
+
+
+def test_an_appeal_of_a_policy_decision_cites_its_violations_sections() -> None:
+    account, decision = _decided("phishing")
+    appeal_id = _file(account, decision, NOW)
+    decided = decide_appeal(P, account.state, appeal_id, "upheld", "why", account.ctx(NOW))
+    cited = decision.data["statement_of_reasons"]["aup_sections"]
+    assert cited and decided[0].data["statement_of_reasons"]["aup_sections"] == cited
