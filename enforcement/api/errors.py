@@ -112,11 +112,14 @@ _STATUS_CODES = {
 }
 
 
-def validation_details(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def validation_details(
+    errors: Iterable[Mapping[str, Any]], whole: str = "body"
+) -> list[dict[str, Any]]:
+    """Each error's field (``whole`` for the value itself) and message, and what is allowed."""
     details = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        item: dict[str, Any] = {"field": ".".join(loc) or "body", "message": err.get("msg", "")}
+        item: dict[str, Any] = {"field": ".".join(loc) or whole, "message": err.get("msg", "")}
         ctx = err.get("ctx") or {}
         if "allowed" in ctx:
             item["allowed"] = ctx["allowed"]

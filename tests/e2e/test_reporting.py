@@ -90,13 +90,15 @@ def test_a_batch_answers_each_item_and_one_bad_item_stops_no_other(server: Serve
         {"account_id": acct, "category": "spam", "idempotency_key": key},
         {"account_id": acct, "category": "impersonation", "unknown_field": 1},
         {"account_id": acct, "category": "ip_infringement"},
+        "not an object",
+        None,
     ]
 
     response = reporter.post("/v1/violations:batch", json={"violations": items})
 
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    assert [r["status"] for r in results] == [201, 422, 422, 409, 200, 422, 201]
+    assert [r["status"] for r in results] == [201, 422, 422, 409, 200, 422, 201, 422, 422]
     assert results[0]["violation_id"].startswith("vio_")
     assert results[4]["violation_id"] == results[0]["violation_id"]
     assert results[6]["violation_id"] not in (None, results[0]["violation_id"])
@@ -107,7 +109,13 @@ def test_a_batch_answers_each_item_and_one_bad_item_stops_no_other(server: Serve
     assert [d["field"] for d in results[2]["error"]["details"]] == ["account_id"]
     assert results[3]["error"]["code"] == "idempotency_key_reused"
     assert [d["field"] for d in results[5]["error"]["details"]] == ["unknown_field"]
-    for failed in (results[1], results[2], results[3], results[5]):
+    for not_object in results[7:]:
+        assert (not_object["account_id"], not_object["error"]["code"]) == (
+            None,
+            "validation_failed",
+        )
+        assert [d["field"] for d in not_object["error"]["details"]] == ["item"]
+    for failed in (results[1], results[2], results[3], results[5], *results[7:]):
         assert failed["violation_id"] is None
         assert set(failed["error"]) == {"code", "message", "details"}
 

@@ -25,7 +25,12 @@ router = APIRouter(prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS)
 
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    violations: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=1000)]
+    # Items are validated one by one (a bad one, even one that is no object, stops no other);
+    # the schema still documents them as objects.
+    violations: Annotated[
+        list[Any],
+        Field(min_length=1, max_length=1000, json_schema_extra={"items": {"type": "object"}}),
+    ]
 
 
 def _report(body: ViolationIn, now: datetime) -> ViolationReport:
@@ -111,7 +116,7 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
                 422,
                 "validation_failed",
                 "The item has invalid fields.",
-                validation_details(exc.errors()),
+                validation_details(exc.errors(), whole="item"),
             )
             continue
         except ApiError as exc:
