@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from enforcement.api.errors import install_error_handlers
+from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
 from enforcement.api.routes import accounts, gate, reading, reporting
 from enforcement.bootstrap import Container
+from events.dialects import fetch_all
 
 
 def create_app(container: Container, run_workers: bool = False) -> FastAPI:
@@ -36,8 +37,14 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     app.state.container = container
     install_error_handlers(app)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        responses={503: {"model": ErrorBody, "description": "The database does not answer."}},
+    )
     def healthz() -> dict[str, str]:
+        """200 once the API can serve (its database answers a query), else 503."""
+        fetch_all(container.engine, "SELECT 1")  # an unreachable database: 503 (errors.py)
         return {"status": "ok"}
 
     app.include_router(reporting.router)

@@ -60,4 +60,10 @@ def test_writes_and_reads_are_503(app: FastAPI, client: TestClient) -> None:
     assert_unavailable(client.get("/v1/accounts/acct_1/standing"))
     assert_unavailable(client.get("/v1/accounts/acct_1/events"))
     assert_unavailable(client.get("/v1/accounts/acct_1/verify"))
-    assert client.get("/healthz").status_code == 200
+
+
+def test_health_is_503_while_the_database_cannot_be_reached(client: TestClient) -> None:
+    # CONTRACT.md: 200 "once the API can serve"; a probe must not send traffic here meanwhile.
+    response = client.get("/healthz")
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "dependency_unavailable"
