@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy import exc as sqlalchemy_errors
 
 from enforcement.cli_output import EXIT_CHECK_FAILED, EXIT_USAGE, console, fail
 from enforcement.settings import Settings, SettingsError
@@ -322,5 +323,24 @@ def main() -> None:
         if not message:  # no command given: the help was printed already
             sys.exit(EXIT_USAGE)
         fail(message + ".", EXIT_USAGE)
+    except sqlalchemy_errors.DBAPIError as exc:
+        # Not exit 1: that says a check failed (``verify``: the chain is broken).
+        fail(_database_error(exc), EXIT_USAGE)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        fail(f"Cannot use {exc.filename}: {exc.strerror or exc}.", EXIT_USAGE)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _database_error(exc: Exception) -> str:
+    """One sentence for a database that cannot be reached or used (no credentials in it)."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = detail[0].rstrip(".") if detail else type(exc).__name__
+    missing = "no such table" in reason or ("relation" in reason and "does not exist" in reason)
+    hint = " Run `enforcement init` to create its schema." if missing else ""
+    return (
+        f"The database cannot be used ({reason}); check ENFORCEMENT_DATABASE_URL and that the "
+        f"database is running.{hint}"
+    )

@@ -164,6 +164,36 @@ def test_init_of_an_unreachable_database_fails_with_one_sentence() -> None:
     assert "secret" not in result.stderr
 
 
+def test_a_database_that_cannot_be_used_is_one_sentence_and_exit_2_not_1(
+    tmp_path: Path,
+) -> None:
+    """Exit 1 says a check failed (``verify``: the chain is broken); a database that cannot be
+    reached, or has no schema yet, is neither that nor a traceback."""
+    unreachable = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
+    uninitialised = f"sqlite:///{tmp_path / 'empty.db'}"
+    commands = [
+        ("verify",),
+        ("standing", "acct_1"),
+        ("tokens", "create", "--role", "admin", "--name", "n"),
+    ]
+    for url in (unreachable, uninitialised):
+        for args in commands:
+            result = run_cli(url, *args)
+            assert result.returncode == 2, (url, args, result.stderr)
+            sentence = one_sentence(result.stderr)
+            assert sentence.startswith("The database cannot be used"), sentence
+            assert "secret" not in result.stderr
+            if url == uninitialised:
+                assert "enforcement init" in sentence
+
+    written = run_cli(uninitialised, "init")
+    assert written.returncode == 0, written.stderr
+    nowhere = tmp_path / "no" / "such" / "dir" / "events.jsonl"
+    result = run_cli(uninitialised, "export", "--format", "jsonl", "-o", str(nowhere))
+    assert result.returncode == 2
+    assert one_sentence(result.stderr) == f"Cannot use {nowhere}: No such file or directory."
+
+
 def test_tokens_create_prints_the_token_last_and_stores_only_its_hash(
     populated: Populated,
 ) -> None:
