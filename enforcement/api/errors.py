@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -112,6 +113,9 @@ _STATUS_CODES = {
 }
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+
+
 def validation_details(
     errors: Iterable[Mapping[str, Any]], whole: str = "body"
 ) -> list[dict[str, Any]]:
@@ -124,7 +128,12 @@ def validation_details(
         if "allowed" in ctx:
             item["allowed"] = ctx["allowed"]
         elif "expected" in ctx:
-            item["allowed"] = ctx["expected"]
+            expected = ctx["expected"]
+            if err.get("type") in ("literal_error", "enum") and isinstance(expected, str):
+                # pydantic's prose ("'low', 'medium' or 'high'"): the values, as a list, like
+                # the allowed categories.
+                expected = _QUOTED.findall(expected) or expected
+            item["allowed"] = expected
         details.append(item)
     return details
 

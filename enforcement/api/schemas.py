@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,6 +25,9 @@ KeyId = Annotated[
 ]
 Text = Annotated[str, StringConstraints(max_length=4000)]
 Severity = Literal["low", "medium", "high", "critical"]
+# RFC 3339 with an offset (CONTRACT.md: UTC with a ``Z``): a time without one is refused, as
+# everywhere else (``events.timefmt.parse_time``), so an ambiguous time never enters the log.
+Moment = AwareDatetime
 Detection = Literal["automated", "human_review", "user_report"]
 
 
@@ -66,7 +69,7 @@ class ViolationIn(Strict):
     category: Category
     severity: Severity | None = None
     key_id: KeyId | None = None
-    occurred_at: datetime | None = None
+    occurred_at: Moment | None = None
     source: Annotated[str, StringConstraints(max_length=200), NoNul] | None = None
     detection: Detection = "automated"
     evidence_ref: Annotated[str, StringConstraints(max_length=2048), NoNul] | None = None
@@ -97,7 +100,7 @@ class NoteIn(Strict):
 
 class SuspendIn(Strict):
     reason: SafeText = ""
-    until: datetime | None = None
+    until: Moment | None = None
     notify: bool = True
 
 
@@ -109,7 +112,7 @@ class TerminateIn(Strict):
 class ThrottleIn(Strict):
     key_id: KeyId | None = None
     factor: Annotated[float, Field(gt=0, le=1)] = 0.25
-    expires_at: datetime | None = None
+    expires_at: Moment | None = None
     reason: SafeText = ""
 
 

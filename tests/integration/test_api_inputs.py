@@ -1,0 +1,91 @@
+"""Request input at the API's edge (CONTRACT.md): times carry their offset, and a 422 lists the
+allowed values of a closed set as a list, for every such field alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from enforcement.api.app import create_app
+from enforcement.bootstrap import Container
+from enforcement.roles import Role
+from enforcement.tokens import create_token
+
+
+@pytest.fixture
+def client(system: Container) -> Iterator[TestClient]:
+    with TestClient(create_app(system)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def as_role(system: Container) -> Any:
+    def headers(role: Role) -> dict[str, str]:
+        return {"Authorization": f"Bearer {create_token(system.engine, role, role.value)}"}
+
+    return headers
+
+
+def details(response: Any) -> list[dict[str, Any]]:
+    assert response.status_code == 422, response.text
+    body = response.json()["error"]
+    assert body["code"] == "validation_failed"
+    return list(body["details"])
+
+
+def test_a_time_without_an_offset_is_refused_and_nothing_is_written(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    reporter, operator = as_role(Role.REPORTER), as_role(Role.OPERATOR)
+    violation = {"account_id": "acct_t", "category": "spam"}
+
+    naive = client.post(
+        "/v1/violations", json={**violation, "occurred_at": "2026-01-01T00:00:00"}, headers=reporter
+    )
+    assert [d["field"] for d in details(naive)] == ["occurred_at"]
+    batch = client.post(
+        "/v1/violations:batch",
+        json={"violations": [{**violation, "occurred_at": "2026-01-01T00:00:00"}]},
+        headers=reporter,
+    )
+    [item] = batch.json()["results"]
+    assert item["status"] == 422
+    assert [d["field"] for d in item["error"]["details"]] == ["occurred_at"]
+    until = client.post(
+        "/v1/accounts/acct_t/suspend", json={"until": "2030-01-01T00:00:00"}, headers=operator
+    )
+    assert [d["field"] for d in details(until)] == ["until"]
+    expires = client.post(
+        "/v1/accounts/acct_t/throttles",
+        json={"expires_at": "2030-01-01 00:00:00"},
+        headers=operator,
+    )
+    assert [d["field"] for d in details(expires)] == ["expires_at"]
+    assert system.store.head("acct_t").version == 0
+
+    for stamp in ("2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00"):
+        accepted = client.post(
+            "/v1/violations", json={**violation, "occurred_at": stamp}, headers=reporter
+        )
+        assert accepted.status_code == 201, accepted.text
+        reported = accepted.json()["events"][0]
+        assert reported["occurred_at"] == "2026-01-01T00:00:00.000000Z"
+
+
+def test_every_closed_set_lists_its_allowed_values_as_a_list(
+    client: TestClient, as_role: Any
+) -> None:
+    reporter = as_role(Role.REPORTER)
+    base = {"account_id": "acct_a", "category": "spam"}
+    bad = client.post(
+        "/v1/violations",
+        json={**base, "category": "nope", "severity": "huge", "detection": "psychic"},
+        headers=reporter,
+    )
+    allowed = {d["field"]: d["allowed"] for d in details(bad)}
+    assert allowed["severity"] == ["low", "medium", "high", "critical"]
+    assert allowed["detection"] == ["automated", "human_review", "user_report"]
+    assert isinstance(allowed["category"], list) and "spam" in allowed["category"]
