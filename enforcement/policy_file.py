@@ -99,6 +99,7 @@ class Policy:
 DEFAULT_POLICY = Policy()
 
 _DURATION = re.compile(r"^([0-9]+)([smhd])$")
+MAX_DURATION = timedelta(days=36_500)  # a hundred years: longer is as good as indefinite
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DURATION_KEYS = {
     "strike_lookback",
@@ -111,11 +112,15 @@ _DURATION_KEYS = {
 
 
 def parse_duration(text: object, key: str) -> timedelta:
-    """``"90d"``, ``"24h"``, ``"10m"``, ``"30s"``: a positive whole number and one unit."""
+    """``"90d"``, ``"24h"``, ``"10m"``, ``"30s"``: a positive whole number and one unit, at most
+    ``MAX_DURATION`` (a decision's end must stay a time the log can hold)."""
     match = _DURATION.match(text) if isinstance(text, str) else None
     if match is None or int(match.group(1)) == 0:
         raise PolicyError(f'{key} must be a positive duration like "7d" or "24h", not {text!r}')
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    amount, unit = int(match.group(1)), _UNITS[match.group(2)]
+    if amount > MAX_DURATION // timedelta(**{unit: 1}):
+        raise PolicyError(f"{key} must be at most {MAX_DURATION.days} days, not {text!r}")
+    return timedelta(**{unit: amount})
 
 
 def load_policy(path: str | None) -> Policy:

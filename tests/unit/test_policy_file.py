@@ -156,3 +156,16 @@ def test_an_unreadable_or_malformed_file_is_a_policy_error(tmp_path: Path) -> No
 )
 def test_durations(text: str, span: timedelta) -> None:
     assert parse_duration(text, "k") == span
+
+
+@pytest.mark.parametrize("text", ["36501d", "876025h", "99999999999d", "3153600001s", "52560001m"])
+def test_a_duration_beyond_a_hundred_years_is_refused_naming_its_key(text: str) -> None:
+    # Longer would make a decision's end a time no datetime (nor the log) can hold.
+    with pytest.raises(PolicyError, match=r"first_high_suspension must be at most 36500 days"):
+        policy_from_mapping({"first_high_suspension": text})
+
+
+def test_a_hundred_years_is_the_longest_duration() -> None:
+    longest = timedelta(days=36_500)
+    for text in ("36500d", "876000h", "52560000m", "3153600000s"):
+        assert parse_duration(text, "k") == longest
