@@ -199,7 +199,7 @@ def test_production_event_ids_are_time_ordered_and_injected_ones_deterministic()
     stamps = [uuid.UUID(i).int >> 80 for i in made]  # Unix milliseconds of making
     assert all(before <= stamp <= after for stamp in stamps)
     # Later decisions sort later (2 ms apart). Within one decision the list is not the order
-    # of making: a notice's id may be made before its decision's, a millisecond earlier.
+    # of making: a notice is listed before the remediation it announces, made after it.
     decisions = [stamps[i : i + 3] for i in range(0, 9, 3)]
     assert all(max(a) < min(b) for a, b in itertools.pairwise(decisions))
 
