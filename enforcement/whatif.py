@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -240,6 +240,7 @@ def replay_account(
     result = AccountWhatIf(account_id)
     state = StandingState.empty(account_id)
     pending: list[RecordedEvent] = []  # applied in one go before the next decision
+    made_up = itertools.count(1)  # ids the record lacks: unique across the account's decisions
 
     def add(event: RecordedEvent | NewEvent, recorded_at: datetime) -> None:
         version = state.version + len(pending) + 1
@@ -255,7 +256,7 @@ def replay_account(
         state = apply_all(state, pending)
         pending.clear()
         ladder = _recorded_ladder(log, i)
-        simulated = _decide_again(policy, state, event, ladder)
+        simulated = _decide_again(policy, state, event, ladder, made_up)
         result.violations += 1
         recorded_outcome, simulated_outcome = outcome_of(ladder), outcome_of(simulated[1:])
         what = change(recorded_outcome, simulated_outcome)
@@ -308,7 +309,11 @@ def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedE
 
 
 def _decide_again(
-    policy: Policy, state: StandingState, violation: RecordedEvent, ladder: Sequence[RecordedEvent]
+    policy: Policy,
+    state: StandingState,
+    violation: RecordedEvent,
+    ladder: Sequence[RecordedEvent],
+    made_up: Iterator[int],
 ) -> list[NewEvent]:
     """The other policy's decisions on ``violation``, with the recorded ids where they match."""
     data, metadata = violation.data, violation.metadata
@@ -327,7 +332,7 @@ def _decide_again(
         now=violation.recorded_at,
         actor=metadata.get("actor") or "whatif",
         correlation_id=metadata.get("correlation_id") or "whatif",
-        new_id=_RecordedIds([violation, *ladder]),
+        new_id=_RecordedIds([violation, *ladder], made_up),
         source=metadata.get("source") or "api",
         causation_id=metadata.get("causation_id"),
     )
@@ -337,15 +342,16 @@ def _decide_again(
 
 class _RecordedIds:
     """An id factory that hands out the ids the recorded decisions carry, kind by kind, and
-    made-up ones once those run out."""
+    made-up ones once those run out (numbered by ``made_up``, shared by an account's replay, so
+    that no two simulated decisions, nor their event ids, share one)."""
 
-    def __init__(self, recorded: Sequence[RecordedEvent]) -> None:
+    def __init__(self, recorded: Sequence[RecordedEvent], made_up: Iterator[int]) -> None:
         self._queues: dict[str, list[str]] = {}
         for event in recorded:
             if event.type in _ID_FIELDS:
                 prefix, name = _ID_FIELDS[event.type]
                 self._queues.setdefault(prefix, []).append(event.data[name])
-        self._made_up = itertools.count(1)
+        self._made_up = made_up
 
     def __call__(self, prefix: str) -> str:
         queue = self._queues.get(prefix)

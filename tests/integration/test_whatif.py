@@ -24,6 +24,7 @@ from aup_population import (
 from test_service_support import REPORTER, FakeClock
 from typer.testing import CliRunner
 
+from enforcement import whatif
 from enforcement.bootstrap import Container
 from enforcement.cli import app
 from enforcement.policy import DEFAULT_POLICY, ViolationReport
@@ -125,6 +126,31 @@ def test_a_lenient_policy_is_milder_and_decides_where_nothing_was(ladder: Contai
         ("acct_minor", "termination", "suspension for 3 days", "milder"),
         ("acct_minor", "none", "suspension for 3 days", "more"),
     ]
+
+
+def test_decisions_the_record_lacks_get_ids_of_their_own(
+    ladder: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lenient policy suspends where the record terminated and where it decided nothing:
+    two simulated suspensions of one account that no recorded event names. Each gets its own
+    suspension id and event id (made-up ids are numbered across the account's replay)."""
+    simulated: list[Any] = []
+    as_recorded = whatif._as_recorded
+
+    def keep(*args: Any) -> Any:
+        event = as_recorded(*args)
+        simulated.append(event)
+        return event
+
+    monkeypatch.setattr(whatif, "_as_recorded", keep)
+    lenient = {"termination_after_strikes": 5, "third_minor_suspension": "3d"}
+    what_if(ladder.store, policy_from_mapping(lenient))
+
+    minor = [e for e in simulated if e.account_id == "acct_minor"]
+    suspensions = [e.data["suspension_id"] for e in minor if e.type == "AccountSuspended"]
+    assert len(suspensions) == 3 and len(set(suspensions)) == 3
+    ids = [e.event_id for e in minor]
+    assert len(ids) == len(set(ids))
 
 
 def test_since_re_decides_only_later_violations(ladder: Container) -> None:
