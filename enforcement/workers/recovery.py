@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from enforcement.tables import contacts
 from events import EventStore
 from events.schema import events
 from events.timefmt import to_utc
@@ -26,35 +27,53 @@ def notices_without_outcome(
     window: timedelta = RECOVERY_WINDOW,
     up_to_position: int | None = None,
 ) -> list[str]:
-    """Event ids of ``NoticeIssued`` events recorded within ``window`` that have no final outcome,
-    at or before ``up_to_position`` (the relay's checkpoint: the relay itself sends what comes
-    after it, and sending those here too would deliver them twice)."""
-    outcome = events.alias("outcome")
-    notice_ref = outcome.c.data["notice_event_id"].as_string()
-    final = outcome.c.data["final"].as_boolean()
-    done = (
-        sa.select(sa.literal(1))
-        .where(
-            outcome.c.account_id == events.c.account_id,
-            outcome.c.version > events.c.version,
-            sa.or_(
-                outcome.c.type == "NoticeDelivered",
-                sa.and_(outcome.c.type == "NoticeDeliveryFailed", final.is_(True)),
-            ),
-            notice_ref == sa.cast(events.c.event_id, sa.String),
-        )
-        .exists()
-    )
-    query = (
-        sa.select(events.c.event_id)
-        .where(
-            events.c.type == "NoticeIssued",
-            events.c.recorded_at >= to_utc(now) - window,
-            ~done,
-        )
-        .order_by(events.c.position)
+    """Event ids of ``NoticeIssued`` events recorded within ``window`` that lack a final outcome
+    on a channel they go out on, at or before ``up_to_position`` (the relay's checkpoint: the
+    relay itself sends what comes after it, and sending those here too would deliver them twice).
+
+    A notice goes out on each channel its account has a target for (its contact as it is now),
+    on e-mail when it has none (recorded as undeliverable on the channel "none"); it is done
+    once each of those has a final outcome: ``NoticeDelivered``, or ``NoticeDeliveryFailed`` with
+    ``final``. One channel's outcome says nothing of the other's."""
+    since = to_utc(now) - window
+    notices = sa.select(events.c.event_id, events.c.account_id).where(
+        events.c.type == "NoticeIssued", events.c.recorded_at >= since
     )
     if up_to_position is not None:
-        query = query.where(events.c.position <= up_to_position)
+        notices = notices.where(events.c.position <= up_to_position)
+    final = events.c.data["final"].as_boolean()
+    outcomes = sa.select(
+        events.c.data["notice_event_id"].as_string(), events.c.data["channel"].as_string()
+    ).where(
+        events.c.recorded_at >= since,
+        sa.or_(
+            events.c.type == "NoticeDelivered",
+            sa.and_(events.c.type == "NoticeDeliveryFailed", final.is_(True)),
+        ),
+    )
     with store.engine.connect() as conn:
-        return [str(r[0]) for r in conn.execute(query)]
+        issued = [(str(r[0]), r[1]) for r in conn.execute(notices.order_by(events.c.position))]
+        done: dict[str, set[str]] = {}
+        for notice_event_id, channel in conn.execute(outcomes):
+            done.setdefault(str(notice_event_id), set()).add(channel)
+        accounts = sorted({account for _, account in issued})
+        targets: dict[str, tuple[str, ...]] = {}
+        for start in range(0, len(accounts), 500):
+            chunk = accounts[start : start + 500]
+            query = sa.select(contacts.c.account_id, contacts.c.email, contacts.c.webhook_url)
+            for account, email, webhook_url in conn.execute(
+                query.where(contacts.c.account_id.in_(chunk))
+            ):
+                targets[account] = tuple(
+                    channel
+                    for channel, target in (("email", email), ("webhook", webhook_url))
+                    if target is not None
+                )
+    pending = []
+    for event_id, account in issued:
+        finished = done.get(event_id, set())
+        if "none" in finished:  # undeliverable: the account had no contact data
+            continue
+        if not set(targets.get(account) or ("email",)) <= finished:
+            pending.append(event_id)
+    return pending

@@ -1,0 +1,66 @@
+"""Which notices a restart sends again (``recovery.notices_without_outcome``), on SQLite and on
+PostgreSQL: a notice is done only once every channel it goes out on has a final outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from enforcement.bootstrap import Container, bootstrap
+from enforcement.migrations import upgrade
+from enforcement.service import Actor
+from enforcement.workers.recovery import notices_without_outcome
+from projections import aup_events as ev
+from tests.workers.system import fast_settings, report, set_contact
+
+WORKER = Actor(name="worker:test", correlation_id="test")
+
+
+def notice_of(system: Container, account: str) -> str:
+    [notice] = [e for e in report(system, account).events if e.type == "NoticeIssued"]
+    return notice.event_id
+
+
+def delivered(system: Container, account: str, notice: str, channel: str) -> None:
+    system.service.record_fact(account, ev.NoticeDelivered("ntc", notice, channel, 1), WORKER)
+
+
+def failed(system: Container, account: str, notice: str, channel: str, final: bool) -> None:
+    payload = ev.NoticeDeliveryFailed("ntc", notice, channel, 1, "down", final)
+    system.service.record_fact(account, payload, WORKER)
+
+
+def test_a_notice_is_pending_until_each_of_its_channels_has_a_final_outcome(
+    database_url: str, tmp_path: Path
+) -> None:
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        both = {"email": "a@customer.test", "webhook_url": "https://customer.test/hook"}
+        for account in ("acct_both", "acct_half", "acct_web", "acct_none", "acct_retrying"):
+            if account != "acct_none":
+                contact = both if account != "acct_web" else {"webhook_url": both["webhook_url"]}
+                set_contact(system.engine, account, **contact)
+        notices = {
+            account: notice_of(system, account)
+            for account in ("acct_both", "acct_half", "acct_web", "acct_none", "acct_retrying")
+        }
+        # Both channels out; one channel out and the other still retrying; the only channel out;
+        # no contact (undeliverable, final on "none"); a failed attempt that is not final.
+        delivered(system, "acct_both", notices["acct_both"], "webhook")
+        failed(system, "acct_both", notices["acct_both"], "email", final=True)
+        delivered(system, "acct_half", notices["acct_half"], "webhook")
+        failed(system, "acct_half", notices["acct_half"], "email", final=False)
+        delivered(system, "acct_web", notices["acct_web"], "webhook")
+        failed(system, "acct_none", notices["acct_none"], "none", final=True)
+        failed(system, "acct_retrying", notices["acct_retrying"], "webhook", final=False)
+
+        pending = notices_without_outcome(system.store, system.clock())
+
+        assert sorted(pending) == sorted([notices["acct_half"], notices["acct_retrying"]])
+        up_to = system.store.get_event(notices["acct_half"])
+        assert up_to is not None
+        assert notices_without_outcome(
+            system.store, system.clock(), up_to_position=up_to.position
+        ) == [notices["acct_half"]]
+    finally:
+        system.close()
