@@ -23,7 +23,7 @@ from test_service_support import (
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.gate import EmbeddedGate
-from enforcement.gatekeeping import seed_gate
+from enforcement.gatekeeping import GateApplier, seed_gate
 from enforcement.policy import ViolationReport
 from enforcement.service import Fact
 from events import ConcurrencyError, StreamHead
@@ -460,3 +460,37 @@ def test_a_gate_seeded_from_the_stored_standings_enforces_them(
     assert gate.check("acct_sus", "key_1").reason == "suspended"
     thr = [gate.check("acct_thr", "key_1").allowed for _ in range(3)]
     assert thr == [True, True, False]  # 10 per minute x 0.2
+
+
+@pytest.mark.parametrize("how", ["operator", "appeal"])
+def test_a_lifted_throttle_is_lifted_at_the_gate(
+    system: Container, clock: FakeClock, how: str
+) -> None:
+    """The gate follows each event (``GateApplier``, the ``apply_gate_state`` actor). A lifted
+    throttle is no longer in the state, yet the gate must drop it: by an operator's lift or an
+    overturned appeal's reversal, whether or not the throttle had an expiry."""
+    now = clock()
+    gate = EmbeddedGate(clock=lambda: now.timestamp())
+    applier = GateApplier(gate, system.store, system.standings, clock)
+    service = system.service
+
+    def follow(outcome: Any) -> Any:
+        for event in outcome.events:
+            applier(event.event_id)
+        return outcome
+
+    follow(service.operator("acct_gl", ops.ConfigureLimits(600, 10**6), OPERATOR))
+    applied = follow(service.operator("acct_gl", ops.ApplyThrottle(0.25, "load"), OPERATOR))
+    assert gate.check("acct_gl", "key_1").limit_requests == 150
+    if how == "operator":
+        throttle_id = applied.standing.active_throttles[0].throttle_id
+        follow(service.operator("acct_gl", ops.LiftThrottle(throttle_id, "done"), OPERATOR))
+    else:
+        decision = applied.events[0].event_id
+        filed = follow(service.file_appeal("acct_gl", decision, "not me", OPERATOR))
+        appeal_id = filed.events[0].data["appeal_id"]
+        decided = follow(service.decide_appeal("acct_gl", appeal_id, "overturned", "ok", OPERATOR))
+        assert "ThrottleLifted" in [e.type for e in decided.events]
+
+    assert service.standing("acct_gl").active_throttles == ()
+    assert gate.check("acct_gl", "key_2").limit_requests == 600
