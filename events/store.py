@@ -212,9 +212,16 @@ class _SQL:
                 f"to_char({c} AT TIME ZONE 'UTC', '{_PG_TIME_FORMAT}')"
                 for c in ("occurred_at", "recorded_at")
             )
+            # The times themselves only where a datetime can hold them: an edited row's
+            # 'infinity', BC or year 10000 would make the driver fail the whole page.
+            moments = ", ".join(
+                f"CASE WHEN {c} BETWEEN '0001-01-01 00:00:00+00' AND "
+                f"'9999-12-31 23:59:59.999999+00' THEN {c} END"
+                for c in ("occurred_at", "recorded_at")
+            )
             verify_columns = (
                 f"position, {event_id}, account_id, version, type, schema_version, data::text, "
-                f"metadata::text, {times}, prev_hash, hash, occurred_at, recorded_at"
+                f"metadata::text, {times}, prev_hash, hash, {moments}"
             )
         else:
             # SQLite: json_valid tells the verifier that the stored texts are whole JSON values.
@@ -382,7 +389,7 @@ def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
             return True
     try:
         event = _event_from_sqlite(r)
-    except ValueError:  # readers cannot decode it either: not what was hashed
+    except (ValueError, TypeError):  # readers cannot decode it either: not what was hashed
         return False
     return event_hash(prev, event) == expected
 
@@ -390,13 +397,17 @@ def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
 _sha256 = hashlib.sha256
 
 
-def _postgres_time_text(text: Any, moment: datetime) -> str:
+def _postgres_time_text(text: Any, moment: datetime | None) -> str:
     """``format_time(moment)``, given ``text``, the time ``to_char``'d with ``_PG_TIME_FORMAT``.
 
     The two agree for years 1000 to 9999 AD; ``format_time`` writes other years differently.
+    ``moment`` None: a time no datetime holds (infinite, BC, after 9999), which no append
+    wrote; its text, or none, never matches a hash.
     """
     if type(text) is str and len(text) == 29 and text[0] != "0" and text[27:] == "AD":
         return text[:27]
+    if moment is None:
+        return text if type(text) is str else ""
     return format_time(moment)
 
 

@@ -159,6 +159,43 @@ def test_verify_finds_the_version_whose_field_was_changed(
     assert intact.ok and intact.events == EVENTS_PER_STREAM
 
 
+UNREADABLE = {
+    # Values no append writes and no reader decodes: SQLite stores these as numbers (the
+    # columns' affinity); PostgreSQL's driver has no datetime for them.
+    "sqlite": [
+        "UPDATE events SET occurred_at = 5",
+        "UPDATE events SET data = '0'",
+        "UPDATE events SET metadata = '1.5'",
+    ],
+    "postgresql": [
+        "UPDATE events SET occurred_at = 'infinity'",
+        "UPDATE events SET recorded_at = '0500-01-01 00:00:00+00 BC'",
+        "UPDATE events SET occurred_at = '10001-01-01 00:00:00+00'",
+    ],
+}
+
+
+def test_a_value_no_reader_can_decode_is_a_break_not_a_crash(
+    store: EventStore, engine: sa.Engine
+) -> None:
+    edits = UNREADABLE[engine.dialect.name]
+    for n in range(len(edits)):
+        fill(store, f"unreadable_{n}")
+    fill(store, "untouched")
+    drop_triggers(engine)
+    with engine.begin() as conn:
+        for n, edit in enumerate(edits):
+            conn.exec_driver_sql(f"{edit} WHERE account_id = 'unreadable_{n}' AND version = 2")
+
+    every = dict(store.verify_all())
+    for n, edit in enumerate(edits):
+        for result in (store.verify(f"unreadable_{n}"), every[f"unreadable_{n}"]):
+            assert not result.ok, (edit, result)
+            assert result.broken_at_version == 2, (edit, result)
+            assert result.reason is not None and "content" in result.reason, (edit, result)
+    assert every["untouched"].ok and store.verify("untouched").ok
+
+
 @pytest.mark.parametrize("page", [3, 1000])
 def test_verify_all_gives_every_streams_verify_in_one_pass(
     store: EventStore, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, page: int
