@@ -791,12 +791,21 @@ def active_strikes(
     state: StandingState, as_of: datetime, strike_lookback: timedelta
 ) -> list[ViolationRecord]:
     """Violations that count as strikes at ``as_of``: not dismissed, within the lookback."""
-    cutoff = format_time(to_utc(as_of) - strike_lookback)
+    cutoff = _strike_cutoff(to_utc(as_of), strike_lookback)
     return [
         v
         for v in state.violations.values()
         if v.strike and not v.dismissed and v.occurred_at > cutoff
     ]
+
+
+def _strike_cutoff(as_of: datetime, strike_lookback: timedelta) -> str:
+    """The time text a violation must have occurred after to count at ``as_of``; before the
+    first time a datetime holds (an ``as_of`` in the first days of year 1), the earliest."""
+    try:
+        return format_time(as_of - strike_lookback)
+    except OverflowError:
+        return ""  # every time text sorts after it
 
 
 def active_suspension(state: StandingState, as_of: datetime) -> SuspensionRecord | None:
@@ -816,7 +825,7 @@ def active_throttles(state: StandingState, as_of: datetime) -> list[ThrottleReco
 def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> Standing:
     """The standing at ``as_of`` of a state holding the events recorded up to ``as_of``."""
     as_of = to_utc(as_of)
-    cutoff = format_time(as_of - strike_lookback)
+    cutoff = _strike_cutoff(as_of, strike_lookback)
     # One pass for both (``active_strikes`` is the same filter plus ``strike``): the view is
     # built on every request, and a long history holds thousands of violations.
     open_ids: list[str] = []

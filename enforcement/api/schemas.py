@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -28,6 +29,18 @@ Severity = Literal["low", "medium", "high", "critical"]
 # RFC 3339 with an offset (CONTRACT.md: UTC with a ``Z``): a time without one is refused, as
 # everywhere else (``events.timefmt.parse_time``), so an ambiguous time never enters the log.
 Moment = AwareDatetime
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _not_before_1970(value: datetime) -> datetime:
+    # No violation of this service predates the Unix epoch; and times are compared as their
+    # RFC 3339 text, which orders correctly only for four-digit years.
+    if value < _EPOCH:
+        raise ValueError("must not be before 1970-01-01T00:00:00Z")
+    return value
+
+
+Occurred = Annotated[Moment, AfterValidator(_not_before_1970)]
 Detection = Literal["automated", "human_review", "user_report"]
 
 
@@ -69,7 +82,7 @@ class ViolationIn(Strict):
     category: Category
     severity: Severity | None = None
     key_id: KeyId | None = None
-    occurred_at: Moment | None = None
+    occurred_at: Occurred | None = None
     source: Annotated[str, StringConstraints(max_length=200), NoNul] | None = None
     detection: Detection = "automated"
     evidence_ref: Annotated[str, StringConstraints(max_length=2048), NoNul] | None = None

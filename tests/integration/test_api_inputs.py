@@ -89,3 +89,33 @@ def test_every_closed_set_lists_its_allowed_values_as_a_list(
     assert allowed["severity"] == ["low", "medium", "high", "critical"]
     assert allowed["detection"] == ["automated", "human_review", "user_report"]
     assert isinstance(allowed["category"], list) and "spam" in allowed["category"]
+
+
+def test_a_violation_before_1970_is_refused_and_an_early_as_of_is_no_error(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """Times are compared as their RFC 3339 text, which orders only four-digit years: a
+    violation dated in year 999 counted as a strike forever. None predates the Unix epoch."""
+    reporter, auditor = as_role(Role.REPORTER), as_role(Role.AUDITOR)
+    for stamp in ("0999-01-01T00:00:00Z", "1969-12-31T23:59:59.999999Z"):
+        old = client.post(
+            "/v1/violations",
+            json={"account_id": "acct_old", "category": "spam", "occurred_at": stamp},
+            headers=reporter,
+        )
+        assert [d["field"] for d in details(old)] == ["occurred_at"]
+    assert system.store.head("acct_old").version == 0
+    epoch = client.post(
+        "/v1/violations",
+        json={"account_id": "acct_old", "category": "spam", "occurred_at": "1970-01-01T00:00:00Z"},
+        headers=reporter,
+    )
+    assert epoch.status_code == 201, epoch.text
+    assert epoch.json()["standing"]["strikes"] == 0  # long aged out
+
+    for as_of in ("0001-01-01T00:00:00Z", "0001-02-01T00:00:00Z"):
+        early = client.get(
+            "/v1/accounts/acct_old/standing", params={"as_of": as_of}, headers=auditor
+        )
+        assert early.status_code == 200, early.text
+        assert (early.json()["version"], early.json()["strikes"]) == (0, 0)
