@@ -1,10 +1,10 @@
-"""Recovery of notices whose in-memory messages died with the process (embedded mode).
+"""Recovery of notices whose messages a broker lost: the in-memory one at a restart (embedded
+mode), or a Redis that lost its data (``runtime.RedisWatch``).
 
-The in-memory broker keeps no message across a restart, while the relay's checkpoint has already
-moved past the ``NoticeIssued`` events it enqueued. At start-up, every recent notice without a
-final outcome in the log (``NoticeDelivered``, or ``NoticeDeliveryFailed`` with ``final``) is
-sent again; delivery is idempotent per notice and channel, so a notice that did go out is not
-sent twice.
+The relay's checkpoint has already moved past the ``NoticeIssued`` events it enqueued. Every
+recent notice without a final outcome in the log (``NoticeDelivered``, or
+``NoticeDeliveryFailed`` with ``final``) on a channel it goes out on is sent again; delivery is
+idempotent per notice and channel, so a channel that did go out is not sent twice.
 """
 
 from __future__ import annotations

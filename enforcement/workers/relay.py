@@ -114,22 +114,15 @@ class Relay:
         stop: threading.Event,
         idle_seconds: float = 0.05,
         error_seconds: float = 1.0,
-        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         """Relay until ``stop``; after a failure (broker or database down) it retries from the
-        checkpoint, and once it works again calls ``on_recovered`` (a broker that restarted
-        without persistence lost the messages it held: the caller re-sends what has no
-        outcome)."""
-        failed = False
+        checkpoint, which does not move past what the broker could not take. (A broker that
+        lost what it held is the runtime's to see: ``runtime.RedisWatch``.)"""
         while not stop.is_set():
             try:
                 moved = self.run_once()
-                if failed and on_recovered is not None:
-                    on_recovered()
-                failed = False
             except Exception:
                 log.exception("relay failed; retrying from checkpoint")
-                failed = True
                 stop.wait(error_seconds)
                 continue
             if moved < self.page_size:

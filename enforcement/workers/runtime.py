@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -34,6 +35,7 @@ from enforcement.workers.sweep import run_sweeper
 log = logging.getLogger("enforcement.workers")
 _LEADER_LOCK_KEY = 7_301_947_562
 GATE_RESEED_SECONDS = 6 * 3600
+REDIS_WATCH_SECONDS = 5.0
 
 
 def build_actors(container: Container, broker: dramatiq.Broker | None = None) -> Actors:
@@ -83,14 +85,51 @@ class LeaderLock:
             self.conn = None
 
 
-def reseed_gate(container: Container, stop: threading.Event) -> None:
+class RedisWatch:
+    """Whether Redis lost what it held since this process marked it: a Redis that restarted
+    without persistence (or was flushed) comes back without the mark, and without the gate's
+    state and the messages it held."""
+
+    KEY = "enforcement:marked"
+
+    def __init__(self, url: str):
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+
+    def lost(self) -> bool:
+        return not self.client.exists(self.KEY)
+
+    def mark(self) -> None:
+        self.client.set(self.KEY, "1")
+
+
+def keep_gate(
+    container: Container,
+    stop: threading.Event,
+    watch: RedisWatch | None = None,
+    on_lost: Callable[[], None] | None = None,
+) -> None:
     """Re-apply every stored standing to the gate now and then: Redis gate state carries a TTL
-    (30 days by default), so configuration nobody touched would otherwise expire."""
-    while not stop.wait(GATE_RESEED_SECONDS):
+    (30 days by default), so configuration nobody touched would otherwise expire. With Redis,
+    also look every few seconds whether it lost its data: then re-seed at once and ``on_lost``
+    (re-send the notices whose messages it held), instead of letting a suspended account
+    through until the next re-seed."""
+    last_seed = time.monotonic()
+    while not stop.wait(GATE_RESEED_SECONDS if watch is None else REDIS_WATCH_SECONDS):
         try:
-            seed_gate(container.gate, container.store, container.clock())
+            if watch is not None and watch.lost():
+                log.warning("Redis lost its data: re-seeding the gate, re-sending notices")
+                seed_gate(container.gate, container.store, container.clock())
+                if on_lost is not None:
+                    on_lost()
+                watch.mark()
+                last_seed = time.monotonic()
+            elif time.monotonic() - last_seed >= GATE_RESEED_SECONDS:
+                seed_gate(container.gate, container.store, container.clock())
+                last_seed = time.monotonic()
         except Exception:
-            log.exception("re-seeding the gate failed; trying again later")
+            log.exception("keeping the gate failed; trying again later")
 
 
 def start_background(
@@ -109,15 +148,20 @@ def start_background(
     if relay:
         leader = LeaderLock(container)
         relay_obj = Relay(container.store, actors.enqueue, CHANNELS)
+        watch = None if settings.redis_url is None else RedisWatch(settings.redis_url)
 
         def take_the_lead() -> bool:
             if not leader.acquire():
                 return False
             log.info("this process leads the relay and the deadline sweep")
+            # The in-memory broker starts empty; Redis may have lost what it held meanwhile.
+            lost = watch is None or watch.lost()
             seeded = seed_gate(container.gate, container.store, container.clock())
             log.info("gate seeded from %d stored standings", seeded)
-            if settings.embedded:
+            if lost:
                 resend_pending_notices()
+            if watch is not None:
+                watch.mark()
             return True
 
         def resend_pending_notices() -> None:
@@ -152,10 +196,16 @@ def start_background(
                     )
                     sweeper.start()
                     reseeder = threading.Thread(
-                        target=reseed_gate, args=(container, stop), name="gate-reseed", daemon=True
+                        target=keep_gate,
+                        args=(container, stop, watch, resend_pending_notices),
+                        name="gate-keeper",
+                        daemon=True,
                     )
                     reseeder.start()
-                    relay_obj.run(stop, on_recovered=resend_pending_notices)
+                    # No re-sending after a relay error: a broker that merely was unreachable
+                    # lost nothing (the checkpoint did not move past what it could not take), and
+                    # one that lost its data is seen by the watch.
+                    relay_obj.run(stop)
                     sweeper.join(timeout=5)
                     reseeder.join(timeout=5)
                     break

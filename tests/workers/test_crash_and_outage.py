@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container, bootstrap
+from enforcement.gate import RedisGate
 from enforcement.settings import Settings
 from events import RecordedEvent
 from tests.redis_server import RedisServer
 from tests.workers.system import (
+    OPERATOR,
     SECRET,
     Receiver,
     WorkerProcess,
@@ -202,6 +205,54 @@ def test_a_worker_started_while_redis_is_down_relays_once_it_comes_up(
             "the notice to be delivered once Redis is up",
             timeout=30,
         )
+    finally:
+        receiver.close()
+        worker.stop()
+
+
+def test_a_redis_that_lost_its_data_gets_the_gate_and_waiting_notices_back(
+    settings: Settings, poster: Container, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis restarted without persistence loses the gate's state and the messages it held (a
+    notice's retry waiting out its backoff). The worker's leader sees the loss within seconds,
+    without any error of its own: it re-seeds the gate and re-sends notices without an outcome."""
+    receiver = Receiver(fail_first=1)
+    worker_settings = replace(settings, notice_backoff_ms=600_000, notice_max_backoff_ms=600_000)
+    worker = WorkerProcess(worker_settings, tmp_path / "worker.log")
+    gate = RedisGate.from_url(str(settings.redis_url))
+    try:
+        # Given a suspended account, enforced at the gate
+        poster.service.operator("acct_gate", ops.Suspend("abuse"), OPERATOR)
+        wait_until(
+            lambda: gate.check("acct_gate", "key_1").reason == "suspended",
+            "the gate to enforce the suspension",
+            timeout=30,
+        )
+        # and a notice whose first attempt failed, its retry waiting in Redis for 10 minutes
+        set_contact(poster.engine, "acct_notice", webhook_url=receiver.url)
+        notice = notice_of(report(poster, "acct_notice").events)
+        wait_until(
+            lambda: [e.type for e in outcomes_of(poster.store, notice)] == ["NoticeDeliveryFailed"],
+            "the first attempt to fail",
+            timeout=30,
+        )
+
+        # When Redis restarts empty
+        redis_server.restart()
+
+        # Then the gate enforces the suspension again and the notice goes out, each soon
+        wait_until(
+            lambda: gate.check("acct_gate", "key_1").reason == "suspended",
+            "the gate to be re-seeded",
+            timeout=20,
+        )
+        wait_until(
+            lambda: delivered_once_each(poster.store, [notice], ["webhook"]),
+            "the lost retry to be sent again",
+            timeout=20,
+        )
+        assert "Redis lost its data" in worker.output()
+        assert "relay failed" not in worker.output()  # seen by the watch, not by an error
     finally:
         receiver.close()
         worker.stop()
