@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import signal
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
 import dramatiq
 import sqlalchemy as sa
@@ -36,6 +38,7 @@ log = logging.getLogger("enforcement.workers")
 _LEADER_LOCK_KEY = 7_301_947_562
 GATE_RESEED_SECONDS = 6 * 3600
 REDIS_WATCH_SECONDS = 5.0
+LEADER_CHECK_SECONDS = 5.0
 
 
 def build_actors(container: Container, broker: dramatiq.Broker | None = None) -> Actors:
@@ -59,21 +62,52 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
 
 
 class LeaderLock:
-    """On PostgreSQL a session advisory lock: only one relay and sweep run in the cluster.
-    SQLite deployments are single-host and single-process for writers, so it always leads."""
+    """Only one relay and sweep run per database. On PostgreSQL a session advisory lock (held
+    while its session lives); on SQLite an exclusive lock on a file beside the database (held
+    while the process lives; an in-memory database has no other process to exclude)."""
 
     def __init__(self, container: Container):
         self.engine = container.engine
         self.conn: sa.Connection | None = None
+        self._file: Any = None
 
     def acquire(self) -> bool:
         if self.engine.dialect.name != "postgresql":
-            return True
+            return self._acquire_file()
         if self.conn is None:
             self.conn = self.engine.connect()
         got = self.conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LEADER_LOCK_KEY})").scalar()
         self.conn.commit()
         return bool(got)
+
+    def holds(self) -> bool:
+        """Whether the lock is still this process's: on PostgreSQL its session must still live
+        (a restart, a failover or a terminated backend ends it, and the lock with it)."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if self.conn is None:
+            return False
+        try:
+            self.conn.exec_driver_sql("SELECT 1")
+            self.conn.commit()
+        except Exception:
+            return False
+        return True
+
+    def _acquire_file(self) -> bool:
+        if self._file is not None:
+            return True
+        database = self.engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return True
+        handle = open(f"{database}.leader", "a+b")  # noqa: SIM115 - held while leading
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
 
     def release(self) -> None:
         if self.conn is not None:
@@ -83,6 +117,24 @@ class LeaderLock:
                 self.conn.invalidate()
                 self.conn.close()
             self.conn = None
+        if self._file is not None:
+            with suppress(Exception):
+                self._file.close()  # closing it releases the file lock
+            self._file = None
+
+
+def watch_leader(leader: LeaderLock, stop: threading.Event, stepping_down: threading.Event) -> None:
+    """Set ``stepping_down`` when ``stop`` is set, or once the leader lock is no longer held
+    (looked at every few seconds): this process then stops relaying, as another one may have
+    taken the lead."""
+    while not stop.wait(LEADER_CHECK_SECONDS):
+        if stepping_down.is_set():
+            return
+        if not leader.holds():
+            log.warning("the relay's leader lock was lost; stepping down")
+            stepping_down.set()
+            return
+    stepping_down.set()
 
 
 class RedisWatch:
@@ -188,27 +240,38 @@ def start_background(
                     stop.wait(1)
                     continue
                 if leading:
-                    sweeper = threading.Thread(
-                        target=run_sweeper,
-                        args=(container.service, stop, settings.sweep_seconds),
-                        name="sweep",
-                        daemon=True,
-                    )
-                    sweeper.start()
-                    reseeder = threading.Thread(
-                        target=keep_gate,
-                        args=(container, stop, watch, resend_pending_notices),
-                        name="gate-keeper",
-                        daemon=True,
-                    )
-                    reseeder.start()
+                    stepping_down = threading.Event()  # ``stop``, or the lock was lost
+                    helpers = [
+                        threading.Thread(
+                            target=watch_leader,
+                            args=(leader, stop, stepping_down),
+                            name="leader-watch",
+                            daemon=True,
+                        ),
+                        threading.Thread(
+                            target=run_sweeper,
+                            args=(container.service, stepping_down, settings.sweep_seconds),
+                            name="sweep",
+                            daemon=True,
+                        ),
+                        threading.Thread(
+                            target=keep_gate,
+                            args=(container, stepping_down, watch, resend_pending_notices),
+                            name="gate-keeper",
+                            daemon=True,
+                        ),
+                    ]
+                    for helper in helpers:
+                        helper.start()
                     # No re-sending after a relay error: a broker that merely was unreachable
                     # lost nothing (the checkpoint did not move past what it could not take), and
                     # one that lost its data is seen by the watch.
-                    relay_obj.run(stop)
-                    sweeper.join(timeout=5)
-                    reseeder.join(timeout=5)
-                    break
+                    relay_obj.run(stepping_down)
+                    for helper in helpers:
+                        helper.join(timeout=5)
+                    if stop.is_set():
+                        break
+                    leader.release()  # lost: try to lead again, as any other process does
                 stop.wait(5)
             leader.release()
 

@@ -256,3 +256,56 @@ def test_a_redis_that_lost_its_data_gets_the_gate_and_waiting_notices_back(
     finally:
         receiver.close()
         worker.stop()
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_leader_whose_lock_session_died_steps_down_so_one_relay_runs(
+    settings: Settings, poster: Container, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The relay's leader holds a session advisory lock. When that session ends (a restart, a
+    failover, a terminated backend) the other worker takes the lead; the old leader must notice
+    and stop relaying, or both enqueue every message and notices go out twice."""
+    receiver = Receiver()
+    first = WorkerProcess(settings, tmp_path / "first.log")
+    second: WorkerProcess | None = None
+    try:
+        wait_until(lambda: "leads the relay" in first.output(), "the first worker to lead")
+        second = WorkerProcess(settings, tmp_path / "second.log")
+        # When the leader's lock session is ended under it
+        high, low = divmod(7_301_947_562, 2**32)  # runtime._LEADER_LOCK_KEY as pg_locks has it
+        with poster.engine.begin() as conn:
+            ended = conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                f"AND classid = {high} AND objid = {low} AND objsubid = 1 AND granted"
+            ).all()
+        assert ended == [(True,)]
+        assert second is not None
+        wait_until(
+            lambda: (
+                "leads the relay" in second.output()  # type: ignore[union-attr]
+                and "stepping down" in first.output()
+            ),
+            "the second worker to lead and the first to step down",
+            timeout=30,
+        )
+
+        # Then every notice recorded afterwards goes out once
+        notices = []
+        for i in range(5):
+            set_contact(poster.engine, f"acct_lead_{i}", webhook_url=receiver.url)
+            notices.append(notice_of(report(poster, f"acct_lead_{i}").events))
+        wait_until(
+            lambda: delivered_once_each(poster.store, notices, ["webhook"]),
+            "the notices to be delivered",
+            timeout=30,
+        )
+        wait_until(lambda: relay_position(poster.store) >= poster.store.max_position(), "relay")
+        requests = Counter(r.event_id for r in receiver.requests)
+        assert {n: requests[n] for n in notices} == dict.fromkeys(notices, 1)
+    finally:
+        receiver.close()
+        first.stop()
+        if second is not None:
+            second.stop()
