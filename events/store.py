@@ -659,6 +659,10 @@ class EventStore:
                     outcomes.append(recorded)
         return outcomes
 
+    def key_used(self, key: str) -> bool:
+        """Whether an append recorded this idempotency key (one indexed read)."""
+        return bool(self._fetch(self._sql.key, (key,)))
+
     def recorded_for_key(self, key: str, fingerprint: str) -> list[RecordedEvent] | None:
         """What an earlier append with this idempotency key recorded, or None if it is new.
 

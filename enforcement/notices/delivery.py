@@ -57,6 +57,14 @@ class NoticeDelivery:
     def _delivered_key(self, notice_event_id: str, channel: str) -> str:
         return f"notice-delivered:{notice_event_id}:{channel}"
 
+    def failed_attempts(self, notice_event_id: str, channel: str) -> int:
+        """How many failed attempts on ``channel`` are recorded for the notice, by any message
+        (a notice re-sent after its broker lost it counts on from its earlier attempts)."""
+        count = 0
+        while self.store.key_used(_failed_key(notice_event_id, channel, count + 1)):
+            count += 1
+        return count
+
     def attempt(self, notice_event_id: str, channel: str, attempt: int, final: bool) -> str:
         """Try once. Returns what happened; raises ``DeliveryFailed`` when a retry may help."""
         notice = self.store.get_event(notice_event_id)
@@ -134,10 +142,15 @@ class NoticeDelivery:
             account_id,
             notice_event_id,
             payload,
-            f"notice-failed:{notice_event_id}:{channel}:{attempt}",
+            _failed_key(notice_event_id, channel, attempt),
         )
 
     def _record(self, account_id: str, notice_event_id: str, payload: object, key: str) -> None:
         outcome = self.outcomes.submit(Fact(account_id, payload, notice_event_id, key))
         if isinstance(outcome, Exception):
             raise outcome
+
+
+def _failed_key(notice_event_id: str, channel: str, attempt: int) -> str:
+    """The idempotency key of a failed attempt's ``NoticeDeliveryFailed``."""
+    return f"notice-failed:{notice_event_id}:{channel}:{attempt}"

@@ -54,8 +54,12 @@ def register_actors(
     def deliver_notice(notice_event_id: str, channel: str) -> None:
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message is not None else 0
+        # Numbered on from the failures already recorded: a message sent again after a broker
+        # lost the first records each attempt under a key of its own, and the limit holds for
+        # the notice, not for each message.
+        attempt = max(retries, delivery.failed_attempts(notice_event_id, channel)) + 1
         outcome = delivery.attempt(
-            notice_event_id, channel, attempt=retries + 1, final=retries >= notice_retries
+            notice_event_id, channel, attempt=attempt, final=attempt > notice_retries
         )
         log.info("notice %s via %s: %s", notice_event_id, channel, outcome)
 

@@ -278,7 +278,8 @@ def test_a_leader_whose_lock_session_died_steps_down_so_one_relay_runs(
         with poster.engine.begin() as conn:
             ended = conn.exec_driver_sql(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                f"AND classid = {high} AND objid = {low} AND objsubid = 1 AND granted"
+                f"AND classid = {high} AND objid = {low} AND objsubid = 1 AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ).all()
         assert ended == [(True,)]
         assert second is not None

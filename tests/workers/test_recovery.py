@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
+from enforcement.notices.delivery import DeliveryFailed
 from enforcement.service import Actor
 from enforcement.workers.recovery import notices_without_outcome
+from enforcement.workers.runtime import build_actors
 from projections import aup_events as ev
-from tests.workers.system import fast_settings, report, set_contact
+from tests.workers.system import Receiver, fast_settings, report, set_contact
 
 WORKER = Actor(name="worker:test", correlation_id="test")
 
@@ -63,4 +67,34 @@ def test_a_notice_is_pending_until_each_of_its_channels_has_a_final_outcome(
             system.store, system.clock(), up_to_position=up_to.position
         ) == [notices["acct_half"]]
     finally:
+        system.close()
+
+
+def test_a_notice_sent_again_numbers_its_attempts_on_and_keeps_its_limit(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """A message sent again (its broker lost the first) starts its own retries at 0. Its
+    attempts are numbered on from those recorded, so each is recorded (under a key of its own)
+    and the notice's limit of attempts holds across messages."""
+    receiver = Receiver(fail_first=100)
+    system = bootstrap(fast_settings(sqlite_db, tmp_path, notice_retries=2))
+    try:
+        set_contact(system.engine, "acct_again", webhook_url=receiver.url)
+        notice = notice_of(system, "acct_again")
+        deliver = build_actors(system).by_name["deliver_notice"].fn
+        for _ in range(2):  # two messages, each on its first try (retries 0), each failing
+            with pytest.raises(DeliveryFailed):
+                deliver(notice, "webhook")
+        deliver(notice, "webhook")  # the third attempt is the last the limit allows
+
+        failures = [
+            (e.data["attempt"], e.data["final"])
+            for e in system.store.read_stream("acct_again")
+            if e.type == "NoticeDeliveryFailed"
+        ]
+        assert failures == [(1, False), (2, False), (3, True)]
+        assert len(receiver.requests) == 3
+        assert notices_without_outcome(system.store, system.clock()) == []
+    finally:
+        receiver.close()
         system.close()
