@@ -335,10 +335,16 @@ def main() -> None:
 
 
 def _database_error(exc: Exception) -> str:
-    """One sentence for a database that cannot be reached or used (no credentials in it)."""
+    """One sentence for a database error (no credentials in it): one that cannot be reached or
+    has no schema yet says so; any other is the database's own reason."""
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = detail[0].rstrip(".") if detail else type(exc).__name__
     missing = "no such table" in reason or ("relation" in reason and "does not exist" in reason)
+    unreachable = isinstance(
+        exc, sqlalchemy_errors.OperationalError | sqlalchemy_errors.InterfaceError
+    )
+    if not (missing or unreachable):
+        return f"The database could not complete the command ({reason})."
     hint = " Run `enforcement init` to create its schema." if missing else ""
     return (
         f"The database cannot be used ({reason}); check ENFORCEMENT_DATABASE_URL and that the "

@@ -329,7 +329,7 @@ def _row_decoder(time_of: Callable[[Any], datetime]) -> Callable[[Sequence[Any]]
 def _sqlite_times() -> Callable[[str], datetime]:
     """``parse_sqlite_time`` for the rows of one read, a text met just before not parsed again:
     the events of one transaction share their ``recorded_at`` (and often ``occurred_at``)."""
-    last_text = ""
+    last_text: str | None = None  # no text read yet (an empty text is parsed, and refused)
     last = _EPOCH
 
     def parse(text: str) -> datetime:
@@ -389,9 +389,9 @@ def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
             return True
     try:
         event = _event_from_sqlite(r)
-    except (ValueError, TypeError):  # readers cannot decode it either: not what was hashed
-        return False
-    return event_hash(prev, event) == expected
+        return event_hash(prev, event) == expected
+    except (ValueError, TypeError, RecursionError):
+        return False  # readers cannot decode it either (appends refuse such values)
 
 
 _sha256 = hashlib.sha256
@@ -418,6 +418,11 @@ def _postgres_row_matches(prev: str, r: Sequence[Any]) -> bool:
     parse that same text) get. The times are the recipe's text (``_postgres_time_text``).
     """
     expected: str = r[11]
+    try:
+        data = _canonical_from_text(r[6], canonical_document)
+        metadata = _canonical_from_text(r[7], canonical_document)
+    except RecursionError:
+        return False  # nested deeper than any append writes: readers cannot decode it either
     return (
         sha256_link(
             prev,
@@ -427,8 +432,8 @@ def _postgres_row_matches(prev: str, r: Sequence[Any]) -> bool:
                 r[3],
                 r[4],
                 r[5],
-                _canonical_from_text(r[6], canonical_document),
-                _canonical_from_text(r[7], canonical_document),
+                data,
+                metadata,
                 _postgres_time_text(r[8], r[12]),
                 _postgres_time_text(r[9], r[13]),
             ),

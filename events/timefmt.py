@@ -41,7 +41,10 @@ def parse_time(text: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no UTC offset; use e.g. 2026-11-24T10:00:00Z")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00: no such time in UTC
+        raise ValueError(f"timestamp {text!r} is out of range in UTC") from None
 
 
 def _is_canonical_shape(text: str) -> bool:

@@ -26,9 +26,18 @@ KeyId = Annotated[
 ]
 Text = Annotated[str, StringConstraints(max_length=4000)]
 Severity = Literal["low", "medium", "high", "critical"]
+
+
 # RFC 3339 with an offset (CONTRACT.md: UTC with a ``Z``): a time without one is refused, as
 # everywhere else (``events.timefmt.parse_time``), so an ambiguous time never enters the log.
-Moment = AwareDatetime
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00
+        raise ValueError("is out of range in UTC") from None
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

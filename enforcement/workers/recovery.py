@@ -27,9 +27,20 @@ def notices_without_outcome(
     window: timedelta = RECOVERY_WINDOW,
     up_to_position: int | None = None,
 ) -> list[str]:
-    """Event ids of ``NoticeIssued`` events recorded within ``window`` that lack a final outcome
-    on a channel they go out on, at or before ``up_to_position`` (the relay's checkpoint: the
-    relay itself sends what comes after it, and sending those here too would deliver them twice).
+    """Event ids of the notices ``pending_deliveries`` names, each once, in log order."""
+    return list(dict.fromkeys(n for n, _ in pending_deliveries(store, now, window, up_to_position)))
+
+
+def pending_deliveries(
+    store: EventStore,
+    now: datetime,
+    window: timedelta = RECOVERY_WINDOW,
+    up_to_position: int | None = None,
+) -> list[tuple[str, str]]:
+    """``(notice event id, channel)`` of each ``NoticeIssued`` event recorded within ``window``
+    and each channel it goes out on that lacks a final outcome, at or before ``up_to_position``
+    (the relay's checkpoint: the relay itself sends what comes after it, and sending those here
+    too would deliver them twice).
 
     A notice goes out on each channel its account has a target for (its contact as it is now),
     on e-mail when it has none (recorded as undeliverable on the channel "none"); it is done
@@ -74,6 +85,5 @@ def notices_without_outcome(
         finished = done.get(event_id, set())
         if "none" in finished:  # undeliverable: the account had no contact data
             continue
-        if not set(targets.get(account) or ("email",)) <= finished:
-            pending.append(event_id)
+        pending += [(event_id, c) for c in targets.get(account) or ("email",) if c not in finished]
     return pending

@@ -30,7 +30,7 @@ from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
 from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
-from enforcement.workers.recovery import notices_without_outcome
+from enforcement.workers.recovery import pending_deliveries
 from enforcement.workers.relay import Message, Relay
 from enforcement.workers.sweep import run_sweeper
 
@@ -220,13 +220,13 @@ def start_background(
             """Re-send notices up to the relay's checkpoint that have no outcome: their messages
             were in a broker that lost them (the in-memory one at a restart, or Redis restarted
             without persistence). Delivery is idempotent per notice and channel."""
-            pending = notices_without_outcome(
+            pending = pending_deliveries(
                 container.store, container.clock(), up_to_position=relay_obj.position()
             )
-            for event_id in pending:
-                for channel in CHANNELS:
-                    actors.enqueue(Message("deliver_notice", (event_id, channel)))
-            log.info("re-sent %d notices without an outcome", len(pending))
+            # Only the channels without a final outcome: one that failed for good stays so.
+            for event_id, channel in pending:
+                actors.enqueue(Message("deliver_notice", (event_id, channel)))
+            log.info("re-sent %d notice deliveries without an outcome", len(pending))
 
         def lead() -> None:
             while not stop.is_set():

@@ -119,3 +119,26 @@ def test_a_violation_before_1970_is_refused_and_an_early_as_of_is_no_error(
         )
         assert early.status_code == 200, early.text
         assert (early.json()["version"], early.json()["strikes"]) == (0, 0)
+
+
+def test_a_time_out_of_range_in_utc_is_refused_not_a_500(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    reporter, operator, auditor = (as_role(r) for r in (Role.REPORTER, Role.OPERATOR, Role.AUDITOR))
+    late, early = "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"
+    violation = {"account_id": "acct_r", "category": "spam", "occurred_at": late}
+    assert [
+        d["field"] for d in details(client.post("/v1/violations", json=violation, headers=reporter))
+    ] == ["occurred_at"]
+    until = client.post("/v1/accounts/acct_r/suspend", json={"until": late}, headers=operator)
+    assert [d["field"] for d in details(until)] == ["until"]
+    expires = client.post(
+        "/v1/accounts/acct_r/throttles", json={"expires_at": early}, headers=operator
+    )
+    assert [d["field"] for d in details(expires)] == ["expires_at"]
+    for as_of in (late, early):
+        standing = client.get(
+            "/v1/accounts/acct_r/standing", params={"as_of": as_of}, headers=auditor
+        )
+        assert standing.status_code == 422, standing.text
+    assert system.store.head("acct_r").version == 0

@@ -159,6 +159,7 @@ def test_verify_finds_the_version_whose_field_was_changed(
     assert intact.ok and intact.events == EVENTS_PER_STREAM
 
 
+DEEP = "[" * 2000 + "]" * 2000  # deeper than any reader (or append) decodes
 UNREADABLE = {
     # Values no append writes and no reader decodes: SQLite stores these as numbers (the
     # columns' affinity); PostgreSQL's driver has no datetime for them.
@@ -166,11 +167,14 @@ UNREADABLE = {
         "UPDATE events SET occurred_at = 5",
         "UPDATE events SET data = '0'",
         "UPDATE events SET metadata = '1.5'",
+        "UPDATE events SET occurred_at = ''",
+        f"UPDATE events SET data = '{DEEP}'",
     ],
     "postgresql": [
         "UPDATE events SET occurred_at = 'infinity'",
         "UPDATE events SET recorded_at = '0500-01-01 00:00:00+00 BC'",
         "UPDATE events SET occurred_at = '10001-01-01 00:00:00+00'",
+        f"UPDATE events SET data = '{DEEP}'",
     ],
 }
 

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from events import EventStore, NewEvent, canonical_json
 from events import store as events_store
 from events.chain import GENESIS_HASH
+from events.dialects import drop_append_only_ddl
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -121,3 +122,18 @@ def test_a_time_in_another_shape_is_judged_by_what_readers_decode(
 
     assert result.ok is readers_get_the_hashed_time
     assert dict(sqlite_store.verify_all())["edited"] == result
+
+
+def test_a_read_refuses_a_time_it_cannot_parse_in_any_row(sqlite_store: EventStore) -> None:
+    """Reads parse a time met in the row before only once; the first row's is parsed too."""
+    sqlite_store.append("blank_first", 0, [NewEvent("Noted", {"n": k}, T0) for k in range(2)])
+    with sqlite_store.engine.begin() as conn:
+        for statement in drop_append_only_ddl("sqlite"):
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql(
+            "UPDATE events SET occurred_at = '' WHERE account_id = 'blank_first' AND version = 1"
+        )
+    with pytest.raises(ValueError):
+        sqlite_store.read_stream("blank_first")
+    with pytest.raises(ValueError):
+        sqlite_store.read_all()

@@ -11,7 +11,7 @@ from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
 from enforcement.notices.delivery import DeliveryFailed
 from enforcement.service import Actor
-from enforcement.workers.recovery import notices_without_outcome
+from enforcement.workers.recovery import notices_without_outcome, pending_deliveries
 from enforcement.workers.runtime import build_actors
 from projections import aup_events as ev
 from tests.workers.system import Receiver, fast_settings, report, set_contact
@@ -61,6 +61,14 @@ def test_a_notice_is_pending_until_each_of_its_channels_has_a_final_outcome(
         pending = notices_without_outcome(system.store, system.clock())
 
         assert sorted(pending) == sorted([notices["acct_half"], notices["acct_retrying"]])
+        # Only the channels without a final outcome go out again.
+        assert sorted(pending_deliveries(system.store, system.clock())) == sorted(
+            [
+                (notices["acct_half"], "email"),
+                (notices["acct_retrying"], "email"),
+                (notices["acct_retrying"], "webhook"),
+            ]
+        )
         up_to = system.store.get_event(notices["acct_half"])
         assert up_to is not None
         assert notices_without_outcome(
