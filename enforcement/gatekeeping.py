@@ -43,8 +43,12 @@ def build_gate(settings: Settings, policy: Policy) -> Gate:
     return EmbeddedGate(**options)
 
 
-def apply_state(gate: Gate, state: StandingState, now: datetime) -> None:
-    """Bring the gate to ``state`` (stale-safe: everything carries ``state.version``)."""
+def apply_state(
+    gate: Gate, state: StandingState, now: datetime, *, reconcile: bool = False
+) -> None:
+    """Bring the gate to ``state`` (stale-safe: everything carries ``state.version``).
+    ``reconcile``: also lift the throttles the gate holds that the state no longer has in force
+    (lifted while the message that said so was lost; one more read per account)."""
     version = state.version
     if version == 0:
         return
@@ -66,6 +70,9 @@ def apply_state(gate: Gate, state: StandingState, now: datetime) -> None:
             )
         else:
             gate.lift_throttle(state.account_id, t.throttle_id, version)
+    if reconcile:
+        for throttle_id in gate.throttle_ids(state.account_id) - active:
+            gate.lift_throttle(state.account_id, throttle_id, version)
     suspension = active_suspension(state, now)
     if state.terminated:
         gate.set_status(state.account_id, "terminated", None, version)
@@ -106,7 +113,7 @@ def seed_gate(gate: Gate, store: EventStore, now: datetime, page_size: int = 500
     """Apply every stored standing to the gate (start-up of an in-process gate)."""
     count = 0
     for state in iter_stored_states(store.engine, page_size, kinds=GATE_TABLES):
-        apply_state(gate, state, now)
+        apply_state(gate, state, now, reconcile=True)
         count += 1
     return count
 

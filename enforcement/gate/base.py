@@ -153,6 +153,13 @@ class Gate(ABC):
         _require_version(version)
         return self._lift_throttle(account_id, throttle_id, version)
 
+    def throttle_ids(self, account_id: str) -> set[str]:
+        """The ids of the account's throttles the gate holds and has not lifted (some may have
+        expired since). For re-seeding: one the state no longer holds was lifted while its
+        message was lost."""
+        _require_account(account_id)
+        return self._throttle_ids(account_id)
+
     def set_status(
         self, account_id: str, status: AccountStatus, until: datetime | None, version: int
     ) -> bool:
@@ -189,6 +196,9 @@ class Gate(ABC):
 
     @abstractmethod
     def _lift_throttle(self, account_id: str, throttle_id: str, version: int) -> bool: ...
+
+    @abstractmethod
+    def _throttle_ids(self, account_id: str) -> set[str]: ...
 
     @abstractmethod
     def _set_status(self, account_id: str, status: str, until_ms: int, version: int) -> bool: ...

@@ -203,6 +203,13 @@ class EmbeddedGate(Gate):
             core.prune_throttles(acct.throttles, self._now() // 1000)
             return True
 
+    def _throttle_ids(self, account_id: str) -> set[str]:
+        with self._lock:
+            acct = self._accounts.get(account_id)
+            if acct is None:
+                return set()
+            return {i for i, t in acct.throttles.items() if not t.lifted}
+
     def _set_status(self, account_id: str, status: str, until_ms: int, version: int) -> bool:
         with self._lock:
             acct = self._account(account_id)

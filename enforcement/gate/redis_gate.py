@@ -8,6 +8,7 @@ the standings must run more often than that.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -180,6 +181,16 @@ class RedisGate(Gate):
     def _lift_throttle(self, account_id: str, throttle_id: str, version: int) -> bool:
         args = (throttle_id, version)
         return bool(self._run(self._throttle_script, (keys.state(account_id),), args))
+
+    def _throttle_ids(self, account_id: str) -> set[str]:
+        try:
+            raw = self._command("HGET", keys.state(account_id), "thr")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise GateUnavailable(f"gate store unavailable: {exc}") from exc
+        if not raw:
+            return set()
+        # keys.py: {throttle id: {k, f, e, v, l (1: lifted)}}
+        return {str(i) for i, t in json.loads(raw).items() if not t.get("l")}
 
 
 # The account record stores the status as the reason code it refuses with (lua.HELPERS).

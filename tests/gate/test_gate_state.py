@@ -127,3 +127,14 @@ def test_lifted_throttle_tombstones_are_bounded(gate: Gate) -> None:
 def test_bad_arguments_are_refused(gate: Gate, call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call(gate)  # type: ignore[operator]
+
+
+def test_the_gate_names_the_throttles_it_holds_and_has_not_lifted(gate: Gate) -> None:
+    assert gate.throttle_ids("acct") == set()
+    gate.apply_throttle("acct", "thr_a", None, 0.5, None, version=1)
+    gate.apply_throttle("acct", "thr_k", "key", 0.25, None, version=2)
+    gate.lift_throttle("acct", "thr_gone", version=3)  # a lift before its throttle: a tombstone
+    assert gate.throttle_ids("acct") == {"thr_a", "thr_k"}
+    gate.lift_throttle("acct", "thr_a", version=4)
+    assert gate.throttle_ids("acct") == {"thr_k"}
+    assert gate.throttle_ids("other") == set()

@@ -494,3 +494,24 @@ def test_a_lifted_throttle_is_lifted_at_the_gate(
 
     assert service.standing("acct_gl").active_throttles == ()
     assert gate.check("acct_gl", "key_2").limit_requests == 600
+
+
+def test_seeding_lifts_a_throttle_whose_lift_never_reached_the_gate(
+    system: Container, clock: FakeClock
+) -> None:
+    """A lift whose gate message was lost (or a Redis restored from an older snapshot) leaves
+    the throttle at the gate; the state no longer holds it, so seeding lifts what it lacks."""
+    now = clock()
+    gate = EmbeddedGate(clock=lambda: now.timestamp())
+    service = system.service
+    service.operator("acct_stale", ops.ConfigureLimits(600, 10**6), OPERATOR)
+    applied = service.operator("acct_stale", ops.ApplyThrottle(0.25, "load"), OPERATOR)
+    seed_gate(gate, system.store, now)
+    assert gate.check("acct_stale", "key_1").limit_requests == 150
+    throttle_id = applied.standing.active_throttles[0].throttle_id
+    service.operator("acct_stale", ops.LiftThrottle(throttle_id, "done"), OPERATOR)  # not applied
+
+    seed_gate(gate, system.store, now)
+
+    assert gate.check("acct_stale", "key_2").limit_requests == 600
+    assert gate.throttle_ids("acct_stale") == set()
