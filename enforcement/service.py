@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from enforcement import operator_decisions as ops
 from enforcement import policy as rules
 from enforcement.errors import DomainError, ValidationFailed
@@ -33,6 +35,7 @@ from events import (
     IdempotencyConflict,
     NewEvent,
     RecordedEvent,
+    StoreError,
     StreamAppend,
     StreamKeyUsed,
 )
@@ -92,11 +95,40 @@ class ItemResult:
 
 
 def _item_result(run: Callable[[], Outcome]) -> ItemResult:
-    """A batch item's result: its outcome, or the error the API reports for it."""
+    """A batch item's result: its outcome, or the error the API reports for it. An item that
+    fails for any reason fails alone: the items before it may be committed already, so the
+    batch must still answer for each (a whole-request error would say nothing was written)."""
     try:
         outcome = run()
     except (IdempotencyConflict, DomainError) as exc:
         return _item_error(exc)
+    except ConcurrencyError:
+        return ItemResult(
+            409,
+            error=DomainError(
+                "The account changed concurrently too many times; this item was not recorded: "
+                "retry it.",
+                code="concurrent_update",
+            ),
+        )
+    except DBAPIError:
+        log.exception("database error on a batch item")
+        return ItemResult(
+            503,
+            error=DomainError(
+                "The database refused this item; it was not recorded.",
+                code="dependency_unavailable",
+            ),
+        )
+    except StoreError:
+        log.exception("store error on a batch item")
+        return ItemResult(
+            500,
+            error=DomainError(
+                "The event store failed on this item; it was not recorded.",
+                code="internal_error",
+            ),
+        )
     return ItemResult(200 if outcome.replayed else 201, outcome)
 
 

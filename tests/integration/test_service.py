@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from test_service_support import (
     OPERATOR,
     REPORTER,
@@ -25,7 +26,7 @@ from enforcement.bootstrap import Container
 from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy import ViolationReport
 from enforcement.service import Fact, Outcome
-from events import IdempotencyConflict
+from events import ConcurrencyError, IdempotencyConflict, StoreError
 from projections import aup_events as ev
 
 DAY = timedelta(days=1)
@@ -624,6 +625,53 @@ def count_appends(system: Container, monkeypatch: pytest.MonkeyPatch) -> list[in
 
     monkeypatch.setattr(system.store, "append_streams", counting)
     return calls
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (ConcurrencyError("acct_x3", 0, 9), 409, "concurrent_update"),
+        (
+            OperationalError("INSERT", {}, Exception("database is locked")),
+            503,
+            "dependency_unavailable",
+        ),
+        (StoreError("disk on fire"), 500, "internal_error"),
+    ],
+    ids=["lost-races", "database", "store"],
+)
+def test_a_batch_item_that_fails_in_the_store_fails_alone(
+    system: Container, monkeypatch: pytest.MonkeyPatch, failure: Exception, status: int, code: str
+) -> None:
+    """The first items of new accounts are committed together before the others run one by
+    one: an error of a later item must not fail the batch (which would say nothing was written,
+    and a retry would record the committed ones again)."""
+    now = system.clock()
+    spam = ViolationReport("spam", now)
+    append = system.store.append
+
+    def failing(account_id: str, *args: Any, **kwargs: Any) -> Any:
+        if account_id == "acct_x3":
+            raise failure
+        return append(account_id, *args, **kwargs)
+
+    monkeypatch.setattr(system.store, "append", failing)
+    items = [
+        ("acct_x1", spam, None, None),
+        ("acct_x2", spam, None, None),
+        ("acct_x3", spam, "key-x3", fingerprint(account_id="acct_x3", category="spam")),
+        ("acct_x1", spam, None, None),
+    ]
+
+    results = system.service.report_batch(items, REPORTER)
+
+    assert [r.status for r in results] == [201, 201, status, 201]
+    error = results[2].error
+    assert error is not None and error.code == code
+    assert system.store.head("acct_x3").version == 0
+    assert len(events_of(system, "acct_x1")) > len(events_of(system, "acct_x2"))
+    for account in ("acct_x1", "acct_x2"):
+        assert_account_consistent(system, account)
 
 
 def test_a_batch_of_new_accounts_is_recorded_in_one_transaction(
