@@ -99,10 +99,13 @@ class GateApplier:
         if event is None:
             return
         state = self.standings.load(event.account_id)
-        if event.type == "ThrottleLifted":
-            # The state no longer holds a lifted throttle, so ``apply_state`` cannot lift it.
-            self.gate.lift_throttle(event.account_id, event.data["throttle_id"], state.version)
-        apply_state(self.gate, state, to_utc(self.clock()))  # type: ignore[operator]
+        # The state no longer holds a lifted throttle: after a lift, reconcile with the gate's.
+        apply_state(
+            self.gate,
+            state,
+            to_utc(self.clock()),  # type: ignore[operator]
+            reconcile=event.type == "ThrottleLifted",
+        )
 
 
 # What ``apply_state`` reads of a state besides its head.

@@ -102,34 +102,38 @@ def _item_result(run: Callable[[], Outcome]) -> ItemResult:
         outcome = run()
     except (IdempotencyConflict, DomainError) as exc:
         return _item_error(exc)
-    except ConcurrencyError:
-        return ItemResult(
-            409,
-            error=DomainError(
-                "The account changed concurrently too many times; this item was not recorded: "
-                "retry it.",
-                code="concurrent_update",
-            ),
-        )
-    except DBAPIError:
-        log.exception("database error on a batch item")
-        return ItemResult(
-            503,
-            error=DomainError(
-                "The database refused this item; it was not recorded.",
-                code="dependency_unavailable",
-            ),
-        )
-    except StoreError:
-        log.exception("store error on a batch item")
-        return ItemResult(
-            500,
-            error=DomainError(
-                "The event store failed on this item; it was not recorded.",
-                code="internal_error",
-            ),
-        )
+    except (ConcurrencyError, DBAPIError, StoreError) as exc:
+        for kind, status, code, message in _ITEM_FAILURES:
+            if isinstance(exc, kind):
+                if status >= 500:
+                    log.exception("a batch item failed in the store")
+                return ItemResult(status, error=DomainError(message, code=code))
+        raise  # pragma: no cover - every kind caught above has a row
     return ItemResult(200 if outcome.replayed else 201, outcome)
+
+
+# A batch item's failure in the store: its status, code and message, first match wins (a
+# ConcurrencyError is a StoreError too).
+_ITEM_FAILURES: tuple[tuple[type[Exception], int, str, str], ...] = (
+    (
+        ConcurrencyError,
+        409,
+        "concurrent_update",
+        "The account changed concurrently too many times; this item was not recorded: retry it.",
+    ),
+    (
+        DBAPIError,
+        503,
+        "dependency_unavailable",
+        "The database refused this item; it was not recorded.",
+    ),
+    (
+        StoreError,
+        500,
+        "internal_error",
+        "The event store failed on this item; it was not recorded.",
+    ),
+)
 
 
 def _item_error(error: IdempotencyConflict | DomainError) -> ItemResult:

@@ -37,6 +37,13 @@ class Contact:
     email: str | None
     webhook_url: str | None
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels a notice goes out on: each with a target; e-mail when there is none
+        (``attempt`` then records the notice undeliverable, on the channel "none")."""
+        with_target = (("email", self.email), ("webhook", self.webhook_url))
+        return tuple(c for c, target in with_target if target is not None) or ("email",)
+
 
 class NoticeDelivery:
     def __init__(self, service: EnforcementService, email: EmailSender, webhook: WebhookSender):

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from enforcement.notices.delivery import Contact
 from enforcement.tables import contacts
 from events import EventStore
 from events.schema import events
@@ -68,22 +69,20 @@ def pending_deliveries(
         for notice_event_id, channel in conn.execute(outcomes):
             done.setdefault(str(notice_event_id), set()).add(channel)
         accounts = sorted({account for _, account in issued})
-        targets: dict[str, tuple[str, ...]] = {}
+        contact_of: dict[str, Contact] = {}
         for start in range(0, len(accounts), 500):
             chunk = accounts[start : start + 500]
             query = sa.select(contacts.c.account_id, contacts.c.email, contacts.c.webhook_url)
             for account, email, webhook_url in conn.execute(
                 query.where(contacts.c.account_id.in_(chunk))
             ):
-                targets[account] = tuple(
-                    channel
-                    for channel, target in (("email", email), ("webhook", webhook_url))
-                    if target is not None
-                )
+                contact_of[account] = Contact(email, webhook_url)
+    no_contact = Contact(None, None)
     pending = []
     for event_id, account in issued:
         finished = done.get(event_id, set())
         if "none" in finished:  # undeliverable: the account had no contact data
             continue
-        pending += [(event_id, c) for c in targets.get(account) or ("email",) if c not in finished]
+        channels = contact_of.get(account, no_contact).channels
+        pending += [(event_id, c) for c in channels if c not in finished]
     return pending

@@ -35,7 +35,7 @@ from enforcement.workers.relay import Message, Relay
 from enforcement.workers.sweep import run_sweeper
 
 log = logging.getLogger("enforcement.workers")
-_LEADER_LOCK_KEY = 7_301_947_562
+LEADER_LOCK_KEY = 7_301_947_562
 GATE_RESEED_SECONDS = 6 * 3600
 REDIS_WATCH_SECONDS = 5.0
 LEADER_CHECK_SECONDS = 5.0
@@ -76,7 +76,7 @@ class LeaderLock:
             return self._acquire_file()
         if self.conn is None:
             self.conn = self.engine.connect()
-        got = self.conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LEADER_LOCK_KEY})").scalar()
+        got = self.conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({LEADER_LOCK_KEY})").scalar()
         self.conn.commit()
         return bool(got)
 

@@ -21,6 +21,7 @@ from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import RedisGate
 from enforcement.settings import Settings
+from enforcement.workers.runtime import LEADER_LOCK_KEY
 from events import RecordedEvent
 from tests.redis_server import RedisServer
 from tests.workers.system import (
@@ -39,6 +40,9 @@ from tests.workers.system import (
 )
 
 pytestmark = pytest.mark.redis
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 @pytest.fixture
@@ -174,9 +178,7 @@ def test_notices_recorded_while_redis_is_down_go_out_when_it_returns(
         worker.stop()
 
 
-@pytest.mark.parametrize(
-    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
-)
+@POSTGRES_ONLY
 def test_a_worker_started_while_redis_is_down_relays_once_it_comes_up(
     settings: Settings, poster: Container, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -258,9 +260,7 @@ def test_a_redis_that_lost_its_data_gets_the_gate_and_waiting_notices_back(
         worker.stop()
 
 
-@pytest.mark.parametrize(
-    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
-)
+@POSTGRES_ONLY
 def test_a_leader_whose_lock_session_died_steps_down_so_one_relay_runs(
     settings: Settings, poster: Container, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -274,7 +274,7 @@ def test_a_leader_whose_lock_session_died_steps_down_so_one_relay_runs(
         wait_until(lambda: "leads the relay" in first.output(), "the first worker to lead")
         second = WorkerProcess(settings, tmp_path / "second.log")
         # When the leader's lock session is ended under it
-        high, low = divmod(7_301_947_562, 2**32)  # runtime._LEADER_LOCK_KEY as pg_locks has it
+        high, low = divmod(LEADER_LOCK_KEY, 2**32)  # as pg_locks shows a bigint advisory key
         with poster.engine.begin() as conn:
             ended = conn.exec_driver_sql(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
