@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
 from enforcement.api.routes import accounts, gate, reading, reporting
+from enforcement.api.shortcuts import ReportShortcut
 from enforcement.bootstrap import Container
 from events.dialects import fetch_all
 
@@ -51,5 +52,8 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(reading.router)
     app.include_router(gate.router)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        RequestContextMiddleware,
+        shortcuts={("POST", "/v1/violations"): ReportShortcut(app, container)},
+    )
     return app

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from enforcement.api.middleware import UNEXPECTED
 from enforcement.errors import Conflict, DomainError, NotFound, ValidationFailed
 from events import ConcurrencyError, IdempotencyConflict, StoreError
 
@@ -203,4 +204,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "An unexpected error occurred.")
+        return error_response(500, *UNEXPECTED)

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,15 +29,29 @@ def error_body(code: str, message: str, details: Any = None) -> bytes:
     return json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
 
 
+UNEXPECTED = ("internal_error", "An unexpected error occurred.")  # a 500's code and message
+
+
 class RequestContextMiddleware:
     """Gives every request an id (``X-Request-Id`` in and out), logs it, enforces body limits.
 
     The body is read and measured here, before FastAPI parses anything, so an oversized body is
     refused with 413 without being parsed and without touching the database.
+
+    ``shortcuts`` maps ``(method, path)`` to a coroutine that gets the scope and the whole body
+    first and answers the request itself if it can (``api.shortcuts``); when it returns False
+    the request goes on to the application.
     """
 
-    def __init__(self, app: ASGIApp):
+    def __init__(
+        self,
+        app: ASGIApp,
+        shortcuts: Mapping[
+            tuple[str, str], Callable[[Scope, bytes, Receive, Send], Awaitable[bool]]
+        ] = {},
+    ):
         self.app = app
+        self.shortcuts = dict(shortcuts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,10 +63,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status_holder = {"status": 500}
+        started_answer = False
         rid_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started_answer
             if message["type"] == "http.response.start":
+                started_answer = True
                 status_holder["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
@@ -78,6 +96,9 @@ class RequestContextMiddleware:
                     chunks.append(chunk)
                     more = message.get("more_body", False)
                 body = b"".join(chunks)
+                shortcut = self.shortcuts.get((scope["method"], scope["path"]))
+                if shortcut is not None and await shortcut(scope, body, receive, send_with_id):
+                    return
                 delivered = False
 
                 async def replay() -> Message:
@@ -90,6 +111,14 @@ class RequestContextMiddleware:
                 await self.app(scope, replay, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
+        except Exception:
+            # What no exception handler answered (the application's handler of ``Exception``
+            # is ``ServerErrorMiddleware``'s, outside this one): the 500 is answered here, with
+            # the request id like every other answer.
+            if started_answer:
+                raise
+            log.exception("unhandled error")
+            await self._answer(send_with_id, 500, error_body(*UNEXPECTED))
         finally:
             log.info(
                 "%s %s %s",
@@ -107,17 +136,21 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
-    @staticmethod
-    async def _too_large(send: Send, limit: int) -> None:
+    @classmethod
+    async def _too_large(cls, send: Send, limit: int) -> None:
         body = error_body(
             "payload_too_large",
             f"The request body is larger than {limit // 1024} KiB.",
             {"limit_bytes": limit},
         )
+        await cls._answer(send, 413, body)
+
+    @staticmethod
+    async def _answer(send: Send, status: int, body: bytes) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

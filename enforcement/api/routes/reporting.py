@@ -22,6 +22,8 @@ from events.wire import event_to_json
 
 router = APIRouter(prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS)
 
+IDEMPOTENCY_KEY_MAX = 200  # characters
+
 
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -79,7 +81,8 @@ async def report_violation(
     container: ContainerDep,
     principal: Reporter,
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", max_length=200, pattern=r"^[^\x00]+$")
+        str | None,
+        Header(alias="Idempotency-Key", max_length=IDEMPOTENCY_KEY_MAX, pattern=r"^[^\x00]+$"),
     ] = None,
 ) -> Response:
     """Record a violation; the policy decides at once. 200 on an idempotent replay."""

@@ -1,0 +1,126 @@
+"""The hot route's usual request, answered without FastAPI's per-request machinery.
+
+``POST /v1/violations`` is the route other services call for every violation. For its usual
+request (a JSON object body that validates, a cached reporter token, a well-formed
+Idempotency-Key or none) FastAPI's routing, dependency solving and parameter validation cost
+about as much CPU as the constant route of ``benchmarks/bench_http.py`` does in all.
+``ReportShortcut`` answers that request itself, with the route's own model, use case and
+answer encoding; everything else (a missing, unknown or uncached token, a wrong role, a body
+that is not a JSON object or does not validate, another content type, an odd header) goes the
+usual way through FastAPI, which answers it as before (as does every request while the
+application's ``dependency_overrides`` replace a dependency). Nothing is written before the request
+is known to be the usual one, so handing it on is always safe.
+
+Errors of the use case itself (a reused Idempotency-Key, the database down …) are answered by
+the application's own exception handlers, looked up as Starlette's ``ExceptionMiddleware``
+does; an exception without one propagates to ``ServerErrorMiddleware`` (the handler of
+``Exception``: a 500), as from the route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from enforcement.api.deps import actor_of
+from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX, _report_violation
+from enforcement.api.schemas import ViolationIn
+from enforcement.bootstrap import Container
+from enforcement.roles import Permission, allows
+
+# (scope, the whole request body, receive, send) -> whether it answered the request
+Shortcut = Callable[[Scope, bytes, Receive, Send], Awaitable[bool]]
+
+_JSON = b"application/json"
+
+
+class ReportShortcut:
+    """``POST /v1/violations`` for its usual request (see the module's docstring)."""
+
+    def __init__(self, app: FastAPI, container: Container) -> None:
+        self.app = app
+        self.container = container
+
+    async def __call__(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
+        usual = self._usual(scope, body)
+        if usual is None:
+            return False
+        model, principal, key = usual
+        try:
+            response = await run_in_threadpool(
+                _report_violation, model, self.container, actor_of(principal), key
+            )
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            response = await handler(Request(scope, receive), exc)
+        await response(scope, receive, send)
+        return True
+
+    def _usual(self, scope: Scope, body: bytes) -> tuple[ViolationIn, Any, str | None] | None:
+        """The validated body, caller and Idempotency-Key of a usual request, else None."""
+        if self.app.dependency_overrides:  # a test replaced a dependency: honour it
+            return None
+        authorization = content_type = key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is not None:
+                    return None
+                authorization = value
+            elif name == b"content-type":
+                if content_type is not None:
+                    return None
+                content_type = value
+            elif name == b"idempotency-key":
+                if key is not None:
+                    return None
+                key = value
+        if authorization is None or content_type is None:
+            return None
+        if content_type.partition(b";")[0].strip().lower() != _JSON:
+            return None
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        principal = self.container.tokens.cached(token)
+        if principal is None or not allows(principal.role, Permission.REPORT):
+            return None
+        idempotency_key = None
+        if key is not None:
+            idempotency_key = key.decode("latin-1")
+            if not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX or "\x00" in idempotency_key:
+                return None
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(document, dict):
+            return None
+        try:
+            model = ViolationIn.model_validate(document)
+        except ValidationError:
+            return None
+        return model, principal, idempotency_key
+
+    def _handler(
+        self, exc: Exception
+    ) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+        """The application's handler of ``exc``'s nearest class, as ``ExceptionMiddleware``
+        finds it (``Exception``'s is left to ``ServerErrorMiddleware``)."""
+        handlers: dict[Any, Any] = self.app.exception_handlers
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None
+            if cls in handlers:
+                handler: Callable[[Request, Exception], Awaitable[Response]] = handlers[cls]
+                return handler
+        return None

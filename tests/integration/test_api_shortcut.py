@@ -1,0 +1,232 @@
+"""``POST /v1/violations``'s usual request is answered by ``api.shortcuts.ReportShortcut``, the
+same as the route answers it; every other request still goes through FastAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
+
+from enforcement.api.app import create_app
+from enforcement.api.deps import get_principal
+from enforcement.api.shortcuts import ReportShortcut
+from enforcement.bootstrap import Container
+from enforcement.roles import Role
+from enforcement.tokens import Principal, create_token
+from events import IdempotencyConflict
+
+VIOLATION = {"account_id": "acct_s", "category": "spam", "source": "test"}
+
+
+@pytest.fixture
+def answered(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the shortcut answered each ``POST /v1/violations``, in order."""
+    seen: list[bool] = []
+    call = ReportShortcut.__call__
+
+    async def spy(self: ReportShortcut, *args: Any) -> bool:
+        result = await call(self, *args)
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(ReportShortcut, "__call__", spy)
+    return seen
+
+
+@pytest.fixture
+def client(system: Container, answered: list[bool]) -> Iterator[TestClient]:
+    with TestClient(create_app(system), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def reporter(system: Container, client: TestClient) -> dict[str, str]:
+    """A reporter's headers, its token already cached (by a request the route answers)."""
+    headers = {"Authorization": f"Bearer {create_token(system.engine, Role.REPORTER, 'r')}"}
+    assert client.get("/v1/accounts/acct_none/standing", headers=headers).status_code == 403
+    return headers
+
+
+def test_the_first_request_goes_the_usual_way_and_the_next_one_the_short_way_alike(
+    system: Container, client: TestClient, answered: list[bool]
+) -> None:
+    headers = {"Authorization": f"Bearer {create_token(system.engine, Role.REPORTER, 'r')}"}
+    by_route = client.post("/v1/violations", json=VIOLATION, headers=headers)
+    shortened = client.post(
+        "/v1/violations", json={**VIOLATION, "account_id": "acct_t"}, headers=headers
+    )
+
+    assert answered == [False, True]  # the token was not cached yet, then it was
+    assert by_route.status_code == shortened.status_code == 201
+    first, second = by_route.json(), shortened.json()
+    assert list(first) == list(second)
+    assert [e["type"] for e in first["events"]] == [e["type"] for e in second["events"]]
+    assert second["account_id"] == "acct_t"
+    assert second["standing"]["account_id"] == "acct_t"
+    assert second["events"][0]["metadata"]["actor"] == "reporter:r"
+    assert shortened.headers["content-type"] == by_route.headers["content-type"]
+    assert shortened.headers["x-request-id"].startswith("req_")
+    assert system.store.head("acct_t").version == len(second["events"])
+
+
+def test_an_idempotent_replay_and_a_reused_key_are_answered_as_by_the_route(
+    system: Container, client: TestClient, reporter: dict[str, str], answered: list[bool]
+) -> None:
+    keyed = {**reporter, "Idempotency-Key": "key-1", "X-Request-Id": "req_mine"}
+    first = client.post("/v1/violations", json=VIOLATION, headers=keyed)
+    again = client.post("/v1/violations", json=VIOLATION, headers=keyed)
+    reused = client.post("/v1/violations", json={**VIOLATION, "severity": "high"}, headers=keyed)
+
+    assert answered == [True, True, True]
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["events"] == first.json()["events"]
+    assert again.headers["x-request-id"] == "req_mine"
+    assert reused.status_code == 409
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    assert system.store.head("acct_s").version == len(first.json()["events"])
+
+
+UNUSUAL: dict[str, tuple[dict[str, Any], int, str]] = {
+    # name: (request keyword arguments, the route's status, its error code)
+    "a body that does not validate": ({"json": {"account_id": "acct_s"}}, 422, "validation_failed"),
+    "an unknown category": (
+        {"json": {**VIOLATION, "category": "nope"}},
+        422,
+        "validation_failed",
+    ),
+    "malformed JSON": ({"content": b'{"account_id": '}, 400, "malformed_json"),
+    "JSON that orjson refuses (NaN)": (
+        {"content": b'{"account_id": "acct_s", "category": "spam", "severity": NaN}'},
+        422,
+        "validation_failed",
+    ),
+    "a JSON array": ({"json": [VIOLATION]}, 422, "validation_failed"),
+    "an Idempotency-Key over 200 characters": (
+        {"json": VIOLATION, "headers": {"Idempotency-Key": "k" * 201}},
+        422,
+        "validation_failed",
+    ),
+    "an extra field": ({"json": {**VIOLATION, "extra": 1}}, 422, "validation_failed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNUSUAL))
+def test_an_unusual_request_goes_the_usual_way(
+    system: Container,
+    client: TestClient,
+    reporter: dict[str, str],
+    answered: list[bool],
+    case: str,
+) -> None:
+    kwargs, status, code = UNUSUAL[case]
+    headers = {**reporter, "Content-Type": "application/json", **kwargs.get("headers", {})}
+    response = client.post(
+        "/v1/violations", **{k: v for k, v in kwargs.items() if k != "headers"}, headers=headers
+    )
+
+    assert answered == [False]
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert system.store.head("acct_s").version == 0
+
+
+def test_other_callers_and_content_types_go_the_usual_way(
+    system: Container, client: TestClient, reporter: dict[str, str], answered: list[bool]
+) -> None:
+    auditor = {"Authorization": f"Bearer {create_token(system.engine, Role.AUDITOR, 'a')}"}
+    assert client.get("/v1/accounts/acct_none/standing", headers=auditor).status_code == 200
+    wrong_role = client.post("/v1/violations", json=VIOLATION, headers=auditor)  # cached token
+    no_token = client.post("/v1/violations", json=VIOLATION)
+    unknown = client.post(
+        "/v1/violations", json=VIOLATION, headers={"Authorization": "Bearer enf_unknown"}
+    )
+    as_text = client.post(
+        "/v1/violations",
+        content=b'{"account_id": "acct_s", "category": "spam"}',
+        headers={**reporter, "Content-Type": "text/plain"},
+    )
+
+    assert answered == [False, False, False, False]
+    assert (wrong_role.status_code, no_token.status_code, unknown.status_code) == (403, 401, 401)
+    # FastAPI's own answer to a body that is not declared JSON: whatever it is, it came from
+    # the route (``answered``), and nothing was written.
+    assert as_text.status_code == 422, as_text.text
+    assert system.store.head("acct_s").version == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (IdempotencyConflict("key-1"), 409, "idempotency_key_reused"),
+        (OperationalError("SELECT 1", {}, Exception("down")), 503, "dependency_unavailable"),
+        (RuntimeError("a bug"), 500, "internal_error"),
+    ],
+    ids=["idempotency", "database-down", "unexpected"],
+)
+def test_an_error_of_the_use_case_gets_the_applications_own_answer(
+    system: Container,
+    client: TestClient,
+    reporter: dict[str, str],
+    answered: list[bool],
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    status: int,
+    code: str,
+) -> None:
+    def fail(*_: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(system.service, "report_violation", fail)
+    response = client.post("/v1/violations", json=VIOLATION, headers=reporter)
+
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert response.headers["x-request-id"].startswith("req_")
+    assert answered in ([True], [])  # [] when it propagated to ServerErrorMiddleware (a 500)
+
+
+def test_a_dependency_override_is_honoured(
+    system: Container, client: TestClient, reporter: dict[str, str], answered: list[bool]
+) -> None:
+    client.app.dependency_overrides[get_principal] = lambda: Principal(  # type: ignore[attr-defined]
+        "tok_t", "override", Role.REPORTER
+    )
+    response = client.post("/v1/violations", json=VIOLATION, headers=reporter)
+
+    assert answered == [False]
+    assert response.status_code == 201
+    assert response.json()["events"][0]["metadata"]["actor"] == "reporter:override"
+
+
+@pytest.mark.parametrize("way", ["shortcut", "route"])
+def test_an_unexpected_error_is_a_500_with_the_request_id_either_way(
+    system: Container,
+    client: TestClient,
+    reporter: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
+) -> None:
+    def fail(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(system.service, "report_violation", fail)
+    if way == "route":
+        client.app.dependency_overrides[get_principal] = lambda: Principal(  # type: ignore[attr-defined]
+            "tok_t", "override", Role.REPORTER
+        )
+    response = client.post(
+        "/v1/violations", json=VIOLATION, headers={**reporter, "X-Request-Id": "req_bug"}
+    )
+
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "An unexpected error occurred.",
+            "details": None,
+        }
+    }
+    assert response.headers["x-request-id"] == "req_bug"
