@@ -14,7 +14,6 @@ every restrictive decision carries a statement of reasons (``projections.reasons
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from enforcement.policy_file import (
     parse_duration,
 )
 from events import NewEvent
+from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from events.types import new_event_id
 from projections import aup_events as ev
@@ -250,7 +250,7 @@ class Decider:
         )
 
     def notice(self, kind: str, decision: NewEvent, deadline: str | None = None) -> NewEvent:
-        sor = copy.deepcopy(decision.data["statement_of_reasons"])
+        sor = copy_json(decision.data["statement_of_reasons"])
         payload = ev.NoticeIssued(
             self.ctx.new_id("ntc"), kind, decision.event_id, list(self.violation_ids), sor, deadline
         )
@@ -626,7 +626,7 @@ def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewE
     )
     if reinstate:
         ends = "termination" if decision.type == "AccountTerminated" else "suspension"
-        d.emit(d.build(ev.AccountReinstated(why, copy.deepcopy(sor), ends), cause))
+        d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), ends), cause))
     if decision.type == "ThrottleApplied" and any(
         t.throttle_id == decision.target_id for t in active_throttles(state, now)
     ):

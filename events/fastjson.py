@@ -49,6 +49,17 @@ def has_float(value: Any) -> bool:
     return False
 
 
+def copy_json(value: Any) -> Any:
+    """A copy of a parsed JSON value whose dicts and lists are new (``copy.deepcopy`` for JSON,
+    several times faster); other values are shared, as JSON's scalars are immutable."""
+    kind = type(value)
+    if kind is dict:
+        return {key: copy_json(item) for key, item in value.items()}
+    if kind is list:
+        return [copy_json(item) for item in value]
+    return value
+
+
 def loads(text: str | bytes) -> Any:
     """Exactly ``json.loads(text)``."""
     try:

@@ -368,6 +368,24 @@ def test_fastjson_loads_is_json_loads(text: str) -> None:
     assert _json_outcome(fastjson.loads, encoded) == _json_outcome(json.loads, encoded)
 
 
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list in ``value``, outermost first."""
+    if type(value) is dict:
+        return [value, *(c for item in value.values() for c in _containers(item))]
+    if type(value) is list:
+        return [value, *(c for item in value for c in _containers(item))]
+    return []
+
+
+@settings(max_examples=300)
+@given(wide_values)
+def test_fastjson_copy_json_is_an_equal_copy_sharing_no_container(value: Any) -> None:
+    copied = fastjson.copy_json(value)
+    assert _exact(copied) == _exact(value)
+    originals = {id(c) for c in _containers(value)}
+    assert not originals & {id(c) for c in _containers(copied)}
+
+
 @settings(max_examples=500)
 @given(wide_values)
 def test_fastjson_canonical_texts_are_json_dumps(value: Any) -> None:
