@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import smtplib
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,7 +20,9 @@ def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> E
     message["To"] = to
     message["Subject"] = rendered.subject
     message["Date"] = format_datetime(notice.recorded_at)
-    message["Message-ID"] = make_msgid(idstring=notice.event_id, domain="taas.invalid")
+    # One Message-ID per notice: a retry (or a re-send after a broker lost the message) is the
+    # same message again, which mail systems and readers can recognise as one.
+    message["Message-ID"] = f"<{notice.event_id}@taas.invalid>"
     message["X-Enforcement-Event-Id"] = notice.event_id
     message.set_content(rendered.text)
     return message

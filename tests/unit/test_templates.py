@@ -4,6 +4,7 @@ deadline where there is one, and how to appeal. Pure: a notice event in, text an
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Sequence
@@ -252,3 +253,17 @@ def test_the_webhook_body_is_json_and_carries_the_same_notice() -> None:
 def test_rendering_is_pure() -> None:
     notice = appeal_outcome()
     assert render(notice) == render(notice)
+
+
+def test_every_email_of_one_notice_has_the_same_message_id() -> None:
+    from enforcement.notices.email import build_message
+
+    first = warning()
+    other = dataclasses.replace(first, event_id="0195b6f0-0000-7000-8000-000000000009")
+    sent = [build_message(first, render(first), "a@customer.test") for _ in range(2)]
+    resent = build_message(first, render(first), "b@customer.test")
+    another = build_message(other, render(other), "a@customer.test")
+
+    assert sent[0]["Message-ID"] == sent[1]["Message-ID"] == resent["Message-ID"]
+    assert sent[0]["Message-ID"] == f"<{first.event_id}@taas.invalid>"
+    assert another["Message-ID"] != sent[0]["Message-ID"]

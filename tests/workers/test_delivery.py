@@ -103,6 +103,7 @@ def test_a_notice_goes_out_by_smtp_and_by_a_signed_webhook(
     assert rcpts == ["abuse-desk@customer.test"]
     assert message["To"] == "abuse-desk@customer.test"
     assert message["X-Enforcement-Event-Id"] == notice.event_id
+    assert message["Message-ID"] == f"<{notice.event_id}@taas.invalid>"
     assert "acct_42" in message["Subject"]
     text = message.get_content()
     sor = notice.data["statement_of_reasons"]
