@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -142,6 +142,9 @@ def as_recorded(
     ]
 
 
+Action = Callable[[datetime], object]  # a follow-up, run at its time; its result is unused
+
+
 class History:
     """An account's history made by the real decision functions on an in-memory state.
 
@@ -161,12 +164,14 @@ class History:
         self.batches: list[tuple[datetime, list[NewEvent]]] = []
         self.events = 0
         self.rng = random.Random(seed)
-        self.agenda: list[tuple[datetime, int, Callable[[datetime], None]]] = []
+        self.agenda: list[tuple[datetime, int, Action]] = []
 
     def ctx(self, now: datetime, actor: str = "operator:bench") -> Context:
         return Context(now=now, actor=actor, correlation_id=f"hist-{self.events}", source="bench")
 
-    def later(self, when: datetime, action: Callable[[datetime], None]) -> None:
+    def later(self, when: datetime, action: Action) -> None:
+        # Lambdas that bind loop variables as default arguments need cast(Action, ...): mypy
+        # cannot infer a lambda with more parameters than the callable it is passed as.
         heapq.heappush(self.agenda, (when, len(self.batches) + len(self.agenda), action))
 
     def run_agenda(self, until: datetime) -> None:
@@ -249,16 +254,22 @@ class History:
                 done = now + timedelta(days=rng.randint(1, 6))
                 self.later(
                     done,
-                    lambda when, rid=rid: self.operator(
-                        when, ops.CompleteRemediation(rid, "fixed")
+                    cast(
+                        Action,
+                        lambda when, rid=rid: self.operator(
+                            when, ops.CompleteRemediation(rid, "fixed")
+                        ),
                     ),
                 )
             else:
                 due = parse_time(remediation.data["due_at"]) + timedelta(minutes=1)
-                self.later(due, lambda when, rid=rid: self.expire(when, rid))
+                self.later(due, cast(Action, lambda when, rid=rid: self.expire(when, rid)))
         for decision in (e for e in decided if e.type in DECISION_TYPES):
             if rng.random() < 0.3:
-                self.later(now + timedelta(days=2), lambda when, d=decision: self.appeal(when, d))
+                self.later(
+                    now + timedelta(days=2),
+                    cast(Action, lambda when, d=decision: self.appeal(when, d)),
+                )
 
     def expire(self, now: datetime, remediation_id: str) -> None:
         out = self.attempt(
@@ -271,10 +282,13 @@ class History:
             sid, until = suspension.data["suspension_id"], parse_time(suspension.data["until"])
             self.later(
                 until,
-                lambda when, sid=sid: self.attempt(
-                    when,
-                    lambda: ops.decide_suspension_ended(
-                        self.policy, self.state, sid, self.ctx(when, "scheduler")
+                cast(
+                    Action,
+                    lambda when, sid=sid: self.attempt(
+                        when,
+                        lambda: ops.decide_suspension_ended(
+                            self.policy, self.state, sid, self.ctx(when, "scheduler")
+                        ),
                     ),
                 ),
             )

@@ -399,7 +399,7 @@ def measure(run: Run, args: argparse.Namespace, receiver: Receiver) -> list[Resu
     post_all(container, warmup, args.posters, None, 1)
     wait_delivered(container, after, len(warmup), timeout=120)  # the workers are up
 
-    results = []
+    results: list[Result] = []
     watch = RelayWatch(container)
     try:
         for batch in args.batches:

@@ -253,15 +253,15 @@ def populate(url: str, n_events: int, n_accounts: int, seed: int) -> int:
         return total
     import psycopg
 
-    with psycopg.connect(_libpq(url)) as conn:
+    with psycopg.connect(_libpq(url)) as pg:
         for chunk in generate_rows(n_events, n_accounts, seed):
-            with conn.cursor() as cur, cur.copy(f"COPY events ({COLUMNS}) FROM STDIN") as copy:
+            with pg.cursor() as cur, cur.copy(f"COPY events ({COLUMNS}) FROM STDIN") as copy:
                 for row in chunk:
                     copy.write_row(row)
-            conn.commit()
+            pg.commit()
             total += len(chunk)
-        conn.autocommit = True
-        conn.execute("VACUUM ANALYZE events")
+        pg.autocommit = True
+        pg.execute("VACUUM ANALYZE events")
     return total
 
 
@@ -342,10 +342,10 @@ def _scan(url: str) -> int:
     import psycopg
     from psycopg.types.string import TextLoader
 
-    with psycopg.connect(_libpq(url)) as conn:
+    with psycopg.connect(_libpq(url)) as pg:
         for name in ("json", "jsonb"):
-            conn.adapters.register_loader(name, TextLoader)
-        with conn.cursor(name="floor") as cur:
+            pg.adapters.register_loader(name, TextLoader)
+        with pg.cursor(name="floor") as cur:
             cur.itersize = 2000
             cur.execute("SELECT * FROM events")
             for _row in cur:

@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -82,6 +82,7 @@ CHUNKS = 10  # append measurements alternate the two sides this many times
 OPERATIONS = ("append 1/tx", "append {batch}/tx", "read_all + decode", "verify all streams")
 OURS, THEIRS = "ours", "eventsourcing"
 T = TypeVar("T")
+Chunk = Callable[[], int]  # one timed piece of a side's work: returns the events it handled
 
 
 # ---------------------------------------------------------------------------- payloads
@@ -286,7 +287,8 @@ class Backend:
     cleanup: Callable[[], None]
 
 
-SQLITE_SYNC = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+# Keyed by whatever the driver returns for PRAGMA synchronous; unknown values print as is.
+SQLITE_SYNC: dict[object, str] = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 def sqlite_backend(directory: Path, idempotency_keys: bool) -> Backend:
@@ -405,7 +407,7 @@ def chunked(items: Sequence[T], parts: int) -> list[Sequence[T]]:
 
 
 def run_interleaved(
-    sides: Sequence[Side], work: dict[str, list[Callable[[], int]]], first: int
+    sides: Sequence[Side], work: dict[str, list[Chunk]], first: int
 ) -> dict[str, float]:
     """Run each side's chunks in turn, alternating who goes first; return events/s per side."""
     seconds = dict.fromkeys(work, 0.0)
@@ -436,16 +438,17 @@ def run_backend(backend: Backend, n_events: int, batch: int, repeats: int) -> Re
             results.setdefault((op, name), []).append(rate)
 
     for rep in range(repeats):
-        one: dict[str, list[Callable[[], int]]] = {}
-        many: dict[str, list[Callable[[], int]]] = {}
+        one: dict[str, list[Chunk]] = {}
+        many: dict[str, list[Chunk]] = {}
         for side in sides:
             streams = side.new_stream_ids(n_streams)
+            # cast: mypy cannot infer a lambda whose default arguments bind the loop variables.
             one[side.name] = [
-                lambda s=side, st=streams, v=v: s.append_round(st, v)
+                cast(Chunk, lambda s=side, st=streams, v=v: s.append_round(st, v))
                 for v in range(EVENTS_PER_STREAM)
             ]
             many[side.name] = [
-                lambda s=side, st=part: s.append_batches(st, batch)
+                cast(Chunk, lambda s=side, st=part: s.append_batches(st, batch))
                 for part in chunked(side.new_stream_ids(n_batches), CHUNKS)
             ]
         record(op_one, run_interleaved(sides, one, rep))
@@ -463,10 +466,13 @@ def run_profiles(backend: Backend, n_events: int, batch: int, console: Console) 
         one_streams = side.new_stream_ids(n_events // EVENTS_PER_STREAM)
         batch_streams = side.new_stream_ids(n_events // batch)
         work: list[Callable[[], Any]] = [
-            lambda s=side, st=one_streams: [
-                s.append_round(st, v) for v in range(EVENTS_PER_STREAM)
-            ],
-            lambda s=side, st=batch_streams: s.append_batches(st, batch),
+            cast(
+                Callable[[], list[int]],
+                lambda s=side, st=one_streams: [
+                    s.append_round(st, v) for v in range(EVENTS_PER_STREAM)
+                ],
+            ),
+            cast(Chunk, lambda s=side, st=batch_streams: s.append_batches(st, batch)),
             side.read_all,
             side.verify_all,
         ]

@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                         with pg_database(args.pg_url, "bench_write") as url:
                             upgrade(url)
                             if px is not None:
-                                url = sa.make_url(url).set(host="127.0.0.1", port=px.port)
-                                url = url.render_as_string(hide_password=False)
+                                proxied_url = sa.make_url(url).set(host="127.0.0.1", port=px.port)
+                                url = proxied_url.render_as_string(hide_password=False)
                             if px is not None and not round_trips:
                                 round_trips.append(round_trip_ms(url))
                             with service(url, pipelined) as svc:
