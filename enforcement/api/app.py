@@ -54,6 +54,6 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     app.include_router(gate.router)
     app.add_middleware(
         RequestContextMiddleware,
-        shortcuts={("POST", "/v1/violations"): ReportShortcut(app, container)},
+        shortcuts={("POST", "/v1/violations"): ReportShortcut(app)},
     )
     return app

@@ -14,8 +14,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from enforcement.api.middleware import UNEXPECTED
+from enforcement.api.middleware import REQUEST_ID_KEY
 from enforcement.errors import Conflict, DomainError, NotFound, ValidationFailed
+from enforcement.logs import request_id_var
 from events import ConcurrencyError, IdempotencyConflict, StoreError
 
 log = logging.getLogger("enforcement.http")
@@ -202,6 +203,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "The event store failed; nothing was written.")
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, *UNEXPECTED)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # ``ServerErrorMiddleware`` calls this outside the request-id middleware, whose context
+        # has ended: the id comes from the scope, for the log line and the answer.
+        request_id = request.scope.get(REQUEST_ID_KEY)
+        token = request_id_var.set(request_id)
+        try:
+            log.exception("unhandled error")
+        finally:
+            request_id_var.reset(token)
+        headers = {"X-Request-Id": request_id} if request_id else None
+        return error_response(500, "internal_error", "An unexpected error occurred.", None, headers)

@@ -21,6 +21,14 @@ BATCH_BODY_LIMIT = 4 * 1024 * 1024
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def route_path(scope: Scope) -> str:
+    """The path the application routes on: without the ``root_path`` it is mounted at, as
+    Starlette's router takes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def body_limit_for(path: str) -> int:
     return BATCH_BODY_LIMIT if path.endswith("/violations:batch") else DEFAULT_BODY_LIMIT
 
@@ -29,7 +37,7 @@ def error_body(code: str, message: str, details: Any = None) -> bytes:
     return json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
 
 
-UNEXPECTED = ("internal_error", "An unexpected error occurred.")  # a 500's code and message
+REQUEST_ID_KEY = "enforcement.request_id"  # the request's id, in its ASGI scope
 
 
 class RequestContextMiddleware:
@@ -62,14 +70,14 @@ class RequestContextMiddleware:
         request_id = supplied if _VALID_REQUEST_ID.match(supplied) else "req_" + uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
+        # For the handler of unexpected errors, which answers from ``ServerErrorMiddleware``,
+        # outside this middleware (``errors.install_error_handlers``).
+        scope[REQUEST_ID_KEY] = request_id
         status_holder = {"status": 500}
-        started_answer = False
         rid_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started_answer
             if message["type"] == "http.response.start":
-                started_answer = True
                 status_holder["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
@@ -96,7 +104,7 @@ class RequestContextMiddleware:
                     chunks.append(chunk)
                     more = message.get("more_body", False)
                 body = b"".join(chunks)
-                shortcut = self.shortcuts.get((scope["method"], scope["path"]))
+                shortcut = self.shortcuts.get((scope["method"], route_path(scope)))
                 if shortcut is not None and await shortcut(scope, body, receive, send_with_id):
                     return
                 delivered = False
@@ -111,14 +119,6 @@ class RequestContextMiddleware:
                 await self.app(scope, replay, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
-        except Exception:
-            # What no exception handler answered (the application's handler of ``Exception``
-            # is ``ServerErrorMiddleware``'s, outside this one): the 500 is answered here, with
-            # the request id like every other answer.
-            if started_answer:
-                raise
-            log.exception("unhandled error")
-            await self._answer(send_with_id, 500, error_body(*UNEXPECTED))
         finally:
             log.info(
                 "%s %s %s",

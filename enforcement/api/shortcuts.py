@@ -15,6 +15,11 @@ Errors of the use case itself (a reused Idempotency-Key, the database down …) 
 the application's own exception handlers, looked up as Starlette's ``ExceptionMiddleware``
 does; an exception without one propagates to ``ServerErrorMiddleware`` (the handler of
 ``Exception``: a 500), as from the route.
+
+What the shortcut does not do, and the route would: FastAPI's own OpenTelemetry spans (when a
+tracer is configured, a shortcut request's span is named ``POST`` and has no ``http.route``),
+handlers keyed by status code, and dependencies declared on the app or the router (there are
+none; one added later must be honoured here too).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
+from starlette._utils import is_async_callable
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from enforcement.api.deps import actor_of
@@ -44,24 +49,28 @@ _JSON = b"application/json"
 class ReportShortcut:
     """``POST /v1/violations`` for its usual request (see the module's docstring)."""
 
-    def __init__(self, app: FastAPI, container: Container) -> None:
+    def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self.container = container
 
     async def __call__(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
         usual = self._usual(scope, body)
         if usual is None:
             return False
         model, principal, key = usual
+        container: Container = self.app.state.container
         try:
             response = await run_in_threadpool(
-                _report_violation, model, self.container, actor_of(principal), key
+                _report_violation, model, container, actor_of(principal), key
             )
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:
                 raise
-            response = await handler(Request(scope, receive), exc)
+            request = Request(scope, receive)
+            if is_async_callable(handler):
+                response = await handler(request, exc)
+            else:
+                response = await run_in_threadpool(handler, request, exc)
         await response(scope, receive, send)
         return True
 
@@ -91,7 +100,8 @@ class ReportShortcut:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return None
-        principal = self.container.tokens.cached(token)
+        container: Container = self.app.state.container
+        principal = container.tokens.cached(token)
         if principal is None or not allows(principal.role, Permission.REPORT):
             return None
         idempotency_key = None
@@ -111,9 +121,7 @@ class ReportShortcut:
             return None
         return model, principal, idempotency_key
 
-    def _handler(
-        self, exc: Exception
-    ) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+    def _handler(self, exc: Exception) -> Callable[[Request, Exception], Any] | None:
         """The application's handler of ``exc``'s nearest class, as ``ExceptionMiddleware``
         finds it (``Exception``'s is left to ``ServerErrorMiddleware``)."""
         handlers: dict[Any, Any] = self.app.exception_handlers
@@ -121,6 +129,6 @@ class ReportShortcut:
             if cls is Exception:
                 return None
             if cls in handlers:
-                handler: Callable[[Request, Exception], Awaitable[Response]] = handlers[cls]
+                handler: Callable[[Request, Exception], Any] = handlers[cls]
                 return handler
         return None

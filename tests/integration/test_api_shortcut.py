@@ -230,3 +230,34 @@ def test_an_unexpected_error_is_a_500_with_the_request_id_either_way(
         }
     }
     assert response.headers["x-request-id"] == "req_bug"
+
+
+def test_the_shortcut_takes_the_path_the_application_routes_on(
+    system: Container, answered: list[bool]
+) -> None:
+    token = create_token(system.engine, Role.REPORTER, "r")
+    headers = {"Authorization": f"Bearer {token}"}
+    # Mounted at /v1, the application sees /violations for /v1/violations: no such route.
+    with TestClient(create_app(system)) as plain:
+        plain.get("/v1/accounts/acct_none/standing", headers=headers)  # the token, cached
+    with TestClient(create_app(system), root_path="/v1") as mounted:
+        assert mounted.post("/v1/violations", json=VIOLATION, headers=headers).status_code == 404
+    assert system.store.head("acct_s").version == 0
+    # Behind a prefix, its route is still its route, and the usual request takes the shortcut.
+    with TestClient(create_app(system), root_path="/enforcement") as prefixed:
+        response = prefixed.post("/enforcement/v1/violations", json=VIOLATION, headers=headers)
+        assert response.status_code == 201, response.text
+    assert answered == [True]
+
+
+def test_an_unexpected_error_still_reaches_the_server(
+    system: Container, reporter: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its 500 the error propagates (uvicorn logs it; telemetry sees it), either way."""
+
+    def fail(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(system.service, "report_violation", fail)
+    with TestClient(create_app(system)) as strict, pytest.raises(RuntimeError, match="a bug"):
+        strict.post("/v1/violations", json=VIOLATION, headers=reporter)
