@@ -39,6 +39,9 @@ def error_body(code: str, message: str, details: Any = None) -> bytes:
 
 REQUEST_ID_KEY = "enforcement.request_id"  # the request's id, in its ASGI scope
 
+# (scope, the whole request body, receive, send) -> whether it answered the request
+Shortcut = Callable[[Scope, bytes, Receive, Send], Awaitable[bool]]
+
 
 class RequestContextMiddleware:
     """Gives every request an id (``X-Request-Id`` in and out), logs it, enforces body limits.
@@ -54,12 +57,10 @@ class RequestContextMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        shortcuts: Mapping[
-            tuple[str, str], Callable[[Scope, bytes, Receive, Send], Awaitable[bool]]
-        ] = {},
+        shortcuts: Mapping[tuple[str, str], Shortcut] | None = None,
     ):
         self.app = app
-        self.shortcuts = dict(shortcuts)
+        self.shortcuts = dict(shortcuts or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,21 +137,17 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
-    @classmethod
-    async def _too_large(cls, send: Send, limit: int) -> None:
+    @staticmethod
+    async def _too_large(send: Send, limit: int) -> None:
         body = error_body(
             "payload_too_large",
             f"The request body is larger than {limit // 1024} KiB.",
             {"limit_bytes": limit},
         )
-        await cls._answer(send, 413, body)
-
-    @staticmethod
-    async def _answer(send: Send, status: int, body: bytes) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": status,
+                "status": 413,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

@@ -8,8 +8,9 @@ about as much CPU as the constant route of ``benchmarks/bench_http.py`` does in 
 answer encoding; everything else (a missing, unknown or uncached token, a wrong role, a body
 that is not a JSON object or does not validate, another content type, an odd header) goes the
 usual way through FastAPI, which answers it as before (as does every request while the
-application's ``dependency_overrides`` replace a dependency). Nothing is written before the request
-is known to be the usual one, so handing it on is always safe.
+application's ``dependency_overrides`` replace a dependency). Nothing is written before the
+request is known to be the usual one, so handing it on is always safe. It is one of the
+middleware's ``Shortcut``s.
 
 Errors of the use case itself (a reused Idempotency-Key, the database down …) are answered by
 the application's own exception handlers, looked up as Starlette's ``ExceptionMiddleware``
@@ -24,7 +25,7 @@ none; one added later must be honoured here too).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -39,9 +40,6 @@ from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX, _report_violat
 from enforcement.api.schemas import ViolationIn
 from enforcement.bootstrap import Container
 from enforcement.roles import Permission, allows
-
-# (scope, the whole request body, receive, send) -> whether it answered the request
-Shortcut = Callable[[Scope, bytes, Receive, Send], Awaitable[bool]]
 
 _JSON = b"application/json"
 
