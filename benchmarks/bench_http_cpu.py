@@ -126,7 +126,10 @@ def main() -> None:
         for backend in args.backends.split(","):
             for workers in modes:
                 name = f"ours: {backend}, workers {'on' if workers else 'off'}"
-                with bench_http.our_server(backend, workdir, args.pg_url, workers) as ours:
+                # A directory (so a SQLite database) of its own: a workers-on server on the
+                # database of a workers-off one would first deliver that one's notices.
+                own = Path(tempfile.mkdtemp(dir=workdir))
+                with bench_http.our_server(backend, own, args.pg_url, workers) as ours:
                     for n in clients:
                         raw = workdir / f"{backend}-{workers}-{n}.txt"
                         rate, cpu = measure(ours, n, args.seconds, args.warmup, raw)
