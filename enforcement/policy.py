@@ -536,7 +536,12 @@ def check_appeal_filing(
         )
     if decision.overturned:
         raise InvalidTransition("this decision was already overturned", code="already_overturned")
-    deadline = parse_time(decision.recorded_at) + policy.appeal_window
+    # The deadline the decision's statement of reasons gave the account holds, whatever the
+    # policy's window is now; a decision that stated none is appealable for the window.
+    if decision.appeal_deadline is not None:
+        deadline = parse_time(decision.appeal_deadline)
+    else:
+        deadline = parse_time(decision.recorded_at) + policy.appeal_window
     if to_utc(now) > deadline:
         raise InvalidTransition(
             f"the appeal window of {human_duration(policy.appeal_window)} closed at "

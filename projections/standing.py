@@ -115,6 +115,9 @@ class DecisionRecord:
     target_id: str | None
     open_appeal_id: str | None = None
     overturned: bool = False
+    # The appeal deadline its statement of reasons gave the account; None when it gave none
+    # (the window then runs from ``recorded_at``: ``policy.check_appeal_filing``).
+    appeal_deadline: str | None = None
 
 
 @fast_init
@@ -458,11 +461,31 @@ def _time(text: str | None) -> str | None:
     return None if text is None else canonical_time(text)
 
 
+def _stated_deadline(statement_of_reasons: Any) -> str | None:
+    """The ``appeal_deadline`` a statement of reasons gave, in the canonical time format."""
+    if not isinstance(statement_of_reasons, dict):
+        return None
+    deadline = statement_of_reasons.get("appeal_deadline")
+    if not isinstance(deadline, str):
+        return None
+    try:
+        return canonical_time(deadline)
+    except ValueError:
+        return None  # not a time: as if none was given
+
+
 def _record_decision(
-    s: StandingState, e: FoldEvent, violation_ids: Iterable[str], target_id: str | None
+    s: StandingState,
+    e: FoldEvent,
+    violation_ids: Iterable[str],
+    target_id: str | None,
+    statement_of_reasons: Any,
 ) -> None:
     ids = tuple(violation_ids)
-    s.decisions[e.event_id] = DecisionRecord(e.event_id, e.type, e.recorded_stamp, ids, target_id)
+    deadline = _stated_deadline(statement_of_reasons)
+    s.decisions[e.event_id] = DecisionRecord(
+        e.event_id, e.type, e.recorded_stamp, ids, target_id, None, False, deadline
+    )
     for vid in ids:
         v = s.violations.get(vid)
         if v is not None:
@@ -532,7 +555,7 @@ def _on_remediation_requested(s: StandingState, p: ev.RemediationRequested, e: F
         e.occurred_stamp,
         "dismissed" if _all_dismissed(s, ids) else "open",
     )
-    _record_decision(s, e, p.violation_ids, p.remediation_id)
+    _record_decision(s, e, p.violation_ids, p.remediation_id, p.statement_of_reasons)
 
 
 def _close_remediation(s: StandingState, remediation_id: str, status: str) -> None:
@@ -559,7 +582,7 @@ def _on_throttle_applied(s: StandingState, p: ev.ThrottleApplied, e: FoldEvent) 
         e.occurred_stamp,
         p.reason,
     )
-    _record_decision(s, e, p.violation_ids, p.throttle_id)
+    _record_decision(s, e, p.violation_ids, p.throttle_id, p.statement_of_reasons)
 
 
 def _on_throttle_lifted(s: StandingState, p: ev.ThrottleLifted, e: FoldEvent) -> None:
@@ -570,7 +593,7 @@ def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> Non
     s.suspension = SuspensionRecord(
         p.suspension_id, e.event_id, e.occurred_stamp, _time(p.until), p.reason
     )
-    _record_decision(s, e, p.violation_ids, p.suspension_id)
+    _record_decision(s, e, p.violation_ids, p.suspension_id, p.statement_of_reasons)
 
 
 def _on_suspension_ended(s: StandingState, p: ev.SuspensionEnded, e: FoldEvent) -> None:
@@ -589,7 +612,7 @@ def _on_reinstated(s: StandingState, p: ev.AccountReinstated, e: FoldEvent) -> N
 def _on_terminated(s: StandingState, p: ev.AccountTerminated, e: FoldEvent) -> None:
     s.terminated = True
     s.termination_event_id = e.event_id
-    _record_decision(s, e, p.violation_ids, None)
+    _record_decision(s, e, p.violation_ids, None, p.statement_of_reasons)
 
 
 def _on_appeal_filed(s: StandingState, p: ev.AppealFiled, e: FoldEvent) -> None:

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from enforcement.policy import (
     sustained_abuse_due,
 )
 from events import NewEvent, RecordedEvent
-from events.timefmt import format_time
+from events.timefmt import format_time, parse_time
 from projections import aup_events as ev
 from projections.standing import StandingState, apply_all, view
 
@@ -621,6 +621,48 @@ def test_an_appeal_may_be_filed_until_the_window_closes() -> None:
     with pytest.raises(InvalidTransition) as caught:
         _file(late, decision, last + timedelta(microseconds=1))
     assert caught.value.code == "appeal_window_closed"
+
+
+def test_the_appeal_deadline_stated_to_the_account_holds_when_the_policy_changes() -> None:
+    account, decision = _decided("phishing")
+    stated = decision.data["statement_of_reasons"]["appeal_deadline"]
+    assert stated == format_time(NOW + P.appeal_window)
+    shorter = replace(P, appeal_window=timedelta(days=5))
+    longer = replace(P, appeal_window=timedelta(days=40))
+
+    filed = decide_appeal_filing(
+        shorter, account.state, decision.event_id, "not me", account.ctx(NOW + timedelta(days=10))
+    )
+    assert types(filed) == ["AppealFiled"]
+    with pytest.raises(InvalidTransition) as caught:
+        decide_appeal_filing(
+            longer,
+            account.state,
+            decision.event_id,
+            "not me",
+            account.ctx(NOW + P.appeal_window + timedelta(microseconds=1)),
+        )
+    assert caught.value.details == {"deadline": stated}
+
+
+def test_a_decision_that_stated_no_deadline_is_appealable_for_the_window() -> None:
+    account, decision = _decided("phishing")
+    record = account.state.decisions[decision.event_id]
+    account.state.decisions[decision.event_id] = replace(record, appeal_deadline=None)
+    shorter = replace(P, appeal_window=timedelta(days=5))
+    recorded = parse_time(record.recorded_at)
+
+    decide_appeal_filing(
+        shorter, account.state, decision.event_id, "x", account.ctx(recorded + timedelta(days=5))
+    )
+    with pytest.raises(InvalidTransition):
+        decide_appeal_filing(
+            shorter,
+            account.state,
+            decision.event_id,
+            "x",
+            account.ctx(recorded + timedelta(days=5, microseconds=1)),
+        )
 
 
 def test_one_open_appeal_per_decision() -> None:
