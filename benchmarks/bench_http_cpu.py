@@ -85,8 +85,9 @@ def sample(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 def measure(
     server: bench_http.Server, clients: int, seconds: float, warmup: float, raw: Path
-) -> tuple[float, dict[str, float]]:
-    """Requests per second, and CPU milliseconds per request by role."""
+) -> tuple[float, dict[str, float], int]:
+    """Requests per second, CPU milliseconds per request by role, and the failed requests
+    (any answer but 200/201: then the figures are not those of recorded violations)."""
     bench_http.measure(server, bench_http.single_body, clients, warmup, warmup)
     before = thread_cpu(server.pid)
     spy = sample(server.pid, min(3.0, seconds), raw)
@@ -97,7 +98,8 @@ def measure(
     per_role: defaultdict[str, float] = defaultdict(float)
     for tid, cpu in after.items():
         per_role[roles.get(tid, "other")] += cpu - before.get(tid, 0.0)
-    return result.rate, {r: s / result.requests * 1000 for r, s in per_role.items()}
+    per_request = {r: s / result.requests * 1000 for r, s in per_role.items()}
+    return result.rate, per_request, result.errors
 
 
 def main() -> None:
@@ -115,14 +117,19 @@ def main() -> None:
     console.print(f"load average before: {load_average(True)}")
     roles = ["event loop", "request", "notice worker", "relay", "consumer", "other"]
     out = Table(title="server CPU per POST /v1/violations (ms, user + system), by thread role")
-    for column in ["server", "clients", "req/s", "total", *roles]:
+    for column in ["server", "clients", "req/s", "total", *roles, "errors"]:
         out.add_column(column, justify="left" if column == "server" else "right")
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         with bench_http.ceiling_server(workdir) as ceiling:
             for n in clients:
-                rate, cpu = measure(ceiling, n, args.seconds, args.warmup, workdir / "c.txt")
-                out.add_row("ceiling", str(n), f"{rate:,.0f}", f"{sum(cpu.values()):.2f}")
+                rate, cpu, errors = measure(
+                    ceiling, n, args.seconds, args.warmup, workdir / "c.txt"
+                )
+                total = f"{sum(cpu.values()):.2f}"
+                out.add_row(
+                    "ceiling", str(n), f"{rate:,.0f}", total, *[""] * len(roles), str(errors)
+                )
         for backend in args.backends.split(","):
             for workers in modes:
                 name = f"ours: {backend}, workers {'on' if workers else 'off'}"
@@ -132,10 +139,10 @@ def main() -> None:
                 with bench_http.our_server(backend, own, args.pg_url, workers) as ours:
                     for n in clients:
                         raw = workdir / f"{backend}-{workers}-{n}.txt"
-                        rate, cpu = measure(ours, n, args.seconds, args.warmup, raw)
+                        rate, cpu, errors = measure(ours, n, args.seconds, args.warmup, raw)
                         cells = [f"{cpu.get(r, 0.0):.2f}" if cpu.get(r) else "" for r in roles]
                         total = f"{sum(cpu.values()):.2f}"
-                        out.add_row(name, str(n), f"{rate:,.0f}", total, *cells)
+                        out.add_row(name, str(n), f"{rate:,.0f}", total, *cells, str(errors))
                         console.print(f"  {name} x{n}: {rate:,.0f} req/s, {total} ms CPU/req")
     console.print(out)
     console.print(

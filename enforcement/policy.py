@@ -37,7 +37,7 @@ from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from events.types import new_event_id
 from projections import aup_events as ev
-from projections.reasons import human_duration, statement_of_reasons, violation_fact
+from projections.reasons import statement_of_reasons, violation_fact
 from projections.standing import (
     DecisionRecord,
     StandingState,
@@ -536,16 +536,15 @@ def check_appeal_filing(
         )
     if decision.overturned:
         raise InvalidTransition("this decision was already overturned", code="already_overturned")
-    # The deadline the decision's statement of reasons gave the account holds, whatever the
-    # policy's window is now; a decision that stated none is appealable for the window.
+    # The account may appeal until the later of the deadline its statement of reasons gave it
+    # and the policy's window now: a window shortened since never cuts a stated deadline, and
+    # one lengthened since applies to earlier decisions too.
+    deadline = parse_time(decision.recorded_at) + policy.appeal_window
     if decision.appeal_deadline is not None:
-        deadline = parse_time(decision.appeal_deadline)
-    else:
-        deadline = parse_time(decision.recorded_at) + policy.appeal_window
+        deadline = max(deadline, parse_time(decision.appeal_deadline))
     if to_utc(now) > deadline:
         raise InvalidTransition(
-            f"the appeal window of {human_duration(policy.appeal_window)} closed at "
-            f"{format_time(deadline)}",
+            f"the time to appeal this decision ended at {format_time(deadline)}",
             code="appeal_window_closed",
             details={"deadline": format_time(deadline)},
         )

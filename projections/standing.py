@@ -36,7 +36,7 @@ Status = Literal[
 ]
 # Bump when the stored shape of ``StandingState`` changes; ``from_json`` then refuses older
 # states and the stored standings must be rebuilt from the log (the log is the truth).
-STATE_SCHEMA = 2
+STATE_SCHEMA = 3  # 3: DecisionRecord.appeal_deadline
 # Event types that are decisions an appeal may target, and what each one targets.
 DECISION_TYPES = (
     "ThrottleApplied",

@@ -21,6 +21,7 @@ from enforcement.policy import (
     CATEGORIES,
     DEFAULT_POLICY,
     Context,
+    Policy,
     ViolationReport,
     decide_abuse_report,
     decide_appeal,
@@ -623,26 +624,26 @@ def test_an_appeal_may_be_filed_until_the_window_closes() -> None:
     assert caught.value.code == "appeal_window_closed"
 
 
-def test_the_appeal_deadline_stated_to_the_account_holds_when_the_policy_changes() -> None:
+def test_a_changed_window_never_cuts_the_deadline_stated_to_the_account() -> None:
     account, decision = _decided("phishing")
     stated = decision.data["statement_of_reasons"]["appeal_deadline"]
     assert stated == format_time(NOW + P.appeal_window)
     shorter = replace(P, appeal_window=timedelta(days=5))
     longer = replace(P, appeal_window=timedelta(days=40))
 
-    filed = decide_appeal_filing(
-        shorter, account.state, decision.event_id, "not me", account.ctx(NOW + timedelta(days=10))
-    )
-    assert types(filed) == ["AppealFiled"]
+    def file(policy: Policy, at: datetime) -> list[NewEvent]:
+        return decide_appeal_filing(policy, account.state, decision.event_id, "x", account.ctx(at))
+
+    # Shortened since: the stated deadline holds, to the microsecond.
+    assert types(file(shorter, NOW + P.appeal_window)) == ["AppealFiled"]
     with pytest.raises(InvalidTransition) as caught:
-        decide_appeal_filing(
-            longer,
-            account.state,
-            decision.event_id,
-            "not me",
-            account.ctx(NOW + P.appeal_window + timedelta(microseconds=1)),
-        )
+        file(shorter, NOW + P.appeal_window + timedelta(microseconds=1))
     assert caught.value.details == {"deadline": stated}
+    # Lengthened since: the earlier decision gets the longer window too.
+    recorded = parse_time(account.state.decisions[decision.event_id].recorded_at)
+    assert types(file(longer, recorded + timedelta(days=40))) == ["AppealFiled"]
+    with pytest.raises(InvalidTransition):
+        file(longer, recorded + timedelta(days=40, microseconds=1))
 
 
 def test_a_decision_that_stated_no_deadline_is_appealable_for_the_window() -> None:
