@@ -16,7 +16,7 @@ from enforcement.migrations import alembic_config, current_revision, downgrade, 
 from events import EventStore, NewEvent, create_engine
 from events.dialects import APPEND_ONLY_MESSAGE
 from events.schema import metadata as events_metadata
-from projections.standing import RateLimitRecord, StandingState, ViolationRecord
+from projections.standing import STATE_SCHEMA, RateLimitRecord, StandingState, ViolationRecord
 from projections.stored import read_state
 from projections.tables import standing_records, standings
 
@@ -128,8 +128,9 @@ def _about_log_tables(difference: object) -> bool:
 
 
 def test_0003_splits_whole_state_rows_into_a_head_and_records(empty_url: str) -> None:
-    """A standing stored whole (state schema 1, revision 0002) reads back the same after the
-    upgrade to head, where it is a head row plus one row per record."""
+    """A standing stored whole (state schema 1, revision 0002) becomes a head row plus one row
+    per record at schema 2, which reads back the same state but for the schema number: from
+    schema 3 on (``DecisionRecord.appeal_deadline``) such a row is refolded from the log."""
     state = StandingState.empty("acct_old")
     state.version = 3
     state.last_recorded_at = "2026-11-24T10:00:00.000000Z"
@@ -153,10 +154,15 @@ def test_0003_splits_whole_state_rows_into_a_head_and_records(empty_url: str) ->
                 )
             )
         upgrade(empty_url)
-        with engine.connect() as conn:
-            converted = read_state(conn, "acct_old")
+        with engine.begin() as conn:
             records = conn.execute(sa.select(sa.func.count()).select_from(standing_records))
             assert records.scalar_one() == 3
+            head = conn.execute(sa.select(standings.c.state)).scalar_one()
+            assert head["schema"] == 2
+            assert read_state(conn, "acct_old") is None  # an older schema: refolded, not misread
+            # This state has no decisions, so schema 3 reads it as is.
+            conn.execute(standings.update().values(state={**head, "schema": STATE_SCHEMA}))
+            converted = read_state(conn, "acct_old")
     finally:
         engine.dispose()
     assert converted == state
