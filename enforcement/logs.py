@@ -28,12 +28,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class PipelineExitNoise(logging.Filter):
+    """psycopg's "error ignored terminating <Pipeline …>" as a debug line.
+
+    psycopg logs it at warning when a pipeline block has raised already and ending the pipeline
+    fails too; the block's own error goes on to the caller, who handles it (a duplicate key is
+    an idempotent retry or a lost version race, retried). Kept only when debug logging is on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("error ignored terminating")):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    psycopg = logging.getLogger("psycopg")
+    if not any(isinstance(f, PipelineExitNoise) for f in psycopg.filters):
+        psycopg.addFilter(PipelineExitNoise())
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).handlers[:] = []
         logging.getLogger(noisy).propagate = False
