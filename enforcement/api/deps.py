@@ -28,17 +28,22 @@ async def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 async def get_principal(request: Request, container: ContainerDep) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
         raise ApiError(
             401,
             "unauthorized",
             "A bearer token is required.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    token = token.strip()
     principal = container.tokens.cached(token)
     if principal is None:
         principal = await run_in_threadpool(container.tokens.authenticate, token)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from starlette._utils import get_route_path  # the path the router matches (no root_path)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enforcement.logs import request_id_var
@@ -19,14 +20,6 @@ log = logging.getLogger("enforcement.http")
 DEFAULT_BODY_LIMIT = 64 * 1024
 BATCH_BODY_LIMIT = 4 * 1024 * 1024
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def route_path(scope: Scope) -> str:
-    """The path the application routes on: without the ``root_path`` it is mounted at, as
-    Starlette's router takes it."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def body_limit_for(path: str) -> int:
@@ -105,7 +98,7 @@ class RequestContextMiddleware:
                     chunks.append(chunk)
                     more = message.get("more_body", False)
                 body = b"".join(chunks)
-                shortcut = self.shortcuts.get((scope["method"], route_path(scope)))
+                shortcut = self.shortcuts.get((scope["method"], get_route_path(scope)))
                 if shortcut is not None and await shortcut(scope, body, receive, send_with_id):
                     return
                 delivered = False

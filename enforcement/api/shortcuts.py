@@ -35,11 +35,12 @@ from starlette._utils import is_async_callable
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from enforcement.api.deps import actor_of
+from enforcement.api.deps import actor_of, bearer_token
 from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX, _report_violation
 from enforcement.api.schemas import ViolationIn
 from enforcement.bootstrap import Container
 from enforcement.roles import Permission, allows
+from enforcement.tokens import Principal
 
 _JSON = b"application/json"
 
@@ -51,11 +52,11 @@ class ReportShortcut:
         self.app = app
 
     async def __call__(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
-        usual = self._usual(scope, body)
+        container: Container = self.app.state.container
+        usual = self._usual(scope, body, container)
         if usual is None:
             return False
         model, principal, key = usual
-        container: Container = self.app.state.container
         try:
             response = await run_in_threadpool(
                 _report_violation, model, container, actor_of(principal), key
@@ -72,7 +73,9 @@ class ReportShortcut:
         await response(scope, receive, send)
         return True
 
-    def _usual(self, scope: Scope, body: bytes) -> tuple[ViolationIn, Any, str | None] | None:
+    def _usual(
+        self, scope: Scope, body: bytes, container: Container
+    ) -> tuple[ViolationIn, Principal, str | None] | None:
         """The validated body, caller and Idempotency-Key of a usual request, else None."""
         if self.app.dependency_overrides:  # a test replaced a dependency: honour it
             return None
@@ -94,11 +97,9 @@ class ReportShortcut:
             return None
         if content_type.partition(b";")[0].strip().lower() != _JSON:
             return None
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(authorization.decode("latin-1"))
+        if token is None:
             return None
-        container: Container = self.app.state.container
         principal = container.tokens.cached(token)
         if principal is None or not allows(principal.role, Permission.REPORT):
             return None
