@@ -41,6 +41,7 @@ from projections.reasons import statement_of_reasons, violation_fact
 from projections.standing import (
     DecisionRecord,
     StandingState,
+    SuspensionRecord,
     ViolationRecord,
     active_strikes,
     active_suspension,
@@ -603,6 +604,13 @@ def decide_appeal(
         text = f"The appeal is rejected: the {what} stands."
     else:
         text = f"The appeal is granted: the {what} is reversed and its violations are dismissed."
+        restored = _restored_suspension(state, decision, ctx.now)
+        if restored is not None:
+            until = "indefinitely" if restored.until is None else f"until {restored.until}"
+            text += (
+                f" Suspension {restored.suspension_id}, which it had replaced, still holds: "
+                f"the account stays suspended {until}."
+            )
     sor = d.reasons(text, final=True)
     payload = ev.AppealDecided(appeal_id, decision.event_id, outcome, reason, sor)
     decided = d.build(payload, appeal.event_id)
@@ -613,24 +621,46 @@ def decide_appeal(
     return d.events
 
 
+def _restored_suspension(
+    state: StandingState, decision: DecisionRecord, now: datetime
+) -> SuspensionRecord | None:
+    """The suspension that overturning ``decision`` puts back in force: the one the suspension
+    it imposed had replaced, when that is the current suspension and the replaced one still
+    runs at ``now``."""
+    current = active_suspension(state, now)
+    if (
+        decision.type != "AccountSuspended"
+        or state.terminated
+        or current is None
+        or current.suspension_id != decision.target_id
+        or not state.replaced_suspensions
+    ):
+        return None
+    replaced = state.replaced_suspensions[-1]
+    return replaced if replaced.until is None or replaced.until > format_time(now) else None
+
+
 def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewEvent) -> None:
     state, now, cause = d.state, d.ctx.now, decided.event_id
     why = f"appeal {appeal_id} overturned decision {decision.event_id}"
     sor = decided.data["statement_of_reasons"]
     current = active_suspension(state, now)
-    reinstate = (
+    suspension = decision.target_id if decision.type == "AccountSuspended" else None
+    if (
         decision.type == "AccountTerminated"
         and state.terminated
         and state.termination_event_id == decision.event_id
-    ) or (
-        decision.type == "AccountSuspended"
-        and not state.terminated
-        and current is not None
-        and current.suspension_id == decision.target_id
-    )
-    if reinstate:
-        ends = "termination" if decision.type == "AccountTerminated" else "suspension"
-        d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), ends), cause))
+    ):
+        d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "termination"), cause))
+    elif suspension is not None and not state.terminated:
+        if _restored_suspension(state, decision, now) is not None:
+            # Only this suspension ends: the one it replaced is in force again.
+            d.emit(d.build(ev.SuspensionEnded(suspension, ev.SUSPENSION_OVERTURNED), cause))
+        elif current is not None and current.suspension_id == suspension:
+            d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "suspension"), cause))
+        elif any(r.suspension_id == suspension for r in state.replaced_suspensions):
+            # Replaced by another suspension: ended so that it never comes back.
+            d.emit(d.build(ev.SuspensionEnded(suspension, ev.SUSPENSION_OVERTURNED), cause))
     if decision.type == "ThrottleApplied" and any(
         t.throttle_id == decision.target_id for t in active_throttles(state, now)
     ):

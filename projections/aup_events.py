@@ -218,10 +218,15 @@ class AccountSuspended:
     violation_ids: list[str] = field(default_factory=list)
 
 
+SUSPENSION_OVERTURNED = "overturned"
+
+
 @fast_init
 @dataclass(frozen=True, slots=True)
 class SuspensionEnded:
-    """The named suspension ended early."""
+    """The named suspension ended: ``"expired"`` (its ``until`` passed; the account is no longer
+    suspended) or ``SUSPENSION_OVERTURNED`` (an appeal reversed it: only it ends, and a
+    suspension it had replaced that is still running is in force again)."""
 
     suspension_id: str
     reason: str

@@ -36,7 +36,7 @@ Status = Literal[
 ]
 # Bump when the stored shape of ``StandingState`` changes; ``from_json`` then refuses older
 # states and the stored standings must be rebuilt from the log (the log is the truth).
-STATE_SCHEMA = 3  # 3: DecisionRecord.appeal_deadline
+STATE_SCHEMA = 4  # 3: DecisionRecord.appeal_deadline; 4: StandingState.replaced_suspensions
 # Event types that are decisions an appeal may target, and what each one targets.
 DECISION_TYPES = (
     "ThrottleApplied",
@@ -94,7 +94,7 @@ class ThrottleRecord:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class SuspensionRecord:
-    """The latest suspension not ended; in force until ``until`` (None: indefinitely)."""
+    """A suspension not ended; in force until ``until`` (None: indefinitely)."""
 
     suspension_id: str
     event_id: str
@@ -172,7 +172,11 @@ class StandingState:
     terminated: bool = False
     termination_event_id: str | None = None
     adult_content_approved: bool = False
+    # The latest suspension not ended (a new one replaces it), and the ones it replaced while
+    # they were still running, oldest first: an overturned suspension (``SuspensionEnded`` with
+    # reason ``overturned``) gives the account back the one it replaced, not good standing.
     suspension: SuspensionRecord | None = None
+    replaced_suspensions: tuple[SuspensionRecord, ...] = ()
     account_rate_limit: RateLimitRecord | None = None
     violations: dict[str, ViolationRecord] = field(default_factory=dict)
     remediations: dict[str, RemediationRecord] = field(default_factory=dict)
@@ -202,6 +206,7 @@ class StandingState:
             "termination_event_id": self.termination_event_id,
             "adult_content_approved": self.adult_content_approved,
             "suspension": _record_json(self.suspension),
+            "replaced_suspensions": [_record_json(r) for r in self.replaced_suspensions],
             "account_rate_limit": _record_json(self.account_rate_limit),
         }
 
@@ -232,6 +237,9 @@ class StandingState:
             termination_event_id=head["termination_event_id"],
             adult_content_approved=head["adult_content_approved"],
             suspension=_optional_record(SuspensionRecord, head["suspension"]),
+            replaced_suspensions=tuple(
+                _record(SuspensionRecord, r) for r in head["replaced_suspensions"]
+            ),
             account_rate_limit=_optional_record(RateLimitRecord, head["account_rate_limit"]),
         )
         for name, items in tables.items():
@@ -253,6 +261,7 @@ class StandingState:
             termination_event_id=self.termination_event_id,
             adult_content_approved=self.adult_content_approved,
             suspension=self.suspension,
+            replaced_suspensions=self.replaced_suspensions,
             account_rate_limit=self.account_rate_limit,
             violations=Table(self.violations),
             remediations=Table(self.remediations),
@@ -590,20 +599,35 @@ def _on_throttle_lifted(s: StandingState, p: ev.ThrottleLifted, e: FoldEvent) ->
 
 
 def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> None:
-    s.suspension = SuspensionRecord(
-        p.suspension_id, e.event_id, e.occurred_stamp, _time(p.until), p.reason
-    )
+    # What this one replaces, kept while it would still run by its own ``until``.
+    now = e.occurred_stamp
+    replaced = [*s.replaced_suspensions, *([s.suspension] if s.suspension else [])]
+    s.replaced_suspensions = tuple(r for r in replaced if r.until is None or r.until > now)
+    s.suspension = SuspensionRecord(p.suspension_id, e.event_id, now, _time(p.until), p.reason)
     _record_decision(s, e, p.violation_ids, p.suspension_id, p.statement_of_reasons)
 
 
 def _on_suspension_ended(s: StandingState, p: ev.SuspensionEnded, e: FoldEvent) -> None:
-    if s.suspension is not None and s.suspension.suspension_id == p.suspension_id:
+    if p.reason == ev.SUSPENSION_OVERTURNED:
+        # Only that suspension ends: the one it replaced, if any, is in force again.
+        if s.suspension is not None and s.suspension.suspension_id == p.suspension_id:
+            replaced = s.replaced_suspensions
+            s.suspension = replaced[-1] if replaced else None
+            s.replaced_suspensions = replaced[:-1]
+        else:
+            s.replaced_suspensions = tuple(
+                r for r in s.replaced_suspensions if r.suspension_id != p.suspension_id
+            )
+    elif s.suspension is not None and s.suspension.suspension_id == p.suspension_id:
+        # Ran out (or ended otherwise): the account is no longer suspended.
         s.suspension = None
+        s.replaced_suspensions = ()
 
 
 def _on_reinstated(s: StandingState, p: ev.AccountReinstated, e: FoldEvent) -> None:
     if p.ends in ("all", "suspension"):
         s.suspension = None
+        s.replaced_suspensions = ()
     if p.ends in ("all", "termination"):
         s.terminated = False
         s.termination_event_id = None

@@ -130,7 +130,8 @@ def _about_log_tables(difference: object) -> bool:
 def test_0003_splits_whole_state_rows_into_a_head_and_records(empty_url: str) -> None:
     """A standing stored whole (state schema 1, revision 0002) becomes a head row plus one row
     per record at schema 2, which reads back the same state but for the schema number: from
-    schema 3 on (``DecisionRecord.appeal_deadline``) such a row is refolded from the log."""
+    schema 3 on (``DecisionRecord.appeal_deadline``, then ``replaced_suspensions``) such a row
+    is refolded from the log."""
     state = StandingState.empty("acct_old")
     state.version = 3
     state.last_recorded_at = "2026-11-24T10:00:00.000000Z"
@@ -160,8 +161,10 @@ def test_0003_splits_whole_state_rows_into_a_head_and_records(empty_url: str) ->
             head = conn.execute(sa.select(standings.c.state)).scalar_one()
             assert head["schema"] == 2
             assert read_state(conn, "acct_old") is None  # an older schema: refolded, not misread
-            # This state has no decisions, so schema 3 reads it as is.
-            conn.execute(standings.update().values(state={**head, "schema": STATE_SCHEMA}))
+            # This state has no decisions and no suspension, so the current schema reads it as
+            # is once it has the head's newer key (schema 4: ``replaced_suspensions``).
+            current = {**head, "schema": STATE_SCHEMA, "replaced_suspensions": []}
+            conn.execute(standings.update().values(state=current))
             converted = read_state(conn, "acct_old")
     finally:
         engine.dispose()

@@ -527,6 +527,60 @@ def test_an_overturned_appeal_reverses_a_termination(system: Container, clock: F
     assert_account_consistent(system, "acct_ap")
 
 
+def suspension_of(outcome: Outcome) -> str:
+    return str(
+        next(e for e in outcome.events if e.type == "AccountSuspended").data["suspension_id"]
+    )
+
+
+def test_an_overturned_suspension_gives_back_the_one_it_replaced(
+    system: Container, clock: FakeClock
+) -> None:
+    """POLICY.md: "a longer suspension replaces a shorter one", and an overturned decision is
+    reversed. Reversing the longer one leaves the shorter one, which no appeal touched, running
+    to its own end: the account is not reinstated."""
+    service = system.service
+    first = report(system, "acct_two", "phishing")  # high, first: 7 days
+    first_until = first.standing.suspension.until if first.standing.suspension else None
+    assert first_until == clock() + 7 * DAY
+    clock.advance(DAY)
+    second = report(system, "acct_two", "phishing")  # high again: indefinitely
+    assert second.standing.suspension is not None and second.standing.suspension.until is None
+    filed = service.file_appeal(
+        "acct_two", decision(second, "AccountSuspended"), "not us", OPERATOR
+    )
+    clock.advance(DAY)
+    decided = service.decide_appeal(
+        "acct_two", filed.events[0].data["appeal_id"], "overturned", "shared key", OPERATOR
+    )
+    assert types_of(decided.events) == [
+        "AppealDecided",
+        "SuspensionEnded",
+        "ViolationDismissed",
+        "NoticeIssued",
+    ]
+    assert decided.events[1].data == {
+        "suspension_id": suspension_of(second),
+        "reason": "overturned",
+    }
+    reasons = decided.events[0].data["statement_of_reasons"]["decision"]
+    assert f"stays suspended until {first_until:%Y-%m-%dT%H:%M:%S}" in reasons
+    standing = service.standing("acct_two")
+    assert standing.status == "suspended"
+    assert standing.suspension is not None
+    assert standing.suspension.suspension_id == suspension_of(first)
+    assert standing.suspension.until == first_until
+    assert standing.strikes == 1
+    assert_account_consistent(system, "acct_two")
+
+    clock.set(first_until)
+    assert service.standing("acct_two").status != "suspended"
+    ended = service.end_suspension("acct_two", standing.suspension.suspension_id, OPERATOR)
+    assert types_of(ended.events) == ["SuspensionEnded"]
+    assert ended.events[0].data["reason"] == "expired"
+    assert_account_consistent(system, "acct_two")
+
+
 def test_an_overturned_appeal_lifts_a_throttle_and_its_strike(
     system: Container, clock: FakeClock
 ) -> None:

@@ -741,7 +741,14 @@ def test_overturning_a_superseded_suspension_does_not_reinstate() -> None:
     account.given(ev.AccountSuspended("sus_operator", None, "operator", SOR), later)
     appeal_id = _file(account, first, later)
     decided = decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(later))
-    assert types(decided) == ["AppealDecided", "ViolationDismissed", "NoticeIssued"]
+    # Not a reinstatement: the superseded suspension ends, so that it never comes back.
+    assert types(decided) == [
+        "AppealDecided",
+        "SuspensionEnded",
+        "ViolationDismissed",
+        "NoticeIssued",
+    ]
+    assert decided[1].data["reason"] == "overturned"
 
 
 def test_deciding_an_unknown_appeal_or_with_an_unknown_outcome() -> None:

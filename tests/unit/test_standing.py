@@ -252,6 +252,55 @@ def test_termination_and_reinstatement() -> None:
     assert standing_of(reinstated, t(2)).terminated is False
 
 
+def _suspension(steps: Sequence[tuple[Any, datetime]], as_of: datetime) -> str | None:
+    s = standing_of(steps, as_of).suspension
+    return None if s is None else s.suspension_id
+
+
+def test_an_overturned_suspension_gives_back_the_one_it_replaced_while_it_runs() -> None:
+    short = (ev.AccountSuspended("sus_7d", ts(7), "high_severity_first", SOR), t())
+    long = (ev.AccountSuspended("sus_ind", None, "high_severity_repeat", SOR), t(1))
+    overturned = (ev.SuspensionEnded("sus_ind", "overturned"), t(2))
+    assert _suspension([short, long], t(3)) == "sus_ind"
+    assert _suspension([short, long, overturned], t(3)) == "sus_7d"
+    assert standing_of([short, long, overturned], t(3)).status == "suspended"
+    assert _suspension([short, long, overturned], t(7)) is None  # ran out by its own until
+    state = apply_all(StandingState.empty("acct_1"), records([short, long, overturned]))
+    assert state.replaced_suspensions == ()
+    # One that had already run out when it was replaced is not kept.
+    late = (ev.AccountSuspended("sus_ind", None, "high_severity_repeat", SOR), t(8))
+    state = apply_all(StandingState.empty("acct_1"), records([short, late]))
+    assert state.replaced_suspensions == ()
+
+
+def test_an_overturned_replaced_suspension_never_comes_back() -> None:
+    short = (ev.AccountSuspended("sus_7d", ts(7), "r", SOR), t())
+    long = (ev.AccountSuspended("sus_ind", None, "r", SOR), t(1))
+    steps = [short, long, (ev.SuspensionEnded("sus_7d", "overturned"), t(2))]
+    assert _suspension(steps, t(3)) == "sus_ind"
+    assert _suspension([*steps, (ev.SuspensionEnded("sus_ind", "overturned"), t(3))], t(3)) is None
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        ev.SuspensionEnded("sus_1d", "expired"),
+        ev.AccountReinstated("operator", SOR, "suspension"),
+        ev.AccountReinstated("operator", SOR, "all"),
+    ],
+)
+def test_a_suspension_that_runs_out_or_a_reinstatement_ends_every_suspension(ending: Any) -> None:
+    """As before replaced suspensions were kept: an operator's shorter suspension that replaced
+    a longer one frees the account when it ends, so older logs keep their meaning."""
+    steps = [
+        (ev.AccountSuspended("sus_30d", ts(30), "minor_third_strike", SOR), t()),
+        (ev.AccountSuspended("sus_1d", ts(2), "operator", SOR), t(1)),
+        (ending, t(2)),
+    ]
+    assert _suspension(steps, t(3)) is None
+    assert apply_all(StandingState.empty("acct_1"), records(steps)).replaced_suspensions == ()
+
+
 @pytest.mark.parametrize(
     ("present", "status"),
     [
@@ -424,7 +473,7 @@ PAYLOADS = st.one_of(
     ),
     st.builds(ev.ThrottleLifted, _pool("thr"), _text),
     st.builds(ev.AccountSuspended, _pool("sus"), _maybe_time, _text, _sor, _vio_ids),
-    st.builds(ev.SuspensionEnded, _pool("sus"), _text),
+    st.builds(ev.SuspensionEnded, _pool("sus"), st.sampled_from(["expired", "overturned"]) | _text),
     st.builds(ev.AccountReinstated, _text, st.none() | _sor),
     st.builds(ev.AccountTerminated, _text, _sor, _vio_ids),
     st.builds(ev.AuthorityReferralOpened, _pool("ref"), _vio_ids, st.just("csam"), _sor),
