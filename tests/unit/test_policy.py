@@ -331,6 +331,12 @@ LADDER = {
         expect=("ViolationReported", "ThrottleApplied", "NoticeIssued"),
         kinds=("throttle",),
     ),
+    "sustained abuse reported as critical is still its throttle": Row(
+        "sustained_abuse",
+        severity="critical",
+        expect=("ViolationReported", "ThrottleApplied", "NoticeIssued"),
+        kinds=("throttle",),
+    ),
     "a terminated account gets the violation recorded and nothing else": Row(
         "csam", given=("terminated",), expect=("ViolationReported",)
     ),
