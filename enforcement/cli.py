@@ -87,6 +87,24 @@ def init() -> None:
         f"Schema at revision [bold]{current_revision(settings.database_url)}[/] on "
         f"{_redacted(settings.database_url)}"
     )
+    older = _older_standings(settings.database_url)
+    if older:
+        console.print(
+            f"{older} stored standing(s) are of an earlier release's shape: each is folded from "
+            "its log when read until rewritten. Run [bold]enforcement replay[/] to rebuild them."
+        )
+
+
+def _older_standings(url: str) -> int:
+    from events.dialects import create_engine
+    from projections.stored import count_older_states
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return count_older_states(conn)
+    finally:
+        engine.dispose()
 
 
 def _redacted(url: str) -> str:

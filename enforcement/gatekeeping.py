@@ -115,7 +115,7 @@ GATE_TABLES = ("throttles", "key_rate_limits")
 def seed_gate(gate: Gate, store: EventStore, now: datetime, page_size: int = 500) -> int:
     """Apply every stored standing to the gate (start-up of an in-process gate)."""
     count = 0
-    for state in iter_stored_states(store.engine, page_size, kinds=GATE_TABLES):
+    for state in iter_stored_states(store, page_size, kinds=GATE_TABLES):
         apply_state(gate, state, now, reconcile=True)
         count += 1
     return count

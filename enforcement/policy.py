@@ -572,9 +572,12 @@ def decide_appeal(
 ) -> list[NewEvent]:
     """``AppealDecided`` and, when ``overturned``, the reversal of the decision, then a notice.
 
-    Reversal: a termination or a suspension still in force is ended by ``AccountReinstated``, a
-    throttle still in force by ``ThrottleLifted``; the violations behind the decision are
-    dismissed so their strikes no longer count (which also closes its remediation).
+    Reversal: a termination is ended by ``AccountReinstated``; a suspension still in force by
+    ``AccountReinstated`` too when that leaves the account unsuspended, else (it had replaced one
+    that still runs, or the account is terminated) by ``SuspensionEnded`` "overturned", which
+    ends it alone, as it ends a replaced one; a throttle still in force by ``ThrottleLifted``.
+    The violations behind the decision are dismissed so their strikes no longer count (which
+    also closes its remediation).
     ``upheld`` changes nothing else. ``NotFound`` for an unknown appeal, ``InvalidTransition``
     for one already decided.
     """
@@ -605,7 +608,7 @@ def decide_appeal(
     else:
         text = f"The appeal is granted: the {what} is reversed and its violations are dismissed."
         restored = _restored_suspension(state, decision, ctx.now)
-        if restored is not None:
+        if restored is not None and not state.terminated:
             until = "indefinitely" if restored.until is None else f"until {restored.until}"
             text += (
                 f" Suspension {restored.suspension_id}, which it had replaced, still holds: "
@@ -630,7 +633,6 @@ def _restored_suspension(
     current = active_suspension(state, now)
     if (
         decision.type != "AccountSuspended"
-        or state.terminated
         or current is None
         or current.suspension_id != decision.target_id
         or not state.replaced_suspensions
@@ -652,14 +654,14 @@ def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewE
         and state.termination_event_id == decision.event_id
     ):
         d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "termination"), cause))
-    elif suspension is not None and not state.terminated:
-        if _restored_suspension(state, decision, now) is not None:
-            # Only this suspension ends: the one it replaced is in force again.
-            d.emit(d.build(ev.SuspensionEnded(suspension, ev.SUSPENSION_OVERTURNED), cause))
-        elif current is not None and current.suspension_id == suspension:
+    elif suspension is not None:
+        in_force = current is not None and current.suspension_id == suspension
+        if in_force and not state.terminated and _restored_suspension(state, decision, now) is None:
             d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "suspension"), cause))
-        elif any(r.suspension_id == suspension for r in state.replaced_suspensions):
-            # Replaced by another suspension: ended so that it never comes back.
+        elif in_force or any(r.suspension_id == suspension for r in state.replaced_suspensions):
+            # Only this suspension ends: one it had replaced that still runs is in force again
+            # (on a terminated account, once the termination is reversed); a replaced one is
+            # ended so that it never comes back.
             d.emit(d.build(ev.SuspensionEnded(suspension, ev.SUSPENSION_OVERTURNED), cause))
     if decision.type == "ThrottleApplied" and any(
         t.throttle_id == decision.target_id for t in active_throttles(state, now)

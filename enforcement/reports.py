@@ -32,6 +32,7 @@ from events import EventStore, RecordedEvent
 from events.schema import events
 from events.store import row_to_event
 from events.timefmt import format_time, to_utc
+from projections.aup_events import SUSPENSION_OVERTURNED
 
 # Decision events by the kind a report shows, mildest restriction first.
 DECISION_KINDS: dict[str, str] = {
@@ -43,9 +44,11 @@ DECISION_KINDS: dict[str, str] = {
     "ViolationDismissed": "violation dismissed",
     "ThrottleLifted": "throttle lifted",
     "AccountReinstated": "reinstatement",
+    # Only with reason "overturned" (a suspension reversed alone); one that ran out is no decision.
+    "SuspensionEnded": "suspension overturned",
 }
 # Decisions that answer a violation (the first one ends its "time to decision").
-_ANSWERS = frozenset(DECISION_KINDS) - {"ThrottleLifted", "AccountReinstated"}
+_ANSWERS = frozenset(DECISION_KINDS) - {"ThrottleLifted", "AccountReinstated", "SuspensionEnded"}
 _COUNTED = frozenset({"ViolationReported", "AppealFiled", "AppealDecided", *DECISION_KINDS})
 _PAGE = 2000
 
@@ -108,7 +111,7 @@ def transparency_report(store: EventStore, since: datetime, until: datetime) -> 
         elif event.type == "AppealDecided":
             report.appeal_outcomes[event.data["outcome"]] += 1
             open_appeals.discard((event.account_id, event.data["appeal_id"]))
-        else:
+        elif event.type != "SuspensionEnded" or event.data["reason"] == SUSPENSION_OVERTURNED:
             kind = DECISION_KINDS[event.type]
             automated = event.metadata.get("actor") == "policy"
             (report.decisions_automated if automated else report.decisions_by_operator)[kind] += 1

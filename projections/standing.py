@@ -599,11 +599,21 @@ def _on_throttle_lifted(s: StandingState, p: ev.ThrottleLifted, e: FoldEvent) ->
 
 
 def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> None:
-    # What this one replaces, kept while it would still run by its own ``until``.
-    now = e.occurred_stamp
-    replaced = [*s.replaced_suspensions, *([s.suspension] if s.suspension else [])]
-    s.replaced_suspensions = tuple(r for r in replaced if r.until is None or r.until > now)
-    s.suspension = SuspensionRecord(p.suspension_id, e.event_id, now, _time(p.until), p.reason)
+    # What this one replaces, kept only while it would still run after this one (so that an
+    # overturn never lengthens a suspension) and never when the current one had run out (that
+    # ended every suspension it had replaced, swept or not).
+    now, until, current = e.occurred_stamp, _time(p.until), s.suspension
+    if current is not None and current.until is not None and current.until <= now:
+        replaced: tuple[SuspensionRecord, ...] = ()
+    else:
+        replaced = (*s.replaced_suspensions, *((current,) if current else ()))
+    s.replaced_suspensions = tuple(
+        r
+        for r in replaced
+        if (r.until is None or r.until > now)
+        and (until is None or (r.until is not None and r.until < until))
+    )
+    s.suspension = SuspensionRecord(p.suspension_id, e.event_id, now, until, p.reason)
     _record_decision(s, e, p.violation_ids, p.suspension_id, p.statement_of_reasons)
 
 
@@ -656,6 +666,11 @@ def _on_appeal_decided(s: StandingState, p: ev.AppealDecided, e: FoldEvent) -> N
     if d is not None:
         overturned = d.overturned or p.outcome == "overturned"
         s.decisions[d.event_id] = _with(d, open_appeal_id=None, overturned=overturned)
+        if overturned:  # an overturned suspension never comes back (logs before SuspensionEnded
+            # "overturned" recorded nothing for one that was replaced)
+            s.replaced_suspensions = tuple(
+                r for r in s.replaced_suspensions if r.event_id != d.event_id
+            )
 
 
 def _on_adult_approval(s: StandingState, p: ev.AdultContentApprovalChanged, e: FoldEvent) -> None:

@@ -295,19 +295,33 @@ def read_states(
 
 
 def iter_stored_states(
-    engine: sa.Engine, page_size: int = 500, kinds: Sequence[str] | None = None
+    store: EventStore, page_size: int = 500, kinds: Sequence[str] | None = None
 ) -> Iterable[StandingState]:
-    """Every stored state of the current schema, in account order, a page at a time
-    (``kinds`` as in ``read_states``)."""
+    """The state of every account with a stored standing, in account order, a page at a time
+    (``kinds`` as in ``read_states``). A row of another state schema (stored by an earlier
+    release, until its next write or ``enforcement replay``) is not skipped: that account is
+    folded from its log (whole, whatever ``kinds`` says)."""
     after = ""
     while True:
-        with engine.connect() as conn:
+        with store.engine.connect() as conn:
             rows = conn.execute(_HEADS_PAGE, {"after": after, "limit": page_size}).all()
             states = _with_records(conn, _current(rows), kinds)
-        yield from states.values()
+            for account_id, _ in rows:
+                if account_id not in states:
+                    log = store.read_stream(account_id, conn=conn)
+                    states[account_id] = apply_all(StandingState.empty(account_id), log)
+        yield from (states[account_id] for account_id, _ in rows)
         if len(rows) < page_size:
             return
         after = rows[-1][0]
+
+
+def count_older_states(conn: Connection) -> int:
+    """How many stored standings are of another state schema than ``STATE_SCHEMA`` (stored by
+    an earlier release): each is folded from its log when read, until rewritten."""
+    schema = standings.c.state["schema"].as_integer()
+    query = sa.select(sa.func.count()).where(sa.or_(schema.is_(None), schema != STATE_SCHEMA))
+    return int(conn.execute(query.select_from(standings)).scalar_one())
 
 
 def _current(heads: Iterable[Any]) -> dict[str, Any]:
@@ -658,6 +672,7 @@ __all__ = [
     "StandingRepository",
     "StoredRows",
     "changed_records",
+    "count_older_states",
     "delete_all",
     "iter_stored_states",
     "loads_json",

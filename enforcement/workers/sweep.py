@@ -34,7 +34,7 @@ def sweep_once(service: EnforcementService, page_size: int = 500) -> int:
     now_text = format_time(to_utc(service.clock()))
     ran = 0
     # Deadlines live in the head (the suspension) and the remediations: read no other table.
-    for state in iter_stored_states(service.store.engine, page_size, kinds=("remediations",)):
+    for state in iter_stored_states(service.store, page_size, kinds=("remediations",)):
         account_id = state.account_id
         for kind, ident in due_deadlines(state, now_text):
             try:

@@ -355,6 +355,29 @@ def standing_rows(populated: Populated) -> list[tuple[str, int, Any]]:
         return [(r.account_id, r.version, r.state) for r in rows]
 
 
+def test_init_names_the_standings_an_earlier_release_stored(
+    populated: Populated, invoke: Any
+) -> None:
+    quiet = invoke(populated.url, "init")
+    with populated.container.engine.begin() as conn:
+        head = conn.execute(
+            sa.select(standings.c.state).where(standings.c.account_id == "acct_a")
+        ).scalar_one()
+        older = {**head, "schema": head["schema"] - 1}
+        conn.execute(
+            standings.update().where(standings.c.account_id == "acct_a").values(state=older)
+        )
+    named = invoke(populated.url, "init")
+    invoke(populated.url, "replay")
+    after_replay = invoke(populated.url, "init")
+
+    assert quiet.exit_code == named.exit_code == after_replay.exit_code == 0, named.output
+    assert "replay" not in quiet.stdout
+    assert "1 stored standing(s) are of an earlier release's shape" in named.stdout
+    assert "enforcement replay" in named.stdout
+    assert "replay" not in after_replay.stdout
+
+
 def test_replay_rebuilds_the_stored_standings(populated: Populated, invoke: Any) -> None:
     before = standing_rows(populated)
     with populated.container.engine.begin() as conn:

@@ -123,6 +123,29 @@ def period() -> list[str]:
     return ["--since", format_time(START), "--until", format_time(END)]
 
 
+def test_an_overturn_that_gives_back_a_replaced_suspension_counts(system: Container) -> None:
+    """Reversed by ``SuspensionEnded`` "overturned" (the 7-day suspension it had replaced still
+    runs), not by a reinstatement: still a decision of the operator's in the report."""
+    clock = system.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(HOUR)  # after the stories' last event
+    since = clock()
+    report(system, "acct_d", "phishing", HOUR, "high")  # 7 days
+    clock.advance(HOUR)
+    report(system, "acct_d", "phishing", HOUR, "high")  # indefinitely, replacing it
+    longer = system.store.read_stream("acct_d")[-2]
+    assert longer.type == "AccountSuspended" and longer.data["until"] is None
+    appeal = system.service.file_appeal("acct_d", longer.event_id, "not us", OPERATOR)
+    system.service.decide_appeal(
+        "acct_d", appeal.events[0].data["appeal_id"], "overturned", "misread", OPERATOR
+    )
+    result = transparency_report(system.store, since, clock())
+    assert result.decisions_by_operator == Counter(
+        {"suspension overturned": 1, "violation dismissed": 1}
+    )
+    assert result.decisions_automated == Counter({"suspension": 2})
+
+
 def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_path: Path) -> None:
     chart = tmp_path / "report.png"
 

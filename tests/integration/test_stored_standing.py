@@ -26,6 +26,7 @@ from enforcement.gate import EmbeddedGate
 from enforcement.gatekeeping import GateApplier, seed_gate
 from enforcement.policy import ViolationReport
 from enforcement.service import Fact
+from enforcement.workers.sweep import sweep_once
 from events import ConcurrencyError, StreamHead
 from events import store as store_module
 from projections import aup_events as ev
@@ -460,6 +461,44 @@ def test_a_gate_seeded_from_the_stored_standings_enforces_them(
     assert gate.check("acct_sus", "key_1").reason == "suspended"
     thr = [gate.check("acct_thr", "key_1").allowed for _ in range(3)]
     assert thr == [True, True, False]  # 10 per minute x 0.2
+
+
+def _as_an_earlier_release_stored_it(system: Container, account: str) -> None:
+    with system.engine.begin() as conn:
+        head = conn.execute(
+            sa.select(standings.c.state).where(standings.c.account_id == account)
+        ).scalar_one()
+        older = {**head, "schema": head["schema"] - 1}
+        conn.execute(
+            standings.update().where(standings.c.account_id == account).values(state=older)
+        )
+    with system.engine.connect() as conn:
+        assert stored.read_states(conn, [account]) == {}  # skipped as of another schema
+
+
+def test_the_gate_and_the_sweep_see_accounts_whose_rows_an_earlier_release_stored(
+    system: Container, clock: FakeClock
+) -> None:
+    """After an upgrade that changed the state schema, rows are refolded on their next write or
+    by ``enforcement replay``; until then the gate's seeding and the deadline sweep fold those
+    accounts from their logs rather than skip them (a suspended account must stay refused)."""
+    service = system.service
+    service.operator("acct_sus", ops.Suspend("abuse"), OPERATOR)
+    report(system, "acct_due")  # a remediation due in 7 days
+    for account in ("acct_sus", "acct_due"):
+        _as_an_earlier_release_stored_it(system, account)
+    now = clock()
+    gate = EmbeddedGate(clock=lambda: now.timestamp())
+    assert seed_gate(gate, system.store, now) == 2
+    assert gate.check("acct_sus", "key_1").reason == "suspended"
+
+    clock.advance(timedelta(days=8))
+    assert sweep_once(service) == 1
+    assert [e.type for e in system.store.read_stream("acct_due")][-3:] == [
+        "RemediationExpired",
+        "AccountSuspended",
+        "NoticeIssued",
+    ]
 
 
 @pytest.mark.parametrize("how", ["operator", "appeal"])

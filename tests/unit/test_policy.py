@@ -36,7 +36,7 @@ from enforcement.policy import (
 from events import NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time
 from projections import aup_events as ev
-from projections.standing import StandingState, apply_all, view
+from projections.standing import StandingState, active_suspension, apply_all, view
 
 P = DEFAULT_POLICY
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -755,6 +755,109 @@ def test_overturning_a_superseded_suspension_does_not_reinstate() -> None:
         "NoticeIssued",
     ]
     assert decided[1].data["reason"] == "overturned"
+
+
+# --- overturned suspensions and the ones they replaced (POLICY.md: "a longer suspension
+# replaces a shorter one"; overturned "reverses the decision") ----------------------------------
+
+DAY = timedelta(days=1)
+
+
+def _in_force(account: Account, at: datetime) -> str | None:
+    s = active_suspension(account.state, at)
+    return None if s is None else s.suspension_id
+
+
+def _overturn(account: Account, decision: NewEvent, at: datetime) -> list[NewEvent]:
+    appeal_id = _file(account, decision, at)
+    decided = decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(at, "op"))
+    account.record(decided, at)
+    return decided
+
+
+def _operator_suspends(account: Account, until: datetime, at: datetime) -> NewEvent:
+    decided = ops.decide(P, account.state, ops.Suspend("op", until=until), account.ctx(at, "op"))
+    account.record(decided, at)
+    return of_type(decided, "AccountSuspended")
+
+
+def _sid(decision: NewEvent) -> str:
+    return str(decision.data["suspension_id"])
+
+
+def _replaced_by_a_longer() -> tuple[Account, NewEvent, NewEvent]:
+    """High twice: a 7-day suspension, then an indefinite one replacing it a day later."""
+    account = Account()
+    first = of_type(account.report("phishing", NOW), "AccountSuspended")
+    second = of_type(account.report("phishing", NOW + DAY), "AccountSuspended")
+    return account, first, second
+
+
+def test_an_appeal_recorded_before_replaced_suspensions_were_kept_still_counts() -> None:
+    """A log from before: overturning a replaced suspension recorded no ``SuspensionEnded``.
+    Overturning the one that replaced it must not bring it back."""
+    account, first, second = _replaced_by_a_longer()
+    appeal_id = _file(account, first, NOW + 2 * DAY)
+    decided = decide_appeal(
+        P, account.state, appeal_id, "overturned", "r", account.ctx(NOW + 2 * DAY)
+    )
+    account.record([e for e in decided if e.type != "SuspensionEnded"], NOW + 2 * DAY)
+
+    assert types(_overturn(account, second, NOW + 3 * DAY))[:2] == [
+        "AppealDecided",
+        "AccountReinstated",
+    ]
+    assert _in_force(account, NOW + 3 * DAY) is None
+
+
+def test_a_suspension_overturned_on_a_terminated_account_stays_reversed() -> None:
+    account, first, second = _replaced_by_a_longer()
+    termination = of_type(account.report("csam", NOW + 2 * DAY), "AccountTerminated")
+    assert "SuspensionEnded" in types(_overturn(account, second, NOW + 3 * DAY))
+    assert "SuspensionEnded" in types(_overturn(account, first, NOW + 3 * DAY))
+    _overturn(account, termination, NOW + 4 * DAY)
+    # Neither suspension survives its own reversal, whatever happened in between.
+    assert _in_force(account, NOW + 4 * DAY) is None
+
+
+def test_overturning_a_suspension_on_a_terminated_account_gives_back_the_one_it_replaced() -> None:
+    account, first, second = _replaced_by_a_longer()
+    termination = of_type(account.report("csam", NOW + 2 * DAY), "AccountTerminated")
+    decided = _overturn(account, second, NOW + 3 * DAY)
+    assert "stays suspended" not in decided[0].data["statement_of_reasons"]["decision"]
+    _overturn(account, termination, NOW + 4 * DAY)
+    assert _in_force(account, NOW + 4 * DAY) == _sid(first)
+    assert _in_force(account, NOW + 7 * DAY) is None
+
+
+def test_winning_an_appeal_never_lengthens_a_suspension() -> None:
+    """An operator's shorter suspension replaced a longer one: left alone it frees the account
+    when it ends, so overturning it must not bring the longer one back."""
+    account = Account()
+    for n in range(2):
+        account.strike(f"vio_prior_{n}", NOW - DAY)
+    thirty = of_type(account.report("spam", NOW), "AccountSuspended")  # third minor: 30 days
+    assert thirty.data["until"] is not None
+    shorter = _operator_suspends(account, NOW + 2 * DAY, NOW + DAY)
+    decided = _overturn(account, shorter, NOW + DAY + DAY / 2)
+    assert "AccountReinstated" in types(decided)
+    assert _in_force(account, NOW + 3 * DAY) is None
+
+
+@pytest.mark.parametrize("swept", [True, False])
+def test_a_suspension_that_ran_out_ended_those_it_replaced_swept_or_not(swept: bool) -> None:
+    account = Account()
+    account.strike("vio_prior", NOW - DAY)
+    account.report("phishing", NOW)  # high with a prior strike: indefinitely
+    one_day = _operator_suspends(account, NOW + 2 * DAY, NOW + DAY)
+    later = NOW + 3 * DAY  # the operator's suspension ran out at day 2: the account is free
+    assert _in_force(account, later) is None
+    if swept:
+        ended = ops.decide_suspension_ended(P, account.state, _sid(one_day), account.ctx(later))
+        account.record(ended, later)
+    week = _operator_suspends(account, later + 7 * DAY, later)
+    assert "AccountReinstated" in types(_overturn(account, week, later + DAY))
+    assert _in_force(account, later + DAY) is None
 
 
 def test_deciding_an_unknown_appeal_or_with_an_unknown_outcome() -> None:
