@@ -89,10 +89,13 @@ def init() -> None:
     )
     older = _older_standings(settings.database_url)
     if older:
+        # Until rewritten, each would be folded from its log on every read of all rows (the
+        # gate's seeding, the deadline sweep): rebuild them now, once per such release.
         console.print(
-            f"{older} stored standing(s) are of an earlier release's shape: each is folded from "
-            "its log when read until rewritten. Run [bold]enforcement replay[/] to rebuild them."
+            f"{older} stored standing(s) are of an earlier release's shape: rebuilding the "
+            "standings from the log."
         )
+        _rebuild_standings(account=None, jobs=0)
 
 
 def _older_standings(url: str) -> int:
@@ -259,6 +262,10 @@ def replay(
     ] = 0,
 ) -> None:
     """Rebuild the stored projections from the log, with a progress bar and events/s."""
+    _rebuild_standings(account, jobs)
+
+
+def _rebuild_standings(account: str | None, jobs: int) -> None:
     from enforcement.progress import progress_bar
     from projections.runner import rebuild_standings
 

@@ -658,10 +658,13 @@ def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewE
         in_force = current is not None and current.suspension_id == suspension
         if in_force and not state.terminated and _restored_suspension(state, decision, now) is None:
             d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "suspension"), cause))
-        elif in_force or any(r.suspension_id == suspension for r in state.replaced_suspensions):
+        elif in_force or any(
+            r.suspension_id == suspension and (r.until is None or r.until > format_time(now))
+            for r in state.replaced_suspensions
+        ):
             # Only this suspension ends: one it had replaced that still runs is in force again
-            # (on a terminated account, once the termination is reversed); a replaced one is
-            # ended so that it never comes back.
+            # (on a terminated account, once the termination is reversed); a replaced one that
+            # still runs is ended so that it never comes back (one that ran out ended already).
             d.emit(d.build(ev.SuspensionEnded(suspension, ev.SUSPENSION_OVERTURNED), cause))
     if decision.type == "ThrottleApplied" and any(
         t.throttle_id == decision.target_id for t in active_throttles(state, now)

@@ -612,9 +612,18 @@ def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> Non
         for r in replaced
         if (r.until is None or r.until > now)
         and (until is None or (r.until is not None and r.until < until))
+        and not _overturned(s, r)
     )
     s.suspension = SuspensionRecord(p.suspension_id, e.event_id, now, until, p.reason)
     _record_decision(s, e, p.violation_ids, p.suspension_id, p.statement_of_reasons)
+
+
+def _overturned(s: StandingState, r: SuspensionRecord) -> bool:
+    """Whether an appeal overturned the decision that imposed ``r`` (logs from before
+    ``SuspensionEnded`` "overturned" may have recorded no end of it: on a terminated account
+    such a reversal recorded nothing, and the suspension stayed current)."""
+    d = s.decisions.get(r.event_id)
+    return d is not None and d.overturned
 
 
 def _on_suspension_ended(s: StandingState, p: ev.SuspensionEnded, e: FoldEvent) -> None:

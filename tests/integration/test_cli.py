@@ -355,9 +355,10 @@ def standing_rows(populated: Populated) -> list[tuple[str, int, Any]]:
         return [(r.account_id, r.version, r.state) for r in rows]
 
 
-def test_init_names_the_standings_an_earlier_release_stored(
+def test_init_rebuilds_the_standings_an_earlier_release_stored(
     populated: Populated, invoke: Any
 ) -> None:
+    before = standing_rows(populated)
     quiet = invoke(populated.url, "init")
     with populated.container.engine.begin() as conn:
         head = conn.execute(
@@ -367,15 +368,15 @@ def test_init_names_the_standings_an_earlier_release_stored(
         conn.execute(
             standings.update().where(standings.c.account_id == "acct_a").values(state=older)
         )
-    named = invoke(populated.url, "init")
-    invoke(populated.url, "replay")
-    after_replay = invoke(populated.url, "init")
+    rebuilt = invoke(populated.url, "init")
+    again = invoke(populated.url, "init")
 
-    assert quiet.exit_code == named.exit_code == after_replay.exit_code == 0, named.output
-    assert "replay" not in quiet.stdout
-    assert "1 stored standing(s) are of an earlier release's shape" in named.stdout
-    assert "enforcement replay" in named.stdout
-    assert "replay" not in after_replay.stdout
+    assert quiet.exit_code == rebuilt.exit_code == again.exit_code == 0, rebuilt.output
+    assert "rebuilding" not in quiet.stdout
+    assert "1 stored standing(s) are of an earlier release's shape" in rebuilt.stdout
+    assert "Rebuilt 3 standing(s)" in rebuilt.stdout
+    assert standing_rows(populated) == before
+    assert "rebuilding" not in again.stdout
 
 
 def test_replay_rebuilds_the_stored_standings(populated: Populated, invoke: Any) -> None:

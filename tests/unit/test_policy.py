@@ -820,6 +820,40 @@ def test_a_suspension_overturned_on_a_terminated_account_stays_reversed() -> Non
     assert _in_force(account, NOW + 4 * DAY) is None
 
 
+def test_a_suspension_overturned_before_it_was_replaced_never_comes_back() -> None:
+    """A log from before: overturning the current suspension of a terminated account recorded
+    nothing but ``AppealDecided``, and that suspension stayed current after the termination's
+    reversal. A later one that replaces it must not keep it to give back."""
+    account = Account()
+    for n in range(2):
+        account.strike(f"vio_prior_{n}", NOW - DAY)
+    thirty = of_type(account.report("spam", NOW), "AccountSuspended")  # third minor: 30 days
+    termination = of_type(account.report("csam", NOW + DAY), "AccountTerminated")
+    appeal_id = _file(account, thirty, NOW + 2 * DAY)
+    decided = decide_appeal(
+        P, account.state, appeal_id, "overturned", "r", account.ctx(NOW + 2 * DAY)
+    )
+    account.record([e for e in decided if e.type != "SuspensionEnded"], NOW + 2 * DAY)
+    _overturn(account, termination, NOW + 3 * DAY)
+    later = of_type(account.report("phishing", NOW + 4 * DAY), "AccountSuspended")
+
+    assert account.state.replaced_suspensions == ()
+    assert "AccountReinstated" in types(_overturn(account, later, NOW + 5 * DAY))
+    assert _in_force(account, NOW + 5 * DAY) is None
+
+
+def test_overturning_a_replaced_suspension_that_ran_out_records_no_end() -> None:
+    """It ended already (the standing is the same either way): nothing to reverse, whether or
+    not the sweep recorded the end of the one that replaced it."""
+    account = Account()
+    week = of_type(account.report("phishing", NOW), "AccountSuspended")  # 7 days
+    _operator_suspends(account, NOW + 60 * DAY, NOW + DAY)  # outlasts it: keeps it
+    assert [r.suspension_id for r in account.state.replaced_suspensions] == [_sid(week)]
+    decided = _overturn(account, week, NOW + 8 * DAY)
+    assert types(decided) == ["AppealDecided", "ViolationDismissed", "NoticeIssued"]
+    assert _in_force(account, NOW + 8 * DAY) is not None  # the operator's
+
+
 def test_overturning_a_suspension_on_a_terminated_account_gives_back_the_one_it_replaced() -> None:
     account, first, second = _replaced_by_a_longer()
     termination = of_type(account.report("csam", NOW + 2 * DAY), "AccountTerminated")
