@@ -675,8 +675,9 @@ def _on_appeal_decided(s: StandingState, p: ev.AppealDecided, e: FoldEvent) -> N
     if d is not None:
         overturned = d.overturned or p.outcome == "overturned"
         s.decisions[d.event_id] = _with(d, open_appeal_id=None, overturned=overturned)
-        if overturned:  # an overturned suspension never comes back (logs before SuspensionEnded
-            # "overturned" recorded nothing for one that was replaced)
+        if overturned:
+            # An overturned suspension never comes back (logs from before SuspensionEnded
+            # "overturned" recorded nothing for one that was replaced).
             s.replaced_suspensions = tuple(
                 r for r in s.replaced_suspensions if r.event_id != d.event_id
             )

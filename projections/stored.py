@@ -299,8 +299,8 @@ def iter_stored_states(
 ) -> Iterable[StandingState]:
     """The state of every account with a stored standing, in account order, a page at a time
     (``kinds`` as in ``read_states``). A row of another state schema (stored by an earlier
-    release, until its next write or ``enforcement replay``) is not skipped: that account is
-    folded from its log (whole, whatever ``kinds`` says)."""
+    release, until its next write, ``enforcement init`` or ``replay``) is not skipped: that
+    account is folded from its log (whole, whatever ``kinds`` says)."""
     after = ""
     while True:
         with store.engine.connect() as conn:
