@@ -32,6 +32,7 @@ from projections.stored import (
     StandingRepository,
     StoredRows,
     delete_all,
+    delete_without_events,
     read_states,
     replace_range,
     write_states,
@@ -201,7 +202,8 @@ def rebuild_standings(
     """Recompute every (or one) stored standing from the log, then catch up to the head.
 
     Every account: a rebuild of the ``standings`` projection (``CatchUpRunner.rebuild``), which
-    survives a crash: the next run or catch-up resumes where it stopped; with ``jobs`` > 1 a
+    survives a crash: the next run or catch-up resumes where it stopped; then the rows of
+    accounts without events are deleted; with ``jobs`` > 1 a
     log of at least ``parallel_min_events`` is folded in that many processes. One account: its
     row is rewritten from its stream; the checkpoint is left alone (the row reflects every
     event).
@@ -216,6 +218,8 @@ def rebuild_standings(
             parallel_min_events=parallel_min_events,
         )
         stats = runner.rebuild(progress)
+        with dialects.write_connection(store.engine) as conn, conn.begin():
+            delete_without_events(conn)  # rows of no stream: no pass rewrites them
         return RebuildStats(stats.streams, stats.events, stats.seconds)
     started = time.perf_counter()
     with dialects.write_connection(store.engine) as conn, conn.begin():

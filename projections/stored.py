@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 
 from events import EventStore, RecordedEvent, StreamHead, dialects
 from events.chain import EMPTY_HEAD
+from events.schema import events as events_table
 from events.timefmt import sqlite_time_text
 from projections.standing import STATE_SCHEMA, TABLES, StandingState, apply_all, record_json
 from projections.tables import standing_records, standings
@@ -580,6 +581,21 @@ def _dumps(document: Any) -> str:
         return json.dumps(document)
 
 
+def delete_without_events(conn: Connection) -> int:
+    """Delete the stored standings of accounts that have no event in the log (rows no append
+    wrote: say, left by a restore of the log alone), which no rebuild of streams reaches; returns
+    how many. Under the append lock, so that an account's first append, which writes its events
+    and its rows together, is either seen or not begun."""
+    dialects.take_append_lock(conn)
+    orphan = ~sa.exists().where(events_table.c.account_id == standings.c.account_id)
+    heads = conn.execute(sa.select(standings.c.account_id).where(orphan)).scalars().all()
+    for start in range(0, len(heads), 500):
+        chunk = heads[start : start + 500]
+        for table in (standing_records, standings):
+            conn.execute(table.delete().where(table.c.account_id.in_(chunk)))
+    return len(heads)
+
+
 def delete_all(conn: Connection) -> None:
     """Delete every stored standing (readers fold the log meanwhile)."""
     dialects.take_append_lock(conn)
@@ -674,6 +690,7 @@ __all__ = [
     "changed_records",
     "count_older_states",
     "delete_all",
+    "delete_without_events",
     "iter_stored_states",
     "loads_json",
     "read_state",

@@ -386,6 +386,9 @@ def test_replay_rebuilds_the_stored_standings(populated: Populated, invoke: Any)
         conn.execute(
             standings.insert().values(account_id="acct_a", version=1, state={}, updated_at=T0)
         )
+        # A row of no stream (no append writes one: say, the log was restored alone).
+        ghost = {"account_id": "acct_ghost", "version": 4, "state": {}, "updated_at": T0}
+        conn.execute(standings.insert().values(**ghost))
 
     every = invoke(populated.url, "replay")
     after_every = standing_rows(populated)
