@@ -10,13 +10,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy import exc as sqlalchemy_errors
 
 from enforcement.cli_output import EXIT_CHECK_FAILED, EXIT_USAGE, console, fail
 from enforcement.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from events import EventStore
+    from projections.stored import StandingRepository
 
 app = typer.Typer(
     name="enforcement",
@@ -87,25 +91,24 @@ def init() -> None:
         f"Schema at revision [bold]{current_revision(settings.database_url)}[/] on "
         f"{_redacted(settings.database_url)}"
     )
-    older = _older_standings(settings.database_url)
-    if older:
-        # Until rewritten, each would be folded from its log on every read of all rows (the
-        # gate's seeding, the deadline sweep): rebuild them now, once per such release.
-        console.print(
-            f"{older} stored standing(s) are of an earlier release's shape: rebuilding the "
-            "standings from the log."
-        )
-        _rebuild_standings(account=None, jobs=0)
-
-
-def _older_standings(url: str) -> int:
+    from events import EventStore
     from events.dialects import create_engine
-    from projections.stored import count_older_states
+    from projections.stored import StandingRepository, count_older_states
 
-    engine = create_engine(url)
+    # Only the database: a migration job may run without the policy file or Redis.
+    engine = create_engine(settings.database_url)
     try:
         with engine.connect() as conn:
-            return count_older_states(conn)
+            older = count_older_states(conn)
+        if older:
+            # Until rewritten, each would be folded from its log on every read of all rows (the
+            # gate's seeding, the deadline sweep): rebuild them now, once per such release.
+            console.print(
+                f"{older} stored standing(s) are of an earlier release's shape: rebuilding the "
+                "standings from the log."
+            )
+            store = EventStore(engine)
+            _rebuild_standings(store, StandingRepository(store), account=None, jobs=0)
     finally:
         engine.dispose()
 
@@ -262,18 +265,22 @@ def replay(
     ] = 0,
 ) -> None:
     """Rebuild the stored projections from the log, with a progress bar and events/s."""
-    _rebuild_standings(account, jobs)
+    with opened_container() as container:
+        _rebuild_standings(container.store, container.standings, account, jobs)
 
 
-def _rebuild_standings(account: str | None, jobs: int) -> None:
+def _rebuild_standings(
+    store: EventStore, standings: StandingRepository, account: str | None, jobs: int
+) -> None:
+    """``rebuild_standings`` with a progress bar, then one line of figures."""
     from enforcement.progress import progress_bar
     from projections.runner import rebuild_standings
 
-    with opened_container() as container, progress_bar() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("replaying", total=None, unit="events")
         stats = rebuild_standings(
-            container.store,
-            container.standings,
+            store,
+            standings,
             account=account,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             jobs=jobs or min(4, os.cpu_count() or 1),

@@ -319,10 +319,11 @@ def iter_stored_states(
 
 def count_older_states(conn: Connection) -> int:
     """How many stored standings are of another state schema than ``STATE_SCHEMA`` (stored by
-    an earlier release): each is folded from its log when read, until rewritten."""
-    schema = standings.c.state["schema"].as_integer()
-    query = sa.select(sa.func.count()).where(sa.or_(schema.is_(None), schema != STATE_SCHEMA))
-    return int(conn.execute(query.select_from(standings)).scalar_one())
+    an earlier release): each is folded from its log when read, until rewritten. Compared in
+    Python as the readers compare (``_current``), so that any value, or none, counts alike on
+    every database."""
+    schemas = conn.execute(sa.select(standings.c.state["schema"])).scalars()
+    return sum(1 for schema in schemas if schema != STATE_SCHEMA)
 
 
 def _current(heads: Iterable[Any]) -> dict[str, Any]:
@@ -584,16 +585,28 @@ def _dumps(document: Any) -> str:
 def delete_without_events(conn: Connection) -> int:
     """Delete the stored standings of accounts that have no event in the log (rows no append
     wrote: say, left by a restore of the log alone), which no rebuild of streams reaches; returns
-    how many. Under the append lock, so that an account's first append, which writes its events
-    and its rows together, is either seen or not begun."""
-    dialects.take_append_lock(conn)
+    how many. The candidates are found first; each is deleted under the append lock only if it
+    still has no event then, so that an account's first append, which writes its events and its
+    rows together, is either seen or not begun, and appends wait only for the deletes."""
     orphan = ~sa.exists().where(events_table.c.account_id == standings.c.account_id)
-    heads = conn.execute(sa.select(standings.c.account_id).where(orphan)).scalars().all()
-    for start in range(0, len(heads), 500):
-        chunk = heads[start : start + 500]
+    candidates = conn.execute(sa.select(standings.c.account_id).where(orphan)).scalars().all()
+    if not candidates:
+        return 0
+    dialects.take_append_lock(conn)
+    deleted = 0
+    for start in range(0, len(candidates), 500):
+        chunk = candidates[start : start + 500]
+        heads = (
+            conn.execute(
+                sa.select(standings.c.account_id).where(standings.c.account_id.in_(chunk), orphan)
+            )
+            .scalars()
+            .all()
+        )
         for table in (standing_records, standings):
-            conn.execute(table.delete().where(table.c.account_id.in_(chunk)))
-    return len(heads)
+            conn.execute(table.delete().where(table.c.account_id.in_(heads)))
+        deleted += len(heads)
+    return deleted
 
 
 def delete_all(conn: Connection) -> None:

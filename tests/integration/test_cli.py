@@ -361,19 +361,21 @@ def test_init_rebuilds_the_standings_an_earlier_release_stored(
     before = standing_rows(populated)
     quiet = invoke(populated.url, "init")
     with populated.container.engine.begin() as conn:
-        head = conn.execute(
-            sa.select(standings.c.state).where(standings.c.account_id == "acct_a")
-        ).scalar_one()
-        older = {**head, "schema": head["schema"] - 1}
-        conn.execute(
-            standings.update().where(standings.c.account_id == "acct_a").values(state=older)
-        )
-    rebuilt = invoke(populated.url, "init")
+        for account, schema in (("acct_a", -1), ("acct_b", "x")):  # an older one; any value
+            head = conn.execute(
+                sa.select(standings.c.state).where(standings.c.account_id == account)
+            ).scalar_one()
+            older = {**head, "schema": head["schema"] + schema if schema == -1 else schema}
+            conn.execute(
+                standings.update().where(standings.c.account_id == account).values(state=older)
+            )
+    # Only the database: a migration job may have no policy file.
+    rebuilt = run_cli(populated.url, "init", env={"ENFORCEMENT_POLICY_FILE": "/nonexistent.toml"})
     again = invoke(populated.url, "init")
 
-    assert quiet.exit_code == rebuilt.exit_code == again.exit_code == 0, rebuilt.output
+    assert quiet.exit_code == again.exit_code == rebuilt.returncode == 0, rebuilt.stderr
     assert "rebuilding" not in quiet.stdout
-    assert "1 stored standing(s) are of an earlier release's shape" in rebuilt.stdout
+    assert "2 stored standing(s) are of an earlier release's shape" in rebuilt.stdout
     assert "Rebuilt 3 standing(s)" in rebuilt.stdout
     assert standing_rows(populated) == before
     assert "rebuilding" not in again.stdout
