@@ -74,7 +74,7 @@ def time_option(value: str | None, name: str) -> datetime | None:
 
 @app.command()
 def init() -> None:
-    """Create or upgrade the schema (Alembic upgrade head)."""
+    """Create or upgrade the schema (Alembic upgrade head); rebuild older stored standings."""
     from enforcement.migrations import current_revision, upgrade
 
     settings = _settings()
@@ -91,18 +91,22 @@ def init() -> None:
         f"Schema at revision [bold]{current_revision(settings.database_url)}[/] on "
         f"{_redacted(settings.database_url)}"
     )
+    _rebuild_older_standings(settings.database_url)
+
+
+def _rebuild_older_standings(url: str) -> None:
+    """Rebuild the stored standings if any is of an earlier release's shape: until rewritten,
+    each would be folded from its log on every read of all rows (the gate's seeding, the
+    deadline sweep). Only the database: a migration job may run without the policy or Redis."""
     from events import EventStore
     from events.dialects import create_engine
     from projections.stored import StandingRepository, count_older_states
 
-    # Only the database: a migration job may run without the policy file or Redis.
-    engine = create_engine(settings.database_url)
+    engine = create_engine(url)
     try:
         with engine.connect() as conn:
             older = count_older_states(conn)
         if older:
-            # Until rewritten, each would be folded from its log on every read of all rows (the
-            # gate's seeding, the deadline sweep): rebuild them now, once per such release.
             console.print(
                 f"{older} stored standing(s) are of an earlier release's shape: rebuilding the "
                 "standings from the log."

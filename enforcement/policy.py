@@ -47,6 +47,7 @@ from projections.standing import (
     active_suspension,
     active_throttles,
     remediation_is_open,
+    suspension_runs,
 )
 
 __all__ = [
@@ -603,6 +604,7 @@ def decide_appeal(
         policy, state, ctx, violations, automated=False, extra_facts=[fact], sections=sections
     )
     what = f"decision {decision.event_id} ({decision.type})"
+    restored = None
     if outcome == "upheld":
         text = f"The appeal is rejected: the {what} stands."
     else:
@@ -619,7 +621,7 @@ def decide_appeal(
     decided = d.build(payload, appeal.event_id)
     d.emit(decided)
     if outcome == "overturned":
-        _reverse(d, decision, appeal_id, decided)
+        _reverse(d, decision, appeal_id, decided, restored)
     d.emit(d.notice("appeal_outcome", decided))
     return d.events
 
@@ -639,10 +641,17 @@ def _restored_suspension(
     ):
         return None
     replaced = state.replaced_suspensions[-1]
-    return replaced if replaced.until is None or replaced.until > format_time(now) else None
+    return replaced if suspension_runs(replaced, now) else None
 
 
-def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewEvent) -> None:
+def _reverse(
+    d: Decider,
+    decision: DecisionRecord,
+    appeal_id: str,
+    decided: NewEvent,
+    restored: SuspensionRecord | None,
+) -> None:
+    """The events that reverse ``decision``; ``restored``: ``_restored_suspension``."""
     state, now, cause = d.state, d.ctx.now, decided.event_id
     why = f"appeal {appeal_id} overturned decision {decision.event_id}"
     sor = decided.data["statement_of_reasons"]
@@ -656,10 +665,10 @@ def _reverse(d: Decider, decision: DecisionRecord, appeal_id: str, decided: NewE
         d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "termination"), cause))
     elif suspension is not None:
         in_force = current is not None and current.suspension_id == suspension
-        if in_force and not state.terminated and _restored_suspension(state, decision, now) is None:
+        if in_force and not state.terminated and restored is None:
             d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "suspension"), cause))
         elif in_force or any(
-            r.suspension_id == suspension and (r.until is None or r.until > format_time(now))
+            r.suspension_id == suspension and suspension_runs(r, now)
             for r in state.replaced_suspensions
         ):
             # Only this suspension ends: one it had replaced that still runs is in force again

@@ -880,12 +880,15 @@ def _strike_cutoff(as_of: datetime, strike_lookback: timedelta) -> str:
         return ""  # every time text sorts after it
 
 
+def suspension_runs(s: SuspensionRecord, as_of: datetime) -> bool:
+    """Whether ``s`` runs at ``as_of``: one whose ``until`` has passed has ended."""
+    return s.until is None or s.until > format_time(as_of)
+
+
 def active_suspension(state: StandingState, as_of: datetime) -> SuspensionRecord | None:
-    """The suspension in force at ``as_of``: one whose ``until`` has passed has ended."""
+    """The suspension in force at ``as_of`` (``suspension_runs``)."""
     s = state.suspension
-    if s is None or (s.until is not None and s.until <= format_time(as_of)):
-        return None
-    return s
+    return s if s is not None and suspension_runs(s, as_of) else None
 
 
 def active_throttles(state: StandingState, as_of: datetime) -> list[ThrottleRecord]:

@@ -13,25 +13,22 @@ request is known to be the usual one, so handing it on is always safe. It is one
 middleware's ``Shortcut``s.
 
 Errors of the use case itself (a reused Idempotency-Key, the database down …) are answered by
-the application's own exception handlers, looked up as Starlette's ``ExceptionMiddleware``
-does; an exception without one propagates to ``ServerErrorMiddleware`` (the handler of
-``Exception``: a 500), as from the route.
+the application's own exception handlers, through Starlette's own handling of a route's errors
+(``wrap_app_handling_exceptions``); an exception without one propagates to
+``ServerErrorMiddleware`` (the handler of ``Exception``: a 500), as from the route.
 
 What the shortcut does not do, and the route would: FastAPI's own OpenTelemetry spans (when a
 tracer is configured, a shortcut request's span is named ``POST`` and has no ``http.route``),
-handlers keyed by status code, and dependencies declared on the app or the router (there are
-none; one added later must be honoured here too).
+and dependencies declared on the app or the router (there are none; one added later must be
+honoured here too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import orjson
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
-from starlette._utils import is_async_callable
+from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -57,20 +54,21 @@ class ReportShortcut:
         if usual is None:
             return False
         model, principal, key = usual
-        try:
+
+        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
             response = await run_in_threadpool(
                 _report_violation, model, container, actor_of(principal), key
             )
-        except Exception as exc:
-            handler = self._handler(exc)
-            if handler is None:
-                raise
-            request = Request(scope, receive)
-            if is_async_callable(handler):
-                response = await handler(request, exc)
-            else:
-                response = await run_in_threadpool(handler, request, exc)
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+
+        # Errors as the route's: Starlette's own handling, with the handlers its
+        # ``ExceptionMiddleware`` would put in the scope (``Exception``'s and 500's are
+        # ``ServerErrorMiddleware``'s, outside: an error without another handler goes there).
+        handlers = self.app.exception_handlers
+        by_class = {k: v for k, v in handlers.items() if isinstance(k, type) and k is not Exception}
+        by_status = {k: v for k, v in handlers.items() if isinstance(k, int) and k != 500}
+        scope["starlette.exception_handlers"] = (by_class, by_status)
+        await wrap_app_handling_exceptions(answer, Request(scope, receive))(scope, receive, send)
         return True
 
     def _usual(
@@ -119,15 +117,3 @@ class ReportShortcut:
         except ValidationError:
             return None
         return model, principal, idempotency_key
-
-    def _handler(self, exc: Exception) -> Callable[[Request, Exception], Any] | None:
-        """The application's handler of ``exc``'s nearest class, as ``ExceptionMiddleware``
-        finds it (``Exception``'s is left to ``ServerErrorMiddleware``)."""
-        handlers: dict[Any, Any] = self.app.exception_handlers
-        for cls in type(exc).__mro__:
-            if cls is Exception:
-                return None
-            if cls in handlers:
-                handler: Callable[[Request, Exception], Any] = handlers[cls]
-                return handler
-        return None

@@ -527,6 +527,13 @@ def test_an_overturned_appeal_reverses_a_termination(system: Container, clock: F
     assert_account_consistent(system, "acct_ap")
 
 
+def overturn(system: Container, account: str, decision_event_id: str, why: str) -> Outcome:
+    """Appeal the decision and overturn it at once."""
+    filed = system.service.file_appeal(account, decision_event_id, "not us", OPERATOR)
+    appeal_id = filed.events[0].data["appeal_id"]
+    return system.service.decide_appeal(account, appeal_id, "overturned", why, OPERATOR)
+
+
 def suspension_of(outcome: Outcome) -> str:
     return str(
         next(e for e in outcome.events if e.type == "AccountSuspended").data["suspension_id"]
@@ -546,13 +553,8 @@ def test_an_overturned_suspension_gives_back_the_one_it_replaced(
     clock.advance(DAY)
     second = report(system, "acct_two", "phishing")  # high again: indefinitely
     assert second.standing.suspension is not None and second.standing.suspension.until is None
-    filed = service.file_appeal(
-        "acct_two", decision(second, "AccountSuspended"), "not us", OPERATOR
-    )
     clock.advance(DAY)
-    decided = service.decide_appeal(
-        "acct_two", filed.events[0].data["appeal_id"], "overturned", "shared key", OPERATOR
-    )
+    decided = overturn(system, "acct_two", decision(second, "AccountSuspended"), "shared key")
     assert types_of(decided.events) == [
         "AppealDecided",
         "SuspensionEnded",
@@ -584,16 +586,12 @@ def test_an_overturned_suspension_gives_back_the_one_it_replaced(
 def test_an_overturned_appeal_lifts_a_throttle_and_its_strike(
     system: Container, clock: FakeClock
 ) -> None:
-    service = system.service
     report(system, "acct_th2", "spam")
     second = report(system, "acct_th2", "spam")
     throttle = decision(second, "ThrottleApplied")
     assert second.standing.strikes == 2
 
-    filed = service.file_appeal("acct_th2", throttle, "not us", OPERATOR)
-    decided = service.decide_appeal(
-        "acct_th2", filed.events[0].data["appeal_id"], "overturned", "shared IP", OPERATOR
-    )
+    decided = overturn(system, "acct_th2", throttle, "shared IP")
     assert types_of(decided.events) == [
         "AppealDecided",
         "ThrottleLifted",
