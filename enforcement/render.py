@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
+from events.timefmt import format_time
 from events.wire import event_to_json
 from projections.history import HistoryEntry
 
@@ -45,7 +46,7 @@ def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
         if entry.statement_of_reasons:
             rule += f" · {entry.statement_of_reasons.get('ground', '')}"
         table.add_row(
-            str(e.version), e.recorded_at.isoformat(), e.type, _change_text(entry.change), rule
+            str(e.version), format_time(e.recorded_at), e.type, _change_text(entry.change), rule
         )
     return table
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from enforcement.api import deps
 from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
 from enforcement.api.routes import accounts, gate, reading, reporting
@@ -36,7 +37,7 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.container = container
-    install_error_handlers(app)
+    install_error_handlers(app, deps.refusal)
 
     @app.get(
         "/healthz",

@@ -7,9 +7,12 @@ goes to the thread pool (it reads the database).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from enforcement.api.errors import ApiError
@@ -60,18 +63,63 @@ async def get_principal(request: Request, container: ContainerDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+def _forbidden_unless(principal: Principal, permission: Permission) -> None:
+    if not allows(principal.role, permission):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"The {principal.role.value} role may not do this.",
+            {"role": principal.role.value, "needs": permission.value},
+        )
+
+
+# Each ``require`` check and the permission it asks, for ``refusal``.
+_PERMISSION_OF: dict[Callable[..., Any], Permission] = {}
+
+
 def require(permission: Permission):  # type: ignore[no-untyped-def]
     async def check(principal: PrincipalDep) -> Principal:
-        if not allows(principal.role, permission):
-            raise ApiError(
-                403,
-                "forbidden",
-                f"The {principal.role.value} role may not do this.",
-                {"role": principal.role.value, "needs": permission.value},
-            )
+        _forbidden_unless(principal, permission)
         return principal
 
+    _PERMISSION_OF[check] = permission
     return check
+
+
+def _needs(dependant: Dependant) -> tuple[bool, Permission | None]:
+    """Whether a route's dependencies ask for a token, and which permission if any."""
+    token = False
+    for dependency in dependant.dependencies:
+        if dependency.call in _PERMISSION_OF:
+            return True, _PERMISSION_OF[dependency.call]
+        token = token or dependency.call is get_principal
+        deeper, permission = _needs(dependency)
+        if permission is not None:
+            return True, permission
+        token = token or deeper
+    return token, None
+
+
+async def refusal(request: Request) -> ApiError | None:
+    """The 401 or 403 the matched route's own dependencies would answer this caller, or None.
+
+    FastAPI parses a JSON body before it solves the dependencies, so a malformed body would be
+    answered 400 before the caller is known; the contract answers an unknown caller 401 and one
+    without the role 403 whatever they send.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return None
+    token, permission = _needs(route.dependant)
+    if not token:
+        return None
+    try:
+        principal = await get_principal(request, await get_container(request))
+        if permission is not None:
+            _forbidden_unless(principal, permission)
+    except ApiError as exc:
+        return exc
+    return None
 
 
 Reporter = Annotated[Principal, Depends(require(Permission.REPORT))]

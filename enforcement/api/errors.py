@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -140,7 +140,12 @@ def validation_details(
     return details
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, refusal: Callable[[Request], Awaitable[ApiError | None]] | None = None
+) -> None:
+    """The contract's error body for every error; ``refusal`` answers a malformed body's caller
+    first (401, 403) when the route would refuse them (``deps.refusal``)."""
+
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
@@ -150,9 +155,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(domain_status(exc), exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
+            refused = await refusal(request) if refusal is not None else None
+            if refused is not None:
+                return await _api(request, refused)
             return error_response(400, "malformed_json", "The request body is not valid JSON.")
         return error_response(
             422, "validation_failed", "The request has invalid fields.", validation_details(errors)

@@ -16,12 +16,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from enforcement.gate.base import MAX_ID_LEN
 from enforcement.policy import CATEGORIES
 
 AccountId = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
-]
-KeyId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
 Text = Annotated[str, StringConstraints(max_length=4000)]
@@ -62,6 +60,9 @@ def _no_nul(value: str | None) -> str | None:
 
 NoNul = AfterValidator(_no_nul)
 SafeText = Annotated[Text, NoNul]
+# The contract gives an API key id no alphabet (a gateway's ids may be base64, with ``/+=``):
+# any text the gate keeps (``gate.base.MAX_ID_LEN``) but NUL, which PostgreSQL cannot hold.
+KeyId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN), NoNul]
 
 
 def _known_category(value: str) -> str:
@@ -136,6 +137,7 @@ class ThrottleIn(Strict):
     factor: Annotated[float, Field(gt=0, le=1)] = 0.25
     expires_at: Moment | None = None
     reason: SafeText = ""
+    notify: bool = True  # POLICY.md: every restriction has a notice unless the operator asks none
 
 
 class AdultContentIn(Strict):

@@ -18,6 +18,12 @@ REASONS: tuple[Reason, ...] = (
 )
 
 
+# ``retry-after`` of a denial that no wait ends: a day, not "retry now". An indefinite suspension
+# ends by an operator's review, a termination only by an appeal; a client has nothing to retry
+# sooner, and a day keeps a retrying client from hammering the gate.
+UNENDING_RETRY_AFTER_S = 86_400
+
+
 @dataclass(frozen=True)
 class GateDecision:
     """The answer to one check. A denial has consumed nothing.
@@ -74,8 +80,10 @@ class GateDecision:
         """Rate-limit headers as OpenAI-compatible clients read them.
 
         Resets are durations in the same format (``"250ms"``, ``"1.5s"``, ``"6m0s"``);
-        ``retry-after`` is whole seconds, rounded up, and ``retry-after-ms`` the exact wait; both
-        only on a denial that a wait can end.
+        ``retry-after`` is whole seconds, rounded up, and ``retry-after-ms`` the exact wait. The
+        contract lists ``retry-after`` on every denial: one that no wait ends (an indefinite
+        suspension, a termination; ``retry_after_s`` 0) has ``UNENDING_RETRY_AFTER_S`` there,
+        and no ``retry-after-ms``, there being no exact wait.
         """
         headers = {
             "x-ratelimit-limit-requests": str(self.limit_requests),
@@ -85,9 +93,12 @@ class GateDecision:
             "x-ratelimit-remaining-tokens": str(self.remaining_tokens),
             "x-ratelimit-reset-tokens": format_duration(self.reset_tokens_s),
         }
-        if not self.allowed and self.retry_after_s > 0:
-            headers["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))
-            headers["retry-after-ms"] = str(math.ceil(self.retry_after_s * 1000))
+        if not self.allowed:
+            if self.retry_after_s > 0:
+                headers["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))
+                headers["retry-after-ms"] = str(math.ceil(self.retry_after_s * 1000))
+            else:
+                headers["retry-after"] = str(UNENDING_RETRY_AFTER_S)
         return headers
 
 

@@ -188,8 +188,13 @@ def test_throttles_are_applied_and_lifted(server: Server) -> None:
     lifted_twice = op.delete(f"{base}/throttles/{throttle['throttle_id']}")
     unknown = op.delete(f"{base}/throttles/thr_nope")
     past = op.post(f"{base}/throttles", json={"factor": 0.5, "expires_at": later(hours=-1)})
+    # POLICY.md: every restriction has a notice unless the operator asks for none.
+    quiet = ok(
+        op.post(f"{base}/throttles", json={"factor": 0.5, "notify": False}), "ThrottleApplied"
+    )
 
     assert applied["standing"]["status"] == "throttled"
+    assert quiet["standing"]["active_throttles"][0]["factor"] == 0.5
     assert (throttle["key_id"], throttle["factor"]) == ("key_7", 0.5)
     assert lifted["standing"]["active_throttles"] == []
     assert lifted["standing"]["status"] == "good_standing"
@@ -242,6 +247,7 @@ def test_key_and_account_limits_are_configured(server: Server) -> None:
 
 def test_contact_is_mutable_data_and_not_an_event(server: Server) -> None:
     op, acct = server.client("operator"), account("contact")
+    report(server, acct)  # a standing with something in it
     before = requested_events(op)
 
     first = op.put(f"/v1/accounts/{acct}/contact", json={"email": "ops@example.com"})
@@ -252,11 +258,25 @@ def test_contact_is_mutable_data_and_not_an_event(server: Server) -> None:
     bad = op.put(f"/v1/accounts/{acct}/contact", json={"email": "not an address"})
 
     assert first.status_code == 200, first.text
-    assert first.json() == {"account_id": acct, "email": "ops@example.com", "webhook_url": None}
-    assert second.json() == {
+    # Answered as every account command is (CONTRACT.md), with the contact as stored besides.
+    standing = op.get(f"/v1/accounts/{acct}/standing").json()
+    assert standing["status"] == "remediation_due"
+    answers = [first.json(), second.json()]
+    stable = ("account_id", "status", "strikes", "open_violations", "open_remediations")
+    for answer in answers:  # (the notice's delivery may be recorded in between: version, as_of)
+        answered = answer.pop("standing")
+        assert {k: answered[k] for k in stable} == {k: standing[k] for k in stable}
+    assert answers[0] == {
+        "account_id": acct,
+        "email": "ops@example.com",
+        "webhook_url": None,
+        "events": [],
+    }
+    assert answers[1] == {
         "account_id": acct,
         "email": "abuse@example.com",
         "webhook_url": "https://example.com/h",
+        "events": [],
     }
     assert [d["field"] for d in assert_error(bad, 422)["details"]] == ["email"]
     assert requested_events(op) == before

@@ -152,6 +152,30 @@ def test_malformed_json_is_400(server: Server, unchanged: None) -> None:
         assert_error(response, 400, "malformed_json")
 
 
+def test_a_malformed_body_is_answered_401_or_403_first_when_the_caller_is_refused(
+    server: Server, unchanged: None
+) -> None:
+    """The contract's 401 and 403 do not depend on the body (FastAPI parses it first)."""
+    headers = {"content-type": "application/json"}
+    malformed = b'{"account_id": "acct_1", "category": '
+    cases = [
+        (server.client(), "/v1/violations", 401, "unauthorized"),
+        (server.client(), f"/v1/accounts/{ACCT}/suspend", 401, "unauthorized"),
+        (server.client(), "/v1/gate/check", 401, "unauthorized"),
+        (server.client("auditor"), "/v1/violations", 403, "forbidden"),
+        (server.client("reporter"), f"/v1/accounts/{ACCT}/suspend", 403, "forbidden"),
+        (server.client("reporter"), "/v1/gate/check", 403, "forbidden"),
+        (server.client("gateway"), "/v1/gate/check", 400, "malformed_json"),
+    ]
+    for client, path, status, code in cases:
+        response = client.post(path, content=malformed, headers=headers)
+        assert_error(response, status, code)
+    unknown = server.client().post(
+        "/v1/violations", content=malformed, headers={**headers, "Authorization": "Bearer enf_x"}
+    )
+    assert_error(unknown, 401, "unauthorized")
+
+
 def test_unknown_routes_and_ids_are_404(server: Server, unchanged: None) -> None:
     op = server.client("operator")
 

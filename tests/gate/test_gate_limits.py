@@ -186,6 +186,21 @@ def test_throttle_factors_most_restrictive_wins(backend: Backend, gate: Gate) ->
     assert limits() == (100, 1000)
 
 
+def test_key_ids_may_be_any_text_the_api_accepts(gate: Gate) -> None:
+    # The API takes 1-256 characters but NUL (a gateway's ids may be base64, or not ASCII):
+    # the key's limits, its own throttle and its usage stay its own, on every backend.
+    odd, long = "sk/AbC+9=ü 😀", "k" * 256
+    gate.set_limits("acct", odd, rpm=40, tpd=1000, version=1)
+    gate.set_limits("acct", long, rpm=30, tpd=1000, version=1)
+    gate.apply_throttle("acct", "t-odd", odd, 0.25, None, version=2)
+
+    first = gate.check("acct", odd, tokens=10)
+    assert (first.limit_requests, first.limit_tokens, first.remaining_tokens) == (10, 250, 240)
+    assert gate.check("acct", long).limit_requests == 30
+    assert gate.check("acct", "sk/AbC+9=u 😀").limit_requests == 600  # another key: defaults
+    assert drain(gate, "acct", odd) == 9
+
+
 def test_an_account_throttle_scales_the_account_ceiling(gate: Gate) -> None:
     gate.set_limits("acct", None, rpm=20, tpd=1000, version=1)
     gate.apply_throttle("acct", "t1", None, 0.5, None, version=2)

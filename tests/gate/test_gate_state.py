@@ -18,7 +18,9 @@ def test_a_suspended_account_is_refused_and_nothing_is_counted(gate: Gate) -> No
 
     assert {(d.allowed, d.reason) for d in refused} == {(False, "suspended")}
     assert refused[0].retry_after_s == 0  # indefinite: no wait ends it
-    assert "retry-after" not in refused[0].headers()
+    # The contract lists retry-after on every denial: a day, and no exact wait (-ms).
+    headers = refused[0].headers()
+    assert (headers["retry-after"], "retry-after-ms" in headers) == ("86400", False)
     assert gate.denial_stats("acct").denials_in_window == 0  # not a rate/quota denial
     gate.set_status("acct", "active", None, version=3)
     reinstated = gate.check("acct", "key", tokens=50)
@@ -32,6 +34,7 @@ def test_a_terminated_account_is_refused_with_that_reason(gate: Gate) -> None:
     decision = gate.check("acct", "any-key", tokens=1)
 
     assert (decision.allowed, decision.reason, decision.retry_after_s) == (False, "terminated", 0)
+    assert decision.headers()["retry-after"] == "86400"
     assert gate.check("other-acct", "any-key").allowed
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from enforcement.logs import PipelineExitNoise, configure_logging
+from enforcement.logs import JsonFormatter, PipelineExitNoise, configure_logging
 
 
 @pytest.fixture
@@ -42,3 +43,10 @@ def test_the_pipeline_exit_line_is_dropped_at_info_and_kept_as_debug(
     psycopg.warning("error ignored terminating %r: %s", "<Pipeline>", "duplicate key")
     assert psycopg_records[-1].levelname == "DEBUG"
     assert sum(isinstance(f, PipelineExitNoise) for f in psycopg.filters) == 1
+
+
+def test_a_log_line_stamps_its_time_as_the_contract_writes_times() -> None:
+    record = logging.LogRecord("enforcement", logging.INFO, __file__, 1, "hello", None, None)
+    record.created = 1_796_342_400.0  # a whole second: isoformat() would drop the microseconds
+    line = json.loads(JsonFormatter().format(record))
+    assert line["time"] == "2026-12-04T00:00:00.000000Z"

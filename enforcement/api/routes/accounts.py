@@ -91,7 +91,7 @@ def terminate(
 def apply_throttle(
     account_id: Account, body: ThrottleIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
-    command = ops.ApplyThrottle(body.factor, body.reason, body.key_id, body.expires_at)
+    command = ops.ApplyThrottle(body.factor, body.reason, body.key_id, body.expires_at, body.notify)
     return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
@@ -111,7 +111,7 @@ def adult_content_approval(
     return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
-@router.put("/keys/{key_id}/limits")
+@router.put("/keys/{key_id:path}/limits")  # a key id may hold "/" (sent as %2F)
 def key_limits(
     account_id: Account,
     key_id: Annotated[KeyId, Path()],
@@ -169,7 +169,8 @@ def decide_appeal(
 def set_contact(
     account_id: Account, body: ContactIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
-    """Mutable contact data for notices (not an event)."""
+    """Mutable contact data for notices (not an event): the contact as stored, and, as every
+    account command answers, ``events`` (none) and the account's ``standing``."""
     values = {
         "account_id": account_id,
         "email": body.email,
@@ -190,4 +191,10 @@ def set_contact(
             )
         )
         row = conn.execute(sa.select(contacts).where(contacts.c.account_id == account_id)).one()
-    return {"account_id": row.account_id, "email": row.email, "webhook_url": row.webhook_url}
+    return {
+        "account_id": row.account_id,
+        "email": row.email,
+        "webhook_url": row.webhook_url,
+        "events": [],
+        "standing": container.service.standing(account_id).to_json(),
+    }

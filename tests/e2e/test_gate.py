@@ -1,0 +1,134 @@
+"""``POST /v1/gate/check`` over HTTP (CONTRACT.md, "Gate"): the answer, the headers of a
+denial, and key ids as gateways name them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from tests.e2e.harness import Server, assert_error, requested_events
+
+DECISION_FIELDS = {
+    "allowed",
+    "reason",
+    "limit_requests",
+    "remaining_requests",
+    "reset_requests_s",
+    "limit_tokens",
+    "remaining_tokens",
+    "reset_tokens_s",
+    "retry_after_s",
+}
+RATE_HEADERS = {
+    f"x-ratelimit-{what}-{unit}"
+    for what in ("limit", "remaining", "reset")
+    for unit in ("requests", "tokens")
+}
+
+
+def account(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def until(condition: Callable[[], httpx.Response | None], seconds: float = 10) -> httpx.Response:
+    """The first answer ``condition`` gives (the gate learns of the log asynchronously)."""
+    deadline = time.monotonic() + seconds
+    while (answer := condition()) is None:
+        assert time.monotonic() < deadline, "the gate never learned of the change"
+        time.sleep(0.02)
+    return answer
+
+
+def checker(server: Server, acct: str, key_id: str) -> Callable[..., httpx.Response]:
+    gateway = server.client("gateway")
+
+    def check(tokens: int = 0) -> httpx.Response:
+        body: dict[str, Any] = {"account_id": acct, "key_id": key_id, "tokens": tokens}
+        return gateway.post("/v1/gate/check", json=body)
+
+    return check
+
+
+def test_a_gateway_key_id_with_any_characters_is_checked_and_limited(server: Server) -> None:
+    op, acct = server.client("operator"), account("gate")
+    key_id = "sk-proj/AbC+9=ü"  # base64-ish, and not ASCII: the contract gives key ids no alphabet
+    check = checker(server, acct, key_id)
+
+    allowed = check(tokens=5)
+    limits = op.put(
+        f"/v1/accounts/{acct}/keys/{quote(key_id, safe='')}/limits",
+        json={"requests_per_minute": 1, "tokens_per_day": 100},
+    )
+    first = until(lambda: r if (r := check()).json()["limit_requests"] == 1 else None)
+    second = check()
+
+    assert allowed.status_code == 200, allowed.text
+    assert set(allowed.json()) == DECISION_FIELDS
+    assert allowed.json()["allowed"] is True and allowed.json()["reason"] == "ok"
+    assert set(allowed.headers) >= RATE_HEADERS
+    assert limits.status_code == 200, limits.text
+    assert limits.json()["events"][0]["data"]["key_id"] == key_id
+    # The key's one request a minute: this one's (the limit was met once it applied), then 429.
+    assert first.status_code in (200, 429)
+    assert_error_free_denial(second, 429, "rate_limited")
+    assert 0 < second.json()["retry_after_s"] <= 60
+    assert 1 <= int(second.headers["retry-after"]) <= 60
+    assert second.headers["x-ratelimit-limit-requests"] == "1"
+
+
+def assert_error_free_denial(response: httpx.Response, status: int, reason: str) -> None:
+    """A denial answers the decision itself (not the error body), with every header."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == DECISION_FIELDS
+    assert (body["allowed"], body["reason"]) == (False, reason)
+    assert RATE_HEADERS | {"retry-after"} <= set(response.headers)
+
+
+def test_suspended_and_terminated_accounts_are_403_with_retry_after(server: Server) -> None:
+    op, acct = server.client("operator"), account("gate")
+    check = checker(server, acct, "key_1")
+
+    timed = op.post(
+        f"/v1/accounts/{acct}/suspend",
+        json={"reason": "review", "until": "2099-01-01T00:00:00Z", "notify": False},
+    )
+    suspended = until(lambda: r if (r := check()).status_code == 403 else None)
+    op.post(f"/v1/accounts/{acct}/suspend", json={"reason": "pending", "notify": False})
+    indefinite = until(lambda: r if (r := check()).json()["retry_after_s"] == 0 else None)
+    op.post(f"/v1/accounts/{acct}/terminate", json={"reason": "fraud", "notify": False})
+    terminated = until(lambda: r if (r := check()).json()["reason"] == "terminated" else None)
+
+    assert timed.status_code == 200, timed.text
+    assert_error_free_denial(suspended, 403, "suspended")
+    assert int(suspended.headers["retry-after"]) > 365 * 86_400  # until 2099
+    # No wait ends these; the contract lists retry-after on every denial all the same.
+    for denial, reason in ((indefinite, "suspended"), (terminated, "terminated")):
+        assert_error_free_denial(denial, 403, reason)
+        assert denial.headers["retry-after"] == "86400"
+        assert "retry-after-ms" not in denial.headers
+
+
+def test_key_ids_are_refused_only_when_too_long_or_with_nul(server: Server) -> None:
+    reporter, acct = server.client("reporter"), account("keys")
+    before = requested_events(server.client("admin"))
+    too_long = checker(server, acct, "k" * 257)()
+    nul = checker(server, acct, "key\x00")()
+    longest = checker(server, acct, "k" * 256)()
+    after = requested_events(server.client("admin"))  # a gate check records nothing
+    reported = reporter.post(
+        "/v1/violations", json={"account_id": acct, "category": "spam", "key_id": "kü 😀/+="}
+    )
+
+    assert_error(too_long, 422, "validation_failed")
+    assert_error(nul, 422, "validation_failed")
+    assert longest.status_code == 200, longest.text
+    assert after == before
+    assert reported.status_code == 201, reported.text
+    events = server.client("auditor").get(f"/v1/accounts/{acct}/events").json()["events"]
+    assert [e["data"]["key_id"] for e in events if e["type"] == "ViolationReported"] == ["kü 😀/+="]
