@@ -20,12 +20,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from enforcement.gate import Gate  # noqa: E402
-from tests.gate.harness import Backend, embedded_backend, redis_backend  # noqa: E402
+from tests.gate.harness import (  # noqa: E402
+    Backend,
+    clear_of_window_end,
+    embedded_backend,
+    redis_backend,
+)
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
+    clear_of_window_end(client)  # the test's checks fall in one UTC day
     yield client
     client.close()
 

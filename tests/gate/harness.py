@@ -49,6 +49,17 @@ def embedded_backend() -> Backend:
     return Backend("embedded", lambda **kw: EmbeddedGate(clock=clock, **kw), clock, clock.advance)
 
 
+def clear_of_window_end(client: redis.Redis, window_s: int = 86_400, margin_s: float = 5) -> None:
+    """Wait for the next token window (the UTC day unless ``window_s``) when Redis's clock, the
+    one the gate reads, is less than ``margin_s`` from its end: a test that counts tokens over
+    several checks on the real clock must run within one window. (The gate is right to start
+    the count again at midnight; a test that straddles it fails for a few milliseconds a day.)"""
+    seconds, micros = client.time()
+    left = window_s - (seconds + micros / 1_000_000) % window_s
+    if left < margin_s:
+        time.sleep(left + 0.01)
+
+
 def redis_backend(client: redis.Redis) -> Backend:
     return Backend(
         "redis", lambda **kw: RedisGate(client, **kw), time.time, time.sleep, client=client
