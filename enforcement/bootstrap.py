@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from enforcement.gate import Gate
-from enforcement.gatekeeping import AbuseDetector, GateApplier, build_gate
+from enforcement.gatekeeping import AbuseDetector, GateApplier, GatePush, build_gate
 from enforcement.policy import Policy, load_policy
 from enforcement.service import EnforcementService
 from enforcement.settings import Settings
@@ -74,8 +74,10 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
     engine = create_engine(settings.database_url, **engine_options(settings))
     store = EventStore(engine, clock=clock)
     standings = StandingRepository(store)
-    service = EnforcementService(store=store, standings=standings, policy=policy, clock=clock)
     gate = build_gate(settings, policy)
+    service = EnforcementService(
+        store=store, standings=standings, policy=policy, clock=clock, after_commit=GatePush(gate)
+    )
     container = Container(
         settings=settings,
         engine=engine,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
 from enforcement.policy import Policy, ViolationReport, sustained_abuse_due
 from enforcement.service import Actor, EnforcementService, request_fingerprint
 from enforcement.settings import Settings
+from enforcement.workers.relay import GATE_EVENTS
 from events import EventStore, RecordedEvent
 from events.timefmt import parse_time, to_utc
 from projections.standing import StandingState, active_suspension, active_throttles
@@ -106,6 +108,31 @@ class GateApplier:
             to_utc(self.clock()),  # type: ignore[operator]
             reconcile=event.type == "ThrottleLifted",
         )
+
+
+class GatePush:
+    """The service's ``after_commit``: a decision that changes the gate (a suspension, a
+    throttle, limits, …) reaches the gate as soon as it is committed, not only when the relay's
+    ``apply_gate_state`` message is handled, so that the next request is refused at once.
+
+    The relay's message still follows (the log is the outbox: nothing depends on this push);
+    both apply the same state, stale-safe by version. A gate that does not answer is logged
+    and left to the relay: the decision is committed, and the request that made it succeeds.
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def __call__(
+        self, state: StandingState, events: Sequence[RecordedEvent], now: datetime
+    ) -> None:
+        if not any(e.type in GATE_EVENTS for e in events):
+            return
+        lifted = any(e.type == "ThrottleLifted" for e in events)
+        try:
+            apply_state(self.gate, state, now, reconcile=lifted)
+        except Exception:  # the relay's message applies it again
+            log.warning("gate not updated after commit; the relay will", exc_info=True)
 
 
 # What ``apply_state`` reads of a state besides its head.

@@ -75,6 +75,12 @@ class Outcome:
     replayed: bool = False
 
 
+# Told of every decision the service committed: the account's state after it, the events, and
+# the instant the standing is viewed at. Runs in the caller's thread; it must not raise (what it
+# does is a shortcut for what the log's relay does anyway).
+AfterCommit = Callable[[StandingState, Sequence[RecordedEvent], datetime], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Fact:
     """A fact to record that decides nothing (a delivery receipt), once per its key."""
@@ -160,12 +166,14 @@ class EnforcementService:
         policy: Policy,
         clock: Clock,
         new_id: Callable[[str], str] = rules.random_id,
+        after_commit: AfterCommit | None = None,
     ):
         self.store = store
         self.standings = standings
         self.policy = policy
         self.clock = clock
         self.new_id = new_id
+        self.after_commit = after_commit
         self._account_locks = tuple(threading.Lock() for _ in range(ACCOUNT_LOCK_STRIPES))
 
     def _context(self, actor: Actor, now: datetime, causation_id: str | None = None) -> Context:
@@ -248,10 +256,10 @@ class EnforcementService:
                     # A concurrent request with the same idempotency key won the race.
                     return Outcome(recorded, self.standing(account_id), replayed=True)
                 after = self.standings.remember_appended(saver, state, recorded)
-                return Outcome(
-                    recorded,
-                    view(after, max(now, recorded[-1].recorded_at), self.policy.strike_lookback),
-                )
+                at = max(now, recorded[-1].recorded_at)
+                if self.after_commit is not None:
+                    self.after_commit(after, recorded, at)
+                return Outcome(recorded, view(after, at, self.policy.strike_lookback))
             raise ConcurrencyError(account_id, -1)
 
     # ------------------------------------------------------------------ reading
@@ -364,6 +372,8 @@ class EnforcementService:
         for (index, state, _), events in zip(pending, recorded, strict=True):
             after = self.standings.remember_appended(saver, state, events)
             at = max(now, events[-1].recorded_at)
+            if self.after_commit is not None:
+                self.after_commit(after, events, at)
             standing = view(after, at, self.policy.strike_lookback)
             settled.append((index, ItemResult(201, Outcome(events, standing))))
         return settled

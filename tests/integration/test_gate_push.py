@@ -1,0 +1,125 @@
+"""A decision that changes the gate reaches it as it is committed (``gatekeeping.GatePush``),
+before any relay runs: the next request is refused at once. No workers run in these tests, so
+only the push can have told the gate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from test_service_support import OPERATOR, REPORTER, FakeClock, open_system
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import Container
+from enforcement.gate import EmbeddedGate
+from enforcement.gatekeeping import GatePush
+from enforcement.policy import ViolationReport
+from projections import aup_events as ev
+
+
+@pytest.fixture
+def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
+    with open_system(database_url, clock) as container:
+        # The gate's own clock is the real one; the service's decisions are at the fake clock's
+        # instant (2026-11-24): every restriction below is open-ended, so both agree.
+        assert isinstance(container.gate, EmbeddedGate)
+        yield container
+
+
+def reason(system: Container, account: str) -> str:
+    return system.gate.check(account, "key_1").reason
+
+
+def test_suspension_reinstatement_and_termination_reach_the_gate_at_once(
+    system: Container,
+) -> None:
+    service = system.service
+    assert reason(system, "acct_1") == "ok"
+
+    service.operator("acct_1", ops.Suspend("review"), OPERATOR)
+    assert reason(system, "acct_1") == "suspended"
+    service.operator("acct_1", ops.Reinstate("cleared"), OPERATOR)
+    assert reason(system, "acct_1") == "ok"
+    service.operator("acct_1", ops.Terminate("fraud"), OPERATOR)
+    assert reason(system, "acct_1") == "terminated"
+
+
+def test_limits_a_throttle_and_its_lift_reach_the_gate_at_once(system: Container) -> None:
+    service = system.service
+    service.operator("acct_2", ops.ConfigureLimits(100, 1000, key_id="key_1"), OPERATOR)
+    assert system.gate.check("acct_2", "key_1").limit_requests == 100
+
+    applied = service.operator("acct_2", ops.ApplyThrottle(0.25, "load"), OPERATOR)
+    throttle_id = ev.CODEC.decode(applied.events[0]).payload.throttle_id
+    assert system.gate.check("acct_2", "key_1").limit_requests == 25
+    service.operator("acct_2", ops.LiftThrottle(throttle_id), OPERATOR)
+    assert system.gate.check("acct_2", "key_1").limit_requests == 100
+
+
+def test_a_batch_recorded_in_one_transaction_reaches_the_gate_too(
+    system: Container, clock: FakeClock
+) -> None:
+    critical = ViolationReport("csam", clock())
+    minor = ViolationReport("spam", clock())
+    items = [("acct_3", critical, None, None), ("acct_4", minor, None, None)]
+
+    results = system.service.report_batch(items, REPORTER)
+
+    assert [r.status for r in results] == [201, 201]
+    assert reason(system, "acct_3") == "terminated"
+    assert reason(system, "acct_4") == "ok"  # a warning restricts nothing
+
+
+class CountingGate:
+    """Counts the gate updates it is asked for, and fails each when told to."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __getattr__(self, name: str) -> Any:
+        def update(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if self.fail:
+                raise ConnectionError("gate store down")
+            return set() if name == "throttle_ids" else True
+
+        return update
+
+
+def test_only_decisions_that_change_the_gate_are_pushed(system: Container) -> None:
+    gate = CountingGate()
+    system.service.after_commit = GatePush(gate)  # type: ignore[arg-type]
+
+    report = ViolationReport("spam", system.clock())
+    system.service.report_violation("acct_5", report, REPORTER)  # a warning and a remediation
+    assert gate.calls == []
+    system.service.operator("acct_5", ops.Suspend("review"), OPERATOR)
+    assert gate.calls == ["set_status"]
+
+
+def test_a_gate_that_fails_does_not_fail_the_committed_decision(
+    system: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    system.service.after_commit = GatePush(CountingGate(fail=True))  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.WARNING, logger="enforcement.gate"):
+        outcome = system.service.operator("acct_6", ops.Suspend("review"), OPERATOR)
+
+    assert [e.type for e in outcome.events] == ["AccountSuspended", "NoticeIssued"]
+    assert outcome.standing.status == "suspended"
+    assert [e.type for e in system.store.read_stream("acct_6")][:1] == ["AccountSuspended"]
+    assert "the relay will" in caplog.text
+
+
+def test_the_push_is_the_states_own_time(system: Container, clock: FakeClock) -> None:
+    """The state is applied at the committed decision's instant (the same as the relay's)."""
+    seen: list[datetime] = []
+    system.service.after_commit = lambda state, events, at: seen.append(at)
+
+    outcome = system.service.operator("acct_7", ops.Suspend("review"), OPERATOR)
+
+    assert seen == [max(clock(), outcome.events[-1].recorded_at)]
