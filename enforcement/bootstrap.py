@@ -15,7 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from enforcement.gate import Gate
-from enforcement.gatekeeping import AbuseDetector, GateApplier, GatePush, build_gate
+from enforcement.gatekeeping import (
+    AbuseDetector,
+    GateApplier,
+    GatePush,
+    build_gate,
+    build_push_gate,
+)
 from enforcement.policy import Policy, load_policy
 from enforcement.service import EnforcementService
 from enforcement.settings import Settings
@@ -76,7 +82,11 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
     standings = StandingRepository(store)
     gate = build_gate(settings, policy)
     service = EnforcementService(
-        store=store, standings=standings, policy=policy, clock=clock, after_commit=GatePush(gate)
+        store=store,
+        standings=standings,
+        policy=policy,
+        clock=clock,
+        after_commit=GatePush(build_push_gate(settings, policy, gate)),
     )
     container = Container(
         settings=settings,

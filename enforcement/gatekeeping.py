@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
 from enforcement.policy import Policy, ViolationReport, sustained_abuse_due
@@ -33,16 +38,37 @@ GATE_ACTOR = Actor(name="gate", correlation_id="gate", source="gate")
 CIRCUMVENTION_KEYS = 3
 
 
-def build_gate(settings: Settings, policy: Policy) -> Gate:
+PUSH_TIMEOUT_S = 0.25  # a push to the Redis gate gives up after this (the relay follows)
+
+
+def _gate_options(settings: Settings, policy: Policy) -> dict[str, Any]:
     window = int(policy.sustained_abuse_denials.window.total_seconds())
-    options: dict[str, Any] = {
+    return {
         "default_rpm": settings.default_rpm,
         "default_tpd": settings.default_tpd,
         "denial_window_s": max(window, 60),
     }
+
+
+def build_gate(settings: Settings, policy: Policy) -> Gate:
+    options = _gate_options(settings, policy)
     if settings.redis_url:
         return RedisGate.from_url(settings.redis_url, **options)
     return EmbeddedGate(**options)
+
+
+def build_push_gate(settings: Settings, policy: Policy, gate: Gate) -> Gate:
+    """The gate ``GatePush`` writes to: ``gate`` itself in process; on Redis the same store
+    through a client of its own whose commands give up after ``PUSH_TIMEOUT_S``."""
+    if not isinstance(gate, RedisGate) or not settings.redis_url:
+        return gate
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=PUSH_TIMEOUT_S,
+        socket_connect_timeout=PUSH_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return RedisGate(client, **_gate_options(settings, policy))
 
 
 def apply_state(
@@ -51,38 +77,71 @@ def apply_state(
     """Bring the gate to ``state`` (stale-safe: everything carries ``state.version``).
     ``reconcile``: also lift the throttles the gate holds that the state no longer has in force
     (lifted while the message that said so was lost; one more read per account)."""
-    version = state.version
-    if version == 0:
+    if state.version == 0:
         return
     if state.account_rate_limit is not None:
-        r = state.account_rate_limit
-        gate.set_limits(state.account_id, None, r.requests_per_minute, r.tokens_per_day, version)
-    for key_id, r in state.key_rate_limits.items():
-        gate.set_limits(state.account_id, key_id, r.requests_per_minute, r.tokens_per_day, version)
+        _apply_limits(gate, state, None)
+    for key_id in state.key_rate_limits:
+        _apply_limits(gate, state, key_id)
     active = {t.throttle_id for t in active_throttles(state, now)}
-    for t in state.throttles.values():
-        if t.throttle_id in active:
-            gate.apply_throttle(
-                state.account_id,
-                t.throttle_id,
-                t.key_id,
-                t.factor,
-                parse_time(t.expires_at) if t.expires_at else None,
-                version,
-            )
-        else:
-            gate.lift_throttle(state.account_id, t.throttle_id, version)
+    for throttle_id in state.throttles:
+        _apply_throttle(gate, state, throttle_id, active)
     if reconcile:
         for throttle_id in gate.throttle_ids(state.account_id) - active:
-            gate.lift_throttle(state.account_id, throttle_id, version)
+            gate.lift_throttle(state.account_id, throttle_id, state.version)
+    _apply_status(gate, state, now)
+
+
+def _apply_limits(gate: Gate, state: StandingState, key_id: str | None) -> None:
+    r = state.account_rate_limit if key_id is None else state.key_rate_limits.get(key_id)
+    if r is not None:
+        rpm, tpd = r.requests_per_minute, r.tokens_per_day
+        gate.set_limits(state.account_id, key_id, rpm, tpd, state.version)
+
+
+def _apply_throttle(gate: Gate, state: StandingState, throttle_id: str, active: set[str]) -> None:
+    t = state.throttles.get(throttle_id)
+    if t is not None and throttle_id in active:
+        expires = parse_time(t.expires_at) if t.expires_at else None
+        gate.apply_throttle(
+            state.account_id, throttle_id, t.key_id, t.factor, expires, state.version
+        )
+    else:
+        gate.lift_throttle(state.account_id, throttle_id, state.version)
+
+
+def _apply_status(gate: Gate, state: StandingState, now: datetime) -> None:
     suspension = active_suspension(state, now)
     if state.terminated:
-        gate.set_status(state.account_id, "terminated", None, version)
+        gate.set_status(state.account_id, "terminated", None, state.version)
     elif suspension is not None:
         until = parse_time(suspension.until) if suspension.until else None
-        gate.set_status(state.account_id, "suspended", until, version)
+        gate.set_status(state.account_id, "suspended", until, state.version)
     else:
-        gate.set_status(state.account_id, "active", None, version)
+        gate.set_status(state.account_id, "active", None, state.version)
+
+
+_STATUS_EVENTS = frozenset(
+    {"AccountSuspended", "SuspensionEnded", "AccountReinstated", "AccountTerminated"}
+)
+
+
+def apply_changes(
+    gate: Gate, state: StandingState, events: Sequence[RecordedEvent], now: datetime
+) -> None:
+    """What ``events`` changed of the gate's state, from ``state`` (the account after them):
+    the status first (what refuses the next request), then each throttle and limit they name.
+    The rest of the account's gate state is as it was, so a push costs one call per change."""
+    if any(e.type in _STATUS_EVENTS for e in events):
+        _apply_status(gate, state, now)
+    active: set[str] | None = None
+    for e in events:
+        if e.type in ("ThrottleApplied", "ThrottleLifted"):
+            if active is None:
+                active = {t.throttle_id for t in active_throttles(state, now)}
+            _apply_throttle(gate, state, e.data["throttle_id"], active)
+        elif e.type == "RateLimitsConfigured":
+            _apply_limits(gate, state, e.data["key_id"])
 
 
 class GateApplier:
@@ -111,28 +170,41 @@ class GateApplier:
 
 
 class GatePush:
-    """The service's ``after_commit``: a decision that changes the gate (a suspension, a
-    throttle, limits, …) reaches the gate as soon as it is committed, not only when the relay's
-    ``apply_gate_state`` message is handled, so that the next request is refused at once.
+    """The service's ``after_commit``: what a committed decision changed of the gate (a
+    suspension, a throttle, limits, …) reaches it before the request answers, not only when the
+    relay's ``apply_gate_state`` message is handled, so that the next request is refused at once.
 
     The relay's message still follows (the log is the outbox: nothing depends on this push);
-    both apply the same state, stale-safe by version. A gate that does not answer is logged
-    and left to the relay: the decision is committed, and the request that made it succeeds.
+    both are stale-safe by version. The push is a shortcut, so it never makes a decision slow
+    or failed: on Redis it has a client of its own with short timeouts (``build_push_gate``);
+    a push that fails is logged, and for ``quiet_s`` after it none is tried (each would wait
+    for the same timeout), the relay alone then telling the gate.
     """
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(
+        self, gate: Gate, quiet_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.gate = gate
+        self.quiet_s = quiet_s
+        self._clock = clock
+        self._quiet_until = 0.0
 
     def __call__(
         self, state: StandingState, events: Sequence[RecordedEvent], now: datetime
     ) -> None:
         if not any(e.type in GATE_EVENTS for e in events):
             return
-        lifted = any(e.type == "ThrottleLifted" for e in events)
+        if self._clock() < self._quiet_until:
+            return
         try:
-            apply_state(self.gate, state, now, reconcile=lifted)
+            apply_changes(self.gate, state, events, now)
         except Exception:  # the relay's message applies it again
-            log.warning("gate not updated after commit; the relay will", exc_info=True)
+            self._quiet_until = self._clock() + self.quiet_s
+            log.warning(
+                "gate not updated after commit; the relay will (no push for %.0fs)",
+                self.quiet_s,
+                exc_info=True,
+            )
 
 
 # What ``apply_state`` reads of a state besides its head.

@@ -227,6 +227,26 @@ class EnforcementService:
             previous = self.store.recorded_for_key(idempotency_key, fingerprint)
             if previous is not None:
                 return Outcome(previous, self.standing(account_id), replayed=True)
+        outcome, after = self._execute_locked(
+            account_id, decide, actor, idempotency_key, fingerprint, causation_id
+        )
+        if after is not None and self.after_commit is not None:
+            # Outside the account's lock: what it does (e.g. a call to the gate) never holds up
+            # the account's next request, nor the others of its lock stripe.
+            self.after_commit(after, outcome.events, outcome.standing.as_of)
+        return outcome
+
+    def _execute_locked(
+        self,
+        account_id: str,
+        decide: Decide,
+        actor: Actor,
+        idempotency_key: str | None,
+        fingerprint: str | None,
+        causation_id: str | None,
+    ) -> tuple[Outcome, StandingState | None]:
+        """``_execute`` under the account's lock: the outcome, and the state after the events
+        when this call recorded them (None when it recorded nothing)."""
         # Requests of this process on one account take turns (they would only lose the race to
         # each other); requests of other processes still race, and lose to the version check.
         with self._account_lock(account_id):
@@ -237,7 +257,7 @@ class EnforcementService:
                 now = to_utc(self.clock())
                 new_events = decide(state, self._context(actor, now, causation_id))
                 if not new_events:
-                    return Outcome([], view(state, now, self.policy.strike_lookback))
+                    return Outcome([], view(state, now, self.policy.strike_lookback)), None
                 saver = self.standings.saver(state)
                 try:
                     recorded = self.store.append(
@@ -254,12 +274,10 @@ class EnforcementService:
                     continue
                 if recorded and recorded[0].event_id != new_events[0].event_id:
                     # A concurrent request with the same idempotency key won the race.
-                    return Outcome(recorded, self.standing(account_id), replayed=True)
+                    return Outcome(recorded, self.standing(account_id), replayed=True), None
                 after = self.standings.remember_appended(saver, state, recorded)
                 at = max(now, recorded[-1].recorded_at)
-                if self.after_commit is not None:
-                    self.after_commit(after, recorded, at)
-                return Outcome(recorded, view(after, at, self.policy.strike_lookback))
+                return Outcome(recorded, view(after, at, self.policy.strike_lookback)), after
             raise ConcurrencyError(account_id, -1)
 
     # ------------------------------------------------------------------ reading

@@ -16,7 +16,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from enforcement.gate.base import MAX_ID_LEN
 from enforcement.policy import CATEGORIES
 
 AccountId = Annotated[
@@ -60,9 +59,25 @@ def _no_nul(value: str | None) -> str | None:
 
 NoNul = AfterValidator(_no_nul)
 SafeText = Annotated[Text, NoNul]
+
+
+def _usable_key_id(value: str) -> str:
+    # A control character cannot be routed in a path (Starlette's matcher stops at a newline),
+    # and a client resolves "." and ".." in a path as steps before sending it
+    # (``…/keys/../limits`` would reach the account-wide limits).
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise ValueError("must not contain control characters")
+    if value in (".", ".."):
+        raise ValueError('must not be "." or ".."')
+    return value
+
+
 # The contract gives an API key id no alphabet (a gateway's ids may be base64, with ``/+=``):
-# any text the gate keeps (``gate.base.MAX_ID_LEN``) but NUL, which PostgreSQL cannot hold.
-KeyId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN), NoNul]
+# any text but control characters, of at most 200 characters (what a stored standing's record
+# key holds: ``projections.tables``).
+KeyId = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_usable_key_id)
+]
 
 
 def _known_category(value: str) -> str:

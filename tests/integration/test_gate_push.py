@@ -5,6 +5,9 @@ only the push can have told the gate."""
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -15,8 +18,9 @@ from test_service_support import OPERATOR, REPORTER, FakeClock, open_system
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.gate import EmbeddedGate
-from enforcement.gatekeeping import GatePush
+from enforcement.gatekeeping import PUSH_TIMEOUT_S, GatePush, build_gate, build_push_gate
 from enforcement.policy import ViolationReport
+from enforcement.settings import Settings
 from projections import aup_events as ev
 
 
@@ -90,15 +94,94 @@ class CountingGate:
         return update
 
 
-def test_only_decisions_that_change_the_gate_are_pushed(system: Container) -> None:
+def test_only_what_a_decision_changed_is_pushed(system: Container) -> None:
     gate = CountingGate()
-    system.service.after_commit = GatePush(gate)  # type: ignore[arg-type]
+    service = system.service
+    for key in ("key_1", "key_2", "key_3"):  # (pushed one by one, before the counting starts)
+        service.operator("acct_5", ops.ConfigureLimits(60, 1000, key_id=key), OPERATOR)
+    service.operator("acct_5", ops.ApplyThrottle(0.5, "load"), OPERATOR)
+    service.after_commit = GatePush(gate)  # type: ignore[arg-type]
 
     report = ViolationReport("spam", system.clock())
-    system.service.report_violation("acct_5", report, REPORTER)  # a warning and a remediation
+    service.report_violation("acct_5", report, REPORTER)  # a remediation: nothing for the gate
     assert gate.calls == []
-    system.service.operator("acct_5", ops.Suspend("review"), OPERATOR)
+    service.operator("acct_5", ops.Suspend("review"), OPERATOR)
+    assert gate.calls == ["set_status"]  # not the three keys' limits and the throttle again
+    service.operator("acct_5", ops.ConfigureLimits(30, 500, key_id="key_2"), OPERATOR)
+    service.operator("acct_5", ops.ApplyThrottle(0.25, "more load", key_id="key_1"), OPERATOR)
+    assert gate.calls == ["set_status", "set_limits", "apply_throttle"]
+
+
+def test_the_push_runs_once_the_account_is_unlocked(system: Container) -> None:
+    service, free = system.service, []
+    lock = service._account_lock("acct_8")
+
+    def after_commit(*_: object) -> None:
+        free.append(lock.acquire(blocking=False))
+        lock.release()
+
+    service.after_commit = after_commit
+    service.operator("acct_8", ops.Suspend("review"), OPERATOR)
+    assert free == [True]  # another request on the account (or its stripe) need not wait
+
+
+def test_after_a_failed_push_none_is_tried_for_a_while(system: Container) -> None:
+    gate, now = CountingGate(fail=True), [100.0]
+    service = system.service
+    service.after_commit = GatePush(gate, quiet_s=10, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    service.operator("acct_9", ops.Suspend("review"), OPERATOR)
+    service.operator("acct_9", ops.Reinstate("cleared"), OPERATOR)  # within the quiet time
     assert gate.calls == ["set_status"]
+    now[0] += 10
+    service.operator("acct_9", ops.Terminate("fraud"), OPERATOR)
+    assert gate.calls == ["set_status", "set_status"]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers: a Redis that hangs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_redis_that_hangs_delays_a_decision_by_the_push_timeout_only(
+    system: Container, silent_server: str
+) -> None:
+    settings = Settings(database_url="sqlite://", redis_url=silent_server)
+    gate = build_gate(settings, system.policy)
+    system.service.after_commit = GatePush(build_push_gate(settings, system.policy, gate))
+
+    started = time.monotonic()
+    outcome = system.service.operator("acct_10", ops.Suspend("review"), OPERATOR)
+    took = time.monotonic() - started
+    then = time.monotonic()
+    system.service.operator("acct_10", ops.Reinstate("cleared"), OPERATOR)  # quiet: no push
+    quiet = time.monotonic() - then
+
+    assert outcome.standing.status == "suspended"
+    # One command, with no retry, that gives up after PUSH_TIMEOUT_S (the gate's own client
+    # would wait 5 s, and retry).
+    assert PUSH_TIMEOUT_S <= took < PUSH_TIMEOUT_S + 1.0
+    assert quiet < PUSH_TIMEOUT_S
 
 
 def test_a_gate_that_fails_does_not_fail_the_committed_decision(
