@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -305,7 +306,10 @@ def install_embedded_workers(container: Container) -> None:
     container.extras["start_workers"] = start
 
 
-def _consumer_process(settings: Settings) -> None:
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _consumer_process(settings: Settings, parent_pid: int | None = None) -> None:
     from enforcement.bootstrap import bootstrap
 
     container = bootstrap(settings)
@@ -314,7 +318,13 @@ def _consumer_process(settings: Settings) -> None:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    # A worker killed outright (SIGKILL, OOM) sends its consumers no signal: they stop when
+    # they find themselves orphaned, as they would on its SIGTERM (their messages go back to
+    # the broker), instead of running on beside the worker that replaces it.
+    while not done.wait(PARENT_CHECK_SECONDS):
+        if parent_pid is not None and os.getppid() != parent_pid:
+            log.warning("the worker process that started this consumer is gone; stopping")
+            break
     stop()
     container.close()
 
@@ -325,7 +335,9 @@ def run_worker_processes(settings: Settings) -> None:
 
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_consumer_process, args=(settings,), name=f"consumer-{i}")
+        ctx.Process(
+            target=_consumer_process, args=(settings, os.getpid()), name=f"consumer-{i}"
+        )
         for i in range(settings.worker_processes)
     ]
     for child in children:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -310,3 +312,50 @@ def test_a_leader_whose_lock_session_died_steps_down_so_one_relay_runs(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@POSTGRES_ONLY
+def test_consumers_of_a_worker_killed_outright_stop_by_themselves(
+    settings: Settings, tmp_path: Path
+) -> None:
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        consumers = wait_until(
+            lambda: (
+                (c := children_of(worker.proc.pid)) and len(c) >= settings.worker_processes and c
+            ),
+            "the worker's consumer processes",
+            30,
+        )
+        # SIGKILL the worker alone (not its group): its consumers get no signal at all.
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait(timeout=10)
+
+        wait_until(
+            lambda: not any(alive(pid) for pid in consumers),
+            "the orphaned consumers to stop",
+            timeout=30,
+        )
+    finally:
+        worker.stop()
+    assert "is gone; stopping" in worker.output()
