@@ -72,6 +72,15 @@ def time_option(value: str | None, name: str) -> datetime | None:
         fail(f"{name} must be an RFC 3339 time with a UTC offset, such as 2026-11-24T10:00:00Z.")
 
 
+def account_option(value: str | None, name: str) -> str | None:
+    """An account id as the contract writes them, or a usage error naming the argument."""
+    from enforcement.gate.base import ACCOUNT_ID
+
+    if value is not None and ACCOUNT_ID.fullmatch(value) is None:
+        fail(f"{name} must be an account id: 1 to 128 characters of A-Za-z0-9._:-.")
+    return value
+
+
 @app.command()
 def init() -> None:
     """Create or upgrade the schema (Alembic upgrade head); rebuild older stored standings."""
@@ -194,6 +203,7 @@ def standing(
     """Show one account's standing."""
     from enforcement.render import standing_table
 
+    account_option(account, "ACCOUNT")
     moment = time_option(as_of, "--as-of")
     with opened_container() as container:
         result = container.service.standing(account, moment).to_json()
@@ -214,6 +224,7 @@ def history(
 
     if fmt not in ("table", "json", "csv"):
         fail(f"Unknown format {fmt!r}; choose table, json or csv.")
+    account_option(account, "ACCOUNT")
     moment = time_option(as_of, "--as-of")
     with opened_container() as container:
         entries = list(container.service.history(account, moment))
@@ -235,6 +246,7 @@ def verify(
     """Check hash chains: exit 0 when intact, 1 when any chain is broken."""
     from enforcement.auditing import verify_accounts
 
+    account_option(account, "ACCOUNT")
     with opened_container() as container:
         results = verify_accounts(container.store, account, show_progress=not as_json)
     broken = [r for r in results if not r["ok"]]
@@ -269,6 +281,7 @@ def replay(
     ] = 0,
 ) -> None:
     """Rebuild the stored projections from the log, with a progress bar and events/s."""
+    account_option(account, "--account")
     with opened_container() as container:
         _rebuild_standings(container.store, container.standings, account, jobs)
 
@@ -310,7 +323,10 @@ def export(
 
     if fmt not in ("jsonl", "sor"):
         fail(f"Unknown format {fmt!r}; choose jsonl or sor.")
+    account_option(account, "--account")
     start, end = time_option(since, "--since"), time_option(until, "--until")
+    if start is not None and end is not None and start > end:
+        fail("--since must not be later than --until.")
     with opened_container() as container:
         stream = output.open("w", encoding="utf-8") if output else sys.stdout
         try:

@@ -68,8 +68,8 @@ class Settings:
             return number
 
         return cls(
-            database_url=text("ENFORCEMENT_DATABASE_URL") or cls.database_url,
-            redis_url=text("ENFORCEMENT_REDIS_URL"),
+            database_url=_database_url(text("ENFORCEMENT_DATABASE_URL") or cls.database_url),
+            redis_url=_redis_url(text("ENFORCEMENT_REDIS_URL")),
             policy_file=text("ENFORCEMENT_POLICY_FILE"),
             smtp_url=text("ENFORCEMENT_SMTP_URL"),
             mail_dir=text("ENFORCEMENT_MAIL_DIR") or cls.mail_dir,
@@ -89,3 +89,45 @@ class Settings:
                 "ENFORCEMENT_WORKER_HEARTBEAT_MS", cls.worker_heartbeat_ms
             ),
         )
+
+
+_DATABASE = "ENFORCEMENT_DATABASE_URL"
+
+
+def _database_url(value: str) -> str:
+    """A SQLAlchemy URL of a database this service runs on, with its driver installed."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = sa.make_url(value)
+        url.port  # noqa: B018 - parsed on access: a port that is not a number raises
+        backend = url.get_backend_name()
+    except (ArgumentError, ValueError):
+        raise SettingsError(f"{_DATABASE} is not a database URL") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise SettingsError(
+            f"{_DATABASE} must be a sqlite:/// or postgresql+psycopg:// URL, not {backend}"
+        )
+    try:
+        url.get_dialect().import_dbapi()
+    except (ArgumentError, ImportError):
+        raise SettingsError(
+            f"{_DATABASE} names the driver {url.get_driver_name()!r}, which is not installed "
+            "(PostgreSQL is served with postgresql+psycopg://)"
+        ) from None
+    return value
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from redis.connection import parse_url
+
+    try:
+        parse_url(value)  # type: ignore[no-untyped-call]
+    except ValueError:
+        raise SettingsError(
+            "ENFORCEMENT_REDIS_URL must be a redis://, rediss:// or unix:// URL"
+        ) from None
+    return value

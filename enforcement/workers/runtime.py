@@ -335,9 +335,7 @@ def run_worker_processes(settings: Settings) -> None:
 
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(
-            target=_consumer_process, args=(settings, os.getpid()), name=f"consumer-{i}"
-        )
+        ctx.Process(target=_consumer_process, args=(settings, os.getpid()), name=f"consumer-{i}")
         for i in range(settings.worker_processes)
     ]
     for child in children:

@@ -194,6 +194,27 @@ def test_a_database_that_cannot_be_used_is_one_sentence_and_exit_2_not_1(
     assert one_sentence(result.stderr) == f"Cannot use {nowhere}: No such file or directory."
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("ENFORCEMENT_DATABASE_URL", "notaurl", "is not a database URL"),
+        ("ENFORCEMENT_DATABASE_URL", "postgresql+psycopg://u@h:notaport/db", "not a database URL"),
+        ("ENFORCEMENT_DATABASE_URL", "mysql://u@h/db", "must be a sqlite:/// or postgresql"),
+        ("ENFORCEMENT_DATABASE_URL", "postgresql+pg8000://u@h/db", "not installed"),
+        ("ENFORCEMENT_REDIS_URL", "localhost:6379", "must be a redis://"),
+    ],
+)
+def test_a_configuration_url_that_cannot_be_used_is_one_sentence_and_exit_2(
+    sqlite_url: str, variable: str, value: str, says: str
+) -> None:
+    """Not a traceback (a malformed URL raised from deep in SQLAlchemy or redis-py)."""
+    for args in (("standing", "acct_1"), ("serve", "--port", "1")):
+        result = run_cli(sqlite_url, *args, env={variable: value})
+        assert result.returncode == 2, (args, result.stderr)
+        sentence = one_sentence(result.stderr)
+        assert sentence.startswith("Configuration error: ") and says in sentence, sentence
+
+
 def test_tokens_create_prints_the_token_last_and_stores_only_its_hash(
     populated: Populated,
 ) -> None:
@@ -509,6 +530,21 @@ USAGE_ERRORS = [
     ("verify", "acct_a", "extra"),
     ("tokens", "create", "--role", "admin"),
     ("frobnicate",),
+    # An account id the contract does not allow (a typo found nothing, and said so with exit 0).
+    ("standing", "bad acct!"),
+    ("history", "a" * 129),
+    ("verify", "acct a"),
+    ("replay", "--account", "acct/a"),
+    ("export", "--format", "jsonl", "--account", ""),
+    (
+        "export",
+        "--format",
+        "jsonl",
+        "--since",
+        "2026-12-05T00:00:00Z",
+        "--until",
+        "2026-12-04T00:00:00Z",
+    ),
 ]
 
 
