@@ -57,7 +57,13 @@ def register_actors(
         # Numbered on from the failures already recorded: a message sent again after a broker
         # lost the first records each attempt under a key of its own, and the limit holds for
         # the notice, not for each message.
-        attempt = max(retries, delivery.failed_attempts(notice_event_id, channel)) + 1
+        failed = delivery.failed_attempts(notice_event_id, channel)
+        if failed > notice_retries:
+            # Its last attempt failed already (a second message for the notice, e.g. from a
+            # relay that had not yet seen it lost the lead): no attempt beyond the limit.
+            log.info("notice %s via %s: retries exhausted", notice_event_id, channel)
+            return
+        attempt = max(retries, failed) + 1
         outcome = delivery.attempt(
             notice_event_id, channel, attempt=attempt, final=attempt > notice_retries
         )

@@ -91,6 +91,8 @@ class Relay:
         self.channels = channels
         self.page_size = page_size
         self.checkpoint = checkpoint
+        # Asked before a page is enqueued: whether this relay may still send (it still leads).
+        self.guard: Callable[[], bool] | None = None
 
     def position(self) -> int:
         with self.store.engine.connect() as conn:
@@ -102,6 +104,8 @@ class Relay:
         page = self.store.read_all(after, self.page_size)
         if not page:
             return 0
+        if self.guard is not None and not self.guard():
+            return 0  # another process may lead now: it sends these
         for event in page:
             for message in messages_for(event, self.channels):
                 self.enqueue(message)

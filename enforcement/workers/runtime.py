@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import multiprocessing
 import os
@@ -71,6 +72,7 @@ class LeaderLock:
         self.engine = container.engine
         self.conn: sa.Connection | None = None
         self._file: Any = None
+        self._using = threading.Lock()  # the watch and the relay both ask ``holds``
 
     def acquire(self) -> bool:
         if self.engine.dialect.name != "postgresql":
@@ -86,14 +88,15 @@ class LeaderLock:
         (a restart, a failover or a terminated backend ends it, and the lock with it)."""
         if self.engine.dialect.name != "postgresql":
             return True
-        if self.conn is None:
-            return False
-        try:
-            self.conn.exec_driver_sql("SELECT 1")
-            self.conn.commit()
-        except Exception:
-            return False
-        return True
+        with self._using:
+            if self.conn is None:
+                return False
+            try:
+                self.conn.exec_driver_sql("SELECT 1")
+                self.conn.commit()
+            except Exception:
+                return False
+            return True
 
     def _acquire_file(self) -> bool:
         if self._file is not None:
@@ -122,6 +125,19 @@ class LeaderLock:
             with suppress(Exception):
                 self._file.close()  # closing it releases the file lock
             self._file = None
+
+
+def still_leads(leader: LeaderLock, stepping_down: threading.Event) -> bool:
+    """Whether this process may go on relaying: asked by the relay before it sends a page, so
+    that a process that lost the lock (its database session ended) stops at once, not only at
+    the watch's next look (two relays meanwhile would send every message twice)."""
+    if stepping_down.is_set():
+        return False
+    if leader.holds():
+        return True
+    log.warning("the relay's leader lock was lost; stepping down")
+    stepping_down.set()
+    return False
 
 
 def watch_leader(leader: LeaderLock, stop: threading.Event, stepping_down: threading.Event) -> None:
@@ -267,6 +283,7 @@ def start_background(
                     # No re-sending after a relay error: a broker that merely was unreachable
                     # lost nothing (the checkpoint did not move past what it could not take), and
                     # one that lost its data is seen by the watch.
+                    relay_obj.guard = functools.partial(still_leads, leader, stepping_down)
                     relay_obj.run(stepping_down)
                     for helper in helpers:
                         helper.join(timeout=5)

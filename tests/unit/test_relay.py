@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from enforcement.policy import DEFAULT_POLICY, Context, ViolationReport, decide_violation
 from enforcement.workers.relay import GATE_EVENTS, Message, Relay, delay_ms, messages_for
+from enforcement.workers.runtime import still_leads
 from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
 from projections.standing import StandingState
@@ -281,3 +282,42 @@ def test_the_running_relay_retries_through_a_broker_outage_and_catches_up() -> N
     assert {m.args for m in broker.sent} == {
         (f"evt-{p}", channel) for p in range(1, 5) for channel in CHANNELS
     }
+
+
+def test_a_relay_that_no_longer_leads_sends_nothing_and_keeps_the_checkpoint() -> None:
+    store = MemoryStore(notices(2))
+    broker = Broker(store)
+    relay = Relay(store, broker, CHANNELS)  # type: ignore[arg-type]
+    asked: list[bool] = []
+    leads = [True]
+
+    def guard() -> bool:
+        asked.append(leads[0])
+        return leads[0]
+
+    relay.guard = guard
+    leads[0] = False
+    assert relay.run_once() == 0
+    assert broker.sent == [] and relay.position() == 0  # the new leader sends these
+    leads[0] = True
+    assert relay.run_once() == 2
+    assert relay.run_once() == 0  # nothing new: not asked (no query per idle poll)
+    assert asked == [False, True]
+
+
+class FakeLeader:
+    def __init__(self, holds: bool) -> None:
+        self._holds = holds
+
+    def holds(self) -> bool:
+        return self._holds
+
+
+def test_still_leads_steps_down_at_once_when_the_lock_is_lost() -> None:
+    kept, lost = threading.Event(), threading.Event()
+
+    assert still_leads(FakeLeader(True), kept) is True  # type: ignore[arg-type]
+    assert not kept.is_set()
+    assert still_leads(FakeLeader(False), lost) is False  # type: ignore[arg-type]
+    assert lost.is_set()  # the sweep and the gate keeper stop with the relay
+    assert still_leads(FakeLeader(True), lost) is False  # once stepped down, stays so

@@ -18,7 +18,7 @@ import pytest
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
 from enforcement.workers.actors import QUEUE
-from enforcement.workers.relay import CHECKPOINT
+from enforcement.workers.relay import CHECKPOINT, Message
 from events import RecordedEvent
 from tests.workers.system import (
     OPERATOR,
@@ -191,6 +191,17 @@ def test_a_final_failure_is_recorded_once_the_retries_are_spent(
         wait_for = 2 * settings.notice_max_backoff_ms / 1000
         with pytest.raises(AssertionError):
             wait_until(lambda: len(receiver.requests) > 3, "a 4th attempt", timeout=wait_for)
+        assert len(receiver.for_event(notice.event_id)) == 3
+        assert summary(system, notice.event_id) == expected
+
+        # nor from another message for the notice (a second relay, before it saw that it had
+        # lost the lead, enqueued it again): the limit holds for the notice
+        handled = len(system.recorder.of("deliver_notice", notice.event_id, "webhook"))
+        system.actors.enqueue(Message("deliver_notice", (notice.event_id, "webhook")))
+        wait_until(
+            lambda: len(system.recorder.of("deliver_notice", notice.event_id, "webhook")) > handled,
+            "the second message to be handled",
+        )
         assert len(receiver.for_event(notice.event_id)) == 3
         assert summary(system, notice.event_id) == expected
     finally:
