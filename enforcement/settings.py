@@ -96,11 +96,12 @@ _DATABASE = "ENFORCEMENT_DATABASE_URL"
 
 def _database_url(value: str) -> str:
     """A SQLAlchemy URL of a database this service runs on, with its driver installed."""
-    import sqlalchemy as sa
     from sqlalchemy.exc import ArgumentError
 
+    from events.dialects import normalized_url
+
     try:
-        url = sa.make_url(value)
+        url = normalized_url(value)  # as the engine will connect (postgresql:// is psycopg 3)
         url.port  # noqa: B018 - parsed on access: a port that is not a number raises
         backend = url.get_backend_name()
     except (ArgumentError, ValueError):

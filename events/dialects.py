@@ -39,17 +39,27 @@ POSTGRES_IDLE_PING_SECONDS = 10.0
 R = TypeVar("R")
 
 
+def normalized_url(url: str | sa.URL) -> sa.URL:
+    """``url`` as the log connects to it: PostgreSQL always through psycopg 3 (a URL without a
+    driver, whose default is psycopg2 on SQLAlchemy 2.0, or naming psycopg2, gets it)."""
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() == "postgresql" and sa_url.drivername in (
+        "postgresql",
+        "postgresql+psycopg2",
+    ):
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    return sa_url
+
+
 def create_engine(url: str, **kwargs: Any) -> Engine:
     """An engine configured for the log: durable SQLite, pooled PostgreSQL (psycopg 3)."""
-    sa_url = sa.make_url(url)
+    sa_url = normalized_url(url)
     if sa_url.get_backend_name() == "sqlite":
         engine = sa.create_engine(
             sa_url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs
         )
         _configure_sqlite(engine)
         return engine
-    if sa_url.get_backend_name() == "postgresql" and sa_url.get_driver_name() in ("", "psycopg2"):
-        sa_url = sa_url.set(drivername="postgresql+psycopg")
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     engine = sa.create_engine(sa_url, **kwargs)

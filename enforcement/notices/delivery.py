@@ -72,6 +72,15 @@ class NoticeDelivery:
             count += 1
         return count
 
+    def failed_for_good(self, notice_event_id: str, channel: str, failed: int) -> bool:
+        """Whether the last of the ``failed`` recorded failures on ``channel`` was final (its
+        retries were spent, or the target refused): no attempt follows one."""
+        if failed == 0:
+            return False
+        key = _failed_key(notice_event_id, channel, failed)
+        recorded = self.store.recorded_for_key(key, key)
+        return recorded is not None and any(e.data.get("final") for e in recorded)
+
     def attempt(self, notice_event_id: str, channel: str, attempt: int, final: bool) -> str:
         """Try once. Returns what happened; raises ``DeliveryFailed`` when a retry may help."""
         notice = self.store.get_event(notice_event_id)

@@ -58,10 +58,10 @@ def register_actors(
         # lost the first records each attempt under a key of its own, and the limit holds for
         # the notice, not for each message.
         failed = delivery.failed_attempts(notice_event_id, channel)
-        if failed > notice_retries:
+        if delivery.failed_for_good(notice_event_id, channel, failed):
             # Its last attempt failed already (a second message for the notice, e.g. from a
-            # relay that had not yet seen it lost the lead): no attempt beyond the limit.
-            log.info("notice %s via %s: retries exhausted", notice_event_id, channel)
+            # relay that had not yet seen it lost the lead): no attempt after a final one.
+            log.info("notice %s via %s: failed for good already", notice_event_id, channel)
             return
         attempt = max(retries, failed) + 1
         outcome = delivery.attempt(

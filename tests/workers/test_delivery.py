@@ -236,6 +236,15 @@ def test_a_private_webhook_target_is_refused_without_allow_private(
         )
         assert "non-public address 127.0.0.1" in refused.data["error"]
         assert receiver.requests == []
+
+        # and a second message for the notice (another relay's) adds no second final failure
+        handled = len(system.recorder.of("deliver_notice", notice.event_id, "webhook"))
+        system.actors.enqueue(Message("deliver_notice", (notice.event_id, "webhook")))
+        wait_until(
+            lambda: len(system.recorder.of("deliver_notice", notice.event_id, "webhook")) > handled,
+            "the second message to be handled",
+        )
+        assert [e.event_id for e in system.outcomes(notice.event_id)] == [refused.event_id]
     finally:
         system.close()
 

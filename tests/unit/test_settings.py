@@ -1,0 +1,50 @@
+"""Configuration URLs are checked when read: a malformed one is one sentence, not a traceback,
+and every form that connects is accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from enforcement.settings import Settings, SettingsError
+from events.dialects import normalized_url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///./enforcement.db",
+        "sqlite://",
+        "sqlite+pysqlite:///x.db",
+        "postgresql+psycopg://u:p@h:5432/db?sslmode=require",
+        "postgresql+psycopg://u@/db?host=/var/run/postgresql",
+        # no driver, or psycopg2 (not installed): the engine connects with psycopg 3
+        "postgresql://u@h/db",
+        "postgresql+psycopg2://u@h/db",
+    ],
+)
+def test_every_database_url_the_engine_connects_with_is_accepted(url: str) -> None:
+    assert Settings.from_env({"ENFORCEMENT_DATABASE_URL": url}).database_url == url
+
+
+def test_postgresql_urls_are_connected_through_psycopg_3() -> None:
+    for url in ("postgresql://u@h/db", "postgresql+psycopg2://u@h/db"):
+        assert normalized_url(url).drivername == "postgresql+psycopg"
+    assert normalized_url("sqlite://").drivername == "sqlite"
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"ENFORCEMENT_DATABASE_URL": "notaurl"}, "not a database URL"),
+        ({"ENFORCEMENT_DATABASE_URL": "mysql://u@h/db"}, "must be a sqlite"),
+        ({"ENFORCEMENT_REDIS_URL": "localhost:6379"}, "must be a redis://"),
+    ],
+)
+def test_a_url_that_cannot_be_used_is_refused_with_a_reason(env: dict[str, str], says: str) -> None:
+    with pytest.raises(SettingsError, match=says):
+        Settings.from_env(env)
+
+
+def test_redis_urls_of_every_scheme_are_accepted() -> None:
+    for url in ("redis://h:6379/0", "rediss://h:6380/1?ssl_cert_reqs=none", "unix:///tmp/r.sock"):
+        assert Settings.from_env({"ENFORCEMENT_REDIS_URL": url}).redis_url == url
