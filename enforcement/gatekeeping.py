@@ -175,8 +175,9 @@ class GatePush:
     relay's ``apply_gate_state`` message is handled, so that the next request is refused at once.
 
     The relay's message still follows (the log is the outbox: nothing depends on this push);
-    both are stale-safe by version. The push is a shortcut, so it never makes a decision slow
-    or failed: on Redis it has a client of its own with short timeouts (``build_push_gate``);
+    both are stale-safe by version. The push is a shortcut, so it never fails a decision and
+    delays one by at most ``PUSH_TIMEOUT_S``: on Redis it has a client of its own with that
+    timeout and no retry (``build_push_gate``);
     a push that fails is logged, and for ``quiet_s`` after it none is tried (each would wait
     for the same timeout), the relay alone then telling the gate.
     """
