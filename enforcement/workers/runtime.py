@@ -145,11 +145,7 @@ def watch_leader(leader: LeaderLock, stop: threading.Event, stepping_down: threa
     (looked at every few seconds): this process then stops relaying, as another one may have
     taken the lead."""
     while not stop.wait(LEADER_CHECK_SECONDS):
-        if stepping_down.is_set():
-            return
-        if not leader.holds():
-            log.warning("the relay's leader lock was lost; stepping down")
-            stepping_down.set()
+        if not still_leads(leader, stepping_down):
             return
     stepping_down.set()
 
