@@ -324,13 +324,16 @@ PARENT_CHECK_SECONDS = 1.0
 
 def _consumer_process(settings: Settings, parent_pid: int | None = None) -> None:
     from enforcement.bootstrap import bootstrap
+    from enforcement.logs import configure_logging
 
+    configure_logging()  # a spawned process starts without the worker's (structured) logging
     container = bootstrap(settings)
     actors = build_actors(container)
     stop = start_background(container, actors, consumers=True, relay=False)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    log.info("consumer process %d is consuming", os.getpid())
     # A worker killed outright (SIGKILL, OOM) sends its consumers no signal: they stop when
     # they find themselves orphaned, as they would on its SIGTERM (their messages go back to
     # the broker), instead of running on beside the worker that replaces it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import signal
 from collections import Counter
@@ -347,6 +348,13 @@ def test_consumers_of_a_worker_killed_outright_stop_by_themselves(
             "the worker's consumer processes",
             30,
         )
+        # Started, not only spawned: one killed while it still reads its arguments from the
+        # worker dies of that (EOFError) rather than by noticing it was orphaned.
+        wait_until(
+            lambda: worker.output().count("is consuming") >= settings.worker_processes,
+            "the consumer processes to start consuming",
+            30,
+        )
         # SIGKILL the worker alone (not its group): its consumers get no signal at all.
         os.kill(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(timeout=10)
@@ -358,4 +366,6 @@ def test_consumers_of_a_worker_killed_outright_stop_by_themselves(
         )
     finally:
         worker.stop()
-    assert "is gone; stopping" in worker.output()
+    # Logged by the consumers, structured as the worker's own lines are.
+    gone = [line for line in worker.output().splitlines() if "is gone; stopping" in line]
+    assert gone and all(json.loads(line)["level"] == "warning" for line in gone)
