@@ -19,6 +19,7 @@ from enforcement.gatekeeping import (
     AbuseDetector,
     GateApplier,
     GatePush,
+    GateSeeder,
     build_gate,
     build_push_gate,
 )
@@ -101,4 +102,5 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
         abuse=AbuseDetector(service, policy),
     )
     container.extras["gate_applier"] = GateApplier(gate, store, standings, clock)
+    gate.set_seeder(GateSeeder(gate, standings, clock))
     return container

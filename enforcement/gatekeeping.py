@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
 from enforcement.policy import Policy, ViolationReport, sustained_abuse_due
-from enforcement.service import Actor, EnforcementService, request_fingerprint
+from enforcement.service import Actor, Clock, EnforcementService, request_fingerprint
 from enforcement.settings import Settings
 from enforcement.workers.relay import GATE_EVENTS
 from events import EventStore, RecordedEvent
@@ -167,6 +167,29 @@ class GateApplier:
             to_utc(self.clock()),  # type: ignore[operator]
             reconcile=event.type == "ThrottleLifted",
         )
+
+
+class GateSeeder:
+    """The gate's seeder (``Gate.set_seeder``): an account the gate holds no status for (never
+    told since it started, expired, or lost when Redis lost its data) is brought to its stored
+    standing before its first check, so that a restart of the gate's store, or of an embedded
+    gate's process, never lets a suspended or terminated account through until a re-seed.
+
+    An account with no events is recorded as active at version 0; any event of it is newer.
+    Stale-safe like every update: a decision committed meanwhile carries a higher version.
+    """
+
+    def __init__(self, gate: Gate, standings: StandingRepository, clock: Clock) -> None:
+        self.gate = gate
+        self.standings = standings
+        self.clock = clock
+
+    def __call__(self, account_id: str) -> None:
+        state = self.standings.load(account_id)
+        if state.version == 0:
+            self.gate.set_status(account_id, "active", None, 0)
+        else:
+            apply_state(self.gate, state, to_utc(self.clock()), reconcile=True)
 
 
 class GatePush:

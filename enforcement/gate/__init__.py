@@ -18,6 +18,7 @@ from enforcement.gate.base import (
     Gate,
     GateState,
     GateUnavailable,
+    Seeder,
 )
 from enforcement.gate.decision import DenialStats, GateDecision, Reason, format_duration
 from enforcement.gate.embedded import Clock, EmbeddedGate
@@ -38,5 +39,6 @@ __all__ = [
     "GateUnavailable",
     "Reason",
     "RedisGate",
+    "Seeder",
     "format_duration",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, get_args
 
@@ -33,6 +34,10 @@ MS = timedelta(milliseconds=1)
 
 class GateUnavailable(Exception):
     """The gate's store did not answer; whether the request was counted is unknown."""
+
+
+Seeder = Callable[[str], None]
+"""``seeder(account_id)`` brings a gate to the account's standing (``Gate.set_seeder``)."""
 
 
 class GateState(Protocol):
@@ -96,6 +101,29 @@ class Gate(ABC):
         self.default_tpd = default_tpd
         self.denial_window_s = denial_window_s
         self.token_window_s = token_window_s
+        self._seeder: Seeder | None = None
+
+    def set_seeder(self, seeder: Seeder | None) -> None:
+        """Learn an account's standing before checking it, whenever the gate holds no status for
+        it: never told (no event since the gate started), expired, or lost (Redis restarted
+        without its data, or was flushed). ``seeder(account_id)`` must bring the gate to the
+        account's standing, ``set_status`` included (version 0 for an account with no events);
+        the check then runs on what it wrote, once. A seeder that fails makes the check raise
+        ``GateUnavailable``: the gate cannot say whether the account may be served.
+
+        Without a seeder (the default), such an account is checked as active with the default
+        limits, as a gate that was told nothing would."""
+        self._seeder = seeder
+
+    def _seed(self, account_id: str) -> None:
+        """Run the seeder for an account whose status the gate does not hold."""
+        assert self._seeder is not None
+        try:
+            self._seeder(account_id)
+        except GateUnavailable:
+            raise
+        except Exception as exc:
+            raise GateUnavailable(f"could not learn the account's standing: {exc}") from exc
 
     def check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
         """Allow and count one request of ``tokens`` tokens on ``key_id``, or refuse it."""

@@ -55,6 +55,10 @@ class EmbeddedGate(Gate):
         return account
 
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
+        if self._seeder is not None:
+            known = self._accounts.get(account_id)
+            if known is None or known.status is None:
+                self._seed(account_id)  # outside the lock: it writes through this gate
         with self._lock:
             now = self._now()
             self._sweep(now)
@@ -154,7 +158,9 @@ class EmbeddedGate(Gate):
                 if use.tat <= now and (use.window != window or use.used == 0):
                     del acct.usage[scope_key]
             self._stats(acct, now)
-        idle = [a for a, acct in self._accounts.items() if acct == _Account()]
+        # Idle: nothing to keep, or only what a seeder wrote for an account without events
+        # (its next check learns that again).
+        idle = [a for a, acct in self._accounts.items() if acct in _IDLE]
         for account_id in idle:
             del self._accounts[account_id]
 
@@ -217,6 +223,9 @@ class EmbeddedGate(Gate):
                 return False
             acct.status = (status, until_ms, version)
             return True
+
+
+_IDLE = (_Account(), _Account(status=("active", 0, 0)))
 
 
 def _seconds(us: int) -> float:

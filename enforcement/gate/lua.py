@@ -80,7 +80,8 @@ SUMMARIZE = """
 # Returns little-endian int64 packed in one string (cheaper for Redis than an array reply):
 # when allowed, six: limit_req, remaining_req, reset_req_ms, limit_tok, remaining_tok,
 # reset_tok_ms (the reason, retry and denial counts are then 0); when denied, ten: reason,
-# the same six, retry_ms, denials_in_window, denied_keys_last_minute.
+# the same six, retry_ms, denials_in_window, denied_keys_last_minute. Rendered with
+# REQUIRE_STATUS = 1, one (-1) when the account record holds no status: nothing was counted.
 # Arithmetic stays in the VM where it can (`x - x % y` is floor to a multiple, `if x < 0`
 # is max): every value is an integer below 2**53, so each step is exact.
 CHECK = (
@@ -99,6 +100,9 @@ if s[1] then
   status, until_ms, a_sv, a_rpm, a_tpd, a_lv, acct_ppm, thr_until, key_thr =
     unpack(A_FMT, s[1])
 end
+-- No status held (never set, expired, or lost with Redis's data): with a seeder, ask for the
+-- account's standing first (one int64, -1), counting nothing (Gate.set_seeder).
+if REQUIRE_STATUS == 1 and a_sv < 0 then return pack('<i8', -1) end
 local key_tat, key_window, key_stored, k_rpm, k_tpd, k_v = 0, -1, 0, -1, -1, -1
 if s[3] then key_tat, key_window, key_stored, k_rpm, k_tpd, k_v = unpack(K_FMT, s[3]) end
 local acct_rpm, acct_tpd, key_rpm, key_tpd = DEFAULT_RPM, DEFAULT_TPD, DEFAULT_RPM, DEFAULT_TPD

@@ -18,7 +18,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from enforcement.gate import core, keys, lua, wire
-from enforcement.gate.base import Gate, GateUnavailable, well_formed
+from enforcement.gate.base import Gate, GateUnavailable, Seeder, well_formed
 from enforcement.gate.decision import REASONS, DenialStats, GateDecision
 
 DEFAULT_STATE_TTL_S = 30 * 86_400
@@ -53,16 +53,20 @@ class RedisGate(Gate):
             "USAGE_SLACK_MS": USAGE_SLACK_S * 1000,
             "BUCKET_US": bucket_s * core.US,
         }
-        self._check_script = lua.render(
-            lua.CHECK,
-            DEFAULT_RPM=self.default_rpm,
-            DEFAULT_TPD=self.default_tpd,
-            WINDOW_US=self.token_window_s * core.US,
-            BUCKETS=buckets,
-            DENIED_KEYS_MS=core.DENIED_KEYS_WINDOW_MS,
-            DENIED_KEYS_CAP=core.DENIED_KEYS_CAP,
+        check = {
+            "DEFAULT_RPM": self.default_rpm,
+            "DEFAULT_TPD": self.default_tpd,
+            "WINDOW_US": self.token_window_s * core.US,
+            "BUCKETS": buckets,
+            "DENIED_KEYS_MS": core.DENIED_KEYS_WINDOW_MS,
+            "DENIED_KEYS_CAP": core.DENIED_KEYS_CAP,
             **common,
-        )
+        }
+        # Checks with a seeder run the second, which answers "unknown" for an account without
+        # a status; the first checks any account (and an account just seeded, once).
+        self._any_check_script = lua.render(lua.CHECK, REQUIRE_STATUS=0, **check)
+        self._known_check_script = lua.render(lua.CHECK, REQUIRE_STATUS=1, **check)
+        self._check_script = self._any_check_script
         self._stats_script = lua.render(
             lua.HELPERS + lua.DENIAL_STATS,
             BUCKETS=buckets,
@@ -87,6 +91,12 @@ class RedisGate(Gate):
     @classmethod
     def from_url(cls, url: str, **settings: int) -> RedisGate:
         return cls(redis.Redis.from_url(url), **settings)
+
+    def set_seeder(self, seeder: Seeder | None) -> None:
+        super().set_seeder(seeder)
+        self._check_script = self._any_check_script if seeder is None else self._known_check_script
+        self._check_sha = self._check_script.sha
+        self._calls = {}  # built with the other script
 
     def _run(self, script: lua.Script, keys_: Sequence[str], args: Sequence[object]) -> Any:
         try:
@@ -131,7 +141,17 @@ class RedisGate(Gate):
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
+        if len(raw) == _UNKNOWN_SIZE:
+            raw = self._check_after_seeding(account_id, key_id, tokens)
         return _decision(raw)
+
+    def _check_after_seeding(self, account_id: str, key_id: str, tokens: int) -> bytes:
+        """The account had no status: learn its standing, then check it (counting once)."""
+        self._seed(account_id)
+        raw: bytes = self._run(
+            self._any_check_script, keys.check_keys(account_id), (key_id, tokens)
+        )
+        return raw
 
     def _call(self, account_id: str, key_id: str) -> Any:
         """The check's EVALSHA command for a well-formed pair but the token count, packed
@@ -144,9 +164,10 @@ class RedisGate(Gate):
         return call
 
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
-        return _decision(
-            self._run(self._check_script, keys.check_keys(account_id), (key_id, tokens))
-        )
+        raw = self._run(self._check_script, keys.check_keys(account_id), (key_id, tokens))
+        if len(raw) == _UNKNOWN_SIZE:
+            raw = self._check_after_seeding(account_id, key_id, tokens)
+        return _decision(raw)
 
     def _denial_stats(self, account_id: str) -> DenialStats:
         names = (keys.denials(account_id), keys.denied_keys(account_id))
@@ -200,6 +221,7 @@ _set = object.__setattr__  # a frozen dataclass refuses its own __setattr__
 _unpack_allowed = struct.Struct("<6q").unpack  # lua.CHECK's reply when allowed
 _unpack_denied = struct.Struct("<10q").unpack  # and when denied
 _ALLOWED_SIZE = 48
+_UNKNOWN_SIZE = 8  # lua.CHECK with REQUIRE_STATUS: the account holds no status
 _OK = REASONS[core.OK]
 
 

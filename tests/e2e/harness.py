@@ -122,8 +122,11 @@ def _wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path) -> No
     )
 
 
-def start_server(database_url: str, workdir: Path, backend: str) -> Iterator[Server]:
-    """``init``, then ``serve`` while the tokens are being created; stopped when done."""
+def start_server(
+    database_url: str, workdir: Path, backend: str, *serve_args: str
+) -> Iterator[Server]:
+    """``init``, then ``serve`` (with ``serve_args``) while the tokens are being created;
+    stopped when done."""
     env = cli_env(database_url, workdir)
     init = run_cli(env, workdir, "init")
     assert init.returncode == 0, init.stderr
@@ -131,7 +134,7 @@ def start_server(database_url: str, workdir: Path, backend: str) -> Iterator[Ser
     log = workdir / "server.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [CLI, "serve", "--port", str(port)],
+            [CLI, "serve", "--port", str(port), *serve_args],
             env=env,
             cwd=workdir,
             stdout=log_file,

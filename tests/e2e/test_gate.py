@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from tests.e2e.harness import Server, assert_error, requested_events
+from tests.e2e.harness import Server, assert_error, requested_events, start_server
 
 DECISION_FIELDS = {
     "allowed",
@@ -137,3 +138,31 @@ def test_key_ids_are_refused_only_when_too_long_unroutable_or_with_control_chara
     assert reported.status_code == 201, reported.text
     events = server.client("auditor").get(f"/v1/accounts/{acct}/events").json()["events"]
     assert [e["data"]["key_id"] for e in events if e["type"] == "ViolationReported"] == ["kü 😀/+="]
+
+
+def test_a_restarted_server_refuses_a_suspended_account_from_its_first_check(
+    tmp_path: Path,
+) -> None:
+    # Embedded mode keeps the gate in the server's memory. A server without its workers never
+    # re-seeds that gate from the stored standings: it learns each account from the database
+    # before the account's first check instead (gatekeeping.GateSeeder).
+    url, acct = f"sqlite:///{tmp_path / 'enforcement.db'}", account("restart")
+    first = start_server(url, tmp_path, "sqlite")
+    server = next(first)
+    suspended = server.client("operator").post(
+        f"/v1/accounts/{acct}/suspend", json={"reason": "review", "notify": False}
+    )
+    assert suspended.status_code == 200, suspended.text
+    first.close()  # stops the server
+
+    again = start_server(url, tmp_path, "sqlite", "--no-workers")
+    restarted = next(again)
+    try:
+        refused = checker(restarted, acct, "key_1")()
+        other = checker(restarted, account("other"), "key_1")()
+    finally:
+        again.close()
+
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reason"] == "suspended"
+    assert other.status_code == 200

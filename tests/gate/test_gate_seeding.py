@@ -1,0 +1,132 @@
+"""``Gate.set_seeder``: an account the gate holds no status for is learned before it is checked,
+so an empty gate (a fresh process, Redis restarted without its data) never lets a suspended
+account through."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from enforcement.gate import EmbeddedGate, Gate, GateUnavailable
+from tests.gate.harness import Backend
+
+
+class Seeder:
+    """Records the accounts it is asked about; tells the gate what ``standings`` say."""
+
+    def __init__(self, gate: Gate, standings: dict[str, tuple[str, int]] | None = None) -> None:
+        self.gate = gate
+        self.standings = standings or {}
+        self.asked: list[str] = []
+
+    def __call__(self, account_id: str) -> None:
+        self.asked.append(account_id)
+        status, version = self.standings.get(account_id, ("active", 0))
+        self.gate.set_status(account_id, status, None, version)  # type: ignore[arg-type]
+
+
+def test_an_unknown_account_is_learned_once_before_its_first_check(gate: Gate) -> None:
+    seeder = Seeder(gate, {"acct_s": ("suspended", 4)})
+    gate.set_seeder(seeder)
+
+    first = gate.check("acct_s", "key")
+    again = gate.check("acct_s", "key")
+    fresh = [gate.check("acct_new", "key", tokens=5) for _ in range(2)]
+
+    assert (first.reason, again.reason) == ("suspended", "suspended")
+    assert [d.allowed for d in fresh] == [True, True]
+    assert [d.remaining_tokens for d in fresh] == [
+        gate.default_tpd - 5,
+        gate.default_tpd - 10,
+    ]  # the check after learning counts once
+    assert seeder.asked == ["acct_s", "acct_new"]
+
+
+def test_an_account_the_gate_was_told_about_is_not_learned(gate: Gate) -> None:
+    seeder = Seeder(gate, {"acct": ("suspended", 1)})
+    gate.set_seeder(seeder)
+    gate.set_status("acct", "active", None, version=2)
+
+    assert gate.check("acct", "key").allowed
+    assert seeder.asked == []
+
+
+def test_limits_or_a_throttle_alone_do_not_make_an_account_known(gate: Gate) -> None:
+    # A push after Redis lost its data writes only what a decision changed: the status the
+    # account had (here a suspension) must still be learned.
+    seeder = Seeder(gate, {"acct": ("suspended", 3)})
+    gate.set_seeder(seeder)
+    gate.set_limits("acct", "key", rpm=5, tpd=100, version=4)
+
+    assert gate.check("acct", "key").reason == "suspended"
+    assert seeder.asked == ["acct"]
+
+
+def test_a_decision_newer_than_what_the_seeder_read_wins(gate: Gate) -> None:
+    # The seeder reads the standing at version 4 (active); a suspension at version 5 reaches the
+    # gate before the seeder writes: the older status is refused by version.
+    def seeder(account_id: str) -> None:
+        gate.set_status(account_id, "suspended", None, version=5)
+        gate.set_status(account_id, "active", None, version=4)
+
+    gate.set_seeder(seeder)
+
+    assert gate.check("acct", "key").reason == "suspended"
+
+
+def test_a_failing_seeder_makes_the_gate_unavailable_and_counts_nothing(gate: Gate) -> None:
+    def failing(account_id: str) -> None:
+        raise RuntimeError("database down")
+
+    gate.set_seeder(failing)
+    gate.set_limits("acct", "key", rpm=2, tpd=100, version=1)
+
+    with pytest.raises(GateUnavailable, match="database down"):
+        gate.check("acct", "key", tokens=10)
+
+    gate.set_seeder(Seeder(gate))
+    decision = gate.check("acct", "key", tokens=10)
+    assert (decision.remaining_requests, decision.remaining_tokens) == (1, 90)
+
+
+def test_without_a_seeder_an_unknown_account_is_checked_as_active(gate: Gate) -> None:
+    seeder = Seeder(gate, {"acct": ("suspended", 1)})
+    gate.set_seeder(seeder)
+    gate.set_seeder(None)
+
+    assert gate.check("acct", "key").allowed
+    assert seeder.asked == []
+
+
+@pytest.mark.redis
+def test_an_account_lost_with_redis_data_is_learned_again(redis_client: redis.Redis) -> None:
+    from tests.gate.harness import redis_backend
+
+    gate = redis_backend(redis_client).make()
+    seeder = Seeder(gate, {"acct": ("suspended", 2)})
+    gate.set_seeder(seeder)
+    assert gate.check("acct", "key").reason == "suspended"
+
+    redis_client.flushdb()  # as a restart without persistence leaves it
+
+    assert gate.check("acct", "key").reason == "suspended"
+    assert seeder.asked == ["acct", "acct"]
+
+
+def test_an_idle_account_learned_without_events_is_forgotten(backend: Backend) -> None:
+    gate = backend.make()
+    seeder = Seeder(gate)
+    gate.set_seeder(seeder)
+    gate.check("acct", "key")
+    if isinstance(gate, EmbeddedGate):
+        backend.advance(180)  # the embedded gate drops idle accounts a minute after their use
+        gate.check("other", "key")  # (its sweep runs with checks)
+        gate.check("acct", "key")
+        assert seeder.asked == ["acct", "other", "acct"]
+    else:
+        # Redis keeps the account's record for the state TTL, renewed by its checks.
+        assert backend.client is not None
+        ttl_ms = backend.client.pttl("{a:acct}:gate")
+        assert ttl_ms > 29 * 86_400_000
+        gate.check("acct", "key")
+        assert seeder.asked == ["acct"]

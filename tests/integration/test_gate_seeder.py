@@ -1,0 +1,84 @@
+"""The application's gate learns an account's standing from the database before checking an
+account it holds no status for (``gatekeeping.GateSeeder``): a Redis that lost its data, or a
+restarted process's empty embedded gate, refuses a suspended account from the first request,
+without waiting for a re-seed. No workers run in these tests: nothing else could tell the gate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from test_service_support import OPERATOR, FakeClock
+
+from enforcement import operator_decisions as ops
+from enforcement.bootstrap import Container, bootstrap
+from enforcement.gate import EmbeddedGate, GateUnavailable, RedisGate
+from enforcement.settings import Settings
+
+
+@pytest.fixture
+def redis_system(database_url: str, redis_url: str, clock: FakeClock) -> Iterator[Container]:
+    container = bootstrap(Settings(database_url=database_url, redis_url=redis_url), clock=clock)
+    assert isinstance(container.gate, RedisGate)
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def test_a_redis_that_lost_its_data_refuses_a_suspended_account_at_once(
+    redis_system: Container, redis_url: str
+) -> None:
+    service, gate = redis_system.service, redis_system.gate
+    service.operator("acct_s", ops.Suspend("review"), OPERATOR)
+    service.operator("acct_t", ops.ApplyThrottle(0.25, "load"), OPERATOR)
+    service.operator("acct_x", ops.Terminate("fraud"), OPERATOR)
+    limit = gate.check("acct_t", "key_1").limit_requests
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()  # Redis restarted without persistence
+    client.close()
+
+    assert gate.check("acct_s", "key_1").reason == "suspended"
+    assert gate.check("acct_x", "key_1").reason == "terminated"
+    throttled = gate.check("acct_t", "key_1")
+    assert throttled.allowed and throttled.limit_requests == limit == gate.default_rpm // 4
+    assert gate.check("acct_new", "key_1").allowed  # no events: active, default limits
+
+
+def test_a_restarted_process_gate_refuses_a_suspended_account_before_any_seeding(
+    database_url: str, clock: FakeClock
+) -> None:
+    settings = Settings(database_url=database_url)
+    first = bootstrap(settings, clock=clock)
+    try:
+        first.service.operator("acct_s", ops.Suspend("review"), OPERATOR)
+    finally:
+        first.close()
+
+    restarted = bootstrap(settings, clock=clock)  # its embedded gate starts empty
+    try:
+        assert isinstance(restarted.gate, EmbeddedGate)
+        assert restarted.gate.check("acct_s", "key_1").reason == "suspended"
+        restarted.service.operator("acct_s", ops.Reinstate("cleared"), OPERATOR)
+        assert restarted.gate.check("acct_s", "key_1").allowed
+    finally:
+        restarted.close()
+
+
+def test_a_database_that_cannot_answer_makes_the_check_unavailable(
+    redis_system: Container,
+) -> None:
+    redis_system.engine.dispose()
+    redis_system.engine.pool._creator = _refuse  # type: ignore[attr-defined]
+    redis_system.standings._cache.clear()  # nothing remembered: the seeder must read
+
+    with pytest.raises(
+        GateUnavailable, match=r"could not learn the account.s standing: .*database down"
+    ):
+        redis_system.gate.check("acct_unknown", "key_1")
+
+
+def _refuse() -> object:
+    raise ConnectionRefusedError("database down")
