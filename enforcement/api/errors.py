@@ -44,6 +44,7 @@ _ERROR_DESCRIPTIONS = {
     409: "The account's state does not allow this, or an Idempotency-Key was reused with "
     "another body.",
     413: "The body is over 64 KiB (4 MiB for the batch endpoint).",
+    415: "The body was sent with a Content-Type that is not JSON (send `application/json`).",
     422: "Invalid fields: `details` lists each, and for an unknown category the allowed ones.",
     503: "A dependency (the database) is down; nothing was written.",
 }
@@ -61,7 +62,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # What each kind of route can answer besides its success (the middleware's 413 applies to any
 # request with a body; 503 to any route that reads or writes the database).
 READ_ERRORS = error_responses(401, 403, 422, 503)
-WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 
 
 class ApiError(Exception):
@@ -115,6 +116,19 @@ _STATUS_CODES = {
 }
 
 
+def body_not_read_as_json(errors: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the body was not read as JSON because of its Content-Type.
+
+    FastAPI reads a body as JSON only when its Content-Type is ``application/json`` or
+    ``application/*+json``; any other body, and one sent without a Content-Type, reaches the
+    body's model as its raw bytes, which the model refuses as "not a valid dictionary".
+    """
+    return any(
+        tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes)
+        for err in errors
+    )
+
+
 _QUOTED = re.compile(r"'([^']*)'")
 
 
@@ -162,6 +176,15 @@ def install_error_handlers(
             if refused is not None:
                 return await _api(request, refused)
             return error_response(400, "malformed_json", "The request body is not valid JSON.")
+        # No ``refusal`` needed below: FastAPI solves a route's dependencies (the caller's token
+        # and role) before it validates the body, so a refused caller never gets here.
+        if body_not_read_as_json(errors):
+            return error_response(
+                415,
+                "unsupported_media_type",
+                "The request body must be JSON sent with Content-Type: application/json.",
+                {"content_type": request.headers.get("content-type")},
+            )
         return error_response(
             422, "validation_failed", "The request has invalid fields.", validation_details(errors)
         )

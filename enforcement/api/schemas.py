@@ -82,10 +82,13 @@ KeyId = Annotated[
 
 def _known_category(value: str) -> str:
     if value not in CATEGORIES:
+        # Shown as text that can be answered: JSON's "\\udc80" is a lone surrogate, which no
+        # UTF-8 answer can hold (it would be a 500, not this 422).
+        shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
         raise PydanticCustomError(
             "unknown_category",
             "unknown category '{category}'",
-            {"category": value, "allowed": sorted(CATEGORIES)},
+            {"category": shown, "allowed": sorted(CATEGORIES)},
         )
     return value
 

@@ -152,6 +152,32 @@ def test_malformed_json_is_400(server: Server, unchanged: None) -> None:
         assert_error(response, 400, "malformed_json")
 
 
+def test_a_json_body_not_sent_as_json_is_415_after_the_callers_401_or_403(
+    server: Server, unchanged: None
+) -> None:
+    """``curl -d '{…}'`` sends a form's media type: the answer names the one to send."""
+    body = json.dumps({"account_id": ACCT, "category": "spam"}).encode()
+    as_form = {"content-type": "application/x-www-form-urlencoded"}
+    cases = [
+        (server.client("reporter"), "/v1/violations", 415, "unsupported_media_type"),
+        (server.client("reporter"), "/v1/violations:batch", 415, "unsupported_media_type"),
+        (server.client("operator"), f"/v1/accounts/{ACCT}/suspend", 415, "unsupported_media_type"),
+        (server.client("gateway"), "/v1/gate/check", 415, "unsupported_media_type"),
+        (server.client(), "/v1/violations", 401, "unauthorized"),
+        (server.client("auditor"), "/v1/violations", 403, "forbidden"),
+        (server.client("reporter"), f"/v1/accounts/{ACCT}/suspend", 403, "forbidden"),
+    ]
+    for client, path, status, code in cases:
+        error = assert_error(client.post(path, content=body, headers=as_form), status, code)
+        if status == 415:
+            assert "application/json" in error["message"]
+            assert error["details"] == {"content_type": "application/x-www-form-urlencoded"}
+    as_text = server.client("reporter").post(
+        "/v1/violations", content=body, headers={"content-type": "text/plain"}
+    )
+    assert_error(as_text, 415, "unsupported_media_type")
+
+
 def test_a_malformed_body_is_answered_401_or_403_first_when_the_caller_is_refused(
     server: Server, unchanged: None
 ) -> None:

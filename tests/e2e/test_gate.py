@@ -140,6 +140,26 @@ def test_key_ids_are_refused_only_when_too_long_unroutable_or_with_control_chara
     assert [e["data"]["key_id"] for e in events if e["type"] == "ViolationReported"] == ["kü 😀/+="]
 
 
+def test_a_key_id_in_the_path_that_is_not_utf8_is_refused(server: Server) -> None:
+    """The server would decode ``%FF`` to U+FFFD: a key id nobody sent."""
+    op, acct = server.client("operator"), account("keys")
+    limits = {"requests_per_minute": 3, "tokens_per_day": 10}
+    before = requested_events(server.client("admin"))
+    refused = [
+        op.put(f"/v1/accounts/{acct}/keys/{escaped}/limits", json=limits)
+        for escaped in ("%FF", "key%C3", "%ED%B2%80")
+    ]
+    after = requested_events(server.client("admin"))
+    replacement = op.put(f"/v1/accounts/{acct}/keys/%EF%BF%BD/limits", json=limits)
+
+    for response in refused:
+        error = assert_error(response, 422, "validation_failed")
+        assert [d["field"] for d in error["details"]] == ["path.key_id"]
+    assert after == before
+    assert replacement.status_code == 200, replacement.text
+    assert replacement.json()["events"][0]["data"]["key_id"] == "\ufffd"
+
+
 def test_a_restarted_server_refuses_a_suspended_account_from_its_first_check(
     tmp_path: Path,
 ) -> None:

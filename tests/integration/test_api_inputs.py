@@ -3,15 +3,18 @@ allowed values of a closed set as a list, for every such field alike."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from enforcement.api.app import create_app
 from enforcement.bootstrap import Container
 from enforcement.roles import Role
+from enforcement.tables import contacts
 from enforcement.tokens import create_token
 
 
@@ -142,3 +145,256 @@ def test_a_time_out_of_range_in_utc_is_refused_not_a_500(
         )
         assert standing.status_code == 422, standing.text
     assert system.store.head("acct_r").version == 0
+
+
+# ------------------------------------------------------------------ the body's media type
+
+# Every route that takes a JSON body, with a body it accepts, and the role that may send it.
+JSON_ROUTES: list[tuple[str, str, dict[str, Any], Role]] = [
+    ("POST", "/v1/violations", {"account_id": "acct_m", "category": "spam"}, Role.REPORTER),
+    (
+        "POST",
+        "/v1/violations:batch",
+        {"violations": [{"account_id": "acct_m", "category": "spam"}]},
+        Role.REPORTER,
+    ),
+    (
+        "POST",
+        "/v1/abuse-reports",
+        {"reported_account_id": "acct_m", "category": "spam"},
+        Role.REPORTER,
+    ),
+    ("POST", "/v1/accounts/acct_m/suspend", {"reason": "r", "notify": False}, Role.OPERATOR),
+    (
+        "PUT",
+        "/v1/accounts/acct_m/keys/key%2F1/limits",
+        {"requests_per_minute": 5, "tokens_per_day": 50},
+        Role.OPERATOR,
+    ),
+    ("PUT", "/v1/accounts/acct_m/contact", {"email": "a@example.com"}, Role.OPERATOR),
+    ("POST", "/v1/gate/check", {"account_id": "acct_m", "key_id": "key_1"}, Role.GATEWAY),
+]
+MEDIA_TYPE_MESSAGE = "The request body must be JSON sent with Content-Type: application/json."
+ROUTE_IDS = [f"{method} {path}" for method, path, _, _ in JSON_ROUTES]
+
+
+def nothing_written(system: Container) -> None:
+    assert system.store.head("acct_m").version == 0
+    with system.engine.connect() as conn:
+        assert conn.execute(sa.select(contacts)).all() == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "text/json",
+        None,  # none at all: FastAPI (0.132 on) does not read that body as JSON either
+    ],
+)
+def test_a_json_body_sent_as_another_media_type_is_415_naming_json_and_writes_nothing(
+    system: Container, client: TestClient, as_role: Any, content_type: str | None
+) -> None:
+    """What ``curl -d '{…}'`` sends (a form's media type): not read as JSON, so no field of it
+    was read; the answer says what to send instead of "body: not a valid dictionary"."""
+    for method, path, body, role in JSON_ROUTES:
+        response = client.request(
+            method,
+            path,
+            content=json.dumps(body).encode(),
+            headers={**as_role(role), **({"Content-Type": content_type} if content_type else {})},
+        )
+        assert response.status_code == 415, (path, response.text)
+        assert response.json() == {
+            "error": {
+                "code": "unsupported_media_type",
+                "message": MEDIA_TYPE_MESSAGE,
+                "details": {"content_type": content_type},
+            }
+        }
+    nothing_written(system)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "role"), JSON_ROUTES, ids=ROUTE_IDS)
+def test_the_caller_is_refused_before_the_media_type(
+    system: Container,
+    client: TestClient,
+    as_role: Any,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    role: Role,
+) -> None:
+    other = Role.GATEWAY if role is not Role.GATEWAY else Role.AUDITOR
+    as_text = {"Content-Type": "text/plain"}
+    content = json.dumps(body).encode()
+    for headers, status, code in (
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Bearer enf_unknown"}, 401, "unauthorized"),
+        (as_role(other), 403, "forbidden"),
+    ):
+        response = client.request(method, path, content=content, headers={**headers, **as_text})
+        assert response.status_code == status, (path, response.text)
+        assert response.json()["error"]["code"] == code
+    nothing_written(system)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/x+json",
+    ],
+)
+@pytest.mark.parametrize(("method", "path", "body", "role"), JSON_ROUTES, ids=ROUTE_IDS)
+def test_json_with_parameters_or_a_json_suffix_is_read_as_json(
+    client: TestClient,
+    as_role: Any,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    role: Role,
+    content_type: str,
+) -> None:
+    response = client.request(
+        method,
+        path,
+        content=json.dumps(body).encode(),
+        headers={**as_role(role), "Content-Type": content_type},
+    )
+    assert response.status_code in (200, 201, 202), (path, response.text)
+
+
+def test_an_empty_body_of_another_media_type_is_a_missing_body(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    response = client.put(
+        "/v1/accounts/acct_m/limits",
+        content=b"",
+        headers={**as_role(Role.OPERATOR), "Content-Type": "text/plain"},
+    )
+    assert details(response) == [{"field": "body", "message": "Field required"}]
+    nothing_written(system)
+
+
+# ------------------------------------------------------------------ text that is no text
+
+
+@pytest.mark.parametrize(
+    "escaped",
+    ["%FF", "key%FF", "%C3", "a%C3%28", "%ED%B2%80", "%C0%AF", "key%2F%FE%2Fx"],
+    ids=[
+        "ff",
+        "trailing-ff",
+        "truncated",
+        "bad-continuation",
+        "surrogate",
+        "overlong",
+        "in-a-slash",
+    ],
+)
+def test_a_key_id_in_the_path_that_is_not_utf8_is_refused_and_writes_nothing(
+    system: Container, client: TestClient, as_role: Any, escaped: str
+) -> None:
+    """The server decodes such an escape to U+FFFD: the key id would be one nobody sent."""
+    response = client.put(
+        f"/v1/accounts/acct_k/keys/{escaped}/limits",
+        json={"requests_per_minute": 5, "tokens_per_day": 50},
+        headers=as_role(Role.OPERATOR),
+    )
+    assert details(response) == [
+        {"field": "path.key_id", "message": "must be percent-encoded UTF-8 text"}
+    ]
+    assert system.store.head("acct_k").version == 0
+
+
+def test_a_key_id_that_holds_the_replacement_character_itself_is_a_key_id(
+    client: TestClient, as_role: Any
+) -> None:
+    response = client.put(
+        "/v1/accounts/acct_k/keys/k%EF%BF%BD%C3%BC/limits",
+        json={"requests_per_minute": 5, "tokens_per_day": 50},
+        headers=as_role(Role.OPERATOR),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["events"][0]["data"]["key_id"] == "k\ufffdü"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "role", "field"),
+    [
+        (
+            "/v1/violations",
+            {"account_id": "acct_u", "category": "\udc80"},
+            Role.REPORTER,
+            "category",
+        ),
+        (
+            "/v1/violations",
+            {"account_id": "acct_u", "category": "spam", "key_id": "\udc80"},
+            Role.REPORTER,
+            "key_id",
+        ),
+        (
+            "/v1/abuse-reports",
+            {"reported_account_id": "acct_u", "category": "sp\udc80m"},
+            Role.REPORTER,
+            "category",
+        ),
+        ("/v1/gate/check", {"account_id": "acct_u", "key_id": "key\udc80"}, Role.GATEWAY, "key_id"),
+        ("/v1/accounts/acct_u/throttles", {"key_id": "\udc80"}, Role.OPERATOR, "key_id"),
+    ],
+    ids=[
+        "violation-category",
+        "violation-key",
+        "abuse-report-category",
+        "gate-key",
+        "throttle-key",
+    ],
+)
+def test_a_lone_surrogate_is_a_422_not_a_500(
+    system: Container,
+    client: TestClient,
+    as_role: Any,
+    path: str,
+    body: dict[str, Any],
+    role: Role,
+    field: str,
+) -> None:
+    """JSON can escape half a surrogate pair (``"\\udc80"``), which is no text: it is refused
+    as any other invalid field, and never echoed into an answer that UTF-8 cannot encode."""
+    content = json.dumps(body).encode()  # ASCII: the surrogate as its escape
+    response = client.post(
+        path, content=content, headers={**as_role(role), "Content-Type": "application/json"}
+    )
+    [detail] = details(response)
+    assert detail["field"] == field
+    if field == "category":
+        assert "spam" in detail["allowed"]
+    assert system.store.head("acct_u").version == 0
+
+
+def test_a_batch_item_with_a_lone_surrogate_fails_alone_and_is_not_echoed(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    items = [
+        {"account_id": "acct_u", "category": "\udc80"},
+        {"account_id": "\udc80", "category": "spam"},
+        {"account_id": ["\udc80"], "category": "spam"},
+        {"account_id": "acct_u", "category": "spam"},
+    ]
+    response = client.post(
+        "/v1/violations:batch",
+        content=json.dumps({"violations": items}).encode(),
+        headers={**as_role(Role.REPORTER), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [422, 422, 422, 201]
+    assert [r["account_id"] for r in results] == ["acct_u", None, None, "acct_u"]
+    assert results[0]["error"]["details"][0]["field"] == "category"
+    assert system.store.head("acct_u").version == len(results[3]["events"])

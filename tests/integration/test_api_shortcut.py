@@ -151,10 +151,57 @@ def test_other_callers_and_content_types_go_the_usual_way(
 
     assert answered == [False, False, False, False]
     assert (wrong_role.status_code, no_token.status_code, unknown.status_code) == (403, 401, 401)
-    # FastAPI's own answer to a body that is not declared JSON: whatever it is, it came from
-    # the route (``answered``), and nothing was written.
-    assert as_text.status_code == 422, as_text.text
+    # A body that is not declared JSON: the route's answer (``answered``), and nothing written.
+    assert as_text.status_code == 415, as_text.text
+    assert as_text.json()["error"]["code"] == "unsupported_media_type"
     assert system.store.head("acct_s").version == 0
+
+
+# Content-Type: (whether the shortcut answers, the status either way answers)
+CONTENT_TYPES: dict[str | None, tuple[bool, int]] = {
+    "application/json": (True, 201),
+    "application/json; charset=utf-8": (True, 201),
+    "Application/JSON": (True, 201),
+    "application/merge-patch+json": (False, 201),  # JSON to FastAPI: the route reads it
+    "text/plain": (False, 415),
+    "application/x-www-form-urlencoded": (False, 415),  # what ``curl -d`` sends
+    None: (False, 415),  # not read as JSON: FastAPI reads JSON only when it is told so
+}
+
+
+@pytest.mark.parametrize("content_type", list(CONTENT_TYPES), ids=str)
+def test_a_json_body_is_answered_alike_whichever_way_its_content_type_takes(
+    system: Container,
+    client: TestClient,
+    reporter: dict[str, str],
+    answered: list[bool],
+    content_type: str | None,
+) -> None:
+    shortcut, status = CONTENT_TYPES[content_type]
+    typed = {"Content-Type": content_type} if content_type is not None else {}
+    response = client.post(
+        "/v1/violations",
+        content=b'{"account_id": "acct_s", "category": "spam", "source": "test"}',
+        headers={**reporter, **typed},
+    )
+    # The same request, by the route (an override turns the shortcut off).
+    client.app.dependency_overrides[get_principal] = lambda: Principal(  # type: ignore[attr-defined]
+        "tok_t", "r", Role.REPORTER
+    )
+    by_route = client.post(
+        "/v1/violations",
+        content=b'{"account_id": "acct_r", "category": "spam", "source": "test"}',
+        headers={**reporter, **typed},
+    )
+
+    assert answered == [shortcut, False]
+    assert (response.status_code, by_route.status_code) == (status, status), response.text
+    if status == 201:
+        assert list(response.json()) == list(by_route.json())
+        assert response.headers["content-type"] == by_route.headers["content-type"]
+    else:
+        assert response.json() == by_route.json()
+        assert system.store.head("acct_s").version == system.store.head("acct_r").version == 0
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from sqlalchemy.dialects import postgresql, sqlite
 
 from enforcement import operator_decisions as ops
 from enforcement.api.deps import ContainerDep, Operator, actor_of
-from enforcement.api.errors import WRITE_ERRORS
+from enforcement.api.errors import WRITE_ERRORS, ApiError
 from enforcement.api.schemas import (
     AccountId,
     AdultContentIn,
@@ -111,6 +112,22 @@ def adult_content_approval(
     return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 
 
+def _path_is_text(request: Request) -> bool:
+    """Whether the request's path, percent-decoded, is UTF-8 text.
+
+    The server decodes an escape that is not UTF-8 (``%FF``) to U+FFFD, silently, so only the
+    raw path tells such a key id from one that holds U+FFFD itself (sent as ``%EF%BF%BD``).
+    """
+    raw = request.scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return True  # (optional in ASGI: without it, the decoded path is all there is)
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @router.put("/keys/{key_id:path}/limits")  # a key id may hold "/" (sent as %2F)
 def key_limits(
     account_id: Account,
@@ -118,7 +135,16 @@ def key_limits(
     body: LimitsIn,
     container: ContainerDep,
     principal: Operator,
+    request: Request,
 ) -> dict[str, Any]:
+    # The account id is ASCII (validated): an escape that is not UTF-8 is in the key id.
+    if "\ufffd" in key_id and not _path_is_text(request):
+        raise ApiError(
+            422,
+            "validation_failed",
+            "The request has invalid fields.",
+            [{"field": "path.key_id", "message": "must be percent-encoded UTF-8 text"}],
+        )
     command = ops.ConfigureLimits(body.requests_per_minute, body.tokens_per_day, key_id)
     return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
 

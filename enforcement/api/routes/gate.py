@@ -37,7 +37,7 @@ _DENIED = "Denied: 429 for rate or token quota, 403 when the account is suspende
     response_model=None,
     responses={
         200: {"model": GateDecisionOut, "description": "Allowed (and counted)."},
-        **error_responses(400, 401, 413, 422, 503),
+        **error_responses(400, 401, 413, 415, 422, 503),
         403: {
             "model": ErrorBody | GateDecisionOut,
             "description": "The token's role may not check, or " + _DENIED,

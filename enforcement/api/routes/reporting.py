@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -149,12 +150,24 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
 
 def _item_error(raw: Any, status: int, code: str, message: str, details: Any) -> dict[str, Any]:
     account = raw.get("account_id") if isinstance(raw, dict) else None
+    if not _answerable(account):
+        account = None
     return {
         "violation_id": None,
         "account_id": account,
         "status": status,
         "error": {"code": code, "message": message, "details": details},
     }
+
+
+def _answerable(value: Any) -> bool:
+    """Whether ``value`` can be part of a UTF-8 answer: JSON's ``"\\udc80"`` is a lone
+    surrogate, which no UTF-8 text holds (echoing one would be a 500)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @router.post("/abuse-reports", status_code=202)
