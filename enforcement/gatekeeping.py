@@ -133,7 +133,14 @@ def apply_changes(
     the status first (what refuses the next request), then each throttle and limit they name.
     The rest of the account's gate state is as it was, so a push costs one call per change."""
     if any(e.type in _STATUS_EVENTS for e in events):
+        # A status makes the account known to the gate: its seeder will not run for it. A gate
+        # that had not learned it (a fresh embedded gate, Redis after a data loss) is given the
+        # rest of the standing too (status first: what refuses the next request).
+        learned = gate.holds_status(state.account_id)
         _apply_status(gate, state, now)
+        if not learned:
+            apply_state(gate, state, now, reconcile=True)
+            return
     active: set[str] | None = None
     for e in events:
         if e.type in ("ThrottleApplied", "ThrottleLifted"):

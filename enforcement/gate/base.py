@@ -200,6 +200,14 @@ class Gate(ABC):
         _require_version(version)
         return self._set_status(account_id, status, _epoch_ms(until), version)
 
+    def holds_status(self, account_id: str) -> bool:
+        """Whether the gate holds a status for the account (else a seeder would learn it)."""
+        _require_account(account_id)
+        return self._holds_status(account_id)
+
+    @abstractmethod
+    def _holds_status(self, account_id: str) -> bool: ...
+
     @abstractmethod
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision: ...
 

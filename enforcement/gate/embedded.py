@@ -56,8 +56,13 @@ class EmbeddedGate(Gate):
 
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
         if self._seeder is not None:
-            known = self._accounts.get(account_id)
-            if known is None or known.status is None:
+            with self._lock:
+                # Sweep first: a sweep after the seeder would drop what it wrote for an account
+                # without events (idle until this check counts it).
+                self._sweep(self._now())
+                known = self._accounts.get(account_id)
+                unknown = known is None or known.status is None
+            if unknown:
                 self._seed(account_id)  # outside the lock: it writes through this gate
         with self._lock:
             now = self._now()
@@ -215,6 +220,11 @@ class EmbeddedGate(Gate):
             if acct is None:
                 return set()
             return {i for i, t in acct.throttles.items() if not t.lifted}
+
+    def _holds_status(self, account_id: str) -> bool:
+        with self._lock:
+            acct = self._accounts.get(account_id)
+            return acct is not None and acct.status is not None
 
     def _set_status(self, account_id: str, status: str, until_ms: int, version: int) -> bool:
         with self._lock:

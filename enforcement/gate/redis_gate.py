@@ -203,6 +203,13 @@ class RedisGate(Gate):
         args = (throttle_id, version)
         return bool(self._run(self._throttle_script, (keys.state(account_id),), args))
 
+    def _holds_status(self, account_id: str) -> bool:
+        try:
+            raw = self._command("HGET", keys.state(account_id), "a")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise GateUnavailable(f"gate store unavailable: {exc}") from exc
+        return bool(raw) and _status_version(raw)[0] >= 0  # lua.CHECK's `a_sv < 0` test
+
     def _throttle_ids(self, account_id: str) -> set[str]:
         try:
             raw = self._command("HGET", keys.state(account_id), "thr")
@@ -220,6 +227,7 @@ _new = object.__new__
 _set = object.__setattr__  # a frozen dataclass refuses its own __setattr__
 _unpack_allowed = struct.Struct("<6q").unpack  # lua.CHECK's reply when allowed
 _unpack_denied = struct.Struct("<10q").unpack  # and when denied
+_status_version = struct.Struct("<9xd").unpack_from  # the account record's status version
 _ALLOWED_SIZE = 48
 _UNKNOWN_SIZE = 8  # lua.CHECK with REQUIRE_STATUS: the account holds no status
 _OK = REASONS[core.OK]

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from enforcement.gate import EmbeddedGate, Gate, GateUnavailable
-from tests.gate.harness import Backend
+from tests.gate.harness import Backend, embedded_backend, redis_backend
 
 
 class Seeder:
@@ -100,8 +100,6 @@ def test_without_a_seeder_an_unknown_account_is_checked_as_active(gate: Gate) ->
 
 @pytest.mark.redis
 def test_an_account_lost_with_redis_data_is_learned_again(redis_client: redis.Redis) -> None:
-    from tests.gate.harness import redis_backend
-
     gate = redis_backend(redis_client).make()
     seeder = Seeder(gate, {"acct": ("suspended", 2)})
     gate.set_seeder(seeder)
@@ -113,7 +111,7 @@ def test_an_account_lost_with_redis_data_is_learned_again(redis_client: redis.Re
     assert seeder.asked == ["acct", "acct"]
 
 
-def test_an_idle_account_learned_without_events_is_forgotten(backend: Backend) -> None:
+def test_how_long_an_account_learned_without_events_is_kept(backend: Backend) -> None:
     gate = backend.make()
     seeder = Seeder(gate)
     gate.set_seeder(seeder)
@@ -130,3 +128,27 @@ def test_an_idle_account_learned_without_events_is_forgotten(backend: Backend) -
         assert ttl_ms > 29 * 86_400_000
         gate.check("acct", "key")
         assert seeder.asked == ["acct"]
+
+
+def test_an_account_without_events_learned_when_a_sweep_is_due_is_learned_once() -> None:
+    # The embedded gate sweeps idle accounts with its checks: not between a seeder's write and
+    # the check it was for (that would drop what was just learned, and ask again).
+    backend = embedded_backend()
+    gate = backend.make()
+    seeder = Seeder(gate)
+    gate.set_seeder(seeder)
+
+    gate.check("acct", "key")  # a fresh gate's first check sweeps
+    gate.check("acct", "key")
+    backend.advance(61)  # the next sweep is due: it runs in this check
+    gate.check("other", "key")
+    gate.check("other", "key")
+
+    assert seeder.asked == ["acct", "other"]
+
+
+def test_holds_status_tells_whether_an_account_would_be_learned(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=5, tpd=100, version=1)
+    assert not gate.holds_status("acct")
+    gate.set_status("acct", "active", None, version=2)
+    assert gate.holds_status("acct") and not gate.holds_status("other")

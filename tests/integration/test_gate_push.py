@@ -106,10 +106,11 @@ def test_only_what_a_decision_changed_is_pushed(system: Container) -> None:
     service.report_violation("acct_5", report, REPORTER)  # a remediation: nothing for the gate
     assert gate.calls == []
     service.operator("acct_5", ops.Suspend("review"), OPERATOR)
-    assert gate.calls == ["set_status"]  # not the three keys' limits and the throttle again
+    # not the three keys' limits and the throttle again (the gate holds the account's status)
+    assert gate.calls == ["holds_status", "set_status"]
     service.operator("acct_5", ops.ConfigureLimits(30, 500, key_id="key_2"), OPERATOR)
     service.operator("acct_5", ops.ApplyThrottle(0.25, "more load", key_id="key_1"), OPERATOR)
-    assert gate.calls == ["set_status", "set_limits", "apply_throttle"]
+    assert gate.calls == ["holds_status", "set_status", "set_limits", "apply_throttle"]
 
 
 def test_the_push_runs_once_the_account_is_unlocked(system: Container) -> None:
@@ -132,10 +133,10 @@ def test_after_a_failed_push_none_is_tried_for_a_while(system: Container) -> Non
 
     service.operator("acct_9", ops.Suspend("review"), OPERATOR)
     service.operator("acct_9", ops.Reinstate("cleared"), OPERATOR)  # within the quiet time
-    assert gate.calls == ["set_status"]
+    assert gate.calls == ["holds_status"]  # the push's first call failed
     now[0] += 10
     service.operator("acct_9", ops.Terminate("fraud"), OPERATOR)
-    assert gate.calls == ["set_status", "set_status"]
+    assert gate.calls == ["holds_status", "holds_status"]
 
 
 @pytest.fixture

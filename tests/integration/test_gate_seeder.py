@@ -9,12 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from test_service_support import OPERATOR, FakeClock
 
 from enforcement import operator_decisions as ops
+from enforcement.api.app import create_app
+from enforcement.api.deps import get_principal
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import EmbeddedGate, GateUnavailable, RedisGate
+from enforcement.roles import Role
 from enforcement.settings import Settings
+from enforcement.tokens import Principal
 
 
 @pytest.fixture
@@ -72,7 +77,6 @@ def test_a_database_that_cannot_answer_makes_the_check_unavailable(
 ) -> None:
     redis_system.engine.dispose()
     redis_system.engine.pool._creator = _refuse  # type: ignore[attr-defined]
-    redis_system.standings._cache.clear()  # nothing remembered: the seeder must read
 
     with pytest.raises(
         GateUnavailable, match=r"could not learn the account.s standing: .*database down"
@@ -80,5 +84,64 @@ def test_a_database_that_cannot_answer_makes_the_check_unavailable(
         redis_system.gate.check("acct_unknown", "key_1")
 
 
+GATE_UNAVAILABLE = (
+    "The gate's store, or the database it learns an account's standing from, is unavailable."
+)
+
+
 def _refuse() -> object:
     raise ConnectionRefusedError("database down")
+
+
+def test_a_status_pushed_to_an_empty_gate_brings_the_rest_of_the_standing(
+    database_url: str, redis_url: str, clock: FakeClock
+) -> None:
+    # A status makes an account known (its seeder no longer runs), so the push of a suspension
+    # to a gate that had not learned the account gives it the limits and throttles too.
+    embedded = Settings(database_url=database_url)
+    with_redis = Settings(database_url=database_url, redis_url=redis_url)
+    first = bootstrap(with_redis, clock=clock)
+    try:
+        first.service.operator("acct", ops.ConfigureLimits(100, 1000, key_id="key_1"), OPERATOR)
+        first.service.operator("acct", ops.ApplyThrottle(0.25, "load"), OPERATOR)
+        assert first.gate.check("acct", "key_1").limit_requests == 25
+        client = redis.Redis.from_url(redis_url)
+        client.flushall()  # Redis lost its data
+        client.close()
+        first.service.operator("acct", ops.Suspend("review"), OPERATOR)
+        first.service.operator("acct", ops.Reinstate("cleared"), OPERATOR)
+        assert first.gate.check("acct", "key_1").limit_requests == 25
+    finally:
+        first.close()
+
+    restarted = bootstrap(embedded, clock=clock)  # an empty embedded gate
+    try:
+        restarted.service.operator("acct", ops.Suspend("again"), OPERATOR)
+        restarted.service.operator("acct", ops.Reinstate("cleared"), OPERATOR)
+        decision = restarted.gate.check("acct", "key_1")
+        assert decision.allowed and decision.limit_requests == 25
+    finally:
+        restarted.close()
+
+
+def test_the_check_is_503_when_the_seeder_cannot_read(database_url: str, clock: FakeClock) -> None:
+    container = bootstrap(Settings(database_url=database_url), clock=clock)
+    app = create_app(container)
+    app.dependency_overrides[get_principal] = lambda: Principal("tok_g", "gw", Role.GATEWAY)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        ok = client.post("/v1/gate/check", json={"account_id": "a1", "key_id": "k", "tokens": 1})
+        assert ok.status_code == 200, ok.text
+        container.engine.dispose()
+        container.engine.pool._creator = _refuse  # type: ignore[attr-defined]
+        known = client.post("/v1/gate/check", json={"account_id": "a1", "key_id": "k"})
+        down = client.post("/v1/gate/check", json={"account_id": "a2", "key_id": "k"})
+    container.close()
+    assert known.status_code == 200, known.text  # the gate holds a1's status: no read
+    assert down.status_code == 503, down.text
+    assert down.json() == {
+        "error": {
+            "code": "dependency_unavailable",
+            "message": GATE_UNAVAILABLE,
+            "details": None,
+        }
+    }

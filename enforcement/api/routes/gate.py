@@ -29,6 +29,9 @@ class GateDecisionOut(BaseModel):
 
 
 router = APIRouter(prefix="/v1/gate", tags=["gate"])
+_UNAVAILABLE = (
+    "The gate's store, or the database it learns an account's standing from, is unavailable."
+)
 _DENIED = "Denied: 429 for rate or token quota, 403 when the account is suspended or terminated."
 
 
@@ -51,7 +54,7 @@ def check(body: GateCheckIn, container: ContainerDep, principal: Gateway) -> Any
     try:
         decision = container.gate.check(body.account_id, body.key_id, body.tokens)
     except GateUnavailable as exc:
-        raise ApiError(503, "dependency_unavailable", "The gate store is unavailable.") from exc
+        raise ApiError(503, "dependency_unavailable", _UNAVAILABLE) from exc
     if decision.allowed:
         status = 200
     else:
