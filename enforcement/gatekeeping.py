@@ -131,7 +131,8 @@ def apply_changes(
 ) -> None:
     """What ``events`` changed of the gate's state, from ``state`` (the account after them):
     the status first (what refuses the next request), then each throttle and limit they name.
-    The rest of the account's gate state is as it was, so a push costs one call per change."""
+    The rest of the account's gate state is as it was, so a push costs one call per change (and
+    a change of status one read more: ``holds_status``)."""
     if any(e.type in _STATUS_EVENTS for e in events):
         # A status makes the account known to the gate: its seeder will not run for it. A gate
         # that had not learned it (a fresh embedded gate, Redis after a data loss) is given the

@@ -44,7 +44,7 @@ _ERROR_DESCRIPTIONS = {
     409: "The account's state does not allow this, or an Idempotency-Key was reused with "
     "another body.",
     413: "The body is over 64 KiB (4 MiB for the batch endpoint).",
-    415: "The body was sent with a Content-Type that is not JSON (send `application/json`).",
+    415: "The body was not sent as JSON: send it with `Content-Type: application/json`.",
     422: "Invalid fields: `details` lists each, and for an unknown category the allowed ones.",
     503: "A dependency (the database) is down; nothing was written.",
 }
