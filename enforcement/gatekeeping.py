@@ -39,6 +39,9 @@ CIRCUMVENTION_KEYS = 3
 
 
 PUSH_TIMEOUT_S = 0.25  # a push to the Redis gate gives up after this (the relay follows)
+# An embedded gate learns an active account again after this: several serve processes without
+# Redis each tell only their own gate what they decide (docs/design.md, "Known limits").
+EMBEDDED_RELEARN_S = 30.0
 
 
 def _gate_options(settings: Settings, policy: Policy) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def build_gate(settings: Settings, policy: Policy) -> Gate:
     options = _gate_options(settings, policy)
     if settings.redis_url:
         return RedisGate.from_url(settings.redis_url, **options)
-    return EmbeddedGate(**options)
+    return EmbeddedGate(relearn_s=EMBEDDED_RELEARN_S, **options)
 
 
 def build_push_gate(settings: Settings, policy: Policy, gate: Gate) -> Gate:

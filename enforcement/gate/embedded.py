@@ -31,13 +31,26 @@ class _Account:
     usage: dict[str | None, _Usage] = field(default_factory=dict)  # None: the account ceiling
     denials: dict[int, int] = field(default_factory=dict)  # bucket index → count
     denied_keys: dict[str, int] = field(default_factory=dict)  # key id → last denial, ms
+    # When the seeder last brought it to the stored standing (µs; 0: never). Not compared: an
+    # account idle but for what the seeder wrote is idle whenever it was learned.
+    learned_us: int = field(default=0, compare=False)
 
 
 class EmbeddedGate(Gate):
-    """Same behaviour as ``RedisGate``, in this process only (thread-safe)."""
+    """Same behaviour as ``RedisGate``, in this process only (thread-safe).
 
-    def __init__(self, *, clock: Clock = time.time, **settings: int) -> None:
+    ``relearn_s``: with a seeder, also learn an account again once that long has passed since
+    it was last learned, so that decisions committed by other processes (which tell only their
+    own gates) reach this one within that time. None: only accounts it holds no status for.
+    """
+
+    def __init__(
+        self, *, clock: Clock = time.time, relearn_s: float | None = None, **settings: int
+    ) -> None:
         super().__init__(**settings)
+        if relearn_s is not None and not relearn_s > 0:
+            raise ValueError("relearn_s must be positive")
+        self._relearn_us = None if relearn_s is None else int(relearn_s * core.US)
         self._clock = clock
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
@@ -55,19 +68,30 @@ class EmbeddedGate(Gate):
         return account
 
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
+        learn, asked = False, 0
         if self._seeder is not None:
             with self._lock:
                 # Sweep first: a sweep after the seeder would drop what it wrote for an account
                 # without events (idle until this check counts it).
-                self._sweep(self._now())
+                asked = self._now()
+                self._sweep(asked)
                 known = self._accounts.get(account_id)
-                unknown = known is None or known.status is None
-            if unknown:
+                learn = (
+                    known is None
+                    or known.status is None
+                    or (
+                        self._relearn_us is not None
+                        and asked - known.learned_us >= self._relearn_us
+                    )
+                )
+            if learn:
                 self._seed(account_id)  # outside the lock: it writes through this gate
         with self._lock:
             now = self._now()
             self._sweep(now)
             acct = self._account(account_id)
+            if learn:
+                acct.learned_us = asked
             key_rpm, key_tpd, _ = acct.limits.get(key_id, (self.default_rpm, self.default_tpd, 0))
             acct_rpm, acct_tpd, _ = acct.limits.get(None, (self.default_rpm, self.default_tpd, 0))
             acct_ppm, key_ppm = core.throttle_ppm(acct.throttles, key_id, now // 1000)

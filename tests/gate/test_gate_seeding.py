@@ -152,3 +152,27 @@ def test_holds_status_tells_whether_an_account_would_be_learned(gate: Gate) -> N
     assert not gate.holds_status("acct")
     gate.set_status("acct", "active", None, version=2)
     assert gate.holds_status("acct") and not gate.holds_status("other")
+
+
+def test_an_embedded_gate_with_relearn_learns_an_active_account_again() -> None:
+    # Another process's decisions reach this embedded gate only through its seeder.
+    backend = embedded_backend()
+    gate = EmbeddedGate(clock=backend.now, relearn_s=30)
+    standings = {"acct": ("suspended", 3)}
+    seeder = Seeder(gate, standings)
+    gate.set_seeder(seeder)
+    assert gate.check("acct", "key").reason == "suspended"
+
+    standings["acct"] = ("active", 4)  # reinstated by another process
+    backend.advance(29)
+    assert gate.check("acct", "key").reason == "suspended"  # learned 29 s ago: as it was
+    backend.advance(1)
+    assert gate.check("acct", "key").allowed
+    gate.set_status("acct", "suspended", None, version=5)  # told by its own process
+    assert gate.check("acct", "key").reason == "suspended"
+    assert seeder.asked == ["acct", "acct"]
+
+
+def test_relearn_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="relearn_s"):
+        EmbeddedGate(relearn_s=0)

@@ -5,6 +5,7 @@ without waiting for a re-seed. No workers run in these tests: nothing else could
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 from test_service_support import OPERATOR, FakeClock
 
+from enforcement import gatekeeping
 from enforcement import operator_decisions as ops
 from enforcement.api.app import create_app
 from enforcement.api.deps import get_principal
@@ -145,3 +147,23 @@ def test_the_check_is_503_when_the_seeder_cannot_read(database_url: str, clock: 
             "details": None,
         }
     }
+
+
+def test_embedded_gates_of_two_processes_learn_each_others_decisions_in_time(
+    database_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two serve processes on one database without Redis: each tells only its own gate what it
+    # decides; the other learns it when it learns the account again (EMBEDDED_RELEARN_S).
+    monkeypatch.setattr(gatekeeping, "EMBEDDED_RELEARN_S", 0.3)
+    settings = Settings(database_url=database_url)
+    a, b = bootstrap(settings, clock=clock), bootstrap(settings, clock=clock)
+    try:
+        a.service.operator("acct", ops.Suspend("review"), OPERATOR)
+        assert b.gate.check("acct", "key_1").reason == "suspended"  # learned: never told
+        a.service.operator("acct", ops.Reinstate("cleared"), OPERATOR)
+        assert a.gate.check("acct", "key_1").allowed
+        time.sleep(0.35)
+        assert b.gate.check("acct", "key_1").allowed
+    finally:
+        a.close()
+        b.close()
