@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from enforcement.gate import core
-from enforcement.gate.base import Gate
+from enforcement.gate.base import Gate, GateUnavailable
 from enforcement.gate.decision import REASONS, DenialStats, GateDecision
 
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
+log = logging.getLogger("enforcement.gate")
 
 SWEEP_EVERY_US = 60 * core.US
 
@@ -76,16 +78,20 @@ class EmbeddedGate(Gate):
                 asked = self._now()
                 self._sweep(asked)
                 known = self._accounts.get(account_id)
-                learn = (
-                    known is None
-                    or known.status is None
-                    or (
-                        self._relearn_us is not None
-                        and asked - known.learned_us >= self._relearn_us
-                    )
+                holds = known is not None and known.status is not None
+                learn = not holds or (
+                    self._relearn_us is not None
+                    and known is not None
+                    and asked - known.learned_us >= self._relearn_us
                 )
             if learn:
-                self._seed(account_id)  # outside the lock: it writes through this gate
+                try:
+                    self._seed(account_id)  # outside the lock: it writes through this gate
+                except GateUnavailable:
+                    if not holds:
+                        raise  # nothing to answer from
+                    # Learning again failed: answer from what the gate holds, try in relearn_s.
+                    log.warning("could not learn %s again; the gate answers as it was", account_id)
         with self._lock:
             now = self._now()
             self._sweep(now)

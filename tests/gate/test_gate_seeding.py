@@ -176,3 +176,28 @@ def test_an_embedded_gate_with_relearn_learns_an_active_account_again() -> None:
 def test_relearn_must_be_positive() -> None:
     with pytest.raises(ValueError, match="relearn_s"):
         EmbeddedGate(relearn_s=0)
+
+
+def test_when_learning_again_fails_the_gate_answers_from_what_it_holds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = embedded_backend()
+    gate = EmbeddedGate(clock=backend.now, relearn_s=30)
+    seeder = Seeder(gate, {"acct": ("suspended", 3)})
+    gate.set_seeder(seeder)
+    assert gate.check("acct", "key").reason == "suspended"
+
+    def failing(account_id: str) -> None:
+        seeder.asked.append(account_id)
+        raise RuntimeError("database down")
+
+    gate.set_seeder(failing)
+    backend.advance(30)
+    with caplog.at_level("WARNING", logger="enforcement.gate"):
+        held = gate.check("acct", "key")
+    backend.advance(10)
+    again = gate.check("acct", "key")  # not asked again before another 30 s
+
+    assert (held.reason, again.reason) == ("suspended", "suspended")
+    assert seeder.asked == ["acct", "acct"]
+    assert "could not learn acct again" in caplog.text
