@@ -29,12 +29,12 @@ import orjson
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette._exception_handler import wrap_app_handling_exceptions
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from enforcement.api.deps import actor_of, bearer_token
 from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX, _report_violation
 from enforcement.api.schemas import ViolationIn
+from enforcement.api.threads import run_report
 from enforcement.bootstrap import Container
 from enforcement.roles import Permission, allows
 from enforcement.tokens import Principal
@@ -56,8 +56,8 @@ class ReportShortcut:
         model, principal, key = usual
 
         async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            response = await run_in_threadpool(
-                _report_violation, model, container, actor_of(principal), key
+            response = await run_report(
+                container, _report_violation, model, container, actor_of(principal), key
             )
             await response(scope, receive, send)
 

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
 from enforcement.api.responses import json_response
 from enforcement.api.schemas import AbuseReportIn, BatchItemIn, ViolationIn
 from enforcement.api.shapes import FUTURE_TOLERANCE
+from enforcement.api.threads import run_report
 from enforcement.bootstrap import Container
 from enforcement.policy import ViolationReport
 from enforcement.service import Actor, Outcome, request_fingerprint
@@ -88,8 +88,8 @@ async def report_violation(
 ) -> Response:
     """Record a violation; the policy decides at once. 200 on an idempotent replay."""
     # One hop to the thread pool for all the blocking work, answer encoding included.
-    return await run_in_threadpool(
-        _report_violation, body, container, actor_of(principal), idempotency_key
+    return await run_report(
+        container, _report_violation, body, container, actor_of(principal), idempotency_key
     )
 
 
