@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 from anyio import to_thread
+from anyio.lowlevel import RunVar
 
 from enforcement.bootstrap import Container
 
@@ -29,14 +30,27 @@ _LIMITER = "report_limiter"
 
 
 def install_report_limiter(container: Container) -> None:
-    """Give the container's reporting paths their limiter (PostgreSQL), or none (SQLite)."""
+    """Give the container's reporting paths their limit (PostgreSQL), or none (SQLite).
+
+    An AnyIO limiter belongs to one event loop (its waiters are woken on it), and a container
+    can serve from several (the test client runs its own), so the container holds a run
+    variable and each event loop gets a limiter of its own, of ``POSTGRES_REPORT_THREADS``.
+    """
     postgres = container.engine.dialect.name == "postgresql"
-    container.extras[_LIMITER] = (
-        anyio.CapacityLimiter(POSTGRES_REPORT_THREADS) if postgres else None
-    )
+    container.extras[_LIMITER] = RunVar[anyio.CapacityLimiter](_LIMITER) if postgres else None
+
+
+def _limiter(container: Container) -> anyio.CapacityLimiter | None:
+    per_loop = cast(RunVar[anyio.CapacityLimiter] | None, container.extras.get(_LIMITER))
+    if per_loop is None:
+        return None
+    limiter = per_loop.get(None)
+    if limiter is None:
+        limiter = anyio.CapacityLimiter(POSTGRES_REPORT_THREADS)
+        per_loop.set(limiter)
+    return limiter
 
 
 async def run_report(container: Container, func: Callable[..., R], *args: Any) -> R:
     """``func(*args)`` in a worker thread, within the reporting paths' limit if they have one."""
-    limiter = cast(anyio.CapacityLimiter | None, container.extras.get(_LIMITER))
-    return await to_thread.run_sync(functools.partial(func, *args), limiter=limiter)
+    return await to_thread.run_sync(functools.partial(func, *args), limiter=_limiter(container))

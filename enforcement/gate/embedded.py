@@ -59,9 +59,31 @@ class EmbeddedGate(Gate):
         self._bucket_s, self._buckets = core.denial_buckets(self.denial_window_s)
         self._window_us = self.token_window_s * core.US
         self._next_sweep = 0
+        self._warned_us = -(2**62)  # when a relearning failure was last logged
+        self._unwarned = 0  # failures since, not logged
 
     def _now(self) -> int:
         return int(self._clock() * core.US)
+
+    def _relearn_failed(self, account_id: str, exc: GateUnavailable) -> None:
+        """Note a failed relearning; warn at most once per ``relearn_s`` for the whole gate."""
+        with self._lock:
+            now = self._now()
+            known = self._accounts.get(account_id)
+            if known is not None:
+                known.learned_us = max(known.learned_us, now)
+            assert self._relearn_us is not None  # only held accounts are learned again
+            if now - self._warned_us < self._relearn_us:
+                self._unwarned += 1
+                return
+            suppressed, self._unwarned, self._warned_us = self._unwarned, 0, now
+        log.warning(
+            "could not learn account %s again (%s); the gate answers from what it holds"
+            " (%d more such failures since the last warning)",
+            account_id,
+            exc,
+            suppressed,
+        )
 
     def _account(self, account_id: str) -> _Account:
         account = self._accounts.get(account_id)
@@ -84,20 +106,26 @@ class EmbeddedGate(Gate):
                     and known is not None
                     and asked - known.learned_us >= self._relearn_us
                 )
+                if learn and holds and known is not None:
+                    # Claim the relearning: the checks that come while it runs answer from
+                    # what the gate holds instead of each asking the database again.
+                    known.learned_us = asked
             if learn:
                 try:
                     self._seed(account_id)  # outside the lock: it writes through this gate
-                except GateUnavailable:
+                except GateUnavailable as exc:
                     if not holds:
                         raise  # nothing to answer from
-                    # Learning again failed: answer from what the gate holds, try in relearn_s.
-                    log.warning("could not learn %s again; the gate answers as it was", account_id)
+                    # Learning again failed: answer from what the gate holds, try again
+                    # relearn_s after this failure (not after the ask: the failure may be slow).
+                    learn = False
+                    self._relearn_failed(account_id, exc)
         with self._lock:
             now = self._now()
             self._sweep(now)
             acct = self._account(account_id)
             if learn:
-                acct.learned_us = asked
+                acct.learned_us = max(acct.learned_us, asked)
             key_rpm, key_tpd, _ = acct.limits.get(key_id, (self.default_rpm, self.default_tpd, 0))
             acct_rpm, acct_tpd, _ = acct.limits.get(None, (self.default_rpm, self.default_tpd, 0))
             acct_ppm, key_ppm = core.throttle_ppm(acct.throttles, key_id, now // 1000)

@@ -4,6 +4,9 @@ account through."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import pytest
 import redis
 
@@ -200,4 +203,81 @@ def test_when_learning_again_fails_the_gate_answers_from_what_it_holds(
 
     assert (held.reason, again.reason) == ("suspended", "suspended")
     assert seeder.asked == ["acct", "acct"]
-    assert "could not learn acct again" in caplog.text
+    assert "could not learn account acct again (" in caplog.text
+    assert "database down" in caplog.text
+
+
+def test_only_one_check_learns_an_account_again_while_the_others_answer_as_it_was() -> None:
+    # A slow database must not send every check of a busy account to it at once.
+    backend = embedded_backend()
+    gate = EmbeddedGate(clock=backend.now, relearn_s=30)
+    seeder = Seeder(gate, {"acct": ("suspended", 3)})
+    gate.set_seeder(seeder)
+    assert gate.check("acct", "key").reason == "suspended"
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(account_id: str) -> None:
+        entered.set()
+        assert release.wait(10)
+        seeder(account_id)
+
+    gate.set_seeder(slow)
+    backend.advance(30)
+    first = concurrent.futures.ThreadPoolExecutor(1).submit(gate.check, "acct", "key")
+    assert entered.wait(10)
+    during = [gate.check("acct", "key") for _ in range(3)]  # each would block if it asked
+    release.set()
+
+    assert first.result(10).reason == "suspended"
+    assert [d.reason for d in during] == ["suspended"] * 3
+    assert seeder.asked == ["acct", "acct"]
+
+
+def test_a_slow_failure_is_retried_relearn_s_after_it_failed_not_after_it_was_asked() -> None:
+    backend = embedded_backend()
+    gate = EmbeddedGate(clock=backend.now, relearn_s=30)
+    seeder = Seeder(gate, {"acct": ("suspended", 3)})
+    gate.set_seeder(seeder)
+    gate.check("acct", "key")
+    asked: list[str] = []
+
+    def slow_failure(account_id: str) -> None:
+        asked.append(account_id)
+        backend.advance(20)  # the database took 20 s to fail
+        raise RuntimeError("timeout")
+
+    gate.set_seeder(slow_failure)
+    backend.advance(30)
+    gate.check("acct", "key")  # fails at +50 s
+    backend.advance(15)  # +65 s: 35 s after the ask, 15 s after the failure
+    gate.check("acct", "key")
+    assert asked == ["acct"]
+    backend.advance(15)  # 30 s after the failure
+    gate.check("acct", "key")
+    assert asked == ["acct", "acct"]
+
+
+def test_relearning_failures_are_logged_at_most_once_per_relearn_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = embedded_backend()
+    gate = EmbeddedGate(clock=backend.now, relearn_s=5)
+    gate.set_seeder(Seeder(gate))
+    accounts = [f"acct_{i}" for i in range(4)]
+    for account in accounts:
+        gate.check(account, "key")
+
+    def failing(account_id: str) -> None:
+        raise RuntimeError("database down")
+
+    gate.set_seeder(failing)
+    backend.advance(5)
+    with caplog.at_level("WARNING", logger="enforcement.gate"):
+        for account in accounts[:3]:
+            assert gate.check(account, "key").allowed
+        assert len(caplog.records) == 1
+        backend.advance(5)
+        gate.check(accounts[3], "key")
+
+    assert len(caplog.records) == 2
+    assert "(2 more such failures since the last warning)" in caplog.records[1].getMessage()

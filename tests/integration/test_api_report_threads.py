@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
 from enforcement.api import shortcuts
 from enforcement.api.app import create_app
 from enforcement.api.routes import reporting
-from enforcement.api.threads import POSTGRES_REPORT_THREADS
+from enforcement.api.threads import POSTGRES_REPORT_THREADS, _limiter, install_report_limiter
 from enforcement.bootstrap import Container
 from enforcement.roles import Role
 from enforcement.tokens import create_token
@@ -25,29 +26,37 @@ REPORTS = 12
 
 
 class Overlap:
-    """Wraps the reporting body: counts how many run at once (each lingers a little first)."""
+    """Wraps the reporting body: counts how many run at once.
 
-    def __init__(self, body: Callable[..., Any]) -> None:
+    Each waits (up to 10 s) until ``expected`` run at once, then lingers a little, so that a
+    loaded machine that is slow to start the threads does not make the count come out low.
+    """
+
+    def __init__(self, body: Callable[..., Any], expected: int) -> None:
         self.body = body
+        self.expected = expected
         self.running = 0
         self.most = 0
-        self.lock = threading.Lock()
+        self.changed = threading.Condition()
 
     def __call__(self, *args: Any) -> Any:
-        with self.lock:
+        with self.changed:
             self.running += 1
             self.most = max(self.most, self.running)
+            self.changed.notify_all()
+            self.changed.wait_for(lambda: self.most >= self.expected, timeout=10)
         try:
-            time.sleep(0.2)
+            time.sleep(0.1)
             return self.body(*args)
         finally:
-            with self.lock:
+            with self.changed:
                 self.running -= 1
 
 
 @pytest.fixture
-def overlap(monkeypatch: pytest.MonkeyPatch) -> Overlap:
-    spy = Overlap(reporting._report_violation)
+def overlap(system: Container, monkeypatch: pytest.MonkeyPatch) -> Overlap:
+    postgres = system.engine.dialect.name == "postgresql"
+    spy = Overlap(reporting._report_violation, POSTGRES_REPORT_THREADS if postgres else REPORTS)
     monkeypatch.setattr(reporting, "_report_violation", spy)
     monkeypatch.setattr(shortcuts, "_report_violation", spy)
     return spy
@@ -77,3 +86,20 @@ def test_reports_run_at_once_up_to_the_databases_limit(
     assert statuses == [201] * REPORTS
     postgres = system.engine.dialect.name == "postgresql"
     assert overlap.most == (POSTGRES_REPORT_THREADS if postgres else REPORTS)
+
+
+def test_each_event_loop_has_a_limiter_of_its_own(system: Container) -> None:
+    # A limiter wakes its waiters on the loop it was made on: shared by two loops at once, a
+    # waiter on one could be woken on the other's and never run.
+    install_report_limiter(system)
+
+    async def twice() -> tuple[Any, Any]:
+        return _limiter(system), _limiter(system)
+
+    first, second = anyio.run(twice), anyio.run(twice)
+    if system.engine.dialect.name == "postgresql":
+        assert first[0] is first[1] and second[0] is second[1]
+        assert first[0] is not second[0]
+        assert first[0].total_tokens == second[0].total_tokens == POSTGRES_REPORT_THREADS
+    else:
+        assert first == second == (None, None)
