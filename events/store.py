@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import json
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from events import dialects, fastjson, readahead
 from events.chain import (
     EMPTY_HEAD,
+    GENESIS_HASH,
     canonical_document,
     canonical_event,
     canonical_json,
@@ -365,6 +366,11 @@ def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
     occurred, recorded = r[8], r[9]
     if (
         r[12]
+        and type(r[1]) is str
+        and type(r[2]) is str
+        and type(r[3]) is int
+        and type(r[4]) is str
+        and type(r[5]) is int
         and type(r[6]) is str
         and type(r[7]) is str
         and type(occurred) is str
@@ -395,6 +401,78 @@ def _sqlite_row_matches(prev: str, r: Sequence[Any]) -> bool:
 
 
 _sha256 = hashlib.sha256
+_quote = json.encoder.c_encode_basestring or json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _verify_sqlite_rows(rows: Iterable[Sequence[Any]]) -> VerifyResult:
+    """``verify_links(rows, _link, _sqlite_row_matches)`` over one stream's ``_SQL.verify`` rows
+    on SQLite, with the usual row's check written out in the loop (about a quarter faster).
+
+    The usual row is ``_sqlite_row_matches``' first case: its hashed text is spliced together
+    here exactly as ``canonical_event`` does, and hashed. Any other row, or one whose hash does
+    not match that text, is decided by ``_sqlite_row_matches`` itself, so the outcome is the
+    same for every row (``tests/unit/test_store_verify_rows.py`` compares the two).
+    """
+    prev = GENESIS_HASH
+    count = 0
+    sha, quote = _sha256, _quote
+    for r in rows:
+        count += 1
+        (
+            _,
+            event_id,
+            account_id,
+            version,
+            type_,
+            schema_version,
+            data,
+            metadata,
+            occurred,
+            recorded,
+            prev_hash,
+            stored,
+            plain,
+        ) = r
+        if version != count:
+            return VerifyResult(
+                False, count, None, count, f"version {version} found where {count} was expected"
+            )
+        if prev_hash != prev:
+            return VerifyResult(
+                False, count, None, version, "prev_hash does not match the previous event's hash"
+            )
+        if not (
+            plain
+            and type(event_id) is str
+            and type(account_id) is str
+            and type(version) is int
+            and type(type_) is str
+            and type(schema_version) is int
+            and type(data) is str
+            and type(metadata) is str
+            and type(occurred) is str
+            and type(recorded) is str
+            and len(occurred) == 26
+            and len(recorded) == 26
+            and occurred[10] == " "
+            and recorded[10] == " "
+            and sha(
+                (
+                    f'{prev}{{"account_id":{quote(account_id)},"data":{data},'
+                    f'"event_id":{quote(event_id)},"metadata":{metadata},'
+                    f'"occurred_at":{quote(occurred[:10] + "T" + occurred[11:] + "Z")},'
+                    f'"recorded_at":{quote(recorded[:10] + "T" + recorded[11:] + "Z")},'
+                    f'"schema_version":{schema_version},"type":{quote(type_)},'
+                    f'"version":{version}}}'
+                ).encode()
+            ).hexdigest()
+            == stored
+        ) and not _sqlite_row_matches(prev, r):
+            return VerifyResult(
+                False, count, None, version, "hash does not match the event's content"
+            )
+        prev = stored
+    return VerifyResult(True, count, prev if count else GENESIS_HASH)
 
 
 def _postgres_time_text(text: Any, moment: datetime | None) -> str:
@@ -814,15 +892,20 @@ class EventStore:
         driver gives them: on SQLite the stored JSON texts are hashed as they are when they have
         the shape this store writes (and recomputed as readers decode them when not).
         """
-        return verify_links(self._verify_rows(account_id), _link, self._row_matches)
+        if not self._sql.postgres:
+            return _verify_sqlite_rows(self._verify_rows(account_id))
+        return verify_links(self._verify_rows(account_id), _link, _postgres_row_matches)
 
     def verify_all(self) -> Iterator[tuple[str, VerifyResult]]:
         """``(account_id, verify(account_id))`` for every stream, in account order, from one
         ordered pass over the log (pages along the ``(account_id, version)`` index) instead of
         a query per stream. Streams appended to meanwhile are checked as far as the pass saw."""
-        matches = self._row_matches
+        postgres = self._sql.postgres
         for account_id, rows in itertools.groupby(self._all_verify_rows(), _account_of):
-            yield account_id, verify_links(rows, _link, matches)
+            if postgres:
+                yield account_id, verify_links(rows, _link, _postgres_row_matches)
+            else:
+                yield account_id, _verify_sqlite_rows(rows)
 
     def _all_verify_rows(self) -> Iterator[Sequence[Any]]:
         sql, size = self._sql, _VERIFY_PAGE
@@ -849,11 +932,6 @@ class EventStore:
     @property
     def _sql(self) -> _SQL:
         return _SQL_BY_DIALECT[self.engine.dialect.name]
-
-    @property
-    def _row_matches(self) -> Callable[[str, Sequence[Any]], bool]:
-        """Whether a row of ``_SQL.verify`` has the hash of its content, on this database."""
-        return _postgres_row_matches if self._sql.postgres else _sqlite_row_matches
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
         """The rows of one read-only statement (``dialects.fetch_all``)."""

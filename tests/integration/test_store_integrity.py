@@ -169,6 +169,8 @@ UNREADABLE = {
         "UPDATE events SET metadata = '1.5'",
         "UPDATE events SET occurred_at = ''",
         f"UPDATE events SET data = '{DEEP}'",
+        "UPDATE events SET event_id = x'00'",
+        "UPDATE events SET type = x'01'",
     ],
     "postgresql": [
         "UPDATE events SET occurred_at = 'infinity'",

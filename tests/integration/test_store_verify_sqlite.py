@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from events import EventStore, NewEvent, canonical_json
 from events import store as events_store
-from events.chain import GENESIS_HASH
+from events.chain import GENESIS_HASH, verify_links
 from events.dialects import drop_append_only_ddl
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
@@ -32,6 +34,7 @@ def test_what_this_store_writes_verifies_by_the_splice_alone(
         raise AssertionError("a row of this store's shapes was recomputed")
 
     monkeypatch.setattr(events_store, "event_hash", refuse)
+    monkeypatch.setattr(events_store, "_sqlite_row_matches", refuse)
 
     assert [r.ok and r.events == 4 for _, r in sqlite_store.verify_all()] == [True] * 3
 
@@ -137,3 +140,68 @@ def test_a_read_refuses_a_time_it_cannot_parse_in_any_row(sqlite_store: EventSto
         sqlite_store.read_stream("blank_first")
     with pytest.raises(ValueError):
         sqlite_store.read_all()
+
+
+# ------------------------------------------------- the written-out loop against the reference
+
+# What a tampered SQLite cell can hold: texts (JSON or not, times of every length), numbers,
+# blobs and NULL; and the values this store writes, to move between columns.
+CELLS = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "2026-11-24 10:00:00.123456",
+            "2026-11-24T10:00:00.123456",
+            '{"n":1}',
+            "{}",
+            '{"n": 1}',
+            '"x"',
+            "[1,2]",
+            "Noted",
+            "acct_0",
+            GENESIS_HASH,
+        ]
+    ),
+    st.integers(-3, 5),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.binary(max_size=4),
+    st.none(),
+)
+
+
+@pytest.fixture(scope="module")
+def written_rows(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any, ...]]:
+    """A stream of this store's writing, as ``_SQL.verify`` reads it on SQLite."""
+    from enforcement.migrations import upgrade
+    from events import create_engine
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('verify_rows') / 'log.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    try:
+        store = EventStore(engine)
+        store.append(
+            "acct_0",
+            0,
+            [
+                NewEvent("Noted", {"n": 1, "é\n": [1.5, None, "\x00"]}, T0, {"by": "op ✓"}),
+                NewEvent("Noted\t2", {}, T0),
+                NewEvent("Noted", {"big": 2**70, "f": 1e-7}, T0),
+            ],
+        )
+        return [tuple(r) for r in store._verify_rows("acct_0")]
+    finally:
+        engine.dispose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 12), CELLS), max_size=3))
+def test_the_written_out_loop_judges_every_row_as_the_reference_does(
+    written_rows: list[tuple[Any, ...]], edits: list[tuple[int, int, Any]]
+) -> None:
+    rows = [list(r) for r in written_rows]
+    for row, column, value in edits:
+        rows[row][column] = value
+    reference = verify_links(rows, events_store._link, events_store._sqlite_row_matches)
+    assert events_store._verify_sqlite_rows(rows) == reference
