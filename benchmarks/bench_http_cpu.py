@@ -42,7 +42,7 @@ from rich.table import Table
 # Thread roles by a frame their stacks hold (the first that matches).
 ROLES: list[tuple[str, str]] = [
     ("notice worker", "deliver_notice"),
-    ("request", "_report_violation"),
+    ("request", "record_violation"),
     ("relay", "relay"),
     ("consumer", "consumer"),
     ("event loop", "uvicorn"),

@@ -338,7 +338,7 @@ class EnforcementService:
         # An account's first item, if it has no key: the items of one account stay in order.
         grouped = [i for i in first_of_account.values() if items[i][2] is None]
         if len(grouped) > 1:
-            for index, result in self._report_together(items, grouped, actor):
+            for index, result in self._report_together(items, grouped, [actor] * len(items)):
                 results[index] = result
         for index, (account_id, report, key, fingerprint) in enumerate(items):
             if results[index] is None:
@@ -349,14 +349,54 @@ class EnforcementService:
                 )
         return [r for r in results if r is not None]
 
+    def report_each(
+        self,
+        items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
+        actors: Sequence[Actor],
+    ) -> list[Outcome | Exception]:
+        """``report_violation(*items[i], actors[i])`` for every item, as if each were called on
+        its own (the items of one account in order): each entry is the outcome, or the
+        exception that call raises. What differs is only how they are recorded: the first item
+        of each account, if it has no idempotency key, is decided with the others like it and
+        recorded in one transaction (``report_batch``'s grouping), so concurrent single
+        requests (``enforcement/api/coalesce.py``) share one commit. Each event still carries
+        its own request's actor and correlation id.
+        """
+        results: list[Outcome | Exception | None] = [None] * len(items)
+        first_of_account: dict[str, int] = {}
+        for index, (account_id, *_rest) in enumerate(items):
+            first_of_account.setdefault(account_id, index)
+        grouped = [i for i in first_of_account.values() if items[i][2] is None]
+        if len(grouped) > 1:
+            try:
+                settled = self._report_together(items, grouped, actors)
+            except Exception as exc:
+                # The group's one transaction failed (or what follows its commit did: so no
+                # item is tried again, which could record it twice): each item gets the error.
+                for index in grouped:
+                    results[index] = exc
+            else:
+                for index, result in settled:
+                    results[index] = result.outcome if result.outcome is not None else result.error
+        for index, (account_id, report, key, fingerprint) in enumerate(items):
+            if results[index] is None:
+                try:
+                    results[index] = self.report_violation(
+                        account_id, report, actors[index], key, fingerprint
+                    )
+                except Exception as exc:
+                    results[index] = exc
+        return [r for r in results if r is not None]
+
     def _report_together(
         self,
         items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
         indexes: list[int],
-        actor: Actor,
+        actors: Sequence[Actor],
     ) -> list[tuple[int, ItemResult]]:
-        """Decide the items at ``indexes`` (distinct accounts) and record them in one append;
-        returns the results it settled (none if a concurrent writer got in the way)."""
+        """Decide the items at ``indexes`` (distinct accounts; ``actors[i]`` asks for item
+        ``i``) and record them in one append; returns the results it settled (none if a
+        concurrent writer got in the way)."""
         accounts = [items[i][0] for i in indexes]
         with self._accounts_locked(accounts):
             now = to_utc(self.clock())
@@ -366,7 +406,7 @@ class EnforcementService:
             for index in indexes:
                 account_id, report, _, _ = items[index]
                 state = states[account_id]
-                ctx = self._context(actor, now)
+                ctx = self._context(actors[index], now)
                 try:
                     new_events = rules.decide_violation(self.policy, state, report, ctx)
                 except DomainError as exc:

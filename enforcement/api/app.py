@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from enforcement.api import deps
+from enforcement.api.coalesce import install_report_queue
 from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
 from enforcement.api.routes import accounts, gate, reading, reporting
 from enforcement.api.shortcuts import ReportShortcut
-from enforcement.api.threads import install_report_limiter
 from enforcement.bootstrap import Container
 from events.dialects import fetch_all
 
@@ -38,7 +38,7 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.container = container
-    install_report_limiter(container)
+    install_report_queue(container)
     install_error_handlers(app, deps.refusal)
 
     @app.get(

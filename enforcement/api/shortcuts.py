@@ -31,10 +31,10 @@ from pydantic import ValidationError
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.types import Receive, Scope, Send
 
+from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import actor_of, bearer_token
-from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX, _report_violation
+from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX
 from enforcement.api.schemas import ViolationIn
-from enforcement.api.threads import run_report
 from enforcement.bootstrap import Container
 from enforcement.roles import Permission, allows
 from enforcement.tokens import Principal
@@ -56,9 +56,7 @@ class ReportShortcut:
         model, principal, key = usual
 
         async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            response = await run_report(
-                container, _report_violation, model, container, actor_of(principal), key
-            )
+            response = await report_violation_answer(container, model, actor_of(principal), key)
             await response(scope, receive, send)
 
         # Errors as the route's: Starlette's own handling, with the handlers its

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
-from enforcement.api.responses import json_response
 from enforcement.api.schemas import AbuseReportIn, BatchItemIn, ViolationIn
-from enforcement.api.shapes import FUTURE_TOLERANCE
-from enforcement.api.threads import run_report
-from enforcement.bootstrap import Container
-from enforcement.policy import ViolationReport
-from enforcement.service import Actor, Outcome, request_fingerprint
+from enforcement.api.violations import report_of, violation_json
+from enforcement.service import request_fingerprint
 from events.timefmt import to_utc
-from events.wire import event_to_json
 
 router = APIRouter(prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS)
 
@@ -34,41 +29,6 @@ class BatchIn(BaseModel):
         list[Any],
         Field(min_length=1, max_length=1000, json_schema_extra={"items": {"type": "object"}}),
     ]
-
-
-def _report(body: ViolationIn, now: datetime) -> ViolationReport:
-    occurred = to_utc(body.occurred_at) if body.occurred_at is not None else now
-    if occurred > now + FUTURE_TOLERANCE:
-        raise ApiError(
-            422,
-            "validation_failed",
-            "occurred_at is more than 5 minutes in the future.",
-            [{"field": "occurred_at", "message": "more than 5 minutes in the future"}],
-        )
-    return ViolationReport(
-        category=body.category,
-        occurred_at=occurred,
-        severity=body.severity,
-        key_id=body.key_id,
-        source=body.source,
-        detection=body.detection,
-        evidence_ref=body.evidence_ref,
-        description=body.description,
-    )
-
-
-def violation_json(account_id: str, outcome: Outcome) -> dict[str, Any]:
-    reported = next((e for e in outcome.events if e.type == "ViolationReported"), None)
-    events = [event_to_json(e) for e in outcome.events]  # each event's JSON made once
-    return {
-        "violation_id": reported.data["violation_id"] if reported else None,
-        "account_id": account_id,
-        "decisions": [
-            j for e, j in zip(outcome.events, events, strict=True) if e.type != "ViolationReported"
-        ],
-        "events": events,
-        "standing": outcome.standing.to_json(),
-    }
 
 
 @router.post(
@@ -87,21 +47,7 @@ async def report_violation(
     ] = None,
 ) -> Response:
     """Record a violation; the policy decides at once. 200 on an idempotent replay."""
-    # One hop to the thread pool for all the blocking work, answer encoding included.
-    return await run_report(
-        container, _report_violation, body, container, actor_of(principal), idempotency_key
-    )
-
-
-def _report_violation(
-    body: ViolationIn, container: Container, actor: Actor, idempotency_key: str | None
-) -> Response:
-    report = _report(body, to_utc(container.clock()))
-    fingerprint = request_fingerprint(body.model_dump(mode="json", exclude_unset=True))
-    outcome = container.service.report_violation(
-        body.account_id, report, actor, idempotency_key, fingerprint
-    )
-    return json_response(violation_json(body.account_id, outcome), 200 if outcome.replayed else 201)
+    return await report_violation_answer(container, body, actor_of(principal), idempotency_key)
 
 
 @router.post("/violations:batch")
@@ -113,7 +59,7 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
     for index, raw in enumerate(body.violations):
         try:
             item = BatchItemIn.model_validate(raw)
-            report = _report(item, now)
+            report = report_of(item, now)
         except ValidationError as exc:
             results[index] = _item_error(
                 raw,

@@ -1,0 +1,257 @@
+"""``enforcement/api/coalesce.py``: concurrent ``POST /v1/violations`` requests are recorded
+together, one drain at a time, and each is answered as it would have been alone (both ways of
+the route: the shortcut and FastAPI's), on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
+
+from enforcement.api import coalesce
+from enforcement.api.app import create_app
+from enforcement.api.schemas import ViolationIn
+from enforcement.bootstrap import Container
+from enforcement.roles import Role
+from enforcement.service import Actor
+from enforcement.tokens import create_token
+
+
+class HeldDrain:
+    """Holds the first drain's thread until ``expected`` reports have reached the queue, so
+    that the rest queue behind it and the next drain takes them all (no timing involved)."""
+
+    started: threading.Event
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, expected: int) -> None:
+        self.expected = expected
+        self.queued = 0
+        self.changed = threading.Condition()
+        self.batches: list[list[str]] = []
+        self.started = threading.Event()
+        record, alone, report = (
+            coalesce._record,
+            coalesce._record_alone,
+            coalesce.ReportQueue.report,
+        )
+
+        def hold(account_ids: list[str]) -> None:
+            with self.changed:
+                first = not self.batches
+                self.batches.append(account_ids)
+                if first:
+                    self.started.set()
+                    assert self.changed.wait_for(lambda: self.queued >= self.expected, 10)
+
+        def held_record(container: Container, batch: list[Any]) -> list[Any]:
+            hold([r.body.account_id for r in batch])
+            return record(container, batch)
+
+        def held_alone(container: Container, body: Any, *args: Any) -> Any:
+            hold([body.account_id])
+            return alone(container, body, *args)
+
+        async def counted_report(queue: Any, *args: Any) -> Any:
+            with self.changed:
+                self.queued += 1
+                self.changed.notify_all()
+            return await report(queue, *args)
+
+        monkeypatch.setattr(coalesce, "_record", held_record)
+        monkeypatch.setattr(coalesce, "_record_alone", held_alone)
+        monkeypatch.setattr(coalesce.ReportQueue, "report", counted_report)
+
+
+@pytest.fixture
+def client(system: Container) -> Iterator[TestClient]:
+    with TestClient(create_app(system)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def headers(system: Container) -> dict[str, str]:
+    return {"Authorization": f"Bearer {create_token(system.engine, Role.REPORTER, 'r')}"}
+
+
+def send_behind_one(
+    client: TestClient, held: HeldDrain, requests: list[tuple[dict[str, Any], dict[str, str]]]
+) -> list:
+    """The first request alone, and while its drain is held, all the others at once."""
+
+    def post(request: tuple[dict[str, Any], dict[str, str]]) -> Any:
+        return client.post("/v1/violations", json=request[0], headers=request[1])
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures = [pool.submit(post, requests[0])]
+        assert held.started.wait(10)
+        futures += [pool.submit(post, request) for request in requests[1:]]
+        return [future.result() for future in futures]
+
+
+@pytest.mark.parametrize("cached_token", [False, True], ids=["route", "shortcut"])
+def test_concurrent_reports_share_a_drain_and_each_gets_its_own_answer(
+    system: Container,
+    client: TestClient,
+    headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    cached_token: bool,
+) -> None:
+    if cached_token:  # the shortcut answers only for a token already cached
+        assert client.get("/v1/accounts/acct_x/standing", headers=headers).status_code == 403
+    held = HeldDrain(monkeypatch, expected=12)
+    requests = [
+        (
+            {"account_id": f"acct_{i}", "category": "spam", "source": "test"},
+            {**headers, "X-Request-Id": f"req-{i}"},
+        )
+        for i in range(12)
+    ]
+
+    answers = send_behind_one(client, held, requests)
+
+    assert [a.status_code for a in answers] == [201] * 12
+    assert held.batches[0] == ["acct_0"]
+    assert sorted(held.batches[1]) == sorted(f"acct_{i}" for i in range(1, 12))
+    for i, answer in enumerate(answers):
+        body = answer.json()
+        assert body["account_id"] == f"acct_{i}"
+        assert answer.headers["X-Request-Id"] == f"req-{i}"
+        assert {e["metadata"]["correlation_id"] for e in body["events"]} == {f"req-{i}"}
+        stored = [e.event_id for e in system.store.read_stream(f"acct_{i}", 0, limit=100)]
+        assert stored == [e["event_id"] for e in body["events"]]
+
+
+def test_each_report_of_a_shared_drain_is_answered_as_if_alone(
+    system: Container, client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keyed reports, a second report of one account, a report the API refuses and one whose
+    # key was used with another body, all in one drain.
+    first = {"account_id": "acct_k", "category": "spam", "source": "test"}
+    original = client.post(
+        "/v1/violations", json=first, headers={**headers, "Idempotency-Key": "k1"}
+    )
+    assert original.status_code == 201
+    future = (system.clock() + timedelta(hours=1)).isoformat()
+    held = HeldDrain(monkeypatch, expected=7)
+    requests = [
+        ({"account_id": "acct_0", "category": "spam", "source": "t"}, headers),
+        ({"account_id": "acct_a", "category": "spam", "source": "t"}, headers),
+        ({"account_id": "acct_a", "category": "spam", "source": "t"}, headers),
+        (
+            {"account_id": "acct_b", "category": "spam", "source": "t", "occurred_at": future},
+            headers,
+        ),
+        (first, {**headers, "Idempotency-Key": "k1"}),  # the same body again: a replay
+        ({**first, "source": "other"}, {**headers, "Idempotency-Key": "k1"}),  # another body
+        ({"account_id": "acct_c", "category": "spam", "source": "t"}, headers),
+    ]
+
+    answers = send_behind_one(client, held, requests)
+
+    assert [len(batch) for batch in held.batches] == [1, 6]
+    statuses = [a.status_code for a in answers]
+    assert statuses == [201, 201, 201, 422, 200, 409, 201]
+    assert answers[3].json()["error"]["code"] == "validation_failed"
+    assert answers[5].json()["error"]["code"] == "idempotency_key_reused"
+    a_versions = sorted(
+        [e["version"] for e in answers[1].json()["events"]]
+        + [e["version"] for e in answers[2].json()["events"]]
+    )
+    assert a_versions == list(range(1, len(a_versions) + 1))  # one after the other, no gap
+    assert system.store.head("acct_a").version == len(a_versions)
+    assert system.store.head("acct_b").version == 0  # refused: nothing written
+    assert answers[4].json()["events"] == original.json()["events"]
+
+
+def test_a_shared_transaction_that_fails_fails_each_of_its_reports(
+    system: Container, client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldDrain(monkeypatch, expected=4)
+
+    def down(*_args: Any) -> Any:
+        raise OperationalError("INSERT", {}, Exception("database down"))
+
+    monkeypatch.setattr(system.service, "_report_together", down)
+    requests = [
+        ({"account_id": f"acct_{i}", "category": "spam", "source": "t"}, headers) for i in range(4)
+    ]
+
+    answers = send_behind_one(client, held, requests)
+
+    # The first report is drained alone (its own transaction); the other three shared the
+    # one that failed.
+    assert [len(batch) for batch in held.batches] == [1, 3]
+    assert [a.status_code for a in answers] == [201, 503, 503, 503]
+    assert {a.json()["error"]["code"] for a in answers[1:]} == {"dependency_unavailable"}
+    assert [system.store.head(f"acct_{i}").version > 0 for i in range(4)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_a_request_that_stops_waiting_does_not_stall_the_queue(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coalesce.install_report_queue(system)
+    release = threading.Event()
+    recorded: list[list[str]] = []
+
+    def alone(container: Container, body: ViolationIn, *_args: Any) -> str:
+        recorded.append([body.account_id])
+        assert release.wait(10)
+        return f"answer {body.account_id}"
+
+    def record(container: Container, batch: list[Any]) -> list[Any]:
+        recorded.append([r.body.account_id for r in batch])
+        return [f"answer {r.body.account_id}" for r in batch]
+
+    monkeypatch.setattr(coalesce, "_record_alone", alone)
+    monkeypatch.setattr(coalesce, "_record", record)
+
+    def body(account_id: str) -> ViolationIn:
+        return ViolationIn.model_validate(
+            {"account_id": account_id, "category": "spam", "source": "t"}
+        )
+
+    actor = Actor("reporter:r", "req")
+
+    async def scenario() -> list[Any]:
+        queue = coalesce.report_queue(system)
+        first = asyncio.ensure_future(queue.report(body("acct_1"), actor, None))
+        while not recorded:  # acct_1 runs alone, held in its thread
+            await asyncio.sleep(0.01)
+        gone = asyncio.ensure_future(queue.report(body("acct_gone"), actor, None))
+        kept = asyncio.ensure_future(queue.report(body("acct_2"), actor, None))
+        await asyncio.sleep(0)
+        gone.cancel()
+        first.cancel()  # its thread has started: it still records, and still hands on
+        await anyio.to_thread.run_sync(release.set)
+        answers = [await kept]
+        later = await queue.report(body("acct_3"), actor, None)
+        return [*answers, later, gone.cancelled(), first.cancelled()]
+
+    assert anyio.run(scenario) == ["answer acct_2", "answer acct_3", True, True]
+    # The cancelled reports that no thread had taken never ran.
+    assert recorded == [["acct_1"], ["acct_2"], ["acct_3"]]
+
+
+def test_each_event_loop_has_a_queue_of_its_own(system: Container) -> None:
+    # A queue's futures and drain belong to the loop it was made on.
+    coalesce.install_report_queue(system)
+
+    async def twice() -> tuple[Any, Any]:
+        return coalesce.report_queue(system), coalesce.report_queue(system)
+
+    first, second = anyio.run(twice), anyio.run(twice)
+    assert first[0] is first[1] and second[0] is second[1]
+    assert first[0] is not second[0]
