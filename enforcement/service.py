@@ -402,7 +402,7 @@ class EnforcementService:
             now = to_utc(self.clock())
             settled: list[tuple[int, ItemResult]] = []
             pending: list[tuple[int, StandingState, list[NewEvent]]] = []
-            states = {a: self.standings.load(a) for a in accounts}
+            states = self.standings.load_many(accounts)
             for index in indexes:
                 account_id, report, _, _ = items[index]
                 state = states[account_id]

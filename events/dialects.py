@@ -269,6 +269,28 @@ def fetch_all(engine: Engine, statement: str, params: Sequence[Any] = ()) -> lis
     either way, and it saves the BEGIN and ROLLBACK round trips. The connection goes back
     to the pool in its usual mode, or is discarded.
     """
+    return _read(engine, statement, params, lambda conn: conn.execute(statement, params).fetchall())
+
+
+def fetch_each(engine: Engine, statement: str, params: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """``[fetch_all(engine, statement, p) for p in params]`` on one pooled connection; on
+    PostgreSQL in one round trip (psycopg's pipeline mode, in autocommit: each statement sees
+    a snapshot of its own, as each ``fetch_all`` would)."""
+    if not params:
+        return []
+
+    def run(conn: Any) -> list[list[Any]]:
+        if engine.dialect.name != "postgresql":
+            return [conn.execute(statement, p).fetchall() for p in params]
+        with conn.pipeline():
+            cursors = [conn.cursor().execute(statement, p) for p in params]
+        return [cursor.fetchall() for cursor in cursors]
+
+    return _read(engine, statement, params[0], run)
+
+
+def _read(engine: Engine, statement: str, params: Any, run: Callable[[Any], R]) -> R:
+    """``run(driver connection)`` for ``fetch_all`` and ``fetch_each`` (see ``fetch_all``)."""
     raw = raw_connection(engine)
     dbapi_conn: Any = raw.dbapi_connection
     postgres = engine.dialect.name == "postgresql"
@@ -276,8 +298,7 @@ def fetch_all(engine: Engine, statement: str, params: Sequence[Any] = ()) -> lis
         try:
             if postgres:
                 dbapi_conn.autocommit = True
-            rows: list[Any] = dbapi_conn.execute(statement, params).fetchall()
-            return rows
+            return run(dbapi_conn)
         except engine.dialect.loaded_dbapi.Error as exc:
             raise wrap_driver_error(
                 engine.dialect, exc, statement, params, dbapi_conn, raw.invalidate

@@ -101,6 +101,23 @@ class StandingRepository:
             return state, None if known_hash is None else StreamHead(state.version, known_hash)
         return apply_all(state, tail), StreamHead(tail[-1].version, tail[-1].hash)
 
+    def load_many(self, account_ids: Sequence[str]) -> dict[str, StandingState]:
+        """``{a: self.load(a) for a in account_ids}``, with the stored rows of the accounts not
+        remembered read in one round trip on PostgreSQL (``read_states_and_heads``)."""
+        with self._cache_lock:
+            unknown = [a for a in account_ids if a not in self._cache]
+        states: dict[str, StandingState] = {}
+        for account_id, (stored, head) in zip(
+            unknown, read_states_and_heads(self.store.engine, unknown), strict=True
+        ):
+            state = stored or StandingState.empty(account_id)
+            if head.version == state.version:
+                states[account_id] = state
+        for account_id in account_ids:
+            if account_id not in states:  # remembered, or its rows behind the log
+                states[account_id] = self.load(account_id)
+        return states
+
     def save(
         self,
         conn: Connection,
@@ -273,6 +290,19 @@ def read_state_and_head(
     one statement on a pooled connection of its own: one round trip, and none more when the
     rows are at the head of the log (the usual case: every append saves them)."""
     rows = dialects.fetch_all(engine, _STATE_TEXT[engine.dialect.name], (account_id,) * 4)
+    return _state_and_head(rows)
+
+
+def read_states_and_heads(
+    engine: sa.Engine, account_ids: Sequence[str]
+) -> list[tuple[StandingState | None, StreamHead]]:
+    """``read_state_and_head`` of each account, in one round trip on PostgreSQL (pipelined)."""
+    statement = _STATE_TEXT[engine.dialect.name]
+    pages = dialects.fetch_each(engine, statement, [(a,) * 4 for a in account_ids])
+    return [_state_and_head(rows) for rows in pages]
+
+
+def _state_and_head(rows: Sequence[Any]) -> tuple[StandingState | None, StreamHead]:
     last = rows[-1]  # the part-2 row is always there, and last
     head = StreamHead(int(last[2]), last[3]) if last[2] else EMPTY_HEAD
     if rows[0][0] != 0:

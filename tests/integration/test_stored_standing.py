@@ -554,3 +554,50 @@ def test_seeding_lifts_a_throttle_whose_lift_never_reached_the_gate(
 
     assert gate.check("acct_stale", "key_2").limit_requests == 600
     assert gate.throttle_ids("acct_stale") == set()
+
+
+def test_load_many_gives_each_accounts_load_with_one_read_of_the_rows(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An account with current rows, one whose rows are behind the log, one without events, and
+    # one remembered (a state of at least cache_min_version events).
+    report(system, "acct_rows")
+    report(system, "acct_lag")
+    head = system.store.head("acct_lag").version
+    system.store.append("acct_lag", head, [configured(10)])
+    repo = system.standings
+    monkeypatch.setattr(repo, "cache_min_version", 1)
+    report(system, "acct_kept")
+    accounts = ["acct_rows", "acct_lag", "acct_none", "acct_kept"]
+    expected = {a: repo.load(a) for a in accounts}
+    assert expected["acct_lag"].version == head + 1
+
+    reads: list[list[str]] = []
+    read_many = stored.read_states_and_heads
+
+    def counted(engine: sa.Engine, account_ids: list[str]) -> Any:
+        reads.append(list(account_ids))
+        return read_many(engine, account_ids)
+
+    monkeypatch.setattr(stored, "read_states_and_heads", counted)
+    assert repo.load_many(accounts) == expected
+    assert reads == [["acct_rows", "acct_lag", "acct_none"]]  # the remembered one is not read
+    # What the one read gives is each account's own read.
+    assert read_many(system.engine, accounts) == [
+        stored.read_state_and_head(system.engine, a) for a in accounts
+    ]
+    assert read_many(system.engine, []) == []
+
+
+def test_fetch_each_errors_come_out_as_sqlalchemys_and_leave_the_pool_usable(
+    system: Container,
+) -> None:
+    from events import dialects
+
+    engine = system.engine
+    with pytest.raises(sa.exc.DBAPIError, match="no_such_table"):
+        dialects.fetch_each(engine, "SELECT * FROM no_such_table", [(), ()])
+    for _ in range(engine.pool.size() + 1):  # every pooled connection, in its usual mode
+        assert dialects.fetch_each(engine, "SELECT 1", [(), ()]) == [[(1,)], [(1,)]]
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
