@@ -9,6 +9,7 @@ is taken exactly once however many requests race.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
@@ -353,6 +354,9 @@ class EnforcementService:
         self,
         items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
         actors: Sequence[Actor],
+        *,
+        contexts: Sequence[contextvars.Context] | None = None,
+        on_result: Callable[[int, Outcome | Exception], None] | None = None,
     ) -> list[Outcome | Exception]:
         """``report_violation(*items[i], actors[i])`` for every item, as if each were called on
         its own (the items of one account in order): each entry is the outcome, or the
@@ -361,6 +365,10 @@ class EnforcementService:
         recorded in one transaction (``report_batch``'s grouping), so concurrent single
         requests (``enforcement/api/coalesce.py``) share one commit. Each event still carries
         its own request's actor and correlation id.
+
+        ``contexts[i]``: the context item ``i`` runs in when it is recorded on its own (its
+        request's, for its log lines). ``on_result(i, result)``: called as soon as item ``i``
+        is settled, before the others are (so that its caller need not wait for them).
         """
         results: list[Outcome | Exception | None] = [None] * len(items)
         first_of_account: dict[str, int] = {}
@@ -375,17 +383,29 @@ class EnforcementService:
                 # item is tried again, which could record it twice): each item gets the error.
                 for index in grouped:
                     results[index] = exc
+                    if on_result is not None:
+                        on_result(index, exc)
             else:
                 for index, result in settled:
-                    results[index] = result.outcome if result.outcome is not None else result.error
+                    outcome = result.outcome if result.outcome is not None else result.error
+                    assert outcome is not None
+                    results[index] = outcome
+                    if on_result is not None:
+                        on_result(index, outcome)
         for index, (account_id, report, key, fingerprint) in enumerate(items):
             if results[index] is None:
+                call = functools.partial(
+                    self.report_violation, account_id, report, actors[index], key, fingerprint
+                )
                 try:
-                    results[index] = self.report_violation(
-                        account_id, report, actors[index], key, fingerprint
+                    one: Outcome | Exception = (
+                        contexts[index].run(call) if contexts is not None else call()
                     )
                 except Exception as exc:
-                    results[index] = exc
+                    one = exc
+                results[index] = one
+                if on_result is not None:
+                    on_result(index, one)
         return [r for r in results if r is not None]
 
     def _report_together(
@@ -396,13 +416,19 @@ class EnforcementService:
     ) -> list[tuple[int, ItemResult]]:
         """Decide the items at ``indexes`` (distinct accounts; ``actors[i]`` asks for item
         ``i``) and record them in one append; returns the results it settled (none if a
-        concurrent writer got in the way)."""
+        concurrent writer got in the way). Before the append, an item that fails for another
+        reason than the policy's refusal is left unsettled, so the caller records it alone
+        (where it fails alone); so are all when the states cannot be read together."""
         accounts = [items[i][0] for i in indexes]
         with self._accounts_locked(accounts):
             now = to_utc(self.clock())
             settled: list[tuple[int, ItemResult]] = []
             pending: list[tuple[int, StandingState, list[NewEvent]]] = []
-            states = self.standings.load_many(accounts)
+            try:
+                states = self.standings.load_many(accounts)
+            except Exception:
+                log.warning("the standings of a shared report could not be read together")
+                return []
             for index in indexes:
                 account_id, report, _, _ = items[index]
                 state = states[account_id]
@@ -412,6 +438,8 @@ class EnforcementService:
                 except DomainError as exc:
                     settled.append((index, _item_error(exc)))
                     continue
+                except Exception:
+                    continue  # recorded alone by the caller: its error is its own
                 if new_events:
                     pending.append((index, state, new_events))
                 else:
@@ -431,7 +459,12 @@ class EnforcementService:
             after = self.standings.remember_appended(saver, state, events)
             at = max(now, events[-1].recorded_at)
             if self.after_commit is not None:
-                self.after_commit(after, events, at)
+                try:
+                    self.after_commit(after, events, at)
+                except Exception:  # committed: the others' gate must still be told
+                    log.exception(
+                        "after a shared commit, %s's decisions were not pushed", after.account_id
+                    )
             standing = view(after, at, self.policy.strike_lookback)
             settled.append((index, ItemResult(201, Outcome(events, standing))))
         return settled

@@ -274,8 +274,10 @@ def fetch_all(engine: Engine, statement: str, params: Sequence[Any] = ()) -> lis
 
 def fetch_each(engine: Engine, statement: str, params: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """``[fetch_all(engine, statement, p) for p in params]`` on one pooled connection; on
-    PostgreSQL in one round trip (psycopg's pipeline mode, in autocommit: each statement sees
-    a snapshot of its own, as each ``fetch_all`` would)."""
+    PostgreSQL in one round trip (psycopg's pipeline mode, in autocommit). The statements go
+    out without a Sync between them, so the server runs them as one implicit transaction: an
+    error in one aborts the ones after it (the call raises), and under READ COMMITTED each
+    still reads a snapshot of its own. An error names the first statement's parameters."""
     if not params:
         return []
 
@@ -284,7 +286,11 @@ def fetch_each(engine: Engine, statement: str, params: Sequence[Sequence[Any]]) 
             return [conn.execute(statement, p).fetchall() for p in params]
         with conn.pipeline():
             cursors = [conn.cursor().execute(statement, p) for p in params]
-        return [cursor.fetchall() for cursor in cursors]
+        pages = []
+        for cursor in cursors:
+            with cursor:
+                pages.append(cursor.fetchall())
+        return pages
 
     return _read(engine, statement, params[0], run)
 

@@ -105,7 +105,7 @@ class GroupCommit(Generic[T, R]):
                 raise RuntimeError(f"flush returned {len(results)} results for {len(batch)} items")
         except Exception as exc:
             for slot in batch:
-                slot.error = exc if slot is own else _own_copy(exc)
+                slot.error = exc if slot is own else own_copy(exc)
         except BaseException as exc:
             interrupted = FlushInterrupted("the flush of this batch was interrupted")
             for slot in batch:
@@ -122,7 +122,7 @@ class GroupCommit(Generic[T, R]):
                 self._hand_over()
 
 
-def _own_copy(exc: Exception) -> Exception:
+def own_copy(exc: Exception) -> Exception:
     """``exc`` for another thread to raise: a copy of its own (same type, arguments, attributes,
     cause, context and traceback so far), so that each thread's raise extends its own traceback
     instead of all of them rewriting one; ``exc`` itself if it cannot be copied that way."""

@@ -111,10 +111,12 @@ class StandingRepository:
             unknown, read_states_and_heads(self.store.engine, unknown), strict=True
         ):
             state = stored or StandingState.empty(account_id)
-            if head.version == state.version:
-                states[account_id] = state
+            if head.version != state.version:  # the rows are behind the log: add the events
+                tail = self.store.read_stream(account_id, after_version=state.version)
+                state = apply_all(state, tail)
+            states[account_id] = state
         for account_id in account_ids:
-            if account_id not in states:  # remembered, or its rows behind the log
+            if account_id not in states:  # remembered
                 states[account_id] = self.load(account_id)
         return states
 

@@ -11,9 +11,12 @@ without an Idempotency-Key is decided with the others like it and recorded in on
 the queue idle goes straight to a worker thread, as before the queue: nothing waits for company,
 and one client alone sees no difference; reports that arrive meanwhile queue behind it.
 
-Each request still gets its own answer: the same response as before, or the same exception
-(raised in the request, so the application's handlers answer it as they did), and each event
-keeps its own request's actor and correlation id. Log lines of a report recorded on its own
+Each request still gets its own answer, as soon as its report is settled (a slow report in a
+drain holds up no other's answer): the same response as before, or the same exception (a copy
+of its own, raised in the request, so the application's handlers answer it as they did), and
+each event keeps its own request's actor and correlation id. A report that fails before the
+shared transaction is written (its standing unreadable, a fault in deciding it) is recorded on
+its own, where it fails alone. Log lines of a report recorded on its own
 carry its request id; those of a shared transaction carry the first report's. A request that
 goes away stops waiting; its report is still recorded if a drain has taken it (as a worker
 thread already started would have recorded it).
@@ -38,6 +41,7 @@ from enforcement.api.responses import json_response
 from enforcement.api.schemas import ViolationIn
 from enforcement.bootstrap import Container
 from enforcement.service import Actor, Outcome, request_fingerprint
+from events.groupcommit import own_copy
 from events.timefmt import to_utc
 
 _QUEUE = "report_queue"
@@ -79,22 +83,30 @@ class ReportQueue:
         # still recorded if the drain has taken it, as a thread already started would.
         answer = await report.answer
         if isinstance(answer, BaseException):
-            raise answer
+            # A copy of its own: the reports of a failed transaction share one error, and each
+            # raise would add its request's frames to the one traceback.
+            raise own_copy(answer) if isinstance(answer, Exception) else answer
         return answer
 
     async def _report_alone(
         self, body: ViolationIn, actor: Actor, idempotency_key: str | None
     ) -> Response:
-        """The report of an idle queue: straight to a worker thread, as if there were no queue
-        (reports that arrive meanwhile wait for the drain that starts when it is done)."""
+        """The report of an idle queue: straight to a worker thread, as if there were no queue;
+        reports that arrive meanwhile wait for the drain that starts when the thread is done.
+        The queue owns the thread's task, so that a request cancelled meanwhile cannot start
+        that drain while its thread still records (its task runs in the request's context)."""
         self._alone = True
-        try:
-            return await to_thread.run_sync(
-                _record_alone, self._container, body, actor, idempotency_key
-            )
-        finally:  # the thread has finished, even if this request was cancelled
-            self._alone = False
-            self._start_drain()
+        task = asyncio.get_running_loop().create_task(
+            to_thread.run_sync(_record_alone, self._container, body, actor, idempotency_key)
+        )
+        task.add_done_callback(self._alone_done)
+        return await asyncio.shield(task)
+
+    def _alone_done(self, task: asyncio.Task[Response]) -> None:
+        self._alone = False
+        if not task.cancelled():
+            task.exception()  # retrieved: its request raises it, or has gone
+        self._start_drain()
 
     @property
     def _busy(self) -> bool:
@@ -107,29 +119,39 @@ class ReportQueue:
             self._drain = loop.create_task(self._drain_all(), context=contextvars.Context())
 
     async def _drain_all(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
                 batch = [r for r in self._waiting if not r.answer.done()]
                 self._waiting = []
                 if not batch:
                     continue
+                failed: BaseException | None = None
+                values: dict[int, Response | BaseException] = {}
                 try:
-                    answers = await to_thread.run_sync(_record, self._container, batch)
+                    values = await to_thread.run_sync(_record, self._container, batch, loop)
                 except BaseException as exc:  # the thread itself failed, or the loop ends
-                    for report in batch:
-                        if not report.answer.done():
-                            report.answer.set_result(exc)
+                    failed = exc
                     if not isinstance(exc, Exception):
                         raise
-                    continue
-                for report, answer in zip(batch, answers, strict=True):
-                    if not report.answer.done():
-                        report.answer.set_result(answer)
+                finally:
+                    # The thread answers each report through the loop as soon as it is settled;
+                    # what it returns answers any not answered yet; failing that, the failure.
+                    for report in batch:
+                        value = values.get(id(report))
+                        if value is None:
+                            value = failed or RuntimeError("the report got no answer")
+                        _settle(report.answer, value)
         finally:
             self._drain = None
             for report in self._waiting:  # only if the loop ended the drain
                 if not report.answer.done():
                     report.answer.cancel()
+
+
+def _settle(answer: asyncio.Future[Response | BaseException], value: Any) -> None:
+    if not answer.done():
+        answer.set_result(value)
 
 
 def _record_alone(
@@ -139,42 +161,61 @@ def _record_alone(
     return violations.record_violation(body, container, actor, idempotency_key)
 
 
-def _record(container: Container, batch: list[_Report]) -> list[Response | BaseException]:
-    """The worker thread's part: every report of the batch recorded, each one's answer."""
+def _record(
+    container: Container, batch: list[_Report], loop: asyncio.AbstractEventLoop
+) -> dict[int, Response | BaseException]:
+    """The worker thread's part: every report of the batch recorded, each one answered through
+    the event loop as soon as it is settled (a slow report holds up no other's answer); returns
+    every answer by ``id`` of its report."""
+    values: dict[int, Response | BaseException] = {}
+
+    def answer(report: _Report, value: Response | BaseException) -> None:
+        values[id(report)] = value
+        loop.call_soon_threadsafe(_settle, report.answer, value)
+
     if len(batch) == 1:
         [one] = batch
         try:
-            return [
-                one.context.run(
-                    violations.record_violation,
-                    one.body,
-                    container,
-                    one.actor,
-                    one.idempotency_key,
-                )
-            ]
+            value: Response | BaseException = one.context.run(
+                violations.record_violation, one.body, container, one.actor, one.idempotency_key
+            )
         except Exception as exc:
-            return [exc]
+            value = exc
+        answer(one, value)
+        return values
     now = to_utc(container.clock())
-    answers: list[Response | BaseException | None] = [None] * len(batch)
     items: list[tuple[str, Any, str | None, str | None]] = []
-    actors: list[Actor] = []
-    positions: list[int] = []
-    for index, one in enumerate(batch):
+    taken: list[_Report] = []
+    for one in batch:
         try:
             report = violations.report_of(one.body, now)
         except ApiError as exc:
-            answers[index] = exc
+            answer(one, exc)
             continue
         fingerprint = request_fingerprint(one.body.model_dump(mode="json", exclude_unset=True))
         items.append((one.body.account_id, report, one.idempotency_key, fingerprint))
-        actors.append(one.actor)
-        positions.append(index)
+        taken.append(one)
+
+    def settled(index: int, outcome: Outcome | Exception) -> None:
+        if isinstance(outcome, Exception):
+            answer(taken[index], outcome)
+            return
+        try:
+            answer(taken[index], _answer(items[index], outcome))
+        except Exception as exc:  # recorded, but its answer could not be made
+            answer(taken[index], exc)
+
     if items:
-        outcomes = batch[positions[0]].context.run(container.service.report_each, items, actors)
-        for index, item, outcome in zip(positions, items, outcomes, strict=True):
-            answers[index] = outcome if isinstance(outcome, Exception) else _answer(item, outcome)
-    return [a if a is not None else RuntimeError("no answer") for a in answers]
+        # The shared transaction's log lines carry the first report's request id; each report
+        # recorded on its own runs in its own request's context.
+        taken[0].context.copy().run(
+            container.service.report_each,
+            items,
+            [one.actor for one in taken],
+            contexts=[one.context for one in taken],
+            on_result=settled,
+        )
+    return values
 
 
 def _answer(item: tuple[str, Any, str | None, str | None], outcome: Outcome) -> Response:

@@ -5,7 +5,9 @@ the route: the shortcut and FastAPI's), on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,12 +18,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
+from enforcement import policy as rules
 from enforcement.api import coalesce
 from enforcement.api.app import create_app
 from enforcement.api.schemas import ViolationIn
 from enforcement.bootstrap import Container
+from enforcement.logs import request_id_var
+from enforcement.policy import ViolationReport
 from enforcement.roles import Role
-from enforcement.service import Actor
+from enforcement.service import Actor, Outcome
 from enforcement.tokens import create_token
 
 
@@ -51,9 +56,9 @@ class HeldDrain:
                     self.started.set()
                     assert self.changed.wait_for(lambda: self.queued >= self.expected, 10)
 
-        def held_record(container: Container, batch: list[Any]) -> list[Any]:
+        def held_record(container: Container, batch: list[Any], *rest: Any) -> Any:
             hold([r.body.account_id for r in batch])
-            return record(container, batch)
+            return record(container, batch, *rest)
 
         def held_alone(container: Container, body: Any, *args: Any) -> Any:
             hold([body.account_id])
@@ -211,9 +216,9 @@ def test_a_request_that_stops_waiting_does_not_stall_the_queue(
         assert release.wait(10)
         return f"answer {body.account_id}"
 
-    def record(container: Container, batch: list[Any]) -> list[Any]:
+    def record(container: Container, batch: list[Any], _loop: Any) -> dict[int, Any]:
         recorded.append([r.body.account_id for r in batch])
-        return [f"answer {r.body.account_id}" for r in batch]
+        return {id(r): f"answer {r.body.account_id}" for r in batch}
 
     monkeypatch.setattr(coalesce, "_record_alone", alone)
     monkeypatch.setattr(coalesce, "_record", record)
@@ -255,3 +260,201 @@ def test_each_event_loop_has_a_queue_of_its_own(system: Container) -> None:
     first, second = anyio.run(twice), anyio.run(twice)
     assert first[0] is first[1] and second[0] is second[1]
     assert first[0] is not second[0]
+
+
+# ---------------------------------------------------- found in review (helper-42)
+
+
+def body(account_id: str) -> ViolationIn:
+    return ViolationIn.model_validate({"account_id": account_id, "category": "spam", "source": "t"})
+
+
+def report(system: Container) -> ViolationReport:
+    from enforcement.api.violations import report_of
+    from events.timefmt import to_utc
+
+    return report_of(body("x"), to_utc(system.clock()))
+
+
+def test_an_item_that_fails_before_the_shared_append_fails_alone(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decide = rules.decide_violation
+
+    def flaky(policy: Any, state: Any, rep: Any, ctx: Any) -> Any:
+        if state.account_id == "acct_bad":
+            raise RuntimeError("bug for this account only")
+        return decide(policy, state, rep, ctx)
+
+    monkeypatch.setattr(rules, "decide_violation", flaky)
+    items = [(a, report(system), None, None) for a in ("acct_bad", "acct_1", "acct_2")]
+    actors = [Actor("reporter:r", f"req-{i}") for i in range(3)]
+
+    alone: list[Any] = []
+    for (a, rep, k, f), actor in zip(items, actors, strict=True):
+        try:
+            alone.append(system.service.report_violation(a, rep, actor, k, f))
+        except Exception as exc:
+            alone.append(exc)
+    assert [type(x).__name__ for x in alone] == ["RuntimeError", "Outcome", "Outcome"]
+
+    items2 = [(a + "_b" if a != "acct_bad" else a, r, k, f) for a, r, k, f in items]
+    together = system.service.report_each(items2, actors)
+    assert [type(x).__name__ for x in together] == ["RuntimeError", "Outcome", "Outcome"]
+
+
+def test_a_cancelled_lone_report_hands_on_only_when_its_thread_ends(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coalesce.install_report_queue(system)
+    release = threading.Event()
+    alone_running = threading.Event()
+    overlap: list[bool] = []
+
+    def alone(container: Container, b: ViolationIn, *_: Any) -> str:
+        alone_running.set()
+        assert release.wait(10)
+        time.sleep(0.05)
+        alone_running.clear()
+        return "alone"
+
+    def record(container: Container, batch: list[Any], _loop: Any) -> dict[int, Any]:
+        overlap.append(alone_running.is_set())
+        return {id(r): "drained" for r in batch}
+
+    monkeypatch.setattr(coalesce, "_record_alone", alone)
+    monkeypatch.setattr(coalesce, "_record", record)
+    actor = Actor("reporter:r", "req")
+
+    async def scenario() -> None:
+        queue = coalesce.report_queue(system)
+        first = asyncio.ensure_future(queue.report(body("acct_a"), actor, None))
+        while not alone_running.is_set():
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(queue.report(body("acct_a"), actor, None))
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.sleep(0.05)  # the drain would start here if the cancel handed on
+        release.set()
+        await second
+        await anyio.sleep(0.2)
+
+    anyio.run(scenario)
+    # The drain's thread ran only once the cancelled report's thread had finished.
+    assert overlap == [False]
+
+
+def test_the_requests_of_a_failed_transaction_each_raise_their_own_copy(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coalesce.install_report_queue(system)
+    release = threading.Event()
+    real_alone = coalesce._record_alone
+
+    def held_alone(*args: Any) -> Any:
+        assert release.wait(10)
+        return real_alone(*args)
+
+    def down(*_a: Any) -> Any:
+        raise OperationalError("INSERT", {}, Exception("database down"))
+
+    monkeypatch.setattr(coalesce, "_record_alone", held_alone)
+    monkeypatch.setattr(system.service, "_report_together", down)
+
+    async def one(queue: Any, account: str) -> BaseException | None:
+        try:
+            await queue.report(body(account), Actor("reporter:r", account), None)
+        except Exception as exc:
+            return exc
+        return None
+
+    async def scenario() -> list[Any]:
+        queue = coalesce.report_queue(system)
+        first = asyncio.ensure_future(one(queue, "acct_0"))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(one(queue, f"acct_{i}")) for i in (1, 2, 3)]
+        await asyncio.sleep(0.05)
+        await anyio.to_thread.run_sync(release.set)
+        return [await first] + [await r for r in rest]
+
+    errors = anyio.run(scenario)
+    assert errors[0] is None
+    e1, e2, e3 = errors[1:]
+    assert type(e1) is type(e2) is type(e3) is OperationalError
+
+    def frames(exc: BaseException) -> list[str]:
+        tb, names = exc.__traceback__, []
+        while tb is not None:
+            names.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        return names
+
+    # Each its own copy: one raise no longer extends the others' traceback.
+    assert e1 is not e2 and e2 is not e3 and e1 is not e3
+    assert [frames(e).count("one") for e in (e1, e2, e3)] == [1, 1, 1]
+
+
+def test_an_item_recorded_on_its_own_in_a_drain_runs_in_its_requests_context(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+    original = system.service.report_violation
+
+    def spy(account_id: str, *args: Any) -> Outcome:
+        seen[account_id] = request_id_var.get()
+        return original(account_id, *args)
+
+    monkeypatch.setattr(system.service, "report_violation", spy)
+    loop = asyncio.new_event_loop()
+    batch = []
+    for account, rid, key in (
+        ("acct_a", "req-a", None),
+        ("acct_b", "req-b", None),
+        ("acct_c", "req-c", "key-c"),
+    ):
+        token = request_id_var.set(rid)
+        ctx = contextvars.copy_context()
+        request_id_var.reset(token)
+        batch.append(
+            coalesce._Report(
+                body(account), Actor("reporter:r", rid), key, ctx, loop.create_future()
+            )
+        )
+    answers = coalesce._record(system, batch, loop)
+    loop.close()
+    assert [answers[id(r)].status_code for r in batch] == [201, 201, 201]
+    assert seen == {"acct_c": "req-c"}
+
+
+def test_a_slow_report_in_a_drain_holds_up_no_other_answer(
+    system: Container, client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The keyed report is recorded on its own after the shared transaction, and is slow (say,
+    # it meets another process's writes): the shared ones are answered without waiting for it.
+    slow = threading.Event()
+    report_violation = system.service.report_violation
+
+    def slow_for_one(account_id: str, *args: Any) -> Outcome:
+        if account_id == "acct_slow":
+            assert slow.wait(10)
+        return report_violation(account_id, *args)
+
+    monkeypatch.setattr(system.service, "report_violation", slow_for_one)
+    held = HeldDrain(monkeypatch, expected=4)
+
+    def post(account_id: str, key: str | None = None) -> Any:
+        extra = {"Idempotency-Key": key} if key else {}
+        body = {"account_id": account_id, "category": "spam", "source": "t"}
+        return client.post("/v1/violations", json=body, headers={**headers, **extra})
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(post, "acct_0")
+        assert held.started.wait(10)
+        slow_one = pool.submit(post, "acct_slow", "key-slow")
+        shared = [pool.submit(post, a) for a in ("acct_1", "acct_2")]
+        assert [f.result(timeout=10).status_code for f in shared] == [201, 201]
+        assert not slow_one.done()
+        slow.set()
+        assert slow_one.result(timeout=10).status_code == 201
+        assert first.result(timeout=10).status_code == 201
+    assert [len(batch) for batch in held.batches] == [1, 3]

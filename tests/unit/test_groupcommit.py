@@ -235,7 +235,7 @@ class _Refused(Exception):
         self.account_id = account_id
 
 
-def test_each_thread_of_a_failed_batch_raises_its_own_copy_of_the_error() -> None:
+def test_each_thread_of_a_failed_batch_raises_itsown_copy_of_the_error() -> None:
     def flush(_items: Sequence[str]) -> list[str]:
         raise _Refused("acct_1", 3) from KeyError("cause")
 
@@ -272,11 +272,11 @@ def test_each_thread_of_a_failed_batch_raises_its_own_copy_of_the_error() -> Non
 
 
 def test_a_copied_built_in_error_keeps_what_it_holds_in_c_slots() -> None:
-    from events.groupcommit import _own_copy
+    from events.groupcommit import own_copy
 
     original = OSError(2, "No such file or directory", "/missing")
-    copied = _own_copy(original)
+    copied = own_copy(original)
     assert copied is not original and type(copied) is type(original)
     assert (copied.errno, copied.filename, str(copied)) == (2, "/missing", str(original))
     encode = UnicodeEncodeError("ascii", "é", 0, 1, "ordinal not in range")
-    assert str(_own_copy(encode)) == str(encode)
+    assert str(own_copy(encode)) == str(encode)
