@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.exc import DBAPIError
 
@@ -370,28 +370,32 @@ class EnforcementService:
         request's, for its log lines). ``on_result(i, result)``: called as soon as item ``i``
         is settled, before the others are (so that its caller need not wait for them).
         """
+        if len(actors) != len(items) or (contexts is not None and len(contexts) != len(items)):
+            raise ValueError("report_each needs one actor (and context) per item")
         results: list[Outcome | Exception | None] = [None] * len(items)
+
+        def settle(index: int, result: Outcome | Exception) -> None:
+            results[index] = result
+            if on_result is not None:
+                try:
+                    on_result(index, result)
+                except Exception:  # the caller's; the other items are still recorded
+                    log.exception("a report's result could not be handed on")
+
         first_of_account: dict[str, int] = {}
         for index, (account_id, *_rest) in enumerate(items):
             first_of_account.setdefault(account_id, index)
         grouped = [i for i in first_of_account.values() if items[i][2] is None]
         if len(grouped) > 1:
-            try:
-                settled = self._report_together(items, grouped, actors)
-            except Exception as exc:
-                # The group's one transaction failed (or what follows its commit did: so no
-                # item is tried again, which could record it twice): each item gets the error.
-                for index in grouped:
-                    results[index] = exc
-                    if on_result is not None:
-                        on_result(index, exc)
-            else:
-                for index, result in settled:
-                    outcome = result.outcome if result.outcome is not None else result.error
-                    assert outcome is not None
-                    results[index] = outcome
-                    if on_result is not None:
-                        on_result(index, outcome)
+            failures: dict[int, Exception] = {}
+            for index, result in self._report_together(items, grouped, actors, failures):
+                outcome = result.outcome if result.outcome is not None else result.error
+                assert outcome is not None
+                settle(index, outcome)
+            for index, exc in failures.items():
+                # Its append failed (or what follows its commit did): not tried again, which
+                # could record it twice.
+                settle(index, exc)
         for index, (account_id, report, key, fingerprint) in enumerate(items):
             if results[index] is None:
                 call = functools.partial(
@@ -403,22 +407,26 @@ class EnforcementService:
                     )
                 except Exception as exc:
                     one = exc
-                results[index] = one
-                if on_result is not None:
-                    on_result(index, one)
-        return [r for r in results if r is not None]
+                settle(index, one)
+        assert all(r is not None for r in results)
+        return cast(list[Outcome | Exception], results)
 
     def _report_together(
         self,
         items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
         indexes: list[int],
         actors: Sequence[Actor],
+        failures: dict[int, Exception] | None = None,
     ) -> list[tuple[int, ItemResult]]:
         """Decide the items at ``indexes`` (distinct accounts; ``actors[i]`` asks for item
         ``i``) and record them in one append; returns the results it settled (none if a
         concurrent writer got in the way). Before the append, an item that fails for another
         reason than the policy's refusal is left unsettled, so the caller records it alone
-        (where it fails alone); so are all when the states cannot be read together."""
+        (where it fails alone); so are all when the states cannot be read together.
+
+        ``failures``: given, an error of the append, or of an item's work after the commit,
+        goes there for each item it concerns (the results settled before it are kept) instead
+        of being raised."""
         accounts = [items[i][0] for i in indexes]
         with self._accounts_locked(accounts):
             now = to_utc(self.clock())
@@ -455,17 +463,29 @@ class EnforcementService:
                 )
             except ConcurrencyError:
                 return settled  # the rest go one by one
+            except Exception as exc:
+                if failures is None:
+                    raise
+                failures.update((index, exc) for index, _, _ in pending)
+                return settled
         for (index, state, _), events in zip(pending, recorded, strict=True):
-            after = self.standings.remember_appended(saver, state, events)
-            at = max(now, events[-1].recorded_at)
-            if self.after_commit is not None:
-                try:
-                    self.after_commit(after, events, at)
-                except Exception:  # committed: the others' gate must still be told
-                    log.exception(
-                        "after a shared commit, %s's decisions were not pushed", after.account_id
-                    )
-            standing = view(after, at, self.policy.strike_lookback)
+            try:
+                after = self.standings.remember_appended(saver, state, events)
+                at = max(now, events[-1].recorded_at)
+                if self.after_commit is not None:
+                    try:
+                        self.after_commit(after, events, at)
+                    except Exception:  # committed: the others' gate must still be told
+                        log.exception(
+                            "after a shared commit, %s's decisions were not pushed",
+                            after.account_id,
+                        )
+                standing = view(after, at, self.policy.strike_lookback)
+            except Exception as exc:
+                if failures is None:
+                    raise
+                failures[index] = exc  # committed, but its answer could not be made
+                continue
             settled.append((index, ItemResult(201, Outcome(events, standing))))
         return settled
 

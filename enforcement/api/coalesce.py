@@ -36,7 +36,6 @@ from anyio.lowlevel import RunVar
 from fastapi import Response
 
 from enforcement.api import violations
-from enforcement.api.errors import ApiError
 from enforcement.api.responses import json_response
 from enforcement.api.schemas import ViolationIn
 from enforcement.bootstrap import Container
@@ -171,7 +170,13 @@ def _record(
 
     def answer(report: _Report, value: Response | BaseException) -> None:
         values[id(report)] = value
-        loop.call_soon_threadsafe(_settle, report.answer, value)
+        try:
+            loop.call_soon_threadsafe(_settle, report.answer, value)
+        except RuntimeError:
+            if not loop.is_closed():
+                raise
+            # The server stopped meanwhile: nobody waits, but the reports this thread took
+            # are still recorded, as a thread already started always was.
 
     if len(batch) == 1:
         [one] = batch
@@ -189,10 +194,10 @@ def _record(
     for one in batch:
         try:
             report = violations.report_of(one.body, now)
-        except ApiError as exc:
+            fingerprint = request_fingerprint(one.body.model_dump(mode="json", exclude_unset=True))
+        except Exception as exc:  # this report's own error (ApiError: refused): it fails alone
             answer(one, exc)
             continue
-        fingerprint = request_fingerprint(one.body.model_dump(mode="json", exclude_unset=True))
         items.append((one.body.account_id, report, one.idempotency_key, fingerprint))
         taken.append(one)
 

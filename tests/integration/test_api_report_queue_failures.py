@@ -1,0 +1,188 @@
+"""Failure paths of the report queue (``enforcement/api/coalesce.py``) and of
+``EnforcementService.report_each``, found in a review (helper-43): a stopped server, a caller's
+callback that raises, a failed shared append and a fault after the shared commit each leave
+every other report recorded, and answered as it would be alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from enforcement import policy as rules
+from enforcement.api import coalesce
+from enforcement.api.schemas import ViolationIn
+from enforcement.api.violations import report_of
+from enforcement.bootstrap import Container
+from enforcement.errors import ValidationFailed
+from enforcement.service import Actor
+from events.timefmt import to_utc
+
+
+def body(account_id: str) -> ViolationIn:
+    return ViolationIn.model_validate({"account_id": account_id, "category": "spam", "source": "t"})
+
+
+def test_a_closed_loop_does_not_stop_the_rest_of_a_taken_batch_from_being_recorded(
+    system: Container,
+) -> None:
+    # The drain's loop ended (server shutdown: asyncio.run cancels the drain task, whose
+    # await on the thread is not shielded from a native cancel) while its thread records.
+    # The module promises a taken report "is still recorded"; the first call_soon_threadsafe
+    # raises RuntimeError inside on_result and report_each stops: the keyed report is lost.
+    loop = asyncio.new_event_loop()
+    batch = [
+        coalesce._Report(
+            body(a), Actor("reporter:r", a), key, contextvars.copy_context(), loop.create_future()
+        )
+        for a, key in (("acct_a", None), ("acct_b", None), ("acct_c", "key-c"))
+    ]
+    loop.close()
+    coalesce._record(system, batch, loop)  # nobody to answer: every report still recorded
+    heads = {a: system.store.head(a).version for a in ("acct_a", "acct_b", "acct_c")}
+    assert heads["acct_a"] > 0 and heads["acct_b"] > 0  # the shared transaction committed
+    assert heads["acct_c"] > 0, "a report the drain had taken was never recorded"
+
+
+def test_on_result_raising_does_not_stop_report_each(system: Container) -> None:
+    now = to_utc(system.clock())
+    rep = report_of(body("x"), now)
+    items = [("acct_a", rep, None, None), ("acct_b", rep, None, None), ("acct_c", rep, "k", "f")]
+    actors = [Actor("reporter:r", f"req-{i}") for i in range(3)]
+    calls: list[int] = []
+
+    def on_result(index: int, _result: Any) -> None:
+        calls.append(index)
+        if index == 0:
+            raise RuntimeError("caller's callback failed")
+
+    results = system.service.report_each(items, actors, on_result=on_result)
+    # The callback's error is logged; every item is still recorded and handed on.
+    assert sorted(calls) == [0, 1, 2]
+    assert not any(isinstance(r, Exception) for r in results)
+    assert system.store.head("acct_b").version > 0
+    assert system.store.head("acct_c").version > 0, "remaining items skipped"
+
+
+def test_a_failed_shared_append_keeps_the_answers_settled_before_it(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Items settled before the append (a policy refusal) and items left to be recorded alone
+    # (a fault deciding them) keep their own answers; only the appended ones get its error.
+    decide = rules.decide_violation
+
+    def flaky(policy: Any, state: Any, rep: Any, ctx: Any) -> Any:
+        if state.account_id == "acct_bad":
+            raise KeyError("bug for this account only")
+        return decide(policy, state, rep, ctx)
+
+    monkeypatch.setattr(rules, "decide_violation", flaky)
+
+    def down(*_a: Any, **_k: Any) -> Any:
+        raise OperationalError("INSERT", {}, Exception("database down"))
+
+    monkeypatch.setattr(system.store, "append_streams", down)
+    now = to_utc(system.clock())
+    rep = report_of(body("x"), now)
+    refused = dataclasses.replace(rep, detection="bogus")
+    items = [
+        ("acct_bad", rep, None, None),
+        ("acct_ref", refused, None, None),
+        ("acct_1", rep, None, None),
+        ("acct_2", rep, None, None),
+    ]
+    actors = [Actor("reporter:r", f"req-{i}") for i in range(4)]
+    results = system.service.report_each(items, actors)
+    kinds = [type(r).__name__ for r in results]
+    # As alone: KeyError, ValidationFailed (no write attempted for either).
+    assert isinstance(results[1], ValidationFailed), kinds
+    assert isinstance(results[0], KeyError), kinds
+    assert [type(r) for r in results[2:]] == [OperationalError, OperationalError], kinds
+
+
+def test_a_server_stopping_mid_drain_loses_no_taken_report(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # End to end: the server's loop ends (asyncio.run cancels the drain task) while the drain's
+    # thread records a keyed report on its own; the thread's answer then meets a closed loop.
+    import threading
+
+    coalesce.install_report_queue(system)
+    hold_alone, slow = threading.Event(), threading.Event()
+    loop_closed = threading.Event()
+    errors: list[BaseException] = []
+    real_alone, real_record = coalesce._record_alone, coalesce._record
+    real_report = system.service.report_violation
+
+    def held_alone(*args: Any) -> Any:
+        assert hold_alone.wait(10)
+        return real_alone(*args)
+
+    def record(*args: Any) -> Any:
+        try:
+            return real_record(*args)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    def slow_c(account_id: str, *args: Any) -> Any:
+        if account_id == "acct_c":
+            assert slow.wait(10)
+            assert loop_closed.wait(10)
+        return real_report(account_id, *args)
+
+    monkeypatch.setattr(coalesce, "_record_alone", held_alone)
+    monkeypatch.setattr(coalesce, "_record", record)
+    monkeypatch.setattr(system.service, "report_violation", slow_c)
+
+    async def main() -> None:
+        queue = coalesce.report_queue(system)
+        first = asyncio.ensure_future(queue.report(body("acct_0"), Actor("r", "0"), None))
+        await asyncio.sleep(0.05)
+        a = asyncio.ensure_future(queue.report(body("acct_a"), Actor("r", "a"), None))
+        b = asyncio.ensure_future(queue.report(body("acct_b"), Actor("r", "b"), None))
+        keyed = [
+            asyncio.ensure_future(queue.report(body(a), Actor("r", a), f"key-{a}"))
+            for a in ("acct_c", "acct_d")
+        ]
+        await asyncio.sleep(0.05)
+        hold_alone.set()
+        await first, await a, await b
+        slow.set()  # the thread now records acct_c on its own; the server stops meanwhile
+        assert not any(k.done() for k in keyed)
+
+    asyncio.run(main())
+    loop_closed.set()
+    import time
+
+    time.sleep(1.0)
+    assert system.store.head("acct_a").version > 0
+    assert system.store.head("acct_c").version > 0
+    # acct_c's answer meets the closed loop; acct_d, taken by the same thread, is recorded.
+    assert system.store.head("acct_d").version > 0, f"taken report lost at shutdown: {errors}"
+
+
+def test_a_fault_after_the_shared_commit_fails_only_its_own_report(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After the commit, one account's post-commit step fails: only its report gets the error;
+    # acct_2's committed report is answered (a 5xx would make a client record it twice).
+    repo = system.standings
+    real = repo.remember_appended
+
+    def flaky(saver: Any, state: Any, events: Any) -> Any:
+        if state.account_id == "acct_1":
+            raise RuntimeError("post-commit fault for acct_1 only")
+        return real(saver, state, events)
+
+    monkeypatch.setattr(repo, "remember_appended", flaky)
+    rep = report_of(body("x"), to_utc(system.clock()))
+    items = [("acct_1", rep, None, None), ("acct_2", rep, None, None)]
+    results = system.service.report_each(items, [Actor("r", "1"), Actor("r", "2")])
+    assert system.store.head("acct_2").version > 0  # committed
+    assert not isinstance(results[1], Exception), results[1]
+    assert isinstance(results[0], RuntimeError)
