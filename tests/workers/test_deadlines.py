@@ -109,6 +109,12 @@ def test_a_missed_remediation_is_expired_by_its_delayed_message(
         assert ended.recorded_at >= parse_time(suspended.data["until"])
         assert ended.metadata["correlation_id"] == "deadline"
         assert system.container.service.standing("acct_late").to_json()["suspension"] is None
+        # The recorder notes a message once its actor has returned, a moment after the event
+        # it recorded is visible.
+        wait_until(
+            lambda: len([h for h in system.recorder.handled if h.actor in DEADLINE_ACTORS]) >= 2,
+            "both deadline messages to be noted as handled",
+        )
         assert [h.error for h in system.recorder.handled if h.actor in DEADLINE_ACTORS] == [
             None,
             None,
