@@ -147,6 +147,15 @@ def _item_error(error: IdempotencyConflict | DomainError) -> ItemResult:
     return ItemResult(422 if isinstance(error, ValidationFailed) else 409, error=error)
 
 
+def _groupable(items: Sequence[tuple[str, ViolationReport, str | None, str | None]]) -> list[int]:
+    """The items that may be recorded in one shared transaction: each account's first item,
+    if it has no idempotency key (so the items of one account stay in order)."""
+    first_of_account: dict[str, int] = {}
+    for index, (account_id, *_rest) in enumerate(items):
+        first_of_account.setdefault(account_id, index)
+    return [i for i in first_of_account.values() if items[i][2] is None]
+
+
 def _back_off(attempt: int) -> None:
     time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
 
@@ -333,11 +342,7 @@ class EnforcementService:
         on its own, exactly as a single request would.
         """
         results: list[ItemResult | None] = [None] * len(items)
-        first_of_account: dict[str, int] = {}
-        for index, (account_id, *_rest) in enumerate(items):
-            first_of_account.setdefault(account_id, index)
-        # An account's first item, if it has no key: the items of one account stay in order.
-        grouped = [i for i in first_of_account.values() if items[i][2] is None]
+        grouped = _groupable(items)
         if len(grouped) > 1:
             for index, result in self._report_together(items, grouped, [actor] * len(items)):
                 results[index] = result
@@ -382,10 +387,7 @@ class EnforcementService:
                 except Exception:  # the caller's; the other items are still recorded
                     log.exception("a report's result could not be handed on")
 
-        first_of_account: dict[str, int] = {}
-        for index, (account_id, *_rest) in enumerate(items):
-            first_of_account.setdefault(account_id, index)
-        grouped = [i for i in first_of_account.values() if items[i][2] is None]
+        grouped = _groupable(items)
         if len(grouped) > 1:
             failures: dict[int, Exception] = {}
             for index, result in self._report_together(items, grouped, actors, failures):

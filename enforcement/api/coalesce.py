@@ -36,10 +36,9 @@ from anyio.lowlevel import RunVar
 from fastapi import Response
 
 from enforcement.api import violations
-from enforcement.api.responses import json_response
 from enforcement.api.schemas import ViolationIn
 from enforcement.bootstrap import Container
-from enforcement.service import Actor, Outcome, request_fingerprint
+from enforcement.service import Actor, Outcome
 from events.groupcommit import own_copy
 from events.timefmt import to_utc
 
@@ -193,8 +192,7 @@ def _record(
     taken: list[_Report] = []
     for one in batch:
         try:
-            report = violations.report_of(one.body, now)
-            fingerprint = request_fingerprint(one.body.model_dump(mode="json", exclude_unset=True))
+            report, fingerprint = violations.prepared(one.body, now)
         except Exception as exc:  # this report's own error (ApiError: refused): it fails alone
             answer(one, exc)
             continue
@@ -206,7 +204,7 @@ def _record(
             answer(taken[index], outcome)
             return
         try:
-            answer(taken[index], _answer(items[index], outcome))
+            answer(taken[index], violations.answer_of(items[index][0], outcome))
         except Exception as exc:  # recorded, but its answer could not be made
             answer(taken[index], exc)
 
@@ -221,11 +219,6 @@ def _record(
             on_result=settled,
         )
     return values
-
-
-def _answer(item: tuple[str, Any, str | None, str | None], outcome: Outcome) -> Response:
-    answer = violations.violation_json(item[0], outcome)
-    return json_response(answer, 200 if outcome.replayed else 201)
 
 
 def install_report_queue(container: Container) -> None:

@@ -54,12 +54,22 @@ def violation_json(account_id: str, outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def prepared(body: ViolationIn, now: datetime) -> tuple[ViolationReport, str]:
+    """The use case's report of ``body`` (``report_of``) and the body's idempotency fingerprint."""
+    fingerprint = request_fingerprint(body.model_dump(mode="json", exclude_unset=True))
+    return report_of(body, now), fingerprint
+
+
+def answer_of(account_id: str, outcome: Outcome) -> Response:
+    """The route's response: 201, or 200 on an idempotent replay."""
+    return json_response(violation_json(account_id, outcome), 200 if outcome.replayed else 201)
+
+
 def record_violation(
     body: ViolationIn, container: Container, actor: Actor, idempotency_key: str | None
 ) -> Response:
-    report = report_of(body, to_utc(container.clock()))
-    fingerprint = request_fingerprint(body.model_dump(mode="json", exclude_unset=True))
+    report, fingerprint = prepared(body, to_utc(container.clock()))
     outcome = container.service.report_violation(
         body.account_id, report, actor, idempotency_key, fingerprint
     )
-    return json_response(violation_json(body.account_id, outcome), 200 if outcome.replayed else 201)
+    return answer_of(body.account_id, outcome)
