@@ -15,8 +15,28 @@ def to_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+# ``format_time``'s recent answers for UTC datetimes: one violation formats the same few instants
+# (its time, the deadlines it sets, the standing's) about twenty times, at about 1.3 µs each
+# against 0.03 µs for a look-up. Only UTC ones: two equal datetimes of one other zone can be
+# different instants (``fold``), two UTC ones cannot.
+_formatted: dict[datetime, str] = {}
+_FORMATTED_MAX = 1024
+
+
 def format_time(moment: datetime) -> str:
     """``2026-11-24T10:00:00.000000Z``: always microseconds, always UTC."""
+    if moment.tzinfo is not UTC:
+        return _format_time(moment)
+    text = _formatted.get(moment)
+    if text is None:
+        text = _format_time(moment)
+        if len(_formatted) >= _FORMATTED_MAX:
+            _formatted.clear()
+        _formatted[moment] = text
+    return text
+
+
+def _format_time(moment: datetime) -> str:
     moment = to_utc(moment)
     if moment.year >= 1000:
         # The same text as the strftime below, several times faster (it is on every hash).

@@ -11,12 +11,21 @@ import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import GENESIS_HASH, RecordedEvent, canonical_json, chain_hash, fastjson, hashed_fields
+from events import (
+    GENESIS_HASH,
+    RecordedEvent,
+    canonical_json,
+    chain_hash,
+    fastjson,
+    hashed_fields,
+    timefmt,
+)
 from events.chain import (
     canonical_document,
     canonical_event,
@@ -280,6 +289,24 @@ def test_the_document_encoders_refuse_what_json_dumps_refuses() -> None:
 def test_format_time_writes_what_strftime_writes(moment: datetime) -> None:
     expected = to_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert format_time(moment) == expected
+
+
+def test_format_time_remembers_only_what_cannot_be_another_instant() -> None:
+    # Two equal datetimes of one zone can be different instants (``fold``, the hour that comes
+    # twice): the second is not given the first's remembered text.
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
+    second = first.replace(fold=1)
+    assert first == second and hash(first) == hash(second)
+    assert format_time(first) == "2026-10-25T00:30:00.000000Z"
+    assert format_time(second) == "2026-10-25T01:30:00.000000Z"
+    # A UTC instant, again and again, and past the bound of what is remembered.
+    start = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    moments = [start + timedelta(microseconds=i) for i in range(3 * timefmt._FORMATTED_MAX)]
+    for _ in range(2):
+        for moment in moments:
+            assert format_time(moment) == moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert len(timefmt._formatted) <= timefmt._FORMATTED_MAX
 
 
 # From year 1000: format_time writes earlier years unpadded, as strftime does.
