@@ -22,8 +22,8 @@ goes away stops waiting; its report is still recorded if a drain has taken it (a
 thread already started would have recorded it).
 
 The queue's jobs (a lone report, a drain: never two at once) run in a thread of its own
-(``serial_thread.SerialThread``), whose hand-off costs half of AnyIO's. Every other route keeps
-AnyIO's thread pool: nothing else queues behind the reports.
+(``serial_thread.SerialThread``), whose hand-off costs two thirds of AnyIO's. Every other
+route keeps AnyIO's thread pool: nothing else queues behind the reports.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ class ReportQueue:
         The queue waits for the thread's outcome itself, so that a request cancelled meanwhile
         cannot start that drain while the thread still records (the job runs in the request's
         context)."""
-        self._alone = True
         done = self._thread.submit(_record_alone, self._container, body, actor, idempotency_key)
+        self._alone = True  # once submitted: a thread that cannot start leaves the queue idle
         done.add_done_callback(self._alone_done)
         return await asyncio.shield(done)
 

@@ -159,7 +159,9 @@ def test_a_server_stopping_mid_drain_loses_no_taken_report(
     loop_closed.set()
     import time
 
-    time.sleep(1.0)
+    deadline = time.monotonic() + 15  # the thread records acct_c, then acct_d
+    while time.monotonic() < deadline and system.store.head("acct_d").version == 0:
+        time.sleep(0.05)
     assert system.store.head("acct_a").version > 0
     assert system.store.head("acct_c").version > 0
     # acct_c's answer meets the closed loop; acct_d, taken by the same thread, is recorded.
@@ -186,3 +188,32 @@ def test_a_fault_after_the_shared_commit_fails_only_its_own_report(
     assert system.store.head("acct_2").version > 0  # committed
     assert not isinstance(results[1], Exception), results[1]
     assert isinstance(results[0], RuntimeError)
+
+
+def test_a_lone_report_raising_stopiteration_fails_alone_and_leaves_the_queue_working(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in a review (helper-44): a future refuses StopIteration, so the lone report's
+    # future was never settled; the queue stayed busy and every later report waited forever.
+    real_alone = coalesce._record_alone
+    calls: list[str] = []
+
+    def alone(container: Container, model: ViolationIn, *args: Any) -> Any:
+        calls.append(model.account_id)
+        if model.account_id == "acct_stop":
+            raise StopIteration  # e.g. a next() over positions running short
+        return real_alone(container, model, *args)
+
+    monkeypatch.setattr(coalesce, "_record_alone", alone)
+    coalesce.install_report_queue(system)
+
+    async def main() -> int:
+        queue = coalesce.report_queue(system)
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(queue.report(body("acct_stop"), Actor("r", "1"), None), 10)
+        answer = await asyncio.wait_for(queue.report(body("acct_next"), Actor("r", "2"), None), 10)
+        return answer.status_code
+
+    assert asyncio.run(main()) == 201
+    assert calls == ["acct_stop", "acct_next"]
+    assert system.store.head("acct_next").version > 0

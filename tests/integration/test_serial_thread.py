@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -27,19 +33,32 @@ def _wait_until(predicate: object, timeout: float = 5.0) -> bool:
     return False
 
 
+class Overlap:
+    """Whether two jobs ever ran at once."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.happened = False
+
+    @contextmanager
+    def job(self, seconds: float) -> Iterator[None]:
+        self.running += 1
+        self.happened |= self.running > 1
+        try:
+            time.sleep(seconds)
+            yield
+        finally:
+            self.running -= 1
+
+
 def test_jobs_run_one_at_a_time_in_order_in_one_thread_with_the_callers_context() -> None:
     worker = SerialThread("serial-order")
     seen: list[tuple[int, str, str]] = []
-    running = 0
-    overlapped = False
+    overlap = Overlap()
 
     def job(i: int) -> int:
-        nonlocal running, overlapped
-        running += 1
-        overlapped |= running > 1
-        time.sleep(0.005)
-        seen.append((i, threading.current_thread().name, request.get()))
-        running -= 1
+        with overlap.job(0.005):
+            seen.append((i, threading.current_thread().name, request.get()))
         return i * 10
 
     async def caller(i: int) -> int:
@@ -50,7 +69,7 @@ def test_jobs_run_one_at_a_time_in_order_in_one_thread_with_the_callers_context(
         return list(await asyncio.gather(*(caller(i) for i in range(8))))
 
     assert asyncio.run(main()) == [i * 10 for i in range(8)]
-    assert not overlapped
+    assert not overlap.happened
     assert seen == [(i, "serial-order", f"req-{i}") for i in range(8)]
     assert request.get() == "none"  # the job's context was a copy
 
@@ -103,11 +122,106 @@ def test_the_thread_ends_when_idle_and_a_new_job_starts_another() -> None:
     worker = SerialThread("serial-idle", idle_s=0.05)
 
     async def main() -> str:
-        return await worker.run(lambda: threading.current_thread().name)
+        name = await worker.run(lambda: threading.current_thread().name)
+        # Idle while the loop still runs: the thread ends after idle_s, the next job starts one.
+        assert await asyncio.to_thread(_wait_until, lambda: not _threads("serial-idle"))
+        return name + " " + await asyncio.wait_for(worker.run(lambda: "again"), 5)
 
-    assert asyncio.run(main()) == "serial-idle"
-    assert _wait_until(lambda: not _threads("serial-idle"))
-    assert asyncio.run(main()) == "serial-idle"
+    assert asyncio.run(main()) == "serial-idle again"
+
+
+def test_the_thread_ends_soon_after_its_event_loop_stops() -> None:
+    worker = SerialThread("serial-loop-gone", idle_s=600)
+
+    async def main() -> bool:
+        await worker.run(lambda: None)
+        return bool(_threads("serial-loop-gone"))
+
+    assert asyncio.run(main())  # running while its loop runs
+    assert _wait_until(lambda: not _threads("serial-loop-gone"), timeout=5)
+
+
+def test_many_jobs_around_a_tiny_idle_time_all_run_one_at_a_time() -> None:
+    worker = SerialThread("serial-stress", idle_s=0.001)
+    overlap = Overlap()
+
+    def job(i: int) -> int:
+        with overlap.job(0.0005):
+            return i
+
+    async def main() -> list[int]:
+        answers = []
+        for i in range(60):
+            if i % 3 == 0:
+                await asyncio.sleep(0.003)  # long enough for the thread to end meanwhile
+            answers.append(await asyncio.wait_for(worker.run(job, i), 5))
+        return answers
+
+    assert asyncio.run(main()) == list(range(60))
+    assert not overlap.happened
+
+
+def test_a_job_raising_stopiteration_is_answered_with_a_runtime_error() -> None:
+    # A future refuses StopIteration: it would never be settled, and its caller would wait
+    # forever. AnyIO answers RuntimeError; so does this.
+    worker = SerialThread("serial-stop")
+
+    def stop() -> None:
+        raise StopIteration
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(worker.run(stop), 5)
+
+    asyncio.run(main())
+
+
+def test_a_thread_that_cannot_start_strands_no_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = SerialThread("serial-no-start")
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def start_once_refused(thread: threading.Thread) -> None:
+        if thread.name == "serial-no-start" and not refused:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_refused)
+    ran: list[str] = []
+
+    async def main() -> str:
+        with pytest.raises(RuntimeError, match="can't start"):
+            await worker.run(lambda: ran.append("first"))
+        return await asyncio.wait_for(worker.run(lambda: "second"), 5)
+
+    assert asyncio.run(main()) == "second"
+    assert ran == []  # the refused job was never queued, so it never runs behind its error
+
+
+def test_the_interpreter_waits_at_exit_for_a_job_in_progress(tmp_path: Path) -> None:
+    # The server stops without waiting for its requests: asyncio.run cancels the drain, and
+    # the process exits; the report the drain took is still recorded, as with AnyIO's workers.
+    recorded = tmp_path / "recorded"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, time
+        from enforcement.api.serial_thread import SerialThread
+
+        def job():
+            time.sleep(0.5)
+            open({str(recorded)!r}, "w").write("recorded")
+
+        async def main():
+            asyncio.ensure_future(SerialThread("report-queue").run(job))
+            await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", script], cwd=root, check=True, timeout=60)
+    assert recorded.read_text() == "recorded"
 
 
 def test_a_job_that_ends_after_its_loop_closed_leaves_the_thread_working() -> None:

@@ -294,12 +294,17 @@ def test_format_time_writes_what_strftime_writes(moment: datetime) -> None:
 def test_format_time_remembers_only_what_cannot_be_another_instant() -> None:
     # Two equal datetimes of one zone can be different instants (``fold``, the hour that comes
     # twice): the second is not given the first's remembered text.
-    berlin = ZoneInfo("Europe/Berlin")
-    first = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
-    second = first.replace(fold=1)
-    assert first == second and hash(first) == hash(second)
-    assert format_time(first) == "2026-10-25T00:30:00.000000Z"
-    assert format_time(second) == "2026-10-25T01:30:00.000000Z"
+    # London's second 01:30 is at offset 0, as UTC is.
+    for zone, first_text, second_text in (
+        ("Europe/Berlin", "2026-10-25T00:30:00.000000Z", "2026-10-25T01:30:00.000000Z"),
+        ("Europe/London", "2026-10-25T00:30:00.000000Z", "2026-10-25T01:30:00.000000Z"),
+    ):
+        hour = 2 if zone == "Europe/Berlin" else 1
+        first = datetime(2026, 10, 25, hour, 30, tzinfo=ZoneInfo(zone))
+        second = first.replace(fold=1)
+        assert first == second and hash(first) == hash(second)
+        assert (format_time(first), format_time(second)) == (first_text, second_text)
+        assert (format_time(second), format_time(first)) == (second_text, first_text)
     # A UTC instant, again and again, and past the bound of what is remembered.
     start = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
     moments = [start + timedelta(microseconds=i) for i in range(3 * timefmt._FORMATTED_MAX)]
