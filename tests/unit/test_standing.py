@@ -21,6 +21,7 @@ from projections.standing import (
     apply_all,
     fold,
     fold_new,
+    remediation_is_open,
     state_at,
     view,
 )
@@ -197,6 +198,15 @@ def test_a_throttle_ends_at_expiry_or_when_lifted() -> None:
     assert standing_of([forever], t(999)).active_throttles[0].key_id == "key_1"
 
 
+def closing_events() -> list[Any]:
+    """The three ways a remediation closes (of ``rem_1``, for ``vio_1``)."""
+    return [
+        ev.RemediationCompleted("rem_1", "done"),
+        ev.RemediationExpired("rem_1", SOR),
+        ev.ViolationDismissed("vio_1", "mistake"),
+    ]
+
+
 def test_a_remediation_is_open_until_completed_expired_or_dismissed() -> None:
     base = [
         (violation("vio_1"), t()),
@@ -207,14 +217,18 @@ def test_a_remediation_is_open_until_completed_expired_or_dismissed() -> None:
     assert overdue.status == "remediation_due"
     assert [r.remediation_id for r in overdue.overdue_remediations] == ["rem_1"]
     assert standing_of(base, t(1)).overdue_remediations == ()
-    for closing in (
-        ev.RemediationCompleted("rem_1", "done"),
-        ev.RemediationExpired("rem_1", SOR),
-        ev.ViolationDismissed("vio_1", "mistake"),
-    ):
+    for closing in closing_events():
         standing = standing_of([*base, (closing, t(2))], t(3))
         assert standing.open_remediations == ()
         assert standing.status in ("warned", "good_standing")
+    # ``view`` writes ``remediation_is_open`` out: the two agree on every status.
+    for steps in ([*base], *([*base, (c, t(2))] for c in closing_events())):
+        state = state_at("acct_1", records(steps), t(3))
+        by_rule = [
+            r.remediation_id for r in state.remediations.values() if remediation_is_open(state, r)
+        ]
+        in_view = [r.remediation_id for r in view(state, t(3), LOOKBACK).open_remediations]
+        assert by_rule == in_view
 
 
 def test_a_remediation_is_dismissed_when_every_violation_it_names_is() -> None:
