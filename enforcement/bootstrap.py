@@ -6,6 +6,7 @@ engine or a broker at import time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +75,10 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     return {"pool_size": settings.worker_threads + SQLITE_POOL_EXTRA, "max_overflow": 40}
 
 
+def _seconds(clock: Clock) -> Callable[[], float]:
+    return lambda: clock().timestamp()
+
+
 def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> Container:
     """Wire the application from ``settings`` (default: the environment)."""
     settings = settings or Settings.from_env()
@@ -81,7 +86,9 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
     engine = create_engine(settings.database_url, **engine_options(settings))
     store = EventStore(engine, clock=clock)
     standings = StandingRepository(store)
-    gate = build_gate(settings, policy)
+    # The embedded gate reads the use cases' clock (as seconds), so that a throttle they
+    # record ends in the gate when it ends for them; the system clock's seconds are time.time.
+    gate = build_gate(settings, policy, time.time if clock is system_clock else _seconds(clock))
     service = EnforcementService(
         store=store,
         standings=standings,

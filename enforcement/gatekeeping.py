@@ -53,11 +53,14 @@ def _gate_options(settings: Settings, policy: Policy) -> dict[str, Any]:
     }
 
 
-def build_gate(settings: Settings, policy: Policy) -> Gate:
+def build_gate(settings: Settings, policy: Policy, clock: Callable[[], float] = time.time) -> Gate:
+    """The gate of ``settings``: on Redis (whose own clock it reads), else in process, reading
+    ``clock`` (seconds since the epoch: the use cases' clock, so that a throttle they record
+    ends in the gate when it ends for them)."""
     options = _gate_options(settings, policy)
     if settings.redis_url:
         return RedisGate.from_url(settings.redis_url, **options)
-    return EmbeddedGate(relearn_s=EMBEDDED_RELEARN_S, **options)
+    return EmbeddedGate(clock=clock, relearn_s=EMBEDDED_RELEARN_S, **options)
 
 
 def build_push_gate(settings: Settings, policy: Policy, gate: Gate) -> Gate:

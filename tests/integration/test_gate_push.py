@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,8 +27,7 @@ from projections import aup_events as ev
 @pytest.fixture
 def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
     with open_system(database_url, clock) as container:
-        # The gate's own clock is the real one; the service's decisions are at the fake clock's
-        # instant (2026-11-24): every restriction below is open-ended, so both agree.
+        # The embedded gate reads the service's clock (bootstrap), the fake one here.
         assert isinstance(container.gate, EmbeddedGate)
         yield container
 
@@ -61,6 +60,22 @@ def test_limits_a_throttle_and_its_lift_reach_the_gate_at_once(system: Container
     assert system.gate.check("acct_2", "key_1").limit_requests == 25
     service.operator("acct_2", ops.LiftThrottle(throttle_id), OPERATOR)
     assert system.gate.check("acct_2", "key_1").limit_requests == 100
+
+
+def test_an_embedded_gate_reads_the_use_cases_clock(system: Container, clock: FakeClock) -> None:
+    # A throttle recorded at the fake clock's instant (2026-11-24) for one day holds in the
+    # gate for that day and ends with it, as in the standing; by the real clock (days later) it
+    # had ended before it was recorded.
+    service = system.service
+    service.operator("acct_6", ops.ConfigureLimits(100, 1000, key_id="key_1"), OPERATOR)
+    until = clock() + timedelta(days=1)
+    service.operator("acct_6", ops.ApplyThrottle(0.25, "load", expires_at=until), OPERATOR)
+    assert system.gate.check("acct_6", "key_1").limit_requests == 25
+    clock.advance(timedelta(hours=23))
+    assert system.gate.check("acct_6", "key_1").limit_requests == 25
+    clock.advance(timedelta(hours=1, seconds=1))
+    assert system.gate.check("acct_6", "key_1").limit_requests == 100
+    assert system.standings.load("acct_6").throttles  # recorded, and ended by its time
 
 
 def test_a_batch_recorded_in_one_transaction_reaches_the_gate_too(
