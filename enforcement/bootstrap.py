@@ -29,6 +29,7 @@ from enforcement.service import EnforcementService
 from enforcement.settings import Settings
 from enforcement.tokens import TokenAuthenticator
 from events import EventStore, create_engine
+from events.timefmt import to_utc
 from projections.stored import StandingRepository
 
 Clock = Callable[[], datetime]
@@ -76,7 +77,7 @@ def engine_options(settings: Settings) -> dict[str, Any]:
 
 
 def _seconds(clock: Clock) -> Callable[[], float]:
-    return lambda: clock().timestamp()
+    return lambda: to_utc(clock()).timestamp()  # a naive datetime is UTC here, as everywhere
 
 
 def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> Container:

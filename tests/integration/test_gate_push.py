@@ -9,12 +9,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from test_service_support import OPERATOR, REPORTER, FakeClock, open_system
 
+from enforcement import gatekeeping
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.gate import EmbeddedGate
@@ -22,6 +23,7 @@ from enforcement.gatekeeping import PUSH_TIMEOUT_S, GatePush, build_gate, build_
 from enforcement.policy import ViolationReport
 from enforcement.settings import Settings
 from projections import aup_events as ev
+from projections.standing import active_throttles
 
 
 @pytest.fixture
@@ -62,20 +64,26 @@ def test_limits_a_throttle_and_its_lift_reach_the_gate_at_once(system: Container
     assert system.gate.check("acct_2", "key_1").limit_requests == 100
 
 
-def test_an_embedded_gate_reads_the_use_cases_clock(system: Container, clock: FakeClock) -> None:
+def test_an_embedded_gate_reads_the_use_cases_clock(
+    database_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A throttle recorded at the fake clock's instant (2026-11-24) for one day holds in the
     # gate for that day and ends with it, as in the standing; by the real clock (days later) it
-    # had ended before it was recorded.
-    service = system.service
-    service.operator("acct_6", ops.ConfigureLimits(100, 1000, key_id="key_1"), OPERATOR)
-    until = clock() + timedelta(days=1)
-    service.operator("acct_6", ops.ApplyThrottle(0.25, "load", expires_at=until), OPERATOR)
-    assert system.gate.check("acct_6", "key_1").limit_requests == 25
-    clock.advance(timedelta(hours=23))
-    assert system.gate.check("acct_6", "key_1").limit_requests == 25
-    clock.advance(timedelta(hours=1, seconds=1))
-    assert system.gate.check("acct_6", "key_1").limit_requests == 100
-    assert system.standings.load("acct_6").throttles  # recorded, and ended by its time
+    # had ended before it was recorded. The gate never learns the account again here, so the
+    # end is the gate's own.
+    monkeypatch.setattr(gatekeeping, "EMBEDDED_RELEARN_S", 10**9)
+    with open_system(database_url, clock) as system:
+        service = system.service
+        service.operator("acct_6", ops.ConfigureLimits(100, 1000, key_id="key_1"), OPERATOR)
+        until = clock() + timedelta(days=1)
+        service.operator("acct_6", ops.ApplyThrottle(0.25, "load", expires_at=until), OPERATOR)
+        assert system.gate.check("acct_6", "key_1").limit_requests == 25
+        clock.advance(timedelta(hours=23))
+        assert system.gate.check("acct_6", "key_1").limit_requests == 25
+        assert active_throttles(system.standings.load("acct_6"), clock())
+        clock.advance(timedelta(hours=1, seconds=1))
+        assert system.gate.check("acct_6", "key_1").limit_requests == 100
+        assert not active_throttles(system.standings.load("acct_6"), clock())  # ended for both
 
 
 def test_a_batch_recorded_in_one_transaction_reaches_the_gate_too(
@@ -222,3 +230,17 @@ def test_the_push_is_the_states_own_time(system: Container, clock: FakeClock) ->
     outcome = system.service.operator("acct_7", ops.Suspend("review"), OPERATOR)
 
     assert seen == [max(clock(), outcome.events[-1].recorded_at)]
+
+
+def test_the_embedded_gate_reads_a_naive_clock_as_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As everywhere else (events.timefmt.to_utc), whatever the host's time zone.
+    from enforcement.bootstrap import _seconds
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        seconds = _seconds(lambda: datetime(2026, 11, 24, 10, 0))()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert seconds == datetime(2026, 11, 24, 10, 0, tzinfo=UTC).timestamp()

@@ -53,7 +53,10 @@ class FakeClock:
 
 @contextmanager
 def open_system(database_url: str, clock: FakeClock) -> Iterator[Container]:
-    """The application wired by the composition root, on a migrated database, with ``clock``."""
+    """The application wired by the composition root, on a migrated database, with ``clock``.
+
+    Its gate is the embedded one, which reads ``clock`` too. (A Redis gate reads Redis' clock:
+    a test of one under a fake clock should use open-ended restrictions, or real time.)"""
     container = bootstrap(Settings(database_url=database_url), clock=clock)
     try:
         yield container
