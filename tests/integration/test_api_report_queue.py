@@ -17,8 +17,8 @@ import anyio
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
+from test_service_support import fail_deciding
 
-from enforcement import policy as rules
 from enforcement.api import coalesce
 from enforcement.api.app import create_app
 from enforcement.api.schemas import ViolationIn
@@ -279,14 +279,7 @@ def report(system: Container) -> ViolationReport:
 def test_an_item_that_fails_before_the_shared_append_fails_alone(
     system: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decide = rules.decide_violation
-
-    def flaky(policy: Any, state: Any, rep: Any, ctx: Any) -> Any:
-        if state.account_id == "acct_bad":
-            raise RuntimeError("bug for this account only")
-        return decide(policy, state, rep, ctx)
-
-    monkeypatch.setattr(rules, "decide_violation", flaky)
+    fail_deciding(monkeypatch, "acct_bad", RuntimeError)
     items = [(a, report(system), None, None) for a in ("acct_bad", "acct_1", "acct_2")]
     actors = [Actor("reporter:r", f"req-{i}") for i in range(3)]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
+from test_service_support import fail_deciding
 
-from enforcement import policy as rules
 from enforcement.api import coalesce
 from enforcement.api.schemas import ViolationIn
 from enforcement.api.violations import report_of
@@ -73,14 +73,7 @@ def test_a_failed_shared_append_keeps_the_answers_settled_before_it(
 ) -> None:
     # Items settled before the append (a policy refusal) and items left to be recorded alone
     # (a fault deciding them) keep their own answers; only the appended ones get its error.
-    decide = rules.decide_violation
-
-    def flaky(policy: Any, state: Any, rep: Any, ctx: Any) -> Any:
-        if state.account_id == "acct_bad":
-            raise KeyError("bug for this account only")
-        return decide(policy, state, rep, ctx)
-
-    monkeypatch.setattr(rules, "decide_violation", flaky)
+    fail_deciding(monkeypatch, "acct_bad", KeyError)
 
     def down(*_a: Any, **_k: Any) -> Any:
         raise OperationalError("INSERT", {}, Exception("database down"))

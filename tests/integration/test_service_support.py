@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from enforcement import policy as rules
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.service import Actor, request_fingerprint
 from enforcement.settings import Settings
@@ -62,6 +64,19 @@ def open_system(database_url: str, clock: FakeClock) -> Iterator[Container]:
         yield container
     finally:
         container.close()
+
+
+def fail_deciding(monkeypatch: pytest.MonkeyPatch, account_id: str, error: type[Exception]) -> None:
+    """Deciding a violation of ``account_id`` raises ``error`` (a bug for that account only);
+    every other account's is decided as usual."""
+    decide = rules.decide_violation
+
+    def flaky(policy: Any, state: Any, report: Any, ctx: Any) -> Any:
+        if state.account_id == account_id:
+            raise error("bug for this account only")
+        return decide(policy, state, report, ctx)
+
+    monkeypatch.setattr(rules, "decide_violation", flaky)
 
 
 def fingerprint(**body: Any) -> str:
