@@ -38,7 +38,7 @@ from fastapi import Response
 
 from enforcement.api import violations
 from enforcement.api.schemas import ViolationIn
-from enforcement.api.serial_thread import SerialThread
+from enforcement.api.serial_thread import SerialThread, settle, settle_from_thread
 from enforcement.bootstrap import Container
 from enforcement.service import Actor, Outcome
 from events.groupcommit import own_copy
@@ -120,7 +120,6 @@ class ReportQueue:
             self._drain = loop.create_task(self._drain_all(), context=contextvars.Context())
 
     async def _drain_all(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
                 batch = [r for r in self._waiting if not r.answer.done()]
@@ -130,7 +129,7 @@ class ReportQueue:
                 failed: BaseException | None = None
                 values: dict[int, Response | BaseException] = {}
                 try:
-                    values = await self._thread.run(_record, self._container, batch, loop)
+                    values = await self._thread.run(_record, self._container, batch)
                 except BaseException as exc:  # the thread itself failed, or the loop ends
                     failed = exc
                     if not isinstance(exc, Exception):
@@ -142,17 +141,12 @@ class ReportQueue:
                         value = values.get(id(report))
                         if value is None:
                             value = failed or RuntimeError("the report got no answer")
-                        _settle(report.answer, value)
+                        settle(report.answer, value)
         finally:
             self._drain = None
             for report in self._waiting:  # only if the loop ended the drain
                 if not report.answer.done():
                     report.answer.cancel()
-
-
-def _settle(answer: asyncio.Future[Response | BaseException], value: Any) -> None:
-    if not answer.done():
-        answer.set_result(value)
 
 
 def _record_alone(
@@ -162,9 +156,7 @@ def _record_alone(
     return violations.record_violation(body, container, actor, idempotency_key)
 
 
-def _record(
-    container: Container, batch: list[_Report], loop: asyncio.AbstractEventLoop
-) -> dict[int, Response | BaseException]:
+def _record(container: Container, batch: list[_Report]) -> dict[int, Response | BaseException]:
     """The worker thread's part: every report of the batch recorded, each one answered through
     the event loop as soon as it is settled (a slow report holds up no other's answer); returns
     every answer by ``id`` of its report."""
@@ -172,24 +164,10 @@ def _record(
 
     def answer(report: _Report, value: Response | BaseException) -> None:
         values[id(report)] = value
-        try:
-            loop.call_soon_threadsafe(_settle, report.answer, value)
-        except RuntimeError:
-            if not loop.is_closed():
-                raise
-            # The server stopped meanwhile: nobody waits, but the reports this thread took
-            # are still recorded, as a thread already started always was.
+        # If the server stopped meanwhile, nobody waits; the reports this thread took are
+        # still recorded, as a thread already started always was.
+        settle_from_thread(report.answer, value)
 
-    if len(batch) == 1:
-        [one] = batch
-        try:
-            value: Response | BaseException = one.context.run(
-                violations.record_violation, one.body, container, one.actor, one.idempotency_key
-            )
-        except Exception as exc:
-            value = exc
-        answer(one, value)
-        return values
     now = to_utc(container.clock())
     items: list[tuple[str, Any, str | None, str | None]] = []
     taken: list[_Report] = []

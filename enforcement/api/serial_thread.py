@@ -88,18 +88,21 @@ class SerialThread:
                 failed = False
             except BaseException as exc:  # handed to the caller, whatever it is
                 outcome, failed = exc, True
-            _settle_from_thread(future, outcome, failed)
+            settle_from_thread(future, outcome, failed)
             del context, fn, args, future, outcome
             idle_since = time.monotonic()
 
 
-def _settle_from_thread(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
-    # RuntimeError: the event loop is closed, and nobody is waiting any more.
+def settle_from_thread(future: asyncio.Future[Any], outcome: Any, failed: bool = False) -> None:
+    """``settle(future, outcome, failed)`` in the future's event loop, from another thread; if
+    that loop is closed, nobody waits any more and nothing happens."""
+    # RuntimeError: the event loop is closed.
     with contextlib.suppress(RuntimeError):
-        future.get_loop().call_soon_threadsafe(_settle, future, outcome, failed)
+        future.get_loop().call_soon_threadsafe(settle, future, outcome, failed)
 
 
-def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+def settle(future: asyncio.Future[Any], outcome: Any, failed: bool = False) -> None:
+    """Give ``future`` its result ``outcome`` (its exception, if ``failed``) unless it is done."""
     if future.done():
         return
     if failed:

@@ -216,7 +216,7 @@ def test_a_request_that_stops_waiting_does_not_stall_the_queue(
         assert release.wait(10)
         return f"answer {body.account_id}"
 
-    def record(container: Container, batch: list[Any], _loop: Any) -> dict[int, Any]:
+    def record(container: Container, batch: list[Any]) -> dict[int, Any]:
         recorded.append([r.body.account_id for r in batch])
         return {id(r): f"answer {r.body.account_id}" for r in batch}
 
@@ -311,7 +311,7 @@ def test_a_cancelled_lone_report_hands_on_only_when_its_thread_ends(
         alone_running.clear()
         return "alone"
 
-    def record(container: Container, batch: list[Any], _loop: Any) -> dict[int, Any]:
+    def record(container: Container, batch: list[Any]) -> dict[int, Any]:
         overlap.append(alone_running.is_set())
         return {id(r): "drained" for r in batch}
 
@@ -413,7 +413,7 @@ def test_an_item_recorded_on_its_own_in_a_drain_runs_in_its_requests_context(
                 body(account), Actor("reporter:r", rid), key, ctx, loop.create_future()
             )
         )
-    answers = coalesce._record(system, batch, loop)
+    answers = coalesce._record(system, batch)
     loop.close()
     assert [answers[id(r)].status_code for r in batch] == [201, 201, 201]
     assert seen == {"acct_c": "req-c"}

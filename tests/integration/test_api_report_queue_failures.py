@@ -42,7 +42,7 @@ def test_a_closed_loop_does_not_stop_the_rest_of_a_taken_batch_from_being_record
         for a, key in (("acct_a", None), ("acct_b", None), ("acct_c", "key-c"))
     ]
     loop.close()
-    coalesce._record(system, batch, loop)  # nobody to answer: every report still recorded
+    coalesce._record(system, batch)  # nobody to answer: every report still recorded
     heads = {a: system.store.head(a).version for a in ("acct_a", "acct_b", "acct_c")}
     assert heads["acct_a"] > 0 and heads["acct_b"] > 0  # the shared transaction committed
     assert heads["acct_c"] > 0, "a report the drain had taken was never recorded"
