@@ -860,20 +860,20 @@ class EventStore:
         driver gives them: on SQLite the stored JSON texts are hashed as they are when they have
         the shape this store writes (and recomputed as readers decode them when not).
         """
-        if not self._sql.postgres:
-            return _verify_sqlite_rows(self._verify_rows(account_id))
-        return verify_links(self._verify_rows(account_id), _link, _postgres_row_matches)
+        return self._verify_stream(self._verify_rows(account_id))
 
     def verify_all(self) -> Iterator[tuple[str, VerifyResult]]:
         """``(account_id, verify(account_id))`` for every stream, in account order, from one
         ordered pass over the log (pages along the ``(account_id, version)`` index) instead of
         a query per stream. Streams appended to meanwhile are checked as far as the pass saw."""
-        postgres = self._sql.postgres
         for account_id, rows in itertools.groupby(self._all_verify_rows(), _account_of):
-            if postgres:
-                yield account_id, verify_links(rows, _link, _postgres_row_matches)
-            else:
-                yield account_id, _verify_sqlite_rows(rows)
+            yield account_id, self._verify_stream(rows)
+
+    def _verify_stream(self, rows: Iterable[Sequence[Any]]) -> VerifyResult:
+        """``verify_links`` over one stream's ``_SQL.verify`` rows, on this database."""
+        if self._sql.postgres:
+            return verify_links(rows, _link, _postgres_row_matches)
+        return _verify_sqlite_rows(rows)
 
     def _all_verify_rows(self) -> Iterator[Sequence[Any]]:
         sql, size = self._sql, _VERIFY_PAGE

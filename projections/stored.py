@@ -85,14 +85,24 @@ class StandingRepository:
             remembered = self._cache.get(account_id)
             if remembered is not None:
                 self._cache.move_to_end(account_id)
-        known_hash: str | None = None
         if remembered is None:
-            stored, head = read_state_and_head(self.store.engine, account_id)
-            state = stored or StandingState.empty(account_id)
-            if head.version == state.version:
-                return state, head  # the rows are at the head of the log: no events after them
-        else:
-            state, known_hash = remembered
+            return self._from_rows(account_id, *read_state_and_head(self.store.engine, account_id))
+        return self._with_tail(*remembered)
+
+    def _from_rows(
+        self, account_id: str, stored: StandingState | None, head: StreamHead
+    ) -> tuple[StandingState, StreamHead | None]:
+        """``load_with_head`` from the account's stored rows and its stream's head."""
+        state = stored or StandingState.empty(account_id)
+        if head.version == state.version:
+            return state, head  # the rows are at the head of the log: no events after them
+        return self._with_tail(state, None)
+
+    def _with_tail(
+        self, state: StandingState, known_hash: str | None
+    ) -> tuple[StandingState, StreamHead | None]:
+        """``state`` plus the events after it (``load_with_head``)."""
+        account_id = state.account_id
         tail = self.store.read_stream(account_id, after_version=state.version)
         if not tail:
             # The remembered state was at the head when the tail was read: its hash, if known,
@@ -106,15 +116,12 @@ class StandingRepository:
         remembered read in one round trip on PostgreSQL (``read_states_and_heads``)."""
         with self._cache_lock:
             unknown = [a for a in account_ids if a not in self._cache]
-        states: dict[str, StandingState] = {}
-        for account_id, (stored, head) in zip(
-            unknown, read_states_and_heads(self.store.engine, unknown), strict=True
-        ):
-            state = stored or StandingState.empty(account_id)
-            if head.version != state.version:  # the rows are behind the log: add the events
-                tail = self.store.read_stream(account_id, after_version=state.version)
-                state = apply_all(state, tail)
-            states[account_id] = state
+        states = {
+            account_id: self._from_rows(account_id, stored, head)[0]
+            for account_id, (stored, head) in zip(
+                unknown, read_states_and_heads(self.store.engine, unknown), strict=True
+            )
+        }
         for account_id in account_ids:
             if account_id not in states:  # remembered
                 states[account_id] = self.load(account_id)
