@@ -29,6 +29,7 @@ from events import RecordedEvent
 from events.timefmt import canonical_time, format_time, parse_time, to_utc
 from projections import aup_events as ev
 from projections.frozen import fast_init
+from projections.open_items import OpenItems, open_records
 
 JSON = dict[str, Any]
 Status = Literal[
@@ -189,6 +190,10 @@ class StandingState:
     # ``apply_all``, whose tables (``Table``) then note every key they changed since, so that
     # ``projections.stored`` writes only those (``changed_keys``).
     derived_from: int | None = field(default=None, compare=False, repr=False)
+    # Not part of the value either: the records that may be open (``projections.open_items``),
+    # found when first asked for, and those of the state this one was made from.
+    open_items: OpenItems | None = field(default=None, init=False, compare=False, repr=False)
+    open_base: OpenItems | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
     def empty(cls, account_id: str) -> StandingState:
@@ -253,7 +258,7 @@ class StandingState:
     def _owned_copy(self) -> StandingState:
         """A copy whose tables may be changed in place (and note what changes); records are
         immutable and shared."""
-        return StandingState(
+        copy = StandingState(
             account_id=self.account_id,
             version=self.version,
             last_recorded_at=self.last_recorded_at,
@@ -272,6 +277,8 @@ class StandingState:
             key_rate_limits=Table(self.key_rate_limits),
             derived_from=self.version,
         )
+        copy.open_base = self.open_items
+        return copy
 
     def changes_since(self, base: StandingState, table: str) -> Table | None:
         """``table`` with the keys it changed (``Table.touched``, ``Table.popped``) since
@@ -287,15 +294,21 @@ class Table(dict[str, Any]):
     """A state's table that notes the keys set or popped in it since it was copied
     (``StandingState.changes_since``). Equal to a plain ``dict`` with the same items."""
 
-    __slots__ = ("popped", "touched")
+    __slots__ = ("appended", "popped", "touched")
 
-    def __init__(self, items: dict[str, Any]) -> None:
+    def __init__(self, items: Mapping[str, Any]) -> None:
         super().__init__(items)
         self.touched: dict[str, None] = {}  # every key set or popped, in that order
         self.popped: set[str] = set()  # keys popped (set again since: now at the end)
+        # Keys set where the table did not hold them (new, or set again after a pop), in the
+        # order they now end the table; one popped since may be among them.
+        self.appended: dict[str, None] = {}
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.touched[key] = None
+        if key not in self:
+            self.appended.pop(key, None)
+            self.appended[key] = None
         super().__setitem__(key, value)
 
     def pop(self, key: str, *default: Any) -> Any:
@@ -863,12 +876,54 @@ def active_strikes(
     state: StandingState, as_of: datetime, strike_lookback: timedelta
 ) -> list[ViolationRecord]:
     """Violations that count as strikes at ``as_of``: not dismissed, within the lookback."""
-    cutoff = _strike_cutoff(to_utc(as_of), strike_lookback)
+    as_of = to_utc(as_of)
+    cutoff = _strike_cutoff(as_of, strike_lookback)
     return [
         v
-        for v in state.violations.values()
+        for v in _violations(state, format_time(as_of), strike_lookback)
         if v.strike and not v.dismissed and v.occurred_at > cutoff
     ]
+
+
+# What each table's records that may be open are (``projections.open_items``): exact for every
+# instant at or after ``since``, which is all the view's tests below need.
+
+
+def _violations(
+    state: StandingState, at: str, strike_lookback: timedelta
+) -> Iterable[ViolationRecord]:
+    """Violations that may count at ``at`` (a time text) or later: not dismissed, occurred
+    after that time less the lookback."""
+
+    def filter_for(since: str) -> Callable[[ViolationRecord], bool]:
+        cutoff = _strike_cutoff(parse_time(since), strike_lookback)
+        return lambda v: not v.dismissed and v.occurred_at > cutoff
+
+    variant = ("violations", strike_lookback)
+    return open_records(state, state.violations, "violation_id", variant, at, filter_for)
+
+
+def _throttles(state: StandingState, at: str) -> Iterable[ThrottleRecord]:
+    """Throttles that may be in force at ``at`` or later: not run out by it."""
+    return open_records(state, state.throttles, "throttle_id", "throttles", at, _not_run_out_by)
+
+
+def _not_run_out_by(since: str) -> Callable[[ThrottleRecord], bool]:
+    return lambda t: t.expires_at is None or t.expires_at > since
+
+
+def _is_open(record: RemediationRecord | AbuseReportRecord | AppealRecord) -> bool:
+    return record.status == "open"
+
+
+def _status_open(_since: str) -> Callable[[Any], bool]:
+    return _is_open
+
+
+def _open_status(state: StandingState, name: str, key: str, at: str) -> Iterable[Any]:
+    """Records of table ``name`` that may still have ``status == "open"`` (closed ones stay
+    closed)."""
+    return open_records(state, getattr(state, name), key, name, at, _status_open)
 
 
 def _strike_cutoff(as_of: datetime, strike_lookback: timedelta) -> str:
@@ -894,18 +949,18 @@ def active_suspension(state: StandingState, as_of: datetime) -> SuspensionRecord
 def active_throttles(state: StandingState, as_of: datetime) -> list[ThrottleRecord]:
     """Throttles in force at ``as_of``: not lifted and not expired."""
     now = format_time(as_of)
-    return [t for t in state.throttles.values() if t.expires_at is None or t.expires_at > now]
+    return [t for t in _throttles(state, now) if t.expires_at is None or t.expires_at > now]
 
 
 def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> Standing:
     """The standing at ``as_of`` of a state holding the events recorded up to ``as_of``."""
     as_of = to_utc(as_of)
+    at = format_time(as_of)
     cutoff = _strike_cutoff(as_of, strike_lookback)
-    # One pass for both (``active_strikes`` is the same filter plus ``strike``): the view is
-    # built on every request, and a long history holds thousands of violations.
+    # One pass for both (``active_strikes`` is the same filter plus ``strike``).
     open_ids: list[str] = []
     strikes = 0
-    for v in state.violations.values():
+    for v in _violations(state, at, strike_lookback):
         if not v.dismissed and v.occurred_at > cutoff:
             open_ids.append(v.violation_id)
             if v.strike:
@@ -913,13 +968,13 @@ def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> S
     open_violations = tuple(open_ids)
     remediations = tuple(
         OpenRemediation(r.remediation_id, parse_time(r.due_at), r.violation_ids)
-        for r in state.remediations.values()
-        if r.status == "open"  # ``remediation_is_open``, written out: a long history holds
-        # thousands of closed remediations, and a call each cost more than the rest of the view
+        for r in _open_status(state, "remediations", "remediation_id", at)
+        if r.status == "open"  # ``remediation_is_open``, written out (a call each costs more)
     )
     throttles = tuple(
         ActiveThrottle(t.throttle_id, t.key_id, t.factor, _parse(t.expires_at))
-        for t in active_throttles(state, as_of)
+        for t in _throttles(state, at)
+        if t.expires_at is None or t.expires_at > at  # ``active_throttles``
     )
     s = active_suspension(state, as_of)
     suspension = (
@@ -950,8 +1005,10 @@ def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> S
         suspension=suspension,
         terminated=state.terminated,
         adult_content_approved=state.adult_content_approved,
-        open_abuse_reports=sum(1 for r in state.abuse_reports.values() if r.status == "open"),
-        open_appeals=sum(1 for a in state.appeals.values() if a.status == "open"),
+        open_abuse_reports=sum(
+            1 for r in _open_status(state, "abuse_reports", "report_id", at) if _is_open(r)
+        ),
+        open_appeals=sum(1 for a in _open_status(state, "appeals", "appeal_id", at) if _is_open(a)),
         version=state.version,
         as_of=as_of,
     )

@@ -1,0 +1,136 @@
+"""``projections.open_items``: the records a state keeps as those that may be open, carried from
+state to state, give the same views as looking at every record, and stay few on a long history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_standing import LOOKBACK, SOR, T0, histories, records, violation
+
+from events import RecordedEvent
+from events.timefmt import format_time
+from projections import aup_events as ev
+from projections import open_items
+from projections.standing import (
+    StandingState,
+    active_strikes,
+    active_throttles,
+    apply_all,
+    view,
+)
+
+OTHER_LOOKBACK = timedelta(days=7)
+
+
+@contextmanager
+def every_record() -> Iterator[None]:
+    """The views as before ``open_items``: every record of every table looked at."""
+    with mock.patch(
+        "projections.standing.open_records", lambda _state, table, *_args: table.values()
+    ):
+        yield
+
+
+def answers(state: StandingState, as_of: datetime) -> tuple[Any, ...]:
+    return (
+        view(state, as_of, LOOKBACK),
+        view(state, as_of, OTHER_LOOKBACK),
+        active_strikes(state, as_of, LOOKBACK),
+        active_throttles(state, as_of),
+    )
+
+
+@settings(deadline=None, max_examples=300)
+@given(histories(), st.data())
+def test_views_of_states_made_one_from_another_equal_looking_at_every_record(
+    events: list[RecordedEvent], data: st.DataObject
+) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    state = StandingState.empty("acct_1")
+    start = 0
+    for cut in [*cuts, len(events)]:
+        state = apply_all(state, events[start:cut])
+        start = cut
+        last = events[cut - 1].recorded_at if cut else T0
+        # Mostly later than the last event, as requests are; sometimes before it (a clock set
+        # back), which the state's items are not sure of.
+        for hours in data.draw(st.lists(st.integers(-30 * 24, 120 * 24), min_size=1, max_size=3)):
+            as_of = last + timedelta(hours=hours)
+            with every_record():
+                expected = answers(state, as_of)
+            assert answers(state, as_of) == expected
+
+
+def test_a_long_history_keeps_only_what_may_be_open_and_carries_it_to_the_next_state() -> None:
+    steps: list[tuple[Any, datetime]] = []
+    for i in range(300):
+        at = T0 + timedelta(hours=i)
+        due = format_time(at + timedelta(days=7))
+        steps.append((violation(f"vio_{i}"), at))
+        steps.append((ev.ViolationDismissed(f"vio_{i}", "false positive"), at))
+        steps.append((ev.RemediationRequested(f"rem_{i}", [f"vio_{i}"], due, SOR), at))
+        steps.append((ev.RemediationCompleted(f"rem_{i}", "done"), at))
+    history = records(steps)
+    end = history[-1].recorded_at
+    state = apply_all(StandingState.empty("acct_1"), history)
+    assert view(state, end, LOOKBACK).status == "good_standing"
+    assert state.open_items is not None
+    assert state.open_items.tables[("violations", LOOKBACK)] == ()
+    assert state.open_items.tables["remediations"] == ()
+
+    later = end + timedelta(hours=1)
+    after = apply_all(state, records([(violation("vio_new"), later)], start=state.version))
+    carried: list[Any] = []
+    real = open_items._carried
+
+    def spy(*args: Any) -> Any:
+        carried.append(real(*args))
+        return carried[-1]
+
+    with mock.patch.object(open_items, "_carried", spy):
+        standing = view(after, later, LOOKBACK)
+    assert standing.open_violations == ("vio_new",)
+    assert after.open_items is not None
+    assert after.open_items.tables[("violations", LOOKBACK)] == (after.violations["vio_new"],)
+    # Every table the view asked for was carried over from the state before, none found by
+    # looking at its 300 records again.
+    assert len(carried) == 5
+    assert None not in carried
+
+
+def test_a_record_changed_in_place_that_may_be_open_again_is_found() -> None:
+    """A violation reported again under a dismissed one's id keeps its place in the table."""
+    state = apply_all(
+        StandingState.empty("acct_1"),
+        records(
+            [
+                (violation("vio_a"), T0),
+                (violation("vio_b"), T0),
+                (ev.ViolationDismissed("vio_a", "false positive"), T0),
+            ]
+        ),
+    )
+    assert view(state, T0, LOOKBACK).open_violations == ("vio_b",)
+    again = apply_all(state, records([(violation("vio_a"), T0)], start=state.version))
+    assert view(again, T0, LOOKBACK).open_violations == ("vio_a", "vio_b")
+
+
+def test_a_throttle_lifted_and_applied_again_is_listed_once_at_the_end() -> None:
+    def applied(throttle_id: str) -> Any:
+        return ev.ThrottleApplied(throttle_id, None, 0.5, None, "r", SOR, [])
+
+    state = apply_all(
+        StandingState.empty("acct_1"), records([(applied("thr_a"), T0), (applied("thr_b"), T0)])
+    )
+    assert [t.throttle_id for t in active_throttles(state, T0)] == ["thr_a", "thr_b"]
+    again = apply_all(
+        state,
+        records([(ev.ThrottleLifted("thr_a", "r"), T0), (applied("thr_a"), T0)], start=2),
+    )
+    assert [t.throttle_id for t in active_throttles(again, T0)] == ["thr_b", "thr_a"]
