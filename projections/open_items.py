@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Filter = Callable[[Any], bool]  # a record → whether it may be open at or after ``since``
+# ``format_time``'s text of the years 1000 to 9999, whose order is the order of the times; it
+# writes earlier years unpadded ("999-…"), which do not sort with them.
+CANONICAL_TEXT_LENGTH = len("2026-11-24T10:00:00.000000Z")
 
 
 class HasOpenItems(Protocol):
@@ -54,9 +57,11 @@ def open_records(
     filter_for: Callable[[str], Filter],
 ) -> Iterable[Any]:
     """The records of ``table`` (keyed by each record's attribute ``key``) that may be open at
-    the time text ``at``: a superset of the open ones, in table order. ``filter_for(since)``
-    makes the table's filter for ``since`` (see the module); ``variant`` names the table and
-    anything the filter depends on besides ``since``."""
+    the time text ``at`` (``format_time``'s): a superset of the open ones, in table order.
+    ``filter_for(since)`` makes the table's filter for ``since`` (see the module); ``variant``
+    names the table and anything the filter depends on besides ``since``."""
+    if len(at) != CANONICAL_TEXT_LENGTH:
+        return table.values()  # a year before 1000: its text does not sort as its time
     items = state.open_items
     if items is None:
         items = state.open_items = OpenItems(at)

@@ -29,7 +29,7 @@ from events import RecordedEvent
 from events.timefmt import canonical_time, format_time, parse_time, to_utc
 from projections import aup_events as ev
 from projections.frozen import fast_init
-from projections.open_items import OpenItems, open_records
+from projections.open_items import CANONICAL_TEXT_LENGTH, OpenItems, open_records
 
 JSON = dict[str, Any]
 Status = Literal[
@@ -897,6 +897,8 @@ def _violations(
 
     def filter_for(since: str) -> Callable[[ViolationRecord], bool]:
         cutoff = _strike_cutoff(parse_time(since), strike_lookback)
+        if len(cutoff) != CANONICAL_TEXT_LENGTH:  # before year 1000: it does not sort as a time
+            return lambda v: not v.dismissed
         return lambda v: not v.dismissed and v.occurred_at > cutoff
 
     variant = ("violations", strike_lookback)

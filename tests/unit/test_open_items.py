@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
@@ -134,3 +134,24 @@ def test_a_throttle_lifted_and_applied_again_is_listed_once_at_the_end() -> None
         records([(ev.ThrottleLifted("thr_a", "r"), T0), (applied("thr_a"), T0)], start=2),
     )
     assert [t.throttle_id for t in active_throttles(again, T0)] == ["thr_b", "thr_a"]
+
+
+def test_instants_before_the_year_1000_whose_texts_do_not_sort_give_the_same_views() -> None:
+    """``format_time`` writes those years unpadded ("999-…"), which sort after "2026-…"."""
+    far = format_time(T0 + timedelta(days=365 * 900))
+    steps = [
+        (violation("vio_a"), T0),
+        (ev.ThrottleApplied("thr_a", None, 0.5, far, "r", SOR, []), T0),
+    ]
+    instants = [
+        datetime(999, 6, 1, tzinfo=UTC),
+        datetime(1000, 1, 10, tzinfo=UTC),  # its strike cutoff is in the year 999
+        datetime(1, 1, 1, tzinfo=UTC),
+        T0 + timedelta(days=1),
+    ]
+    for order in (instants, instants[::-1]):
+        state = apply_all(StandingState.empty("acct_1"), records(steps))
+        for as_of in order:
+            with every_record():
+                expected = answers(state, as_of)
+            assert answers(state, as_of) == expected
