@@ -163,7 +163,8 @@ class StandingState:
     """What an account's events have established, independent of the clock.
 
     A value: ``apply``, ``apply_all`` and ``fold`` never change a state they are given, and
-    callers must not either. ``from_json(to_json(s)) == s`` and ``to_json`` is plain JSON whose
+    callers must not either (the views keep, on the state, what they found in its tables:
+    ``projections.open_items``). ``from_json(to_json(s)) == s`` and ``to_json`` is plain JSON whose
     collections are lists in event order (safe in PostgreSQL JSONB, which reorders object keys).
     """
 
@@ -315,6 +316,13 @@ class Table(dict[str, Any]):
         self.touched[key] = None
         self.popped.add(key)
         return super().pop(key, *default)
+
+    def _unnoted(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("a state's table changes only by setting and popping keys (noted)")
+
+    # Changes these notes would miss: refused rather than left out of ``changed_records`` and
+    # ``projections.open_items``.
+    __delitem__ = update = setdefault = popitem = clear = __ior__ = _unnoted
 
 
 TABLES: dict[str, tuple[type[Any], str]] = {
@@ -885,8 +893,8 @@ def active_strikes(
     ]
 
 
-# What each table's records that may be open are (``projections.open_items``): exact for every
-# instant at or after ``since``, which is all the view's tests below need.
+# The records of each table that may be open (``projections.open_items``): at every instant at
+# or after ``since`` a superset of the open ones, which the tests below then pick from.
 
 
 def _violations(
@@ -897,7 +905,9 @@ def _violations(
 
     def filter_for(since: str) -> Callable[[ViolationRecord], bool]:
         cutoff = _strike_cutoff(parse_time(since), strike_lookback)
-        if len(cutoff) != CANONICAL_TEXT_LENGTH:  # before year 1000: it does not sort as a time
+        if len(cutoff) != CANONICAL_TEXT_LENGTH or strike_lookback < timedelta(0):
+            # Before the year 1000 its text does not sort as its time; a negative lookback's
+            # cutoff falls back to "" past the year 9999: later cutoffs may be earlier ones.
             return lambda v: not v.dismissed
         return lambda v: not v.dismissed and v.occurred_at > cutoff
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_standing import LOOKBACK, SOR, T0, histories, records, violation
@@ -155,3 +156,28 @@ def test_instants_before_the_year_1000_whose_texts_do_not_sort_give_the_same_vie
             with every_record():
                 expected = answers(state, as_of)
             assert answers(state, as_of) == expected
+
+
+def test_a_negative_lookback_whose_cutoff_runs_past_the_year_9999_gives_the_same_views() -> None:
+    """Only a ``Policy`` built in code can have one (the policy file refuses it)."""
+    lookback = timedelta(days=-1)
+    state = apply_all(StandingState.empty("acct_1"), records([(violation("vio_1"), T0)]))
+    for as_of in (datetime(9999, 12, 30, 12, tzinfo=UTC), datetime(9999, 12, 31, 12, tzinfo=UTC)):
+        with every_record():
+            expected = view(state, as_of, lookback)
+        assert view(state, as_of, lookback) == expected
+
+
+def test_a_copied_table_refuses_changes_it_would_not_note() -> None:
+    state = apply_all(StandingState.empty("acct_1"), records([(violation("vio_1"), T0)]))
+    table = state.violations
+    for change in (
+        lambda: table.__delitem__("vio_1"),
+        lambda: table.update({}),
+        lambda: table.setdefault("vio_2", None),
+        lambda: table.popitem(),
+        lambda: table.clear(),
+    ):
+        with pytest.raises(TypeError, match="setting and popping"):
+            change()
+    assert list(table) == ["vio_1"]
