@@ -12,8 +12,10 @@ A state made from another by ``apply``/``apply_all`` holds its tables as ``Table
 note the keys they changed, and the other state's ``OpenItems`` (``StandingState.open_base``):
 its own are the other's, less what closed, plus what the events changed or added, so a request
 costs what its events changed and what is open, not the history. Whatever does not fit that
-(no earlier ``OpenItems``, an instant before ``since``, a record changed in place that became
-open) is found by looking at every record, as before.
+(no earlier ``OpenItems``, an instant before their ``since``, a record changed in place that
+may be open again, an instant before the year 1000) is found by looking at every record, as
+before; a state asked about an instant before its ``since`` starts its ``OpenItems`` again from
+that instant.
 
 What a table may hold is decided by a *filter* made for ``since``: a record it refuses must be
 closed at every instant at or after ``since`` (a dismissed violation, one that occurred before
@@ -63,10 +65,10 @@ def open_records(
     if len(at) != CANONICAL_TEXT_LENGTH:
         return table.values()  # a year before 1000: its text does not sort as its time
     items = state.open_items
-    if items is None:
+    if items is None or at < items.since:
+        # None yet, or not sure of so early an instant: start again from it (an earlier
+        # ``OpenItems`` stays whole for whoever still holds it).
         items = state.open_items = OpenItems(at)
-    elif at < items.since:
-        return table.values()  # before what the state's items are sure of: look at them all
     found = items.tables.get(variant)
     if found is None:
         keep = filter_for(items.since)

@@ -181,3 +181,24 @@ def test_a_copied_table_refuses_changes_it_would_not_note() -> None:
         with pytest.raises(TypeError, match="setting and popping"):
             change()
     assert list(table) == ["vio_1"]
+
+
+def test_a_state_asked_about_an_earlier_instant_keeps_records_from_that_instant_on() -> None:
+    steps = [
+        (violation("vio_a"), T0),
+        (
+            ev.ThrottleApplied(
+                "thr_a", None, 0.5, format_time(T0 + timedelta(days=2)), "r", SOR, []
+            ),
+            T0,
+        ),
+    ]
+    state = apply_all(StandingState.empty("acct_1"), records(steps))
+    for days in (10, 1, 3, 1.5):
+        as_of = T0 + timedelta(days=days)
+        with every_record():
+            expected = answers(state, as_of)
+        assert answers(state, as_of) == expected
+    assert state.open_items is not None
+    assert state.open_items.since == format_time(T0 + timedelta(days=1))
+    assert [t.throttle_id for t in state.open_items.tables["throttles"]] == ["thr_a"]
