@@ -19,7 +19,7 @@ string order is time order and the state serialises without conversion.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -885,23 +885,48 @@ def active_strikes(
 ) -> list[ViolationRecord]:
     """Violations that count as strikes at ``as_of``: not dismissed, within the lookback."""
     as_of = to_utc(as_of)
-    cutoff = _strike_cutoff(as_of, strike_lookback)
+    counts = _counts_after(_strike_cutoff(as_of, strike_lookback))
     return [
-        v
-        for v in _violations(state, format_time(as_of), strike_lookback)
-        if v.strike and not v.dismissed and v.occurred_at > cutoff
+        v for v in _violations(state, format_time(as_of), strike_lookback) if v.strike and counts(v)
     ]
 
 
-# The records of each table that may be open (``projections.open_items``): at every instant at
-# or after ``since`` a superset of the open ones, which the tests below then pick from.
+def _counts_after(cutoff: str) -> Callable[[ViolationRecord], bool]:
+    """Whether a violation counts (a strike, if it is one) with this strike cutoff."""
+    return lambda v: not v.dismissed and v.occurred_at > cutoff
+
+
+def _in_force_at(at: str) -> Callable[[ThrottleRecord], bool]:
+    """Whether a throttle is in force at the time text ``at``."""
+    return lambda t: t.expires_at is None or t.expires_at > at
+
+
+def _is_open(record: RemediationRecord | AbuseReportRecord | AppealRecord) -> bool:
+    return record.status == "open"
+
+
+# The records of a table that may be open (``projections.open_items``): at every instant at or
+# after ``since`` a superset of the open ones, which the tests above then pick from. Each
+# ``filter_for(since)`` keeps what the test at ``since`` keeps: a record it refuses stays closed.
+
+
+def _open(
+    state: StandingState,
+    name: str,
+    at: str,
+    filter_for: Callable[[str], Callable[[Any], bool]],
+    variant: Hashable = None,
+) -> Iterable[Any]:
+    """The records of table ``name`` that may be open at ``at`` (``variant``: what the filter
+    depends on besides ``since``)."""
+    kept_as = name if variant is None else (name, variant)
+    return open_records(state, getattr(state, name), TABLES[name][1], kept_as, at, filter_for)
 
 
 def _violations(
     state: StandingState, at: str, strike_lookback: timedelta
 ) -> Iterable[ViolationRecord]:
-    """Violations that may count at ``at`` (a time text) or later: not dismissed, occurred
-    after that time less the lookback."""
+    """Violations that may count at ``at`` (a time text) or later."""
 
     def filter_for(since: str) -> Callable[[ViolationRecord], bool]:
         cutoff = _strike_cutoff(parse_time(since), strike_lookback)
@@ -909,33 +934,13 @@ def _violations(
             # Before the year 1000 its text does not sort as its time; a negative lookback's
             # cutoff falls back to "" past the year 9999: later cutoffs may be earlier ones.
             return lambda v: not v.dismissed
-        return lambda v: not v.dismissed and v.occurred_at > cutoff
+        return _counts_after(cutoff)
 
-    variant = ("violations", strike_lookback)
-    return open_records(state, state.violations, "violation_id", variant, at, filter_for)
-
-
-def _throttles(state: StandingState, at: str) -> Iterable[ThrottleRecord]:
-    """Throttles that may be in force at ``at`` or later: not run out by it."""
-    return open_records(state, state.throttles, "throttle_id", "throttles", at, _not_run_out_by)
-
-
-def _not_run_out_by(since: str) -> Callable[[ThrottleRecord], bool]:
-    return lambda t: t.expires_at is None or t.expires_at > since
-
-
-def _is_open(record: RemediationRecord | AbuseReportRecord | AppealRecord) -> bool:
-    return record.status == "open"
+    return _open(state, "violations", at, filter_for, strike_lookback)
 
 
 def _status_open(_since: str) -> Callable[[Any], bool]:
-    return _is_open
-
-
-def _open_status(state: StandingState, name: str, key: str, at: str) -> Iterable[Any]:
-    """Records of table ``name`` that may still have ``status == "open"`` (closed ones stay
-    closed)."""
-    return open_records(state, getattr(state, name), key, name, at, _status_open)
+    return _is_open  # a record closed stays closed
 
 
 def _strike_cutoff(as_of: datetime, strike_lookback: timedelta) -> str:
@@ -961,32 +966,31 @@ def active_suspension(state: StandingState, as_of: datetime) -> SuspensionRecord
 def active_throttles(state: StandingState, as_of: datetime) -> list[ThrottleRecord]:
     """Throttles in force at ``as_of``: not lifted and not expired."""
     now = format_time(as_of)
-    return [t for t in _throttles(state, now) if t.expires_at is None or t.expires_at > now]
+    return list(filter(_in_force_at(now), _open(state, "throttles", now, _in_force_at)))
 
 
 def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> Standing:
     """The standing at ``as_of`` of a state holding the events recorded up to ``as_of``."""
     as_of = to_utc(as_of)
     at = format_time(as_of)
-    cutoff = _strike_cutoff(as_of, strike_lookback)
-    # One pass for both (``active_strikes`` is the same filter plus ``strike``).
+    counts = _counts_after(_strike_cutoff(as_of, strike_lookback))
+    # One pass for both (``active_strikes`` is the same test plus ``strike``).
     open_ids: list[str] = []
     strikes = 0
     for v in _violations(state, at, strike_lookback):
-        if not v.dismissed and v.occurred_at > cutoff:
+        if counts(v):
             open_ids.append(v.violation_id)
             if v.strike:
                 strikes += 1
     open_violations = tuple(open_ids)
     remediations = tuple(
         OpenRemediation(r.remediation_id, parse_time(r.due_at), r.violation_ids)
-        for r in _open_status(state, "remediations", "remediation_id", at)
-        if r.status == "open"  # ``remediation_is_open``, written out (a call each costs more)
+        for r in _open(state, "remediations", at, _status_open)
+        if remediation_is_open(state, r)
     )
     throttles = tuple(
         ActiveThrottle(t.throttle_id, t.key_id, t.factor, _parse(t.expires_at))
-        for t in _throttles(state, at)
-        if t.expires_at is None or t.expires_at > at  # ``active_throttles``
+        for t in active_throttles(state, as_of)
     )
     s = active_suspension(state, as_of)
     suspension = (
@@ -1017,10 +1021,8 @@ def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> S
         suspension=suspension,
         terminated=state.terminated,
         adult_content_approved=state.adult_content_approved,
-        open_abuse_reports=sum(
-            1 for r in _open_status(state, "abuse_reports", "report_id", at) if _is_open(r)
-        ),
-        open_appeals=sum(1 for a in _open_status(state, "appeals", "appeal_id", at) if _is_open(a)),
+        open_abuse_reports=sum(map(_is_open, _open(state, "abuse_reports", at, _status_open))),
+        open_appeals=sum(map(_is_open, _open(state, "appeals", at, _status_open))),
         version=state.version,
         as_of=as_of,
     )
