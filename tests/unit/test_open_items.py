@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_standing import LOOKBACK, SOR, T0, histories, records, violation
+from test_standing import LOOKBACK, SOR, T0, applied_in_steps, histories, records, violation
 
 from events import RecordedEvent
 from events.timefmt import format_time
@@ -52,12 +52,7 @@ def answers(state: StandingState, as_of: datetime) -> tuple[Any, ...]:
 def test_views_of_states_made_one_from_another_equal_looking_at_every_record(
     events: list[RecordedEvent], data: st.DataObject
 ) -> None:
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
-    state = StandingState.empty("acct_1")
-    start = 0
-    for cut in [*cuts, len(events)]:
-        state = apply_all(state, events[start:cut])
-        start = cut
+    for _, state, cut in applied_in_steps(events, data):
         last = events[cut - 1].recorded_at if cut else T0
         # Mostly later than the last event, as requests are; sometimes before it (a clock set
         # back), which the state's items are not sure of.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -520,6 +520,19 @@ def histories(draw: st.DrawFn) -> list[RecordedEvent]:
         hours += gap
         steps.append((payload, T0 + timedelta(hours=hours)))
     return records(steps)
+
+
+def applied_in_steps(
+    events: list[RecordedEvent], data: st.DataObject
+) -> Iterator[tuple[StandingState, StandingState, int]]:
+    """``apply_all`` of ``events`` cut at up to six places that ``data`` draws: for each step,
+    the state before it, the state after it, and how many of the events that one holds."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    state, start = StandingState.empty("acct_1"), 0
+    for cut in [*cuts, len(events)]:
+        new = apply_all(state, events[start:cut])
+        yield state, new, cut
+        state, start = new, cut
 
 
 def _as_of(events: list[RecordedEvent], extra_hours: int) -> datetime:

@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_standing import histories, records, t, violation
+from test_standing import applied_in_steps, histories, records, t, violation
 
 from events import RecordedEvent
 from projections import aup_events as ev
@@ -62,15 +62,12 @@ def tables_json(state: StandingState) -> dict[str, list[dict[str, Any]]]:
 def test_rows_changed_append_by_append_hold_the_fold(
     events: list[RecordedEvent], data: st.DataObject
 ) -> None:
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
     state = StandingState.empty("acct_1")
     rows = rows_of(state)
-    start = 0
-    for cut in [*cuts, len(events)]:
-        new = apply_all(state, events[start:cut])
-        rows = written(rows, state, new)
+    for before, new, _ in applied_in_steps(events, data):
+        rows = written(rows, before, new)
         assert as_state_json(rows) == tables_json(new)
-        state, start = new, cut
+        state = new
     assert state == apply_all(StandingState.empty("acct_1"), events)
 
 
