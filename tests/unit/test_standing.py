@@ -221,7 +221,8 @@ def test_a_remediation_is_open_until_completed_expired_or_dismissed() -> None:
         standing = standing_of([*base, (closing, t(2))], t(3))
         assert standing.open_remediations == ()
         assert standing.status in ("warned", "good_standing")
-    # ``view`` writes ``remediation_is_open`` out: the two agree on every status.
+    # The view (over the records open_items keeps) and ``remediation_is_open`` (over every record)
+    # agree on every status.
     for steps in ([*base], *([*base, (c, t(2))] for c in closing_events())):
         state = state_at("acct_1", records(steps), t(3))
         by_rule = [
