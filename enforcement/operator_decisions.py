@@ -7,6 +7,7 @@ reasons, the notices and the transitions that are allowed. ``notify=False`` reco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,8 +16,10 @@ from enforcement.policy import Context, Decider, Policy
 from events import NewEvent
 from events.timefmt import format_time, parse_time, to_utc
 from projections import aup_events as ev
+from projections.reasons import NOTHING_TO_APPEAL_REDRESS, percent
 from projections.standing import (
     StandingState,
+    ViolationRecord,
     active_suspension,
     active_throttles,
     remediation_is_open,
@@ -105,10 +108,17 @@ _SECTIONS: dict[type, int] = {
 
 
 def _operator(
-    policy: Policy, state: StandingState, ctx: Context, reason: str, section: int
+    policy: Policy,
+    state: StandingState,
+    ctx: Context,
+    reason: str,
+    section: int,
+    violations: Sequence[ViolationRecord] = (),
 ) -> Decider:
     fact = {"description": reason or "operator decision", "actor": ctx.actor}
-    return Decider(policy, state, ctx, [], automated=False, extra_facts=[fact], sections=[section])
+    return Decider(
+        policy, state, ctx, violations, automated=False, extra_facts=[fact], sections=[section]
+    )
 
 
 def _not_terminated(state: StandingState, what: str) -> None:
@@ -153,10 +163,8 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
             _not_terminated(state, "reinstated (only an overturned appeal reverses a termination)")
             if active_suspension(state, now) is None:
                 raise InvalidTransition("the account is not suspended", code="not_suspended")
-            event = d.build(
-                ev.AccountReinstated(reason, d.reasons("The account is reinstated.")),
-                ctx.causation_id,
-            )
+            sor = d.reasons("The account is reinstated.", redress=NOTHING_TO_APPEAL_REDRESS)
+            event = d.build(ev.AccountReinstated(reason, sor), ctx.causation_id)
             d.emit(event, d.notice("reinstatement", event))
         case Terminate(reason, notify):
             _not_terminated(state, "terminated again")
@@ -173,7 +181,9 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
             expires = _future(expires_at, now, "expires_at")
             scope = "every API key of the account" if key_id is None else f"API key {key_id}"
             lasting = "until lifted" if expires is None else f"until {expires}"
-            text = f"Requests of {scope} are throttled to {factor:.0%} of its limits {lasting}."
+            text = (
+                f"Requests of {scope} are throttled to {percent(factor)} of its limits {lasting}."
+            )
             payload = ev.ThrottleApplied(
                 ctx.new_id("thr"), key_id, factor, expires, reason, d.reasons(text)
             )
@@ -206,12 +216,11 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
                 raise InvalidTransition(
                     f"violation {violation_id} is already dismissed", code="already_dismissed"
                 )
+            # The statement names the violation it dismisses (its facts, section and category).
+            d = _operator(policy, state, ctx, reason, _SECTIONS.get(type(command), 6), [violation])
             text = f"Violation {violation_id} is dismissed and no longer counts as a strike."
-            d.emit(
-                d.build(
-                    ev.ViolationDismissed(violation_id, reason, d.reasons(text)), violation.event_id
-                )
-            )
+            sor = d.reasons(text, redress=NOTHING_TO_APPEAL_REDRESS)
+            d.emit(d.build(ev.ViolationDismissed(violation_id, reason, sor), violation.event_id))
         case CompleteRemediation(remediation_id, note):
             remediation = state.remediations.get(remediation_id)
             if remediation is None:

@@ -37,7 +37,14 @@ from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from events.types import new_event_id
 from projections import aup_events as ev
-from projections.reasons import statement_of_reasons, violation_fact
+from projections.reasons import (
+    NOTHING_TO_APPEAL_REDRESS,
+    appeal_elsewhere,
+    human_duration,
+    percent,
+    statement_of_reasons,
+    violation_fact,
+)
 from projections.standing import (
     DecisionRecord,
     StandingState,
@@ -232,8 +239,10 @@ class Decider:
     def at(self, span: timedelta) -> str:
         return format_time(self.ctx.now + span)
 
-    def reasons(self, decision: str, *, final: bool = False) -> JSON:
-        """The statement of reasons; ``final`` for a decision not appealable in the service."""
+    def reasons(self, decision: str, *, final: bool = False, redress: str | None = None) -> JSON:
+        """The statement of reasons. An appeal may target the decision, unless ``final`` (an
+        appeal's own outcome) or ``redress`` is given: what to do instead, for another record
+        that an appeal cannot target (``DECISION_TYPES`` are those it can)."""
         rules = [self.policy.categories.get(v.category) for v in self.violations]
         facts = [
             violation_fact(v.violation_id, v.category, v.severity, v.occurred_at, v.description)
@@ -248,7 +257,8 @@ class Decider:
             automated_decision=self.automated,
             policy_version=self.policy.version,
             decided_at=self.ctx.now,
-            appeal_window=None if final else self.policy.appeal_window,
+            appeal_window=None if final or redress is not None else self.policy.appeal_window,
+            redress=redress,
         )
 
     def notice(self, kind: str, decision: NewEvent, deadline: str | None = None) -> NewEvent:
@@ -262,14 +272,23 @@ class Decider:
         payload = ev.AccountTerminated(reason, self.reasons(text), list(self.violation_ids))
         return self.build(payload, cause)
 
-    def suspend(self, span: timedelta | None, reason: str, cause: str | None) -> None:
-        """Suspend and notify, unless a suspension already in force lasts at least as long."""
+    def covering(self, span: timedelta | None) -> SuspensionRecord | None:
+        """The suspension in force that lasts at least ``span`` from now (None: indefinitely),
+        which a suspension for ``span`` would not replace."""
         until = None if span is None else self.ctx.now + span
         current = active_suspension(self.state, self.ctx.now)
         if current is not None and (
             current.until is None or (until is not None and until <= parse_time(current.until))
         ):
+            return current
+        return None
+
+    def suspend(self, span: timedelta | None, reason: str, cause: str | None) -> None:
+        """Suspend and notify, unless a suspension already in force lasts at least as long
+        (``covering``)."""
+        if self.covering(span) is not None:
             return
+        until = None if span is None else self.ctx.now + span
         when = "indefinitely, pending review" if until is None else f"until {format_time(until)}"
         text = f"The account is suspended {when}."
         payload = ev.AccountSuspended(
@@ -285,7 +304,7 @@ class Decider:
     def throttle(self, rule: ThrottleRule, reason: str, cause: str | None) -> NewEvent:
         expires = self.at(rule.duration)
         text = (
-            f"Every API key of the account is throttled to {rule.factor:.0%} of its limits "
+            f"Every API key of the account is throttled to {percent(rule.factor)} of its limits "
             f"until {expires}."
         )
         payload = ev.ThrottleApplied(
@@ -382,8 +401,12 @@ def _ladder(d: Decider, rule: CategoryRule, v: ViolationRecord, cause: str) -> N
         d.emit(termination)
         if rule.refer_to_authorities:
             text = "The violation is referred to the relevant authorities (AUP §6)."
+            redress = appeal_elsewhere("the termination recorded with it", policy.appeal_window)
             referral = ev.AuthorityReferralOpened(
-                d.ctx.new_id("ref"), list(d.violation_ids), v.category, d.reasons(text)
+                d.ctx.new_id("ref"),
+                list(d.violation_ids),
+                v.category,
+                d.reasons(text, redress=redress),
             )
             d.emit(d.build(referral, cause))
         d.emit(d.notice("termination", termination))
@@ -443,12 +466,29 @@ def decide_remediation_expired(
         "and was not completed.",
     }
     d = Decider(policy, state, ctx, violations, automated=True, extra_facts=[missed])
-    until = d.at(policy.missed_remediation_suspension)
-    text = f"The remediation was not completed in time; the account is suspended until {until}."
-    expired = d.build(ev.RemediationExpired(remediation_id, d.reasons(text)), remediation.event_id)
+    span = policy.missed_remediation_suspension
+    covering = None if state.terminated else d.covering(span)
+    missed_text = "The remediation was not completed in time"
+    if state.terminated:
+        text = f"{missed_text}; the account is terminated, so no suspension is imposed."
+        redress = NOTHING_TO_APPEAL_REDRESS
+    elif covering is not None:
+        lasting = "indefinitely" if covering.until is None else f"until {covering.until}"
+        text = (
+            f"{missed_text}; the account is already suspended {lasting}, which covers the "
+            f"{human_duration(span)} this calls for, so no further suspension is imposed."
+        )
+        redress = NOTHING_TO_APPEAL_REDRESS
+    else:
+        text = f"{missed_text}; the account is suspended until {d.at(span)}."
+        redress = appeal_elsewhere("the suspension recorded with it", policy.appeal_window)
+    expired = d.build(
+        ev.RemediationExpired(remediation_id, d.reasons(text, redress=redress)),
+        remediation.event_id,
+    )
     d.emit(expired)
-    if not state.terminated:
-        d.suspend(policy.missed_remediation_suspension, "remediation_missed", expired.event_id)
+    if covering is None and not state.terminated:
+        d.suspend(span, "remediation_missed", expired.event_id)
     return d.events
 
 

@@ -20,6 +20,21 @@ FINAL_REDRESS = (
     "This decision on your appeal is final within the service; other redress available under "
     "applicable law is unaffected."
 )
+# For a decision that restricts nothing (a reinstatement, a dismissal): no appeal is offered.
+NOTHING_TO_APPEAL_REDRESS = (
+    "This decision restricts nothing, so there is nothing to appeal; other redress available "
+    "under applicable law is unaffected."
+)
+
+
+def appeal_elsewhere(what: str, appeal_window: timedelta) -> str:
+    """The redress of a record that an appeal cannot target, with the decision that it can:
+    ``what`` names that decision (``the termination recorded with it``)."""
+    return (
+        f"This record cannot be appealed on its own: {what} can be, within "
+        f"{human_duration(appeal_window)} of it, by replying to its notice and quoting its "
+        "decision event id."
+    )
 
 
 def violation_fact(
@@ -50,6 +65,12 @@ def human_duration(span: timedelta) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
+def percent(factor: float) -> str:
+    """``25%``, ``0.001%``, ``99.99999%``: a throttle factor as a percentage, never rounded
+    to 0% or 100%."""
+    return f"{factor * 100:.15g}%"
+
+
 def ground_text(sections: Iterable[int], categories: Iterable[str]) -> str:
     """``AUP §2 (phishing)``; several sections or categories are listed in order, once each."""
     secs = ", ".join(f"§{s}" for s in _unique(sections))
@@ -69,18 +90,20 @@ def statement_of_reasons(
     policy_version: str,
     decided_at: datetime,
     appeal_window: timedelta | None,
+    redress: str | None = None,
 ) -> JSON:
     """The statement of reasons for a decision taken at ``decided_at``.
 
     ``redress`` tells the account how to appeal and until when (``decided_at + appeal_window``,
-    also given as ``appeal_deadline``). ``appeal_window=None`` marks a decision that is not
-    appealable within the service (an appeal's own outcome): ``appeal_deadline`` is null.
+    also given as ``appeal_deadline``). ``appeal_window=None`` marks a decision that an appeal
+    cannot target: ``appeal_deadline`` is null and ``redress`` is the one given (what to do
+    instead), by default ``FINAL_REDRESS`` (an appeal's own outcome).
     """
     section_list = _unique(sections)
     category_list = _unique(categories)
     deadline: str | None = None
     if appeal_window is None:
-        redress = FINAL_REDRESS
+        redress = redress or FINAL_REDRESS
     else:
         deadline = format_time(decided_at + appeal_window)
         redress = (

@@ -36,7 +36,13 @@ from enforcement.policy import (
 from events import NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time
 from projections import aup_events as ev
-from projections.standing import StandingState, active_suspension, apply_all, view
+from projections.standing import (
+    DECISION_TYPES,
+    StandingState,
+    active_suspension,
+    apply_all,
+    view,
+)
 
 P = DEFAULT_POLICY
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -418,6 +424,26 @@ def test_the_ladder(row: Row) -> None:
     assert types(decided) == list(row.expect)
     notices = [e for e in decided if e.type == "NoticeIssued"]
     assert [n.data["kind"] for n in notices] == list(row.kinds)
+    assert_appeal_offered_only_where_possible(decided)
+
+
+def assert_appeal_offered_only_where_possible(decided: Sequence[NewEvent]) -> None:
+    """POLICY.md: ``redress`` says how to appeal. A statement offers an appeal (and gives its
+    deadline) exactly when an appeal may target its event (``DECISION_TYPES``); a notice
+    carries its decision's statement."""
+    by_id = {e.event_id: e for e in decided}
+    for event in decided:
+        sor = event.data.get("statement_of_reasons")
+        if sor is None:
+            continue
+        target = (
+            by_id.get(event.data["decision_event_id"]) if event.type == "NoticeIssued" else event
+        )
+        if target is None:
+            continue  # a notice of a decision recorded earlier
+        offers = sor["redress"].startswith("You may appeal this decision")
+        assert offers == (sor["appeal_deadline"] is not None), (event.type, sor)
+        assert offers == (target.type in DECISION_TYPES), (event.type, sor["redress"])
 
 
 def test_critical_termination_details() -> None:
@@ -557,6 +583,12 @@ def test_a_missed_remediation_expires_and_suspends_for_7_days() -> None:
     assert notice.data["kind"] == "suspension"
     facts = expired.data["statement_of_reasons"]["facts"]
     assert any(f.get("remediation_id") == rem_id for f in facts)
+    until = suspended.data["until"]
+    assert expired.data["statement_of_reasons"]["decision"].endswith(f"suspended until {until}.")
+    assert (
+        "the suspension recorded with it can be" in expired.data["statement_of_reasons"]["redress"]
+    )
+    assert_appeal_offered_only_where_possible(decided)
     account.record(decided, due)
     standing = view(account.state, due, P.strike_lookback)
     assert (standing.status, standing.open_remediations) == ("suspended", ())
@@ -585,13 +617,44 @@ def test_a_remediation_not_yet_due_expires_to_nothing() -> None:
 
 
 def test_a_missed_remediation_on_a_terminated_or_longer_suspended_account() -> None:
+    """Only the expiry is recorded, and its statement says why no suspension comes with it
+    instead of announcing one that is never recorded."""
     account, rem_id, due = _with_remediation()
     account.given(ev.AccountSuspended("sus_long", None, "operator", SOR), NOW)
     decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due))
     assert types(decided) == ["RemediationExpired"]
+    sor = decided[0].data["statement_of_reasons"]
+    assert "already suspended indefinitely" in sor["decision"]
+    assert "suspended until" not in sor["decision"]
+    assert_appeal_offered_only_where_possible(decided)
+
     account.given(ev.AccountTerminated("operator", SOR), NOW)
     decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due))
     assert types(decided) == ["RemediationExpired"]
+    sor = decided[0].data["statement_of_reasons"]
+    assert "terminated, so no suspension is imposed" in sor["decision"]
+    assert "suspended until" not in sor["decision"]
+    assert_appeal_offered_only_where_possible(decided)
+
+
+@pytest.mark.parametrize(("days", "replaced"), [(6, True), (7, False), (30, False)])
+def test_a_missed_remediation_on_a_suspended_account_suspends_only_for_longer(
+    days: int, replaced: bool
+) -> None:
+    """A suspension in force until at least the missed remediation's would end is left as it
+    is, and the expiry says so with that suspension's end; a shorter one is replaced."""
+    account, rem_id, due = _with_remediation()
+    until = due + timedelta(days=days)
+    account.given(ev.AccountSuspended("sus_op", format_time(until), "operator", SOR), NOW)
+    decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due))
+    text = decided[0].data["statement_of_reasons"]["decision"]
+    if replaced:
+        assert types(decided) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+        assert text.endswith(f"suspended until {format_time(due + timedelta(days=7))}.")
+    else:
+        assert types(decided) == ["RemediationExpired"]
+        assert f"already suspended until {format_time(until)}" in text
+    assert_appeal_offered_only_where_possible(decided)
 
 
 def test_an_unknown_remediation_is_not_found() -> None:
@@ -1077,6 +1140,56 @@ def test_reports_deadlines_and_appeals_keep_the_account_consistent(
     standing = view(state, now, P.strike_lookback)
     assert (standing.status == "terminated") == state.terminated
     assert standing.open_appeals == sum(1 for d in state.decisions.values() if d.open_appeal_id)
+
+
+def test_an_operator_dismissal_names_the_violation_and_offers_no_appeal() -> None:
+    """POLICY.md: ``facts`` are the violation ids and their descriptions, ``ground`` the AUP
+    sections and the category. A dismissal or a reinstatement restricts nothing, and an appeal
+    cannot target either: their statements offer none."""
+    account = Account()
+    reported = account.report("phishing", NOW)[0]
+    vid = reported.data["violation_id"]
+    later = NOW + timedelta(hours=1)
+    dismissed = ops.decide(
+        P, account.state, ops.DismissViolation(vid, "false positive"), account.ctx(later, "op")
+    )
+    account.record(dismissed, later)
+    sor = dismissed[0].data["statement_of_reasons"]
+    assert [f.get("violation_id") for f in sor["facts"]] == [vid, None]
+    assert sor["facts"][1] == {"description": "false positive", "actor": "op"}
+    assert (sor["ground"], sor["categories"]) == ("AUP §2, §6 (phishing)", ["phishing"])
+    assert_appeal_offered_only_where_possible(dismissed)
+
+    reinstated = ops.decide(P, account.state, ops.Reinstate("cleared"), account.ctx(later, "op"))
+    assert types(reinstated) == ["AccountReinstated", "NoticeIssued"]
+    assert (
+        reinstated[0]
+        .data["statement_of_reasons"]["redress"]
+        .startswith("This decision restricts nothing")
+    )
+    assert_appeal_offered_only_where_possible(reinstated)
+
+
+@pytest.mark.parametrize(
+    ("factor", "shown"), [(0.25, "25%"), (0.00001, "0.001%"), (0.9999999, "99.99999%")]
+)
+def test_a_throttle_statement_gives_its_factor_without_rounding_it_away(
+    factor: float, shown: str
+) -> None:
+    account = Account()
+    command = ops.ApplyThrottle(factor, "bursts")
+    [throttle, _notice] = ops.decide(P, account.state, command, account.ctx(NOW, "op"))
+    decision = throttle.data["statement_of_reasons"]["decision"]
+    assert f"throttled to {shown} of its limits" in decision
+
+
+def test_a_referral_points_to_the_termination_for_an_appeal() -> None:
+    decided = Account().report("csam", NOW)
+    referral = of_type(decided, "AuthorityReferralOpened")
+    assert referral.data["statement_of_reasons"]["redress"].startswith(
+        "This record cannot be appealed on its own: the termination recorded with it can be"
+    )
+    assert_appeal_offered_only_where_possible(decided)
 
 
 @pytest.mark.parametrize(
