@@ -51,6 +51,9 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
         fetch_all(container.engine, "SELECT 1")  # an unreachable database: 503 (errors.py)
         return {"status": "ok"}
 
+    # Load balancers often probe with HEAD: the same check, answered without the body.
+    app.head("/healthz", include_in_schema=False)(healthz)
+
     app.include_router(reporting.router)
     app.include_router(accounts.router)
     app.include_router(reading.router)

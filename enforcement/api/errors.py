@@ -129,6 +129,23 @@ def body_not_read_as_json(errors: Iterable[Mapping[str, Any]]) -> bool:
     )
 
 
+def body_missing(errors: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the only error is that the route's body is missing (the request had none)."""
+    listed = list(errors)
+    return bool(listed) and all(
+        err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",) for err in listed
+    )
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON (``application/json``,
+    ``application/*+json``)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 _QUOTED = re.compile(r"'([^']*)'")
 
 
@@ -178,6 +195,13 @@ def install_error_handlers(
             return error_response(400, "malformed_json", "The request body is not valid JSON.")
         # No ``refusal`` needed below: FastAPI solves a route's dependencies (the caller's token
         # and role) before it validates the body, so a refused caller never gets here.
+        # An empty body sent as JSON is not JSON: 400, as any malformed body. Sent as another
+        # type, or without one, it is a missing body (422, below).
+        content_type = request.headers.get("content-type")
+        if content_type is not None and is_json_media_type(content_type) and body_missing(errors):
+            return error_response(
+                400, "malformed_json", "The request body is empty; it must be a JSON object."
+            )
         if body_not_read_as_json(errors):
             return error_response(
                 415,

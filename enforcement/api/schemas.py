@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -9,8 +10,12 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     WithJsonSchema,
 )
@@ -34,7 +39,20 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("is out of range in UTC") from None
 
 
-Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+# Pydantic would also read a number, or a string of digits, as Unix seconds: a reporter sending
+# epoch seconds would record 1970 without a word. A time is text in RFC 3339's shape.
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _rfc3339_text(value: object) -> object:
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339_START.match(value)):
+        return value
+    raise PydanticCustomError(
+        "time_format", "must be an RFC 3339 time with a UTC offset, e.g. 2026-11-24T10:00:00Z"
+    )
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_in_utc)]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -102,6 +120,10 @@ Category = Annotated[
 
 
 class Strict(BaseModel):
+    """A request body: no unknown field. Flags and counts are strict (``StrictBool``,
+    ``StrictInt``, a factor a JSON number): ``"notify": "no"`` or ``"600"`` is refused, not
+    read as false or 600."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
@@ -142,30 +164,32 @@ class NoteIn(Strict):
 class SuspendIn(Strict):
     reason: SafeText = ""
     until: Moment | None = None
-    notify: bool = True
+    notify: StrictBool = True
 
 
 class TerminateIn(Strict):
     reason: SafeText = ""
-    notify: bool = True
+    notify: StrictBool = True
 
 
 class ThrottleIn(Strict):
     key_id: KeyId | None = None
-    factor: Annotated[float, Field(gt=0, le=1)] = 0.25
+    factor: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.25
     expires_at: Moment | None = None
     reason: SafeText = ""
-    notify: bool = True  # POLICY.md: every restriction has a notice unless the operator asks none
+    notify: StrictBool = (
+        True  # POLICY.md: every restriction has a notice unless the operator asks none
+    )
 
 
 class AdultContentIn(Strict):
-    approved: bool
+    approved: StrictBool
     reason: SafeText = ""
 
 
 class LimitsIn(Strict):
-    requests_per_minute: Annotated[int, Field(gt=0, le=10_000_000)]
-    tokens_per_day: Annotated[int, Field(gt=0, le=10**15)]
+    requests_per_minute: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
+    tokens_per_day: Annotated[StrictInt, Field(gt=0, le=10**15)]
 
 
 class TriageIn(Strict):
@@ -196,4 +220,4 @@ class ContactIn(Strict):
 class GateCheckIn(Strict):
     account_id: AccountId
     key_id: KeyId
-    tokens: Annotated[int, Field(ge=0, le=10**12)] = 0
+    tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0

@@ -269,6 +269,96 @@ def test_json_with_parameters_or_a_json_suffix_is_read_as_json(
     assert response.status_code in (200, 201, 202), (path, response.text)
 
 
+@pytest.mark.parametrize(("method", "path", "body", "role"), JSON_ROUTES, ids=ROUTE_IDS)
+def test_an_empty_body_sent_as_json_is_malformed_json(
+    system: Container,
+    client: TestClient,
+    as_role: Any,
+    method: str,
+    path: str,
+    body: Any,
+    role: Role,
+) -> None:
+    """CONTRACT.md: 400 for malformed JSON; an empty body is no JSON value at all."""
+    response = client.request(
+        method, path, content=b"", headers={**as_role(role), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "malformed_json"
+    nothing_written(system)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        # Pydantic would read a number, or digits as text, as Unix seconds: 1970-01-15.
+        (
+            "/v1/violations",
+            {"account_id": "acct_m", "category": "spam", "occurred_at": 1234567},
+            "occurred_at",
+        ),
+        (
+            "/v1/violations",
+            {"account_id": "acct_m", "category": "spam", "occurred_at": "1234567"},
+            "occurred_at",
+        ),
+        (
+            "/v1/violations",
+            {"account_id": "acct_m", "category": "spam", "occurred_at": 1.7e9},
+            "occurred_at",
+        ),
+        ("/v1/accounts/acct_m/suspend", {"until": 1900000000}, "until"),
+        ("/v1/accounts/acct_m/throttles", {"expires_at": "1900000000"}, "expires_at"),
+        # A flag or a number given as text is not read as one ("no" would turn a notice off).
+        ("/v1/accounts/acct_m/suspend", {"notify": "no"}, "notify"),
+        ("/v1/accounts/acct_m/terminate", {"notify": 0}, "notify"),
+        ("/v1/accounts/acct_m/throttles", {"factor": "0.5"}, "factor"),
+        ("/v1/accounts/acct_m/adult-content-approval", {"approved": "yes"}, "approved"),
+    ],
+)
+def test_times_flags_and_numbers_are_not_read_from_other_types(
+    system: Container, client: TestClient, as_role: Any, path: str, body: Any, field: str
+) -> None:
+    role = Role.REPORTER if path == "/v1/violations" else Role.OPERATOR
+    method = "PUT" if path.endswith("adult-content-approval") else "POST"
+    response = client.request(method, path, json=body, headers=as_role(role))
+    assert [d["field"] for d in details(response)] == [field]
+    nothing_written(system)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/v1/accounts/acct_m/limits",
+            {"requests_per_minute": "600", "tokens_per_day": 5},
+            "requests_per_minute",
+        ),
+        (
+            "/v1/accounts/acct_m/limits",
+            {"requests_per_minute": 600, "tokens_per_day": 1e6},
+            "tokens_per_day",
+        ),
+        ("/v1/gate/check", {"account_id": "acct_m", "key_id": "k", "tokens": "5"}, "tokens"),
+    ],
+)
+def test_counts_are_json_integers(
+    system: Container, client: TestClient, as_role: Any, path: str, body: Any, field: str
+) -> None:
+    role = Role.GATEWAY if path == "/v1/gate/check" else Role.OPERATOR
+    method = "POST" if path == "/v1/gate/check" else "PUT"
+    response = client.request(method, path, json=body, headers=as_role(role))
+    assert [d["field"] for d in details(response)] == [field]
+    nothing_written(system)
+
+
+def test_health_answers_head_as_get_without_a_body(client: TestClient) -> None:
+    """Load balancers often probe with HEAD; it is not an operation of the OpenAPI document."""
+    head = client.head("/healthz")
+    assert (head.status_code, head.content) == (200, b"")
+    assert "head" not in client.get("/openapi.json").json()["paths"]["/healthz"]
+
+
 def test_an_empty_body_of_another_media_type_is_a_missing_body(
     system: Container, client: TestClient, as_role: Any
 ) -> None:
