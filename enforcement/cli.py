@@ -40,20 +40,38 @@ def _settings() -> Settings:
         fail(f"Configuration error: {exc}.")
 
 
-def _container() -> Any:
+def _container(settings: Settings | None = None) -> Any:
     from enforcement.bootstrap import bootstrap
     from enforcement.errors import PolicyError
 
     try:
-        return bootstrap(_settings())
+        return bootstrap(settings or _settings())
     except PolicyError as exc:
         fail(f"The policy file cannot be used: {exc}.")
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database or one in memory)."""
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    if database.startswith("file:") or "memory" in str(parsed.query.get("mode", "")):
+        return None  # a URI filename: SQLite's to interpret
+    return Path(database)
+
+
 @contextmanager
 def opened_container() -> Iterator[Any]:
-    """The configured system for one command, closed when the command is done."""
-    container = _container()
+    """The configured system for one command, closed when the command is done. A SQLite file
+    that does not exist is an error (opening it would leave an empty database behind)."""
+    settings = _settings()
+    missing = _sqlite_file(settings.database_url)
+    if missing is not None and not missing.exists():
+        fail(f"The database {missing} does not exist; run `enforcement init` to create it.")
+    container = _container(settings)
     try:
         yield container
     finally:

@@ -168,23 +168,33 @@ def test_a_database_that_cannot_be_used_is_one_sentence_and_exit_2_not_1(
     tmp_path: Path,
 ) -> None:
     """Exit 1 says a check failed (``verify``: the chain is broken); a database that cannot be
-    reached, or has no schema yet, is neither that nor a traceback."""
+    reached, has no schema yet, or (SQLite) is no file at all, is neither that nor a traceback,
+    and a command that finds no file does not leave an empty one behind."""
     unreachable = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
-    uninitialised = f"sqlite:///{tmp_path / 'empty.db'}"
+    empty_file = tmp_path / "empty.db"
+    empty_file.touch()
+    no_file = tmp_path / "absent.db"
+    uninitialised = f"sqlite:///{empty_file}"
     commands = [
         ("verify",),
         ("standing", "acct_1"),
         ("tokens", "create", "--role", "admin", "--name", "n"),
     ]
-    for url in (unreachable, uninitialised):
+    cases = [
+        (unreachable, "The database cannot be used"),
+        (uninitialised, "The database cannot be used"),
+        (f"sqlite:///{no_file}", f"The database {no_file} does not exist"),
+    ]
+    for url, says in cases:
         for args in commands:
             result = run_cli(url, *args)
             assert result.returncode == 2, (url, args, result.stderr)
             sentence = one_sentence(result.stderr)
-            assert sentence.startswith("The database cannot be used"), sentence
+            assert sentence.startswith(says), sentence
             assert "secret" not in result.stderr
-            if url == uninitialised:
+            if url != unreachable:
                 assert "enforcement init" in sentence
+    assert not no_file.exists()
 
     written = run_cli(uninitialised, "init")
     assert written.returncode == 0, written.stderr
