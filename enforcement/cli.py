@@ -63,14 +63,20 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-@contextmanager
-def opened_container() -> Iterator[Any]:
-    """The configured system for one command, closed when the command is done. A SQLite file
-    that does not exist is an error (opening it would leave an empty database behind)."""
-    settings = _settings()
-    missing = _sqlite_file(settings.database_url)
+def _require_sqlite_file(url: str) -> None:
+    """Exit 2 if ``url`` names a SQLite file that does not exist (opening it would create an
+    empty database)."""
+    missing = _sqlite_file(url)
     if missing is not None and not missing.exists():
         fail(f"The database {missing} does not exist; run `enforcement init` to create it.")
+
+
+@contextmanager
+def opened_container() -> Iterator[Any]:
+    """The configured system for one command, closed when the command is done; a SQLite file
+    that does not exist is an error (``_require_sqlite_file``)."""
+    settings = _settings()
+    _require_sqlite_file(settings.database_url)
     container = _container(settings)
     try:
         yield container
@@ -110,10 +116,7 @@ def init() -> None:
     except Exception as exc:
         # The driver's own message, first line only, and the URL without its password.
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
-        fail(
-            f"Could not migrate {_redacted(settings.database_url)}: {lines[0].rstrip('.')}.",
-            EXIT_CHECK_FAILED,
-        )
+        fail(f"Could not migrate {_redacted(settings.database_url)}: {lines[0].rstrip('.')}.")
     console.print(
         f"Schema at revision [bold]{current_revision(settings.database_url)}[/] on "
         f"{_redacted(settings.database_url)}"
@@ -153,7 +156,7 @@ def _redacted(url: str) -> str:
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one).", min=0, max=65535)] = 8000,
     workers: Annotated[
         bool, typer.Option(help="Run the relay, workers and scheduler inside (embedded mode).")
     ] = True,
@@ -164,14 +167,61 @@ def serve(
     from enforcement.api.app import create_app
     from enforcement.logs import configure_logging
 
+    settings = _settings()
+    _check_can_listen(host, port)
+    _check_schema(settings.database_url)
     configure_logging()
-    container = _container()
+    container = _container(settings)
     if workers and container.settings.embedded:
         from enforcement.workers.runtime import install_embedded_workers
 
         install_embedded_workers(container)
     application = create_app(container, run_workers=workers)
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Exit 2 with one sentence if ``host:port`` cannot be bound (uvicorn would log the error
+    and exit 3, a code the contract does not have). Bound as uvicorn binds, then released."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        fail(f"Cannot listen on {host!r}: {getattr(exc, 'strerror', None) or exc}.")
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                fail(f"Port {port} on {host} is already in use; choose another with --port.")
+            fail(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.")
+
+
+def _check_schema(url: str) -> None:
+    """Exit 2 if the database has no schema, or an older revision than this release's: serving
+    it would answer requests with errors. A database that does not answer yet is left to
+    ``/healthz`` (503 until it does); one at a revision this release does not know (a newer
+    release's) is served, as during a rolling upgrade."""
+    from enforcement.migrations import current_revision, head_revision, known_revisions
+
+    _require_sqlite_file(url)
+    try:
+        revision = current_revision(url)
+    except sqlalchemy_errors.DBAPIError:
+        return
+    head = head_revision()
+    if revision is None:
+        fail(f"The database {_redacted(url)} has no schema; run `enforcement init` to create it.")
+    if revision != head and revision in known_revisions():
+        fail(
+            f"The database {_redacted(url)} is at schema revision {revision}, this release needs "
+            f"{head}; run `enforcement init` to upgrade it."
+        )
 
 
 @app.command()
@@ -186,8 +236,20 @@ def worker() -> None:
             "enforcement worker needs ENFORCEMENT_REDIS_URL; in embedded mode "
             "`enforcement serve` runs the workers itself."
         )
+    _check_policy(settings)  # before the consumer processes start: one sentence, not three
     configure_logging()
     run_worker_processes(settings)
+
+
+def _check_policy(settings: Settings) -> None:
+    """Exit 2 with the policy file's error, as every other command does, if it cannot be used."""
+    from enforcement.errors import PolicyError
+    from enforcement.policy import load_policy
+
+    try:
+        load_policy(settings.policy_file)
+    except PolicyError as exc:
+        fail(f"The policy file cannot be used: {exc}.")
 
 
 @tokens_app.command("create")
@@ -205,8 +267,9 @@ def tokens_create(
         fail(f"Unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}.")
     with opened_container() as container:
         token = create_token(container.engine, chosen, name)
+    article = "an" if chosen.value[0] in "aeiou" else "a"
     console.print(
-        f"Created a {chosen.value} token for {name!r}. Store it now: it is not shown again."
+        f"Created {article} {chosen.value} token for {name!r}. Store it now: it is not shown again."
     )
     sys.stdout.flush()
     print(token)

@@ -57,7 +57,7 @@ def _draw(result: object, chart: Path) -> None:
     except ImportError:
         fail("--chart needs matplotlib: install it with `pip install matplotlib`.")
     except OSError as exc:
-        fail(f"Could not write {chart}: {exc.strerror}.", 1)
+        fail(f"Could not write {chart}: {exc.strerror}.")
     # The chart's note goes to stderr so that CSV on stdout stays clean.
     print(f"Chart written to {chart}.", file=sys.stderr)
 

@@ -28,6 +28,21 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
+def head_revision() -> str | None:
+    """The revision ``upgrade`` brings a database to (this release's schema)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def known_revisions() -> set[str]:
+    """Every revision of this release's migrations."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return {script.revision for script in scripts.walk_revisions()}
+
+
 def current_revision(database_url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 

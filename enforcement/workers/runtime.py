@@ -197,6 +197,22 @@ def keep_gate(
             log.exception("keeping the gate failed; trying again later")
 
 
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 15.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: 1, 2, 4, 8, then 15."""
+    return min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * float(2 ** min(failures - 1, 16)))
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message (a driver's, if wrapped)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+
+
 def start_background(
     container: Container, actors: Actors, *, consumers: bool, relay: bool
 ) -> Callable[[], None]:
@@ -242,16 +258,29 @@ def start_background(
             log.info("re-sent %d notice deliveries without an outcome", len(pending))
 
         def lead() -> None:
+            failures = 0
             while not stop.is_set():
                 try:
                     leading = take_the_lead()
-                except Exception:
+                except Exception as exc:
                     # Redis or the database is not there yet: a dead thread would leave this
-                    # process running without a relay, so try again.
-                    log.exception("could not start the relay; retrying")
+                    # process running without a relay, so try again, less often the longer it
+                    # lasts; the traceback once, then one line per attempt.
+                    failures += 1
+                    delay = retry_delay(failures)
+                    if failures == 1:
+                        log.exception("could not start the relay; retrying in %g s", delay)
+                    else:
+                        log.error(
+                            "could not start the relay (attempt %d): %s; retrying in %g s",
+                            failures,
+                            one_line(exc),
+                            delay,
+                        )
                     leader.release()
-                    stop.wait(1)
+                    stop.wait(delay)
                     continue
+                failures = 0
                 if leading:
                     stepping_down = threading.Event()  # ``stop``, or the lock was lost
                     helpers = [

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from enforcement.auditing import RESTRICTIVE
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.cli import app
 from enforcement.cli_output import console
+from enforcement.migrations import upgrade
 from enforcement.operator_decisions import Suspend
 from enforcement.policy import ViolationReport
 from enforcement.roles import Role
@@ -159,7 +161,7 @@ def test_init_creates_the_schema_and_is_idempotent(
 def test_init_of_an_unreachable_database_fails_with_one_sentence() -> None:
     result = run_cli("postgresql+psycopg://nobody:secret@127.0.0.1:1/none", "init")
 
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error, as for every command (1: a check failed)
     assert "Could not migrate" in one_sentence(result.stderr)
     assert "secret" not in result.stderr
 
@@ -204,6 +206,55 @@ def test_a_database_that_cannot_be_used_is_one_sentence_and_exit_2_not_1(
     assert one_sentence(result.stderr) == f"Cannot use {nowhere}: No such file or directory."
 
 
+def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path) -> None:
+    """One sentence and exit 2 before anything starts: not a server that answers every request
+    with "no such table", nor uvicorn's exit 3 for a port in use."""
+    absent = tmp_path / "absent.db"
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    older = f"sqlite:///{tmp_path / 'older.db'}"
+    upgrade(older, "0002_read_models")
+    cases = [
+        (f"sqlite:///{absent}", f"The database {absent} does not exist; run `enforcement init`"),
+        (f"sqlite:///{empty}", "has no schema; run `enforcement init`"),
+        (older, "is at schema revision 0002_read_models, this release needs 0003_standing_records"),
+    ]
+    for url, says in cases:
+        result = run_cli(url, "serve", "--port", "0")
+        assert result.returncode == 2, (url, result.stderr)
+        assert says in one_sentence(result.stderr), result.stderr
+    assert not absent.exists()
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(older, "serve", "--port", str(port))
+    assert result.returncode == 2
+    assert one_sentence(result.stderr) == (
+        f"Port {port} on 127.0.0.1 is already in use; choose another with --port."
+    )
+
+
+def test_worker_refuses_a_bad_policy_file_with_one_sentence(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """As ``serve`` does, before any worker process starts (each would print a traceback)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('remediation_windo = "1d"\n')
+    result = run_cli(
+        sqlite_url,
+        "worker",
+        env={
+            "ENFORCEMENT_POLICY_FILE": str(policy),
+            "ENFORCEMENT_REDIS_URL": "redis://127.0.0.1:1/0",
+        },
+    )
+    assert result.returncode == 2
+    sentence = one_sentence(result.stderr)
+    assert sentence.startswith("The policy file cannot be used") and "remediation_windo" in sentence
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
@@ -233,6 +284,7 @@ def test_tokens_create_prints_the_token_last_and_stores_only_its_hash(
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip().splitlines()[-1]
     assert token.startswith("enf_") and " " not in token
+    assert result.stdout.startswith("Created an auditor token for 'alice'.")
     with populated.container.engine.connect() as conn:
         rows = conn.execute(sa.select(api_tokens)).mappings().all()
     assert len(rows) == 1

@@ -164,6 +164,13 @@ def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_pat
     assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 20_000
 
 
+def test_a_chart_that_cannot_be_written_is_a_usage_error(system: Container, tmp_path: Path) -> None:
+    """Exit 2, as ``export -o`` to such a path (exit 1 says a check failed)."""
+    nowhere = tmp_path / "no" / "such" / "dir" / "report.png"
+    code, _ = invoke(system, *period(), "--chart", str(nowhere))
+    assert code == 2
+
+
 @pytest.mark.parametrize(
     "args",
     [
