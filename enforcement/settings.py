@@ -71,7 +71,7 @@ class Settings:
             database_url=_database_url(text("ENFORCEMENT_DATABASE_URL") or cls.database_url),
             redis_url=_redis_url(text("ENFORCEMENT_REDIS_URL")),
             policy_file=text("ENFORCEMENT_POLICY_FILE"),
-            smtp_url=text("ENFORCEMENT_SMTP_URL"),
+            smtp_url=_smtp_url(text("ENFORCEMENT_SMTP_URL")),
             mail_dir=text("ENFORCEMENT_MAIL_DIR") or cls.mail_dir,
             webhook_secret=text("ENFORCEMENT_WEBHOOK_SECRET"),
             webhook_allow_private=boolean("ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE"),
@@ -131,4 +131,28 @@ def _redis_url(value: str | None) -> str | None:
         raise SettingsError(
             "ENFORCEMENT_REDIS_URL must be a redis://, rediss:// or unix:// URL"
         ) from None
+    return value
+
+
+def _smtp_url(value: str | None) -> str | None:
+    """``smtp://[user:password@]host[:port]`` (or ``smtps://``, TLS from the start), refused
+    at start-up when malformed rather than by every notice's delivery, as a failure recorded in
+    the log. The message never repeats the value (it may hold a password)."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    name = "ENFORCEMENT_SMTP_URL"
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - parsed on access: a port that is not a number raises
+    except ValueError:
+        raise SettingsError(f"{name} is not a URL (its port must be a number)") from None
+    if url.scheme not in ("smtp", "smtps"):
+        raise SettingsError(
+            f"{name} must be smtp://host:port or smtps://host:port, not "
+            + (f"{url.scheme}://" if url.scheme else "a URL without a scheme")
+        )
+    if not url.hostname:
+        raise SettingsError(f"{name} names no host")
     return value

@@ -38,6 +38,10 @@ def test_postgresql_urls_are_connected_through_psycopg_3() -> None:
         ({"ENFORCEMENT_DATABASE_URL": "notaurl"}, "not a database URL"),
         ({"ENFORCEMENT_DATABASE_URL": "mysql://u@h/db"}, "must be a sqlite"),
         ({"ENFORCEMENT_REDIS_URL": "localhost:6379"}, "must be a redis://"),
+        ({"ENFORCEMENT_SMTP_URL": "bogus"}, "must be smtp://host:port or smtps://host:port"),
+        ({"ENFORCEMENT_SMTP_URL": "http://mail:25"}, "not http://"),
+        ({"ENFORCEMENT_SMTP_URL": "smtp://:25"}, "names no host"),
+        ({"ENFORCEMENT_SMTP_URL": "smtp://u:secret@mail:port"}, "port must be a number"),
     ],
 )
 def test_a_url_that_cannot_be_used_is_refused_with_a_reason(env: dict[str, str], says: str) -> None:
@@ -48,3 +52,14 @@ def test_a_url_that_cannot_be_used_is_refused_with_a_reason(env: dict[str, str],
 def test_redis_urls_of_every_scheme_are_accepted() -> None:
     for url in ("redis://h:6379/0", "rediss://h:6380/1?ssl_cert_reqs=none", "unix:///tmp/r.sock"):
         assert Settings.from_env({"ENFORCEMENT_REDIS_URL": url}).redis_url == url
+
+
+def test_smtp_urls_with_and_without_tls_or_a_login_are_accepted() -> None:
+    for url in ("smtp://localhost:2525", "smtps://mail.example.com", "smtp://u:p@mail:587"):
+        assert Settings.from_env({"ENFORCEMENT_SMTP_URL": url}).smtp_url == url
+
+
+def test_a_refused_smtp_url_does_not_repeat_its_password() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"ENFORCEMENT_SMTP_URL": "smtp://u:secret@mail:port"})
+    assert "secret" not in str(refused.value)
