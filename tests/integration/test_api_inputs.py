@@ -488,3 +488,54 @@ def test_a_batch_item_with_a_lone_surrogate_fails_alone_and_is_not_echoed(
     assert [r["account_id"] for r in results] == ["acct_u", None, None, "acct_u"]
     assert results[0]["error"]["details"][0]["field"] == "category"
     assert system.store.head("acct_u").version == len(results[3]["events"])
+
+
+# ------------------------------------------------------------------ a batch's Idempotency-Key
+
+
+def test_a_batch_idempotency_key_makes_the_same_batch_a_replay_item_by_item(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """The contract gives keys per item; a batch sent again with the same header (a client's
+    retry) replays instead of recording every item twice. An item's own key still wins, and an
+    item that changed under the same header is a conflict, alone."""
+    reporter = as_role(Role.REPORTER)
+    items = [
+        {"account_id": "acct_b1", "category": "spam"},
+        {"account_id": "acct_b2", "category": "spam", "idempotency_key": "own-key"},
+    ]
+    first = client.post(
+        "/v1/violations:batch",
+        json={"violations": items},
+        headers={**reporter, "Idempotency-Key": "batch-7"},
+    )
+    again = client.post(
+        "/v1/violations:batch",
+        json={"violations": items},
+        headers={**reporter, "Idempotency-Key": "batch-7"},
+    )
+    assert [r["status"] for r in first.json()["results"]] == [201, 201]
+    assert [r["status"] for r in again.json()["results"]] == [200, 200]
+    assert [r["violation_id"] for r in again.json()["results"]] == [
+        r["violation_id"] for r in first.json()["results"]
+    ]
+    assert system.store.head("acct_b1").version == system.store.head("acct_b2").version
+    used = system.store.key_used
+    assert (used("batch-7#0"), used("own-key"), used("batch-7#1")) == (True, True, False)
+
+    changed = [{**items[0], "category": "phishing"}, items[1]]
+    conflict = client.post(
+        "/v1/violations:batch",
+        json={"violations": changed},
+        headers={**reporter, "Idempotency-Key": "batch-7"},
+    )
+    assert [r["status"] for r in conflict.json()["results"]] == [409, 200]
+    without = client.post("/v1/violations:batch", json={"violations": items[:1]}, headers=reporter)
+    assert [r["status"] for r in without.json()["results"]] == [201]
+
+    too_long = client.post(
+        "/v1/violations:batch",
+        json={"violations": items[:1]},
+        headers={**reporter, "Idempotency-Key": "k" * 197},
+    )
+    assert [d["field"] for d in details(too_long)] == ["header.Idempotency-Key"]

@@ -50,8 +50,26 @@ async def report_violation(
     return await report_violation_answer(container, body, actor_of(principal), idempotency_key)
 
 
+# A batch's Idempotency-Key stands for each item without a key of its own: ``<key>#<index>``.
+BATCH_KEY_MAX = IDEMPOTENCY_KEY_MAX - len("#999")
+
+
 @router.post("/violations:batch")
-def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) -> dict[str, Any]:
+def report_batch(
+    body: BatchIn,
+    container: ContainerDep,
+    principal: Reporter,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=BATCH_KEY_MAX,
+            pattern=r"^[^\x00]+$",
+            description="Gives each item without its own idempotency_key the key "
+            "`<Idempotency-Key>#<index>`: the same batch sent again replays every item (200).",
+        ),
+    ] = None,
+) -> dict[str, Any]:
     """Up to 1000 violations; each item has its own status and one bad item stops no other."""
     now = to_utc(container.clock())
     results: list[dict[str, Any] | None] = [None] * len(body.violations)
@@ -74,7 +92,10 @@ def report_batch(body: BatchIn, container: ContainerDep, principal: Reporter) ->
             continue
         fields = item.model_dump(mode="json", exclude_unset=True)
         fields.pop("idempotency_key", None)
-        items.append((item.account_id, report, item.idempotency_key, request_fingerprint(fields)))
+        key = item.idempotency_key
+        if key is None and idempotency_key is not None:
+            key = f"{idempotency_key}#{index}"
+        items.append((item.account_id, report, key, request_fingerprint(fields)))
         positions.append(index)
     outcomes = container.service.report_batch(items, actor_of(principal))
     for index, (account_id, *_), result in zip(positions, items, outcomes, strict=True):
