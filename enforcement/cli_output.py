@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
 from rich.console import Console
 
-console = Console()
+
+def _width() -> int | None:
+    """Rich lays out for 80 columns when stdout is no terminal, which breaks ids, URLs and event
+    types mid-word in a pipe or a file. There, unless ``COLUMNS`` says otherwise, lines are as
+    long as their content (up to 1,000 columns); on a terminal, its width."""
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return None
+    return 1000
+
+
+console = Console(width=_width())
 err_console = Console(stderr=True)
 
 EXIT_OK = 0

@@ -36,6 +36,17 @@ def _change_text(change: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
+    """What a notice delivery's outcome says (it changes nothing in the standing)."""
+    attempt = f"{data.get('channel')}, attempt {data.get('attempt')}"
+    if event_type == "NoticeDelivered":
+        return f"{attempt}: delivered"
+    if event_type == "NoticeDeliveryFailed":
+        last = " (final)" if data.get("final") else " (will retry)"
+        return f"{attempt}: {data.get('error')}{last}"
+    return ""
+
+
 def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
     table = Table(title=f"History of {account_id}")
     for column in ("v", "recorded at", "event", "changed", "rule"):
@@ -45,9 +56,8 @@ def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
         rule = entry.policy_version or ""
         if entry.statement_of_reasons:
             rule += f" · {entry.statement_of_reasons.get('ground', '')}"
-        table.add_row(
-            str(e.version), format_time(e.recorded_at), e.type, _change_text(entry.change), rule
-        )
+        changed = _change_text(entry.change) or _delivery_text(e.type, e.data)
+        table.add_row(str(e.version), format_time(e.recorded_at), e.type, changed, rule)
     return table
 
 

@@ -1,8 +1,10 @@
-"""The CLI's history table writes times as the contract does (RFC 3339 UTC, microseconds, Z)."""
+"""The CLI's history table writes times as the contract does (RFC 3339 UTC, microseconds, Z),
+and says what a notice delivery's outcome was."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console
 
@@ -10,26 +12,49 @@ from enforcement.render import history_table
 from events.types import RecordedEvent
 from projections.history import HistoryEntry
 
+MOMENT = datetime(2026, 12, 4, 0, 46, 54, tzinfo=UTC)  # whole seconds, too
 
-def test_the_history_table_writes_recorded_at_with_a_z() -> None:
-    moment = datetime(2026, 12, 4, 0, 46, 54, tzinfo=UTC)  # whole seconds, too
-    event = RecordedEvent(
-        position=1,
-        event_id="0190c0de-0000-7000-8000-000000000001",
+
+def event(event_type: str, data: dict[str, Any], version: int = 1) -> RecordedEvent:
+    return RecordedEvent(
+        position=version,
+        event_id=f"0190c0de-0000-7000-8000-00000000000{version}",
         account_id="acct_1",
-        version=1,
-        type="ViolationReported",
+        version=version,
+        type=event_type,
         schema_version=1,
-        data={},
+        data=data,
         metadata={},
-        occurred_at=moment,
-        recorded_at=moment,
+        occurred_at=MOMENT,
+        recorded_at=MOMENT,
         prev_hash="0" * 64,
         hash="f" * 64,
     )
-    entry = HistoryEntry(event, {}, None, None)
-    console = Console(width=200, record=True)
-    console.print(history_table("acct_1", [entry]))
-    text = console.export_text()
+
+
+def table_text(*events: RecordedEvent) -> str:
+    console = Console(width=250, record=True)
+    console.print(history_table("acct_1", [HistoryEntry(e, {}, None, None) for e in events]))
+    return console.export_text()
+
+
+def test_the_history_table_writes_recorded_at_with_a_z() -> None:
+    text = table_text(event("ViolationReported", {}))
     assert "2026-12-04T00:46:54.000000Z" in text
     assert "+00:00" not in text
+
+
+def test_the_history_table_says_how_each_notice_delivery_went() -> None:
+    outcome = {"notice_id": "ntc_1", "notice_event_id": "e", "channel": "email", "attempt": 1}
+    text = table_text(
+        event("NoticeDeliveryFailed", {**outcome, "error": "smtp timeout", "final": False}),
+        event("NoticeDelivered", {**outcome, "attempt": 2}, version=2),
+        event(
+            "NoticeDeliveryFailed",
+            {**outcome, "channel": "webhook", "error": "undeliverable: no contact", "final": True},
+            version=3,
+        ),
+    )
+    assert "email, attempt 1: smtp timeout (will retry)" in text
+    assert "email, attempt 2: delivered" in text
+    assert "webhook, attempt 1: undeliverable: no contact (final)" in text
