@@ -1,40 +1,34 @@
 """The auditor's side of CONTRACT.md's hash chain, for the tests: written from the contract with
-nothing but ``hashlib`` and ``json``, never from the code under test."""
+nothing but ``hashlib`` and ``json``, never from the code under test. The recipe itself is the
+one auditors are handed, ``docs/verify_account.py`` (standard library only), so the tests check
+that script as well."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import importlib.util
 import json
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from events import RecordedEvent
 
+_SCRIPT = Path(__file__).resolve().parent.parent / "docs" / "verify_account.py"
+_spec = importlib.util.spec_from_file_location("verify_account", _SCRIPT)
+assert _spec is not None and _spec.loader is not None
+verify_account = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(verify_account)
+
 # The fields an event's hash covers, as CONTRACT.md lists them.
-CONTRACT_KEYS = (
-    "event_id",
-    "account_id",
-    "version",
-    "type",
-    "schema_version",
-    "data",
-    "metadata",
-    "occurred_at",
-    "recorded_at",
-)
-ZERO_HASH = "0" * 64
+CONTRACT_KEYS: tuple[str, ...] = verify_account.HASHED
+ZERO_HASH: str = verify_account.GENESIS
 
 
 def auditor_hash(shown: dict[str, Any]) -> str:
     """sha256_hex(prev_hash + canonical) of an event as the API shows it."""
-    canonical = json.dumps(
-        {key: shown[key] for key in CONTRACT_KEYS},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256((shown["prev_hash"] + canonical).encode("utf-8")).hexdigest()
+    digest: str = verify_account.event_hash(shown)
+    return digest
 
 
 def api_json(event: RecordedEvent) -> dict[str, Any]:

@@ -4,8 +4,11 @@ an auditor's independent check of the hash chain with nothing but ``hashlib`` an
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.auditor import check_chains
@@ -159,3 +162,43 @@ def test_verify_of_an_account_without_events(server: Server) -> None:
 
     assert response.status_code == 200
     assert response.json() == {"ok": True, "events": 0, "head_hash": "0" * 64}
+
+
+# The auditor's script that docs/auditing.md hands out: standard library only, run as is.
+VERIFY_SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "verify_account.py"
+
+
+def run_verify_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-I", str(VERIFY_SCRIPT), *args],  # -I: nothing of the project's
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_auditors_script_verifies_an_account_over_http_and_names_a_changed_byte(
+    server: Server, tmp_path: Path
+) -> None:
+    auditor, acct = server.client("auditor"), account("script")
+    populate(server, acct)
+    events = settled_events(auditor, acct)
+    head = auditor.get(f"/v1/accounts/{acct}/verify").json()["head_hash"]
+
+    online = run_verify_script("--url", server.base_url, "--token", server.tokens["auditor"], acct)
+    assert online.returncode == 0, online.stderr
+    assert online.stdout.strip() == f"{acct}: {len(events)} events intact, head hash {head}."
+
+    saved = tmp_path / "events.json"
+    saved.write_text(json.dumps({"events": events}, ensure_ascii=False), encoding="utf-8")
+    assert run_verify_script("--file", str(saved), acct).returncode == 0
+    events[2]["data"] = {**events[2]["data"], "reason": "edited"}
+    saved.write_text(json.dumps([{"events": events}], ensure_ascii=False), encoding="utf-8")
+    offline = run_verify_script("--file", str(saved), acct)
+    assert offline.returncode == 1
+    assert offline.stdout.strip() == (
+        f"{acct}: broken at version 3: the hash does not recompute from the event's content."
+    )
+    refused = run_verify_script("--url", server.base_url, "--token", "enf_wrong", acct)
+    assert refused.returncode == 2 and "401" in refused.stderr
