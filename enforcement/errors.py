@@ -10,14 +10,25 @@ from __future__ import annotations
 from typing import Any
 
 
+def as_sentence(text: str) -> str:
+    """``text`` as a sentence: its first letter a capital, a full stop at its end."""
+    text = text.strip()
+    if not text:
+        return text
+    if text[0].islower():
+        text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
 class DomainError(Exception):
-    """A request the domain refuses; ``message`` is one human sentence."""
+    """A request the domain refuses; ``message`` is one human sentence (what the API answers),
+    ``str()`` the text it was raised with."""
 
     code = "domain_error"
 
     def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
         super().__init__(message)
-        self.message = message
+        self.message = as_sentence(message)
         if code is not None:
             self.code = code
         self.details = details

@@ -133,7 +133,7 @@ def _future(moment: datetime | None, now: datetime, field: str) -> str | None:
         return None
     if to_utc(moment) <= now:
         raise ValidationFailed(
-            f"{field} must be in the future",
+            f"The {field} time must be in the future",
             details=[{"field": field, "message": "must be in the future"}],
         )
     return format_time(moment)

@@ -29,6 +29,6 @@ def parse_query_time(value: str | None, name: str) -> datetime | None:
         raise ApiError(
             422,
             "validation_failed",
-            f"{name} is not an RFC 3339 time with a UTC offset.",
+            f"The {name} parameter is not an RFC 3339 time with a UTC offset.",
             [{"field": name, "message": "expected e.g. 2026-11-24T10:00:00Z"}],
         ) from None

@@ -25,7 +25,7 @@ def report_of(body: ViolationIn, now: datetime) -> ViolationReport:
         raise ApiError(
             422,
             "validation_failed",
-            "occurred_at is more than 5 minutes in the future.",
+            "The occurred_at time is more than 5 minutes in the future.",
             [{"field": "occurred_at", "message": "more than 5 minutes in the future"}],
         )
     return ViolationReport(

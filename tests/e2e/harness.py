@@ -186,7 +186,9 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     assert set(error) == {"code", "message", "details"}, error
     assert isinstance(error["code"], str) and error["code"].replace("_", "").isalpha()
     assert error["code"] == error["code"].lower()
-    assert isinstance(error["message"], str) and error["message"].strip()
+    message = error["message"]
+    # CONTRACT.md: "<human sentence>": a capital (or a quote, a digit) first, a full stop last.
+    assert isinstance(message, str) and not message[:1].islower() and message.endswith("."), error
     if code is not None:
         assert error["code"] == code, error
     return error
