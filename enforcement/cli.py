@@ -111,6 +111,7 @@ def init() -> None:
     from enforcement.migrations import current_revision, upgrade
 
     settings = _settings()
+    _check_policy(settings)  # the mistake shows now, not when serve starts
     try:
         upgrade(settings.database_url)
     except Exception as exc:
@@ -265,6 +266,8 @@ def tokens_create(
         chosen = Role(role)
     except ValueError:
         fail(f"Unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}.")
+    if not name.strip():
+        fail("--name must say who or what uses the token; it is empty.")
     with opened_container() as container:
         token = create_token(container.engine, chosen, name)
     article = "an" if chosen.value[0] in "aeiou" else "a"
@@ -340,10 +343,13 @@ def verify(
                 f"{r['reason']}"
             )
         total = sum(r["events"] for r in results)
-        console.print(
-            f"{len(results) - len(broken)} of {len(results)} account(s) intact, "
-            f"{total} events checked."
-        )
+        if account is not None and total == 0:
+            console.print(f"{account} has no events: nothing to verify.")
+        else:
+            console.print(
+                f"{len(results) - len(broken)} of {len(results)} account(s) intact, "
+                f"{total} events checked."
+            )
     if broken:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

@@ -236,6 +236,22 @@ def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path
     )
 
 
+def test_init_and_tokens_refuse_what_they_cannot_use(sqlite_url: str, tmp_path: Path) -> None:
+    """init checks the policy file (its mistake shows now, not when serve starts); a token needs
+    a name that says whose it is."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('remediation_windo = "1d"\n')
+    init = run_cli(sqlite_url, "init", env={"ENFORCEMENT_POLICY_FILE": str(policy)})
+    assert init.returncode == 2
+    assert one_sentence(init.stderr).startswith("The policy file cannot be used")
+    assert run_cli(sqlite_url, "init").returncode == 0
+    nameless = run_cli(sqlite_url, "tokens", "create", "--role", "reporter", "--name", " ")
+    assert nameless.returncode == 2
+    assert (
+        one_sentence(nameless.stderr) == "--name must say who or what uses the token; it is empty."
+    )
+
+
 def test_worker_refuses_a_bad_policy_file_with_one_sentence(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -423,6 +439,9 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     assert (result["ok"], result["broken_at_version"]) == (False, 2)
     assert broken_json.exit_code == 1
     assert other.exit_code == 0
+    nobody = invoke(populated.url, "verify", "acct_nobody")
+    assert nobody.exit_code == 0
+    assert nobody.stdout.strip() == "acct_nobody has no events: nothing to verify."
 
 
 # ------------------------------------------------------------------ replay
