@@ -111,7 +111,6 @@ def init() -> None:
     from enforcement.migrations import current_revision, upgrade
 
     settings = _settings()
-    _check_policy(settings)  # the mistake shows now, not when serve starts
     try:
         upgrade(settings.database_url)
     except Exception as exc:
