@@ -70,10 +70,15 @@ def whatif(
         typer.Option("--since", help="Re-decide only violations recorded from then on (RFC 3339)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=0, help="Show at most this many accounts' tables (all)."),
+    ] = None,
 ) -> None:
     """Replay the recorded violations through another policy and show which decisions differ."""
     from enforcement.errors import PolicyError
     from enforcement.policy import load_policy
+    from enforcement.progress import progress_bar
     from enforcement.whatif import what_if
 
     start = time_option(since, "--since")
@@ -81,12 +86,16 @@ def whatif(
         other = load_policy(str(policy))
     except PolicyError as exc:
         fail(f"The policy file cannot be used: {exc}.")
-    with opened_container() as container:
-        summary = what_if(container.store, other, start)
+    with opened_container() as container, progress_bar(not as_json) as bar:
+        task = bar.add_task("replaying", total=container.store.max_position(), unit="events")
+        summary = what_if(
+            container.store, other, start, progress=lambda events: bar.advance(task, events)
+        )
     if as_json:
         print(json.dumps(summary.to_json(), indent=2, ensure_ascii=False))
         return
-    for account in summary.differing:
+    shown = summary.differing if limit is None else summary.differing[:limit]
+    for account in shown:
         table = Table(title=f"{account.account_id}: {_totals_text(account.totals)}")
         for column in (
             "recorded at",
@@ -112,10 +121,15 @@ def whatif(
         console.print(f"No difference: {summary.policy_version} decides the {scope} as recorded.")
         return
     console.print(
-        f"Policy {summary.policy_version} would decide {sum(summary.totals.values())} of the "
-        f"{scope} differently, on {len(summary.differing)} account(s): "
-        f"{_totals_text(summary.totals)}."
+        f"Policy {summary.policy_version} would decide {sum(summary.totals.values())} of "
+        f"{summary.violations} violation(s) differently, on {len(summary.differing)} of "
+        f"{summary.accounts} account(s): {_totals_text(summary.totals)}."
     )
+    if len(shown) < len(summary.differing):
+        console.print(
+            f"Tables shown for {len(shown)} of those {len(summary.differing)} accounts "
+            "(--limit); --json gives every difference."
+        )
 
 
 def _totals_text(totals: dict[str, int]) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -219,8 +219,14 @@ class WhatIfSummary:
         }
 
 
-def what_if(store: EventStore, policy: Policy, since: datetime | None = None) -> WhatIfSummary:
-    """Replay every account's recorded violations through ``policy``; nothing is written."""
+def what_if(
+    store: EventStore,
+    policy: Policy,
+    since: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> WhatIfSummary:
+    """Replay every account's recorded violations through ``policy``; nothing is written.
+    ``progress(events)`` is called after each account with the number of its events."""
     summary = WhatIfSummary(policy.version, None if since is None else to_utc(since))
     for account_id in store.account_ids():
         log = list(store.iter_stream(account_id))
@@ -230,6 +236,8 @@ def what_if(store: EventStore, policy: Policy, since: datetime | None = None) ->
             if e.type == "ViolationReported" and e.metadata.get("policy_version")
         )
         summary.add(replay_account(policy, account_id, log, summary.since))
+        if progress is not None:
+            progress(len(log))
     return summary
 
 

@@ -200,9 +200,21 @@ def test_the_cli_prints_differences_and_json_and_writes_nothing(
     text = runner.invoke(app, ["whatif", "--policy", str(strict)])
     as_json = runner.invoke(app, ["whatif", "--policy", str(strict), "--json"])
 
+    limited = runner.invoke(app, ["whatif", "--policy", str(strict), "--limit", "0"])
+
     assert same.exit_code == 0 and "No difference" in same.stdout
     assert text.exit_code == 0 and "Policy strict would decide" in text.stdout
     result = json.loads(as_json.stdout)
+    differing = len(result["accounts_with_differences"])
+    summary = (
+        f"Policy strict would decide {result['differing_violations']} of "
+        f"{result['violations']} violation(s) differently, on {differing} of "
+        f"{result['accounts']} account(s):"
+    )
+    assert summary in text.stdout and summary in limited.stdout
+    assert text.stdout.count("recorded at") == differing  # a table per account
+    assert "recorded at" not in limited.stdout
+    assert f"Tables shown for 0 of those {differing} accounts (--limit)" in limited.stdout
     expected = what_if(varied.store, policy_from_mapping({"termination_after_strikes": 1}))
     assert result["totals"] == {name: expected.totals[name] for name in result["totals"]}
     assert result["totals"]["harsher"] > 0
