@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from enforcement.api import deps
 from enforcement.api.coalesce import install_report_queue
+from enforcement.api.documents import document_answers
 from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
 from enforcement.api.routes import accounts, gate, reading, reporting
@@ -58,8 +60,21 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(reading.router)
     app.include_router(gate.router)
+    _document_answers(app)
     app.add_middleware(
         RequestContextMiddleware,
         shortcuts={("POST", "/v1/violations"): ReportShortcut(app)},
     )
     return app
+
+
+def _document_answers(app: FastAPI) -> None:
+    """The OpenAPI document with the answers' shapes (``api.documents``), made once."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_answers(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

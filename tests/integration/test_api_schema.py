@@ -123,3 +123,21 @@ def test_the_schema_declares_the_error_body(api: Api) -> None:
                     status,
                 )
     assert "HTTPValidationError" not in json.dumps(document)
+
+
+def test_the_schema_documents_what_the_routes_answer(api: Api) -> None:
+    """Not FastAPI's generic object: the shapes of CONTRACT.md, which the conformance check
+    above then holds every answer to."""
+    paths = api.schema.raw_schema["paths"]
+
+    def answer(path: str, method: str, status: str) -> str:
+        content = paths[path][method]["responses"][status]["content"]["application/json"]
+        return str(content["schema"].get("$ref", content["schema"]))
+
+    assert answer("/v1/violations", "post", "201").endswith("/ViolationRecordedOut")
+    assert answer("/v1/violations", "post", "200").endswith("/ViolationRecordedOut")
+    assert answer("/v1/accounts/{account_id}/standing", "get", "200").endswith("/StandingOut")
+    assert answer("/v1/events", "get", "200").endswith("/FeedOut")
+    assert answer("/v1/accounts/{account_id}/suspend", "post", "200").endswith("/AccountCommandOut")
+    standing = api.schema.raw_schema["components"]["schemas"]["StandingOut"]
+    assert set(standing["required"]) >= {"status", "strikes", "suspension", "version", "as_of"}

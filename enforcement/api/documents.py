@@ -1,0 +1,151 @@
+"""What the API answers, as models for the OpenAPI document (``/docs``, ``/openapi.json``).
+
+Documentation only: the routes build their answers as plain JSON (``Standing.to_json``,
+``event_to_json``, ``violation_json``) and declare these through ``responses``, so nothing is
+validated or copied on the way out. CONTRACT.md gives the shapes; the tests hold the answers to
+these schemas (``tests/integration/test_api_schema.py``, Schemathesis).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class EventOut(BaseModel):
+    """An event of the log, as CONTRACT.md gives it; ``hash`` recomputes from the others."""
+
+    position: int
+    event_id: str
+    account_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    metadata: dict[str, Any] = Field(
+        description="actor, source, policy_version, causation_id, correlation_id"
+    )
+    occurred_at: str
+    recorded_at: str
+    prev_hash: str
+    hash: str
+
+
+class OpenRemediationOut(BaseModel):
+    remediation_id: str
+    due_at: str
+    violation_ids: list[str]
+
+
+class ActiveThrottleOut(BaseModel):
+    throttle_id: str
+    key_id: str | None
+    factor: float
+    expires_at: str | None
+
+
+class SuspensionOut(BaseModel):
+    suspension_id: str
+    since: str
+    until: str | None = Field(description="null: indefinitely")
+    reason: str
+
+
+class StandingOut(BaseModel):
+    """An account's standing at ``as_of``, folded from the events recorded up to then."""
+
+    account_id: str
+    status: Literal[
+        "terminated", "suspended", "throttled", "remediation_due", "warned", "good_standing"
+    ]
+    strikes: int
+    open_violations: list[str]
+    open_remediations: list[OpenRemediationOut]
+    active_throttles: list[ActiveThrottleOut]
+    suspension: SuspensionOut | None
+    terminated: bool
+    adult_content_approved: bool
+    open_abuse_reports: int
+    open_appeals: int
+    version: int
+    as_of: str
+
+
+class ViolationRecordedOut(BaseModel):
+    """``POST /v1/violations``: the violation, the decisions the policy took on it, and the
+    standing after them. ``events`` (an addition to the contract) is every event recorded, the
+    violation's own first."""
+
+    violation_id: str | None
+    account_id: str
+    decisions: list[EventOut]
+    events: list[EventOut]
+    standing: StandingOut
+
+
+class AccountEventsOut(BaseModel):
+    events: list[EventOut]
+    next_after_version: int | None
+
+
+class FeedOut(BaseModel):
+    events: list[EventOut]
+    next_after_position: int | None
+
+
+class VerifyOut(BaseModel):
+    """``ok`` with ``head_hash``, or not ``ok`` with ``broken_at_version`` and ``reason``."""
+
+    ok: bool
+    events: int
+    head_hash: str | None = None
+    broken_at_version: int | None = None
+    reason: str | None = None
+
+
+class AccountCommandOut(BaseModel):
+    """Every account command: the events it recorded and the standing after them (filing an
+    appeal adds ``appeal_id``; setting the contact adds the contact as stored)."""
+
+    events: list[EventOut]
+    standing: StandingOut
+
+
+# (path, method, status) → the model of that answer's body.
+ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
+    ("/v1/violations", "post", "201"): ViolationRecordedOut,
+    ("/v1/violations", "post", "200"): ViolationRecordedOut,
+    ("/v1/accounts/{account_id}/standing", "get", "200"): StandingOut,
+    ("/v1/accounts/{account_id}/events", "get", "200"): AccountEventsOut,
+    ("/v1/events", "get", "200"): FeedOut,
+    ("/v1/accounts/{account_id}/verify", "get", "200"): VerifyOut,
+}
+ACCOUNT_COMMANDS = "/v1/accounts/{account_id}/"
+
+
+def document_answers(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` (FastAPI's OpenAPI) with the answers' schemas in place of the generic
+    object FastAPI gives a route that returns plain JSON."""
+    from pydantic.json_schema import models_json_schema
+
+    models: list[type[BaseModel]] = list(dict.fromkeys([*ANSWERS.values(), AccountCommandOut]))
+    refs, definitions = models_json_schema(
+        [(model, "serialization") for model in models],
+        ref_template="#/components/schemas/{model}",
+    )
+    document.setdefault("components", {}).setdefault("schemas", {}).update(
+        definitions.get("$defs", {})
+    )
+    for path, methods in document.get("paths", {}).items():
+        for method, operation in methods.items():
+            for status, answer in operation.get("responses", {}).items():
+                model = ANSWERS.get((path, method, status))
+                if model is None and path.startswith(ACCOUNT_COMMANDS) and status == "200":
+                    model = AccountCommandOut if method in ("post", "put", "delete") else None
+                if model is not None:
+                    content = answer.setdefault("content", {})
+                    content.setdefault("application/json", {})["schema"] = refs[
+                        (model, "serialization")
+                    ]
+    return document
