@@ -493,49 +493,46 @@ def test_a_batch_item_with_a_lone_surrogate_fails_alone_and_is_not_echoed(
 # ------------------------------------------------------------------ a batch's Idempotency-Key
 
 
-def test_a_batch_idempotency_key_makes_the_same_batch_a_replay_item_by_item(
+def test_a_batch_idempotency_key_makes_a_retried_batch_replay_what_it_recorded(
     system: Container, client: TestClient, as_role: Any
 ) -> None:
-    """The contract gives keys per item; a batch sent again with the same header (a client's
-    retry) replays instead of recording every item twice. An item's own key still wins, and an
-    item that changed under the same header is a conflict, alone."""
+    """The contract gives keys per item; a batch sent again under the same header (a client's
+    retry) replays the items it recorded instead of recording them twice, wherever they stand
+    in the retried batch (the client dropped the bad item). Identical items are violations
+    each; an item's own key still wins, and the header's keys are no client's keys."""
     reporter = as_role(Role.REPORTER)
-    items = [
-        {"account_id": "acct_b1", "category": "spam"},
-        {"account_id": "acct_b2", "category": "spam", "idempotency_key": "own-key"},
-    ]
-    first = client.post(
-        "/v1/violations:batch",
-        json={"violations": items},
-        headers={**reporter, "Idempotency-Key": "batch-7"},
-    )
-    again = client.post(
-        "/v1/violations:batch",
-        json={"violations": items},
-        headers={**reporter, "Idempotency-Key": "batch-7"},
-    )
-    assert [r["status"] for r in first.json()["results"]] == [201, 201]
-    assert [r["status"] for r in again.json()["results"]] == [200, 200]
-    assert [r["violation_id"] for r in again.json()["results"]] == [
-        r["violation_id"] for r in first.json()["results"]
-    ]
-    assert system.store.head("acct_b1").version == system.store.head("acct_b2").version
-    used = system.store.key_used
-    assert (used("batch-7#0"), used("own-key"), used("batch-7#1")) == (True, True, False)
 
-    changed = [{**items[0], "category": "phishing"}, items[1]]
-    conflict = client.post(
-        "/v1/violations:batch",
-        json={"violations": changed},
-        headers={**reporter, "Idempotency-Key": "batch-7"},
-    )
-    assert [r["status"] for r in conflict.json()["results"]] == [409, 200]
-    without = client.post("/v1/violations:batch", json={"violations": items[:1]}, headers=reporter)
-    assert [r["status"] for r in without.json()["results"]] == [201]
+    def batch(items: list[dict[str, Any]], header: str | None = "batch-7") -> list[Any]:
+        headers = {**reporter, **({"Idempotency-Key": header} if header else {})}
+        response = client.post("/v1/violations:batch", json={"violations": items}, headers=headers)
+        assert response.status_code == 200, response.text
+        return list(response.json()["results"])
 
-    too_long = client.post(
-        "/v1/violations:batch",
-        json={"violations": items[:1]},
-        headers={**reporter, "Idempotency-Key": "k" * 197},
+    one = {"account_id": "acct_b1", "category": "spam"}
+    bad = {"account_id": "acct_b2", "category": "nope"}
+    three = {"account_id": "acct_b3", "category": "spam"}
+    own = {"account_id": "acct_b4", "category": "spam", "idempotency_key": "own-key"}
+    first = batch([one, bad, three, one, own])
+    assert [r["status"] for r in first] == [201, 422, 201, 201, 201]
+    assert first[0]["violation_id"] != first[3]["violation_id"]  # two violations, alike
+
+    retried = batch([three, one, one, own])  # the bad item dropped, the order changed
+    assert [r["status"] for r in retried] == [200, 200, 200, 200]
+    assert [r["violation_id"] for r in retried] == [
+        first[2]["violation_id"],
+        first[0]["violation_id"],
+        first[3]["violation_id"],
+        first[4]["violation_id"],
+    ]
+    assert system.store.key_used("own-key")
+
+    fixed = batch([{**bad, "category": "spam"}, one, one, one])  # a third alike is new
+    assert [r["status"] for r in fixed] == [201, 200, 200, 201]
+    assert [r["status"] for r in batch([one], header=None)] == [201]  # no header: no key
+    assert [r["status"] for r in batch([one], header="batch-8")] == [201]  # another batch
+
+    reused = batch([{**own, "category": "phishing"}])  # its own key, another item
+    assert reused[0]["status"] == 409
+    assert reused[0]["error"]["message"] == (
+        "This item's idempotency_key was already used with a different item."
     )
-    assert [d["field"] for d in details(too_long)] == ["header.Idempotency-Key"]
