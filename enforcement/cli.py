@@ -51,15 +51,21 @@ def _container(settings: Settings | None = None) -> Any:
 
 
 def _sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (None for another database or one in memory)."""
+    """The file of a SQLite URL (None for another database or one in memory), a URI filename
+    (``sqlite:///file:/path/x.db?uri=true``) included."""
     import sqlalchemy as sa
 
     parsed = sa.make_url(url)
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
         return None
-    if database.startswith("file:") or "memory" in str(parsed.query.get("mode", "")):
-        return None  # a URI filename: SQLite's to interpret
+    if "memory" in str(parsed.query.get("mode", "")) or "mode=memory" in database:
+        return None
+    if database.startswith("file:"):
+        path = database[len("file:") :].partition("?")[0]
+        if path.startswith("//"):  # file://host/path: SQLite takes only an empty host
+            path = "/" + path[2:].partition("/")[2]
+        return None if path in ("", ":memory:") else Path(path)
     return Path(database)
 
 
@@ -182,24 +188,40 @@ def serve(
 
 def _check_can_listen(host: str, port: int) -> None:
     """Exit 2 with one sentence if ``host:port`` cannot be bound (uvicorn would log the error
-    and exit 3, a code the contract does not have). Bound as uvicorn binds, then released."""
+    and exit 3, a code the contract does not have). Every address the host resolves to is
+    bound at once, as asyncio's ``create_server`` binds them (``""``: every interface), then
+    released."""
     import errno
     import socket
+    from contextlib import ExitStack
 
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except (socket.gaierror, UnicodeError) as exc:
         fail(f"Cannot listen on {host!r}: {getattr(exc, 'strerror', None) or exc}.")
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                fail(f"Port {port} on {host} is already in use; choose another with --port.")
-            fail(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.")
+    with ExitStack() as sockets:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = sockets.enter_context(socket.socket(family, kind, proto))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: IPv6 beside IPv4, not over it
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                where = f"{host}:{port}" if host else f"port {port}"
+                if exc.errno == errno.EADDRINUSE:
+                    shown = f"Port {port} on {host}" if host else f"Port {port}"
+                    fail(f"{shown} is already in use; choose another with --port.")
+                fail(f"Cannot listen on {where} ({address[0]}): {exc.strerror or exc}.")
+
+
+SCHEMA_CHECK_TIMEOUT_SECONDS = 5
+# PostgreSQL's SQLSTATEs for a password or role refused (28P01, 28000) and a database that does
+# not exist (3D000).
+NOT_BY_WAITING = frozenset({"28P01", "28000", "3D000"})
+NOT_BY_WAITING_TEXT = ("authentication failed", "does not exist", "no pg_hba.conf entry")
 
 
 def _check_schema(url: str) -> None:
@@ -211,8 +233,15 @@ def _check_schema(url: str) -> None:
 
     _require_sqlite_file(url)
     try:
-        revision = current_revision(url)
-    except sqlalchemy_errors.DBAPIError:
+        revision = current_revision(url, connect_timeout=SCHEMA_CHECK_TIMEOUT_SECONDS)
+    except sqlalchemy_errors.DBAPIError as exc:
+        # Refused credentials or a database that does not exist will not mend by waiting.
+        # psycopg gives no SQLSTATE for a failed connection: the server's FATAL text, then.
+        orig = getattr(exc, "orig", None)
+        if getattr(orig, "sqlstate", None) in NOT_BY_WAITING or any(
+            text in str(orig) for text in NOT_BY_WAITING_TEXT
+        ):
+            fail(_database_error(exc))
         return
     head = head_revision()
     if revision is None:

@@ -43,12 +43,17 @@ def known_revisions() -> set[str]:
     return {script.revision for script in scripts.walk_revisions()}
 
 
-def current_revision(database_url: str) -> str | None:
+def current_revision(database_url: str, connect_timeout: int | None = None) -> str | None:
+    """The database's schema revision (None: no schema). ``connect_timeout`` (seconds, on
+    PostgreSQL) bounds the wait for a server that accepts connections but does not answer."""
     from alembic.runtime.migration import MigrationContext
 
     from events.dialects import create_engine
 
-    engine = create_engine(database_url)
+    options: dict[str, object] = {}
+    if connect_timeout is not None and not database_url.startswith("sqlite"):
+        options["connect_args"] = {"connect_timeout": connect_timeout}
+    engine = create_engine(database_url, **options)
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()

@@ -236,6 +236,23 @@ def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path
     )
 
 
+def test_history_in_a_pipe_is_laid_out_for_its_content_not_80_columns(
+    populated: Populated,
+) -> None:
+    """Without COLUMNS and without a terminal, Rich would lay the table out for 80 columns and
+    break ids and event types mid-word; in a pipe, lines are as long as their content."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    environment = {k: v for k, v in environment.items() if not k.startswith("ENFORCEMENT_")}
+    environment["ENFORCEMENT_DATABASE_URL"] = populated.url
+    result = subprocess.run(
+        [CLI, "history", "acct_a"], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "ViolationReported" in line]
+    assert len(rows) == 2, result.stdout  # each on one line, the type whole
+    assert max(len(line) for line in result.stdout.splitlines()) > 80
+
+
 def test_a_token_needs_a_name_that_says_whose_it_is(sqlite_url: str) -> None:
     assert run_cli(sqlite_url, "init").returncode == 0
     nameless = run_cli(sqlite_url, "tokens", "create", "--role", "reporter", "--name", " ")
@@ -243,6 +260,36 @@ def test_a_token_needs_a_name_that_says_whose_it_is(sqlite_url: str) -> None:
     assert (
         one_sentence(nameless.stderr) == "--name must say who or what uses the token; it is empty."
     )
+
+
+def test_a_sqlite_uri_filename_is_a_file_too(tmp_path: Path) -> None:
+    """``sqlite:///file:/path?uri=true`` names a file as a plain path does: not created by a
+    command that only uses it, and not served when it does not exist."""
+    absent = tmp_path / "absent.db"
+    for mode in ("", "&mode=ro"):
+        url = f"sqlite:///file:{absent}?uri=true{mode}"
+        for args in (("standing", "acct_1"), ("serve", "--port", "0")):
+            result = run_cli(url, *args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert one_sentence(result.stderr).startswith(f"The database {absent} does not exist")
+    assert not absent.exists()
+
+
+@pytest.mark.postgres
+def test_serve_refuses_credentials_or_a_database_that_waiting_will_not_mend(pg_url: str) -> None:
+    """A refused password or a database that does not exist: exit 2 at once. (A server that
+    does not answer yet is served: /healthz says 503 until it does.)"""
+    url = sa.make_url(pg_url)
+    cases = [
+        (url.set(password="wrong"), "password authentication failed"),
+        (url.set(database="no_such_database_here"), "does not exist"),
+    ]
+    for bad, says in cases:
+        result = run_cli(bad.render_as_string(hide_password=False), "serve", "--port", "0")
+        assert result.returncode == 2, result.stderr
+        sentence = one_sentence(result.stderr)
+        assert sentence.startswith("The database cannot be used") and says in sentence
+        assert "wrong" not in sentence
 
 
 def test_worker_refuses_a_bad_policy_file_with_one_sentence(
