@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from enforcement.workers.retrying import log_failure, retry_delay
 from events import EventStore, RecordedEvent
 from events.dialects import write_connection
 from events.timefmt import parse_time, to_utc
@@ -122,13 +123,17 @@ class Relay:
         """Relay until ``stop``; after a failure (broker or database down) it retries from the
         checkpoint, which does not move past what the broker could not take. (A broker that
         lost what it held is the runtime's to see: ``runtime.RedisWatch``.)"""
+        failures = 0
         while not stop.is_set():
             try:
                 moved = self.run_once()
-            except Exception:
-                log.exception("relay failed; retrying from checkpoint")
-                stop.wait(error_seconds)
+            except Exception as exc:
+                failures += 1
+                delay = retry_delay(failures, first=error_seconds)
+                log_failure(log, "relay failed", exc, failures, delay)  # from the checkpoint
+                stop.wait(delay)
                 continue
+            failures = 0
             if moved < self.page_size:
                 stop.wait(idle_seconds)
 

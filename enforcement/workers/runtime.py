@@ -34,6 +34,7 @@ from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
 from enforcement.workers.recovery import pending_deliveries
 from enforcement.workers.relay import Message, Relay
+from enforcement.workers.retrying import log_failure, retry_delay
 from enforcement.workers.sweep import run_sweeper
 
 log = logging.getLogger("enforcement.workers")
@@ -181,6 +182,7 @@ def keep_gate(
     (re-send the notices whose messages it held), instead of letting a suspended account
     through until the next re-seed."""
     last_seed = time.monotonic()
+    failures = 0
     while not stop.wait(GATE_RESEED_SECONDS if watch is None else REDIS_WATCH_SECONDS):
         try:
             if watch is not None and watch.lost():
@@ -193,24 +195,11 @@ def keep_gate(
             elif time.monotonic() - last_seed >= GATE_RESEED_SECONDS:
                 seed_gate(container.gate, container.store, container.clock())
                 last_seed = time.monotonic()
-        except Exception:
-            log.exception("keeping the gate failed; trying again later")
-
-
-RETRY_FIRST_SECONDS = 1.0
-RETRY_MAX_SECONDS = 15.0
-
-
-def retry_delay(failures: int) -> float:
-    """Seconds to wait after the ``failures``-th failure in a row: 1, 2, 4, 8, then 15."""
-    return min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * float(2 ** min(failures - 1, 16)))
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's type and the first line of its message (a driver's, if wrapped)."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+        except Exception as exc:
+            failures += 1
+            log_failure(log, "keeping the gate failed", exc, failures, None)
+        else:
+            failures = 0
 
 
 def start_background(
@@ -265,18 +254,10 @@ def start_background(
                 except Exception as exc:
                     # Redis or the database is not there yet: a dead thread would leave this
                     # process running without a relay, so try again, less often the longer it
-                    # lasts; the traceback once, then one line per attempt.
+                    # lasts (``retrying``).
                     failures += 1
                     delay = retry_delay(failures)
-                    if failures == 1:
-                        log.exception("could not start the relay; retrying in %g s", delay)
-                    else:
-                        log.error(
-                            "could not start the relay (attempt %d): %s; retrying in %g s",
-                            failures,
-                            one_line(exc),
-                            delay,
-                        )
+                    log_failure(log, "could not start the relay", exc, failures, delay)
                     leader.release()
                     stop.wait(delay)
                     continue

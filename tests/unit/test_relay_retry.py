@@ -1,10 +1,15 @@
-"""The relay's retries while Redis or the database is away: spaced out, one line each."""
+"""The relay's retries while Redis or the database is away: spaced out, in full once, then one
+line each (``enforcement.workers.retrying``)."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import sqlalchemy as sa
 
-from enforcement.workers.runtime import RETRY_MAX_SECONDS, one_line, retry_delay
+from enforcement.workers.relay import Relay
+from enforcement.workers.retrying import RETRY_MAX_SECONDS, log_failure, one_line, retry_delay
 
 
 def test_retries_back_off_to_a_ceiling() -> None:
@@ -19,3 +24,47 @@ def test_a_failure_is_told_in_one_line_naming_the_driver_error() -> None:
     assert one_line(wrapped) == "ConnectionRefusedError: connection refused"
     assert one_line(ValueError("")) == "ValueError"
     assert len(one_line(RuntimeError("x" * 1000))) == len("RuntimeError: ") + 300
+
+
+def test_a_lasting_failure_is_logged_in_full_once_then_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("test.retrying")
+    error = ConnectionRefusedError("connection refused")
+    with caplog.at_level(logging.ERROR, logger="test.retrying"):
+        for failures in (1, 2, 3):
+            log_failure(log, "relay failed", error, failures, retry_delay(failures))
+    first, second, third = caplog.records
+    assert first.exc_info is not None and first.getMessage() == "relay failed; retrying in 1 s"
+    assert second.exc_info is None and third.exc_info is None
+    assert third.getMessage() == (
+        "relay failed (3 times in a row): ConnectionRefusedError: connection refused; "
+        "retrying in 4 s"
+    )
+
+
+class _Stop:
+    """A stop event that records the waits and stops after ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.waits: list[float] = []
+        self.limit = limit
+
+    def is_set(self) -> bool:
+        return len(self.waits) >= self.limit
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return self.is_set()
+
+
+def test_the_running_relay_backs_off_while_the_broker_stays_away() -> None:
+    class Down:
+        def read_all(self, after: int, limit: int) -> list[object]:
+            raise ConnectionRefusedError("connection refused")
+
+    relay = Relay(Down(), lambda message: None, ())  # type: ignore[arg-type]
+    relay.position = lambda: 0  # type: ignore[method-assign]
+    stop = _Stop(limit=7)
+    relay.run(stop, error_seconds=1.0)  # type: ignore[arg-type]
+    assert stop.waits == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]

@@ -1,0 +1,38 @@
+"""Retrying while Redis or the database is away: spaced out, and told once in full.
+
+The relay, its leader's start and the gate's keeper each retry until what they need is back. A
+failure that lasts is logged with its traceback once, then as one line per attempt, and the
+attempts back off from ``RETRY_FIRST_SECONDS`` to ``RETRY_MAX_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 15.0
+
+
+def retry_delay(failures: int, first: float = RETRY_FIRST_SECONDS) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: 1, 2, 4, 8, then 15 (from
+    ``first``, doubled, at most ``RETRY_MAX_SECONDS``)."""
+    return min(RETRY_MAX_SECONDS, first * float(2 ** min(failures - 1, 16)))
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message (a driver's, if wrapped)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+
+
+def log_failure(
+    log: logging.Logger, what: str, exc: BaseException, failures: int, delay: float | None
+) -> None:
+    """``what`` failed for the ``failures``-th time in a row: the traceback the first time, one
+    line after it; ``delay``: the seconds until the next attempt (None: the next round)."""
+    then = "trying again later" if delay is None else f"retrying in {delay:g} s"
+    if failures == 1:
+        log.error("%s; %s", what, then, exc_info=exc)
+    else:
+        log.error("%s (%d times in a row): %s; %s", what, failures, one_line(exc), then)
