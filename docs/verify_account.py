@@ -89,14 +89,21 @@ def pages_from_api(url: str, token: str, account_id: str) -> Iterator[dict[str, 
         after = page["next_after_version"]
 
 
-def events_from_file(path: str) -> list[dict[str, Any]]:
+def events_from_file(path: str) -> tuple[list[dict[str, Any]], int | None]:
+    """The saved events, and the last saved page's ``next_after_version`` (None: the account's
+    last page, or events saved without their pages)."""
     with open(path, encoding="utf-8") as source:
         saved = json.load(source)
     pages = saved if isinstance(saved, list) else [saved]
     events: list[dict[str, Any]] = []
+    more: int | None = None
     for item in pages:
-        events.extend(item["events"] if isinstance(item, dict) and "events" in item else [item])
-    return events
+        if isinstance(item, dict) and "events" in item:
+            events.extend(item["events"])
+            more = item.get("next_after_version")
+        else:
+            events.append(item)
+    return events, more
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,17 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--file", help="events saved from GET /v1/accounts/{id}/events")
     parser.add_argument("--token", help="a bearer token (with --url)")
     args = parser.parse_args(argv)
+    more: int | None = None
     try:
         if args.url:
             if not args.token:
                 parser.error("--url needs --token")
-            events = [
-                e
-                for page in pages_from_api(args.url, args.token, args.account_id)
-                for e in page["events"]
-            ]
+            pages = pages_from_api(args.url, args.token, args.account_id)
+            events = [e for page in pages for e in page["events"]]
         else:
-            events = events_from_file(args.file)
+            events, more = events_from_file(args.file)
     except (OSError, ValueError, KeyError, urllib.error.URLError) as exc:
         print(f"Cannot read the events: {exc}.", file=sys.stderr)
         return 2
@@ -126,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         version, reason = broken
         print(f"{args.account_id}: broken at version {version}: {reason}.")
         return 1
-    head = events[-1]["hash"] if events else GENESIS
-    print(f"{args.account_id}: {len(events)} events intact, head hash {head}.")
+    last = events[-1]["hash"] if events else GENESIS
+    if more is not None:
+        print(
+            f"{args.account_id}: {len(events)} events intact up to version {more}, whose hash "
+            f"is {last}; the last saved page says more may follow (next_after_version {more}): "
+            "save every page to check the account's head."
+        )
+    else:
+        print(f"{args.account_id}: {len(events)} events intact, head hash {last}.")
     return 0
 
 

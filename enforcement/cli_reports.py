@@ -9,13 +9,16 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from enforcement.cli import app, opened_container, time_option
 from enforcement.cli_output import console, fail
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 @app.command()
@@ -87,7 +90,7 @@ def whatif(
     except PolicyError as exc:
         fail(f"The policy file cannot be used: {exc}.")
     with opened_container() as container, progress_bar(not as_json) as bar:
-        task = bar.add_task("replaying", total=container.store.max_position(), unit="events")
+        task = bar.add_task("replaying", total=_events_in(container.engine), unit="events")
         summary = what_if(
             container.store, other, start, progress=lambda events: bar.advance(task, events)
         )
@@ -136,3 +139,13 @@ def _totals_text(totals: dict[str, int]) -> str:
     from enforcement.whatif import CHANGES
 
     return ", ".join(f"{totals.get(name, 0)} {name}" for name in CHANGES)
+
+
+def _events_in(engine: Engine) -> int:
+    """How many events the log holds (positions may have gaps on PostgreSQL)."""
+    import sqlalchemy as sa
+
+    from events.schema import events
+
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())

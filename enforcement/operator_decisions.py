@@ -175,7 +175,7 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
             _not_terminated(state, "throttled")
             if not 0 < factor <= 1:
                 raise ValidationFailed(
-                    "factor must be in (0, 1]",
+                    "The factor must be in (0, 1]",
                     details=[{"field": "factor", "message": "must be in (0, 1]"}],
                 )
             expires = _future(expires_at, now, "expires_at")

@@ -38,7 +38,8 @@ def _change_text(change: dict[str, Any]) -> str:
 
 def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
     """What a notice delivery's outcome says (it changes nothing in the standing)."""
-    attempt = f"{data.get('channel')}, attempt {data.get('attempt')}"
+    channel = data.get("channel")
+    attempt = "no channel" if channel == "none" else f"{channel}, attempt {data.get('attempt')}"
     if event_type == "NoticeDelivered":
         return f"{attempt}: delivered"
     if event_type == "NoticeDeliveryFailed":

@@ -135,7 +135,8 @@ def _redis_url(value: str | None) -> str | None:
 
 
 def _smtp_url(value: str | None) -> str | None:
-    """``smtp://[user:password@]host[:port]`` (or ``smtps://``, TLS from the start), refused
+    """``smtp://[user:password@][host][:port]`` (or ``smtps://``, TLS from the start; no host:
+    localhost; the port by default 25, or 465 for ``smtps``), refused
     at start-up when malformed rather than by every notice's delivery, as a failure recorded in
     the log. The message never repeats the value (it may hold a password)."""
     if value is None:
@@ -153,6 +154,4 @@ def _smtp_url(value: str | None) -> str | None:
             f"{name} must be smtp://host:port or smtps://host:port, not "
             + (f"{url.scheme}://" if url.scheme else "a URL without a scheme")
         )
-    if not url.hostname:
-        raise SettingsError(f"{name} names no host")
-    return value
+    return value  # no host: localhost

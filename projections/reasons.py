@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from events.timefmt import format_time
@@ -66,9 +67,11 @@ def human_duration(span: timedelta) -> str:
 
 
 def percent(factor: float) -> str:
-    """``25%``, ``0.001%``, ``99.99999%``: a throttle factor as a percentage, never rounded
-    to 0% or 100%."""
-    return f"{factor * 100:.15g}%"
+    """``25%``, ``0.001%``, ``99.99999999999999%``: a throttle factor as a percentage, exactly
+    as the factor is written (never rounded to 0% or 100%); in scientific notation only below
+    a millionth of a percent."""
+    shown = (Decimal(repr(factor)) * 100).normalize()
+    return f"{shown:f}%" if shown == 0 or shown.adjusted() >= -6 else f"{shown}%"
 
 
 def ground_text(sections: Iterable[int], categories: Iterable[str]) -> str:

@@ -15,7 +15,6 @@ from pydantic import (
     Field,
     StrictBool,
     StrictFloat,
-    StrictInt,
     StringConstraints,
     WithJsonSchema,
 )
@@ -119,9 +118,24 @@ Category = Annotated[
 ]
 
 
+def _json_integer(value: object) -> object:
+    # JSON has one number type: 600.0 is the integer 600 (a float-only client sends it so);
+    # text ("600") and booleans are no numbers at all, and 600.5 is no integer.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PydanticCustomError("int_from_float", "Input should be a whole number")
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
 class Strict(BaseModel):
     """A request body: no unknown field. Flags and counts are strict (``StrictBool``,
-    ``StrictInt``, a factor a JSON number): ``"notify": "no"`` or ``"600"`` is refused, not
+    ``JsonInt``, a factor a JSON number): ``"notify": "no"`` or ``"600"`` is refused, not
     read as false or 600."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -188,8 +202,8 @@ class AdultContentIn(Strict):
 
 
 class LimitsIn(Strict):
-    requests_per_minute: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
-    tokens_per_day: Annotated[StrictInt, Field(gt=0, le=10**15)]
+    requests_per_minute: Annotated[JsonInt, Field(gt=0, le=10_000_000)]
+    tokens_per_day: Annotated[JsonInt, Field(gt=0, le=10**15)]
 
 
 class TriageIn(Strict):
@@ -220,4 +234,4 @@ class ContactIn(Strict):
 class GateCheckIn(Strict):
     account_id: AccountId
     key_id: KeyId
-    tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0
+    tokens: Annotated[JsonInt, Field(ge=0, le=10**12)] = 0

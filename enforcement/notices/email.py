@@ -52,7 +52,8 @@ class EmailSender:
         if url.scheme not in ("smtp", "smtps"):
             raise ValueError(f"ENFORCEMENT_SMTP_URL must be smtp:// or smtps://, not {url.scheme}")
         smtp_class = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
-        with smtp_class(url.hostname or "localhost", url.port or 25, timeout=self.timeout) as smtp:
+        port = url.port or (465 if url.scheme == "smtps" else 25)
+        with smtp_class(url.hostname or "localhost", port, timeout=self.timeout) as smtp:
             if url.username:
                 smtp.login(url.username, url.password or "")
             smtp.send_message(message)

@@ -200,5 +200,14 @@ def test_the_auditors_script_verifies_an_account_over_http_and_names_a_changed_b
     assert offline.stdout.strip() == (
         f"{acct}: broken at version 3: the hash does not recompute from the event's content."
     )
+    first_page = auditor.get(f"/v1/accounts/{acct}/events", params={"limit": 2}).json()
+    saved.write_text(json.dumps(first_page, ensure_ascii=False), encoding="utf-8")
+    partial = run_verify_script("--file", str(saved), acct)
+    assert partial.returncode == 0
+    assert partial.stdout.strip() == (
+        f"{acct}: 2 events intact up to version 2, whose hash is {events[1]['hash']}; the last "
+        "saved page says more may follow (next_after_version 2): save every page to check the "
+        "account's head."
+    )
     refused = run_verify_script("--url", server.base_url, "--token", "enf_wrong", acct)
     assert refused.returncode == 2 and "401" in refused.stderr

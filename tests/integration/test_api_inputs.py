@@ -336,8 +336,13 @@ def test_times_flags_and_numbers_are_not_read_from_other_types(
         ),
         (
             "/v1/accounts/acct_m/limits",
-            {"requests_per_minute": 600, "tokens_per_day": 1e6},
+            {"requests_per_minute": 600, "tokens_per_day": 1000.5},
             "tokens_per_day",
+        ),
+        (
+            "/v1/accounts/acct_m/limits",
+            {"requests_per_minute": True, "tokens_per_day": 5},
+            "requests_per_minute",
         ),
         ("/v1/gate/check", {"account_id": "acct_m", "key_id": "k", "tokens": "5"}, "tokens"),
     ],
@@ -350,6 +355,28 @@ def test_counts_are_json_integers(
     response = client.request(method, path, json=body, headers=as_role(role))
     assert [d["field"] for d in details(response)] == [field]
     nothing_written(system)
+
+
+def test_a_whole_number_sent_as_a_json_float_is_a_count(client: TestClient, as_role: Any) -> None:
+    """JSON has one number type: a client that writes every number as a float (600.0) is not
+    refused, as it was not before counts became strict."""
+    limits = client.put(
+        "/v1/accounts/acct_f/limits",
+        json={"requests_per_minute": 600.0, "tokens_per_day": 1e6},
+        headers=as_role(Role.OPERATOR),
+    )
+    assert limits.status_code == 200, limits.text
+    [configured] = limits.json()["events"]
+    assert (configured["data"]["requests_per_minute"], configured["data"]["tokens_per_day"]) == (
+        600,
+        1_000_000,
+    )
+    check = client.post(
+        "/v1/gate/check",
+        json={"account_id": "acct_f", "key_id": "k", "tokens": 5.0},
+        headers=as_role(Role.GATEWAY),
+    )
+    assert check.status_code == 200, check.text
 
 
 def test_health_answers_head_as_get_without_a_body(client: TestClient) -> None:

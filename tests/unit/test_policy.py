@@ -1171,7 +1171,14 @@ def test_an_operator_dismissal_names_the_violation_and_offers_no_appeal() -> Non
 
 
 @pytest.mark.parametrize(
-    ("factor", "shown"), [(0.25, "25%"), (0.00001, "0.001%"), (0.9999999, "99.99999%")]
+    ("factor", "shown"),
+    [
+        (0.25, "25%"),
+        (0.00001, "0.001%"),
+        (0.9999999, "99.99999%"),
+        (0.9999999999999999, "99.99999999999999%"),  # the largest factor below 1
+        (1e-300, "1E-298%"),
+    ],
 )
 def test_a_throttle_statement_gives_its_factor_without_rounding_it_away(
     factor: float, shown: str

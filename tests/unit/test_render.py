@@ -58,3 +58,7 @@ def test_the_history_table_says_how_each_notice_delivery_went() -> None:
     assert "email, attempt 1: smtp timeout (will retry)" in text
     assert "email, attempt 2: delivered" in text
     assert "webhook, attempt 1: undeliverable: no contact (final)" in text
+    nowhere = {**outcome, "channel": "none", "error": "undeliverable: no contact", "final": True}
+    assert "no channel: undeliverable: no contact (final)" in table_text(
+        event("NoticeDeliveryFailed", nowhere)
+    )

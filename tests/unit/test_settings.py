@@ -3,6 +3,8 @@ and every form that connects is accepted."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from enforcement.settings import Settings, SettingsError
@@ -40,7 +42,6 @@ def test_postgresql_urls_are_connected_through_psycopg_3() -> None:
         ({"ENFORCEMENT_REDIS_URL": "localhost:6379"}, "must be a redis://"),
         ({"ENFORCEMENT_SMTP_URL": "bogus"}, "must be smtp://host:port or smtps://host:port"),
         ({"ENFORCEMENT_SMTP_URL": "http://mail:25"}, "not http://"),
-        ({"ENFORCEMENT_SMTP_URL": "smtp://:25"}, "names no host"),
         ({"ENFORCEMENT_SMTP_URL": "smtp://u:secret@mail:port"}, "port must be a number"),
     ],
 )
@@ -55,7 +56,12 @@ def test_redis_urls_of_every_scheme_are_accepted() -> None:
 
 
 def test_smtp_urls_with_and_without_tls_or_a_login_are_accepted() -> None:
-    for url in ("smtp://localhost:2525", "smtps://mail.example.com", "smtp://u:p@mail:587"):
+    for url in (
+        "smtp://localhost:2525",
+        "smtps://mail.example.com",
+        "smtp://u:p@mail:587",
+        "smtp://:25",
+    ):
         assert Settings.from_env({"ENFORCEMENT_SMTP_URL": url}).smtp_url == url
 
 
@@ -63,3 +69,44 @@ def test_a_refused_smtp_url_does_not_repeat_its_password() -> None:
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({"ENFORCEMENT_SMTP_URL": "smtp://u:secret@mail:port"})
     assert "secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "connects_to"),
+    [
+        ("smtps://mail.example.com", ("SMTP_SSL", "mail.example.com", 465)),
+        ("smtp://mail.example.com", ("SMTP", "mail.example.com", 25)),
+        ("smtp://:2525", ("SMTP", "localhost", 2525)),
+        ("smtps://mail.example.com:4650", ("SMTP_SSL", "mail.example.com", 4650)),
+    ],
+)
+def test_the_sender_connects_where_the_smtp_url_says(
+    url: str, connects_to: tuple[str, str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """smtps:// is TLS from the connection's start, on its own port (465), not on 25."""
+    from email.message import EmailMessage
+
+    from enforcement.notices import email
+
+    opened: list[tuple[str, str, int]] = []
+
+    def fake(kind: str) -> Any:
+        class Connection:
+            def __init__(self, host: str, port: int, timeout: float) -> None:
+                opened.append((kind, host, port))
+
+            def __enter__(self) -> Connection:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def send_message(self, message: EmailMessage) -> None:
+                return None
+
+        return Connection
+
+    monkeypatch.setattr(email.smtplib, "SMTP", fake("SMTP"))
+    monkeypatch.setattr(email.smtplib, "SMTP_SSL", fake("SMTP_SSL"))
+    email.EmailSender(url, "/nonexistent").send(EmailMessage(), "evt")
+    assert opened == [connects_to]
