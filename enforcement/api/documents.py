@@ -112,8 +112,42 @@ class AccountCommandOut(BaseModel):
     standing: StandingOut
 
 
+class AppealFiledOut(AccountCommandOut):
+    appeal_id: str
+
+
+class ContactOut(AccountCommandOut):
+    """The contact as stored (not an event: ``events`` is empty)."""
+
+    account_id: str
+    email: str | None
+    webhook_url: str | None
+
+
+class BatchItemOut(BaseModel):
+    """One item's result: with ``status`` 201 or 200, the fields of ``ViolationRecordedOut``;
+    otherwise ``error`` (the error body's object) and a null ``violation_id``."""
+
+    violation_id: str | None
+    account_id: str | None
+    status: int
+    error: dict[str, Any] | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchItemOut]
+
+
+class AbuseReportOut(BaseModel):
+    report_id: str
+
+
 # (path, method, status) → the model of that answer's body.
 ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
+    ("/v1/violations:batch", "post", "200"): BatchOut,
+    ("/v1/abuse-reports", "post", "202"): AbuseReportOut,
+    ("/v1/accounts/{account_id}/appeals", "post", "200"): AppealFiledOut,
+    ("/v1/accounts/{account_id}/contact", "put", "200"): ContactOut,
     ("/v1/violations", "post", "201"): ViolationRecordedOut,
     ("/v1/violations", "post", "200"): ViolationRecordedOut,
     ("/v1/accounts/{account_id}/standing", "get", "200"): StandingOut,

@@ -553,6 +553,8 @@ def test_a_batch_idempotency_key_makes_a_retried_batch_replay_what_it_recorded(
     ]
     assert system.store.key_used("own-key")
 
+    spelled_out = {**one, "detection": "automated", "severity": None, "key_id": None}
+    assert [r["status"] for r in batch([spelled_out])] == [200]  # its defaults written out
     fixed = batch([{**bad, "category": "spam"}, one, one, one])  # a third alike is new
     assert [r["status"] for r in fixed] == [201, 200, 200, 201]
     assert [r["status"] for r in batch([one], header=None)] == [201]  # no header: no key

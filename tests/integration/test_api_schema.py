@@ -139,5 +139,9 @@ def test_the_schema_documents_what_the_routes_answer(api: Api) -> None:
     assert answer("/v1/accounts/{account_id}/standing", "get", "200").endswith("/StandingOut")
     assert answer("/v1/events", "get", "200").endswith("/FeedOut")
     assert answer("/v1/accounts/{account_id}/suspend", "post", "200").endswith("/AccountCommandOut")
+    assert answer("/v1/violations:batch", "post", "200").endswith("/BatchOut")
+    assert answer("/v1/abuse-reports", "post", "202").endswith("/AbuseReportOut")
+    assert answer("/v1/accounts/{account_id}/appeals", "post", "200").endswith("/AppealFiledOut")
+    assert answer("/v1/accounts/{account_id}/contact", "put", "200").endswith("/ContactOut")
     standing = api.schema.raw_schema["components"]["schemas"]["StandingOut"]
     assert set(standing["required"]) >= {"status", "strikes", "suspension", "version", "as_of"}

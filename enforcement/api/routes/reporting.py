@@ -56,7 +56,8 @@ def batch_item_key(header: str, fingerprint: str, occurrence: int) -> str:
     """The key a batch's ``Idempotency-Key`` gives an item without one of its own: the same
     header, the same item (its fingerprint) and the same count of identical items before it in
     the batch give the same key, wherever the item stands (a retry may drop or fix other
-    items). In a namespace of its own (``batch:``), 70 characters whatever the header's length.
+    items). 70 characters whatever the header's length, prefixed ``batch:``: a client's own
+    key meets one only if it is that very text (a hash of another caller's header).
     """
     text = json.dumps([header, fingerprint, occurrence], separators=(",", ":"))
     return "batch:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -100,13 +101,19 @@ def report_batch(
         except ApiError as exc:
             results[index] = _item_error(raw, exc.status, exc.code, exc.message, exc.details)
             continue
-        fields = item.model_dump(mode="json", exclude_unset=True)
-        fields.pop("idempotency_key", None)
-        fingerprint = request_fingerprint(fields)
         key = item.idempotency_key
         if key is None and idempotency_key is not None:
+            # The same item however written: a field spelled out at its default (or null) is
+            # the field left out, so a retry that spells it out still replays.
+            fingerprint = request_fingerprint(
+                item.model_dump(mode="json", exclude_defaults=True, exclude={"idempotency_key"})
+            )
             key = batch_item_key(idempotency_key, fingerprint, seen[fingerprint])
             seen[fingerprint] += 1
+        else:
+            fields = item.model_dump(mode="json", exclude_unset=True)
+            fields.pop("idempotency_key", None)
+            fingerprint = request_fingerprint(fields)
         items.append((item.account_id, report, key, fingerprint))
         positions.append(index)
     outcomes = container.service.report_batch(items, actor_of(principal))
