@@ -210,7 +210,8 @@ def _check_can_listen(host: str, port: int) -> None:
             try:
                 sock.bind(address)
             except OSError as exc:
-                where = f"{host}:{port}" if host else f"port {port}"
+                shown_host = f"[{host}]" if ":" in host else host
+                where = f"{shown_host}:{port}" if host else f"port {port}"
                 if exc.errno == errno.EADDRINUSE:
                     shown = f"Port {port} on {host}" if host else f"Port {port}"
                     fail(f"{shown} is already in use; choose another with --port.")
@@ -221,7 +222,15 @@ SCHEMA_CHECK_TIMEOUT_SECONDS = 5
 # PostgreSQL's SQLSTATEs for a password or role refused (28P01, 28000) and a database that does
 # not exist (3D000).
 NOT_BY_WAITING = frozenset({"28P01", "28000", "3D000"})
-NOT_BY_WAITING_TEXT = ("authentication failed", "does not exist", "no pg_hba.conf entry")
+# (PostgreSQL's English messages: a server speaking another language is left to /healthz.)
+NOT_BY_WAITING_TEXT = (
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "no password supplied",
+    "permission denied for database",
+    "not permitted to log in",
+)
 
 
 def _check_schema(url: str) -> None:

@@ -154,4 +154,7 @@ def _smtp_url(value: str | None) -> str | None:
             f"{name} must be smtp://host:port or smtps://host:port, not "
             + (f"{url.scheme}://" if url.scheme else "a URL without a scheme")
         )
-    return value  # no host: localhost
+    # 'smtp:mail:587' or 'smtp:/mail' parse with no host at all: they would mean localhost.
+    if not value.lower().startswith(f"{url.scheme}://") or url.path not in ("", "/") or url.query:
+        raise SettingsError(f"{name} must be smtp://host:port or smtps://host:port, nothing more")
+    return value  # '//' with no host: localhost

@@ -51,6 +51,9 @@ def normalized_url(url: str | sa.URL) -> sa.URL:
     return sa_url
 
 
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
+
+
 def create_engine(url: str, **kwargs: Any) -> Engine:
     """An engine configured for the log: durable SQLite, pooled PostgreSQL (psycopg 3)."""
     sa_url = normalized_url(url)
@@ -62,6 +65,12 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
+    if "connect_timeout" not in sa_url.query:  # the URL's own value wins
+        # A server that accepts connections and never answers would hold a request (and
+        # /healthz, which should answer 503) for as long as the kernel keeps the socket.
+        connect_args = dict(kwargs.pop("connect_args", None) or {})
+        connect_args.setdefault("connect_timeout", POSTGRES_CONNECT_TIMEOUT_SECONDS)
+        kwargs["connect_args"] = connect_args
     engine = sa.create_engine(sa_url, **kwargs)
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
         _configure_postgres(engine)

@@ -67,3 +67,30 @@ def test_health_is_503_while_the_database_cannot_be_reached(client: TestClient) 
     response = client.get("/healthz")
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "dependency_unavailable"
+
+
+def test_a_database_that_accepts_and_never_answers_is_503_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes the connection and says nothing (a stuck proxy, a frozen host):
+    PostgreSQL engines connect with a timeout unless the URL gives one, so /healthz answers
+    503 instead of holding the request for as long as the kernel keeps the socket."""
+    import socket
+    import time
+
+    from events import dialects
+
+    monkeypatch.setattr(dialects, "POSTGRES_CONNECT_TIMEOUT_SECONDS", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        url = f"postgresql+psycopg://u:p@127.0.0.1:{port}/x"
+        with TestClient(
+            create_app(bootstrap(Settings(database_url=url))), raise_server_exceptions=False
+        ) as client:
+            started = time.monotonic()
+            response = client.get("/healthz")
+            waited = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert waited < 5

@@ -43,6 +43,9 @@ def test_postgresql_urls_are_connected_through_psycopg_3() -> None:
         ({"ENFORCEMENT_SMTP_URL": "bogus"}, "must be smtp://host:port or smtps://host:port"),
         ({"ENFORCEMENT_SMTP_URL": "http://mail:25"}, "not http://"),
         ({"ENFORCEMENT_SMTP_URL": "smtp://u:secret@mail:port"}, "port must be a number"),
+        ({"ENFORCEMENT_SMTP_URL": "smtp:mail.example.com:587"}, "nothing more"),
+        ({"ENFORCEMENT_SMTP_URL": "smtps:/mail.example.com"}, "nothing more"),
+        ({"ENFORCEMENT_SMTP_URL": "smtp://mail.example.com/inbox"}, "nothing more"),
     ],
 )
 def test_a_url_that_cannot_be_used_is_refused_with_a_reason(env: dict[str, str], says: str) -> None:
