@@ -297,7 +297,7 @@ def tokens_create(
 ) -> None:
     """Create a token; it is printed alone on the last line (only its hash is stored)."""
     from enforcement.roles import Role
-    from enforcement.tokens import create_token
+    from enforcement.tokens import issue_token
 
     try:
         chosen = Role(role)
@@ -306,13 +306,68 @@ def tokens_create(
     if not name.strip():
         fail("--name must say who or what uses the token; it is empty.")
     with opened_container() as container:
-        token = create_token(container.engine, chosen, name)
+        token_id, token = issue_token(container.engine, chosen, name)
     article = "an" if chosen.value[0] in "aeiou" else "a"
     console.print(
-        f"Created {article} {chosen.value} token for {name!r}. Store it now: it is not shown again."
+        f"Created {article} {chosen.value} token for {name!r} ({token_id}). Store it now: it is "
+        "not shown again.",
+        markup=False,
+        highlight=False,
     )
     sys.stdout.flush()
     print(token)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the tokens: id, name, role, created (never the token or its hash)."""
+    from rich.table import Table
+
+    from enforcement.tokens import list_tokens
+
+    with opened_container() as container:
+        tokens = list_tokens(container.engine)
+    if as_json:
+        shown = [
+            {"token_id": t.token_id, "name": t.name, "role": t.role, "created_at": _time(t)}
+            for t in tokens
+        ]
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(tokens)} token(s)")
+    for column in ("id", "name", "role", "created"):
+        table.add_column(column)
+    for t in tokens:
+        table.add_row(t.token_id, t.name, t.role, _time(t))
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (tok_…), from tokens list.")],
+) -> None:
+    """Revoke a token: it stops working within 30 seconds (each process remembers a token it
+    checked for that long)."""
+    from enforcement.tokens import revoke_token
+
+    with opened_container() as container:
+        revoked = revoke_token(container.engine, token_id)
+    if revoked is None:
+        fail(f"There is no token {token_id!r}; `enforcement tokens list` shows them.")
+    console.print(
+        f"Revoked {revoked.token_id} ({revoked.role} token for {revoked.name!r}); it stops "
+        "working within 30 seconds.",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _time(token: Any) -> str:
+    from events.timefmt import format_time
+
+    return format_time(token.created_at)
 
 
 @app.command()

@@ -33,18 +33,66 @@ def _digest(token: str) -> str:
 
 def create_token(engine: Engine, role: Role, name: str) -> str:
     """Create a token for ``role`` and return it; only its hash is stored."""
+    return issue_token(engine, role, name)[1]
+
+
+def issue_token(engine: Engine, role: Role, name: str) -> tuple[str, str]:
+    """``create_token``, returning the token's id as well (``tok_…``, what ``revoke_token``
+    and ``list_tokens`` name it by: the token itself is never shown again)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token_id = "tok_" + secrets.token_hex(8)
     with write_connection(engine) as conn, conn.begin():
         conn.execute(
             api_tokens.insert().values(
-                token_id="tok_" + secrets.token_hex(8),
+                token_id=token_id,
                 name=name,
                 role=role.value,
                 token_hash=_digest(token),
                 created_at=datetime.now(UTC),
             )
         )
-    return token
+    return token_id, token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    token_id: str
+    name: str
+    role: str
+    created_at: datetime
+
+
+def list_tokens(engine: Engine) -> list[TokenInfo]:
+    """Every token (never its hash), oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                api_tokens.c.token_id,
+                api_tokens.c.name,
+                api_tokens.c.role,
+                api_tokens.c.created_at,
+            ).order_by(api_tokens.c.created_at, api_tokens.c.token_id)
+        ).all()
+    return [TokenInfo(r.token_id, r.name, r.role, r.created_at) for r in rows]
+
+
+def revoke_token(engine: Engine, token_id: str) -> TokenInfo | None:
+    """Delete the token ``token_id``; what it was, or None if there is none. A process that
+    checked it less than ``TokenAuthenticator``'s ``cache_seconds`` ago accepts it until then.
+    """
+    with write_connection(engine) as conn, conn.begin():
+        row = conn.execute(
+            sa.select(
+                api_tokens.c.token_id,
+                api_tokens.c.name,
+                api_tokens.c.role,
+                api_tokens.c.created_at,
+            ).where(api_tokens.c.token_id == token_id)
+        ).first()
+        if row is None:
+            return None
+        conn.execute(api_tokens.delete().where(api_tokens.c.token_id == token_id))
+    return TokenInfo(row.token_id, row.name, row.role, row.created_at)
 
 
 class TokenAuthenticator:

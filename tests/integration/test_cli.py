@@ -340,16 +340,55 @@ def test_tokens_create_prints_the_token_last_and_stores_only_its_hash(
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip().splitlines()[-1]
     assert token.startswith("enf_") and " " not in token
-    assert result.stdout.startswith("Created an auditor token for 'alice'.")
     with populated.container.engine.connect() as conn:
         rows = conn.execute(sa.select(api_tokens)).mappings().all()
     assert len(rows) == 1
     row = rows[0]
+    assert result.stdout.startswith(f"Created an auditor token for 'alice' ({row['token_id']}).")
     assert (row["name"], row["role"]) == ("alice", "auditor")
     assert row["token_hash"] == hashlib.sha256(token.encode()).hexdigest()
     assert token not in json.dumps({k: str(v) for k, v in row.items()})
     principal = TokenAuthenticator(populated.container.engine).authenticate(token)
     assert principal is not None and principal.role is Role.AUDITOR
+
+
+def test_tokens_are_listed_without_secrets_and_a_revoked_one_stops_working(
+    populated: Populated,
+) -> None:
+    """An operator can see who holds tokens and revoke a leaked one by its id."""
+    engine = populated.container.engine
+    created = {}
+    for role, name in (("reporter", "mail-classifier"), ("auditor", "audit")):
+        result = run_cli(populated.url, "tokens", "create", "--role", role, "--name", name)
+        assert result.returncode == 0, result.stderr
+        created[name] = result.stdout.strip().splitlines()[-1]
+
+    listed = run_cli(populated.url, "tokens", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    tokens = json.loads(listed.stdout)
+    assert [(t["name"], t["role"]) for t in tokens] == [
+        ("mail-classifier", "reporter"),
+        ("audit", "auditor"),
+    ]
+    assert all(secret not in listed.stdout for secret in created.values())
+    assert "token_hash" not in listed.stdout
+    table = run_cli(populated.url, "tokens", "list")
+    assert table.returncode == 0 and "mail-classifier" in table.stdout
+
+    leaked = tokens[0]["token_id"]
+    revoked = run_cli(populated.url, "tokens", "revoke", leaked)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == (
+        f"Revoked {leaked} (reporter token for 'mail-classifier'); it stops working within 30 "
+        "seconds."
+    )
+    assert TokenAuthenticator(engine).authenticate(created["mail-classifier"]) is None
+    assert TokenAuthenticator(engine).authenticate(created["audit"]) is not None
+    again = run_cli(populated.url, "tokens", "revoke", leaked)
+    assert again.returncode == 2
+    assert one_sentence(again.stderr) == (
+        f"There is no token '{leaked}'; `enforcement tokens list` shows them."
+    )
 
 
 def test_tokens_create_refuses_an_unknown_role(populated: Populated) -> None:
