@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from sqlalchemy import exc as sqlalchemy_errors
@@ -47,7 +47,22 @@ def _container(settings: Settings | None = None) -> Any:
     try:
         return bootstrap(settings or _settings())
     except PolicyError as exc:
-        fail(f"The policy file cannot be used: {exc}.")
+        _policy_unusable(exc)
+
+
+def _policy_unusable(exc: Exception) -> NoReturn:
+    fail(f"The policy file cannot be used: {exc}.")
+
+
+def load_policy_or_fail(path: str | None) -> Any:
+    """The policy file's ``Policy``, or exit 2 with its error (as every command says it)."""
+    from enforcement.errors import PolicyError
+    from enforcement.policy import load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        _policy_unusable(exc)
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -238,7 +253,7 @@ def _check_schema(url: str) -> None:
     it would answer requests with errors. A database that does not answer yet is left to
     ``/healthz`` (503 until it does); one at a revision this release does not know (a newer
     release's) is served, as during a rolling upgrade."""
-    from enforcement.migrations import current_revision, head_revision, known_revisions
+    from enforcement.migrations import current_revision, release_revisions
 
     _require_sqlite_file(url)
     try:
@@ -252,10 +267,10 @@ def _check_schema(url: str) -> None:
         ):
             fail(_database_error(exc))
         return
-    head = head_revision()
+    head, known = release_revisions()
     if revision is None:
         fail(f"The database {_redacted(url)} has no schema; run `enforcement init` to create it.")
-    if revision != head and revision in known_revisions():
+    if revision != head and revision in known:
         fail(
             f"The database {_redacted(url)} is at schema revision {revision}, this release needs "
             f"{head}; run `enforcement init` to upgrade it."
@@ -274,20 +289,9 @@ def worker() -> None:
             "enforcement worker needs ENFORCEMENT_REDIS_URL; in embedded mode "
             "`enforcement serve` runs the workers itself."
         )
-    _check_policy(settings)  # before the consumer processes start: one sentence, not three
+    load_policy_or_fail(settings.policy_file)  # before the processes start: one sentence
     configure_logging()
     run_worker_processes(settings)
-
-
-def _check_policy(settings: Settings) -> None:
-    """Exit 2 with the policy file's error, as every other command does, if it cannot be used."""
-    from enforcement.errors import PolicyError
-    from enforcement.policy import load_policy
-
-    try:
-        load_policy(settings.policy_file)
-    except PolicyError as exc:
-        fail(f"The policy file cannot be used: {exc}.")
 
 
 @tokens_app.command("create")
@@ -326,12 +330,18 @@ def tokens_list(
     from rich.table import Table
 
     from enforcement.tokens import list_tokens
+    from events.timefmt import format_time
 
     with opened_container() as container:
         tokens = list_tokens(container.engine)
     if as_json:
         shown = [
-            {"token_id": t.token_id, "name": t.name, "role": t.role, "created_at": _time(t)}
+            {
+                "token_id": t.token_id,
+                "name": t.name,
+                "role": t.role,
+                "created_at": format_time(t.created_at),
+            }
             for t in tokens
         ]
         print(json.dumps(shown, indent=2, ensure_ascii=False))
@@ -340,7 +350,7 @@ def tokens_list(
     for column in ("id", "name", "role", "created"):
         table.add_column(column)
     for t in tokens:
-        table.add_row(t.token_id, t.name, t.role, _time(t))
+        table.add_row(t.token_id, t.name, t.role, format_time(t.created_at))
     console.print(table)
 
 
@@ -362,12 +372,6 @@ def tokens_revoke(
         markup=False,
         highlight=False,
     )
-
-
-def _time(token: Any) -> str:
-    from events.timefmt import format_time
-
-    return format_time(token.created_at)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from enforcement.cli import app, opened_container, time_option
+from enforcement.cli import app, load_policy_or_fail, opened_container, time_option
 from enforcement.cli_output import console, fail
 
 if TYPE_CHECKING:
@@ -79,16 +79,11 @@ def whatif(
     ] = None,
 ) -> None:
     """Replay the recorded violations through another policy and show which decisions differ."""
-    from enforcement.errors import PolicyError
-    from enforcement.policy import load_policy
     from enforcement.progress import progress_bar
     from enforcement.whatif import what_if
 
     start = time_option(since, "--since")
-    try:
-        other = load_policy(str(policy))
-    except PolicyError as exc:
-        fail(f"The policy file cannot be used: {exc}.")
+    other = load_policy_or_fail(str(policy))
     with opened_container() as container, progress_bar(not as_json) as bar:
         task = bar.add_task("replaying", total=_events_in(container.engine), unit="events")
         summary = what_if(

@@ -28,19 +28,13 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
-def head_revision() -> str | None:
-    """The revision ``upgrade`` brings a database to (this release's schema)."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-
-
-def known_revisions() -> set[str]:
-    """Every revision of this release's migrations."""
+def release_revisions() -> tuple[str | None, set[str]]:
+    """This release's schema: the revision ``upgrade`` brings a database to, and every
+    revision of its migrations."""
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    return {script.revision for script in scripts.walk_revisions()}
+    return scripts.get_current_head(), {script.revision for script in scripts.walk_revisions()}
 
 
 def current_revision(database_url: str, connect_timeout: int | None = None) -> str | None:

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -62,18 +63,20 @@ class TokenInfo:
     created_at: datetime
 
 
+_INFO = sa.select(
+    api_tokens.c.token_id, api_tokens.c.name, api_tokens.c.role, api_tokens.c.created_at
+)
+
+
+def _info(row: Any) -> TokenInfo:
+    return TokenInfo(row.token_id, row.name, row.role, row.created_at)
+
+
 def list_tokens(engine: Engine) -> list[TokenInfo]:
     """Every token (never its hash), oldest first."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(
-                api_tokens.c.token_id,
-                api_tokens.c.name,
-                api_tokens.c.role,
-                api_tokens.c.created_at,
-            ).order_by(api_tokens.c.created_at, api_tokens.c.token_id)
-        ).all()
-    return [TokenInfo(r.token_id, r.name, r.role, r.created_at) for r in rows]
+        rows = conn.execute(_INFO.order_by(api_tokens.c.created_at, api_tokens.c.token_id))
+        return [_info(row) for row in rows]
 
 
 def revoke_token(engine: Engine, token_id: str) -> TokenInfo | None:
@@ -81,18 +84,11 @@ def revoke_token(engine: Engine, token_id: str) -> TokenInfo | None:
     checked it less than ``TokenAuthenticator``'s ``cache_seconds`` ago accepts it until then.
     """
     with write_connection(engine) as conn, conn.begin():
-        row = conn.execute(
-            sa.select(
-                api_tokens.c.token_id,
-                api_tokens.c.name,
-                api_tokens.c.role,
-                api_tokens.c.created_at,
-            ).where(api_tokens.c.token_id == token_id)
-        ).first()
+        row = conn.execute(_INFO.where(api_tokens.c.token_id == token_id)).first()
         if row is None:
             return None
         conn.execute(api_tokens.delete().where(api_tokens.c.token_id == token_id))
-    return TokenInfo(row.token_id, row.name, row.role, row.created_at)
+    return _info(row)
 
 
 class TokenAuthenticator:

@@ -8,9 +8,11 @@ these schemas (``tests/integration/test_api_schema.py``, Schemathesis).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
+
+from projections.standing import Status
 
 
 class EventOut(BaseModel):
@@ -56,9 +58,7 @@ class StandingOut(BaseModel):
     """An account's standing at ``as_of``, folded from the events recorded up to then."""
 
     account_id: str
-    status: Literal[
-        "terminated", "suspended", "throttled", "remediation_due", "warned", "good_standing"
-    ]
+    status: Status
     strikes: int
     open_violations: list[str]
     open_remediations: list[OpenRemediationOut]

@@ -102,18 +102,21 @@ def report_batch(
             results[index] = _item_error(raw, exc.status, exc.code, exc.message, exc.details)
             continue
         key = item.idempotency_key
-        if key is None and idempotency_key is not None:
-            # The same item however written: a field spelled out at its default (or null) is
-            # the field left out, so a retry that spells it out still replays.
-            fingerprint = request_fingerprint(
-                item.model_dump(mode="json", exclude_defaults=True, exclude={"idempotency_key"})
+        header = idempotency_key if key is None else None  # the key is derived from it
+        derived = header is not None
+        # For a key derived from the header, the same item however written: a field spelled
+        # out at its default (or null) is the field left out, so such a retry still replays.
+        fingerprint = request_fingerprint(
+            item.model_dump(
+                mode="json",
+                exclude={"idempotency_key"},
+                exclude_unset=not derived,
+                exclude_defaults=derived,
             )
-            key = batch_item_key(idempotency_key, fingerprint, seen[fingerprint])
+        )
+        if header is not None:
+            key = batch_item_key(header, fingerprint, seen[fingerprint])
             seen[fingerprint] += 1
-        else:
-            fields = item.model_dump(mode="json", exclude_unset=True)
-            fields.pop("idempotency_key", None)
-            fingerprint = request_fingerprint(fields)
         items.append((item.account_id, report, key, fingerprint))
         positions.append(index)
     outcomes = container.service.report_batch(items, actor_of(principal))
