@@ -160,6 +160,19 @@ def running(
             proc.wait()
 
 
+def _uvicorn_stack() -> str:
+    """The event loop and HTTP parser uvicorn picks for both servers (its "auto": uvloop and
+    httptools when installed, as the project's dependencies ask, else asyncio and h11)."""
+    import uvicorn
+    from uvicorn.loops.auto import auto_loop_factory
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    loop = auto_loop_factory(use_subprocess=False)
+    loop_name = "asyncio" if isinstance(loop, type) else loop.__module__.split(".")[0]
+    parser = "httptools" if "httptools" in AutoHTTPProtocol.__module__ else "h11"
+    return f"uvicorn {uvicorn.__version__} on {loop_name} and {parser}"
+
+
 @contextmanager
 def ceiling_server(workdir: Path) -> Iterator[Server]:
     script = workdir / "ceiling_app.py"
@@ -528,8 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     console.print(
         f"[bold]machine[/]: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}; client: {client_name} on asyncio "
-        f"(one process, closed loop, a keep-alive connection per client); server: uvicorn, "
-        f"one process; "
+        f"(one process, closed loop, a keep-alive connection per client); server: "
+        f"{_uvicorn_stack()}, one process; "
         f"workers {'off' if args.no_workers else 'on (embedded)'}"
     )
     console.print(f"[bold]load average before[/]: {load_average(all_three=True)}")
