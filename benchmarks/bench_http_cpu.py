@@ -47,6 +47,7 @@ ROLES: list[tuple[str, str]] = [
     ("consumer", "consumer"),
     ("event loop", "uvicorn"),
     ("request", "AnyIO worker thread"),  # a pool thread sampled between requests
+    ("request", "serial_thread.py"),  # the report queue's thread, sampled between reports
 ]
 _TICKS = os.sysconf("SC_CLK_TCK")
 

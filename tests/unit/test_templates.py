@@ -267,3 +267,37 @@ def test_every_email_of_one_notice_has_the_same_message_id() -> None:
     assert sent[0]["Message-ID"] == sent[1]["Message-ID"] == resent["Message-ID"]
     assert sent[0]["Message-ID"] == f"<{first.event_id}@taas.invalid>"
     assert another["Message-ID"] != sent[0]["Message-ID"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Plain ASCII, one short line.\n",
+        "AUP §2 — a description in naïve UTF-8, 例え\n",
+        "x" * 1500 + " one line longer than SMTP's 998 octets\n" + "= and =3D stay as they are\n",
+        "a line with trailing spaces   \nand a final line without a newline",
+    ],
+)
+def test_an_email_reads_back_as_its_text_and_headers(text: str) -> None:
+    """What a mail reader gets from the raw message (as written to a ``.eml`` or sent over
+    SMTP) is the rendered text and the headers as given, whatever the text holds; and no raw
+    line is longer than SMTP allows."""
+    import email
+    import email.policy
+
+    from enforcement.notices.email import SENDER, build_message
+
+    notice = warning()
+    rendered = dataclasses.replace(render(notice), text=text)
+    raw = bytes(build_message(notice, rendered, "abuse-desk@customer.test"))
+
+    assert max(len(line) for line in raw.split(b"\n")) <= 78
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed.get_content_type() == "text/plain"
+    assert parsed.get_content() == text
+    assert parsed["From"] == SENDER
+    assert parsed["To"] == "abuse-desk@customer.test"
+    assert parsed["Subject"] == rendered.subject
+    assert parsed["Message-ID"] == f"<{notice.event_id}@taas.invalid>"
+    assert parsed["X-Enforcement-Event-Id"] == notice.event_id
+    assert parsed["Date"].datetime == notice.recorded_at
