@@ -40,7 +40,6 @@ from projections import aup_events as ev
 from projections.reasons import (
     NOTHING_TO_APPEAL_REDRESS,
     appeal_elsewhere,
-    human_duration,
     percent,
     statement_of_reasons,
     violation_fact,
@@ -284,19 +283,26 @@ class Decider:
         return None
 
     def suspend(self, span: timedelta | None, reason: str, cause: str | None) -> None:
-        """Suspend and notify, unless a suspension already in force lasts at least as long
-        (``covering``)."""
-        if self.covering(span) is not None:
-            return
+        """Suspend and notify. When a suspension already in force lasts at least as long
+        (``covering``), this one is recorded held behind it (``AccountSuspended.held_by``): it
+        is the decision on these violations, and takes over if that one is overturned."""
+        covering = self.covering(span)
         until = None if span is None else self.ctx.now + span
         when = "indefinitely, pending review" if until is None else f"until {format_time(until)}"
         text = f"The account is suspended {when}."
+        if covering is not None:
+            text = (
+                f"The account is already suspended {_lasting(covering)} (suspension "
+                f"{covering.suspension_id}). These violations call for a suspension {when}, "
+                "which takes effect only if that suspension is overturned on appeal."
+            )
         payload = ev.AccountSuspended(
             self.ctx.new_id("sus"),
             None if until is None else format_time(until),
             reason,
             self.reasons(text),
             list(self.violation_ids),
+            None if covering is None else covering.suspension_id,
         )
         suspension = self.build(payload, cause)
         self.emit(suspension, self.notice("suspension", suspension))
@@ -325,6 +331,11 @@ class Decider:
             self.ctx.new_id("rem"), list(self.violation_ids), due, self.reasons(text)
         )
         return self.build(payload, cause)
+
+
+def _lasting(suspension: SuspensionRecord) -> str:
+    """How long ``suspension`` lasts, for a statement: "indefinitely" or "until <time>"."""
+    return "indefinitely" if suspension.until is None else f"until {suspension.until}"
 
 
 # --- the ladder ------------------------------------------------------------------------------
@@ -473,12 +484,12 @@ def decide_remediation_expired(
         text = f"{missed_text}; the account is terminated, so no suspension is imposed."
         redress = NOTHING_TO_APPEAL_REDRESS
     elif covering is not None:
-        lasting = "indefinitely" if covering.until is None else f"until {covering.until}"
         text = (
-            f"{missed_text}; the account is already suspended {lasting}, which covers the "
-            f"{human_duration(span)} this calls for, so no further suspension is imposed."
+            f"{missed_text}; the account is already suspended {_lasting(covering)}, so the "
+            f"suspension until {d.at(span)} this calls for takes effect only if that "
+            "suspension is overturned on appeal."
         )
-        redress = NOTHING_TO_APPEAL_REDRESS
+        redress = appeal_elsewhere("the suspension recorded with it", policy.appeal_window)
     else:
         text = f"{missed_text}; the account is suspended until {d.at(span)}."
         redress = appeal_elsewhere("the suspension recorded with it", policy.appeal_window)
@@ -487,7 +498,7 @@ def decide_remediation_expired(
         remediation.event_id,
     )
     d.emit(expired)
-    if covering is None and not state.terminated:
+    if not state.terminated:
         d.suspend(span, "remediation_missed", expired.event_id)
     return d.events
 

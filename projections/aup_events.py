@@ -209,13 +209,20 @@ class ThrottleLifted:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class AccountSuspended:
-    """The account is suspended until ``until`` (None: indefinitely); it replaces any other."""
+    """The account is suspended until ``until`` (None: indefinitely); it replaces any other.
+
+    With ``held_by``, a suspension the ladder decided while suspension ``held_by``, lasting at
+    least as long, was in force: that one stays in force, and this one takes over only if an
+    appeal overturns it (POLICY.md: "a longer suspension replaces a shorter one"; the shorter
+    one is still the decision on its violations). Events recorded before ``held_by`` existed
+    have none."""
 
     suspension_id: str
     until: str | None
     reason: str
     statement_of_reasons: JSON
     violation_ids: list[str] = field(default_factory=list)
+    held_by: str | None = None
 
 
 SUSPENSION_OVERTURNED = "overturned"

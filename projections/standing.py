@@ -620,10 +620,20 @@ def _on_throttle_lifted(s: StandingState, p: ev.ThrottleLifted, e: FoldEvent) ->
 
 
 def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> None:
+    current = s.suspension
+    if p.held_by is not None and current is not None and current.suspension_id == p.held_by:
+        # Held behind the current one, which lasts at least as long: kept with those it
+        # replaced, in order of ``until`` (the longest last, the one an overturn restores).
+        held = SuspensionRecord(
+            p.suspension_id, e.event_id, e.occurred_stamp, _time(p.until), p.reason
+        )
+        s.replaced_suspensions = tuple(sorted((*s.replaced_suspensions, held), key=_until_order))
+        _record_decision(s, e, p.violation_ids, p.suspension_id, p.statement_of_reasons)
+        return
     # What this one replaces, kept only while it would still run after this one (so that an
     # overturn never lengthens a suspension) and never when the current one had run out (that
     # ended every suspension it had replaced, swept or not).
-    now, until, current = e.occurred_stamp, _time(p.until), s.suspension
+    now, until = e.occurred_stamp, _time(p.until)
     if current is not None and current.until is not None and current.until <= now:
         replaced: tuple[SuspensionRecord, ...] = ()
     else:
@@ -637,6 +647,11 @@ def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> Non
     )
     s.suspension = SuspensionRecord(p.suspension_id, e.event_id, now, until, p.reason)
     _record_decision(s, e, p.violation_ids, p.suspension_id, p.statement_of_reasons)
+
+
+def _until_order(r: SuspensionRecord) -> tuple[bool, str]:
+    """Sorts suspensions by when they end, an indefinite one last."""
+    return (r.until is None, r.until or "")
 
 
 def _overturned(s: StandingState, r: SuspensionRecord) -> bool:

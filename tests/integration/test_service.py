@@ -583,6 +583,72 @@ def test_an_overturned_suspension_gives_back_the_one_it_replaced(
     assert_account_consistent(system, "acct_two")
 
 
+def test_a_suspension_held_behind_a_longer_one_takes_over_when_that_one_is_overturned(
+    system: Container, clock: FakeClock
+) -> None:
+    """POLICY.md: a remediation not completed by its due time suspends for 7 days. While a
+    longer suspension is in force the shorter one is recorded held behind it; when an appeal
+    overturns the longer one (for other violations), the held one runs to its own end instead
+    of being lost with it."""
+    service = system.service
+    first = report(system, "acct_held", "spam")  # first minor: warning and remediation
+    [remediation] = [e for e in first.events if e.type == "RemediationRequested"]
+    due = clock() + 7 * DAY
+    clock.advance(DAY)
+    high = report(system, "acct_held", "phishing")  # high with a prior strike: indefinitely
+    clock.set(due)
+    expired = service.expire_remediation("acct_held", remediation.data["remediation_id"], OPERATOR)
+    assert types_of(expired.events) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+    held = expired.events[1]
+    assert held.data["held_by"] == suspension_of(high)
+    assert held.data["until"] == f"{due + 7 * DAY:%Y-%m-%dT%H:%M:%S}.000000Z"
+    assert (
+        "takes effect only if that suspension is overturned"
+        in (held.data["statement_of_reasons"]["decision"])
+    )
+    # The indefinite suspension stays the one in force, for the gate too.
+    assert expired.standing.suspension is not None
+    assert expired.standing.suspension.suspension_id == suspension_of(high)
+    assert expired.standing.suspension.until is None
+    assert_account_consistent(system, "acct_held")
+
+    clock.advance(DAY)
+    decided = overturn(system, "acct_held", decision(high, "AccountSuspended"), "shared key")
+    assert "SuspensionEnded" in types_of(decided.events)
+    standing = service.standing("acct_held")
+    assert standing.status == "suspended"
+    assert standing.suspension is not None
+    assert standing.suspension.suspension_id == held.data["suspension_id"]
+    assert standing.suspension.until == due + 7 * DAY
+    assert_account_consistent(system, "acct_held")
+
+    clock.set(due + 7 * DAY)
+    assert service.standing("acct_held").status != "suspended"
+
+
+def test_a_held_suspension_that_ran_out_is_not_given_back(
+    system: Container, clock: FakeClock
+) -> None:
+    """A minor third strike under an indefinite suspension is suspended for 30 days, held;
+    overturning the indefinite one after those 30 days leaves the account unsuspended."""
+    report(system, "acct_held2", "spam")
+    clock.advance(DAY)
+    high = report(system, "acct_held2", "phishing")  # indefinitely
+    clock.advance(DAY)
+    third = report(system, "acct_held2", "spam")  # two prior strikes: 30 days, held
+    [held] = [e for e in third.events if e.type == "AccountSuspended"]
+    assert held.data["held_by"] == suspension_of(high)
+    assert third.standing.suspension is not None and third.standing.suspension.until is None
+    filed = system.service.file_appeal(
+        "acct_held2", decision(high, "AccountSuspended"), "not us", OPERATOR
+    )
+    clock.advance(31 * DAY)  # the appeal is decided after the held suspension ran out
+    appeal_id = filed.events[0].data["appeal_id"]
+    system.service.decide_appeal("acct_held2", appeal_id, "overturned", "shared key", OPERATOR)
+    assert system.service.standing("acct_held2").status != "suspended"
+    assert_account_consistent(system, "acct_held2")
+
+
 def test_an_overturned_appeal_lifts_a_throttle_and_its_strike(
     system: Container, clock: FakeClock
 ) -> None:

@@ -346,14 +346,18 @@ LADDER = {
     "a terminated account gets the violation recorded and nothing else": Row(
         "csam", given=("terminated",), expect=("ViolationReported",)
     ),
-    "suspended: a shorter suspension is not recorded": Row(
-        "phishing", given=("suspended_30d",), expect=("ViolationReported",)
+    "suspended: a shorter suspension is recorded held behind the longer one": Row(
+        "phishing",
+        given=("suspended_30d",),
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
     ),
-    "suspended indefinitely: no timed suspension replaces it": Row(
+    "suspended indefinitely: a timed suspension is recorded held behind it": Row(
         "spam",
         priors=(("spam", 10), ("spam", 5)),
         given=("suspended_indefinitely",),
-        expect=("ViolationReported",),
+        expect=("ViolationReported", "AccountSuspended", "NoticeIssued"),
+        kinds=("suspension",),
     ),
     "suspended: a longer suspension replaces a shorter one": Row(
         "phishing",
@@ -617,15 +621,17 @@ def test_a_remediation_not_yet_due_expires_to_nothing() -> None:
 
 
 def test_a_missed_remediation_on_a_terminated_or_longer_suspended_account() -> None:
-    """Only the expiry is recorded, and its statement says why no suspension comes with it
-    instead of announcing one that is never recorded."""
+    """Under a longer suspension the missed remediation's suspension is recorded held behind
+    it, and the expiry says so; on a terminated account only the expiry is recorded, and its
+    statement says why no suspension comes with it."""
     account, rem_id, due = _with_remediation()
     account.given(ev.AccountSuspended("sus_long", None, "operator", SOR), NOW)
     decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due))
-    assert types(decided) == ["RemediationExpired"]
+    assert types(decided) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+    assert decided[1].data["held_by"] == "sus_long"
     sor = decided[0].data["statement_of_reasons"]
     assert "already suspended indefinitely" in sor["decision"]
-    assert "suspended until" not in sor["decision"]
+    assert "takes effect only if that suspension is overturned" in sor["decision"]
     assert_appeal_offered_only_where_possible(decided)
 
     account.given(ev.AccountTerminated("operator", SOR), NOW)
@@ -641,19 +647,26 @@ def test_a_missed_remediation_on_a_terminated_or_longer_suspended_account() -> N
 def test_a_missed_remediation_on_a_suspended_account_suspends_only_for_longer(
     days: int, replaced: bool
 ) -> None:
-    """A suspension in force until at least the missed remediation's would end is left as it
-    is, and the expiry says so with that suspension's end; a shorter one is replaced."""
+    """A suspension in force until at least the missed remediation's would end stays in
+    force, with the missed remediation's held behind it, and the expiry says so with that
+    suspension's end; a shorter one is replaced."""
     account, rem_id, due = _with_remediation()
     until = due + timedelta(days=days)
     account.given(ev.AccountSuspended("sus_op", format_time(until), "operator", SOR), NOW)
     decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due))
     text = decided[0].data["statement_of_reasons"]["decision"]
+    assert types(decided) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+    assert decided[1].data["until"] == format_time(due + timedelta(days=7))
     if replaced:
-        assert types(decided) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
+        assert decided[1].data["held_by"] is None
         assert text.endswith(f"suspended until {format_time(due + timedelta(days=7))}.")
     else:
-        assert types(decided) == ["RemediationExpired"]
+        assert decided[1].data["held_by"] == "sus_op"
         assert f"already suspended until {format_time(until)}" in text
+    account.record(decided, due)
+    current = account.state.suspension
+    assert current is not None
+    assert current.suspension_id == ("sus_op" if not replaced else decided[1].data["suspension_id"])
     assert_appeal_offered_only_where_possible(decided)
 
 
