@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -32,10 +33,11 @@ from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
 from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
-from enforcement.workers.recovery import pending_deliveries
+from enforcement.workers.recovery import pending_deliveries, stranded_deliveries
 from enforcement.workers.relay import Message, Relay
 from enforcement.workers.retrying import log_failure, retry_delay
-from enforcement.workers.sweep import run_sweeper
+from enforcement.workers.sweep import sweep_once
+from events.timefmt import to_utc
 
 log = logging.getLogger("enforcement.workers")
 LEADER_LOCK_KEY = 7_301_947_562
@@ -202,6 +204,33 @@ def keep_gate(
             failures = 0
 
 
+# How often the leader looks for deliveries whose retry was lost, in deadline sweeps (every
+# 5 minutes by default), and how long after the longest retry wait it takes one for lost.
+STRANDED_CHECK_SWEEPS = 10
+STRANDED_MARGIN_SWEEPS = 20
+
+
+def stranded_after(settings: Settings) -> timedelta:
+    """How long a delivery without an outcome may go unheard of before its next attempt's
+    message counts as lost: the longest wait between retries, plus 20 deadline sweeps (10
+    minutes by default) for a busy worker to take it up."""
+    return timedelta(
+        milliseconds=settings.notice_max_backoff_ms,
+        seconds=settings.sweep_seconds * STRANDED_MARGIN_SWEEPS,
+    )
+
+
+def run_every(
+    stop: threading.Event, every_seconds: float, job: Callable[[], object], what: str
+) -> None:
+    """Run ``job`` every ``every_seconds`` until ``stop``; a failure is logged, not fatal."""
+    while not stop.wait(every_seconds):
+        try:
+            job()
+        except Exception:
+            log.exception("%s failed", what)
+
+
 def start_background(
     container: Container, actors: Actors, *, consumers: bool, relay: bool
 ) -> Callable[[], None]:
@@ -246,6 +275,27 @@ def start_background(
                 actors.enqueue(Message("deliver_notice", (event_id, channel)))
             log.info("re-sent %d notice deliveries without an outcome", len(pending))
 
+        resent_at: dict[tuple[str, str], datetime] = {}
+        quiet = stranded_after(settings)
+
+        def resend_stranded_notices() -> None:
+            """Re-send deliveries whose next attempt's message was lost because the broker
+            could not take a retry (``recovery.stranded_deliveries``), each at most once per
+            ``quiet``. Delivery is idempotent per notice and channel, and numbers its attempts
+            on from those recorded, so the notice's limit of attempts holds."""
+            now = to_utc(container.clock())
+            stranded = stranded_deliveries(
+                container.store, now, quiet, up_to_position=relay_obj.position()
+            )
+            due = [d for d in stranded if d not in resent_at or now - resent_at[d] >= quiet]
+            for event_id, channel in due:
+                actors.enqueue(Message("deliver_notice", (event_id, channel)))
+                resent_at[(event_id, channel)] = now
+            for gone in resent_at.keys() - set(stranded):
+                del resent_at[gone]
+            if due:
+                log.warning("re-sent %d notice deliveries whose retry was lost", len(due))
+
         def lead() -> None:
             failures = 0
             while not stop.is_set():
@@ -272,9 +322,25 @@ def start_background(
                             daemon=True,
                         ),
                         threading.Thread(
-                            target=run_sweeper,
-                            args=(container.service, stepping_down, settings.sweep_seconds),
+                            target=run_every,
+                            args=(
+                                stepping_down,
+                                settings.sweep_seconds,
+                                functools.partial(sweep_once, container.service),
+                                "deadline sweep",
+                            ),
                             name="sweep",
+                            daemon=True,
+                        ),
+                        threading.Thread(
+                            target=run_every,
+                            args=(
+                                stepping_down,
+                                settings.sweep_seconds * STRANDED_CHECK_SWEEPS,
+                                resend_stranded_notices,
+                                "re-sending stranded notices",
+                            ),
+                            name="stranded-notices",
                             daemon=True,
                         ),
                         threading.Thread(

@@ -7,7 +7,6 @@ standings and runs the same idempotent use cases, so a lost delayed message only
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 
 from enforcement.service import Actor, EnforcementService
@@ -46,11 +45,3 @@ def sweep_once(service: EnforcementService, page_size: int = 500) -> int:
             except Exception:
                 log.exception("sweep failed for %s %s on %s", kind, ident, account_id)
     return ran
-
-
-def run_sweeper(service: EnforcementService, stop: threading.Event, every_seconds: float) -> None:
-    while not stop.wait(every_seconds):
-        try:
-            sweep_once(service)
-        except Exception:
-            log.exception("deadline sweep failed")

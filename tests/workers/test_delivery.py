@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
 from enforcement.workers.actors import QUEUE
 from enforcement.workers.relay import CHECKPOINT, Message
+from enforcement.workers.runtime import stranded_after
 from events import RecordedEvent
 from tests.workers.system import (
     OPERATOR,
@@ -149,6 +151,51 @@ def test_failed_attempts_are_retried_with_exponential_backoff(
         assert len(times) == 3
         assert times[1] - times[0] >= 0.1
         assert times[2] - times[1] >= 0.2
+    finally:
+        system.close()
+        receiver.close()
+
+
+def test_a_retry_the_broker_could_not_take_is_sent_again(
+    sqlite_db: str, broker_url: str | None, tmp_path: Path
+) -> None:
+    """Dramatiq queues a failed attempt's retry after the attempt; when the broker cannot take
+    it (Redis away for a moment) it logs that and acknowledges the message, and the retry is
+    gone. The leader finds the delivery unheard of for longer than any retry waits
+    (``recovery.stranded_deliveries``) and sends it again."""
+    receiver = Receiver(fail_first=1, fail_status=503)
+    settings = fast_settings(
+        sqlite_db, tmp_path, redis_url=broker_url, notice_retries=3, sweep_seconds=0.1
+    )
+    system = System(settings)
+    broker = system.actors.broker
+    enqueue = broker.enqueue
+    lost: list[Any] = []
+
+    def broker_away_for_the_first_retry(message: Any, *, delay: int | None = None) -> Any:
+        if "traceback" in message.options and not lost:  # the Retries middleware's re-enqueue
+            lost.append(message)
+            raise ConnectionError("the broker is away")
+        return enqueue(message, delay=delay)
+
+    broker.enqueue = broker_away_for_the_first_retry  # type: ignore[method-assign]
+    try:
+        system.contact("acct_lost_retry", webhook_url=receiver.url)
+        outcome = system.report("acct_lost_retry", "spam")
+        [notice] = [e for e in outcome.events if e.type == "NoticeIssued"]
+
+        wait_until(
+            lambda: delivered_once_each(system.store, [notice.event_id], ["webhook"]),
+            "the notice to be delivered after its retry was lost",
+        )
+        assert len(lost) == 1
+        assert summary(system, notice.event_id) == [
+            ("NoticeDeliveryFailed", "webhook", 1, False),
+            ("NoticeDelivered", "webhook", 2, None),
+        ]
+        # not before the longest retry wait and the margin had passed
+        times = [r.at for r in receiver.for_event(notice.event_id)]
+        assert times[1] - times[0] >= stranded_after(settings).total_seconds()
     finally:
         system.close()
         receiver.close()

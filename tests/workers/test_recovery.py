@@ -3,6 +3,7 @@ PostgreSQL: a notice is done only once every channel it goes out on has a final 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,11 @@ from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
 from enforcement.notices.delivery import DeliveryFailed
 from enforcement.service import Actor
-from enforcement.workers.recovery import notices_without_outcome, pending_deliveries
+from enforcement.workers.recovery import (
+    notices_without_outcome,
+    pending_deliveries,
+    stranded_deliveries,
+)
 from enforcement.workers.runtime import build_actors
 from projections import aup_events as ev
 from tests.workers.system import Receiver, fast_settings, report, set_contact
@@ -105,4 +110,45 @@ def test_a_notice_sent_again_numbers_its_attempts_on_and_keeps_its_limit(
         assert notices_without_outcome(system.store, system.clock()) == []
     finally:
         receiver.close()
+        system.close()
+
+
+def test_a_delivery_is_stranded_once_nothing_was_recorded_on_it_for_the_quiet_time(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``stranded_deliveries``: the pending deliveries last heard of (the notice, or the
+    channel's last failed attempt) ``quiet`` or longer ago; one with a final outcome never."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        for account in ("acct_never_tried", "acct_tried", "acct_done"):
+            set_contact(system.engine, account, webhook_url="https://customer.test/hook")
+        never_tried = notice_of(system, "acct_never_tried")
+        tried = notice_of(system, "acct_tried")
+        done = notice_of(system, "acct_done")
+        issued_by = system.clock()
+        failed(system, "acct_tried", tried, "webhook", final=False)
+        failed(system, "acct_done", done, "webhook", final=False)
+        delivered(system, "acct_done", done, "webhook")
+        tried_at = max(
+            e.recorded_at
+            for e in system.store.read_stream("acct_tried")
+            if e.type == "NoticeDeliveryFailed"
+        )
+        quiet = timedelta(hours=1)
+
+        def stranded(now: datetime) -> list[tuple[str, str]]:
+            return stranded_deliveries(system.store, now, quiet)
+
+        assert stranded(issued_by + quiet - timedelta(seconds=1)) == []
+        # (the untried notice was recorded before the other's failed attempt)
+        assert stranded(tried_at + quiet - timedelta(microseconds=1)) == [(never_tried, "webhook")]
+        assert stranded(tried_at + quiet) == [(never_tried, "webhook"), (tried, "webhook")]
+        # the relay's checkpoint bounds it as it bounds ``pending_deliveries``
+        first = system.store.get_event(never_tried)
+        assert first is not None
+        assert stranded_deliveries(
+            system.store, tried_at + quiet, quiet, up_to_position=first.position
+        ) == [(never_tried, "webhook")]
+    finally:
         system.close()
