@@ -61,14 +61,11 @@ class NoticeDelivery:
         rows = dialects.fetch_all(engine, _CONTACT_SQL[engine.dialect.name], (account_id,))
         return Contact(None, None) if not rows else Contact(rows[0][0], rows[0][1])
 
-    def _delivered_key(self, notice_event_id: str, channel: str) -> str:
-        return f"notice-delivered:{notice_event_id}:{channel}"
-
     def failed_attempts(self, notice_event_id: str, channel: str) -> int:
         """How many failed attempts on ``channel`` are recorded for the notice, by any message
         (a notice re-sent after its broker lost it counts on from its earlier attempts)."""
         count = 0
-        while self.store.key_used(_failed_key(notice_event_id, channel, count + 1)):
+        while self.store.key_used(failed_key(notice_event_id, channel, count + 1)):
             count += 1
         return count
 
@@ -77,7 +74,7 @@ class NoticeDelivery:
         retries were spent, or the target refused): no attempt follows one."""
         if failed == 0:
             return False
-        key = _failed_key(notice_event_id, channel, failed)
+        key = failed_key(notice_event_id, channel, failed)
         recorded = self.store.recorded_for_key(key, key)
         return recorded is not None and any(e.data.get("final") for e in recorded)
 
@@ -107,7 +104,7 @@ class NoticeDelivery:
         target = contact.email if channel == "email" else contact.webhook_url
         if target is None:
             return "no_target"
-        key = self._delivered_key(notice_event_id, channel)
+        key = delivered_key(notice_event_id, channel)
         if self.store.recorded_for_key(key, key) is not None:
             return "already_delivered"
         rendered = render(notice)
@@ -158,7 +155,7 @@ class NoticeDelivery:
             account_id,
             notice_event_id,
             payload,
-            _failed_key(notice_event_id, channel, attempt),
+            failed_key(notice_event_id, channel, attempt),
         )
 
     def _record(self, account_id: str, notice_event_id: str, payload: object, key: str) -> None:
@@ -167,6 +164,11 @@ class NoticeDelivery:
             raise outcome
 
 
-def _failed_key(notice_event_id: str, channel: str, attempt: int) -> str:
+def delivered_key(notice_event_id: str, channel: str) -> str:
+    """The idempotency key of a notice's ``NoticeDelivered`` on ``channel``."""
+    return f"notice-delivered:{notice_event_id}:{channel}"
+
+
+def failed_key(notice_event_id: str, channel: str, attempt: int) -> str:
     """The idempotency key of a failed attempt's ``NoticeDeliveryFailed``."""
     return f"notice-failed:{notice_event_id}:{channel}:{attempt}"

@@ -1,6 +1,6 @@
 """Recovery of notices whose messages a broker lost: the in-memory one at a restart (embedded
 mode), a Redis that lost its data (``runtime.RedisWatch``), or a retry the broker could not
-take (``stranded_deliveries``).
+take (``lost_retries``).
 
 The relay's checkpoint has already moved past the ``NoticeIssued`` events it enqueued. Every
 recent notice without a final outcome in the log (``NoticeDelivered``, or
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from enforcement.notices.delivery import Contact
+from enforcement.notices.delivery import Contact, delivered_key, failed_key
 from enforcement.tables import contacts
 from events import EventStore
 from events.schema import events
@@ -48,65 +48,28 @@ def pending_deliveries(
     on e-mail when it has none (recorded as undeliverable on the channel "none"); it is done
     once each of those has a final outcome: ``NoticeDelivered``, or ``NoticeDeliveryFailed`` with
     ``final``. One channel's outcome says nothing of the other's."""
-    return [(n, c) for n, c, _ in _deliveries_without_outcome(store, now, window, up_to_position)]
-
-
-def stranded_deliveries(
-    store: EventStore,
-    now: datetime,
-    quiet: timedelta,
-    window: timedelta = RECOVERY_WINDOW,
-    up_to_position: int | None = None,
-) -> list[tuple[str, str]]:
-    """The ``pending_deliveries`` on which nothing was recorded for ``quiet`` or longer: neither
-    the notice (for a channel never attempted) nor a failed attempt on that channel. With
-    ``quiet`` longer than any retry waits, their next attempt's message is lost: Dramatiq
-    queues a retry after the failed attempt, and when the broker cannot take it (Redis
-    unreachable, even briefly) it only logs that and acknowledges the message."""
-    before = to_utc(now) - quiet
-    return [
-        (n, c)
-        for n, c, last in _deliveries_without_outcome(store, now, window, up_to_position)
-        if last <= before
-    ]
-
-
-def _deliveries_without_outcome(
-    store: EventStore, now: datetime, window: timedelta, up_to_position: int | None
-) -> list[tuple[str, str, datetime]]:
-    """``pending_deliveries`` with when each was last heard of: its notice's ``recorded_at``, or
-    its channel's last failed attempt's."""
     since = to_utc(now) - window
-    notices = sa.select(events.c.event_id, events.c.account_id, events.c.recorded_at).where(
+    notices = sa.select(events.c.event_id, events.c.account_id).where(
         events.c.type == "NoticeIssued", events.c.recorded_at >= since
     )
     if up_to_position is not None:
         notices = notices.where(events.c.position <= up_to_position)
     final = events.c.data["final"].as_boolean()
     outcomes = sa.select(
-        events.c.data["notice_event_id"].as_string(),
-        events.c.data["channel"].as_string(),
-        events.c.type == "NoticeDelivered",
-        final,
-        events.c.recorded_at,
+        events.c.data["notice_event_id"].as_string(), events.c.data["channel"].as_string()
     ).where(
         events.c.recorded_at >= since,
-        events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
+        sa.or_(
+            events.c.type == "NoticeDelivered",
+            sa.and_(events.c.type == "NoticeDeliveryFailed", final.is_(True)),
+        ),
     )
     with store.engine.connect() as conn:
-        issued = [
-            (str(r[0]), r[1], to_utc(r[2]))
-            for r in conn.execute(notices.order_by(events.c.position))
-        ]
+        issued = [(str(r[0]), r[1]) for r in conn.execute(notices.order_by(events.c.position))]
         done: dict[str, set[str]] = {}
-        tried: dict[tuple[str, str], datetime] = {}
-        for notice_event_id, channel, delivered, is_final, recorded_at in conn.execute(outcomes):
-            if delivered or is_final:
-                done.setdefault(str(notice_event_id), set()).add(channel)
-            else:
-                key = (str(notice_event_id), channel)
-                tried[key] = max(tried.get(key, to_utc(recorded_at)), to_utc(recorded_at))
-        accounts = sorted({account for _, account, _ in issued})
+        for notice_event_id, channel in conn.execute(outcomes):
+            done.setdefault(str(notice_event_id), set()).add(channel)
+        accounts = sorted({account for _, account in issued})
         contact_of: dict[str, Contact] = {}
         for start in range(0, len(accounts), 500):
             chunk = accounts[start : start + 500]
@@ -117,14 +80,43 @@ def _deliveries_without_outcome(
                 contact_of[account] = Contact(email, webhook_url)
     no_contact = Contact(None, None)
     pending = []
-    for event_id, account, recorded_at in issued:
+    for event_id, account in issued:
         finished = done.get(event_id, set())
         if "none" in finished:  # undeliverable: the account had no contact data
             continue
         channels = contact_of.get(account, no_contact).channels
-        pending += [
-            (event_id, c, tried.get((event_id, c), recorded_at))
-            for c in channels
-            if c not in finished
-        ]
+        pending += [(event_id, c) for c in channels if c not in finished]
     return pending
+
+
+def lost_retries(store: EventStore, after: datetime, until: datetime) -> list[tuple[str, str]]:
+    """``(notice event id, channel)`` of each failed attempt recorded in ``(after, until]`` that
+    was not final and that nothing followed: neither a delivery nor the next attempt on its
+    channel (looked up by their idempotency keys). Dramatiq queues a failed attempt's retry
+    after the attempt, and when the broker cannot take it (Redis unreachable, even briefly) it
+    only logs that and acknowledges the message; with ``until`` longer ago than any retry
+    waits, such an attempt's retry was lost. Each attempt is in one scan's range only, so a
+    caller that moves ``after`` on sends each lost retry once. Reads the failed attempts in the
+    range (by ``recorded_at``) and two keys for each one not final."""
+    failures = sa.select(
+        events.c.data["notice_event_id"].as_string(),
+        events.c.data["channel"].as_string(),
+        events.c.data["attempt"].as_integer(),
+        events.c.data["final"].as_boolean(),
+    ).where(
+        events.c.recorded_at > to_utc(after),
+        events.c.recorded_at <= to_utc(until),
+        events.c.type == "NoticeDeliveryFailed",
+    )
+    with store.engine.connect() as conn:
+        attempts = [
+            (str(n), str(c), int(a)) for n, c, a, final in conn.execute(failures) if not final
+        ]
+    return list(
+        dict.fromkeys(
+            (notice, channel)
+            for notice, channel, attempt in attempts
+            if not store.key_used(delivered_key(notice, channel))
+            and not store.key_used(failed_key(notice, channel, attempt + 1))
+        )
+    )

@@ -33,7 +33,7 @@ from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
 from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
-from enforcement.workers.recovery import pending_deliveries, stranded_deliveries
+from enforcement.workers.recovery import RECOVERY_WINDOW, lost_retries, pending_deliveries
 from enforcement.workers.relay import Message, Relay
 from enforcement.workers.retrying import log_failure, retry_delay
 from enforcement.workers.sweep import sweep_once
@@ -204,19 +204,19 @@ def keep_gate(
             failures = 0
 
 
-# How often the leader looks for deliveries whose retry was lost, in deadline sweeps (every
-# 5 minutes by default), and how long after the longest retry wait it takes one for lost.
-STRANDED_CHECK_SWEEPS = 10
-STRANDED_MARGIN_SWEEPS = 20
+# How often the leader looks for failed attempts whose retry was lost, in deadline sweeps
+# (every 5 minutes by default), and how long after the longest retry wait it takes one for lost.
+LOST_RETRY_CHECK_SWEEPS = 10
+LOST_RETRY_MARGIN_SWEEPS = 20
 
 
-def stranded_after(settings: Settings) -> timedelta:
-    """How long a delivery without an outcome may go unheard of before its next attempt's
-    message counts as lost: the longest wait between retries, plus 20 deadline sweeps (10
-    minutes by default) for a busy worker to take it up."""
+def retry_lost_after(settings: Settings) -> timedelta:
+    """How long after a failed attempt with nothing after it its retry counts as lost: the
+    longest wait between retries, plus 20 deadline sweeps (10 minutes by default) for a busy
+    worker to take it up."""
     return timedelta(
         milliseconds=settings.notice_max_backoff_ms,
-        seconds=settings.sweep_seconds * STRANDED_MARGIN_SWEEPS,
+        seconds=settings.sweep_seconds * LOST_RETRY_MARGIN_SWEEPS,
     )
 
 
@@ -275,26 +275,26 @@ def start_background(
                 actors.enqueue(Message("deliver_notice", (event_id, channel)))
             log.info("re-sent %d notice deliveries without an outcome", len(pending))
 
-        resent_at: dict[tuple[str, str], datetime] = {}
-        quiet = stranded_after(settings)
+        lost_after = retry_lost_after(settings)
+        scanned_until: list[datetime] = []  # how far the failed attempts were looked at
 
-        def resend_stranded_notices() -> None:
-            """Re-send deliveries whose next attempt's message was lost because the broker
-            could not take a retry (``recovery.stranded_deliveries``), each at most once per
-            ``quiet``. Delivery is idempotent per notice and channel, and numbers its attempts
-            on from those recorded, so the notice's limit of attempts holds."""
-            now = to_utc(container.clock())
-            stranded = stranded_deliveries(
-                container.store, now, quiet, up_to_position=relay_obj.position()
-            )
-            due = [d for d in stranded if d not in resent_at or now - resent_at[d] >= quiet]
-            for event_id, channel in due:
+        def resend_lost_retries() -> None:
+            """Send again the deliveries whose failed attempt's retry the broker could not take
+            (``recovery.lost_retries``): each failed attempt is looked at once, when it is
+            ``lost_after`` old (the first look after taking the lead reaches back over the
+            recovery window). Delivery numbers its attempts on from those recorded, so the
+            notice's limit of attempts holds; a failed enqueue leaves the range to the next
+            look."""
+            until = to_utc(container.clock()) - lost_after
+            after = scanned_until[-1] if scanned_until else until - RECOVERY_WINDOW
+            if until <= after:
+                return
+            lost = lost_retries(container.store, after, until)
+            for event_id, channel in lost:
                 actors.enqueue(Message("deliver_notice", (event_id, channel)))
-                resent_at[(event_id, channel)] = now
-            for gone in resent_at.keys() - set(stranded):
-                del resent_at[gone]
-            if due:
-                log.warning("re-sent %d notice deliveries whose retry was lost", len(due))
+            scanned_until[:] = [until]
+            if lost:
+                log.warning("re-sent %d notice deliveries whose retry was lost", len(lost))
 
         def lead() -> None:
             failures = 0
@@ -336,11 +336,11 @@ def start_background(
                             target=run_every,
                             args=(
                                 stepping_down,
-                                settings.sweep_seconds * STRANDED_CHECK_SWEEPS,
-                                resend_stranded_notices,
-                                "re-sending stranded notices",
+                                settings.sweep_seconds * LOST_RETRY_CHECK_SWEEPS,
+                                resend_lost_retries,
+                                "re-sending lost notice retries",
                             ),
-                            name="stranded-notices",
+                            name="lost-retries",
                             daemon=True,
                         ),
                         threading.Thread(

@@ -276,6 +276,7 @@ def test_every_email_of_one_notice_has_the_same_message_id() -> None:
         "AUP §2 — a description in naïve UTF-8, 例え\n",
         "x" * 1500 + " one line longer than SMTP's 998 octets\n" + "= and =3D stay as they are\n",
         "a line with trailing spaces   \nand a final line without a newline",
+        "Description:\nFrom the gateway logs (not quoted as an mbox line)\n",
     ],
 )
 def test_an_email_reads_back_as_its_text_and_headers(text: str) -> None:

@@ -243,7 +243,9 @@ class SmtpSink:
                 return "250 Message accepted for delivery"
 
         self.port = free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            Handler(), hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True
+        )
         self.controller.start()
 
     @property

@@ -8,6 +8,7 @@ embedded broker and over a real Redis (``broker_url``), on a migrated SQLite fil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Iterator, Sequence
@@ -18,10 +19,13 @@ import pytest
 
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
+from enforcement.notices.email import EmailSender, build_message
+from enforcement.notices.templates import render
 from enforcement.workers.actors import QUEUE
 from enforcement.workers.relay import CHECKPOINT, Message
-from enforcement.workers.runtime import stranded_after
+from enforcement.workers.runtime import retry_lost_after
 from events import RecordedEvent
+from tests.unit.test_templates import warning
 from tests.workers.system import (
     OPERATOR,
     SECRET,
@@ -156,6 +160,21 @@ def test_failed_attempts_are_retried_with_exponential_backoff(
         receiver.close()
 
 
+@pytest.mark.parametrize("to", ["abuse-desk@customer.test", "josé@exämple.de"])
+def test_an_email_goes_over_smtp_to_any_address(smtp: SmtpSink, to: str) -> None:
+    """An ASCII address and one that is not (SMTPUTF8, which ``smtplib`` does only for a
+    message on the default policy) both go out, with the text intact."""
+    notice = warning()
+    text = "Description:\nthe gateway logs: bulk mail — naïve filter\n"
+    rendered = dataclasses.replace(render(notice), text=text)
+    EmailSender(smtp.url, "/nonexistent").send(build_message(notice, rendered, to), "evt")
+
+    [(rcpts, message)] = smtp.messages
+    assert rcpts == [to]
+    assert message["To"] == to
+    assert message.get_content().replace("\r\n", "\n") == text
+
+
 def test_a_retry_the_broker_could_not_take_is_sent_again(
     sqlite_db: str, broker_url: str | None, tmp_path: Path
 ) -> None:
@@ -195,7 +214,7 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
         ]
         # not before the longest retry wait and the margin had passed
         times = [r.at for r in receiver.for_event(notice.event_id)]
-        assert times[1] - times[0] >= stranded_after(settings).total_seconds()
+        assert times[1] - times[0] >= retry_lost_after(settings).total_seconds()
     finally:
         system.close()
         receiver.close()

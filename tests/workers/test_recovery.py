@@ -3,19 +3,19 @@ PostgreSQL: a notice is done only once every channel it goes out on has a final 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
-from enforcement.notices.delivery import DeliveryFailed
+from enforcement.notices.delivery import DeliveryFailed, delivered_key, failed_key
 from enforcement.service import Actor
 from enforcement.workers.recovery import (
+    lost_retries,
     notices_without_outcome,
     pending_deliveries,
-    stranded_deliveries,
 )
 from enforcement.workers.runtime import build_actors
 from projections import aup_events as ev
@@ -30,7 +30,9 @@ def notice_of(system: Container, account: str) -> str:
 
 
 def delivered(system: Container, account: str, notice: str, channel: str) -> None:
-    system.service.record_fact(account, ev.NoticeDelivered("ntc", notice, channel, 1), WORKER)
+    payload = ev.NoticeDelivered("ntc", notice, channel, 1)
+    key = delivered_key(notice, channel)
+    system.service.record_fact(account, payload, WORKER, idempotency_key=key)
 
 
 def failed(system: Container, account: str, notice: str, channel: str, final: bool) -> None:
@@ -113,42 +115,37 @@ def test_a_notice_sent_again_numbers_its_attempts_on_and_keeps_its_limit(
         system.close()
 
 
-def test_a_delivery_is_stranded_once_nothing_was_recorded_on_it_for_the_quiet_time(
+def test_a_failed_attempt_that_nothing_followed_has_lost_its_retry(
     database_url: str, tmp_path: Path
 ) -> None:
-    """``stranded_deliveries``: the pending deliveries last heard of (the notice, or the
-    channel's last failed attempt) ``quiet`` or longer ago; one with a final outcome never."""
+    """``lost_retries``: the failed attempts recorded in the range that were not final and
+    that no delivery and no next attempt on their channel followed."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path))
     try:
-        for account in ("acct_never_tried", "acct_tried", "acct_done"):
+        accounts = ("acct_lost", "acct_next", "acct_done", "acct_final", "acct_untried")
+        for account in accounts:
             set_contact(system.engine, account, webhook_url="https://customer.test/hook")
-        never_tried = notice_of(system, "acct_never_tried")
-        tried = notice_of(system, "acct_tried")
-        done = notice_of(system, "acct_done")
-        issued_by = system.clock()
-        failed(system, "acct_tried", tried, "webhook", final=False)
-        failed(system, "acct_done", done, "webhook", final=False)
-        delivered(system, "acct_done", done, "webhook")
-        tried_at = max(
-            e.recorded_at
-            for e in system.store.read_stream("acct_tried")
-            if e.type == "NoticeDeliveryFailed"
-        )
-        quiet = timedelta(hours=1)
+        notice = {account: notice_of(system, account) for account in accounts}
+        start = system.clock() - timedelta(seconds=1)
+        for account in accounts[:3]:
+            attempt(system, account, notice[account], 1, final=False)
+        attempt(system, "acct_next", notice["acct_next"], 2, final=False)  # the retry came
+        delivered(system, "acct_done", notice["acct_done"], "webhook")
+        attempt(system, "acct_final", notice["acct_final"], 1, final=True)
+        end = system.clock() + timedelta(seconds=1)
 
-        def stranded(now: datetime) -> list[tuple[str, str]]:
-            return stranded_deliveries(system.store, now, quiet)
-
-        assert stranded(issued_by + quiet - timedelta(seconds=1)) == []
-        # (the untried notice was recorded before the other's failed attempt)
-        assert stranded(tried_at + quiet - timedelta(microseconds=1)) == [(never_tried, "webhook")]
-        assert stranded(tried_at + quiet) == [(never_tried, "webhook"), (tried, "webhook")]
-        # the relay's checkpoint bounds it as it bounds ``pending_deliveries``
-        first = system.store.get_event(never_tried)
-        assert first is not None
-        assert stranded_deliveries(
-            system.store, tried_at + quiet, quiet, up_to_position=first.position
-        ) == [(never_tried, "webhook")]
+        assert lost_retries(system.store, start, end) == [
+            (notice["acct_lost"], "webhook"),
+            (notice["acct_next"], "webhook"),  # its second attempt is not followed either
+        ]
+        # An attempt outside the range is not looked at (each scan looks at its own range).
+        assert lost_retries(system.store, end, end + timedelta(hours=1)) == []
     finally:
         system.close()
+
+
+def attempt(system: Container, account: str, notice: str, n: int, final: bool) -> None:
+    payload = ev.NoticeDeliveryFailed("ntc", notice, "webhook", n, "down", final)
+    key = failed_key(notice, "webhook", n)
+    system.service.record_fact(account, payload, WORKER, idempotency_key=key)
