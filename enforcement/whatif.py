@@ -111,14 +111,16 @@ class Outcome:
 
 
 def outcome_of(decisions: Iterable[_Decision]) -> Outcome:
-    """The harshest of the decisions recorded (or simulated) on one violation."""
+    """The harshest of the decisions recorded (or simulated) on one violation. A suspension
+    held behind a longer one (``held_by``) restricts nothing when it is decided: logs from
+    before such suspensions were recorded have none, and compare equal."""
     taken = list(decisions)
     referral = any(d.type == "AuthorityReferralOpened" for d in taken)
     found = [Outcome()]
     for d in taken:
         if d.type == "AccountTerminated":
             found.append(Outcome("termination", referral=referral))
-        elif d.type == "AccountSuspended":
+        elif d.type == "AccountSuspended" and d.data.get("held_by") is None:
             until = d.data.get("until")
             span = None if until is None else parse_time(until) - to_utc(d.occurred_at)
             found.append(Outcome("suspension", span))

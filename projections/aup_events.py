@@ -349,8 +349,19 @@ def build_codec() -> Codec:
     """A codec that knows every AUP event type at its current schema version."""
     codec = Codec()
     for payload_class in EVENT_CLASSES:
-        codec.register(payload_class, schema_version=1)
+        if payload_class is AccountSuspended:
+            # 2: ``held_by``. A process of an earlier release refuses such an event as newer
+            # than its code instead of failing on the unknown field.
+            codec.register(payload_class, schema_version=2, upcasters={1: _suspended_v1_to_v2})
+        else:
+            codec.register(payload_class, schema_version=1)
     return codec
+
+
+def _suspended_v1_to_v2(data: JSON) -> JSON:
+    """``AccountSuspended`` before ``held_by``: none of them was held."""
+    data["held_by"] = None
+    return data
 
 
 CODEC = build_codec()

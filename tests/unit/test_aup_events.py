@@ -67,11 +67,29 @@ SAMPLES: list[Any] = [
 ]
 
 
-def test_every_contract_type_is_registered_at_schema_version_1() -> None:
+def test_every_contract_type_is_registered_at_its_schema_version() -> None:
+    """1, but for ``AccountSuspended`` at 2 since ``held_by``."""
     assert set(ev.CODEC.types) == CONTRACT_TYPES
     for name in CONTRACT_TYPES:
-        assert ev.CODEC.registration(name).schema_version == 1
+        expected = 2 if name == "AccountSuspended" else 1
+        assert ev.CODEC.registration(name).schema_version == expected
     assert {type(s).__name__ for s in SAMPLES} == CONTRACT_TYPES
+
+
+def test_a_suspension_stored_before_held_by_reads_as_not_held() -> None:
+    old = {
+        "suspension_id": "sus_1",
+        "until": None,
+        "reason": "operator",
+        "statement_of_reasons": SOR,
+        "violation_ids": ["vio_1"],
+    }
+    payload = ev.CODEC.payload("AccountSuspended", 1, old)
+    assert payload == ev.AccountSuspended("sus_1", None, "operator", SOR, ["vio_1"], None)
+    assert "held_by" not in old  # the stored record is left as it is
+    held = ev.AccountSuspended("sus_2", None, "operator", SOR, [], "sus_1")
+    new = ev.CODEC.encode(held, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))
+    assert (new.schema_version, new.data["held_by"]) == (2, "sus_1")
 
 
 def test_build_codec_gives_an_independent_equal_registry() -> None:
