@@ -359,8 +359,9 @@ def build_codec() -> Codec:
 
 
 def _suspended_v1_to_v2(data: JSON) -> JSON:
-    """``AccountSuspended`` before ``held_by``: none of them was held."""
-    data["held_by"] = None
+    """``AccountSuspended`` before ``held_by``: none of them was held (a few development
+    builds recorded ``held_by`` at version 1: kept)."""
+    data.setdefault("held_by", None)
     return data
 
 

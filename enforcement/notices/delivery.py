@@ -98,7 +98,7 @@ class NoticeDelivery:
                     "undeliverable: the account has no contact data",
                     True,
                 ),
-                f"notice-undeliverable:{notice_event_id}",
+                undeliverable_key(notice_event_id),
             )
             return "undeliverable"
         target = contact.email if channel == "email" else contact.webhook_url
@@ -167,6 +167,11 @@ class NoticeDelivery:
 def delivered_key(notice_event_id: str, channel: str) -> str:
     """The idempotency key of a notice's ``NoticeDelivered`` on ``channel``."""
     return f"notice-delivered:{notice_event_id}:{channel}"
+
+
+def undeliverable_key(notice_event_id: str) -> str:
+    """The idempotency key of a notice recorded undeliverable (no contact data)."""
+    return f"notice-undeliverable:{notice_event_id}"
 
 
 def failed_key(notice_event_id: str, channel: str, attempt: int) -> str:

@@ -13,7 +13,8 @@ from urllib.parse import urlparse
 from enforcement.notices.templates import RenderedNotice
 from events import RecordedEvent
 
-SENDER = "TaaS Trust & Safety <trust-and-safety@taas.invalid>"
+SENDER_ADDRESS = "trust-and-safety@taas.invalid"
+SENDER = f"TaaS Trust & Safety <{SENDER_ADDRESS}>"
 # UTF-8 text as quoted-printable: ASCII stays readable in the raw message, and no line is too
 # long for SMTP whatever a description holds.
 _UTF8_QP = Charset("utf-8")
@@ -72,4 +73,11 @@ class EmailSender:
         with smtp_class(url.hostname or "localhost", port, timeout=self.timeout) as smtp:
             if url.username:
                 smtp.login(url.username, url.password or "")
-            smtp.send_message(message)
+            to = str(message["To"] or "")
+            if not to.isascii():
+                smtp.send_message(message)  # SMTPUTF8, which smtplib does in send_message only
+            else:
+                # send_message would quote every body line that starts with "From " as
+                # ">From " (an mbox habit), whatever the message's policy; as_bytes does not.
+                wire = message.policy.clone(linesep="\r\n")  # SMTP's line ends
+                smtp.sendmail(SENDER_ADDRESS, [to], message.as_bytes(policy=wire))

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from enforcement.notices.delivery import Contact, delivered_key, failed_key
+from enforcement.notices.delivery import Contact, delivered_key, failed_key, undeliverable_key
 from enforcement.tables import contacts
 from events import EventStore
 from events.schema import events
@@ -89,15 +89,18 @@ def pending_deliveries(
     return pending
 
 
-def lost_retries(store: EventStore, after: datetime, until: datetime) -> list[tuple[str, str]]:
+def lost_retries(
+    store: EventStore, after: datetime, until: datetime, max_attempts: int
+) -> list[tuple[str, str]]:
     """``(notice event id, channel)`` of each failed attempt recorded in ``(after, until]`` that
-    was not final and that nothing followed: neither a delivery nor the next attempt on its
-    channel (looked up by their idempotency keys). Dramatiq queues a failed attempt's retry
-    after the attempt, and when the broker cannot take it (Redis unreachable, even briefly) it
-    only logs that and acknowledges the message; with ``until`` longer ago than any retry
-    waits, such an attempt's retry was lost. Each attempt is in one scan's range only, so a
-    caller that moves ``after`` on sends each lost retry once. Reads the failed attempts in the
-    range (by ``recorded_at``) and two keys for each one not final."""
+    was not final and that nothing followed: no delivery, no "undeliverable", no later attempt
+    on its channel up to ``max_attempts`` (looked up by their idempotency keys). Dramatiq
+    queues a failed attempt's retry after the attempt, and when the broker cannot take it
+    (Redis unreachable, even briefly) it only logs that and acknowledges the message; with
+    ``until`` longer ago than any retry waits, such an attempt's retry was lost. Each attempt
+    is in one scan's range only, so a caller that moves ``after`` on sends each lost retry
+    once. Reads the failed attempts in the range (by ``recorded_at``) and a few keys for each
+    one not final."""
     failures = sa.select(
         events.c.data["notice_event_id"].as_string(),
         events.c.data["channel"].as_string(),
@@ -116,7 +119,17 @@ def lost_retries(store: EventStore, after: datetime, until: datetime) -> list[tu
         dict.fromkeys(
             (notice, channel)
             for notice, channel, attempt in attempts
-            if not store.key_used(delivered_key(notice, channel))
-            and not store.key_used(failed_key(notice, channel, attempt + 1))
+            if not _followed(store, notice, channel, attempt, max_attempts)
         )
+    )
+
+
+def _followed(store: EventStore, notice: str, channel: str, attempt: int, most: int) -> bool:
+    """Whether anything was recorded on ``channel`` after failed ``attempt``: a delivery, the
+    notice undeliverable, or a later attempt (any of them: an attempt whose failure could not
+    be recorded leaves a gap in the numbers)."""
+    later = (failed_key(notice, channel, n) for n in range(attempt + 1, most + 1))
+    return any(
+        store.key_used(key)
+        for key in (delivered_key(notice, channel), undeliverable_key(notice), *later)
     )

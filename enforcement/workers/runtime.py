@@ -289,7 +289,7 @@ def start_background(
             after = scanned_until[-1] if scanned_until else until - RECOVERY_WINDOW
             if until <= after:
                 return
-            lost = lost_retries(container.store, after, until)
+            lost = lost_retries(container.store, after, until, settings.notice_retries + 1)
             for event_id, channel in lost:
                 actors.enqueue(Message("deliver_notice", (event_id, channel)))
             scanned_until[:] = [until]

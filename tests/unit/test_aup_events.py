@@ -87,6 +87,9 @@ def test_a_suspension_stored_before_held_by_reads_as_not_held() -> None:
     payload = ev.CODEC.payload("AccountSuspended", 1, old)
     assert payload == ev.AccountSuspended("sus_1", None, "operator", SOR, ["vio_1"], None)
     assert "held_by" not in old  # the stored record is left as it is
+    # A few development builds recorded held_by at version 1: it is kept.
+    early = ev.CODEC.payload("AccountSuspended", 1, {**old, "held_by": "sus_0"})
+    assert early.held_by == "sus_0"
     held = ev.AccountSuspended("sus_2", None, "operator", SOR, [], "sus_1")
     new = ev.CODEC.encode(held, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))
     assert (new.schema_version, new.data["held_by"]) == (2, "sus_1")

@@ -107,6 +107,9 @@ def test_the_sender_connects_where_the_smtp_url_says(
             def send_message(self, message: EmailMessage) -> None:
                 return None
 
+            def sendmail(self, sender: str, to: list[str], message: bytes) -> None:
+                return None
+
         return Connection
 
     monkeypatch.setattr(email.smtplib, "SMTP", fake("SMTP"))

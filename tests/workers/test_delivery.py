@@ -163,9 +163,10 @@ def test_failed_attempts_are_retried_with_exponential_backoff(
 @pytest.mark.parametrize("to", ["abuse-desk@customer.test", "josé@exämple.de"])
 def test_an_email_goes_over_smtp_to_any_address(smtp: SmtpSink, to: str) -> None:
     """An ASCII address and one that is not (SMTPUTF8, which ``smtplib`` does only for a
-    message on the default policy) both go out, with the text intact."""
+    message on the default policy) both go out, with the text intact: a line that starts with
+    "From " is not quoted as ">From " (``smtplib.send_message`` would, for an ASCII one)."""
     notice = warning()
-    text = "Description:\nthe gateway logs: bulk mail — naïve filter\n"
+    text = "Description:\nFrom the gateway logs: bulk mail — naïve filter\n"
     rendered = dataclasses.replace(render(notice), text=text)
     EmailSender(smtp.url, "/nonexistent").send(build_message(notice, rendered, to), "evt")
 

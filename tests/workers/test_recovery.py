@@ -10,7 +10,12 @@ import pytest
 
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
-from enforcement.notices.delivery import DeliveryFailed, delivered_key, failed_key
+from enforcement.notices.delivery import (
+    DeliveryFailed,
+    delivered_key,
+    failed_key,
+    undeliverable_key,
+)
 from enforcement.service import Actor
 from enforcement.workers.recovery import (
     lost_retries,
@@ -119,28 +124,41 @@ def test_a_failed_attempt_that_nothing_followed_has_lost_its_retry(
     database_url: str, tmp_path: Path
 ) -> None:
     """``lost_retries``: the failed attempts recorded in the range that were not final and
-    that no delivery and no next attempt on their channel followed."""
+    that no delivery, no "undeliverable" and no later attempt on their channel followed (a
+    later one, not only the next: a failure that could not be recorded leaves a gap)."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path))
     try:
-        accounts = ("acct_lost", "acct_next", "acct_done", "acct_final", "acct_untried")
+        accounts = (
+            "acct_lost",
+            "acct_next",
+            "acct_done",
+            "acct_gap",
+            "acct_gone",
+            "acct_final",
+            "acct_untried",
+        )
         for account in accounts:
             set_contact(system.engine, account, webhook_url="https://customer.test/hook")
         notice = {account: notice_of(system, account) for account in accounts}
         start = system.clock() - timedelta(seconds=1)
-        for account in accounts[:3]:
+        for account in accounts[:5]:
             attempt(system, account, notice[account], 1, final=False)
         attempt(system, "acct_next", notice["acct_next"], 2, final=False)  # the retry came
         delivered(system, "acct_done", notice["acct_done"], "webhook")
+        attempt(system, "acct_gap", notice["acct_gap"], 3, final=True)  # 2 was never recorded
+        payload = ev.NoticeDeliveryFailed("ntc", notice["acct_gone"], "none", 2, "no contact", True)
+        key = undeliverable_key(notice["acct_gone"])
+        system.service.record_fact("acct_gone", payload, WORKER, idempotency_key=key)
         attempt(system, "acct_final", notice["acct_final"], 1, final=True)
         end = system.clock() + timedelta(seconds=1)
 
-        assert lost_retries(system.store, start, end) == [
+        assert lost_retries(system.store, start, end, 4) == [
             (notice["acct_lost"], "webhook"),
             (notice["acct_next"], "webhook"),  # its second attempt is not followed either
         ]
         # An attempt outside the range is not looked at (each scan looks at its own range).
-        assert lost_retries(system.store, end, end + timedelta(hours=1)) == []
+        assert lost_retries(system.store, end, end + timedelta(hours=1), 4) == []
     finally:
         system.close()
 
