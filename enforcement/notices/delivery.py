@@ -8,6 +8,7 @@ from (notice event, channel[, attempt]), so a redelivered message never records 
 from __future__ import annotations
 
 import logging
+import smtplib
 from dataclasses import dataclass
 
 from enforcement.notices.email import EmailSender, build_message
@@ -114,8 +115,10 @@ class NoticeDelivery:
             else:
                 self.webhook.send(target, notice_event_id, rendered.body)
         except Exception as exc:
-            refused = isinstance(exc, WebhookRefused)  # a refused target never becomes valid
-            error = str(exc) if refused else f"{type(exc).__name__}: {exc}"
+            # A refused target never becomes valid: a webhook the checks refuse, or an address
+            # that is not ASCII on a mail server without SMTPUTF8.
+            refused = isinstance(exc, (WebhookRefused, smtplib.SMTPNotSupportedError))
+            error = str(exc) if isinstance(exc, WebhookRefused) else f"{type(exc).__name__}: {exc}"
             self._failed(
                 notice.account_id,
                 notice_event_id,

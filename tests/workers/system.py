@@ -231,7 +231,7 @@ class Receiver:
 class SmtpSink:
     """aiosmtpd on a free loopback port; ``messages`` holds (envelope rcpts, parsed message)."""
 
-    def __init__(self) -> None:
+    def __init__(self, smtputf8: bool = True) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
         sink = self
 
@@ -244,7 +244,7 @@ class SmtpSink:
 
         self.port = free_port()
         self.controller = Controller(
-            Handler(), hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True
+            Handler(), hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=smtputf8
         )
         self.controller.start()
 

@@ -23,7 +23,7 @@ from enforcement.notices.email import EmailSender, build_message
 from enforcement.notices.templates import render
 from enforcement.workers.actors import QUEUE
 from enforcement.workers.relay import CHECKPOINT, Message
-from enforcement.workers.runtime import retry_lost_after
+from enforcement.workers.runtime import build_actors, retry_lost_after
 from events import RecordedEvent
 from tests.unit.test_templates import warning
 from tests.workers.system import (
@@ -174,6 +174,30 @@ def test_an_email_goes_over_smtp_to_any_address(smtp: SmtpSink, to: str) -> None
     assert rcpts == [to]
     assert message["To"] == to
     assert message.get_content().replace("\r\n", "\n") == text
+
+
+def test_a_non_ascii_address_on_a_server_without_smtputf8_fails_for_good(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """The server cannot take such an address at all: the first attempt is final instead of
+    every retry failing the same way."""
+    sink = SmtpSink(smtputf8=False)
+    system = bootstrap(fast_settings(sqlite_db, tmp_path, smtp_url=sink.url, notice_retries=3))
+    try:
+        set_contact(system.engine, "acct_utf8", email="josé@exämple.de")
+        [notice] = [e for e in report(system, "acct_utf8").events if e.type == "NoticeIssued"]
+        deliver = build_actors(system).by_name["deliver_notice"].fn
+        deliver(notice.event_id, "email")  # no DeliveryFailed: nothing to retry
+
+        [failure] = [
+            e for e in system.store.read_stream("acct_utf8") if e.type == "NoticeDeliveryFailed"
+        ]
+        assert (failure.data["attempt"], failure.data["final"]) == (1, True)
+        assert "SMTPNotSupportedError" in failure.data["error"]
+        assert sink.messages == []
+    finally:
+        system.close()
+        sink.close()
 
 
 def test_a_retry_the_broker_could_not_take_is_sent_again(
