@@ -205,8 +205,8 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
 ) -> None:
     """Dramatiq queues a failed attempt's retry after the attempt; when the broker cannot take
     it (Redis away for a moment) it logs that and acknowledges the message, and the retry is
-    gone. The leader finds the delivery unheard of for longer than any retry waits
-    (``recovery.stranded_deliveries``) and sends it again."""
+    gone. The leader finds the failed attempt that nothing followed for longer than any retry
+    waits (``recovery.lost_retries``) and sends it again."""
     receiver = Receiver(fail_first=1, fail_status=503)
     settings = fast_settings(
         sqlite_db, tmp_path, redis_url=broker_url, notice_retries=3, sweep_seconds=0.1
