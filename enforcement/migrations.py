@@ -44,10 +44,7 @@ def current_revision(database_url: str, connect_timeout: int | None = None) -> s
 
     from events.dialects import create_engine
 
-    options: dict[str, object] = {}
-    if connect_timeout is not None and not database_url.startswith("sqlite"):
-        options["connect_args"] = {"connect_timeout": connect_timeout}
-    engine = create_engine(database_url, **options)
+    engine = create_engine(database_url, connect_timeout=connect_timeout)
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()

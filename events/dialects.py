@@ -54,8 +54,10 @@ def normalized_url(url: str | sa.URL) -> sa.URL:
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
 
 
-def create_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine configured for the log: durable SQLite, pooled PostgreSQL (psycopg 3)."""
+def create_engine(url: str, connect_timeout: int | None = None, **kwargs: Any) -> Engine:
+    """An engine configured for the log: durable SQLite, pooled PostgreSQL (psycopg 3).
+    ``connect_timeout`` (seconds, PostgreSQL only) replaces the usual bound on connecting: the
+    URL's own, else ``POSTGRES_CONNECT_TIMEOUT_SECONDS``."""
     sa_url = normalized_url(url)
     if sa_url.get_backend_name() == "sqlite":
         engine = sa.create_engine(
@@ -65,10 +67,12 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    if "connect_timeout" not in sa_url.query:  # the URL's own value wins
+    if connect_timeout is not None or "connect_timeout" not in sa_url.query:
         # A server that accepts connections and never answers would hold a request (and
         # /healthz, which should answer 503) for as long as the kernel keeps the socket.
         connect_args = dict(kwargs.pop("connect_args", None) or {})
+        if connect_timeout is not None:
+            connect_args["connect_timeout"] = connect_timeout
         connect_args.setdefault("connect_timeout", POSTGRES_CONNECT_TIMEOUT_SECONDS)
         kwargs["connect_args"] = connect_args
     engine = sa.create_engine(sa_url, **kwargs)

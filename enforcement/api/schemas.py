@@ -191,9 +191,8 @@ class ThrottleIn(Strict):
     factor: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.25
     expires_at: Moment | None = None
     reason: SafeText = ""
-    notify: StrictBool = (
-        True  # POLICY.md: every restriction has a notice unless the operator asks none
-    )
+    # POLICY.md: every restriction has a notice unless the operator asks none.
+    notify: StrictBool = True
 
 
 class AdultContentIn(Strict):

@@ -271,12 +271,15 @@ def start_background(
                 container.store, container.clock(), up_to_position=relay_obj.position()
             )
             # Only the channels without a final outcome: one that failed for good stays so.
-            for event_id, channel in pending:
-                actors.enqueue(Message("deliver_notice", (event_id, channel)))
+            send_deliveries(pending)
             log.info("re-sent %d notice deliveries without an outcome", len(pending))
 
+        def send_deliveries(deliveries: list[tuple[str, str]]) -> None:
+            for event_id, channel in deliveries:
+                actors.enqueue(Message("deliver_notice", (event_id, channel)))
+
         lost_after = retry_lost_after(settings)
-        scanned_until: list[datetime] = []  # how far the failed attempts were looked at
+        scanned_until: datetime | None = None  # how far the failed attempts were looked at
 
         def resend_lost_retries() -> None:
             """Send again the deliveries whose failed attempt's retry the broker could not take
@@ -285,14 +288,14 @@ def start_background(
             recovery window). Delivery numbers its attempts on from those recorded, so the
             notice's limit of attempts holds; a failed enqueue leaves the range to the next
             look."""
+            nonlocal scanned_until
             until = to_utc(container.clock()) - lost_after
-            after = scanned_until[-1] if scanned_until else until - RECOVERY_WINDOW
+            after = until - RECOVERY_WINDOW if scanned_until is None else scanned_until
             if until <= after:
                 return
             lost = lost_retries(container.store, after, until, settings.notice_retries + 1)
-            for event_id, channel in lost:
-                actors.enqueue(Message("deliver_notice", (event_id, channel)))
-            scanned_until[:] = [until]
+            send_deliveries(lost)
+            scanned_until = until
             if lost:
                 log.warning("re-sent %d notice deliveries whose retry was lost", len(lost))
 

@@ -102,16 +102,15 @@ def report_batch(
             results[index] = _item_error(raw, exc.status, exc.code, exc.message, exc.details)
             continue
         key = item.idempotency_key
-        header = idempotency_key if key is None else None  # the key is derived from it
-        derived = header is not None
+        header = idempotency_key if key is None else None  # an item's own key comes first
         # For a key derived from the header, the same item however written: a field spelled
         # out at its default (or null) is the field left out, so such a retry still replays.
         fingerprint = request_fingerprint(
             item.model_dump(
                 mode="json",
                 exclude={"idempotency_key"},
-                exclude_unset=not derived,
-                exclude_defaults=derived,
+                exclude_unset=header is None,
+                exclude_defaults=header is not None,
             )
         )
         if header is not None:
