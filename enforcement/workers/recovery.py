@@ -10,7 +10,8 @@ idempotent per notice and channel, so a channel that did go out is not sent twic
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -21,6 +22,10 @@ from events.schema import events
 from events.timefmt import to_utc
 
 RECOVERY_WINDOW = timedelta(days=14)
+# How far the failed attempts were looked at (``LostRetryScan``): the ``until`` of the last look,
+# in microseconds since the epoch, in the checkpoints table (a time, not a log position).
+LOST_RETRIES_CHECKPOINT = "notice-lost-retries-until-us"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def notices_without_outcome(
@@ -133,3 +138,54 @@ def _followed(store: EventStore, notice: str, channel: str, attempt: int, most: 
         store.key_used(key)
         for key in (delivered_key(notice, channel), undeliverable_key(notice), *later)
     )
+
+
+class LostRetryScan:
+    """The leader's periodic look for failed attempts whose retry was lost (``lost_retries``).
+
+    Each look takes the attempts recorded since the previous look up to ``lost_after`` ago, so
+    each attempt is looked at once, when it is that old. How far the looks reached is kept in
+    the database (``LOST_RETRIES_CHECKPOINT``), so a new leader goes on from where the last one
+    stopped: it neither sends again what that one sent nor reads the whole recovery window
+    again. The first look ever reaches back over ``RECOVERY_WINDOW``, as does a look after a
+    longer pause. The checkpoint moves on only after the deliveries were sent (a failed enqueue
+    leaves the range to the next look) and never back."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        clock: Callable[[], datetime],
+        lost_after: timedelta,
+        max_attempts: int,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.lost_after = lost_after
+        self.max_attempts = max_attempts
+
+    def scanned_until(self) -> datetime | None:
+        """The end of the last look's range, or None before the first."""
+        with self.store.engine.connect() as conn:
+            micros = self.store.get_checkpoint(conn, LOST_RETRIES_CHECKPOINT)
+        return _EPOCH + timedelta(microseconds=micros) if micros else None
+
+    def run(self, send: Callable[[list[tuple[str, str]]], object]) -> list[tuple[str, str]]:
+        """Look at the next range; ``send`` gets the lost ``(notice event id, channel)``s."""
+        until = to_utc(self.clock()) - self.lost_after
+        after = until - RECOVERY_WINDOW
+        scanned = self.scanned_until()
+        if scanned is not None:
+            after = max(after, scanned)
+        if until <= after:
+            return []
+        lost = lost_retries(self.store, after, until, self.max_attempts)
+        send(lost)
+        reached = _micros(until)
+        with self.store.engine.begin() as conn:
+            if self.store.get_checkpoint(conn, LOST_RETRIES_CHECKPOINT) < reached:
+                self.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, reached)
+        return lost
+
+
+def _micros(moment: datetime) -> int:
+    return (to_utc(moment) - _EPOCH) // timedelta(microseconds=1)

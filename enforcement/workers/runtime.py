@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -33,11 +33,10 @@ from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
 from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
-from enforcement.workers.recovery import RECOVERY_WINDOW, lost_retries, pending_deliveries
+from enforcement.workers.recovery import LostRetryScan, pending_deliveries
 from enforcement.workers.relay import Message, Relay
 from enforcement.workers.retrying import log_failure, retry_delay
 from enforcement.workers.sweep import sweep_once
-from events.timefmt import to_utc
 
 log = logging.getLogger("enforcement.workers")
 LEADER_LOCK_KEY = 7_301_947_562
@@ -278,24 +277,18 @@ def start_background(
             for event_id, channel in deliveries:
                 actors.enqueue(Message("deliver_notice", (event_id, channel)))
 
-        lost_after = retry_lost_after(settings)
-        scanned_until: datetime | None = None  # how far the failed attempts were looked at
+        lost_retry_scan = LostRetryScan(
+            container.store,
+            container.clock,
+            retry_lost_after(settings),
+            settings.notice_retries + 1,
+        )
 
         def resend_lost_retries() -> None:
             """Send again the deliveries whose failed attempt's retry the broker could not take
-            (``recovery.lost_retries``): each failed attempt is looked at once, when it is
-            ``lost_after`` old (the first look after taking the lead reaches back over the
-            recovery window). Delivery numbers its attempts on from those recorded, so the
-            notice's limit of attempts holds; a failed enqueue leaves the range to the next
-            look."""
-            nonlocal scanned_until
-            until = to_utc(container.clock()) - lost_after
-            after = until - RECOVERY_WINDOW if scanned_until is None else scanned_until
-            if until <= after:
-                return
-            lost = lost_retries(container.store, after, until, settings.notice_retries + 1)
-            send_deliveries(lost)
-            scanned_until = until
+            (``recovery.LostRetryScan``). Delivery numbers its attempts on from those recorded,
+            so the notice's limit of attempts holds."""
+            lost = lost_retry_scan.run(send_deliveries)
             if lost:
                 log.warning("re-sent %d notice deliveries whose retry was lost", len(lost))
 

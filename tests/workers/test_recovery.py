@@ -18,6 +18,7 @@ from enforcement.notices.delivery import (
 )
 from enforcement.service import Actor
 from enforcement.workers.recovery import (
+    LostRetryScan,
     lost_retries,
     notices_without_outcome,
     pending_deliveries,
@@ -159,6 +160,53 @@ def test_a_failed_attempt_that_nothing_followed_has_lost_its_retry(
         ]
         # An attempt outside the range is not looked at (each scan looks at its own range).
         assert lost_retries(system.store, end, end + timedelta(hours=1), 4) == []
+    finally:
+        system.close()
+
+
+def test_a_new_leader_looks_for_lost_retries_from_where_the_last_one_stopped(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``LostRetryScan`` keeps how far it looked in the database: a new leader's first look
+    neither sends again what the last leader sent nor reads the recovery window again. The
+    range moves on only once the deliveries were sent, and never back."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        set_contact(system.engine, "acct_lost", webhook_url="https://customer.test/hook")
+        notice = notice_of(system, "acct_lost")
+        attempt(system, "acct_lost", notice, 1, final=False)
+        now = system.clock() + timedelta(seconds=1)
+
+        def leader(clock_at: timedelta) -> LostRetryScan:
+            return LostRetryScan(system.store, lambda: now + clock_at, timedelta(0), 4)
+
+        sent: list[list[tuple[str, str]]] = []
+
+        def enqueue_fails(lost: list[tuple[str, str]]) -> None:
+            raise ConnectionError("the broker is away")
+
+        first = leader(timedelta(0))
+        assert first.scanned_until() is None
+        with pytest.raises(ConnectionError):
+            first.run(enqueue_fails)
+        assert first.scanned_until() is None  # the range is left to the next look
+        assert first.run(sent.append) == [(notice, "webhook")]
+        assert sent == [[(notice, "webhook")]]
+        assert first.scanned_until() == now
+
+        # A new leader, a minute later, goes on from there: nothing to send again.
+        second = leader(timedelta(minutes=1))
+        assert second.scanned_until() == now
+        assert second.run(sent.append) == []
+        assert sent[1:] == [[]]
+        assert second.scanned_until() == now + timedelta(minutes=1)
+
+        # A leader whose clock lags does not move the range back.
+        lagging = leader(timedelta(seconds=-30))
+        assert lagging.run(sent.append) == []
+        assert len(sent) == 2  # nothing new to look at
+        assert lagging.scanned_until() == now + timedelta(minutes=1)
     finally:
         system.close()
 
