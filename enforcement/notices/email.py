@@ -6,6 +6,7 @@ import smtplib
 from email.charset import QP, Charset
 from email.message import EmailMessage, Message
 from email.mime.text import MIMEText
+from email.policy import SMTPUTF8
 from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,6 +20,7 @@ SENDER = f"TaaS Trust & Safety <{SENDER_ADDRESS}>"
 # long for SMTP whatever a description holds.
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
+_UTF8_FILE = SMTPUTF8.clone(linesep="\n")  # headers in UTF-8, lines as every .eml has them
 
 
 def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> Message:
@@ -45,6 +47,15 @@ def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> M
     return message
 
 
+def file_bytes(message: Message) -> bytes:
+    """The message as an ``.eml`` file holds it: a message to an address with other than ASCII
+    characters has its headers in UTF-8 (RFC 6532, as it goes over SMTPUTF8); encoded words
+    (RFC 2047) are not allowed inside an address."""
+    if isinstance(message, EmailMessage) and not str(message["To"] or "").isascii():
+        return message.as_bytes(policy=_UTF8_FILE)
+    return bytes(message)
+
+
 class EmailSender:
     """Sends over SMTP when ``smtp_url`` is set, else writes ``<mail_dir>/<event id>.eml``."""
 
@@ -62,7 +73,7 @@ class EmailSender:
             self.mail_dir.mkdir(parents=True, exist_ok=True)
             target = self.mail_dir / f"{notice_event_id}.eml"
             partial = target.with_suffix(".eml.part")
-            partial.write_bytes(bytes(message))
+            partial.write_bytes(file_bytes(message))
             partial.replace(target)  # atomic: a reader never sees half a message
             return
         url = urlparse(self.smtp_url)

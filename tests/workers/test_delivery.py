@@ -176,6 +176,26 @@ def test_an_email_goes_over_smtp_to_any_address(smtp: SmtpSink, to: str) -> None
     assert message.get_content().replace("\r\n", "\n") == text
 
 
+@pytest.mark.parametrize("to", ["abuse-desk@customer.test", "josé@exämple.de"])
+def test_an_email_file_holds_any_address_as_given(tmp_path: Path, to: str) -> None:
+    """Without SMTP a notice is an ``.eml`` file. Encoded words (RFC 2047) are not allowed
+    inside an address, so a file to an address that is not ASCII has its headers in UTF-8
+    (RFC 6532), as the message goes over SMTPUTF8."""
+    import email
+    import email.policy
+
+    notice = warning()
+    rendered = dataclasses.replace(render(notice), subject="Avis — été")
+    EmailSender(None, str(tmp_path)).send(build_message(notice, rendered, to), "evt")
+
+    raw = (tmp_path / "evt.eml").read_bytes()
+    assert f"To: {to}\n".encode() in raw
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["To"] == to
+    assert parsed["Subject"] == "Avis — été"
+    assert parsed.get_content() == rendered.text
+
+
 def test_a_non_ascii_address_on_a_server_without_smtputf8_fails_for_good(
     sqlite_db: str, tmp_path: Path
 ) -> None:
