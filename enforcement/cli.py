@@ -291,7 +291,9 @@ def worker() -> None:
         )
     load_policy_or_fail(settings.policy_file)  # before the processes start: one sentence
     configure_logging()
-    run_worker_processes(settings)
+    status = run_worker_processes(settings)
+    if status:
+        raise typer.Exit(status)
 
 
 @tokens_app.command("create")

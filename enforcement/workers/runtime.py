@@ -417,8 +417,10 @@ def _consumer_process(settings: Settings, parent_pid: int | None = None) -> None
     container.close()
 
 
-def run_worker_processes(settings: Settings) -> None:
-    """``enforcement worker``: consumer processes plus the relay and sweep in this one."""
+def run_worker_processes(settings: Settings) -> int:
+    """``enforcement worker``: consumer processes plus the relay and sweep in this one. Returns
+    the exit status: 0 when stopped by a signal, 1 when a consumer process died (everything
+    stops then, as with Dramatiq's own command, so that a supervisor starts the worker again)."""
     from enforcement.bootstrap import bootstrap
 
     ctx = multiprocessing.get_context("spawn")
@@ -434,10 +436,16 @@ def run_worker_processes(settings: Settings) -> None:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    status = 0
     try:
         while not done.wait(1):
-            if not all(c.is_alive() for c in children):
-                log.error("a consumer process died; stopping")
+            dead = [c for c in children if not c.is_alive()]
+            if dead and not done.is_set():  # not a signal to the whole group (Ctrl-C)
+                log.error(
+                    "a consumer process died (exit code %s); stopping the worker with status 1",
+                    dead[0].exitcode,
+                )
+                status = 1
                 break
     finally:
         stop()
@@ -446,3 +454,4 @@ def run_worker_processes(settings: Settings) -> None:
                 child.terminate()
             child.join(timeout=15)
         container.close()
+    return status

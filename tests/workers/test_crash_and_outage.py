@@ -369,3 +369,36 @@ def test_consumers_of_a_worker_killed_outright_stop_by_themselves(
     # Logged by the consumers, structured as the worker's own lines are.
     gone = [line for line in worker.output().splitlines() if "is gone; stopping" in line]
     assert gone and all(json.loads(line)["level"] == "warning" for line in gone)
+
+
+@POSTGRES_ONLY
+def test_a_worker_whose_consumer_died_stops_with_a_failure_status(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A consumer process that dies (killed, out of memory) stops the whole worker, relay and
+    sweep included, with exit status 1 (as Dramatiq's own command does), so that a supervisor
+    that restarts on failure (systemd ``Restart=on-failure``) starts it again; 0 told it that
+    the worker had finished."""
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        consumers = wait_until(
+            lambda: (
+                (c := children_of(worker.proc.pid)) and len(c) >= settings.worker_processes and c
+            ),
+            "the worker's consumer processes",
+            30,
+        )
+        wait_until(
+            lambda: worker.output().count("is consuming") >= settings.worker_processes,
+            "the consumer processes to start consuming",
+            30,
+        )
+        spawned = [p for p in consumers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        os.kill(spawned[0], signal.SIGKILL)
+
+        assert worker.proc.wait(timeout=30) == 1
+        assert not any(alive(pid) for pid in consumers)
+    finally:
+        worker.stop()
+    [died] = [line for line in worker.output().splitlines() if "consumer process died" in line]
+    assert json.loads(died)["level"] == "error"
