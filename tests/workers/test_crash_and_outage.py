@@ -327,6 +327,23 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def started_consumers(worker: WorkerProcess, settings: Settings) -> set[int]:
+    """The worker's child processes, once its consumers are started, not only spawned: one
+    killed while it still reads its arguments from the worker dies of that (EOFError) rather
+    than as the test means it to."""
+    consumers: set[int] = wait_until(
+        lambda: (c := children_of(worker.proc.pid)) and len(c) >= settings.worker_processes and c,
+        "the worker's consumer processes",
+        30,
+    )
+    wait_until(
+        lambda: worker.output().count("is consuming") >= settings.worker_processes,
+        "the consumer processes to start consuming",
+        30,
+    )
+    return consumers
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -341,20 +358,7 @@ def test_consumers_of_a_worker_killed_outright_stop_by_themselves(
 ) -> None:
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
-        consumers = wait_until(
-            lambda: (
-                (c := children_of(worker.proc.pid)) and len(c) >= settings.worker_processes and c
-            ),
-            "the worker's consumer processes",
-            30,
-        )
-        # Started, not only spawned: one killed while it still reads its arguments from the
-        # worker dies of that (EOFError) rather than by noticing it was orphaned.
-        wait_until(
-            lambda: worker.output().count("is consuming") >= settings.worker_processes,
-            "the consumer processes to start consuming",
-            30,
-        )
+        consumers = started_consumers(worker, settings)
         # SIGKILL the worker alone (not its group): its consumers get no signal at all.
         os.kill(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(timeout=10)
@@ -381,18 +385,7 @@ def test_a_worker_whose_consumer_died_stops_with_a_failure_status(
     the worker had finished."""
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
-        consumers = wait_until(
-            lambda: (
-                (c := children_of(worker.proc.pid)) and len(c) >= settings.worker_processes and c
-            ),
-            "the worker's consumer processes",
-            30,
-        )
-        wait_until(
-            lambda: worker.output().count("is consuming") >= settings.worker_processes,
-            "the consumer processes to start consuming",
-            30,
-        )
+        consumers = started_consumers(worker, settings)
         spawned = [p for p in consumers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
         os.kill(spawned[0], signal.SIGKILL)
 
