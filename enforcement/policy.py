@@ -42,6 +42,7 @@ from projections.reasons import (
     appeal_elsewhere,
     percent,
     statement_of_reasons,
+    upheld_redress,
     violation_fact,
 )
 from projections.standing import (
@@ -566,6 +567,16 @@ def decide_triage(
 # --- appeals ---------------------------------------------------------------------------------
 
 
+def appeal_deadline(policy: Policy, decision: DecisionRecord) -> datetime:
+    """Until when an appeal of ``decision`` may be filed: the later of the deadline its
+    statement of reasons gave the account and the policy's window now (a window shortened since
+    never cuts a stated deadline, and one lengthened since applies to earlier decisions too)."""
+    deadline = parse_time(decision.recorded_at) + policy.appeal_window
+    if decision.appeal_deadline is not None:
+        deadline = max(deadline, parse_time(decision.appeal_deadline))
+    return deadline
+
+
 def check_appeal_filing(
     policy: Policy, state: StandingState, decision_event_id: str, now: datetime
 ) -> DecisionRecord:
@@ -589,12 +600,7 @@ def check_appeal_filing(
         )
     if decision.overturned:
         raise InvalidTransition("this decision was already overturned", code="already_overturned")
-    # The account may appeal until the later of the deadline its statement of reasons gave it
-    # and the policy's window now: a window shortened since never cuts a stated deadline, and
-    # one lengthened since applies to earlier decisions too.
-    deadline = parse_time(decision.recorded_at) + policy.appeal_window
-    if decision.appeal_deadline is not None:
-        deadline = max(deadline, parse_time(decision.appeal_deadline))
+    deadline = appeal_deadline(policy, decision)
     if to_utc(now) > deadline:
         raise InvalidTransition(
             f"the time to appeal this decision ended at {format_time(deadline)}",
@@ -667,7 +673,10 @@ def decide_appeal(
                 f" Suspension {restored.suspension_id}, which it had replaced, still holds: "
                 f"the account stays suspended {until}."
             )
-    sor = d.reasons(text, final=True)
+    if outcome == "upheld":
+        sor = d.reasons(text, redress=upheld_redress(appeal_deadline(policy, decision), ctx.now))
+    else:
+        sor = d.reasons(text, final=True)
     payload = ev.AppealDecided(appeal_id, decision.event_id, outcome, reason, sor)
     decided = d.build(payload, appeal.event_id)
     d.emit(decided)

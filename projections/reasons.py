@@ -21,6 +21,26 @@ FINAL_REDRESS = (
     "This decision on your appeal is final within the service; other redress available under "
     "applicable law is unaffected."
 )
+
+
+def upheld_redress(deadline: datetime, decided_at: datetime) -> str:
+    """The redress of an upheld appeal's outcome. The outcome cannot be appealed itself; the
+    decision it upheld may be appealed again while the time to appeal it runs (``deadline``):
+    POLICY.md allows one open appeal per decision, not one appeal."""
+    if decided_at > deadline:
+        return (
+            "This decision on your appeal is final within the service: the time to appeal the "
+            f"decision you appealed ended at {format_time(deadline)}. Other redress available "
+            "under applicable law is unaffected."
+        )
+    return (
+        "This decision on your appeal cannot be appealed itself. The decision you appealed may "
+        f"be appealed again, on new grounds, until {format_time(deadline)}, by replying to its "
+        "notice and quoting its decision event id. Other redress available under applicable law "
+        "is unaffected."
+    )
+
+
 # For a decision that restricts nothing (a reinstatement, a dismissal): no appeal is offered.
 NOTHING_TO_APPEAL_REDRESS = (
     "This decision restricts nothing, so there is nothing to appeal; other redress available "

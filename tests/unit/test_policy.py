@@ -786,6 +786,31 @@ def test_an_upheld_appeal_changes_nothing_but_is_notified() -> None:
     _file(account, decision, NOW)
 
 
+def test_an_upheld_outcome_says_until_when_the_decision_may_be_appealed_again() -> None:
+    """POLICY.md allows one open appeal per decision, so an upheld decision may be appealed
+    again while its time to appeal runs: the outcome's redress says so and until when (it said
+    the outcome was final, which the next filing contradicted); once that time has passed, it
+    is final. The outcome itself can never be appealed."""
+    deadline = format_time(NOW + P.appeal_window)
+    again = f"may be appealed again, on new grounds, until {deadline}"
+    final = (
+        "final within the service: the time to appeal the decision you appealed ended at "
+        + deadline
+    )
+    for decided_at, says in [
+        (NOW + timedelta(days=1), again),
+        (NOW + P.appeal_window + timedelta(seconds=1), final),
+    ]:
+        account, decision = _decided("phishing")
+        appeal_id = _file(account, decision, NOW)
+        ctx = account.ctx(decided_at)
+        outcome, notice = decide_appeal(P, account.state, appeal_id, "upheld", "it holds", ctx)
+        reasons = outcome.data["statement_of_reasons"]
+        assert says in reasons["redress"], reasons["redress"]
+        assert reasons["appeal_deadline"] is None  # the outcome itself is not appealable
+        assert notice.data["statement_of_reasons"]["redress"] == reasons["redress"]
+
+
 @pytest.mark.parametrize(
     ("category", "decision_type", "priors", "reversal"),
     [
