@@ -10,6 +10,7 @@ idempotent per notice and channel, so a channel that did go out is not sent twic
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,9 @@ from enforcement.notices.delivery import Contact, delivered_key, failed_key, und
 from enforcement.tables import contacts
 from events import EventStore
 from events.schema import events
-from events.timefmt import to_utc
+from events.timefmt import format_time, to_utc
+
+log = logging.getLogger("enforcement.workers")
 
 RECOVERY_WINDOW = timedelta(days=14)
 # How far the failed attempts were looked at (``LostRetryScan``): the ``until`` of the last look,
@@ -146,10 +149,18 @@ class LostRetryScan:
     Each look takes the attempts recorded since the previous look up to ``lost_after`` ago, so
     each attempt is looked at once, when it is that old. How far the looks reached is kept in
     the database (``LOST_RETRIES_CHECKPOINT``), so a new leader goes on from where the last one
-    stopped: it neither sends again what that one sent nor reads the whole recovery window
-    again. The first look ever reaches back over ``RECOVERY_WINDOW``, as does a look after a
-    longer pause. The checkpoint moves on only after the deliveries were sent (a failed enqueue
-    leaves the range to the next look) and never back."""
+    stopped instead of reading the whole recovery window again. The first look ever reaches
+    back over ``RECOVERY_WINDOW``, as does a look after a longer pause. The checkpoint moves on
+    only after the deliveries were sent (a failed enqueue leaves the range to the next look).
+
+    A checkpoint ahead of this leader's own ``until`` was written by a clock ahead of this one
+    (another leader's): going on from there would skip for good the attempts that processes
+    with right clocks recorded meanwhile, so that look reaches back over the recovery window,
+    as a first one does, and moves the checkpoint back. A look again over attempts already
+    looked at (that one, a new leader's after a checkpoint that could not be written, one that
+    a deposed leader finishes late) sends again only those that nothing followed yet: a lost
+    retry is sent at least once, and rarely twice (delivery is idempotent per notice and
+    channel, and numbers its attempts)."""
 
     def __init__(
         self,
@@ -169,22 +180,40 @@ class LostRetryScan:
             micros = self.store.get_checkpoint(conn, LOST_RETRIES_CHECKPOINT)
         return _EPOCH + timedelta(microseconds=micros) if micros else None
 
-    def run(self, send: Callable[[list[tuple[str, str]]], object]) -> list[tuple[str, str]]:
-        """Look at the next range; ``send`` gets the lost ``(notice event id, channel)``s."""
+    def run(
+        self,
+        send: Callable[[list[tuple[str, str]]], object],
+        leads: Callable[[], bool] = lambda: True,
+    ) -> list[tuple[str, str]]:
+        """Look at the next range; ``send`` gets the lost ``(notice event id, channel)``s.
+        ``leads`` is asked before sending and before moving the checkpoint: a leader that lost
+        the lead meanwhile leaves both to the next one."""
         until = to_utc(self.clock()) - self.lost_after
-        after = until - RECOVERY_WINDOW
         scanned = self.scanned_until()
+        if scanned is not None and scanned > until:
+            log.warning(
+                "the lost-retry checkpoint %s is ahead of this leader's clock (%s): a clock "
+                "ahead wrote it; looking back over the recovery window",
+                format_time(scanned),
+                format_time(until),
+            )
+            scanned = None
+        after = until - RECOVERY_WINDOW
         if scanned is not None:
             after = max(after, scanned)
         if until <= after:
             return []
         lost = lost_retries(self.store, after, until, self.max_attempts)
+        if not leads():
+            return []
         send(lost)
-        reached = _micros(until)
-        with self.store.engine.begin() as conn:
-            if self.store.get_checkpoint(conn, LOST_RETRIES_CHECKPOINT) < reached:
-                self.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, reached)
+        if leads():
+            self._reach(until)
         return lost
+
+    def _reach(self, until: datetime) -> None:
+        with self.store.engine.begin() as conn:
+            self.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, _micros(until))
 
 
 def _micros(moment: datetime) -> int:

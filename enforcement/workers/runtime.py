@@ -284,11 +284,12 @@ def start_background(
             settings.notice_retries + 1,
         )
 
-        def resend_lost_retries() -> None:
+        def resend_lost_retries(stepping_down: threading.Event) -> None:
             """Send again the deliveries whose failed attempt's retry the broker could not take
             (``recovery.LostRetryScan``). Delivery numbers its attempts on from those recorded,
             so the notice's limit of attempts holds."""
-            lost = lost_retry_scan.run(send_deliveries)
+            leads = functools.partial(still_leads, leader, stepping_down)
+            lost = lost_retry_scan.run(send_deliveries, leads)
             if lost:
                 log.warning("re-sent %d notice deliveries whose retry was lost", len(lost))
 
@@ -333,7 +334,7 @@ def start_background(
                             args=(
                                 stepping_down,
                                 settings.sweep_seconds * LOST_RETRY_CHECK_SWEEPS,
-                                resend_lost_retries,
+                                functools.partial(resend_lost_retries, stepping_down),
                                 "re-sending lost notice retries",
                             ),
                             name="lost-retries",

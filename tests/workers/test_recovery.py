@@ -3,7 +3,7 @@ PostgreSQL: a notice is done only once every channel it goes out on has a final 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ from enforcement.notices.delivery import (
 )
 from enforcement.service import Actor
 from enforcement.workers.recovery import (
+    LOST_RETRIES_CHECKPOINT,
+    RECOVERY_WINDOW,
     LostRetryScan,
     lost_retries,
     notices_without_outcome,
@@ -168,8 +170,8 @@ def test_a_new_leader_looks_for_lost_retries_from_where_the_last_one_stopped(
     database_url: str, tmp_path: Path
 ) -> None:
     """``LostRetryScan`` keeps how far it looked in the database: a new leader's first look
-    neither sends again what the last leader sent nor reads the recovery window again. The
-    range moves on only once the deliveries were sent, and never back."""
+    does not send again what the last leader sent, nor read the recovery window again. The
+    range moves on only once the deliveries were sent, by a leader that still leads."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path))
     try:
@@ -177,38 +179,65 @@ def test_a_new_leader_looks_for_lost_retries_from_where_the_last_one_stopped(
         notice = notice_of(system, "acct_lost")
         attempt(system, "acct_lost", notice, 1, final=False)
         now = system.clock() + timedelta(seconds=1)
-
-        def leader(clock_at: timedelta) -> LostRetryScan:
-            return LostRetryScan(system.store, lambda: now + clock_at, timedelta(0), 4)
-
         sent: list[list[tuple[str, str]]] = []
 
         def enqueue_fails(lost: list[tuple[str, str]]) -> None:
             raise ConnectionError("the broker is away")
 
-        first = leader(timedelta(0))
+        first = leader(system, now)
         assert first.scanned_until() is None
         with pytest.raises(ConnectionError):
             first.run(enqueue_fails)
         assert first.scanned_until() is None  # the range is left to the next look
+        assert first.run(sent.append, leads=lambda: False) == []  # deposed meanwhile
+        assert (sent, first.scanned_until()) == ([], None)
         assert first.run(sent.append) == [(notice, "webhook")]
         assert sent == [[(notice, "webhook")]]
         assert first.scanned_until() == now
 
         # A new leader, a minute later, goes on from there: nothing to send again.
-        second = leader(timedelta(minutes=1))
-        assert second.scanned_until() == now
+        second = leader(system, now + timedelta(minutes=1))
         assert second.run(sent.append) == []
         assert sent[1:] == [[]]
         assert second.scanned_until() == now + timedelta(minutes=1)
-
-        # A leader whose clock lags does not move the range back.
-        lagging = leader(timedelta(seconds=-30))
-        assert lagging.run(sent.append) == []
-        assert len(sent) == 2  # nothing new to look at
-        assert lagging.scanned_until() == now + timedelta(minutes=1)
     finally:
         system.close()
+
+
+def test_a_lost_retry_checkpoint_ahead_of_the_clock_is_moved_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A leader whose clock ran a day ahead left the checkpoint a day ahead. Going on from
+    there would skip for good the attempts recorded meanwhile by processes with right clocks:
+    the next leader looks back over the recovery window instead, finds them, and moves the
+    checkpoint back to its own time. A checkpoint older than the window is looked back over
+    only as far as the window."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        set_contact(system.engine, "acct_skew", webhook_url="https://customer.test/hook")
+        notice = notice_of(system, "acct_skew")
+        ahead = leader(system, system.clock() + timedelta(days=1))
+        assert ahead.run(lambda lost: None) == []
+        attempt(system, "acct_skew", notice, 1, final=False)  # recorded by a right clock
+        now = system.clock() + timedelta(seconds=1)
+
+        right = leader(system, now)
+        assert right.run(lambda lost: None) == [(notice, "webhook")]
+        assert right.scanned_until() == now  # moved back
+
+        with system.engine.begin() as conn:
+            system.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, 1)  # the epoch
+        pause = leader(system, now + RECOVERY_WINDOW + timedelta(seconds=1))
+        assert pause.run(lambda lost: None) == []  # the attempt is before the window
+        assert pause.scanned_until() == now + RECOVERY_WINDOW + timedelta(seconds=1)
+    finally:
+        system.close()
+
+
+def leader(system: Container, clock_at: datetime) -> LostRetryScan:
+    """The scan of a leader whose clock reads ``clock_at``, taking every attempt for lost."""
+    return LostRetryScan(system.store, lambda: clock_at, timedelta(0), 4)
 
 
 def attempt(system: Container, account: str, notice: str, n: int, final: bool) -> None:
