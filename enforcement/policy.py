@@ -674,7 +674,12 @@ def decide_appeal(
                 f"the account stays suspended {until}."
             )
     if outcome == "upheld":
-        sor = d.reasons(text, redress=upheld_redress(appeal_deadline(policy, decision), ctx.now))
+        deadline = appeal_deadline(policy, decision)
+        if decision.appeal_deadline is not None and ctx.now <= parse_time(decision.appeal_deadline):
+            # The deadline the account was given already, which no later policy cuts (the
+            # policy's window now may be longer, but a later one may shorten it again).
+            deadline = parse_time(decision.appeal_deadline)
+        sor = d.reasons(text, redress=upheld_redress(deadline, ctx.now))
     else:
         sor = d.reasons(text, final=True)
     payload = ev.AppealDecided(appeal_id, decision.event_id, outcome, reason, sor)

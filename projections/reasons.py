@@ -35,9 +35,9 @@ def upheld_redress(deadline: datetime, decided_at: datetime) -> str:
         )
     return (
         "This decision on your appeal cannot be appealed itself. The decision you appealed may "
-        f"be appealed again, on new grounds, until {format_time(deadline)}, by replying to its "
-        "notice and quoting its decision event id. Other redress available under applicable law "
-        "is unaffected."
+        f"be appealed again until {format_time(deadline)}, by replying to its notice and "
+        "quoting its decision event id. Other redress available under applicable law is "
+        "unaffected."
     )
 
 

@@ -48,10 +48,10 @@ def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> M
 
 
 def file_bytes(message: Message) -> bytes:
-    """The message as an ``.eml`` file holds it: a message to an address with other than ASCII
-    characters has its headers in UTF-8 (RFC 6532, as it goes over SMTPUTF8); encoded words
-    (RFC 2047) are not allowed inside an address."""
-    if isinstance(message, EmailMessage) and not str(message["To"] or "").isascii():
+    """The message as an ``.eml`` file holds it: one to an address with other than ASCII
+    characters (``build_message``'s ``EmailMessage``) has its headers in UTF-8 (RFC 6532, as it
+    goes over SMTPUTF8); encoded words (RFC 2047) are not allowed inside an address."""
+    if isinstance(message, EmailMessage):
         return message.as_bytes(policy=_UTF8_FILE)
     return bytes(message)
 

@@ -792,7 +792,7 @@ def test_an_upheld_outcome_says_until_when_the_decision_may_be_appealed_again() 
     the outcome was final, which the next filing contradicted); once that time has passed, it
     is final. The outcome itself can never be appealed."""
     deadline = format_time(NOW + P.appeal_window)
-    again = f"may be appealed again, on new grounds, until {deadline}"
+    again = f"may be appealed again until {deadline}"
     final = (
         "final within the service: the time to appeal the decision you appealed ended at "
         + deadline
@@ -809,6 +809,15 @@ def test_an_upheld_outcome_says_until_when_the_decision_may_be_appealed_again() 
         assert says in reasons["redress"], reasons["redress"]
         assert reasons["appeal_deadline"] is None  # the outcome itself is not appealable
         assert notice.data["statement_of_reasons"]["redress"] == reasons["redress"]
+
+    # A window lengthened since the decision: the outcome states the deadline the decision
+    # gave, which no later policy cuts (the longer window may be shortened again).
+    longer = replace(P, appeal_window=P.appeal_window + timedelta(days=10))
+    account, decision = _decided("phishing")
+    appeal_id = _file(account, decision, NOW)
+    ctx = account.ctx(NOW + timedelta(days=1))
+    [outcome, _] = decide_appeal(longer, account.state, appeal_id, "upheld", "it holds", ctx)
+    assert again in outcome.data["statement_of_reasons"]["redress"]
 
 
 @pytest.mark.parametrize(
