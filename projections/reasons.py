@@ -21,6 +21,11 @@ FINAL_REDRESS = (
     "This decision on your appeal is final within the service; other redress available under "
     "applicable law is unaffected."
 )
+# For a decision that restricts nothing (a reinstatement, a dismissal): no appeal is offered.
+NOTHING_TO_APPEAL_REDRESS = (
+    "This decision restricts nothing, so there is nothing to appeal; other redress available "
+    "under applicable law is unaffected."
+)
 
 
 def upheld_redress(deadline: datetime, decided_at: datetime) -> str:
@@ -39,13 +44,6 @@ def upheld_redress(deadline: datetime, decided_at: datetime) -> str:
         "quoting its decision event id. Other redress available under applicable law is "
         "unaffected."
     )
-
-
-# For a decision that restricts nothing (a reinstatement, a dismissal): no appeal is offered.
-NOTHING_TO_APPEAL_REDRESS = (
-    "This decision restricts nothing, so there is nothing to appeal; other redress available "
-    "under applicable law is unaffected."
-)
 
 
 def appeal_elsewhere(what: str, appeal_window: timedelta) -> str:
