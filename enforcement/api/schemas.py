@@ -78,6 +78,25 @@ NoNul = AfterValidator(_no_nul)
 SafeText = Annotated[Text, NoNul]
 
 
+# The service's own idempotency keys (a notice's delivery outcomes, the gate's reports, a
+# batch's items under its header) share the one key space with the callers': a caller's key
+# with one of these prefixes could take a key the service will need (a NoticeDelivered that
+# could then never be recorded), so it is refused.
+RESERVED_KEY_PREFIXES = ("notice-", "gate:", "batch:")
+
+
+def _not_reserved(value: str | None) -> str | None:
+    if value is not None and value.startswith(RESERVED_KEY_PREFIXES):
+        raise ValueError(
+            "must not start with notice-, gate: or batch:, which the service's own "
+            "idempotency keys use"
+        )
+    return value
+
+
+NotReserved = AfterValidator(_not_reserved)
+
+
 def _usable_key_id(value: str) -> str:
     # A control character cannot be routed in a path (Starlette's matcher stops at a newline),
     # and a client resolves "." and ".." in a path as steps before sending it
@@ -155,7 +174,7 @@ class ViolationIn(Strict):
 
 class BatchItemIn(ViolationIn):
     idempotency_key: (
-        Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul] | None
+        Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul, NotReserved] | None
     ) = None
 
 

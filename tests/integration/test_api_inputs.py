@@ -565,3 +565,54 @@ def test_a_batch_idempotency_key_makes_a_retried_batch_replay_what_it_recorded(
     assert reused[0]["error"]["message"] == (
         "This item's idempotency_key was already used with a different item."
     )
+
+
+def test_a_callers_idempotency_key_may_not_take_one_of_the_services_own(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """The service records a notice's delivery, the gate's reports and a batch's items under
+    idempotency keys of its own, in the one key space callers share. A reporter that sent a
+    violation under ``notice-delivered:<its notice's event id>:email`` (the response names the
+    notice) took the key the worker needs: the notice could never be recorded delivered, and
+    was retried until its attempts ran out. Such keys are refused (422), and nothing is
+    written."""
+    reporter = as_role(Role.REPORTER)
+    violation = {"account_id": "acct_keys", "category": "spam"}
+    first = client.post("/v1/violations", json=violation, headers=reporter)
+    assert first.status_code == 201, first.text
+    [notice] = [e for e in first.json()["decisions"] if e["type"] == "NoticeIssued"]
+    version = first.json()["standing"]["version"]
+
+    for key in (
+        f"notice-delivered:{notice['event_id']}:email",
+        f"notice-failed:{notice['event_id']}:email:1",
+        f"notice-undeliverable:{notice['event_id']}",
+        "gate:sustained_abuse:acct_keys:0",
+        "batch:" + "0" * 64,
+    ):
+        single = client.post(
+            "/v1/violations", json=violation, headers={**reporter, "Idempotency-Key": key}
+        )
+        assert [d["field"].lower() for d in details(single)] == ["header.idempotency-key"]
+        batch = client.post(
+            "/v1/violations:batch",
+            json={"violations": [violation]},
+            headers={**reporter, "Idempotency-Key": key},
+        )
+        assert [d["field"].lower() for d in details(batch)] == ["header.idempotency-key"]
+        item = client.post(
+            "/v1/violations:batch",
+            json={"violations": [{**violation, "idempotency_key": key}]},
+            headers=reporter,
+        )
+        assert item.status_code == 200, item.text
+        [result] = item.json()["results"]
+        assert result["status"] == 422
+        assert [d["field"] for d in result["error"]["details"]] == ["idempotency_key"]
+
+    assert system.store.head("acct_keys").version == version  # nothing was written
+    # A key that only contains such a text is the caller's like any other.
+    fine = client.post(
+        "/v1/violations", json=violation, headers={**reporter, "Idempotency-Key": "my-gate:1"}
+    )
+    assert fine.status_code == 201, fine.text

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
-from enforcement.api.schemas import AbuseReportIn, BatchItemIn, ViolationIn
+from enforcement.api.schemas import AbuseReportIn, BatchItemIn, NotReserved, ViolationIn
 from enforcement.api.violations import report_of, violation_json
 from enforcement.service import request_fingerprint
 from events.timefmt import to_utc
@@ -46,6 +46,7 @@ async def report_violation(
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", max_length=IDEMPOTENCY_KEY_MAX, pattern=r"^[^\x00]+$"),
+        NotReserved,
     ] = None,
 ) -> Response:
     """Record a violation; the policy decides at once. 200 on an idempotent replay."""
@@ -78,6 +79,7 @@ def report_batch(
             "under the same header, an item already recorded replays (200), wherever it stands "
             "in the batch; a new or changed item is recorded.",
         ),
+        NotReserved,
     ] = None,
 ) -> dict[str, Any]:
     """Up to 1000 violations; each item has its own status and one bad item stops no other."""
