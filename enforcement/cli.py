@@ -330,6 +330,7 @@ def tokens_list(
 ) -> None:
     """List the tokens: id, name, role, created (never the token or its hash)."""
     from rich.table import Table
+    from rich.text import Text
 
     from enforcement.tokens import list_tokens
     from events.timefmt import format_time
@@ -352,7 +353,8 @@ def tokens_list(
     for column in ("id", "name", "role", "created"):
         table.add_column(column)
     for t in tokens:
-        table.add_row(t.token_id, t.name, t.role, format_time(t.created_at))
+        cells = (t.token_id, t.name, t.role, format_time(t.created_at))
+        table.add_row(*map(Text, cells))  # a name is shown as written, not read as markup
     console.print(table)
 
 

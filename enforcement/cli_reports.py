@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from enforcement.cli import app, load_policy_or_fail, opened_container, time_option
 from enforcement.cli_output import console, fail
@@ -105,7 +106,7 @@ def whatif(
         ):
             table.add_column(column, overflow="fold")
         for d in account.differences:
-            table.add_row(
+            cells = (
                 d.recorded_at.strftime("%Y-%m-%d %H:%M"),
                 d.violation_id,
                 d.category,
@@ -113,6 +114,7 @@ def whatif(
                 d.simulated.describe(),
                 d.change,
             )
+            table.add_row(*map(Text, cells))
         console.print(table)
     scope = f"{summary.violations} violation(s) on {summary.accounts} account(s)"
     if not summary.differing:

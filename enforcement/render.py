@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from events.timefmt import format_time
 from events.wire import event_to_json
@@ -14,14 +15,16 @@ from projections.history import HistoryEntry
 
 
 def standing_table(standing: dict[str, Any]) -> Table:
-    table = Table(title=f"Standing of {standing['account_id']}", show_header=False)
+    """Every cell is plain ``Text``: what the log holds (an operator's reason, a receiver's
+    answer in a delivery error) is shown as written, never read as Rich markup."""
+    table = Table(title=Text(f"Standing of {standing['account_id']}"), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in standing.items():
         if key == "account_id":
             continue
         text = value if isinstance(value, str) else json.dumps(value)
-        table.add_row(key, text)
+        table.add_row(Text(key), Text(text))
     return table
 
 
@@ -49,7 +52,8 @@ def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
 
 
 def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
-    table = Table(title=f"History of {account_id}")
+    """As ``standing_table``, every cell is plain ``Text``."""
+    table = Table(title=Text(f"History of {account_id}"))
     for column in ("v", "recorded at", "event", "changed", "rule"):
         table.add_column(column, overflow="fold")
     for entry in entries:
@@ -58,7 +62,8 @@ def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
         if entry.statement_of_reasons:
             rule += f" · {entry.statement_of_reasons.get('ground', '')}"
         changed = _change_text(entry.change) or _delivery_text(e.type, e.data)
-        table.add_row(str(e.version), format_time(e.recorded_at), e.type, changed, rule)
+        cells = (str(e.version), format_time(e.recorded_at), e.type, changed, rule)
+        table.add_row(*map(Text, cells))
     return table
 
 

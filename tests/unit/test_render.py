@@ -1,5 +1,6 @@
 """The CLI's history table writes times as the contract does (RFC 3339 UTC, microseconds, Z),
-and says what a notice delivery's outcome was."""
+and says what a notice delivery's outcome was; text from the log is shown as written, never
+read as Rich markup."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from enforcement.render import history_table
+from enforcement.render import history_table, standing_table
 from events.types import RecordedEvent
 from projections.history import HistoryEntry
 
@@ -62,3 +63,17 @@ def test_the_history_table_says_how_each_notice_delivery_went() -> None:
     assert "no channel: undeliverable: no contact (final)" in table_text(
         event("NoticeDeliveryFailed", nowhere)
     )
+
+
+def test_text_from_the_log_is_shown_as_written_not_read_as_markup() -> None:
+    """A webhook receiver's answer ends up in a delivery error, and an operator's reason in the
+    standing's history: read as Rich markup, ``[/bold]`` made ``enforcement history`` fail for
+    good (the log never changes), and ``[link=…]`` drew a link the account chose."""
+    answer = "[/bold] [link=http://evil.example]appeal here[/link]"
+    failed = {"channel": "webhook", "attempt": 1, "error": f"BadStatusLine: {answer}"}
+    text = table_text(event("NoticeDeliveryFailed", {**failed, "final": False}))
+    assert f"webhook, attempt 1: BadStatusLine: {answer} (will retry)" in text
+
+    console = Console(width=250, record=True)
+    console.print(standing_table({"account_id": "acct_1", "status": "[/bold] x", "strikes": 0}))
+    assert "[/bold] x" in console.export_text()
