@@ -154,6 +154,9 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged append survives power loss
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # REPLACE deletes the row it conflicts with without firing DELETE triggers unless this
+        # is on: ``INSERT OR REPLACE INTO events`` would have replaced a recorded event.
+        cursor.execute("PRAGMA recursive_triggers=ON")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

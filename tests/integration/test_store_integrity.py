@@ -51,6 +51,26 @@ REFUSED = [
 ]
 
 
+@pytest.mark.parametrize("verb", ["INSERT OR REPLACE", "REPLACE"])
+def test_sqlite_refuses_a_replace_of_a_recorded_event(sqlite_store: EventStore, verb: str) -> None:
+    """SQLite's REPLACE deletes the row an insert conflicts with without firing DELETE
+    triggers, unless ``recursive_triggers`` is on: the store's connections turn it on."""
+    store, engine = sqlite_store, sqlite_store.engine
+    fill(store, "acct_1")
+    before = snapshot(engine)
+    columns = ", ".join(c.name for c in events.columns)
+    forged = (
+        f"{verb} INTO events ({columns}) SELECT position, event_id, account_id, version, "
+        "'Forged', schema_version, data, metadata, occurred_at, recorded_at, prev_hash, hash "
+        "FROM events WHERE version = 1"
+    )
+
+    error = refusal(engine, forged)
+
+    assert APPEND_ONLY_MESSAGE in str(error.orig)
+    assert snapshot(engine) == before
+
+
 def refusal(engine: sa.Engine, statement: str) -> DBAPIError:
     with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
         conn.exec_driver_sql(statement)
