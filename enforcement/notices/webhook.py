@@ -50,6 +50,27 @@ def _connect(target_host: str, addresses: tuple[str, ...], port: int, timeout: f
     raise error
 
 
+# IPv6 prefixes whose addresses carry an IPv4 one in their last 32 bits: NAT64's well-known
+# prefix (RFC 6052), which a translator on an IPv6-only network turns into that IPv4 address,
+# and the deprecated IPv4-compatible form (``::a.b.c.d``).
+_CARRY_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may go to ``address``: a global unicast address, and for IPv6 one
+    that carries no IPv4 address that is not (IPv4-mapped, IPv4-compatible, NAT64, 6to4;
+    Teredo's prefix is not global): ``64:ff9b::a9fe:a9fe`` reaches 169.254.169.254 through
+    NAT64."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    carried = [address.ipv4_mapped, address.sixtofour]
+    if any(address in prefix for prefix in _CARRY_IPV4):
+        carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return all(v4 is None or is_public(v4) for v4 in carried)
+
+
 def check_target(url: str, allow_private: bool) -> Target:
     """Refuse non-HTTP(S) URLs and, unless allowed, hosts resolving to non-public addresses.
 
@@ -75,7 +96,7 @@ def check_target(url: str, allow_private: bool) -> Target:
         raise ConnectionError(f"cannot resolve {parsed.hostname}: {exc}") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
+        if not is_public(address):
             raise WebhookRefused(
                 f"webhook host {parsed.hostname} resolves to non-public address {address}; "
                 "set ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE=true to allow it"

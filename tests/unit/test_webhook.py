@@ -51,6 +51,12 @@ def test_the_signature_is_hex_hmac_sha256_of_the_raw_body() -> None:
         "http://[::ffff:127.0.0.1]/hook",
         "http://[fc00::1]/hook",
         "http://[fe80::1]/hook",
+        # multicast, and IPv6 forms that carry a private IPv4 address
+        "http://224.0.0.1/hook",
+        "http://[ff02::1]/hook",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64: 169.254.169.254
+        "http://[2002:7f00:1::]/hook",  # 6to4: 127.0.0.1
+        "http://[::127.0.0.1]/hook",  # IPv4-compatible
     ],
 )
 def test_loopback_private_and_link_local_targets_are_refused(url: str) -> None:
@@ -64,6 +70,7 @@ def test_loopback_private_and_link_local_targets_are_refused(url: str) -> None:
         "https://93.184.216.34/hooks/enforcement",
         "http://8.8.8.8:8080/hook",
         "https://[2001:4860:4860::8888]/hook",
+        "https://[64:ff9b::808:808]/hook",  # NAT64 to a public address: 8.8.8.8
     ],
 )
 def test_a_public_literal_address_is_allowed(url: str) -> None:
