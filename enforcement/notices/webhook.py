@@ -71,6 +71,14 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return all(v4 is None or is_public(v4) for v4 in carried)
 
 
+def _shown(url: str) -> str:
+    """``url`` as an error names it: the error is recorded in the log for good, so without a
+    user and password or a query, which may hold credentials."""
+    scheme, netloc, path, _query, _fragment = urlsplit(url)
+    host = netloc.rpartition("@")[2]
+    return repr(f"{scheme}://{host}{path}" if scheme or host else path)
+
+
 def check_target(url: str, allow_private: bool) -> Target:
     """Refuse non-HTTP(S) URLs and, unless allowed, hosts resolving to non-public addresses.
 
@@ -78,11 +86,11 @@ def check_target(url: str, allow_private: bool) -> Target:
     private address between the check and the request (DNS rebinding) is never reached."""
     parsed = urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise WebhookRefused(f"webhook URL {url!r} is not an http(s) URL with a host")
+        raise WebhookRefused(f"webhook URL {_shown(url)} is not an http(s) URL with a host")
     try:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
     except ValueError as exc:
-        raise WebhookRefused(f"webhook URL {url!r} has an invalid port") from exc
+        raise WebhookRefused(f"webhook URL {_shown(url)} has an invalid port") from exc
     path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
     # Host: the host and port only (never the URL's user:password), IPv6 in brackets.
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname

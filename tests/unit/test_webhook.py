@@ -234,3 +234,19 @@ def _connections_tried(monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any) -> lis
     with pytest.raises(ConnectionRefusedError):
         WebhookSender("s3cret", allow_private=False).send("http://hooks.example/h", "evt-1", {})
     return tried
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("ftp://user:secret@example.com/x?token=secret", "'ftp://example.com/x'"),
+        ("https://user:secret@example.com:99999/x?token=secret", "'https://example.com:99999/x'"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_credentials(url: str, shown: str) -> None:
+    """The refusal is recorded in the log for good (``NoticeDeliveryFailed.error``): it names
+    the URL without a user and password or a query."""
+    with pytest.raises(WebhookRefused) as refused:
+        check_target(url, allow_private=False)
+    assert shown in str(refused.value)
+    assert "secret" not in str(refused.value)
