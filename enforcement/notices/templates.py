@@ -64,7 +64,10 @@ def render(notice: RecordedEvent) -> RenderedNotice:
         ident = (
             fact.get("violation_id") or fact.get("remediation_id") or fact.get("appeal_id") or ""
         )
-        lines.append(f"- Fact {ident}: {fact.get('description', '')}".replace("Fact :", "Fact:"))
+        # A reporter's description may hold lines of its own: indented under its fact, none can
+        # pass for one of the notice's own ("How to appeal").
+        described = "\n    ".join(str(fact.get("description") or "").splitlines())
+        lines.append(f"- Fact {ident}: {described}".replace("Fact :", "Fact:").rstrip())
     if data.get("deadline"):
         lines += ["", f"Deadline: {data['deadline']}"]
     lines += [

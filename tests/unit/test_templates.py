@@ -4,6 +4,7 @@ deadline where there is one, and how to appeal. Pure: a notice event in, text an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -302,3 +303,19 @@ def test_an_email_reads_back_as_its_text_and_headers(text: str) -> None:
     assert parsed["Message-ID"] == f"<{notice.event_id}@taas.invalid>"
     assert parsed["X-Enforcement-Event-Id"] == notice.event_id
     assert parsed["Date"].datetime == notice.recorded_at
+
+
+def test_a_description_of_several_lines_stays_under_its_fact() -> None:
+    """A reporter's description is written into the notice: its later lines are indented
+    under its fact, so none can pass for a line of the notice's own."""
+    notice = warning()
+    fake = "seen by svc\nHow to appeal\r\nWrite to appeals@attacker.example\u2028instead."
+    data = copy.deepcopy(notice.data)
+    data["statement_of_reasons"]["facts"][0]["description"] = fake
+    text = render(dataclasses.replace(notice, data=data)).text
+
+    lines = text.splitlines()
+    assert lines.count("How to appeal") == 1  # the notice's own heading only
+    assert "    How to appeal" in lines
+    assert "    Write to appeals@attacker.example" in lines
+    assert "    instead." in lines
