@@ -239,9 +239,18 @@ class AppealDecisionIn(Strict):
     reason: SafeText = ""
 
 
+# One address, local@domain: no space, control character, or character that separates or
+# quotes addresses in a header (``x,other@evil.example`` put a second recipient in To).
+_ADDRESS_PART = r'[^@\s,;:<>"()\[\]\\\x00-\x1f\x7f]+'
+
+
 class ContactIn(Strict):
     email: (
-        Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), NoNul]
+        Annotated[
+            str,
+            StringConstraints(max_length=320, pattern=f"^{_ADDRESS_PART}@{_ADDRESS_PART}$"),
+            NoNul,
+        ]
         | None
     ) = None
     webhook_url: (

@@ -616,3 +616,27 @@ def test_a_callers_idempotency_key_may_not_take_one_of_the_services_own(
         "/v1/violations", json=violation, headers={**reporter, "Idempotency-Key": "my-gate:1"}
     )
     assert fine.status_code == 201, fine.text
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["x,attacker@evil.example", '"x"<a@b.example>', "Bcc:x@y.example", "\x1c@x.example", "a b@c"],
+)
+def test_a_contact_email_is_one_address(
+    system: Container, client: TestClient, as_role: Any, email: str
+) -> None:
+    """``x,attacker@evil.example`` passed as local@domain and put a second recipient in the
+    notice's To (the envelope went to ``x`` alone); quotes, angle brackets, a header-like
+    ``Bcc:`` and control characters are no part of one address either. Nothing is written."""
+    response = client.put(
+        "/v1/accounts/acct_c/contact", json={"email": email}, headers=as_role(Role.OPERATOR)
+    )
+    assert [d["field"] for d in details(response)] == ["email"]
+    with system.engine.connect() as conn:
+        assert conn.execute(sa.select(contacts)).all() == []
+    fine = client.put(
+        "/v1/accounts/acct_c/contact",
+        json={"email": "josé+t&s@exämple.de"},
+        headers=as_role(Role.OPERATOR),
+    )
+    assert fine.status_code == 200, fine.text
