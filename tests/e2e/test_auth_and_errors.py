@@ -263,8 +263,12 @@ def test_a_body_over_64_kib_is_413(server: Server, unchanged: None) -> None:
     command = server.client("operator").post(
         f"/v1/accounts/{ACCT}/suspend", content=data, headers={"content-type": "application/json"}
     )
+    # Only the batch route's own path takes more: this one merely ends like it.
+    elsewhere = reporter.post(
+        "/v1/elsewhere/violations:batch", content=data, headers={"content-type": "application/json"}
+    )
 
-    for response in (declared, streamed, command):
+    for response in (declared, streamed, command, elsewhere):
         assert assert_error(response, 413, "payload_too_large")["details"] == {
             "limit_bytes": 64 * 1024
         }
