@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from rich.markup import escape
 from sqlalchemy import exc as sqlalchemy_errors
 
 from enforcement.cli_output import EXIT_CHECK_FAILED, EXIT_USAGE, console, fail
@@ -140,7 +141,7 @@ def init() -> None:
         fail(f"Could not migrate {_redacted(settings.database_url)}: {lines[0].rstrip('.')}.")
     console.print(
         f"Schema at revision [bold]{current_revision(settings.database_url)}[/] on "
-        f"{_redacted(settings.database_url)}"
+        f"{escape(_redacted(settings.database_url))}"
     )
     _rebuild_older_standings(settings.database_url)
 
@@ -525,7 +526,7 @@ def export(
             if output:
                 stream.close()
     if output:
-        console.print(f"Wrote {count} line(s) to {output}.")
+        console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

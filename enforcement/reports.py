@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from events import EventStore, RecordedEvent
 from events.schema import events
@@ -196,7 +197,7 @@ def report_tables(report: TransparencyReport) -> Group:
         decisions.add_column(column, justify="left" if column == "kind" else "right")
     for kind in _kinds_in_order(report.decisions_by_kind):
         automated, manual = report.decisions_automated[kind], report.decisions_by_operator[kind]
-        decisions.add_row(kind, str(automated), str(manual), str(automated + manual))
+        decisions.add_row(Text(kind), str(automated), str(manual), str(automated + manual))
     parts.append(decisions)
     appeals = Table(title="Appeals")
     for column in ("filed", "upheld", "overturned", "filed, not decided yet"):
@@ -218,7 +219,8 @@ def _count_table(title: str, counts: Counter[str]) -> Table:
     table.add_column("share", justify="right")
     total = sum(counts.values())
     for name, count in counts.most_common():
-        table.add_row(name, str(count), f"{count / total:.0%}")
+        # A source is a reporter's free text: shown as written, never read as Rich markup.
+        table.add_row(Text(name), str(count), f"{count / total:.0%}")
     return table
 
 

@@ -164,6 +164,20 @@ def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_pat
     assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 20_000
 
 
+def test_a_source_is_shown_as_written_not_read_as_markup(system: Container) -> None:
+    """A violation's ``source`` is the reporter's free text, and the log keeps it for good:
+    read as Rich markup, ``[/bold]`` made every report of its period fail."""
+    report(system, "acct_m", "spam", HOUR, source="[/bold] [link=http://evil.example]x[/link]")
+    now = system.clock()
+
+    code, table = invoke(
+        system, "--since", format_time(now - HOUR), "--until", format_time(now + HOUR)
+    )
+
+    assert code == 0, table
+    assert "[/bold] [link=http://evil.example]x[/link]" in table
+
+
 def test_a_chart_that_cannot_be_written_is_a_usage_error(system: Container, tmp_path: Path) -> None:
     """Exit 2, as ``export -o`` to such a path (exit 1 says a check failed)."""
     nowhere = tmp_path / "no" / "such" / "dir" / "report.png"
