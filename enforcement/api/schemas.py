@@ -79,17 +79,27 @@ SafeText = Annotated[Text, NoNul]
 
 
 # The service's own idempotency keys (a notice's delivery outcomes, the gate's reports, a
-# batch's items under its header) share the one key space with the callers': a caller's key
-# with one of these prefixes could take a key the service will need (a NoticeDelivered that
-# could then never be recorded), so it is refused.
-RESERVED_KEY_PREFIXES = ("notice-", "gate:", "batch:")
+# batch's items under its header) share the one key space with the callers': a caller's key of
+# one of their shapes could take a key the service will need (a NoticeDelivered that could then
+# never be recorded), so it is refused. Only those shapes: a caller's ``batch:2026-12-05`` or
+# ``gate:42`` stays a key like any other.
+RESERVED_KEY = re.compile(
+    r"notice-(delivered|failed|undeliverable):"
+    r"|gate:(sustained_abuse|rate_limit_circumvention):"
+    r"|batch:[0-9a-f]{64}\Z"
+)
+
+
+def is_reserved_key(value: str) -> bool:
+    """Whether ``value`` has the shape of one of the service's own idempotency keys."""
+    return RESERVED_KEY.match(value) is not None
 
 
 def _not_reserved(value: str | None) -> str | None:
-    if value is not None and value.startswith(RESERVED_KEY_PREFIXES):
+    if value is not None and is_reserved_key(value):
         raise ValueError(
-            "must not start with notice-, gate: or batch:, which the service's own "
-            "idempotency keys use"
+            "has the shape of the service's own idempotency keys (notice-delivered:, "
+            "notice-failed:, notice-undeliverable:, gate:<category>:, batch:<64 hex digits>)"
         )
     return value
 

@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import actor_of, bearer_token
 from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX
-from enforcement.api.schemas import RESERVED_KEY_PREFIXES, ViolationIn
+from enforcement.api.schemas import ViolationIn, is_reserved_key
 from enforcement.bootstrap import Container
 from enforcement.roles import Permission, allows
 from enforcement.tokens import Principal
@@ -105,7 +105,7 @@ class ReportShortcut:
             if (
                 not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX
                 or "\x00" in idempotency_key
-                or idempotency_key.startswith(RESERVED_KEY_PREFIXES)
+                or is_reserved_key(idempotency_key)
             ):
                 return None  # the route answers it (422)
         try:

@@ -21,6 +21,11 @@ from events.timefmt import to_utc
 router = APIRouter(prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS)
 
 IDEMPOTENCY_KEY_MAX = 200  # characters
+RESERVED_NOTE = (
+    "A key of the shape of the service's own (starting notice-delivered:, notice-failed:, "
+    "notice-undeliverable:, gate:sustained_abuse: or gate:rate_limit_circumvention:, or batch: "
+    "and 64 hex digits) is refused (422)."
+)
 
 
 class BatchIn(BaseModel):
@@ -45,7 +50,12 @@ async def report_violation(
     principal: Reporter,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", max_length=IDEMPOTENCY_KEY_MAX, pattern=r"^[^\x00]+$"),
+        Header(
+            alias="Idempotency-Key",
+            max_length=IDEMPOTENCY_KEY_MAX,
+            pattern=r"^[^\x00]+$",
+            description=RESERVED_NOTE,
+        ),
         NotReserved,
     ] = None,
 ) -> Response:
@@ -77,7 +87,7 @@ def report_batch(
             pattern=r"^[^\x00]+$",
             description="Makes each item without its own idempotency_key idempotent: sent again "
             "under the same header, an item already recorded replays (200), wherever it stands "
-            "in the batch; a new or changed item is recorded.",
+            "in the batch; a new or changed item is recorded. " + RESERVED_NOTE,
         ),
         NotReserved,
     ] = None,
