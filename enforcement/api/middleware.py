@@ -82,7 +82,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            limit = body_limit_for(scope["path"])
+            limit = body_limit_for(get_route_path(scope))
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 await self._too_large(send_with_id, limit)

@@ -297,6 +297,21 @@ def test_the_shortcut_takes_the_path_the_application_routes_on(
     assert answered == [True]
 
 
+def test_behind_a_prefix_the_batch_route_still_takes_4_mib(system: Container) -> None:
+    """The body limit goes by the path the application routes on, as the shortcut does: behind
+    a prefix the batch route takes more than 64 KiB, and a path that ends like it does not."""
+    token = create_token(system.engine, Role.REPORTER, "r")
+    headers = {"Authorization": f"Bearer {token}"}
+    item = {**VIOLATION, "description": "d" * 3000}
+    batch = {"violations": [item] * 30}  # about 100 KB
+    with TestClient(create_app(system), root_path="/enforcement") as prefixed:
+        accepted = prefixed.post("/enforcement/v1/violations:batch", json=batch, headers=headers)
+        elsewhere = prefixed.post("/enforcement/v1/x/violations:batch", json=batch, headers=headers)
+    assert accepted.status_code == 200, accepted.text
+    assert [r["status"] for r in accepted.json()["results"]] == [201] * 30
+    assert elsewhere.status_code == 413, elsewhere.text
+
+
 def test_an_unexpected_error_still_reaches_the_server(
     system: Container, reporter: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
