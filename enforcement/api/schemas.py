@@ -251,7 +251,7 @@ class AppealDecisionIn(Strict):
 
 # One address, local@domain: no space, control character, or character that separates or
 # quotes addresses in a header (``x,other@evil.example`` put a second recipient in To).
-_ADDRESS_PART = r'[^@\s,;:<>"()\[\]\\\x00-\x1f\x7f]+'
+_ADDRESS_PART = r'[^@\s,;:<>"()\[\]\\\x00-\x1f\x7f-\x9f]+'
 
 
 class ContactIn(Strict):
@@ -264,7 +264,14 @@ class ContactIn(Strict):
         | None
     ) = None
     webhook_url: (
-        Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://"), NoNul] | None
+        Annotated[
+            str,
+            # No space or control character: http.client refuses them, with the URL (and any
+            # credentials in its query) in an error the log would keep for good.
+            StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f-\x9f]+$"),
+            NoNul,
+        ]
+        | None
     ) = None
 
 

@@ -52,19 +52,30 @@ def _connect(target_host: str, addresses: tuple[str, ...], port: int, timeout: f
 
 # IPv6 prefixes whose addresses carry an IPv4 one in their last 32 bits: NAT64's well-known
 # prefix (RFC 6052), which a translator on an IPv6-only network turns into that IPv4 address,
-# and the deprecated IPv4-compatible form (``::a.b.c.d``).
-_CARRY_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+# IPv4-translated addresses (SIIT, ``::ffff:0:a.b.c.d``) and the deprecated IPv4-compatible
+# form (``::a.b.c.d``).
+_CARRY_IPV4 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("::/96"),
+)
+# Never a public target: NAT64's local-use prefix (RFC 8215), which carries an IPv4 address where
+# its network chooses, and the deprecated site-local addresses.
+_NOT_PUBLIC_V6 = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether a webhook may go to ``address``: a global unicast address, and for IPv6 one
-    that carries no IPv4 address that is not (IPv4-mapped, IPv4-compatible, NAT64, 6to4;
-    Teredo's prefix is not global): ``64:ff9b::a9fe:a9fe`` reaches 169.254.169.254 through
-    NAT64."""
+    that carries no IPv4 address that is not (IPv4-mapped, IPv4-compatible, IPv4-translated,
+    NAT64, 6to4; Teredo's prefix is not global): ``64:ff9b::a9fe:a9fe`` reaches
+    169.254.169.254 through NAT64. A NAT64 prefix of a network's own choosing cannot be told
+    from a public address."""
     if not address.is_global or address.is_multicast:
         return False
     if isinstance(address, ipaddress.IPv4Address):
         return True
+    if any(address in prefix for prefix in _NOT_PUBLIC_V6):
+        return False
     carried = [address.ipv4_mapped, address.sixtofour]
     if any(address in prefix for prefix in _CARRY_IPV4):
         carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
@@ -92,6 +103,10 @@ def check_target(url: str, allow_private: bool) -> Target:
     except ValueError as exc:
         raise WebhookRefused(f"webhook URL {_shown(url)} has an invalid port") from exc
     path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+    if any(c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in path):
+        # http.client would refuse it with the whole URL in its error (a contact stored before
+        # the API refused such URLs).
+        raise WebhookRefused(f"webhook URL {_shown(url)} has a space or control character")
     # Host: the host and port only (never the URL's user:password), IPv6 in brackets.
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     host_header = host if parsed.port is None else f"{host}:{parsed.port}"

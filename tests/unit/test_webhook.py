@@ -57,6 +57,9 @@ def test_the_signature_is_hex_hmac_sha256_of_the_raw_body() -> None:
         "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64: 169.254.169.254
         "http://[2002:7f00:1::]/hook",  # 6to4: 127.0.0.1
         "http://[::127.0.0.1]/hook",  # IPv4-compatible
+        "http://[::ffff:0:a9fe:a9fe]/hook",  # IPv4-translated (SIIT): 169.254.169.254
+        "http://[64:ff9b:1::a9fe:a9fe]/hook",  # NAT64's local-use prefix
+        "http://[fec0::1]/hook",  # site-local
     ],
 )
 def test_loopback_private_and_link_local_targets_are_refused(url: str) -> None:
@@ -241,6 +244,8 @@ def _connections_tried(monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any) -> lis
     [
         ("ftp://user:secret@example.com/x?token=secret", "'ftp://example.com/x'"),
         ("https://user:secret@example.com:99999/x?token=secret", "'https://example.com:99999/x'"),
+        ("https://example.com/h?token=secret x", "'https://example.com/h'"),
+        ("https://example.com/h?token=secret\x7f", "'https://example.com/h'"),
     ],
 )
 def test_a_refused_url_is_named_without_its_credentials(url: str, shown: str) -> None:
