@@ -439,13 +439,14 @@ def verify(
         print(json.dumps(results if account is None else results[0], indent=2))
     else:
         for r in broken:
+            # The account id as the log holds it: a tampered log may hold anything there.
             console.print(
-                f"[red]BROKEN[/] {r['account_id']} at version {r['broken_at_version']}: "
-                f"{r['reason']}"
+                f"[red]BROKEN[/] {escape(r['account_id'])} at version {r['broken_at_version']}: "
+                f"{escape(r['reason'])}"
             )
         total = sum(r["events"] for r in results)
         if account is not None and total == 0:
-            console.print(f"{account} has no events: nothing to verify.")
+            console.print(f"{escape(account)} has no events: nothing to verify.")
         else:
             console.print(
                 f"{len(results) - len(broken)} of {len(results)} account(s) intact, "

@@ -18,8 +18,9 @@ def _width() -> int | None:
     return 1000
 
 
-console = Console(width=_width())
-err_console = Console(stderr=True)
+# No emoji codes: ``:ok:`` in an account id (``tenant:ok:42`` is one) or a file name is text.
+console = Console(width=_width(), emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1

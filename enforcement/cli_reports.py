@@ -95,7 +95,7 @@ def whatif(
         return
     shown = summary.differing if limit is None else summary.differing[:limit]
     for account in shown:
-        table = Table(title=f"{account.account_id}: {_totals_text(account.totals)}")
+        table = Table(title=Text(f"{account.account_id}: {_totals_text(account.totals)}"))
         for column in (
             "recorded at",
             "violation",

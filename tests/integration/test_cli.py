@@ -521,6 +521,10 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     nobody = invoke(populated.url, "verify", "acct_nobody")
     assert nobody.exit_code == 0
     assert nobody.stdout.strip() == "acct_nobody has no events: nothing to verify."
+    # An account id is printed as it is: in ``tenant:ok:42`` (the contract's alphabet has ":"),
+    # ``:ok:`` is no emoji code.
+    named = run_cli(populated.url, "verify", "tenant:ok:42")
+    assert named.stdout.strip() == "tenant:ok:42 has no events: nothing to verify."
 
 
 # ------------------------------------------------------------------ replay
