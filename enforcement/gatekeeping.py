@@ -258,6 +258,11 @@ def seed_gate(gate: Gate, store: EventStore, now: datetime, page_size: int = 500
     return count
 
 
+def gate_report_key(category: str, account_id: str, bucket: int) -> str:
+    """The idempotency key of the gate's report of ``category`` for one window (``bucket``)."""
+    return f"gate:{category}:{account_id}:{bucket}"
+
+
 class AbuseDetector:
     """Raises AUP §3 violations from gate denials, once per window per account."""
 
@@ -304,7 +309,7 @@ class AbuseDetector:
             detection="automated",
             description=description,
         )
-        key = f"gate:{category}:{account_id}:{bucket}"
+        key = gate_report_key(category, account_id, bucket)
         try:
             self.service.report_violation(
                 account_id,
