@@ -50,44 +50,38 @@ def _connect(target_host: str, addresses: tuple[str, ...], port: int, timeout: f
     raise error
 
 
-# IPv6 prefixes whose addresses carry an IPv4 one in their last 32 bits: NAT64's well-known
-# prefix (RFC 6052), which a translator on an IPv6-only network turns into that IPv4 address,
-# IPv4-translated addresses (SIIT, ``::ffff:0:a.b.c.d``) and the deprecated IPv4-compatible
-# form (``::a.b.c.d``).
-_CARRY_IPV4 = (
-    ipaddress.IPv6Network("64:ff9b::/96"),
-    ipaddress.IPv6Network("::ffff:0:0:0/96"),
-    ipaddress.IPv6Network("::/96"),
-)
-# Never a public target: NAT64's local-use prefix (RFC 8215), which carries an IPv4 address where
-# its network chooses, and the deprecated site-local addresses.
-_NOT_PUBLIC_V6 = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
+# Global unicast IPv6 is 2000::/3; outside it only NAT64's well-known prefix (RFC 6052) may
+# reach a public host: a translator on an IPv6-only network turns ``64:ff9b::a.b.c.d`` into
+# the IPv4 address in its last 32 bits.
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether a webhook may go to ``address``: a global unicast address, and for IPv6 one
-    that carries no IPv4 address that is not (IPv4-mapped, IPv4-compatible, IPv4-translated,
-    NAT64, 6to4; Teredo's prefix is not global): ``64:ff9b::a9fe:a9fe`` reaches
-    169.254.169.254 through NAT64. A NAT64 prefix of a network's own choosing cannot be told
-    from a public address."""
+    """Whether a webhook may go to ``address``: a global unicast address. For IPv6 that is one
+    in 2000::/3 that is global (not Teredo, documentation, …) and, for 6to4, whose IPv4
+    address is public; or one in NAT64's well-known prefix whose IPv4 address is public
+    (``64:ff9b::a9fe:a9fe`` reaches 169.254.169.254). So IPv4-mapped, -compatible and
+    -translated forms, NAT64's local-use prefix, site-local and reserved addresses are
+    refused. A NAT64 prefix of a network's own choosing cannot be told from a public
+    address."""
     if not address.is_global or address.is_multicast:
         return False
     if isinstance(address, ipaddress.IPv4Address):
         return True
-    if any(address in prefix for prefix in _NOT_PUBLIC_V6):
+    if address in _NAT64:
+        return is_public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address not in _GLOBAL_UNICAST:
         return False
-    carried = [address.ipv4_mapped, address.sixtofour]
-    if any(address in prefix for prefix in _CARRY_IPV4):
-        carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return all(v4 is None or is_public(v4) for v4 in carried)
+    return address.sixtofour is None or is_public(address.sixtofour)
 
 
 def _shown(url: str) -> str:
-    """``url`` as an error names it: the error is recorded in the log for good, so without a
-    user and password or a query, which may hold credentials."""
-    scheme, netloc, path, _query, _fragment = urlsplit(url)
-    host = netloc.rpartition("@")[2]
-    return repr(f"{scheme}://{host}{path}" if scheme or host else path)
+    """``url`` as an error names it: the error is recorded in the log for good, so only its
+    scheme, host and port. A user and password, a query, and the path too may hold secrets (a
+    chat service's webhook carries its token in the path)."""
+    scheme, netloc, _path, _query, _fragment = urlsplit(url)
+    return repr(f"{scheme}://{netloc.rpartition('@')[2]}")
 
 
 def check_target(url: str, allow_private: bool) -> Target:

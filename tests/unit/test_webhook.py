@@ -60,6 +60,8 @@ def test_the_signature_is_hex_hmac_sha256_of_the_raw_body() -> None:
         "http://[::ffff:0:a9fe:a9fe]/hook",  # IPv4-translated (SIIT): 169.254.169.254
         "http://[64:ff9b:1::a9fe:a9fe]/hook",  # NAT64's local-use prefix
         "http://[fec0::1]/hook",  # site-local
+        "http://[4000::1]/hook",  # reserved: outside global unicast (2000::/3)
+        "http://[fe00::1]/hook",
     ],
 )
 def test_loopback_private_and_link_local_targets_are_refused(url: str) -> None:
@@ -242,15 +244,17 @@ def _connections_tried(monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any) -> lis
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("ftp://user:secret@example.com/x?token=secret", "'ftp://example.com/x'"),
-        ("https://user:secret@example.com:99999/x?token=secret", "'https://example.com:99999/x'"),
-        ("https://example.com/h?token=secret x", "'https://example.com/h'"),
-        ("https://example.com/h?token=secret\x7f", "'https://example.com/h'"),
+        ("ftp://user:secret@example.com/x?token=secret", "'ftp://example.com'"),
+        ("https://user:secret@example.com:99999/x?token=secret", "'https://example.com:99999'"),
+        ("https://example.com/h?token=secret x", "'https://example.com'"),
+        ("https://example.com/h?token=secret\x7f", "'https://example.com'"),
+        ("https://hooks.example.com/services/T0/B0/secret ", "'https://hooks.example.com'"),
     ],
 )
 def test_a_refused_url_is_named_without_its_credentials(url: str, shown: str) -> None:
     """The refusal is recorded in the log for good (``NoticeDeliveryFailed.error``): it names
-    the URL without a user and password or a query."""
+    the URL by its scheme, host and port only (a user and password, a query and a path may
+    hold secrets)."""
     with pytest.raises(WebhookRefused) as refused:
         check_target(url, allow_private=False)
     assert shown in str(refused.value)
