@@ -266,9 +266,11 @@ class ContactIn(Strict):
     webhook_url: (
         Annotated[
             str,
-            # No space or control character: http.client refuses them, with the URL (and any
-            # credentials in its query) in an error the log would keep for good.
-            StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f-\x9f]+$"),
+            # Printable ASCII only: http.client refuses a space or control character with the
+            # URL (and any credentials in its query) in an error the log would keep for good,
+            # and cannot send a host or path of other characters (an IDN host goes in
+            # punycode, a path percent-encoded), so such a notice would only be retried.
+            StringConstraints(max_length=2048, pattern=r"^https?://[\x21-\x7e]+$"),
             NoNul,
         ]
         | None

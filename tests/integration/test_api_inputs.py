@@ -651,13 +651,22 @@ def test_a_contact_email_is_one_address(
 
 
 @pytest.mark.parametrize(
-    "url", ["https://example.com/h?token=s3cret x", "https://example.com/h\x7f", "https://"]
+    "url",
+    [
+        "https://example.com/h?token=s3cret x",
+        "https://example.com/h\x7f",
+        "https://",
+        "http://bücher.example/hook",
+        "https://example.com/hoök",
+    ],
 )
 def test_a_webhook_url_has_no_space_or_control_character(
     client: TestClient, as_role: Any, url: str
 ) -> None:
     """http.client refuses such a URL with the URL in its error, which the log keeps for good
-    (with any credentials in its query): refused when the contact is set."""
+    (with any credentials in its query), and cannot send a host or path that is not ASCII (an
+    IDN host goes in punycode): refused when the contact is set, not retried until the
+    notice's attempts run out."""
     response = client.put(
         "/v1/accounts/acct_w/contact", json={"webhook_url": url}, headers=as_role(Role.OPERATOR)
     )
