@@ -249,6 +249,7 @@ def _connections_tried(monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any) -> lis
         ("https://example.com/h?token=secret x", "'https://example.com'"),
         ("https://example.com/h?token=secret\x7f", "'https://example.com'"),
         ("https://hooks.example.com/services/T0/B0/secret ", "'https://hooks.example.com'"),
+        ("https://example.com/secret/hoök", "'https://example.com'"),
     ],
 )
 def test_a_refused_url_is_named_without_its_credentials(url: str, shown: str) -> None:
