@@ -81,8 +81,9 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
+        route_path = get_route_path(scope)  # the path the router matches (no root_path)
         try:
-            limit = body_limit_for(get_route_path(scope))
+            limit = body_limit_for(route_path)
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 await self._too_large(send_with_id, limit)
@@ -103,7 +104,7 @@ class RequestContextMiddleware:
                     chunks.append(chunk)
                     more = message.get("more_body", False)
                 body = b"".join(chunks)
-                shortcut = self.shortcuts.get((scope["method"], get_route_path(scope)))
+                shortcut = self.shortcuts.get((scope["method"], route_path))
                 if shortcut is not None and await shortcut(scope, body, receive, send_with_id):
                     return
                 delivered = False

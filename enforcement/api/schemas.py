@@ -83,6 +83,10 @@ SafeText = Annotated[Text, NoNul]
 # one of their shapes could take a key the service will need (a NoticeDelivered that could then
 # never be recorded), so it is refused. Only those shapes: a caller's ``batch:2026-12-05`` or
 # ``gate:42`` stays a key like any other.
+RESERVED_KEY_SHAPES = (
+    "starting notice-delivered:, notice-failed:, notice-undeliverable:, gate:sustained_abuse: or "
+    "gate:rate_limit_circumvention:, or batch: and 64 hex digits"
+)
 RESERVED_KEY = re.compile(
     r"notice-(delivered|failed|undeliverable):"
     r"|gate:(sustained_abuse|rate_limit_circumvention):"
@@ -98,8 +102,7 @@ def is_reserved_key(value: str) -> bool:
 def _not_reserved(value: str | None) -> str | None:
     if value is not None and is_reserved_key(value):
         raise ValueError(
-            "has the shape of the service's own idempotency keys (notice-delivered:, "
-            "notice-failed:, notice-undeliverable:, gate:<category>:, batch:<64 hex digits>)"
+            f"has the shape of the service's own idempotency keys ({RESERVED_KEY_SHAPES})"
         )
     return value
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from enforcement.gate.base import EPOCH
 from enforcement.notices.delivery import Contact, delivered_key, failed_key, undeliverable_key
 from enforcement.tables import contacts
 from events import EventStore
@@ -28,7 +29,6 @@ RECOVERY_WINDOW = timedelta(days=14)
 # How far the failed attempts were looked at (``LostRetryScan``): the ``until`` of the last look,
 # in microseconds since the epoch, in the checkpoints table (a time, not a log position).
 LOST_RETRIES_CHECKPOINT = "notice-lost-retries-until-us"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def notices_without_outcome(
@@ -178,7 +178,7 @@ class LostRetryScan:
         """The end of the last look's range, or None before the first."""
         with self.store.engine.connect() as conn:
             micros = self.store.get_checkpoint(conn, LOST_RETRIES_CHECKPOINT)
-        return _EPOCH + timedelta(microseconds=micros) if micros else None
+        return EPOCH + timedelta(microseconds=micros) if micros else None
 
     def run(
         self,
@@ -217,4 +217,4 @@ class LostRetryScan:
 
 
 def _micros(moment: datetime) -> int:
-    return (to_utc(moment) - _EPOCH) // timedelta(microseconds=1)
+    return (to_utc(moment) - EPOCH) // timedelta(microseconds=1)

@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
-from enforcement.api.schemas import AbuseReportIn, BatchItemIn, NotReserved, ViolationIn
+from enforcement.api.schemas import (
+    RESERVED_KEY_SHAPES,
+    AbuseReportIn,
+    BatchItemIn,
+    NotReserved,
+    ViolationIn,
+)
 from enforcement.api.violations import report_of, violation_json
 from enforcement.service import request_fingerprint
 from events.timefmt import to_utc
@@ -21,11 +27,7 @@ from events.timefmt import to_utc
 router = APIRouter(prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS)
 
 IDEMPOTENCY_KEY_MAX = 200  # characters
-RESERVED_NOTE = (
-    "A key of the shape of the service's own (starting notice-delivered:, notice-failed:, "
-    "notice-undeliverable:, gate:sustained_abuse: or gate:rate_limit_circumvention:, or batch: "
-    "and 64 hex digits) is refused (422)."
-)
+RESERVED_NOTE = f"A key of the shape of the service's own ({RESERVED_KEY_SHAPES}) is refused (422)."
 
 
 class BatchIn(BaseModel):
