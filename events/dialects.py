@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -60,6 +60,7 @@ def create_engine(url: str, connect_timeout: int | None = None, **kwargs: Any) -
     URL's own, else ``POSTGRES_CONNECT_TIMEOUT_SECONDS``."""
     sa_url = normalized_url(url)
     if sa_url.get_backend_name() == "sqlite":
+        _create_private_file(_sqlite_file(sa_url))
         engine = sa.create_engine(
             sa_url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs
         )
@@ -142,6 +143,30 @@ def _has_input(dbapi_conn: Any) -> bool:
         return True
 
 
+# A new database file is readable and writable by its owner only: it holds contact addresses,
+# webhook URLs, descriptions and token hashes. SQLite gives its -wal and -shm files the mode of
+# the database file, so they follow; an operator who widens the file's mode widens theirs too.
+DATABASE_FILE_MODE = 0o600
+
+
+def _sqlite_file(sa_url: sa.URL) -> str | None:
+    """The file a SQLite URL names, or None for an in-memory database or a ``file:`` URI."""
+    database = sa_url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def _create_private_file(path: str | None) -> None:
+    """Create ``path`` empty with ``DATABASE_FILE_MODE`` if it does not exist (SQLite takes an
+    empty file as an empty database). Any other problem is left for SQLite to report."""
+    if path is None:
+        return
+    # It exists already, or cannot be created: SQLite says why when it connects.
+    with suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATABASE_FILE_MODE))
+
+
 def _configure_sqlite(engine: Engine) -> None:
     # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up front;
     # we issue BEGIN ourselves so that writers start with BEGIN IMMEDIATE and never deadlock on
@@ -187,11 +212,9 @@ def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
     lock = _sqlite_engine_locks.get(engine)
     if lock is not None:
         return lock
-    database = engine.url.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        key = os.path.realpath(database)
-    else:
-        key = f"engine:{id(engine)}"  # a private in-memory database
+    database = _sqlite_file(engine.url)
+    # A private in-memory database has a lock of its own.
+    key = os.path.realpath(database) if database is not None else f"engine:{id(engine)}"
     with _sqlite_writer_locks_guard:
         lock = _sqlite_writer_locks.setdefault(key, threading.RLock())
         _sqlite_engine_locks[engine] = lock

@@ -1,0 +1,72 @@
+"""The SQLite database file the service creates is its owner's alone, and so are the -wal and
+-shm files SQLite makes beside it; a file that exists already keeps the mode it has."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from enforcement.migrations import upgrade
+from events import EventStore, NewEvent, create_engine
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The umask most systems start with: new files readable by everyone unless asked."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def append_while_open(url: str, db: Path) -> dict[str, int]:
+    """Migrate, append an event and give the modes of the files while the engine still holds
+    them (the -wal and -shm files go when the last connection closes)."""
+    upgrade(url)
+    engine = create_engine(url)
+    try:
+        EventStore(engine).append("acct_1", 0, [NewEvent("Noted", {"n": 1}, datetime.now(UTC))])
+        files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+        return {path.name: mode(path) for path in files}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_a_new_database_and_its_wal_are_private(tmp_path: Path) -> None:
+    db = tmp_path / "enforcement.db"
+    modes = append_while_open(f"sqlite:///{db}", db)
+    assert modes == {
+        "enforcement.db": 0o600,
+        "enforcement.db-wal": 0o600,
+        "enforcement.db-shm": 0o600,
+    }
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_an_existing_file_keeps_its_mode(tmp_path: Path) -> None:
+    db = tmp_path / "enforcement.db"
+    db.touch()
+    db.chmod(0o640)  # an operator who shares the database with a group
+    modes = append_while_open(f"sqlite:///{db}", db)
+    assert set(modes.values()) == {0o640}
+
+
+def test_a_missing_directory_is_still_sqlites_error(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'absent' / 'enforcement.db'}")
+    try:
+        with pytest.raises(Exception, match="unable to open database file"):
+            engine.connect().close()
+    finally:
+        engine.dispose()
+    assert not (tmp_path / "absent").exists()
