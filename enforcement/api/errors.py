@@ -129,6 +129,17 @@ def body_not_read_as_json(errors: Iterable[Mapping[str, Any]]) -> bool:
     )
 
 
+def json_error(errors: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What the JSON parser said and where (``reason``; ``position``, the character it stopped
+    at, or None when the whole body had to be read to tell)."""
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            loc = tuple(err.get("loc", ()))
+            reason = (err.get("ctx") or {}).get("error")
+            return {"reason": reason, "position": loc[1] if len(loc) > 1 else None}
+    return None
+
+
 def body_missing(errors: Iterable[Mapping[str, Any]]) -> bool:
     """Whether the only error is that the route's body is missing (the request had none)."""
     listed = list(errors)
@@ -192,7 +203,9 @@ def install_error_handlers(
             refused = await refusal(request) if refusal is not None else None
             if refused is not None:
                 return await _api(request, refused)
-            return error_response(400, "malformed_json", "The request body is not valid JSON.")
+            return error_response(
+                400, "malformed_json", "The request body is not valid JSON.", json_error(errors)
+            )
         # No ``refusal`` needed below: FastAPI solves a route's dependencies (the caller's token
         # and role) before it validates the body, so a refused caller never gets here.
         # An empty body sent as JSON is not JSON: 400, as any malformed body. Sent as another

@@ -25,12 +25,12 @@ honoured here too).
 
 from __future__ import annotations
 
-import orjson
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.types import Receive, Scope, Send
 
+from enforcement.api import strict_json
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import actor_of, bearer_token
 from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX
@@ -109,8 +109,8 @@ class ReportShortcut:
             ):
                 return None  # the route answers it (422)
         try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            document = strict_json.loads(body)  # what the route reads, read the same way
+        except ValueError:
             return None
         if not isinstance(document, dict):
             return None

@@ -146,10 +146,12 @@ def test_malformed_json_is_400(server: Server, unchanged: None) -> None:
         (reporter, "/v1/violations:batch"),
         (op, f"/v1/accounts/{ACCT}/suspend"),
     ):
-        response = client.post(
-            path, content=b'{"account_id": "acct_1", "category": ', headers=headers
-        )
-        assert_error(response, 400, "malformed_json")
+        for body in (
+            b'{"account_id": "acct_1", "category": ',
+            b'{"account_id": "acct_1", "category": "spam", "category": "csam"}',
+        ):
+            response = client.post(path, content=body, headers=headers)
+            assert_error(response, 400, "malformed_json")
 
 
 def test_a_json_body_not_sent_as_json_is_415_after_the_callers_401_or_403(

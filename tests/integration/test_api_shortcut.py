@@ -98,10 +98,20 @@ UNUSUAL: dict[str, tuple[dict[str, Any], int, str]] = {
         "validation_failed",
     ),
     "malformed JSON": ({"content": b'{"account_id": '}, 400, "malformed_json"),
-    "JSON that orjson refuses (NaN)": (
+    "NaN, which is not JSON": (
         {"content": b'{"account_id": "acct_s", "category": "spam", "severity": NaN}'},
-        422,
-        "validation_failed",
+        400,
+        "malformed_json",
+    ),
+    "a member named twice": (
+        {"content": b'{"account_id": "acct_s", "category": "spam", "category": "csam"}'},
+        400,
+        "malformed_json",
+    ),
+    "a body that is not UTF-8": (
+        {"content": '{"account_id": "acct_s", "category": "spam"}'.encode("utf-16")},
+        400,
+        "malformed_json",
     ),
     "a JSON array": ({"json": [VIOLATION]}, 422, "validation_failed"),
     "an Idempotency-Key over 200 characters": (

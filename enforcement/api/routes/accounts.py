@@ -30,11 +30,15 @@ from enforcement.api.schemas import (
     TriageIn,
 )
 from enforcement.api.shapes import outcome_json
+from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.tables import contacts
 from events.dialects import write_connection
 
 router = APIRouter(
-    prefix="/v1/accounts/{account_id}", tags=["account commands"], responses=WRITE_ERRORS
+    prefix="/v1/accounts/{account_id}",
+    tags=["account commands"],
+    responses=WRITE_ERRORS,
+    route_class=StrictJsonRoute,
 )
 Account = Annotated[AccountId, Path()]
 Id = Annotated[str, Path(min_length=1, max_length=128)]

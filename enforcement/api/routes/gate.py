@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from enforcement.api.deps import ContainerDep, Gateway
 from enforcement.api.errors import ApiError, ErrorBody, error_responses
 from enforcement.api.schemas import GateCheckIn
+from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.gate import GateUnavailable
 
 
@@ -28,7 +29,7 @@ class GateDecisionOut(BaseModel):
     retry_after_s: float
 
 
-router = APIRouter(prefix="/v1/gate", tags=["gate"])
+router = APIRouter(prefix="/v1/gate", tags=["gate"], route_class=StrictJsonRoute)
 _UNAVAILABLE = (
     "The gate's store, or the database it learns an account's standing from, is unavailable."
 )

@@ -10,9 +10,12 @@ from enforcement.api.deps import ContainerDep, Reader, StandingReader
 from enforcement.api.errors import READ_ERRORS
 from enforcement.api.schemas import AccountId
 from enforcement.api.shapes import parse_query_time
+from enforcement.api.strict_json import StrictJsonRoute
 from events.wire import event_to_json
 
-router = APIRouter(prefix="/v1", tags=["reading"], responses=READ_ERRORS)
+router = APIRouter(
+    prefix="/v1", tags=["reading"], responses=READ_ERRORS, route_class=StrictJsonRoute
+)
 Account = Annotated[AccountId, Path()]
 # The columns' ranges (version INTEGER, position BIGINT): a larger cursor is a 422, not a
 # driver overflow.

@@ -20,11 +20,14 @@ from enforcement.api.schemas import (
     NotReserved,
     ViolationIn,
 )
+from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.api.violations import report_of, violation_json
 from enforcement.service import request_fingerprint
 from events.timefmt import to_utc
 
-router = APIRouter(prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS)
+router = APIRouter(
+    prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS, route_class=StrictJsonRoute
+)
 
 IDEMPOTENCY_KEY_MAX = 200  # characters
 RESERVED_NOTE = f"A key of the shape of the service's own ({RESERVED_KEY_SHAPES}) is refused (422)."

@@ -1,0 +1,83 @@
+"""Request bodies are read as strict JSON (RFC 8259, and I-JSON's unique names, RFC 7493).
+
+Python's ``json.loads``, which FastAPI uses, also takes what is not JSON: ``NaN``, ``Infinity``
+and ``-Infinity``, and an object naming one member twice (the last one wins). A service in front
+of this one that reads the first ``category`` of ``{"category": "spam", "category": "csam"}``
+would see another violation than the one recorded here, so such a body is malformed JSON (400),
+as are a body that is not UTF-8 (UTF-16 and UTF-32 were taken before) and one nested too
+deeply to parse. ``loads`` raises
+``json.JSONDecodeError`` for each, which FastAPI answers as any malformed body;
+``StrictJsonRoute`` makes every route read its body with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+
+class _DuplicateName(ValueError):
+    pass
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _DuplicateName("an object names the same member twice")
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_names, parse_constant=_no_constant)
+
+
+def _error(reason: str, text: str, position: int | None) -> json.JSONDecodeError:
+    """A decode error whose ``pos`` is None where the parser cannot say where it was."""
+    error = json.JSONDecodeError(reason, text, position or 0)
+    error.pos = position  # type: ignore[assignment]
+    return error
+
+
+def loads(body: bytes) -> Any:
+    """The JSON value of ``body``; ``json.JSONDecodeError`` when it is not strict JSON."""
+    try:
+        text = body.decode("utf-8-sig")  # a byte order mark may be ignored (RFC 8259 §8.1)
+    except UnicodeDecodeError as exc:
+        valid = body[: exc.start].decode("utf-8-sig")
+        raise _error("the body is not UTF-8", valid, len(valid)) from exc
+    try:
+        return _DECODER.decode(text)
+    except (_DuplicateName, _NotJson) as exc:
+        raise _error(str(exc), text, None) from exc
+    except RecursionError as exc:
+        raise _error("the body is nested too deeply", text, None) from exc
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads(await self.body())
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """A route that reads its JSON body with ``loads``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJsonRequest(request.scope, request.receive))
+
+        return strict
