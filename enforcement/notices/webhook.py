@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import io
 import ipaddress
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 
 class WebhookRefused(Exception):
@@ -35,12 +40,71 @@ class Target:
     addresses: tuple[str, ...]  # the checked ones, tried in order; () connects by name
 
 
-def _connect(target_host: str, addresses: tuple[str, ...], port: int, timeout: float | None) -> Any:
+class _Deadline:
+    """The time one attempt may take in all: each socket operation's timeout is the
+    per-operation ``timeout`` or the time left, whichever is shorter, so a receiver that
+    drips its answer (each read within the timeout) is cut off all the same."""
+
+    def __init__(self, url: str, seconds: float, timeout: float) -> None:
+        self.url = url
+        self.seconds = seconds
+        self.timeout = timeout
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """The next operation's timeout; a ``TimeoutError`` once the deadline has passed."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.error()
+        return min(self.timeout, left)
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def error(self) -> TimeoutError:
+        shown = _shown(self.url)
+        return TimeoutError(f"the webhook at {shown} did not answer within {self.seconds:g} s")
+
+
+class _Reader(io.RawIOBase):
+    """The socket's file (``raw``), with the socket's timeout cut to the time left before
+    each read: the status line, the headers and the body are read by the deadline."""
+
+    def __init__(self, sock: socket.socket, raw: io.RawIOBase, deadline: _Deadline) -> None:
+        super().__init__()
+        self.sock = sock
+        self.raw = raw
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        self.sock.settimeout(self.deadline.left())
+        return self.raw.readinto(buffer)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _response_class(deadline: _Deadline) -> type[http.client.HTTPResponse]:
+    """``HTTPResponse`` reading through a ``_Reader`` by ``deadline``."""
+
+    class Response(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self.fp = io.BufferedReader(_Reader(sock, self.fp.detach(), deadline))
+
+    return Response
+
+
+def _connect(target_host: str, addresses: tuple[str, ...], port: int, deadline: _Deadline) -> Any:
     """A TCP connection to the first of ``addresses`` that answers (by name if none)."""
     error: OSError | None = None
     for address in addresses or (target_host,):
         try:
-            sock = socket.create_connection((address, port), timeout)
+            sock = socket.create_connection((address, port), deadline.left())
         except OSError as exc:
             error = exc
             continue
@@ -124,37 +188,51 @@ def check_target(url: str, allow_private: bool) -> Target:
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to a checked address; the Host header still names the URL's host."""
+    """Connects to a checked address; the Host header still names the URL's host. Every
+    socket operation ends by ``deadline`` (the request is sent right after connecting)."""
 
-    def __init__(self, target: Target, timeout: float):
-        super().__init__(target.host, target.port, timeout=timeout)
+    def __init__(self, target: Target, deadline: _Deadline):
+        super().__init__(target.host, target.port, timeout=deadline.timeout)
         self.addresses = target.addresses
+        self.deadline = deadline
+        self.response_class = _response_class(deadline)
 
     def connect(self) -> None:
-        self.sock = _connect(self.host, self.addresses, self.port, self.timeout)
+        self.sock = _connect(self.host, self.addresses, self.port, self.deadline)
+        self.sock.settimeout(self.deadline.left())
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """As ``_PinnedHTTPConnection``, with TLS verified against the URL's host name."""
 
-    def __init__(self, target: Target, timeout: float):
+    def __init__(self, target: Target, deadline: _Deadline):
         self.tls = ssl.create_default_context()
-        super().__init__(target.host, target.port, timeout=timeout, context=self.tls)
+        super().__init__(target.host, target.port, timeout=deadline.timeout, context=self.tls)
         self.addresses = target.addresses
+        self.deadline = deadline
+        self.response_class = _response_class(deadline)
 
     def connect(self) -> None:
-        sock = _connect(self.host, self.addresses, self.port, self.timeout)
+        sock = _connect(self.host, self.addresses, self.port, self.deadline)
+        sock.settimeout(self.deadline.left())
         self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        self.sock.settimeout(self.deadline.left())
 
 
 _MAX_ANSWER = 64 * 1024
 
 
 class WebhookSender:
-    def __init__(self, secret: str | None, allow_private: bool, timeout: float = 5.0):
+    """Sends webhooks: each socket operation may take ``timeout`` seconds, and one attempt
+    (connecting, sending, reading the answer) ``deadline`` seconds in all."""
+
+    def __init__(
+        self, secret: str | None, allow_private: bool, timeout: float = 5.0, deadline: float = 30.0
+    ):
         self.secret = secret
         self.allow_private = allow_private
         self.timeout = timeout
+        self.deadline = deadline
 
     def send(self, url: str, notice_event_id: str, payload: dict[str, Any]) -> None:
         """One signed POST; redirects are not followed (one could lead to a private address)."""
@@ -169,12 +247,17 @@ class WebhookSender:
             "X-Enforcement-Event-Id": notice_event_id,
             "X-Enforcement-Signature": signature(self.secret, body),
         }
+        deadline = _Deadline(url, self.deadline, self.timeout)
         https = target.scheme == "https"
-        conn = (_PinnedHTTPSConnection if https else _PinnedHTTPConnection)(target, self.timeout)
+        conn = (_PinnedHTTPSConnection if https else _PinnedHTTPConnection)(target, deadline)
         try:
             conn.request("POST", target.path, body=body, headers=headers)
             response = conn.getresponse()
             response.read(_MAX_ANSWER)  # the status is what counts; the body is not kept
+        except TimeoutError as exc:  # a retryable failure, as any other but a refusal
+            if deadline.passed():
+                raise deadline.error() from exc
+            raise
         finally:
             conn.close()
         if not 200 <= response.status < 300:

@@ -8,6 +8,7 @@ import hmac
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -182,6 +183,95 @@ def test_a_redirect_is_not_followed(sink: Sink) -> None:
         redirecting.close()
     assert len(redirecting.requests) == 1
     assert sink.requests == []
+
+
+class Drip:
+    """A slow-drip receiver on loopback: reads one request, sends ``head`` at once, then
+    ``drip`` one byte every ``every`` seconds (each read well within a socket timeout), and
+    closes the connection."""
+
+    def __init__(self, head: bytes, drip: bytes, every: float) -> None:
+        self.head, self.drip, self.every = head, drip, every
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(5)
+        self.port = int(self.listener.getsockname()[1])
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            try:
+                conn.sendall(self.head)
+                for byte in self.drip:
+                    if self.stopped.wait(self.every):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return  # the sender gave up and closed the connection
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("head", "drip"),
+    [
+        (b"", b"HTTP/1.1 200 OK\r\n\r\n"),  # the status line
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n", b"x" * 20),  # the body
+    ],
+    ids=["status-line", "body"],
+)
+def test_a_slow_drip_receiver_is_cut_off_at_the_deadline(head: bytes, drip: bytes) -> None:
+    # Each byte comes well within the per-operation timeout (0.2 s < 0.5 s); without a deadline
+    # for the whole attempt the answer would take 4 s, and an endless one a worker's time limit.
+    receiver = Drip(head, drip, every=0.2)
+    url = f"http://user:secret@127.0.0.1:{receiver.port}/hook/secret?token=secret"
+    sender = WebhookSender("s3cret", allow_private=True, timeout=0.5, deadline=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError) as timed_out:
+            sender.send(url, "evt-1", {})
+    finally:
+        took = time.monotonic() - started
+        receiver.close()
+
+    assert 1.0 <= took < 1.5
+    # Not a refusal: the delivery records the failure and retries it (as a dead receiver).
+    assert not isinstance(timed_out.value, WebhookRefused)
+    assert str(timed_out.value) == (
+        f"the webhook at 'http://127.0.0.1:{receiver.port}' did not answer within 1 s"
+    )
+
+
+def test_an_answer_in_many_reads_within_the_deadline_is_delivered() -> None:
+    receiver = Drip(b"", b"HTTP/1.1 204 No Content\r\n\r\n", every=0.01)
+    try:
+        sender = WebhookSender("s3cret", allow_private=True, timeout=0.5, deadline=1.0)
+        sender.send(f"http://127.0.0.1:{receiver.port}/hook", "evt-1", {})
+    finally:
+        receiver.close()
+
+
+def test_a_fast_receiver_is_delivered_with_a_short_deadline(sink: Sink) -> None:
+    WebhookSender("s3cret", allow_private=True, timeout=0.5, deadline=1.0).send(
+        sink.url(), "evt-1", {"a": 1}
+    )
+    [(_path, _headers, body)] = sink.requests
+    assert json.loads(body) == {"a": 1}
 
 
 def test_the_request_goes_to_the_address_that_passed_the_check(

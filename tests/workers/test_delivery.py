@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,16 @@ import pytest
 
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
+from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
 from enforcement.notices.email import EmailSender, build_message
 from enforcement.notices.templates import render
+from enforcement.notices.webhook import WebhookSender
 from enforcement.workers.actors import QUEUE
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, retry_lost_after
 from events import RecordedEvent
 from tests.unit.test_templates import warning
+from tests.unit.test_webhook import Drip
 from tests.workers.system import (
     OPERATOR,
     SECRET,
@@ -358,6 +362,39 @@ def test_a_private_webhook_target_is_refused_without_allow_private(
         assert [e.event_id for e in system.outcomes(notice.event_id)] == [refused.event_id]
     finally:
         system.close()
+
+
+def test_a_slow_drip_webhook_fails_at_its_deadline_to_be_retried(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    # Given a webhook that answers one byte every 0.2 s, and a deadline of 1 s for an attempt
+    receiver = Drip(b"", b"HTTP/1.1 200 OK\r\n\r\n", every=0.2)
+    system = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        url = f"http://127.0.0.1:{receiver.port}/hooks/secret-token?key=secret"
+        set_contact(system.engine, "acct_drip", webhook_url=url)
+        [notice] = [e for e in report(system, "acct_drip").events if e.type == "NoticeIssued"]
+        webhook = WebhookSender(SECRET, allow_private=True, timeout=0.5, deadline=1.0)
+        delivery = NoticeDelivery(system.service, EmailSender(None, str(tmp_path)), webhook)
+
+        # When an attempt is made, it ends at the deadline, to be retried
+        started = time.monotonic()
+        with pytest.raises(DeliveryFailed):
+            delivery.attempt(notice.event_id, "webhook", 1, final=False)
+        assert time.monotonic() - started < 1.5
+
+        # Then the failure names the webhook by its scheme, host and port only
+        [failure] = [
+            e for e in system.store.read_stream("acct_drip") if e.type == "NoticeDeliveryFailed"
+        ]
+        assert (failure.data["attempt"], failure.data["final"]) == (1, False)
+        assert failure.data["error"] == (
+            f"TimeoutError: the webhook at 'http://127.0.0.1:{receiver.port}' "
+            "did not answer within 1 s"
+        )
+    finally:
+        system.close()
+        receiver.close()
 
 
 def test_an_account_without_contact_data_gets_its_notice_recorded_undeliverable(
