@@ -11,7 +11,7 @@ import logging
 import smtplib
 from dataclasses import dataclass
 
-from enforcement.notices.email import EmailSender, build_message
+from enforcement.notices.email import EmailRefused, EmailSender, build_message
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookRefused, WebhookSender
 from enforcement.service import Actor, EnforcementService, Fact
@@ -116,9 +116,11 @@ class NoticeDelivery:
                 self.webhook.send(target, notice_event_id, rendered.body)
         except Exception as exc:
             # A refused target never becomes valid: a webhook the checks refuse, or an address
-            # that is not ASCII on a mail server without SMTPUTF8.
-            refused = isinstance(exc, (WebhookRefused, smtplib.SMTPNotSupportedError))
-            error = str(exc) if isinstance(exc, WebhookRefused) else f"{type(exc).__name__}: {exc}"
+            # that is not ASCII on a mail server without SMTPUTF8; nor does a retry change the
+            # configuration (no webhook secret, a mail server that would take a cleartext login).
+            refused = isinstance(exc, (WebhookRefused, EmailRefused, smtplib.SMTPNotSupportedError))
+            plain = isinstance(exc, (WebhookRefused, EmailRefused))
+            error = str(exc) if plain else f"{type(exc).__name__}: {exc}"
             self._failed(
                 notice.account_id,
                 notice_event_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import ssl
 from email.charset import QP, Charset
 from email.message import EmailMessage, Message
 from email.mime.text import MIMEText
@@ -21,6 +22,11 @@ SENDER = f"TaaS Trust & Safety <{SENDER_ADDRESS}>"
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
 _UTF8_FILE = SMTPUTF8.clone(linesep="\n")  # headers in UTF-8, lines as every .eml has them
+
+
+class EmailRefused(Exception):
+    """The mail server may not be used as configured (it would take the login in cleartext):
+    retrying will not help."""
 
 
 def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> Message:
@@ -63,6 +69,7 @@ class EmailSender:
         self.smtp_url = smtp_url
         self.mail_dir = Path(mail_dir)
         self.timeout = timeout
+        self._tls_context: ssl.SSLContext | None = None
 
     @property
     def channel(self) -> str:
@@ -79,10 +86,17 @@ class EmailSender:
         url = urlparse(self.smtp_url)
         if url.scheme not in ("smtp", "smtps"):
             raise ValueError(f"ENFORCEMENT_SMTP_URL must be smtp:// or smtps://, not {url.scheme}")
-        smtp_class = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
+        host = url.hostname or "localhost"
         port = url.port or (465 if url.scheme == "smtps" else 25)
-        with smtp_class(url.hostname or "localhost", port, timeout=self.timeout) as smtp:
+        smtp = (  # SMTP_SSL's own default context verifies nothing: it is given one that does
+            smtplib.SMTP_SSL(host, port, timeout=self.timeout, context=self._tls())
+            if url.scheme == "smtps"
+            else smtplib.SMTP(host, port, timeout=self.timeout)
+        )
+        with smtp:
             if url.username:
+                if url.scheme == "smtp":
+                    self._starttls(smtp, host, port)
                 smtp.login(url.username, url.password or "")
             to = str(message["To"] or "")
             if not to.isascii():
@@ -92,3 +106,25 @@ class EmailSender:
                 # ">From " (an mbox habit), whatever the message's policy; as_bytes does not.
                 wire = message.policy.clone(linesep="\r\n")  # SMTP's line ends
                 smtp.sendmail(SENDER_ADDRESS, [to], message.as_bytes(policy=wire))
+
+    def _starttls(self, smtp: smtplib.SMTP, host: str, port: int) -> None:
+        """Upgrade the connection to TLS before a login, verifying the server (``_tls``). A server
+        that offers no STARTTLS gets no login: the password would go in cleartext. The error
+        names the server as ``smtp://host:port``, never with the URL's password."""
+        smtp.ehlo_or_helo_if_needed()
+        if not smtp.has_extn("starttls"):
+            server = f"smtp://[{host}]:{port}" if ":" in host else f"smtp://{host}:{port}"
+            raise EmailRefused(
+                f"the mail server {server} offers no STARTTLS, so a login would send the password "
+                "in cleartext: not logging in; ENFORCEMENT_SMTP_URL needs smtps:// or a server "
+                "that offers STARTTLS"
+            )
+        smtp.starttls(context=self._tls())
+        smtp.ehlo_or_helo_if_needed()  # EHLO again: STARTTLS forgets what the server offered
+
+    def _tls(self) -> ssl.SSLContext:
+        """The TLS context, made once (loading the CAs takes ~20 ms): it verifies the server's
+        certificate and name against the system's CAs, or ``SSL_CERT_FILE``'s."""
+        if self._tls_context is None:
+            self._tls_context = ssl.create_default_context()
+        return self._tls_context

@@ -95,7 +95,7 @@ def test_the_sender_connects_where_the_smtp_url_says(
 
     def fake(kind: str) -> Any:
         class Connection:
-            def __init__(self, host: str, port: int, timeout: float) -> None:
+            def __init__(self, host: str, port: int, timeout: float, **tls: object) -> None:
                 opened.append((kind, host, port))
 
             def __enter__(self) -> Connection:

@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ from typing import Any
 import dramatiq
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from enforcement.bootstrap import Clock, Container, bootstrap
 from enforcement.policy import ViolationReport
@@ -229,10 +231,22 @@ class Receiver:
 
 
 class SmtpSink:
-    """aiosmtpd on a free loopback port; ``messages`` holds (envelope rcpts, parsed message)."""
+    """aiosmtpd on a free loopback port; ``messages`` holds (envelope rcpts, parsed message) and
+    ``over_tls`` whether each came over STARTTLS. With ``tls_context`` it offers STARTTLS; with
+    ``ssl_context`` it is TLS from the connection's start (smtps). It takes any login (AUTH
+    PLAIN or LOGIN) and notes each in ``logins`` as (user, password, over STARTTLS); it offers
+    AUTH only after STARTTLS unless ``auth_require_tls`` is false."""
 
-    def __init__(self, smtputf8: bool = True) -> None:
+    def __init__(
+        self,
+        smtputf8: bool = True,
+        tls_context: ssl.SSLContext | None = None,
+        auth_require_tls: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
+        self.over_tls: list[bool] = []
+        self.logins: list[tuple[str, str, bool]] = []
         sink = self
 
         class Handler:
@@ -240,11 +254,26 @@ class SmtpSink:
                 raw = envelope.original_content or envelope.content
                 parsed = email.message_from_bytes(raw, policy=email.policy.default)
                 sink.messages.append((list(envelope.rcpt_tos), parsed))  # type: ignore[arg-type]
+                sink.over_tls.append(session.ssl is not None)
                 return "250 Message accepted for delivery"
+
+        def authenticator(
+            server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+        ) -> AuthResult:
+            login = (data.login.decode(), data.password.decode(), session.ssl is not None)
+            sink.logins.append(login)
+            return AuthResult(success=True)
 
         self.port = free_port()
         self.controller = Controller(
-            Handler(), hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=smtputf8
+            Handler(),
+            hostname="127.0.0.1",
+            port=self.port,
+            enable_SMTPUTF8=smtputf8,
+            tls_context=tls_context,
+            authenticator=authenticator,
+            auth_require_tls=auth_require_tls,
+            ssl_context=ssl_context,
         )
         self.controller.start()
 
