@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
 import ssl
 from email.charset import QP, Charset
@@ -62,6 +63,33 @@ def file_bytes(message: Message) -> bytes:
     return bytes(message)
 
 
+# A notice names its account's owner and what they did: the files are the service user's alone
+# (a directory that exists already keeps its mode).
+MAIL_DIR_MODE = 0o700
+MAIL_FILE_MODE = 0o600
+
+
+def write_durably(target: Path, data: bytes) -> None:
+    """Write ``target`` whole or not at all, on disk before this returns (the delivery is then
+    recorded as done), readable by its owner only (``MAIL_FILE_MODE``)."""
+    partial = target.with_suffix(target.suffix + ".part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, MAIL_FILE_MODE)
+    try:
+        os.fchmod(fd, MAIL_FILE_MODE)  # a part left by a crash keeps no other mode
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    partial.replace(target)  # atomic: a reader never sees half a message
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
 class EmailSender:
     """Sends over SMTP when ``smtp_url`` is set, else writes ``<mail_dir>/<event id>.eml``."""
 
@@ -77,11 +105,8 @@ class EmailSender:
 
     def send(self, message: Message, notice_event_id: str) -> None:
         if self.smtp_url is None:
-            self.mail_dir.mkdir(parents=True, exist_ok=True)
-            target = self.mail_dir / f"{notice_event_id}.eml"
-            partial = target.with_suffix(".eml.part")
-            partial.write_bytes(file_bytes(message))
-            partial.replace(target)  # atomic: a reader never sees half a message
+            self.mail_dir.mkdir(mode=MAIL_DIR_MODE, parents=True, exist_ok=True)
+            write_durably(self.mail_dir / f"{notice_event_id}.eml", file_bytes(message))
             return
         url = urlparse(self.smtp_url)
         if url.scheme not in ("smtp", "smtps"):

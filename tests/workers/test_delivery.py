@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
 from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
-from enforcement.notices.email import EmailSender, build_message
+from enforcement.notices.email import EmailSender, build_message, file_bytes
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookSender
 from enforcement.workers.actors import QUEUE
@@ -198,6 +200,29 @@ def test_an_email_file_holds_any_address_as_given(tmp_path: Path, to: str) -> No
     assert parsed["To"] == to
     assert parsed["Subject"] == "Avis — été"
     assert parsed.get_content() == rendered.text
+
+
+def test_email_files_and_their_directory_are_the_services_alone(tmp_path: Path) -> None:
+    """A notice names its account's owner and what they did: the ``.eml`` file is 0600 and a
+    mail directory the service makes is 0700, whatever the umask; a ``.part`` file that a crash
+    left behind with another mode is written over, not kept."""
+    notice = warning()
+    message = build_message(notice, render(notice), "abuse-desk@customer.test")
+    mail_dir = tmp_path / "notices"
+    previous = os.umask(0o022)
+    try:
+        EmailSender(None, str(mail_dir)).send(message, "evt_1")
+        (mail_dir / "evt_2.eml.part").write_bytes(b"half a message")
+        (mail_dir / "evt_2.eml.part").chmod(0o644)
+        EmailSender(None, str(mail_dir)).send(message, "evt_2")
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE(mail_dir.stat().st_mode) == 0o700
+    assert sorted(p.name for p in mail_dir.iterdir()) == ["evt_1.eml", "evt_2.eml"]
+    for name in ("evt_1.eml", "evt_2.eml"):
+        assert stat.S_IMODE((mail_dir / name).stat().st_mode) == 0o600
+        assert (mail_dir / name).read_bytes() == file_bytes(message)
 
 
 def test_a_non_ascii_address_on_a_server_without_smtputf8_fails_for_good(
