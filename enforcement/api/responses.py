@@ -8,11 +8,13 @@ lists and string-keyed dicts), and return the ``Response``.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 
 def encode_json(document: Any) -> bytes:
@@ -29,3 +31,29 @@ def encode_json(document: Any) -> bytes:
 def json_response(document: Any, status_code: int = 200) -> Response:
     """An ``application/json`` response of ``document``."""
     return Response(encode_json(document), status_code=status_code, media_type="application/json")
+
+
+# An answer up to this size is sent whole, with its Content-Length; a larger one is streamed.
+STREAM_AFTER_BYTES = 1 << 20
+
+
+def json_array_response(name: str, items: Iterable[Any]) -> Response:
+    """``{"<name>": [<item>, …]}``, each item encoded only when it is sent: an answer of more
+    than ``STREAM_AFTER_BYTES`` is streamed (chunked) as its items are encoded, so it is never
+    held whole in memory, nor are the documents of its items; a smaller one is sent whole."""
+    pieces = _array_pieces(name, items)
+    head: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        head.append(piece)
+        size += len(piece)
+        if size > STREAM_AFTER_BYTES:
+            return StreamingResponse(itertools.chain(head, pieces), media_type="application/json")
+    return Response(b"".join(head), media_type="application/json")
+
+
+def _array_pieces(name: str, items: Iterable[Any]) -> Iterator[bytes]:
+    yield encode_json(name).join((b"{", b":["))
+    for index, item in enumerate(items):
+        yield (b"," if index else b"") + encode_json(item)
+    yield b"]}"

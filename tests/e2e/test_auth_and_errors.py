@@ -294,12 +294,20 @@ def test_the_batch_takes_more_than_64_kib_but_not_over_4_mib(server: Server) -> 
     assert 64 * 1024 < len(json.dumps(medium)) < 4 * 1024 * 1024
     assert accepted.status_code == 200, accepted.text
     assert [r["status"] for r in accepted.json()["results"]] == [201] * 25
+    assert accepted.headers["content-length"] == str(len(accepted.content))  # sent whole
     assert len(huge) > 4 * 1024 * 1024
     for refused in (declared, streamed):
         assert assert_error(refused, 413, "payload_too_large")["details"] == {
             "limit_bytes": 4 * 1024 * 1024
         }
     assert requested_events(admin) == before
+    # An answer over 1 MiB is streamed as its items are encoded (STREAM_AFTER_BYTES).
+    large = reporter.post("/v1/violations:batch", json={"violations": [item] * 400})
+    assert large.status_code == 200, large.text
+    assert len(large.content) > 1024 * 1024
+    assert large.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in large.headers
+    assert [r["status"] for r in large.json()["results"]] == [201] * 400
 
 
 def test_validation_names_each_bad_field_and_the_allowed_categories(

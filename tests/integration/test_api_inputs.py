@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from enforcement.api import responses
 from enforcement.api.app import create_app
 from enforcement.bootstrap import Container
 from enforcement.roles import Role
@@ -628,6 +629,36 @@ def test_a_batch_idempotency_key_makes_a_retried_batch_replay_what_it_recorded(
     assert reused[0]["error"]["message"] == (
         "This item's idempotency_key was already used with a different item."
     )
+
+
+def test_a_large_batch_answer_is_streamed_and_a_small_one_sent_whole(
+    system: Container, client: TestClient, as_role: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each item of a batch's answer carries its account's whole standing, so an answer can
+    run to hundreds of megabytes: past ``STREAM_AFTER_BYTES`` it is sent as its items are
+    encoded (no Content-Length), and is the same answer."""
+    reporter = as_role(Role.REPORTER)
+    items = [{"account_id": f"acct_s{i % 3}", "category": "spam"} for i in range(12)]
+    items.insert(5, {"account_id": "acct_s1", "category": "nope"})
+
+    small = client.post("/v1/violations:batch", json={"violations": items[:2]}, headers=reporter)
+    monkeypatch.setattr(responses, "STREAM_AFTER_BYTES", 4000)
+    large = client.post("/v1/violations:batch", json={"violations": items}, headers=reporter)
+
+    assert small.headers["content-length"] == str(len(small.content))
+    assert [r["status"] for r in small.json()["results"]] == [201, 201]
+    assert "content-length" not in large.headers
+    assert len(large.content) > 4000
+    results = large.json()["results"]
+    assert [r["status"] for r in results] == [201] * 5 + [422] + [201] * 7
+    assert results[5]["error"]["code"] == "validation_failed"
+    for account in ("acct_s0", "acct_s1", "acct_s2"):
+        mine = [r for r in results if r["account_id"] == account and r["status"] == 201]
+        versions = [r["standing"]["version"] for r in mine]
+        assert versions == sorted(versions)
+        assert versions[-1] == system.store.head(account).version
+        recorded = {e.event_id for e in system.store.read_stream(account)}
+        assert {e["event_id"] for r in mine for e in r["events"]} <= recorded
 
 
 def test_a_callers_idempotency_key_may_not_take_one_of_the_services_own(

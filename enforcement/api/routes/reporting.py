@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
+from enforcement.api.responses import json_array_response
 from enforcement.api.schemas import (
     RESERVED_KEY_SHAPES,
     AbuseReportIn,
@@ -22,7 +23,7 @@ from enforcement.api.schemas import (
 )
 from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.api.violations import report_of, violation_json
-from enforcement.service import request_fingerprint
+from enforcement.service import Outcome, request_fingerprint
 from events.timefmt import to_utc
 
 router = APIRouter(
@@ -79,7 +80,7 @@ def batch_item_key(header: str, fingerprint: str, occurrence: int) -> str:
     return "batch:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-@router.post("/violations:batch")
+@router.post("/violations:batch", response_model=dict[str, Any])
 def report_batch(
     body: BatchIn,
     container: ContainerDep,
@@ -96,10 +97,12 @@ def report_batch(
         ),
         NotReserved,
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Up to 1000 violations; each item has its own status and one bad item stops no other."""
     now = to_utc(container.clock())
-    results: list[dict[str, Any] | None] = [None] * len(body.violations)
+    # An item's answer, or what it is made of: each carries the account's whole standing, so
+    # the documents are made one by one as the answer is sent (``json_array_response``).
+    results: list[dict[str, Any] | tuple[int, str, Outcome] | None] = [None] * len(body.violations)
     items, positions = [], []
     seen: Counter[str] = Counter()  # identical items so far (each is a violation of its own)
     for index, raw in enumerate(body.violations):
@@ -138,7 +141,7 @@ def report_batch(
     outcomes = container.service.report_batch(items, actor_of(principal))
     for index, (account_id, *_), result in zip(positions, items, outcomes, strict=True):
         if result.outcome is not None:
-            results[index] = {"status": result.status, **violation_json(account_id, result.outcome)}
+            results[index] = (result.status, account_id, result.outcome)
         else:
             err = result.error
             code = getattr(err, "code", "idempotency_key_reused")
@@ -152,7 +155,15 @@ def report_batch(
                 message,
                 getattr(err, "details", None),
             )
-    return {"results": results}
+    return json_array_response("results", map(_item_answer, results))
+
+
+def _item_answer(result: dict[str, Any] | tuple[int, str, Outcome] | None) -> dict[str, Any]:
+    if isinstance(result, tuple):
+        status, account_id, outcome = result
+        return {"status": status, **violation_json(account_id, outcome)}
+    assert result is not None  # every item has its result by now
+    return result
 
 
 def _item_error(raw: Any, status: int, code: str, message: str, details: Any) -> dict[str, Any]:
