@@ -11,9 +11,20 @@ from alembic import command
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def script_location() -> Path:
+    """The migration scripts: the checkout's ``alembic/`` (a source tree, an editable install),
+    else the copy an installed wheel carries as ``enforcement/alembic`` (pyproject.toml)."""
+    checkout = ROOT / "alembic"
+    if (checkout / "env.py").is_file():  # not the Alembic library beside an installed package
+        return checkout
+    return Path(__file__).resolve().parent / "alembic"
+
+
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "alembic"))
+    ini = ROOT / "alembic.ini"  # logging for the `alembic` command; an installed wheel has none
+    config = Config(str(ini) if ini.is_file() else None)
+    config.set_main_option("script_location", str(script_location()))
+    config.set_main_option("path_separator", "os")
     config.attributes["database_url"] = database_url
     config.attributes["configure_logging"] = False
     return config
