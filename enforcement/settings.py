@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ class Settings:
     policy_file: str | None = None
     smtp_url: str | None = None
     mail_dir: str = "./notices"
+    mail_from: str = "trust-and-safety@taas.invalid"  # no mailbox: a deployment sets its own
     webhook_secret: str | None = None
     webhook_allow_private: bool = False
     default_rpm: int = 600
@@ -73,6 +75,7 @@ class Settings:
             policy_file=text("ENFORCEMENT_POLICY_FILE"),
             smtp_url=_smtp_url(text("ENFORCEMENT_SMTP_URL")),
             mail_dir=text("ENFORCEMENT_MAIL_DIR") or cls.mail_dir,
+            mail_from=_mail_from(text("ENFORCEMENT_MAIL_FROM")) or cls.mail_from,
             webhook_secret=text("ENFORCEMENT_WEBHOOK_SECRET"),
             webhook_allow_private=boolean("ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE"),
             default_rpm=positive_int("ENFORCEMENT_DEFAULT_RPM", cls.default_rpm),
@@ -132,6 +135,23 @@ def _redis_url(value: str | None) -> str | None:
             "ENFORCEMENT_REDIS_URL must be a redis://, rediss:// or unix:// URL"
         ) from None
     return value
+
+
+# local@domain in ASCII: a dot-atom local part (RFC 5322) and a host name.
+_MAIL_FROM = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*"
+)
+
+
+def _mail_from(value: str | None) -> str | None:
+    """The address notices are sent from, which the account replies to (their "How to appeal"
+    says to reply): one plain ASCII address, ``appeals@taas.example``."""
+    if value is None or _MAIL_FROM.fullmatch(value):
+        return value
+    raise SettingsError(
+        "ENFORCEMENT_MAIL_FROM must be one plain e-mail address (local@domain, ASCII, no name)"
+    )
 
 
 def _smtp_url(value: str | None) -> str | None:

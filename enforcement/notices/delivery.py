@@ -111,7 +111,9 @@ class NoticeDelivery:
         rendered = render(notice)
         try:
             if channel == "email":
-                self.email.send(build_message(notice, rendered, target), notice_event_id)
+                self.email.send(
+                    build_message(notice, rendered, target, self.email.sender), notice_event_id
+                )
             else:
                 self.webhook.send(target, notice_event_id, rendered.body)
         except Exception as exc:

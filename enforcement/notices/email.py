@@ -17,7 +17,7 @@ from enforcement.notices.templates import RenderedNotice
 from events import RecordedEvent
 
 SENDER_ADDRESS = "trust-and-safety@taas.invalid"
-SENDER = f"TaaS Trust & Safety <{SENDER_ADDRESS}>"
+SENDER_NAME = "TaaS Trust & Safety"
 # UTF-8 text as quoted-printable: ASCII stays readable in the raw message, and no line is too
 # long for SMTP whatever a description holds.
 _UTF8_QP = Charset("utf-8")
@@ -30,12 +30,15 @@ class EmailRefused(Exception):
     retrying will not help."""
 
 
-def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> Message:
+def build_message(
+    notice: RecordedEvent, rendered: RenderedNotice, to: str, sender: str = SENDER_ADDRESS
+) -> Message:
     """The notice as a ``text/plain`` e-mail. For an ASCII address it is built on the
     ``compat32`` policy, which stores headers as given (``EmailMessage``'s default policy
     parses every header it is given: about 0.7 ms a message against 0.15). An address with
     other characters needs SMTPUTF8, which ``smtplib`` does only for a message on the default
-    policy: that message is built on it."""
+    policy: that message is built on it. ``sender`` is the address the account replies to
+    (``ENFORCEMENT_MAIL_FROM``)."""
     message: Message
     if to.isascii():
         # A Charset instance is documented (Python 3.5+); typeshed types only names.
@@ -43,13 +46,13 @@ def build_message(notice: RecordedEvent, rendered: RenderedNotice, to: str) -> M
     else:
         message = EmailMessage()
         message.set_content(rendered.text)
-    message["From"] = SENDER
+    message["From"] = f"{SENDER_NAME} <{sender}>"
     message["To"] = to
     message["Subject"] = rendered.subject
     message["Date"] = format_datetime(notice.recorded_at)
     # One Message-ID per notice: a retry (or a re-send after a broker lost the message) is the
     # same message again, which mail systems and readers can recognise as one.
-    message["Message-ID"] = f"<{notice.event_id}@taas.invalid>"
+    message["Message-ID"] = f"<{notice.event_id}@{sender.rpartition('@')[2]}>"
     message["X-Enforcement-Event-Id"] = notice.event_id
     return message
 
@@ -93,10 +96,17 @@ def write_durably(target: Path, data: bytes) -> None:
 class EmailSender:
     """Sends over SMTP when ``smtp_url`` is set, else writes ``<mail_dir>/<event id>.eml``."""
 
-    def __init__(self, smtp_url: str | None, mail_dir: str, timeout: float = 10.0):
+    def __init__(
+        self,
+        smtp_url: str | None,
+        mail_dir: str,
+        timeout: float = 10.0,
+        sender: str = SENDER_ADDRESS,
+    ):
         self.smtp_url = smtp_url
         self.mail_dir = Path(mail_dir)
         self.timeout = timeout
+        self.sender = sender  # From, and the envelope's sender
         self._tls_context: ssl.SSLContext | None = None
 
     @property
@@ -130,7 +140,7 @@ class EmailSender:
                 # send_message would quote every body line that starts with "From " as
                 # ">From " (an mbox habit), whatever the message's policy; as_bytes does not.
                 wire = message.policy.clone(linesep="\r\n")  # SMTP's line ends
-                smtp.sendmail(SENDER_ADDRESS, [to], message.as_bytes(policy=wire))
+                smtp.sendmail(self.sender, [to], message.as_bytes(policy=wire))
 
     def _starttls(self, smtp: smtplib.SMTP, host: str, port: int) -> None:
         """Upgrade the connection to TLS before a login, verifying the server (``_tls``). A server

@@ -50,7 +50,7 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
     broker = broker or make_broker(settings)
     delivery = NoticeDelivery(
         container.service,
-        EmailSender(settings.smtp_url, settings.mail_dir),
+        EmailSender(settings.smtp_url, settings.mail_dir, sender=settings.mail_from),
         WebhookSender(settings.webhook_secret, settings.webhook_allow_private),
     )
     gate_applier = container.extras.get("gate_applier")

@@ -53,6 +53,30 @@ def test_a_url_that_cannot_be_used_is_refused_with_a_reason(env: dict[str, str],
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Trust <appeals@taas.example>",
+        "appeals@taas.example, x@evil.example",
+        "appeals",
+        "appeals@",
+        "@taas.example",
+        "appéals@taas.example",
+        "appeals@taas..example",
+        "appeals@taas.example\r\nBcc: x@evil.example",
+    ],
+)
+def test_a_sender_address_that_is_not_one_plain_address_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="ENFORCEMENT_MAIL_FROM must be one plain"):
+        Settings.from_env({"ENFORCEMENT_MAIL_FROM": value})
+
+
+def test_the_sender_address_is_the_deployments_or_one_nobody_receives() -> None:
+    assert Settings.from_env({}).mail_from == "trust-and-safety@taas.invalid"
+    for value in ("appeals@taas.example", "t&s+notices@mail.taas-1.example"):
+        assert Settings.from_env({"ENFORCEMENT_MAIL_FROM": value}).mail_from == value
+
+
 def test_redis_urls_of_every_scheme_are_accepted() -> None:
     for url in ("redis://h:6379/0", "rediss://h:6380/1?ssl_cert_reqs=none", "unix:///tmp/r.sock"):
         assert Settings.from_env({"ENFORCEMENT_REDIS_URL": url}).redis_url == url

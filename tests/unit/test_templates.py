@@ -287,22 +287,27 @@ def test_an_email_reads_back_as_its_text_and_headers(text: str) -> None:
     import email
     import email.policy
 
-    from enforcement.notices.email import SENDER, build_message
+    from enforcement.notices.email import SENDER_ADDRESS, build_message
 
     notice = warning()
     rendered = dataclasses.replace(render(notice), text=text)
     raw = bytes(build_message(notice, rendered, "abuse-desk@customer.test"))
+    own = bytes(build_message(notice, rendered, "abuse-desk@customer.test", "appeals@taas.test"))
 
     assert max(len(line) for line in raw.split(b"\n")) <= 78
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed.get_content_type() == "text/plain"
     assert parsed.get_content() == text
-    assert parsed["From"] == SENDER
+    assert parsed["From"] == f"TaaS Trust & Safety <{SENDER_ADDRESS}>"
     assert parsed["To"] == "abuse-desk@customer.test"
     assert parsed["Subject"] == rendered.subject
     assert parsed["Message-ID"] == f"<{notice.event_id}@taas.invalid>"
     assert parsed["X-Enforcement-Event-Id"] == notice.event_id
     assert parsed["Date"].datetime == notice.recorded_at
+    # The address the account replies to ("How to appeal"), as the deployment sets it.
+    replied = email.message_from_bytes(own, policy=email.policy.default)
+    assert replied["From"] == "TaaS Trust & Safety <appeals@taas.test>"
+    assert replied["Message-ID"] == f"<{notice.event_id}@taas.test>"
 
 
 def test_a_description_of_several_lines_stays_under_its_fact() -> None:

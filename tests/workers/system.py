@@ -245,6 +245,7 @@ class SmtpSink:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
+        self.senders: list[str] = []  # each message's envelope sender (MAIL FROM)
         self.over_tls: list[bool] = []
         self.logins: list[tuple[str, str, bool]] = []
         sink = self
@@ -255,6 +256,7 @@ class SmtpSink:
                 parsed = email.message_from_bytes(raw, policy=email.policy.default)
                 sink.messages.append((list(envelope.rcpt_tos), parsed))  # type: ignore[arg-type]
                 sink.over_tls.append(session.ssl is not None)
+                sink.senders.append(envelope.mail_from)
                 return "250 Message accepted for delivery"
 
         def authenticator(

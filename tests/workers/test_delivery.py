@@ -249,6 +249,29 @@ def test_a_non_ascii_address_on_a_server_without_smtputf8_fails_for_good(
         sink.close()
 
 
+@pytest.mark.parametrize("to", ["abuse-desk@customer.test", "josé@exämple.de"])
+def test_notices_come_from_the_address_the_deployment_sets(
+    sqlite_db: str, tmp_path: Path, to: str
+) -> None:
+    """A notice's "How to appeal" says to reply to it: replies go to ENFORCEMENT_MAIL_FROM,
+    the message's From and its envelope sender, over plain SMTP and SMTPUTF8 alike."""
+    sink = SmtpSink()
+    settings = fast_settings(sqlite_db, tmp_path, smtp_url=sink.url, mail_from="appeals@taas.test")
+    system = bootstrap(settings)
+    try:
+        set_contact(system.engine, "acct_from", email=to)
+        [notice] = [e for e in report(system, "acct_from").events if e.type == "NoticeIssued"]
+        build_actors(system).by_name["deliver_notice"].fn(notice.event_id, "email")
+
+        [message] = sink.for_event(notice.event_id)
+        assert message["From"] == "TaaS Trust & Safety <appeals@taas.test>"
+        assert "reply" in message.get_content().lower()
+        assert sink.senders == ["appeals@taas.test"]
+    finally:
+        system.close()
+        sink.close()
+
+
 def test_a_retry_the_broker_could_not_take_is_sent_again(
     sqlite_db: str, broker_url: str | None, tmp_path: Path
 ) -> None:
