@@ -5,9 +5,9 @@ and ``-Infinity``, and an object naming one member twice (the last one wins). A 
 of this one that reads the first ``category`` of ``{"category": "spam", "category": "csam"}``
 would see another violation than the one recorded here, so such a body is malformed JSON (400),
 as are a body that is not UTF-8 (UTF-16 and UTF-32 were taken before) and one nested too
-deeply to parse. ``loads`` raises
-``json.JSONDecodeError`` for each, which FastAPI answers as any malformed body;
-``StrictJsonRoute`` makes every route read its body with it.
+deeply to parse. ``loads`` raises ``json.JSONDecodeError`` for each, which FastAPI answers as
+any malformed body; ``StrictJsonRoute`` makes every route read its body with it, and the hot
+route's shortcut reads it with ``loads`` too.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from enforcement.notices.templates import RenderedNotice
+from enforcement.settings import Settings
 from events import RecordedEvent
 
-SENDER_ADDRESS = "trust-and-safety@taas.invalid"
+SENDER_ADDRESS = Settings.mail_from  # ENFORCEMENT_MAIL_FROM's default
 SENDER_NAME = "TaaS Trust & Safety"
 # UTF-8 text as quoted-printable: ASCII stays readable in the raw message, and no line is too
 # long for SMTP whatever a description holds.
