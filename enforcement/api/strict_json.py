@@ -49,19 +49,27 @@ def _error(reason: str, text: str, position: int | None) -> json.JSONDecodeError
     return error
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def loads(body: bytes) -> Any:
-    """The JSON value of ``body``; ``json.JSONDecodeError`` when it is not strict JSON."""
+    """The JSON value of ``body``; ``json.JSONDecodeError`` when it is not strict JSON, and for
+    nothing else the parser refuses (every such body is malformed, whoever sent it)."""
+    if body.startswith(_BOM):  # a byte order mark may be ignored (RFC 8259 §8.1)
+        body = body[len(_BOM) :]
     try:
-        text = body.decode("utf-8-sig")  # a byte order mark may be ignored (RFC 8259 §8.1)
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        valid = body[: exc.start].decode("utf-8-sig")
+        valid = body[: exc.start].decode("utf-8")  # whole characters up to the bad byte
         raise _error("the body is not UTF-8", valid, len(valid)) from exc
     try:
         return _DECODER.decode(text)
-    except (_DuplicateName, _NotJson) as exc:
-        raise _error(str(exc), text, None) from exc
+    except json.JSONDecodeError:
+        raise
     except RecursionError as exc:
         raise _error("the body is nested too deeply", text, None) from exc
+    except ValueError as exc:  # ours, and e.g. an integer of more digits than Python converts
+        raise _error(str(exc), text, None) from exc
 
 
 class _StrictJsonRequest(Request):

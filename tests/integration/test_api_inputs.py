@@ -302,6 +302,12 @@ def not_strict_json(body: dict[str, Any]) -> dict[str, tuple[bytes, str, int | N
         "Infinity": (text.replace("{", '{"n": -Infinity, ', 1).encode(), "-Infinity", None),
         "UTF-16": (text.encode("utf-16"), "the body is not UTF-8", 0),
         "a stray byte": (text[:5].encode() + b"\xff" + text[5:].encode(), "not UTF-8", 5),
+        "a stray byte after a byte order mark": (
+            b"\xef\xbb\xbf" + text[:5].encode() + b"\xff" + text[5:].encode(),
+            "not UTF-8",
+            5,
+        ),
+        "5,000 digits": (f'{text[:-1]}, "n": {"9" * 5000}}}'.encode(), "digits", None),
     }
 
 
@@ -329,6 +335,19 @@ def test_a_body_that_is_not_strict_json_is_malformed_json(
     nothing_written(system)
     with_bom = b"\xef\xbb\xbf" + json.dumps(body).encode()  # RFC 8259: may be ignored
     assert client.request(method, path, content=with_bom, headers=headers).status_code < 300
+
+
+def test_a_body_the_parser_refuses_is_answered_after_the_caller_is_refused(
+    client: TestClient, as_role: Any
+) -> None:
+    for case, (content, _, _) in not_strict_json({"account_id": "acct_m"}).items():
+        for headers, status in (({}, 401), (as_role(Role.GATEWAY), 403)):
+            response = client.post(
+                "/v1/violations",
+                content=content,
+                headers={**headers, "Content-Type": "application/json"},
+            )
+            assert response.status_code == status, (case, response.text)
 
 
 def test_every_route_with_a_body_reads_it_as_strict_json(

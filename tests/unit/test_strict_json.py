@@ -60,6 +60,21 @@ def test_the_position_of_a_bad_byte_counts_characters_before_it() -> None:
     assert caught.value.pos == len('{"d": "é')
 
 
+def test_after_a_byte_order_mark_a_bad_byte_is_found_where_it_is() -> None:
+    body = '{"d": "éé'.encode() + b"\xff" + b'"}'
+    for prefix in (b"", b"\xef\xbb\xbf"):
+        with pytest.raises(json.JSONDecodeError) as caught:
+            strict_json.loads(prefix + body)
+        assert caught.value.pos == len('{"d": "éé')
+
+
+def test_whatever_else_the_parser_refuses_is_a_decode_error() -> None:
+    """Python converts integers of up to 4,300 digits; a longer one is a ``ValueError`` that
+    FastAPI would answer 400 ``bad_request`` before asking who the caller is."""
+    with pytest.raises(json.JSONDecodeError, match="digits"):
+        strict_json.loads(b'{"tokens": ' + b"9" * 5000 + b"}")
+
+
 def test_a_byte_order_mark_is_ignored_and_deep_nesting_is_an_error() -> None:
     assert strict_json.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
     with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
