@@ -66,30 +66,13 @@ def load_policy_or_fail(path: str | None) -> Any:
         _policy_unusable(exc)
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (None for another database or one in memory), a URI filename
-    (``sqlite:///file:/path/x.db?uri=true``) included."""
-    import sqlalchemy as sa
-
-    parsed = sa.make_url(url)
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
-        return None
-    if "memory" in str(parsed.query.get("mode", "")) or "mode=memory" in database:
-        return None
-    if database.startswith("file:"):
-        path = database[len("file:") :].partition("?")[0]
-        if path.startswith("//"):  # file://host/path: SQLite takes only an empty host
-            path = "/" + path[2:].partition("/")[2]
-        return None if path in ("", ":memory:") else Path(path)
-    return Path(database)
-
-
 def _require_sqlite_file(url: str) -> None:
     """Exit 2 if ``url`` names a SQLite file that does not exist (opening it would create an
     empty database)."""
-    missing = _sqlite_file(url)
-    if missing is not None and not missing.exists():
+    from events.dialects import sqlite_file
+
+    missing = sqlite_file(url)
+    if missing is not None and not Path(missing).exists():
         fail(f"The database {missing} does not exist; run `enforcement init` to create it.")
 
 

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -60,7 +61,7 @@ def create_engine(url: str, connect_timeout: int | None = None, **kwargs: Any) -
     URL's own, else ``POSTGRES_CONNECT_TIMEOUT_SECONDS``."""
     sa_url = normalized_url(url)
     if sa_url.get_backend_name() == "sqlite":
-        _create_private_file(_sqlite_file(sa_url))
+        _create_private_file(sa_url)
         engine = sa.create_engine(
             sa_url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs
         )
@@ -149,18 +150,30 @@ def _has_input(dbapi_conn: Any) -> bool:
 DATABASE_FILE_MODE = 0o600
 
 
-def _sqlite_file(sa_url: sa.URL) -> str | None:
-    """The file a SQLite URL names, or None for an in-memory database or a ``file:`` URI."""
+def sqlite_file(url: str | sa.URL) -> str | None:
+    """The file a SQLite URL names, a URI filename (``sqlite:///file:/path/x.db?uri=true``)
+    included; None for another database or one in memory."""
+    sa_url = sa.make_url(url)
     database = sa_url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if sa_url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
         return None
+    if "memory" in str(sa_url.query.get("mode", "")) or "mode=memory" in database:
+        return None
+    if database.startswith("file:"):
+        path = unquote(database[len("file:") :].partition("?")[0])  # SQLite decodes %HH
+        if path.startswith("//"):  # file://host/path: SQLite takes only an empty host
+            path = "/" + path[2:].partition("/")[2]
+        return None if path in ("", ":memory:") else path
     return database
 
 
-def _create_private_file(path: str | None) -> None:
-    """Create ``path`` empty with ``DATABASE_FILE_MODE`` if it does not exist (SQLite takes an
-    empty file as an empty database). Any other problem is left for SQLite to report."""
-    if path is None:
+def _create_private_file(sa_url: sa.URL) -> None:
+    """Create the URL's file empty with ``DATABASE_FILE_MODE`` if it does not exist (SQLite
+    takes an empty file as an empty database), unless it is opened read-only. Any other problem
+    is left for SQLite to report."""
+    path = sqlite_file(sa_url)
+    read_only = "ro" in str(sa_url.query.get("mode", "")) or "mode=ro" in (sa_url.database or "")
+    if path is None or read_only:
         return
     # It exists already, or cannot be created: SQLite says why when it connects.
     with suppress(OSError):
@@ -212,7 +225,7 @@ def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
     lock = _sqlite_engine_locks.get(engine)
     if lock is not None:
         return lock
-    database = _sqlite_file(engine.url)
+    database = sqlite_file(engine.url)
     # A private in-memory database has a lock of its own.
     key = os.path.realpath(database) if database is not None else f"engine:{id(engine)}"
     with _sqlite_writer_locks_guard:

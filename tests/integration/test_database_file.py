@@ -13,6 +13,7 @@ import pytest
 
 from enforcement.migrations import upgrade
 from events import EventStore, NewEvent, create_engine
+from events.dialects import sqlite_file
 
 
 @pytest.fixture
@@ -51,6 +52,24 @@ def test_a_new_database_and_its_wal_are_private(tmp_path: Path) -> None:
         "enforcement.db-wal": 0o600,
         "enforcement.db-shm": 0o600,
     }
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_a_database_named_by_a_uri_filename_is_private_too(tmp_path: Path) -> None:
+    db = tmp_path / "by uri.db"
+    modes = append_while_open(f"sqlite:///file:{str(db).replace(' ', '%20')}?uri=true", db)
+    assert set(modes.values()) == {0o600}
+
+
+def test_a_read_only_or_in_memory_uri_creates_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "absent.db"
+    create_engine(f"sqlite:///file:{db}?mode=ro&uri=true").dispose()
+    assert list(tmp_path.iterdir()) == []
+    assert sqlite_file("sqlite:///file:absent.db?mode=memory&uri=true") is None
+    assert sqlite_file(f"sqlite:///file:{db}?mode=ro&uri=true") == str(db)
 
 
 @pytest.mark.usefixtures("open_umask")
