@@ -73,12 +73,18 @@ class RequestContextMiddleware:
         # outside this middleware (``errors.install_error_handlers``).
         scope[REQUEST_ID_KEY] = request_id
         status_holder = {"status": 500}
+        # Whether the answer ended or was cut off after its status went out (a streamed answer
+        # that failed while it was encoded, a client gone); None: nothing was sent.
+        ended: list[bool] = []
         rid_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []), rid_header]
+                ended.append(False)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                ended[:] = [True]
             await send(message)
 
         route_path = get_route_path(scope)  # the path the router matches (no root_path)
@@ -120,19 +126,21 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "%s %s %s",
+            aborted = ended == [False]  # the status went out, the end of the body did not
+            fields = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status_holder["status"],
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+            log.log(
+                logging.WARNING if aborted else logging.INFO,
+                "%s %s %s%s",
                 scope["method"],
                 scope["path"],
                 status_holder["status"],
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status_holder["status"],
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    }
-                },
+                " aborted" if aborted else "",
+                extra={"fields": {**fields, "aborted": True} if aborted else fields},
             )
             request_id_var.reset(token)
 

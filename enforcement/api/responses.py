@@ -33,14 +33,18 @@ def json_response(document: Any, status_code: int = 200) -> Response:
     return Response(encode_json(document), status_code=status_code, media_type="application/json")
 
 
-# An answer up to this size is sent whole, with its Content-Length; a larger one is streamed.
+# An answer up to this size is sent whole, with its Content-Length; a larger one is streamed,
+# in chunks of about CHUNK_BYTES (each is encoded in the thread pool, one trip per chunk).
 STREAM_AFTER_BYTES = 1 << 20
+CHUNK_BYTES = 256 * 1024
 
 
 def json_array_response(name: str, items: Iterable[Any]) -> Response:
     """``{"<name>": [<item>, …]}``, each item encoded only when it is sent: an answer of more
     than ``STREAM_AFTER_BYTES`` is streamed (chunked) as its items are encoded, so it is never
-    held whole in memory, nor are the documents of its items; a smaller one is sent whole."""
+    held whole in memory, nor are the documents of its items; a smaller one is sent whole. An
+    error while a streamed answer is encoded cuts it off after its 200: the client sees an
+    incomplete chunked body, and the access log says ``aborted``."""
     pieces = _array_pieces(name, items)
     head: list[bytes] = []
     size = 0
@@ -48,8 +52,23 @@ def json_array_response(name: str, items: Iterable[Any]) -> Response:
         head.append(piece)
         size += len(piece)
         if size > STREAM_AFTER_BYTES:
-            return StreamingResponse(itertools.chain(head, pieces), media_type="application/json")
+            chunks = _chunks(itertools.chain(head, pieces), CHUNK_BYTES)
+            return StreamingResponse(chunks, media_type="application/json")
     return Response(b"".join(head), media_type="application/json")
+
+
+def _chunks(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """``pieces`` joined into chunks of at least ``size`` bytes (the last may be smaller)."""
+    chunk: list[bytes] = []
+    length = 0
+    for piece in pieces:
+        chunk.append(piece)
+        length += len(piece)
+        if length >= size:
+            yield b"".join(chunk)
+            chunk, length = [], 0
+    if chunk:
+        yield b"".join(chunk)
 
 
 def _array_pieces(name: str, items: Iterable[Any]) -> Iterator[bytes]:

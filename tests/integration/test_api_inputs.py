@@ -4,6 +4,7 @@ allowed values of a closed set as a list, for every such field alike."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from enforcement.api import responses
 from enforcement.api.app import create_app
+from enforcement.api.violations import violation_json
 from enforcement.bootstrap import Container
 from enforcement.roles import Role
 from enforcement.tables import contacts
@@ -678,6 +680,46 @@ def test_a_large_batch_answer_is_streamed_and_a_small_one_sent_whole(
         assert versions[-1] == system.store.head(account).version
         recorded = {e.event_id for e in system.store.read_stream(account)}
         assert {e["event_id"] for r in mine for e in r["events"]} <= recorded
+
+
+def test_a_streamed_answer_cut_off_by_an_error_is_logged_aborted(
+    system: Container,
+    as_role: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past its 200 a streamed answer can only stop: the client gets a cut-off body, and the
+    access log says so rather than a plain 200."""
+    import enforcement.api.routes.reporting as reporting
+
+    answered = 0
+
+    def failing(account_id: str, outcome: Any) -> dict[str, Any]:
+        nonlocal answered
+        answered += 1
+        if answered == 8:
+            raise RuntimeError("boom while encoding item 8")
+        return violation_json(account_id, outcome)
+
+    monkeypatch.setattr(responses, "STREAM_AFTER_BYTES", 3000)
+    monkeypatch.setattr(responses, "CHUNK_BYTES", 100)
+    monkeypatch.setattr(reporting, "violation_json", failing)
+    items = [{"account_id": "acct_cut", "category": "spam"}] * 12
+    reporter = as_role(Role.REPORTER)
+    with (
+        TestClient(create_app(system), raise_server_exceptions=False) as client,
+        caplog.at_level(logging.INFO, logger="enforcement.http"),
+    ):
+        response = client.post("/v1/violations:batch", json={"violations": items}, headers=reporter)
+
+    assert response.status_code == 200
+    assert response.content.startswith(b'{"results":[')
+    with pytest.raises(json.JSONDecodeError):  # cut off after the items before the 8th
+        json.loads(response.content)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("POST")]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "POST /v1/violations:batch 200 aborted"
+    assert record.fields["aborted"] is True  # type: ignore[attr-defined]
 
 
 def test_a_callers_idempotency_key_may_not_take_one_of_the_services_own(
