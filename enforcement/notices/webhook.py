@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -148,11 +149,30 @@ def _shown(url: str) -> str:
     return repr(f"{scheme}://{netloc.rpartition('@')[2]}")
 
 
-def check_target(url: str, allow_private: bool) -> Target:
+# The resolver has no timeout of its own (glibc: 5 s a try, 2 tries, up to 3 servers): a name
+# whose servers never answer is waited on here for the attempt's time left at most.
+_RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
+
+
+def _resolve(host: str, port: int, seconds: float | None) -> list[Any]:
+    """``getaddrinfo(host, port)`` for TCP, waited on for ``seconds`` at most (None: as long as
+    it takes); a ``TimeoutError`` after that (the lookup's thread finishes on its own)."""
+    if seconds is None:
+        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, proto=socket.IPPROTO_TCP)
+    try:
+        return lookup.result(timeout=seconds)
+    except TimeoutError:
+        lookup.cancel()
+        raise TimeoutError(f"resolving {host} took longer than {seconds:g} s") from None
+
+
+def check_target(url: str, allow_private: bool, deadline: _Deadline | None = None) -> Target:
     """Refuse non-HTTP(S) URLs and, unless allowed, hosts resolving to non-public addresses.
 
     The address that passed the check is the one connected to: a name that resolves again to a
-    private address between the check and the request (DNS rebinding) is never reached."""
+    private address between the check and the request (DNS rebinding) is never reached. The
+    name is resolved within ``deadline``'s step (``_resolve``), private targets' too."""
     parsed = urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise WebhookRefused(f"webhook URL {_shown(url)} is not an http(s) URL with a host")
@@ -170,15 +190,13 @@ def check_target(url: str, allow_private: bool) -> Target:
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     host_header = host if parsed.port is None else f"{host}:{parsed.port}"
     target = Target(parsed.scheme, parsed.hostname, port, path, host_header, ())
-    if allow_private:
-        return target
     try:
-        infos = socket.getaddrinfo(parsed.hostname, port, proto=socket.IPPROTO_TCP)
+        infos = _resolve(parsed.hostname, port, deadline.left() if deadline else None)
     except socket.gaierror as exc:
         raise ConnectionError(f"cannot resolve {parsed.hostname}: {exc}") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if not is_public(address):
+        if not allow_private and not is_public(address):
             raise WebhookRefused(
                 f"webhook host {parsed.hostname} resolves to non-public address {address}; "
                 "set ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE=true to allow it"
@@ -238,27 +256,40 @@ class WebhookSender:
         """One signed POST; redirects are not followed (one could lead to a private address)."""
         if self.secret is None:
             raise WebhookRefused("ENFORCEMENT_WEBHOOK_SECRET is unset: webhooks are not sent")
-        target = check_target(url, self.allow_private)
+        deadline = _Deadline(url, self.deadline, self.timeout)  # from the name's lookup on
+        try:
+            response = self._post(self.secret, url, notice_event_id, payload, deadline)
+        except TimeoutError as exc:  # a retryable failure, as any other but a refusal
+            if deadline.passed():
+                raise deadline.error() from exc
+            raise
+        if not 200 <= response.status < 300:
+            raise ConnectionError(f"webhook answered HTTP {response.status}")
+
+    def _post(
+        self,
+        secret: str,
+        url: str,
+        notice_event_id: str,
+        payload: dict[str, Any],
+        deadline: _Deadline,
+    ) -> http.client.HTTPResponse:
+        """Resolve and check the target, then POST the signed payload, all by ``deadline``."""
+        target = check_target(url, self.allow_private, deadline)
         body = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
         headers = {
             "Host": target.host_header,
             "Content-Type": "application/json",
             "User-Agent": "taas-enforcement/1",
             "X-Enforcement-Event-Id": notice_event_id,
-            "X-Enforcement-Signature": signature(self.secret, body),
+            "X-Enforcement-Signature": signature(secret, body),
         }
-        deadline = _Deadline(url, self.deadline, self.timeout)
         https = target.scheme == "https"
         conn = (_PinnedHTTPSConnection if https else _PinnedHTTPConnection)(target, deadline)
         try:
             conn.request("POST", target.path, body=body, headers=headers)
             response = conn.getresponse()
             response.read(_MAX_ANSWER)  # the status is what counts; the body is not kept
-        except TimeoutError as exc:  # a retryable failure, as any other but a refusal
-            if deadline.passed():
-                raise deadline.error() from exc
-            raise
+            return response
         finally:
             conn.close()
-        if not 200 <= response.status < 300:
-            raise ConnectionError(f"webhook answered HTTP {response.status}")

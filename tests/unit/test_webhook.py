@@ -315,7 +315,54 @@ def test_every_checked_address_is_tried_in_order(monkeypatch: pytest.MonkeyPatch
     assert tried == [("2606:2800:220:1::1", 80), ("93.184.216.34", 80)]
 
 
-def _connections_tried(monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any) -> list[tuple[str, int]]:
+def test_a_lookup_that_never_answers_ends_within_the_step_and_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resolver has no timeout of its own: a name whose servers never answer held an
+    attempt before its deadline even began. It is waited on for the step's time at most, and
+    nothing is connected to."""
+    answered = threading.Event()
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        answered.wait(5)  # a server that does not answer (released when the test ends)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    def create_connection(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("nothing is connected to before the name is resolved")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    try:
+        for timeout, deadline, says in (
+            (0.3, 5.0, "resolving hooks.example took longer than 0.3 s"),
+            (5.0, 0.4, "the webhook at 'http://hooks.example' did not answer within 0.4 s"),
+        ):
+            sender = WebhookSender("s3cret", False, timeout=timeout, deadline=deadline)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError) as caught:
+                sender.send("http://hooks.example/h", "evt-1", {})
+            assert time.monotonic() - started < min(timeout, deadline) + 0.3
+            assert str(caught.value) == says
+    finally:
+        answered.set()
+
+
+def test_a_private_target_allowed_is_pinned_to_the_address_looked_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With private targets allowed the name is still resolved once, within the deadline, and
+    the addresses it gave are the ones tried (not resolved again by the connection)."""
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+
+    tried = _connections_tried(monkeypatch, getaddrinfo, allow_private=True)
+    assert tried == [("10.0.0.7", 80)]
+
+
+def _connections_tried(
+    monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any, allow_private: bool = False
+) -> list[tuple[str, int]]:
     """Send to hooks.example with ``getaddrinfo`` as the resolver and every connection refused;
     returns the addresses the sender tried to connect to, in order."""
     tried: list[tuple[str, int]] = []
@@ -327,7 +374,7 @@ def _connections_tried(monkeypatch: pytest.MonkeyPatch, getaddrinfo: Any) -> lis
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket, "create_connection", create_connection)
     with pytest.raises(ConnectionRefusedError):
-        WebhookSender("s3cret", allow_private=False).send("http://hooks.example/h", "evt-1", {})
+        WebhookSender("s3cret", allow_private).send("http://hooks.example/h", "evt-1", {})
     return tried
 
 
