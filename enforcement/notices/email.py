@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import smtplib
 import ssl
+import tempfile
 from email.charset import QP, Charset
 from email.message import EmailMessage, Message
 from email.mime.text import MIMEText
@@ -75,18 +76,24 @@ MAIL_FILE_MODE = 0o600
 
 def write_durably(target: Path, data: bytes) -> None:
     """Write ``target`` whole or not at all, on disk before this returns (the delivery is then
-    recorded as done), readable by its owner only (``MAIL_FILE_MODE``)."""
-    partial = target.with_suffix(target.suffix + ".part")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, MAIL_FILE_MODE)
+    recorded as done), readable by its owner only (``MAIL_FILE_MODE``). The part written first
+    has a name of its own (two deliveries of one notice at once never share it, and a link
+    planted in the directory is never followed), and is removed if the write fails."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    partial = Path(name)
     try:
-        os.fchmod(fd, MAIL_FILE_MODE)  # a part left by a crash keeps no other mode
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    partial.replace(target)  # atomic: a reader never sees half a message
+        try:
+            os.fchmod(fd, MAIL_FILE_MODE)  # mkstemp's 0600 already: said, not assumed
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        partial.replace(target)  # atomic: a reader never sees half a message
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     directory = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself survives a crash

@@ -204,25 +204,47 @@ def test_an_email_file_holds_any_address_as_given(tmp_path: Path, to: str) -> No
 
 def test_email_files_and_their_directory_are_the_services_alone(tmp_path: Path) -> None:
     """A notice names its account's owner and what they did: the ``.eml`` file is 0600 and a
-    mail directory the service makes is 0700, whatever the umask; a ``.part`` file that a crash
-    left behind with another mode is written over, not kept."""
+    mail directory the service makes is 0700, whatever the umask. The part written first has
+    a name of its own: a link planted where a fixed name would be is not followed."""
     notice = warning()
     message = build_message(notice, render(notice), "abuse-desk@customer.test")
     mail_dir = tmp_path / "notices"
+    elsewhere = tmp_path / "elsewhere"
     previous = os.umask(0o022)
     try:
         EmailSender(None, str(mail_dir)).send(message, "evt_1")
-        (mail_dir / "evt_2.eml.part").write_bytes(b"half a message")
-        (mail_dir / "evt_2.eml.part").chmod(0o644)
+        (mail_dir / "evt_2.eml.part").symlink_to(elsewhere)
         EmailSender(None, str(mail_dir)).send(message, "evt_2")
     finally:
         os.umask(previous)
 
     assert stat.S_IMODE(mail_dir.stat().st_mode) == 0o700
-    assert sorted(p.name for p in mail_dir.iterdir()) == ["evt_1.eml", "evt_2.eml"]
+    assert sorted(p.name for p in mail_dir.iterdir()) == [
+        "evt_1.eml",
+        "evt_2.eml",
+        "evt_2.eml.part",
+    ]
+    assert not elsewhere.exists()
     for name in ("evt_1.eml", "evt_2.eml"):
         assert stat.S_IMODE((mail_dir / name).stat().st_mode) == 0o600
         assert (mail_dir / name).read_bytes() == file_bytes(message)
+
+
+def test_an_email_file_that_cannot_be_written_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``.eml`` and no part of one when the write fails (the disk full, here at the sync):
+    the attempt fails, to be retried, and the directory holds no debris."""
+    notice = warning()
+    message = build_message(notice, render(notice), "abuse-desk@customer.test")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        EmailSender(None, str(tmp_path)).send(message, "evt_1")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_non_ascii_address_on_a_server_without_smtputf8_fails_for_good(
