@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from enforcement.api import deps
 from enforcement.api.coalesce import install_report_queue
+from enforcement.api.docs_ui import install_docs
 from enforcement.api.documents import document_answers
 from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
@@ -38,7 +39,10 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
         version="1",
         description="Event-sourced enforcement of the TaaS API Service Acceptable Use Policy.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package instead (docs_ui)
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.container = container
     install_report_queue(container)
     install_error_handlers(app, deps.refusal)

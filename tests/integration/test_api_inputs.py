@@ -352,6 +352,33 @@ def test_a_body_the_parser_refuses_is_answered_after_the_caller_is_refused(
             assert response.status_code == status, (case, response.text)
 
 
+def test_the_docs_page_loads_nothing_from_another_origin(system: Container) -> None:
+    """/docs is Swagger UI served from the package (FastAPI's own page loads its script from a
+    CDN, which then runs on this origin); behind a path prefix its URLs carry the prefix."""
+    with TestClient(create_app(system)) as client:
+        page = client.get("/docs")
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        script = client.get("/docs/static/swagger-ui-bundle.js")
+        redirect = client.get("/docs/oauth2-redirect")
+        redoc = client.get("/redoc")
+    with TestClient(create_app(system), root_path="/enforcement") as prefixed:
+        behind = prefixed.get("/docs").text
+
+    assert page.status_code == 200
+    assert sorted(assets) == [
+        "/docs/static/favicon-32x32.png",
+        "/docs/static/swagger-ui-bundle.js",
+        "/docs/static/swagger-ui.css",
+    ]
+    assert "url: '/openapi.json'" in page.text
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "SwaggerUIBundle" in script.text
+    assert redirect.status_code == 200
+    assert redoc.status_code == 404  # it would load ReDoc from a CDN
+    assert '"/enforcement/docs/static/swagger-ui-bundle.js"' in behind
+    assert "url: '/enforcement/openapi.json'" in behind
+
+
 def test_every_route_with_a_body_reads_it_as_strict_json(
     system: Container, client: TestClient, as_role: Any
 ) -> None:

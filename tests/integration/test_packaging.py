@@ -42,7 +42,13 @@ def test_init_from_an_installed_wheel_creates_the_schema(tmp_path: Path) -> None
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
     names = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
-    assert {"enforcement/alembic/env.py", "enforcement/alembic/script.py.mako"} <= names
+    assert {
+        "enforcement/alembic/env.py",
+        "enforcement/alembic/script.py.mako",
+        "enforcement/api/static/swagger-ui/swagger-ui-bundle.js",
+        "enforcement/api/static/swagger-ui/swagger-ui.css",
+        "enforcement/api/static/swagger-ui/LICENSE",
+    } <= names
     assert not any(name.startswith("alembic/") for name in names)  # the library's name
 
     # No site processing (-S): the checkout's editable install is not on the path, only the
