@@ -390,7 +390,9 @@ def test_a_worker_whose_consumer_died_stops_with_a_failure_status(
         os.kill(spawned[0], signal.SIGKILL)
 
         assert worker.proc.wait(timeout=30) == 1
-        assert not any(alive(pid) for pid in consumers)
+        # Its children go with it: the consumers are joined before it exits; multiprocessing's
+        # resource tracker, a child too, ends once it reads the end of its pipe, a moment after.
+        wait_until(lambda: not any(alive(pid) for pid in consumers), "its children to end", 10)
     finally:
         worker.stop()
     [died] = [line for line in worker.output().splitlines() if "consumer process died" in line]
