@@ -1,7 +1,8 @@
 """Request bodies are read as strict JSON (RFC 8259, and I-JSON's unique names, RFC 7493).
 
 Python's ``json.loads``, which FastAPI uses, also takes what is not JSON: ``NaN``, ``Infinity``
-and ``-Infinity``, and an object naming one member twice (the last one wins). A service in front
+and ``-Infinity`` (and ``1e999`` as infinity), and an object naming one member twice (the last
+one wins). A service in front
 of this one that reads the first ``category`` of ``{"category": "spam", "category": "csam"}``
 would see another violation than the one recorded here, so such a body is malformed JSON (400),
 as are a body that is not UTF-8 (UTF-16 and UTF-32 were taken before) and one nested too
@@ -13,6 +14,7 @@ route's shortcut reads it with ``loads`` too.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -39,7 +41,16 @@ def _no_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON value")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_names, parse_constant=_no_constant)
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e999: Python reads infinity, which JSON has no value for
+        raise _NotJson(f"the number {text[:20]} is out of range")
+    return number
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_names, parse_constant=_no_constant, parse_float=_finite
+)
 
 
 def _error(reason: str, text: str, position: int | None) -> json.JSONDecodeError:
@@ -68,8 +79,10 @@ def loads(body: bytes) -> Any:
         raise
     except RecursionError as exc:
         raise _error("the body is nested too deeply", text, None) from exc
-    except ValueError as exc:  # ours, and e.g. an integer of more digits than Python converts
+    except (_DuplicateName, _NotJson) as exc:
         raise _error(str(exc), text, None) from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise _error("a number has more digits than the parser takes", text, None) from exc
 
 
 class _StrictJsonRequest(Request):

@@ -310,6 +310,7 @@ def not_strict_json(body: dict[str, Any]) -> dict[str, tuple[bytes, str, int | N
             5,
         ),
         "5,000 digits": (f'{text[:-1]}, "n": {"9" * 5000}}}'.encode(), "digits", None),
+        "1e999": (f'{text[:-1]}, "n": [1e999, {2**64}]}}'.encode(), "out of range", None),
     }
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
-from enforcement.api.responses import json_array_response
+from enforcement.api.responses import encode_json, json_array_response
 from enforcement.api.schemas import (
     RESERVED_KEY_SHAPES,
     AbuseReportIn,
@@ -179,11 +179,12 @@ def _item_error(raw: Any, status: int, code: str, message: str, details: Any) ->
 
 
 def _answerable(value: Any) -> bool:
-    """Whether ``value`` can be part of a UTF-8 answer: JSON's ``"\\udc80"`` is a lone
-    surrogate, which no UTF-8 text holds (echoing one would be a 500)."""
+    """Whether ``value`` can be part of an answer as the answer is encoded (``encode_json``):
+    JSON's ``"\\udc80"`` is a lone surrogate, which no UTF-8 text holds (echoing one would be a
+    500)."""
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
+        encode_json(value)
+    except ValueError:  # UnicodeEncodeError among them
         return False
     return True
 
