@@ -10,8 +10,8 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -54,10 +54,14 @@ class _Deadline:
 
     def left(self) -> float:
         """The next operation's timeout; a ``TimeoutError`` once the deadline has passed."""
+        return min(self.timeout, self.time_left())
+
+    def time_left(self) -> float:
+        """The attempt's time left; a ``TimeoutError`` once the deadline has passed."""
         left = self.at - time.monotonic()
         if left <= 0:
             raise self.error()
-        return min(self.timeout, left)
+        return left
 
     def passed(self) -> bool:
         return time.monotonic() >= self.at
@@ -149,22 +153,37 @@ def _shown(url: str) -> str:
     return repr(f"{scheme}://{netloc.rpartition('@')[2]}")
 
 
-# The resolver has no timeout of its own (glibc: 5 s a try, 2 tries, up to 3 servers): a name
-# whose servers never answer is waited on here for the attempt's time left at most.
-_RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
-
-
 def _resolve(host: str, port: int, seconds: float | None) -> list[Any]:
     """``getaddrinfo(host, port)`` for TCP, waited on for ``seconds`` at most (None: as long as
-    it takes); a ``TimeoutError`` after that (the lookup's thread finishes on its own)."""
+    it takes); a ``TimeoutError`` after that. The resolver has no timeout of its own (glibc: 5 s
+    a server, 2 tries, up to 3 servers), so the lookup runs in a thread of its own, which ends
+    by itself when the resolver gives up: one name whose servers never answer holds no other
+    lookup back. An address needs no lookup."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)  # parsed, not looked up
     if seconds is None:
         return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, proto=socket.IPPROTO_TCP)
-    try:
-        return lookup.result(timeout=seconds)
-    except TimeoutError:
-        lookup.cancel()
-        raise TimeoutError(f"resolving {host} took longer than {seconds:g} s") from None
+    answer: list[Any] = []
+    failure: list[BaseException] = []
+
+    def lookup() -> None:
+        try:
+            answer.extend(socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP))
+        except BaseException as exc:  # handed to the caller, if it still waits
+            failure.append(exc)
+
+    thread = threading.Thread(target=lookup, name=f"webhook-dns-{host}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"resolving {host} took longer than {seconds:g} s")
+    if failure:
+        raise failure[0]
+    return answer
 
 
 def check_target(url: str, allow_private: bool, deadline: _Deadline | None = None) -> Target:
@@ -172,7 +191,7 @@ def check_target(url: str, allow_private: bool, deadline: _Deadline | None = Non
 
     The address that passed the check is the one connected to: a name that resolves again to a
     private address between the check and the request (DNS rebinding) is never reached. The
-    name is resolved within ``deadline``'s step (``_resolve``), private targets' too."""
+    name is resolved within ``deadline`` (``_resolve``), private targets' too."""
     parsed = urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise WebhookRefused(f"webhook URL {_shown(url)} is not an http(s) URL with a host")
@@ -191,9 +210,13 @@ def check_target(url: str, allow_private: bool, deadline: _Deadline | None = Non
     host_header = host if parsed.port is None else f"{host}:{parsed.port}"
     target = Target(parsed.scheme, parsed.hostname, port, path, host_header, ())
     try:
-        infos = _resolve(parsed.hostname, port, deadline.left() if deadline else None)
+        # The whole attempt's time left, not one step's: glibc waits 5 s for a first server
+        # that does not answer before it asks the next.
+        infos = _resolve(parsed.hostname, port, deadline.time_left() if deadline else None)
     except socket.gaierror as exc:
         raise ConnectionError(f"cannot resolve {parsed.hostname}: {exc}") from exc
+    except UnicodeError as exc:  # a label empty or over 63 characters: never resolvable
+        raise WebhookRefused(f"webhook URL {_shown(url)} has an invalid host name") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not allow_private and not is_public(address):

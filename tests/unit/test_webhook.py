@@ -315,36 +315,65 @@ def test_every_checked_address_is_tried_in_order(monkeypatch: pytest.MonkeyPatch
     assert tried == [("2606:2800:220:1::1", 80), ("93.184.216.34", 80)]
 
 
-def test_a_lookup_that_never_answers_ends_within_the_step_and_the_deadline(
+def test_a_lookup_that_never_answers_ends_at_the_deadline_and_holds_no_other_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The resolver has no timeout of its own: a name whose servers never answer held an
-    attempt before its deadline even began. It is waited on for the step's time at most, and
-    nothing is connected to."""
+    attempt before its deadline even began. It is waited on until the deadline, nothing is
+    connected to, and the lookups of other names and addresses go on meanwhile."""
     answered = threading.Event()
 
     def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
-        answered.wait(5)  # a server that does not answer (released when the test ends)
+        if host.endswith(".hang"):
+            answered.wait(10)  # servers that do not answer (released when the test ends)
+        elif host == "slow.example":
+            time.sleep(0.6)  # a first server that does not answer, then one that does
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
 
-    def create_connection(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("nothing is connected to before the name is resolved")
+    tried: list[Any] = []
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        tried.append(address)
+        raise ConnectionRefusedError("no route in this test")
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket, "create_connection", create_connection)
+    hanging = WebhookSender("s3cret", False, timeout=5.0, deadline=0.4)
     try:
-        for timeout, deadline, says in (
-            (0.3, 5.0, "resolving hooks.example took longer than 0.3 s"),
-            (5.0, 0.4, "the webhook at 'http://hooks.example' did not answer within 0.4 s"),
-        ):
-            sender = WebhookSender("s3cret", False, timeout=timeout, deadline=deadline)
-            started = time.monotonic()
-            with pytest.raises(TimeoutError) as caught:
-                sender.send("http://hooks.example/h", "evt-1", {})
-            assert time.monotonic() - started < min(timeout, deadline) + 0.3
-            assert str(caught.value) == says
+        outcomes: list[BaseException] = []
+
+        def stuck_send(n: int) -> None:
+            try:
+                hanging.send(f"http://a{n}.hang/h", "evt", {})
+            except BaseException as exc:
+                outcomes.append(exc)
+
+        stuck = [threading.Thread(target=stuck_send, args=(n,)) for n in range(12)]
+        for thread in stuck:
+            thread.start()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as caught:
+            hanging.send("http://hooks.hang/h", "evt-1", {})
+        assert time.monotonic() - started < 0.7
+        assert str(caught.value) == "the webhook at 'http://hooks.hang' did not answer within 0.4 s"
+        # Meanwhile: a lookup longer than a step (0.3 s) but within the deadline is waited for,
+        # and an address is not looked up at all.
+        patient = WebhookSender("s3cret", False, timeout=0.3, deadline=5.0)
+        for url in ("http://slow.example/h", "http://93.184.216.34/h"):
+            with pytest.raises(ConnectionRefusedError):
+                patient.send(url, "evt-2", {})
+        assert tried == [("93.184.216.34", 80), ("93.184.216.34", 80)]
+        for thread in stuck:
+            thread.join()
+        assert [type(e) for e in outcomes] == [TimeoutError] * 12
     finally:
         answered.set()
+
+
+def test_a_host_name_that_can_never_resolve_is_refused_for_good() -> None:
+    for url in ("http://a..b/h", f"http://{'x' * 64}.example/h"):
+        with pytest.raises(WebhookRefused, match="invalid host name"):
+            WebhookSender("s3cret", False).send(url, "evt-1", {})
 
 
 def test_a_private_target_allowed_is_pinned_to_the_address_looked_up(
