@@ -150,6 +150,12 @@ def _has_input(dbapi_conn: Any) -> bool:
 DATABASE_FILE_MODE = 0o600
 
 
+def _is_uri(sa_url: sa.URL) -> bool:
+    """Whether SQLAlchemy opens the URL's database as a SQLite URI filename (``?uri=true``):
+    only then do ``file:`` and ``mode=`` mean anything."""
+    return str(sa_url.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
+
+
 def sqlite_file(url: str | sa.URL) -> str | None:
     """The file a SQLite URL names, a URI filename (``sqlite:///file:/path/x.db?uri=true``)
     included; None for another database or one in memory."""
@@ -157,23 +163,32 @@ def sqlite_file(url: str | sa.URL) -> str | None:
     database = sa_url.database
     if sa_url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
         return None
-    if "memory" in str(sa_url.query.get("mode", "")) or "mode=memory" in database:
+    if not _is_uri(sa_url) or not database.startswith("file:"):
+        return database  # a name as it is, "file:x" too (SQLite reads it so without uri)
+    if "memory" in _uri_mode(sa_url):
         return None
-    if database.startswith("file:"):
-        path = unquote(database[len("file:") :].partition("?")[0])  # SQLite decodes %HH
-        if path.startswith("//"):  # file://host/path: SQLite takes only an empty host
-            path = "/" + path[2:].partition("/")[2]
-        return None if path in ("", ":memory:") else path
-    return database
+    path = unquote(database[len("file:") :].partition("?")[0].partition("#")[0])  # %HH decoded
+    if path.startswith("//"):  # file://host/path: SQLite takes only an empty host
+        path = "/" + path[2:].partition("/")[2]
+    return None if path in ("", ":memory:") else path
+
+
+def _uri_mode(sa_url: sa.URL) -> str:
+    """A URI filename's ``mode`` (``ro``, ``rw``, ``rwc``, ``memory``; "" when unset)."""
+    database = sa_url.database or ""
+    inline = dict(
+        part.partition("=")[::2] for part in database.partition("?")[2].split("&") if part
+    )
+    return str(sa_url.query.get("mode") or inline.get("mode") or "")
 
 
 def _create_private_file(sa_url: sa.URL) -> None:
     """Create the URL's file empty with ``DATABASE_FILE_MODE`` if it does not exist (SQLite
-    takes an empty file as an empty database), unless it is opened read-only. Any other problem
-    is left for SQLite to report."""
+    takes an empty file as an empty database), unless it is opened in a mode that does not
+    create it (``ro``, ``rw``: there a missing file must stay an error). Any other problem is
+    left for SQLite to report."""
     path = sqlite_file(sa_url)
-    read_only = "ro" in str(sa_url.query.get("mode", "")) or "mode=ro" in (sa_url.database or "")
-    if path is None or read_only:
+    if path is None or (_is_uri(sa_url) and _uri_mode(sa_url) in ("ro", "rw")):
         return
     # It exists already, or cannot be created: SQLite says why when it connects.
     with suppress(OSError):

@@ -61,6 +61,38 @@ def test_a_database_named_by_a_uri_filename_is_private_too(tmp_path: Path) -> No
     assert set(modes.values()) == {0o600}
 
 
+@pytest.mark.parametrize(
+    ("url", "opened"),
+    [
+        ("sqlite:///{d}/plain.db?mode=ro", "plain.db"),  # without uri=true, mode means nothing
+        ("sqlite:///file:{d}/a%23b.db?uri=true", "a"),  # SQLite cuts the name at '#'
+        ("sqlite:///file:{d}/sp%2520ace.db?uri=true", "sp ace.db"),  # %HH decoded once
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Query string argument:sqlalchemy.exc.SAWarning")
+def test_the_file_made_private_is_the_file_sqlite_opens(
+    tmp_path: Path, url: str, opened: str
+) -> None:
+    engine = create_engine(url.format(d=tmp_path))
+    try:
+        engine.connect().close()
+    finally:
+        engine.dispose()
+    assert {p.name: mode(p) for p in tmp_path.iterdir()} == {opened: 0o600}
+
+
+def test_a_uri_that_may_not_create_the_file_still_fails_when_it_is_missing(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite:///file:{tmp_path}/missing.db?mode=rw&uri=true")
+    try:
+        with pytest.raises(Exception, match="unable to open database file"):
+            engine.connect().close()
+    finally:
+        engine.dispose()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_or_in_memory_uri_creates_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
