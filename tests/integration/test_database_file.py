@@ -26,6 +26,15 @@ def open_umask() -> Iterator[None]:
         os.umask(previous)
 
 
+def connect_once(url: str) -> None:
+    """Open a connection to ``url`` and close it (SQLite opens, or creates, the file)."""
+    engine = create_engine(url)
+    try:
+        engine.connect().close()
+    finally:
+        engine.dispose()
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -73,23 +82,15 @@ def test_a_database_named_by_a_uri_filename_is_private_too(tmp_path: Path) -> No
 def test_the_file_made_private_is_the_file_sqlite_opens(
     tmp_path: Path, url: str, opened: str
 ) -> None:
-    engine = create_engine(url.format(d=tmp_path))
-    try:
-        engine.connect().close()
-    finally:
-        engine.dispose()
+    connect_once(url.format(d=tmp_path))
     assert {p.name: mode(p) for p in tmp_path.iterdir()} == {opened: 0o600}
 
 
 def test_a_uri_that_may_not_create_the_file_still_fails_when_it_is_missing(
     tmp_path: Path,
 ) -> None:
-    engine = create_engine(f"sqlite:///file:{tmp_path}/missing.db?mode=rw&uri=true")
-    try:
-        with pytest.raises(Exception, match="unable to open database file"):
-            engine.connect().close()
-    finally:
-        engine.dispose()
+    with pytest.raises(Exception, match="unable to open database file"):
+        connect_once(f"sqlite:///file:{tmp_path}/missing.db?mode=rw&uri=true")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -114,10 +115,6 @@ def test_an_existing_file_keeps_its_mode(tmp_path: Path) -> None:
 
 
 def test_a_missing_directory_is_still_sqlites_error(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'absent' / 'enforcement.db'}")
-    try:
-        with pytest.raises(Exception, match="unable to open database file"):
-            engine.connect().close()
-    finally:
-        engine.dispose()
+    with pytest.raises(Exception, match="unable to open database file"):
+        connect_once(f"sqlite:///{tmp_path / 'absent' / 'enforcement.db'}")
     assert not (tmp_path / "absent").exists()
