@@ -83,7 +83,9 @@ class RequestContextMiddleware:
                 status_holder["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []), rid_header]
                 ended.append(False)
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
+            elif message["type"] == "http.response.pathsend" or (
+                message["type"] == "http.response.body" and not message.get("more_body")
+            ):
                 ended[:] = [True]
             await send(message)
 
@@ -101,6 +103,8 @@ class RequestContextMiddleware:
                 while more:
                     message = await receive()
                     if message["type"] == "http.disconnect":
+                        ended.append(False)  # the client left before its body was read
+                        status_holder["status"] = 499  # nginx's "client closed request"
                         return
                     chunk = message.get("body", b"")
                     size += len(chunk)
