@@ -37,9 +37,10 @@ def install_docs(app: FastAPI) -> None:
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{redirect}",
-            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS}/favicon-32x32.png",
+            # The version in the URLs: a browser's cached copy is not used after an upgrade.
+            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js?v={SWAGGER_UI_VERSION}",
+            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css?v={SWAGGER_UI_VERSION}",
+            swagger_favicon_url=f"{root}{ASSETS}/favicon-32x32.png?v={SWAGGER_UI_VERSION}",
         )
 
     @app.get(redirect, include_in_schema=False)

@@ -6,6 +6,8 @@ import os
 import smtplib
 import ssl
 import tempfile
+import time
+from contextlib import suppress
 from email.charset import QP, Charset
 from email.message import EmailMessage, Message
 from email.mime.text import MIMEText
@@ -72,13 +74,21 @@ def file_bytes(message: Message) -> bytes:
 # (a directory that exists already keeps its mode).
 MAIL_DIR_MODE = 0o700
 MAIL_FILE_MODE = 0o600
+# A notice's part file older than this was left by a crash (a write takes milliseconds): the
+# next attempt removes it. A younger one may be another delivery's of the same notice.
+STALE_PART_SECONDS = 600
 
 
 def write_durably(target: Path, data: bytes) -> None:
     """Write ``target`` whole or not at all, on disk before this returns (the delivery is then
     recorded as done), readable by its owner only (``MAIL_FILE_MODE``). The part written first
     has a name of its own (two deliveries of one notice at once never share it, and a link
-    planted in the directory is never followed), and is removed if the write fails."""
+    planted in the directory is never followed), and is removed if the write fails; the next
+    attempt removes one a crash left."""
+    for stale in target.parent.glob(f".{target.name}.*.part"):  # left by a crash mid-write
+        with suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_PART_SECONDS:
+                stale.unlink()
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     partial = Path(name)
     try:

@@ -367,16 +367,16 @@ def test_the_docs_page_loads_nothing_from_another_origin(system: Container) -> N
 
     assert page.status_code == 200
     assert sorted(assets) == [
-        "/docs/static/favicon-32x32.png",
-        "/docs/static/swagger-ui-bundle.js",
-        "/docs/static/swagger-ui.css",
+        "/docs/static/favicon-32x32.png?v=5.30.2",
+        "/docs/static/swagger-ui-bundle.js?v=5.30.2",
+        "/docs/static/swagger-ui.css?v=5.30.2",
     ]
     assert "url: '/openapi.json'" in page.text
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "SwaggerUIBundle" in script.text
     assert redirect.status_code == 200
     assert redoc.status_code == 404  # it would load ReDoc from a CDN
-    assert '"/enforcement/docs/static/swagger-ui-bundle.js"' in behind
+    assert '"/enforcement/docs/static/swagger-ui-bundle.js?v=5.30.2"' in behind
     assert "url: '/enforcement/openapi.json'" in behind
 
 
