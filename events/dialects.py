@@ -150,36 +150,35 @@ def _has_input(dbapi_conn: Any) -> bool:
 DATABASE_FILE_MODE = 0o600
 
 
-def _is_uri(sa_url: sa.URL) -> bool:
-    """Whether SQLAlchemy opens the URL's database as a SQLite URI filename (``?uri=true``):
-    only then do ``file:`` and ``mode=`` mean anything."""
-    return str(sa_url.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
+def _sqlite_target(url: str | sa.URL) -> tuple[str | None, str]:
+    """The file SQLite opens for a SQLite URL (None: another database, or one in memory) and
+    its URI ``mode`` ("" when unset). From the arguments the dialect hands ``sqlite3.connect``
+    (the filename, and whether it is a URI), read as SQLite reads them: a URI's name ends at
+    ``?`` or ``#``, ``%HH`` is decoded, and the last ``mode`` counts."""
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        return None, ""
+    args, kwargs = sa_url.get_dialect()().create_connect_args(sa_url)
+    filename = str(args[0]) if args else ":memory:"
+    mode = ""
+    if kwargs.get("uri") and filename.startswith("file:"):
+        name, _, query = filename[len("file:") :].partition("#")[0].partition("?")
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if unquote(key) == "mode":
+                mode = unquote(value)
+        filename = unquote(name)
+        if filename.startswith("//"):  # file://host/path: SQLite takes only an empty host
+            filename = "/" + filename[2:].partition("/")[2]
+    if filename in ("", ":memory:") or mode == "memory":
+        return None, mode
+    return filename, mode
 
 
 def sqlite_file(url: str | sa.URL) -> str | None:
     """The file a SQLite URL names, a URI filename (``sqlite:///file:/path/x.db?uri=true``)
     included; None for another database or one in memory."""
-    sa_url = sa.make_url(url)
-    database = sa_url.database
-    if sa_url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
-        return None
-    if not _is_uri(sa_url) or not database.startswith("file:"):
-        return database  # a name as it is, "file:x" too (SQLite reads it so without uri)
-    if "memory" in _uri_mode(sa_url):
-        return None
-    path = unquote(database[len("file:") :].partition("?")[0].partition("#")[0])  # %HH decoded
-    if path.startswith("//"):  # file://host/path: SQLite takes only an empty host
-        path = "/" + path[2:].partition("/")[2]
-    return None if path in ("", ":memory:") else path
-
-
-def _uri_mode(sa_url: sa.URL) -> str:
-    """A URI filename's ``mode`` (``ro``, ``rw``, ``rwc``, ``memory``; "" when unset)."""
-    database = sa_url.database or ""
-    inline = dict(
-        part.partition("=")[::2] for part in database.partition("?")[2].split("&") if part
-    )
-    return str(sa_url.query.get("mode") or inline.get("mode") or "")
+    return _sqlite_target(url)[0]
 
 
 def _create_private_file(sa_url: sa.URL) -> None:
@@ -187,8 +186,8 @@ def _create_private_file(sa_url: sa.URL) -> None:
     takes an empty file as an empty database), unless it is opened in a mode that does not
     create it (``ro``, ``rw``: there a missing file must stay an error). Any other problem is
     left for SQLite to report."""
-    path = sqlite_file(sa_url)
-    if path is None or (_is_uri(sa_url) and _uri_mode(sa_url) in ("ro", "rw")):
+    path, mode = _sqlite_target(sa_url)
+    if path is None or mode in ("ro", "rw"):
         return
     # It exists already, or cannot be created: SQLite says why when it connects.
     with suppress(OSError):

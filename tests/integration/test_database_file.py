@@ -76,6 +76,7 @@ def test_a_database_named_by_a_uri_filename_is_private_too(tmp_path: Path) -> No
         ("sqlite:///{d}/plain.db?mode=ro", "plain.db"),  # without uri=true, mode means nothing
         ("sqlite:///file:{d}/a%23b.db?uri=true", "a"),  # SQLite cuts the name at '#'
         ("sqlite:///file:{d}/sp%2520ace.db?uri=true", "sp ace.db"),  # %HH decoded once
+        ("sqlite:///file:{d}/t.db?uri=t", "t.db"),  # "t" is true to SQLAlchemy, as "true"
     ],
 )
 @pytest.mark.filterwarnings("ignore:Query string argument:sqlalchemy.exc.SAWarning")
@@ -86,11 +87,18 @@ def test_the_file_made_private_is_the_file_sqlite_opens(
     assert {p.name: mode(p) for p in tmp_path.iterdir()} == {opened: 0o600}
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///file:{d}/missing.db?mode=rw&uri=true",
+        "sqlite:///file:{d}/missing.db%3Fmode%3Drw%23frag?uri=true",  # the mode in the name
+    ],
+)
 def test_a_uri_that_may_not_create_the_file_still_fails_when_it_is_missing(
-    tmp_path: Path,
+    tmp_path: Path, url: str
 ) -> None:
     with pytest.raises(Exception, match="unable to open database file"):
-        connect_once(f"sqlite:///file:{tmp_path}/missing.db?mode=rw&uri=true")
+        connect_once(url.format(d=tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 
