@@ -74,21 +74,28 @@ def file_bytes(message: Message) -> bytes:
 # (a directory that exists already keeps its mode).
 MAIL_DIR_MODE = 0o700
 MAIL_FILE_MODE = 0o600
-# A notice's part file older than this was left by a crash (a write takes milliseconds): the
-# next attempt removes it. A younger one may be another delivery's of the same notice.
+# A part file older than this was left by a crash (a write takes milliseconds); a younger one
+# may be another delivery's under way. A sender sweeps the directory of them at most this often.
 STALE_PART_SECONDS = 600
+
+
+def sweep_parts(directory: Path) -> None:
+    """Remove the part files (``write_durably``'s) older than ``STALE_PART_SECONDS``."""
+    now = time.time()
+    with suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".part"):
+                with suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE_PART_SECONDS:
+                        os.unlink(entry.path)
 
 
 def write_durably(target: Path, data: bytes) -> None:
     """Write ``target`` whole or not at all, on disk before this returns (the delivery is then
     recorded as done), readable by its owner only (``MAIL_FILE_MODE``). The part written first
     has a name of its own (two deliveries of one notice at once never share it, and a link
-    planted in the directory is never followed), and is removed if the write fails; the next
-    attempt removes one a crash left."""
-    for stale in target.parent.glob(f".{target.name}.*.part"):  # left by a crash mid-write
-        with suppress(OSError):
-            if time.time() - stale.stat().st_mtime > STALE_PART_SECONDS:
-                stale.unlink()
+    planted in the directory is never followed), and is removed if the write fails (one a crash
+    left, ``sweep_parts`` removes)."""
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     partial = Path(name)
     try:
@@ -126,6 +133,7 @@ class EmailSender:
         self.timeout = timeout
         self.sender = sender  # From, and the envelope's sender
         self._tls_context: ssl.SSLContext | None = None
+        self._swept_at = -float(STALE_PART_SECONDS)  # the first file written sweeps
 
     @property
     def channel(self) -> str:
@@ -134,6 +142,9 @@ class EmailSender:
     def send(self, message: Message, notice_event_id: str) -> None:
         if self.smtp_url is None:
             self.mail_dir.mkdir(mode=MAIL_DIR_MODE, parents=True, exist_ok=True)
+            if time.monotonic() - self._swept_at >= STALE_PART_SECONDS:
+                self._swept_at = time.monotonic()
+                sweep_parts(self.mail_dir)
             write_durably(self.mail_dir / f"{notice_event_id}.eml", file_bytes(message))
             return
         url = urlparse(self.smtp_url)

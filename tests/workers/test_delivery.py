@@ -230,17 +230,24 @@ def test_email_files_and_their_directory_are_the_services_alone(tmp_path: Path) 
         assert (mail_dir / name).read_bytes() == file_bytes(message)
 
 
-def test_a_part_file_a_crash_left_is_removed_by_the_next_attempt(tmp_path: Path) -> None:
+def test_part_files_a_crash_left_are_swept(tmp_path: Path) -> None:
+    """A crash mid-write leaves a part file, whichever notice's: the sender's first file (and
+    one every 10 minutes after) removes those older than 10 minutes, not younger ones (another
+    delivery's may be under way)."""
     notice = warning()
     message = build_message(notice, render(notice), "abuse-desk@customer.test")
-    crashed, writing = tmp_path / ".evt_1.eml.abc.part", tmp_path / ".evt_1.eml.xyz.part"
+    crashed = tmp_path / ".evt_9.eml.abc.part"
+    writing = tmp_path / ".evt_1.eml.xyz.part"
     crashed.write_bytes(b"half a message")
     os.utime(crashed, (time.time() - 3600, time.time() - 3600))
     writing.write_bytes(b"another delivery of it, under way")
 
-    EmailSender(None, str(tmp_path)).send(message, "evt_1")
+    sender = EmailSender(None, str(tmp_path))
+    sender.send(message, "evt_1")
+    os.utime(writing, (time.time() - 3600, time.time() - 3600))
+    sender.send(message, "evt_2")  # within 10 minutes of the last sweep: none
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "evt_1.eml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "evt_1.eml", "evt_2.eml"]
 
 
 def test_an_email_file_that_cannot_be_written_leaves_nothing_behind(
