@@ -153,37 +153,65 @@ def _shown(url: str) -> str:
     return repr(f"{scheme}://{netloc.rpartition('@')[2]}")
 
 
+class _Lookup:
+    """One name's lookup, in a thread of its own, which ends by itself when the resolver gives
+    up (``_resolve``)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.key = (host, port)
+        self.done = threading.Event()
+        self.answer: list[Any] = []
+        self.failure: BaseException | None = None
+        name = f"webhook-dns-{host}"
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.answer = socket.getaddrinfo(*self.key, proto=socket.IPPROTO_TCP)
+        except BaseException as exc:  # handed to whoever still waits
+            self.failure = exc
+        finally:
+            with _lookups_guard:
+                _lookups.pop(self.key, None)
+            self.done.set()
+
+
+# The lookups in flight, one per name and port: an attempt for a name already being looked up
+# waits on that lookup rather than start another, and at most MAX_LOOKUPS run at once (names
+# whose servers never answer cannot pile up threads without bound).
+MAX_LOOKUPS = 64
+_lookups: dict[tuple[str, int], _Lookup] = {}
+_lookups_guard = threading.Lock()
+
+
 def _resolve(host: str, port: int, seconds: float | None) -> list[Any]:
     """``getaddrinfo(host, port)`` for TCP, waited on for ``seconds`` at most (None: as long as
     it takes); a ``TimeoutError`` after that. The resolver has no timeout of its own (glibc: 5 s
-    a server, 2 tries, up to 3 servers), so the lookup runs in a thread of its own, which ends
-    by itself when the resolver gives up: one name whose servers never answer holds no other
-    lookup back. An address needs no lookup."""
+    a server, 2 tries, up to 3 servers), so the lookup runs in a thread of its own
+    (``_Lookup``): one name whose servers never answer holds no other lookup back. An address
+    is parsed, not looked up."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
-        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)  # parsed, not looked up
+        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP, flags=socket.AI_NUMERICHOST)
     if seconds is None:
         return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    answer: list[Any] = []
-    failure: list[BaseException] = []
-
-    def lookup() -> None:
-        try:
-            answer.extend(socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP))
-        except BaseException as exc:  # handed to the caller, if it still waits
-            failure.append(exc)
-
-    thread = threading.Thread(target=lookup, name=f"webhook-dns-{host}", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
+    with _lookups_guard:
+        lookup = _lookups.get((host, port))
+        if lookup is None:
+            if len(_lookups) >= MAX_LOOKUPS:
+                raise TimeoutError(
+                    f"{MAX_LOOKUPS} name lookups are waiting on their servers; {host} is not "
+                    "looked up now"
+                )
+            lookup = _lookups[(host, port)] = _Lookup(host, port)
+    if not lookup.done.wait(seconds):
         raise TimeoutError(f"resolving {host} took longer than {seconds:g} s")
-    if failure:
-        raise failure[0]
-    return answer
+    if lookup.failure is not None:
+        raise lookup.failure
+    return list(lookup.answer)
 
 
 def check_target(url: str, allow_private: bool, deadline: _Deadline | None = None) -> Target:
@@ -209,6 +237,8 @@ def check_target(url: str, allow_private: bool, deadline: _Deadline | None = Non
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     host_header = host if parsed.port is None else f"{host}:{parsed.port}"
     target = Target(parsed.scheme, parsed.hostname, port, path, host_header, ())
+    if "%" in parsed.hostname:  # fe80::1%eth0: the checked address would lose its zone
+        raise WebhookRefused(f"webhook URL {_shown(url)} names a zone: link-local is not served")
     try:
         # The whole attempt's time left, not one step's: glibc waits 5 s for a first server
         # that does not answer before it asks the next.

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from enforcement.notices import webhook
 from enforcement.notices.webhook import WebhookRefused, WebhookSender, check_target, signature
 
 # ------------------------------------------------------------------ the signature
@@ -368,6 +369,47 @@ def test_a_lookup_that_never_answers_ends_at_the_deadline_and_holds_no_other_bac
         assert [type(e) for e in outcomes] == [TimeoutError] * 12
     finally:
         answered.set()
+
+
+def test_lookups_of_one_name_are_shared_and_lookups_in_flight_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each attempt that gives up on a hanging lookup used to leave a thread behind, with no
+    bound: attempts for one name now wait on the one lookup in flight, and past MAX_LOOKUPS
+    names at once an attempt fails at once (to be retried) rather than start another."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        calls.append(host)
+        release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(webhook, "MAX_LOOKUPS", 3)
+    sender = WebhookSender("s3cret", False, timeout=5.0, deadline=0.2)
+    try:
+        for url in ["http://same.hang/h"] * 4 + ["http://b.hang/h", "http://c.hang/h"]:
+            with pytest.raises(TimeoutError, match=r"did not answer within 0\.2 s"):
+                sender.send(url, "evt", {})
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="3 name lookups are waiting on their servers"):
+            sender.send("http://d.hang/h", "evt", {})
+        assert time.monotonic() - started < 0.1  # at once
+        assert sorted(calls) == ["b.hang", "c.hang", "same.hang"]
+    finally:
+        release.set()
+    for _ in range(100):  # the lookups end, and make room again
+        if not webhook._lookups:
+            break
+        time.sleep(0.01)
+    assert webhook._lookups == {}
+
+
+def test_an_address_with_a_zone_is_refused_for_good() -> None:
+    for url in ("http://[fe80::1%25eth0]/h", "http://[fe80::1%eth0]:8080/h"):
+        with pytest.raises(WebhookRefused, match="names a zone"):
+            WebhookSender("s3cret", True).send(url, "evt-1", {})
 
 
 def test_a_host_name_that_can_never_resolve_is_refused_for_good() -> None:
