@@ -18,8 +18,10 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-SWAGGER_UI_VERSION = "5.30.2"
 STATIC = Path(__file__).resolve().parent / "static" / "swagger-ui"
+# The vendored version, as its VERSION file names it ("swagger-ui-dist 5.30.2 …"): in the assets'
+# URLs, so that a browser's cached copy is not used after an upgrade.
+SWAGGER_UI_VERSION = (STATIC / "VERSION").read_text().split()[1]
 DOCS = "/docs"
 ASSETS = f"{DOCS}/static"
 
@@ -37,7 +39,6 @@ def install_docs(app: FastAPI) -> None:
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{redirect}",
-            # The version in the URLs: a browser's cached copy is not used after an upgrade.
             swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js?v={SWAGGER_UI_VERSION}",
             swagger_css_url=f"{root}{ASSETS}/swagger-ui.css?v={SWAGGER_UI_VERSION}",
             swagger_favicon_url=f"{root}{ASSETS}/favicon-32x32.png?v={SWAGGER_UI_VERSION}",
