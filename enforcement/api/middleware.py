@@ -72,21 +72,20 @@ class RequestContextMiddleware:
         # For the handler of unexpected errors, which answers from ``ServerErrorMiddleware``,
         # outside this middleware (``errors.install_error_handlers``).
         scope[REQUEST_ID_KEY] = request_id
-        status_holder = {"status": 500}
-        # Whether the answer ended or was cut off after its status went out (a streamed answer
-        # that failed while it was encoded, a client gone); None: nothing was sent.
-        ended: list[bool] = []
+        # The answer as sent, for the access log: its status, and whether it was cut off (its
+        # status went out and its end did not: a streamed answer that failed while it was
+        # encoded, a client gone; or the client left before its body was read).
+        answer = {"status": 500, "aborted": False}
         rid_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
+                answer.update(status=message["status"], aborted=True)  # until its end is sent
                 message["headers"] = [*message.get("headers", []), rid_header]
-                ended.append(False)
             elif message["type"] == "http.response.pathsend" or (
                 message["type"] == "http.response.body" and not message.get("more_body")
             ):
-                ended[:] = [True]
+                answer["aborted"] = False
             await send(message)
 
         route_path = get_route_path(scope)  # the path the router matches (no root_path)
@@ -102,9 +101,8 @@ class RequestContextMiddleware:
                 more = True
                 while more:
                     message = await receive()
-                    if message["type"] == "http.disconnect":
-                        ended.append(False)  # the client left before its body was read
-                        status_holder["status"] = 499  # nginx's "client closed request"
+                    if message["type"] == "http.disconnect":  # nginx's "client closed request"
+                        answer.update(status=499, aborted=True)
                         return
                     chunk = message.get("body", b"")
                     size += len(chunk)
@@ -130,11 +128,11 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            aborted = ended == [False]  # the status went out, the end of the body did not
+            aborted = bool(answer["aborted"])
             fields = {
                 "method": scope["method"],
                 "path": scope["path"],
-                "status": status_holder["status"],
+                "status": answer["status"],
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             }
             log.log(
@@ -142,7 +140,7 @@ class RequestContextMiddleware:
                 "%s %s %s%s",
                 scope["method"],
                 scope["path"],
-                status_holder["status"],
+                answer["status"],
                 " aborted" if aborted else "",
                 extra={"fields": {**fields, "aborted": True} if aborted else fields},
             )

@@ -22,18 +22,14 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 
-class _DuplicateName(ValueError):
-    pass
-
-
 class _NotJson(ValueError):
-    pass
+    """What Python's parser takes and strict JSON does not; its text is the reason given."""
 
 
 def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document = dict(pairs)
     if len(document) != len(pairs):
-        raise _DuplicateName("an object names the same member twice")
+        raise _NotJson("an object names the same member twice")
     return document
 
 
@@ -79,7 +75,7 @@ def loads(body: bytes) -> Any:
         raise
     except RecursionError as exc:
         raise _error("the body is nested too deeply", text, None) from exc
-    except (_DuplicateName, _NotJson) as exc:
+    except _NotJson as exc:
         raise _error(str(exc), text, None) from exc
     except ValueError as exc:  # an integer of more digits than Python converts (4,300)
         raise _error("a number has more digits than the parser takes", text, None) from exc
