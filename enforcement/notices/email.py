@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import smtplib
 import ssl
@@ -132,7 +133,6 @@ class EmailSender:
         self.mail_dir = Path(mail_dir)
         self.timeout = timeout
         self.sender = sender  # From, and the envelope's sender
-        self._tls_context: ssl.SSLContext | None = None
         self._swept_at = -float(STALE_PART_SECONDS)  # the first file written sweeps
 
     @property
@@ -153,7 +153,7 @@ class EmailSender:
         host = url.hostname or "localhost"
         port = url.port or (465 if url.scheme == "smtps" else 25)
         smtp = (  # SMTP_SSL's own default context verifies nothing: it is given one that does
-            smtplib.SMTP_SSL(host, port, timeout=self.timeout, context=self._tls())
+            smtplib.SMTP_SSL(host, port, timeout=self.timeout, context=self._tls)
             if url.scheme == "smtps"
             else smtplib.SMTP(host, port, timeout=self.timeout)
         )
@@ -183,12 +183,11 @@ class EmailSender:
                 "in cleartext: not logging in; ENFORCEMENT_SMTP_URL needs smtps:// or a server "
                 "that offers STARTTLS"
             )
-        smtp.starttls(context=self._tls())
+        smtp.starttls(context=self._tls)
         smtp.ehlo_or_helo_if_needed()  # EHLO again: STARTTLS forgets what the server offered
 
+    @functools.cached_property
     def _tls(self) -> ssl.SSLContext:
-        """The TLS context, made once (loading the CAs takes ~20 ms): it verifies the server's
-        certificate and name against the system's CAs, or ``SSL_CERT_FILE``'s."""
-        if self._tls_context is None:
-            self._tls_context = ssl.create_default_context()
-        return self._tls_context
+        """The TLS context, made once per sender (loading the CAs takes ~20 ms): it verifies
+        the server's certificate and name against the system's CAs, or ``SSL_CERT_FILE``'s."""
+        return ssl.create_default_context()

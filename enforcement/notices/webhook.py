@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import http.client
@@ -104,7 +105,9 @@ def _response_class(deadline: _Deadline) -> type[http.client.HTTPResponse]:
     return Response
 
 
-def _connect(target_host: str, addresses: tuple[str, ...], port: int, deadline: _Deadline) -> Any:
+def _connect(
+    target_host: str, addresses: tuple[str, ...], port: int, deadline: _Deadline
+) -> socket.socket:
     """A TCP connection to the first of ``addresses`` that answers (by name if none)."""
     error: OSError | None = None
     for address in addresses or (target_host,):
@@ -153,6 +156,11 @@ def _shown(url: str) -> str:
     return repr(f"{scheme}://{netloc.rpartition('@')[2]}")
 
 
+def _getaddrinfo(host: str, port: int, flags: int = 0) -> list[Any]:
+    """The TCP addresses of ``host`` (``socket.getaddrinfo``, looked up at call time)."""
+    return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP, flags=flags)
+
+
 class _Lookup:
     """One name's lookup, in a thread of its own, which ends by itself when the resolver gives
     up (``_resolve``)."""
@@ -167,7 +175,7 @@ class _Lookup:
 
     def _run(self) -> None:
         try:
-            self.answer = socket.getaddrinfo(*self.key, proto=socket.IPPROTO_TCP)
+            self.answer = _getaddrinfo(*self.key)
         except BaseException as exc:  # handed to whoever still waits
             self.failure = exc
         finally:
@@ -195,9 +203,9 @@ def _resolve(host: str, port: int, seconds: float | None) -> list[Any]:
     except ValueError:
         pass
     else:
-        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP, flags=socket.AI_NUMERICHOST)
+        return _getaddrinfo(host, port, socket.AI_NUMERICHOST)
     if seconds is None:
-        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        return _getaddrinfo(host, port)
     with _lookups_guard:
         lookup = _lookups.get((host, port))
         if lookup is None:
@@ -262,31 +270,30 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to a checked address; the Host header still names the URL's host. Every
     socket operation ends by ``deadline`` (the request is sent right after connecting)."""
 
-    def __init__(self, target: Target, deadline: _Deadline):
-        super().__init__(target.host, target.port, timeout=deadline.timeout)
+    def __init__(self, target: Target, deadline: _Deadline, **kwargs: Any):
+        super().__init__(target.host, target.port, timeout=deadline.timeout, **kwargs)
         self.addresses = target.addresses
         self.deadline = deadline
         self.response_class = _response_class(deadline)
 
     def connect(self) -> None:
-        self.sock = _connect(self.host, self.addresses, self.port, self.deadline)
-        self.sock.settimeout(self.deadline.left())
+        self.sock = self._pinned_socket()
 
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """As ``_PinnedHTTPConnection``, with TLS verified against the URL's host name."""
-
-    def __init__(self, target: Target, deadline: _Deadline):
-        self.tls = ssl.create_default_context()
-        super().__init__(target.host, target.port, timeout=deadline.timeout, context=self.tls)
-        self.addresses = target.addresses
-        self.deadline = deadline
-        self.response_class = _response_class(deadline)
-
-    def connect(self) -> None:
+    def _pinned_socket(self) -> socket.socket:
         sock = _connect(self.host, self.addresses, self.port, self.deadline)
         sock.settimeout(self.deadline.left())
-        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        return sock
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
+    """As ``_PinnedHTTPConnection``, with TLS verified against the URL's host name."""
+
+    def __init__(self, target: Target, deadline: _Deadline, tls: ssl.SSLContext):
+        super().__init__(target, deadline, context=tls)
+        self.tls = tls
+
+    def connect(self) -> None:
+        self.sock = self.tls.wrap_socket(self._pinned_socket(), server_hostname=self.host)
         self.sock.settimeout(self.deadline.left())
 
 
@@ -304,6 +311,12 @@ class WebhookSender:
         self.allow_private = allow_private
         self.timeout = timeout
         self.deadline = deadline
+
+    @functools.cached_property
+    def _tls(self) -> ssl.SSLContext:
+        """The TLS context, made once per sender (loading the CAs takes ~20 ms): it verifies the
+        receiver's certificate and name against the system's CAs, or ``SSL_CERT_FILE``'s."""
+        return ssl.create_default_context()
 
     def send(self, url: str, notice_event_id: str, payload: dict[str, Any]) -> None:
         """One signed POST; redirects are not followed (one could lead to a private address)."""
@@ -337,8 +350,11 @@ class WebhookSender:
             "X-Enforcement-Event-Id": notice_event_id,
             "X-Enforcement-Signature": signature(secret, body),
         }
-        https = target.scheme == "https"
-        conn = (_PinnedHTTPSConnection if https else _PinnedHTTPConnection)(target, deadline)
+        conn = (
+            _PinnedHTTPSConnection(target, deadline, self._tls)
+            if target.scheme == "https"
+            else _PinnedHTTPConnection(target, deadline)
+        )
         try:
             conn.request("POST", target.path, body=body, headers=headers)
             response = conn.getresponse()
