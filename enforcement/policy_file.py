@@ -98,7 +98,7 @@ class Policy:
 
 DEFAULT_POLICY = Policy()
 
-_DURATION = re.compile(r"^([0-9]+)([smhd])$")
+_DURATION = re.compile(r"([0-9]+)([smhd])")
 MAX_DURATION = timedelta(days=36_500)  # a hundred years: longer is as good as indefinite
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DURATION_KEYS = {
@@ -114,7 +114,7 @@ _DURATION_KEYS = {
 def parse_duration(text: object, key: str) -> timedelta:
     """``"90d"``, ``"24h"``, ``"10m"``, ``"30s"``: a positive whole number and one unit, at most
     ``MAX_DURATION`` (a decision's end must stay a time the log can hold)."""
-    match = _DURATION.match(text) if isinstance(text, str) else None
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if match is None or int(match.group(1)) == 0:
         raise PolicyError(f'{key} must be a positive duration like "7d" or "24h", not {text!r}')
     amount, unit = int(match.group(1)), _UNITS[match.group(2)]
@@ -134,6 +134,10 @@ def load_policy(path: str | None) -> Policy:
         raise PolicyError(f"policy file {path} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; ``tomllib`` raises this one as it is
+        raise PolicyError(
+            f"policy file {path} is not valid TOML: it is not UTF-8 ({exc})"
+        ) from None
     try:
         return policy_from_mapping(data)
     except PolicyError as exc:

@@ -102,6 +102,7 @@ def test_a_file_may_override_a_category() -> None:
         ("strike_lookback = '-1d'", "strike_lookback"),
         ("strike_lookback = 90", "strike_lookback"),
         ("appeal_window = '1.5d'", "appeal_window"),
+        ('appeal_window = "20d\\n"', "appeal_window"),
         ("second_minor_throttle = { factor = 0 }", "second_minor_throttle.factor"),
         ("second_minor_throttle = { factor = 1.5 }", "second_minor_throttle.factor"),
         ("second_minor_throttle = { factor = true }", "second_minor_throttle.factor"),
@@ -139,6 +140,10 @@ def test_an_unreadable_or_malformed_file_is_a_policy_error(tmp_path: Path) -> No
     broken.write_text("strike_lookback = ", encoding="utf-8")
     with pytest.raises(PolicyError, match="not valid TOML"):
         load_policy(str(broken))
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("version = 'aup-2026-11-\u00e9'\n".encode("latin-1"))
+    with pytest.raises(PolicyError, match=r"latin\.toml is not valid TOML: it is not UTF-8"):
+        load_policy(str(latin))
     wrong = tmp_path / "wrong.toml"
     wrong.write_text("appeal_window = 'soon'", encoding="utf-8")
     with pytest.raises(PolicyError, match=r"wrong\.toml.*appeal_window"):
