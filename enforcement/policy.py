@@ -369,7 +369,10 @@ def decide_violation(
         detection=report.detection,
         description=report.description,
         key_id=report.key_id,
-        strike=report.category != SUSTAINED_ABUSE,
+        # Neither is ever a strike (POLICY.md), also where nothing else is decided on it (a
+        # terminated account's, which an overturned termination would otherwise count).
+        strike=report.category != SUSTAINED_ABUSE
+        and not (report.category == ADULT_CONTENT and state.adult_content_approved),
     )
     d = Decider(policy, state, ctx, [violation], automated=True)
     payload = ev.ViolationReported(

@@ -515,6 +515,29 @@ def test_adult_content_dismissal_reason() -> None:
     assert view(account.state, NOW, P.strike_lookback).strikes == 0
 
 
+def test_adult_content_on_an_approved_terminated_account_is_no_strike() -> None:
+    """POLICY.md: adult content on an approved account gives no strike. On a terminated account
+    nothing is decided on it, but it must not count either: once an appeal overturns the
+    termination, such reports would otherwise terminate the account at its next violation."""
+    account = Account()
+    account.given(ev.AdultContentApprovalChanged(True, "verified"), t(0))
+    termination = of_type(account.report("csam", t(1)), "AccountTerminated")
+    for day in (2, 3, 4):
+        decided = account.report("unapproved_adult_content", t(day))
+        assert types(decided) == ["ViolationReported"]
+        assert decided[0].data["strike"] is False
+    assert view(account.state, t(4), P.strike_lookback).strikes == 1
+    account.record(
+        decide_appeal_filing(P, account.state, termination.event_id, "s", account.ctx(t(5))), t(5)
+    )
+    [appeal_id] = account.state.appeals
+    account.record(
+        decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(t(5))), t(5)
+    )
+    assert view(account.state, t(5), P.strike_lookback).strikes == 0
+    assert "AccountTerminated" not in types(account.report("spam", t(6)))
+
+
 def test_the_violation_records_reported_and_effective_severity() -> None:
     account = Account()
     reported = account.report("phishing", NOW, "low")[0]
