@@ -334,6 +334,12 @@ class Decider:
         return self.build(payload, cause)
 
 
+def _prior_strike_fact(v: ViolationRecord) -> JSON:
+    """A prior strike as a fact of the decision it led to, marked ``prior_strike``."""
+    fact = violation_fact(v.violation_id, v.category, v.severity, v.occurred_at, v.description)
+    return {**fact, "prior_strike": True}
+
+
 def _lasting(suspension: SuspensionRecord) -> str:
     """How long ``suspension`` lasts, for a statement: "indefinitely" or "until <time>"."""
     return "indefinitely" if suspension.until is None else f"until {suspension.until}"
@@ -396,7 +402,8 @@ def decide_violation(
 
 def _ladder(d: Decider, rule: CategoryRule, v: ViolationRecord, cause: str) -> None:
     policy, state, now = d.policy, d.state, d.ctx.now
-    prior = len(active_strikes(state, now, policy.strike_lookback))
+    strikes = active_strikes(state, now, policy.strike_lookback)
+    prior = len(strikes)
     if state.terminated:
         return
     if v.category == ADULT_CONTENT and state.adult_content_approved:
@@ -406,6 +413,9 @@ def _ladder(d: Decider, rule: CategoryRule, v: ViolationRecord, cause: str) -> N
         throttle = d.throttle(policy.sustained_abuse_throttle, "sustained_abuse", cause)
         d.emit(throttle, d.notice("throttle", throttle))
         return
+    if prior and v.severity != "critical":
+        # The prior strikes chose the rung: the statement lists them beside the violation.
+        d.extra_facts[:0] = [_prior_strike_fact(s) for s in strikes]
     if v.severity == "critical" or prior >= policy.termination_after_strikes:
         if v.severity == "critical":
             reason, text = "critical_violation", "The account is terminated permanently."

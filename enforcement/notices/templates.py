@@ -67,6 +67,8 @@ def render(notice: RecordedEvent) -> RenderedNotice:
         # A reporter's description may hold lines of its own: indented under its fact, none can
         # pass for one of the notice's own ("How to appeal").
         described = "\n    ".join(str(fact.get("description") or "").splitlines())
+        if fact.get("prior_strike"):
+            ident += " (a prior strike)"
         lines.append(f"- Fact {ident}: {described}".replace("Fact :", "Fact:").rstrip())
     if data.get("deadline"):
         lines += ["", f"Deadline: {data['deadline']}"]

@@ -538,6 +538,44 @@ def test_adult_content_on_an_approved_terminated_account_is_no_strike() -> None:
     assert "AccountTerminated" not in types(account.report("spam", t(6)))
 
 
+def test_a_rung_chosen_by_prior_strikes_lists_them_among_the_facts() -> None:
+    """POLICY.md: a statement's facts are the violations that led to the decision. Where the
+    prior strikes chose the rung, they are among them, marked; what an overturn dismisses
+    (``violation_ids``) stays the new violation."""
+    account = Account()
+    account.strike("vio_a", t(-3))
+    decided = account.report("spam", t(0))
+    new = decided[0].data["violation_id"]
+    for decision in decided[1:]:
+        facts = decision.data["statement_of_reasons"]["facts"]
+        assert [f["violation_id"] for f in facts] == [new, "vio_a"]
+        assert [f.get("prior_strike") for f in facts] == [None, True]
+        assert facts[1]["category"] == "spam" and facts[1]["occurred_at"] == format_time(t(-3))
+    assert of_type(decided, "ThrottleApplied").data["violation_ids"] == [new]
+
+    for vid, day in (("vio_b", -2), ("vio_c", -1)):
+        account.strike(vid, t(day))
+    terminated = of_type(account.report("spam", t(1)), "AccountTerminated")
+    facts = terminated.data["statement_of_reasons"]["facts"]
+    assert [f.get("prior_strike") for f in facts] == [None, True, True, True, True]
+    assert {f["violation_id"] for f in facts[1:]} == {"vio_a", "vio_b", "vio_c", new}
+
+
+@pytest.mark.parametrize(
+    ("category", "strikes"), [("spam", 0), ("phishing", 0), ("csam", 2), ("sustained_abuse", 2)]
+)
+def test_a_rung_prior_strikes_did_not_choose_lists_only_the_violation(
+    category: str, strikes: int
+) -> None:
+    account = Account()
+    for n in range(strikes):
+        account.strike(f"vio_{n}", t(-1 - n))
+    decided = account.report(category, t(0))
+    for decision in decided[1:]:
+        facts = decision.data["statement_of_reasons"]["facts"]
+        assert [f["violation_id"] for f in facts] == [decided[0].data["violation_id"]]
+
+
 def test_the_violation_records_reported_and_effective_severity() -> None:
     account = Account()
     reported = account.report("phishing", NOW, "low")[0]

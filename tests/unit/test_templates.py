@@ -225,6 +225,15 @@ def test_the_warning_names_its_remediation_deadline_and_the_section() -> None:
     assert "until 2026-12-14T10:00:00.000000Z" in text  # the 20-day appeal window
 
 
+def test_the_throttle_names_the_prior_strike_that_chose_it_as_such() -> None:
+    notice = throttle()
+    [new] = notice.data["violation_ids"]
+    [prior] = [f for f in notice.data["statement_of_reasons"]["facts"] if f.get("prior_strike")]
+    text = render(notice).text
+    assert f"- Fact {new}: impersonation seen by svc\n" in text
+    assert f"- Fact {prior['violation_id']} (a prior strike): spam seen by svc\n" in text
+
+
 def test_a_termination_for_csam_cites_both_sections() -> None:
     text = render(termination()).text
     assert "Ground: AUP §2, §6 (csam)" in text
