@@ -45,6 +45,16 @@ def _format_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def format_any_time(moment: datetime) -> str:
+    """``format_time``'s text, with a year before 1000 written with four digits as RFC 3339
+    requires ("0999-…"): for an instant no hash covers, which may be any (a standing's
+    ``as_of``). ``format_time`` keeps those years unpadded, as the chain covers that text."""
+    moment = to_utc(moment)
+    if moment.year >= 1000:
+        return format_time(moment)
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_time(text: str) -> datetime:
     """Parse an RFC 3339 timestamp (``Z`` or an offset) into an aware UTC datetime.
 

@@ -26,7 +26,7 @@ from operator import attrgetter
 from typing import Any, Literal, Protocol, TypeVar
 
 from events import RecordedEvent
-from events.timefmt import canonical_time, format_time, parse_time, to_utc
+from events.timefmt import canonical_time, format_any_time, format_time, parse_time, to_utc
 from projections import aup_events as ev
 from projections.frozen import fast_init
 from projections.open_items import CANONICAL_TEXT_LENGTH, OpenItems, open_records
@@ -846,7 +846,7 @@ class Standing:
             "open_abuse_reports": self.open_abuse_reports,
             "open_appeals": self.open_appeals,
             "version": self.version,
-            "as_of": format_time(self.as_of),
+            "as_of": format_any_time(self.as_of),
         }
 
     @classmethod

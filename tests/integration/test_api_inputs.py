@@ -126,6 +126,8 @@ def test_a_violation_before_1970_is_refused_and_an_early_as_of_is_no_error(
         )
         assert early.status_code == 200, early.text
         assert (early.json()["version"], early.json()["strikes"]) == (0, 0)
+        # CONTRACT.md: times are RFC 3339, whose years have four digits ("0001", not "1").
+        assert early.json()["as_of"] == as_of.replace("Z", ".000000Z")
 
 
 def test_a_time_out_of_range_in_utc_is_refused_not_a_500(
