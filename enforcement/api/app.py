@@ -41,6 +41,9 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from the package instead (docs_ui)
         redoc_url=None,
+        # An unknown path is 404 (CONTRACT.md), not a 307 to the path without its trailing
+        # slash, on a host taken from the request's Host header.
+        redirect_slashes=False,
     )
     install_docs(app)
     app.state.container = container

@@ -856,3 +856,29 @@ def test_a_webhook_url_has_no_space_or_control_character(
         "/v1/accounts/acct_w/contact", json={"webhook_url": url}, headers=as_role(Role.OPERATOR)
     )
     assert [d["field"] for d in details(response)] == ["webhook_url"]
+
+
+def test_a_path_with_a_trailing_slash_is_an_unknown_route_not_a_redirect(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """CONTRACT.md: an unknown route is 404 with the error body. Starlette's default answered
+    ``/v1/violations/`` with a 307 to ``/v1/violations`` (built from the request's Host
+    header), which a client following redirects posted to again."""
+    reporter, auditor = as_role(Role.REPORTER), as_role(Role.AUDITOR)
+    for method, path, headers, body in (
+        ("POST", "/v1/violations/", reporter, {"account_id": "acct_slash", "category": "spam"}),
+        ("GET", "/v1/accounts/acct_slash/standing/", auditor, None),
+        ("GET", "/v1/events/", auditor, None),
+        ("GET", "/healthz/", {}, None),
+    ):
+        answer = client.request(
+            method,
+            path,
+            json=body,
+            headers={**headers, "Host": "elsewhere.example"},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 404, (path, answer.status_code, answer.headers)
+        assert "location" not in answer.headers
+        assert answer.json()["error"]["code"] == "not_found"
+    assert system.store.head("acct_slash").version == 0
