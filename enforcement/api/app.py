@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from enforcement.api import deps
 from enforcement.api.coalesce import install_report_queue
 from enforcement.api.docs_ui import install_docs
-from enforcement.api.documents import document_answers
+from enforcement.api.documents import document_answers, document_auth
 from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
 from enforcement.api.routes import accounts, gate, reading, reporting
@@ -63,11 +65,10 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     # Load balancers often probe with HEAD: the same check, answered without the body.
     app.head("/healthz", include_in_schema=False)(healthz)
 
-    app.include_router(reporting.router)
-    app.include_router(accounts.router)
-    app.include_router(reading.router)
-    app.include_router(gate.router)
-    _document_answers(app)
+    routers = (reporting.router, accounts.router, reading.router, gate.router)
+    for router in routers:
+        app.include_router(router)
+    _document_answers(app, [route for router in routers for route in router.routes])
     app.add_middleware(
         RequestContextMiddleware,
         shortcuts={("POST", "/v1/violations"): ReportShortcut(app)},
@@ -75,13 +76,20 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     return app
 
 
-def _document_answers(app: FastAPI) -> None:
-    """The OpenAPI document with the answers' shapes (``api.documents``), made once."""
+def _document_answers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """The OpenAPI document with the answers' shapes and the token each of ``routes`` asks for
+    (``api.documents``), made once."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_answers(generate())
+            needs = {
+                (route.path_format, method.lower()): deps.route_needs(route)
+                for route in routes
+                if isinstance(route, APIRoute)
+                for method in route.methods or ()
+            }
+            app.openapi_schema = document_auth(document_answers(generate()), needs)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -100,6 +100,12 @@ def _needs(dependant: Dependant) -> tuple[bool, Permission | None]:
     return token, None
 
 
+def route_needs(route: APIRoute) -> tuple[bool, Permission | None]:
+    """Whether ``route`` asks for a token, and which permission if any (the OpenAPI document
+    says so per operation)."""
+    return _needs(route.dependant)
+
+
 async def refusal(request: Request) -> ApiError | None:
     """The 401 or 403 the matched route's own dependencies would answer this caller, or None.
 

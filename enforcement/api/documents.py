@@ -8,10 +8,12 @@ these schemas (``tests/integration/test_api_schema.py``, Schemathesis).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from enforcement.roles import Permission, Role, allows
 from projections.standing import Status
 
 
@@ -182,4 +184,32 @@ def document_answers(document: dict[str, Any]) -> dict[str, Any]:
                     content.setdefault("application/json", {})["schema"] = refs[
                         (model, "serialization")
                     ]
+    return document
+
+
+BEARER = "bearerAuth"
+
+
+def document_auth(
+    document: dict[str, Any], needs: Mapping[tuple[str, str], tuple[bool, Permission | None]]
+) -> dict[str, Any]:
+    """``document`` with the bearer token declared (so ``/docs`` offers "Authorize" and clients
+    generated from it send the token) on each operation that ``needs`` (by path and method)
+    says asks for one, and the roles that may call it added to its description."""
+    document.setdefault("components", {})["securitySchemes"] = {
+        BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from `enforcement tokens create --role R --name N`.",
+        }
+    }
+    for path, methods in document.get("paths", {}).items():
+        for method, operation in methods.items():
+            token, permission = needs.get((path, method), (False, None))
+            if not token:
+                continue
+            operation["security"] = [{BEARER: []}]
+            roles = [r.value for r in Role if permission is None or allows(r, permission)]
+            text = operation.get("description", "").rstrip()
+            operation["description"] = f"{text}\n\nRoles: {', '.join(roles)}.".lstrip()
     return document

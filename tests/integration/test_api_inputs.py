@@ -882,3 +882,34 @@ def test_a_path_with_a_trailing_slash_is_an_unknown_route_not_a_redirect(
         assert "location" not in answer.headers
         assert answer.json()["error"]["code"] == "not_found"
     assert system.store.head("acct_slash").version == 0
+
+
+def test_the_openapi_document_declares_the_token_and_the_roles_each_operation_lets_in(
+    client: TestClient, as_role: Any
+) -> None:
+    """``/docs`` offers "Authorize" and generated clients send the token: each operation but
+    ``/healthz`` asks for the bearer scheme, and the roles its description lists are exactly
+    those it does not refuse 403 (none of them is refused 401 either; no token is)."""
+    document = client.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    headers = {role: as_role(role) for role in Role}
+    checked = 0
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            if path == "/healthz":
+                assert "security" not in operation
+                continue
+            assert operation["security"] == [{"bearerAuth": []}], (method, path)
+            listed = re.search(r"Roles: ([a-z, ]+)\.$", operation["description"])
+            assert listed is not None, (method, path, operation["description"])
+            url = re.sub(r"\{[a-z_]+\}", "x", path)
+            body = None if method in ("get", "delete") else {}
+            assert client.request(method, url, json=body).status_code == 401, (method, path)
+            let_in = {
+                role.value
+                for role in Role
+                if client.request(method, url, json=body, headers=headers[role]).status_code != 403
+            }
+            assert let_in == set(listed.group(1).split(", ")), (method, path)
+            checked += 1
+    assert checked >= 22
