@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from enforcement.notices.delivery import NoticeDelivery
+from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
 from enforcement.service import Actor, EnforcementService
 from enforcement.workers.relay import Message, delay_ms
 
@@ -54,6 +54,22 @@ def register_actors(
     def deliver_notice(notice_event_id: str, channel: str) -> None:
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message is not None else 0
+        try:
+            attempt_delivery(notice_event_id, channel, retries)
+        except DeliveryFailed:
+            raise
+        except Exception:
+            if retries >= notice_retries:
+                # Dramatiq only says "Retries exceeded" with its message id: name the notice.
+                log.error(
+                    "notice %s via %s: its last try failed before it could record an "
+                    "outcome; the leader's lost-retry scan looks at it again",
+                    notice_event_id,
+                    channel,
+                )
+            raise
+
+    def attempt_delivery(notice_event_id: str, channel: str, retries: int) -> None:
         # Numbered on from the failures already recorded: a message sent again after a broker
         # lost the first records each attempt under a key of its own, and the limit holds for
         # the notice, not for each message.

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from enforcement.gate.base import EPOCH
 from enforcement.notices.delivery import Contact, delivered_key, failed_key, undeliverable_key
 from enforcement.tables import contacts
+from enforcement.workers.relay import CHECKPOINT as RELAY_CHECKPOINT
 from events import EventStore
 from events.schema import events
 from events.timefmt import format_time, to_utc
@@ -77,15 +78,7 @@ def pending_deliveries(
         done: dict[str, set[str]] = {}
         for notice_event_id, channel in conn.execute(outcomes):
             done.setdefault(str(notice_event_id), set()).add(channel)
-        accounts = sorted({account for _, account in issued})
-        contact_of: dict[str, Contact] = {}
-        for start in range(0, len(accounts), 500):
-            chunk = accounts[start : start + 500]
-            query = sa.select(contacts.c.account_id, contacts.c.email, contacts.c.webhook_url)
-            for account, email, webhook_url in conn.execute(
-                query.where(contacts.c.account_id.in_(chunk))
-            ):
-                contact_of[account] = Contact(email, webhook_url)
+        contact_of = _contacts(conn, {account for _, account in issued})
     no_contact = Contact(None, None)
     pending = []
     for event_id, account in issued:
@@ -95,6 +88,63 @@ def pending_deliveries(
         channels = contact_of.get(account, no_contact).channels
         pending += [(event_id, c) for c in channels if c not in finished]
     return pending
+
+
+def _contacts(conn: sa.Connection, accounts: set[str]) -> dict[str, Contact]:
+    """The contact of each of ``accounts`` that has one."""
+    ordered = sorted(accounts)
+    contact_of: dict[str, Contact] = {}
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
+        query = sa.select(contacts.c.account_id, contacts.c.email, contacts.c.webhook_url)
+        for account, email, webhook_url in conn.execute(
+            query.where(contacts.c.account_id.in_(chunk))
+        ):
+            contact_of[account] = Contact(email, webhook_url)
+    return contact_of
+
+
+def untried_deliveries(
+    store: EventStore, after: datetime, until: datetime, up_to_position: int
+) -> list[tuple[str, str]]:
+    """``(notice event id, channel)`` of each ``NoticeIssued`` recorded in ``(after, until]``, at
+    or before ``up_to_position`` (the relay's checkpoint: it has enqueued them), on each channel
+    it goes out on (``pending_deliveries``) that has nothing recorded at all: no delivery, no
+    failed attempt, not undeliverable. With ``until`` longer ago than any retry waits, such a
+    channel's message is gone without a trace: its attempts all failed before an outcome could
+    be recorded (the database away for longer than the retries last, a time limit), so Dramatiq
+    gave up on it, while Redis kept its mark (nothing for ``RedisWatch`` to see) and no failed
+    attempt is there for ``lost_retries`` to find. Each notice is in one scan's range only."""
+    notices = sa.select(events.c.event_id, events.c.account_id, events.c.position).where(
+        events.c.type == "NoticeIssued",
+        events.c.recorded_at > to_utc(after),
+        events.c.recorded_at <= to_utc(until),
+        events.c.position <= up_to_position,
+    )
+    with store.engine.connect() as conn:
+        issued = [(str(r[0]), r[1], int(r[2])) for r in conn.execute(notices)]
+        if not issued:
+            return []
+        # Every outcome of these notices comes after them in the log.
+        outcomes = sa.select(
+            events.c.data["notice_event_id"].as_string(), events.c.data["channel"].as_string()
+        ).where(
+            events.c.position > min(position for _, _, position in issued),
+            events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
+        )
+        tried: dict[str, set[str]] = {}
+        for notice_event_id, channel in conn.execute(outcomes):
+            tried.setdefault(str(notice_event_id), set()).add(channel)
+        contact_of = _contacts(conn, {account for _, account, _ in issued})
+    no_contact = Contact(None, None)
+    untried = []
+    for event_id, account, _ in sorted(issued, key=lambda n: n[2]):
+        seen = tried.get(event_id, set())
+        if "none" in seen:  # undeliverable: the account had no contact data
+            continue
+        channels = contact_of.get(account, no_contact).channels
+        untried += [(event_id, c) for c in channels if c not in seen]
+    return untried
 
 
 def lost_retries(
@@ -144,7 +194,9 @@ def _followed(store: EventStore, notice: str, channel: str, attempt: int, most: 
 
 
 class LostRetryScan:
-    """The leader's periodic look for failed attempts whose retry was lost (``lost_retries``).
+    """The leader's periodic look for failed attempts whose retry was lost (``lost_retries``),
+    and for relayed notices whose message died without any attempt recorded
+    (``untried_deliveries``).
 
     Each look takes the attempts recorded since the previous look up to ``lost_after`` ago, so
     each attempt is looked at once, when it is that old. How far the looks reached is kept in
@@ -204,6 +256,10 @@ class LostRetryScan:
         if until <= after:
             return []
         lost = lost_retries(self.store, after, until, self.max_attempts)
+        with self.store.engine.connect() as conn:
+            relayed = self.store.get_checkpoint(conn, RELAY_CHECKPOINT)
+        lost += untried_deliveries(self.store, after, until, relayed)
+        lost = list(dict.fromkeys(lost))
         if not leads():
             return []
         send(lost)

@@ -291,7 +291,9 @@ def start_background(
             leads = functools.partial(still_leads, leader, stepping_down)
             lost = lost_retry_scan.run(send_deliveries, leads)
             if lost:
-                log.warning("re-sent %d notice deliveries whose retry was lost", len(lost))
+                log.warning(
+                    "re-sent %d notice deliveries whose retry or first message was lost", len(lost)
+                )
 
         def lead() -> None:
             failures = 0

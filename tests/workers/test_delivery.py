@@ -359,6 +359,45 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
         receiver.close()
 
 
+def test_a_notice_whose_every_try_failed_before_recording_anything_is_sent_again(
+    sqlite_db: str, broker_url: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database away for longer than a notice's retries last (a failover, a long restart):
+    each try fails before it can record an outcome, Dramatiq gives the message up, and the log
+    holds the notice with nothing after it, while Redis kept its mark and no failed attempt is
+    there to follow. Once that is older than any retry waits, the leader sends it again."""
+    receiver = Receiver()
+    settings = fast_settings(
+        sqlite_db, tmp_path, redis_url=broker_url, notice_retries=1, sweep_seconds=0.1
+    )
+    failing: list[str] = []
+    failed_attempts = NoticeDelivery.failed_attempts
+
+    def database_away(self: NoticeDelivery, notice_event_id: str, channel: str) -> int:
+        if channel == "webhook" and len(failing) < 2:  # the first message's two tries
+            failing.append(notice_event_id)
+            raise ConnectionError("the database is away")
+        return failed_attempts(self, notice_event_id, channel)
+
+    monkeypatch.setattr(NoticeDelivery, "failed_attempts", database_away)
+    system = System(settings)
+    try:
+        system.contact("acct_db_away", webhook_url=receiver.url)
+        outcome = system.report("acct_db_away", "spam")
+        [notice] = [e for e in outcome.events if e.type == "NoticeIssued"]
+
+        wait_until(
+            lambda: delivered_once_each(system.store, [notice.event_id], ["webhook"]),
+            "the notice to be delivered after its message was given up",
+        )
+        assert failing == [notice.event_id] * 2
+        assert summary(system, notice.event_id) == [("NoticeDelivered", "webhook", 1, None)]
+        assert len(receiver.for_event(notice.event_id)) == 1
+    finally:
+        system.close()
+        receiver.close()
+
+
 def test_a_final_failure_is_recorded_once_the_retries_are_spent(
     sqlite_db: str, broker_url: str | None, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from enforcement.workers.recovery import (
     notices_without_outcome,
     pending_deliveries,
 )
+from enforcement.workers.relay import CHECKPOINT
 from enforcement.workers.runtime import build_actors
 from projections import aup_events as ev
 from tests.workers.system import Receiver, fast_settings, report, set_contact
@@ -166,6 +167,49 @@ def test_a_failed_attempt_that_nothing_followed_has_lost_its_retry(
         system.close()
 
 
+def test_a_relayed_notice_with_nothing_recorded_after_it_is_sent_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``LostRetryScan`` also sends a relayed notice's channel that has no outcome at all once
+    it is older than any retry waits: its message died without recording anything (every try
+    failed before it could, e.g. with the database away), so no failed attempt is there for
+    ``lost_retries``. Not a channel that recorded anything, not a notice the relay has not
+    passed yet (it sends that itself), not one recorded undeliverable."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        hook = "https://customer.test/hook"
+        for account in ("acct_untried", "acct_half", "acct_tried", "acct_unrelayed"):
+            set_contact(system.engine, account, email=f"{account}@customer.test", webhook_url=hook)
+        notice = {a: notice_of(system, a) for a in ("acct_untried", "acct_half", "acct_tried")}
+        notice["acct_none"] = notice_of(system, "acct_none")
+        with system.engine.begin() as conn:
+            system.store.set_checkpoint(conn, CHECKPOINT, system.store.max_position())
+        notice_of(system, "acct_unrelayed")
+        delivered(system, "acct_half", notice["acct_half"], "email")
+        attempt(system, "acct_tried", notice["acct_tried"], 1, final=True, channel="email")
+        delivered(system, "acct_tried", notice["acct_tried"], "webhook")
+        payload = ev.NoticeDeliveryFailed("ntc", notice["acct_none"], "none", 1, "none", True)
+        key = undeliverable_key(notice["acct_none"])
+        system.service.record_fact("acct_none", payload, WORKER, idempotency_key=key)
+
+        sent: list[list[tuple[str, str]]] = []
+        assert leader(system, system.clock() + timedelta(seconds=1)).run(sent.append) == [
+            (notice["acct_untried"], "email"),
+            (notice["acct_untried"], "webhook"),
+            (notice["acct_half"], "webhook"),
+        ]
+        assert sent == [
+            [
+                (notice["acct_untried"], "email"),
+                (notice["acct_untried"], "webhook"),
+                (notice["acct_half"], "webhook"),
+            ]
+        ]
+    finally:
+        system.close()
+
+
 def test_a_new_leader_looks_for_lost_retries_from_where_the_last_one_stopped(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -240,7 +284,9 @@ def leader(system: Container, clock_at: datetime) -> LostRetryScan:
     return LostRetryScan(system.store, lambda: clock_at, timedelta(0), 4)
 
 
-def attempt(system: Container, account: str, notice: str, n: int, final: bool) -> None:
-    payload = ev.NoticeDeliveryFailed("ntc", notice, "webhook", n, "down", final)
-    key = failed_key(notice, "webhook", n)
+def attempt(
+    system: Container, account: str, notice: str, n: int, final: bool, channel: str = "webhook"
+) -> None:
+    payload = ev.NoticeDeliveryFailed("ntc", notice, channel, n, "down", final)
+    key = failed_key(notice, channel, n)
     system.service.record_fact(account, payload, WORKER, idempotency_key=key)
