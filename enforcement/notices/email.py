@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 import smtplib
+import socket
 import ssl
 import tempfile
 import time
@@ -15,11 +17,16 @@ from email.mime.text import MIMEText
 from email.policy import SMTPUTF8
 from email.utils import format_datetime
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
+from urllib.parse import ParseResult, urlparse
 
+from enforcement.notices.deadline import Deadline, DeadlineReader
 from enforcement.notices.templates import RenderedNotice
 from enforcement.settings import Settings
 from events import RecordedEvent
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 SENDER_ADDRESS = Settings.mail_from  # ENFORCEMENT_MAIL_FROM's default
 SENDER_NAME = "TaaS Trust & Safety"
@@ -119,8 +126,51 @@ def write_durably(target: Path, data: bytes) -> None:
         os.close(directory)
 
 
+def _server(scheme: str, host: str, port: int) -> str:
+    """The mail server as errors name it: its URL without the login."""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class _SMTP(smtplib.SMTP):
+    """``smtplib.SMTP`` keeping its whole conversation to ``deadline``: the connection, each
+    command sent and each line of each reply wait at most the time left. A server that drips
+    its replies is cut off all the same, well within a worker's time limit, which would cut
+    the attempt off before its failure is recorded."""
+
+    def __init__(self, host: str, port: int, deadline: Deadline, **kwargs: Any) -> None:
+        self._deadline = deadline
+        super().__init__(host, port, timeout=deadline.timeout, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # (smtplib's own, which typeshed leaves out)
+        sock: socket.socket = super()._get_socket(host, port, self._deadline.left())  # type: ignore[misc]
+        return sock
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.settimeout(self._deadline.left())
+            except OSError as exc:  # past the deadline, or a socket already gone: as smtplib
+                self.close()  # says a failed send (which QUIT ignores)
+                raise smtplib.SMTPServerDisconnected(str(exc)) from exc
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:  # (again after STARTTLS)
+            raw = self.sock.makefile("rb", buffering=0)
+            self.file = io.BufferedReader(DeadlineReader(self.sock, raw, self._deadline))
+        return super().getreply()
+
+
+class _SMTPS(_SMTP, smtplib.SMTP_SSL):
+    """``smtplib.SMTP_SSL`` by a deadline, as ``_SMTP``."""
+
+
 class EmailSender:
-    """Sends over SMTP when ``smtp_url`` is set, else writes ``<mail_dir>/<event id>.eml``."""
+    """Sends over SMTP when ``smtp_url`` is set, else writes ``<mail_dir>/<event id>.eml``.
+
+    An SMTP attempt takes at most ``deadline`` seconds in all, each socket operation at most
+    ``timeout``; past the deadline it fails (a ``TimeoutError``, retried as any failure)."""
 
     def __init__(
         self,
@@ -128,10 +178,12 @@ class EmailSender:
         mail_dir: str,
         timeout: float = 10.0,
         sender: str = SENDER_ADDRESS,
+        deadline: float = 30.0,
     ):
         self.smtp_url = smtp_url
         self.mail_dir = Path(mail_dir)
         self.timeout = timeout
+        self.deadline = deadline
         self.sender = sender  # From, and the envelope's sender
         self._swept_at = -float(STALE_PART_SECONDS)  # the first file written sweeps
 
@@ -152,10 +204,23 @@ class EmailSender:
             raise ValueError(f"ENFORCEMENT_SMTP_URL must be smtp:// or smtps://, not {url.scheme}")
         host = url.hostname or "localhost"
         port = url.port or (465 if url.scheme == "smtps" else 25)
+        deadline = Deadline(
+            f"the mail server {_server(url.scheme, host, port)}", self.deadline, self.timeout
+        )
+        try:
+            self._converse(url, host, port, deadline, message)
+        except OSError as exc:  # smtplib says "disconnected" for a read the deadline cut off
+            if deadline.passed():
+                raise deadline.error() from exc
+            raise
+
+    def _converse(
+        self, url: ParseResult, host: str, port: int, deadline: Deadline, message: Message
+    ) -> None:
         smtp = (  # SMTP_SSL's own default context verifies nothing: it is given one that does
-            smtplib.SMTP_SSL(host, port, timeout=self.timeout, context=self._tls)
+            _SMTPS(host, port, deadline, context=self._tls)
             if url.scheme == "smtps"
-            else smtplib.SMTP(host, port, timeout=self.timeout)
+            else _SMTP(host, port, deadline)
         )
         with smtp:
             if url.username:
@@ -177,11 +242,10 @@ class EmailSender:
         names the server as ``smtp://host:port``, never with the URL's password."""
         smtp.ehlo_or_helo_if_needed()
         if not smtp.has_extn("starttls"):
-            server = f"smtp://[{host}]:{port}" if ":" in host else f"smtp://{host}:{port}"
             raise EmailRefused(
-                f"the mail server {server} offers no STARTTLS, so a login would send the password "
-                "in cleartext: not logging in; ENFORCEMENT_SMTP_URL needs smtps:// or a server "
-                "that offers STARTTLS"
+                f"the mail server {_server('smtp', host, port)} offers no STARTTLS, so a login "
+                "would send the password in cleartext: not logging in; ENFORCEMENT_SMTP_URL needs "
+                "smtps:// or a server that offers STARTTLS"
             )
         smtp.starttls(context=self._tls)
         smtp.ehlo_or_helo_if_needed()  # EHLO again: STARTTLS forgets what the server offered

@@ -12,13 +12,11 @@ import json
 import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+from enforcement.notices.deadline import Deadline, DeadlineReader
 
 
 class WebhookRefused(Exception):
@@ -42,71 +40,19 @@ class Target:
     addresses: tuple[str, ...]  # the checked ones, tried in order; () connects by name
 
 
-class _Deadline:
-    """The time one attempt may take in all: each socket operation's timeout is the
-    per-operation ``timeout`` or the time left, whichever is shorter, so a receiver that
-    drips its answer (each read within the timeout) is cut off all the same."""
-
-    def __init__(self, url: str, seconds: float, timeout: float) -> None:
-        self.url = url
-        self.seconds = seconds
-        self.timeout = timeout
-        self.at = time.monotonic() + seconds
-
-    def left(self) -> float:
-        """The next operation's timeout; a ``TimeoutError`` once the deadline has passed."""
-        return min(self.timeout, self.time_left())
-
-    def time_left(self) -> float:
-        """The attempt's time left; a ``TimeoutError`` once the deadline has passed."""
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise self.error()
-        return left
-
-    def passed(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def error(self) -> TimeoutError:
-        shown = _shown(self.url)
-        return TimeoutError(f"the webhook at {shown} did not answer within {self.seconds:g} s")
-
-
-class _Reader(io.RawIOBase):
-    """The socket's file (``raw``), with the socket's timeout cut to the time left before
-    each read: the status line, the headers and the body are read by the deadline."""
-
-    def __init__(self, sock: socket.socket, raw: io.RawIOBase, deadline: _Deadline) -> None:
-        super().__init__()
-        self.sock = sock
-        self.raw = raw
-        self.deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int | None:
-        self.sock.settimeout(self.deadline.left())
-        return self.raw.readinto(buffer)
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-
-def _response_class(deadline: _Deadline) -> type[http.client.HTTPResponse]:
-    """``HTTPResponse`` reading through a ``_Reader`` by ``deadline``."""
+def _response_class(deadline: Deadline) -> type[http.client.HTTPResponse]:
+    """``HTTPResponse`` reading through a ``DeadlineReader`` by ``deadline``."""
 
     class Response(http.client.HTTPResponse):
         def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
             super().__init__(sock, *args, **kwargs)
-            self.fp = io.BufferedReader(_Reader(sock, self.fp.detach(), deadline))
+            self.fp = io.BufferedReader(DeadlineReader(sock, self.fp.detach(), deadline))
 
     return Response
 
 
 def _connect(
-    target_host: str, addresses: tuple[str, ...], port: int, deadline: _Deadline
+    target_host: str, addresses: tuple[str, ...], port: int, deadline: Deadline
 ) -> socket.socket:
     """A TCP connection to the first of ``addresses`` that answers (by name if none)."""
     error: OSError | None = None
@@ -222,7 +168,7 @@ def _resolve(host: str, port: int, seconds: float | None) -> list[Any]:
     return list(lookup.answer)
 
 
-def check_target(url: str, allow_private: bool, deadline: _Deadline | None = None) -> Target:
+def check_target(url: str, allow_private: bool, deadline: Deadline | None = None) -> Target:
     """Refuse non-HTTP(S) URLs and, unless allowed, hosts resolving to non-public addresses.
 
     The address that passed the check is the one connected to: a name that resolves again to a
@@ -270,7 +216,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to a checked address; the Host header still names the URL's host. Every
     socket operation ends by ``deadline`` (the request is sent right after connecting)."""
 
-    def __init__(self, target: Target, deadline: _Deadline, **kwargs: Any):
+    def __init__(self, target: Target, deadline: Deadline, **kwargs: Any):
         super().__init__(target.host, target.port, timeout=deadline.timeout, **kwargs)
         self.addresses = target.addresses
         self.deadline = deadline
@@ -288,7 +234,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
     """As ``_PinnedHTTPConnection``, with TLS verified against the URL's host name."""
 
-    def __init__(self, target: Target, deadline: _Deadline, tls: ssl.SSLContext):
+    def __init__(self, target: Target, deadline: Deadline, tls: ssl.SSLContext):
         super().__init__(target, deadline, context=tls)
         self.tls = tls
 
@@ -322,7 +268,8 @@ class WebhookSender:
         """One signed POST; redirects are not followed (one could lead to a private address)."""
         if self.secret is None:
             raise WebhookRefused("ENFORCEMENT_WEBHOOK_SECRET is unset: webhooks are not sent")
-        deadline = _Deadline(url, self.deadline, self.timeout)  # from the name's lookup on
+        # From the name's lookup on.
+        deadline = Deadline(f"the webhook at {_shown(url)}", self.deadline, self.timeout)
         try:
             response = self._post(self.secret, url, notice_event_id, payload, deadline)
         except TimeoutError as exc:  # a retryable failure, as any other but a refusal
@@ -338,7 +285,7 @@ class WebhookSender:
         url: str,
         notice_event_id: str,
         payload: dict[str, Any],
-        deadline: _Deadline,
+        deadline: Deadline,
     ) -> http.client.HTTPResponse:
         """Resolve and check the target, then POST the signed payload, all by ``deadline``."""
         target = check_target(url, self.allow_private, deadline)

@@ -17,6 +17,7 @@ import pytest
 
 from enforcement.notices import webhook
 from enforcement.notices.webhook import WebhookRefused, WebhookSender, check_target, signature
+from tests.drip import DripServer
 
 # ------------------------------------------------------------------ the signature
 
@@ -186,46 +187,24 @@ def test_a_redirect_is_not_followed(sink: Sink) -> None:
     assert sink.requests == []
 
 
-class Drip:
+class Drip(DripServer):
     """A slow-drip receiver on loopback: reads one request, sends ``head`` at once, then
-    ``drip`` one byte every ``every`` seconds (each read well within a socket timeout), and
-    closes the connection."""
+    ``drip`` one byte every ``every`` seconds, and closes the connection."""
 
     def __init__(self, head: bytes, drip: bytes, every: float) -> None:
-        self.head, self.drip, self.every = head, drip, every
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(5)
-        self.port = int(self.listener.getsockname()[1])
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.head, self.dripped = head, drip
+        super().__init__(every)
 
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(65536)
-            head, _, body = request.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            while len(body) < length:
-                body += conn.recv(65536)
-            try:
-                conn.sendall(self.head)
-                for byte in self.drip:
-                    if self.stopped.wait(self.every):
-                        return
-                    conn.sendall(bytes([byte]))
-            except OSError:
-                return  # the sender gave up and closed the connection
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.listener.close()
-        self.thread.join(5)
+    def handle(self, conn: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(65536)
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        conn.sendall(self.head)
+        self.drip(conn, self.dripped)
 
 
 @pytest.mark.parametrize(
