@@ -284,18 +284,26 @@ class AbuseDetector:
         else:
             return None
         now = to_utc(self.service.clock())
-        if category == "sustained_abuse" and not sustained_abuse_due(
-            self.policy, self.service.standings.load(account_id), decision.denials_in_window, now
-        ):
-            return None  # already throttled for this bout of abuse
         bucket = int(now.timestamp()) // window_s
         marker = (account_id, category, bucket)
+        # Claim the window before reading the standing: once past the count every denial of
+        # the window comes here, and an abusive client must not make each one a database read.
         with self._lock:
             if marker in self._reported:
                 return None
             if len(self._reported) > 100_000:
                 self._reported.clear()
             self._reported.add(marker)
+        if category == "sustained_abuse":
+            try:
+                standing = self.service.standings.load(account_id)
+            except Exception:  # the denial is answered all the same; a later one tries again
+                log.exception("could not read the standing of %s", account_id)
+                with self._lock:
+                    self._reported.discard(marker)
+                return None
+            if not sustained_abuse_due(self.policy, standing, decision.denials_in_window, now):
+                return None  # already throttled for this bout of abuse: nothing more this window
         description = (
             f"{decision.denials_in_window} gate denials within {window_s}s"
             if category == "sustained_abuse"
