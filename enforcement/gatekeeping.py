@@ -1,13 +1,15 @@
 """The gate inside the application: building it, feeding it from the log, and turning its
-denials into AUP §3 violations.
+denials into AUP §3 reports.
 
 - ``GateApplier`` applies gate-state events (limits, throttles, status) idempotently and in
   order: the gate itself refuses an update older than what it holds (by stream version), and the
   account status is always taken from the current standing, so a late message cannot undo a
   newer state (e.g. a ``SuspensionEnded`` arriving after a termination).
 - ``AbuseDetector`` reports ``sustained_abuse`` once the account's denials reach the policy's
-  ``sustained_abuse_denials`` within its window, and ``rate_limit_circumvention`` when three or
-  more keys were denied within a minute, each once per window (an idempotency key per window).
+  ``sustained_abuse_denials`` within its window (POLICY.md: throttled, no strike), and files an
+  abuse report of ``rate_limit_circumvention`` for an operator to triage when three or more keys
+  were denied within a minute (no strike until confirmed; one open at a time), each at most
+  once per window (an idempotency key per window).
 """
 
 from __future__ import annotations
@@ -264,7 +266,7 @@ def gate_report_key(category: str, account_id: str, bucket: int) -> str:
 
 
 class AbuseDetector:
-    """Raises AUP §3 violations from gate denials, once per window per account."""
+    """Raises AUP §3 reports from gate denials, at most once per window per account."""
 
     def __init__(self, service: EnforcementService, policy: Policy):
         self.service = service
@@ -294,40 +296,50 @@ class AbuseDetector:
             if len(self._reported) > 100_000:
                 self._reported.clear()
             self._reported.add(marker)
-        if category == "sustained_abuse":
-            try:
-                standing = self.service.standings.load(account_id)
-            except Exception:  # the denial is answered all the same; a later one tries again
-                log.exception("could not read the standing of %s", account_id)
-                with self._lock:
-                    self._reported.discard(marker)
-                return None
-            if not sustained_abuse_due(self.policy, standing, decision.denials_in_window, now):
-                return None  # already throttled for this bout of abuse: nothing more this window
-        description = (
-            f"{decision.denials_in_window} gate denials within {window_s}s"
-            if category == "sustained_abuse"
-            else f"{decision.denied_keys_last_minute} keys denied within one minute"
-        )
-        report = ViolationReport(
-            category=category,
-            occurred_at=now,
-            key_id=key_id,
-            source="gate",
-            detection="automated",
-            description=description,
-        )
-        key = gate_report_key(category, account_id, bucket)
         try:
-            self.service.report_violation(
-                account_id,
-                report,
-                GATE_ACTOR,
-                key,
-                request_fingerprint(
-                    {"account": account_id, "category": category, "bucket": bucket}
-                ),
-            )
+            standing = self.service.standings.load(account_id)
+        except Exception:  # the denial is answered all the same; a later one tries again
+            log.exception("could not read the standing of %s", account_id)
+            with self._lock:
+                self._reported.discard(marker)
+            return None
+        key = gate_report_key(category, account_id, bucket)
+        fingerprint = request_fingerprint(
+            {"account": account_id, "category": category, "bucket": bucket}
+        )
+        try:
+            if category == "sustained_abuse":
+                if not sustained_abuse_due(self.policy, standing, decision.denials_in_window, now):
+                    return None  # already throttled for this bout: nothing more this window
+                report = ViolationReport(
+                    category=category,
+                    occurred_at=now,
+                    key_id=key_id,
+                    source="gate",
+                    detection="automated",
+                    description=f"{decision.denials_in_window} gate denials within {window_s}s",
+                )
+                self.service.report_violation(account_id, report, GATE_ACTOR, key, fingerprint)
+            else:
+                if any(
+                    r.status == "open" and r.category == category
+                    for r in standing.abuse_reports.values()
+                ):
+                    return None  # one already waits for an operator
+                self.service.file_abuse_report(
+                    account_id,
+                    category,
+                    f"{decision.denied_keys_last_minute} keys of the account were denied within "
+                    f"one minute (the last: {key_id!r}). Filed by the gate for an operator to "
+                    "triage: several keys used to exceed quotas are prohibited (AUP §3), but "
+                    "denials alone do not show the purpose, and the account-wide ceiling may be "
+                    "what denied them.",
+                    None,
+                    None,
+                    GATE_ACTOR,
+                    idempotency_key=key,
+                    fingerprint=fingerprint,
+                )
         except Exception:
             log.exception("could not record %s for %s", category, account_id)
             with self._lock:

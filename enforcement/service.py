@@ -499,14 +499,20 @@ class EnforcementService:
         reporter_contact: str | None,
         evidence_ref: str | None,
         actor: Actor,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Outcome:
-        """Record a third party's abuse report (AUP §7); no strike until triaged."""
+        """Record a third party's abuse report (AUP §7), or the gate's suspicion for an
+        operator to triage; no strike until triaged."""
         return self._execute(
             account_id,
             lambda _state, ctx: rules.decide_abuse_report(
                 self.policy, category, description, reporter_contact, evidence_ref, ctx
             ),
             actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
         )
 
     def triage_abuse_report(

@@ -5,16 +5,19 @@ turn the denial into an error."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from test_service_support import FakeClock
 
 from enforcement.bootstrap import Container
 from enforcement.gate import GateDecision
+from enforcement.service import Actor
 from projections.standing import active_throttles
 
 
-def denial(denials_in_window: int) -> GateDecision:
+def denial(denials_in_window: int, denied_keys_last_minute: int = 0) -> GateDecision:
     return GateDecision(
         allowed=False,
         reason="rate_limited",
@@ -26,6 +29,7 @@ def denial(denials_in_window: int) -> GateDecision:
         reset_tokens_s=3600.0,
         retry_after_s=12.0,
         denials_in_window=denials_in_window,
+        denied_keys_last_minute=denied_keys_last_minute,
     )
 
 
@@ -70,3 +74,37 @@ def test_a_standing_that_cannot_be_read_does_not_fail_the_denial(
 
     monkeypatch.setattr(system.service.standings, "load", load)
     assert system.abuse.observe("acct_2", "key_1", denial(count + 1)) == "sustained_abuse"
+
+
+def test_keys_denied_together_are_filed_for_triage_not_made_a_strike(
+    system: Container, clock: FakeClock
+) -> None:
+    """Three keys denied within a minute may be several keys used to exceed quotas (AUP §3), or
+    one customer's services all held by the account-wide ceiling: only an operator can tell the
+    purpose. So the gate files an abuse report, no strike until triaged (POLICY.md raises only
+    ``sustained_abuse`` from denials), one at a time: it had made each window of such denials
+    a strike, and an account suspended for 30 days within 20 minutes of a busy spell."""
+    for _ in range(4):  # 40 minutes of keys denied together
+        assert system.abuse.observe("acct_3", "key_c", denial(5, 3)) in (
+            "rate_limit_circumvention",
+            None,
+        )
+        clock.advance(timedelta(minutes=10, seconds=1))
+    standing = system.service.standing("acct_3")
+    assert (standing.status, standing.strikes, standing.open_abuse_reports) == (
+        "good_standing",
+        0,
+        1,
+    )
+    [filed] = system.store.read_stream("acct_3", 0, limit=10)
+    assert filed.type == "AbuseReportReceived"
+    assert filed.data["category"] == "rate_limit_circumvention"
+    assert "3 keys of the account were denied within one minute" in filed.data["description"]
+    assert filed.metadata["actor"] == "gate"
+
+    # Once an operator has triaged it, keys denied together are filed again.
+    system.service.triage_abuse_report(
+        "acct_3", filed.data["report_id"], "rejected", None, Actor("op", "req_1")
+    )
+    assert system.abuse.observe("acct_3", "key_c", denial(5, 3)) == "rate_limit_circumvention"
+    assert system.service.standing("acct_3").open_abuse_reports == 1
