@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from enforcement.gate import Gate
+from enforcement.gate import Gate, GateDecision
 from enforcement.gatekeeping import (
     AbuseDetector,
     GateApplier,
@@ -52,6 +52,16 @@ class Container:
     gate: Gate
     abuse: AbuseDetector
     extras: dict[str, object] = field(default_factory=dict)
+
+    def gate_check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
+        """The gate's check as ``POST /v1/gate/check`` makes it, for a gateway written in
+        Python (CONTRACT.md: "the same check is a Python call"): a denial also feeds the AUP §3
+        reports (``AbuseDetector``), and an account the gate does not hold is learned from the
+        database first. ``GateUnavailable`` when the gate's store is down."""
+        decision = self.gate.check(account_id, key_id, tokens)
+        if not decision.allowed:
+            self.abuse.observe(account_id, key_id, decision)
+        return decision
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,10 +1,17 @@
 """The gate: what an API gateway asks on every request (AUP §3 rate limits, §6 suspension).
 
-    from enforcement.gate import RedisGate
-    gate = RedisGate.from_url("redis://localhost:6379/0")
-    decision = gate.check("acct_42", "key_7", tokens=512)
+A gateway written in Python makes the check as ``POST /v1/gate/check`` does, with the service's
+settings (``ENFORCEMENT_DATABASE_URL``, ``ENFORCEMENT_REDIS_URL``, the policy file):
+
+    from enforcement.bootstrap import bootstrap
+    container = bootstrap()
+    decision = container.gate_check("acct_42", "key_7", tokens=512)
     if not decision.allowed:
         return 429 if decision.reason in ("rate_limited", "token_quota_exceeded") else 403
+
+A bare ``RedisGate.from_url("redis://…").check(…)`` answers the same from Redis alone, but
+reads no database: its denials raise no AUP §3 report (``sustained_abuse``), and an account
+Redis has lost is allowed until the workers tell it again.
 
 ``EmbeddedGate`` is the in-process twin for embedded mode and tests. Both implement ``Gate``
 (checks) and ``GateState`` (updates from the event log, versioned and idempotent).

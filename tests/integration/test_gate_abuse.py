@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from test_service_support import FakeClock
 
+from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.gate import GateDecision
 from enforcement.service import Actor
@@ -108,3 +109,18 @@ def test_keys_denied_together_are_filed_for_triage_not_made_a_strike(
     )
     assert system.abuse.observe("acct_3", "key_c", denial(5, 3)) == "rate_limit_circumvention"
     assert system.service.standing("acct_3").open_abuse_reports == 1
+
+
+def test_a_python_gateways_check_raises_sustained_abuse_as_the_route_does(
+    system: Container,
+) -> None:
+    """CONTRACT.md: "the same check is a Python call". ``Container.gate_check`` is the route's
+    check: its denials raise ``sustained_abuse`` too (a bare ``gate.check`` raises nothing)."""
+    limits = ops.ConfigureLimits(requests_per_minute=1, tokens_per_day=1000, key_id="key_1")
+    system.service.operator("acct_4", limits, Actor("op", "req_1"))
+    count = system.policy.sustained_abuse_denials.count
+    decisions = [system.gate_check("acct_4", "key_1") for _ in range(count + 1)]
+    assert decisions[0].allowed
+    assert [d.reason for d in decisions[1:]] == ["rate_limited"] * count
+    state = system.standings.load("acct_4")
+    assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]

@@ -53,12 +53,11 @@ def check(body: GateCheckIn, container: ContainerDep, principal: Gateway) -> Any
     """Allow and count one request, or refuse it: 429 for rate/quota, 403 when suspended or
     terminated, with the rate-limit headers either way."""
     try:
-        decision = container.gate.check(body.account_id, body.key_id, body.tokens)
+        decision = container.gate_check(body.account_id, body.key_id, body.tokens)
     except GateUnavailable as exc:
         raise ApiError(503, "dependency_unavailable", _UNAVAILABLE) from exc
     if decision.allowed:
         status = 200
     else:
         status = 403 if decision.reason in ("suspended", "terminated") else 429
-        container.abuse.observe(body.account_id, body.key_id, decision)
     return JSONResponse(decision.to_json(), status_code=status, headers=decision.headers())
