@@ -5,14 +5,21 @@ For each account, the recorded log is replayed into an in-memory ``StandingState
 - every ``ViolationReported`` (from ``since`` on) is decided again by ``decide_violation`` of the
   other policy, at the time it was recorded, on the *simulated* state; the simulated decisions
   are applied to that state instead of the recorded ones;
-- everything else the log holds (operator commands, appeals, deadline escalations, abuse-report
-  triage, delivery receipts, and every event before ``since``) is applied as recorded, so the
-  simulation meets the same dismissals, completions and reversals as reality did. The ids the
-  other policy gives its decisions are the recorded ones wherever the two decide the same kind
-  of thing, so a recorded appeal or completion still finds what it named; where the other policy
-  took no such decision, the recorded event changes nothing.
+- every ``RemediationExpired`` (from ``since`` on) is decided again too, by
+  ``decide_remediation_expired`` of the other policy at the time it was recorded: its
+  ``missed_remediation_suspension``, or nothing when the simulated remediation is not due yet
+  (a longer ``remediation_window``), was closed, or was never requested. A recorded completion
+  after the simulated remediation's due time (a shorter ``remediation_window``) would have been
+  refused as overdue: the simulated remediation expires at its due time instead;
+- everything else the log holds (operator commands, appeals, abuse-report triage, delivery
+  receipts, and every event before ``since``) is applied as recorded, so the simulation meets
+  the same dismissals, completions and reversals as reality did. The ids the other policy gives
+  its decisions are the recorded ones wherever the two decide the same kind of thing, so a
+  recorded appeal or completion still finds what it named; where the other policy took no such
+  decision, the recorded event changes nothing.
 
-Each violation's outcome is the harshest decision taken on it, in the severity order
+Each violation's outcome is the harshest decision taken on it (with it, or later for its missed
+remediation: the suspension names the remediation's violations), in the severity order
 ``none < warning < throttle < suspension < termination`` (a longer suspension is harsher, an
 indefinite one harsher still; a lower throttle factor, then a longer throttle, is harsher). The
 comparison says, per violation, whether the other policy decides *more* (something where
@@ -31,7 +38,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from enforcement.policy import Context, Policy, ViolationReport, decide_violation
+from enforcement.policy import (
+    Context,
+    Policy,
+    ViolationReport,
+    decide_remediation_expired,
+    decide_violation,
+)
 from events import EventStore, NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time, to_utc
 from projections.standing import StandingState, apply_all
@@ -251,41 +264,110 @@ def replay_account(
     state = StandingState.empty(account_id)
     pending: list[RecordedEvent] = []  # applied in one go before the next decision
     made_up = itertools.count(1)  # ids the record lacks: unique across the account's decisions
+    # Per violation decided again: when it was recorded, its category, and the decisions taken
+    # on it, recorded and simulated (its ladder, then any missed remediation's suspension).
+    compared: dict[str, tuple[datetime, str]] = {}
+    recorded_on: dict[str, list[_Decision]] = {}
+    simulated_on: dict[str, list[_Decision]] = {}
 
     def add(event: RecordedEvent | NewEvent, recorded_at: datetime) -> None:
         version = state.version + len(pending) + 1
         pending.append(_as_recorded(event, account_id, version, recorded_at))
 
+    def attribute(on: dict[str, list[_Decision]], decisions: Iterable[_Decision]) -> None:
+        for d in decisions:
+            for vid in d.data.get("violation_ids") or ():
+                if vid in on:
+                    on[vid].append(d)
+
     i = 0
     while i < len(log):
         event = log[i]
-        if event.type != "ViolationReported" or (since is not None and event.recorded_at < since):
-            add(event, event.recorded_at)
-            i += 1
+        redecided = since is None or event.recorded_at >= since
+        if event.type == "ViolationReported" and redecided:
+            state = apply_all(state, pending)
+            pending.clear()
+            ladder = _recorded_ladder(log, i)
+            simulated = _decide_again(policy, state, event, ladder, made_up)
+            result.violations += 1
+            vid = event.data["violation_id"]
+            compared[vid] = (event.recorded_at, event.data["category"])
+            recorded_on[vid], simulated_on[vid] = list(ladder), list(simulated[1:])
+            for new in simulated:
+                add(new, event.recorded_at)
+            i += 1 + len(ladder)
             continue
-        state = apply_all(state, pending)
-        pending.clear()
-        ladder = _recorded_ladder(log, i)
-        simulated = _decide_again(policy, state, event, ladder, made_up)
-        result.violations += 1
-        recorded_outcome, simulated_outcome = outcome_of(ladder), outcome_of(simulated[1:])
+        if event.type == "RemediationExpired" and redecided:
+            state = apply_all(state, pending)
+            pending.clear()
+            escalation = _recorded_ladder(log, i)
+            attribute(recorded_on, escalation)
+            simulated = _expire_again(policy, state, event, escalation, event.recorded_at, made_up)
+            attribute(simulated_on, simulated)
+            for new in simulated:
+                add(new, event.recorded_at)
+            i += 1 + len(escalation)
+            continue
+        if event.type == "RemediationCompleted" and redecided:
+            state = apply_all(state, pending)
+            pending.clear()
+            remediation = state.remediations.get(event.data["remediation_id"])
+            if remediation is not None and remediation.status == "open":
+                due = parse_time(remediation.due_at)
+                if due <= event.recorded_at:  # overdue under the other policy: refused
+                    simulated = _expire_again(policy, state, event, [], due, made_up)
+                    attribute(simulated_on, simulated)
+                    for new in simulated:
+                        add(new, due)
+                    i += 1
+                    continue
+        add(event, event.recorded_at)
+        i += 1
+    for vid, (recorded_at, category) in compared.items():
+        recorded_outcome, simulated_outcome = (
+            outcome_of(recorded_on[vid]),
+            outcome_of(simulated_on[vid]),
+        )
         what = change(recorded_outcome, simulated_outcome)
         if what is not None:
             result.differences.append(
                 Difference(
                     account_id,
-                    event.data["violation_id"],
-                    event.data["category"],
-                    event.recorded_at,
+                    vid,
+                    category,
+                    recorded_at,
                     recorded_outcome,
                     simulated_outcome,
                     what,
                 )
             )
-        for new in simulated:
-            add(new, event.recorded_at)
-        i += 1 + len(ladder)
     return result
+
+
+def _expire_again(
+    policy: Policy,
+    state: StandingState,
+    event: RecordedEvent,
+    escalation: Sequence[RecordedEvent],
+    now: datetime,
+    made_up: Iterator[int],
+) -> list[NewEvent]:
+    """The other policy's decisions when the remediation ``event`` names was recorded expired
+    (or completed) at ``now``: nothing if the simulated one is missing, closed or not yet due."""
+    remediation_id = event.data["remediation_id"]
+    if remediation_id not in state.remediations:
+        return []
+    metadata = event.metadata
+    ctx = Context(
+        now=now,
+        actor=metadata.get("actor") or "whatif",
+        correlation_id=metadata.get("correlation_id") or "whatif",
+        new_id=_RecordedIds([event, *escalation], made_up),
+        source=metadata.get("source") or "scheduler",
+        causation_id=metadata.get("causation_id"),
+    )
+    simulated = decide_remediation_expired(policy, state, remediation_id, ctx)
+    return _with_recorded_event_ids(simulated, [event, *escalation])
 
 
 def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedEvent]:

@@ -21,9 +21,10 @@ from aup_population import (
     system_fixture,
     template_fixture,
 )
-from test_service_support import REPORTER, FakeClock
+from test_service_support import OPERATOR, REPORTER, FakeClock
 from typer.testing import CliRunner
 
+from enforcement import operator_decisions as ops
 from enforcement import whatif
 from enforcement.bootstrap import Container
 from enforcement.cli import app
@@ -234,3 +235,62 @@ def test_the_cli_refuses_an_unusable_policy_file(tmp_path: Path, sqlite_url: str
 
     assert result.exit_code == 2
     assert "termination_after_strikes" in result.output
+
+
+def test_missed_remediations_are_decided_again_by_the_other_policy(
+    system: Container, clock: FakeClock
+) -> None:
+    """POLICY.md's ``remediation_window`` and ``missed_remediation_suspension`` are ladder
+    numbers too: a replay decides each recorded expiry again (or a completion the other policy's
+    shorter window would have refused as overdue), and counts the suspension it takes among the
+    decisions on the remediation's violations."""
+    report(system, "acct_missed", "spam")  # never remedied: expired, suspended for 7 days
+    report(system, "acct_remedied", "spam")  # remedied on the third day
+    remedied = system.standings.load("acct_remedied")
+    clock.advance(3 * DAY)
+    for remediation_id in remedied.remediations:
+        system.service.operator(
+            "acct_remedied", ops.CompleteRemediation(remediation_id, "fixed"), OPERATOR
+        )
+    clock.advance(4 * DAY + timedelta(minutes=1))
+    for remediation_id in system.standings.load("acct_missed").remediations:
+        system.service.expire_remediation("acct_missed", remediation_id, OPERATOR)
+
+    def replay(**numbers: str) -> list[tuple[str, str, str, str]]:
+        return changes(what_if(system.store, policy_from_mapping({"version": "p", **numbers})))
+
+    assert replay() == []
+    assert replay(missed_remediation_suspension="30d") == [
+        ("acct_missed", "suspension for 7 days", "suspension for 30 days", "harsher")
+    ]
+    assert replay(remediation_window="1d") == [
+        ("acct_remedied", "warning", "suspension for 7 days", "harsher")
+    ]
+    assert replay(remediation_window="14d") == [
+        ("acct_missed", "suspension for 7 days", "warning", "milder")
+    ]
+
+
+def test_a_recorded_expiry_suspends_nothing_where_the_other_policy_requested_no_remediation(
+    system: Container, clock: FakeClock
+) -> None:
+    """Spam that the other policy finds high is suspended for a day, with no remediation: the
+    recorded expiry of the remediation the shipped policy requested suspends nothing in the
+    replay, so it holds back no later suspension (which was compared as "fewer")."""
+    report(system, "acct_1", "spam")
+    clock.advance(7 * DAY + timedelta(minutes=1))
+    for remediation_id in system.standings.load("acct_1").remediations:
+        system.service.expire_remediation("acct_1", remediation_id, OPERATOR)
+    clock.advance(DAY / 2)
+    for violation_id in system.standings.load("acct_1").violations:
+        system.service.operator("acct_1", ops.DismissViolation(violation_id, "no"), OPERATOR)
+    clock.advance(DAY / 2)
+    report(system, "acct_1", "spam")  # no prior strike: a warning
+    other = policy_from_mapping(
+        {"first_high_suspension": "1d", "categories": {"spam": {"default_severity": "high"}}}
+    )
+
+    assert changes(what_if(system.store, other)) == [
+        ("acct_1", "suspension for 7 days", "suspension for 1 day", "milder"),
+        ("acct_1", "warning", "suspension for 1 day", "harsher"),
+    ]
