@@ -474,6 +474,9 @@ def _rebuild_standings(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             jobs=jobs or min(4, os.cpu_count() or 1),
         )
+    if account is not None and stats.events == 0:
+        console.print(f"{escape(account)} has no events: nothing to replay.")
+        return
     console.print(
         f"Rebuilt {stats.accounts} standing(s) from {stats.events} events in "
         f"{stats.seconds:.2f}s ({stats.events_per_second:,.0f} events/s)."

@@ -591,6 +591,10 @@ def test_replay_rebuilds_the_stored_standings(populated: Populated, invoke: Any)
     assert one.exit_code == 0, one.output
     assert "Rebuilt 1 standing(s)" in one.stdout
     assert standing_rows(populated) == before
+    nobody = invoke(populated.url, "replay", "--account", "acct_nobody")
+    assert nobody.exit_code == 0, nobody.output
+    assert nobody.stdout.strip().endswith("acct_nobody has no events: nothing to replay.")
+    assert standing_rows(populated) == before
 
 
 # ------------------------------------------------------------------ export
