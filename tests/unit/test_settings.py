@@ -119,7 +119,7 @@ def test_the_sender_connects_where_the_smtp_url_says(
 
     def fake(kind: str) -> Any:
         class Connection:
-            def __init__(self, host: str, port: int, timeout: float, **tls: object) -> None:
+            def __init__(self, host: str, port: int, deadline: object, **tls: object) -> None:
                 opened.append((kind, host, port))
 
             def __enter__(self) -> Connection:
@@ -136,7 +136,7 @@ def test_the_sender_connects_where_the_smtp_url_says(
 
         return Connection
 
-    monkeypatch.setattr(email.smtplib, "SMTP", fake("SMTP"))
-    monkeypatch.setattr(email.smtplib, "SMTP_SSL", fake("SMTP_SSL"))
+    monkeypatch.setattr(email, "_SMTP", fake("SMTP"))
+    monkeypatch.setattr(email, "_SMTPS", fake("SMTP_SSL"))
     email.EmailSender(url, "/nonexistent").send(EmailMessage(), "evt")
     assert opened == [connects_to]

@@ -371,14 +371,16 @@ def test_lookups_of_one_name_are_shared_and_lookups_in_flight_are_bounded(
         for url in ["http://same.hang/h"] * 4 + ["http://b.hang/h", "http://c.hang/h"]:
             with pytest.raises(TimeoutError, match=r"did not answer within 0\.2 s"):
                 sender.send(url, "evt", {})
+        # With a deadline of 2 s, "at once" stands out from a wait even on a busy machine.
+        patient = WebhookSender("s3cret", False, timeout=5.0, deadline=2.0)
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="3 name lookups are waiting on their servers"):
-            sender.send("http://d.hang/h", "evt", {})
-        assert time.monotonic() - started < 0.1  # at once
+            patient.send("http://d.hang/h", "evt", {})
+        assert time.monotonic() - started < 1.0  # at once
         assert sorted(calls) == ["b.hang", "c.hang", "same.hang"]
     finally:
         release.set()
-    for _ in range(100):  # the lookups end, and make room again
+    for _ in range(500):  # the lookups end, and make room again
         if not webhook._lookups:
             break
         time.sleep(0.01)
