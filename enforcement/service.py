@@ -42,7 +42,7 @@ from events import (
 )
 from events.timefmt import to_utc
 from projections.history import HistoryEntry, history
-from projections.standing import Standing, StandingState, fold, view
+from projections.standing import Standing, StandingState, fold, recorded_until, view
 from projections.stored import StandingRepository
 
 log = logging.getLogger("enforcement.service")
@@ -303,10 +303,9 @@ class EnforcementService:
 
     def history(self, account_id: str, as_of: datetime | None = None) -> Iterator[HistoryEntry]:
         """Each event recorded up to ``as_of`` with the standing change it caused."""
-        until = to_utc(as_of) if as_of is not None else None
-        events = (
-            e for e in self.store.iter_stream(account_id) if until is None or e.recorded_at <= until
-        )
+        events = self.store.iter_stream(account_id)
+        if as_of is not None:
+            events = recorded_until(events, as_of)
         return history(account_id, events, self.policy.strike_lookback)
 
     # ------------------------------------------------------------------ reporting

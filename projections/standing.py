@@ -19,7 +19,7 @@ string order is time order and the state serialises without conversion.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -1044,13 +1044,22 @@ def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> S
 
 
 def state_at(account_id: str, events: Iterable[RecordedEvent], as_of: datetime) -> StandingState:
-    """The state from the events recorded up to ``as_of`` (later ones are ignored)."""
-    as_of = to_utc(as_of)
+    """The state from the events (in version order) recorded up to ``as_of``: those before the
+    first one recorded after it. A stream's times need not rise with its versions (processes
+    whose clocks are apart), and a later version never counts without the ones before it."""
     state = StandingState.empty(account_id)
-    for event in events:
-        if to_utc(event.recorded_at) <= as_of:
-            _apply_in_place(state, event)
+    for event in recorded_until(events, as_of):
+        _apply_in_place(state, event)
     return state
+
+
+def recorded_until(events: Iterable[RecordedEvent], as_of: datetime) -> Iterator[RecordedEvent]:
+    """``events`` (in version order) up to the first one recorded after ``as_of``."""
+    as_of = to_utc(as_of)
+    for event in events:
+        if to_utc(event.recorded_at) > as_of:
+            return
+        yield event
 
 
 def fold(

@@ -267,6 +267,21 @@ def test_termination_and_reinstatement() -> None:
     assert standing_of(reinstated, t(2)).terminated is False
 
 
+def test_a_standing_as_of_an_instant_is_a_prefix_of_the_stream() -> None:
+    """Processes with clocks apart may record version 3 at an earlier time than version 2 (each
+    takes its time before the append). As of an instant between the two, the standing is the
+    stream up to the first event recorded after it: never the reinstatement without the
+    suspension it ends."""
+    steps = [
+        (violation("vio_1"), t(0)),
+        (ev.AccountSuspended("sus_1", None, "r", SOR), t(2)),
+        (ev.AccountReinstated("operator"), t(1)),  # its process's clock was a day behind
+    ]
+    between = standing_of(steps, t(1.5))
+    assert (between.version, between.status) == (1, "warned")
+    assert standing_of(steps, t(3)).version == 3
+
+
 def _suspension(steps: Sequence[tuple[Any, datetime]], as_of: datetime) -> str | None:
     s = standing_of(steps, as_of).suspension
     return None if s is None else s.suspension_id
