@@ -18,6 +18,7 @@ from sqlalchemy import exc as sqlalchemy_errors
 
 from enforcement.cli_output import EXIT_CHECK_FAILED, EXIT_USAGE, console, fail
 from enforcement.settings import Settings, SettingsError
+from events.errors import StoreError
 
 if TYPE_CHECKING:
     from events import EventStore
@@ -503,17 +504,69 @@ def export(
     if start is not None and end is not None and start > end:
         fail("--since must not be later than --until.")
     with opened_container() as container:
-        stream = output.open("w", encoding="utf-8") if output else sys.stdout
+        lines = export_lines(container.store, fmt, since=start, until=end, account=account)
+        if output is None:
+            for line in lines:
+                sys.stdout.write(line + "\n")
+            return
+        count = _write_lines_to(output, lines)
+    console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
+
+
+def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
+    """Write ``lines`` to ``output``; returns how many. A regular file (or a new one) is written
+    beside it first and renamed over it once complete, so an export that fails (a full disk, a
+    database error) leaves neither a partial file nor a clobbered earlier export; a device or a
+    pipe (``/dev/stdout``) is written as it is."""
+    import stat
+    import tempfile
+
+    try:
+        mode: int | None = output.stat().st_mode
+    except OSError:
+        mode = None  # none yet (or one that cannot be looked at: creating it names the problem)
+    if mode is not None and not stat.S_ISREG(mode):
+        count = 0
         try:
+            with output.open("w", encoding="utf-8") as stream:
+                for line in lines:
+                    stream.write(line + "\n")
+                    count += 1
+        except OSError as exc:
+            fail(f"Cannot write {output}: {exc.strerror or exc}.")
+        return count
+    target = Path(os.path.realpath(output))  # a symbolic link's file, not the link
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed or removed
+            "w",
+            encoding="utf-8",
+            dir=target.parent,
+            prefix=f".{target.name}.",
+            suffix=".part",
+            delete=False,
+        )
+    except OSError as exc:
+        fail(f"Cannot use {output}: {exc.strerror or exc}.")
+    try:
+        with handle:
             count = 0
-            for line in export_lines(container.store, fmt, since=start, until=end, account=account):
-                stream.write(line + "\n")
+            for line in lines:
+                handle.write(line + "\n")
                 count += 1
-        finally:
-            if output:
-                stream.close()
-    if output:
-        console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, stat.S_IMODE(mode))
+        os.replace(handle.name, target)
+    except BaseException as exc:
+        Path(handle.name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            fail(f"Cannot write {output}: {exc.strerror or exc}.")
+        raise
+    return count
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
@@ -538,6 +591,7 @@ def main() -> None:
         # Without standalone mode, click *returns* the code of a ``typer.Exit`` instead of
         # raising it; it must still become the process's exit status (``verify`` exits 1).
         code = app(standalone_mode=False)
+        sys.stdout.flush()  # a write error is this command's, not the interpreter's at exit
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -555,8 +609,16 @@ def main() -> None:
         fail(_database_error(exc), EXIT_USAGE)
     except OSError as exc:
         if exc.filename is None:
-            raise
+            if exc.errno is None:
+                raise
+            # Writing the output failed (a full disk, an I/O error): not exit 1, which says a
+            # check failed (``verify > report.txt`` on a full disk found nothing broken).
+            fail(f"Could not write the output: {exc.strerror or exc}.", EXIT_USAGE)
         fail(f"Cannot use {exc.filename}: {exc.strerror or exc}.", EXIT_USAGE)
+    except StoreError as exc:
+        # An event this release cannot read (one of a newer release's schema: docs/operations.md,
+        # "Upgrades"), met while folding or listing an account's events.
+        fail(f"The log cannot be read by this release: {exc}.", EXIT_USAGE)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
 

@@ -23,7 +23,7 @@ def standing_table(standing: dict[str, Any]) -> Table:
     for key, value in standing.items():
         if key == "account_id":
             continue
-        text = value if isinstance(value, str) else json.dumps(value)
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         table.add_row(Text(key), Text(text))
     return table
 

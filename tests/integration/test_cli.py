@@ -432,6 +432,15 @@ def test_standing_as_a_table_and_as_json(populated: Populated, invoke: Any) -> N
     assert json.loads(never.stdout)["version"] == 0
 
 
+def test_the_standing_table_shows_text_as_written(populated: Populated, invoke: Any) -> None:
+    populated.container.service.operator("acct_d", Suspend("Prüfung: Verstoß §2 ✓"), ACTOR)
+
+    table = invoke(populated.url, "standing", "acct_d")
+
+    assert table.exit_code == 0, table.output
+    assert "Prüfung: Verstoß §2 ✓" in table.stdout
+
+
 def test_history_as_a_table_json_and_csv(populated: Populated, invoke: Any) -> None:
     stored = populated.events("acct_a")
 
@@ -525,6 +534,63 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     # ``:ok:`` is no emoji code.
     named = run_cli(populated.url, "verify", "tenant:ok:42")
     assert named.stdout.strip() == "tenant:ok:42 has no events: nothing to verify."
+
+
+def test_output_that_cannot_be_written_is_one_sentence_and_exit_2_not_1(
+    populated: Populated,
+) -> None:
+    """Exit 1 says a check failed: ``verify > report.txt`` on a full disk found no broken
+    chain, and no command's write error is a traceback."""
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+    env.update({"ENFORCEMENT_DATABASE_URL": populated.url, "COLUMNS": "200"})
+    for args in [
+        ("verify",),
+        ("verify", "acct_a", "--json"),
+        ("standing", "acct_a", "--json"),
+        ("history", "acct_a", "--format", "csv"),
+        ("export", "--format", "jsonl"),
+    ]:
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [CLI, *args], env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+            )
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
+        # (``verify`` draws its progress bar on stderr first.)
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == "Could not write the output: No space left on device.", args
+
+
+def test_an_event_of_a_newer_schema_is_one_sentence_not_a_traceback(
+    populated: Populated,
+) -> None:
+    """docs/operations.md, "Upgrades": an older release refuses an event a newer one recorded
+    ("newer than this code"); its CLI says so in one sentence, exit 2."""
+    engine = populated.container.engine
+    with engine.begin() as conn:
+        for statement in drop_append_only_ddl(engine.dialect.name):
+            conn.exec_driver_sql(statement)
+        conn.execute(
+            events_table.update()
+            .where(events_table.c.account_id == "acct_a", events_table.c.version == 1)
+            .values(schema_version=99)
+        )
+    for args in [
+        ("history", "acct_a"),
+        ("standing", "acct_a", "--as-of", format_time(T0 + timedelta(days=3))),
+        ("replay", "--account", "acct_a"),
+    ]:
+        result = run_cli(populated.url, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
+        # (``replay`` draws its progress bar on stderr first.)
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == (
+            "The log cannot be read by this release: ViolationReported schema version 99 is "
+            "newer than this code's 1."
+        ), args
 
 
 # ------------------------------------------------------------------ replay
@@ -683,6 +749,41 @@ def test_export_statements_of_reasons(populated: Populated, invoke: Any, tmp_pat
     assert operator["automated_decision"] is False
     assert {s["account_id"] for s in only_b} == {"acct_b"}
     assert len(only_b) == len([d for d in decisions if d["account_id"] == "acct_b"])
+
+
+def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(
+    populated: Populated, invoke: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-o FILE`` is replaced only by a complete export: one cut off by a write error (a full
+    disk) is one sentence and exit 2, with neither a partial file nor a clobbered earlier one."""
+    import errno
+
+    import enforcement.auditing
+
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    out = exports / "events.jsonl"
+    first = invoke(populated.url, "export", "--format", "jsonl", "-o", str(out))
+    earlier = out.read_bytes()
+    real_lines = enforcement.auditing.export_lines
+
+    def full_disk(*args: Any, **kwargs: Any) -> Iterator[str]:
+        lines = real_lines(*args, **kwargs)
+        yield next(lines)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(enforcement.auditing, "export_lines", full_disk)
+    cut = invoke(populated.url, "export", "--format", "jsonl", "-o", str(out))
+    fresh = exports / "fresh.jsonl"
+    cut_new = invoke(populated.url, "export", "--format", "sor", "-o", str(fresh))
+
+    assert first.exit_code == 0, first.output
+    assert cut.exit_code == 2
+    assert one_sentence(cut.stderr) == f"Cannot write {out}: No space left on device."
+    assert out.read_bytes() == earlier
+    assert cut_new.exit_code == 2
+    assert not fresh.exists()
+    assert [p.name for p in exports.iterdir()] == ["events.jsonl"]
 
 
 # ------------------------------------------------------------------ usage errors
