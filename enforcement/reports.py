@@ -229,6 +229,17 @@ def _kinds_in_order(counts: Counter[str]) -> list[str]:
     return sorted((k for k in counts if counts[k]), key=order.index)
 
 
+# A cell a spreadsheet reads as a formula (OWASP "CSV injection"): "=", "+", "-", "@", or a tab or
+# carriage return before one of them.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """``value`` for a CSV cell: free text (a reporter's ``source``) that a spreadsheet would
+    run as a formula is written with a leading ``'``, which spreadsheets show as text."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
 def report_csv_rows(report: TransparencyReport) -> Iterator[list[str]]:
     """``section,name,value`` rows: one value per line, easy to load anywhere."""
     yield ["section", "name", "value"]
@@ -240,7 +251,7 @@ def report_csv_rows(report: TransparencyReport) -> Iterator[list[str]]:
         ("violations_by_detection", report.violations_by_detection),
     ):
         for key, count in sorted(counts.items()):
-            yield [name, key, str(count)]
+            yield [name, spreadsheet_text(key), str(count)]  # a source is a reporter's text
     for kind in _kinds_in_order(report.decisions_by_kind):
         yield ["decisions_by_kind", kind, str(report.decisions_by_kind[kind])]
         yield ["decisions_by_policy_engine", kind, str(report.decisions_automated[kind])]

