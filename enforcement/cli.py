@@ -619,6 +619,16 @@ def main() -> None:
         # An event this release cannot read (one of a newer release's schema: docs/operations.md,
         # "Upgrades"), met while folding or listing an account's events.
         fail(f"The log cannot be read by this release: {exc}.", EXIT_USAGE)
+    except Exception as exc:  # a bug, or an event damaged past what readers can decode
+        if os.environ.get("ENFORCEMENT_TRACEBACK"):
+            raise
+        # Not exit 1 (a check failed), nor a traceback: one sentence, as for any error.
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        fail(
+            f"The command failed ({reason}); `enforcement verify` finds an event the log holds "
+            "damaged, and ENFORCEMENT_TRACEBACK=1 shows where it failed.",
+            EXIT_USAGE,
+        )
     if isinstance(code, int) and code != 0:
         sys.exit(code)
 

@@ -593,6 +593,33 @@ def test_an_event_of_a_newer_schema_is_one_sentence_not_a_traceback(
         ), args
 
 
+def test_an_event_damaged_past_decoding_is_one_sentence_not_a_traceback(
+    populated: Populated,
+) -> None:
+    """Someone with database access broke an event's shape: ``verify`` says where (exit 1),
+    and the commands that read it say in one sentence, exit 2 (not 1, which says a check
+    failed), instead of a traceback."""
+    engine = populated.container.engine
+    with engine.begin() as conn:
+        for statement in drop_append_only_ddl(engine.dialect.name):
+            conn.exec_driver_sql(statement)
+        conn.execute(
+            events_table.update()
+            .where(events_table.c.account_id == "acct_a", events_table.c.version == 2)
+            .values({"metadata": []})
+        )
+    assert run_cli(populated.url, "verify", "acct_a").returncode == 1
+    for args in [("history", "acct_a"), ("history", "acct_a", "--format", "csv")]:
+        result = run_cli(populated.url, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("The command failed ("), (args, last)
+        assert last.endswith("ENFORCEMENT_TRACEBACK=1 shows where it failed."), args
+    shown = run_cli(populated.url, "history", "acct_a", env={"ENFORCEMENT_TRACEBACK": "1"})
+    assert shown.returncode == 1 and "Traceback" in shown.stderr
+
+
 # ------------------------------------------------------------------ replay
 
 
