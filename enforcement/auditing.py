@@ -27,6 +27,7 @@ RESTRICTIVE = {
     "ViolationDismissed": "dismissal",
     "AppealDecided": "appeal_decision",
     "AuthorityReferralOpened": "referral_to_authorities",
+    "AccountReinstated": "reinstatement",
 }
 
 
@@ -111,6 +112,7 @@ def statement_line(event: RecordedEvent) -> dict[str, Any]:
         "automated_decision": sor.get("automated_decision"),
         "policy_version": sor.get("policy_version"),
         "redress": sor.get("redress"),
+        "appeal_deadline": sor.get("appeal_deadline"),
         "application_date": format_time(event.occurred_at),
         "end_date": data.get("until") or data.get("expires_at"),
         "created_at": format_time(event.recorded_at),

@@ -34,7 +34,7 @@ SOR_FIELDS = {
     "uuid", "account_id", "decision_event_type", "decision_type", "decision_ground",
     "aup_sections", "category", "decision_facts", "decision_explanation",
     "automated_detection", "automated_decision", "policy_version", "redress",
-    "application_date", "end_date", "created_at",
+    "appeal_deadline", "application_date", "end_date", "created_at",
 }  # fmt: skip
 
 
@@ -87,6 +87,11 @@ def test_sor_has_one_line_per_decision_with_the_dsa_shaped_fields(system: Contai
     statements = [json.loads(line) for line in export_lines(system.store, "sor")]
 
     assert [s["uuid"] for s in statements] == [e.event_id for e in decisions]
+    # Every decision that carries a statement, the reinstatements too; a notice's copy is not
+    # repeated.
+    stated = {e.type for e in log if e.data.get("statement_of_reasons")}
+    assert stated - {"NoticeIssued"} <= set(RESTRICTIVE)
+    assert "AccountReinstated" in stated
     assert "NoticeIssued" not in {s["decision_event_type"] for s in statements}
     notices = [e for e in log if e.type == "NoticeIssued"]
     assert notices and all(n.data["decision_event_id"] in by_id for n in notices)
@@ -107,6 +112,7 @@ def test_sor_has_one_line_per_decision_with_the_dsa_shaped_fields(system: Contai
         assert statement["created_at"] == format_time(event.recorded_at)
         assert statement["end_date"] == (event.data.get("until") or event.data.get("expires_at"))
         assert statement["redress"] and statement["policy_version"] == "aup-2026-11"
+        assert statement["appeal_deadline"] == sor.get("appeal_deadline")
         account_violations = {
             e.data["violation_id"]
             for e in log
