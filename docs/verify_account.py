@@ -15,8 +15,9 @@ Usage (a token of the auditor, operator or admin role):
     python3 verify_account.py --file events.json acct_42     # pages saved from the API
 
 ``--file`` takes what ``GET /v1/accounts/{id}/events`` answered (one page, or a JSON list of
-pages, or a list of events). Prints the head hash and exits 0 when every event recomputes,
-else names the first version that does not and exits 1 (2 for a usage or network error).
+pages, or a list of events), or the JSON lines of ``enforcement export --format jsonl``.
+Prints the head hash and exits 0 when every event recomputes, else names the first version
+that does not and exits 1 (2 for a usage or network error).
 Compare the head hash with one you noted earlier (or with ``GET …/verify``): a chain that
 recomputes can still have been rewritten whole, which only a hash kept elsewhere shows.
 """
@@ -89,11 +90,19 @@ def pages_from_api(url: str, token: str, account_id: str) -> Iterator[dict[str, 
         after = page["next_after_version"]
 
 
-def events_from_file(path: str) -> tuple[list[dict[str, Any]], int | None]:
+def events_from_file(path: str, account_id: str) -> tuple[list[dict[str, Any]], int | None]:
     """The saved events, and the last saved page's ``next_after_version`` (None: the account's
-    last page, or events saved without their pages)."""
+    last page, or events saved without their pages). JSON lines, one event each (what
+    ``enforcement export --format jsonl`` writes), give the account's events among them."""
     with open(path, encoding="utf-8") as source:
-        saved = json.load(source)
+        text = source.read()
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":
+            raise
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [e for e in lines if isinstance(e, dict) and e.get("account_id") == account_id], None
     pages = saved if isinstance(saved, list) else [saved]
     events: list[dict[str, Any]] = []
     more: int | None = None
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             pages = pages_from_api(args.url, args.token, args.account_id)
             events = [e for page in pages for e in page["events"]]
         else:
-            events, more = events_from_file(args.file)
+            events, more = events_from_file(args.file, args.account_id)
     except (OSError, ValueError, KeyError, urllib.error.URLError) as exc:
         print(f"Cannot read the events: {exc}.", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ after the EU DSA transparency database.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +134,29 @@ def test_the_cli_writes_the_same_lines_to_a_file(system: Container, tmp_path: Pa
     written = out.read_text(encoding="utf-8").splitlines()
     assert written == list(export_lines(system.store, "jsonl"))
     recompute_chains([json.loads(line) for line in written])
+
+
+def test_the_auditors_script_verifies_an_account_from_a_jsonl_export(
+    system: Container, tmp_path: Path
+) -> None:
+    """``docs/verify_account.py --file`` reads the CLI's own JSON lines (every account's, here):
+    the account's events are checked, the others' left aside."""
+    out = tmp_path / "events.jsonl"
+    lines = list(export_lines(system.store, "jsonl"))
+    out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    events = [json.loads(line) for line in lines]
+    accounts = sorted({e["account_id"] for e in events})
+    assert len(accounts) > 1
+    mine = [e for e in events if e["account_id"] == accounts[0]]
+    script = Path(__file__).resolve().parents[2] / "docs" / "verify_account.py"
+    checked = subprocess.run(
+        [sys.executable, "-I", str(script), "--file", str(out), accounts[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == (
+        f"{accounts[0]}: {len(mine)} events intact, head hash {mine[-1]['hash']}."
+    )
