@@ -83,6 +83,7 @@ def history_csv_rows(entries: Iterable[HistoryEntry]) -> Iterator[list[str]]:
         "policy_version",
         "ground",
         "hash",
+        "delivery",
     ]
     for entry in entries:
         e = event_to_json(entry.event)
@@ -97,4 +98,7 @@ def history_csv_rows(entries: Iterable[HistoryEntry]) -> Iterator[list[str]]:
             entry.policy_version or "",
             ground,
             e["hash"],
+            # A notice delivery's outcome, as the table shows it (it starts with the channel's
+            # name, so no receiver's error text opens the cell as a spreadsheet formula).
+            _delivery_text(entry.event.type, entry.event.data),
         ]

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from enforcement.render import history_table, standing_table
+from enforcement.render import history_csv_rows, history_table, standing_table
 from events.types import RecordedEvent
 from projections.history import HistoryEntry
 
@@ -63,6 +63,17 @@ def test_the_history_table_says_how_each_notice_delivery_went() -> None:
     assert "no channel: undeliverable: no contact (final)" in table_text(
         event("NoticeDeliveryFailed", nowhere)
     )
+
+
+def test_the_history_csv_says_how_each_notice_delivery_went_as_the_table_does() -> None:
+    outcome = {"notice_id": "ntc_1", "notice_event_id": "e", "channel": "email", "attempt": 1}
+    events = [
+        event("ViolationReported", {}),
+        event("NoticeDeliveryFailed", {**outcome, "error": "=1+1", "final": False}, version=2),
+    ]
+    header, *rows = history_csv_rows(HistoryEntry(e, {}, None, None) for e in events)
+    delivery = header.index("delivery")
+    assert [row[delivery] for row in rows] == ["", "email, attempt 1: =1+1 (will retry)"]
 
 
 def test_text_from_the_log_is_shown_as_written_not_read_as_markup() -> None:
