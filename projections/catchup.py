@@ -31,6 +31,8 @@ Guarantees of ``CatchUpRunner``:
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +50,31 @@ from events.schema import checkpoints, events
 from events.store import row_to_event
 
 Progress = Callable[[int, int], None]  # (events done, events to do); may raise to stop the run
+PARENT_CHECK_SECONDS = 1.0
+
+
+def fold_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` processes that fold batches of streams: spawned, not forked (the caller may have
+    threads), and each exits once its parent is gone (``_exit_with_parent``)."""
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A fold process's start: a parent killed outright (SIGKILL, OOM) tells its pool nothing,
+    and its processes went on folding, holding the database open, for as long as their work
+    lasted; each now exits within ``PARENT_CHECK_SECONDS`` of its parent."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class Projection(Protocol):
@@ -244,8 +271,7 @@ class CatchUpRunner:
                 return  # too small to pay for starting processes
             after = _stream_at(conn, cursor)
         batches = self._pass_batches(after, horizon)
-        context = multiprocessing.get_context("spawn")  # no fork: the caller may have threads
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
+        with fold_pool(self.jobs) as pool:
             queued: deque[tuple[tuple[str, str, int, int], Future[Any]]] = deque()
             for batch in batches:
                 first, last, _, _ = batch

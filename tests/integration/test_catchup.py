@@ -8,9 +8,15 @@ reflect it; concurrent appenders and runners never make a projection skip or rep
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -407,3 +413,56 @@ def test_a_crash_during_a_parallel_rebuild_resumes_to_the_same_rows(
     assert all_stored_rows(system) == inline
     assert resumed.checkpoint == head(system)
     assert resumed.streams == len(inline) - 2 * 2  # the two batches written before the crash
+
+
+ORPHANED_POOL = """
+import sys, time
+from projections.catchup import fold_pool
+
+if __name__ == "__main__":
+    pool = fold_pool(2)
+    for _ in range(2):
+        pool.submit(time.sleep, 120)  # a long fold each
+    while len(pool._processes) < 2:
+        time.sleep(0.05)
+    print(*pool._processes, flush=True)
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie no reaper collected has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_fold_processes_end_soon_after_their_parent_is_killed(tmp_path: Any) -> None:
+    """``replay --jobs N`` killed outright (SIGKILL, OOM) used to leave its fold processes
+    folding on, holding the database open, for as long as their work lasted."""
+    script = tmp_path / "orphaned_pool.py"
+    script.write_text(ORPHANED_POOL, encoding="utf-8")
+    root = str(Path(__file__).resolve().parents[2])
+    parent = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        assert parent.stdout is not None
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        parent.kill()
+        for pid in workers if "workers" in locals() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
