@@ -280,10 +280,40 @@ def replay_account(
                 if vid in on:
                     on[vid].append(d)
 
+    # A recorded completion after the simulated remediation's due time would have been refused:
+    # the remediation expires at that due time, before whatever the log holds after it.
+    completions = {
+        e.data["remediation_id"]: e
+        for e in log
+        if e.type == "RemediationCompleted" and (since is None or e.recorded_at >= since)
+    }
+    dues: dict[str, datetime] = {}  # simulated remediations that a recorded completion closes
+    expired_early: set[str] = set()
+
+    def expire_overdue(now: datetime) -> None:
+        nonlocal state
+        for remediation_id, due in sorted(dues.items(), key=lambda item: item[1]):
+            if due > now:
+                return
+            del dues[remediation_id]
+            state = apply_all(state, pending)
+            pending.clear()
+            remediation = state.remediations.get(remediation_id)
+            if remediation is None or remediation.status != "open":
+                continue
+            completion = completions[remediation_id]
+            simulated = _expire_again(policy, state, completion, [], due, made_up)
+            attribute(simulated_on, simulated)
+            for new in simulated:
+                add(new, due)
+            expired_early.add(remediation_id)
+
     i = 0
     while i < len(log):
         event = log[i]
         redecided = since is None or event.recorded_at >= since
+        if dues:
+            expire_overdue(event.recorded_at)
         if event.type == "ViolationReported" and redecided:
             state = apply_all(state, pending)
             pending.clear()
@@ -295,6 +325,8 @@ def replay_account(
             recorded_on[vid], simulated_on[vid] = list(ladder), list(simulated[1:])
             for new in simulated:
                 add(new, event.recorded_at)
+                if new.type == "RemediationRequested" and new.data["remediation_id"] in completions:
+                    dues[new.data["remediation_id"]] = parse_time(new.data["due_at"])
             i += 1 + len(ladder)
             continue
         if event.type == "RemediationExpired" and redecided:
@@ -309,18 +341,10 @@ def replay_account(
             i += 1 + len(escalation)
             continue
         if event.type == "RemediationCompleted" and redecided:
-            state = apply_all(state, pending)
-            pending.clear()
-            remediation = state.remediations.get(event.data["remediation_id"])
-            if remediation is not None and remediation.status == "open":
-                due = parse_time(remediation.due_at)
-                if due <= event.recorded_at:  # overdue under the other policy: refused
-                    simulated = _expire_again(policy, state, event, [], due, made_up)
-                    attribute(simulated_on, simulated)
-                    for new in simulated:
-                        add(new, due)
-                    i += 1
-                    continue
+            dues.pop(event.data["remediation_id"], None)
+            if event.data["remediation_id"] in expired_early:  # refused as overdue
+                i += 1
+                continue
         add(event, event.recorded_at)
         i += 1
     for vid, (recorded_at, category) in compared.items():

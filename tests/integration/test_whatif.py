@@ -294,3 +294,23 @@ def test_a_recorded_expiry_suspends_nothing_where_the_other_policy_requested_no_
         ("acct_1", "suspension for 7 days", "suspension for 1 day", "milder"),
         ("acct_1", "warning", "suspension for 1 day", "harsher"),
     ]
+
+
+def test_an_overdue_completion_expires_before_what_the_log_holds_after_the_due_time(
+    system: Container, clock: FakeClock
+) -> None:
+    """Under a one-day ``remediation_window`` the remediation expires on day 1, and its 7-day
+    suspension is in force when the phishing comes on day 2: that later suspension replaces it,
+    it is not held behind it (which restricted nothing and hid the difference)."""
+    report(system, "acct_late", "spam")  # a warning; remedied on day 3 (due on day 7)
+    [remediation_id] = system.standings.load("acct_late").remediations
+    clock.advance(2 * DAY)
+    report(system, "acct_late", "phishing", "high")  # a prior strike: suspended indefinitely
+    clock.advance(DAY)
+    system.service.operator("acct_late", ops.CompleteRemediation(remediation_id, "fixed"), OPERATOR)
+
+    shorter = policy_from_mapping({"version": "p", "remediation_window": "1d"})
+
+    assert changes(what_if(system.store, shorter)) == [
+        ("acct_late", "warning", "suspension for 7 days", "harsher")
+    ]
