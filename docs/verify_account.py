@@ -96,13 +96,14 @@ def events_from_file(path: str, account_id: str) -> tuple[list[dict[str, Any]], 
     ``enforcement export --format jsonl`` writes), give the account's events among them."""
     with open(path, encoding="utf-8") as source:
         text = source.read()
+    lines = False
     try:
         saved = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":
             raise
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return [e for e in lines if isinstance(e, dict) and e.get("account_id") == account_id], None
+        # One JSON value a line: an export's events (every account's), or pages saved so.
+        saved, lines = [json.loads(line) for line in text.splitlines() if line.strip()], True
     pages = saved if isinstance(saved, list) else [saved]
     events: list[dict[str, Any]] = []
     more: int | None = None
@@ -110,7 +111,7 @@ def events_from_file(path: str, account_id: str) -> tuple[list[dict[str, Any]], 
         if isinstance(item, dict) and "events" in item:
             events.extend(item["events"])
             more = item.get("next_after_version")
-        else:
+        elif not lines or (isinstance(item, dict) and item.get("account_id") == account_id):
             events.append(item)
     return events, more
 

@@ -160,3 +160,36 @@ def test_the_auditors_script_verifies_an_account_from_a_jsonl_export(
     assert checked.stdout.strip() == (
         f"{accounts[0]}: {len(mine)} events intact, head hash {mine[-1]['hash']}."
     )
+
+
+def test_the_auditors_script_checks_pages_saved_one_a_line(
+    system: Container, tmp_path: Path
+) -> None:
+    """Pages saved one a line (``curl … >> pages.json``) are pages, not export lines: their
+    events are checked, and a changed one is found (they were read as no event at all, "0
+    events intact")."""
+    account = next(json.loads(line) for line in export_lines(system.store, "jsonl"))["account_id"]
+    events = [event_to_json(e) for e in system.store.read_stream(account, 0, limit=1000)]
+    assert len(events) >= 2
+    changed = [dict(e) for e in events]
+    changed[1]["data"] = {**changed[1]["data"], "description": "rewritten"}
+    script = Path(__file__).resolve().parents[2] / "docs" / "verify_account.py"
+    for saved, code in ((events, 0), (changed, 1)):
+        out = tmp_path / "pages.json"
+        pages = [
+            {"events": saved[:1], "next_after_version": 1},
+            {"events": saved[1:], "next_after_version": None},
+        ]
+        out.write_text("".join(json.dumps(page) + "\n" for page in pages), encoding="utf-8")
+        checked = subprocess.run(
+            [sys.executable, "-I", str(script), "--file", str(out), account],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert checked.returncode == code, (checked.stdout, checked.stderr)
+        if code == 0:
+            assert f"{len(events)} events intact" in checked.stdout
+        else:
+            assert "broken at version 2" in checked.stdout
