@@ -552,6 +552,11 @@ def test_a_rung_chosen_by_prior_strikes_lists_them_among_the_facts() -> None:
         assert [f.get("prior_strike") for f in facts] == [None, True]
         assert facts[1]["category"] == "spam" and facts[1]["occurred_at"] == format_time(t(-3))
     assert of_type(decided, "ThrottleApplied").data["violation_ids"] == [new]
+    redress = of_type(decided, "ThrottleApplied").data["statement_of_reasons"]["redress"]
+    assert redress.endswith(
+        "overturned it is reversed and the violation it was taken on no longer counts as a "
+        "strike (the prior strikes listed count as before)."
+    )
 
     for vid, day in (("vio_b", -2), ("vio_c", -1)):
         account.strike(vid, t(day))
