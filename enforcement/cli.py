@@ -18,7 +18,7 @@ from sqlalchemy import exc as sqlalchemy_errors
 
 from enforcement.cli_output import EXIT_CHECK_FAILED, EXIT_USAGE, console, fail
 from enforcement.settings import Settings, SettingsError
-from events.errors import StoreError
+from events.errors import UnknownEventType
 
 if TYPE_CHECKING:
     from events import EventStore
@@ -615,7 +615,7 @@ def main() -> None:
             # check failed (``verify > report.txt`` on a full disk found nothing broken).
             fail(f"Could not write the output: {exc.strerror or exc}.", EXIT_USAGE)
         fail(f"Cannot use {exc.filename}: {exc.strerror or exc}.", EXIT_USAGE)
-    except StoreError as exc:
+    except UnknownEventType as exc:
         # An event this release cannot read (one of a newer release's schema: docs/operations.md,
         # "Upgrades"), met while folding or listing an account's events.
         fail(f"The log cannot be read by this release: {exc}.", EXIT_USAGE)
