@@ -11,8 +11,9 @@ idempotent per notice and channel, so a channel that did go out is not sent twic
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -64,9 +65,7 @@ def pending_deliveries(
     if up_to_position is not None:
         notices = notices.where(events.c.position <= up_to_position)
     final = events.c.data["final"].as_boolean()
-    outcomes = sa.select(
-        events.c.data["notice_event_id"].as_string(), events.c.data["channel"].as_string()
-    ).where(
+    outcomes = _outcomes(
         events.c.recorded_at >= since,
         sa.or_(
             events.c.type == "NoticeDelivered",
@@ -75,19 +74,36 @@ def pending_deliveries(
     )
     with store.engine.connect() as conn:
         issued = [(str(r[0]), r[1]) for r in conn.execute(notices.order_by(events.c.position))]
-        done: dict[str, set[str]] = {}
-        for notice_event_id, channel in conn.execute(outcomes):
-            done.setdefault(str(notice_event_id), set()).add(channel)
-        contact_of = _contacts(conn, {account for _, account in issued})
+        return _channels_without(conn, issued, outcomes)
+
+
+def _outcomes(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """``(notice event id, channel)`` of the delivery outcomes ``where`` selects."""
+    return sa.select(
+        events.c.data["notice_event_id"].as_string(), events.c.data["channel"].as_string()
+    ).where(*where)
+
+
+def _channels_without(
+    conn: sa.Connection, issued: Sequence[tuple[str, str]], outcomes: sa.Select[Any]
+) -> list[tuple[str, str]]:
+    """``(notice event id, channel)`` for each notice of ``issued`` (event id, account; in log
+    order) on each channel it goes out on that none of ``outcomes`` names. A notice goes out on
+    each channel its account has a target for (its contact as it is now), on e-mail when it has
+    none; one recorded undeliverable (on the channel "none") goes out on none."""
+    named: dict[str, set[str]] = {}
+    for notice_event_id, channel in conn.execute(outcomes):
+        named.setdefault(str(notice_event_id), set()).add(channel)
+    contact_of = _contacts(conn, {account for _, account in issued})
     no_contact = Contact(None, None)
-    pending = []
+    without = []
     for event_id, account in issued:
-        finished = done.get(event_id, set())
-        if "none" in finished:  # undeliverable: the account had no contact data
+        seen = named.get(event_id, set())
+        if "none" in seen:  # undeliverable: the account had no contact data
             continue
         channels = contact_of.get(account, no_contact).channels
-        pending += [(event_id, c) for c in channels if c not in finished]
-    return pending
+        without += [(event_id, c) for c in channels if c not in seen]
+    return without
 
 
 def _contacts(conn: sa.Connection, accounts: set[str]) -> dict[str, Contact]:
@@ -122,29 +138,15 @@ def untried_deliveries(
         events.c.position <= up_to_position,
     )
     with store.engine.connect() as conn:
-        issued = [(str(r[0]), r[1], int(r[2])) for r in conn.execute(notices)]
-        if not issued:
+        rows = conn.execute(notices.order_by(events.c.position)).all()
+        if not rows:
             return []
         # Every outcome of these notices comes after them in the log.
-        outcomes = sa.select(
-            events.c.data["notice_event_id"].as_string(), events.c.data["channel"].as_string()
-        ).where(
-            events.c.position > min(position for _, _, position in issued),
+        outcomes = _outcomes(
+            events.c.position > int(rows[0][2]),
             events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
         )
-        tried: dict[str, set[str]] = {}
-        for notice_event_id, channel in conn.execute(outcomes):
-            tried.setdefault(str(notice_event_id), set()).add(channel)
-        contact_of = _contacts(conn, {account for _, account, _ in issued})
-    no_contact = Contact(None, None)
-    untried = []
-    for event_id, account, _ in sorted(issued, key=lambda n: n[2]):
-        seen = tried.get(event_id, set())
-        if "none" in seen:  # undeliverable: the account had no contact data
-            continue
-        channels = contact_of.get(account, no_contact).channels
-        untried += [(event_id, c) for c in channels if c not in seen]
-    return untried
+        return _channels_without(conn, [(str(r[0]), r[1]) for r in rows], outcomes)
 
 
 def lost_retries(
