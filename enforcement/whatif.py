@@ -381,15 +381,7 @@ def _expire_again(
     remediation_id = event.data["remediation_id"]
     if remediation_id not in state.remediations:
         return []
-    metadata = event.metadata
-    ctx = Context(
-        now=now,
-        actor=metadata.get("actor") or "whatif",
-        correlation_id=metadata.get("correlation_id") or "whatif",
-        new_id=_RecordedIds([event, *escalation], made_up),
-        source=metadata.get("source") or "scheduler",
-        causation_id=metadata.get("causation_id"),
-    )
+    ctx = _context_of(event, escalation, now, made_up, "scheduler")
     simulated = decide_remediation_expired(policy, state, remediation_id, ctx)
     return _with_recorded_event_ids(simulated, [event, *escalation])
 
@@ -432,7 +424,7 @@ def _decide_again(
     made_up: Iterator[int],
 ) -> list[NewEvent]:
     """The other policy's decisions on ``violation``, with the recorded ids where they match."""
-    data, metadata = violation.data, violation.metadata
+    data = violation.data
     report = ViolationReport(
         category=data["category"],
         occurred_at=violation.occurred_at,
@@ -444,16 +436,29 @@ def _decide_again(
         description=data.get("description"),
         abuse_report_id=data.get("abuse_report_id"),
     )
-    ctx = Context(
-        now=violation.recorded_at,
-        actor=metadata.get("actor") or "whatif",
-        correlation_id=metadata.get("correlation_id") or "whatif",
-        new_id=_RecordedIds([violation, *ladder], made_up),
-        source=metadata.get("source") or "api",
-        causation_id=metadata.get("causation_id"),
-    )
+    ctx = _context_of(violation, ladder, violation.recorded_at, made_up, "api")
     simulated = decide_violation(policy, state, report, ctx)
     return _with_recorded_event_ids(simulated, [violation, *ladder])
+
+
+def _context_of(
+    event: RecordedEvent,
+    recorded: Sequence[RecordedEvent],
+    now: datetime,
+    made_up: Iterator[int],
+    source: str,
+) -> Context:
+    """The context ``event`` was decided in (its actor, request and cause), at ``now``, handing
+    out the ids ``recorded`` (the decisions recorded with it) carry."""
+    metadata = event.metadata
+    return Context(
+        now=now,
+        actor=metadata.get("actor") or "whatif",
+        correlation_id=metadata.get("correlation_id") or "whatif",
+        new_id=_RecordedIds([event, *recorded], made_up),
+        source=metadata.get("source") or source,
+        causation_id=metadata.get("causation_id"),
+    )
 
 
 class _RecordedIds:
