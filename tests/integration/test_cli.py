@@ -487,8 +487,14 @@ def test_history_as_a_table_json_and_csv(populated: Populated, invoke: Any) -> N
 # ------------------------------------------------------------------ verify
 
 
-def tamper(populated: Populated, account_id: str, version: int) -> None:
-    """What someone with database access might do: drop the guard, edit a recorded event."""
+FORGED = {"data": {"violation_id": "vio_forged", "category": "spam"}}
+
+
+def tamper(
+    populated: Populated, account_id: str, version: int, values: dict[str, Any] = FORGED
+) -> None:
+    """What someone with database access might do: drop the guard, edit a recorded event
+    (``values`` by column name: by default, a forged payload)."""
     engine = populated.container.engine
     with engine.begin() as conn:
         for statement in drop_append_only_ddl(engine.dialect.name):
@@ -496,8 +502,16 @@ def tamper(populated: Populated, account_id: str, version: int) -> None:
         conn.execute(
             events_table.update()
             .where(events_table.c.account_id == account_id, events_table.c.version == version)
-            .values(data={"violation_id": "vio_forged", "category": "spam"})
+            .values(values)
         )
+
+
+def failed_in_one_sentence(result: subprocess.CompletedProcess[str], args: Any) -> str:
+    """The last line of a command that failed with exit 2 and no traceback (a progress bar
+    may come before it on stderr)."""
+    assert result.returncode == 2, (args, result.stderr)
+    assert "Traceback" not in result.stderr, args
+    return result.stderr.strip().splitlines()[-1]
 
 
 def test_verify_exits_0_when_intact_and_1_after_tampering(
@@ -556,10 +570,7 @@ def test_output_that_cannot_be_written_is_one_sentence_and_exit_2_not_1(
             result = subprocess.run(
                 [CLI, *args], env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
             )
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr, args
-        # (``verify`` draws its progress bar on stderr first.)
-        last = result.stderr.strip().splitlines()[-1]
+        last = failed_in_one_sentence(result, args)
         assert last == "Could not write the output: No space left on device.", args
 
 
@@ -568,25 +579,13 @@ def test_an_event_of_a_newer_schema_is_one_sentence_not_a_traceback(
 ) -> None:
     """docs/operations.md, "Upgrades": an older release refuses an event a newer one recorded
     ("newer than this code"); its CLI says so in one sentence, exit 2."""
-    engine = populated.container.engine
-    with engine.begin() as conn:
-        for statement in drop_append_only_ddl(engine.dialect.name):
-            conn.exec_driver_sql(statement)
-        conn.execute(
-            events_table.update()
-            .where(events_table.c.account_id == "acct_a", events_table.c.version == 1)
-            .values(schema_version=99)
-        )
+    tamper(populated, "acct_a", 1, {"schema_version": 99})
     for args in [
         ("history", "acct_a"),
         ("standing", "acct_a", "--as-of", format_time(T0 + timedelta(days=3))),
         ("replay", "--account", "acct_a"),
     ]:
-        result = run_cli(populated.url, *args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr, args
-        # (``replay`` draws its progress bar on stderr first.)
-        last = result.stderr.strip().splitlines()[-1]
+        last = failed_in_one_sentence(run_cli(populated.url, *args), args)
         assert last == (
             "The log cannot be read by this release: ViolationReported schema version 99 is "
             "newer than this code's 1."
@@ -599,21 +598,10 @@ def test_an_event_damaged_past_decoding_is_one_sentence_not_a_traceback(
     """Someone with database access broke an event's shape: ``verify`` says where (exit 1),
     and the commands that read it say in one sentence, exit 2 (not 1, which says a check
     failed), instead of a traceback."""
-    engine = populated.container.engine
-    with engine.begin() as conn:
-        for statement in drop_append_only_ddl(engine.dialect.name):
-            conn.exec_driver_sql(statement)
-        conn.execute(
-            events_table.update()
-            .where(events_table.c.account_id == "acct_a", events_table.c.version == 2)
-            .values({"metadata": []})
-        )
+    tamper(populated, "acct_a", 2, {"metadata": []})
     assert run_cli(populated.url, "verify", "acct_a").returncode == 1
     for args in [("history", "acct_a"), ("history", "acct_a", "--format", "csv")]:
-        result = run_cli(populated.url, *args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr, args
-        last = result.stderr.strip().splitlines()[-1]
+        last = failed_in_one_sentence(run_cli(populated.url, *args), args)
         assert last.startswith("The command failed ("), (args, last)
         assert last.endswith("ENFORCEMENT_TRACEBACK=1 shows where it failed."), args
     shown = run_cli(populated.url, "history", "acct_a", env={"ENFORCEMENT_TRACEBACK": "1"})
