@@ -5,6 +5,7 @@ turn the denial into an error."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -16,19 +17,12 @@ from enforcement.bootstrap import Container
 from enforcement.gate import GateDecision
 from enforcement.service import Actor
 from projections.standing import active_throttles
+from tests.gate.test_gate_decision import DENIED
 
 
 def denial(denials_in_window: int, denied_keys_last_minute: int = 0) -> GateDecision:
-    return GateDecision(
-        allowed=False,
-        reason="rate_limited",
-        limit_requests=5,
-        remaining_requests=0,
-        reset_requests_s=60.0,
-        limit_tokens=1000,
-        remaining_tokens=1000,
-        reset_tokens_s=3600.0,
-        retry_after_s=12.0,
+    return dataclasses.replace(
+        DENIED,
         denials_in_window=denials_in_window,
         denied_keys_last_minute=denied_keys_last_minute,
     )
