@@ -519,7 +519,6 @@ def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
     database error) leaves neither a partial file nor a clobbered earlier export; a device or a
     pipe (``/dev/stdout``) is written as it is."""
     import stat
-    import tempfile
 
     try:
         mode: int | None = output.stat().st_mode
@@ -535,37 +534,27 @@ def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
         except OSError as exc:
             fail(f"Cannot write {output}: {exc.strerror or exc}.")
         return count
+    from enforcement.files import replace_durably
+
     target = Path(os.path.realpath(output))  # a symbolic link's file, not the link
     if mode is None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
+    count = 0
+    started = False  # a failure before the first line is the path's (a missing directory)
+
+    def encoded() -> Iterator[bytes]:
+        nonlocal count, started
+        started = True
+        for line in lines:
+            yield (line + "\n").encode("utf-8")
+            count += 1
+
     try:
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed or removed
-            "w",
-            encoding="utf-8",
-            dir=target.parent,
-            prefix=f".{target.name}.",
-            suffix=".part",
-            delete=False,
-        )
+        replace_durably(target, encoded(), stat.S_IMODE(mode))
     except OSError as exc:
-        fail(f"Cannot use {output}: {exc.strerror or exc}.")
-    try:
-        with handle:
-            count = 0
-            for line in lines:
-                handle.write(line + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, stat.S_IMODE(mode))
-        os.replace(handle.name, target)
-    except BaseException as exc:
-        Path(handle.name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            fail(f"Cannot write {output}: {exc.strerror or exc}.")
-        raise
+        fail(f"Cannot {'write' if started else 'use'} {output}: {exc.strerror or exc}.")
     return count
 
 

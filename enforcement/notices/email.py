@@ -8,7 +8,6 @@ import os
 import smtplib
 import socket
 import ssl
-import tempfile
 import time
 from contextlib import suppress
 from email.charset import QP, Charset
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import ParseResult, urlparse
 
+from enforcement.files import replace_durably
 from enforcement.notices.deadline import Deadline, DeadlineReader
 from enforcement.notices.templates import RenderedNotice
 from enforcement.settings import Settings
@@ -100,30 +100,9 @@ def sweep_parts(directory: Path) -> None:
 
 def write_durably(target: Path, data: bytes) -> None:
     """Write ``target`` whole or not at all, on disk before this returns (the delivery is then
-    recorded as done), readable by its owner only (``MAIL_FILE_MODE``). The part written first
-    has a name of its own (two deliveries of one notice at once never share it, and a link
-    planted in the directory is never followed), and is removed if the write fails (one a crash
-    left, ``sweep_parts`` removes)."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    partial = Path(name)
-    try:
-        try:
-            os.fchmod(fd, MAIL_FILE_MODE)  # mkstemp's 0600 already: said, not assumed
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        partial.replace(target)  # atomic: a reader never sees half a message
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
+    recorded as done), readable by its owner only (``MAIL_FILE_MODE``); a part a crash left,
+    ``sweep_parts`` removes."""
+    replace_durably(target, [data], MAIL_FILE_MODE)
 
 
 def _server(scheme: str, host: str, port: int) -> str:
