@@ -32,11 +32,12 @@ from enforcement.settings import Settings
 from enforcement.workers.relay import GATE_EVENTS
 from events import EventStore, RecordedEvent
 from events.timefmt import parse_time, to_utc
+from projections.aup_events import GATE_SOURCE
 from projections.standing import StandingState, active_suspension, active_throttles
 from projections.stored import StandingRepository, iter_stored_states
 
 log = logging.getLogger("enforcement.gate")
-GATE_ACTOR = Actor(name="gate", correlation_id="gate", source="gate")
+GATE_ACTOR = Actor(name="gate", correlation_id="gate", source=GATE_SOURCE)
 CIRCUMVENTION_KEYS = 3
 
 
@@ -315,7 +316,7 @@ class AbuseDetector:
                     category=category,
                     occurred_at=now,
                     key_id=key_id,
-                    source="gate",
+                    source=GATE_SOURCE,
                     detection="automated",
                     description=f"{decision.denials_in_window} gate denials within {window_s}s",
                 )
@@ -339,6 +340,7 @@ class AbuseDetector:
                     GATE_ACTOR,
                     idempotency_key=key,
                     fingerprint=fingerprint,
+                    source=GATE_SOURCE,
                 )
         except Exception:
             log.exception("could not record %s for %s", category, account_id)

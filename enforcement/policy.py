@@ -527,12 +527,14 @@ def decide_abuse_report(
     reporter_contact: str | None,
     evidence_ref: str | None,
     ctx: Context,
+    source: str | None = None,
 ) -> list[NewEvent]:
-    """``AbuseReportReceived``: recorded, no strike until triaged."""
+    """``AbuseReportReceived``: recorded, no strike until triaged. ``source``: who filed it
+    (``ev.GATE_SOURCE`` for the gate; None for a report received through the API)."""
     category_rule(policy, category)
     d = Decider(policy, StandingState.empty(""), ctx, [], automated=False)
     payload = ev.AbuseReportReceived(
-        ctx.new_id("rep"), category, description, reporter_contact, evidence_ref
+        ctx.new_id("rep"), category, description, reporter_contact, evidence_ref, source
     )
     return [d.build(payload, ctx.causation_id)]
 
@@ -547,7 +549,9 @@ def decide_triage(
 ) -> list[NewEvent]:
     """``AbuseReportTriaged``; when confirmed, followed by the violation and its ladder decisions.
 
-    The violation is a ``user_report`` of the report's category, occurred when the report came.
+    The violation is of the report's category, occurred when the report came: the gate's
+    (source ``gate``, detection ``automated``) when the gate filed the report, else a
+    ``user_report`` of source ``abuse_report``.
     """
     report = state.abuse_reports.get(report_id)
     if report is None:
@@ -560,12 +564,13 @@ def decide_triage(
     if outcome == "rejected":
         payload = ev.AbuseReportTriaged(report_id, outcome, severity, None)
         return [d.build(payload, report.event_id)]
+    by_gate = report.source == ev.GATE_SOURCE
     violation = ViolationReport(
         category=report.category,
         occurred_at=parse_time(report.received_at),
         severity=severity,
-        source="abuse_report",
-        detection="user_report",
+        source=ev.GATE_SOURCE if by_gate else "abuse_report",
+        detection="automated" if by_gate else "user_report",
         evidence_ref=report.evidence_ref,
         description=report.description,
         abuse_report_id=report_id,

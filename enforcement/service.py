@@ -501,13 +501,14 @@ class EnforcementService:
         *,
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
+        source: str | None = None,
     ) -> Outcome:
         """Record a third party's abuse report (AUP §7), or the gate's suspicion for an
-        operator to triage; no strike until triaged."""
+        operator to triage (``source`` ``gate``); no strike until triaged."""
         return self._execute(
             account_id,
             lambda _state, ctx: rules.decide_abuse_report(
-                self.policy, category, description, reporter_contact, evidence_ref, ctx
+                self.policy, category, description, reporter_contact, evidence_ref, ctx, source
             ),
             actor,
             idempotency_key=idempotency_key,

@@ -18,6 +18,8 @@ JSON = dict[str, Any]
 
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
 DETECTIONS: tuple[str, ...] = ("automated", "human_review", "user_report")
+# The ``source`` of what the gate detects from its denials (AUP §3): an automated detection.
+GATE_SOURCE = "gate"
 NOTICE_KINDS: tuple[str, ...] = (
     "warning",
     "remediation",
@@ -83,13 +85,19 @@ class ViolationDismissed:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class AbuseReportReceived:
-    """A third party reported this account (AUP §7). No strike until triaged ``confirmed``."""
+    """A third party reported this account (AUP §7), or the gate filed its suspicion for an
+    operator (``source`` ``GATE_SOURCE``; None: received through the API). No strike until
+    triaged ``confirmed``.
+
+    ``source`` is schema version 2; events stored before it read as None (``_report_v1_to_v2``).
+    """
 
     report_id: str
     category: str
     description: str
     reporter_contact: str | None
     evidence_ref: str | None
+    source: str | None = None
 
 
 @fast_init
@@ -353,6 +361,9 @@ def build_codec() -> Codec:
             # 2: ``held_by``. A process of an earlier release refuses such an event as newer
             # than its code instead of failing on the unknown field.
             codec.register(payload_class, schema_version=2, upcasters={1: _suspended_v1_to_v2})
+        elif payload_class is AbuseReportReceived:
+            # 2: ``source`` (who filed it), refused by an earlier release likewise.
+            codec.register(payload_class, schema_version=2, upcasters={1: _report_v1_to_v2})
         else:
             codec.register(payload_class, schema_version=1)
     return codec
@@ -362,6 +373,13 @@ def _suspended_v1_to_v2(data: JSON) -> JSON:
     """``AccountSuspended`` before ``held_by``: none of them was held (a few development
     builds recorded ``held_by`` at version 1: kept)."""
     data.setdefault("held_by", None)
+    return data
+
+
+def _report_v1_to_v2(data: JSON) -> JSON:
+    """``AbuseReportReceived`` before ``source``: read as received through the API. (The gate
+    filed some of them too, which only their metadata's ``source`` tells: ``source`` is None.)"""
+    data.setdefault("source", None)
     return data
 
 

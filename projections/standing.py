@@ -136,7 +136,7 @@ class AppealRecord:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class AbuseReportRecord:
-    """A third party's report (AUP §7), open until triaged."""
+    """A third party's report (AUP §7), or the gate's (``source``), open until triaged."""
 
     report_id: str
     event_id: str
@@ -146,6 +146,9 @@ class AbuseReportRecord:
     received_at: str
     status: str = "open"  # open | confirmed | rejected
     violation_id: str | None = None
+    # Who filed it: ``GATE_SOURCE`` for the gate, None for a report received through the API
+    # (and for a record stored before the field: its event has none either).
+    source: str | None = None
 
 
 @fast_init
@@ -566,6 +569,7 @@ def _on_report_received(s: StandingState, p: ev.AbuseReportReceived, e: FoldEven
         p.description,
         p.evidence_ref,
         e.occurred_stamp,
+        source=p.source,
     )
 
 

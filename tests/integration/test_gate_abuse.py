@@ -118,3 +118,45 @@ def test_a_python_gateways_check_raises_sustained_abuse_as_the_route_does(
     assert [d.reason for d in decisions[1:]] == ["rate_limited"] * count
     state = system.standings.load("acct_4")
     assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]
+
+
+def test_a_confirmed_report_the_gate_filed_is_an_automated_detection(
+    system: Container, clock: FakeClock
+) -> None:
+    """The gate's abuse report is an automated detection: confirmed in triage, its violation is
+    the gate's (source ``gate``, detection ``automated``) and every statement of reasons on it
+    says ``automated_detection: true``. (It became a ``user_report`` of source ``abuse_report``:
+    the report kept no record of who filed it.)"""
+    assert system.abuse.observe("acct_5", "key_c", denial(5, 3)) == "rate_limit_circumvention"
+    [filed] = system.store.read_stream("acct_5", 0, limit=10)
+    report_id = filed.data["report_id"]
+
+    clock.advance(timedelta(hours=1))
+    confirmed = system.service.triage_abuse_report(
+        "acct_5", report_id, "confirmed", None, Actor("op", "req_1")
+    )
+    triaged, reported, *decisions = confirmed.events
+    assert (triaged.type, reported.type) == ("AbuseReportTriaged", "ViolationReported")
+    assert reported.data["abuse_report_id"] == report_id
+    assert (reported.data["source"], reported.data["detection"]) == ("gate", "automated")
+    reasons = [e.data["statement_of_reasons"] for e in decisions]
+    assert reasons  # a first minor strike: a warning notice and a remediation request
+    assert all(sor["automated_detection"] is True for sor in reasons)
+    # The report says who filed it, in its event and in the stored standing.
+    assert filed.data["source"] == "gate"
+    assert system.standings.load("acct_5").abuse_reports[report_id].source == "gate"
+
+
+def test_a_third_partys_confirmed_report_is_still_a_user_report(system: Container) -> None:
+    filed = system.service.file_abuse_report(
+        "acct_6", "spam", "spam mails", "a@example.org", None, Actor("reporter:r", "req_1")
+    )
+    report_id = filed.events[0].data["report_id"]
+    assert filed.events[0].data["source"] is None
+    confirmed = system.service.triage_abuse_report(
+        "acct_6", report_id, "confirmed", None, Actor("op", "req_2")
+    )
+    reported = confirmed.events[1]
+    assert (reported.data["source"], reported.data["detection"]) == ("abuse_report", "user_report")
+    reasons = [e.data["statement_of_reasons"] for e in confirmed.events[2:]]
+    assert reasons and all(sor["automated_detection"] is False for sor in reasons)

@@ -27,12 +27,12 @@ from enforcement.gatekeeping import GateApplier, seed_gate
 from enforcement.policy import ViolationReport
 from enforcement.service import Fact
 from enforcement.workers.sweep import sweep_once
-from events import ConcurrencyError, StreamHead
+from events import ConcurrencyError, NewEvent, StreamHead
 from events import store as store_module
 from projections import aup_events as ev
 from projections import stored
 from projections.standing import StandingState, apply_all
-from projections.tables import standings
+from projections.tables import standing_records, standings
 
 
 def report(system: Container, account: str, category: str = "spam", **kw: object) -> None:
@@ -159,6 +159,43 @@ def test_a_row_of_an_older_state_schema_is_not_misread_and_is_rewritten(
     )
     assert third.standing.strikes == 3  # decided on the whole history, not on the broken row
     assert_account_consistent(system, "acct_schema")
+
+
+def test_an_abuse_report_recorded_before_its_source_reads_and_is_triaged_as_a_user_report(
+    system: Container, clock: FakeClock
+) -> None:
+    """``AbuseReportReceived`` at schema version 1 had no ``source``, nor did its stored record:
+    both read as a report received through the API, which triage confirms as a user report."""
+    old = {
+        "report_id": "rep_old",
+        "category": "spam",
+        "description": "mails",
+        "reporter_contact": None,
+        "evidence_ref": None,
+    }
+    system.store.append("acct_rep", 0, [NewEvent("AbuseReportReceived", old, clock())])
+    system.service.operator("acct_rep", ops.ConfigureLimits(60, 1000), OPERATOR)  # a row
+    with system.engine.begin() as conn:
+        row = conn.execute(
+            sa.select(standing_records.c.data).where(standing_records.c.kind == "abuse_reports")
+        ).scalar_one()
+        assert row["source"] is None
+        conn.execute(  # the record as a release before ``source`` stored it
+            standing_records.update()
+            .where(standing_records.c.kind == "abuse_reports")
+            .values(data={k: v for k, v in row.items() if k != "source"})
+        )
+    log = system.store.read_stream("acct_rep")
+    loaded = system.standings.load("acct_rep")
+    assert loaded == apply_all(StandingState.empty("acct_rep"), log)
+    assert loaded.abuse_reports["rep_old"].source is None
+
+    confirmed = system.service.triage_abuse_report(
+        "acct_rep", "rep_old", "confirmed", None, OPERATOR
+    )
+    reported = confirmed.events[1].data
+    assert (reported["source"], reported["detection"]) == ("abuse_report", "user_report")
+    assert_account_consistent(system, "acct_rep")
 
 
 # --- remembered states (big accounts skip their row) ------------------------------------------

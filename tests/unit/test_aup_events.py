@@ -68,10 +68,11 @@ SAMPLES: list[Any] = [
 
 
 def test_every_contract_type_is_registered_at_its_schema_version() -> None:
-    """1, but for ``AccountSuspended`` at 2 since ``held_by``."""
+    """1, but for ``AccountSuspended`` at 2 since ``held_by`` and ``AbuseReportReceived`` at 2
+    since ``source``."""
     assert set(ev.CODEC.types) == CONTRACT_TYPES
     for name in CONTRACT_TYPES:
-        expected = 2 if name == "AccountSuspended" else 1
+        expected = 2 if name in ("AccountSuspended", "AbuseReportReceived") else 1
         assert ev.CODEC.registration(name).schema_version == expected
     assert {type(s).__name__ for s in SAMPLES} == CONTRACT_TYPES
 
@@ -93,6 +94,22 @@ def test_a_suspension_stored_before_held_by_reads_as_not_held() -> None:
     held = ev.AccountSuspended("sus_2", None, "operator", SOR, [], "sus_1")
     new = ev.CODEC.encode(held, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))
     assert (new.schema_version, new.data["held_by"]) == (2, "sus_1")
+
+
+def test_an_abuse_report_stored_before_source_reads_as_received_through_the_api() -> None:
+    old = {
+        "report_id": "rep_1",
+        "category": "spam",
+        "description": "mails",
+        "reporter_contact": None,
+        "evidence_ref": None,
+    }
+    payload = ev.CODEC.payload("AbuseReportReceived", 1, old)
+    assert payload == ev.AbuseReportReceived("rep_1", "spam", "mails", None, None, None)
+    assert "source" not in old  # the stored record is left as it is
+    filed = ev.AbuseReportReceived("rep_2", "spam", "keys", None, None, ev.GATE_SOURCE)
+    new = ev.CODEC.encode(filed, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))
+    assert (new.schema_version, new.data["source"]) == (2, "gate")
 
 
 def test_build_codec_gives_an_independent_equal_registry() -> None:
