@@ -9,7 +9,9 @@ denials into AUP §3 reports.
   ``sustained_abuse_denials`` within its window (POLICY.md: throttled, no strike), and files an
   abuse report of ``rate_limit_circumvention`` for an operator to triage when three or more keys
   were denied within a minute (no strike until confirmed; one open at a time), each at most
-  once per window (an idempotency key per window).
+  once per window (an idempotency key per window). A ``sustained_abuse`` is raised once per
+  bout, not once per window: only while no sustained-abuse throttle is in force, checked again
+  on the state it is appended to (``EnforcementService.report_gate_sustained_abuse``).
 """
 
 from __future__ import annotations
@@ -310,6 +312,8 @@ class AbuseDetector:
         )
         try:
             if category == "sustained_abuse":
+                # A filter (the standing read may be older than a throttle being recorded): the
+                # service decides again on the state it appends to.
                 if not sustained_abuse_due(self.policy, standing, decision.denials_in_window, now):
                     return None  # already throttled for this bout: nothing more this window
                 report = ViolationReport(
@@ -320,7 +324,11 @@ class AbuseDetector:
                     detection="automated",
                     description=f"{decision.denials_in_window} gate denials within {window_s}s",
                 )
-                self.service.report_violation(account_id, report, GATE_ACTOR, key, fingerprint)
+                outcome = self.service.report_gate_sustained_abuse(
+                    account_id, report, decision.denials_in_window, key, fingerprint, GATE_ACTOR
+                )
+                if not outcome.events:
+                    return None  # throttled for this bout meanwhile (a denial of another window)
             else:
                 if any(
                     r.status == "open" and r.category == category

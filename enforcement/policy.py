@@ -72,6 +72,7 @@ __all__ = [
     "decide_abuse_report",
     "decide_appeal",
     "decide_appeal_filing",
+    "decide_gate_sustained_abuse",
     "decide_remediation_expired",
     "decide_triage",
     "decide_violation",
@@ -463,6 +464,22 @@ def sustained_abuse_due(
     if state.terminated or denials_in_window < policy.sustained_abuse_denials.count:
         return False
     return not any(t.reason == SUSTAINED_ABUSE for t in active_throttles(state, now))
+
+
+def decide_gate_sustained_abuse(
+    policy: Policy,
+    state: StandingState,
+    report: ViolationReport,
+    denials_in_window: int,
+    ctx: Context,
+) -> list[NewEvent]:
+    """The gate's ``sustained_abuse``: ``decide_violation`` if ``sustained_abuse_due`` on the
+    state it is decided on (the one its events are appended to), else nothing. The gate's own
+    look at the standing is only a filter: read before another denial's throttle is recorded,
+    it would make one bout two violations."""
+    if not sustained_abuse_due(policy, state, denials_in_window, ctx.now):
+        return []
+    return decide_violation(policy, state, report, ctx)
 
 
 # --- deadlines -------------------------------------------------------------------------------

@@ -327,6 +327,28 @@ class EnforcementService:
             fingerprint=fingerprint,
         )
 
+    def report_gate_sustained_abuse(
+        self,
+        account_id: str,
+        report: ViolationReport,
+        denials_in_window: int,
+        idempotency_key: str,
+        fingerprint: str,
+        actor: Actor,
+    ) -> Outcome:
+        """The gate's ``sustained_abuse`` violation, recorded only if it is still due on the
+        state it is appended to (``rules.decide_gate_sustained_abuse``): under the account's
+        lock, and decided again when another writer appended first. No events: not due."""
+        return self._execute(
+            account_id,
+            lambda state, ctx: rules.decide_gate_sustained_abuse(
+                self.policy, state, report, denials_in_window, ctx
+            ),
+            actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+
     def report_batch(
         self,
         items: Sequence[tuple[str, ViolationReport, str | None, str | None]],

@@ -6,7 +6,8 @@ turn the denial into an error."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -160,3 +161,65 @@ def test_a_third_partys_confirmed_report_is_still_a_user_report(system: Containe
     assert (reported.data["source"], reported.data["detection"]) == ("abuse_report", "user_report")
     reasons = [e.data["statement_of_reasons"] for e in confirmed.events[2:]]
     assert reasons and all(sor["automated_detection"] is False for sor in reasons)
+
+
+def sustained_abuse_raised(system: Container, account_id: str) -> int:
+    return sum(
+        e.type == "ViolationReported" and e.data["category"] == "sustained_abuse"
+        for e in system.store.read_stream(account_id)
+    )
+
+
+def test_denials_either_side_of_a_window_boundary_raise_sustained_abuse_once(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One burst, two denials either side of a window's boundary, on two threads: each claims
+    its own window (and idempotency key), and the first reads the standing before the second
+    records its throttle. Both read "no sustained-abuse throttle in force": the check must be
+    made again where the violation is decided, on the state it is appended to, else the burst
+    is two violations, two throttles and two notices."""
+    count = system.policy.sustained_abuse_denials.count
+    window_s = int(system.policy.sustained_abuse_denials.window.total_seconds())
+    boundary = (int(clock().timestamp()) // window_s + 1) * window_s
+    clock.set(datetime.fromtimestamp(boundary - 1, UTC))
+
+    load = system.service.standings.load
+    first_read = threading.Event()
+    second_done = threading.Event()
+
+    def read_then_wait_for_the_second(account_id: str, *args: Any, **kwargs: Any) -> Any:
+        state = load(account_id, *args, **kwargs)
+        if threading.current_thread() is first:
+            first_read.set()
+            assert second_done.wait(timeout=30)
+        return state
+
+    monkeypatch.setattr(system.service.standings, "load", read_then_wait_for_the_second)
+    results: list[str | None] = []
+    first = threading.Thread(
+        target=lambda: results.append(system.abuse.observe("acct_7", "key_1", denial(count)))
+    )
+    first.start()
+    try:
+        assert first_read.wait(timeout=30)
+        clock.set(datetime.fromtimestamp(boundary + 1, UTC))  # the next window
+        assert system.abuse.observe("acct_7", "key_1", denial(count + 1)) == "sustained_abuse"
+    finally:
+        second_done.set()
+        first.join(timeout=30)
+    assert sustained_abuse_raised(system, "acct_7") == 1
+    assert results == [None]  # the first found the second's throttle where it decides
+    state = system.standings.load("acct_7")
+    assert [t.reason for t in active_throttles(state, clock())] == ["sustained_abuse"]
+
+
+def test_a_new_burst_after_the_throttle_has_run_out_raises_sustained_abuse_again(
+    system: Container, clock: FakeClock
+) -> None:
+    count = system.policy.sustained_abuse_denials.count
+    assert system.abuse.observe("acct_8", "key_1", denial(count)) == "sustained_abuse"
+    clock.advance(timedelta(hours=23))  # still throttled: the same bout
+    assert system.abuse.observe("acct_8", "key_1", denial(count * 2)) is None
+    clock.advance(timedelta(hours=1))  # the throttle has run out
+    assert system.abuse.observe("acct_8", "key_1", denial(count)) == "sustained_abuse"
+    assert sustained_abuse_raised(system, "acct_8") == 2

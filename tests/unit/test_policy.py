@@ -26,6 +26,7 @@ from enforcement.policy import (
     decide_abuse_report,
     decide_appeal,
     decide_appeal_filing,
+    decide_gate_sustained_abuse,
     decide_remediation_expired,
     decide_triage,
     decide_violation,
@@ -1141,6 +1142,19 @@ def test_sustained_abuse_is_due_at_the_denial_count_unless_already_throttled_for
     account.report("sustained_abuse", NOW)
     assert not sustained_abuse_due(P, account.state, 500, NOW + timedelta(hours=23))
     assert sustained_abuse_due(P, account.state, 100, NOW + timedelta(hours=24))
+
+
+def test_the_gates_sustained_abuse_is_decided_only_while_due_on_the_state_it_is_decided_on() -> (
+    None
+):
+    account = Account()
+    report = ViolationReport("sustained_abuse", NOW, source="gate", detection="automated")
+    assert decide_gate_sustained_abuse(P, account.state, report, 99, account.ctx(NOW)) == []
+    decided = decide_gate_sustained_abuse(P, account.state, report, 100, account.ctx(NOW))
+    assert types(decided) == ["ViolationReported", "ThrottleApplied", "NoticeIssued"]
+    account.record(decided, NOW)
+    later = NOW + timedelta(minutes=10)
+    assert decide_gate_sustained_abuse(P, account.state, report, 100, account.ctx(later)) == []
 
 
 # --- properties -----------------------------------------------------------------------------
