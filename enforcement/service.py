@@ -101,6 +101,25 @@ class ItemResult:
     error: DomainError | IdempotencyConflict | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """A request's idempotency fingerprint (``value``), and whether a fingerprint that an
+    earlier release recorded for its key is one of the same request (``earlier``: asked only
+    when the recorded one is not ``value``), for a request whose fingerprint has changed."""
+
+    value: str
+    earlier: Callable[[str], bool]
+
+
+def fingerprint_value(fingerprint: str | Fingerprint | None) -> str | None:
+    """The fingerprint to record: ``fingerprint`` itself, or its ``value``."""
+    return fingerprint.value if isinstance(fingerprint, Fingerprint) else fingerprint
+
+
+# A report to record: account, report, idempotency key and fingerprint.
+ReportItem = tuple[str, ViolationReport, str | None, str | Fingerprint | None]
+
+
 def _item_result(run: Callable[[], Outcome]) -> ItemResult:
     """A batch item's result: its outcome, or the error the API reports for it. An item that
     fails for any reason fails alone: the items before it may be committed already, so the
@@ -147,7 +166,7 @@ def _item_error(error: IdempotencyConflict | DomainError) -> ItemResult:
     return ItemResult(422 if isinstance(error, ValidationFailed) else 409, error=error)
 
 
-def _groupable(items: Sequence[tuple[str, ViolationReport, str | None, str | None]]) -> list[int]:
+def _groupable(items: Sequence[ReportItem]) -> list[int]:
     """The items that may be recorded in one shared transaction: each account's first item,
     if it has no idempotency key (so the items of one account stay in order)."""
     first_of_account: dict[str, int] = {}
@@ -316,16 +335,33 @@ class EnforcementService:
         report: ViolationReport,
         actor: Actor,
         idempotency_key: str | None = None,
-        fingerprint: str | None = None,
+        fingerprint: str | Fingerprint | None = None,
     ) -> Outcome:
-        """Record a violation and the decisions the policy takes on it."""
-        return self._execute(
-            account_id,
-            lambda state, ctx: rules.decide_violation(self.policy, state, report, ctx),
-            actor,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-        )
+        """Record a violation and the decisions the policy takes on it. A key recorded with a
+        fingerprint that ``fingerprint.earlier`` owns as the same request's replays too."""
+
+        def execute(fingerprint: str | None) -> Outcome:
+            return self._execute(
+                account_id,
+                lambda state, ctx: rules.decide_violation(self.policy, state, report, ctx),
+                actor,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+            )
+
+        try:
+            return execute(fingerprint_value(fingerprint))
+        except IdempotencyConflict as exc:
+            recorded = exc.fingerprint
+            if (
+                not isinstance(fingerprint, Fingerprint)
+                or recorded is None
+                or not fingerprint.earlier(recorded)
+            ):
+                raise
+            # The key's record is of this very request, fingerprinted the earlier way: asked
+            # with the fingerprint it holds, it replays (a key's record never changes).
+            return execute(recorded)
 
     def report_gate_sustained_abuse(
         self,
@@ -351,7 +387,7 @@ class EnforcementService:
 
     def report_batch(
         self,
-        items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
+        items: Sequence[ReportItem],
         actor: Actor,
     ) -> list[ItemResult]:
         """Report many violations; each item stands alone (one failure stops no other).
@@ -378,7 +414,7 @@ class EnforcementService:
 
     def report_each(
         self,
-        items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
+        items: Sequence[ReportItem],
         actors: Sequence[Actor],
         *,
         contexts: Sequence[contextvars.Context] | None = None,
@@ -436,7 +472,7 @@ class EnforcementService:
 
     def _report_together(
         self,
-        items: Sequence[tuple[str, ViolationReport, str | None, str | None]],
+        items: Sequence[ReportItem],
         indexes: list[int],
         actors: Sequence[Actor],
         failures: dict[int, Exception] | None = None,

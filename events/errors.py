@@ -19,10 +19,12 @@ class ConcurrencyError(StoreError):
 
 
 class IdempotencyConflict(StoreError):
-    """An idempotency key came back with a different payload than the first time."""
+    """An idempotency key came back with a different payload than the first time.
+    ``fingerprint``: the one the key was recorded with (None when not known)."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, fingerprint: str | None = None):
         self.key = key
+        self.fingerprint = fingerprint
         super().__init__(f"idempotency key {key!r} was already used with a different payload")
 
 

@@ -728,7 +728,7 @@ class EventStore:
             return None  # the usual case: one indexed read on the driver's connection
         stored_fingerprint, stored_ids = rows[0]
         if stored_fingerprint != fingerprint:
-            raise IdempotencyConflict(key)
+            raise IdempotencyConflict(key, stored_fingerprint)
         # The JSON column's text (SQLite), or the value psycopg already parsed (PostgreSQL).
         ids = list(_loads(stored_ids) if isinstance(stored_ids, str) else stored_ids)
         with self.engine.connect() as conn:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from anyio.lowlevel import RunVar
 from fastapi import Response
@@ -40,7 +40,7 @@ from enforcement.api import violations
 from enforcement.api.schemas import ViolationIn
 from enforcement.api.serial_thread import SerialThread, settle, settle_from_thread
 from enforcement.bootstrap import Container
-from enforcement.service import Actor, Outcome
+from enforcement.service import Actor, Outcome, ReportItem
 from events.groupcommit import own_copy
 from events.timefmt import to_utc
 
@@ -169,7 +169,7 @@ def _record(container: Container, batch: list[_Report]) -> dict[int, Response | 
         settle_from_thread(report.answer, value)
 
     now = to_utc(container.clock())
-    items: list[tuple[str, Any, str | None, str | None]] = []
+    items: list[ReportItem] = []
     taken: list[_Report] = []
     for one in batch:
         try:

@@ -3,6 +3,8 @@ case, and the answer as the contract shapes it (``violation_json``, also the bat
 
 from __future__ import annotations
 
+import functools
+import itertools
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +16,7 @@ from enforcement.api.schemas import ViolationIn
 from enforcement.api.shapes import FUTURE_TOLERANCE
 from enforcement.bootstrap import Container
 from enforcement.policy import ViolationReport
-from enforcement.service import Actor, Outcome, request_fingerprint
+from enforcement.service import Actor, Fingerprint, Outcome, request_fingerprint
 from events.timefmt import to_utc
 from events.wire import event_to_json
 
@@ -54,10 +56,45 @@ def violation_json(account_id: str, outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def prepared(body: ViolationIn, now: datetime) -> tuple[ViolationReport, str]:
-    """The use case's report of ``body`` (``report_of``) and the body's idempotency fingerprint."""
-    fingerprint = request_fingerprint(body.model_dump(mode="json", exclude_unset=True))
-    return report_of(body, now), fingerprint
+# Each optional field of a report and its default (each already a JSON value: none or text).
+_DEFAULTS: dict[str, Any] = {
+    name: field.default
+    for name, field in ViolationIn.model_fields.items()
+    if not field.is_required()
+}
+
+
+def report_fingerprint(body: ViolationIn) -> Fingerprint:
+    """The idempotency fingerprint of a report, alike for ``POST /v1/violations`` and a batch
+    item (whose key, if any, is not part of it): the hash of its validated fields, those at
+    their default left out. The same report gives the same hash however it was written (key
+    order, whitespace, a field written out at its default or ``null`` for one that defaults to
+    none, a time in another offset); another value of any field gives another. It is the hash
+    a batch's ``Idempotency-Key`` header always derived its items' keys from.
+
+    Before, a single report and a batch item with its own key hashed the fields the body wrote
+    out (a default written out made another hash): a key recorded so still replays its report
+    (``Fingerprint.earlier``)."""
+    fields = body.model_dump(mode="json", exclude_defaults=True, exclude={"idempotency_key"})
+    return Fingerprint(request_fingerprint(fields), functools.partial(_written_earlier, fields))
+
+
+def _written_earlier(fields: dict[str, Any], recorded: str) -> bool:
+    """Whether ``recorded`` is the earlier fingerprint of the report of ``fields`` (its fields
+    not at their default) written some way: those fields and any of the others written out at
+    their default. At most 2**7 hashes, and only for a key recorded with another fingerprint."""
+    at_default = [name for name in _DEFAULTS if name not in fields]
+    for count in range(1, len(at_default) + 1):
+        for names in itertools.combinations(at_default, count):
+            spelled = {**fields, **{name: _DEFAULTS[name] for name in names}}
+            if request_fingerprint(spelled) == recorded:
+                return True
+    return False
+
+
+def prepared(body: ViolationIn, now: datetime) -> tuple[ViolationReport, Fingerprint]:
+    """The use case's report of ``body`` (``report_of``) and its idempotency fingerprint."""
+    return report_of(body, now), report_fingerprint(body)
 
 
 def answer_of(account_id: str, outcome: Outcome) -> Response:

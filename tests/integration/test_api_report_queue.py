@@ -26,7 +26,7 @@ from enforcement.bootstrap import Container
 from enforcement.logs import request_id_var
 from enforcement.policy import ViolationReport
 from enforcement.roles import Role
-from enforcement.service import Actor, Outcome
+from enforcement.service import Actor, Outcome, request_fingerprint
 from enforcement.tokens import create_token
 
 
@@ -174,6 +174,40 @@ def test_each_report_of_a_shared_drain_is_answered_as_if_alone(
     assert system.store.head("acct_a").version == len(a_versions)
     assert system.store.head("acct_b").version == 0  # refused: nothing written
     assert answers[4].json()["events"] == original.json()["events"]
+
+
+def test_a_keyed_report_of_a_drain_replays_its_report_however_written(
+    system: Container, client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a drain as alone (``test_api_idempotency.py``), a field written out at its default is
+    the field left out, for a key recorded now and for one recorded with the fingerprint of
+    the body as written (before this release); another value is still another body."""
+    first = {"account_id": "acct_k", "category": "spam", "source": "test"}
+    spelled = {**first, "detection": "automated", "severity": None}
+    original = client.post(
+        "/v1/violations", json=first, headers={**headers, "Idempotency-Key": "k1"}
+    )
+    assert original.status_code == 201
+    written = ViolationIn.model_validate({**spelled, "account_id": "acct_o"})
+    earlier = request_fingerprint(written.model_dump(mode="json", exclude_unset=True))
+    report = ViolationReport(category="spam", occurred_at=system.clock(), source="test")
+    old = system.service.report_violation("acct_o", report, Actor("r", "c"), "k-old", earlier)
+    held = HeldDrain(monkeypatch, expected=5)
+    requests = [
+        ({"account_id": "acct_0", "category": "spam"}, headers),
+        (spelled, {**headers, "Idempotency-Key": "k1"}),
+        ({**first, "account_id": "acct_o"}, {**headers, "Idempotency-Key": "k-old"}),
+        ({**spelled, "detection": "user_report"}, {**headers, "Idempotency-Key": "k1"}),
+        ({"account_id": "acct_o", "category": "spam"}, {**headers, "Idempotency-Key": "k-old"}),
+    ]
+
+    answers = send_behind_one(client, held, requests)
+
+    assert [len(batch) for batch in held.batches] == [1, 4]
+    assert [a.status_code for a in answers] == [201, 200, 200, 409, 409]
+    assert answers[1].json()["events"] == original.json()["events"]
+    assert [e["event_id"] for e in answers[2].json()["events"]] == [e.event_id for e in old.events]
+    assert system.store.head("acct_k").version == len(original.json()["events"])
 
 
 def test_a_shared_transaction_that_fails_fails_each_of_its_reports(

@@ -22,8 +22,8 @@ from enforcement.api.schemas import (
     ViolationIn,
 )
 from enforcement.api.strict_json import StrictJsonRoute
-from enforcement.api.violations import report_of, violation_json
-from enforcement.service import Outcome, request_fingerprint
+from enforcement.api.violations import report_fingerprint, report_of, violation_json
+from enforcement.service import Outcome
 from events.timefmt import to_utc
 
 router = APIRouter(
@@ -122,20 +122,12 @@ def report_batch(
             results[index] = _item_error(raw, exc.status, exc.code, exc.message, exc.details)
             continue
         key = item.idempotency_key
-        header = idempotency_key if key is None else None  # an item's own key comes first
-        # For a key derived from the header, the same item however written: a field spelled
-        # out at its default (or null) is the field left out, so such a retry still replays.
-        fingerprint = request_fingerprint(
-            item.model_dump(
-                mode="json",
-                exclude={"idempotency_key"},
-                exclude_unset=header is None,
-                exclude_defaults=header is not None,
-            )
-        )
-        if header is not None:
-            key = batch_item_key(header, fingerprint, seen[fingerprint])
-            seen[fingerprint] += 1
+        # The same item however written (a field written out at its default is the field left
+        # out), as for a single report: the same key with it replays, on either endpoint.
+        fingerprint = report_fingerprint(item)
+        if key is None and idempotency_key is not None:  # an item's own key comes first
+            key = batch_item_key(idempotency_key, fingerprint.value, seen[fingerprint.value])
+            seen[fingerprint.value] += 1
         items.append((item.account_id, report, key, fingerprint))
         positions.append(index)
     outcomes = container.service.report_batch(items, actor_of(principal))
