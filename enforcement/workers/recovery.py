@@ -22,7 +22,8 @@ from enforcement.notices.delivery import Contact, delivered_key, failed_key, und
 from enforcement.tables import contacts
 from enforcement.workers.relay import CHECKPOINT as RELAY_CHECKPOINT
 from events import EventStore
-from events.schema import events
+from events.dialects import write_connection
+from events.schema import checkpoints, events
 from events.timefmt import format_time, to_utc
 
 log = logging.getLogger("enforcement.workers")
@@ -31,6 +32,13 @@ RECOVERY_WINDOW = timedelta(days=14)
 # How far the failed attempts were looked at (``LostRetryScan``): the ``until`` of the last look,
 # in microseconds since the epoch, in the checkpoints table (a time, not a log position).
 LOST_RETRIES_CHECKPOINT = "notice-lost-retries-until-us"
+# How far the relayed notices were looked at for a message that died without a trace: a log
+# position (``untried_deliveries``).
+UNTRIED_CHECKPOINT = "notice-untried-until-position"
+# The relay's checkpoint as each look saw it: one row per look, named by when it was seen
+# (microseconds since the epoch, after the prefix), holding the position. Everything at or
+# before the position was in the broker by then.
+RELAY_SEEN_PREFIX = "notice-relay-seen-at-us:"
 
 
 def notices_without_outcome(
@@ -121,21 +129,23 @@ def _contacts(conn: sa.Connection, accounts: set[str]) -> dict[str, Contact]:
 
 
 def untried_deliveries(
-    store: EventStore, after: datetime, until: datetime, up_to_position: int
+    store: EventStore, after_position: int, up_to_position: int, since: datetime
 ) -> list[tuple[str, str]]:
-    """``(notice event id, channel)`` of each ``NoticeIssued`` recorded in ``(after, until]``, at
-    or before ``up_to_position`` (the relay's checkpoint: it has enqueued them), on each channel
-    it goes out on (``pending_deliveries``) that has nothing recorded at all: no delivery, no
-    failed attempt, not undeliverable. With ``until`` longer ago than any retry waits, such a
-    channel's message is gone without a trace: its attempts all failed before an outcome could
-    be recorded (the database away for longer than the retries last, a time limit), so Dramatiq
-    gave up on it, while Redis kept its mark (nothing for ``RedisWatch`` to see) and no failed
-    attempt is there for ``lost_retries`` to find. Each notice is in one scan's range only."""
+    """``(notice event id, channel)`` of each ``NoticeIssued`` after ``after_position`` and at or
+    before ``up_to_position`` (a relay position seen longer ago than any retry waits: the relay
+    had enqueued them by then), recorded since ``since``, on each channel it goes out on
+    (``pending_deliveries``) that has nothing recorded at all: no delivery, no failed attempt,
+    not undeliverable. Such a channel's message is gone without a trace: its attempts all
+    failed before an outcome could be recorded (the database away for longer than the retries
+    last, a time limit), so Dramatiq gave up on it, while Redis kept its mark (nothing for
+    ``RedisWatch`` to see) and no failed attempt is there for ``lost_retries`` to find. Judged
+    by when the relay enqueued it, not when it was recorded: a notice that waited in the log
+    while the workers were away is enqueued late, and its first message may still be queued."""
     notices = sa.select(events.c.event_id, events.c.account_id, events.c.position).where(
         events.c.type == "NoticeIssued",
-        events.c.recorded_at > to_utc(after),
-        events.c.recorded_at <= to_utc(until),
+        events.c.position > after_position,
         events.c.position <= up_to_position,
+        events.c.recorded_at >= to_utc(since),
     )
     with store.engine.connect() as conn:
         rows = conn.execute(notices.order_by(events.c.position)).all()
@@ -207,14 +217,24 @@ class LostRetryScan:
     back over ``RECOVERY_WINDOW``, as does a look after a longer pause. The checkpoint moves on
     only after the deliveries were sent (a failed enqueue leaves the range to the next look).
 
+    Relayed notices are judged by when the relay enqueued them, not when they were recorded (a
+    notice recorded while the workers were away is enqueued when they come back, and its first
+    message may wait in the queue): each look first writes down the relay's checkpoint and when
+    it saw it (a row under ``RELAY_SEEN_PREFIX``), then takes the notices after
+    ``UNTRIED_CHECKPOINT`` up to the furthest position seen ``lost_after`` ago or longer, and
+    moves that checkpoint there (and drops those rows) once the deliveries were sent. Rows, and
+    that checkpoint, are in the database like the other, so a new leader goes on from them; a
+    position only ever moves forward.
+
     A checkpoint ahead of this leader's own ``until`` was written by a clock ahead of this one
     (another leader's): going on from there would skip for good the attempts that processes
     with right clocks recorded meanwhile, so that look reaches back over the recovery window,
-    as a first one does, and moves the checkpoint back. A look again over attempts already
-    looked at (that one, a new leader's after a checkpoint that could not be written, one that
-    a deposed leader finishes late) sends again only those that nothing followed yet: a lost
-    retry is sent at least once, and rarely twice (delivery is idempotent per notice and
-    channel, and numbers its attempts)."""
+    as a first one does, and moves the checkpoint back. (A relay position seen by a clock
+    ahead only waits longer.) A look again over attempts or notices already looked at (that
+    one, a new leader's after a checkpoint that could not be written, one that a deposed leader
+    finishes late) sends again only those that nothing followed yet: a lost retry or message is
+    sent at least once, and rarely twice (delivery is idempotent per notice and channel, and
+    numbers its attempts)."""
 
     def __init__(
         self,
@@ -240,9 +260,13 @@ class LostRetryScan:
         leads: Callable[[], bool] = lambda: True,
     ) -> list[tuple[str, str]]:
         """Look at the next range; ``send`` gets the lost ``(notice event id, channel)``s.
-        ``leads`` is asked before sending and before moving the checkpoint: a leader that lost
+        ``leads`` is asked before sending and before moving the checkpoints: a leader that lost
         the lead meanwhile leaves both to the next one."""
-        until = to_utc(self.clock()) - self.lost_after
+        with self.store.engine.connect() as conn:
+            relayed = self.store.get_checkpoint(conn, RELAY_CHECKPOINT)
+        now = to_utc(self.clock())  # read after the position: the relay had passed it by now
+        self._saw(relayed, now)
+        until = now - self.lost_after
         scanned = self.scanned_until()
         if scanned is not None and scanned > until:
             log.warning(
@@ -255,24 +279,56 @@ class LostRetryScan:
         after = until - RECOVERY_WINDOW
         if scanned is not None:
             after = max(after, scanned)
-        if until <= after:
-            return []
-        lost = lost_retries(self.store, after, until, self.max_attempts)
+        lost = lost_retries(self.store, after, until, self.max_attempts) if until > after else []
+        # The furthest the relay was seen at ``lost_after`` ago or longer: it had enqueued
+        # everything up to there that long ago.
+        seen = {at: position for at, position in self.relay_positions_seen().items() if at <= until}
+        enqueued = max(seen.values(), default=0)
         with self.store.engine.connect() as conn:
-            relayed = self.store.get_checkpoint(conn, RELAY_CHECKPOINT)
-        lost += untried_deliveries(self.store, after, until, relayed)
+            judged = self.store.get_checkpoint(conn, UNTRIED_CHECKPOINT)
+        if enqueued > judged:
+            lost += untried_deliveries(self.store, judged, enqueued, now - RECOVERY_WINDOW)
         lost = list(dict.fromkeys(lost))
         if not leads():
             return []
         send(lost)
         if leads():
-            self._reach(until)
+            self._reach(until, enqueued, list(seen))
         return lost
 
-    def _reach(self, until: datetime) -> None:
-        with self.store.engine.begin() as conn:
+    def relay_positions_seen(self) -> dict[datetime, int]:
+        """The relay positions the looks saw that no look has taken up yet, by when."""
+        query = sa.select(checkpoints.c.name, checkpoints.c.position).where(
+            checkpoints.c.name.startswith(RELAY_SEEN_PREFIX, autoescape=True)
+        )
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {
+            EPOCH + timedelta(microseconds=int(name[len(RELAY_SEEN_PREFIX) :])): int(position)
+            for name, position in rows
+        }
+
+    def _saw(self, position: int, at: datetime) -> None:
+        """Write down that the relay had enqueued everything up to ``position`` by ``at``: true
+        whoever writes it, so a look writes it whether it still leads or not."""
+        with write_connection(self.store.engine) as conn, conn.begin():
+            self.store.set_checkpoint(conn, _seen_name(at), position)
+
+    def _reach(self, until: datetime, enqueued: int, seen: list[datetime]) -> None:
+        """Move both checkpoints on (the position never back) and drop the relay positions
+        ``seen`` that this look took up, in one transaction."""
+        with write_connection(self.store.engine) as conn, conn.begin():
             self.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, _micros(until))
+            if enqueued > self.store.get_checkpoint(conn, UNTRIED_CHECKPOINT):
+                self.store.set_checkpoint(conn, UNTRIED_CHECKPOINT, enqueued)
+            names = [_seen_name(at) for at in seen]
+            if names:
+                conn.execute(checkpoints.delete().where(checkpoints.c.name.in_(names)))
 
 
 def _micros(moment: datetime) -> int:
     return (to_utc(moment) - EPOCH) // timedelta(microseconds=1)
+
+
+def _seen_name(at: datetime) -> str:
+    return f"{RELAY_SEEN_PREFIX}{_micros(at)}"

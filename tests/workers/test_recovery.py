@@ -290,3 +290,91 @@ def attempt(
     payload = ev.NoticeDeliveryFailed("ntc", notice, channel, n, "down", final)
     key = failed_key(notice, channel, n)
     system.service.record_fact(account, payload, WORKER, idempotency_key=key)
+
+
+def test_a_backlog_the_relay_enqueued_just_now_is_not_sent_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The workers away for longer than ``lost_after`` while ``serve`` kept recording: when they
+    come back, the relay enqueues the backlog at once, and the leader's first look finds
+    notices recorded longer ago than any retry waits with nothing recorded after them, as
+    their first messages are only now in the queue. Sent again, each would go out twice.
+    The look judges a notice by when the relay enqueued it: only once the relay position that
+    passed it was seen ``lost_after`` ago, and then it sends only what still has nothing
+    recorded (a message that died without a trace)."""
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        for account in ("acct_backlog", "acct_gone"):
+            set_contact(system.engine, account, webhook_url="https://customer.test/hook")
+        lost_after = timedelta(hours=1)
+        before = system.clock()
+        sent: list[list[tuple[str, str]]] = []
+
+        def look(at: datetime) -> list[tuple[str, str]]:
+            return LostRetryScan(system.store, lambda: at, lost_after, 4).run(sent.append)
+
+        assert look(before) == []  # the last look before the workers went away
+        backlog = notice_of(system, "acct_backlog")
+        gone = notice_of(system, "acct_gone")
+        back = system.clock() + timedelta(hours=2)  # the workers come back two hours later
+        relay_to(system, system.store.max_position())  # and the relay enqueues the backlog
+
+        assert look(back) == []
+        # The backlog's first messages run: one delivers, the other dies without a trace.
+        delivered(system, "acct_backlog", backlog, "webhook")
+        assert look(back + lost_after - timedelta(minutes=5)) == []
+        assert look(back + lost_after + timedelta(minutes=5)) == [(gone, "webhook")]
+        assert look(back + lost_after + timedelta(minutes=10)) == []  # once
+        assert [s for s in sent if s] == [[(gone, "webhook")]]
+    finally:
+        system.close()
+
+
+def relay_to(system: Container, position: int) -> None:
+    """The relay enqueued everything up to ``position``."""
+    with system.engine.begin() as conn:
+        system.store.set_checkpoint(conn, CHECKPOINT, position)
+
+
+def test_a_relayed_notice_is_looked_at_once_the_relay_was_seen_past_it_long_enough_ago(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Each look writes down the relay's position and when it saw it, in the database: a new
+    leader takes up what the last one saw, and looks at the notices up to the furthest
+    position seen ``lost_after`` ago once. The position moves on (and the rows it took up go)
+    only once the deliveries were sent by a leader that still leads."""
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        set_contact(system.engine, "acct_died", webhook_url="https://customer.test/hook")
+        notice = notice_of(system, "acct_died")
+        relay_to(system, system.store.max_position())
+        position = system.store.max_position()
+        lost_after = timedelta(hours=1)
+        sent: list[list[tuple[str, str]]] = []
+
+        def leader_at(at: datetime) -> LostRetryScan:
+            return LostRetryScan(system.store, lambda: at, lost_after, 4)
+
+        start = system.clock()
+        assert leader_at(start).run(sent.append) == []
+        assert leader_at(start).relay_positions_seen() == {start: position}
+
+        # Another leader, when that was seen lost_after ago: a failed enqueue, then deposed.
+        later = start + lost_after
+
+        def enqueue_fails(lost: list[tuple[str, str]]) -> None:
+            raise ConnectionError("the broker is away")
+
+        with pytest.raises(ConnectionError):
+            leader_at(later).run(enqueue_fails)
+        assert leader_at(later).run(sent.append, leads=lambda: False) == []
+        assert sent == [[]]
+        assert leader_at(later).run(sent.append) == [(notice, "webhook")]
+        assert sent == [[], [(notice, "webhook")]]
+        assert leader_at(later).relay_positions_seen() == {later: position}
+
+        # Once: the position seen later is no further than the one taken up.
+        assert leader_at(later + lost_after).run(sent.append) == []
+        assert leader_at(later).relay_positions_seen() == {later + lost_after: position}
+    finally:
+        system.close()
