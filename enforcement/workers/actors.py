@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
 from enforcement.service import Actor, EnforcementService
@@ -26,6 +26,9 @@ QUEUE = "enforcement"
 # notice retries, a handful of pending deadlines would hold every retry back until they fire.
 # The sweep covers a deadline message that waits behind others on its own queue.
 DEADLINE_QUEUE = "deadlines"
+# How long a try to deliver a notice may run before Dramatiq cuts it off; well beyond the
+# deadlines of an e-mail and a webhook attempt, which end a try first and record its failure.
+NOTICE_TIME_LIMIT_MS = 60_000
 
 
 @dataclass
@@ -48,6 +51,7 @@ def register_actors(
     notice_retries: int,
     min_backoff_ms: int,
     max_backoff_ms: int,
+    notice_time_limit_ms: int = NOTICE_TIME_LIMIT_MS,
 ) -> Actors:
     """Declare the actors on ``broker`` and return them by name."""
 
@@ -57,6 +61,21 @@ def register_actors(
         try:
             attempt_delivery(notice_event_id, channel, retries)
         except DeliveryFailed:
+            raise
+        except TimeLimitExceeded:
+            # A BaseException, which ``except Exception`` misses. Dramatiq's time-limit line
+            # names only the thread; say which notice and channel, and what comes of it.
+            log.error(
+                "notice %s via %s: %s was cut off at its time limit (%d ms) before it could "
+                "record an outcome; %s",
+                notice_event_id,
+                channel,
+                "its last try" if retries >= notice_retries else f"try {retries + 1}",
+                notice_time_limit_ms,
+                "the leader's lost-retry scan looks at it again"
+                if retries >= notice_retries
+                else "it is tried again",
+            )
             raise
         except Exception:
             if retries >= notice_retries:
@@ -105,7 +124,7 @@ def register_actors(
         "max_retries": notice_retries,
         "min_backoff": min_backoff_ms,
         "max_backoff": max_backoff_ms,
-        "time_limit": 60_000,
+        "time_limit": notice_time_limit_ms,
     }
     declared = {
         actor.actor_name: actor

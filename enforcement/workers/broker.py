@@ -29,6 +29,8 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
         )
     else:
         broker = StubBroker()
-        broker.emit_after("process_boot")
+    # Dramatiq's own command announces the process boot; without it the time limit's watcher
+    # thread never starts, and no actor is ever cut off at its time limit.
+    broker.emit_after("process_boot")
     broker.add_middleware(CurrentMessage())
     return broker

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 
 from enforcement import operator_decisions as ops
@@ -26,7 +27,8 @@ from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
 from enforcement.notices.email import EmailSender, build_message, file_bytes
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookSender
-from enforcement.workers.actors import QUEUE
+from enforcement.workers.actors import QUEUE, register_actors
+from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, retry_lost_after
 from events import RecordedEvent
@@ -36,10 +38,12 @@ from tests.workers.system import (
     OPERATOR,
     SECRET,
     Receiver,
+    Recorder,
     SmtpSink,
     System,
     delivered_once_each,
     fast_settings,
+    outcomes_of,
     report,
     set_contact,
     wait_until,
@@ -396,6 +400,65 @@ def test_a_notice_whose_every_try_failed_before_recording_anything_is_sent_again
     finally:
         system.close()
         receiver.close()
+
+
+def test_a_try_cut_off_at_its_time_limit_names_its_notice(
+    sqlite_db: str, broker_url: str | None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dramatiq's time limit cuts a try off by raising ``TimeLimitExceeded`` (a BaseException,
+    which ``except Exception`` does not see) in its thread, before it records an outcome. The
+    worker's log names the notice and the channel, and says the leader's look takes it up
+    again when that was its last try. Over Redis as in embedded mode: the time limit's watcher
+    starts with either broker."""
+    receiver = Drip(b"", b"HTTP/1.1 200 OK\r\n\r\n", every=0.5)  # answers in 10 s
+    settings = fast_settings(sqlite_db, tmp_path, redis_url=broker_url, notice_retries=0)
+    container = bootstrap(settings)
+    broker = make_broker(settings)
+    recorder = Recorder()
+    broker.add_middleware(recorder)
+    webhook = WebhookSender(SECRET, allow_private=True, timeout=5.0, deadline=30.0)
+    delivery = NoticeDelivery(container.service, EmailSender(None, str(tmp_path)), webhook)
+    actors = register_actors(
+        broker,
+        container.service,
+        delivery,
+        None,
+        notice_retries=0,
+        min_backoff_ms=100,
+        max_backoff_ms=400,
+        notice_time_limit_ms=300,
+    )
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        set_contact(
+            container.engine, "acct_stalled", webhook_url=f"http://127.0.0.1:{receiver.port}/h"
+        )
+        notice = notice_in(report(container, "acct_stalled").events)
+        actors.enqueue(Message("deliver_notice", (notice, "webhook")))
+
+        [tried] = wait_until(
+            lambda: recorder.of("deliver_notice", notice, "webhook"), "the try to end"
+        )
+        assert tried.error is not None and tried.error.startswith("TimeLimitExceeded")
+        assert [
+            (r.levelname, r.getMessage())
+            for r in caplog.records
+            if r.name == "enforcement.workers" and notice in r.getMessage()
+        ] == [
+            (
+                "ERROR",
+                f"notice {notice} via webhook: its last try was cut off at its time limit "
+                "(300 ms) before it could record an outcome; the leader's lost-retry scan "
+                "looks at it again",
+            )
+        ]
+        assert outcomes_of(container.store, notice) == []
+    finally:
+        worker.stop()
+        broker.close()
+        receiver.close()
+        container.close()
 
 
 def test_a_final_failure_is_recorded_once_the_retries_are_spent(
