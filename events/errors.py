@@ -19,8 +19,8 @@ class ConcurrencyError(StoreError):
 
 
 class IdempotencyConflict(StoreError):
-    """An idempotency key came back with a different payload than the first time.
-    ``fingerprint``: the one the key was recorded with (None when not known)."""
+    """An idempotency key came back with a different payload, or for other streams, than the
+    first time. ``fingerprint``: the one the key was recorded with (None when not known)."""
 
     def __init__(self, key: str, fingerprint: str | None = None):
         self.key = key

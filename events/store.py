@@ -594,9 +594,12 @@ class EventStore:
         if not appends or not any(a.events for a in appends):
             raise ValueError("nothing to append")
         appends = _with_canonical_ids(appends)
+        # The streams a retry must have written to: the same key for other streams is another
+        # request (``IdempotencyConflict``), whatever the fingerprint says.
+        streams = {a.account_id for a in appends if a.events}
         if idempotency_key is not None:
             fingerprint = fingerprint or fingerprint_events([e for a in appends for e in a.events])
-            previous = self._idempotent_result(idempotency_key, fingerprint)
+            previous = self._idempotent_result(idempotency_key, fingerprint, streams)
             if previous is not None:
                 return previous
         attempts = 0
@@ -608,7 +611,7 @@ class EventStore:
                 # The same request may have won meanwhile (a concurrent retry): its result stands.
                 if idempotency_key is not None:
                     assert fingerprint is not None
-                    previous = self._idempotent_result(idempotency_key, fingerprint)
+                    previous = self._idempotent_result(idempotency_key, fingerprint, streams)
                     if previous is not None:
                         return previous
                 # Only "append at head" is retried here; an explicit expected version is the
@@ -620,7 +623,7 @@ class EventStore:
             except _DuplicateIdempotencyKey:
                 if idempotency_key is not None:
                     assert fingerprint is not None
-                    previous = self._idempotent_result(idempotency_key, fingerprint)
+                    previous = self._idempotent_result(idempotency_key, fingerprint, streams)
                     if previous is not None:
                         return previous
                 if any(a.idempotency_key is not None for a in appends):
@@ -722,7 +725,11 @@ class EventStore:
         previous = self._idempotent_result(key, fingerprint)
         return None if previous is None else [e for batch in previous for e in batch]
 
-    def _idempotent_result(self, key: str, fingerprint: str) -> list[list[RecordedEvent]] | None:
+    def _idempotent_result(
+        self, key: str, fingerprint: str, streams: set[str] | None = None
+    ) -> list[list[RecordedEvent]] | None:
+        """What the append with this key recorded, per stream; ``IdempotencyConflict`` if it
+        had another fingerprint or (``streams`` given) wrote to other streams than these."""
         rows = self._fetch(self._sql.key, (key,))
         if not rows:
             return None  # the usual case: one indexed read on the driver's connection
@@ -738,6 +745,8 @@ class EventStore:
         grouped: dict[str, list[RecordedEvent]] = {}
         for event in ordered:
             grouped.setdefault(event.account_id, []).append(event)
+        if streams is not None and set(grouped) != streams:
+            raise IdempotencyConflict(key)
         return list(grouped.values())
 
     # ------------------------------------------------------------------ reading

@@ -127,6 +127,25 @@ def test_same_key_with_another_payload_is_a_conflict_and_writes_nothing(
     assert store.max_position() == before
 
 
+def test_same_key_and_payload_on_another_stream_is_a_conflict_not_that_streams_result(
+    store: EventStore,
+) -> None:
+    """A key is global: an append to another stream is another request, not a retry, even
+    with the same events. Answering it with the first stream's events would tell the caller
+    its stream was written when nothing was."""
+    store.append("acct_1", 0, [new(n=1)], idempotency_key="req-1")
+    store.append("acct_3", 0, [new(n=3)], idempotency_key="req-3", fingerprint="body-3")
+    before = store.max_position()
+
+    with pytest.raises(IdempotencyConflict):
+        store.append("acct_2", 0, [new(n=1)], idempotency_key="req-1")
+    with pytest.raises(IdempotencyConflict):  # the caller's own fingerprint, the same
+        store.append("acct_2", 0, [new(n=3)], idempotency_key="req-3", fingerprint="body-3")
+
+    assert store.max_position() == before
+    assert store.read_stream("acct_2") == []
+
+
 def test_an_idempotent_multi_stream_append_replays_per_stream(store: EventStore) -> None:
     appends = [
         StreamAppend("acct_a", 0, [new(n=1), new(n=2)]),
