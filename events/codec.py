@@ -99,6 +99,8 @@ class Codec:
                 f"{type_name} schema version {version} is newer than this code's "
                 f"{reg.schema_version}"
             )
+        if version not in reg.upcasters and version != reg.schema_version:
+            raise UnknownEventType(f"{type_name} has no schema version {version}")
         if version < reg.schema_version:
             data = copy.deepcopy(data)  # upcasters may edit in place; the record must not change
         while version < reg.schema_version:

@@ -593,6 +593,7 @@ class EventStore:
         """Append to several streams in one transaction: all are recorded, or none."""
         if not appends or not any(a.events for a in appends):
             raise ValueError("nothing to append")
+        _check_storable(appends, idempotency_key)
         appends = _with_canonical_ids(appends)
         # The streams a retry must have written to: the same key for other streams is another
         # request (``IdempotencyConflict``), whatever the fingerprint says.
@@ -1275,20 +1276,25 @@ def _chain(
             stored_occurred_at = (
                 occurred_at if postgres else _sqlite_text(occurred_text, occurred_at)
             )
-        digest = sha256_link(
-            prev,
-            canonical_event(
-                event.event_id,
-                account_id,
-                version,
-                event.type,
-                event.schema_version,
-                data_text,
-                metadata_text,
-                occurred_text,
-                recorded_text,
-            ),
-        )
+        try:
+            digest = sha256_link(
+                prev,
+                canonical_event(
+                    event.event_id,
+                    account_id,
+                    version,
+                    event.type,
+                    event.schema_version,
+                    data_text,
+                    metadata_text,
+                    occurred_text,
+                    recorded_text,
+                ),
+            )
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 text, no JSON either
+            raise StoreError(
+                f"an event's data or metadata cannot be stored as JSON: {exc}"
+            ) from exc
         params.append(
             (
                 event.event_id,
@@ -1371,6 +1377,51 @@ def _positions_of(rows: Sequence[Sequence[Any]], returned: Sequence[Any]) -> lis
 
 def _fetch_all(statement: str, params: Sequence[Any]) -> Callable[[Any], list[Any]]:
     return lambda dbapi_conn: dbapi_conn.execute(statement, params).fetchall()
+
+
+# The lengths the schema gives its columns (``events.schema``): PostgreSQL refuses longer
+# values, SQLite would keep them, so the store refuses them itself on both.
+_MAX_ACCOUNT_ID, _MAX_TYPE, _MAX_KEY = 128, 100, 200
+
+
+def _check_storable(appends: Sequence[StreamAppend], idempotency_key: str | None) -> None:
+    """``StoreError`` for what the log cannot hold alike on every database, or what would be
+    hashed as other text than readers get back: an ``account_id``, ``type`` or key that is not
+    text of the schema's length (or not UTF-8: a lone surrogate), a ``schema_version`` that is
+    not an integer from 1 (``True`` would be hashed as ``true`` and read back as ``1``)."""
+    keys = [idempotency_key, *(a.idempotency_key for a in appends)]
+    for key in keys:
+        if key is not None and not _is_text(key, _MAX_KEY):
+            raise StoreError(f"an idempotency key must be UTF-8 text of 1 to {_MAX_KEY} characters")
+    for item in appends:
+        if not _is_text(item.account_id, _MAX_ACCOUNT_ID):
+            raise StoreError(
+                f"an account_id must be UTF-8 text of 1 to {_MAX_ACCOUNT_ID} characters"
+            )
+        last_type = None
+        for event in item.events:
+            if event.type is not last_type:  # the events of an append often share their type
+                if not _is_text(event.type, _MAX_TYPE):
+                    raise StoreError(
+                        f"an event type must be UTF-8 text of 1 to {_MAX_TYPE} characters"
+                    )
+                last_type = event.type
+            if type(event.schema_version) is not int or event.schema_version < 1:
+                raise StoreError(
+                    f"schema_version must be an integer from 1, not {event.schema_version!r}"
+                )
+
+
+def _is_text(value: Any, max_length: int) -> bool:
+    if type(value) is not str or not 0 < len(value) <= max_length:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _with_canonical_ids(appends: Sequence[StreamAppend]) -> Sequence[StreamAppend]:

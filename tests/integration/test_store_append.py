@@ -3,6 +3,7 @@ and payload fidelity (the chain covers exactly what readers get back)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -292,6 +293,50 @@ def test_a_payload_the_database_cannot_hold_is_a_store_error(store: EventStore) 
         store.append("acct_1", 0, [new(number=float("nan"))])
 
     assert store.read_stream("acct_1") == []
+
+
+UNSTORABLE: dict[str, tuple[str, NewEvent, str | None]] = {
+    # What the schema cannot hold (PostgreSQL enforces the lengths, SQLite would not) or no
+    # reader can decode: refused the same way on both databases, before anything is written.
+    "long account_id": ("a" * 129, new(n=1), None),
+    "long type": ("acct_1", new("T" * 101, n=1), None),
+    "long idempotency key": ("acct_1", new(n=1), "k" * 201),
+    "schema_version 0": ("acct_1", dataclasses.replace(new(n=1), schema_version=0), None),
+    "schema_version True": ("acct_1", dataclasses.replace(new(n=1), schema_version=True), None),
+    "lone surrogate in data": ("acct_1", new(text="\ud800"), None),
+    "lone surrogate in a key": ("acct_1", NewEvent("Noted", {"\udc00": 1}, T0), None),
+    "lone surrogate in metadata": ("acct_1", NewEvent("Noted", {}, T0, {"a": "\udfff"}), None),
+    "lone surrogate in type": ("acct_1", new("Noted\ud800", n=1), None),
+    "lone surrogate in account_id": ("acct_\ud800", new(n=1), None),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSTORABLE))
+def test_what_the_log_cannot_hold_is_refused_alike_on_both_databases(
+    store: EventStore, case: str
+) -> None:
+    account_id, event, key = UNSTORABLE[case]
+    store.append("other", 0, [new(n=0)])
+    before = store.max_position()
+
+    with pytest.raises(StoreError):
+        store.append(account_id, 0, [event], idempotency_key=key)
+    with pytest.raises(StoreError):  # in a transaction shared with another stream as well
+        store.append_streams(
+            [StreamAppend("other", 1, [new(n=1)]), StreamAppend(account_id, 0, [event])],
+            idempotency_key=key,
+        )
+
+    assert store.max_position() == before
+    assert store.verify("other").ok
+
+
+def test_the_longest_values_the_schema_holds_are_kept(store: EventStore) -> None:
+    account_id = "a" * 128
+    recorded = store.append(account_id, 0, [new("T" * 100, n=1)], idempotency_key="k" * 200)
+
+    assert store.read_stream(account_id) == recorded
+    assert store.verify(account_id).ok
 
 
 def test_a_nul_character_is_kept_where_the_database_can_hold_it_and_refused_cleanly_otherwise(

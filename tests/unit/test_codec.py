@@ -251,3 +251,13 @@ def test_an_unknown_type_is_refused_both_ways(v3_codec: Codec) -> None:
 def test_an_event_newer_than_the_code_is_refused(v3_codec: Codec) -> None:
     with pytest.raises(UnknownEventType, match="newer"):
         v3_codec.decode(stored("ThrottleApplied", 4, {"percent": 1}))
+
+
+@pytest.mark.parametrize("schema_version", [0, -1])
+def test_a_schema_version_below_one_is_refused_as_unknown(
+    v3_codec: Codec, schema_version: int
+) -> None:
+    # No append stores one (the store refuses it); a row edited to hold one is named, not a
+    # KeyError from the upcaster table.
+    with pytest.raises(UnknownEventType, match="no schema version"):
+        v3_codec.decode(stored("ThrottleApplied", schema_version, {"percent": 1}))
