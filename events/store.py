@@ -83,6 +83,9 @@ _EVENT_COLUMNS = [
 ]
 
 
+# Above every version the ``version`` column (a 32-bit integer) can hold.
+_NO_VERSION = 2**31
+
 # Built once: building a statement and its cache key costs more than SQLite takes to run it.
 _STREAM_QUERY = (
     sa.select(*_EVENT_COLUMNS)
@@ -91,6 +94,20 @@ _STREAM_QUERY = (
         events.c.version > sa.bindparam("after_version"),
     )
     .order_by(events.c.version)
+)
+_LATER = events.alias("later")
+# ``_STREAM_QUERY`` up to the first version recorded after ``recorded_until``.
+_STREAM_UNTIL_QUERY = _STREAM_QUERY.where(
+    events.c.version
+    < sa.func.coalesce(
+        sa.select(sa.func.min(_LATER.c.version))
+        .where(
+            _LATER.c.account_id == sa.bindparam("account_id"),
+            _LATER.c.recorded_at > sa.bindparam("recorded_until"),
+        )
+        .scalar_subquery(),
+        _NO_VERSION,
+    )
 )
 _ALL_QUERY = (
     sa.select(*_EVENT_COLUMNS)
@@ -203,8 +220,13 @@ class _SQL:
         stream = f"SELECT {columns} FROM events WHERE account_id = {p} AND version > {p}"
         self.stream = stream + " ORDER BY version"
         self.stream_limit = stream + f" ORDER BY version LIMIT {p}"
-        self.stream_until = stream + f" AND recorded_at <= {p} ORDER BY version"
-        self.stream_until_limit = stream + f" AND recorded_at <= {p} ORDER BY version LIMIT {p}"
+        # Up to the first version recorded after the bound (``EventStore.read_stream``).
+        until = (
+            f" AND version < coalesce((SELECT min(version) FROM events WHERE account_id = {p}"
+            f" AND recorded_at > {p}), {_NO_VERSION})"
+        )
+        self.stream_until = stream + until + " ORDER BY version"
+        self.stream_until_limit = stream + until + f" ORDER BY version LIMIT {p}"
         self.all = f"SELECT {columns} FROM events WHERE position > {p} ORDER BY position LIMIT {p}"
         if pg:
             # The documents as text (parsed and written canonically in one go), the times also
@@ -766,13 +788,19 @@ class EventStore:
         *,
         conn: Connection | None = None,
     ) -> list[RecordedEvent]:
-        """Events of one stream with ``version > after_version``, in version order."""
+        """Events of one stream with ``version > after_version``, in version order.
+
+        ``recorded_until``: only those before the stream's first event recorded after it. A
+        stream's times need not rise with its versions (writers whose clocks are apart), and a
+        version never counts without the ones before it, so this is always a prefix of the
+        stream, as ``projections.standing.recorded_until`` folds it.
+        """
         if conn is not None:
             # In the caller's transaction: through SQLAlchemy, which also begins it if need be.
             query = _STREAM_QUERY
             params: dict[str, Any] = {"account_id": account_id, "after_version": after_version}
             if recorded_until is not None:
-                query = query.where(events.c.recorded_at <= sa.bindparam("recorded_until"))
+                query = _STREAM_UNTIL_QUERY
                 params["recorded_until"] = to_utc(recorded_until)
             if limit is not None:
                 query = query.limit(sa.bindparam("limit"))
@@ -784,7 +812,7 @@ class EventStore:
             statement = sql.stream if limit is None else sql.stream_limit
         else:
             until = to_utc(recorded_until)
-            values += (until if sql.postgres else sqlite_time_text(until),)
+            values += (account_id, until if sql.postgres else sqlite_time_text(until))
             statement = sql.stream_until if limit is None else sql.stream_until_limit
         if limit is not None:
             values += (limit,)

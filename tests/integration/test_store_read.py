@@ -93,6 +93,31 @@ def test_read_stream_recorded_until_is_inclusive_and_exact_to_the_microsecond(
     ] == [2, 3]
 
 
+def test_read_stream_recorded_until_stops_at_the_first_event_recorded_after_it(
+    engine: sa.Engine,
+) -> None:
+    """A stream's times need not rise with its versions (writers whose clocks are apart, or
+    one clock stepped back): a version recorded "before" ``recorded_until`` still came after
+    every version before it, so it never counts without them. Read alone, it would be a
+    stream with a hole, folded into a standing that never was."""
+    times = iter([T0 + timedelta(seconds=2), T0 + timedelta(seconds=1), T0 + timedelta(seconds=3)])
+    store = EventStore(engine, clock=lambda: next(times))
+    [v1] = store.append("acct_1", 0, [new(n=1)])  # at T0 + 2 s
+    [v2] = store.append("acct_1", 1, [new(n=2)])  # at T0 + 1 s, by a clock behind
+    [v3] = store.append("acct_1", 2, [new(n=3)])  # at T0 + 3 s
+
+    assert store.read_stream("acct_1", recorded_until=T0 + timedelta(seconds=1)) == []
+    assert store.read_stream("acct_1", recorded_until=T0 + timedelta(seconds=2)) == [v1, v2]
+    assert store.read_stream("acct_1", recorded_until=T0 + timedelta(seconds=3)) == [v1, v2, v3]
+    until = T0 + timedelta(seconds=1)
+    with engine.connect() as conn:  # in a caller's transaction, the same
+        assert store.read_stream("acct_1", recorded_until=until, conn=conn) == []
+    for after_version, limit in [(1, None), (1, 1), (0, 5)]:  # paged, the same cut
+        assert store.read_stream("acct_1", after_version, until, limit) == []
+        with engine.connect() as conn:
+            assert store.read_stream("acct_1", after_version, until, limit, conn=conn) == []
+
+
 def test_times_come_back_as_utc_with_microseconds(timed_store: EventStore) -> None:
     occurred = datetime(2026, 11, 24, 5, 0, 0, 7, tzinfo=timezone(timedelta(hours=-5)))
     [recorded] = timed_store.append("acct_1", 0, [NewEvent("Noted", {}, occurred)])
