@@ -31,6 +31,7 @@ from enforcement import policy as rules
 from enforcement.errors import DomainError, ValidationFailed
 from enforcement.policy import Context, Policy, ViolationReport
 from events import (
+    AppendOutcomeUnknown,
     ConcurrencyError,
     EventStore,
     IdempotencyConflict,
@@ -152,6 +153,13 @@ _ITEM_FAILURES: tuple[tuple[type[Exception], int, str, str], ...] = (
         503,
         "dependency_unavailable",
         "The database refused this item; it was not recorded.",
+    ),
+    (
+        AppendOutcomeUnknown,
+        503,
+        "dependency_unavailable",
+        "The database connection was lost while this item was being recorded; it may have "
+        "been recorded: retry it with the same idempotency_key.",
     ),
     (
         StoreError,

@@ -5,6 +5,7 @@ from events.codec import Codec, DecodedEvent
 from events.dialects import create_engine
 from events.errors import (
     AppendOnlyViolation,
+    AppendOutcomeUnknown,
     ConcurrencyError,
     IdempotencyConflict,
     StoreError,
@@ -17,6 +18,7 @@ from events.types import NewEvent, RecordedEvent, StreamHead, VerifyResult
 __all__ = [
     "GENESIS_HASH",
     "AppendOnlyViolation",
+    "AppendOutcomeUnknown",
     "Codec",
     "ConcurrencyError",
     "DecodedEvent",

@@ -445,6 +445,48 @@ def wrap_driver_error(
     return wrapped
 
 
+def backend_pid(driver: DriverConnection) -> int | None:
+    """The PostgreSQL server process of this connection (None on SQLite), without a round
+    trip: what ``end_session`` needs once the connection is lost."""
+    if driver.dialect.name != "postgresql":
+        return None
+    pid: int = driver.dbapi_connection.info.backend_pid
+    return pid
+
+
+def connection_lost(exc: sa.exc.DBAPIError, driver: DriverConnection | None) -> bool:
+    """Whether ``exc`` came from losing the connection (not from an error the server gave)."""
+    if exc.connection_invalidated:
+        return True
+    return driver is not None and bool(getattr(driver.dbapi_connection, "broken", False))
+
+
+# How long ``end_session`` waits for a server process to end.
+END_SESSION_TIMEOUT_MS = 10_000
+
+
+def end_session(engine: Engine, pid: int) -> None:
+    """End the PostgreSQL server process ``pid`` (a session whose connection this client lost)
+    if it still runs, and wait until it has: its transaction is then committed or rolled back
+    for good. A session's statements that reached the server run on after its client is gone
+    (a pipeline's COMMIT included), so until then its outcome can still change.
+
+    Raises ``DBAPIError`` when the server cannot be asked, ``TimeoutError`` when the process
+    does not end in time (PostgreSQL 14 and later wait for it; older ones cannot be asked).
+    """
+    # Only a session of this database and user: the process may have ended long ago and its
+    # pid been given to another, which is then at most another session of this application.
+    own = (
+        "FROM pg_stat_activity WHERE pid = %s AND datname = current_database()"
+        " AND usename = current_user"
+    )
+    fetch_all(engine, f"SELECT pg_terminate_backend(pid, %s) {own}", (END_SESSION_TIMEOUT_MS, pid))
+    # Autocommit: each statement reads the server's activity afresh.
+    [(running,)] = fetch_all(engine, f"SELECT count(*) {own}", (pid,))
+    if running:
+        raise TimeoutError(f"the server process {pid} did not end")
+
+
 def take_append_lock(conn: Connection | DriverConnection) -> None:
     """Serialise "assign positions + insert + commit" so insert order is commit order.
 

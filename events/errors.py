@@ -39,3 +39,9 @@ class AppendOnlyViolation(StoreError):
 
 class UnknownEventType(StoreError):
     """The codec has no registration for an event type."""
+
+
+class AppendOutcomeUnknown(StoreError):
+    """The connection was lost while an append was being committed, and the database could not
+    be asked afterwards whether it was: the append may have been recorded. Retrying with the
+    same idempotency key, or reading the stream, tells."""

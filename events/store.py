@@ -41,6 +41,7 @@ from events.chain import (
 )
 from events.errors import (
     AppendOnlyViolation,
+    AppendOutcomeUnknown,
     ConcurrencyError,
     IdempotencyConflict,
     StoreError,
@@ -662,6 +663,41 @@ class EventStore:
         fingerprint: str | None,
         after_append: AfterAppend | None,
     ) -> list[list[RecordedEvent]]:
+        try:
+            return self._append_attempt(appends, idempotency_key, fingerprint, after_append)
+        except _LostConnection as lost:
+            return self._settle(appends, lost)
+
+    def _settle(
+        self, appends: Sequence[StreamAppend], lost: _LostConnection
+    ) -> list[list[RecordedEvent]]:
+        """The outcome of an append whose connection was lost (PostgreSQL): what it recorded
+        if its transaction committed (the server's answer to COMMIT never arrived), else the
+        error that lost the connection (nothing was written). ``AppendOutcomeUnknown`` when the
+        database cannot be asked."""
+        ids = [e.event_id for item in appends for e in item.events]
+        try:
+            dialects.end_session(self.engine, lost.pid)  # its outcome is final from here on
+            rows = self._fetch(self._sql.by_id, (ids[0],))
+        except (DBAPIError, TimeoutError) as exc:
+            raise AppendOutcomeUnknown(
+                "the connection to the database was lost while the append was committed, and "
+                f"the database cannot be asked whether it was: it may have been recorded ({exc})"
+            ) from lost.error
+        if not rows:
+            raise lost.error
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))).all()
+        by_id = {str(r[1]): row_to_event(r) for r in found}
+        return [[by_id[e.event_id] for e in item.events] for item in appends]
+
+    def _append_attempt(
+        self,
+        appends: Sequence[StreamAppend],
+        idempotency_key: str | None,
+        fingerprint: str | None,
+        after_append: AfterAppend | None,
+    ) -> list[list[RecordedEvent]]:
         sql = self._sql
         # Serialised before taking the connection (on SQLite, the write lock): one canonical
         # JSON text per document serves the hash and the stored column.
@@ -694,15 +730,24 @@ class EventStore:
     ) -> list[list[RecordedEvent]]:
         """One append in a transaction of its own (``head``: ``_Write.run``)."""
         sql = self._sql
+        driver: dialects.DriverConnection | None = None
+        pid: int | None = None
         try:
             if write.after_append is None:
                 # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
                 with dialects.write_transaction(self.engine) as driver:
+                    pid = dialects.backend_pid(driver)
                     return write.run(driver, sql, head=head)
             with dialects.write_connection(self.engine) as conn, conn.begin():
-                return write.run(dialects.DriverConnection.of(conn), sql, conn, head)
+                driver = dialects.DriverConnection.of(conn)
+                pid = dialects.backend_pid(driver)
+                return write.run(driver, sql, conn, head)
         except IntegrityError as exc:
             raise _translate_integrity_error(exc, write.appends) from exc
+        except DBAPIError as exc:
+            if driver is not None and pid is not None and dialects.connection_lost(exc, driver):
+                raise _LostConnection(exc, pid) from exc
+            raise
 
     def _write_together(
         self, writes: Sequence[_Write]
@@ -717,23 +762,32 @@ class EventStore:
                 return [exc]
         sql = self._sql
         outcomes: list[list[list[RecordedEvent]] | Exception] = []
-        with dialects.write_connection(self.engine) as conn, conn.begin():
-            driver = dialects.DriverConnection.of(conn)
-            for write in writes:
-                savepoint = conn.begin_nested()
-                try:
-                    recorded = write.run(driver, sql, conn)
-                except Exception as exc:
-                    # This append fails alone; if even its savepoint cannot be rolled back, the
-                    # transaction is broken and the error reaches every append of the group.
-                    savepoint.rollback()
-                    if isinstance(exc, IntegrityError):
-                        outcomes.append(_translate_integrity_error(exc, write.appends))
+        driver: dialects.DriverConnection | None = None
+        pid: int | None = None
+        try:
+            with dialects.write_connection(self.engine) as conn, conn.begin():
+                driver = dialects.DriverConnection.of(conn)
+                pid = dialects.backend_pid(driver)
+                for write in writes:
+                    savepoint = conn.begin_nested()
+                    try:
+                        recorded = write.run(driver, sql, conn)
+                    except Exception as exc:
+                        # This append fails alone; if even its savepoint cannot be rolled back,
+                        # the transaction is broken and the error reaches every append of the
+                        # group.
+                        savepoint.rollback()
+                        if isinstance(exc, IntegrityError):
+                            outcomes.append(_translate_integrity_error(exc, write.appends))
+                        else:
+                            outcomes.append(exc)
                     else:
-                        outcomes.append(exc)
-                else:
-                    savepoint.commit()
-                    outcomes.append(recorded)
+                        savepoint.commit()
+                        outcomes.append(recorded)
+        except DBAPIError as exc:
+            if driver is not None and pid is not None and dialects.connection_lost(exc, driver):
+                raise _LostConnection(exc, pid) from exc
+            raise
         return outcomes
 
     def key_used(self, key: str) -> bool:
@@ -966,6 +1020,19 @@ class EventStore:
 
 class _DuplicateIdempotencyKey(StoreError):
     pass
+
+
+class _LostConnection(StoreError):
+    """An append lost its connection (``error``) to the server process ``pid``: whether it was
+    committed is for ``EventStore._settle`` to find out."""
+
+    def __init__(self, error: DBAPIError, pid: int):
+        super().__init__(error, pid)  # ``args`` rebuild it: group commit copies it per thread
+        self.error = error
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return str(self.error)
 
 
 # One event's documents, ready to append: the canonical texts of ``data`` and ``metadata`` and

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from enforcement.api.middleware import REQUEST_ID_KEY
 from enforcement.errors import Conflict, DomainError, NotFound, ValidationFailed
 from enforcement.logs import request_id_var
-from events import ConcurrencyError, IdempotencyConflict, StoreError
+from events import AppendOutcomeUnknown, ConcurrencyError, IdempotencyConflict, StoreError
 
 log = logging.getLogger("enforcement.http")
 
@@ -263,6 +263,17 @@ def install_error_handlers(
         log.exception("database error")
         return error_response(
             503, "dependency_unavailable", "The database refused the request; nothing was written."
+        )
+
+    @app.exception_handler(AppendOutcomeUnknown)
+    async def _outcome_unknown(_: Request, exc: AppendOutcomeUnknown) -> JSONResponse:
+        log.error("append outcome unknown: %s", exc)
+        return error_response(
+            503,
+            "dependency_unavailable",
+            "The database connection was lost while the request was being recorded and the "
+            "database cannot be asked whether it was: it may have been recorded. Retry with "
+            "the same Idempotency-Key, or read the account's events.",
         )
 
     @app.exception_handler(StoreError)

@@ -1,0 +1,178 @@
+"""A PostgreSQL connection lost in the middle of an append: nothing is half-written, and the
+caller is told what happened. A connection lost after the server committed (its answer never
+arrived) must not be reported as "nothing was written": the store finds out, and answers with
+what was recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.exc import DBAPIError
+from test_service_support import FakeClock
+
+from enforcement.api.app import create_app
+from enforcement.api.deps import get_principal
+from enforcement.bootstrap import bootstrap
+from enforcement.migrations import upgrade
+from enforcement.roles import Role
+from enforcement.settings import Settings
+from enforcement.tokens import Principal
+from events import AppendOutcomeUnknown, EventStore, NewEvent, StreamAppend, create_engine
+from tests.cutting_proxy import CuttingProxy
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
+
+pytestmark = pytest.mark.postgres
+
+
+def new(n: int) -> NewEvent:
+    return NewEvent("Noted", {"n": n}, T0)
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[CuttingProxy]:
+    upgrade(pg_url)
+    with CuttingProxy(pg_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def direct(pg_url: str) -> Iterator[EventStore]:
+    """The same database, not through the proxy: what is really recorded."""
+    engine = create_engine(pg_url)
+    yield EventStore(engine)
+    engine.dispose()
+
+
+def through(proxy: CuttingProxy, **options: Any) -> EventStore:
+    return EventStore(create_engine(proxy.url), **options)
+
+
+def not_pipeline_safe(_conn: Any, _events: Any) -> None:
+    """An ``after_append`` that keeps the append off the pipelined path."""
+
+
+# Each way an append reaches COMMIT: pipelined (a new stream, a known head), or BEGIN, the
+# lock and the head reads, the insert, then COMMIT (with an after_append; several streams).
+APPENDS = {
+    "pipelined new stream": lambda s: s.append("acct_1", 0, [new(1), new(2)]),
+    "read head": lambda s: s.append("acct_1", 0, [new(1), new(2)], after_append=not_pipeline_safe),
+    "with a key": lambda s: s.append("acct_1", 0, [new(1), new(2)], idempotency_key="k1"),
+    "two streams": lambda s: s.append_streams(
+        [StreamAppend("acct_1", 0, [new(1), new(2)]), StreamAppend("acct_2", None, [new(3)])]
+    ),
+}
+
+
+@pytest.mark.parametrize("way", list(APPENDS))
+def test_an_append_committed_before_its_connection_was_lost_returns_what_it_recorded(
+    proxy: CuttingProxy, direct: EventStore, way: str
+) -> None:
+    store = through(proxy)
+    try:
+        proxy.arm_after_commit()
+
+        returned = APPENDS[way](store)
+
+        assert proxy.cut.is_set()  # the answer to COMMIT never reached the store
+        recorded = direct.read_all()
+        flat = returned if way != "two streams" else [e for batch in returned for e in batch]
+        assert flat == recorded
+        assert direct.verify("acct_1").ok
+        # The store goes on as usual afterwards.
+        store.append("acct_1", 2, [new(4)])
+        assert [e.version for e in direct.read_stream("acct_1")] == [1, 2, 3]
+    finally:
+        store.engine.dispose()
+
+
+@pytest.mark.parametrize("way", ["read head", "with a key"])
+def test_an_append_whose_connection_was_lost_before_commit_writes_nothing_and_says_so(
+    proxy: CuttingProxy, direct: EventStore, way: str
+) -> None:
+    store = through(proxy)
+    try:
+        proxy.arm_before("INSERT INTO events")
+
+        with pytest.raises(DBAPIError) as caught:
+            APPENDS[way](store)
+
+        assert proxy.cut.is_set()
+        assert caught.value.connection_invalidated
+        assert direct.read_all() == []
+        assert not direct.key_used("k1")
+    finally:
+        store.engine.dispose()
+
+
+def test_when_the_server_cannot_be_asked_the_outcome_is_reported_unknown(
+    proxy: CuttingProxy, direct: EventStore
+) -> None:
+    store = through(proxy)
+    try:
+        store.head("acct_1")  # a pooled connection, which the append takes
+        proxy.arm_after_commit()
+        proxy.refuse_new = True  # the connection is lost, and no other can be made
+
+        with pytest.raises(AppendOutcomeUnknown) as caught:
+            store.append("acct_1", 0, [new(1)])
+
+        assert "may have been recorded" in str(caught.value)
+        assert len(direct.read_all()) == 1  # it was, in fact
+    finally:
+        store.engine.dispose()
+
+
+# ---------------------------------------------------------------- through the application
+
+
+@pytest.fixture
+def api(proxy: CuttingProxy) -> Iterator[TestClient]:
+    container = bootstrap(Settings(database_url=proxy.url), clock=FakeClock())
+    app = create_app(container)
+    app.dependency_overrides[get_principal] = lambda: Principal("tok_t", "test", Role.ADMIN)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        container.close()
+
+
+def report(client: TestClient, account_id: str) -> Any:
+    return client.post("/v1/violations", json={"account_id": account_id, "category": "spam"})
+
+
+def test_a_violation_recorded_before_the_connection_was_lost_is_answered_201(
+    proxy: CuttingProxy, direct: EventStore, api: TestClient
+) -> None:
+    assert report(api, "acct_0").status_code == 201
+    proxy.arm_after_commit()
+
+    response = report(api, "acct_1")
+
+    assert proxy.cut.is_set()
+    assert response.status_code == 201, response.text  # not 503 "nothing was written"
+    recorded = [e.event_id for e in direct.read_stream("acct_1")]
+    assert [e["event_id"] for e in response.json()["decisions"]] == recorded[1:]
+
+
+def test_a_violation_whose_outcome_cannot_be_known_is_a_503_that_says_so(
+    proxy: CuttingProxy, direct: EventStore, api: TestClient
+) -> None:
+    assert report(api, "acct_0").status_code == 201  # the pool holds a connection now
+    proxy.arm_after_commit()
+    proxy.refuse_new = True
+
+    response = report(api, "acct_1")
+
+    assert proxy.cut.is_set()
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "dependency_unavailable"
+    assert "may have been recorded" in error["message"]
+    assert "nothing was written" not in error["message"]
+    assert direct.head("acct_1").version >= 1  # it was, in fact
