@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,16 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.markup import escape
 from sqlalchemy import exc as sqlalchemy_errors
+from typer.core import TyperGroup
 
-from enforcement.cli_output import EXIT_CHECK_FAILED, EXIT_USAGE, console, fail
+from enforcement.cli_output import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    OutputClosed,
+    console,
+    discard,
+    fail,
+)
 from enforcement.settings import Settings, SettingsError
 from events.errors import UnknownEventType
 
@@ -24,8 +33,22 @@ if TYPE_CHECKING:
     from events import EventStore
     from projections.stored import StandingRepository
 
+
+class _Commands(TyperGroup):
+    """The commands' group: a write to a pipe whose reader has gone (``BrokenPipeError``) leaves
+    the command as ``OutputClosed``, which ``main`` ends quietly (``_end_as_closed_pipe``);
+    Typer and click would catch the error themselves and exit 1, which says a check failed."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise OutputClosed(str(exc)) from exc
+
+
 app = typer.Typer(
     name="enforcement",
+    cls=_Commands,
     help="Enforcement backend for the TaaS API Service Acceptable Use Policy.",
     no_args_is_help=True,
     add_completion=False,
@@ -531,6 +554,8 @@ def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
                 for line in lines:
                     stream.write(line + "\n")
                     count += 1
+        except BrokenPipeError:
+            raise  # a pipe's reader went away (``-o /dev/stdout | head -1``): as for stdout
         except OSError as exc:
             fail(f"Cannot write {output}: {exc.strerror or exc}.")
         return count
@@ -585,6 +610,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
+    except (OutputClosed, BrokenPipeError):  # the flush above meets the latter
+        _end_as_closed_pipe()
     except _usage_errors() as exc:
         format_message = getattr(exc, "format_message", None)
         if not callable(format_message):
@@ -620,6 +647,25 @@ def main() -> None:
         )
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _end_as_closed_pipe() -> NoReturn:
+    """End as ``cat`` or ``git log`` end when the reader of their output goes away (``… | head
+    -1``): quietly, killed by SIGPIPE (a shell's status 141, ``subprocess``'s -13). Not exit 1,
+    which says a check failed (``verify``: a broken chain), nor 0, which would say the output was
+    written whole. Python ignores SIGPIPE, so that a write fails instead of killing it at any
+    socket's write; its default action is restored here, at the very end, only."""
+    discard(sys.stdout)  # should the process outlive the signal
+    try:
+        sys.stderr.flush()
+    except OSError:  # its reader went away too
+        discard(sys.stderr)
+    sigpipe = getattr(signal, "SIGPIPE", None)
+    if sigpipe is not None:  # not on Windows
+        signal.signal(sigpipe, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sigpipe})
+        os.kill(os.getpid(), sigpipe)
+    sys.exit(128 + int(sigpipe or 13))  # its status, should the signal not end the process
 
 
 def _database_error(exc: Exception) -> str:

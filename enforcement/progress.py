@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,6 +13,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.text import Text
+
+from enforcement.cli_output import CliConsole
 
 
 class RateColumn(ProgressColumn):
@@ -33,7 +34,7 @@ def progress_bar(enabled: bool = True) -> Progress:
         TaskProgressColumn(),
         RateColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=CliConsole(stderr=True),
         disable=not enabled,
         transient=False,
     )
