@@ -24,6 +24,7 @@ from enforcement.cli_output import (
     OutputClosed,
     console,
     discard,
+    err_console,
     fail,
 )
 from enforcement.settings import Settings, SettingsError
@@ -533,7 +534,8 @@ def export(
                 sys.stdout.write(line + "\n")
             return
         count = _write_lines_to(output, lines)
-    console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
+    # On stderr, as every note: ``-o /dev/stdout`` (or a FIFO) gives the lines alone.
+    err_console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
 
 
 def _write_lines_to(output: Path, lines: Iterator[str]) -> int:

@@ -719,7 +719,8 @@ def test_export_jsonl_with_filters(populated: Populated, invoke: Any, tmp_path: 
     )
 
     assert whole.exit_code == 0, whole.output
-    assert f"Wrote {len(everything)} line(s)" in whole.stdout
+    assert whole.stdout == ""  # the note is on stderr: stdout is for data
+    assert f"Wrote {len(everything)} line(s)" in whole.stderr
     assert exported == everything
     assert window == [
         e

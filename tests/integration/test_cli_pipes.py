@@ -1,5 +1,5 @@
-"""The CLI in a pipeline whose reader stops early (``enforcement export | head -1``): the
-installed console script on a populated SQLite file.
+"""The CLI in a pipeline whose reader stops early (``enforcement export | head -1``), and what
+goes to stdout and what to stderr: the installed console script on a populated SQLite file.
 
 A reader that closes the pipe is ordinary Unix use: the command stops quietly, as ``cat`` and
 ``git log`` do, ended by SIGPIPE (status 141 in a shell). Never exit 1, which says that a check
@@ -194,6 +194,28 @@ def test_verify_of_a_broken_chain_whose_reader_left_does_not_say_intact(
     assert read_whole.returncode == 1
     assert "BROKEN acct_a at version 1" in read_whole.stdout
     assert (cut.returncode, errors_in(stderr)) == (-signal.SIGPIPE, [])
+
+
+def test_export_to_a_file_says_so_on_stderr_so_that_stdout_stays_data(
+    populated: str, tmp_path: Path
+) -> None:
+    env = environment(populated)
+    out = tmp_path / "sor.jsonl"
+    args = ("export", "--format", "sor", "--account", "acct_1")
+
+    to_file = subprocess.run(
+        [CLI, *args, "-o", str(out)], env=env, capture_output=True, text=True, timeout=120
+    )
+    to_stdout = subprocess.run(
+        [CLI, *args, "-o", "/dev/stdout"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert (to_file.returncode, to_file.stdout) == (0, "")
+    assert to_file.stderr == f"Wrote {len(lines)} line(s) to {out}.\n"
+    assert to_stdout.returncode == 0
+    assert to_stdout.stdout.splitlines() == lines  # the lines alone
+    assert to_stdout.stderr == f"Wrote {len(lines)} line(s) to /dev/stdout.\n"
 
 
 def test_an_error_nobody_reads_still_exits_2(populated: str) -> None:
