@@ -614,6 +614,12 @@ def main() -> None:
         sys.exit(1)
     except (OutputClosed, BrokenPipeError):  # the flush above meets the latter
         _end_as_closed_pipe()
+    except SystemExit as exc:
+        # A pipe that is not ours to watch: the help goes through Typer's own Rich console, whose
+        # ``on_broken_pipe`` exits 1, as click does on a write error while parsing.
+        if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):
+            _end_as_closed_pipe()
+        raise
     except _usage_errors() as exc:
         format_message = getattr(exc, "format_message", None)
         if not callable(format_message):

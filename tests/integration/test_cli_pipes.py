@@ -156,6 +156,8 @@ def test_every_command_whose_reader_is_gone_ends_by_sigpipe_with_nothing_on_stde
         ("whatif", "--policy", str(policy), "--limit", "1"),
         ("replay", "--account", "acct_1"),
         ("init",),
+        ("--help",),  # printed by Typer's own console
+        ("export", "--help"),
     ]
     runs = []
     for start in range(0, len(commands), 8):  # eight at a time: each is an interpreter
