@@ -51,6 +51,9 @@ class Container:
     clock: Clock
     gate: Gate
     abuse: AbuseDetector
+    # The gate the use cases push their decisions to: ``gate`` itself, or on Redis the same
+    # store through a client of its own (``build_push_gate``).
+    push_gate: Gate
     extras: dict[str, object] = field(default_factory=dict)
 
     def gate_check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
@@ -64,7 +67,11 @@ class Container:
         return decision
 
     def close(self) -> None:
+        """Close the database pool and the gates' Redis connections."""
         self.engine.dispose()
+        self.gate.close()
+        if self.push_gate is not self.gate:
+            self.push_gate.close()
 
 
 # SQLite connections the pool keeps besides one per worker thread: the API's request threads,
@@ -100,12 +107,13 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
     # The embedded gate reads the use cases' clock (as seconds), so that a throttle they
     # record ends in the gate when it ends for them; the system clock's seconds are time.time.
     gate = build_gate(settings, policy, time.time if clock is system_clock else _seconds(clock))
+    push_gate = build_push_gate(settings, policy, gate)
     service = EnforcementService(
         store=store,
         standings=standings,
         policy=policy,
         clock=clock,
-        after_commit=GatePush(build_push_gate(settings, policy, gate)),
+        after_commit=GatePush(push_gate),
     )
     container = Container(
         settings=settings,
@@ -118,6 +126,7 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
         clock=clock,
         gate=gate,
         abuse=AbuseDetector(service, policy),
+        push_gate=push_gate,
     )
     container.extras["gate_applier"] = GateApplier(gate, store, standings, clock)
     gate.set_seeder(GateSeeder(gate, standings, clock))

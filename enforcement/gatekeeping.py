@@ -79,7 +79,7 @@ def build_push_gate(settings: Settings, policy: Policy, gate: Gate) -> Gate:
         socket_connect_timeout=PUSH_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),
     )
-    return RedisGate(client, **_gate_options(settings, policy))
+    return RedisGate(client, owns_client=True, **_gate_options(settings, policy))
 
 
 def apply_state(

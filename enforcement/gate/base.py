@@ -103,6 +103,9 @@ class Gate(ABC):
         self.token_window_s = token_window_s
         self._seeder: Seeder | None = None
 
+    def close(self) -> None:  # noqa: B027 (not abstract: a gate in process holds none)
+        """Release the connections the gate opened itself (none in process)."""
+
     def set_seeder(self, seeder: Seeder | None) -> None:
         """Learn an account's standing before checking it, whenever the gate holds no status for
         it: never told (no event since the gate started), expired, or lost (Redis restarted

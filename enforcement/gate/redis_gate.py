@@ -38,12 +38,15 @@ class RedisGate(Gate):
         client: redis.Redis | RedisCluster,
         *,
         state_ttl_s: int = DEFAULT_STATE_TTL_S,
+        owns_client: bool = False,
         **settings: int,
     ) -> None:
+        """``owns_client``: ``close`` closes ``client`` (and its pool); else the caller does."""
         super().__init__(**settings)
         if state_ttl_s < max(self.token_window_s, USAGE_TTL_S):
             raise ValueError("state_ttl_s must cover the token window")
         self._client = client
+        self._owns_client = owns_client
         self._command: Callable[..., Any] = client.execute_command
         bucket_s, buckets = core.denial_buckets(self.denial_window_s)
         common = {
@@ -90,7 +93,12 @@ class RedisGate(Gate):
 
     @classmethod
     def from_url(cls, url: str, **settings: int) -> RedisGate:
-        return cls(redis.Redis.from_url(url), **settings)
+        return cls(redis.Redis.from_url(url), owns_client=True, **settings)
+
+    def close(self) -> None:
+        """Close the client (its connection pool too) if the gate made it (``from_url``)."""
+        if self._owns_client:
+            self._client.close()
 
     def set_seeder(self, seeder: Seeder | None) -> None:
         super().set_seeder(seeder)

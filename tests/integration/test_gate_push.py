@@ -13,13 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from test_service_support import OPERATOR, REPORTER, FakeClock, open_system
 
 from enforcement import gatekeeping
 from enforcement import operator_decisions as ops
-from enforcement.bootstrap import Container
+from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import EmbeddedGate
 from enforcement.gatekeeping import PUSH_TIMEOUT_S, GatePush, build_gate, build_push_gate
+from enforcement.migrations import upgrade
 from enforcement.policy import ViolationReport
 from enforcement.settings import Settings
 from projections import aup_events as ev
@@ -244,3 +246,28 @@ def test_the_embedded_gate_reads_a_naive_clock_as_utc(monkeypatch: pytest.Monkey
         monkeypatch.undo()
         time.tzset()
     assert seconds == datetime(2026, 11, 24, 10, 0, tzinfo=UTC).timestamp()
+
+
+def test_closing_the_container_closes_its_gates_redis_connections(
+    sqlite_url: str, redis_url: str
+) -> None:
+    upgrade(sqlite_url)
+    watcher = redis.Redis.from_url(redis_url)
+    alone = watcher.info("clients")["connected_clients"]
+    container = bootstrap(Settings(database_url=sqlite_url, redis_url=redis_url))
+    # The gate's client, from threads at once (a connection each), and the push gate's.
+    checks = [
+        threading.Thread(target=container.gate.check, args=(f"acct_{i}", "key_1")) for i in range(4)
+    ]
+    for thread in checks:
+        thread.start()
+    for thread in checks:
+        thread.join()
+    container.service.operator("acct_0", ops.Suspend("review"), OPERATOR)
+    assert container.gate.check("acct_0", "key_1").reason == "suspended"  # pushed
+    assert watcher.info("clients")["connected_clients"] > alone
+
+    container.close()
+
+    assert watcher.info("clients")["connected_clients"] == alone
+    watcher.close()
