@@ -334,8 +334,9 @@ class AbuseDetector:
                     r.status == "open" and r.category == category
                     for r in standing.abuse_reports.values()
                 ):
+                    # A filter, as above: the service looks again where it files the report.
                     return None  # one already waits for an operator
-                self.service.file_abuse_report(
+                filed = self.service.file_gate_abuse_report(
                     account_id,
                     category,
                     f"{decision.denied_keys_last_minute} keys of the account were denied within "
@@ -343,13 +344,12 @@ class AbuseDetector:
                     "triage: several keys used to exceed quotas are prohibited (AUP §3), but "
                     "denials alone do not show the purpose, and the account-wide ceiling may be "
                     "what denied them.",
-                    None,
-                    None,
+                    key,
+                    fingerprint,
                     GATE_ACTOR,
-                    idempotency_key=key,
-                    fingerprint=fingerprint,
-                    source=GATE_SOURCE,
                 )
+                if not filed.events:
+                    return None  # filed meanwhile (a denial of another window)
         except Exception:
             log.exception("could not record %s for %s", category, account_id)
             with self._lock:

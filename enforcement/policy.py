@@ -72,6 +72,7 @@ __all__ = [
     "decide_abuse_report",
     "decide_appeal",
     "decide_appeal_filing",
+    "decide_gate_abuse_report",
     "decide_gate_sustained_abuse",
     "decide_remediation_expired",
     "decide_triage",
@@ -554,6 +555,18 @@ def decide_abuse_report(
         ctx.new_id("rep"), category, description, reporter_contact, evidence_ref, source
     )
     return [d.build(payload, ctx.causation_id)]
+
+
+def decide_gate_abuse_report(
+    policy: Policy, state: StandingState, category: str, description: str, ctx: Context
+) -> list[NewEvent]:
+    """The gate's abuse report (``source`` ``GATE_SOURCE``), or nothing while a report of its
+    category is open on the state it is decided on: one waits for an operator already. The
+    gate's own look at the standing is only a filter: read before another denial's report is
+    recorded, it would file two."""
+    if any(r.status == "open" and r.category == category for r in state.abuse_reports.values()):
+        return []
+    return decide_abuse_report(policy, category, description, None, None, ctx, ev.GATE_SOURCE)
 
 
 def decide_triage(

@@ -567,14 +567,35 @@ class EnforcementService:
         *,
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
-        source: str | None = None,
     ) -> Outcome:
-        """Record a third party's abuse report (AUP §7), or the gate's suspicion for an
-        operator to triage (``source`` ``gate``); no strike until triaged."""
+        """Record a third party's abuse report (AUP §7); no strike until triaged."""
         return self._execute(
             account_id,
             lambda _state, ctx: rules.decide_abuse_report(
-                self.policy, category, description, reporter_contact, evidence_ref, ctx, source
+                self.policy, category, description, reporter_contact, evidence_ref, ctx
+            ),
+            actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+
+    def file_gate_abuse_report(
+        self,
+        account_id: str,
+        category: str,
+        description: str,
+        idempotency_key: str,
+        fingerprint: str,
+        actor: Actor,
+    ) -> Outcome:
+        """The gate's suspicion, filed for an operator to triage unless a report of its
+        category is open already (``rules.decide_gate_abuse_report``), on the state it is
+        appended to: under the account's lock, and decided again when another writer appended
+        first. No events: one is open."""
+        return self._execute(
+            account_id,
+            lambda state, ctx: rules.decide_gate_abuse_report(
+                self.policy, state, category, description, ctx
             ),
             actor,
             idempotency_key=idempotency_key,

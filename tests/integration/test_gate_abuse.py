@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -170,15 +171,17 @@ def sustained_abuse_raised(system: Container, account_id: str) -> int:
     )
 
 
-def test_denials_either_side_of_a_window_boundary_raise_sustained_abuse_once(
-    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One burst, two denials either side of a window's boundary, on two threads: each claims
-    its own window (and idempotency key), and the first reads the standing before the second
-    records its throttle. Both read "no sustained-abuse throttle in force": the check must be
-    made again where the violation is decided, on the state it is appended to, else the burst
-    is two violations, two throttles and two notices."""
-    count = system.policy.sustained_abuse_denials.count
+def across_a_window_boundary(
+    system: Container,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    first_denial: Callable[[], str | None],
+    second_denial: Callable[[], str | None],
+) -> tuple[str | None, str | None]:
+    """What two denials observed either side of a window's boundary give: the first, on a
+    thread of its own, reads the standing in its window and waits there while the second, in
+    the next window, is observed to the end. Each claims its own window (and idempotency key),
+    and the first's read comes before whatever the second records."""
     window_s = int(system.policy.sustained_abuse_denials.window.total_seconds())
     boundary = (int(clock().timestamp()) // window_s + 1) * window_s
     clock.set(datetime.fromtimestamp(boundary - 1, UTC))
@@ -196,21 +199,56 @@ def test_denials_either_side_of_a_window_boundary_raise_sustained_abuse_once(
 
     monkeypatch.setattr(system.service.standings, "load", read_then_wait_for_the_second)
     results: list[str | None] = []
-    first = threading.Thread(
-        target=lambda: results.append(system.abuse.observe("acct_7", "key_1", denial(count)))
-    )
+    first = threading.Thread(target=lambda: results.append(first_denial()))
     first.start()
     try:
         assert first_read.wait(timeout=30)
         clock.set(datetime.fromtimestamp(boundary + 1, UTC))  # the next window
-        assert system.abuse.observe("acct_7", "key_1", denial(count + 1)) == "sustained_abuse"
+        second = second_denial()
     finally:
         second_done.set()
         first.join(timeout=30)
+    return results[0], second
+
+
+def test_denials_either_side_of_a_window_boundary_raise_sustained_abuse_once(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One burst, two denials either side of a window's boundary: both read "no
+    sustained-abuse throttle in force". The check must be made again where the violation is
+    decided, on the state it is appended to, else the burst is two violations, two throttles
+    and two notices."""
+    count = system.policy.sustained_abuse_denials.count
+    first, second = across_a_window_boundary(
+        system,
+        clock,
+        monkeypatch,
+        lambda: system.abuse.observe("acct_7", "key_1", denial(count)),
+        lambda: system.abuse.observe("acct_7", "key_1", denial(count + 1)),
+    )
+    assert second == "sustained_abuse"
+    assert first is None  # the first found the second's throttle where it decides
     assert sustained_abuse_raised(system, "acct_7") == 1
-    assert results == [None]  # the first found the second's throttle where it decides
     state = system.standings.load("acct_7")
     assert [t.reason for t in active_throttles(state, clock())] == ["sustained_abuse"]
+
+
+def test_keys_denied_either_side_of_a_window_boundary_are_filed_once(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above for the abuse report the gate files: "one open at a time" must be checked
+    again where the report is filed, else the operator is given the same suspicion twice."""
+    first, second = across_a_window_boundary(
+        system,
+        clock,
+        monkeypatch,
+        lambda: system.abuse.observe("acct_9", "key_a", denial(5, 3)),
+        lambda: system.abuse.observe("acct_9", "key_b", denial(6, 3)),
+    )
+    assert second == "rate_limit_circumvention"
+    assert first is None  # the first found the second's report where it files
+    reports = list(system.standings.load("acct_9").abuse_reports.values())
+    assert [(r.category, r.status) for r in reports] == [("rate_limit_circumvention", "open")]
 
 
 def test_a_new_burst_after_the_throttle_has_run_out_raises_sustained_abuse_again(

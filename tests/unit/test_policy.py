@@ -26,6 +26,7 @@ from enforcement.policy import (
     decide_abuse_report,
     decide_appeal,
     decide_appeal_filing,
+    decide_gate_abuse_report,
     decide_gate_sustained_abuse,
     decide_remediation_expired,
     decide_triage,
@@ -1155,6 +1156,31 @@ def test_the_gates_sustained_abuse_is_decided_only_while_due_on_the_state_it_is_
     account.record(decided, NOW)
     later = NOW + timedelta(minutes=10)
     assert decide_gate_sustained_abuse(P, account.state, report, 100, account.ctx(later)) == []
+
+
+def test_the_gate_files_a_category_only_while_none_of_it_is_open() -> None:
+    account = Account()
+    filed = decide_gate_abuse_report(
+        P, account.state, "rate_limit_circumvention", "3 keys", account.ctx(NOW)
+    )
+    assert types(filed) == ["AbuseReportReceived"]
+    assert filed[0].data["source"] == ev.GATE_SOURCE
+    account.record(filed, NOW)
+    later = NOW + timedelta(minutes=10)
+    again = decide_gate_abuse_report(
+        P, account.state, "rate_limit_circumvention", "4 keys", account.ctx(later)
+    )
+    assert again == []
+    report_id = str(filed[0].data["report_id"])
+    account.record(
+        decide_triage(P, account.state, report_id, "rejected", None, account.ctx(later, "op")),
+        later,
+    )
+    assert types(
+        decide_gate_abuse_report(
+            P, account.state, "rate_limit_circumvention", "4 keys", account.ctx(later)
+        )
+    ) == ["AbuseReportReceived"]
 
 
 # --- properties -----------------------------------------------------------------------------
