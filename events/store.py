@@ -773,6 +773,10 @@ class EventStore:
                     try:
                         recorded = write.run(driver, sql, conn)
                     except Exception as exc:
+                        if isinstance(exc, DBAPIError) and dialects.connection_lost(exc, driver):
+                            # The group's connection, not this append's alone: nothing more
+                            # can run on it (the next savepoint would be a PendingRollbackError).
+                            raise
                         # This append fails alone; if even its savepoint cannot be rolled back,
                         # the transaction is broken and the error reaches every append of the
                         # group.

@@ -5,7 +5,10 @@ what was recorded."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -176,3 +179,79 @@ def test_a_violation_whose_outcome_cannot_be_known_is_a_503_that_says_so(
     assert "may have been recorded" in error["message"]
     assert "nothing was written" not in error["message"]
     assert direct.head("acct_1").version >= 1  # it was, in fact
+
+
+# ---------------------------------------------------------------- appends that met in a group
+
+
+def _group_behind_a_held_append(
+    store: EventStore, arm: Any, accounts: tuple[str, ...]
+) -> tuple[list[Any], Any]:
+    """Appends to ``accounts`` that queue while another append's transaction is held open, so
+    that they are then written together in one transaction (``_write_together``, a savepoint
+    each); ``arm`` is called once they queue, before the held one commits. The futures of the
+    grouped appends, and the held one's."""
+    for account in ("acct_lead", *accounts):
+        store.append(account, 0, [new(0)])
+    leader_in, release = threading.Event(), threading.Event()
+
+    def hold(_conn: Any, _recorded: Any) -> None:
+        leader_in.set()
+        assert release.wait(30)
+
+    pool = ThreadPoolExecutor(len(accounts) + 1)
+    leader = pool.submit(store.append, "acct_lead", 1, [new(1)], after_append=hold)
+    assert leader_in.wait(30)
+    grouped = [
+        pool.submit(store.append, account, 1, [new(n)], after_append=not_pipeline_safe)
+        for n, account in enumerate(accounts, 2)
+    ]
+    deadline = time.monotonic() + 30
+    while len(store._writes._pending) < len(accounts) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(store._writes._pending) == len(accounts)  # they wait for the open transaction
+    arm()
+    release.set()
+    pool.shutdown(wait=False)
+    return grouped, leader
+
+
+def test_a_group_whose_connection_was_lost_before_commit_says_nothing_was_written(
+    proxy: CuttingProxy, direct: EventStore
+) -> None:
+    """Appends written together, each in a savepoint: the connection lost at one's insert is
+    the group's, not that append's alone. Each append gets the driver's error (HTTP 503:
+    nothing was written), not a ``PendingRollbackError`` from rolling back a savepoint on the
+    lost connection (a 500, which skipped finding out whether the group was committed)."""
+    store = through(proxy)
+    try:
+        grouped, leader = _group_behind_a_held_append(
+            store, lambda: proxy.arm_before("INSERT INTO events"), ("acct_1", "acct_2")
+        )
+        leader.result(30)
+        for future in grouped:
+            with pytest.raises(DBAPIError) as caught:
+                future.result(30)
+            assert caught.value.connection_invalidated
+        assert proxy.cut.is_set()
+        assert [e.version for e in direct.read_stream("acct_1")] == [1]
+        assert [e.version for e in direct.read_stream("acct_2")] == [1]
+    finally:
+        store.engine.dispose()
+
+
+def test_a_group_committed_before_its_connection_was_lost_returns_what_each_recorded(
+    proxy: CuttingProxy, direct: EventStore
+) -> None:
+    store = through(proxy)
+    try:
+        grouped, leader = _group_behind_a_held_append(
+            store, proxy.arm_after_commit, ("acct_1", "acct_2")
+        )
+        leader.result(30)
+        # The held append commits first; the proxy cuts the group's COMMIT, the next one.
+        results = [future.result(30) for future in grouped]
+        assert proxy.cut.is_set()
+        assert results == [direct.read_stream("acct_1")[1:], direct.read_stream("acct_2")[1:]]
+    finally:
+        store.engine.dispose()
