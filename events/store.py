@@ -47,7 +47,7 @@ from events.errors import (
     StoreError,
     StreamKeyUsed,
 )
-from events.groupcommit import GroupCommit
+from events.groupcommit import GroupCommit, own_copy
 from events.schema import checkpoints, events
 from events.timefmt import format_time, parse_sqlite_time, sqlite_time_text, to_utc
 from events.types import (
@@ -685,7 +685,9 @@ class EventStore:
                 f"the database cannot be asked whether it was: it may have been recorded ({exc})"
             ) from lost.error
         if not rows:
-            raise lost.error
+            # A copy of its own: the appends of a group that lost its connection share the
+            # error, and each raises it in its own thread (their tracebacks must not mix).
+            raise own_copy(lost.error)
         with self.engine.connect() as conn:
             found = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))).all()
         by_id = {str(r[1]): row_to_event(r) for r in found}

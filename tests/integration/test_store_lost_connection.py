@@ -229,10 +229,14 @@ def test_a_group_whose_connection_was_lost_before_commit_says_nothing_was_writte
             store, lambda: proxy.arm_before("INSERT INTO events"), ("acct_1", "acct_2")
         )
         leader.result(30)
+        errors = []
         for future in grouped:
             with pytest.raises(DBAPIError) as caught:
                 future.result(30)
             assert caught.value.connection_invalidated
+            errors.append(caught.value)
+        # Each its own copy, as group commit gives each thread: their tracebacks do not mix.
+        assert errors[0] is not errors[1]
         assert proxy.cut.is_set()
         assert [e.version for e in direct.read_stream("acct_1")] == [1]
         assert [e.version for e in direct.read_stream("acct_2")] == [1]
