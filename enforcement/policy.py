@@ -713,7 +713,9 @@ def decide_appeal(
     if outcome == "upheld":
         text = f"The appeal is rejected: the {what} stands."
     else:
-        text = f"The appeal is granted: the {what} is reversed and its violations are dismissed."
+        text = f"The appeal is granted: the {what} is reversed"
+        # An operator's decision taken on no violation has none to dismiss.
+        text += " and its violations are dismissed." if decision.violation_ids else "."
         restored = _restored_suspension(state, decision, ctx.now)
         if restored is not None and not state.terminated:
             until = "indefinitely" if restored.until is None else f"until {restored.until}"

@@ -129,16 +129,20 @@ def statement_of_reasons(
         deadline = format_time(decided_at + appeal_window)
         # An overturn dismisses the violations the decision was taken on, not the prior strikes
         # a statement lists beside them (``prior_strike``): those were decided on their own.
-        cleared = (
-            "the violation it was taken on no longer counts as a strike (the prior strikes "
-            "listed count as before)"
-            if any(f.get("prior_strike") for f in facts)
-            else "the violations behind it no longer count as strikes"
-        )
+        # An operator's decision taken on no violation (a reason only) has none to clear.
+        if any(f.get("prior_strike") for f in facts):
+            cleared = (
+                " and the violation it was taken on no longer counts as a strike (the prior "
+                "strikes listed count as before)"
+            )
+        elif any(f.get("violation_id") for f in facts):
+            cleared = " and the violations behind it no longer count as strikes"
+        else:
+            cleared = ""
         redress = (
             f"You may appeal this decision within {human_duration(appeal_window)} of it "
             f"(until {deadline}) by replying to this notice and quoting its decision event id. "
-            f"A person reviews every appeal; if the decision is overturned it is reversed and "
+            f"A person reviews every appeal; if the decision is overturned it is reversed"
             f"{cleared}."
         )
     return {

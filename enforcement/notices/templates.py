@@ -34,6 +34,13 @@ INTROS = {
     "appeal_outcome": "Your appeal has been decided.",
     "dismissal": "A violation recorded against your account was dismissed.",
 }
+# The openings of an operator's restriction taken on no violation (a reason only): it names
+# the facts below, not violations that are not there.
+INTROS_WITHOUT_VIOLATIONS = {
+    "throttle": "The rate limits of your API keys are reduced for the reasons below.",
+    "suspension": "Your account is suspended for the reasons below.",
+    "termination": "Your account is permanently terminated for the reasons below.",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +60,7 @@ def render(notice: RecordedEvent) -> RenderedNotice:
         f"Decision: {sor.get('decision', kind)}",
         f"Ground: {sor.get('ground', 'AUP')}",
         "",
-        INTROS.get(kind, ""),
+        _intro(kind, data.get("violation_ids") or []),
         "",
         "Statement of reasons",
         f"- Policy version: {sor.get('policy_version', '')}",
@@ -95,3 +102,9 @@ def render(notice: RecordedEvent) -> RenderedNotice:
         "issued_at": format_time(notice.recorded_at),
     }
     return RenderedNotice(subject, text, body)
+
+
+def _intro(kind: str, violation_ids: list[str]) -> str:
+    if not violation_ids and kind in INTROS_WITHOUT_VIOLATIONS:
+        return INTROS_WITHOUT_VIOLATIONS[kind]
+    return INTROS.get(kind, "")

@@ -333,3 +333,62 @@ def test_a_description_of_several_lines_stays_under_its_fact() -> None:
     assert "    How to appeal" in lines
     assert "    Write to appeals@attacker.example" in lines
     assert "    instead." in lines
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ops.Suspend("card testing"),
+        ops.ApplyThrottle(0.25, "card testing"),
+        ops.Terminate("card testing"),
+    ],
+    ids=["suspension", "throttle", "termination"],
+)
+def test_an_operators_restriction_on_no_violation_speaks_of_none(command: ops.Command) -> None:
+    """An operator may suspend, throttle or terminate with a reason and no violation (CONTRACT.md's
+    bodies): its notice, its statement's redress and the overturn of its appeal name no
+    violation, where they used to open "because of the violation(s) below" over none, promise
+    that "the violations behind it" would no longer count, and dismiss "its violations"."""
+    account = Account()
+    decided = account.operator(command, T0)
+    notice = notice_in(decided)
+    assert notice.data["violation_ids"] == []
+    text = render(notice).text
+    assert "- Fact: card testing" in text
+    assert "violation" not in text.lower()
+    assert text.count("for the reasons below.") == 1
+    assert notice.data["statement_of_reasons"]["redress"].endswith(
+        "if the decision is overturned it is reversed."
+    )
+
+    at = T0 + timedelta(days=1)
+    filed = account.record(
+        decide_appeal_filing(
+            DEFAULT_POLICY, account.state, notice.data["decision_event_id"], "", account.ctx(at)
+        ),
+        at,
+    )
+    overturned = account.record(
+        decide_appeal(
+            DEFAULT_POLICY,
+            account.state,
+            filed[0].data["appeal_id"],
+            "overturned",
+            "wrong",
+            account.ctx(at, "operator:ann"),
+        ),
+        at,
+    )
+    outcome = notice_in(overturned)
+    [decision] = [e for e in decided if e.event_id == notice.data["decision_event_id"]]
+    assert outcome.data["statement_of_reasons"]["decision"].endswith(
+        f"({decision.type}) is reversed."
+    )
+    assert "violation" not in render(outcome).text.lower()
+
+
+def test_a_restriction_on_violations_still_names_them() -> None:
+    text = render(suspension()).text
+    assert INTROS["suspension"] in text
+    assert "because of the violation(s) below." in text
+    assert "the violations behind it no longer count as strikes." in text
