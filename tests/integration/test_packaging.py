@@ -16,15 +16,29 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def importable(directory: Path) -> bool:
+    """What setuptools takes for a package: a directory with a module, or one named as a
+    package would be that holds files it ships (``enforcement/api/static``, whose files are
+    package data; ``swagger-ui`` below it is no name a package could have)."""
+    if not directory.is_dir() or directory.name == "__pycache__":
+        return False
+    if any(directory.glob("*.py")):
+        return True
+    return directory.name.isidentifier() and any(
+        p.is_file() and "__pycache__" not in p.parts for p in directory.rglob("*")
+    )
+
+
 def test_every_package_directory_is_listed_in_pyproject() -> None:
     """The packages are listed (the migrations are mapped in from ``alembic/``), so a package
-    directory added later must be listed too, or a wheel would leave it out."""
+    directory added later must be listed too, or a wheel would leave it out (or, for a
+    directory of data files, build it with a warning that it "would be ignored")."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     mapped = {name: ROOT / path for name, path in setuptools["package-dir"].items()}
     on_disk = set()
     for top in ("enforcement", "events", "projections"):
         for directory in [ROOT / top, *(ROOT / top).rglob("*")]:
-            if directory.is_dir() and any(directory.glob("*.py")):
+            if importable(directory):
                 on_disk.add(".".join(directory.relative_to(ROOT).parts))
     for name, path in mapped.items():
         on_disk |= {name} | {f"{name}.{d.name}" for d in path.iterdir() if any(d.glob("*.py"))}
@@ -32,11 +46,15 @@ def test_every_package_directory_is_listed_in_pyproject() -> None:
 
 
 def test_init_from_an_installed_wheel_creates_the_schema(tmp_path: Path) -> None:
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", tmp_path],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # setuptools' warning of a directory it ships files from but which is not listed: 40 lines
+    # on the first `scripts/run` saying a package "would be ignored", when nothing was.
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr
     [wheel] = tmp_path.glob("*.whl")
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
