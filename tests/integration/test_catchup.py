@@ -28,6 +28,7 @@ from aup_population import (
 )
 from sqlalchemy.engine import Connection
 from test_service_support import T0, all_stored_rows
+from test_store_gaps import wait_until, waiting_on_advisory_lock
 
 from enforcement.bootstrap import Container
 from enforcement.migrations import upgrade
@@ -312,10 +313,14 @@ def test_concurrent_appends_and_runners_apply_every_event_exactly_once(system: C
 @pytest.mark.postgres
 def test_an_append_in_flight_is_never_passed_over(pg_url: str) -> None:
     """PostgreSQL: while A holds its inserted but uncommitted event, B (which would take the next
-    position and commit first without the append lock) waits, and the runner does not move."""
+    position and commit first without the append lock) waits, and the runner does not move.
+
+    B appends through a store of its own, as another process would: appends of one store's
+    threads queue in-process behind A and never reach the lock, so they could not show it."""
     upgrade(pg_url)
     engine = create_engine(pg_url)
     store = EventStore(engine)
+    other_process = EventStore(engine)
     ledger = PositionLedger()
     ledger.table.create(engine)
     store.append("acct_x", None, [NewEvent("Noted", {}, T0)])
@@ -330,13 +335,23 @@ def test_an_append_in_flight_is_never_passed_over(pg_url: str) -> None:
     a = threading.Thread(
         target=lambda: store.append("acct_a", None, [NewEvent("Noted", {}, T0)], after_append=hold)
     )
-    b = threading.Thread(target=lambda: store.append("acct_b", None, [NewEvent("Noted", {}, T0)]))
+    b_done = threading.Event()
+
+    def append_b() -> None:
+        other_process.append("acct_b", None, [NewEvent("Noted", {}, T0)])
+        b_done.set()
+
+    b = threading.Thread(target=append_b)
     try:
         a.start()
         assert inserted.wait(10)
         b.start()
-        time.sleep(0.3)  # B is now waiting for the append lock
+        # B waits for the append lock (or, without it, commits past A's open position).
+        wait_until(
+            lambda: b_done.is_set() or waiting_on_advisory_lock(engine), "B commits or waits"
+        )
 
+        assert not b_done.is_set()
         assert runner.step() is None
         assert runner.checkpoint() == 1
     finally:
