@@ -66,6 +66,17 @@ def test_limits_a_throttle_and_its_lift_reach_the_gate_at_once(system: Container
     assert system.gate.check("acct_2", "key_1").limit_requests == 100
 
 
+def test_a_key_throttle_reaches_the_gate_for_that_key_alone(system: Container) -> None:
+    service = system.service
+    for key in ("key_1", "key_2"):
+        service.operator("acct_7", ops.ConfigureLimits(100, 1000, key_id=key), OPERATOR)
+
+    service.operator("acct_7", ops.ApplyThrottle(0.25, "load", key_id="key_1"), OPERATOR)
+
+    assert system.gate.check("acct_7", "key_1").limit_requests == 25
+    assert system.gate.check("acct_7", "key_2").limit_requests == 100  # not account-wide
+
+
 def test_an_embedded_gate_reads_the_use_cases_clock(
     database_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@ from test_service_support import (
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
+from enforcement.gatekeeping import GATE_ACTOR
 from enforcement.policy import ViolationReport
 from enforcement.service import Fact, Outcome
 from events import ConcurrencyError, IdempotencyConflict, StoreError
@@ -103,6 +104,59 @@ def test_a_reported_violation_is_decided_at_once_and_a_key_replays_the_first_res
     )
     assert len(events_of(system, "acct_1")) == 3
     assert_account_consistent(system, "acct_1")
+
+
+def test_a_key_replays_its_first_result_without_deciding_again(system: Container) -> None:
+    """The gate's sustained-abuse report is decided only while it is due (no sustained-abuse
+    throttle in force). Asked again under its key once its throttle is in force, the service
+    answers the first result from the key's record: deciding again would now record nothing."""
+    violation = ViolationReport("sustained_abuse", system.clock(), source=ev.GATE_SOURCE)
+    body = fingerprint(account="acct_g", category="sustained_abuse", bucket=1)
+
+    def report_again() -> Outcome:
+        return system.service.report_gate_sustained_abuse(
+            "acct_g", violation, 100, "gate-key-1", body, GATE_ACTOR
+        )
+
+    first = report_again()
+    assert types_of(first.events) == ["ViolationReported", "ThrottleApplied", "NoticeIssued"]
+    assert not first.replayed
+
+    again = report_again()
+    assert again.replayed
+    assert [e.event_id for e in again.events] == [e.event_id for e in first.events]
+    assert len(events_of(system, "acct_g")) == 3
+
+
+def test_a_key_recorded_by_another_process_meanwhile_replays_its_result(
+    system: Container, database_url: str, clock: FakeClock
+) -> None:
+    """Two processes get the same request (a retry sent to another instance): the second looks
+    the key up before the first records it, then loses the append to it. It answers the
+    first's events as a replay (HTTP 200), not as its own new result (201)."""
+    body = {"account_id": "acct_r", "category": "spam"}
+    violation = ViolationReport("spam", clock())
+    key, print_ = "key-race", fingerprint(**body)
+    with open_system(database_url, clock) as other_process:
+        winner: list[Outcome] = []
+        look_up = system.store.recorded_for_key
+
+        def look_up_then_lose_the_race(*args: Any) -> Any:
+            found = look_up(*args)  # nothing yet…
+            winner.append(  # …and the other process records the request meanwhile
+                other_process.service.report_violation("acct_r", violation, REPORTER, key, print_)
+            )
+            return found
+
+        system.store.recorded_for_key = look_up_then_lose_the_race  # type: ignore[method-assign]
+        loser = system.service.report_violation("acct_r", violation, REPORTER, key, print_)
+
+    [first] = winner
+    assert not first.replayed and loser.replayed
+    assert [e.event_id for e in loser.events] == [e.event_id for e in first.events]
+    assert loser.standing.version == 3
+    assert len(events_of(system, "acct_r")) == 3
+    assert_account_consistent(system, "acct_r")
 
 
 def test_a_batch_reports_for_many_accounts_and_a_bad_item_stands_alone(system: Container) -> None:
