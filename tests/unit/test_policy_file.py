@@ -1,10 +1,10 @@
-"""Loading the policy: defaults are POLICY.md's, files override keys, bad files name the key."""
+"""The policy from a TOML document: defaults are POLICY.md's, a document overrides keys, a bad one
+names the key. (Reading the file: ``tests/integration/test_policy_file_loading.py``.)"""
 
 from __future__ import annotations
 
 import tomllib
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -48,10 +48,8 @@ def test_the_default_policy_is_policy_md() -> None:
     assert p.appeal_window == timedelta(days=20)
 
 
-def test_the_policy_md_file_loads_as_the_default(tmp_path: Path) -> None:
-    path = tmp_path / "policy.toml"
-    path.write_text(POLICY_MD_TOML, encoding="utf-8")
-    assert load_policy(str(path)) == DEFAULT_POLICY
+def test_the_policy_md_block_is_the_default() -> None:
+    assert policy_from_mapping(tomllib.loads(POLICY_MD_TOML)) == DEFAULT_POLICY
 
 
 def test_keys_a_file_leaves_out_keep_their_defaults() -> None:
@@ -130,24 +128,6 @@ def test_a_bad_file_names_the_offending_key(text: str, key: str) -> None:
     with pytest.raises(PolicyError) as caught:
         from_toml(text)
     assert key in str(caught.value)
-
-
-def test_an_unreadable_or_malformed_file_is_a_policy_error(tmp_path: Path) -> None:
-    missing = tmp_path / "missing.toml"
-    with pytest.raises(PolicyError, match=r"missing\.toml"):
-        load_policy(str(missing))
-    broken = tmp_path / "broken.toml"
-    broken.write_text("strike_lookback = ", encoding="utf-8")
-    with pytest.raises(PolicyError, match="not valid TOML"):
-        load_policy(str(broken))
-    latin = tmp_path / "latin.toml"
-    latin.write_bytes("version = 'aup-2026-11-\u00e9'\n".encode("latin-1"))
-    with pytest.raises(PolicyError, match=r"latin\.toml is not valid TOML: it is not UTF-8"):
-        load_policy(str(latin))
-    wrong = tmp_path / "wrong.toml"
-    wrong.write_text("appeal_window = 'soon'", encoding="utf-8")
-    with pytest.raises(PolicyError, match=r"wrong\.toml.*appeal_window"):
-        load_policy(str(wrong))
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,6 @@ from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, retry_lost_after
 from events import RecordedEvent
 from tests.unit.test_templates import warning
-from tests.unit.test_webhook import Drip
 from tests.workers.system import (
     OPERATOR,
     SECRET,
@@ -48,6 +47,7 @@ from tests.workers.system import (
     set_contact,
     wait_until,
 )
+from tests.workers.test_webhook_sender import Drip
 
 CHANNELS = ("email", "webhook")
 
