@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -63,15 +65,31 @@ def test_a_connection_the_server_closed_is_replaced(gate: RedisGate, redis_url: 
     admin.close()
 
 
+def wait_until_held(redis_url: str) -> None:
+    """Until Redis is seen busy (a script holds it): a PING gets no answer within 0.2 s."""
+    url = urlsplit(redis_url)
+    patience = time.monotonic() + 10
+    while time.monotonic() < patience:
+        with socket.create_connection((url.hostname, url.port or 6379), timeout=5) as probe:
+            probe.sendall(b"PING\r\n")
+            probe.settimeout(0.2)
+            try:
+                assert probe.recv(64) == b"+PONG\r\n"
+            except TimeoutError:
+                return
+        time.sleep(0.005)
+    raise AssertionError("Redis was never held by the script")
+
+
 def test_a_timed_out_reply_is_never_read_as_a_later_one(gate: RedisGate, redis_url: str) -> None:
     admin = redis.Redis.from_url(redis_url)
     busy = "local s = redis.call('TIME') repeat local t = redis.call('TIME') until " + (
-        "(t[1] - s[1]) * 1000000 + t[2] - s[2] > 800000"
+        "(t[1] - s[1]) * 1000000 + t[2] - s[2] > 1500000"
     )
     gate.check("acct", "key", tokens=1)
     blocker = threading.Thread(target=admin.eval, args=(busy, 0))
     blocker.start()
-    time.sleep(0.1)  # the script now holds Redis for 0.8 s
+    wait_until_held(redis_url)  # the script now holds Redis, for 1.5 s from its start
 
     with pytest.raises(GateUnavailable):
         gate.check("acct", "key", tokens=10)  # 0.3 s socket timeout; it may still run later

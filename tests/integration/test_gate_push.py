@@ -175,6 +175,23 @@ def test_after_a_failed_push_none_is_tried_for_a_while(system: Container) -> Non
     assert gate.calls == ["holds_status", "holds_status"]
 
 
+class Calls:
+    """``gate``, noting the name of each of its methods called."""
+
+    def __init__(self, gate: Any) -> None:
+        self.gate = gate
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.gate, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A TCP server that accepts connections and never answers: a Redis that hangs."""
@@ -205,20 +222,20 @@ def test_a_redis_that_hangs_delays_a_decision_by_the_push_timeout_only(
 ) -> None:
     settings = Settings(database_url="sqlite://", redis_url=silent_server)
     gate = build_gate(settings, system.policy)
-    system.service.after_commit = GatePush(build_push_gate(settings, system.policy, gate))
+    push_gate = Calls(build_push_gate(settings, system.policy, gate))
+    system.service.after_commit = GatePush(push_gate)  # type: ignore[arg-type]
 
     started = time.monotonic()
     outcome = system.service.operator("acct_10", ops.Suspend("review"), OPERATOR)
     took = time.monotonic() - started
-    then = time.monotonic()
+    assert push_gate.calls == ["holds_status"]  # one command, not retried
     system.service.operator("acct_10", ops.Reinstate("cleared"), OPERATOR)  # quiet: no push
-    quiet = time.monotonic() - then
 
+    assert push_gate.calls == ["holds_status"]
     assert outcome.standing.status == "suspended"
-    # One command, with no retry, that gives up after PUSH_TIMEOUT_S (the gate's own client
-    # would wait 5 s, and retry).
-    assert PUSH_TIMEOUT_S <= took < PUSH_TIMEOUT_S + 1.0
-    assert quiet < PUSH_TIMEOUT_S
+    # It gave up after PUSH_TIMEOUT_S (the gate's own client would wait 5 s, and retry); the
+    # bound above leaves a loaded machine a second and a half.
+    assert PUSH_TIMEOUT_S <= took < PUSH_TIMEOUT_S + 1.5
 
 
 def test_a_gate_that_fails_does_not_fail_the_committed_decision(

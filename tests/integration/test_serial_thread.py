@@ -92,10 +92,11 @@ def test_an_error_of_the_job_is_raised_in_the_caller_and_the_thread_goes_on() ->
 
 def test_a_cancelled_caller_stops_waiting_and_the_job_runs_to_its_end_before_the_next() -> None:
     worker = SerialThread("serial-cancel")
-    release, finished = threading.Event(), threading.Event()
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
     order: list[str] = []
 
     def slow() -> str:
+        started.set()
         assert release.wait(5)
         order.append("slow")
         finished.set()
@@ -103,7 +104,7 @@ def test_a_cancelled_caller_stops_waiting_and_the_job_runs_to_its_end_before_the
 
     async def main() -> None:
         waiting = asyncio.ensure_future(worker.run(slow))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(started.wait, 5)  # the job runs: cancel its caller
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting

@@ -69,7 +69,9 @@ def test_a_server_that_drips_its_reply_is_cut_off_at_the_deadline(slow: str) -> 
     finally:
         took = time.monotonic() - started
         server.close()
-    assert 1.0 <= took < 1.5
+    # At the deadline, not before; the bound above it leaves a loaded machine a second (the
+    # dripped reply alone takes 4 s, and without a deadline it would come, not a TimeoutError).
+    assert 1.0 <= took < 2.0
     assert str(timed_out.value) == (
         f"the mail server smtp://127.0.0.1:{server.port} did not answer within 1 s"
     )

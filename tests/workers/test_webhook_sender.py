@@ -149,7 +149,9 @@ def test_a_slow_drip_receiver_is_cut_off_at_the_deadline(head: bytes, drip: byte
         took = time.monotonic() - started
         receiver.close()
 
-    assert 1.0 <= took < 1.5
+    # At the deadline, not before; the bound above it leaves a loaded machine a second (the
+    # drip alone takes 4 s, and without a deadline the answer would come, not a TimeoutError).
+    assert 1.0 <= took < 2.0
     # Not a refusal: the delivery records the failure and retries it (as a dead receiver).
     assert not isinstance(timed_out.value, WebhookRefused)
     assert str(timed_out.value) == (
@@ -254,7 +256,7 @@ def test_a_lookup_that_never_answers_ends_at_the_deadline_and_holds_no_other_bac
         started = time.monotonic()
         with pytest.raises(TimeoutError) as caught:
             hanging.send("http://hooks.hang/h", "evt-1", {})
-        assert time.monotonic() - started < 0.7
+        assert time.monotonic() - started < 2.0  # 0.4 s, not the 10 s the lookup hangs
         assert str(caught.value) == "the webhook at 'http://hooks.hang' did not answer within 0.4 s"
         # Meanwhile: a lookup longer than a step (0.3 s) but within the deadline is waited for,
         # and an address is not looked up at all.
@@ -293,12 +295,12 @@ def test_lookups_of_one_name_are_shared_and_lookups_in_flight_are_bounded(
         for url in ["http://same.hang/h"] * 4 + ["http://b.hang/h", "http://c.hang/h"]:
             with pytest.raises(TimeoutError, match=r"did not answer within 0\.2 s"):
                 sender.send(url, "evt", {})
-        # With a deadline of 2 s, "at once" stands out from a wait even on a busy machine.
-        patient = WebhookSender("s3cret", False, timeout=5.0, deadline=2.0)
+        # With a deadline of 6 s, "at once" stands out from a wait even on a busy machine.
+        patient = WebhookSender("s3cret", False, timeout=5.0, deadline=6.0)
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="3 name lookups are waiting on their servers"):
             patient.send("http://d.hang/h", "evt", {})
-        assert time.monotonic() - started < 1.0  # at once
+        assert time.monotonic() - started < 3.0  # at once, not after the deadline
         assert sorted(calls) == ["b.hang", "c.hang", "same.hang"]
     finally:
         release.set()
