@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from enforcement.gate import Gate, GateDecision, format_duration
-from tests.gate.harness import Backend
+from tests.gate.harness import Backend, embedded_backend
 
 
 def drain(gate: Gate, account: str, key: str, tokens: int = 0, limit: int = 1000) -> int:
@@ -257,3 +257,35 @@ def test_throttles_expire_one_after_another(backend: Backend, gate: Gate) -> Non
     backend.advance(0.3)
     assert gate.check("acct", "key").limit_requests == 100
     assert gate.check("acct", "other").limit_requests == 600
+
+
+def test_account_throttles_expire_one_after_another_with_no_key_throttle(
+    backend: Backend, gate: Gate
+) -> None:
+    # With no key throttle in force the Redis gate's check trusts its account summary until
+    # the summary's expiry: that must be the first expiry, not the last (with a key throttle,
+    # as above, the check reads every throttle and would not show it).
+    gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
+    gate.apply_throttle("acct", "t1", None, 0.25, backend.at(0.5), version=2)
+    gate.apply_throttle("acct", "t2", None, 0.5, backend.at(1.0), version=3)
+    assert gate.check("acct", "key").limit_requests == 25
+
+    backend.advance(0.6)
+    assert gate.check("acct", "key").limit_requests == 50
+
+    backend.advance(0.5)
+    assert gate.check("acct", "key").limit_requests == 100
+
+
+def test_a_throttle_ends_at_its_expiry_as_in_the_standing() -> None:
+    # The standing holds a throttle in force while ``expires_at > as_of``; the gate agrees
+    # to the millisecond (the fake clock: only the embedded gate can be put exactly there).
+    backend = embedded_backend()
+    gate = backend.make()
+    gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
+    gate.apply_throttle("acct", "t1", None, 0.5, backend.at(10), version=2)
+
+    backend.advance(9.999)
+    assert gate.check("acct", "key").limit_requests == 50
+    backend.advance(0.001)
+    assert gate.check("acct", "key").limit_requests == 100
