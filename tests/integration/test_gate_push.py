@@ -192,35 +192,62 @@ class Calls:
         return call
 
 
-@pytest.fixture
-def silent_server() -> Iterator[str]:
+class SilentServer:
     """A TCP server that accepts connections and never answers: a Redis that hangs."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
 
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.address = self._server.getsockname()
+        self.url = f"redis://127.0.0.1:{self.address[1]}/0"
+        self._held: list[socket.socket] = []
+        self._accepted = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
             try:
-                held.append(server.accept()[0])
+                conn = self._server.accept()[0]
             except TimeoutError:
                 continue
+            with self._accepted:
+                self._held.append(conn)
+                self._accepted.notify_all()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
+    def connections_so_far(self) -> int:
+        """How many connections clients opened so far: those accepted before a probe's, which
+        the listen queue hands over after them (first in, first out)."""
+        with socket.create_connection(self.address) as probe:
+            mine = probe.getsockname()
+            with self._accepted:
+                assert self._accepted.wait_for(
+                    lambda: any(c.getpeername() == mine for c in self._held), timeout=30
+                )
+                count = next(i for i, c in enumerate(self._held) if c.getpeername() == mine)
+                self._held.pop(count).close()
+        return count
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._held:
+            conn.close()
+        self._server.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
     server.close()
 
 
 def test_a_redis_that_hangs_delays_a_decision_by_the_push_timeout_only(
-    system: Container, silent_server: str
+    system: Container, silent_server: SilentServer
 ) -> None:
-    settings = Settings(database_url="sqlite://", redis_url=silent_server)
+    settings = Settings(database_url="sqlite://", redis_url=silent_server.url)
     gate = build_gate(settings, system.policy)
     push_gate = Calls(build_push_gate(settings, system.policy, gate))
     system.service.after_commit = GatePush(push_gate)  # type: ignore[arg-type]
@@ -228,10 +255,15 @@ def test_a_redis_that_hangs_delays_a_decision_by_the_push_timeout_only(
     started = time.monotonic()
     outcome = system.service.operator("acct_10", ops.Suspend("review"), OPERATOR)
     took = time.monotonic() - started
-    assert push_gate.calls == ["holds_status"]  # one command, not retried
+    assert push_gate.calls == ["holds_status"]
+    # One command, not retried: a retry after a timeout would go out on a new connection (the
+    # timed-out one is dropped). The time alone could not tell: PUSH_TIMEOUT_S + 1.5 s below
+    # lets five retries through.
+    assert silent_server.connections_so_far() == 1
     system.service.operator("acct_10", ops.Reinstate("cleared"), OPERATOR)  # quiet: no push
 
     assert push_gate.calls == ["holds_status"]
+    assert silent_server.connections_so_far() == 1
     assert outcome.standing.status == "suspended"
     # It gave up after PUSH_TIMEOUT_S (the gate's own client would wait 5 s, and retry); the
     # bound above leaves a loaded machine a second and a half.
