@@ -244,17 +244,18 @@ def test_throttles_expire_one_after_another(backend: Backend, gate: Gate) -> Non
     # The Redis gate keeps a summary of the account-wide throttles for the check (the most
     # restrictive factor, and until when it holds): each expiry must still take effect.
     gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
-    gate.apply_throttle("acct", "t1", None, 0.25, backend.at(0.3), version=2)
-    gate.apply_throttle("acct", "t2", None, 0.5, backend.at(0.6), version=3)
-    gate.apply_throttle("acct", "t3", "key", 0.1, backend.at(0.3), version=4)
+    # On Redis these are real seconds: each check has 0.6 s or more to spare on a loaded machine.
+    gate.apply_throttle("acct", "t1", None, 0.25, backend.at(0.9), version=2)
+    gate.apply_throttle("acct", "t2", None, 0.5, backend.at(1.8), version=3)
+    gate.apply_throttle("acct", "t3", "key", 0.1, backend.at(0.9), version=4)
     assert gate.check("acct", "key").limit_requests == 10
     assert gate.check("acct", "other").limit_requests == 150  # 600 x 0.25
 
-    backend.advance(0.4)
+    backend.advance(1.2)
     assert gate.check("acct", "key").limit_requests == 50
     assert gate.check("acct", "other").limit_requests == 300
 
-    backend.advance(0.3)
+    backend.advance(0.9)
     assert gate.check("acct", "key").limit_requests == 100
     assert gate.check("acct", "other").limit_requests == 600
 
@@ -266,14 +267,15 @@ def test_account_throttles_expire_one_after_another_with_no_key_throttle(
     # the summary's expiry: that must be the first expiry, not the last (with a key throttle,
     # as above, the check reads every throttle and would not show it).
     gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
-    gate.apply_throttle("acct", "t1", None, 0.25, backend.at(0.5), version=2)
-    gate.apply_throttle("acct", "t2", None, 0.5, backend.at(1.0), version=3)
+    # On Redis these are real seconds: each check has 0.8 s or more to spare on a loaded machine.
+    gate.apply_throttle("acct", "t1", None, 0.25, backend.at(1.0), version=2)
+    gate.apply_throttle("acct", "t2", None, 0.5, backend.at(2.0), version=3)
     assert gate.check("acct", "key").limit_requests == 25
 
-    backend.advance(0.6)
+    backend.advance(1.2)
     assert gate.check("acct", "key").limit_requests == 50
 
-    backend.advance(0.5)
+    backend.advance(1.0)
     assert gate.check("acct", "key").limit_requests == 100
 
 
