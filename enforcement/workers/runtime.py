@@ -245,7 +245,23 @@ def start_background(
         worker.start()
     if relay:
         leader = LeaderLock(container)
-        relay_obj = Relay(container.store, actors.enqueue, CHANNELS)
+        gate_applier = container.extras.get("gate_applier")
+
+        def relay_send(message: Message) -> None:
+            """Enqueue ``message``; a gate change is also applied to the gate at once. The
+            ``apply_gate_state`` message shares its queue with the notice deliveries, and a
+            backlog of them (or slow receivers) held it for minutes: when the decision's own
+            push had failed (Redis away a moment before, or the push paused for 10 s after),
+            the gate meanwhile served a suspended account. The message still follows (at least
+            once: applying is stale-safe and idempotent)."""
+            if message.actor == "apply_gate_state" and callable(gate_applier):
+                try:
+                    gate_applier(*message.args)
+                except Exception as exc:
+                    log.warning("the relay could not apply gate state at once: %s", exc)
+            actors.enqueue(message)
+
+        relay_obj = Relay(container.store, relay_send, CHANNELS)
         watch = None if settings.redis_url is None else RedisWatch(settings.redis_url)
 
         def take_the_lead() -> bool:

@@ -24,7 +24,7 @@ from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import RedisGate
 from enforcement.settings import Settings
-from enforcement.workers.runtime import LEADER_LOCK_KEY
+from enforcement.workers.runtime import LEADER_LOCK_KEY, build_actors, start_background
 from events import RecordedEvent
 from tests.redis_server import RedisServer
 from tests.workers.system import (
@@ -261,6 +261,45 @@ def test_a_redis_that_lost_its_data_gets_the_gate_and_waiting_notices_back(
     finally:
         receiver.close()
         worker.stop()
+
+
+def test_the_relay_tells_the_gate_of_a_suspension_whose_push_was_lost_without_the_consumers(
+    settings: Settings, poster: Container
+) -> None:
+    """A suspension whose push did not reach the gate (Redis restarting, the push then paused
+    for 10 s) is enforced once the relay passes it, not once a consumer reaches its
+    ``apply_gate_state`` message: that message queues behind the notice deliveries, which a
+    backlog or slow receivers hold for minutes. (Found by a crash soak: after Redis restarted
+    empty, the leader's re-seed read an account's standing just before an operator suspended
+    it, the suspension's push was paused, and the gate let the suspended account through on
+    both APIs while the message waited behind some 18,000 notice deliveries.)"""
+    report(poster, "acct_pushless")  # a standing the leader seeds the gate with: active
+    leader = bootstrap(settings)
+    actors = build_actors(leader)
+    # The relay and its leader's gate-keeping run; no consumer is free to take a message.
+    stop = start_background(leader, actors, consumers=False, relay=True)
+    gate = RedisGate.from_url(str(settings.redis_url))
+    try:
+        wait_until(
+            lambda: relay_position(leader.store) >= leader.store.max_position(),
+            "the leader to seed the gate and relay the report",
+        )
+        assert gate.check("acct_pushless", "key_1").reason == "ok"
+
+        # When a suspension is committed whose push never reached Redis (the poster's gate is
+        # its own, as a push that failed)
+        poster.service.operator("acct_pushless", ops.Suspend("abuse"), OPERATOR)
+
+        # Then the gate refuses the account once the relay has passed the suspension
+        wait_until(
+            lambda: relay_position(leader.store) >= leader.store.max_position(),
+            "the relay to pass the suspension",
+        )
+        assert gate.check("acct_pushless", "key_1").reason == "suspended"
+    finally:
+        stop()
+        actors.broker.close()
+        leader.close()
 
 
 @POSTGRES_ONLY
