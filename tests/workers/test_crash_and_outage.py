@@ -300,6 +300,7 @@ def test_the_relay_tells_the_gate_of_a_suspension_whose_push_was_lost_without_th
         stop()
         actors.broker.close()
         leader.close()
+        gate.close()
 
 
 @POSTGRES_ONLY
