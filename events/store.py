@@ -620,7 +620,7 @@ class EventStore:
         appends = _with_canonical_ids(appends)
         # The streams a retry must have written to: the same key for other streams is another
         # request (``IdempotencyConflict``), whatever the fingerprint says.
-        streams = {a.account_id for a in appends if a.events}
+        streams = {a.account_id for a in appends if a.events} if idempotency_key else set()
         if idempotency_key is not None:
             fingerprint = fingerprint or fingerprint_events([e for a in appends for e in a.events])
             previous = self._idempotent_result(idempotency_key, fingerprint, streams)
@@ -688,9 +688,7 @@ class EventStore:
             # A copy of its own: the appends of a group that lost its connection share the
             # error, and each raises it in its own thread (their tracebacks must not mix).
             raise own_copy(lost.error)
-        with self.engine.connect() as conn:
-            found = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))).all()
-        by_id = {str(r[1]): row_to_event(r) for r in found}
+        by_id = self._events_by_id(ids)
         return [[by_id[e.event_id] for e in item.events] for item in appends]
 
     def _append_attempt(
@@ -747,9 +745,10 @@ class EventStore:
         except IntegrityError as exc:
             raise _translate_integrity_error(exc, write.appends) from exc
         except DBAPIError as exc:
-            if driver is not None and pid is not None and dialects.connection_lost(exc, driver):
-                raise _LostConnection(exc, pid) from exc
-            raise
+            lost = _LostConnection.of(exc, driver, pid)
+            if lost is None:
+                raise
+            raise lost from exc
 
     def _write_together(
         self, writes: Sequence[_Write]
@@ -791,9 +790,10 @@ class EventStore:
                         savepoint.commit()
                         outcomes.append(recorded)
         except DBAPIError as exc:
-            if driver is not None and pid is not None and dialects.connection_lost(exc, driver):
-                raise _LostConnection(exc, pid) from exc
-            raise
+            lost = _LostConnection.of(exc, driver, pid)
+            if lost is None:
+                raise
+            raise lost from exc
         return outcomes
 
     def key_used(self, key: str) -> bool:
@@ -821,9 +821,7 @@ class EventStore:
             raise IdempotencyConflict(key, stored_fingerprint)
         # The JSON column's text (SQLite), or the value psycopg already parsed (PostgreSQL).
         ids = list(_loads(stored_ids) if isinstance(stored_ids, str) else stored_ids)
-        with self.engine.connect() as conn:
-            found = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))).all()
-        by_id = {str(r[1]): row_to_event(r) for r in found}
+        by_id = self._events_by_id(ids)
         ordered = [by_id[i] for i in ids]
         grouped: dict[str, list[RecordedEvent]] = {}
         for event in ordered:
@@ -831,6 +829,12 @@ class EventStore:
         if streams is not None and set(grouped) != streams:
             raise IdempotencyConflict(key)
         return list(grouped.values())
+
+    def _events_by_id(self, ids: Sequence[str]) -> dict[str, RecordedEvent]:
+        """The recorded events of ``ids`` (those found), by event id."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.event_id.in_(ids))).all()
+        return {str(r[1]): row_to_event(r) for r in found}
 
     # ------------------------------------------------------------------ reading
 
@@ -1039,6 +1043,16 @@ class _LostConnection(StoreError):
 
     def __str__(self) -> str:
         return str(self.error)
+
+    @staticmethod
+    def of(
+        exc: DBAPIError, driver: dialects.DriverConnection | None, pid: int | None
+    ) -> _LostConnection | None:
+        """``exc``, met on ``driver`` (server process ``pid``; None on SQLite), as a lost
+        connection whose outcome is to be found out; None if it is not one."""
+        if driver is not None and pid is not None and dialects.connection_lost(exc, driver):
+            return _LostConnection(exc, pid)
+        return None
 
 
 # One event's documents, ready to append: the canonical texts of ``data`` and ``metadata`` and
