@@ -28,7 +28,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
-from enforcement.policy import Policy, ViolationReport, sustained_abuse_due
+from enforcement.policy import (
+    Policy,
+    ViolationReport,
+    abuse_report_open,
+    sustained_abuse_due,
+)
 from enforcement.service import Actor, Clock, EnforcementService, request_fingerprint
 from enforcement.settings import Settings
 from enforcement.workers.relay import GATE_EVENTS
@@ -330,10 +335,7 @@ class AbuseDetector:
                 if not outcome.events:
                     return None  # throttled for this bout meanwhile (a denial of another window)
             else:
-                if any(
-                    r.status == "open" and r.category == category
-                    for r in standing.abuse_reports.values()
-                ):
+                if abuse_report_open(standing, category):
                     # A filter, as above: the service looks again where it files the report.
                     return None  # one already waits for an operator
                 filed = self.service.file_gate_abuse_report(

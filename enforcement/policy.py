@@ -67,6 +67,7 @@ __all__ = [
     "Policy",
     "ThrottleRule",
     "ViolationReport",
+    "abuse_report_open",
     "category_rule",
     "check_appeal_filing",
     "decide_abuse_report",
@@ -557,6 +558,11 @@ def decide_abuse_report(
     return [d.build(payload, ctx.causation_id)]
 
 
+def abuse_report_open(state: StandingState, category: str) -> bool:
+    """Whether a report of ``category`` waits for an operator's triage on ``state``."""
+    return any(r.status == "open" and r.category == category for r in state.abuse_reports.values())
+
+
 def decide_gate_abuse_report(
     policy: Policy, state: StandingState, category: str, description: str, ctx: Context
 ) -> list[NewEvent]:
@@ -564,7 +570,7 @@ def decide_gate_abuse_report(
     category is open on the state it is decided on: one waits for an operator already. The
     gate's own look at the standing is only a filter: read before another denial's report is
     recorded, it would file two."""
-    if any(r.status == "open" and r.category == category for r in state.abuse_reports.values()):
+    if abuse_report_open(state, category):
         return []
     return decide_abuse_report(policy, category, description, None, None, ctx, ev.GATE_SOURCE)
 
