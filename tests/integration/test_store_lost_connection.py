@@ -51,8 +51,12 @@ def direct(pg_url: str) -> Iterator[EventStore]:
     engine.dispose()
 
 
-def through(proxy: CuttingProxy, **options: Any) -> EventStore:
-    return EventStore(create_engine(proxy.url), **options)
+@pytest.fixture
+def store(proxy: CuttingProxy) -> Iterator[EventStore]:
+    """A store whose connections go through the proxy."""
+    engine = create_engine(proxy.url)
+    yield EventStore(engine)
+    engine.dispose()
 
 
 def not_pipeline_safe(_conn: Any, _events: Any) -> None:
@@ -73,61 +77,49 @@ APPENDS = {
 
 @pytest.mark.parametrize("way", list(APPENDS))
 def test_an_append_committed_before_its_connection_was_lost_returns_what_it_recorded(
-    proxy: CuttingProxy, direct: EventStore, way: str
+    proxy: CuttingProxy, direct: EventStore, store: EventStore, way: str
 ) -> None:
-    store = through(proxy)
-    try:
-        proxy.arm_after_commit()
+    proxy.arm_after_commit()
 
-        returned = APPENDS[way](store)
+    returned = APPENDS[way](store)
 
-        assert proxy.cut.is_set()  # the answer to COMMIT never reached the store
-        recorded = direct.read_all()
-        flat = returned if way != "two streams" else [e for batch in returned for e in batch]
-        assert flat == recorded
-        assert direct.verify("acct_1").ok
-        # The store goes on as usual afterwards.
-        store.append("acct_1", 2, [new(4)])
-        assert [e.version for e in direct.read_stream("acct_1")] == [1, 2, 3]
-    finally:
-        store.engine.dispose()
+    assert proxy.cut.is_set()  # the answer to COMMIT never reached the store
+    recorded = direct.read_all()
+    flat = returned if way != "two streams" else [e for batch in returned for e in batch]
+    assert flat == recorded
+    assert direct.verify("acct_1").ok
+    # The store goes on as usual afterwards.
+    store.append("acct_1", 2, [new(4)])
+    assert [e.version for e in direct.read_stream("acct_1")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("way", ["read head", "with a key"])
 def test_an_append_whose_connection_was_lost_before_commit_writes_nothing_and_says_so(
-    proxy: CuttingProxy, direct: EventStore, way: str
+    proxy: CuttingProxy, direct: EventStore, store: EventStore, way: str
 ) -> None:
-    store = through(proxy)
-    try:
-        proxy.arm_before("INSERT INTO events")
+    proxy.arm_before("INSERT INTO events")
 
-        with pytest.raises(DBAPIError) as caught:
-            APPENDS[way](store)
+    with pytest.raises(DBAPIError) as caught:
+        APPENDS[way](store)
 
-        assert proxy.cut.is_set()
-        assert caught.value.connection_invalidated
-        assert direct.read_all() == []
-        assert not direct.key_used("k1")
-    finally:
-        store.engine.dispose()
+    assert proxy.cut.is_set()
+    assert caught.value.connection_invalidated
+    assert direct.read_all() == []
+    assert not direct.key_used("k1")
 
 
 def test_when_the_server_cannot_be_asked_the_outcome_is_reported_unknown(
-    proxy: CuttingProxy, direct: EventStore
+    proxy: CuttingProxy, direct: EventStore, store: EventStore
 ) -> None:
-    store = through(proxy)
-    try:
-        store.head("acct_1")  # a pooled connection, which the append takes
-        proxy.arm_after_commit()
-        proxy.refuse_new = True  # the connection is lost, and no other can be made
+    store.head("acct_1")  # a pooled connection, which the append takes
+    proxy.arm_after_commit()
+    proxy.refuse_new = True  # the connection is lost, and no other can be made
 
-        with pytest.raises(AppendOutcomeUnknown) as caught:
-            store.append("acct_1", 0, [new(1)])
+    with pytest.raises(AppendOutcomeUnknown) as caught:
+        store.append("acct_1", 0, [new(1)])
 
-        assert "may have been recorded" in str(caught.value)
-        assert len(direct.read_all()) == 1  # it was, in fact
-    finally:
-        store.engine.dispose()
+    assert "may have been recorded" in str(caught.value)
+    assert len(direct.read_all()) == 1  # it was, in fact
 
 
 # ---------------------------------------------------------------- through the application
@@ -217,45 +209,37 @@ def _group_behind_a_held_append(
 
 
 def test_a_group_whose_connection_was_lost_before_commit_says_nothing_was_written(
-    proxy: CuttingProxy, direct: EventStore
+    proxy: CuttingProxy, direct: EventStore, store: EventStore
 ) -> None:
     """Appends written together, each in a savepoint: the connection lost at one's insert is
     the group's, not that append's alone. Each append gets the driver's error (HTTP 503:
     nothing was written), not a ``PendingRollbackError`` from rolling back a savepoint on the
     lost connection (a 500, which skipped finding out whether the group was committed)."""
-    store = through(proxy)
-    try:
-        grouped, leader = _group_behind_a_held_append(
-            store, lambda: proxy.arm_before("INSERT INTO events"), ("acct_1", "acct_2")
-        )
-        leader.result(30)
-        errors = []
-        for future in grouped:
-            with pytest.raises(DBAPIError) as caught:
-                future.result(30)
-            assert caught.value.connection_invalidated
-            errors.append(caught.value)
-        # Each its own copy, as group commit gives each thread: their tracebacks do not mix.
-        assert errors[0] is not errors[1]
-        assert proxy.cut.is_set()
-        assert [e.version for e in direct.read_stream("acct_1")] == [1]
-        assert [e.version for e in direct.read_stream("acct_2")] == [1]
-    finally:
-        store.engine.dispose()
+    grouped, leader = _group_behind_a_held_append(
+        store, lambda: proxy.arm_before("INSERT INTO events"), ("acct_1", "acct_2")
+    )
+    leader.result(30)
+    errors = []
+    for future in grouped:
+        with pytest.raises(DBAPIError) as caught:
+            future.result(30)
+        assert caught.value.connection_invalidated
+        errors.append(caught.value)
+    # Each its own copy, as group commit gives each thread: their tracebacks do not mix.
+    assert errors[0] is not errors[1]
+    assert proxy.cut.is_set()
+    assert [e.version for e in direct.read_stream("acct_1")] == [1]
+    assert [e.version for e in direct.read_stream("acct_2")] == [1]
 
 
 def test_a_group_committed_before_its_connection_was_lost_returns_what_each_recorded(
-    proxy: CuttingProxy, direct: EventStore
+    proxy: CuttingProxy, direct: EventStore, store: EventStore
 ) -> None:
-    store = through(proxy)
-    try:
-        grouped, leader = _group_behind_a_held_append(
-            store, proxy.arm_after_commit, ("acct_1", "acct_2")
-        )
-        leader.result(30)
-        # The held append commits first; the proxy cuts the group's COMMIT, the next one.
-        results = [future.result(30) for future in grouped]
-        assert proxy.cut.is_set()
-        assert results == [direct.read_stream("acct_1")[1:], direct.read_stream("acct_2")[1:]]
-    finally:
-        store.engine.dispose()
+    grouped, leader = _group_behind_a_held_append(
+        store, proxy.arm_after_commit, ("acct_1", "acct_2")
+    )
+    leader.result(30)
+    # The held append commits first; the proxy cuts the group's COMMIT, the next one.
+    results = [future.result(30) for future in grouped]
+    assert proxy.cut.is_set()
+    assert results == [direct.read_stream("acct_1")[1:], direct.read_stream("acct_2")[1:]]
