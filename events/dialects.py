@@ -5,12 +5,15 @@
 - the write lock that makes position order equal commit order (gap-safe catch-up);
 - how a JSON document comes back from the database (what the hash chain must cover);
 - statements run on the driver's own connection (``driver_call``), and how a dropped PostgreSQL
-  connection is noticed when it is taken from the pool.
+  connection is noticed when it is taken from the pool;
+- whether a PostgreSQL connection goes through a connection pooler (PgBouncer), and which server
+  session a lost connection leaves behind.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import threading
@@ -38,6 +41,12 @@ _POSTGRES_APPEND_LOCK = f"SELECT pg_advisory_xact_lock({_POSTGRES_APPEND_LOCK_KE
 POSTGRES_IDLE_PING_SECONDS = 10.0
 
 R = TypeVar("R")
+
+log = logging.getLogger("events.dialects")
+
+# In a pooled PostgreSQL connection's ``info`` (the pool's record of it, kept across checkouts):
+# whether it goes through a connection pooler (``_configure_postgres``).
+THROUGH_POOLER = "events_through_pooler"
 
 
 def normalized_url(url: str | sa.URL) -> sa.URL:
@@ -96,19 +105,43 @@ def _configure_postgres(engine: Engine) -> None:
     Also: json and jsonb values are parsed by ``fastjson.loads`` (exactly ``json.loads``), and
     the session's time zone is UTC, so ``timestamptz`` values come back in UTC already (psycopg
     gives them ``datetime.UTC``, which ``to_utc`` passes through instead of converting each).
+
+    And each new connection is marked (``THROUGH_POOLER``) with whether it goes through a
+    connection pooler: the process id the driver was given at connect (the BackendKeyData
+    message) is then not the server's (``pg_backend_pid()``), but one the pooler made up, and
+    the server session behind it cannot be known (``session_pid``). One warning per engine
+    says so.
     """
     from psycopg.types.json import set_json_loads
 
+    warned = threading.Lock()  # held for good once this engine warned of a pooler
+
     @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # json and jsonb come back as ``json.loads`` gives them, only faster (``fastjson``).
         set_json_loads(fastjson.loads, dbapi_conn)
         autocommit = dbapi_conn.autocommit
         dbapi_conn.autocommit = True  # a session setting, outside any transaction
         try:
-            dbapi_conn.execute("SET TIME ZONE 'UTC'")
+            # ``SET TIME ZONE 'UTC'`` and the server's process id, in the one round trip.
+            [(server_pid, _)] = dbapi_conn.execute(
+                "SELECT pg_backend_pid(), set_config('TimeZone', 'UTC', false)"
+            ).fetchall()
         finally:
             dbapi_conn.autocommit = autocommit
+        through_pooler = server_pid != dbapi_conn.info.backend_pid
+        record.info[THROUGH_POOLER] = through_pooler
+        if through_pooler and warned.acquire(blocking=False):
+            log.warning(
+                "the PostgreSQL connections of %s go through a connection pooler (the server "
+                "process %s was given to the driver as %s): an append whose connection is lost "
+                "cannot have its server session ended, so one not found recorded is answered "
+                "as possibly recorded (AppendOutcomeUnknown, HTTP 503: retry with the same "
+                "idempotency key), not as not written",
+                engine.url.render_as_string(hide_password=True),
+                server_pid,
+                dbapi_conn.info.backend_pid,
+            )
 
     @sa.event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
@@ -274,18 +307,27 @@ class DriverConnection:
     ``OperationalError`` …), and a disconnect invalidates the connection.
     """
 
-    __slots__ = ("_invalidate", "_invalidated", "dbapi_connection", "dialect")
+    __slots__ = ("_invalidate", "_invalidated", "dbapi_connection", "dialect", "info")
 
-    def __init__(self, dialect: sa.Dialect, dbapi_connection: Any, invalidate: Callable[[], Any]):
+    def __init__(
+        self,
+        dialect: sa.Dialect,
+        dbapi_connection: Any,
+        invalidate: Callable[[], Any],
+        info: dict[Any, Any],
+    ):
+        """``info``: the pooled connection's (the pool's record of it, ``THROUGH_POOLER``)."""
         self.dialect = dialect
         self.dbapi_connection = dbapi_connection
         self._invalidate = invalidate
         self._invalidated = False
+        self.info = info
 
     @classmethod
     def of(cls, conn: Connection) -> DriverConnection:
         """The driver connection under a SQLAlchemy connection (in its transaction, if any)."""
-        return cls(conn.dialect, conn.connection.dbapi_connection, conn.invalidate)
+        pooled = conn.connection
+        return cls(conn.dialect, pooled.dbapi_connection, conn.invalidate, pooled.info)
 
     def call(self, statement: str, call: Callable[[Any], R], params: Any = None) -> R:
         """``call(dbapi_connection)``, which runs ``statement``."""
@@ -400,7 +442,9 @@ def write_transaction(engine: Engine) -> Iterator[DriverConnection]:
     try:
         raw = raw_connection(engine)
         try:
-            driver = DriverConnection(engine.dialect, raw.dbapi_connection, raw.invalidate)
+            driver = DriverConnection(
+                engine.dialect, raw.dbapi_connection, raw.invalidate, raw.info
+            )
             if sqlite:
                 driver.execute("BEGIN IMMEDIATE")
             try:
@@ -445,10 +489,14 @@ def wrap_driver_error(
     return wrapped
 
 
-def backend_pid(driver: DriverConnection) -> int | None:
-    """The PostgreSQL server process of this connection (None on SQLite), without a round
-    trip: what ``end_session`` needs once the connection is lost."""
-    if driver.dialect.name != "postgresql":
+def session_pid(driver: DriverConnection) -> int | None:
+    """The PostgreSQL server process of this connection's session, without a round trip: what
+    ``end_session`` needs once the connection is lost. None on SQLite, and through a connection
+    pooler, where the session cannot be known: the driver's process id is one the pooler made
+    up (it may even be another live session's), and the server connection a pooler lends can
+    change from one transaction to the next; also for a connection not checked at connect (an
+    engine not made by ``create_engine``)."""
+    if driver.dialect.name != "postgresql" or driver.info.get(THROUGH_POOLER, True):
         return None
     pid: int = driver.dbapi_connection.info.backend_pid
     return pid

@@ -43,5 +43,6 @@ class UnknownEventType(StoreError):
 
 class AppendOutcomeUnknown(StoreError):
     """The connection was lost while an append was being committed, and the database could not
-    be asked afterwards whether it was: the append may have been recorded. Retrying with the
-    same idempotency key, or reading the stream, tells."""
+    be asked afterwards whether it was, or (through a connection pooler) did not show it yet
+    while its session could still commit it: the append may have been recorded. Retrying with
+    the same idempotency key, or reading the stream, tells."""

@@ -674,15 +674,23 @@ class EventStore:
         """The outcome of an append whose connection was lost (PostgreSQL): what it recorded
         if its transaction committed (the server's answer to COMMIT never arrived), else the
         error that lost the connection (nothing was written). ``AppendOutcomeUnknown`` when the
-        database cannot be asked."""
+        database cannot be asked, and when it finds nothing through a connection pooler: there
+        the lost session cannot be ended, and may still commit."""
         ids = [e.event_id for item in appends for e in item.events]
         try:
-            dialects.end_session(self.engine, lost.pid)  # its outcome is final from here on
+            if lost.pid is not None:
+                dialects.end_session(self.engine, lost.pid)  # its outcome is final from here on
             rows = self._fetch(self._sql.by_id, (ids[0],))
         except (DBAPIError, TimeoutError) as exc:
             raise AppendOutcomeUnknown(
                 "the connection to the database was lost while the append was committed, and "
                 f"the database cannot be asked whether it was: it may have been recorded ({exc})"
+            ) from lost.error
+        if not rows and lost.pid is None:
+            raise AppendOutcomeUnknown(
+                "the connection to the database was lost while the append was committed, "
+                "through a connection pooler: it is not recorded yet, but its server session, "
+                "which cannot be ended from here, may still record it"
             ) from lost.error
         if not rows:
             # A copy of its own: the appends of a group that lost its connection share the
@@ -736,11 +744,11 @@ class EventStore:
             if write.after_append is None:
                 # Nothing needs a SQLAlchemy connection: the same transaction on the driver's.
                 with dialects.write_transaction(self.engine) as driver:
-                    pid = dialects.backend_pid(driver)
+                    pid = dialects.session_pid(driver)
                     return write.run(driver, sql, head=head)
             with dialects.write_connection(self.engine) as conn, conn.begin():
                 driver = dialects.DriverConnection.of(conn)
-                pid = dialects.backend_pid(driver)
+                pid = dialects.session_pid(driver)
                 return write.run(driver, sql, conn, head)
         except IntegrityError as exc:
             raise _translate_integrity_error(exc, write.appends) from exc
@@ -768,7 +776,7 @@ class EventStore:
         try:
             with dialects.write_connection(self.engine) as conn, conn.begin():
                 driver = dialects.DriverConnection.of(conn)
-                pid = dialects.backend_pid(driver)
+                pid = dialects.session_pid(driver)
                 for write in writes:
                     savepoint = conn.begin_nested()
                     try:
@@ -1033,10 +1041,11 @@ class _DuplicateIdempotencyKey(StoreError):
 
 
 class _LostConnection(StoreError):
-    """An append lost its connection (``error``) to the server process ``pid``: whether it was
-    committed is for ``EventStore._settle`` to find out."""
+    """An append lost its connection (``error``) to the server process ``pid`` (None: unknown,
+    through a connection pooler): whether it was committed is for ``EventStore._settle`` to
+    find out."""
 
-    def __init__(self, error: DBAPIError, pid: int):
+    def __init__(self, error: DBAPIError, pid: int | None):
         super().__init__(error, pid)  # ``args`` rebuild it: group commit copies it per thread
         self.error = error
         self.pid = pid
@@ -1048,9 +1057,13 @@ class _LostConnection(StoreError):
     def of(
         exc: DBAPIError, driver: dialects.DriverConnection | None, pid: int | None
     ) -> _LostConnection | None:
-        """``exc``, met on ``driver`` (server process ``pid``; None on SQLite), as a lost
-        connection whose outcome is to be found out; None if it is not one."""
-        if driver is not None and pid is not None and dialects.connection_lost(exc, driver):
+        """``exc``, met on ``driver`` (server session ``pid``: ``dialects.session_pid``), as a
+        lost PostgreSQL connection whose outcome is to be found out; None if it is not one."""
+        if (
+            driver is not None
+            and driver.dialect.name == "postgresql"
+            and dialects.connection_lost(exc, driver)
+        ):
             return _LostConnection(exc, pid)
         return None
 

@@ -271,9 +271,9 @@ def install_error_handlers(
         return error_response(
             503,
             "dependency_unavailable",
-            "The database connection was lost while the request was being recorded and the "
-            "database cannot be asked whether it was: it may have been recorded. Retry with "
-            "the same Idempotency-Key, or read the account's events.",
+            "The database connection was lost while the request was being recorded and "
+            "whether it was cannot be known yet: it may have been recorded. Retry with the "
+            "same Idempotency-Key, or read the account's events.",
         )
 
     @app.exception_handler(StoreError)

@@ -5,14 +5,18 @@ what was recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import DBAPIError
 from test_service_support import FakeClock
@@ -125,9 +129,9 @@ def test_when_the_server_cannot_be_asked_the_outcome_is_reported_unknown(
 # ---------------------------------------------------------------- through the application
 
 
-@pytest.fixture
-def api(proxy: CuttingProxy) -> Iterator[TestClient]:
-    container = bootstrap(Settings(database_url=proxy.url), clock=FakeClock())
+@contextmanager
+def client_of(url: str) -> Iterator[TestClient]:
+    container = bootstrap(Settings(database_url=url), clock=FakeClock())
     app = create_app(container)
     app.dependency_overrides[get_principal] = lambda: Principal("tok_t", "test", Role.ADMIN)
     try:
@@ -135,6 +139,12 @@ def api(proxy: CuttingProxy) -> Iterator[TestClient]:
             yield client
     finally:
         container.close()
+
+
+@pytest.fixture
+def api(proxy: CuttingProxy) -> Iterator[TestClient]:
+    with client_of(proxy.url) as client:
+        yield client
 
 
 def report(client: TestClient, account_id: str) -> Any:
@@ -243,3 +253,109 @@ def test_a_group_committed_before_its_connection_was_lost_returns_what_each_reco
     results = [future.result(30) for future in grouped]
     assert proxy.cut.is_set()
     assert results == [direct.read_stream("acct_1")[1:], direct.read_stream("acct_2")[1:]]
+
+
+# ---------------------------------------------------------------- through a connection pooler
+# The proxy gives each connection a process id of its own making, as PgBouncer does: the
+# store cannot end the lost session, so "not found" is not final.
+
+
+@pytest.mark.parametrize("way", list(APPENDS))
+def test_through_a_pooler_an_append_committed_before_its_connection_was_lost_returns_it(
+    proxy: CuttingProxy, direct: EventStore, store: EventStore, way: str
+) -> None:
+    proxy.pose_as_pooler()
+    proxy.arm_after_commit()
+
+    returned = APPENDS[way](store)
+
+    assert proxy.cut.is_set()
+    flat = returned if way != "two streams" else [e for batch in returned for e in batch]
+    assert flat == direct.read_all()
+
+
+@pytest.mark.parametrize("way", ["read head", "with a key"])
+def test_through_a_pooler_an_append_not_found_after_its_connection_was_lost_is_unknown(
+    proxy: CuttingProxy, direct: EventStore, store: EventStore, way: str
+) -> None:
+    """Not "nothing was written": the session the pooler served it on cannot be ended, and
+    might still commit what it was sent (here it was not sent the insert)."""
+    proxy.pose_as_pooler()
+    proxy.arm_before("INSERT INTO events")
+
+    with pytest.raises(AppendOutcomeUnknown) as caught:
+        APPENDS[way](store)
+
+    assert proxy.cut.is_set()
+    assert "may still record it" in str(caught.value)
+    assert isinstance(caught.value.__cause__, DBAPIError)
+    assert direct.read_all() == []
+
+
+@pytest.fixture
+def bystander(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """Another live session of the same database and user, straight to the server."""
+    url = sa.make_url(pg_url).set(drivername="postgresql")
+    conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.mark.parametrize("cut", ["after commit", "before insert"])
+def test_through_a_pooler_another_session_with_the_made_up_process_id_is_not_ended(
+    proxy: CuttingProxy,
+    direct: EventStore,
+    store: EventStore,
+    bystander: psycopg.Connection[Any],
+    cut: str,
+) -> None:
+    """The pooler's made-up process id may be that of another session of the service: ending
+    "the lost session" by that id would end it (it did, before the pooler was recognised)."""
+    [(pid,)] = bystander.execute("SELECT pg_backend_pid()").fetchall()
+    proxy.pose_as_pooler(pid)
+    if cut == "after commit":
+        proxy.arm_after_commit()
+    else:
+        proxy.arm_before("INSERT INTO events")
+
+    # What the append answers is for the tests above; here, what became of the bystander.
+    with contextlib.suppress(AppendOutcomeUnknown, DBAPIError):
+        store.append("acct_1", 0, [new(1)], after_append=not_pipeline_safe)
+
+    assert proxy.cut.is_set()
+    assert bystander.execute("SELECT pg_backend_pid()").fetchall() == [(pid,)]  # still alive
+    assert len(direct.read_all()) == (1 if cut == "after commit" else 0)
+
+
+def test_through_a_pooler_a_group_whose_connection_was_lost_before_commit_is_unknown(
+    proxy: CuttingProxy, direct: EventStore, store: EventStore
+) -> None:
+    proxy.pose_as_pooler()
+    grouped, leader = _group_behind_a_held_append(
+        store, lambda: proxy.arm_before("INSERT INTO events"), ("acct_1", "acct_2")
+    )
+    leader.result(30)
+    for future in grouped:
+        with pytest.raises(AppendOutcomeUnknown):
+            future.result(30)
+    assert proxy.cut.is_set()
+    assert [e.version for e in direct.read_stream("acct_1")] == [1]
+    assert [e.version for e in direct.read_stream("acct_2")] == [1]
+
+
+def test_through_a_pooler_a_violation_not_found_after_a_lost_connection_is_a_503_that_says_so(
+    proxy: CuttingProxy, direct: EventStore
+) -> None:
+    proxy.pose_as_pooler()
+    with client_of(proxy.url) as api:
+        assert report(api, "acct_0").status_code == 201
+        proxy.arm_before("INSERT INTO events")
+
+        response = report(api, "acct_1")
+
+    assert proxy.cut.is_set()
+    assert response.status_code == 503, response.text
+    message = response.json()["error"]["message"]
+    assert "may have been recorded" in message
+    assert "nothing was written" not in message
+    assert direct.head("acct_1").version == 0
