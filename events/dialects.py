@@ -7,7 +7,8 @@
 - statements run on the driver's own connection (``driver_call``), and how a dropped PostgreSQL
   connection is noticed when it is taken from the pool;
 - whether a PostgreSQL connection goes through a connection pooler (PgBouncer), and which server
-  session a lost connection leaves behind.
+  session a lost connection leaves behind;
+- an INSERT that can take ``ON CONFLICT`` (``conflict_insert``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from events import fastjson
@@ -533,6 +534,12 @@ def end_session(engine: Engine, pid: int) -> None:
     [(running,)] = fetch_all(engine, f"SELECT count(*) {own}", (pid,))
     if running:
         raise TimeoutError(f"the server process {pid} did not end")
+
+
+def conflict_insert(conn: Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` in ``conn``'s dialect, so that it can take ``ON CONFLICT …
+    DO UPDATE`` (``on_conflict_do_update``): SQLite and PostgreSQL write the clause alike."""
+    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
 
 def take_append_lock(conn: Connection | DriverConnection) -> None:

@@ -1035,6 +1035,27 @@ class EventStore:
         if updated.rowcount == 0:
             conn.execute(checkpoints.insert().values(name=name, position=position, updated_at=now))
 
+    def advance_checkpoint(self, conn: Connection, name: str, position: int) -> None:
+        """Record a position that only moves forward, in the caller's transaction: one not past
+        the recorded position changes nothing. The database keeps the greater (one upsert), so
+        two writers leave the greater whichever commits last; reading the position and then
+        writing would not (on PostgreSQL, at READ COMMITTED, both read the old one and the
+        later writer moves it back), and two first writes would collide on the name."""
+        now = to_utc(self._clock())
+        insert = dialects.conflict_insert(conn, checkpoints).values(
+            name=name, position=position, updated_at=now
+        )
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[checkpoints.c.name],
+                set_={
+                    "position": insert.excluded.position,
+                    "updated_at": insert.excluded.updated_at,
+                },
+                where=checkpoints.c.position < insert.excluded.position,
+            )
+        )
+
 
 class _DuplicateIdempotencyKey(StoreError):
     pass

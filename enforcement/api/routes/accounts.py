@@ -9,7 +9,6 @@ from urllib.parse import unquote_to_bytes
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Path, Request
-from sqlalchemy.dialects import postgresql, sqlite
 
 from enforcement import operator_decisions as ops
 from enforcement.api.deps import ContainerDep, Operator, actor_of
@@ -32,7 +31,7 @@ from enforcement.api.schemas import (
 from enforcement.api.shapes import outcome_json
 from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.tables import contacts
-from events.dialects import write_connection
+from events.dialects import conflict_insert, write_connection
 
 router = APIRouter(
     prefix="/v1/accounts/{account_id}",
@@ -208,8 +207,7 @@ def set_contact(
         "updated_at": datetime.now(UTC),
     }
     with write_connection(container.engine) as conn, conn.begin():
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        insert = dialect_insert(contacts).values(**values)
+        insert = conflict_insert(conn, contacts).values(**values)
         conn.execute(
             insert.on_conflict_do_update(
                 index_elements=[contacts.c.account_id],
