@@ -310,17 +310,18 @@ class LostRetryScan:
 
     def _saw(self, position: int, at: datetime) -> None:
         """Write down that the relay had enqueued everything up to ``position`` by ``at``: true
-        whoever writes it, so a look writes it whether it still leads or not."""
+        whoever writes it, so a look writes it whether it still leads or not (two at the same
+        instant keep the greater: both are true)."""
         with write_connection(self.store.engine) as conn, conn.begin():
-            self.store.set_checkpoint(conn, _seen_name(at), position)
+            self.store.advance_checkpoint(conn, _seen_name(at), position)
 
     def _reach(self, until: datetime, enqueued: int, seen: list[datetime]) -> None:
-        """Move both checkpoints on (the position never back) and drop the relay positions
-        ``seen`` that this look took up, in one transaction."""
+        """Move both checkpoints on (the position never back, whoever writes last: the database
+        keeps the greater) and drop the relay positions ``seen`` that this look took up, in one
+        transaction."""
         with write_connection(self.store.engine) as conn, conn.begin():
             self.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, _micros(until))
-            if enqueued > self.store.get_checkpoint(conn, UNTRIED_CHECKPOINT):
-                self.store.set_checkpoint(conn, UNTRIED_CHECKPOINT, enqueued)
+            self.store.advance_checkpoint(conn, UNTRIED_CHECKPOINT, enqueued)
             names = [_seen_name(at) for at in seen]
             if names:
                 conn.execute(checkpoints.delete().where(checkpoints.c.name.in_(names)))

@@ -3,6 +3,7 @@ PostgreSQL: a notice is done only once every channel it goes out on has a final 
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from enforcement.service import Actor
 from enforcement.workers.recovery import (
     LOST_RETRIES_CHECKPOINT,
     RECOVERY_WINDOW,
+    UNTRIED_CHECKPOINT,
     LostRetryScan,
     lost_retries,
     notices_without_outcome,
@@ -28,7 +30,8 @@ from enforcement.workers.recovery import (
 from enforcement.workers.relay import CHECKPOINT
 from enforcement.workers.runtime import build_actors
 from projections import aup_events as ev
-from tests.workers.system import Receiver, fast_settings, report, set_contact
+from tests.locks import waiting_on_a_lock
+from tests.workers.system import Receiver, fast_settings, report, set_contact, wait_until
 
 WORKER = Actor(name="worker:test", correlation_id="test")
 
@@ -376,5 +379,66 @@ def test_a_relayed_notice_is_looked_at_once_the_relay_was_seen_past_it_long_enou
         # Once: the position seen later is no further than the one taken up.
         assert leader_at(later + lost_after).run(sent.append) == []
         assert leader_at(later).relay_positions_seen() == {later + lost_after: position}
+    finally:
+        system.close()
+
+
+def untried_until(system: Container) -> int:
+    with system.engine.connect() as conn:
+        return system.store.get_checkpoint(conn, UNTRIED_CHECKPOINT)
+
+
+def test_a_leader_that_finishes_last_leaves_the_further_untried_position(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two leaders (a deposed one finishing late): the slow one saw the relay at 100 and
+    finishes after the other, which saw it at 200. The position taken up stays at 200: moved
+    back, the next look would read those notices again."""
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        relay_to(system, 100)
+        now = system.clock()
+
+        def the_other_leads_meanwhile(lost: list[tuple[str, str]]) -> None:
+            relay_to(system, 200)
+            leader(system, now + timedelta(seconds=1)).run(lambda lost: None)
+            assert untried_until(system) == 200
+
+        leader(system, now).run(the_other_leads_meanwhile)
+        assert untried_until(system) == 200
+    finally:
+        system.close()
+
+
+@pytest.mark.postgres
+def test_two_leaders_writing_at_once_never_move_the_untried_position_back(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL the other leader's transaction writes 200 and is still open when this
+    leader, which saw the relay at 100, writes: it waits, and then must change nothing. A
+    read-then-write at READ COMMITTED read 50 (the last committed), waited for the row, and
+    wrote 100 over the 200."""
+    upgrade(pg_url)
+    system = bootstrap(fast_settings(pg_url, tmp_path))
+    try:
+        with system.engine.begin() as conn:
+            system.store.set_checkpoint(conn, UNTRIED_CHECKPOINT, 50)
+        relay_to(system, 100)
+        failed: list[BaseException] = []
+
+        def look() -> None:
+            try:
+                leader(system, system.clock()).run(lambda lost: None)
+            except BaseException as exc:
+                failed.append(exc)
+
+        with system.engine.connect() as other, other.begin():
+            system.store.set_checkpoint(other, UNTRIED_CHECKPOINT, 200)
+            this = threading.Thread(target=look)
+            this.start()
+            wait_until(lambda: waiting_on_a_lock(system.engine), "this leader's write waits")
+        this.join(20)
+        assert (this.is_alive(), failed) == (False, [])
+        assert untried_until(system) == 200
     finally:
         system.close()
