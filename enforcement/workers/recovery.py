@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -250,9 +251,7 @@ class LostRetryScan:
 
     def scanned_until(self) -> datetime | None:
         """The end of the last look's range, or None before the first."""
-        with self.store.engine.connect() as conn:
-            micros = self.store.get_checkpoint(conn, LOST_RETRIES_CHECKPOINT)
-        return EPOCH + timedelta(microseconds=micros) if micros else None
+        return _scanned_until(self._marks().scanned_micros)
 
     def run(
         self,
@@ -262,12 +261,11 @@ class LostRetryScan:
         """Look at the next range; ``send`` gets the lost ``(notice event id, channel)``s.
         ``leads`` is asked before sending and before moving the checkpoints: a leader that lost
         the lead meanwhile leaves both to the next one."""
-        with self.store.engine.connect() as conn:
-            relayed = self.store.get_checkpoint(conn, RELAY_CHECKPOINT)
+        marks = self._marks()
         now = to_utc(self.clock())  # read after the position: the relay had passed it by now
-        self._saw(relayed, now)
+        self._saw(marks.relayed, now)
         until = now - self.lost_after
-        scanned = self.scanned_until()
+        scanned = _scanned_until(marks.scanned_micros)
         if scanned is not None and scanned > until:
             log.warning(
                 "the lost-retry checkpoint %s is ahead of this leader's clock (%s): a clock "
@@ -280,14 +278,13 @@ class LostRetryScan:
         if scanned is not None:
             after = max(after, scanned)
         lost = lost_retries(self.store, after, until, self.max_attempts) if until > after else []
-        # The furthest the relay was seen at ``lost_after`` ago or longer: it had enqueued
-        # everything up to there that long ago.
-        seen = {at: position for at, position in self.relay_positions_seen().items() if at <= until}
+        # The furthest the relay was seen at ``lost_after`` ago or longer (this look's sighting
+        # too, as ``_saw`` kept it): it had enqueued everything up to there that long ago.
+        seen_by = {**marks.seen, now: max(marks.relayed, marks.seen.get(now, 0))}
+        seen = {at: position for at, position in seen_by.items() if at <= until}
         enqueued = max(seen.values(), default=0)
-        with self.store.engine.connect() as conn:
-            judged = self.store.get_checkpoint(conn, UNTRIED_CHECKPOINT)
-        if enqueued > judged:
-            lost += untried_deliveries(self.store, judged, enqueued, now - RECOVERY_WINDOW)
+        if enqueued > marks.judged:
+            lost += untried_deliveries(self.store, marks.judged, enqueued, now - RECOVERY_WINDOW)
         lost = list(dict.fromkeys(lost))
         if not leads():
             return []
@@ -298,15 +295,29 @@ class LostRetryScan:
 
     def relay_positions_seen(self) -> dict[datetime, int]:
         """The relay positions the looks saw that no look has taken up yet, by when."""
+        return self._marks().seen
+
+    def _marks(self) -> _Marks:
+        """The checkpoints a look starts from, in one query."""
+        named = (RELAY_CHECKPOINT, LOST_RETRIES_CHECKPOINT, UNTRIED_CHECKPOINT)
         query = sa.select(checkpoints.c.name, checkpoints.c.position).where(
-            checkpoints.c.name.startswith(RELAY_SEEN_PREFIX, autoescape=True)
+            sa.or_(
+                checkpoints.c.name.in_(named),
+                checkpoints.c.name.startswith(RELAY_SEEN_PREFIX, autoescape=True),
+            )
         )
         with self.store.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return {
-            EPOCH + timedelta(microseconds=int(name[len(RELAY_SEEN_PREFIX) :])): int(position)
-            for name, position in rows
-        }
+            position = {str(name): int(value) for name, value in conn.execute(query)}
+        return _Marks(
+            relayed=position.get(RELAY_CHECKPOINT, 0),
+            scanned_micros=position.get(LOST_RETRIES_CHECKPOINT, 0),
+            judged=position.get(UNTRIED_CHECKPOINT, 0),
+            seen={
+                EPOCH + timedelta(microseconds=int(name[len(RELAY_SEEN_PREFIX) :])): value
+                for name, value in position.items()
+                if name.startswith(RELAY_SEEN_PREFIX)
+            },
+        )
 
     def _saw(self, position: int, at: datetime) -> None:
         """Write down that the relay had enqueued everything up to ``position`` by ``at``: true
@@ -325,6 +336,20 @@ class LostRetryScan:
             names = [_seen_name(at) for at in seen]
             if names:
                 conn.execute(checkpoints.delete().where(checkpoints.c.name.in_(names)))
+
+
+@dataclass(frozen=True)
+class _Marks:
+    """What the checkpoints held when a look began."""
+
+    relayed: int  # the relay's position
+    scanned_micros: int  # ``LOST_RETRIES_CHECKPOINT``, 0 before the first look
+    judged: int  # ``UNTRIED_CHECKPOINT``
+    seen: dict[datetime, int]  # the relay positions seen (``RELAY_SEEN_PREFIX``), by when
+
+
+def _scanned_until(micros: int) -> datetime | None:
+    return EPOCH + timedelta(microseconds=micros) if micros else None
 
 
 def _micros(moment: datetime) -> int:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
@@ -440,5 +441,29 @@ def test_two_leaders_writing_at_once_never_move_the_untried_position_back(
         this.join(20)
         assert (this.is_alive(), failed) == (False, [])
         assert untried_until(system) == 200
+    finally:
+        system.close()
+
+
+def test_a_look_reads_the_checkpoints_in_one_query(database_url: str, tmp_path: Path) -> None:
+    """The relay's position, both checkpoints and the relay positions seen are read together
+    at the start of a look (not a connection for each), and the look still takes up what it
+    saw."""
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        relay_to(system, 100)
+        reads: list[str] = []
+
+        def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            if statement.lstrip().upper().startswith("SELECT") and "checkpoints" in statement:
+                reads.append(statement)
+
+        sa.event.listen(system.engine, "before_cursor_execute", note)
+        try:
+            leader(system, system.clock()).run(lambda lost: None)
+        finally:
+            sa.event.remove(system.engine, "before_cursor_execute", note)
+        assert len(reads) == 1
+        assert untried_until(system) == 100
     finally:
         system.close()
