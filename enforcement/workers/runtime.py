@@ -170,6 +170,9 @@ class RedisWatch:
     def mark(self) -> None:
         self.client.set(self.KEY, "1")
 
+    def close(self) -> None:
+        self.client.close()  # and its connection pool, which ``from_url`` made for it
+
 
 def keep_gate(
     container: Container,
@@ -233,11 +236,13 @@ def run_every(
 def start_background(
     container: Container, actors: Actors, *, consumers: bool, relay: bool
 ) -> Callable[[], None]:
-    """Start consumers and/or the relay and sweep as threads; returns a stop function."""
+    """Start consumers and/or the relay and sweep as threads; returns a stop function (which
+    closes the leader's ``RedisWatch`` too; ``actors.broker`` is the caller's to close)."""
     settings = container.settings
     stop = threading.Event()
     threads: list[threading.Thread] = []
     worker: dramatiq.Worker | None = None
+    watch: RedisWatch | None = None
     if consumers:
         worker = dramatiq.Worker(
             actors.broker, worker_threads=settings.worker_threads, worker_timeout=100
@@ -390,22 +395,36 @@ def start_background(
             t.join(timeout=10)
         if worker is not None:
             worker.stop(timeout=10_000)
+        if watch is not None:
+            watch.close()
 
     return stop_all
+
+
+def start_runtime(
+    container: Container, *, consumers: bool, relay: bool
+) -> tuple[Actors, Callable[[], None]]:
+    """``build_actors`` and ``start_background``, as ``serve`` and ``enforcement worker`` run
+    them: the actors, and a stop function that also closes the broker made for them (its Redis
+    connections)."""
+    actors = build_actors(container)
+    stop = start_background(container, actors, consumers=consumers, relay=relay)
+
+    def stop_and_close() -> None:
+        stop()
+        actors.broker.close()
+
+    return actors, stop_and_close
 
 
 def install_embedded_workers(container: Container) -> None:
     """Make ``serve`` start the workers inside its process (the app's lifespan calls it)."""
 
     def start() -> Callable[[], None]:
-        actors = build_actors(container)
+        embedded = container.settings.embedded
+        actors, stop = start_runtime(container, consumers=embedded, relay=embedded)
         container.extras["actors"] = actors
-        return start_background(
-            container,
-            actors,
-            consumers=container.settings.embedded,
-            relay=container.settings.embedded,
-        )
+        return stop
 
     container.extras["start_workers"] = start
 
@@ -419,8 +438,7 @@ def _consumer_process(settings: Settings, parent_pid: int | None = None) -> None
 
     configure_logging()  # a spawned process starts without the worker's (structured) logging
     container = bootstrap(settings)
-    actors = build_actors(container)
-    stop = start_background(container, actors, consumers=True, relay=False)
+    _, stop = start_runtime(container, consumers=True, relay=False)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -450,8 +468,7 @@ def run_worker_processes(settings: Settings) -> int:
     for child in children:
         child.start()
     container = bootstrap(settings)
-    actors = build_actors(container)
-    stop = start_background(container, actors, consumers=False, relay=True)
+    _, stop = start_runtime(container, consumers=False, relay=True)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
