@@ -260,10 +260,9 @@ class EnforcementService:
         leave that look-up to the append itself (it makes the same one before writing), for a
         ``decide`` that never refuses, so that a first use costs one look-up rather than two."""
         if idempotency_key is not None and not key_checked_by_append:
-            assert fingerprint is not None
-            previous = self.store.recorded_for_key(idempotency_key, fingerprint)
-            if previous is not None:
-                return Outcome(previous, self.standing(account_id), replayed=True)
+            replay = self._replay(account_id, idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
         outcome, after = self._execute_locked(
             account_id, decide, actor, idempotency_key, fingerprint, causation_id
         )
@@ -272,6 +271,15 @@ class EnforcementService:
             # the account's next request, nor the others of its lock stripe.
             self.after_commit(after, outcome.events, outcome.standing.as_of)
         return outcome
+
+    def _replay(self, account_id: str, key: str, fingerprint: str | None) -> Outcome | None:
+        """What the request with ``key`` recorded, with the standing now, or None if nothing
+        was; ``IdempotencyConflict`` when the key was recorded with another fingerprint."""
+        assert fingerprint is not None
+        previous = self.store.recorded_for_key(key, fingerprint)
+        if previous is None:
+            return None
+        return Outcome(previous, self.standing(account_id), replayed=True)
 
     def _execute_locked(
         self,
@@ -292,7 +300,17 @@ class EnforcementService:
                     _back_off(attempt)
                 state, head = self.standings.load_with_head(account_id)
                 now = to_utc(self.clock())
-                new_events = decide(state, self._context(actor, now, causation_id))
+                try:
+                    new_events = decide(state, self._context(actor, now, causation_id))
+                except DomainError:
+                    # Refused on a state that a concurrent request with the same key may have
+                    # made (a second terminate): its result is this request's answer.
+                    if idempotency_key is None:
+                        raise
+                    replay = self._replay(account_id, idempotency_key, fingerprint)
+                    if replay is None:
+                        raise
+                    return replay, None
                 if not new_events:
                     return Outcome([], view(state, now, self.policy.strike_lookback)), None
                 saver = self.standings.saver(state)
@@ -603,7 +621,15 @@ class EnforcementService:
         )
 
     def triage_abuse_report(
-        self, account_id: str, report_id: str, outcome: str, severity: str | None, actor: Actor
+        self,
+        account_id: str,
+        report_id: str,
+        outcome: str,
+        severity: str | None,
+        actor: Actor,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Outcome:
         """Confirm (it becomes a violation and the ladder runs) or reject an abuse report."""
         return self._execute(
@@ -612,6 +638,8 @@ class EnforcementService:
                 self.policy, state, report_id, outcome, severity, ctx
             ),
             actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
         )
 
     # ------------------------------------------------------------------ deadlines
@@ -637,7 +665,14 @@ class EnforcementService:
     # ------------------------------------------------------------------ appeals
 
     def file_appeal(
-        self, account_id: str, decision_event_id: str, statement: str, actor: Actor
+        self,
+        account_id: str,
+        decision_event_id: str,
+        statement: str,
+        actor: Actor,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Outcome:
         return self._execute(
             account_id,
@@ -645,10 +680,20 @@ class EnforcementService:
                 self.policy, state, decision_event_id, statement, ctx
             ),
             actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
         )
 
     def decide_appeal(
-        self, account_id: str, appeal_id: str, outcome: str, reason: str, actor: Actor
+        self,
+        account_id: str,
+        appeal_id: str,
+        outcome: str,
+        reason: str,
+        actor: Actor,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Outcome:
         return self._execute(
             account_id,
@@ -656,6 +701,8 @@ class EnforcementService:
                 self.policy, state, appeal_id, outcome, reason, ctx
             ),
             actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
         )
 
     # ------------------------------------------------------------------ facts from workers
@@ -744,8 +791,21 @@ class EnforcementService:
 
     # ------------------------------------------------------------------ operator commands
 
-    def operator(self, account_id: str, command: ops.Command, actor: Actor) -> Outcome:
-        """Run one operator command (suspend, reinstate, terminate, throttle, …)."""
+    def operator(
+        self,
+        account_id: str,
+        command: ops.Command,
+        actor: Actor,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Outcome:
+        """Run one operator command (suspend, reinstate, terminate, throttle, …); with an
+        idempotency key, once (``_execute``)."""
         return self._execute(
-            account_id, lambda state, ctx: ops.decide(self.policy, state, command, ctx), actor
+            account_id,
+            lambda state, ctx: ops.decide(self.policy, state, command, ctx),
+            actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
         )

@@ -148,6 +148,7 @@ class AbuseReportOut(BaseModel):
 ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/violations:batch", "post", "200"): BatchOut,
     ("/v1/abuse-reports", "post", "202"): AbuseReportOut,
+    ("/v1/abuse-reports", "post", "200"): AbuseReportOut,
     ("/v1/accounts/{account_id}/appeals", "post", "200"): AppealFiledOut,
     ("/v1/accounts/{account_id}/contact", "put", "200"): ContactOut,
     ("/v1/violations", "post", "201"): ViolationRecordedOut,

@@ -42,7 +42,7 @@ _ERROR_DESCRIPTIONS = {
     403: "The token's role may not do this.",
     404: "No such route, or no such id on this account.",
     409: "The account's state does not allow this, or an Idempotency-Key was reused with "
-    "another body.",
+    "another request.",
     413: "The body is over 64 KiB (4 MiB for the batch endpoint).",
     415: "The body was not sent as JSON: send it with `Content-Type: application/json`.",
     422: "Invalid fields: `details` lists each, and for an unknown category the allowed ones.",
@@ -240,7 +240,8 @@ def install_error_handlers(
         return error_response(
             409,
             "idempotency_key_reused",
-            "This Idempotency-Key was already used with a different request body.",
+            "This Idempotency-Key was already used with a different request (another body, "
+            "command or account).",
         )
 
     @app.exception_handler(ConcurrencyError)

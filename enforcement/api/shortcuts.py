@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from enforcement.api import strict_json
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import actor_of, bearer_token
-from enforcement.api.routes.reporting import IDEMPOTENCY_KEY_MAX
+from enforcement.api.idempotency import IDEMPOTENCY_KEY_MAX
 from enforcement.api.schemas import ViolationIn, is_reserved_key
 from enforcement.bootstrap import Container
 from enforcement.roles import Permission, allows

@@ -61,6 +61,35 @@ def test_suspend_then_reinstate_and_no_reinstate_when_not_suspended(server: Serv
     assert quiet["standing"]["suspension"]["until"] is None
 
 
+def test_a_command_retried_with_its_idempotency_key_is_recorded_once(server: Server) -> None:
+    op, auditor, acct = server.client("operator"), server.client("auditor"), account("idem")
+    base, key = f"/v1/accounts/{acct}", {"Idempotency-Key": f"op-{uuid.uuid4()}"}
+    suspension = {"reason": "review", "until": later(days=2)}
+
+    first = ok(
+        op.post(f"{base}/suspend", json=suspension, headers=key), "AccountSuspended", "NoticeIssued"
+    )
+    before = requested_events(auditor)
+    again = ok(
+        op.post(f"{base}/suspend", json=suspension, headers=key), "AccountSuspended", "NoticeIssued"
+    )
+    other = op.post(f"{base}/suspend", json={**suspension, "notify": False}, headers=key)
+    terminate = op.post(f"{base}/terminate", json={"reason": "review"}, headers=key)
+    elsewhere = op.post(f"/v1/accounts/{account('idem')}/suspend", json=suspension, headers=key)
+    bad = op.post(f"{base}/suspend", json=suspension, headers={"Idempotency-Key": "k" * 201})
+
+    assert [e["event_id"] for e in again["events"]] == [e["event_id"] for e in first["events"]]
+    for conflict in (other, terminate, elsewhere):
+        assert_error(conflict, 409, "idempotency_key_reused")
+    assert assert_error(bad, 422)["details"][0]["field"].lower().endswith("idempotency-key")
+    assert requested_events(auditor) == before
+    # Without a key, each request is a command of its own.
+    for _ in range(2):
+        ok(op.post(f"{base}/throttles", json={"factor": 0.5}), "ThrottleApplied", "NoticeIssued")
+    standing = op.get(f"{base}/standing").json()
+    assert (standing["status"], len(standing["active_throttles"])) == ("suspended", 2)
+
+
 def test_terminated_is_not_reinstated_but_an_overturned_appeal_reverses_it(server: Server) -> None:
     op, acct = server.client("operator"), account("term")
     base = f"/v1/accounts/{acct}"

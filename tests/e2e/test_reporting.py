@@ -125,6 +125,23 @@ def test_a_batch_answers_each_item_and_one_bad_item_stops_no_other(server: Serve
     assert requested_events(auditor)  # the feed is readable after a batch
 
 
+def test_an_abuse_report_retried_with_its_idempotency_key_is_filed_once(server: Server) -> None:
+    reporter, auditor = server.client("reporter"), server.client("auditor")
+    report = {"reported_account_id": account("abuse"), "category": "spam", "description": "spam"}
+    key = {"Idempotency-Key": f"abuse-{uuid.uuid4()}"}
+
+    first = reporter.post("/v1/abuse-reports", json=report, headers=key)
+    before = requested_events(auditor)
+    again = reporter.post("/v1/abuse-reports", json=report, headers=key)
+    other = reporter.post("/v1/abuse-reports", json={**report, "description": "x"}, headers=key)
+
+    assert first.status_code == 202, first.text
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    assert_error(other, 409, "idempotency_key_reused")
+    assert requested_events(auditor) == before
+
+
 def test_an_abuse_report_is_no_strike_until_triaged(server: Server) -> None:
     reporter, operator = server.client("reporter"), server.client("operator")
     acct = account("abuse")

@@ -9,10 +9,12 @@ from urllib.parse import unquote_to_bytes
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel
 
 from enforcement import operator_decisions as ops
 from enforcement.api.deps import ContainerDep, Operator, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError
+from enforcement.api.idempotency import Idempotent, RequestKey
 from enforcement.api.schemas import (
     AccountId,
     AdultContentIn,
@@ -30,7 +32,9 @@ from enforcement.api.schemas import (
 )
 from enforcement.api.shapes import outcome_json
 from enforcement.api.strict_json import StrictJsonRoute
+from enforcement.bootstrap import Container
 from enforcement.tables import contacts
+from enforcement.tokens import Principal
 from events.dialects import conflict_insert, write_connection
 
 router = APIRouter(
@@ -43,6 +47,25 @@ Account = Annotated[AccountId, Path()]
 Id = Annotated[str, Path(min_length=1, max_length=128)]
 
 
+def _operate(
+    container: Container,
+    principal: Principal,
+    account_id: str,
+    command: ops.Command,
+    key: RequestKey,
+    body: BaseModel | None = None,
+) -> dict[str, Any]:
+    """Run ``command``, once per Idempotency-Key (a replay answers the first run's events)."""
+    outcome = container.service.operator(
+        account_id,
+        command,
+        actor_of(principal),
+        idempotency_key=key.key,
+        fingerprint=key.fingerprint(body),
+    )
+    return outcome_json(outcome)
+
+
 @router.post("/violations/{violation_id}/dismiss")
 def dismiss(
     account_id: Account,
@@ -50,9 +73,10 @@ def dismiss(
     body: ReasonIn,
     container: ContainerDep,
     principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.DismissViolation(violation_id, body.reason)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.post("/remediations/{remediation_id}/complete")
@@ -62,57 +86,82 @@ def complete_remediation(
     body: NoteIn,
     container: ContainerDep,
     principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.CompleteRemediation(remediation_id, body.note)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.post("/suspend")
 def suspend(
-    account_id: Account, body: SuspendIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    body: SuspendIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.Suspend(body.reason, body.until, body.notify)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.post("/reinstate")
 def reinstate(
-    account_id: Account, body: ReasonIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    body: ReasonIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.Reinstate(body.reason)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.post("/terminate")
 def terminate(
-    account_id: Account, body: TerminateIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    body: TerminateIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.Terminate(body.reason, body.notify)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.post("/throttles")
 def apply_throttle(
-    account_id: Account, body: ThrottleIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    body: ThrottleIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.ApplyThrottle(body.factor, body.reason, body.key_id, body.expires_at, body.notify)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.delete("/throttles/{throttle_id}")
 def lift_throttle(
-    account_id: Account, throttle_id: Id, container: ContainerDep, principal: Operator
+    account_id: Account,
+    throttle_id: Id,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.LiftThrottle(throttle_id)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key)
 
 
 @router.put("/adult-content-approval")
 def adult_content_approval(
-    account_id: Account, body: AdultContentIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    body: AdultContentIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.SetAdultContentApproval(body.approved, body.reason)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 def _path_is_text(request: Request) -> bool:
@@ -139,6 +188,7 @@ def key_limits(
     container: ContainerDep,
     principal: Operator,
     request: Request,
+    key: Idempotent,
 ) -> dict[str, Any]:
     # The account id is ASCII (validated): an escape that is not UTF-8 is in the key id.
     if "\ufffd" in key_id and not _path_is_text(request):
@@ -149,33 +199,57 @@ def key_limits(
             [{"field": "path.key_id", "message": "must be percent-encoded UTF-8 text"}],
         )
     command = ops.ConfigureLimits(body.requests_per_minute, body.tokens_per_day, key_id)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.put("/limits")
 def account_limits(
-    account_id: Account, body: LimitsIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    body: LimitsIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     command = ops.ConfigureLimits(body.requests_per_minute, body.tokens_per_day, None)
-    return outcome_json(container.service.operator(account_id, command, actor_of(principal)))
+    return _operate(container, principal, account_id, command, key, body)
 
 
 @router.post("/abuse-reports/{report_id}/triage")
 def triage(
-    account_id: Account, report_id: Id, body: TriageIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    report_id: Id,
+    body: TriageIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     outcome = container.service.triage_abuse_report(
-        account_id, report_id, body.outcome, body.severity, actor_of(principal)
+        account_id,
+        report_id,
+        body.outcome,
+        body.severity,
+        actor_of(principal),
+        idempotency_key=key.key,
+        fingerprint=key.fingerprint(body),
     )
     return outcome_json(outcome)
 
 
 @router.post("/appeals")
 def file_appeal(
-    account_id: Account, body: AppealIn, container: ContainerDep, principal: Operator
+    account_id: Account,
+    body: AppealIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     outcome = container.service.file_appeal(
-        account_id, body.decision_event_id, body.statement, actor_of(principal)
+        account_id,
+        body.decision_event_id,
+        body.statement,
+        actor_of(principal),
+        idempotency_key=key.key,
+        fingerprint=key.fingerprint(body),
     )
     return {"appeal_id": outcome.events[0].data["appeal_id"], **outcome_json(outcome)}
 
@@ -187,9 +261,16 @@ def decide_appeal(
     body: AppealDecisionIn,
     container: ContainerDep,
     principal: Operator,
+    key: Idempotent,
 ) -> dict[str, Any]:
     outcome = container.service.decide_appeal(
-        account_id, appeal_id, body.outcome, body.reason, actor_of(principal)
+        account_id,
+        appeal_id,
+        body.outcome,
+        body.reason,
+        actor_of(principal),
+        idempotency_key=key.key,
+        fingerprint=key.fingerprint(body),
     )
     return outcome_json(outcome)
 

@@ -7,15 +7,15 @@ import json
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
+from enforcement.api.idempotency import RESERVED_NOTE, IdempotencyKey, Idempotent, key_header
 from enforcement.api.responses import encode_json, json_array_response
 from enforcement.api.schemas import (
-    RESERVED_KEY_SHAPES,
     AbuseReportIn,
     BatchItemIn,
     NotReserved,
@@ -29,9 +29,6 @@ from events.timefmt import to_utc
 router = APIRouter(
     prefix="/v1", tags=["reporting"], responses=WRITE_ERRORS, route_class=StrictJsonRoute
 )
-
-IDEMPOTENCY_KEY_MAX = 200  # characters
-RESERVED_NOTE = f"A key of the shape of the service's own ({RESERVED_KEY_SHAPES}) is refused (422)."
 
 
 class BatchIn(BaseModel):
@@ -54,16 +51,7 @@ async def report_violation(
     body: ViolationIn,
     container: ContainerDep,
     principal: Reporter,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=IDEMPOTENCY_KEY_MAX,
-            pattern=r"^[^\x00]+$",
-            description=RESERVED_NOTE,
-        ),
-        NotReserved,
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Record a violation; the policy decides at once. 200 on an idempotent replay."""
     return await report_violation_answer(container, body, actor_of(principal), idempotency_key)
@@ -87,13 +75,10 @@ def report_batch(
     principal: Reporter,
     idempotency_key: Annotated[
         str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=IDEMPOTENCY_KEY_MAX,
-            pattern=r"^[^\x00]+$",
-            description="Makes each item without its own idempotency_key idempotent: sent again "
+        key_header(
+            "Makes each item without its own idempotency_key idempotent: sent again "
             "under the same header, an item already recorded replays (200), wherever it stands "
-            "in the batch; a new or changed item is recorded. " + RESERVED_NOTE,
+            "in the batch; a new or changed item is recorded. " + RESERVED_NOTE
         ),
         NotReserved,
     ] = None,
@@ -181,11 +166,20 @@ def _answerable(value: Any) -> bool:
     return True
 
 
-@router.post("/abuse-reports", status_code=202)
+@router.post(
+    "/abuse-reports",
+    status_code=202,
+    responses={200: {"description": "The same Idempotency-Key and body again: nothing new."}},
+)
 def file_abuse_report(
-    body: AbuseReportIn, container: ContainerDep, principal: Reporter
+    body: AbuseReportIn,
+    container: ContainerDep,
+    principal: Reporter,
+    key: Idempotent,
+    response: Response,
 ) -> dict[str, Any]:
-    """A third party reports another account (AUP §7): recorded, no strike until triaged."""
+    """A third party reports another account (AUP §7): recorded, no strike until triaged.
+    200 and the first answer's ``report_id`` on an idempotent replay."""
     outcome = container.service.file_abuse_report(
         body.reported_account_id,
         body.category,
@@ -193,5 +187,9 @@ def file_abuse_report(
         body.reporter_contact,
         body.evidence_ref,
         actor_of(principal),
+        idempotency_key=key.key,
+        fingerprint=key.fingerprint(body),
     )
+    if outcome.replayed:
+        response.status_code = 200
     return {"report_id": outcome.events[0].data["report_id"]}
