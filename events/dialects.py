@@ -132,6 +132,13 @@ def _configure_postgres(engine: Engine) -> None:
             dbapi_conn.autocommit = autocommit
         through_pooler = server_pid != dbapi_conn.info.backend_pid
         record.info[THROUGH_POOLER] = through_pooler
+        if through_pooler:
+            # No server-side prepared statements: in transaction pooling a statement prepared
+            # in one server session is asked for in another ("does not exist"), or prepared
+            # again in a session another client shares ("already exists"); PgBouncer before
+            # 1.21 does not carry them over. A direct connection still prepares the statements
+            # it runs often (psycopg's ``prepare_threshold``).
+            dbapi_conn.prepare_threshold = None
         if through_pooler and warned.acquire(blocking=False):
             log.warning(
                 "the PostgreSQL connections of %s go through a connection pooler (the server "
@@ -490,6 +497,13 @@ def wrap_driver_error(
     return wrapped
 
 
+def through_pooler(conn: Connection | DriverConnection) -> bool:
+    """Whether this PostgreSQL connection goes through a connection pooler (PgBouncer), as
+    found when it was made (``THROUGH_POOLER``); also for a connection not checked at connect
+    (an engine not made by ``create_engine``), which may."""
+    return bool(conn.info.get(THROUGH_POOLER, True))
+
+
 def session_pid(driver: DriverConnection) -> int | None:
     """The PostgreSQL server process of this connection's session, without a round trip: what
     ``end_session`` needs once the connection is lost. None on SQLite, and through a connection
@@ -497,7 +511,7 @@ def session_pid(driver: DriverConnection) -> int | None:
     up (it may even be another live session's), and the server connection a pooler lends can
     change from one transaction to the next; also for a connection not checked at connect (an
     engine not made by ``create_engine``)."""
-    if driver.dialect.name != "postgresql" or driver.info.get(THROUGH_POOLER, True):
+    if driver.dialect.name != "postgresql" or through_pooler(driver):
         return None
     pid: int = driver.dbapi_connection.info.backend_pid
     return pid

@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
 
 from enforcement.migrations import upgrade  # noqa: E402
 from events import EventStore, create_engine  # noqa: E402
+from tests.pgbouncer import PgBouncer  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 # No per-example deadline: Hypothesis' default (200 ms) fails a test as Flaky when one example
@@ -65,6 +66,15 @@ def pg_url() -> Iterator[str]:
     url = create_pg_database()
     yield url
     drop_pg_database(url)
+
+
+@pytest.fixture
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A real PgBouncer in front of the PostgreSQL test server, in transaction pooling mode with
+    one server connection per database: its clients share that server session
+    (``pgbouncer.url(pg_url)``). Fails when pgbouncer is not installed."""
+    with PgBouncer(pg_admin_url()) as pooler:
+        yield pooler
 
 
 @pytest.fixture
