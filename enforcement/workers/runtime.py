@@ -37,6 +37,7 @@ from enforcement.workers.recovery import LostRetryScan, pending_deliveries
 from enforcement.workers.relay import Message, Relay
 from enforcement.workers.retrying import log_failure, retry_delay
 from enforcement.workers.sweep import sweep_once
+from events import dialects
 
 log = logging.getLogger("enforcement.workers")
 LEADER_LOCK_KEY = 7_301_947_562
@@ -66,13 +67,31 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
 
 
 class LeaderLock:
-    """Only one relay and sweep run per database. On PostgreSQL a session advisory lock (held
-    while its session lives); on SQLite an exclusive lock on a file beside the database (held
-    while the process lives; an in-memory database has no other process to exclude)."""
+    """Only one relay and sweep run per database.
+
+    On PostgreSQL an advisory lock on a connection of its own. Connected to the server itself,
+    a session lock (``pg_try_advisory_lock``), held while its session lives. Through a
+    connection pooler (PgBouncer) the session is not the client's: in transaction pooling the
+    server session that took a session lock serves other clients between transactions, keeps
+    the lock after this process is gone, and gives it to another worker routed to it (a session
+    takes its own advisory locks again), so two relays would send every message twice. There
+    the lock is a transaction lock (``pg_try_advisory_xact_lock``) in a transaction kept open
+    while leading: an open transaction keeps its server session to this client alone, and ends
+    (with the lock) when the client goes. It writes nothing, so it has no transaction id, and
+    it is READ COMMITTED, so it keeps no snapshot between its statements: it holds back no
+    vacuum. Connected to the server itself the lock stays a session lock: a transaction kept
+    open is ended by ``idle_in_transaction_session_timeout`` (the server's) or
+    ``idle_transaction_timeout`` (PgBouncer's) when shorter than the leader's looks
+    (``LEADER_CHECK_SECONDS``), and a session lock needs none of that.
+
+    On SQLite an exclusive lock on a file beside the database (held while the process lives;
+    an in-memory database has no other process to exclude)."""
 
     def __init__(self, container: Container):
         self.engine = container.engine
         self.conn: sa.Connection | None = None
+        # Whether the lock is a transaction lock (``conn`` goes through a pooler).
+        self.transactional = False
         self._file: Any = None
         self._using = threading.Lock()  # the watch and the relay both ask ``holds``
 
@@ -81,21 +100,35 @@ class LeaderLock:
             return self._acquire_file()
         if self.conn is None:
             self.conn = self.engine.connect()
+            self.transactional = dialects.through_pooler(self.conn)
+            if self.transactional:  # whatever the server's default: no snapshot kept
+                self.conn.execution_options(isolation_level="READ COMMITTED")
+        if self.transactional:
+            got = self.conn.exec_driver_sql(
+                f"SELECT pg_try_advisory_xact_lock({LEADER_LOCK_KEY})"
+            ).scalar()
+            if not got:
+                self.conn.rollback()  # the pooler may lend its server connection again
+            return bool(got)
         got = self.conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({LEADER_LOCK_KEY})").scalar()
         self.conn.commit()
         return bool(got)
 
     def holds(self) -> bool:
-        """Whether the lock is still this process's: on PostgreSQL its session must still live
-        (a restart, a failover or a terminated backend ends it, and the lock with it)."""
+        """Whether the lock is still this process's: on PostgreSQL its session (or transaction)
+        must still live (a restart, a failover or a terminated backend ends it, and the lock
+        with it)."""
         if self.engine.dialect.name != "postgresql":
             return True
         with self._using:
             if self.conn is None:
                 return False
+            if self.transactional and not self.conn.in_transaction():
+                return False  # not taken, or given up
             try:
                 self.conn.exec_driver_sql("SELECT 1")
-                self.conn.commit()
+                if not self.transactional:
+                    self.conn.commit()
             except Exception:
                 return False
             return True
@@ -117,6 +150,8 @@ class LeaderLock:
 
     def release(self) -> None:
         if self.conn is not None:
+            with suppress(Exception):
+                self.conn.rollback()  # ends a transaction lock at once
             with suppress(Exception):
                 # Ending the session releases the lock; a plain close() would only return the
                 # connection to the pool, session and lock included.

@@ -1,12 +1,23 @@
-"""The relay's leader lock on SQLite: a file lock beside the database, one holder at a time."""
+"""The relay's leader lock: one holder per database at a time, until it lets go. On SQLite a
+file lock beside the database; on PostgreSQL through a real PgBouncer in transaction pooling
+mode, a transaction lock in a transaction kept open (a session lock there would stay on a server
+session that other clients share)."""
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 from enforcement.bootstrap import bootstrap
-from enforcement.workers.runtime import LeaderLock
-from tests.workers.system import fast_settings
+from enforcement.migrations import upgrade
+from enforcement.workers.runtime import LEADER_LOCK_KEY, LeaderLock, start_runtime
+from tests.conftest import pg_admin_url
+from tests.pgbouncer import PgBouncer
+from tests.workers.system import fast_settings, outcomes_of, report, wait_until
 
 
 def test_one_leader_per_sqlite_database_until_it_lets_go(sqlite_db: str, tmp_path: Path) -> None:
@@ -28,3 +39,90 @@ def test_one_leader_per_sqlite_database_until_it_lets_go(sqlite_db: str, tmp_pat
             lock.release()
         for system in (first_system, second_system, third_system):
             system.close()
+
+
+def leader_session(direct: sa.Engine) -> tuple[object, object, str] | None:
+    """The transaction id, snapshot horizon and state of the server session that holds the
+    leader lock in ``direct``'s database (None when none does)."""
+    high, low = divmod(LEADER_LOCK_KEY, 2**32)  # as pg_locks shows a bigint advisory key
+    with direct.connect() as conn:
+        row = conn.exec_driver_sql(
+            "SELECT a.backend_xid, a.backend_xmin, a.state FROM pg_locks l"
+            " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+            f" AND l.classid = {high} AND l.objid = {low} AND l.objsubid = 1 AND l.granted"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).one_or_none()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def cut(lock: LeaderLock) -> None:
+    """Shut the lock connection's socket under it, as the kernel does when its process dies."""
+    assert lock.conn is not None
+    fd = lock.conn.connection.dbapi_connection.fileno()
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.postgres
+def test_one_leader_through_pgbouncer_in_transaction_pooling(pg_url: str, tmp_path: Path) -> None:
+    """Three `enforcement worker` processes through one PgBouncer, whose clients share server
+    sessions: a session lock stayed on the server session that took it, and the next worker
+    PgBouncer lent that session to took it as well (two relays). Two server connections: the
+    leader keeps one for as long as it leads, the others take turns on the other."""
+    upgrade(pg_url)
+    direct = sa.create_engine(pg_url)
+    with direct.begin() as conn:  # the lock's transaction is READ COMMITTED all the same
+        database = sa.make_url(pg_url).database
+        conn.exec_driver_sql(
+            f'ALTER DATABASE "{database}" SET default_transaction_isolation = "repeatable read"'
+        )
+    with PgBouncer(pg_admin_url(), pool_size=2) as pooler:
+        systems = [bootstrap(fast_settings(pooler.url(pg_url), tmp_path)) for _ in range(3)]
+        first, second, third = (LeaderLock(s) for s in systems)
+        try:
+            assert first.acquire() and first.acquire()  # taking it again while holding it
+            assert not second.acquire()
+            assert not third.acquire()
+            assert first.holds()
+            # An open transaction that wrote nothing: no transaction id, no snapshot kept.
+            assert leader_session(direct) == (None, None, "idle in transaction")
+
+            first.release()
+            assert leader_session(direct) is None  # at once, not when PgBouncer gets to it
+            assert not first.holds()
+            assert second.acquire()
+            assert not first.acquire() and not third.acquire()
+
+            # A leader whose process dies lets go with its connection.
+            cut(second)
+            assert not second.holds()
+            wait_until(third.acquire, "the third to take the lead")
+            assert third.holds() and not first.acquire()
+        finally:
+            for lock in (first, second, third):
+                lock.release()
+            for system in systems:
+                system.close()
+            direct.dispose()
+
+
+@pytest.mark.postgres
+def test_the_workers_run_through_pgbouncer_in_transaction_pooling(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The relay leads, and a notice goes out, with every connection through PgBouncer: the
+    lock keeps one of its two server connections, everything else takes turns on the other."""
+    upgrade(pg_url)
+    with PgBouncer(pg_admin_url(), pool_size=2) as pooler:
+        container = bootstrap(fast_settings(pooler.url(pg_url), tmp_path))
+        try:
+            _, stop = start_runtime(container, consumers=True, relay=True)
+            try:
+                outcome = report(container, "acct_1")
+                [notice] = [e for e in outcome.events if e.type == "NoticeIssued"]
+                # No contact: the consumer records it undeliverable, once the relay sent it.
+                wait_until(lambda: outcomes_of(container.store, notice.event_id), "its outcome")
+            finally:
+                stop()
+        finally:
+            container.close()
