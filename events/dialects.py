@@ -142,8 +142,9 @@ def _configure_postgres(engine: Engine) -> None:
         if through_pooler and warned.acquire(blocking=False):
             log.warning(
                 "the PostgreSQL connections of %s go through a connection pooler (the server "
-                "process %s was given to the driver as %s): an append whose connection is lost "
-                "cannot have its server session ended, so one not found recorded is answered "
+                "process %s was given to the driver as %s): they prepare no statements on the "
+                "server, and an append whose connection is lost cannot have its server session "
+                "ended, so one not found recorded is answered "
                 "as possibly recorded (AppendOutcomeUnknown, HTTP 503: retry with the same "
                 "idempotency key), not as not written",
                 engine.url.render_as_string(hide_password=True),
