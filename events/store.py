@@ -1025,15 +1025,11 @@ class EventStore:
         return int(value or 0)
 
     def set_checkpoint(self, conn: Connection, name: str, position: int) -> None:
-        """Record a subscription's position, in the caller's transaction."""
-        now = to_utc(self._clock())
-        updated = conn.execute(
-            checkpoints.update()
-            .where(checkpoints.c.name == name)
-            .values(position=position, updated_at=now)
-        )
-        if updated.rowcount == 0:
-            conn.execute(checkpoints.insert().values(name=name, position=position, updated_at=now))
+        """Record a subscription's position, in the caller's transaction, forward or back. One
+        upsert: two writers at once leave the position of the one that commits last, also when
+        both write the name for the first time (an update, then an insert when nothing was
+        updated, failed there on the unique name)."""
+        self._write_checkpoint(conn, name, position, moves_back=True)
 
     def advance_checkpoint(self, conn: Connection, name: str, position: int) -> None:
         """Record a position that only moves forward, in the caller's transaction: one not past
@@ -1041,6 +1037,11 @@ class EventStore:
         two writers leave the greater whichever commits last; reading the position and then
         writing would not (on PostgreSQL, at READ COMMITTED, both read the old one and the
         later writer moves it back), and two first writes would collide on the name."""
+        self._write_checkpoint(conn, name, position, moves_back=False)
+
+    def _write_checkpoint(
+        self, conn: Connection, name: str, position: int, *, moves_back: bool
+    ) -> None:
         now = to_utc(self._clock())
         insert = dialects.conflict_insert(conn, checkpoints).values(
             name=name, position=position, updated_at=now
@@ -1052,7 +1053,7 @@ class EventStore:
                     "position": insert.excluded.position,
                     "updated_at": insert.excluded.updated_at,
                 },
-                where=checkpoints.c.position < insert.excluded.position,
+                where=None if moves_back else checkpoints.c.position < insert.excluded.position,
             )
         )
 

@@ -328,8 +328,8 @@ class LostRetryScan:
 
     def _reach(self, until: datetime, enqueued: int, seen: list[datetime]) -> None:
         """Move both checkpoints on (the position never back, whoever writes last: the database
-        keeps the greater) and drop the relay positions ``seen`` that this look took up, in one
-        transaction."""
+        keeps the greater; the time to this look's ``until``, back too when a clock ahead wrote
+        it) and drop the relay positions ``seen`` that this look took up, in one transaction."""
         with write_connection(self.store.engine) as conn, conn.begin():
             self.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, _micros(until))
             self.store.advance_checkpoint(conn, UNTRIED_CHECKPOINT, enqueued)

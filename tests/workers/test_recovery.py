@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from enforcement.bootstrap import Container, bootstrap
+from enforcement.gate.base import EPOCH
 from enforcement.migrations import upgrade
 from enforcement.notices.delivery import (
     DeliveryFailed,
@@ -30,6 +31,7 @@ from enforcement.workers.recovery import (
 )
 from enforcement.workers.relay import CHECKPOINT
 from enforcement.workers.runtime import build_actors
+from events.timefmt import to_utc
 from projections import aup_events as ev
 from tests.locks import waiting_on_a_lock
 from tests.workers.system import Receiver, fast_settings, report, set_contact, wait_until
@@ -441,6 +443,39 @@ def test_two_leaders_writing_at_once_never_move_the_untried_position_back(
         this.join(20)
         assert (this.is_alive(), failed) == (False, [])
         assert untried_until(system) == 200
+    finally:
+        system.close()
+
+
+def test_two_leaders_writing_the_lost_retry_checkpoint_first_at_once_keep_the_last_one(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL another leader, whose clock is a day ahead, writes the lost-retry
+    checkpoint for the first time and its transaction is still open when this leader's first
+    look writes it too: this one waits for the row, then writes its own time over it (the
+    checkpoint may move back). An update then an insert failed there on the unique name, and
+    the whole look was rolled back."""
+    upgrade(pg_url)
+    system = bootstrap(fast_settings(pg_url, tmp_path))
+    try:
+        now = system.clock()
+        ahead = (to_utc(now) + timedelta(days=1) - EPOCH) // timedelta(microseconds=1)
+        failed: list[BaseException] = []
+
+        def look() -> None:
+            try:
+                leader(system, now).run(lambda lost: None)
+            except BaseException as exc:
+                failed.append(exc)
+
+        with system.engine.connect() as other, other.begin():
+            system.store.set_checkpoint(other, LOST_RETRIES_CHECKPOINT, ahead)
+            this = threading.Thread(target=look)
+            this.start()
+            wait_until(lambda: waiting_on_a_lock(system.engine), "this leader's write waits")
+        this.join(20)
+        assert (this.is_alive(), failed) == (False, [])
+        assert leader(system, now).scanned_until() == now
     finally:
         system.close()
 
