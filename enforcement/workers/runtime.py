@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -44,6 +44,11 @@ LEADER_LOCK_KEY = 7_301_947_562
 GATE_RESEED_SECONDS = 6 * 3600
 REDIS_WATCH_SECONDS = 5.0
 LEADER_CHECK_SECONDS = 5.0
+# How long a stop waits for the relay's helpers, and for the threads and Dramatiq's: a thread
+# still busy then (a slow seed, a re-send) is logged and left to end; what it uses is closed
+# once it has.
+HELPERS_STOP_SECONDS = 5.0
+THREADS_STOP_SECONDS = 10.0
 
 
 def build_actors(container: Container, broker: dramatiq.Broker | None = None) -> Actors:
@@ -268,11 +273,50 @@ def run_every(
             log.exception("%s failed", what)
 
 
+def join_within(threads: Sequence[threading.Thread], seconds: float) -> list[threading.Thread]:
+    """Wait up to ``seconds`` in all for ``threads`` to end; the ones still running."""
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in threads if thread.is_alive()]
+
+
+def still_running(
+    threads: Sequence[threading.Thread], seconds: float, waits: str
+) -> list[threading.Thread]:
+    """Those of ``threads`` still running, each logged: ``seconds`` after the stop, ``waits``
+    (closing what they use) still waits for them."""
+    running = [thread for thread in threads if thread.is_alive()]
+    for thread in running:
+        log.warning(
+            "the %s thread still runs %g s after the workers were told to stop; %s waits for it",
+            thread.name,
+            seconds,
+            waits,
+        )
+    return running
+
+
+def close_after(threads: Sequence[threading.Thread], close: Callable[[], None]) -> None:
+    """``close`` once ``threads`` have ended, however long that takes: closed while one of them
+    still used it, a Redis client would connect again and stay connected."""
+    for thread in threads:
+        thread.join()
+    close()
+
+
 def start_background(
-    container: Container, actors: Actors, *, consumers: bool, relay: bool
+    container: Container,
+    actors: Actors,
+    *,
+    consumers: bool,
+    relay: bool,
+    then_close: Callable[[], None] | None = None,
 ) -> Callable[[], None]:
-    """Start consumers and/or the relay and sweep as threads; returns a stop function (which
-    closes the leader's ``RedisWatch`` too; ``actors.broker`` is the caller's to close)."""
+    """Start consumers and/or the relay and sweep as threads; returns a stop function. It waits
+    a bounded time for the threads (``THREADS_STOP_SECONDS``); the leader's ``RedisWatch`` is
+    closed once nothing uses it, and so is whatever ``then_close`` closes (``actors.broker``,
+    when given: else it is the caller's to close), once every thread started here has ended."""
     settings = container.settings
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -351,7 +395,21 @@ def start_background(
                     "re-sent %d notice deliveries whose retry or first message was lost", len(lost)
                 )
 
+        helpers_started: list[threading.Thread] = []  # and not seen ended yet
+
         def lead() -> None:
+            try:
+                lead_until_stopped()
+            finally:
+                leader.release()
+                # This thread ends only after its helpers, which use the watch and the broker
+                # too: the watch is closed here once they ended, however long a busy one takes
+                # (this thread then outlives the stop's wait, and the broker waits for it).
+                waits = "stopping the relay" if watch is None else "closing the Redis watch"
+                busy = still_running(helpers_started, HELPERS_STOP_SECONDS, waits)
+                close_after(busy, lambda: None if watch is None else watch.close())
+
+        def lead_until_stopped() -> None:
             failures = 0
             while not stop.is_set():
                 try:
@@ -407,18 +465,17 @@ def start_background(
                     ]
                     for helper in helpers:
                         helper.start()
+                    helpers_started[:] = [*(h for h in helpers_started if h.is_alive()), *helpers]
                     # No re-sending after a relay error: a broker that merely was unreachable
                     # lost nothing (the checkpoint did not move past what it could not take), and
                     # one that lost its data is seen by the watch.
                     relay_obj.guard = functools.partial(still_leads, leader, stepping_down)
                     relay_obj.run(stepping_down)
-                    for helper in helpers:
-                        helper.join(timeout=5)
+                    join_within(helpers, HELPERS_STOP_SECONDS)
                     if stop.is_set():
                         break
                     leader.release()  # lost: try to lead again, as any other process does
                 stop.wait(5)
-            leader.release()
 
         threads.append(threading.Thread(target=lead, name="relay", daemon=True))
     for t in threads:
@@ -426,12 +483,20 @@ def start_background(
 
     def stop_all() -> None:
         stop.set()
-        for t in threads:
-            t.join(timeout=10)
+        join_within(threads, THREADS_STOP_SECONDS)
+        users = list(threads)
         if worker is not None:
-            worker.stop(timeout=10_000)
-        if watch is not None:
-            watch.close()
+            worker.stop(timeout=int(THREADS_STOP_SECONDS * 1000))
+            users += [*worker.workers, *worker.consumers.values()]
+        if then_close is None:
+            return
+        busy = still_running(users, THREADS_STOP_SECONDS, "closing the broker")
+        if busy:  # closed by a thread of its own, so that the stop does not wait longer
+            threading.Thread(
+                target=close_after, args=(busy, then_close), name="closing-broker", daemon=True
+            ).start()
+        else:
+            then_close()
 
     return stop_all
 
@@ -441,15 +506,12 @@ def start_runtime(
 ) -> tuple[Actors, Callable[[], None]]:
     """``build_actors`` and ``start_background``, as ``serve`` and ``enforcement worker`` run
     them: the actors, and a stop function that also closes the broker made for them (its Redis
-    connections)."""
+    connections), once the threads that use it have ended."""
     actors = build_actors(container)
-    stop = start_background(container, actors, consumers=consumers, relay=relay)
-
-    def stop_and_close() -> None:
-        stop()
-        actors.broker.close()
-
-    return actors, stop_and_close
+    stop = start_background(
+        container, actors, consumers=consumers, relay=relay, then_close=actors.broker.close
+    )
+    return actors, stop
 
 
 def install_embedded_workers(container: Container) -> None:

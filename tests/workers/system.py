@@ -360,7 +360,13 @@ class System:
                     send(message)
 
             self.actors.enqueue = lossy  # type: ignore[method-assign]
-        self._stop = start_background(self.container, self.actors, consumers=True, relay=True)
+        self._stop = start_background(
+            self.container,
+            self.actors,
+            consumers=True,
+            relay=True,
+            then_close=self.actors.broker.close,
+        )
 
     def report(self, account_id: str, category: str = "spam", **fields: Any) -> Outcome:
         return report(self.container, account_id, category, **fields)
@@ -385,8 +391,7 @@ class System:
         return relay_position(self.store) >= self.store.max_position()
 
     def close(self) -> None:
-        self._stop()
-        self.actors.broker.close()
+        self._stop()  # and the broker, once its threads ended
         self.container.close()
 
 

@@ -1,10 +1,14 @@
 """What the workers close when they stop: every Redis connection they opened (the broker's,
 the leader's ``RedisWatch``), with the database pool and the gates' clients that
-``Container.close`` closes."""
+``Container.close`` closes; a client a thread still uses when the stop's waits end is closed
+once that thread has ended, not before."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -12,7 +16,13 @@ import redis
 from enforcement.bootstrap import bootstrap
 from enforcement.workers import runtime
 from enforcement.workers.runtime import RedisWatch, start_runtime
-from tests.workers.system import fast_settings, outcomes_of, report, wait_until
+from tests.workers.system import (
+    fast_settings,
+    outcomes_of,
+    relay_position,
+    report,
+    wait_until,
+)
 
 
 def connections(watcher: redis.Redis) -> list[str]:
@@ -21,20 +31,25 @@ def connections(watcher: redis.Redis) -> list[str]:
     return sorted(c["cmd"] for c in watcher.client_list() if int(c["id"]) != own)
 
 
-@pytest.mark.redis
-def test_stopping_the_workers_closes_their_redis_connections(
-    sqlite_db: str, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The watches the runtime makes are kept referenced here: a client nothing refers to any
-    # more is closed when it is collected, and ``stop`` must not depend on when that is.
-    watches: list[RedisWatch] = []
+@pytest.fixture
+def watches(monkeypatch: pytest.MonkeyPatch) -> list[RedisWatch]:
+    """The watches the runtime makes, kept referenced here: a client nothing refers to any more
+    is closed when it is collected, and ``stop`` must not depend on when that is."""
+    made: list[RedisWatch] = []
 
     class KeptWatch(RedisWatch):
         def __init__(self, url: str) -> None:
             super().__init__(url)
-            watches.append(self)
+            made.append(self)
 
     monkeypatch.setattr(runtime, "RedisWatch", KeptWatch)
+    return made
+
+
+@pytest.mark.redis
+def test_stopping_the_workers_closes_their_redis_connections(
+    sqlite_db: str, tmp_path: Path, redis_url: str, watches: list[RedisWatch]
+) -> None:
     watcher = redis.Redis.from_url(redis_url)
     container = bootstrap(fast_settings(sqlite_db, tmp_path, redis_url=redis_url))
     try:
@@ -52,3 +67,63 @@ def test_stopping_the_workers_closes_their_redis_connections(
         container.close()
     assert connections(watcher) == []
     watcher.close()
+
+
+def running(*names: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in names]
+
+
+@pytest.mark.redis
+def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_until_it_ends(
+    sqlite_db: str,
+    tmp_path: Path,
+    redis_url: str,
+    watches: list[RedisWatch],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given Redis lost its data, the gate keeper re-seeds the gate (slowly: it waits until the
+    test lets it go) and then re-sends the notices without an outcome (through the broker) and
+    marks Redis again (through the watch). When the workers are stopped meanwhile, the stop
+    returns after its waits, and the watch and the broker are closed only once the gate keeper
+    ended: closed before, each would connect again when it went on, and stay connected."""
+    monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(runtime, "HELPERS_STOP_SECONDS", 0.2)
+    monkeypatch.setattr(runtime, "THREADS_STOP_SECONDS", 0.2)
+    seeding, go_on = threading.Event(), threading.Event()
+    seed_gate = runtime.seed_gate
+
+    def slow_seed(*args: Any) -> int:
+        if threading.current_thread().name == "gate-keeper":
+            seeding.set()
+            go_on.wait(30)
+        return seed_gate(*args)
+
+    monkeypatch.setattr(runtime, "seed_gate", slow_seed)
+    caplog.set_level(logging.INFO, logger="enforcement.workers")
+    watcher = redis.Redis.from_url(redis_url)
+    container = bootstrap(fast_settings(sqlite_db, tmp_path, redis_url=redis_url))
+    try:
+        _, stop = start_runtime(container, consumers=False, relay=True)
+        try:
+            report(container, "acct_1")  # no consumer: its notice stays without an outcome
+            wait_until(lambda: watcher.exists(RedisWatch.KEY), "the leader marks Redis")
+            wait_until(
+                lambda: relay_position(container.store) >= container.store.max_position(),
+                "the relay passes the notice",
+            )
+            watcher.delete(RedisWatch.KEY)  # Redis lost its data
+            wait_until(seeding.is_set, "the gate keeper re-seeds")
+        finally:
+            stop()
+        go_on.set()
+        wait_until(lambda: not running("gate-keeper", "relay", "closing-broker"), "the threads end")
+        assert "re-sent 1 notice deliveries without an outcome" in caplog.messages
+        assert watcher.exists(RedisWatch.KEY)  # marked after the stop
+    finally:
+        go_on.set()
+        container.close()
+    assert connections(watcher) == []
+    watcher.close()
+    still = [m.split(" still runs")[0] for m in caplog.messages if " still runs " in m]
+    assert sorted(still) == ["the gate-keeper thread", "the relay thread"]  # waited for
