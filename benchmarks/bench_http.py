@@ -574,6 +574,8 @@ def main(argv: list[str] | None = None) -> None:
                         console.print(
                             f"  {backend} single x{n}: {mine.rate:,.0f} vs {top.rate:,.0f} req/s"
                         )
+                    if args.batch_clients == 0:  # --batch-clients 0: no batch rows
+                        continue
                     body = batch_body(args.batch)
                     top = measure(
                         ceiling, body, args.batch_clients, args.warmup, args.seconds, args.client
