@@ -6,6 +6,7 @@ engine or a broker at import time.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from enforcement.closing import close_once_ended
 from enforcement.gate import Gate, GateDecision
 from enforcement.gatekeeping import (
     AbuseDetector,
@@ -55,6 +57,9 @@ class Container:
     # store through a client of its own (``build_push_gate``).
     push_gate: Gate
     extras: dict[str, object] = field(default_factory=dict)
+    # Threads that may still use the engine and the gates: the workers' threads still busy when
+    # their stop returned (``runtime.start_background``). ``close`` waits for them.
+    users: list[threading.Thread] = field(default_factory=list)
 
     def gate_check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
         """The gate's check as ``POST /v1/gate/check`` makes it, for a gateway written in
@@ -67,7 +72,11 @@ class Container:
         return decision
 
     def close(self) -> None:
-        """Close the database pool and the gates' Redis connections."""
+        """Close the database pool and the gates' Redis connections: at once, or, while one of
+        ``users`` still runs, from a thread of its own once they have ended (``closing``)."""
+        close_once_ended(self.users, self._close_now, "closing-container")
+
+    def _close_now(self) -> None:
         self.engine.dispose()
         self.gate.close()
         if self.push_gate is not self.gate:

@@ -26,6 +26,7 @@ import dramatiq
 import sqlalchemy as sa
 
 from enforcement.bootstrap import Container
+from enforcement.closing import close_after, close_once_ended
 from enforcement.gatekeeping import seed_gate
 from enforcement.notices.delivery import CHANNELS, NoticeDelivery
 from enforcement.notices.email import EmailSender
@@ -297,14 +298,6 @@ def still_running(
     return running
 
 
-def close_after(threads: Sequence[threading.Thread], close: Callable[[], None]) -> None:
-    """``close`` once ``threads`` have ended, however long that takes: closed while one of them
-    still used it, a Redis client would connect again and stay connected."""
-    for thread in threads:
-        thread.join()
-    close()
-
-
 def start_background(
     container: Container,
     actors: Actors,
@@ -316,7 +309,9 @@ def start_background(
     """Start consumers and/or the relay and sweep as threads; returns a stop function. It waits
     a bounded time for the threads (``THREADS_STOP_SECONDS``); the leader's ``RedisWatch`` is
     closed once nothing uses it, and so is whatever ``then_close`` closes (``actors.broker``,
-    when given: else it is the caller's to close), once every thread started here has ended."""
+    when given: else it is the caller's to close), once every thread started here has ended.
+    A thread still running when the stop returns is added to ``container.users``, so that
+    ``container.close()`` too closes the engine and the gates only once it has ended."""
     settings = container.settings
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -488,15 +483,13 @@ def start_background(
         if worker is not None:
             worker.stop(timeout=int(THREADS_STOP_SECONDS * 1000))
             users += [*worker.workers, *worker.consumers.values()]
-        if then_close is None:
-            return
-        busy = still_running(users, THREADS_STOP_SECONDS, "closing the broker")
-        if busy:  # closed by a thread of its own, so that the stop does not wait longer
-            threading.Thread(
-                target=close_after, args=(busy, then_close), name="closing-broker", daemon=True
-            ).start()
-        else:
-            then_close()
+        busy = still_running(
+            users, THREADS_STOP_SECONDS, "closing the Redis clients and the database pool"
+        )
+        # They use the container's engine and gates too: its close waits for them as well.
+        container.users.extend(busy)
+        if then_close is not None:  # closed by a thread of its own: the stop waits no longer
+            close_once_ended(busy, then_close, "closing-broker")
 
     return stop_all
 

@@ -1,7 +1,7 @@
 """What the workers close when they stop: every Redis connection they opened (the broker's,
 the leader's ``RedisWatch``), with the database pool and the gates' clients that
-``Container.close`` closes; a client a thread still uses when the stop's waits end is closed
-once that thread has ended, not before."""
+``Container.close`` closes; a client or pool a thread still uses when the stop's waits end is
+closed once that thread has ended, not before."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from enforcement.bootstrap import bootstrap
 from enforcement.workers import runtime
 from enforcement.workers.runtime import RedisWatch, start_runtime
+from tests.conftest import pg_admin_url
 from tests.workers.system import (
     fast_settings,
     outcomes_of,
@@ -73,9 +75,23 @@ def running(*names: str) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name in names]
 
 
+def database_sessions(database_url: str) -> int:
+    """How many sessions PostgreSQL has open on ``database_url``'s database (none on SQLite)."""
+    url = sa.make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return 0
+    admin = sa.create_engine(pg_admin_url(), poolclass=sa.NullPool)
+    try:
+        with admin.connect() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %(name)s"
+            return int(conn.exec_driver_sql(query, {"name": url.database}).scalar_one())
+    finally:
+        admin.dispose()
+
+
 @pytest.mark.redis
-def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_until_it_ends(
-    sqlite_db: str,
+def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_and_database_pool_until_it_ends(
+    database_url: str,
     tmp_path: Path,
     redis_url: str,
     watches: list[RedisWatch],
@@ -83,10 +99,12 @@ def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_until_it_ends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Given Redis lost its data, the gate keeper re-seeds the gate (slowly: it waits until the
-    test lets it go) and then re-sends the notices without an outcome (through the broker) and
-    marks Redis again (through the watch). When the workers are stopped meanwhile, the stop
-    returns after its waits, and the watch and the broker are closed only once the gate keeper
-    ended: closed before, each would connect again when it went on, and stay connected."""
+    test lets it go) from the database and then re-sends the notices without an outcome
+    (through the broker) and marks Redis again (through the watch). When the workers are
+    stopped meanwhile and the container closed right after, as ``serve`` and ``enforcement
+    worker`` do, the stop returns after its waits, and the watch, the broker, the gate's
+    client and the database pool are closed only once the gate keeper ended: closed before,
+    each would connect again when it went on, and stay connected."""
     monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 0.05)
     monkeypatch.setattr(runtime, "HELPERS_STOP_SECONDS", 0.2)
     monkeypatch.setattr(runtime, "THREADS_STOP_SECONDS", 0.2)
@@ -102,7 +120,7 @@ def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_until_it_ends(
     monkeypatch.setattr(runtime, "seed_gate", slow_seed)
     caplog.set_level(logging.INFO, logger="enforcement.workers")
     watcher = redis.Redis.from_url(redis_url)
-    container = bootstrap(fast_settings(sqlite_db, tmp_path, redis_url=redis_url))
+    container = bootstrap(fast_settings(database_url, tmp_path, redis_url=redis_url))
     try:
         _, stop = start_runtime(container, consumers=False, relay=True)
         try:
@@ -116,14 +134,19 @@ def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_until_it_ends(
             wait_until(seeding.is_set, "the gate keeper re-seeds")
         finally:
             stop()
+            container.close()
         go_on.set()
-        wait_until(lambda: not running("gate-keeper", "relay", "closing-broker"), "the threads end")
+        wait_until(
+            lambda: not running("gate-keeper", "relay", "closing-broker", "closing-container"),
+            "the threads end",
+        )
         assert "re-sent 1 notice deliveries without an outcome" in caplog.messages
         assert watcher.exists(RedisWatch.KEY)  # marked after the stop
+        assert connections(watcher) == []
+        assert database_sessions(database_url) == 0
     finally:
         go_on.set()
         container.close()
-    assert connections(watcher) == []
-    watcher.close()
+        watcher.close()
     still = [m.split(" still runs")[0] for m in caplog.messages if " still runs " in m]
     assert sorted(still) == ["the gate-keeper thread", "the relay thread"]  # waited for
