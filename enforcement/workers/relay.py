@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from enforcement.workers.retrying import log_failure, retry_delay
+from enforcement.workers.retrying import log_failure, retry_delay, wait_to_retry
 from events import EventStore, RecordedEvent
 from events.dialects import write_connection
 from events.timefmt import parse_time, to_utc
@@ -119,10 +119,16 @@ class Relay:
         stop: threading.Event,
         idle_seconds: float = 0.05,
         error_seconds: float = 1.0,
+        answers_again: Callable[[BaseException], bool] | None = None,
+        probe_seconds: float = 1.0,
     ) -> None:
         """Relay until ``stop``; after a failure (broker or database down) it retries from the
         checkpoint, which does not move past what the broker could not take. (A broker that
-        lost what it held is the runtime's to see: ``runtime.RedisWatch``.)"""
+        lost what it held is the runtime's to see: ``runtime.RedisWatch``.) The retries back
+        off (``retrying``); with ``answers_again`` (asked every ``probe_seconds`` while one
+        waits: whether what raised the failure answers again), one is made as soon as it says
+        so: a gate change committed during an outage waits for the relay (``runtime``), and a
+        backoff of up to 15 s would outlast the outage by as much."""
         failures = 0
         while not stop.is_set():
             try:
@@ -131,7 +137,7 @@ class Relay:
                 failures += 1
                 delay = retry_delay(failures, first=error_seconds)
                 log_failure(log, "relay failed", exc, failures, delay)  # from the checkpoint
-                stop.wait(delay)
+                wait_to_retry(stop, delay, exc, answers_again, probe_seconds)
                 continue
             failures = 0
             if moved < self.page_size:

@@ -2,12 +2,17 @@
 
 The relay, its leader's start and the gate's keeper each retry until what they need is back. A
 failure that lasts is logged with its traceback once, then as one line per attempt, and the
-attempts back off from ``RETRY_FIRST_SECONDS`` to ``RETRY_MAX_SECONDS``.
+attempts back off from ``RETRY_FIRST_SECONDS`` to ``RETRY_MAX_SECONDS``. The relay and its
+leader's start also retry as soon as what failed answers again (``wait_to_retry``), so that a
+backoff does not outlast the outage by up to ``RETRY_MAX_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 15.0
@@ -36,3 +41,22 @@ def log_failure(
         log.error("%s; %s", what, then, exc_info=exc)
     else:
         log.error("%s (%d times in a row): %s; %s", what, failures, one_line(exc), then)
+
+
+def wait_to_retry(
+    stop: threading.Event,
+    delay: float,
+    failure: BaseException,
+    answers_again: Callable[[BaseException], bool] | None = None,
+    every: float = 1.0,
+) -> None:
+    """Wait ``delay`` seconds after ``failure``, or until ``stop`` is set, or, with
+    ``answers_again`` (asked every ``every`` seconds meanwhile), until it says that what raised
+    ``failure`` answers again."""
+    if answers_again is None:
+        stop.wait(delay)
+        return
+    deadline = time.monotonic() + delay
+    while not stop.wait(min(every, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline or answers_again(failure):
+            return

@@ -36,7 +36,7 @@ from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
 from enforcement.workers.recovery import LostRetryScan, pending_deliveries
 from enforcement.workers.relay import Message, Relay
-from enforcement.workers.retrying import log_failure, retry_delay
+from enforcement.workers.retrying import log_failure, retry_delay, wait_to_retry
 from enforcement.workers.sweep import sweep_once
 from events import dialects
 
@@ -44,6 +44,9 @@ log = logging.getLogger("enforcement.workers")
 LEADER_LOCK_KEY = 7_301_947_562
 GATE_RESEED_SECONDS = 6 * 3600
 REDIS_WATCH_SECONDS = 5.0
+# How often the relay (and a leader that could not start) asks whether Redis answers again
+# while it waits to retry after Redis failed it (``RedisWatch.answers_again``).
+REDIS_PROBE_SECONDS = 1.0
 LEADER_CHECK_SECONDS = 5.0
 # How long a stop waits for the relay's helpers, and for the threads and Dramatiq's: a thread
 # still busy then (a slow seed, a re-send) is logged and left to end; what it uses is closed
@@ -211,6 +214,24 @@ class RedisWatch:
     def mark(self) -> None:
         self.client.set(self.KEY, "1")
 
+    def answers_again(self, failure: BaseException) -> bool:
+        """Whether ``failure`` came from Redis being unreachable (its connection refused, cut,
+        timed out, or Redis still loading its data) and Redis answers a PING now: the relay and
+        the leader's start then retry at once rather than at the end of their backoff."""
+        import redis
+
+        cause: BaseException | None = failure
+        while cause is not None and not isinstance(
+            cause, (redis.ConnectionError, redis.TimeoutError)
+        ):
+            cause = cause.__cause__  # a gate's GateUnavailable, raised from the client's error
+        if cause is None:
+            return False
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
     def close(self) -> None:
         self.client.close()  # and its connection pool, which ``from_url`` made for it
 
@@ -342,6 +363,8 @@ def start_background(
 
         relay_obj = Relay(container.store, relay_send, CHANNELS)
         watch = None if settings.redis_url is None else RedisWatch(settings.redis_url)
+        # After Redis failed them, the relay and the leader's start retry once it answers again.
+        answers_again = None if watch is None else watch.answers_again
 
         def take_the_lead() -> bool:
             if not leader.acquire():
@@ -417,7 +440,7 @@ def start_background(
                     delay = retry_delay(failures)
                     log_failure(log, "could not start the relay", exc, failures, delay)
                     leader.release()
-                    stop.wait(delay)
+                    wait_to_retry(stop, delay, exc, answers_again, REDIS_PROBE_SECONDS)
                     continue
                 failures = 0
                 if leading:
@@ -465,7 +488,11 @@ def start_background(
                     # lost nothing (the checkpoint did not move past what it could not take), and
                     # one that lost its data is seen by the watch.
                     relay_obj.guard = functools.partial(still_leads, leader, stepping_down)
-                    relay_obj.run(stepping_down)
+                    relay_obj.run(
+                        stepping_down,
+                        answers_again=answers_again,
+                        probe_seconds=REDIS_PROBE_SECONDS,
+                    )
                     join_within(helpers, HELPERS_STOP_SECONDS)
                     if stop.is_set():
                         break

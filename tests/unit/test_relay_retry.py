@@ -9,7 +9,13 @@ import pytest
 import sqlalchemy as sa
 
 from enforcement.workers.relay import Relay
-from enforcement.workers.retrying import RETRY_MAX_SECONDS, log_failure, one_line, retry_delay
+from enforcement.workers.retrying import (
+    RETRY_MAX_SECONDS,
+    log_failure,
+    one_line,
+    retry_delay,
+    wait_to_retry,
+)
 
 
 def test_retries_back_off_to_a_ceiling() -> None:
@@ -68,3 +74,39 @@ def test_the_running_relay_backs_off_while_the_broker_stays_away() -> None:
     stop = _Stop(limit=7)
     relay.run(stop, error_seconds=1.0)  # type: ignore[arg-type]
     assert stop.waits == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]
+
+
+def test_a_wait_to_retry_ends_once_what_failed_answers_again_asking_every_so_often() -> None:
+    failure = ConnectionRefusedError("connection refused")
+    answers = iter([False, False, True])
+    asked: list[BaseException] = []
+
+    def answers_again(exc: BaseException) -> bool:
+        asked.append(exc)
+        return next(answers)
+
+    stop = _Stop(limit=100)
+    wait_to_retry(stop, 15.0, failure, answers_again, every=0.5)  # type: ignore[arg-type]
+    assert stop.waits == [0.5, 0.5, 0.5]
+    assert asked == [failure] * 3
+
+
+def test_the_relay_retries_as_soon_as_what_failed_answers_again() -> None:
+    error = ConnectionRefusedError("connection refused")
+
+    class Down:
+        def read_all(self, after: int, limit: int) -> list[object]:
+            raise error
+
+    relay = Relay(Down(), lambda message: None, ())  # type: ignore[arg-type]
+    relay.position = lambda: 0  # type: ignore[method-assign]
+    asked: list[BaseException] = []
+
+    def answers_again(exc: BaseException) -> bool:
+        asked.append(exc)
+        return True
+
+    stop = _Stop(limit=4)
+    relay.run(stop, answers_again=answers_again, probe_seconds=0.25)  # type: ignore[arg-type]
+    assert stop.waits == [0.25, 0.25, 0.25, 0.25]  # not 1, 2, 4, 8
+    assert asked == [error] * 3  # the fourth wait was the stop

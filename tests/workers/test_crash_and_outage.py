@@ -1,6 +1,7 @@
 """The distributed runtime under failure: the real ``enforcement worker`` killed in the middle of
-a delivery, Redis stopped and started again while violations keep being recorded, and a worker
-started before Redis is up.
+a delivery, Redis stopped and started again while violations keep being recorded (and a
+suspension committed meanwhile enforced as soon as Redis answers again), and a worker started
+before Redis is up.
 
 All run on SQLite and on PostgreSQL (``database_url``) against a real Redis. Violations are
 recorded through the use case in this process, as ``serve`` would record them.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import signal
 from collections import Counter
@@ -19,12 +21,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
+import sqlalchemy as sa
 
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container, bootstrap
-from enforcement.gate import RedisGate
+from enforcement.gate import GateUnavailable, RedisGate
 from enforcement.settings import Settings
-from enforcement.workers.runtime import LEADER_LOCK_KEY, build_actors, start_background
+from enforcement.workers import relay as relay_module
+from enforcement.workers import runtime
+from enforcement.workers.runtime import (
+    LEADER_LOCK_KEY,
+    RedisWatch,
+    build_actors,
+    start_background,
+    start_runtime,
+)
 from events import RecordedEvent
 from tests.redis_server import RedisServer
 from tests.workers.system import (
@@ -301,6 +313,136 @@ def test_the_relay_tells_the_gate_of_a_suspension_whose_push_was_lost_without_th
         actors.broker.close()
         leader.close()
         gate.close()
+
+
+@pytest.fixture
+def redis_keeping_data() -> Iterator[RedisServer]:
+    """A Redis of this test's own that can go away and come back with its data (``away``)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def long_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay and the leader's start wait 30 s after every failure (their backoff reaches
+    15 s), and ask every 0.1 s meanwhile whether Redis answers again."""
+    for module in (relay_module, runtime):
+        monkeypatch.setattr(module, "retry_delay", lambda failures, first=1.0: 30.0)
+    monkeypatch.setattr(runtime, "REDIS_PROBE_SECONDS", 0.1)
+
+
+def away(server: RedisServer) -> None:
+    """Stop ``server`` with its data saved: it loads them when it starts again, as a Redis
+    with persistence does, or one that was only out of reach (a network cut)."""
+    client = server.client()
+    client.save()
+    client.close()
+    server.stop()
+
+
+def test_a_suspension_committed_while_redis_is_away_is_enforced_once_redis_answers_again(
+    database_url: str,
+    tmp_path: Path,
+    redis_keeping_data: RedisServer,
+    long_backoffs: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A suspension committed while Redis is away is not pushed (the push fails, then pauses),
+    and Redis comes back holding the gate's earlier state and the leader's mark, so nothing is
+    re-seeded: only the relay tells the gate. It retries as soon as Redis answers again, not at
+    the end of its backoff (``long_backoffs``)."""
+    caplog.set_level(logging.ERROR, logger="enforcement.relay")
+    server = redis_keeping_data
+    settings = fast_settings(database_url, tmp_path, redis_url=server.url)
+    poster = bootstrap(replace(settings, redis_url=None))  # its push never reaches Redis
+    leader = bootstrap(settings)
+    _, stop = start_runtime(leader, consumers=False, relay=True)
+    gate = RedisGate.from_url(server.url)
+    try:
+        report(poster, "acct_away")
+        wait_until(
+            lambda: relay_position(leader.store) >= leader.store.max_position(),
+            "the leader to seed the gate and relay the report",
+        )
+        assert gate.check("acct_away", "key_1").reason == "ok"
+
+        # Given Redis away when a suspension is committed, and the relay failing to pass it
+        away(server)
+        poster.service.operator("acct_away", ops.Suspend("abuse"), OPERATOR)
+        wait_until(
+            lambda: any(m.startswith("relay failed") for m in caplog.messages),
+            "the relay to fail on the outage",
+        )
+
+        # When Redis answers again (with what it held before)
+        server.start()
+
+        # Then the gate refuses the account within moments, not once the backoff ran out
+        wait_until(
+            lambda: gate.check("acct_away", "key_1").reason == "suspended",
+            "the gate to refuse the suspended account",
+            timeout=5,
+        )
+    finally:
+        stop()
+        leader.close()
+        poster.close()
+        gate.close()
+
+
+def test_a_leader_that_could_not_start_for_redis_starts_once_redis_answers_again(
+    database_url: str,
+    tmp_path: Path,
+    redis_keeping_data: RedisServer,
+    long_backoffs: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The leader's start (which marks Redis and seeds the gate) retries too as soon as Redis
+    answers again, not at the end of its backoff (``long_backoffs``)."""
+    caplog.set_level(logging.ERROR, logger="enforcement.workers")
+    server = redis_keeping_data
+    leader = bootstrap(fast_settings(database_url, tmp_path, redis_url=server.url))
+    # Given Redis away when the workers start
+    away(server)
+    _, stop = start_runtime(leader, consumers=False, relay=True)
+    watcher = server.client()
+    try:
+        wait_until(
+            lambda: any(m.startswith("could not start the relay") for m in caplog.messages),
+            "the leader to fail to start",
+        )
+
+        # When Redis answers again
+        server.start()
+
+        # Then the leader starts within moments: it marks Redis
+        wait_until(lambda: watcher.exists(RedisWatch.KEY), "the leader to mark Redis", timeout=5)
+    finally:
+        stop()
+        leader.close()
+        watcher.close()
+
+
+def test_the_watch_tells_a_redis_that_answers_again_only_after_a_failure_of_redis(
+    redis_keeping_data: RedisServer,
+) -> None:
+    """What ends the relay's backoff early: a failure of Redis (also as the gate's
+    ``GateUnavailable``) while Redis answers a PING; a database failure never does."""
+    watch = RedisWatch(redis_keeping_data.url)
+    refused = redis.ConnectionError("Error 111 connecting to 127.0.0.1. Connection refused.")
+    from_gate = GateUnavailable(f"gate store unavailable: {refused}")
+    from_gate.__cause__ = refused
+    database = sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+    try:
+        assert watch.answers_again(refused)
+        assert watch.answers_again(from_gate)
+        assert watch.answers_again(redis.TimeoutError("Timeout reading from socket"))
+        assert not watch.answers_again(database)
+        assert not watch.answers_again(redis.ResponseError("OOM command not allowed"))
+        redis_keeping_data.stop()
+        assert not watch.answers_again(refused)
+    finally:
+        watch.close()
 
 
 @POSTGRES_ONLY
