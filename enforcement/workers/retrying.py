@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+log = logging.getLogger(__name__)
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 15.0
 
@@ -52,11 +53,21 @@ def wait_to_retry(
 ) -> None:
     """Wait ``delay`` seconds after ``failure``, or until ``stop`` is set, or, with
     ``answers_again`` (asked every ``every`` seconds meanwhile), until it says that what raised
-    ``failure`` answers again."""
+    ``failure`` answers again. A probe that raises counts as "not yet" (logged once per wait):
+    this wait runs in the retry loop's ``except`` block, and an exception out of it would end
+    the loop's thread (no relay any more in this process)."""
     if answers_again is None:
         stop.wait(delay)
         return
     deadline = time.monotonic() + delay
+    probe_failed = False
     while not stop.wait(min(every, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline or answers_again(failure):
+        if time.monotonic() >= deadline:
             return
+        try:
+            if answers_again(failure):
+                return
+        except Exception:
+            if not probe_failed:
+                probe_failed = True
+                log.warning("asking whether what failed answers again failed", exc_info=True)

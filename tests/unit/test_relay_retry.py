@@ -110,3 +110,28 @@ def test_the_relay_retries_as_soon_as_what_failed_answers_again() -> None:
     relay.run(stop, answers_again=answers_again, probe_seconds=0.25)  # type: ignore[arg-type]
     assert stop.waits == [0.25, 0.25, 0.25, 0.25]  # not 1, 2, 4, 8
     assert asked == [error] * 3  # the fourth wait was the stop
+
+
+def test_a_probe_that_fails_counts_as_not_answering_yet_and_the_relay_goes_on() -> None:
+    """The wait runs in the relay's (and the leader's start's) ``except`` block: a probe that
+    raised out of it would end the relay's thread, and this process would relay no more."""
+    error = ConnectionRefusedError("connection refused")
+    asked: list[BaseException] = []
+
+    def broken(exc: BaseException) -> bool:
+        asked.append(exc)
+        raise RuntimeError("the probe itself failed")
+
+    stop = _Stop(limit=3)
+    wait_to_retry(stop, 15.0, error, broken, every=0.5)  # type: ignore[arg-type]
+    assert stop.waits == [0.5, 0.5, 0.5] and asked == [error] * 2
+
+    class Down:
+        def read_all(self, after: int, limit: int) -> list[object]:
+            raise error
+
+    relay = Relay(Down(), lambda message: None, ())  # type: ignore[arg-type]
+    relay.position = lambda: 0  # type: ignore[method-assign]
+    stop = _Stop(limit=4)
+    relay.run(stop, answers_again=broken, probe_seconds=0.25)  # type: ignore[arg-type]
+    assert len(stop.waits) == 4  # still retrying, not ended by the probe's failure
