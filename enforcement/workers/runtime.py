@@ -47,6 +47,10 @@ REDIS_WATCH_SECONDS = 5.0
 # How often the relay (and a leader that could not start) asks whether Redis answers again
 # while it waits to retry after Redis failed it (``RedisWatch.answers_again``).
 REDIS_PROBE_SECONDS = 1.0
+# How long a command of the watch (its look, its mark, that probe) waits for Redis: one that
+# accepts connections and answers nothing (a stopped process, a paused VM) would hold the relay
+# for as long as redis-py's default lets it (none in older versions, 5 s in recent ones).
+REDIS_WATCH_TIMEOUT_SECONDS = 2.0
 LEADER_CHECK_SECONDS = 5.0
 # How long a stop waits for the relay's helpers, and for the threads and Dramatiq's: a thread
 # still busy then (a slow seed, a re-send) is logged and left to end; what it uses is closed
@@ -205,8 +209,15 @@ class RedisWatch:
 
     def __init__(self, url: str):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=REDIS_WATCH_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_WATCH_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),  # a failed look is tried again at the next one
+        )
 
     def lost(self) -> bool:
         return not self.client.exists(self.KEY)

@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -579,3 +581,29 @@ def test_a_worker_whose_consumer_died_stops_with_a_failure_status(
         worker.stop()
     [died] = [line for line in worker.output().splitlines() if "consumer process died" in line]
     assert json.loads(died)["level"] == "error"
+
+
+def test_the_watch_gives_up_on_a_frozen_redis_within_its_timeout(
+    redis_keeping_data: RedisServer,
+) -> None:
+    """A Redis that accepts connections and answers nothing (its process stopped, a paused VM)
+    holds the relay's probe, and the leader's look and mark, for no longer than the watch's own
+    timeout: the probe is asked every second while the relay waits to retry (redis-py's default
+    is 5 s in recent versions, none in older ones)."""
+    watch = RedisWatch(redis_keeping_data.url)
+    assert redis_keeping_data.pid is not None
+    refused = redis.ConnectionError("Error 111 connecting to 127.0.0.1. Connection refused.")
+    answered: list[bool] = []
+    try:
+        assert watch.answers_again(refused)  # connected
+        os.kill(redis_keeping_data.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        probe = threading.Thread(target=lambda: answered.append(watch.answers_again(refused)))
+        probe.start()
+        probe.join(30)
+        took = time.monotonic() - started
+        assert answered == [False]
+        assert took < 4.0, took  # the watch's 2 s, with room for a loaded machine
+    finally:
+        os.kill(redis_keeping_data.pid, signal.SIGCONT)
+        watch.close()
