@@ -383,7 +383,7 @@ def test_a_suspension_committed_while_redis_is_away_is_enforced_once_redis_answe
         wait_until(
             lambda: gate.check("acct_away", "key_1").reason == "suspended",
             "the gate to refuse the suspended account",
-            timeout=5,
+            timeout=15,  # the backoff held at 30 s: room for a loaded machine, still half
         )
     finally:
         stop()
@@ -418,7 +418,11 @@ def test_a_leader_that_could_not_start_for_redis_starts_once_redis_answers_again
         server.start()
 
         # Then the leader starts within moments: it marks Redis
-        wait_until(lambda: watcher.exists(RedisWatch.KEY), "the leader to mark Redis", timeout=5)
+        wait_until(
+            lambda: watcher.exists(RedisWatch.KEY),
+            "the leader to mark Redis",
+            timeout=15,  # the backoff held at 30 s: room for a loaded machine, still half
+        )
     finally:
         stop()
         leader.close()
