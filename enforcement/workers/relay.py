@@ -94,6 +94,12 @@ class Relay:
         self.checkpoint = checkpoint
         # Asked before a page is enqueued: whether this relay may still send (it still leads).
         self.guard: Callable[[], bool] | None = None
+        self._begun = 0  # the last position of the last page this relay began to enqueue
+
+    def reached(self) -> int:
+        """The position up to which this relay sent, or began to send, every message: its
+        checkpoint, or past it the end of the page it is enqueueing (or failed to)."""
+        return max(self.position(), self._begun)
 
     def position(self) -> int:
         with self.store.engine.connect() as conn:
@@ -107,6 +113,7 @@ class Relay:
             return 0
         if self.guard is not None and not self.guard():
             return 0  # another process may lead now: it sends these
+        self._begun = max(self._begun, page[-1].position)
         for event in page:
             for message in messages_for(event, self.channels):
                 self.enqueue(message)

@@ -251,22 +251,24 @@ def keep_gate(
     container: Container,
     stop: threading.Event,
     watch: RedisWatch | None = None,
-    on_lost: Callable[[], None] | None = None,
+    on_lost: Callable[[], Callable[[], None]] | None = None,
 ) -> None:
     """Re-apply every stored standing to the gate now and then: Redis gate state carries a TTL
     (30 days by default), so configuration nobody touched would otherwise expire. With Redis,
-    also look every few seconds whether it lost its data: then re-seed at once and ``on_lost``
-    (re-send the notices whose messages it held), instead of letting a suspended account
-    through until the next re-seed."""
+    also look every few seconds whether it lost its data: then re-seed at once, instead of
+    letting a suspended account through until the next re-seed, and run what ``on_lost``
+    returned (re-send the notices whose messages it held); ``on_lost`` is called as soon as
+    the loss is seen, before the re-seed, so that it notes what was sent before."""
     last_seed = time.monotonic()
     failures = 0
     while not stop.wait(GATE_RESEED_SECONDS if watch is None else REDIS_WATCH_SECONDS):
         try:
             if watch is not None and watch.lost():
                 log.warning("Redis lost its data: re-seeding the gate, re-sending notices")
+                resend = None if on_lost is None else on_lost()
                 seed_gate(container.gate, container.store, container.clock())
-                if on_lost is not None:
-                    on_lost()
+                if resend is not None:
+                    resend()
                 watch.mark()
                 last_seed = time.monotonic()
             elif time.monotonic() - last_seed >= GATE_RESEED_SECONDS:
@@ -391,16 +393,25 @@ def start_background(
                 watch.mark()
             return True
 
-        def resend_pending_notices() -> None:
-            """Re-send notices up to the relay's checkpoint that have no outcome: their messages
-            were in a broker that lost them (the in-memory one at a restart, or Redis restarted
-            without persistence). Delivery is idempotent per notice and channel."""
-            pending = pending_deliveries(
-                container.store, container.clock(), up_to_position=relay_obj.position()
-            )
+        def resend_pending_notices(up_to: int | None = None) -> None:
+            """Re-send notices up to ``up_to`` (by default the relay's checkpoint) that have no
+            outcome: their messages were in a broker that lost them (the in-memory one at a
+            restart, or Redis restarted without persistence). Delivery is idempotent per notice
+            and channel."""
+            if up_to is None:
+                up_to = relay_obj.position()
+            pending = pending_deliveries(container.store, container.clock(), up_to_position=up_to)
             # Only the channels without a final outcome: one that failed for good stays so.
             send_deliveries(pending)
             log.info("re-sent %d notice deliveries without an outcome", len(pending))
+
+        def on_redis_lost() -> Callable[[], None]:
+            """Seen that Redis lost its data, while the relay runs on: what it sent up to now
+            may be lost, what it sends from now on goes to the Redis that came back. Returns
+            the re-send of the notices up to here, which the gate keeper runs once it re-seeded
+            the gate: bounded later, it sent again, and twice, the notices the relay passed
+            meanwhile (the whole re-seed long)."""
+            return functools.partial(resend_pending_notices, relay_obj.reached())
 
         def send_deliveries(deliveries: list[tuple[str, str]]) -> None:
             for event_id, channel in deliveries:
@@ -487,7 +498,7 @@ def start_background(
                         ),
                         threading.Thread(
                             target=keep_gate,
-                            args=(container, stepping_down, watch, resend_pending_notices),
+                            args=(container, stepping_down, watch, on_redis_lost),
                             name="gate-keeper",
                             daemon=True,
                         ),

@@ -231,6 +231,22 @@ def test_an_enqueue_failure_leaves_the_checkpoint_and_the_retry_sends_the_page_a
     ]
 
 
+def test_reached_counts_a_page_begun_whose_checkpoint_is_not_written() -> None:
+    """What a broker that lost its data may have lost is every message up to ``reached``: the
+    messages of a page already enqueued count before its checkpoint is written."""
+    store = MemoryStore(notices(3))
+    broker = Broker(store, failures=1, fail_at=3)  # the 4th message fails
+    relay = Relay(store, broker, CHANNELS)  # type: ignore[arg-type]
+    assert relay.reached() == 0
+
+    with pytest.raises(ConnectionError):
+        relay.run_once()
+    assert (relay.position(), relay.reached()) == (0, 3)
+
+    store.checkpoints[relay.checkpoint] = 7  # another leader went further meanwhile
+    assert relay.reached() == 7
+
+
 def test_a_failed_checkpoint_write_resends_rather_than_skips() -> None:
     store = MemoryStore(notices(2))
     store.fail_checkpoint_writes = 1

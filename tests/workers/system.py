@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
@@ -44,6 +45,7 @@ from enforcement.policy import ViolationReport
 from enforcement.service import Actor, Outcome
 from enforcement.settings import Settings
 from enforcement.tables import contacts
+from enforcement.workers import runtime
 from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, start_background
@@ -54,6 +56,24 @@ SECRET = "test-webhook-secret"
 REPORTER = Actor(name="reporter:tests", correlation_id="tests")
 OPERATOR = Actor(name="operator:tests", correlation_id="tests")
 OUTCOMES = ("NoticeDelivered", "NoticeDeliveryFailed")
+
+
+def hold_gate_keeper_seeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[threading.Event, threading.Event]:
+    """Make the gate keeper's re-seeds (after Redis lost its data) wait: ``seeding`` is set
+    when one starts, which then waits for ``go_on`` (at most 30 s). Returns both."""
+    seeding, go_on = threading.Event(), threading.Event()
+    seed_gate = runtime.seed_gate
+
+    def held_seed(*args: Any) -> int:
+        if threading.current_thread().name == "gate-keeper":
+            seeding.set()
+            go_on.wait(30)
+        return seed_gate(*args)
+
+    monkeypatch.setattr(runtime, "seed_gate", held_seed)
+    return seeding, go_on
 
 
 def free_port() -> int:

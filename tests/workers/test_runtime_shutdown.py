@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -20,6 +19,7 @@ from enforcement.workers.runtime import RedisWatch, start_runtime
 from tests.conftest import pg_admin_url
 from tests.workers.system import (
     fast_settings,
+    hold_gate_keeper_seeds,
     outcomes_of,
     relay_position,
     report,
@@ -108,16 +108,7 @@ def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_and_database_pool_unt
     monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 0.05)
     monkeypatch.setattr(runtime, "HELPERS_STOP_SECONDS", 0.2)
     monkeypatch.setattr(runtime, "THREADS_STOP_SECONDS", 0.2)
-    seeding, go_on = threading.Event(), threading.Event()
-    seed_gate = runtime.seed_gate
-
-    def slow_seed(*args: Any) -> int:
-        if threading.current_thread().name == "gate-keeper":
-            seeding.set()
-            go_on.wait(30)
-        return seed_gate(*args)
-
-    monkeypatch.setattr(runtime, "seed_gate", slow_seed)
+    seeding, go_on = hold_gate_keeper_seeds(monkeypatch)
     caplog.set_level(logging.INFO, logger="enforcement.workers")
     watcher = redis.Redis.from_url(redis_url)
     container = bootstrap(fast_settings(database_url, tmp_path, redis_url=redis_url))

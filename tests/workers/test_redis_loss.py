@@ -1,0 +1,69 @@
+"""What the leader re-sends when Redis lost its data: the notices the relay had sent before the
+loss was seen (their messages may have gone with it), not those it relayed into the new Redis
+while the gate was being re-seeded (re-sent, they went out twice)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import redis
+
+from enforcement.bootstrap import bootstrap
+from enforcement.workers import runtime
+from enforcement.workers.runtime import RedisWatch, start_runtime
+from tests.workers.system import (
+    fast_settings,
+    hold_gate_keeper_seeds,
+    relay_position,
+    report,
+    wait_until,
+)
+
+
+@pytest.mark.redis
+def test_notices_relayed_while_the_gate_is_re_seeded_are_not_re_sent(
+    sqlite_db: str,
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 0.05)
+    seeding, go_on = hold_gate_keeper_seeds(monkeypatch)
+    caplog.set_level(logging.INFO, logger="enforcement.workers")
+    watcher = redis.Redis.from_url(redis_url)
+    container = bootstrap(fast_settings(sqlite_db, tmp_path, redis_url=redis_url))
+
+    def relayed_all() -> bool:
+        return relay_position(container.store) >= container.store.max_position()
+
+    try:
+        # No consumers: each notice stays without an outcome, each re-send is counted.
+        _, stop = start_runtime(container, consumers=False, relay=True)
+        try:
+            # Given a notice the relay sent to Redis
+            report(container, "acct_before")
+            wait_until(lambda: watcher.exists(RedisWatch.KEY), "the leader marks Redis")
+            wait_until(relayed_all, "the relay passes the first notice")
+            # When Redis loses its data, and the leader sees it (and re-seeds the gate, held)
+            watcher.delete(RedisWatch.KEY)
+            wait_until(seeding.is_set, "the gate keeper re-seeds")
+            # and meanwhile another notice is relayed, into the Redis that lost its data
+            report(container, "acct_meanwhile")
+            wait_until(relayed_all, "the relay passes the second notice")
+            go_on.set()
+            wait_until(lambda: watcher.exists(RedisWatch.KEY), "the leader marks Redis again")
+        finally:
+            go_on.set()
+            stop()
+    finally:
+        container.close()
+        watcher.close()
+    # Then only the first notice is sent again: the second one's message is in Redis already.
+    resent = [m for m in caplog.messages if m.startswith("re-sent")]
+    assert resent == [
+        "re-sent 0 notice deliveries without an outcome",  # taking the lead: a new Redis
+        "re-sent 1 notice deliveries without an outcome",
+    ]
