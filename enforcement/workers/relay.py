@@ -118,7 +118,7 @@ class Relay:
             for message in messages_for(event, self.channels):
                 self.enqueue(message)
         with write_connection(self.store.engine) as conn, conn.begin():
-            self.store.set_checkpoint(conn, self.checkpoint, page[-1].position)
+            self.store.advance_checkpoint(conn, self.checkpoint, page[-1].position)
         return len(page)
 
     def run(

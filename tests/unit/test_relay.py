@@ -171,6 +171,9 @@ class MemoryStore:
         self.journal.append(("checkpoint", position))
         self.checkpoints[name] = position
 
+    def advance_checkpoint(self, conn: object, name: str, position: int) -> None:
+        self.set_checkpoint(conn, name, max(position, self.checkpoints.get(name, 0)))
+
 
 class Broker:
     """Accepts messages, or refuses the next ``failures`` of them."""
@@ -245,6 +248,27 @@ def test_reached_counts_a_page_begun_whose_checkpoint_is_not_written() -> None:
 
     store.checkpoints[relay.checkpoint] = 7  # another leader went further meanwhile
     assert relay.reached() == 7
+
+
+def test_a_relay_overtaken_during_its_page_does_not_move_the_checkpoint_back() -> None:
+    """A leader that lost the lock while it enqueued a page (its session ended after it asked)
+    finishes that page; the process that took the lead meanwhile may have relayed further. The
+    late checkpoint write leaves the further one: moved back, the new leader sent again every
+    page it had passed."""
+    store = MemoryStore(notices(4))
+    new_leader = Relay(store, Broker(store), CHANNELS, page_size=2)  # type: ignore[arg-type]
+    sent: list[Message] = []
+
+    def overtaken(message: Message) -> None:
+        if not sent:
+            assert new_leader.run_once() == 2 and new_leader.run_once() == 2
+        sent.append(message)
+
+    late = Relay(store, overtaken, CHANNELS, page_size=2)  # type: ignore[arg-type]
+    assert late.run_once() == 2
+
+    assert late.position() == new_leader.position() == 4
+    assert new_leader.run_once() == 0  # nothing to send again
 
 
 def test_a_failed_checkpoint_write_resends_rather_than_skips() -> None:
