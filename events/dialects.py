@@ -63,12 +63,28 @@ def normalized_url(url: str | sa.URL) -> sa.URL:
 
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
+# libpq's socket settings for a PostgreSQL connection whose URL does not set them. A peer gone
+# without a word (a failover or a network cut that sends no reset) would otherwise hold a
+# request, or the workers' leader lock, until the kernel gives up: two hours for an idle
+# connection (the system's keepalive default), about fifteen minutes for one waiting on an
+# answer to data the peer never acknowledged. With these, an idle connection is found dead
+# within a minute (a probe after 30 s of silence, then every 10 s, three unanswered), and a
+# write the peer does not acknowledge for 60 s fails the connection. A busy server costs
+# nothing here: its kernel acknowledges at once, however long the query runs.
+POSTGRES_SOCKET_DEFAULTS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds
+}
 
 
 def create_engine(url: str, connect_timeout: int | None = None, **kwargs: Any) -> Engine:
     """An engine configured for the log: durable SQLite, pooled PostgreSQL (psycopg 3).
     ``connect_timeout`` (seconds, PostgreSQL only) replaces the usual bound on connecting: the
-    URL's own, else ``POSTGRES_CONNECT_TIMEOUT_SECONDS``."""
+    URL's own, else ``POSTGRES_CONNECT_TIMEOUT_SECONDS``. PostgreSQL sockets take
+    ``POSTGRES_SOCKET_DEFAULTS`` for what the URL does not set."""
     sa_url = normalized_url(url)
     if sa_url.get_backend_name() == "sqlite":
         _create_private_file(sa_url)
@@ -79,14 +95,18 @@ def create_engine(url: str, connect_timeout: int | None = None, **kwargs: Any) -
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    if connect_timeout is not None or "connect_timeout" not in sa_url.query:
-        # A server that accepts connections and never answers would hold a request (and
-        # /healthz, which should answer 503) for as long as the kernel keeps the socket.
-        connect_args = dict(kwargs.pop("connect_args", None) or {})
-        if connect_timeout is not None:
-            connect_args["connect_timeout"] = connect_timeout
-        connect_args.setdefault("connect_timeout", POSTGRES_CONNECT_TIMEOUT_SECONDS)
-        kwargs["connect_args"] = connect_args
+    connect_args = dict(kwargs.pop("connect_args", None) or {})
+    # A server that accepts connections and never answers would hold a request (and /healthz,
+    # which should answer 503) for as long as the kernel keeps the socket.
+    if connect_timeout is not None:
+        connect_args["connect_timeout"] = connect_timeout
+    for name, value in (
+        ("connect_timeout", POSTGRES_CONNECT_TIMEOUT_SECONDS),
+        *POSTGRES_SOCKET_DEFAULTS.items(),
+    ):
+        if name not in sa_url.query:  # the URL's own settings stand (``connect_args`` would win)
+            connect_args.setdefault(name, value)
+    kwargs["connect_args"] = connect_args
     engine = sa.create_engine(sa_url, **kwargs)
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
         _configure_postgres(engine)
