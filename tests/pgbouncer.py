@@ -26,7 +26,7 @@ from types import TracebackType
 
 import sqlalchemy as sa
 
-from tests.redis_server import free_port, stop_process
+from tests.processes import free_port, stop_process
 
 BINARY_ENV = "ENFORCEMENT_TEST_PGBOUNCER"
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/local/sbin"])

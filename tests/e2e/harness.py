@@ -5,7 +5,6 @@ that check ``X-Request-Id`` on every response, and helpers to read the feed and 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,12 @@ from typing import Any
 
 import httpx
 
+from tests.processes import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("enforcement"))
 ROLES = ("reporter", "operator", "auditor", "gateway", "admin")
 STARTUP_SECONDS = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli_env(database_url: str, workdir: Path) -> dict[str, str]:
@@ -146,12 +141,7 @@ def start_server(
         yield server
         server.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)
 
 
 # ------------------------------------------------------------------ helpers for the tests

@@ -20,7 +20,6 @@ import email.policy
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, start_background
 from events import EventStore, RecordedEvent
+from tests.processes import free_port
 
 CLI = str(Path(sys.executable).with_name("enforcement"))
 SECRET = "test-webhook-secret"
@@ -74,12 +74,6 @@ def hold_gate_keeper_seeds(
 
     monkeypatch.setattr(runtime, "seed_gate", held_seed)
     return seeding, go_on
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(
