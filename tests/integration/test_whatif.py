@@ -28,6 +28,7 @@ from enforcement import operator_decisions as ops
 from enforcement import whatif
 from enforcement.bootstrap import Container
 from enforcement.cli import app
+from enforcement.cli_output import console
 from enforcement.policy import DEFAULT_POLICY, ViolationReport
 from enforcement.policy_file import policy_from_mapping
 from enforcement.whatif import what_if
@@ -190,7 +191,9 @@ def test_the_cli_prints_differences_and_json_and_writes_nothing(
     varied: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", varied.settings.database_url)
-    monkeypatch.setenv("COLUMNS", "200")
+    # The console is made at import, its width fixed then (by COLUMNS, or 1,000 in a pipe):
+    # the summary must not wrap whatever ran the tests.
+    monkeypatch.setattr(console, "width", 200)
     strict, shipped = tmp_path / "strict.toml", tmp_path / "shipped.toml"
     strict.write_text('version = "strict"\ntermination_after_strikes = 1\n')
     shipped.write_text("")

@@ -515,12 +515,29 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def spawned(pids: set[int]) -> list[int]:
+    """Those of ``pids`` that are multiprocessing's spawned processes (the consumers; not its
+    resource tracker, another child of the worker)."""
+    found = []
+    for pid in pids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
 def started_consumers(worker: WorkerProcess, settings: Settings) -> set[int]:
-    """The worker's child processes, once its consumers are started, not only spawned: one
-    killed while it still reads its arguments from the worker dies of that (EOFError) rather
-    than as the test means it to."""
+    """The worker's child processes (its consumers and multiprocessing's resource tracker),
+    once its consumers are started, not only spawned: one killed while it still reads its
+    arguments from the worker dies of that (EOFError) rather than as the test means it to."""
     consumers: set[int] = wait_until(
-        lambda: (c := children_of(worker.proc.pid)) and len(c) >= settings.worker_processes and c,
+        lambda: (
+            (c := children_of(worker.proc.pid))
+            and len(spawned(c)) >= settings.worker_processes
+            and c
+        ),
         "the worker's consumer processes",
         30,
     )
@@ -574,8 +591,7 @@ def test_a_worker_whose_consumer_died_stops_with_a_failure_status(
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
         consumers = started_consumers(worker, settings)
-        spawned = [p for p in consumers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        os.kill(spawned[0], signal.SIGKILL)
+        os.kill(spawned(consumers)[0], signal.SIGKILL)
 
         assert worker.proc.wait(timeout=30) == 1
         # Its children go with it: the consumers are joined before it exits; multiprocessing's
