@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from enforcement.workers.retrying import log_failure, retry_delay, wait_to_retry
+from enforcement.workers.retrying import CameBack, log_failure, retry_delay, wait_to_retry
 from events import EventStore, RecordedEvent
 from events.dialects import write_connection
 from events.timefmt import parse_time, to_utc
@@ -133,9 +133,11 @@ class Relay:
         checkpoint, which does not move past what the broker could not take. (A broker that
         lost what it held is the runtime's to see: ``runtime.RedisWatch``.) The retries back
         off (``retrying``); with ``answers_again`` (asked every ``probe_seconds`` while one
-        waits: whether what raised the failure answers again), one is made as soon as it says
-        so: a gate change committed during an outage waits for the relay (``runtime``), and a
-        backoff of up to 15 s would outlast the outage by as much."""
+        waits: whether what raised the failure answers again), one is made as soon as what
+        failed comes back (``CameBack``: it answers after a probe saw it away): a gate change
+        committed during an outage waits for the relay (``runtime``), and a backoff of up to
+        15 s would outlast the outage by as much."""
+        came_back = None if answers_again is None else CameBack(answers_again)
         failures = 0
         while not stop.is_set():
             try:
@@ -144,9 +146,11 @@ class Relay:
                 failures += 1
                 delay = retry_delay(failures, first=error_seconds)
                 log_failure(log, "relay failed", exc, failures, delay)  # from the checkpoint
-                wait_to_retry(stop, delay, exc, answers_again, probe_seconds)
+                wait_to_retry(stop, delay, exc, came_back, probe_seconds)
                 continue
             failures = 0
+            if came_back is not None:
+                came_back.succeeded()
             if moved < self.page_size:
                 stop.wait(idle_seconds)
 

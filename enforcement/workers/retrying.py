@@ -3,8 +3,8 @@
 The relay, its leader's start and the gate's keeper each retry until what they need is back. A
 failure that lasts is logged with its traceback once, then as one line per attempt, and the
 attempts back off from ``RETRY_FIRST_SECONDS`` to ``RETRY_MAX_SECONDS``. The relay and its
-leader's start also retry as soon as what failed answers again (``wait_to_retry``), so that a
-backoff does not outlast the outage by up to ``RETRY_MAX_SECONDS``.
+leader's start also retry as soon as what failed comes back (``wait_to_retry`` asking a
+``CameBack``), so that a backoff does not outlast the outage by up to ``RETRY_MAX_SECONDS``.
 """
 
 from __future__ import annotations
@@ -71,3 +71,34 @@ def wait_to_retry(
             if not probe_failed:
                 probe_failed = True
                 log.warning("asking whether what failed answers again failed", exc_info=True)
+
+
+class CameBack:
+    """One retry loop's ``answers_again``, made to say yes only when what failed *came back*:
+    it answers again after a probe of this run of failures saw it away (not answering, or the
+    probe raised). Each such return is told once, and the loop calls ``succeeded`` when an
+    attempt succeeds: the run of failures is over.
+
+    A bare ``answers_again`` ends every wait after one probe while what failed answers but the
+    work still fails with it: a Redis that answers the watch's PING and refuses new
+    connections (``max number of clients reached``) had the relay retry, and log, every second.
+    Now such a wait runs its whole backoff. The state spans the waits of a run: a failure just
+    before Redis returns is retried at the next probe, since the probes of earlier waits saw
+    Redis away."""
+
+    def __init__(self, answers_again: Callable[[BaseException], bool]) -> None:
+        self._answers_again = answers_again
+        self._saw_it_away = False
+
+    def __call__(self, failure: BaseException) -> bool:
+        try:
+            answers = self._answers_again(failure)
+        except Exception:
+            self._saw_it_away = True
+            raise  # ``wait_to_retry`` counts it as "not yet"
+        came_back = answers and self._saw_it_away
+        self._saw_it_away = not answers
+        return came_back
+
+    def succeeded(self) -> None:
+        self._saw_it_away = False

@@ -36,7 +36,7 @@ from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
 from enforcement.workers.recovery import LostRetryScan, pending_deliveries
 from enforcement.workers.relay import Message, Relay
-from enforcement.workers.retrying import log_failure, retry_delay, wait_to_retry
+from enforcement.workers.retrying import CameBack, log_failure, retry_delay, wait_to_retry
 from enforcement.workers.sweep import sweep_once
 from events import dialects
 
@@ -228,7 +228,8 @@ class RedisWatch:
     def answers_again(self, failure: BaseException) -> bool:
         """Whether ``failure`` came from Redis being unreachable (its connection refused, cut,
         timed out, or Redis still loading its data) and Redis answers a PING now: the relay and
-        the leader's start then retry at once rather than at the end of their backoff."""
+        the leader's start then retry at once rather than at the end of their backoff, if a
+        probe of their run of failures saw Redis away (``retrying.CameBack``)."""
         import redis
 
         cause: BaseException | None = failure
@@ -376,7 +377,8 @@ def start_background(
 
         relay_obj = Relay(container.store, relay_send, CHANNELS)
         watch = None if settings.redis_url is None else RedisWatch(settings.redis_url)
-        # After Redis failed them, the relay and the leader's start retry once it answers again.
+        # After Redis failed them, the relay and the leader's start retry once it comes back
+        # (``CameBack``: it answers again after a probe saw it away).
         answers_again = None if watch is None else watch.answers_again
 
         def take_the_lead() -> bool:
@@ -450,6 +452,7 @@ def start_background(
                 close_after(busy, lambda: None if watch is None else watch.close())
 
         def lead_until_stopped() -> None:
+            came_back = None if answers_again is None else CameBack(answers_again)
             failures = 0
             while not stop.is_set():
                 try:
@@ -462,9 +465,11 @@ def start_background(
                     delay = retry_delay(failures)
                     log_failure(log, "could not start the relay", exc, failures, delay)
                     leader.release()
-                    wait_to_retry(stop, delay, exc, answers_again, REDIS_PROBE_SECONDS)
+                    wait_to_retry(stop, delay, exc, came_back, REDIS_PROBE_SECONDS)
                     continue
                 failures = 0
+                if came_back is not None:
+                    came_back.succeeded()
                 if leading:
                     stepping_down = threading.Event()  # ``stop``, or the lock was lost
                     helpers = [

@@ -4,10 +4,12 @@ line each (``enforcement.workers.retrying``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 
+from enforcement.workers import retrying
 from enforcement.workers.relay import Relay
 from enforcement.workers.retrying import (
     RETRY_MAX_SECONDS,
@@ -91,25 +93,118 @@ def test_a_wait_to_retry_ends_once_what_failed_answers_again_asking_every_so_oft
     assert asked == [failure] * 3
 
 
-def test_the_relay_retries_as_soon_as_what_failed_answers_again() -> None:
-    error = ConnectionRefusedError("connection refused")
+class _Timeline:
+    """A stop event with a clock of its own, put in ``retrying``'s place of ``time``: a wait
+    moves the clock on by its seconds (nothing sets the event meanwhile), and the event is set
+    once the clock reaches ``until``."""
 
-    class Down:
+    def __init__(self, until: float) -> None:
+        self.now = 0.0
+        self.until = until
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def is_set(self) -> bool:
+        return self.now >= self.until
+
+    def wait(self, seconds: float) -> bool:
+        self.now += seconds
+        return self.is_set()
+
+
+def _attempts_of_a_failing_relay(
+    monkeypatch: pytest.MonkeyPatch,
+    until: float,
+    answers_again: Callable[[float], bool],
+    succeeds_at: tuple[float, ...] = (),
+) -> list[float]:
+    """When a relay attempted, on the clock of a ``_Timeline`` run to ``until``: each attempt
+    fails (but those at ``succeeds_at``, which find nothing to relay); it retries after 1, 2,
+    4 s, asking every 0.25 s meanwhile ``answers_again(now)``."""
+    timeline = _Timeline(until)
+    monkeypatch.setattr(retrying, "time", timeline)
+    attempts: list[float] = []
+
+    class Store:
         def read_all(self, after: int, limit: int) -> list[object]:
-            raise error
+            attempts.append(timeline.now)
+            if timeline.now in succeeds_at:
+                return []
+            raise ConnectionError("max number of clients reached")
 
-    relay = Relay(Down(), lambda message: None, ())  # type: ignore[arg-type]
+    relay = Relay(Store(), lambda message: None, ())  # type: ignore[arg-type]
     relay.position = lambda: 0  # type: ignore[method-assign]
-    asked: list[BaseException] = []
+    relay.run(
+        timeline,  # type: ignore[arg-type]
+        idle_seconds=0.5,
+        error_seconds=1.0,
+        answers_again=lambda exc: answers_again(timeline.now),
+        probe_seconds=0.25,
+    )
+    return attempts
+
+
+def test_the_relay_retries_as_soon_as_what_failed_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given Redis away until t=0.6, and the relay failing on after it (no client let in)
+    attempts = _attempts_of_a_failing_relay(monkeypatch, 7.0, lambda now: now >= 0.6)
+    # Then it retries at the first probe that finds Redis back, then backs off again
+    assert attempts == [0.0, 0.75, 2.75, 6.75]
+
+
+def test_the_relay_backs_off_while_what_failed_answers_but_the_relay_still_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis answers the watch's PING on its open connection but refuses the relay's new one:
+    every probe answers, and the retries still back off (they came every 0.25 s)."""
+    attempts = _attempts_of_a_failing_relay(monkeypatch, 7.5, lambda now: True)
+    assert attempts == [0.0, 1.0, 3.0, 7.0]
+
+
+def test_what_a_probe_saw_away_in_an_earlier_wait_ends_a_later_wait_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given Redis away until t=1.1: the first wait's probes see it away, and the retry at
+    # t=1 fails just before it answers again
+    attempts = _attempts_of_a_failing_relay(monkeypatch, 5.5, lambda now: now >= 1.1)
+    # Then the next wait ends at its first probe, which finds Redis back
+    assert attempts == [0.0, 1.0, 1.25, 5.25]
+
+
+def test_an_attempt_that_succeeds_ends_the_run_of_failures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given Redis away until t=1 (the first wait's probes see it away), the retry at t=1
+    # succeeding, and the next attempt failing while Redis answers
+    attempts = _attempts_of_a_failing_relay(
+        monkeypatch, 2.6, lambda now: now >= 1.0, succeeds_at=(1.0,)
+    )
+    # Then that failure waits its whole backoff: what the probes saw before the success is past
+    assert attempts == [0.0, 1.0, 1.5, 2.5]
+
+
+def test_came_back_says_so_once_per_return_after_a_probe_saw_it_away_or_raised() -> None:
+    answers: list[bool | Exception] = [True, False, True, True, RuntimeError("probe"), True]
+    answers += [False, True]
 
     def answers_again(exc: BaseException) -> bool:
-        asked.append(exc)
-        return True
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
-    stop = _Stop(limit=4)
-    relay.run(stop, answers_again=answers_again, probe_seconds=0.25)  # type: ignore[arg-type]
-    assert stop.waits == [0.25, 0.25, 0.25, 0.25]  # not 1, 2, 4, 8
-    assert asked == [error] * 3  # the fourth wait was the stop
+    came_back = retrying.CameBack(answers_again)
+    failure = ConnectionError("refused")
+    told = [came_back(failure) for _ in range(4)]
+    with pytest.raises(RuntimeError):
+        came_back(failure)
+    told.append(came_back(failure))
+    assert told == [False, False, True, False, True]
+    assert not came_back(failure)  # away
+    came_back.succeeded()
+    assert not came_back(failure)  # back, but that run of failures ended
 
 
 def test_a_probe_that_fails_counts_as_not_answering_yet_and_the_relay_goes_on() -> None:

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from enforcement.gate import GateUnavailable, RedisGate
 from enforcement.settings import Settings
 from enforcement.workers import relay as relay_module
 from enforcement.workers import runtime
+from enforcement.workers.broker import make_broker
 from enforcement.workers.runtime import (
     LEADER_LOCK_KEY,
     RedisWatch,
@@ -40,6 +41,7 @@ from enforcement.workers.runtime import (
     start_runtime,
 )
 from events import RecordedEvent
+from tests.processes import free_port
 from tests.redis_server import RedisServer
 from tests.workers.system import (
     OPERATOR,
@@ -60,6 +62,7 @@ pytestmark = pytest.mark.redis
 POSTGRES_ONLY = pytest.mark.parametrize(
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -333,6 +336,21 @@ def long_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "REDIS_PROBE_SECONDS", 0.1)
 
 
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What the watch's probes answered so far (``RedisWatch.answers_again``): a retry is made
+    early once Redis comes back, that is, once it answers after a probe saw it away."""
+    answered: list[bool] = []
+    answers_again = RedisWatch.answers_again
+
+    def recorded(watch: RedisWatch, failure: BaseException) -> bool:
+        answered.append(answers_again(watch, failure))
+        return answered[-1]
+
+    monkeypatch.setattr(RedisWatch, "answers_again", recorded)
+    return answered
+
+
 def away(server: RedisServer) -> None:
     """Stop ``server`` with its data saved: it loads them when it starts again, as a Redis
     with persistence does, or one that was only out of reach (a network cut)."""
@@ -347,6 +365,7 @@ def test_a_suspension_committed_while_redis_is_away_is_enforced_once_redis_answe
     tmp_path: Path,
     redis_keeping_data: RedisServer,
     long_backoffs: None,
+    probes: list[bool],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A suspension committed while Redis is away is not pushed (the push fails, then pauses),
@@ -375,6 +394,7 @@ def test_a_suspension_committed_while_redis_is_away_is_enforced_once_redis_answe
             lambda: any(m.startswith("relay failed") for m in caplog.messages),
             "the relay to fail on the outage",
         )
+        wait_until(lambda: False in probes, "a probe of the relay to see Redis away")
 
         # When Redis answers again (with what it held before)
         server.start()
@@ -397,6 +417,7 @@ def test_a_leader_that_could_not_start_for_redis_starts_once_redis_answers_again
     tmp_path: Path,
     redis_keeping_data: RedisServer,
     long_backoffs: None,
+    probes: list[bool],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The leader's start (which marks Redis and seeds the gate) retries too as soon as Redis
@@ -413,6 +434,7 @@ def test_a_leader_that_could_not_start_for_redis_starts_once_redis_answers_again
             lambda: any(m.startswith("could not start the relay") for m in caplog.messages),
             "the leader to fail to start",
         )
+        wait_until(lambda: False in probes, "a probe of the leader to see Redis away")
 
         # When Redis answers again
         server.start()
@@ -427,6 +449,98 @@ def test_a_leader_that_could_not_start_for_redis_starts_once_redis_answers_again
         stop()
         leader.close()
         watcher.close()
+
+
+def relay_with_a_refusing_broker(leader: Container) -> Callable[[], None]:
+    """Start ``leader``'s relay with a Redis broker whose every connection is refused (a closed
+    port), as a Redis at its ``maxclients`` refuses new ones while the watch's open connection
+    answers its PING; the stop function."""
+    broker = make_broker(replace(leader.settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    actors = build_actors(leader, broker)
+    return start_background(leader, actors, consumers=False, relay=True, then_close=broker.close)
+
+
+def assert_backs_off(caplog: pytest.LogCaptureFixture, failed: str) -> None:
+    """The first three failures logged as ``failed``, once there are as many, came 1 s, then
+    2 s apart (not at every probe: ``probes_often``)."""
+
+    def logged() -> list[float]:
+        times = [r.created for r in list(caplog.records) if r.getMessage().startswith(failed)]
+        return times[:3] if len(times) >= 3 else []
+
+    first, second, third = wait_until(logged, f"three records of {failed!r}")
+    assert second - first > 0.9 and third - second > 1.9
+
+
+@pytest.fixture
+def probes_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay and the leader's start ask every 0.1 s whether Redis answers again."""
+    monkeypatch.setattr(runtime, "REDIS_PROBE_SECONDS", 0.1)
+
+
+@SQLITE_ONLY  # no database in question: the relay reads one notice, on either
+def test_the_relay_backs_off_while_redis_answers_but_the_relay_cannot_reach_it(
+    database_url: str,
+    tmp_path: Path,
+    redis_url: str,
+    probes_often: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Early retries are for a Redis that comes back: one that answers the watch all along
+    while the relay's enqueue fails with a connection error had the relay retry, and log, at
+    every probe."""
+    caplog.set_level(logging.ERROR, logger="enforcement.relay")
+    # Given a leader whose watch and gate reach Redis, and whose broker cannot
+    leader = bootstrap(fast_settings(database_url, tmp_path, redis_url=redis_url))
+    stop = relay_with_a_refusing_broker(leader)
+    try:
+        # When the relay has a notice to enqueue
+        report(leader, "acct_refused")
+
+        # Then its attempts back off
+        assert_backs_off(caplog, "relay failed")
+    finally:
+        stop()
+        leader.close()
+
+
+@SQLITE_ONLY
+def test_a_leader_whose_start_fails_while_redis_answers_backs_off(
+    database_url: str,
+    tmp_path: Path,
+    redis_url: str,
+    probes_often: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The leader's start, likewise: its re-sending of a notice fails on the broker's
+    connection while Redis answers the watch."""
+    caplog.set_level(logging.ERROR, logger="enforcement.workers")
+    settings = fast_settings(database_url, tmp_path, redis_url=redis_url)
+    earlier = bootstrap(settings)
+    _, stop = start_runtime(earlier, consumers=False, relay=True)
+    try:
+        report(earlier, "acct_refused")
+        wait_until(
+            lambda: relay_position(earlier.store) >= earlier.store.max_position(),
+            "the relay to pass the notice",
+        )
+    finally:
+        stop()
+        earlier.close()
+    # Given a notice relayed and not delivered, and Redis without the leader's mark (as after
+    # it lost its data): a leader's start re-sends the notice
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete(RedisWatch.KEY)
+
+    # When a leader starts whose broker cannot reach Redis
+    leader = bootstrap(settings)
+    stop = relay_with_a_refusing_broker(leader)
+    try:
+        # Then its attempts back off
+        assert_backs_off(caplog, "could not start the relay")
+    finally:
+        stop()
+        leader.close()
 
 
 def test_the_watch_tells_a_redis_that_answers_again_only_after_a_failure_of_redis(
