@@ -34,6 +34,11 @@ INTROS = {
     "appeal_outcome": "Your appeal has been decided.",
     "dismissal": "A violation recorded against your account was dismissed.",
 }
+# Added to a throttle's opening when the throttle comes with a remediation request (its deadline).
+REMEDY_TOO = (
+    "You must also remedy violation {violations} and confirm it before the deadline below; "
+    "otherwise your account is suspended."
+)
 # The openings of an operator's restriction taken on no violation (a reason only): it names
 # the facts below, not violations that are not there.
 INTROS_WITHOUT_VIOLATIONS = {
@@ -60,7 +65,7 @@ def render(notice: RecordedEvent) -> RenderedNotice:
         f"Decision: {sor.get('decision', kind)}",
         f"Ground: {sor.get('ground', 'AUP')}",
         "",
-        _intro(kind, data.get("violation_ids") or []),
+        _intro(kind, data.get("violation_ids") or [], data.get("deadline")),
         "",
         "Statement of reasons",
         f"- Policy version: {sor.get('policy_version', '')}",
@@ -104,7 +109,13 @@ def render(notice: RecordedEvent) -> RenderedNotice:
     return RenderedNotice(subject, text, body)
 
 
-def _intro(kind: str, violation_ids: list[str]) -> str:
+def _intro(kind: str, violation_ids: list[str], deadline: str | None) -> str:
     if not violation_ids and kind in INTROS_WITHOUT_VIOLATIONS:
         return INTROS_WITHOUT_VIOLATIONS[kind]
-    return INTROS.get(kind, "")
+    intro = INTROS.get(kind, "")
+    if kind == "throttle" and deadline and violation_ids:
+        # A minor violation on one prior strike is throttled and must be remedied (POLICY.md's
+        # ladder): this notice, its only one, asks for the remediation too and says what
+        # missing it does.
+        intro += " " + REMEDY_TOO.format(violations=", ".join(violation_ids))
+    return intro

@@ -234,6 +234,26 @@ def test_the_throttle_names_the_prior_strike_that_chose_it_as_such() -> None:
     assert f"- Fact {prior['violation_id']} (a prior strike): spam seen by svc\n" in text
 
 
+def test_the_throttle_of_a_second_minor_strike_asks_for_its_remediation() -> None:
+    """POLICY.md: a minor violation on 1 prior strike gets "ThrottleApplied …; notice;
+    RemediationRequested", and a remediation "not completed by its due time" suspends the
+    account. The throttle's notice is the only one: it says that the violation must be remedied
+    by its deadline and what follows if not (it used to give a bare "Deadline:" line)."""
+    notice = throttle()
+    [violation] = notice.data["violation_ids"]
+    assert notice.data["deadline"] == "2026-12-02T10:00:00.000000Z"  # the remediation's due time
+    text = render(notice).text
+    assert (
+        f"{INTROS['throttle']} You must also remedy violation {violation} and confirm it before "
+        "the deadline below; otherwise your account is suspended.\n"
+    ) in text
+    assert "Deadline: 2026-12-02T10:00:00.000000Z" in text
+    # A throttle without a remediation (sustained abuse, an operator's) asks for none.
+    alone = notice_in(Account().violation("sustained_abuse", T0))
+    assert alone.data["deadline"] is None
+    assert "remedy" not in render(alone).text
+
+
 def test_a_termination_for_csam_cites_both_sections() -> None:
     text = render(termination()).text
     assert "Ground: AUP §2, §6 (csam)" in text
