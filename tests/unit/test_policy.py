@@ -1295,6 +1295,125 @@ def test_reports_deadlines_and_appeals_keep_the_account_consistent(
     assert standing.open_appeals == sum(1 for d in state.decisions.values() if d.open_appeal_id)
 
 
+# --- POLICY.md's ladder as an independent model ----------------------------------------------
+
+# Reports (category, severity, how many hours before "now" it occurred), operator dismissals,
+# adult-content approvals and appeals, at gaps that hit the lookback's edge to the microsecond.
+MODEL_STEPS = st.lists(
+    st.tuples(
+        st.one_of(
+            st.tuples(
+                st.just("report"),
+                st.sampled_from(
+                    ["spam", "phishing", "csam", "sustained_abuse", "unapproved_adult_content"]
+                ),
+                st.none() | st.sampled_from(ev.SEVERITIES),
+                st.sampled_from([0, 1, 24 * 89, 24 * 90]),
+            ),
+            st.tuples(st.just("dismiss"), st.integers(0, 30), st.none(), st.none()),
+            st.tuples(st.just("approve"), st.booleans(), st.none(), st.none()),
+            st.tuples(
+                st.just("appeal"),
+                st.integers(0, 30),
+                st.sampled_from(ev.APPEAL_OUTCOMES),
+                st.none(),
+            ),
+        ),
+        st.sampled_from([0, 1, 24, 24 * 30, 24 * 90]),  # hours since the step before
+        st.sampled_from([0, 0, 1, -1]),  # and microseconds
+    ),
+    max_size=20,
+)
+MODEL_POLICIES = st.sampled_from(
+    [P, replace(P, termination_after_strikes=1), replace(P, termination_after_strikes=5)]
+)
+
+
+def _modelled_rung(
+    policy: Policy, category: str, severity: str, prior: int, terminated: bool, approved: bool
+) -> list[str]:
+    """The events POLICY.md's table records for a violation, read row by row."""
+    if terminated:
+        return ["ViolationReported"]
+    if category == "unapproved_adult_content" and approved:
+        return ["ViolationReported", "ViolationDismissed"]
+    if category == "sustained_abuse":
+        return ["ViolationReported", "ThrottleApplied", "NoticeIssued"]
+    if severity == "critical" or prior >= policy.termination_after_strikes:
+        refer = ["AuthorityReferralOpened"] if severity == "critical" and category == "csam" else []
+        return ["ViolationReported", "AccountTerminated", *refer, "NoticeIssued"]
+    if severity == "high" or prior >= 2:
+        return ["ViolationReported", "AccountSuspended", "NoticeIssued"]
+    if prior == 1:
+        return ["ViolationReported", "ThrottleApplied", "NoticeIssued", "RemediationRequested"]
+    return ["ViolationReported", "NoticeIssued", "RemediationRequested"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(MODEL_STEPS, MODEL_POLICIES)
+def test_every_rung_is_the_one_policy_md_gives_for_the_strikes_a_model_counts(
+    steps: list[tuple[tuple[str, Any, Any, Any], int, int]], policy: Policy
+) -> None:
+    """A model of POLICY.md kept apart from the fold: a strike is a violation not dismissed
+    (by an operator, or by an overturned appeal) and not sustained_abuse nor approved adult
+    content, counted for ``strike_lookback`` from when it occurred; "prior strikes" are those
+    counting when the new one is decided. Each report gets the events of its row, and a
+    suspension lasts as long as its row says."""
+    account, now = Account(), NOW
+    strikes: dict[str, datetime] = {}  # violation id -> occurred, for every strike not dismissed
+    violations: list[str] = []
+    terminated = approved = False
+    for (name, a, b, c), hours, micros in steps:
+        now += timedelta(hours=hours, microseconds=micros)
+        ctx, state = account.ctx(now, "op"), account.state
+        decided: list[NewEvent] = []
+        try:
+            if name == "report":
+                severity = effective_severity(policy, a, b)
+                occurred = now - timedelta(hours=c)
+                prior = sum(1 for at in strikes.values() if at > now - policy.strike_lookback)
+                report = ViolationReport(a, occurred, b)
+                decided = decide_violation(policy, state, report, ctx)
+                assert types(decided) == _modelled_rung(
+                    policy, a, severity, prior, terminated, approved
+                ), prior
+                for event in decided:
+                    if event.type == "AccountSuspended":
+                        span = {
+                            "high_severity_first": policy.first_high_suspension,
+                            "minor_third_strike": policy.third_minor_suspension,
+                        }.get(event.data["reason"])
+                        want = None if span is None else format_time(now + span)
+                        assert (severity == "high" and prior > 0) == (span is None)
+                        assert event.data["until"] == want
+                violation_id = decided[0].data["violation_id"]
+                violations.append(violation_id)
+                if a != "sustained_abuse" and not (a == "unapproved_adult_content" and approved):
+                    strikes[violation_id] = occurred
+                terminated = terminated or "AccountTerminated" in types(decided)
+            elif name == "dismiss" and violations:
+                violation_id = violations[a % len(violations)]
+                decided = ops.decide(policy, state, ops.DismissViolation(violation_id, "r"), ctx)
+                strikes.pop(violation_id, None)
+            elif name == "approve":
+                decided = ops.decide(policy, state, ops.SetAdultContentApproval(a, "r"), ctx)
+                approved = a
+            elif name == "appeal" and state.decisions:
+                target = list(state.decisions)[a % len(state.decisions)]
+                filed = decide_appeal_filing(policy, state, target, "s", ctx)
+                account.record(filed, now)
+                appeal_id = filed[0].data["appeal_id"]
+                decided = decide_appeal(policy, account.state, appeal_id, b, "r", ctx)
+                if b == "overturned":  # the violations behind it no longer count
+                    for violation_id in state.decisions[target].violation_ids:
+                        strikes.pop(violation_id, None)
+                    terminated = terminated and target != state.termination_event_id
+        except (NotFound, Conflict, InvalidTransition):
+            decided = []
+        account.record(decided, now)
+        assert account.state.terminated == terminated
+
+
 def test_an_operator_dismissal_names_the_violation_and_offers_no_appeal() -> None:
     """POLICY.md: ``facts`` are the violation ids and their descriptions, ``ground`` the AUP
     sections and the category. A dismissal or a reinstatement restricts nothing, and an appeal
