@@ -140,3 +140,34 @@ def test_the_sender_connects_where_the_smtp_url_says(
     monkeypatch.setattr(email, "_SMTPS", fake("SMTP_SSL"))
     email.EmailSender(url, "/nonexistent").send(EmailMessage(), "evt")
     assert opened == [connects_to]
+
+
+def test_the_contracts_configuration_table_names_and_defaults() -> None:
+    """CONTRACT.md, "Configuration": each variable under its name, and the defaults when the
+    environment sets none."""
+    default = Settings.from_env({})
+    assert (default.database_url, default.redis_url, default.policy_file) == (
+        "sqlite:///./enforcement.db",
+        None,
+        None,
+    )
+    assert (default.smtp_url, default.mail_dir, default.webhook_secret) == (None, "./notices", None)
+    assert default.embedded and not default.webhook_allow_private
+    assert (default.default_rpm, default.default_tpd) == (600, 1_000_000)
+
+    named = Settings.from_env(
+        {
+            "ENFORCEMENT_POLICY_FILE": "/etc/enforcement/policy.toml",
+            "ENFORCEMENT_MAIL_DIR": "/var/spool/notices",
+            "ENFORCEMENT_WEBHOOK_SECRET": "s3cret",
+            "ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE": "true",
+            "ENFORCEMENT_DEFAULT_RPM": "60",
+            "ENFORCEMENT_DEFAULT_TPD": "5000",
+        }
+    )
+    assert (named.policy_file, named.mail_dir) == (
+        "/etc/enforcement/policy.toml",
+        "/var/spool/notices",
+    )
+    assert (named.webhook_secret, named.webhook_allow_private) == ("s3cret", True)
+    assert (named.default_rpm, named.default_tpd) == (60, 5000)
