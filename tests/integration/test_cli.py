@@ -550,6 +550,38 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     assert named.stdout.strip() == "tenant:ok:42 has no events: nothing to verify."
 
 
+def test_python_m_enforcement_is_the_same_command(populated: Populated, invoke: Any) -> None:
+    """CONTRACT.md, "CLI": ``enforcement`` is also ``python -m enforcement``, with its output
+    and its exit codes (0, 1 when a check failed, 2 for a usage error)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+    env["ENFORCEMENT_DATABASE_URL"] = populated.url
+
+    def module(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "enforcement", *args],
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],  # this checkout's package
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    intact = module("verify", "acct_b", "--json")
+    tamper(populated, "acct_a", 2)
+    broken = module("verify", "acct_a")
+    usage = module("history", "acct_a", "--format", "xml")
+
+    assert intact.returncode == 0, intact.stderr
+    assert json.loads(intact.stdout) == json.loads(
+        invoke(populated.url, "verify", "acct_b", "--json").stdout
+    )
+    assert broken.returncode == 1, broken.stderr
+    assert "BROKEN acct_a at version 2" in broken.stdout
+    assert usage.returncode == 2
+    assert one_sentence(usage.stderr) == "Unknown format 'xml'; choose table, json or csv."
+
+
 def test_output_that_cannot_be_written_is_one_sentence_and_exit_2_not_1(
     populated: Populated,
 ) -> None:
