@@ -55,11 +55,12 @@ EMBEDDED_RELEARN_S = 30.0
 
 
 def _gate_options(settings: Settings, policy: Policy) -> dict[str, Any]:
-    window = int(policy.sustained_abuse_denials.window.total_seconds())
+    rule = policy.sustained_abuse_denials  # AbuseDetector compares the gate's count with it
     return {
         "default_rpm": settings.default_rpm,
         "default_tpd": settings.default_tpd,
-        "denial_window_s": max(window, 60),
+        "denial_window_s": int(rule.window.total_seconds()),
+        "denial_count": rule.count,
     }
 
 

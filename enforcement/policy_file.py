@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from enforcement.errors import PolicyError
+from enforcement.gate.base import MAX_DENIAL_COUNT
 from projections.aup_events import SEVERITIES
 
 SEVERITY_RANK: Mapping[str, int] = MappingProxyType({s: i for i, s in enumerate(SEVERITIES)})
@@ -195,7 +196,12 @@ def _throttle(value: object, key: str, base: ThrottleRule) -> ThrottleRule:
 
 def _denials(value: object, key: str, base: DenialRule) -> DenialRule:
     table = _table(value, key, {"count", "window"})
-    count = _positive_int(table["count"], f"{key}.count") if "count" in table else base.count
+    count = base.count
+    if "count" in table:
+        count = _positive_int(table["count"], f"{key}.count")
+        if count > MAX_DENIAL_COUNT:
+            # The gate keeps the times of the account's last `count` denials.
+            raise PolicyError(f"{key}.count must be at most {MAX_DENIAL_COUNT}, not {count!r}")
     window = base.window
     if "window" in table:
         window = parse_duration(table["window"], f"{key}.window")

@@ -18,6 +18,7 @@ Redis has lost is allowed until the workers tell it again.
 """
 
 from enforcement.gate.base import (
+    DEFAULT_DENIAL_COUNT,
     DEFAULT_DENIAL_WINDOW_S,
     DEFAULT_RPM,
     DEFAULT_TPD,
@@ -32,6 +33,7 @@ from enforcement.gate.embedded import Clock, EmbeddedGate
 from enforcement.gate.redis_gate import DEFAULT_STATE_TTL_S, RedisGate
 
 __all__ = [
+    "DEFAULT_DENIAL_COUNT",
     "DEFAULT_DENIAL_WINDOW_S",
     "DEFAULT_RPM",
     "DEFAULT_STATE_TTL_S",

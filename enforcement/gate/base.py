@@ -21,6 +21,8 @@ STATUSES: frozenset[str] = frozenset(get_args(AccountStatus))
 DEFAULT_RPM = 600
 DEFAULT_TPD = 1_000_000
 DEFAULT_DENIAL_WINDOW_S = 600  # policy `sustained_abuse_denials.window`
+DEFAULT_DENIAL_COUNT = 100  # policy `sustained_abuse_denials.count`
+MAX_DENIAL_COUNT = 10_000  # bounds the denial times kept per account (that many at most)
 DAY_S = 86_400
 MAX_RPM = 10**7  # keeps a GCRA period within 70 s
 MAX_TPD = 10**15  # keeps token arithmetic exact in Lua's doubles
@@ -87,19 +89,27 @@ class Gate(ABC):
         default_rpm: int = DEFAULT_RPM,
         default_tpd: int = DEFAULT_TPD,
         denial_window_s: int = DEFAULT_DENIAL_WINDOW_S,
+        denial_count: int = DEFAULT_DENIAL_COUNT,
         token_window_s: int = DAY_S,
     ) -> None:
-        """``token_window_s`` is the token quota's window: the UTC day; shorter only in tests."""
+        """``denial_count`` denials within ``denial_window_s`` is the policy's
+        ``sustained_abuse_denials``: a denial's ``denials_in_window`` counts up to it
+        (``GateDecision``). ``token_window_s`` is the token quota's window: the UTC day;
+        shorter only in tests."""
         _require_limits(default_rpm, default_tpd)
         for name, value in (
             ("denial_window_s", denial_window_s),
+            ("denial_count", denial_count),
             ("token_window_s", token_window_s),
         ):
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer")
+        if denial_count > MAX_DENIAL_COUNT:
+            raise ValueError(f"denial_count must be at most {MAX_DENIAL_COUNT}")
         self.default_rpm = default_rpm
         self.default_tpd = default_tpd
         self.denial_window_s = denial_window_s
+        self.denial_count = denial_count
         self.token_window_s = token_window_s
         self._seeder: Seeder | None = None
 

@@ -11,10 +11,15 @@ are doubles, exact below 2**53, and a microsecond timestamp is about 2**51.
 - Tokens: a fixed window aligned to the epoch (``window_s = 86400``: the UTC day). A request
   needs room for ``max(tokens, 1)``, so an exhausted quota refuses even ``tokens=0`` checks.
 - Throttle factors are kept as parts per million, so ``limit * factor`` is exact in both.
+- Denials (``sustained_abuse``): the times of the account's ``count`` most recent ones, no more;
+  those ``window`` or more before now are forgotten, so what is left is the number of denials
+  less than ``window`` old, exact up to ``count`` (which it reaches exactly when the
+  ``count``-th most recent denial is less than ``window`` before this one).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 US = 1_000_000
@@ -159,7 +164,17 @@ def prune_throttles(throttles: dict[str, Throttle], now_ms: int) -> None:
         del throttles[throttle_id]
 
 
-def denial_buckets(window_s: int) -> tuple[int, int]:
-    """(bucket seconds, bucket count) for a bucketed sliding window of about ``window_s``."""
-    bucket_s = max(window_s // 60, 1)
-    return bucket_s, -(-window_s // bucket_s)
+def record_denial(times: deque[int], now: int, count: int, window_us: int) -> int:
+    """Add a denial at ``now`` to ``times`` (oldest first, at most ``count`` kept); the
+    account's denials within the window, this one included, up to ``count``."""
+    times.append(now)
+    if len(times) > count:
+        times.popleft()
+    return recent_denials(times, now - window_us)
+
+
+def recent_denials(times: deque[int], horizon: int) -> int:
+    """Forget the denials at ``horizon`` or before (oldest first); how many are left."""
+    while times and times[0] <= horizon:
+        times.popleft()
+    return len(times)

@@ -35,10 +35,12 @@ class GateDecision:
     indefinite suspension, which no wait ends.
 
     ``denials_in_window`` and ``denied_keys_last_minute`` are set on a ``rate_limited`` or
-    ``token_quota_exceeded`` denial only (0 otherwise): the account's rate/quota denials in the
-    gate's denial window, this one included, and how many distinct keys of the account were
-    denied in the last 60 seconds. The caller raises ``sustained_abuse`` and
-    ``rate_limit_circumvention`` from them (AUP §3). They are not part of the public JSON.
+    ``token_quota_exceeded`` denial only (0 otherwise): the account's rate/quota denials less
+    than the gate's ``denial_window_s`` before this one, this one included, exact up to the
+    gate's ``denial_count`` and never more (so it is ``denial_count`` exactly when that many
+    denials fall within the window), and how many distinct keys of the account were denied in
+    the last 60 seconds. The caller raises ``sustained_abuse`` and ``rate_limit_circumvention``
+    from them (AUP §3). They are not part of the public JSON.
     """
 
     allowed: bool
@@ -108,7 +110,8 @@ _new = object.__new__
 
 @dataclass(frozen=True, slots=True)
 class DenialStats:
-    """An account's rate/quota denials: in the gate's window, and distinct keys in 60 s."""
+    """An account's rate/quota denials now: those less than ``window_s`` old (exact up to the
+    gate's ``denial_count``, as ``GateDecision.denials_in_window``), and distinct keys in 60 s."""
 
     denials_in_window: int
     window_s: int

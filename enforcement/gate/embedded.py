@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class _Account:
     limits: dict[str | None, tuple[int, int, int]] = field(default_factory=dict)  # rpm, tpd, v
     throttles: dict[str, core.Throttle] = field(default_factory=dict)
     usage: dict[str | None, _Usage] = field(default_factory=dict)  # None: the account ceiling
-    denials: dict[int, int] = field(default_factory=dict)  # bucket index → count
+    denials: deque[int] = field(default_factory=deque)  # the latest denials' times, µs
     denied_keys: dict[str, int] = field(default_factory=dict)  # key id → last denial, ms
     # When the seeder last brought it to the stored standing (µs; 0: never). Not compared: an
     # account idle but for what the seeder wrote is idle whenever it was learned.
@@ -56,7 +57,7 @@ class EmbeddedGate(Gate):
         self._clock = clock
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
-        self._bucket_s, self._buckets = core.denial_buckets(self.denial_window_s)
+        self._denial_window_us = self.denial_window_s * core.US
         self._window_us = self.token_window_s * core.US
         self._next_sweep = 0
         self._warned_us = -(2**62)  # when a relearning failure was last logged
@@ -182,11 +183,9 @@ class EmbeddedGate(Gate):
         )
 
     def _record_denial(self, acct: _Account, key_id: str, now: int) -> tuple[int, int]:
-        bucket = now // (self._bucket_s * core.US)
-        acct.denials[bucket] = acct.denials.get(bucket, 0) + 1
-        now_ms = now // 1000
-        acct.denied_keys[key_id] = now_ms
-        count, keys = self._stats(acct, now)
+        count = core.record_denial(acct.denials, now, self.denial_count, self._denial_window_us)
+        acct.denied_keys[key_id] = now // 1000
+        _, keys = self._stats(acct, now)
         if keys > core.DENIED_KEYS_CAP:
             oldest = sorted(acct.denied_keys, key=acct.denied_keys.__getitem__)
             for stale in oldest[: keys - core.DENIED_KEYS_CAP]:
@@ -196,13 +195,11 @@ class EmbeddedGate(Gate):
 
     def _stats(self, acct: _Account, now: int) -> tuple[int, int]:
         """Prune what has left the windows; count what remains."""
-        bucket = now // (self._bucket_s * core.US)
-        for old in [b for b in acct.denials if b <= bucket - self._buckets]:
-            del acct.denials[old]
+        count = core.recent_denials(acct.denials, now - self._denial_window_us)
         horizon = now // 1000 - core.DENIED_KEYS_WINDOW_MS
         for old_key in [k for k, ms in acct.denied_keys.items() if ms <= horizon]:
             del acct.denied_keys[old_key]
-        return sum(acct.denials.values()), len(acct.denied_keys)
+        return count, len(acct.denied_keys)
 
     def _denial_stats(self, account_id: str) -> DenialStats:
         with self._lock:

@@ -28,9 +28,12 @@ factors and flags, so that every value stays under Redis's 64-byte listpack limi
     refilled (about 2 min) or, if tokens were used, the token window ends.
     (The name changed with this layout: the earlier ``…:state`` hash is never read again and
     expires by its own TTL; the gate-state worker's resync rebuilds the configuration.)
-``{a:<acct>}:den`` (hash)
-    denial bucket index -> count, at most the window's buckets + 1 (61).
-    TTL: the denial window plus one bucket.
+``{a:<acct>}:dtimes`` (list)
+    the times (µs) of the account's most recent rate/quota denials, newest first: at most the
+    policy's count, none the denial window or more before the latest denial.
+    TTL: the denial window, from the latest denial.
+    (Until 2026-12-05 the denials were counted in buckets, in a hash ``…:den``; it is never
+    read again and expires by its own TTL.)
 ``{a:<acct>}:dkeys`` (sorted set)
     key id -> last rate/quota denial (ms), at most 32 members, pruned to 60 s. TTL 60 s.
 """
@@ -49,7 +52,7 @@ def state(account_id: str) -> str:
 
 
 def denials(account_id: str) -> str:
-    return tag(account_id) + ":den"
+    return tag(account_id) + ":dtimes"
 
 
 def denied_keys(account_id: str) -> str:
@@ -59,4 +62,4 @@ def denied_keys(account_id: str) -> str:
 def check_keys(account_id: str) -> tuple[str, str, str]:
     """The KEYS of the check script, in its order."""
     prefix = "{a:" + account_id + "}"
-    return prefix + STATE_SUFFIX, prefix + ":den", prefix + ":dkeys"
+    return prefix + STATE_SUFFIX, prefix + ":dtimes", prefix + ":dkeys"

@@ -76,7 +76,7 @@ SUMMARIZE = """
   end
 """
 
-# KEYS: the account's state hash, denial buckets, denied keys. ARGV: key_id, tokens.
+# KEYS: the account's state hash, denial times, denied keys. ARGV: key_id, tokens.
 # Returns little-endian int64 packed in one string (cheaper for Redis than an array reply):
 # when allowed, six: limit_req, remaining_req, reset_req_ms, limit_tok, remaining_tok,
 # reset_tok_ms (the reason, retry and denial counts are then 0); when denied, ten: reason,
@@ -238,14 +238,19 @@ if s[1] and expires < keep then
   redis.call('PEXPIREAT', KEYS[1], want)
 end
 if reason <= 2 then
-  local bucket = floor(now / BUCKET_US)
-  redis.call('HINCRBY', KEYS[2], bucket, 1)
-  local all = redis.call('HGETALL', KEYS[2])
-  for i = 1, #all, 2 do
-    if tonumber(all[i]) > bucket - BUCKETS then denials = denials + tonumber(all[i + 1])
-    else redis.call('HDEL', KEYS[2], all[i]) end
+  -- core.record_denial: the latest DENIAL_COUNT denials' times, newest first; those
+  -- DENIAL_WINDOW_US or more before now leave from the tail (each time is popped at most once).
+  denials = redis.call('LPUSH', KEYS[2], now)
+  if denials > DENIAL_COUNT then
+    redis.call('LTRIM', KEYS[2], 0, DENIAL_COUNT - 1)
+    denials = DENIAL_COUNT
   end
-  redis.call('PEXPIRE', KEYS[2], (BUCKETS + 1) * BUCKET_US / 1000)
+  local horizon = now - DENIAL_WINDOW_US
+  while denials > 1 and tonumber(redis.call('LINDEX', KEYS[2], -1)) <= horizon do
+    redis.call('RPOP', KEYS[2])
+    denials = denials - 1
+  end
+  redis.call('PEXPIRE', KEYS[2], DENIAL_WINDOW_US / 1000)
   redis.call('ZADD', KEYS[3], now_ms, key_id)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - DENIED_KEYS_MS)
   denied_keys = redis.call('ZCARD', KEYS[3])
@@ -283,14 +288,13 @@ return pack('<i8i8i8i8i8i8i8i8i8i8', reason, limit_req, left_req, (busy - busy %
 """
 )
 
-# KEYS: denial buckets, denied keys. Returns {denials_in_window, denied_keys_last_minute}.
+# KEYS: denial times, denied keys. Returns {denials_in_window, denied_keys_last_minute}.
 DENIAL_STATS = """
 local now = now_us()
-local bucket = floor(now / BUCKET_US)
-local all = redis.call('HGETALL', KEYS[1])
+local horizon = now - DENIAL_WINDOW_US
 local denials = 0
-for i = 1, #all, 2 do
-  if tonumber(all[i]) > bucket - BUCKETS then denials = denials + tonumber(all[i + 1]) end
+for _, at in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if tonumber(at) > horizon then denials = denials + 1 end
 end
 local horizon = string.format('(%d', floor(now / 1000) - DENIED_KEYS_MS)
 return {denials, redis.call('ZCOUNT', KEYS[2], horizon, '+inf')}

@@ -48,19 +48,18 @@ class RedisGate(Gate):
         self._client = client
         self._owns_client = owns_client
         self._command: Callable[..., Any] = client.execute_command
-        bucket_s, buckets = core.denial_buckets(self.denial_window_s)
         common = {
             "STATE_TTL_MS": state_ttl_s * 1000,
             "STATE_SLACK_MS": min(state_ttl_s * 100, 3_600_000),  # renew at most every 10 %
             "USAGE_TTL_MS": USAGE_TTL_S * 1000,
             "USAGE_SLACK_MS": USAGE_SLACK_S * 1000,
-            "BUCKET_US": bucket_s * core.US,
+            "DENIAL_WINDOW_US": self.denial_window_s * core.US,
         }
         check = {
             "DEFAULT_RPM": self.default_rpm,
             "DEFAULT_TPD": self.default_tpd,
             "WINDOW_US": self.token_window_s * core.US,
-            "BUCKETS": buckets,
+            "DENIAL_COUNT": self.denial_count,
             "DENIED_KEYS_MS": core.DENIED_KEYS_WINDOW_MS,
             "DENIED_KEYS_CAP": core.DENIED_KEYS_CAP,
             **common,
@@ -72,7 +71,6 @@ class RedisGate(Gate):
         self._check_script = self._any_check_script
         self._stats_script = lua.render(
             lua.HELPERS + lua.DENIAL_STATS,
-            BUCKETS=buckets,
             DENIED_KEYS_MS=core.DENIED_KEYS_WINDOW_MS,
             **common,
         )

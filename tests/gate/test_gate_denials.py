@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from enforcement.gate import DenialStats, EmbeddedGate, Gate
-from tests.gate.harness import Backend, FakeClock
+from tests.gate.harness import Backend, FakeClock, embedded_backend
 
 
 def test_rate_and_quota_denials_are_counted_per_account(gate: Gate) -> None:
@@ -84,3 +84,95 @@ def test_denials_count_within_the_configured_window(window_s: int) -> None:
     assert gate.denial_stats("acct").denials_in_window == 1
     clock.advance(window_s * 0.2)
     assert gate.denial_stats("acct").denials_in_window == 0
+
+
+def starved(backend: Backend, **settings: int) -> Gate:
+    """A gate on which every check of "acct" is a (token quota) denial."""
+    gate = backend.make(**settings)
+    gate.set_limits("acct", None, rpm=600, tpd=0, version=1)
+    return gate
+
+
+def deny(gate: Gate) -> int:
+    decision = gate.check("acct", "key")
+    assert decision.reason == "token_quota_exceeded"
+    return decision.denials_in_window
+
+
+@pytest.mark.parametrize(
+    ("start_s", "step_s", "seen"),
+    [(0.9, 0.75, [1, 2, 3]), (0, 1.0, [1, 2, 2])],
+    ids=["under the window", "the window apart"],
+)
+def test_count_denials_reach_the_count_only_within_the_window(
+    backend: Backend, start_s: float, step_s: float, seen: list[int]
+) -> None:
+    # POLICY.md: `count` denials within `window`: the count-th most recent less than the
+    # window before the latest. On Redis these are real seconds (0.5 s to spare under the
+    # window; the window apart is a little more than the window there). The gate had counted
+    # denials in buckets (here of 1 s), each for between the window less one bucket and the
+    # window: a first denial 0.9 s into its bucket was forgotten 1.5 s later.
+    gate = starved(backend, denial_window_s=2, denial_count=3)
+    backend.advance(start_s)
+    counts = [deny(gate)]
+    for _ in range(2):
+        backend.advance(step_s)
+        counts.append(deny(gate))
+
+    assert counts == seen
+
+
+def test_each_denial_leaves_the_count_as_it_ages(backend: Backend) -> None:
+    # On Redis these are real seconds: every count has 0.25 s to spare.
+    gate = starved(backend, denial_window_s=2, denial_count=3)
+    deny(gate)
+    backend.advance(0.5)
+    deny(gate)
+    backend.advance(0.5)
+    assert deny(gate) == 3
+
+    left = []
+    for _ in range(3):
+        backend.advance(0.5 if left else 1.25)  # 2.25 s after the first, then after each
+        left.append(gate.denial_stats("acct").denials_in_window)
+
+    assert left == [2, 1, 0]
+    assert deny(gate) == 1
+
+
+def test_the_count_stops_at_the_policy_count(backend: Backend) -> None:
+    # Exact up to the count, and no more: the gate keeps only the latest `count` denials.
+    gate = starved(backend, denial_count=3)
+
+    seen = [deny(gate) for _ in range(6)]
+
+    assert seen == [1, 2, 3, 3, 3, 3]
+    assert gate.denial_stats("acct") == DenialStats(3, 600, 1)
+    if isinstance(gate, EmbeddedGate):  # on Redis: test_gate_redis
+        assert len(gate._accounts["acct"].denials) == 3
+
+
+@pytest.mark.parametrize(("span_s", "counted"), [(599.999, 100), (600, 99), (600.001, 99)])
+def test_a_hundred_denials_count_within_ten_minutes_to_the_millisecond(
+    span_s: float, counted: int
+) -> None:
+    # The defaults (POLICY.md: 100 denials within 10 minutes), the first denial 9 s into the
+    # 10 s bucket that had counted it: by the hundredth, 593 s later, it had been forgotten.
+    # Embedded only: the fake clock puts the denials exactly there.
+    backend = embedded_backend()
+    gate = starved(backend)
+    backend.advance(9)
+    start = backend.now()
+    seen = []
+    for i in range(100):
+        backend.advance(start + span_s * i / 99 - backend.now())
+        seen.append(deny(gate))
+
+    assert seen[:-1] == list(range(1, 100))
+    assert seen[-1] == counted
+
+
+@pytest.mark.parametrize("count", [0, 10_001, True])
+def test_the_count_is_a_whole_number_from_one_to_ten_thousand(backend: Backend, count: int) -> None:
+    with pytest.raises(ValueError, match="denial_count"):
+        backend.make(denial_count=count)

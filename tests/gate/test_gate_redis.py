@@ -103,7 +103,7 @@ def test_every_key_has_a_ttl(backend: Backend) -> None:
         elif name.endswith(":dkeys"):
             assert ttl <= 60_000
         else:
-            assert name.endswith(":den") and ttl <= 610_000
+            assert name.endswith(":dtimes") and ttl <= 600_000
 
 
 def test_token_usage_keeps_its_key_until_the_window_ends(backend: Backend) -> None:
@@ -131,7 +131,7 @@ def test_the_key_layout(backend: Backend) -> None:
     gate.check("acct", "k1", tokens=3)
     gate.check("acct", "k1", tokens=3)
 
-    assert sorted(client.keys()) == [b"{a:acct}:den", b"{a:acct}:dkeys", b"{a:acct}:gate"]
+    assert sorted(client.keys()) == [b"{a:acct}:dkeys", b"{a:acct}:dtimes", b"{a:acct}:gate"]
     # Every value fits a listpack entry (64 bytes): the hash stays one compact allocation.
     assert client.object("encoding", "{a:acct}:gate") == b"listpack"
     state = client.hgetall("{a:acct}:gate")
@@ -155,6 +155,31 @@ def test_the_key_layout(backend: Backend) -> None:
     assert (acct_window, acct_used) == (window, 3)  # the second check was denied
     assert expires == pytest.approx(time.time() * 1000 + client.pttl(b"{a:acct}:gate"), abs=50)
     assert client.zrange("{a:acct}:dkeys", 0, -1) == [b"k1"]
+    [denied_at] = client.lrange("{a:acct}:dtimes", 0, -1)  # the denial's time, whole µs
+    assert denied_at.isdigit() and int(denied_at) == pytest.approx(time.time() * 1e6, abs=5e6)
+
+
+def test_the_denial_times_are_bounded_by_the_count_and_the_window(backend: Backend) -> None:
+    # An account's denials are a list of its latest `count` denial times, newest first, which
+    # loses those that leave the window; never every denial.
+    client = backend.client
+    assert client is not None
+    gate = RedisGate(client, denial_window_s=1, denial_count=5)
+    gate.set_limits("acct", None, rpm=600, tpd=0, version=1)  # every check is denied
+    lengths = []
+    for _ in range(12):
+        assert not gate.check("acct", "key").allowed
+        lengths.append(client.llen("{a:acct}:dtimes"))
+
+    assert lengths == [1, 2, 3, 4, 5] + [5] * 7
+    times = [int(at) for at in client.lrange("{a:acct}:dtimes", 0, -1)]
+    assert times == sorted(times, reverse=True)
+    assert 0 < client.pttl("{a:acct}:dtimes") <= 1000
+
+    backend.advance(1.1)  # all five have left the window
+
+    assert gate.check("acct", "key").denials_in_window == 1
+    assert client.llen("{a:acct}:dtimes") == 1
 
 
 def test_idle_keys_are_dropped_when_a_new_window_starts(backend: Backend) -> None:

@@ -9,15 +9,17 @@ import dataclasses
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from test_service_support import FakeClock
 
 from enforcement import operator_decisions as ops
-from enforcement.bootstrap import Container
+from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import GateDecision
 from enforcement.service import Actor
+from enforcement.settings import Settings
 from projections.standing import active_throttles
 from tests.gate.test_gate_decision import DENIED
 
@@ -120,6 +122,49 @@ def test_a_python_gateways_check_raises_sustained_abuse_as_the_route_does(
     assert [d.reason for d in decisions[1:]] == ["rate_limited"] * count
     state = system.standings.load("acct_4")
     assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]
+
+
+def test_a_hundred_denials_over_595_seconds_raise_sustained_abuse(
+    system: Container, clock: FakeClock
+) -> None:
+    """POLICY.md: 100 denials within 10 minutes (the default policy). The gate counted them in
+    10 s buckets, each denial for 590 to 600 s: a first denial 9 s into its bucket was
+    forgotten by the hundredth, 595 s later, and nothing was raised."""
+    limits = ops.ConfigureLimits(requests_per_minute=600, tokens_per_day=0, key_id="key_1")
+    system.service.operator("acct_10", limits, Actor("op", "req_1"))  # every check is denied
+    rule = system.policy.sustained_abuse_denials
+    assert (rule.count, rule.window) == (100, timedelta(minutes=10))
+    start = datetime.fromtimestamp(int(clock().timestamp()) // 10 * 10 + 9, UTC)
+
+    for i in range(100):
+        clock.set(start + timedelta(seconds=595) * i / 99)
+        assert system.gate_check("acct_10", "key_1").reason == "token_quota_exceeded"
+        assert sustained_abuse_raised(system, "acct_10") == (i == 99)
+
+    state = system.standings.load("acct_10")
+    assert [t.reason for t in active_throttles(state, clock())] == ["sustained_abuse"]
+
+
+def test_the_gate_counts_denials_by_the_policys_count_and_window(
+    database_url: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The policy's window as it is (it was taken as 60 s when shorter), and its count."""
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('sustained_abuse_denials = { count = 3, window = "30s" }\n')
+    settings = Settings(database_url=database_url, policy_file=str(policy_file))
+    container = bootstrap(settings, clock=clock)
+    try:
+        assert (container.gate.denial_count, container.gate.denial_window_s) == (3, 30)
+        limits = ops.ConfigureLimits(requests_per_minute=600, tokens_per_day=0, key_id="key_1")
+        container.service.operator("acct_11", limits, Actor("op", "req_1"))
+        seen = []
+        for step_s in (0, 20, 20, 9):  # the first has left by the third; the last three: 29 s
+            clock.advance(timedelta(seconds=step_s))
+            seen.append(container.gate_check("acct_11", "key_1").denials_in_window)
+            assert sustained_abuse_raised(container, "acct_11") == (len(seen) == 4)
+        assert seen == [1, 2, 2, 3]
+    finally:
+        container.close()
 
 
 def test_a_confirmed_report_the_gate_filed_is_an_automated_detection(

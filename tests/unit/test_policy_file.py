@@ -154,3 +154,11 @@ def test_a_hundred_years_is_the_longest_duration() -> None:
     longest = timedelta(days=36_500)
     for text in ("36500d", "876000h", "52560000m", "3153600000s"):
         assert parse_duration(text, "k") == longest
+
+
+def test_a_denial_count_beyond_ten_thousand_is_refused_naming_its_key() -> None:
+    # The gate keeps the times of an account's last `count` denials: the count bounds them.
+    with pytest.raises(PolicyError, match=r"sustained_abuse_denials.count must be at most 10000"):
+        from_toml("sustained_abuse_denials = { count = 10001 }")
+    most = policy_from_mapping({"sustained_abuse_denials": {"count": 10_000}})
+    assert most.sustained_abuse_denials == DenialRule(10_000, timedelta(minutes=10))
