@@ -25,7 +25,7 @@ from dataclasses import dataclass
 US = 1_000_000
 MINUTE_US = 60 * US
 PPM = 1_000_000
-DENIED_KEYS_WINDOW_MS = 60_000
+DENIED_KEYS_WINDOW_US = 60 * US
 DENIED_KEYS_CAP = 32  # more than the 3 that rate_limit_circumvention needs; bounds the set
 LIFTED_THROTTLES_CAP = 32  # tombstones kept so a late, stale apply cannot revive a lifted throttle
 

@@ -33,7 +33,7 @@ class _Account:
     throttles: dict[str, core.Throttle] = field(default_factory=dict)
     usage: dict[str | None, _Usage] = field(default_factory=dict)  # None: the account ceiling
     denials: deque[int] = field(default_factory=deque)  # the latest denials' times, µs
-    denied_keys: dict[str, int] = field(default_factory=dict)  # key id → last denial, ms
+    denied_keys: dict[str, int] = field(default_factory=dict)  # key id → last denial, µs
     # When the seeder last brought it to the stored standing (µs; 0: never). Not compared: an
     # account idle but for what the seeder wrote is idle whenever it was learned.
     learned_us: int = field(default=0, compare=False)
@@ -184,7 +184,7 @@ class EmbeddedGate(Gate):
 
     def _record_denial(self, acct: _Account, key_id: str, now: int) -> tuple[int, int]:
         count = core.record_denial(acct.denials, now, self.denial_count, self._denial_window_us)
-        acct.denied_keys[key_id] = now // 1000
+        acct.denied_keys[key_id] = now
         _, keys = self._stats(acct, now)
         if keys > core.DENIED_KEYS_CAP:
             oldest = sorted(acct.denied_keys, key=acct.denied_keys.__getitem__)
@@ -196,8 +196,8 @@ class EmbeddedGate(Gate):
     def _stats(self, acct: _Account, now: int) -> tuple[int, int]:
         """Prune what has left the windows; count what remains."""
         count = core.recent_denials(acct.denials, now - self._denial_window_us)
-        horizon = now // 1000 - core.DENIED_KEYS_WINDOW_MS
-        for old_key in [k for k, ms in acct.denied_keys.items() if ms <= horizon]:
+        horizon = now - core.DENIED_KEYS_WINDOW_US
+        for old_key in [k for k, at in acct.denied_keys.items() if at <= horizon]:
             del acct.denied_keys[old_key]
         return count, len(acct.denied_keys)
 

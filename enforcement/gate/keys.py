@@ -35,7 +35,8 @@ factors and flags, so that every value stays under Redis's 64-byte listpack limi
     (Until 2026-12-05 the denials were counted in buckets, in a hash ``…:den``; it is never
     read again and expires by its own TTL.)
 ``{a:<acct>}:dkeys`` (sorted set)
-    key id -> last rate/quota denial (ms), at most 32 members, pruned to 60 s. TTL 60 s.
+    key id -> last rate/quota denial (µs), at most 32 members, pruned to 60 s. TTL 60 s.
+    (Scores were in ms until 2026-12-05: such a member reads as older than a minute.)
 """
 
 from __future__ import annotations

@@ -251,14 +251,14 @@ if reason <= 2 then
     denials = denials - 1
   end
   redis.call('PEXPIRE', KEYS[2], DENIAL_WINDOW_US / 1000)
-  redis.call('ZADD', KEYS[3], now_ms, key_id)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - DENIED_KEYS_MS)
+  redis.call('ZADD', KEYS[3], now, key_id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - DENIED_KEYS_US)
   denied_keys = redis.call('ZCARD', KEYS[3])
   if denied_keys > DENIED_KEYS_CAP then
     redis.call('ZREMRANGEBYRANK', KEYS[3], 0, denied_keys - DENIED_KEYS_CAP - 1)
     denied_keys = DENIED_KEYS_CAP
   end
-  redis.call('PEXPIRE', KEYS[3], DENIED_KEYS_MS)
+  redis.call('PEXPIRE', KEYS[3], DENIED_KEYS_US / 1000)
 end
 
 -- core.binding: report the scope with less left.
@@ -296,8 +296,8 @@ local denials = 0
 for _, at in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if tonumber(at) > horizon then denials = denials + 1 end
 end
-local horizon = string.format('(%d', floor(now / 1000) - DENIED_KEYS_MS)
-return {denials, redis.call('ZCOUNT', KEYS[2], horizon, '+inf')}
+local keys_horizon = string.format('(%d', now - DENIED_KEYS_US)
+return {denials, redis.call('ZCOUNT', KEYS[2], keys_horizon, '+inf')}
 """
 
 # KEYS: state. ARGV: key_id, rpm, tpd, version: a key's limits, kept in its record `k:<key>`

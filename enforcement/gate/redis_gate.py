@@ -60,7 +60,7 @@ class RedisGate(Gate):
             "DEFAULT_TPD": self.default_tpd,
             "WINDOW_US": self.token_window_s * core.US,
             "DENIAL_COUNT": self.denial_count,
-            "DENIED_KEYS_MS": core.DENIED_KEYS_WINDOW_MS,
+            "DENIED_KEYS_US": core.DENIED_KEYS_WINDOW_US,
             "DENIED_KEYS_CAP": core.DENIED_KEYS_CAP,
             **common,
         }
@@ -71,7 +71,7 @@ class RedisGate(Gate):
         self._check_script = self._any_check_script
         self._stats_script = lua.render(
             lua.HELPERS + lua.DENIAL_STATS,
-            DENIED_KEYS_MS=core.DENIED_KEYS_WINDOW_MS,
+            DENIED_KEYS_US=core.DENIED_KEYS_WINDOW_US,
             **common,
         )
         self._check_sha = self._check_script.sha

@@ -72,6 +72,20 @@ def test_denied_keys_leave_after_a_minute() -> None:
     assert gate.check("acct", "c").denied_keys_last_minute == 2
 
 
+def test_keys_denied_less_than_a_minute_apart_count_together_to_the_microsecond() -> None:
+    # Embedded only: the fake clock. Times were kept in whole milliseconds: "a", denied 0.9 ms
+    # into its millisecond, was taken as a minute old by "b", denied 59.9996 s later.
+    backend = embedded_backend()
+    gate = starved(backend)
+    backend.advance(0.0009)
+    gate.check("acct", "a")
+    backend.advance(59.9996)
+
+    assert gate.check("acct", "b").denied_keys_last_minute == 2
+    backend.advance(0.0005)  # a minute and 0.1 ms after "a"
+    assert gate.check("acct", "b").denied_keys_last_minute == 1
+
+
 @pytest.mark.parametrize("window_s", [60, 600, 3600])
 def test_denials_count_within_the_configured_window(window_s: int) -> None:
     clock = FakeClock()
