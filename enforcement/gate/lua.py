@@ -17,6 +17,10 @@ restrictive account-wide factor and until when that holds), so the throttle JSON
 only by the state updates, and by a check only while a key-specific throttle is active or after
 an account throttle has expired (which refreshes the summary). The reply is one packed string
 rather than an array (cheaper for Redis to build). The field layout is in ``keys.py``.
+A rate/quota denial also records itself: its time on the account's list of denial times (LPUSH,
+then LINDEX of the oldest, an LTRIM once the list holds the policy's count, an RPOP and LINDEX
+per time that has left the window, PEXPIRE) and its key in the denied keys (ZADD,
+ZREMRANGEBYSCORE, ZCARD, PEXPIRE).
 """
 
 from __future__ import annotations
