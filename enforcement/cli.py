@@ -199,8 +199,8 @@ def serve(
 
     settings = _settings()
     _check_can_listen(host, port)
+    configure_logging()  # before the schema check, whose connection may log (a pooler)
     _check_schema(settings.database_url)
-    configure_logging()
     container = _container(settings)
     if workers and container.settings.embedded:
         from enforcement.workers.runtime import install_embedded_workers
@@ -259,9 +259,10 @@ NOT_BY_WAITING_TEXT = (
 
 def _check_schema(url: str) -> None:
     """Exit 2 if the database has no schema, or an older revision than this release's: serving
-    it would answer requests with errors. A database that does not answer yet is left to
-    ``/healthz`` (503 until it does); one at a revision this release does not know (a newer
-    release's) is served, as during a rolling upgrade."""
+    it would answer requests with errors, and a worker's relay would fail on it until stopped.
+    A database that does not answer yet is left to ``/healthz`` (503 until it does) and to the
+    relay's retries; one at a revision this release does not know (a newer release's) is
+    served, as during a rolling upgrade."""
     from enforcement.migrations import current_revision, release_revisions
 
     _require_sqlite_file(url)
@@ -300,6 +301,7 @@ def worker() -> None:
         )
     load_policy_or_fail(settings.policy_file)  # before the processes start: one sentence
     configure_logging()
+    _check_schema(settings.database_url)  # an upgrade's worker started before `init`
     status = run_worker_processes(settings)
     if status:
         raise typer.Exit(status)

@@ -59,3 +59,6 @@ def configure_logging(level: str = "INFO") -> None:
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).handlers[:] = []
         logging.getLogger(noisy).propagate = False
+    # The schema check of `serve` and `worker` reads the revision with Alembic, which announces
+    # each of its plugins at INFO; `init` prints what it migrated itself.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -6,14 +6,17 @@ subprocess (what an operator types); the other commands run in process through T
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +45,7 @@ from events.timefmt import format_time
 from events.wire import event_to_json
 from projections.tables import standings
 from tests.auditor import CONTRACT_KEYS
+from tests.pgbouncer import PgBouncer
 
 CLI = str(Path(sys.executable).with_name("enforcement"))
 T0 = datetime(2026, 3, 2, 9, 0, 0, 250_000, tzinfo=UTC)
@@ -101,12 +105,12 @@ def populated(database_url: str) -> Iterator[Populated]:
 
 
 def run_cli(
-    url: str, *args: str, env: dict[str, str] | None = None
+    url: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
     environment.update({"ENFORCEMENT_DATABASE_URL": url, "COLUMNS": "200", **(env or {})})
     return subprocess.run(
-        [CLI, *args], env=environment, capture_output=True, text=True, timeout=120, check=False
+        [CLI, *args], env=environment, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -206,25 +210,33 @@ def test_a_database_that_cannot_be_used_is_one_sentence_and_exit_2_not_1(
     assert one_sentence(result.stderr) == f"Cannot use {nowhere}: No such file or directory."
 
 
-def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path) -> None:
-    """One sentence and exit 2 before anything starts: not a server that answers every request
-    with "no such table", nor uvicorn's exit 3 for a port in use."""
+def unusable_databases(tmp_path: Path) -> list[tuple[str, str]]:
+    """Databases that `serve` and `worker` refuse, each with what the refusal says: a SQLite
+    file that does not exist (and must not be created), one with no schema, one at an older
+    revision."""
     absent = tmp_path / "absent.db"
     empty = tmp_path / "empty.db"
     empty.touch()
     older = f"sqlite:///{tmp_path / 'older.db'}"
     upgrade(older, "0002_read_models")
-    cases = [
+    return [
         (f"sqlite:///{absent}", f"The database {absent} does not exist; run `enforcement init`"),
         (f"sqlite:///{empty}", "has no schema; run `enforcement init`"),
         (older, "is at schema revision 0002_read_models, this release needs 0003_standing_records"),
     ]
+
+
+def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path) -> None:
+    """One sentence and exit 2 before anything starts: not a server that answers every request
+    with "no such table", nor uvicorn's exit 3 for a port in use."""
+    cases = unusable_databases(tmp_path)
     for url, says in cases:
         result = run_cli(url, "serve", "--port", "0")
         assert result.returncode == 2, (url, result.stderr)
         assert says in one_sentence(result.stderr), result.stderr
-    assert not absent.exists()
+    assert not (tmp_path / "absent.db").exists()
 
+    older = cases[-1][0]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -234,6 +246,61 @@ def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path
     assert one_sentence(result.stderr) == (
         f"Port {port} on 127.0.0.1 is already in use; choose another with --port."
     )
+
+
+def test_worker_refuses_a_database_it_cannot_serve(tmp_path: Path) -> None:
+    """As ``serve`` does: an upgrade's new worker started before `enforcement init` exits 2 with
+    one sentence, rather than retrying its relay against missing tables for as long as it runs."""
+    for url, says in unusable_databases(tmp_path):
+        result = run_cli(
+            url, "worker", env={"ENFORCEMENT_REDIS_URL": "redis://127.0.0.1:1/0"}, timeout=30
+        )
+        assert result.returncode == 2, (url, result.stderr)
+        assert says in one_sentence(result.stderr), result.stderr
+    assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "command", [("serve", "--port", "0"), ("worker",)], ids=["serve", "worker"]
+)
+def test_behind_a_pooler_the_schema_check_logs_json_like_the_rest(
+    pg_url: str, pgbouncer: PgBouncer, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The pooler warning (docs/operations.md) comes first, from the schema check before the
+    server or the workers start: a JSON line like every other, not Python's bare fallback text
+    in the middle of a JSON log."""
+    upgrade(pg_url)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+    environment["ENFORCEMENT_DATABASE_URL"] = pgbouncer.url(pg_url)
+    if command[0] == "worker":
+        environment["ENFORCEMENT_REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens
+    log = tmp_path / "process.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [CLI, *command],
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a worker's consumer processes share its group
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "connection pooler" not in log.read_text(errors="replace"):
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    warnings = [line for line in log.read_text().splitlines() if "connection pooler" in line]
+    assert warnings[0].startswith("{"), warnings[0]
+    first = json.loads(warnings[0])
+    assert (first["level"], first["logger"]) == ("warning", "events.dialects")
 
 
 def test_history_in_a_pipe_is_laid_out_for_its_content_not_80_columns(
