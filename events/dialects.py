@@ -49,6 +49,18 @@ log = logging.getLogger("events.dialects")
 # whether it goes through a connection pooler (``_configure_postgres``).
 THROUGH_POOLER = "events_through_pooler"
 
+# The URLs (password hidden) warned of as going through a pooler: once a process, however many
+# engines it makes of one URL (`enforcement init` makes several; each CLI command makes one).
+_POOLER_WARNED: set[str] = set()
+_POOLER_WARNED_LOCK = threading.Lock()
+
+
+def _first_pooler_warning(url: str) -> bool:
+    with _POOLER_WARNED_LOCK:
+        first = url not in _POOLER_WARNED
+        _POOLER_WARNED.add(url)
+        return first
+
 
 def normalized_url(url: str | sa.URL) -> sa.URL:
     """``url`` as the log connects to it: PostgreSQL always through psycopg 3 (a URL without a
@@ -130,12 +142,10 @@ def _configure_postgres(engine: Engine) -> None:
     And each new connection is marked (``THROUGH_POOLER``) with whether it goes through a
     connection pooler: the process id the driver was given at connect (the BackendKeyData
     message) is then not the server's (``pg_backend_pid()``), but one the pooler made up, and
-    the server session behind it cannot be known (``session_pid``). One warning per engine
-    says so.
+    the server session behind it cannot be known (``session_pid``). One warning per
+    database URL and process says so.
     """
     from psycopg.types.json import set_json_loads
-
-    warned = threading.Lock()  # held for good once this engine warned of a pooler
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
@@ -159,7 +169,8 @@ def _configure_postgres(engine: Engine) -> None:
             # 1.21 does not carry them over. A direct connection still prepares the statements
             # it runs often (psycopg's ``prepare_threshold``).
             dbapi_conn.prepare_threshold = None
-        if through_pooler and warned.acquire(blocking=False):
+        shown_url = engine.url.render_as_string(hide_password=True) if through_pooler else ""
+        if through_pooler and _first_pooler_warning(shown_url):
             log.warning(
                 "the PostgreSQL connections of %s go through a connection pooler (the server "
                 "process %s was given to the driver as %s): they prepare no statements on the "
@@ -167,7 +178,7 @@ def _configure_postgres(engine: Engine) -> None:
                 "ended, so one not found recorded is answered "
                 "as possibly recorded (AppendOutcomeUnknown, HTTP 503: retry with the same "
                 "idempotency key), not as not written",
-                engine.url.render_as_string(hide_password=True),
+                shown_url,
                 server_pid,
                 dbapi_conn.info.backend_pid,
             )

@@ -68,6 +68,24 @@ def test_connections_through_a_pooler_are_recognised_and_warned_of_once(
 
 
 @pytest.mark.postgres
+def test_engines_of_one_url_warn_of_the_pooler_once_per_process(
+    proxy: CuttingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`enforcement init` makes several engines of ``ENFORCEMENT_DATABASE_URL``: through
+    PgBouncer it printed the same paragraph three times on stderr."""
+    proxy.pose_as_pooler()
+    engines = [create_engine(proxy.url) for _ in range(3)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="events.dialects"):
+            for engine in engines:
+                sessions(engine, 1)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert len(pooler_warnings(caplog)) == 1
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "plain proxy"])
 def test_a_connection_to_the_server_itself_has_its_session_known(
     pg_url: str, proxy: CuttingProxy, caplog: pytest.LogCaptureFixture, through_proxy: bool
