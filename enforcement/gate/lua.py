@@ -293,11 +293,13 @@ return pack('<i8i8i8i8i8i8i8i8i8i8', reason, limit_req, left_req, (busy - busy %
 )
 
 # KEYS: denial times, denied keys. Returns {denials_in_window, denied_keys_last_minute}.
+# Only the latest DENIAL_COUNT times are read: a list pushed by a gate with a larger count (a
+# policy's count lowered, an older process still running) holds more, which no check counts.
 DENIAL_STATS = """
 local now = now_us()
 local horizon = now - DENIAL_WINDOW_US
 local denials = 0
-for _, at in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+for _, at in ipairs(redis.call('LRANGE', KEYS[1], 0, DENIAL_COUNT - 1)) do
   if tonumber(at) > horizon then denials = denials + 1 end
 end
 local keys_horizon = string.format('(%d', now - DENIED_KEYS_US)

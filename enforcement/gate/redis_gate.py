@@ -71,6 +71,7 @@ class RedisGate(Gate):
         self._check_script = self._any_check_script
         self._stats_script = lua.render(
             lua.HELPERS + lua.DENIAL_STATS,
+            DENIAL_COUNT=self.denial_count,
             DENIED_KEYS_US=core.DENIED_KEYS_WINDOW_US,
             **common,
         )

@@ -183,6 +183,23 @@ def test_the_denial_times_are_bounded_by_the_count_and_the_window(backend: Backe
     assert client.llen("{a:acct}:dtimes") == 1
 
 
+def test_a_gate_with_a_lower_count_counts_no_more_than_its_count(backend: Backend) -> None:
+    # Given an account's denial times pushed by a gate of a larger count (the policy's count
+    # lowered since, or a process of the older policy still running)
+    client = backend.client
+    assert client is not None
+    larger = RedisGate(client, denial_count=5)
+    larger.set_limits("acct", None, rpm=600, tpd=0, version=1)  # every check is denied
+    assert [larger.check("acct", "key").denials_in_window for _ in range(5)][-1] == 5
+    lower = RedisGate(client, denial_count=3)
+
+    # Then a gate of count 3 reads at most 3 of them, before its next denial as at it
+    # (DenialStats, as GateDecision: exact up to the gate's count, and never more)
+    assert lower.denial_stats("acct").denials_in_window == 3
+    assert lower.check("acct", "key").denials_in_window == 3
+    assert lower.denial_stats("acct").denials_in_window == 3
+
+
 def test_idle_keys_are_dropped_when_a_new_window_starts(backend: Backend) -> None:
     client = backend.client
     assert client is not None
