@@ -126,7 +126,7 @@ class Relay:
         stop: threading.Event,
         idle_seconds: float = 0.05,
         error_seconds: float = 1.0,
-        answers_again: Callable[[BaseException], bool] | None = None,
+        answers_again: Callable[[BaseException], bool | None] | None = None,
         probe_seconds: float = 1.0,
     ) -> None:
         """Relay until ``stop``; after a failure (broker or database down) it retries from the

@@ -48,14 +48,15 @@ def wait_to_retry(
     stop: threading.Event,
     delay: float,
     failure: BaseException,
-    answers_again: Callable[[BaseException], bool] | None = None,
+    answers_again: Callable[[BaseException], bool | None] | None = None,
     every: float = 1.0,
 ) -> None:
     """Wait ``delay`` seconds after ``failure``, or until ``stop`` is set, or, with
     ``answers_again`` (asked every ``every`` seconds meanwhile), until it says that what raised
-    ``failure`` answers again. A probe that raises counts as "not yet" (logged once per wait):
-    this wait runs in the retry loop's ``except`` block, and an exception out of it would end
-    the loop's thread (no relay any more in this process)."""
+    ``failure`` answers again (true; None: ``failure`` is not one it can ask about). A probe
+    that raises counts as "not yet" (logged once per wait): this wait runs in the retry loop's
+    ``except`` block, and an exception out of it would end the loop's thread (no relay any
+    more in this process)."""
     if answers_again is None:
         stop.wait(delay)
         return
@@ -76,8 +77,9 @@ def wait_to_retry(
 class CameBack:
     """One retry loop's ``answers_again``, made to say yes only when what failed *came back*:
     it answers again after a probe of this run of failures saw it away (not answering, or the
-    probe raised). Each such return is told once, and the loop calls ``succeeded`` when an
-    attempt succeeds: the run of failures is over.
+    probe raised; a probe answering None, the failure not being one of what it watches, asked
+    nothing and saw nothing: a database failure). Each such return is told once, and the loop
+    calls ``succeeded`` when an attempt succeeds: the run of failures is over.
 
     A bare ``answers_again`` ends every wait after one probe while what failed answers but the
     work still fails with it: a Redis that answers the watch's PING and refuses new
@@ -86,7 +88,7 @@ class CameBack:
     before Redis returns is retried at the next probe, since the probes of earlier waits saw
     Redis away."""
 
-    def __init__(self, answers_again: Callable[[BaseException], bool]) -> None:
+    def __init__(self, answers_again: Callable[[BaseException], bool | None]) -> None:
         self._answers_again = answers_again
         self._saw_it_away = False
 
@@ -96,6 +98,8 @@ class CameBack:
         except Exception:
             self._saw_it_away = True
             raise  # ``wait_to_retry`` counts it as "not yet"
+        if answers is None:
+            return False
         came_back = answers and self._saw_it_away
         self._saw_it_away = not answers
         return came_back

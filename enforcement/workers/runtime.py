@@ -225,11 +225,12 @@ class RedisWatch:
     def mark(self) -> None:
         self.client.set(self.KEY, "1")
 
-    def answers_again(self, failure: BaseException) -> bool:
-        """Whether ``failure`` came from Redis being unreachable (its connection refused, cut,
-        timed out, or Redis still loading its data) and Redis answers a PING now: the relay and
-        the leader's start then retry at once rather than at the end of their backoff, if a
-        probe of their run of failures saw Redis away (``retrying.CameBack``)."""
+    def answers_again(self, failure: BaseException) -> bool | None:
+        """Whether Redis answers a PING now, after ``failure`` came from Redis being unreachable
+        (its connection refused, cut, timed out, or Redis still loading its data); None, without
+        asking, after any other failure (the database's). The relay and the leader's start then
+        retry at once rather than at the end of their backoff, if a probe of their run of
+        failures saw Redis away (``retrying.CameBack``)."""
         import redis
 
         cause: BaseException | None = failure
@@ -238,7 +239,7 @@ class RedisWatch:
         ):
             cause = cause.__cause__  # a gate's GateUnavailable, raised from the client's error
         if cause is None:
-            return False
+            return None
         try:
             return bool(self.client.ping())
         except redis.RedisError:

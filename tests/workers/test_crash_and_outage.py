@@ -33,6 +33,7 @@ from enforcement.settings import Settings
 from enforcement.workers import relay as relay_module
 from enforcement.workers import runtime
 from enforcement.workers.broker import make_broker
+from enforcement.workers.retrying import CameBack
 from enforcement.workers.runtime import (
     LEADER_LOCK_KEY,
     RedisWatch,
@@ -561,6 +562,23 @@ def test_the_watch_tells_a_redis_that_answers_again_only_after_a_failure_of_redi
         assert not watch.answers_again(redis.ResponseError("OOM command not allowed"))
         redis_keeping_data.stop()
         assert not watch.answers_again(refused)
+    finally:
+        watch.close()
+
+
+def test_a_database_failure_does_not_count_as_redis_seen_away(redis_url: str) -> None:
+    """``CameBack`` retries early only once a probe saw Redis away. A database failure's probe
+    asks Redis nothing, so it sees nothing away: a failure of Redis that follows in the same
+    run, while Redis answers all along (at its ``maxclients``), waits its whole backoff."""
+    watch = RedisWatch(redis_url)
+    came_back = CameBack(watch.answers_again)
+    database = sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+    refused = redis.ConnectionError("max number of clients reached")
+    try:
+        assert watch.answers_again(database) is None  # not a failure of Redis: nothing asked
+        assert not came_back(database)
+        assert not came_back(refused)  # Redis answers, but no probe of this run saw it away
+        assert not came_back(refused)
     finally:
         watch.close()
 
