@@ -283,25 +283,47 @@ class AbuseDetector:
         self._reported: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
 
-    def observe(self, account_id: str, key_id: str, decision: GateDecision) -> str | None:
+    def observe(self, account_id: str, key_id: str, decision: GateDecision) -> tuple[str, ...]:
+        """The AUP §3 reports this denial records: ``sustained_abuse`` once the account's
+        denials reach the policy's count, and a ``rate_limit_circumvention`` report once three
+        keys were denied within a minute. Each is judged on its own: an account throttled for
+        sustained abuse that goes on rotating keys is still filed for triage."""
         if decision.reason not in ("rate_limited", "token_quota_exceeded"):
-            return None
+            return ()
         rule = self.policy.sustained_abuse_denials
         window_s = max(1, int(rule.window.total_seconds()))
+        due = []
         if decision.denials_in_window >= rule.count:
-            category = "sustained_abuse"
-        elif decision.denied_keys_last_minute >= CIRCUMVENTION_KEYS:
-            category = "rate_limit_circumvention"
-        else:
-            return None
+            due.append("sustained_abuse")
+        if decision.denied_keys_last_minute >= CIRCUMVENTION_KEYS:
+            due.append("rate_limit_circumvention")
         now = to_utc(self.service.clock())
         bucket = int(now.timestamp()) // window_s
+        return tuple(
+            category
+            for category in due
+            if self._record(category, account_id, key_id, decision, now, bucket, window_s)
+        )
+
+    def _record(
+        self,
+        category: str,
+        account_id: str,
+        key_id: str,
+        decision: GateDecision,
+        now: datetime,
+        bucket: int,
+        window_s: int,
+    ) -> bool:
+        """Record ``category`` for this denial unless this window already claimed it, or the
+        account's state says it is not due (already throttled for the bout; a report already
+        open); whether it was recorded."""
         marker = (account_id, category, bucket)
         # Claim the window before reading the standing: once past the count every denial of
         # the window comes here, and an abusive client must not make each one a database read.
         with self._lock:
             if marker in self._reported:
-                return None
+                return False
             if len(self._reported) > 100_000:
                 self._reported.clear()
             self._reported.add(marker)
@@ -311,7 +333,7 @@ class AbuseDetector:
             log.exception("could not read the standing of %s", account_id)
             with self._lock:
                 self._reported.discard(marker)
-            return None
+            return False
         key = gate_report_key(category, account_id, bucket)
         fingerprint = request_fingerprint(
             {"account": account_id, "category": category, "bucket": bucket}
@@ -321,7 +343,7 @@ class AbuseDetector:
                 # A filter (the standing read may be older than a throttle being recorded): the
                 # service decides again on the state it appends to.
                 if not sustained_abuse_due(self.policy, standing, decision.denials_in_window, now):
-                    return None  # already throttled for this bout: nothing more this window
+                    return False  # already throttled for this bout: nothing more this window
                 report = ViolationReport(
                     category=category,
                     occurred_at=now,
@@ -333,29 +355,26 @@ class AbuseDetector:
                 outcome = self.service.report_gate_sustained_abuse(
                     account_id, report, decision.denials_in_window, key, fingerprint, GATE_ACTOR
                 )
-                if not outcome.events:
-                    return None  # throttled for this bout meanwhile (a denial of another window)
-            else:
-                if abuse_report_open(standing, category):
-                    # A filter, as above: the service looks again where it files the report.
-                    return None  # one already waits for an operator
-                filed = self.service.file_gate_abuse_report(
-                    account_id,
-                    category,
-                    f"{decision.denied_keys_last_minute} keys of the account were denied within "
-                    f"one minute (the last: {key_id!r}). Filed by the gate for an operator to "
-                    "triage: several keys used to exceed quotas are prohibited (AUP §3), but "
-                    "denials alone do not show the purpose, and the account-wide ceiling may be "
-                    "what denied them.",
-                    key,
-                    fingerprint,
-                    GATE_ACTOR,
-                )
-                if not filed.events:
-                    return None  # filed meanwhile (a denial of another window)
+                # No events: throttled for this bout meanwhile (a denial of another window).
+                return bool(outcome.events)
+            if abuse_report_open(standing, category):
+                # A filter, as above: the service looks again where it files the report.
+                return False  # one already waits for an operator
+            filed = self.service.file_gate_abuse_report(
+                account_id,
+                category,
+                f"{decision.denied_keys_last_minute} keys of the account were denied within "
+                f"one minute (the last: {key_id!r}). Filed by the gate for an operator to "
+                "triage: several keys used to exceed quotas are prohibited (AUP §3), but "
+                "denials alone do not show the purpose, and the account-wide ceiling may be "
+                "what denied them.",
+                key,
+                fingerprint,
+                GATE_ACTOR,
+            )
+            return bool(filed.events)  # none: filed meanwhile (a denial of another window)
         except Exception:
             log.exception("could not record %s for %s", category, account_id)
             with self._lock:
                 self._reported.discard(marker)
-            return None
-        return category
+            return False

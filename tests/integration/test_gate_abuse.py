@@ -48,14 +48,14 @@ def test_denials_past_the_count_read_the_standing_once_per_window(
     system: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     count = system.policy.sustained_abuse_denials.count
-    assert system.abuse.observe("acct_1", "key_1", denial(count - 1)) is None
-    assert system.abuse.observe("acct_1", "key_1", denial(count)) == "sustained_abuse"
+    assert system.abuse.observe("acct_1", "key_1", denial(count - 1)) == ()
+    assert system.abuse.observe("acct_1", "key_1", denial(count)) == ("sustained_abuse",)
     state = system.standings.load("acct_1")
     assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]
 
     loads = count_loads(system, monkeypatch)
     for more in range(1, 200):
-        assert system.abuse.observe("acct_1", "key_1", denial(count + more)) is None
+        assert system.abuse.observe("acct_1", "key_1", denial(count + more)) == ()
     assert loads == []
 
 
@@ -69,10 +69,10 @@ def test_a_standing_that_cannot_be_read_does_not_fail_the_denial(
         raise RuntimeError("database is down")
 
     monkeypatch.setattr(system.service.standings, "load", down)
-    assert system.abuse.observe("acct_2", "key_1", denial(count)) is None
+    assert system.abuse.observe("acct_2", "key_1", denial(count)) == ()
 
     monkeypatch.setattr(system.service.standings, "load", load)
-    assert system.abuse.observe("acct_2", "key_1", denial(count + 1)) == "sustained_abuse"
+    assert system.abuse.observe("acct_2", "key_1", denial(count + 1)) == ("sustained_abuse",)
 
 
 def test_keys_denied_together_are_filed_for_triage_not_made_a_strike(
@@ -85,8 +85,8 @@ def test_keys_denied_together_are_filed_for_triage_not_made_a_strike(
     a strike, and an account suspended for 30 days within 20 minutes of a busy spell."""
     for _ in range(4):  # 40 minutes of keys denied together
         assert system.abuse.observe("acct_3", "key_c", denial(5, 3)) in (
-            "rate_limit_circumvention",
-            None,
+            ("rate_limit_circumvention",),
+            (),
         )
         clock.advance(timedelta(minutes=10, seconds=1))
     standing = system.service.standing("acct_3")
@@ -105,7 +105,7 @@ def test_keys_denied_together_are_filed_for_triage_not_made_a_strike(
     system.service.triage_abuse_report(
         "acct_3", filed.data["report_id"], "rejected", None, Actor("op", "req_1")
     )
-    assert system.abuse.observe("acct_3", "key_c", denial(5, 3)) == "rate_limit_circumvention"
+    assert system.abuse.observe("acct_3", "key_c", denial(5, 3)) == ("rate_limit_circumvention",)
     assert system.service.standing("acct_3").open_abuse_reports == 1
 
 
@@ -174,7 +174,7 @@ def test_a_confirmed_report_the_gate_filed_is_an_automated_detection(
     the gate's (source ``gate``, detection ``automated``) and every statement of reasons on it
     says ``automated_detection: true``. (It became a ``user_report`` of source ``abuse_report``:
     the report kept no record of who filed it.)"""
-    assert system.abuse.observe("acct_5", "key_c", denial(5, 3)) == "rate_limit_circumvention"
+    assert system.abuse.observe("acct_5", "key_c", denial(5, 3)) == ("rate_limit_circumvention",)
     [filed] = system.store.read_stream("acct_5", 0, limit=10)
     report_id = filed.data["report_id"]
 
@@ -220,9 +220,9 @@ def across_a_window_boundary(
     system: Container,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
-    first_denial: Callable[[], str | None],
-    second_denial: Callable[[], str | None],
-) -> tuple[str | None, str | None]:
+    first_denial: Callable[[], tuple[str, ...]],
+    second_denial: Callable[[], tuple[str, ...]],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What two denials observed either side of a window's boundary give: the first, on a
     thread of its own, reads the standing in its window and waits there while the second, in
     the next window, is observed to the end. Each claims its own window (and idempotency key),
@@ -243,7 +243,7 @@ def across_a_window_boundary(
         return state
 
     monkeypatch.setattr(system.service.standings, "load", read_then_wait_for_the_second)
-    results: list[str | None] = []
+    results: list[tuple[str, ...]] = []
     first = threading.Thread(target=lambda: results.append(first_denial()))
     first.start()
     try:
@@ -271,8 +271,8 @@ def test_denials_either_side_of_a_window_boundary_raise_sustained_abuse_once(
         lambda: system.abuse.observe("acct_7", "key_1", denial(count)),
         lambda: system.abuse.observe("acct_7", "key_1", denial(count + 1)),
     )
-    assert second == "sustained_abuse"
-    assert first is None  # the first found the second's throttle where it decides
+    assert second == ("sustained_abuse",)
+    assert first == ()  # the first found the second's throttle where it decides
     assert sustained_abuse_raised(system, "acct_7") == 1
     state = system.standings.load("acct_7")
     assert [t.reason for t in active_throttles(state, clock())] == ["sustained_abuse"]
@@ -290,8 +290,8 @@ def test_keys_denied_either_side_of_a_window_boundary_are_filed_once(
         lambda: system.abuse.observe("acct_9", "key_a", denial(5, 3)),
         lambda: system.abuse.observe("acct_9", "key_b", denial(6, 3)),
     )
-    assert second == "rate_limit_circumvention"
-    assert first is None  # the first found the second's report where it files
+    assert second == ("rate_limit_circumvention",)
+    assert first == ()  # the first found the second's report where it files
     reports = list(system.standings.load("acct_9").abuse_reports.values())
     assert [(r.category, r.status) for r in reports] == [("rate_limit_circumvention", "open")]
 
@@ -300,9 +300,41 @@ def test_a_new_burst_after_the_throttle_has_run_out_raises_sustained_abuse_again
     system: Container, clock: FakeClock
 ) -> None:
     count = system.policy.sustained_abuse_denials.count
-    assert system.abuse.observe("acct_8", "key_1", denial(count)) == "sustained_abuse"
+    assert system.abuse.observe("acct_8", "key_1", denial(count)) == ("sustained_abuse",)
     clock.advance(timedelta(hours=23))  # still throttled: the same bout
-    assert system.abuse.observe("acct_8", "key_1", denial(count * 2)) is None
+    assert system.abuse.observe("acct_8", "key_1", denial(count * 2)) == ()
     clock.advance(timedelta(hours=1))  # the throttle has run out
-    assert system.abuse.observe("acct_8", "key_1", denial(count)) == "sustained_abuse"
+    assert system.abuse.observe("acct_8", "key_1", denial(count)) == ("sustained_abuse",)
     assert sustained_abuse_raised(system, "acct_8") == 2
+
+
+def test_keys_denied_together_are_filed_while_the_account_is_throttled_for_sustained_abuse(
+    system: Container, clock: FakeClock
+) -> None:
+    """The two AUP §3 reports are judged apart. An account past the denial count is throttled
+    for sustained abuse once a bout; that it then goes on rotating keys (three denied within a
+    minute) is still filed for an operator to triage: the gate had looked at the count first
+    and, the throttle in force, recorded nothing for the rest of the bout."""
+    count = system.policy.sustained_abuse_denials.count
+    assert system.abuse.observe("acct_10", "key_1", denial(count)) == ("sustained_abuse",)
+    clock.advance(timedelta(minutes=30))  # throttled: the same bout
+
+    assert system.abuse.observe("acct_10", "key_c", denial(count * 2, 3)) == (
+        "rate_limit_circumvention",
+    )
+    reports = list(system.standings.load("acct_10").abuse_reports.values())
+    assert [(r.category, r.status) for r in reports] == [("rate_limit_circumvention", "open")]
+    assert sustained_abuse_raised(system, "acct_10") == 1
+
+
+def test_one_denial_past_the_count_on_a_third_key_records_both(
+    system: Container,
+) -> None:
+    count = system.policy.sustained_abuse_denials.count
+    assert system.abuse.observe("acct_11", "key_c", denial(count, 3)) == (
+        "sustained_abuse",
+        "rate_limit_circumvention",
+    )
+    state = system.standings.load("acct_11")
+    assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]
+    assert [r.category for r in state.abuse_reports.values()] == ["rate_limit_circumvention"]
