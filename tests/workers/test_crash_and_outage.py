@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -42,7 +43,6 @@ from enforcement.workers.runtime import (
     start_runtime,
 )
 from events import RecordedEvent
-from tests.processes import free_port
 from tests.redis_server import RedisServer
 from tests.workers.system import (
     OPERATOR,
@@ -453,12 +453,24 @@ def test_a_leader_that_could_not_start_for_redis_starts_once_redis_answers_again
 
 
 def relay_with_a_refusing_broker(leader: Container) -> Callable[[], None]:
-    """Start ``leader``'s relay with a Redis broker whose every connection is refused (a closed
-    port), as a Redis at its ``maxclients`` refuses new ones while the watch's open connection
-    answers its PING; the stop function."""
-    broker = make_broker(replace(leader.settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    """Start ``leader``'s relay with a Redis broker whose every connection is refused (a port
+    bound and never listened on, held until the stop: no other test process can take it), as a
+    Redis at its ``maxclients`` refuses new ones while the watch's open connection answers its
+    PING; the stop function."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    broker = make_broker(replace(leader.settings, redis_url=f"redis://127.0.0.1:{port}/0"))
     actors = build_actors(leader, broker)
-    return start_background(leader, actors, consumers=False, relay=True, then_close=broker.close)
+    stop = start_background(leader, actors, consumers=False, relay=True, then_close=broker.close)
+
+    def stop_then_release_the_port() -> None:
+        try:
+            stop()
+        finally:
+            held.close()
+
+    return stop_then_release_the_port
 
 
 def assert_backs_off(caplog: pytest.LogCaptureFixture, failed: str) -> None:
