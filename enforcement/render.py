@@ -14,9 +14,20 @@ from events.wire import event_to_json
 from projections.history import HistoryEntry
 
 
+def _shown(text: str) -> Text:
+    """``text`` as a table cell: shown as written, never read as Rich markup, and every
+    character that is not printable written as its escape (``\\x1b``, ``\\u202e``, ``\\n``).
+    A terminal acts on control characters rather than showing them: a webhook receiver's
+    status line, kept in a delivery error, could move the cursor and erase the rows above it,
+    and a bidirectional override reorders what follows it."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return Text(text)
+
+
 def standing_table(standing: dict[str, Any]) -> Table:
-    """Every cell is plain ``Text``: what the log holds (an operator's reason, a receiver's
-    answer in a delivery error) is shown as written, never read as Rich markup."""
+    """Every cell is ``_shown``: what the log holds (an operator's reason, a receiver's answer
+    in a delivery error) is shown as written, never read as Rich markup nor by the terminal."""
     table = Table(title=Text(f"Standing of {standing['account_id']}"), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -24,7 +35,7 @@ def standing_table(standing: dict[str, Any]) -> Table:
         if key == "account_id":
             continue
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        table.add_row(Text(key), Text(text))
+        table.add_row(_shown(key), _shown(text))
     return table
 
 
@@ -52,7 +63,7 @@ def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
 
 
 def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
-    """As ``standing_table``, every cell is plain ``Text``."""
+    """As ``standing_table``, every cell is ``_shown``."""
     table = Table(title=Text(f"History of {account_id}"))
     for column in ("v", "recorded at", "event", "changed", "rule"):
         table.add_column(column, overflow="fold")
@@ -63,7 +74,7 @@ def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
             rule += f" · {entry.statement_of_reasons.get('ground', '')}"
         changed = _change_text(entry.change) or _delivery_text(e.type, e.data)
         cells = (str(e.version), format_time(e.recorded_at), e.type, changed, rule)
-        table.add_row(*map(Text, cells))
+        table.add_row(*map(_shown, cells))
     return table
 
 

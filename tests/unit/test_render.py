@@ -88,3 +88,23 @@ def test_text_from_the_log_is_shown_as_written_not_read_as_markup() -> None:
     console = Console(width=250, record=True)
     console.print(standing_table({"account_id": "acct_1", "status": "[/bold] x", "strikes": 0}))
     assert "[/bold] x" in console.export_text()
+
+
+def test_control_characters_from_the_log_are_shown_escaped_not_sent_to_the_terminal() -> None:
+    """A webhook receiver's status line ends up in a delivery error as it was sent
+    (``BadStatusLine``): its escape sequences, printed raw, moved the operator's cursor up and
+    erased lines of ``enforcement history`` (hiding the events above), or set the terminal's
+    title; a bidirectional override reordered what followed. Every character that is not
+    printable is shown as its escape, in both tables."""
+    answer = "\x1b]0;PWNED\x07\x1b[1A\x1b[2Kall good\x9b31m\u202eevil\r\n"
+    failed = {"channel": "webhook", "attempt": 1, "error": f"BadStatusLine: {answer}"}
+    entry = HistoryEntry(event("NoticeDeliveryFailed", {**failed, "final": False}), {}, None, None)
+    console = Console(width=400, record=True)
+    console.print(history_table("acct_1", [entry]))
+    console.print(standing_table({"account_id": "acct_1", "suspension": {"reason": answer}}))
+    text = console.export_text()
+
+    assert [c for c in text if not c.isprintable() and c != "\n"] == []
+    shown = r"\x1b]0;PWNED\x07\x1b[1A\x1b[2Kall good\x9b31m\u202eevil\r\n"
+    assert f"BadStatusLine: {shown} (will retry)" in text
+    assert r"\u001b[2Kall good\x9b31m\u202eevil\r\n" in text  # JSON's escapes, then ours
