@@ -540,6 +540,9 @@ def export(
     err_console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
 
 
+EXPORT_FILE_MODE = 0o600
+
+
 def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
     """Write ``lines`` to ``output``; returns how many. A regular file (or a new one) is written
     beside it first and renamed over it once complete, so an export that fails (a full disk, a
@@ -567,9 +570,9 @@ def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
 
     target = Path(os.path.realpath(output))  # a symbolic link's file, not the link
     if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+        # A new file is the exporter's alone, as the database file is: it holds what that holds
+        # (descriptions, a third party's contact). One that exists keeps the mode it has.
+        mode = EXPORT_FILE_MODE
     count = 0
     started = False  # a failure before the first line is the path's (a missing directory)
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -899,6 +900,29 @@ def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(
     assert cut_new.exit_code == 2
     assert not fresh.exists()
     assert [p.name for p in exports.iterdir()] == ["events.jsonl"]
+
+
+def test_a_new_export_file_is_its_owners_alone(
+    populated: Populated, invoke: Any, tmp_path: Path
+) -> None:
+    """An export holds what the database file (``0600``) holds: descriptions, a third party's
+    ``reporter_contact``, operators' names. Under the usual umask (022) ``-o FILE`` made it
+    readable by every user of the machine; a new file is now ``0600``, and a file that exists
+    keeps its mode (the operator chose it)."""
+    new, existing = tmp_path / "new.jsonl", tmp_path / "existing.jsonl"
+    existing.write_text("")
+    existing.chmod(0o640)
+    previous = os.umask(0o022)
+    try:
+        for out in (new, existing):
+            result = invoke(populated.url, "export", "--format", "jsonl", "-o", str(out))
+            assert result.exit_code == 0, result.output
+    finally:
+        os.umask(previous)
+
+    assert "spam from them" in new.read_text(encoding="utf-8")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o600
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640
 
 
 # ------------------------------------------------------------------ usage errors
