@@ -39,6 +39,7 @@ def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
 def populate(system: Container, clock: FakeClock) -> None:
     """A few days of varied use cases on a dozen accounts (some with dozens of events)."""
     service = system.service
+    expired = 0
     for day in range(5):
         for n, account in enumerate(ACCOUNTS):
             if (n + day) % 3 == 0:
@@ -58,10 +59,14 @@ def populate(system: Container, clock: FakeClock) -> None:
             if n == 3 and day == 1:
                 service.operator(account, ops.ConfigureLimits(60, 1000, "key_1"), OPERATOR)
                 service.operator(account, ops.SetAdultContentApproval(True, "ok"), OPERATOR)
-        clock.advance(timedelta(days=1, hours=3))
+        # Two days and more apart: the 7-day remediations of the first days fall due.
+        clock.advance(timedelta(days=2, hours=3))
         for account in ACCOUNTS:
             for remediation in service.standing(account).overdue_remediations:
-                service.expire_remediation(account, remediation.remediation_id, OPERATOR)
+                expired += len(
+                    service.expire_remediation(account, remediation.remediation_id, OPERATOR).events
+                )
+    assert expired > 0  # the rebuilds also meet missed remediations and their suspensions
 
 
 def test_a_rebuild_after_losing_and_corrupting_rows_writes_the_inline_rows_again(
