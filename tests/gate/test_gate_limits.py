@@ -164,6 +164,35 @@ def test_the_tighter_of_key_and_account_is_reported(gate: Gate) -> None:
     assert drain(gate, "acct", "key") == 2
 
 
+def test_the_scope_with_less_left_is_reported_whatever_its_limit(gate: Gate) -> None:
+    # The account's ceiling is the higher limit, but other keys have used most of it: the
+    # account has less left than the key, and that is what the caller must be told.
+    gate.set_limits("acct", None, rpm=12, tpd=1000, version=1)
+    gate.set_limits("acct", "a", rpm=6, tpd=500, version=2)
+    for _ in range(8):
+        gate.check("acct", "b")
+    gate.check("acct", "b", tokens=800)
+
+    decision = gate.check("acct", "a", tokens=100)
+
+    assert decision.allowed
+    assert (decision.limit_requests, decision.remaining_requests) == (12, 2)  # key "a": 5
+    assert (decision.limit_tokens, decision.remaining_tokens) == (1000, 100)  # key "a": 400
+
+
+def test_with_as_much_left_in_both_the_lower_limit_is_reported(gate: Gate) -> None:
+    gate.set_limits("acct", None, rpm=12, tpd=1000, version=1)
+    gate.set_limits("acct", "a", rpm=6, tpd=500, version=2)
+    for _ in range(5):
+        gate.check("acct", "b")
+    gate.check("acct", "b", tokens=500)
+
+    decision = gate.check("acct", "a", tokens=100)
+
+    assert (decision.limit_requests, decision.remaining_requests) == (6, 5)  # the account: 12, 5
+    assert (decision.limit_tokens, decision.remaining_tokens) == (500, 400)  # the account: 1000
+
+
 def test_throttle_factors_most_restrictive_wins(backend: Backend, gate: Gate) -> None:
     gate.set_limits("acct", "key", rpm=100, tpd=1000, version=1)
     gate.set_limits("acct", None, rpm=1000, tpd=10**6, version=1)
