@@ -97,6 +97,22 @@ def test_the_token_window_ends_by_itself(backend: Backend) -> None:
     assert gate.check("acct", "key", tokens=10).allowed
 
 
+def test_tokens_used_stay_counted_after_their_requests_have_refilled() -> None:
+    # Embedded only (the fake clock): every minute its sweep drops the usage that has fully
+    # refilled; the tokens of the day's window are not refilled when the requests are.
+    backend = embedded_backend()
+    gate = backend.make()
+    gate.set_limits("acct", None, rpm=60, tpd=150, version=1)
+    gate.set_limits("acct", "a", rpm=60, tpd=100, version=2)
+    assert gate.check("acct", "a", tokens=100).allowed
+
+    backend.advance(120)  # both request buckets refilled long ago; a sweep is due
+
+    assert gate.check("acct", "a", tokens=1).reason == "token_quota_exceeded"
+    other_key = gate.check("acct", "b", tokens=60)
+    assert (other_key.reason, other_key.remaining_tokens) == ("token_quota_exceeded", 50)
+
+
 def test_decision_json_and_headers(gate: Gate) -> None:
     gate.set_limits("acct", "key", rpm=1, tpd=1000, version=1)
 
