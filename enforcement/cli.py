@@ -389,6 +389,29 @@ def tokens_revoke(
     )
 
 
+@app.command("webhook-key")
+def webhook_key(account: Annotated[str, typer.Argument(help="Account id.")]) -> None:
+    """Print an account's webhook key, alone on the last line: the key its owner checks
+    X-Enforcement-Account-Signature with (derived from ENFORCEMENT_WEBHOOK_SECRET)."""
+    from enforcement.notices.webhook import ACCOUNT_SIGNATURE_HEADER, account_key
+
+    account_option(account, "ACCOUNT")
+    secret = _settings().webhook_secret
+    if secret is None:
+        fail(
+            "ENFORCEMENT_WEBHOOK_SECRET is unset, so webhooks are not signed and no account has "
+            "a key; run this with the service's secret set."
+        )
+    console.print(
+        f"Webhook key of account {account}, to check {ACCOUNT_SIGNATURE_HEADER} with. Give it "
+        "to the account's owner only; it changes when ENFORCEMENT_WEBHOOK_SECRET does.",
+        markup=False,
+        highlight=False,
+    )
+    sys.stdout.flush()
+    print(account_key(secret, account))
+
+
 @app.command()
 def standing(
     account: Annotated[str, typer.Argument(help="Account id.")],

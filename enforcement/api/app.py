@@ -16,7 +16,7 @@ from enforcement.api.docs_ui import install_docs
 from enforcement.api.documents import document_answers, document_auth
 from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
-from enforcement.api.routes import accounts, gate, reading, reporting
+from enforcement.api.routes import accounts, gate, reading, reporting, webhooks
 from enforcement.api.shortcuts import ReportShortcut
 from enforcement.bootstrap import Container
 from events.dialects import fetch_all
@@ -65,7 +65,7 @@ def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     # Load balancers often probe with HEAD: the same check, answered without the body.
     app.head("/healthz", include_in_schema=False)(healthz)
 
-    routers = (reporting.router, accounts.router, reading.router, gate.router)
+    routers = (reporting.router, accounts.router, reading.router, gate.router, webhooks.router)
     for router in routers:
         app.include_router(router)
     _document_answers(app, [route for router in routers for route in router.routes])

@@ -144,6 +144,14 @@ class AbuseReportOut(BaseModel):
     report_id: str
 
 
+class WebhookKeyOut(BaseModel):
+    """The account's webhook key: the HMAC-SHA256 key, as its 64 hex characters, of the
+    ``X-Enforcement-Account-Signature`` header of the account's notices."""
+
+    account_id: str
+    webhook_key: str
+
+
 # (path, method, status) → the model of that answer's body.
 ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/violations:batch", "post", "200"): BatchOut,
@@ -157,6 +165,7 @@ ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/accounts/{account_id}/events", "get", "200"): AccountEventsOut,
     ("/v1/events", "get", "200"): FeedOut,
     ("/v1/accounts/{account_id}/verify", "get", "200"): VerifyOut,
+    ("/v1/accounts/{account_id}/webhook-key", "get", "200"): WebhookKeyOut,
 }
 ACCOUNT_COMMANDS = "/v1/accounts/{account_id}/"
 

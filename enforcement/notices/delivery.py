@@ -115,7 +115,7 @@ class NoticeDelivery:
                     build_message(notice, rendered, target, self.email.sender), notice_event_id
                 )
             else:
-                self.webhook.send(target, notice_event_id, rendered.body)
+                self.webhook.send(target, notice_event_id, notice.account_id, rendered.body)
         except Exception as exc:
             # A refused target never becomes valid: a webhook the checks refuse, or an address
             # that is not ASCII on a mail server without SMTPUTF8; nor does a retry change the

@@ -24,8 +24,35 @@ class WebhookRefused(Exception):
 
 
 def signature(secret: str, body: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256 of the raw body>``."""
+    """``sha256=<hex HMAC-SHA256 of the raw body>``, keyed with ``secret``'s UTF-8 bytes."""
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+# ``X-Enforcement-Signature`` is keyed with the one platform-wide secret, so every receiver that
+# checks it holds that secret and could sign a notice to any other account's receiver. The
+# account's own header is keyed with a key derived for that account alone: its owner can check
+# it, and can sign nothing another account's receiver accepts.
+SIGNATURE_HEADER = "X-Enforcement-Signature"
+ACCOUNT_SIGNATURE_HEADER = "X-Enforcement-Account-Signature"
+ACCOUNT_KEY_CONTEXT = "enforcement-webhook-account-key:v1:"
+
+
+def account_key(secret: str, account_id: str) -> str:
+    """The account's webhook key: the hex HMAC-SHA256, keyed with ``secret``'s UTF-8 bytes, of
+    the UTF-8 bytes of ``"enforcement-webhook-account-key:v1:" + account_id``. It is used as
+    the global secret is, its 64 hex characters' bytes as the HMAC key
+    (``signature(account_key(secret, account_id), body)``). It changes with the secret."""
+    message = (ACCOUNT_KEY_CONTEXT + account_id).encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signature_headers(secret: str, account_id: str, body: bytes) -> dict[str, str]:
+    """Both signatures of a notice to ``account_id``: the contract's, with the platform-wide
+    secret, and the account's own, with ``account_key``."""
+    return {
+        SIGNATURE_HEADER: signature(secret, body),
+        ACCOUNT_SIGNATURE_HEADER: signature(account_key(secret, account_id), body),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,14 +291,18 @@ class WebhookSender:
         receiver's certificate and name against the system's CAs, or ``SSL_CERT_FILE``'s."""
         return ssl.create_default_context()
 
-    def send(self, url: str, notice_event_id: str, payload: dict[str, Any]) -> None:
-        """One signed POST; redirects are not followed (one could lead to a private address)."""
+    def send(
+        self, url: str, notice_event_id: str, account_id: str, payload: dict[str, Any]
+    ) -> None:
+        """One POST of ``payload``, a notice to ``account_id``, signed with the platform-wide
+        secret and with the account's key (``signature_headers``); redirects are not followed
+        (one could lead to a private address)."""
         if self.secret is None:
             raise WebhookRefused("ENFORCEMENT_WEBHOOK_SECRET is unset: webhooks are not sent")
         # From the name's lookup on.
         deadline = Deadline(f"the webhook at {_shown(url)}", self.deadline, self.timeout)
         try:
-            response = self._post(self.secret, url, notice_event_id, payload, deadline)
+            response = self._post(self.secret, url, notice_event_id, account_id, payload, deadline)
         except TimeoutError as exc:  # a retryable failure, as any other but a refusal
             if deadline.passed():
                 raise deadline.error() from exc
@@ -284,6 +315,7 @@ class WebhookSender:
         secret: str,
         url: str,
         notice_event_id: str,
+        account_id: str,
         payload: dict[str, Any],
         deadline: Deadline,
     ) -> http.client.HTTPResponse:
@@ -295,7 +327,7 @@ class WebhookSender:
             "Content-Type": "application/json",
             "User-Agent": "taas-enforcement/1",
             "X-Enforcement-Event-Id": notice_event_id,
-            "X-Enforcement-Signature": signature(secret, body),
+            **signature_headers(secret, account_id, body),
         }
         conn = (
             _PinnedHTTPSConnection(target, deadline, self._tls)

@@ -60,7 +60,8 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     else:
         url = create_pg_database()
     upgrade(url)
-    container = bootstrap(Settings(database_url=url))
+    # With a webhook secret, so that GET …/webhook-key answers its key, not its 409
+    container = bootstrap(Settings(database_url=url, webhook_secret="schemathesis"))
     token = create_token(container.engine, Role.ADMIN, "schemathesis")
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(container))
     yield Api(request.param, schema, token)

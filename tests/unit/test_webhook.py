@@ -9,7 +9,14 @@ import hmac
 
 import pytest
 
-from enforcement.notices.webhook import WebhookRefused, check_target, signature
+from enforcement.notices.webhook import (
+    WebhookRefused,
+    account_key,
+    check_target,
+    signature,
+    signature_headers,
+)
+from tests.webhook_receiver import receiver
 
 # ------------------------------------------------------------------ the signature
 
@@ -24,6 +31,56 @@ def test_the_signature_is_hex_hmac_sha256_of_the_raw_body() -> None:
     assert signature("s3cret", body) == f"sha256={expected}"
     assert signature("s3cret", body + b" ") != signature("s3cret", body)
     assert signature("other", body) != signature("s3cret", body)
+
+
+# The account's key for ("s3cret", "acct_42"), computed apart from this code:
+#   printf %s 'enforcement-webhook-account-key:v1:acct_42' | openssl dgst -sha256 -hmac s3cret
+KEY_OF_ACCT_42 = "5c9e8a97efa4d08094b3c9e03f46f768e62f9a2cf510c45ca1b68a23f906df19"
+
+
+def test_the_account_key_is_hex_hmac_sha256_of_the_context_and_the_account_id() -> None:
+    assert account_key("s3cret", "acct_42") == KEY_OF_ACCT_42
+    message = b"enforcement-webhook-account-key:v1:acct_42"
+    assert hmac.new(b"s3cret", message, hashlib.sha256).hexdigest() == KEY_OF_ACCT_42
+    # The example receiver's copy of the recipe (docs/webhook_receiver.py) gives the same key.
+    assert receiver.account_key("s3cret", "acct_42") == KEY_OF_ACCT_42
+
+
+def test_each_account_and_each_secret_has_a_key_of_its_own() -> None:
+    accounts = ["acct_42", "acct_43", "acct_4", "acct_42 ", "ACCT_42", "tenant:acct_42", "a"]
+    keys = {account_key("s3cret", account) for account in accounts}
+    assert len(keys) == len(accounts)
+    assert account_key("other", "acct_42") != KEY_OF_ACCT_42
+    assert all(len(key) == 64 and set(key) <= set("0123456789abcdef") for key in keys)
+
+
+def test_a_notice_carries_the_global_signature_unchanged_and_the_accounts_own() -> None:
+    body = b"what do ya want for nothing?"
+    headers = signature_headers("Jefe", "acct_42", body)
+    assert list(headers) == ["X-Enforcement-Signature", "X-Enforcement-Account-Signature"]
+    # The contract's header, byte for byte as before: RFC 4231's test case 2
+    assert headers["X-Enforcement-Signature"] == (
+        "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    )
+    # The account's: keyed with the key's 64 hex characters (openssl dgst -sha256 -hmac KEY)
+    own = signature_headers("s3cret", "acct_42", body)["X-Enforcement-Account-Signature"]
+    assert own == "sha256=b9880aa453319d4dad98c85b5bb587651b91eb07b879193bd5a5566e3102c6a0"
+    assert own == signature(KEY_OF_ACCT_42, body)
+
+
+def test_the_example_receiver_accepts_its_accounts_signature_only() -> None:
+    body = b'{"account_id": "acct_42", "kind": "warning"}'
+    own = signature_headers("s3cret", "acct_42", body)
+    assert receiver.verified(body, own["X-Enforcement-Account-Signature"], KEY_OF_ACCT_42)
+    other = signature_headers("s3cret", "acct_43", body)["X-Enforcement-Account-Signature"]
+    assert not receiver.verified(body, other, KEY_OF_ACCT_42)
+    # nor the global signature, nor a changed body, nor no header, nor one that is not ASCII
+    assert not receiver.verified(body, own["X-Enforcement-Signature"], KEY_OF_ACCT_42)
+    assert not receiver.verified(
+        body + b" ", own["X-Enforcement-Account-Signature"], KEY_OF_ACCT_42
+    )
+    assert not receiver.verified(body, None, KEY_OF_ACCT_42)
+    assert not receiver.verified(body, "sha256=\u00e9\udcff", KEY_OF_ACCT_42)
 
 
 # ------------------------------------------------------------------ the SSRF guard

@@ -26,13 +26,14 @@ from enforcement.bootstrap import bootstrap
 from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
 from enforcement.notices.email import EmailSender, build_message, file_bytes
 from enforcement.notices.templates import render
-from enforcement.notices.webhook import WebhookSender
+from enforcement.notices.webhook import WebhookSender, account_key
 from enforcement.workers.actors import QUEUE, register_actors
 from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, retry_lost_after
 from events import RecordedEvent
 from tests.unit.test_templates import warning
+from tests.webhook_receiver import receiver as example_receiver
 from tests.workers.system import (
     OPERATOR,
     SECRET,
@@ -132,6 +133,41 @@ def test_a_notice_goes_out_by_smtp_and_by_a_signed_webhook(
     assert f"Deadline: {remediation.data['due_at']}" in text
     assert "How to appeal" in text
     assert sor["redress"] in text
+
+
+def test_each_accounts_webhook_is_signed_with_its_own_key(
+    system: System, receiver: Receiver
+) -> None:
+    # Given two accounts whose webhooks go to receivers (one endpoint here, told apart by path)
+    system.contact("acct_own_a", webhook_url=receiver.url + "/a")
+    system.contact("acct_own_b", webhook_url=receiver.url + "/b")
+
+    # When each gets a notice
+    notices = {
+        account: notice_in(system.report(account, "spam").events)
+        for account in ("acct_own_a", "acct_own_b")
+    }
+    wait_until(
+        lambda: delivered_once_each(system.store, notices.values(), ["webhook"]),
+        "both webhooks delivered",
+    )
+    [to_a] = receiver.for_event(notices["acct_own_a"])
+    [to_b] = receiver.for_event(notices["acct_own_b"])
+    assert (to_a.path, to_b.path) == ("/hooks/enforcement/a", "/hooks/enforcement/b")
+
+    # Then acct_own_a's receiver, with acct_own_a's key alone, takes its own notice
+    key_a = account_key(SECRET, "acct_own_a")
+    header = "x-enforcement-account-signature"
+    assert example_receiver.verified(to_a.body, to_a.headers[header], key_a)
+    # and not acct_own_b's, which is signed with acct_own_b's key
+    assert not example_receiver.verified(to_b.body, to_b.headers[header], key_a)
+    assert example_receiver.verified(
+        to_b.body, to_b.headers[header], account_key(SECRET, "acct_own_b")
+    )
+    # while the contract's signature on both is the one secret's (what any holder can forge)
+    for request in (to_a, to_b):
+        digest = hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+        assert request.headers["x-enforcement-signature"] == f"sha256={digest}"
 
 
 def test_failed_attempts_are_retried_with_exponential_backoff(

@@ -4,6 +4,9 @@ whose lookup never ends. (The signature and the SSRF guard: ``tests/unit/test_we
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.client
 import json
 import socket
 import threading
@@ -15,8 +18,10 @@ from typing import Any
 import pytest
 
 from enforcement.notices import webhook
-from enforcement.notices.webhook import WebhookRefused, WebhookSender, signature
+from enforcement.notices.webhook import WebhookRefused, WebhookSender, account_key, signature
 from tests.drip import DripServer
+from tests.unit.test_webhook import KEY_OF_ACCT_42
+from tests.webhook_receiver import receiver
 
 # ------------------------------------------------------------------ the sender
 
@@ -64,25 +69,92 @@ def sink() -> Iterator[Sink]:
 
 def test_the_sender_posts_the_json_body_signed_with_the_event_id(sink: Sink) -> None:
     payload = {"notice_id": "ntc_1", "text": "AUP §2 — spam", "deadline": None}
-    WebhookSender("s3cret", allow_private=True).send(sink.url(), "evt-1", payload)
+    WebhookSender("s3cret", allow_private=True).send(sink.url(), "evt-1", "acct_42", payload)
 
     [(path, headers, body)] = sink.requests
     assert path == "/hook"
     assert json.loads(body) == payload
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Enforcement-Event-Id"] == "evt-1"
-    assert headers["X-Enforcement-Signature"] == signature("s3cret", body)
+    # The contract's signature, with the platform-wide secret, as it always was
+    global_hmac = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Enforcement-Signature"] == f"sha256={global_hmac}"
+    # and the account's own, with its key (tests/unit/test_webhook.py: KEY_OF_ACCT_42)
+    assert headers["X-Enforcement-Account-Signature"] == signature(KEY_OF_ACCT_42, body)
+
+
+class AccountReceiver:
+    """The example receiver account owners are pointed to (``docs/webhook_receiver.py``), on
+    loopback, checking ``X-Enforcement-Account-Signature`` with one account's key."""
+
+    def __init__(self, key: str) -> None:
+        self.notices: list[tuple[str, dict[str, Any]]] = []
+        notices = self.notices
+
+        class Handler(receiver.NoticeReceiver):
+            def accept(self, notice: dict[str, Any], event_id: str) -> None:
+                notices.append((event_id, notice))
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        Handler.key = key
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_accounts_receiver_takes_its_own_notices_and_refuses_another_accounts() -> None:
+    # Given acct_a's receiver, checking with acct_a's key only
+    secret = "platform-secret"
+    receiver_a = AccountReceiver(account_key(secret, "acct_a"))
+    sender = WebhookSender(secret, allow_private=True)
+    try:
+        # When the service sends acct_a's notice, the receiver takes it
+        notice_a = {"account_id": "acct_a", "kind": "warning", "subject": "to a"}
+        sender.send(receiver_a.url, "evt-a", "acct_a", notice_a)
+        assert receiver_a.notices == [("evt-a", notice_a)]
+
+        # A notice signed with acct_b's key (the service's, misdirected) is refused
+        notice_b = {"account_id": "acct_b", "kind": "warning", "subject": "to b"}
+        with pytest.raises(ConnectionError, match="HTTP 401"):
+            sender.send(receiver_a.url, "evt-b", "acct_b", notice_b)
+
+        # and so is one that acct_b's owner forges with its key, the global header copied
+        # from a genuine notice of its own: acct_b no longer needs the platform's secret
+        forged = json.dumps({"account_id": "acct_a", "kind": "termination"}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Enforcement-Event-Id": "evt-forged",
+            "X-Enforcement-Account-Signature": signature(account_key(secret, "acct_b"), forged),
+        }
+        conn = http.client.HTTPConnection("127.0.0.1", receiver_a.server.server_port, timeout=5)
+        try:
+            conn.request("POST", "/hook", body=forged, headers=headers)
+            assert conn.getresponse().status == 401
+        finally:
+            conn.close()
+        assert receiver_a.notices == [("evt-a", notice_a)]
+    finally:
+        receiver_a.close()
 
 
 def test_without_a_secret_nothing_is_sent(sink: Sink) -> None:
     with pytest.raises(WebhookRefused, match="ENFORCEMENT_WEBHOOK_SECRET"):
-        WebhookSender(None, allow_private=True).send(sink.url(), "evt-1", {})
+        WebhookSender(None, allow_private=True).send(sink.url(), "evt-1", "acct_1", {})
     assert sink.requests == []
 
 
 def test_a_private_target_is_refused_before_any_request(sink: Sink) -> None:
     with pytest.raises(WebhookRefused):
-        WebhookSender("s3cret", allow_private=False).send(sink.url(), "evt-1", {})
+        WebhookSender("s3cret", allow_private=False).send(sink.url(), "evt-1", "acct_1", {})
     assert sink.requests == []
 
 
@@ -90,7 +162,7 @@ def test_an_error_status_is_a_retryable_failure() -> None:
     failing = Sink(status=503)
     try:
         with pytest.raises(ConnectionError, match="HTTP 503"):
-            WebhookSender("s3cret", allow_private=True).send(failing.url(), "evt-1", {})
+            WebhookSender("s3cret", allow_private=True).send(failing.url(), "evt-1", "acct_1", {})
     finally:
         failing.close()
 
@@ -100,7 +172,9 @@ def test_a_redirect_is_not_followed(sink: Sink) -> None:
     redirecting = Sink(status=307, location=sink.url("/elsewhere"))
     try:
         with pytest.raises(ConnectionError, match="HTTP 307"):
-            WebhookSender("s3cret", allow_private=True).send(redirecting.url(), "evt-1", {})
+            WebhookSender("s3cret", allow_private=True).send(
+                redirecting.url(), "evt-1", "acct_1", {}
+            )
     finally:
         redirecting.close()
     assert len(redirecting.requests) == 1
@@ -144,7 +218,7 @@ def test_a_slow_drip_receiver_is_cut_off_at_the_deadline(head: bytes, drip: byte
     started = time.monotonic()
     try:
         with pytest.raises(TimeoutError) as timed_out:
-            sender.send(url, "evt-1", {})
+            sender.send(url, "evt-1", "acct_1", {})
     finally:
         took = time.monotonic() - started
         receiver.close()
@@ -163,14 +237,14 @@ def test_an_answer_in_many_reads_within_the_deadline_is_delivered() -> None:
     receiver = Drip(b"", b"HTTP/1.1 204 No Content\r\n\r\n", every=0.01)
     try:
         sender = WebhookSender("s3cret", allow_private=True, timeout=0.5, deadline=1.0)
-        sender.send(f"http://127.0.0.1:{receiver.port}/hook", "evt-1", {})
+        sender.send(f"http://127.0.0.1:{receiver.port}/hook", "evt-1", "acct_1", {})
     finally:
         receiver.close()
 
 
 def test_a_fast_receiver_is_delivered_with_a_short_deadline(sink: Sink) -> None:
     WebhookSender("s3cret", allow_private=True, timeout=0.5, deadline=1.0).send(
-        sink.url(), "evt-1", {"a": 1}
+        sink.url(), "evt-1", "acct_1", {"a": 1}
     )
     [(_path, _headers, body)] = sink.requests
     assert json.loads(body) == {"a": 1}
@@ -191,7 +265,7 @@ def test_the_request_goes_to_the_address_that_passed_the_check(
 
 def test_the_host_header_and_path_come_from_the_url(sink: Sink) -> None:
     url = sink.url("/hooks/enforcement?tenant=7")
-    WebhookSender("s3cret", allow_private=True).send(url, "evt-1", {"a": 1})
+    WebhookSender("s3cret", allow_private=True).send(url, "evt-1", "acct_1", {"a": 1})
     [(path, headers, _body)] = sink.requests
     assert path == "/hooks/enforcement?tenant=7"
     assert headers["Host"] == url.split("/")[2]
@@ -200,7 +274,7 @@ def test_the_host_header_and_path_come_from_the_url(sink: Sink) -> None:
 def test_the_host_header_never_carries_the_urls_credentials(sink: Sink) -> None:
     port = sink.server.server_port
     url = f"http://user:s3cret@127.0.0.1:{port}/hook;v=2?a=1"
-    WebhookSender("s3cret", allow_private=True).send(url, "evt-1", {})
+    WebhookSender("s3cret", allow_private=True).send(url, "evt-1", "acct_1", {})
     [(path, headers, _body)] = sink.requests
     assert headers["Host"] == f"127.0.0.1:{port}"
     assert path == "/hook;v=2?a=1"
@@ -246,7 +320,7 @@ def test_a_lookup_that_never_answers_ends_at_the_deadline_and_holds_no_other_bac
 
         def stuck_send(n: int) -> None:
             try:
-                hanging.send(f"http://a{n}.hang/h", "evt", {})
+                hanging.send(f"http://a{n}.hang/h", "evt", "acct_1", {})
             except BaseException as exc:
                 outcomes.append(exc)
 
@@ -255,7 +329,7 @@ def test_a_lookup_that_never_answers_ends_at_the_deadline_and_holds_no_other_bac
             thread.start()
         started = time.monotonic()
         with pytest.raises(TimeoutError) as caught:
-            hanging.send("http://hooks.hang/h", "evt-1", {})
+            hanging.send("http://hooks.hang/h", "evt-1", "acct_1", {})
         assert time.monotonic() - started < 2.0  # 0.4 s, not the 10 s the lookup hangs
         assert str(caught.value) == "the webhook at 'http://hooks.hang' did not answer within 0.4 s"
         # Meanwhile: a lookup longer than a step (0.3 s) but within the deadline is waited for,
@@ -263,7 +337,7 @@ def test_a_lookup_that_never_answers_ends_at_the_deadline_and_holds_no_other_bac
         patient = WebhookSender("s3cret", False, timeout=0.3, deadline=5.0)
         for url in ("http://slow.example/h", "http://93.184.216.34/h"):
             with pytest.raises(ConnectionRefusedError):
-                patient.send(url, "evt-2", {})
+                patient.send(url, "evt-2", "acct_1", {})
         assert tried == [("93.184.216.34", 80), ("93.184.216.34", 80)]
         for thread in stuck:
             thread.join()
@@ -294,12 +368,12 @@ def test_lookups_of_one_name_are_shared_and_lookups_in_flight_are_bounded(
     try:
         for url in ["http://same.hang/h"] * 4 + ["http://b.hang/h", "http://c.hang/h"]:
             with pytest.raises(TimeoutError, match=r"did not answer within 0\.2 s"):
-                sender.send(url, "evt", {})
+                sender.send(url, "evt", "acct_1", {})
         # With a deadline of 6 s, "at once" stands out from a wait even on a busy machine.
         patient = WebhookSender("s3cret", False, timeout=5.0, deadline=6.0)
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="3 name lookups are waiting on their servers"):
-            patient.send("http://d.hang/h", "evt", {})
+            patient.send("http://d.hang/h", "evt", "acct_1", {})
         assert time.monotonic() - started < 3.0  # at once, not after the deadline
         assert sorted(calls) == ["b.hang", "c.hang", "same.hang"]
     finally:
@@ -314,13 +388,13 @@ def test_lookups_of_one_name_are_shared_and_lookups_in_flight_are_bounded(
 def test_an_address_with_a_zone_is_refused_for_good() -> None:
     for url in ("http://[fe80::1%25eth0]/h", "http://[fe80::1%eth0]:8080/h"):
         with pytest.raises(WebhookRefused, match="names a zone"):
-            WebhookSender("s3cret", True).send(url, "evt-1", {})
+            WebhookSender("s3cret", True).send(url, "evt-1", "acct_1", {})
 
 
 def test_a_host_name_that_can_never_resolve_is_refused_for_good() -> None:
     for url in ("http://a..b/h", f"http://{'x' * 64}.example/h"):
         with pytest.raises(WebhookRefused, match="invalid host name"):
-            WebhookSender("s3cret", False).send(url, "evt-1", {})
+            WebhookSender("s3cret", False).send(url, "evt-1", "acct_1", {})
 
 
 def test_a_private_target_allowed_is_pinned_to_the_address_looked_up(
@@ -350,5 +424,5 @@ def _connections_tried(
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket, "create_connection", create_connection)
     with pytest.raises(ConnectionRefusedError):
-        WebhookSender("s3cret", allow_private).send("http://hooks.example/h", "evt-1", {})
+        WebhookSender("s3cret", allow_private).send("http://hooks.example/h", "evt-1", "acct_1", {})
     return tried
