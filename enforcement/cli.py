@@ -626,7 +626,7 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return tuple(kinds)
 
 
-from enforcement import cli_reports  # noqa: E402,F401 - registers report and whatif
+from enforcement import cli_backup, cli_reports  # noqa: E402,F401 - register their commands
 
 
 def main() -> None:

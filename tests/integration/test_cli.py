@@ -943,6 +943,8 @@ USAGE_ERRORS = [
     ("history", "a" * 129),
     ("verify", "acct a"),
     ("replay", "--account", "acct/a"),
+    ("backup",),
+    ("backup", "copy.db", "--force"),
     ("export", "--format", "jsonl", "--account", ""),
     (
         "export",

@@ -35,7 +35,7 @@ BIG = "acct_big"  # an account whose history is several pipes long (a pipe holds
 ACCOUNTS = 1000  # so that `verify --json` (~150 kB) and the exports (MB) are too
 PERIOD = ("--since", "2000-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z")
 SIGPIPE_STATUS = 128 + signal.SIGPIPE  # a shell's status for a command SIGPIPE ended
-PROGRESS = ("verifying", "replaying")  # the progress bars' lines on stderr
+PROGRESS = ("verifying", "replaying", "copying")  # the progress bars' lines on stderr
 
 
 def environment(url: str) -> dict[str, str]:
@@ -156,6 +156,7 @@ def test_every_command_whose_reader_is_gone_ends_by_sigpipe_with_nothing_on_stde
         ("whatif", "--policy", str(policy), "--limit", "1"),
         ("replay", "--account", "acct_1"),
         ("init",),
+        ("backup", str(tmp_path / "piped.db")),  # its copy made, only its summary unread
         ("--help",),  # printed by Typer's own console
         ("export", "--help"),
     ]
