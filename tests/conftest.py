@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from enforcement.api.warning_filters import quiet_fastapi_alias_warning  # noqa: E402
 from enforcement.migrations import upgrade  # noqa: E402
 from events import EventStore, create_engine  # noqa: E402
 from tests.pgbouncer import PgBouncer  # noqa: E402
@@ -32,6 +33,14 @@ from tests.redis_server import RedisServer  # noqa: E402
 # bounded by its max_examples instead; timings belong to benchmarks/.
 hypothesis_settings.register_profile("enforcement", deadline=None)
 hypothesis_settings.load_profile("enforcement")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # ``create_app`` installs it too, but pytest puts back the filters it started with after
+    # collection and after each test: installed here, it is in every list a thread may save
+    # and put back, whichever test left it behind (enforcement/api/warning_filters.py).
+    quiet_fastapi_alias_warning()
+
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 

@@ -18,12 +18,14 @@ from enforcement.api.errors import ErrorBody, install_error_handlers
 from enforcement.api.middleware import RequestContextMiddleware
 from enforcement.api.routes import accounts, gate, reading, reporting, webhooks
 from enforcement.api.shortcuts import ReportShortcut
+from enforcement.api.warning_filters import quiet_fastapi_alias_warning
 from enforcement.bootstrap import Container
 from events.dialects import fetch_all
 
 
 def create_app(container: Container, run_workers: bool = False) -> FastAPI:
     """The API over ``container``; ``run_workers`` starts the embedded workers with it."""
+    quiet_fastapi_alias_warning()  # before anything serves (warning_filters.py)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
