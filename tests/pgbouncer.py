@@ -1,13 +1,13 @@
 """A throwaway PgBouncer in front of the PostgreSQL test server, for tests.
 
-Starts the real ``pgbouncer`` on a free loopback port with a configuration in a temporary
-directory: transaction pooling, a small pool (``pool_size`` server connections per database and
-user, 1 by default, so that its clients share server sessions), every database of the server
-(``*``), and the user and password of the URL it is given (``auth_type = plain``). Its log is
-its stderr, kept in a file of that directory; run as root, it runs as ``nobody`` (PgBouncer
-refuses root), and writes no file itself. It waits until the port accepts and stops the
-process after. A missing binary raises ``RuntimeError``: a test that needs PgBouncer fails, it
-is never skipped.
+Starts the real ``pgbouncer`` on a free loopback port (another one if that was taken meanwhile:
+``tests/processes.py``) with a configuration in a temporary directory: transaction pooling, a
+small pool (``pool_size`` server connections per database and user, 1 by default, so that its
+clients share server sessions), every database of the server (``*``), and the user and password
+of the URL it is given (``auth_type = plain``). Its log is its stderr, kept in a file of that
+directory; run as root, it runs as ``nobody`` (PgBouncer refuses root), and writes no file
+itself. It waits until it says it listens on the port, and stops the process after. A missing
+binary raises ``RuntimeError``: a test that needs PgBouncer fails, it is never skipped.
 
     with PgBouncer(admin_url) as pooler:
         engine = create_engine(pooler.url(database_url))
@@ -26,7 +26,7 @@ from types import TracebackType
 
 import sqlalchemy as sa
 
-from tests.processes import free_port, stop_process
+from tests.processes import PortTaken, free_port, on_free_ports, stop_process
 
 BINARY_ENV = "ENFORCEMENT_TEST_PGBOUNCER"
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/local/sbin"])
@@ -62,6 +62,16 @@ class PgBouncer:
 
     def start(self, timeout_s: float = 10.0) -> PgBouncer:
         self._dir = Path(tempfile.mkdtemp(prefix="pgbouncer-test-"))
+        try:
+            on_free_ports(lambda port: self._launch(port, timeout_s), self.port)
+        except PortTaken:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self, port: int, timeout_s: float) -> None:
+        assert self._dir is not None
+        self.port = port
         user, password = self.server.username or "", self.server.password or ""
         auth_file = self._dir / "users.txt"
         auth_file.write_text(f'"{user}" "{password}"\n')
@@ -85,20 +95,22 @@ class PgBouncer:
             args[1:1] = ["-u", "nobody"]
             for path in (self._dir, auth_file, config):
                 path.chmod(0o755 if path.is_dir() else 0o644)
-        with (self._dir / "pgbouncer.log").open("wb") as log:
+        with (self._dir / "pgbouncer.log").open("wb") as log:  # this start's lines alone
             self._process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
             )
         self._wait_ready(timeout_s)
-        return self
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process(process)
+        self._end()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def _end(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            stop_process(process)
 
     def __enter__(self) -> PgBouncer:
         return self.start()
@@ -112,19 +124,24 @@ class PgBouncer:
         self.stop()
 
     def _wait_ready(self, timeout_s: float) -> None:
-        assert self._process is not None
+        """Until it says it listens on its port, and accepts there."""
+        assert self._process is not None and self._dir is not None
+        log = self._dir / "pgbouncer.log"
         deadline = time.monotonic() + timeout_s
         while True:
             if self._process.poll() is not None:
-                assert self._dir is not None
-                log = (self._dir / "pgbouncer.log").read_text(errors="replace")
+                text = log.read_text(errors="replace")
+                self._end()
+                if "Address already in use" in text:
+                    raise PortTaken(f"pgbouncer: {text[-500:]}")
                 self.stop()
-                raise RuntimeError(f"pgbouncer exited on start: {log[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                pass
+                raise RuntimeError(f"pgbouncer exited on start: {text[-2000:]}")
+            if f"listening on 127.0.0.1:{self.port}" in log.read_text(errors="replace"):
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    pass
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"pgbouncer did not accept connections within {timeout_s}s")

@@ -1,7 +1,8 @@
 """A throwaway ``redis-server`` for tests and benchmarks.
 
-Starts the real binary on a free loopback port with persistence off (``--save ""``,
-``--appendonly no``) in a temporary directory, waits until it answers PING, and can stop and
+Starts the real binary on a free loopback port (another one if that was taken meanwhile:
+``tests/processes.py``) with persistence off (``--save ""``, ``--appendonly no``) in a temporary
+directory, waits until it answers (itself, not another process on that port), and can stop and
 restart it on the same port (to test reconnects and script-cache loss). A missing binary raises
 ``RuntimeError``: a test that needs Redis fails, it is never skipped.
 
@@ -25,8 +26,10 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from tests.processes import free_port, stop_process
+from tests.processes import PortTaken, free_port, on_free_ports, stop_process
 
 BINARY_ENV = "ENFORCEMENT_TEST_REDIS_SERVER"
 
@@ -46,8 +49,10 @@ class RedisServer:
 
     def __init__(self, *, port: int | None = None, cluster: bool = False) -> None:
         self.port = port or free_port()
+        # A port given, or the one a first start listened on: its clients know it.
+        self._keep_port = port is not None
         self.cluster = cluster
-        self._bus_port = free_port() if cluster else 0
+        self._bus_port = 0
         self._binary = redis_server_binary()
         self._dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -66,6 +71,15 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         if self._process is not None:
             return self
+        on_free_ports(lambda port: self._launch(port, timeout_s), self.port, self._keep_port)
+        self._keep_port = True
+        if self.cluster:
+            self._own_all_slots(timeout_s * 3)
+        return self
+
+    def _launch(self, port: int, timeout_s: float) -> None:
+        self.port = port
+        (self._dir / "redis.log").unlink(missing_ok=True)  # this start's lines alone
         args = [
             self._binary,
             "--port", str(self.port),
@@ -78,15 +92,13 @@ class RedisServer:
         if self.cluster:
             nodes = self._dir / "nodes.conf"
             nodes.unlink(missing_ok=True)
+            self._bus_port = free_port()  # not port + 10000: may exceed 65535
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(nodes)]
-            args += ["--cluster-port", str(self._bus_port)]  # not port + 10000: may exceed 65535
+            args += ["--cluster-port", str(self._bus_port)]
         self._process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         self._wait_ready(timeout_s)
-        if self.cluster:
-            self._own_all_slots(timeout_s * 3)
-        return self
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -117,24 +129,35 @@ class RedisServer:
         self.close()
 
     def _wait_ready(self, timeout_s: float) -> None:
+        """Until this process answers on the port (not another one that listens there)."""
         assert self._process is not None
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        # One try per look: redis-py's retries took 15 s against a port that answers nothing.
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
             while True:
                 if self._process.poll() is not None:
                     err = self._process.stderr.read().decode() if self._process.stderr else ""
                     log = self._dir / "redis.log"
-                    detail = err or (log.read_text() if log.exists() else "")
+                    detail = err + (log.read_text() if log.exists() else "")
+                    self.stop()
+                    if "Address already in use" in detail:
+                        raise PortTaken(f"redis-server: {detail[-500:]}")
                     raise RuntimeError(f"redis-server exited on start: {detail[-2000:]}")
                 try:
-                    if client.ping():
+                    if client.info("server")["process_id"] == self._process.pid:
                         return
-                except redis.ConnectionError:
+                except redis.RedisError:
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"redis-server did not answer PING within {timeout_s}s")
+                    raise RuntimeError(f"redis-server did not answer within {timeout_s}s")
                 time.sleep(0.02)
         finally:
             client.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.processes import free_port, stop_process
+from tests.processes import served_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("enforcement"))
@@ -125,18 +125,19 @@ def start_server(
     env = cli_env(database_url, workdir)
     init = run_cli(env, workdir, "init")
     assert init.returncode == 0, init.stderr
-    port = free_port()
     log = workdir / "server.log"
     with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [CLI, "serve", "--port", str(port), *serve_args],
+        proc = subprocess.Popen(  # on a port the system gives it: no other process has it
+            [CLI, "serve", "--port", "0", *serve_args],
             env=env,
             cwd=workdir,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
     try:
-        server = Server(backend, f"http://127.0.0.1:{port}", create_tokens(env, workdir))
+        tokens = create_tokens(env, workdir)
+        port = served_port(log, proc, STARTUP_SECONDS)
+        server = Server(backend, f"http://127.0.0.1:{port}", tokens)
         _wait_healthy(server.base_url, proc, log)
         yield server
         server.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import errno
 import json
 import os
 import signal
@@ -49,7 +50,7 @@ from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, start_background
 from events import EventStore, RecordedEvent
-from tests.processes import free_port
+from tests.processes import PortTaken, free_port, on_free_ports
 
 CLI = str(Path(sys.executable).with_name("enforcement"))
 SECRET = "test-webhook-secret"
@@ -245,11 +246,12 @@ class Receiver:
 
 
 class SmtpSink:
-    """aiosmtpd on a free loopback port; ``messages`` holds (envelope rcpts, parsed message) and
-    ``over_tls`` whether each came over STARTTLS. With ``tls_context`` it offers STARTTLS; with
-    ``ssl_context`` it is TLS from the connection's start (smtps). It takes any login (AUTH
-    PLAIN or LOGIN) and notes each in ``logins`` as (user, password, over STARTTLS); it offers
-    AUTH only after STARTTLS unless ``auth_require_tls`` is false."""
+    """aiosmtpd on a free loopback port (another one if that was taken meanwhile); ``messages``
+    holds (envelope rcpts, parsed message) and ``over_tls`` whether each came over STARTTLS.
+    With ``tls_context`` it offers STARTTLS; with ``ssl_context`` it is TLS from the
+    connection's start (smtps). It takes any login (AUTH PLAIN or LOGIN) and notes each in
+    ``logins`` as (user, password, over STARTTLS); it offers AUTH only after STARTTLS unless
+    ``auth_require_tls`` is false."""
 
     def __init__(
         self,
@@ -280,18 +282,27 @@ class SmtpSink:
             sink.logins.append(login)
             return AuthResult(success=True)
 
-        self.port = free_port()
-        self.controller = Controller(
-            Handler(),
-            hostname="127.0.0.1",
-            port=self.port,
-            enable_SMTPUTF8=smtputf8,
-            tls_context=tls_context,
-            authenticator=authenticator,
-            auth_require_tls=auth_require_tls,
-            ssl_context=ssl_context,
-        )
-        self.controller.start()
+        def listen(port: int) -> Controller:
+            controller = Controller(
+                Handler(),
+                hostname="127.0.0.1",
+                port=port,
+                enable_SMTPUTF8=smtputf8,
+                tls_context=tls_context,
+                authenticator=authenticator,
+                auth_require_tls=auth_require_tls,
+                ssl_context=ssl_context,
+            )
+            try:
+                controller.start()
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortTaken(str(exc)) from exc
+                raise
+            return controller
+
+        self.controller = on_free_ports(listen, free_port())
+        self.port: int = self.controller.port
 
     @property
     def url(self) -> str:

@@ -16,7 +16,8 @@ import pytest
 
 from enforcement.migrations import upgrade
 from enforcement.settings import Settings
-from tests.workers.system import CLI, cli_env, free_port, wait_until
+from tests.processes import served_port
+from tests.workers.system import CLI, cli_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,12 +50,10 @@ def test_serve_alone_records_a_violation_and_delivers_its_notice_as_an_eml_file(
     env = cli_env(settings)
     assert "ENFORCEMENT_REDIS_URL" not in env and "ENFORCEMENT_SMTP_URL" not in env
     upgrade(settings.database_url)  # `enforcement init` is the e2e suite's business
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [CLI, "serve", "--port", str(port)],
+        proc = subprocess.Popen(  # on a port the system gives it (tests/processes.py)
+            [CLI, "serve", "--port", "0"],
             env=env,
             cwd=tmp_path,
             stdout=out,
@@ -63,6 +62,7 @@ def test_serve_alone_records_a_violation_and_delivers_its_notice_as_an_eml_file(
     try:
         token = run_cli(env, tmp_path, "tokens", "create", "--role", "admin", "--name", "e2e")
         token = token.strip().splitlines()[-1]
+        base_url = f"http://127.0.0.1:{served_port(log, proc)}"
         wait_until(lambda: healthy(base_url, proc, log), "serve to answer /healthz", timeout=30)
         client = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
