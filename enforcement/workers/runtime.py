@@ -106,25 +106,41 @@ class LeaderLock:
         # Whether the lock is a transaction lock (``conn`` goes through a pooler).
         self.transactional = False
         self._file: Any = None
-        self._using = threading.Lock()  # the watch and the relay both ask ``holds``
+        # Every use of ``conn``: the watch and the relay both ask ``holds``, and ``acquire`` and
+        # ``release`` replace and close it.
+        self._using = threading.Lock()
 
     def acquire(self) -> bool:
+        """Whether this process holds the lock now (taken, or held already). A process that does
+        not lead keeps its connection for its next look; found lost (a restart, a failover, an
+        idle timeout ended it), it looks again on a new one."""
         if self.engine.dialect.name != "postgresql":
             return self._acquire_file()
-        if self.conn is None:
+        with self._using:
+            if self.conn is not None:
+                try:
+                    return self._try_lock(self.conn)
+                except sa.exc.DBAPIError as exc:
+                    if not exc.connection_invalidated:
+                        raise
+                log.info("the leader lock's connection was lost; looking again on a new one")
+                self._close()
             self.conn = self.engine.connect()
             self.transactional = dialects.through_pooler(self.conn)
             if self.transactional:  # whatever the server's default: no snapshot kept
                 self.conn.execution_options(isolation_level="READ COMMITTED")
+            return self._try_lock(self.conn)
+
+    def _try_lock(self, conn: sa.Connection) -> bool:
         if self.transactional:
-            got = self.conn.exec_driver_sql(
+            got = conn.exec_driver_sql(
                 f"SELECT pg_try_advisory_xact_lock({LEADER_LOCK_KEY})"
             ).scalar()
             if not got:
-                self.conn.rollback()  # the pooler may lend its server connection again
+                conn.rollback()  # the pooler may lend its server connection again
             return bool(got)
-        got = self.conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({LEADER_LOCK_KEY})").scalar()
-        self.conn.commit()
+        got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({LEADER_LOCK_KEY})").scalar()
+        conn.commit()
         return bool(got)
 
     def holds(self) -> bool:
@@ -162,6 +178,14 @@ class LeaderLock:
         return True
 
     def release(self) -> None:
+        with self._using:
+            self._close()
+            if self._file is not None:
+                with suppress(Exception):
+                    self._file.close()  # closing it releases the file lock
+                self._file = None
+
+    def _close(self) -> None:
         if self.conn is not None:
             with suppress(Exception):
                 self.conn.rollback()  # ends a transaction lock at once
@@ -171,10 +195,6 @@ class LeaderLock:
                 self.conn.invalidate()
                 self.conn.close()
             self.conn = None
-        if self._file is not None:
-            with suppress(Exception):
-                self._file.close()  # closing it releases the file lock
-            self._file = None
 
 
 def still_leads(leader: LeaderLock, stepping_down: threading.Event) -> bool:

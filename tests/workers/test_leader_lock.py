@@ -5,6 +5,7 @@ session that other clients share)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -126,3 +127,34 @@ def test_the_workers_run_through_pgbouncer_in_transaction_pooling(
                 stop()
         finally:
             container.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("pooled", [False, True], ids=["server", "pgbouncer"])
+def test_a_waiting_process_whose_connection_was_lost_takes_the_lead_once_it_is_free(
+    pg_url: str, tmp_path: Path, pooled: bool
+) -> None:
+    """A process that does not lead keeps its lock connection for its next look; lost meanwhile
+    (a restart, a failover, an idle timeout), the next look takes a new one. It raised, and the
+    relay logged that it could not start, with a traceback, and waited to retry."""
+    upgrade(pg_url)
+    with contextlib.ExitStack() as stack:
+        url = pg_url
+        if pooled:
+            url = stack.enter_context(PgBouncer(pg_admin_url(), pool_size=2)).url(pg_url)
+        systems = [bootstrap(fast_settings(url, tmp_path)) for _ in range(2)]
+        leader, waiting = (LeaderLock(s) for s in systems)
+        try:
+            assert leader.acquire()
+            assert not waiting.acquire()
+            cut(waiting)
+            leader.release()
+
+            assert waiting.acquire()
+            assert waiting.holds()
+            assert not leader.acquire()
+        finally:
+            for lock in (leader, waiting):
+                lock.release()
+            for system in systems:
+                system.close()
