@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from enforcement.api.schemas import RESERVED_KEY_SHAPES, NotReserved
 from enforcement.service import request_fingerprint
@@ -19,17 +19,32 @@ RESERVED_NOTE = f"A key of the shape of the service's own ({RESERVED_KEY_SHAPES}
 
 
 def key_header(description: str) -> Any:
-    """The ``Idempotency-Key`` header, as ``POST /v1/violations`` takes it: at most 200
-    characters, no NUL (and, with ``NotReserved``, none of the service's own shapes)."""
+    """The ``Idempotency-Key`` header, as ``POST /v1/violations`` takes it: UTF-8 text (with
+    ``HeaderText``) of at most 200 characters, no NUL (and, with ``NotReserved``, none of the
+    service's own shapes)."""
     return Header(
         alias="Idempotency-Key",
         max_length=IDEMPOTENCY_KEY_MAX,
         pattern=r"^[^\x00]+$",
-        description=description,
+        description=description + " UTF-8 text: octets that are not UTF-8 are refused (422).",
     )
 
 
-IdempotencyKey = Annotated[str | None, key_header(RESERVED_NOTE), NotReserved]
+def header_text(value: Any) -> Any:
+    """A header's value as the UTF-8 text its octets spell. Starlette gives a header one
+    character per octet (Latin-1): without this, ``clé`` sent as UTF-8 would be the key
+    ``clÃ©``, not the batch item's ``clé``, and its length would count octets."""
+    if not isinstance(value, str) or value.isascii():  # ASCII reads the same either way
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ValueError("is not UTF-8 text") from None
+
+
+# Before the length and the pattern are checked: they are the text's, not its octets'.
+HeaderText = BeforeValidator(header_text)
+IdempotencyKey = Annotated[str | None, key_header(RESERVED_NOTE), HeaderText, NotReserved]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,7 @@ async def request_key(
             "the answer is the first one's (its events, or its report_id) with status 200; "
             "with another request (another body, command or account), 409. " + RESERVED_NOTE
         ),
+        HeaderText,
         NotReserved,
     ] = None,
 ) -> RequestKey:

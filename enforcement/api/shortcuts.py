@@ -101,7 +101,10 @@ class ReportShortcut:
             return None
         idempotency_key = None
         if key is not None:
-            idempotency_key = key.decode("latin-1")
+            try:
+                idempotency_key = key.decode()  # UTF-8 text, as the route reads it
+            except UnicodeDecodeError:
+                return None  # the route answers it (422)
             if (
                 not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX
                 or "\x00" in idempotency_key

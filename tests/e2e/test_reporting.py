@@ -191,3 +191,41 @@ def test_an_abuse_report_is_no_strike_until_triaged(server: Server) -> None:
         ),
         404,
     )
+
+
+def test_an_idempotency_key_header_is_utf8_text(server: Server) -> None:
+    """The header's octets are read as UTF-8, as a batch item's key is: the same key either way
+    is one key, its 200 characters are characters; octets that are not UTF-8 are a 422."""
+    reporter, auditor = server.client("reporter"), server.client("auditor")
+    acct = account("utf8")
+    violation = {"account_id": acct, "category": "spam"}
+    key = f"clé-🔑-{uuid.uuid4().hex[:8]}"
+
+    first = reporter.post(
+        "/v1/violations", json=violation, headers={"Idempotency-Key": key.encode()}
+    )
+    assert first.status_code == 201, first.text
+    batch = reporter.post(
+        "/v1/violations:batch", json={"violations": [{**violation, "idempotency_key": key}]}
+    )
+    [again] = batch.json()["results"]
+    assert (again["status"], again["violation_id"]) == (200, first.json()["violation_id"])
+
+    longest = f"{uuid.uuid4().hex}{'é' * 168}"  # 200 characters, 368 octets
+    for length, status in ((200, 201), (201, 422)):
+        key_header = {"Idempotency-Key": (longest + "é" * (length - 200)).encode()}
+        answer = reporter.post("/v1/violations", json=violation, headers=key_header)
+        assert answer.status_code == status, answer.text
+    recorded = auditor.get(f"/v1/accounts/{acct}/events").json()["events"]
+
+    writes = [
+        ("/v1/violations", violation),
+        ("/v1/violations:batch", {"violations": [violation]}),
+        ("/v1/abuse-reports", {"reported_account_id": acct, "category": "spam"}),
+    ]
+    for path, body in writes:
+        for octets in (b"cl\xe9", b"\xff", "é".encode()[:1]):
+            refused = reporter.post(path, json=body, headers={"Idempotency-Key": octets})
+            details = assert_error(refused, 422, "validation_failed")["details"]
+            assert [d["field"].lower()[-15:] for d in details] == ["idempotency-key"], details
+    assert auditor.get(f"/v1/accounts/{acct}/events").json()["events"] == recorded

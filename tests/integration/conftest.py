@@ -5,16 +5,46 @@ copied system define their own ``system``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from test_service_support import FakeClock, open_system
 
+from enforcement.api.shortcuts import ReportShortcut
 from enforcement.bootstrap import Container
+from enforcement.roles import Role
+from enforcement.tokens import create_token
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def answered(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether ``api.shortcuts.ReportShortcut`` answered each ``POST /v1/violations``, in
+    order (False: it went the usual way, through FastAPI)."""
+    seen: list[bool] = []
+    call = ReportShortcut.__call__
+
+    async def spy(self: ReportShortcut, *args: Any) -> bool:
+        result = await call(self, *args)
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(ReportShortcut, "__call__", spy)
+    return seen
+
+
+@pytest.fixture
+def reporter(system: Container, client: TestClient) -> dict[str, str]:
+    """A reporter's headers, its token already cached (by a request the route answers) on the
+    module's ``client``: a ``POST /v1/violations`` of theirs can take the shortcut."""
+    headers = {"Authorization": f"Bearer {create_token(system.engine, Role.REPORTER, 'r')}"}
+    assert client.get("/v1/accounts/acct_none/standing", headers=headers).status_code == 403
+    return headers
 
 
 @pytest.fixture

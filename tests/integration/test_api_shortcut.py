@@ -12,7 +12,6 @@ from sqlalchemy.exc import OperationalError
 
 from enforcement.api.app import create_app
 from enforcement.api.deps import get_principal
-from enforcement.api.shortcuts import ReportShortcut
 from enforcement.bootstrap import Container
 from enforcement.roles import Role
 from enforcement.tokens import Principal, create_token
@@ -22,32 +21,9 @@ VIOLATION = {"account_id": "acct_s", "category": "spam", "source": "test"}
 
 
 @pytest.fixture
-def answered(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether the shortcut answered each ``POST /v1/violations``, in order."""
-    seen: list[bool] = []
-    call = ReportShortcut.__call__
-
-    async def spy(self: ReportShortcut, *args: Any) -> bool:
-        result = await call(self, *args)
-        seen.append(result)
-        return result
-
-    monkeypatch.setattr(ReportShortcut, "__call__", spy)
-    return seen
-
-
-@pytest.fixture
 def client(system: Container, answered: list[bool]) -> Iterator[TestClient]:
     with TestClient(create_app(system), raise_server_exceptions=False) as test_client:
         yield test_client
-
-
-@pytest.fixture
-def reporter(system: Container, client: TestClient) -> dict[str, str]:
-    """A reporter's headers, its token already cached (by a request the route answers)."""
-    headers = {"Authorization": f"Bearer {create_token(system.engine, Role.REPORTER, 'r')}"}
-    assert client.get("/v1/accounts/acct_none/standing", headers=headers).status_code == 403
-    return headers
 
 
 def test_the_first_request_goes_the_usual_way_and_the_next_one_the_short_way_alike(

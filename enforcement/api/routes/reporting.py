@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from enforcement.api.coalesce import report_violation_answer
 from enforcement.api.deps import ContainerDep, Reporter, actor_of
 from enforcement.api.errors import WRITE_ERRORS, ApiError, validation_details
-from enforcement.api.idempotency import RESERVED_NOTE, IdempotencyKey, Idempotent, key_header
+from enforcement.api.idempotency import (
+    RESERVED_NOTE,
+    HeaderText,
+    IdempotencyKey,
+    Idempotent,
+    key_header,
+)
 from enforcement.api.responses import encode_json, json_array_response
 from enforcement.api.schemas import (
     AbuseReportIn,
@@ -80,6 +86,7 @@ def report_batch(
             "under the same header, an item already recorded replays (200), wherever it stands "
             "in the batch; a new or changed item is recorded. " + RESERVED_NOTE
         ),
+        HeaderText,
         NotReserved,
     ] = None,
 ) -> Response:
