@@ -1,0 +1,256 @@
+"""What the crash soak (``soak_embedded.py``) runs: its settings, ``enforcement serve`` as a
+subprocess it can kill, the webhook receiver and the watch on the mail directory."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WEBHOOK_SECRET = "soak-webhook-secret"
+# Short deadlines, so that the scheduler escalates and ends things while the server is killed.
+POLICY = """\
+remediation_window = "4s"
+first_high_suspension = "6s"
+third_minor_suspension = "8s"
+missed_remediation_suspension = "5s"
+"""
+STARTUP_SECONDS = 60.0
+
+
+# ------------------------------------------------------------------ the webhook receiver
+
+
+class Receiver:
+    """A webhook endpoint on loopback that counts every notice it takes (by
+    ``X-Enforcement-Event-Id``), answering within 0.1 s (so that a kill can cut a delivery
+    off); the first receipt of a notice fails with a 500 at ``fail_rate``, so retries (and
+    their loss at a kill) happen too."""
+
+    def __init__(self, fail_rate: float, seed: int) -> None:
+        self.taken: Counter[str] = Counter()
+        self.first_taken_at: dict[str, float] = {}
+        self.failed: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        rng = random.Random(seed)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                event_id = self.headers.get("X-Enforcement-Event-Id", "")
+                with receiver.lock:
+                    first = not receiver.taken[event_id] and not receiver.failed[event_id]
+                    fail = first and rng.random() < fail_rate
+                    (receiver.failed if fail else receiver.taken)[event_id] += 1
+                    if not fail:
+                        receiver.first_taken_at.setdefault(event_id, time.time())
+                    delay = rng.uniform(0, 0.1)
+                time.sleep(delay)  # a receiver at work
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/hooks"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class MailWatch(threading.Thread):
+    """Looks at the mail directory every 0.1 s: an ``.eml`` replaced by another file of the same
+    name (``write_durably`` renames a new file over it) is a notice written again."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(name="mail-watch", daemon=True)
+        self.directory = directory
+        self.inodes: dict[str, int] = {}
+        self.rewritten: Counter[str] = Counter()
+        self.first_seen_at: dict[str, float] = {}
+        self.parts_seen: set[str] = set()
+        self.stop_event = threading.Event()
+
+    def look(self) -> None:
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                inode = entry.inode()
+            except OSError:
+                continue
+            if entry.name.endswith(".part"):
+                self.parts_seen.add(entry.name)
+            elif entry.name.endswith(".eml"):
+                seen = self.inodes.get(entry.name)
+                if seen is not None and seen != inode:
+                    self.rewritten[entry.name] += 1
+                self.inodes[entry.name] = inode
+                self.first_seen_at.setdefault(entry.name, time.time())
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.1):
+            self.look()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.join()
+        self.look()
+
+
+# ------------------------------------------------------------------ the server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Soak:
+    """Where the soak runs and what it runs with."""
+
+    workdir: Path
+    rounds: int = 20
+    seconds: float = 8.0
+    clients: int = 4
+    accounts_per_round: int = 30
+    webhook_fail_rate: float = 0.2
+    startup_kills: float = 0.2  # the share of rounds that also kill a server as it starts
+    seed: int = 1
+    # How long the last start may take to settle (every notice delivered, no deadline overdue).
+    # Under the lost-retry scan's 24 s here, a delivery that only that scan sends fails the soak.
+    settle_seconds: float = 90.0
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "db" / "enforcement.db"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.database}"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.workdir / "notices"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
+        path = env.get("PYTHONPATH")
+        env.update(
+            {
+                # The checkout this script is in, whatever the virtualenv's install points at.
+                "PYTHONPATH": str(ROOT) if not path else f"{ROOT}{os.pathsep}{path}",
+                "PYTHONUNBUFFERED": "1",
+                "ENFORCEMENT_DATABASE_URL": self.database_url,
+                "ENFORCEMENT_MAIL_DIR": str(self.mail_dir),
+                "ENFORCEMENT_POLICY_FILE": str(self.workdir / "policy.toml"),
+                "ENFORCEMENT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE": "true",
+                # Retries wait in the in-memory broker for a second or more: a kill loses them.
+                "ENFORCEMENT_NOTICE_BACKOFF_MS": "1000",
+                "ENFORCEMENT_NOTICE_MAX_BACKOFF_MS": "4000",
+                "ENFORCEMENT_SWEEP_SECONDS": "1",
+                "ENFORCEMENT_WORKER_THREADS": "4",
+            }
+        )
+        return env
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "enforcement", *args],
+            env=self.env(),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+
+def kill_while_starting(soak: Soak, log: Path, rng: random.Random) -> float:
+    """Start ``serve`` and kill it within its first seconds: while it starts, or as its relay
+    re-sends what the last one left (the requests wait for the next start). When it was
+    killed."""
+    server = Serve(soak, log, wait=False)
+    time.sleep(rng.uniform(0.2, 3.0))
+    return server.kill()
+
+
+class Serve:
+    """One run of ``enforcement serve``, its output in a log file of its own; with ``wait``,
+    once it answers ``/healthz``."""
+
+    def __init__(self, soak: Soak, log: Path, wait: bool = True) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "enforcement", "serve", "--port", str(self.port)],
+                env=soak.env(),
+                cwd=soak.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if not wait:
+            return
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}: see {log}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"serve did not answer in {STARTUP_SECONDS:.0f} s: see {log}")
+            time.sleep(0.05)
+
+    def kill(self) -> float:
+        """SIGKILL; when it was sent (``time.time``)."""
+        at = time.time()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        return at
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status (uvicorn re-raises the signal it handled: -15 is clean)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return 999
