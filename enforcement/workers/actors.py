@@ -60,8 +60,17 @@ def register_actors(
         retries = int(message.options.get("retries", 0)) if message is not None else 0
         try:
             attempt_delivery(notice_event_id, channel, retries)
-        except DeliveryFailed:
-            raise
+        except DeliveryFailed as exc:
+            # Recorded (NoticeDeliveryFailed) and expected: one line naming the notice, then
+            # Dramatiq's Retry, which backs off as any failure does but is not logged as an
+            # unhandled exception with a traceback for every refused or timed-out try.
+            log.warning(
+                "notice %s via %s: a try failed (%s); it is tried again",
+                notice_event_id,
+                channel,
+                exc,
+            )
+            raise dramatiq.Retry(str(exc)) from exc
         except TimeLimitExceeded:
             # A BaseException, which ``except Exception`` misses. Dramatiq's time-limit line
             # names only the thread; say which notice and channel, and what comes of it.

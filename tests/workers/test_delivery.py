@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import logging
 import os
 import stat
 import time
@@ -171,8 +172,9 @@ def test_each_accounts_webhook_is_signed_with_its_own_key(
 
 
 def test_failed_attempts_are_retried_with_exponential_backoff(
-    sqlite_db: str, broker_url: str | None, tmp_path: Path
+    sqlite_db: str, broker_url: str | None, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     # Given a webhook that fails its first two requests, and 3 retries at 100 ms doubling
     receiver = Receiver(fail_first=2, fail_status=503)
     system = System(fast_settings(sqlite_db, tmp_path, redis_url=broker_url, notice_retries=3))
@@ -204,6 +206,18 @@ def test_failed_attempts_are_retried_with_exponential_backoff(
     finally:
         system.close()
         receiver.close()
+
+    # and each failed try, expected, is one warning line naming the notice and its error, not
+    # an unhandled exception: Dramatiq logs those at ERROR with a traceback, which buried the
+    # log of a receiver down for an hour (its Retry backs off the same way without that)
+    tried_again = [r for r in caplog.records if "it is tried again" in r.getMessage()]
+    assert [(r.name, r.levelno) for r in tried_again] == [
+        ("enforcement.workers", logging.WARNING)
+    ] * 2
+    assert all(notice.event_id in r.getMessage() for r in tried_again)
+    assert all("HTTP 503" in r.getMessage() for r in tried_again)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
 
 
 @pytest.mark.parametrize("to", ["abuse-desk@customer.test", "josé@exämple.de"])
