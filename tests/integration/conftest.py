@@ -5,9 +5,11 @@ copied system define their own ``system``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_support import Live, live_database
 from fastapi.testclient import TestClient
 from test_service_support import FakeClock, open_system
 
@@ -51,3 +53,11 @@ def reporter(system: Container, client: TestClient) -> dict[str, str]:
 def system(database_url: str, clock: FakeClock) -> Iterator[Container]:
     with open_system(database_url, clock) as container:
         yield container
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    """A populated SQLite database under ``tmp_path / "live"``, the system on it (the backup
+    and restore tests)."""
+    with live_database(tmp_path / "live") as database:
+        yield database

@@ -13,93 +13,35 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from aup_population import populate
+from backup_support import (
+    CLI,
+    HEAD,
+    Live,
+    break_a_chain,
+    everything,
+    files_in,
+    libpq,
+    one_sentence,
+    run_cli,
+)
 from test_service_support import REPORTER, FakeClock, open_system
 
 from enforcement.backup import check_copy, copy_sqlite
 from enforcement.bootstrap import Container
 from enforcement.files import put_in_place
-from enforcement.migrations import release_revisions, upgrade
+from enforcement.migrations import upgrade
 from enforcement.policy import ViolationReport
 from events import create_engine
-from events.dialects import drop_append_only_ddl
 from events.schema import events as events_table
-from events.wire import event_to_json
-from projections.stored import read_states
 from tests.conftest import create_pg_database, drop_pg_database
-
-CLI = str(Path(sys.executable).with_name("enforcement"))
-HEAD = release_revisions()[0]
-
-
-def run_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
-    environment.update({"ENFORCEMENT_DATABASE_URL": url, "COLUMNS": "200"})
-    return subprocess.run(
-        [CLI, *args], env=environment, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def one_sentence(result: subprocess.CompletedProcess[str], code: int) -> str:
-    """The error of a command that exited ``code``: one sentence on stderr after any progress
-    bar, no traceback."""
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.endswith("."), result.stderr
-    return last
-
-
-@dataclass
-class Live:
-    url: str
-    system: Container
-    clock: FakeClock
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    """A SQLite database of ten accounts' stories (every kind of event), the system on it."""
-    url = f"sqlite:///{tmp_path / 'live' / 'enforcement.db'}"
-    (tmp_path / "live").mkdir()
-    upgrade(url)
-    clock = FakeClock()
-    with open_system(url, clock) as system:
-        populate(system, clock, accounts=10, steps=6)
-        yield Live(url, system, clock)
-
-
-def everything(system: Container) -> dict[str, Any]:
-    """What a restored database must give back: every event as the API shows it, each
-    account's stored standing and its standing as of one instant, and the checkpoints."""
-    store = system.store
-    accounts = list(store.account_ids())
-    as_of = system.clock()
-    with system.engine.connect() as conn:
-        states = read_states(conn, accounts)
-        checkpoints = conn.exec_driver_sql("SELECT name, position FROM checkpoints").all()
-    return {
-        "events": [event_to_json(e) for e in store.iter_all()],
-        "stored": {a: states[a] for a in accounts},
-        "standings": {a: system.service.standing(a, as_of).to_json() for a in accounts},
-        "checkpoints": sorted(checkpoints),
-    }
-
-
-def files_in(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
-
 
 # ------------------------------------------------------------------ a populated database
 
@@ -366,22 +308,6 @@ def test_on_postgresql_the_command_names_pg_dump(pg_url: str, tmp_path: Path) ->
 # ------------------------------------------------------------------ a copy that fails its check
 
 
-def break_a_chain(url: str) -> None:
-    """What someone with database access might do: drop the guard, edit a recorded event."""
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            for statement in drop_append_only_ddl("sqlite"):
-                conn.exec_driver_sql(statement)
-            conn.execute(
-                events_table.update()
-                .where(events_table.c.account_id == "acct_003", events_table.c.version == 2)
-                .values(data={"forged": True})
-            )
-    finally:
-        engine.dispose()
-
-
 def damage_an_index(database: Path) -> None:
     """Write over the root page of one of the events' unique indexes: the table still reads,
     SQLite's integrity_check does not pass."""
@@ -466,14 +392,6 @@ def test_a_file_system_without_hard_links_still_never_replaces_a_file(
 
 
 # ------------------------------------------------------------------ PostgreSQL: pg_dump
-
-
-def libpq(url: str) -> tuple[str, dict[str, str]]:
-    """``ENFORCEMENT_DATABASE_URL`` as the PostgreSQL tools take it (``postgresql://``, no
-    password in it) and the environment that gives them the password (``PGPASSWORD``)."""
-    parsed = sa.make_url(url)
-    plain = parsed.set(drivername="postgresql", password=None).render_as_string(False)
-    return plain, {**os.environ, "PGPASSWORD": parsed.password or ""}
 
 
 @pytest.mark.postgres
