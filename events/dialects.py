@@ -291,6 +291,24 @@ def _configure_sqlite(engine: Engine) -> None:
         driver_call(conn, statement, lambda dbapi_conn: dbapi_conn.execute(statement))
 
 
+def database_identity(engine: Engine) -> str:
+    """Which database ``engine`` opens, as a word that changes when another one takes its
+    place: on PostgreSQL the database's OID (a dump restored into a database is a new
+    database), on SQLite the file's device and inode (a backup put in its place is another
+    file)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            oid = conn.exec_driver_sql(
+                "SELECT oid FROM pg_database WHERE datname = current_database()"
+            ).scalar_one()
+        return f"postgresql:{oid}"
+    path = sqlite_file(engine.url)
+    if path is None:
+        return "sqlite:memory"
+    info = os.stat(path)
+    return f"sqlite:{info.st_dev}:{info.st_ino}"
+
+
 def is_sqlite(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "sqlite"
 

@@ -944,6 +944,16 @@ class EventStore:
                 ).scalar_one()
             )
 
+    def last_event(self) -> tuple[int, str] | None:
+        """The position and id of the newest event; None while the log is empty."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(events.c.position, events.c.event_id)
+                .order_by(events.c.position.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
     def account_ids(self) -> Iterator[str]:
         """Every stream id, in order, paged."""
         after = ""

@@ -7,6 +7,7 @@ it). A test that needs PostgreSQL fails when it is unreachable; it is never skip
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -67,6 +68,30 @@ def drop_pg_database(url: str) -> None:
     with engine.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     engine.dispose()
+
+
+def libpq(url: str) -> tuple[str, dict[str, str]]:
+    """``ENFORCEMENT_DATABASE_URL`` as the PostgreSQL tools take it (``postgresql://``, no
+    password in it) and the environment that gives them the password (``PGPASSWORD``)."""
+    parsed = sa.make_url(url)
+    plain = parsed.set(drivername="postgresql", password=None).render_as_string(False)
+    return plain, {**os.environ, "PGPASSWORD": parsed.password or ""}
+
+
+def pg_dump(url: str, dump: Path) -> Path:
+    """Dump the database at ``url`` to ``dump`` as docs/operations.md does it."""
+    source, env = libpq(url)
+    subprocess.run(
+        ["pg_dump", "--format=custom", f"--file={dump}", source], env=env, check=True, timeout=120
+    )
+    return dump
+
+
+def pg_restore(dump: Path, url: str) -> None:
+    """Restore ``dump`` into the (empty) database at ``url`` as docs/operations.md does it."""
+    target, env = libpq(url)
+    options = ["--no-owner", "--exit-on-error", "--single-transaction", f"--dbname={target}"]
+    subprocess.run(["pg_restore", *options, str(dump)], env=env, check=True, timeout=120)
 
 
 @pytest.fixture

@@ -218,6 +218,16 @@ class Gate(ABC):
         _require_account(account_id)
         return self._holds_status(account_id)
 
+    def clear(self) -> None:
+        """Forget every account, as a Redis that lost its data would: with a seeder, each is
+        learned again from its stored standing at its next check. For a gate whose state
+        follows events that the log no longer has (a database restored from a backup): its
+        versions would make it refuse every update older than them."""
+        self._clear()
+
+    @abstractmethod
+    def _clear(self) -> None: ...
+
     @abstractmethod
     def _holds_status(self, account_id: str) -> bool: ...
 

@@ -86,6 +86,10 @@ class EmbeddedGate(Gate):
             suppressed,
         )
 
+    def _clear(self) -> None:
+        with self._lock:
+            self._accounts.clear()
+
     def _account(self, account_id: str) -> _Account:
         account = self._accounts.get(account_id)
         if account is None:

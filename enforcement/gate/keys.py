@@ -42,6 +42,7 @@ factors and flags, so that every value stays under Redis's 64-byte listpack limi
 from __future__ import annotations
 
 STATE_SUFFIX = ":gate"
+EVERY_ACCOUNT = "{a:*"  # a SCAN pattern: every key of every account, and nothing else
 
 
 def tag(account_id: str) -> str:

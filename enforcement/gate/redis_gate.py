@@ -8,6 +8,7 @@ the standings must run more often than that.
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ DEFAULT_STATE_TTL_S = 30 * 86_400
 USAGE_TTL_S = 120  # renewed when under 90 s: more than a TAT can run ahead (60 s + 10 s)
 USAGE_SLACK_S = 30
 CALL_CACHE_SIZE = 8192  # (account, key) pairs whose check arguments are kept built
+CLEAR_PAGE = 1000  # keys asked for per SCAN, and removed per pipeline, by ``clear``
 
 
 class RedisGate(Gate):
@@ -209,6 +211,19 @@ class RedisGate(Gate):
     def _lift_throttle(self, account_id: str, throttle_id: str, version: int) -> bool:
         args = (throttle_id, version)
         return bool(self._run(self._throttle_script, (keys.state(account_id),), args))
+
+    def _clear(self) -> None:
+        """Remove every account's keys, a page of ``SCAN`` at a time (on Redis Cluster, node
+        by node: one ``UNLINK`` per key, as no two accounts share a slot)."""
+        try:
+            names = self._client.scan_iter(match=keys.EVERY_ACCOUNT, count=CLEAR_PAGE)
+            while page := list(itertools.islice(names, CLEAR_PAGE)):
+                pipe = self._client.pipeline(transaction=False)
+                for name in page:
+                    pipe.unlink(name)
+                pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise GateUnavailable(f"gate store unavailable: {exc}") from exc
 
     def _holds_status(self, account_id: str) -> bool:
         try:

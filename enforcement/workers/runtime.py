@@ -38,7 +38,7 @@ from enforcement.workers.recovery import LostRetryScan, pending_deliveries
 from enforcement.workers.relay import Message, Relay
 from enforcement.workers.retrying import CameBack, log_failure, retry_delay, wait_to_retry
 from enforcement.workers.sweep import sweep_once
-from events import dialects
+from events import EventStore, dialects
 
 log = logging.getLogger("enforcement.workers")
 LEADER_LOCK_KEY = 7_301_947_562
@@ -223,9 +223,13 @@ def watch_leader(leader: LeaderLock, stop: threading.Event, stepping_down: threa
 class RedisWatch:
     """Whether Redis lost what it held since this process marked it: a Redis that restarted
     without persistence (or was flushed) comes back without the mark, and without the gate's
-    state and the messages it held."""
+    state and the messages it held. And whether the log lost what Redis followed: Redis is
+    told which database the leader reads and its newest event (``note``), and a database
+    restored from a backup is another database, or no longer has that event (``follows``)."""
 
     KEY = "enforcement:marked"
+    # "<database identity> <position> <event id>" of the newest event noted ("0 -": none yet)
+    LOG_KEY = "enforcement:log"
 
     def __init__(self, url: str):
         import redis
@@ -244,6 +248,34 @@ class RedisWatch:
 
     def mark(self) -> None:
         self.client.set(self.KEY, "1")
+
+    def follows(self, store: EventStore) -> bool:
+        """Whether Redis's gate state follows this log: the database Redis was last told of
+        (``note``) is this one, and has the event it was told of at its position; True when
+        Redis was told of none. Not so, the gate's state may carry the versions of events the
+        log no longer has, and the gate refuses every update older than them (the re-seeds
+        too): a database restored from a backup (or a failover to a replica that missed the
+        last commits, or Redis shared with another deployment)."""
+        noted = self.client.get(self.LOG_KEY)
+        if noted is None:
+            return True
+        text = noted.decode(errors="replace") if isinstance(noted, bytes) else str(noted)
+        parts = text.split(" ")
+        if len(parts) != 3:
+            return False
+        identity, position, event_id = parts
+        if identity != dialects.database_identity(store.engine):
+            return False
+        if event_id == "-":
+            return True
+        event = store.get_event(event_id)
+        return event is not None and str(event.position) == position
+
+    def note(self, store: EventStore) -> None:
+        """Tell Redis which database the leader reads, and its newest event."""
+        position, event_id = store.last_event() or (0, "-")
+        identity = dialects.database_identity(store.engine)
+        self.client.set(self.LOG_KEY, f"{identity} {position} {event_id}")
 
     def answers_again(self, failure: BaseException) -> bool | None:
         """Whether Redis answers a PING now, after ``failure`` came from Redis being unreachable
@@ -269,6 +301,21 @@ class RedisWatch:
         self.client.close()  # and its connection pool, which ``from_url`` made for it
 
 
+def forget_another_log(container: Container, watch: RedisWatch) -> bool:
+    """If Redis followed events the log does not have (``RedisWatch.follows``), forget the
+    gate's state (``Gate.clear``, which every process's gate then learns again from the stored
+    standings) and say so; whether it did."""
+    if watch.follows(container.store):
+        return False
+    log.warning(
+        "Redis holds gate state of events this database does not have (restored from a backup, "
+        "or a failover lost them): forgetting it, re-seeding the gate from the log, re-sending "
+        "notices"
+    )
+    container.gate.clear()
+    return True
+
+
 def keep_gate(
     container: Container,
     stop: threading.Event,
@@ -280,13 +327,17 @@ def keep_gate(
     also look every few seconds whether it lost its data: then re-seed at once, instead of
     letting a suspended account through until the next re-seed, and run what ``on_lost``
     returned (re-send the notices whose messages it held); ``on_lost`` is called as soon as
-    the loss is seen, before the re-seed, so that it notes what was sent before."""
+    the loss is seen, before the re-seed, so that it notes what was sent before. The same
+    when the log lost events that Redis followed (``forget_another_log``), and each look
+    (and the stop) tells Redis of the log's newest event."""
     last_seed = time.monotonic()
     failures = 0
     while not stop.wait(GATE_RESEED_SECONDS if watch is None else REDIS_WATCH_SECONDS):
         try:
-            if watch is not None and watch.lost():
+            lost = watch is not None and watch.lost()
+            if lost:
                 log.warning("Redis lost its data: re-seeding the gate, re-sending notices")
+            if watch is not None and (lost or forget_another_log(container, watch)):
                 resend = None if on_lost is None else on_lost()
                 seed_gate(container.gate, container.store, container.clock())
                 if resend is not None:
@@ -296,11 +347,19 @@ def keep_gate(
             elif time.monotonic() - last_seed >= GATE_RESEED_SECONDS:
                 seed_gate(container.gate, container.store, container.clock())
                 last_seed = time.monotonic()
+            if watch is not None:
+                watch.note(container.store)
         except Exception as exc:
             failures += 1
             log_failure(log, "keeping the gate failed", exc, failures, None)
         else:
             failures = 0
+    if watch is not None:
+        # Stopped: what was recorded since the last look is noted too (not over a log that
+        # lost what Redis followed: the next leader is to see that).
+        with suppress(Exception):
+            if watch.follows(container.store):
+                watch.note(container.store)
 
 
 # How often the leader looks for failed attempts whose retry was lost, in deadline sweeps
@@ -406,14 +465,16 @@ def start_background(
             if not leader.acquire():
                 return False
             log.info("this process leads the relay and the deadline sweep")
-            # The in-memory broker starts empty; Redis may have lost what it held meanwhile.
-            lost = watch is None or watch.lost()
+            # The in-memory broker starts empty; Redis may have lost what it held meanwhile, or
+            # follow events the log lost meanwhile (a restore).
+            lost = watch is None or watch.lost() or forget_another_log(container, watch)
             seeded = seed_gate(container.gate, container.store, container.clock())
             log.info("gate seeded from %d stored standings", seeded)
             if lost:
                 resend_pending_notices()
             if watch is not None:
                 watch.mark()
+                watch.note(container.store)
             return True
 
         def resend_pending_notices(up_to: int | None = None) -> None:

@@ -83,6 +83,24 @@ def test_every_key_of_an_account_has_one_hash_slot(backend: Backend) -> None:
     assert all(len(found) == 1 for found in slots.values()), slots
 
 
+def test_clear_removes_every_key_of_the_gate_and_nothing_else(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = backend.client
+    assert client is not None
+    monkeypatch.setattr(redis_gate, "CLEAR_PAGE", 2)  # a page of SCAN at a time
+    exercise(RedisGate(client), backend)
+    for account in range(5):
+        RedisGate(client).set_status(f"acct_{account}", "suspended", None, version=1)
+    others = {b"enforcement:marked", b"dramatiq:default", b"a:{a:x}"}  # the workers', anyone's
+    for name in others:
+        client.set(name, "kept")
+
+    RedisGate(client).clear()
+
+    assert set(client.scan_iter(count=1000)) == others
+
+
 def test_every_key_has_a_ttl(backend: Backend) -> None:
     client = backend.client
     assert client is not None

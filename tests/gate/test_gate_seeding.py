@@ -281,3 +281,28 @@ def test_relearning_failures_are_logged_at_most_once_per_relearn_s(
 
     assert len(caplog.records) == 2
     assert "(2 more such failures since the last warning)" in caplog.records[1].getMessage()
+
+
+def test_a_cleared_gate_learns_every_account_again_whatever_versions_it_held(
+    gate: Gate,
+) -> None:
+    """``Gate.clear``: for a gate whose state follows events the log no longer has (a database
+    restored from a backup). Its versions are gone with it: the standing learned next, at a
+    lower version, is the one enforced."""
+    gate.set_status("acct_lost", "suspended", None, version=9)
+    gate.set_limits("acct_lost", "key", 1, 0, version=9)
+    gate.apply_throttle("acct_lost", "thr", None, 0.5, None, version=9)
+    gate.set_status("acct_other", "terminated", None, version=3)
+    seeder = Seeder(gate, {"acct_lost": ("active", 2)})
+    gate.set_seeder(seeder)
+    assert gate.check("acct_lost", "key").reason == "suspended"
+
+    gate.clear()
+
+    decisions = [gate.check("acct_lost", "key", tokens=5) for _ in range(2)]
+    assert [d.reason for d in decisions] == ["ok", "ok"]
+    assert decisions[0].limit_requests == gate.default_rpm  # no limits, no throttle held
+    assert gate.throttle_ids("acct_lost") == set()
+    assert gate.check("acct_other", "key").allowed
+    assert seeder.asked == ["acct_lost", "acct_other"]
+    assert gate.set_status("acct_lost", "suspended", None, version=3)  # 3 is newer than 2 now

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from aup_population import populate
 from test_service_support import FakeClock, open_system
 
@@ -86,14 +85,6 @@ def everything(system: Container) -> dict[str, Any]:
 
 def files_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
-
-
-def libpq(url: str) -> tuple[str, dict[str, str]]:
-    """``ENFORCEMENT_DATABASE_URL`` as the PostgreSQL tools take it (``postgresql://``, no
-    password in it) and the environment that gives them the password (``PGPASSWORD``)."""
-    parsed = sa.make_url(url)
-    plain = parsed.set(drivername="postgresql", password=None).render_as_string(False)
-    return plain, {**os.environ, "PGPASSWORD": parsed.password or ""}
 
 
 def break_a_chain(url: str) -> None:

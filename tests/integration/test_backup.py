@@ -28,7 +28,6 @@ from backup_support import (
     break_a_chain,
     everything,
     files_in,
-    libpq,
     one_sentence,
     run_cli,
 )
@@ -41,7 +40,7 @@ from enforcement.migrations import upgrade
 from enforcement.policy import ViolationReport
 from events import create_engine
 from events.schema import events as events_table
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import create_pg_database, drop_pg_database, pg_dump, pg_restore
 
 # ------------------------------------------------------------------ a populated database
 
@@ -403,29 +402,12 @@ def test_pg_dump_and_pg_restore_as_documented_give_back_the_same_log(
     with open_system(pg_url, clock) as system:
         populate(system, clock, accounts=6, steps=5)
         before = everything(system)
-    dump = tmp_path / "enforcement.dump"
-    source, env = libpq(pg_url)
-    subprocess.run(
-        ["pg_dump", "--format=custom", f"--file={dump}", source], env=env, check=True, timeout=120
-    )
+    dump = pg_dump(pg_url, tmp_path / "enforcement.dump")
     subprocess.run(["pg_restore", "--list", str(dump)], check=True, capture_output=True)
 
     restored_url = create_pg_database()
     try:
-        target, env = libpq(restored_url)
-        subprocess.run(
-            [
-                "pg_restore",
-                "--no-owner",
-                "--exit-on-error",
-                "--single-transaction",
-                f"--dbname={target}",
-                str(dump),
-            ],
-            env=env,
-            check=True,
-            timeout=120,
-        )
+        pg_restore(dump, restored_url)
         init = run_cli(restored_url, "init")
         verify = run_cli(restored_url, "verify")
         assert f"Schema at revision {HEAD}" in init.stdout, init.stderr

@@ -187,6 +187,15 @@ def test_read_all_pages_by_position_across_streams(store: EventStore) -> None:
     assert store.read_all(after_position=everything[2].position, limit=10) == everything[3:]
 
 
+def test_last_event_is_the_newest_by_position(store: EventStore) -> None:
+    assert store.last_event() is None
+    store.append("acct_b", 0, [new(n=1)])
+    store.append("acct_a", 0, [new(n=2), new(n=3)])
+
+    newest = store.read_all()[-1]
+    assert store.last_event() == (newest.position, newest.event_id)
+
+
 def test_iter_all_reads_in_pages_of_constant_size(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
