@@ -945,6 +945,8 @@ USAGE_ERRORS = [
     ("replay", "--account", "acct/a"),
     ("backup",),
     ("backup", "copy.db", "--force"),
+    ("restore",),
+    ("restore", "copy.db", "--force"),
     ("export", "--format", "jsonl", "--account", ""),
     (
         "export",
