@@ -407,6 +407,7 @@ def webhook_key(account: Annotated[str, typer.Argument(help="Account id.")]) -> 
         "to the account's owner only; it changes when ENFORCEMENT_WEBHOOK_SECRET does.",
         markup=False,
         highlight=False,
+        soft_wrap=True,  # one line whatever the terminal's width, for a script that reads it
     )
     sys.stdout.flush()
     print(account_key(secret, account))

@@ -21,6 +21,7 @@ def webhook_key(tmp_path: Path, *args: str, secret: str | None) -> subprocess.Co
     file that does not exist."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
     env["ENFORCEMENT_DATABASE_URL"] = f"sqlite:///{tmp_path / 'none.db'}"
+    env["COLUMNS"] = "40"  # a narrow terminal: the sentence before the key stays one line
     if secret is not None:
         env["ENFORCEMENT_WEBHOOK_SECRET"] = secret
     return subprocess.run(
