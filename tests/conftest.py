@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 from enforcement.api.warning_filters import quiet_fastapi_alias_warning  # noqa: E402
 from enforcement.migrations import upgrade  # noqa: E402
 from events import EventStore, create_engine  # noqa: E402
+from tests.cutting_proxy import CuttingProxy  # noqa: E402
 from tests.pgbouncer import PgBouncer  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
@@ -187,3 +188,12 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.close()
     yield redis_server.url
     redis_server.start()
+
+
+@pytest.fixture
+def redis_proxy(redis_url: str) -> Iterator[CuttingProxy]:
+    """A ``CuttingProxy`` in front of the empty Redis of ``redis_url`` (``redis_proxy.url``),
+    to make it silent; it forwards again before it closes, so that what still waits ends."""
+    with CuttingProxy(redis_url) as proxy:
+        yield proxy
+        proxy.resume()

@@ -1,5 +1,7 @@
-"""A TCP proxy in front of PostgreSQL that cuts a connection at a chosen moment of a
-transaction, for the tests of what an append does when its connection is lost."""
+"""A TCP proxy in front of PostgreSQL (or Redis) that cuts a connection at a chosen moment of a
+transaction, for the tests of what an append does when its connection is lost; or that goes
+silent (``silence``): a network partition or a frozen server, where nothing is closed and
+nothing answers."""
 
 from __future__ import annotations
 
@@ -42,24 +44,40 @@ class CuttingProxy:
     makes the proxy close every connection it accepts from then on (the server unreachable).
     ``pose_as_pooler`` makes it give the connections it accepts from then on a process id of
     its own making, as a connection pooler (PgBouncer) does.
+
+    ``silence`` makes it a black hole until ``resume``: no byte passes either way, on the
+    connections open and on those it accepts meanwhile, and none is closed, so neither side
+    hears a FIN or a reset; each side's kernel still acknowledges what it is sent (the proxy's
+    sockets are alive), so keepalives and ``tcp_user_timeout`` see nothing wrong: only a
+    client's own deadline ends its wait. What was sent meanwhile is held, not dropped, and
+    passes on ``resume``, as TCP delivers it once a partition heals: a request its client gave
+    up on may still reach the server then. ``arm_silence_before`` goes silent once a client
+    sends a given piece of SQL, which is held.
+
+    ``url`` is a PostgreSQL URL (``redis://`` for Redis); ``self.url`` is the same through the
+    proxy.
     """
 
     def __init__(self, url: str) -> None:
         target = sa.make_url(url)
-        self._target = (target.host or "127.0.0.1", target.port or 5432)
+        postgres = target.get_backend_name() == "postgresql"
+        self._target = (target.host or "127.0.0.1", target.port or (5432 if postgres else 6379))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         # In clear text: the proxy reads (and rewrites) what passes.
-        query = {**target.query, "sslmode": "disable", "gssencmode": "disable"}
-        self.url = target.set(host="127.0.0.1", port=self.port, query=query).render_as_string(
-            hide_password=False
-        )
+        query = {**target.query, "sslmode": "disable", "gssencmode": "disable"} if postgres else {}
+        self.url = target.set(
+            host="127.0.0.1", port=self.port, query={**target.query, **query}
+        ).render_as_string(hide_password=False)
         self._lock = threading.Lock()
         self._after_commit = False
         self._before: bytes | None = None
         self._pooler_pid: int | None = None
         self.refuse_new = False
         self.cut = threading.Event()
+        self._flowing = threading.Event()  # cleared while silent
+        self._flowing.set()
+        self._silence_before: bytes | None = None
         self._closed = False
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -73,6 +91,26 @@ class CuttingProxy:
         with self._lock:
             self._after_commit, self._before = False, sql.encode()
             self.cut.clear()
+
+    def silence(self) -> None:
+        """Forward nothing from now on, and close nothing, until ``resume``."""
+        self._flowing.clear()
+
+    def arm_silence_before(self, sql: str) -> None:
+        """``silence`` once a client sends ``sql``, before it is forwarded (it is held)."""
+        with self._lock:
+            self._silence_before = sql.encode()
+
+    def resume(self) -> None:
+        """Forward again, what was held first."""
+        self._flowing.set()
+
+    def _pass(self, destination: socket.socket, data: bytes) -> None:
+        """Send ``data`` on, once the proxy is not silent (or never, once it is closed)."""
+        while not self._flowing.wait(0.05):
+            if self._closed:
+                raise OSError("the proxy was closed while silent")
+        destination.sendall(data)
 
     def pose_as_pooler(self, pid: int = MADE_UP_PID) -> None:
         """Give each connection accepted from now on ``pid`` as its server process id (in the
@@ -113,7 +151,10 @@ class CuttingProxy:
                     if self._after_commit and b"COMMIT" in data:
                         self._after_commit = False
                         cutting.set()
-                server.sendall(data)
+                    if self._silence_before is not None and self._silence_before in data:
+                        self._silence_before = None
+                        self._flowing.clear()
+                self._pass(server, data)
         except OSError:
             pass
         self._close(client, server)
@@ -136,7 +177,7 @@ class CuttingProxy:
                         self._cut(client, server)
                         return
                     continue
-                client.sendall(data)
+                self._pass(client, data)
         except OSError:
             pass
         self._close(client, server)

@@ -17,6 +17,7 @@ from enforcement.api.shortcuts import ReportShortcut
 from enforcement.bootstrap import Container
 from enforcement.roles import Role
 from enforcement.tokens import create_token
+from events import EventStore, create_engine
 
 
 @pytest.fixture
@@ -61,3 +62,11 @@ def live(tmp_path: Path) -> Iterator[Live]:
     and restore tests)."""
     with live_database(tmp_path / "live") as database:
         yield database
+
+
+@pytest.fixture
+def direct(pg_url: str) -> Iterator[EventStore]:
+    """A store on ``pg_url`` directly, not through a test's proxy: what is really recorded."""
+    engine = create_engine(pg_url)
+    yield EventStore(engine)
+    engine.dispose()

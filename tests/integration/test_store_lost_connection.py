@@ -48,14 +48,6 @@ def proxy(pg_url: str) -> Iterator[CuttingProxy]:
 
 
 @pytest.fixture
-def direct(pg_url: str) -> Iterator[EventStore]:
-    """The same database, not through the proxy: what is really recorded."""
-    engine = create_engine(pg_url)
-    yield EventStore(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def store(proxy: CuttingProxy) -> Iterator[EventStore]:
     """A store whose connections go through the proxy."""
     engine = create_engine(proxy.url)
