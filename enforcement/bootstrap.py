@@ -110,7 +110,11 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
     """Wire the application from ``settings`` (default: the environment)."""
     settings = settings or Settings.from_env()
     policy = load_policy(settings.policy_file)
-    engine = create_engine(settings.database_url, **engine_options(settings))
+    engine = create_engine(
+        settings.database_url,
+        answer_timeout=settings.database_timeout_ms / 1000,
+        **engine_options(settings),
+    )
     store = EventStore(engine, clock=clock)
     standings = StandingRepository(store)
     # The embedded gate reads the use cases' clock (as seconds), so that a throttle they

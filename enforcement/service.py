@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from enforcement import operator_decisions as ops
 from enforcement import policy as rules
@@ -41,6 +41,8 @@ from events import (
     StreamAppend,
     StreamKeyUsed,
 )
+from events.dialects import unanswered
+from events.groupcommit import own_copy
 from events.timefmt import to_utc
 from projections.history import HistoryEntry, history
 from projections.standing import Standing, StandingState, fold, recorded_until, view
@@ -168,6 +170,43 @@ _ITEM_FAILURES: tuple[tuple[type[Exception], int, str, str], ...] = (
         "The event store failed on this item; it was not recorded.",
     ),
 )
+
+
+def not_sent_for_silence(exc: BaseException) -> OperationalError | None:
+    """If ``exc`` found the database silent (``dialects.unanswered``), the error for a report
+    not sent because of it (HTTP 503, nothing was written); else None."""
+    timeout = unanswered(exc)
+    if timeout is None:
+        return None
+    return OperationalError(
+        "(not sent: the database did not answer a report before this one)", None, timeout
+    )
+
+
+class _UntilSilent:
+    """Runs one request's reports (a batch, a drain of concurrent ones) one after another until
+    the database is found silent: a report that waited for it in vain (no answer within the
+    answer timeout, or no connection within the connect timeout: ``dialects.unanswered``), or
+    a shared read that did. Each report after that fails at once, not sent, with a database
+    error saying why (HTTP 503, nothing was written), instead of waiting as long again: N
+    reports would otherwise take N timeouts, the last one's caller waiting for them all."""
+
+    def __init__(self) -> None:
+        self.error: OperationalError | None = None
+
+    def saw(self, exc: BaseException) -> None:
+        """Note ``exc``, if it found the database silent."""
+        if self.error is None:
+            self.error = not_sent_for_silence(exc)
+
+    def call(self, run: Callable[[], Outcome]) -> Outcome:
+        if self.error is not None:
+            raise own_copy(self.error)
+        try:
+            return run()
+        except Exception as exc:
+            self.saw(exc)
+            raise
 
 
 def _item_error(error: IdempotencyConflict | DomainError) -> ItemResult:
@@ -425,17 +464,18 @@ class EnforcementService:
         on its own, exactly as a single request would.
         """
         results: list[ItemResult | None] = [None] * len(items)
+        silent = _UntilSilent()
         grouped = _groupable(items)
         if len(grouped) > 1:
-            for index, result in self._report_together(items, grouped, [actor] * len(items)):
+            actors = [actor] * len(items)
+            for index, result in self._report_together(items, grouped, actors, None, silent):
                 results[index] = result
         for index, (account_id, report, key, fingerprint) in enumerate(items):
             if results[index] is None:
-                results[index] = _item_result(
-                    functools.partial(
-                        self.report_violation, account_id, report, actor, key, fingerprint
-                    )
+                call = functools.partial(
+                    self.report_violation, account_id, report, actor, key, fingerprint
                 )
+                results[index] = _item_result(functools.partial(silent.call, call))
         return [r for r in results if r is not None]
 
     def report_each(
@@ -470,22 +510,25 @@ class EnforcementService:
                 except Exception:  # the caller's; the other items are still recorded
                     log.exception("a report's result could not be handed on")
 
+        silent = _UntilSilent()
         grouped = _groupable(items)
         if len(grouped) > 1:
             failures: dict[int, Exception] = {}
-            for index, result in self._report_together(items, grouped, actors, failures):
+            for index, result in self._report_together(items, grouped, actors, failures, silent):
                 outcome = result.outcome if result.outcome is not None else result.error
                 assert outcome is not None
                 settle(index, outcome)
             for index, exc in failures.items():
                 # Its append failed (or what follows its commit did): not tried again, which
                 # could record it twice.
+                silent.saw(exc)
                 settle(index, exc)
         for index, (account_id, report, key, fingerprint) in enumerate(items):
             if results[index] is None:
-                call = functools.partial(
+                report_one = functools.partial(
                     self.report_violation, account_id, report, actors[index], key, fingerprint
                 )
+                call = functools.partial(silent.call, report_one)
                 try:
                     one: Outcome | Exception = (
                         contexts[index].run(call) if contexts is not None else call()
@@ -502,6 +545,7 @@ class EnforcementService:
         indexes: list[int],
         actors: Sequence[Actor],
         failures: dict[int, Exception] | None = None,
+        silent: _UntilSilent | None = None,
     ) -> list[tuple[int, ItemResult]]:
         """Decide the items at ``indexes`` (distinct accounts; ``actors[i]`` asks for item
         ``i``) and record them in one append; returns the results it settled (none if a
@@ -511,7 +555,8 @@ class EnforcementService:
 
         ``failures``: given, an error of the append, or of an item's work after the commit,
         goes there for each item it concerns (the results settled before it are kept) instead
-        of being raised."""
+        of being raised. ``silent``: told when the states could not be read because the
+        database did not answer (the caller's reports alone then fail at once)."""
         accounts = [items[i][0] for i in indexes]
         with self._accounts_locked(accounts):
             now = to_utc(self.clock())
@@ -519,8 +564,10 @@ class EnforcementService:
             pending: list[tuple[int, StandingState, list[NewEvent]]] = []
             try:
                 states = self.standings.load_many(accounts)
-            except Exception:
+            except Exception as exc:
                 log.warning("the standings of a shared report could not be read together")
+                if silent is not None:
+                    silent.saw(exc)
                 return []
             for index in indexes:
                 account_id, report, _, _ = items[index]

@@ -35,6 +35,10 @@ class Settings:
     worker_processes: int = 2
     worker_threads: int = 8
     worker_heartbeat_ms: int = 60_000
+    # How long a PostgreSQL connection waits for any answer before it is closed as lost.
+    database_timeout_ms: int = 30_000
+    # How long the gate's and the broker's Redis clients wait to connect and for each reply.
+    redis_timeout_ms: int = 5_000
 
     @property
     def embedded(self) -> bool:
@@ -91,6 +95,10 @@ class Settings:
             worker_heartbeat_ms=positive_int(
                 "ENFORCEMENT_WORKER_HEARTBEAT_MS", cls.worker_heartbeat_ms
             ),
+            database_timeout_ms=positive_int(
+                "ENFORCEMENT_DATABASE_TIMEOUT_MS", cls.database_timeout_ms
+            ),
+            redis_timeout_ms=positive_int("ENFORCEMENT_REDIS_TIMEOUT_MS", cls.redis_timeout_ms),
         )
 
 

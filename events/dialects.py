@@ -5,7 +5,8 @@
 - the write lock that makes position order equal commit order (gap-safe catch-up);
 - how a JSON document comes back from the database (what the hash chain must cover);
 - statements run on the driver's own connection (``driver_call``), and how a dropped PostgreSQL
-  connection is noticed when it is taken from the pool;
+  connection is noticed when it is taken from the pool, or a silent server given up
+  (``create_engine``'s ``answer_timeout``, ``unanswered``);
 - whether a PostgreSQL connection goes through a connection pooler (PgBouncer), and which server
   session a lost connection leaves behind;
 - an INSERT that can take ``ON CONFLICT`` (``conflict_insert``).
@@ -13,10 +14,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import select
+import sys
 import threading
 import time
 import weakref
@@ -92,11 +95,79 @@ POSTGRES_SOCKET_DEFAULTS: dict[str, int] = {
 }
 
 
-def create_engine(url: str, connect_timeout: int | None = None, **kwargs: Any) -> Engine:
+ANSWER_TIMEOUT_MESSAGE = "PostgreSQL sent nothing for {seconds:g} s; the connection was closed"
+
+
+@functools.cache
+def _bounded_connection_class() -> type[Any]:
+    """``psycopg.Connection`` whose every wait for the server (an answer, a pipeline's results,
+    a COMMIT) gives up after ``answer_timeout`` seconds without a byte (None: never). Made on
+    first use: importing psycopg costs a tenth of a second, which SQLite need not pay.
+
+    A server that keeps the connection open and sends nothing, with its kernel still
+    acknowledging what it is sent (a hung server, a stuck proxy or pooler), is seen by neither
+    keepalives nor ``tcp_user_timeout``: without this, a request waits for it forever. Past the
+    bound the connection's state is unknown (an answer may still come), so it is closed
+    (``broken``: SQLAlchemy sees a disconnect, and the pool discards it) and an
+    ``OperationalError`` saying so (``ANSWER_TIMEOUT_MESSAGE``, of the class's ``Timeout``) is
+    raised; ``unanswered`` tells such a failure. A statement the server is still running sends
+    nothing either: the bound is also the longest any one round trip may take."""
+    import psycopg
+    from psycopg.errors import _WaitTimeout
+
+    class AnswerTimeout(psycopg.OperationalError):
+        """The server sent nothing for ``answer_timeout`` seconds."""
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        answer_timeout: float | None = None
+        Timeout = AnswerTimeout
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            bound = self.answer_timeout if timeout is None else timeout
+            try:
+                return super().wait(gen, interval, bound)
+            except _WaitTimeout:
+                if timeout is not None:
+                    raise  # the caller's own bound (``notifies``, a cancel): its to handle
+                self.pgconn.finish()
+                raise AnswerTimeout(ANSWER_TIMEOUT_MESSAGE.format(seconds=bound)) from None
+
+    return BoundedConnection
+
+
+def unanswered(exc: BaseException) -> BaseException | None:
+    """The driver's timeout that ``exc`` is, or was raised from (its ``orig``, cause or
+    context), when it is PostgreSQL not answering in time: connecting (``connect_timeout``) or
+    waiting for an answer (``create_engine``'s ``answer_timeout``); else None. Another call now
+    would most likely wait as long: the server is silent, not merely failing."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return None  # never loaded: no PostgreSQL connection was ever tried
+    timeouts = (psycopg.errors.ConnectionTimeout, _bounded_connection_class().Timeout)
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        for candidate in (cause, getattr(cause, "orig", None)):
+            if isinstance(candidate, timeouts):
+                found: BaseException = candidate
+                return found
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def create_engine(
+    url: str,
+    connect_timeout: int | None = None,
+    answer_timeout: float | None = None,
+    **kwargs: Any,
+) -> Engine:
     """An engine configured for the log: durable SQLite, pooled PostgreSQL (psycopg 3).
     ``connect_timeout`` (seconds, PostgreSQL only) replaces the usual bound on connecting: the
     URL's own, else ``POSTGRES_CONNECT_TIMEOUT_SECONDS``. PostgreSQL sockets take
-    ``POSTGRES_SOCKET_DEFAULTS`` for what the URL does not set."""
+    ``POSTGRES_SOCKET_DEFAULTS`` for what the URL does not set. ``answer_timeout`` (seconds,
+    PostgreSQL only; None: no bound) is how long a connection waits for any answer from the
+    server before it is closed as lost (``_bounded_connection_class``)."""
     sa_url = normalized_url(url)
     if sa_url.get_backend_name() == "sqlite":
         _create_private_file(sa_url)
@@ -122,7 +193,20 @@ def create_engine(url: str, connect_timeout: int | None = None, **kwargs: Any) -
     engine = sa.create_engine(sa_url, **kwargs)
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
         _configure_postgres(engine)
+        if answer_timeout is not None:
+            _bound_answers(engine, answer_timeout)
     return engine
+
+
+def _bound_answers(engine: Engine, seconds: float) -> None:
+    """Make ``engine``'s connections wait ``seconds`` at most for the server."""
+    bounded = _bounded_connection_class()
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        conn = bounded.connect(*cargs, **cparams)
+        conn.answer_timeout = seconds
+        return conn
 
 
 def _configure_postgres(engine: Engine) -> None:

@@ -19,7 +19,10 @@ shared transaction is written (its standing unreadable, a fault in deciding it) 
 its own, where it fails alone. Log lines of a report recorded on its own
 carry its request id; those of a shared transaction carry the first report's. A request that
 goes away stops waiting; its report is still recorded if a drain has taken it (as a worker
-thread already started would have recorded it).
+thread already started would have recorded it). When the database left a report unanswered
+for its whole timeout (``ENFORCEMENT_DATABASE_TIMEOUT_MS``, or the connect timeout), the reports
+that queued behind it fail at once, not sent (503, nothing was written): each would otherwise
+wait as long again, one drain after another; the reports after them try again.
 
 The queue's jobs (a lone report, a drain: never two at once) run in a thread of its own
 (``serial_thread.SerialThread``), whose hand-off costs two thirds of AnyIO's. Every other
@@ -35,12 +38,13 @@ from typing import cast
 
 from anyio.lowlevel import RunVar
 from fastapi import Response
+from sqlalchemy.exc import OperationalError
 
 from enforcement.api import violations
 from enforcement.api.schemas import ViolationIn
 from enforcement.api.serial_thread import SerialThread, settle, settle_from_thread
 from enforcement.bootstrap import Container
-from enforcement.service import Actor, Outcome, ReportItem
+from enforcement.service import Actor, Outcome, ReportItem, not_sent_for_silence
 from events.groupcommit import own_copy
 from events.timefmt import to_utc
 
@@ -66,6 +70,9 @@ class ReportQueue:
         self._waiting: list[_Report] = []
         self._drain: asyncio.Task[None] | None = None
         self._alone = False  # a report of an idle queue is running (``_report_alone``)
+        # The database did not answer the report or batch just ended: the reports that queued
+        # while it waited fail at once, not sent (``_drain_all``).
+        self._silent: OperationalError | None = None
         # One job in a thread at a time (a lone report or a drain), so one thread of its own.
         self._thread = SerialThread("report-queue")
 
@@ -106,7 +113,9 @@ class ReportQueue:
     def _alone_done(self, done: asyncio.Future[Response]) -> None:
         self._alone = False
         if not done.cancelled():
-            done.exception()  # retrieved: its request raises it, or has gone
+            failed = done.exception()  # retrieved: its request raises it, or has gone
+            if failed is not None and self._waiting:
+                self._silent = not_sent_for_silence(failed)
         self._start_drain()
 
     @property
@@ -124,6 +133,14 @@ class ReportQueue:
             while self._waiting:
                 batch = [r for r in self._waiting if not r.answer.done()]
                 self._waiting = []
+                silent, self._silent = self._silent, None
+                if silent is not None:
+                    # They waited for a report the database left unanswered for the whole
+                    # timeout: the next would wait as long again. Those that come after them
+                    # try again.
+                    for report in batch:
+                        settle(report.answer, own_copy(silent))
+                    continue
                 if not batch:
                     continue
                 failed: BaseException | None = None
@@ -142,8 +159,11 @@ class ReportQueue:
                         if value is None:
                             value = failed or RuntimeError("the report got no answer")
                         settle(report.answer, value)
+                        if self._waiting and self._silent is None and isinstance(value, Exception):
+                            self._silent = not_sent_for_silence(value)
         finally:
             self._drain = None
+            self._silent = None
             for report in self._waiting:  # only if the loop ended the drain
                 if not report.answer.done():
                     report.answer.cancel()

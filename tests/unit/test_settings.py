@@ -171,3 +171,17 @@ def test_the_contracts_configuration_table_names_and_defaults() -> None:
     )
     assert (named.webhook_secret, named.webhook_allow_private) == ("s3cret", True)
     assert (named.default_rpm, named.default_tpd) == (60, 5000)
+
+
+def test_the_bounds_on_waiting_for_postgresql_and_redis() -> None:
+    """docs/operations.md, "When PostgreSQL or Redis goes silent": additions to the contract's
+    configuration, in milliseconds, refused when not a positive whole number."""
+    default = Settings.from_env({})
+    assert (default.database_timeout_ms, default.redis_timeout_ms) == (30_000, 5_000)
+    named = Settings.from_env(
+        {"ENFORCEMENT_DATABASE_TIMEOUT_MS": "2500", "ENFORCEMENT_REDIS_TIMEOUT_MS": "750"}
+    )
+    assert (named.database_timeout_ms, named.redis_timeout_ms) == (2500, 750)
+    for name in ("ENFORCEMENT_DATABASE_TIMEOUT_MS", "ENFORCEMENT_REDIS_TIMEOUT_MS"):
+        with pytest.raises(SettingsError, match=f"{name} must be positive"):
+            Settings.from_env({name: "0"})
