@@ -23,10 +23,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
 from enforcement.policy import (
     Policy,
@@ -34,6 +30,7 @@ from enforcement.policy import (
     abuse_report_open,
     sustained_abuse_due,
 )
+from enforcement.redis_client import bounded_client
 from enforcement.service import Actor, Clock, EnforcementService, request_fingerprint
 from enforcement.settings import Settings
 from enforcement.workers.relay import GATE_EVENTS
@@ -70,7 +67,7 @@ def build_gate(settings: Settings, policy: Policy, clock: Callable[[], float] = 
     ends in the gate when it ends for them)."""
     options = _gate_options(settings, policy)
     if settings.redis_url:
-        return RedisGate.from_url(settings.redis_url, **options)
+        return RedisGate.from_url(settings.redis_url, settings.redis_timeout_ms / 1000, **options)
     return EmbeddedGate(clock=clock, relearn_s=EMBEDDED_RELEARN_S, **options)
 
 
@@ -79,12 +76,7 @@ def build_push_gate(settings: Settings, policy: Policy, gate: Gate) -> Gate:
     through a client of its own whose commands give up after ``PUSH_TIMEOUT_S``."""
     if not isinstance(gate, RedisGate) or not settings.redis_url:
         return gate
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=PUSH_TIMEOUT_S,
-        socket_connect_timeout=PUSH_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
+    client = bounded_client(settings.redis_url, PUSH_TIMEOUT_S, retries=0)
     return RedisGate(client, owns_client=True, **_gate_options(settings, policy))
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,9 +20,12 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from enforcement import redis_client
 from enforcement.gate import core, keys, lua, wire
 from enforcement.gate.base import Gate, GateUnavailable, Seeder, well_formed
 from enforcement.gate.decision import REASONS, DenialStats, GateDecision
+
+log = logging.getLogger("enforcement.gate")
 
 DEFAULT_STATE_TTL_S = 30 * 86_400
 USAGE_TTL_S = 120  # renewed when under 90 s: more than a TAT can run ahead (60 s + 10 s)
@@ -84,6 +89,10 @@ class RedisGate(Gate):
         # validated then (bounded: cleared when full).
         self._wire = wire.Wire(client) if wire.usable(client) else None
         self._calls: dict[tuple[str, str], Any] = {}
+        # The timeout with which Redis last left a check unanswered, until one is answered
+        # (``check``); the lock is held by the one check that waits for it meanwhile.
+        self._unanswered: redis.TimeoutError | None = None
+        self._probing = threading.Lock()
         self._key_limits_script = lua.render(lua.HELPERS + lua.SET_KEY_LIMITS, **common)
         self._account_script = lua.render(lua.HELPERS + lua.SET_ACCOUNT, **common)
         self._throttle_script = lua.render(
@@ -93,8 +102,13 @@ class RedisGate(Gate):
         )
 
     @classmethod
-    def from_url(cls, url: str, **settings: int) -> RedisGate:
-        return cls(redis.Redis.from_url(url), owns_client=True, **settings)
+    def from_url(
+        cls, url: str, timeout_s: float = redis_client.DEFAULT_TIMEOUT_S, **settings: int
+    ) -> RedisGate:
+        """A gate on the Redis of ``url``, whose commands wait at most ``timeout_s`` for it
+        (``redis_client``): a check then raises ``GateUnavailable``."""
+        client = redis_client.bounded_client(url, timeout_s)
+        return cls(client, owns_client=True, **settings)
 
     def close(self) -> None:
         """Close the client (its connection pool too) if the gate made it (``from_url``)."""
@@ -126,7 +140,48 @@ class RedisGate(Gate):
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
 
     def check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
-        """``Gate.check``, with the hot path inlined: the EVALSHA arguments of an (account, key)
+        """``Gate.check``; ``GateUnavailable`` when Redis is down or does not answer in time.
+
+        Once a check found Redis silent (no answer within the client's timeout), one check at
+        a time waits for it again and every other fails at once, until one is answered: each
+        would otherwise hold a thread for the whole timeout, and checks that come faster than
+        the timeout allows would take every thread the API has and wait in line behind them,
+        for ever longer (``docs/operations.md``)."""
+        if self._unanswered is None:
+            try:
+                return self._check_now(account_id, key_id, tokens)
+            except GateUnavailable as exc:
+                self._note_unanswered(exc)
+                raise
+        if not self._probing.acquire(blocking=False):
+            raise GateUnavailable(
+                f"gate store unavailable: it did not answer ({self._unanswered}), and another "
+                "check is waiting for it"
+            )
+        try:
+            decision = self._check_now(account_id, key_id, tokens)
+        except GateUnavailable as exc:
+            self._note_unanswered(exc)
+            raise
+        finally:
+            self._probing.release()
+        if self._unanswered is not None:
+            log.warning("the gate's Redis answers again")
+            self._unanswered = None
+        return decision
+
+    def _note_unanswered(self, exc: GateUnavailable) -> None:
+        if isinstance(exc.__cause__, redis.TimeoutError):
+            if self._unanswered is None:
+                log.warning(
+                    "the gate's Redis did not answer in time (%s): checks fail at once while "
+                    "one at a time waits for it",
+                    exc.__cause__,
+                )
+            self._unanswered = exc.__cause__
+
+    def _check_now(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
+        """The check, with the hot path inlined: the EVALSHA arguments of an (account, key)
         pair are built (and the ids validated) once and cached, a check then looks them up,
         checks ``tokens`` and sends them through ``execute_command``; the decision is built from
         the packed reply without per-field setattr."""

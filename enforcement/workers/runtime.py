@@ -232,16 +232,10 @@ class RedisWatch:
     LOG_KEY = "enforcement:log"
 
     def __init__(self, url: str):
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        from enforcement.redis_client import bounded_client
 
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=REDIS_WATCH_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_WATCH_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),  # a failed look is tried again at the next one
-        )
+        # A failed look is tried again at the next one.
+        self.client = bounded_client(url, REDIS_WATCH_TIMEOUT_SECONDS, retries=0)
 
     def lost(self) -> bool:
         return not self.client.exists(self.KEY)

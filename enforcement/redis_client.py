@@ -1,0 +1,33 @@
+"""Redis clients whose every wait for Redis is bounded, whatever the URL or redis-py's version.
+
+A Redis that keeps its connections open and answers nothing (a paused VM, a stopped process, a
+network path that drops everything without a reset) is seen by no socket error: a client
+without a timeout waits for it forever (redis-py before 6 has none by default; 6 and later
+wait 5 s). Every client of the service's own Redis is made here, with ``socket_timeout`` and
+``socket_connect_timeout`` set to its bound; a ``socket_timeout`` in ``ENFORCEMENT_REDIS_URL``
+does not replace it (``ENFORCEMENT_REDIS_TIMEOUT_MS`` does, for the gate and the broker).
+
+A command that timed out is not sent again: it may have reached Redis (a partition heals, a
+frozen server wakes up) and would then run twice, an enqueue enqueuing twice. A connection
+error is retried ``retries`` times at once (mostly an idle connection the server closed).
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+def bounded_client(url: str, timeout_s: float, *, retries: int = 1) -> redis.Redis:
+    """A client of ``url`` that waits at most ``timeout_s`` to connect and for each reply."""
+    client = redis.Redis.from_url(
+        url, retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
+    )
+    # The URL's own socket_timeout would win over arguments to from_url: set them after it.
+    client.connection_pool.connection_kwargs.update(
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    return client
