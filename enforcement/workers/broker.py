@@ -2,20 +2,69 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
+import redis
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage
 
+from enforcement.redis_client import bounded_client
 from enforcement.settings import Settings
 
 MAINTENANCE_CHANCE = 50_000  # per million Redis commands
 
 
+class _LosingConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, to which Redis not answering in time is a lost connection,
+    as a refused or reset one is (Dramatiq issue 894): the worker's consumer thread then logs
+    it and starts again once Redis answers. Dramatiq's lets a ``redis.TimeoutError`` through
+    as an unexpected error, whose handling puts the consumer's delayed messages back in Redis,
+    which times out too, out of the handler: the thread died, and its queue (a delay queue: the
+    deadlines, the notices' retries) was not consumed again until the worker restarted. A
+    requeue that Redis cannot take is dropped here: the messages stay in Redis, among this
+    worker's unacknowledged ones, as after any lost connection."""
+
+    def ack(self, message: Any) -> None:
+        with _lost_if_silent():
+            super().ack(message)  # type: ignore[no-untyped-call]
+
+    def nack(self, message: Any) -> None:
+        with _lost_if_silent():
+            super().nack(message)  # type: ignore[no-untyped-call]
+
+    def requeue(self, messages: Iterable[Any]) -> None:
+        with _lost_if_silent():
+            super().requeue(messages)  # type: ignore[no-untyped-call]
+
+    def __next__(self) -> Any:
+        with _lost_if_silent():
+            return super().__next__()  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def _lost_if_silent() -> Iterator[None]:
+    """Raise a Redis connection error or timeout as Dramatiq's ``ConnectionClosed`` (which
+    Dramatiq's consumer does for the first alone, and not in ``requeue``)."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+
 class ClosingRedisBroker(RedisBroker):
     """Dramatiq's Redis broker, whose ``close`` closes its connections: Dramatiq's does nothing,
     and the pool it makes from the URL stays open until the broker is collected (it is in a
-    reference cycle with its actors, so only by the cyclic collector)."""
+    reference cycle with its actors, so only by the cyclic collector). Its consumers take Redis
+    not answering in time for a lost connection (``_LosingConsumer``)."""
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _LosingConsumer
 
     def close(self) -> None:
         self.client.close()
@@ -31,8 +80,11 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
         # Dramatiq runs it on 0.1% of commands: an idle consumer polls ~10 times a second, so a
         # dead worker's messages would wait minutes. 5% runs it within a second or two; without
         # dead workers it costs two small sorted-set reads.
+        # Every command waits for Redis a bounded time (``redis_client``): an enqueue of the
+        # relay's, and each fetch and acknowledgement of the consumers.
+        client = bounded_client(settings.redis_url, settings.redis_timeout_ms / 1000)
         broker = ClosingRedisBroker(  # type: ignore[no-untyped-call]
-            url=settings.redis_url,
+            client=client,
             heartbeat_timeout=settings.worker_heartbeat_ms,
             maintenance_chance=MAINTENANCE_CHANCE,
         )

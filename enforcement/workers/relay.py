@@ -4,7 +4,8 @@ It reads the log by position after its checkpoint (position order is commit orde
 ``events.dialects.take_append_lock``), enqueues what each event calls for, and only then
 advances the checkpoint. A crash between the two re-enqueues some messages: delivery is at least
 once and every actor is idempotent, keyed by the event id. If the broker is down, the relay
-stops advancing and catches up when it returns; nothing is lost.
+stops advancing and catches up when it returns; nothing is lost, and none of the messages it
+enqueued before the failure is sent again (``run_once``).
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class Relay:
         # Asked before a page is enqueued: whether this relay may still send (it still leads).
         self.guard: Callable[[], bool] | None = None
         self._begun = 0  # the last position of the last page this relay began to enqueue
+        # The messages the broker took past the checkpoint: every message of the events before
+        # this position, and the first ``n`` of the event at it (``run_once``).
+        self._taken: tuple[int, int] = (0, 0)
 
     def reached(self) -> int:
         """The position up to which this relay sent, or began to send, every message: its
@@ -106,7 +110,11 @@ class Relay:
             return self.store.get_checkpoint(conn, self.checkpoint)
 
     def run_once(self) -> int:
-        """Relay one page; returns how many events it passed over."""
+        """Relay one page; returns how many events it passed over. After a failure (the broker
+        or the database away) the page is relayed again from the checkpoint, but a message
+        the broker took (its enqueue returned) is not sent again by this relay: only the one
+        whose enqueue failed may be sent twice, when the broker took it after all (a timeout:
+        it reached Redis, or reaches it once a partition heals)."""
         after = self.position()
         page = self.store.read_all(after, self.page_size)
         if not page:
@@ -115,8 +123,11 @@ class Relay:
             return 0  # another process may lead now: it sends these
         self._begun = max(self._begun, page[-1].position)
         for event in page:
-            for message in messages_for(event, self.channels):
+            for n, message in enumerate(messages_for(event, self.channels)):
+                if (event.position, n) < self._taken:
+                    continue  # taken by the broker before a failure ended the last attempt
                 self.enqueue(message)
+                self._taken = (event.position, n + 1)
         with write_connection(self.store.engine) as conn, conn.begin():
             self.store.advance_checkpoint(conn, self.checkpoint, page[-1].position)
         return len(page)

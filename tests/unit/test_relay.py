@@ -1,6 +1,6 @@
 """The relay: which messages each event calls for (``messages_for``), when a delayed message is
 due (``delay_ms``), and how the checkpoint moves (only after the enqueue; a failed enqueue leaves
-it where it was, and the retry sends the page again).
+it where it was, and the retry sends the page again from the message the broker did not take).
 
 The relay runs unchanged against an in-memory stand-in for the event store's read and checkpoint
 API, so these tests need no database.
@@ -215,7 +215,7 @@ def test_the_checkpoint_advances_after_every_message_of_the_page_is_enqueued() -
     assert len(store.journal) == 7
 
 
-def test_an_enqueue_failure_leaves_the_checkpoint_and_the_retry_sends_the_page_again() -> None:
+def test_an_enqueue_failure_leaves_the_checkpoint_and_the_retry_sends_what_was_not_taken() -> None:
     store = MemoryStore(notices(3))
     broker = Broker(store, failures=1, fail_at=3)  # the 4th message fails
     relay = Relay(store, broker, CHANNELS)  # type: ignore[arg-type]
@@ -226,11 +226,26 @@ def test_an_enqueue_failure_leaves_the_checkpoint_and_the_retry_sends_the_page_a
     assert ("checkpoint", 3) not in store.journal
     assert len(broker.sent) == 3
 
-    # the retry starts again from the checkpoint: at least once, never a gap
+    # the retry starts again from the checkpoint (never a gap), and sends from the message the
+    # broker did not take: none of the three it took goes twice
     assert relay.run_once() == 3
     assert relay.position() == 3
-    assert [m.args for m in broker.sent[3:]] == [
+    assert [m.args for m in broker.sent] == [
         (f"evt-{p}", channel) for p in (1, 2, 3) for channel in CHANNELS
+    ]
+
+
+def test_a_new_relay_after_a_failure_sends_the_page_again_from_the_checkpoint() -> None:
+    """What this relay took is known to it alone: another (a restart, another leader) starts
+    from the checkpoint and sends the page again, at least once."""
+    store = MemoryStore(notices(2))
+    broker = Broker(store, failures=1, fail_at=3)
+    with pytest.raises(ConnectionError):
+        Relay(store, broker, CHANNELS).run_once()  # type: ignore[arg-type]
+
+    assert Relay(store, broker, CHANNELS).run_once() == 2  # type: ignore[arg-type]
+    assert [m.args for m in broker.sent[3:]] == [
+        (f"evt-{p}", channel) for p in (1, 2) for channel in CHANNELS
     ]
 
 
@@ -271,7 +286,7 @@ def test_a_relay_overtaken_during_its_page_does_not_move_the_checkpoint_back() -
     assert new_leader.run_once() == 0  # nothing to send again
 
 
-def test_a_failed_checkpoint_write_resends_rather_than_skips() -> None:
+def test_a_failed_checkpoint_write_is_written_again_without_sending_again() -> None:
     store = MemoryStore(notices(2))
     store.fail_checkpoint_writes = 1
     broker = Broker(store)
@@ -282,7 +297,7 @@ def test_a_failed_checkpoint_write_resends_rather_than_skips() -> None:
     assert relay.position() == 0
     assert relay.run_once() == 2
     assert relay.position() == 2
-    assert len(broker.sent) == 8  # the 4 messages twice
+    assert len(broker.sent) == 4  # the broker took all 4 the first time
 
 
 def test_the_relay_pages_and_a_new_relay_resumes_from_the_stored_checkpoint() -> None:
