@@ -103,7 +103,9 @@ def events_from_file(path: str, account_id: str) -> tuple[list[dict[str, Any]], 
         if exc.msg != "Extra data":
             raise
         # One JSON value a line: an export's events (every account's), or pages saved so.
-        saved, lines = [json.loads(line) for line in text.splitlines() if line.strip()], True
+        # Lines end at "\n" only: ``str.splitlines`` also splits at U+2028, U+2029 and U+0085,
+        # which JSON keeps unescaped inside strings (a description may hold them).
+        saved, lines = [json.loads(line) for line in text.split("\n") if line.strip()], True
     pages = saved if isinstance(saved, list) else [saved]
     events: list[dict[str, Any]] = []
     more: int | None = None

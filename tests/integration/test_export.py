@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 from enforcement.auditing import RESTRICTIVE, export_lines
 from enforcement.bootstrap import Container
 from enforcement.cli import app
+from enforcement.policy import ViolationReport
+from enforcement.service import Actor
 from events.timefmt import format_time, parse_time
 from events.wire import event_to_json
 from tests.auditor import check_chains
@@ -159,6 +161,41 @@ def test_the_auditors_script_verifies_an_account_from_a_jsonl_export(
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.strip() == (
         f"{accounts[0]}: {len(mine)} events intact, head hash {mine[-1]['hash']}."
+    )
+
+
+def test_the_auditors_script_reads_lines_whose_text_holds_unicode_line_separators(
+    system: Container, tmp_path: Path
+) -> None:
+    """JSON keeps U+2028, U+2029 and U+0085 unescaped inside a string, so an export line may
+    hold them: a line ends at "\\n" alone. (The script split at them too, as ``str.splitlines``
+    does, and could not read such an export: "Unterminated string", exit 2.)"""
+    text = "first\u2028second\u2029third\x85fourth"
+    system.service.report_violation(
+        "acct_lines",
+        ViolationReport(category="spam", occurred_at=system.clock(), description=text),
+        Actor(name="reporter:export-test", correlation_id="export-test"),
+    )
+    out = tmp_path / "events.jsonl"
+    env = {"ENFORCEMENT_DATABASE_URL": system.settings.database_url}
+    result = CliRunner().invoke(app, ["export", "--format", "jsonl", "-o", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    mine = [event_to_json(e) for e in system.store.read_stream("acct_lines")]
+    assert mine[0]["data"]["description"] == text
+    assert text in out.read_text(encoding="utf-8")  # as is, not escaped
+
+    script = Path(__file__).resolve().parents[2] / "docs" / "verify_account.py"
+    checked = subprocess.run(
+        [sys.executable, "-I", str(script), "--file", str(out), "acct_lines"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert checked.returncode == 0, (checked.stdout, checked.stderr)
+    assert checked.stdout.strip() == (
+        f"acct_lines: {len(mine)} events intact, head hash {mine[-1]['hash']}."
     )
 
 
