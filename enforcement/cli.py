@@ -322,6 +322,10 @@ def tokens_create(
         fail(f"Unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}.")
     if not name.strip():
         fail("--name must say who or what uses the token; it is empty.")
+    try:  # a byte that is not UTF-8 comes as half a surrogate pair, which no text can hold
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        fail("--name must be UTF-8 text; it holds a byte that is not.")
     with opened_container() as container:
         token_id, token = issue_token(container.engine, chosen, name)
     article = "an" if chosen.value[0] in "aeiou" else "a"

@@ -330,6 +330,19 @@ def test_a_token_needs_a_name_that_says_whose_it_is(sqlite_url: str) -> None:
     )
 
 
+def test_a_token_name_that_is_not_utf8_is_a_usage_error(sqlite_url: str) -> None:
+    """The name is in every event the token's requests record (``metadata.actor``), which must
+    be UTF-8 JSON. (It was refused by the database's driver, with a sentence that sent the
+    operator to ``enforcement verify`` for a damaged event.)"""
+    assert run_cli(sqlite_url, "init").returncode == 0
+    not_utf8 = os.fsdecode(b"ops-\xff")  # as the process receives the byte 0xFF in argv
+    refused = run_cli(sqlite_url, "tokens", "create", "--role", "reporter", "--name", not_utf8)
+    assert refused.returncode == 2
+    assert one_sentence(refused.stderr) == "--name must be UTF-8 text; it holds a byte that is not."
+    listed = run_cli(sqlite_url, "tokens", "list", "--json")
+    assert json.loads(listed.stdout) == []
+
+
 def test_a_sqlite_uri_filename_is_a_file_too(tmp_path: Path) -> None:
     """``sqlite:///file:/path?uri=true`` names a file as a plain path does: not created by a
     command that only uses it, and not served when it does not exist."""
