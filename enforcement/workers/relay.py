@@ -97,8 +97,9 @@ class Relay:
         self.guard: Callable[[], bool] | None = None
         self._begun = 0  # the last position of the last page this relay began to enqueue
         # The messages the broker took past the checkpoint: every message of the events before
-        # this position, and the first ``n`` of the event at it (``run_once``).
-        self._taken: tuple[int, int] = (0, 0)
+        # this position, and the first ``n`` of the event at it, whose id is the third
+        # (``run_once``, ``_taken_in``).
+        self._taken: tuple[int, int, str] = (0, 0, "")
 
     def reached(self) -> int:
         """The position up to which this relay sent, or began to send, every message: its
@@ -122,15 +123,28 @@ class Relay:
         if self.guard is not None and not self.guard():
             return 0  # another process may lead now: it sends these
         self._begun = max(self._begun, page[-1].position)
+        taken = self._taken_in(page)
         for event in page:
             for n, message in enumerate(messages_for(event, self.channels)):
-                if (event.position, n) < self._taken:
+                if (event.position, n) < taken:
                     continue  # taken by the broker before a failure ended the last attempt
                 self.enqueue(message)
-                self._taken = (event.position, n + 1)
+                self._taken = (event.position, n + 1, event.event_id)
         with write_connection(self.store.engine) as conn, conn.begin():
             self.store.advance_checkpoint(conn, self.checkpoint, page[-1].position)
         return len(page)
+
+    def _taken_in(self, page: list[RecordedEvent]) -> tuple[int, int]:
+        """(position, n): the broker took every message of ``page`` before the ``n``-th of the
+        event at that position; (0, 0): none of them. Only if that event is still in the page
+        as it was enqueued: a log that lost its last commits (a failover to a replica that had
+        not received them) gives their positions to other events, whose messages nobody sent."""
+        position, n, event_id = self._taken
+        if page[0].position <= position <= page[-1].position:
+            for event in page:
+                if event.position == position:
+                    return (position, n) if event.event_id == event_id else (0, 0)
+        return (0, 0)
 
     def run(
         self,

@@ -249,6 +249,26 @@ def test_a_new_relay_after_a_failure_sends_the_page_again_from_the_checkpoint() 
     ]
 
 
+def test_a_log_that_lost_what_the_broker_took_has_its_new_events_relayed() -> None:
+    """A failover to a replica that had not received the last commits gives their positions to
+    new events: what the broker took for the lost ones says nothing of these."""
+    store = MemoryStore(notices(2))
+    store.fail_checkpoint_writes = 1
+    broker = Broker(store)
+    relay = Relay(store, broker, CHANNELS)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        relay.run_once()  # the broker took all four messages; the checkpoint was not written
+    # Given a log without those two events, whose positions went to two others
+    store.events = [
+        recorded(NewEvent("NoticeIssued", {}, T0, event_id=f"new-{p}"), p) for p in (1, 2)
+    ]
+
+    assert relay.run_once() == 2
+    assert [m.args for m in broker.sent[4:]] == [
+        (f"new-{p}", channel) for p in (1, 2) for channel in CHANNELS
+    ]
+
+
 def test_reached_counts_a_page_begun_whose_checkpoint_is_not_written() -> None:
     """What a broker that lost its data may have lost is every message up to ``reached``: the
     messages of a page already enqueued count before its checkpoint is written."""
