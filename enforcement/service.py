@@ -134,7 +134,8 @@ def _item_result(run: Callable[[], Outcome]) -> ItemResult:
     except (ConcurrencyError, DBAPIError, StoreError) as exc:
         for kind, status, code, message in _ITEM_FAILURES:
             if isinstance(exc, kind):
-                if status >= 500:
+                # One not sent was not tried: ``_UntilSilent`` logged why, once for them all.
+                if status >= 500 and not isinstance(exc, NotSent):
                     log.exception("a batch item failed in the store")
                 return ItemResult(status, error=DomainError(message, code=code))
         raise  # pragma: no cover - every kind caught above has a row
@@ -172,13 +173,18 @@ _ITEM_FAILURES: tuple[tuple[type[Exception], int, str, str], ...] = (
 )
 
 
-def not_sent_for_silence(exc: BaseException) -> OperationalError | None:
+class NotSent(OperationalError):
+    """A report not sent: the database left one before it unanswered (HTTP 503, nothing was
+    written). Its ``orig`` is the driver's timeout."""
+
+
+def not_sent_for_silence(exc: BaseException) -> NotSent | None:
     """If ``exc`` found the database silent (``dialects.unanswered``), the error for a report
     not sent because of it (HTTP 503, nothing was written); else None."""
     timeout = unanswered(exc)
     if timeout is None:
         return None
-    return OperationalError(
+    return NotSent(
         "(not sent: the database did not answer a report before this one)", None, timeout
     )
 
@@ -192,12 +198,17 @@ class _UntilSilent:
     reports would otherwise take N timeouts, the last one's caller waiting for them all."""
 
     def __init__(self) -> None:
-        self.error: OperationalError | None = None
+        self.error: NotSent | None = None
 
     def saw(self, exc: BaseException) -> None:
-        """Note ``exc``, if it found the database silent."""
+        """Note ``exc``, if it found the database silent (and log it, once)."""
         if self.error is None:
             self.error = not_sent_for_silence(exc)
+            if self.error is not None:
+                log.warning(
+                    "the database did not answer (%s): this request's other reports are not sent",
+                    self.error.orig,
+                )
 
     def call(self, run: Callable[[], Outcome]) -> Outcome:
         if self.error is not None:

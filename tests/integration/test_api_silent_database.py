@@ -8,6 +8,7 @@ and once bytes flow again the next requests succeed at once."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -114,9 +115,10 @@ def test_reports_waiting_behind_one_another_each_fail_within_one_timeout(
 
 
 def test_a_batch_while_the_database_is_silent_fails_each_item_within_one_timeout(
-    proxy: CuttingProxy, direct: EventStore, api: TestClient
+    proxy: CuttingProxy, direct: EventStore, api: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert report(api, "acct_0").status_code == 201
+    caplog.set_level(logging.WARNING, logger="enforcement")
     proxy.silence()
     items: list[dict[str, Any]] = [
         {"account_id": f"acct_{i % 10}", "category": "spam"} for i in range(20)
@@ -129,6 +131,12 @@ def test_a_batch_while_the_database_is_silent_fails_each_item_within_one_timeout
     assert [r["status"] for r in results] == [503] * 20
     assert {r["error"]["code"] for r in results} == {"dependency_unavailable"}
     assert took < TIMEOUT_S + SLACK_S, took  # one read of the pooled connection, not 20
+    # The log says once why the items were not sent, not once for each, with a traceback
+    failed = [r for r in caplog.records if r.getMessage() == "a batch item failed in the store"]
+    assert len(failed) <= 1, len(failed)  # the item that waited, if one did
+    silent = [r for r in caplog.records if "not sent" in r.getMessage()]
+    assert len(silent) == 1, [r.getMessage() for r in silent]
+    assert "sent nothing for 1 s" in silent[0].getMessage()
     proxy.resume()
     assert [violations(direct, f"acct_{i}") for i in range(10)] == [1] + [0] * 9
 
