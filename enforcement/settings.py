@@ -35,7 +35,7 @@ class Settings:
     worker_processes: int = 2
     worker_threads: int = 8
     worker_heartbeat_ms: int = 60_000
-    # How long a PostgreSQL connection waits for any answer before it is closed as lost.
+    # How long a PostgreSQL connection waits for a round trip's answer before it is closed as lost.
     database_timeout_ms: int = 30_000
     # How long the gate's and the broker's Redis clients wait to connect and for each reply.
     redis_timeout_ms: int = 5_000

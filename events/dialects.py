@@ -95,14 +95,18 @@ POSTGRES_SOCKET_DEFAULTS: dict[str, int] = {
 }
 
 
-ANSWER_TIMEOUT_MESSAGE = "PostgreSQL sent nothing for {seconds:g} s; the connection was closed"
+ANSWER_TIMEOUT_MESSAGE = (
+    "PostgreSQL did not answer within {seconds:g} s (silent, or a statement that runs longer); "
+    "the connection was closed"
+)
 
 
 @functools.cache
 def _bounded_connection_class() -> type[Any]:
     """``psycopg.Connection`` whose every wait for the server (an answer, a pipeline's results,
-    a COMMIT) gives up after ``answer_timeout`` seconds without a byte (None: never). Made on
-    first use: importing psycopg costs a tenth of a second, which SQLite need not pay.
+    a COMMIT) gives up once it has waited ``answer_timeout`` seconds in all (None: never) for
+    the whole answer, however many bytes came meanwhile (psycopg's own timeout). Made on first
+    use: importing psycopg costs a tenth of a second, which SQLite need not pay.
 
     A server that keeps the connection open and sends nothing, with its kernel still
     acknowledging what it is sent (a hung server, a stuck proxy or pooler), is seen by neither
@@ -110,13 +114,14 @@ def _bounded_connection_class() -> type[Any]:
     bound the connection's state is unknown (an answer may still come), so it is closed
     (``broken``: SQLAlchemy sees a disconnect, and the pool discards it) and an
     ``OperationalError`` saying so (``ANSWER_TIMEOUT_MESSAGE``, of the class's ``Timeout``) is
-    raised; ``unanswered`` tells such a failure. A statement the server is still running sends
-    nothing either: the bound is also the longest any one round trip may take."""
+    raised; ``unanswered`` tells such a failure. A statement the server is still running (or
+    whose rows are still coming) is not told from a silent server: the bound is also the
+    longest any one round trip may take."""
     import psycopg
     from psycopg.errors import _WaitTimeout
 
     class AnswerTimeout(psycopg.OperationalError):
-        """The server sent nothing for ``answer_timeout`` seconds."""
+        """The server did not answer a round trip within ``answer_timeout`` seconds."""
 
     class BoundedConnection(psycopg.Connection[Any]):
         answer_timeout: float | None = None
