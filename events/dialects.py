@@ -171,8 +171,8 @@ def create_engine(
     ``connect_timeout`` (seconds, PostgreSQL only) replaces the usual bound on connecting: the
     URL's own, else ``POSTGRES_CONNECT_TIMEOUT_SECONDS``. PostgreSQL sockets take
     ``POSTGRES_SOCKET_DEFAULTS`` for what the URL does not set. ``answer_timeout`` (seconds,
-    PostgreSQL only; None: no bound) is how long a connection waits for any answer from the
-    server before it is closed as lost (``_bounded_connection_class``)."""
+    PostgreSQL only; None: no bound) is how long a connection waits in all for the whole answer
+    of one round trip before it is closed as lost (``_bounded_connection_class``)."""
     sa_url = normalized_url(url)
     if sa_url.get_backend_name() == "sqlite":
         _create_private_file(sa_url)
