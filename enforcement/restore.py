@@ -66,6 +66,12 @@ class DatabaseHold:
                 (1, PENDING_BYTE),
                 (SHARED_SIZE, SHARED_FIRST),
             )
+            opener = other_opener(self.database)
+            if opener is not None:
+                raise InUse(
+                    f"The database {self.database} is in use: {opener} has it open; stop it, "
+                    "then run the restore again."
+                )
         except BaseException:
             self.release()
             raise
@@ -101,6 +107,39 @@ class DatabaseHold:
             if fd is not None:
                 os.close(fd)
         self._file = self._leader = None
+
+
+def other_opener(database: Path, proc: Path = Path("/proc")) -> str | None:
+    """Another process that has ``database`` open, as ``process <pid> (<name>)``, or None.
+
+    SQLite's locks see only a connection that has read the database: one that has opened it
+    and read nothing yet (a ``sqlite3`` shell just started) holds none, and would read the
+    file moved aside once it does. Its open file is seen where the system lists them
+    (``/proc``, Linux), for the processes this user may look into (root: all); elsewhere, or
+    where it may not look, nothing is found."""
+    try:
+        wanted = database.stat()
+        pids = [entry.name for entry in os.scandir(proc) if entry.name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = list(os.scandir(proc / pid / "fd"))
+        except OSError:
+            continue  # gone, or not ours to look into
+        for fd in fds:
+            try:
+                opened = os.stat(fd.path)
+            except OSError:
+                continue
+            if (opened.st_dev, opened.st_ino) == (wanted.st_dev, wanted.st_ino):
+                with suppress(OSError):
+                    name = (proc / pid / "comm").read_text().strip()
+                    return f"process {pid} ({name})"
+                return f"process {pid}"
+    return None
 
 
 def copy_file(source: Path, fd: int, progress: Callable[[int, int], None] | None = None) -> None:

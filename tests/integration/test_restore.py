@@ -156,6 +156,28 @@ def held_by(how: str, live: Live, tmp_path: Path) -> Iterator[None]:
     if how == "a connection of another process":
         yield  # this one's: the system on it has read it
         return
+    if how == "a connection that has read nothing yet":
+        # A sqlite3 shell just started: the file is open, no lock is held (SQLite's locks
+        # cannot see it), and what it reads next would be whatever file has the name's inode.
+        live.system.close()
+        shell = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('select 1');"
+                " print('open', flush=True); sys.stdin.read()",
+                str(database_of(live)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert shell.stdout is not None and shell.stdout.readline() == "open\n"
+            yield
+        finally:
+            shell.communicate("", timeout=30)
+        return
     if how == "the relay leader's lock":
         leader = LeaderLock(live.system)
         live.system.close()  # no connection left: only the lock file is held
@@ -173,7 +195,13 @@ def held_by(how: str, live: Live, tmp_path: Path) -> Iterator[None]:
 
 
 @pytest.mark.parametrize(
-    "how", ["a connection of another process", "the relay leader's lock", "enforcement serve"]
+    "how",
+    [
+        "a connection of another process",
+        "a connection that has read nothing yet",
+        "the relay leader's lock",
+        "enforcement serve",
+    ],
 )
 def test_a_database_in_use_is_not_replaced(live: Live, tmp_path: Path, how: str) -> None:
     database = database_of(live)
