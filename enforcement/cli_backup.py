@@ -38,20 +38,17 @@ def backup(
     is then left as it was). On PostgreSQL, use pg_dump (docs/operations.md)."""
     from enforcement.backup import BackupError, companions, copy_sqlite, remove_part
     from enforcement.files import new_part, put_in_place
-    from events.dialects import sqlite_file
 
     url = _settings().database_url
-    database = sqlite_file(url)
-    if database is None:
-        if url.startswith("sqlite"):
-            fail(f"{_redacted(url)} is a database in memory: there is no file to back up.")
-        fail(
-            "enforcement backup copies a SQLite database file; back up PostgreSQL with "
-            "pg_dump --format=custom (or pg_basebackup for a base backup), as "
-            'docs/operations.md, "Backups and restore", shows.'
-        )
+    database = _database_file(
+        url,
+        "back up",
+        "enforcement backup copies a SQLite database file; back up PostgreSQL with "
+        "pg_dump --format=custom (or pg_basebackup for a base backup), as "
+        'docs/operations.md, "Backups and restore", shows.',
+    )
     _require_sqlite_file(url)
-    target, mode = _backup_target(path, overwrite, companions(Path(database)))
+    target, mode = _backup_target(path, overwrite, companions(database))
 
     try:
         fd, partial = new_part(target, mode)
@@ -60,7 +57,7 @@ def backup(
     placed = False
     try:
         check = _copy_and_check(
-            lambda progress: copy_sqlite(Path(database), partial, progress),
+            lambda progress: copy_sqlite(database, partial, progress),
             partial,
             "pages",
             failed=f"The copy failed its check: {{}}; {path} was left as it was.",
@@ -107,19 +104,15 @@ def restore(
         move_aside,
         move_back,
     )
-    from events.dialects import DATABASE_FILE_MODE, sqlite_file
+    from events.dialects import DATABASE_FILE_MODE
 
     settings = _settings()
-    url = settings.database_url
-    database = sqlite_file(url)
-    if database is None:
-        if url.startswith("sqlite"):
-            fail(f"{_redacted(url)} is a database in memory: there is no file to restore.")
-        fail(
-            "enforcement restore puts back a SQLite backup; restore PostgreSQL with pg_restore "
-            'into a new database, as docs/operations.md, "Backups and restore", shows.'
-        )
-    live = Path(database)
+    live = _database_file(
+        settings.database_url,
+        "restore",
+        "enforcement restore puts back a SQLite backup; restore PostgreSQL with pg_restore "
+        'into a new database, as docs/operations.md, "Backups and restore", shows.',
+    )
     source = _backup_source(backup, companions(live))
     hold = DatabaseHold(live)
     try:
@@ -186,6 +179,19 @@ def restore(
         'docs/operations.md, "What a restore means".',
         *redis,
     )
+
+
+def _database_file(url: str, verb: str, not_sqlite: str) -> Path:
+    """The SQLite database file of ``url``; exit 2 for a database in memory (nothing to
+    ``verb``) or one that is not SQLite (``not_sqlite`` says what to use instead)."""
+    from events.dialects import sqlite_file
+
+    database = sqlite_file(url)
+    if database is None:
+        if url.startswith("sqlite"):
+            fail(f"{_redacted(url)} is a database in memory: there is no file to {verb}.")
+        fail(not_sqlite)
+    return Path(database)
 
 
 def _copy_and_check(
