@@ -26,6 +26,7 @@ from enforcement.cli_output import (
     discard,
     err_console,
     fail,
+    say,
 )
 from enforcement.settings import Settings, SettingsError
 from events.errors import UnknownEventType
@@ -406,12 +407,9 @@ def webhook_key(account: Annotated[str, typer.Argument(help="Account id.")]) -> 
             "ENFORCEMENT_WEBHOOK_SECRET is unset, so webhooks are not signed and no account has "
             "a key; run this with the service's secret set."
         )
-    console.print(
+    say(
         f"Webhook key of account {account}, to check {ACCOUNT_SIGNATURE_HEADER} with. Give it "
-        "to the account's owner only; it changes when ENFORCEMENT_WEBHOOK_SECRET does.",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,  # one line whatever the terminal's width, for a script that reads it
+        "to the account's owner only; it changes when ENFORCEMENT_WEBHOOK_SECRET does."
     )
     sys.stdout.flush()
     print(account_key(secret, account))
@@ -568,9 +566,6 @@ def export(
     err_console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
 
 
-EXPORT_FILE_MODE = 0o600
-
-
 def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
     """Write ``lines`` to ``output``; returns how many. A regular file (or a new one) is written
     beside it first and renamed over it once complete, so an export that fails (a full disk, a
@@ -595,12 +590,13 @@ def _write_lines_to(output: Path, lines: Iterator[str]) -> int:
             fail(f"Cannot write {output}: {exc.strerror or exc}.")
         return count
     from enforcement.files import replace_durably
+    from events.dialects import DATABASE_FILE_MODE
 
     target = Path(os.path.realpath(output))  # a symbolic link's file, not the link
     if mode is None:
         # A new file is the exporter's alone, as the database file is: it holds what that holds
         # (descriptions, a third party's contact). One that exists keeps the mode it has.
-        mode = EXPORT_FILE_MODE
+        mode = DATABASE_FILE_MODE
     count = 0
     started = False  # a failure before the first line is the path's (a missing directory)
 

@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from enforcement.cli import _redacted, _require_sqlite_file, _settings, app
-from enforcement.cli_output import EXIT_CHECK_FAILED, console, fail
+from enforcement.cli_output import EXIT_CHECK_FAILED, fail, say
 
 if TYPE_CHECKING:
     from enforcement.backup import CopyCheck, Progress
-
-BACKUP_FILE_MODE = 0o600  # it holds what the database holds (contacts, descriptions, tokens)
 
 
 @app.command()
@@ -75,7 +73,7 @@ def backup(
         os.close(fd)
         if not placed:
             remove_part(partial)
-    _say(
+    say(
         f"Backed up {database} to {path}: {_figures(check)}.",
         f"Checked the copy: {_intact(check)}.",
     )
@@ -170,7 +168,7 @@ def restore(
             "warning)."
         ]
     )
-    _say(
+    say(
         f"Restored {live} from {backup}: {_figures(check)}.",
         f"Checked the backup first: {_intact(check)}.",
         describe_moved(aside, moved),
@@ -244,23 +242,20 @@ def _intact(check: CopyCheck) -> str:
     return f"integrity_check ok, {check.accounts} of {check.accounts} account chain(s) intact"
 
 
-def _say(*lines: str) -> None:
-    for line in lines:
-        # As written, whatever the terminal's width: a script may read the figures.
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
 def _backup_target(path: Path, overwrite: bool, database_files: set[str]) -> tuple[Path, int]:
     """The file to write (a symbolic link's file, not the link) and its mode: a new file's
-    ``BACKUP_FILE_MODE``, or the mode of the file ``--overwrite`` replaces. Exit 2 for a PATH
-    that exists without ``--overwrite``, a directory or a device, or the database itself."""
+    ``DATABASE_FILE_MODE`` (it holds what the database holds), or the mode of the file
+    ``--overwrite`` replaces. Exit 2 for a PATH that exists without ``--overwrite``, a directory
+    or a device, or the database itself."""
+    from events.dialects import DATABASE_FILE_MODE
+
     target = Path(os.path.realpath(path))
     if str(target) in database_files:
         fail(f"{path} is the database or a file SQLite keeps beside it; choose another PATH.")
     try:
         mode = target.stat().st_mode
     except FileNotFoundError:  # a new file (or a link to none yet: the file it names)
-        return target, BACKUP_FILE_MODE
+        return target, DATABASE_FILE_MODE
     except OSError as exc:
         fail(f"Cannot use {path}: {exc.strerror or exc}.")
     if stat.S_ISDIR(mode):

@@ -51,6 +51,13 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
+def say(*lines: str) -> None:
+    """Print ``lines`` on stdout as written, whatever the terminal's width (a script may read
+    them), never read as Rich markup."""
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def discard(stream: TextIO) -> None:
     """Send what ``stream`` (stdout or stderr, whose reader went away) still holds, and any
     later write, to nowhere: Python's flush at exit would fail on it, print "Exception ignored"
