@@ -14,7 +14,7 @@ Sides, each a fresh file of its own in one temporary directory, WAL, ``synchrono
   plain indexes beside the rowid: event id, (account, version), recorded_at); a 1-event
   append is ``BEGIN IMMEDIATE``, the head read, the insert, ``COMMIT``; a B-event append is
   ``BEGIN IMMEDIATE``, the head read, ``max(position)``, one multi-row insert with the positions
-  given, ``COMMIT`` (as ``events/store.py`` does);
+  given, ``COMMIT`` (as ``events/writing.py`` does);
 - ``ours - recorded_at index``: the same, without ``ix_events_recorded_at``;
 - ``narrow``: the same statements on a table with binary ids and hashes (16 and 32 bytes
   instead of 36 and 64 characters), times as integer microseconds, no ``recorded_at`` index;

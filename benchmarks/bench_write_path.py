@@ -1,5 +1,5 @@
 """The write path on PostgreSQL: ``EnforcementService.report_violation`` in process, with the
-store's pipelined appends (``events.store._write_pipelined``) against the store reading every
+store's pipelined appends (``events.writing.write_pipelined``) against the store reading every
 head under the lock as before (``EventStore(pipeline_known_heads=False)``), side by side in one
 run, on the same database server.
 

@@ -12,8 +12,9 @@ from events.errors import (
     StreamKeyUsed,
     UnknownEventType,
 )
-from events.store import EventStore, StreamAppend
+from events.store import EventStore
 from events.types import NewEvent, RecordedEvent, StreamHead, VerifyResult
+from events.writing import StreamAppend
 
 __all__ = [
     "GENESIS_HASH",

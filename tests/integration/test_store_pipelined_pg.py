@@ -1,7 +1,7 @@
 """On PostgreSQL an append to one stream whose head is known, the empty stream's for
 ``expected_version=0`` or one the caller read, is one pipeline: BEGIN, keys, lock, insert,
 ``after_append``'s writes (and COMMIT for a new stream), without reading the stream's head
-(``events.store._write_pipelined``). What it must keep: the same results, nothing written when
+(``events.writing.write_pipelined``). What it must keep: the same results, nothing written when
 the head was not the stream's head after all, and connections that go back to the pool as
 they came."""
 
@@ -23,7 +23,7 @@ from events import (
     RecordedEvent,
     StreamHead,
 )
-from events import store as events_store
+from events import writing as events_writing
 from events.schema import checkpoints
 from tests.conftest import migrated_store
 
@@ -47,7 +47,7 @@ def no_head_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: Any) -> None:
         raise AssertionError("a new stream's head was read")
 
-    monkeypatch.setattr("events.store._locked_heads", refuse)
+    monkeypatch.setattr("events.writing.locked_heads", refuse)
 
 
 def test_a_new_streams_events_are_appended_without_reading_its_head(
@@ -187,13 +187,13 @@ def test_without_pipelining_every_head_is_read_under_the_lock(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[list[str]] = []
-    locked_heads = events_store._locked_heads
+    locked_heads = events_writing.locked_heads
 
     def counting(driver: Any, sql: Any, account_ids: list[str]) -> Any:
         reads.append(account_ids)
         return locked_heads(driver, sql, account_ids)
 
-    monkeypatch.setattr(events_store, "_locked_heads", counting)
+    monkeypatch.setattr(events_writing, "locked_heads", counting)
     with migrated_store(pg_url, pipeline_known_heads=False) as store:
         [first] = store.append("acct_1", 0, [noted(1)])
         store.append("acct_1", 1, [noted(2)], head=StreamHead(1, first.hash))

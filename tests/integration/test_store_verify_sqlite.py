@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import EventStore, NewEvent, canonical_json
+from events import rows as event_rows
 from events import store as events_store
 from events.chain import GENESIS_HASH, verify_links
 from events.dialects import drop_append_only_ddl
@@ -33,8 +34,8 @@ def test_what_this_store_writes_verifies_by_the_splice_alone(
     def refuse(*_args: Any) -> None:
         raise AssertionError("a row of this store's shapes was recomputed")
 
-    monkeypatch.setattr(events_store, "event_hash", refuse)
-    monkeypatch.setattr(events_store, "_sqlite_row_matches", refuse)
+    monkeypatch.setattr(event_rows, "event_hash", refuse)
+    monkeypatch.setattr(event_rows, "sqlite_row_matches", refuse)
 
     assert [r.ok and r.events == 4 for _, r in sqlite_store.verify_all()] == [True] * 3
 
@@ -172,7 +173,7 @@ CELLS = st.one_of(
 
 @pytest.fixture(scope="module")
 def written_rows(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any, ...]]:
-    """A stream of this store's writing, as ``_SQL.verify`` reads it on SQLite."""
+    """A stream of this store's writing, as ``Statements.verify`` reads it on SQLite."""
     from enforcement.migrations import upgrade
     from events import create_engine
 
@@ -203,5 +204,5 @@ def test_the_written_out_loop_judges_every_row_as_the_reference_does(
     rows = [list(r) for r in written_rows]
     for row, column, value in edits:
         rows[row][column] = value
-    reference = verify_links(rows, events_store._link, events_store._sqlite_row_matches)
-    assert events_store._verify_sqlite_rows(rows) == reference
+    reference = verify_links(rows, events_store._link, event_rows.sqlite_row_matches)
+    assert event_rows.verify_sqlite_rows(rows) == reference

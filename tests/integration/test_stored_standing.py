@@ -28,7 +28,7 @@ from enforcement.policy import ViolationReport
 from enforcement.service import Fact
 from enforcement.workers.sweep import sweep_once
 from events import ConcurrencyError, NewEvent, StreamHead
-from events import store as store_module
+from events import writing as writing_module
 from projections import aup_events as ev
 from projections import stored
 from projections.standing import StandingState, apply_all
@@ -257,13 +257,13 @@ def test_a_write_between_the_load_and_the_append_costs_a_retry(
 def pipelined_appends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the store's pipelined appends (PostgreSQL, head known): one entry per call."""
     calls: list[int] = []
-    write_pipelined = store_module._write_pipelined
+    write_pipelined = writing_module.write_pipelined
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return write_pipelined(*args, **kwargs)
 
-    monkeypatch.setattr(store_module, "_write_pipelined", counting)
+    monkeypatch.setattr(writing_module, "write_pipelined", counting)
     return calls
 
 

@@ -434,12 +434,12 @@ def test_fastjson_canonical_texts_are_json_dumps(value: Any) -> None:
 @settings(max_examples=300)
 @given(json_objects, metadata_objects)
 def test_the_store_writes_documents_as_json_dumps_does(data: Any, metadata: Any) -> None:
-    from events.store import _documents
     from events.types import NewEvent
+    from events.writing import documents_of
 
     event = NewEvent("T", data, datetime(2026, 1, 1, tzinfo=UTC), metadata)
     for postgres in (False, True):
-        [prepared] = _documents([event], postgres)
+        [prepared] = documents_of([event], postgres)
         if prepared is None:  # left to the database
             continue
         data_text, metadata_text, data_copy, metadata_copy = prepared
