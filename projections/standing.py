@@ -2,12 +2,14 @@
 
 Two layers, both pure:
 
-- ``StandingState`` is the accumulator: everything the events said that the read side shows and
-  the policy needs (violations, remediations, throttles, suspension, decisions and their appeals,
-  abuse reports, rate limits). It holds no clock-dependent conclusion, so it can be stored
-  (``to_json``) and resumed (``from_json``) and brought up to date with ``apply``.
-- ``view(state, as_of, strike_lookback)`` draws the ``Standing`` at an instant: strikes that are
-  still within the lookback, suspensions and throttles that have not run out, the status.
+- ``StandingState`` (``projections.standing_state``) is the accumulator: everything the
+  events said that the read side shows and the policy needs (violations, remediations,
+  throttles, suspension, decisions and their appeals, abuse reports, rate limits). It holds no
+  clock-dependent conclusion, so it can be stored (``to_json``) and resumed (``from_json``) and
+  brought up to date with ``apply`` (this module).
+- ``view(state, as_of, strike_lookback)`` (``projections.standing_view``) draws the
+  ``Standing`` at an instant: strikes that are still within the lookback, suspensions and
+  throttles that have not run out, the status.
 
 ``fold`` composes them over the events recorded up to ``as_of``; the write side (to decide) and the
 read side (to answer) use the same code, so they cannot disagree.
@@ -19,365 +21,46 @@ string order is time order and the state serialises without conversion.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from operator import attrgetter
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from events import RecordedEvent
-from events.timefmt import canonical_time, format_any_time, format_time, parse_time, to_utc
+from events.timefmt import canonical_time, to_utc
 from projections import aup_events as ev
-from projections.frozen import fast_init
-from projections.open_items import CANONICAL_TEXT_LENGTH, OpenItems, open_records
-
-JSON = dict[str, Any]
-Status = Literal[
-    "terminated", "suspended", "throttled", "remediation_due", "warned", "good_standing"
-]
-# Bump when the stored shape of ``StandingState`` changes; ``from_json`` then refuses older
-# states and the stored standings must be rebuilt from the log (the log is the truth).
-STATE_SCHEMA = 4  # 3: DecisionRecord.appeal_deadline; 4: StandingState.replaced_suspensions
-# Event types that are decisions an appeal may target, and what each one targets.
-DECISION_TYPES = (
-    "ThrottleApplied",
-    "AccountSuspended",
-    "AccountTerminated",
-    "RemediationRequested",
+from projections.standing_state import (
+    DECISION_TYPES,
+    JSON,
+    STATE_SCHEMA,
+    TABLES,
+    AbuseReportRecord,
+    AppealRecord,
+    DecisionRecord,
+    RateLimitRecord,
+    RemediationRecord,
+    StandingState,
+    SuspensionRecord,
+    Table,
+    ThrottleRecord,
+    ViolationRecord,
+    record_json,
+)
+from projections.standing_view import (
+    ActiveSuspension,
+    ActiveThrottle,
+    OpenRemediation,
+    Standing,
+    Status,
+    active_strikes,
+    active_suspension,
+    active_throttles,
+    remediation_is_open,
+    suspension_runs,
+    view,
 )
 
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ViolationRecord:
-    """A reported violation; ``strike`` false never counts, ``dismissed`` no longer counts."""
-
-    violation_id: str
-    event_id: str
-    category: str
-    severity: str
-    occurred_at: str
-    detection: str
-    description: str | None
-    key_id: str | None
-    strike: bool
-    dismissed: bool = False
-    decision_event_ids: tuple[str, ...] = ()
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class RemediationRecord:
-    """A remediation request; open means ``status == "open"`` (see ``remediation_is_open``)."""
-
-    remediation_id: str
-    event_id: str
-    violation_ids: tuple[str, ...]
-    due_at: str
-    requested_at: str
-    status: str = "open"  # open | completed | expired | dismissed (all its violations were)
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ThrottleRecord:
-    """A throttle not lifted; in force until ``expires_at`` (None: until lifted)."""
-
-    throttle_id: str
-    event_id: str
-    key_id: str | None
-    factor: float
-    expires_at: str | None
-    applied_at: str
-    reason: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class SuspensionRecord:
-    """A suspension not ended; in force until ``until`` (None: indefinitely)."""
-
-    suspension_id: str
-    event_id: str
-    since: str
-    until: str | None
-    reason: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DecisionRecord:
-    """A decision event an appeal may target: what it was, when, why, and what it restricted."""
-
-    event_id: str
-    type: str
-    recorded_at: str
-    violation_ids: tuple[str, ...]
-    target_id: str | None
-    open_appeal_id: str | None = None
-    overturned: bool = False
-    # The appeal deadline its statement of reasons gave the account; None when it gave none
-    # (the window then runs from ``recorded_at``: ``policy.check_appeal_filing``).
-    appeal_deadline: str | None = None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class AppealRecord:
-    """An appeal of one decision event, open until decided."""
-
-    appeal_id: str
-    event_id: str
-    decision_event_id: str
-    filed_at: str
-    status: str = "open"  # open | upheld | overturned
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class AbuseReportRecord:
-    """A third party's report (AUP §7), or the gate's (``source``), open until triaged."""
-
-    report_id: str
-    event_id: str
-    category: str
-    description: str
-    evidence_ref: str | None
-    received_at: str
-    status: str = "open"  # open | confirmed | rejected
-    violation_id: str | None = None
-    # Who filed it: ``GATE_SOURCE`` for the gate, None for a report received through the API
-    # (and for a record stored before the field: its event has none either).
-    source: str | None = None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class RateLimitRecord:
-    """The latest configured limits of a key, or (``key_id`` None) of the whole account."""
-
-    key_id: str | None
-    requests_per_minute: int
-    tokens_per_day: int
-
-
-@dataclass(slots=True)
-class StandingState:
-    """What an account's events have established, independent of the clock.
-
-    A value: ``apply``, ``apply_all`` and ``fold`` never change a state they are given, and
-    callers must not either (the views keep, on the state, what they found in its tables:
-    ``projections.open_items``). ``from_json(to_json(s)) == s`` and ``to_json`` is plain JSON whose
-    collections are lists in event order (safe in PostgreSQL JSONB, which reorders object keys).
-    """
-
-    account_id: str
-    version: int = 0
-    last_recorded_at: str | None = None
-    terminated: bool = False
-    termination_event_id: str | None = None
-    adult_content_approved: bool = False
-    # The latest suspension not ended (a new one replaces it), and the ones it replaced while
-    # they were still running, oldest first: an overturned suspension (``SuspensionEnded`` with
-    # reason ``overturned``) gives the account back the one it replaced, not good standing.
-    suspension: SuspensionRecord | None = None
-    replaced_suspensions: tuple[SuspensionRecord, ...] = ()
-    account_rate_limit: RateLimitRecord | None = None
-    violations: dict[str, ViolationRecord] = field(default_factory=dict)
-    remediations: dict[str, RemediationRecord] = field(default_factory=dict)
-    throttles: dict[str, ThrottleRecord] = field(default_factory=dict)
-    decisions: dict[str, DecisionRecord] = field(default_factory=dict)
-    appeals: dict[str, AppealRecord] = field(default_factory=dict)
-    abuse_reports: dict[str, AbuseReportRecord] = field(default_factory=dict)
-    key_rate_limits: dict[str, RateLimitRecord] = field(default_factory=dict)
-    # Not part of the value: the version of the state this one was made from by ``apply`` /
-    # ``apply_all``, whose tables (``Table``) then note every key they changed since, so that
-    # ``projections.stored`` writes only those (``changed_keys``).
-    derived_from: int | None = field(default=None, compare=False, repr=False)
-    # Not part of the value either: the records that may be open (``projections.open_items``),
-    # found when first asked for, and those of the state this one was made from.
-    open_items: OpenItems | None = field(default=None, init=False, compare=False, repr=False)
-    open_base: OpenItems | None = field(default=None, init=False, compare=False, repr=False)
-
-    @classmethod
-    def empty(cls, account_id: str) -> StandingState:
-        """The state of an account with no events: version 0."""
-        return cls(account_id=account_id)
-
-    def head_json(self) -> JSON:
-        """Everything but the tables (``TABLES``): what is stored in the ``standings`` row."""
-        return {
-            "schema": STATE_SCHEMA,
-            "account_id": self.account_id,
-            "version": self.version,
-            "last_recorded_at": self.last_recorded_at,
-            "terminated": self.terminated,
-            "termination_event_id": self.termination_event_id,
-            "adult_content_approved": self.adult_content_approved,
-            "suspension": _record_json(self.suspension),
-            "replaced_suspensions": [_record_json(r) for r in self.replaced_suspensions],
-            "account_rate_limit": _record_json(self.account_rate_limit),
-        }
-
-    def to_json(self) -> JSON:
-        """The whole state: ``head_json`` plus every table as a list of records in event order."""
-        return {
-            **self.head_json(),
-            **{name: [_record_json(r) for r in getattr(self, name).values()] for name in TABLES},
-        }
-
-    @classmethod
-    def from_json(cls, data: JSON) -> StandingState:
-        """The state ``to_json`` wrote. Raises ``ValueError`` for another state schema."""
-        return cls.from_parts(data, {name: data[name] for name in TABLES})
-
-    @classmethod
-    def from_parts(cls, head: JSON, tables: Mapping[str, Iterable[JSON]]) -> StandingState:
-        """The state from ``head_json`` and each table's records (``record_json``) in event
-        order; a table missing from ``tables`` is empty. Raises ``ValueError`` for another state
-        schema."""
-        if head.get("schema") != STATE_SCHEMA:
-            raise ValueError(f"standing state schema {head.get('schema')!r} is not {STATE_SCHEMA}")
-        state = cls(
-            account_id=head["account_id"],
-            version=head["version"],
-            last_recorded_at=head["last_recorded_at"],
-            terminated=head["terminated"],
-            termination_event_id=head["termination_event_id"],
-            adult_content_approved=head["adult_content_approved"],
-            suspension=_optional_record(SuspensionRecord, head["suspension"]),
-            replaced_suspensions=tuple(
-                _record(SuspensionRecord, r) for r in head["replaced_suspensions"]
-            ),
-            account_rate_limit=_optional_record(RateLimitRecord, head["account_rate_limit"]),
-        )
-        for name, items in tables.items():
-            record_class, key = TABLES[name]
-            table = getattr(state, name)
-            for item in items:
-                record = _record(record_class, item)
-                table[getattr(record, key)] = record
-        return state
-
-    def _owned_copy(self) -> StandingState:
-        """A copy whose tables may be changed in place (and note what changes); records are
-        immutable and shared."""
-        copy = StandingState(
-            account_id=self.account_id,
-            version=self.version,
-            last_recorded_at=self.last_recorded_at,
-            terminated=self.terminated,
-            termination_event_id=self.termination_event_id,
-            adult_content_approved=self.adult_content_approved,
-            suspension=self.suspension,
-            replaced_suspensions=self.replaced_suspensions,
-            account_rate_limit=self.account_rate_limit,
-            violations=Table(self.violations),
-            remediations=Table(self.remediations),
-            throttles=Table(self.throttles),
-            decisions=Table(self.decisions),
-            appeals=Table(self.appeals),
-            abuse_reports=Table(self.abuse_reports),
-            key_rate_limits=Table(self.key_rate_limits),
-            derived_from=self.version,
-        )
-        copy.open_base = self.open_items
-        return copy
-
-    def changes_since(self, base: StandingState, table: str) -> Table | None:
-        """``table`` with the keys it changed (``Table.touched``, ``Table.popped``) since
-        ``base``, when this state was made from ``base`` by one ``apply``/``apply_all``; else
-        None."""
-        if self.derived_from is None or self.derived_from != base.version:
-            return None
-        changed = getattr(self, table)
-        return changed if isinstance(changed, Table) else None
-
-
-class Table(dict[str, Any]):
-    """A state's table that notes the keys set or popped in it since it was copied
-    (``StandingState.changes_since``). Equal to a plain ``dict`` with the same items."""
-
-    __slots__ = ("appended", "popped", "touched")
-
-    def __init__(self, items: Mapping[str, Any]) -> None:
-        super().__init__(items)
-        self.touched: dict[str, None] = {}  # every key set or popped, in that order
-        self.popped: set[str] = set()  # keys popped (set again since: now at the end)
-        # Keys set where the table did not hold them (new, or set again after a pop), in the
-        # order they now end the table; one popped since may be among them.
-        self.appended: dict[str, None] = {}
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.touched[key] = None
-        if key not in self:
-            self.appended.pop(key, None)
-            self.appended[key] = None
-        super().__setitem__(key, value)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        self.touched[key] = None
-        self.popped.add(key)
-        return super().pop(key, *default)
-
-    def _unnoted(self, *_args: Any, **_kwargs: Any) -> Any:
-        raise TypeError("a state's table changes only by setting and popping keys (noted)")
-
-    # Changes these notes would miss: refused rather than left out of ``changed_records`` and
-    # ``projections.open_items``.
-    __delitem__ = update = setdefault = popitem = clear = __ior__ = _unnoted
-
-
-TABLES: dict[str, tuple[type[Any], str]] = {
-    "violations": (ViolationRecord, "violation_id"),
-    "remediations": (RemediationRecord, "remediation_id"),
-    "throttles": (ThrottleRecord, "throttle_id"),
-    "decisions": (DecisionRecord, "event_id"),
-    "appeals": (AppealRecord, "appeal_id"),
-    "abuse_reports": (AbuseReportRecord, "report_id"),
-    "key_rate_limits": (RateLimitRecord, "key_id"),
-}
 R = TypeVar("R")
-
-
-_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
-
-
-def record_json(record: Any) -> JSON:
-    """A record of the state as plain JSON (tuples become lists)."""
-    names = _FIELD_NAMES.get(type(record))
-    if names is None:
-        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))
-    return {name: list(v) if isinstance(v := getattr(record, name), tuple) else v for name in names}
-
-
-def _record_json(record: Any) -> JSON | None:
-    return None if record is None else record_json(record)
-
-
-# The fields of each record that are tuples (JSON gives them as lists).
-_TUPLE_FIELDS: dict[type[Any], tuple[str, ...]] = {
-    ViolationRecord: ("decision_event_ids",),
-    RemediationRecord: ("violation_ids",),
-    DecisionRecord: ("violation_ids",),
-}
-
-
-def _record(record_class: type[R], data: JSON) -> R:
-    tuples = _TUPLE_FIELDS.get(record_class)
-    if tuples:
-        data = dict(data)
-        for name in tuples:
-            if name in data:
-                data[name] = tuple(data[name])
-    return record_class(**data)
-
-
-def _optional_record(record_class: type[R], data: JSON | None) -> R | None:
-    return None if data is None else _record(record_class, data)
-
-
-# --- applying events -----------------------------------------------------------------------
 
 
 class FoldEvent(Protocol):
@@ -758,295 +441,6 @@ _HANDLERS: dict[str, Callable[[StandingState, Any, FoldEvent], None]] = {
 FOLDED_TYPES: frozenset[str] = frozenset(_HANDLERS)
 
 
-# --- viewing the state at an instant -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OpenRemediation:
-    """A remediation still open at ``as_of`` (possibly overdue)."""
-
-    remediation_id: str
-    due_at: datetime
-    violation_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveThrottle:
-    """A throttle in force at ``as_of``; ``key_id`` None applies to every key."""
-
-    throttle_id: str
-    key_id: str | None
-    factor: float
-    expires_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveSuspension:
-    """The suspension in force at ``as_of``; ``until`` None means indefinitely."""
-
-    suspension_id: str
-    since: datetime
-    until: datetime | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """An account's standing at ``as_of``; ``to_json`` is CONTRACT.md's standing object."""
-
-    account_id: str
-    status: Status
-    strikes: int
-    open_violations: tuple[str, ...]
-    open_remediations: tuple[OpenRemediation, ...]
-    active_throttles: tuple[ActiveThrottle, ...]
-    suspension: ActiveSuspension | None
-    terminated: bool
-    adult_content_approved: bool
-    open_abuse_reports: int
-    open_appeals: int
-    version: int
-    as_of: datetime
-
-    @property
-    def overdue_remediations(self) -> tuple[OpenRemediation, ...]:
-        """Open remediations whose due time has passed (``RemediationExpired`` not yet recorded)."""
-        return tuple(r for r in self.open_remediations if r.due_at <= self.as_of)
-
-    def to_json(self) -> JSON:
-        s = self.suspension
-        return {
-            "account_id": self.account_id,
-            "status": self.status,
-            "strikes": self.strikes,
-            "open_violations": list(self.open_violations),
-            "open_remediations": [
-                {
-                    "remediation_id": r.remediation_id,
-                    "due_at": format_time(r.due_at),
-                    "violation_ids": list(r.violation_ids),
-                }
-                for r in self.open_remediations
-            ],
-            "active_throttles": [
-                {
-                    "throttle_id": t.throttle_id,
-                    "key_id": t.key_id,
-                    "factor": t.factor,
-                    "expires_at": _fmt(t.expires_at),
-                }
-                for t in self.active_throttles
-            ],
-            "suspension": None
-            if s is None
-            else {
-                "suspension_id": s.suspension_id,
-                "since": format_time(s.since),
-                "until": _fmt(s.until),
-                "reason": s.reason,
-            },
-            "terminated": self.terminated,
-            "adult_content_approved": self.adult_content_approved,
-            "open_abuse_reports": self.open_abuse_reports,
-            "open_appeals": self.open_appeals,
-            "version": self.version,
-            "as_of": format_any_time(self.as_of),
-        }
-
-    @classmethod
-    def from_json(cls, data: JSON) -> Standing:
-        """The standing ``to_json`` wrote (for clients and stored read models)."""
-        s = data["suspension"]
-        return cls(
-            account_id=data["account_id"],
-            status=data["status"],
-            strikes=data["strikes"],
-            open_violations=tuple(data["open_violations"]),
-            open_remediations=tuple(
-                OpenRemediation(
-                    r["remediation_id"], parse_time(r["due_at"]), tuple(r["violation_ids"])
-                )
-                for r in data["open_remediations"]
-            ),
-            active_throttles=tuple(
-                ActiveThrottle(t["throttle_id"], t["key_id"], t["factor"], _parse(t["expires_at"]))
-                for t in data["active_throttles"]
-            ),
-            suspension=None
-            if s is None
-            else ActiveSuspension(
-                s["suspension_id"], parse_time(s["since"]), _parse(s["until"]), s["reason"]
-            ),
-            terminated=data["terminated"],
-            adult_content_approved=data["adult_content_approved"],
-            open_abuse_reports=data["open_abuse_reports"],
-            open_appeals=data["open_appeals"],
-            version=data["version"],
-            as_of=parse_time(data["as_of"]),
-        )
-
-
-def _fmt(moment: datetime | None) -> str | None:
-    return None if moment is None else format_time(moment)
-
-
-def _parse(text: str | None) -> datetime | None:
-    return None if text is None else parse_time(text)
-
-
-def remediation_is_open(state: StandingState, remediation: RemediationRecord) -> bool:
-    """Open until completed, expired, or dismissed (all its violations were dismissed)."""
-    return remediation.status == "open"
-
-
-def active_strikes(
-    state: StandingState, as_of: datetime, strike_lookback: timedelta
-) -> list[ViolationRecord]:
-    """Violations that count as strikes at ``as_of``: not dismissed, within the lookback."""
-    as_of = to_utc(as_of)
-    counts = _counts_after(_strike_cutoff(as_of, strike_lookback))
-    return [
-        v for v in _violations(state, format_time(as_of), strike_lookback) if v.strike and counts(v)
-    ]
-
-
-def _counts_after(cutoff: str) -> Callable[[ViolationRecord], bool]:
-    """Whether a violation counts (a strike, if it is one) with this strike cutoff."""
-    return lambda v: not v.dismissed and v.occurred_at > cutoff
-
-
-def _in_force_at(at: str) -> Callable[[ThrottleRecord], bool]:
-    """Whether a throttle is in force at the time text ``at``."""
-    return lambda t: t.expires_at is None or t.expires_at > at
-
-
-def _is_open(record: RemediationRecord | AbuseReportRecord | AppealRecord) -> bool:
-    return record.status == "open"
-
-
-# The records of a table that may be open (``projections.open_items``): at every instant at or
-# after ``since`` a superset of the open ones, which the tests above then pick from. Each
-# ``filter_for(since)`` keeps what the test at ``since`` keeps: a record it refuses stays closed.
-
-
-def _open(
-    state: StandingState,
-    name: str,
-    at: str,
-    filter_for: Callable[[str], Callable[[Any], bool]],
-    variant: Hashable = None,
-) -> Iterable[Any]:
-    """The records of table ``name`` that may be open at ``at`` (``variant``: what the filter
-    depends on besides ``since``)."""
-    kept_as = name if variant is None else (name, variant)
-    return open_records(state, getattr(state, name), TABLES[name][1], kept_as, at, filter_for)
-
-
-def _violations(
-    state: StandingState, at: str, strike_lookback: timedelta
-) -> Iterable[ViolationRecord]:
-    """Violations that may count at ``at`` (a time text) or later."""
-
-    def filter_for(since: str) -> Callable[[ViolationRecord], bool]:
-        cutoff = _strike_cutoff(parse_time(since), strike_lookback)
-        if len(cutoff) != CANONICAL_TEXT_LENGTH or strike_lookback < timedelta(0):
-            # Before the year 1000 its text does not sort as its time; a negative lookback's
-            # cutoff falls back to "" past the year 9999: later cutoffs may be earlier ones.
-            return lambda v: not v.dismissed
-        return _counts_after(cutoff)
-
-    return _open(state, "violations", at, filter_for, strike_lookback)
-
-
-def _status_open(_since: str) -> Callable[[Any], bool]:
-    return _is_open  # a record closed stays closed
-
-
-def _strike_cutoff(as_of: datetime, strike_lookback: timedelta) -> str:
-    """The time text a violation must have occurred after to count at ``as_of``; before the
-    first time a datetime holds (an ``as_of`` in the first days of year 1), the earliest."""
-    try:
-        return format_time(as_of - strike_lookback)
-    except OverflowError:
-        return ""  # every time text sorts after it
-
-
-def suspension_runs(s: SuspensionRecord, as_of: datetime) -> bool:
-    """Whether ``s`` runs at ``as_of``: one whose ``until`` has passed has ended."""
-    return s.until is None or s.until > format_time(as_of)
-
-
-def active_suspension(state: StandingState, as_of: datetime) -> SuspensionRecord | None:
-    """The suspension in force at ``as_of`` (``suspension_runs``)."""
-    s = state.suspension
-    return s if s is not None and suspension_runs(s, as_of) else None
-
-
-def active_throttles(state: StandingState, as_of: datetime) -> list[ThrottleRecord]:
-    """Throttles in force at ``as_of``: not lifted and not expired."""
-    now = format_time(as_of)
-    return list(filter(_in_force_at(now), _open(state, "throttles", now, _in_force_at)))
-
-
-def view(state: StandingState, as_of: datetime, strike_lookback: timedelta) -> Standing:
-    """The standing at ``as_of`` of a state holding the events recorded up to ``as_of``."""
-    as_of = to_utc(as_of)
-    at = format_time(as_of)
-    counts = _counts_after(_strike_cutoff(as_of, strike_lookback))
-    # One pass for both (``active_strikes`` is the same test plus ``strike``).
-    open_ids: list[str] = []
-    strikes = 0
-    for v in _violations(state, at, strike_lookback):
-        if counts(v):
-            open_ids.append(v.violation_id)
-            if v.strike:
-                strikes += 1
-    open_violations = tuple(open_ids)
-    remediations = tuple(
-        OpenRemediation(r.remediation_id, parse_time(r.due_at), r.violation_ids)
-        for r in _open(state, "remediations", at, _status_open)
-        if remediation_is_open(state, r)
-    )
-    throttles = tuple(
-        ActiveThrottle(t.throttle_id, t.key_id, t.factor, _parse(t.expires_at))
-        for t in active_throttles(state, as_of)
-    )
-    s = active_suspension(state, as_of)
-    suspension = (
-        None
-        if s is None
-        else ActiveSuspension(s.suspension_id, parse_time(s.since), _parse(s.until), s.reason)
-    )
-    status: Status
-    if state.terminated:
-        status = "terminated"
-    elif suspension is not None:
-        status = "suspended"
-    elif throttles:
-        status = "throttled"
-    elif remediations:
-        status = "remediation_due"
-    elif strikes:
-        status = "warned"
-    else:
-        status = "good_standing"
-    return Standing(
-        account_id=state.account_id,
-        status=status,
-        strikes=strikes,
-        open_violations=open_violations,
-        open_remediations=remediations,
-        active_throttles=throttles,
-        suspension=suspension,
-        terminated=state.terminated,
-        adult_content_approved=state.adult_content_approved,
-        open_abuse_reports=sum(map(_is_open, _open(state, "abuse_reports", at, _status_open))),
-        open_appeals=sum(map(_is_open, _open(state, "appeals", at, _status_open))),
-        version=state.version,
-        as_of=as_of,
-    )
-
-
 def state_at(account_id: str, events: Iterable[RecordedEvent], as_of: datetime) -> StandingState:
     """The state from the events (in version order) recorded up to ``as_of``: those before the
     first one recorded after it. A stream's times need not rise with its versions (processes
@@ -1078,3 +472,42 @@ def fold(
     no events recorded by ``as_of`` is in good standing at version 0.
     """
     return view(state_at(account_id, events, as_of), as_of, strike_lookback)
+
+
+# The state and the view are defined beside this module; importers take all three from here.
+__all__ = [
+    "DECISION_TYPES",
+    "FOLDED_TYPES",
+    "JSON",
+    "STATE_SCHEMA",
+    "TABLES",
+    "AbuseReportRecord",
+    "ActiveSuspension",
+    "ActiveThrottle",
+    "AppealRecord",
+    "DecisionRecord",
+    "FoldEvent",
+    "OpenRemediation",
+    "RateLimitRecord",
+    "RemediationRecord",
+    "Standing",
+    "StandingState",
+    "Status",
+    "SuspensionRecord",
+    "Table",
+    "ThrottleRecord",
+    "ViolationRecord",
+    "active_strikes",
+    "active_suspension",
+    "active_throttles",
+    "apply",
+    "apply_all",
+    "fold",
+    "fold_new",
+    "record_json",
+    "recorded_until",
+    "remediation_is_open",
+    "state_at",
+    "suspension_runs",
+    "view",
+]

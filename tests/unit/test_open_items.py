@@ -33,7 +33,7 @@ OTHER_LOOKBACK = timedelta(days=7)
 def every_record() -> Iterator[None]:
     """The views as before ``open_items``: every record of every table looked at."""
     with mock.patch(
-        "projections.standing.open_records", lambda _state, table, *_args: table.values()
+        "projections.standing_view.open_records", lambda _state, table, *_args: table.values()
     ):
         yield
 
