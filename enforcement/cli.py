@@ -396,8 +396,10 @@ def tokens_revoke(
 
 @app.command("webhook-key")
 def webhook_key(account: Annotated[str, typer.Argument(help="Account id.")]) -> None:
-    """Print an account's webhook key, alone on the last line: the key its owner checks
-    X-Enforcement-Account-Signature with (derived from ENFORCEMENT_WEBHOOK_SECRET)."""
+    """Print an account's webhook key, alone on the last line.
+
+    Its owner checks X-Enforcement-Account-Signature with it; it is derived from
+    ENFORCEMENT_WEBHOOK_SECRET."""
     from enforcement.notices.webhook import ACCOUNT_SIGNATURE_HEADER, account_key
 
     account_option(account, "ACCOUNT")

@@ -31,9 +31,10 @@ def backup(
         ),
     ] = False,
 ) -> None:
-    """Copy the SQLite database to PATH while the service runs, then check the copy: SQLite's
-    integrity_check, its schema revision and every hash chain. Exit 1 if the check fails (PATH
-    is then left as it was). On PostgreSQL, use pg_dump (docs/operations.md)."""
+    """Copy the SQLite database to PATH while the service runs, and check the copy.
+
+    The check: SQLite's integrity_check, its schema revision and every hash chain. Exit 1 if it
+    fails (PATH is then left as it was). On PostgreSQL, use pg_dump (docs/operations.md)."""
     from enforcement.backup import BackupError, companions, copy_sqlite, remove_part
     from enforcement.files import new_part, put_in_place
 
@@ -83,11 +84,12 @@ def backup(
 def restore(
     backup: Annotated[Path, typer.Argument(help="The backup file to put in place.")],
 ) -> None:
-    """Put the SQLite backup BACKUP in the database's place, once it passed the check that
-    enforcement backup makes (exit 1 if not: the database is left as it was). Refused while any
-    process has the database open: stop serve and the workers first. The database it replaces,
-    with its -wal and -shm, is moved aside under a timestamped name, never deleted. On
-    PostgreSQL, use pg_restore (docs/operations.md)."""
+    """Put the SQLite backup BACKUP in the database's place, once checked.
+
+    The check is the one enforcement backup makes (exit 1 if it fails: the database is left as
+    it was). Refused while any process has the database open: stop serve and the workers first.
+    The database it replaces, with its -wal and -shm, is moved aside under a timestamped name,
+    never deleted. On PostgreSQL, use pg_restore (docs/operations.md)."""
     from datetime import UTC, datetime
 
     from enforcement.backup import companions, remove_part
