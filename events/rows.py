@@ -10,13 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import fastjson
-from events.chain import (
-    GENESIS_HASH,
-    canonical_document,
-    canonical_event,
-    event_hash,
-    sha256_link,
-)
+from events.chain import GENESIS_HASH, canonical_document, canonical_event, event_hash, sha256_link
 from events.timefmt import format_time, parse_sqlite_time, to_utc
 from events.types import RecordedEvent, VerifyResult
 

@@ -24,10 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from events import dialects, readahead
-from events.chain import (
-    EMPTY_HEAD,
-    verify_links,
-)
+from events.chain import EMPTY_HEAD, verify_links
 from events.errors import (
     AppendOnlyViolation,
     AppendOutcomeUnknown,
@@ -41,13 +38,7 @@ from events.rows import decoder, loads, postgres_row_matches, verify_sqlite_rows
 from events.schema import checkpoints, events
 from events.statements import NO_VERSION, STATEMENTS, Statements
 from events.timefmt import sqlite_time_text, to_utc
-from events.types import (
-    NewEvent,
-    RecordedEvent,
-    StreamHead,
-    VerifyResult,
-    canonical_event_id,
-)
+from events.types import NewEvent, RecordedEvent, StreamHead, VerifyResult, canonical_event_id
 from events.writing import (
     AfterAppend,
     DuplicateIdempotencyKey,

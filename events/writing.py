@@ -19,13 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from events import dialects, fastjson
-from events.chain import (
-    EMPTY_HEAD,
-    canonical_event,
-    canonical_json,
-    document_encoder,
-    sha256_link,
-)
+from events.chain import EMPTY_HEAD, canonical_event, canonical_json, document_encoder, sha256_link
 from events.errors import ConcurrencyError, StoreError
 from events.rows import loads
 from events.statements import Statements
