@@ -20,7 +20,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -67,6 +68,20 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port)
+
+    @contextmanager
+    def memory_full(self) -> Iterator[None]:
+        """Redis at ``maxmemory`` with the ``noeviction`` policy while inside: every command
+        that may add data is refused with an ``OOM`` error reply, reads and deletions are
+        answered (a ``maxmemory`` of 1 byte, which the data of an empty server exceeds)."""
+        client = self.client()
+        try:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 1)
+            yield
+        finally:
+            client.config_set("maxmemory", 0)
+            client.close()
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         if self._process is not None:

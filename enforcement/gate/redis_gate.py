@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from enforcement import redis_client
 from enforcement.gate import core, keys, lua, wire
@@ -32,6 +32,10 @@ USAGE_TTL_S = 120  # renewed when under 90 s: more than a TAT can run ahead (60 
 USAGE_SLACK_S = 30
 CALL_CACHE_SIZE = 8192  # (account, key) pairs whose check arguments are kept built
 CLEAR_PAGE = 1000  # keys asked for per SCAN, and removed per pipeline, by ``clear``
+# What makes the gate unavailable (``GateUnavailable``, HTTP 503): Redis down, silent, or out of
+# memory (``maxmemory`` with ``noeviction`` refuses the writes a check makes; a script stops at
+# its first refused write, before it has counted anything).
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OutOfMemoryError)
 
 
 class RedisGate(Gate):
@@ -126,7 +130,7 @@ class RedisGate(Gate):
             return self._command("EVALSHA", script.sha, len(keys_), *keys_, *args)
         except NoScriptError:
             return self._load_and_run(script, keys_, args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
 
     def _load_and_run(
@@ -136,7 +140,7 @@ class RedisGate(Gate):
         try:
             self._client.script_load(script.source)
             return self._command("EVALSHA", script.sha, len(keys_), *keys_, *args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
 
     def check(self, account_id: str, key_id: str, tokens: int = 0) -> GateDecision:
@@ -203,7 +207,7 @@ class RedisGate(Gate):
             raw = self._load_and_run(
                 self._check_script, keys.check_keys(account_id), (key_id, tokens)
             )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
         if len(raw) == _UNKNOWN_SIZE:
             raw = self._check_after_seeding(account_id, key_id, tokens)
@@ -277,20 +281,20 @@ class RedisGate(Gate):
                 for name in page:
                     pipe.unlink(name)
                 pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
 
     def _holds_status(self, account_id: str) -> bool:
         try:
             raw = self._command("HGET", keys.state(account_id), "a")
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
         return bool(raw) and _status_version(raw)[0] >= 0  # lua.CHECK's `a_sv < 0` test
 
     def _throttle_ids(self, account_id: str) -> set[str]:
         try:
             raw = self._command("HGET", keys.state(account_id), "thr")
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise GateUnavailable(f"gate store unavailable: {exc}") from exc
         if not raw:
             return set()

@@ -25,10 +25,10 @@ T = TypeVar("T")
 
 @contextmanager
 def admin_client(
-    settings: Settings, proxy: CuttingProxy, clock: Clock = system_clock
+    settings: Settings, proxy: CuttingProxy | None = None, clock: Clock = system_clock
 ) -> Iterator[TestClient]:
-    """The application of ``settings``, every request made as an admin; the proxy forwards
-    again before the client stops, so that a request it still holds ends."""
+    """The application of ``settings``, every request made as an admin; the proxy, if any,
+    forwards again before the client stops, so that a request it still holds ends."""
     container = bootstrap(settings, clock=clock)
     app = create_app(container)
     app.dependency_overrides[get_principal] = lambda: Principal("tok_t", "test", Role.ADMIN)
@@ -37,7 +37,8 @@ def admin_client(
             try:
                 yield client
             finally:
-                proxy.resume()
+                if proxy is not None:
+                    proxy.resume()
     finally:
         container.close()
 
