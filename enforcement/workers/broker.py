@@ -27,18 +27,26 @@ class _LosingConsumer(_RedisConsumer):
     which times out too, out of the handler: the thread died, and its queue (a delay queue: the
     deadlines, the notices' retries) was not consumed again until the worker restarted. A
     requeue that Redis cannot take is dropped here: the messages stay in Redis, among this
-    worker's unacknowledged ones, as after any lost connection."""
+    worker's unacknowledged ones, as after any lost connection.
+
+    A Redis out of memory (``maxmemory`` with ``noeviction``) answers, but refuses every
+    write: to an acknowledgement or a requeue that is a lost connection too. Dramatiq then
+    retries the acknowledgement until Redis takes it (it would otherwise leave the message
+    to be run again when the worker restarts), and a consumer that could not put its delayed
+    messages back starts again: Dramatiq's lets the refusal out of its error handling, and the
+    thread died (a delay queue was then not consumed until the worker restarted). A fetch
+    refused so stays Dramatiq's unexpected error, after which the consumer starts again."""
 
     def ack(self, message: Any) -> None:
-        with _lost_if_silent():
+        with _lost_if_silent(_REFUSED_WRITE):
             super().ack(message)  # type: ignore[no-untyped-call]
 
     def nack(self, message: Any) -> None:
-        with _lost_if_silent():
+        with _lost_if_silent(_REFUSED_WRITE):
             super().nack(message)  # type: ignore[no-untyped-call]
 
     def requeue(self, messages: Iterable[Any]) -> None:
-        with _lost_if_silent():
+        with _lost_if_silent(_REFUSED_WRITE):
             super().requeue(messages)  # type: ignore[no-untyped-call]
 
     def __next__(self) -> Any:
@@ -46,13 +54,19 @@ class _LosingConsumer(_RedisConsumer):
             return super().__next__()  # type: ignore[no-untyped-call]
 
 
+# Redis's refusal of a write for want of memory.
+_REFUSED_WRITE: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError,)
+
+
 @contextmanager
-def _lost_if_silent() -> Iterator[None]:
-    """Raise a Redis connection error or timeout as Dramatiq's ``ConnectionClosed`` (which
-    Dramatiq's consumer does for the first alone, and not in ``requeue``)."""
+def _lost_if_silent(also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Raise a Redis connection error or timeout, and ``also`` these, as Dramatiq's
+    ``ConnectionClosed`` (which Dramatiq's consumer does for the first alone, and not in
+    ``requeue``)."""
+    lost: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, *also)
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except lost as exc:
         raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from enforcement.bootstrap import Container, bootstrap  # noqa: E402
 from enforcement.migrations import upgrade  # noqa: E402
+from enforcement.settings import Settings  # noqa: E402
 from tests.workers.system import Receiver, SmtpSink  # noqa: E402
 
 
@@ -50,3 +53,12 @@ def smtp() -> Iterator[SmtpSink]:
     sink = SmtpSink()
     yield sink
     sink.close()
+
+
+@pytest.fixture
+def poster(settings: Settings) -> Iterator[Container]:
+    """The recording side (what ``serve`` does) on the database of the module's ``settings``,
+    without a broker."""
+    container = bootstrap(replace(settings, redis_url=None))
+    yield container
+    container.close()

@@ -74,14 +74,6 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def poster(settings: Settings) -> Iterator[Container]:
-    """The recording side (what ``serve`` does), on the same database."""
-    container = bootstrap(replace(settings, redis_url=None))
-    yield container
-    container.close()
-
-
 def notice_of(recorded: Sequence[RecordedEvent]) -> str:
     [notice] = [e for e in recorded if e.type == "NoticeIssued"]
     return notice.event_id

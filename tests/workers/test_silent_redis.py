@@ -15,8 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,14 +48,6 @@ def settings(sqlite_db: str, redis_proxy: CuttingProxy, tmp_path: Path) -> Setti
     return fast_settings(
         sqlite_db, tmp_path, redis_url=redis_proxy.url, redis_timeout_ms=int(TIMEOUT_S * 1000)
     )
-
-
-@pytest.fixture
-def poster(settings: Settings) -> Iterator[Container]:
-    """The recording side (what ``serve`` does), on the same database."""
-    container = bootstrap(replace(settings, redis_url=None))
-    yield container
-    container.close()
 
 
 def queued(server: RedisServer) -> Counter[tuple[str, tuple[Any, ...]]]:
@@ -128,6 +119,41 @@ def test_the_relay_waits_out_a_silent_redis_and_then_sends_what_it_had_not_sent(
     assert set(twice) <= {relayed[3]}, twice
 
 
+def expiry_held(system: System, redis_server: RedisServer) -> None:
+    """Deliver a notice (every consumer then has consumed), and wait until the deadlines' delay
+    queue consumer holds the remediation's expiry (due in 7 days)."""
+    notice_delivered(system, "acct_1")
+    admin = redis_server.client()
+    try:
+        wait_until(
+            lambda: (
+                admin.llen("dramatiq:deadlines.DQ") == 0
+                and admin.hlen("dramatiq:deadlines.DQ.msgs") == 1
+            ),
+            "the deadlines' delay queue consumer to hold the expiry",
+        )
+    finally:
+        admin.close()
+
+
+def delayed_expiry_taken(
+    system: System, account_id: str, then: Callable[[], None] = lambda: None
+) -> None:
+    """Report a violation of ``account_id``, send its remediation's expiry delayed by a second,
+    call ``then``, and wait until the expiry was taken from the deadlines' delay queue."""
+    recorded = system.report(account_id).events
+    [remediation] = [e for e in recorded if e.type == "RemediationRequested"]
+    rid = remediation.data["remediation_id"]
+    due = system.container.clock() + timedelta(seconds=1)
+    system.actors.enqueue(Message("expire_remediation", (account_id, rid), due))
+    then()
+    wait_until(
+        lambda: system.recorder.of("expire_remediation", account_id, rid),
+        "the delayed expiry to be taken from the delay queue",
+        timeout=30,
+    )
+
+
 def notice_delivered(system: System, account_id: str) -> None:
     """Report a violation of ``account_id``, with an e-mail contact; wait for its notice."""
     system.contact(account_id, email=f"{account_id}@customer.test")
@@ -151,16 +177,7 @@ def test_consumers_consume_again_after_a_silent_redis_their_delay_queues_too(
     try:
         # Given consumers that have delivered a notice, and one that holds a delayed message
         # (the remediation's expiry, due in 7 days)
-        notice_delivered(system, "acct_1")
-        admin = redis_server.client()
-        wait_until(
-            lambda: (
-                admin.llen("dramatiq:deadlines.DQ") == 0
-                and admin.hlen("dramatiq:deadlines.DQ.msgs") == 1
-            ),
-            "the deadlines' delay queue consumer to hold the expiry",
-        )
-        admin.close()
+        expiry_held(system, redis_server)
 
         # When Redis goes silent for longer than the timeout (until that consumer has given
         # up on it, and on putting its delayed message back), and answers again
@@ -177,17 +194,7 @@ def test_consumers_consume_again_after_a_silent_redis_their_delay_queues_too(
 
         # Then every queue is consumed again: a new notice, and a message delayed on the
         # deadlines' delay queue
-        second = system.report("acct_2")
-        [remediation] = [e for e in second.events if e.type == "RemediationRequested"]
-        rid = remediation.data["remediation_id"]
-        due = system.container.clock() + timedelta(seconds=1)
-        system.actors.enqueue(Message("expire_remediation", ("acct_2", rid), due))
-        notice_delivered(system, "acct_3")
-        wait_until(
-            lambda: system.recorder.of("expire_remediation", "acct_2", rid),
-            "the delayed expiry to be taken from the delay queue",
-            timeout=30,
-        )
+        delayed_expiry_taken(system, "acct_2", then=lambda: notice_delivered(system, "acct_3"))
     finally:
         system.close()
     unexpected = [r for r in caplog.records if "unexpected error" in r.getMessage()]
