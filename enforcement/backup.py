@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from events.dialects import storage_full
+
 # Pages copied per step of SQLite's backup (4 MiB of 4 KiB pages): how often the progress bar
 # moves. The steps read one snapshot (``copy_sqlite``), so their number changes nothing else.
 PAGES_PER_STEP = 1024
@@ -75,6 +77,11 @@ def copy_sqlite(
             writer.close()
         return str(row[0])
     except sqlite3.Error as exc:
+        if storage_full(exc):  # the copy's: the database is only read
+            raise BackupError(
+                f"The database {source} could not be copied: the disk it is copied to is full "
+                f"({exc})."
+            ) from exc
         raise BackupError(f"The database {source} could not be copied ({exc}).") from exc
     finally:
         reader.close()  # ends the read transaction

@@ -707,15 +707,32 @@ def _end_as_closed_pipe() -> NoReturn:
     sys.exit(128 + int(sigpipe or 13))  # its status, should the signal not end the process
 
 
+def _sqlite_file() -> str | None:
+    """The SQLite file the settings name, if they name one."""
+    from events.dialects import sqlite_file
+
+    try:
+        return sqlite_file(Settings.from_env().database_url)
+    except SettingsError:
+        return None
+
+
 def _database_error(exc: Exception) -> str:
     """One sentence for a database error (no credentials in it): one that cannot be reached or
     has no schema yet says so; any other is the database's own reason."""
+    from events.dialects import storage_full
+
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = detail[0].rstrip(".") if detail else type(exc).__name__
     missing = "no such table" in reason or ("relation" in reason and "does not exist" in reason)
     unreachable = isinstance(
         exc, sqlalchemy_errors.OperationalError | sqlalchemy_errors.InterfaceError
     )
+    if storage_full(exc, _sqlite_file()):
+        return (
+            f"The database cannot write: the disk that holds it is full ({reason}); free space "
+            "there and run the command again."
+        )
     if not (missing or unreachable):
         return f"The database could not complete the command ({reason})."
     hint = " Run `enforcement init` to create its schema." if missing else ""

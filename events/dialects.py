@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import select
+import sqlite3
 import sys
 import threading
 import time
@@ -159,6 +160,35 @@ def unanswered(exc: BaseException) -> BaseException | None:
                 return found
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+# PostgreSQL's SQLSTATE for a write refused because its disk is full (``disk_full``).
+_POSTGRES_DISK_FULL = "53100"
+
+
+def storage_full(exc: BaseException, database_file: str | None = None) -> bool:
+    """Whether ``exc`` (or its driver error, ``orig``) is the database refusing a write because
+    the disk that holds it is full: SQLite's ``SQLITE_FULL`` ("database or disk is full"), or
+    PostgreSQL's ``disk_full``. SQLite rolls the transaction back whole; space freed, the next
+    write succeeds on the same connections. With the SQLite ``database_file``, also an I/O
+    error while its disk has no space left: a process that opens the database then cannot
+    create its ``-wal`` or ``-shm`` file, which SQLite reports as "disk I/O error"."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", 0) & 0xFF
+        return code == sqlite3.SQLITE_FULL or (
+            code == sqlite3.SQLITE_IOERR
+            and database_file is not None
+            and _no_space_left(database_file)
+        )
+    return getattr(orig, "sqlstate", None) == _POSTGRES_DISK_FULL
+
+
+def _no_space_left(path: str) -> bool:
+    try:
+        return os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0
+    except OSError:
+        return False
 
 
 def create_engine(

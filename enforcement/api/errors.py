@@ -18,6 +18,7 @@ from enforcement.api.middleware import REQUEST_ID_KEY
 from enforcement.errors import Conflict, DomainError, NotFound, ValidationFailed
 from enforcement.logs import request_id_var
 from events import AppendOutcomeUnknown, ConcurrencyError, IdempotencyConflict, StoreError
+from events.dialects import storage_full
 
 log = logging.getLogger("enforcement.http")
 
@@ -255,9 +256,8 @@ def install_error_handlers(
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.error("database unavailable: %s", exc.orig)
-        return error_response(
-            503, "dependency_unavailable", "The database is unavailable; nothing was written."
-        )
+        what = "The database's disk is full" if storage_full(exc) else "The database is unavailable"
+        return error_response(503, "dependency_unavailable", f"{what}; nothing was written.")
 
     @app.exception_handler(DBAPIError)
     async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
