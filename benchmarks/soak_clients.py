@@ -1,19 +1,22 @@
-"""The crash soak's clients (``soak_embedded.py``): requests that each name the one event they
-record, the ledger of what was sent and answered, and the threads that send them and send
-again what got no answer."""
+"""The crash soaks' clients (``soak_embedded.py``, ``soak_production.py``): requests that each
+name the one event they record, the ledger of what was sent and answered, the threads that send
+them and send again what got no answer, and the soaks' other requests (tokens, contacts, the
+gate, replays)."""
 
 from __future__ import annotations
 
 import itertools
 import random
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from soak_services import Receiver, Soak
 
 from events.timefmt import format_time
 
@@ -124,6 +127,7 @@ class Ledger:
         self.contacts: dict[str, tuple[bool, bool]] = {}  # account -> (email, webhook)
         self.notes: list[str] = []  # odd answers worth a look
         self.kills: list[float] = []  # when each SIGKILL was sent (time.time)
+        self.redis_emptied: list[float] = []  # when Redis came back without its data
 
     def note(self, text: str) -> None:
         with self.lock:
@@ -384,13 +388,14 @@ def settle_answer(ledger: Ledger, call: Call, response: httpx.Response) -> bool:
 class ClientThread(threading.Thread):
     """One client: the requests waiting to be sent again first, then new ones (none without
     ``actions``), until ``stop``. A request that got no answer (the server died under it) waits
-    to be sent again, by any client of this round or the next."""
+    to be sent again, by any client of this round or the next. It sends to the first of
+    ``base_urls``, and to the next one (round and round) once one refused a connection."""
 
     def __init__(
         self,
         ledger: Ledger,
         actions: Actions | None,
-        base_url: str,
+        base_urls: Sequence[str],
         tokens: dict[str, str],
         stop: threading.Event,
     ) -> None:
@@ -400,7 +405,8 @@ class ClientThread(threading.Thread):
         self.tokens = tokens
         self.stop_event = stop
         self.pace = random.Random()
-        self.client = httpx.Client(base_url=base_url, timeout=30)
+        self.clients = [httpx.Client(base_url=url, timeout=30) for url in base_urls]
+        self.client = self.clients[0]
 
     def run(self) -> None:
         try:
@@ -411,7 +417,8 @@ class ClientThread(threading.Thread):
                 else:  # a little time between requests: the machine is shared
                     self.stop_event.wait(self.pace.uniform(0, 0.05))
         finally:
-            self.client.close()
+            for client in self.clients:
+                client.close()
 
     def _next(self) -> Call | None:
         ledger = self.ledger
@@ -437,6 +444,7 @@ class ClientThread(threading.Thread):
             response = send(self.client, call, self.tokens)
         except httpx.ConnectError:
             outcome = "refused"  # it never reached the server
+            self.client = self.clients[(self.clients.index(self.client) + 1) % len(self.clients)]
         except httpx.TransportError:
             outcome = "cut off"  # sent, and the answer never came
         else:
@@ -448,3 +456,221 @@ class ClientThread(threading.Thread):
                 ledger.retry.append(call)
                 ledger.figures[f"no answer ({outcome})"] += 1
         return outcome in ("answered", "5xx")
+
+
+# ------------------------------------------------------------------ the soaks' other requests
+
+
+def make_tokens(soak: Soak) -> dict[str, str]:
+    """A reporter's, an operator's and a gateway's token, by role."""
+    tokens = {}
+    for role in ("reporter", "operator", "gateway"):
+        done = soak.cli("tokens", "create", "--role", role, "--name", f"soak-{role}")
+        if done.returncode != 0:
+            raise RuntimeError(f"tokens create failed: {done.stderr}")
+        tokens[role] = done.stdout.strip().splitlines()[-1]
+    return tokens
+
+
+def add_accounts(
+    soak: Soak, ledger: Ledger, base_url: str, token: str, round_no: int, receiver: Receiver
+) -> None:
+    """New accounts for this round, each with its contact (e-mail, webhook, or both) set before
+    anything is reported on it."""
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        for i in range(soak.accounts_per_round):
+            account = f"soak-r{round_no}-a{i}"
+            email, webhook = ((True, False), (False, True), (True, True))[i % 3]
+            body = {
+                "email": f"owner-{account}@example.test" if email else None,
+                "webhook_url": receiver.url if webhook else None,
+            }
+            answer = client.put(f"/v1/accounts/{account}/contact", json=body)
+            if answer.status_code != 200:
+                raise RuntimeError(f"setting a contact failed: {answer.status_code} {answer.text}")
+            with ledger.lock:
+                ledger.accounts.append(account)
+                ledger.contacts[account] = (email, webhook)
+
+
+# A standing that may change by itself within this many seconds (a deadline due) is not asked
+# of the gate: the scheduler may be changing it as the gate is asked.
+GATE_MARGIN_SECONDS = 5.0
+
+
+def gate_agrees(
+    ledger: Ledger,
+    base_urls: Sequence[str],
+    tokens: dict[str, str],
+    rng: random.Random,
+    count: int | None,
+    figure: str = "gate answers that disagree with the standing",
+) -> int:
+    """Ask the gate (of each of ``base_urls`` in turn) about up to ``count`` accounts (every
+    one with None), each after its standing: a suspended or terminated account must be refused
+    (from the first check after a restart: the gate's memory, or Redis's, may have died), one
+    restricted by no suspension must be allowed. Returns how many were asked; each answer that
+    disagrees is a note and counts in ``figure``."""
+    with ledger.lock:
+        known = list(ledger.accounts)
+    accounts = known if count is None else rng.sample(known, min(count, len(known)))
+    soon = format_time(datetime.now(UTC) + timedelta(seconds=GATE_MARGIN_SECONDS))
+    asked = 0
+    clients = [httpx.Client(base_url=url, timeout=30) for url in base_urls]
+    try:
+        with ledger.lock:  # no client runs now: the lock only guards the figures
+            for n, account in enumerate(accounts):
+                client = clients[n % len(clients)]
+                standing = client.get(
+                    f"/v1/accounts/{account}/standing",
+                    headers={"Authorization": f"Bearer {tokens['operator']}"},
+                ).json()
+                suspension = standing["suspension"]
+                due = [r["due_at"] for r in standing["open_remediations"]]
+                if standing["terminated"]:
+                    expected = "terminated"
+                elif suspension is not None and (suspension["until"] or "9999") > soon:
+                    expected = "suspended"
+                elif suspension is None and all(d > soon for d in due):
+                    expected = "ok"
+                else:
+                    continue  # a deadline due any moment
+                answer = client.post(
+                    "/v1/gate/check",
+                    json={"account_id": account, "key_id": "soak-key"},
+                    headers={"Authorization": f"Bearer {tokens['gateway']}"},
+                ).json()
+                asked += 1
+                reason = answer.get("reason")
+                if reason != expected:
+                    ledger.figures[figure] += 1
+                    if len(ledger.notes) < 50:
+                        ledger.notes.append(
+                            f"gate ({client.base_url}): {account} answered {reason!r}, its "
+                            f"standing says {expected!r}"
+                        )
+    finally:
+        for client in clients:
+            client.close()
+    return asked
+
+
+def start_clients(
+    soak: Soak,
+    ledger: Ledger,
+    tokens: dict[str, str],
+    base_urls: Sequence[str],
+    rng: random.Random,
+    round_no: int,
+    new_calls: bool,
+) -> tuple[list[ClientThread], threading.Event]:
+    """The round's clients, started, spread over ``base_urls``: the first is an operator
+    (reports and commands), the others reporters; with ``new_calls`` false they only send
+    again what waits."""
+    stop = threading.Event()
+    threads = []
+    for i in range(soak.clients):
+        role = "operator" if i == 0 else "reporter"
+        window = 2 * soak.accounts_per_round  # this round's accounts and the last round's
+        actions = Actions(ledger, random.Random(rng.random()), f"r{round_no}c{i}", window)
+        if role == "reporter":
+            actions.makers = [m for m in actions.makers if m[0].__name__ in REPORTS]
+        urls = [*base_urls[i % len(base_urls) :], *base_urls[: i % len(base_urls)]]
+        thread = ClientThread(ledger, actions if new_calls else None, urls, tokens, stop)
+        thread.start()
+        threads.append(thread)
+    return threads, stop
+
+
+def kill_under_load(
+    soak: Soak,
+    ledger: Ledger,
+    tokens: dict[str, str],
+    base_urls: Sequence[str],
+    rng: random.Random,
+    round_no: int,
+    victim: Callable[[], tuple[str, Callable[[], float]]],
+    linger: float = 0.0,
+) -> str:
+    """Load ``base_urls`` for a random time up to ``soak.seconds``, then, once a request is in
+    flight, SIGKILL what ``victim`` names (its name, and the kill that says when it was sent),
+    and go on loading what is left for up to ``linger`` seconds. The victim's name."""
+    threads, stop = start_clients(soak, ledger, tokens, base_urls, rng, round_no, True)
+    time.sleep(rng.uniform(0.1, soak.seconds))
+    deadline = time.monotonic() + 10
+    while ledger.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    name, kill = victim()
+    in_flight = ledger.in_flight
+    killed_at = kill()
+    time.sleep(rng.uniform(0, linger))
+    stop.set()
+    for thread in threads:
+        thread.join()
+    with ledger.lock:
+        ledger.kills.append(killed_at)
+        ledger.figures["kills"] += 1
+        ledger.figures[f"kills: {name}"] += 1
+        ledger.figures["kills with a request in flight"] += in_flight > 0
+    return name
+
+
+def send_what_waits(
+    soak: Soak,
+    ledger: Ledger,
+    tokens: dict[str, str],
+    base_urls: Sequence[str],
+    rng: random.Random,
+) -> None:
+    """Send again every request without a definitive answer, until none is left."""
+    threads, stop = start_clients(soak, ledger, tokens, base_urls, rng, soak.rounds, False)
+    deadline = time.monotonic() + soak.settle_seconds
+    while time.monotonic() < deadline:
+        with ledger.lock:
+            if not ledger.retry and ledger.in_flight == 0:
+                break
+        time.sleep(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+
+def a_notice(ledger: Ledger, base_url: str, tokens: dict[str, str], soak: Soak) -> None:
+    """Report a first violation on a new account with an e-mail contact: its warning is a
+    notice written as an ``.eml`` file (the last start's first, if nothing else wrote one)."""
+    account = f"soak-r{soak.rounds}-a0"  # e-mail only (``add_accounts``)
+    call = Actions(ledger, random.Random(0), "last", 1).violation("last-1", account, "spam")
+    ledger.calls.append(call)
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        if not settle_answer(ledger, call, send(client, call, tokens)):
+            raise RuntimeError(f"the last violation was not recorded: {call.answer}")
+
+
+def replay_some(
+    ledger: Ledger, base_urls: Sequence[str], tokens: dict[str, str], count: int
+) -> list[str]:
+    """Send again (key and body, to each of ``base_urls`` in turn) up to ``count``
+    acknowledged requests: each must answer 200 with what it answered first. Returns what
+    differed."""
+    acked = [c for c in ledger.calls if c.acknowledged and c.kind != "batch"]
+    sample = random.Random(0).sample(acked, min(count, len(acked)))
+    differ = []
+    for n, call in enumerate(sample):
+        with httpx.Client(base_url=base_urls[n % len(base_urls)], timeout=30) as client:
+            answer = send(client, call, tokens)
+        call.replay_checked = True
+        first, again = call.answer, answer.json() if answer.status_code < 500 else None
+        if answer.status_code != 200 or again is None or _ids(first) != _ids(again):
+            differ.append(f"{call.kind} {call.key}: {answer.status_code} {answer.text[:200]}")
+    return differ
+
+
+def _ids(answer: Any) -> Any:
+    """What identifies an answer: its violation, report, or events."""
+    if "violation_id" in answer:
+        return answer["violation_id"], [e["event_id"] for e in answer["decisions"]]
+    if "report_id" in answer:
+        return answer["report_id"]
+    return [e["event_id"] for e in answer.get("events", [])]

@@ -1,8 +1,11 @@
-"""What the crash soak (``soak_embedded.py``) runs: its settings, ``enforcement serve`` as a
-subprocess it can kill, the webhook receiver and the watch on the mail directory."""
+"""What the crash soaks (``soak_embedded.py``, ``soak_production.py``) run: their settings,
+``enforcement serve``, ``enforcement worker`` and ``redis-server`` as subprocesses they can
+kill, the webhook receiver and the watch on the mail directory."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import random
 import signal
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +141,8 @@ def free_port() -> int:
 
 @dataclass
 class Soak:
-    """Where the soak runs and what it runs with."""
+    """Where the soak runs and what it runs with: the embedded default (one SQLite file), or,
+    with ``pg_url`` and ``redis_port``, production (PostgreSQL and Redis)."""
 
     workdir: Path
     rounds: int = 20
@@ -150,6 +155,12 @@ class Soak:
     # How long the last start may take to settle (every notice delivered, no deadline overdue).
     # Under the lost-retry scan's 24 s here, a delivery that only that scan sends fails the soak.
     settle_seconds: float = 90.0
+    pg_url: str | None = None  # production: the PostgreSQL database (instead of SQLite)
+    redis_port: int | None = None  # production: the port of the soak's ``redis-server``
+
+    @property
+    def production(self) -> bool:
+        return self.redis_port is not None
 
     @property
     def database(self) -> Path:
@@ -157,7 +168,11 @@ class Soak:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.database}"
+        return self.pg_url or f"sqlite:///{self.database}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
     def mail_dir(self) -> Path:
@@ -176,13 +191,24 @@ class Soak:
                 "ENFORCEMENT_POLICY_FILE": str(self.workdir / "policy.toml"),
                 "ENFORCEMENT_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE": "true",
-                # Retries wait in the in-memory broker for a second or more: a kill loses them.
+                # Retries wait in the broker for a second or more: a kill loses them (the
+                # in-memory broker's; Redis's when it restarts without its data).
                 "ENFORCEMENT_NOTICE_BACKOFF_MS": "1000",
                 "ENFORCEMENT_NOTICE_MAX_BACKOFF_MS": "4000",
                 "ENFORCEMENT_SWEEP_SECONDS": "1",
                 "ENFORCEMENT_WORKER_THREADS": "4",
             }
         )
+        if self.production:
+            env.update(
+                {
+                    "ENFORCEMENT_REDIS_URL": self.redis_url,
+                    # One consumer process a worker (the machine is shared), and a killed
+                    # worker's messages handed to the other after 5 s (not 60).
+                    "ENFORCEMENT_WORKER_PROCESSES": "1",
+                    "ENFORCEMENT_WORKER_HEARTBEAT_MS": "5000",
+                }
+            )
         return env
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -197,6 +223,38 @@ class Soak:
         )
 
 
+def soak_arguments(parser: argparse.ArgumentParser, rounds: int, seconds: float) -> None:
+    """The options both soaks take (``soak_from``), with their default rounds and seconds."""
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"kills (default {rounds})")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=seconds,
+        help=f"longest load before a kill (default {seconds:g})",
+    )
+    parser.add_argument("--clients", type=int, default=4, choices=range(1, 5), metavar="1-4")
+    parser.add_argument("--accounts", type=int, default=30, help="new accounts per round")
+    parser.add_argument(
+        "--webhook-failures", type=float, default=0.2, help="share of first receipts answered 500"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary one)")
+
+
+def soak_from(args: argparse.Namespace, workdir: Path, **more: Any) -> Soak:
+    """The ``Soak`` that the options of ``soak_arguments`` (and ``more``) say."""
+    return Soak(
+        workdir,
+        rounds=args.rounds,
+        seconds=args.seconds,
+        clients=args.clients,
+        accounts_per_round=args.accounts,
+        webhook_fail_rate=args.webhook_failures,
+        seed=args.seed,
+        **more,
+    )
+
+
 def kill_while_starting(soak: Soak, log: Path, rng: random.Random) -> float:
     """Start ``serve`` and kill it within its first seconds: while it starts, or as its relay
     re-sends what the last one left (the requests wait for the next start). When it was
@@ -206,23 +264,58 @@ def kill_while_starting(soak: Soak, log: Path, rng: random.Random) -> float:
     return server.kill()
 
 
-class Serve:
-    """One run of ``enforcement serve``, its output in a log file of its own; with ``wait``,
-    once it answers ``/healthz``."""
+class Process:
+    """One run of ``python -m enforcement <args>`` in a session of its own (a kill takes its
+    child processes too, as a machine's crash would), its output in a log file of its own."""
 
-    def __init__(self, soak: Soak, log: Path, wait: bool = True) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, soak: Soak, log: Path, args: list[str]) -> None:
         self.log = log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "enforcement", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "enforcement", *args],
                 env=soak.env(),
                 cwd=soak.workdir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def kill(self) -> float:
+        """SIGKILL to the process and its children; when it was sent (``time.time``)."""
+        at = time.time()
+        with contextlib.suppress(ProcessLookupError):  # it ended by itself: its status says how
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        return at
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status (uvicorn re-raises the signal it handled: -15 is clean)."""
+        return stop_all([self])[0]
+
+
+def stop_all(processes: list[Process]) -> list[int]:
+    """SIGTERM to each of ``processes`` at once; their exit statuses (999: killed after 30 s)."""
+    for process in processes:
+        process.proc.send_signal(signal.SIGTERM)
+    statuses = []
+    for process in processes:
+        try:
+            statuses.append(process.proc.wait(timeout=30))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            statuses.append(999)
+    return statuses
+
+
+class Serve(Process):
+    """``enforcement serve`` (``--no-workers`` in production); with ``wait``, once it answers
+    ``/healthz``."""
+
+    def __init__(self, soak: Soak, log: Path, wait: bool = True) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        args = ["serve", "--port", str(self.port)]
+        super().__init__(soak, log, [*args, "--no-workers"] if soak.production else args)
         if not wait:
             return
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -239,18 +332,86 @@ class Serve:
                 raise RuntimeError(f"serve did not answer in {STARTUP_SECONDS:.0f} s: see {log}")
             time.sleep(0.05)
 
+
+LEADS = b"this process leads the relay and the deadline sweep"
+
+
+class Worker(Process):
+    """``enforcement worker``: the relay and the sweep when it leads, and its consumers."""
+
+    def __init__(self, soak: Soak, log: Path) -> None:
+        super().__init__(soak, log, ["worker"])
+
+    @property
+    def leads(self) -> bool:
+        """Whether it said it took the lead (it keeps it until it dies, unless it loses its
+        database connection: then the other may hold it too for a moment)."""
+        return self.proc.poll() is None and LEADS in self.log.read_bytes()
+
+
+class RedisServer:
+    """The soak's ``redis-server`` on a fixed port and data directory, which it can SIGKILL and
+    start again. ``persistence`` is ``"none"`` (``--save ""``, ``--appendonly no``: a restart
+    loses everything, as the service expects of a Redis without persistence), ``"aof"``
+    (append-only file, fsynced before each write is answered: a restart loses nothing
+    acknowledged) or ``"rdb"`` (snapshots, as redis-server's default configuration takes them,
+    but every second: a restart goes back to the last one)."""
+
+    def __init__(self, port: int, directory: Path, persistence: str) -> None:
+        self.port = port
+        self.directory = directory
+        self.persistence = persistence
+        directory.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> float:
+        """Start it and wait until it answers; when it did (``time.time``)."""
+        args = {
+            "none": ["--save", "", "--appendonly", "no"],
+            "aof": ["--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            "rdb": ["--save", "1 1", "--appendonly", "no"],
+        }[self.persistence]
+        self.starts += 1
+        with (self.directory / f"redis-{self.starts}.log").open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    os.environ.get("ENFORCEMENT_TEST_REDIS_SERVER") or "redis-server",
+                    *("--port", str(self.port), "--bind", "127.0.0.1"),
+                    *("--dir", str(self.directory), *args),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                try:
+                    if client.ping() and client.info("server")["process_id"] == self.proc.pid:
+                        return time.time()
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not answer on {self.port}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
     def kill(self) -> float:
-        """SIGKILL; when it was sent (``time.time``)."""
         at = time.time()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
         return at
 
-    def stop(self) -> int:
-        """SIGTERM; the exit status (uvicorn re-raises the signal it handled: -15 is clean)."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return 999
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,351 @@
+"""Crash soak of the production mode: PostgreSQL and Redis, two API processes (``enforcement
+serve --no-workers``) and two ``enforcement worker`` processes (one leads the relay and the
+deadline sweep), all on one database and one Redis, a random one of them SIGKILLed under load
+round after round, then checked.
+
+Each round, client threads post violations (single and in batches), abuse reports and operator
+commands through either API process, each with an ``Idempotency-Key`` and a marker that names
+the one event it records (as ``soak_embedded.py`` does). At a random moment, with a request in
+flight, one is killed: an API process, the leading worker, the other worker, or (at
+``--redis-kills``) Redis itself, restarted on its port and data directory (``--redis-persistence``
+says what it keeps). Load goes on a moment with the process down (a client refused by one API
+process turns to the other); every request without an answer is sent again after the restart,
+key and body as they were. At the end the workers are started once more, everything settles,
+and the checks of the embedded soak that apply run (each 2xx recorded exactly once, 4xx not at
+all, ``verify`` intact, notices delivered on each channel with duplicates only near a kill,
+deadlines escalated once, ``replay`` giving the same standings), with the production ones: once
+the workers settled, each API process's gate refuses every suspended or terminated account and
+allows the others. ``benchmarks/README.md`` lists every check.
+
+    ENFORCEMENT_TEST_PG_URL=postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres \\
+        .venv/bin/python benchmarks/soak_production.py --rounds 10 --seconds 6
+
+Needs ``redis-server`` on PATH and a PostgreSQL account that may create databases (the soak
+makes its own, and drops it). Exit status 0 when every check passed, 1 otherwise (the working
+directory is then kept; the database is dropped either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common import pg_database  # noqa: E402
+from rich.console import Console  # noqa: E402
+from soak_checks import (  # noqa: E402
+    SETTLED_GATE,
+    SETTLED_GATE_WRONG,
+    Ending,
+    Result,
+    age_parts,
+    check_all,
+    settle,
+    show,
+)
+from soak_clients import (  # noqa: E402
+    Ledger,
+    a_notice,
+    add_accounts,
+    gate_agrees,
+    kill_under_load,
+    make_tokens,
+    replay_some,
+    send_what_waits,
+)
+from soak_services import (  # noqa: E402
+    POLICY,
+    MailWatch,
+    Receiver,
+    RedisServer,
+    Serve,
+    Soak,
+    Worker,
+    free_port,
+    soak_arguments,
+    soak_from,
+    stop_all,
+)
+
+from enforcement.workers.relay import CHECKPOINT  # noqa: E402
+from events import EventStore, create_engine  # noqa: E402
+
+PG_URL_ENV = "ENFORCEMENT_TEST_PG_URL"
+# How long a worker may take to lead after the leader died (it looks every 5 s) or at a start.
+LEAD_SECONDS = 30.0
+# What a round kills, and how often (Redis's share is ``--redis-kills``).
+VICTIMS: dict[str, float] = {"an API process": 4, "the leading worker": 3, "the other worker": 2}
+
+
+class Fleet:
+    """The soak's processes: Redis, two API processes and two workers, each started again
+    (with a log file of its own) once it was killed."""
+
+    def __init__(self, soak: Soak, redis: RedisServer) -> None:
+        self.soak = soak
+        self.redis = redis
+        self.starts = 0
+        self.apis = [self._api(n) for n in range(2)]
+        self.workers = [self._worker(n) for n in range(2)]
+
+    def _log(self, name: str) -> Path:
+        self.starts += 1
+        return self.soak.workdir / "logs" / f"{name}-{self.starts}.log"
+
+    def _api(self, n: int) -> Serve:
+        return Serve(self.soak, self._log(f"api{n}"))
+
+    def _worker(self, n: int) -> Worker:
+        return Worker(self.soak, self._log(f"worker{n}"))
+
+    @property
+    def urls(self) -> list[str]:
+        return [api.base_url for api in self.apis]
+
+    def leader(self, wait: float = 0.0) -> Worker | None:
+        """The worker that leads, once one says it does (waiting up to ``wait`` seconds)."""
+        deadline = time.monotonic() + wait
+        while True:
+            leading = [w for w in self.workers if w.leads]
+            if len(leading) == 1:
+                return leading[0]
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+
+    def restart(self) -> list[float]:
+        """Start again whatever died (Redis first); when Redis answered again, if it did."""
+        came_back = []
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            came_back.append(self.redis.start())
+        for n, api in enumerate(self.apis):
+            if api.proc.poll() is not None:
+                self.apis[n] = self._api(n)
+        for n, worker in enumerate(self.workers):
+            if worker.proc.poll() is not None:
+                self.workers[n] = self._worker(n)
+        return came_back
+
+    def kill_workers(self) -> float:
+        """SIGKILL both workers at once (none leads then); when."""
+        at = time.time()
+        for worker in self.workers:
+            worker.kill()
+        return at
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM to every API process and worker; their exit statuses."""
+        names = [f"API {n}" for n in range(2)] + [f"worker {n}" for n in range(2)]
+        return dict(zip(names, stop_all([*self.apis, *self.workers]), strict=True))
+
+    def kill_all(self) -> None:
+        for process in [*self.apis, *self.workers]:
+            process.kill()
+        self.redis.kill()
+
+
+def _victim(
+    fleet: Fleet, rng: random.Random, redis_share: float, planned: str | None
+) -> tuple[str, Callable[[], float]]:
+    """What to kill this round (``planned``, or drawn): its name (as the figures count it) and
+    how. A leader that died a moment ago is followed by the other worker within about 5 s: a
+    worker's kill waits for one to lead."""
+    if planned is None and rng.random() < redis_share:
+        planned = "Redis"
+    name = planned or rng.choices(list(VICTIMS), list(VICTIMS.values()))[0]
+    if name == "Redis":
+        return name, fleet.redis.kill
+    if name == "an API process":
+        return name, rng.choice(fleet.apis).kill
+    leader = fleet.leader(LEAD_SECONDS)
+    if leader is None:
+        return "a worker while none led (for 30 s)", rng.choice(fleet.workers).kill
+    if name == "the leading worker":
+        return name, leader.kill
+    return name, next(w for w in fleet.workers if w is not leader).kill
+
+
+def restarted(ledger: Ledger, fleet: Fleet) -> None:
+    """Start again whatever died; Redis without persistence comes back empty."""
+    came_back = fleet.restart()
+    if fleet.redis.persistence == "none":
+        ledger.redis_emptied += came_back
+
+
+def relayed(soak: Soak) -> bool:
+    """Whether the relay's checkpoint is at the end of the log (so the gate has every change)."""
+    engine = create_engine(soak.database_url)
+    try:
+        store = EventStore(engine)
+        with engine.connect() as conn:
+            return store.get_checkpoint(conn, CHECKPOINT) >= store.max_position()
+    finally:
+        engine.dispose()
+
+
+def _settle_relay(soak: Soak) -> bool:
+    deadline = time.monotonic() + soak.settle_seconds
+    while not relayed(soak):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def run(
+    soak: Soak,
+    redis_persistence: str,
+    redis_kills: float,
+    console: Console,
+    plan: Sequence[str] | None = None,
+) -> Result:
+    """Run the soak in ``soak.workdir`` (made if missing) on ``soak.pg_url`` (an empty
+    database) and a Redis on ``soak.redis_port``, and check what it left. ``plan`` names what
+    each round kills (as ``VICTIMS`` and "Redis" do), else it is drawn."""
+    (soak.workdir / "logs").mkdir(parents=True, exist_ok=True)
+    (soak.workdir / "policy.toml").write_text(POLICY)
+    assert soak.redis_port is not None
+    redis = RedisServer(soak.redis_port, soak.workdir / "redis", redis_persistence)
+    redis.start()
+    fleet: Fleet | None = None
+    receiver = Receiver(soak.webhook_fail_rate, soak.seed)
+    mail = MailWatch(soak.mail_dir)
+    try:
+        init = soak.cli("init")
+        if init.returncode != 0:
+            raise RuntimeError(f"enforcement init failed: {init.stderr}")
+        tokens = make_tokens(soak)
+        ledger = Ledger()
+        rng = random.Random(soak.seed)
+        mail.start()
+        started = time.monotonic()
+        fleet = Fleet(soak, redis)
+        if fleet.leader(LEAD_SECONDS) is None:
+            raise RuntimeError("no worker took the lead")
+        for round_no in range(soak.rounds):
+            restarted(ledger, fleet)
+            ledger.figures["gate checks after a restart"] += gate_agrees(
+                ledger, fleet.urls, tokens, rng, 20
+            )
+            url = rng.choice(fleet.urls)
+            add_accounts(soak, ledger, url, tokens["operator"], round_no, receiver)
+            waiting = len(ledger.retry)
+            name = kill_under_load(
+                soak,
+                ledger,
+                tokens,
+                fleet.urls,
+                rng,
+                round_no,
+                functools.partial(
+                    _victim, fleet, rng, redis_kills, plan[round_no] if plan else None
+                ),
+                linger=1.5,
+            )
+            console.print(
+                f"round {round_no + 1}/{soak.rounds}: killed {name}; {len(ledger.calls)} "
+                f"requests so far, {waiting} sent again, {len(ledger.retry)} without an answer"
+            )
+        # Both workers killed at once, then, as if 11 minutes had passed, started again: the
+        # first notice each writes must sweep the part files that kills left.
+        ledger.kills.append(fleet.kill_workers())
+        ledger.figures["kills: both workers at once (before the last start)"] += 1
+        parts_aged = age_parts(soak, 660)
+        restarted(ledger, fleet)
+        if fleet.leader(LEAD_SECONDS) is None:
+            raise RuntimeError("no worker took the lead after the last start")
+        ledger.figures["gate checks after a restart"] += gate_agrees(
+            ledger, fleet.urls, tokens, rng, 20
+        )
+        add_accounts(soak, ledger, fleet.urls[0], tokens["operator"], soak.rounds, receiver)
+        send_what_waits(soak, ledger, tokens, fleet.urls, rng)
+        a_notice(ledger, fleet.urls[1], tokens, soak)
+        _, late = settle(soak, ledger)
+        if not _settle_relay(soak):
+            ledger.note("the relay did not reach the end of the log")
+        ledger.figures[SETTLED_GATE] += gate_agrees(
+            ledger, fleet.urls, tokens, rng, None, SETTLED_GATE_WRONG
+        )
+        replays_differ = replay_some(ledger, fleet.urls, tokens, 25)
+        stop_statuses = fleet.stop()
+        redis.stop()
+    except BaseException:
+        if fleet is not None:
+            fleet.kill_all()
+        redis.kill()
+        raise
+    finally:
+        mail.close()
+        receiver.close()
+    elapsed = time.monotonic() - started
+    ending = Ending(late, replays_differ, parts_aged, stop_statuses)
+    checks, figures, notes = check_all(soak, ledger, receiver, mail, ending)
+    kinds = {k: v for k, v in sorted(ledger.figures.items()) if k.startswith("kills: ")}
+    figures = {
+        "rounds (kills)": ledger.figures["kills"],
+        **kinds,
+        "kills with a request in flight": ledger.figures["kills with a request in flight"],
+        "Redis persistence": redis_persistence,
+        "wall time": f"{elapsed:.0f} s",
+        **figures,
+    }
+    return Result(figures, checks, notes, soak.workdir)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    soak_arguments(parser, rounds=10, seconds=6.0)
+    parser.add_argument(
+        "--redis-kills", type=float, default=0.15, help="share of rounds that kill Redis (0.15)"
+    )
+    parser.add_argument(
+        "--redis-persistence",
+        choices=("none", "aof", "rdb"),
+        default="none",
+        help="none: Redis restarts empty (default); aof: an append-only file fsynced always; "
+        "rdb: a snapshot every second, which a restart goes back to",
+    )
+    parser.add_argument("--redis-port", type=int, help="default: a free one")
+    args = parser.parse_args()
+    admin_url = os.environ.get(PG_URL_ENV)
+    if not admin_url:
+        parser.error(f"set {PG_URL_ENV} to a PostgreSQL account that may create databases")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-production-"))
+    console = Console()
+    ok = False
+    with pg_database(admin_url, "soak_production") as pg_url:
+        soak = soak_from(
+            args,
+            workdir,
+            startup_kills=0.0,
+            pg_url=pg_url,
+            redis_port=args.redis_port or free_port(),
+        )
+        console.print(
+            f"production crash soak: {soak.rounds} rounds of up to {soak.seconds:g} s, "
+            f"{soak.clients} clients, Redis on {soak.redis_port} ({args.redis_persistence}), "
+            f"in {workdir} (load {os.getloadavg()[0]:.2f})"
+        )
+        result = run(soak, args.redis_persistence, args.redis_kills, console)
+        show(result, console, "production crash soak")
+        ok = result.ok
+    if ok and args.workdir is None:
+        shutil.rmtree(workdir)
+    elif not ok:
+        console.print(f"[red]failed[/]; the working directory is kept: {workdir}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
