@@ -221,11 +221,15 @@ def watch_leader(leader: LeaderLock, stop: threading.Event, stepping_down: threa
 
 
 class RedisWatch:
-    """Whether Redis lost what it held since this process marked it: a Redis that restarted
+    """Whether Redis lost what it held since a leader marked it: a Redis that restarted
     without persistence (or was flushed) comes back without the mark, and without the gate's
-    state and the messages it held. And whether the log lost what Redis followed: Redis is
-    told which database the leader reads and its newest event (``note``), and a database
-    restored from a backup is another database, or no longer has that event (``follows``)."""
+    state and the messages it held. One that restarted from a snapshot (RDB, redis-server's
+    default, or an append-only file not fsynced on every write) or failed over to a replica
+    comes back with a mark, but without what was written since: the mark holds the ``run_id``
+    of the Redis run it was set in, and another run's is lost too. And whether the log lost
+    what Redis followed: Redis is told which database the leader reads and its newest event
+    (``note``), and a database restored from a backup is another database, or no longer has
+    that event (``follows``)."""
 
     KEY = "enforcement:marked"
     # "<database identity> <position> <event id>" of the newest event noted ("0 -": none yet)
@@ -238,10 +242,15 @@ class RedisWatch:
         self.client = bounded_client(url, REDIS_WATCH_TIMEOUT_SECONDS, retries=0)
 
     def lost(self) -> bool:
-        return not self.client.exists(self.KEY)
+        marked = self.client.get(self.KEY)
+        return marked is None or _text(marked) != self._run_id()
 
     def mark(self) -> None:
-        self.client.set(self.KEY, "1")
+        self.client.set(self.KEY, self._run_id())
+
+    def _run_id(self) -> str:
+        """The id of this run of the Redis server: each start has a new one."""
+        return str(self.client.info("server")["run_id"])
 
     def follows(self, store: EventStore) -> bool:
         """Whether Redis's gate state follows this log: the database Redis was last told of
@@ -253,8 +262,7 @@ class RedisWatch:
         noted = self.client.get(self.LOG_KEY)
         if noted is None:
             return True
-        text = noted.decode(errors="replace") if isinstance(noted, bytes) else str(noted)
-        parts = text.split(" ")
+        parts = _text(noted).split(" ")
         if len(parts) != 3:
             return False
         identity, position, event_id = parts
@@ -293,6 +301,10 @@ class RedisWatch:
 
     def close(self) -> None:
         self.client.close()  # and its connection pool, which ``from_url`` made for it
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def forget_another_log(container: Container, watch: RedisWatch) -> bool:

@@ -273,6 +273,71 @@ def test_a_redis_that_lost_its_data_gets_the_gate_and_waiting_notices_back(
         worker.stop()
 
 
+def test_a_redis_restarted_from_an_older_snapshot_gets_the_gate_back(
+    settings: Settings, poster: Container, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis restarted from a snapshot (RDB, redis-server's default persistence) comes back
+    with the leader's mark, but without what was written since: here the suspension the gate
+    enforced. The mark names the run of Redis that took it, so the leader sees another run
+    within seconds and re-seeds the gate. (Found by ``benchmarks/soak_production.py
+    --redis-persistence rdb``: a terminated account allowed after Redis was killed.)"""
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    gate = RedisGate.from_url(str(settings.redis_url))
+    client = redis_server.client()
+    snapshot = Path(client.config_get("dir")["dir"]) / "dump.rdb"
+    try:
+        # Given an account the gate allows again, in a snapshot of Redis with the leader's mark
+        wait_until(lambda: client.exists(RedisWatch.KEY), "the leader marks Redis", timeout=30)
+        poster.service.operator("acct_snap", ops.Suspend("abuse"), OPERATOR)
+        wait_until(
+            lambda: gate.check("acct_snap", "key_1").reason == "suspended",
+            "the gate to enforce the suspension",
+            timeout=30,
+        )
+        poster.service.operator("acct_snap", ops.Reinstate("appeal won"), OPERATOR)
+        wait_until(
+            lambda: gate.check("acct_snap", "key_1").allowed,
+            "the gate to allow the account again",
+            timeout=30,
+        )
+        # (once every message is done: one run again after the restart would push the
+        # account's standing of then, and mend the gate by chance)
+        wait_until(
+            lambda: not any(client.hlen(k) for k in client.keys("dramatiq:*.msgs")),
+            "the messages to be done",
+            timeout=30,
+        )
+        client.save()
+        # and suspended again after the snapshot
+        poster.service.operator("acct_snap", ops.Suspend("abuse again"), OPERATOR)
+        wait_until(
+            lambda: gate.check("acct_snap", "key_1").reason == "suspended",
+            "the gate to enforce the second suspension",
+            timeout=30,
+        )
+        wait_until(
+            lambda: relay_position(poster.store) >= poster.store.max_position(),
+            "the relay to pass the second suspension",
+            timeout=30,
+        )
+
+        # When Redis restarts from the snapshot
+        redis_server.restart()
+        assert client.exists(RedisWatch.KEY)
+
+        # Then the gate enforces the suspension again, soon
+        wait_until(
+            lambda: gate.check("acct_snap", "key_1").reason == "suspended",
+            "the gate to be re-seeded",
+            timeout=20,
+        )
+        assert "Redis lost its data" in worker.output()
+    finally:
+        snapshot.unlink(missing_ok=True)  # the session's Redis: later restarts start empty
+        client.close()
+        worker.stop()
+
+
 def test_the_relay_tells_the_gate_of_a_suspension_whose_push_was_lost_without_the_consumers(
     settings: Settings, poster: Container
 ) -> None:
