@@ -31,11 +31,12 @@ from projections.tables import standings
 # A notice delivered again is one whose delivery a kill cut off if a kill came this soon after
 # its first delivery (before the worker could record it; seconds, to leave a loaded machine room).
 DUPLICATE_SECONDS = 5.0
-# A notice delivered again is one relayed to a Redis that came back without its data before the
-# leader saw the loss (it looks every 5 s), and so sent again by the leader's re-send, if its
-# first delivery came this soon after Redis came back (the look, and a retry's wait of up to
-# 4 s here; docs/design.md, "A Redis that lost its data").
-REDIS_EMPTIED_SECONDS = 15.0
+# A notice delivered again is one relayed to a Redis that came back (restarted: the leader takes
+# it for one that lost its data, whatever its persistence) before the leader saw it (it looks
+# every 5 s), and so sent again by the leader's re-send, if its first delivery came this soon
+# after Redis came back (the look, and a retry's wait of up to 4 s here; docs/design.md, "A
+# Redis that lost its data").
+REDIS_BACK_SECONDS = 15.0
 # A deadline the sweep (every second here) has had this long to escalate is overdue.
 OVERDUE_SECONDS = 5.0
 # The fields of an event's data that an ``Expect`` may name.
@@ -291,7 +292,7 @@ def check_notices(
         ]
         # (the mail watch sees a file up to 0.1 s after it was written)
         if not any(first - 1 <= kill <= first + DUPLICATE_SECONDS for kill in ledger.kills)
-        and not any(0 <= first - back <= REDIS_EMPTIED_SECONDS for back in ledger.redis_emptied)
+        and not any(0 <= first - back <= REDIS_BACK_SECONDS for back in ledger.redis_back)
     ]
     email_again = sum(mail.rewritten.values())
     webhook_again = sum(count - 1 for count in receiver.taken.values() if count > 1)
@@ -316,10 +317,10 @@ def check_notices(
         ),
         (
             "a notice went out twice only when a kill cut its delivery off (or Redis came "
-            "back empty just before)",
+            "back just before)",
             not unexplained,
             f"{len(unexplained)} sent again with no kill within {DUPLICATE_SECONDS:g} s after "
-            f"the first (nor Redis emptied within {REDIS_EMPTIED_SECONDS:g} s before): "
+            f"the first (nor Redis back within {REDIS_BACK_SECONDS:g} s before): "
             f"{unexplained[:3]}",
         ),
         (

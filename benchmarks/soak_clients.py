@@ -127,7 +127,7 @@ class Ledger:
         self.contacts: dict[str, tuple[bool, bool]] = {}  # account -> (email, webhook)
         self.notes: list[str] = []  # odd answers worth a look
         self.kills: list[float] = []  # when each SIGKILL was sent (time.time)
-        self.redis_emptied: list[float] = []  # when Redis came back without its data
+        self.redis_back: list[float] = []  # when a restarted Redis answered again
 
     def note(self, text: str) -> None:
         with self.lock:

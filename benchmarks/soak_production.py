@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import redis  # noqa: E402
 from common import pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from soak_checks import (  # noqa: E402
@@ -79,11 +80,14 @@ from soak_services import (  # noqa: E402
 )
 
 from enforcement.workers.relay import CHECKPOINT  # noqa: E402
+from enforcement.workers.runtime import RedisWatch  # noqa: E402
 from events import EventStore, create_engine  # noqa: E402
 
 PG_URL_ENV = "ENFORCEMENT_TEST_PG_URL"
 # How long a worker may take to lead after the leader died (it looks every 5 s) or at a start.
 LEAD_SECONDS = 30.0
+# A figure: how long a Redis with persistence served its snapshot's gate state at the most.
+SEEN_RESTARTED = "longest wait for the leader to see Redis restarted (ms)"
 # What a round kills, and how often (Redis's share is ``--redis-kills``).
 VICTIMS: dict[str, float] = {"an API process": 4, "the leading worker": 3, "the other worker": 2}
 
@@ -98,13 +102,16 @@ class Fleet:
         self.starts = 0
         self.apis = [self._api(n) for n in range(2)]
         self.workers = [self._worker(n) for n in range(2)]
+        for api in self.apis:
+            api.wait()
 
     def _log(self, name: str) -> Path:
         self.starts += 1
         return self.soak.workdir / "logs" / f"{name}-{self.starts}.log"
 
     def _api(self, n: int) -> Serve:
-        return Serve(self.soak, self._log(f"api{n}"))
+        """API process ``n``, started (``Serve.wait`` waits until it answers)."""
+        return Serve(self.soak, self._log(f"api{n}"), wait=False)
 
     def _worker(self, n: int) -> Worker:
         return Worker(self.soak, self._log(f"worker{n}"))
@@ -135,6 +142,8 @@ class Fleet:
         for n, worker in enumerate(self.workers):
             if worker.proc.poll() is not None:
                 self.workers[n] = self._worker(n)
+        for api in self.apis:
+            api.wait()
         return came_back
 
     def kill_workers(self) -> float:
@@ -177,10 +186,28 @@ def _victim(
 
 
 def restarted(ledger: Ledger, fleet: Fleet) -> None:
-    """Start again whatever died; Redis without persistence comes back empty."""
+    """Start again whatever died (a restarted Redis is taken for one that lost its data). A
+    Redis with persistence comes back with gate state of its snapshot, which the gate serves
+    until the leader saw the restart and re-seeded it: wait for that (the mark of this run of
+    Redis, set after the re-seed), and keep the longest wait as a figure."""
     came_back = fleet.restart()
-    if fleet.redis.persistence == "none":
-        ledger.redis_emptied += came_back
+    ledger.redis_back += came_back
+    if not came_back or fleet.redis.persistence == "none":
+        return
+    client = redis.Redis(port=fleet.redis.port, socket_timeout=5)
+    try:
+        run_id = str(client.info("server")["run_id"]).encode()
+        deadline = time.monotonic() + LEAD_SECONDS
+        while client.get(RedisWatch.KEY) != run_id:
+            if time.monotonic() > deadline:
+                ledger.note("the leader did not see Redis restarted in 30 s")
+                break
+            time.sleep(0.05)
+    finally:
+        client.close()
+    waited = int((time.time() - came_back[0]) * 1000)
+    with ledger.lock:
+        ledger.figures[SEEN_RESTARTED] = max(ledger.figures[SEEN_RESTARTED], waited)
 
 
 def relayed(soak: Soak) -> bool:
@@ -240,7 +267,7 @@ def run(
             )
             url = rng.choice(fleet.urls)
             add_accounts(soak, ledger, url, tokens["operator"], round_no, receiver)
-            waiting = len(ledger.retry)
+            sent_again = ledger.figures["requests sent again"]
             name = kill_under_load(
                 soak,
                 ledger,
@@ -251,11 +278,12 @@ def run(
                 functools.partial(
                     _victim, fleet, rng, redis_kills, plan[round_no] if plan else None
                 ),
-                linger=1.5,
+                linger=min(1.5, soak.seconds),
             )
             console.print(
                 f"round {round_no + 1}/{soak.rounds}: killed {name}; {len(ledger.calls)} "
-                f"requests so far, {waiting} sent again, {len(ledger.retry)} without an answer"
+                f"requests so far, {ledger.figures['requests sent again'] - sent_again} sent "
+                f"again in the round, {len(ledger.retry)} waiting for an answer"
             )
         # Both workers killed at once, then, as if 11 minutes had passed, started again: the
         # first notice each writes must sweep the part files that kills left.
@@ -297,6 +325,7 @@ def run(
         **kinds,
         "kills with a request in flight": ledger.figures["kills with a request in flight"],
         "Redis persistence": redis_persistence,
+        **({SEEN_RESTARTED: ledger.figures[SEEN_RESTARTED]} if redis_persistence != "none" else {}),
         "wall time": f"{elapsed:.0f} s",
         **figures,
     }

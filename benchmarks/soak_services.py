@@ -316,8 +316,12 @@ class Serve(Process):
         self.base_url = f"http://127.0.0.1:{self.port}"
         args = ["serve", "--port", str(self.port)]
         super().__init__(soak, log, [*args, "--no-workers"] if soak.production else args)
-        if not wait:
-            return
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Until it answers ``/healthz`` (``RuntimeError`` if it exits or takes too long)."""
+        log = self.log
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             if self.proc.poll() is not None:
