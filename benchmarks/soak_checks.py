@@ -39,6 +39,8 @@ DUPLICATE_SECONDS = 5.0
 REDIS_BACK_SECONDS = 15.0
 # A deadline the sweep (every second here) has had this long to escalate is overdue.
 OVERDUE_SECONDS = 5.0
+# The soak's last processes are stopped once no deadline is due this soon (seconds).
+STOP_SECONDS = 3.0
 # The fields of an event's data that an ``Expect`` may name.
 MARKED = ("evidence_ref", "reason", "note", "statement", "report_id")
 
@@ -123,11 +125,11 @@ def undelivered(ledger: Ledger, log: list[RecordedEvent]) -> list[tuple[str, str
     ]
 
 
-def overdue(soak: Soak) -> list[tuple[str, str, str]]:
-    """(account, kind, id) of each deadline the scheduler has had time to escalate and has not."""
+def due(soak: Soak, ahead: float) -> list[tuple[str, str, str]]:
+    """(account, kind, id) of each deadline due before ``ahead`` seconds from now."""
     engine = create_engine(soak.database_url)
     try:
-        moment = format_time(datetime.now(UTC) - timedelta(seconds=OVERDUE_SECONDS))
+        moment = format_time(datetime.now(UTC) + timedelta(seconds=ahead))
         return [
             (state.account_id, kind, ident)
             for state in iter_stored_states(EventStore(engine), kinds=("remediations",))
@@ -137,15 +139,23 @@ def overdue(soak: Soak) -> list[tuple[str, str, str]]:
         engine.dispose()
 
 
+def overdue(soak: Soak) -> list[tuple[str, str, str]]:
+    """(account, kind, id) of each deadline the scheduler has had time to escalate and has not."""
+    return due(soak, -OVERDUE_SECONDS)
+
+
 def settle(soak: Soak, ledger: Ledger) -> tuple[list[tuple[str, str]], list[Any]]:
-    """Wait until every notice is delivered on each of its channels and no deadline is overdue;
-    what still is when ``soak.settle_seconds`` have passed."""
+    """Wait until every notice is delivered on each of its channels and no deadline is due
+    within ``STOP_SECONDS`` (a stop that follows must not cut off the notice of an escalation);
+    what is still undelivered, and overdue, when ``soak.settle_seconds`` have passed."""
     deadline = time.monotonic() + soak.settle_seconds
     while True:
-        waiting, late = undelivered(ledger, read_log(soak)), overdue(soak)
-        if (not waiting and not late) or time.monotonic() > deadline:
-            return waiting, late
-        time.sleep(1)
+        waiting = undelivered(ledger, read_log(soak))
+        if not waiting and not due(soak, STOP_SECONDS):
+            return [], []
+        if time.monotonic() > deadline:
+            return waiting, overdue(soak)
+        time.sleep(0.5)
 
 
 def stored_standings(soak: Soak, accounts: list[str], as_of: datetime) -> tuple[Any, Any]:

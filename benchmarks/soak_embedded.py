@@ -113,8 +113,8 @@ def run(soak: Soak, console: Console) -> Result:
         add_accounts(soak, ledger, server.base_url, tokens["operator"], soak.rounds, receiver)
         send_what_waits(soak, ledger, tokens, [server.base_url], rng)
         a_notice(ledger, server.base_url, tokens, soak)
-        _, late = settle(soak, ledger)
         replays_differ = replay_some(ledger, [server.base_url], tokens, 25)
+        _, late = settle(soak, ledger)
         stop_status = server.stop()
     finally:
         mail.close()

@@ -299,13 +299,14 @@ def run(
         add_accounts(soak, ledger, fleet.urls[0], tokens["operator"], soak.rounds, receiver)
         send_what_waits(soak, ledger, tokens, fleet.urls, rng)
         a_notice(ledger, fleet.urls[1], tokens, soak)
-        _, late = settle(soak, ledger)
+        replays_differ = replay_some(ledger, fleet.urls, tokens, 25)
+        settle(soak, ledger)
         if not _settle_relay(soak):
             ledger.note("the relay did not reach the end of the log")
         ledger.figures[SETTLED_GATE] += gate_agrees(
             ledger, fleet.urls, tokens, rng, None, SETTLED_GATE_WRONG
         )
-        replays_differ = replay_some(ledger, fleet.urls, tokens, 25)
+        _, late = settle(soak, ledger)  # again: the gate's questions took seconds
         stop_statuses = fleet.stop()
         redis.stop()
     except BaseException:
