@@ -20,6 +20,19 @@ from redis.retry import Retry
 
 DEFAULT_TIMEOUT_S = 5.0
 
+# A Redis that answers but refuses writes for now, in a state it leaves by itself or by an
+# operator's hand: out of memory (``maxmemory`` with ``noeviction``), a replica (the clients
+# still point at a primary that a failover turned into one), a replica whose primary is down,
+# a cluster that is down or moving the slot. To the gate and the workers the same as a Redis
+# they cannot reach; any other error reply is a bug to report, not an outage.
+REFUSING_FOR_NOW: tuple[type[redis.RedisError], ...] = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+
 
 def bounded_client(url: str, timeout_s: float, *, retries: int = 1) -> redis.Redis:
     """A client of ``url`` that waits at most ``timeout_s`` to connect and for each reply."""

@@ -83,6 +83,20 @@ class RedisServer:
             client.config_set("maxmemory", 0)
             client.close()
 
+    @contextmanager
+    def read_only(self) -> Iterator[None]:
+        """Redis as a replica while inside, as after a failover that left the clients on the
+        old primary: every write is refused with a ``READONLY`` error reply, reads are answered
+        from the data it holds (its primary, a port nothing listens on, never answers, so the
+        data stays). Back to a primary after, data kept."""
+        client = self.client()
+        try:
+            client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+            yield
+        finally:
+            client.execute_command("REPLICAOF", "NO", "ONE")
+            client.close()
+
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         if self._process is not None:
             return self

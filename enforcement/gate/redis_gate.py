@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.exceptions import NoScriptError
 
 from enforcement import redis_client
 from enforcement.gate import core, keys, lua, wire
@@ -32,10 +32,14 @@ USAGE_TTL_S = 120  # renewed when under 90 s: more than a TAT can run ahead (60 
 USAGE_SLACK_S = 30
 CALL_CACHE_SIZE = 8192  # (account, key) pairs whose check arguments are kept built
 CLEAR_PAGE = 1000  # keys asked for per SCAN, and removed per pipeline, by ``clear``
-# What makes the gate unavailable (``GateUnavailable``, HTTP 503): Redis down, silent, or out of
-# memory (``maxmemory`` with ``noeviction`` refuses the writes a check makes; a script stops at
-# its first refused write, before it has counted anything).
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OutOfMemoryError)
+# What makes the gate unavailable (``GateUnavailable``, HTTP 503): Redis down, silent, or
+# refusing writes for now (``redis_client.REFUSING_FOR_NOW``: out of memory, a replica after a
+# failover ...; a script stops at its first refused write, before it has counted anything).
+UNAVAILABLE: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    *redis_client.REFUSING_FOR_NOW,
+)
 
 
 class RedisGate(Gate):

@@ -13,7 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage
 
-from enforcement.redis_client import bounded_client
+from enforcement.redis_client import REFUSING_FOR_NOW, bounded_client
 from enforcement.settings import Settings
 
 MAINTENANCE_CHANCE = 50_000  # per million Redis commands
@@ -29,8 +29,9 @@ class _LosingConsumer(_RedisConsumer):
     requeue that Redis cannot take is dropped here: the messages stay in Redis, among this
     worker's unacknowledged ones, as after any lost connection.
 
-    A Redis out of memory (``maxmemory`` with ``noeviction``) answers, but refuses every
-    write: to an acknowledgement or a requeue that is a lost connection too. Dramatiq then
+    A Redis out of memory (``maxmemory`` with ``noeviction``), or turned replica by a
+    failover (``redis_client.REFUSING_FOR_NOW``), answers, but refuses every write: to an
+    acknowledgement or a requeue that is a lost connection too. Dramatiq then
     retries the acknowledgement until Redis takes it (it would otherwise leave the message
     to be run again when the worker restarts), and a consumer that could not put its delayed
     messages back starts again: Dramatiq's lets the refusal out of its error handling, and the
@@ -38,24 +39,20 @@ class _LosingConsumer(_RedisConsumer):
     refused so stays Dramatiq's unexpected error, after which the consumer starts again."""
 
     def ack(self, message: Any) -> None:
-        with _lost_if_silent(_REFUSED_WRITE):
+        with _lost_if_silent(REFUSING_FOR_NOW):
             super().ack(message)  # type: ignore[no-untyped-call]
 
     def nack(self, message: Any) -> None:
-        with _lost_if_silent(_REFUSED_WRITE):
+        with _lost_if_silent(REFUSING_FOR_NOW):
             super().nack(message)  # type: ignore[no-untyped-call]
 
     def requeue(self, messages: Iterable[Any]) -> None:
-        with _lost_if_silent(_REFUSED_WRITE):
+        with _lost_if_silent(REFUSING_FOR_NOW):
             super().requeue(messages)  # type: ignore[no-untyped-call]
 
     def __next__(self) -> Any:
         with _lost_if_silent():
             return super().__next__()  # type: ignore[no-untyped-call]
-
-
-# Redis's refusal of a write for want of memory.
-_REFUSED_WRITE: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError,)
 
 
 @contextmanager

@@ -1,5 +1,7 @@
 """The broker's Redis at ``maxmemory`` with the ``noeviction`` policy (``RedisServer.memory_full``):
-it answers, but refuses every command that may add data with an ``OOM`` error reply.
+it answers, but refuses every command that may add data with an ``OOM`` error reply. The
+consumers' tests also run with Redis turned replica by a failover (``RedisServer.read_only``),
+which refuses every write with a ``READONLY`` error reply.
 
 - The relay fails, keeps its checkpoint before what Redis did not take, and once Redis takes
   writes again sends every message, none twice (Dramatiq's enqueue script fails on its first
@@ -78,8 +80,12 @@ def test_the_relay_waits_for_a_full_redis_and_then_sends_each_message_once(
     assert sum(found.values()) == len(found) == 9, found
 
 
+REFUSING = pytest.mark.parametrize("refusing", ["memory_full", "read_only"])
+
+
+@REFUSING
 def test_consumers_live_through_a_full_redis_their_delay_queues_too(
-    settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture, refusing: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="dramatiq.worker")
     system = System(settings)
@@ -89,7 +95,7 @@ def test_consumers_live_through_a_full_redis_their_delay_queues_too(
 
         # When Redis is full until that consumer has failed to fetch (and to put its delayed
         # message back), and then takes writes again
-        with redis_server.memory_full():
+        with getattr(redis_server, refusing)():
             wait_until(
                 lambda: any(
                     r.name.endswith("(deadlines.DQ)") and r.levelno >= logging.CRITICAL
@@ -105,8 +111,9 @@ def test_consumers_live_through_a_full_redis_their_delay_queues_too(
         system.close()
 
 
+@REFUSING
 def test_a_message_run_while_redis_is_full_is_acknowledged_once_it_takes_writes(
-    settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture, refusing: str
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dramatiq.worker")
     receiver = Receiver(hold_first=True)
@@ -120,7 +127,7 @@ def test_a_message_run_while_redis_is_full_is_acknowledged_once_it_takes_writes(
         wait_until(lambda: receiver.for_event(notice), "the webhook to be called")
 
         # When it ends while Redis is full: its outcome is recorded, its acknowledgement refused
-        with redis_server.memory_full():
+        with getattr(redis_server, refusing)():
             receiver.release()
             wait_until(
                 lambda: delivered_once_each(system.store, [notice], ["webhook"]),
