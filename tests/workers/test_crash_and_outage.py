@@ -425,11 +425,15 @@ def test_a_suspension_committed_while_redis_is_away_is_enforced_once_redis_answe
     long_backoffs: None,
     probes: list[bool],
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A suspension committed while Redis is away is not pushed (the push fails, then pauses),
-    and Redis comes back holding the gate's earlier state and the leader's mark, so nothing is
-    re-seeded: only the relay tells the gate. It retries as soon as Redis answers again, not at
-    the end of its backoff (``long_backoffs``)."""
+    and Redis comes back holding the gate's earlier state: only the relay tells the gate. It
+    retries as soon as Redis answers again, not at the end of its backoff (``long_backoffs``).
+    (Redis comes back as another run, whose mark the leader's watch takes for lost data and
+    re-seeds the gate within ``REDIS_WATCH_SECONDS``: the watch does not look again here, or
+    its re-seed would mend the gate without the relay.)"""
+    monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 3600.0)
     caplog.set_level(logging.ERROR, logger="enforcement.relay")
     server = redis_keeping_data
     settings = fast_settings(database_url, tmp_path, redis_url=server.url)
@@ -828,3 +832,4 @@ def test_the_watch_gives_up_on_a_frozen_redis_within_its_timeout(
     finally:
         os.kill(redis_keeping_data.pid, signal.SIGCONT)
         watch.close()
+
