@@ -240,13 +240,19 @@ class RedisWatch:
 
         # A failed look is tried again at the next one.
         self.client = bounded_client(url, REDIS_WATCH_TIMEOUT_SECONDS, retries=0)
+        self._looked_at: str | None = None  # the run of Redis ``lost`` last saw
 
     def lost(self) -> bool:
         marked = self.client.get(self.KEY)
-        return marked is None or _text(marked) != self._run_id()
+        self._looked_at = self._run_id()
+        return marked is None or _text(marked) != self._looked_at
 
     def mark(self) -> None:
-        self.client.set(self.KEY, self._run_id())
+        """Mark Redis as holding what was re-seeded since the last ``lost``: with the run of
+        Redis that look saw, so that one that restarted meanwhile (amid a re-seed that went
+        partly to the run before) is seen as lost at the next look."""
+        run_id = self._looked_at if self._looked_at is not None else self._run_id()
+        self.client.set(self.KEY, run_id)
 
     def _run_id(self) -> str:
         """The id of this run of the Redis server: each start has a new one."""
