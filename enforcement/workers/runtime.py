@@ -241,6 +241,7 @@ class RedisWatch:
         # A failed look is tried again at the next one.
         self.client = bounded_client(url, REDIS_WATCH_TIMEOUT_SECONDS, retries=0)
         self._looked_at: str | None = None  # the run of Redis ``lost`` last saw
+        self._said_no_run_id = False
 
     def lost(self) -> bool:
         marked = self.client.get(self.KEY)
@@ -255,8 +256,24 @@ class RedisWatch:
         self.client.set(self.KEY, run_id)
 
     def _run_id(self) -> str:
-        """The id of this run of the Redis server: each start has a new one."""
-        return str(self.client.info("server")["run_id"])
+        """The id of this run of the Redis server: each start has a new one. ``"-"`` when Redis
+        will not say (a user whose ACL forbids INFO, a proxy without it): then only a Redis that
+        lost the mark itself is seen as lost, as before marks named runs (said once, in the
+        log), not a leader that cannot start."""
+        import redis
+
+        try:
+            return str(self.client.info("server")["run_id"])
+        except (redis.ResponseError, KeyError) as exc:
+            if not self._said_no_run_id:
+                self._said_no_run_id = True
+                log.warning(
+                    "Redis does not say which run of it this is (INFO server: %s): a Redis "
+                    "restarted from a snapshot will be seen as having lost its data only at "
+                    "the next re-seed (docs/operations.md)",
+                    exc,
+                )
+            return "-"
 
     def follows(self, store: EventStore) -> bool:
         """Whether Redis's gate state follows this log: the database Redis was last told of

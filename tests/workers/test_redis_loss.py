@@ -67,3 +67,31 @@ def test_notices_relayed_while_the_gate_is_re_seeded_are_not_re_sent(
         "re-sent 0 notice deliveries without an outcome",  # taking the lead: a new Redis
         "re-sent 1 notice deliveries without an outcome",
     ]
+
+
+@pytest.mark.redis
+def test_a_redis_that_will_not_say_its_run_is_watched_by_its_mark_alone(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis user whose ACL forbids INFO (managed services and proxies may too): the watch
+    cannot tell runs apart, says so once, and still sees a Redis that lost the mark."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        "no_info", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"]
+    )
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    watch = RedisWatch(f"redis://no_info:pw@{host}:{port}/0")
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    try:
+        assert watch.lost()  # never marked
+        watch.mark()
+        assert not watch.lost()
+        assert not watch.lost()
+        admin.delete(RedisWatch.KEY)  # as a Redis that lost its data
+        assert watch.lost()
+        said = [m for m in caplog.messages if "does not say which run" in m]
+        assert len(said) == 1, caplog.messages
+    finally:
+        watch.close()
+        admin.acl_deluser("no_info")
+        admin.close()
