@@ -599,10 +599,12 @@ def kill_under_load(
     and go on loading what is left for up to ``linger`` seconds. The victim's name."""
     threads, stop = start_clients(soak, ledger, tokens, base_urls, rng, round_no, True)
     time.sleep(rng.uniform(0.1, soak.seconds))
+    # Named first: naming may take a while (a worker victim waits for the log to say which one
+    # leads), and the kill must follow the wait for a request in flight at once.
+    name, kill = victim()
     deadline = time.monotonic() + 10
     while ledger.in_flight == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
-    name, kill = victim()
     in_flight = ledger.in_flight
     killed_at = kill()
     time.sleep(rng.uniform(0, linger))

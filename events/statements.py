@@ -124,7 +124,7 @@ class Statements:
         )
 
     def insert_many(self, count: int) -> str:
-        """SQLite: ``count`` rows with their positions given (``_insert`` assigns them)."""
+        """SQLite: ``count`` rows with their positions given (``events.writing`` assigns them)."""
         sql = self._insert_many.get(count)
         if sql is None:
             row = "(" + ", ".join(["?"] * 12) + ")"

@@ -91,10 +91,10 @@ class RedisServer:
         data stays). Back to a primary after, data kept."""
         client = self.client()
         try:
-            client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+            client.replicaof("127.0.0.1", free_port())
             yield
         finally:
-            client.execute_command("REPLICAOF", "NO", "ONE")
+            client.replicaof("NO", "ONE")
             client.close()
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
@@ -138,7 +138,8 @@ class RedisServer:
             process.stderr.close()
 
     def restart(self) -> None:
-        """Stop and start again on the same port; all data and cached scripts are gone."""
+        """Stop and start again on the same port: cached scripts are gone, and the data too
+        unless a snapshot was saved (``dump.rdb`` in its directory, which the start loads)."""
         self.stop()
         self.start()
 
