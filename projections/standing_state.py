@@ -147,10 +147,11 @@ class RateLimitRecord:
 class StandingState:
     """What an account's events have established, independent of the clock.
 
-    A value: ``apply``, ``apply_all`` and ``fold`` never change a state they are given, and
-    callers must not either (the views keep, on the state, what they found in its tables:
-    ``projections.open_items``). ``from_json(to_json(s)) == s`` and ``to_json`` is plain JSON whose
-    collections are lists in event order (safe in PostgreSQL JSONB, which reorders object keys).
+    A value: ``apply``, ``apply_all`` and ``fold`` never change a state they are given (only
+    ``advance`` does, for a caller that drops the state it gives), and callers must not either
+    (the views keep, on the state, what they found in its tables: ``projections.open_items``).
+    ``from_json(to_json(s)) == s`` and ``to_json`` is plain JSON whose collections are lists in
+    event order (safe in PostgreSQL JSONB, which reorders object keys).
     """
 
     account_id: str
@@ -265,6 +266,21 @@ class StandingState:
         )
         copy.open_base = self.open_items
         return copy
+
+    def _renewed(self) -> StandingState:
+        """This state made ready to be changed in place, as ``_owned_copy`` makes a copy ready,
+        but without copying the tables: its tables forget what they noted and what is open is
+        carried from here. For a caller that never looks at the state before again
+        (``standing.advance``): a copy costs every record of the history."""
+        for name in TABLES:
+            table = getattr(self, name)
+            if isinstance(table, Table):
+                table.touched, table.popped, table.appended = {}, set(), {}
+            else:
+                setattr(self, name, Table(table))
+        self.derived_from = self.version
+        self.open_base, self.open_items = self.open_items, None
+        return self
 
     def changes_since(self, base: StandingState, table: str) -> Table | None:
         """``table`` with the keys it changed (``Table.touched``, ``Table.popped``) since
