@@ -450,15 +450,14 @@ def history(
     account_option(account, "ACCOUNT")
     moment = time_option(as_of, "--as-of")
     with opened_container() as container:
-        entries = list(container.service.history(account, moment))
-    if fmt == "json":
-        print(json.dumps(history_json(entries), indent=2, ensure_ascii=False))
-    elif fmt == "csv":
-        writer = csv.writer(sys.stdout)
-        for row in history_csv_rows(entries):
-            writer.writerow(row)
-    else:
-        console.print(history_table(account, entries))
+        # Written as read (JSON and CSV): a long history is never held whole.
+        entries = container.service.history(account, moment)
+        if fmt == "json":
+            sys.stdout.writelines(history_json(entries))
+        elif fmt == "csv":
+            csv.writer(sys.stdout).writerows(history_csv_rows(entries))
+        else:
+            console.print(history_table(account, entries))
 
 
 @app.command()

@@ -78,9 +78,18 @@ def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
     return table
 
 
-def history_json(entries: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
-    """Events in the API's shape, each with an added ``change`` object."""
-    return [{**event_to_json(entry.event), "change": entry.change} for entry in entries]
+def history_json(entries: Iterable[HistoryEntry]) -> Iterator[str]:
+    """Events in the API's shape, each with an added ``change`` object: the text of one JSON
+    array (as ``json.dumps(…, indent=2)`` writes it), in pieces, an entry at a time, so that a
+    long history is never held whole."""
+    opened = False
+    for entry in entries:
+        item = json.dumps(
+            {**event_to_json(entry.event), "change": entry.change}, indent=2, ensure_ascii=False
+        )
+        yield ("[\n  " if not opened else ",\n  ") + item.replace("\n", "\n  ")
+        opened = True
+    yield "\n]\n" if opened else "[]\n"
 
 
 def history_csv_rows(entries: Iterable[HistoryEntry]) -> Iterator[list[str]]:

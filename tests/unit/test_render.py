@@ -4,13 +4,16 @@ read as Rich markup."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 
-from enforcement.render import history_csv_rows, history_table, standing_table
+from enforcement.render import history_csv_rows, history_json, history_table, standing_table
 from events.types import RecordedEvent
+from events.wire import event_to_json
 from projections.history import HistoryEntry
 
 MOMENT = datetime(2026, 12, 4, 0, 46, 54, tzinfo=UTC)  # whole seconds, too
@@ -108,3 +111,37 @@ def test_control_characters_from_the_log_are_shown_escaped_not_sent_to_the_termi
     shown = r"\x1b]0;PWNED\x07\x1b[1A\x1b[2Kall good\x9b31m\u202eevil\r\n"
     assert f"BadStatusLine: {shown} (will retry)" in text
     assert r"\u001b[2Kall good\x9b31m\u202eevil\r\n" in text  # JSON's escapes, then ours
+
+
+def test_the_history_json_is_the_array_json_dumps_writes() -> None:
+    entries = [
+        HistoryEntry(event("ViolationReported", {"description": "é\nline"}), {}, None, None),
+        HistoryEntry(
+            event("AccountSuspended", {"reason": "x"}, version=2),
+            {"status": {"from": "good_standing", "to": "suspended"}},
+            None,
+            None,
+        ),
+    ]
+    for shown in ([], entries[:1], entries):
+        whole = [{**event_to_json(e.event), "change": e.change} for e in shown]
+        expected = json.dumps(whole, indent=2, ensure_ascii=False) + "\n"
+        assert "".join(history_json(shown)) == expected
+        assert json.loads(expected) == whole
+
+
+def test_the_history_json_is_written_an_entry_at_a_time_never_held_whole() -> None:
+    """``enforcement history --format json`` of a 100,000-event account held every entry and
+    then their whole text: 1.6 GB."""
+    read = 0
+
+    def entries() -> Iterator[HistoryEntry]:
+        nonlocal read
+        for version in range(1, 1001):
+            read += 1
+            yield HistoryEntry(event("ViolationReported", {}, version=version), {}, None, None)
+
+    pieces = history_json(entries())
+    first = next(pieces)
+    assert read == 1
+    assert first.startswith("[\n  {") and '"version": 1' in first
