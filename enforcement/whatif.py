@@ -47,7 +47,7 @@ from enforcement.policy import (
 )
 from events import EventStore, NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time, to_utc
-from projections.standing import StandingState, apply_all
+from projections.standing import StandingState, advance_all
 
 KINDS = ("none", "warning", "throttle", "suspension", "termination")
 CHANGES = ("more", "fewer", "harsher", "milder")
@@ -296,7 +296,7 @@ def replay_account(
             if due > now:
                 return
             del dues[remediation_id]
-            state = apply_all(state, pending)
+            state = advance_all(state, pending)
             pending.clear()
             remediation = state.remediations.get(remediation_id)
             if remediation is None or remediation.status != "open":
@@ -315,7 +315,7 @@ def replay_account(
         if dues:
             expire_overdue(event.recorded_at)
         if event.type == "ViolationReported" and redecided:
-            state = apply_all(state, pending)
+            state = advance_all(state, pending)
             pending.clear()
             ladder = _recorded_ladder(log, i)
             simulated = _decide_again(policy, state, event, ladder, made_up)
@@ -330,7 +330,7 @@ def replay_account(
             i += 1 + len(ladder)
             continue
         if event.type == "RemediationExpired" and redecided:
-            state = apply_all(state, pending)
+            state = advance_all(state, pending)
             pending.clear()
             escalation = _recorded_ladder(log, i)
             attribute(recorded_on, escalation)
@@ -392,7 +392,8 @@ def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedE
     decisions (a notice may come before the decision it announces)."""
     violation = log[index]
     run: list[RecordedEvent] = []
-    for event in log[index + 1 :]:
+    for at in range(index + 1, len(log)):  # not ``log[index + 1 :]``: a copy of the rest
+        event = log[at]
         if (
             event.type not in _LADDER_TYPES
             or event.recorded_at != violation.recorded_at

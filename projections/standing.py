@@ -116,6 +116,13 @@ def _applied(
     return new
 
 
+def advance_all(state: StandingState, events: Iterable[FoldEvent]) -> StandingState:
+    """``apply_all`` for a caller that never looks at ``state`` again (``advance``)."""
+    new = state._renewed()
+    _apply_all_in_place(new, events)
+    return new
+
+
 def apply_all(state: StandingState, events: Iterable[FoldEvent]) -> StandingState:
     """``apply`` of each event in turn (one copy of the state, however many events)."""
     new = state._owned_copy()
@@ -515,6 +522,7 @@ __all__ = [
     "active_suspension",
     "active_throttles",
     "advance",
+    "advance_all",
     "apply",
     "apply_all",
     "fold",

@@ -4,6 +4,7 @@ states one event at a time without copying the state at every step."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 from unittest import mock
@@ -43,6 +44,20 @@ def test_the_history_equals_the_one_folded_with_a_new_state_at_every_event(
     assert list(history("acct_1", events, LOOKBACK)) == list(history_by_copies(events))
 
 
+@contextmanager
+def table_copies() -> Iterator[list[int]]:
+    """A list whose one item counts the records copied into a state's tables while it is open."""
+    copied = [0]
+    table_init = standing_state.Table.__init__
+
+    def counting(self: standing_state.Table, items: Any) -> None:
+        copied[0] += len(items)
+        table_init(self, items)
+
+    with mock.patch.object(standing_state.Table, "__init__", counting):
+        yield copied
+
+
 def long_history(episodes: int) -> list[RecordedEvent]:
     """Findings an operator dismisses, each with a remediation the account completes."""
     steps: list[tuple[Any, Any]] = []
@@ -60,16 +75,8 @@ def test_walking_a_long_history_copies_no_state_per_event() -> None:
     """A copy of the state at each event copied every record so far: about n²/2 records over n
     events (a 100,000-event account's history took minutes). The walk copies none."""
     events = long_history(500)
-    copied = 0
-    table_init = standing_state.Table.__init__
-
-    def counting(self: standing_state.Table, items: Any) -> None:
-        nonlocal copied
-        copied += len(items)
-        table_init(self, items)
-
-    with mock.patch.object(standing_state.Table, "__init__", counting):
+    with table_copies() as copied:
         entries = list(history("acct_1", events, LOOKBACK))
     assert len(entries) == len(events) == 2000
-    assert copied == 0
+    assert copied == [0]
     assert entries == list(history_by_copies(events))
