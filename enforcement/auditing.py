@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,9 @@ RESTRICTIVE = {
     "AuthorityReferralOpened": "referral_to_authorities",
     "AccountReinstated": "reinstatement",
 }
+
+
+PROGRESS_STEP = 1000  # events read between two reports of an export's progress
 
 
 def verify_accounts(
@@ -64,6 +67,12 @@ def verify_accounts(
     return results
 
 
+def events_in_log(store: EventStore) -> int:
+    """How many events the log holds (positions may have gaps on PostgreSQL)."""
+    with store.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(events_table)).scalar_one())
+
+
 def _in_range(event: RecordedEvent, since: datetime | None, until: datetime | None) -> bool:
     if since is not None and event.recorded_at < since:
         return False
@@ -81,17 +90,26 @@ def export_lines(
     since: datetime | None = None,
     until: datetime | None = None,
     account: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[str]:
-    """JSON lines: every event (``jsonl``) or a statement of reasons per decision (``sor``)."""
+    """JSON lines: every event (``jsonl``) or a statement of reasons per decision (``sor``).
+    ``progress(n)`` is told of every ``PROGRESS_STEP`` events read (and of the last few)."""
     since = to_utc(since) if since else None
     until = to_utc(until) if until else None
+    read = 0
     for event in _events(store, account):
+        read += 1
+        if read == PROGRESS_STEP and progress is not None:
+            progress(read)
+            read = 0
         if not _in_range(event, since, until):
             continue
         if fmt == "jsonl":
             yield json.dumps(event_to_json(event), ensure_ascii=False)
         elif event.type in RESTRICTIVE and event.data.get("statement_of_reasons"):
             yield json.dumps(statement_line(event), ensure_ascii=False)
+    if read and progress is not None:
+        progress(read)
 
 
 def statement_line(event: RecordedEvent) -> dict[str, Any]:

@@ -548,7 +548,8 @@ def export(
     ] = None,
 ) -> None:
     """Export events (jsonl) or statements of reasons (sor) as JSON lines."""
-    from enforcement.auditing import export_lines
+    from enforcement.auditing import events_in_log, export_lines
+    from enforcement.progress import progress_bar
 
     if fmt not in ("jsonl", "sor"):
         fail(f"Unknown format {fmt!r}; choose jsonl or sor.")
@@ -556,13 +557,31 @@ def export(
     start, end = time_option(since, "--since"), time_option(until, "--until")
     if start is not None and end is not None and start > end:
         fail("--since must not be later than --until.")
-    with opened_container() as container:
-        lines = export_lines(container.store, fmt, since=start, until=end, account=account)
-        if output is None:
-            for line in lines:
-                sys.stdout.write(line + "\n")
-            return
-        count = _write_lines_to(output, lines)
+    # The whole log takes minutes: a progress bar on stderr, unless the lines go to a terminal.
+    shown = account is None and (output is not None or not sys.stdout.isatty())
+    with opened_container() as container, progress_bar(shown) as bar:
+        task = bar.add_task(
+            "exporting", total=events_in_log(container.store) if shown else None, unit="events"
+        )
+        lines = export_lines(
+            container.store,
+            fmt,
+            since=start,
+            until=end,
+            account=account,
+            progress=lambda read: bar.advance(task, read),
+        )
+        try:
+            if output is None:
+                for line in lines:
+                    sys.stdout.write(line + "\n")
+                return
+            count = _write_lines_to(output, lines)
+        except BaseException:
+            # An error is one sentence, and a reader that left ends it quietly
+            # (``_end_as_closed_pipe``): no bar drawn after them.
+            bar.console.quiet = True
+            raise
     # On stderr, as every note: ``-o /dev/stdout`` (or a FIFO) gives the lines alone.
     err_console.print(f"Wrote {count} line(s) to {escape(str(output))}.")
 

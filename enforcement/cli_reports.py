@@ -9,7 +9,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,9 +17,6 @@ from rich.text import Text
 
 from enforcement.cli import app, load_policy_or_fail, opened_container, time_option
 from enforcement.cli_output import console, fail
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
 
 @app.command()
@@ -80,13 +77,14 @@ def whatif(
     ] = None,
 ) -> None:
     """Replay the recorded violations through another policy and show which decisions differ."""
+    from enforcement.auditing import events_in_log
     from enforcement.progress import progress_bar
     from enforcement.whatif import what_if
 
     start = time_option(since, "--since")
     other = load_policy_or_fail(str(policy))
     with opened_container() as container, progress_bar(not as_json) as bar:
-        task = bar.add_task("replaying", total=_events_in(container.engine), unit="events")
+        task = bar.add_task("replaying", total=events_in_log(container.store), unit="events")
         summary = what_if(
             container.store, other, start, progress=lambda events: bar.advance(task, events)
         )
@@ -136,13 +134,3 @@ def _totals_text(totals: dict[str, int]) -> str:
     from enforcement.whatif import CHANGES
 
     return ", ".join(f"{totals.get(name, 0)} {name}" for name in CHANGES)
-
-
-def _events_in(engine: Engine) -> int:
-    """How many events the log holds (positions may have gaps on PostgreSQL)."""
-    import sqlalchemy as sa
-
-    from events.schema import events
-
-    with engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())

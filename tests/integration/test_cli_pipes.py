@@ -35,7 +35,7 @@ BIG = "acct_big"  # an account whose history is several pipes long (a pipe holds
 ACCOUNTS = 1000  # so that `verify --json` (~150 kB) and the exports (MB) are too
 PERIOD = ("--since", "2000-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z")
 SIGPIPE_STATUS = 128 + signal.SIGPIPE  # a shell's status for a command SIGPIPE ended
-PROGRESS = ("verifying", "replaying", "copying")  # the progress bars' lines on stderr
+PROGRESS = ("verifying", "replaying", "copying", "exporting")  # the progress bars' lines on stderr
 
 
 def environment(url: str) -> dict[str, str]:
@@ -219,6 +219,28 @@ def test_export_to_a_file_says_so_on_stderr_so_that_stdout_stays_data(
     assert to_stdout.returncode == 0
     assert to_stdout.stdout.splitlines() == lines  # the lines alone
     assert to_stdout.stderr == f"Wrote {len(lines)} line(s) to /dev/stdout.\n"
+
+
+def test_exporting_the_whole_log_shows_its_progress_on_stderr_never_in_the_data(
+    populated: str, tmp_path: Path
+) -> None:
+    """The whole log's export took minutes on a large deployment with nothing shown."""
+    env = environment(populated)
+    out = tmp_path / "log.jsonl"
+    args = ("export", "--format", "jsonl")
+    to_file = subprocess.run(
+        [CLI, *args, "-o", str(out)], env=env, capture_output=True, text=True, timeout=120
+    )
+    piped = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    events = len(out.read_text(encoding="utf-8").splitlines())
+    assert events > ACCOUNTS
+    for done in (to_file, piped):
+        assert done.returncode == 0, done.stderr
+        bar = [line for line in done.stderr.splitlines() if line.startswith("exporting")]
+        assert len(bar) == 1 and f"{events}/{events}" in bar[0], done.stderr
+    assert to_file.stdout == ""
+    assert piped.stdout.splitlines() == out.read_text(encoding="utf-8").splitlines()
 
 
 def test_an_error_nobody_reads_still_exits_2(populated: str) -> None:
