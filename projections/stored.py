@@ -69,10 +69,10 @@ class StandingRepository:
         return self.load_with_head(account_id)[0]
 
     def load_with_head(self, account_id: str) -> tuple[StandingState, StreamHead | None]:
-        """The account's current accumulator: the stored rows (or a remembered state) plus any
-        events after them; and the head of its stream at that state's version, when the reads
-        gave its hash or the state was remembered with it (``EventStore.append(head=…)``),
-        else None.
+        """The account's current accumulator: the stored rows (or a remembered state, which a
+        big one loaded from its rows becomes) plus any events after them; and the head of its
+        stream at that state's version, when the reads gave its hash or the state was remembered
+        with it (``EventStore.append(head=…)``), else None.
 
         The rows and the stream's version come in one statement (one snapshot, so they agree;
         ``read_state_and_head``), and only when the log is ahead of the rows the events after
@@ -86,7 +86,13 @@ class StandingRepository:
             if remembered is not None:
                 self._cache.move_to_end(account_id)
         if remembered is None:
-            return self._from_rows(account_id, *read_state_and_head(self.store.engine, account_id))
+            state, head = self._from_rows(
+                account_id, *read_state_and_head(self.store.engine, account_id)
+            )
+            # Read from committed rows and events: a big account's next load (a read of its
+            # standing, a request on it) need not read its thousands of rows again.
+            self.remember(state, None if head is None else head.hash)
+            return state, head
         return self._with_tail(*remembered)
 
     def _from_rows(

@@ -217,6 +217,34 @@ def test_a_remembered_state_still_sees_what_other_writers_appended(
     assert_account_consistent(system, "acct_mem")
 
 
+def test_a_big_state_read_from_its_rows_is_remembered_for_the_next_read(
+    database_url: str, system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that only reads a big account (``GET …/standing`` on a 100,000-event account:
+    50,000 rows, about a second) read all its rows at every request; the first read keeps it,
+    and the next ones see what other writers appended since."""
+    with open_system(database_url, clock) as writer:
+        writer.standings.cache_min_version = 0
+        report(writer, "acct_read")
+    reader = system.standings
+    reader.cache_min_version = 0
+    first = system.service.standing("acct_read")
+
+    def no_row_reads(*args: Any) -> Any:
+        raise AssertionError("a remembered state's load read the stored rows")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stored, "read_state_and_head", no_row_reads)
+        assert system.service.standing("acct_read") == first
+    with open_system(database_url, clock) as writer:
+        report(writer, "acct_read")
+    with monkeypatch.context() as patched:
+        patched.setattr(stored, "read_state_and_head", no_row_reads)
+        later = system.service.standing("acct_read")
+    assert first.version < later.version == system.store.head("acct_read").version
+    assert_account_consistent(system, "acct_read")
+
+
 def test_a_write_between_the_load_and_the_append_costs_a_retry(
     database_url: str, system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -608,6 +636,8 @@ def test_load_many_gives_each_accounts_load_with_one_read_of_the_rows(
     accounts = ["acct_rows", "acct_lag", "acct_none", "acct_kept"]
     expected = {a: repo.load(a) for a in accounts}
     assert expected["acct_lag"].version == head + 1
+    for account in ("acct_rows", "acct_lag"):
+        repo.forget(account)  # remembered by the load above
 
     reads: list[list[str]] = []
     read_many = stored.read_states_and_heads
