@@ -93,7 +93,12 @@ class StandingRepository:
             # standing, a request on it) need not read its thousands of rows again.
             self.remember(state, None if head is None else head.hash)
             return state, head
-        return self._with_tail(*remembered)
+        state, head = self._with_tail(*remembered)
+        if state is not remembered[0]:
+            # Moved on by what others appended: the next load reads only what follows it,
+            # not every event written since this state was remembered (a reader's load).
+            self.remember(state, None if head is None else head.hash)
+        return state, head
 
     def _from_rows(
         self, account_id: str, stored: StandingState | None, head: StreamHead

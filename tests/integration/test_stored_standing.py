@@ -245,6 +245,34 @@ def test_a_big_state_read_from_its_rows_is_remembered_for_the_next_read(
     assert_account_consistent(system, "acct_read")
 
 
+def test_a_remembered_state_moves_on_to_the_tail_a_read_found(
+    database_url: str, system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that only reads a big account that others write to: each read reads the
+    events after the remembered state. Were that state never moved on, every read would read
+    (and apply) every event written since the first one, ever more of them."""
+    reader = system.standings
+    reader.cache_min_version = 0
+    with open_system(database_url, clock) as writer:
+        report(writer, "acct_tail")
+        reader.load("acct_tail")  # remembered
+        report(writer, "acct_tail")
+        reader.load("acct_tail")  # read the writer's events after it
+        seen = system.store.head("acct_tail").version
+        report(writer, "acct_tail")
+    afters: list[int] = []
+    read_stream = system.store.read_stream
+
+    def spied(account_id: str, after_version: int = 0, **kw: Any) -> Any:
+        afters.append(after_version)
+        return read_stream(account_id, after_version, **kw)
+
+    monkeypatch.setattr(system.store, "read_stream", spied)
+    loaded = reader.load("acct_tail")
+    assert afters == [seen]
+    assert loaded == apply_all(StandingState.empty("acct_tail"), read_stream("acct_tail"))
+
+
 def test_a_write_between_the_load_and_the_append_costs_a_retry(
     database_url: str, system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
