@@ -557,8 +557,12 @@ def export(
     start, end = time_option(since, "--since"), time_option(until, "--until")
     if start is not None and end is not None and start > end:
         fail("--since must not be later than --until.")
-    # The whole log takes minutes: a progress bar on stderr, unless the lines go to a terminal.
-    shown = account is None and (output is not None or not sys.stdout.isatty())
+    # The whole log takes minutes: a progress bar on stderr. With the lines on stdout, only when
+    # stderr is a terminal that stdout is not: never into a stream that also holds the data
+    # (``export > log.jsonl 2>&1``), nor over the lines on the screen.
+    shown = account is None and (
+        output is not None or (sys.stderr.isatty() and not sys.stdout.isatty())
+    )
     with opened_container() as container, progress_bar(shown) as bar:
         task = bar.add_task(
             "exporting", total=events_in_log(container.store) if shown else None, unit="events"

@@ -37,4 +37,8 @@ def progress_bar(enabled: bool = True) -> Progress:
         console=CliConsole(stderr=True),
         disable=not enabled,
         transient=False,
+        # Rich's default takes what is written to stdout while a bar is drawn and prints it on
+        # the bar's console (stderr): ``export > log.jsonl`` in a terminal wrote its lines there.
+        redirect_stdout=False,
+        redirect_stderr=False,
     )

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,10 +240,52 @@ def test_exporting_the_whole_log_shows_its_progress_on_stderr_never_in_the_data(
     assert events > ACCOUNTS
     for done in (to_file, piped):
         assert done.returncode == 0, done.stderr
-        bar = [line for line in done.stderr.splitlines() if line.startswith("exporting")]
-        assert len(bar) == 1 and f"{events}/{events}" in bar[0], done.stderr
+    bar = [line for line in to_file.stderr.splitlines() if line.startswith("exporting")]
+    assert len(bar) == 1 and f"{events}/{events}" in bar[0], to_file.stderr
+    # The lines on stdout and stderr not a terminal: perhaps the same file as the data
+    # (``export > log.jsonl 2>&1``), which a bar's line would break.
+    assert piped.stderr == ""
     assert to_file.stdout == ""
     assert piped.stdout.splitlines() == out.read_text(encoding="utf-8").splitlines()
+
+
+def test_exporting_to_stdout_shows_its_progress_on_a_terminal_that_stderr_is(
+    populated: str, tmp_path: Path
+) -> None:
+    """``export > log.jsonl`` typed in a terminal: the bar is drawn there, the data is not."""
+    main, terminal = pty.openpty()
+    out = tmp_path / "log.jsonl"
+    drawn = b""
+    try:
+        with out.open("wb") as data:
+            child = subprocess.Popen(
+                [CLI, "export", "--format", "jsonl"],
+                env=environment(populated),
+                stdout=data,
+                stderr=terminal,
+            )
+        os.close(terminal)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # read as it draws: a full terminal would block it
+            if select.select([main], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # every writer closed its end: all was read
+                    chunk = b""
+                drawn += chunk
+                if chunk:
+                    continue
+            if child.poll() is not None:
+                break
+        assert child.wait(timeout=5) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        os.close(main)
+    lines = out.read_bytes().splitlines()
+    assert len(lines) > ACCOUNTS, drawn[-800:]
+    assert b"exporting" in drawn and f"{len(lines)}/{len(lines)}".encode() in drawn, drawn[-500:]
+    assert not any(b"exporting" in line for line in lines)
 
 
 def test_an_error_nobody_reads_still_exits_2(populated: str) -> None:
