@@ -481,8 +481,8 @@ def check_all(
         settled_wrong = ledger.figures[SETTLED_GATE_WRONG]
         checks.append(
             (
-                "once the workers settled, the gate (of each API process) refuses every "
-                "suspended and terminated account and allows the others",
+                "once the workers settled, the gate (each account asked of one API process, "
+                "in turn) refuses every suspended and terminated account and allows the others",
                 settled_wrong == 0 and ledger.figures[SETTLED_GATE] > 0,
                 f"{ledger.figures[SETTLED_GATE]} accounts checked, {settled_wrong} disagree",
             )

@@ -14,8 +14,8 @@ key and body as they were. At the end the workers are started once more, everyth
 and the checks of the embedded soak that apply run (each 2xx recorded exactly once, 4xx not at
 all, ``verify`` intact, notices delivered on each channel with duplicates only near a kill,
 deadlines escalated once, ``replay`` giving the same standings), with the production ones: once
-the workers settled, each API process's gate refuses every suspended or terminated account and
-allows the others. ``benchmarks/README.md`` lists every check.
+the workers settled, the gate (each account asked of one API process, in turn) refuses every
+suspended or terminated account and allows the others. ``benchmarks/README.md`` lists every check.
 
     ENFORCEMENT_TEST_PG_URL=postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres \\
         .venv/bin/python benchmarks/soak_production.py --rounds 10 --seconds 6

@@ -269,8 +269,9 @@ class RedisWatch:
                 self._said_no_run_id = True
                 log.warning(
                     "Redis does not say which run of it this is (INFO server: %s): a Redis "
-                    "restarted from a snapshot will be seen as having lost its data only at "
-                    "the next re-seed (docs/operations.md)",
+                    "restarted from a snapshot will not be seen as having lost its data (the "
+                    "6-hourly re-seed mends the gate, the lost-retry scan the notices; "
+                    "docs/operations.md)",
                     exc,
                 )
             return "-"

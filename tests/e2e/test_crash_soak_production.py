@@ -5,8 +5,9 @@ the leading worker, an API process and Redis (without persistence: it comes back
 SIGKILLed in turn while clients post through both API processes, each request sent again
 after the restart when it had no answer; then every promise the soak checks must hold: each
 acknowledged request recorded exactly once, ``verify`` intact, every notice delivered on each
-channel, deadlines escalated once, ``replay`` giving the same standings, and the gate of each
-API process refusing exactly the suspended and terminated accounts once the workers settled."""
+channel, deadlines escalated once, ``replay`` giving the same standings, and the gate (each account
+asked of one API process, in turn) refusing exactly the suspended and terminated accounts once
+the workers settled."""
 
 from __future__ import annotations
 
