@@ -20,17 +20,40 @@ from redis.retry import Retry
 
 DEFAULT_TIMEOUT_S = 5.0
 
+
+class SnapshotFailingError(redis.exceptions.ResponseError):
+    """``MISCONF``: Redis takes snapshots, its last one failed (its disk full, its directory
+    gone), and ``stop-writes-on-bgsave-error`` (the default) makes it refuse writes until one
+    succeeds. redis-py has no class of its own for it (a plain ``ResponseError``)."""
+
+
+def _register_misconf() -> None:
+    """Have redis-py's reply parsers raise ``SnapshotFailingError`` for ``MISCONF`` (their
+    table of error prefixes; if a release moved it, ``MISCONF`` stays a ``ResponseError``, which
+    ``tests/integration/test_gate_full_redis.py`` would tell)."""
+    from redis._parsers import base
+
+    parser = getattr(base, "BaseParser", None)
+    classes = getattr(parser, "EXCEPTION_CLASSES", None)
+    if isinstance(classes, dict):
+        classes.setdefault("MISCONF", SnapshotFailingError)
+
+
+_register_misconf()
+
 # A Redis that answers but refuses writes for now, in a state it leaves by itself or by an
 # operator's hand: out of memory (``maxmemory`` with ``noeviction``), a replica (the clients
 # still point at a primary that a failover turned into one), a replica whose primary is down,
-# a cluster that is down or moving the slot. To the gate and the workers the same as a Redis
-# they cannot reach; any other error reply is a bug to report, not an outage.
+# a cluster that is down or moving the slot, a failed snapshot (``MISCONF``). To the gate and
+# the workers the same as a Redis they cannot reach; any other error reply is a bug to report,
+# not an outage.
 REFUSING_FOR_NOW: tuple[type[redis.RedisError], ...] = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
+    SnapshotFailingError,
 )
 
 

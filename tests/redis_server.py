@@ -97,6 +97,36 @@ class RedisServer:
             client.replicaof("NO", "ONE")
             client.close()
 
+    @contextmanager
+    def snapshot_failing(self) -> Iterator[None]:
+        """Redis whose last snapshot failed while inside: with ``stop-writes-on-bgsave-error``
+        (its default) every write is refused with a ``MISCONF`` error reply until a snapshot
+        succeeds. The snapshot fails because its file's name (``dump.rdb``, a protected
+        setting) is taken by a directory that is not empty: the rename of the written snapshot
+        onto it fails. A snapshot file there before is put back after."""
+        client = self.client()
+        blocker, kept = self._dir / "dump.rdb", self._dir / "dump.rdb.kept"
+        try:
+            if blocker.is_file():
+                blocker.rename(kept)
+            (blocker / "occupied").mkdir(parents=True)
+            # Writes are refused only where snapshots are due (a save point), as in production.
+            client.config_set("save", "3600 1")
+            client.config_set("stop-writes-on-bgsave-error", "yes")
+            client.bgsave()
+            deadline = time.monotonic() + 10
+            while client.info("persistence")["rdb_last_bgsave_status"] != "err":
+                assert time.monotonic() < deadline, "the snapshot did not fail"
+                time.sleep(0.02)
+            yield
+        finally:
+            client.config_set("stop-writes-on-bgsave-error", "no")  # writes taken again
+            client.config_set("save", "")
+            client.close()
+            shutil.rmtree(blocker, ignore_errors=True)
+            if kept.is_file():
+                kept.rename(blocker)
+
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         if self._process is not None:
             return self

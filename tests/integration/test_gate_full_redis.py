@@ -30,7 +30,7 @@ def api(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.mark.parametrize("refusing", ["memory_full", "read_only"])
+@pytest.mark.parametrize("refusing", ["memory_full", "read_only", "snapshot_failing"])
 @pytest.mark.parametrize("account_id", ["acct_1", "acct_new"])
 def test_a_check_while_redis_refuses_writes_is_a_503(
     redis_server: RedisServer, api: TestClient, account_id: str, refusing: str

@@ -80,7 +80,7 @@ def test_the_relay_waits_for_a_full_redis_and_then_sends_each_message_once(
     assert sum(found.values()) == len(found) == 9, found
 
 
-REFUSING = pytest.mark.parametrize("refusing", ["memory_full", "read_only"])
+REFUSING = pytest.mark.parametrize("refusing", ["memory_full", "read_only", "snapshot_failing"])
 
 
 @REFUSING
