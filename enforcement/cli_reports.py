@@ -6,7 +6,6 @@ Registered on ``enforcement.cli.app`` when that module is imported (it imports t
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -79,18 +78,20 @@ def whatif(
     """Replay the recorded violations through another policy and show which decisions differ."""
     from enforcement.auditing import events_in_log
     from enforcement.progress import progress_bar
-    from enforcement.whatif import what_if
+    from enforcement.whatif import what_if, what_if_json
 
     start = time_option(since, "--since")
     other = load_policy_or_fail(str(policy))
-    with opened_container() as container, progress_bar(not as_json) as bar:
+    if as_json:
+        # Written as replayed (through a temporary file): the differences are never held whole.
+        with opened_container() as container:
+            sys.stdout.writelines(what_if_json(container.store, other, start))
+        return
+    with opened_container() as container, progress_bar() as bar:
         task = bar.add_task("replaying", total=events_in_log(container.store), unit="events")
         summary = what_if(
             container.store, other, start, progress=lambda events: bar.advance(task, events)
         )
-    if as_json:
-        print(json.dumps(summary.to_json(), indent=2, ensure_ascii=False))
-        return
     shown = summary.differing if limit is None else summary.differing[:limit]
     for account in shown:
         table = Table(title=Text(f"{account.account_id}: {_totals_text(account.totals)}"))

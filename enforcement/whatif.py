@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +195,15 @@ class AccountWhatIf:
     def totals(self) -> Counter[str]:
         return Counter(d.change for d in self.differences)
 
+    def to_json(self) -> dict[str, Any]:
+        totals = self.totals
+        return {
+            "account_id": self.account_id,
+            "violations": self.violations,
+            "totals": {name: totals[name] for name in CHANGES},
+            "differences": [d.to_json() for d in self.differences],
+        }
+
 
 @dataclass
 class WhatIfSummary:
@@ -206,11 +217,12 @@ class WhatIfSummary:
     totals: Counter[str] = field(default_factory=Counter)
     differing: list[AccountWhatIf] = field(default_factory=list)
 
-    def add(self, result: AccountWhatIf) -> None:
+    def add(self, result: AccountWhatIf, keep: bool = True) -> None:
+        """Count ``result`` in, and keep it in ``differing`` when it differs (and ``keep``)."""
         self.accounts += 1
         self.violations += result.violations
         self.totals.update(result.totals)
-        if result.differences:
+        if result.differences and keep:
             self.differing.append(result)
 
     def to_json(self) -> dict[str, Any]:
@@ -222,15 +234,7 @@ class WhatIfSummary:
             "recorded_policy_versions": dict(self.recorded_policies),
             "totals": {name: self.totals[name] for name in CHANGES},
             "differing_violations": sum(self.totals.values()),
-            "accounts_with_differences": [
-                {
-                    "account_id": r.account_id,
-                    "violations": r.violations,
-                    "totals": {name: r.totals[name] for name in CHANGES},
-                    "differences": [d.to_json() for d in r.differences],
-                }
-                for r in self.differing
-            ],
+            "accounts_with_differences": [r.to_json() for r in self.differing],
         }
 
 
@@ -239,9 +243,12 @@ def what_if(
     policy: Policy,
     since: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    differing: Callable[[AccountWhatIf], None] | None = None,
 ) -> WhatIfSummary:
     """Replay every account's recorded violations through ``policy``; nothing is written.
-    ``progress(events)`` is called after each account with the number of its events."""
+    ``progress(events)`` is called after each account with the number of its events. With
+    ``differing``, each account the policy decides differently is handed to it once replayed,
+    instead of kept in the summary's ``differing`` (which stays empty): only the totals grow."""
     summary = WhatIfSummary(policy.version, None if since is None else to_utc(since))
     for account_id in store.account_ids():
         log = list(store.iter_stream(account_id))
@@ -250,10 +257,52 @@ def what_if(
             for e in log
             if e.type == "ViolationReported" and e.metadata.get("policy_version")
         )
-        summary.add(replay_account(policy, account_id, log, summary.since))
+        result = replay_account(policy, account_id, log, summary.since)
+        summary.add(result, keep=differing is None)
+        if differing is not None and result.differences:
+            differing(result)
         if progress is not None:
             progress(len(log))
     return summary
+
+
+def what_if_json(
+    store: EventStore,
+    policy: Policy,
+    since: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[str]:
+    """The text ``json.dumps(what_if(…).to_json(), indent=2, ensure_ascii=False)`` writes, and
+    a newline, in pieces, holding one account's replay at a time rather than every difference.
+
+    The totals that open the object are known only once every account is replayed: each
+    differing account's part is written to a temporary file as it comes (as large as its part
+    of the output), and the file is copied after the totals. The replay runs when the first
+    piece is asked for."""
+    # Lone surrogates, should the log hold any, come back as they went in.
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass") as spool:
+        opened = False
+
+        def spill(result: AccountWhatIf) -> None:
+            nonlocal opened
+            text = json.dumps(result.to_json(), indent=2, ensure_ascii=False)
+            # An item of the list at the object's second level: its lines indented by four
+            # (JSON escapes a newline within a string: each one here is a line break).
+            spool.write(("[\n    " if not opened else ",\n    ") + text.replace("\n", "\n    "))
+            opened = True
+
+        summary = what_if(store, policy, since, progress, differing=spill)
+        head = json.dumps(summary.to_json(), indent=2, ensure_ascii=False)
+        empty = "[]\n}"  # the list, the last member, is empty in ``summary``
+        assert head.endswith(empty)
+        if not opened:
+            yield head + "\n"
+            return
+        yield head.removesuffix(empty)
+        spool.seek(0)
+        while chunk := spool.read(1 << 16):
+            yield chunk
+        yield "\n  ]\n}\n"
 
 
 def replay_account(

@@ -7,7 +7,9 @@ more lenient one, it finds exactly the decisions POLICY.md's ladder says would c
 
 from __future__ import annotations
 
+import gc
 import json
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from enforcement.policy import DEFAULT_POLICY, ViolationReport
 from enforcement.policy_file import policy_from_mapping
 from enforcement.whatif import what_if
 from events.schema import events
+from events.timefmt import format_time
 
 DAY = timedelta(days=1)
 
@@ -317,3 +320,64 @@ def test_an_overdue_completion_expires_before_what_the_log_holds_after_the_due_t
     assert changes(what_if(system.store, shorter)) == [
         ("acct_late", "warning", "suspension for 7 days", "harsher")
     ]
+
+
+def test_the_json_is_the_text_the_whole_summary_dumped_gave(
+    varied: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--json`` is written as the accounts are replayed, byte for byte the text
+    ``json.dumps(summary.to_json(), indent=2, ensure_ascii=False)`` gave: differences or none,
+    with ``--since`` or not, non-ASCII kept as is."""
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", varied.settings.database_url)
+    strict, shipped = tmp_path / "strict.toml", tmp_path / "shipped.toml"
+    strict.write_text('version = "stricte-é-✓"\ntermination_after_strikes = 1\n')
+    shipped.write_text("")
+    since = varied.clock() - 10 * DAY
+    runs = [(strict, None), (strict, since), (shipped, None)]
+
+    for policy_file, start in runs:
+        policy = policy_from_mapping(tomllib.loads(policy_file.read_text()))
+        whole = what_if(varied.store, policy, start).to_json()
+        args = ["whatif", "--policy", str(policy_file), "--json"]
+        if start is not None:
+            args += ["--since", format_time(start)]
+
+        result = CliRunner().invoke(app, args)
+
+        assert result.exit_code == 0, result.output
+        assert result.stdout == json.dumps(whole, indent=2, ensure_ascii=False) + "\n"
+        assert ("stricte-é-✓" in result.stdout) == (policy_file == strict)
+        assert (whole["accounts_with_differences"] != []) == (policy_file == strict)
+
+
+def test_the_json_holds_one_accounts_differences_at_a_time(
+    system: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``whatif --json`` of 1.1M events held every difference before printing them: 892 MB.
+    Now, whenever an account is replayed, the differences alive are at most the previous
+    account's (two), however many accounts differ."""
+    accounts = [f"acct_{i:02d}" for i in range(12)]
+    for account in accounts:  # warning, throttle, 30-day suspension: two differ under strict
+        for _ in range(3):
+            report(system, account, "spam")
+    strict = tmp_path / "strict.toml"
+    strict.write_text('version = "strict"\ntermination_after_strikes = 1\n')
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", system.settings.database_url)
+    alive: list[int] = []
+    replay = whatif.replay_account
+
+    def counting(*args: Any) -> Any:
+        gc.collect()
+        alive.append(sum(type(o) is whatif.Difference for o in gc.get_objects()))
+        return replay(*args)
+
+    monkeypatch.setattr(whatif, "replay_account", counting)
+
+    result = CliRunner().invoke(app, ["whatif", "--policy", str(strict), "--json"])
+
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)["accounts_with_differences"]
+    assert [(a["account_id"], len(a["differences"])) for a in listed] == [
+        (account, 2) for account in accounts
+    ]
+    assert len(alive) == len(accounts) and max(alive) <= 2
