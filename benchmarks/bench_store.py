@@ -311,7 +311,7 @@ def sqlite_backend(directory: Path, idempotency_keys: bool) -> Backend:
     conditions = [
         f"SQLite {sqlite3.sqlite_version}: one file each in a temp dir on {filesystem(directory)}",
         f"  ours: journal_mode={ours_mode}, synchronous={SQLITE_SYNC.get(ours_sync, ours_sync)} "
-        "(set by events.dialects), writers BEGIN IMMEDIATE",
+        "(set by events.sqlite_connections), writers BEGIN IMMEDIATE",
         f"  eventsourcing: journal_mode={theirs_mode}, "
         f"synchronous={SQLITE_SYNC.get(theirs_sync, theirs_sync)} (SQLiteDatastore sets WAL; "
         "synchronous is SQLite's compiled default, not set by the library), writers BEGIN",

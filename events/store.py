@@ -7,7 +7,7 @@ Guarantees:
 - a retried append with the same idempotency key returns the first result and writes nothing;
   the same key with another payload is an ``IdempotencyConflict``;
 - ``read_all`` pages by global position in commit order, so a subscriber that keeps
-  ``position > checkpoint`` never skips an event (see ``dialects.take_append_lock``);
+  ``position > checkpoint`` never skips an event (see ``write_locks.take_append_lock``);
 - the database itself refuses UPDATE and DELETE of recorded events.
 """
 

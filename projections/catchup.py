@@ -10,7 +10,7 @@ Guarantees of ``CatchUpRunner``:
   both after it: an event is never applied twice and never skipped. Restarting is resuming.
 - **Gap-safe.** Pages are ``position > checkpoint`` in position order, and position order is
   commit order: on PostgreSQL every append takes one transaction-scoped lock just before it
-  assigns positions and holds it through its commit (``events.dialects.take_append_lock``), so
+  assigns positions and holds it through its commit (``events.write_locks.take_append_lock``), so
   the committed positions are always a prefix of the log (apart from the holes a rollback leaves,
   which stay holes). An event that commits later always gets a higher position than any a reader
   has seen, so ``position > checkpoint`` cannot pass over it. SQLite has one writer at a time,

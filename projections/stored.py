@@ -422,7 +422,7 @@ def write_states(
     append lock). They had no state before, so their whole state is written without reading
     what their rows hold (at most leftovers of no state of this log, replaced).
 
-    On PostgreSQL the append lock (``dialects.take_append_lock``) serialises every writer of
+    On PostgreSQL the append lock (``write_locks.take_append_lock``) serialises every writer of
     these rows, so the rows read here are the rows replaced; it is taken here unless the caller
     says its transaction holds it already (``append_locked``: an append's ``after_append``).
     """

@@ -1,7 +1,7 @@
 """The relay: a checkpointed, gap-safe subscription that turns decision events into messages.
 
 It reads the log by position after its checkpoint (position order is commit order, see
-``events.dialects.take_append_lock``), enqueues what each event calls for, and only then
+``events.write_locks.take_append_lock``), enqueues what each event calls for, and only then
 advances the checkpoint. A crash between the two re-enqueues some messages: delivery is at least
 once and every actor is idempotent, keyed by the event id. If the broker is down, the relay
 stops advancing and catches up when it returns; nothing is lost, and none of the messages it

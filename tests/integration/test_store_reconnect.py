@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from events import EventStore, NewEvent, dialects
+from events import EventStore, NewEvent, postgres_connections
 from tests.conftest import pg_admin_url
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
@@ -70,8 +70,10 @@ def test_a_connection_idle_for_long_is_pinged_and_replaced_when_dead(
     pg_store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pg_store.append("acct_1", 0, [new(1)])
-    monkeypatch.setattr(dialects, "POSTGRES_IDLE_PING_SECONDS", 0.0)
-    monkeypatch.setattr(dialects, "_has_input", lambda _conn: False)  # no sign: only the ping
+    monkeypatch.setattr(postgres_connections, "POSTGRES_IDLE_PING_SECONDS", 0.0)
+    monkeypatch.setattr(
+        postgres_connections, "_has_input", lambda _conn: False
+    )  # no sign: only the ping
     database = pg_store.engine.url.database
     assert database
 

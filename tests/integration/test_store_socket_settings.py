@@ -1,8 +1,8 @@
 """A PostgreSQL connection's socket is set to find a peer gone without a word (a failover or a
 network cut that sends no reset) within about a minute, not the kernel's hours: keepalive
-probes after 30 s of silence, and a write unacknowledged for 60 s fails (``events.dialects.
-POSTGRES_SOCKET_DEFAULTS``). Read back from the socket itself, as the kernel holds them; what
-the database URL sets stands."""
+probes after 30 s of silence, and a write unacknowledged for 60 s fails
+(``events.postgres_connections.POSTGRES_SOCKET_DEFAULTS``). Read back from the socket itself, as
+the kernel holds them; what the database URL sets stands."""
 
 from __future__ import annotations
 
