@@ -5,14 +5,16 @@ function for the events to record, and appends them with ``expected_version`` wh
 standing is updated in the same transaction. A concurrent writer makes the append fail with a
 ``ConcurrencyError``; the command then reloads and decides again (bounded), so every ladder step
 is taken exactly once however many requests race.
+
+What the commands are asked and answer is in ``enforcement.service_types``, a batch's items in
+``enforcement.batch_items``, the silent-database breaker in ``enforcement.silent_database``;
+all are offered from here too.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import hashlib
-import json
 import logging
 import random
 import threading
@@ -20,33 +22,59 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
-
-from sqlalchemy.exc import DBAPIError, OperationalError
+from typing import cast
 
 from enforcement import operator_decisions as ops
 from enforcement import policy as rules
-from enforcement.errors import DomainError, ValidationFailed
+from enforcement.batch_items import ItemResult, ReportItem, groupable, item_error, item_result
+from enforcement.errors import DomainError
 from enforcement.policy import Context, Policy, ViolationReport
+from enforcement.service_types import (
+    Actor,
+    AfterCommit,
+    Fact,
+    Fingerprint,
+    Outcome,
+    fingerprint_value,
+    request_fingerprint,
+)
+from enforcement.silent_database import NotSent, UntilSilent, not_sent_for_silence
 from events import (
-    AppendOutcomeUnknown,
     ConcurrencyError,
     EventStore,
     IdempotencyConflict,
     NewEvent,
     RecordedEvent,
-    StoreError,
     StreamAppend,
     StreamKeyUsed,
 )
-from events.dialects import unanswered
-from events.groupcommit import own_copy
 from events.timefmt import to_utc
 from projections.history import HistoryEntry, history
 from projections.standing import Standing, StandingState, fold, recorded_until, view
 from projections.stored import StandingRepository
+
+__all__ = [
+    "ACCOUNT_LOCK_STRIPES",
+    "BACKOFF_BASE_S",
+    "BACKOFF_CAP_S",
+    "MAX_ATTEMPTS",
+    "Actor",
+    "AfterCommit",
+    "Clock",
+    "Decide",
+    "EnforcementService",
+    "Fact",
+    "Fingerprint",
+    "ItemResult",
+    "NotSent",
+    "Outcome",
+    "ReportItem",
+    "fingerprint_value",
+    "not_sent_for_silence",
+    "request_fingerprint",
+]
+
 
 log = logging.getLogger("enforcement.service")
 
@@ -61,186 +89,8 @@ BACKOFF_CAP_S = 0.05
 ACCOUNT_LOCK_STRIPES = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who asks (token name and role, or ``policy``/``scheduler``) and the request it belongs to."""
-
-    name: str
-    correlation_id: str
-    source: str = "api"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a command recorded (or, on an idempotent replay, had recorded) and the standing."""
-
-    events: list[RecordedEvent]
-    standing: Standing
-    replayed: bool = False
-
-
-# Told of every decision the service committed: the account's state after it, the events, and
-# the instant the standing is viewed at. Runs in the caller's thread; it must not raise (what it
-# does is a shortcut for what the log's relay does anyway).
-AfterCommit = Callable[[StandingState, Sequence[RecordedEvent], datetime], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """A fact to record that decides nothing (a delivery receipt), once per its key."""
-
-    account_id: str
-    payload: object
-    causation_id: str | None
-    idempotency_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """One item of a batch: its own status and outcome or error."""
-
-    status: int
-    outcome: Outcome | None = None
-    error: DomainError | IdempotencyConflict | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
-    """A request's idempotency fingerprint (``value``), and whether a fingerprint that an
-    earlier release recorded for its key is one of the same request (``earlier``: asked only
-    when the recorded one is not ``value``), for a request whose fingerprint has changed."""
-
-    value: str
-    earlier: Callable[[str], bool]
-
-
-def fingerprint_value(fingerprint: str | Fingerprint | None) -> str | None:
-    """The fingerprint to record: ``fingerprint`` itself, or its ``value``."""
-    return fingerprint.value if isinstance(fingerprint, Fingerprint) else fingerprint
-
-
-# A report to record: account, report, idempotency key and fingerprint.
-ReportItem = tuple[str, ViolationReport, str | None, str | Fingerprint | None]
-
-
-def _item_result(run: Callable[[], Outcome]) -> ItemResult:
-    """A batch item's result: its outcome, or the error the API reports for it. An item that
-    fails for any reason fails alone: the items before it may be committed already, so the
-    batch must still answer for each (a whole-request error would say nothing was written)."""
-    try:
-        outcome = run()
-    except (IdempotencyConflict, DomainError) as exc:
-        return _item_error(exc)
-    except (ConcurrencyError, DBAPIError, StoreError) as exc:
-        for kind, status, code, message in _ITEM_FAILURES:
-            if isinstance(exc, kind):
-                # One not sent was not tried: ``_UntilSilent`` logged why, once for them all.
-                if status >= 500 and not isinstance(exc, NotSent):
-                    log.exception("a batch item failed in the store")
-                return ItemResult(status, error=DomainError(message, code=code))
-        raise  # pragma: no cover - every kind caught above has a row
-    return ItemResult(200 if outcome.replayed else 201, outcome)
-
-
-# A batch item's failure in the store: its status, code and message, first match wins (a
-# ConcurrencyError is a StoreError too).
-_ITEM_FAILURES: tuple[tuple[type[Exception], int, str, str], ...] = (
-    (
-        ConcurrencyError,
-        409,
-        "concurrent_update",
-        "The account changed concurrently too many times; this item was not recorded: retry it.",
-    ),
-    (
-        DBAPIError,
-        503,
-        "dependency_unavailable",
-        "The database refused this item; it was not recorded.",
-    ),
-    (
-        AppendOutcomeUnknown,
-        503,
-        "dependency_unavailable",
-        "The database connection was lost while this item was being recorded; it may have "
-        "been recorded: retry it with the same idempotency_key.",
-    ),
-    (
-        StoreError,
-        500,
-        "internal_error",
-        "The event store failed on this item; it was not recorded.",
-    ),
-)
-
-
-class NotSent(OperationalError):
-    """A report not sent: the database left one before it unanswered (HTTP 503, nothing was
-    written). Its ``orig`` is the driver's timeout."""
-
-
-def not_sent_for_silence(exc: BaseException) -> NotSent | None:
-    """If ``exc`` found the database silent (``dialects.unanswered``), the error for a report
-    not sent because of it (HTTP 503, nothing was written); else None."""
-    timeout = unanswered(exc)
-    if timeout is None:
-        return None
-    return NotSent(
-        "(not sent: the database did not answer a report before this one)", None, timeout
-    )
-
-
-class _UntilSilent:
-    """Runs one request's reports (a batch, a drain of concurrent ones) one after another until
-    the database is found silent: a report that waited for it in vain (no answer within the
-    answer timeout, or no connection within the connect timeout: ``dialects.unanswered``), or
-    a shared read that did. Each report after that fails at once, not sent, with a database
-    error saying why (HTTP 503, nothing was written), instead of waiting as long again: N
-    reports would otherwise take N timeouts, the last one's caller waiting for them all."""
-
-    def __init__(self) -> None:
-        self.error: NotSent | None = None
-
-    def saw(self, exc: BaseException) -> None:
-        """Note ``exc``, if it found the database silent (and log it, once)."""
-        if self.error is None:
-            self.error = not_sent_for_silence(exc)
-            if self.error is not None:
-                log.warning(
-                    "the database did not answer (%s): this request's other reports are not sent",
-                    self.error.orig,
-                )
-
-    def call(self, run: Callable[[], Outcome]) -> Outcome:
-        if self.error is not None:
-            raise own_copy(self.error)
-        try:
-            return run()
-        except Exception as exc:
-            self.saw(exc)
-            raise
-
-
-def _item_error(error: IdempotencyConflict | DomainError) -> ItemResult:
-    return ItemResult(422 if isinstance(error, ValidationFailed) else 409, error=error)
-
-
-def _groupable(items: Sequence[ReportItem]) -> list[int]:
-    """The items that may be recorded in one shared transaction: each account's first item,
-    if it has no idempotency key (so the items of one account stay in order)."""
-    first_of_account: dict[str, int] = {}
-    for index, (account_id, *_rest) in enumerate(items):
-        first_of_account.setdefault(account_id, index)
-    return [i for i in first_of_account.values() if items[i][2] is None]
-
-
 def _back_off(attempt: int) -> None:
     time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
-
-
-def request_fingerprint(body: Any) -> str:
-    """Fingerprint of a request body, for idempotency: the same body gives the same hash."""
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class EnforcementService:
@@ -475,8 +325,8 @@ class EnforcementService:
         on its own, exactly as a single request would.
         """
         results: list[ItemResult | None] = [None] * len(items)
-        silent = _UntilSilent()
-        grouped = _groupable(items)
+        silent = UntilSilent()
+        grouped = groupable(items)
         if len(grouped) > 1:
             actors = [actor] * len(items)
             for index, result in self._report_together(items, grouped, actors, None, silent):
@@ -486,7 +336,7 @@ class EnforcementService:
                 call = functools.partial(
                     self.report_violation, account_id, report, actor, key, fingerprint
                 )
-                results[index] = _item_result(functools.partial(silent.call, call))
+                results[index] = item_result(functools.partial(silent.call, call))
         return [r for r in results if r is not None]
 
     def report_each(
@@ -521,8 +371,8 @@ class EnforcementService:
                 except Exception:  # the caller's; the other items are still recorded
                     log.exception("a report's result could not be handed on")
 
-        silent = _UntilSilent()
-        grouped = _groupable(items)
+        silent = UntilSilent()
+        grouped = groupable(items)
         if len(grouped) > 1:
             failures: dict[int, Exception] = {}
             for index, result in self._report_together(items, grouped, actors, failures, silent):
@@ -556,7 +406,7 @@ class EnforcementService:
         indexes: list[int],
         actors: Sequence[Actor],
         failures: dict[int, Exception] | None = None,
-        silent: _UntilSilent | None = None,
+        silent: UntilSilent | None = None,
     ) -> list[tuple[int, ItemResult]]:
         """Decide the items at ``indexes`` (distinct accounts; ``actors[i]`` asks for item
         ``i``) and record them in one append; returns the results it settled (none if a
@@ -587,7 +437,7 @@ class EnforcementService:
                 try:
                     new_events = rules.decide_violation(self.policy, state, report, ctx)
                 except DomainError as exc:
-                    settled.append((index, _item_error(exc)))
+                    settled.append((index, item_error(exc)))
                     continue
                 except Exception:
                     continue  # recorded alone by the caller: its error is its own
