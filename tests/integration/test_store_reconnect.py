@@ -71,9 +71,8 @@ def test_a_connection_idle_for_long_is_pinged_and_replaced_when_dead(
 ) -> None:
     pg_store.append("acct_1", 0, [new(1)])
     monkeypatch.setattr(postgres_connections, "POSTGRES_IDLE_PING_SECONDS", 0.0)
-    monkeypatch.setattr(
-        postgres_connections, "_has_input", lambda _conn: False
-    )  # no sign: only the ping
+    # No sign of the server's goodbye: only the ping finds the connection dead.
+    monkeypatch.setattr(postgres_connections, "_has_input", lambda _conn: False)
     database = pg_store.engine.url.database
     assert database
 
