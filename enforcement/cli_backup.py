@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from enforcement.cli import _redacted, _require_sqlite_file, _settings, app
+from enforcement.cli import app, redacted, require_sqlite_file, settings_or_fail
 from enforcement.cli_output import EXIT_CHECK_FAILED, fail, say
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def backup(
     from enforcement.backup import BackupError, companions, copy_sqlite, remove_part
     from enforcement.files import new_part, put_in_place
 
-    url = _settings().database_url
+    url = settings_or_fail().database_url
     database = _database_file(
         url,
         "back up",
@@ -46,7 +46,7 @@ def backup(
         "pg_dump --format=custom (or pg_basebackup for a base backup), as "
         'docs/operations.md, "Backups and restore", shows.',
     )
-    _require_sqlite_file(url)
+    require_sqlite_file(url)
     target, mode = _backup_target(path, overwrite, companions(database))
 
     try:
@@ -106,7 +106,7 @@ def restore(
     )
     from events.dialects import DATABASE_FILE_MODE
 
-    settings = _settings()
+    settings = settings_or_fail()
     live = _database_file(
         settings.database_url,
         "restore",
@@ -189,7 +189,7 @@ def _database_file(url: str, verb: str, not_sqlite: str) -> Path:
     database = sqlite_file(url)
     if database is None:
         if url.startswith("sqlite"):
-            fail(f"{_redacted(url)} is a database in memory: there is no file to {verb}.")
+            fail(f"{redacted(url)} is a database in memory: there is no file to {verb}.")
         fail(not_sqlite)
     return Path(database)
 
