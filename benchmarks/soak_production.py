@@ -79,8 +79,8 @@ from soak_services import (  # noqa: E402
     stop_all,
 )
 
+from enforcement.workers.redis_watch import RedisWatch  # noqa: E402
 from enforcement.workers.relay import CHECKPOINT  # noqa: E402
-from enforcement.workers.runtime import RedisWatch  # noqa: E402
 from events import EventStore, create_engine  # noqa: E402
 
 PG_URL_ENV = "ENFORCEMENT_TEST_PG_URL"

@@ -1,5 +1,5 @@
 """Recovery of notices whose messages a broker lost: the in-memory one at a restart (embedded
-mode), a Redis that lost its data (``runtime.RedisWatch``), or a retry the broker could not
+mode), a Redis that lost its data (``redis_watch.RedisWatch``), or a retry the broker could not
 take (``lost_retries``).
 
 The relay's checkpoint has already moved past the ``NoticeIssued`` events it enqueued. Every

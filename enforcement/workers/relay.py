@@ -156,7 +156,7 @@ class Relay:
     ) -> None:
         """Relay until ``stop``; after a failure (broker or database down) it retries from the
         checkpoint, which does not move past what the broker could not take. (A broker that
-        lost what it held is the runtime's to see: ``runtime.RedisWatch``.) The retries back
+        lost what it held is the leader's look to see: ``redis_watch.RedisWatch``.) The retries back
         off (``retrying``); with ``answers_again`` (asked every ``probe_seconds`` while one
         waits: whether what raised the failure answers again), one is made as soon as what
         failed comes back (``CameBack``: it answers after a probe saw it away): a gate change

@@ -5,11 +5,13 @@
 - Distributed: the Redis broker; ``enforcement worker`` runs the relay and the sweep in its main
   process (one leader at a time on PostgreSQL, by an advisory lock) and Dramatiq consumers in
   ``worker_processes`` child processes.
+
+The leader lock is ``leader``'s; the leader's look at Redis (lost data, a restored log) and the
+gate keeper are ``redis_watch``'s.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import multiprocessing
@@ -18,12 +20,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from datetime import timedelta
-from typing import Any
 
 import dramatiq
-import sqlalchemy as sa
 
 from enforcement.bootstrap import Container
 from enforcement.closing import close_after, close_once_ended
@@ -34,24 +33,17 @@ from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
 from enforcement.workers.actors import Actors, register_actors
 from enforcement.workers.broker import make_broker
+from enforcement.workers.leader import LeaderLock, still_leads, watch_leader
 from enforcement.workers.recovery import LostRetryScan, pending_deliveries
+from enforcement.workers.redis_watch import RedisWatch, forget_another_log, keep_gate
 from enforcement.workers.relay import Message, Relay
 from enforcement.workers.retrying import CameBack, log_failure, retry_delay, wait_to_retry
 from enforcement.workers.sweep import sweep_once
-from events import EventStore, dialects
 
 log = logging.getLogger("enforcement.workers")
-LEADER_LOCK_KEY = 7_301_947_562
-GATE_RESEED_SECONDS = 6 * 3600
-REDIS_WATCH_SECONDS = 5.0
 # How often the relay (and a leader that could not start) asks whether Redis answers again
 # while it waits to retry after Redis failed it (``RedisWatch.answers_again``).
 REDIS_PROBE_SECONDS = 1.0
-# How long a command of the watch (its look, its mark, that probe) waits for Redis: one that
-# accepts connections and answers nothing (a stopped process, a paused VM) would hold the relay
-# for as long as redis-py's default lets it (none in older versions, 5 s in recent ones).
-REDIS_WATCH_TIMEOUT_SECONDS = 2.0
-LEADER_CHECK_SECONDS = 5.0
 # How long a stop waits for the relay's helpers, and for the threads and Dramatiq's: a thread
 # still busy then (a slow seed, a re-send) is logged and left to end; what it uses is closed
 # once it has.
@@ -77,319 +69,6 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
         min_backoff_ms=settings.notice_backoff_ms,
         max_backoff_ms=settings.notice_max_backoff_ms,
     )
-
-
-class LeaderLock:
-    """Only one relay and sweep run per database.
-
-    On PostgreSQL an advisory lock on a connection of its own. Connected to the server itself,
-    a session lock (``pg_try_advisory_lock``), held while its session lives. Through a
-    connection pooler (PgBouncer) the session is not the client's: in transaction pooling the
-    server session that took a session lock serves other clients between transactions, keeps
-    the lock after this process is gone, and gives it to another worker routed to it (a session
-    takes its own advisory locks again), so two relays would send every message twice. There
-    the lock is a transaction lock (``pg_try_advisory_xact_lock``) in a transaction kept open
-    while leading: an open transaction keeps its server session to this client alone, and ends
-    (with the lock) when the client goes. It writes nothing, so it has no transaction id, and
-    it is READ COMMITTED, so it keeps no snapshot between its statements: it holds back no
-    vacuum. Connected to the server itself the lock stays a session lock: a transaction kept
-    open is ended by ``idle_in_transaction_session_timeout`` (the server's) or
-    ``idle_transaction_timeout`` (PgBouncer's) when shorter than the leader's looks
-    (``LEADER_CHECK_SECONDS``), and a session lock needs none of that.
-
-    On SQLite an exclusive lock on a file beside the database (held while the process lives;
-    an in-memory database has no other process to exclude)."""
-
-    def __init__(self, container: Container):
-        self.engine = container.engine
-        self.conn: sa.Connection | None = None
-        # Whether the lock is a transaction lock (``conn`` goes through a pooler).
-        self.transactional = False
-        self._file: Any = None
-        # Every use of ``conn``: the watch and the relay both ask ``holds``, and ``acquire`` and
-        # ``release`` replace and close it.
-        self._using = threading.Lock()
-
-    def acquire(self) -> bool:
-        """Whether this process holds the lock now (taken, or held already). A process that does
-        not lead keeps its connection for its next look; found lost (a restart, a failover, an
-        idle timeout ended it), it looks again on a new one."""
-        if self.engine.dialect.name != "postgresql":
-            return self._acquire_file()
-        with self._using:
-            if self.conn is not None:
-                try:
-                    return self._try_lock(self.conn)
-                except sa.exc.DBAPIError as exc:
-                    if not exc.connection_invalidated:
-                        raise
-                log.info("the leader lock's connection was lost; looking again on a new one")
-                self._close()
-            self.conn = self.engine.connect()
-            self.transactional = dialects.through_pooler(self.conn)
-            if self.transactional:  # whatever the server's default: no snapshot kept
-                self.conn.execution_options(isolation_level="READ COMMITTED")
-            return self._try_lock(self.conn)
-
-    def _try_lock(self, conn: sa.Connection) -> bool:
-        if self.transactional:
-            got = conn.exec_driver_sql(
-                f"SELECT pg_try_advisory_xact_lock({LEADER_LOCK_KEY})"
-            ).scalar()
-            if not got:
-                conn.rollback()  # the pooler may lend its server connection again
-            return bool(got)
-        got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({LEADER_LOCK_KEY})").scalar()
-        conn.commit()
-        return bool(got)
-
-    def holds(self) -> bool:
-        """Whether the lock is still this process's: on PostgreSQL its session (or transaction)
-        must still live (a restart, a failover or a terminated backend ends it, and the lock
-        with it)."""
-        if self.engine.dialect.name != "postgresql":
-            return True
-        with self._using:
-            if self.conn is None:
-                return False
-            if self.transactional and not self.conn.in_transaction():
-                return False  # not taken, or given up
-            try:
-                self.conn.exec_driver_sql("SELECT 1")
-                if not self.transactional:
-                    self.conn.commit()
-            except Exception:
-                return False
-            return True
-
-    def _acquire_file(self) -> bool:
-        if self._file is not None:
-            return True
-        database = self.engine.url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return True
-        handle = open(f"{database}.leader", "a+b")  # noqa: SIM115 - held while leading
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return False
-        self._file = handle
-        return True
-
-    def release(self) -> None:
-        with self._using:
-            self._close()
-            if self._file is not None:
-                with suppress(Exception):
-                    self._file.close()  # closing it releases the file lock
-                self._file = None
-
-    def _close(self) -> None:
-        if self.conn is not None:
-            with suppress(Exception):
-                self.conn.rollback()  # ends a transaction lock at once
-            with suppress(Exception):
-                # Ending the session releases the lock; a plain close() would only return the
-                # connection to the pool, session and lock included.
-                self.conn.invalidate()
-                self.conn.close()
-            self.conn = None
-
-
-def still_leads(leader: LeaderLock, stepping_down: threading.Event) -> bool:
-    """Whether this process may go on relaying: asked by the relay before it sends a page, so
-    that a process that lost the lock (its database session ended) stops at once, not only at
-    the watch's next look (two relays meanwhile would send every message twice)."""
-    if stepping_down.is_set():
-        return False
-    if leader.holds():
-        return True
-    log.warning("the relay's leader lock was lost; stepping down")
-    stepping_down.set()
-    return False
-
-
-def watch_leader(leader: LeaderLock, stop: threading.Event, stepping_down: threading.Event) -> None:
-    """Set ``stepping_down`` when ``stop`` is set, or once the leader lock is no longer held
-    (looked at every few seconds): this process then stops relaying, as another one may have
-    taken the lead."""
-    while not stop.wait(LEADER_CHECK_SECONDS):
-        if not still_leads(leader, stepping_down):
-            return
-    stepping_down.set()
-
-
-class RedisWatch:
-    """Whether Redis lost what it held since a leader marked it: a Redis that restarted
-    without persistence (or was flushed) comes back without the mark, and without the gate's
-    state and the messages it held. One that restarted from a snapshot (RDB, redis-server's
-    default, or an append-only file not fsynced on every write) or failed over to a replica
-    comes back with a mark, but without what was written since: the mark holds the ``run_id``
-    of the Redis run it was set in, and another run's is lost too. And whether the log lost
-    what Redis followed: Redis is told which database the leader reads and its newest event
-    (``note``), and a database restored from a backup is another database, or no longer has
-    that event (``follows``)."""
-
-    KEY = "enforcement:marked"
-    # "<database identity> <position> <event id>" of the newest event noted ("0 -": none yet)
-    LOG_KEY = "enforcement:log"
-
-    def __init__(self, url: str):
-        from enforcement.redis_client import bounded_client
-
-        # A failed look is tried again at the next one.
-        self.client = bounded_client(url, REDIS_WATCH_TIMEOUT_SECONDS, retries=0)
-        self._looked_at: str | None = None  # the run of Redis ``lost`` last saw
-        self._said_no_run_id = False
-
-    def lost(self) -> bool:
-        marked = self.client.get(self.KEY)
-        self._looked_at = self._run_id()
-        return marked is None or _text(marked) != self._looked_at
-
-    def mark(self) -> None:
-        """Mark Redis as holding what was re-seeded since the last ``lost``: with the run of
-        Redis that look saw, so that one that restarted meanwhile (amid a re-seed that went
-        partly to the run before) is seen as lost at the next look."""
-        run_id = self._looked_at if self._looked_at is not None else self._run_id()
-        self.client.set(self.KEY, run_id)
-
-    def _run_id(self) -> str:
-        """The id of this run of the Redis server: each start has a new one. ``"-"`` when Redis
-        will not say (a user whose ACL forbids INFO, a proxy without it): then only a Redis that
-        lost the mark itself is seen as lost, as before marks named runs (said once, in the
-        log), not a leader that cannot start."""
-        import redis
-
-        try:
-            return str(self.client.info("server")["run_id"])
-        except (redis.ResponseError, KeyError) as exc:
-            if not self._said_no_run_id:
-                self._said_no_run_id = True
-                log.warning(
-                    "Redis does not say which run of it this is (INFO server: %s): a Redis "
-                    "restarted from a snapshot will not be seen as having lost its data (the "
-                    "6-hourly re-seed mends the gate, the lost-retry scan the notices; "
-                    "docs/operations.md)",
-                    exc,
-                )
-            return "-"
-
-    def follows(self, store: EventStore) -> bool:
-        """Whether Redis's gate state follows this log: the database Redis was last told of
-        (``note``) is this one, and has the event it was told of at its position; True when
-        Redis was told of none. Not so, the gate's state may carry the versions of events the
-        log no longer has, and the gate refuses every update older than them (the re-seeds
-        too): a database restored from a backup (or a failover to a replica that missed the
-        last commits, or Redis shared with another deployment)."""
-        noted = self.client.get(self.LOG_KEY)
-        if noted is None:
-            return True
-        parts = _text(noted).split(" ")
-        if len(parts) != 3:
-            return False
-        identity, position, event_id = parts
-        if identity != dialects.database_identity(store.engine):
-            return False
-        if event_id == "-":
-            return True
-        event = store.get_event(event_id)
-        return event is not None and str(event.position) == position
-
-    def note(self, store: EventStore) -> None:
-        """Tell Redis which database the leader reads, and its newest event."""
-        position, event_id = store.last_event() or (0, "-")
-        identity = dialects.database_identity(store.engine)
-        self.client.set(self.LOG_KEY, f"{identity} {position} {event_id}")
-
-    def answers_again(self, failure: BaseException) -> bool | None:
-        """Whether Redis answers a PING now, after ``failure`` came from Redis being unreachable
-        (its connection refused, cut, timed out, or Redis still loading its data); None, without
-        asking, after any other failure (the database's). The relay and the leader's start then
-        retry at once rather than at the end of their backoff, if a probe of their run of
-        failures saw Redis away (``retrying.CameBack``)."""
-        import redis
-
-        cause: BaseException | None = failure
-        while cause is not None and not isinstance(
-            cause, (redis.ConnectionError, redis.TimeoutError)
-        ):
-            cause = cause.__cause__  # a gate's GateUnavailable, raised from the client's error
-        if cause is None:
-            return None
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    def close(self) -> None:
-        self.client.close()  # and its connection pool, which ``from_url`` made for it
-
-
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def forget_another_log(container: Container, watch: RedisWatch) -> bool:
-    """If Redis followed events the log does not have (``RedisWatch.follows``), forget the
-    gate's state (``Gate.clear``, which every process's gate then learns again from the stored
-    standings) and say so; whether it did."""
-    if watch.follows(container.store):
-        return False
-    log.warning(
-        "Redis holds gate state of events this database does not have (restored from a backup, "
-        "or a failover lost them): forgetting it, re-seeding the gate from the log, re-sending "
-        "notices"
-    )
-    container.gate.clear()
-    return True
-
-
-def keep_gate(
-    container: Container,
-    stop: threading.Event,
-    watch: RedisWatch | None = None,
-    on_lost: Callable[[], Callable[[], None]] | None = None,
-) -> None:
-    """Re-apply every stored standing to the gate now and then: Redis gate state carries a TTL
-    (30 days by default), so configuration nobody touched would otherwise expire. With Redis,
-    also look every few seconds whether it lost its data: then re-seed at once, instead of
-    letting a suspended account through until the next re-seed, and run what ``on_lost``
-    returned (re-send the notices whose messages it held); ``on_lost`` is called as soon as
-    the loss is seen, before the re-seed, so that it notes what was sent before. The same
-    when the log lost events that Redis followed (``forget_another_log``), and each look
-    (and the stop) tells Redis of the log's newest event."""
-    last_seed = time.monotonic()
-    failures = 0
-    while not stop.wait(GATE_RESEED_SECONDS if watch is None else REDIS_WATCH_SECONDS):
-        try:
-            lost = watch is not None and watch.lost()
-            if lost:
-                log.warning("Redis lost its data: re-seeding the gate, re-sending notices")
-            if watch is not None and (lost or forget_another_log(container, watch)):
-                resend = None if on_lost is None else on_lost()
-                seed_gate(container.gate, container.store, container.clock())
-                if resend is not None:
-                    resend()
-                watch.mark()
-                last_seed = time.monotonic()
-            elif time.monotonic() - last_seed >= GATE_RESEED_SECONDS:
-                seed_gate(container.gate, container.store, container.clock())
-                last_seed = time.monotonic()
-            if watch is not None:
-                watch.note(container.store)
-        except Exception as exc:
-            failures += 1
-            log_failure(log, "keeping the gate failed", exc, failures, None)
-        else:
-            failures = 0
-    if watch is not None:
-        # Stopped: what was recorded since the last look is noted too (not over a log that
-        # lost what Redis followed: the next leader is to see that).
-        with suppress(Exception):
-            if watch.follows(container.store):
-                watch.note(container.store)
 
 
 # How often the leader looks for failed attempts whose retry was lost, in deadline sweeps

@@ -22,7 +22,7 @@ import pytest
 from backup_support import HEAD, Live, break_a_chain, everything, files_in, one_sentence, run_cli
 from test_service_support import FakeClock, open_system
 
-from enforcement.workers.runtime import LeaderLock
+from enforcement.workers.leader import LeaderLock
 from tests.e2e.harness import start_server
 
 # A process that records events and dies before it closes the database (a crash, a kill): SQLite

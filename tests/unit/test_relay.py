@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enforcement.policy import DEFAULT_POLICY, Context, ViolationReport, decide_violation
+from enforcement.workers.leader import still_leads
 from enforcement.workers.relay import GATE_EVENTS, Message, Relay, delay_ms, messages_for
-from enforcement.workers.runtime import still_leads
 from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
 from projections.standing import StandingState

@@ -45,7 +45,7 @@ from enforcement.policy import ViolationReport
 from enforcement.service import Actor, Outcome
 from enforcement.settings import Settings
 from enforcement.tables import contacts
-from enforcement.workers import runtime
+from enforcement.workers import redis_watch
 from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, start_background
@@ -65,7 +65,7 @@ def hold_gate_keeper_seeds(
     """Make the gate keeper's re-seeds (after Redis lost its data) wait: ``seeding`` is set
     when one starts, which then waits for ``go_on`` (at most 30 s). Returns both."""
     seeding, go_on = threading.Event(), threading.Event()
-    seed_gate = runtime.seed_gate
+    seed_gate = redis_watch.seed_gate
 
     def held_seed(*args: Any) -> int:
         if threading.current_thread().name == "gate-keeper":
@@ -73,7 +73,7 @@ def hold_gate_keeper_seeds(
             go_on.wait(30)
         return seed_gate(*args)
 
-    monkeypatch.setattr(runtime, "seed_gate", held_seed)
+    monkeypatch.setattr(redis_watch, "seed_gate", held_seed)
     return seeding, go_on
 
 

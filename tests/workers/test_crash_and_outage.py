@@ -31,17 +31,13 @@ from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import GateUnavailable, RedisGate
 from enforcement.settings import Settings
+from enforcement.workers import redis_watch, runtime
 from enforcement.workers import relay as relay_module
-from enforcement.workers import runtime
 from enforcement.workers.broker import make_broker
+from enforcement.workers.leader import LEADER_LOCK_KEY
+from enforcement.workers.redis_watch import RedisWatch
 from enforcement.workers.retrying import CameBack
-from enforcement.workers.runtime import (
-    LEADER_LOCK_KEY,
-    RedisWatch,
-    build_actors,
-    start_background,
-    start_runtime,
-)
+from enforcement.workers.runtime import build_actors, start_background, start_runtime
 from events import RecordedEvent
 from tests.redis_server import RedisServer
 from tests.workers.system import (
@@ -433,7 +429,7 @@ def test_a_suspension_committed_while_redis_is_away_is_enforced_once_redis_answe
     (Redis comes back as another run, whose mark the leader's watch takes for lost data and
     re-seeds the gate within ``REDIS_WATCH_SECONDS``: the watch does not look again here, or
     its re-seed would mend the gate without the relay.)"""
-    monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 3600.0)
+    monkeypatch.setattr(redis_watch, "REDIS_WATCH_SECONDS", 3600.0)
     caplog.set_level(logging.ERROR, logger="enforcement.relay")
     server = redis_keeping_data
     settings = fast_settings(database_url, tmp_path, redis_url=server.url)

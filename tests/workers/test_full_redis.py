@@ -20,7 +20,8 @@ import pytest
 
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.settings import Settings
-from enforcement.workers.runtime import RedisWatch, build_actors, start_background
+from enforcement.workers.redis_watch import RedisWatch
+from enforcement.workers.runtime import build_actors, start_background
 from tests.redis_server import RedisServer
 from tests.workers.system import (
     Receiver,

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from enforcement.bootstrap import bootstrap
 from enforcement.migrations import upgrade
-from enforcement.workers.runtime import LEADER_LOCK_KEY, LeaderLock, start_runtime
+from enforcement.workers.leader import LEADER_LOCK_KEY, LeaderLock
+from enforcement.workers.runtime import start_runtime
 from tests.conftest import pg_admin_url
 from tests.pgbouncer import PgBouncer
 from tests.workers.system import fast_settings, outcomes_of, report, wait_until

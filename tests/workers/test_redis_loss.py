@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from enforcement.bootstrap import bootstrap
-from enforcement.workers import runtime
-from enforcement.workers.runtime import RedisWatch, start_runtime
+from enforcement.workers import redis_watch
+from enforcement.workers.redis_watch import RedisWatch
+from enforcement.workers.runtime import start_runtime
 from tests.workers.system import (
     fast_settings,
     hold_gate_keeper_seeds,
@@ -30,7 +31,7 @@ def test_notices_relayed_while_the_gate_is_re_seeded_are_not_re_sent(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(redis_watch, "REDIS_WATCH_SECONDS", 0.05)
     seeding, go_on = hold_gate_keeper_seeds(monkeypatch)
     caplog.set_level(logging.INFO, logger="enforcement.workers")
     watcher = redis.Redis.from_url(redis_url)

@@ -2,7 +2,7 @@
 versions of the events the restore took away, and the gate refuses every update older than
 what it holds, the re-seeds included. The leading worker sees that the log no longer has the
 newest event Redis was told of, and brings the gate back to the log (``RedisWatch.follows``,
-``runtime.forget_another_log``).
+``redis_watch.forget_another_log``).
 
 Real PostgreSQL (pg_dump and pg_restore, as docs/operations.md gives them), real Redis, the real
 ``enforcement worker``.
@@ -26,8 +26,9 @@ from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import RedisGate
 from enforcement.migrations import upgrade
 from enforcement.settings import Settings
-from enforcement.workers import runtime
-from enforcement.workers.runtime import RedisWatch, start_runtime
+from enforcement.workers import redis_watch
+from enforcement.workers.redis_watch import RedisWatch
+from enforcement.workers.runtime import start_runtime
 from events import EventStore
 from tests.conftest import create_pg_database, drop_pg_database, pg_dump, pg_restore
 from tests.workers.system import (
@@ -166,7 +167,7 @@ def test_a_failover_that_lost_the_newest_events_is_seen_by_the_running_leader(
     """The leader looks at each of its looks, not only when it starts: a database that lost
     its newest commits under a running worker (a failover to a replica that had not received
     them) is seen too."""
-    monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(redis_watch, "REDIS_WATCH_SECONDS", 0.05)
     caplog.set_level(logging.WARNING, logger="enforcement.workers")
     # What Redis is told a look after the test asks: set by the leader's thread right after it
     # noted the log, so that its next look reads it (set by the test, a look under way could

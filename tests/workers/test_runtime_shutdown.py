@@ -14,8 +14,9 @@ import redis
 import sqlalchemy as sa
 
 from enforcement.bootstrap import bootstrap
-from enforcement.workers import runtime
-from enforcement.workers.runtime import RedisWatch, start_runtime
+from enforcement.workers import redis_watch, runtime
+from enforcement.workers.redis_watch import RedisWatch
+from enforcement.workers.runtime import start_runtime
 from tests.conftest import pg_admin_url
 from tests.workers.system import (
     fast_settings,
@@ -105,7 +106,7 @@ def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_and_database_pool_unt
     worker`` do, the stop returns after its waits, and the watch, the broker, the gate's
     client and the database pool are closed only once the gate keeper ended: closed before,
     each would connect again when it went on, and stay connected."""
-    monkeypatch.setattr(runtime, "REDIS_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(redis_watch, "REDIS_WATCH_SECONDS", 0.05)
     monkeypatch.setattr(runtime, "HELPERS_STOP_SECONDS", 0.2)
     monkeypatch.setattr(runtime, "THREADS_STOP_SECONDS", 0.2)
     seeding, go_on = hold_gate_keeper_seeds(monkeypatch)
