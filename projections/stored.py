@@ -54,12 +54,22 @@ Change = tuple[StandingState | None, StandingState]
 class StandingRepository:
     """Load and save stored standings over an ``EventStore``'s database."""
 
-    def __init__(self, store: EventStore, *, cache_size: int = 64, cache_min_version: int = 500):
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        cache_size: int = 64,
+        cache_min_version: int = 500,
+        cache_events: int = 500_000,
+    ):
         self.store = store
         # Only states of at least ``cache_min_version`` events are kept (smaller ones load fast
-        # from their rows), at most ``cache_size`` of them, least recently used first out.
+        # from their rows), at most ``cache_size`` of them, least recently used first out, and
+        # of ``cache_events`` events in all but the last one used (a state's size grows with its
+        # events: a 100,000-event account's is tens of MB).
         self.cache_size = cache_size
         self.cache_min_version = cache_min_version
+        self.cache_events = cache_events
         # Each remembered state with the hash of its stream's event at its version, when known.
         self._cache: OrderedDict[str, tuple[StandingState, str | None]] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -162,7 +172,10 @@ class StandingRepository:
             if known is None or known[0].version < state.version:
                 self._cache[state.account_id] = (state, head_hash)
             self._cache.move_to_end(state.account_id)
-            while len(self._cache) > self.cache_size:
+            while len(self._cache) > self.cache_size or (
+                len(self._cache) > 1
+                and sum(s.version for s, _ in self._cache.values()) > self.cache_events
+            ):
                 self._cache.popitem(last=False)
 
     def remember_appended(

@@ -488,6 +488,25 @@ def test_only_big_states_are_remembered_and_only_a_few(system: Container) -> Non
         assert_account_consistent(system, account)
 
 
+def test_remembered_states_hold_at_most_so_many_events_but_the_last_one_used(
+    system: Container,
+) -> None:
+    """Memory grows with a remembered state's events: the states kept stay within
+    ``cache_events`` in all, the least recently used going first, except the last one used,
+    which is kept however big (one huge account is still served from memory)."""
+    repo = system.standings
+    repo.cache_min_version, repo.cache_events = 3, 7
+    for account in ("acct_e1", "acct_e2", "acct_e3"):
+        report(system, account)  # three events each
+    assert list(repo._cache) == ["acct_e2", "acct_e3"]  # 6 events; with acct_e1's, 9
+
+    repo.cache_events = 2  # less than any one state
+    report(system, "acct_e4")
+    assert list(repo._cache) == ["acct_e4"]
+    for account in ("acct_e1", "acct_e2", "acct_e3", "acct_e4"):
+        assert_account_consistent(system, account)
+
+
 # --- only the difference is written -----------------------------------------------------------
 
 
