@@ -39,15 +39,15 @@ class _LosingConsumer(_RedisConsumer):
     refused so stays Dramatiq's unexpected error, after which the consumer starts again."""
 
     def ack(self, message: Any) -> None:
-        with _lost_if_silent(REFUSING_FOR_NOW):
+        with _lost_if_silent(_WRITE_LOST):
             super().ack(message)  # type: ignore[no-untyped-call]
 
     def nack(self, message: Any) -> None:
-        with _lost_if_silent(REFUSING_FOR_NOW):
+        with _lost_if_silent(_WRITE_LOST):
             super().nack(message)  # type: ignore[no-untyped-call]
 
     def requeue(self, messages: Iterable[Any]) -> None:
-        with _lost_if_silent(REFUSING_FOR_NOW):
+        with _lost_if_silent(_WRITE_LOST):
             super().requeue(messages)  # type: ignore[no-untyped-call]
 
     def __next__(self) -> Any:
@@ -55,12 +55,16 @@ class _LosingConsumer(_RedisConsumer):
             return super().__next__()  # type: ignore[no-untyped-call]
 
 
+# What a consumer takes for a lost connection: Redis unreachable or silent; for a write, also
+# Redis refusing writes for now.
+_LOST: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+_WRITE_LOST: tuple[type[Exception], ...] = (*_LOST, *REFUSING_FOR_NOW)
+
+
 @contextmanager
-def _lost_if_silent(also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
-    """Raise a Redis connection error or timeout, and ``also`` these, as Dramatiq's
-    ``ConnectionClosed`` (which Dramatiq's consumer does for the first alone, and not in
-    ``requeue``)."""
-    lost: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, *also)
+def _lost_if_silent(lost: tuple[type[Exception], ...] = _LOST) -> Iterator[None]:
+    """Raise these errors (``_LOST`` or ``_WRITE_LOST``) as Dramatiq's ``ConnectionClosed``
+    (which Dramatiq's consumer does for a connection error alone, and not in ``requeue``)."""
     try:
         yield
     except lost as exc:
