@@ -54,6 +54,9 @@ class CuttingProxy:
     up on may still reach the server then. ``arm_silence_before`` goes silent once a client
     sends a given piece of SQL, which is held.
 
+    ``answer_once`` has the proxy answer the next request that contains given bytes itself,
+    with given bytes, without forwarding it (a Redis proxy's error reply, say).
+
     ``url`` is a PostgreSQL URL (``redis://`` for Redis); ``self.url`` is the same through the
     proxy.
     """
@@ -78,6 +81,7 @@ class CuttingProxy:
         self._flowing = threading.Event()  # cleared while silent
         self._flowing.set()
         self._silence_before: bytes | None = None
+        self._answer: tuple[bytes, bytes] | None = None
         self._closed = False
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -100,6 +104,11 @@ class CuttingProxy:
         """``silence`` once a client sends ``sql``, before it is forwarded (it is held)."""
         with self._lock:
             self._silence_before = sql.encode()
+
+    def answer_once(self, request: bytes, reply: bytes) -> None:
+        """Answer the next request that contains ``request`` with ``reply``; it is not forwarded."""
+        with self._lock:
+            self._answer = (request, reply)
 
     def resume(self) -> None:
         """Forward again, what was held first."""
@@ -154,6 +163,10 @@ class CuttingProxy:
                     if self._silence_before is not None and self._silence_before in data:
                         self._silence_before = None
                         self._flowing.clear()
+                    if self._answer is not None and self._answer[0] in data:
+                        client.sendall(self._answer[1])
+                        self._answer = None
+                        continue
                 self._pass(server, data)
         except OSError:
             pass

@@ -64,12 +64,16 @@ class RedisWatch:
         """The id of this run of the Redis server: each start has a new one. ``"-"`` when Redis
         will not say (a user whose ACL forbids INFO, a proxy without it): then only a Redis that
         lost the mark itself is seen as lost, as before marks named runs (said once, in the
-        log), not a leader that cannot start."""
+        log), not a leader that cannot start. Any other error from INFO is raised, a failed
+        look as a failed GET is: taken for "no run id", it would make a mark that names a run
+        look lost (a re-seed and the notices re-sent for nothing)."""
         import redis
 
         try:
             return str(self.client.info("server")["run_id"])
         except (redis.ResponseError, KeyError) as exc:
+            if isinstance(exc, redis.ResponseError) and not _refused(exc):
+                raise
             if not self._said_no_run_id:
                 self._said_no_run_id = True
                 log.warning(
@@ -130,6 +134,19 @@ class RedisWatch:
 
     def close(self) -> None:
         self.client.close()  # and its connection pool, which ``from_url`` made for it
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether Redis (or a proxy in front of it) refuses the command for good: an ACL denial
+    (``NOPERM``, which redis-py raises as ``NoPermissionError``), or a command it does not have
+    (renamed away with ``rename-command``, or a proxy without it: "unknown command 'INFO', ...";
+    some proxies say "unsupported command")."""
+    from redis.exceptions import NoPermissionError
+
+    message = str(error).lower()
+    return isinstance(error, NoPermissionError) or message.startswith(
+        ("unknown command", "unsupported command")
+    )
 
 
 def _text(value: object) -> str:

@@ -14,6 +14,7 @@ from enforcement.bootstrap import bootstrap
 from enforcement.workers import redis_watch
 from enforcement.workers.redis_watch import RedisWatch
 from enforcement.workers.runtime import start_runtime
+from tests.cutting_proxy import CuttingProxy
 from tests.workers.system import (
     fast_settings,
     hold_gate_keeper_seeds,
@@ -96,3 +97,48 @@ def test_a_redis_that_will_not_say_its_run_is_watched_by_its_mark_alone(
         watch.close()
         admin.acl_deluser("no_info")
         admin.close()
+
+
+# What redis-server 7 answers INFO renamed away (``rename-command INFO ""``), as some proxies do.
+UNKNOWN_INFO = b"-ERR unknown command 'INFO', with args beginning with: 'server' \r\n"
+INFO_REQUEST = b"$4\r\nINFO\r\n"  # not CLIENT SETINFO's "$7\r\nSETINFO"
+
+
+@pytest.mark.redis
+def test_a_redis_without_info_is_watched_by_its_mark_alone(
+    redis_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """INFO unknown (renamed away, or behind a proxy without it) is a refusal, as an ACL's:
+    the watch says once that it cannot tell runs apart and goes on with its mark."""
+    watch = RedisWatch(redis_proxy.url)
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    try:
+        redis_proxy.answer_once(INFO_REQUEST, UNKNOWN_INFO)
+        assert watch.lost()  # never marked
+        watch.mark()
+        redis_proxy.answer_once(INFO_REQUEST, UNKNOWN_INFO)
+        assert not watch.lost()
+        assert [m for m in caplog.messages if "does not say which run" in m]
+    finally:
+        watch.close()
+
+
+@pytest.mark.redis
+def test_another_error_from_info_is_a_failed_look_not_a_loss(
+    redis_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A one-off error from INFO that is no refusal (a proxy's backend busy, say) fails the look,
+    as a failed GET would, rather than reading as "no run id": after a mark that names the run,
+    that would be a loss (a re-seed and the notices re-sent for nothing)."""
+    watch = RedisWatch(redis_proxy.url)
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    try:
+        assert watch.lost()
+        watch.mark()  # names the run
+        redis_proxy.answer_once(INFO_REQUEST, b"-ERR backend busy, try again\r\n")
+        with pytest.raises(redis.ResponseError, match="backend busy"):
+            watch.lost()
+        assert not watch.lost()
+        assert not [m for m in caplog.messages if "does not say which run" in m]
+    finally:
+        watch.close()
