@@ -59,9 +59,17 @@ def storage_full(exc: BaseException, database_file: str | None = None) -> bool:
 
 def _no_space_left(path: str) -> bool:
     try:
-        return os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0
+        space = os.statvfs(os.path.dirname(os.path.abspath(path)))
     except OSError:
         return False
+    return no_space_left_for(space, os.geteuid())
+
+
+def no_space_left_for(space: os.statvfs_result, euid: int) -> bool:
+    """Whether a process of effective uid ``euid`` has no block left on the file system of
+    ``space``: root may still write into the blocks reserved for it (``f_bfree``), others
+    only into the rest (``f_bavail``, 0 while only the reserved ones are free)."""
+    return (space.f_bfree if euid == 0 else space.f_bavail) == 0
 
 
 def connection_lost(exc: sa.exc.DBAPIError, driver: DriverConnection | None) -> bool:
