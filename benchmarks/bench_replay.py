@@ -4,7 +4,8 @@ table scan, on SQLite and PostgreSQL side by side.
 The log is generated fast but realistically: a few hundred account histories are played through
 the real policy (``decide_violation``, remediation expiries, operator completions, appeals,
 delivery receipts), then each of the N accounts is a copy of one of them with its own event ids,
-times and hash chain. Accounts are interleaved in the log (one step of each account of a group
+times (every instant inside the events moved with them: a suspension's ``until``, a due date, a
+deadline) and hash chain. Accounts are interleaved in the log (one step of each account of a group
 of 1,000 in turn), rows are chained with ``events.chain`` and bulk-inserted (``executemany`` on
 SQLite, ``COPY`` on PostgreSQL); ``verify`` then proves every chain valid.
 
@@ -67,7 +68,7 @@ from enforcement.policy import (  # noqa: E402
     decide_violation,
 )
 from events import GENESIS_HASH, NewEvent, RecordedEvent, chain_hash  # noqa: E402
-from events.timefmt import format_time  # noqa: E402
+from events.timefmt import format_time, parse_time  # noqa: E402
 from projections import aup_events as ev  # noqa: E402
 from projections.standing import StandingState, apply_all, remediation_is_open  # noqa: E402
 
@@ -174,9 +175,27 @@ def template(rng: random.Random, budget: int) -> list[Step]:
 _EVENT_REFS = ("decision_event_id", "notice_event_id")
 
 
+def _shifted(value: Any, shift: timedelta) -> Any:
+    """``value`` with every instant in it (``format_time``'s text, at any depth: a
+    suspension's ``until``, a remediation's ``due_at``, a notice's ``deadline``, a statement of
+    reasons' ``appeal_deadline`` and facts' ``occurred_at``) moved by ``shift``."""
+    if isinstance(value, str):
+        return format_time(parse_time(value) + shift) if _is_instant(value) else value
+    if isinstance(value, dict):
+        return {k: _shifted(v, shift) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shifted(v, shift) for v in value]
+    return value
+
+
+def _is_instant(text: str) -> bool:
+    return len(text) == 27 and text[26] == "Z" and text[10] == "T" and text[19] == "."
+
+
 def instantiate(steps: Sequence[Step], index: int, shift: timedelta) -> list[list[tuple[Any, ...]]]:
-    """The template as account ``index``: fresh event ids (references remapped), shifted times,
-    its own hash chain. Rows per step, in the column order of ``COLUMNS``."""
+    """The template as account ``index``: fresh event ids (references remapped), every time
+    shifted (those inside the events too), its own hash chain. Rows per step, in the column
+    order of ``COLUMNS``."""
     account = f"acct_{index:07d}"
     ids: dict[str, str] = {}
     out: list[list[tuple[Any, ...]]] = []
@@ -187,10 +206,10 @@ def instantiate(steps: Sequence[Step], index: int, shift: timedelta) -> list[lis
         for event in step.events:
             version += 1
             event_id = ids[event.event_id] = str(uuid.UUID(int=(index << 40) | version))
-            data = event.data
+            data = _shifted(event.data, shift)
             if any(key in data for key in _EVENT_REFS):
                 data = {k: ids.get(v, v) if k in _EVENT_REFS else v for k, v in data.items()}
-            metadata = event.metadata
+            metadata = _shifted(event.metadata, shift)
             if metadata.get("causation_id") in ids:
                 metadata = {**metadata, "causation_id": ids[metadata["causation_id"]]}
             occurred_at = event.occurred_at + shift
