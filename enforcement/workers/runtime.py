@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import dramatiq
 
@@ -28,7 +29,7 @@ from enforcement.bootstrap import Container
 from enforcement.closing import close_after, close_once_ended
 from enforcement.gatekeeping import seed_gate
 from enforcement.notices.delivery import CHANNELS, NoticeDelivery
-from enforcement.notices.email import EmailSender
+from enforcement.notices.email import EmailSender, sweep_parts
 from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
 from enforcement.workers.actors import Actors, register_actors
@@ -344,8 +345,14 @@ def start_runtime(
 ) -> tuple[Actors, Callable[[], None]]:
     """``build_actors`` and ``start_background``, as ``serve`` and ``enforcement worker`` run
     them: the actors, and a stop function that also closes the broker made for them (its Redis
-    connections), once the threads that use it have ended."""
+    connections), once the threads that use it have ended. A process that delivers notices
+    (``consumers``) as files first removes the stale part files a crash left (``sweep_parts``)."""
     actors = build_actors(container)
+    settings = container.settings
+    if consumers and settings.smtp_url is None:
+        # The part files a crash left among the notices written as files: gone now, not only
+        # once another notice is written (a directory that gets none would keep them).
+        sweep_parts(Path(settings.mail_dir))
     stop = start_background(
         container, actors, consumers=consumers, relay=relay, then_close=actors.broker.close
     )

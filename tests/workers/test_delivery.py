@@ -31,7 +31,7 @@ from enforcement.notices.webhook import WebhookSender, account_key
 from enforcement.workers.actors import QUEUE, register_actors
 from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
-from enforcement.workers.runtime import build_actors, retry_lost_after
+from enforcement.workers.runtime import build_actors, retry_lost_after, start_runtime
 from events import RecordedEvent
 from tests.unit.test_templates import warning
 from tests.webhook_receiver import receiver as example_receiver
@@ -302,6 +302,30 @@ def test_part_files_a_crash_left_are_swept(tmp_path: Path) -> None:
     sender.send(message, "evt_2")  # within 10 minutes of the last sweep: none
 
     assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "evt_1.eml", "evt_2.eml"]
+
+
+def test_part_files_a_crash_left_are_swept_when_the_workers_start(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """A directory that gets no more notices is swept too: the workers sweep it as they start
+    (the embedded ones of ``serve`` here; ``enforcement worker``'s consumers alike), the stale
+    part files only."""
+    settings = fast_settings(sqlite_db, tmp_path)
+    mail_dir = Path(settings.mail_dir)
+    mail_dir.mkdir()
+    crashed = mail_dir / ".evt_9.eml.abc.part"
+    writing = mail_dir / ".evt_1.eml.xyz.part"  # another process's, under way
+    for part in (crashed, writing):
+        part.write_bytes(b"half a message")
+    os.utime(crashed, (time.time() - 3600, time.time() - 3600))
+    container = bootstrap(settings)
+    try:
+        _, stop = start_runtime(container, consumers=True, relay=True)
+        stop()
+    finally:
+        container.close()
+
+    assert sorted(p.name for p in mail_dir.iterdir()) == [writing.name]
 
 
 def test_an_email_file_that_cannot_be_written_leaves_nothing_behind(
