@@ -302,9 +302,11 @@ def _require_version(version: int) -> None:
 
 
 def _epoch_ms(moment: datetime | None) -> int:
-    """Milliseconds since the epoch; 0 for none. Naive datetimes are refused, not guessed."""
+    """Milliseconds since the epoch, rounded up; 0 for none. Naive datetimes are refused, not
+    guessed. Rounded up so that a suspension or throttle ending within a millisecond (the
+    policy's ``now + span`` keeps microseconds) never ends in the gate before the standing."""
     if moment is None:
         return 0
     if moment.tzinfo is None:
         raise ValueError("datetimes must be timezone-aware (UTC)")
-    return max((moment - EPOCH) // MS, 1)
+    return max(-((EPOCH - moment) // MS), 1)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
-from enforcement.gate import Gate
-from tests.gate.harness import Backend
+from enforcement.gate import EmbeddedGate, Gate
+from tests.gate.harness import Backend, FakeClock
 
 
 def test_a_suspended_account_is_refused_and_nothing_is_counted(gate: Gate) -> None:
@@ -50,7 +50,8 @@ def test_a_suspension_with_until_ends_by_itself(backend: Backend, gate: Gate) ->
     # On Redis these are real seconds: the first check has 0.9 s to spare on a loaded machine.
     gate.set_status("acct", "suspended", backend.at(0.9), version=4)
     refused = gate.check("acct", "key")
-    assert refused.reason == "suspended" and 0 < refused.retry_after_s <= 0.9
+    # Up to 0.9 s, and the millisecond the gate rounds ``until`` up to.
+    assert refused.reason == "suspended" and 0 < refused.retry_after_s <= 0.901
     assert refused.headers()["retry-after"] == "1"
 
     backend.advance(1.0)
@@ -142,3 +143,23 @@ def test_the_gate_names_the_throttles_it_holds_and_has_not_lifted(gate: Gate) ->
     gate.lift_throttle("acct", "thr_a", version=4)
     assert gate.throttle_ids("acct") == {"thr_k"}
     assert gate.throttle_ids("other") == set()
+
+
+def test_a_restriction_ending_within_a_millisecond_holds_until_its_microsecond() -> None:
+    """The gate keeps times in milliseconds, the standing in microseconds: a suspension or
+    throttle the policy records ends at ``now + span``, rarely on a whole millisecond. Rounded
+    down, the gate let the account through for up to a millisecond while its standing still
+    said suspended; rounded up, it never ends before the standing's does."""
+    until = datetime(2026, 11, 24, 10, 1, 0, 500, tzinfo=UTC)  # .000500: mid-millisecond
+    clock = FakeClock(until.timestamp() - 0.0001)  # 100 µs before it ends
+    gate = EmbeddedGate(clock=clock)
+    gate.set_status("acct", "suspended", until, version=1)
+    gate.apply_throttle("other", "thr_1", None, 0.5, until, version=1)
+    gate.set_limits("other", "key", rpm=10, tpd=100, version=1)
+
+    assert gate.check("acct", "key").reason == "suspended"
+    assert gate.check("other", "key").limit_requests == 5
+
+    clock.advance(0.001)  # past it by more than the rounding
+    assert gate.check("acct", "key").allowed
+    assert gate.check("other", "key").limit_requests == 10
