@@ -132,7 +132,8 @@ def configure_postgres(engine: Engine) -> None:
 
     Also: json and jsonb values are parsed by ``fastjson.loads`` (exactly ``json.loads``), and
     the session's time zone is UTC, so ``timestamptz`` values come back in UTC already (psycopg
-    gives them ``datetime.UTC``, which ``to_utc`` passes through instead of converting each).
+    gives them ``datetime.UTC``, which ``to_utc`` passes through instead of converting each),
+    and its ``DateStyle`` ISO, the one psycopg can read times in whatever the server's default.
 
     And each new connection is marked (``THROUGH_POOLER``) with whether it goes through a
     connection pooler: the process id the driver was given at connect (the BackendKeyData
@@ -149,9 +150,12 @@ def configure_postgres(engine: Engine) -> None:
         autocommit = dbapi_conn.autocommit
         dbapi_conn.autocommit = True  # a session setting, outside any transaction
         try:
-            # ``SET TIME ZONE 'UTC'`` and the server's process id, in the one round trip.
-            [(server_pid, _)] = dbapi_conn.execute(
-                "SELECT pg_backend_pid(), set_config('TimeZone', 'UTC', false)"
+            # ``SET TIME ZONE 'UTC'``, ``SET DateStyle 'ISO'`` (psycopg reads a ``timestamptz``
+            # sent as text only in ISO style; a server may default to another) and the server's
+            # process id, in the one round trip.
+            [(server_pid, _, _)] = dbapi_conn.execute(
+                "SELECT pg_backend_pid(), set_config('TimeZone', 'UTC', false), "
+                "set_config('DateStyle', 'ISO', false)"
             ).fetchall()
         finally:
             dbapi_conn.autocommit = autocommit

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from events import GENESIS_HASH, Codec, EventStore, NewEvent, RecordedEvent, StreamAppend
+from tests.conftest import migrated_store
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -312,3 +313,26 @@ def test_times_come_back_in_utc_itself(store: EventStore) -> None:
     else:
         assert isinstance(row[9], str) and row[9][10] == " "
     assert event.recorded_at.tzinfo is UTC and event.occurred_at.tzinfo is UTC
+
+
+@pytest.mark.postgres
+def test_a_server_set_to_another_date_style_and_time_zone_reads_the_same_instants(
+    pg_url: str,
+) -> None:
+    """A server (or database, or role) may default to another ``DateStyle`` than ISO (initdb
+    takes one from the locale; ``SQL, DMY`` is a setting a European operator may choose) and
+    another ``TimeZone``. The driver reads a ``timestamptz`` it gets as text only in ISO style:
+    every read of the log failed ("can't parse timestamptz with DateStyle 'SQL, DMY'"). The
+    engine sets both for its sessions, so the times read are the instants recorded."""
+    name = sa.make_url(pg_url).database
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET datestyle TO 'SQL, DMY'")
+        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Kolkata'")
+    admin.dispose()
+    with migrated_store(pg_url, clock=StepClock()) as store:
+        [recorded] = store.append("acct_1", 0, [new(n=1)])
+        [read] = store.read_stream("acct_1")
+        assert read.occurred_at == T0 and read.recorded_at.utcoffset() == timedelta(0)
+        assert read == recorded  # the very instants, hashes and all
+        assert store.verify("acct_1").ok
