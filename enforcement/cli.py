@@ -112,11 +112,13 @@ def time_option(value: str | None, name: str) -> datetime | None:
     """An RFC 3339 option's value, or a usage error naming the option."""
     if value is None:
         return None
-    from events.timefmt import parse_time
+    from events.timefmt import LEAP_SECOND_MESSAGE, is_leap_second, parse_time
 
     try:
         return parse_time(value)
     except ValueError:
+        if is_leap_second(value):
+            fail(f"{name} {LEAP_SECOND_MESSAGE}.")
         fail(f"{name} must be an RFC 3339 time with a UTC offset, such as 2026-11-24T10:00:00Z.")
 
 

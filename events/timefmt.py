@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 
@@ -75,6 +76,19 @@ def parse_time(text: str) -> datetime:
         return parsed.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00: no such time in UTC
         raise ValueError(f"timestamp {text!r} is out of range in UTC") from None
+
+
+# RFC 3339 allows a leap second ("23:59:60"); a datetime, and so the log, has no such time. It is
+# refused as such, not as "not an RFC 3339 time", nor moved to another instant without a word.
+_LEAP_SECOND = re.compile(r"\s*\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:60")
+LEAP_SECOND_MESSAGE = (
+    "must not be a leap second (:60): the log has no such time; write :59.999999 of that minute"
+)
+
+
+def is_leap_second(text: str) -> bool:
+    """Whether ``text`` is an RFC 3339 time whose seconds are 60 (a leap second)."""
+    return _LEAP_SECOND.match(text) is not None
 
 
 def _is_canonical_shape(text: str) -> bool:

@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from enforcement.policy import CATEGORIES
+from events.timefmt import LEAP_SECOND_MESSAGE, is_leap_second
 
 AccountId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
@@ -44,6 +45,8 @@ _RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
 
 
 def _rfc3339_text(value: object) -> object:
+    if isinstance(value, str) and is_leap_second(value):
+        raise PydanticCustomError("time_leap_second", LEAP_SECOND_MESSAGE)
     if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339_START.match(value)):
         return value
     raise PydanticCustomError(

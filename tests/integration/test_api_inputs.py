@@ -17,6 +17,7 @@ from enforcement.api import responses
 from enforcement.api.app import create_app
 from enforcement.api.violations import violation_json
 from enforcement.bootstrap import Container
+from enforcement.cli import time_option
 from enforcement.roles import Role
 from enforcement.tables import contacts
 from enforcement.tokens import create_token
@@ -151,6 +152,39 @@ def test_a_time_out_of_range_in_utc_is_refused_not_a_500(
         )
         assert standing.status_code == 422, standing.text
     assert system.store.head("acct_r").version == 0
+
+
+def test_a_leap_second_is_refused_as_such_everywhere_a_time_is_taken(
+    system: Container,
+    client: TestClient,
+    as_role: Any,
+    reporter: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """RFC 3339 allows "23:59:60"; the log has no such time. It was refused as "unexpected
+    extra characters" or "not an RFC 3339 time": now as what it is, and with what to write."""
+    leap = "2016-12-31T23:59:60Z"
+    said = "must not be a leap second (:60)"
+    operator, auditor = as_role(Role.OPERATOR), as_role(Role.AUDITOR)
+    violation = {"account_id": "acct_leap", "category": "spam", "occurred_at": leap}
+    for headers in (reporter, as_role(Role.REPORTER)):  # the shortcut, and FastAPI's way
+        [one] = details(client.post("/v1/violations", json=violation, headers=headers))
+        assert one["field"] == "occurred_at" and said in one["message"]
+    batch = client.post("/v1/violations:batch", json={"violations": [violation]}, headers=reporter)
+    [item] = batch.json()["results"]
+    assert item["status"] == 422 and said in item["error"]["details"][0]["message"]
+    until = client.post("/v1/accounts/acct_leap/suspend", json={"until": leap}, headers=operator)
+    assert said in details(until)[0]["message"]
+    as_of = client.get("/v1/accounts/acct_leap/standing", params={"as_of": leap}, headers=auditor)
+    assert said in details(as_of)[0]["message"] and said in as_of.json()["error"]["message"]
+    with pytest.raises(SystemExit) as exited:
+        time_option(leap, "--as-of")
+    assert exited.value.code == 2 and said in capsys.readouterr().err
+    assert system.store.head("acct_leap").version == 0
+    # Digits past the microsecond are dropped: the time is the microsecond it falls in.
+    fine = {**violation, "occurred_at": "2016-12-31T23:59:59.9999999Z"}
+    recorded = client.post("/v1/violations", json=fine, headers=reporter)
+    assert recorded.json()["events"][0]["occurred_at"] == "2016-12-31T23:59:59.999999Z"
 
 
 # ------------------------------------------------------------------ the body's media type
