@@ -278,11 +278,38 @@ def database_error(exc: Exception) -> str:
         )
     if not (missing or unreachable):
         return f"The database could not complete the command ({reason})."
+    if missing and (older := _older_schema()) is not None:
+        return older
     hint = " Run `enforcement init` to create its schema." if missing else ""
     return (
         f"The database cannot be used ({reason}); check ENFORCEMENT_DATABASE_URL and that the "
         f"database is running.{hint}"
     )
+
+
+def older_schema(url: str, revision: str | None, head: str | None) -> str:
+    """The sentence for a database at ``revision``, older than this release's ``head``."""
+    return (
+        f"The database {redacted(url)} is at schema revision {revision}, this release needs "
+        f"{head}; run `enforcement init` to upgrade it."
+    )
+
+
+def _older_schema() -> str | None:
+    """``older_schema``'s sentence when a table is missing because the configured database was
+    made by an older release (a command run before `enforcement init` after an upgrade), not
+    because it has no schema; None otherwise, or when that cannot be told."""
+    from enforcement.migrations import current_revision, release_revisions
+
+    try:
+        url = Settings.from_env().database_url
+        revision = current_revision(url, connect_timeout=5)
+    except (SettingsError, sqlalchemy_errors.DBAPIError):
+        return None
+    head, known = release_revisions()
+    if revision is None or revision == head or revision not in known:
+        return None
+    return older_schema(url, revision, head)
 
 
 # Each module registers its commands on ``app`` as it is imported: in this order ``--help``

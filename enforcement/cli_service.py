@@ -18,6 +18,7 @@ from enforcement.cli import (
     container_or_fail,
     database_error,
     load_policy_or_fail,
+    older_schema,
     redacted,
     replay_standings,
     require_sqlite_file,
@@ -166,10 +167,7 @@ def _check_schema(url: str) -> None:
     if revision is None:
         fail(f"The database {redacted(url)} has no schema; run `enforcement init` to create it.")
     if revision != head and revision in known:
-        fail(
-            f"The database {redacted(url)} is at schema revision {revision}, this release needs "
-            f"{head}; run `enforcement init` to upgrade it."
-        )
+        fail(older_schema(url, revision, head))
 
 
 @app.command()

@@ -227,6 +227,20 @@ def unusable_databases(tmp_path: Path) -> list[tuple[str, str]]:
     ]
 
 
+def test_a_command_on_a_database_an_older_release_made_says_to_upgrade_it(
+    tmp_path: Path,
+) -> None:
+    """A command run after an upgrade but before `enforcement init` meets a missing table: it
+    says the database is at an older revision, as `serve` does, not that it has no schema."""
+    [*_, (older, says)] = unusable_databases(tmp_path)
+    for args in [("standing", "acct_1")]:
+        result = run_cli(older, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        sentence = one_sentence(result.stderr)
+        assert says in sentence, (args, sentence)
+        assert sentence.endswith("run `enforcement init` to upgrade it."), sentence
+
+
 def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path) -> None:
     """One sentence and exit 2 before anything starts: not a server that answers every request
     with "no such table", nor uvicorn's exit 3 for a port in use."""
