@@ -1,0 +1,354 @@
+"""An independent reference model of POLICY.md's default ladder, for the differential oracle.
+
+Written from POLICY.md, the AUP, docs/design.md and README.md's "Decisions" list only, never from
+``enforcement/policy*.py``, ``enforcement/decider.py`` or ``projections/standing*.py``, so that
+``test_policy_oracle.py`` compares two readings of the same text. It is meant to be obviously
+correct, not fast: plain lists, one rule per line, every number from POLICY.md's table.
+
+Readings taken where the texts leave a choice (each one checked against the product by the
+oracle; see the module docstring of ``test_policy_oracle.py`` for how they were settled):
+
+- A strike counts for ``strike_lookback`` from when it occurred: active at ``t`` while
+  ``occurred_at <= t < occurred_at + lookback`` (and not dismissed).
+- "Prior strikes" are active strikes recorded before the new violation, counted at the decision
+  time (README).
+- "A longer suspension replaces a shorter one": strictly longer (indefinite is longer than any
+  timed one). A ladder suspension that is not longer than the one in force is still recorded,
+  held behind it (README), and the one in force stays current.
+- A suspension or throttle is in force at ``t`` while ``t < until`` ("whose until has passed no
+  longer counts").
+- Critical is checked before the strike count, so a critical violation with 3 prior strikes is
+  still referred to the authorities when its category calls for it.
+- ``sustained_abuse`` always takes its own row, whatever its severity and the strikes (README).
+- On a terminated account a violation is recorded and nothing else; it is a strike unless it is
+  ``sustained_abuse`` or adult content on an approved account.
+- A remediation is open until completed, expired, or all its violations are dismissed; the
+  expiry fires once the clock is at or past ``due_at`` and suspends for 7 days from when it is
+  recorded (design.md), or suspends nothing on a terminated account.
+- A remediation can be completed only before its due time: from ``due_at`` on it is "not
+  completed by its due time" and only the expiry closes it.
+- An operator's dismissal removes the strike and closes remediations whose violations are all
+  dismissed; the decisions already taken on it stand (README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+SEVERITIES = ("low", "medium", "high", "critical")
+
+# POLICY.md's category table: (default severity, floor).
+CATEGORY_TABLE: dict[str, tuple[str, str]] = {
+    "csam": ("critical", "critical"),
+    "weapons_development": ("critical", "critical"),
+    "violence_facilitation": ("high", "high"),
+    "illegal_content": ("high", "medium"),
+    "ip_infringement": ("medium", "low"),
+    "spam": ("medium", "low"),
+    "phishing": ("high", "medium"),
+    "cyberweapons": ("high", "high"),
+    "disinformation": ("medium", "low"),
+    "safety_circumvention": ("high", "medium"),
+    "personal_data_harvesting": ("high", "medium"),
+    "impersonation": ("medium", "low"),
+    "surveillance": ("high", "high"),
+    "rate_limit_circumvention": ("medium", "low"),
+    "sustained_abuse": ("low", "low"),
+    "unapproved_adult_content": ("low", "low"),
+    "missing_content_filtering": ("low", "low"),
+    "safety_probing": ("medium", "low"),
+    "model_extraction": ("high", "medium"),
+    "training_data_extraction": ("high", "medium"),
+}
+REFERRED = ("csam", "weapons_development")
+
+# POLICY.md's default policy file (aup-2026-11).
+STRIKE_LOOKBACK = timedelta(days=90)
+REMEDIATION_WINDOW = timedelta(days=7)
+FIRST_HIGH_SUSPENSION = timedelta(days=7)
+SECOND_MINOR_THROTTLE = (0.25, timedelta(days=7))
+THIRD_MINOR_SUSPENSION = timedelta(days=30)
+MISSED_REMEDIATION_SUSPENSION = timedelta(days=7)
+SUSTAINED_ABUSE_THROTTLE = (0.5, timedelta(hours=24))
+TERMINATION_AFTER_STRIKES = 3
+APPEAL_WINDOW = timedelta(days=20)
+
+# A decision as the oracle compares it: the event type and its key numbers.
+Decision = tuple[object, ...]
+
+
+def effective_severity(category: str, reported: str | None) -> str:
+    default, floor = CATEGORY_TABLE[category]
+    if reported is None:
+        return default
+    return max(reported, floor, key=SEVERITIES.index)
+
+
+@dataclass
+class Violation:
+    key: str
+    category: str
+    severity: str
+    occurred_at: datetime
+    strike: bool
+    dismissed: bool = False
+
+
+@dataclass
+class Suspension:
+    until: datetime | None  # None: indefinite
+    overturned: bool = False
+
+    def in_force(self, at: datetime) -> bool:
+        return self.until is None or at < self.until
+
+    def longer_than(self, other: Suspension) -> bool:
+        if other.until is None:
+            return False
+        return self.until is None or self.until > other.until
+
+
+@dataclass
+class Remediation:
+    key: str
+    due_at: datetime
+    violations: list[str]
+    closed: bool = False
+
+
+@dataclass
+class Throttle:
+    factor: float
+    expires_at: datetime
+    lifted: bool = False
+
+
+@dataclass
+class Recorded:
+    """A decision an appeal may target (POLICY.md: throttle, suspension, termination,
+    remediation request), with the violations behind it."""
+
+    type: str
+    recorded_at: datetime
+    violations: list[str]
+    target: Suspension | Throttle | Remediation | None
+    overturned: bool = False
+
+
+@dataclass
+class RefStanding:
+    status: str
+    strikes: int
+    open_violations: frozenset[str]
+    open_remediations: frozenset[tuple[str, datetime]]
+    throttles: frozenset[tuple[float, datetime]]
+    suspension: tuple[datetime | None] | None  # (until,) or None
+    terminated: bool
+    adult_content_approved: bool
+
+
+@dataclass
+class Reference:
+    """One account under the default policy. Keys (violation and remediation) are the caller's."""
+
+    violations: list[Violation] = field(default_factory=list)
+    remediations: list[Remediation] = field(default_factory=list)
+    throttles: list[Throttle] = field(default_factory=list)
+    suspension: Suspension | None = None  # the one in force, if it has not run out
+    suspensions: list[Suspension] = field(default_factory=list)  # every one recorded
+    decisions: list[Recorded] = field(default_factory=list)  # in the order recorded
+    terminated: bool = False
+    adult_approved: bool = False
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def strike_active(self, v: Violation, at: datetime) -> bool:
+        return (
+            v.strike and not v.dismissed and v.occurred_at <= at < v.occurred_at + STRIKE_LOOKBACK
+        )
+
+    def strikes(self, at: datetime) -> int:
+        return sum(1 for v in self.violations if self.strike_active(v, at))
+
+    def standing(self, at: datetime) -> RefStanding:
+        """The standing at ``at``, everything recorded so far being recorded at or before it."""
+        suspended = self.suspension is not None and self.suspension.in_force(at)
+        throttles = frozenset(
+            (t.factor, t.expires_at) for t in self.throttles if at < t.expires_at and not t.lifted
+        )
+        remediations = frozenset((r.key, r.due_at) for r in self.remediations if not r.closed)
+        strikes = self.strikes(at)
+        if self.terminated:
+            status = "terminated"
+        elif suspended:
+            status = "suspended"
+        elif throttles:
+            status = "throttled"
+        elif remediations:
+            status = "remediation_due"
+        elif strikes:
+            status = "warned"
+        else:
+            status = "good_standing"
+        open_violations = frozenset(
+            v.key
+            for v in self.violations
+            if not v.dismissed and v.occurred_at <= at < v.occurred_at + STRIKE_LOOKBACK
+        )
+        return RefStanding(
+            status=status,
+            strikes=strikes,
+            open_violations=open_violations,
+            open_remediations=remediations,
+            throttles=throttles,
+            suspension=(self.suspension.until,) if suspended and self.suspension else None,
+            terminated=self.terminated,
+            adult_content_approved=self.adult_approved,
+        )
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    def _suspend(self, until: datetime | None, now: datetime, behind: list[str]) -> Decision:
+        new = Suspension(until)
+        current = self.suspension
+        held = current is not None and current.in_force(now) and not new.longer_than(current)
+        if not held:
+            self.suspension = new
+        self.suspensions.append(new)
+        self.decisions.append(Recorded("AccountSuspended", now, behind, new))
+        return ("AccountSuspended", until, held)
+
+    def _throttle(
+        self, factor: float, duration: timedelta, now: datetime, behind: list[str]
+    ) -> Decision:
+        throttle = Throttle(factor, now + duration)
+        self.throttles.append(throttle)
+        self.decisions.append(Recorded("ThrottleApplied", now, behind, throttle))
+        return ("ThrottleApplied", factor, now + duration)
+
+    def _remediate(self, key: str, violation: str, now: datetime) -> Decision:
+        due = now + REMEDIATION_WINDOW
+        remediation = Remediation(key, due, [violation])
+        self.remediations.append(remediation)
+        self.decisions.append(Recorded("RemediationRequested", now, [violation], remediation))
+        return ("RemediationRequested", due)
+
+    def _terminate(self, now: datetime, behind: list[str]) -> Decision:
+        self.terminated = True
+        self.decisions.append(Recorded("AccountTerminated", now, behind, None))
+        return ("AccountTerminated",)
+
+    def report(
+        self,
+        key: str,
+        category: str,
+        severity: str | None,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> list[Decision]:
+        """A violation reported and decided at ``now``; its remediation's key is ``rem_<key>``."""
+        sev = effective_severity(category, severity)
+        adult_ok = category == "unapproved_adult_content" and self.adult_approved
+        strike = category != "sustained_abuse" and not adult_ok
+        prior = self.strikes(now)
+        violation = Violation(key, category, sev, occurred_at, strike)
+        self.violations.append(violation)
+        out: list[Decision] = [("ViolationReported", sev, strike)]
+        if self.terminated:
+            return out
+        if category == "sustained_abuse":
+            factor, duration = SUSTAINED_ABUSE_THROTTLE
+            throttle = self._throttle(factor, duration, now, [key])
+            return [*out, throttle, ("NoticeIssued", "throttle")]
+        if adult_ok:
+            violation.dismissed = True
+            return [*out, ("ViolationDismissed", "adult_content_approved")]
+        if sev == "critical" or prior >= TERMINATION_AFTER_STRIKES:
+            out.append(self._terminate(now, [key]))
+            if sev == "critical" and category in REFERRED:
+                out.append(("AuthorityReferralOpened", category))
+            return [*out, ("NoticeIssued", "termination")]
+        if sev == "high":
+            until = now + FIRST_HIGH_SUSPENSION if prior == 0 else None
+            return [*out, self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
+        # minor: low or medium
+        if prior == 0:
+            return [*out, ("NoticeIssued", "warning"), self._remediate(f"rem_{key}", key, now)]
+        if prior == 1:
+            factor, duration = SECOND_MINOR_THROTTLE
+            return [
+                *out,
+                self._throttle(factor, duration, now, [key]),
+                ("NoticeIssued", "throttle"),
+                self._remediate(f"rem_{key}", key, now),
+            ]
+        until = now + THIRD_MINOR_SUSPENSION
+        return [*out, self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
+
+    def due_remediations(self, now: datetime) -> list[str]:
+        return [r.key for r in self.remediations if not r.closed and r.due_at <= now]
+
+    def expire(self, key: str, now: datetime) -> list[Decision]:
+        """The deadline of remediation ``key`` handled at ``now`` (at or after its due time)."""
+        (rem,) = [r for r in self.remediations if r.key == key]
+        if rem.closed or now < rem.due_at:
+            return []
+        rem.closed = True
+        out: list[Decision] = [("RemediationExpired",)]
+        if self.terminated:
+            return out
+        until = now + MISSED_REMEDIATION_SUSPENSION
+        suspended = self._suspend(until, now, list(rem.violations))
+        return [*out, suspended, ("NoticeIssued", "suspension")]
+
+    def dismiss(self, key: str) -> None:
+        """An operator dismisses violation ``key`` (or an overturn does)."""
+        (violation,) = [v for v in self.violations if v.key == key]
+        violation.dismissed = True
+        for rem in self.remediations:
+            if not rem.closed and all(
+                v.dismissed for v in self.violations if v.key in rem.violations
+            ):
+                rem.closed = True
+
+    def complete(self, key: str, now: datetime) -> bool:
+        """An operator completes remediation ``key``: refused once it is due (``False``)."""
+        (rem,) = [r for r in self.remediations if r.key == key]
+        if now >= rem.due_at:
+            return False
+        rem.closed = True
+        return True
+
+    def approve_adult_content(self, approved: bool) -> None:
+        self.adult_approved = approved
+
+    def appeal(self, index: int, outcome: str, now: datetime) -> bool:
+        """An appeal against ``decisions[index]`` filed at ``now`` and decided at once; ``False``
+        when it may not be filed (its window has closed, or it was overturned already)."""
+        record = self.decisions[index]
+        if record.overturned or now > record.recorded_at + APPEAL_WINDOW:
+            return False
+        if outcome == "upheld":
+            return True
+        record.overturned = True
+        target = record.target
+        if isinstance(target, Throttle):
+            target.lifted = True
+        elif isinstance(target, Remediation):
+            target.closed = True
+        elif isinstance(target, Suspension):
+            target.overturned = True
+            if target is self.suspension:
+                # Reversed alone: whichever other suspension still runs is in force again.
+                running = [s for s in self.suspensions if not s.overturned and s.in_force(now)]
+                longest = None
+                for s in running:
+                    if longest is None or s.longer_than(longest):
+                        longest = s
+                self.suspension = longest
+        else:
+            self.terminated = False
+        for key in record.violations:
+            self.dismiss(key)
+        return True

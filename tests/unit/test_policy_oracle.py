@@ -1,0 +1,246 @@
+"""A differential oracle: the real decider and fold against ``policy_reference``'s reading of
+POLICY.md, on sequences Hypothesis makes up.
+
+Each sequence is one account under the default policy: violations of any category (a reported
+severity or none, occurred up to 100 days before they are reported), time passing (with or
+without the deadline worker running), operators' dismissals and completed remediations, and
+changes of the adult-content approval. After every step the decisions recorded (types and key
+numbers) and the standing, at the current instant and at a later one, must be the reference's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import event as note
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enforcement import operator_decisions as ops
+from enforcement.errors import InvalidTransition
+from enforcement.policy import (
+    DEFAULT_POLICY,
+    ViolationReport,
+    decide_appeal,
+    decide_appeal_filing,
+    decide_remediation_expired,
+    decide_violation,
+)
+from events import NewEvent
+from events.timefmt import parse_time
+from projections.standing import DECISION_TYPES, view
+from tests.unit import policy_reference as ref
+from tests.unit.test_policy import T0, Account
+
+P = DEFAULT_POLICY
+# A few seconds in the suite; ORACLE_EXAMPLES=30000 ORACLE_STEPS=40 hunts for minutes.
+EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "300"))
+STEPS = int(os.environ.get("ORACLE_STEPS", "14"))
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else parse_time(text)
+
+
+def decision(event: NewEvent) -> ref.Decision:
+    """An event as the reference states its decisions: type and key numbers."""
+    d = event.data
+    match event.type:
+        case "ViolationReported":
+            return (event.type, d["severity"], d["strike"])
+        case "AccountSuspended":
+            return (event.type, _time(d["until"]), d["held_by"] is not None)
+        case "ThrottleApplied":
+            assert d["key_id"] is None  # POLICY.md: account-wide
+            return (event.type, d["factor"], _time(d["expires_at"]))
+        case "RemediationRequested":
+            return (event.type, _time(d["due_at"]))
+        case "NoticeIssued":
+            return (event.type, d["kind"])
+        case "AuthorityReferralOpened":
+            return (event.type, d["category"])
+        case "ViolationDismissed":
+            return (event.type, d["reason"])
+        case _:
+            return (event.type,)
+
+
+@dataclass
+class Twins:
+    """The real account and the reference, fed the same steps; ids map the real ones to keys."""
+
+    real: Account = field(default_factory=Account)
+    model: ref.Reference = field(default_factory=ref.Reference)
+    now: datetime = T0
+    keys: dict[str, str] = field(default_factory=dict)  # real violation/remediation id -> key
+    ids: dict[str, str] = field(default_factory=dict)  # key -> real id
+    decisions: list[str] = field(default_factory=list)  # real ids of model.decisions, in order
+
+    def _record(self, decided: list[NewEvent], at: datetime) -> None:
+        self.real.record(decided, at)
+        self.decisions += [e.event_id for e in decided if e.type in DECISION_TYPES]
+
+    def _name(self, real_id: str, key: str) -> None:
+        self.keys[real_id], self.ids[key] = key, real_id
+
+    def report(self, category: str, severity: str | None, back: timedelta) -> None:
+        key = f"v{len(self.model.violations)}"
+        occurred = self.now - back
+        report = ViolationReport(category, occurred, severity, description="d")
+
+        decided = decide_violation(P, self.real.state, report, self.real.ctx(self.now))
+        self._record(decided, self.now)
+        expected = self.model.report(key, category, severity, occurred, self.now)
+        self._name(decided[0].data["violation_id"], key)
+        for event in decided:
+            if event.type == "RemediationRequested":
+                self._name(event.data["remediation_id"], f"rem_{key}")
+        for d in expected[1:]:
+            note(f"report: {d[0]} {d[2] if d[0] == 'AccountSuspended' else ''}")
+        step = f"report {category}/{severity} occurred {occurred} at {self.now}"
+        assert [decision(e) for e in decided] == expected, step
+
+    def advance(self, by: timedelta, deadlines: bool) -> None:
+        start, self.now = self.now, self.now + by
+        if not deadlines:
+            return
+        due = sorted(
+            self.model.due_remediations(self.now),
+            key=lambda k: max(start, *(r.due_at for r in self.model.remediations if r.key == k)),
+        )
+        for key in due:
+            (rem,) = [r for r in self.model.remediations if r.key == key]
+            at = max(start, rem.due_at)  # the worker just after due_at, or the sweep catching up
+            real_id = self.ids[key]
+            decided = decide_remediation_expired(P, self.real.state, real_id, self.real.ctx(at))
+            self._record(decided, at)
+            expected = self.model.expire(key, at)
+            note(f"expire: {[d[0] for d in expected]} {expected[1][2] if expected[1:] else ''}")
+            assert [decision(e) for e in decided] == expected, f"expire {key} at {at}"
+
+    def operate(self, command: Any) -> None:
+        decided = ops.decide(P, self.real.state, command, self.real.ctx(self.now, "op"))
+        self.real.record(decided, self.now)
+
+    def appeal(self, index: int, outcome: str) -> None:
+        if not self.decisions:
+            return
+        index %= len(self.decisions)
+        target, ctx = self.decisions[index], self.real.ctx(self.now, "op")
+        try:
+            filed = decide_appeal_filing(P, self.real.state, target, "not me", ctx)
+        except InvalidTransition:
+            filed = []
+        self.real.record(filed, self.now)
+        if filed:
+            appeal_id = filed[0].data["appeal_id"]
+            decided = decide_appeal(P, self.real.state, appeal_id, outcome, "r", ctx)
+            self.real.record(decided, self.now)
+        kind = self.model.decisions[index].type
+        if (
+            kind == "AccountSuspended"
+            and self.model.decisions[index].target is self.model.suspension
+        ):
+            others = [
+                x for x in self.model.suspensions if x.in_force(self.now) and not x.overturned
+            ]
+            note(f"appeal against the current suspension, {len(others)} running")
+        note(f"appeal {outcome} {kind} {'filed' if filed else 'refused'}")
+        step = f"appeal {outcome} against decision {index} at {self.now}"
+        assert bool(filed) == self.model.appeal(index, outcome, self.now), step
+
+    def check_standing(self, at: datetime) -> None:
+        real = view(self.real.state, at, P.strike_lookback).to_json()
+        got = ref.RefStanding(
+            status=real["status"],
+            strikes=real["strikes"],
+            open_violations=frozenset(self.keys[v] for v in real["open_violations"]),
+            open_remediations=frozenset(
+                (self.keys[r["remediation_id"]], parse_time(r["due_at"]))
+                for r in real["open_remediations"]
+            ),
+            throttles=frozenset(
+                (t["factor"], parse_time(t["expires_at"])) for t in real["active_throttles"]
+            ),
+            suspension=None
+            if real["suspension"] is None
+            else (_time(real["suspension"]["until"]),),
+            terminated=real["terminated"],
+            adult_content_approved=real["adult_content_approved"],
+        )
+        assert got == self.model.standing(at), f"standing at {at}"
+        note(f"status {got.status} strikes {got.strikes}")
+
+
+CATEGORIES = sorted(ref.CATEGORY_TABLE)
+# Mostly categories whose default is minor, so that sequences climb the ladder before a
+# termination ends them; every category and severity still comes up.
+MINOR = [c for c in CATEGORIES if ref.CATEGORY_TABLE[c][0] in ("low", "medium")]
+CATEGORY = st.one_of(st.sampled_from(MINOR), st.sampled_from(MINOR), st.sampled_from(CATEGORIES))
+SEVERITY = st.one_of(st.none(), st.none(), st.sampled_from(ref.SEVERITIES))
+# Hours, with whole days and the policy's own spans (7, 24 h; 7, 20, 30, 90 days) likely, so that
+# boundaries are met exactly as often as not.
+HOURS = st.one_of(
+    st.integers(0, 48),
+    st.sampled_from([24, 24 * 7, 24 * 20, 24 * 30, 24 * 90]),
+    st.integers(0, 100).map(lambda d: d * 24),
+)
+STEP = st.one_of(
+    st.tuples(
+        st.just("report"),
+        CATEGORY,
+        SEVERITY,
+        HOURS,  # how long before being reported it occurred
+    ),
+    st.tuples(st.just("advance"), HOURS, st.booleans(), st.just(0)),
+    st.tuples(st.just("dismiss"), st.integers(0, 20), st.just(None), st.just(0)),
+    st.tuples(st.just("complete"), st.integers(0, 20), st.just(None), st.just(0)),
+    st.tuples(st.just("approve"), st.booleans(), st.just(None), st.just(0)),
+    st.tuples(
+        st.just("appeal"), st.integers(0, 20), st.sampled_from(["upheld", "overturned"]), st.just(0)
+    ),
+)
+
+
+def run(steps: list[tuple[Any, ...]], later: int) -> None:
+    twins = Twins()
+    for name, a, b, c in steps:
+        if name == "report":
+            twins.report(a, b, timedelta(hours=c))
+        elif name == "advance":
+            twins.advance(timedelta(hours=a), b)
+        elif name == "dismiss":
+            live = [v.key for v in twins.model.violations if not v.dismissed]
+            if live:
+                key = live[a % len(live)]
+                twins.operate(ops.DismissViolation(twins.ids[key], "mistake"))
+                twins.model.dismiss(key)
+        elif name == "complete":
+            open_ = [r.key for r in twins.model.remediations if not r.closed]
+            if open_:
+                key = open_[a % len(open_)]
+                command = ops.CompleteRemediation(twins.ids[key], "fixed")
+                if twins.model.complete(key, twins.now):
+                    twins.operate(command)
+                else:
+                    with pytest.raises(InvalidTransition):
+                        twins.operate(command)
+        elif name == "approve":
+            twins.operate(ops.SetAdultContentApproval(a, "verified"))
+            twins.model.approve_adult_content(a)
+        elif name == "appeal":
+            twins.appeal(a, b)
+        twins.check_standing(twins.now)
+    twins.check_standing(twins.now + timedelta(hours=later))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.lists(STEP, max_size=STEPS), HOURS)
+def test_the_decider_and_the_fold_agree_with_the_reference(
+    steps: list[tuple[Any, ...]], later: int
+) -> None:
+    run(steps, later)
