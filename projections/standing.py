@@ -338,9 +338,10 @@ def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> Non
         s.replaced_suspensions = tuple(sorted((*s.replaced_suspensions, held), key=_until_order))
         _record_decision(s, e, p.violation_ids, p.suspension_id, p.statement_of_reasons)
         return
-    # What this one replaces, kept only while it would still run after this one (so that an
-    # overturn never lengthens a suspension) and never when the current one had run out (that
-    # ended every suspension it had replaced, swept or not).
+    # What this one replaces, kept while it still runs and ends no later than this one (so that
+    # an overturn never lengthens a suspension; one ending at the same instant is not replaced by
+    # a shorter one, timed as indefinite) and never when the current one had run out (that ended
+    # every suspension it had replaced, swept or not).
     now, until = e.occurred_stamp, _time(p.until)
     if current is not None and current.until is not None and current.until <= now:
         replaced: tuple[SuspensionRecord, ...] = ()
@@ -350,7 +351,7 @@ def _on_suspended(s: StandingState, p: ev.AccountSuspended, e: FoldEvent) -> Non
         r
         for r in replaced
         if (r.until is None or r.until > now)
-        and (until is None or (r.until is not None and r.until < until))
+        and (until is None or (r.until is not None and r.until <= until))
         and not _overturned(s, r)
     )
     s.suspension = SuspensionRecord(p.suspension_id, e.event_id, now, until, p.reason)

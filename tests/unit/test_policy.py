@@ -953,7 +953,7 @@ def _overturn(account: Account, decision: NewEvent, at: datetime) -> list[NewEve
     return decided
 
 
-def _operator_suspends(account: Account, until: datetime, at: datetime) -> NewEvent:
+def _operator_suspends(account: Account, until: datetime | None, at: datetime) -> NewEvent:
     decided = ops.decide(P, account.state, ops.Suspend("op", until=until), account.ctx(at, "op"))
     account.record(decided, at)
     return of_type(decided, "AccountSuspended")
@@ -1054,6 +1054,22 @@ def test_winning_an_appeal_never_lengthens_a_suspension() -> None:
     decided = _overturn(account, shorter, NOW + DAY + DAY / 2)
     assert "AccountReinstated" in types(decided)
     assert _in_force(account, NOW + 3 * DAY) is None
+
+
+@pytest.mark.parametrize("days", [30, None], ids=["timed", "indefinite"])
+def test_overturning_a_suspension_as_long_as_the_one_it_replaced_gives_that_one_back(
+    days: int | None,
+) -> None:
+    """An operator's suspension to the same end as the one in force is not a shorter one: the
+    overturn reverses it alone, and the account stays suspended under the first, which was
+    never appealed (found by the policy oracle: a timed one was dropped, an indefinite kept)."""
+    account = Account()
+    until = None if days is None else NOW + days * DAY
+    first = _operator_suspends(account, until, NOW)
+    second = _operator_suspends(account, until, NOW + DAY)
+    decided = _overturn(account, second, NOW + 2 * DAY)
+    assert "AccountReinstated" not in types(decided)
+    assert _in_force(account, NOW + 2 * DAY) == _sid(first)
 
 
 @pytest.mark.parametrize("swept", [True, False])
