@@ -29,6 +29,16 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
   completed by its due time" and only the expiry closes it.
 - An operator's dismissal removes the strike and closes remediations whose violations are all
   dismissed; the decisions already taken on it stand (README).
+- An appeal may be filed until ``appeal_window`` after its decision, inclusive, and not against
+  a decision already overturned. Overturned, it reverses that decision alone (a throttle is
+  lifted, a remediation closed, a termination reversed, a suspension ended) and dismisses the
+  violations it was taken on; when the suspension it ends is the one in force, the longest other
+  one that still runs is in force again, unless it had been dropped: by running out of the one in
+  force (that ends every suspension), a reinstatement, or an operator's strictly shorter
+  suspension replacing it (README: "winning an appeal must not leave the account worse off").
+- An operator's suspension replaces whatever is in force (design.md); an operator's suspension,
+  throttle or termination on a terminated account, a reinstatement of an account that is
+  terminated or not suspended, and the lift of a throttle no longer in force are refused.
 """
 
 from __future__ import annotations
@@ -99,6 +109,7 @@ class Violation:
 class Suspension:
     until: datetime | None  # None: indefinite
     overturned: bool = False
+    dropped: bool = False  # ended for good: run out, reinstated, or replaced by a shorter one
 
     def in_force(self, at: datetime) -> bool:
         return self.until is None or at < self.until
@@ -120,8 +131,11 @@ class Remediation:
 @dataclass
 class Throttle:
     factor: float
-    expires_at: datetime
+    expires_at: datetime | None  # None: until lifted
     lifted: bool = False
+
+    def in_force(self, at: datetime) -> bool:
+        return not self.lifted and (self.expires_at is None or at < self.expires_at)
 
 
 @dataclass
@@ -142,7 +156,7 @@ class RefStanding:
     strikes: int
     open_violations: frozenset[str]
     open_remediations: frozenset[tuple[str, datetime]]
-    throttles: frozenset[tuple[float, datetime]]
+    throttles: frozenset[tuple[float, datetime | None]]
     suspension: tuple[datetime | None] | None  # (until,) or None
     terminated: bool
     adult_content_approved: bool
@@ -174,9 +188,7 @@ class Reference:
     def standing(self, at: datetime) -> RefStanding:
         """The standing at ``at``, everything recorded so far being recorded at or before it."""
         suspended = self.suspension is not None and self.suspension.in_force(at)
-        throttles = frozenset(
-            (t.factor, t.expires_at) for t in self.throttles if at < t.expires_at and not t.lifted
-        )
+        throttles = frozenset((t.factor, t.expires_at) for t in self.throttles if t.in_force(at))
         remediations = frozenset((r.key, r.due_at) for r in self.remediations if not r.closed)
         strikes = self.strikes(at)
         if self.terminated:
@@ -208,6 +220,13 @@ class Reference:
         )
 
     # --- deciding -----------------------------------------------------------------------------
+
+    def _settle(self, now: datetime) -> None:
+        """A suspension that has run out ends every suspension (design.md): none comes back."""
+        if self.suspension is not None and not self.suspension.in_force(now):
+            for s in self.suspensions:
+                s.dropped = True
+            self.suspension = None
 
     def _suspend(self, until: datetime | None, now: datetime, behind: list[str]) -> Decision:
         new = Suspension(until)
@@ -248,6 +267,7 @@ class Reference:
         now: datetime,
     ) -> list[Decision]:
         """A violation reported and decided at ``now``; its remediation's key is ``rem_<key>``."""
+        self._settle(now)
         sev = effective_severity(category, severity)
         adult_ok = category == "unapproved_adult_content" and self.adult_approved
         strike = category != "sustained_abuse" and not adult_ok
@@ -294,6 +314,7 @@ class Reference:
         (rem,) = [r for r in self.remediations if r.key == key]
         if rem.closed or now < rem.due_at:
             return []
+        self._settle(now)
         rem.closed = True
         out: list[Decision] = [("RemediationExpired",)]
         if self.terminated:
@@ -326,6 +347,7 @@ class Reference:
     def appeal(self, index: int, outcome: str, now: datetime) -> bool:
         """An appeal against ``decisions[index]`` filed at ``now`` and decided at once; ``False``
         when it may not be filed (its window has closed, or it was overturned already)."""
+        self._settle(now)
         record = self.decisions[index]
         if record.overturned or now > record.recorded_at + APPEAL_WINDOW:
             return False
@@ -341,7 +363,11 @@ class Reference:
             target.overturned = True
             if target is self.suspension:
                 # Reversed alone: whichever other suspension still runs is in force again.
-                running = [s for s in self.suspensions if not s.overturned and s.in_force(now)]
+                running = [
+                    s
+                    for s in self.suspensions
+                    if not (s.overturned or s.dropped) and s.in_force(now)
+                ]
                 longest = None
                 for s in running:
                     if longest is None or s.longer_than(longest):
@@ -351,4 +377,55 @@ class Reference:
             self.terminated = False
         for key in record.violations:
             self.dismiss(key)
+        return True
+
+    # --- operators' restrictions (CONTRACT.md; design.md: "an operator's [suspension] replaces
+    # whatever is in force"; README: one that an operator's shorter suspension replaced never
+    # comes back) -------------------------------------------------------------------------------
+
+    def suspended(self, at: datetime) -> bool:
+        return self.suspension is not None and self.suspension.in_force(at)
+
+    def operator_suspend(self, until: datetime | None, now: datetime) -> bool:
+        self._settle(now)
+        if self.terminated:
+            return False
+        new = Suspension(until)
+        current = self.suspension
+        if current is not None and current.in_force(now) and current.longer_than(new):
+            current.dropped = True  # replaced by a shorter one: never back (README)
+        self.suspension = new
+        self.suspensions.append(new)
+        self.decisions.append(Recorded("AccountSuspended", now, [], new))
+        return True
+
+    def reinstate(self, now: datetime) -> bool:
+        self._settle(now)
+        if self.terminated or not self.suspended(now):
+            return False
+        for s in self.suspensions:
+            s.dropped = True
+        self.suspension = None
+        return True
+
+    def operator_terminate(self, now: datetime) -> bool:
+        if self.terminated:
+            return False
+        self._terminate(now, [])
+        return True
+
+    def operator_throttle(self, factor: float, expires_at: datetime | None, now: datetime) -> bool:
+        if self.terminated:
+            return False
+        throttle = Throttle(factor, expires_at)
+        self.throttles.append(throttle)
+        self.decisions.append(Recorded("ThrottleApplied", now, [], throttle))
+        return True
+
+    def lift(self, index: int, now: datetime) -> bool:
+        """Lifting a throttle that is no longer in force (run out, or lifted) is refused."""
+        throttle = self.throttles[index]
+        if not throttle.in_force(now):
+            return False
+        throttle.lifted = True
         return True
