@@ -9,7 +9,8 @@ Readings taken where the texts leave a choice (each one checked against the prod
 oracle; see the module docstring of ``test_policy_oracle.py`` for how they were settled):
 
 - A strike counts for ``strike_lookback`` from when it occurred: active at ``t`` while
-  ``occurred_at <= t < occurred_at + lookback`` (and not dismissed).
+  ``t < occurred_at + lookback`` (and not dismissed), from when it is recorded, even when it
+  occurred up to the 5 minutes after that CONTRACT.md allows (a reporter's clock ahead).
 - "Prior strikes" are active strikes recorded before the new violation, counted at the decision
   time (README).
 - "A longer suspension replaces a shorter one": strictly longer (indefinite is longer than any
@@ -35,7 +36,8 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
   violations it was taken on; when the suspension it ends is the one in force, the longest other
   one that still runs is in force again, unless it had been dropped: by running out of the one in
   force (that ends every suspension), a reinstatement, or an operator's strictly shorter
-  suspension replacing it (README: "winning an appeal must not leave the account worse off").
+  suspension replacing the one in force (README: "winning an appeal must not leave the account
+  worse off"), which drops every suspension that would outlast it, held ones included.
 - An operator's suspension replaces whatever is in force (design.md); an operator's suspension,
   throttle or termination on a terminated account, a reinstatement of an account that is
   terminated or not suspended, and the lift of a throttle no longer in force are refused.
@@ -178,9 +180,7 @@ class Reference:
     # --- reading ------------------------------------------------------------------------------
 
     def strike_active(self, v: Violation, at: datetime) -> bool:
-        return (
-            v.strike and not v.dismissed and v.occurred_at <= at < v.occurred_at + STRIKE_LOOKBACK
-        )
+        return v.strike and not v.dismissed and at < v.occurred_at + STRIKE_LOOKBACK
 
     def strikes(self, at: datetime) -> int:
         return sum(1 for v in self.violations if self.strike_active(v, at))
@@ -206,7 +206,7 @@ class Reference:
         open_violations = frozenset(
             v.key
             for v in self.violations
-            if not v.dismissed and v.occurred_at <= at < v.occurred_at + STRIKE_LOOKBACK
+            if not v.dismissed and at < v.occurred_at + STRIKE_LOOKBACK
         )
         return RefStanding(
             status=status,
@@ -391,9 +391,11 @@ class Reference:
         if self.terminated:
             return False
         new = Suspension(until)
-        current = self.suspension
-        if current is not None and current.in_force(now) and current.longer_than(new):
-            current.dropped = True  # replaced by a shorter one: never back (README)
+        for s in self.suspensions:
+            # Replaced by a shorter one (or held behind one so replaced): never back, as left
+            # alone the shorter one would free the account when it ends (README).
+            if s.longer_than(new):
+                s.dropped = True
         self.suspension = new
         self.suspensions.append(new)
         self.decisions.append(Recorded("AccountSuspended", now, [], new))
