@@ -17,9 +17,11 @@ from projections.frozen import fast_init
 from projections.open_items import OpenItems
 
 JSON = dict[str, Any]
-# Bump when the stored shape of ``StandingState`` changes; ``from_json`` then refuses older
-# states and the stored standings must be rebuilt from the log (the log is the truth).
-STATE_SCHEMA = 4  # 3: DecisionRecord.appeal_deadline; 4: StandingState.replaced_suspensions
+# Bump when the stored shape of ``StandingState`` changes, or what the fold keeps in it;
+# ``from_json`` then refuses older states and the stored standings must be rebuilt from the log
+# (the log is the truth). 3: DecisionRecord.appeal_deadline; 4: replaced_suspensions; 5: those
+# also keep a timed suspension ending at the same instant as the one replacing it (a 4 lacks it).
+STATE_SCHEMA = 5
 # Event types that are decisions an appeal may target, and what each one targets.
 DECISION_TYPES = (
     "ThrottleApplied",
