@@ -128,6 +128,7 @@ class Ledger:
         self.notes: list[str] = []  # odd answers worth a look
         self.kills: list[float] = []  # when each SIGKILL was sent (time.time)
         self.redis_back: list[float] = []  # when a restarted Redis answered again
+        self.starting_phase = ""  # where the last kill while starting landed
 
     def note(self, text: str) -> None:
         with self.lock:

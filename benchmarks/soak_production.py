@@ -78,6 +78,14 @@ from soak_services import (  # noqa: E402
     soak_from,
     stop_all,
 )
+from soak_starting import (  # noqa: E402
+    LEADS,
+    SEEDED,
+    StartSpans,
+    api_phase,
+    wait_for_line,
+    worker_phase,
+)
 
 from enforcement.workers.redis_watch import RedisWatch  # noqa: E402
 from enforcement.workers.relay import CHECKPOINT  # noqa: E402
@@ -90,6 +98,14 @@ LEAD_SECONDS = 30.0
 SEEN_RESTARTED = "longest wait for the leader to see Redis restarted (ms)"
 # What a round kills, and how often (Redis's share is ``--redis-kills``).
 VICTIMS: dict[str, float] = {"an API process": 4, "the leading worker": 3, "the other worker": 2}
+# What a kill while starting (``--startup-kills`` of rounds) aims at, and how often: the phase
+# it lands in is read from the process's log (``soak_starting``).
+STARTING: dict[str, float] = {
+    "an API process while starting": 3,
+    "the worker about to lead, before the lock": 2,
+    "the leading worker while seeding the gate": 2,
+    "the leading worker while re-sending, Redis restarted": 2,
+}
 
 
 class Fleet:
@@ -100,6 +116,7 @@ class Fleet:
         self.soak = soak
         self.redis = redis
         self.starts = 0
+        self.spans = StartSpans()
         self.apis = [self._api(n) for n in range(2)]
         self.workers = [self._worker(n) for n in range(2)]
         for api in self.apis:
@@ -126,6 +143,7 @@ class Fleet:
         while True:
             leading = [w for w in self.workers if w.leads]
             if len(leading) == 1:
+                self.spans.observe(leading[0], worker=True)
                 return leading[0]
             if time.monotonic() >= deadline:
                 return None
@@ -144,6 +162,7 @@ class Fleet:
                 self.workers[n] = self._worker(n)
         for api in self.apis:
             api.wait()
+            self.spans.observe(api, worker=False)
         return came_back
 
     def kill_workers(self) -> float:
@@ -158,21 +177,76 @@ class Fleet:
         names = [f"API {n}" for n in range(2)] + [f"worker {n}" for n in range(2)]
         return dict(zip(names, stop_all([*self.apis, *self.workers]), strict=True))
 
+    def kill_api_while_starting(self, rng: random.Random, ledger: Ledger) -> float:
+        """SIGKILL an API process, start it again and SIGKILL that one before it answers, after a
+        delay spread over the spawn-to-listening span of the starts seen; when. It is started
+        once more by the next round. The phase the kill landed in is counted."""
+        n = rng.randrange(len(self.apis))
+        ledger.kills.append(self.apis[n].kill())
+        self.apis[n] = starting = self._api(n)
+        time.sleep(rng.uniform(0.05, 0.9) * self.spans.span("api"))
+        killed_at = starting.kill()
+        _count_phase(ledger, api_phase(starting.log))
+        return killed_at
+
+    def kill_worker_while_starting(self, rng: random.Random, ledger: Ledger, aim: str) -> float:
+        """SIGKILL both workers (and, to aim at the re-send, Redis, started again at once), start
+        one, which is to lead, and SIGKILL it while it starts: before the lock (a delay spread
+        over the spawn-to-lock span seen), while seeding (within the seed's span after it said
+        it leads) or while re-sending (within the re-send's span after it said it seeded); when.
+        Both are started again by the next round. The phase the kill landed in is counted."""
+        redis_lost = "re-sending" in aim
+        for worker in self.workers:
+            ledger.kills.append(worker.kill())
+        if redis_lost:
+            ledger.kills.append(self.redis.kill())
+            ledger.redis_back.append(self.redis.start())
+        n = rng.randrange(len(self.workers))
+        self.workers[n] = starting = self._worker(n)
+        if "before the lock" in aim:
+            time.sleep(rng.uniform(0.1, 1.0) * self.spans.span("lock"))
+        elif wait_for_line(starting, SEEDED if redis_lost else LEADS):
+            # The re-send is short (the deliveries a Redis restart lost): its first half.
+            share = 0.5 if redis_lost else 1.0
+            time.sleep(rng.uniform(0, share) * self.spans.span("resend" if redis_lost else "seed"))
+        killed_at = starting.kill()
+        _count_phase(ledger, worker_phase(starting.log, redis_lost))
+        return killed_at
+
     def kill_all(self) -> None:
         for process in [*self.apis, *self.workers]:
             process.kill()
         self.redis.kill()
 
 
+def _count_phase(ledger: Ledger, phase: str) -> None:
+    with ledger.lock:
+        ledger.figures["kills while starting"] += 1
+        ledger.figures[f"kills while starting: {phase}"] += 1
+        ledger.starting_phase = phase
+
+
 def _victim(
-    fleet: Fleet, rng: random.Random, redis_share: float, planned: str | None
+    fleet: Fleet,
+    ledger: Ledger,
+    rng: random.Random,
+    shares: tuple[float, float],
+    planned: str | None,
 ) -> tuple[str, Callable[[], float]]:
-    """What to kill this round (``planned``, or drawn): its name (as the figures count it) and
-    how. A leader that died a moment ago is followed by the other worker within about 5 s: a
-    worker's kill waits for one to lead."""
+    """What to kill this round (``planned``, or drawn: a process while it starts at the first
+    of ``shares``, Redis at the second): its name (as the figures count it) and how. A leader
+    that died a moment ago is followed by the other worker within about 5 s: a worker's kill
+    waits for one to lead."""
+    startup_share, redis_share = shares
+    if planned is None and rng.random() < startup_share:
+        planned = rng.choices(list(STARTING), list(STARTING.values()))[0]
     if planned is None and rng.random() < redis_share:
         planned = "Redis"
     name = planned or rng.choices(list(VICTIMS), list(VICTIMS.values()))[0]
+    if name == "an API process while starting":
+        return name, functools.partial(fleet.kill_api_while_starting, rng, ledger)
+    if name in STARTING:
+        return name, functools.partial(fleet.kill_worker_while_starting, rng, ledger, name)
     if name == "Redis":
         return name, fleet.redis.kill
     if name == "an API process":
@@ -239,7 +313,7 @@ def run(
 ) -> Result:
     """Run the soak in ``soak.workdir`` (made if missing) on ``soak.pg_url`` (an empty
     database) and a Redis on ``soak.redis_port``, and check what it left. ``plan`` names what
-    each round kills (as ``VICTIMS`` and "Redis" do), else it is drawn."""
+    each round kills (as ``VICTIMS``, ``STARTING`` and "Redis" do), else it is drawn."""
     (soak.workdir / "logs").mkdir(parents=True, exist_ok=True)
     (soak.workdir / "policy.toml").write_text(POLICY)
     assert soak.redis_port is not None
@@ -276,10 +350,17 @@ def run(
                 rng,
                 round_no,
                 functools.partial(
-                    _victim, fleet, rng, redis_kills, plan[round_no] if plan else None
+                    _victim,
+                    fleet,
+                    ledger,
+                    rng,
+                    (soak.startup_kills, redis_kills),
+                    plan[round_no] if plan else None,
                 ),
                 linger=min(1.5, soak.seconds),
             )
+            if name in STARTING:
+                name = f"{name} (landed: {ledger.starting_phase})"
             console.print(
                 f"round {round_no + 1}/{soak.rounds}: killed {name}; {len(ledger.calls)} "
                 f"requests so far, {ledger.figures['requests sent again'] - sent_again} sent "
@@ -325,6 +406,7 @@ def run(
         "rounds (kills)": ledger.figures["kills"],
         **kinds,
         "kills with a request in flight": ledger.figures["kills with a request in flight"],
+        **{k: v for k, v in sorted(ledger.figures.items()) if k.startswith("kills while")},
         "Redis persistence": redis_persistence,
         **({SEEN_RESTARTED: ledger.figures[SEEN_RESTARTED]} if redis_persistence != "none" else {}),
         "wall time": f"{elapsed:.0f} s",
@@ -346,6 +428,14 @@ def main() -> int:
         help="none: Redis restarts empty (default); aof: an append-only file fsynced always; "
         "rdb: a snapshot every second, which a restart goes back to",
     )
+    parser.add_argument(
+        "--startup-kills",
+        type=float,
+        default=0.3,
+        help="share of rounds that kill a process while it starts (0.3): an API process, or "
+        "both workers and then the one starting to lead, before the lock, while seeding the "
+        "gate, or while re-sending after Redis restarted",
+    )
     parser.add_argument("--redis-port", type=int, help="default: a free one")
     args = parser.parse_args()
     admin_url = os.environ.get(PG_URL_ENV)
@@ -358,7 +448,7 @@ def main() -> int:
         soak = soak_from(
             args,
             workdir,
-            startup_kills=0.0,
+            startup_kills=args.startup_kills,
             pg_url=pg_url,
             redis_port=args.redis_port or free_port(),
         )

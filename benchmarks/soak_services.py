@@ -270,6 +270,7 @@ class Process:
 
     def __init__(self, soak: Soak, log: Path, args: list[str]) -> None:
         self.log = log
+        self.spawned_at = time.time()
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "enforcement", *args],
