@@ -218,29 +218,47 @@ class GatePush:
     both are stale-safe by version. The push is a shortcut, so it never fails a decision and
     delays one by at most ``PUSH_TIMEOUT_S``: on Redis it has a client of its own with that
     timeout and no retry (``build_push_gate``);
-    a push that fails is logged, and for ``quiet_s`` after it none is tried (each would wait
-    for the same timeout), the relay alone then telling the gate.
+    a push that fails is logged, and when it failed only after waiting (``slow_s`` or more: a
+    Redis that hangs), for ``quiet_s`` after it none is tried (each would wait for the same
+    timeout), the relay alone then telling the gate. One refused at once (a Redis down or
+    restarting refuses the connection) is no reason to wait: the next decision pushes again.
+    Before, any failure stopped the pushes for 10 s, and a Redis restarted within that time
+    (a fraction of a second) got none: a suspension decided then reached the gate only with
+    the relay, seconds later with the leading worker dead (the production crash soak).
     """
 
     def __init__(
-        self, gate: Gate, quiet_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self,
+        gate: Gate,
+        quiet_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        slow_s: float = PUSH_TIMEOUT_S / 2,
     ) -> None:
         self.gate = gate
         self.quiet_s = quiet_s
+        self.slow_s = slow_s
         self._clock = clock
         self._quiet_until = 0.0
+        self._said_until = 0.0  # a push refused at once is logged once in ``quiet_s``
 
     def __call__(
         self, state: StandingState, events: Sequence[RecordedEvent], now: datetime
     ) -> None:
         if not any(e.type in GATE_EVENTS for e in events):
             return
-        if self._clock() < self._quiet_until:
+        started = self._clock()
+        if started < self._quiet_until:
             return
         try:
             apply_changes(self.gate, state, events, now)
         except Exception:  # the relay's message applies it again
-            self._quiet_until = self._clock() + self.quiet_s
+            failed_at = self._clock()
+            if failed_at - started < self.slow_s:
+                if failed_at >= self._said_until:
+                    self._said_until = failed_at + self.quiet_s
+                    log.warning("gate not updated after commit; the relay will", exc_info=True)
+                return
+            self._quiet_until = failed_at + self.quiet_s
             log.warning(
                 "gate not updated after commit; the relay will (no push for %.0fs)",
                 self.quiet_s,

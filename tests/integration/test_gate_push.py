@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +26,7 @@ from enforcement.policy import ViolationReport
 from enforcement.settings import Settings
 from projections import aup_events as ev
 from projections.standing import active_throttles
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -116,13 +117,15 @@ def test_a_batch_recorded_in_one_transaction_reaches_the_gate_too(
 class CountingGate:
     """Counts the gate updates it is asked for, and fails each when told to."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, on_call: Callable[[], object] = lambda: None) -> None:
         self.calls: list[str] = []
         self.fail = fail
+        self.on_call = on_call  # what each call does first (moves a fake clock: a slow one)
 
     def __getattr__(self, name: str) -> Any:
         def update(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(name)
+            self.on_call()
             if self.fail:
                 raise ConnectionError("gate store down")
             return set() if name == "throttle_ids" else True
@@ -162,17 +165,52 @@ def test_the_push_runs_once_the_account_is_unlocked(system: Container) -> None:
     assert free == [True]  # another request on the account (or its stripe) need not wait
 
 
-def test_after_a_failed_push_none_is_tried_for_a_while(system: Container) -> None:
-    gate, now = CountingGate(fail=True), [100.0]
+def test_after_a_push_that_failed_slowly_none_is_tried_for_a_while(system: Container) -> None:
+    now = [100.0]
+    gate = CountingGate(fail=True, on_call=lambda: now.__setitem__(0, now[0] + PUSH_TIMEOUT_S))
     service = system.service
     service.after_commit = GatePush(gate, quiet_s=10, clock=lambda: now[0])  # type: ignore[arg-type]
 
     service.operator("acct_9", ops.Suspend("review"), OPERATOR)
     service.operator("acct_9", ops.Reinstate("cleared"), OPERATOR)  # within the quiet time
-    assert gate.calls == ["holds_status"]  # the push's first call failed
+    assert gate.calls == ["holds_status"]  # the push's first call failed, after a timeout
     now[0] += 10
     service.operator("acct_9", ops.Terminate("fraud"), OPERATOR)
     assert gate.calls == ["holds_status", "holds_status"]
+
+
+def test_a_push_refused_at_once_stops_no_later_push(system: Container) -> None:
+    gate, now = CountingGate(fail=True), [100.0]
+    service = system.service
+    service.after_commit = GatePush(gate, quiet_s=10, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    service.operator("acct_11", ops.Suspend("review"), OPERATOR)
+    service.operator("acct_11", ops.Reinstate("cleared"), OPERATOR)
+
+    assert gate.calls == ["holds_status", "holds_status"]
+
+
+@pytest.mark.redis
+def test_a_decision_just_after_redis_restarted_reaches_it_at_once(
+    system: Container, redis_server: RedisServer, redis_url: str
+) -> None:
+    # Given a push to Redis that failed as Redis was down (its connection refused), and Redis
+    # started again, empty, a moment later
+    settings = Settings(database_url="sqlite://", redis_url=redis_url)
+    gate = build_gate(settings, system.policy)
+    system.service.after_commit = GatePush(build_push_gate(settings, system.policy, gate))
+    try:
+        redis_server.stop()
+        system.service.operator("acct_12", ops.Suspend("review"), OPERATOR)
+        redis_server.start()
+
+        # When the next decision is committed, within the 10 s after the failed push
+        system.service.operator("acct_13", ops.Suspend("review"), OPERATOR)
+
+        # Then it reached the gate (no relay runs here): its account is refused at once
+        assert gate.check("acct_13", "key_1").reason == "suspended"
+    finally:
+        gate.close()
 
 
 class Calls:
