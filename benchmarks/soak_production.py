@@ -7,15 +7,18 @@ Each round, client threads post violations (single and in batches), abuse report
 commands through either API process, each with an ``Idempotency-Key`` and a marker that names
 the one event it records (as ``soak_embedded.py`` does). At a random moment, with a request in
 flight, one is killed: an API process, the leading worker, the other worker, or (at
-``--redis-kills``) Redis itself, restarted on its port and data directory (``--redis-persistence``
-says what it keeps). Load goes on a moment with the process down (a client refused by one API
-process turns to the other); every request without an answer is sent again after the restart,
-key and body as they were. At the end the workers are started once more, everything settles,
-and the checks of the embedded soak that apply run (each 2xx recorded exactly once, 4xx not at
-all, ``verify`` intact, notices delivered on each channel with duplicates only near a kill,
-deadlines escalated once, ``replay`` giving the same standings), with the production ones: once
-the workers settled, the gate (each account asked of one API process, in turn) refuses every
-suspended or terminated account and allows the others. ``benchmarks/README.md`` lists every check.
+``--redis-kills``) Redis itself, restarted on its port and data directory
+(``--redis-persistence`` says what it keeps); or, at ``--startup-kills``, a process while it
+starts (an API process, or the worker about to lead: before the lock, seeding the gate,
+re-sending after Redis lost its data; ``soak_starting.py``). Load goes on a moment with the
+process down (a client refused by one API process turns to the other); every request without an
+answer is sent again after the restart, key and body as they were. At the end the workers are
+started once more, everything settles, and the checks of the embedded soak that apply run (each
+2xx recorded exactly once, 4xx not at all, ``verify`` intact, notices delivered on each channel
+with duplicates only near a kill, deadlines escalated once, ``replay`` giving the same
+standings), with the production ones: once the workers settled, the gate (each account asked of
+one API process, in turn) refuses every suspended or terminated account and allows the others.
+``benchmarks/README.md`` lists every check.
 
     ENFORCEMENT_TEST_PG_URL=postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres \\
         .venv/bin/python benchmarks/soak_production.py --rounds 10 --seconds 6
@@ -238,7 +241,8 @@ def _victim(
     that died a moment ago is followed by the other worker within about 5 s: a worker's kill
     waits for one to lead."""
     startup_share, redis_share = shares
-    if planned is None and rng.random() < startup_share:
+    # (No draw at a share of 0: the rounds are then those the soak drew before it had these.)
+    if planned is None and startup_share > 0 and rng.random() < startup_share:
         planned = rng.choices(list(STARTING), list(STARTING.values()))[0]
     if planned is None and rng.random() < redis_share:
         planned = "Redis"
