@@ -207,7 +207,7 @@ class Fleet:
         n = rng.randrange(len(self.workers))
         self.workers[n] = starting = self._worker(n)
         if "before the lock" in aim:
-            time.sleep(rng.uniform(0.1, 1.0) * self.spans.span("lock"))
+            time.sleep(rng.uniform(0.1, 0.9) * self.spans.span("lock"))
         elif wait_for_line(starting, SEEDED if redis_lost else LEADS):
             # The re-send is short (the deliveries a Redis restart lost): its first half.
             share = 0.5 if redis_lost else 1.0
