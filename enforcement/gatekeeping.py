@@ -221,7 +221,9 @@ class GatePush:
     a push that fails is logged, and when it failed only after waiting (``slow_s`` or more: a
     Redis that hangs), for ``quiet_s`` after it none is tried (each would wait for the same
     timeout), the relay alone then telling the gate. One refused at once (a Redis down or
-    restarting refuses the connection) is no reason to wait: the next decision pushes again.
+    restarting refuses the connection) is no reason to wait: the next decision pushes again;
+    a connection refused counts so however long it was measured (a thread of a busy process
+    may wait for the GIL long after the refusal came).
     Before, any failure stopped the pushes for 10 s, and a Redis restarted within that time
     (a fraction of a second) got none: a suspension decided then reached the gate only with
     the relay, seconds later with the leading worker dead (the production crash soak).
@@ -251,9 +253,9 @@ class GatePush:
             return
         try:
             apply_changes(self.gate, state, events, now)
-        except Exception:  # the relay's message applies it again
+        except Exception as exc:  # the relay's message applies it again
             failed_at = self._clock()
-            if failed_at - started < self.slow_s:
+            if failed_at - started < self.slow_s or _refused_connection(exc):
                 if failed_at >= self._said_until:
                     self._said_until = failed_at + self.quiet_s
                     log.warning("gate not updated after commit; the relay will", exc_info=True)
@@ -264,6 +266,21 @@ class GatePush:
                 self.quiet_s,
                 exc_info=True,
             )
+
+
+def _refused_connection(error: BaseException) -> bool:
+    """Whether ``error`` came from a connection refused (in its causes: redis-py raises its own
+    error while it handles the socket's, the Redis gate wraps that in ``GateUnavailable``). A
+    refusal comes at once, however long the thread then waited to run again (the GIL, in a busy
+    process): it is never a Redis that hangs."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 # What ``apply_state`` reads of a state besides its head.
