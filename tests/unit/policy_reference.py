@@ -1,13 +1,21 @@
-"""An independent reference model of POLICY.md's default ladder, for the differential oracle.
+"""An independent reference model of POLICY.md's ladder, for the differential oracle.
 
 Written from POLICY.md, the AUP, docs/design.md and README.md's "Decisions" list only, never from
 ``enforcement/policy*.py``, ``enforcement/decider.py`` or ``projections/standing*.py``, so that
 ``test_policy_oracle.py`` compares two readings of the same text. It is meant to be obviously
-correct, not fast: plain lists, one rule per line, every number from POLICY.md's table.
+correct, not fast: plain lists, one rule per line, every number from POLICY.md's policy file
+(``RefPolicy``: the shipped default, or any other file's numbers).
 
 Readings taken where the texts leave a choice (each one checked against the product by the
 oracle; see the module docstring of ``test_policy_oracle.py`` for how they were settled):
 
+- Under another policy file the table's rows keep their order: critical first, then
+  ``termination_after_strikes`` prior strikes or more (so at 1 any second strike terminates),
+  then high (the first one for ``first_high_suspension``, any later one indefinitely), then minor
+  (none prior: a warning and a remediation; one: the throttle; two or more, below the
+  termination count: ``third_minor_suspension``).
+- An operator's suspension, throttle or termination records its notice unless it is taken with
+  ``notify: false`` (POLICY.md, "with or without notice"); nothing else differs.
 - A strike counts for ``strike_lookback`` from when it occurred: active at ``t`` while
   ``t < occurred_at + lookback`` (and not dismissed), from when it is recorded, even when it
   occurred up to the 5 minutes after that CONTRACT.md allows (a reporter's clock ahead).
@@ -75,19 +83,33 @@ CATEGORY_TABLE: dict[str, tuple[str, str]] = {
 }
 REFERRED = ("csam", "weapons_development")
 
-# POLICY.md's default policy file (aup-2026-11).
-STRIKE_LOOKBACK = timedelta(days=90)
-REMEDIATION_WINDOW = timedelta(days=7)
-FIRST_HIGH_SUSPENSION = timedelta(days=7)
-SECOND_MINOR_THROTTLE = (0.25, timedelta(days=7))
-THIRD_MINOR_SUSPENSION = timedelta(days=30)
-MISSED_REMEDIATION_SUSPENSION = timedelta(days=7)
-SUSTAINED_ABUSE_THROTTLE = (0.5, timedelta(hours=24))
-TERMINATION_AFTER_STRIKES = 3
-APPEAL_WINDOW = timedelta(days=20)
+
+@dataclass(frozen=True)
+class RefPolicy:
+    """The numbers of POLICY.md's policy file; the defaults are the shipped ``aup-2026-11``. A
+    file that leaves a key out (or a throttle's ``factor`` or ``duration``) keeps its default."""
+
+    version: str = "aup-2026-11"
+    strike_lookback: timedelta = timedelta(days=90)
+    remediation_window: timedelta = timedelta(days=7)
+    first_high_suspension: timedelta = timedelta(days=7)
+    second_minor_throttle: tuple[float, timedelta] = (0.25, timedelta(days=7))
+    third_minor_suspension: timedelta = timedelta(days=30)
+    missed_remediation_suspension: timedelta = timedelta(days=7)
+    sustained_abuse_throttle: tuple[float, timedelta] = (0.5, timedelta(hours=24))
+    sustained_abuse_denials: tuple[int, timedelta] = (100, timedelta(minutes=10))
+    termination_after_strikes: int = 3
+    appeal_window: timedelta = timedelta(days=20)
+
+
+DEFAULT = RefPolicy()
 
 # A decision as the oracle compares it: the event type and its key numbers.
 Decision = tuple[object, ...]
+
+
+def _notice(kind: str, notify: bool) -> list[Decision]:
+    return [("NoticeIssued", kind)] if notify else []
 
 
 def effective_severity(category: str, reported: str | None) -> str:
@@ -166,8 +188,9 @@ class RefStanding:
 
 @dataclass
 class Reference:
-    """One account under the default policy. Keys (violation and remediation) are the caller's."""
+    """One account under ``policy``. Keys (violation and remediation) are the caller's."""
 
+    policy: RefPolicy = field(default_factory=RefPolicy)
     violations: list[Violation] = field(default_factory=list)
     remediations: list[Remediation] = field(default_factory=list)
     throttles: list[Throttle] = field(default_factory=list)
@@ -180,7 +203,7 @@ class Reference:
     # --- reading ------------------------------------------------------------------------------
 
     def strike_active(self, v: Violation, at: datetime) -> bool:
-        return v.strike and not v.dismissed and at < v.occurred_at + STRIKE_LOOKBACK
+        return v.strike and not v.dismissed and at < v.occurred_at + self.policy.strike_lookback
 
     def strikes(self, at: datetime) -> int:
         return sum(1 for v in self.violations if self.strike_active(v, at))
@@ -206,7 +229,7 @@ class Reference:
         open_violations = frozenset(
             v.key
             for v in self.violations
-            if not v.dismissed and at < v.occurred_at + STRIKE_LOOKBACK
+            if not v.dismissed and at < v.occurred_at + self.policy.strike_lookback
         )
         return RefStanding(
             status=status,
@@ -247,7 +270,7 @@ class Reference:
         return ("ThrottleApplied", factor, now + duration)
 
     def _remediate(self, key: str, violation: str, now: datetime) -> Decision:
-        due = now + REMEDIATION_WINDOW
+        due = now + self.policy.remediation_window
         remediation = Remediation(key, due, [violation])
         self.remediations.append(remediation)
         self.decisions.append(Recorded("RemediationRequested", now, [violation], remediation))
@@ -278,32 +301,32 @@ class Reference:
         if self.terminated:
             return out
         if category == "sustained_abuse":
-            factor, duration = SUSTAINED_ABUSE_THROTTLE
+            factor, duration = self.policy.sustained_abuse_throttle
             throttle = self._throttle(factor, duration, now, [key])
             return [*out, throttle, ("NoticeIssued", "throttle")]
         if adult_ok:
             violation.dismissed = True
             return [*out, ("ViolationDismissed", "adult_content_approved")]
-        if sev == "critical" or prior >= TERMINATION_AFTER_STRIKES:
+        if sev == "critical" or prior >= self.policy.termination_after_strikes:
             out.append(self._terminate(now, [key]))
             if sev == "critical" and category in REFERRED:
                 out.append(("AuthorityReferralOpened", category))
             return [*out, ("NoticeIssued", "termination")]
         if sev == "high":
-            until = now + FIRST_HIGH_SUSPENSION if prior == 0 else None
+            until = now + self.policy.first_high_suspension if prior == 0 else None
             return [*out, self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
         # minor: low or medium
         if prior == 0:
             return [*out, ("NoticeIssued", "warning"), self._remediate(f"rem_{key}", key, now)]
         if prior == 1:
-            factor, duration = SECOND_MINOR_THROTTLE
+            factor, duration = self.policy.second_minor_throttle
             return [
                 *out,
                 self._throttle(factor, duration, now, [key]),
                 ("NoticeIssued", "throttle"),
                 self._remediate(f"rem_{key}", key, now),
             ]
-        until = now + THIRD_MINOR_SUSPENSION
+        until = now + self.policy.third_minor_suspension
         return [*out, self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
 
     def due_remediations(self, now: datetime) -> list[str]:
@@ -319,7 +342,7 @@ class Reference:
         out: list[Decision] = [("RemediationExpired",)]
         if self.terminated:
             return out
-        until = now + MISSED_REMEDIATION_SUSPENSION
+        until = now + self.policy.missed_remediation_suspension
         suspended = self._suspend(until, now, list(rem.violations))
         return [*out, suspended, ("NoticeIssued", "suspension")]
 
@@ -349,7 +372,7 @@ class Reference:
         when it may not be filed (its window has closed, or it was overturned already)."""
         self._settle(now)
         record = self.decisions[index]
-        if record.overturned or now > record.recorded_at + APPEAL_WINDOW:
+        if record.overturned or now > record.recorded_at + self.policy.appeal_window:
             return False
         if outcome == "upheld":
             return True
@@ -386,10 +409,14 @@ class Reference:
     def suspended(self, at: datetime) -> bool:
         return self.suspension is not None and self.suspension.in_force(at)
 
-    def operator_suspend(self, until: datetime | None, now: datetime) -> bool:
+    def operator_suspend(
+        self, until: datetime | None, now: datetime, notify: bool = True
+    ) -> list[Decision] | None:
+        """``None`` when refused; else the decisions, a notice unless ``notify`` is false
+        (POLICY.md: "every restriction produces a notice unless the operator asks for none")."""
         self._settle(now)
         if self.terminated:
-            return False
+            return None
         new = Suspension(until)
         for s in self.suspensions:
             # Replaced by a shorter one (or held behind one so replaced): never back, as left
@@ -399,7 +426,7 @@ class Reference:
         self.suspension = new
         self.suspensions.append(new)
         self.decisions.append(Recorded("AccountSuspended", now, [], new))
-        return True
+        return [("AccountSuspended", until, False), *_notice("suspension", notify)]
 
     def reinstate(self, now: datetime) -> bool:
         self._settle(now)
@@ -410,19 +437,20 @@ class Reference:
         self.suspension = None
         return True
 
-    def operator_terminate(self, now: datetime) -> bool:
+    def operator_terminate(self, now: datetime, notify: bool = True) -> list[Decision] | None:
         if self.terminated:
-            return False
-        self._terminate(now, [])
-        return True
+            return None
+        return [self._terminate(now, []), *_notice("termination", notify)]
 
-    def operator_throttle(self, factor: float, expires_at: datetime | None, now: datetime) -> bool:
+    def operator_throttle(
+        self, factor: float, expires_at: datetime | None, now: datetime, notify: bool = True
+    ) -> list[Decision] | None:
         if self.terminated:
-            return False
+            return None
         throttle = Throttle(factor, expires_at)
         self.throttles.append(throttle)
         self.decisions.append(Recorded("ThrottleApplied", now, [], throttle))
-        return True
+        return [("ThrottleApplied", factor, expires_at), *_notice("throttle", notify)]
 
     def lift(self, index: int, now: datetime) -> bool:
         """Lifting a throttle that is no longer in force (run out, or lifted) is refused."""

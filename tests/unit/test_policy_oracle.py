@@ -7,8 +7,16 @@ passing (with or without the deadline worker running), operators' dismissals and
 remediations, and changes of the adult-content approval. After every step the decisions
 recorded (types and key numbers) and the standing, at the current instant and at a later one,
 must be the reference's.
-Operators' suspensions, reinstatements, terminations, throttles and lifts, and appeals (filed
-and decided at once, upheld or overturned) against any decision recorded, come up too.
+Operators' suspensions, reinstatements, terminations, throttles and lifts (with a notice or,
+``notify: false``, without), and appeals (filed and decided at once, upheld or overturned)
+against any decision recorded, come up too. After the run, the standing ``as_of`` earlier
+instants (the events recorded up to each, folded) must be the reference's as it stood then.
+
+The second test does the same under a policy file made up for each sequence: every key of
+POLICY.md's TOML block left out or given (durations from seconds to a hundred years, throttle
+factors in (0, 1], ``termination_after_strikes`` from 1 to 2**63 - 1), written as TOML and read
+by the product's own loader; the reference gets the same numbers, and every event recorded must
+carry the file's ``version``. Steps there may also advance by exactly one of the policy's spans.
 
 Disagreements found so far, and how they were settled:
 - An overturned operator's suspension that had replaced one ending at the same instant: the
@@ -33,8 +41,10 @@ Disagreements found so far, and how they were settled:
 
 from __future__ import annotations
 
+import copy
 import os
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,15 +58,17 @@ from enforcement import operator_decisions as ops
 from enforcement.errors import Conflict, InvalidTransition
 from enforcement.policy import (
     DEFAULT_POLICY,
+    Policy,
     ViolationReport,
     decide_appeal,
     decide_appeal_filing,
     decide_remediation_expired,
     decide_violation,
 )
-from events import NewEvent
+from enforcement.policy_file import load_policy
+from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
-from projections.standing import DECISION_TYPES, view
+from projections.standing import DECISION_TYPES, Standing, fold, view
 from tests.unit import policy_reference as ref
 from tests.unit.test_policy import T0, Account
 
@@ -64,6 +76,7 @@ P = DEFAULT_POLICY
 # A few seconds in the suite; ORACLE_EXAMPLES=30000 ORACLE_STEPS=40 hunts for minutes.
 EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "400"))
 STEPS = int(os.environ.get("ORACLE_STEPS", "14"))
+POLICY_EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "300"))
 
 
 def _time(text: str | None) -> datetime | None:
@@ -95,18 +108,34 @@ def decision(event: NewEvent) -> ref.Decision:
 
 @dataclass
 class Twins:
-    """The real account and the reference, fed the same steps; ids map the real ones to keys."""
+    """The real account and the reference, fed the same steps under the same policy (the real
+    one loaded as the product loads it); ids map the real ones to keys."""
 
-    real: Account = field(default_factory=Account)
+    policy: Policy = P
     model: ref.Reference = field(default_factory=ref.Reference)
+    real: Account = field(default_factory=Account)
     now: datetime = T0
     keys: dict[str, str] = field(default_factory=dict)  # real violation/remediation id -> key
     ids: dict[str, str] = field(default_factory=dict)  # key -> real id
     decisions: list[str] = field(default_factory=list)  # real ids of model.decisions, in order
     throttle_ids: list[str] = field(default_factory=list)  # real ids of model.throttles
+    log: list[RecordedEvent] = field(default_factory=list)  # every event, as recorded
+    # The reference as it stood once everything recorded at each instant was: for ``as_of``.
+    snapshots: list[tuple[datetime, ref.Reference]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.snapshot(T0 - timedelta(days=1))  # before anything is recorded
+
+    def snapshot(self, at: datetime) -> None:
+        self.snapshots.append((at, copy.deepcopy(self.model)))
+
+    def _append(self, decided: list[NewEvent], at: datetime) -> None:
+        for event in decided:  # POLICY.md: the policy's version "recorded on every decision"
+            assert event.metadata["policy_version"] == self.policy.version, event.type
+        self.log += self.real.record(decided, at)
 
     def _record(self, decided: list[NewEvent], at: datetime) -> None:
-        self.real.record(decided, at)
+        self._append(decided, at)
         self.decisions += [e.event_id for e in decided if e.type in DECISION_TYPES]
         self.throttle_ids += [e.data["throttle_id"] for e in decided if e.type == "ThrottleApplied"]
 
@@ -118,7 +147,9 @@ class Twins:
         occurred = self.now - back
         report = ViolationReport(category, occurred, severity, description="d")
 
-        decided = decide_violation(P, self.real.state, report, self.real.ctx(self.now))
+        decided = decide_violation(self.policy, self.real.state, report, self.real.ctx(self.now))
+        prior, limit = self.model.strikes(self.now), self.policy.termination_after_strikes
+        note(f"report with {min(prior, 4)} prior strikes, terminating at {min(limit, 5)}")
         self._record(decided, self.now)
         expected = self.model.report(key, category, severity, occurred, self.now)
         self._name(decided[0].data["violation_id"], key)
@@ -142,15 +173,17 @@ class Twins:
             (rem,) = [r for r in self.model.remediations if r.key == key]
             at = max(start, rem.due_at)  # the worker just after due_at, or the sweep catching up
             real_id = self.ids[key]
-            decided = decide_remediation_expired(P, self.real.state, real_id, self.real.ctx(at))
+            ctx = self.real.ctx(at)
+            decided = decide_remediation_expired(self.policy, self.real.state, real_id, ctx)
             self._record(decided, at)
             expected = self.model.expire(key, at)
+            self.snapshot(at)
             note(f"expire: {[d[0] for d in expected]} {expected[1][2] if expected[1:] else ''}")
             assert [decision(e) for e in decided] == expected, f"expire {key} at {at}"
 
     def operate(self, command: Any) -> None:
-        decided = ops.decide(P, self.real.state, command, self.real.ctx(self.now, "op"))
-        self.real.record(decided, self.now)
+        decided = ops.decide(self.policy, self.real.state, command, self.real.ctx(self.now, "op"))
+        self._append(decided, self.now)
 
     def appeal(self, index: int, outcome: str) -> None:
         if not self.decisions:
@@ -158,14 +191,14 @@ class Twins:
         index = len(self.decisions) - 1 - index % len(self.decisions)  # the latest most often
         target, ctx = self.decisions[index], self.real.ctx(self.now, "op")
         try:
-            filed = decide_appeal_filing(P, self.real.state, target, "not me", ctx)
+            filed = decide_appeal_filing(self.policy, self.real.state, target, "not me", ctx)
         except InvalidTransition:
             filed = []
-        self.real.record(filed, self.now)
+        self._append(filed, self.now)
         if filed:
             appeal_id = filed[0].data["appeal_id"]
-            decided = decide_appeal(P, self.real.state, appeal_id, outcome, "r", ctx)
-            self.real.record(decided, self.now)
+            decided = decide_appeal(self.policy, self.real.state, appeal_id, outcome, "r", ctx)
+            self._append(decided, self.now)
         kind = self.model.decisions[index].type
         if (
             kind == "AccountSuspended"
@@ -179,18 +212,36 @@ class Twins:
         step = f"appeal {outcome} against decision {index} at {self.now}"
         assert bool(filed) == self.model.appeal(index, outcome, self.now), step
 
-    def operator(self, command: Any, allowed: bool) -> None:
-        """An operator's command the reference allows (``allowed``) or refuses (a 409)."""
+    def operator(self, command: Any, allowed: bool | list[ref.Decision] | None) -> None:
+        """An operator's command the reference allows (``allowed``: true, or the decisions it
+        expects) or refuses (a 409)."""
         if allowed:
-            self._record(
-                ops.decide(P, self.real.state, command, self.real.ctx(self.now, "op")), self.now
-            )
+            ctx = self.real.ctx(self.now, "op")
+            decided = ops.decide(self.policy, self.real.state, command, ctx)
+            self._record(decided, self.now)
+            if isinstance(allowed, list):
+                assert [decision(e) for e in decided] == allowed, f"{command} at {self.now}"
         else:
             with pytest.raises((InvalidTransition, Conflict)):
                 self.operate(command)
 
     def check_standing(self, at: datetime) -> None:
-        real = view(self.real.state, at, P.strike_lookback).to_json()
+        real = view(self.real.state, at, self.policy.strike_lookback)
+        assert self.standing(real) == self.model.standing(at), f"standing at {at}"
+
+    def check_as_of(self, at: datetime) -> None:
+        """The standing ``as_of`` an earlier instant (the events recorded up to it, folded) is
+        the reference's standing then, as it stood when those were recorded."""
+        real = fold(self.real.account_id, self.log, at, self.policy.strike_lookback)
+        model = self.snapshots[0][1]
+        for when, then in self.snapshots:
+            if when <= at:
+                model = then
+        assert self.standing(real) == model.standing(at), f"standing as_of {at}"
+
+    def standing(self, standing: Standing) -> ref.RefStanding:
+        """The real standing in the reference's terms."""
+        real = standing.to_json()
         got = ref.RefStanding(
             status=real["status"],
             strikes=real["strikes"],
@@ -208,8 +259,8 @@ class Twins:
             terminated=real["terminated"],
             adult_content_approved=real["adult_content_approved"],
         )
-        assert got == self.model.standing(at), f"standing at {at}"
         note(f"status {got.status} strikes {got.strikes}")
+        return got
 
 
 CATEGORIES = sorted(ref.CATEGORY_TABLE)
@@ -226,39 +277,67 @@ HOURS = st.one_of(
     st.integers(0, 100).map(lambda d: d * 24),
 )
 SPAN = st.one_of(st.sampled_from([24 * 7, 24 * 30]), HOURS)
+REPORT = st.tuples(
+    st.just("report"),
+    CATEGORY,
+    SEVERITY,
+    # Minutes before being reported it occurred (CONTRACT.md: up to 5 minutes ahead).
+    st.one_of(HOURS.map(lambda h: h * 60), st.integers(-5, 0)),
+)
 STEP = st.one_of(
-    st.tuples(
-        st.just("report"),
-        CATEGORY,
-        SEVERITY,
-        # Minutes before being reported it occurred (CONTRACT.md: up to 5 minutes ahead).
-        st.one_of(HOURS.map(lambda h: h * 60), st.integers(-5, 0)),
-    ),
+    REPORT,
     st.tuples(st.just("advance"), HOURS, st.booleans(), st.just(0)),
+    # Time passing by exactly one of the policy's own spans (its index in ``spans``).
+    st.tuples(st.just("advance_span"), st.integers(0, 20), st.booleans(), st.just(0)),
     st.tuples(st.just("dismiss"), st.integers(0, 20), st.just(None), st.just(0)),
     st.tuples(st.just("complete"), st.integers(0, 20), st.just(None), st.just(0)),
     st.tuples(st.just("approve"), st.booleans(), st.just(None), st.just(0)),
-    # An operator's suspension or throttle: for a span (often one of the ladder's), or without end.
-    st.tuples(st.sampled_from(["suspend", "throttle"]), SPAN, st.booleans(), st.just(0)),
-    st.tuples(
-        st.sampled_from(["reinstate", "terminate", "lift"]),
-        st.integers(0, 20),
-        st.none(),
-        st.just(0),
-    ),
+    # An operator's suspension or throttle: for a span (often one of the ladder's), or without
+    # end; with a notice or without (``notify``).
+    st.tuples(st.sampled_from(["suspend", "throttle"]), SPAN, st.booleans(), st.booleans()),
+    st.tuples(st.just("terminate"), st.just(0), st.none(), st.booleans()),
+    st.tuples(st.sampled_from(["reinstate", "lift"]), st.integers(0, 20), st.none(), st.just(0)),
     st.tuples(
         st.just("appeal"), st.integers(0, 20), st.sampled_from(["upheld", "overturned"]), st.just(0)
     ),
 )
+# Instants to ask the standing ``as_of`` after the run: the instant of a step (by index), moved
+# by a microsecond before it, not at all, or some hours after it.
+AS_OF = st.lists(
+    st.tuples(
+        st.integers(0, 40),
+        st.one_of(
+            st.sampled_from([timedelta(microseconds=-1), timedelta(0)]),
+            HOURS.map(lambda h: timedelta(hours=h)),
+        ),
+    ),
+    max_size=3,
+)
 
 
-def run(steps: list[tuple[Any, ...]], later: int) -> None:
-    twins = Twins()
+def spans(policy: ref.RefPolicy) -> list[timedelta]:
+    """The policy's own durations, which the steps may advance by exactly."""
+    return [
+        policy.strike_lookback,
+        policy.remediation_window,
+        policy.first_high_suspension,
+        policy.second_minor_throttle[1],
+        policy.third_minor_suspension,
+        policy.missed_remediation_suspension,
+        policy.sustained_abuse_throttle[1],
+        policy.appeal_window,
+    ]
+
+
+def run(twins: Twins, steps: list[tuple[Any, ...]], later: int, as_of: list[Any]) -> None:
     for name, a, b, c in steps:
         if name == "report":
             twins.report(a, b, timedelta(minutes=c))
         elif name == "advance":
             twins.advance(timedelta(hours=a), b)
+        elif name == "advance_span":
+            options = spans(twins.model.policy)
+            twins.advance(options[a % len(options)], b)
         elif name == "dismiss":
             live = [v.key for v in twins.model.violations if not v.dismissed]
             if live:
@@ -280,30 +359,133 @@ def run(steps: list[tuple[Any, ...]], later: int) -> None:
             twins.model.approve_adult_content(a)
         elif name == "appeal":
             twins.appeal(a, b)
-        elif name == "suspend":  # until: a hours ahead, or indefinitely
+        elif name == "suspend":  # until: a hours ahead, or indefinitely; c: notify
             until = None if b else twins.now + timedelta(hours=max(a, 1))
-            twins.operator(ops.Suspend("r", until), twins.model.operator_suspend(until, twins.now))
+            expected = twins.model.operator_suspend(until, twins.now, c)
+            twins.operator(ops.Suspend("r", until, notify=c), expected)
         elif name == "reinstate":
             twins.operator(ops.Reinstate("r"), twins.model.reinstate(twins.now))
         elif name == "terminate":
-            twins.operator(ops.Terminate("r"), twins.model.operator_terminate(twins.now))
+            expected = twins.model.operator_terminate(twins.now, c)
+            twins.operator(ops.Terminate("r", notify=c), expected)
         elif name == "throttle":
             expires = None if b else twins.now + timedelta(hours=max(a, 1))
-            allowed = twins.model.operator_throttle(0.1, expires, twins.now)
-            twins.operator(ops.ApplyThrottle(0.1, "r", expires_at=expires), allowed)
+            expected = twins.model.operator_throttle(0.1, expires, twins.now, c)
+            twins.operator(ops.ApplyThrottle(0.1, "r", expires_at=expires, notify=c), expected)
         elif name == "lift" and twins.model.throttles:
             index = a % len(twins.model.throttles)
             twins.operator(
                 ops.LiftThrottle(twins.throttle_ids[index]), twins.model.lift(index, twins.now)
             )
+        twins.snapshot(twins.now)
         twins.check_standing(twins.now)
     twins.check_standing(twins.now + timedelta(hours=later))
+    for index, by in as_of:
+        twins.check_as_of(twins.snapshots[index % len(twins.snapshots)][0] + by)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(st.lists(STEP, max_size=STEPS), HOURS)
+@given(st.lists(STEP, max_size=STEPS), HOURS, AS_OF)
 def test_the_decider_and_the_fold_agree_with_the_reference(
-    steps: list[tuple[Any, ...]], later: int
+    steps: list[tuple[Any, ...]], later: int, as_of: list[Any]
 ) -> None:
-    say(f"steps={steps!r}, later={later}")
-    run(steps, later)
+    say(f"steps={steps!r}, later={later}, as_of={as_of!r}")
+    run(Twins(), steps, later, as_of)
+
+
+# --- policy files other than the default ------------------------------------------------------
+
+_UNIT = {"s": timedelta(seconds=1), "m": timedelta(minutes=1), "h": timedelta(hours=1)}
+_UNIT["d"] = timedelta(days=1)
+# A duration as a policy file writes it (POLICY.md: "<integer><s|m|h|d>") and what it means:
+# mostly hours and days, which the steps' hours meet exactly; minutes and seconds that fall
+# between them; and the longest a file may give (a hundred years).
+DURATION = st.one_of(
+    st.tuples(st.integers(1, 72), st.just("h")),
+    st.tuples(st.integers(1, 100), st.just("d")),
+    st.tuples(st.integers(1, 600), st.sampled_from(["s", "m"])),
+    st.sampled_from([(36_500, "d"), (876_000, "h")]),
+).map(lambda nu: (f"{nu[0]}{nu[1]}", nu[0] * _UNIT[nu[1]]))
+FACTOR = st.one_of(
+    st.sampled_from([0.25, 0.5, 1, 1.0]), st.floats(0, 1, exclude_min=True, allow_subnormal=True)
+)
+# The keys whose value is a plain duration (the reference's, from POLICY.md's TOML block).
+DURATION_KEYS = [f.name for f in fields(ref.RefPolicy) if isinstance(f.default, timedelta)]
+# Each key of POLICY.md's TOML block, or None: left out of the file, so it keeps its default.
+POLICY_KEYS = st.fixed_dictionaries(
+    {
+        "version": st.one_of(
+            st.none(), st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
+        ),
+        **{key: st.one_of(st.none(), DURATION) for key in DURATION_KEYS},
+        **{
+            key: st.one_of(
+                st.none(),
+                st.fixed_dictionaries({}, optional={"factor": FACTOR, "duration": DURATION}),
+            )
+            for key in ("second_minor_throttle", "sustained_abuse_throttle")
+        },
+        "sustained_abuse_denials": st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {}, optional={"count": st.integers(1, 10_000), "window": DURATION}
+            ),
+        ),
+        "termination_after_strikes": st.one_of(
+            st.none(), st.integers(1, 5), st.integers(1, 2**63 - 1)
+        ),
+    }
+)
+
+
+# A report one step in two, so that sequences climb the ladder the policy sets up.
+CLIMB = st.booleans().flatmap(lambda report: REPORT if report else STEP)
+
+
+def policy_file(keys: dict[str, Any]) -> tuple[str, ref.RefPolicy]:
+    """The TOML text of a policy file giving ``keys`` (those not None), and what it means."""
+    lines, numbers = [], {}
+    base = ref.DEFAULT
+    for key, value in keys.items():
+        if value is None:
+            continue
+        if key == "version":
+            lines.append(f'{key} = "{value}"')
+            numbers[key] = value
+        elif key == "termination_after_strikes":
+            lines.append(f"{key} = {value}")
+            numbers[key] = value
+        elif isinstance(value, tuple):
+            lines.append(f'{key} = "{value[0]}"')
+            numbers[key] = value[1]
+        else:
+            first, second = ("count", "window") if "denials" in key else ("factor", "duration")
+            default = getattr(base, key)
+            parts, meaning = [], list(default)
+            if first in value:
+                parts.append(f"{first} = {value[first]!r}")
+                meaning[0] = float(value[first]) if first == "factor" else value[first]
+            if second in value:
+                parts.append(f'{second} = "{value[second][0]}"')
+                meaning[1] = value[second][1]
+            lines.append(f"{key} = {{ {', '.join(parts)} }}")
+            numbers[key] = tuple(meaning)
+    return "\n".join(lines) + "\n", replace(base, **numbers)
+
+
+@settings(max_examples=POLICY_EXAMPLES, deadline=None)
+@given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS), HOURS, AS_OF)
+def test_under_any_policy_file_the_decider_and_the_fold_agree_with_the_reference(
+    keys: dict[str, Any], steps: list[tuple[Any, ...]], later: int, as_of: list[Any]
+) -> None:
+    text, meaning = policy_file(keys)
+    say(f"policy file:\n{text}")
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "policy.toml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        policy = load_policy(path)
+    denials = policy.sustained_abuse_denials  # the gate's, which no step here reaches
+    assert (denials.count, denials.window) == meaning.sustained_abuse_denials
+    say(f"steps={steps!r}, later={later}, as_of={as_of!r}")
+    run(Twins(policy, ref.Reference(meaning)), steps, later, as_of)
