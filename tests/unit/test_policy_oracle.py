@@ -284,11 +284,15 @@ REPORT = st.tuples(
     # Minutes before being reported it occurred (CONTRACT.md: up to 5 minutes ahead).
     st.one_of(HOURS.map(lambda h: h * 60), st.integers(-5, 0)),
 )
+APPEAL = st.tuples(
+    st.just("appeal"), st.integers(0, 20), st.sampled_from(["upheld", "overturned"]), st.just(0)
+)
+# Time passing by exactly one of the policy's own spans (its index in ``spans``).
+SPAN_STEP = st.tuples(st.just("advance_span"), st.integers(0, 20), st.booleans(), st.just(0))
 STEP = st.one_of(
     REPORT,
     st.tuples(st.just("advance"), HOURS, st.booleans(), st.just(0)),
-    # Time passing by exactly one of the policy's own spans (its index in ``spans``).
-    st.tuples(st.just("advance_span"), st.integers(0, 20), st.booleans(), st.just(0)),
+    SPAN_STEP,
     st.tuples(st.just("dismiss"), st.integers(0, 20), st.just(None), st.just(0)),
     st.tuples(st.just("complete"), st.integers(0, 20), st.just(None), st.just(0)),
     st.tuples(st.just("approve"), st.booleans(), st.just(None), st.just(0)),
@@ -297,9 +301,7 @@ STEP = st.one_of(
     st.tuples(st.sampled_from(["suspend", "throttle"]), SPAN, st.booleans(), st.booleans()),
     st.tuples(st.just("terminate"), st.just(0), st.none(), st.booleans()),
     st.tuples(st.sampled_from(["reinstate", "lift"]), st.integers(0, 20), st.none(), st.just(0)),
-    st.tuples(
-        st.just("appeal"), st.integers(0, 20), st.sampled_from(["upheld", "overturned"]), st.just(0)
-    ),
+    APPEAL,
 )
 # Instants to ask the standing ``as_of`` after the run: the instant of a step (by index), moved
 # by a microsecond before it, not at all, or some hours after it.
@@ -438,8 +440,9 @@ POLICY_KEYS = st.fixed_dictionaries(
 )
 
 
-# A report one step in two, so that sequences climb the ladder the policy sets up.
-CLIMB = st.booleans().flatmap(lambda report: REPORT if report else STEP)
+# A report one step in three, so that sequences climb the ladder the policy sets up, and time
+# passing by the policy's spans and appeals more often, to meet its appeal window.
+CLIMB = st.sampled_from([REPORT, REPORT, SPAN_STEP, APPEAL, STEP, STEP]).flatmap(lambda s: s)
 
 
 def policy_file(keys: dict[str, Any]) -> tuple[str, ref.RefPolicy]:
