@@ -16,6 +16,14 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
   termination count: ``third_minor_suspension``).
 - An operator's suspension, throttle or termination records its notice unless it is taken with
   ``notify: false`` (POLICY.md, "with or without notice"); nothing else differs.
+- An abuse report is recorded and decides nothing (no strike) until an operator triages it,
+  once; rejected, nothing more; confirmed, it is a violation of its category and the triage's
+  severity decided by the ladder as any other. It occurred when the report was received (the
+  texts do not say; triage time is the other reading, which would make a report triaged late
+  count for longer; the product takes the reception, and so does the reference). The gate files
+  no report while one of its category is open (README).
+- A throttle of one key (an operator's) is listed in the standing as any throttle and makes the
+  account ``throttled`` (CONTRACT.md names no exception: "the most severe that holds").
 - A strike counts for ``strike_lookback`` from when it occurred: active at ``t`` while
   ``t < occurred_at + lookback`` (and not dismissed), from when it is recorded, even when it
   occurred up to the 5 minutes after that CONTRACT.md allows (a reporter's clock ahead).
@@ -157,6 +165,7 @@ class Throttle:
     factor: float
     expires_at: datetime | None  # None: until lifted
     lifted: bool = False
+    key_id: str | None = None  # None: account-wide (every throttle of the ladder)
 
     def in_force(self, at: datetime) -> bool:
         return not self.lifted and (self.expires_at is None or at < self.expires_at)
@@ -180,10 +189,22 @@ class RefStanding:
     strikes: int
     open_violations: frozenset[str]
     open_remediations: frozenset[tuple[str, datetime]]
-    throttles: frozenset[tuple[float, datetime | None]]
+    throttles: frozenset[tuple[str | None, float, datetime | None]]  # (key_id, factor, expires)
     suspension: tuple[datetime | None] | None  # (until,) or None
     terminated: bool
     adult_content_approved: bool
+    open_abuse_reports: int
+
+
+@dataclass
+class AbuseReport:
+    """A third party's report (CONTRACT.md, AUP §7), or the gate's (README): no strike until an
+    operator triages it."""
+
+    key: str
+    category: str
+    received_at: datetime
+    status: str = "open"  # or the triage's outcome
 
 
 @dataclass
@@ -194,6 +215,7 @@ class Reference:
     violations: list[Violation] = field(default_factory=list)
     remediations: list[Remediation] = field(default_factory=list)
     throttles: list[Throttle] = field(default_factory=list)
+    abuse_reports: list[AbuseReport] = field(default_factory=list)
     suspension: Suspension | None = None  # the one in force, if it has not run out
     suspensions: list[Suspension] = field(default_factory=list)  # every one recorded
     decisions: list[Recorded] = field(default_factory=list)  # in the order recorded
@@ -211,7 +233,9 @@ class Reference:
     def standing(self, at: datetime) -> RefStanding:
         """The standing at ``at``, everything recorded so far being recorded at or before it."""
         suspended = self.suspension is not None and self.suspension.in_force(at)
-        throttles = frozenset((t.factor, t.expires_at) for t in self.throttles if t.in_force(at))
+        throttles = frozenset(
+            (t.key_id, t.factor, t.expires_at) for t in self.throttles if t.in_force(at)
+        )
         remediations = frozenset((r.key, r.due_at) for r in self.remediations if not r.closed)
         strikes = self.strikes(at)
         if self.terminated:
@@ -240,6 +264,7 @@ class Reference:
             suspension=(self.suspension.until,) if suspended and self.suspension else None,
             terminated=self.terminated,
             adult_content_approved=self.adult_approved,
+            open_abuse_reports=sum(1 for a in self.abuse_reports if a.status == "open"),
         )
 
     # --- deciding -----------------------------------------------------------------------------
@@ -267,7 +292,7 @@ class Reference:
         throttle = Throttle(factor, now + duration)
         self.throttles.append(throttle)
         self.decisions.append(Recorded("ThrottleApplied", now, behind, throttle))
-        return ("ThrottleApplied", factor, now + duration)
+        return ("ThrottleApplied", None, factor, now + duration)
 
     def _remediate(self, key: str, violation: str, now: datetime) -> Decision:
         due = now + self.policy.remediation_window
@@ -443,14 +468,20 @@ class Reference:
         return [self._terminate(now, []), *_notice("termination", notify)]
 
     def operator_throttle(
-        self, factor: float, expires_at: datetime | None, now: datetime, notify: bool = True
+        self,
+        factor: float,
+        expires_at: datetime | None,
+        now: datetime,
+        notify: bool = True,
+        key_id: str | None = None,
     ) -> list[Decision] | None:
+        """Account-wide, or one key's (``key_id``; CONTRACT.md's throttle body)."""
         if self.terminated:
             return None
-        throttle = Throttle(factor, expires_at)
+        throttle = Throttle(factor, expires_at, key_id=key_id)
         self.throttles.append(throttle)
         self.decisions.append(Recorded("ThrottleApplied", now, [], throttle))
-        return [("ThrottleApplied", factor, expires_at), *_notice("throttle", notify)]
+        return [("ThrottleApplied", key_id, factor, expires_at), *_notice("throttle", notify)]
 
     def lift(self, index: int, now: datetime) -> bool:
         """Lifting a throttle that is no longer in force (run out, or lifted) is refused."""
@@ -459,3 +490,31 @@ class Reference:
             return False
         throttle.lifted = True
         return True
+
+    # --- abuse reports (CONTRACT.md: "no strike until an operator triages it") ---------------
+
+    def receive_abuse_report(
+        self, key: str, category: str, now: datetime, gate: bool = False
+    ) -> list[Decision]:
+        """Recorded, nothing decided. The gate files none while one of its category is open
+        (README: "no second one while it is open")."""
+        if gate and any(a.status == "open" and a.category == category for a in self.abuse_reports):
+            return []
+        self.abuse_reports.append(AbuseReport(key, category, now))
+        return [("AbuseReportReceived", category)]
+
+    def triage(
+        self, key: str, outcome: str, severity: str | None, now: datetime
+    ) -> list[Decision] | None:
+        """``None`` when refused (already triaged). Confirmed, the report becomes a violation of
+        its category and the triage's severity, decided by the ladder as any other; its key is
+        ``<key>_v``, and it occurred when the report was received."""
+        (report,) = [a for a in self.abuse_reports if a.key == key]
+        if report.status != "open":
+            return None
+        report.status = outcome
+        out: list[Decision] = [("AbuseReportTriaged", outcome)]
+        if outcome == "rejected":
+            return out
+        violation = f"{key}_v"
+        return [*out, *self.report(violation, report.category, severity, report.received_at, now)]
