@@ -55,7 +55,8 @@ class CuttingProxy:
     sends a given piece of SQL, which is held.
 
     ``answer_once`` has the proxy answer the next request that contains given bytes itself,
-    with given bytes, without forwarding it (a Redis proxy's error reply, say).
+    with given bytes, without forwarding it (a Redis proxy's error reply, say); ``answer_every``
+    each such request, until ``stop_answering``.
 
     ``url`` is a PostgreSQL URL (``redis://`` for Redis); ``self.url`` is the same through the
     proxy.
@@ -81,7 +82,7 @@ class CuttingProxy:
         self._flowing = threading.Event()  # cleared while silent
         self._flowing.set()
         self._silence_before: bytes | None = None
-        self._answer: tuple[bytes, bytes] | None = None
+        self._answer: tuple[bytes, bytes, bool] | None = None  # request, reply, once
         self._closed = False
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -108,7 +109,16 @@ class CuttingProxy:
     def answer_once(self, request: bytes, reply: bytes) -> None:
         """Answer the next request that contains ``request`` with ``reply``; it is not forwarded."""
         with self._lock:
-            self._answer = (request, reply)
+            self._answer = (request, reply, True)
+
+    def answer_every(self, request: bytes, reply: bytes) -> None:
+        """Answer each request that contains ``request`` with ``reply`` until ``stop_answering``."""
+        with self._lock:
+            self._answer = (request, reply, False)
+
+    def stop_answering(self) -> None:
+        with self._lock:
+            self._answer = None
 
     def resume(self) -> None:
         """Forward again, what was held first."""
@@ -165,7 +175,8 @@ class CuttingProxy:
                         self._flowing.clear()
                     if self._answer is not None and self._answer[0] in data:
                         client.sendall(self._answer[1])
-                        self._answer = None
+                        if self._answer[2]:
+                            self._answer = None
                         continue
                 self._pass(server, data)
         except OSError:

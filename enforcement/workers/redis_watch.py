@@ -47,6 +47,10 @@ class RedisWatch:
         self.client = bounded_client(url, REDIS_WATCH_TIMEOUT_SECONDS, retries=0)
         self._looked_at: str | None = None  # the run of Redis ``lost`` last saw
         self._said_no_run_id = False
+        # The error INFO answered last (class and message) when it was no refusal we know of,
+        # and whether one such came twice in a row, and so is taken as a refusal for good.
+        self._info_error: tuple[type[Exception], str] | None = None
+        self._info_refused = False
 
     def lost(self) -> bool:
         marked = self.client.get(self.KEY)
@@ -66,22 +70,32 @@ class RedisWatch:
         lost the mark itself is seen as lost, as before marks named runs (said once, in the
         log), not a leader that cannot start. Any other error from INFO is raised, a failed
         look as a failed GET is: taken for "no run id", it would make a mark that names a run
-        look lost (a re-seed and the notices re-sent for nothing)."""
+        look lost (a re-seed and the notices re-sent for nothing). But the same error again at
+        the next INFO is a refusal in words we do not know (a managed service's own): taken so
+        for good by this watch, which asks INFO no more, rather than fail every look (and every
+        leader's start, for ever)."""
         import redis
 
+        if self._info_refused:
+            return "-"
+        previous, self._info_error = self._info_error, None
         try:
             return str(self.client.info("server")["run_id"])
         except (redis.ResponseError, KeyError) as exc:
             if isinstance(exc, redis.ResponseError) and not _refused(exc):
-                raise
-            if not self._said_no_run_id:
+                self._info_error = (type(exc), str(exc))
+                if self._info_error != previous:
+                    raise
+                self._info_refused = True
+            if not self._said_no_run_id or self._info_refused:  # (this once: not asked again)
                 self._said_no_run_id = True
                 log.warning(
-                    "Redis does not say which run of it this is (INFO server: %s): a Redis "
+                    "Redis does not say which run of it this is (INFO server: %s%s): a Redis "
                     "restarted from a snapshot will not be seen as having lost its data (the "
                     "6-hourly re-seed mends the gate, the lost-retry scan the notices; "
                     "docs/operations.md)",
                     exc,
+                    ", twice in a row: taken as a refusal" if self._info_refused else "",
                 )
             return "-"
 

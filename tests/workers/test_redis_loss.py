@@ -142,3 +142,91 @@ def test_another_error_from_info_is_a_failed_look_not_a_loss(
         assert not [m for m in caplog.messages if "does not say which run" in m]
     finally:
         watch.close()
+
+
+# What a managed service (or its proxy) might answer INFO with: no wording the watch knows.
+MANAGED_INFO = b"-ERR command not allowed on this plan\r\n"
+
+
+@pytest.mark.redis
+def test_the_same_unknown_error_from_info_again_is_a_refusal_for_good(
+    redis_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every INFO answered with an error in words the watch does not know as a refusal: the
+    first look fails, as at a one-off error; the same error at the next look is a refusal (the
+    watch goes on with its mark, says so once, naming it) for good: INFO is not asked again,
+    so a run id it would answer later does not make the mark "-" look lost."""
+    watch = RedisWatch(redis_proxy.url)
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    try:
+        redis_proxy.answer_every(INFO_REQUEST, MANAGED_INFO)
+        with pytest.raises(redis.ResponseError, match="not allowed on this plan"):
+            watch.lost()
+        assert watch.lost()  # never marked
+        watch.mark()
+        assert not watch.lost()
+        redis_proxy.stop_answering()
+        assert not watch.lost()
+        said = [m for m in caplog.messages if "does not say which run" in m]
+        assert len(said) == 1, caplog.messages
+        assert "not allowed on this plan" in said[0]
+    finally:
+        watch.close()
+
+
+@pytest.mark.redis
+def test_an_error_or_an_answer_in_between_starts_the_count_again(
+    redis_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the same error at two INFOs in a row is a refusal: another error, or a run id,
+    between them leaves each a failed look."""
+    watch = RedisWatch(redis_proxy.url)
+    busy, moving = b"-ERR backend busy\r\n", b"-ERR shard moving\r\n"
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    try:
+        for reply in (busy, moving, busy, None, busy):
+            if reply is None:
+                assert watch.lost()  # never marked: a look that INFO answered
+                continue
+            redis_proxy.answer_once(INFO_REQUEST, reply)
+            with pytest.raises(redis.ResponseError):
+                watch.lost()
+        assert not [m for m in caplog.messages if "does not say which run" in m]
+        redis_proxy.answer_once(INFO_REQUEST, busy)
+        assert watch.lost()  # the same again: a refusal (and never marked)
+        assert [m for m in caplog.messages if "does not say which run" in m]
+    finally:
+        watch.close()
+
+
+@pytest.mark.redis
+def test_a_leader_starts_at_its_second_try_when_info_always_fails(
+    sqlite_db: str,
+    tmp_path: Path,
+    redis_url: str,
+    redis_proxy: CuttingProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis whose every INFO is an unknown error: the leader's first start fails, as at a
+    one-off error; its second, a retry delay (1 s) later, takes the error as a refusal and
+    leads: it marks Redis, and the relay passes what is recorded."""
+    caplog.set_level(logging.INFO, logger="enforcement.workers")
+    redis_proxy.answer_every(INFO_REQUEST, MANAGED_INFO)
+    watcher = redis.Redis.from_url(redis_url)
+    container = bootstrap(fast_settings(sqlite_db, tmp_path, redis_url=redis_proxy.url))
+    try:
+        _, stop = start_runtime(container, consumers=False, relay=True)
+        try:
+            wait_until(lambda: watcher.get(RedisWatch.KEY) == b"-", "the leader marks Redis")
+            report(container, "acct_1")
+            wait_until(
+                lambda: relay_position(container.store) >= container.store.max_position(),
+                "the relay passes the notice",
+            )
+        finally:
+            stop()
+    finally:
+        container.close()
+        watcher.close()
+    failed = [m for m in caplog.messages if m.startswith("could not start the relay")]
+    assert failed == ["could not start the relay; retrying in 1 s"], caplog.messages
