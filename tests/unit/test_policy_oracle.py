@@ -545,6 +545,13 @@ def policy_file(keys: dict[str, Any]) -> tuple[str, ref.RefPolicy]:
 def test_under_any_policy_file_the_decider_and_the_fold_agree_with_the_reference(
     keys: dict[str, Any], steps: list[tuple[Any, ...]], later: int, as_of: list[Any]
 ) -> None:
+    policy, meaning = loaded(keys)
+    say(f"steps={steps!r}, later={later}, as_of={as_of!r}")
+    run(Twins(policy, ref.Reference(meaning)), steps, later, as_of)
+
+
+def loaded(keys: dict[str, Any]) -> tuple[Policy, ref.RefPolicy]:
+    """The policy file giving ``keys`` as the product loads it, and what it means."""
     text, meaning = policy_file(keys)
     say(f"policy file:\n{text}")
     with tempfile.TemporaryDirectory() as directory:
@@ -554,5 +561,4 @@ def test_under_any_policy_file_the_decider_and_the_fold_agree_with_the_reference
         policy = load_policy(path)
     denials = policy.sustained_abuse_denials  # the gate's, which no step here reaches
     assert (denials.count, denials.window) == meaning.sustained_abuse_denials
-    say(f"steps={steps!r}, later={later}, as_of={as_of!r}")
-    run(Twins(policy, ref.Reference(meaning)), steps, later, as_of)
+    return policy, meaning

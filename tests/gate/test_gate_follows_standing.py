@@ -1,0 +1,517 @@
+"""A differential test: the gate answers what the account's standing says at that instant.
+
+Histories come from the policy oracle's generator (``tests/unit/test_policy_oracle.py``: the real
+decider and fold over violations, time passing, operators' actions, appeals and abuse reports).
+Each commit of a history is fed to an ``EmbeddedGate`` on a frozen clock the ways production
+feeds it (``enforcement/gatekeeping.py``):
+
+- (a) ``apply_changes`` after every commit, in order (``GatePush``);
+- (b) the same with some pushes lost, some late (after later commits), some twice, and the
+  relay's ``apply_gate_state`` (``GateApplier``: the current stored standing) after them, on a
+  gate with the application's seeder (``GateSeeder``, learning again after 30 s);
+- (c) a fresh gate seeded from the standing stored at some commit (the final one most often),
+  by ``apply_state(..., reconcile=True)`` as ``seed_gate`` does or by the seeder at the first
+  check, then ``apply_changes`` for the commits after it.
+
+At every commit's instant, every suspension's ``until`` and throttle's ``expires_at`` (and a
+microsecond before and after each), between them and long after, ``gate.check`` on the
+account's keys must say what the standing view (``projections.standing.view``) of the state
+stored then says: ``terminated`` or ``suspended`` (with the wait to the suspension's end) while
+it is, else allowed, with the limits scaled by the most restrictive throttle in force on the
+account and on that key.
+
+Tolerated, by design (docs/design.md, "The gate"): the gate holds the end of a suspension or a
+throttle in milliseconds, rounded up, "so the gate may restrict up to a millisecond longer,
+never shorter". Ends are compared rounded up to the millisecond, and no further.
+
+GATE_EXAMPLES=2000 (and the oracle's ORACLE_STEPS) searches for longer.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import combinations, pairwise
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note
+from hypothesis import note as say
+from hypothesis import strategies as st
+
+from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
+from enforcement.gatekeeping import (
+    EMBEDDED_RELEARN_S,
+    GateApplier,
+    GateSeeder,
+    apply_changes,
+    apply_state,
+)
+from events import NewEvent, RecordedEvent
+from events.timefmt import parse_time
+from projections.standing import ActiveThrottle, StandingState, ThrottleRecord, view
+from tests.redis_server import RedisServer
+from tests.unit import policy_reference as ref
+from tests.unit.test_policy import T0
+from tests.unit.test_policy_oracle import (
+    CLIMB,
+    HOURS,
+    POLICY_KEYS,
+    STEP,
+    STEPS,
+    Twins,
+    loaded,
+    run,
+)
+
+EXAMPLES = int(os.environ.get("GATE_EXAMPLES", "100"))
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US = timedelta(microseconds=1)
+MS = timedelta(milliseconds=1)
+SECOND = timedelta(seconds=1)
+# The gate's defaults: a token limit that keeps a factor's six decimals (10**6 x ppm).
+RPM, TPD = 10**7, 10**12
+KEYS = ("k1", "k2", "k3")  # the generator throttles k1 and k2; k3 only ever account-wide
+PPM = 1_000_000
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One decision committed: its events, the instant, the state stored after it."""
+
+    at: datetime
+    events: tuple[RecordedEvent, ...]
+    state: StandingState
+
+
+@dataclass
+class History(Twins):
+    """The oracle's twins, keeping each commit (each ``_append``) as the store would."""
+
+    commits: list[Commit] = field(default_factory=list)
+
+    def _append(self, decided: list[NewEvent], at: datetime) -> None:
+        before = len(self.log)
+        super()._append(decided, at)
+        if len(self.log) > before:
+            self.commits.append(Commit(at, tuple(self.log[before:]), self.real.state))
+
+
+def history(
+    steps: list[tuple[Any, ...]], later: int, start_us: int, keys: dict[str, Any] | None = None
+) -> History:
+    """The oracle's history from ``T0`` moved by ``start_us`` (off a whole millisecond, every
+    ``now + span`` the policy records is too), under the default policy or the policy file
+    giving ``keys``."""
+    if keys is None:
+        made = History(now=T0 + start_us * US)
+    else:
+        policy, meaning = loaded(keys)
+        made = History(policy, ref.Reference(meaning), now=T0 + start_us * US)
+    run(made, steps, later, [])
+    return made
+
+
+class Clock:
+    """A frozen clock for the gate (seconds, as ``bootstrap._seconds`` gives an embedded gate
+    the use cases' datetime clock) and for the applier and seeder (the datetime)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def seconds(self) -> float:
+        return self.now.timestamp()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Store:
+    """What the applier and the seeder read: the event by id, the current stored standing."""
+
+    def __init__(self, made: History) -> None:
+        self.by_id = {e.event_id: e for c in made.commits for e in c.events}
+        self.current = StandingState.empty(made.real.account_id)
+
+    def get_event(self, event_id: str) -> RecordedEvent | None:
+        return self.by_id.get(event_id)
+
+    def load(self, account_id: str) -> StandingState:
+        assert account_id == self.current.account_id
+        return self.current
+
+
+def ceil_ms(moment: datetime) -> datetime:
+    """``moment`` rounded up to the millisecond, as the gate holds it (``gate.base._epoch_ms``)."""
+    return EPOCH + -((EPOCH - moment) // MS) * MS
+
+
+def ends(made: History) -> set[datetime]:
+    """Every end of a suspension or throttle a stored state names."""
+    found: set[datetime] = set()
+    for c in made.commits:
+        s = c.state
+        texts = [t.expires_at for t in s.throttles.values()]
+        texts += [r.until for r in (s.suspension, *s.replaced_suspensions) if r is not None]
+        found.update(parse_time(text) for text in texts if text)
+    return found
+
+
+def instants(made: History, later: int) -> list[datetime]:
+    """When to ask: each commit, each end a state names (exactly, 1 µs either side, and the
+    millisecond it is rounded up to), halfway between these, and long after."""
+    points = {c.at for c in made.commits}
+    for moment in ends(made):
+        points.update((moment - US, moment, moment + US, ceil_ms(moment)))
+    ordered = sorted(points)
+    points.update(a + (b - a) / 2 for a, b in pairwise(ordered))
+    if ordered:
+        points.add(ordered[-1] + timedelta(hours=later, minutes=1))
+    return sorted(points)
+
+
+def expected(state: StandingState, at: datetime, key_id: str) -> list[tuple[Any, ...]]:
+    """The answers the standing allows at ``at``: (reason, the wait in µs for a suspension,
+    limit_tokens). What the standing view says; and, for a suspension or a throttle that ended
+    less than its rounding up to the millisecond ago, also what the gate says while it holds it
+    (design.md: it may restrict up to a millisecond longer, never shorter). It may hold it or
+    not: a change pushed since then brought it the state at that instant, without it."""
+    standing = view(state, at, timedelta(days=90))
+    if standing.status == "terminated":
+        return [("terminated", 0, None)]
+    if standing.suspension is not None:
+        until = standing.suspension.until
+        return [("suspended", 0 if until is None else ceil_ms(until) - at, None)]
+    answers = [
+        limited(standing.active_throttles, key_id, held) for held in held_throttles(state, at)
+    ]
+    held = state.suspension
+    if held is not None and held.until is not None:
+        until = parse_time(held.until)
+        if until <= at < ceil_ms(until):
+            answers.append(("suspended", ceil_ms(until) - at, None))
+    return answers
+
+
+def held_throttles(state: StandingState, at: datetime) -> list[list[ThrottleRecord]]:
+    """Each set of the throttles ended within their rounding before ``at`` the gate may hold."""
+    ended = [
+        t
+        for t in state.throttles.values()
+        if t.expires_at and parse_time(t.expires_at) <= at < ceil_ms(parse_time(t.expires_at))
+    ]
+    return [list(c) for n in range(len(ended) + 1) for c in combinations(ended, n)]
+
+
+def limited(
+    active: Iterable[ActiveThrottle | ThrottleRecord], key_id: str, held: list[ThrottleRecord]
+) -> tuple[Any, ...]:
+    """Allowed, the token limit scaled by the most restrictive factor on the account and on
+    ``key_id``. (The token limit alone says the factor: no check here spends tokens, so the
+    key's limit binds. The request limit is spent by the checks themselves.)"""
+    factors = [(t.key_id, t.factor) for t in (*active, *held)]
+    account = min((f for k, f in factors if k is None), default=1.0)
+    key = min([account] + [f for k, f in factors if k == key_id])
+    ppm = max(round(key * PPM), 1)  # the gate keeps a factor to six decimals (Gate.apply_throttle)
+    return ("ok", 0, TPD * ppm // PPM)
+
+
+def answered(decision: GateDecision) -> tuple[Any, ...]:
+    if decision.reason in ("terminated", "suspended"):
+        wait = ceil_ms(EPOCH + round(decision.retry_after_s * 1000) * MS) - EPOCH
+        return (decision.reason, wait or 0, None)
+    # Many checks in one frozen instant may spend a throttled request limit: that is the limit
+    # at work, not the standing (which the token limit shows).
+    assert decision.reason in ("ok", "rate_limited"), decision
+    return ("ok", 0, decision.limit_tokens)
+
+
+def compare(gate: Gate, state: StandingState, at: datetime, slack: timedelta = MS * 0) -> None:
+    """``slack``: how far the gate's wait may be from the standing's (Redis' own clock moves
+    while it is asked)."""
+    for key_id in KEYS:
+        allowed = expected(state, at, key_id)
+        got = answered(gate.check(state.account_id, key_id))
+        note(f"asked: {allowed[0][0]}{' throttled' if allowed[0][2] not in (None, TPD) else ''}")
+        # The gate states a wait rounded up to the millisecond (``embedded._seconds``).
+        allowed = [(r, w and ceil_ms(EPOCH + w) - EPOCH, t) for r, w, t in allowed]
+        for reason, wait, _ in allowed:
+            if got[0] == reason and wait and got[1] and abs(got[1] - wait) <= slack:
+                got = (reason, wait, None)
+        assert got in allowed, f"{key_id} at {at} (state v{state.version})"
+
+
+@dataclass
+class Timeline:
+    """The commits and the instants to ask, in order; the state stored at each point."""
+
+    made: History
+    asks: list[datetime]
+
+    def walk(self) -> Iterator[tuple[str, Any]]:
+        """("commit", Commit) and ("ask", instant) in time order, commits first at a tie."""
+        commits, asks = list(self.made.commits), list(self.asks)
+        while commits or asks:
+            if commits and (not asks or commits[0].at <= asks[0]):
+                yield "commit", commits.pop(0)
+            else:
+                yield "ask", asks.pop(0)
+
+
+def gate_on(clock: Clock, relearn_s: float | None = None) -> EmbeddedGate:
+    return EmbeddedGate(clock=clock.seconds, relearn_s=relearn_s, default_rpm=RPM, default_tpd=TPD)
+
+
+def follow(
+    made: History,
+    later: int,
+    deliver: Callable[[EmbeddedGate, Clock, Store, Commit], None],
+    seeded_at: datetime | None = None,
+    before_ask: Callable[[EmbeddedGate, Clock, Store], None] | None = None,
+    relearn_s: float | None = None,
+) -> int:
+    """Walk the history: the store takes each commit, ``deliver`` tells the gate; at each
+    instant (from ``seeded_at``) the gate must answer as the stored standing. Returns the
+    number of instants compared."""
+    if not made.commits:
+        return 0
+    clock, store = Clock(made.commits[0].at), Store(made)
+    gate = gate_on(clock, relearn_s)
+    asked = 0
+    for kind, item in Timeline(made, instants(made, later)).walk():
+        if kind == "commit":
+            clock.now = max(clock.now, item.at)
+            store.current = item.state
+            deliver(gate, clock, store, item)
+        elif seeded_at is None or item >= seeded_at:
+            clock.now = item
+            if before_ask is not None:
+                before_ask(gate, clock, store)
+            compare(gate, store.current, item)
+            asked += 1
+    note(f"{min(asked, 50) // 10 * 10}+ instants asked")
+    return asked
+
+
+def pushed(gate: EmbeddedGate, clock: Clock, store: Store, commit: Commit) -> None:
+    apply_changes(gate, commit.state, commit.events, commit.at)
+
+
+GENERATED = (
+    st.lists(STEP, max_size=STEPS),
+    HOURS,
+    st.one_of(st.just(0), st.integers(0, 999_999)),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(*GENERATED)
+def test_the_gate_fed_after_every_commit_answers_as_the_standing(
+    steps: list[tuple[Any, ...]], later: int, start_us: int
+) -> None:
+    say(f"steps={steps!r}, later={later}, start_us={start_us}")
+    follow(history(steps, later, start_us), later, pushed)
+
+
+class Relayed:
+    """Deliveries as after the push and the relay: a commit's push may be lost, come late (after
+    later commits, before the next check), come twice or long after (stale); the relay's
+    ``apply_gate_state`` message for each of its events (the current standing) comes before the
+    next check when its push was lost, and otherwise now and then, late too. Now and then the
+    gate loses everything it holds (``Gate.clear``, as Redis restarted without its data)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.waiting: list[tuple[str, Commit]] = []  # deliveries owed before the next check
+        self.seen: list[Commit] = []
+        self.applier: GateApplier | None = None
+
+    def commit(self, gate: EmbeddedGate, clock: Clock, store: Store, commit: Commit) -> None:
+        if self.applier is None:
+            self.applier = GateApplier(gate, store, store, clock)  # type: ignore[arg-type]
+            gate.set_seeder(GateSeeder(gate, store, clock))  # type: ignore[arg-type]
+        if self.rng.random() < 0.2:
+            # The gate's store loses its data (Redis restarted empty): what reached it before
+            # is gone, and no push from before comes after (each came within its commit's
+            # PUSH_TIMEOUT_S). The next status pushed, or the seeder at the next check, brings
+            # the whole standing back.
+            self.shuffle_some(gate, keep=False, stale=False)
+            gate.clear()
+            self.seen.clear()
+        self.seen.append(commit)
+        roll = self.rng.random()
+        if roll < 0.35:
+            self.push(gate, commit)  # at once
+        elif roll < 0.7:
+            self.waiting.append(("push", commit))
+        if roll >= 0.35 or self.rng.random() < 0.3:
+            self.waiting.append(("relay", commit))  # a lost or late push: the relay tells it
+        self.shuffle_some(gate, keep=True)
+
+    def push(self, gate: EmbeddedGate, commit: Commit) -> None:
+        apply_changes(gate, commit.state, commit.events, commit.at)
+
+    def deliver(self, gate: EmbeddedGate, kind: str, commit: Commit) -> None:
+        if kind == "push":
+            self.push(gate, commit)
+        else:
+            assert self.applier is not None
+            for event in commit.events:
+                self.applier(event.event_id)
+
+    def shuffle_some(self, gate: EmbeddedGate, keep: bool, stale: bool = True) -> None:
+        """Deliver what is owed in a random order (``keep``: only some of it), and repeat
+        some past pushes (stale by now, or redelivered)."""
+        self.rng.shuffle(self.waiting)
+        cut = self.rng.randint(0, len(self.waiting)) if keep else len(self.waiting)
+        due, self.waiting = self.waiting[:cut], self.waiting[cut:]
+        for kind, commit in due:
+            self.deliver(gate, kind, commit)
+            if self.rng.random() < 0.2:
+                self.deliver(gate, kind, commit)  # delivered twice
+        if stale and self.seen and self.rng.random() < 0.3:
+            self.push(gate, self.rng.choice(self.seen))  # an old push, long after
+
+    def before_ask(self, gate: EmbeddedGate, clock: Clock, store: Store) -> None:
+        self.shuffle_some(gate, keep=False)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(*GENERATED, st.randoms(use_true_random=False), st.booleans())
+def test_pushes_lost_late_or_twice_and_the_relay_leave_the_gate_as_the_standing(
+    steps: list[tuple[Any, ...]], later: int, start_us: int, rng: random.Random, relearn: bool
+) -> None:
+    """``relearn``: as the application's embedded gate (learning an account again 30 s after it
+    last did); else as the Redis gate, learning only an account it holds no status for."""
+    say(f"steps={steps!r}, later={later}, start_us={start_us}")
+    relayed = Relayed(rng)
+    made = history(steps, later, start_us)
+    follow(
+        made,
+        later,
+        relayed.commit,
+        before_ask=relayed.before_ask,
+        relearn_s=EMBEDDED_RELEARN_S if relearn else None,
+    )
+
+
+def seeding(made: History, index: int, lazily: bool) -> tuple[datetime, Callable[..., None]]:
+    """When the gate is seeded (the instant of commit ``index``), and what it is fed: nothing
+    before, the stored standing then (by ``apply_state`` as ``seed_gate`` does, or by the seeder
+    at the first check), ``apply_changes`` after."""
+    target = made.commits[index]
+
+    def deliver(gate: EmbeddedGate, clock: Clock, store: Store, commit: Commit) -> None:
+        position = made.commits.index(commit)
+        if position < index:
+            return
+        if position > index:
+            pushed(gate, clock, store, commit)
+        elif lazily:
+            gate.set_seeder(GateSeeder(gate, store, clock))  # type: ignore[arg-type]
+        else:
+            apply_state(gate, store.current, clock.now, reconcile=True)
+
+    return target.at, deliver
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(*GENERATED, st.integers(0, 40), st.booleans())
+def test_a_gate_seeded_from_a_stored_standing_answers_as_the_standing(
+    steps: list[tuple[Any, ...]], later: int, start_us: int, back: int, lazily: bool
+) -> None:
+    say(f"steps={steps!r}, later={later}, start_us={start_us}")
+    made = history(steps, later, start_us)
+    if not made.commits:
+        return
+    # Mostly the final standing; else one stored earlier, the rest pushed after it.
+    index = max(len(made.commits) - 1 - (back if back < 10 else 0), 0)
+    at, deliver = seeding(made, index, lazily)
+    follow(made, later, deliver, seeded_at=at)
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+@given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS), *GENERATED[1:])
+def test_under_any_policy_file_the_gate_answers_as_the_standing(
+    keys: dict[str, Any], steps: list[tuple[Any, ...]], later: int, start_us: int
+) -> None:
+    """Spans of seconds to a hundred years (ends meeting each other and the commits), any
+    factor in (0, 1]: the oracle's other generator, fed after every commit."""
+    say(f"steps={steps!r}, later={later}, start_us={start_us}")
+    follow(history(steps, later, start_us, keys), later, pushed)
+
+
+class Shifted:
+    """A Redis gate seen ``offset`` later: what ``apply_changes``, ``apply_state`` and the seeder
+    write, with every end moved by it. Redis reads its own clock (``TIME``): moved so, an
+    instant of the history is Redis' now."""
+
+    def __init__(self, gate: RedisGate, offset: timedelta) -> None:
+        self.gate, self.offset = gate, offset
+
+    def _moved(self, moment: datetime | None) -> datetime | None:
+        return None if moment is None else moment + self.offset
+
+    def set_status(self, account_id: str, status: Any, until: datetime | None, v: int) -> bool:
+        return self.gate.set_status(account_id, status, self._moved(until), v)
+
+    def apply_throttle(self, a: str, t: str, k: str | None, f: float, e: Any, v: int) -> bool:
+        return self.gate.apply_throttle(a, t, k, f, self._moved(e), v)
+
+    def __getattr__(self, name: str) -> Any:  # the rest as it is (no time in them)
+        return getattr(self.gate, name)
+
+
+def redis_now(client: redis.Redis) -> datetime:
+    seconds, micros = client.time()
+    return EPOCH + timedelta(seconds=seconds, microseconds=micros)
+
+
+@pytest.mark.redis
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(*GENERATED)
+def test_the_redis_gate_fed_after_every_commit_answers_as_the_standing(
+    redis_server: RedisServer, steps: list[tuple[Any, ...]], later: int, start_us: int
+) -> None:
+    """As the first test, on the Redis gate with the application's seeder. Each instant is
+    asked on a Redis emptied and told the history up to it, its ends moved so that the instant
+    is Redis' now (``Shifted``); the few milliseconds the check then takes are allowed for by
+    asking only where the standing holds for half a second on."""
+    say(f"steps={steps!r}, later={later}, start_us={start_us}")
+    made = history(steps, later, start_us)
+    if not made.commits:
+        return
+    client = redis_server.client()
+    gate = RedisGate(client, default_rpm=RPM, default_tpd=TPD)
+    store = Store(made)
+    asks, asked = instants(made, later), 0
+    commits, stops = {c.at for c in made.commits}, ends(made)
+    for at in asks:
+        # Redis' clock cannot aim closer: skip an instant where something changes within half a
+        # second on, or something ended just before (moved by an offset in microseconds, an end
+        # is held to a millisecond that may be later).
+        if any(at < c <= at + 0.5 * SECOND for c in commits) or any(
+            at - 10 * MS < e <= at + 0.5 * SECOND for e in stops
+        ):
+            continue
+        client.flushall()
+        store.current = StandingState.empty(made.real.account_id)
+        shifted = Shifted(gate, redis_now(client) - at)
+        clock = Clock(at)
+        gate.set_seeder(GateSeeder(shifted, store, clock))  # type: ignore[arg-type]
+        for commit in (c for c in made.commits if c.at <= at):
+            store.current = commit.state
+            apply_changes(shifted, commit.state, commit.events, commit.at)  # type: ignore[arg-type]
+        compare(gate, store.current, at, slack=timedelta(milliseconds=50))
+        asked += 1
+    note(f"{min(asked, 20) // 5 * 5}+ instants asked on Redis")
+    client.close()
