@@ -1,30 +1,34 @@
 """A differential test: the gate answers what the account's standing says at that instant.
 
-Histories come from the policy oracle's generator (``tests/unit/test_policy_oracle.py``: the real
-decider and fold over violations, time passing, operators' actions, appeals and abuse reports).
-Each commit of a history is fed to an ``EmbeddedGate`` on a frozen clock the ways production
-feeds it (``enforcement/gatekeeping.py``):
+Histories come from the policy oracle's generators (``tests/unit/test_policy_oracle.py``: the
+real decider and fold over violations, time passing, operators' actions, appeals and abuse
+reports, under the default policy or any policy file), started off a whole millisecond now and
+then, with the deadline worker's ``SuspensionEnded`` "expired" added. Each commit is fed to an
+``EmbeddedGate`` on a frozen clock the ways production feeds it (``enforcement/gatekeeping.py``):
 
 - (a) ``apply_changes`` after every commit, in order (``GatePush``);
-- (b) the same with some pushes lost, some late (after later commits), some twice, and the
-  relay's ``apply_gate_state`` (``GateApplier``: the current stored standing) after them, on a
-  gate with the application's seeder (``GateSeeder``, learning again after 30 s);
+- (b) the same with some pushes lost, some late (after later commits), some twice or long after
+  (stale), the relay's ``apply_gate_state`` (``GateApplier``: the current stored standing)
+  after them, the gate's data lost now and then (``Gate.clear``), on a gate with the
+  application's seeder (``GateSeeder``; learning again after 30 s as the embedded gate does, or
+  only what it holds no status for, as the Redis gate);
 - (c) a fresh gate seeded from the standing stored at some commit (the final one most often),
   by ``apply_state(..., reconcile=True)`` as ``seed_gate`` does or by the seeder at the first
-  check, then ``apply_changes`` for the commits after it.
+  check, then ``apply_changes`` for the commits after it;
+- and (a) on a ``RedisGate`` on a real Redis, its ends moved so that each instant is Redis' now.
 
-At every commit's instant, every suspension's ``until`` and throttle's ``expires_at`` (and a
-microsecond before and after each), between them and long after, ``gate.check`` on the
-account's keys must say what the standing view (``projections.standing.view``) of the state
-stored then says: ``terminated`` or ``suspended`` (with the wait to the suspension's end) while
-it is, else allowed, with the limits scaled by the most restrictive throttle in force on the
-account and on that key.
+At every commit's instant, every suspension's ``until`` and throttle's ``expires_at`` (exactly,
+a microsecond before and after, and rounded up to its millisecond), between them and long
+after, ``gate.check`` on the account's keys must say what the standing view
+(``projections.standing.view``) of the state stored then says: ``terminated``, or ``suspended``
+with the wait to its end, or allowed with the limits scaled by the most restrictive throttle in
+force on the account and on that key.
 
 Tolerated, by design (docs/design.md, "The gate"): the gate holds the end of a suspension or a
 throttle in milliseconds, rounded up, "so the gate may restrict up to a millisecond longer,
-never shorter". Ends are compared rounded up to the millisecond, and no further.
+never shorter": within that millisecond either answer is taken, and nothing else.
 
-GATE_EXAMPLES=2000 (and the oracle's ORACLE_STEPS) searches for longer.
+GATE_EXAMPLES=10000 (and the oracle's ORACLE_STEPS=40) searches for minutes.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from enforcement.gatekeeping import (
     apply_changes,
     apply_state,
 )
+from enforcement.operator_decisions import decide_suspension_ended
 from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
 from projections.standing import ActiveThrottle, StandingState, ThrottleRecord, view
@@ -100,6 +105,19 @@ class History(Twins):
         super()._append(decided, at)
         if len(self.log) > before:
             self.commits.append(Commit(at, tuple(self.log[before:]), self.real.state))
+
+    def advance(self, by: timedelta, deadlines: bool) -> None:
+        """Time passing; with the deadline worker running, its sweep also records the end of a
+        suspension that has run out (``SuspensionEnded`` "expired", a status event), which the
+        oracle's generator leaves out: the standing is the same without it."""
+        super().advance(by, deadlines)
+        current = self.real.state.suspension
+        if deadlines and current is not None:
+            ctx = self.real.ctx(self.now)
+            self._append(
+                decide_suspension_ended(self.policy, self.real.state, current.suspension_id, ctx),
+                self.now,
+            )
 
 
 def history(
@@ -435,7 +453,7 @@ def test_a_gate_seeded_from_a_stored_standing_answers_as_the_standing(
     follow(made, later, deliver, seeded_at=at)
 
 
-@settings(max_examples=EXAMPLES // 2, deadline=None)
+@settings(max_examples=EXAMPLES // 4, deadline=None)
 @given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS), *GENERATED[1:])
 def test_under_any_policy_file_the_gate_answers_as_the_standing(
     keys: dict[str, Any], steps: list[tuple[Any, ...]], later: int, start_us: int
