@@ -432,8 +432,8 @@ def run(twins: Twins, steps: list[tuple[Any, ...]], later: int, as_of: list[Any]
             expires = None if b else twins.now + timedelta(hours=max(a, 1))
             notify, key_id = c
             expected = twins.model.operator_throttle(0.1, expires, twins.now, notify, key_id)
-            command = ops.ApplyThrottle(0.1, "r", key_id, expires, notify)
-            twins.operator(command, expected)
+            throttle = ops.ApplyThrottle(0.1, "r", key_id, expires, notify)
+            twins.operator(throttle, expected)
         elif name == "abuse_report":
             twins.abuse_report(a, b)
         elif name == "triage":
