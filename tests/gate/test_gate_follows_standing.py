@@ -21,12 +21,19 @@ At every commit's instant, every suspension's ``until`` and throttle's ``expires
 a microsecond before and after, and rounded up to its millisecond), between them and long
 after, ``gate.check`` on the account's keys must say what the standing view
 (``projections.standing.view``) of the state stored then says: ``terminated``, or ``suspended``
-with the wait to its end, or allowed with the limits scaled by the most restrictive throttle in
-force on the account and on that key.
+with the wait to its end, or allowed with CONTRACT.md's effective limits: the limits configured
+(the oracle's operators set them for keys and for the account's ceiling; the defaults where
+none is) scaled by the most restrictive throttle in force on the account and on that key, the
+ceiling's by the account-wide one. The token limit answered is the smaller of the key's and the
+ceiling's (no check spends tokens); so is the request limit whenever the two are further apart
+than the checks made before could have spent (each check takes a request of each); closer
+than that, either.
 
 Tolerated, by design (docs/design.md, "The gate"): the gate holds the end of a suspension or a
 throttle in milliseconds, rounded up, "so the gate may restrict up to a millisecond longer,
-never shorter": within that millisecond either answer is taken, and nothing else.
+never shorter": within that millisecond either answer is taken. A limit times a factor is an
+integer in the gate: the factor kept to six decimals, the product rounded down, never to zero
+(``Gate.apply_throttle``, ``gate.core.effective``). Nothing else.
 
 GATE_EXAMPLES=10000 (and the oracle's ORACLE_STEPS=40) searches for minutes.
 """
@@ -195,24 +202,26 @@ def instants(made: History, later: int) -> list[datetime]:
 
 def expected(state: StandingState, at: datetime, key_id: str) -> list[tuple[Any, ...]]:
     """The answers the standing allows at ``at``: (reason, the wait in µs for a suspension,
-    limit_tokens). What the standing view says; and, for a suspension or a throttle that ended
-    less than its rounding up to the millisecond ago, also what the gate says while it holds it
-    (design.md: it may restrict up to a millisecond longer, never shorter). It may hold it or
-    not: a change pushed since then brought it the state at that instant, without it."""
+    limit_tokens, the effective (key, ceiling) requests per minute). What the standing view
+    says; and, for a suspension or a throttle that ended less than its rounding up to the
+    millisecond ago, also what the gate says while it holds it (design.md: it may restrict up
+    to a millisecond longer, never shorter). It may hold it or not: a change pushed since then
+    brought it the state at that instant, without it."""
     standing = view(state, at, timedelta(days=90))
     if standing.status == "terminated":
-        return [("terminated", 0, None)]
+        return [("terminated", 0, None, None)]
     if standing.suspension is not None:
         until = standing.suspension.until
-        return [("suspended", 0 if until is None else ceil_ms(until) - at, None)]
+        return [("suspended", 0 if until is None else ceil_ms(until) - at, None, None)]
     answers = [
-        limited(standing.active_throttles, key_id, held) for held in held_throttles(state, at)
+        limited(state, standing.active_throttles, key_id, held)
+        for held in held_throttles(state, at)
     ]
     held = state.suspension
     if held is not None and held.until is not None:
         until = parse_time(held.until)
         if until <= at < ceil_ms(until):
-            answers.append(("suspended", ceil_ms(until) - at, None))
+            answers.append(("suspended", ceil_ms(until) - at, None, None))
     return answers
 
 
@@ -226,42 +235,83 @@ def held_throttles(state: StandingState, at: datetime) -> list[list[ThrottleReco
     return [list(c) for n in range(len(ended) + 1) for c in combinations(ended, n)]
 
 
+def configured(state: StandingState, key_id: str | None) -> tuple[int, int]:
+    """The limits the standing has configured for ``key_id`` (None: the account's ceiling), or
+    the deployment's defaults (CONTRACT.md: ``ENFORCEMENT_DEFAULT_RPM``/``_TPD``)."""
+    record = state.account_rate_limit if key_id is None else state.key_rate_limits.get(key_id)
+    return (RPM, TPD) if record is None else (record.requests_per_minute, record.tokens_per_day)
+
+
+def scaled(limit: int, factor: float) -> int:
+    """``limit`` times ``factor`` as the gate applies it (the tolerance, documented where the
+    gate is: ``Gate.apply_throttle`` keeps a factor to six decimals, ``gate.core.effective``
+    rounds the product down but never takes a limit to zero)."""
+    ppm = max(round(factor * PPM), 1)
+    return limit if ppm >= PPM else max(limit * ppm // PPM, 1)
+
+
 def limited(
-    active: Iterable[ActiveThrottle | ThrottleRecord], key_id: str, held: list[ThrottleRecord]
+    state: StandingState,
+    active: Iterable[ActiveThrottle | ThrottleRecord],
+    key_id: str,
+    held: list[ThrottleRecord],
 ) -> tuple[Any, ...]:
-    """Allowed, the token limit scaled by the most restrictive factor on the account and on
-    ``key_id``. (The token limit alone says the factor: no check here spends tokens, so the
-    key's limit binds. The request limit is spent by the checks themselves.)"""
+    """Allowed, with CONTRACT.md's effective limits: the key's configured limits times the most
+    restrictive factor on the account and on ``key_id``, and the account's ceiling times the
+    most restrictive account-wide one; a request must fit both. No check here spends tokens, so
+    the token limit answered is the smaller of the two; the request limit is spent by the checks
+    themselves (``requests_answered`` says what may be answered)."""
     factors = [(t.key_id, t.factor) for t in (*active, *held)]
     account = min((f for k, f in factors if k is None), default=1.0)
     key = min([account] + [f for k, f in factors if k == key_id])
-    ppm = max(round(key * PPM), 1)  # the gate keeps a factor to six decimals (Gate.apply_throttle)
-    return ("ok", 0, TPD * ppm // PPM)
+    (key_rpm, key_tpd), (rpm, tpd) = configured(state, key_id), configured(state, None)
+    tokens = min(scaled(key_tpd, key), scaled(tpd, account))
+    return ("ok", 0, tokens, (scaled(key_rpm, key), scaled(rpm, account)))
+
+
+def requests_answered(requests: tuple[int, int], spent: int) -> set[int]:
+    """The request limit a check may answer with effective limits (key, ceiling) after
+    ``spent`` checks of the account on this gate: the limit of the scope with less left
+    (CONTRACT.md's ``limit_requests``), so the smaller limit whenever the two are more than
+    ``spent`` apart (each has between its limit less ``spent`` and its limit left); closer than
+    that, which scope has less left depends on the checks made, and either limit is taken."""
+    low, high = sorted(requests)
+    return {low} if high - low > spent else {low, high}
 
 
 def answered(decision: GateDecision) -> tuple[Any, ...]:
     if decision.reason in ("terminated", "suspended"):
         wait = ceil_ms(EPOCH + round(decision.retry_after_s * 1000) * MS) - EPOCH
-        return (decision.reason, wait or 0, None)
+        return (decision.reason, wait or 0, None, None)
     # Many checks in one frozen instant may spend a throttled request limit: that is the limit
     # at work, not the standing (which the token limit shows).
     assert decision.reason in ("ok", "rate_limited"), decision
-    return ("ok", 0, decision.limit_tokens)
+    return ("ok", 0, decision.limit_tokens, decision.limit_requests)
 
 
-def compare(gate: Gate, state: StandingState, at: datetime, slack: timedelta = MS * 0) -> None:
+def compare(
+    gate: Gate, state: StandingState, at: datetime, slack: timedelta = MS * 0, spent: int = 0
+) -> None:
     """``slack``: how far the gate's wait may be from the standing's (Redis' own clock moves
-    while it is asked)."""
-    for key_id in KEYS:
+    while it is asked); ``spent``: the checks made on this gate before (each takes a request
+    of its key and of the account's ceiling)."""
+    for n, key_id in enumerate(KEYS):
         allowed = expected(state, at, key_id)
         got = answered(gate.check(state.account_id, key_id))
-        note(f"asked: {allowed[0][0]}{' throttled' if allowed[0][2] not in (None, TPD) else ''}")
+        throttled = allowed[0][2] is not None and allowed[0][3] != (RPM, RPM)
+        note(f"asked: {allowed[0][0]}{' limited' if throttled else ''}")
         # The gate states a wait rounded up to the millisecond (``embedded._seconds``).
-        allowed = [(r, w and ceil_ms(EPOCH + w) - EPOCH, t) for r, w, t in allowed]
-        for reason, wait, _ in allowed:
+        allowed = [(r, w and ceil_ms(EPOCH + w) - EPOCH, t, q) for r, w, t, q in allowed]
+        for reason, wait, _, _ in allowed:
             if got[0] == reason and wait and got[1] and abs(got[1] - wait) <= slack:
-                got = (reason, wait, None)
-        assert got in allowed, f"{key_id} at {at} (state v{state.version})"
+                got = (reason, wait, None, None)
+        assert any(
+            got[:3] == a[:3] and (a[3] is None or got[3] in requests_answered(a[3], spent + n))
+            for a in allowed
+        ), f"{key_id} at {at} (state v{state.version}): {got} not in {allowed}"
+        if allowed[0][3] is not None and len(set(allowed[0][3])) > 1:
+            exact = len(requests_answered(allowed[0][3], spent + n)) == 1
+            note(f"request limits differ, {'compared' if exact else 'too close to compare'}")
 
 
 @dataclass
@@ -310,7 +360,7 @@ def follow(
             clock.now = item
             if before_ask is not None:
                 before_ask(gate, clock, store)
-            compare(gate, store.current, item)
+            compare(gate, store.current, item, spent=asked * len(KEYS))
             asked += 1
     note(f"{min(asked, 50) // 10 * 10}+ instants asked")
     return asked

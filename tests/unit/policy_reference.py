@@ -54,6 +54,14 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
   force (that ends every suspension), a reinstatement, or an operator's strictly shorter
   suspension replacing the one in force (README: "winning an appeal must not leave the account
   worse off"), which drops every suspension that would outlast it, held ones included.
+- Limits (CONTRACT.md's ``PUT …/keys/{key_id}/limits`` and ``PUT …/limits``, AUP §3) are the
+  operator's configuration, not a restriction: no notice, no decision an appeal may target, and
+  taken on any account, a terminated one too (nothing in the texts refuses them). The latest
+  configured for a key, or for the account (its ceiling across all keys), is the one that holds,
+  for good: limits do not end by themselves, and no status or appeal changes them. A key or an
+  account with none has the deployment's default. Effective at ``t``: a key's limits times the
+  most restrictive throttle in force on the account or on that key, the ceiling's times the most
+  restrictive account-wide one; a request must fit both (the gate test holds the gate to it).
 - An operator's suspension replaces whatever is in force (design.md); an operator's suspension,
   throttle or termination on a terminated account, a reinstatement of an account that is
   terminated or not suspended, and the lift of a throttle no longer in force are refused.
@@ -194,6 +202,8 @@ class RefStanding:
     terminated: bool
     adult_content_approved: bool
     open_abuse_reports: int
+    # Configured limits, (key_id or None for the account's ceiling, rpm, tokens per day).
+    limits: frozenset[tuple[str | None, int, int]] = frozenset()
 
 
 @dataclass
@@ -221,6 +231,7 @@ class Reference:
     decisions: list[Recorded] = field(default_factory=list)  # in the order recorded
     terminated: bool = False
     adult_approved: bool = False
+    limits: dict[str | None, tuple[int, int]] = field(default_factory=dict)  # key (None: ceiling)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -265,6 +276,7 @@ class Reference:
             terminated=self.terminated,
             adult_content_approved=self.adult_approved,
             open_abuse_reports=sum(1 for a in self.abuse_reports if a.status == "open"),
+            limits=frozenset((key, rpm, tpd) for key, (rpm, tpd) in self.limits.items()),
         )
 
     # --- deciding -----------------------------------------------------------------------------
@@ -490,6 +502,11 @@ class Reference:
             return False
         throttle.lifted = True
         return True
+
+    def configure_limits(self, key_id: str | None, rpm: int, tpd: int) -> list[Decision]:
+        """An operator sets a key's limits (``key_id``) or the account's ceiling (None)."""
+        self.limits[key_id] = (rpm, tpd)
+        return [("RateLimitsConfigured", key_id, rpm, tpd)]
 
     # --- abuse reports (CONTRACT.md: "no strike until an operator triages it") ---------------
 

@@ -10,8 +10,10 @@ must be the reference's.
 Operators' suspensions, reinstatements, terminations, throttles and lifts (with a notice or,
 ``notify: false``, without), and appeals (filed and decided at once, upheld or overturned)
 against any decision recorded, come up too, and so do throttles of one key, violations naming a
-key (the ladder's throttles stay account-wide), and abuse reports (a third party's, or the
-gate's, which files none while one of its category is open) and their triage. After the run,
+key (the ladder's throttles stay account-wide), abuse reports (a third party's, or the
+gate's, which files none while one of its category is open) and their triage, and limits an
+operator configures for a key or the account's ceiling (in the stored state, which the gate
+reads: CONTRACT.md's standing object does not show them). After the run,
 the standing ``as_of`` earlier instants (the events recorded up to each, folded) must be the
 reference's as it stood then.
 
@@ -22,8 +24,8 @@ by the product's own loader; the reference gets the same numbers, and every even
 carry the file's ``version``. Steps there may also advance by exactly one of the policy's spans.
 
 Disagreements found so far, and how they were settled (none under other policy files, with
-``notify: false``, ``as_of`` earlier instants, abuse reports or key throttles; the readings the
-reference took there are in its docstring):
+``notify: false``, ``as_of`` earlier instants, abuse reports, key throttles or limits; the
+readings the reference took there are in its docstring):
 - An overturned operator's suspension that had replaced one ending at the same instant: the
   product gave the first one back when both were indefinite but not when both were timed. A
   product defect ("overturned reverses the decision", the one appealed; README: only one that an
@@ -76,7 +78,7 @@ from enforcement.policy import (
 from enforcement.policy_file import load_policy
 from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
-from projections.standing import DECISION_TYPES, Standing, fold, view
+from projections.standing import DECISION_TYPES, Standing, StandingState, fold, state_at, view
 from tests.unit import policy_reference as ref
 from tests.unit.test_policy import T0, Account
 
@@ -113,6 +115,8 @@ def decision(event: NewEvent) -> ref.Decision:
             return (event.type, d["category"])
         case "ViolationDismissed":
             return (event.type, d["reason"])
+        case "RateLimitsConfigured":
+            return (event.type, d["key_id"], d["requests_per_minute"], d["tokens_per_day"])
         case _:
             return (event.type,)
 
@@ -273,7 +277,8 @@ class Twins:
 
     def check_standing(self, at: datetime) -> None:
         real = view(self.real.state, at, self.policy.strike_lookback)
-        assert self.standing(real) == self.model.standing(at), f"standing at {at}"
+        got = self.standing(real, self.real.state)
+        assert got == self.model.standing(at), f"standing at {at}"
 
     def check_as_of(self, at: datetime) -> None:
         """The standing ``as_of`` an earlier instant (the events recorded up to it, folded) is
@@ -283,10 +288,13 @@ class Twins:
         for when, then in self.snapshots:
             if when <= at:
                 model = then
-        assert self.standing(real) == model.standing(at), f"standing as_of {at}"
+        got = self.standing(real, state_at(self.real.account_id, self.log, at))
+        assert got == model.standing(at), f"standing as_of {at}"
 
-    def standing(self, standing: Standing) -> ref.RefStanding:
-        """The real standing in the reference's terms."""
+    def standing(self, standing: Standing, state: StandingState) -> ref.RefStanding:
+        """The real standing in the reference's terms; the limits configured are the stored
+        state's (the gate's, which CONTRACT.md's standing object does not show)."""
+        limits = [state.account_rate_limit, *state.key_rate_limits.values()]
         real = standing.to_json()
         got = ref.RefStanding(
             status=real["status"],
@@ -305,6 +313,9 @@ class Twins:
             terminated=real["terminated"],
             adult_content_approved=real["adult_content_approved"],
             open_abuse_reports=real["open_abuse_reports"],
+            limits=frozenset(
+                (r.key_id, r.requests_per_minute, r.tokens_per_day) for r in limits if r
+            ),
         )
         note(f"status {got.status} strikes {got.strikes}")
         if got.throttles and all(key for key, _, _ in got.throttles):
@@ -327,6 +338,9 @@ HOURS = st.one_of(
 )
 SPAN = st.one_of(st.sampled_from([24 * 7, 24 * 30]), HOURS)
 KEY = st.sampled_from([None, None, "k1", "k2"])
+# CONTRACT.md's limits (``LimitsIn``: 1 to 10**7 requests a minute, 1 to 10**15 tokens a day).
+RPM_VALUES = st.one_of(st.sampled_from([1, 2, 60, 600, 10**7]), st.integers(1, 10**7))
+TPD_VALUES = st.one_of(st.sampled_from([1, 10, 10**6, 10**12, 10**15]), st.integers(1, 10**15))
 REPORT = st.tuples(
     st.just("report"),
     CATEGORY,
@@ -357,6 +371,9 @@ STEP = st.one_of(
     st.tuples(
         st.just("triage"), st.integers(0, 20), st.sampled_from(["confirmed", "rejected"]), SEVERITY
     ),
+    # An operator's limits for a key or the account's ceiling (``b``: None), CONTRACT.md's
+    # ranges, the deployment's defaults and the gate test's among them.
+    st.tuples(st.just("limits"), RPM_VALUES, KEY, TPD_VALUES),
     st.tuples(st.just("terminate"), st.just(0), st.none(), st.booleans()),
     st.tuples(st.sampled_from(["reinstate", "lift"]), st.integers(0, 20), st.none(), st.just(0)),
     APPEAL,
@@ -434,6 +451,9 @@ def run(twins: Twins, steps: list[tuple[Any, ...]], later: int, as_of: list[Any]
             expected = twins.model.operator_throttle(0.1, expires, twins.now, notify, key_id)
             throttle = ops.ApplyThrottle(0.1, "r", key_id, expires, notify)
             twins.operator(throttle, expected)
+        elif name == "limits":
+            expected = twins.model.configure_limits(b, a, c)
+            twins.operator(ops.ConfigureLimits(a, c, b), expected)
         elif name == "abuse_report":
             twins.abuse_report(a, b)
         elif name == "triage":
