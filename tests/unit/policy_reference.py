@@ -62,6 +62,15 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
   account with none has the deployment's default. Effective at ``t``: a key's limits times the
   most restrictive throttle in force on the account or on that key, the ceiling's times the most
   restrictive account-wide one; a request must fit both (the gate test holds the gate to it).
+- The policy file's ``categories`` (policy_file.py) set a category's default severity, floor
+  and ``refer_to_authorities``. A referred category is referred whenever the violation
+  terminates, by the strike count too (the product's reading; POLICY.md's table names the
+  referral in the critical row only, where the shipped referred categories always are: open).
+- Gate denials (rate or quota, the only ones counted) raise ``sustained_abuse`` at a denial when
+  the account's ``count`` most recent denials fall less than ``window`` before it (README: read
+  strictly; one exactly ``window`` old does not count), unless a sustained-abuse throttle is in
+  force (README: "once a bout") or the account is terminated (the gate denies it otherwise
+  then, with nothing counted). It is decided as any ``sustained_abuse`` at that instant.
 - An operator's suspension replaces whatever is in force (design.md); an operator's suspension,
   throttle or termination on a terminated account, a reinstatement of an account that is
   terminated or not suspended, and the lift of a throttle no longer in force are refused.
@@ -98,6 +107,11 @@ CATEGORY_TABLE: dict[str, tuple[str, str]] = {
     "training_data_extraction": ("high", "medium"),
 }
 REFERRED = ("csam", "weapons_development")
+# A category as a policy file may set it: (default severity, floor, refer to the authorities).
+CategoryRule = tuple[str, str, bool]
+DEFAULT_CATEGORIES: dict[str, CategoryRule] = {
+    name: (default, floor, name in REFERRED) for name, (default, floor) in CATEGORY_TABLE.items()
+}
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,7 @@ class RefPolicy:
     sustained_abuse_denials: tuple[int, timedelta] = (100, timedelta(minutes=10))
     termination_after_strikes: int = 3
     appeal_window: timedelta = timedelta(days=20)
+    categories: dict[str, CategoryRule] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
 
 
 DEFAULT = RefPolicy()
@@ -128,8 +143,8 @@ def _notice(kind: str, notify: bool) -> list[Decision]:
     return [("NoticeIssued", kind)] if notify else []
 
 
-def effective_severity(category: str, reported: str | None) -> str:
-    default, floor = CATEGORY_TABLE[category]
+def effective_severity(category: str, reported: str | None, policy: RefPolicy = DEFAULT) -> str:
+    default, floor, _ = policy.categories[category]
     if reported is None:
         return default
     return max(reported, floor, key=SEVERITIES.index)
@@ -174,6 +189,7 @@ class Throttle:
     expires_at: datetime | None  # None: until lifted
     lifted: bool = False
     key_id: str | None = None  # None: account-wide (every throttle of the ladder)
+    sustained: bool = False  # the sustained_abuse row's
 
     def in_force(self, at: datetime) -> bool:
         return not self.lifted and (self.expires_at is None or at < self.expires_at)
@@ -232,6 +248,7 @@ class Reference:
     terminated: bool = False
     adult_approved: bool = False
     limits: dict[str | None, tuple[int, int]] = field(default_factory=dict)  # key (None: ceiling)
+    denials: list[datetime] = field(default_factory=list)  # the gate's, counted ones
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -328,7 +345,7 @@ class Reference:
     ) -> list[Decision]:
         """A violation reported and decided at ``now``; its remediation's key is ``rem_<key>``."""
         self._settle(now)
-        sev = effective_severity(category, severity)
+        sev = effective_severity(category, severity, self.policy)
         adult_ok = category == "unapproved_adult_content" and self.adult_approved
         strike = category != "sustained_abuse" and not adult_ok
         prior = self.strikes(now)
@@ -340,13 +357,14 @@ class Reference:
         if category == "sustained_abuse":
             factor, duration = self.policy.sustained_abuse_throttle
             throttle = self._throttle(factor, duration, now, [key])
+            self.throttles[-1].sustained = True
             return [*out, throttle, ("NoticeIssued", "throttle")]
         if adult_ok:
             violation.dismissed = True
             return [*out, ("ViolationDismissed", "adult_content_approved")]
         if sev == "critical" or prior >= self.policy.termination_after_strikes:
             out.append(self._terminate(now, [key]))
-            if sev == "critical" and category in REFERRED:
+            if self.policy.categories[category][2]:
                 out.append(("AuthorityReferralOpened", category))
             return [*out, ("NoticeIssued", "termination")]
         if sev == "high":
@@ -507,6 +525,19 @@ class Reference:
         """An operator sets a key's limits (``key_id``) or the account's ceiling (None)."""
         self.limits[key_id] = (rpm, tpd)
         return [("RateLimitsConfigured", key_id, rpm, tpd)]
+
+    # --- the gate's denials (POLICY.md: ``sustained_abuse_denials``, AUP §3) -------------------
+
+    def deny(self, key: str, at: datetime) -> list[Decision]:
+        """A rate or quota denial at ``at`` (not before the last); raises ``sustained_abuse``
+        (violation ``key``) when ``count`` denials fall within ``window``, once a bout."""
+        self.denials.append(at)
+        count, window = self.policy.sustained_abuse_denials
+        recent = [d for d in self.denials if at - d < window]
+        throttled = any(t.sustained and t.in_force(at) for t in self.throttles)
+        if len(recent) < count or throttled or self.terminated:
+            return []
+        return self.report(key, "sustained_abuse", None, at, at)
 
     # --- abuse reports (CONTRACT.md: "no strike until an operator triages it") ---------------
 

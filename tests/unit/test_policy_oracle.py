@@ -51,8 +51,9 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -63,6 +64,7 @@ from hypothesis import strategies as st
 
 from enforcement import operator_decisions as ops
 from enforcement.errors import Conflict, InvalidTransition
+from enforcement.gate import core
 from enforcement.policy import (
     DEFAULT_POLICY,
     Policy,
@@ -71,6 +73,7 @@ from enforcement.policy import (
     decide_appeal,
     decide_appeal_filing,
     decide_gate_abuse_report,
+    decide_gate_sustained_abuse,
     decide_remediation_expired,
     decide_triage,
     decide_violation,
@@ -83,6 +86,7 @@ from tests.unit import policy_reference as ref
 from tests.unit.test_policy import T0, Account
 
 P = DEFAULT_POLICY
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A few seconds in the suite; ORACLE_EXAMPLES=30000 ORACLE_STEPS=40 hunts for minutes.
 EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "400"))
 STEPS = int(os.environ.get("ORACLE_STEPS", "14"))
@@ -137,6 +141,7 @@ class Twins:
     log: list[RecordedEvent] = field(default_factory=list)  # every event, as recorded
     # The reference as it stood once everything recorded at each instant was: for ``as_of``.
     snapshots: list[tuple[datetime, ref.Reference]] = field(default_factory=list)
+    denial_times: deque[int] = field(default_factory=deque)  # the gate's (``core.record_denial``)
 
     def __post_init__(self) -> None:
         self.snapshot(T0 - timedelta(days=1))  # before anything is recorded
@@ -194,6 +199,34 @@ class Twins:
         if decided:
             self._name(decided[0].data["report_id"], key)
         assert [decision(e) for e in decided] == expected, f"abuse report at {self.now}"
+
+    def deny(self, gaps: list[timedelta]) -> None:
+        """Gate denials (rate or quota), one after each gap: counted as the embedded gate counts
+        them (``core.record_denial`` with the gate's options), and raising ``sustained_abuse``
+        as the gate's detector has the service decide it (``decide_gate_sustained_abuse``)."""
+        if self.model.suspended(self.now) or self.model.terminated:
+            return  # denied as suspended or terminated: no rate denial to count
+        rule = self.policy.sustained_abuse_denials
+        window_us = int(rule.window.total_seconds()) * core.US
+        for gap in gaps:
+            self.now += gap
+            at_us = (self.now - EPOCH) // timedelta(microseconds=1)
+            counted = core.record_denial(self.denial_times, at_us, rule.count, window_us)
+            key = f"v{len(self.model.violations)}"
+            report = ViolationReport(
+                "sustained_abuse", self.now, None, "k1", "gate", "automated", description="d"
+            )
+            ctx = self.real.ctx(self.now, "gate")
+            decided = decide_gate_sustained_abuse(
+                self.policy, self.real.state, report, counted, ctx
+            )
+            self._record(decided, self.now)
+            expected = self.model.deny(key, self.now)
+            self._name_violation(decided, key)
+            if expected:
+                self.snapshot(self.now)
+            note(f"denials: {'raised' if expected else 'none'}")
+            assert [decision(e) for e in decided] == expected, f"denial at {self.now}"
 
     def triage(self, index: int, outcome: str, severity: str | None) -> None:
         if not self.model.abuse_reports:
@@ -352,6 +385,9 @@ REPORT = st.tuples(
 APPEAL = st.tuples(
     st.just("appeal"), st.integers(0, 20), st.sampled_from(["upheld", "overturned"]), st.just(0)
 )
+DENIALS = st.tuples(
+    st.just("denials"), st.sampled_from(["edge", "spread"]), st.integers(-1, 1), st.integers(0, 3)
+)
 # Time passing by exactly one of the policy's own spans (its index in ``spans``).
 SPAN_STEP = st.tuples(st.just("advance_span"), st.integers(0, 20), st.booleans(), st.just(0))
 STEP = st.one_of(
@@ -374,6 +410,9 @@ STEP = st.one_of(
     # An operator's limits for a key or the account's ceiling (``b``: None), CONTRACT.md's
     # ranges, the deployment's defaults and the gate test's among them.
     st.tuples(st.just("limits"), RPM_VALUES, KEY, TPD_VALUES),
+    # A burst of the gate's denials (``b``: the last one of ``count`` exactly ``window`` after
+    # the first, a microsecond less or more; ``c``: more after it), or evenly spread.
+    DENIALS,
     st.tuples(st.just("terminate"), st.just(0), st.none(), st.booleans()),
     st.tuples(st.sampled_from(["reinstate", "lift"]), st.integers(0, 20), st.none(), st.just(0)),
     APPEAL,
@@ -404,6 +443,22 @@ def spans(policy: ref.RefPolicy) -> list[timedelta]:
         policy.sustained_abuse_throttle[1],
         policy.appeal_window,
     ]
+
+
+def burst(policy: Policy, shape: str, delta: int, extra: int) -> list[timedelta]:
+    """The gaps before each denial of a burst: at ``edge``, ``count`` denials whose first is
+    ``window`` (plus ``delta`` microseconds) before the last, then ``extra`` a microsecond
+    apart; ``spread``, ``count + extra - 1`` denials evenly over ``window`` (plus ``delta``
+    halves of it)."""
+    count, window = policy.sustained_abuse_denials.count, policy.sustained_abuse_denials.window
+    us = timedelta(microseconds=1)
+    if shape == "edge":
+        first = [timedelta(0), *[us] * (count - 2)]
+        last = [window - (count - 2) * us + delta * us] if count > 1 else []
+        return [*first, *last, *[us] * extra]
+    n = max(count + extra - 1, 1)
+    span = window * (2 + delta) / 2
+    return [timedelta(0), *[span / n] * (n - 1)]
 
 
 def run(twins: Twins, steps: list[tuple[Any, ...]], later: int, as_of: list[Any]) -> None:
@@ -456,6 +511,8 @@ def run(twins: Twins, steps: list[tuple[Any, ...]], later: int, as_of: list[Any]
             twins.operator(ops.ConfigureLimits(a, c, b), expected)
         elif name == "abuse_report":
             twins.abuse_report(a, b)
+        elif name == "denials":
+            twins.deny(burst(twins.policy, a, b, c))
         elif name == "triage":
             twins.triage(a, b, c)
         elif name == "lift" and twins.model.throttles:
@@ -514,11 +571,32 @@ POLICY_KEYS = st.fixed_dictionaries(
         "sustained_abuse_denials": st.one_of(
             st.none(),
             st.fixed_dictionaries(
-                {}, optional={"count": st.integers(1, 10_000), "window": DURATION}
+                {},
+                optional={
+                    "count": st.one_of(st.integers(1, 5), st.integers(1, 10_000)),
+                    "window": DURATION,
+                },
             ),
         ),
         "termination_after_strikes": st.one_of(
             st.none(), st.integers(1, 5), st.integers(1, 2**63 - 1)
+        ),
+        # policy_file.py's per-category keys (``sections`` only reach the statement of reasons).
+        "categories": st.one_of(
+            st.none(),
+            st.dictionaries(
+                st.sampled_from(sorted(ref.CATEGORY_TABLE)),
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "default_severity": st.sampled_from(ref.SEVERITIES),
+                        "floor": st.sampled_from(ref.SEVERITIES),
+                        "refer_to_authorities": st.booleans(),
+                    },
+                ),
+                min_size=1,
+                max_size=12,
+            ),
         ),
     }
 )
@@ -527,6 +605,27 @@ POLICY_KEYS = st.fixed_dictionaries(
 # A report one step in three, so that sequences climb the ladder the policy sets up, and time
 # passing by the policy's spans and appeals more often, to meet its appeal window.
 CLIMB = st.sampled_from([REPORT, REPORT, SPAN_STEP, APPEAL, STEP, STEP]).flatmap(lambda s: s)
+
+
+def category_rules(overrides: dict[str, dict[str, Any]], numbers: dict[str, Any]) -> list[str]:
+    """The TOML of ``categories`` overrides (a floor above the default is written as the default,
+    as a file may not have it otherwise), their meaning put in ``numbers``."""
+    table, parts = dict(ref.DEFAULT_CATEGORIES), []
+    for name, override in overrides.items():
+        default, floor, refer = table[name]
+        rule = {"default_severity": default, "floor": floor, "refer_to_authorities": refer}
+        rule |= override
+        given = dict(override)
+        rank = ref.SEVERITIES.index
+        if rank(rule["floor"]) > rank(rule["default_severity"]):
+            rule["floor"] = given["floor"] = rule["default_severity"]
+        table[name] = (rule["default_severity"], rule["floor"], rule["refer_to_authorities"])
+        items = ", ".join(
+            f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}" for k, v in given.items()
+        )
+        parts.append(f"{name} = {{ {items} }}")
+    numbers["categories"] = table
+    return parts
 
 
 def policy_file(keys: dict[str, Any]) -> tuple[str, ref.RefPolicy]:
@@ -542,6 +641,8 @@ def policy_file(keys: dict[str, Any]) -> tuple[str, ref.RefPolicy]:
         elif key == "termination_after_strikes":
             lines.append(f"{key} = {value}")
             numbers[key] = value
+        elif key == "categories":
+            lines.append(f"categories = {{ {', '.join(category_rules(value, numbers))} }}")
         elif isinstance(value, tuple):
             lines.append(f'{key} = "{value[0]}"')
             numbers[key] = value[1]
