@@ -169,7 +169,10 @@ def _ladder(d: Decider, rule: CategoryRule, v: ViolationRecord, cause: str) -> N
             text = f"The account is terminated: {prior} prior strikes were in force."
         termination = d.terminate(reason, text, cause)
         d.emit(termination)
-        if rule.refer_to_authorities:
+        # Only a severe violation "may be reported to relevant authorities" (AUP §6; POLICY.md's
+        # critical row): one of a referred category that a policy file lets be less than
+        # critical, terminating by the strike count, is not referred.
+        if v.severity == "critical" and rule.refer_to_authorities:
             text = "The violation is referred to the relevant authorities (AUP §6)."
             redress = appeal_elsewhere("the termination recorded with it", policy.appeal_window)
             referral = ev.AuthorityReferralOpened(

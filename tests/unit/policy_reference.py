@@ -63,9 +63,9 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
   most restrictive throttle in force on the account or on that key, the ceiling's times the most
   restrictive account-wide one; a request must fit both (the gate test holds the gate to it).
 - The policy file's ``categories`` (policy_file.py) set a category's default severity, floor
-  and ``refer_to_authorities``. A referred category is referred whenever the violation
-  terminates, by the strike count too (the product's reading; POLICY.md's table names the
-  referral in the critical row only, where the shipped referred categories always are: open).
+  and ``refer_to_authorities``. A referred category is referred only when a critical violation
+  of it terminates (POLICY.md's table names the referral in the critical row only; AUP §6: severe
+  violations "may be reported"), not when a lesser one terminates by the strike count.
 - Gate denials (rate or quota, the only ones counted) raise ``sustained_abuse`` at a denial when
   the account's ``count`` most recent denials fall less than ``window`` before it (README: read
   strictly; one exactly ``window`` old does not count), unless a sustained-abuse throttle is in
@@ -364,7 +364,7 @@ class Reference:
             return [*out, ("ViolationDismissed", "adult_content_approved")]
         if sev == "critical" or prior >= self.policy.termination_after_strikes:
             out.append(self._terminate(now, [key]))
-            if self.policy.categories[category][2]:
+            if sev == "critical" and self.policy.categories[category][2]:
                 out.append(("AuthorityReferralOpened", category))
             return [*out, ("NoticeIssued", "termination")]
         if sev == "high":

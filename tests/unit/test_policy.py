@@ -465,6 +465,28 @@ def test_critical_termination_details() -> None:
     assert account.state.terminated
 
 
+def test_a_referred_category_terminating_by_the_strike_count_is_not_referred() -> None:
+    """Only a severe violation "may be reported to relevant authorities" (AUP §6; POLICY.md's
+    critical row): a policy file that makes a lesser category referred refers its critical
+    violations, not one that terminates because of the strikes before it."""
+    rule = replace(CATEGORIES["model_extraction"], refer_to_authorities=True)
+    policy = replace(
+        P, termination_after_strikes=1, categories={**CATEGORIES, "model_extraction": rule}
+    )
+    account = Account()
+    for day, severity in [(0, "high"), (1, "high")]:
+        report = ViolationReport("model_extraction", t(day), severity, description="d")
+        decided = decide_violation(policy, account.state, report, account.ctx(t(day)))
+        account.record(decided, t(day))
+    assert of_type(decided, "AccountTerminated").data["reason"] == "strike_limit_reached"
+    assert "AuthorityReferralOpened" not in types(decided)
+
+    account = Account()
+    report = ViolationReport("model_extraction", NOW, "critical", description="d")
+    decided = decide_violation(policy, account.state, report, account.ctx(NOW))
+    assert of_type(decided, "AuthorityReferralOpened").data["category"] == "model_extraction"
+
+
 def test_first_high_suspension_lasts_7_days_and_repeat_is_indefinite() -> None:
     account = Account()
     first = of_type(account.report("phishing", NOW), "AccountSuspended")
