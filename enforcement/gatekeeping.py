@@ -35,6 +35,7 @@ from enforcement.service import Actor, Clock, EnforcementService, request_finger
 from enforcement.settings import Settings
 from enforcement.workers.relay import GATE_EVENTS
 from events import EventStore, RecordedEvent
+from events.errors import causes
 from events.timefmt import parse_time, to_utc
 from projections.aup_events import GATE_SOURCE
 from projections.standing import StandingState, active_suspension, active_throttles
@@ -273,14 +274,7 @@ def _refused_connection(error: BaseException) -> bool:
     error while it handles the socket's, the Redis gate wraps that in ``GateUnavailable``). A
     refusal comes at once, however long the thread then waited to run again (the GIL, in a busy
     process): it is never a Redis that hangs."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ConnectionRefusedError):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(isinstance(cause, ConnectionRefusedError) for cause in causes(error))
 
 
 # What ``apply_state`` reads of a state besides its head.

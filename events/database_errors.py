@@ -11,6 +11,7 @@ import sys
 import sqlalchemy as sa
 
 from events.driver import DriverConnection
+from events.errors import causes
 from events.postgres_connections import bounded_connection_class
 
 
@@ -23,15 +24,11 @@ def unanswered(exc: BaseException) -> BaseException | None:
     if psycopg is None:
         return None  # never loaded: no PostgreSQL connection was ever tried
     timeouts = (psycopg.errors.ConnectionTimeout, bounded_connection_class().Timeout)
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
+    for cause in causes(exc):
         for candidate in (cause, getattr(cause, "orig", None)):
             if isinstance(candidate, timeouts):
                 found: BaseException = candidate
                 return found
-        cause = cause.__cause__ or cause.__context__
     return None
 
 

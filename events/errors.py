@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling (``__cause__``, else
+    ``__context__``), and so on, each once: the chain a wrapper (SQLAlchemy's, redis-py's, the
+    gate's ``GateUnavailable``) hides the original error in."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
 
 class StoreError(Exception):
     """Base class of every error the event store raises."""
