@@ -87,9 +87,18 @@ def history_json(entries: Iterable[HistoryEntry]) -> Iterator[str]:
         item = json.dumps(
             {**event_to_json(entry.event), "change": entry.change}, indent=2, ensure_ascii=False
         )
-        yield ("[\n  " if not opened else ",\n  ") + item.replace("\n", "\n  ")
+        yield json_array_item(item, not opened, "  ")
         opened = True
     yield "\n]\n" if opened else "[]\n"
+
+
+def json_array_item(text: str, first: bool, indent: str) -> str:
+    """An item of a JSON array as ``json.dumps(…, indent=2)`` writes it, for text written a
+    piece at a time: what comes before it (the array's opening for the ``first``, else a
+    comma) and ``text`` (the item's own ``json.dumps(item, indent=2)``), every line indented by
+    ``indent``, the array's depth ("  " at the top level). JSON escapes a newline within a
+    string, so each one in ``text`` is a line break. The caller closes the array."""
+    return ("[\n" if first else ",\n") + indent + text.replace("\n", "\n" + indent)
 
 
 def history_csv_rows(entries: Iterable[HistoryEntry]) -> Iterator[list[str]]:

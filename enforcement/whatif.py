@@ -47,6 +47,7 @@ from enforcement.policy import (
     decide_remediation_expired,
     decide_violation,
 )
+from enforcement.render import json_array_item
 from events import EventStore, NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time, to_utc
 from projections.standing import StandingState, advance_all
@@ -286,9 +287,8 @@ def what_if_json(
         def spill(result: AccountWhatIf) -> None:
             nonlocal opened
             text = json.dumps(result.to_json(), indent=2, ensure_ascii=False)
-            # An item of the list at the object's second level: its lines indented by four
-            # (JSON escapes a newline within a string: each one here is a line break).
-            spool.write(("[\n    " if not opened else ",\n    ") + text.replace("\n", "\n    "))
+            # An item of the list at the object's second level: its lines indented by four.
+            spool.write(json_array_item(text, not opened, "    "))
             opened = True
 
         summary = what_if(store, policy, since, progress, differing=spill)
