@@ -287,6 +287,16 @@ def database_error(exc: Exception) -> str:
     )
 
 
+# How long a look at the database's schema revision waits to connect (seconds, PostgreSQL).
+SCHEMA_CHECK_TIMEOUT_SECONDS = 5
+
+
+def is_older(revision: str | None, head: str | None, known: set[str]) -> bool:
+    """Whether a database at ``revision`` was made by an earlier release: a revision of this
+    release's migrations (``known``) other than its ``head`` (a newer release's is not known)."""
+    return revision is not None and revision != head and revision in known
+
+
 def older_schema(url: str, revision: str | None, head: str | None) -> str:
     """The sentence for a database at ``revision``, older than this release's ``head``."""
     return (
@@ -303,13 +313,11 @@ def _older_schema() -> str | None:
 
     try:
         url = Settings.from_env().database_url
-        revision = current_revision(url, connect_timeout=5)
+        revision = current_revision(url, connect_timeout=SCHEMA_CHECK_TIMEOUT_SECONDS)
     except (SettingsError, sqlalchemy_errors.DBAPIError):
         return None
     head, known = release_revisions()
-    if revision is None or revision == head or revision not in known:
-        return None
-    return older_schema(url, revision, head)
+    return older_schema(url, revision, head) if is_older(revision, head, known) else None
 
 
 # Each module registers its commands on ``app`` as it is imported: in this order ``--help``

@@ -14,9 +14,11 @@ from rich.markup import escape
 from sqlalchemy import exc as sqlalchemy_errors
 
 from enforcement.cli import (
+    SCHEMA_CHECK_TIMEOUT_SECONDS,
     app,
     container_or_fail,
     database_error,
+    is_older,
     load_policy_or_fail,
     older_schema,
     redacted,
@@ -128,7 +130,6 @@ def _check_can_listen(host: str, port: int) -> None:
                 fail(f"Cannot listen on {where} ({address[0]}): {exc.strerror or exc}.")
 
 
-SCHEMA_CHECK_TIMEOUT_SECONDS = 5
 # PostgreSQL's SQLSTATEs for a password or role refused (28P01, 28000) and a database that does
 # not exist (3D000).
 NOT_BY_WAITING = frozenset({"28P01", "28000", "3D000"})
@@ -166,7 +167,7 @@ def _check_schema(url: str) -> None:
     head, known = release_revisions()
     if revision is None:
         fail(f"The database {redacted(url)} has no schema; run `enforcement init` to create it.")
-    if revision != head and revision in known:
+    if is_older(revision, head, known):
         fail(older_schema(url, revision, head))
 
 
