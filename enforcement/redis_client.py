@@ -55,6 +55,12 @@ REFUSING_FOR_NOW: tuple[type[redis.RedisError], ...] = (
     redis.exceptions.TryAgainError,
     SnapshotFailingError,
 )
+# Redis out of reach for a write: unreachable, silent past its timeout, or refusing writes for now.
+UNAVAILABLE: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    *REFUSING_FOR_NOW,
+)
 
 
 def bounded_client(url: str, timeout_s: float, *, retries: int = 1) -> redis.Redis:

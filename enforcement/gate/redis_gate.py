@@ -35,11 +35,7 @@ CLEAR_PAGE = 1000  # keys asked for per SCAN, and removed per pipeline, by ``cle
 # What makes the gate unavailable (``GateUnavailable``, HTTP 503): Redis down, silent, or
 # refusing writes for now (``redis_client.REFUSING_FOR_NOW``: out of memory, a replica after a
 # failover ...; a script stops at its first refused write, before it has counted anything).
-UNAVAILABLE: tuple[type[redis.RedisError], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    *redis_client.REFUSING_FOR_NOW,
-)
+UNAVAILABLE = redis_client.UNAVAILABLE
 
 
 class RedisGate(Gate):

@@ -13,7 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage
 
-from enforcement.redis_client import REFUSING_FOR_NOW, bounded_client
+from enforcement.redis_client import UNAVAILABLE, bounded_client
 from enforcement.settings import Settings
 
 MAINTENANCE_CHANCE = 50_000  # per million Redis commands
@@ -58,7 +58,7 @@ class _LosingConsumer(_RedisConsumer):
 # What a consumer takes for a lost connection: Redis unreachable or silent; for a write, also
 # Redis refusing writes for now.
 _LOST: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
-_WRITE_LOST: tuple[type[Exception], ...] = (*_LOST, *REFUSING_FOR_NOW)
+_WRITE_LOST: tuple[type[Exception], ...] = UNAVAILABLE
 
 
 @contextmanager
