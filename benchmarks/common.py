@@ -18,7 +18,8 @@ def pg_database(admin_url: str, prefix: str) -> Iterator[str]:
     if admin.get_driver_name() in ("", "psycopg2"):
         admin = admin.set(drivername="postgresql+psycopg")
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    # A connection each time: the server may have restarted meanwhile (the soak crashes its own).
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')

@@ -110,6 +110,30 @@ class Known:
         table.setdefault(account, []).append(ident)
 
 
+@dataclass
+class Outage:
+    """A crash of PostgreSQL that the soak caused (``kind``): when, when it answered again, the
+    first 2xx answer after that, and what the clients got from the crash until then."""
+
+    kind: str
+    at: float
+    back: float | None = None
+    first_ok: float | None = None
+    answered_503: int = 0
+    no_answer: int = 0
+
+    def see(self, outcome: str, now: float) -> None:
+        """Count an answer's status (or "refused", "cut off") got at ``now``."""
+        if self.first_ok is not None:
+            return
+        if outcome == "503":
+            self.answered_503 += 1
+        elif outcome in ("refused", "cut off"):
+            self.no_answer += 1
+        elif outcome.startswith("2") and self.back is not None and now >= self.back:
+            self.first_ok = now
+
+
 class Ledger:
     """Every request the clients made, those waiting to be sent again, and what was learned."""
 
@@ -129,6 +153,7 @@ class Ledger:
         self.kills: list[float] = []  # when each SIGKILL was sent (time.time)
         self.redis_back: list[float] = []  # when a restarted Redis answered again
         self.starting_phase = ""  # where the last kill while starting landed
+        self.outages: list[Outage] = []  # the PostgreSQL crashes, the last one open
 
     def note(self, text: str) -> None:
         with self.lock:
@@ -359,12 +384,17 @@ def send(client: httpx.Client, call: Call, tokens: dict[str, str]) -> httpx.Resp
 def settle_answer(ledger: Ledger, call: Call, response: httpx.Response) -> bool:
     """Take ``response`` as ``call``'s answer; whether it is definitive (else: send again)."""
     status = response.status_code
+    body = response.json() if status < 500 else None
     with ledger.lock:
         ledger.answers[f"{call.kind} {status}"] += 1
-    if status >= 500:
-        ledger.note(f"{call.kind} {call.key}: {status} {response.text[:200]}")
+        # The 503s while a PostgreSQL crash lasts are counted there, not noted one by one.
+        outage = ledger.outages[-1] if ledger.outages else None
+        if outage is not None:
+            outage.see(_outcome(call, status, body), time.time())
+    if body is None:
+        if outage is None or outage.first_ok is not None:
+            ledger.note(f"{call.kind} {call.key}: {status} {response.text[:200]}")
         return False
-    body = response.json()
     if status >= 400:
         code = body.get("error", {}).get("code")
         if code in ("idempotency_key_reused", "validation_failed", "malformed_json"):
@@ -378,12 +408,25 @@ def settle_answer(ledger: Ledger, call: Call, response: httpx.Response) -> bool:
             if item["status"] < 500:  # a 5xx item is sent again with its batch
                 expect.status = item["status"]
             if item["status"] >= 400 and item["error"]["code"] != "concurrent_update":
+                if item["status"] >= 500 and outage is not None and outage.first_ok is None:
+                    continue
                 ledger.note(f"batch item {expect.marker}: {item['status']} {item['error']}")
     else:
         call.expects[0].status = status
     call.status, call.answer = status, body
     ledger.learn(call, body)
     return call.done
+
+
+def _outcome(call: Call, status: int, body: Any) -> str:
+    """What an answer was, for an ``Outage``: a batch answered 2xx is a 2xx when one of its
+    items is, a 503 when one is (and none is a 2xx)."""
+    if call.kind != "batch" or not 200 <= status < 300:
+        return str(status)
+    items = [item["status"] for item in body["results"]]
+    if any(200 <= item < 300 for item in items):
+        return str(status)
+    return "503" if 503 in items else str(status)
 
 
 class ClientThread(threading.Thread):
@@ -456,6 +499,8 @@ class ClientThread(threading.Thread):
             if outcome != "answered":
                 ledger.retry.append(call)
                 ledger.figures[f"no answer ({outcome})"] += 1
+            if ledger.outages and outcome in ("refused", "cut off"):
+                ledger.outages[-1].see(outcome, time.time())
         return outcome in ("answered", "5xx")
 
 

@@ -40,17 +40,20 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 from common import pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from soak_checks import (  # noqa: E402
     SETTLED_GATE,
     SETTLED_GATE_WRONG,
+    Check,
     Ending,
     Result,
     age_parts,
@@ -60,6 +63,7 @@ from soak_checks import (  # noqa: E402
 )
 from soak_clients import (  # noqa: E402
     Ledger,
+    Outage,
     a_notice,
     add_accounts,
     gate_agrees,
@@ -71,6 +75,8 @@ from soak_clients import (  # noqa: E402
 from soak_services import (  # noqa: E402
     POLICY,
     MailWatch,
+    PrivateCluster,
+    Process,
     Receiver,
     RedisServer,
     Serve,
@@ -109,15 +115,32 @@ STARTING: dict[str, float] = {
     "the leading worker while seeding the gate": 2,
     "the leading worker while re-sending, Redis restarted": 2,
 }
+# How PostgreSQL crashes (``--pg-kills`` of rounds, one of these drawn): every process ends at
+# once and the server starts again after a short outage (crash recovery from the WAL), or one
+# backend serving the soak's database is SIGKILLed (the postmaster ends every other backend,
+# recovers, and accepts connections again by itself).
+PG_STOP = "PostgreSQL (pg_ctl stop -m immediate, started again)"
+PG_BACKEND = "PostgreSQL (a backend SIGKILLed)"
+PG_CRASHES = (PG_STOP, PG_BACKEND)
+# The outage of an immediate stop: a random span in seconds.
+PG_AWAY = (0.2, 3.0)
+# How long the clients may wait for a 2xx answer once PostgreSQL answers again.
+PG_RECOVERY_SECONDS = 60.0
+PG_BACK_TO_OK = "longest from PostgreSQL back to the first 2xx (ms)"
+PG_DEAD = "processes dead after a PostgreSQL crash"
+PG_LEADERLESS = "PostgreSQL crashes after which no worker led within 30 s"
 
 
 class Fleet:
     """The soak's processes: Redis, two API processes and two workers, each started again
     (with a log file of its own) once it was killed."""
 
-    def __init__(self, soak: Soak, redis: RedisServer) -> None:
+    def __init__(
+        self, soak: Soak, redis: RedisServer, cluster: PrivateCluster | None = None
+    ) -> None:
         self.soak = soak
         self.redis = redis
+        self.cluster = cluster
         self.starts = 0
         self.spans = StartSpans()
         self.apis = [self._api(n) for n in range(2)]
@@ -216,6 +239,45 @@ class Fleet:
         _count_phase(ledger, worker_phase(starting.log, redis_lost))
         return killed_at
 
+    def dead(self) -> list[str]:
+        """The API processes and workers that are not running."""
+        named: list[tuple[str, Process]] = [(f"API {n}", p) for n, p in enumerate(self.apis)]
+        named += [(f"worker {n}", p) for n, p in enumerate(self.workers)]
+        return [name for name, process in named if process.proc.poll() is not None]
+
+    def crash_postgres(self, rng: random.Random, ledger: Ledger, kind: str) -> float:
+        """Crash the soak's own PostgreSQL server as ``kind`` says (``PG_CRASHES``) under the
+        clients' load, wait until it answers again, and (up to ``PG_RECOVERY_SECONDS``) until a
+        client got a 2xx answer after that; when it crashed. Nothing is restarted but the
+        server: every process must come back by itself."""
+        cluster = self.cluster
+        assert cluster is not None and self.soak.pg_url is not None
+        outage = Outage(kind, time.time())
+        if kind == PG_BACKEND:
+            database = sa.make_url(self.soak.pg_url).database or ""
+            backends = cluster.backends(database)
+            active = [pid for pid, state in backends if state == "active"] or [
+                pid for pid, _ in backends
+            ]
+            with ledger.lock:
+                ledger.outages.append(outage)
+            outage.at = cluster.kill_backend(random.Random(rng.random()).choice(active))
+            cluster.wait_refusing(1.0)
+            back = cluster.wait_ready()
+        else:
+            away = rng.uniform(*PG_AWAY)
+            with ledger.lock:
+                ledger.outages.append(outage)
+            outage.at = cluster.stop_immediate()
+            time.sleep(away)
+            back = cluster.start()
+        with ledger.lock:
+            outage.back = back
+        deadline = time.monotonic() + PG_RECOVERY_SECONDS
+        while outage.first_ok is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return outage.at
+
     def kill_all(self) -> None:
         for process in [*self.apis, *self.workers]:
             process.kill()
@@ -233,15 +295,19 @@ def _victim(
     fleet: Fleet,
     ledger: Ledger,
     rng: random.Random,
-    shares: tuple[float, float],
+    shares: tuple[float, float, float],
     planned: str | None,
 ) -> tuple[str, Callable[[], float]]:
     """What to kill this round (``planned``, or drawn: a process while it starts at the first
-    of ``shares``, Redis at the second): its name (as the figures count it) and how. A leader
-    that died a moment ago is followed by the other worker within about 5 s: a worker's kill
-    waits for one to lead."""
-    startup_share, redis_share = shares
+    of ``shares``, Redis at the second, PostgreSQL at the third): its name (as the figures
+    count it) and how. A leader that died a moment ago is followed by the other worker within
+    about 5 s: a worker's kill waits for one to lead."""
+    startup_share, redis_share, pg_share = shares
     # (No draw at a share of 0: the rounds are then those the soak drew before it had these.)
+    if planned is None and pg_share > 0 and rng.random() < pg_share:
+        planned = rng.choice(PG_CRASHES)
+    if planned in PG_CRASHES:
+        return planned, functools.partial(fleet.crash_postgres, rng, ledger, planned)
     if planned is None and startup_share > 0 and rng.random() < startup_share:
         planned = rng.choices(list(STARTING), list(STARTING.values()))[0]
     if planned is None and rng.random() < redis_share:
@@ -314,10 +380,14 @@ def run(
     redis_kills: float,
     console: Console,
     plan: Sequence[str] | None = None,
+    cluster: PrivateCluster | None = None,
+    pg_kills: float = 0.0,
 ) -> Result:
     """Run the soak in ``soak.workdir`` (made if missing) on ``soak.pg_url`` (an empty
     database) and a Redis on ``soak.redis_port``, and check what it left. ``plan`` names what
-    each round kills (as ``VICTIMS``, ``STARTING`` and "Redis" do), else it is drawn."""
+    each round kills (as ``VICTIMS``, ``STARTING``, ``PG_CRASHES`` and "Redis" do), else it is
+    drawn. With ``cluster`` (the server of ``soak.pg_url``, the soak's own) ``pg_kills`` of the
+    rounds crash PostgreSQL."""
     (soak.workdir / "logs").mkdir(parents=True, exist_ok=True)
     (soak.workdir / "policy.toml").write_text(POLICY)
     assert soak.redis_port is not None
@@ -335,10 +405,13 @@ def run(
         rng = random.Random(soak.seed)
         mail.start()
         started = time.monotonic()
-        fleet = Fleet(soak, redis)
+        fleet = Fleet(soak, redis, cluster)
         if fleet.leader(LEAD_SECONDS) is None:
             raise RuntimeError("no worker took the lead")
+        name = ""
         for round_no in range(soak.rounds):
+            if name in PG_CRASHES:
+                came_back_by_itself(ledger, fleet)
             restarted(ledger, fleet)
             ledger.figures["gate checks after a restart"] += gate_agrees(
                 ledger, fleet.urls, tokens, rng, 20
@@ -358,18 +431,23 @@ def run(
                     fleet,
                     ledger,
                     rng,
-                    (soak.startup_kills, redis_kills),
+                    (soak.startup_kills, redis_kills, pg_kills),
                     plan[round_no] if plan else None,
                 ),
                 linger=min(1.5, soak.seconds),
             )
+            what = name
             if name in STARTING:
-                name = f"{name} (landed: {ledger.starting_phase})"
+                what = f"{name} (landed: {ledger.starting_phase})"
+            if name in PG_CRASHES:
+                what = f"{name}: {_outage_text(ledger.outages[-1])}"
             console.print(
-                f"round {round_no + 1}/{soak.rounds}: killed {name}; {len(ledger.calls)} "
+                f"round {round_no + 1}/{soak.rounds}: killed {what}; {len(ledger.calls)} "
                 f"requests so far, {ledger.figures['requests sent again'] - sent_again} sent "
                 f"again in the round, {len(ledger.retry)} waiting for an answer"
             )
+        if name in PG_CRASHES:
+            came_back_by_itself(ledger, fleet)
         # Both workers killed at once, then, as if 11 minutes had passed, started again: the
         # first notice each writes must sweep the part files that kills left.
         ledger.kills.append(fleet.kill_workers())
@@ -413,10 +491,71 @@ def run(
         **{k: v for k, v in sorted(ledger.figures.items()) if k.startswith("kills while")},
         "Redis persistence": redis_persistence,
         **({SEEN_RESTARTED: ledger.figures[SEEN_RESTARTED]} if redis_persistence != "none" else {}),
+        **(postgres_figures(ledger) if cluster is not None else {}),
         "wall time": f"{elapsed:.0f} s",
         **figures,
     }
+    if cluster is not None:
+        checks += postgres_checks(ledger)
     return Result(figures, checks, notes, soak.workdir)
+
+
+def _outage_text(outage: Outage) -> str:
+    away = "did not come back" if outage.back is None else f"away {outage.back - outage.at:.2f} s"
+    if outage.back is None or outage.first_ok is None:
+        first = f"no 2xx within {PG_RECOVERY_SECONDS:.0f} s"
+    else:
+        first = f"first 2xx {outage.first_ok - outage.back:.2f} s after"
+    return f"{away}, {first}; {outage.answered_503} answered 503, {outage.no_answer} no answer"
+
+
+def came_back_by_itself(ledger: Ledger, fleet: Fleet) -> None:
+    """After a PostgreSQL crash (before ``restarted`` starts anything again): every process
+    must still run, and a worker lead again, by itself. Counted, and noted, when not."""
+    dead = fleet.dead()
+    if dead:
+        ledger.figures[PG_DEAD] += len(dead)
+        ledger.note(f"after a PostgreSQL crash these processes had died: {dead}")
+    elif fleet.leader(LEAD_SECONDS) is None:
+        ledger.figures[PG_LEADERLESS] += 1
+        ledger.note("after a PostgreSQL crash no worker led within 30 s")
+
+
+def postgres_figures(ledger: Ledger) -> dict[str, Any]:
+    """The PostgreSQL crashes' figures: outages, 503s, recovery."""
+    outages = ledger.outages
+    away = [o.back - o.at for o in outages if o.back is not None]
+    to_ok = [o.first_ok - o.back for o in outages if o.first_ok is not None and o.back]
+    return {
+        "PostgreSQL crashes (stop -m immediate, backend SIGKILLed)": (
+            f"{sum(o.kind == PG_STOP for o in outages)}, "
+            f"{sum(o.kind == PG_BACKEND for o in outages)}"
+        ),
+        "PostgreSQL away (s): shortest, longest": (
+            f"{min(away):.2f}, {max(away):.2f}" if away else "-"
+        ),
+        "answered 503 during the outages (no answer)": (
+            f"{sum(o.answered_503 for o in outages)} ({sum(o.no_answer for o in outages)})"
+        ),
+        PG_BACK_TO_OK: int(max(to_ok) * 1000) if to_ok else "-",
+    }
+
+
+def postgres_checks(ledger: Ledger) -> list[Check]:
+    """After each PostgreSQL crash, every process came back by itself: none died, a worker led
+    again, and a client got a 2xx answer once the server answered again."""
+    outages = ledger.outages
+    no_ok = sum(o.first_ok is None for o in outages)
+    dead, leaderless = ledger.figures[PG_DEAD], ledger.figures[PG_LEADERLESS]
+    return [
+        (
+            "after each PostgreSQL crash every process came back by itself (none died, a "
+            "worker led again, a 2xx answer followed the server's return)",
+            not no_ok and not dead and not leaderless,
+            f"{len(outages)} crashes; {dead} processes died, {leaderless} without a leader "
+            f"for 30 s, {no_ok} without a 2xx within {PG_RECOVERY_SECONDS:.0f} s",
+        )
+    ]
 
 
 def main() -> int:
@@ -441,29 +580,59 @@ def main() -> int:
         "gate, or while re-sending after Redis restarted",
     )
     parser.add_argument("--redis-port", type=int, help="default: a free one")
+    parser.add_argument(
+        "--pg-kills",
+        type=float,
+        default=0.0,
+        help="share of rounds that crash PostgreSQL (0: none): an immediate stop and a start "
+        f"{PG_AWAY[0]:g} to {PG_AWAY[1]:g} s later, or a backend SIGKILLed; the soak then runs "
+        "a PostgreSQL cluster of its own in its working directory, on a free port",
+    )
     args = parser.parse_args()
     admin_url = os.environ.get(PG_URL_ENV)
-    if not admin_url:
+    if not admin_url and not args.pg_kills:
         parser.error(f"set {PG_URL_ENV} to a PostgreSQL account that may create databases")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-production-"))
     console = Console()
     ok = False
-    with pg_database(admin_url, "soak_production") as pg_url:
-        soak = soak_from(
-            args,
-            workdir,
-            startup_kills=args.startup_kills,
-            pg_url=pg_url,
-            redis_port=args.redis_port or free_port(),
-        )
-        console.print(
-            f"production crash soak: {soak.rounds} rounds of up to {soak.seconds:g} s, "
-            f"{soak.clients} clients, Redis on {soak.redis_port} ({args.redis_persistence}), "
-            f"in {workdir} (load {os.getloadavg()[0]:.2f})"
-        )
-        result = run(soak, args.redis_persistence, args.redis_kills, console)
-        show(result, console, "production crash soak")
-        ok = result.ok
+    cluster = None
+    try:
+        if args.pg_kills:
+            # Never the shared server: a cluster of the soak's own, which it may crash.
+            workdir.mkdir(parents=True, exist_ok=True)
+            workdir.chmod(0o755)  # the server's user must reach its directory
+            cluster = PrivateCluster(workdir / "postgres", free_port())
+            cluster.init()
+            cluster.start()
+            admin_url = cluster.admin_url
+        assert admin_url is not None
+        with pg_database(admin_url, "soak_production") as pg_url:
+            soak = soak_from(
+                args,
+                workdir,
+                startup_kills=args.startup_kills,
+                pg_url=pg_url,
+                redis_port=args.redis_port or free_port(),
+            )
+            where = "" if cluster is None else f", PostgreSQL of its own on {cluster.port}"
+            console.print(
+                f"production crash soak: {soak.rounds} rounds of up to {soak.seconds:g} s, "
+                f"{soak.clients} clients, Redis on {soak.redis_port} ({args.redis_persistence})"
+                f"{where}, in {workdir} (load {os.getloadavg()[0]:.2f})"
+            )
+            result = run(
+                soak,
+                args.redis_persistence,
+                args.redis_kills,
+                console,
+                cluster=cluster,
+                pg_kills=args.pg_kills,
+            )
+            show(result, console, "production crash soak")
+            ok = result.ok
+    finally:
+        if cluster is not None:
+            cluster.stop()
     if ok and args.workdir is None:
         shutil.rmtree(workdir)
     elif not ok:

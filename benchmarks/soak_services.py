@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -339,6 +340,8 @@ class Serve(Process):
 
 
 LEADS = b"this process leads the relay and the deadline sweep"
+# What a leader logs when it lost the lock (its database session ended: PostgreSQL restarted).
+STEPPED_DOWN = b"leader lock was lost; stepping down"
 
 
 class Worker(Process):
@@ -349,9 +352,13 @@ class Worker(Process):
 
     @property
     def leads(self) -> bool:
-        """Whether it said it took the lead (it keeps it until it dies, unless it loses its
-        database connection: then the other may hold it too for a moment)."""
-        return self.proc.poll() is None and LEADS in self.log.read_bytes()
+        """Whether it said it took the lead and has not said it lost it since (it keeps it until
+        it dies, unless it loses its database session: then the other may hold it too for a
+        moment, until its look sees the lock lost)."""
+        if self.proc.poll() is not None:
+            return False
+        log = self.log.read_bytes()
+        return log.rfind(LEADS) > log.rfind(STEPPED_DOWN)
 
 
 class RedisServer:
@@ -420,3 +427,116 @@ class RedisServer:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+PG_BIN = Path(os.environ.get("ENFORCEMENT_SOAK_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of the soak's own (``--pg-kills``), in ``directory`` on ``port``,
+    which the soak crashes: never the shared server. ``initdb`` and ``pg_ctl`` refuse to run as
+    root, so as root they run as the ``postgres`` user, which owns the directory. Trust
+    authentication for the user ``enforcement`` (a superuser), on loopback and its socket in the
+    directory only; ``fsync`` on, so that a crash loses nothing committed."""
+
+    USER = "enforcement"
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.data = directory / "data"
+        self.port = port
+        self.log = directory / "postgres.log"
+        self.running = False
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg://{self.USER}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(PG_BIN / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=120, check=check, cwd="/"
+        )
+
+    def init(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.USER)
+
+    def start(self) -> float:
+        """Start it (crash recovery first, after an immediate stop); when it accepts
+        connections (``time.time``)."""
+        options = f"-p {self.port} -k {self.directory} -c fsync=on -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+        self.running = True
+        return self.wait_ready()
+
+    def stop_immediate(self) -> float:
+        """``pg_ctl stop -m immediate``: every process ends at once, no checkpoint (a crash:
+        the next start recovers from the WAL); when."""
+        at = time.time()
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self.running = False
+        return at
+
+    def backends(self, database: str) -> list[tuple[int, str]]:
+        """The client backends serving ``database``: process id and state (active, idle...)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT pid, coalesce(state, '') FROM pg_stat_activity WHERE datname = %s "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                (database,),
+            ).fetchall()
+        return [(int(pid), str(state)) for pid, state in rows]
+
+    def kill_backend(self, pid: int) -> float:
+        """SIGKILL one backend: the postmaster then ends every other one and recovers (the
+        shared memory may be damaged), refusing connections meanwhile; when."""
+        at = time.time()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return at
+
+    def _connect(self, timeout: int = 2) -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.USER,
+            dbname="postgres",
+            connect_timeout=timeout,
+            autocommit=True,
+        )
+
+    def answers(self) -> bool:
+        try:
+            with self._connect(1) as conn:
+                conn.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def wait_refusing(self, seconds: float) -> None:
+        """Until it refuses connections (the postmaster has begun its reset), up to ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while self.answers() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def wait_ready(self) -> float:
+        """Until it answers a query (``RuntimeError`` after ``STARTUP_SECONDS``); when."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not self.answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not come back: see {self.log}")
+            time.sleep(0.01)
+        return time.time()
+
+    def stop(self) -> None:
+        """Stop it (fast: sessions ended, a checkpoint), if it runs."""
+        if self.data.exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+        self.running = False
