@@ -122,6 +122,11 @@ class Outage:
     answered_503: int = 0
     no_answer: int = 0
 
+    def quiet(self, now: float) -> bool:
+        """Whether a 5xx at ``now`` is the crash's (until a second after the first 2xx: the
+        other API process may still be reconnecting): counted, not noted."""
+        return self.first_ok is None or now < self.first_ok + 1.0
+
     def see(self, outcome: str, now: float) -> None:
         """Count an answer's status (or "refused", "cut off") got at ``now``."""
         if self.first_ok is not None:
@@ -388,11 +393,13 @@ def settle_answer(ledger: Ledger, call: Call, response: httpx.Response) -> bool:
     with ledger.lock:
         ledger.answers[f"{call.kind} {status}"] += 1
         # The 503s while a PostgreSQL crash lasts are counted there, not noted one by one.
+        now = time.time()
         outage = ledger.outages[-1] if ledger.outages else None
         if outage is not None:
-            outage.see(_outcome(call, status, body), time.time())
+            outage.see(_outcome(call, status, body), now)
+        quiet = outage is not None and outage.quiet(now)
     if body is None:
-        if outage is None or outage.first_ok is not None:
+        if not quiet:
             ledger.note(f"{call.kind} {call.key}: {status} {response.text[:200]}")
         return False
     if status >= 400:
@@ -408,7 +415,7 @@ def settle_answer(ledger: Ledger, call: Call, response: httpx.Response) -> bool:
             if item["status"] < 500:  # a 5xx item is sent again with its batch
                 expect.status = item["status"]
             if item["status"] >= 400 and item["error"]["code"] != "concurrent_update":
-                if item["status"] >= 500 and outage is not None and outage.first_ok is None:
+                if item["status"] >= 500 and quiet:
                     continue
                 ledger.note(f"batch item {expect.marker}: {item['status']} {item['error']}")
     else:

@@ -24,8 +24,11 @@ one API process, in turn) refuses every suspended or terminated account and allo
         .venv/bin/python benchmarks/soak_production.py --rounds 10 --seconds 6
 
 Needs ``redis-server`` on PATH and a PostgreSQL account that may create databases (the soak
-makes its own, and drops it). Exit status 0 when every check passed, 1 otherwise (the working
-directory is then kept; the database is dropped either way).
+makes its own, and drops it). With ``--pg-kills`` it crashes PostgreSQL too, at that share of
+rounds (an immediate stop and a start 0.2 to 3 s later, or a backend SIGKILLed), on a cluster
+of its own in its working directory (``PrivateCluster``): never the shared server. Exit
+status 0 when every check passed, 1 otherwise (the working directory is then kept; the
+database is dropped either way).
 """
 
 from __future__ import annotations
