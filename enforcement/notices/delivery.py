@@ -2,7 +2,9 @@
 
 Idempotent by the notice's event id: an outcome is appended with an idempotency key derived
 from (notice event, channel[, attempt]), so a redelivered message never records a second
-``NoticeDelivered``, and a notice already delivered is not sent again.
+``NoticeDelivered``, and a notice already delivered is not sent again. Two messages for the
+same notice and channel that run at once take turns (``guard``): the second looks only once
+the first recorded its outcome, so it does not send what the first delivered.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import smtplib
 from dataclasses import dataclass
 
 from enforcement.notices.email import EmailRefused, EmailSender, build_message
+from enforcement.notices.guard import DeliveryGuard, LocalGuard
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookRefused, WebhookSender
 from enforcement.service import Actor, EnforcementService, Fact
@@ -23,6 +26,8 @@ from projections import aup_events as ev
 log = logging.getLogger("enforcement.notices")
 WORKER = Actor(name="worker:notices", correlation_id="notice-delivery", source="worker")
 CHANNELS = ("email", "webhook")
+# How long recording an outcome may take, when the caller does not say (the database's timeout).
+RECORD_SECONDS = 30.0
 _CONTACT_SQL = {
     name: f"SELECT email, webhook_url FROM {contacts.name} WHERE account_id = {mark}"
     for name, mark in (("sqlite", "?"), ("postgresql", "%s"))
@@ -46,12 +51,26 @@ class Contact:
         return tuple(c for c, target in with_target if target is not None) or ("email",)
 
 
+def hold_seconds(email: EmailSender, webhook: WebhookSender, record_seconds: float) -> float:
+    """How long one delivery may hold its guard: the longer of the senders' deadlines, then
+    ``record_seconds`` to record its outcome (the database's timeout)."""
+    return max(email.deadline, webhook.deadline) + record_seconds
+
+
 class NoticeDelivery:
-    def __init__(self, service: EnforcementService, email: EmailSender, webhook: WebhookSender):
+    def __init__(
+        self,
+        service: EnforcementService,
+        email: EmailSender,
+        webhook: WebhookSender,
+        guard: DeliveryGuard | None = None,
+    ):
         self.service = service
         self.store = service.store
         self.email = email
         self.webhook = webhook
+        # Within this process when not given (the embedded mode's workers are its threads).
+        self.guard = guard or LocalGuard(hold_seconds(email, webhook, RECORD_SECONDS))
         # Outcomes of concurrent attempts (worker threads) are recorded in one transaction.
         self.outcomes: GroupCommit[Fact, list[RecordedEvent] | Exception] = GroupCommit(
             lambda facts: service.record_facts(facts, WORKER)
@@ -105,6 +124,16 @@ class NoticeDelivery:
         target = contact.email if channel == "email" else contact.webhook_url
         if target is None:
             return "no_target"
+        # Held from the look at what was delivered to the outcome's record: a second copy that
+        # ran at the same time would see no delivery yet and send again.
+        with self.guard.held(f"{notice_event_id}:{channel}"):
+            return self._send(notice, target, channel, attempt, final)
+
+    def _send(
+        self, notice: RecordedEvent, target: str, channel: str, attempt: int, final: bool
+    ) -> str:
+        """Send unless delivered already, and record the outcome."""
+        notice_event_id, notice_id = notice.event_id, notice.data["notice_id"]
         key = delivered_key(notice_event_id, channel)
         if self.store.recorded_for_key(key, key) is not None:
             return "already_delivered"

@@ -28,6 +28,7 @@ QUEUE = "enforcement"
 DEADLINE_QUEUE = "deadlines"
 # How long a try to deliver a notice may run before Dramatiq cuts it off; well beyond the
 # deadlines of an e-mail and a webhook attempt, which end a try first and record its failure.
+# The workers give it more: room to wait for another copy's delivery (``runtime.build_actors``).
 NOTICE_TIME_LIMIT_MS = 60_000
 
 
@@ -36,6 +37,7 @@ class Actors:
     broker: dramatiq.Broker
     by_name: dict[str, dramatiq.Actor[Any, Any]]
     clock: Any
+    delivery: NoticeDelivery | None = None  # what ``deliver_notice`` delivers with
 
     def enqueue(self, message: Message) -> None:
         actor = self.by_name[message.actor]
@@ -144,4 +146,4 @@ def register_actors(
             declare(apply_gate_state, QUEUE, max_retries=20, time_limit=30_000),
         )
     }
-    return Actors(broker, declared, service.clock)
+    return Actors(broker, declared, service.clock, delivery)

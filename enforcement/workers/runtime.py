@@ -24,15 +24,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 
 from enforcement.bootstrap import Container
 from enforcement.closing import close_after, close_once_ended
 from enforcement.gatekeeping import seed_gate
-from enforcement.notices.delivery import CHANNELS, NoticeDelivery
+from enforcement.notices.delivery import CHANNELS, NoticeDelivery, hold_seconds
 from enforcement.notices.email import EmailSender, sweep_parts
+from enforcement.notices.guard import DeliveryGuard, LocalGuard, RedisGuard
 from enforcement.notices.webhook import WebhookSender
 from enforcement.settings import Settings
-from enforcement.workers.actors import Actors, register_actors
+from enforcement.workers.actors import NOTICE_TIME_LIMIT_MS, Actors, register_actors
 from enforcement.workers.broker import make_broker
 from enforcement.workers.leader import LeaderLock, still_leads, watch_leader
 from enforcement.workers.recovery import LostRetryScan, pending_deliveries
@@ -55,11 +57,12 @@ THREADS_STOP_SECONDS = 10.0
 def build_actors(container: Container, broker: dramatiq.Broker | None = None) -> Actors:
     settings = container.settings
     broker = broker or make_broker(settings)
-    delivery = NoticeDelivery(
-        container.service,
-        EmailSender(settings.smtp_url, settings.mail_dir, sender=settings.mail_from),
-        WebhookSender(settings.webhook_secret, settings.webhook_allow_private),
+    email = EmailSender(settings.smtp_url, settings.mail_dir, sender=settings.mail_from)
+    webhook = WebhookSender(settings.webhook_secret, settings.webhook_allow_private)
+    guard = delivery_guard(
+        broker, hold_seconds(email, webhook, settings.database_timeout_ms / 1000)
     )
+    delivery = NoticeDelivery(container.service, email, webhook, guard)
     gate_applier = container.extras.get("gate_applier")
     return register_actors(
         broker,
@@ -69,7 +72,17 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
         notice_retries=settings.notice_retries,
         min_backoff_ms=settings.notice_backoff_ms,
         max_backoff_ms=settings.notice_max_backoff_ms,
+        # A try may wait for another copy's delivery, then hold the guard for its own.
+        notice_time_limit_ms=max(NOTICE_TIME_LIMIT_MS, int((guard.wait_s + guard.hold_s) * 1000)),
     )
+
+
+def delivery_guard(broker: dramatiq.Broker, hold_s: float) -> DeliveryGuard:
+    """In the broker's Redis, which every consumer process shares (on its client: two commands
+    a delivery on connections it has); in this process with the in-memory broker."""
+    if isinstance(broker, RedisBroker):
+        return RedisGuard(broker.client, hold_s)
+    return LocalGuard(hold_s)
 
 
 # How often the leader looks for failed attempts whose retry was lost, in deadline sweeps

@@ -1,0 +1,209 @@
+"""One delivery of a notice on a channel at a time: a guard held across its "already delivered?"
+check, its send and the recording of its outcome.
+
+Two messages for the same (notice, channel) can run at once (a new relay leader sends again
+from its checkpoint while the first message's retry runs; a lost-retry scan meets a late
+retry). Without the guard both found no ``NoticeDelivered`` and both sent. With it the second
+waits until the first is done and then looks again: it skips what the first delivered, and
+sends what the first failed to (whose own retry then finds it delivered).
+
+The guard never costs a notice (at least once holds):
+
+- it is held at most ``hold_s`` (the send's deadline and the recording): a holder that died,
+  a process SIGKILLed, leaves a guard that lapses by itself;
+- a copy waits at most ``wait_s`` for it, then sends without it (logged);
+- a guard that cannot be taken (its Redis unreachable, silent or refusing writes) is not
+  waited for: the copy sends as it did before the guard, logged once a minute at most.
+
+``RedisGuard`` works across processes (``enforcement worker``'s consumers share the broker's
+Redis): ``SET NX PX`` with a token of the holder's, released by compare-and-delete so that a
+holder never frees a guard that lapsed and another took. ``LocalGuard`` is the embedded mode's,
+within one process (its workers are threads of ``serve``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+log = logging.getLogger("enforcement.notices")
+# How often a copy that waits looks again at a guard in Redis: from 10 ms, doubling, up to
+# 250 ms (the local guard is woken at its release).
+FIRST_LOOK_S = 0.01
+LAST_LOOK_S = 0.25
+# A guard that cannot be taken is logged once, then at most once in this many seconds.
+UNAVAILABLE_LOG_S = 60.0
+# Frees the guard only while it is still the releaser's (its token): a guard that lapsed
+# meanwhile may be another copy's by now.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class DeliveryGuard:
+    """Held across one delivery (``held``); see the module's docstring for what it guarantees."""
+
+    # What taking or releasing the guard may raise when its store is unavailable.
+    unavailable: tuple[type[Exception], ...] = ()
+
+    def __init__(self, hold_s: float, wait_s: float | None = None) -> None:
+        self.hold_s = hold_s
+        self.wait_s = hold_s if wait_s is None else wait_s
+        self._waiting = 0
+        self._count = threading.Lock()
+        self._said_unavailable_at = -UNAVAILABLE_LOG_S
+        self._unavailable_since_said = 0
+
+    @property
+    def waiting(self) -> int:
+        """How many copies wait for a guard another holds, now."""
+        return self._waiting
+
+    @contextmanager
+    def held(self, name: str) -> Iterator[None]:
+        """Hold the guard of ``name`` (waiting for it a bounded time) for the ``with`` block."""
+        token = self._take_within(name)
+        try:
+            yield
+        finally:
+            if token is not None:
+                self._give_back(name, token)
+
+    def _take_within(self, name: str) -> str | None:
+        """The token the guard was taken with, or None when the copy goes on without it."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self.wait_s
+        pause = FIRST_LOOK_S
+        waited = False
+        try:
+            while True:
+                try:
+                    if self._take(name, token):
+                        return token
+                except self.unavailable as exc:
+                    self._say_unavailable(exc)
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "the delivery guard of %s was still held after %g s; delivering without it",
+                        name,
+                        self.wait_s,
+                    )
+                    return None
+                if not waited:
+                    waited = True
+                    with self._count:
+                        self._waiting += 1
+                self._wait(name, min(pause, left))
+                pause = min(pause * 2, LAST_LOOK_S)
+        finally:
+            if waited:
+                with self._count:
+                    self._waiting -= 1
+
+    def _give_back(self, name: str, token: str) -> None:
+        try:
+            released = self._release(name, token)
+        except self.unavailable as exc:
+            self._say_unavailable(exc)  # it lapses by itself
+            return
+        if not released:
+            log.warning(
+                "the delivery guard of %s lapsed (%g s) before its delivery ended: another "
+                "copy may have sent it too",
+                name,
+                self.hold_s,
+            )
+
+    def _say_unavailable(self, exc: Exception) -> None:
+        with self._count:
+            now = time.monotonic()
+            if now - self._said_unavailable_at < UNAVAILABLE_LOG_S:
+                self._unavailable_since_said += 1
+                return
+            others = self._unavailable_since_said
+            self._said_unavailable_at, self._unavailable_since_said = now, 0
+        log.warning(
+            "the delivery guard is unavailable (%s: %s); notices are delivered without it, "
+            "and two copies of one may both send (%d more since the last such line)",
+            type(exc).__name__,
+            exc,
+            others,
+        )
+
+    def _take(self, name: str, token: str) -> bool:
+        raise NotImplementedError
+
+    def _wait(self, name: str, seconds: float) -> None:
+        raise NotImplementedError
+
+    def _release(self, name: str, token: str) -> bool:
+        raise NotImplementedError
+
+
+class LocalGuard(DeliveryGuard):
+    """Within one process: a copy that waits is woken when the guard is released."""
+
+    def __init__(self, hold_s: float, wait_s: float | None = None) -> None:
+        super().__init__(hold_s, wait_s)
+        self._changed = threading.Condition()
+        self._held: dict[str, tuple[str, float]] = {}  # name: (token, lapses at)
+
+    def _free(self, name: str) -> bool:
+        holder = self._held.get(name)
+        return holder is None or holder[1] <= time.monotonic()
+
+    def _take(self, name: str, token: str) -> bool:
+        with self._changed:
+            if not self._free(name):
+                return False
+            self._held[name] = (token, time.monotonic() + self.hold_s)
+            return True
+
+    def _wait(self, name: str, seconds: float) -> None:
+        with self._changed:
+            if not self._free(name):
+                self._changed.wait(seconds)
+
+    def _release(self, name: str, token: str) -> bool:
+        with self._changed:
+            holder = self._held.get(name)
+            if holder is None or holder[0] != token:
+                return False
+            del self._held[name]
+            self._changed.notify_all()
+            return holder[1] > time.monotonic()
+
+
+class RedisGuard(DeliveryGuard):
+    """Across processes, in Redis (the broker's client): two commands a delivery."""
+
+    unavailable = (redis.RedisError,)
+    PREFIX = "enforcement:delivering:"
+
+    def __init__(self, client: redis.Redis, hold_s: float, wait_s: float | None = None) -> None:
+        super().__init__(hold_s, wait_s)
+        self.client = client
+        self._release_script: Any = client.register_script(_RELEASE)
+
+    def key(self, name: str) -> str:
+        return self.PREFIX + name
+
+    def _take(self, name: str, token: str) -> bool:
+        hold_ms = max(1, int(self.hold_s * 1000))
+        return bool(self.client.set(self.key(name), token, nx=True, px=hold_ms))
+
+    def _wait(self, name: str, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _release(self, name: str, token: str) -> bool:
+        return bool(self._release_script(keys=[self.key(name)], args=[token]))

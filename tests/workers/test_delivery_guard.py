@@ -1,0 +1,289 @@
+"""Two copies of one notice's delivery that run at once send it once (``notices/guard.py``).
+
+Two messages for the same notice and channel can be handled at the same time: a new relay
+leader sends again from its checkpoint while the first message's retry runs (the production
+crash soak saw a webhook POSTed twice, 0.23 s apart, by two threads of one worker). Each copy
+here runs ``NoticeDelivery.attempt`` in a thread of its own against a real webhook receiver that
+holds the first POST until the second copy either waits for the guard or has sent too; over
+the embedded mode's guard (one process) and over a real Redis (two deliveries, each with its
+own client: two worker processes). The guard never costs a notice: one a dead process left
+lapses or is waited for a bounded time, and one that cannot be taken is done without.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from enforcement.bootstrap import Container, bootstrap
+from enforcement.notices.delivery import NoticeDelivery
+from enforcement.notices.email import EmailSender
+from enforcement.notices.guard import DeliveryGuard, LocalGuard, RedisGuard
+from enforcement.notices.webhook import WebhookSender
+from enforcement.redis_client import bounded_client
+from enforcement.workers.broker import make_broker
+from enforcement.workers.runtime import build_actors
+from tests.processes import free_port
+from tests.workers.system import (
+    SECRET,
+    Receiver,
+    fast_settings,
+    outcomes_of,
+    report,
+    set_contact,
+    wait_until,
+)
+
+
+@pytest.fixture
+def container(sqlite_db: str, tmp_path: Path) -> Iterator[Container]:
+    c = bootstrap(fast_settings(sqlite_db, tmp_path))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def clients(redis_url: str) -> Iterator[list[redis.Redis]]:
+    """Clients of the test's Redis, closed after it: one per "process"."""
+    made: list[redis.Redis] = []
+
+    def client() -> redis.Redis:
+        made.append(bounded_client(redis_url, 2.0))
+        return made[-1]
+
+    yield [client(), client()]
+    for c in made:
+        c.close()
+
+
+def delivery(container: Container, tmp_path: Path, guard: DeliveryGuard | None) -> NoticeDelivery:
+    webhook = WebhookSender(SECRET, allow_private=True, timeout=5.0, deadline=10.0)
+    return NoticeDelivery(container.service, EmailSender(None, str(tmp_path)), webhook, guard)
+
+
+def webhook_notice(container: Container, receiver: Receiver, account_id: str = "acct_1") -> str:
+    """A notice issued to an account whose only contact is ``receiver``."""
+    set_contact(container.engine, account_id, webhook_url=receiver.url)
+    [notice] = [e for e in report(container, account_id).events if e.type == "NoticeIssued"]
+    return notice.event_id
+
+
+@dataclass
+class Copy:
+    """One message's attempt, running in a thread: what it returned or raised."""
+
+    thread: threading.Thread
+    outcome: str | Exception | None = None
+
+    @classmethod
+    def start(cls, delivery: NoticeDelivery, notice: str) -> Copy:
+        copy = cls(threading.Thread(target=lambda: copy.run(delivery, notice), daemon=True))
+        copy.thread.start()
+        return copy
+
+    def run(self, delivery: NoticeDelivery, notice: str) -> None:
+        try:
+            self.outcome = delivery.attempt(notice, "webhook", 1, final=False)
+        except Exception as exc:
+            self.outcome = exc
+
+    def result(self) -> str | Exception | None:
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        return self.outcome
+
+
+def two_copies_at_once(
+    receiver: Receiver, notice: str, first: NoticeDelivery, second: NoticeDelivery
+) -> tuple[str | Exception | None, str | Exception | None]:
+    """The first copy sends (its POST held by ``receiver``), the second starts meanwhile; once
+    it waits for the guard (or has sent as well) the receiver answers the first."""
+    one = Copy.start(first, notice)
+    wait_until(lambda: receiver.for_event(notice), "the first copy's POST")
+    two = Copy.start(second, notice)
+    wait_until(
+        lambda: second.guard.waiting or len(receiver.for_event(notice)) > 1,
+        "the second copy to wait for the first, or to send as well",
+    )
+    receiver.release()
+    return one.result(), two.result()
+
+
+def test_two_copies_at_once_in_one_process_send_once(container: Container, tmp_path: Path) -> None:
+    # Given a webhook receiver that holds the first POST
+    receiver = Receiver(hold_first=True)
+    try:
+        notice = webhook_notice(container, receiver)
+        both = delivery(container, tmp_path, None)  # the embedded mode's guard
+
+        # When two threads attempt the notice on the webhook at once
+        outcomes = two_copies_at_once(receiver, notice, both, both)
+
+        # Then it is POSTed once and delivered once; the second found it delivered
+        assert outcomes == ("delivered", "already_delivered")
+        assert len(receiver.for_event(notice)) == 1
+        assert [e.type for e in outcomes_of(container.store, notice)] == ["NoticeDelivered"]
+    finally:
+        receiver.close()
+
+
+@pytest.mark.redis
+def test_two_copies_at_once_in_two_processes_sharing_redis_send_once(
+    container: Container, tmp_path: Path, clients: list[redis.Redis]
+) -> None:
+    # Given two deliveries, each with its own client of one Redis, as two worker processes
+    receiver = Receiver(hold_first=True)
+    try:
+        notice = webhook_notice(container, receiver)
+        first, second = (delivery(container, tmp_path, RedisGuard(c, 10.0)) for c in clients)
+
+        # When each attempts the notice on the webhook at the same time
+        outcomes = two_copies_at_once(receiver, notice, first, second)
+
+        # Then it is POSTed once and delivered once, and the guard is gone
+        assert outcomes == ("delivered", "already_delivered")
+        assert len(receiver.for_event(notice)) == 1
+        assert [e.type for e in outcomes_of(container.store, notice)] == ["NoticeDelivered"]
+        assert clients[0].keys(RedisGuard.PREFIX + "*") == []
+    finally:
+        receiver.close()
+
+
+@pytest.mark.redis
+def test_a_copy_that_waited_for_a_failed_one_sends(
+    container: Container, tmp_path: Path, clients: list[redis.Redis]
+) -> None:
+    # Given a receiver that holds the first POST and then answers it 500
+    receiver = Receiver(hold_first=True, fail_first=1)
+    try:
+        notice = webhook_notice(container, receiver)
+        first, second = (delivery(container, tmp_path, RedisGuard(c, 10.0)) for c in clients)
+
+        # When two copies run at once
+        failed, sent = two_copies_at_once(receiver, notice, first, second)
+
+        # Then the one that waited sends once the first failed, and the first's retry finds
+        # the notice delivered and sends nothing
+        assert type(failed).__name__ == "DeliveryFailed" and sent == "delivered"
+        assert first.attempt(notice, "webhook", 2, final=False) == "already_delivered"
+        assert len(receiver.for_event(notice)) == 2
+        assert [e.type for e in outcomes_of(container.store, notice)] == [
+            "NoticeDeliveryFailed",
+            "NoticeDelivered",
+        ]
+    finally:
+        receiver.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("left_for", ["its lapse", "ever"])
+def test_a_guard_a_dead_process_left_delays_a_copy_at_most_its_bound(
+    container: Container,
+    tmp_path: Path,
+    clients: list[redis.Redis],
+    left_for: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given the guard of a notice left in Redis by a process that died holding it: lapsing
+    # 0.5 s later as it was taken, or never (however it came to be, it is waited for 0.5 s)
+    receiver = Receiver()
+    try:
+        notice = webhook_notice(container, receiver)
+        guard = RedisGuard(clients[0], hold_s=0.5, wait_s=0.5)
+        left_at = time.monotonic()
+        lapse_ms = 500 if left_for == "its lapse" else None
+        clients[1].set(guard.key(f"{notice}:webhook"), "dead", px=lapse_ms)
+
+        # When another copy attempts it
+        outcome = delivery(container, tmp_path, guard).attempt(notice, "webhook", 1, final=False)
+
+        # Then it sent, once the guard lapsed or its wait ended, within a second of the bound
+        waited = time.monotonic() - left_at
+        assert outcome == "delivered" and len(receiver.for_event(notice)) == 1
+        assert 0.5 <= waited < 1.5
+        gave_up = [r.getMessage() for r in caplog.records if "still held" in r.getMessage()]
+        assert gave_up == (
+            []
+            if left_for == "its lapse"
+            else [
+                f"the delivery guard of {notice}:webhook was still held after 0.5 s; "
+                "delivering without it"
+            ]
+        )
+    finally:
+        receiver.close()
+
+
+def test_a_guard_whose_redis_is_unavailable_is_done_without(
+    container: Container, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a guard in a Redis that nothing answers for
+    caplog.set_level(logging.WARNING, "enforcement.notices")
+    receiver = Receiver()
+    client = bounded_client(f"redis://127.0.0.1:{free_port()}", 1.0)
+    try:
+        sends = delivery(container, tmp_path, RedisGuard(client, 10.0))
+        notices = [webhook_notice(container, receiver, f"acct_{n}") for n in range(3)]
+
+        # When notices are delivered
+        outcomes = [sends.attempt(n, "webhook", 1, final=False) for n in notices]
+
+        # Then each is sent, and the guard's absence is logged once, not for each
+        assert outcomes == ["delivered"] * 3
+        assert [len(receiver.for_event(n)) for n in notices] == [1, 1, 1]
+        said = [r.getMessage() for r in caplog.records if "guard is unavailable" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(
+            "the delivery guard is unavailable (ConnectionError: "
+        )
+    finally:
+        client.close()
+        receiver.close()
+
+
+def test_a_guard_held_past_its_lapse_is_not_freed_under_its_next_holder(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a delivery that holds its guard past the guard's lapse
+    guard = LocalGuard(hold_s=0.05, wait_s=5.0)
+    with guard.held("n:webhook"):
+        # When another copy comes: it takes the guard once it lapsed
+        started = time.monotonic()
+        with guard.held("n:webhook"):
+            assert 0.04 <= time.monotonic() - started < 1.0
+    # Then the first's late release logs that the guard lapsed
+    assert [r.getMessage() for r in caplog.records if "lapsed" in r.getMessage()] == [
+        "the delivery guard of n:webhook lapsed (0.05 s) before its delivery ended: another "
+        "copy may have sent it too"
+    ]
+
+
+@pytest.mark.redis
+def test_workers_guard_deliveries_in_the_brokers_redis(
+    sqlite_db: str, tmp_path: Path, redis_url: str
+) -> None:
+    """``enforcement worker``'s consumers guard in the broker's Redis, on its client; the
+    embedded mode in its process. A try's time limit leaves room for the wait and the hold."""
+    for url in (redis_url, None):
+        settings = fast_settings(sqlite_db, tmp_path, redis_url=url)
+        container = bootstrap(settings)
+        broker = make_broker(settings)
+        try:
+            actors = build_actors(container, broker)
+            guard = actors.delivery.guard
+            if url is None:
+                assert isinstance(guard, LocalGuard)
+            else:
+                assert isinstance(guard, RedisGuard) and guard.client is broker.client
+            # the senders' 30 s deadline, then the database's 30 s timeout to record
+            assert (guard.hold_s, guard.wait_s) == (60.0, 60.0)
+            assert actors.by_name["deliver_notice"].options["time_limit"] == 120_000
+        finally:
+            broker.close()
+            container.close()
