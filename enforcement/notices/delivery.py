@@ -98,8 +98,16 @@ class NoticeDelivery:
         recorded = self.store.recorded_for_key(key, key)
         return recorded is not None and any(e.data.get("final") for e in recorded)
 
-    def attempt(self, notice_event_id: str, channel: str, attempt: int, final: bool) -> str:
-        """Try once. Returns what happened; raises ``DeliveryFailed`` when a retry may help."""
+    def attempt(
+        self,
+        notice_event_id: str,
+        channel: str,
+        attempt: int,
+        final: bool,
+        message_id: str | None = None,
+    ) -> str:
+        """Try once. Returns what happened; raises ``DeliveryFailed`` when a retry may help.
+        ``message_id``, the broker's message this try is of, holds the guard (``guard``)."""
         notice = self.store.get_event(notice_event_id)
         if notice is None or notice.type != "NoticeIssued":
             log.warning("no NoticeIssued event %s", notice_event_id)
@@ -126,7 +134,7 @@ class NoticeDelivery:
             return "no_target"
         # Held from the look at what was delivered to the outcome's record: a second copy that
         # ran at the same time would see no delivery yet and send again.
-        with self.guard.held(f"{notice_event_id}:{channel}"):
+        with self.guard.held(f"{notice_event_id}:{channel}", message_id):
             return self._send(notice, target, channel, attempt, final)
 
     def _send(

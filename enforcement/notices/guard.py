@@ -10,7 +10,9 @@ sends what the first failed to (whose own retry then finds it delivered).
 The guard never costs a notice (at least once holds):
 
 - it is held at most ``hold_s`` (the send's deadline and the recording): a holder that died,
-  a process SIGKILLed, leaves a guard that lapses by itself;
+  a process SIGKILLed, leaves a guard that lapses by itself; and the message it was delivering,
+  which the broker hands to another worker, takes it over at once (it is held under the
+  message's id: a guard found under one's own id was left by a try of the same message);
 - a copy waits at most ``wait_s`` for it, then sends without it (logged);
 - a guard that cannot be taken (its Redis unreachable, silent or refusing writes) is not
   waited for: the copy sends as it did before the guard, logged once a minute at most.
@@ -46,6 +48,13 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Takes a guard that is free or already the taker's (its message's try that died left it).
+_TAKE_OVER = """
+local held = redis.call('get', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+return 1
+"""
 
 
 class DeliveryGuard:
@@ -68,25 +77,28 @@ class DeliveryGuard:
         return self._waiting
 
     @contextmanager
-    def held(self, name: str) -> Iterator[None]:
-        """Hold the guard of ``name`` (waiting for it a bounded time) for the ``with`` block."""
-        token = self._take_within(name)
+    def held(self, name: str, message_id: str | None = None) -> Iterator[None]:
+        """Hold the guard of ``name`` (waiting for it a bounded time) for the ``with`` block;
+        under ``message_id`` when given, so that the message's next try takes over a guard
+        that a try which died left."""
+        token = self._take_within(name, message_id)
         try:
             yield
         finally:
             if token is not None:
                 self._give_back(name, token)
 
-    def _take_within(self, name: str) -> str | None:
+    def _take_within(self, name: str, message_id: str | None) -> str | None:
         """The token the guard was taken with, or None when the copy goes on without it."""
-        token = secrets.token_hex(16)
+        own = message_id is not None
+        token = message_id if message_id is not None else secrets.token_hex(16)
         deadline = time.monotonic() + self.wait_s
         pause = FIRST_LOOK_S
         waited = False
         try:
             while True:
                 try:
-                    if self._take(name, token):
+                    if self._take(name, token, own):
                         return token
                 except self.unavailable as exc:
                     self._say_unavailable(exc)
@@ -140,7 +152,8 @@ class DeliveryGuard:
             others,
         )
 
-    def _take(self, name: str, token: str) -> bool:
+    def _take(self, name: str, token: str, own: bool) -> bool:
+        """Take the guard if it is free (or, ``own``, held under ``token`` already)."""
         raise NotImplementedError
 
     def _wait(self, name: str, seconds: float) -> None:
@@ -158,13 +171,13 @@ class LocalGuard(DeliveryGuard):
         self._changed = threading.Condition()
         self._held: dict[str, tuple[str, float]] = {}  # name: (token, lapses at)
 
-    def _free(self, name: str) -> bool:
+    def _free(self, name: str, token: str | None = None) -> bool:
         holder = self._held.get(name)
-        return holder is None or holder[1] <= time.monotonic()
+        return holder is None or holder[1] <= time.monotonic() or holder[0] == token
 
-    def _take(self, name: str, token: str) -> bool:
+    def _take(self, name: str, token: str, own: bool) -> bool:
         with self._changed:
-            if not self._free(name):
+            if not self._free(name, token if own else None):
                 return False
             self._held[name] = (token, time.monotonic() + self.hold_s)
             return True
@@ -194,13 +207,16 @@ class RedisGuard(DeliveryGuard):
         super().__init__(hold_s, wait_s)
         self.client = client
         self._release_script: Any = client.register_script(_RELEASE)
+        self._take_over: Any = client.register_script(_TAKE_OVER)
 
     def key(self, name: str) -> str:
         return self.PREFIX + name
 
-    def _take(self, name: str, token: str) -> bool:
+    def _take(self, name: str, token: str, own: bool) -> bool:
         hold_ms = max(1, int(self.hold_s * 1000))
-        return bool(self.client.set(self.key(name), token, nx=True, px=hold_ms))
+        if self.client.set(self.key(name), token, nx=True, px=hold_ms):
+            return True
+        return own and bool(self._take_over(keys=[self.key(name)], args=[token, hold_ms]))
 
     def _wait(self, name: str, seconds: float) -> None:
         time.sleep(seconds)

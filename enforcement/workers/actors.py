@@ -60,8 +60,9 @@ def register_actors(
     def deliver_notice(notice_event_id: str, channel: str) -> None:
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message is not None else 0
+        message_id = None if message is None else message.message_id
         try:
-            attempt_delivery(notice_event_id, channel, retries)
+            attempt_delivery(notice_event_id, channel, retries, message_id)
         except DeliveryFailed as exc:
             # Recorded (NoticeDeliveryFailed) and expected: one line naming the notice, then
             # Dramatiq's Retry, which backs off as any failure does but is not logged as an
@@ -99,7 +100,9 @@ def register_actors(
                 )
             raise
 
-    def attempt_delivery(notice_event_id: str, channel: str, retries: int) -> None:
+    def attempt_delivery(
+        notice_event_id: str, channel: str, retries: int, message_id: str | None
+    ) -> None:
         # Numbered on from the failures already recorded: a message sent again after a broker
         # lost the first records each attempt under a key of its own, and the limit holds for
         # the notice, not for each message.
@@ -111,7 +114,11 @@ def register_actors(
             return
         attempt = max(retries, failed) + 1
         outcome = delivery.attempt(
-            notice_event_id, channel, attempt=attempt, final=attempt > notice_retries
+            notice_event_id,
+            channel,
+            attempt=attempt,
+            final=attempt > notice_retries,
+            message_id=message_id,
         )
         log.info("notice %s via %s: %s", notice_event_id, channel, outcome)
 

@@ -184,7 +184,7 @@ def test_a_copy_that_waited_for_a_failed_one_sends(
 
 @pytest.mark.redis
 @pytest.mark.parametrize("left_for", ["its lapse", "ever"])
-def test_a_guard_a_dead_process_left_delays_a_copy_at_most_its_bound(
+def test_a_guard_a_dead_process_left_delays_another_copy_at_most_its_bound(
     container: Container,
     tmp_path: Path,
     clients: list[redis.Redis],
@@ -199,10 +199,12 @@ def test_a_guard_a_dead_process_left_delays_a_copy_at_most_its_bound(
         guard = RedisGuard(clients[0], hold_s=0.5, wait_s=0.5)
         left_at = time.monotonic()
         lapse_ms = 500 if left_for == "its lapse" else None
-        clients[1].set(guard.key(f"{notice}:webhook"), "dead", px=lapse_ms)
+        clients[1].set(guard.key(f"{notice}:webhook"), "message-1", px=lapse_ms)
 
-        # When another copy attempts it
-        outcome = delivery(container, tmp_path, guard).attempt(notice, "webhook", 1, final=False)
+        # When another message's copy attempts it
+        outcome = delivery(container, tmp_path, guard).attempt(
+            notice, "webhook", 1, final=False, message_id="message-2"
+        )
 
         # Then it sent, once the guard lapsed or its wait ended, within a second of the bound
         waited = time.monotonic() - left_at
@@ -217,6 +219,32 @@ def test_a_guard_a_dead_process_left_delays_a_copy_at_most_its_bound(
                 "delivering without it"
             ]
         )
+    finally:
+        receiver.close()
+
+
+@pytest.mark.redis
+def test_the_message_a_dead_process_held_the_guard_for_takes_it_over_at_once(
+    container: Container, tmp_path: Path, clients: list[redis.Redis]
+) -> None:
+    # Given the guard a process left as it died delivering a message, which the broker then
+    # hands to another worker (a SIGKILLed worker's unacknowledged message)
+    receiver = Receiver()
+    try:
+        notice = webhook_notice(container, receiver)
+        guard = RedisGuard(clients[0], hold_s=30.0, wait_s=30.0)
+        clients[1].set(guard.key(f"{notice}:webhook"), "message-1", px=30_000)
+
+        # When the same message is tried again
+        started = time.monotonic()
+        outcome = delivery(container, tmp_path, guard).attempt(
+            notice, "webhook", 1, final=False, message_id="message-1"
+        )
+
+        # Then it sends at once, and frees the guard
+        assert outcome == "delivered" and len(receiver.for_event(notice)) == 1
+        assert time.monotonic() - started < 5.0
+        assert clients[0].keys(RedisGuard.PREFIX + "*") == []
     finally:
         receiver.close()
 
