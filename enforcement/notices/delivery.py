@@ -70,7 +70,9 @@ class NoticeDelivery:
         self.email = email
         self.webhook = webhook
         # Within this process when not given (the embedded mode's workers are its threads).
-        self.guard = guard or LocalGuard(hold_seconds(email, webhook, RECORD_SECONDS))
+        if guard is None:
+            guard = LocalGuard(hold_seconds(email, webhook, RECORD_SECONDS))
+        self.guard = guard
         # Outcomes of concurrent attempts (worker threads) are recorded in one transaction.
         self.outcomes: GroupCommit[Fact, list[RecordedEvent] | Exception] = GroupCommit(
             lambda facts: service.record_facts(facts, WORKER)

@@ -67,7 +67,7 @@ class DeliveryGuard:
         self.hold_s = hold_s
         self.wait_s = hold_s if wait_s is None else wait_s
         self._waiting = 0
-        self._count = threading.Lock()
+        self._lock = threading.Lock()  # the waiting count and the log throttle
         self._said_unavailable_at = -UNAVAILABLE_LOG_S
         self._unavailable_since_said = 0
 
@@ -113,13 +113,13 @@ class DeliveryGuard:
                     return None
                 if not waited:
                     waited = True
-                    with self._count:
+                    with self._lock:
                         self._waiting += 1
                 self._wait(name, min(pause, left))
                 pause = min(pause * 2, LAST_LOOK_S)
         finally:
             if waited:
-                with self._count:
+                with self._lock:
                     self._waiting -= 1
 
     def _give_back(self, name: str, token: str) -> None:
@@ -137,7 +137,7 @@ class DeliveryGuard:
             )
 
     def _say_unavailable(self, exc: Exception) -> None:
-        with self._count:
+        with self._lock:
             now = time.monotonic()
             if now - self._said_unavailable_at < UNAVAILABLE_LOG_S:
                 self._unavailable_since_said += 1
