@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from enforcement.notices.email import EmailRefused, EmailSender, build_message
@@ -26,6 +27,7 @@ from projections import aup_events as ev
 log = logging.getLogger("enforcement.notices")
 WORKER = Actor(name="worker:notices", correlation_id="notice-delivery", source="worker")
 CHANNELS = ("email", "webhook")
+FAILED_FOR_GOOD = "failed_for_good"  # what a try answers after a final failure: nothing sent
 # How long recording an outcome may take, when the caller does not say (the database's timeout).
 RECORD_SECONDS = 30.0
 _CONTACT_SQL = {
@@ -108,8 +110,44 @@ class NoticeDelivery:
         final: bool,
         message_id: str | None = None,
     ) -> str:
-        """Try once. Returns what happened; raises ``DeliveryFailed`` when a retry may help.
-        ``message_id``, the broker's message this try is of, holds the guard (``guard``)."""
+        """Try once, as attempt ``attempt``. Returns what happened; raises ``DeliveryFailed``
+        when a retry may help. ``message_id``, the broker's message this try is of, holds the
+        guard (``guard``)."""
+        return self._attempt(notice_event_id, channel, lambda: (attempt, final), message_id)
+
+    def deliver(
+        self,
+        notice_event_id: str,
+        channel: str,
+        retries: int,
+        max_retries: int,
+        message_id: str | None = None,
+    ) -> str:
+        """``attempt``, numbered on from the failures recorded on ``channel`` by any message (a
+        notice sent again after its broker lost the first counts on from its earlier attempts,
+        and the limit holds for the notice, not for each message), counted while the guard is
+        held: a copy that waited for another's failed try is numbered after it (counted before,
+        both had one number, and the second's failure was recorded as the first's).
+        ``"failed_for_good"`` when the last failure recorded was final: none follows one."""
+
+        def numbered() -> tuple[int, bool] | None:
+            failed = self.failed_attempts(notice_event_id, channel)
+            if self.failed_for_good(notice_event_id, channel, failed):
+                return None
+            attempt = max(retries, failed) + 1
+            return attempt, attempt > max_retries
+
+        return self._attempt(notice_event_id, channel, numbered, message_id)
+
+    def _attempt(
+        self,
+        notice_event_id: str,
+        channel: str,
+        numbered: Callable[[], tuple[int, bool] | None],
+        message_id: str | None,
+    ) -> str:
+        """One try; ``numbered`` gives its number and whether it is the last (None: the
+        notice failed for good on the channel already)."""
         notice = self.store.get_event(notice_event_id)
         if notice is None or notice.type != "NoticeIssued":
             log.warning("no NoticeIssued event %s", notice_event_id)
@@ -117,6 +155,9 @@ class NoticeDelivery:
         contact = self.contact(notice.account_id)
         notice_id = notice.data["notice_id"]
         if channel == "email" and contact.email is None and contact.webhook_url is None:
+            number = numbered()
+            if number is None:
+                return FAILED_FOR_GOOD
             self._record(
                 notice.account_id,
                 notice_event_id,
@@ -124,7 +165,7 @@ class NoticeDelivery:
                     notice_id,
                     notice_event_id,
                     "none",
-                    attempt,
+                    number[0],
                     "undeliverable: the account has no contact data",
                     True,
                 ),
@@ -137,7 +178,10 @@ class NoticeDelivery:
         # Held from the look at what was delivered to the outcome's record: a second copy that
         # ran at the same time would see no delivery yet and send again.
         with self.guard.held(f"{notice_event_id}:{channel}", message_id):
-            return self._send(notice, target, channel, attempt, final)
+            number = numbered()
+            if number is None:
+                return FAILED_FOR_GOOD
+            return self._send(notice, target, channel, *number)
 
     def _send(
         self, notice: RecordedEvent, target: str, channel: str, attempt: int, final: bool

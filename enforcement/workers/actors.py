@@ -103,22 +103,11 @@ def register_actors(
     def attempt_delivery(
         notice_event_id: str, channel: str, retries: int, message_id: str | None
     ) -> None:
-        # Numbered on from the failures already recorded: a message sent again after a broker
-        # lost the first records each attempt under a key of its own, and the limit holds for
-        # the notice, not for each message.
-        failed = delivery.failed_attempts(notice_event_id, channel)
-        if delivery.failed_for_good(notice_event_id, channel, failed):
-            # Its last attempt failed already (a second message for the notice, e.g. from a
-            # relay that had not yet seen it lost the lead): no attempt after a final one.
-            log.info("notice %s via %s: failed for good already", notice_event_id, channel)
-            return
-        attempt = max(retries, failed) + 1
-        outcome = delivery.attempt(
-            notice_event_id,
-            channel,
-            attempt=attempt,
-            final=attempt > notice_retries,
-            message_id=message_id,
+        # Numbered on from the failures recorded (``NoticeDelivery.deliver``); after a final
+        # one (a second message for the notice, e.g. from a relay that had not yet seen it
+        # lost the lead) nothing is sent.
+        outcome = delivery.deliver(
+            notice_event_id, channel, retries, notice_retries, message_id=message_id
         )
         log.info("notice %s via %s: %s", notice_event_id, channel, outcome)
 

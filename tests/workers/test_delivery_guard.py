@@ -182,6 +182,49 @@ def test_a_copy_that_waited_for_a_failed_one_sends(
         receiver.close()
 
 
+def test_a_copy_that_waited_for_a_failed_one_is_numbered_after_it(
+    container: Container, tmp_path: Path
+) -> None:
+    # Given a receiver that holds the first POST and answers the first two 500
+    receiver = Receiver(hold_first=True, fail_first=2)
+    try:
+        notice = webhook_notice(container, receiver)
+        actors = build_actors(container)  # the embedded mode's guard
+        guard = actors.delivery.guard if actors.delivery else None
+        assert guard is not None
+        outcomes: list[BaseException | None] = []
+
+        def deliver() -> None:
+            try:
+                actors.by_name["deliver_notice"].fn(notice, "webhook")
+                outcomes.append(None)
+            except BaseException as exc:  # dramatiq's Retry
+                outcomes.append(exc)
+
+        # When two messages for it run at once, the second waiting for the first's try
+        one = threading.Thread(target=deliver, daemon=True)
+        one.start()
+        wait_until(lambda: receiver.for_event(notice), "the first copy's POST")
+        two = threading.Thread(target=deliver, daemon=True)
+        two.start()
+        wait_until(lambda: guard.waiting, "the second copy to wait for the first")
+        receiver.release()
+        for thread in (one, two):
+            thread.join(10)
+
+        # Then both tries failed and each is recorded under its own number: counted before
+        # the wait, both were attempt 1, and the second's failure was taken for the first's
+        assert [type(o).__name__ for o in outcomes] == ["Retry", "Retry"]
+        assert len(receiver.for_event(notice)) == 2
+        failures = outcomes_of(container.store, notice)
+        assert [(e.type, e.data["attempt"]) for e in failures] == [
+            ("NoticeDeliveryFailed", 1),
+            ("NoticeDeliveryFailed", 2),
+        ]
+    finally:
+        receiver.close()
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("left_for", ["its lapse", "ever"])
 def test_a_guard_a_dead_process_left_delays_another_copy_at_most_its_bound(
