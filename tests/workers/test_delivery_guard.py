@@ -31,6 +31,7 @@ from enforcement.redis_client import bounded_client
 from enforcement.workers.broker import make_broker
 from enforcement.workers.runtime import build_actors
 from tests.processes import free_port
+from tests.redis_server import RedisServer
 from tests.workers.system import (
     SECRET,
     Receiver,
@@ -315,6 +316,39 @@ def test_a_guard_whose_redis_is_unavailable_is_done_without(
         assert len(said) == 1 and said[0].startswith(
             "the delivery guard is unavailable (ConnectionError: "
         )
+    finally:
+        client.close()
+        receiver.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("refusing", ["memory_full", "read_only"])
+def test_a_guard_whose_redis_refuses_writes_is_done_without(
+    container: Container,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_url: str,
+    refusing: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a guard in a Redis that answers but refuses writes (full, or a replica after a
+    # failover): SET is refused, GET still answered
+    caplog.set_level(logging.WARNING, "enforcement.notices")
+    receiver = Receiver()
+    client = bounded_client(redis_url, 2.0)
+    try:
+        sends = delivery(container, tmp_path, RedisGuard(client, 10.0))
+        notice = webhook_notice(container, receiver)
+
+        # When the notice is delivered meanwhile
+        with getattr(redis_server, refusing)():
+            outcome = sends.attempt(notice, "webhook", 1, final=False)
+
+        # Then it is sent all the same, and the guard's absence logged
+        assert outcome == "delivered"
+        assert len(receiver.for_event(notice)) == 1
+        said = [r.getMessage() for r in caplog.records if "guard is unavailable" in r.getMessage()]
+        assert len(said) == 1
     finally:
         client.close()
         receiver.close()
