@@ -12,7 +12,11 @@ The guard never costs a notice (at least once holds):
 - it is held at most ``hold_s`` (the send's deadline and the recording): a holder that died,
   a process SIGKILLed, leaves a guard that lapses by itself; and the message it was delivering,
   which the broker hands to another worker, takes it over at once (it is held under the
-  message's id: a guard found under one's own id was left by a try of the same message);
+  message's id and a token of the try's: a guard found under one's own message's id was left
+  by a try of the same message). A try that was only frozen (a paused VM, SIGSTOP) past the
+  broker's heartbeat, so that its message went to another worker, cannot free the guard that
+  the next try took over when it resumes (their tokens differ): it goes on with its delivery,
+  at least once, and logs that its guard lapsed;
 - a copy waits at most ``wait_s`` for it, then sends without it (logged);
 - a guard that cannot be taken (its Redis unreachable, silent or refusing writes) is not
   waited for: the copy sends as it did before the guard, logged once a minute at most.
@@ -48,10 +52,11 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-# Takes a guard that is free or already the taker's (its message's try that died left it).
+# Takes a guard that is free or held under the taker's message (a try of it that died left it):
+# the holder's token starts with ARGV[3], the message's id and a separator.
 _TAKE_OVER = """
 local held = redis.call('get', KEYS[1])
-if held and held ~= ARGV[1] then return 0 end
+if held and string.sub(held, 1, #ARGV[3]) ~= ARGV[3] then return 0 end
 redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
 return 1
 """
@@ -91,7 +96,8 @@ class DeliveryGuard:
     def _take_within(self, name: str, message_id: str | None) -> str | None:
         """The token the guard was taken with, or None when the copy goes on without it."""
         own = message_id is not None
-        token = message_id if message_id is not None else secrets.token_hex(16)
+        # A try's own token, under its message's id: two tries of one message differ.
+        token = _mine(message_id) + secrets.token_hex(8) if own else secrets.token_hex(16)
         deadline = time.monotonic() + self.wait_s
         pause = FIRST_LOOK_S
         waited = False
@@ -153,7 +159,7 @@ class DeliveryGuard:
         )
 
     def _take(self, name: str, token: str, own: bool) -> bool:
-        """Take the guard if it is free (or, ``own``, held under ``token`` already)."""
+        """Take the guard if it is free (or, ``own``, held under ``token``'s message)."""
         raise NotImplementedError
 
     def _wait(self, name: str, seconds: float) -> None:
@@ -161,6 +167,16 @@ class DeliveryGuard:
 
     def _release(self, name: str, token: str) -> bool:
         raise NotImplementedError
+
+
+def _mine(message_id: str | None) -> str:
+    """What the token of every try of ``message_id`` starts with."""
+    return f"{message_id}/"
+
+
+def _message_of(token: str) -> str:
+    """The start that a try's token shares with the other tries of its message."""
+    return token[: token.rfind("/") + 1]
 
 
 class LocalGuard(DeliveryGuard):
@@ -171,13 +187,15 @@ class LocalGuard(DeliveryGuard):
         self._changed = threading.Condition()
         self._held: dict[str, tuple[str, float]] = {}  # name: (token, lapses at)
 
-    def _free(self, name: str, token: str | None = None) -> bool:
+    def _free(self, name: str, message: str | None = None) -> bool:
         holder = self._held.get(name)
-        return holder is None or holder[1] <= time.monotonic() or holder[0] == token
+        if holder is None or holder[1] <= time.monotonic():
+            return True
+        return message is not None and holder[0].startswith(message)
 
     def _take(self, name: str, token: str, own: bool) -> bool:
         with self._changed:
-            if not self._free(name, token if own else None):
+            if not self._free(name, _message_of(token) if own else None):
                 return False
             self._held[name] = (token, time.monotonic() + self.hold_s)
             return True
@@ -216,7 +234,9 @@ class RedisGuard(DeliveryGuard):
         hold_ms = max(1, int(self.hold_s * 1000))
         if self.client.set(self.key(name), token, nx=True, px=hold_ms):
             return True
-        return own and bool(self._take_over(keys=[self.key(name)], args=[token, hold_ms]))
+        return own and bool(
+            self._take_over(keys=[self.key(name)], args=[token, hold_ms, _message_of(token)])
+        )
 
     def _wait(self, name: str, seconds: float) -> None:
         time.sleep(seconds)

@@ -279,7 +279,8 @@ def test_the_message_a_dead_process_held_the_guard_for_takes_it_over_at_once(
     try:
         notice = webhook_notice(container, receiver)
         guard = RedisGuard(clients[0], hold_s=30.0, wait_s=30.0)
-        clients[1].set(guard.key(f"{notice}:webhook"), "message-1", px=30_000)
+        # (a try's token: its message's id, then its own part)
+        clients[1].set(guard.key(f"{notice}:webhook"), "message-1/dead-try", px=30_000)
 
         # When the same message is tried again
         started = time.monotonic()
@@ -354,16 +355,27 @@ def test_a_guard_whose_redis_refuses_writes_is_done_without(
         receiver.close()
 
 
-@pytest.mark.parametrize(
+# Where a guard is kept: ``guard_kept`` makes it.
+KEPT = pytest.mark.parametrize(
     "kept", ["in one process", pytest.param("in Redis", marks=pytest.mark.redis)]
 )
+
+
+def guard_kept(
+    kept: str, request: pytest.FixtureRequest, hold_s: float, wait_s: float
+) -> DeliveryGuard:
+    """The embedded mode's guard ("in one process") or one in the test's Redis ("in Redis")."""
+    if kept == "in Redis":
+        return RedisGuard(request.getfixturevalue("clients")[0], hold_s=hold_s, wait_s=wait_s)
+    return LocalGuard(hold_s=hold_s, wait_s=wait_s)
+
+
+@KEPT
 def test_a_guard_held_past_its_lapse_is_not_freed_under_its_next_holder(
     kept: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a delivery that holds its guard past the guard's lapse
-    guard: DeliveryGuard = LocalGuard(hold_s=0.5, wait_s=5.0)
-    if kept == "in Redis":
-        guard = RedisGuard(request.getfixturevalue("clients")[0], hold_s=0.5, wait_s=5.0)
+    guard = guard_kept(kept, request, hold_s=0.5, wait_s=5.0)
     first = guard.held("n:webhook", "message-1")
     first.__enter__()
 
@@ -377,6 +389,30 @@ def test_a_guard_held_past_its_lapse_is_not_freed_under_its_next_holder(
     # the second frees its own, in time (no second such line)
     assert [r.getMessage() for r in caplog.records if "lapsed" in r.getMessage()] == [
         "the delivery guard of n:webhook lapsed (0.5 s) before its delivery ended: another "
+        "copy may have sent it too"
+    ]
+
+
+@KEPT
+def test_a_frozen_try_does_not_free_the_guard_its_message_s_next_try_took_over(
+    kept: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a try that holds the guard and freezes (a paused VM, SIGSTOP) longer than the
+    # broker's heartbeat, so that its message is handed to another worker, whose try takes the
+    # guard over at once (it is held under the message's id)
+    guard = guard_kept(kept, request, hold_s=30.0, wait_s=0.5)
+    frozen = guard.held("n:webhook", "message-1")
+    frozen.__enter__()
+    with guard.held("n:webhook", "message-1"):
+        # When the frozen try resumes and ends while the next try holds the guard
+        frozen.__exit__(None, None, None)
+
+        # Then the next try's guard stands: another message's copy still waits for it
+        started = time.monotonic()
+        with guard.held("n:webhook", "message-2"):
+            assert time.monotonic() - started >= 0.4
+    assert [r.getMessage() for r in caplog.records if "lapsed" in r.getMessage()] == [
+        "the delivery guard of n:webhook lapsed (30 s) before its delivery ended: another "
         "copy may have sent it too"
     ]
 
