@@ -303,6 +303,13 @@ def check_notices(
         # (the mail watch sees a file up to 0.1 s after it was written)
         if not any(first - 1 <= kill <= first + DUPLICATE_SECONDS for kill in ledger.kills)
         and not any(0 <= first - back <= REDIS_BACK_SECONDS for back in ledger.redis_back)
+        # A worker frozen past its heartbeat finishes, once it goes on, the send its message's
+        # next try (another worker's) made meanwhile (``docs/design.md``, "Two copies of one
+        # delivery take turns"): the first delivery came during the freeze, or just after it.
+        and not any(
+            stopped - 1 <= first <= went_on + DUPLICATE_SECONDS
+            for stopped, went_on in ledger.handed_on
+        )
     ]
     email_again = sum(mail.rewritten.values())
     webhook_again = sum(count - 1 for count in receiver.taken.values() if count > 1)
@@ -327,10 +334,11 @@ def check_notices(
         ),
         (
             "a notice went out twice only when a kill cut its delivery off (or Redis came "
-            "back just before)",
+            "back just before, or a worker froze past its heartbeat meanwhile)",
             not unexplained,
             f"{len(unexplained)} sent again with no kill within {DUPLICATE_SECONDS:g} s after "
-            f"the first (nor Redis back within {REDIS_BACK_SECONDS:g} s before): "
+            f"the first (nor Redis back within {REDIS_BACK_SECONDS:g} s before, nor a worker "
+            "frozen past its heartbeat then): "
             f"{unexplained[:3]}",
         ),
         (

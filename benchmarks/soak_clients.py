@@ -157,6 +157,9 @@ class Ledger:
         self.notes: list[str] = []  # odd answers worth a look
         self.kills: list[float] = []  # when each SIGKILL was sent (time.time)
         self.redis_back: list[float] = []  # when a restarted Redis answered again
+        self.stalls: list[tuple[float, float]] = []  # a process frozen: SIGSTOP's, SIGCONT's
+        # Of those, a worker frozen longer than its heartbeat: its messages were handed on.
+        self.handed_on: list[tuple[float, float]] = []
         self.starting_phase = ""  # where the last kill while starting landed
         self.outages: list[Outage] = []  # the PostgreSQL crashes, the last one open
 
@@ -644,12 +647,13 @@ def kill_under_load(
     base_urls: Sequence[str],
     rng: random.Random,
     round_no: int,
-    victim: Callable[[], tuple[str, Callable[[], float]]],
+    victim: Callable[[], tuple[str, Callable[[], float | None]]],
     linger: float = 0.0,
 ) -> str:
     """Load ``base_urls`` for a random time up to ``soak.seconds``, then, once a request is in
-    flight, SIGKILL what ``victim`` names (its name, and the kill that says when it was sent),
-    and go on loading what is left for up to ``linger`` seconds. The victim's name."""
+    flight, SIGKILL what ``victim`` names (its name, and the kill that says when it was sent,
+    or None when it killed nothing: a freeze, which ``ledger.stalls`` records), and go on
+    loading what is left for up to ``linger`` seconds. The victim's name."""
     threads, stop = start_clients(soak, ledger, tokens, base_urls, rng, round_no, True)
     time.sleep(rng.uniform(0.1, soak.seconds))
     # Named first: naming may take a while (a worker victim waits for the log to say which one
@@ -665,6 +669,10 @@ def kill_under_load(
     for thread in threads:
         thread.join()
     with ledger.lock:
+        if killed_at is None:
+            ledger.figures["stalls"] += 1
+            ledger.figures[f"stalls: {name}"] += 1
+            return name
         ledger.kills.append(killed_at)
         ledger.figures["kills"] += 1
         ledger.figures[f"kills: {name}"] += 1

@@ -26,7 +26,9 @@ one API process, in turn) refuses every suspended or terminated account and allo
 Needs ``redis-server`` on PATH and a PostgreSQL account that may create databases (the soak
 makes its own, and drops it). With ``--pg-kills`` it crashes PostgreSQL too, at that share of
 rounds (an immediate stop and a start 0.2 to 3 s later, or a backend SIGKILLed), on a cluster
-of its own in its working directory (``PrivateCluster``): never the shared server. Exit
+of its own in its working directory (``PrivateCluster``): never the shared server. With
+``--stalls`` a share of rounds freeze a process instead (SIGSTOP, then SIGCONT 0.5 to 15 s
+later: it keeps its connections, locks and messages, and is not restarted). Exit
 status 0 when every check passed, 1 otherwise (the working directory is then kept; the
 database is dropped either way).
 """
@@ -132,6 +134,12 @@ PG_RECOVERY_SECONDS = 60.0
 PG_BACK_TO_OK = "longest from PostgreSQL back to the first 2xx (ms)"
 PG_DEAD = "processes dead after a PostgreSQL crash"
 PG_LEADERLESS = "PostgreSQL crashes after which no worker led within 30 s"
+# A freeze (``--stalls`` of rounds, instead of a kill): one of ``VICTIMS``, drawn with their
+# weights, SIGSTOPped for a random span in seconds and SIGCONTed, never restarted.
+STALL_SECONDS = (0.5, 15.0)
+# The workers' heartbeat with ``--stalls``: most freezes outlast it, so that Redis hands a frozen
+# worker's messages to the other within the round, and the frozen one resumes amid them.
+STALL_HEARTBEAT_MS = 3000
 
 
 class Fleet:
@@ -281,6 +289,14 @@ class Fleet:
             time.sleep(0.01)
         return outage.at
 
+    def stall(self, ledger: Ledger, process: Process, seconds: float) -> None:
+        """Freeze ``process`` for ``seconds`` (``Process.stall``), recorded in ``ledger``."""
+        stopped, went_on = span = process.stall(seconds)
+        with ledger.lock:
+            ledger.stalls.append(span)
+            if isinstance(process, Worker) and went_on - stopped > self.soak.heartbeat_ms / 1000:
+                ledger.handed_on.append(span)
+
     def kill_all(self) -> None:
         for process in [*self.apis, *self.workers]:
             process.kill()
@@ -298,38 +314,54 @@ def _victim(
     fleet: Fleet,
     ledger: Ledger,
     rng: random.Random,
-    shares: tuple[float, float, float],
+    shares: tuple[float, float, float, float],
     planned: str | None,
-) -> tuple[str, Callable[[], float]]:
+) -> tuple[str, Callable[[], float | None]]:
     """What to kill this round (``planned``, or drawn: a process while it starts at the first
-    of ``shares``, Redis at the second, PostgreSQL at the third): its name (as the figures
-    count it) and how. A leader that died a moment ago is followed by the other worker within
-    about 5 s: a worker's kill waits for one to lead."""
-    startup_share, redis_share, pg_share = shares
+    of ``shares``, Redis at the second, PostgreSQL at the third), or to freeze (at the fourth):
+    its name (as the figures count it) and how. A leader that died a moment ago is followed by
+    the other worker within about 5 s: a worker's kill waits for one to lead."""
+    startup_share, redis_share, pg_share, stall_share = shares
     # (No draw at a share of 0: the rounds are then those the soak drew before it had these.)
     if planned is None and pg_share > 0 and rng.random() < pg_share:
         planned = rng.choice(PG_CRASHES)
     if planned in PG_CRASHES:
         return planned, functools.partial(fleet.crash_postgres, rng, ledger, planned)
+    if planned is None and stall_share > 0 and rng.random() < stall_share:
+        name, victim = _process(fleet, rng, rng.choices(list(VICTIMS), list(VICTIMS.values()))[0])
+        seconds = rng.uniform(*STALL_SECONDS)
+
+        def freeze() -> None:
+            fleet.stall(ledger, victim, seconds)
+
+        return name, freeze
     if planned is None and startup_share > 0 and rng.random() < startup_share:
         planned = rng.choices(list(STARTING), list(STARTING.values()))[0]
     if planned is None and rng.random() < redis_share:
         planned = "Redis"
     name = planned or rng.choices(list(VICTIMS), list(VICTIMS.values()))[0]
+    if name in VICTIMS:
+        name, process = _process(fleet, rng, name)
+        return name, process.kill
     if name == "an API process while starting":
         return name, functools.partial(fleet.kill_api_while_starting, rng, ledger)
     if name in STARTING:
         return name, functools.partial(fleet.kill_worker_while_starting, rng, ledger, name)
-    if name == "Redis":
-        return name, fleet.redis.kill
+    assert name == "Redis", name
+    return name, fleet.redis.kill
+
+
+def _process(fleet: Fleet, rng: random.Random, name: str) -> tuple[str, Process]:
+    """The process that ``name`` (one of ``VICTIMS``) is now, and its name as the figures count
+    it: a worker is named once one leads (waiting for it up to ``LEAD_SECONDS``)."""
     if name == "an API process":
-        return name, rng.choice(fleet.apis).kill
+        return name, rng.choice(fleet.apis)
     leader = fleet.leader(LEAD_SECONDS)
     if leader is None:
-        return "a worker while none led (for 30 s)", rng.choice(fleet.workers).kill
+        return "a worker while none led (for 30 s)", rng.choice(fleet.workers)
     if name == "the leading worker":
-        return name, leader.kill
-    return name, next(w for w in fleet.workers if w is not leader).kill
+        return name, leader
+    return name, next(w for w in fleet.workers if w is not leader)
 
 
 def restarted(ledger: Ledger, fleet: Fleet) -> None:
@@ -385,12 +417,13 @@ def run(
     plan: Sequence[str] | None = None,
     cluster: PrivateCluster | None = None,
     pg_kills: float = 0.0,
+    stalls: float = 0.0,
 ) -> Result:
     """Run the soak in ``soak.workdir`` (made if missing) on ``soak.pg_url`` (an empty
     database) and a Redis on ``soak.redis_port``, and check what it left. ``plan`` names what
     each round kills (as ``VICTIMS``, ``STARTING``, ``PG_CRASHES`` and "Redis" do), else it is
     drawn. With ``cluster`` (the server of ``soak.pg_url``, the soak's own) ``pg_kills`` of the
-    rounds crash PostgreSQL."""
+    rounds crash PostgreSQL; ``stalls`` of them freeze a process instead of killing one."""
     (soak.workdir / "logs").mkdir(parents=True, exist_ok=True)
     (soak.workdir / "policy.toml").write_text(POLICY)
     assert soak.redis_port is not None
@@ -422,6 +455,7 @@ def run(
             url = rng.choice(fleet.urls)
             add_accounts(soak, ledger, url, tokens["operator"], round_no, receiver)
             sent_again = ledger.figures["requests sent again"]
+            stalled = len(ledger.stalls)
             name = kill_under_load(
                 soak,
                 ledger,
@@ -434,18 +468,21 @@ def run(
                     fleet,
                     ledger,
                     rng,
-                    (soak.startup_kills, redis_kills, pg_kills),
+                    (soak.startup_kills, redis_kills, pg_kills, stalls),
                     plan[round_no] if plan else None,
                 ),
                 linger=min(1.5, soak.seconds),
             )
-            what = name
+            what = f"killed {name}"
+            if len(ledger.stalls) > stalled:
+                stopped, went_on = ledger.stalls[-1]
+                what = f"froze {name} for {went_on - stopped:.1f} s"
             if name in STARTING:
-                what = f"{name} (landed: {ledger.starting_phase})"
+                what = f"killed {name} (landed: {ledger.starting_phase})"
             if name in PG_CRASHES:
-                what = f"{name}: {_outage_text(ledger.outages[-1])}"
+                what = f"killed {name}: {_outage_text(ledger.outages[-1])}"
             console.print(
-                f"round {round_no + 1}/{soak.rounds}: killed {what}; {len(ledger.calls)} "
+                f"round {round_no + 1}/{soak.rounds}: {what}; {len(ledger.calls)} "
                 f"requests so far, {ledger.figures['requests sent again'] - sent_again} sent "
                 f"again in the round, {len(ledger.retry)} waiting for an answer"
             )
@@ -490,6 +527,7 @@ def run(
     figures = {
         "rounds (kills)": ledger.figures["kills"],
         **kinds,
+        **(stall_figures(ledger) if stalls else {}),
         "kills with a request in flight": ledger.figures["kills with a request in flight"],
         **{k: v for k, v in sorted(ledger.figures.items()) if k.startswith("kills while")},
         "Redis persistence": redis_persistence,
@@ -522,6 +560,22 @@ def came_back_by_itself(ledger: Ledger, fleet: Fleet) -> None:
     elif fleet.leader(LEAD_SECONDS) is None:
         ledger.figures[PG_LEADERLESS] += 1
         ledger.note("after a PostgreSQL crash no worker led within 30 s")
+
+
+def stall_figures(ledger: Ledger) -> dict[str, Any]:
+    """The freezes' figures: how many of each process, and how long."""
+    spans = [went_on - stopped for stopped, went_on in ledger.stalls]
+    kinds = {k: v for k, v in sorted(ledger.figures.items()) if k.startswith("stalls: ")}
+    return {
+        "rounds that froze a process": ledger.figures["stalls"],
+        **kinds,
+        "frozen (s): shortest, longest, total": (
+            f"{min(spans):.1f}, {max(spans):.1f}, {sum(spans):.0f}" if spans else "-"
+        ),
+        f"workers frozen past their heartbeat ({STALL_HEARTBEAT_MS / 1000:g} s)": len(
+            ledger.handed_on
+        ),
+    }
 
 
 def postgres_figures(ledger: Ledger) -> dict[str, Any]:
@@ -591,6 +645,16 @@ def main() -> int:
         f"{PG_AWAY[0]:g} to {PG_AWAY[1]:g} s later, or a backend SIGKILLed; the soak then runs "
         "a PostgreSQL cluster of its own in its working directory, on a free port",
     )
+    parser.add_argument(
+        "--stalls",
+        type=float,
+        default=0.0,
+        help="share of rounds that freeze a process instead of killing one (0: none): an API "
+        "process, the leading worker or the other worker SIGSTOPped for "
+        f"{STALL_SECONDS[0]:g} to {STALL_SECONDS[1]:g} s, then SIGCONTed; the workers' "
+        f"heartbeat is then {STALL_HEARTBEAT_MS} ms, so that longer freezes hand their "
+        "messages on",
+    )
     args = parser.parse_args()
     admin_url = os.environ.get(PG_URL_ENV)
     if not admin_url and not args.pg_kills:
@@ -616,6 +680,7 @@ def main() -> int:
                 startup_kills=args.startup_kills,
                 pg_url=pg_url,
                 redis_port=args.redis_port or free_port(),
+                **({"heartbeat_ms": STALL_HEARTBEAT_MS} if args.stalls else {}),
             )
             where = "" if cluster is None else f", PostgreSQL of its own on {cluster.port}"
             console.print(
@@ -630,6 +695,7 @@ def main() -> int:
                 console,
                 cluster=cluster,
                 pg_kills=args.pg_kills,
+                stalls=args.stalls,
             )
             show(result, console, "production crash soak")
             ok = result.ok

@@ -158,6 +158,8 @@ class Soak:
     settle_seconds: float = 90.0
     pg_url: str | None = None  # production: the PostgreSQL database (instead of SQLite)
     redis_port: int | None = None  # production: the port of the soak's ``redis-server``
+    # production: how old a worker's heartbeat is when Redis hands its messages to another
+    heartbeat_ms: int = 5000
 
     @property
     def production(self) -> bool:
@@ -205,9 +207,9 @@ class Soak:
                 {
                     "ENFORCEMENT_REDIS_URL": self.redis_url,
                     # One consumer process a worker (the machine is shared), and a killed
-                    # worker's messages handed to the other after 5 s (not 60).
+                    # (or frozen) worker's messages handed to the other after 5 s (not 60).
                     "ENFORCEMENT_WORKER_PROCESSES": "1",
-                    "ENFORCEMENT_WORKER_HEARTBEAT_MS": "5000",
+                    "ENFORCEMENT_WORKER_HEARTBEAT_MS": str(self.heartbeat_ms),
                 }
             )
         return env
@@ -289,6 +291,20 @@ class Process:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         return at
+
+    def stall(self, seconds: float) -> tuple[float, float]:
+        """Freeze the process and its children (SIGSTOP) for ``seconds``, then let them go on
+        (SIGCONT), as a paused VM or a long swap-in would: nothing restarts, every connection,
+        session and lock is kept. When each signal was sent (``time.time``)."""
+        at = time.time()
+        try:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+        except ProcessLookupError:  # it ended by itself: nothing froze
+            return at, at
+        time.sleep(seconds)  # the freeze itself (nothing to wait for)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        return at, time.time()
 
     def stop(self) -> int:
         """SIGTERM; the exit status (uvicorn re-raises the signal it handled: -15 is clean)."""
