@@ -251,11 +251,12 @@ def test_a_guard_a_dead_process_left_delays_another_copy_at_most_its_bound(
             notice, "webhook", 1, final=False, message_id="message-2"
         )
 
-        # Then it sent, once the guard lapsed or its wait ended, within a second of the bound
+        # Then it sent, once the guard lapsed or its wait ended (the slack after the bound is
+        # for the send and its record on a loaded machine: never lapsing, it would wait forever)
         waited = time.monotonic() - left_at
         assert outcome == "delivered" and len(receiver.for_event(notice)) == 1
         bound = 0.5 if left_for == "its lapse" else 1.0
-        assert bound <= waited < bound + 1.0
+        assert bound <= waited < bound + 5.0
         gave_up = [r.getMessage() for r in caplog.records if "still held" in r.getMessage()]
         assert gave_up == (
             []
