@@ -22,8 +22,9 @@ The guard never costs a notice (at least once holds):
   waited for: the copy sends as it did before the guard, logged once a minute at most.
 
 ``RedisGuard`` works across processes (``enforcement worker``'s consumers share the broker's
-Redis): ``SET NX PX`` with a token of the holder's, released by compare-and-delete so that a
-holder never frees a guard that lapsed and another took. ``LocalGuard`` is the embedded mode's,
+Redis): a key with an expiry, set by a script only when it is free (or a try of the same
+message left it) to a token of the holder's, released by compare-and-delete so that a holder
+never frees a guard that lapsed and another took. ``LocalGuard`` is the embedded mode's,
 within one process (its workers are threads of ``serve``).
 """
 
@@ -52,11 +53,11 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-# Takes a guard that is free or held under the taker's message (a try of it that died left it):
-# the holder's token starts with ARGV[3], the message's id and a separator.
-_TAKE_OVER = """
+# Takes a guard that is free, or held by a try of the taker's message (one that died left it):
+# ARGV[3] is what every try's token of that message starts with, empty for a copy of none.
+_TAKE = """
 local held = redis.call('get', KEYS[1])
-if held and string.sub(held, 1, #ARGV[3]) ~= ARGV[3] then return 0 end
+if held and (ARGV[3] == '' or string.sub(held, 1, #ARGV[3]) ~= ARGV[3]) then return 0 end
 redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
 return 1
 """
@@ -95,16 +96,16 @@ class DeliveryGuard:
 
     def _take_within(self, name: str, message_id: str | None) -> str | None:
         """The token the guard was taken with, or None when the copy goes on without it."""
-        own = message_id is not None
         # A try's own token, under its message's id: two tries of one message differ.
-        token = _mine(message_id) + secrets.token_hex(8) if own else secrets.token_hex(16)
+        message = None if message_id is None else f"{message_id}/"
+        token = secrets.token_hex(16) if message is None else message + secrets.token_hex(8)
         deadline = time.monotonic() + self.wait_s
         pause = FIRST_LOOK_S
         waited = False
         try:
             while True:
                 try:
-                    if self._take(name, token, own):
+                    if self._take(name, token, message):
                         return token
                 except self.unavailable as exc:
                     self._say_unavailable(exc)
@@ -158,8 +159,9 @@ class DeliveryGuard:
             others,
         )
 
-    def _take(self, name: str, token: str, own: bool) -> bool:
-        """Take the guard if it is free (or, ``own``, held under ``token``'s message)."""
+    def _take(self, name: str, token: str, message: str | None) -> bool:
+        """Take the guard if it is free, or held by a try of ``message`` (what every try's
+        token of the message starts with; None for a copy of no message)."""
         raise NotImplementedError
 
     def _wait(self, name: str, seconds: float) -> None:
@@ -167,16 +169,6 @@ class DeliveryGuard:
 
     def _release(self, name: str, token: str) -> bool:
         raise NotImplementedError
-
-
-def _mine(message_id: str | None) -> str:
-    """What the token of every try of ``message_id`` starts with."""
-    return f"{message_id}/"
-
-
-def _message_of(token: str) -> str:
-    """The start that a try's token shares with the other tries of its message."""
-    return token[: token.rfind("/") + 1]
 
 
 class LocalGuard(DeliveryGuard):
@@ -193,9 +185,9 @@ class LocalGuard(DeliveryGuard):
             return True
         return message is not None and holder[0].startswith(message)
 
-    def _take(self, name: str, token: str, own: bool) -> bool:
+    def _take(self, name: str, token: str, message: str | None) -> bool:
         with self._changed:
-            if not self._free(name, _message_of(token) if own else None):
+            if not self._free(name, message):
                 return False
             self._held[name] = (token, time.monotonic() + self.hold_s)
             return True
@@ -225,18 +217,14 @@ class RedisGuard(DeliveryGuard):
         super().__init__(hold_s, wait_s)
         self.client = client
         self._release_script: Any = client.register_script(_RELEASE)
-        self._take_over: Any = client.register_script(_TAKE_OVER)
+        self._take_script: Any = client.register_script(_TAKE)
 
     def key(self, name: str) -> str:
         return self.PREFIX + name
 
-    def _take(self, name: str, token: str, own: bool) -> bool:
+    def _take(self, name: str, token: str, message: str | None) -> bool:
         hold_ms = max(1, int(self.hold_s * 1000))
-        if self.client.set(self.key(name), token, nx=True, px=hold_ms):
-            return True
-        return own and bool(
-            self._take_over(keys=[self.key(name)], args=[token, hold_ms, _message_of(token)])
-        )
+        return bool(self._take_script(keys=[self.key(name)], args=[token, hold_ms, message or ""]))
 
     def _wait(self, name: str, seconds: float) -> None:
         time.sleep(seconds)
