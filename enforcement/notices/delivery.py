@@ -19,6 +19,7 @@ from enforcement.notices.guard import DeliveryGuard, LocalGuard
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookRefused, WebhookSender
 from enforcement.service import Actor, EnforcementService, Fact
+from enforcement.settings import Settings
 from enforcement.tables import contacts
 from events import RecordedEvent, dialects
 from events.groupcommit import GroupCommit
@@ -28,8 +29,6 @@ log = logging.getLogger("enforcement.notices")
 WORKER = Actor(name="worker:notices", correlation_id="notice-delivery", source="worker")
 CHANNELS = ("email", "webhook")
 FAILED_FOR_GOOD = "failed_for_good"  # what a try answers after a final failure: nothing sent
-# How long recording an outcome may take, when the caller does not say (the database's timeout).
-RECORD_SECONDS = 30.0
 _CONTACT_SQL = {
     name: f"SELECT email, webhook_url FROM {contacts.name} WHERE account_id = {mark}"
     for name, mark in (("sqlite", "?"), ("postgresql", "%s"))
@@ -71,9 +70,10 @@ class NoticeDelivery:
         self.store = service.store
         self.email = email
         self.webhook = webhook
-        # Within this process when not given (the embedded mode's workers are its threads).
+        # Within this process when not given (the embedded mode's workers are its threads),
+        # held for the default database timeout to record.
         if guard is None:
-            guard = LocalGuard(hold_seconds(email, webhook, RECORD_SECONDS))
+            guard = LocalGuard(hold_seconds(email, webhook, Settings.database_timeout_ms / 1000))
         self.guard = guard
         # Outcomes of concurrent attempts (worker threads) are recorded in one transaction.
         self.outcomes: GroupCommit[Fact, list[RecordedEvent] | Exception] = GroupCommit(

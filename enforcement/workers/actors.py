@@ -37,7 +37,7 @@ class Actors:
     broker: dramatiq.Broker
     by_name: dict[str, dramatiq.Actor[Any, Any]]
     clock: Any
-    delivery: NoticeDelivery | None = None  # what ``deliver_notice`` delivers with
+    delivery: NoticeDelivery  # what ``deliver_notice`` delivers with
 
     def enqueue(self, message: Message) -> None:
         actor = self.by_name[message.actor]
@@ -62,7 +62,13 @@ def register_actors(
         retries = int(message.options.get("retries", 0)) if message is not None else 0
         message_id = None if message is None else message.message_id
         try:
-            attempt_delivery(notice_event_id, channel, retries, message_id)
+            # Numbered on from the failures recorded (``NoticeDelivery.deliver``); after a
+            # final one (a second message for the notice, e.g. from a relay that had not yet
+            # seen it lost the lead) nothing is sent.
+            outcome = delivery.deliver(
+                notice_event_id, channel, retries, notice_retries, message_id=message_id
+            )
+            log.info("notice %s via %s: %s", notice_event_id, channel, outcome)
         except DeliveryFailed as exc:
             # Recorded (NoticeDeliveryFailed) and expected: one line naming the notice, then
             # Dramatiq's Retry, which backs off as any failure does but is not logged as an
@@ -99,17 +105,6 @@ def register_actors(
                     channel,
                 )
             raise
-
-    def attempt_delivery(
-        notice_event_id: str, channel: str, retries: int, message_id: str | None
-    ) -> None:
-        # Numbered on from the failures recorded (``NoticeDelivery.deliver``); after a final
-        # one (a second message for the notice, e.g. from a relay that had not yet seen it
-        # lost the lead) nothing is sent.
-        outcome = delivery.deliver(
-            notice_event_id, channel, retries, notice_retries, message_id=message_id
-        )
-        log.info("notice %s via %s: %s", notice_event_id, channel, outcome)
 
     def expire_remediation(account_id: str, remediation_id: str) -> None:
         service.expire_remediation(account_id, remediation_id, SCHEDULER)
