@@ -329,12 +329,7 @@ def _victim(
         return planned, functools.partial(fleet.crash_postgres, rng, ledger, planned)
     if planned is None and stall_share > 0 and rng.random() < stall_share:
         name, victim = _process(fleet, rng, rng.choices(list(VICTIMS), list(VICTIMS.values()))[0])
-        seconds = rng.uniform(*STALL_SECONDS)
-
-        def freeze() -> None:
-            fleet.stall(ledger, victim, seconds)
-
-        return name, freeze
+        return name, functools.partial(fleet.stall, ledger, victim, rng.uniform(*STALL_SECONDS))
     if planned is None and startup_share > 0 and rng.random() < startup_share:
         planned = rng.choices(list(STARTING), list(STARTING.values()))[0]
     if planned is None and rng.random() < redis_share:
