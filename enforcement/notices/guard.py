@@ -40,6 +40,8 @@ from typing import Any
 
 import redis
 
+from enforcement.log_folding import Repeats
+
 log = logging.getLogger("enforcement.notices")
 # How often a copy that waits looks again at a guard in Redis: from 10 ms, doubling, up to
 # 250 ms (the local guard is woken at its release).
@@ -73,9 +75,8 @@ class DeliveryGuard:
         self.hold_s = hold_s
         self.wait_s = hold_s if wait_s is None else wait_s
         self._waiting = 0
-        self._lock = threading.Lock()  # the waiting count and the log throttle
-        self._said_unavailable_at = -UNAVAILABLE_LOG_S
-        self._unavailable_since_said = 0
+        self._lock = threading.Lock()  # the waiting count
+        self._unavailable = Repeats(UNAVAILABLE_LOG_S)
 
     @property
     def waiting(self) -> int:
@@ -144,13 +145,9 @@ class DeliveryGuard:
             )
 
     def _say_unavailable(self, exc: Exception) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._said_unavailable_at < UNAVAILABLE_LOG_S:
-                self._unavailable_since_said += 1
-                return
-            others = self._unavailable_since_said
-            self._said_unavailable_at, self._unavailable_since_said = now, 0
+        others = self._unavailable.occurred()
+        if others is None:
+            return
         log.warning(
             "the delivery guard is unavailable (%s: %s); notices are delivered without it, "
             "and two copies of one may both send (%d more since the last such line)",

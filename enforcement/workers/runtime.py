@@ -29,6 +29,7 @@ from dramatiq.brokers.redis import RedisBroker
 from enforcement.bootstrap import Container
 from enforcement.closing import close_after, close_once_ended
 from enforcement.gatekeeping import seed_gate
+from enforcement.log_folding import FoldRepeats, Repeats
 from enforcement.notices.delivery import CHANNELS, NoticeDelivery, hold_seconds
 from enforcement.notices.email import EmailSender, sweep_parts
 from enforcement.notices.guard import DeliveryGuard, LocalGuard, RedisGuard
@@ -40,7 +41,13 @@ from enforcement.workers.leader import LeaderLock, still_leads, watch_leader
 from enforcement.workers.recovery import LostRetryScan, pending_deliveries
 from enforcement.workers.redis_watch import RedisWatch, forget_another_log, keep_gate
 from enforcement.workers.relay import Message, Relay
-from enforcement.workers.retrying import CameBack, log_failure, retry_delay, wait_to_retry
+from enforcement.workers.retrying import (
+    CameBack,
+    log_failure,
+    one_line,
+    retry_delay,
+    wait_to_retry,
+)
 from enforcement.workers.sweep import sweep_once
 
 log = logging.getLogger("enforcement.workers")
@@ -104,12 +111,54 @@ def retry_lost_after(settings: Settings) -> timedelta:
 def run_every(
     stop: threading.Event, every_seconds: float, job: Callable[[], object], what: str
 ) -> None:
-    """Run ``job`` every ``every_seconds`` until ``stop``; a failure is logged, not fatal."""
+    """Run ``job`` every ``every_seconds`` until ``stop``; a failure is logged, not fatal: in
+    full the first time, then at most once a minute while the same failure (its exception's
+    type) goes on (``log_folding.Repeats``), and one line when ``job`` succeeds again."""
+    failing: tuple[type[BaseException], Repeats] | None = None
     while not stop.wait(every_seconds):
         try:
             job()
-        except Exception:
-            log.exception("%s failed", what)
+        except Exception as exc:
+            if failing is None or failing[0] is not type(exc):
+                failing = (type(exc), Repeats())
+            repeats = failing[1]
+            folded = repeats.occurred()
+            if folded is None:
+                continue
+            if repeats.total == 1:
+                log.exception(
+                    "%s failed; it runs again every %g s (repeats: one line a minute at most)",
+                    what,
+                    every_seconds,
+                )
+            else:
+                log.error(
+                    "%s still fails after %.0f s (%d failures since the last such line): %s",
+                    what,
+                    repeats.lasted(),
+                    folded,
+                    one_line(exc),
+                )
+        else:
+            if failing is not None:
+                log.info("%s works again (it failed %d times in a row)", what, failing[1].total)
+            failing = None
+
+
+def fold_dramatiq_repeats(broker: dramatiq.Broker) -> FoldRepeats:
+    """Fold the repeats of Dramatiq's consumers and worker threads (``log_folding``): while
+    Redis is away each queue's consumer says "Consumer encountered a connection error" every
+    3 s, and while the database is away each message fails "with unhandled exception", a
+    traceback each. Until the returned folding is removed."""
+    queues = broker.get_declared_queues() | broker.get_declared_delay_queues()
+    folding = FoldRepeats()
+    folding.add_to(
+        [
+            *(f"dramatiq.worker.ConsumerThread({queue})" for queue in queues),
+            "dramatiq.worker.WorkerThread",
+        ]
+    )
+    return folding
 
 
 def join_within(threads: Sequence[threading.Thread], seconds: float) -> list[threading.Thread]:
@@ -155,7 +204,9 @@ def start_background(
     threads: list[threading.Thread] = []
     worker: dramatiq.Worker | None = None
     watch: RedisWatch | None = None
+    folding: FoldRepeats | None = None
     if consumers:
+        folding = fold_dramatiq_repeats(actors.broker)
         worker = dramatiq.Worker(
             actors.broker, worker_threads=settings.worker_threads, worker_timeout=100
         )
@@ -342,6 +393,8 @@ def start_background(
         if worker is not None:
             worker.stop(timeout=int(THREADS_STOP_SECONDS * 1000))
             users += [*worker.workers, *worker.consumers.values()]
+        if folding is not None:
+            folding.remove()
         busy = still_running(
             users, THREADS_STOP_SECONDS, "closing the Redis clients and the database pool"
         )
