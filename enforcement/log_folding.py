@@ -142,9 +142,10 @@ class FoldRepeats(logging.Filter):
             if repeats.total > 1 and level >= logging.WARNING:
                 logging.getLogger(key.logger).log(
                     logging.WARNING if level >= logging.ERROR else logging.INFO,
-                    "stopped repeating after %.0f s (%d times in all): %s",
+                    "stopped repeating after %.0f s (%d times in all%s; the first: %s)",
                     repeats.lasted(),
                     repeats.total,
+                    "" if key.exception is None else f", {key.exception}",
                     message,
                     extra={"folding_summary": True},
                 )

@@ -81,7 +81,8 @@ def test_a_repeated_failure_is_logged_once_in_full_a_line_a_minute_and_its_end_o
     [end] = caplog.records[2:]
     assert end.levelno == logging.WARNING
     assert end.getMessage() == (
-        "stopped repeating after 87 s (30 times in all): fetching the queue failed"
+        "stopped repeating after 87 s (30 times in all, ConnectionError; the first: "
+        "fetching the queue failed)"
     )
     # and it is a first again when it comes back
     fail(log, ConnectionError("refused"))
