@@ -5,7 +5,7 @@ consumers say "Consumer encountered a connection error" every 3 s for each queue
 taken up fails "with unhandled exception" (a traceback each), each deadline sweep fails.
 ``Repeats`` is the rule: the first occurrence is said in full, then at most one line every
 ``REMIND_S`` with how long it has lasted and how many repeats it folded. ``FoldRepeats`` applies
-it to log records, keyed by what failed (the logger's family, the message's template and the
+it to log records, keyed by what failed (the logger, the message's template and the
 exception's type, never the logger alone: another failure still gets its own first line), and
 says when a failure stopped repeating.
 """
