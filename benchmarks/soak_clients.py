@@ -111,6 +111,18 @@ class Known:
 
 
 @dataclass
+class CutOff:
+    """A request that was sent and got no answer: when it was sent and when that was known
+    (``time.time``), to which process, what the client raised, what it asked."""
+
+    sent: float
+    at: float
+    base_url: str
+    error: str
+    what: str
+
+
+@dataclass
 class Outage:
     """A crash of PostgreSQL that the soak caused (``kind``): when, when it answered again, the
     first 2xx answer after that, and what the clients got from the crash until then."""
@@ -162,6 +174,7 @@ class Ledger:
         self.handed_on: list[tuple[float, float]] = []
         self.starting_phase = ""  # where the last kill while starting landed
         self.outages: list[Outage] = []  # the PostgreSQL crashes, the last one open
+        self.cut_offs: list[CutOff] = []  # every request sent that got no answer
 
     def note(self, text: str) -> None:
         with self.lock:
@@ -494,13 +507,19 @@ class ClientThread(threading.Thread):
         with ledger.lock:
             ledger.in_flight += 1
         call.sends += 1
+        sent = time.time()
         try:
             response = send(self.client, call, self.tokens)
         except httpx.ConnectError:
             outcome = "refused"  # it never reached the server
             self.client = self.clients[(self.clients.index(self.client) + 1) % len(self.clients)]
-        except httpx.TransportError:
+        except httpx.TransportError as error:
             outcome = "cut off"  # sent, and the answer never came
+            cut = CutOff(
+                sent, time.time(), str(self.client.base_url), repr(error), f"{call.kind} {call.key}"
+            )
+            with ledger.lock:
+                ledger.cut_offs.append(cut)
         else:
             outcome = "answered" if settle_answer(ledger, call, response) else "5xx"
         call.history.append(outcome if outcome != "answered" else str(response.status_code))

@@ -450,7 +450,7 @@ def run(
             url = rng.choice(fleet.urls)
             add_accounts(soak, ledger, url, tokens["operator"], round_no, receiver)
             sent_again = ledger.figures["requests sent again"]
-            stalled = len(ledger.stalls)
+            stalled, cut_offs = len(ledger.stalls), len(ledger.cut_offs)
             name = kill_under_load(
                 soak,
                 ledger,
@@ -472,6 +472,11 @@ def run(
             if len(ledger.stalls) > stalled:
                 stopped, went_on = ledger.stalls[-1]
                 what = f"froze {name} for {went_on - stopped:.1f} s"
+                for cut in ledger.cut_offs[cut_offs:]:
+                    console.print(
+                        f"  cut off: {cut.what} to {cut.base_url}, sent {cut.sent - went_on:+.3f}"
+                        f" s and cut {cut.at - went_on:+.3f} s after the SIGCONT: {cut.error}"
+                    )
             if name in STARTING:
                 what = f"killed {name} (landed: {ledger.starting_phase})"
             if name in PG_CRASHES:
