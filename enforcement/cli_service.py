@@ -83,6 +83,7 @@ def serve(
     import uvicorn
 
     from enforcement.api.app import create_app
+    from enforcement.api.keep_alive import HTTP_PROTOCOL
     from enforcement.logs import configure_logging
 
     settings = settings_or_fail()
@@ -95,7 +96,14 @@ def serve(
 
         install_embedded_workers(container)
     application = create_app(container, run_workers=workers)
-    uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        http=HTTP_PROTOCOL,  # spares a keep-alive connection with a request waiting
+    )
 
 
 def _check_can_listen(host: str, port: int) -> None:
