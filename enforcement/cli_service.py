@@ -28,6 +28,9 @@ from enforcement.cli import (
 )
 from enforcement.cli_output import console, fail
 
+# uvicorn's own default: an idle keep-alive connection is closed 5 s after its last answer.
+KEEP_ALIVE_SECONDS = 5
+
 
 @app.command()
 def init() -> None:
@@ -78,6 +81,14 @@ def serve(
     workers: Annotated[
         bool, typer.Option(help="Run the relay, workers and scheduler inside (embedded mode).")
     ] = True,
+    keep_alive: Annotated[
+        int,
+        typer.Option(
+            help="Seconds an idle keep-alive connection is kept open; behind a load balancer, "
+            "more than its idle timeout.",
+            min=1,
+        ),
+    ] = KEEP_ALIVE_SECONDS,
 ) -> None:
     """Run the HTTP API (and, in embedded mode, the workers and the deadline scheduler)."""
     import uvicorn
@@ -103,6 +114,7 @@ def serve(
         log_config=None,
         access_log=False,
         http=HTTP_PROTOCOL,  # spares a keep-alive connection with a request waiting
+        timeout_keep_alive=keep_alive,
     )
 
 

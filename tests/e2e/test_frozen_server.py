@@ -8,9 +8,9 @@ connection with the request already waiting in it, and the client got a connecti
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -19,14 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.e2e.harness import CLI, cli_env, run_cli
 from tests.processes import served_port, stop_process
 
 CLIENTS = 3
-# What `serve` leaves uvicorn's keep-alive timeout at (5 s): a freeze must outlast it.
-KEEP_ALIVE = float(inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default)
+# `serve --keep-alive` (5 s by default): a freeze must outlast it.
+KEEP_ALIVE = 1
 TCP_ESTABLISHED = "01"
 
 pytestmark = pytest.mark.skipif(
@@ -36,13 +35,14 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def frozen_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``serve --no-workers`` on SQLite, and its port; SIGCONT and SIGTERM when done."""
+    """``serve --no-workers --keep-alive 1`` on SQLite, and its port; SIGCONT and SIGTERM
+    when done."""
     env = cli_env(f"sqlite:///{tmp_path / 'enforcement.db'}", tmp_path)
     assert run_cli(env, tmp_path, "init").returncode == 0
     log = tmp_path / "server.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [CLI, "serve", "--no-workers", "--port", "0"],
+            [CLI, "serve", "--no-workers", "--port", "0", "--keep-alive", str(KEEP_ALIVE)],
             env=env,
             cwd=tmp_path,
             stdout=log_file,
@@ -123,3 +123,21 @@ def test_requests_sent_while_frozen_past_the_keep_alive_are_answered(
     finally:
         for client in clients:
             client.close()
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_given(
+    frozen_server: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = frozen_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # Given a connection that got its answer
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+
+        # When it stays idle: then the server closes it after `--keep-alive 1`, long before
+        # uvicorn's default 5 s
+        while sock.recv(65536):
+            pass
+        assert time.monotonic() - answered < 3.5
