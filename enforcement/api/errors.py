@@ -159,6 +159,8 @@ def is_json_media_type(content_type: str) -> bool:
 
 
 _QUOTED = re.compile(r"'([^']*)'")
+# How pydantic reports a ValueError that one of our validators raised: our sentence after it.
+_VALUE_ERROR = "Value error, "
 
 
 def validation_details(
@@ -168,7 +170,10 @@ def validation_details(
     details = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        item: dict[str, Any] = {"field": ".".join(loc) or whole, "message": err.get("msg", "")}
+        message = str(err.get("msg", ""))
+        if err.get("type") == "value_error":
+            message = message.removeprefix(_VALUE_ERROR)
+        item: dict[str, Any] = {"field": ".".join(loc) or whole, "message": message}
         ctx = err.get("ctx") or {}
         if "allowed" in ctx:
             item["allowed"] = ctx["allowed"]

@@ -154,6 +154,27 @@ def test_a_time_out_of_range_in_utc_is_refused_not_a_500(
     assert system.store.head("acct_r").version == 0
 
 
+def test_a_422_gives_the_services_own_sentence_without_pydantics_prefix(
+    client: TestClient, as_role: Any
+) -> None:
+    """The service's own checks raise ValueError, which pydantic reports as "Value error, …":
+    the caller reads the check's sentence alone, as for every other field."""
+    reporter, operator = as_role(Role.REPORTER), as_role(Role.OPERATOR)
+    old = {"account_id": "acct_p", "category": "spam", "occurred_at": "1969-12-31T23:59:59Z"}
+    expected = [{"field": "occurred_at", "message": "must not be before 1970-01-01T00:00:00Z"}]
+    assert details(client.post("/v1/violations", json=old, headers=reporter)) == expected
+    batch = client.post("/v1/violations:batch", json={"violations": [old]}, headers=reporter)
+    assert batch.json()["results"][0]["error"]["details"] == expected
+    nul = client.post("/v1/accounts/acct_p/suspend", json={"reason": "a\x00"}, headers=operator)
+    assert details(nul) == [{"field": "reason", "message": "must not contain the NUL character"}]
+    dots = client.put(
+        "/v1/accounts/acct_p/keys/%2E%2E/limits",
+        json={"requests_per_minute": 5, "tokens_per_day": 50},
+        headers=operator,
+    )
+    assert details(dots) == [{"field": "path.key_id", "message": 'must not be "." or ".."'}]
+
+
 def test_a_leap_second_is_refused_as_such_everywhere_a_time_is_taken(
     system: Container,
     client: TestClient,
