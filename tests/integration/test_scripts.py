@@ -1,4 +1,5 @@
-"""scripts/test, run against stand-ins for what it calls (setup, the test services, the tools)."""
+"""scripts/test and scripts/setup, run against stand-ins for what they call (setup, the test
+services, the tools, .venv's python)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,34 @@ def test_scripts_test_hands_the_services_url_to_the_suite(tmp_path: Path) -> Non
     assert status == 0
     tools = ["ruff", "ruff", "mypy", "mypy", "pytest"]
     assert ran.splitlines() == [f"{tool} {url}" for tool in tools]
+
+
+def _run_scripts_setup(tmp_path: Path, kind: str, installed: list[str]) -> list[str]:
+    """Run a copy of scripts/setup ``kind`` in a checkout whose .venv was installed as each of
+    ``installed`` (their stamps); returns what it asked of .venv's python."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPTS / "setup", tmp_path / "scripts" / "setup")
+    shutil.copy(SCRIPTS.parent / "pyproject.toml", tmp_path / "pyproject.toml")
+    _executable(tmp_path / ".venv" / "bin" / "python", 'echo "$*" >> "$(dirname "$0")/../../ran"')
+    digest = subprocess.run(
+        ["sha256sum", "pyproject.toml"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout[:16]
+    for done in installed:
+        (tmp_path / ".venv" / f".installed-{digest}-{done}").touch()
+    subprocess.run(["bash", str(tmp_path / "scripts" / "setup"), kind], timeout=60, check=True)
+    return (tmp_path / "ran").read_text(encoding="utf-8").splitlines()
+
+
+def test_scripts_run_after_scripts_test_installs_nothing_again(tmp_path: Path) -> None:
+    # The test install (the project with its extras) holds what `scripts/run` needs: the README
+    # says the network is needed the first time only.
+    ran = _run_scripts_setup(tmp_path, "run", installed=["test"])
+
+    assert [line for line in ran if "pip" in line] == []
+    assert [line.split()[:2] for line in ran] == [["-m", "compileall"]]
+
+
+def test_scripts_test_after_scripts_run_installs_the_extras(tmp_path: Path) -> None:
+    ran = _run_scripts_setup(tmp_path, "test", installed=["run"])
+
+    assert "-m pip install -q -e .[dev,bench]" in ran
