@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # A failure that goes on is said again at most once in this many seconds.
 REMIND_S = 60.0
@@ -25,6 +26,15 @@ REMIND_S = 60.0
 STOPPED_AFTER_S = 5.0
 # How often the folding looks for failures that stopped repeating.
 LOOK_S = 1.0
+
+
+class Said(NamedTuple):
+    """An occurrence to say: the repeats folded since the last one said, whether it is the run's
+    first, and how long the run had lasted at it (seconds)."""
+
+    folded: int
+    first: bool
+    lasted: float
 
 
 @dataclass
@@ -46,6 +56,12 @@ class Repeats:
 
     def occurred(self) -> int | None:
         """This occurrence: None to fold it, else the repeats folded since the last line said."""
+        said = self.occurrence()
+        return None if said is None else said.folded
+
+    def occurrence(self) -> Said | None:
+        """This occurrence: None to fold it, else what to say of it, taken at once (another
+        thread's occurrence just after it does not make it a repeat)."""
         with self._lock:
             now = self.clock()
             if self.total:
@@ -58,7 +74,7 @@ class Repeats:
                 self.folded += 1
                 return None
             folded, self.folded, self.said_at = self.folded, 0, now
-            return folded
+            return Said(folded, self.total == 1, self.last - self.started)
 
     def lasted(self) -> float:
         """Seconds from the first occurrence of this run to the last."""
@@ -110,18 +126,17 @@ class FoldRepeats(logging.Filter):
             if run is None:
                 run = (Repeats(self.every_s, self.clock), record.levelno, record.getMessage())
                 self._runs[key] = run
-        repeats = run[0]
-        folded = repeats.occurred()
-        if folded is None:
+        said = run[0].occurrence()
+        if said is None:
             return False
-        if repeats.total == 1:
+        if said.first:
             record.msg = f"{record.msg} (repeats of this are folded: one line a minute at most)"
             return True
         if record.levelno < logging.WARNING:
             return False
         record.msg = (
-            f"{record.msg} (still repeating after {repeats.lasted():.0f} s; "
-            f"{folded} repeats folded since the last such line)"
+            f"{record.msg} (still repeating after {said.lasted:.0f} s; "
+            f"{said.folded} repeats folded since the last such line)"
         )
         record.exc_info, record.exc_text = None, None
         return True

@@ -4,8 +4,10 @@ failure (another message, another exception type) is never hidden behind one tha
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
 
@@ -134,3 +136,56 @@ def test_a_periodic_job_that_keeps_failing_is_logged_once_and_its_recovery_once(
         ),
         ("INFO", "deadline sweep works again (it failed 10 times in a row)", False),
     ]
+
+
+def test_the_first_of_two_simultaneous_failures_keeps_its_traceback(
+    log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a failure whose first occurrence was just counted when another worker thread's
+    # repeat of it is counted (the interleaving is forced: a trace on this thread runs the other
+    # thread's log call at the filter's first line after it counted this one)
+    filter_code = FoldRepeats.filter.__code__
+    state = {"counted": False, "done": False}
+
+    def other_thread() -> None:
+        fail(log, ConnectionError("refused"))
+
+    def in_filter(frame: FrameType, event: str, arg: object) -> object:
+        if event == "line" and state["counted"] and not state["done"]:
+            state["done"] = True
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+        return in_filter
+
+    def counting(frame: FrameType, event: str, arg: object) -> object:
+        if event == "return":
+            state["counted"] = True
+        return None
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        if event != "call":
+            return None
+        if frame.f_code is filter_code:
+            return in_filter
+        called_by_filter = frame.f_back is not None and frame.f_back.f_code is filter_code
+        if called_by_filter and frame.f_code.co_name in {"occurred", "occurrence"}:
+            return counting  # the count of this occurrence (Repeats)
+        return None
+
+    def this_thread() -> None:
+        sys.settrace(tracer)
+        try:
+            fail(log, ConnectionError("refused"))
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=this_thread)
+    thread.start()
+    thread.join()
+
+    # Then the first is said with its traceback, the other folded
+    assert state["done"]
+    [first] = caplog.records
+    assert first.exc_info is not None, first.getMessage()
+    assert "repeats of this are folded" in first.getMessage()
