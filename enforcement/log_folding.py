@@ -5,9 +5,10 @@ consumers say "Consumer encountered a connection error" every 3 s for each queue
 taken up fails "with unhandled exception" (a traceback each), each deadline sweep fails.
 ``Repeats`` is the rule: the first occurrence is said in full, then at most one line every
 ``REMIND_S`` with how long it has lasted and how many repeats it folded. ``FoldRepeats`` applies
-it to log records, keyed by what failed (the logger, the message's template and the
-exception's type, never the logger alone: another failure still gets its own first line), and
-says when a failure stopped repeating.
+it to log records, keyed by what failed (the logger, the message's template, the exception's
+type and where it was raised, never the logger alone: another failure, or the same exception
+raised elsewhere, as by another actor, still gets its own first line), and says when a failure
+stopped repeating.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -86,6 +88,15 @@ class _Key:
     logger: str
     template: str
     exception: str | None
+    raised_at: tuple[tuple[str, int], ...]  # the traceback's (file, line) pairs
+
+
+def _raised_at(exc: BaseException | None) -> tuple[tuple[str, int], ...]:
+    if exc is None:
+        return ()
+    return tuple(
+        (frame.f_code.co_filename, line) for frame, line in traceback.walk_tb(exc.__traceback__)
+    )
 
 
 class FoldRepeats(logging.Filter):
@@ -120,7 +131,9 @@ class FoldRepeats(logging.Filter):
         if getattr(record, "folding_summary", False):
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        key = _Key(record.name, str(record.msg), type(exc).__name__ if exc else None)
+        key = _Key(
+            record.name, str(record.msg), type(exc).__name__ if exc else None, _raised_at(exc)
+        )
         with self._lock:
             run = self._runs.get(key)
             if run is None:

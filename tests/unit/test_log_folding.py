@@ -189,3 +189,29 @@ def test_the_first_of_two_simultaneous_failures_keeps_its_traceback(
     [first] = caplog.records
     assert first.exc_info is not None, first.getMessage()
     assert "repeats of this are folded" in first.getMessage()
+
+
+def test_the_same_exception_raised_elsewhere_is_not_hidden(
+    log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two actors failing with one exception type for different causes, each again and
+    # again, logged by one logger with one template (Dramatiq's "Failed to process message %s
+    # with unhandled exception.")
+    def expire() -> None:
+        raise KeyError("remediation")
+
+    def apply_gate() -> None:
+        raise KeyError("standing")
+
+    for _ in range(3):
+        for actor in (expire, apply_gate):
+            try:
+                actor()
+            except KeyError:
+                log.exception("Failed to process message %s with unhandled exception.", actor)
+
+    # Then each cause's traceback is logged once
+    assert [r.exc_info[1].args for r in caplog.records if r.exc_info] == [
+        ("remediation",),
+        ("standing",),
+    ]
