@@ -23,7 +23,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 def _spared(protocol: H11Protocol | HttpToolsProtocol) -> bool:
     """Whether ``protocol``'s connection has bytes waiting to be read: then its keep-alive
-    timer is armed again instead of closing it."""
+    timer is armed again instead of closing it. Not once it is closing: the socket's number
+    may then be another connection's (uvloop's keeps it after the close)."""
+    if protocol.transport.is_closing():
+        return False
     sock = protocol.transport.get_extra_info("socket")
     if sock is None or not _readable(sock.fileno()):
         return False

@@ -1,0 +1,148 @@
+"""``serve``'s HTTP protocols (``enforcement/api/keep_alive.py``) run in-process on a socket
+pair: httptools' and h11's alike spare an idle keep-alive connection whose next request waits
+unread when its timer fires (as after a freeze), and close it otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from enforcement.api.keep_alive import HTTP_PROTOCOL, H11KeepAlive
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+PROTOCOLS = [H11KeepAlive, HTTP_PROTOCOL]
+# uvicorn runs uvloop's event loop when installed (as it is where serve runs), else asyncio's.
+LOOPS = ["asyncio", "uvloop"]
+T = TypeVar("T")
+
+
+def run(scenario: Coroutine[Any, Any, T], loop_name: str) -> T:
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(scenario)
+    finally:
+        loop.close()
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def answered_connection(
+    protocol_class: type[asyncio.Protocol],
+) -> tuple[Any, asyncio.Transport, socket.socket]:
+    """A connection served by ``protocol_class`` that answered one request and is now idle
+    (its keep-alive timer armed): the protocol, its transport, the client's socket."""
+    config = Config(app=app, timeout_keep_alive=60, log_config=None, lifespan="off")
+    server_side, client = socket.socketpair()
+    client.setblocking(False)
+    loop = asyncio.get_running_loop()
+    state = ServerState()
+    transport, protocol = await loop.connect_accepted_socket(
+        lambda: protocol_class(config=config, server_state=state, app_state={}),  # type: ignore[call-arg]
+        server_side,
+    )
+    await loop.sock_sendall(client, REQUEST)
+    assert (await answer(client)).startswith(b"HTTP/1.1 200")
+    assert protocol.timeout_keep_alive_task is not None
+    return protocol, transport, client
+
+
+async def answer(client: socket.socket) -> bytes:
+    """What the server sent until its answer's body (``ok``) or its close (a reset, when it
+    closed with a request unread)."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    while not received.endswith(b"ok"):
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(client, 65536), timeout=5)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("protocol_class", PROTOCOLS, ids=lambda c: c.__name__)
+def test_a_request_waiting_when_the_keep_alive_falls_due_is_answered(
+    protocol_class: type[asyncio.Protocol],
+    loop_name: str,
+) -> None:
+    async def scenario() -> bytes:
+        protocol, _, client = await answered_connection(protocol_class)
+        with client:
+            # Given the next request in the socket, unread, when the timer falls due (nothing
+            # is awaited in between: the loop reads no socket before the timer runs)
+            client.send(REQUEST)
+            protocol.timeout_keep_alive_handler()
+            # Then it is answered on the same connection
+            return await answer(client)
+
+    assert run(scenario(), loop_name).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("protocol_class", PROTOCOLS, ids=lambda c: c.__name__)
+def test_an_idle_connection_is_closed_when_the_keep_alive_falls_due(
+    protocol_class: type[asyncio.Protocol],
+    loop_name: str,
+) -> None:
+    async def scenario() -> bytes:
+        protocol, _, client = await answered_connection(protocol_class)
+        with client:
+            protocol.timeout_keep_alive_handler()
+            return await answer(client)
+
+    assert run(scenario(), loop_name) == b""
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("protocol_class", PROTOCOLS, ids=lambda c: c.__name__)
+def test_a_closing_connection_is_not_kept_for_bytes_waiting(
+    protocol_class: type[asyncio.Protocol],
+    loop_name: str,
+) -> None:
+    async def scenario() -> tuple[object, object]:
+        protocol, transport, client = await answered_connection(protocol_class)
+        with client:
+            # Given a connection already closing (by uvicorn's shutdown, say; the loop has not
+            # yet told the protocol it is lost) with bytes waiting
+            client.send(REQUEST)
+            transport.close()
+            armed = protocol.timeout_keep_alive_task
+            # When its keep-alive timer runs: it arms no other timer for it
+            protocol.timeout_keep_alive_handler()
+            return armed, protocol.timeout_keep_alive_task
+
+    armed, after = run(scenario(), loop_name)
+    assert after is armed
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_the_plain_h11_protocol_drops_the_waiting_request(loop_name: str) -> None:
+    """What the subclass is for: uvicorn's own protocol closes the connection unanswered."""
+
+    async def scenario() -> bytes:
+        protocol, _, client = await answered_connection(H11Protocol)
+        with client:
+            client.send(REQUEST)
+            protocol.timeout_keep_alive_handler()
+            return await answer(client)
+
+    assert run(scenario(), loop_name) == b""
