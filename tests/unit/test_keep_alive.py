@@ -78,38 +78,38 @@ async def answer(client: socket.socket) -> bytes:
     return received
 
 
+async def timer_falls_due(protocol_class: type[asyncio.Protocol], waiting: bytes) -> bytes:
+    """What the client of an idle connection gets when its keep-alive timer falls due with
+    ``waiting`` sent, unread (nothing is awaited in between: the loop reads no socket before
+    the timer runs, as after a freeze)."""
+    protocol, _, client = await answered_connection(protocol_class)
+    with client:
+        if waiting:
+            client.send(waiting)
+        protocol.timeout_keep_alive_handler()
+        return await answer(client)
+
+
 @pytest.mark.parametrize("loop_name", LOOPS)
 @pytest.mark.parametrize("protocol_class", PROTOCOLS, ids=lambda c: c.__name__)
 def test_a_request_waiting_when_the_keep_alive_falls_due_is_answered(
-    protocol_class: type[asyncio.Protocol],
-    loop_name: str,
+    protocol_class: type[asyncio.Protocol], loop_name: str
 ) -> None:
-    async def scenario() -> bytes:
-        protocol, _, client = await answered_connection(protocol_class)
-        with client:
-            # Given the next request in the socket, unread, when the timer falls due (nothing
-            # is awaited in between: the loop reads no socket before the timer runs)
-            client.send(REQUEST)
-            protocol.timeout_keep_alive_handler()
-            # Then it is answered on the same connection
-            return await answer(client)
-
-    assert run(scenario(), loop_name).startswith(b"HTTP/1.1 200")
+    assert run(timer_falls_due(protocol_class, REQUEST), loop_name).startswith(b"HTTP/1.1 200")
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 @pytest.mark.parametrize("protocol_class", PROTOCOLS, ids=lambda c: c.__name__)
 def test_an_idle_connection_is_closed_when_the_keep_alive_falls_due(
-    protocol_class: type[asyncio.Protocol],
-    loop_name: str,
+    protocol_class: type[asyncio.Protocol], loop_name: str
 ) -> None:
-    async def scenario() -> bytes:
-        protocol, _, client = await answered_connection(protocol_class)
-        with client:
-            protocol.timeout_keep_alive_handler()
-            return await answer(client)
+    assert run(timer_falls_due(protocol_class, b""), loop_name) == b""
 
-    assert run(scenario(), loop_name) == b""
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_the_plain_h11_protocol_drops_the_waiting_request(loop_name: str) -> None:
+    """What the subclass is for: uvicorn's own protocol closes the connection unanswered."""
+    assert run(timer_falls_due(H11Protocol, REQUEST), loop_name) == b""
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
@@ -132,17 +132,3 @@ def test_a_closing_connection_is_not_kept_for_bytes_waiting(
 
     armed, after = run(scenario(), loop_name)
     assert after is armed
-
-
-@pytest.mark.parametrize("loop_name", LOOPS)
-def test_the_plain_h11_protocol_drops_the_waiting_request(loop_name: str) -> None:
-    """What the subclass is for: uvicorn's own protocol closes the connection unanswered."""
-
-    async def scenario() -> bytes:
-        protocol, _, client = await answered_connection(H11Protocol)
-        with client:
-            client.send(REQUEST)
-            protocol.timeout_keep_alive_handler()
-            return await answer(client)
-
-    assert run(scenario(), loop_name) == b""
