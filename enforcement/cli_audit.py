@@ -47,21 +47,22 @@ def history(
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
 ) -> None:
     """Show an account's events, each with what it changed in the standing and the rule."""
-    from enforcement.render import history_csv_rows, history_json, history_table
+    from enforcement.render import history_csv_rows, history_json, history_tables
 
     if fmt not in ("table", "json", "csv"):
         fail(f"Unknown format {fmt!r}; choose table, json or csv.")
     account_option(account, "ACCOUNT")
     moment = time_option(as_of, "--as-of")
     with opened_container() as container:
-        # Written as read (JSON and CSV): a long history is never held whole.
+        # Written as read (a table every 1,000 rows): a long history is never held whole.
         entries = container.service.history(account, moment)
         if fmt == "json":
             sys.stdout.writelines(history_json(entries))
         elif fmt == "csv":
             csv.writer(sys.stdout).writerows(history_csv_rows(entries))
         else:
-            console.print(history_table(account, entries))
+            for table in history_tables(account, entries):
+                console.print(table)
 
 
 @app.command()

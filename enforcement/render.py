@@ -62,9 +62,34 @@ def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
     return ""
 
 
-def history_table(account_id: str, entries: Iterable[HistoryEntry]) -> Table:
+# Rows per table of a history: Rich sizes a table's columns over all its rows, so a long history
+# is printed a table at a time, as it is read (100,000 rows held in one table took 556 MB).
+HISTORY_TABLE_ROWS = 1000
+
+
+def history_tables(
+    account_id: str, entries: Iterable[HistoryEntry], rows: int = HISTORY_TABLE_ROWS
+) -> Iterator[Table]:
+    """The history as tables of at most ``rows`` rows each, made as ``entries`` are read: the
+    first titled "History of …", the others "… (continued)". An empty history is one empty
+    table."""
+    chunk: list[HistoryEntry] = []
+    made = 0
+    for entry in entries:
+        chunk.append(entry)
+        if len(chunk) == rows:
+            yield history_table(account_id, chunk, continued=made > 0)
+            made, chunk = made + 1, []
+    if chunk or not made:
+        yield history_table(account_id, chunk, continued=made > 0)
+
+
+def history_table(
+    account_id: str, entries: Iterable[HistoryEntry], continued: bool = False
+) -> Table:
     """As ``standing_table``, every cell is ``_shown``."""
-    table = Table(title=Text(f"History of {account_id}"))
+    title = f"History of {account_id}" + (" (continued)" if continued else "")
+    table = Table(title=Text(title))
     for column in ("v", "recorded at", "event", "changed", "rule"):
         table.add_column(column, overflow="fold")
     for entry in entries:

@@ -11,7 +11,13 @@ from typing import Any
 
 from rich.console import Console
 
-from enforcement.render import history_csv_rows, history_json, history_table, standing_table
+from enforcement.render import (
+    history_csv_rows,
+    history_json,
+    history_table,
+    history_tables,
+    standing_table,
+)
 from events.types import RecordedEvent
 from events.wire import event_to_json
 from projections.history import HistoryEntry
@@ -145,3 +151,36 @@ def test_the_history_json_is_written_an_entry_at_a_time_never_held_whole() -> No
     first = next(pieces)
     assert read == 1
     assert first.startswith("[\n  {") and '"version": 1' in first
+
+
+def test_a_long_history_is_made_a_table_at_a_time_as_it_is_read() -> None:
+    read = 0
+
+    def entries() -> Iterator[HistoryEntry]:
+        nonlocal read
+        for version in range(1, 2501):
+            read += 1
+            yield HistoryEntry(event("ViolationReported", {}, version), {}, None, None)
+
+    # Given a history of 2,500 events, when it is made into tables of at most 1,000 rows
+    tables = history_tables("acct_1", entries(), rows=1000)
+
+    # Then the first table is made once its 1,000 entries are read, no more
+    first = next(tables)
+    assert (read, first.row_count) == (1000, 1000)
+    rest = list(tables)
+    assert [t.row_count for t in rest] == [1000, 500]
+    # the first titled as one table was, the others as its continuation, every version in order
+    assert [str(t.title) for t in [first, *rest]] == [
+        "History of acct_1",
+        "History of acct_1 (continued)",
+        "History of acct_1 (continued)",
+    ]
+    versions = [int(cell.plain) for t in [first, *rest] for cell in t.columns[0].cells]
+    assert versions == list(range(1, 2501))
+
+
+def test_a_history_of_whole_tables_ends_with_the_last_and_an_empty_one_is_one_table() -> None:
+    entries = [HistoryEntry(event("ViolationReported", {}), {}, None, None)] * 4
+    assert [t.row_count for t in history_tables("acct_1", entries, rows=2)] == [2, 2]
+    assert [t.row_count for t in history_tables("acct_1", [], rows=2)] == [0]
