@@ -124,8 +124,9 @@ class CutOff:
 
 @dataclass
 class Outage:
-    """A crash of PostgreSQL that the soak caused (``kind``): when, when it answered again, the
-    first 2xx answer after that, and what the clients got from the crash until then."""
+    """A crash of PostgreSQL, or a dependency's silence, that the soak caused (``kind``): when,
+    when it answered again (a silence: when it was SIGCONTed), the first 2xx answer after that,
+    and what the clients got from the crash until then."""
 
     kind: str
     at: float
@@ -172,8 +173,11 @@ class Ledger:
         self.stalls: list[tuple[float, float]] = []  # a process frozen: SIGSTOP's, SIGCONT's
         # Of those, a worker frozen longer than its heartbeat: its messages were handed on.
         self.handed_on: list[tuple[float, float]] = []
+        # A dependency made silent (``--dep-stalls``): SIGSTOP's, SIGCONT's, of each.
+        self.silent_database: list[tuple[float, float]] = []
+        self.silent_redis: list[tuple[float, float]] = []
         self.starting_phase = ""  # where the last kill while starting landed
-        self.outages: list[Outage] = []  # the PostgreSQL crashes, the last one open
+        self.outages: list[Outage] = []  # PostgreSQL's crashes, silences: the last one open
         self.cut_offs: list[CutOff] = []  # every request sent that got no answer
 
     def note(self, text: str) -> None:

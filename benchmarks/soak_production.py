@@ -28,7 +28,9 @@ makes its own, and drops it). With ``--pg-kills`` it crashes PostgreSQL too, at 
 rounds (an immediate stop and a start 0.2 to 3 s later, or a backend SIGKILLed), on a cluster
 of its own in its working directory (``PrivateCluster``): never the shared server. With
 ``--stalls`` a share of rounds freeze a process instead (SIGSTOP, then SIGCONT 0.5 to 15 s
-later: it keeps its connections, locks and messages, and is not restarted). Exit
+later: it keeps its connections, locks and messages, and is not restarted); with
+``--dep-stalls`` a share of rounds make a dependency silent (Redis, or every process of the
+soak's own PostgreSQL cluster, SIGSTOPped 0.5 to 12 s, then SIGCONTed). Exit
 status 0 when every check passed, 1 otherwise (the working directory is then kept; the
 database is dropped either way).
 """
@@ -132,14 +134,29 @@ PG_AWAY = (0.2, 3.0)
 # How long the clients may wait for a 2xx answer once PostgreSQL answers again.
 PG_RECOVERY_SECONDS = 60.0
 PG_BACK_TO_OK = "longest from PostgreSQL back to the first 2xx (ms)"
-PG_DEAD = "processes dead after a PostgreSQL crash"
-PG_LEADERLESS = "PostgreSQL crashes after which no worker led within 30 s"
+PG_DEAD = "processes dead after a PostgreSQL crash or a silence"
+PG_LEADERLESS = "PostgreSQL crashes or silences after which no worker led within 30 s"
 # A freeze (``--stalls`` of rounds, instead of a kill): one of ``VICTIMS``, drawn with their
 # weights, SIGSTOPped for a random span in seconds and SIGCONTed, never restarted.
 STALL_SECONDS = (0.5, 15.0)
 # The workers' heartbeat with ``--stalls``: most freezes outlast it, so that Redis hands a frozen
 # worker's messages to the other within the round, and the frozen one resumes amid them.
 STALL_HEARTBEAT_MS = 3000
+# A dependency gone silent (``--dep-stalls`` of rounds, instead of a kill): Redis, or the soak's
+# own PostgreSQL (the postmaster and every process it started), SIGSTOPped for a random span in
+# seconds and SIGCONTed. Connections stay open and nothing answers; nothing is restarted.
+SILENT_REDIS = "Redis (silent: redis-server SIGSTOPped)"
+SILENT_PG = "PostgreSQL (silent: every server process SIGSTOPped)"
+SILENCES = (SILENT_REDIS, SILENT_PG)
+SILENT_SECONDS = (0.5, 12.0)
+# The processes' bounds with ``--dep-stalls``: the defaults (30 s, 5 s) outlast most silences
+# of up to 12 s, so that the requests and the workers would only wait them out; these give up
+# on the longer ones (503, a relay's retry, a consumer's restart) within the round.
+SILENT_SETTINGS = {
+    "ENFORCEMENT_DATABASE_TIMEOUT_MS": "4000",
+    "ENFORCEMENT_REDIS_TIMEOUT_MS": "2000",
+}
+SILENT_BACK_TO_OK = "longest from the SIGCONT to the first 2xx (ms)"
 
 
 class Fleet:
@@ -289,6 +306,28 @@ class Fleet:
             time.sleep(0.01)
         return outage.at
 
+    def silence(self, rng: random.Random, ledger: Ledger, kind: str) -> None:
+        """Make a dependency silent as ``kind`` says (``SILENCES``) under the clients' load for
+        a random span of ``SILENT_SECONDS``, then let it go on, and wait (up to
+        ``PG_RECOVERY_SECONDS``) until a client got a 2xx answer after that. Recorded as an
+        ``Outage`` from the SIGSTOP (``at``) to the SIGCONT (``back``). Nothing is restarted:
+        every process must come back by itself."""
+        seconds = rng.uniform(*SILENT_SECONDS)
+        outage = Outage(kind, time.time())
+        with ledger.lock:
+            ledger.outages.append(outage)
+        if kind == SILENT_REDIS:
+            span = self.redis.freeze(seconds)
+        else:
+            assert self.cluster is not None
+            span = self.cluster.freeze(seconds)
+        with ledger.lock:
+            outage.at, outage.back = span
+            (ledger.silent_redis if kind == SILENT_REDIS else ledger.silent_database).append(span)
+        deadline = time.monotonic() + PG_RECOVERY_SECONDS
+        while outage.first_ok is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def stall(self, ledger: Ledger, process: Process, seconds: float) -> None:
         """Freeze ``process`` for ``seconds`` (``Process.stall``), recorded in ``ledger``."""
         stopped, went_on = span = process.stall(seconds)
@@ -314,14 +353,15 @@ def _victim(
     fleet: Fleet,
     ledger: Ledger,
     rng: random.Random,
-    shares: tuple[float, float, float, float],
+    shares: tuple[float, float, float, float, float],
     planned: str | None,
 ) -> tuple[str, Callable[[], float | None]]:
     """What to kill this round (``planned``, or drawn: a process while it starts at the first
-    of ``shares``, Redis at the second, PostgreSQL at the third), or to freeze (at the fourth):
-    its name (as the figures count it) and how. A leader that died a moment ago is followed by
-    the other worker within about 5 s: a worker's kill waits for one to lead."""
-    startup_share, redis_share, pg_share, stall_share = shares
+    of ``shares``, Redis at the second, PostgreSQL at the third), or to freeze (a process at
+    the fourth, a dependency at the fifth): its name (as the figures count it) and how. A
+    leader that died a moment ago is followed by the other worker within about 5 s: a worker's
+    kill waits for one to lead."""
+    startup_share, redis_share, pg_share, stall_share, silent_share = shares
     # (No draw at a share of 0: the rounds are then those the soak drew before it had these.)
     if planned is None and pg_share > 0 and rng.random() < pg_share:
         planned = rng.choice(PG_CRASHES)
@@ -330,6 +370,10 @@ def _victim(
     if planned is None and stall_share > 0 and rng.random() < stall_share:
         name, victim = _process(fleet, rng, rng.choices(list(VICTIMS), list(VICTIMS.values()))[0])
         return name, functools.partial(fleet.stall, ledger, victim, rng.uniform(*STALL_SECONDS))
+    if planned is None and silent_share > 0 and rng.random() < silent_share:
+        planned = rng.choice(SILENCES)
+    if planned in SILENCES:
+        return planned, functools.partial(fleet.silence, rng, ledger, planned)
     if planned is None and startup_share > 0 and rng.random() < startup_share:
         planned = rng.choices(list(STARTING), list(STARTING.values()))[0]
     if planned is None and rng.random() < redis_share:
@@ -413,12 +457,14 @@ def run(
     cluster: PrivateCluster | None = None,
     pg_kills: float = 0.0,
     stalls: float = 0.0,
+    dep_stalls: float = 0.0,
 ) -> Result:
     """Run the soak in ``soak.workdir`` (made if missing) on ``soak.pg_url`` (an empty
     database) and a Redis on ``soak.redis_port``, and check what it left. ``plan`` names what
     each round kills (as ``VICTIMS``, ``STARTING``, ``PG_CRASHES`` and "Redis" do), else it is
     drawn. With ``cluster`` (the server of ``soak.pg_url``, the soak's own) ``pg_kills`` of the
-    rounds crash PostgreSQL; ``stalls`` of them freeze a process instead of killing one."""
+    rounds crash PostgreSQL; ``stalls`` of them freeze a process instead of killing one, and
+    ``dep_stalls`` make Redis or PostgreSQL (then ``cluster``) silent."""
     (soak.workdir / "logs").mkdir(parents=True, exist_ok=True)
     (soak.workdir / "policy.toml").write_text(POLICY)
     assert soak.redis_port is not None
@@ -441,7 +487,7 @@ def run(
             raise RuntimeError("no worker took the lead")
         name = ""
         for round_no in range(soak.rounds):
-            if name in PG_CRASHES:
+            if name in PG_CRASHES or name in SILENCES:
                 came_back_by_itself(ledger, fleet)
             restarted(ledger, fleet)
             ledger.figures["gate checks after a restart"] += gate_agrees(
@@ -463,7 +509,7 @@ def run(
                     fleet,
                     ledger,
                     rng,
-                    (soak.startup_kills, redis_kills, pg_kills, stalls),
+                    (soak.startup_kills, redis_kills, pg_kills, stalls, dep_stalls),
                     plan[round_no] if plan else None,
                 ),
                 linger=min(1.5, soak.seconds),
@@ -481,12 +527,14 @@ def run(
                 what = f"killed {name} (landed: {ledger.starting_phase})"
             if name in PG_CRASHES:
                 what = f"killed {name}: {_outage_text(ledger.outages[-1])}"
+            if name in SILENCES:
+                what = f"made {name}: {_outage_text(ledger.outages[-1])}"
             console.print(
                 f"round {round_no + 1}/{soak.rounds}: {what}; {len(ledger.calls)} "
                 f"requests so far, {ledger.figures['requests sent again'] - sent_again} sent "
                 f"again in the round, {len(ledger.retry)} waiting for an answer"
             )
-        if name in PG_CRASHES:
+        if name in PG_CRASHES or name in SILENCES:
             came_back_by_itself(ledger, fleet)
         # Both workers killed at once, then, as if 11 minutes had passed, started again: the
         # first notice each writes must sweep the part files that kills left.
@@ -532,7 +580,8 @@ def run(
         **{k: v for k, v in sorted(ledger.figures.items()) if k.startswith("kills while")},
         "Redis persistence": redis_persistence,
         **({SEEN_RESTARTED: ledger.figures[SEEN_RESTARTED]} if redis_persistence != "none" else {}),
-        **(postgres_figures(ledger) if cluster is not None else {}),
+        **(postgres_figures(ledger) if pg_kills else {}),
+        **(silence_figures(ledger) if dep_stalls else {}),
         "wall time": f"{elapsed:.0f} s",
         **figures,
     }
@@ -542,32 +591,43 @@ def run(
 
 
 def _outage_text(outage: Outage) -> str:
-    away = "did not come back" if outage.back is None else f"away {outage.back - outage.at:.2f} s"
+    silent = outage.kind in SILENCES
+    if outage.back is None:
+        away = "did not come back"
+    else:
+        away = f"{'silent' if silent else 'away'} {outage.back - outage.at:.2f} s"
     if outage.back is None or outage.first_ok is None:
         first = f"no 2xx within {PG_RECOVERY_SECONDS:.0f} s"
     else:
-        first = f"first 2xx {outage.first_ok - outage.back:.2f} s after"
+        after = "the SIGCONT" if silent else ""
+        first = f"first 2xx {outage.first_ok - outage.back:.2f} s after {after}".rstrip()
     return f"{away}, {first}; {outage.answered_503} answered 503, {outage.no_answer} no answer"
 
 
 def came_back_by_itself(ledger: Ledger, fleet: Fleet) -> None:
-    """After a PostgreSQL crash (before ``restarted`` starts anything again): every process
-    must still run, and a worker lead again, by itself. Counted, and noted, when not."""
+    """After a PostgreSQL crash or a dependency's silence (before ``restarted`` starts anything
+    again): every process must still run, and a worker lead again, by itself. Counted, and
+    noted, when not."""
+    what = ledger.outages[-1].kind
     dead = fleet.dead()
     if dead:
         ledger.figures[PG_DEAD] += len(dead)
-        ledger.note(f"after a PostgreSQL crash these processes had died: {dead}")
+        ledger.note(f"after {what} these processes had died: {dead}")
     elif fleet.leader(LEAD_SECONDS) is None:
         ledger.figures[PG_LEADERLESS] += 1
-        ledger.note("after a PostgreSQL crash no worker led within 30 s")
+        ledger.note(f"after {what} no worker led within 30 s")
 
 
 def stall_figures(ledger: Ledger) -> dict[str, Any]:
     """The freezes' figures: how many of each process, and how long."""
     spans = [went_on - stopped for stopped, went_on in ledger.stalls]
-    kinds = {k: v for k, v in sorted(ledger.figures.items()) if k.startswith("stalls: ")}
+    kinds = {
+        k: v
+        for k, v in sorted(ledger.figures.items())
+        if k.startswith("stalls: ") and k.removeprefix("stalls: ") not in SILENCES
+    }
     return {
-        "rounds that froze a process": ledger.figures["stalls"],
+        "rounds that froze a process": sum(kinds.values()),
         **kinds,
         "frozen (s): shortest, longest, total": (
             f"{min(spans):.1f}, {max(spans):.1f}, {sum(spans):.0f}" if spans else "-"
@@ -580,37 +640,58 @@ def stall_figures(ledger: Ledger) -> dict[str, Any]:
 
 def postgres_figures(ledger: Ledger) -> dict[str, Any]:
     """The PostgreSQL crashes' figures: outages, 503s, recovery."""
-    outages = ledger.outages
+    return _outage_figures(
+        ledger,
+        ("PostgreSQL crashes (stop -m immediate, backend SIGKILLed)", PG_STOP, PG_BACKEND),
+        ("PostgreSQL away (s)", "the outages", PG_BACK_TO_OK),
+    )
+
+
+def silence_figures(ledger: Ledger) -> dict[str, Any]:
+    """The silences' figures: of each dependency, how long, 503s, recovery."""
+    return _outage_figures(
+        ledger,
+        ("silences (Redis, PostgreSQL)", SILENT_REDIS, SILENT_PG),
+        ("silent (s)", "the silences", SILENT_BACK_TO_OK),
+    )
+
+
+def _outage_figures(
+    ledger: Ledger, kinds: tuple[str, str, str], names: tuple[str, str, str]
+) -> dict[str, Any]:
+    """How many outages of each of two kinds (``kinds``: the figure's name, then the two), and
+    (``names``: of the span, of the outages, of the recovery figure) how long they lasted, the
+    503s and requests without an answer meanwhile, the longest from their end to a 2xx."""
+    counted, first, second = kinds
+    span, during, back_to_ok = names
+    outages = [o for o in ledger.outages if o.kind in (first, second)]
     away = [o.back - o.at for o in outages if o.back is not None]
     to_ok = [o.first_ok - o.back for o in outages if o.first_ok is not None and o.back]
     return {
-        "PostgreSQL crashes (stop -m immediate, backend SIGKILLed)": (
-            f"{sum(o.kind == PG_STOP for o in outages)}, "
-            f"{sum(o.kind == PG_BACKEND for o in outages)}"
-        ),
-        "PostgreSQL away (s): shortest, longest": (
-            f"{min(away):.2f}, {max(away):.2f}" if away else "-"
-        ),
-        "answered 503 during the outages (no answer)": (
+        counted: ", ".join(str(sum(o.kind == kind for o in outages)) for kind in (first, second)),
+        f"{span}: shortest, longest": f"{min(away):.2f}, {max(away):.2f}" if away else "-",
+        f"answered 503 during {during} (no answer)": (
             f"{sum(o.answered_503 for o in outages)} ({sum(o.no_answer for o in outages)})"
         ),
-        PG_BACK_TO_OK: int(max(to_ok) * 1000) if to_ok else "-",
+        back_to_ok: int(max(to_ok) * 1000) if to_ok else "-",
     }
 
 
 def postgres_checks(ledger: Ledger) -> list[Check]:
-    """After each PostgreSQL crash, every process came back by itself: none died, a worker led
-    again, and a client got a 2xx answer once the server answered again."""
+    """After each PostgreSQL crash or dependency's silence, every process came back by itself:
+    none died, a worker led again, and a client got a 2xx answer once the server answered
+    again."""
     outages = ledger.outages
     no_ok = sum(o.first_ok is None for o in outages)
     dead, leaderless = ledger.figures[PG_DEAD], ledger.figures[PG_LEADERLESS]
     return [
         (
-            "after each PostgreSQL crash every process came back by itself (none died, a "
-            "worker led again, a 2xx answer followed the server's return)",
+            "after each PostgreSQL crash or silence of Redis or PostgreSQL every process came "
+            "back by itself (none died, a worker led again, a 2xx answer followed the server's "
+            "return)",
             not no_ok and not dead and not leaderless,
-            f"{len(outages)} crashes; {dead} processes died, {leaderless} without a leader "
-            f"for 30 s, {no_ok} without a 2xx within {PG_RECOVERY_SECONDS:.0f} s",
+            f"{len(outages)} crashes or silences; {dead} processes died, {leaderless} without "
+            f"a leader for 30 s, {no_ok} without a 2xx within {PG_RECOVERY_SECONDS:.0f} s",
         )
     ]
 
@@ -655,16 +736,27 @@ def main() -> int:
         f"heartbeat is then {STALL_HEARTBEAT_MS} ms, so that longer freezes hand their "
         "messages on",
     )
+    parser.add_argument(
+        "--dep-stalls",
+        type=float,
+        default=0.0,
+        help="share of rounds that make a dependency silent instead of killing a process (0: "
+        "none): redis-server, or every process of the soak's own PostgreSQL cluster (as "
+        f"--pg-kills runs it), SIGSTOPped for {SILENT_SECONDS[0]:g} to {SILENT_SECONDS[1]:g} s, "
+        "then SIGCONTed; the processes' timeouts are then "
+        + ", ".join(f"{k}={v}" for k, v in SILENT_SETTINGS.items()),
+    )
     args = parser.parse_args()
     admin_url = os.environ.get(PG_URL_ENV)
-    if not admin_url and not args.pg_kills:
+    own_cluster = bool(args.pg_kills or args.dep_stalls)
+    if not admin_url and not own_cluster:
         parser.error(f"set {PG_URL_ENV} to a PostgreSQL account that may create databases")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-production-"))
     console = Console()
     ok = False
     cluster = None
     try:
-        if args.pg_kills:
+        if own_cluster:
             # Never the shared server: a cluster of the soak's own, which it may crash.
             workdir.mkdir(parents=True, exist_ok=True)
             workdir.chmod(0o755)  # the server's user must reach its directory
@@ -681,6 +773,7 @@ def main() -> int:
                 pg_url=pg_url,
                 redis_port=args.redis_port or free_port(),
                 **({"heartbeat_ms": STALL_HEARTBEAT_MS} if args.stalls else {}),
+                **({"settings": SILENT_SETTINGS} if args.dep_stalls else {}),
             )
             where = "" if cluster is None else f", PostgreSQL of its own on {cluster.port}"
             console.print(
@@ -696,6 +789,7 @@ def main() -> int:
                 cluster=cluster,
                 pg_kills=args.pg_kills,
                 stalls=args.stalls,
+                dep_stalls=args.dep_stalls,
             )
             show(result, console, "production crash soak")
             ok = result.ok

@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,8 @@ class Soak:
     redis_port: int | None = None  # production: the port of the soak's ``redis-server``
     # production: how old a worker's heartbeat is when Redis hands its messages to another
     heartbeat_ms: int = 5000
+    # production: more of the processes' settings (``ENFORCEMENT_*``), e.g. shorter timeouts
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def production(self) -> bool:
@@ -210,6 +213,7 @@ class Soak:
                     # (or frozen) worker's messages handed to the other after 5 s (not 60).
                     "ENFORCEMENT_WORKER_PROCESSES": "1",
                     "ENFORCEMENT_WORKER_HEARTBEAT_MS": str(self.heartbeat_ms),
+                    **self.settings,
                 }
             )
         return env
@@ -436,6 +440,13 @@ class RedisServer:
             self.proc.wait()
         return at
 
+    def freeze(self, seconds: float) -> tuple[float, float]:
+        """SIGSTOP redis-server (its process group: a snapshot's child too) for ``seconds``, then
+        SIGCONT: it keeps every connection open and answers nothing meanwhile (a silent Redis).
+        When each signal was sent (``time.time``)."""
+        assert self.proc is not None
+        return _frozen([self.proc.pid], seconds, group=True)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -551,8 +562,54 @@ class PrivateCluster:
             time.sleep(0.01)
         return time.time()
 
+    def processes(self) -> list[int]:
+        """The postmaster (first) and every process it started: backends, checkpointer, WAL
+        writer... (from ``/proc``)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The fields after the command's closing parenthesis: state, then ppid.
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self, seconds: float) -> tuple[float, float]:
+        """SIGSTOP the postmaster, then every process it started, for ``seconds``, then SIGCONT
+        them all: every connection stays open and nothing answers (a silent database), a new
+        connection waits in the listen backlog. When each signal was sent (``time.time``)."""
+        return _frozen(self.processes(), seconds, group=False, more=self.processes)
+
     def stop(self) -> None:
         """Stop it (fast: sessions ended, a checkpoint), if it runs."""
         if self.data.exists():
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
         self.running = False
+
+
+def _frozen(
+    pids: list[int],
+    seconds: float,
+    group: bool,
+    more: Callable[[], list[int]] | None = None,
+) -> tuple[float, float]:
+    """SIGSTOP each of ``pids`` (process groups with ``group``) in order, and, with ``more``,
+    those it then names that were not stopped yet (a process forked meanwhile); SIGCONT them all
+    ``seconds`` after the first SIGSTOP. When the first SIGSTOP and the last SIGCONT were sent."""
+    signal_ = os.killpg if group else os.kill
+    stopped: list[int] = []
+    at = time.time()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            signal_(pid, signal.SIGSTOP)
+            stopped.append(pid)
+    for pid in more() if more is not None else []:
+        if pid not in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                signal_(pid, signal.SIGSTOP)
+                stopped.append(pid)
+    time.sleep(max(0.0, at + seconds - time.time()))  # the freeze itself (nothing to wait for)
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            signal_(pid, signal.SIGCONT)
+    return at, time.time()
