@@ -157,6 +157,10 @@ SILENT_SETTINGS = {
     "ENFORCEMENT_REDIS_TIMEOUT_MS": "2000",
 }
 SILENT_BACK_TO_OK = "longest from the SIGCONT to the first 2xx (ms)"
+# After Redis's silence, the next round waits for the relay (``relay_caught_up``): how often
+# it was behind, and the longest wait.
+RELAY_WAITS = "rounds after Redis's silence that waited for the relay"
+RELAY_WAITED = "their longest wait (ms)"
 
 
 class Fleet:
@@ -489,6 +493,8 @@ def run(
         for round_no in range(soak.rounds):
             if name in PG_CRASHES or name in SILENCES:
                 came_back_by_itself(ledger, fleet)
+            if name == SILENT_REDIS:
+                relay_caught_up(soak, ledger)
             restarted(ledger, fleet)
             ledger.figures["gate checks after a restart"] += gate_agrees(
                 ledger, fleet.urls, tokens, rng, 20
@@ -604,6 +610,28 @@ def _outage_text(outage: Outage) -> str:
     return f"{away}, {first}; {outage.answered_503} answered 503, {outage.no_answer} no answer"
 
 
+def relay_caught_up(soak: Soak, ledger: Ledger) -> None:
+    """After Redis's silence, until the relay's checkpoint is at the end of the log (up to
+    ``LEAD_SECONDS``), before the gate is asked again: the decisions of the silence reach the
+    gate with the relay (the API's push gave up), at its first try once Redis answers again,
+    up to a second after it (``docs/operations.md``). A wait is counted, the longest kept."""
+    began = time.monotonic()
+    deadline = began + LEAD_SECONDS
+    behind = False
+    while not relayed(soak):
+        behind = True
+        if time.monotonic() > deadline:
+            ledger.note(f"the relay was not at the end of the log {LEAD_SECONDS:.0f} s on")
+            break
+        time.sleep(0.05)
+    if not behind:
+        return
+    waited = int((time.monotonic() - began) * 1000)
+    with ledger.lock:
+        ledger.figures[RELAY_WAITS] += 1
+        ledger.figures[RELAY_WAITED] = max(ledger.figures[RELAY_WAITED], waited)
+
+
 def came_back_by_itself(ledger: Ledger, fleet: Fleet) -> None:
     """After a PostgreSQL crash or a dependency's silence (before ``restarted`` starts anything
     again): every process must still run, and a worker lead again, by itself. Counted, and
@@ -653,7 +681,11 @@ def silence_figures(ledger: Ledger) -> dict[str, Any]:
         ledger,
         ("silences (Redis, PostgreSQL)", SILENT_REDIS, SILENT_PG),
         ("silent (s)", "the silences", SILENT_BACK_TO_OK),
-    )
+    ) | {
+        f"{RELAY_WAITS}, {RELAY_WAITED}": (
+            f"{ledger.figures[RELAY_WAITS]}, {ledger.figures[RELAY_WAITED]}"
+        )
+    }
 
 
 def _outage_figures(
