@@ -1,0 +1,156 @@
+"""A differential test of ``whatif``: histories the policy oracle makes up, replayed.
+
+The histories are ``tests/unit/test_policy_oracle.py``'s (the real decider and fold over
+violations, time passing with or without the deadline worker, operators' actions, appeals and
+abuse reports), under the default policy or any policy file, each decision its own request as in
+production (the oracle gives them all one request id). Replayed by ``whatif``'s core
+(``replay_account``) under the very policy that recorded them, nothing may differ: every
+recorded decision is what that policy decides.
+
+WHATIF_EXAMPLES=5000 (and the oracle's ORACLE_STEPS=40) searches for minutes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import event as note
+from hypothesis import given, settings
+from hypothesis import note as say
+from hypothesis import strategies as st
+
+from enforcement.policy import DEFAULT_POLICY, Context, Policy
+from enforcement.policy_file import MAX_DURATION
+from enforcement.whatif import replay_account
+from events import NewEvent
+from tests.unit import policy_reference as ref
+from tests.unit.test_policy import Account
+from tests.unit.test_policy_oracle import CLIMB, POLICY_KEYS, STEP, STEPS, Twins, loaded, run
+
+EXAMPLES = int(os.environ.get("WHATIF_EXAMPLES", "150"))
+
+
+@dataclass
+class Requests(Account):
+    """The oracle's account, each decision asked for in a request of its own, as in production
+    (the API's request id). ``whatif`` takes for the decisions recorded with a violation the
+    events "that follow it in its transaction (same time, same request) and were caused by it"
+    (``whatif._recorded_ladder``); an operator's dismissal is caused by the violation it
+    dismisses too, so under the oracle's one request id for everything, a dismissal at the
+    violation's instant was taken for its ladder (and never applied in the replay)."""
+
+    requests: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def ctx(self, now: datetime, actor: str = "reporter") -> Context:
+        request = f"req_{next(self.requests)}"
+        return Context(now=now, actor=actor, correlation_id=request, new_id=self.new_id)
+
+
+@dataclass
+class Recorded(Twins):
+    """The oracle's twins, keeping where each commit ends in the log."""
+
+    commits: list[int] = field(default_factory=list)
+
+    def _append(self, decided: list[NewEvent], at: datetime) -> None:
+        super()._append(decided, at)
+        if decided:
+            self.commits.append(len(self.log))
+
+
+def recorded(policy: Policy, meaning: ref.RefPolicy, steps: list[tuple[Any, ...]]) -> Recorded:
+    twins = Recorded(policy, ref.Reference(meaning), Requests())
+    run(twins, steps, 0, [])
+    return twins
+
+
+def assert_replays_as_recorded(twins: Twins) -> None:
+    result = replay_account(twins.policy, twins.real.account_id, twins.log)
+    assert result.violations == sum(e.type == "ViolationReported" for e in twins.log)
+    assert result.differences == []
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.lists(STEP, max_size=STEPS))
+def test_a_history_replayed_under_the_default_policy_that_recorded_it_differs_nowhere(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    say(f"steps={steps!r}")
+    assert_replays_as_recorded(recorded(DEFAULT_POLICY, ref.DEFAULT, steps))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS))
+def test_a_history_replayed_under_the_policy_file_that_recorded_it_differs_nowhere(
+    keys: dict[str, Any], steps: list[tuple[Any, ...]]
+) -> None:
+    policy, meaning = loaded(keys)
+    say(f"steps={steps!r}")
+    assert_replays_as_recorded(recorded(policy, meaning, steps))
+
+
+# --- a policy that only makes the ladder harsher ----------------------------------------------
+
+# Each number the ladder restricts by, made harsher, or left as it is (None): a longer
+# suspension or throttle (hours more), a lower throttle factor (times ``(0, 1)``), termination at
+# fewer prior strikes.
+LONGER = st.one_of(st.none(), st.integers(1, 24 * 400).map(lambda h: timedelta(hours=h)))
+HARSHER = st.fixed_dictionaries(
+    {
+        "first_high_suspension": LONGER,
+        "third_minor_suspension": LONGER,
+        "missed_remediation_suspension": LONGER,
+        "throttle_longer": LONGER,
+        "throttle_lower": st.one_of(st.none(), st.floats(0.01, 0.99)),
+        "fewer_strikes": st.one_of(st.none(), st.integers(1, 3)),
+    }
+)
+
+
+def harsher(policy: Policy, change: dict[str, Any]) -> Policy:
+    """``policy`` with the numbers ``change`` gives made harsher (spans at most a file's)."""
+    numbers: dict[str, Any] = {}
+    for name in (
+        "first_high_suspension",
+        "third_minor_suspension",
+        "missed_remediation_suspension",
+    ):
+        if change[name] is not None:
+            numbers[name] = min(getattr(policy, name) + change[name], MAX_DURATION)
+    throttle = policy.second_minor_throttle
+    if change["throttle_longer"] is not None:
+        duration = min(throttle.duration + change["throttle_longer"], MAX_DURATION)
+        throttle = replace(throttle, duration=duration)
+    if change["throttle_lower"] is not None:
+        throttle = replace(throttle, factor=throttle.factor * change["throttle_lower"])
+    numbers["second_minor_throttle"] = throttle
+    if change["fewer_strikes"] is not None:
+        fewer = policy.termination_after_strikes - change["fewer_strikes"]
+        numbers["termination_after_strikes"] = max(fewer, 1)
+    return replace(policy, version="harsher", **numbers)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.one_of(st.none(), POLICY_KEYS), HARSHER, st.lists(CLIMB, max_size=STEPS))
+def test_where_a_harsher_policy_first_decides_otherwise_it_decides_harsher(
+    keys: dict[str, Any] | None, change: dict[str, Any], steps: list[tuple[Any, ...]]
+) -> None:
+    """The first commit whose replay differs was decided on the standing that was recorded (all
+    before it decided alike), where a policy that only restricts more decides ``harsher``
+    (whatif's severity order). Later violations may differ any way (a termination leaves them
+    undecided: ``fewer``)."""
+    policy, meaning = (DEFAULT_POLICY, ref.DEFAULT) if keys is None else loaded(keys)
+    other = harsher(policy, change)
+    say(f"steps={steps!r}\nharsher: {other}")
+    twins = recorded(policy, meaning, steps)
+    for end in twins.commits:
+        result = replay_account(other, twins.real.account_id, twins.log[:end])
+        if result.differences:
+            note(f"first differs: {sorted({d.change for d in result.differences})}")
+            assert {d.change for d in result.differences} == {"harsher"}, result.differences
+            return
+    note("first differs: nowhere")
