@@ -31,7 +31,7 @@ from tests.unit import policy_reference as ref
 from tests.unit.test_policy import Account
 from tests.unit.test_policy_oracle import CLIMB, POLICY_KEYS, STEP, STEPS, Twins, loaded, run
 
-EXAMPLES = int(os.environ.get("WHATIF_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("WHATIF_EXAMPLES", "100"))
 
 
 @dataclass
@@ -68,29 +68,41 @@ def recorded(policy: Policy, meaning: ref.RefPolicy, steps: list[tuple[Any, ...]
     return twins
 
 
-def assert_replays_as_recorded(twins: Twins) -> None:
-    result = replay_account(twins.policy, twins.real.account_id, twins.log)
-    assert result.violations == sum(e.type == "ViolationReported" for e in twins.log)
+# ``--since``: none, or the instant of a commit (by index), or a microsecond after it.
+SINCE = st.one_of(st.none(), st.tuples(st.integers(0, 40), st.sampled_from([0, 1])))
+
+
+def assert_replays_as_recorded(twins: Recorded, since: tuple[int, int] | None) -> None:
+    """Replayed from ``since`` on (the events before it applied as recorded), nothing differs."""
+    start = None
+    if since is not None and twins.commits:
+        end = twins.commits[since[0] % len(twins.commits)]
+        start = twins.log[end - 1].recorded_at + timedelta(microseconds=since[1])
+    result = replay_account(twins.policy, twins.real.account_id, twins.log, start)
+    assert result.violations == sum(
+        e.type == "ViolationReported" and (start is None or e.recorded_at >= start)
+        for e in twins.log
+    )
     assert result.differences == []
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(st.lists(STEP, max_size=STEPS))
+@given(st.lists(STEP, max_size=STEPS), SINCE)
 def test_a_history_replayed_under_the_default_policy_that_recorded_it_differs_nowhere(
-    steps: list[tuple[Any, ...]],
+    steps: list[tuple[Any, ...]], since: tuple[int, int] | None
 ) -> None:
     say(f"steps={steps!r}")
-    assert_replays_as_recorded(recorded(DEFAULT_POLICY, ref.DEFAULT, steps))
+    assert_replays_as_recorded(recorded(DEFAULT_POLICY, ref.DEFAULT, steps), since)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS))
+@given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS), SINCE)
 def test_a_history_replayed_under_the_policy_file_that_recorded_it_differs_nowhere(
-    keys: dict[str, Any], steps: list[tuple[Any, ...]]
+    keys: dict[str, Any], steps: list[tuple[Any, ...]], since: tuple[int, int] | None
 ) -> None:
     policy, meaning = loaded(keys)
     say(f"steps={steps!r}")
-    assert_replays_as_recorded(recorded(policy, meaning, steps))
+    assert_replays_as_recorded(recorded(policy, meaning, steps), since)
 
 
 # --- a policy that only makes the ladder harsher ----------------------------------------------
