@@ -3,10 +3,11 @@
 For each account, the recorded log is replayed into an in-memory ``StandingState``:
 
 - every ``ViolationReported`` (from ``since`` on) is decided again by ``decide_violation`` of the
-  other policy, at the time it was recorded, on the *simulated* state; the simulated decisions
-  are applied to that state instead of the recorded ones;
+  other policy, at the instant the recorded policy decided it (its decisions' ``occurred_at``;
+  the store records them a little later, its ``recorded_at``), on the *simulated* state; the
+  simulated decisions are applied to that state instead of the recorded ones;
 - every ``RemediationExpired`` (from ``since`` on) is decided again too, by
-  ``decide_remediation_expired`` of the other policy at the time it was recorded: its
+  ``decide_remediation_expired`` of the other policy at the instant it was decided: its
   ``missed_remediation_suspension``, or nothing when the simulated remediation is not due yet
   (a longer ``remediation_window``), was closed, or was never requested. A recorded completion
   after the simulated remediation's due time (a shorter ``remediation_window``) would have been
@@ -367,7 +368,9 @@ def replay_account(
             state = advance_all(state, pending)
             pending.clear()
             ladder = _recorded_ladder(log, i)
-            simulated = _decide_again(policy, state, event, ladder, made_up)
+            simulated = _decide_again(
+                policy, state, event, ladder, _decided_at(event, ladder), made_up
+            )
             result.violations += 1
             vid = event.data["violation_id"]
             compared[vid] = (event.recorded_at, event.data["category"])
@@ -383,7 +386,8 @@ def replay_account(
             pending.clear()
             escalation = _recorded_ladder(log, i)
             attribute(recorded_on, escalation)
-            simulated = _expire_again(policy, state, event, escalation, event.recorded_at, made_up)
+            decided_at = _decided_at(event, [event])
+            simulated = _expire_again(policy, state, event, escalation, decided_at, made_up)
             attribute(simulated_on, simulated)
             for new in simulated:
                 add(new, event.recorded_at)
@@ -466,11 +470,21 @@ def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedE
     return ladder
 
 
+def _decided_at(event: RecordedEvent, decisions: Sequence[RecordedEvent]) -> datetime:
+    """The instant the policy decided ``decisions`` (the context's ``now``, their
+    ``occurred_at``), which the store's clock read a little later for ``recorded_at``: the one
+    to decide again at, so that an instant between the two (a strike running out, a suspension
+    ending) is met as it was. Without decisions (a terminated account's violation), ``event``'s
+    ``recorded_at``."""
+    return to_utc(decisions[0].occurred_at) if decisions else event.recorded_at
+
+
 def _decide_again(
     policy: Policy,
     state: StandingState,
     violation: RecordedEvent,
     ladder: Sequence[RecordedEvent],
+    now: datetime,
     made_up: Iterator[int],
 ) -> list[NewEvent]:
     """The other policy's decisions on ``violation``, with the recorded ids where they match."""
@@ -486,7 +500,7 @@ def _decide_again(
         description=data.get("description"),
         abuse_report_id=data.get("abuse_report_id"),
     )
-    ctx = _context_of(violation, ladder, violation.recorded_at, made_up, "api")
+    ctx = _context_of(violation, ladder, now, made_up, "api")
     simulated = decide_violation(policy, state, report, ctx)
     return _with_recorded_event_ids(simulated, [violation, *ladder])
 

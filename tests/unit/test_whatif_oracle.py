@@ -72,37 +72,57 @@ def recorded(policy: Policy, meaning: ref.RefPolicy, steps: list[tuple[Any, ...]
 SINCE = st.one_of(st.none(), st.tuples(st.integers(0, 40), st.sampled_from([0, 1])))
 
 
-def assert_replays_as_recorded(twins: Recorded, since: tuple[int, int] | None) -> None:
+# How much later than the policy decided the store's clock read each commit's ``recorded_at``
+# (``EventStore.append``: its own clock, after the decision was taken at the context's ``now``).
+# Each commit's, in turn (none: no latency).
+LATENCY = st.lists(
+    st.sampled_from([0, 1, 1_000, 250_000]).map(lambda us: timedelta(microseconds=us)), max_size=4
+)
+
+
+def assert_replays_as_recorded(
+    twins: Recorded, since: tuple[int, int] | None, latency: list[timedelta]
+) -> None:
     """Replayed from ``since`` on (the events before it applied as recorded), nothing differs."""
+    log = twins.log
+    if latency and twins.log:  # never before the commit before it: one store's clock
+        log, begin, last = [], 0, twins.log[0].recorded_at
+        for i, end in enumerate(twins.commits):
+            last = max(twins.log[begin].recorded_at + latency[i % len(latency)], last)
+            log += [replace(e, recorded_at=last) for e in twins.log[begin:end]]
+            begin = end
+    say(f"latency={latency}")
     start = None
     if since is not None and twins.commits:
         end = twins.commits[since[0] % len(twins.commits)]
-        start = twins.log[end - 1].recorded_at + timedelta(microseconds=since[1])
-    result = replay_account(twins.policy, twins.real.account_id, twins.log, start)
+        start = log[end - 1].recorded_at + timedelta(microseconds=since[1])
+    result = replay_account(twins.policy, twins.real.account_id, log, start)
     assert result.violations == sum(
-        e.type == "ViolationReported" and (start is None or e.recorded_at >= start)
-        for e in twins.log
+        e.type == "ViolationReported" and (start is None or e.recorded_at >= start) for e in log
     )
     assert result.differences == []
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(st.lists(STEP, max_size=STEPS), SINCE)
+@given(st.lists(STEP, max_size=STEPS), SINCE, LATENCY)
 def test_a_history_replayed_under_the_default_policy_that_recorded_it_differs_nowhere(
-    steps: list[tuple[Any, ...]], since: tuple[int, int] | None
+    steps: list[tuple[Any, ...]], since: tuple[int, int] | None, latency: list[timedelta]
 ) -> None:
     say(f"steps={steps!r}")
-    assert_replays_as_recorded(recorded(DEFAULT_POLICY, ref.DEFAULT, steps), since)
+    assert_replays_as_recorded(recorded(DEFAULT_POLICY, ref.DEFAULT, steps), since, latency)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS), SINCE)
+@given(POLICY_KEYS, st.lists(CLIMB, max_size=STEPS), SINCE, LATENCY)
 def test_a_history_replayed_under_the_policy_file_that_recorded_it_differs_nowhere(
-    keys: dict[str, Any], steps: list[tuple[Any, ...]], since: tuple[int, int] | None
+    keys: dict[str, Any],
+    steps: list[tuple[Any, ...]],
+    since: tuple[int, int] | None,
+    latency: timedelta,
 ) -> None:
     policy, meaning = loaded(keys)
     say(f"steps={steps!r}")
-    assert_replays_as_recorded(recorded(policy, meaning, steps), since)
+    assert_replays_as_recorded(recorded(policy, meaning, steps), since, latency)
 
 
 # --- a policy that only makes the ladder harsher ----------------------------------------------

@@ -10,7 +10,13 @@ from typing import Any
 from test_history import table_copies
 
 from enforcement import operator_decisions as ops
-from enforcement.policy import DEFAULT_POLICY, Context, ViolationReport, decide_violation
+from enforcement.policy import (
+    DEFAULT_POLICY,
+    Context,
+    ViolationReport,
+    decide_remediation_expired,
+    decide_violation,
+)
 from enforcement.whatif import _as_recorded, replay_account
 from events import NewEvent, RecordedEvent
 from projections.standing import StandingState, apply_all
@@ -64,3 +70,69 @@ def test_replaying_a_long_history_copies_neither_the_state_nor_the_log_per_viola
     assert result.differences == []  # the shipped policy decides as it did
     assert copied == [0]
     assert log.read <= 3 * len(log)
+
+
+class Later:
+    """An account whose store's clock reads each commit's ``recorded_at`` ``latency`` after the
+    policy decided it (at the context's ``now``), as ``EventStore.append`` does."""
+
+    def __init__(self) -> None:
+        self.state, self.log = StandingState.empty("acct_1"), list[RecordedEvent]()
+        self.serial = itertools.count(1)
+
+    def ctx(self, now: datetime) -> Context:
+        return Context(
+            now, "reporter", f"req_{len(self.log)}", lambda p: f"{p}_{next(self.serial)}"
+        )
+
+    def record(self, events: list[NewEvent], recorded_at: datetime) -> None:
+        recorded = [
+            _as_recorded(e, "acct_1", self.state.version + i, recorded_at)
+            for i, e in enumerate(events, 1)
+        ]
+        self.state = apply_all(self.state, recorded)
+        self.log.extend(recorded)
+
+    def report(self, now: datetime, latency: timedelta) -> None:
+        decided = decide_violation(
+            DEFAULT_POLICY, self.state, ViolationReport("spam", now), self.ctx(now)
+        )
+        self.record(decided, now + latency)
+
+
+MS = timedelta(milliseconds=1)
+
+
+def test_a_violation_is_decided_again_when_the_policy_decided_it_not_when_it_was_recorded() -> None:
+    """The first strike runs out a millisecond after the policy decided the second violation (a
+    throttle, as a second strike), and before the store recorded it: decided again at its
+    ``recorded_at``, it was a first strike (a warning), a difference the same policy made up."""
+    account = Later()
+    account.report(T0, timedelta(0))
+    now = T0 + DEFAULT_POLICY.strike_lookback - MS
+    account.report(now, 2 * MS)
+    assert any(e.type == "ThrottleApplied" for e in account.log)
+
+    result = replay_account(DEFAULT_POLICY, "acct_1", account.log)
+    assert result.violations == 2
+    assert result.differences == []
+
+
+def test_a_missed_remediation_is_decided_again_when_the_worker_decided_it() -> None:
+    """Two remediations due at one instant, expired by the worker at it in two commits, the
+    second recorded a millisecond later: its 7 days were held behind the first's (as long, not
+    longer). Decided again at its ``recorded_at`` they ran a millisecond longer and replaced the
+    first: ``harsher`` under the very policy that recorded it."""
+    account = Later()
+    account.report(T0, timedelta(0))
+    account.report(T0, timedelta(0))
+    due = T0 + DEFAULT_POLICY.remediation_window
+    for latency, remediation_id in enumerate(sorted(account.state.remediations)):
+        ctx = account.ctx(due)
+        decided = decide_remediation_expired(DEFAULT_POLICY, account.state, remediation_id, ctx)
+        account.record(decided, due + latency * MS)
+    held = [e for e in account.log if e.type == "AccountSuspended" and e.data["held_by"]]
+    assert len(held) == 1
+
+    result = replay_account(DEFAULT_POLICY, "acct_1", account.log)
+    assert result.differences == []
