@@ -157,7 +157,8 @@ def harsher(policy: Policy, change: dict[str, Any]) -> Policy:
     if change["throttle_longer"] is not None:
         duration = min(throttle.duration + change["throttle_longer"], MAX_DURATION)
         throttle = replace(throttle, duration=duration)
-    if change["throttle_lower"] is not None:
+    if change["throttle_lower"] is not None and throttle.factor * change["throttle_lower"] > 0:
+        # (not below the smallest float a file may give: it would be 0, not a factor)
         throttle = replace(throttle, factor=throttle.factor * change["throttle_lower"])
     numbers["second_minor_throttle"] = throttle
     if change["fewer_strikes"] is not None:
