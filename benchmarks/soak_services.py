@@ -300,15 +300,10 @@ class Process:
         """Freeze the process and its children (SIGSTOP) for ``seconds``, then let them go on
         (SIGCONT), as a paused VM or a long swap-in would: nothing restarts, every connection,
         session and lock is kept. When each signal was sent (``time.time``)."""
-        at = time.time()
-        try:
-            os.killpg(self.proc.pid, signal.SIGSTOP)
-        except ProcessLookupError:  # it ended by itself: nothing froze
+        if self.proc.poll() is not None:  # it ended by itself (its id may be another's now)
+            at = time.time()
             return at, at
-        time.sleep(seconds)  # the freeze itself (nothing to wait for)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGCONT)
-        return at, time.time()
+        return _frozen([self.proc.pid], seconds, group=True)
 
     def stop(self) -> int:
         """SIGTERM; the exit status (uvicorn re-raises the signal it handled: -15 is clean)."""
@@ -444,7 +439,9 @@ class RedisServer:
         """SIGSTOP redis-server (its process group: a snapshot's child too) for ``seconds``, then
         SIGCONT: it keeps every connection open and answers nothing meanwhile (a silent Redis).
         When each signal was sent (``time.time``)."""
-        assert self.proc is not None
+        if self.proc is None or self.proc.poll() is not None:
+            # Reaped, its id (and process group) may be another's now: never signalled.
+            raise RuntimeError("redis-server is not running: nothing to freeze")
         return _frozen([self.proc.pid], seconds, group=True)
 
     def stop(self) -> None:
@@ -562,23 +559,38 @@ class PrivateCluster:
             time.sleep(0.01)
         return time.time()
 
-    def processes(self) -> list[int]:
-        """The postmaster (first) and every process it started: backends, checkpointer, WAL
-        writer... (from ``/proc``)."""
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+    def postmaster(self) -> int:
+        """The postmaster's process id, from ``postmaster.pid``, once ``/proc`` shows that
+        process working in this cluster's data directory (a stale file's id may be any other
+        process's now, another session's server's too): ``RuntimeError`` otherwise."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        try:
+            cwd = Path(f"/proc/{pid}/cwd").resolve(strict=True)
+        except OSError:
+            cwd = None
+        if cwd != self.data.resolve():
+            raise RuntimeError(f"process {pid} is not the postmaster of {self.data}")
+        return pid
+
+    def children(self, postmaster: int) -> list[int]:
+        """Every process ``postmaster`` started: backends, checkpointer, WAL writer... (from
+        ``/proc``)."""
         children = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 # The fields after the command's closing parenthesis: state, then ppid.
                 if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
                     children.append(int(stat.parent.name))
-        return [postmaster, *children]
+        return children
 
     def freeze(self, seconds: float) -> tuple[float, float]:
         """SIGSTOP the postmaster, then every process it started, for ``seconds``, then SIGCONT
-        them all: every connection stays open and nothing answers (a silent database), a new
-        connection waits in the listen backlog. When each signal was sent (``time.time``)."""
-        return _frozen(self.processes(), seconds, group=False, more=self.processes)
+        them all (the postmaster last): every connection stays open and nothing answers (a
+        silent database), a new connection waits in the listen backlog. Its children are
+        listed once it is stopped: it can neither start one nor reap one meanwhile, so no id
+        listed can be another process's. When each signal was sent (``time.time``)."""
+        postmaster = self.postmaster()
+        return _frozen([postmaster], seconds, group=False, more=lambda: self.children(postmaster))
 
     def stop(self) -> None:
         """Stop it (fast: sessions ended, a checkpoint), if it runs."""
@@ -593,23 +605,48 @@ def _frozen(
     group: bool,
     more: Callable[[], list[int]] | None = None,
 ) -> tuple[float, float]:
-    """SIGSTOP each of ``pids`` (process groups with ``group``) in order, and, with ``more``,
-    those it then names that were not stopped yet (a process forked meanwhile); SIGCONT them all
-    ``seconds`` after the first SIGSTOP. When the first SIGSTOP and the last SIGCONT were sent."""
+    """SIGSTOP each of ``pids`` (process groups with ``group``) in order, then, with ``more``,
+    those it names once they are stopped; SIGCONT every one stopped, in the reverse order,
+    ``seconds`` after the first SIGSTOP, and whatever is raised meanwhile (an interrupt too):
+    nothing is ever left stopped. When the first SIGSTOP and the last SIGCONT were sent
+    (the same instant when nothing was there to stop)."""
     signal_ = os.killpg if group else os.kill
     stopped: list[int] = []
     at = time.time()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            signal_(pid, signal.SIGSTOP)
-            stopped.append(pid)
-    for pid in more() if more is not None else []:
-        if pid not in stopped:
+    try:
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 signal_(pid, signal.SIGSTOP)
                 stopped.append(pid)
-    time.sleep(max(0.0, at + seconds - time.time()))  # the freeze itself (nothing to wait for)
-    for pid in stopped:
-        with contextlib.suppress(ProcessLookupError):
-            signal_(pid, signal.SIGCONT)
+        if not stopped:  # it ended by itself: nothing froze
+            return at, at
+        if more is not None:
+            for pid in stopped:  # a signal is sent at once, taken when the process next runs
+                _wait_stopped(pid)
+            for pid in more():
+                if pid not in stopped:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal_(pid, signal.SIGSTOP)
+                        stopped.append(pid)
+        time.sleep(max(0.0, at + seconds - time.time()))  # the freeze itself (nothing to wait for)
+    finally:
+        for pid in reversed(stopped):
+            with contextlib.suppress(ProcessLookupError):
+                signal_(pid, signal.SIGCONT)
     return at, time.time()
+
+
+def _wait_stopped(pid: int, seconds: float = 5.0) -> None:
+    """Until ``/proc`` shows ``pid`` stopped (or gone), up to ``seconds``: ``RuntimeError``
+    after that."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return  # gone
+        if stat.rsplit(")", 1)[1].split()[0] in ("T", "Z", "X"):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not stop within {seconds:g} s")
+        time.sleep(0.001)
