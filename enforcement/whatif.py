@@ -11,7 +11,8 @@ For each account, the recorded log is replayed into an in-memory ``StandingState
   ``missed_remediation_suspension``, or nothing when the simulated remediation is not due yet
   (a longer ``remediation_window``), was closed, or was never requested. A recorded completion
   after the simulated remediation's due time (a shorter ``remediation_window``) would have been
-  refused as overdue: the simulated remediation expires at its due time instead;
+  refused as overdue: the simulated remediation expires at its due time instead (after a
+  decision taken before that time, even one the store recorded after it);
 - everything else the log holds (operator commands, appeals, abuse-report triage, delivery
   receipts, and every event before ``since``) is applied as recorded, so the simulation meets
   the same dismissals, completions and reversals as reality did. The ids the other policy gives
@@ -362,15 +363,21 @@ def replay_account(
     while i < len(log):
         event = log[i]
         redecided = since is None or event.recorded_at >= since
+        ladder: list[RecordedEvent] = []
+        decided_at = event.recorded_at
+        if redecided and event.type in ("ViolationReported", "RemediationExpired"):
+            ladder = _recorded_ladder(log, i)
+            # The policy decided it a little before the store recorded it: a simulated
+            # remediation due in between expires after it, not before.
+            decided_at = _decided_at(
+                event, ladder if event.type == "ViolationReported" else [event]
+            )
         if dues:
-            expire_overdue(event.recorded_at)
+            expire_overdue(decided_at)
         if event.type == "ViolationReported" and redecided:
             state = advance_all(state, pending)
             pending.clear()
-            ladder = _recorded_ladder(log, i)
-            simulated = _decide_again(
-                policy, state, event, ladder, _decided_at(event, ladder), made_up
-            )
+            simulated = _decide_again(policy, state, event, ladder, decided_at, made_up)
             result.violations += 1
             vid = event.data["violation_id"]
             compared[vid] = (event.recorded_at, event.data["category"])
@@ -384,14 +391,12 @@ def replay_account(
         if event.type == "RemediationExpired" and redecided:
             state = advance_all(state, pending)
             pending.clear()
-            escalation = _recorded_ladder(log, i)
-            attribute(recorded_on, escalation)
-            decided_at = _decided_at(event, [event])
-            simulated = _expire_again(policy, state, event, escalation, decided_at, made_up)
+            attribute(recorded_on, ladder)
+            simulated = _expire_again(policy, state, event, ladder, decided_at, made_up)
             attribute(simulated_on, simulated)
             for new in simulated:
                 add(new, event.recorded_at)
-            i += 1 + len(escalation)
+            i += 1 + len(ladder)
             continue
         if event.type == "RemediationCompleted" and redecided:
             dues.pop(event.data["remediation_id"], None)

@@ -4,6 +4,7 @@ with its square (no copy of the simulated state, nor of the rest of the log, per
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -136,3 +137,31 @@ def test_a_missed_remediation_is_decided_again_when_the_worker_decided_it() -> N
 
     result = replay_account(DEFAULT_POLICY, "acct_1", account.log)
     assert result.differences == []
+
+
+def test_a_simulated_remediation_due_between_a_decision_and_its_record_expires_after_it() -> None:
+    """A policy with a shorter remediation window makes the first violation's remediation due a
+    millisecond after the policy decided a high-severity one, and before the store recorded it:
+    at that due time it expires (its completion, later, is refused), and its suspension is held
+    behind the indefinite one decided a millisecond before, whatever the store's latency."""
+    shorter = replace(DEFAULT_POLICY, remediation_window=timedelta(days=2))
+    decided = T0 + timedelta(days=2) - MS
+
+    def replayed(latency: timedelta) -> list[tuple[str, Any, Any, str]]:
+        account = Later()
+        account.report(T0, timedelta(0))
+        high = ViolationReport("spam", decided, severity="high")
+        account.record(
+            decide_violation(DEFAULT_POLICY, account.state, high, account.ctx(decided)),
+            decided + latency,
+        )
+        (remediation_id,) = account.state.remediations
+        later = T0 + timedelta(days=3)
+        complete = ops.CompleteRemediation(remediation_id, "fixed")
+        account.record(
+            ops.decide(DEFAULT_POLICY, account.state, complete, account.ctx(later)), later
+        )
+        result = replay_account(shorter, "acct_1", account.log)
+        return [(d.violation_id, d.recorded, d.simulated, d.change) for d in result.differences]
+
+    assert replayed(2 * MS) == replayed(timedelta(0))
