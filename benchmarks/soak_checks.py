@@ -311,10 +311,9 @@ def check_notices(
             for stopped, went_on in ledger.handed_on
         )
         # A delivery sent as the database went silent, whose outcome's record then timed out,
-        # is sent again by its retry (at least once): the first came during the silence.
-        and not any(
-            stopped - 1 <= first <= went_on + 1 for stopped, went_on in ledger.silent_database
-        )
+        # is sent again by its retry (at least once): the first came as the silence began (a
+        # send follows the database's answer to "delivered?" at once, so none starts during it).
+        and not any(stopped - 1 <= first <= stopped + 1 for stopped, _ in ledger.silent_database)
     ]
     email_again = sum(mail.rewritten.values())
     webhook_again = sum(count - 1 for count in receiver.taken.values() if count > 1)
