@@ -121,11 +121,10 @@ def run_every(
         except Exception as exc:
             if failing is None or failing[0] is not type(exc):
                 failing = (type(exc), Repeats())
-            repeats = failing[1]
-            folded = repeats.occurred()
-            if folded is None:
+            said = failing[1].occurrence()
+            if said is None:
                 continue
-            if repeats.total == 1:
+            if said.first:
                 log.exception(
                     "%s failed; it runs again every %g s (repeats: one line a minute at most)",
                     what,
@@ -135,8 +134,8 @@ def run_every(
                 log.error(
                     "%s still fails after %.0f s (%d failures since the last such line): %s",
                     what,
-                    repeats.lasted(),
-                    folded,
+                    said.lasted,
+                    said.folded,
                     one_line(exc),
                 )
         else:
