@@ -206,10 +206,14 @@ def start_background(
     folding: FoldRepeats | None = None
     if consumers:
         folding = fold_dramatiq_repeats(actors.broker)
-        worker = dramatiq.Worker(
-            actors.broker, worker_threads=settings.worker_threads, worker_timeout=100
-        )
-        worker.start()
+        try:
+            worker = dramatiq.Worker(
+                actors.broker, worker_threads=settings.worker_threads, worker_timeout=100
+            )
+            worker.start()
+        except BaseException:
+            folding.remove()  # no stop function to remove it: the caller gets the error
+            raise
     if relay:
         leader = LeaderLock(container)
         gate_applier = container.extras.get("gate_applier")

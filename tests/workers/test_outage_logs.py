@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import dramatiq
 import pytest
 
 from enforcement.bootstrap import bootstrap
@@ -86,4 +87,27 @@ def test_a_redis_outage_is_logged_once_per_consumer_and_its_end_once(
         assert len([r for r in caplog.records if r.name in consumers]) == 3 * len(consumers)
     finally:
         stop()
+        container.close()
+
+
+def test_consumers_that_cannot_start_leave_no_folding_behind(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = bootstrap(settings)
+    actors = build_actors(container)
+
+    def refuse(worker: dramatiq.Worker) -> None:
+        raise RuntimeError("the consumers cannot start")
+
+    monkeypatch.setattr(dramatiq.Worker, "start", refuse)
+    worker_log = logging.getLogger("dramatiq.worker.WorkerThread")
+    before = list(worker_log.filters)
+    try:
+        # When the consumers fail to start, the error reaches the caller
+        with pytest.raises(RuntimeError, match="cannot start"):
+            start_background(container, actors, consumers=True, relay=False)
+        # and the folding installed for them is gone again (no stop function would remove it)
+        assert worker_log.filters == before
+    finally:
+        actors.broker.close()
         container.close()
