@@ -43,8 +43,8 @@ class Said(NamedTuple):
 class Repeats:
     """One failure's repeats: the first is said, then at most one every ``every_s``.
 
-    ``occurred`` tells whether to say this occurrence and how many were folded since the last
-    one said; ``started`` is when the run of repeats began (monotonic seconds)."""
+    ``occurrence`` tells whether to say this occurrence and how many were folded since the
+    last one said; ``started`` is when the run of repeats began (monotonic seconds)."""
 
     every_s: float = REMIND_S
     clock: Callable[[], float] = time.monotonic
@@ -55,11 +55,6 @@ class Repeats:
     total: int = 0  # occurrences in this run
     longest_gap: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def occurred(self) -> int | None:
-        """This occurrence: None to fold it, else the repeats folded since the last line said."""
-        said = self.occurrence()
-        return None if said is None else said.folded
 
     def occurrence(self) -> Said | None:
         """This occurrence: None to fold it, else what to say of it, taken at once (another

@@ -145,15 +145,15 @@ class DeliveryGuard:
             )
 
     def _say_unavailable(self, exc: Exception) -> None:
-        others = self._unavailable.occurred()
-        if others is None:
+        said = self._unavailable.occurrence()
+        if said is None:
             return
         log.warning(
             "the delivery guard is unavailable (%s: %s); notices are delivered without it, "
             "and two copies of one may both send (%d more since the last such line)",
             type(exc).__name__,
             exc,
-            others,
+            said.folded,
         )
 
     def _take(self, name: str, token: str, message: str | None) -> bool:

@@ -51,7 +51,8 @@ def test_repeats_say_the_first_then_one_a_period_with_the_count_folded() -> None
     said = []
     for second in range(0, 150, 3):
         now[0] = float(second)
-        said.append((second, repeats.occurred()))
+        occurrence = repeats.occurrence()
+        said.append((second, None if occurrence is None else occurrence.folded))
     assert [(s, n) for s, n in said if n is not None] == [(0, 0), (60, 19), (120, 19)]
     assert repeats.total == 50 and repeats.lasted() == 147.0
 
