@@ -305,9 +305,7 @@ class Fleet:
             back = cluster.start()
         with ledger.lock:
             outage.back = back
-        deadline = time.monotonic() + PG_RECOVERY_SECONDS
-        while outage.first_ok is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_first_ok(outage)
         return outage.at
 
     def silence(self, rng: random.Random, ledger: Ledger, kind: str) -> None:
@@ -328,9 +326,7 @@ class Fleet:
         with ledger.lock:
             outage.at, outage.back = span
             (ledger.silent_redis if kind == SILENT_REDIS else ledger.silent_database).append(span)
-        deadline = time.monotonic() + PG_RECOVERY_SECONDS
-        while outage.first_ok is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_first_ok(outage)
 
     def stall(self, ledger: Ledger, process: Process, seconds: float) -> None:
         """Freeze ``process`` for ``seconds`` (``Process.stall``), recorded in ``ledger``."""
@@ -608,6 +604,13 @@ def _outage_text(outage: Outage) -> str:
         after = "the SIGCONT" if silent else ""
         first = f"first 2xx {outage.first_ok - outage.back:.2f} s after {after}".rstrip()
     return f"{away}, {first}; {outage.answered_503} answered 503, {outage.no_answer} no answer"
+
+
+def _wait_first_ok(outage: Outage) -> None:
+    """Until a client got a 2xx answer after ``outage`` (up to ``PG_RECOVERY_SECONDS``)."""
+    deadline = time.monotonic() + PG_RECOVERY_SECONDS
+    while outage.first_ok is None and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def relay_caught_up(soak: Soak, ledger: Ledger) -> None:

@@ -578,8 +578,7 @@ class PrivateCluster:
         children = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                # The fields after the command's closing parenthesis: state, then ppid.
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                if int(_stat_fields(stat)[1]) == postmaster:  # its parent's id
                     children.append(int(stat.parent.name))
         return children
 
@@ -642,11 +641,17 @@ def _wait_stopped(pid: int, seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            state = _stat_fields(Path(f"/proc/{pid}/stat"))[0]
         except OSError:
             return  # gone
-        if stat.rsplit(")", 1)[1].split()[0] in ("T", "Z", "X"):
+        if state in ("T", "Z", "X"):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"process {pid} did not stop within {seconds:g} s")
         time.sleep(0.001)
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of a ``/proc/<pid>/stat`` after the command's closing parenthesis (the
+    command may hold spaces and parentheses): the state, then the parent's id, ..."""
+    return stat.read_text().rsplit(")", 1)[1].split()
