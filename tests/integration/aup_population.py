@@ -105,7 +105,7 @@ def _step(system: Container, rng: random.Random, account: str, population: Popul
             population.count("report")
     except DomainError:
         population.count("refused")
-    _deliver_notices(system, account)
+    deliver_notices(system, account)
 
 
 def _report(system: Container, rng: random.Random, account: str) -> None:
@@ -123,7 +123,7 @@ def _report(system: Container, rng: random.Random, account: str) -> None:
     system.service.report_violation(account, report, REPORTER)
 
 
-def _deliver_notices(system: Container, account: str) -> None:
+def deliver_notices(system: Container, account: str) -> None:
     """What the delivery worker records: one ``NoticeDelivered`` per notice not yet delivered."""
     log = system.store.read_stream(account)
     delivered = {e.data["notice_event_id"] for e in log if e.type == "NoticeDelivered"}
