@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from events import (
     GENESIS_HASH,
     RecordedEvent,
+    VerifyResult,
     canonical_json,
     chain_hash,
     fastjson,
@@ -33,7 +34,7 @@ from events.chain import (
     event_hash,
     verify_chain,
 )
-from events.timefmt import format_time, parse_time, to_utc
+from events.timefmt import format_any_time, format_time, parse_time, to_utc
 from tests.auditor import CONTRACT_KEYS, api_json, auditor_hash
 
 # ---------------------------------------------------------------- the auditor's side
@@ -236,6 +237,68 @@ def test_a_known_event_has_the_contract_canonical_text_and_hash() -> None:
     assert verify_chain([dataclasses.replace(GOLDEN, hash=GOLDEN_HASH)]).head_hash == GOLDEN_HASH
 
 
+_GOLDEN_DRAFT = {
+    name: getattr(GOLDEN, name)
+    for name in ("type", "schema_version", "data", "metadata", "occurred_at", "recorded_at")
+}
+
+
+def test_each_kind_of_break_is_reported_whole_with_its_reason() -> None:
+    """What ``verify`` answers an auditor (CONTRACT.md): not ok, the events read up to the
+    break, the broken version and why, and no head hash."""
+    chain = build_chain(
+        "acct_42",
+        [
+            {**_GOLDEN_DRAFT, "event_id": f"00000000-0000-4000-8000-00000000000{n}"}
+            for n in range(3)
+        ],
+    )
+    skipped = [chain[0], dataclasses.replace(chain[1], version=3), chain[2]]
+    relinked = [chain[0], dataclasses.replace(chain[1], prev_hash="f" * 64), chain[2]]
+    edited = [chain[0], dataclasses.replace(chain[1], type="ViolationDismissed"), chain[2]]
+
+    assert verify_chain(skipped) == VerifyResult(
+        False, 2, None, 2, "version 3 found where 2 was expected"
+    )
+    assert verify_chain(relinked) == VerifyResult(
+        False, 2, None, 2, "prev_hash does not match the previous event's hash"
+    )
+    assert verify_chain(edited) == VerifyResult(
+        False, 2, None, 2, "hash does not match the event's content"
+    )
+
+
+@pytest.mark.parametrize("value", [7, 1.5, True, None, ["é", 2], {"k": "\u2028", "a": [1]}])
+def test_the_spliced_text_is_canonical_json_whatever_a_field_holds(value: Any) -> None:
+    """``canonical_event`` writes the text ``canonical_json`` would for any JSON value in any
+    field, not only the strings and integers the store writes there."""
+    fields = {
+        "event_id": value,
+        "account_id": value,
+        "version": value,
+        "type": value,
+        "schema_version": value,
+        "data": {"v": value},
+        "metadata": {},
+        "occurred_at": "2026-11-24T10:00:00.000000Z",
+        "recorded_at": "2026-11-24T10:00:00.123456Z",
+    }
+
+    spliced = canonical_event(
+        value,
+        value,
+        value,
+        value,
+        value,
+        canonical_document({"v": value}),
+        canonical_document({}),
+        "2026-11-24T10:00:00.000000Z",
+        "2026-11-24T10:00:00.123456Z",
+    )
+
+    assert spliced == canonical_json(fields)
+
+
 # ---------------------------------------------------------------- the store's shortcuts
 
 
@@ -324,6 +387,32 @@ def test_parse_time_reads_back_what_format_time_writes(moment: datetime) -> None
     assert parsed == moment and parsed.tzinfo is UTC
     # The general path (an offset, surrounding space) gives the same instant.
     assert parse_time(" " + text[:-1] + "+00:00 ") == parsed
+
+
+def test_format_any_time_pads_a_year_before_1000_and_is_format_time_otherwise() -> None:
+    # 1000-01-01T00:30+01:00 is in the year 999 in UTC: the year of the UTC instant counts.
+    east = timezone(timedelta(hours=1))
+    assert format_any_time(datetime(1000, 1, 1, 0, 30, tzinfo=east)) == (
+        "0999-12-31T23:30:00.000000Z"
+    )
+    assert format_any_time(datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=UTC)) == (
+        "0999-03-04T05:06:07.000008Z"
+    )
+    assert format_any_time(datetime(5, 1, 1)) == "0005-01-01T00:00:00.000000Z"  # naive: UTC
+    later = datetime(2026, 11, 24, 11, 0, 0, 5, tzinfo=east)
+    assert format_any_time(later) == format_time(later) == "2026-11-24T10:00:00.000005Z"
+
+
+def test_parse_time_refuses_a_time_without_offset_and_one_utc_cannot_hold() -> None:
+    assert parse_time("2026-11-24T10:00:00z") == datetime(2026, 11, 24, 10, tzinfo=UTC)
+    # 26 characters, our own format without its "Z": no offset, so refused, not taken as UTC.
+    for naive in ("2026-11-24T10:00:00.123456", "2026-11-24T10:00:00", "2026-11-24 10:00"):
+        with pytest.raises(ValueError, match="has no UTC offset"):
+            parse_time(naive)
+    with pytest.raises(ValueError, match="Invalid isoformat"):
+        parse_time("2026-11-24T10:00:00.123456+")  # our format's length, not its "Z"
+    with pytest.raises(ValueError, match="out of range in UTC"):
+        parse_time("9999-12-31T23:59:59-01:00")
 
 
 # ---------------------------------------------------------------- orjson where it agrees with json
