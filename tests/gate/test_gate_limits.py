@@ -80,6 +80,7 @@ def test_token_quota_is_checked_before_counting(gate: Gate) -> None:
     assert too_big.retry_after_s == pytest.approx(too_big.reset_tokens_s, abs=0.01)
     assert fits.allowed and fits.remaining_tokens == 0
     assert exhausted.reason == "token_quota_exceeded"  # no quota left: even tokens=0 waits
+    assert exhausted.remaining_tokens == 0
     assert exhausted.remaining_requests == fits.remaining_requests  # no request was counted
 
 
@@ -194,6 +195,8 @@ def test_the_scope_with_less_left_is_reported_whatever_its_limit(gate: Gate) -> 
     assert decision.allowed
     assert (decision.limit_requests, decision.remaining_requests) == (12, 2)  # key "a": 5
     assert (decision.limit_tokens, decision.remaining_tokens) == (1000, 100)  # key "a": 400
+    # The account's bucket, after this request: ten of its 5 s intervals in use.
+    assert decision.reset_requests_s == pytest.approx(50, abs=0.5)
 
 
 def test_with_as_much_left_in_both_the_lower_limit_is_reported(gate: Gate) -> None:
@@ -267,6 +270,17 @@ def test_throttled_limits_round_down_but_never_to_zero(gate: Gate) -> None:
 
     assert (a.limit_requests, a.limit_tokens) == (33, 33)
     assert (b.allowed, b.limit_requests, b.limit_tokens) == (True, 1, 1)
+
+
+def test_a_throttle_leaves_a_zero_token_quota_at_zero(gate: Gate) -> None:
+    # "Never to zero" keeps a positive limit usable; a key allowed no tokens gets none.
+    gate.set_limits("acct", "k", rpm=10, tpd=0, version=1)
+    gate.apply_throttle("acct", "t1", "k", 0.5, None, version=2)
+
+    decision = gate.check("acct", "k")
+
+    assert (decision.allowed, decision.reason) == (False, "token_quota_exceeded")
+    assert decision.limit_tokens == 0
 
 
 def test_a_throttle_expires_by_itself(backend: Backend, gate: Gate) -> None:
