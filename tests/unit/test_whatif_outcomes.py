@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from enforcement.whatif import Outcome, outcome_of
+from enforcement.whatif import Outcome, change, outcome_of
 
 AT = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -29,3 +29,75 @@ def test_a_held_suspension_restricts_nothing_and_an_ordinary_one_does() -> None:
     assert outcome_of([held]) == outcome_of([]) == Outcome()
     assert outcome_of([ordinary]).kind == "suspension"
     assert outcome_of([before_held_by]) == outcome_of([ordinary])
+
+
+WEEK = timedelta(days=7)
+# From mildest to harshest: kind, then a lower throttle factor, then a longer span (an
+# indefinite one longest), then a referral.
+LADDER = [
+    Outcome(),
+    Outcome("warning"),
+    Outcome("throttle", WEEK, 0.5),
+    Outcome("throttle", WEEK, 0.25),
+    Outcome("throttle", 2 * WEEK, 0.25),
+    Outcome("throttle", None, 0.25),
+    Outcome("suspension", WEEK),
+    Outcome("suspension"),
+    Outcome("termination"),
+    Outcome("termination", referral=True),
+]
+
+
+def test_each_outcome_is_harsher_than_those_before_it_on_the_ladder() -> None:
+    for index, milder in enumerate(LADDER):
+        assert change(milder, milder) is None
+        for harsher in LADDER[index + 1 :]:
+            assert change(milder, harsher) == ("more" if milder.kind == "none" else "harsher")
+            assert change(harsher, milder) == ("fewer" if milder.kind == "none" else "milder")
+
+
+def test_outcomes_describe_themselves_in_json() -> None:
+    texts = [outcome.describe() for outcome in LADDER]
+    throttle = Outcome("throttle", timedelta(hours=36), 0.1)
+
+    assert texts == [
+        "none",
+        "warning",
+        "throttle to 50% for 7 days",
+        "throttle to 25% for 7 days",
+        "throttle to 25% for 14 days",
+        "throttle to 25% for ever",
+        "suspension for 7 days",
+        "suspension indefinitely",
+        "termination",
+        "termination and referral",
+    ]
+    assert Outcome("suspension", timedelta(days=1)).describe() == "suspension for 1 day"
+    assert throttle.to_json() == {
+        "kind": "throttle",
+        "seconds": 129_600,
+        "factor": 0.1,
+        "referral": False,
+        "text": "throttle to 10% for 36 h",
+    }
+    assert Outcome("suspension").to_json()["seconds"] is None
+
+
+def test_the_harshest_decision_on_a_violation_is_its_outcome() -> None:
+    """Spans run from the decision's ``occurred_at``; an authority referral goes with a
+    termination."""
+    decisions = [
+        Decision("RemediationRequested"),
+        Decision("ThrottleApplied", {"factor": 0.5, "expires_at": "2026-12-01T10:00:00Z"}),
+        Decision("ThrottleApplied", {"factor": 0.25, "expires_at": "2026-11-25T10:00:00Z"}),
+        Decision("AccountSuspended", {"until": "2026-11-26T10:00:00Z"}),
+    ]
+
+    assert outcome_of(decisions[:1]) == Outcome("warning")
+    assert outcome_of(decisions[:2]) == Outcome("throttle", WEEK, 0.5)
+    assert outcome_of(decisions[:3]) == Outcome("throttle", timedelta(days=1), 0.25)
+    assert outcome_of(decisions) == Outcome("suspension", timedelta(days=2))
+    assert outcome_of([Decision("AccountSuspended", {"until": None})]) == Outcome("suspension")
+    referred = [Decision("AuthorityReferralOpened"), Decision("AccountTerminated")]
+    assert outcome_of(referred) == Outcome("termination", referral=True)
+    assert outcome_of(referred[1:]) == Outcome("termination")
