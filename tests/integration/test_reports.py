@@ -21,7 +21,7 @@ from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.cli import app
 from enforcement.policy import ViolationReport
-from enforcement.reports import transparency_report
+from enforcement.reports import report_csv_rows, transparency_report
 from events.timefmt import format_time
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -112,6 +112,10 @@ def test_only_events_recorded_in_the_period_count(system: Container) -> None:
     assert later.violations_by_category == Counter(spam=1)
     assert later.accounts == 1 and later.undecided == 0
 
+    before = transparency_report(system.store, T0 - 3 * DAY, T0 - 2 * DAY)
+    assert before.median_time_to_decision is None
+    assert ["time_to_decision", "median_seconds", ""] in report_csv_rows(before)
+
 
 def invoke(system: Container, *args: str) -> tuple[int, str]:
     env = {"ENFORCEMENT_DATABASE_URL": system.settings.database_url, "COLUMNS": "160"}
@@ -154,12 +158,42 @@ def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_pat
 
     assert table_code == 0 and "Violations by category" in table and "median" in table
     assert csv_code == 0
-    rows = {(r[0], r[1]): r[2] for r in csv.reader(io.StringIO(text))}
-    assert rows[("violations_by_category", "spam")] == "2"
-    assert rows[("decisions_by_kind", "suspension")] == "2"
-    assert rows[("decisions_by_operator", "suspension")] == "1"
-    assert rows[("appeals", "overturned")] == "1"
-    assert rows[("time_to_decision", "median_seconds")] == "3600"
+    assert list(csv.reader(io.StringIO(text))) == [
+        ["section", "name", "value"],
+        ["period", "since", format_time(START)],
+        ["period", "until", format_time(END)],
+        ["violations_by_category", "csam", "1"],
+        ["violations_by_category", "phishing", "1"],
+        ["violations_by_category", "spam", "2"],
+        ["violations_by_source", "abuse-desk", "1"],
+        ["violations_by_source", "mail-classifier", "1"],
+        ["violations_by_source", "unspecified", "2"],
+        ["violations_by_detection", "automated", "3"],
+        ["violations_by_detection", "human_review", "1"],
+        *(
+            row
+            for kind, (automated, by_operator) in {
+                "warning / remediation": (1, 0),
+                "suspension": (1, 1),
+                "termination": (1, 0),
+                "referral to authorities": (1, 0),
+                "violation dismissed": (0, 1),
+                "reinstatement": (0, 1),
+            }.items()
+            for row in (
+                ["decisions_by_kind", kind, str(automated + by_operator)],
+                ["decisions_by_policy_engine", kind, str(automated)],
+                ["decisions_by_operator", kind, str(by_operator)],
+            )
+        ),
+        ["appeals", "filed", "2"],
+        ["appeals", "upheld", "1"],
+        ["appeals", "overturned", "1"],
+        ["appeals", "not_decided", "0"],
+        ["time_to_decision", "median_seconds", "3600"],
+        ["time_to_decision", "decided_violations", "3"],
+        ["time_to_decision", "undecided_violations", "1"],
+    ]
     image = chart.read_bytes()
     assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 20_000
 
