@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ from aup_population import (
 )
 from typer.testing import CliRunner
 
-from enforcement.auditing import RESTRICTIVE, export_lines
+from enforcement.auditing import PROGRESS_STEP, RESTRICTIVE, export_lines
 from enforcement.bootstrap import Container
 from enforcement.cli import app
 from enforcement.policy import ViolationReport
 from enforcement.service import Actor
+from events import EventStore, NewEvent
 from events.timefmt import format_time, parse_time
 from events.wire import event_to_json
 from tests.auditor import check_chains
@@ -81,6 +83,25 @@ def test_jsonl_since_until_and_account_select_by_recorded_time(system: Container
     assert 0 < len(window) < len(everything)
     assert own == [line for line in everything if line["account_id"] == account]
     recompute_chains(own)  # one account's history verifies alone
+
+
+def test_an_export_tells_its_progress_per_step_of_events_read_and_takes_naive_times_as_utc(
+    sqlite_store: EventStore,
+) -> None:
+    """``progress`` hears of every ``PROGRESS_STEP`` events read, exported or not, and of the
+    last few; a naive ``since``/``until`` is UTC, as everywhere else."""
+    occurred = datetime(2026, 11, 24, tzinfo=UTC)
+    for account in ("acct_1", "acct_2"):
+        events = [NewEvent("Noted", {"n": n}, occurred) for n in range(PROGRESS_STEP + 50)]
+        sqlite_store.append(account, 0, events)
+    told: list[int] = []
+    long_ago, far_ahead = datetime(2000, 1, 1), datetime(2999, 1, 1)
+
+    none = list(export_lines(sqlite_store, "jsonl", since=far_ahead, progress=told.append))
+    every = list(export_lines(sqlite_store, "jsonl", since=long_ago, until=far_ahead))
+
+    assert none == [] and len(every) == 2 * PROGRESS_STEP + 100
+    assert told == [PROGRESS_STEP, PROGRESS_STEP, 100]
 
 
 def test_sor_has_one_line_per_decision_with_the_dsa_shaped_fields(system: Container) -> None:
