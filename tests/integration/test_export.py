@@ -131,6 +131,9 @@ def test_sor_has_one_line_per_decision_with_the_dsa_shaped_fields(system: Contai
         assert statement["decision_type"] == RESTRICTIVE[event.type]
         assert statement["decision_ground"] == sor["ground"] and sor["ground"].startswith("AUP")
         assert statement["decision_facts"] == sor["facts"]
+        assert statement["decision_explanation"] == sor["decision"]
+        assert statement["aup_sections"] == sor["aup_sections"]
+        assert statement["category"] == sor["categories"]
         assert statement["automated_decision"] is (event.metadata["actor"] == "policy")
         assert isinstance(statement["automated_detection"], bool)
         assert statement["application_date"] == format_time(event.occurred_at)
