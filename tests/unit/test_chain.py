@@ -489,6 +489,15 @@ def test_fastjson_loads_is_json_loads(text: str) -> None:
     assert _json_outcome(fastjson.loads, encoded) == _json_outcome(json.loads, encoded)
 
 
+# A run of exactly 19 digits, and nothing longer, as the one long number of the text: those
+# below -2**63 orjson reads as floats, those up to 2**64 - 1 exactly.
+@pytest.mark.parametrize(
+    "text", ["-9223372036854775809", "[-9999999999999999999]", "9999999999999999999"]
+)
+def test_fastjson_loads_reads_19_digit_integers_as_json_does(text: str) -> None:
+    assert _json_outcome(fastjson.loads, text) == _json_outcome(json.loads, text)
+
+
 def _containers(value: Any) -> list[Any]:
     """Every dict and list in ``value``, outermost first."""
     if type(value) is dict:
