@@ -100,19 +100,21 @@ def test_a_status_pushed_to_an_empty_gate_brings_the_rest_of_the_standing(
 ) -> None:
     # A status makes an account known (its seeder no longer runs), so the push of a suspension
     # to a gate that had not learned the account gives it the limits and throttles too.
+    # The account-wide ceiling (40 a minute, 10 throttled) binds before the key's (100, 25).
     embedded = Settings(database_url=database_url)
     with_redis = Settings(database_url=database_url, redis_url=redis_url)
     first = bootstrap(with_redis, clock=clock)
     try:
         first.service.operator("acct", ops.ConfigureLimits(100, 1000, key_id="key_1"), OPERATOR)
+        first.service.operator("acct", ops.ConfigureLimits(40, 1000), OPERATOR)
         first.service.operator("acct", ops.ApplyThrottle(0.25, "load"), OPERATOR)
-        assert first.gate.check("acct", "key_1").limit_requests == 25
+        assert first.gate.check("acct", "key_1").limit_requests == 10
         client = redis.Redis.from_url(redis_url)
         client.flushall()  # Redis lost its data
         client.close()
         first.service.operator("acct", ops.Suspend("review"), OPERATOR)
         first.service.operator("acct", ops.Reinstate("cleared"), OPERATOR)
-        assert first.gate.check("acct", "key_1").limit_requests == 25
+        assert first.gate.check("acct", "key_1").limit_requests == 10
     finally:
         first.close()
 
@@ -121,7 +123,7 @@ def test_a_status_pushed_to_an_empty_gate_brings_the_rest_of_the_standing(
         restarted.service.operator("acct", ops.Suspend("again"), OPERATOR)
         restarted.service.operator("acct", ops.Reinstate("cleared"), OPERATOR)
         decision = restarted.gate.check("acct", "key_1")
-        assert decision.allowed and decision.limit_requests == 25
+        assert decision.allowed and decision.limit_requests == 10
     finally:
         restarted.close()
 
