@@ -74,6 +74,25 @@ def test_a_restarted_process_gate_refuses_a_suspended_account_before_any_seeding
         restarted.close()
 
 
+def test_a_restarted_process_gate_learns_an_account_of_a_single_event(
+    database_url: str, clock: FakeClock
+) -> None:
+    # Version 1 is a standing like any other: only version 0 (no events) has nothing to apply.
+    settings = Settings(database_url=database_url)
+    first = bootstrap(settings, clock=clock)
+    try:
+        first.service.operator("acct_l", ops.ConfigureLimits(7, 1000, key_id="key_1"), OPERATOR)
+        assert first.store.head("acct_l").version == 1
+    finally:
+        first.close()
+
+    restarted = bootstrap(settings, clock=clock)  # its embedded gate starts empty
+    try:
+        assert restarted.gate.check("acct_l", "key_1").limit_requests == 7
+    finally:
+        restarted.close()
+
+
 def test_a_database_that_cannot_answer_makes_the_check_unavailable(
     redis_system: Container,
 ) -> None:
