@@ -671,6 +671,15 @@ def test_a_missed_remediation_expires_and_suspends_for_7_days() -> None:
     decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due, "scheduler"))
     assert types(decided) == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
     expired, suspended, notice = decided
+    vio_id = account.state.remediations[rem_id].violation_ids[0]
+    for decision in (expired, suspended):
+        # The policy decides (automated), on the violation the remediation was asked for: an
+        # overturn of the suspension dismisses it, and the statement names it with its ground.
+        assert decision.metadata["actor"] == "policy"
+        sor = decision.data["statement_of_reasons"]
+        assert (sor["automated_decision"], sor["ground"]) == (True, "AUP §2 (spam)")
+        assert vio_id in [f.get("violation_id") for f in sor["facts"]]
+    assert suspended.data["violation_ids"] == [vio_id]
     assert suspended.data["until"] == format_time(due + timedelta(days=7))
     assert suspended.data["reason"] == "remediation_missed"
     assert suspended.metadata["causation_id"] == expired.event_id
@@ -781,6 +790,7 @@ def _file(account: Account, decision: NewEvent, at: datetime) -> str:
     filed = decide_appeal_filing(P, account.state, decision.event_id, "not me", account.ctx(at))
     assert types(filed) == ["AppealFiled"]
     assert filed[0].metadata["causation_id"] == decision.event_id
+    assert filed[0].metadata["actor"] == "reporter"  # the account's, not the policy's
     account.record(filed, at)
     return str(filed[0].data["appeal_id"])
 
@@ -864,6 +874,11 @@ def test_an_upheld_appeal_changes_nothing_but_is_notified() -> None:
     decided = decide_appeal(P, account.state, appeal_id, "upheld", "evidence is clear", ctx)
     assert types(decided) == ["AppealDecided", "NoticeIssued"]
     appeal_decided, notice = decided
+    text = appeal_decided.data["statement_of_reasons"]["decision"]
+    assert (
+        text
+        == f"The appeal is rejected: the decision {decision.event_id} (AccountSuspended) stands."
+    )
     assert appeal_decided.metadata["actor"] == "operator_1"
     assert appeal_decided.data["statement_of_reasons"]["automated_decision"] is False
     assert notice.data["kind"] == "appeal_outcome"
@@ -908,6 +923,11 @@ def test_an_upheld_outcome_says_until_when_the_decision_may_be_appealed_again() 
     ctx = account.ctx(NOW + timedelta(days=1))
     [outcome, _] = decide_appeal(longer, account.state, appeal_id, "upheld", "it holds", ctx)
     assert again in outcome.data["statement_of_reasons"]["redress"]
+    # Decided after the stated deadline but within the longer window: appealable until its end.
+    ctx = account.ctx(NOW + P.appeal_window + timedelta(days=1))
+    [outcome, _] = decide_appeal(longer, account.state, appeal_id, "upheld", "it holds", ctx)
+    until = format_time(NOW + longer.appeal_window)
+    assert f"may be appealed again until {until}" in outcome.data["statement_of_reasons"]["redress"]
 
 
 @pytest.mark.parametrize(
@@ -929,6 +949,10 @@ def test_an_overturned_appeal_reverses_the_decision_and_its_strikes(
         P, account.state, appeal_id, "overturned", "wrong account", account.ctx(later, "op")
     )
     assert types(decided) == ["AppealDecided", *reversal, "ViolationDismissed", "NoticeIssued"]
+    assert decided[0].data["statement_of_reasons"]["decision"] == (
+        f"The appeal is granted: the decision {decision.event_id} ({decision_type}) is reversed "
+        "and its violations are dismissed."
+    )
     for event in decided[1:-1]:
         assert event.metadata["causation_id"] == decided[0].event_id
     account.record(decided, later)
@@ -939,6 +963,14 @@ def test_an_overturned_appeal_reverses_the_decision_and_its_strikes(
     with pytest.raises(InvalidTransition) as caught:
         _file(account, decision, later)
     assert caught.value.code == "already_overturned"
+
+
+def test_overturning_a_throttle_that_ran_out_lifts_nothing() -> None:
+    account, throttle = _decided("spam", decision="ThrottleApplied", priors=(3,))
+    appeal_id = _file(account, throttle, NOW)
+    later = NOW + P.second_minor_throttle.duration  # it expired then
+    decided = decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(later))
+    assert types(decided) == ["AppealDecided", "ViolationDismissed", "NoticeIssued"]
 
 
 def test_overturning_a_superseded_suspension_does_not_reinstate() -> None:
@@ -1092,6 +1124,15 @@ def test_overturning_a_suspension_as_long_as_the_one_it_replaced_gives_that_one_
     decided = _overturn(account, second, NOW + 2 * DAY)
     assert "AccountReinstated" not in types(decided)
     assert _in_force(account, NOW + 2 * DAY) == _sid(first)
+    lasting = "indefinitely" if until is None else f"until {format_time(until)}"
+    assert (
+        decided[0]
+        .data["statement_of_reasons"]["decision"]
+        .endswith(
+            f" Suspension {_sid(first)}, which it had replaced, still holds: the account stays "
+            f"suspended {lasting}."
+        )
+    )
 
 
 @pytest.mark.parametrize("swept", [True, False])
@@ -1128,6 +1169,7 @@ def _reported(category: str = "phishing") -> tuple[Account, str]:
         P, category, "phishing mails", "a@b.example", None, account.ctx(NOW)
     )
     assert types(received) == ["AbuseReportReceived"]
+    assert received[0].metadata["actor"] == "reporter"  # who filed it, not the policy
     account.record(received, NOW)
     assert view(account.state, NOW, P.strike_lookback).open_abuse_reports == 1
     return account, str(received[0].data["report_id"])
@@ -1137,6 +1179,7 @@ def test_a_rejected_report_is_closed_without_strike() -> None:
     account, report_id = _reported()
     decided = decide_triage(P, account.state, report_id, "rejected", None, account.ctx(NOW, "op"))
     assert types(decided) == ["AbuseReportTriaged"]
+    assert decided[0].metadata["actor"] == "op"  # the operator triages, not the policy
     account.record(decided, NOW)
     standing = view(account.state, NOW, P.strike_lookback)
     assert (standing.open_abuse_reports, standing.strikes) == (0, 0)
@@ -1158,7 +1201,7 @@ def test_a_confirmed_report_becomes_a_violation_and_climbs_the_ladder() -> None:
     assert triaged.data["violation_id"] == reported.data["violation_id"]
     assert triaged.data["severity"] == "high"
     assert reported.data["abuse_report_id"] == report_id
-    assert reported.data["detection"] == "user_report"
+    assert (reported.data["detection"], reported.data["source"]) == ("user_report", "abuse_report")
     assert reported.occurred_at == NOW
     account.record(decided, later)
     assert view(account.state, later, P.strike_lookback).open_abuse_reports == 0
@@ -1167,6 +1210,9 @@ def test_a_confirmed_report_becomes_a_violation_and_climbs_the_ladder() -> None:
 def test_triage_of_an_unknown_report_or_category() -> None:
     with pytest.raises(NotFound):
         decide_triage(P, StandingState.empty("a"), "rep_x", "rejected", None, Context(T0, "o", "c"))
+    account, report_id = _reported()
+    with pytest.raises(ValidationFailed):  # refused as such, not by the event's own check
+        decide_triage(P, account.state, report_id, "maybe", None, account.ctx(NOW, "op"))
     with pytest.raises(ValidationFailed):
         decide_abuse_report(P, "jaywalking", "d", None, None, Context(T0, "o", "c"))
 
