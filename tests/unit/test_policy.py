@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -562,6 +562,26 @@ def test_adult_content_on_an_approved_terminated_account_is_no_strike() -> None:
     assert "AccountTerminated" not in types(account.report("spam", t(6)))
 
 
+def test_a_suspension_held_behind_a_longer_one_says_so() -> None:
+    account = Account()
+    until = format_time(NOW + timedelta(days=30))
+    account.given(ev.AccountSuspended("sus_0", until, "operator", SOR), t(1))
+    suspended = of_type(account.report("phishing", NOW), "AccountSuspended")  # 7 days
+    assert suspended.data["held_by"] == "sus_0"
+    assert suspended.data["statement_of_reasons"]["decision"] == (
+        f"The account is already suspended until {until} (suspension sus_0). These violations "
+        f"call for a suspension until {format_time(NOW + timedelta(days=7))}, which takes "
+        "effect only if that suspension is overturned on appeal."
+    )
+
+
+def test_the_context_keeps_its_time_in_utc() -> None:
+    """Any zone, or none (taken as UTC): decisions compare it with the log's UTC times."""
+    for now in (NOW.astimezone(timezone(timedelta(hours=2))), NOW.replace(tzinfo=None)):
+        ctx = Context(now=now, actor="a", correlation_id="c")
+        assert (ctx.now, ctx.now.tzinfo) == (NOW, UTC)
+
+
 def test_a_rung_chosen_by_prior_strikes_lists_them_among_the_facts() -> None:
     """POLICY.md: a statement's facts are the violations that led to the decision. Where the
     prior strikes chose the rung, they are among them, marked; what an overturn dismisses
@@ -923,6 +943,10 @@ def test_an_upheld_outcome_says_until_when_the_decision_may_be_appealed_again() 
     ctx = account.ctx(NOW + timedelta(days=1))
     [outcome, _] = decide_appeal(longer, account.state, appeal_id, "upheld", "it holds", ctx)
     assert again in outcome.data["statement_of_reasons"]["redress"]
+    # Decided at the stated deadline: that deadline still holds, as the account was told.
+    ctx = account.ctx(NOW + P.appeal_window)
+    [outcome, _] = decide_appeal(longer, account.state, appeal_id, "upheld", "it holds", ctx)
+    assert again in outcome.data["statement_of_reasons"]["redress"]
     # Decided after the stated deadline but within the longer window: appealable until its end.
     ctx = account.ctx(NOW + P.appeal_window + timedelta(days=1))
     [outcome, _] = decide_appeal(longer, account.state, appeal_id, "upheld", "it holds", ctx)
@@ -953,6 +977,7 @@ def test_an_overturned_appeal_reverses_the_decision_and_its_strikes(
         f"The appeal is granted: the decision {decision.event_id} ({decision_type}) is reversed "
         "and its violations are dismissed."
     )
+    assert_appeal_offered_only_where_possible(decided)  # the outcome is final
     for event in decided[1:-1]:
         assert event.metadata["causation_id"] == decided[0].event_id
     account.record(decided, later)
@@ -1084,6 +1109,29 @@ def test_overturning_a_replaced_suspension_that_ran_out_records_no_end() -> None
     decided = _overturn(account, week, NOW + 8 * DAY)
     assert types(decided) == ["AppealDecided", "ViolationDismissed", "NoticeIssued"]
     assert _in_force(account, NOW + 8 * DAY) is not None  # the operator's
+
+
+def test_overturning_a_suspension_that_ran_out_records_no_end() -> None:
+    account, week = _decided("phishing")  # 7 days, replacing none
+    decided = _overturn(account, week, NOW + 8 * DAY)
+    assert types(decided) == ["AppealDecided", "ViolationDismissed", "NoticeIssued"]
+
+
+def test_overturning_a_suspension_gives_back_the_longest_of_those_it_replaced() -> None:
+    account = Account()
+    ten = _operator_suspends(account, NOW + 10 * DAY, NOW)
+    twenty = _operator_suspends(account, NOW + 20 * DAY, NOW)  # replaces ten, keeps it
+    last = _operator_suspends(account, None, NOW)  # replaces both, keeps them
+    assert [r.suspension_id for r in account.state.replaced_suspensions] == [
+        _sid(ten),
+        _sid(twenty),
+    ]
+    decided = _overturn(account, last, NOW + DAY)
+    assert (
+        f"Suspension {_sid(twenty)}, which it had replaced, still holds"
+        in (decided[0].data["statement_of_reasons"]["decision"])
+    )
+    assert _in_force(account, NOW + DAY) == _sid(twenty)
 
 
 def test_overturning_a_suspension_on_a_terminated_account_gives_back_the_one_it_replaced() -> None:
@@ -1574,6 +1622,12 @@ def test_an_appeal_of_an_operator_decision_cites_what_the_decision_cited(
     account.record(operated, NOW)
     decision = operated[0]
     assert decision.data["statement_of_reasons"]["aup_sections"] == sections
+    # A person decided, on no detection at all.
+    automated = decision.data["statement_of_reasons"]["automated_detection"]
+    assert (automated, decision.data["statement_of_reasons"]["automated_decision"]) == (
+        False,
+        False,
+    )
     appeal_id = _file(account, decision, NOW)
     for outcome in ("upheld", "overturned"):
         decided = decide_appeal(P, account.state, appeal_id, outcome, "why", account.ctx(NOW))
@@ -1588,3 +1642,33 @@ def test_an_appeal_of_a_policy_decision_cites_its_violations_sections() -> None:
     decided = decide_appeal(P, account.state, appeal_id, "upheld", "why", account.ctx(NOW))
     cited = decision.data["statement_of_reasons"]["aup_sections"]
     assert cited and decided[0].data["statement_of_reasons"]["aup_sections"] == cited
+
+
+# --- operator decisions -----------------------------------------------------------------------
+
+
+def test_an_operators_restriction_must_end_in_the_future() -> None:
+    account = Account()
+    ctx = account.ctx(NOW, "op")
+    for command in (ops.Suspend("r", until=NOW), ops.ApplyThrottle(0.5, "r", expires_at=NOW)):
+        with pytest.raises(ValidationFailed):
+            ops.decide(P, account.state, command, ctx)
+    soon = NOW + timedelta(microseconds=1)
+    for command in (ops.Suspend("r", until=soon), ops.ApplyThrottle(0.5, "r", expires_at=soon)):
+        assert ops.decide(P, account.state, command, ctx)
+
+
+def test_the_sweep_ends_the_current_suspension_once_its_until_has_passed() -> None:
+    account = Account()
+    week = _sid(_operator_suspends(account, NOW + 7 * DAY, NOW))
+
+    def ended(suspension_id: str, at: datetime) -> list[str]:
+        decided = ops.decide_suspension_ended(P, account.state, suspension_id, account.ctx(at))
+        return [f"{e.type} {e.data['suspension_id']} {e.data['reason']}" for e in decided]
+
+    assert ended(week, NOW + 7 * DAY - timedelta(microseconds=1)) == []
+    assert ended("sus_other", NOW + 7 * DAY) == []
+    assert ended(week, NOW + 7 * DAY) == [f"SuspensionEnded {week} expired"]
+    indefinite = _sid(_operator_suspends(account, None, NOW + DAY))
+    assert ended(week, NOW + 8 * DAY) == []  # replaced: not the current one
+    assert ended(indefinite, NOW + 1000 * DAY) == []
