@@ -1672,3 +1672,64 @@ def test_the_sweep_ends_the_current_suspension_once_its_until_has_passed() -> No
     indefinite = _sid(_operator_suspends(account, None, NOW + DAY))
     assert ended(week, NOW + 8 * DAY) == []  # replaced: not the current one
     assert ended(indefinite, NOW + 1000 * DAY) == []
+
+
+def test_a_terminated_account_is_not_reinstated_by_an_operator() -> None:
+    """POLICY.md: only an appeal decided ``overturned`` reverses a termination, also on an
+    account that was suspended before it was terminated."""
+    account = Account()
+    _operator_suspends(account, None, NOW)
+    account.record(ops.decide(P, account.state, ops.Terminate("r"), account.ctx(NOW, "op")), NOW)
+    with pytest.raises(InvalidTransition) as caught:
+        ops.decide(P, account.state, ops.Reinstate("r"), account.ctx(NOW, "op"))
+    assert caught.value.code == "account_terminated"
+
+
+@pytest.mark.parametrize("factor", [0, -0.5, 1.5])
+def test_a_throttle_factor_outside_0_to_1_is_refused(factor: float) -> None:
+    account = Account()
+    with pytest.raises(ValidationFailed):
+        ops.decide(P, account.state, ops.ApplyThrottle(factor, "r"), account.ctx(NOW, "op"))
+    [throttle, _] = ops.decide(P, account.state, ops.ApplyThrottle(1, "r"), account.ctx(NOW, "op"))
+    assert throttle.data["factor"] == 1
+
+
+def test_operator_commands_on_what_is_missing_or_closed_are_refused_with_their_codes() -> None:
+    account = Account()
+    decided = account.report("spam", NOW)  # first minor: a remediation
+    vio = decided[0].data["violation_id"]
+    rem = of_type(decided, "RemediationRequested").data["remediation_id"]
+    thr = ops.decide(P, account.state, ops.ApplyThrottle(0.5, "r"), account.ctx(NOW, "op"))
+    account.record(thr, NOW)
+    lifted = str(thr[0].data["throttle_id"])
+    account.record(ops.decide(P, account.state, ops.LiftThrottle(lifted), account.ctx(NOW)), NOW)
+    timed = ops.ApplyThrottle(0.5, "r", expires_at=NOW + DAY)
+    ran_out = ops.decide(P, account.state, timed, account.ctx(NOW, "op"))
+    account.record(ran_out, NOW)
+
+    def refused(command: ops.Command, at: datetime = NOW) -> tuple[str, str]:
+        with pytest.raises((NotFound, InvalidTransition)) as caught:
+            ops.decide(P, account.state, command, account.ctx(at, "op"))
+        return type(caught.value).__name__, str(caught.value.code)
+
+    assert refused(ops.LiftThrottle("thr_x")) == ("NotFound", "throttle_not_found")
+    assert refused(ops.LiftThrottle(lifted)) == ("InvalidTransition", "throttle_not_active")
+    expired = str(ran_out[0].data["throttle_id"])
+    assert refused(ops.LiftThrottle(expired), NOW + DAY) == (
+        "InvalidTransition",
+        "throttle_not_active",
+    )
+    assert refused(ops.DismissViolation("vio_x", "r")) == ("NotFound", "violation_not_found")
+    assert refused(ops.CompleteRemediation("rem_x", "n")) == ("NotFound", "remediation_not_found")
+    assert refused(ops.CompleteRemediation(rem, "n"), NOW + 7 * DAY) == (
+        "InvalidTransition",
+        "remediation_overdue",
+    )
+    account.record(
+        ops.decide(P, account.state, ops.DismissViolation(vio, "r"), account.ctx(NOW)), NOW
+    )
+    assert refused(ops.DismissViolation(vio, "r")) == ("InvalidTransition", "already_dismissed")
+    assert refused(ops.CompleteRemediation(rem, "n")) == (
+        "InvalidTransition",
+        "remediation_not_open",
+    )
