@@ -1733,3 +1733,31 @@ def test_operator_commands_on_what_is_missing_or_closed_are_refused_with_their_c
         "InvalidTransition",
         "remediation_not_open",
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "text"),
+    [
+        (ops.Suspend("r"), "The account is suspended indefinitely, pending review."),
+        (
+            ops.Suspend("r", until=NOW + DAY),
+            f"The account is suspended until {format_time(NOW + DAY)}.",
+        ),
+        (
+            ops.ApplyThrottle(0.5, "r"),
+            "Requests of every API key of the account are throttled to 50% of its limits "
+            "until lifted.",
+        ),
+        (
+            ops.ApplyThrottle(0.25, "r", key_id="key_1", expires_at=NOW + DAY),
+            f"Requests of API key key_1 are throttled to 25% of its limits until "
+            f"{format_time(NOW + DAY)}.",
+        ),
+    ],
+    ids=["indefinite", "timed", "account-wide", "one key, timed"],
+)
+def test_an_operators_restriction_states_its_scope_and_end(command: ops.Command, text: str) -> None:
+    account = Account()
+    [decision, notice] = ops.decide(P, account.state, command, account.ctx(NOW, "op"))
+    assert decision.data["statement_of_reasons"]["decision"] == text
+    assert notice.data["statement_of_reasons"]["decision"] == text
