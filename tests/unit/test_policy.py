@@ -1664,6 +1664,7 @@ def test_the_sweep_ends_the_current_suspension_once_its_until_has_passed() -> No
 
     def ended(suspension_id: str, at: datetime) -> list[str]:
         decided = ops.decide_suspension_ended(P, account.state, suspension_id, account.ctx(at))
+        assert all(e.metadata["actor"] == "policy" for e in decided)  # not the sweep's caller
         return [f"{e.type} {e.data['suspension_id']} {e.data['reason']}" for e in decided]
 
     assert ended(week, NOW + 7 * DAY - timedelta(microseconds=1)) == []

@@ -217,6 +217,9 @@ def test_a_remediation_is_open_until_completed_expired_or_dismissed() -> None:
     assert overdue.status == "remediation_due"
     assert [r.remediation_id for r in overdue.overdue_remediations] == ["rem_1"]
     assert standing_of(base, t(1)).overdue_remediations == ()
+    # Overdue from its due time on, when the policy expires it and refuses its completion.
+    assert len(standing_of(base, t(7)).overdue_remediations) == 1
+    assert standing_of(base, t(7) - timedelta(microseconds=1)).overdue_remediations == ()
     for closing in closing_events():
         standing = standing_of([*base, (closing, t(2))], t(3))
         assert standing.open_remediations == ()
