@@ -80,3 +80,12 @@ def test_walking_a_long_history_copies_no_state_per_event() -> None:
     assert len(entries) == len(events) == 2000
     assert copied == [0]
     assert entries == list(history_by_copies(events))
+
+
+def test_the_diff_names_only_fields_that_changed_but_as_of_and_version() -> None:
+    before = {"status": "warned", "strikes": 1, "version": 1, "as_of": "a"}
+    after = {"status": "warned", "strikes": 2, "version": 2, "as_of": "b", "new": []}
+    assert standing_diff(before, after) == {
+        "strikes": {"from": 1, "to": 2},
+        "new": {"from": None, "to": []},
+    }

@@ -700,6 +700,8 @@ def test_a_missed_remediation_expires_and_suspends_for_7_days() -> None:
         assert (sor["automated_decision"], sor["ground"]) == (True, "AUP §2 (spam)")
         assert vio_id in [f.get("violation_id") for f in sor["facts"]]
     assert suspended.data["violation_ids"] == [vio_id]
+    redress = suspended.data["statement_of_reasons"]["redress"]
+    assert redress.endswith("reversed and the violations behind it no longer count as strikes.")
     assert suspended.data["until"] == format_time(due + timedelta(days=7))
     assert suspended.data["reason"] == "remediation_missed"
     assert suspended.metadata["causation_id"] == expired.event_id
@@ -1582,6 +1584,8 @@ def test_an_operator_dismissal_names_the_violation_and_offers_no_appeal() -> Non
         (0.9999999, "99.99999%"),
         (0.9999999999999999, "99.99999999999999%"),  # the largest factor below 1
         (1e-300, "1E-298%"),
+        (1e-8, "0.000001%"),  # a millionth of a percent: still written out
+        (1e-9, "1E-7%"),  # below it: scientific notation
     ],
 )
 def test_a_throttle_statement_gives_its_factor_without_rounding_it_away(
