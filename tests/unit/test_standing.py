@@ -699,3 +699,12 @@ def test_canonical_time_still_refuses_what_parse_time_refuses() -> None:
     for text in ("2026-13-01T00:00:00.000000Z", "2026-11-24T10:00:00.000000", "nonsense"):
         with pytest.raises(ValueError):
             canonical_time(text)
+
+
+def test_apply_all_ignores_redelivery_and_keeps_the_last_events_time() -> None:
+    remediation = ev.RemediationRequested("rem_1", ["vio_1"], ts(7), SOR)
+    events = records([(violation("vio_1"), t()), (remediation, t(1))])
+    state = apply_all(StandingState.empty("acct_1"), events)
+    assert state.last_recorded_at == ts(1)
+    # Both at or below its version (applied again, the decision would be linked twice).
+    assert apply_all(state, events) == apply_all(state, events[1:]) == state
