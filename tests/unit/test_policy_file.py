@@ -10,7 +10,13 @@ import pytest
 
 from enforcement.errors import PolicyError
 from enforcement.policy import DEFAULT_POLICY, load_policy
-from enforcement.policy_file import DenialRule, ThrottleRule, parse_duration, policy_from_mapping
+from enforcement.policy_file import (
+    CategoryRule,
+    DenialRule,
+    ThrottleRule,
+    parse_duration,
+    policy_from_mapping,
+)
 
 # The block from POLICY.md, verbatim.
 POLICY_MD_TOML = """
@@ -119,6 +125,7 @@ def test_a_file_may_override_a_category() -> None:
         ("[categories.spam]\nfloor = 'high'", "categories.spam.floor"),
         ("[categories.spam]\nsections = []", "categories.spam.sections"),
         ("[categories.spam]\nsections = [9]", "categories.spam.sections"),
+        ("[categories.spam]\nsections = [2, 9]", "categories.spam.sections"),
         ("[categories.spam]\nrefer_to_authorities = 'yes'", "categories.spam.refer_to_authorities"),
         ("[categories.spam]\ncolour = 'red'", "categories.spam.colour"),
         ("categories = 3", "categories"),
@@ -128,6 +135,21 @@ def test_a_bad_file_names_the_offending_key(text: str, key: str) -> None:
     with pytest.raises(PolicyError) as caught:
         from_toml(text)
     assert key in str(caught.value)
+
+
+def test_the_values_at_each_bound_are_accepted() -> None:
+    p = policy_from_mapping(
+        tomllib.loads(
+            "termination_after_strikes = 1\n"
+            "second_minor_throttle = { factor = 1 }\n"
+            "sustained_abuse_denials = { count = 1 }\n"
+            "[categories.spam]\ndefault_severity = 'medium'\nfloor = 'medium'\nsections = [1, 7]\n"
+        )
+    )
+    assert p.termination_after_strikes == 1
+    assert p.second_minor_throttle == ThrottleRule(1.0, timedelta(days=7))
+    assert p.sustained_abuse_denials == DenialRule(1, timedelta(minutes=10))
+    assert p.categories["spam"] == CategoryRule((1, 7), "medium", "medium")
 
 
 @pytest.mark.parametrize(

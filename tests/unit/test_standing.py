@@ -417,6 +417,12 @@ def test_apply_refuses_another_accounts_event() -> None:
     (event,) = records([(violation("vio_1"), t())], account_id="acct_2")
     with pytest.raises(ValueError, match="acct_2"):
         apply(StandingState.empty("acct_1"), event)
+    # Also at or below the state's version, where the event itself changes nothing.
+    later = apply_all(StandingState.empty("acct_1"), records([(violation("vio_1"), t())] * 2))
+    with pytest.raises(ValueError, match="acct_2"):
+        apply(later, event)
+    with pytest.raises(ValueError, match="acct_2"):
+        apply_all(later, [event])
 
 
 def test_an_event_type_the_fold_does_not_know_only_advances_the_version() -> None:
