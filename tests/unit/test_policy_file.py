@@ -54,6 +54,42 @@ def test_the_default_policy_is_policy_md() -> None:
     assert p.appeal_window == timedelta(days=20)
 
 
+# POLICY.md's table of violation categories, without its "what it covers" column.
+POLICY_MD_CATEGORIES = """
+| `csam` | 2, 6 | critical | critical |
+| `weapons_development` | 6 | critical | critical |
+| `violence_facilitation` | 2 | high | high |
+| `illegal_content` | 2 | high | medium |
+| `ip_infringement` | 2 | medium | low |
+| `spam` | 2 | medium | low |
+| `phishing` | 2 | high | medium |
+| `cyberweapons` | 2 | high | high |
+| `disinformation` | 2 | medium | low |
+| `safety_circumvention` | 2 | high | medium |
+| `personal_data_harvesting` | 2 | high | medium |
+| `impersonation` | 2 | medium | low |
+| `surveillance` | 2 | high | high |
+| `rate_limit_circumvention` | 3 | medium | low |
+| `sustained_abuse` | 3 | low | low |
+| `unapproved_adult_content` | 4 | low | low |
+| `missing_content_filtering` | 4 | low | low |
+| `safety_probing` | 5 | medium | low |
+| `model_extraction` | 5 | high | medium |
+| `training_data_extraction` | 5 | high | medium |
+"""
+
+
+def test_the_default_categories_are_policy_md() -> None:
+    table = {}
+    for row in POLICY_MD_CATEGORIES.strip().splitlines():
+        name, sections, default, floor = (cell.strip(" `") for cell in row.strip("|").split("|"))
+        referred = name in ("csam", "weapons_development")  # the critical row's referral
+        table[name] = CategoryRule(
+            tuple(int(n) for n in sections.split(",")), default, floor, referred
+        )
+    assert dict(DEFAULT_POLICY.categories) == table
+
+
 def test_the_policy_md_block_is_the_default() -> None:
     assert policy_from_mapping(tomllib.loads(POLICY_MD_TOML)) == DEFAULT_POLICY
 
