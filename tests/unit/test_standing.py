@@ -268,6 +268,19 @@ def test_termination_and_reinstatement() -> None:
     assert standing_of(terminated, t(1)).terminated is True
     reinstated = [*terminated, (ev.AccountReinstated("appeal apl_1 overturned"), t(1))]
     assert standing_of(reinstated, t(2)).terminated is False
+    state = state_at("acct_1", records(reinstated), t(2))
+    assert (state.terminated, state.termination_event_id) == (False, None)
+
+
+def test_a_reinstatement_ends_the_suspensions_the_current_one_replaced() -> None:
+    steps = [
+        (ev.AccountSuspended("sus_7d", ts(7), "r", SOR), t()),
+        (ev.AccountSuspended("sus_ind", None, "r", SOR), t(1)),
+    ]
+    assert len(state_at("acct_1", records(steps), t(2)).replaced_suspensions) == 1
+    reinstated = [*steps, (ev.AccountReinstated("operator", SOR, "suspension"), t(2))]
+    state = state_at("acct_1", records(reinstated), t(2))
+    assert (state.suspension, state.replaced_suspensions) == (None, ())
 
 
 def test_a_standing_as_of_an_instant_is_a_prefix_of_the_stream() -> None:
@@ -397,6 +410,24 @@ def test_decisions_link_their_violations() -> None:
     )
     assert decision.recorded_at == ts(1)
     assert state.violations["vio_1"].decision_event_ids == ("e2",)
+
+
+def test_a_held_suspension_is_a_decision_on_its_violations() -> None:
+    steps = [
+        (ev.AccountSuspended("sus_ind", None, "r", SOR), t()),
+        (violation("vio_1", severity="high"), t(1)),
+        (ev.AccountSuspended("sus_7d", ts(8), "r", SOR, ["vio_1"], held_by="sus_ind"), t(1)),
+    ]
+    state = state_at("acct_1", records(steps), t(1))
+    assert state.suspension is not None and state.suspension.suspension_id == "sus_ind"
+    assert [r.suspension_id for r in state.replaced_suspensions] == ["sus_7d"]
+    decision = state.decisions["e3"]
+    assert (decision.type, decision.target_id, decision.violation_ids) == (
+        "AccountSuspended",
+        "sus_7d",
+        ("vio_1",),
+    )
+    assert state.violations["vio_1"].decision_event_ids == ("e3",)
 
 
 # --- apply ----------------------------------------------------------------------------------
