@@ -745,3 +745,4 @@ def test_apply_all_ignores_redelivery_and_keeps_the_last_events_time() -> None:
     assert state.last_recorded_at == ts(1)
     # Both at or below its version (applied again, the decision would be linked twice).
     assert apply_all(state, events) == apply_all(state, events[1:]) == state
+    assert apply_all(state, events[:1]) == state  # an older event redelivered alone
