@@ -430,6 +430,28 @@ def test_a_held_suspension_is_a_decision_on_its_violations() -> None:
     assert state.violations["vio_1"].decision_event_ids == ("e3",)
 
 
+def test_held_suspensions_are_kept_in_order_of_their_end_the_indefinite_last() -> None:
+    def held(sid: str, until: str | None) -> tuple[Any, datetime]:
+        return (ev.AccountSuspended(sid, until, "r", SOR, held_by="sus_a"), t(1))
+
+    steps = [
+        (ev.AccountSuspended("sus_a", None, "r", SOR), t()),
+        held("sus_30d", ts(30)),
+        held("sus_ind", None),
+        held("sus_10d", ts(10)),
+    ]
+    state = state_at("acct_1", records(steps), t(1))
+    assert [r.suspension_id for r in state.replaced_suspensions] == [
+        "sus_10d",
+        "sus_30d",
+        "sus_ind",
+    ]
+    # An overturn of the current one gives back the longest.
+    assert (
+        _suspension([*steps, (ev.SuspensionEnded("sus_a", "overturned"), t(2))], t(3)) == "sus_ind"
+    )
+
+
 # --- apply ----------------------------------------------------------------------------------
 
 
