@@ -272,14 +272,19 @@ def test_termination_and_reinstatement() -> None:
     assert (state.terminated, state.termination_event_id) == (False, None)
 
 
-def test_a_reinstatement_ends_the_suspensions_the_current_one_replaced() -> None:
+@pytest.mark.parametrize(
+    "ending",
+    [ev.AccountReinstated("operator", SOR, "suspension"), ev.SuspensionEnded("sus_ind", "served")],
+)
+def test_a_reinstatement_or_an_end_ends_the_suspensions_the_current_one_replaced(
+    ending: Any,
+) -> None:
     steps = [
         (ev.AccountSuspended("sus_7d", ts(7), "r", SOR), t()),
         (ev.AccountSuspended("sus_ind", None, "r", SOR), t(1)),
     ]
     assert len(state_at("acct_1", records(steps), t(2)).replaced_suspensions) == 1
-    reinstated = [*steps, (ev.AccountReinstated("operator", SOR, "suspension"), t(2))]
-    state = state_at("acct_1", records(reinstated), t(2))
+    state = state_at("acct_1", records([*steps, (ending, t(2))]), t(2))
     assert (state.suspension, state.replaced_suspensions) == (None, ())
 
 
