@@ -324,6 +324,28 @@ def test_an_overturned_suspension_gives_back_the_one_it_replaced_while_it_runs()
     assert state.replaced_suspensions == ()
 
 
+def test_overturns_give_back_the_replaced_suspensions_one_after_another() -> None:
+    steps = [
+        (ev.AccountSuspended("sus_7d", ts(7), "r", SOR), t()),
+        (ev.AccountSuspended("sus_30d", ts(30), "r", SOR), t(1)),
+        (ev.AccountSuspended("sus_ind", None, "r", SOR), t(2)),
+        (ev.SuspensionEnded("sus_ind", "overturned"), t(3)),
+    ]
+    assert _suspension(steps, t(3)) == "sus_30d"
+    steps.append((ev.SuspensionEnded("sus_30d", "overturned"), t(4)))
+    assert _suspension(steps, t(4)) == "sus_7d"
+
+
+def test_a_suspension_ending_as_another_replaces_the_current_one_is_not_kept() -> None:
+    steps = [
+        (ev.AccountSuspended("sus_7d", ts(7), "r", SOR), t()),
+        (ev.AccountSuspended("sus_ind", None, "r", SOR), t(1)),
+        (ev.AccountSuspended("sus_ind2", None, "r", SOR), t(7)),
+    ]
+    state = state_at("acct_1", records(steps), t(7))
+    assert [r.suspension_id for r in state.replaced_suspensions] == ["sus_ind"]
+
+
 def test_an_overturned_replaced_suspension_never_comes_back() -> None:
     short = (ev.AccountSuspended("sus_7d", ts(7), "r", SOR), t())
     long = (ev.AccountSuspended("sus_ind", None, "r", SOR), t(1))
