@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from test_service_support import OPERATOR, FakeClock
+from test_service_support import OPERATOR, FakeClock, open_system
 
 from enforcement import gatekeeping
 from enforcement import operator_decisions as ops
@@ -57,40 +57,26 @@ def test_a_redis_that_lost_its_data_refuses_a_suspended_account_at_once(
 def test_a_restarted_process_gate_refuses_a_suspended_account_before_any_seeding(
     database_url: str, clock: FakeClock
 ) -> None:
-    settings = Settings(database_url=database_url)
-    first = bootstrap(settings, clock=clock)
-    try:
+    with open_system(database_url, clock) as first:
         first.service.operator("acct_s", ops.Suspend("review"), OPERATOR)
-    finally:
-        first.close()
 
-    restarted = bootstrap(settings, clock=clock)  # its embedded gate starts empty
-    try:
+    with open_system(database_url, clock) as restarted:  # its embedded gate starts empty
         assert isinstance(restarted.gate, EmbeddedGate)
         assert restarted.gate.check("acct_s", "key_1").reason == "suspended"
         restarted.service.operator("acct_s", ops.Reinstate("cleared"), OPERATOR)
         assert restarted.gate.check("acct_s", "key_1").allowed
-    finally:
-        restarted.close()
 
 
 def test_a_restarted_process_gate_learns_an_account_of_a_single_event(
     database_url: str, clock: FakeClock
 ) -> None:
     # Version 1 is a standing like any other: only version 0 (no events) has nothing to apply.
-    settings = Settings(database_url=database_url)
-    first = bootstrap(settings, clock=clock)
-    try:
+    with open_system(database_url, clock) as first:
         first.service.operator("acct_l", ops.ConfigureLimits(7, 1000, key_id="key_1"), OPERATOR)
         assert first.store.head("acct_l").version == 1
-    finally:
-        first.close()
 
-    restarted = bootstrap(settings, clock=clock)  # its embedded gate starts empty
-    try:
+    with open_system(database_url, clock) as restarted:  # its embedded gate starts empty
         assert restarted.gate.check("acct_l", "key_1").limit_requests == 7
-    finally:
-        restarted.close()
 
 
 def test_a_database_that_cannot_answer_makes_the_check_unavailable(
