@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -68,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aup_population import deliver_notices
+from aup_population import Population, Template, copied_system, deliver_notices
 from fastapi.testclient import TestClient
 from hypothesis import event as note
 from hypothesis import given, settings
@@ -82,7 +81,6 @@ from test_service_support import (
     FakeClock,
     all_stored_rows,
     assert_account_consistent,
-    open_system,
 )
 
 from enforcement import operator_decisions as ops
@@ -92,7 +90,6 @@ from enforcement.bootstrap import Container
 from enforcement.errors import DomainError
 from enforcement.gate import core
 from enforcement.gatekeeping import GATE_ACTOR
-from enforcement.migrations import upgrade
 from enforcement.policy import DEFAULT_POLICY, ViolationReport
 from enforcement.render import history_csv_rows, history_json
 from enforcement.reports import (
@@ -146,24 +143,26 @@ STATED = {
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty SQLite file that each example copies (migrating takes longer)."""
-    path = tmp_path_factory.mktemp("cross_views") / "template.db"
-    upgrade(f"sqlite:///{path}")
-    return path
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    """A migrated, empty SQLite database that each example copies (migrating takes longer)."""
+    return Template.build("sqlite", tmp_path_factory.mktemp("cross_views"), _empty)
+
+
+def _empty(system: Container, clock: FakeClock) -> Population:
+    return Population([])
 
 
 @contextmanager
-def fresh_system(template: Path) -> Iterator[tuple[Container, FakeClock, TestClient]]:
-    with tempfile.TemporaryDirectory() as directory:
-        copy = Path(directory) / "enforcement.db"
-        shutil.copyfile(template, copy)
-        clock = FakeClock()
-        with open_system(f"sqlite:///{copy}", clock) as system:
-            token = create_token(system.engine, Role.AUDITOR, "cross-views")
-            with TestClient(create_app(system)) as client:
-                client.headers["Authorization"] = f"Bearer {token}"
-                yield system, clock, client
+def fresh_system(template: Template) -> Iterator[tuple[Container, FakeClock, TestClient]]:
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        copied_system(template, Path(directory)) as system,
+    ):
+        assert isinstance(system.clock, FakeClock)
+        token = create_token(system.engine, Role.AUDITOR, "cross-views")
+        with TestClient(create_app(system)) as client:
+            client.headers["Authorization"] = f"Bearer {token}"
+            yield system, system.clock, client
 
 
 # --------------------------------------------------------------------------- making histories
@@ -344,29 +343,16 @@ def standing_as_of(client: TestClient, account: str, at: datetime | None) -> dic
     return shown
 
 
-def feed(client: TestClient, account: str, limit: int) -> list[dict[str, Any]]:
-    """Every event of ``account`` through ``GET /v1/accounts/{id}/events``, page by page."""
+def paged(client: TestClient, path: str, cursor: str, limit: int) -> list[dict[str, Any]]:
+    """Every event of a feed, page by page: ``GET /v1/events`` (``cursor`` ``after_position``)
+    or ``GET /v1/accounts/{id}/events`` (``after_version``)."""
     events: list[dict[str, Any]] = []
     after: int | None = 0
     while after is not None:
-        page = client.get(
-            f"/v1/accounts/{account}/events", params={"after_version": after, "limit": limit}
-        )
+        page = client.get(path, params={cursor: after, "limit": limit})
         assert page.status_code == 200, page.text
         events += page.json()["events"]
-        after = page.json()["next_after_version"]
-    return events
-
-
-def feed_of_all(client: TestClient, limit: int) -> list[dict[str, Any]]:
-    """Every event through ``GET /v1/events``, page by page."""
-    events: list[dict[str, Any]] = []
-    after: int | None = 0
-    while after is not None:
-        page = client.get("/v1/events", params={"after_position": after, "limit": limit})
-        assert page.status_code == 200, page.text
-        events += page.json()["events"]
-        after = page.json()["next_after_position"]
+        after = page.json()[f"next_{cursor}"]
     return events
 
 
@@ -646,9 +632,9 @@ def check_views(system: Container, client: TestClient, limit: int, window: tuple
     for kind in sorted({(e["type"], e["metadata"]["actor"]) for e in everything}):
         note(f"recorded {kind[0]} by {kind[1].split(':')[0]}")
     check_chains(everything)
-    assert feed_of_all(client, limit) == everything
+    assert paged(client, "/v1/events", "after_position", limit) == everything
     for account in ACCOUNTS:
-        shown = feed(client, account, limit)
+        shown = paged(client, f"/v1/accounts/{account}/events", "after_version", limit)
         own = [json.loads(line) for line in export_lines(system.store, "jsonl", account=account)]
         assert shown == own == [e for e in everything if e["account_id"] == account]
         verified = client.get(f"/v1/accounts/{account}/verify").json()
@@ -680,7 +666,7 @@ def check_views(system: Container, client: TestClient, limit: int, window: tuple
     st.tuples(st.integers(0, 200), st.integers(0, 200)),
 )
 def test_every_view_tells_the_same_story(
-    template: Path,
+    template: Template,
     steps: list[tuple[Any, ...]],
     later: int,
     limit: int,
