@@ -1,7 +1,8 @@
 """Shared fixtures: a fresh migrated database on SQLite and on a real PostgreSQL per test.
 
-PostgreSQL comes from ``ENFORCEMENT_TEST_PG_URL`` (``scripts/test`` starts the server and sets
-it). A test that needs PostgreSQL fails when it is unreachable; it is never skipped.
+PostgreSQL comes from ``ENFORCEMENT_TEST_PG_URL`` (``scripts/test`` starts the tests' own server,
+without fsync, and sets it: ``scripts/test-services``). A test that needs PostgreSQL fails when it
+is unreachable; it is never skipped.
 """
 
 from __future__ import annotations
