@@ -8,6 +8,7 @@ is unreachable; it is never skipped.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -52,13 +53,15 @@ def pg_admin_url() -> str:
     return os.environ.get("ENFORCEMENT_TEST_PG_URL", DEFAULT_PG_ADMIN_URL)
 
 
-def create_pg_database() -> str:
-    """Create an empty PostgreSQL database and return its URL."""
+def create_pg_database(template: str | None = None) -> str:
+    """Create a PostgreSQL database, empty or a copy of the database ``template``, and return
+    its URL."""
     admin = sa.make_url(pg_admin_url())
     name = f"enf_test_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        copy = "" if template is None else f' TEMPLATE "{template}"'
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"{copy}')
     engine.dispose()
     return admin.set(database=name).render_as_string(hide_password=False)
 
@@ -119,16 +122,52 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'enforcement.db'}"
 
 
+class MigratedTemplates:
+    """One database per backend migrated to head, made once per test process, which each
+    test's fresh database copies: a file copy or a ``CREATE DATABASE … TEMPLATE`` instead of a
+    run of the migrations (0.1 to 0.2 s a test). The migrations themselves are tested on empty
+    databases (``tests/integration/test_migrations.py``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.postgres_template: str | None = None
+
+    def sqlite(self, target: Path) -> str:
+        template = self.directory / "migrated.db"
+        if not template.exists():
+            upgrade(f"sqlite:///{template}")  # closed after: no write-ahead log beside it
+        shutil.copyfile(template, target)
+        return f"sqlite:///{target}"
+
+    def postgres(self) -> str:
+        if self.postgres_template is None:
+            url = create_pg_database()
+            upgrade(url)  # its engine disposed: no session left that would refuse the copies
+            self.postgres_template = sa.make_url(url).database
+        return create_pg_database(template=self.postgres_template)
+
+    def close(self) -> None:
+        if self.postgres_template is not None:
+            admin = sa.make_url(pg_admin_url())
+            drop_pg_database(admin.set(database=self.postgres_template).render_as_string(False))
+
+
+@pytest.fixture(scope="session")
+def migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigratedTemplates]:
+    templates = MigratedTemplates(tmp_path_factory.mktemp("migrated"))
+    yield templates
+    templates.close()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, migrated_templates: MigratedTemplates
+) -> Iterator[str]:
     """A fresh, migrated database: every store test runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'enforcement.db'}"
-        upgrade(url)
-        yield url
+        yield migrated_templates.sqlite(tmp_path / "enforcement.db")
     else:
-        url = create_pg_database()
-        upgrade(url)
+        url = migrated_templates.postgres()
         yield url
         drop_pg_database(url)
 
@@ -146,12 +185,11 @@ def store(engine: sa.Engine) -> EventStore:
 
 
 @contextmanager
-def migrated_store(
+def store_on(
     url: str, engine_options: dict[str, Any] | None = None, **store_options: Any
 ) -> Iterator[EventStore]:
-    """A store on ``url``, migrated first (``engine_options`` for ``create_engine``,
+    """A store on the migrated database ``url`` (``engine_options`` for ``create_engine``,
     ``store_options`` for ``EventStore``); its engine disposed after."""
-    upgrade(url)
     engine = create_engine(url, **(engine_options or {}))
     try:
         yield EventStore(engine, **store_options)
@@ -159,17 +197,29 @@ def migrated_store(
         engine.dispose()
 
 
-@pytest.fixture
-def pg_store(pg_url: str) -> Iterator[EventStore]:
-    """A store on a fresh, migrated PostgreSQL database, for what only PostgreSQL has."""
-    with migrated_store(pg_url) as store:
+@contextmanager
+def migrated_store(
+    url: str, engine_options: dict[str, Any] | None = None, **store_options: Any
+) -> Iterator[EventStore]:
+    """``store_on`` the database ``url``, migrated first."""
+    upgrade(url)
+    with store_on(url, engine_options, **store_options) as store:
         yield store
 
 
 @pytest.fixture
-def sqlite_store(sqlite_url: str) -> Iterator[EventStore]:
+def pg_store(migrated_templates: MigratedTemplates) -> Iterator[EventStore]:
+    """A store on a fresh, migrated PostgreSQL database, for what only PostgreSQL has."""
+    url = migrated_templates.postgres()
+    with store_on(url) as store:
+        yield store
+    drop_pg_database(url)
+
+
+@pytest.fixture
+def sqlite_store(migrated_templates: MigratedTemplates, tmp_path: Path) -> Iterator[EventStore]:
     """A store on a fresh, migrated SQLite file, for what only SQLite has."""
-    with migrated_store(sqlite_url) as store:
+    with store_on(migrated_templates.sqlite(tmp_path / "enforcement.db")) as store:
         yield store
 
 

@@ -20,17 +20,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from enforcement.bootstrap import Container, bootstrap  # noqa: E402
-from enforcement.migrations import upgrade  # noqa: E402
 from enforcement.settings import Settings  # noqa: E402
+from tests.conftest import MigratedTemplates  # noqa: E402
 from tests.workers.system import Receiver, SmtpSink  # noqa: E402
 
 
 @pytest.fixture
-def sqlite_db(tmp_path: Path) -> str:
+def sqlite_db(tmp_path: Path, migrated_templates: MigratedTemplates) -> str:
     """A migrated SQLite file."""
-    url = f"sqlite:///{tmp_path / 'enforcement.db'}"
-    upgrade(url)
-    return url
+    return migrated_templates.sqlite(tmp_path / "enforcement.db")
 
 
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
