@@ -546,3 +546,21 @@ def test_the_store_writes_documents_as_json_dumps_does(data: Any, metadata: Any)
         # (a flat copy keeps the caller's key order; the values and their types are the same)
         for copy, text in ((data_copy, data_text), (metadata_copy, metadata_text)):
             assert _exact(dict(sorted(copy.items()))) == _exact(json.loads(text))
+
+
+def test_the_idempotency_fingerprint_of_events_is_a_stable_recipe() -> None:
+    """Recorded keys keep the fingerprint they were stored with: a retry after an upgrade
+    must compute the same one (sha256 of the canonical JSON of each event's type, schema
+    version and data), whatever its event ids, times and metadata."""
+    from events.types import NewEvent
+    from events.writing import fingerprint_events
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [
+        NewEvent("ViolationReported", {"account_id": "acct_42", "n": 1}, at, {"actor": "a"}),
+        NewEvent("NoticeIssued", {}, at + timedelta(seconds=1)),
+    ]
+
+    assert fingerprint_events(events) == (
+        "b5b31f672ec13ef9cbc5b7333fc04b4a27eee23e1e2eb78eb6ab3733288548ef"
+    )
