@@ -21,6 +21,7 @@ from events import (
     RecordedEvent,
     StoreError,
     StreamAppend,
+    StreamKeyUsed,
 )
 from tests.auditor import api_json, auditor_hash
 
@@ -159,6 +160,38 @@ def test_an_idempotent_multi_stream_append_replays_per_stream(store: EventStore)
 
     assert retry == first
     assert [[e.account_id for e in batch] for batch in retry] == [["acct_a"] * 2, ["acct_b"]]
+    assert store.max_position() == before
+
+
+def test_a_streams_own_key_used_before_stops_a_shared_append_and_replays_alone(
+    store: EventStore,
+) -> None:
+    first = store.append_streams(
+        [
+            StreamAppend("acct_a", 0, [new(n=1)], idempotency_key="fact-a"),
+            StreamAppend("acct_b", 0, [new(n=2)], idempotency_key="fact-b", fingerprint="body-b"),
+        ]
+    )
+    before = store.max_position()
+
+    with pytest.raises(StreamKeyUsed):  # fact-b again, shared with a new stream's fact
+        store.append_streams(
+            [
+                StreamAppend("acct_c", 0, [new(n=3)], idempotency_key="fact-c"),
+                StreamAppend("acct_b", 1, [new(n=2)], idempotency_key="fact-b"),
+            ]
+        )
+    assert store.max_position() == before
+
+    # Alone, each stream's key gives back what that stream recorded: by the fingerprint of its
+    # events, or by the one its caller gave (whatever the events are).
+    assert store.append("acct_a", 1, [new(n=1)], idempotency_key="fact-a") == first[0]
+    assert (
+        store.append("acct_b", 1, [new(n=99)], idempotency_key="fact-b", fingerprint="body-b")
+        == first[1]
+    )
+    with pytest.raises(IdempotencyConflict):
+        store.append("acct_a", 1, [new(n=99)], idempotency_key="fact-a")
     assert store.max_position() == before
 
 
