@@ -91,7 +91,7 @@ def test_an_event_id_appended_twice_is_refused_and_writes_nothing(store: EventSt
     [first] = store.append("acct_1", 0, [new(n=1)])
     again = NewEvent("Noted", {"n": 2}, T0, event_id=first.event_id)
 
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="appended twice"):
         store.append("acct_2", 0, [again])
 
     assert store.read_stream("acct_2") == []
@@ -322,10 +322,20 @@ def test_any_json_payload_reads_back_as_appended_and_verifies(
 
 
 def test_a_payload_the_database_cannot_hold_is_a_store_error(store: EventStore) -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="cannot be stored as JSON"):
         store.append("acct_1", 0, [new(number=float("nan"))])
 
     assert store.read_stream("acct_1") == []
+
+
+def test_a_document_json_rewrites_is_recorded_as_readers_get_it(store: EventStore) -> None:
+    # A tuple and integer keys are no JSON: what is hashed and returned is what is read back.
+    data = {"pair": (1, 2), 7: "seven"}
+    recorded = store.append("acct_1", 0, [NewEvent("Noted", data, T0, metadata={3: (4,)})])
+
+    assert (recorded[0].data, recorded[0].metadata) == ({"pair": [1, 2], "7": "seven"}, {"3": [4]})
+    assert store.read_stream("acct_1") == recorded
+    assert store.verify("acct_1").ok
 
 
 UNSTORABLE: dict[str, tuple[str, NewEvent, str | None]] = {
