@@ -338,6 +338,15 @@ def test_a_document_json_rewrites_is_recorded_as_readers_get_it(store: EventStor
     assert store.verify("acct_1").ok
 
 
+def test_an_event_that_occurred_before_the_year_1000_verifies(store: EventStore) -> None:
+    # The chain hashes such a year unpadded ("999-…"); PostgreSQL's to_char pads it ("0999").
+    long_ago = datetime(999, 12, 31, 23, 59, 59, 5, tzinfo=UTC)
+    recorded = store.append("acct_1", 0, [new(occurred_at=long_ago, n=1), new(n=2)])
+
+    assert store.read_stream("acct_1") == recorded
+    assert store.verify("acct_1").ok
+
+
 UNSTORABLE: dict[str, tuple[str, NewEvent, str | None]] = {
     # What the schema cannot hold (PostgreSQL enforces the lengths, SQLite would not) or no
     # reader can decode: refused the same way on both databases, before anything is written.
