@@ -351,6 +351,8 @@ UNSTORABLE: dict[str, tuple[str, NewEvent, str | None]] = {
     # What the schema cannot hold (PostgreSQL enforces the lengths, SQLite would not) or no
     # reader can decode: refused the same way on both databases, before anything is written.
     "long account_id": ("a" * 129, new(n=1), None),
+    "empty account_id": ("", new(n=1), None),
+    "empty type": ("acct_1", new("", n=1), None),
     "long type": ("acct_1", new("T" * 101, n=1), None),
     "long idempotency key": ("acct_1", new(n=1), "k" * 201),
     "schema_version 0": ("acct_1", dataclasses.replace(new(n=1), schema_version=0), None),
