@@ -329,9 +329,17 @@ def test_a_payload_the_database_cannot_hold_is_a_store_error(store: EventStore) 
 
 
 def test_a_document_json_rewrites_is_recorded_as_readers_get_it(store: EventStore) -> None:
-    # A tuple and integer keys are no JSON: what is hashed and returned is what is read back.
+    # A tuple and integer keys are no JSON, and jsonb rewrites 1e16: what is hashed and
+    # returned is what is read back, whichever of data and metadata it is in.
     data = {"pair": (1, 2), 7: "seven"}
-    recorded = store.append("acct_1", 0, [NewEvent("Noted", data, T0, metadata={3: (4,)})])
+    recorded = store.append(
+        "acct_1",
+        0,
+        [
+            NewEvent("Noted", data, T0, metadata={3: (4,)}),
+            NewEvent("Noted", {"plain": 1}, T0, metadata={"big": 1e16}),
+        ],
+    )
 
     assert (recorded[0].data, recorded[0].metadata) == ({"pair": [1, 2], "7": "seven"}, {"3": [4]})
     assert store.read_stream("acct_1") == recorded
