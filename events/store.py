@@ -192,12 +192,9 @@ class EventStore:
             raise ValueError("nothing to append")
         check_storable(appends, idempotency_key)
         appends = with_canonical_ids(appends)
-        # The streams a retry must have written to: the same key for other streams is another
-        # request (``IdempotencyConflict``), whatever the fingerprint says.
-        streams = {a.account_id for a in appends if a.events} if idempotency_key else set()
         if idempotency_key is not None:
             fingerprint = fingerprint or fingerprint_events([e for a in appends for e in a.events])
-            previous = self._idempotent_result(idempotency_key, fingerprint, streams)
+            previous = self._idempotent_result(idempotency_key, fingerprint, appends)
             if previous is not None:
                 return previous
         attempts = 0
@@ -209,7 +206,7 @@ class EventStore:
                 # The same request may have won meanwhile (a concurrent retry): its result stands.
                 if idempotency_key is not None:
                     assert fingerprint is not None
-                    previous = self._idempotent_result(idempotency_key, fingerprint, streams)
+                    previous = self._idempotent_result(idempotency_key, fingerprint, appends)
                     if previous is not None:
                         return previous
                 # Only "append at head" is retried here; an explicit expected version is the
@@ -221,7 +218,7 @@ class EventStore:
             except DuplicateIdempotencyKey:
                 if idempotency_key is not None:
                     assert fingerprint is not None
-                    previous = self._idempotent_result(idempotency_key, fingerprint, streams)
+                    previous = self._idempotent_result(idempotency_key, fingerprint, appends)
                     if previous is not None:
                         return previous
                 if any(a.idempotency_key is not None for a in appends):
@@ -391,10 +388,12 @@ class EventStore:
         return None if previous is None else [e for batch in previous for e in batch]
 
     def _idempotent_result(
-        self, key: str, fingerprint: str, streams: set[str] | None = None
+        self, key: str, fingerprint: str, appends: Sequence[StreamAppend] | None = None
     ) -> list[list[RecordedEvent]] | None:
         """What the append with this key recorded, per stream; ``IdempotencyConflict`` if it
-        had another fingerprint or (``streams`` given) wrote to other streams than these."""
+        had another fingerprint or (``appends`` given: the retried request) wrote to other
+        streams than these. Given ``appends``, the result has the first one's shape: one list per
+        append (its stream's events), an append without events an empty one."""
         rows = self._fetch(self._sql.key, (key,))
         if not rows:
             return None  # the usual case: one indexed read on the driver's connection
@@ -408,9 +407,12 @@ class EventStore:
         grouped: dict[str, list[RecordedEvent]] = {}
         for event in ordered:
             grouped.setdefault(event.account_id, []).append(event)
-        if streams is not None and set(grouped) != streams:
+        if appends is None:
+            return list(grouped.values())
+        # The same key for other streams is another request, whatever the fingerprint says.
+        if set(grouped) != {a.account_id for a in appends if a.events}:
             raise IdempotencyConflict(key)
-        return list(grouped.values())
+        return [grouped[a.account_id] if a.events else [] for a in appends]
 
     def _events_by_id(self, ids: Sequence[str]) -> dict[str, RecordedEvent]:
         """The recorded events of ``ids`` (those found), by event id."""
