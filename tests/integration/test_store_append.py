@@ -3,12 +3,15 @@ and payload fidelity (the chain covers exactly what readers get back)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -267,6 +270,44 @@ def test_after_append_runs_in_the_appending_transaction(store: EventStore) -> No
         store.append("acct_1", 0, [new(n=1)], after_append=fail)
 
     assert store.read_stream("acct_1") == []
+
+
+@pytest.mark.postgres
+def test_an_append_whose_after_append_caught_a_database_error_is_not_reported_recorded(
+    pg_store: EventStore,
+) -> None:
+    """PostgreSQL aborts the transaction of any statement that failed, caught or not, and
+    answers its COMMIT with ROLLBACK: the append must fail, not return what it did not record.
+    With another append in the same group commit, that one is still recorded."""
+
+    def swallowing(conn: sa.Connection, _recorded: object) -> None:
+        with contextlib.suppress(sa.exc.DBAPIError):
+            conn.execute(sa.text("SELECT 1 / 0"))
+
+    pg_store.append("acct_1", 0, [new(n=1)])
+
+    with pytest.raises(StoreError, match="rolled back"):
+        pg_store.append("acct_1", 1, [new(n=2)], after_append=swallowing)
+    assert [e.version for e in pg_store.read_stream("acct_1")] == [1]
+    assert pg_store.append("acct_1", 1, [new(n=3)])[0].version == 2  # the connection works
+
+    with ThreadPoolExecutor(2) as pool:  # two appends that may meet in one transaction
+        swallowed = pool.submit(pg_store.append, "acct_2", 0, [new(n=4)], after_append=swallowing)
+        other = pool.submit(pg_store.append, "acct_3", 0, [new(n=5)], after_append=lambda *_: None)
+        with pytest.raises(StoreError, match="rolled back"):
+            swallowed.result()
+        assert [e.version for e in other.result()] == [1]
+    assert pg_store.read_stream("acct_2") == []
+
+
+def test_a_retried_keyed_append_with_a_stream_without_events_returns_the_first_result(
+    store: EventStore,
+) -> None:
+    appends = [StreamAppend("acct_a", 0, [new(n=1)]), StreamAppend("acct_b", None, [])]
+    first = store.append_streams(appends, idempotency_key="k")
+
+    assert [len(batch) for batch in first] == [1, 0]
+    assert store.append_streams(appends, idempotency_key="k") == first
 
 
 # ---------------------------------------------------------------- payload fidelity
