@@ -38,6 +38,20 @@ def every_record() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def carrying() -> Iterator[list[Any]]:
+    """What each ``open_items._carried`` call gave (None: the table was looked at whole)."""
+    carried: list[Any] = []
+    real = open_items._carried
+
+    def spy(*args: Any) -> Any:
+        carried.append(real(*args))
+        return carried[-1]
+
+    with mock.patch.object(open_items, "_carried", spy):
+        yield carried
+
+
 def answers(state: StandingState, as_of: datetime) -> tuple[Any, ...]:
     return (
         view(state, as_of, LOOKBACK),
@@ -82,14 +96,7 @@ def test_a_long_history_keeps_only_what_may_be_open_and_carries_it_to_the_next_s
 
     later = end + timedelta(hours=1)
     after = apply_all(state, records([(violation("vio_new"), later)], start=state.version))
-    carried: list[Any] = []
-    real = open_items._carried
-
-    def spy(*args: Any) -> Any:
-        carried.append(real(*args))
-        return carried[-1]
-
-    with mock.patch.object(open_items, "_carried", spy):
+    with carrying() as carried:
         standing = view(after, later, LOOKBACK)
     assert standing.open_violations == ("vio_new",)
     assert after.open_items is not None
@@ -115,6 +122,48 @@ def test_a_record_changed_in_place_that_may_be_open_again_is_found() -> None:
     assert view(state, T0, LOOKBACK).open_violations == ("vio_b",)
     again = apply_all(state, records([(violation("vio_a"), T0)], start=state.version))
     assert view(again, T0, LOOKBACK).open_violations == ("vio_a", "vio_b")
+
+
+def test_records_changed_in_place_open_or_closed_do_not_stop_the_carrying() -> None:
+    """A decision on an open violation and on one past the lookback changes both in place: the
+    state after still carries its tables over (at the same instant too), the changed record in
+    its place, and keeps the closed one out."""
+    later = T0 + LOOKBACK + timedelta(days=1)
+    state = apply_all(
+        StandingState.empty("acct_1"),
+        records([(violation("vio_old"), T0), (violation("vio_new"), later)]),
+    )
+    assert view(state, later, LOOKBACK).open_violations == ("vio_new",)
+    throttle = ev.ThrottleApplied("thr_1", None, 0.25, None, "r", SOR, ["vio_old", "vio_new"])
+    after = apply_all(state, records([(throttle, later)], start=state.version))
+    with carrying() as carried:
+        assert view(after, later, LOOKBACK).open_violations == ("vio_new",)
+    assert None not in carried
+    assert after.open_items is not None
+    assert after.open_items.tables[("violations", LOOKBACK)] == (after.violations["vio_new"],)
+    assert after.violations["vio_new"].decision_event_ids == ("e3",)
+
+
+def test_records_added_and_closed_by_the_same_events_are_not_kept() -> None:
+    """A throttle applied and lifted, a violation reported and dismissed, in one batch after
+    the state before was asked: neither is among what the state after keeps."""
+    state = apply_all(StandingState.empty("acct_1"), records([(violation("vio_a"), T0)]))
+    answers(state, T0)
+    steps = [
+        (ev.ThrottleApplied("thr_1", None, 0.5, None, "r", SOR, []), T0),
+        (ev.ThrottleLifted("thr_1", "r"), T0),
+        (violation("vio_b"), T0),
+        (ev.ViolationDismissed("vio_b", "false positive"), T0),
+    ]
+    after = apply_all(state, records(steps, start=state.version))
+    with every_record():
+        expected = answers(after, T0)
+    with carrying() as carried:
+        assert answers(after, T0) == expected
+    assert None not in carried
+    assert after.open_items is not None
+    assert after.open_items.tables["throttles"] == ()
+    assert after.open_items.tables[("violations", LOOKBACK)] == (after.violations["vio_a"],)
 
 
 def test_a_throttle_lifted_and_applied_again_is_listed_once_at_the_end() -> None:
