@@ -162,6 +162,11 @@ def test_a_file_may_override_a_category() -> None:
         ("[categories.spam]\nsections = []", "categories.spam.sections"),
         ("[categories.spam]\nsections = [9]", "categories.spam.sections"),
         ("[categories.spam]\nsections = [2, 9]", "categories.spam.sections"),
+        ("[categories.spam]\nsections = 2", "categories.spam.sections"),
+        ("[categories.spam]\nsections = [0]", "categories.spam.sections"),
+        ("[categories.spam]\nsections = [8]", "categories.spam.sections"),
+        ("[categories.spam]\nsections = [2.0]", "categories.spam.sections"),
+        ("[categories.spam]\nsections = [true]", "categories.spam.sections"),
         ("[categories.spam]\nrefer_to_authorities = 'yes'", "categories.spam.refer_to_authorities"),
         ("[categories.spam]\ncolour = 'red'", "categories.spam.colour"),
         ("categories = 3", "categories"),
@@ -171,6 +176,15 @@ def test_a_bad_file_names_the_offending_key(text: str, key: str) -> None:
     with pytest.raises(PolicyError) as caught:
         from_toml(text)
     assert key in str(caught.value)
+
+
+@pytest.mark.parametrize("sub", ["default_severity", "floor"])
+def test_an_unknown_severity_is_refused_naming_its_key_and_the_severities(sub: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        from_toml(f"[categories.spam]\n{sub} = 'severe'")
+    assert str(caught.value) == (
+        f"categories.spam.{sub} must be one of low, medium, high, critical, not 'severe'"
+    )
 
 
 def test_the_values_at_each_bound_are_accepted() -> None:
