@@ -10,6 +10,7 @@ from typing import Any
 from unittest import mock
 
 from hypothesis import given, settings
+from test_open_items import carrying
 from test_standing import LOOKBACK, SOR, T0, histories, records, violation
 
 from events import RecordedEvent
@@ -80,6 +81,16 @@ def test_walking_a_long_history_copies_no_state_per_event() -> None:
     assert len(entries) == len(events) == 2000
     assert copied == [0]
     assert entries == list(history_by_copies(events))
+
+
+def test_walking_a_history_carries_what_may_be_open_from_one_event_to_the_next() -> None:
+    """Only the view before the first event looks at whole tables: each later one finds what may
+    be open from the state before (``projections.open_items``), not from every record again."""
+    with carrying() as carried:
+        entries = list(history("acct_1", long_history(20), LOOKBACK))
+    assert len(entries) == 80
+    first = carried.index(next(c for c in carried if c is not None))
+    assert first > 0 and None not in carried[first:]
 
 
 def test_the_diff_names_only_fields_that_changed_but_as_of_and_version() -> None:

@@ -15,8 +15,10 @@ from events import RecordedEvent
 from events.timefmt import format_time
 from projections import aup_events as ev
 from projections.standing import (
+    TABLES,
     Standing,
     StandingState,
+    advance_all,
     apply,
     apply_all,
     fold,
@@ -493,6 +495,29 @@ def test_apply_leaves_its_argument_alone_and_ignores_redelivery() -> None:
     assert apply(after, first) is after
 
 
+def test_advance_notes_the_keys_each_step_changed_as_apply_does() -> None:
+    """``advance`` changes the state it is given, but its tables note, as ``apply``'s copy's do,
+    only what the step changed (``changes_since``: what ``projections.open_items`` carries)."""
+    steps = [records([(violation(f"vio_{i}"), t(i))], start=i) for i in range(3)]
+    copied = [apply_all(StandingState.empty("acct_1"), steps[0])]
+    for step in steps[1:]:
+        copied.append(apply_all(copied[-1], step))
+    advanced = StandingState.from_json(copied[0].to_json())  # plain tables, as from storage
+    for i, step in enumerate(steps[1:], start=1):
+        advanced = advance_all(advanced, step)
+        assert advanced == copied[i]
+        for name in TABLES:
+            changes = advanced.changes_since(copied[i - 1], name)
+            expected = copied[i].changes_since(copied[i - 1], name)
+            assert changes is not None and expected is not None
+            assert (changes.touched, changes.popped, changes.appended) == (
+                expected.touched,
+                expected.popped,
+                expected.appended,
+            )
+        assert list(advanced.violations.touched) == [f"vio_{i}"]
+
+
 def test_apply_refuses_another_accounts_event() -> None:
     (event,) = records([(violation("vio_1"), t())], account_id="acct_2")
     with pytest.raises(ValueError, match="acct_2"):
@@ -518,8 +543,21 @@ def test_fold_ignores_events_recorded_after_as_of() -> None:
     assert (standing.version, standing.status) == (1, "warned")
 
 
-def test_state_json_from_another_schema_is_refused() -> None:
-    data = StandingState.empty("a").to_json() | {"schema": 99}
+def test_from_json_leaves_the_json_it_reads_alone() -> None:
+    steps = [
+        (violation("vio_1"), t()),
+        (ev.RemediationRequested("rem_1", ["vio_1"], ts(7), SOR), t()),
+    ]
+    data = apply_all(StandingState.empty("acct_1"), records(steps)).to_json()
+    kept = json.loads(json.dumps(data))
+    StandingState.from_json(data)
+    assert data == kept  # lists stay lists (the records hold tuples)
+
+
+@pytest.mark.parametrize("schema", [4, 99])
+def test_state_json_from_another_schema_is_refused(schema: int) -> None:
+    """4: the schema before the replaced suspensions kept one ending as its successor began."""
+    data = StandingState.empty("a").to_json() | {"schema": schema}
     with pytest.raises(ValueError, match="schema"):
         StandingState.from_json(data)
 
