@@ -109,6 +109,21 @@ def test_a_lifted_throttle_is_deleted_and_one_applied_again_moves_to_the_end() -
     assert [d["throttle_id"] for d in as_state_json(moved)["throttles"]] == ["thr_2", "thr_1"]
 
 
+def test_a_throttle_lifted_and_applied_again_in_one_append_moves_to_the_end() -> None:
+    sor = {"ground": "AUP §3"}
+    applied = [ev.ThrottleApplied(f"thr_{i}", None, 0.5, None, "a", sor) for i in (1, 2)]
+    base = apply_all(StandingState.empty("acct_1"), records([(e, t()) for e in applied]))
+    again = apply_all(
+        base,
+        records([(ev.ThrottleLifted("thr_1", "done"), t(1)), (applied[0], t(1))], start=2),
+    )
+
+    rows = written(rows_of(base), base, again)
+
+    assert [d["throttle_id"] for d in as_state_json(rows)["throttles"]] == ["thr_2", "thr_1"]
+    assert as_state_json(rows) == tables_json(again)
+
+
 def test_a_state_not_made_from_the_base_by_one_apply_gives_none() -> None:
     first = records([(violation("vio_1"), t())])
     second = records([(violation("vio_2"), t(1))], start=1)
