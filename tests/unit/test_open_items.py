@@ -179,6 +179,15 @@ def test_a_throttle_lifted_and_applied_again_is_listed_once_at_the_end() -> None
         records([(ev.ThrottleLifted("thr_a", "r"), T0), (applied("thr_a"), T0)], start=2),
     )
     assert [t.throttle_id for t in active_throttles(again, T0)] == ["thr_b", "thr_a"]
+    # Applied, lifted and applied again in one batch: after one applied between.
+    steps = [applied("thr_c"), applied("thr_d"), ev.ThrottleLifted("thr_c", "r"), applied("thr_c")]
+    last = apply_all(again, records([(step, T0) for step in steps], start=4))
+    assert [t.throttle_id for t in active_throttles(last, T0)] == [
+        "thr_b",
+        "thr_a",
+        "thr_d",
+        "thr_c",
+    ]
 
 
 def test_instants_before_the_year_1000_whose_texts_do_not_sort_give_the_same_views() -> None:
