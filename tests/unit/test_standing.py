@@ -543,6 +543,18 @@ def test_fold_ignores_events_recorded_after_as_of() -> None:
     assert (standing.version, standing.status) == (1, "warned")
 
 
+def test_what_a_state_found_open_is_not_part_of_its_value() -> None:
+    first = records([(violation("vio_1"), t())])
+    second = records([(violation("vio_2"), t(1))], start=1)
+    seen = apply_all(StandingState.empty("acct_1"), first)
+    view(seen, t(), LOOKBACK)
+    later = apply_all(seen, second)
+    view(later, t(1), LOOKBACK)
+    assert seen.open_items is not None and later.open_base is seen.open_items
+    assert seen == fold_new("acct_1", first)
+    assert later == fold_new("acct_1", first + second)
+
+
 def test_from_json_leaves_the_json_it_reads_alone() -> None:
     steps = [
         (violation("vio_1"), t()),
