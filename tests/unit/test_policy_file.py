@@ -4,6 +4,7 @@ names the key. (Reading the file: ``tests/integration/test_policy_file_loading.p
 from __future__ import annotations
 
 import tomllib
+from dataclasses import FrozenInstanceError
 from datetime import timedelta
 
 import pytest
@@ -52,6 +53,12 @@ def test_the_default_policy_is_policy_md() -> None:
     assert p.sustained_abuse_denials == DenialRule(100, timedelta(minutes=10))
     assert p.termination_after_strikes == 3
     assert p.appeal_window == timedelta(days=20)
+
+
+def test_the_shipped_default_cannot_be_changed_in_place() -> None:
+    """Every ``load_policy(None)`` gives the same ``DEFAULT_POLICY``."""
+    with pytest.raises(FrozenInstanceError):
+        DEFAULT_POLICY.version = "changed"  # type: ignore[misc]
 
 
 # POLICY.md's table of violation categories, without its "what it covers" column.
