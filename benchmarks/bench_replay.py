@@ -410,7 +410,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument(
-        "--pg-url", default=os.environ.get("ENFORCEMENT_TEST_PG_URL", DEFAULT_PG_URL)
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
+        help="PostgreSQL server (default $BENCH_PG_URL or %(default)s: the Debian cluster, fsync "
+        "on, as the other benchmarks; not the tests' own server, which runs without fsync)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where the SQLite file goes")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (best kept)")
