@@ -48,6 +48,7 @@ from events.postgres_connections import (
     end_session,
     session_pid,
     through_pooler,
+    transaction_failed,
 )
 from events.sqlite_connections import (
     DATABASE_FILE_MODE,
@@ -88,6 +89,7 @@ __all__ = [
     "storage_full",
     "take_append_lock",
     "through_pooler",
+    "transaction_failed",
     "unanswered",
     "wrap_driver_error",
     "write_connection",

@@ -236,6 +236,20 @@ def session_pid(driver: DriverConnection) -> int | None:
     return pid
 
 
+# psycopg.pq.TransactionStatus.INERROR, written out: importing psycopg costs SQLite a tenth of a
+# second.
+_IN_FAILED_TRANSACTION = 3
+
+
+def transaction_failed(driver: DriverConnection) -> bool:
+    """Whether the PostgreSQL transaction on this connection failed (an error, caught or not):
+    only a rollback can end it, and PostgreSQL answers its COMMIT with ROLLBACK. Without a round
+    trip; False on SQLite, which aborts no transaction for a failed statement."""
+    if driver.dialect.name != "postgresql":
+        return False
+    return bool(driver.dbapi_connection.info.transaction_status == _IN_FAILED_TRANSACTION)
+
+
 # How long ``end_session`` waits for a server process to end.
 END_SESSION_TIMEOUT_MS = 10_000
 

@@ -127,18 +127,11 @@ class Write:
         if self.after_append is not None:
             assert conn is not None
             self.after_append(conn, [e for batch in recorded for e in batch])
-            if sql.postgres and _aborted(driver):
-                # An error ``after_append`` caught: PostgreSQL would answer COMMIT with ROLLBACK,
-                # and the append be reported recorded (as ``write_pipelined`` checks too).
+            if dialects.transaction_failed(driver):
+                # An error ``after_append`` caught: the commit would be a rollback, and the
+                # append be reported recorded (as ``write_pipelined`` checks too).
                 raise StoreError("the append's transaction was rolled back")
         return recorded
-
-
-def _aborted(driver: dialects.DriverConnection) -> bool:
-    """Whether the transaction on ``driver`` (psycopg) failed: only a rollback can end it."""
-    from psycopg.pq import TransactionStatus
-
-    return bool(driver.dbapi_connection.info.transaction_status == TransactionStatus.INERROR)
 
 
 class DuplicateIdempotencyKey(StoreError):
