@@ -8,10 +8,8 @@ and delivery workers record, so that replays and reports meet every kind of even
 from __future__ import annotations
 
 import inspect
-import os
 import random
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from enforcement.service import Actor
 from events.timefmt import format_time
 from projections import aup_events as ev
 from projections.standing import active_suspension, remediation_is_open
+from tests.conftest import create_pg_database, drop_pg_database
 
 WORKER = Actor(name="worker:notices", correlation_id="corr-delivery", source="worker")
 MINOR = ["spam", "ip_infringement", "disinformation", "impersonation", "safety_probing"]
@@ -142,24 +141,6 @@ def deliver_notices(system: Container, account: str) -> None:
 # --------------------------------------------------------------------------- shared databases
 
 
-def pg_admin_url() -> str:
-    """As ``tests/conftest.py``: the PostgreSQL test server's maintenance database."""
-    default = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
-    return os.environ.get("ENFORCEMENT_TEST_PG_URL", default)
-
-
-def _pg_admin(statement: str) -> None:
-    engine = sa.create_engine(sa.make_url(pg_admin_url()), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(statement)
-    engine.dispose()
-
-
-def _pg_database(name: str) -> str:
-    url = sa.make_url(pg_admin_url()).set(database=name)
-    return url.render_as_string(hide_password=False)
-
-
 @dataclass
 class Template:
     """A populated, migrated database that tests copy rather than rebuild (population is slow)."""
@@ -176,8 +157,7 @@ class Template:
         if backend == "sqlite":
             url = f"sqlite:///{directory / 'template.db'}"
         else:
-            url = _pg_database(f"enf_tmpl_{uuid.uuid4().hex[:12]}")
-            _pg_admin(f'CREATE DATABASE "{sa.make_url(url).database}"')
+            url = create_pg_database()
         upgrade(url)
         clock = FakeClock()
         with open_system(url, clock) as system:
@@ -190,15 +170,12 @@ class Template:
             target = directory / "copy.db"
             shutil.copyfile(sa.make_url(self.url).database or "", target)
             return f"sqlite:///{target}"
-        name = f"enf_copy_{uuid.uuid4().hex[:12]}"
-        _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{sa.make_url(self.url).database}"')
-        return _pg_database(name)
+        return create_pg_database(template=sa.make_url(self.url).database)
 
     def discard(self, url: str | None = None) -> None:
         """Drop a copy (or, without ``url``, the template itself) on PostgreSQL."""
         if self.backend == "postgres":
-            name = sa.make_url(url or self.url).database
-            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_pg_database(url or self.url)
 
 
 @contextmanager
