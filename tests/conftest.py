@@ -130,7 +130,7 @@ class MigratedTemplates:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.postgres_template: str | None = None
+        self.postgres_template: str | None = None  # its URL
 
     def sqlite(self, target: Path) -> str:
         template = self.directory / "migrated.db"
@@ -141,15 +141,14 @@ class MigratedTemplates:
 
     def postgres(self) -> str:
         if self.postgres_template is None:
-            url = create_pg_database()
-            upgrade(url)  # its engine disposed: no session left that would refuse the copies
-            self.postgres_template = sa.make_url(url).database
-        return create_pg_database(template=self.postgres_template)
+            self.postgres_template = create_pg_database()
+            # Its engine disposed after: no session left that would refuse the copies.
+            upgrade(self.postgres_template)
+        return create_pg_database(template=sa.make_url(self.postgres_template).database)
 
     def close(self) -> None:
         if self.postgres_template is not None:
-            admin = sa.make_url(pg_admin_url())
-            drop_pg_database(admin.set(database=self.postgres_template).render_as_string(False))
+            drop_pg_database(self.postgres_template)
 
 
 @pytest.fixture(scope="session")
