@@ -23,14 +23,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from enforcement.gate import EmbeddedGate, Gate, GateDecision, RedisGate
+from enforcement.gate import EmbeddedGate, Gate, GateDecision
 from enforcement.policy import (
     Policy,
     ViolationReport,
     abuse_report_open,
     sustained_abuse_due,
 )
-from enforcement.redis_client import bounded_client
 from enforcement.service import Actor, Clock, EnforcementService, request_fingerprint
 from enforcement.settings import Settings
 from enforcement.workers.relay import GATE_EVENTS
@@ -68,6 +67,8 @@ def build_gate(settings: Settings, policy: Policy, clock: Callable[[], float] = 
     ends in the gate when it ends for them)."""
     options = _gate_options(settings, policy)
     if settings.redis_url:
+        from enforcement.gate import RedisGate  # redis-py only when it is used
+
         return RedisGate.from_url(settings.redis_url, settings.redis_timeout_ms / 1000, **options)
     return EmbeddedGate(clock=clock, relearn_s=EMBEDDED_RELEARN_S, **options)
 
@@ -75,7 +76,12 @@ def build_gate(settings: Settings, policy: Policy, clock: Callable[[], float] = 
 def build_push_gate(settings: Settings, policy: Policy, gate: Gate) -> Gate:
     """The gate ``GatePush`` writes to: ``gate`` itself in process; on Redis the same store
     through a client of its own whose commands give up after ``PUSH_TIMEOUT_S``."""
-    if not isinstance(gate, RedisGate) or not settings.redis_url:
+    if not settings.redis_url:
+        return gate
+    from enforcement.gate import RedisGate
+    from enforcement.redis_client import bounded_client
+
+    if not isinstance(gate, RedisGate):
         return gate
     client = bounded_client(settings.redis_url, PUSH_TIMEOUT_S, retries=0)
     return RedisGate(client, owns_client=True, **_gate_options(settings, policy))

@@ -17,6 +17,8 @@ Redis has lost is allowed until the workers tell it again.
 (checks) and ``GateState`` (updates from the event log, versioned and idempotent).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from enforcement.gate.base import (
     DEFAULT_DENIAL_COUNT,
     DEFAULT_DENIAL_WINDOW_S,
@@ -30,7 +32,22 @@ from enforcement.gate.base import (
 )
 from enforcement.gate.decision import DenialStats, GateDecision, Reason, format_duration
 from enforcement.gate.embedded import Clock, EmbeddedGate
-from enforcement.gate.redis_gate import DEFAULT_STATE_TTL_S, RedisGate
+
+if TYPE_CHECKING:
+    from enforcement.gate.redis_gate import DEFAULT_STATE_TTL_S, RedisGate
+
+# ``RedisGate`` is imported on first use: redis-py takes about 70 ms to import, which every CLI
+# command paid, embedded or not, for a gate it never builds.
+_LAZY = {"RedisGate", "DEFAULT_STATE_TTL_S"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from enforcement.gate import redis_gate
+
+        return getattr(redis_gate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_DENIAL_COUNT",

@@ -370,6 +370,18 @@ def test_a_sqlite_uri_filename_is_a_file_too(tmp_path: Path) -> None:
     assert not absent.exists()
 
 
+def test_the_commands_that_read_the_log_do_not_import_redis(sqlite_url: str) -> None:
+    """redis-py costs about a fifth of a CLI command's CPU to import; a command that builds no
+    Redis gate (no ``ENFORCEMENT_REDIS_URL``) does not pay for it."""
+    upgrade(sqlite_url)
+    for args in (("standing", "acct_1"), ("history", "acct_1"), ("verify",)):
+        result = run_cli(sqlite_url, *args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert result.returncode == 0, (args, result.stderr)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+        assert "sqlalchemy" in imported  # the import times were written
+        assert not {name for name in imported if name.split(".")[0] == "redis"}, args
+
+
 @pytest.mark.postgres
 def test_serve_refuses_credentials_or_a_database_that_waiting_will_not_mend(pg_url: str) -> None:
     """A refused password or a database that does not exist: exit 2 at once. (A server that
