@@ -10,8 +10,10 @@ the write path stores inline.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from itertools import groupby
@@ -140,7 +142,8 @@ class StandingsProjection:
     def rebuild_streams(self, conn: Connection, first: str, last: str, up_to: int) -> int:
         """Rewrite the rows of the accounts ``first`` to ``last`` (in id order, inclusive) from
         their events at or below position ``up_to``."""
-        return self.write_folded(conn, fold_streams(conn, first, last, up_to))
+        with _cycles_uncollected():
+            return self.write_folded(conn, fold_streams(conn, first, last, up_to))
 
     def fold_job(self, first: str, last: str, up_to: int) -> Callable[[], FoldedStreams]:
         """``fold_streams`` of the range as a picklable call, for another process: it opens
@@ -177,6 +180,24 @@ def fold_streams(conn: Connection, first: str, last: str, up_to: int) -> FoldedS
     return FoldedStreams(first, last, folded, StoredRows.of(rebuilt))
 
 
+@contextmanager
+def _cycles_uncollected() -> Iterator[None]:
+    """The cyclic garbage collector paused while a batch is folded (and, in one process,
+    written). A batch makes hundreds of thousands of containers (rows, decoded payloads,
+    records), each freed by its reference count when the batch is done: the collector, which
+    their allocations set off every few hundred, walked the live ones again and again for no
+    garbage (0.2 s of a 3.5 s rebuild of 200,000 events, in about 500 passes). Whatever cycle a
+    batch leaves is collected once the collector runs again after it; a collector the caller
+    had paused stays paused."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 _WORKER_ENGINES: dict[str, sa.Engine] = {}
 
 
@@ -185,7 +206,7 @@ def _fold_in_worker(url: str, first: str, last: str, up_to: int) -> FoldedStream
     engine = _WORKER_ENGINES.get(url)
     if engine is None:
         engine = _WORKER_ENGINES[url] = dialects.create_engine(url)
-    with engine.connect() as conn, conn.begin():
+    with engine.connect() as conn, conn.begin(), _cycles_uncollected():
         return fold_streams(conn, first, last, up_to)
 
 

@@ -9,6 +9,7 @@ reflect it; concurrent appenders and runners never make a projection skip or rep
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -179,6 +180,33 @@ def test_a_crash_during_a_rebuild_resumes_to_the_same_rows(system: Container) ->
     assert all_stored_rows(system) == inline
     assert resumed.checkpoint == head(system)
     assert resumed.streams == len(inline) - 2 * 2  # two batches of two were already rebuilt
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_a_fold_leaves_the_cycle_collector_as_it_found_it(
+    system: Container, monkeypatch: pytest.MonkeyPatch, collecting: bool
+) -> None:
+    """A batch is folded with the cycle collector paused (``runner._cycles_uncollected``), which
+    runs again after it, even when a stream's fold fails; one its caller had paused stays so."""
+    folded = 0
+
+    def fold_new(account_id: str, events: Sequence[Any]) -> StandingState:
+        nonlocal folded
+        assert not gc.isenabled()
+        folded += 1
+        if folded == 3:
+            raise Crash
+        return apply_all(StandingState.empty(account_id), events)
+
+    monkeypatch.setattr(runner, "fold_new", fold_new)
+    (gc.enable if collecting else gc.disable)()
+    try:
+        with pytest.raises(Crash):
+            rebuild_standings(system.store, system.standings)
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+    assert folded == 3
 
 
 def test_a_crash_inside_a_page_rolls_the_page_back(
