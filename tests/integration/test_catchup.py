@@ -252,11 +252,13 @@ def test_a_crash_inside_a_page_rolls_the_page_back(
 
 
 def test_catch_up_applies_what_the_write_path_did_not(system: Container) -> None:
+    assert runner_for(system).pending() == head(system)
     first = runner_for(system, page_size=5).run()  # rows are current: nothing changes
     assert first.checkpoint == head(system) and all_stored_rows(system) == folded_rows(system)
     account = sorted(all_stored_rows(system))[0]
     append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "approved"))
     assert all_stored_rows(system) != folded_rows(system)
+    assert runner_for(system).pending() == 1
 
     second = runner_for(system, page_size=5).run()
 
