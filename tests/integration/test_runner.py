@@ -23,6 +23,7 @@ from enforcement.bootstrap import Container
 from enforcement.policy import ViolationReport
 from projections.runner import rebuild_standings
 from projections.standing import StandingState
+from projections.stored import replace_range
 from projections.tables import standings
 
 ACCOUNTS = [f"acct_{n:02d}" for n in range(9)]
@@ -89,6 +90,8 @@ def test_a_rebuild_after_losing_and_corrupting_rows_writes_the_inline_rows_again
         conn.execute(
             standings.update().where(standings.c.account_id == ACCOUNTS[8]).values(version=10_000)
         )
+        # A row of no stream (say, left by a restore of the log alone): the rebuild deletes it.
+        replace_range(conn, "acct_ghost", "acct_ghost", [StandingState.empty("acct_ghost")])
     assert all_stored_rows(system) != inline
 
     progress: list[tuple[int, int]] = []
@@ -113,13 +116,23 @@ def test_rebuilding_one_account_rewrites_only_its_row(system: Container) -> None
     with system.engine.begin() as conn:
         conn.execute(standings.delete().where(standings.c.account_id.in_(ACCOUNTS[:2])))
 
-    stats = rebuild_standings(system.store, system.standings, account=ACCOUNTS[1], page_size=5)
+    progress: list[tuple[int, int]] = []
+    stats = rebuild_standings(
+        system.store,
+        system.standings,
+        account=ACCOUNTS[1],
+        page_size=5,
+        progress=lambda d, t: progress.append((d, t)),
+    )
 
     rows = all_stored_rows(system)
     assert ACCOUNTS[0] not in rows
     assert rows[ACCOUNTS[1]] == inline[ACCOUNTS[1]]
     assert stats.accounts == 1
     assert stats.events == len(system.store.read_stream(ACCOUNTS[1]))
+    assert progress == [(stats.events, stats.events)]
+    nobody = rebuild_standings(system.store, system.standings, account="acct_nobody")
+    assert (nobody.accounts, nobody.events) == (0, 0)
     # The write path also repairs a missing row: the load folds the whole stream.
     with system.engine.connect() as conn:
         count = conn.execute(sa.select(sa.func.count()).select_from(standings)).scalar_one()
@@ -133,3 +146,5 @@ def test_a_rebuild_of_an_empty_log_writes_nothing(database_url: str, clock: Fake
         stats = rebuild_standings(system.store, system.standings)
         assert (stats.accounts, stats.events) == (0, 0)
         assert all_stored_rows(system) == {}
+        with system.engine.connect() as conn:  # the first event to come is still to apply
+            assert system.store.get_checkpoint(conn, "standings") == 0
