@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -36,7 +36,7 @@ from enforcement.migrations import upgrade
 from events import EventStore, NewEvent, RecordedEvent, create_engine
 from projections import aup_events as ev
 from projections import runner
-from projections.catchup import CatchUpRunner
+from projections.catchup import CatchUpRunner, Progress
 from projections.runner import StandingsProjection, rebuild_standings
 from projections.standing import StandingState, apply_all
 from projections.tables import standings
@@ -110,6 +110,19 @@ def append_without_projection(system: Container, account: str, *payloads: Any) -
     system.store.append(account, None, events)
 
 
+def at_call(n: int, action: Callable[[], None]) -> Progress:
+    """A progress callback that does ``action`` at its ``n``-th call (the first is the start)."""
+    calls = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            action()
+
+    return progress
+
+
 # --------------------------------------------------------------------------- rebuild
 
 
@@ -124,6 +137,18 @@ def test_a_rebuild_writes_exactly_the_inline_rows(system: Container) -> None:
     assert stats.accounts == len(inline)
     assert stats.events == head(system)
     assert runner_for(system).checkpoint() == head(system)
+
+
+def test_a_rebuild_finds_streams_of_one_event_whatever_their_ids(system: Container) -> None:
+    """A pass finds the streams by their first event, from the first id (digits and capitals
+    sort before the populated ``acct_...``)."""
+    for account in ("0_first", "ACCT_1"):
+        append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "ok"))
+
+    stats = rebuild_standings(system.store, system.standings)
+
+    assert all_stored_rows(system) == folded_rows(system)
+    assert stats.accounts == len(folded_rows(system))
 
 
 def test_rebuilding_one_account_rewrites_only_its_row(system: Container) -> None:
@@ -143,16 +168,23 @@ def test_events_appended_during_a_rebuild_are_caught_up(system: Container) -> No
     accounts = sorted(all_stored_rows(system))
     appended = []
 
+    progress_seen: list[tuple[int, int]] = []
+
     def progress(done: int, total: int) -> None:
+        progress_seen.append((done, total))
         if len(appended) < 3:  # a writer that does not maintain the standings, mid-rebuild
             account = accounts[len(appended) * 3]
             append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "ok"))
             appended.append(account)
 
-    runner_for(system, streams_per_batch=2).rebuild(progress)
+    stats = runner_for(system, streams_per_batch=2).rebuild(progress)
 
     assert all_stored_rows(system) == folded_rows(system)
     assert runner_for(system).checkpoint() == head(system)
+    # The pass rebuilt every stream; the page after it applied the appended events, which the
+    # progress counts beyond the total it began with.
+    assert (stats.events, stats.streams) == (head(system), len(accounts))
+    assert progress_seen[-1] == (head(system), head(system))
 
 
 # --------------------------------------------------------------------------- crashes
@@ -180,6 +212,24 @@ def test_a_crash_during_a_rebuild_resumes_to_the_same_rows(system: Container) ->
     assert all_stored_rows(system) == inline
     assert resumed.checkpoint == head(system)
     assert resumed.streams == len(inline) - 2 * 2  # two batches of two were already rebuilt
+
+
+def test_a_rebuild_after_an_interrupted_one_starts_again_from_the_first_stream(
+    system: Container,
+) -> None:
+    inline = all_stored_rows(system)
+
+    def crash() -> None:
+        raise Crash
+
+    with pytest.raises(Crash):  # after the start and two batches of two streams
+        runner_for(system, streams_per_batch=2).rebuild(at_call(3, crash))
+    damage(system)  # the rows of streams that the interrupted pass had already rebuilt
+
+    stats = runner_for(system, streams_per_batch=2).rebuild()
+
+    assert all_stored_rows(system) == inline
+    assert stats.streams == len(inline)
 
 
 @pytest.mark.parametrize("collecting", [True, False])
@@ -251,7 +301,9 @@ def test_a_crash_inside_a_page_rolls_the_page_back(
 # --------------------------------------------------------------------------- catch-up
 
 
-def test_catch_up_applies_what_the_write_path_did_not(system: Container) -> None:
+def test_catch_up_applies_what_the_write_path_did_not(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert runner_for(system).pending() == head(system)
     first = runner_for(system, page_size=5).run()  # rows are current: nothing changes
     assert first.checkpoint == head(system) and all_stored_rows(system) == folded_rows(system)
@@ -260,23 +312,41 @@ def test_catch_up_applies_what_the_write_path_did_not(system: Container) -> None
     assert all_stored_rows(system) != folded_rows(system)
     assert runner_for(system).pending() == 1
 
+    reads: list[str] = []
+    real = EventStore.read_stream
+    monkeypatch.setattr(
+        EventStore, "read_stream", lambda self, a, **kw: reads.append(a) or real(self, a, **kw)
+    )
     second = runner_for(system, page_size=5).run()
+    monkeypatch.undo()
 
     assert second.events == 1
+    assert reads == []  # the page is applied to the stored row, which it trusts
     assert all_stored_rows(system) == folded_rows(system)
     assert runner_for(system, page_size=5).run().events == 0
 
 
 def test_a_missing_row_is_recomputed_from_the_log(system: Container) -> None:
+    append_without_projection(system, "acct_short", ev.AdultContentApprovalChanged(True, "ok"))
     runner_for(system).run()
-    account = sorted(all_stored_rows(system))[0]
+    # Two rows lost: one of a long stream, one whose next event is its stream's second.
+    lost = [sorted(all_stored_rows(system))[0], "acct_short"]
     with system.engine.begin() as conn:
-        conn.execute(standings.delete().where(standings.c.account_id == account))
-    append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "approved"))
+        conn.execute(standings.delete().where(standings.c.account_id.in_(lost)))
+    for account in lost:  # an event that leaves the approval as the first one set it
+        append_without_projection(system, account, ev.NoticeDelivered("ntc_1", "evt_1", "email", 2))
 
     runner_for(system).run()
 
     assert all_stored_rows(system) == folded_rows(system)
+
+
+def test_a_projection_gets_its_checkpoint_beside_another_ones(system: Container) -> None:
+    ledger = PositionLedger()
+    ledger.table.create(system.engine)
+    assert runner_for(system).run().checkpoint == head(system)
+
+    assert CatchUpRunner(system.store, ledger).run().checkpoint == head(system)
 
 
 # --------------------------------------------------------------------------- exactly once
@@ -336,7 +406,8 @@ def test_concurrent_appends_and_runners_apply_every_event_exactly_once(system: C
         applied = sorted(conn.execute(sa.select(ledger.table.c.position)).scalars())
     assert applied == list(range(1, head(system) + 1))
 
-    rebuilt = CatchUpRunner(system.store, ledger).rebuild()  # a plain projection: reset + replay
+    # A plain projection: reset and replay, in this process whatever the jobs.
+    rebuilt = CatchUpRunner(system.store, ledger, jobs=2, parallel_min_events=0).rebuild()
     assert rebuilt.events == head(system) and rebuilt.checkpoint == head(system)
 
 
@@ -356,6 +427,7 @@ def test_an_append_in_flight_is_never_passed_over(pg_url: str) -> None:
     store.append("acct_x", None, [NewEvent("Noted", {}, T0)])
     runner = CatchUpRunner(store, ledger)
     assert runner.run().checkpoint == 1
+    assert runner.pending() == 0
     inserted, release = threading.Event(), threading.Event()
 
     def hold(conn: Connection, recorded: list[RecordedEvent]) -> None:
@@ -397,6 +469,14 @@ def test_an_append_in_flight_is_never_passed_over(pg_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("size", ["page_size", "streams_per_batch", "jobs"])
+def test_a_runner_needs_sizes_of_at_least_one(size: str) -> None:
+    store = cast(EventStore, None)  # not read until the runner runs
+    CatchUpRunner(store, PositionLedger(), **{size: 1})
+    with pytest.raises(ValueError, match="must be at least 1"):
+        CatchUpRunner(store, PositionLedger(), **{size: 0})
+
+
 # --------------------------------------------------------------------------- parallel rebuild
 
 
@@ -413,16 +493,96 @@ def count_parallel_folds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str
     return ranges
 
 
+def test_a_parallel_pass_overtaken_by_another_rebuild_writes_nothing(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another runner rebuilds from zero (a new horizon, the cursor back at 0) while the parallel
+    pass folds: the batches it folded up to the old horizon are never written."""
+    real = StandingsProjection.fold_job
+    overtaken: list[str] = []
+
+    def fold_job(self: StandingsProjection, first: str, last: str, up_to: int) -> Any:
+        if not overtaken:
+            overtaken.append(first)
+            append_without_projection(system, first, ev.AdultContentApprovalChanged(True, "ok"))
+            runner_for(system).rebuild()  # in this process: no fold job
+        return real(self, first, last, up_to)
+
+    monkeypatch.setattr(StandingsProjection, "fold_job", fold_job)
+    stats = runner_for(system, streams_per_batch=2, jobs=2, parallel_min_events=0).rebuild()
+
+    assert overtaken and all_stored_rows(system) == folded_rows(system)
+    assert stats.checkpoint == head(system)
+
+
+def count_folds_in_process(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record each range a runner folds in its own process (``step``)."""
+    ranges: list[tuple[str, str]] = []
+    real = StandingsProjection.rebuild_streams
+
+    def rebuild_streams(
+        self: StandingsProjection, conn: Connection, first: str, last: str, up_to: int
+    ) -> int:
+        ranges.append((first, last))
+        return real(self, conn, first, last, up_to)
+
+    monkeypatch.setattr(StandingsProjection, "rebuild_streams", rebuild_streams)
+    return ranges
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_one_job_or_a_pass_below_parallel_min_events_folds_in_this_process(
+    system: Container, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    ranges = count_parallel_folds(monkeypatch)
+    min_events = 0 if jobs == 1 else head(system) + 1  # one job: whatever the pass
+
+    runner_for(system, jobs=jobs, parallel_min_events=min_events).rebuild()
+
+    assert ranges == []
+    assert all_stored_rows(system) == folded_rows(system)
+
+
+@pytest.mark.parametrize("moved_after", [1, 6])
+def test_a_parallel_pass_stops_where_another_runner_moved_it(
+    system: Container, monkeypatch: pytest.MonkeyPatch, moved_after: int
+) -> None:
+    """Another runner's step between two writes of a parallel pass (one batch a stream: the
+    first writes come while batches are still being queued, the last ones after): the parallel
+    pass stops and leaves the rest to ``step``, which finishes it."""
+    inline = all_stored_rows(system)
+    damage(system)
+    in_process = count_folds_in_process(monkeypatch)
+
+    def another_runner_steps() -> None:
+        assert runner_for(system, streams_per_batch=1).step() is not None
+
+    # After the start and ``moved_after`` batches.
+    stats = runner_for(system, streams_per_batch=1, jobs=2, parallel_min_events=0).rebuild(
+        at_call(1 + moved_after, another_runner_steps)
+    )
+
+    assert all_stored_rows(system) == inline
+    assert stats.checkpoint == head(system)
+    # The parallel pass wrote ``moved_after`` batches; the other runner's step and ours the rest.
+    assert len(in_process) == len(inline) - moved_after
+
+
 def test_a_rebuild_folded_in_worker_processes_writes_exactly_the_inline_rows(
     system: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inline = all_stored_rows(system)
     damage(system)
     ranges = count_parallel_folds(monkeypatch)
+    in_process = count_folds_in_process(monkeypatch)
 
-    stats = runner_for(system, streams_per_batch=2, jobs=2, parallel_min_events=0).rebuild()
+    # A pass of exactly ``parallel_min_events`` is folded in processes; 9 streams, 3 batches.
+    stats = runner_for(
+        system, streams_per_batch=3, jobs=2, parallel_min_events=head(system)
+    ).rebuild()
 
-    assert len(ranges) == (len(inline) + 1) // 2  # every batch was folded by a worker
+    assert len(ranges) == len(inline) // 3  # every batch was folded by a worker
+    assert in_process == []  # and written by the parallel pass, none left to ``step``
     assert all_stored_rows(system) == inline
     assert (stats.streams, stats.events, stats.checkpoint) == (
         len(inline),
