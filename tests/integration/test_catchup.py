@@ -39,6 +39,7 @@ from projections import runner
 from projections.catchup import CatchUpRunner, Progress
 from projections.runner import StandingsProjection, rebuild_standings
 from projections.standing import StandingState, apply_all
+from projections.stored import replace_range
 from projections.tables import standings
 
 Rows = dict[str, tuple[int, dict[str, Any]]]
@@ -326,14 +327,19 @@ def test_catch_up_applies_what_the_write_path_did_not(
     assert runner_for(system, page_size=5).run().events == 0
 
 
-def test_a_missing_row_is_recomputed_from_the_log(system: Container) -> None:
-    append_without_projection(system, "acct_short", ev.AdultContentApprovalChanged(True, "ok"))
+def test_a_missing_or_stale_row_is_recomputed_from_the_log(system: Container) -> None:
+    stale = sorted(all_stored_rows(system))[1]
+    for account in ("acct_short", stale):
+        append_without_projection(system, account, ev.AdultContentApprovalChanged(True, "ok"))
     runner_for(system).run()
-    # Two rows lost: one of a long stream, one whose next event is its stream's second.
+    # Two rows lost: one of a long stream, one whose next event is its stream's second; and
+    # one a version behind (it misses the approval).
     lost = [sorted(all_stored_rows(system))[0], "acct_short"]
+    behind = apply_all(StandingState.empty(stale), system.store.read_stream(stale)[:-1])
     with system.engine.begin() as conn:
         conn.execute(standings.delete().where(standings.c.account_id.in_(lost)))
-    for account in lost:  # an event that leaves the approval as the first one set it
+        replace_range(conn, stale, stale, [behind])
+    for account in [*lost, stale]:  # an event that leaves the approval as it was
         append_without_projection(system, account, ev.NoticeDelivered("ntc_1", "evt_1", "email", 2))
 
     runner_for(system).run()
