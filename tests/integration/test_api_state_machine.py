@@ -1,0 +1,742 @@
+"""The whole HTTP API driven as clients drive it, one request after another, against a model of
+what CONTRACT.md promises (a Hypothesis state machine on one in-process app and a fresh SQLite
+system per example, under a fake clock).
+
+The steps: violations reported (with an Idempotency-Key or none, replays of an earlier request,
+a key reused with another body, bodies that are refused), batches of good and bad items,
+operator commands (suspend, reinstate, terminate, throttle, lift, dismiss, complete), appeals
+against decisions read from the events feed and their decisions, time passing, and reads of
+standing (now and ``as_of``), the events feed and an account's history; each with a token of
+the right role, or of a wrong one, an unknown one or none.
+
+After each step, for every account: its history is the global feed's events of it, verifies
+with tests/auditor.py (versions 1..N, the hash chain) and ``verify`` says so; its standing is
+the fold of that history (``projections.standing.fold`` over the events decoded from the API's
+JSON; the policy's independent reference, ``tests/unit/policy_reference.py``, decides
+operations, not recorded events, so it cannot read them). Each request: an error has the
+contract's body and wrote nothing (the global feed unchanged); a success wrote what it answers
+and nothing else; a replay answers 200 with the first answer (its standing the current one,
+README: "200 with the first answer's events") and writes nothing; a reused key is a 409.
+
+A few seconds in the suite; API_MACHINE_EXAMPLES=150 API_MACHINE_STEPS=40 searches longer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from api_support import ApiSystem, api_system, bodies, content_types
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from test_service_support import FakeClock
+
+from enforcement.policy import CATEGORIES
+from enforcement.roles import Role
+from events import RecordedEvent
+from events.timefmt import format_time, parse_time
+from projections.standing import fold
+from tests.auditor import ZERO_HASH, check_chains
+from tests.conftest import MigratedTemplates
+
+EXAMPLES = int(os.environ.get("API_MACHINE_EXAMPLES", "10"))
+STEPS = int(os.environ.get("API_MACHINE_STEPS", "25"))
+
+ACCOUNTS = ("acct_a", "acct_b")
+KEYS = ("k1", "k2", "k3")  # a small pool: keys come back, with the same request or another
+UNKNOWN_ID = "xyz_00000000000000000000000000000000"
+# Who may do what (CONTRACT.md, "Auth and roles").
+REPORTERS = (Role.REPORTER, Role.OPERATOR, Role.ADMIN)
+OPERATORS = (Role.OPERATOR, Role.ADMIN)
+READERS = (Role.OPERATOR, Role.AUDITOR, Role.ADMIN)
+STANDING_READERS = (*READERS, Role.GATEWAY)
+BAD_TOKEN = "bad token"
+# The decisions an appeal may target (POLICY.md).
+DECISIONS = ("AccountSuspended", "ThrottleApplied", "AccountTerminated", "RemediationRequested")
+Caller = Role | str | None  # a role's token, BAD_TOKEN, or no Authorization header
+Signature = tuple[str, ...]  # what makes two requests under one key the same request
+
+
+def callers(allowed: tuple[Role, ...]) -> st.SearchStrategy[Caller]:
+    """Mostly a role that may, now and then any other caller."""
+    return st.sampled_from([*allowed * 4, *Role, BAD_TOKEN, None])
+
+
+def denial(caller: Caller, allowed: tuple[Role, ...]) -> int | None:
+    if caller is None or caller == BAD_TOKEN:
+        return 401
+    return None if caller in allowed else 403
+
+
+def check_error(response: httpx.Response) -> None:
+    """CONTRACT.md, "Errors": ``{"error": {"code", "message", "details"}}``."""
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert list(body) == ["error"], body
+    error = body["error"]
+    assert sorted(error) == ["code", "details", "message"], body
+    assert re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*", error["code"]), body
+    assert isinstance(error["message"], str) and error["message"], body
+    if response.status_code == 422:
+        assert isinstance(error["details"], list) and error["details"], body
+        assert all({"field", "message"} <= set(item) for item in error["details"]), body
+
+
+def decoded(event: dict[str, Any]) -> RecordedEvent:
+    """An event of the API's JSON as the log holds it."""
+    times = {name: parse_time(event[name]) for name in ("occurred_at", "recorded_at")}
+    return RecordedEvent(**{**event, **times})
+
+
+def without_standing(answer: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in answer.items() if name != "standing"}
+
+
+def canonical(document: Any) -> str:
+    return json.dumps(document, sort_keys=True)
+
+
+@st.composite
+def violations(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid report with no field written at its default (a default written out is the
+    same request as it left out: a signature of our own would tell them apart)."""
+    body = {
+        "account_id": draw(st.sampled_from(ACCOUNTS)),
+        "category": draw(st.sampled_from(["spam", "phishing", "csam", *sorted(CATEGORIES)])),
+    }
+    severity = draw(st.sampled_from([None, "low", "medium", "high", "critical"]))
+    if severity is not None:
+        body["severity"] = severity
+    if draw(st.booleans()):
+        body["description"] = draw(st.sampled_from(["bulk mail", "again"]))
+    return body
+
+
+@st.composite
+def keyed_violations(draw: st.DrawFn) -> dict[str, Any]:
+    """A batch item with its own key."""
+    return {**draw(violations()), "idempotency_key": draw(st.sampled_from(KEYS))}
+
+
+@st.composite
+def command_bodies(draw: st.DrawFn) -> tuple[str, str, Any]:
+    """(method, path after the account's, body) of a command that needs no id. No field
+    is written at its default (``notify: true``, ``factor: 0.25``, ``until: null``)."""
+    kind = draw(st.sampled_from(["suspend", "reinstate", "terminate", "throttle"]))
+    body: dict[str, Any] = {"reason": draw(st.sampled_from(["review", "abuse"]))}
+    days = draw(st.sampled_from([None, 1, 10]))
+    if kind in ("suspend", "terminate", "throttle") and draw(st.booleans()):
+        body["notify"] = False
+    if kind == "suspend" and days is not None:
+        body["until"] = days
+    if kind == "throttle":
+        body["factor"] = draw(st.sampled_from([0.5, 0.1]))
+        if days is not None:
+            body["expires_at"] = days
+        return "POST", "throttles", body
+    return "POST", kind, body
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    caller: Caller
+    body: Any = None  # a JSON document, or bytes sent as they are
+    key: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """An earlier write sent with a key, which may be sent again."""
+
+    request: Request
+    allowed: tuple[Role, ...]
+    signature: Signature
+    account: str
+
+
+class ApiMachine(RuleBasedStateMachine):
+    templates: MigratedTemplates  # set by the test
+    directory: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack = ExitStack()
+        directory = self.stack.enter_context(tempfile.TemporaryDirectory(dir=self.directory))
+        self.clock = FakeClock()
+        url = self.templates.sqlite(Path(directory) / "enforcement.db")
+        self.api: ApiSystem = self.stack.enter_context(api_system(url, self.clock))
+        self.events: list[dict[str, Any]] = []  # the global feed, as read so far
+        self.touched: set[str] = set()  # accounts to check after this step
+        # Each key recorded: the request that recorded it and the first answer.
+        self.keys: dict[str, tuple[Keyed, dict[str, Any]]] = {}
+        self.keyed: list[Keyed] = []  # every request sent with a key
+
+    def teardown(self) -> None:
+        self.stack.close()
+
+    # ------------------------------------------------------------ sending and reading
+
+    def headers(self, caller: Caller) -> dict[str, str]:
+        if caller is None:
+            return {}
+        token = caller if caller == BAD_TOKEN else self.api.tokens[Role(caller)]
+        return {"Authorization": f"Bearer {token}"}
+
+    def feed(self) -> list[dict[str, Any]]:
+        """The events the global feed shows after those read so far (each step reads the new
+        ones only: a whole feed after each request would cost more than the request)."""
+        events: list[dict[str, Any]] = []
+        after: int | None = self.events[-1]["position"] if self.events else 0
+        while after is not None:
+            page = self.api.client.get(
+                "/v1/events",
+                params={"after_position": after, "limit": 5000},
+                headers=self.headers(Role.AUDITOR),
+            ).json()
+            events += page["events"]
+            after = page["next_after_position"]
+        return events
+
+    def send(self, request: Request) -> tuple[httpx.Response, list[dict[str, Any]]]:
+        """The answer to ``request`` and the events it added to the log. An error must have
+        written nothing; a success only appends."""
+        headers = self.headers(request.caller)
+        if request.key is not None:
+            headers["Idempotency-Key"] = request.key
+        if isinstance(request.body, bytes):
+            headers["Content-Type"] = "application/json"
+            content = request.body
+        else:
+            content = None if request.body is None else json.dumps(request.body).encode()
+            if content is not None:
+                headers["Content-Type"] = "application/json"
+        response = self.api.client.request(
+            request.method, request.path, content=content, headers=headers, params=request.params
+        )
+        assert response.status_code < 500, (request, response.text)
+        return response, self.settle(response)
+
+    def settle(self, response: httpx.Response) -> list[dict[str, Any]]:
+        """The events the request that ``response`` answers wrote: none if it failed."""
+        new = self.feed()
+        if response.status_code >= 400:
+            check_error(response)
+            assert new == [], response.text  # nothing written: the log's head has not moved
+        self.events += new
+        self.touched |= {e["account_id"] for e in new}
+        return new
+
+    def history(self, account: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["account_id"] == account]
+
+    def folded(
+        self, account: str, as_of: datetime | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        """The standing folded from ``account``'s events recorded up to ``as_of`` (now), or
+        up to ``version``."""
+        when = self.clock() if as_of is None else as_of
+        events = [decoded(e) for e in self.history(account)][:version]
+        recorded = [e for e in events if e.recorded_at <= when]
+        assert recorded == events[: len(recorded)]  # a prefix: the clock never goes back
+        return fold(account, recorded, when, self.api.system.policy.strike_lookback).to_json()
+
+    def ids(self, account: str, event_type: str, name: str) -> list[str]:
+        return [e["data"][name] for e in self.history(account) if e["type"] == event_type]
+
+    # ------------------------------------------------------------ writes under a key
+
+    def write(
+        self, request: Request, allowed: tuple[Role, ...], signature: Signature, account: str
+    ) -> tuple[httpx.Response, list[dict[str, Any]]] | None:
+        """Send a write and check what the caller and the key decide alone: a denial, a replay
+        (200, the first answer, nothing written), a key reused (409). Otherwise the response
+        and new events, for the rule to check; a success under a key records it."""
+        if request.key is not None:
+            self.keyed.append(Keyed(request, allowed, signature, account))
+        response, new = self.send(request)
+        status, body = response.status_code, response.json()
+        denied = denial(request.caller, allowed)
+        if denied is not None:
+            assert status == denied, body
+            return None
+        if request.key in self.keys:
+            recorder, first = self.keys[request.key]
+            if recorder.signature != signature:
+                assert (status, body["error"]["code"]) == (409, "idempotency_key_reused"), body
+                return None
+            assert (status, new) == (200, []), body
+            assert without_standing(body) == without_standing(first)
+            assert body["standing"] == self.folded(account)
+            return None
+        if status < 300 and request.key is not None:
+            self.keys[request.key] = (self.keyed[-1], body)
+        return response, new
+
+    def check_command(self, account: str, body: dict[str, Any], new: list[Any]) -> None:
+        assert body["events"] == new
+        assert body["standing"] == self.folded(account)
+
+    def check_report(self, answer: dict[str, Any], new: list[dict[str, Any]]) -> None:
+        reported, *decided = new
+        assert reported["type"] == "ViolationReported", new
+        assert reported["data"]["violation_id"] == answer["violation_id"]
+        assert answer["decisions"] == decided
+        assert answer["standing"] == self.folded(answer["account_id"])
+
+    # ------------------------------------------------------------ reporting
+
+    @rule(
+        body=violations(),
+        key=st.sampled_from([None, *KEYS]),
+        caller=callers(REPORTERS),
+    )
+    def report(self, body: dict[str, Any], key: str | None, caller: Caller) -> None:
+        request = Request("POST", "/v1/violations", caller, body, key)
+        self.report_as(request, body)
+
+    def report_as(self, request: Request, body: dict[str, Any]) -> None:
+        account = body["account_id"]
+        signature = ("violation", canonical(body))
+        answered = self.write(request, REPORTERS, signature, account)
+        if answered is not None:
+            response, new = answered
+            assert response.status_code == 201, response.text
+            self.check_report(response.json(), new)
+
+    @rule(data=st.data(), recorder=st.sampled_from([True, True, False]))
+    def replay(self, data: st.DataObject, recorder: bool) -> None:
+        """An earlier request with a key sent again as it was: the one that recorded its key,
+        or any."""
+        if recorder and self.keys:
+            earlier = self.keys[data.draw(st.sampled_from(sorted(self.keys)))][0]
+        elif self.keyed:
+            earlier = data.draw(st.sampled_from(self.keyed))
+        else:
+            return
+        answered = self.write(earlier.request, earlier.allowed, earlier.signature, earlier.account)
+        if answered is not None:  # the first was refused: decided afresh
+            response, new = answered
+            if response.status_code < 300:
+                body = response.json()
+                if "violation_id" in body:
+                    self.check_report(body, new)
+                else:
+                    self.check_command(earlier.account, body, new)
+
+    @rule(data=st.data(), body=violations())
+    def reuse_key(self, data: st.DataObject, body: dict[str, Any]) -> None:
+        """A key already recorded, sent with another report."""
+        if not self.keys:
+            return
+        key = data.draw(st.sampled_from(sorted(self.keys)))
+        changed = {**body, "description": "reused"}  # no other report's
+        self.report_as(Request("POST", "/v1/violations", Role.REPORTER, changed, key), changed)
+
+    @rule(
+        body=st.sampled_from(
+            [
+                {"account_id": "acct_a", "category": "no_such_category"},
+                {"account_id": "acct_a"},
+                {"category": "spam"},
+                {"account_id": "acct a", "category": "spam"},
+                {"account_id": "acct_a", "category": "spam", "severity": "huge"},
+                {"account_id": "acct_a", "category": "spam", "detection": "guess"},
+                {"account_id": "acct_a", "category": "spam", "occurred_at": "2999-01-01T00:00:00Z"},
+                {"account_id": "acct_a", "category": "spam", "unknown": 1},
+                [{"account_id": "acct_a", "category": "spam"}],
+                b'{"account_id": "acct_a", "category": "spam"',
+                b'{"account_id": "acct_a", "category": "spam", "category": "spam"}',
+            ]
+        ),
+        key=st.sampled_from([None, *KEYS, "k" * 201]),
+        caller=callers(REPORTERS),
+    )
+    def report_refused(self, body: Any, key: str | None, caller: Caller) -> None:
+        response, _ = self.send(Request("POST", "/v1/violations", caller, body, key))
+        denied = denial(caller, REPORTERS)
+        assert response.status_code in ({400, 422} if denied is None else {400, 422, denied})
+        if body == {"account_id": "acct_a", "category": "no_such_category"} and denied is None:
+            allowed = [d.get("allowed") for d in response.json()["error"]["details"]]
+            assert sorted(CATEGORIES) in allowed, response.text
+
+    @rule(body=bodies(), content_type=content_types, caller=callers(REPORTERS))
+    def report_anything(self, body: bytes, content_type: str | None, caller: Caller) -> None:
+        """A body as a client may send it, valid or not (no key: which bodies are the same
+        request is the idempotency tests' business): answered as anything but an error, it
+        wrote what it answers."""
+        headers = self.headers(caller)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        response = self.api.client.post("/v1/violations", content=body, headers=headers)
+        assert response.status_code < 500, response.text
+        new = self.settle(response)
+        if response.status_code < 400:
+            assert response.status_code == 201, response.text
+            self.check_report(response.json(), new)
+
+    @rule(
+        items=st.lists(
+            st.one_of(
+                violations(),
+                keyed_violations(),
+                st.sampled_from([{"account_id": "acct_b", "category": "nope"}, 7, {}, None]),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        caller=callers(REPORTERS),
+    )
+    def batch(self, items: list[Any], caller: Caller) -> None:
+        response, new = self.send(
+            Request("POST", "/v1/violations:batch", caller, {"violations": items})
+        )
+        denied = denial(caller, REPORTERS)
+        if denied is not None:
+            assert response.status_code == denied
+            return
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) == len(items)
+        written: list[str] = []
+        for item, result in zip(items, results, strict=True):
+            if not isinstance(item, dict) or "account_id" not in item or item["category"] == "nope":
+                assert (result["status"], result["violation_id"]) == (422, None), result
+                assert result["error"]["code"] == "validation_failed", result
+                continue
+            key = item.get("idempotency_key")
+            report = {name: value for name, value in item.items() if name != "idempotency_key"}
+            signature = ("violation", canonical(report))
+            if key in self.keys:
+                recorder, first = self.keys[key]
+                if recorder.signature != signature:
+                    assert result["status"] == 409, result
+                    assert result["error"]["code"] == "idempotency_key_reused", result
+                else:
+                    assert result["status"] == 200, result
+                    assert without_standing(result) == {"status": 200, **without_standing(first)}
+                continue
+            assert result["status"] == 201, result
+            answer = {name: value for name, value in result.items() if name != "status"}
+            if key is not None:  # (sent alone, the same report replays)
+                alone = Request("POST", "/v1/violations", Role.REPORTER, report, key)
+                self.keys[key] = (Keyed(alone, REPORTERS, signature, report["account_id"]), answer)
+            mine = [e for e in new if e["event_id"] not in written]
+            reported = [e for e in mine if e["data"].get("violation_id") == answer["violation_id"]]
+            assert [e["type"] for e in reported[:1]] == ["ViolationReported"], result
+            written += [reported[0]["event_id"], *(e["event_id"] for e in answer["decisions"])]
+            # Its standing: the account's after its own events (others' of the batch after).
+            last = max(e["version"] for e in [reported[0], *answer["decisions"]])
+            assert answer["standing"] == self.folded(answer["account_id"], version=last)
+        assert sorted(written) == sorted(e["event_id"] for e in new)
+
+    @rule(
+        body=st.sampled_from([{"violations": []}, {"violations": {}}, {}, [], b"{"]),
+        caller=callers(REPORTERS),
+    )
+    def batch_refused(self, body: Any, caller: Caller) -> None:
+        response, _ = self.send(Request("POST", "/v1/violations:batch", caller, body))
+        denied = denial(caller, REPORTERS)
+        assert response.status_code in ({400, 422} if denied is None else {400, 422, denied})
+
+    # ------------------------------------------------------------ operator commands
+
+    def command(
+        self,
+        account: str,
+        method: str,
+        tail: str,
+        body: dict[str, Any] | None,
+        key: str | None,
+        caller: Caller,
+        statuses: set[int],
+    ) -> dict[str, Any] | None:
+        """An account command: answered one of ``statuses`` unless the caller or the key
+        decides; a success answers what it wrote and the standing after it."""
+        path = f"/v1/accounts/{account}/{tail}"
+        request = Request(method, path, caller, body, key)
+        signature = ("command", method, path, canonical(body))
+        answered = self.write(request, OPERATORS, signature, account)
+        if answered is None:
+            return None
+        response, new = answered
+        assert response.status_code in statuses, response.text
+        if response.status_code >= 300:
+            return None
+        answer: dict[str, Any] = response.json()
+        self.check_command(account, answer, new)
+        return answer
+
+    def _times(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Days from now written as times (so that the same drawn body is the same request
+        only at the same instant)."""
+        return {
+            name: format_time(self.clock() + timedelta(days=value))
+            if name in ("until", "expires_at")
+            else value
+            for name, value in body.items()
+        }
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        command=command_bodies(),
+        key=st.sampled_from([None, None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def operate(
+        self, account: str, command: tuple[str, str, Any], key: str | None, caller: Caller
+    ) -> None:
+        method, tail, body = command
+        self.command(account, method, tail, self._times(body), key, caller, {200, 409})
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        which=st.sampled_from(["dismiss", "complete", "lift"]),
+        pick=st.sampled_from(["own", "own", "other", "unknown"]),
+        data=st.data(),
+        key=st.sampled_from([None, None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def operate_on_id(
+        self,
+        account: str,
+        which: str,
+        pick: str,
+        data: st.DataObject,
+        key: str | None,
+        caller: Caller,
+    ) -> None:
+        """A command on a violation, remediation or throttle: of the account, of the other
+        account (404), or of none (404)."""
+        event_type, name, method, tail, body = {
+            "dismiss": (
+                "ViolationReported",
+                "violation_id",
+                "POST",
+                "violations/{}/dismiss",
+                {"reason": "mistake"},
+            ),
+            "complete": (
+                "RemediationRequested",
+                "remediation_id",
+                "POST",
+                "remediations/{}/complete",
+                {"note": "fixed"},
+            ),
+            "lift": ("ThrottleApplied", "throttle_id", "DELETE", "throttles/{}", None),
+        }[which]
+        other = ACCOUNTS[1 - ACCOUNTS.index(account)]
+        choices = self.ids(account if pick == "own" else other, event_type, name)
+        if pick == "unknown" or not choices:
+            pick, the_id = "unknown", UNKNOWN_ID
+        else:
+            the_id = data.draw(st.sampled_from(choices))
+        statuses = {200, 409} if pick == "own" else {404}
+        self.command(account, method, tail.format(the_id), body, key, caller, statuses)
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        pick=st.sampled_from(["decision", "decision", "any event", "other account", "unknown"]),
+        data=st.data(),
+        key=st.sampled_from([None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def appeal(
+        self, account: str, pick: str, data: st.DataObject, key: str | None, caller: Caller
+    ) -> None:
+        """An appeal against a decision the events feed shows (or against what is none)."""
+        other = ACCOUNTS[1 - ACCOUNTS.index(account)]
+        events = self.history(other if pick == "other account" else account)
+        if pick in ("decision", "other account"):
+            events = [e for e in events if e["type"] in DECISIONS]
+        if pick == "unknown" or not events:
+            pick, event_id = "unknown", "01a24aeb-0000-7000-8000-000000000000"
+        else:
+            event_id = data.draw(st.sampled_from(events))["event_id"]
+        body = {"decision_event_id": event_id, "statement": "please"}
+        statuses = {"decision": {200, 409}, "any event": {200, 404, 409}}.get(pick, {404})
+        answer = self.command(account, "POST", "appeals", body, key, caller, statuses)
+        if answer is not None:
+            assert answer["appeal_id"] == answer["events"][0]["data"]["appeal_id"]
+            assert answer["events"][0]["type"] == "AppealFiled"
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        outcome=st.sampled_from(["upheld", "overturned"]),
+        known=st.sampled_from([True, True, False]),
+        data=st.data(),
+        key=st.sampled_from([None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def decide_appeal(
+        self,
+        account: str,
+        outcome: str,
+        known: bool,
+        data: st.DataObject,
+        key: str | None,
+        caller: Caller,
+    ) -> None:
+        appeals = self.ids(account, "AppealFiled", "appeal_id")
+        appeal_id = data.draw(st.sampled_from(appeals)) if known and appeals else UNKNOWN_ID
+        body = {"outcome": outcome, "reason": "reviewed"}
+        statuses = {404} if appeal_id == UNKNOWN_ID else {200, 409}
+        self.command(account, "POST", f"appeals/{appeal_id}/decide", body, key, caller, statuses)
+
+    @rule(
+        request=st.sampled_from(
+            [
+                ("POST", "suspend", {"notify": "no"}),
+                ("POST", "throttles", {"factor": 0}),
+                ("POST", "throttles", {"factor": 1.5}),
+                ("POST", "terminate", {"reason": "x", "extra": 1}),
+                ("POST", "appeals", {"statement": "no decision"}),
+                ("POST", "suspend", b'{"reason": '),
+                ("POST", "nonsense", {}),
+                ("DELETE", "suspend", None),
+            ]
+        ),
+        account=st.sampled_from([*ACCOUNTS, "bad account"]),
+        key=st.sampled_from([None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def command_refused(
+        self, request: tuple[str, str, Any], account: str, key: str | None, caller: Caller
+    ) -> None:
+        method, tail, body = request
+        path = f"/v1/accounts/{account}/{tail}"
+        response, _ = self.send(Request(method, path, caller, body, key))
+        assert 400 <= response.status_code < 500, response.text
+
+    @rule(
+        span=st.sampled_from(
+            [
+                timedelta(seconds=1),
+                timedelta(hours=1),
+                timedelta(days=1),
+                timedelta(days=8),
+                timedelta(days=21),
+                timedelta(days=91),
+            ]
+        )
+    )
+    def time_passes(self, span: timedelta) -> None:
+        self.clock.advance(span)
+        self.touched |= {*ACCOUNTS, *(e["account_id"] for e in self.events)}  # standings move
+
+    # ------------------------------------------------------------ reading
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        at=st.one_of(
+            st.tuples(st.integers(0, 200), st.sampled_from([0, -1, 1])),
+            st.sampled_from([None, "later", "yesterday", "2026-11-24"]),
+        ),
+        caller=callers(STANDING_READERS),
+    )
+    def read_standing(self, account: str, at: Any, caller: Caller) -> None:
+        """The standing now, or as of an event's instant (or a microsecond either side): the
+        fold of the events recorded by then."""
+        events = self.history(account)
+        when: datetime | None = None
+        if isinstance(at, tuple) and events:
+            index, microseconds = at
+            recorded = parse_time(events[index % len(events)]["recorded_at"])
+            when = recorded + timedelta(microseconds=microseconds)
+        elif at == "later":
+            when = self.clock() + timedelta(days=100)
+        params: tuple[tuple[str, str], ...] = ()
+        if when is not None:
+            params = (("as_of", format_time(when)),)
+        elif isinstance(at, str) and at != "later":
+            params = (("as_of", at),)
+        path = f"/v1/accounts/{account}/standing"
+        response, _ = self.send(Request("GET", path, caller, params=params))
+        denied = denial(caller, STANDING_READERS)
+        if denied is not None:
+            assert response.status_code == denied
+        elif params and when is None:
+            assert response.status_code == 422, response.text
+        else:
+            assert response.status_code == 200, response.text
+            assert response.json() == self.folded(account, when)
+
+    @rule(
+        after=st.integers(0, 60),
+        limit=st.sampled_from([1, 3, 500, 0]),
+        account=st.sampled_from([None, *ACCOUNTS]),
+        caller=callers(READERS),
+    )
+    def read_events(self, after: int, limit: int, account: str | None, caller: Caller) -> None:
+        """A page of the global feed (``after_position``) or of a history (``after_version``)."""
+        if account is None:
+            path, cursor, name, shown = "/v1/events", "after_position", "position", self.events
+        else:
+            path, cursor, name = f"/v1/accounts/{account}/events", "after_version", "version"
+            shown = self.history(account)
+        params = ((cursor, str(after)), ("limit", str(limit)))
+        response, _ = self.send(Request("GET", path, caller, params=params))
+        denied = denial(caller, READERS)
+        if denied is not None:
+            assert response.status_code == denied
+        elif limit == 0:
+            assert response.status_code == 422
+        else:
+            assert response.status_code == 200, response.text
+            page = [e for e in shown if e[name] > after][:limit]
+            following = page[-1][name] if len(page) == limit else None
+            next_name = "next_after_" + name
+            assert response.json() == {"events": page, next_name: following}
+
+    # ------------------------------------------------------------ after each step
+
+    @invariant()
+    def every_account_agrees_with_its_events(self) -> None:
+        """Each account the step wrote to (every one when time passed; the others' events
+        and standings are as they were checked): its history is the feed's events of it,
+        verifies, and folds to its standing."""
+        heads = check_chains(self.events)  # tests/auditor.py
+        reader = self.headers(Role.AUDITOR)
+        touched, self.touched = self.touched, set()
+        for account in sorted(touched):
+            mine = self.history(account)
+            path = f"/v1/accounts/{account}"
+            shown = self.api.client.get(f"{path}/events", params={"limit": 1000}, headers=reader)
+            assert shown.json() == {"events": mine, "next_after_version": None}
+            assert [e["version"] for e in mine] == list(range(1, len(mine) + 1))
+            verified = self.api.client.get(f"{path}/verify", headers=reader).json()
+            head = heads.get(account, (0, ZERO_HASH))  # (an account of no events: genesis)
+            assert verified == {"ok": True, "events": head[0], "head_hash": head[1]}, verified
+            standing = self.api.client.get(f"{path}/standing", headers=reader).json()
+            assert standing == self.folded(account)
+            if mine:  # and as of its middle event's instant: the events recorded by then
+                middle = parse_time(mine[len(mine) // 2]["recorded_at"])
+                params = {"as_of": format_time(middle)}
+                then = self.api.client.get(f"{path}/standing", params=params, headers=reader)
+                assert then.json() == self.folded(account, middle)
+
+
+def test_the_api_keeps_its_contract_whatever_clients_do(
+    tmp_path: Path, migrated_templates: MigratedTemplates
+) -> None:
+    ApiMachine.templates = migrated_templates
+    ApiMachine.directory = tmp_path
+    run_state_machine_as_test(
+        ApiMachine,
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
