@@ -29,6 +29,7 @@ from enforcement.policy import (
     ViolationReport,
     abuse_report_open,
     sustained_abuse_due,
+    sustained_abuse_throttle_end,
 )
 from enforcement.service import Actor, Clock, EnforcementService, request_fingerprint
 from enforcement.settings import Settings
@@ -307,7 +308,9 @@ class AbuseDetector:
     def __init__(self, service: EnforcementService, policy: Policy):
         self.service = service
         self.policy = policy
-        self._reported: set[tuple[str, str, int]] = set()
+        # (account, category, window) claimed, and until when (epoch seconds): the window's
+        # end, or the end of the throttle a denial found in force.
+        self._claims: dict[tuple[str, str, int], float] = {}
         self._lock = threading.Lock()
 
     def observe(self, account_id: str, key_id: str, decision: GateDecision) -> tuple[str, ...]:
@@ -349,17 +352,16 @@ class AbuseDetector:
         # Claim the window before reading the standing: once past the count every denial of
         # the window comes here, and an abusive client must not make each one a database read.
         with self._lock:
-            if marker in self._reported:
+            if now.timestamp() < self._claims.get(marker, 0.0):
                 return False
-            if len(self._reported) > 100_000:
-                self._reported.clear()
-            self._reported.add(marker)
+            if len(self._claims) > 100_000:
+                self._claims.clear()
+            self._claims[marker] = float((bucket + 1) * window_s)
         try:
             standing = self.service.standings.load(account_id)
         except Exception:  # the denial is answered all the same; a later one tries again
             log.exception("could not read the standing of %s", account_id)
-            with self._lock:
-                self._reported.discard(marker)
+            self._unclaim(marker)
             return False
         key = gate_report_key(category, account_id, bucket)
         fingerprint = request_fingerprint(
@@ -370,7 +372,13 @@ class AbuseDetector:
                 # A filter (the standing read may be older than a throttle being recorded): the
                 # service decides again on the state it appends to.
                 if not sustained_abuse_due(self.policy, standing, decision.denials_in_window, now):
-                    return False  # already throttled for this bout: nothing more this window
+                    # Throttled for this bout already: the window is held only until that
+                    # throttle runs out, and a bout that goes on after it is raised then.
+                    end = sustained_abuse_throttle_end(standing, now)
+                    if end is not None:
+                        with self._lock:
+                            self._claims[marker] = min(self._claims[marker], end.timestamp())
+                    return False
                 report = ViolationReport(
                     category=category,
                     occurred_at=now,
@@ -402,6 +410,9 @@ class AbuseDetector:
             return bool(filed.events)  # none: filed meanwhile (a denial of another window)
         except Exception:
             log.exception("could not record %s for %s", category, account_id)
-            with self._lock:
-                self._reported.discard(marker)
+            self._unclaim(marker)
             return False
+
+    def _unclaim(self, marker: tuple[str, str, int]) -> None:
+        with self._lock:
+            self._claims.pop(marker, None)

@@ -213,6 +213,15 @@ def sustained_abuse_due(
     return not any(t.reason == SUSTAINED_ABUSE for t in active_throttles(state, now))
 
 
+def sustained_abuse_throttle_end(state: StandingState, now: datetime) -> datetime | None:
+    """When the sustained-abuse throttles in force at ``now`` have all run out; None when none
+    is in force, or one runs until it is lifted."""
+    ends = [t.expires_at for t in active_throttles(state, now) if t.reason == SUSTAINED_ABUSE]
+    if not ends or None in ends:
+        return None
+    return max(parse_time(end) for end in ends if end is not None)
+
+
 def decide_gate_sustained_abuse(
     policy: Policy,
     state: StandingState,

@@ -308,6 +308,32 @@ def test_a_new_burst_after_the_throttle_has_run_out_raises_sustained_abuse_again
     assert sustained_abuse_raised(system, "acct_8") == 2
 
 
+def test_a_bout_that_goes_on_once_its_throttle_has_run_out_is_raised_then_not_a_window_later(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A denial that finds the account still throttled for the bout holds its window only until
+    that throttle runs out: denials at the count after it raise ``sustained_abuse`` at once
+    (POLICY.md sets no delay), where they waited for the next window (up to 10 minutes)."""
+    window_s = int(system.policy.sustained_abuse_denials.window.total_seconds())
+    count = system.policy.sustained_abuse_denials.count
+    middle = (int(clock().timestamp()) // window_s + 1) * window_s + window_s // 2
+    clock.set(datetime.fromtimestamp(middle, UTC))
+    assert system.abuse.observe("acct_12", "key_1", denial(count)) == ("sustained_abuse",)
+    [throttle] = active_throttles(system.standings.load("acct_12"), clock())
+    assert throttle.expires_at is not None
+    end = datetime.fromisoformat(throttle.expires_at)
+    clock.set(end - timedelta(seconds=1))  # the last second of the bout's throttle
+    assert system.abuse.observe("acct_12", "key_1", denial(count)) == ()
+    loads = count_loads(system, monkeypatch)
+    assert system.abuse.observe("acct_12", "key_1", denial(count)) == ()
+    assert loads == []  # still no database read per denial while the throttle is in force
+    clock.set(end + timedelta(seconds=1))
+    assert int(clock().timestamp()) // window_s == (int(end.timestamp()) - 1) // window_s
+    assert system.abuse.observe("acct_12", "key_1", denial(count)) == ("sustained_abuse",)
+    assert sustained_abuse_raised(system, "acct_12") == 2
+    assert len(loads) == 1
+
+
 def test_keys_denied_together_are_filed_while_the_account_is_throttled_for_sustained_abuse(
     system: Container, clock: FakeClock
 ) -> None:

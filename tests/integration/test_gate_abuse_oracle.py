@@ -23,13 +23,16 @@ The rules, as POLICY.md, CONTRACT.md and the code's docstrings state them:
   aligned to the epoch (``bucket = epoch seconds // window``), each with its idempotency key.
   The detector claims a window for a category at the first denial that makes it due by the
   counts, before it reads the standing (an abusive client's denials past the count must cost no
-  database read each, ``test_gate_abuse``), so a denial that found it not due on the standing
-  (a throttle in force, a report open) spends the window: nothing more of that category until
-  the next window, even once the throttle runs out or the report is triaged. (A first
-  reference read "at most once per window" as "at most one report recorded per window" and
-  raised ``sustained_abuse`` again at once when the throttle was lifted, or ran out, in a window
-  a denial had claimed. The product waits for the next window, as its docstrings say it does:
-  a trade for one standing read per window that POLICY.md, which sets no delay, allows.)
+  database read each, ``test_gate_abuse``). A denial that found ``rate_limit_circumvention``
+  not due (a report open) spends the window: nothing more of it until the next window, even
+  once the report is triaged (a trade for one standing read per window: an operator's triage
+  is not a deadline the detector knows). One that found ``sustained_abuse`` not due because a
+  sustained-abuse throttle was in force holds the window only until that throttle's end as it
+  read it: POLICY.md sets no delay, so a bout that goes on once the throttle has run out is
+  raised then. An operator's lift of that throttle is not seen before that end or the
+  window's. (The oracle found the detector waiting for the next window after a throttle ran
+  out, up to 10 minutes under the default policy; fixed 2026-12-06 and pinned in
+  ``test_gate_abuse``.)
 
 The reference (``Model``) keeps, per account, the times and keys of its rate/quota denials, the
 end of the sustained-abuse throttle it predicted, whether a report is open, and the windows
@@ -98,7 +101,7 @@ class Account:
     last_allowed: dict[str, float] = field(default_factory=dict)  # the rate key's
     throttled_until: float | None = None  # the sustained-abuse throttle predicted
     report_open: bool = False
-    claimed: set[tuple[str, int]] = field(default_factory=set)  # (category, window)
+    claimed: dict[tuple[str, int], float] = field(default_factory=dict)  # (category, window): until
 
 
 @dataclass
@@ -129,22 +132,30 @@ class Model:
         keys = len({k for d, k in acct.denials if t - d < 60})
         window = int(t) // WINDOW_S
         reports = []
-        # A window is claimed by the first denial due by the counts, whatever the standing says.
-        throttled = acct.throttled_until is not None and t < acct.throttled_until
-        if in_window >= COUNT and self.claim(acct, SA, window) and not throttled:
-            acct.throttled_until = t + THROTTLE_S
-            reports.append(SA)
-        if keys >= KEYS_DENIED_TOGETHER and self.claim(acct, RLC, window) and not acct.report_open:
+        # A window is claimed by the first denial due by the counts, whatever the standing says;
+        # a throttle in force for the bout holds it only until that throttle's end.
+        throttled_until = acct.throttled_until
+        if in_window >= COUNT and self.claim(acct, SA, window, t):
+            if throttled_until is None or t >= throttled_until:
+                acct.throttled_until = t + THROTTLE_S
+                reports.append(SA)
+            else:
+                acct.claimed[SA, window] = min(acct.claimed[SA, window], throttled_until)
+        if (
+            keys >= KEYS_DENIED_TOGETHER
+            and self.claim(acct, RLC, window, t)
+            and not acct.report_open
+        ):
             acct.report_open = True
             reports.append(RLC)
         self.recorded += [(category, account, t) for category in reports]
         return in_window, keys, reports
 
     @staticmethod
-    def claim(acct: Account, category: str, window: int) -> bool:
-        if (category, window) in acct.claimed:
+    def claim(acct: Account, category: str, window: int, t: float) -> bool:
+        if t < acct.claimed.get((category, window), 0.0):
             return False
-        acct.claimed.add((category, window))
+        acct.claimed[category, window] = float((window + 1) * WINDOW_S)
         return True
 
 
@@ -180,9 +191,10 @@ steps = st.lists(
 )
 ROTATE = ("check", "a", list(QUOTA_KEYS))
 # Both reports (t=0); in the next window while the throttle is in force and the report open
-# (t=90); after the report's triage and the throttle's end in that window, which a denial
-# claimed (t=95, t=155: nothing); both again in the window after (t=185), and
-# ``sustained_abuse`` at the very end of its throttle (t=335).
+# (t=90); after the report's triage in that window, which a denial claimed (t=95: nothing);
+# ``sustained_abuse`` again once its throttle has run out, in that same window (t=155); the
+# report again in the window after (t=185), where a denial finds the second throttle in force;
+# ``sustained_abuse`` again in the window after that throttle's end (t=335).
 AGAIN_AND_AGAIN = [
     ROTATE,
     ("advance", 90),

@@ -34,6 +34,7 @@ from enforcement.policy import (
     effective_severity,
     random_id,
     sustained_abuse_due,
+    sustained_abuse_throttle_end,
 )
 from events import NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time
@@ -1277,6 +1278,25 @@ def test_sustained_abuse_is_due_at_the_denial_count_unless_already_throttled_for
     account.report("sustained_abuse", NOW)
     assert not sustained_abuse_due(P, account.state, 500, NOW + timedelta(hours=23))
     assert sustained_abuse_due(P, account.state, 100, NOW + timedelta(hours=24))
+
+
+def test_a_bouts_throttle_ends_when_the_last_sustained_abuse_throttle_in_force_runs_out() -> None:
+    """Until when the gate may leave a throttled account's denials unread: the end of its
+    sustained-abuse throttles, the latest of them; never, while one runs until lifted."""
+    account = Account()
+    assert sustained_abuse_throttle_end(account.state, NOW) is None
+    account.report("sustained_abuse", NOW)
+    account.report("spam", NOW)
+    account.report("spam", NOW + timedelta(hours=1))  # a throttle of another reason, for 7 days
+    assert sustained_abuse_throttle_end(account.state, NOW) == NOW + timedelta(hours=24)
+    account.report("sustained_abuse", NOW + timedelta(hours=2))
+    later = NOW + timedelta(hours=26)
+    assert sustained_abuse_throttle_end(account.state, NOW + timedelta(hours=3)) == later
+    assert sustained_abuse_throttle_end(account.state, later) is None
+    at = NOW + timedelta(hours=4)
+    until_lifted = ops.ApplyThrottle(0.5, "sustained_abuse")
+    account.record(ops.decide(P, account.state, until_lifted, account.ctx(at, "op")), at)
+    assert sustained_abuse_throttle_end(account.state, at) is None
 
 
 def test_the_gates_sustained_abuse_is_decided_only_while_due_on_the_state_it_is_decided_on() -> (
