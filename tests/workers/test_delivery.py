@@ -616,6 +616,7 @@ def test_a_private_webhook_target_is_refused_without_allow_private(
             True,
         )
         assert "non-public address 127.0.0.1" in refused.data["error"]
+        assert refused.data["error"].startswith("webhook host 127.0.0.1 resolves")  # as refused
         assert receiver.requests == []
 
         # and a second message for the notice (another relay's) adds no second final failure
@@ -678,7 +679,7 @@ def test_an_account_without_contact_data_gets_its_notice_recorded_undeliverable(
     [undeliverable] = system.outcomes(notice.event_id)
     assert undeliverable.type == "NoticeDeliveryFailed"
     assert undeliverable.data["final"] is True
-    assert undeliverable.data["channel"] == "none"
+    assert (undeliverable.data["channel"], undeliverable.data["attempt"]) == ("none", 1)
     assert undeliverable.data["error"].startswith("undeliverable")
     # and nothing was sent anywhere
     assert smtp.messages == []

@@ -8,6 +8,9 @@ holds the first POST until the second copy either waits for the guard or has sen
 the embedded mode's guard (one process) and over a real Redis (two deliveries, each with its
 own client: two worker processes). The guard never costs a notice: one a dead process left
 lapses or is waited for a bounded time, and one that cannot be taken is done without.
+
+The last tests run one ``NoticeDelivery`` try alone: what it answers for an id that is no
+notice, after a final failure, and when its outcome cannot be recorded.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import pytest
 import redis
 
 from enforcement.bootstrap import Container, bootstrap
-from enforcement.notices.delivery import NoticeDelivery
+from enforcement.notices.delivery import NoticeDelivery, hold_seconds
 from enforcement.notices.email import EmailSender
 from enforcement.notices.guard import DeliveryGuard, LocalGuard, RedisGuard
 from enforcement.notices.webhook import WebhookSender
 from enforcement.redis_client import bounded_client
+from enforcement.settings import Settings
 from enforcement.workers.broker import make_broker
 from enforcement.workers.runtime import build_actors
 from tests.processes import free_port
@@ -315,6 +319,9 @@ def test_a_guard_whose_redis_is_unavailable_is_done_without(
         assert outcomes == ["delivered"] * 3
         assert [len(receiver.for_event(n)) for n in notices] == [1, 1, 1]
         said = [r.getMessage() for r in caplog.records if "guard is unavailable" in r.getMessage()]
+        assert {r.name for r in caplog.records if "guard" in r.getMessage()} == {
+            "enforcement.notices"
+        }
         assert len(said) == 1 and said[0].startswith(
             "the delivery guard is unavailable (ConnectionError: "
         )
@@ -441,3 +448,180 @@ def test_workers_guard_deliveries_in_the_brokers_redis(
         finally:
             broker.close()
             container.close()
+
+
+@KEPT
+def test_a_copy_that_waits_looks_again_at_a_bounded_pace_and_is_counted_while_it_waits(
+    kept: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a guard another copy holds, and a copy that may wait 0.3 s for it
+    guard = guard_kept(kept, request, hold_s=30.0, wait_s=0.3)
+    looks: list[float] = []
+    take = guard._take
+
+    def counted_take(name: str, token: str, message: str | None) -> bool:
+        looks.append(time.monotonic())
+        return take(name, token, message)
+
+    assert guard.waiting == 0
+    with guard.held("n:webhook", "message-1"):
+        guard._take = counted_take  # type: ignore[method-assign]
+        waiter = threading.Thread(target=lambda: guard.held("n:webhook", "m-2").__enter__())
+        waiter.start()
+        wait_until(lambda: guard.waiting == 1, "the copy to wait")
+        waiter.join(10)
+
+    # Then it looked again from 10 ms, doubling (a handful of looks, not a busy loop), and is
+    # no longer counted as waiting once it went on without the guard
+    assert 2 <= len(looks) <= 8
+    assert guard.waiting == 0
+    # and the holder, which gave its guard back in time, logged no lapse
+    assert [r for r in caplog.records if "lapsed" in r.getMessage()] == []
+
+
+def test_a_guard_that_cannot_be_given_back_is_left_to_lapse(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a guard whose store fails as it is given back (its Redis went away meanwhile)
+    class Unreachable(LocalGuard):
+        unavailable = (ConnectionError,)
+
+        def _release(self, name: str, token: str) -> bool:
+            raise ConnectionError("gone")
+
+    caplog.set_level(logging.WARNING, "enforcement.notices")
+
+    # When a delivery held it
+    with Unreachable(hold_s=30.0).held("n:webhook", "message-1"):
+        pass
+
+    # Then the delivery ends as it would have, and the guard's absence is logged
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith(
+        "the delivery guard is unavailable (ConnectionError: gone)"
+    )
+
+
+# ------------------------------------------------------------------ one attempt's edges
+
+
+def test_an_id_that_is_no_notice_is_answered_unknown_and_nothing_is_sent(
+    container: Container, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a notice's account with a webhook, and ids that name no NoticeIssued event
+    caplog.set_level(logging.WARNING, "enforcement.notices")
+    receiver = Receiver()
+    try:
+        notice = webhook_notice(container, receiver)
+        [violation] = container.store.read_stream("acct_1")[:1]
+        sends = delivery(container, tmp_path, None)
+
+        # When they are attempted
+        outcomes = [
+            sends.attempt(e, "webhook", 1, final=False) for e in ("nope", violation.event_id)
+        ]
+
+        # Then each is an unknown notice, logged, and nothing was sent or recorded
+        assert outcomes == ["unknown_notice", "unknown_notice"]
+        assert receiver.requests == []
+        assert outcomes_of(container.store, notice) == []
+        said = [
+            (r.name, r.getMessage()) for r in caplog.records if "no NoticeIssued" in r.getMessage()
+        ]
+        assert said == [
+            ("enforcement.notices", "no NoticeIssued event nope"),
+            ("enforcement.notices", f"no NoticeIssued event {violation.event_id}"),
+        ]
+    finally:
+        receiver.close()
+
+
+def test_an_outcome_is_recorded_by_the_notices_worker_and_one_that_cannot_be_fails_the_try(
+    container: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two notices to a webhook
+    receiver = Receiver()
+    try:
+        first, second = (webhook_notice(container, receiver, f"acct_{n}") for n in (1, 2))
+        sends = delivery(container, tmp_path, None)
+
+        # When the first is delivered
+        assert sends.attempt(first, "webhook", 1, final=False) == "delivered"
+
+        # Then its NoticeDelivered is the notices worker's
+        [delivered] = outcomes_of(container.store, first)
+        assert {k: delivered.metadata[k] for k in ("actor", "correlation_id", "source")} == {
+            "actor": "worker:notices",
+            "correlation_id": "notice-delivery",
+            "source": "worker",
+        }
+
+        # and when the second's outcome cannot be recorded (the database went away), the try
+        # fails (its message is tried again) rather than answering "delivered"
+        def refused(*args: object, **kwargs: object) -> None:
+            raise ConnectionError("the database went away")
+
+        monkeypatch.setattr(container.service, "record_fact", refused)
+        with pytest.raises(ConnectionError, match="went away"):
+            sends.attempt(second, "webhook", 1, final=False)
+        assert outcomes_of(container.store, second) == []
+    finally:
+        receiver.close()
+
+
+def test_a_notice_that_failed_for_good_by_mail_is_not_recorded_undeliverable_later(
+    container: Container, tmp_path: Path
+) -> None:
+    # Given a notice whose e-mail failed for good (a mail server nothing answers for)
+    set_contact(container.engine, "acct_1", email="abuse-desk@customer.test")
+    [notice] = [e for e in report(container, "acct_1").events if e.type == "NoticeIssued"]
+    webhook = WebhookSender(SECRET, allow_private=True, timeout=5.0, deadline=10.0)
+    mail = EmailSender(f"smtp://127.0.0.1:{free_port()}", str(tmp_path), timeout=2.0)
+    sends = NoticeDelivery(container.service, mail, webhook, None)
+    assert sends.deliver(notice.event_id, "email", 0, max_retries=0) == "failed"
+
+    # When its contact data is removed and another message for its e-mail comes
+    set_contact(container.engine, "acct_1")
+    outcome = sends.deliver(notice.event_id, "email", 0, max_retries=0)
+
+    # Then nothing more is recorded: the last failure was final (its error named by its type)
+    assert outcome == "failed_for_good"
+    [failed] = outcomes_of(container.store, notice.event_id)
+    assert (failed.data["channel"], failed.data["final"]) == ("email", True)
+    assert failed.data["error"].startswith("ConnectionRefusedError: [Errno")
+
+
+def test_a_webhook_that_failed_for_good_is_not_tried_again(
+    container: Container, tmp_path: Path
+) -> None:
+    # Given a notice whose webhook's last try failed (a 500), with no retry left
+    receiver = Receiver(fail_first=1)
+    try:
+        notice = webhook_notice(container, receiver)
+        sends = delivery(container, tmp_path, None)
+        assert sends.deliver(notice, "webhook", 0, max_retries=0) == "failed"
+
+        # When another message for it comes (another relay's)
+        outcome = sends.deliver(notice, "webhook", 0, max_retries=0)
+
+        # Then it sends nothing and records nothing more
+        assert outcome == "failed_for_good"
+        assert len(receiver.for_event(notice)) == 1
+        assert [e.data["final"] for e in outcomes_of(container.store, notice)] == [True]
+    finally:
+        receiver.close()
+
+
+def test_a_delivery_holds_its_guard_for_the_longer_senders_deadline_and_the_record(
+    container: Container, tmp_path: Path
+) -> None:
+    # Given senders with different deadlines
+    mail = EmailSender(None, str(tmp_path), deadline=5.0)
+    webhook = WebhookSender(SECRET, allow_private=True, timeout=5.0, deadline=20.0)
+
+    # Then a delivery holds its guard for the longer, then the time to record its outcome: the
+    # database's default timeout when the guard is the delivery's own
+    assert hold_seconds(mail, webhook, 3.0) == 23.0
+    own = NoticeDelivery(container.service, mail, webhook).guard
+    assert isinstance(own, LocalGuard)
+    assert own.hold_s == 20.0 + Settings.database_timeout_ms / 1000 == 50.0
