@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from enforcement.bootstrap import Container, bootstrap
-from enforcement.notices.delivery import NoticeDelivery, hold_seconds
+from enforcement.notices.delivery import Contact, NoticeDelivery, hold_seconds
 from enforcement.notices.email import EmailSender
 from enforcement.notices.guard import DeliveryGuard, LocalGuard, RedisGuard
 from enforcement.notices.webhook import WebhookSender
@@ -479,6 +479,20 @@ def test_a_copy_that_waits_looks_again_at_a_bounded_pace_and_is_counted_while_it
     assert [r for r in caplog.records if "lapsed" in r.getMessage()] == []
 
 
+@KEPT
+def test_a_guard_is_taken_over_by_a_try_of_its_own_message_only(
+    kept: str, request: pytest.FixtureRequest
+) -> None:
+    # Given a guard a try of message "m-10" holds
+    guard = guard_kept(kept, request, hold_s=30.0, wait_s=0.2)
+    with guard.held("n:webhook", "m-10"):
+        # When a copy of message "m-1" (whose id begins the holder's) comes
+        started = time.monotonic()
+        with guard.held("n:webhook", "m-1"):
+            # Then it is no try of the holder's message: it waited its bound for the guard
+            assert time.monotonic() - started >= 0.2
+
+
 def test_a_guard_that_cannot_be_given_back_is_left_to_lapse(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -625,3 +639,21 @@ def test_a_delivery_holds_its_guard_for_the_longer_senders_deadline_and_the_reco
     own = NoticeDelivery(container.service, mail, webhook).guard
     assert isinstance(own, LocalGuard)
     assert own.hold_s == 20.0 + Settings.database_timeout_ms / 1000 == 50.0
+
+
+def test_a_notice_goes_out_on_each_channel_with_a_target_and_by_mail_without_one(
+    container: Container, tmp_path: Path
+) -> None:
+    # The channels a notice goes out on (what the lost-retry scan sends again)
+    assert Contact("a@customer.test", "https://h.test/").channels == ("email", "webhook")
+    assert Contact(None, "https://h.test/").channels == ("webhook",)
+    assert Contact(None, None).channels == ("email",)
+
+    # and without any target, its e-mail is recorded undeliverable, its webhook has no target
+    set_contact(container.engine, "acct_1")
+    [notice] = [e for e in report(container, "acct_1").events if e.type == "NoticeIssued"]
+    sends = delivery(container, tmp_path, None)
+    assert sends.attempt(notice.event_id, "webhook", 1, final=False) == "no_target"
+    assert sends.attempt(notice.event_id, "email", 1, final=False) == "undeliverable"
+    [undeliverable] = outcomes_of(container.store, notice.event_id)
+    assert (undeliverable.data["channel"], undeliverable.data["final"]) == ("none", True)
