@@ -493,6 +493,22 @@ def test_a_guard_is_taken_over_by_a_try_of_its_own_message_only(
             assert time.monotonic() - started >= 0.2
 
 
+def test_a_guard_that_cannot_be_taken_is_not_waited_for() -> None:
+    # Given a guard whose store refuses every take (its Redis unreachable)
+    takes: list[str] = []
+
+    class Unreachable(LocalGuard):
+        unavailable = (ConnectionError,)
+
+        def _take(self, name: str, token: str, message: str | None) -> bool:
+            takes.append(token)
+            raise ConnectionError("gone")
+
+    # When a delivery asks for it, then it goes on at once, without it: one try, no wait
+    with Unreachable(hold_s=30.0, wait_s=30.0).held("n:webhook", "message-1"):
+        assert len(takes) == 1
+
+
 def test_a_guard_that_cannot_be_given_back_is_left_to_lapse(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
