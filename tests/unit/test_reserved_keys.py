@@ -47,3 +47,11 @@ def test_every_key_the_service_builds_is_reserved(key: str) -> None:
 )
 def test_a_key_that_only_looks_alike_is_the_callers(key: str) -> None:
     assert not is_reserved_key(key)
+
+
+def test_the_notice_keys_keep_the_shape_the_log_holds() -> None:
+    """They are recorded with every delivery outcome: a key of another shape would not find
+    those an earlier version recorded (a notice delivered before an upgrade sent again)."""
+    assert delivered_key(NOTICE, "email") == f"notice-delivered:{NOTICE}:email"
+    assert failed_key(NOTICE, "webhook", 3) == f"notice-failed:{NOTICE}:webhook:3"
+    assert undeliverable_key(NOTICE) == f"notice-undeliverable:{NOTICE}"
