@@ -90,6 +90,12 @@ def check_error(response: httpx.Response) -> None:
         assert all({"field", "message"} <= set(item) for item in error["details"]), body
 
 
+def account_path(account: str) -> str:
+    """``/v1/accounts/{account}``, the ids ``.`` and ``..`` percent-encoded: a client resolves
+    them as steps (docs/auditing.md; ``report_anything`` may record them)."""
+    return "/v1/accounts/" + {".": "%2E", "..": "%2E%2E"}.get(account, account)
+
+
 def decoded(event: dict[str, Any]) -> RecordedEvent:
     """An event of the API's JSON as the log holds it."""
     times = {name: parse_time(event[name]) for name in ("occurred_at", "recorded_at")}
@@ -710,7 +716,7 @@ class ApiMachine(RuleBasedStateMachine):
         touched, self.touched = self.touched, set()
         for account in sorted(touched):
             mine = self.history(account)
-            path = f"/v1/accounts/{account}"
+            path = account_path(account)
             shown = self.api.client.get(f"{path}/events", params={"limit": 1000}, headers=reader)
             assert shown.json() == {"events": mine, "next_after_version": None}
             assert [e["version"] for e in mine] == list(range(1, len(mine) + 1))
