@@ -1,10 +1,12 @@
 """The whole HTTP API driven as clients drive it, one request after another, against a model of
-what CONTRACT.md promises (a Hypothesis state machine on one in-process app and a fresh SQLite
-system per example, under a fake clock).
+what CONTRACT.md promises (a Hypothesis state machine on one in-process app and a fresh system
+per example, on SQLite and on PostgreSQL, whose store appends in its own way, under a fake clock).
 
 The steps: violations reported (with an Idempotency-Key or none, replays of an earlier request,
-a key reused with another body, bodies that are refused), batches of good and bad items,
-operator commands (suspend, reinstate, terminate, throttle, lift, dismiss, complete), appeals
+a key reused with another body, bodies that are refused), batches of good and bad items (under
+an Idempotency-Key header or none; a batch sent again, whole or changed), abuse reports and
+their triage, operator commands (suspend, reinstate, terminate, throttle, lift, dismiss,
+complete, limits of an account or a key, the adult-content approval), contacts, appeals
 against decisions read from the events feed and their decisions, time passing, and reads of
 standing (now and ``as_of``), the events feed and an account's history; each with a token of
 the right role, or of a wrong one, an unknown one or none.
@@ -14,11 +16,15 @@ with tests/auditor.py (versions 1..N, the hash chain) and ``verify`` says so; it
 the fold of that history (``projections.standing.fold`` over the events decoded from the API's
 JSON; the policy's independent reference, ``tests/unit/policy_reference.py``, decides
 operations, not recorded events, so it cannot read them). Each request: an error has the
-contract's body and wrote nothing (the global feed unchanged); a success wrote what it answers
-and nothing else; a replay answers 200 with the first answer (its standing the current one,
-README: "200 with the first answer's events") and writes nothing; a reused key is a 409.
+contract's body and wrote nothing (the global feed and the contacts unchanged); a success wrote
+what it answers and nothing else; a replay answers 200 with the first answer (its standing the
+current one, README: "200 with the first answer's events") and writes nothing; a reused key is
+a 409. A batch item without a key of its own under a batch's header has a key of the header, the
+item and the count of identical items before it (README): sent again under that header it
+replays (200), wherever it stands; a changed item is recorded (201).
 
-A few seconds in the suite; API_MACHINE_EXAMPLES=150 API_MACHINE_STEPS=40 searches longer."""
+A few seconds in the suite (fewer examples on PostgreSQL); API_MACHINE_EXAMPLES=150
+API_MACHINE_STEPS=40 searches longer, on each backend."""
 
 from __future__ import annotations
 
@@ -33,25 +39,38 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import sqlalchemy as sa
 from api_support import ApiSystem, api_system, bodies, content_types
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from test_service_support import FakeClock
 
 from enforcement.policy import CATEGORIES
 from enforcement.roles import Role
+from enforcement.tables import contacts
 from events import RecordedEvent
 from events.timefmt import format_time, parse_time
 from projections.standing import fold
 from tests.auditor import ZERO_HASH, check_chains
-from tests.conftest import MigratedTemplates
+from tests.conftest import MigratedTemplates, drop_pg_database
 
-EXAMPLES = int(os.environ.get("API_MACHINE_EXAMPLES", "10"))
+# Examples on SQLite and on PostgreSQL (a database made and dropped each).
+EXAMPLES = {
+    backend: int(os.environ.get("API_MACHINE_EXAMPLES", default))
+    for backend, default in (("sqlite", "10"), ("postgres", "5"))
+}
 STEPS = int(os.environ.get("API_MACHINE_STEPS", "25"))
 
 ACCOUNTS = ("acct_a", "acct_b")
 KEYS = ("k1", "k2", "k3")  # a small pool: keys come back, with the same request or another
+HEADERS = ("h1", "h2")  # a batch's Idempotency-Key (its items' keys are none of KEYS)
 UNKNOWN_ID = "xyz_00000000000000000000000000000000"
 # Who may do what (CONTRACT.md, "Auth and roles").
 REPORTERS = (Role.REPORTER, Role.OPERATOR, Role.ADMIN)
@@ -63,6 +82,7 @@ BAD_TOKEN = "bad token"
 DECISIONS = ("AccountSuspended", "ThrottleApplied", "AccountTerminated", "RemediationRequested")
 Caller = Role | str | None  # a role's token, BAD_TOKEN, or no Authorization header
 Signature = tuple[str, ...]  # what makes two requests under one key the same request
+Contact = tuple[str | None, str | None]  # (email, webhook_url)
 
 
 def callers(allowed: tuple[Role, ...]) -> st.SearchStrategy[Caller]:
@@ -133,6 +153,23 @@ def keyed_violations(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def abuse_reports(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid abuse report (no field written at its default)."""
+    body = {
+        "reported_account_id": draw(st.sampled_from(ACCOUNTS)),
+        "category": draw(st.sampled_from(["spam", "csam", *sorted(CATEGORIES)])),
+    }
+    optional = {
+        "description": st.sampled_from(["they spam", "again"]),
+        "reporter_contact": st.sampled_from(["victim@example.com"]),
+        "evidence_ref": st.sampled_from(["s3://evidence/1", "s3://evidence/2"]),
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(optional)), unique=True)):
+        body[name] = draw(optional[name])
+    return body
+
+
+@st.composite
 def command_bodies(draw: st.DrawFn) -> tuple[str, str, Any]:
     """(method, path after the account's, body) of a command that needs no id. No field
     is written at its default (``notify: true``, ``factor: 0.25``, ``until: null``)."""
@@ -174,19 +211,29 @@ class Keyed:
 class ApiMachine(RuleBasedStateMachine):
     templates: MigratedTemplates  # set by the test
     directory: Path
+    backend: str  # "sqlite" or "postgres"
 
     def __init__(self) -> None:
         super().__init__()
         self.stack = ExitStack()
-        directory = self.stack.enter_context(tempfile.TemporaryDirectory(dir=self.directory))
         self.clock = FakeClock()
-        url = self.templates.sqlite(Path(directory) / "enforcement.db")
+        if self.backend == "postgres":
+            url = self.templates.postgres()
+            self.stack.callback(drop_pg_database, url)  # after the system is closed
+        else:
+            directory = self.stack.enter_context(tempfile.TemporaryDirectory(dir=self.directory))
+            url = self.templates.sqlite(Path(directory) / "enforcement.db")
         self.api: ApiSystem = self.stack.enter_context(api_system(url, self.clock))
         self.events: list[dict[str, Any]] = []  # the global feed, as read so far
         self.touched: set[str] = set()  # accounts to check after this step
         # Each key recorded: the request that recorded it and the first answer.
         self.keys: dict[str, tuple[Keyed, dict[str, Any]]] = {}
         self.keyed: list[Keyed] = []  # every request sent with a key
+        # The first answer of each batch item recorded under a header: (header, the item's
+        # signature, identical items before it in its batch).
+        self.batch_keys: dict[tuple[str, Signature, int], dict[str, Any]] = {}
+        self.batches: list[tuple[str, list[Any]]] = []  # each batch sent with a header
+        self.contacts: dict[str, Contact] = {}  # the contacts stored, as set so far
 
     def teardown(self) -> None:
         self.stack.close()
@@ -239,9 +286,15 @@ class ApiMachine(RuleBasedStateMachine):
         if response.status_code >= 400:
             check_error(response)
             assert new == [], response.text  # nothing written: the log's head has not moved
+        assert self.stored_contacts() == self.contacts, response.text  # (not events)
         self.events += new
         self.touched |= {e["account_id"] for e in new}
         return new
+
+    def stored_contacts(self) -> dict[str, Contact]:
+        query = sa.select(contacts.c.account_id, contacts.c.email, contacts.c.webhook_url)
+        with self.api.system.engine.connect() as conn:
+            return {row[0]: (row[1], row[2]) for row in conn.execute(query)}
 
     def history(self, account: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["account_id"] == account]
@@ -283,7 +336,8 @@ class ApiMachine(RuleBasedStateMachine):
                 return None
             assert (status, new) == (200, []), body
             assert without_standing(body) == without_standing(first)
-            assert body["standing"] == self.folded(account)
+            if "standing" in first:  # (an abuse report answers its report_id alone)
+                assert body["standing"] == self.folded(account)
             return None
         if status < 300 and request.key is not None:
             self.keys[request.key] = (self.keyed[-1], body)
@@ -301,6 +355,13 @@ class ApiMachine(RuleBasedStateMachine):
         assert answer["standing"] == self.folded(answer["account_id"])
 
     # ------------------------------------------------------------ reporting
+
+    def refused(self, request: Request) -> httpx.Response:
+        """A reporter's request refused for its body: 400 or 422, or the caller's denial."""
+        response, _ = self.send(request)
+        denied = denial(request.caller, REPORTERS)
+        assert response.status_code in ({400, 422} if denied is None else {400, 422, denied})
+        return response
 
     @rule(
         body=violations(),
@@ -337,6 +398,8 @@ class ApiMachine(RuleBasedStateMachine):
                 body = response.json()
                 if "violation_id" in body:
                     self.check_report(body, new)
+                elif "report_id" in body:
+                    self.check_abuse_report(response, new)
                 else:
                     self.check_command(earlier.account, body, new)
 
@@ -369,10 +432,9 @@ class ApiMachine(RuleBasedStateMachine):
         caller=callers(REPORTERS),
     )
     def report_refused(self, body: Any, key: str | None, caller: Caller) -> None:
-        response, _ = self.send(Request("POST", "/v1/violations", caller, body, key))
-        denied = denial(caller, REPORTERS)
-        assert response.status_code in ({400, 422} if denied is None else {400, 422, denied})
-        if body == {"account_id": "acct_a", "category": "no_such_category"} and denied is None:
+        response = self.refused(Request("POST", "/v1/violations", caller, body, key))
+        unknown = body == {"account_id": "acct_a", "category": "no_such_category"}
+        if unknown and denial(caller, REPORTERS) is None:
             allowed = [d.get("allowed") for d in response.json()["error"]["details"]]
             assert sorted(CATEGORIES) in allowed, response.text
 
@@ -401,20 +463,52 @@ class ApiMachine(RuleBasedStateMachine):
             min_size=1,
             max_size=4,
         ),
+        header=st.sampled_from([None, *HEADERS]),
+        again=st.sampled_from([None, "same", "reordered", "fewer", "more", "other header"]),
+        data=st.data(),
         caller=callers(REPORTERS),
     )
-    def batch(self, items: list[Any], caller: Caller) -> None:
+    def batch(
+        self,
+        items: list[Any],
+        header: str | None,
+        again: str | None,
+        data: st.DataObject,
+        caller: Caller,
+    ) -> None:
+        """A batch of good and bad items; then, most times once one was sent under a header,
+        that one or an earlier one sent again under it, as a client retries: as it was (all
+        replays), its items in another order, some of them (a retry drops what was refused),
+        with new ones before and after, or under the other header (all new)."""
+        self.batch_as(items, header, caller)
+        if again is None or not self.batches:
+            return
+        header, earlier = data.draw(st.sampled_from(self.batches))
+        if again == "reordered":
+            earlier = data.draw(st.permutations(earlier))
+        elif again == "fewer":
+            earlier = data.draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=4))
+        elif again == "more":
+            earlier = [*items[:1], *earlier, *items[1:]]
+        elif again == "other header":
+            header = HEADERS[1 - HEADERS.index(header)]
+        self.batch_as(earlier, header, caller)
+
+    def batch_as(self, items: list[Any], header: str | None, caller: Caller) -> None:
         response, new = self.send(
-            Request("POST", "/v1/violations:batch", caller, {"violations": items})
+            Request("POST", "/v1/violations:batch", caller, {"violations": items}, header)
         )
         denied = denial(caller, REPORTERS)
         if denied is not None:
             assert response.status_code == denied
             return
         assert response.status_code == 200, response.text
+        if header is not None:
+            self.batches.append((header, items))
         results = response.json()["results"]
         assert len(results) == len(items)
         written: list[str] = []
+        seen: dict[Signature, int] = {}  # identical items without a key of their own so far
         for item, result in zip(items, results, strict=True):
             if not isinstance(item, dict) or "account_id" not in item or item["category"] == "nope":
                 assert (result["status"], result["violation_id"]) == (422, None), result
@@ -423,6 +517,15 @@ class ApiMachine(RuleBasedStateMachine):
             key = item.get("idempotency_key")
             report = {name: value for name, value in item.items() if name != "idempotency_key"}
             signature = ("violation", canonical(report))
+            derived = None
+            if key is None and header is not None:
+                derived = (header, signature, seen.get(signature, 0))
+                seen[signature] = derived[2] + 1
+                if derived in self.batch_keys:
+                    assert result["status"] == 200, result
+                    first = self.batch_keys[derived]
+                    assert without_standing(result) == {"status": 200, **without_standing(first)}
+                    continue
             if key in self.keys:
                 recorder, first = self.keys[key]
                 if recorder.signature != signature:
@@ -437,6 +540,8 @@ class ApiMachine(RuleBasedStateMachine):
             if key is not None:  # (sent alone, the same report replays)
                 alone = Request("POST", "/v1/violations", Role.REPORTER, report, key)
                 self.keys[key] = (Keyed(alone, REPORTERS, signature, report["account_id"]), answer)
+            if derived is not None:
+                self.batch_keys[derived] = answer
             mine = [e for e in new if e["event_id"] not in written]
             reported = [e for e in mine if e["data"].get("violation_id") == answer["violation_id"]]
             assert [e["type"] for e in reported[:1]] == ["ViolationReported"], result
@@ -447,13 +552,57 @@ class ApiMachine(RuleBasedStateMachine):
         assert sorted(written) == sorted(e["event_id"] for e in new)
 
     @rule(
-        body=st.sampled_from([{"violations": []}, {"violations": {}}, {}, [], b"{"]),
+        refused=st.one_of(
+            st.tuples(
+                st.sampled_from([{"violations": []}, {"violations": {}}, {}, [], b"{"]),
+                st.sampled_from([None, None, "h1"]),
+            ),
+            st.tuples(  # a good batch under a header that is no key a client may send
+                st.just({"violations": [{"account_id": "acct_a", "category": "spam"}]}),
+                st.sampled_from(["k" * 201, "batch:" + "0" * 64]),
+            ),
+        ),
         caller=callers(REPORTERS),
     )
-    def batch_refused(self, body: Any, caller: Caller) -> None:
-        response, _ = self.send(Request("POST", "/v1/violations:batch", caller, body))
-        denied = denial(caller, REPORTERS)
-        assert response.status_code in ({400, 422} if denied is None else {400, 422, denied})
+    def batch_refused(self, refused: tuple[Any, str | None], caller: Caller) -> None:
+        body, header = refused
+        self.refused(Request("POST", "/v1/violations:batch", caller, body, header))
+
+    @rule(
+        body=abuse_reports(),
+        key=st.sampled_from([None, *KEYS]),
+        caller=callers(REPORTERS),
+    )
+    def abuse_report(self, body: dict[str, Any], key: str | None, caller: Caller) -> None:
+        """A third party's report (AUP §7): recorded on the reported account, no strike."""
+        request = Request("POST", "/v1/abuse-reports", caller, body, key)
+        signature = ("abuse report", canonical(body))
+        answered = self.write(request, REPORTERS, signature, body["reported_account_id"])
+        if answered is not None:
+            self.check_abuse_report(*answered)
+
+    def check_abuse_report(self, response: httpx.Response, new: list[dict[str, Any]]) -> None:
+        assert response.status_code == 202, response.text
+        assert [e["type"] for e in new] == ["AbuseReportReceived"], new
+        assert response.json() == {"report_id": new[0]["data"]["report_id"]}
+
+    @rule(
+        body=st.sampled_from(
+            [
+                {"reported_account_id": "acct_a"},
+                {"category": "spam"},
+                {"reported_account_id": "acct a", "category": "spam"},
+                {"reported_account_id": "acct_a", "category": "no_such_category"},
+                {"reported_account_id": "acct_a", "category": "spam", "account_id": "acct_b"},
+                {"reported_account_id": "acct_a", "category": "spam", "evidence_ref": 7},
+                b'{"reported_account_id": "acct_a", "category": "spam"',
+            ]
+        ),
+        key=st.sampled_from([None, *KEYS]),
+        caller=callers(REPORTERS),
+    )
+    def abuse_report_refused(self, body: Any, key: str | None, caller: Caller) -> None:
+        self.refused(Request("POST", "/v1/abuse-reports", caller, body, key))
 
     # ------------------------------------------------------------ operator commands
 
@@ -600,6 +749,134 @@ class ApiMachine(RuleBasedStateMachine):
         self.command(account, "POST", f"appeals/{appeal_id}/decide", body, key, caller, statuses)
 
     @rule(
+        account=st.sampled_from(ACCOUNTS),
+        pick=st.sampled_from(["own", "own", "own", "other", "unknown"]),
+        outcome=st.sampled_from(["confirmed", "rejected"]),
+        severity=st.sampled_from([None, "low", "critical"]),
+        data=st.data(),
+        key=st.sampled_from([None, None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def triage(
+        self,
+        account: str,
+        pick: str,
+        outcome: str,
+        severity: str | None,
+        data: st.DataObject,
+        key: str | None,
+        caller: Caller,
+    ) -> None:
+        """An abuse report triaged: one of the account (409 once triaged), of the other
+        account or of none (404)."""
+        other = ACCOUNTS[1 - ACCOUNTS.index(account)]
+        reports = self.ids(account if pick == "own" else other, "AbuseReportReceived", "report_id")
+        if pick == "unknown" or not reports:
+            pick, report_id = "unknown", UNKNOWN_ID
+        else:
+            report_id = data.draw(st.sampled_from(reports))
+        body = {"outcome": outcome, "severity": severity}
+        if severity is None:  # (not written at its default)
+            del body["severity"]
+        statuses = {200, 409} if pick == "own" else {404}
+        tail = f"abuse-reports/{report_id}/triage"
+        answer = self.command(account, "POST", tail, body, key, caller, statuses)
+        if answer is not None:
+            triaged = answer["events"][0]
+            assert triaged["type"] == "AbuseReportTriaged", answer
+            assert (triaged["data"]["report_id"], triaged["data"]["outcome"]) == (
+                report_id,
+                outcome,
+            )
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        key_id=st.sampled_from([None, None, "key_1", "key_2"]),
+        rpm=st.sampled_from([1, 60, 10_000_000]),
+        tpd=st.sampled_from([1, 1000, 10**15]),
+        key=st.sampled_from([None, None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def configure_limits(
+        self,
+        account: str,
+        key_id: str | None,
+        rpm: int,
+        tpd: int,
+        key: str | None,
+        caller: Caller,
+    ) -> None:
+        """The limits of a key, or the account-wide ceiling (no key)."""
+        tail = "limits" if key_id is None else f"keys/{key_id}/limits"
+        body = {"requests_per_minute": rpm, "tokens_per_day": tpd}
+        answer = self.command(account, "PUT", tail, body, key, caller, {200})
+        if answer is not None:
+            configured = answer["events"][0]
+            assert configured["type"] == "RateLimitsConfigured", answer
+            assert configured["data"] == {"key_id": key_id, **body}, answer
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        approved=st.booleans(),
+        reason=st.sampled_from([None, "verified age gate"]),
+        key=st.sampled_from([None, None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def approve_adult_content(
+        self, account: str, approved: bool, reason: str | None, key: str | None, caller: Caller
+    ) -> None:
+        body: dict[str, Any] = {"approved": approved}
+        if reason is not None:
+            body["reason"] = reason
+        answer = self.command(account, "PUT", "adult-content-approval", body, key, caller, {200})
+        if answer is not None:
+            changed = answer["events"][0]
+            assert changed["type"] == "AdultContentApprovalChanged", answer
+            assert answer["standing"]["adult_content_approved"] is approved
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        email=st.sampled_from([None, "ops@example.com", "x@y", "no address", "a@b, c@d"]),
+        webhook_url=st.sampled_from([None, "https://hooks.example.com/a", "ftp://example.com"]),
+        written=st.sampled_from(["both", "both", "email", "webhook_url"]),
+        caller=callers(OPERATORS),
+    )
+    def set_contact(
+        self,
+        account: str,
+        email: str | None,
+        webhook_url: str | None,
+        written: str,
+        caller: Caller,
+    ) -> None:
+        """A contact (no event): stored as sent, a field left out stored as none; one of an
+        address or URL that is none is a 422 that stores nothing."""
+        body = {"email": email, "webhook_url": webhook_url}
+        if written != "both":
+            body = {written: body[written]}
+        path = f"/v1/accounts/{account}/contact"
+        response = self.api.client.put(path, json=body, headers=self.headers(caller))
+        denied = denial(caller, OPERATORS)
+        if denied is None and response.status_code == 200:
+            self.contacts[account] = (body.get("email"), body.get("webhook_url"))
+        new = self.settle(response)  # (the contacts stored are the model's)
+        if denied is not None:
+            assert response.status_code == denied
+            return
+        bad = {"no address", "a@b, c@d", "ftp://example.com"} & {*body.values()}
+        assert (response.status_code, new) == (422 if bad else 200, []), response.text
+        if bad:
+            return
+        stored = {"email": body.get("email"), "webhook_url": body.get("webhook_url")}
+        standing = self.folded(account)
+        assert response.json() == {
+            "account_id": account,
+            **stored,
+            "events": [],
+            "standing": standing,
+        }
+
+    @rule(
         request=st.sampled_from(
             [
                 ("POST", "suspend", {"notify": "no"}),
@@ -609,6 +886,16 @@ class ApiMachine(RuleBasedStateMachine):
                 ("POST", "appeals", {"statement": "no decision"}),
                 ("POST", "suspend", b'{"reason": '),
                 ("POST", "nonsense", {}),
+                ("PUT", "limits", {"requests_per_minute": 0, "tokens_per_day": 1}),
+                ("PUT", "limits", {"requests_per_minute": 1}),
+                ("PUT", "keys/key_1/limits", {"requests_per_minute": 1.5, "tokens_per_day": 1}),
+                ("PUT", "keys/key_1/limits", {"requests_per_minute": 1, "tokens_per_day": 10**16}),
+                ("PUT", "adult-content-approval", {"approved": "yes"}),
+                ("PUT", "adult-content-approval", {"reason": "no decision"}),
+                ("POST", f"abuse-reports/{UNKNOWN_ID}/triage", {"outcome": "maybe"}),
+                ("POST", f"abuse-reports/{UNKNOWN_ID}/triage", {"outcome": "confirmed", "x": 1}),
+                ("PUT", "contact", {"email": "a@b", "phone": "1"}),
+                ("PUT", "contact", b'{"email": "a@b"'),
                 ("DELETE", "suspend", None),
             ]
         ),
@@ -732,15 +1019,19 @@ class ApiMachine(RuleBasedStateMachine):
                 assert then.json() == self.folded(account, middle)
 
 
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_the_api_keeps_its_contract_whatever_clients_do(
-    tmp_path: Path, migrated_templates: MigratedTemplates
+    backend: str, tmp_path: Path, migrated_templates: MigratedTemplates
 ) -> None:
     ApiMachine.templates = migrated_templates
     ApiMachine.directory = tmp_path
+    ApiMachine.backend = backend
     run_state_machine_as_test(
         ApiMachine,
         settings=settings(
-            max_examples=EXAMPLES,
+            max_examples=EXAMPLES[backend],
             stateful_step_count=STEPS,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
