@@ -18,6 +18,7 @@ from enforcement.workers.retrying import (
     retry_delay,
     wait_to_retry,
 )
+from tests.unit.test_relay import CHANNELS, Broker, MemoryStore, notices
 
 
 def test_retries_back_off_to_a_ceiling() -> None:
@@ -66,7 +67,9 @@ class _Stop:
         return self.is_set()
 
 
-def test_the_running_relay_backs_off_while_the_broker_stays_away() -> None:
+def test_the_running_relay_backs_off_while_the_broker_stays_away(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Down:
         def read_all(self, after: int, limit: int) -> list[object]:
             raise ConnectionRefusedError("connection refused")
@@ -74,8 +77,20 @@ def test_the_running_relay_backs_off_while_the_broker_stays_away() -> None:
     relay = Relay(Down(), lambda message: None, ())  # type: ignore[arg-type]
     relay.position = lambda: 0  # type: ignore[method-assign]
     stop = _Stop(limit=7)
-    relay.run(stop, error_seconds=1.0)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="enforcement.relay"):
+        relay.run(stop)  # type: ignore[arg-type]
     assert stop.waits == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]
+    assert {r.name for r in caplog.records} == {"enforcement.relay"}  # its own logger
+
+
+def test_the_running_relay_catches_up_page_after_page_and_idles_only_once_caught_up() -> None:
+    """Embedded mode (no ``answers_again``): a backlog goes out a full page after another, with
+    no idle wait between them; the relay waits its idle poll only on a page short of full."""
+    store = MemoryStore(notices(4))
+    relay = Relay(store, Broker(store), CHANNELS, page_size=2)  # type: ignore[arg-type]
+    stop = _Stop(limit=1)
+    relay.run(stop)  # type: ignore[arg-type]
+    assert (relay.position(), stop.waits) == (4, [0.05])
 
 
 def test_a_wait_to_retry_ends_once_what_failed_answers_again_asking_every_so_often() -> None:
