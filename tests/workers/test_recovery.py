@@ -4,7 +4,7 @@ PostgreSQL: a notice is done only once every channel it goes out on has a final 
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dramatiq
@@ -20,14 +20,17 @@ from enforcement.notices.delivery import (
     undeliverable_key,
 )
 from enforcement.service import Actor
+from enforcement.tables import contacts
 from enforcement.workers.recovery import (
     LOST_RETRIES_CHECKPOINT,
     RECOVERY_WINDOW,
     UNTRIED_CHECKPOINT,
     LostRetryScan,
+    _contacts,
     lost_retries,
     notices_without_outcome,
     pending_deliveries,
+    untried_deliveries,
 )
 from enforcement.workers.relay import CHECKPOINT
 from enforcement.workers.runtime import build_actors
@@ -37,6 +40,7 @@ from tests.locks import waiting_on_a_lock
 from tests.workers.system import Receiver, fast_settings, report, set_contact, wait_until
 
 WORKER = Actor(name="worker:test", correlation_id="test")
+T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 
 
 def notice_of(system: Container, account: str) -> str:
@@ -96,6 +100,31 @@ def test_a_notice_is_pending_until_each_of_its_channels_has_a_final_outcome(
         assert notices_without_outcome(
             system.store, system.clock(), up_to_position=up_to.position
         ) == [notices["acct_half"]]
+        # A notice is looked at for 14 days (the recovery window) from when it was recorded.
+        last_day = up_to.recorded_at + timedelta(days=14)
+        assert notices["acct_half"] in notices_without_outcome(system.store, last_day)
+        after_it = last_day + timedelta(microseconds=1)
+        assert notices["acct_half"] not in notices_without_outcome(system.store, after_it)
+    finally:
+        system.close()
+
+
+def test_the_contacts_of_many_accounts_are_read_in_chunks_none_left_out(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """The notices sent again are many after a Redis lost its data: their accounts' contacts
+    are read 500 at a time, and one left out between two chunks would go out by e-mail alone
+    (a webhook lost) or, without an address, on no channel."""
+    system = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        accounts = {f"acct_{n:04}" for n in range(1001)}
+        hook = "https://customer.test/hook"
+        rows = [{"account_id": a, "webhook_url": hook, "updated_at": T0} for a in accounts]
+        with system.engine.begin() as conn:
+            conn.execute(contacts.insert(), rows)
+        with system.engine.connect() as conn:
+            contact_of = _contacts(conn, accounts | {"acct_without"})
+        assert set(contact_of) == accounts
     finally:
         system.close()
 
@@ -147,6 +176,7 @@ def test_a_failed_attempt_that_nothing_followed_has_lost_its_retry(
             "acct_gone",
             "acct_final",
             "acct_untried",
+            "acct_last",
         )
         for account in accounts:
             set_contact(system.engine, account, webhook_url="https://customer.test/hook")
@@ -161,6 +191,8 @@ def test_a_failed_attempt_that_nothing_followed_has_lost_its_retry(
         key = undeliverable_key(notice["acct_gone"])
         system.service.record_fact("acct_gone", payload, WORKER, idempotency_key=key)
         attempt(system, "acct_final", notice["acct_final"], 1, final=True)
+        attempt(system, "acct_last", notice["acct_last"], 3, final=False)
+        attempt(system, "acct_last", notice["acct_last"], 4, final=True)  # the next, the last
         end = system.clock() + timedelta(seconds=1)
 
         assert lost_retries(system.store, start, end, 4) == [
@@ -169,6 +201,15 @@ def test_a_failed_attempt_that_nothing_followed_has_lost_its_retry(
         ]
         # An attempt outside the range is not looked at (each scan looks at its own range).
         assert lost_retries(system.store, end, end + timedelta(hours=1), 4) == []
+        # The range is (after, until]: an attempt recorded at its end is in it, and not in the
+        # next one, which begins there.
+        [at] = [
+            e.recorded_at
+            for e in system.store.read_stream("acct_lost")
+            if e.type == "NoticeDeliveryFailed"
+        ]
+        assert (notice["acct_lost"], "webhook") in lost_retries(system.store, start, at, 4)
+        assert (notice["acct_lost"], "webhook") not in lost_retries(system.store, at, end, 4)
     finally:
         system.close()
 
@@ -212,6 +253,21 @@ def test_a_relayed_notice_with_nothing_recorded_after_it_is_sent_again(
                 (notice["acct_half"], "webhook"),
             ]
         ]
+        # The notices after one position and up to another, recorded since a time: a notice at
+        # the position a look reached, or recorded at that time, is in; one at the position the
+        # last look reached is not (that look judged it).
+        untried = system.store.get_event(notice["acct_untried"])
+        half = system.store.get_event(notice["acct_half"])
+        assert untried is not None and half is not None
+        at, since = untried.position, untried.recorded_at
+        both = [(notice["acct_untried"], "email"), (notice["acct_untried"], "webhook")]
+        assert untried_deliveries(system.store, at - 1, at, since) == both
+        assert untried_deliveries(system.store, at, half.position - 1, since) == []
+        # An outcome recorded before a later notice is still its notice's outcome.
+        notice_of(system, "acct_late")
+        everything = untried_deliveries(system.store, 0, system.store.max_position(), since)
+        assert (notice["acct_half"], "webhook") in everything
+        assert (notice["acct_half"], "email") not in everything
     finally:
         system.close()
 
@@ -241,21 +297,26 @@ def test_a_new_leader_looks_for_lost_retries_from_where_the_last_one_stopped(
         assert first.scanned_until() is None  # the range is left to the next look
         assert first.run(sent.append, leads=lambda: False) == []  # deposed meanwhile
         assert (sent, first.scanned_until()) == ([], None)
+        deposed_while_sending = iter([True, False])
+        assert first.run(sent.append, leads=deposed_while_sending.__next__) == [(notice, "webhook")]
+        assert first.scanned_until() is None  # sent, and left to the next look all the same
+        sent.clear()
         assert first.run(sent.append) == [(notice, "webhook")]
         assert sent == [[(notice, "webhook")]]
         assert first.scanned_until() == now
+        assert first.run(sent.append) == []  # a look again at the same instant: nothing new
 
         # A new leader, a minute later, goes on from there: nothing to send again.
         second = leader(system, now + timedelta(minutes=1))
         assert second.run(sent.append) == []
-        assert sent[1:] == [[]]
+        assert sent[1:] == [[], []]
         assert second.scanned_until() == now + timedelta(minutes=1)
     finally:
         system.close()
 
 
 def test_a_lost_retry_checkpoint_ahead_of_the_clock_is_moved_back(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A leader whose clock ran a day ahead left the checkpoint a day ahead. Going on from
     there would skip for good the attempts recorded meanwhile by processes with right clocks:
@@ -275,6 +336,8 @@ def test_a_lost_retry_checkpoint_ahead_of_the_clock_is_moved_back(
         right = leader(system, now)
         assert right.run(lambda lost: None) == [(notice, "webhook")]
         assert right.scanned_until() == now  # moved back
+        [warned] = [r for r in caplog.records if "ahead of this leader's clock" in r.getMessage()]
+        assert warned.name == "enforcement.workers"
 
         with system.engine.begin() as conn:
             system.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, 1)  # the epoch
