@@ -18,9 +18,12 @@ def _executable(path: Path, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
-def _run_scripts_test(tmp_path: Path, services: str) -> tuple[int, str]:
-    """Run a copy of scripts/test whose test-services is ``services``; returns its status and
-    what the tools it went on to (ruff, mypy, pytest) logged, each with the database URL."""
+def _run_scripts_test(
+    tmp_path: Path, services: str, exits: dict[str, int] | None = None
+) -> tuple[int, str, str]:
+    """Run a copy of scripts/test whose test-services is ``services``; returns its status, what
+    the tools it went on to (ruff, mypy, pytest) logged, each with the database URL, and what it
+    printed. A tool exits with ``exits``'s status for it (0 if not given)."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(SCRIPTS / "test", tmp_path / "scripts" / "test")
     _executable(tmp_path / "scripts" / "setup", "exit 0")
@@ -28,7 +31,9 @@ def _run_scripts_test(tmp_path: Path, services: str) -> tuple[int, str]:
     for tool in ("ruff", "mypy", "pytest"):
         _executable(
             tmp_path / ".venv" / "bin" / tool,
-            f'echo "{tool} $ENFORCEMENT_TEST_PG_URL" >> "$(dirname "$0")/../../ran"',
+            f'echo "{tool} $ENFORCEMENT_TEST_PG_URL" >> "$(dirname "$0")/../../ran"\n'
+            f'echo "{tool} says"\n'
+            f"exit {(exits or {}).get(tool, 0)}",
         )
     env = {k: v for k, v in os.environ.items() if k != "ENFORCEMENT_TEST_PG_URL"}
     result = subprocess.run(
@@ -40,14 +45,15 @@ def _run_scripts_test(tmp_path: Path, services: str) -> tuple[int, str]:
         check=False,
     )
     ran = tmp_path / "ran"
-    return result.returncode, ran.read_text(encoding="utf-8") if ran.exists() else ""
+    logged = ran.read_text(encoding="utf-8") if ran.exists() else ""
+    return result.returncode, logged, result.stdout + result.stderr
 
 
 def test_scripts_test_stops_when_the_test_services_cannot_be_set_up(tmp_path: Path) -> None:
     # As a user who is not root: `su postgres` fails, and nothing is printed on stdout. The
     # suite must not run (minutes of lint, types and tests, every PostgreSQL one failing on an
     # empty URL) as if PostgreSQL were there.
-    status, ran = _run_scripts_test(tmp_path, 'echo "su: Authentication failure" >&2; exit 1')
+    status, ran, _ = _run_scripts_test(tmp_path, 'echo "su: Authentication failure" >&2; exit 1')
 
     assert status == 1
     assert ran == ""
@@ -55,11 +61,33 @@ def test_scripts_test_stops_when_the_test_services_cannot_be_set_up(tmp_path: Pa
 
 def test_scripts_test_hands_the_services_url_to_the_suite(tmp_path: Path) -> None:
     url = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5433/postgres"
-    status, ran = _run_scripts_test(tmp_path, f'echo "starting"; echo "{url}"')
+    status, ran, _ = _run_scripts_test(tmp_path, f'echo "starting"; echo "{url}"')
 
     assert status == 0
-    tools = ["ruff", "ruff", "mypy", "mypy", "pytest"]
-    assert ran.splitlines() == [f"{tool} {url}" for tool in tools]
+    # ruff first; mypy (on the code, then benchmarks/) beside the tests
+    lines = ran.splitlines()
+    assert lines[:2] == [f"ruff {url}"] * 2
+    assert sorted(lines[2:]) == [f"mypy {url}", f"mypy {url}", f"pytest {url}"]
+
+
+def test_scripts_test_fails_when_the_type_checks_fail_though_the_tests_pass(
+    tmp_path: Path,
+) -> None:
+    url = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5433/postgres"
+    status, ran, output = _run_scripts_test(tmp_path, f'echo "{url}"', {"mypy": 1})
+
+    assert status == 1
+    assert sorted(ran.splitlines()[2:]) == [f"mypy {url}", f"pytest {url}"]
+    # what mypy said is shown, after the tests' report
+    assert output.index("pytest says") < output.index("mypy says")
+    assert "the type checks failed" in output
+
+
+def test_scripts_test_gives_the_tests_status_when_they_fail(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5433/postgres"
+    status, _, _ = _run_scripts_test(tmp_path, f'echo "{url}"', {"pytest": 5})
+
+    assert status == 5
 
 
 def _run_scripts_setup(tmp_path: Path, kind: str, installed: list[str]) -> list[str]:
