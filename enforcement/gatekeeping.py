@@ -376,8 +376,9 @@ class AbuseDetector:
                     # throttle runs out, and a bout that goes on after it is raised then.
                     end = sustained_abuse_throttle_end(standing, now)
                     if end is not None:
+                        held = min(float((bucket + 1) * window_s), end.timestamp())
                         with self._lock:
-                            self._claims[marker] = min(self._claims[marker], end.timestamp())
+                            self._claims[marker] = held
                     return False
                 report = ViolationReport(
                     category=category,
