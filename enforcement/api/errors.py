@@ -82,6 +82,14 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def _outcome(request: Request) -> str:
+    """What a request the database failed came to: a read changes nothing, so it is only to be
+    tried again; a write was not recorded."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return "try again shortly."
+    return "nothing was written."
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -259,16 +267,18 @@ def install_error_handlers(
         )
 
     @app.exception_handler(OperationalError)
-    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+    async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
         log.error("database unavailable: %s", exc.orig)
         what = "The database's disk is full" if storage_full(exc) else "The database is unavailable"
-        return error_response(503, "dependency_unavailable", f"{what}; nothing was written.")
+        return error_response(503, "dependency_unavailable", f"{what}; {_outcome(request)}")
 
     @app.exception_handler(DBAPIError)
-    async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
+    async def _db_error(request: Request, exc: DBAPIError) -> JSONResponse:
         log.exception("database error")
         return error_response(
-            503, "dependency_unavailable", "The database refused the request; nothing was written."
+            503,
+            "dependency_unavailable",
+            f"The database refused the request; {_outcome(request)}",
         )
 
     @app.exception_handler(AppendOutcomeUnknown)
