@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from events.timefmt import format_time, parse_time
 from projections.standing import fold
 from tests.auditor import ZERO_HASH, check_chains
 from tests.conftest import MigratedTemplates, drop_pg_database
+from tests.e2e.harness import assert_error
 
 # Examples on SQLite and on PostgreSQL (a database made and dropped each).
 EXAMPLES = {
@@ -97,17 +97,12 @@ def denial(caller: Caller, allowed: tuple[Role, ...]) -> int | None:
 
 
 def check_error(response: httpx.Response) -> None:
-    """CONTRACT.md, "Errors": ``{"error": {"code", "message", "details"}}``."""
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert list(body) == ["error"], body
-    error = body["error"]
-    assert sorted(error) == ["code", "details", "message"], body
-    assert re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*", error["code"]), body
-    assert isinstance(error["message"], str) and error["message"], body
+    """CONTRACT.md, "Errors": ``{"error": {"code", "message", "details"}}``, a 422's details
+    naming each field."""
+    error = assert_error(response, response.status_code)
     if response.status_code == 422:
-        assert isinstance(error["details"], list) and error["details"], body
-        assert all({"field", "message"} <= set(item) for item in error["details"]), body
+        assert isinstance(error["details"], list) and error["details"], error
+        assert all({"field", "message"} <= set(item) for item in error["details"]), error
 
 
 def account_path(account: str) -> str:
