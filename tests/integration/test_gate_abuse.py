@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_service_support import FakeClock
+from test_service_support import FakeClock, open_system
 
 from enforcement import operator_decisions as ops
-from enforcement.bootstrap import Container, bootstrap
+from enforcement.bootstrap import Container
 from enforcement.gate import GateDecision
 from enforcement.service import Actor
-from enforcement.settings import Settings
 from projections.standing import active_throttles
 from tests.gate.test_gate_decision import DENIED
 
@@ -151,9 +150,7 @@ def test_the_gate_counts_denials_by_the_policys_count_and_window(
     """The policy's window as it is (it was taken as 60 s when shorter), and its count."""
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text('sustained_abuse_denials = { count = 3, window = "30s" }\n')
-    settings = Settings(database_url=database_url, policy_file=str(policy_file))
-    container = bootstrap(settings, clock=clock)
-    try:
+    with open_system(database_url, clock, policy_file) as container:
         assert (container.gate.denial_count, container.gate.denial_window_s) == (3, 30)
         limits = ops.ConfigureLimits(requests_per_minute=600, tokens_per_day=0, key_id="key_1")
         container.service.operator("acct_11", limits, Actor("op", "req_1"))
@@ -163,8 +160,6 @@ def test_the_gate_counts_denials_by_the_policys_count_and_window(
             seen.append(container.gate_check("acct_11", "key_1").denials_in_window)
             assert sustained_abuse_raised(container, "acct_11") == (len(seen) == 4)
         assert seen == [1, 2, 2, 3]
-    finally:
-        container.close()
 
 
 def test_a_confirmed_report_the_gate_filed_is_an_automated_detection(

@@ -59,10 +59,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_service_support import FakeClock
+from test_service_support import FakeClock, open_system
 
 from enforcement import operator_decisions as ops
-from enforcement.bootstrap import Container, bootstrap
+from enforcement.bootstrap import Container
 from enforcement.service import Actor
 from enforcement.settings import Settings
 from projections.standing import active_throttles
@@ -220,11 +220,8 @@ def oracle_system(
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     url = migrated_templates.sqlite(tmp_path / "enforcement.db")
-    container = bootstrap(Settings(database_url=url, policy_file=str(policy)), clock=clock)
-    try:
+    with open_system(url, clock, policy) as container:
         yield container
-    finally:
-        container.close()
 
 
 def gate_reports(system: Container, accounts: dict[str, str]) -> list[tuple[str, str, float]]:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,12 +55,16 @@ class FakeClock:
 
 
 @contextmanager
-def open_system(database_url: str, clock: FakeClock) -> Iterator[Container]:
-    """The application wired by the composition root, on a migrated database, with ``clock``.
+def open_system(
+    database_url: str, clock: FakeClock, policy_file: Path | None = None
+) -> Iterator[Container]:
+    """The application wired by the composition root, on a migrated database, with ``clock``
+    (and the policy of ``policy_file``, else the default one).
 
     Its gate is the embedded one, which reads ``clock`` too. (A Redis gate reads Redis' clock:
     a test of one under a fake clock should use open-ended restrictions, or real time.)"""
-    container = bootstrap(Settings(database_url=database_url), clock=clock)
+    policy = None if policy_file is None else str(policy_file)
+    container = bootstrap(Settings(database_url=database_url, policy_file=policy), clock=clock)
     try:
         yield container
     finally:
