@@ -349,6 +349,7 @@ class AbuseDetector:
         account's state says it is not due (already throttled for the bout; a report already
         open); whether it was recorded."""
         marker = (account_id, category, bucket)
+        window_end = float((bucket + 1) * window_s)
         # Claim the window before reading the standing: once past the count every denial of
         # the window comes here, and an abusive client must not make each one a database read.
         with self._lock:
@@ -356,7 +357,7 @@ class AbuseDetector:
                 return False
             if len(self._claims) > 100_000:
                 self._claims.clear()
-            self._claims[marker] = float((bucket + 1) * window_s)
+            self._claims[marker] = window_end
         try:
             standing = self.service.standings.load(account_id)
         except Exception:  # the denial is answered all the same; a later one tries again
@@ -376,7 +377,7 @@ class AbuseDetector:
                     # throttle runs out, and a bout that goes on after it is raised then.
                     end = sustained_abuse_throttle_end(standing, now)
                     if end is not None:
-                        held = min(float((bucket + 1) * window_s), end.timestamp())
+                        held = min(window_end, end.timestamp())
                         with self._lock:
                             self._claims[marker] = held
                     return False

@@ -54,6 +54,7 @@ from projections import aup_events as ev
 from projections.reasons import NOTHING_TO_APPEAL_REDRESS, appeal_elsewhere
 from projections.standing import (
     StandingState,
+    ThrottleRecord,
     ViolationRecord,
     active_strikes,
     active_throttles,
@@ -210,16 +211,21 @@ def sustained_abuse_due(
     sustained-abuse throttle already in force (one throttle per bout, not one per denial)."""
     if state.terminated or denials_in_window < policy.sustained_abuse_denials.count:
         return False
-    return not any(t.reason == SUSTAINED_ABUSE for t in active_throttles(state, now))
+    return not _bout_throttles(state, now)
 
 
 def sustained_abuse_throttle_end(state: StandingState, now: datetime) -> datetime | None:
     """When the sustained-abuse throttles in force at ``now`` have all run out; None when none
     is in force, or one runs until it is lifted."""
-    ends = [t.expires_at for t in active_throttles(state, now) if t.reason == SUSTAINED_ABUSE]
+    ends = [t.expires_at for t in _bout_throttles(state, now)]
     if not ends or None in ends:
         return None
     return max(parse_time(end) for end in ends if end is not None)
+
+
+def _bout_throttles(state: StandingState, now: datetime) -> list[ThrottleRecord]:
+    """The sustained-abuse throttles in force at ``now``: one per bout of gate denials."""
+    return [t for t in active_throttles(state, now) if t.reason == SUSTAINED_ABUSE]
 
 
 def decide_gate_sustained_abuse(
