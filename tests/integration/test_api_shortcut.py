@@ -143,6 +143,28 @@ def test_other_callers_and_content_types_go_the_usual_way(
     assert system.store.head("acct_s").version == 0
 
 
+def test_a_header_sent_twice_goes_the_usual_way_which_reads_the_first(
+    system: Container, client: TestClient, reporter: dict[str, str], answered: list[bool]
+) -> None:
+    auditor = f"Bearer {create_token(system.engine, Role.AUDITOR, 'a')}"
+    assert client.get("/v1/accounts/acct_none/standing", headers={"Authorization": auditor})
+    json_type = ("Content-Type", "application/json")
+    body = {"content": b'{"account_id": "acct_s", "category": "spam"}'}
+    tokens = [("Authorization", auditor), ("Authorization", reporter["Authorization"])]
+    types = [("Content-Type", "text/plain"), json_type]
+    keyed = [*reporter.items(), json_type, ("Idempotency-Key", "k1")]
+    keys = [*keyed, ("Idempotency-Key", "k2")]
+
+    by_auditor = client.post("/v1/violations", **body, headers=[*tokens, json_type])
+    as_text = client.post("/v1/violations", **body, headers=[*reporter.items(), *types])
+    first = client.post("/v1/violations", **body, headers=keys)
+    replayed = client.post("/v1/violations", **body, headers=keyed)
+
+    assert answered == [False, False, False, True]
+    assert (by_auditor.status_code, as_text.status_code) == (403, 415)
+    assert (first.status_code, replayed.status_code) == (201, 200)  # the key was k1
+
+
 # Content-Type: (whether the shortcut answers, the status either way answers)
 CONTENT_TYPES: dict[str | None, tuple[bool, int]] = {
     "application/json": (True, 201),

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from enforcement.errors import InvalidTransition, NotFound, as_sentence
+from enforcement.api.errors import domain_status
+from enforcement.errors import (
+    DomainError,
+    InvalidTransition,
+    NotFound,
+    ValidationFailed,
+    as_sentence,
+)
 
 
 @pytest.mark.parametrize(
@@ -30,3 +37,17 @@ def test_the_error_keeps_its_raised_text_and_answers_a_sentence() -> None:
         "The account is not suspended.",
     )
     assert NotFound("no remediation 'rem_9' on this account").message.endswith("account.")
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (NotFound("no such violation"), 404),
+        (InvalidTransition("the account is not suspended"), 409),
+        (ValidationFailed("the time is out of range"), 422),
+        (DomainError("anything else"), 400),
+    ],
+    ids=["not-found", "conflict", "validation", "other"],
+)
+def test_each_kind_of_domain_error_has_its_status(error: DomainError, status: int) -> None:
+    assert domain_status(error) == status
