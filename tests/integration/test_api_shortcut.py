@@ -96,6 +96,11 @@ UNUSUAL: dict[str, tuple[dict[str, Any], int, str]] = {
         "validation_failed",
     ),
     "an extra field": ({"json": {**VIOLATION, "extra": 1}}, 422, "validation_failed"),
+    "an empty Idempotency-Key": (
+        {"json": VIOLATION, "headers": {"Idempotency-Key": ""}},
+        422,
+        "validation_failed",
+    ),
 }
 
 
