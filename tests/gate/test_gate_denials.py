@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from enforcement.gate import DenialStats, EmbeddedGate, Gate
+from enforcement.policy import DEFAULT_POLICY
 from tests.gate.harness import Backend, FakeClock, embedded_backend
 
 
@@ -32,6 +33,14 @@ def test_distinct_denied_keys_in_the_last_minute(gate: Gate) -> None:
     assert seen == [1, 1, 2, 3, 3]
 
 
+def test_a_denied_key_leaves_the_minute_at_its_end() -> None:
+    backend = embedded_backend()
+    gate = starved(backend)
+    gate.check("acct", "key")
+    backend.advance(60)  # exactly: Redis drops a score at the horizon too
+    assert gate.denial_stats("acct").denied_keys_last_minute == 0
+
+
 def test_denied_keys_are_capped(gate: Gate) -> None:
     gate.set_limits("acct", None, rpm=1, tpd=100, version=1)
     gate.check("acct", "k0")
@@ -39,6 +48,7 @@ def test_denied_keys_are_capped(gate: Gate) -> None:
     seen = [gate.check("acct", f"k{i}").denied_keys_last_minute for i in range(40)]
 
     assert seen[:3] == [1, 2, 3] and max(seen) == 32 and seen[-1] == 32
+    assert gate.denial_stats("acct").denied_keys_last_minute == 32  # the others were dropped
 
 
 def test_the_denial_window_slides(backend: Backend) -> None:
@@ -190,3 +200,14 @@ def test_a_hundred_denials_count_within_ten_minutes_to_the_millisecond(
 def test_the_count_is_a_whole_number_from_one_to_ten_thousand(backend: Backend, count: int) -> None:
     with pytest.raises(ValueError, match="denial_count"):
         backend.make(denial_count=count)
+
+
+@pytest.mark.parametrize("count", [1, 10_000])
+def test_the_count_may_be_one_or_ten_thousand(backend: Backend, count: int) -> None:
+    assert deny(starved(backend, denial_count=count)) == 1
+
+
+def test_an_unconfigured_gate_counts_denials_as_the_default_policy() -> None:
+    rule = DEFAULT_POLICY.sustained_abuse_denials
+    gate = EmbeddedGate()
+    assert (gate.denial_count, gate.denial_window_s) == (rule.count, rule.window.total_seconds())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from enforcement.gate import Gate, GateDecision, format_duration
@@ -272,6 +274,30 @@ def test_throttled_limits_round_down_but_never_to_zero(gate: Gate) -> None:
     assert (b.allowed, b.limit_requests, b.limit_tokens) == (True, 1, 1)
 
 
+def test_the_token_window_is_the_utc_day() -> None:
+    gate = embedded_backend().make()  # at 10:00 UTC
+    assert gate.check("acct", "key").reset_tokens_s == 14 * 3600
+
+
+def test_the_account_ceiling_starts_again_with_the_window() -> None:
+    backend = embedded_backend()
+    gate = backend.make(token_window_s=10)
+    gate.set_limits("acct", None, rpm=600, tpd=10, version=1)
+    assert gate.check("acct", "key", tokens=10).allowed
+
+    backend.advance(10)  # the next window, before the usage of the last is swept
+
+    assert gate.check("acct", "key", tokens=10).allowed
+
+
+def test_a_factor_under_one_part_per_million_keeps_one(gate: Gate) -> None:
+    gate.set_limits("acct", None, rpm=600, tpd=10**15, version=1)
+    gate.set_limits("acct", "key", rpm=600, tpd=10**15, version=1)
+    gate.apply_throttle("acct", "t1", "key", 1e-9, None, version=2)
+
+    assert gate.check("acct", "key").limit_tokens == 10**9
+
+
 def test_a_throttle_leaves_a_zero_token_quota_at_zero(gate: Gate) -> None:
     # "Never to zero" keeps a positive limit usable; a key allowed no tokens gets none.
     gate.set_limits("acct", "k", rpm=10, tpd=0, version=1)
@@ -296,6 +322,8 @@ def test_a_throttle_expires_by_itself(backend: Backend, gate: Gate) -> None:
 
 def test_an_already_expired_throttle_changes_nothing(backend: Backend, gate: Gate) -> None:
     assert gate.apply_throttle("acct", "t1", None, 0.5, backend.at(-1), version=2)
+    assert gate.apply_throttle("acct", "t0", None, 0.5, datetime(1970, 1, 1, tzinfo=UTC), 3)
+    assert gate.throttle_ids("acct") == set()  # dropped at once
 
     assert gate.check("acct", "key").limit_requests == 600
 

@@ -155,6 +155,8 @@ def test_holds_status_tells_whether_an_account_would_be_learned(gate: Gate) -> N
     assert not gate.holds_status("acct")
     gate.set_status("acct", "active", None, version=2)
     assert gate.holds_status("acct") and not gate.holds_status("other")
+    gate.set_status("other", "active", None, version=0)  # as seeded: an account without events
+    assert gate.holds_status("other")
 
 
 def test_an_embedded_gate_with_relearn_learns_an_active_account_again() -> None:
@@ -179,6 +181,7 @@ def test_an_embedded_gate_with_relearn_learns_an_active_account_again() -> None:
 def test_relearn_must_be_positive() -> None:
     with pytest.raises(ValueError, match="relearn_s"):
         EmbeddedGate(relearn_s=0)
+    EmbeddedGate(relearn_s=0.5)  # any positive span
 
 
 def test_when_learning_again_fails_the_gate_answers_from_what_it_holds(

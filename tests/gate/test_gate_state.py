@@ -97,6 +97,15 @@ def test_a_stale_throttle_update_is_ignored(gate: Gate) -> None:
     assert gate.check("acct", "key").limit_requests == 100
 
 
+def test_a_lift_leaves_the_other_throttles_and_counts_once(backend: Backend, gate: Gate) -> None:
+    gate.apply_throttle("acct", "t1", None, 0.5, backend.at(3600), version=1)
+    gate.apply_throttle("acct", "t2", None, 0.25, backend.at(3600), version=2)
+    assert gate.lift_throttle("acct", "t2", version=3)
+    assert not gate.lift_throttle("acct", "t2", version=3)  # redelivered
+
+    assert gate.check("acct", "key").limit_requests == 300
+
+
 def test_a_lift_that_overtakes_its_throttle_wins(gate: Gate) -> None:
     assert gate.lift_throttle("acct", "t9", version=6)
     assert not gate.apply_throttle("acct", "t9", None, 0.1, None, version=5)
@@ -121,6 +130,61 @@ def test_lifted_throttle_tombstones_are_bounded(gate: Gate) -> None:
         (lambda g: g.check("bad{id}", "key"), "account_id"),
         (lambda g: g.check("acct", ""), "key_id"),
         (lambda g: g.set_limits("acct", None, rpm=0, tpd=1, version=1), "rpm"),
+        pytest.param(lambda g: g.check(["acct"], "key"), "account_id", id="unhashable-account"),
+        pytest.param(lambda g: g.check("acct", ["key"]), "key_id", id="unhashable-key"),
+        pytest.param(
+            lambda g: g.set_limits("acct", None, rpm=10**7 + 1, tpd=1, version=1),
+            "rpm",
+            id="rpm-over",
+        ),
+        pytest.param(
+            lambda g: g.set_limits("acct", None, rpm=1, tpd=-1, version=1), "tpd", id="tpd-negative"
+        ),
+        pytest.param(
+            lambda g: g.set_limits("acct", None, rpm=1, tpd=10**15 + 1, version=1),
+            "tpd",
+            id="tpd-over",
+        ),
+        pytest.param(
+            lambda g: g.set_limits("acct", "k" * 257, rpm=1, tpd=1, version=1),
+            "key_id",
+            id="limits-key",
+        ),
+        pytest.param(
+            lambda g: g.set_limits("bad{id}", None, rpm=1, tpd=1, version=1),
+            "account_id",
+            id="limits-account",
+        ),
+        pytest.param(
+            lambda g: g.apply_throttle("bad{id}", "t", None, 0.5, None, 1),
+            "account_id",
+            id="throttle-account",
+        ),
+        pytest.param(
+            lambda g: g.apply_throttle("acct", "", None, 0.5, None, 1),
+            "throttle_id",
+            id="throttle-id",
+        ),
+        pytest.param(
+            lambda g: g.apply_throttle("acct", "t", "", 0.5, None, 1), "key_id", id="throttle-key"
+        ),
+        pytest.param(
+            lambda g: g.apply_throttle("acct", "t", None, 0.5, None, -1),
+            "version",
+            id="throttle-version",
+        ),
+        pytest.param(lambda g: g.lift_throttle("bad{id}", "t", 1), "account_id", id="lift-account"),
+        pytest.param(lambda g: g.lift_throttle("acct", "", 1), "throttle_id", id="lift-id"),
+        pytest.param(lambda g: g.lift_throttle("acct", "t", -1), "version", id="lift-version"),
+        pytest.param(lambda g: g.denial_stats("bad{id}"), "account_id", id="stats-account"),
+        pytest.param(lambda g: g.throttle_ids("bad{id}"), "account_id", id="throttle-ids-account"),
+        pytest.param(lambda g: g.holds_status("bad{id}"), "account_id", id="holds-account"),
+        pytest.param(
+            lambda g: g.set_status("bad{id}", "active", None, 1), "account_id", id="status-account"
+        ),
+        pytest.param(
+            lambda g: g.set_status("acct", "active", None, -1), "version", id="status-version"
+        ),
         (lambda g: g.set_limits("acct", None, rpm=1, tpd=1, version=-1), "version"),
         (lambda g: g.apply_throttle("acct", "t", None, 0, None, 1), "factor"),
         (lambda g: g.apply_throttle("acct", "t", None, 1.5, None, 1), "factor"),
@@ -132,6 +196,20 @@ def test_lifted_throttle_tombstones_are_bounded(gate: Gate) -> None:
 def test_bad_arguments_are_refused(gate: Gate, call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call(gate)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("name", "value"), [("rpm", 0), ("tpd", -1)])
+def test_bad_default_limits_are_refused(name: str, value: int) -> None:
+    with pytest.raises(ValueError, match=name):
+        EmbeddedGate(**{f"default_{name}": value})
+
+
+def test_the_largest_limits_ids_and_factor_are_accepted(gate: Gate) -> None:
+    assert gate.set_limits("acct", None, rpm=10**7, tpd=10**15, version=1)
+    assert gate.set_limits("acct", "k" * 256, rpm=10**7, tpd=10**15, version=1)
+    assert gate.apply_throttle("acct", "t" * 256, "k" * 256, 1, None, version=2)
+    decision = gate.check("acct", "k" * 256, tokens=10**15)
+    assert (decision.limit_requests, decision.remaining_tokens) == (10**7, 0)
 
 
 def test_the_gate_names_the_throttles_it_holds_and_has_not_lifted(gate: Gate) -> None:

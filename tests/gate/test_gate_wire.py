@@ -122,6 +122,25 @@ def test_a_forked_child_uses_connections_of_its_own(gate: RedisGate) -> None:
     assert after == before - 21 * 1000 - 20
 
 
+def _wire_state(wire: Wire, results: multiprocessing.Queue[tuple[int, int, bool]]) -> None:
+    results.put((len(wire._idle), wire._kept, wire._keeping.locked()))
+
+
+def test_a_forked_child_starts_with_no_connection_and_a_free_lock(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    wire = Wire(client)
+    wire.call(Packed(("ECHO",)).with_last(1))  # one connection kept, idle
+    ctx = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[tuple[int, int, bool]] = ctx.Queue()
+    with wire._keeping:  # held by another thread of the parent as it forks
+        child = ctx.Process(target=_wire_state, args=(wire, results))
+        child.start()
+    assert results.get(timeout=30) == (0, 0, False)
+    child.join(timeout=10)
+    assert (len(wire._idle), wire._kept) == (1, 1)  # the parent's, untouched
+    client.close()
+
+
 def test_the_wire_returns_error_replies_and_keeps_the_connection(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     wire = Wire(client)
