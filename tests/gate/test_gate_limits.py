@@ -274,6 +274,13 @@ def test_throttled_limits_round_down_but_never_to_zero(gate: Gate) -> None:
     assert (b.allowed, b.limit_requests, b.limit_tokens) == (True, 1, 1)
 
 
+def test_a_limit_that_does_not_divide_the_minute_rounds_the_interval_up(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=7, tpd=100, version=1)
+    decision = gate.check("acct", "key")
+    # ceil(60 s / 7) = 8.571429 s, reported rounded up to the millisecond
+    assert (decision.remaining_requests, decision.reset_requests_s) == (6, 8.572)
+
+
 def test_the_token_window_is_the_utc_day() -> None:
     gate = embedded_backend().make()  # at 10:00 UTC
     assert gate.check("acct", "key").reset_tokens_s == 14 * 3600
