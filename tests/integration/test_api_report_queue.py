@@ -330,6 +330,18 @@ def test_an_item_that_fails_before_the_shared_append_fails_alone(
     assert [type(x).__name__ for x in together] == ["RuntimeError", "Outcome", "Outcome"]
 
 
+def test_report_each_without_one_actor_and_context_per_item_refuses_and_records_nothing(
+    system: Container,
+) -> None:
+    items = [(a, report(system), None, None) for a in ("acct_n1", "acct_n2")]
+    actors = [Actor("reporter:r", f"req-{i}") for i in range(2)]
+    with pytest.raises(ValueError, match="one actor"):
+        system.service.report_each(items, actors[:1])
+    with pytest.raises(ValueError, match="one actor"):
+        system.service.report_each(items, actors, contexts=[contextvars.copy_context()])
+    assert [system.store.head(a).version for a in ("acct_n1", "acct_n2")] == [0, 0]
+
+
 def test_a_cancelled_lone_report_hands_on_only_when_its_thread_ends(
     system: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ from enforcement.api.violations import report_of
 from enforcement.bootstrap import Container
 from enforcement.errors import ValidationFailed
 from enforcement.service import Actor
+from events import AppendOutcomeUnknown
 from events.timefmt import to_utc
 
 
@@ -95,6 +96,28 @@ def test_a_failed_shared_append_keeps_the_answers_settled_before_it(
     assert isinstance(results[1], ValidationFailed), kinds
     assert isinstance(results[0], KeyError), kinds
     assert [type(r) for r in results[2:]] == [OperationalError, OperationalError], kinds
+
+
+def test_a_shared_append_whose_outcome_is_unknown_is_not_tried_again(
+    system: Container, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The shared transaction committed but its caller could not know: recording its reports
+    # again alone would record each twice.
+    real = system.store.append_streams
+
+    def committed_but_lost(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise AppendOutcomeUnknown("connection lost at the commit")
+
+    monkeypatch.setattr(system.store, "append_streams", committed_but_lost)
+    items = [(a, report_of(body(a), to_utc(system.clock())), None, None) for a in ("a1", "a2")]
+    actors = [Actor("reporter:r", f"req-{i}") for i in range(2)]
+
+    results = system.service.report_each(items, actors)
+
+    assert [type(r) for r in results] == [AppendOutcomeUnknown, AppendOutcomeUnknown]
+    assert [system.store.head(a).version for a in ("a1", "a2")] == [3, 3]  # recorded once
+    assert "could not be handed on" not in caplog.text  # no ``on_result`` was given
 
 
 def test_a_server_stopping_mid_drain_loses_no_taken_report(

@@ -171,6 +171,19 @@ def test_the_push_runs_once_the_account_is_unlocked(system: Container) -> None:
     assert free == [True]  # another request on the account (or its stripe) need not wait
 
 
+def test_only_a_commit_is_pushed_not_a_replay_nor_a_command_that_recorded_nothing(
+    system: Container,
+) -> None:
+    service, pushed = system.service, []
+    service.after_commit = lambda _state, events, _at: pushed.append([e.type for e in events])
+    for _ in range(2):  # the second replays the first
+        service.operator(
+            "acct_12", ops.Suspend("review"), OPERATOR, idempotency_key="k", fingerprint="f"
+        )
+    assert service.end_suspension("acct_12", "sus_other", OPERATOR).events == []
+    assert pushed == [["AccountSuspended", "NoticeIssued"]]
+
+
 def test_after_a_push_that_failed_slowly_none_is_tried_for_a_while(system: Container) -> None:
     now = [100.0]
     gate = CountingGate(fail=True, on_call=lambda: now.__setitem__(0, now[0] + PUSH_TIMEOUT_S))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -27,10 +27,11 @@ from enforcement.errors import Conflict, InvalidTransition, NotFound, Validation
 from enforcement.gatekeeping import GATE_ACTOR
 from enforcement.policy import ViolationReport
 from enforcement.service import Fact, Outcome
-from events import ConcurrencyError, IdempotencyConflict, StoreError
+from events import AppendOutcomeUnknown, ConcurrencyError, IdempotencyConflict, StoreError
 from projections import aup_events as ev
 
 DAY = timedelta(days=1)
+T = TypeVar("T")
 
 
 def report(
@@ -75,6 +76,7 @@ def test_a_reported_violation_is_decided_at_once_and_a_key_replays_the_first_res
 
     assert types_of(first.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
     assert not first.replayed
+    assert {e.metadata["source"] for e in first.events} == {"api"}  # the actor's, by default
     assert first.standing.status == "remediation_due"
     assert first.standing.strikes == 1
     assert first.standing.version == 3
@@ -104,6 +106,20 @@ def test_a_reported_violation_is_decided_at_once_and_a_key_replays_the_first_res
     )
     assert len(events_of(system, "acct_1")) == 3
     assert_account_consistent(system, "acct_1")
+
+
+def test_the_standing_and_history_as_of_an_instant_are_what_was_recorded_up_to_it(
+    system: Container, clock: FakeClock
+) -> None:
+    first = report(system, "acct_asof", "spam")
+    clock.advance(DAY)
+    report(system, "acct_asof", "spam")
+    then = first.events[-1].recorded_at
+
+    assert system.service.standing("acct_asof", then).to_json() == first.standing.to_json()
+    assert system.service.standing("acct_asof").version == len(events_of(system, "acct_asof"))
+    assert [e.event.version for e in system.service.history("acct_asof", then)] == [1, 2, 3]
+    assert len(list(system.service.history("acct_asof"))) > 3
 
 
 def test_a_key_replays_its_first_result_without_deciding_again(system: Container) -> None:
@@ -786,34 +802,54 @@ def test_an_appeal_must_be_filed_within_the_window_and_target_a_decision(
     assert_account_consistent(system, "acct_w2")
 
 
-def count_appends(system: Container, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of streams of each ``append_streams`` call from now on."""
-    calls: list[int] = []
+def spy_appends(
+    system: Container, monkeypatch: pytest.MonkeyPatch, seen: Callable[[Any], T]
+) -> list[T]:
+    """``seen(appends)`` of each ``append_streams`` call from now on."""
+    calls: list[T] = []
     real = system.store.append_streams
 
-    def counting(appends: Any, *args: Any, **kw: Any) -> Any:
-        calls.append(len(appends))
+    def spying(appends: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(seen(appends))
         return real(appends, *args, **kw)
 
-    monkeypatch.setattr(system.store, "append_streams", counting)
+    monkeypatch.setattr(system.store, "append_streams", spying)
     return calls
 
 
+def count_appends(system: Container, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of streams of each ``append_streams`` call from now on."""
+    return spy_appends(system, monkeypatch, len)
+
+
 @pytest.mark.parametrize(
-    ("failure", "status", "code"),
+    ("failure", "status", "code", "says"),
     [
-        (ConcurrencyError("acct_x3", 0, 9), 409, "concurrent_update"),
+        (ConcurrencyError("acct_x3", 0, 9), 409, "concurrent_update", "not recorded: retry"),
         (
             OperationalError("INSERT", {}, Exception("database is locked")),
             503,
             "dependency_unavailable",
+            "refused this item; it was not recorded",
         ),
-        (StoreError("disk on fire"), 500, "internal_error"),
+        (
+            AppendOutcomeUnknown("connection lost"),
+            503,
+            "dependency_unavailable",
+            "may have been recorded: retry it with the same idempotency_key",
+        ),
+        (StoreError("disk on fire"), 500, "internal_error", "failed on this item; it was not"),
     ],
-    ids=["lost-races", "database", "store"],
+    ids=["lost-races", "database", "outcome-unknown", "store"],
 )
 def test_a_batch_item_that_fails_in_the_store_fails_alone(
-    system: Container, monkeypatch: pytest.MonkeyPatch, failure: Exception, status: int, code: str
+    system: Container,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    status: int,
+    code: str,
+    says: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The first items of new accounts are committed together before the others run one by
     one: an error of a later item must not fail the batch (which would say nothing was written,
@@ -839,7 +875,10 @@ def test_a_batch_item_that_fails_in_the_store_fails_alone(
 
     assert [r.status for r in results] == [201, 201, status, 201]
     error = results[2].error
-    assert error is not None and error.code == code
+    assert error is not None and error.code == code and says in error.message
+    # A failure of the store (not a lost race) is logged with its traceback.
+    logged = [r for r in caplog.records if r.getMessage() == "a batch item failed in the store"]
+    assert len(logged) == (status >= 500)
     assert system.store.head("acct_x3").version == 0
     assert len(events_of(system, "acct_x1")) > len(events_of(system, "acct_x2"))
     for account in ("acct_x1", "acct_x2"):
@@ -934,6 +973,22 @@ def test_facts_of_many_accounts_are_recorded_in_one_transaction_once_per_key(
     ]
     for i in range(3):
         assert_account_consistent(system, f"acct_f{i}")
+
+
+def test_facts_of_many_accounts_are_appended_in_their_keys_order(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes recording the same facts insert their key rows in the same order (the
+    other order could deadlock on PostgreSQL); each fact still gets its own events."""
+    keys = spy_appends(system, monkeypatch, lambda appends: [a.idempotency_key for a in appends])
+    facts = [Fact(f"acct_k{i}", _receipt(f"k{i}"), f"cause-{i}", f"kkey-{2 - i}") for i in range(3)]
+
+    recorded = system.service.record_facts(facts, REPORTER)
+
+    assert keys == [["kkey-0", "kkey-1", "kkey-2"]]
+    assert [(r[0].account_id, r[0].metadata["causation_id"]) for r in recorded] == [
+        (f"acct_k{i}", f"cause-{i}") for i in range(3)
+    ]
 
 
 def test_facts_that_meet_a_concurrent_writer_are_recorded_one_by_one(
