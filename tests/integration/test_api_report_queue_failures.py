@@ -10,6 +10,7 @@ import contextvars
 import dataclasses
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError
 from test_service_support import fail_deciding
@@ -19,7 +20,7 @@ from enforcement.api.schemas import ViolationIn
 from enforcement.api.violations import report_of
 from enforcement.bootstrap import Container
 from enforcement.errors import ValidationFailed
-from enforcement.service import Actor
+from enforcement.service import Actor, NotSent
 from events import AppendOutcomeUnknown
 from events.timefmt import to_utc
 
@@ -120,6 +121,41 @@ def test_a_shared_append_whose_outcome_is_unknown_is_not_tried_again(
     assert "could not be handed on" not in caplog.text  # no ``on_result`` was given
 
 
+def silent(*_a: Any, **_k: Any) -> Any:
+    """A statement the database left unanswered (its driver's timeout)."""
+    raise OperationalError("SELECT", {}, psycopg.errors.ConnectionTimeout("no answer"))
+
+
+def test_standings_the_database_left_unanswered_send_none_of_the_reports(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shared read found the database silent: each report fails at once, not sent, rather
+    # than each waiting as long again on its own.
+    monkeypatch.setattr(system.standings, "load_many", silent)
+    items = [(a, report_of(body(a), to_utc(system.clock())), None, None) for a in ("s1", "s2")]
+    actors = [Actor("reporter:r", f"req-{i}") for i in range(2)]
+
+    results = system.service.report_each(items, actors)
+
+    assert [type(r) for r in results] == [NotSent, NotSent], results
+    assert [system.store.head(a).version for a in ("s1", "s2")] == [0, 0]
+
+
+def test_a_shared_append_the_database_left_unanswered_sends_no_report_after_it(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(system.store, "append_streams", silent)
+    now = to_utc(system.clock())
+    # u1's second report is recorded alone, after the shared append
+    items = [(a, report_of(body(a), now), None, None) for a in ("u1", "u2", "u1")]
+    actors = [Actor("reporter:r", f"req-{i}") for i in range(3)]
+
+    results = system.service.report_each(items, actors)
+
+    assert [type(r) for r in results] == [OperationalError, OperationalError, NotSent], results
+    assert system.store.head("u1").version == 0
+
+
 def test_a_server_stopping_mid_drain_loses_no_taken_report(
     system: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,6 +240,8 @@ def test_a_fault_after_the_shared_commit_fails_only_its_own_report(
     assert system.store.head("acct_2").version > 0  # committed
     assert not isinstance(results[1], Exception), results[1]
     assert isinstance(results[0], RuntimeError)
+    # Committed too, so not recorded again on its own
+    assert system.store.head("acct_1").version == system.store.head("acct_2").version
 
 
 def test_a_lone_report_raising_stopiteration_fails_alone_and_leaves_the_queue_working(

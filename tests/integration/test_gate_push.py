@@ -114,6 +114,35 @@ def test_a_batch_recorded_in_one_transaction_reaches_the_gate_too(
     assert reason(system, "acct_4") == "ok"  # a warning restricts nothing
 
 
+def test_each_account_of_a_shared_commit_is_pushed_though_a_push_before_it_failed(
+    system: Container, clock: FakeClock
+) -> None:
+    pushed: list[str] = []
+
+    def after_commit(state: Any, _events: object, _at: object) -> None:
+        pushed.append(state.account_id)
+        if state.account_id == "acct_3":
+            raise ConnectionError("gate store down")
+
+    system.service.after_commit = after_commit
+    items = [(a, ViolationReport("csam", clock()), None, None) for a in ("acct_3", "acct_4")]
+
+    results = system.service.report_batch(items, REPORTER)
+
+    assert [r.status for r in results] == [201, 201]  # committed: a failed push fails neither
+    assert pushed == ["acct_3", "acct_4"]
+
+
+def test_a_service_without_a_push_tries_none_after_a_shared_commit(
+    system: Container, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    system.service.after_commit = None
+    items = [(a, ViolationReport("spam", clock()), None, None) for a in ("acct_5", "acct_6")]
+
+    assert [r.status for r in system.service.report_batch(items, REPORTER)] == [201, 201]
+    assert "were not pushed" not in caplog.text
+
+
 class CountingGate:
     """Counts the gate updates it is asked for, and fails each when told to."""
 
@@ -366,14 +395,22 @@ def test_a_gate_that_fails_does_not_fail_the_committed_decision(
     assert "the relay will" in caplog.text
 
 
-def test_the_push_is_the_states_own_time(system: Container, clock: FakeClock) -> None:
-    """The state is applied at the committed decision's instant (the same as the relay's)."""
+def test_the_push_is_the_states_own_time(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state is applied at the committed decision's instant (the same as the relay's),
+    here later than the instant it was decided at, alone or in a shared commit."""
     seen: list[datetime] = []
     system.service.after_commit = lambda state, events, at: seen.append(at)
+    committed = clock() + timedelta(seconds=1)
+    monkeypatch.setattr(system.store, "_clock", lambda: committed)
 
     outcome = system.service.operator("acct_7", ops.Suspend("review"), OPERATOR)
+    items = [(a, ViolationReport("csam", clock()), None, None) for a in ("acct_8", "acct_9")]
+    system.service.report_batch(items, REPORTER)
 
-    assert seen == [max(clock(), outcome.events[-1].recorded_at)]
+    assert outcome.events[-1].recorded_at == committed
+    assert seen == [committed] * 3
 
 
 def test_the_embedded_gate_reads_a_naive_clock_as_utc(monkeypatch: pytest.MonkeyPatch) -> None:

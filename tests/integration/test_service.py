@@ -175,6 +175,50 @@ def test_a_key_recorded_by_another_process_meanwhile_replays_its_result(
     assert_account_consistent(system, "acct_r")
 
 
+def test_a_command_refused_on_what_its_keys_first_request_did_answers_that_requests_result(
+    system: Container, database_url: str, clock: FakeClock
+) -> None:
+    """A terminate sent again under its key looks the key up before the first one records it,
+    then decides on the state the first left, where a terminate is refused: its answer is the
+    first's result, replayed. A terminate under another key is refused (nothing to replay)."""
+    key, print_ = "key-term", fingerprint(account_id="acct_k", reason="fraud")
+    with open_system(database_url, clock) as other_process:
+        winner: list[Outcome] = []
+        look_up = system.store.recorded_for_key
+
+        def look_up_then_lose_the_race(*args: Any) -> Any:
+            found = look_up(*args)
+            if not winner:  # nothing yet, and the other process records the command meanwhile
+                winner.append(
+                    other_process.service.operator(
+                        "acct_k",
+                        ops.Terminate("fraud"),
+                        OPERATOR,
+                        idempotency_key=key,
+                        fingerprint=print_,
+                    )
+                )
+            return found
+
+        system.store.recorded_for_key = look_up_then_lose_the_race  # type: ignore[method-assign]
+        loser = system.service.operator(
+            "acct_k", ops.Terminate("fraud"), OPERATOR, idempotency_key=key, fingerprint=print_
+        )
+
+    [first] = winner
+    assert loser.replayed and [e.event_id for e in loser.events] == [
+        e.event_id for e in first.events
+    ]
+    refused(
+        system,
+        "acct_k",
+        InvalidTransition,
+        lambda: system.service.operator(
+            "acct_k", ops.Terminate("again"), OPERATOR, idempotency_key="key-2", fingerprint="f2"
+        ),
+    )
+
+
 def test_a_batch_reports_for_many_accounts_and_a_bad_item_stands_alone(system: Container) -> None:
     now = system.clock()
     spam = ViolationReport("spam", now)
@@ -932,6 +976,45 @@ def test_a_batch_that_meets_a_concurrent_writer_goes_item_by_item(
     assert results[1].outcome is not None and results[1].outcome.standing.strikes == 3
     for i in range(4):
         assert_account_consistent(system, f"acct_c{i}")
+
+
+def database_down(*_a: Any, **_k: Any) -> Any:
+    raise OperationalError("INSERT", {}, Exception("database down"))
+
+
+def test_a_batch_whose_first_items_are_all_refused_answers_each(system: Container) -> None:
+    bogus = ViolationReport("spam", system.clock(), detection="bogus")
+    items = [(a, bogus, None, None) for a in ("acct_b1", "acct_b2")]
+
+    results = system.service.report_batch(items, REPORTER)
+
+    assert [r.status for r in results] == [422, 422]  # nothing left to append together
+
+
+def test_a_batch_of_one_item_whose_append_fails_answers_that_item(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(system.store, "append", database_down)
+    monkeypatch.setattr(system.store, "append_streams", database_down)
+    items = [("acct_o1", ViolationReport("spam", system.clock()), None, None)]
+
+    assert [r.status for r in system.service.report_batch(items, REPORTER)] == [503]
+
+
+@pytest.mark.parametrize("where", ["append", "after the commit"])
+def test_a_batch_whose_shared_transaction_fails_raises_its_error(
+    system: Container, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The batch fails with the store's own error (the API answers it 503), not another."""
+    target = system.store if where == "append" else system.standings
+    name = "append_streams" if where == "append" else "remember_appended"
+    monkeypatch.setattr(target, name, database_down)
+    items = [
+        (a, ViolationReport("spam", system.clock()), None, None) for a in ("acct_f1", "acct_f2")
+    ]
+
+    with pytest.raises(OperationalError, match="database down"):
+        system.service.report_batch(items, REPORTER)
 
 
 def _receipt(notice: str) -> Any:
