@@ -86,6 +86,16 @@ def test_token_quota_is_checked_before_counting(gate: Gate) -> None:
     assert exhausted.remaining_requests == fits.remaining_requests  # no request was counted
 
 
+def test_a_zero_token_request_needs_room_for_one_token(gate: Gate) -> None:
+    gate.set_limits("acct", "key", rpm=100, tpd=10, version=1)
+    assert gate.check("acct", "key", tokens=9).allowed
+
+    last = gate.check("acct", "key", tokens=0)
+
+    assert (last.allowed, last.remaining_tokens) == (True, 1)
+    assert gate.check("acct", "key", tokens=1).allowed
+
+
 def test_the_token_window_ends_by_itself(backend: Backend) -> None:
     gate = backend.make(token_window_s=2)  # the UTC day in production; 2 s to watch it roll
     gate.set_limits("acct", "key", rpm=600, tpd=10, version=1)
@@ -281,6 +291,13 @@ def test_a_limit_that_does_not_divide_the_minute_rounds_the_interval_up(gate: Ga
     assert (decision.remaining_requests, decision.reset_requests_s) == (6, 8.572)
 
 
+def test_an_account_ceiling_that_does_not_divide_the_minute_rounds_up_too(gate: Gate) -> None:
+    gate.set_limits("acct", None, rpm=7, tpd=100, version=1)
+    decision = gate.check("acct", "key")  # the key at the default 600 rpm: the account binds
+    assert (decision.limit_requests, decision.remaining_requests) == (7, 6)
+    assert decision.reset_requests_s == 8.572
+
+
 def test_the_token_window_is_the_utc_day() -> None:
     gate = embedded_backend().make()  # at 10:00 UTC
     assert gate.check("acct", "key").reset_tokens_s == 14 * 3600
@@ -372,6 +389,25 @@ def test_account_throttles_expire_one_after_another_with_no_key_throttle(
 
     backend.advance(1.0)
     assert gate.check("acct", "key").limit_requests == 100
+
+
+def test_an_expiring_account_throttle_ends_beside_one_without_expiry(
+    backend: Backend, gate: Gate
+) -> None:
+    # The Redis gate's summary of the account throttles must keep the expiry of the one that
+    # expires whatever the order it meets them in (a Lua table's): both orders, on two accounts
+    # given the same throttle ids in the same order, the lasting one first or second.
+    lasting, expiring = (0.5, None), (0.25, backend.at(0.9))
+    for account, throttles in {"x": (lasting, expiring), "y": (expiring, lasting)}.items():
+        for version, (factor, expires) in enumerate(throttles, start=2):
+            gate.apply_throttle(account, f"t{version}", None, factor, expires, version)
+    # On Redis these are real seconds: the checks have 0.8 s or more to spare.
+    before = {account: gate.check(account, "key").limit_requests for account in "xy"}
+
+    backend.advance(1.0)
+
+    after = {account: gate.check(account, "key").limit_requests for account in "xy"}
+    assert (before, after) == ({"x": 150, "y": 150}, {"x": 300, "y": 300})
 
 
 def test_a_throttle_ends_at_its_expiry_as_in_the_standing() -> None:

@@ -178,6 +178,35 @@ def test_the_key_layout(backend: Backend) -> None:
     assert client.zrange("{a:acct}:dkeys", 0, -1, withscores=True) == [(b"k1", int(denied_at))]
 
 
+def test_a_denial_moves_the_hash_expiry_only_when_it_is_due(backend: Backend) -> None:
+    # A denied check counts nothing, but a configured account's hash must not expire under
+    # its checks: the expiry (mirrored in the usage record) moves once it falls within the
+    # slack of the state TTL, and only then. Set by hand here, rather than waiting for days.
+    client = backend.client
+    assert client is not None
+    gate, name = RedisGate(client), "{a:acct}:gate"
+    gate.set_limits("acct", None, rpm=1, tpd=100, version=1)
+    assert gate.check("acct", "key").allowed
+    ttl_ms = redis_gate.DEFAULT_STATE_TTL_S * 1000
+    counted = struct.unpack("<4d", client.hget(name, "u"))[:3]
+
+    def deny_with_expiry_in(ms: int) -> tuple[float, int]:
+        """The mirrored expiry and the hash's TTL after a denial, the expiry ``ms`` ahead."""
+        seconds, micros = client.time()
+        expires = seconds * 1000 + micros // 1000 + ms
+        client.hset(name, "u", struct.pack("<4d", *counted, expires))
+        client.pexpireat(name, expires)
+        assert gate.check("acct", "key").reason == "rate_limited"
+        *usage, mirrored = struct.unpack("<4d", client.hget(name, "u"))
+        assert tuple(usage) == counted
+        return mirrored - expires + ms, client.pttl(name)
+
+    later = ttl_ms + 86_400_000  # not due: left alone
+    assert deny_with_expiry_in(later) == (later, pytest.approx(later, abs=1000))
+    mirrored, ttl = deny_with_expiry_in(3_600_000)  # due: moved to the state TTL from now
+    assert mirrored == pytest.approx(ttl_ms, abs=1000) and ttl == pytest.approx(ttl_ms, abs=1000)
+
+
 def test_the_denial_times_are_bounded_by_the_count_and_the_window(backend: Backend) -> None:
     # An account's denials are a list of its latest `count` denial times, newest first, which
     # loses those that leave the window; never every denial.
