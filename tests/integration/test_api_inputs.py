@@ -15,12 +15,13 @@ from fastapi.testclient import TestClient
 
 from enforcement.api import responses
 from enforcement.api.app import create_app
+from enforcement.api.deps import get_principal
 from enforcement.api.violations import violation_json
 from enforcement.bootstrap import Container
 from enforcement.cli import time_option
 from enforcement.roles import Role
 from enforcement.tables import contacts
-from enforcement.tokens import create_token
+from enforcement.tokens import Principal, create_token
 
 
 @pytest.fixture
@@ -968,3 +969,55 @@ def test_the_openapi_document_declares_the_token_and_the_roles_each_operation_le
             assert let_in == set(listed.group(1).split(", ")), (method, path)
             checked += 1
     assert checked >= 22
+
+
+def test_the_bearer_credentials_are_read_as_http_writes_them_and_each_refusal_says_why(
+    client: TestClient, as_role: Any
+) -> None:
+    """The scheme is case-insensitive and one or more spaces part it from the token (RFC 9110
+    §11.4); a missing token and an unknown one are both 401, each with its own sentence and the
+    challenge, and a 403 names the role and the permission it lacks."""
+    path = "/v1/accounts/acct_b/standing"
+    token = as_role(Role.AUDITOR)["Authorization"].removeprefix("Bearer ")
+    for value in (f"bearer {token}", f"BEARER   {token}"):
+        assert client.get(path, headers={"Authorization": value}).status_code == 200, value
+    for headers, message in (
+        ({}, "A bearer token is required."),
+        ({"Authorization": "Bearer    "}, "A bearer token is required."),
+        ({"Authorization": f"Basic {token}"}, "A bearer token is required."),
+        ({"Authorization": "Bearer enf_unknown"}, "The bearer token is not valid."),
+    ):
+        refused = client.get(path, headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["error"] == {
+            "code": "unauthorized",
+            "message": message,
+            "details": None,
+        }, headers
+    forbidden = client.put(
+        "/v1/accounts/acct_b/limits",
+        json={"requests_per_minute": 60, "tokens_per_day": 1000},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"] == {
+        "code": "forbidden",
+        "message": "The auditor role may not do this.",
+        "details": {"role": "auditor", "needs": "command"},
+    }
+
+
+def test_a_replaced_principal_is_honoured_for_a_malformed_body_too(client: TestClient) -> None:
+    """A test that replaces ``get_principal`` is let in: its malformed body is a 400, as any
+    other of its requests is answered past the caller, not the 401 of the real dependency."""
+    client.app.dependency_overrides[get_principal] = lambda: Principal(  # type: ignore[attr-defined]
+        "tok_t", "t", Role.OPERATOR
+    )
+    response = client.post(
+        "/v1/accounts/acct_m/suspend",
+        content=b'{"reason": ',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "malformed_json"
