@@ -207,8 +207,10 @@ class CuttingProxy:
         self._close(client, server)
 
     def _cut(self, client: socket.socket, server: socket.socket) -> None:
-        self._close(client, server)
+        # Set before the close: the client sees the close, answers, and the test then asks
+        # ``cut.is_set()``, which this thread might not have reached yet after the close.
         self.cut.set()
+        self._close(client, server)
 
     @staticmethod
     def _close(*sockets: socket.socket) -> None:
