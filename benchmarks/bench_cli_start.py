@@ -36,10 +36,12 @@ COMMANDS = {
     "standing acct_1": [CLI, "standing", "acct_1"],
     "tokens create": [CLI, "tokens", "create", "--role", "auditor", "--name", "bench"],
 }
+LIBRARIES = "imports: sqlalchemy, typer, rich"  # the floor the ratios are to
 FLOORS = {
     "python -c pass": [sys.executable, "-c", "pass"],
-    "imports: sqlalchemy, typer, rich": [sys.executable, "-c", "import sqlalchemy, typer, rich"],
+    LIBRARIES: [sys.executable, "-c", "import sqlalchemy, typer, rich"],
 }
+Side = tuple[list[str], dict[str, str]]  # a command and its environment
 
 
 def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -49,8 +51,21 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     wall, after = time.perf_counter() - started, os.times()
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    cpu = after.children_user - before.children_user
-    return cpu + after.children_system - before.children_system, wall
+    cpu = (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
+    return cpu, wall
+
+
+def _measure(sides: dict[str, Side], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Each side's (CPU, wall) per round: each once a round, the order reversed every round."""
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    order = list(sides)
+    for _ in range(rounds):
+        for name in order:
+            figures[name].append(_run(*sides[name]))
+        order.reverse()
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,30 +74,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", metavar="DIR", help="also run each command with DIR first")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 110))
-    workdir = tempfile.mkdtemp(prefix="bench_cli_")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
-    env["ENFORCEMENT_DATABASE_URL"] = f"sqlite:///{workdir}/bench.db"
     env.pop("PYTHONPATH", None)
-    _run([CLI, "init"], env)
-    sides: dict[str, tuple[list[str], dict[str, str]]] = {
-        name: (command, env) for name, command in {**FLOORS, **COMMANDS}.items()
-    }
-    if args.compare:
-        other = {**env, "PYTHONPATH": args.compare}
-        for name, command in COMMANDS.items():
-            sides[f"{name}, {args.compare} first"] = (command, other)
     console.print(
         f"[bold]conditions[/]: {os.cpu_count()} cores, {platform.machine()}, Python "
         f"{platform.python_version()}; a fresh SQLite database; {args.rounds} rounds, each side "
         f"once a round, the order reversed every round; load average before: {load_average()}"
     )
-    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
-    order = list(sides)
-    for _ in range(args.rounds):
-        for name in order:
-            figures[name].append(_run(*sides[name]))
-        order.reverse()
-    floor = statistics.median(cpu for cpu, _ in figures["imports: sqlalchemy, typer, rich"])
+    with tempfile.TemporaryDirectory(prefix="bench_cli_") as workdir:
+        env["ENFORCEMENT_DATABASE_URL"] = f"sqlite:///{workdir}/bench.db"
+        _run([CLI, "init"], env)
+        sides: dict[str, Side] = {
+            name: (command, env) for name, command in {**FLOORS, **COMMANDS}.items()
+        }
+        if args.compare:
+            other = {**env, "PYTHONPATH": args.compare}
+            for name, command in COMMANDS.items():
+                sides[f"{name}, {args.compare} first"] = (command, other)
+        figures = _measure(sides, args.rounds)
+    floor = statistics.median(cpu for cpu, _ in figures[LIBRARIES])
     table = Table(title="One process, start to exit")
     for column in ("command", "CPU ms median", "CPU ms min", "wall ms median", "CPU / floor"):
         table.add_column(column, justify="left" if column == "command" else "right")
