@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from enforcement.api.app import create_app
@@ -231,3 +232,42 @@ def test_the_fingerprint_of_a_report_is_the_one_a_batch_header_always_gave() -> 
     assert report_fingerprint(full).value == (
         "4dcb981fde8e930276df19e0c47cda471e86a165cffc581b8fa83544e69ea2a2"
     )
+
+
+def test_the_fingerprint_of_a_command_is_the_one_its_key_was_always_recorded_with(
+    system: Container, client: TestClient
+) -> None:
+    """An operator command's key is recorded with the hash of its method and route, its path
+    parameters and its body without the fields at their default: were the recipe to change,
+    a command retried across the upgrade would be refused (409) as another request."""
+    from enforcement.api.idempotency import RequestKey
+    from events.schema import idempotency_keys
+
+    token = create_token(system.engine, Role.OPERATOR, "operator")
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "fp-suspend"}
+    body = {"reason": "fraud", "until": "2027-01-01T01:00:00+01:00", "notify": True}
+    answer = client.post(f"/v1/accounts/{ACCOUNT}/suspend", json=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+
+    with system.engine.connect() as connection:
+        recorded = connection.execute(
+            sa.select(idempotency_keys.c.fingerprint).where(idempotency_keys.c.key == "fp-suspend")
+        ).scalar_one()
+    assert recorded == request_fingerprint(
+        {
+            "route": "POST /v1/accounts/{account_id}/suspend",
+            "path": {"account_id": ACCOUNT},
+            "body": {"reason": "fraud", "until": "2027-01-01T00:00:00Z"},
+        }
+    )
+    assert recorded == "55b4fbb30936b78064a250c1d3ce7c397a6d43eb01f8626f371cf839e2cb3e16"
+    # The recipe alone, for a command without a body's fields and for one without a key.
+    bare = RequestKey("k", "POST /v1/accounts/{account_id}/terminate", {"account_id": "a"})
+    assert bare.fingerprint() == request_fingerprint(
+        {
+            "route": "POST /v1/accounts/{account_id}/terminate",
+            "path": {"account_id": "a"},
+            "body": None,
+        }
+    )
+    assert RequestKey(None, bare.route, bare.path).fingerprint() is None
