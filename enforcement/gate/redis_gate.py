@@ -232,10 +232,8 @@ class RedisGate(Gate):
         return call
 
     def _check(self, account_id: str, key_id: str, tokens: int) -> GateDecision:
-        raw = self._run(self._check_script, keys.check_keys(account_id), (key_id, tokens))
-        if len(raw) == _UNKNOWN_SIZE:
-            raw = self._check_after_seeding(account_id, key_id, tokens)
-        return _decision(raw)
+        # ``check`` above replaces ``Gate.check``, the only caller of this step.
+        return self._check_now(account_id, key_id, tokens)
 
     def _denial_stats(self, account_id: str) -> DenialStats:
         names = (keys.denials(account_id), keys.denied_keys(account_id))
