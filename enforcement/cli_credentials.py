@@ -96,7 +96,10 @@ def tokens_revoke(
     with opened_container() as container:
         revoked = revoke_token(container.engine, token_id)
     if revoked is None:
-        fail(f"There is no token {token_id!r}; `enforcement tokens list` shows them.")
+        fail(
+            f"There is no token {token_id!r} (never created, or revoked already); "
+            "`enforcement tokens list` shows those in force."
+        )
     console.print(
         f"Revoked {revoked.token_id} ({revoked.role} token for {revoked.name!r}); it stops "
         "working within 30 seconds.",

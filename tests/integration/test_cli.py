@@ -494,7 +494,8 @@ def test_tokens_are_listed_without_secrets_and_a_revoked_one_stops_working(
     again = run_cli(populated.url, "tokens", "revoke", leaked)
     assert again.returncode == 2
     assert one_sentence(again.stderr) == (
-        f"There is no token '{leaked}'; `enforcement tokens list` shows them."
+        f"There is no token '{leaked}' (never created, or revoked already); "
+        "`enforcement tokens list` shows those in force."
     )
 
 
