@@ -66,6 +66,12 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
     broker = broker or make_broker(settings)
     email = EmailSender(settings.smtp_url, settings.mail_dir, sender=settings.mail_from)
     webhook = WebhookSender(settings.webhook_secret, settings.webhook_allow_private)
+    if settings.webhook_secret is None:
+        # Said once at the start: otherwise only each refused notice's outcome would tell.
+        log.warning(
+            "ENFORCEMENT_WEBHOOK_SECRET is unset: notices to a contact's webhook_url are "
+            "refused, not sent (e-mail is not affected)"
+        )
     guard = delivery_guard(
         broker, hold_seconds(email, webhook, settings.database_timeout_ms / 1000)
     )

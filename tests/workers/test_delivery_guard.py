@@ -673,3 +673,27 @@ def test_a_notice_goes_out_on_each_channel_with_a_target_and_by_mail_without_one
     assert sends.attempt(notice.event_id, "email", 1, final=False) == "undeliverable"
     [undeliverable] = outcomes_of(container.store, notice.event_id)
     assert (undeliverable.data["channel"], undeliverable.data["final"]) == ("none", True)
+
+
+def test_workers_started_without_a_webhook_secret_say_that_webhooks_are_not_sent(
+    sqlite_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unsigned = bootstrap(fast_settings(sqlite_db, tmp_path, webhook_secret=None))
+    try:
+        with caplog.at_level(logging.WARNING, logger="enforcement.workers"):
+            build_actors(unsigned)
+    finally:
+        unsigned.close()
+    said = [r.getMessage() for r in caplog.records if "ENFORCEMENT_WEBHOOK_SECRET" in r.message]
+    assert said == [
+        "ENFORCEMENT_WEBHOOK_SECRET is unset: notices to a contact's webhook_url are refused, "
+        "not sent (e-mail is not affected)"
+    ]
+
+
+def test_workers_started_with_a_webhook_secret_say_nothing_of_it(
+    container: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="enforcement.workers"):
+        build_actors(container)
+    assert not [r for r in caplog.records if "WEBHOOK_SECRET" in r.getMessage()]
