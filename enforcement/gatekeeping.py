@@ -44,6 +44,10 @@ from projections.stored import StandingRepository, iter_stored_states
 log = logging.getLogger("enforcement.gate")
 GATE_ACTOR = Actor(name="gate", correlation_id="gate", source=GATE_SOURCE)
 CIRCUMVENTION_KEYS = 3
+# A denial that found a report not due by the account's state (throttled for the bout, a report
+# awaiting triage) holds its window at most this long before the standing is read again: an
+# operator's lift or triage is seen within it, at one read per account per interval.
+STATE_RECHECK_S = 30.0
 
 
 PUSH_TIMEOUT_S = 0.25  # a push to the Redis gate gives up after this (the relay follows)
@@ -309,7 +313,7 @@ class AbuseDetector:
         self.service = service
         self.policy = policy
         # (account, category, window) claimed, and until when (epoch seconds): the window's
-        # end, or the end of the throttle a denial found in force.
+        # end, or sooner when the account's state made the category not due (``_hold``).
         self._claims: dict[tuple[str, str, int], float] = {}
         self._lock = threading.Lock()
 
@@ -376,10 +380,7 @@ class AbuseDetector:
                     # Throttled for this bout already: the window is held only until that
                     # throttle runs out, and a bout that goes on after it is raised then.
                     end = sustained_abuse_throttle_end(standing, now)
-                    if end is not None:
-                        held = min(window_end, end.timestamp())
-                        with self._lock:
-                            self._claims[marker] = held
+                    self._hold(marker, now, window_end, end)
                     return False
                 report = ViolationReport(
                     category=category,
@@ -396,6 +397,7 @@ class AbuseDetector:
                 return bool(outcome.events)
             if abuse_report_open(standing, category):
                 # A filter, as above: the service looks again where it files the report.
+                self._hold(marker, now, window_end, None)
                 return False  # one already waits for an operator
             filed = self.service.file_gate_abuse_report(
                 account_id,
@@ -414,6 +416,22 @@ class AbuseDetector:
             log.exception("could not record %s for %s", category, account_id)
             self._unclaim(marker)
             return False
+
+    def _hold(
+        self,
+        marker: tuple[str, str, int],
+        now: datetime,
+        window_end: float,
+        state_end: datetime | None,
+    ) -> None:
+        """Hold a window the account's state made not due until the state is read again: at
+        the window's end, the end the state gave (``state_end``), or ``STATE_RECHECK_S`` from
+        ``now``, whichever comes first."""
+        held = min(window_end, now.timestamp() + STATE_RECHECK_S)
+        if state_end is not None:
+            held = min(held, state_end.timestamp())
+        with self._lock:
+            self._claims[marker] = held
 
     def _unclaim(self, marker: tuple[str, str, int]) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from test_service_support import FakeClock, open_system
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.gate import GateDecision
+from enforcement.gatekeeping import STATE_RECHECK_S
 from enforcement.service import Actor
 from projections.standing import active_throttles
 from tests.gate.test_gate_decision import DENIED
@@ -359,3 +360,70 @@ def test_one_denial_past_the_count_on_a_third_key_records_both(
     state = system.standings.load("acct_11")
     assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]
     assert [r.category for r in state.abuse_reports.values()] == ["rate_limit_circumvention"]
+
+
+def start_of_next_window(system: Container, clock: FakeClock) -> None:
+    window_s = int(system.policy.sustained_abuse_denials.window.total_seconds())
+    start = (int(clock().timestamp()) // window_s + 1) * window_s
+    clock.set(datetime.fromtimestamp(start, UTC))
+
+
+def test_an_operators_lift_of_the_bouts_throttle_is_seen_within_the_recheck_interval(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A denial that finds the account throttled for the bout holds its window for at most
+    ``STATE_RECHECK_S``: once an operator has lifted the throttle, a bout that goes on is
+    raised again then, not at the window's end (up to 10 minutes under the default policy)."""
+    count = system.policy.sustained_abuse_denials.count
+    start_of_next_window(system, clock)
+    assert system.abuse.observe("acct_13", "key_1", denial(count)) == ("sustained_abuse",)
+    start_of_next_window(system, clock)  # the throttle (24 hours) in force: the same bout
+    assert system.abuse.observe("acct_13", "key_1", denial(count)) == ()
+    [throttle] = active_throttles(system.standings.load("acct_13"), clock())
+    system.service.operator(
+        "acct_13", ops.LiftThrottle(throttle.throttle_id), Actor("op", "req_lift")
+    )
+    loads = count_loads(system, monkeypatch)
+    clock.advance(timedelta(seconds=STATE_RECHECK_S - 1))
+    assert system.abuse.observe("acct_13", "key_1", denial(count)) == ()
+    assert loads == []  # held: no read per denial
+    clock.advance(timedelta(seconds=1))
+    assert system.abuse.observe("acct_13", "key_1", denial(count)) == ("sustained_abuse",)
+    assert sustained_abuse_raised(system, "acct_13") == 2
+
+
+def test_a_throttled_accounts_denials_read_its_standing_once_per_recheck_interval(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = system.policy.sustained_abuse_denials.count
+    start_of_next_window(system, clock)
+    assert system.abuse.observe("acct_14", "key_1", denial(count)) == ("sustained_abuse",)
+    start_of_next_window(system, clock)
+    loads = count_loads(system, monkeypatch)
+    for _ in range(4):  # two minutes of denials, ten a second
+        for _ in range(int(STATE_RECHECK_S) * 10):
+            assert system.abuse.observe("acct_14", "key_1", denial(count)) == ()
+            clock.advance(timedelta(seconds=0.1))
+    assert loads == ["acct_14"] * 4
+    assert sustained_abuse_raised(system, "acct_14") == 1
+
+
+def test_a_triage_of_the_open_report_is_seen_within_the_recheck_interval(
+    system: Container, clock: FakeClock
+) -> None:
+    """Keys denied together while the gate's report waits for triage hold the window for at
+    most ``STATE_RECHECK_S``: once an operator has triaged it, they are filed again then, not
+    at the window's end."""
+    start_of_next_window(system, clock)
+    assert system.abuse.observe("acct_15", "key_c", denial(5, 3)) == ("rate_limit_circumvention",)
+    start_of_next_window(system, clock)
+    assert system.abuse.observe("acct_15", "key_c", denial(5, 3)) == ()  # one is open
+    [report] = system.standings.load("acct_15").abuse_reports.values()
+    system.service.triage_abuse_report(
+        "acct_15", report.report_id, "rejected", None, Actor("op", "req_t")
+    )
+    clock.advance(timedelta(seconds=STATE_RECHECK_S - 1))
+    assert system.abuse.observe("acct_15", "key_c", denial(5, 3)) == ()
+    clock.advance(timedelta(seconds=1))
+    assert system.abuse.observe("acct_15", "key_c", denial(5, 3)) == ("rate_limit_circumvention",)
+    assert system.service.standing("acct_15").open_abuse_reports == 1

@@ -23,16 +23,16 @@ The rules, as POLICY.md, CONTRACT.md and the code's docstrings state them:
   aligned to the epoch (``bucket = epoch seconds // window``), each with its idempotency key.
   The detector claims a window for a category at the first denial that makes it due by the
   counts, before it reads the standing (an abusive client's denials past the count must cost no
-  database read each, ``test_gate_abuse``). A denial that found ``rate_limit_circumvention``
-  not due (a report open) spends the window: nothing more of it until the next window, even
-  once the report is triaged (a trade for one standing read per window: an operator's triage
-  is not a deadline the detector knows). One that found ``sustained_abuse`` not due because a
-  sustained-abuse throttle was in force holds the window only until that throttle's end as it
-  read it: POLICY.md sets no delay, so a bout that goes on once the throttle has run out is
-  raised then. An operator's lift of that throttle is not seen before that end or the
-  window's. (The oracle found the detector waiting for the next window after a throttle ran
-  out, up to 10 minutes under the default policy; fixed 2026-12-06 and pinned in
-  ``test_gate_abuse``.)
+  database read each, ``test_gate_abuse``). A denial that found a category not due by the
+  account's state holds the window until the state is read again: ``STATE_RECHECK_S`` (30 s)
+  later at the latest, so that an operator's triage of the open report, or lift of the
+  throttle, is seen within it, at one standing read per account per interval. One that found
+  ``sustained_abuse`` not due because a sustained-abuse throttle was in force holds it no
+  longer than that throttle's end as it read it: POLICY.md sets no delay, so a bout that goes
+  on once the throttle has run out is raised then. (The oracle found the detector waiting for
+  the next window after a throttle ran out, up to 10 minutes under the default policy; fixed
+  2026-12-06 and pinned in ``test_gate_abuse``; a triage, or a lift, was not seen before the
+  window's end either until ``STATE_RECHECK_S``, fixed the same day.)
 
 The reference (``Model``) keeps, per account, the times and keys of its rate/quota denials, the
 end of the sustained-abuse throttle it predicted, whether a report is open, and the windows
@@ -63,6 +63,7 @@ from test_service_support import FakeClock, open_system
 
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
+from enforcement.gatekeeping import STATE_RECHECK_S
 from enforcement.service import Actor
 from enforcement.settings import Settings
 from projections.standing import active_throttles
@@ -133,21 +134,21 @@ class Model:
         window = int(t) // WINDOW_S
         reports = []
         # A window is claimed by the first denial due by the counts, whatever the standing says;
-        # a throttle in force for the bout holds it only until that throttle's end.
+        # a state that makes the category not due holds it until the standing is read again,
+        # a throttle in force for the bout no longer than that throttle's end.
         throttled_until = acct.throttled_until
         if in_window >= COUNT and self.claim(acct, SA, window, t):
             if throttled_until is None or t >= throttled_until:
                 acct.throttled_until = t + THROTTLE_S
                 reports.append(SA)
             else:
-                acct.claimed[SA, window] = min(acct.claimed[SA, window], throttled_until)
-        if (
-            keys >= KEYS_DENIED_TOGETHER
-            and self.claim(acct, RLC, window, t)
-            and not acct.report_open
-        ):
-            acct.report_open = True
-            reports.append(RLC)
+                self.hold(acct, SA, window, min(t + STATE_RECHECK_S, throttled_until))
+        if keys >= KEYS_DENIED_TOGETHER and self.claim(acct, RLC, window, t):
+            if not acct.report_open:
+                acct.report_open = True
+                reports.append(RLC)
+            else:
+                self.hold(acct, RLC, window, t + STATE_RECHECK_S)
         self.recorded += [(category, account, t) for category in reports]
         return in_window, keys, reports
 
@@ -157,6 +158,10 @@ class Model:
             return False
         acct.claimed[category, window] = float((window + 1) * WINDOW_S)
         return True
+
+    @staticmethod
+    def hold(acct: Account, category: str, window: int, until: float) -> None:
+        acct.claimed[category, window] = min(acct.claimed[category, window], until)
 
 
 # ---------------------------------------------------------------- the steps
@@ -191,10 +196,11 @@ steps = st.lists(
 )
 ROTATE = ("check", "a", list(QUOTA_KEYS))
 # Both reports (t=0); in the next window while the throttle is in force and the report open
-# (t=90); after the report's triage in that window, which a denial claimed (t=95: nothing);
-# ``sustained_abuse`` again once its throttle has run out, in that same window (t=155); the
-# report again in the window after (t=185), where a denial finds the second throttle in force;
-# ``sustained_abuse`` again in the window after that throttle's end (t=335).
+# (t=90: nothing, both held 30 s); after the report's triage, within those 30 s (t=95:
+# nothing); ``sustained_abuse`` again once its throttle has run out, and the report again once
+# its hold has ended, in that same window (t=155); in the window after (t=185, t=245) the
+# second throttle in force and the second report open; ``sustained_abuse`` again in the window
+# after that throttle's end (t=335).
 AGAIN_AND_AGAIN = [
     ROTATE,
     ("advance", 90),
