@@ -24,4 +24,8 @@ contacts = sa.Table(
     sa.Column("email", sa.String(320), nullable=True),
     sa.Column("webhook_url", sa.String(2048), nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Since when each channel has been set (NULL: unset, or set before these columns existed,
+    # "since always"); a change of its target keeps it (``routes.accounts.set_contact``).
+    sa.Column("email_since", UTCDateTime, nullable=True),
+    sa.Column("webhook_since", UTCDateTime, nullable=True),
 )

@@ -63,12 +63,13 @@ def pending_deliveries(
     (the relay's checkpoint: the relay itself sends what comes after it, and sending those here
     too would deliver them twice).
 
-    A notice goes out on each channel its account has a target for (its contact as it is now),
-    on e-mail when it has none (recorded as undeliverable on the channel "none"); it is done
-    once each of those has a final outcome: ``NoticeDelivered``, or ``NoticeDeliveryFailed`` with
-    ``final``. One channel's outcome says nothing of the other's."""
+    A notice goes out on each channel its account has a target for (its contact as it is now,
+    without the channels set after the notice: ``_channels_without``), on e-mail when it has
+    none (recorded as undeliverable on the channel "none"); it is done once each of those has a
+    final outcome: ``NoticeDelivered``, or ``NoticeDeliveryFailed`` with ``final``. One
+    channel's outcome says nothing of the other's."""
     since = to_utc(now) - window
-    notices = sa.select(events.c.event_id, events.c.account_id).where(
+    notices = sa.select(events.c.event_id, events.c.account_id, events.c.recorded_at).where(
         events.c.type == "NoticeIssued", events.c.recorded_at >= since
     )
     if up_to_position is not None:
@@ -82,7 +83,9 @@ def pending_deliveries(
         ),
     )
     with store.engine.connect() as conn:
-        issued = [(str(r[0]), r[1]) for r in conn.execute(notices.order_by(events.c.position))]
+        issued = [
+            (str(r[0]), r[1], r[2]) for r in conn.execute(notices.order_by(events.c.position))
+        ]
         return _channels_without(conn, issued, outcomes)
 
 
@@ -94,38 +97,68 @@ def _outcomes(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
 
 
 def _channels_without(
-    conn: sa.Connection, issued: Sequence[tuple[str, str]], outcomes: sa.Select[Any]
+    conn: sa.Connection, issued: Sequence[tuple[str, str, datetime]], outcomes: sa.Select[Any]
 ) -> list[tuple[str, str]]:
-    """``(notice event id, channel)`` for each notice of ``issued`` (event id, account; in log
-    order) on each channel it goes out on that none of ``outcomes`` names. A notice goes out on
-    each channel its account has a target for (its contact as it is now), on e-mail when it has
-    none; one recorded undeliverable (on the channel "none") goes out on none."""
+    """``(notice event id, channel)`` for each notice of ``issued`` (event id, account, when it
+    was recorded; in log order) on each channel it goes out on that none of ``outcomes`` names.
+    A notice goes out on each channel its account has a target for (its contact as it is now),
+    on e-mail when it has none; one recorded undeliverable (on the channel "none") goes out on
+    none. A channel set after the notice was recorded is left out: the notice went out on the
+    others then (a webhook added months later is not sent two weeks of old notices), unless
+    every channel is newer than it: it then goes out on those rather than on none."""
     named: dict[str, set[str]] = {}
     for notice_event_id, channel in conn.execute(outcomes):
         named.setdefault(str(notice_event_id), set()).add(channel)
-    contact_of = _contacts(conn, {account for _, account in issued})
-    no_contact = Contact(None, None)
+    contact_of = _contacts(conn, {account for _, account, _ in issued})
+    no_contact = ContactSince(Contact(None, None), {})
     without = []
-    for event_id, account in issued:
+    for event_id, account, recorded_at in issued:
         seen = named.get(event_id, set())
         if "none" in seen:  # undeliverable: the account had no contact data
             continue
-        channels = contact_of.get(account, no_contact).channels
+        channels = contact_of.get(account, no_contact).channels_at(to_utc(recorded_at))
         without += [(event_id, c) for c in channels if c not in seen]
     return without
 
 
-def _contacts(conn: sa.Connection, accounts: set[str]) -> dict[str, Contact]:
+@dataclass(frozen=True)
+class ContactSince:
+    """An account's contact as it is now, and since when each of its channels has been set
+    (a channel absent from ``since``, or at None: since always)."""
+
+    contact: Contact
+    since: dict[str, datetime | None]
+
+    def channels_at(self, moment: datetime) -> tuple[str, ...]:
+        """The channels a notice recorded at ``moment`` goes out on: those set by then, or all
+        of them if none was."""
+        channels = self.contact.channels
+        then = tuple(c for c in channels if self._set_by(c, moment))
+        return then or channels
+
+    def _set_by(self, channel: str, moment: datetime) -> bool:
+        since = self.since.get(channel)
+        return since is None or to_utc(since) <= moment
+
+
+def _contacts(conn: sa.Connection, accounts: set[str]) -> dict[str, ContactSince]:
     """The contact of each of ``accounts`` that has one."""
     ordered = sorted(accounts)
-    contact_of: dict[str, Contact] = {}
+    contact_of: dict[str, ContactSince] = {}
+    query = sa.select(
+        contacts.c.account_id,
+        contacts.c.email,
+        contacts.c.webhook_url,
+        contacts.c.email_since,
+        contacts.c.webhook_since,
+    )
     for start in range(0, len(ordered), 500):
         chunk = ordered[start : start + 500]
-        query = sa.select(contacts.c.account_id, contacts.c.email, contacts.c.webhook_url)
-        for account, email, webhook_url in conn.execute(
+        for account, email, webhook_url, email_since, webhook_since in conn.execute(
             query.where(contacts.c.account_id.in_(chunk))
         ):
-            contact_of[account] = Contact(email, webhook_url)
+            since = {"email": email_since, "webhook": webhook_since}
+            contact_of[account] = ContactSince(Contact(email, webhook_url), since)
     return contact_of
 
 
@@ -142,7 +175,9 @@ def untried_deliveries(
     ``RedisWatch`` to see) and no failed attempt is there for ``lost_retries`` to find. Judged
     by when the relay enqueued it, not when it was recorded: a notice that waited in the log
     while the workers were away is enqueued late, and its first message may still be queued."""
-    notices = sa.select(events.c.event_id, events.c.account_id, events.c.position).where(
+    notices = sa.select(
+        events.c.event_id, events.c.account_id, events.c.position, events.c.recorded_at
+    ).where(
         events.c.type == "NoticeIssued",
         events.c.position > after_position,
         events.c.position <= up_to_position,
@@ -157,7 +192,7 @@ def untried_deliveries(
             events.c.position > int(rows[0][2]),
             events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
         )
-        return _channels_without(conn, [(str(r[0]), r[1]) for r in rows], outcomes)
+        return _channels_without(conn, [(str(r[0]), r[1], r[3]) for r in rows], outcomes)
 
 
 def lost_retries(

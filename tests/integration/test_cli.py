@@ -223,7 +223,10 @@ def unusable_databases(tmp_path: Path) -> list[tuple[str, str]]:
     return [
         (f"sqlite:///{absent}", f"The database {absent} does not exist; run `enforcement init`"),
         (f"sqlite:///{empty}", "has no schema; run `enforcement init`"),
-        (older, "is at schema revision 0002_read_models, this release needs 0003_standing_records"),
+        (
+            older,
+            "is at schema revision 0002_read_models, this release needs 0004_contact_channel_since",
+        ),
     ]
 
 

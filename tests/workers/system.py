@@ -117,8 +117,14 @@ def write_policy(workdir: Path, **keys: str) -> str:
 
 
 def set_contact(
-    engine: sa.Engine, account_id: str, email: str | None = None, webhook_url: str | None = None
+    engine: sa.Engine,
+    account_id: str,
+    email: str | None = None,
+    webhook_url: str | None = None,
+    **since: datetime,
 ) -> None:
+    """Store the account's contact; ``email_since`` and ``webhook_since`` are NULL (since
+    always) unless given."""
     with engine.begin() as conn:
         conn.execute(contacts.delete().where(contacts.c.account_id == account_id))
         conn.execute(
@@ -127,6 +133,7 @@ def set_contact(
                 email=email,
                 webhook_url=webhook_url,
                 updated_at=datetime.now(UTC),
+                **since,
             )
         )
 

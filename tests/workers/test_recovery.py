@@ -109,6 +109,48 @@ def test_a_notice_is_pending_until_each_of_its_channels_has_a_final_outcome(
         system.close()
 
 
+def test_a_channel_set_after_a_notice_is_not_sent_it_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A re-send goes out on the channels the account had when the notice was recorded: a
+    webhook added after its notice went out by e-mail is not sent it (nor two weeks of old
+    notices) at the next re-send, only the notices recorded since; a notice whose channels
+    are all newer than it goes out on them rather than on none; a channel set before the
+    columns existed (NULL) counts as set since always."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        accounts = ("acct_later", "acct_retry", "acct_lost", "acct_legacy")
+        notices = {account: notice_of(system, account) for account in accounts}
+        hook, email = "https://customer.test/hook", "owner@customer.test"
+        now = system.clock()
+        before = now - timedelta(days=30)
+        for account in ("acct_later", "acct_retry"):  # e-mail then, a webhook added since
+            set_contact(system.engine, account, email, hook, email_since=before, webhook_since=now)
+        set_contact(system.engine, "acct_lost", email, hook, email_since=now, webhook_since=now)
+        set_contact(system.engine, "acct_legacy", email, hook)
+        delivered(system, "acct_later", notices["acct_later"], "email")
+        failed(system, "acct_retry", notices["acct_retry"], "email", final=False)
+        delivered(system, "acct_legacy", notices["acct_legacy"], "email")
+        recorded_since = notice_of(system, "acct_later")  # after the webhook was set
+
+        assert sorted(pending_deliveries(system.store, system.clock())) == sorted(
+            [
+                (notices["acct_retry"], "email"),
+                (notices["acct_lost"], "email"),
+                (notices["acct_lost"], "webhook"),
+                (notices["acct_legacy"], "webhook"),
+                (recorded_since, "email"),
+                (recorded_since, "webhook"),
+            ]
+        )
+        everything = untried_deliveries(system.store, 0, system.store.max_position(), before)
+        assert (notices["acct_later"], "webhook") not in everything
+        assert (recorded_since, "webhook") in everything
+    finally:
+        system.close()
+
+
 def test_the_contacts_of_many_accounts_are_read_in_chunks_none_left_out(
     sqlite_db: str, tmp_path: Path
 ) -> None:

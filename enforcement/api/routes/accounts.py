@@ -3,7 +3,6 @@ account's state does not allow the transition."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
@@ -36,6 +35,7 @@ from enforcement.bootstrap import Container
 from enforcement.tables import contacts
 from enforcement.tokens import Principal
 from events.dialects import conflict_insert, write_connection
+from events.timefmt import to_utc
 
 router = APIRouter(
     prefix="/v1/accounts/{account_id}",
@@ -275,17 +275,32 @@ def decide_appeal(
     return outcome_json(outcome)
 
 
+def _since(
+    target: sa.Column[Any], stored: sa.Column[Any], given: sa.ColumnElement[Any]
+) -> sa.ColumnElement[Any]:
+    """A channel's time as an upsert sets it: the one ``given`` (now, or NULL when the channel
+    is cleared) if the stored row has no ``target`` for it, else the ``stored`` one (NULL when
+    the channel was set before the column existed: "since always")."""
+    return sa.case((given.is_(None), sa.null()), (target.is_(None), given), else_=stored)
+
+
 @router.put("/contact")
 def set_contact(
     account_id: Account, body: ContactIn, container: ContainerDep, principal: Operator
 ) -> dict[str, Any]:
     """Mutable contact data for notices (not an event): the contact as stored, and, as every
-    account command answers, ``events`` (none) and the account's ``standing``."""
+    account command answers, ``events`` (none) and the account's ``standing``.
+
+    Each channel keeps since when it has been set (``tables.contacts``): a channel set now
+    starts now, one whose target changes keeps its time, one cleared loses it."""
+    now = to_utc(container.clock())
     values = {
         "account_id": account_id,
         "email": body.email,
         "webhook_url": body.webhook_url,
-        "updated_at": datetime.now(UTC),
+        "updated_at": now,
+        "email_since": None if body.email is None else now,
+        "webhook_since": None if body.webhook_url is None else now,
     }
     with write_connection(container.engine) as conn, conn.begin():
         insert = conflict_insert(conn, contacts).values(**values)
@@ -296,6 +311,14 @@ def set_contact(
                     "email": insert.excluded.email,
                     "webhook_url": insert.excluded.webhook_url,
                     "updated_at": insert.excluded.updated_at,
+                    "email_since": _since(
+                        contacts.c.email, contacts.c.email_since, insert.excluded.email_since
+                    ),
+                    "webhook_since": _since(
+                        contacts.c.webhook_url,
+                        contacts.c.webhook_since,
+                        insert.excluded.webhook_since,
+                    ),
                 },
             )
         )
