@@ -331,12 +331,22 @@ class AbuseDetector:
             due.append("sustained_abuse")
         if decision.denied_keys_last_minute >= CIRCUMVENTION_KEYS:
             due.append("rate_limit_circumvention")
+        if not due:
+            return ()
         now = to_utc(self.service.clock())
         bucket = int(now.timestamp()) // window_s
+        read: list[StandingState] = []
+
+        def standing() -> StandingState:
+            # One read for both categories: their holds end together (one read per interval).
+            if not read:
+                read.append(self.service.standings.load(account_id))
+            return read[0]
+
         return tuple(
             category
             for category in due
-            if self._record(category, account_id, key_id, decision, now, bucket, window_s)
+            if self._record(category, account_id, key_id, decision, now, bucket, window_s, standing)
         )
 
     def _record(
@@ -348,6 +358,7 @@ class AbuseDetector:
         now: datetime,
         bucket: int,
         window_s: int,
+        standing_of: Callable[[], StandingState],
     ) -> bool:
         """Record ``category`` for this denial unless this window already claimed it, or the
         account's state says it is not due (already throttled for the bout; a report already
@@ -363,7 +374,7 @@ class AbuseDetector:
                 self._claims.clear()
             self._claims[marker] = window_end
         try:
-            standing = self.service.standings.load(account_id)
+            standing = standing_of()
         except Exception:  # the denial is answered all the same; a later one tries again
             log.exception("could not read the standing of %s", account_id)
             self._unclaim(marker)

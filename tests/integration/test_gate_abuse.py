@@ -427,3 +427,21 @@ def test_a_triage_of_the_open_report_is_seen_within_the_recheck_interval(
     clock.advance(timedelta(seconds=1))
     assert system.abuse.observe("acct_15", "key_c", denial(5, 3)) == ("rate_limit_circumvention",)
     assert system.service.standing("acct_15").open_abuse_reports == 1
+
+
+def test_a_throttled_account_with_a_report_open_reads_its_standing_once_per_interval(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both categories held by the account's state (throttled for the bout, a report open):
+    their holds end together, and the denial that finds them ended reads the standing once for
+    both, not once for each (``STATE_RECHECK_S``: one read per account per interval)."""
+    count = system.policy.sustained_abuse_denials.count
+    start_of_next_window(system, clock)
+    both = ("sustained_abuse", "rate_limit_circumvention")
+    assert system.abuse.observe("acct_16", "key_c", denial(count, 3)) == both
+    start_of_next_window(system, clock)
+    loads = count_loads(system, monkeypatch)
+    for _ in range(3):
+        assert system.abuse.observe("acct_16", "key_c", denial(count, 3)) == ()
+        clock.advance(timedelta(seconds=STATE_RECHECK_S))
+    assert loads == ["acct_16"] * 3
