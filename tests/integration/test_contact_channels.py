@@ -63,3 +63,16 @@ def test_each_channel_keeps_since_when_it_has_been_set(
     fourth = to_utc(clock())
     put_contact(webhook_url="https://customer.test/hook")  # e-mail cleared, webhook set again
     assert since(system) == (None, fourth)
+
+
+def test_a_channel_set_before_the_columns_existed_stays_set_since_always(
+    system: Container, clock: FakeClock, put_contact: Callable[..., None]
+) -> None:
+    with system.engine.begin() as conn:  # as revision 0004 leaves a contact: NULL, since always
+        conn.execute(
+            contacts.insert().values(
+                account_id="acct_c", email="a@customer.test", updated_at=clock()
+            )
+        )
+    put_contact(email="a@customer.test", webhook_url="https://customer.test/hook")
+    assert since(system) == (None, to_utc(clock()))
