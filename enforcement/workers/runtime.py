@@ -66,12 +66,6 @@ def build_actors(container: Container, broker: dramatiq.Broker | None = None) ->
     broker = broker or make_broker(settings)
     email = EmailSender(settings.smtp_url, settings.mail_dir, sender=settings.mail_from)
     webhook = WebhookSender(settings.webhook_secret, settings.webhook_allow_private)
-    if settings.webhook_secret is None:
-        # Said once at the start: otherwise only each refused notice's outcome would tell.
-        log.warning(
-            "ENFORCEMENT_WEBHOOK_SECRET is unset: notices to a contact's webhook_url are "
-            "refused, not sent (e-mail is not affected)"
-        )
     guard = delivery_guard(
         broker, hold_seconds(email, webhook, settings.database_timeout_ms / 1000)
     )
@@ -424,6 +418,14 @@ def start_runtime(
     (``consumers``) as files first removes the stale part files a crash left (``sweep_parts``)."""
     actors = build_actors(container)
     settings = container.settings
+    if consumers and settings.webhook_secret is None:
+        # Said once by each process that delivers notices, when it starts: otherwise only each
+        # refused notice's outcome would tell (not by ``serve`` on Redis, nor the worker's
+        # relay process: they deliver none, and may run without the secret the consumers have).
+        log.warning(
+            "ENFORCEMENT_WEBHOOK_SECRET is unset: notices to a contact's webhook_url are "
+            "refused, not sent (e-mail is not affected)"
+        )
     if consumers and settings.smtp_url is None:
         # The part files a crash left among the notices written as files: gone now, not only
         # once another notice is written (a directory that gets none would keep them).

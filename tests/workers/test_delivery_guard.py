@@ -32,6 +32,7 @@ from enforcement.notices.guard import DeliveryGuard, LocalGuard, RedisGuard
 from enforcement.notices.webhook import WebhookSender
 from enforcement.redis_client import bounded_client
 from enforcement.settings import Settings
+from enforcement.workers import runtime
 from enforcement.workers.broker import make_broker
 from enforcement.workers.runtime import build_actors
 from tests.processes import free_port
@@ -675,25 +676,44 @@ def test_a_notice_goes_out_on_each_channel_with_a_target_and_by_mail_without_one
     assert (undeliverable.data["channel"], undeliverable.data["final"]) == ("none", True)
 
 
-def test_workers_started_without_a_webhook_secret_say_that_webhooks_are_not_sent(
-    sqlite_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+WEBHOOKS_REFUSED = (
+    "ENFORCEMENT_WEBHOOK_SECRET is unset: notices to a contact's webhook_url are refused, "
+    "not sent (e-mail is not affected)"
+)
+
+
+def said_at_start(
+    system: Container,
+    consumers: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> list[str]:
+    """What ``start_runtime`` warns of the webhook secret (its background threads not run)."""
+    monkeypatch.setattr(runtime, "start_background", lambda *a, **k: lambda: None)
+    with caplog.at_level(logging.WARNING, logger="enforcement.workers"):
+        actors, stop = runtime.start_runtime(system, consumers=consumers, relay=not consumers)
+    stop()
+    actors.broker.close()
+    return [r.getMessage() for r in caplog.records if "WEBHOOK_SECRET" in r.getMessage()]
+
+
+def test_a_process_that_delivers_without_a_webhook_secret_says_webhooks_are_not_sent(
+    sqlite_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     unsigned = bootstrap(fast_settings(sqlite_db, tmp_path, webhook_secret=None))
     try:
-        with caplog.at_level(logging.WARNING, logger="enforcement.workers"):
-            build_actors(unsigned)
+        assert said_at_start(unsigned, True, monkeypatch, caplog) == [WEBHOOKS_REFUSED]
+        caplog.clear()
+        # ``serve`` on Redis, the worker's relay process: they deliver nothing, say nothing
+        assert said_at_start(unsigned, False, monkeypatch, caplog) == []
     finally:
         unsigned.close()
-    said = [r.getMessage() for r in caplog.records if "ENFORCEMENT_WEBHOOK_SECRET" in r.message]
-    assert said == [
-        "ENFORCEMENT_WEBHOOK_SECRET is unset: notices to a contact's webhook_url are refused, "
-        "not sent (e-mail is not affected)"
-    ]
 
 
 def test_workers_started_with_a_webhook_secret_say_nothing_of_it(
-    container: Container, caplog: pytest.LogCaptureFixture
+    container: Container, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="enforcement.workers"):
-        build_actors(container)
-    assert not [r for r in caplog.records if "WEBHOOK_SECRET" in r.getMessage()]
+    assert said_at_start(container, True, monkeypatch, caplog) == []
