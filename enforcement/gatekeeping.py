@@ -404,7 +404,8 @@ class AbuseDetector:
                 outcome = self.service.report_gate_sustained_abuse(
                     account_id, report, decision.denials_in_window, key, fingerprint, GATE_ACTOR
                 )
-                # No events: throttled for this bout meanwhile (a denial of another window).
+                if not outcome.events:  # throttled for this bout meanwhile: held as above
+                    self._hold(marker, now, window_end, None)
                 return bool(outcome.events)
             if abuse_report_open(standing, category):
                 # A filter, as above: the service looks again where it files the report.
@@ -422,7 +423,9 @@ class AbuseDetector:
                 fingerprint,
                 GATE_ACTOR,
             )
-            return bool(filed.events)  # none: filed meanwhile (a denial of another window)
+            if not filed.events:  # filed meanwhile (a denial of another window): held as above
+                self._hold(marker, now, window_end, None)
+            return bool(filed.events)
         except Exception:
             log.exception("could not record %s for %s", category, account_id)
             self._unclaim(marker)

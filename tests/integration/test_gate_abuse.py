@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from test_service_support import FakeClock, open_system
 
+from enforcement import gatekeeping
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container
 from enforcement.gate import GateDecision
@@ -445,3 +446,29 @@ def test_a_throttled_account_with_a_report_open_reads_its_standing_once_per_inte
         assert system.abuse.observe("acct_16", "key_c", denial(count, 3)) == ()
         clock.advance(timedelta(seconds=STATE_RECHECK_S))
     assert loads == ["acct_16"] * 3
+
+
+def test_a_report_the_service_finds_not_due_after_a_stale_read_holds_the_window_30_s(
+    system: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The standing the detector reads may be older than what the service appends to (a
+    denial of another window recording meanwhile): when the service finds the report not due,
+    the window is held for ``STATE_RECHECK_S`` as when the detector's own read says so, not to
+    its end, so that a lift or a triage after it is still seen within 30 s."""
+    count = system.policy.sustained_abuse_denials.count
+    start_of_next_window(system, clock)
+    both = ("sustained_abuse", "rate_limit_circumvention")
+    assert system.abuse.observe("acct_17", "key_c", denial(count, 3)) == both
+    start_of_next_window(system, clock)
+    with monkeypatch.context() as stale:  # the detector's read as if nothing were recorded
+        stale.setattr(gatekeeping, "sustained_abuse_due", lambda *args: True)
+        stale.setattr(gatekeeping, "abuse_report_open", lambda *args: False)
+        assert system.abuse.observe("acct_17", "key_c", denial(count, 3)) == ()
+    state = system.standings.load("acct_17")
+    [throttle] = active_throttles(state, clock())
+    [report] = state.abuse_reports.values()
+    operator = Actor("op", "req_17")
+    system.service.operator("acct_17", ops.LiftThrottle(throttle.throttle_id), operator)
+    system.service.triage_abuse_report("acct_17", report.report_id, "rejected", None, operator)
+    clock.advance(timedelta(seconds=STATE_RECHECK_S))
+    assert system.abuse.observe("acct_17", "key_c", denial(count, 3)) == both
