@@ -52,7 +52,7 @@ class GroupCommit(Generic[T, R]):
         self._lock = threading.Lock()
         self._pending: list[_Slot[T, R]] = []
         self._busy = False
-        self._leading: _Slot[T, R] | None = None  # the slot whose thread must lead next
+        self._leading: _Slot[T, R] | None = None  # the slot whose thread leads or must lead next
 
     def submit(self, item: T) -> R:
         slot: _Slot[T, R] = _Slot(item)
@@ -78,7 +78,7 @@ class GroupCommit(Generic[T, R]):
 
     def _withdraw(self, slot: _Slot[T, R]) -> None:
         """An interrupted caller: drop its item if still pending, and pass the lead on if it
-        was this slot's to take."""
+        was this slot's to take or it led and had not handed over yet."""
         with self._lock:
             if slot in self._pending:
                 self._pending.remove(slot)
@@ -97,8 +97,9 @@ class GroupCommit(Generic[T, R]):
 
     def _lead(self, own: _Slot[T, R]) -> None:
         with self._lock:
+            # ``_leading`` stays ``own`` until the hand-over: interrupted before it, this
+            # thread's ``_withdraw`` still passes the lead on.
             batch, self._pending = self._pending, []
-            self._leading = None
         try:
             results = self._flush([s.item for s in batch])
             if len(results) != len(batch):

@@ -5,9 +5,11 @@ the calls of the batch that raised it."""
 from __future__ import annotations
 
 import ctypes
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import pytest
 
@@ -79,7 +81,7 @@ def test_an_error_reaches_the_calls_of_its_batch_and_the_next_batch_still_runs()
 
 def test_a_flush_returning_the_wrong_number_of_results_is_an_error() -> None:
     group: GroupCommit[int, int] = GroupCommit(lambda items: [])
-    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+    with pytest.raises(RuntimeError, match=r"^flush returned 0 results for 1 items$"):
         group.submit(1)
 
 
@@ -171,6 +173,70 @@ def test_a_follower_interrupted_when_handed_the_lead_passes_it_on() -> None:
     assert group.submit("later") == "done later"  # nothing hangs
 
 
+def test_a_follower_interrupted_after_its_batch_was_written_gets_its_own_interruption() -> None:
+    flush = FirstBatchHeld(lambda items: [f"done {i}" for i in items])
+    group: GroupCommit[str, str] = GroupCommit(flush)
+    outcomes: dict[str, object] = {}
+    call = _recording_calls(group, outcomes)
+
+    leader = threading.Thread(target=call, args=("leader",))
+    leader.start()
+    assert flush.started.wait(10)
+    followers = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
+    for count, t in enumerate(followers, start=1):
+        t.start()
+        _wait_pending(group, count)
+    _interrupt(followers[1])  # takes effect when "b" wakes: its item is written by then
+    flush.release.set()
+    for t in (leader, *followers):
+        t.join(10)
+        assert not t.is_alive()
+
+    assert flush.batches == [["leader"], ["a", "b"]]
+    assert outcomes["a"] == "done a" and isinstance(outcomes["b"], Interrupted)
+
+
+def test_a_waiting_call_interrupted_wakes_no_other_leader_while_a_flush_runs() -> None:
+    # A signal interrupts the main thread even as it waits (``KeyboardInterrupt``).
+    assert threading.current_thread() is threading.main_thread()
+    flush = FirstBatchHeld(lambda items: list(items))
+    group: GroupCommit[str, str] = GroupCommit(flush)
+    outcomes: dict[str, object] = {}
+    call = _recording_calls(group, outcomes)
+    threads = [threading.Thread(target=call, args=("leader",))]
+    threads[0].start()
+    assert flush.started.wait(10)
+
+    def queue_behind_main_then_interrupt_it() -> None:
+        _wait_pending(group, 1)
+        threads.append(threading.Thread(target=call, args=("next",)))
+        threads[-1].start()
+        _wait_pending(group, 2)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def interrupted(*_args: object) -> NoReturn:
+        raise Interrupted()
+
+    helper = threading.Thread(target=queue_behind_main_then_interrupt_it)
+    previous = signal.signal(signal.SIGUSR1, interrupted)
+    try:
+        helper.start()
+        with pytest.raises(Interrupted):
+            group.submit("main")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        helper.join(10)
+    with group._lock:  # the first flush still runs: "next" waits for it, not woken to lead
+        assert [slot.item for slot in group._pending] == ["next"]
+        assert not group._pending[0].wake.is_set()  # type: ignore[union-attr]
+    flush.release.set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert flush.batches == [["leader"], ["next"]]
+    assert outcomes == {"leader": "leader", "next": "next"}
+
+
 def test_an_interrupted_leader_leaves_the_others_an_outcome_unknown_error() -> None:
     first_started, release_first = threading.Event(), threading.Event()
 
@@ -202,7 +268,52 @@ def test_an_interrupted_leader_leaves_the_others_an_outcome_unknown_error() -> N
     assert outcomes["first"] == "first"
     assert isinstance(outcomes["f1"], Interrupted)  # its own interruption
     assert isinstance(outcomes["f2"], FlushInterrupted)  # not f1's, and not a hang
+    assert str(outcomes["f2"]) == "the flush of this batch was interrupted"
     assert group.submit("later") == "later"
+
+
+class _InterruptedAt:
+    """A ``GroupCommit``'s lock whose ``at``-th acquisition raises ``Interrupted`` instead: an
+    interruption that reaches a thread just as it takes the lock."""
+
+    def __init__(self, at: int) -> None:
+        self.lock, self.at, self.taken = threading.Lock(), at, 0
+
+    def __enter__(self) -> None:
+        self.taken += 1
+        if self.taken == self.at:
+            raise Interrupted()
+        self.lock.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.lock.release()
+
+
+def _submit_within_10s(group: GroupCommit[str, str], item: str) -> object:
+    outcomes: dict[str, object] = {}
+    caller = threading.Thread(target=_recording_calls(group, outcomes), args=(item,), daemon=True)
+    caller.start()
+    caller.join(10)
+    assert not caller.is_alive(), "the group commit is stuck"
+    return outcomes[item]
+
+
+@pytest.mark.parametrize(
+    "at", [2, 3], ids=["before taking its batch", "when handing over after its flush"]
+)
+def test_a_leader_interrupted_as_it_takes_the_lock_leaves_the_group_usable(at: int) -> None:
+    batches: list[list[str]] = []
+
+    def flush(items: Sequence[str]) -> list[str]:
+        batches.append(list(items))
+        return list(items)
+
+    group: GroupCommit[str, str] = GroupCommit(flush)
+    group._lock = _InterruptedAt(at)  # type: ignore[assignment]
+    with pytest.raises(Interrupted):
+        group.submit("interrupted")
+    assert _submit_within_10s(group, "later") == "later"
+    assert batches == ([["later"]] if at == 2 else [["interrupted"], ["later"]])
 
 
 def _wait_pending(group: GroupCommit[str, str], count: int) -> None:
@@ -278,5 +389,28 @@ def test_a_copied_built_in_error_keeps_what_it_holds_in_c_slots() -> None:
     copied = own_copy(original)
     assert copied is not original and type(copied) is type(original)
     assert (copied.errno, copied.filename, str(copied)) == (2, "/missing", str(original))
+    assert copied.__suppress_context__ is False  # no ``raise … from``: a context would show
     encode = UnicodeEncodeError("ascii", "é", 0, 1, "ordinal not in range")
     assert str(own_copy(encode)) == str(encode)
+
+
+class _Uncopyable(Exception):
+    """An error that neither ``copy.copy`` nor its class's ``__new__`` can remake."""
+
+    def __new__(cls, *args: object, made: bool = False) -> _Uncopyable:
+        if not made:
+            raise TypeError("only made by its raiser")
+        return super().__new__(cls, *args)
+
+    def __init__(self, *args: object, made: bool = False) -> None:
+        super().__init__(*args)
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("no copies")
+
+
+def test_an_error_that_cannot_be_copied_is_shared_as_it_is() -> None:
+    from events.groupcommit import own_copy
+
+    original = _Uncopyable("boom", made=True)
+    assert own_copy(original) is original
