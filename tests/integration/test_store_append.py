@@ -387,6 +387,13 @@ def test_a_document_json_rewrites_is_recorded_as_readers_get_it(store: EventStor
     assert store.verify("acct_1").ok
 
 
+def test_an_append_whose_every_document_needs_the_database_is_recorded(store: EventStore) -> None:
+    recorded = store.append("acct_1", 0, [NewEvent("Noted", {7: "seven"}, T0)])
+
+    assert recorded[0].data == {"7": "seven"}
+    assert store.read_stream("acct_1") == recorded
+
+
 def test_an_event_that_occurred_before_the_year_1000_verifies(store: EventStore) -> None:
     # The chain hashes such a year unpadded ("999-…"); PostgreSQL's to_char pads it ("0999").
     long_ago = datetime(999, 12, 31, 23, 59, 59, 5, tzinfo=UTC)

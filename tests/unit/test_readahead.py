@@ -35,10 +35,18 @@ def readers() -> list[threading.Thread]:
 def test_every_row_once_in_order(count: int, page_size: int, ahead: bool) -> None:
     rows = list(range(1, count + 1))
     calls: list[int] = []
+    fetch = pages_of(rows, page_size, calls)
+    fetched_in: set[str] = set()
 
-    got = list(paged(pages_of(rows, page_size, calls), lambda r: r, 0, page_size, ahead=ahead))
+    def fetch_noting_the_thread(key: int) -> list[int]:
+        fetched_in.add(threading.current_thread().name)
+        return fetch(key)
+
+    got = list(paged(fetch_noting_the_thread, lambda r: r, 0, page_size, ahead=ahead))
 
     assert got == rows
+    if not ahead:  # page by page, in the caller's thread
+        assert fetched_in == {threading.current_thread().name}
     assert len(calls) == count // page_size + 1  # the last page is the first short one
     assert not readers()
 
@@ -54,6 +62,7 @@ def test_stopping_early_ends_the_reader() -> None:
     rows = paged(pages_of(list(range(1, 1001)), 10, calls), lambda r: r, 0, 10)
 
     assert [next(rows) for _ in range(25)] == list(range(1, 26))
+    assert [t.daemon for t in readers()] == [True]  # read ahead by default, never holding exit
     rows.close()  # what a for loop's break and garbage collection do
 
     assert not readers()
