@@ -27,6 +27,7 @@ from aup_population import (
     system_fixture,
     template_fixture,
 )
+from locks import waiting_on_a_lock
 from sqlalchemy.engine import Connection
 from test_service_support import T0, all_stored_rows
 from test_store_gaps import wait_until, waiting_on_advisory_lock
@@ -36,10 +37,10 @@ from enforcement.migrations import upgrade
 from events import EventStore, NewEvent, RecordedEvent, create_engine
 from projections import aup_events as ev
 from projections import runner
-from projections.catchup import CatchUpRunner, Progress
+from projections.catchup import CatchUpRunner, CatchUpStats, Progress
 from projections.runner import StandingsProjection, rebuild_standings
 from projections.standing import StandingState, apply_all
-from projections.stored import replace_range
+from projections.stored import StandingRepository, replace_range
 from projections.tables import standings
 
 Rows = dict[str, tuple[int, dict[str, Any]]]
@@ -475,12 +476,94 @@ def test_an_append_in_flight_is_never_passed_over(pg_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.postgres
+def test_a_rebuild_waits_for_a_page_in_flight(pg_url: str) -> None:
+    """PostgreSQL: a rebuild that reset the projection while another runner's page was applied
+    but uncommitted (invisible to its delete) would then set the checkpoint to 0 over that page's
+    rows and apply them again; it waits for the page on the checkpoint row's lock instead."""
+    upgrade(pg_url)
+    engine = create_engine(pg_url)
+    store = EventStore(engine)
+    PositionLedger.table.create(engine)
+    store.append("acct_x", None, [NewEvent("Noted", {}, T0), NewEvent("Noted", {}, T0)])
+    applied, release = threading.Event(), threading.Event()
+
+    class HeldLedger(PositionLedger):
+        def apply(self, conn: Connection, page: Sequence[RecordedEvent]) -> None:
+            super().apply(conn, page)
+            applied.set()
+            release.wait(10)
+
+    stepping = threading.Thread(target=CatchUpRunner(store, HeldLedger(), page_size=1).step)
+    rebuilt: list[Any] = []
+    rebuilding = threading.Thread(
+        target=lambda: rebuilt.append(CatchUpRunner(store, PositionLedger()).rebuild())
+    )
+    try:
+        stepping.start()
+        assert applied.wait(10)
+        rebuilding.start()
+        wait_until(lambda: waiting_on_a_lock(engine), "the rebuild waits")
+    finally:
+        release.set()
+        stepping.join(10)
+        rebuilding.join(10)
+
+    with engine.connect() as conn:
+        applied_positions = sorted(conn.execute(sa.select(PositionLedger.table.c.position)))
+    assert [p for (p,) in applied_positions] == [1, 2] and rebuilt[0].checkpoint == 2
+    engine.dispose()
+
+
 @pytest.mark.parametrize("size", ["page_size", "streams_per_batch", "jobs"])
 def test_a_runner_needs_sizes_of_at_least_one(size: str) -> None:
     store = cast(EventStore, None)  # not read until the runner runs
     CatchUpRunner(store, PositionLedger(), **{size: 1})
     with pytest.raises(ValueError, match="must be at least 1"):
         CatchUpRunner(store, PositionLedger(), **{size: 0})
+
+
+def test_pending_counts_the_events_after_the_checkpoint_and_a_run_times_itself(
+    system: Container,
+) -> None:
+    ledger = PositionLedger()
+    ledger.table.create(system.engine)
+    follower = CatchUpRunner(system.store, ledger, page_size=1)
+    assert follower.pending() == head(system)
+
+    started = time.perf_counter()
+    step = follower.step()
+    step_took = time.perf_counter() - started
+
+    assert (follower.checkpoint(), follower.pending()) == (1, head(system) - 1)
+    started = time.perf_counter()
+    run = follower.run()
+    run_took = time.perf_counter() - started
+    # What the CLI reports as the time a replay took.
+    assert step is not None and 0 <= step.seconds <= step_took
+    assert 0 <= run.seconds <= run_took and run.events == head(system) - 1
+
+
+def test_a_rebuild_of_an_empty_log_passes_over_nothing(tmp_path: Path) -> None:
+    """Its checkpoint stays 0, so the first event appended after it is caught up."""
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    upgrade(url)
+    store = EventStore(create_engine(url))
+    empty = CatchUpRunner(store, StandingsProjection(StandingRepository(store)))
+    assert empty.run().checkpoint == 0
+    assert empty.rebuild().checkpoint == 0
+
+    approval = ev.CODEC.encode(ev.AdultContentApprovalChanged(True, "ok"), occurred_at=T0)
+    store.append("acct_1", None, [approval])
+
+    assert (empty.run().events, empty.checkpoint()) == (1, 1)
+    store.engine.dispose()
+
+
+def test_events_per_second_is_zero_for_a_run_that_took_no_time() -> None:
+    assert CatchUpStats(10, 0, 10, 4.0).events_per_second == 2.5
+    assert CatchUpStats(1, 0, 1, 0.5).events_per_second == 2.0
+    assert CatchUpStats(10, 0, 10, 0.0).events_per_second == 0.0
 
 
 # --------------------------------------------------------------------------- parallel rebuild
@@ -583,11 +666,13 @@ def test_a_rebuild_folded_in_worker_processes_writes_exactly_the_inline_rows(
     in_process = count_folds_in_process(monkeypatch)
 
     # A pass of exactly ``parallel_min_events`` is folded in processes; 9 streams, 3 batches.
+    progress: list[tuple[int, int]] = []
     stats = runner_for(
         system, streams_per_batch=3, jobs=2, parallel_min_events=head(system)
-    ).rebuild()
+    ).rebuild(lambda done, total: progress.append((done, total)))
 
     assert len(ranges) == len(inline) // 3  # every batch was folded by a worker
+    assert {total for _, total in progress} == {head(system)}
     assert in_process == []  # and written by the parallel pass, none left to ``step``
     assert all_stored_rows(system) == inline
     assert (stats.streams, stats.events, stats.checkpoint) == (

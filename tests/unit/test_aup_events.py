@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from events import RecordedEvent
 from projections import aup_events as ev
@@ -39,6 +42,7 @@ CONTRACT_TYPES = {
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 SOR = {"ground": "AUP §2 (spam)", "policy_version": "aup-2026-11"}
 DUE = "2026-12-01T10:00:00.000000Z"
+FACTOR_REFUSED = "factor must be a number in (0, 1], not "
 
 SAMPLES: list[Any] = [
     ev.ViolationReported(
@@ -112,6 +116,13 @@ def test_an_abuse_report_stored_before_source_reads_as_received_through_the_api(
     assert (new.schema_version, new.data["source"]) == (2, "gate")
 
 
+def test_a_violation_recorded_without_strike_is_a_strike() -> None:
+    """Only a violation that never counts (sustained abuse) says ``strike`` false."""
+    data = dataclasses.asdict(SAMPLES[0])
+    del data["strike"]
+    assert ev.CODEC.payload("ViolationReported", 1, data).strike is True
+
+
 def test_build_codec_gives_an_independent_equal_registry() -> None:
     assert ev.build_codec() is not ev.CODEC
     assert set(ev.build_codec().types) == set(ev.CODEC.types)
@@ -129,29 +140,86 @@ def test_payloads_are_frozen_and_survive_json(payload: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "build",
+    ("build", "message"),
     [
-        lambda: ev.ViolationReported(
-            "v", "spam", "huge", None, None, None, "automated", None, None, None
+        (
+            lambda: ev.ViolationReported(
+                "v", "spam", "huge", None, None, None, "automated", None, None, None
+            ),
+            "severity must be one of low, medium, high, critical, not 'huge'",
         ),
-        lambda: ev.ViolationReported(
-            "v", "spam", "low", "x", None, None, "automated", None, None, None
+        (
+            lambda: ev.ViolationReported(
+                "v", "spam", "low", "x", None, None, "automated", None, None, None
+            ),
+            "reported_severity must be one of low, medium, high, critical, not 'x'",
         ),
-        lambda: ev.ViolationReported(
-            "v", "spam", "low", None, None, None, "psychic", None, None, None
+        (
+            lambda: ev.ViolationReported(
+                "v", "spam", "low", None, None, None, "psychic", None, None, None
+            ),
+            "detection must be one of automated, human_review, user_report, not 'psychic'",
         ),
-        lambda: ev.NoticeIssued("n", "scolding", "e", [], {}, None),
-        lambda: ev.AbuseReportTriaged("r", "maybe", None, None),
-        lambda: ev.AbuseReportTriaged("r", "confirmed", "huge", None),
-        lambda: ev.AppealDecided("a", "e", "partly", "r", {}),
-        lambda: ev.ThrottleApplied("t", None, 0, None, "r", {}),
-        lambda: ev.ThrottleApplied("t", None, 1.5, None, "r", {}),
-        lambda: ev.ThrottleApplied("t", None, True, None, "r", {}),
+        (lambda: ev.NoticeIssued("n", "scolding", "e", [], {}, None), "kind must be one of "),
+        (lambda: ev.AbuseReportTriaged("r", "maybe", None, None), "outcome must be one of "),
+        (lambda: ev.AbuseReportTriaged("r", "confirmed", "huge", None), "severity must be one of "),
+        (lambda: ev.AppealDecided("a", "e", "partly", "r", {}), "outcome must be one of "),
+        (lambda: ev.AccountReinstated("operator", None, "everything"), "ends must be one of "),
+        (lambda: ev.ThrottleApplied("t", None, 0, None, "r", {}), FACTOR_REFUSED),
+        (lambda: ev.ThrottleApplied("t", None, 1.5, None, "r", {}), FACTOR_REFUSED),
+        (lambda: ev.ThrottleApplied("t", None, True, None, "r", {}), FACTOR_REFUSED),
+        (lambda: ev.ThrottleApplied("t", None, "0.5", None, "r", {}), FACTOR_REFUSED),
     ],
 )
-def test_payloads_refuse_values_outside_their_vocabulary(build: Any) -> None:
-    with pytest.raises(ValueError):
+def test_payloads_refuse_values_outside_their_vocabulary(build: Any, message: str) -> None:
+    """Refused with a message that names the field, what it allows and what it was given."""
+    with pytest.raises(ValueError) as refused:
         build()
+    assert str(refused.value).startswith(message)
+
+
+SEVERITIES = ["low", "medium", "high", "critical"]
+NOTICE_KINDS = ["warning", "remediation", "throttle", "suspension", "termination", "reinstatement"]
+NOTICE_KINDS += ["appeal_outcome", "dismissal"]
+
+
+@pytest.mark.parametrize(
+    ("build", "vocabulary"),
+    [
+        (
+            lambda v: ev.ViolationReported("v", "spam", v, v, None, None, "automated", *[None] * 3),
+            SEVERITIES,
+        ),
+        (
+            lambda v: ev.ViolationReported("v", "spam", "low", None, None, None, v, *[None] * 3),
+            ["automated", "human_review", "user_report"],
+        ),
+        (lambda v: ev.AbuseReportTriaged("r", "confirmed", v, None), SEVERITIES),
+        (lambda v: ev.AbuseReportTriaged("r", v, None, None), ["confirmed", "rejected"]),
+        (lambda v: ev.NoticeIssued("n", v, "e", [], {}, None), NOTICE_KINDS),
+        (lambda v: ev.AppealDecided("a", "e", v, "r", {}), ["upheld", "overturned"]),
+        (lambda v: ev.AccountReinstated("r", None, v), ["all", "termination", "suspension"]),
+    ],
+)
+def test_payloads_accept_every_value_of_their_vocabulary(build: Any, vocabulary: list[str]) -> None:
+    """The vocabularies as CONTRACT.md gives them (spelled out: not read from the module)."""
+    for value in vocabulary:
+        build(value)
+
+
+@given(st.floats(-2, 2) | st.integers(-2, 2))
+@example(math.nextafter(0, 1))
+@example(math.nextafter(1, 2))
+def test_a_throttle_factor_is_a_number_in_zero_excluded_to_one(factor: float) -> None:
+    def build() -> ev.ThrottleApplied:
+        return ev.ThrottleApplied("t", None, factor, None, "r", {})
+
+    if 0 < factor <= 1:
+        assert build().factor == factor
+    else:
+        with pytest.raises(ValueError) as refused:
+            build()
+        assert str(refused.value) == f"{FACTOR_REFUSED}{factor!r}"
 
 
 def test_statement_of_reasons_has_every_policy_field() -> None:
