@@ -216,3 +216,14 @@ def test_the_same_exception_raised_elsewhere_is_not_hidden(
         ("remediation",),
         ("standing",),
     ]
+
+
+def test_a_record_without_an_exception_is_folded_too(
+    log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        log.warning("Consumer encountered a connection error")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Consumer encountered a connection error"
+        " (repeats of this are folded: one line a minute at most)"
+    ]
