@@ -8,7 +8,7 @@ import dataclasses
 import itertools
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from events import (
     StreamAppend,
     StreamKeyUsed,
 )
+from events.schema import checkpoints
 from tests.auditor import api_json, auditor_hash
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
@@ -262,6 +263,19 @@ def test_a_database_refusal_on_the_second_stream_writes_nothing_on_the_first(
     assert store.max_position() == before
 
 
+def test_any_other_refusal_in_the_appending_transaction_is_the_databases_refusal(
+    store: EventStore,
+) -> None:
+    def checkpoint_twice(conn: sa.Connection, _recorded: object) -> None:
+        for _ in range(2):
+            conn.execute(checkpoints.insert().values(name="twice", position=1, updated_at=T0))
+
+    with pytest.raises(StoreError, match="the database refused the append"):
+        store.append("acct_1", 0, [new(n=1)], after_append=checkpoint_twice)
+
+    assert store.read_stream("acct_1") == []
+
+
 def test_after_append_runs_in_the_appending_transaction(store: EventStore) -> None:
     def fail(_conn: object, _recorded: list) -> None:
         raise RuntimeError("read model update failed")
@@ -403,21 +417,54 @@ def test_an_event_that_occurred_before_the_year_1000_verifies(store: EventStore)
     assert store.verify("acct_1").ok
 
 
-UNSTORABLE: dict[str, tuple[str, NewEvent, str | None]] = {
+def test_sqlite_stores_both_times_as_sqlalchemy_datetime_text(sqlite_store: EventStore) -> None:
+    # Naive UTC with microseconds, as SQLAlchemy writes a DATETIME: what SQL over the table and
+    # the verifier's fast path read (the driver's own datetime text is another).
+    occurred = datetime(2026, 11, 24, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    [recorded] = sqlite_store.append("acct_1", 0, [new(occurred_at=occurred, n=1)])
+
+    with sqlite_store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT occurred_at, recorded_at FROM events").one()
+    assert tuple(stored) == (
+        "2026-11-24 10:00:00.000000",
+        recorded.recorded_at.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds"),
+    )
+
+
+# Each refusal says what was wrong.
+ACCOUNT_ID, TYPE, KEY = "an account_id must be", "an event type must be", "an idempotency key"
+SCHEMA_VERSION, JSON = "schema_version must be", "data or metadata cannot be stored as JSON"
+
+UNSTORABLE: dict[str, tuple[str, NewEvent, str | None, str]] = {
     # What the schema cannot hold (PostgreSQL enforces the lengths, SQLite would not) or no
     # reader can decode: refused the same way on both databases, before anything is written.
-    "long account_id": ("a" * 129, new(n=1), None),
-    "empty account_id": ("", new(n=1), None),
-    "empty type": ("acct_1", new("", n=1), None),
-    "long type": ("acct_1", new("T" * 101, n=1), None),
-    "long idempotency key": ("acct_1", new(n=1), "k" * 201),
-    "schema_version 0": ("acct_1", dataclasses.replace(new(n=1), schema_version=0), None),
-    "schema_version True": ("acct_1", dataclasses.replace(new(n=1), schema_version=True), None),
-    "lone surrogate in data": ("acct_1", new(text="\ud800"), None),
-    "lone surrogate in a key": ("acct_1", NewEvent("Noted", {"\udc00": 1}, T0), None),
-    "lone surrogate in metadata": ("acct_1", NewEvent("Noted", {}, T0, {"a": "\udfff"}), None),
-    "lone surrogate in type": ("acct_1", new("Noted\ud800", n=1), None),
-    "lone surrogate in account_id": ("acct_\ud800", new(n=1), None),
+    "long account_id": ("a" * 129, new(n=1), None, ACCOUNT_ID),
+    "empty account_id": ("", new(n=1), None, ACCOUNT_ID),
+    "empty type": ("acct_1", new("", n=1), None, TYPE),
+    "long type": ("acct_1", new("T" * 101, n=1), None, TYPE),
+    "long idempotency key": ("acct_1", new(n=1), "k" * 201, KEY),
+    "schema_version 0": (
+        "acct_1",
+        dataclasses.replace(new(n=1), schema_version=0),
+        None,
+        SCHEMA_VERSION,
+    ),
+    "schema_version True": (
+        "acct_1",
+        dataclasses.replace(new(n=1), schema_version=True),
+        None,
+        SCHEMA_VERSION,
+    ),
+    "lone surrogate in data": ("acct_1", new(text="\ud800"), None, JSON),
+    "lone surrogate in a key": ("acct_1", NewEvent("Noted", {"\udc00": 1}, T0), None, JSON),
+    "lone surrogate in metadata": (
+        "acct_1",
+        NewEvent("Noted", {}, T0, {"a": "\udfff"}),
+        None,
+        JSON,
+    ),
+    "lone surrogate in type": ("acct_1", new("Noted\ud800", n=1), None, TYPE),
+    "lone surrogate in account_id": ("acct_\ud800", new(n=1), None, ACCOUNT_ID),
 }
 
 
@@ -425,13 +472,13 @@ UNSTORABLE: dict[str, tuple[str, NewEvent, str | None]] = {
 def test_what_the_log_cannot_hold_is_refused_alike_on_both_databases(
     store: EventStore, case: str
 ) -> None:
-    account_id, event, key = UNSTORABLE[case]
+    account_id, event, key, reason = UNSTORABLE[case]
     store.append("other", 0, [new(n=0)])
     before = store.max_position()
 
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match=reason):
         store.append(account_id, 0, [event], idempotency_key=key)
-    with pytest.raises(StoreError):  # in a transaction shared with another stream as well
+    with pytest.raises(StoreError, match=reason):  # in a transaction shared with another stream
         store.append_streams(
             [StreamAppend("other", 1, [new(n=1)]), StreamAppend(account_id, 0, [event])],
             idempotency_key=key,

@@ -7,6 +7,7 @@ they came."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,9 +22,11 @@ from events import (
     IdempotencyConflict,
     NewEvent,
     RecordedEvent,
+    StoreError,
     StreamHead,
 )
 from events import writing as events_writing
+from events.dialects import driver_call
 from events.schema import checkpoints
 from tests.conftest import migrated_store
 
@@ -100,8 +103,9 @@ def test_an_append_at_a_head_that_is_not_the_streams_appends_nothing(
     before = store.read_stream("acct_1")
 
     for events in ([noted(3)], [noted(3), noted(4)]):
-        with pytest.raises(ConcurrencyError):
+        with pytest.raises(ConcurrencyError) as refused:
             store.append("acct_1", 1, events, after_append=write_checkpoint("lost"), head=head)
+        assert (refused.value.account_id, refused.value.expected_version) == ("acct_1", 1)
 
     assert store.read_stream("acct_1") == before
     assert checkpoint_names(store) == []
@@ -181,6 +185,43 @@ def test_the_connection_goes_back_to_the_pool_in_transactions(
         conn.execute(checkpoints.insert().values(name="rolled back", position=1, updated_at=T0))
         transaction.rollback()
     assert checkpoint_names(store) == []
+
+
+def test_a_pipelined_append_begins_its_transaction_itself_and_only_once(
+    one_connection_store: EventStore,
+) -> None:
+    # In autocommit, psycopg sends no BEGIN of its own (which would sync the pipeline, a round
+    # trip): the server is not told BEGIN inside a transaction, which it would warn of.
+    store = one_connection_store
+    notices: list[str] = []
+    with store.engine.connect() as conn:
+        driver_conn: Any = conn.connection.dbapi_connection
+        driver_conn.add_notice_handler(lambda notice: notices.append(notice.message_primary))
+    [first] = store.append("acct_1", 0, [noted(1)])
+    store.append("acct_1", 1, [noted(2)], head=StreamHead(1, first.hash))
+
+    assert notices == []
+
+
+def test_a_pipelined_append_whose_after_append_caught_a_database_error_is_not_recorded(
+    pg_store: EventStore,
+) -> None:
+    """The server answers the COMMIT of a transaction that had an error (one ``after_append``
+    caught) with ROLLBACK: the append at a known head must fail, not return events it did not
+    record. (A new stream's COMMIT, inside the pipeline, fails with the pipeline.)"""
+
+    def swallowing(conn: sa.Connection, _recorded: list[RecordedEvent]) -> None:
+        with contextlib.suppress(sa.exc.DBAPIError):
+            driver_call(conn, "SELECT 1 / 0", lambda c: c.execute("SELECT 1 / 0").fetchall())
+
+    swallowing.pipeline_safe = True  # type: ignore[attr-defined]
+    [first] = pg_store.append("acct_1", 0, [noted(1)])
+
+    with pytest.raises(StoreError, match="rolled back"):
+        pg_store.append(
+            "acct_1", 1, [noted(3)], after_append=swallowing, head=StreamHead(1, first.hash)
+        )
+    assert pg_store.read_all(0, 10) == [first]
 
 
 def test_without_pipelining_every_head_is_read_under_the_lock(

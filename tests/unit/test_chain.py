@@ -548,6 +548,21 @@ def test_the_store_writes_documents_as_json_dumps_does(data: Any, metadata: Any)
             assert _exact(dict(sorted(copy.items()))) == _exact(json.loads(text))
 
 
+def test_the_documents_readers_get_share_no_container_with_the_appended_event() -> None:
+    from events.types import NewEvent
+    from events.writing import documents_of
+
+    data, metadata = {"a": {"b": [1]}, "n": 1}, {"actor": {"id": "x"}}
+    event = NewEvent("T", data, datetime(2026, 1, 1, tzinfo=UTC), metadata)
+    for postgres in (False, True):
+        [prepared] = documents_of([event], postgres)
+        assert prepared is not None
+        _, _, data_copy, metadata_copy = prepared
+        assert (data_copy, metadata_copy) == (data, metadata)
+        assert data_copy["a"] is not data["a"]
+        assert metadata_copy["actor"] is not metadata["actor"]
+
+
 def test_the_idempotency_fingerprint_of_events_is_a_stable_recipe() -> None:
     """Recorded keys keep the fingerprint they were stored with: a retry after an upgrade
     must compute the same one (sha256 of the canonical JSON of each event's type, schema
