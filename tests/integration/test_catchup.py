@@ -604,6 +604,50 @@ def test_a_parallel_pass_overtaken_by_another_rebuild_writes_nothing(
     assert stats.checkpoint == head(system)
 
 
+@pytest.mark.parametrize(
+    "template", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_parallel_pass_waits_for_a_rebuild_in_flight_before_it_writes(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: another runner's rebuild (a new horizon, the cursor back at 0) uncommitted
+    when the parallel pass checks its first batch would let it write that batch, folded up to
+    the old horizon, and move the new pass's cursor past it; it waits on the checkpoint row's
+    lock instead, then sees the new pass and writes nothing."""
+    name = StandingsProjection(system.standings).name
+    reset, held, rebuilt = threading.Event(), threading.Thread(), list[object]()
+
+    class HeldStore(EventStore):
+        def set_checkpoint(self, conn: Connection, checkpoint: str, position: int) -> None:
+            super().set_checkpoint(conn, checkpoint, position)
+            if checkpoint == name:  # the rebuild's last write, its transaction still open
+                reset.set()
+                wait_until(lambda: waiting_on_a_lock(self.engine), "the pass's write waits")
+
+    other = CatchUpRunner(HeldStore(system.engine), StandingsProjection(system.standings))
+    monkeypatch.setattr(other, "run", lambda progress=None: None)  # the new pass is left to us
+    real = StandingsProjection.fold_job
+
+    def fold_job(self: StandingsProjection, first: str, last: str, up_to: int) -> Any:
+        nonlocal held
+        if not held.is_alive() and not reset.is_set():
+            append_without_projection(system, first, ev.AdultContentApprovalChanged(True, "ok"))
+            held = threading.Thread(target=lambda: rebuilt.append(other.rebuild()))
+            held.start()
+            assert reset.wait(10)
+        return real(self, first, last, up_to)
+
+    monkeypatch.setattr(StandingsProjection, "fold_job", fold_job)
+    try:
+        stats = runner_for(system, streams_per_batch=2, jobs=2, parallel_min_events=0).rebuild()
+    finally:
+        held.join(10)
+
+    assert rebuilt == [None]  # the other runner's reset committed
+    assert all_stored_rows(system) == folded_rows(system)
+    assert stats.checkpoint == head(system)
+
+
 def count_folds_in_process(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Record each range a runner folds in its own process (``step``)."""
     ranges: list[tuple[str, str]] = []
