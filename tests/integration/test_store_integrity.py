@@ -16,6 +16,7 @@ from events import (
     AppendOnlyViolation,
     EventStore,
     NewEvent,
+    StoreError,
     chain_hash,
     hashed_fields,
 )
@@ -88,6 +89,16 @@ def test_the_database_refuses_update_and_delete(store: EventStore, engine: sa.En
         assert isinstance(translate_append_only(error), AppendOnlyViolation)
     assert snapshot(engine) == before
     assert store.verify("acct_1").ok
+
+
+def test_another_database_error_is_not_taken_for_the_append_only_refusal(
+    engine: sa.Engine,
+) -> None:
+    error = refusal(engine, "INSERT INTO no_such_table VALUES (1)")
+
+    translated = translate_append_only(error)
+
+    assert type(translated) is StoreError and str(translated) == str(error.orig)
 
 
 @pytest.mark.postgres
