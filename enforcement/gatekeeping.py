@@ -16,6 +16,7 @@ denials into AUP §3 reports.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -335,14 +336,9 @@ class AbuseDetector:
             return ()
         now = to_utc(self.service.clock())
         bucket = int(now.timestamp()) // window_s
-        read: list[StandingState] = []
-
-        def standing() -> StandingState:
-            # One read for both categories: their holds end together (one read per interval).
-            if not read:
-                read.append(self.service.standings.load(account_id))
-            return read[0]
-
+        # One read for both categories, once one claims its window (their holds end together:
+        # one read per interval); a read that failed is tried again by the next category.
+        standing = functools.cache(functools.partial(self.service.standings.load, account_id))
         return tuple(
             category
             for category in due

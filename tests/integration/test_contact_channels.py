@@ -40,7 +40,8 @@ def since(system: Container) -> tuple[datetime | None, datetime | None]:
                 contacts.c.account_id == "acct_c"
             )
         ).one()
-    return tuple(None if t is None else to_utc(t) for t in row)  # type: ignore[return-value]
+    email, webhook = (None if t is None else to_utc(t) for t in row)
+    return email, webhook
 
 
 def test_each_channel_keeps_since_when_it_has_been_set(
