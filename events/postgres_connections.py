@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import select
+import sys
 import threading
 import time
 from typing import Any
@@ -248,6 +249,14 @@ def transaction_failed(driver: DriverConnection) -> bool:
     if driver.dialect.name != "postgresql":
         return False
     return bool(driver.dbapi_connection.info.transaction_status == _IN_FAILED_TRANSACTION)
+
+
+def pipeline_aborted(exc: BaseException) -> bool:
+    """Whether ``exc`` is psycopg's answer to a statement sent in a pipeline after an error
+    that was already raised, and consumed, by someone else: the statement was skipped and
+    the transaction is failed."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.errors.PipelineAborted)
 
 
 # How long ``end_session`` waits for a server process to end.

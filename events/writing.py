@@ -407,11 +407,15 @@ def write_pipelined(
             # A transaction that failed (an error something caught) answers COMMIT with ROLLBACK.
             if rows and ended is not None and ended.statusmessage != "COMMIT":
                 raise StoreError("the append's transaction was rolled back")
-        except BaseException:
+        except BaseException as exc:
             # Discarded (the server rolls its transaction back): after an error in a pipeline,
             # psycopg may count as prepared a statement whose preparation the server skipped,
             # and the connection's next use of it would fail.
             driver.invalidate()
+            if dialects.pipeline_aborted(exc):
+                # An error ``after_append`` caught: a new stream's COMMIT, in the pipeline, was
+                # skipped, and the transaction rolled back.
+                raise StoreError("the append's transaction was rolled back") from exc
             raise
         dbapi_conn.autocommit = False  # idle: the transaction was committed or rolled back
         return rows
