@@ -97,14 +97,10 @@ Command = (
 )
 
 
-# The AUP section an operator's decision rests on: §3 for rate limits and throttles, §4 for the
-# adult-content approval, §6 (account suspension) for every other restriction.
-_SECTIONS: dict[type, int] = {
-    ApplyThrottle: 3,
-    LiftThrottle: 3,
-    ConfigureLimits: 3,
-    SetAdultContentApproval: 4,
-}
+# The AUP section an operator's statement of reasons rests on: §3 (rate limits) for a throttle,
+# §6 (account suspension) for every other restriction. Lifting a throttle, configuring limits
+# and the adult-content approval (§3, §4) record no statement of reasons.
+_SECTIONS: dict[type, int] = {ApplyThrottle: 3}
 
 
 def _operator(
