@@ -168,7 +168,8 @@ def requested_events(client: httpx.Client) -> list[str]:
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """The response is ``status`` with exactly ``{"error": {"code", "message", "details"}}``."""
+    """The response is ``status`` with exactly ``{"error": {"code", "message", "details"}}``;
+    a 422's details list each field (CONTRACT.md, "Errors")."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
@@ -180,6 +181,9 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     message = error["message"]
     # CONTRACT.md: "<human sentence>": a capital (or a quote, a digit) first, a full stop last.
     assert isinstance(message, str) and not message[:1].islower() and message.endswith("."), error
+    if status == 422:
+        assert isinstance(error["details"], list) and error["details"], error
+        assert all({"field", "message"} <= set(item) for item in error["details"]), error
     if code is not None:
         assert error["code"] == code, error
     return error

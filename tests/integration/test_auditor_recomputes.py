@@ -52,6 +52,7 @@ from events.wire import event_to_json
 from projections.runner import rebuild_standings
 from projections.tables import standing_records, standings
 from tests.auditor import check_chains, verify_account
+from tests.e2e.harness import assert_error
 
 # ------------------------------------------------------------------ writing JSON as clients do
 
@@ -640,11 +641,10 @@ def audit(api: Api, account_id: str) -> list[dict[str, Any]]:
 
 
 def check_error(response: Any, status: int | tuple[int, ...]) -> None:
+    """One of ``status``, with the contract's error body (``assert_error``)."""
     statuses = (status,) if isinstance(status, int) else status
     assert response.status_code in statuses, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
+    assert_error(response, response.status_code)
 
 
 def send(api: Api, request: Request, text: str, key: str | None = None) -> Any:
