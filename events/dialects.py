@@ -208,7 +208,10 @@ def _jsonb_keeps(value: Any) -> bool:
     rewrites). Almost every payload qualifies, which saves a round trip per append.
     """
     if isinstance(value, dict):
-        return all(_jsonb_keeps(v) for v in value.values())
+        # (a NUL in a key is refused too: jsonb holds no U+0000 anywhere)
+        return all(
+            not (isinstance(k, str) and "\x00" in k) and _jsonb_keeps(v) for k, v in value.items()
+        )
     if isinstance(value, list):
         return all(_jsonb_keeps(v) for v in value)
     if isinstance(value, float):

@@ -512,6 +512,24 @@ def test_a_nul_character_is_kept_where_the_database_can_hold_it_and_refused_clea
         assert store.verify("acct_1").ok
 
 
+@pytest.mark.parametrize(
+    "data",
+    [{"a": {"k\x00": 1}}, {"a": {"k": "x\x00"}}, {"a": ["x\x00"]}],
+    ids=["in a nested key", "in a nested value", "in a list"],
+)
+def test_a_nul_character_nested_anywhere_is_kept_or_refused_cleanly(
+    store: EventStore, data: dict
+) -> None:
+    if store.engine.dialect.name == "postgresql":
+        with pytest.raises(StoreError, match="cannot be stored as JSON"):
+            store.append("acct_1", 0, [NewEvent("Noted", data, T0)])
+        assert store.read_stream("acct_1") == []
+    else:
+        [recorded] = store.append("acct_1", 0, [NewEvent("Noted", data, T0)])
+        assert store.read_stream("acct_1") == [recorded]
+        assert recorded.data == data
+
+
 def test_a_large_multi_stream_batch_gets_positions_in_event_order(store: EventStore) -> None:
     # Times shared and distinct, flat and nested payloads with and without floats.
     def batch(stream: int) -> list[NewEvent]:
