@@ -212,7 +212,7 @@ def _jsonb_keeps(value: Any) -> bool:
         return all(
             not (isinstance(k, str) and "\x00" in k) and _jsonb_keeps(v) for k, v in value.items()
         )
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # json writes a tuple as an array
         return all(_jsonb_keeps(v) for v in value)
     if isinstance(value, float):
         return jsonb_keeps_float(value)
