@@ -497,3 +497,23 @@ def test_a_slow_report_in_a_drain_holds_up_no_other_answer(
         assert slow_one.result(timeout=10).status_code == 201
         assert first.result(timeout=10).status_code == 201
     assert [len(batch) for batch in held.batches] == [1, 3]
+
+
+# ---------------------------------------------------- mutation testing (helper mt19)
+
+
+def test_a_drain_of_one_report_answers_it_as_alone(
+    system: Container, client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldDrain(monkeypatch, expected=2)
+    requests = [
+        ({"account_id": f"acct_{i}", "category": "spam", "source": "t"}, headers) for i in range(2)
+    ]
+
+    answers = send_behind_one(client, held, requests)
+
+    assert held.batches == [["acct_0"], ["acct_1"]]
+    assert [(a.status_code, a.json()["account_id"]) for a in answers] == [
+        (201, "acct_0"),
+        (201, "acct_1"),
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import threading
 from typing import Any
 
 import psycopg
@@ -161,7 +162,6 @@ def test_a_server_stopping_mid_drain_loses_no_taken_report(
 ) -> None:
     # End to end: the server's loop ends (asyncio.run cancels the drain task) while the drain's
     # thread records a keyed report on its own; the thread's answer then meets a closed loop.
-    import threading
 
     coalesce.install_report_queue(system)
     hold_alone, slow = threading.Event(), threading.Event()
@@ -271,3 +271,223 @@ def test_a_lone_report_raising_stopiteration_fails_alone_and_leaves_the_queue_wo
     assert asyncio.run(main()) == 201
     assert calls == ["acct_stop", "acct_next"]
     assert system.store.head("acct_next").version > 0
+
+
+# ---------------------------------------------------- mutation testing (helper mt19)
+
+
+async def outcome(queue: Any, account: str) -> Any:
+    """``account``'s report through ``queue``: its answer, or the type of its error."""
+    try:
+        return await queue.report(body(account), Actor("reporter:r", account), None)
+    except Exception as exc:
+        return type(exc)
+
+
+async def in_thread(entered: threading.Semaphore) -> None:
+    """Until a job has entered the queue's thread (``entered`` released there)."""
+    assert await asyncio.to_thread(entered.acquire, True, 10)
+
+
+def test_reports_queued_behind_a_lone_report_the_database_left_unanswered_are_not_sent(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lone report of an idle queue found the database silent: the reports that queued
+    # while it waited fail at once, not sent, untried. With none queued, nothing is kept for
+    # later: the reports queued behind the next lone report are tried.
+    coalesce.install_report_queue(system)
+    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+    drained: list[list[str]] = []
+
+    def alone(_container: Container, model: ViolationIn, *_args: Any) -> Any:
+        entered.release()
+        assert release.acquire(timeout=10)
+        if model.account_id in ("acct_0", "acct_3"):
+            silent()
+        return "alone"
+
+    def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
+        drained.append([r.body.account_id for r in batch])
+        return {id(r): "drained" for r in batch}
+
+    monkeypatch.setattr(coalesce, "_record_alone", alone)
+    monkeypatch.setattr(coalesce, "_record", record)
+
+    async def lone_then(queue: Any, account: str, behind: list[str]) -> list[Any]:
+        first = asyncio.ensure_future(outcome(queue, account))
+        await in_thread(entered)
+        queued = [asyncio.ensure_future(outcome(queue, a)) for a in behind]
+        await asyncio.sleep(0)  # each queued
+        release.release()
+        return [await asyncio.wait_for(f, 10) for f in (first, *queued)]
+
+    async def main() -> list[list[Any]]:
+        queue = coalesce.report_queue(system)
+        return [
+            await lone_then(queue, "acct_0", ["acct_1", "acct_2"]),
+            await lone_then(queue, "acct_3", []),
+            await lone_then(queue, "acct_4", ["acct_5"]),
+        ]
+
+    assert asyncio.run(main()) == [
+        [OperationalError, NotSent, NotSent],
+        [OperationalError],
+        ["alone", "drained"],
+    ]
+    assert drained == [["acct_5"]]
+
+
+def silence() -> OperationalError:
+    try:
+        silent()
+    except OperationalError as exc:
+        return exc
+    raise AssertionError("silent() returned")
+
+
+def test_a_drains_report_the_database_left_unanswered_fails_the_reports_queued_meanwhile(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its batch's other reports keep their own answers; the reports that queued while the
+    # drain waited fail at once, not sent, untried; the queue then works as before.
+    coalesce.install_report_queue(system)
+    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+    drained: list[list[str]] = []
+
+    def held() -> None:
+        entered.release()
+        assert release.acquire(timeout=10)
+
+    def alone(_container: Container, _model: ViolationIn, *_args: Any) -> Any:
+        held()
+        return "alone"
+
+    def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
+        drained.append([r.body.account_id for r in batch])
+        held()
+        return {id(r): silence() if r.body.account_id == "acct_1" else "drained" for r in batch}
+
+    monkeypatch.setattr(coalesce, "_record_alone", alone)
+    monkeypatch.setattr(coalesce, "_record", record)
+
+    async def main() -> list[Any]:
+        queue = coalesce.report_queue(system)
+        reports = [asyncio.ensure_future(outcome(queue, "acct_0"))]
+        await in_thread(entered)  # acct_0 alone
+        reports += [asyncio.ensure_future(outcome(queue, a)) for a in ("acct_1", "acct_2")]
+        await asyncio.sleep(0)
+        release.release()
+        await in_thread(entered)  # the drain of acct_1 and acct_2
+        reports.append(asyncio.ensure_future(outcome(queue, "acct_3")))
+        await asyncio.sleep(0)
+        release.release()
+        answers = [await asyncio.wait_for(r, 10) for r in reports]
+        later = asyncio.ensure_future(outcome(queue, "acct_4"))
+        await in_thread(entered)
+        release.release()
+        return [*answers, await asyncio.wait_for(later, 10)]
+
+    answers = asyncio.run(main())
+    assert answers == ["alone", OperationalError, "drained", NotSent, "alone"]
+    assert drained == [["acct_1", "acct_2"]]
+
+
+def test_a_failing_drain_fails_its_batch_only_and_the_queue_drains_on(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The drain's thread itself raised (a bug in recording the batch): each of its reports
+    # gets that error; the reports queued meanwhile are recorded by the next drain.
+    coalesce.install_report_queue(system)
+    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+
+    def held(result: Any) -> Any:
+        entered.release()
+        assert release.acquire(timeout=10)
+        return result
+
+    def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
+        if held(batch[0].body.account_id == "acct_1"):
+            raise LookupError("a bug in recording this batch")
+        return {id(r): "drained" for r in batch}
+
+    monkeypatch.setattr(coalesce, "_record_alone", lambda *_a: held("alone"))
+    monkeypatch.setattr(coalesce, "_record", record)
+
+    async def main() -> list[Any]:
+        queue = coalesce.report_queue(system)
+        reports = [asyncio.ensure_future(outcome(queue, "acct_0"))]
+        await in_thread(entered)
+        reports += [asyncio.ensure_future(outcome(queue, a)) for a in ("acct_1", "acct_2")]
+        await asyncio.sleep(0)
+        release.release()
+        await in_thread(entered)  # the failing drain
+        reports.append(asyncio.ensure_future(outcome(queue, "acct_3")))
+        await asyncio.sleep(0)
+        release.release()
+        await in_thread(entered)  # the next
+        release.release()
+        return [await asyncio.wait_for(r, 10) for r in reports]
+
+    assert asyncio.run(main()) == ["alone", LookupError, LookupError, "drained"]
+
+
+def test_record_answers_each_report_with_its_own_outcome_or_error(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A report that failed keeps its own error; one recorded whose answer could not be made
+    # gets that error (not "no answer"); the others their responses.
+    from enforcement.api import violations
+
+    fail_deciding(monkeypatch, "acct_bad", KeyError)
+    answer_of = violations.answer_of
+
+    def odd(account_id: str, outcome: Any) -> Any:
+        if account_id == "acct_odd":
+            raise ValueError("its answer could not be made")
+        return answer_of(account_id, outcome)
+
+    monkeypatch.setattr(violations, "answer_of", odd)
+    loop = asyncio.new_event_loop()
+    batch = [
+        coalesce._Report(
+            body(a), Actor("reporter:r", a), None, contextvars.copy_context(), loop.create_future()
+        )
+        for a in ("acct_bad", "acct_odd", "acct_ok")
+    ]
+    answers = coalesce._record(system, batch)
+    loop.close()
+    kinds = [type(answers[id(r)]).__name__ for r in batch]
+    assert kinds[:2] == ["KeyError", "ValueError"] and answers[id(batch[2])].status_code == 201
+
+
+def test_a_drain_its_loop_ends_cancels_the_reports_queued_behind_it_untried(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coalesce.install_report_queue(system)
+    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+    drained: list[list[str]] = []
+
+    def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
+        drained.append([r.body.account_id for r in batch])
+        entered.release()
+        assert release.acquire(timeout=10)
+        return {id(r): "drained" for r in batch}
+
+    monkeypatch.setattr(coalesce, "_record_alone", lambda *_a: "alone")
+    monkeypatch.setattr(coalesce, "_record", record)
+
+    async def main() -> list[Any]:
+        queue = coalesce.report_queue(system)
+        reports = [asyncio.ensure_future(outcome(queue, "acct_0"))]
+        await asyncio.sleep(0)  # alone, in its thread: the next queues
+        reports.append(asyncio.ensure_future(outcome(queue, "acct_1")))
+        await in_thread(entered)  # the drain of acct_1
+        reports.append(asyncio.ensure_future(outcome(queue, "acct_2")))
+        await asyncio.sleep(0)
+        queue._drain.cancel()  # as the end of the loop does
+        done, _ = await asyncio.wait(reports, timeout=10)
+        release.release()
+        return [r.cancelled() or r.result() if r in done else "waiting" for r in reports]
+
+    assert asyncio.run(main()) == ["alone", True, True]
+    assert drained == [["acct_1"]]
