@@ -499,9 +499,6 @@ def test_a_slow_report_in_a_drain_holds_up_no_other_answer(
     assert [len(batch) for batch in held.batches] == [1, 3]
 
 
-# ---------------------------------------------------- mutation testing (helper mt19)
-
-
 def test_a_drain_of_one_report_answers_it_as_alone(
     system: Container, client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

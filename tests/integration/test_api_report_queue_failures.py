@@ -273,9 +273,6 @@ def test_a_lone_report_raising_stopiteration_fails_alone_and_leaves_the_queue_wo
     assert system.store.head("acct_next").version > 0
 
 
-# ---------------------------------------------------- mutation testing (helper mt19)
-
-
 async def outcome(queue: Any, account: str) -> Any:
     """``account``'s report through ``queue``: its answer, or the type of its error."""
     try:
