@@ -221,7 +221,7 @@ def _jsonb_keeps(value: Any) -> bool:
 
 def jsonb_keeps_float(value: float) -> bool:
     """Whether ``jsonb`` gives this float back as sent (see ``_jsonb_keeps``)."""
-    text = repr(value)
+    text = float.__repr__(value)  # as json writes it: a subclass's own repr may differ
     return "e" not in text and "n" not in text and text != "-0.0"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import itertools
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -401,11 +402,19 @@ def test_a_document_json_rewrites_is_recorded_as_readers_get_it(store: EventStor
     assert store.verify("acct_1").ok
 
 
+class Tilt(float, enum.Enum):
+    """A float whose repr is not the text json writes for it (float.__repr__)."""
+
+    FLAT = -0.0
+
+
 def test_floats_nested_anywhere_are_hashed_as_readers_get_them(store: EventStore) -> None:
     # Floats json and orjson write differently (1e-05) or jsonb rewrites (1e16, -0.0), in a dict
     # in a dict, in a tuple, and next to a tuple: the recipe over what is read back is the hash.
-    # (jsonb's check once skipped tuples: the -0.0 in one broke the chain on PostgreSQL.)
+    # (jsonb's check once skipped tuples: the -0.0 in one broke the chain on PostgreSQL; and
+    # it read a float subclass's own repr, "<Tilt.FLAT: -0.0>", where json writes "-0.0".)
     documents = [{"d": {"f": 1e-05}}, {"l": [(1e-05,)]}, {"l": [1e16, (1,)]}, {"l": [(-0.0,)]}]
+    documents.append({"t": Tilt.FLAT})
     recorded = store.append("acct_1", 0, [NewEvent("Noted", d, T0) for d in documents])
 
     assert store.read_stream("acct_1") == recorded
