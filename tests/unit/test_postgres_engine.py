@@ -47,3 +47,10 @@ def test_connecting_waits_the_callers_bound_else_the_usual_one() -> None:
     timeout = connect_parameters(create_engine(URL))["connect_timeout"]
     assert timeout == POSTGRES_CONNECT_TIMEOUT_SECONDS
     assert connect_parameters(create_engine(URL, connect_timeout=3))["connect_timeout"] == 3
+
+
+def test_the_callers_connect_args_are_kept_beside_the_usual_ones() -> None:
+    parameters = connect_parameters(
+        create_engine(URL, connect_args={"application_name": "mine", "connect_timeout": 4})
+    )
+    assert (parameters["application_name"], parameters["connect_timeout"]) == ("mine", 4)
