@@ -20,7 +20,7 @@ from events import (
     chain_hash,
     hashed_fields,
 )
-from events.dialects import APPEND_ONLY_MESSAGE, drop_append_only_ddl
+from events.dialects import APPEND_ONLY_MESSAGE, append_only_ddl, drop_append_only_ddl
 from events.schema import events
 from events.store import translate_append_only
 
@@ -50,6 +50,11 @@ REFUSED = [
     "DELETE FROM events WHERE version = 3",
     "DELETE FROM events",
 ]
+
+
+def test_no_append_only_triggers_are_made_up_for_a_database_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="unsupported database 'mysql'"):
+        append_only_ddl("mysql")
 
 
 @pytest.mark.parametrize("verb", ["INSERT OR REPLACE", "REPLACE"])
