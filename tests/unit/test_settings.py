@@ -39,6 +39,7 @@ def test_postgresql_urls_are_connected_through_psycopg_3() -> None:
     [
         ({"ENFORCEMENT_DATABASE_URL": "notaurl"}, "not a database URL"),
         ({"ENFORCEMENT_DATABASE_URL": "mysql://u@h/db"}, "must be a sqlite"),
+        ({"ENFORCEMENT_DATABASE_URL": "postgresql+pg8000://u@h/db"}, "'pg8000', which is not"),
         ({"ENFORCEMENT_REDIS_URL": "localhost:6379"}, "must be a redis://"),
         ({"ENFORCEMENT_SMTP_URL": "bogus"}, "must be smtp://host:port or smtps://host:port"),
         ({"ENFORCEMENT_SMTP_URL": "http://mail:25"}, "not http://"),
