@@ -191,7 +191,7 @@ def _complete_documents(
         try:
             data, metadata = dialects.as_stored_json(driver, [event.data, event.metadata])
             data_text, metadata_text = _encode_document(data), _encode_document(metadata)
-        except (ValueError, DBAPIError) as exc:
+        except (ValueError, TypeError, DBAPIError) as exc:
             reason = exc.orig if isinstance(exc, DBAPIError) else exc
             raise StoreError(
                 f"an event's data or metadata cannot be stored as JSON: {reason}"

@@ -11,6 +11,7 @@ import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -379,9 +380,18 @@ def test_any_json_payload_reads_back_as_appended_and_verifies(
     assert store.verify(account_id).ok
 
 
-def test_a_payload_the_database_cannot_hold_is_a_store_error(store: EventStore) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [{"number": float("nan")}, {"set": {1, 2}}, {"raw": b"x"}, {(1, 2): "tuple key"}],
+    ids=["NaN", "a set", "bytes", "a tuple key"],
+)
+def test_a_payload_the_database_cannot_hold_is_a_store_error(
+    store: EventStore, data: dict[Any, Any]
+) -> None:
     with pytest.raises(StoreError, match="cannot be stored as JSON"):
-        store.append("acct_1", 0, [new(number=float("nan"))])
+        store.append("acct_1", 0, [NewEvent("Noted", data, T0)])
+    with pytest.raises(StoreError, match="cannot be stored as JSON"):
+        store.append("acct_1", 0, [NewEvent("Noted", {"n": 1}, T0, metadata=data)])
 
     assert store.read_stream("acct_1") == []
 
