@@ -3,6 +3,7 @@ and an upcast read through the store."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -119,6 +120,59 @@ def test_read_stream_recorded_until_stops_at_the_first_event_recorded_after_it(
             assert store.read_stream("acct_1", after_version, until, limit, conn=conn) == []
 
 
+def test_read_stream_recorded_until_a_whole_second_includes_what_was_recorded_then(
+    engine: sa.Engine,
+) -> None:
+    """SQLite compares times as text: the bound must be written in the stored shape, whose
+    microseconds a whole second's default text (``10:00:00+00:00``) leaves out."""
+    whole = T0.replace(microsecond=0)
+    store = EventStore(engine, clock=lambda: whole)
+    recorded = store.append("acct_1", 0, [new(n=1)])
+
+    assert store.read_stream("acct_1", recorded_until=whole) == recorded
+    with engine.connect() as conn:
+        assert store.read_stream("acct_1", recorded_until=whole, conn=conn) == recorded
+
+
+def test_read_stream_in_the_callers_transaction_sees_what_it_has_not_committed(
+    store: EventStore,
+) -> None:
+    """``conn``: read in that transaction (as ``after_append`` and the runner do), not on a
+    connection of its own, which would miss the events the transaction is appending."""
+    fill(store, "acct_1", 2)
+    seen: list[list[RecordedEvent]] = []
+
+    def read_back(conn: sa.Connection, _recorded: list[RecordedEvent]) -> None:
+        for after_version, limit in [(0, None), (1, 2), (3, 1)]:
+            seen.append(store.read_stream("acct_1", after_version, limit=limit, conn=conn))
+
+    why = {"by": "operator"}
+    store.append(
+        "acct_1", 2, [new(n=3), NewEvent("Noted", {"n": 4}, T0, why)], after_append=read_back
+    )
+
+    everything = store.read_stream("acct_1")
+    assert everything[-1].metadata == why
+    assert seen == [everything, everything[1:3], everything[3:]]
+
+
+def test_get_event_finds_one_event_by_its_id_in_any_spelling(store: EventStore) -> None:
+    [first, second] = store.append("acct_1", 0, [new(n=1), new(n=2)])
+
+    assert store.get_event(second.event_id) == second
+    assert store.get_event(first.event_id.upper().replace("-", "")) == first
+    assert store.get_event("00000000-0000-7000-8000-000000000000") is None
+    assert store.get_event("not an event id") is None
+
+
+def test_the_head_of_a_stream_is_its_last_version_and_hash(store: EventStore) -> None:
+    fill(store, "acct_1", 3)
+    fill(store, "acct_2", 1)
+
+    last = store.read_stream("acct_1")[-1]
+    assert (store.head("acct_1").version, store.head("acct_1").hash) == (3, last.hash)
+
+
 def test_times_come_back_as_utc_with_microseconds(timed_store: EventStore) -> None:
     occurred = datetime(2026, 11, 24, 5, 0, 0, 7, tzinfo=timezone(timedelta(hours=-5)))
     [recorded] = timed_store.append("acct_1", 0, [NewEvent("Noted", {}, occurred)])
@@ -190,6 +244,7 @@ def test_read_all_pages_by_position_across_streams(store: EventStore) -> None:
 
 def test_last_event_is_the_newest_by_position(store: EventStore) -> None:
     assert store.last_event() is None
+    assert store.max_position() == 0
     store.append("acct_b", 0, [new(n=1)])
     store.append("acct_a", 0, [new(n=2), new(n=3)])
 
@@ -240,6 +295,13 @@ def test_account_ids_lists_every_stream_once_in_order(store: EventStore) -> None
         store.append(account, None, [new()])
 
     assert list(store.account_ids()) == ["acct_a", "acct_b", "acct_c"]
+
+
+def test_account_ids_pages_past_a_full_page_of_streams(store: EventStore) -> None:
+    accounts = [f"acct_{n:04}" for n in range(1001)]  # one page of 1000, then one more
+    store.append_streams([StreamAppend(account, 0, [new()]) for account in accounts])
+
+    assert list(itertools.islice(store.account_ids(), 1002)) == accounts
 
 
 # ---------------------------------------------------------------- upcasting through the store
