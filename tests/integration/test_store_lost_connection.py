@@ -28,7 +28,7 @@ from enforcement.migrations import upgrade
 from enforcement.roles import Role
 from enforcement.settings import Settings
 from enforcement.tokens import Principal
-from events import AppendOutcomeUnknown, EventStore, NewEvent, StreamAppend, create_engine
+from events import AppendOutcomeUnknown, EventStore, NewEvent, StreamAppend, create_engine, dialects
 from tests.cutting_proxy import CuttingProxy
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
@@ -91,8 +91,19 @@ def test_an_append_committed_before_its_connection_was_lost_returns_what_it_reco
 
 @pytest.mark.parametrize("way", ["read head", "with a key"])
 def test_an_append_whose_connection_was_lost_before_commit_writes_nothing_and_says_so(
-    proxy: CuttingProxy, direct: EventStore, store: EventStore, way: str
+    proxy: CuttingProxy,
+    direct: EventStore,
+    store: EventStore,
+    way: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """ "Nothing was written" is final only once the lost session has ended: until then its
+    statements may still run and commit, and a caller told it failed would append it again."""
+    ended: list[int] = []
+    end_session = dialects.end_session
+    monkeypatch.setattr(
+        dialects, "end_session", lambda engine, pid: (ended.append(pid), end_session(engine, pid))
+    )
     proxy.arm_before("INSERT INTO events")
 
     with pytest.raises(DBAPIError) as caught:
@@ -102,6 +113,7 @@ def test_an_append_whose_connection_was_lost_before_commit_writes_nothing_and_sa
     assert caught.value.connection_invalidated
     assert direct.read_all() == []
     assert not direct.key_used("k1")
+    assert len(ended) == 1  # asked after the session was ended
 
 
 def test_when_the_server_cannot_be_asked_the_outcome_is_reported_unknown(
