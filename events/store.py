@@ -92,12 +92,6 @@ _STREAM_UNTIL_QUERY = _STREAM_QUERY.where(
         NO_VERSION,
     )
 )
-_ALL_QUERY = (
-    sa.select(*_EVENT_COLUMNS)
-    .where(events.c.position > sa.bindparam("after_position"))
-    .order_by(events.c.position)
-    .limit(sa.bindparam("limit"))
-)
 
 
 _VERIFY_PAGE = 1000
