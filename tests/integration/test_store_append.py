@@ -434,7 +434,7 @@ def test_floats_nested_anywhere_are_hashed_as_readers_get_them(store: EventStore
     assert all(recompute_hash(e) == e.hash for e in recorded)
 
 
-def test_a_document_is_given_as_a_json_column_gives_it_back(engine: sa.Engine) -> None:
+def test_as_stored_json_gives_a_document_as_a_json_column_gives_it_back(engine: sa.Engine) -> None:
     # as_stored_json on a SQLAlchemy connection (appends pass the driver's own): jsonb rewrites
     # 1e16 and -0.0, SQLite keeps the text; either way JSON's arrays and string keys. NaN is
     # no JSON: a ValueError on both.
