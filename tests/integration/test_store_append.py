@@ -90,8 +90,25 @@ def test_append_at_head_chains_onto_whatever_is_there(store: EventStore) -> None
     assert store.verify("acct_1").ok
 
 
+def test_an_append_at_head_is_tried_max_head_retries_times_in_all(engine: sa.Engine) -> None:
+    store = EventStore(engine, max_head_retries=3)
+    tries = []
+
+    def always_overtaken(*args: object) -> None:
+        tries.append(1)
+        if len(tries) > 10:  # a mutant that never stops must still end the test
+            raise RuntimeError("retried without end")
+        raise ConcurrencyError("acct_1", 0, 1)
+
+    store._append_once = always_overtaken  # type: ignore[method-assign,assignment]
+    with pytest.raises(ConcurrencyError):
+        store.append("acct_1", None, [new(n=1)])
+
+    assert len(tries) == 3
+
+
 def test_nothing_to_append_is_refused(store: EventStore) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nothing to append"):
         store.append("acct_1", 0, [])
 
 
