@@ -11,6 +11,7 @@ import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from events import (
     StoreError,
     StreamAppend,
     StreamKeyUsed,
+    create_engine,
 )
 from events.dialects import as_stored_json
 from events.schema import checkpoints
@@ -282,6 +284,17 @@ def test_a_database_refusal_on_the_second_stream_writes_nothing_on_the_first(
 
     assert store.read_stream("acct_a") == []
     assert store.max_position() == before
+
+
+def test_an_append_to_a_database_it_cannot_open_raises_the_databases_error(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'log.db'}")
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="unable to open database file"):
+            EventStore(engine).append("acct_1", 0, [new(n=1)])
+    finally:
+        engine.dispose()
 
 
 def test_any_other_refusal_in_the_appending_transaction_is_the_databases_refusal(
