@@ -281,9 +281,22 @@ async def outcome(queue: Any, account: str) -> Any:
         return type(exc)
 
 
-async def in_thread(entered: threading.Semaphore) -> None:
-    """Until a job has entered the queue's thread (``entered`` released there)."""
-    assert await asyncio.to_thread(entered.acquire, True, 10)
+class Held:
+    """A job of the queue's thread held where it calls ``hold`` until the test lets it go."""
+
+    def __init__(self) -> None:
+        self._entered, self._release = threading.Semaphore(0), threading.Semaphore(0)
+
+    def hold(self) -> None:
+        self._entered.release()
+        assert self._release.acquire(timeout=10)
+
+    async def entered(self) -> None:
+        """Until a job has called ``hold``."""
+        assert await asyncio.to_thread(self._entered.acquire, True, 10)
+
+    def let_go(self) -> None:
+        self._release.release()
 
 
 def test_reports_queued_behind_a_lone_report_the_database_left_unanswered_are_not_sent(
@@ -293,12 +306,11 @@ def test_reports_queued_behind_a_lone_report_the_database_left_unanswered_are_no
     # while it waited fail at once, not sent, untried. With none queued, nothing is kept for
     # later: the reports queued behind the next lone report are tried.
     coalesce.install_report_queue(system)
-    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+    job = Held()
     drained: list[list[str]] = []
 
     def alone(_container: Container, model: ViolationIn, *_args: Any) -> Any:
-        entered.release()
-        assert release.acquire(timeout=10)
+        job.hold()
         if model.account_id in ("acct_0", "acct_3"):
             silent()
         return "alone"
@@ -312,10 +324,10 @@ def test_reports_queued_behind_a_lone_report_the_database_left_unanswered_are_no
 
     async def lone_then(queue: Any, account: str, behind: list[str]) -> list[Any]:
         first = asyncio.ensure_future(outcome(queue, account))
-        await in_thread(entered)
+        await job.entered()
         queued = [asyncio.ensure_future(outcome(queue, a)) for a in behind]
         await asyncio.sleep(0)  # each queued
-        release.release()
+        job.let_go()
         return [await asyncio.wait_for(f, 10) for f in (first, *queued)]
 
     async def main() -> list[list[Any]]:
@@ -348,20 +360,16 @@ def test_a_drains_report_the_database_left_unanswered_fails_the_reports_queued_m
     # Its batch's other reports keep their own answers; the reports that queued while the
     # drain waited fail at once, not sent, untried; the queue then works as before.
     coalesce.install_report_queue(system)
-    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+    job = Held()
     drained: list[list[str]] = []
 
-    def held() -> None:
-        entered.release()
-        assert release.acquire(timeout=10)
-
     def alone(_container: Container, _model: ViolationIn, *_args: Any) -> Any:
-        held()
+        job.hold()
         return "alone"
 
     def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
         drained.append([r.body.account_id for r in batch])
-        held()
+        job.hold()
         return {id(r): silence() if r.body.account_id == "acct_1" else "drained" for r in batch}
 
     monkeypatch.setattr(coalesce, "_record_alone", alone)
@@ -370,18 +378,18 @@ def test_a_drains_report_the_database_left_unanswered_fails_the_reports_queued_m
     async def main() -> list[Any]:
         queue = coalesce.report_queue(system)
         reports = [asyncio.ensure_future(outcome(queue, "acct_0"))]
-        await in_thread(entered)  # acct_0 alone
+        await job.entered()  # acct_0 alone
         reports += [asyncio.ensure_future(outcome(queue, a)) for a in ("acct_1", "acct_2")]
         await asyncio.sleep(0)
-        release.release()
-        await in_thread(entered)  # the drain of acct_1 and acct_2
+        job.let_go()
+        await job.entered()  # the drain of acct_1 and acct_2
         reports.append(asyncio.ensure_future(outcome(queue, "acct_3")))
         await asyncio.sleep(0)
-        release.release()
+        job.let_go()
         answers = [await asyncio.wait_for(r, 10) for r in reports]
         later = asyncio.ensure_future(outcome(queue, "acct_4"))
-        await in_thread(entered)
-        release.release()
+        await job.entered()
+        job.let_go()
         return [*answers, await asyncio.wait_for(later, 10)]
 
     answers = asyncio.run(main())
@@ -395,11 +403,10 @@ def test_a_failing_drain_fails_its_batch_only_and_the_queue_drains_on(
     # The drain's thread itself raised (a bug in recording the batch): each of its reports
     # gets that error; the reports queued meanwhile are recorded by the next drain.
     coalesce.install_report_queue(system)
-    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+    job = Held()
 
     def held(result: Any) -> Any:
-        entered.release()
-        assert release.acquire(timeout=10)
+        job.hold()
         return result
 
     def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
@@ -413,16 +420,16 @@ def test_a_failing_drain_fails_its_batch_only_and_the_queue_drains_on(
     async def main() -> list[Any]:
         queue = coalesce.report_queue(system)
         reports = [asyncio.ensure_future(outcome(queue, "acct_0"))]
-        await in_thread(entered)
+        await job.entered()
         reports += [asyncio.ensure_future(outcome(queue, a)) for a in ("acct_1", "acct_2")]
         await asyncio.sleep(0)
-        release.release()
-        await in_thread(entered)  # the failing drain
+        job.let_go()
+        await job.entered()  # the failing drain
         reports.append(asyncio.ensure_future(outcome(queue, "acct_3")))
         await asyncio.sleep(0)
-        release.release()
-        await in_thread(entered)  # the next
-        release.release()
+        job.let_go()
+        await job.entered()  # the next
+        job.let_go()
         return [await asyncio.wait_for(r, 10) for r in reports]
 
     assert asyncio.run(main()) == ["alone", LookupError, LookupError, "drained"]
@@ -461,13 +468,12 @@ def test_a_drain_its_loop_ends_cancels_the_reports_queued_behind_it_untried(
     system: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     coalesce.install_report_queue(system)
-    entered, release = threading.Semaphore(0), threading.Semaphore(0)
+    job = Held()
     drained: list[list[str]] = []
 
     def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
         drained.append([r.body.account_id for r in batch])
-        entered.release()
-        assert release.acquire(timeout=10)
+        job.hold()
         return {id(r): "drained" for r in batch}
 
     monkeypatch.setattr(coalesce, "_record_alone", lambda *_a: "alone")
@@ -478,12 +484,12 @@ def test_a_drain_its_loop_ends_cancels_the_reports_queued_behind_it_untried(
         reports = [asyncio.ensure_future(outcome(queue, "acct_0"))]
         await asyncio.sleep(0)  # alone, in its thread: the next queues
         reports.append(asyncio.ensure_future(outcome(queue, "acct_1")))
-        await in_thread(entered)  # the drain of acct_1
+        await job.entered()  # the drain of acct_1
         reports.append(asyncio.ensure_future(outcome(queue, "acct_2")))
         await asyncio.sleep(0)
         queue._drain.cancel()  # as the end of the loop does
         done, _ = await asyncio.wait(reports, timeout=10)
-        release.release()
+        job.let_go()
         return [r.cancelled() or r.result() if r in done else "waiting" for r in reports]
 
     assert asyncio.run(main()) == ["alone", True, True]
