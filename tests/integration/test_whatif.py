@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import tomllib
+import weakref
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -364,13 +365,22 @@ def test_the_json_holds_one_accounts_differences_at_a_time(
     strict.write_text('version = "strict"\ntermination_after_strikes = 1\n')
     monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", system.settings.database_url)
     alive: list[int] = []
+    made: weakref.WeakSet[whatif.Difference] = weakref.WeakSet()
     replay = whatif.replay_account
+
+    class Tracked(whatif.Difference):
+        __slots__ = ("__weakref__",)
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            made.add(self)
 
     def counting(*args: Any) -> Any:
         gc.collect()
-        alive.append(sum(type(o) is whatif.Difference for o in gc.get_objects()))
+        alive.append(len(made))
         return replay(*args)
 
+    monkeypatch.setattr(whatif, "Difference", Tracked)
     monkeypatch.setattr(whatif, "replay_account", counting)
 
     result = CliRunner().invoke(app, ["whatif", "--policy", str(strict), "--json"])
