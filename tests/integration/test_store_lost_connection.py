@@ -28,7 +28,15 @@ from enforcement.migrations import upgrade
 from enforcement.roles import Role
 from enforcement.settings import Settings
 from enforcement.tokens import Principal
-from events import AppendOutcomeUnknown, EventStore, NewEvent, StreamAppend, create_engine, dialects
+from events import (
+    AppendOutcomeUnknown,
+    EventStore,
+    NewEvent,
+    StreamAppend,
+    create_engine,
+    dialects,
+    postgres_connections,
+)
 from tests.cutting_proxy import CuttingProxy
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
@@ -329,6 +337,44 @@ def test_through_a_pooler_another_session_with_the_made_up_process_id_is_not_end
     assert proxy.cut.is_set()
     assert bystander.execute("SELECT pg_backend_pid()").fetchall() == [(pid,)]  # still alive
     assert len(direct.read_all()) == (1 if cut == "after commit" else 0)
+
+
+def test_ending_a_lost_session_ends_it_and_waits_for_it(
+    pg_url: str, bystander: psycopg.Connection[Any]
+) -> None:
+    """``end_session`` on a session still alive (the server has not yet seen its client go):
+    it is ended, and waited for, not left to run on (and maybe commit)."""
+    [(pid,)] = bystander.execute("SELECT pg_backend_pid()").fetchall()
+    engine = create_engine(pg_url)
+    try:
+        dialects.end_session(engine, pid)
+    finally:
+        engine.dispose()
+    with pytest.raises(psycopg.OperationalError):
+        bystander.execute("SELECT 1")
+
+
+def test_a_lost_session_that_does_not_end_is_not_taken_for_ended(
+    pg_url: str, bystander: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session still running after ``end_session`` may yet commit what it was sent: a
+    ``TimeoutError`` (the append's outcome unknown), not a return ("nothing was written")."""
+    [(pid,)] = bystander.execute("SELECT pg_backend_pid()").fetchall()
+    fetch_all = postgres_connections.fetch_all
+
+    def terminate_nothing(engine: sa.Engine, statement: str, params: Any) -> Any:
+        if "pg_terminate_backend" in statement:  # as if the process would not end in time
+            return []
+        return fetch_all(engine, statement, params)
+
+    monkeypatch.setattr(postgres_connections, "fetch_all", terminate_nothing)
+    engine = create_engine(pg_url)
+    try:
+        with pytest.raises(TimeoutError, match=f"server process {pid} did not end"):
+            dialects.end_session(engine, pid)
+    finally:
+        engine.dispose()
+    assert bystander.execute("SELECT 1").fetchall() == [(1,)]
 
 
 def test_through_a_pooler_a_group_whose_connection_was_lost_before_commit_is_unknown(

@@ -101,6 +101,18 @@ def test_a_connection_to_the_server_itself_has_its_session_known(
     assert pooler_warnings(caplog) == []
 
 
+@pytest.mark.postgres
+def test_an_engine_not_made_by_create_engine_may_go_through_a_pooler(pg_url: str) -> None:
+    """Its connections were not checked at connect: their session is not taken as known (an
+    append that lost one is then "may have been recorded", never "nothing was written")."""
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            assert dialects.session_pid(dialects.DriverConnection.of(conn)) is None
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_engines_are_not_checked_for_a_pooler(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

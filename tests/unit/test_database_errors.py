@@ -1,10 +1,14 @@
-"""When an SQLite I/O error is called "disk full": the disk has no block left for this process."""
+"""What a driver error means (``events.database_errors``): when an SQLite I/O error is called
+"disk full" (the disk has no block left for this process); a process without psycopg."""
 
 from __future__ import annotations
 
 import os
+import sys
 
-from events.database_errors import no_space_left_for
+import pytest
+
+from events.database_errors import no_space_left_for, unanswered
 
 ROOT, USER = 0, 1000
 
@@ -29,3 +33,11 @@ def test_blocks_anyone_may_use_are_room_for_both() -> None:
     room = statvfs(free=60, available=10)
     assert not no_space_left_for(room, USER)
     assert not no_space_left_for(room, ROOT)
+
+
+def test_no_error_is_postgresql_unanswered_in_a_process_that_never_loaded_psycopg(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SQLite-only process asks too (``silent_database``): the answer is no, not an error."""
+    monkeypatch.delitem(sys.modules, "psycopg", raising=False)
+    assert unanswered(TimeoutError("a SQLite busy timeout")) is None
