@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -77,6 +78,9 @@ def test_a_database_named_by_a_uri_filename_is_private_too(tmp_path: Path) -> No
         ("sqlite:///file:{d}/a%23b.db?uri=true", "a"),  # SQLite cuts the name at '#'
         ("sqlite:///file:{d}/sp%2520ace.db?uri=true", "sp ace.db"),  # %HH decoded once
         ("sqlite:///file:{d}/t.db?uri=t", "t.db"),  # "t" is true to SQLAlchemy, as "true"
+        ("sqlite:///{d}/a%2520b.db?uri=true", "a%20b.db"),  # not "file:": a name as it is
+        ("sqlite:///file://localhost{d}/h.db?uri=true", "h.db"),  # the one host SQLite takes
+        ("sqlite:///file://{d}/e.db?uri=true", "e.db"),  # an empty host
     ],
 )
 @pytest.mark.filterwarnings("ignore:Query string argument:sqlalchemy.exc.SAWarning")
@@ -108,6 +112,7 @@ def test_a_read_only_or_in_memory_uri_creates_no_file(
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "absent.db"
     create_engine(f"sqlite:///file:{db}?mode=ro&uri=true").dispose()
+    create_engine(f"sqlite:///file:{db}?mode=ro&nolock=1&uri=true").dispose()  # the mode's own
     assert list(tmp_path.iterdir()) == []
     assert sqlite_file("sqlite:///file:absent.db?mode=memory&uri=true") is None
     assert sqlite_file(f"sqlite:///file:{db}?mode=ro&uri=true") == str(db)
@@ -126,3 +131,34 @@ def test_a_missing_directory_is_still_sqlites_error(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="unable to open database file"):
         connect_once(f"sqlite:///{tmp_path / 'absent' / 'enforcement.db'}")
     assert not (tmp_path / "absent").exists()
+
+
+def test_every_connection_is_durable_waits_for_the_lock_and_begins_as_asked(tmp_path: Path) -> None:
+    """Each connection: WAL, full sync (an acknowledged append survives power loss), a busy
+    timeout, foreign keys and recursive triggers on; its BEGIN takes the write lock only when
+    asked (``sqlite_begin="IMMEDIATE"``)."""
+    db = tmp_path / "enforcement.db"
+    engine = create_engine(f"sqlite:///{db}")
+    other = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        with engine.connect() as conn:
+            names = (
+                "journal_mode",
+                "synchronous",
+                "busy_timeout",
+                "foreign_keys",
+                "recursive_triggers",
+            )
+            settings = [conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in names]
+            assert settings == ["wal", 2, 60000, 1, 1]
+        for options, locked in (({}, False), ({"sqlite_begin": "IMMEDIATE"}, True)):
+            with engine.connect() as conn, conn.execution_options(**options).begin():
+                if locked:
+                    with pytest.raises(sqlite3.OperationalError, match="locked"):
+                        other.execute("BEGIN IMMEDIATE")
+                else:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("ROLLBACK")
+    finally:
+        other.close()
+        engine.dispose()
