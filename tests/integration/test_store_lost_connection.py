@@ -409,3 +409,24 @@ def test_through_a_pooler_a_violation_not_found_after_a_lost_connection_is_a_503
     assert "may have been recorded" in message
     assert "nothing was written" not in message
     assert direct.head("acct_1").version == 0
+
+
+def test_an_error_the_server_gave_is_no_lost_connection_a_broken_connection_is(
+    pg_url: str,
+) -> None:
+    """``connection_lost``: not an error the server answered with (its connection still works;
+    an append in a group then fails alone), but any error on a connection psycopg knows is
+    broken, even one SQLAlchemy did not mark (it marks only a disconnect it sees as it wraps the
+    error, none on a connection it had already invalidated)."""
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            driver = dialects.DriverConnection.of(conn)
+            with pytest.raises(DBAPIError) as caught:
+                driver.execute("SELECT 1 / 0")
+            assert not caught.value.connection_invalidated
+            assert not dialects.connection_lost(caught.value, driver)
+            driver.dbapi_connection.pgconn.finish()  # as an unanswered wait leaves it
+            assert dialects.connection_lost(caught.value, driver)
+    finally:
+        engine.dispose()

@@ -125,8 +125,11 @@ def test_sqlite_engines_are_not_checked_for_a_pooler(
             driver = dialects.DriverConnection.of(conn)
             assert dialects.THROUGH_POOLER not in conn.connection.info
             assert dialects.session_pid(driver) is None
-            # A SQLite error the dialect takes for a disconnect is no lost PostgreSQL session
-            # to settle.
+            # An error SQLite gives is no lost connection; one the dialect takes for a
+            # disconnect is, but no lost PostgreSQL session to settle.
+            with pytest.raises(DBAPIError) as refused:
+                driver.execute("SELECT * FROM no_such_table")
+            assert not dialects.connection_lost(refused.value, driver)
             driver.dbapi_connection.close()
             with pytest.raises(DBAPIError) as caught:
                 driver.execute("SELECT 1")
