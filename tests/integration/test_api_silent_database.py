@@ -205,3 +205,16 @@ def test_the_bound_is_on_any_wait_a_statement_running_longer_fails_too(pg_url: s
             assert conn.exec_driver_sql("SELECT pg_sleep(0.1), 3").one()[1] == 3
     finally:
         engine.dispose()
+
+
+def test_a_wait_with_its_own_bound_ends_as_its_caller_expects_and_the_connection_stays(
+    pg_url: str,
+) -> None:
+    """psycopg's ``notifies(timeout=...)`` bounds its own wait: its end is no silent server."""
+    engine = create_engine(pg_url, answer_timeout=0.5)
+    try:
+        with engine.connect() as conn:
+            assert list(conn.connection.driver_connection.notifies(timeout=0.01)) == []
+            assert conn.exec_driver_sql("SELECT 4").scalar() == 4
+    finally:
+        engine.dispose()
