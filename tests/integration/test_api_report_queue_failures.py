@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import dataclasses
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -28,6 +29,23 @@ from events.timefmt import to_utc
 
 def body(account_id: str) -> ViolationIn:
     return ViolationIn.model_validate({"account_id": account_id, "category": "spam", "source": "t"})
+
+
+def queue_recording_by(
+    system: Container,
+    monkeypatch: pytest.MonkeyPatch,
+    alone: Callable[..., Any],
+    record: Callable[..., Any],
+) -> None:
+    """The report queue installed on ``system``, its thread recording a lone report with
+    ``alone`` and a drain's batch with ``record``."""
+    coalesce.install_report_queue(system)
+    monkeypatch.setattr(coalesce, "_record_alone", alone)
+    monkeypatch.setattr(coalesce, "_record", record)
+
+
+def accounts(batch: list[Any]) -> list[str]:
+    return [r.body.account_id for r in batch]
 
 
 def test_a_closed_loop_does_not_stop_the_rest_of_a_taken_batch_from_being_recorded(
@@ -162,8 +180,6 @@ def test_a_server_stopping_mid_drain_loses_no_taken_report(
 ) -> None:
     # End to end: the server's loop ends (asyncio.run cancels the drain task) while the drain's
     # thread records a keyed report on its own; the thread's answer then meets a closed loop.
-
-    coalesce.install_report_queue(system)
     hold_alone, slow = threading.Event(), threading.Event()
     loop_closed = threading.Event()
     errors: list[BaseException] = []
@@ -187,8 +203,7 @@ def test_a_server_stopping_mid_drain_loses_no_taken_report(
             assert loop_closed.wait(10)
         return real_report(account_id, *args)
 
-    monkeypatch.setattr(coalesce, "_record_alone", held_alone)
-    monkeypatch.setattr(coalesce, "_record", record)
+    queue_recording_by(system, monkeypatch, held_alone, record)
     monkeypatch.setattr(system.service, "report_violation", slow_c)
 
     async def main() -> None:
@@ -305,7 +320,6 @@ def test_reports_queued_behind_a_lone_report_the_database_left_unanswered_are_no
     # The lone report of an idle queue found the database silent: the reports that queued
     # while it waited fail at once, not sent, untried. With none queued, nothing is kept for
     # later: the reports queued behind the next lone report are tried.
-    coalesce.install_report_queue(system)
     job = Held()
     drained: list[list[str]] = []
 
@@ -316,11 +330,10 @@ def test_reports_queued_behind_a_lone_report_the_database_left_unanswered_are_no
         return "alone"
 
     def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
-        drained.append([r.body.account_id for r in batch])
+        drained.append(accounts(batch))
         return {id(r): "drained" for r in batch}
 
-    monkeypatch.setattr(coalesce, "_record_alone", alone)
-    monkeypatch.setattr(coalesce, "_record", record)
+    queue_recording_by(system, monkeypatch, alone, record)
 
     async def lone_then(queue: Any, account: str, behind: list[str]) -> list[Any]:
         first = asyncio.ensure_future(outcome(queue, account))
@@ -359,7 +372,6 @@ def test_a_drains_report_the_database_left_unanswered_fails_the_reports_queued_m
 ) -> None:
     # Its batch's other reports keep their own answers; the reports that queued while the
     # drain waited fail at once, not sent, untried; the queue then works as before.
-    coalesce.install_report_queue(system)
     job = Held()
     drained: list[list[str]] = []
 
@@ -368,12 +380,11 @@ def test_a_drains_report_the_database_left_unanswered_fails_the_reports_queued_m
         return "alone"
 
     def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
-        drained.append([r.body.account_id for r in batch])
+        drained.append(accounts(batch))
         job.hold()
         return {id(r): silence() if r.body.account_id == "acct_1" else "drained" for r in batch}
 
-    monkeypatch.setattr(coalesce, "_record_alone", alone)
-    monkeypatch.setattr(coalesce, "_record", record)
+    queue_recording_by(system, monkeypatch, alone, record)
 
     async def main() -> list[Any]:
         queue = coalesce.report_queue(system)
@@ -402,7 +413,6 @@ def test_a_failing_drain_fails_its_batch_only_and_the_queue_drains_on(
 ) -> None:
     # The drain's thread itself raised (a bug in recording the batch): each of its reports
     # gets that error; the reports queued meanwhile are recorded by the next drain.
-    coalesce.install_report_queue(system)
     job = Held()
 
     def held(result: Any) -> Any:
@@ -414,8 +424,7 @@ def test_a_failing_drain_fails_its_batch_only_and_the_queue_drains_on(
             raise LookupError("a bug in recording this batch")
         return {id(r): "drained" for r in batch}
 
-    monkeypatch.setattr(coalesce, "_record_alone", lambda *_a: held("alone"))
-    monkeypatch.setattr(coalesce, "_record", record)
+    queue_recording_by(system, monkeypatch, lambda *_a: held("alone"), record)
 
     async def main() -> list[Any]:
         queue = coalesce.report_queue(system)
@@ -467,17 +476,15 @@ def test_record_answers_each_report_with_its_own_outcome_or_error(
 def test_a_drain_its_loop_ends_cancels_the_reports_queued_behind_it_untried(
     system: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    coalesce.install_report_queue(system)
     job = Held()
     drained: list[list[str]] = []
 
     def record(_container: Container, batch: list[Any]) -> dict[int, Any]:
-        drained.append([r.body.account_id for r in batch])
+        drained.append(accounts(batch))
         job.hold()
         return {id(r): "drained" for r in batch}
 
-    monkeypatch.setattr(coalesce, "_record_alone", lambda *_a: "alone")
-    monkeypatch.setattr(coalesce, "_record", record)
+    queue_recording_by(system, monkeypatch, lambda *_a: "alone", record)
 
     async def main() -> list[Any]:
         queue = coalesce.report_queue(system)
