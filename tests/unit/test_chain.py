@@ -343,6 +343,17 @@ def test_the_document_encoders_refuse_what_json_dumps_refuses() -> None:
             encode({"a": cycle})
     with pytest.raises(ValueError):
         document_encoder(allow_nan=False)({"a": float("nan")})
+    # a key JSON has no text for is refused, not left out of the hashed text
+    for encode in (canonical_document, document_encoder(allow_nan=False)):
+        with pytest.raises(TypeError, match="keys must be"):
+            encode({"a": {(1, 2): 2}})
+
+
+def test_the_hashed_document_keeps_nan_and_infinity_as_canonical_json_writes_them() -> None:
+    # ``canonical_json`` (the recipe) writes NaN and Infinity; the spliced text must too.
+    value = {"x": [float("nan"), float("inf"), -float("inf")]}
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_document(value) == expected == '{"x":[NaN,Infinity,-Infinity]}'
 
 
 @given(
