@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -398,6 +399,29 @@ def test_parse_time_reads_back_what_format_time_writes(moment: datetime) -> None
     assert parsed == moment and parsed.tzinfo is UTC
     # The general path (an offset, surrounding space) gives the same instant.
     assert parse_time(" " + text[:-1] + "+00:00 ") == parsed
+
+
+def test_format_time_writes_years_before_1000_unpadded_from_999_down() -> None:
+    # The chain covers strftime's text: "999-…" unpadded, "1000-…" as written.
+    assert format_time(datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC)) == (
+        "999-12-31T23:59:59.000000Z"
+    )
+    assert format_time(datetime(1000, 1, 1, tzinfo=UTC)) == "1000-01-01T00:00:00.000000Z"
+
+
+def test_a_naive_time_is_taken_as_utc_whatever_the_hosts_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not as the host's local time, which ``astimezone`` would assume.
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        naive = datetime(2026, 11, 24, 10, 0, 0, 5)
+        assert to_utc(naive) == naive.replace(tzinfo=UTC)
+        assert format_time(naive) == "2026-11-24T10:00:00.000005Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_format_any_time_pads_a_year_before_1000_and_is_format_time_otherwise() -> None:
