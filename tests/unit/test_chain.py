@@ -409,6 +409,16 @@ def test_format_time_writes_years_before_1000_unpadded_from_999_down() -> None:
     assert format_time(datetime(1000, 1, 1, tzinfo=UTC)) == "1000-01-01T00:00:00.000000Z"
 
 
+def test_the_own_format_fast_paths_take_only_that_format() -> None:
+    from events.timefmt import canonical_time
+
+    junk = "2026-11-24T10:00:00.000000Q"
+    for read in (parse_time, canonical_time):
+        with pytest.raises(ValueError):
+            read(junk)
+    assert canonical_time("2026-11-24 10:00:00.000000Z") == "2026-11-24T10:00:00.000000Z"
+
+
 def test_a_naive_time_is_taken_as_utc_whatever_the_hosts_zone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
