@@ -35,7 +35,7 @@ from events.chain import (
     event_hash,
     verify_chain,
 )
-from events.timefmt import format_any_time, format_time, parse_time, to_utc
+from events.timefmt import canonical_time, format_any_time, format_time, parse_time, to_utc
 from tests.auditor import CONTRACT_KEYS, api_json, auditor_hash
 
 # ---------------------------------------------------------------- the auditor's side
@@ -410,8 +410,6 @@ def test_format_time_writes_years_before_1000_unpadded_from_999_down() -> None:
 
 
 def test_the_own_format_fast_paths_take_only_that_format() -> None:
-    from events.timefmt import canonical_time
-
     junk = "2026-11-24T10:00:00.000000Q"
     for read in (parse_time, canonical_time):
         with pytest.raises(ValueError):
