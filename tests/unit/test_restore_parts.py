@@ -1,0 +1,202 @@
+"""The pieces of ``enforcement restore`` that need no database: the name the replaced database
+is kept under, moving it aside (and back on a failure), copying the backup in, and finding
+another process that has the database open (mutation testing, mt28)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from enforcement import restore
+from enforcement.restore import (
+    DatabaseHold,
+    InUse,
+    RestoreError,
+    aside_name,
+    copy_file,
+    describe_moved,
+    move_aside,
+    other_opener,
+)
+
+NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+SIDE = ("", "-wal", "-shm", "-journal")
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_the_replaced_database_gets_a_name_no_file_has_nor_one_sqlite_keeps_beside(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "enforcement.db"
+    stem = "enforcement.db.before-restore-20260304T050607Z"
+    assert aside_name(database, NOW) == tmp_path / stem
+    (tmp_path / f"{stem}-journal").write_bytes(b"")
+    assert aside_name(database, NOW) == tmp_path / f"{stem}-2"
+    (tmp_path / f"{stem}-2-shm").write_bytes(b"")
+    assert aside_name(database, NOW) == tmp_path / f"{stem}-3"
+    for number in range(3, 999):
+        (tmp_path / f"{stem}-{number}").write_bytes(b"")
+    assert aside_name(database, NOW) == tmp_path / f"{stem}-999"
+    (tmp_path / f"{stem}-999-wal").write_bytes(b"")
+    with pytest.raises(RestoreError, match="No free name for the database beside"):
+        aside_name(database, NOW)
+
+
+def test_the_database_moves_aside_with_its_side_files_and_back_on_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, aside = tmp_path / "enforcement.db", tmp_path / "aside"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").write_bytes(suffix.encode())
+    before = names(tmp_path)
+    rename = Path.rename
+
+    def refuse_the_shm(self: Path, target: str) -> Path:
+        if str(self).endswith("-shm"):
+            raise PermissionError(13, "Permission denied")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_the_shm)
+    with pytest.raises(RestoreError, match=r"Cannot move .* aside: Permission denied\.$"):
+        move_aside(database, aside)
+    assert names(tmp_path) == before
+    monkeypatch.undo()
+
+    assert move_aside(database, aside) == ["", "-wal", "-shm"]
+    assert names(tmp_path) == ["aside", "aside-shm", "aside-wal"]
+    assert Path(f"{aside}-wal").read_bytes() == b"-wal"
+
+
+@pytest.mark.parametrize(
+    ("moved", "said"),
+    [
+        ([], "There was no database to replace."),
+        (
+            [""],
+            "The database it replaced was moved to /d/aside; delete it once you are sure.",
+        ),
+        (
+            ["", "-wal", "-shm"],
+            "The database it replaced was moved to /d/aside (with its -wal and -shm); "
+            "delete it once you are sure.",
+        ),
+        (
+            ["-wal", "-shm"],
+            "The files -wal, -shm that were beside no database were moved to /d/aside.",
+        ),
+    ],
+)
+def test_what_was_moved_is_told(moved: list[str], said: str) -> None:
+    assert describe_moved(Path("/d/aside"), moved) == said
+
+
+def test_the_backup_is_copied_whole_through_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = tmp_path / "b.db", tmp_path / "copy"
+    source.write_bytes(bytes(range(10)))
+    write = os.write
+    monkeypatch.setattr(restore, "COPY_CHUNK", 4)
+    monkeypatch.setattr(os, "write", lambda fd, data: write(fd, bytes(data[:3])))
+    seen: list[tuple[int, int]] = []
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        copy_file(source, fd, lambda done, total: seen.append((done, total)))
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == bytes(range(10))
+    assert seen == [(4, 10), (8, 10), (10, 10)]
+
+
+def fake_proc(proc: Path, pid: str, opened: list[Path], comm: str | None) -> None:
+    """A process ``pid`` of a ``/proc`` laid out as Linux does, with ``opened`` open."""
+    fds = proc / pid / "fd"
+    fds.mkdir(parents=True)
+    for number, path in enumerate(opened):
+        (fds / str(number)).symlink_to(path)
+    if comm is not None:
+        (proc / pid / "comm").write_text(f"{comm}\n")
+
+
+def test_another_process_that_has_the_database_open_is_named(tmp_path: Path) -> None:
+    database, other = tmp_path / "enforcement.db", tmp_path / "other.db"
+    database.write_bytes(b"db")
+    other.write_bytes(b"other")
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "self").mkdir()  # not a process
+    fake_proc(proc, "7", [other, tmp_path / "gone"], "python")
+    fake_proc(proc, str(os.getpid()), [database], "pytest")  # this process
+    assert other_opener(database, proc) is None
+
+    (proc / "8").mkdir()  # a process whose files are not ours to look into: no fd listing
+    fake_proc(proc, "9", [other, database], "sqlite3")
+    assert other_opener(database, proc) == "process 9 (sqlite3)"
+    (proc / "9" / "comm").unlink()  # gone since
+    assert other_opener(database, proc) == "process 9"
+    assert other_opener(tmp_path / "missing.db", proc) is None
+
+
+def files_open_here(path: Path) -> list[str]:
+    """This process's open files on ``path`` (Linux lists them under /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    return [fd.name for fd in fds.iterdir() if os.path.realpath(fd) == os.path.realpath(path)]
+
+
+def test_a_hold_let_go_leaves_nothing_open_and_can_be_taken_again(tmp_path: Path) -> None:
+    """The relay leader's lock is a ``flock``, which another open file of this same process
+    does not get while one holds it; SQLite's locks go with the database file's last close."""
+    database = tmp_path / "enforcement.db"
+    database.write_bytes(b"")
+    Path(f"{database}.leader").write_bytes(b"")
+    hold = DatabaseHold(database)
+    hold.take()
+    with pytest.raises(InUse, match="a serve or a worker leads the relay on it"):
+        DatabaseHold(database).take()
+    hold.release()
+    hold.release()  # let go already: nothing to close
+    assert files_open_here(database) == []
+    assert files_open_here(Path(f"{database}.leader")) == []
+    again = DatabaseHold(database)
+    again.take()
+    again.release()
+
+
+def test_a_database_another_process_reads_is_held_by_its_lock_where_proc_shows_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's process is not listed under /proc for this one: SQLite's lock tells."""
+    database = tmp_path / "enforcement.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('SELECT * FROM t').fetchall(); print('read', flush=True); "
+            "sys.stdin.read()",
+            str(database),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "read\n"
+        monkeypatch.setattr(restore, "other_opener", lambda *_: None)
+        with pytest.raises(InUse, match="another process has it open"):
+            DatabaseHold(database).take()
+    finally:
+        reader.communicate(timeout=60)
