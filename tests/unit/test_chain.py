@@ -410,11 +410,14 @@ def test_format_time_writes_years_before_1000_unpadded_from_999_down() -> None:
 
 
 def test_the_own_format_fast_paths_take_only_that_format() -> None:
-    junk = "2026-11-24T10:00:00.000000Q"
-    for read in (parse_time, canonical_time):
-        with pytest.raises(ValueError):
-            read(junk)
-    assert canonical_time("2026-11-24 10:00:00.000000Z") == "2026-11-24T10:00:00.000000Z"
+    for junk in ("2026-11-24T10:00:00.000000Q", "2026-11-24T10:00:00.000000Z and more"):
+        for read in (parse_time, canonical_time):
+            with pytest.raises(ValueError):
+                read(junk)
+    # RFC 3339 texts our format's fast paths must not take as they are: a space for the "T",
+    # a comma for the decimal point (ISO 8601's, which datetime reads too)
+    for other in ("2026-11-24 10:00:00.000000Z", "2026-11-24T10:00:00,000000Z"):
+        assert canonical_time(other) == "2026-11-24T10:00:00.000000Z"
 
 
 def test_a_naive_time_is_taken_as_utc_whatever_the_hosts_zone(
