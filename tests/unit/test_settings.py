@@ -143,6 +143,16 @@ def test_the_sender_connects_where_the_smtp_url_says(
     assert opened == [connects_to]
 
 
+def test_the_sender_itself_refuses_a_url_that_is_not_smtp() -> None:
+    """Settings refuse such a URL; a sender given one anyway connects nowhere (not as SMTP)."""
+    from email.message import EmailMessage
+
+    from enforcement.notices.email import EmailSender
+
+    with pytest.raises(ValueError, match="must be smtp:// or smtps://, not http"):
+        EmailSender("http://127.0.0.1:1", "/nonexistent").send(EmailMessage(), "evt")
+
+
 def test_the_contracts_configuration_table_names_and_defaults() -> None:
     """CONTRACT.md, "Configuration": each variable under its name, and the defaults when the
     environment sets none."""

@@ -328,6 +328,7 @@ def test_an_email_reads_back_as_its_text_and_headers(text: str) -> None:
     assert parsed.get_content_type() == "text/plain"
     assert parsed.get_content() == text
     assert parsed["From"] == f"TaaS Trust & Safety <{SENDER_ADDRESS}>"
+    assert f"\nFrom: TaaS Trust & Safety <{SENDER_ADDRESS}>\n".encode() in raw  # as written
     assert parsed["To"] == "abuse-desk@customer.test"
     assert parsed["Subject"] == rendered.subject
     assert parsed["Message-ID"] == f"<{notice.event_id}@taas.invalid>"

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
+import threading
+from typing import Any
 
 import pytest
 
+from enforcement.notices import webhook
+from enforcement.notices.deadline import Deadline
 from enforcement.notices.webhook import (
     WebhookRefused,
     account_key,
@@ -166,3 +171,69 @@ def test_a_refused_url_is_named_without_its_credentials(url: str, shown: str) ->
         check_target(url, allow_private=False)
     assert shown in str(refused.value)
     assert "secret" not in str(refused.value)
+
+
+def test_a_name_not_resolved_by_the_deadline_is_never_a_checked_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lookup cut off by the deadline gives no target, not one without addresses: a target
+    without addresses would be connected to by name, past the SSRF check."""
+    release = threading.Event()
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        release.wait(10)  # servers that do not answer (released when the test ends)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(webhook, "_lookups", {})
+    try:
+        with pytest.raises(
+            TimeoutError, match=r"^resolving hooks\.hang took longer than 0\.\d+ s$"
+        ):
+            check_target("http://hooks.hang/h", False, Deadline("the webhook", 0.1, timeout=5.0))
+    finally:
+        release.set()
+
+
+def test_an_address_is_parsed_and_a_name_without_a_deadline_looked_up_outside_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MAX_LOOKUPS bounds the lookups waited on by a deadline in their own threads: an address
+    is never looked up, and a name checked without a deadline is looked up where it is asked
+    (as long as it takes), so neither is refused while that bound is reached."""
+    monkeypatch.setattr(webhook, "MAX_LOOKUPS", 0)
+    deadline = Deadline("the webhook", 5.0, timeout=5.0)
+    assert check_target("http://8.8.8.8/h", False, deadline).addresses == ("8.8.8.8",)
+    assert "127.0.0.1" in check_target("http://localhost/h", True).addresses
+
+
+@pytest.mark.parametrize(
+    ("url", "host_header", "port"),
+    [
+        ("https://8.8.8.8/h", "8.8.8.8", 443),
+        ("http://8.8.8.8/h", "8.8.8.8", 80),
+        ("http://8.8.8.8:8443/h", "8.8.8.8:8443", 8443),
+        ("https://[2001:4860:4860::8888]/h", "[2001:4860:4860::8888]", 443),
+        ("http://[2001:4860:4860::8888]:8080/h", "[2001:4860:4860::8888]:8080", 8080),
+    ],
+)
+def test_the_host_header_names_the_urls_host_and_only_a_port_it_gives(
+    url: str, host_header: str, port: int
+) -> None:
+    target = check_target(url, False)
+    assert (target.host_header, target.port) == (host_header, port)
+
+
+def test_a_name_that_does_not_resolve_is_a_retryable_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ConnectionError, match=r"cannot resolve nowhere\.test: "):
+        check_target("https://nowhere.test/h", False)
+
+
+def test_printable_ascii_at_both_ends_of_the_range_is_a_url_s_own() -> None:
+    assert check_target("http://8.8.8.8/~ops/hook!", False).path == "/~ops/hook!"

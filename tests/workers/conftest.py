@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 from enforcement.bootstrap import Container, bootstrap  # noqa: E402
 from enforcement.settings import Settings  # noqa: E402
 from tests.conftest import MigratedTemplates  # noqa: E402
+from tests.pki import Pki, make_pki  # noqa: E402
 from tests.workers.system import Receiver, SmtpSink  # noqa: E402
 
 
@@ -44,6 +45,12 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA the TLS tests' servers have their certificate from, and another (``tests/pki.py``)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

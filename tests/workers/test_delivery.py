@@ -25,7 +25,7 @@ import pytest
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
 from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
-from enforcement.notices.email import EmailSender, build_message, file_bytes
+from enforcement.notices.email import EmailSender, build_message, file_bytes, sweep_parts
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookSender, account_key
 from enforcement.workers.actors import QUEUE, register_actors
@@ -302,6 +302,17 @@ def test_part_files_a_crash_left_are_swept(tmp_path: Path) -> None:
     sender.send(message, "evt_2")  # within 10 minutes of the last sweep: none
 
     assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "evt_1.eml", "evt_2.eml"]
+
+
+def test_the_sweep_removes_old_part_files_only(tmp_path: Path) -> None:
+    """A sweep takes a hidden ``.part`` file older than 10 minutes, never a notice's ``.eml``
+    file nor anything else however old."""
+    names = [".evt_9.eml.abc.part", "evt_1.eml", "evt_2.eml.part", ".evt_3.eml"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"old")
+        os.utime(tmp_path / name, (time.time() - 3600, time.time() - 3600))
+    sweep_parts(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
 
 
 def test_part_files_a_crash_left_are_swept_when_the_workers_start(

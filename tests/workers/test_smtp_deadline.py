@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from enforcement.notices.email import EmailSender, build_message
+from enforcement.notices.email import EmailSender, _server, build_message
 from enforcement.notices.templates import render
 from tests.drip import DripServer
 from tests.unit.test_templates import warning
@@ -89,3 +89,8 @@ def test_a_fast_server_is_delivered_with_a_short_deadline(smtp: SmtpSink) -> Non
     send(smtp.port, timeout=0.5, deadline=1.0)
     [(rcpts, message)] = smtp.messages
     assert (rcpts, message["To"]) == ([TO], TO)
+
+
+def test_an_ipv6_mail_server_is_named_with_its_address_in_brackets() -> None:
+    assert _server("smtp", "::1", 2525) == "smtp://[::1]:2525"
+    assert _server("smtps", "mail.example.com", 465) == "smtps://mail.example.com:465"

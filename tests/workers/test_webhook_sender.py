@@ -9,6 +9,7 @@ import hmac
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -27,9 +28,12 @@ from tests.webhook_receiver import receiver
 
 
 class Sink:
-    """A loopback HTTP server: records requests, answers ``status`` (and ``location``)."""
+    """A loopback HTTP server: records requests, answers ``status`` (and ``location``); over
+    TLS with ``tls``, the server's side."""
 
-    def __init__(self, status: int = 204, location: str | None = None) -> None:
+    def __init__(
+        self, status: int = 204, location: str | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         sink = self
 
@@ -47,13 +51,16 @@ class Sink:
                 pass
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "http" if tls is None else "https"
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
         self.thread.start()
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_port}{path}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -179,6 +186,23 @@ def test_a_redirect_is_not_followed(sink: Sink) -> None:
         redirecting.close()
     assert len(redirecting.requests) == 1
     assert sink.requests == []
+
+
+@pytest.mark.parametrize(
+    ("status", "delivered"), [(199, False), (200, True), (299, True), (300, False)]
+)
+def test_only_a_2xx_answer_is_a_delivery(status: int, delivered: bool) -> None:
+    answering = Sink(status=status)
+    try:
+        sender = WebhookSender("s3cret", allow_private=True)
+        if delivered:
+            sender.send(answering.url(), "evt-1", "acct_1", {})
+        else:
+            with pytest.raises(ConnectionError, match=f"HTTP {status}"):
+                sender.send(answering.url(), "evt-1", "acct_1", {})
+    finally:
+        answering.close()
+    assert len(answering.requests) == 1
 
 
 class Drip(DripServer):
