@@ -19,6 +19,7 @@ from enforcement.backup import (
     remove_part,
 )
 from enforcement.migrations import release_revisions
+from tests.unit.open_files import files_open_here
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,10 @@ from enforcement.migrations import release_revisions
         (
             CopyCheck(["a", "b", "c"], "head", True),
             ["SQLite's integrity_check says a; b; c"],
+        ),
+        (
+            CopyCheck(["a", "b", "c", "d"], "head", True),
+            ["SQLite's integrity_check says a; b; c and 1 more"],
         ),
         (
             CopyCheck(["a", "b", "c", "d", "e"], None, False),
@@ -102,7 +107,9 @@ def test_a_copy_without_a_schema_revision_is_not_read_further(tmp_path: Path) ->
 
 def test_a_database_that_cannot_be_opened_is_neither_copied_nor_created(tmp_path: Path) -> None:
     missing, copy = tmp_path / "missing.db", tmp_path / "copy.db"
-    with pytest.raises(BackupError, match=r"^The database .*missing\.db cannot be opened \("):
+    with pytest.raises(
+        BackupError, match=r"^The database .*missing\.db cannot be opened \(.+\)\.$"
+    ):
         copy_sqlite(missing, copy)
     assert list(tmp_path.iterdir()) == []
 
@@ -147,3 +154,24 @@ def test_a_copy_without_a_progress_bar_is_whole(tmp_path: Path) -> None:
             ("0001_first",)
         ]
     conn.close()
+
+
+def test_a_copy_stopped_midway_leaves_neither_database_open(tmp_path: Path) -> None:
+    """Closed, not left to the garbage collector: the exception held keeps the frame (and the
+    read transaction on the database, were it open) alive."""
+    database, copy = tmp_path / "enforcement.db", tmp_path / "copy.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('0001_first')")
+        conn.execute("CREATE TABLE t (x)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 4000,)] * 8)
+    conn.close()
+
+    def stop(copied: int, total: int) -> None:
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError) as raised:
+        copy_sqlite(database, copy, stop, pages_per_step=1)
+    assert str(raised.value) == "stopped"
+    assert files_open_here(database) == []
+    assert files_open_here(copy) == []

@@ -4,7 +4,9 @@ another process that has the database open (mutation testing, mt28)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from enforcement.restore import (
     move_aside,
     other_opener,
 )
+from tests.unit.open_files import files_open_here
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 SIDE = ("", "-wal", "-shm", "-journal")
@@ -47,7 +50,9 @@ def test_the_replaced_database_gets_a_name_no_file_has_nor_one_sqlite_keeps_besi
         (tmp_path / f"{stem}-{number}").write_bytes(b"")
     assert aside_name(database, NOW) == tmp_path / f"{stem}-999"
     (tmp_path / f"{stem}-999-wal").write_bytes(b"")
-    with pytest.raises(RestoreError, match="No free name for the database beside"):
+    with pytest.raises(
+        RestoreError, match=re.escape(f"No free name for the database beside {database}.")
+    ):
         aside_name(database, NOW)
 
 
@@ -117,6 +122,14 @@ def test_the_backup_is_copied_whole_through_short_writes(
     assert seen == [(4, 10), (8, 10), (10, 10)]
 
 
+def test_the_backup_is_copied_whole_with_no_one_to_report_to(tmp_path: Path) -> None:
+    source, target = tmp_path / "b.db", tmp_path / "copy"
+    source.write_bytes(b"backup")
+    with target.open("wb") as written:
+        copy_file(source, written.fileno())
+    assert target.read_bytes() == b"backup"
+
+
 def fake_proc(proc: Path, pid: str, opened: list[Path], comm: str | None) -> None:
     """A process ``pid`` of a ``/proc`` laid out as Linux does, with ``opened`` open."""
     fds = proc / pid / "fd"
@@ -146,10 +159,10 @@ def test_another_process_that_has_the_database_open_is_named(tmp_path: Path) -> 
     assert other_opener(tmp_path / "missing.db", proc) is None
 
 
-def files_open_here(path: Path) -> list[str]:
-    """This process's open files on ``path`` (Linux lists them under /proc/self/fd)."""
-    fds = Path("/proc/self/fd")
-    return [fd.name for fd in fds.iterdir() if os.path.realpath(fd) == os.path.realpath(path)]
+def in_use(database: Path, why: str) -> str:
+    return re.escape(
+        f"The database {database} is in use: {why}; stop it, then run the restore again."
+    )
 
 
 def test_a_hold_let_go_leaves_nothing_open_and_can_be_taken_again(tmp_path: Path) -> None:
@@ -160,7 +173,7 @@ def test_a_hold_let_go_leaves_nothing_open_and_can_be_taken_again(tmp_path: Path
     Path(f"{database}.leader").write_bytes(b"")
     hold = DatabaseHold(database)
     hold.take()
-    with pytest.raises(InUse, match="a serve or a worker leads the relay on it"):
+    with pytest.raises(InUse, match=in_use(database, "a serve or a worker leads the relay on it")):
         DatabaseHold(database).take()
     hold.release()
     hold.release()  # let go already: nothing to close
@@ -200,3 +213,39 @@ def test_a_database_another_process_reads_is_held_by_its_lock_where_proc_shows_n
             DatabaseHold(database).take()
     finally:
         reader.communicate(timeout=60)
+
+
+def test_a_hold_refused_for_another_opener_keeps_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "enforcement.db"
+    database.write_bytes(b"")
+    Path(f"{database}.leader").write_bytes(b"")
+    monkeypatch.setattr(restore, "other_opener", lambda *_: "process 9 (sqlite3)")
+    with pytest.raises(InUse, match=in_use(database, "process 9 (sqlite3) has it open")):
+        DatabaseHold(database).take()
+    assert files_open_here(database) == []
+    assert files_open_here(Path(f"{database}.leader")) == []
+
+
+def test_a_database_that_cannot_be_opened_or_locked_is_a_restore_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "in use": an error of the file itself, with the system's words, and nothing held."""
+    directory = tmp_path / "enforcement.db"
+    directory.mkdir()
+    with pytest.raises(RestoreError, match=re.escape(f"Cannot open {directory}: Is a directory.")):
+        DatabaseHold(directory).take()
+
+    database = tmp_path / "other.db"
+    database.write_bytes(b"")
+
+    def no_locks(*_: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(restore.fcntl, "lockf", no_locks)
+    with pytest.raises(
+        RestoreError, match=re.escape(f"Cannot lock {database}: No locks available.")
+    ):
+        DatabaseHold(database).take()
+    assert files_open_here(database) == []
