@@ -166,10 +166,6 @@ class EmailSender:
         self.sender = sender  # From, and the envelope's sender
         self._swept_at = -float(STALE_PART_SECONDS)  # the first file written sweeps
 
-    @property
-    def channel(self) -> str:
-        return "email" if self.smtp_url else "email_file"
-
     def send(self, message: Message, notice_event_id: str) -> None:
         if self.smtp_url is None:
             self.mail_dir.mkdir(mode=MAIL_DIR_MODE, parents=True, exist_ok=True)
