@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -228,17 +230,36 @@ def test_new_events_are_encoded_at_the_current_version(v3_codec: Codec) -> None:
 # ---------------------------------------------------------------- refusals
 
 
-def test_a_version_without_an_upcaster_cannot_be_registered() -> None:
-    with pytest.raises(ValueError, match=r"\[2\]"):
-        Codec().register(ThrottleApplied, schema_version=3, upcasters={1: v1_to_v2})
+@pytest.mark.parametrize(
+    ("upcasters", "missing"), [({1: v1_to_v2}, "[2]"), ({2: v2_to_v3}, "[1]"), ({}, "[1, 2]")]
+)
+def test_a_version_without_an_upcaster_cannot_be_registered(
+    upcasters: dict[int, Any], missing: str
+) -> None:
+    message = f"ThrottleApplied: no upcaster from schema version(s) {missing}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Codec().register(ThrottleApplied, schema_version=3, upcasters=upcasters)
 
 
 def test_a_payload_class_must_be_a_dataclass() -> None:
     class NotData:
         pass
 
-    with pytest.raises(TypeError):
-        Codec().register(NotData)
+    # Refused as such, before its missing upcasters are counted
+    with pytest.raises(TypeError, match=r"\.NotData'> is not a dataclass$"):
+        Codec().register(NotData, schema_version=2)
+
+
+def test_a_registration_and_a_decoded_event_cannot_be_changed(v3_codec: Codec) -> None:
+    # A registration is shared by every read (an edit would change how the log reads from then
+    # on); a decoded event is what was read
+    registration = v3_codec.registration("ThrottleApplied")
+    decoded = v3_codec.decode(
+        stored("ThrottleApplied", 3, {"percent": 1, "reasons": [], "key_id": None})
+    )
+    for changed, name in ((registration, "schema_version"), (decoded, "payload")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(changed, name, None)
 
 
 def test_an_unknown_type_is_refused_both_ways(v3_codec: Codec) -> None:
