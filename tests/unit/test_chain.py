@@ -35,7 +35,15 @@ from events.chain import (
     event_hash,
     verify_chain,
 )
-from events.timefmt import canonical_time, format_any_time, format_time, parse_time, to_utc
+from events.timefmt import (
+    canonical_time,
+    format_any_time,
+    format_time,
+    parse_sqlite_time,
+    parse_time,
+    stamp_of_sqlite_time,
+    to_utc,
+)
 from tests.auditor import CONTRACT_KEYS, api_json, auditor_hash
 
 # ---------------------------------------------------------------- the auditor's side
@@ -418,6 +426,17 @@ def test_the_own_format_fast_paths_take_only_that_format() -> None:
     # a comma for the decimal point (ISO 8601's, which datetime reads too)
     for other in ("2026-11-24 10:00:00.000000Z", "2026-11-24T10:00:00,000000Z"):
         assert canonical_time(other) == "2026-11-24T10:00:00.000000Z"
+    # Every digit of our format is checked on the fast path, the last one of the fraction too
+    with pytest.raises(ValueError):
+        canonical_time("2026-11-24T10:00:00.12345xZ")
+
+
+def test_sqlite_time_texts_read_as_utc_and_stamp_shortcut_takes_only_the_stored_shape() -> None:
+    read = parse_sqlite_time("2026-11-24 10:00:00.123456")  # the stored shape: the fast path
+    assert read == datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC) and read.tzinfo is UTC
+    # Texts no writer of ours makes, one character either side of the stored shape's length
+    for text in ("2026-11-24 10:00:00.12345", "2026-11-24 10:00:00.1234567"):
+        assert stamp_of_sqlite_time(text) == format_time(parse_sqlite_time(text))
 
 
 def test_a_naive_time_is_taken_as_utc_whatever_the_hosts_zone(
@@ -453,11 +472,13 @@ def test_parse_time_refuses_a_time_without_offset_and_one_utc_cannot_hold() -> N
     assert parse_time("2026-11-24T10:00:00z") == datetime(2026, 11, 24, 10, tzinfo=UTC)
     # 26 characters, our own format without its "Z": no offset, so refused, not taken as UTC.
     for naive in ("2026-11-24T10:00:00.123456", "2026-11-24T10:00:00", "2026-11-24 10:00"):
-        with pytest.raises(ValueError, match="has no UTC offset"):
+        with pytest.raises(ValueError, match=f"^timestamp '{naive}' has no UTC offset; use e.g"):
             parse_time(naive)
     with pytest.raises(ValueError, match="Invalid isoformat"):
         parse_time("2026-11-24T10:00:00.123456+")  # our format's length, not its "Z"
-    with pytest.raises(ValueError, match="out of range in UTC"):
+    with pytest.raises(
+        ValueError, match=r"^timestamp '9999-12-31T23:59:59-01:00' is out of range in UTC$"
+    ):
         parse_time("9999-12-31T23:59:59-01:00")
 
 
