@@ -429,6 +429,8 @@ def test_the_own_format_fast_paths_take_only_that_format() -> None:
     # Every digit of our format is checked on the fast path, the last one of the fraction too
     with pytest.raises(ValueError):
         canonical_time("2026-11-24T10:00:00.12345xZ")
+    # An ISO week date has our format's length, "T" and "." too: written as the calendar date
+    assert canonical_time("2026-W47-2T10:00:00.123456Z") == "2026-11-17T10:00:00.123456Z"
 
 
 def test_sqlite_time_texts_read_as_utc_and_stamp_shortcut_takes_only_the_stored_shape() -> None:
