@@ -637,7 +637,8 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     other = invoke(populated.url, "verify", "acct_b")
 
     assert intact.returncode == 0, intact.stdout + intact.stderr
-    assert "3 of 3 account(s) intact" in intact.stdout
+    checked = f"account(s) intact, {len(populated.events())} events checked."
+    assert f"3 of 3 {checked}" in intact.stdout
     assert one.exit_code == 0
     assert json.loads(one.stdout) == {
         "account_id": "acct_b",
@@ -647,8 +648,12 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     }
     assert broken.returncode == 1
     assert "BROKEN acct_a at version 2" in broken.stdout
-    assert "2 of 3 account(s) intact" in broken.stdout
+    # A broken chain is checked up to its break.
+    results = json.loads(invoke(populated.url, "verify", "--json").stdout)
+    checked = f"account(s) intact, {sum(r['events'] for r in results)} events checked."
+    assert f"2 of 3 {checked}" in broken.stdout
     result = json.loads(broken_json.stdout)
+    assert f"BROKEN acct_a at version 2: {result['reason']}\n" in broken.stdout
     assert (result["ok"], result["broken_at_version"]) == (False, 2)
     assert broken_json.exit_code == 1
     assert other.exit_code == 0
@@ -966,6 +971,66 @@ def test_a_new_export_file_is_its_owners_alone(
     assert "spam from them" in new.read_text(encoding="utf-8")
     assert stat.S_IMODE(new.stat().st_mode) == 0o600
     assert stat.S_IMODE(existing.stat().st_mode) == 0o640
+
+
+def test_export_names_what_it_cannot_write_and_takes_a_window_of_one_instant(
+    populated: Populated, invoke: Any, tmp_path: Path
+) -> None:
+    """A device is written as it is (``/dev/full``: the disk-full sentence), a path that cannot
+    be created is one it cannot *use*; ``--since`` equal to ``--until`` is the events of that
+    instant, not a usage error."""
+    missing = tmp_path / "missing" / "events.jsonl"
+    full = invoke(populated.url, "export", "--format", "jsonl", "-o", "/dev/full")
+    unusable = invoke(populated.url, "export", "--format", "jsonl", "-o", str(missing))
+    instant = format_time(T0)
+    window = invoke(
+        populated.url, "export", "--format", "jsonl", "--since", instant, "--until", instant
+    )
+
+    assert full.exit_code == 2
+    assert one_sentence(full.stderr) == "Cannot write /dev/full: No space left on device."
+    assert unusable.exit_code == 2
+    assert one_sentence(unusable.stderr) == f"Cannot use {missing}: No such file or directory."
+    assert window.exit_code == 0, window.output
+    exported = [json.loads(line) for line in window.stdout.splitlines()]
+    assert exported == [e for e in populated.events() if e["recorded_at"] == instant]
+    assert exported
+
+
+IN_PROCESS_USAGE_ERRORS = [
+    (("standing", "bad acct!"), "ACCOUNT must be an account id"),
+    (("standing", "acct_a", "--as-of", "yesterday"), "--as-of must be an RFC 3339 time"),
+    (("history", "a" * 129), "ACCOUNT must be an account id"),
+    (("history", "acct_a", "--as-of", "2026-03-02T09:00:00"), "--as-of must be an RFC 3339"),
+    (("history", "acct_a", "--format", "xml"), "Unknown format 'xml'; choose table, json or csv."),
+    (("verify", "acct a"), "ACCOUNT must be an account id"),
+    (("replay", "--account", "acct/a"), "--account must be an account id"),
+    (("export", "--format", "pdf"), "Unknown format 'pdf'; choose jsonl or sor."),
+    (("export", "--format", "jsonl", "--account", ""), "--account must be an account id"),
+    (("export", "--format", "jsonl", "--since", "soon"), "--since must be an RFC 3339 time"),
+    (("export", "--format", "jsonl", "--until", "soon"), "--until must be an RFC 3339 time"),
+    (
+        (
+            "export",
+            "--format",
+            "sor",
+            "--since",
+            "2026-03-04T00:00:00Z",
+            "--until",
+            "2026-03-03T00:00:00Z",
+        ),
+        "--since must not be later than --until.",
+    ),
+]
+
+
+def test_the_auditors_usage_errors_name_the_argument(populated: Populated, invoke: Any) -> None:
+    """On a database that holds the accounts (a refusal, not an empty answer): exit 2, nothing
+    on stdout, one sentence naming what was wrong."""
+    for args, sentence in IN_PROCESS_USAGE_ERRORS:
+        result = invoke(populated.url, *args)
+        assert (result.exit_code, result.stdout) == (2, ""), args
+        assert one_sentence(result.stderr).startswith(sentence), args
 
 
 # ------------------------------------------------------------------ usage errors
