@@ -569,6 +569,7 @@ def test_history_as_a_table_json_and_csv(populated: Populated, invoke: Any) -> N
     )
 
     assert table.exit_code == 0, table.output
+    assert table.stdout.split()[:3] == ["History", "of", "acct_a"]  # a table, not CSV
     for event in stored:
         assert event["type"] in table.stdout
     assert "aup-2026-11" in table.stdout
@@ -657,6 +658,8 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     assert (result["ok"], result["broken_at_version"]) == (False, 2)
     assert broken_json.exit_code == 1
     assert other.exit_code == 0
+    acct_b = len(populated.events("acct_b"))
+    assert other.stdout == f"1 of 1 account(s) intact, {acct_b} events checked.\n"
     nobody = invoke(populated.url, "verify", "acct_nobody")
     assert nobody.exit_code == 0
     assert nobody.stdout.strip() == "acct_nobody has no events: nothing to verify."
