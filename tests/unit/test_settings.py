@@ -3,10 +3,13 @@ and every form that connects is accepted."""
 
 from __future__ import annotations
 
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
 
+from enforcement.notices import email
+from enforcement.notices.email import EmailSender
 from enforcement.settings import Settings, SettingsError
 from events.dialects import normalized_url
 
@@ -112,10 +115,6 @@ def test_the_sender_connects_where_the_smtp_url_says(
     url: str, connects_to: tuple[str, str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """smtps:// is TLS from the connection's start, on its own port (465), not on 25."""
-    from email.message import EmailMessage
-
-    from enforcement.notices import email
-
     opened: list[tuple[str, str, int]] = []
 
     def fake(kind: str) -> Any:
@@ -145,10 +144,6 @@ def test_the_sender_connects_where_the_smtp_url_says(
 
 def test_the_sender_itself_refuses_a_url_that_is_not_smtp() -> None:
     """Settings refuse such a URL; a sender given one anyway connects nowhere (not as SMTP)."""
-    from email.message import EmailMessage
-
-    from enforcement.notices.email import EmailSender
-
     with pytest.raises(ValueError, match="must be smtp:// or smtps://, not http"):
         EmailSender("http://127.0.0.1:1", "/nonexistent").send(EmailMessage(), "evt")
 
