@@ -24,6 +24,7 @@ from test_service_support import FakeClock, open_system
 
 from enforcement.workers.leader import LeaderLock
 from tests.e2e.harness import start_server
+from tests.unit.open_files import another_process_with
 
 # A process that records events and dies before it closes the database (a crash, a kill): SQLite
 # leaves them in the -wal beside it, which whatever file has the database's name takes in.
@@ -160,23 +161,8 @@ def held_by(how: str, live: Live, tmp_path: Path) -> Iterator[None]:
         # A sqlite3 shell just started: the file is open, no lock is held (SQLite's locks
         # cannot see it), and what it reads next would be whatever file has the name's inode.
         live.system.close()
-        shell = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('select 1');"
-                " print('open', flush=True); sys.stdin.read()",
-                str(database_of(live)),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert shell.stdout is not None and shell.stdout.readline() == "open\n"
+        with another_process_with(database_of(live), "select 1"):
             yield
-        finally:
-            shell.communicate("", timeout=30)
         return
     if how == "the relay leader's lock":
         leader = LeaderLock(live.system)

@@ -8,8 +8,6 @@ import errno
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from enforcement.restore import (
     move_aside,
     other_opener,
 )
-from tests.unit.open_files import files_open_here
+from tests.unit.open_files import another_process_with, files_open_here
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 SIDE = ("", "-wal", "-shm", "-journal")
@@ -193,26 +191,10 @@ def test_a_database_another_process_reads_is_held_by_its_lock_where_proc_shows_n
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE t (x)")
     conn.close()
-    reader = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
-            "c.execute('SELECT * FROM t').fetchall(); print('read', flush=True); "
-            "sys.stdin.read()",
-            str(database),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert reader.stdout is not None and reader.stdout.readline() == "read\n"
+    with another_process_with(database, "SELECT * FROM t"):
         monkeypatch.setattr(restore, "other_opener", lambda *_: None)
         with pytest.raises(InUse, match="another process has it open"):
             DatabaseHold(database).take()
-    finally:
-        reader.communicate(timeout=60)
 
 
 def test_a_hold_refused_for_another_opener_keeps_no_lock(
