@@ -641,6 +641,7 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     checked = f"account(s) intact, {len(populated.events())} events checked."
     assert f"3 of 3 {checked}" in intact.stdout
     assert one.exit_code == 0
+    assert one.stdout == json.dumps(json.loads(one.stdout), indent=2) + "\n"  # for a reader
     assert json.loads(one.stdout) == {
         "account_id": "acct_b",
         "ok": True,
@@ -1012,6 +1013,10 @@ IN_PROCESS_USAGE_ERRORS = [
     (("export", "--format", "jsonl", "--account", ""), "--account must be an account id"),
     (("export", "--format", "jsonl", "--since", "soon"), "--since must be an RFC 3339 time"),
     (("export", "--format", "jsonl", "--until", "soon"), "--until must be an RFC 3339 time"),
+    (
+        ("export", "--format", "jsonl", "--since", "2016-12-31T23:59:60Z"),
+        "--since must not be a leap second (:60): the log has no such time;",
+    ),
     (
         (
             "export",

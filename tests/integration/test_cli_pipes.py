@@ -242,6 +242,7 @@ def test_exporting_the_whole_log_shows_its_progress_on_stderr_never_in_the_data(
         assert done.returncode == 0, done.stderr
     bar = [line for line in to_file.stderr.splitlines() if line.startswith("exporting")]
     assert len(bar) == 1 and f"{events}/{events}" in bar[0], to_file.stderr
+    assert " events/s" in bar[0], bar[0]  # its speed, in what it counts
     # The lines on stdout and stderr not a terminal: perhaps the same file as the data
     # (``export > log.jsonl 2>&1``), which a bar's line would break.
     assert piped.stderr == ""
