@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 import typer
 from typer.testing import CliRunner
 
-from enforcement.cli import app
+from enforcement.cli import app, main
 
 
 def test_every_command_is_summed_up_on_one_line_of_the_command_list() -> None:
@@ -18,3 +21,19 @@ def test_every_command_is_summed_up_on_one_line_of_the_command_list() -> None:
     rows = [line.strip("│ ").strip() for line in panel if line.startswith("│")]
     names = [row.split()[0] for row in rows if row]
     assert sorted(names) == sorted(commands)  # one row per command, none continued
+
+
+def test_no_command_prints_the_help_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``enforcement`` alone: the help (the command list) on stdout, nothing more on stderr,
+    and a usage error's status."""
+    monkeypatch.setattr(sys, "argv", ["enforcement"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2
+    assert "Commands" in out and "Usage:" in out
+    assert "Enforcement backend for the TaaS API Service Acceptable Use Policy." in out
+    assert "--install-completion" not in out  # no shell-completion options
+    assert err == ""

@@ -1,0 +1,199 @@
+"""``enforcement.cli.main``, the console entry point: each kind of error a command raises becomes
+one sentence on stderr and an exit status (2, never 1, which says a check failed). The command
+is replaced by one that raises the error; the database's sentences are ``database_error``'s."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import sqlalchemy as sa
+import typer
+
+from enforcement import cli
+from enforcement.cli_output import OutputClosed
+from events.errors import UnknownEventType
+
+
+class ClosedPipe(Exception):
+    """Raised instead of ending the test's process by SIGPIPE."""
+
+
+def raising(error: BaseException) -> Callable[..., Any]:
+    def command(**_: Any) -> Any:
+        raise error
+
+    return command
+
+
+@pytest.fixture
+def run_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> Callable[[Callable[..., Any]], tuple[Any, str, str]]:
+    """``run_main(command)`` → (exit status, stdout, stderr) of ``main`` with ``command`` as the
+    app; the settings name a SQLite file with no schema."""
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    monkeypatch.delenv("ENFORCEMENT_TRACEBACK", raising=False)
+
+    def closed_pipe() -> None:
+        raise ClosedPipe
+
+    monkeypatch.setattr(cli, "_end_as_closed_pipe", closed_pipe)
+
+    def run(command: Callable[..., Any]) -> tuple[Any, str, str]:
+        monkeypatch.setattr(cli, "app", command)
+        try:
+            cli.main()
+            status: Any = None
+        except SystemExit as exc:
+            status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+def test_an_exit_keeps_its_status_and_a_returned_status_is_the_process_s(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+) -> None:
+    assert run_main(raising(typer.Exit(3))) == (3, "", "")
+    assert run_main(lambda **_: 1) == (1, "", "")  # ``verify``'s broken chain, returned
+    assert run_main(lambda **_: 0) == (None, "", "")
+    assert run_main(lambda **_: None) == (None, "", "")
+
+
+def test_an_interrupted_command_exits_1(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+) -> None:
+    """click turns Ctrl-C into ``Abort``."""
+    assert run_main(raising(typer.Abort())) == (1, "", "")
+
+
+def test_a_usage_error_is_its_message_as_one_sentence_or_only_the_help_s_status(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+) -> None:
+    """Typer's errors (it vendors click), and click's own (an older Typer raises them)."""
+    assert run_main(raising(typer.BadParameter("--colour is no option"))) == (
+        2,
+        "",
+        "Invalid value: --colour is no option.\n",
+    )
+    assert run_main(raising(click.UsageError("Missing argument 'ACCOUNT'. "))) == (
+        2,
+        "",
+        "Missing argument 'ACCOUNT'.\n",
+    )
+    assert run_main(raising(typer.TyperException(""))) == (2, "", "")  # the help said it
+
+
+def test_a_usage_error_kind_with_no_message_to_format_is_not_swallowed(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+) -> None:
+    class Unformatted(typer.TyperException):
+        format_message = None  # type: ignore[assignment]
+
+    with pytest.raises(Unformatted):
+        run_main(raising(Unformatted("no sentence")))
+
+
+def test_a_reader_that_went_away_ends_the_command_as_a_closed_pipe(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+) -> None:
+    for error in (OutputClosed("gone"), BrokenPipeError(32, "Broken pipe")):
+        with pytest.raises(ClosedPipe):
+            run_main(raising(error))
+    # Typer's own console (the help) exits 1 on a closed pipe: that too is the reader's leaving.
+    exit_on_pipe = SystemExit(1)
+    exit_on_pipe.__context__ = BrokenPipeError(32, "Broken pipe")
+    with pytest.raises(ClosedPipe):
+        run_main(raising(exit_on_pipe))
+    for other in (SystemExit(1), SystemExit(2)):
+        assert run_main(raising(other))[0] == other.code
+    exit_2_on_pipe = SystemExit(2)
+    exit_2_on_pipe.__context__ = BrokenPipeError(32, "Broken pipe")
+    assert run_main(raising(exit_2_on_pipe))[0] == 2
+
+
+def test_os_errors_name_the_file_or_the_output(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+) -> None:
+    assert run_main(raising(OSError(13, "Permission denied", "/srv/policy.toml"))) == (
+        2,
+        "",
+        "Cannot use /srv/policy.toml: Permission denied.\n",
+    )
+    assert run_main(raising(OSError(28, "No space left on device"))) == (
+        2,
+        "",
+        "Could not write the output: No space left on device.\n",
+    )
+    with pytest.raises(OSError, match="no errno"):  # not a write's: a bug, as it is
+        run_main(raising(OSError("no errno")))
+
+
+def test_an_event_of_a_newer_release_and_a_bug_are_one_sentence(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    newer = UnknownEventType("ViolationReported schema version 99 is newer than this code's 1")
+    assert run_main(raising(newer)) == (
+        2,
+        "",
+        "The log cannot be read by this release: ViolationReported schema version 99 is newer "
+        "than this code's 1.\n",
+    )
+    status, out, err = run_main(raising(ValueError("line one\n  line   two " + "x" * 400)))
+    reason = "ValueError: line one line two " + "x" * 270  # one line, 300 characters at most
+    assert (status, out) == (2, "")
+    assert err == (
+        f"The command failed ({reason}); `enforcement verify` finds an event the log holds "
+        "damaged, and ENFORCEMENT_TRACEBACK=1 shows where it failed.\n"
+    )
+    monkeypatch.setenv("ENFORCEMENT_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="shown"):
+        run_main(raising(ValueError("shown")))
+
+
+def test_database_errors_are_the_database_s_reason_in_one_sentence(
+    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+) -> None:
+    """The driver's first line, without its final stop (or the error's kind when it says
+    nothing); a missing table (SQLite's words or PostgreSQL's) sends the operator to `init`."""
+    refused = sa.exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("refused.\nDETAIL: x"))
+    assert run_main(raising(refused)) == (
+        2,
+        "",
+        "The database could not complete the command (refused).\n",
+    )
+    silent = sa.exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError(""))
+    assert cli.database_error(silent) == (
+        "The database could not complete the command (IntegrityError)."
+    )
+    init = " Run `enforcement init` to create its schema."
+    unusable = "; check ENFORCEMENT_DATABASE_URL and that the database is running."
+    for missing in ("no such table: events", 'relation "events" does not exist'):
+        error = sa.exc.ProgrammingError("SELECT", {}, sqlite3.ProgrammingError(missing))
+        assert (
+            cli.database_error(error) == f"The database cannot be used ({missing}){unusable}{init}"
+        )
+    for other in ('relation "events" is locked', 'table "events" does not exist'):
+        error = sa.exc.ProgrammingError("SELECT", {}, sqlite3.ProgrammingError(other))
+        assert (
+            cli.database_error(error) == f"The database could not complete the command ({other})."
+        )
+    closed = sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("unable to open"))
+    assert cli.database_error(closed) == f"The database cannot be used (unable to open){unusable}"
+    gone = sa.exc.InterfaceError("SELECT", {}, sqlite3.InterfaceError("connection closed"))
+    assert cli.database_error(gone) == f"The database cannot be used (connection closed){unusable}"
+
+
+def test_only_a_known_revision_other_than_the_head_is_older() -> None:
+    known = {"0001", "0002", "0003"}
+    assert cli.is_older("0002", "0003", known)
+    assert not cli.is_older("0003", "0003", known)  # this release's own
+    assert not cli.is_older("0009", "0003", known)  # a newer release's
+    assert not cli.is_older(None, "0003", known | {None})  # type: ignore[arg-type]
