@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from enforcement.migrations import upgrade
 from events import EventStore, NewEvent, create_engine
@@ -136,9 +137,17 @@ def test_a_missing_directory_is_still_sqlites_error(tmp_path: Path) -> None:
 def test_every_connection_is_durable_waits_for_the_lock_and_begins_as_asked(tmp_path: Path) -> None:
     """Each connection: WAL, full sync (an acknowledged append survives power loss), a busy
     timeout, foreign keys and recursive triggers on; its BEGIN takes the write lock only when
-    asked (``sqlite_begin="IMMEDIATE"``)."""
+    asked (``sqlite_begin="IMMEDIATE"``). Each setting is asked for, not left to the build's
+    default: this SQLite's default ``synchronous`` in WAL mode is FULL already, another
+    build's may be NORMAL (commits not on disk)."""
     db = tmp_path / "enforcement.db"
     engine = create_engine(f"sqlite:///{db}")
+    statements: list[str] = []
+
+    def trace(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.set_trace_callback(statements.append)
+
+    sa.event.listen(engine, "connect", trace, insert=True)  # before the engine's own
     other = sqlite3.connect(db, isolation_level=None, timeout=0)
     try:
         with engine.connect() as conn:
@@ -151,6 +160,13 @@ def test_every_connection_is_durable_waits_for_the_lock_and_begins_as_asked(tmp_
             )
             settings = [conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in names]
             assert settings == ["wal", 2, 60000, 1, 1]
+            assert {
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA synchronous=FULL",
+                "PRAGMA busy_timeout=60000",
+                "PRAGMA foreign_keys=ON",
+                "PRAGMA recursive_triggers=ON",
+            } <= set(statements)
         for options, locked in (({}, False), ({"sqlite_begin": "IMMEDIATE"}, True)):
             with engine.connect() as conn, conn.execution_options(**options).begin():
                 if locked:
