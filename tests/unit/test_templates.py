@@ -22,6 +22,7 @@ from enforcement.policy import (
     ViolationReport,
     decide_appeal,
     decide_appeal_filing,
+    decide_remediation_expired,
     decide_violation,
 )
 from events import NewEvent, RecordedEvent
@@ -176,9 +177,14 @@ def assert_names_everything(notice: RecordedEvent, rendered: RenderedNotice) -> 
     assert f"Notice id: {notice.data['notice_id']}" in text
     deadline = notice.data["deadline"]
     if deadline:
-        assert f"Deadline: {deadline}" in text
+        assert f"\n\nDeadline: {deadline}\n" in text
     else:
         assert "Deadline:" not in text
+    # Its parts are paragraphs, and the text one newline-terminated block.
+    assert "\n\nStatement of reasons\n" in text
+    assert "\n\nHow to appeal\n" in text
+    assert "\n\nDecision event id: " in text
+    assert text.endswith(")\n") and not text.endswith("\n\n")
 
 
 def test_every_notice_kind_has_a_template() -> None:
@@ -187,13 +193,29 @@ def test_every_notice_kind_has_a_template() -> None:
     assert len(set(SUBJECTS.values())) == len(SUBJECTS)
 
 
+# What each kind's subject and opening say it is (a word of each).
+SAYS = {
+    "warning": ("warning", "first-time minor violation"),
+    "remediation": ("remediation", "must remedy"),
+    "throttle": ("throttled", "rate limits"),
+    "suspension": ("suspended", "suspended"),
+    "termination": ("terminated", "permanently terminated"),
+    "reinstatement": ("reinstated", "reinstated"),
+    "appeal_outcome": ("appeal", "appeal has been decided"),
+    "dismissal": ("dismissed", "was dismissed"),
+}
+
+
 @pytest.mark.parametrize("kind", ev.NOTICE_KINDS)
 def test_each_kind_renders_its_own_subject_and_opening(kind: str) -> None:
     deadline = "2026-12-01T10:00:00.000000Z" if kind in ("warning", "remediation") else None
     notice = synthetic(kind, deadline)
     rendered = render(notice)
     assert rendered.subject == f"[TaaS] {SUBJECTS[kind]} ({ACCOUNT})"
-    assert INTROS[kind] in rendered.text
+    subject_says, opening_says = SAYS[kind]
+    assert subject_says in SUBJECTS[kind].lower()
+    assert opening_says in INTROS[kind]
+    assert f"\n\n{INTROS[kind]}\n\n" in rendered.text  # a paragraph of its own
     assert "AUP §2 (spam)" in rendered.text
     assert "- Fact vio_9: medium spam violation" in rendered.text
     assert_names_everything(notice, rendered)
@@ -283,6 +305,60 @@ def test_the_webhook_body_is_json_and_carries_the_same_notice() -> None:
 def test_rendering_is_pure() -> None:
     notice = appeal_outcome()
     assert render(notice) == render(notice)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        render(notice).text = "another text"  # type: ignore[misc]
+
+
+def test_a_kind_without_a_template_gets_a_plain_subject_and_no_opening() -> None:
+    notice = synthetic("remediation")
+    data = {**notice.data, "kind": "a_later_kind"}
+    rendered = render(dataclasses.replace(notice, data=data))
+    assert rendered.subject == f"[TaaS] Enforcement notice ({ACCOUNT})"
+    ground = rendered.text.index("Ground: ")
+    assert rendered.text[ground:].split("\n")[1:5] == ["", "", "", "Statement of reasons"]
+
+
+def test_a_fact_is_named_by_its_remediation_or_appeal_when_it_is_no_violation() -> None:
+    """A missed remediation's suspension and an appeal's outcome state as a fact the remediation
+    and the appeal, each by its id."""
+    account = Account()
+    events = account.violation("spam", T0)
+    [remediation_id] = [
+        e.data["remediation_id"] for e in events if e.type == "RemediationRequested"
+    ]
+    at = T0 + timedelta(days=8)
+    expired = account.record(
+        decide_remediation_expired(DEFAULT_POLICY, account.state, remediation_id, account.ctx(at)),
+        at,
+    )
+    assert f"- Fact {remediation_id}: Remediation {remediation_id} was due at " in (
+        render(notice_in(expired)).text
+    )
+
+    outcome = appeal_outcome()
+    [appeal] = [f for f in outcome.data["statement_of_reasons"]["facts"] if "appeal_id" in f]
+    assert f"- Fact {appeal['appeal_id']}: the evidence holds\n" in render(outcome).text
+
+
+def test_a_fact_without_a_description_and_a_statement_without_redress() -> None:
+    """A fact with no description is its id alone; a statement that gives no redress still
+    says how to appeal."""
+    notice = warning()
+    data = copy.deepcopy(notice.data)
+    sor = data["statement_of_reasons"]
+    [fact] = sor["facts"]
+    fact["description"] = None
+    del sor["redress"]
+    lines = render(dataclasses.replace(notice, data=data)).text.splitlines()
+    assert f"- Fact {fact['violation_id']}:" in lines
+    assert lines[lines.index("How to appeal") + 1] == "Reply to this notice to ask for a review."
+
+
+def test_a_throttle_asks_to_remedy_each_of_its_violations() -> None:
+    notice = synthetic("throttle", "2026-12-01T10:00:00.000000Z")
+    data = {**notice.data, "violation_ids": ["vio_8", "vio_9"]}
+    text = render(dataclasses.replace(notice, data=data)).text
+    assert "You must also remedy violation vio_8, vio_9 and confirm it" in text
 
 
 def test_every_email_of_one_notice_has_the_same_message_id() -> None:
