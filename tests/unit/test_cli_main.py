@@ -4,7 +4,9 @@ is replaced by one that raises the error; the database's sentences are ``databas
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,3 +199,151 @@ def test_only_a_known_revision_other_than_the_head_is_older() -> None:
     assert not cli.is_older("0003", "0003", known)  # this release's own
     assert not cli.is_older("0009", "0003", known)  # a newer release's
     assert not cli.is_older(None, "0003", known | {None})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "cpus", "folded_in"), [(0, 8, 4), (0, 3, 3), (0, None, 1), (6, 2, 6)]
+)
+def test_replay_folds_in_as_many_processes_as_asked_or_up_to_4_cpus_with_a_labelled_bar(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    jobs: int,
+    cpus: int | None,
+    folded_in: int,
+) -> None:
+    """``--jobs 0`` (the default) is one process per CPU, at most 4; the bar says what it counts."""
+    from rich.progress import Progress
+
+    from enforcement import progress
+    from projections import runner
+    from projections.runner import RebuildStats
+
+    bars: list[Progress] = []
+    asked: dict[str, Any] = {}
+
+    def bar() -> Progress:
+        bars.append(Progress(disable=True))
+        return bars[-1]
+
+    def rebuild(store: Any, standings: Any, **kwargs: Any) -> RebuildStats:
+        asked.update(kwargs)
+        kwargs["progress"](5, 10)
+        return RebuildStats(accounts=2, events=10, seconds=0.5)
+
+    monkeypatch.setattr(progress, "progress_bar", bar)
+    monkeypatch.setattr(runner, "rebuild_standings", rebuild)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: cpus)
+
+    cli.replay_standings(object(), object(), None, jobs)  # type: ignore[arg-type]
+
+    assert (asked["jobs"], asked["account"]) == (folded_in, None)
+    [task] = bars[0].tasks
+    assert (task.description, task.fields, task.completed, task.total) == (
+        "replaying",
+        {"unit": "events"},
+        5,
+        10,
+    )
+    assert "Rebuilt 2 standing(s) from 10 events" in capsys.readouterr().out
+
+
+def test_a_policy_file_that_cannot_be_used_is_one_sentence_wherever_it_is_loaded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The system a command opens (``serve``'s, every auditor's) and ``whatif``'s other policy."""
+    from enforcement.settings import Settings
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('remediation_windo = "1d"\n')
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", policy_file=str(policy))
+    loads: list[Callable[[], Any]] = [
+        lambda: cli.container_or_fail(settings),
+        lambda: cli.load_policy_or_fail(str(policy)),
+    ]
+    for load in loads:
+        with pytest.raises(SystemExit) as exit:
+            load()
+        err = capsys.readouterr().err
+        assert exit.value.code == 2
+        assert err.startswith("The policy file cannot be used: ") and "remediation_windo" in err
+
+
+def test_the_system_a_command_opened_is_closed_when_it_is_done_or_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class System:
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    system = System()
+    database = tmp_path / "events.db"
+    database.touch()
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", f"sqlite:///{database}")
+    monkeypatch.setattr(cli, "container_or_fail", lambda settings: system)
+
+    with cli.opened_container() as opened:
+        assert (opened, system.closed) == (system, 0)
+    assert system.closed == 1
+    with pytest.raises(ValueError, match="the command's"), cli.opened_container():
+        raise ValueError("the command's")
+    assert system.closed == 2
+
+
+def test_a_missing_table_is_the_init_sentence_when_the_revision_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Whether an older release made the database cannot be told: neither settings that cannot
+    be read nor a database that cannot be asked its revision make that a traceback; the question
+    waits a bounded time (libpq's ``connect_timeout`` 0 waits for ever)."""
+    from enforcement import migrations
+
+    waits: list[int | None] = []
+
+    def unanswered(url: str, connect_timeout: int | None = None) -> str:
+        waits.append(connect_timeout)
+        raise sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr(migrations, "current_revision", unanswered)
+    missing = sa.exc.ProgrammingError("SELECT", {}, sqlite3.ProgrammingError("no such table: x"))
+    says = (
+        "The database cannot be used (no such table: x); check ENFORCEMENT_DATABASE_URL and that "
+        "the database is running. Run `enforcement init` to create its schema."
+    )
+    for url in (f"sqlite:///{tmp_path / 'events.db'}", "notaurl"):
+        monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", url)
+        assert cli.database_error(missing) == says, url
+    assert waits and all(wait is not None and wait > 0 for wait in waits), waits
+
+
+class Stream:
+    """A stream whose ``flush`` fails as a pipe's whose reader went away, or succeeds."""
+
+    def __init__(self, reader_gone: bool) -> None:
+        self.reader_gone = reader_gone
+        self.flushed = 0
+
+    def flush(self) -> None:
+        self.flushed += 1
+        if self.reader_gone:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_where_no_sigpipe_ends_the_process_exits_141(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without SIGPIPE (Windows), or should the signal not end the process: a shell's status for
+    it, with stdout (and stderr, when its reader went away too) sent nowhere first."""
+    discarded: list[Any] = []
+    monkeypatch.delattr(signal, "SIGPIPE")
+    monkeypatch.setattr(cli, "discard", discarded.append)
+    for stderr_gone in (False, True):
+        out, err = Stream(reader_gone=False), Stream(reader_gone=stderr_gone)
+        discarded.clear()
+        with monkeypatch.context() as streams, pytest.raises(SystemExit) as exit:
+            streams.setattr(sys, "stdout", out)
+            streams.setattr(sys, "stderr", err)
+            cli._end_as_closed_pipe()
+        assert exit.value.code == 141
+        assert (err.flushed, discarded) == (1, [out, err] if stderr_gone else [out])
