@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -119,13 +119,20 @@ def test_a_reader_that_stops_early_ends_the_command_quietly_not_with_exit_1(
             assert json.loads(stdout)  # the first line, whole
 
 
-def with_reader_gone(url: str, args: tuple[str, ...]) -> subprocess.Popen[str]:
+def with_reader_gone(
+    url: str, args: tuple[str, ...], preexec_fn: Callable[[], object] | None = None
+) -> subprocess.Popen[str]:
     """``args`` with stdout a pipe whose reader has gone before the command starts."""
     read, write = os.pipe()
     os.close(read)
     try:
         return subprocess.Popen(
-            [CLI, *args], env=environment(url), stdout=write, stderr=subprocess.PIPE, text=True
+            [CLI, *args],
+            env=environment(url),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
         )
     finally:
         os.close(write)
@@ -171,6 +178,19 @@ def test_every_command_whose_reader_is_gone_ends_by_sigpipe_with_nothing_on_stde
             runs.append((args, proc.returncode, errors_in(stderr)))
 
     assert [r for r in runs if r[1:] != (-signal.SIGPIPE, [])] == []
+
+
+def test_a_command_started_with_sigpipe_blocked_is_still_ended_by_it(populated: str) -> None:
+    """A signal mask is inherited (a supervisor may have blocked SIGPIPE): the command unblocks
+    it, instead of exiting 141 as if it had been ended by it."""
+    cut = with_reader_gone(
+        populated,
+        ("history", "acct_1"),
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE}),
+    )
+    _, stderr = cut.communicate(timeout=120)
+
+    assert (cut.returncode, errors_in(stderr)) == (-signal.SIGPIPE, [])
 
 
 def test_verify_of_a_broken_chain_whose_reader_left_does_not_say_intact(
