@@ -978,6 +978,22 @@ def test_a_new_export_file_is_its_owners_alone(
     assert stat.S_IMODE(existing.stat().st_mode) == 0o640
 
 
+@contextlib.contextmanager
+def device_kept(path: str) -> Iterator[None]:
+    """Fails the test if what runs inside replaced the device at ``path`` (a command that wrote
+    a device as a regular file, renaming its copy over it), after putting the device back: the
+    tests run as root, and the machine's ``/dev/full`` is not the test's to lose."""
+    device = os.stat(path)
+    try:
+        yield
+    finally:
+        if not stat.S_ISCHR(os.lstat(path).st_mode):
+            os.remove(path)
+            os.mknod(path, stat.S_IFCHR, device.st_rdev)
+            os.chmod(path, stat.S_IMODE(device.st_mode))  # mknod's mode is cut by the umask
+            pytest.fail(f"{path} was replaced by a file (now put back)")
+
+
 def test_export_names_what_it_cannot_write_and_takes_a_window_of_one_instant(
     populated: Populated, invoke: Any, tmp_path: Path
 ) -> None:
@@ -985,7 +1001,8 @@ def test_export_names_what_it_cannot_write_and_takes_a_window_of_one_instant(
     be created is one it cannot *use*; ``--since`` equal to ``--until`` is the events of that
     instant, not a usage error."""
     missing = tmp_path / "missing" / "events.jsonl"
-    full = invoke(populated.url, "export", "--format", "jsonl", "-o", "/dev/full")
+    with device_kept("/dev/full"):
+        full = invoke(populated.url, "export", "--format", "jsonl", "-o", "/dev/full")
     unusable = invoke(populated.url, "export", "--format", "jsonl", "-o", str(missing))
     instant = format_time(T0)
     window = invoke(
