@@ -3,6 +3,7 @@ and every form that connects is accepted."""
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
 from email.message import EmailMessage
 from typing import Any
 
@@ -40,13 +41,20 @@ def test_postgresql_urls_are_connected_through_psycopg_3() -> None:
 @pytest.mark.parametrize(
     ("env", "says"),
     [
-        ({"ENFORCEMENT_DATABASE_URL": "notaurl"}, "not a database URL"),
+        (
+            {"ENFORCEMENT_DATABASE_URL": "notaurl"},
+            "^ENFORCEMENT_DATABASE_URL is not a database URL",
+        ),
+        ({"ENFORCEMENT_DATABASE_URL": "postgresql+psycopg://u@h:port/db"}, "not a database URL"),
         ({"ENFORCEMENT_DATABASE_URL": "mysql://u@h/db"}, "must be a sqlite"),
         ({"ENFORCEMENT_DATABASE_URL": "postgresql+pg8000://u@h/db"}, "'pg8000', which is not"),
         ({"ENFORCEMENT_REDIS_URL": "localhost:6379"}, "must be a redis://"),
-        ({"ENFORCEMENT_SMTP_URL": "bogus"}, "must be smtp://host:port or smtps://host:port"),
+        ({"ENFORCEMENT_SMTP_URL": "bogus"}, "not a URL without a scheme"),
         ({"ENFORCEMENT_SMTP_URL": "http://mail:25"}, "not http://"),
-        ({"ENFORCEMENT_SMTP_URL": "smtp://u:secret@mail:port"}, "port must be a number"),
+        (
+            {"ENFORCEMENT_SMTP_URL": "smtp://u:secret@mail:port"},
+            r"^ENFORCEMENT_SMTP_URL is not a URL \(its port must be a number\)",
+        ),
         ({"ENFORCEMENT_SMTP_URL": "smtp:mail.example.com:587"}, "nothing more"),
         ({"ENFORCEMENT_SMTP_URL": "smtps:/mail.example.com"}, "nothing more"),
         ({"ENFORCEMENT_SMTP_URL": "smtp://mail.example.com/inbox"}, "nothing more"),
@@ -90,6 +98,7 @@ def test_smtp_urls_with_and_without_tls_or_a_login_are_accepted() -> None:
     for url in (
         "smtp://localhost:2525",
         "smtps://mail.example.com",
+        "smtps://mail.example.com/",
         "smtp://u:p@mail:587",
         "smtp://:25",
     ):
@@ -191,3 +200,93 @@ def test_the_bounds_on_waiting_for_postgresql_and_redis() -> None:
     for name in ("ENFORCEMENT_DATABASE_TIMEOUT_MS", "ENFORCEMENT_REDIS_TIMEOUT_MS"):
         with pytest.raises(SettingsError, match=f"{name} must be positive"):
             Settings.from_env({name: "0"})
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        *((v, True) for v in ("1", "true", "yes", "on", " TRUE ", "On")),
+        *((v, False) for v in ("0", "false", "no", "off", "", " ", "No", "OFF")),
+    ],
+)
+def test_a_yes_or_no_setting_reads_every_spelling(value: str, allowed: bool) -> None:
+    env = {"ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE": value}
+    assert Settings.from_env(env).webhook_allow_private is allowed
+
+
+def test_a_yes_or_no_setting_that_is_neither_is_refused_naming_it() -> None:
+    with pytest.raises(
+        SettingsError,
+        match=r"^ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE must be true or false, not 'maybe'$",
+    ):
+        Settings.from_env({"ENFORCEMENT_WEBHOOK_ALLOW_PRIVATE": "Maybe"})
+
+
+def test_the_worker_tuning_names_and_defaults() -> None:
+    """README, "Worker tuning (additions)": each variable under its name, and its default."""
+    default = Settings.from_env({})
+    assert (default.notice_retries, default.notice_backoff_ms, default.notice_max_backoff_ms) == (
+        5,
+        15_000,
+        3_600_000,
+    )
+    assert default.sweep_seconds == 30.0 and isinstance(default.sweep_seconds, float)
+    assert (default.worker_processes, default.worker_threads, default.worker_heartbeat_ms) == (
+        2,
+        8,
+        60_000,
+    )
+    named = Settings.from_env(
+        {
+            "ENFORCEMENT_NOTICE_RETRIES": "1",
+            "ENFORCEMENT_NOTICE_BACKOFF_MS": "250",
+            "ENFORCEMENT_NOTICE_MAX_BACKOFF_MS": "4000",
+            "ENFORCEMENT_SWEEP_SECONDS": "7",
+            "ENFORCEMENT_WORKER_PROCESSES": "3",
+            "ENFORCEMENT_WORKER_THREADS": " 16 ",
+            "ENFORCEMENT_WORKER_HEARTBEAT_MS": "9000",
+        }
+    )
+    assert (named.notice_retries, named.notice_backoff_ms, named.notice_max_backoff_ms) == (
+        1,
+        250,
+        4000,
+    )
+    assert named.sweep_seconds == 7.0 and isinstance(named.sweep_seconds, float)
+    assert (named.worker_processes, named.worker_threads, named.worker_heartbeat_ms) == (
+        3,
+        16,
+        9000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("ten", "^ENFORCEMENT_WORKER_THREADS must be a whole number, not 'ten'$"),
+        ("2.5", "^ENFORCEMENT_WORKER_THREADS must be a whole number, not '2.5'$"),
+        ("0", "^ENFORCEMENT_WORKER_THREADS must be positive, not 0$"),
+        ("-3", "^ENFORCEMENT_WORKER_THREADS must be positive, not -3$"),
+    ],
+)
+def test_a_number_setting_that_is_not_a_positive_whole_number_is_refused(
+    value: str, says: str
+) -> None:
+    with pytest.raises(SettingsError, match=says):
+        Settings.from_env({"ENFORCEMENT_WORKER_THREADS": value})
+
+
+def test_the_settings_are_read_from_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENFORCEMENT_DEFAULT_RPM", "42")
+    assert Settings.from_env().default_rpm == 42
+
+
+def test_settings_made_in_code_have_the_environments_defaults_and_never_change() -> None:
+    """Tests and tools build ``Settings(database_url=…)`` directly: every other field is what
+    an empty environment gives, and nothing can change it once made."""
+    made = Settings()
+    assert made == Settings.from_env({})
+    with pytest.raises(FrozenInstanceError):
+        made.worker_threads = 1  # type: ignore[misc]
