@@ -184,3 +184,126 @@ def test_a_history_of_whole_tables_ends_with_the_last_and_an_empty_one_is_one_ta
     entries = [HistoryEntry(event("ViolationReported", {}), {}, None, None)] * 4
     assert [t.row_count for t in history_tables("acct_1", entries, rows=2)] == [2, 2]
     assert [t.row_count for t in history_tables("acct_1", [], rows=2)] == [0]
+
+
+def test_the_standing_table_lists_each_field_under_the_accounts_name() -> None:
+    table = standing_table(
+        {"account_id": "acct_1", "status": "suspended", "strikes": 2, "restrictions": ["é"]}
+    )
+    console = Console(width=250, record=True)
+    console.print(table)
+    text = console.export_text()
+
+    assert "Standing of acct_1" in text
+    assert "field" not in text and "value" not in text  # no header row
+    rows = list(
+        zip(*([cell.plain for cell in column.cells] for column in table.columns), strict=True)
+    )
+    assert rows == [("status", "suspended"), ("strikes", "2"), ("restrictions", '["é"]')]
+    assert [column.style for column in table.columns] == ["bold", ""]
+
+
+def test_the_history_table_says_what_each_event_changed_and_under_which_rule() -> None:
+    change = {
+        "status": {"from": "good_standing", "to": "suspended"},
+        "strikes": {"from": 0, "to": 1},
+        "suspension": {"from": None, "to": {"reason": "x"}},
+        "restrictions": {"from": ["gate"], "to": None},
+    }
+    entries = [
+        HistoryEntry(event("AccountSuspended", {}), change, "policy-7", {"ground": "spam"}),
+        HistoryEntry(event("ViolationReported", {}, version=2), {}, "policy-7", None),
+        HistoryEntry(event("ViolationReported", {}, version=3), {}, None, None),
+    ]
+    table = history_table("acct_1", entries)
+
+    assert str(table.title) == "History of acct_1"
+    assert [str(column.header) for column in table.columns] == [
+        "v",
+        "recorded at",
+        "event",
+        "changed",
+        "rule",
+    ]
+    changed, rule = ([cell.plain for cell in table.columns[i].cells] for i in (3, 4))
+    assert changed == [
+        "status: good_standing → suspended; strikes: 0 → 1; suspension changed; "
+        "restrictions changed",
+        "",
+        "",
+    ]
+    assert rule == ["policy-7 · spam", "policy-7", ""]
+
+
+def test_a_long_word_in_the_history_table_is_folded_not_cut() -> None:
+    """A receiver's answer or a URL longer than its column is shown whole, over lines."""
+    word = "A" * 150
+    failed = {"channel": "webhook", "attempt": 1, "error": word, "final": True}
+    console = Console(width=80, record=True)
+    console.print(
+        history_table(
+            "acct_1", [HistoryEntry(event("NoticeDeliveryFailed", failed), {}, None, None)]
+        )
+    )
+    text = console.export_text()
+    assert "…" not in text and text.count("A") == len(word)
+
+
+def test_a_history_is_cut_into_tables_of_1000_rows_the_first_titled_as_the_history() -> None:
+    entry = HistoryEntry(event("ViolationReported", {}), {}, None, None)
+    tables = list(history_tables("acct_1", [entry] * 1001))
+    assert [(t.row_count, str(t.title)) for t in tables] == [
+        (1000, "History of acct_1"),
+        (1, "History of acct_1 (continued)"),
+    ]
+    for rows, counts in ((1, [1]), (3, [2, 1])):
+        tables = list(history_tables("acct_1", [entry] * rows, rows=2))
+        assert [t.row_count for t in tables] == counts
+        assert [str(t.title) for t in tables] == [
+            "History of acct_1",
+            *["History of acct_1 (continued)"] * (len(counts) - 1),
+        ]
+
+
+def test_the_history_csv_has_a_column_for_each_field_of_an_event_and_its_rule() -> None:
+    suspended = {"status": {"from": "good_standing", "to": "suspendé"}}
+    entries = [
+        HistoryEntry(event("AccountSuspended", {}), suspended, "policy-7", {"ground": "spam"}),
+        HistoryEntry(event("ViolationReported", {}, version=2), {}, None, None),
+    ]
+    header, *rows = history_csv_rows(entries)
+    assert header == [
+        "version",
+        "position",
+        "recorded_at",
+        "type",
+        "event_id",
+        "change",
+        "policy_version",
+        "ground",
+        "hash",
+        "delivery",
+    ]
+    common = {"recorded_at": "2026-12-04T00:46:54.000000Z", "hash": "f" * 64, "delivery": ""}
+    assert [dict(zip(header, row, strict=True)) for row in rows] == [
+        {
+            **common,
+            "version": "1",
+            "position": "1",
+            "type": "AccountSuspended",
+            "event_id": "0190c0de-0000-7000-8000-000000000001",
+            "change": '{"status": {"from": "good_standing", "to": "suspendé"}}',
+            "policy_version": "policy-7",
+            "ground": "spam",
+        },
+        {
+            **common,
+            "version": "2",
+            "position": "2",
+            "type": "ViolationReported",
+            "event_id": "0190c0de-0000-7000-8000-000000000002",
+            "change": "{}",
+            "policy_version": "",
+            "ground": "",
+        },
+    ]
