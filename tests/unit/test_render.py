@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from enforcement.render import (
     history_csv_rows,
@@ -46,6 +47,10 @@ def table_text(*events: RecordedEvent) -> str:
     console = Console(width=250, record=True)
     console.print(history_table("acct_1", [HistoryEntry(e, {}, None, None) for e in events]))
     return console.export_text()
+
+
+def column_text(table: Table, column: int) -> list[str]:
+    return [str(cell) for cell in table.columns[column].cells]
 
 
 def test_the_history_table_writes_recorded_at_with_a_z() -> None:
@@ -176,7 +181,7 @@ def test_a_long_history_is_made_a_table_at_a_time_as_it_is_read() -> None:
         "History of acct_1 (continued)",
         "History of acct_1 (continued)",
     ]
-    versions = [int(cell.plain) for t in [first, *rest] for cell in t.columns[0].cells]
+    versions = [int(text) for t in [first, *rest] for text in column_text(t, 0)]
     assert versions == list(range(1, 2501))
 
 
@@ -196,9 +201,7 @@ def test_the_standing_table_lists_each_field_under_the_accounts_name() -> None:
 
     assert "Standing of acct_1" in text
     assert "field" not in text and "value" not in text  # no header row
-    rows = list(
-        zip(*([cell.plain for cell in column.cells] for column in table.columns), strict=True)
-    )
+    rows = list(zip(column_text(table, 0), column_text(table, 1), strict=True))
     assert rows == [("status", "suspended"), ("strikes", "2"), ("restrictions", '["é"]')]
     assert [column.style for column in table.columns] == ["bold", ""]
 
@@ -225,7 +228,7 @@ def test_the_history_table_says_what_each_event_changed_and_under_which_rule() -
         "changed",
         "rule",
     ]
-    changed, rule = ([cell.plain for cell in table.columns[i].cells] for i in (3, 4))
+    changed, rule = column_text(table, 3), column_text(table, 4)
     assert changed == [
         "status: good_standing → suspended; strikes: 0 → 1; suspension changed; "
         "restrictions changed",
