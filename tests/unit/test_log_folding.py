@@ -25,10 +25,22 @@ def clock() -> list[float]:
 
 @pytest.fixture
 def folding(clock: list[float]) -> Iterator[FoldRepeats]:
-    fold = FoldRepeats(every_s=60.0, stopped_after_s=5.0, clock=lambda: clock[0])
+    """The defaults: a line a minute, a failure stopped 5 s after its last repeat at least."""
+    fold = FoldRepeats(clock=lambda: clock[0])
     fold.add_to([LOGGER])
     yield fold
     fold.remove()
+
+
+@pytest.fixture
+def by_hand(clock: list[float], caplog: pytest.LogCaptureFixture) -> Iterator[FoldRepeats]:
+    """The folding with its defaults on the logger, looked for by the test alone (no thread
+    looks while the test moves the clock)."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    fold = FoldRepeats(clock=lambda: clock[0])
+    logging.getLogger(LOGGER).addFilter(fold)
+    yield fold
+    logging.getLogger(LOGGER).removeFilter(fold)
 
 
 @pytest.fixture
@@ -227,3 +239,175 @@ def test_a_record_without_an_exception_is_folded_too(
         "Consumer encountered a connection error"
         " (repeats of this are folded: one line a minute at most)"
     ]
+
+
+def test_by_default_the_next_line_is_said_a_minute_after_the_last_one_said() -> None:
+    now = [0.0]
+    repeats = Repeats(clock=lambda: now[0])
+    said = []
+    for second in (0.0, 59.5, 60.0, 119.5, 120.0):
+        now[0] = second
+        occurrence = repeats.occurrence()
+        said.append(None if occurrence is None else occurrence.folded)
+    assert said == [0, None, 1, None, 1]
+
+
+def test_a_reminder_is_for_a_warning_or_worse_below_that_the_first_line_alone(
+    clock: list[float], log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given Dramatiq's connection error (a warning) and its "Restarting consumer" (info), each
+    # every 3 s for a minute
+    for _ in range(21):
+        log.info("Restarting consumer")
+        log.warning("Consumer encountered a connection error")
+        clock[0] += 3
+    # Then the info is said once, the warning once and a minute later
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "Restarting consumer (repeats of this are folded: one line a minute at most)"),
+        (
+            "WARNING",
+            "Consumer encountered a connection error"
+            " (repeats of this are folded: one line a minute at most)",
+        ),
+        (
+            "WARNING",
+            "Consumer encountered a connection error (still repeating after 60 s; 19 repeats"
+            " folded since the last such line)",
+        ),
+    ]
+
+
+def test_a_failure_stopped_5_s_or_one_and_a_half_of_its_longest_gap_after_its_last(
+    by_hand: FoldRepeats, clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    log = logging.getLogger(LOGGER)
+    # Given a warning twice 3 s apart, another three times 4 s apart, an info three times and a
+    # warning once, all last seen at second 8
+    start = clock[0]
+    for second, message in [
+        (0, "every 4 s"),
+        (2, "an info"),
+        (4, "every 4 s"),
+        (5, "every 3 s"),
+        (5, "an info"),
+        (8, "every 3 s"),
+        (8, "every 4 s"),
+        (8, "an info"),
+        (8, "once"),
+    ]:
+        clock[0] = start + second
+        log.log(logging.INFO if message == "an info" else logging.WARNING, message)
+    said = len(caplog.records)
+
+    def told_at(second: float) -> list[tuple[str, str]]:
+        clock[0] = start + second
+        by_hand.look()
+        told = [(r.levelname, r.getMessage()) for r in caplog.records[said:]]
+        del caplog.records[said:]
+        return told
+
+    # Then nothing has stopped 5 s after, the 3 s one has 5.5 s after, the 4 s one only once
+    # 6 s (1.5 times 4 s) have passed; a warning that came once, or an info, is not told
+    assert told_at(13) == []
+    assert told_at(13.5) == [
+        ("INFO", "stopped repeating after 3 s (2 times in all; the first: every 3 s)")
+    ]
+    assert told_at(14) == []
+    assert told_at(14.5) == [
+        ("INFO", "stopped repeating after 8 s (3 times in all; the first: every 4 s)")
+    ]
+    # and each is a first again when it comes back
+    for message in ("every 3 s", "every 4 s", "an info", "once"):
+        log.warning(message)
+    assert [r.getMessage().endswith("at most)") for r in caplog.records[said:]] == [True] * 4
+
+
+def test_a_failure_said_once_is_forgotten_once_it_stopped(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    log = logging.getLogger(LOGGER)
+    fold = FoldRepeats(stopped_after_s=1.0, clock=lambda: clock[0])
+    log.addFilter(fold)
+    try:
+        log.warning("once")
+        clock[0] += 1.2
+        fold.look()
+        log.warning("once")
+    finally:
+        log.removeFilter(fold)
+    assert [r.getMessage() for r in caplog.records] == [
+        "once (repeats of this are folded: one line a minute at most)"
+    ] * 2
+
+
+def test_by_default_the_folding_runs_on_the_monotonic_clock(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    log = logging.getLogger(LOGGER)
+    fold = FoldRepeats()
+    log.addFilter(fold)
+    try:
+        log.warning("Consumer encountered a connection error")
+        log.warning("Consumer encountered a connection error")  # (well within a minute)
+    finally:
+        log.removeFilter(fold)
+    assert len(caplog.records) == 1
+
+
+class Pauses(threading.Event):
+    """The folding's event to stop on, its waits recorded: the first held until ``go`` is set,
+    the later ones until the event is (``waiting_again`` tells that one has begun)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float | None] = []
+        self.go = threading.Event()
+        self.waiting_again = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        if len(self.timeouts) == 1:
+            self.go.wait()
+            return self.is_set()
+        self.waiting_again.set()
+        return super().wait()
+
+
+def test_the_folding_looks_every_second_on_one_thread_of_its_own_until_removed(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    log = logging.getLogger(LOGGER)
+    fold = FoldRepeats(clock=lambda: clock[0])
+    pauses = Pauses()
+    fold._removed = pauses
+    before = set(threading.enumerate())
+    fold.add_to([LOGGER])
+    [looking] = [t for t in threading.enumerate() if t not in before]
+    fold.add_to([LOGGER + ".other"])  # (looked for by the same thread)
+    try:
+        assert [t for t in threading.enumerate() if t not in before] == [looking]
+        assert (looking.name, looking.daemon) == ("log-folding", True)
+        # Given a warning that repeated and stopped
+        log.warning("Consumer encountered a connection error")
+        clock[0] += 3
+        log.warning("Consumer encountered a connection error")
+        clock[0] += 10
+        # When the thread's first second has passed, it looks and tells
+        pauses.go.set()
+        assert pauses.waiting_again.wait(timeout=30)
+        assert caplog.records[-1].getMessage().startswith("stopped repeating after 3 s")
+        assert pauses.timeouts == [1.0, 1.0]
+    finally:
+        fold.remove()
+        pauses.go.set()
+    # and once removed, it ends and folds no more
+    looking.join(timeout=30)
+    assert not looking.is_alive()
+    log.warning("Consumer encountered a connection error")
+    log.warning("Consumer encountered a connection error")
+    assert [r.getMessage() for r in caplog.records[-2:]] == [
+        "Consumer encountered a connection error"
+    ] * 2
