@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from aup_population import Population, system_fixture, template_fixture
+from click.testing import Result
 from test_service_support import OPERATOR, REPORTER, T0, FakeClock
 from typer.testing import CliRunner
 
 from enforcement import operator_decisions as ops
+from enforcement import reports
 from enforcement.bootstrap import Container
 from enforcement.cli import app
 from enforcement.policy import ViolationReport
@@ -111,15 +113,23 @@ def test_only_events_recorded_in_the_period_count(system: Container) -> None:
     assert day_one.appeals_filed == 0
     assert later.violations_by_category == Counter(spam=1)
     assert later.accounts == 1 and later.undecided == 0
+    instant = format_time(T0 + DAY)  # --since may equal --until
+    code, text = invoke(system, "--since", instant, "--until", instant, "--format", "csv")
+    assert code == 0, text
+    assert ["violations_by_category", "csam", "1"] in list(csv.reader(io.StringIO(text)))
 
     before = transparency_report(system.store, T0 - 3 * DAY, T0 - 2 * DAY)
     assert before.median_time_to_decision is None
     assert ["time_to_decision", "median_seconds", ""] in report_csv_rows(before)
 
 
-def invoke(system: Container, *args: str) -> tuple[int, str]:
+def invoke_result(system: Container, *args: str) -> Result:
     env = {"ENFORCEMENT_DATABASE_URL": system.settings.database_url, "COLUMNS": "160"}
-    result = CliRunner().invoke(app, ["report", *args], env=env)
+    return CliRunner().invoke(app, ["report", *args], env=env)
+
+
+def invoke(system: Container, *args: str) -> tuple[int, str]:
+    result = invoke_result(system, *args)
     return result.exit_code, result.stdout
 
 
@@ -154,10 +164,12 @@ def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_pat
     chart = tmp_path / "report.png"
 
     table_code, table = invoke(system, *period())
-    csv_code, text = invoke(system, *period(), "--format", "csv", "--chart", str(chart))
+    drawn = invoke_result(system, *period(), "--format", "csv", "--chart", str(chart))
+    csv_code, text = drawn.exit_code, drawn.stdout
 
     assert table_code == 0 and "Violations by category" in table and "median" in table
     assert csv_code == 0
+    assert drawn.stderr == f"Chart written to {chart}.\n"  # on stderr: stdout is the CSV
     assert list(csv.reader(io.StringIO(text))) == [
         ["section", "name", "value"],
         ["period", "since", format_time(START)],
@@ -234,23 +246,55 @@ def test_a_source_in_csv_is_never_a_spreadsheet_formula(system: Container) -> No
 def test_a_chart_that_cannot_be_written_is_a_usage_error(system: Container, tmp_path: Path) -> None:
     """Exit 2, as ``export -o`` to such a path (exit 1 says a check failed)."""
     nowhere = tmp_path / "no" / "such" / "dir" / "report.png"
-    code, _ = invoke(system, *period(), "--chart", str(nowhere))
-    assert code == 2
+    result = invoke_result(system, *period(), "--chart", str(nowhere))
+    assert result.exit_code == 2
+    assert result.stderr == f"Could not write {nowhere}: No such file or directory.\n"
+
+
+def test_a_chart_without_matplotlib_says_how_to_install_it(
+    system: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_matplotlib(*_: object) -> None:
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(reports, "write_chart", no_matplotlib)
+    result = invoke_result(system, *period(), "--chart", str(tmp_path / "report.png"))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "--chart needs matplotlib: install it with `pip install matplotlib`.\n"
+    )
+
+
+A_DAY = ["--since", "2026-11-24T10:00:00Z", "--until", "2026-11-25T10:00:00Z"]
+RFC3339 = "must be an RFC 3339 time with a UTC offset, such as 2026-11-24T10:00:00Z."
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "says"),
     [
-        ["--since", "2026-11-24T10:00:00Z"],  # --until missing
-        ["--since", "yesterday", "--until", "2026-11-24T10:00:00Z"],
-        ["--since", "2026-11-25T10:00:00Z", "--until", "2026-11-24T10:00:00Z"],
-        ["--since", "2026-11-24T10:00:00Z", "--until", "2026-11-25T10:00:00Z", "--format", "xml"],
-        ["--since", "2026-11-24T10:00:00Z", "--until", "2026-11-25T10:00:00Z", "--chart", "a.svg"],
+        (["--since", "2026-11-24T10:00:00Z"], "Missing option '--until'"),
+        (["--since", "yesterday", "--until", "2026-11-24T10:00:00Z"], f"--since {RFC3339}"),
+        (["--since", "2026-11-24T10:00:00Z", "--until", "tomorrow"], f"--until {RFC3339}"),
+        (
+            ["--since", "2026-11-25T10:00:00Z", "--until", "2026-11-24T10:00:00Z"],
+            "--since must not be later than --until.",
+        ),
+        (
+            [*A_DAY, "--format", "xml"],
+            "Unknown format 'xml'; choose table or csv.",
+        ),
+        (
+            [*A_DAY, "--chart", "a.svg"],
+            "--chart must name a .png file, not a.svg.",
+        ),
     ],
 )
-def test_usage_errors_exit_2(sqlite_url: str, args: list[str]) -> None:
+def test_usage_errors_exit_2(sqlite_url: str, args: list[str], says: str) -> None:
+    """Refused before the database is opened (``sqlite_url`` names no file)."""
     result = CliRunner().invoke(
         app, ["report", *args], env={"ENFORCEMENT_DATABASE_URL": sqlite_url}
     )
 
     assert result.exit_code == 2
+    assert says in result.stderr
+    assert "database" not in result.stderr

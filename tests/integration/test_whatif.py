@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import tomllib
 import weakref
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -210,17 +211,30 @@ def test_the_cli_prints_differences_and_json_and_writes_nothing(
 
     limited = runner.invoke(app, ["whatif", "--policy", str(strict), "--limit", "0"])
 
-    assert same.exit_code == 0 and "No difference" in same.stdout
+    assert same.exit_code == 0
     assert text.exit_code == 0 and "Policy strict would decide" in text.stdout
+    assert "replaying" in text.stderr  # the progress bar, on stderr
     result = json.loads(as_json.stdout)
     differing = len(result["accounts_with_differences"])
     summary = (
         f"Policy strict would decide {result['differing_violations']} of "
         f"{result['violations']} violation(s) differently, on {differing} of "
-        f"{result['accounts']} account(s):"
+        f"{result['accounts']} account(s): {totals_text(result['totals'])}."
+    )
+    assert same.stdout.strip() == (
+        f"No difference: {DEFAULT_POLICY.version} decides the {result['violations']} "
+        f"violation(s) on {result['accounts']} account(s) as recorded."
     )
     assert summary in text.stdout and summary in limited.stdout
+    assert "Tables shown" not in text.stdout
     assert text.stdout.count("recorded at") == differing  # a table per account
+    header = r"recorded at\W+violation\W+category\W+recorded\W+other policy\W+change"
+    assert len(re.findall(header, text.stdout)) == differing
+    for account in result["accounts_with_differences"]:
+        assert f"{account['account_id']}: {totals_text(account['totals'])}" in text.stdout
+        first = account["differences"][0]
+        recorded_at = datetime.fromisoformat(first["recorded_at"]).strftime("%Y-%m-%d %H:%M")
+        assert re.search(rf"{recorded_at}\W+{first['violation_id']}", text.stdout)
     assert "recorded at" not in limited.stdout
     assert f"Tables shown for 0 of those {differing} accounts (--limit)" in limited.stdout
     expected = what_if(varied.store, policy_from_mapping({"termination_after_strikes": 1}))
@@ -230,6 +244,10 @@ def test_the_cli_prints_differences_and_json_and_writes_nothing(
         len(a["differences"]) for a in result["accounts_with_differences"]
     )
     assert event_count(varied) == before
+
+
+def totals_text(totals: dict[str, int]) -> str:
+    return ", ".join(f"{totals.get(name, 0)} {name}" for name in whatif.CHANGES)
 
 
 def test_the_cli_refuses_an_unusable_policy_file(tmp_path: Path, sqlite_url: str) -> None:
@@ -242,6 +260,20 @@ def test_the_cli_refuses_an_unusable_policy_file(tmp_path: Path, sqlite_url: str
 
     assert result.exit_code == 2
     assert "termination_after_strikes" in result.output
+
+
+def test_the_cli_refuses_a_since_that_is_not_a_time(tmp_path: Path, sqlite_url: str) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("")
+
+    result = CliRunner().invoke(
+        app,
+        ["whatif", "--policy", str(policy), "--since", "yesterday"],
+        env={"ENFORCEMENT_DATABASE_URL": sqlite_url},
+    )
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("--since must be an RFC 3339 time"), result.stderr
 
 
 def test_missed_remediations_are_decided_again_by_the_other_policy(
