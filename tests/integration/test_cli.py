@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -468,32 +469,44 @@ def test_tokens_are_listed_without_secrets_and_a_revoked_one_stops_working(
     """An operator can see who holds tokens and revoke a leaked one by its id."""
     engine = populated.container.engine
     created = {}
-    for role, name in (("reporter", "mail-classifier"), ("auditor", "audit")):
-        result = run_cli(populated.url, "tokens", "create", "--role", role, "--name", name)
+    # Names are shown as written: never read as Rich markup, nor escaped to ASCII in JSON; and
+    # the sentences stay plain text on a colour terminal (FORCE_COLOR).
+    colour = {"FORCE_COLOR": "1"}
+    for role, name in (("reporter", "mail-classifier [bot]"), ("auditor", "audit ✓")):
+        args = ("tokens", "create", "--role", role, "--name", name)
+        result = run_cli(populated.url, *args, env=colour)
         assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"Created {'a' if role == 'reporter' else 'an'} {role} ")
+        assert f" token for {name!r} (tok_" in result.stdout
         created[name] = result.stdout.strip().splitlines()[-1]
 
     listed = run_cli(populated.url, "tokens", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     tokens = json.loads(listed.stdout)
+    assert listed.stdout == json.dumps(tokens, indent=2, ensure_ascii=False) + "\n"
     assert [(t["name"], t["role"]) for t in tokens] == [
-        ("mail-classifier", "reporter"),
-        ("audit", "auditor"),
+        ("mail-classifier [bot]", "reporter"),
+        ("audit ✓", "auditor"),
     ]
+    assert all(set(t) == {"token_id", "name", "role", "created_at"} for t in tokens)
     assert all(secret not in listed.stdout for secret in created.values())
     assert "token_hash" not in listed.stdout
     table = run_cli(populated.url, "tokens", "list")
-    assert table.returncode == 0 and "mail-classifier" in table.stdout
+    assert table.returncode == 0 and "2 token(s)" in table.stdout
+    assert re.search(r"\bid\W+name\W+role\W+created\b", table.stdout), table.stdout
+    for t in tokens:
+        row = rf"{t['token_id']}\W+{re.escape(t['name'])}\W+{t['role']}\W+{t['created_at']}"
+        assert re.search(row, table.stdout), table.stdout
 
     leaked = tokens[0]["token_id"]
-    revoked = run_cli(populated.url, "tokens", "revoke", leaked)
+    revoked = run_cli(populated.url, "tokens", "revoke", leaked, env=colour)
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout.strip() == (
-        f"Revoked {leaked} (reporter token for 'mail-classifier'); it stops working within 30 "
-        "seconds."
+        f"Revoked {leaked} (reporter token for 'mail-classifier [bot]'); it stops working within "
+        "30 seconds."
     )
-    assert TokenAuthenticator(engine).authenticate(created["mail-classifier"]) is None
-    assert TokenAuthenticator(engine).authenticate(created["audit"]) is not None
+    assert TokenAuthenticator(engine).authenticate(created["mail-classifier [bot]"]) is None
+    assert TokenAuthenticator(engine).authenticate(created["audit ✓"]) is not None
     again = run_cli(populated.url, "tokens", "revoke", leaked)
     assert again.returncode == 2
     assert one_sentence(again.stderr) == (
@@ -506,7 +519,9 @@ def test_tokens_create_refuses_an_unknown_role(populated: Populated) -> None:
     result = run_cli(populated.url, "tokens", "create", "--role", "root", "--name", "x")
 
     assert result.returncode == 2
-    assert "Unknown role" in one_sentence(result.stderr)
+    assert one_sentence(result.stderr) == (  # the roles of CONTRACT.md's table
+        "Unknown role 'root'; choose one of reporter, operator, auditor, gateway, admin."
+    )
     with populated.container.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(api_tokens)).scalar() == 0
 

@@ -37,3 +37,12 @@ def test_no_command_prints_the_help_and_exits_2(
     assert "Enforcement backend for the TaaS API Service Acceptable Use Policy." in out
     assert "--install-completion" not in out  # no shell-completion options
     assert err == ""
+
+
+def test_a_command_group_alone_prints_its_help() -> None:
+    """``enforcement tokens`` alone: the group's help (its summary and commands), not just
+    "Missing command"."""
+    result = CliRunner().invoke(app, ["tokens"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert "Manage API tokens." in result.output
+    assert all(command in result.output for command in ("create", "list", "revoke"))
