@@ -18,6 +18,7 @@ from enforcement.backup import (
     copy_sqlite,
     remove_part,
 )
+from enforcement.cli_backup import _size
 from enforcement.migrations import release_revisions
 from tests.unit.open_files import files_open_here
 
@@ -175,3 +176,20 @@ def test_a_copy_stopped_midway_leaves_neither_database_open(tmp_path: Path) -> N
     assert str(raised.value) == "stopped"
     assert files_open_here(database) == []
     assert files_open_here(copy) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [
+        (0, "0.0 KiB"),
+        (1536, "1.5 KiB"),
+        (2**20 - 1, "1,024.0 KiB"),
+        (2**20, "1.0 MiB"),
+        (3 * 2**29, "1,536.0 MiB"),
+    ],
+)
+def test_the_size_of_a_copy_is_said_in_kib_below_one_mib_and_in_mib_from_it(
+    size: int, said: str
+) -> None:
+    """``enforcement backup`` and ``restore`` end their summary with it (mt41)."""
+    assert _size(size) == said
