@@ -105,11 +105,14 @@ def test_a_restore_gives_back_exactly_the_backup_whatever_wal_the_old_database_l
     assert Path(f"{database}-wal").stat().st_size > 0
     if live_file == "gone, its -wal left":
         database.unlink()  # a lost disk block, a removal by hand: the -wal stays
+    size = backup.stat().st_size
 
     result = run_cli(live.url, "restore", str(backup))
 
     assert result.returncode == 0, result.stderr
     assert restored_everything(live.url, live.clock) == before
+    assert result.stderr.startswith("copying ")  # the bar as it ended: every byte copied
+    assert f" {size}/{size} 100% " in result.stderr
     asides = [name for name in files_in(database.parent) if ".before-restore-" in name]
     assert asides and not [n for n in files_in(database.parent) if n.startswith("enforcement.db-")]
     aside = database.with_name(min(asides).removesuffix("-shm").removesuffix("-wal"))
@@ -253,6 +256,26 @@ def test_a_backup_with_a_wal_beside_it_is_refused(live: Live, tmp_path: Path) ->
     result = run_cli(live.url, "restore", str(backup))
     assert "has a -wal beside it" in one_sentence(result, 2)
     assert ".before-restore-" not in " ".join(files_in(database_of(live).parent))
+
+
+def test_an_empty_wal_beside_a_backup_is_no_part_of_it(live: Live, tmp_path: Path) -> None:
+    """SQLite can leave a -wal of no bytes behind: it holds no rows, so the file is whole."""
+    backup, before = backed_up(live, tmp_path)
+    live.system.close()
+    Path(f"{backup}-wal").write_bytes(b"")
+    result = run_cli(live.url, "restore", str(backup))
+    assert result.returncode == 0, result.stderr
+    assert restored_everything(live.url, live.clock) == before
+
+
+def test_a_database_in_memory_is_refused(tmp_path: Path) -> None:
+    backup = tmp_path / "b.db"
+    backup.write_bytes(b"")
+    result = run_cli("sqlite://", "restore", str(backup))
+    assert (
+        one_sentence(result, 2) == "sqlite:// is a database in memory: there is no file to restore."
+    )
+    assert files_in(tmp_path) == ["b.db"]
 
 
 @pytest.mark.postgres
