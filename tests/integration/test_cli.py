@@ -655,6 +655,10 @@ def test_verify_exits_0_when_intact_and_1_after_tampering(
     assert intact.returncode == 0, intact.stdout + intact.stderr
     checked = f"account(s) intact, {len(populated.events())} events checked."
     assert f"3 of 3 {checked}" in intact.stdout
+    # A pass over every account shows its progress on stderr; one account's shows none.
+    assert "verifying" in intact.stderr and "3/3" in intact.stderr, intact.stderr
+    assert "accounts/s" in intact.stderr, intact.stderr
+    assert (one.stderr, other.stderr) == ("", "")
     assert one.exit_code == 0
     assert one.stdout == json.dumps(json.loads(one.stdout), indent=2) + "\n"  # for a reader
     assert json.loads(one.stdout) == {
@@ -933,6 +937,8 @@ def test_export_statements_of_reasons(populated: Populated, invoke: Any, tmp_pat
     assert operator["automated_decision"] is False
     assert {s["account_id"] for s in only_b} == {"acct_b"}
     assert len(only_b) == len([d for d in decisions if d["account_id"] == "acct_b"])
+    # UTF-8 as is, as the jsonl lines: the automated decisions' "AUP §…" grounds, not "\u00a7".
+    assert '"decision_ground": "AUP §' in out.read_text(encoding="utf-8")
 
 
 def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(
