@@ -4,6 +4,8 @@ is replaced by one that raises the error; the database's sentences are ``databas
 
 from __future__ import annotations
 
+import io
+import os
 import signal
 import sqlite3
 import sys
@@ -16,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 import typer
 
-from enforcement import cli
-from enforcement.cli_output import OutputClosed
+from enforcement import cli, cli_output
+from enforcement.cli_output import CliConsole, OutputClosed
 from events.errors import UnknownEventType
 
 
@@ -347,3 +349,82 @@ def test_a_closed_pipe_where_no_sigpipe_ends_the_process_exits_141(
             cli._end_as_closed_pipe()
         assert exit.value.code == 141
         assert (err.flushed, discarded) == (1, [out, err] if stderr_gone else [out])
+
+
+def test_say_and_fail_print_their_text_as_written_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No Rich markup, no emoji codes, no wrapping at the console's width: a script reads the
+    lines, and ``fail``'s sentence goes to stderr alone, with its status."""
+    text = "[bold]tenant:ok:42[/bold] " + "x" * 3000
+
+    cli_output.say(text, "second")
+    with pytest.raises(SystemExit) as failed:
+        cli_output.fail(text)
+    with pytest.raises(SystemExit) as failed_check:
+        cli_output.fail("broken", cli_output.EXIT_CHECK_FAILED)
+
+    assert failed.value.code == 2 and failed_check.value.code == 1
+    assert capsys.readouterr() == (f"{text}\nsecond\n", f"{text}\nbroken\n")
+
+
+def test_a_sentence_nobody_reads_on_stderr_still_exits_with_its_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``2>&1 | true``: stderr is sent nowhere (so the flush at exit does not fail) and the
+    status is the sentence's."""
+    discarded: list[Any] = []
+    monkeypatch.setattr(cli_output, "discard", discarded.append)
+
+    def gone(*_: Any, **__: Any) -> None:
+        raise OutputClosed("gone")
+
+    monkeypatch.setattr(cli_output.err_console, "print", gone)
+    with pytest.raises(SystemExit) as failed:
+        cli_output.fail("no reader", 1)
+
+    assert failed.value.code == 1
+    assert discarded == [sys.stderr]
+
+
+class GoneReader(io.StringIO):
+    """A pipe whose reader went away: every write fails."""
+
+    def write(self, _: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_console_whose_reader_went_away_raises_output_closed_and_writes_no_more() -> None:
+    console = CliConsole(file=GoneReader())
+
+    with pytest.raises(OutputClosed):
+        console.print("lost")
+
+    assert console.quiet
+    console.print("later")  # quiet: no second attempt at the pipe
+
+
+def test_discard_sends_what_a_stream_still_holds_and_later_writes_to_nowhere(
+    tmp_path: Path,
+) -> None:
+    with (tmp_path / "out").open("w") as stream:
+        stream.write("held")
+        descriptors = os.listdir("/proc/self/fd")
+        cli_output.discard(stream)
+        assert os.listdir("/proc/self/fd") == descriptors  # /dev/null's own is closed again
+        stream.write("later")
+    assert (tmp_path / "out").read_text() == ""
+    cli_output.discard(io.StringIO())  # no descriptor: nothing to do
+
+
+def test_output_in_a_pipe_is_as_wide_as_its_content_unless_columns_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # no terminal
+    assert cli_output._width() == 1000
+    monkeypatch.setenv("COLUMNS", "120")
+    assert cli_output._width() is None  # Rich reads COLUMNS itself
+    monkeypatch.delenv("COLUMNS")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli_output._width() is None  # a terminal: its width
