@@ -9,6 +9,7 @@ after the EU DSA transparency database.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -42,8 +43,8 @@ SOR_FIELDS = {
     "automated_detection", "automated_decision", "policy_version", "redress",
     "appeal_deadline", "application_date", "end_date", "created_at",
 }  # fmt: skip
-# The DSA transparency database's name of each decision a statement is written for, as an
-# auditor's tools read them (docs/auditing.md): a renamed one is a changed export format.
+# The name of each decision a statement is written for, as docs/auditing.md lists them for
+# auditors' tools: a renamed one is a changed export format.
 DECISION_TYPES = {
     "RemediationRequested": "remediation_request",
     "ThrottleApplied": "restriction_of_service_throttle",
@@ -55,6 +56,12 @@ DECISION_TYPES = {
     "AuthorityReferralOpened": "referral_to_authorities",
     "AccountReinstated": "reinstatement",
 }
+
+
+def test_the_auditors_guide_lists_every_decision_type_as_exported() -> None:
+    guide = Path(__file__).resolve().parents[2] / "docs" / "auditing.md"
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \|$", guide.read_text(encoding="utf-8"), re.M)
+    assert dict(rows) == DECISION_TYPES
 
 
 template = template_fixture(
