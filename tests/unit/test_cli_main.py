@@ -22,6 +22,9 @@ from enforcement import cli, cli_output
 from enforcement.cli_output import CliConsole, OutputClosed
 from events.errors import UnknownEventType
 
+# ``run_main(command)`` → (exit status, stdout, stderr): the ``run_main`` fixture's function.
+RunMain = Callable[[Callable[..., Any]], tuple[Any, str, str]]
+
 
 class ClosedPipe(Exception):
     """Raised instead of ending the test's process by SIGPIPE."""
@@ -37,7 +40,7 @@ def raising(error: BaseException) -> Callable[..., Any]:
 @pytest.fixture
 def run_main(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> Callable[[Callable[..., Any]], tuple[Any, str, str]]:
+) -> RunMain:
     """``run_main(command)`` → (exit status, stdout, stderr) of ``main`` with ``command`` as the
     app; the settings name a SQLite file with no schema."""
     monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
@@ -62,7 +65,7 @@ def run_main(
 
 
 def test_an_exit_keeps_its_status_and_a_returned_status_is_the_process_s(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
 ) -> None:
     assert run_main(raising(typer.Exit(3))) == (3, "", "")
     assert run_main(lambda **_: 1) == (1, "", "")  # ``verify``'s broken chain, returned
@@ -71,14 +74,14 @@ def test_an_exit_keeps_its_status_and_a_returned_status_is_the_process_s(
 
 
 def test_an_interrupted_command_exits_1(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
 ) -> None:
     """click turns Ctrl-C into ``Abort``."""
     assert run_main(raising(typer.Abort())) == (1, "", "")
 
 
 def test_a_usage_error_is_its_message_as_one_sentence_or_only_the_help_s_status(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
 ) -> None:
     """Typer's errors (it vendors click), and click's own (an older Typer raises them)."""
     assert run_main(raising(typer.BadParameter("--colour is no option"))) == (
@@ -95,7 +98,7 @@ def test_a_usage_error_is_its_message_as_one_sentence_or_only_the_help_s_status(
 
 
 def test_a_usage_error_kind_with_no_message_to_format_is_not_swallowed(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
 ) -> None:
     class Unformatted(typer.TyperException):
         format_message = None  # type: ignore[assignment]
@@ -105,7 +108,7 @@ def test_a_usage_error_kind_with_no_message_to_format_is_not_swallowed(
 
 
 def test_a_reader_that_went_away_ends_the_command_as_a_closed_pipe(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
 ) -> None:
     for error in (OutputClosed("gone"), BrokenPipeError(32, "Broken pipe")):
         with pytest.raises(ClosedPipe):
@@ -123,7 +126,7 @@ def test_a_reader_that_went_away_ends_the_command_as_a_closed_pipe(
 
 
 def test_os_errors_name_the_file_or_the_output(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
 ) -> None:
     assert run_main(raising(OSError(13, "Permission denied", "/srv/policy.toml"))) == (
         2,
@@ -140,7 +143,7 @@ def test_os_errors_name_the_file_or_the_output(
 
 
 def test_an_event_of_a_newer_release_and_a_bug_are_one_sentence(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     newer = UnknownEventType("ViolationReported schema version 99 is newer than this code's 1")
@@ -163,7 +166,7 @@ def test_an_event_of_a_newer_release_and_a_bug_are_one_sentence(
 
 
 def test_database_errors_are_the_database_s_reason_in_one_sentence(
-    run_main: Callable[[Callable[..., Any]], tuple[Any, str, str]],
+    run_main: RunMain,
 ) -> None:
     """The driver's first line, without its final stop (or the error's kind when it says
     nothing); a missing table (SQLite's words or PostgreSQL's) sends the operator to `init`."""
