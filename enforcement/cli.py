@@ -132,9 +132,17 @@ def account_option(value: str | None, name: str) -> str | None:
 
 
 def redacted(url: str) -> str:
+    """``url`` for a message: as written when it holds no password, else with each password
+    (the user's, or a ``password`` query parameter libpq reads) shown as ``***``."""
     import sqlalchemy as sa
 
-    return sa.make_url(url).render_as_string(hide_password=True)
+    parsed = sa.make_url(url)
+    if parsed.password is None and "password" not in parsed.query:
+        return url  # SQLAlchemy's rendering would escape it: sqlite:///%3Amemory%3A
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "HIDDEN"})
+    text = parsed.render_as_string(hide_password=True)
+    return text.replace("password=HIDDEN", "password=***")
 
 
 def replay_standings(

@@ -207,6 +207,30 @@ def test_only_a_known_revision_other_than_the_head_is_older() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:///:memory:", "sqlite:///:memory:"),  # as written, not sqlite:///%3Amemory%3A
+        ("sqlite:///./a b.db", "sqlite:///./a b.db"),
+        (
+            "postgresql+psycopg://ops:s3cr%40t@db:5432/enf",
+            "postgresql+psycopg://ops:***@db:5432/enf",
+        ),
+        (
+            "postgresql+psycopg://ops@db/enf?sslmode=require&password=s3cret",
+            "postgresql+psycopg://ops@db/enf?password=***&sslmode=require",
+        ),
+        (
+            "postgresql+psycopg://ops:one@db/enf?password=two",
+            "postgresql+psycopg://ops:***@db/enf?password=***",
+        ),
+    ],
+)
+def test_a_database_url_in_a_message_shows_no_password(url: str, shown: str) -> None:
+    assert cli.redacted(url) == shown
+    assert "s3cr" not in cli.redacted(url)
+
+
+@pytest.mark.parametrize(
     ("jobs", "cpus", "folded_in"), [(0, 8, 4), (0, 3, 3), (0, None, 1), (6, 2, 6)]
 )
 def test_replay_folds_in_as_many_processes_as_asked_or_up_to_4_cpus_with_a_labelled_bar(
