@@ -19,7 +19,7 @@ from enforcement.policy_file import (
     policy_from_mapping,
 )
 
-# The block from POLICY.md, verbatim.
+# The block from POLICY.md, verbatim but for two comments shortened to fit a line.
 POLICY_MD_TOML = """
 version = "aup-2026-11"          # recorded on every decision
 strike_lookback = "90d"
@@ -56,9 +56,13 @@ def test_the_default_policy_is_policy_md() -> None:
 
 
 def test_the_shipped_default_cannot_be_changed_in_place() -> None:
-    """Every ``load_policy(None)`` gives the same ``DEFAULT_POLICY``."""
+    """Every ``load_policy(None)`` gives the same ``DEFAULT_POLICY``: its categories too."""
     with pytest.raises(FrozenInstanceError):
         DEFAULT_POLICY.version = "changed"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        DEFAULT_POLICY.categories["spam"] = CategoryRule((2,), "low", "low")  # type: ignore[index]
+    with pytest.raises(FrozenInstanceError):
+        DEFAULT_POLICY.categories["csam"].floor = "low"  # type: ignore[misc]
 
 
 # POLICY.md's table of violation categories, without its "what it covers" column.
