@@ -138,6 +138,8 @@ def test_a_file_may_override_a_category() -> None:
     assert p.categories["phishing"].refer_to_authorities is True
     assert p.categories["phishing"].sections == (2, 7)
     assert p.categories["csam"] == DEFAULT_POLICY.categories["csam"]
+    with pytest.raises(TypeError):  # as read-only as the shipped table
+        p.categories["spam"] = DEFAULT_POLICY.categories["spam"]  # type: ignore[index]
     assert DEFAULT_POLICY.categories["spam"].default_severity == "medium"
 
 
@@ -209,6 +211,8 @@ def test_the_values_at_each_bound_are_accepted() -> None:
     )
     assert p.termination_after_strikes == 1
     assert p.second_minor_throttle == ThrottleRule(1.0, timedelta(days=7))
+    # Written as an integer, the factor is still the float events and what-if reports carry.
+    assert isinstance(p.second_minor_throttle.factor, float)
     assert p.sustained_abuse_denials == DenialRule(1, timedelta(minutes=10))
     assert p.categories["spam"] == CategoryRule((1, 7), "medium", "medium")
 
