@@ -8,7 +8,8 @@ injected-clock test moves a fake clock across the shipped default's days instead
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import Container, bootstrap
+from enforcement.service import Actor, Outcome
 from enforcement.workers.sweep import sweep_once
 from events import RecordedEvent
 from events.timefmt import parse_time
@@ -230,17 +232,22 @@ def test_the_sweep_follows_an_injected_clock_across_the_default_windows(
     clock.advance(days=1, seconds=-1)
     assert sweep_once(service) == 0
 
-    # Then, once due, only the open one is expired, with its suspension and notice
-    clock.advance(seconds=2)
+    # Then, once due (at its due instant itself), only the open one is expired, with its
+    # suspension and notice, by the sweep
+    clock.advance(seconds=1)
     assert sweep_once(service) == 1
     assert types["acct_late"]()[-3:] == ["RemediationExpired", "AccountSuspended", "NoticeIssued"]
     assert "RemediationExpired" not in types["acct_fixed"]()
     suspended = one(list(service.store.iter_stream("acct_late")), "AccountSuspended")
-    assert suspended.data["until"] == "2026-12-08T10:00:01.000000Z"  # 7 days after the expiry
+    assert suspended.data["until"] == "2026-12-08T10:00:00.000000Z"  # 7 days after the expiry
+    expired = one(list(service.store.iter_stream("acct_late")), "RemediationExpired")
+    assert (expired.metadata["correlation_id"], expired.metadata["source"]) == (
+        "deadline-sweep",
+        "worker",
+    )
 
     # and running again changes nothing (a late delayed message would not either)
     assert sweep_once(service) == 0
-    expired = one(list(service.store.iter_stream("acct_late")), "RemediationExpired")
     again = service.expire_remediation("acct_late", expired.data["remediation_id"], OPERATOR)
     assert again.events == []
 
@@ -250,5 +257,62 @@ def test_the_sweep_follows_an_injected_clock_across_the_default_windows(
     clock.advance(seconds=1)
     assert sweep_once(service) == 1
     assert types["acct_late"]()[-1] == "SuspensionEnded"
+    ended = one(list(service.store.iter_stream("acct_late")), "SuspensionEnded")
+    assert (ended.metadata["correlation_id"], ended.metadata["source"]) == (
+        "deadline-sweep",
+        "worker",
+    )
     assert service.standing("acct_late").to_json()["status"] != "suspended"
     assert sweep_once(service) == 0
+
+
+def test_a_deadline_whose_use_case_fails_is_logged_and_the_sweep_goes_on(
+    clocked: tuple[Container, FakeClock],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    container, clock = clocked
+    service = container.service
+    failing = {"acct_a"}
+
+    def fails_for(use_case: Callable[..., Outcome]) -> Callable[..., Outcome]:
+        def run(account_id: str, ident: str, actor: Actor) -> Outcome:
+            if account_id in failing:
+                raise RuntimeError("the database went away")
+            return use_case(account_id, ident, actor)
+
+        return run
+
+    monkeypatch.setattr(service, "expire_remediation", fails_for(service.expire_remediation))
+    monkeypatch.setattr(service, "end_suspension", fails_for(service.end_suspension))
+
+    # Given two remediations due, the first account's expiry failing
+    [late_a, late_b] = [
+        one(report(container, account, "spam").events, "RemediationRequested")
+        for account in ("acct_a", "acct_b")
+    ]
+    clock.advance(days=7)
+
+    # When the sweep runs, the failure is logged with its traceback, and the other still runs
+    with caplog.at_level(logging.ERROR, logger="enforcement.sweep"):
+        assert sweep_once(service) == 1
+    [record] = caplog.records
+    assert (record.name, record.getMessage()) == (
+        "enforcement.sweep",
+        f"sweep failed for remediation {late_a.data['remediation_id']} on acct_a",
+    )
+    assert record.exc_info is not None
+    assert "RemediationExpired" not in [e.type for e in service.store.iter_stream("acct_a")]
+    expired_b = one(list(service.store.iter_stream("acct_b")), "RemediationExpired")
+    assert expired_b.data["remediation_id"] == late_b.data["remediation_id"]
+
+    # and a suspension's end that fails is told as such
+    suspended = one(list(service.store.iter_stream("acct_b")), "AccountSuspended")
+    failing = {"acct_b"}
+    clock.now = parse_time(suspended.data["until"])
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="enforcement.sweep"):
+        assert sweep_once(service) == 1  # acct_a's remediation, still due, now expires
+    assert [r.getMessage() for r in caplog.records] == [
+        f"sweep failed for suspension {suspended.data['suspension_id']} on acct_b"
+    ]
