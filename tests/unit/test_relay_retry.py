@@ -50,6 +50,13 @@ def test_a_lasting_failure_is_logged_in_full_once_then_in_one_line(
         "relay failed (3 times in a row): ConnectionRefusedError: connection refused; "
         "retrying in 4 s"
     )
+    # One retried at its next round, not after a delay of its own:
+    with caplog.at_level(logging.ERROR, logger="test.retrying"):
+        log_failure(log, "keeper failed", error, 2, None)
+    assert caplog.records[-1].getMessage() == (
+        "keeper failed (2 times in a row): ConnectionRefusedError: connection refused; "
+        "trying again later"
+    )
 
 
 class _Stop:
@@ -200,6 +207,25 @@ def test_an_attempt_that_succeeds_ends_the_run_of_failures(
     assert attempts == [0.0, 1.0, 1.5, 2.5]
 
 
+def test_a_wait_to_retry_asks_until_its_delay_is_up_and_ends_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delay that is no multiple of ``every``: the last wait is what is left of it, not a
+    whole ``every`` more."""
+    timeline = _Timeline(until=100.0)
+    monkeypatch.setattr(retrying, "time", timeline)
+    asked: list[float] = []
+
+    def answers_again(exc: BaseException) -> bool:
+        asked.append(timeline.now)
+        return False
+
+    failure = ConnectionError("refused")
+    wait_to_retry(timeline, 1.2, failure, answers_again, every=0.5)  # type: ignore[arg-type]
+    assert asked == [0.5, 1.0]
+    assert timeline.now == pytest.approx(1.2)
+
+
 def test_came_back_says_so_once_per_return_after_a_probe_saw_it_away_or_raised() -> None:
     answers: list[bool | Exception] = [True, False, True, True, RuntimeError("probe"), True]
     answers += [False, True]
@@ -221,8 +247,15 @@ def test_came_back_says_so_once_per_return_after_a_probe_saw_it_away_or_raised()
     came_back.succeeded()
     assert not came_back(failure)  # back, but that run of failures ended
 
+    # A probe answering None (a failure not of what it watches: the database's) saw nothing
+    of_the_database = iter([None, True])
+    database = retrying.CameBack(lambda exc: next(of_the_database))
+    assert [database(failure), database(failure)] == [False, False]
 
-def test_a_probe_that_fails_counts_as_not_answering_yet_and_the_relay_goes_on() -> None:
+
+def test_a_probe_that_fails_counts_as_not_answering_yet_and_the_relay_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The wait runs in the relay's (and the leader's start's) ``except`` block: a probe that
     raised out of it would end the relay's thread, and this process would relay no more."""
     error = ConnectionRefusedError("connection refused")
@@ -233,8 +266,13 @@ def test_a_probe_that_fails_counts_as_not_answering_yet_and_the_relay_goes_on() 
         raise RuntimeError("the probe itself failed")
 
     stop = _Stop(limit=3)
-    wait_to_retry(stop, 15.0, error, broken, every=0.5)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger=retrying.__name__):
+        wait_to_retry(stop, 15.0, error, broken, every=0.5)  # type: ignore[arg-type]
     assert stop.waits == [0.5, 0.5, 0.5] and asked == [error] * 2
+    # told once per wait, with the probe's traceback
+    assert [(r.name, r.getMessage(), r.exc_info and r.exc_info[0]) for r in caplog.records] == [
+        (retrying.__name__, "asking whether what failed answers again failed", RuntimeError)
+    ]
 
     class Down:
         def read_all(self, after: int, limit: int) -> list[object]:
