@@ -8,6 +8,7 @@ API, so these tests need no database.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enforcement.policy import DEFAULT_POLICY, Context, ViolationReport, decide_violation
-from enforcement.workers.leader import still_leads
+from enforcement.workers.leader import LEADER_CHECK_SECONDS, still_leads, watch_leader
 from enforcement.workers.relay import GATE_EVENTS, Message, Relay, delay_ms, messages_for
 from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
@@ -391,11 +392,56 @@ class FakeLeader:
         return self._holds
 
 
-def test_still_leads_steps_down_at_once_when_the_lock_is_lost() -> None:
+def test_still_leads_steps_down_at_once_when_the_lock_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     kept, lost = threading.Event(), threading.Event()
 
-    assert still_leads(FakeLeader(True), kept) is True  # type: ignore[arg-type]
-    assert not kept.is_set()
-    assert still_leads(FakeLeader(False), lost) is False  # type: ignore[arg-type]
-    assert lost.is_set()  # the sweep and the gate keeper stop with the relay
-    assert still_leads(FakeLeader(True), lost) is False  # once stepped down, stays so
+    with caplog.at_level(logging.WARNING, logger="enforcement.workers"):
+        assert still_leads(FakeLeader(True), kept) is True  # type: ignore[arg-type]
+        assert not kept.is_set()
+        assert still_leads(FakeLeader(False), lost) is False  # type: ignore[arg-type]
+        assert lost.is_set()  # the sweep and the gate keeper stop with the relay
+        assert still_leads(FakeLeader(True), lost) is False  # once stepped down, stays so
+    # told once, in the workers' log
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("enforcement.workers", "the relay's leader lock was lost; stepping down")
+    ]
+
+
+class Looks:
+    """A leader lock that holds at the first ``looks`` looks, then is lost."""
+
+    def __init__(self, looks: int) -> None:
+        self.looks = looks
+        self.asked = 0
+
+    def holds(self) -> bool:
+        self.asked += 1
+        return self.asked <= self.looks
+
+
+class Stop:
+    """A stop event that records the waits and is set after ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.waits: list[float] = []
+        self.limit = limit
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return len(self.waits) > self.limit
+
+
+def test_the_watch_looks_every_few_seconds_and_steps_down_once_stopped() -> None:
+    leader, stop, stepping_down = Looks(100), Stop(limit=2), threading.Event()
+    watch_leader(leader, stop, stepping_down)  # type: ignore[arg-type]
+    assert (stop.waits, leader.asked) == ([LEADER_CHECK_SECONDS] * 3, 2)
+    assert stepping_down.is_set()  # the relay, the sweep and the gate keeper stop with it
+
+
+def test_the_watch_steps_down_at_the_first_look_that_finds_the_lock_lost() -> None:
+    leader, stop, stepping_down = Looks(2), Stop(limit=100), threading.Event()
+    watch_leader(leader, stop, stepping_down)  # type: ignore[arg-type]
+    assert (stop.waits, leader.asked) == ([LEADER_CHECK_SECONDS] * 3, 3)
+    assert stepping_down.is_set()
