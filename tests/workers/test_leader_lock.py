@@ -6,9 +6,11 @@ session that other clients share)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -86,6 +88,7 @@ def test_one_leader_through_pgbouncer_in_transaction_pooling(pg_url: str, tmp_pa
             assert not second.acquire()
             assert not third.acquire()
             assert first.holds()
+            assert not second.holds()  # its transaction ended with the look that failed
             # An open transaction that wrote nothing: no transaction id, no snapshot kept.
             assert leader_session(direct) == (None, None, "idle in transaction")
 
@@ -133,7 +136,7 @@ def test_the_workers_run_through_pgbouncer_in_transaction_pooling(
 @pytest.mark.postgres
 @pytest.mark.parametrize("pooled", [False, True], ids=["server", "pgbouncer"])
 def test_a_waiting_process_whose_connection_was_lost_takes_the_lead_once_it_is_free(
-    pg_url: str, tmp_path: Path, pooled: bool
+    pg_url: str, tmp_path: Path, pooled: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A process that does not lead keeps its lock connection for its next look; lost meanwhile
     (a restart, a failover, an idle timeout), the next look takes a new one. It raised, and the
@@ -145,17 +148,51 @@ def test_a_waiting_process_whose_connection_was_lost_takes_the_lead_once_it_is_f
             url = stack.enter_context(PgBouncer(pg_admin_url(), pool_size=2)).url(pg_url)
         systems = [bootstrap(fast_settings(url, tmp_path)) for _ in range(2)]
         leader, waiting = (LeaderLock(s) for s in systems)
+        direct = sa.create_engine(pg_url)
+        stack.callback(direct.dispose)
+        # A session lock leaves its session idle; a transaction lock, in its transaction.
+        held = "idle in transaction" if pooled else "idle"
         try:
             assert leader.acquire()
+            assert leader_session(direct) == (None, None, held)
+            assert leader.holds()
             assert not waiting.acquire()
+            kept = waiting.conn
+            assert not waiting.acquire() and waiting.conn is kept  # one connection for its looks
             cut(waiting)
             leader.release()
 
-            assert waiting.acquire()
+            with caplog.at_level(logging.INFO, logger="enforcement.workers"):
+                assert waiting.acquire()
+            assert "the leader lock's connection was lost; looking again on a new one" in [
+                r.getMessage() for r in caplog.records if r.name == "enforcement.workers"
+            ]
+            assert kept is not None and kept.closed and waiting.conn is not kept
             assert waiting.holds()
+            assert leader_session(direct) == (None, None, held)
             assert not leader.acquire()
         finally:
             for lock in (leader, waiting):
                 lock.release()
             for system in systems:
                 system.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///:memory:", "sqlite:///file:shared?mode=memory&cache=shared&uri=true"],
+    ids=["no-name", "memory", "memory-uri"],
+)
+def test_an_in_memory_sqlite_database_has_no_other_process_to_exclude(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a lock file named after the database would go
+    engine = sa.create_engine(url, poolclass=sa.pool.StaticPool)
+    first, second = (LeaderLock(SimpleNamespace(engine=engine)) for _ in range(2))  # type: ignore[arg-type]
+    try:
+        assert first.acquire() and second.acquire() and first.holds()
+        assert list(tmp_path.iterdir()) == []  # no lock file
+    finally:
+        for lock in (first, second):
+            lock.release()
+        engine.dispose()
