@@ -11,6 +11,7 @@ import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -196,3 +197,26 @@ def test_an_in_memory_sqlite_database_has_no_other_process_to_exclude(
         for lock in (first, second):
             lock.release()
         engine.dispose()
+
+
+def test_a_look_that_fails_on_a_live_connection_raises_and_keeps_it() -> None:
+    """Only a lost connection is replaced: another error of the look (the lock's query failing
+    on a connection that still lives) is the caller's to retry, on the same connection."""
+    error = sa.exc.OperationalError("SELECT pg_try_advisory_lock", {}, TimeoutError("canceled"))
+
+    class Conn:
+        def exec_driver_sql(self, sql: str) -> object:
+            raise error
+
+    class Engine:
+        dialect = SimpleNamespace(name="postgresql")
+
+        def connect(self) -> object:
+            raise AssertionError("a new connection")
+
+    lock = LeaderLock(SimpleNamespace(engine=Engine()))  # type: ignore[arg-type]
+    conn: Any = Conn()
+    lock.conn = conn
+    with pytest.raises(sa.exc.OperationalError) as raised:
+        lock.acquire()
+    assert raised.value is error and lock.conn is conn
