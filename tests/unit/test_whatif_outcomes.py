@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from enforcement.whatif import Outcome, change, outcome_of
+from enforcement.whatif import (
+    AccountWhatIf,
+    Difference,
+    Outcome,
+    WhatIfSummary,
+    change,
+    outcome_of,
+)
 
 AT = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -101,3 +108,45 @@ def test_the_harshest_decision_on_a_violation_is_its_outcome() -> None:
     referred = [Decision("AuthorityReferralOpened"), Decision("AccountTerminated")]
     assert outcome_of(referred) == Outcome("termination", referral=True)
     assert outcome_of(referred[1:]) == Outcome("termination")
+
+
+def test_differences_and_their_totals_in_json() -> None:
+    """An account's differences, its totals per change (every change named, those it lacks at
+    0), and the summary's totals over every account, keeping the accounts that differ."""
+    warning, week = Outcome("warning"), Outcome("suspension", WEEK)
+    harsher = Difference("acct_1", "vio_1", "spam", AT, warning, week, "harsher")
+    fewer = Difference("acct_1", "vio_2", "fraud", AT + WEEK, week, Outcome(), "fewer")
+    differs = AccountWhatIf("acct_1", violations=3, differences=[harsher, fewer, harsher])
+    summary = WhatIfSummary("strict", AT)
+
+    summary.add(differs)
+    summary.add(AccountWhatIf("acct_2", violations=2))
+    summary.add(AccountWhatIf("acct_3", violations=1, differences=[fewer]), keep=False)
+    summary.recorded_policies.update(["default-1"] * 6)
+
+    assert harsher.to_json() == {
+        "account_id": "acct_1",
+        "violation_id": "vio_1",
+        "category": "spam",
+        "recorded_at": "2026-11-24T10:00:00.000000Z",
+        "recorded": warning.to_json(),
+        "simulated": week.to_json(),
+        "change": "harsher",
+    }
+    assert differs.to_json() == {
+        "account_id": "acct_1",
+        "violations": 3,
+        "totals": {"more": 0, "fewer": 1, "harsher": 2, "milder": 0},
+        "differences": [harsher.to_json(), fewer.to_json(), harsher.to_json()],
+    }
+    assert summary.to_json() == {
+        "policy_version": "strict",
+        "since": "2026-11-24T10:00:00.000000Z",
+        "accounts": 3,
+        "violations": 6,
+        "recorded_policy_versions": {"default-1": 6},
+        "totals": {"more": 0, "fewer": 2, "harsher": 2, "milder": 0},
+        "differing_violations": 4,
+        "accounts_with_differences": [differs.to_json()],
+    }
+    assert WhatIfSummary("strict", None).to_json()["since"] is None
