@@ -80,11 +80,14 @@ def changes(summary: Any) -> list[tuple[str, str, str, str]]:
 
 def test_the_shipped_policy_decides_every_violation_as_recorded(ladder: Container) -> None:
     before = event_count(ladder)
+    progress: list[int] = []
 
-    summary = what_if(ladder.store, DEFAULT_POLICY)
+    summary = what_if(ladder.store, DEFAULT_POLICY, progress=progress.append)
 
     assert (summary.accounts, summary.violations) == (2, 6)
+    assert summary.recorded_policies == {DEFAULT_POLICY.version: 6}
     assert summary.differing == [] and sum(summary.totals.values()) == 0
+    assert len(progress) == 2 and sum(progress) == before  # each account's events
     assert event_count(ladder) == before  # nothing written
 
 
@@ -341,6 +344,7 @@ def test_an_overdue_completion_expires_before_what_the_log_holds_after_the_due_t
     """Under a one-day ``remediation_window`` the remediation expires on day 1, and its 7-day
     suspension is in force when the phishing comes on day 2: that later suspension replaces it,
     it is not held behind it (which restricted nothing and hid the difference)."""
+    start = clock()
     report(system, "acct_late", "spam")  # a warning; remedied on day 3 (due on day 7)
     [remediation_id] = system.standings.load("acct_late").remediations
     clock.advance(2 * DAY)
@@ -353,6 +357,8 @@ def test_an_overdue_completion_expires_before_what_the_log_holds_after_the_due_t
     assert changes(what_if(system.store, shorter)) == [
         ("acct_late", "warning", "suspension for 7 days", "harsher")
     ]
+    # From ``since`` on, the completion re-decided too is refused as overdue.
+    assert changes(what_if(system.store, shorter, start)) == changes(what_if(system.store, shorter))
 
 
 def test_the_json_is_the_text_the_whole_summary_dumped_gave(
