@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 from aup_population import Population, system_fixture, template_fixture
 from click.testing import Result
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from test_service_support import OPERATOR, REPORTER, T0, FakeClock
 from typer.testing import CliRunner
 
@@ -23,10 +27,11 @@ from enforcement import reports
 from enforcement.bootstrap import Container
 from enforcement.cli import app
 from enforcement.policy import ViolationReport
-from enforcement.reports import report_csv_rows, transparency_report
+from enforcement.reports import TransparencyReport, report_csv_rows, transparency_report
+from enforcement.workers.sweep import sweep_once
 from events.timefmt import format_time
 
-HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 START, END = T0 - DAY, T0 + 10 * DAY
 
 
@@ -160,6 +165,67 @@ def test_an_overturn_that_gives_back_a_replaced_suspension_counts(system: Contai
     assert result.decisions_automated == Counter({"suspension": 2})
 
 
+def test_throttles_dismissals_and_expiries_count_as_the_log_says(system: Container) -> None:
+    """A throttle and its lifting are decisions; a suspension's end when its ``until`` passes
+    is none; a dismissal can be the first answer to a violation; a violation that "occurred"
+    just ahead of the clock was decided in no time, not in negative time; an appeal not decided
+    by the period's end is pending."""
+    clock = system.clock
+    assert isinstance(clock, FakeClock)
+    service = system.service
+    clock.advance(HOUR)
+    sweep_once(service)  # the stories' own overdue deadlines, before the period
+    clock.advance(HOUR)
+    since = clock()
+    applied = service.operator("acct_t", ops.ApplyThrottle(0.5, "bursts"), OPERATOR)
+    service.operator("acct_t", ops.LiftThrottle(applied.events[0].data["throttle_id"]), OPERATOR)
+    suspension = service.operator("acct_t", ops.Suspend("review", clock() + HOUR), OPERATOR)
+    service.file_appeal("acct_t", suspension.events[0].event_id, "not us", OPERATOR)
+    clock.advance(2 * HOUR)
+    assert sweep_once(service) == 1
+    ended = [e for e in system.store.read_stream("acct_t") if e.type == "SuspensionEnded"]
+    assert [e.data["reason"] for e in ended] == ["expired"]
+    service.operator("acct_u", ops.Terminate("fraud"), OPERATOR)
+    violation_id = report(system, "acct_u", "spam", HOUR)  # nothing left to decide
+    clock.advance(HOUR)
+    service.operator("acct_u", ops.DismissViolation(violation_id, "mistaken"), OPERATOR)
+    report(system, "acct_v", "spam", -2 * MINUTE)
+
+    result = transparency_report(system.store, since, clock())
+
+    assert result.decisions_by_operator == Counter(
+        {
+            "throttle": 1,
+            "throttle lifted": 1,
+            "suspension": 1,
+            "termination": 1,
+            "violation dismissed": 1,
+        }
+    )
+    assert result.decisions_automated == Counter({"warning / remediation": 1})
+    assert sorted(result.times_to_decision) == [0.0, 2 * 3600.0]
+    assert result.undecided == 0
+    assert (result.appeals_filed, result.appeals_pending) == (1, 1)
+
+
+def test_the_report_reads_the_log_a_page_at_a_time(
+    system: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = transparency_report(system.store, START, END)
+    for page in (2, 1):  # 2 first: a page that overlaps the last fails rather than loops
+        monkeypatch.setattr(reports, "_PAGE", page)
+        assert transparency_report(system.store, START, END) == whole
+
+
+def table_rows(table: str) -> list[list[str]]:
+    """The cells of each row (and header) of the Rich tables printed, titles left out."""
+    return [
+        [cell.strip() for cell in re.split("[│┃]", line.strip().strip("│┃"))]
+        for line in table.splitlines()
+        if line.lstrip().startswith(("│", "┃"))
+    ]
+
+
 def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_path: Path) -> None:
     chart = tmp_path / "report.png"
 
@@ -167,7 +233,40 @@ def test_the_cli_prints_a_table_csv_and_draws_a_chart(system: Container, tmp_pat
     drawn = invoke_result(system, *period(), "--format", "csv", "--chart", str(chart))
     csv_code, text = drawn.exit_code, drawn.stdout
 
-    assert table_code == 0 and "Violations by category" in table and "median" in table
+    assert table_code == 0
+    for title in ("category", "source", "detection"):
+        assert f"Violations by {title}" in table
+    assert "Decisions by kind" in table and "Appeals" in table
+    assert "Transparency report," in table
+    assert format_time(START) in table and format_time(END) in table
+    assert table_rows(table) == [
+        ["violations reported", "4"],
+        ["accounts with violations", "2"],
+        ["decisions", "7"],
+        ["appeals filed", "2"],
+        ["median time to decision", "1.0 h"],
+        ["violations decided / undecided", "3 / 1"],
+        ["name", "count", "share"],
+        ["spam", "2", "50%"],
+        ["phishing", "1", "25%"],
+        ["csam", "1", "25%"],
+        ["name", "count", "share"],
+        ["unspecified", "2", "50%"],
+        ["mail-classifier", "1", "25%"],
+        ["abuse-desk", "1", "25%"],
+        ["name", "count", "share"],
+        ["automated", "3", "75%"],
+        ["human_review", "1", "25%"],
+        ["kind", "policy engine", "operator", "total"],
+        ["warning / remediation", "1", "0", "1"],
+        ["suspension", "1", "1", "2"],
+        ["termination", "1", "0", "1"],
+        ["referral to authorities", "1", "0", "1"],
+        ["violation dismissed", "0", "1", "1"],
+        ["reinstatement", "0", "1", "1"],
+        ["filed", "upheld", "overturned", "filed, not decided yet"],
+        ["2", "1", "1", "0"],
+    ]
     assert csv_code == 0
     assert drawn.stderr == f"Chart written to {chart}.\n"  # on stderr: stdout is the CSV
     assert list(csv.reader(io.StringIO(text))) == [
@@ -263,6 +362,146 @@ def test_a_chart_without_matplotlib_says_how_to_install_it(
     assert result.stderr == (
         "--chart needs matplotlib: install it with `pip install matplotlib`.\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "-"),
+        (59, "59 s"),
+        (60, "1 min"),
+        (3599, "60 min"),
+        (3600, "1.0 h"),
+        (48 * 3600 - 360, "47.9 h"),
+        (48 * 3600, "2.0 days"),
+        (3 * 86400, "3.0 days"),
+    ],
+)
+def test_a_duration_is_shown_in_its_unit(seconds: int | None, shown: str) -> None:
+    span = None if seconds is None else timedelta(seconds=seconds)
+    assert reports._duration(span) == shown
+
+
+def drawn(result: TransparencyReport, path: Path, monkeypatch: pytest.MonkeyPatch) -> Figure:
+    """The figure ``write_chart`` drew and saved to ``path`` (kept open to be read)."""
+    figures: list[Figure] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    reports.write_chart(result, path)
+    monkeypatch.undo()
+    (figure,) = figures
+    return figure
+
+
+def bars(axis: Axes) -> list[tuple[str | None, list[float], list[float]]]:
+    """Each series of bars: its legend label, where its bars start and how long they are."""
+    series = []
+    for container in axis.containers:
+        label = str(container.get_label())
+        shown = None if label.startswith("_") else label  # "_container0": not in the legend
+        series.append((shown, [b.get_x() for b in container], [b.get_width() for b in container]))
+    return series
+
+
+def inside(box: tuple[float, ...]) -> bool:
+    return all(0 <= v <= 1 for v in box)
+
+
+def test_the_chart_draws_the_reports_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the chart shows, read from the figure's objects rather than its pixels; colours,
+    sizes in inches and fonts are left free."""
+    result = TransparencyReport(
+        START,
+        END,
+        violations_by_category=Counter({"spam": 1234, "adult_content": 2}),
+        decisions_automated=Counter({"suspension": 3, "warning / remediation": 1}),
+        decisions_by_operator=Counter({"suspension": 1, "reinstatement": 2}),
+        appeals_filed=4,
+        appeals_pending=1,
+        appeal_outcomes=Counter(upheld=1, overturned=2),
+        times_to_decision=[60.0, 7200.0, 86400.0],
+        accounts=5,
+    )
+    chart = tmp_path / "report.png"
+
+    figure = drawn(result, chart, monkeypatch)
+
+    try:
+        assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        day = "%Y-%m-%d %H:%M UTC"
+        assert [t.get_text() for t in figure.texts] == [
+            "AUP enforcement transparency report",
+            f"Events recorded from {START:{day}} to {END:{day}}",
+            *("1,236", "violations reported", "5", "accounts with violations", "7", "decisions"),
+            *("2.0 h", "median time to decision", "4", "appeals filed"),
+        ]
+        assert all(inside(t.get_position() * 2) for t in figure.texts)
+        violations, decisions, appeals = figure.axes
+        assert [a.get_title(loc="left") for a in figure.axes] == [
+            "Violations reported, by category",
+            "Decisions, by kind",
+            "Appeals filed in the period (4)",
+        ]
+        assert all(inside(tuple(a.get_position().extents)) for a in figure.axes)
+        assert appeals.get_position().y1 < decisions.get_position().y0  # one under the other
+        assert violations.get_position().x1 < decisions.get_position().x0
+
+        assert [t.get_text() for t in violations.get_yticklabels()] == ["spam", "adult content"]
+        assert bars(violations) == [(None, [0, 0], [1234, 2])]
+        assert [t.get_text() for t in violations.texts] == ["1,234", "2"]
+
+        kinds = ["warning / remediation", "suspension", "reinstatement"]
+        assert [t.get_text() for t in decisions.get_yticklabels()] == kinds
+        assert bars(decisions) == [
+            ("by the policy engine", [0, 0, 0], [1, 3, 0]),
+            ("by an operator", [1, 3, 0], [0, 1, 2]),
+        ]
+        assert [t.get_text() for t in decisions.texts] == ["1", "4", "2"]
+        legend = decisions.get_legend()
+        assert legend is not None
+        assert [t.get_text() for t in legend.get_texts()] == [
+            "by the policy engine",
+            "by an operator",
+        ]
+
+        labels = ["upheld", "overturned", "not decided yet"]
+        assert [t.get_text() for t in appeals.get_yticklabels()] == labels
+        assert bars(appeals) == [(None, [0, 0, 0], [1, 2, 1])]
+        assert [t.get_text() for t in appeals.texts] == ["1", "2", "1"]
+        for axis, rows, peak in ((violations, 2, 1234), (decisions, 3, 4), (appeals, 3, 2)):
+            assert axis.get_ylim() == (rows - 0.5, -0.5)  # every row, the first on top
+            low, high = axis.get_xlim()
+            assert low == 0 and high > peak  # every bar whole
+    finally:
+        plt.close(figure)
+
+
+def test_a_chart_of_an_empty_period_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = TransparencyReport(START, END)  # what a report starts from: every count 0
+    assert ["time_to_decision", "undecided_violations", "0"] in report_csv_rows(empty)
+
+    figure = drawn(empty, tmp_path / "report.png", monkeypatch)
+
+    try:
+        assert [t.get_text() for t in figure.texts][2:] == [
+            *("0", "violations reported", "0", "accounts with violations", "0", "decisions"),
+            *("-", "median time to decision", "0", "appeals filed"),
+        ]
+        violations, decisions, appeals = figure.axes
+        for axis in (violations, decisions):
+            assert [t.get_text() for t in axis.texts] == ["none in this period"]
+            assert axis.get_yticks().tolist() == []
+            assert all(lengths == [] for _, _, lengths in bars(axis))
+            assert axis.get_ylim() == (0.5, -0.5)
+        assert decisions.get_legend() is None
+        assert bars(appeals) == [(None, [0, 0, 0], [0, 0, 0])]
+        assert [t.get_text() for t in appeals.texts] == ["0", "0", "0"]
+        assert appeals.get_xlim()[1] > 0
+    finally:
+        plt.close(figure)
 
 
 A_DAY = ["--since", "2026-11-24T10:00:00Z", "--until", "2026-11-25T10:00:00Z"]
