@@ -151,6 +151,30 @@ def test_a_channel_set_after_a_notice_is_not_sent_it_again(
         system.close()
 
 
+def test_an_outcome_or_a_channel_set_at_the_instant_of_its_notice_counts(
+    database_url: str, tmp_path: Path
+) -> None:
+    """With a clock that stands still: an outcome recorded at the very instant its notice was
+    is its outcome on the window's last day too (the notice is not sent again), and a channel
+    set at the very instant a notice was recorded was set by then (the notice went out on it,
+    so a re-send goes out on it too)."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path), clock=lambda: T0)
+    try:
+        hook, email = "https://customer.test/hook", "owner@customer.test"
+        set_contact(system.engine, "acct_done", webhook_url=hook)
+        month_ago = T0 - timedelta(days=30)
+        set_contact(system.engine, "acct_new", email, hook, email_since=month_ago, webhook_since=T0)
+        done = notice_of(system, "acct_done")
+        new = notice_of(system, "acct_new")
+        delivered(system, "acct_done", done, "webhook")
+
+        last_day = T0 + RECOVERY_WINDOW
+        assert pending_deliveries(system.store, last_day) == [(new, "email"), (new, "webhook")]
+    finally:
+        system.close()
+
+
 def test_the_contacts_of_many_accounts_are_read_in_chunks_none_left_out(
     sqlite_db: str, tmp_path: Path
 ) -> None:
@@ -353,6 +377,8 @@ def test_a_new_leader_looks_for_lost_retries_from_where_the_last_one_stopped(
         assert second.run(sent.append) == []
         assert sent[1:] == [[], []]
         assert second.scanned_until() == now + timedelta(minutes=1)
+        # The relay never moved here: no look took up a notice (the notices' checkpoint stays).
+        assert untried_until(system) == 0
     finally:
         system.close()
 
@@ -425,6 +451,7 @@ def test_a_backlog_the_relay_enqueued_just_now_is_not_sent_again(
             return LostRetryScan(system.store, lambda: at, lost_after, 4).run(sent.append)
 
         assert look(before) == []  # the last look before the workers went away
+        assert untried_until(system) == 0  # the relay was seen nowhere an hour ago yet
         backlog = notice_of(system, "acct_backlog")
         gone = notice_of(system, "acct_gone")
         back = system.clock() + timedelta(hours=2)  # the workers come back two hours later
