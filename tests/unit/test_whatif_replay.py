@@ -178,3 +178,50 @@ def test_a_simulated_remediation_due_between_a_decision_and_its_record_expires_a
         return [(d.violation_id, d.recorded, d.simulated, d.change) for d in result.differences]
 
     assert replayed(2 * MS) == replayed(timedelta(0))
+
+
+class FiniteLog(CountingLog):
+    """A log that fails a replay stuck on one of its events (reading it over and over) rather
+    than let it run for ever."""
+
+    def __getitem__(self, key: Any) -> Any:
+        got = super().__getitem__(key)
+        assert self.read <= 3 * len(self), "the replay reads the log over and over"
+        return got
+
+
+def test_a_terminated_accounts_violation_and_missed_remediation_are_each_replayed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a terminated account a violation is recorded with nothing decided on it, and a missed
+    remediation with nothing but its expiry: the replay steps past each (one event, none recorded
+    with it), and applies no event to the simulated state twice."""
+    account = Later()
+    account.report(T0, timedelta(0))  # a warning and a remediation
+    (remediation_id,) = account.state.remediations
+    at = T0 + timedelta(hours=1)
+    csam = ViolationReport("csam", at)  # critical: terminated
+    account.record(decide_violation(DEFAULT_POLICY, account.state, csam, account.ctx(at)), at)
+    account.report(T0 + timedelta(hours=2), timedelta(0))
+    due = T0 + DEFAULT_POLICY.remediation_window
+    ctx = account.ctx(due)
+    account.record(
+        decide_remediation_expired(DEFAULT_POLICY, account.state, remediation_id, ctx), due
+    )
+    account.report(due + timedelta(hours=1), timedelta(0))
+    assert [e.type for e in account.log[-3:]] == [
+        "ViolationReported",
+        "RemediationExpired",
+        "ViolationReported",
+    ]
+    applied: list[str] = []
+
+    def counting(state: StandingState, events: list[RecordedEvent]) -> StandingState:
+        applied.extend(e.event_id for e in events)
+        return advance_all(state, events)
+
+    monkeypatch.setattr(whatif, "advance_all", counting)
+    result = replay_account(DEFAULT_POLICY, "acct_1", FiniteLog(account.log))
+    assert result.violations == 4
+    assert result.differences == []
+    assert len(applied) == len(set(applied))
