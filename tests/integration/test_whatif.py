@@ -351,9 +351,11 @@ def test_an_overdue_completion_expires_before_what_the_log_holds_after_the_due_t
     report(system, "acct_late", "phishing", "high")  # a prior strike: suspended indefinitely
     clock.advance(DAY)
     system.service.operator("acct_late", ops.CompleteRemediation(remediation_id, "fixed"), OPERATOR)
+    report(system, "acct_late", "phishing", "high")  # after the refused completion: held as before
 
     shorter = policy_from_mapping({"version": "p", "remediation_window": "1d"})
 
+    assert what_if(system.store, shorter).violations == 3
     assert changes(what_if(system.store, shorter)) == [
         ("acct_late", "warning", "suspension for 7 days", "harsher")
     ]
