@@ -431,3 +431,26 @@ def test_the_json_holds_one_accounts_differences_at_a_time(
         (account, 2) for account in accounts
     ]
     assert len(alive) == len(accounts) and max(alive) <= 2
+
+
+def test_a_recorded_appeal_overturns_the_decision_the_other_policy_took_in_its_place(
+    system: Container, clock: FakeClock
+) -> None:
+    """The phishing's 7-day suspension was appealed and overturned on day 1, which dismissed the
+    phishing: the spam on day 2 was a first strike (a warning). Under a 14-day first suspension
+    the recorded appeal overturns the simulated suspension in its place, so the spam is still a
+    warning there, and only the suspension's length differs."""
+    report(system, "acct_1", "phishing", "high")
+    [suspension] = [e for e in system.store.read_stream("acct_1") if e.type == "AccountSuspended"]
+    clock.advance(DAY)
+    filed = system.service.file_appeal("acct_1", suspension.event_id, "not us", OPERATOR)
+    appeal_id = filed.events[0].data["appeal_id"]
+    system.service.decide_appeal("acct_1", appeal_id, "overturned", "a false positive", OPERATOR)
+    clock.advance(DAY)
+    report(system, "acct_1", "spam")
+
+    assert changes(what_if(system.store, DEFAULT_POLICY)) == []
+    longer = policy_from_mapping({"first_high_suspension": "14d"})
+    assert changes(what_if(system.store, longer)) == [
+        ("acct_1", "suspension for 7 days", "suspension for 14 days", "harsher")
+    ]
