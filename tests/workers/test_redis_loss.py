@@ -5,12 +5,15 @@ while the gate was being re-seeded (re-sent, they went out twice)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import redis
 
-from enforcement.bootstrap import bootstrap
+from enforcement.bootstrap import Container, bootstrap
 from enforcement.workers import redis_watch
 from enforcement.workers.redis_watch import RedisWatch
 from enforcement.workers.runtime import start_runtime
@@ -230,3 +233,163 @@ def test_a_leader_starts_at_its_second_try_when_info_always_fails(
         watcher.close()
     failed = [m for m in caplog.messages if m.startswith("could not start the relay")]
     assert failed == ["could not start the relay; retrying in 1 s"], caplog.messages
+
+
+class SteppedStop:
+    """The gate keeper's stop event on a clock of its own: each ``wait`` is a wait of its full
+    timeout (the clock moves on by it) until ``waits`` of them were made, then the stop."""
+
+    def __init__(self, waits: int) -> None:
+        self.now = 0.0
+        self.left = waits
+        self.timeouts: list[float] = []
+
+    def wait(self, timeout: float) -> bool:
+        self.timeouts.append(timeout)
+        if self.left == 0:
+            return True
+        self.left -= 1
+        self.now += timeout
+        return False
+
+
+class ScriptedWatch:
+    """A ``RedisWatch`` whose looks answer from ``lost`` and ``follows`` (one answer a look, then
+    False and True); each call is written into ``calls``."""
+
+    def __init__(self, calls: list[str], lost: list[object], follows: list[bool]) -> None:
+        self.calls = calls
+        self.lost_answers = lost
+        self.follows_answers = follows
+
+    def lost(self) -> bool:
+        self.calls.append("lost")
+        answer = self.lost_answers.pop(0) if self.lost_answers else False
+        if isinstance(answer, Exception):
+            raise answer
+        return bool(answer)
+
+    def follows(self, store: object) -> bool:
+        self.calls.append("follows")
+        return self.follows_answers.pop(0) if self.follows_answers else True
+
+    def mark(self) -> None:
+        self.calls.append("mark")
+
+    def note(self, store: object) -> None:
+        self.calls.append("note")
+
+
+def keep_gate_on(
+    monkeypatch: pytest.MonkeyPatch,
+    stop: SteppedStop,
+    calls: list[str],
+    watch: ScriptedWatch | None = None,
+    on_lost: Callable[[], Callable[[], None]] | None = None,
+) -> list[float]:
+    """Run ``keep_gate`` to its stop on ``stop``'s clock, over a container of doubles (its
+    gate's ``clear`` and each re-seed written into ``calls``); the times of the re-seeds."""
+    seeds: list[float] = []
+
+    def seed(gate: object, store: object, now: object) -> int:
+        calls.append("seed")
+        seeds.append(stop.now)
+        return 0
+
+    monkeypatch.setattr(redis_watch, "seed_gate", seed)
+    monkeypatch.setattr(redis_watch, "time", SimpleNamespace(monotonic=lambda: stop.now))
+    gate = SimpleNamespace(clear=lambda: calls.append("clear"))
+    container = SimpleNamespace(gate=gate, store=object(), clock=lambda: None)
+    redis_watch.keep_gate(
+        cast(Container, container),
+        cast(Any, stop),
+        cast(RedisWatch | None, watch),
+        on_lost,
+    )
+    return seeds
+
+
+def test_without_redis_the_gate_keeper_re_seeds_every_six_hours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stop = SteppedStop(waits=3)
+    seeds = keep_gate_on(monkeypatch, stop, [])
+    assert stop.timeouts == [6 * 3600.0] * 4
+    assert seeds == [6 * 3600.0, 12 * 3600.0, 18 * 3600.0]
+
+
+def test_with_redis_the_gate_keeper_looks_every_five_seconds_and_re_seeds_every_six_hours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Looks that see nothing lost re-seed nothing until six hours passed since the last
+    seed (the keeper's start), then one; each look tells Redis of the log, the stop too."""
+    calls: list[str] = []
+    looks = 6 * 3600 // 5 + 2
+    stop = SteppedStop(waits=looks)
+    seeds = keep_gate_on(monkeypatch, stop, calls, ScriptedWatch(calls, [], []))
+    assert set(stop.timeouts) == {5.0}
+    assert seeds == [6 * 3600.0]
+    assert calls.count("note") == looks + 1
+    assert "mark" not in calls and "clear" not in calls
+
+
+def test_a_lost_redis_is_re_seeded_at_once_and_its_notices_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ``on_lost`` returns runs after the re-seed, which it precedes; Redis is marked then,
+    and the six hours of the next re-seed count from this one."""
+    calls: list[str] = []
+
+    def on_lost() -> Callable[[], None]:
+        calls.append("on_lost")
+        return lambda: calls.append("resend")
+
+    stop = SteppedStop(waits=1 + 6 * 3600 // 5)  # to 5 s before six hours after the loss
+    watch = ScriptedWatch(calls, [False, True], [])
+    seeds = keep_gate_on(monkeypatch, stop, calls, watch, on_lost)
+    assert calls[:9] == [
+        *("lost", "follows", "note"),
+        *("lost", "on_lost", "seed", "resend", "mark", "note"),
+    ]
+    assert seeds == [10.0]  # not again at six hours from the start: from this one
+    assert calls.count("mark") == 1
+
+
+def test_redis_following_another_log_has_the_gate_forgotten_and_re_seeded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    watch = ScriptedWatch(calls, [], [True, False])
+    seeds = keep_gate_on(monkeypatch, SteppedStop(waits=3), calls, watch)
+    assert calls == [
+        *("lost", "follows", "note"),
+        *("lost", "follows", "clear", "seed", "mark", "note"),
+        *("lost", "follows", "note"),
+        *("follows", "note"),  # the stop
+    ]
+    assert seeds == [10.0]
+
+
+def test_the_stop_does_not_note_a_log_redis_does_not_follow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    keep_gate_on(monkeypatch, SteppedStop(waits=0), calls, ScriptedWatch(calls, [], [False]))
+    assert calls == ["follows"]
+
+
+def test_a_failed_look_is_logged_and_counted_until_one_succeeds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+    failure = redis.ConnectionError("Redis away")
+    watch = ScriptedWatch(calls, [failure, failure, False, failure], [])
+    caplog.set_level(logging.ERROR, logger="enforcement.workers")
+    keep_gate_on(monkeypatch, SteppedStop(waits=4), calls, watch)
+    assert caplog.messages == [
+        "keeping the gate failed; trying again later",
+        "keeping the gate failed (2 times in a row): ConnectionError: Redis away; "
+        "trying again later",
+        "keeping the gate failed; trying again later",
+    ]
+    assert calls.count("note") == 2  # the look that succeeded, and the stop
