@@ -96,6 +96,7 @@ def test_a_redis_that_will_not_say_its_run_is_watched_by_its_mark_alone(
         assert watch.lost()
         said = [m for m in caplog.messages if "does not say which run" in m]
         assert len(said) == 1, caplog.messages
+        assert "'info' command): a Redis restarted from a snapshot" in said[0]
     finally:
         watch.close()
         admin.acl_deluser("no_info")
@@ -104,24 +105,40 @@ def test_a_redis_that_will_not_say_its_run_is_watched_by_its_mark_alone(
 
 # What redis-server 7 answers INFO renamed away (``rename-command INFO ""``), as some proxies do.
 UNKNOWN_INFO = b"-ERR unknown command 'INFO', with args beginning with: 'server' \r\n"
+UNSUPPORTED_INFO = b"-ERR unsupported command 'INFO'\r\n"  # some proxies' words for it
 INFO_REQUEST = b"$4\r\nINFO\r\n"  # not CLIENT SETINFO's "$7\r\nSETINFO"
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("unknown_info", [UNKNOWN_INFO, UNSUPPORTED_INFO])
 def test_a_redis_without_info_is_watched_by_its_mark_alone(
-    redis_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture
+    redis_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture, unknown_info: bytes
 ) -> None:
     """INFO unknown (renamed away, or behind a proxy without it) is a refusal, as an ACL's:
     the watch says once that it cannot tell runs apart and goes on with its mark."""
     watch = RedisWatch(redis_proxy.url)
     caplog.set_level(logging.WARNING, logger="enforcement.workers")
     try:
-        redis_proxy.answer_once(INFO_REQUEST, UNKNOWN_INFO)
+        redis_proxy.answer_once(INFO_REQUEST, unknown_info)
         assert watch.lost()  # never marked
         watch.mark()
-        redis_proxy.answer_once(INFO_REQUEST, UNKNOWN_INFO)
+        redis_proxy.answer_once(INFO_REQUEST, unknown_info)
         assert not watch.lost()
         assert [m for m in caplog.messages if "does not say which run" in m]
+    finally:
+        watch.close()
+
+
+@pytest.mark.redis
+def test_a_mark_redis_garbled_is_a_loss(redis_url: str) -> None:
+    """A mark that is no text (another program's value under the key) is no mark of this run:
+    a loss, not a look that fails at every try."""
+    watch = RedisWatch(redis_url)
+    try:
+        watch.client.set(RedisWatch.KEY, b"\xff\xfe")
+        assert watch.lost()
+        watch.mark()
+        assert not watch.lost()
     finally:
         watch.close()
 
@@ -172,7 +189,9 @@ def test_the_same_unknown_error_from_info_again_is_a_refusal_for_good(
         assert not watch.lost()
         said = [m for m in caplog.messages if "does not say which run" in m]
         assert len(said) == 1, caplog.messages
-        assert "not allowed on this plan" in said[0]
+        assert (
+            "(INFO server: command not allowed on this plan, twice in a row: taken as a " in said[0]
+        )
     finally:
         watch.close()
 
@@ -300,12 +319,12 @@ def keep_gate_on(
     monkeypatch.setattr(redis_watch, "time", SimpleNamespace(monotonic=lambda: stop.now))
     gate = SimpleNamespace(clear=lambda: calls.append("clear"))
     container = SimpleNamespace(gate=gate, store=object(), clock=lambda: None)
-    redis_watch.keep_gate(
-        cast(Container, container),
-        cast(Any, stop),
-        cast(RedisWatch | None, watch),
-        on_lost,
-    )
+    if watch is None:  # as without Redis: no watch given
+        redis_watch.keep_gate(cast(Container, container), cast(Any, stop))
+    else:
+        redis_watch.keep_gate(
+            cast(Container, container), cast(Any, stop), cast(RedisWatch, watch), on_lost
+        )
     return seeds
 
 
@@ -334,7 +353,7 @@ def test_with_redis_the_gate_keeper_looks_every_five_seconds_and_re_seeds_every_
 
 
 def test_a_lost_redis_is_re_seeded_at_once_and_its_notices_sent_again(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What ``on_lost`` returns runs after the re-seed, which it precedes; Redis is marked then,
     and the six hours of the next re-seed count from this one."""
@@ -346,7 +365,9 @@ def test_a_lost_redis_is_re_seeded_at_once_and_its_notices_sent_again(
 
     stop = SteppedStop(waits=1 + 6 * 3600 // 5)  # to 5 s before six hours after the loss
     watch = ScriptedWatch(calls, [False, True], [])
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
     seeds = keep_gate_on(monkeypatch, stop, calls, watch, on_lost)
+    assert caplog.messages == ["Redis lost its data: re-seeding the gate, re-sending notices"]
     assert calls[:9] == [
         *("lost", "follows", "note"),
         *("lost", "on_lost", "seed", "resend", "mark", "note"),
@@ -356,11 +377,15 @@ def test_a_lost_redis_is_re_seeded_at_once_and_its_notices_sent_again(
 
 
 def test_redis_following_another_log_has_the_gate_forgotten_and_re_seeded(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[str] = []
     watch = ScriptedWatch(calls, [], [True, False])
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
     seeds = keep_gate_on(monkeypatch, SteppedStop(waits=3), calls, watch)
+    assert [m.split(" (")[0] for m in caplog.messages] == [
+        "Redis holds gate state of events this database does not have"
+    ]
     assert calls == [
         *("lost", "follows", "note"),
         *("lost", "follows", "clear", "seed", "mark", "note"),

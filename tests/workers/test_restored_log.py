@@ -235,3 +235,39 @@ def test_a_leader_that_starts_again_on_the_same_log_keeps_the_gate(
         assert not [m for m in caplog.messages if m.startswith(FORGOT)]
     finally:
         gate.close()
+
+
+def test_what_redis_was_told_of_the_log_is_followed_only_as_told(
+    sqlite_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    """``follows`` against what ``note`` told Redis: nothing told yet is followed; a value not in
+    ``note``'s words, another database, another position or an event the log does not have
+    is not."""
+    container = bootstrap(fast_settings(sqlite_db, tmp_path))
+    watch = RedisWatch(redis_url)
+    store = container.store
+    try:
+        assert watch.follows(store) is True  # told of nothing
+        watch.note(store)
+        identity = watch.client.get(RedisWatch.LOG_KEY).split()[0].decode()  # type: ignore[union-attr]
+        assert watch.client.get(RedisWatch.LOG_KEY) == f"{identity} 0 -".encode()
+        assert watch.follows(store) is True  # told of an empty log
+        report(container, "acct_1")
+        position, event_id = store.last_event()  # type: ignore[misc]
+        watch.note(store)
+        assert noted_event(watch.client) == event_id
+        assert watch.follows(store) is True
+        for told in (
+            "garbled",
+            f"{identity} {position}",
+            f"{identity} {position} {event_id} more",
+            f"sqlite:another {position} {event_id}",
+            f"{identity} {position + 1} {event_id}",
+            f"{identity} {position} {uuid.uuid4()}",
+            "sqlite:another 0 -",
+        ):
+            watch.client.set(RedisWatch.LOG_KEY, told)
+            assert watch.follows(store) is False, told
+    finally:
+        watch.close()
+        container.close()
