@@ -144,6 +144,16 @@ def test_a_mark_redis_garbled_is_a_loss(redis_url: str) -> None:
 
 
 @pytest.mark.redis
+def test_a_mark_before_any_look_names_the_run_of_redis(redis_url: str) -> None:
+    watch = RedisWatch(redis_url)
+    try:
+        watch.mark()
+        assert not watch.lost()
+    finally:
+        watch.close()
+
+
+@pytest.mark.redis
 def test_another_error_from_info_is_a_failed_look_not_a_loss(
     redis_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -368,6 +378,7 @@ def test_a_lost_redis_is_re_seeded_at_once_and_its_notices_sent_again(
     caplog.set_level(logging.WARNING, logger="enforcement.workers")
     seeds = keep_gate_on(monkeypatch, stop, calls, watch, on_lost)
     assert caplog.messages == ["Redis lost its data: re-seeding the gate, re-sending notices"]
+    assert caplog.records[0].name == "enforcement.workers"  # where the workers' logs go
     assert calls[:9] == [
         *("lost", "follows", "note"),
         *("lost", "on_lost", "seed", "resend", "mark", "note"),
