@@ -19,7 +19,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,8 +168,11 @@ def test_init_of_an_unreachable_database_fails_with_one_sentence() -> None:
     result = run_cli("postgresql+psycopg://nobody:secret@127.0.0.1:1/none", "init")
 
     assert result.returncode == 2  # a usage error, as for every command (1: a check failed)
-    assert "Could not migrate" in one_sentence(result.stderr)
-    assert "secret" not in result.stderr
+    # The driver's message, its first line only: not SQLAlchemy's wrapping of it.
+    assert one_sentence(result.stderr) == (
+        "Could not migrate postgresql+psycopg://nobody:***@127.0.0.1:1/none: connection failed: "
+        'connection to server at "127.0.0.1", port 1 failed: Connection refused.'
+    )
 
 
 def test_a_database_that_cannot_be_used_is_one_sentence_and_exit_2_not_1(
@@ -277,6 +280,115 @@ def test_worker_refuses_a_database_it_cannot_serve(tmp_path: Path) -> None:
         assert result.returncode == 2, (url, result.stderr)
         assert says in one_sentence(result.stderr), result.stderr
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_serve_hands_uvicorn_the_app_with_its_options_and_embeds_the_workers_if_asked(
+    sqlite_url: str, invoke: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, with uvicorn's ``run`` and the embedded workers' installer replaced: the
+    options as given (or their defaults) reach uvicorn, logging is configured, and
+    the workers are embedded unless ``--no-workers`` says otherwise."""
+    import uvicorn
+
+    from enforcement import cli_service, logs
+    from enforcement.api.keep_alive import HTTP_PROTOCOL
+    from enforcement.workers import runtime
+
+    upgrade(sqlite_url)
+    served: list[dict[str, Any]] = []
+    embedded: list[Container] = []
+    logging: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(options))
+    monkeypatch.setattr(runtime, "install_embedded_workers", embedded.append)
+    monkeypatch.setattr(logs, "configure_logging", lambda: logging.append("configured"))
+    fixed = {"log_config": None, "access_log": False, "http": HTTP_PROTOCOL}
+
+    alone = invoke(sqlite_url, "serve", "--port", "0", "--no-workers", "--keep-alive", "75")
+    assert alone.exit_code == 0, alone.output
+    assert served == [{"host": "127.0.0.1", "port": 0, "timeout_keep_alive": 75, **fixed}]
+    assert (embedded, logging) == ([], ["configured"])
+
+    listened: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        cli_service, "_check_can_listen", lambda host, port: listened.append((host, port))
+    )
+    default = invoke(sqlite_url, "serve")
+    assert default.exit_code == 0, default.output
+    assert listened == [("127.0.0.1", 8000)]
+    assert served[1:] == [{"host": "127.0.0.1", "port": 8000, "timeout_keep_alive": 5, **fixed}]
+    assert len(embedded) == 1 and embedded[0].settings.database_url == sqlite_url
+
+
+def test_worker_runs_its_processes_and_exits_with_their_status(
+    sqlite_url: str, invoke: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, with the worker processes replaced: without Redis the command is refused
+    with one sentence; with it, logging is configured and the processes' status is the exit's."""
+    from enforcement import logs
+    from enforcement.workers import runtime
+
+    upgrade(sqlite_url)
+    statuses = iter([0, 1])
+    ran: list[str | None] = []
+    logging: list[str] = []
+
+    def run_worker_processes(settings: Settings) -> int:
+        ran.append(settings.redis_url)
+        return next(statuses)
+
+    monkeypatch.setattr(runtime, "run_worker_processes", run_worker_processes)
+    monkeypatch.setattr(logs, "configure_logging", lambda: logging.append("configured"))
+
+    refused = invoke(sqlite_url, "worker")
+    assert refused.exit_code == 2
+    assert one_sentence(refused.stderr) == (
+        "enforcement worker needs ENFORCEMENT_REDIS_URL; in embedded mode `enforcement serve` "
+        "runs the workers itself."
+    )
+    assert (ran, logging) == ([], [])
+
+    monkeypatch.setenv("ENFORCEMENT_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert [invoke(sqlite_url, "worker").exit_code for _ in range(2)] == [0, 1]
+    assert ran == ["redis://127.0.0.1:1/0"] * 2
+    assert logging == ["configured"] * 2
+
+
+def test_serve_names_the_address_it_cannot_listen_on_in_one_sentence(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In process: an address not on this host (IPv4 or IPv6, shown in brackets), a host name
+    that cannot even be encoded, and a busy port on every interface (``--host ""``) each exit 2
+    with a sentence that names it. IPv6 is bound beside IPv4, not over it: a port busy on IPv4
+    is free on ``::``, and a free port is bound on 0.0.0.0 and :: at once."""
+    from enforcement.cli_service import _check_can_listen
+
+    too_long = "a" * 64 + ".example"
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [
+            ("192.0.2.1", 8000, "on 192.0.2.1:8000 (192.0.2.1): Cannot assign requested address"),
+            (
+                "2001:db8::1",
+                80,
+                "on [2001:db8::1]:80 (2001:db8::1): Cannot assign requested address",
+            ),
+            (too_long, 8000, f"on {too_long!r}: encoding with 'idna' codec failed"),
+            ("", port, None),
+        ]
+        for host, port_, says in cases:
+            with pytest.raises(SystemExit) as exit:
+                _check_can_listen(host, port_)
+            assert exit.value.code == 2, host
+            sentence = one_sentence(capsys.readouterr().err)
+            if says is None:
+                assert sentence == f"Port {port} is already in use; choose another with --port."
+            else:
+                assert sentence.startswith(f"Cannot listen {says}"), sentence
+        _check_can_listen("::", port)  # IPv6 only, beside the busy IPv4 port (as asyncio)
+    _check_can_listen("", port)  # free again: 0.0.0.0 and :: bound at once
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.postgres
@@ -401,6 +513,49 @@ def test_serve_refuses_credentials_or_a_database_that_waiting_will_not_mend(pg_u
         sentence = one_sentence(result.stderr)
         assert sentence.startswith("The database cannot be used") and says in sentence
         assert "wrong" not in sentence
+
+
+def test_serve_refuses_at_once_only_what_waiting_will_not_mend(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In process, with the revision's query failing as the driver would: a SQLSTATE or a
+    server's text that says the credentials or the database are wrong exits 2 with one
+    sentence; any other failure (a server not answering yet) is left to /healthz."""
+    from enforcement import cli_service, migrations
+
+    class DriverError(Exception):
+        def __init__(self, message: str, sqlstate: str | None = None) -> None:
+            super().__init__(message)
+            self.sqlstate = sqlstate
+
+    def failing(error: DriverError) -> Callable[..., str]:
+        def current_revision(url: str, connect_timeout: int | None = None) -> str:
+            raise sa.exc.OperationalError("SELECT", {}, error)
+
+        return current_revision
+
+    refused = [DriverError("refused", sqlstate) for sqlstate in ("28P01", "28000", "3D000")] + [
+        DriverError(f"FATAL:  {text}")
+        for text in (
+            'password authentication failed for user "u"',
+            'database "enforcement" does not exist',
+            'no pg_hba.conf entry for host "10.0.0.9", user "u", database "enforcement"',
+            "no password supplied",
+            'permission denied for database "enforcement"',
+            'role "u" is not permitted to log in',
+        )
+    ]
+    for error in refused:
+        monkeypatch.setattr(migrations, "current_revision", failing(error))
+        with pytest.raises(SystemExit) as exit:
+            cli_service._check_schema("postgresql+psycopg://u:secret@db.example/enforcement")
+        assert exit.value.code == 2, error
+        sentence = one_sentence(capsys.readouterr().err)
+        assert sentence.startswith("The database cannot be used") and str(error) in sentence
+    for error in (DriverError("connection refused"), DriverError("timeout", sqlstate="08006")):
+        monkeypatch.setattr(migrations, "current_revision", failing(error))
+        cli_service._check_schema("postgresql+psycopg://u:secret@db.example/enforcement")
+        assert capsys.readouterr().err == ""
 
 
 def test_worker_refuses_a_bad_policy_file_with_one_sentence(
