@@ -356,10 +356,8 @@ def test_worker_runs_its_processes_and_exits_with_their_status(
 def test_serve_names_the_address_it_cannot_listen_on_in_one_sentence(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """In process: an address not on this host (IPv4 or IPv6, shown in brackets), a host name
-    that cannot even be encoded, and a busy port on every interface (``--host ""``) each exit 2
-    with a sentence that names it. IPv6 is bound beside IPv4, not over it: a port busy on IPv4
-    is free on ``::``, and a free port is bound on 0.0.0.0 and :: at once."""
+    """In process: an address not on this host, a host name that cannot even be encoded, and a
+    busy port on every interface (``--host ""``) each exit 2 with a sentence that names it."""
     from enforcement.cli_service import _check_can_listen
 
     too_long = "a" * 64 + ".example"
@@ -369,11 +367,6 @@ def test_serve_names_the_address_it_cannot_listen_on_in_one_sentence(
         port = busy.getsockname()[1]
         cases = [
             ("192.0.2.1", 8000, "on 192.0.2.1:8000 (192.0.2.1): Cannot assign requested address"),
-            (
-                "2001:db8::1",
-                80,
-                "on [2001:db8::1]:80 (2001:db8::1): Cannot assign requested address",
-            ),
             (too_long, 8000, f"on {too_long!r}: encoding with 'idna' codec failed"),
             ("", port, None),
         ]
@@ -386,7 +379,38 @@ def test_serve_names_the_address_it_cannot_listen_on_in_one_sentence(
                 assert sentence == f"Port {port} is already in use; choose another with --port."
             else:
                 assert sentence.startswith(f"Cannot listen {says}"), sentence
-        _check_can_listen("::", port)  # IPv6 only, beside the busy IPv4 port (as asyncio)
+    _check_can_listen("", port)  # free again
+    assert capsys.readouterr().err == ""
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6(), reason="this host cannot bind IPv6 addresses")
+def test_serve_binds_ipv6_beside_ipv4_and_shows_an_ipv6_address_in_brackets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """IPv6 is bound beside IPv4, not over it (as asyncio binds them): a port busy on IPv4 is
+    free on ``::``, and a free port is bound on 0.0.0.0 and :: at once."""
+    from enforcement.cli_service import _check_can_listen
+
+    with pytest.raises(SystemExit) as exit:
+        _check_can_listen("2001:db8::1", 80)
+    assert exit.value.code == 2
+    assert one_sentence(capsys.readouterr().err).startswith(
+        "Cannot listen on [2001:db8::1]:80 (2001:db8::1): Cannot assign requested address"
+    )
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _check_can_listen("::", port)  # IPv6 only, beside the busy IPv4 port
     _check_can_listen("", port)  # free again: 0.0.0.0 and :: bound at once
     assert capsys.readouterr().err == ""
 
