@@ -15,12 +15,17 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import current_millis
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
@@ -28,7 +33,8 @@ from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
 from enforcement.notices.email import EmailSender, build_message, file_bytes, sweep_parts
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookSender, account_key
-from enforcement.workers.actors import QUEUE, register_actors
+from enforcement.service import Actor
+from enforcement.workers.actors import QUEUE, Actors, register_actors
 from enforcement.workers.broker import make_broker
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, retry_lost_after, start_runtime
@@ -795,3 +801,211 @@ def test_an_embedded_restart_sends_each_pending_notice_once(
             assert len(receiver.for_event(notice)) == 1
     finally:
         system.close()
+
+
+# The actors themselves, called in this thread on a StubBroker: what each passes on, and how a
+# try's end is logged and handed back to Dramatiq.
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeService:
+    """What the deadline actors call, recorded; a clock that stands still."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, Actor]] = []
+
+    def clock(self) -> datetime:
+        return NOW
+
+    def expire_remediation(self, account_id: str, remediation_id: str, actor: Actor) -> None:
+        self.calls.append(("expire_remediation", account_id, remediation_id, actor))
+
+    def end_suspension(self, account_id: str, suspension_id: str, actor: Actor) -> None:
+        self.calls.append(("end_suspension", account_id, suspension_id, actor))
+
+
+class FakeDelivery:
+    """``NoticeDelivery.deliver``'s arguments, recorded; it raises ``error`` if given one."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, str, int, int, str | None]] = []
+
+    def deliver(
+        self,
+        notice_event_id: str,
+        channel: str,
+        retries: int,
+        max_retries: int,
+        message_id: str | None = None,
+    ) -> str:
+        self.calls.append((notice_event_id, channel, retries, max_retries, message_id))
+        if self.error is not None:
+            raise self.error
+        return "delivered"
+
+
+def stub_actors(
+    delivery: FakeDelivery | None = None,
+    service: FakeService | None = None,
+    gate_applier: Callable[[str], None] | None = None,
+    **options: int,
+) -> Actors:
+    return register_actors(
+        StubBroker(),
+        cast(Any, service or FakeService()),
+        cast(Any, delivery or FakeDelivery()),
+        gate_applier,
+        notice_retries=3,
+        min_backoff_ms=100,
+        max_backoff_ms=400,
+        **options,
+    )
+
+
+@contextmanager
+def current_message(retries: int | None, message_id: str) -> Iterator[None]:
+    """What ``CurrentMessage`` gives an actor while a worker processes its message."""
+    options: dict[str, Any] = {} if retries is None else {"retries": retries}
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        QUEUE, "deliver_notice", (), {}, options, message_id=message_id
+    )
+    token = CurrentMessage._MESSAGE.set(message)
+    try:
+        yield
+    finally:
+        CurrentMessage._MESSAGE.reset(token)
+
+
+def test_the_actors_are_declared_on_their_queues_with_their_retries_and_time_limits() -> None:
+    # The queue names are Redis keys every worker process of a deployment shares
+    service = FakeService()
+    delivery = FakeDelivery()
+    actors = stub_actors(delivery, service)
+    keys = ("max_retries", "min_backoff", "max_backoff", "time_limit")
+    assert {
+        name: (actor.queue_name, {k: actor.options[k] for k in keys if k in actor.options})
+        for name, actor in actors.by_name.items()
+    } == {
+        "deliver_notice": (
+            "enforcement",
+            {"max_retries": 3, "min_backoff": 100, "max_backoff": 400, "time_limit": 60_000},
+        ),
+        "expire_remediation": ("deadlines", {"max_retries": 20, "time_limit": 60_000}),
+        "end_suspension": ("deadlines", {"max_retries": 20, "time_limit": 60_000}),
+        "apply_gate_state": ("enforcement", {"max_retries": 20, "time_limit": 30_000}),
+    }
+    assert (
+        stub_actors(notice_time_limit_ms=5_000).by_name["deliver_notice"].options["time_limit"]
+        == 5_000
+    )
+    assert actors.clock() == NOW
+    assert actors.delivery is cast(Any, delivery)
+
+
+def test_a_message_is_enqueued_on_its_actors_queue_delayed_until_it_is_due() -> None:
+    actors = stub_actors()
+    broker = actors.broker
+    assert isinstance(broker, StubBroker)
+    actors.enqueue(Message("deliver_notice", ("evt_1", "email")))
+    before = current_millis()
+    actors.enqueue(Message("end_suspension", ("acct_1", "susp_1"), NOW + timedelta(hours=1)))
+    after = current_millis()
+
+    [now] = map(dramatiq.Message.decode, broker.queues["enforcement"].queue)
+    assert (now.actor_name, now.args, "eta" in now.options) == (
+        "deliver_notice",
+        ("evt_1", "email"),
+        False,
+    )
+    [due] = map(dramatiq.Message.decode, broker.queues["deadlines.DQ"].queue)
+    assert (due.actor_name, due.args) == ("end_suspension", ("acct_1", "susp_1"))
+    # due in an hour of the service's clock, and a millisecond (``relay.delay_ms``)
+    assert before + 3_600_001 <= due.options["eta"] <= after + 3_600_001
+
+
+def test_the_deadline_and_gate_actors_call_the_service_as_the_scheduler() -> None:
+    service = FakeService()
+    applied: list[str] = []
+    actors = stub_actors(service=service, gate_applier=applied.append)
+    actors.by_name["expire_remediation"]("acct_1", "rem_1")
+    actors.by_name["end_suspension"]("acct_2", "susp_2")
+    actors.by_name["apply_gate_state"]("evt_3")
+    scheduler = Actor(name="scheduler", correlation_id="deadline", source="worker")
+    assert service.calls == [
+        ("expire_remediation", "acct_1", "rem_1", scheduler),
+        ("end_suspension", "acct_2", "susp_2", scheduler),
+    ]
+    assert applied == ["evt_3"]
+    # without a gate (no ``gate_applier``) a gate event's message does nothing
+    stub_actors(gate_applier=None).by_name["apply_gate_state"]("evt_3")
+
+
+def test_deliver_notice_passes_on_its_messages_retries_and_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="enforcement.workers")
+    delivery = FakeDelivery()
+    deliver = stub_actors(delivery).by_name["deliver_notice"]
+    deliver("evt_1", "email")  # outside a worker: no message
+    with current_message(None, "msg_2"):
+        deliver("evt_2", "webhook")
+    with current_message(2, "msg_3"):
+        deliver("evt_3", "email")
+    assert delivery.calls == [
+        ("evt_1", "email", 0, 3, None),
+        ("evt_2", "webhook", 0, 3, "msg_2"),
+        ("evt_3", "email", 2, 3, "msg_3"),
+    ]
+    assert [r.getMessage() for r in caplog.records][-1] == "notice evt_3 via email: delivered"
+
+
+def test_a_failed_try_is_retried_by_dramatiq(caplog: pytest.LogCaptureFixture) -> None:
+    deliver = stub_actors(FakeDelivery(DeliveryFailed("HTTP 503"))).by_name["deliver_notice"]
+    with pytest.raises(dramatiq.Retry, match="HTTP 503"):
+        deliver("evt_1", "webhook")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "notice evt_1 via webhook: a try failed (HTTP 503); it is tried again")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("retries", "said"),
+    [
+        (
+            2,
+            "try 3 was cut off at its time limit (60000 ms) before it could record an outcome; "
+            "it is tried again",
+        ),
+        (
+            3,
+            "its last try was cut off at its time limit (60000 ms) before it could record an "
+            "outcome; the leader's lost-retry scan looks at it again",
+        ),
+    ],
+)
+def test_a_try_cut_off_says_which_try_and_what_comes_of_it(
+    retries: int, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver = stub_actors(FakeDelivery(TimeLimitExceeded())).by_name["deliver_notice"]
+    with current_message(retries, "msg_1"), pytest.raises(TimeLimitExceeded):
+        deliver("evt_1", "webhook")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", f"notice evt_1 via webhook: {said}")
+    ]
+
+
+@pytest.mark.parametrize(("retries", "logged"), [(2, False), (3, True)])
+def test_an_unexpected_error_is_named_only_on_the_last_try(
+    retries: int, logged: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver = stub_actors(FakeDelivery(RuntimeError("boom"))).by_name["deliver_notice"]
+    with current_message(retries, "msg_1"), pytest.raises(RuntimeError, match="boom"):
+        deliver("evt_1", "webhook")
+    last = (
+        "ERROR",
+        "notice evt_1 via webhook: its last try failed before it could record an outcome; "
+        "the leader's lost-retry scan looks at it again",
+    )
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == ([last] if logged else [])
