@@ -421,27 +421,30 @@ class Looks:
         return self.asked <= self.looks
 
 
-class Stop:
-    """A stop event that records the waits and is set after ``limit`` of them."""
+class WaitsThenStop:
+    """A stop event that records the waits and stops after ``limit`` of them."""
 
     def __init__(self, limit: int) -> None:
         self.waits: list[float] = []
         self.limit = limit
 
+    def is_set(self) -> bool:
+        return len(self.waits) >= self.limit
+
     def wait(self, seconds: float) -> bool:
         self.waits.append(seconds)
-        return len(self.waits) > self.limit
+        return self.is_set()
 
 
 def test_the_watch_looks_every_few_seconds_and_steps_down_once_stopped() -> None:
-    leader, stop, stepping_down = Looks(100), Stop(limit=2), threading.Event()
+    leader, stop, stepping_down = Looks(100), WaitsThenStop(limit=3), threading.Event()
     watch_leader(leader, stop, stepping_down)  # type: ignore[arg-type]
     assert (stop.waits, leader.asked) == ([LEADER_CHECK_SECONDS] * 3, 2)
     assert stepping_down.is_set()  # the relay, the sweep and the gate keeper stop with it
 
 
 def test_the_watch_steps_down_at_the_first_look_that_finds_the_lock_lost() -> None:
-    leader, stop, stepping_down = Looks(2), Stop(limit=100), threading.Event()
+    leader, stop, stepping_down = Looks(2), WaitsThenStop(limit=101), threading.Event()
     watch_leader(leader, stop, stepping_down)  # type: ignore[arg-type]
     assert (stop.waits, leader.asked) == ([LEADER_CHECK_SECONDS] * 3, 3)
     assert stepping_down.is_set()

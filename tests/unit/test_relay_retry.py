@@ -18,7 +18,7 @@ from enforcement.workers.retrying import (
     retry_delay,
     wait_to_retry,
 )
-from tests.unit.test_relay import CHANNELS, Broker, MemoryStore, notices
+from tests.unit.test_relay import CHANNELS, Broker, MemoryStore, WaitsThenStop, notices
 
 
 def test_retries_back_off_to_a_ceiling() -> None:
@@ -59,21 +59,6 @@ def test_a_lasting_failure_is_logged_in_full_once_then_in_one_line(
     )
 
 
-class _Stop:
-    """A stop event that records the waits and stops after ``limit`` of them."""
-
-    def __init__(self, limit: int) -> None:
-        self.waits: list[float] = []
-        self.limit = limit
-
-    def is_set(self) -> bool:
-        return len(self.waits) >= self.limit
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(seconds)
-        return self.is_set()
-
-
 def test_the_running_relay_backs_off_while_the_broker_stays_away(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -83,7 +68,7 @@ def test_the_running_relay_backs_off_while_the_broker_stays_away(
 
     relay = Relay(Down(), lambda message: None, ())  # type: ignore[arg-type]
     relay.position = lambda: 0  # type: ignore[method-assign]
-    stop = _Stop(limit=7)
+    stop = WaitsThenStop(limit=7)
     with caplog.at_level(logging.ERROR, logger="enforcement.relay"):
         relay.run(stop)  # type: ignore[arg-type]
     assert stop.waits == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]
@@ -95,7 +80,7 @@ def test_the_running_relay_catches_up_page_after_page_and_idles_only_once_caught
     no idle wait between them; the relay waits its idle poll only on a page short of full."""
     store = MemoryStore(notices(4))
     relay = Relay(store, Broker(store), CHANNELS, page_size=2)  # type: ignore[arg-type]
-    stop = _Stop(limit=1)
+    stop = WaitsThenStop(limit=1)
     relay.run(stop)  # type: ignore[arg-type]
     assert (relay.position(), stop.waits) == (4, [0.05])
 
@@ -109,7 +94,7 @@ def test_a_wait_to_retry_ends_once_what_failed_answers_again_asking_every_so_oft
         asked.append(exc)
         return next(answers)
 
-    stop = _Stop(limit=100)
+    stop = WaitsThenStop(limit=100)
     wait_to_retry(stop, 15.0, failure, answers_again, every=0.5)  # type: ignore[arg-type]
     assert stop.waits == [0.5, 0.5, 0.5]
     assert asked == [failure] * 3
@@ -265,7 +250,7 @@ def test_a_probe_that_fails_counts_as_not_answering_yet_and_the_relay_goes_on(
         asked.append(exc)
         raise RuntimeError("the probe itself failed")
 
-    stop = _Stop(limit=3)
+    stop = WaitsThenStop(limit=3)
     with caplog.at_level(logging.WARNING, logger=retrying.__name__):
         wait_to_retry(stop, 15.0, error, broken, every=0.5)  # type: ignore[arg-type]
     assert stop.waits == [0.5, 0.5, 0.5] and asked == [error] * 2
@@ -280,6 +265,6 @@ def test_a_probe_that_fails_counts_as_not_answering_yet_and_the_relay_goes_on(
 
     relay = Relay(Down(), lambda message: None, ())  # type: ignore[arg-type]
     relay.position = lambda: 0  # type: ignore[method-assign]
-    stop = _Stop(limit=4)
+    stop = WaitsThenStop(limit=4)
     relay.run(stop, answers_again=broken, probe_seconds=0.25)  # type: ignore[arg-type]
     assert len(stop.waits) == 4  # still retrying, not ended by the probe's failure
