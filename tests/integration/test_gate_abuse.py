@@ -53,6 +53,10 @@ def test_denials_past_the_count_read_the_standing_once_per_window(
     assert system.abuse.observe("acct_1", "key_1", denial(count)) == ("sustained_abuse",)
     state = system.standings.load("acct_1")
     assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]
+    # The violation's evidence: how many denials, within which window.
+    window_s = int(system.policy.sustained_abuse_denials.window.total_seconds())
+    [reported] = [e for e in system.store.read_stream("acct_1") if e.type == "ViolationReported"]
+    assert reported.data["description"] == f"{count} gate denials within {window_s}s"
 
     loads = count_loads(system, monkeypatch)
     for more in range(1, 200):
@@ -61,7 +65,7 @@ def test_denials_past_the_count_read_the_standing_once_per_window(
 
 
 def test_a_standing_that_cannot_be_read_does_not_fail_the_denial(
-    system: Container, monkeypatch: pytest.MonkeyPatch
+    system: Container, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     count = system.policy.sustained_abuse_denials.count
     load = system.service.standings.load
@@ -71,9 +75,33 @@ def test_a_standing_that_cannot_be_read_does_not_fail_the_denial(
 
     monkeypatch.setattr(system.service.standings, "load", down)
     assert system.abuse.observe("acct_2", "key_1", denial(count)) == ()
+    assert "could not read the standing of acct_2" in caplog.text
 
     monkeypatch.setattr(system.service.standings, "load", load)
     assert system.abuse.observe("acct_2", "key_1", denial(count + 1)) == ("sustained_abuse",)
+
+
+def test_a_report_that_cannot_be_recorded_does_not_fail_the_denial_and_is_tried_again(
+    system: Container, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A report the service fails to record is not claimed as recorded, is logged, and leaves
+    its window unclaimed: the next denial of the same window records it."""
+    count = system.policy.sustained_abuse_denials.count
+    both = ("sustained_abuse", "rate_limit_circumvention")
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("database is down")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(system.abuse.service, "report_gate_sustained_abuse", down)
+        failing.setattr(system.abuse.service, "file_gate_abuse_report", down)
+        assert system.abuse.observe("acct_18", "key_c", denial(count, 3)) == ()
+    assert "could not record sustained_abuse for acct_18" in caplog.text
+    assert "could not record rate_limit_circumvention for acct_18" in caplog.text
+    assert system.store.read_stream("acct_18") == []
+
+    assert system.abuse.observe("acct_18", "key_c", denial(count + 1, 3)) == both
+    assert sustained_abuse_raised(system, "acct_18") == 1
 
 
 def test_keys_denied_together_are_filed_for_triage_not_made_a_strike(
@@ -162,6 +190,43 @@ def test_the_gate_counts_denials_by_the_policys_count_and_window(
             seen.append(container.gate_check("acct_11", "key_1").denials_in_window)
             assert sustained_abuse_raised(container, "acct_11") == (len(seen) == 4)
         assert seen == [1, 2, 2, 3]
+
+
+def test_a_one_second_window_is_a_window_of_its_own(
+    database_url: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The shortest window a policy can give (1 s): each second is a window, and keys denied
+    together in the next second, once the report is triaged, are filed again."""
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('sustained_abuse_denials = { count = 3, window = "1s" }\n')
+    with open_system(database_url, clock, policy_file) as container:
+        even = int(clock().timestamp()) // 2 * 2 + 2
+        clock.set(datetime.fromtimestamp(even, UTC))
+        circumvention = ("rate_limit_circumvention",)
+        assert container.abuse.observe("acct_19", "key_c", denial(1, 3)) == circumvention
+        [report] = container.standings.load("acct_19").abuse_reports.values()
+        container.service.triage_abuse_report(
+            "acct_19", report.report_id, "rejected", None, Actor("op", "req_1")
+        )
+        clock.set(datetime.fromtimestamp(even + 1, UTC))  # the next window
+        assert container.abuse.observe("acct_19", "key_c", denial(1, 3)) == circumvention
+
+
+def test_the_claimed_windows_are_forgotten_past_a_hundred_thousand(system: Container) -> None:
+    """The detector's memory of claimed windows is bounded: an abusive crowd of accounts
+    cannot grow it without end (past 100 000 claims it starts again)."""
+    claims = system.abuse._claims
+    claims.update({(f"acct_x{i}", "sustained_abuse", 0): 0.0 for i in range(100_000)})
+    circumvention = ("rate_limit_circumvention",)
+    assert system.abuse.observe("acct_20", "key_c", denial(5, 3)) == circumvention
+    assert len(claims) == 100_001  # at the bound: kept
+    assert system.abuse.observe("acct_21", "key_c", denial(5, 3)) == circumvention
+    assert list(claims) == [("acct_21", "rate_limit_circumvention", claims_bucket(system))]
+
+
+def claims_bucket(system: Container) -> int:
+    window_s = int(system.policy.sustained_abuse_denials.window.total_seconds())
+    return int(system.clock().timestamp()) // window_s
 
 
 def test_a_confirmed_report_the_gate_filed_is_an_automated_detection(
