@@ -14,6 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage
 
+from enforcement.gate import EmbeddedGate
 from enforcement.gatekeeping import build_gate, build_push_gate
 from enforcement.policy import DEFAULT_POLICY
 from enforcement.redis_client import bounded_client
@@ -46,10 +47,24 @@ def test_the_gate_and_the_broker_wait_the_configured_time_the_push_its_own() -> 
         assert bounds(broker.client) == (0.75, 0.75)  # type: ignore[attr-defined]
         assert bounds(gate._client) == (0.75, 0.75)  # type: ignore[attr-defined]
         assert bounds(push._client) == (0.25, 0.25)  # type: ignore[attr-defined]
+        # The push gives up at once: the relay follows (a retry would double its wait).
+        push_retry = push._client.connection_pool.connection_kwargs["retry"]  # type: ignore[attr-defined]
+        assert push_retry.get_retries() == 0
     finally:
         broker.close()
         gate.close()
         push.close()
+
+
+def test_without_redis_the_gate_is_in_process_and_the_push_writes_to_it() -> None:
+    settings = Settings()
+    gate = build_gate(settings, DEFAULT_POLICY)
+    assert isinstance(gate, EmbeddedGate)
+    assert gate.check("acct_1", "key_1").allowed  # on its default clock: the time of day
+    assert build_push_gate(settings, DEFAULT_POLICY, gate) is gate
+    # A gate not on Redis is pushed to itself, whatever the settings say.
+    on_redis = Settings(redis_url="redis://127.0.0.1:1/0")
+    assert build_push_gate(on_redis, DEFAULT_POLICY, gate) is gate
 
 
 def test_the_broker_runs_queue_maintenance_on_five_percent_of_commands() -> None:
