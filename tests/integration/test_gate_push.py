@@ -55,6 +55,22 @@ def test_suspension_reinstatement_and_termination_reach_the_gate_at_once(
     assert reason(system, "acct_1") == "terminated"
 
 
+def test_the_end_of_a_suspension_is_pushed_as_a_status(system: Container, clock: FakeClock) -> None:
+    """``SuspensionEnded`` (its time ran out, or an appeal overturned it) changes the account's
+    status: the push tells the gate, as it does a reinstatement."""
+    service = system.service
+    until = clock() + timedelta(hours=1)
+    suspended = service.operator("acct_8", ops.Suspend("review", until=until), OPERATOR)
+    suspension_id = suspended.events[0].data["suspension_id"]
+    clock.advance(timedelta(hours=2))
+    gate = CountingGate()
+    service.after_commit = GatePush(gate)  # type: ignore[arg-type]
+
+    ended = service.end_suspension("acct_8", suspension_id, OPERATOR)
+    assert [e.type for e in ended.events] == ["SuspensionEnded"]
+    assert gate.calls == ["holds_status", "set_status"]
+
+
 def test_limits_a_throttle_and_its_lift_reach_the_gate_at_once(system: Container) -> None:
     service = system.service
     service.operator("acct_2", ops.ConfigureLimits(100, 1000, key_id="key_1"), OPERATOR)
@@ -213,29 +229,50 @@ def test_only_a_commit_is_pushed_not_a_replay_nor_a_command_that_recorded_nothin
     assert pushed == [["AccountSuspended", "NoticeIssued"]]
 
 
-def test_after_a_push_that_failed_slowly_none_is_tried_for_a_while(system: Container) -> None:
+def test_after_a_push_that_failed_slowly_none_is_tried_for_a_while(
+    system: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The defaults: a push that failed after half the push timeout or more stops the pushes
+    for 10 s, and each such failure is logged with its error."""
     now = [100.0]
-    gate = CountingGate(fail=True, on_call=lambda: now.__setitem__(0, now[0] + PUSH_TIMEOUT_S))
+    slowly = PUSH_TIMEOUT_S / 2
+    gate = CountingGate(fail=True, on_call=lambda: now.__setitem__(0, now[0] + slowly))
     service = system.service
-    service.after_commit = GatePush(gate, quiet_s=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    service.after_commit = GatePush(gate, clock=lambda: now[0])  # type: ignore[arg-type]
 
-    service.operator("acct_9", ops.Suspend("review"), OPERATOR)
+    service.operator("acct_9", ops.Suspend("review"), OPERATOR)  # failed at 100.125
+    now[0] = 110.0
     service.operator("acct_9", ops.Reinstate("cleared"), OPERATOR)  # within the quiet time
-    assert gate.calls == ["holds_status"]  # the push's first call failed, after a timeout
-    now[0] += 10
+    assert gate.calls == ["holds_status"]  # the push's first call failed, after a wait
+    now[0] = 110.125  # 10 s after the failure
     service.operator("acct_9", ops.Terminate("fraud"), OPERATOR)
     assert gate.calls == ["holds_status", "holds_status"]
+    warnings = [r for r in caplog.records if r.name == "enforcement.gate"]
+    message = "gate not updated after commit; the relay will (no push for 10s)"
+    assert [r.getMessage() for r in warnings] == [message] * 2
+    assert all(r.exc_info for r in warnings)
 
 
-def test_a_push_refused_at_once_stops_no_later_push(system: Container) -> None:
-    gate, now = CountingGate(fail=True), [100.0]
+def test_a_push_refused_at_once_stops_no_later_push(
+    system: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused in less than half the push timeout: no pause, and one warning per quiet time."""
+    now = [100.0]
+    gate = CountingGate(fail=True, on_call=lambda: now.__setitem__(0, now[0] + 0.09375))
     service = system.service
     service.after_commit = GatePush(gate, quiet_s=10, clock=lambda: now[0])  # type: ignore[arg-type]
 
     service.operator("acct_11", ops.Suspend("review"), OPERATOR)
     service.operator("acct_11", ops.Reinstate("cleared"), OPERATOR)
-
     assert gate.calls == ["holds_status", "holds_status"]
+    now[0] = 110.0  # the first failure was 10 s before the next one's end
+    service.operator("acct_11", ops.Terminate("fraud"), OPERATOR)
+    assert gate.calls == ["holds_status"] * 3
+
+    warnings = [r for r in caplog.records if r.name == "enforcement.gate"]
+    message = "gate not updated after commit; the relay will"
+    assert [r.getMessage() for r in warnings] == [message] * 2  # the first and the third
+    assert all(r.exc_info for r in warnings)
 
 
 def refused() -> Exception:

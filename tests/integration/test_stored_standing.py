@@ -5,6 +5,7 @@ row plus the events after its version."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -645,6 +646,16 @@ def test_a_lifted_throttle_is_lifted_at_the_gate(
 
     assert service.standing("acct_gl").active_throttles == ()
     assert gate.check("acct_gl", "key_2").limit_requests == 600
+
+
+def test_the_gate_follows_an_event_that_is_gone_by_doing_nothing(system: Container) -> None:
+    """A message for an event the log does not hold (an id not of this log) applies nothing
+    and does not fail: a failing actor would be retried for ever."""
+    gate = EmbeddedGate()
+    applier = GateApplier(gate, system.store, system.standings, system.clock)
+    applier(str(uuid.uuid4()))
+    applier("not-an-event-id")
+    assert not gate.holds_status("acct_1")
 
 
 def test_seeding_lifts_a_throttle_whose_lift_never_reached_the_gate(
