@@ -128,7 +128,7 @@ def test_keys_denied_together_are_filed_for_triage_not_made_a_strike(
     assert filed.type == "AbuseReportReceived"
     assert filed.data["category"] == "rate_limit_circumvention"
     assert "3 keys of the account were denied within one minute" in filed.data["description"]
-    assert filed.metadata["actor"] == "gate"
+    assert (filed.metadata["actor"], filed.metadata["correlation_id"]) == ("gate", "gate")
 
     # Once an operator has triaged it, keys denied together are filed again.
     system.service.triage_abuse_report(
@@ -535,5 +535,7 @@ def test_a_report_the_service_finds_not_due_after_a_stale_read_holds_the_window_
     operator = Actor("op", "req_17")
     system.service.operator("acct_17", ops.LiftThrottle(throttle.throttle_id), operator)
     system.service.triage_abuse_report("acct_17", report.report_id, "rejected", None, operator)
-    clock.advance(timedelta(seconds=STATE_RECHECK_S))
+    clock.advance(timedelta(seconds=29))
+    assert system.abuse.observe("acct_17", "key_c", denial(count, 3)) == ()  # still held
+    clock.advance(timedelta(seconds=1))
     assert system.abuse.observe("acct_17", "key_c", denial(count, 3)) == both
