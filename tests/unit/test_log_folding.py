@@ -12,6 +12,7 @@ from types import FrameType
 import pytest
 
 from enforcement.log_folding import FoldRepeats, Repeats
+from enforcement.workers import runtime
 from enforcement.workers.runtime import run_every
 
 LOGGER = "tests.log_folding"
@@ -148,6 +149,54 @@ def test_a_periodic_job_that_keeps_failing_is_logged_once_and_its_recovery_once(
             True,
         ),
         ("INFO", "deadline sweep works again (it failed 10 times in a row)", False),
+    ]
+
+
+def test_a_periodic_job_failing_on_is_reminded_and_a_new_run_of_failures_is_said_in_full(
+    clock: list[float], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="enforcement.workers")
+    monkeypatch.setattr(runtime, "Repeats", lambda: Repeats(clock=lambda: clock[0]))
+    stop = threading.Event()
+    # Each run 30 s after the last: it fails three times, works twice, then fails with another
+    # exception and once more with this one, and works again.
+    outcomes: list[Exception | None] = [
+        *[ConnectionError("the database is away")] * 3,
+        None,
+        None,
+        TimeoutError("the pool is exhausted"),
+        ConnectionError("the database is away"),
+        None,
+    ]
+
+    def sweep() -> None:
+        clock[0] += 30
+        outcome = outcomes.pop(0)
+        if not outcomes:
+            stop.set()
+        if outcome is not None:
+            raise outcome
+
+    run_every(stop, 0.001, sweep, "deadline sweep")
+
+    # Then the run of failures is said in full, reminded a minute later, its end told once; a
+    # failure after it, or of another type, starts a run of its own, said in full
+    first = (
+        "deadline sweep failed; it runs again every 0.001 s (repeats: one line a minute at most)"
+    )
+    messages = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert messages == [
+        ("ERROR", first, True),
+        (
+            "ERROR",
+            "deadline sweep still fails after 60 s (1 failures since the last such line): "
+            "ConnectionError: the database is away",
+            False,
+        ),
+        ("INFO", "deadline sweep works again (it failed 3 times in a row)", False),
+        ("ERROR", first, True),
+        ("ERROR", first, True),
+        ("INFO", "deadline sweep works again (it failed 1 times in a row)", False),
     ]
 
 
