@@ -90,6 +90,35 @@ def test_a_redis_outage_is_logged_once_per_consumer_and_its_end_once(
         container.close()
 
 
+def test_the_consumers_logs_are_folded_until_they_are_stopped(settings: Settings) -> None:
+    container = bootstrap(settings)
+    actors = build_actors(container)
+    names = [
+        "dramatiq.worker.WorkerThread",
+        *(
+            f"dramatiq.worker.ConsumerThread({queue})"
+            for queue in ["enforcement", "enforcement.DQ", "deadlines", "deadlines.DQ"]
+        ),
+    ]
+    before = {name: list(logging.getLogger(name).filters) for name in names}
+    stop = start_background(
+        container, actors, consumers=True, relay=False, then_close=actors.broker.close
+    )
+    try:
+        # While the consumers run, one folding filters each of their loggers
+        added = {
+            name: [f for f in logging.getLogger(name).filters if f not in before[name]]
+            for name in names
+        }
+        [folding] = added["dramatiq.worker.WorkerThread"]
+        assert added == {name: [folding] for name in names}
+    finally:
+        stop()
+        container.close()
+    # and once they are stopped, none does
+    assert {name: logging.getLogger(name).filters for name in names} == before
+
+
 def test_consumers_that_cannot_start_leave_no_folding_behind(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
