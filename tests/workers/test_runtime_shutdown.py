@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -150,5 +151,40 @@ def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_and_database_pool_unt
         go_on.set()
         container.close()
         watcher.close()
-    still = [m.split(" still runs")[0] for m in caplog.messages if " still runs " in m]
-    assert sorted(still) == ["the gate-keeper thread", "the relay thread"]  # waited for
+    still = sorted(m for m in caplog.messages if " still runs " in m)  # waited for
+    told = "0.2 s after the workers were told to stop"
+    assert still == [
+        f"the gate-keeper thread still runs {told}; closing the Redis watch waits for it",
+        f"the relay thread still runs {told}; "
+        "closing the Redis clients and the database pool waits for it",
+    ]
+
+
+class Joined(threading.Thread):
+    """A thread that records the timeout of each ``join``."""
+
+    def __init__(self, target: Callable[[], object]) -> None:
+        super().__init__(target=target, daemon=True)
+        self.timeouts: list[float | None] = []
+
+    def join(self, timeout: float | None = None) -> None:
+        self.timeouts.append(timeout)
+        super().join(timeout)
+
+
+def test_a_stop_waits_for_its_threads_up_to_its_bound_in_all() -> None:
+    go_on = threading.Event()
+    busy, ended = Joined(go_on.wait), Joined(lambda: None)
+    ended.start()
+    ended.join()
+    ended.timeouts.clear()
+    busy.start()
+    try:
+        # The busy thread is waited for up to the bound; the one after it, no longer
+        assert runtime.join_within([busy, ended], 0.05) == [busy]
+        [busy_wait], [ended_wait] = busy.timeouts, ended.timeouts
+        assert busy_wait is not None and 0.0 < busy_wait <= 0.05
+        assert ended_wait is not None and ended_wait < busy_wait
+    finally:
+        go_on.set()
+    assert runtime.join_within([busy, ended], 10.0) == []
