@@ -374,6 +374,39 @@ def test_the_relay_tells_the_gate_of_a_suspension_whose_push_was_lost_without_th
         gate.close()
 
 
+def test_the_relay_applies_gate_changes_alone_at_once_and_logs_a_failure_to(
+    settings: Settings, poster: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay applies each gate change it passes to the gate at once, and nothing else; a
+    gate that cannot take it is logged."""
+    report(poster, "acct_applied")
+    poster.service.operator("acct_applied", ops.Suspend("abuse"), OPERATOR)
+    changes = [(e.event_id,) for e in poster.store.read_all() if e.type in relay_module.GATE_EVENTS]
+    leader = bootstrap(settings)
+    applied: list[tuple[object, ...]] = []
+
+    def unavailable(*args: object) -> None:
+        applied.append(args)
+        raise GateUnavailable("the gate is away")
+
+    leader.extras["gate_applier"] = unavailable
+    actors = build_actors(leader)
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    stop = start_background(leader, actors, consumers=False, relay=True)
+    try:
+        wait_until(
+            lambda: relay_position(leader.store) >= leader.store.max_position(),
+            "the relay to pass the suspension",
+        )
+    finally:
+        stop()
+        actors.broker.close()
+        leader.close()
+    assert changes and applied == changes
+    said = "the relay could not apply gate state at once: the gate is away"
+    assert [m for m in caplog.messages if "could not apply" in m] == [said] * len(changes)
+
+
 @pytest.fixture
 def redis_keeping_data() -> Iterator[RedisServer]:
     """A Redis of this test's own that can go away and come back with its data (``away``)."""
