@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from enforcement.bootstrap import bootstrap
+from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
+from enforcement.workers import runtime
 from enforcement.workers.leader import LEADER_LOCK_KEY, LeaderLock
 from enforcement.workers.runtime import start_runtime
 from tests.conftest import pg_admin_url
@@ -44,6 +45,44 @@ def test_one_leader_per_sqlite_database_until_it_lets_go(sqlite_db: str, tmp_pat
             lock.release()
         for system in (first_system, second_system, third_system):
             system.close()
+
+
+def test_a_process_that_finds_the_lead_taken_does_not_lead(
+    sqlite_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    looks: list[tuple[Container, bool]] = []
+
+    class Looked(LeaderLock):
+        def __init__(self, container: Container) -> None:
+            super().__init__(container)
+            self.container = container
+
+        def acquire(self) -> bool:
+            held = super().acquire()
+            looks.append((self.container, held))
+            return held
+
+    monkeypatch.setattr(runtime, "LeaderLock", Looked)
+    caplog.set_level(logging.INFO, logger="enforcement.workers")
+    first, second = (bootstrap(fast_settings(sqlite_db, tmp_path)) for _ in range(2))
+    try:
+        _, stop_first = start_runtime(first, consumers=False, relay=True)
+        try:
+            wait_until(lambda: (first, True) in looks, "the first process to lead")
+            _, stop_second = start_runtime(second, consumers=False, relay=True)
+            wait_until(lambda: (second, False) in looks, "the second to find the lead taken")
+            stop_second()
+        finally:
+            stop_first()
+    finally:
+        first.close()
+        second.close()
+    assert (second, True) not in looks
+    leads = "this process leads the relay and the deadline sweep"
+    assert caplog.messages.count(leads) == 1
 
 
 def leader_session(direct: sa.Engine) -> tuple[object, object, str] | None:
