@@ -11,17 +11,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from enforcement.api import responses
 from enforcement.api.app import create_app
 from enforcement.api.deps import get_principal
+from enforcement.api.routes.accounts import _path_is_text
+from enforcement.api.routes.reporting import batch_item_key
 from enforcement.api.violations import violation_json
 from enforcement.bootstrap import Container
 from enforcement.cli import time_option
 from enforcement.roles import Role
 from enforcement.tables import contacts
 from enforcement.tokens import Principal, create_token
+from events.schema import idempotency_keys
 
 
 @pytest.fixture
@@ -597,6 +601,8 @@ def test_a_key_id_in_the_path_that_is_not_utf8_is_refused_and_writes_nothing(
     assert details(response) == [
         {"field": "path.key_id", "message": "must be percent-encoded UTF-8 text"}
     ]
+    # The sentence of every other 422 of the request's fields.
+    assert response.json()["error"]["message"] == "The request has invalid fields."
     assert system.store.head("acct_k").version == 0
 
 
@@ -610,6 +616,50 @@ def test_a_key_id_that_holds_the_replacement_character_itself_is_a_key_id(
     )
     assert response.status_code == 200, response.text
     assert response.json()["events"][0]["data"]["key_id"] == "k\ufffdü"
+
+
+def test_without_a_raw_path_the_decoded_path_is_taken_as_text() -> None:
+    """``raw_path`` is optional in ASGI: a server without it cannot tell, so a key id holding
+    U+FFFD is taken as sent (the raw path, when there is one, decides)."""
+    scope: dict[str, Any] = {"type": "http", "method": "PUT", "path": "/", "headers": []}
+    assert _path_is_text(Request(scope)) is True
+    assert _path_is_text(Request({**scope, "raw_path": b"/k%EF%BF%BD"})) is True
+    assert _path_is_text(Request({**scope, "raw_path": b"/k%FF"})) is False
+
+
+ID_ROUTES = [
+    ("POST", "violations/{}/dismiss", {}, "violation_id", "violation_not_found"),
+    ("POST", "remediations/{}/complete", {}, "remediation_id", "remediation_not_found"),
+    ("DELETE", "throttles/{}", None, "throttle_id", "throttle_not_found"),
+    ("POST", "abuse-reports/{}/triage", {"outcome": "confirmed"}, "report_id", "not_found"),
+    ("POST", "appeals/{}/decide", {"outcome": "upheld"}, "appeal_id", "appeal_not_found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "unknown"), ID_ROUTES, ids=[r[3] for r in ID_ROUTES]
+)
+def test_an_id_in_an_account_commands_path_has_1_to_128_characters(
+    system: Container,
+    client: TestClient,
+    as_role: Any,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    field: str,
+    unknown: str,
+) -> None:
+    """An id of 1 or 128 characters is looked up (an unknown one is a 404); 129 is a 422."""
+    operator = as_role(Role.OPERATOR)
+    for length in (1, 128):
+        url = "/v1/accounts/acct_id/" + path.format("v" * length)
+        response = client.request(method, url, json=body, headers=operator)
+        assert response.status_code == 404, (length, response.text)
+        assert response.json()["error"]["code"] == unknown
+    url = "/v1/accounts/acct_id/" + path.format("v" * 129)
+    response = client.request(method, url, json=body, headers=operator)
+    assert [d["field"] for d in details(response)] == [f"path.{field}"]
+    assert system.store.head("acct_id").version == 0
 
 
 @pytest.mark.parametrize(
@@ -666,6 +716,36 @@ def test_a_lone_surrogate_is_a_422_not_a_500(
     assert system.store.head("acct_u").version == 0
 
 
+def test_a_batch_with_an_unknown_field_is_refused_whole(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """The batch's own object is as strict as every body: an unknown field (a misspelt
+    ``violations``, say) is a 422 for the whole batch, not items silently dropped."""
+    item = {"account_id": "acct_u", "category": "spam"}
+    response = client.post(
+        "/v1/violations:batch",
+        json={"violations": [item], "violation": [item]},
+        headers=as_role(Role.REPORTER),
+    )
+    assert [d["field"] for d in details(response)] == ["violation"]
+    assert system.store.head("acct_u").version == 0
+
+
+def test_a_batch_item_that_is_no_object_fails_alone_as_the_item(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """Its error names no field of it (there is none) but the ``item`` itself."""
+    response = client.post(
+        "/v1/violations:batch",
+        json={"violations": [42, {"account_id": "acct_u", "category": "spam"}]},
+        headers=as_role(Role.REPORTER),
+    )
+    assert response.status_code == 200, response.text
+    first, second = response.json()["results"]
+    assert (first["status"], first["account_id"], second["status"]) == (422, None, 201)
+    assert [d["field"] for d in first["error"]["details"]] == ["item"]
+
+
 def test_a_batch_item_with_a_lone_surrogate_fails_alone_and_is_not_echoed(
     system: Container, client: TestClient, as_role: Any
 ) -> None:
@@ -685,6 +765,8 @@ def test_a_batch_item_with_a_lone_surrogate_fails_alone_and_is_not_echoed(
     assert [r["status"] for r in results] == [422, 422, 422, 201]
     assert [r["account_id"] for r in results] == ["acct_u", None, None, "acct_u"]
     assert results[0]["error"]["details"][0]["field"] == "category"
+    errors = [(r["violation_id"], r["error"]["code"], r["error"]["message"]) for r in results[:3]]
+    assert errors == [(None, "validation_failed", "The item has invalid fields.")] * 3
     assert system.store.head("acct_u").version == len(results[3]["events"])
 
 
@@ -732,10 +814,34 @@ def test_a_batch_idempotency_key_makes_a_retried_batch_replay_what_it_recorded(
     assert [r["status"] for r in batch([one], header="batch-8")] == [201]  # another batch
 
     reused = batch([{**own, "category": "phishing"}])  # its own key, another item
-    assert reused[0]["status"] == 409
-    assert reused[0]["error"]["message"] == (
-        "This item's idempotency_key was already used with a different item."
+    message = "This item's idempotency_key was already used with a different item."
+    assert reused == [
+        {
+            "violation_id": None,
+            "account_id": "acct_b4",
+            "status": 409,
+            "error": {"code": "idempotency_key_reused", "message": message, "details": None},
+        }
+    ]
+
+
+def test_identical_batch_items_are_keyed_by_their_count_as_earlier_versions_keyed_them(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """The n-th of identical items under a batch's header has the key of occurrence n (0, 1,
+    …): a batch retried after an upgrade must find the keys an earlier version recorded."""
+    item = {"account_id": "acct_n", "category": "spam"}
+    response = client.post(
+        "/v1/violations:batch",
+        json={"violations": [item, item]},
+        headers={**as_role(Role.REPORTER), "Idempotency-Key": "batch-n"},
     )
+    assert [r["status"] for r in response.json()["results"]] == [201, 201], response.text
+    with system.engine.connect() as conn:
+        rows = conn.execute(sa.select(idempotency_keys.c.key, idempotency_keys.c.fingerprint))
+        keys = {key: fingerprint for key, fingerprint in rows}
+    [fingerprint] = set(keys.values())
+    assert set(keys) == {batch_item_key("batch-n", fingerprint, n) for n in (0, 1)}
 
 
 def test_a_large_batch_answer_is_streamed_and_a_small_one_sent_whole(
