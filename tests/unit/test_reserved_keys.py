@@ -4,6 +4,8 @@ them, is reserved; a key that only looks alike is the caller's."""
 
 from __future__ import annotations
 
+from hashlib import sha256
+
 import pytest
 
 from enforcement.api.routes.reporting import batch_item_key
@@ -55,3 +57,11 @@ def test_the_notice_keys_keep_the_shape_the_log_holds() -> None:
     assert delivered_key(NOTICE, "email") == f"notice-delivered:{NOTICE}:email"
     assert failed_key(NOTICE, "webhook", 3) == f"notice-failed:{NOTICE}:webhook:3"
     assert undeliverable_key(NOTICE) == f"notice-undeliverable:{NOTICE}"
+
+
+def test_a_batch_items_key_keeps_the_shape_the_log_holds() -> None:
+    """A batch retried under its header after an upgrade must find the keys an earlier version
+    recorded for its items: the key is the hash of the compact JSON of header, fingerprint and
+    occurrence, however the header is written (non-ASCII escaped)."""
+    text = '["h\\u00e9ader","' + "f" * 64 + '",2]'
+    assert batch_item_key("héader", "f" * 64, 2) == "batch:" + sha256(text.encode()).hexdigest()
