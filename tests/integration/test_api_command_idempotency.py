@@ -315,6 +315,11 @@ def test_an_abuse_report_sent_again_with_its_key_is_filed_once(
         assert response.status_code == 202, response.text
     assert system.service.standing(ACCOUNT).open_abuse_reports == 3
 
+    bare = {"reported_account_id": ACCOUNT, "category": "spam"}  # no description: an empty one
+    assert client.post("/v1/abuse-reports", json=bare, headers=unkeyed).status_code == 202
+    received = [e for e in system.store.iter_stream(ACCOUNT) if e.type == "AbuseReportReceived"]
+    assert [e.data["description"] for e in received] == ["spam"] * 3 + [""]
+
 
 THREADS = 8
 
