@@ -29,7 +29,7 @@ from enforcement.bootstrap import Container, bootstrap
 from enforcement.notices.delivery import Contact, NoticeDelivery, hold_seconds
 from enforcement.notices.email import EmailSender
 from enforcement.notices.guard import DeliveryGuard, LocalGuard, RedisGuard
-from enforcement.notices.webhook import WebhookSender
+from enforcement.notices.webhook import WebhookRefused, WebhookSender
 from enforcement.redis_client import bounded_client
 from enforcement.settings import Settings
 from enforcement.workers import runtime
@@ -184,6 +184,28 @@ def test_a_copy_that_waited_for_a_failed_one_sends(
             "NoticeDeliveryFailed",
             "NoticeDelivered",
         ]
+    finally:
+        receiver.close()
+
+
+def test_copies_of_two_notices_at_once_do_not_wait_for_each_other(
+    container: Container, tmp_path: Path
+) -> None:
+    # Given a webhook receiver that holds the first POST, and two accounts' notices to it
+    receiver = Receiver(hold_first=True)
+    try:
+        first, second = (webhook_notice(container, receiver, f"acct_{n}") for n in (1, 2))
+        both = delivery(container, tmp_path, None)  # the embedded mode's guard
+
+        # When the first notice's POST is held
+        one = Copy.start(both, first)
+        wait_until(lambda: receiver.for_event(first), "the first notice's POST")
+
+        # Then the second notice goes out meanwhile: the guard is each notice's own
+        assert Copy.start(both, second).result() == "delivered"
+        receiver.release()
+        assert one.result() == "delivered"
+        assert [len(receiver.for_event(n)) for n in (first, second)] == [1, 1]
     finally:
         receiver.close()
 
@@ -600,6 +622,32 @@ def test_an_outcome_is_recorded_by_the_notices_worker_and_one_that_cannot_be_fai
         receiver.close()
 
 
+def test_a_long_error_is_recorded_cut_to_its_first_500_characters(
+    container: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a notice to a webhook whose sender refuses it with a long message
+    receiver = Receiver()
+    try:
+        notice = webhook_notice(container, receiver)
+        sends = delivery(container, tmp_path, None)
+        said = "".join(f"{n:04d}" for n in range(200))  # 800 characters, each place distinct
+
+        def refusing(*args: object, **kwargs: object) -> None:
+            raise WebhookRefused(said)
+
+        monkeypatch.setattr(sends.webhook, "send", refusing)
+
+        # When it is attempted
+        assert sends.attempt(notice, "webhook", 1, final=False) == "refused"
+
+        # Then its final failure holds the error's first 500 characters
+        [failed] = outcomes_of(container.store, notice)
+        assert (failed.data["final"], failed.data["error"]) == (True, said[:500])
+        assert receiver.requests == []
+    finally:
+        receiver.close()
+
+
 def test_a_notice_that_failed_for_good_by_mail_is_not_recorded_undeliverable_later(
     container: Container, tmp_path: Path
 ) -> None:
@@ -674,6 +722,29 @@ def test_a_notice_goes_out_on_each_channel_with_a_target_and_by_mail_without_one
     assert sends.attempt(notice.event_id, "email", 1, final=False) == "undeliverable"
     [undeliverable] = outcomes_of(container.store, notice.event_id)
     assert (undeliverable.data["channel"], undeliverable.data["final"]) == ("none", True)
+
+    # once: a message for it again records nothing more, and another such notice its own
+    assert sends.attempt(notice.event_id, "email", 1, final=False) == "undeliverable"
+    assert outcomes_of(container.store, notice.event_id) == [undeliverable]
+    [other] = [e for e in report(container, "acct_2").events if e.type == "NoticeIssued"]
+    assert sends.attempt(other.event_id, "email", 1, final=False) == "undeliverable"
+    assert [e.data["channel"] for e in outcomes_of(container.store, other.event_id)] == ["none"]
+
+
+def test_a_notices_contact_is_read_on_either_database(database_url: str, tmp_path: Path) -> None:
+    # Given an account with both targets, one with a webhook only, and one never set
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        set_contact(system.engine, "acct_1", email="a@customer.test", webhook_url="https://h.test/")
+        set_contact(system.engine, "acct_2", webhook_url="https://h.test/2")
+        sends = delivery(system, tmp_path, None)
+
+        # Then a delivery reads each account's own targets, and none for the third
+        assert sends.contact("acct_1") == Contact("a@customer.test", "https://h.test/")
+        assert sends.contact("acct_2") == Contact(None, "https://h.test/2")
+        assert sends.contact("acct_3") == Contact(None, None)
+    finally:
+        system.close()
 
 
 WEBHOOKS_REFUSED = (
