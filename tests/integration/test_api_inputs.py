@@ -25,6 +25,7 @@ from enforcement.cli import time_option
 from enforcement.roles import Role
 from enforcement.tables import contacts
 from enforcement.tokens import Principal, create_token
+from events import StoreError
 from events.schema import idempotency_keys
 
 
@@ -744,6 +745,39 @@ def test_a_batch_item_that_is_no_object_fails_alone_as_the_item(
     first, second = response.json()["results"]
     assert (first["status"], first["account_id"], second["status"]) == (422, None, 201)
     assert [d["field"] for d in first["error"]["details"]] == ["item"]
+
+
+def test_a_batch_item_that_fails_in_the_store_answers_its_own_error(
+    system: Container, client: TestClient, as_role: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item the store fails on is answered with that failure's code and sentence (not an
+    idempotency key's), the items around it recorded."""
+    append = system.store.append
+
+    def failing(account_id: str, *args: Any, **kwargs: Any) -> Any:
+        if account_id == "acct_f2":
+            raise StoreError("disk on fire")
+        return append(account_id, *args, **kwargs)
+
+    monkeypatch.setattr(system.store, "append", failing)
+    items = [{"account_id": f"acct_f{n}", "category": "spam"} for n in (1, 2, 3)]
+    items[1]["idempotency_key"] = "key-f2"  # keyed: recorded alone, not with the first items
+    response = client.post(
+        "/v1/violations:batch", json={"violations": items}, headers=as_role(Role.REPORTER)
+    )
+    assert response.status_code == 200, response.text
+    first, failed, third = response.json()["results"]
+    assert (first["status"], third["status"]) == (201, 201)
+    assert failed == {
+        "violation_id": None,
+        "account_id": "acct_f2",
+        "status": 500,
+        "error": {
+            "code": "internal_error",
+            "message": "The event store failed on this item; it was not recorded.",
+            "details": None,
+        },
+    }
 
 
 def test_a_batch_item_with_a_lone_surrogate_fails_alone_and_is_not_echoed(
