@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.migrations import upgrade
 from enforcement.workers import runtime
-from enforcement.workers.leader import LEADER_LOCK_KEY, LeaderLock
+from enforcement.workers.leader import LEADER_LOCK_KEY, LeaderLock, watch_leader
 from enforcement.workers.runtime import start_runtime
 from tests.conftest import pg_admin_url
 from tests.pgbouncer import PgBouncer
@@ -65,7 +66,14 @@ def test_a_process_that_finds_the_lead_taken_does_not_lead(
             looks.append((self.container, held))
             return held
 
+    watched: list[Container] = []
+
+    def watching(leader: Looked, *args: Any) -> None:
+        watched.append(leader.container)
+        watch_leader(leader, *args)
+
     monkeypatch.setattr(runtime, "LeaderLock", Looked)
+    monkeypatch.setattr(runtime, "watch_leader", watching)
     caplog.set_level(logging.INFO, logger="enforcement.workers")
     first, second = (bootstrap(fast_settings(sqlite_db, tmp_path)) for _ in range(2))
     try:
@@ -81,8 +89,64 @@ def test_a_process_that_finds_the_lead_taken_does_not_lead(
         first.close()
         second.close()
     assert (second, True) not in looks
+    # Nor does it relay as a leader would (its helpers and the relay not started) ...
+    assert watched == [first]
+    # ... and it looks again only after a pause, not in a loop: once, then stopped.
+    assert looks.count((second, False)) == 1
     leads = "this process leads the relay and the deadline sweep"
     assert caplog.messages.count(leads) == 1
+
+
+def test_a_leader_that_lost_its_lock_relays_no_further_page(
+    sqlite_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The relay asks whether it still leads before it sends a page: one lost between two of
+    the watch's looks (every few seconds) sends nothing more, as another process may lead."""
+    lost = threading.Event()
+
+    class Losable(LeaderLock):
+        def acquire(self) -> bool:
+            return not lost.is_set() and super().acquire()
+
+        def holds(self) -> bool:
+            return not lost.is_set() and super().holds()
+
+    def stop_watch_only(
+        leader: LeaderLock, stop: threading.Event, stepping_down: threading.Event
+    ) -> None:
+        """The watch without its looks at the lock: the relay's own question alone."""
+        while not stepping_down.wait(0.05) and not stop.is_set():
+            pass
+        stepping_down.set()
+
+    monkeypatch.setattr(runtime, "LeaderLock", Losable)
+    monkeypatch.setattr(runtime, "watch_leader", stop_watch_only)
+    caplog.set_level(logging.INFO, logger="enforcement.workers")
+    container = bootstrap(fast_settings(sqlite_db, tmp_path))
+    stepped_down = "the relay's leader lock was lost; stepping down"
+    try:
+        actors, stop = start_runtime(container, consumers=False, relay=True)
+        queues = actors.broker.queues.values()
+        try:
+            wait_until(
+                lambda: "this process leads the relay and the deadline sweep" in caplog.messages,
+                "the process to lead",
+            )
+            lost.set()
+            report(container, "acct_1")
+            wait_until(
+                lambda: stepped_down in caplog.messages or any(q.qsize() for q in queues),
+                "the relay to step down or to send",
+            )
+        finally:
+            stop()
+    finally:
+        container.close()
+    assert [q.qsize() for q in queues if q.qsize()] == []
+    assert caplog.messages.count(stepped_down) == 1
 
 
 def leader_session(direct: sa.Engine) -> tuple[object, object, str] | None:
