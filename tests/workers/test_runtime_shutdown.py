@@ -10,12 +10,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import dramatiq
 import pytest
 import redis
 import sqlalchemy as sa
+from dramatiq.worker import WorkerThread
 
-from enforcement.bootstrap import bootstrap
+from enforcement.bootstrap import Container, bootstrap
 from enforcement.workers import redis_watch, runtime
+from enforcement.workers.actors import Actors
 from enforcement.workers.redis_watch import RedisWatch
 from enforcement.workers.runtime import start_runtime
 from tests.conftest import pg_admin_url
@@ -158,6 +161,53 @@ def test_a_helper_busy_at_the_stop_keeps_its_redis_clients_and_database_pool_unt
         f"the relay thread still runs {told}; "
         "closing the Redis clients and the database pool waits for it",
     ]
+
+
+def test_a_message_still_running_at_the_stop_keeps_the_broker_and_the_pool_until_it_ends(
+    sqlite_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Dramatiq worker thread still busy when the stop's wait ends (a slow delivery) is
+    waited for as the relay's threads are: logged, and the broker and the container's engine
+    and gates closed once it has ended."""
+    monkeypatch.setattr(runtime, "THREADS_STOP_SECONDS", 0.2)
+    running_one, go_on = threading.Event(), threading.Event()
+    build_actors = runtime.build_actors
+
+    def with_a_slow_actor(container: Container) -> Actors:
+        actors = build_actors(container)
+
+        def slow() -> None:
+            running_one.set()
+            go_on.wait()
+
+        dramatiq.actor(broker=actors.broker, actor_name="slow")(slow)
+        return actors
+
+    monkeypatch.setattr(runtime, "build_actors", with_a_slow_actor)
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    container = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        actors, stop = start_runtime(container, consumers=True, relay=False)
+        try:
+            actors.broker.get_actor("slow").send()
+            wait_until(running_one.is_set, "the slow message to run")
+        finally:
+            stop()
+        [busy] = [t for t in container.users if isinstance(t, WorkerThread)]
+        assert busy.is_alive()
+        assert (
+            f"the {busy.name} thread still runs 0.2 s after the workers were told to stop; "
+            "closing the Redis clients and the database pool waits for it"
+        ) in caplog.messages
+        assert running("closing-broker") == ["closing-broker"]  # waiting for it
+        go_on.set()
+        wait_until(lambda: not running("closing-broker"), "the broker closed")
+    finally:
+        go_on.set()
+        container.close()
 
 
 class Joined(threading.Thread):
