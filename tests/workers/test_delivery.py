@@ -335,6 +335,17 @@ def test_part_files_a_crash_left_are_swept_when_the_workers_start(
     for part in (crashed, writing):
         part.write_bytes(b"half a message")
     os.utime(crashed, (time.time() - 3600, time.time() - 3600))
+    # A process that writes no notice files leaves them: the relay's alone (``serve`` on Redis,
+    # the worker's own), and consumers that send by SMTP.
+    for smtp_url, consumers in ((None, False), ("smtp://127.0.0.1:1", True)):
+        container = bootstrap(dataclasses.replace(settings, smtp_url=smtp_url))
+        try:
+            _, stop = start_runtime(container, consumers=consumers, relay=not consumers)
+            stop()
+        finally:
+            container.close()
+        assert sorted(p.name for p in mail_dir.iterdir()) == sorted([crashed.name, writing.name])
+
     container = bootstrap(settings)
     try:
         _, stop = start_runtime(container, consumers=True, relay=True)
