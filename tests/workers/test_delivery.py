@@ -34,8 +34,10 @@ from enforcement.notices.email import EmailSender, build_message, file_bytes, sw
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookSender, account_key
 from enforcement.service import Actor
+from enforcement.workers import runtime
 from enforcement.workers.actors import QUEUE, Actors, register_actors
 from enforcement.workers.broker import make_broker
+from enforcement.workers.recovery import LostRetryScan
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, retry_lost_after, start_runtime
 from events import RecordedEvent
@@ -463,6 +465,30 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
     finally:
         system.close()
         receiver.close()
+
+
+def test_the_leader_looks_for_lost_retries_up_to_each_notices_last_attempt(
+    sqlite_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader's look for lost retries (``recovery.LostRetryScan``) reads a notice's failed
+    attempts up to its last one, the first try and its ``notice_retries`` retries: with fewer,
+    a failed attempt followed only after a gap (an attempt whose failure could not be recorded)
+    would be taken for one whose retry was lost, and sent again past its limit."""
+    scans: list[LostRetryScan] = []
+
+    class Kept(LostRetryScan):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            scans.append(self)
+
+    monkeypatch.setattr(runtime, "LostRetryScan", Kept)
+    container = bootstrap(fast_settings(sqlite_db, tmp_path, notice_retries=3))
+    try:
+        _, stop = start_runtime(container, consumers=False, relay=True)
+        stop()
+    finally:
+        container.close()
+    assert [scan.max_attempts for scan in scans] == [4]
 
 
 def test_a_notice_whose_every_try_failed_before_recording_anything_is_sent_again(
