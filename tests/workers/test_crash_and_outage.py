@@ -837,6 +837,25 @@ def test_a_worker_whose_consumer_died_stops_with_a_failure_status(
     assert json.loads(died)["level"] == "error"
 
 
+@POSTGRES_ONLY
+def test_a_worker_told_to_stop_stops_its_consumers_and_exits_0(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM to the worker alone (a supervisor that signals its main process only): it stops
+    its consumer processes itself and waits for them before it exits, with status 0 (a stop
+    asked for, not a failure); they do not find themselves orphaned."""
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        consumers = spawned(started_consumers(worker, settings))
+        worker.proc.send_signal(signal.SIGTERM)
+
+        assert worker.proc.wait(timeout=30) == 0
+        assert not any(alive(pid) for pid in consumers)  # joined before it exited
+    finally:
+        worker.stop()
+    assert "is gone; stopping" not in worker.output()
+
+
 def test_the_watch_gives_up_on_a_frozen_redis_within_its_timeout(
     redis_keeping_data: RedisServer,
 ) -> None:
