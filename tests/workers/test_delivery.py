@@ -423,7 +423,7 @@ def test_notices_come_from_the_address_the_deployment_sets(
 
 
 def test_a_retry_the_broker_could_not_take_is_sent_again(
-    sqlite_db: str, broker_url: str | None, tmp_path: Path
+    sqlite_db: str, broker_url: str | None, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Dramatiq queues a failed attempt's retry after the attempt; when the broker cannot take
     it (Redis away for a moment) it logs that and acknowledges the message, and the retry is
@@ -445,6 +445,7 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
         return enqueue(message, delay=delay)
 
     broker.enqueue = broker_away_for_the_first_retry  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
     try:
         system.contact("acct_lost_retry", webhook_url=receiver.url)
         outcome = system.report("acct_lost_retry", "spam")
@@ -459,6 +460,8 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
             ("NoticeDeliveryFailed", "webhook", 1, False),
             ("NoticeDelivered", "webhook", 2, None),
         ]
+        resent = "re-sent 1 notice deliveries whose retry or first message was lost"
+        wait_until(lambda: resent in caplog.messages, "the leader to say what it re-sent")
         # not before the longest retry wait and the margin had passed
         times = [r.at for r in receiver.for_event(notice.event_id)]
         assert times[1] - times[0] >= retry_lost_after(settings).total_seconds()
