@@ -34,6 +34,7 @@ from enforcement.notices.email import EmailSender, build_message, file_bytes, sw
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookSender, account_key
 from enforcement.service import Actor
+from enforcement.settings import Settings
 from enforcement.workers import runtime
 from enforcement.workers.actors import QUEUE, Actors, register_actors
 from enforcement.workers.broker import make_broker
@@ -468,6 +469,32 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
     finally:
         system.close()
         receiver.close()
+
+
+def test_by_default_a_retry_is_lost_10_minutes_after_the_longest_wait_looked_for_every_5(
+    sqlite_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 deadline sweeps after the longest wait between retries, looked for every 10 sweeps
+    (``runtime.LOST_RETRY_*_SWEEPS``): 10 and 5 minutes with the default 30 s sweep."""
+    defaults = Settings(database_url=sqlite_db)
+    longest = timedelta(milliseconds=defaults.notice_max_backoff_ms)
+    assert retry_lost_after(defaults) == longest + timedelta(minutes=10)
+    every: dict[str, float] = {}
+
+    def noted(stop: Any, every_seconds: float, job: Any, what: str) -> None:
+        every[what] = every_seconds
+
+    monkeypatch.setattr(runtime, "run_every", noted)
+    container = bootstrap(fast_settings(sqlite_db, tmp_path, sweep_seconds=30.0))
+    try:
+        _, stop = start_runtime(container, consumers=False, relay=True)
+        try:
+            wait_until(lambda: len(every) == 2, "the leader's periodic jobs")
+        finally:
+            stop()
+    finally:
+        container.close()
+    assert every == {"deadline sweep": 30.0, "re-sending lost notice retries": 300.0}
 
 
 def test_the_leader_looks_for_lost_retries_up_to_each_notices_last_attempt(
@@ -980,6 +1007,21 @@ def test_the_deadline_and_gate_actors_call_the_service_as_the_scheduler() -> Non
     assert applied == ["evt_3"]
     # without a gate (no ``gate_applier``) a gate event's message does nothing
     stub_actors(gate_applier=None).by_name["apply_gate_state"]("evt_3")
+
+
+def test_the_workers_gate_actor_applies_to_the_containers_gate(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """``build_actors`` gives the gate actor the container's ``gate_applier``: a consumer's
+    ``apply_gate_state`` message applies the decision to the gate the container built."""
+    container = bootstrap(fast_settings(sqlite_db, tmp_path))
+    applied: list[str] = []
+    container.extras["gate_applier"] = applied.append
+    try:
+        build_actors(container).by_name["apply_gate_state"].fn("evt_3")
+    finally:
+        container.close()
+    assert applied == ["evt_3"]
 
 
 def test_deliver_notice_passes_on_its_messages_retries_and_id(
