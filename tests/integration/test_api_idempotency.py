@@ -178,13 +178,26 @@ def _legacy_fingerprint(body: dict[str, Any]) -> str:
     )
 
 
+@pytest.mark.parametrize(
+    "written_out",
+    [
+        pytest.param({"detection": "automated"}, id="one-default"),
+        pytest.param({"detection": "automated", "evidence_ref": None}, id="two-defaults"),
+        pytest.param(DEFAULTS, id="every-default"),
+    ],
+)
 @pytest.mark.parametrize("retry_path", ["single", "batch"])
 def test_a_key_recorded_with_the_earlier_fingerprint_still_replays(
-    system: Container, client: TestClient, reporter: dict[str, str], retry_path: str
+    system: Container,
+    client: TestClient,
+    reporter: dict[str, str],
+    retry_path: str,
+    written_out: dict[str, Any],
 ) -> None:
     """A key whose record holds the fingerprint of the body as written (defaults written out
-    made another one) replays its body however it is written now, and refuses another."""
-    original = {**BASE, "detection": "automated", "evidence_ref": None}
+    made another one) replays its body however it is written now, and refuses another: one
+    default written out, some, or every one."""
+    original = {**BASE, **written_out}
     legacy = _legacy_fingerprint(original)
     canonical = ViolationIn.model_validate(original).model_dump(mode="json", exclude_defaults=True)
     assert legacy != request_fingerprint(canonical)  # the record is of the earlier kind

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -135,6 +136,34 @@ def test_a_violation_before_1970_is_refused_and_an_early_as_of_is_no_error(
         assert (early.json()["version"], early.json()["strikes"]) == (0, 0)
         # CONTRACT.md: times are RFC 3339, whose years have four digits ("0001", not "1").
         assert early.json()["as_of"] == as_of.replace("Z", ".000000Z")
+
+
+def test_a_violation_more_than_5_minutes_ahead_is_refused_and_one_5_minutes_ahead_is_not(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    """CONTRACT.md: ``occurred_at`` may be up to 5 minutes ahead of the service's clock (the
+    reporter's clock may run a little fast); a moment later is refused, and nothing written."""
+    reporter = as_role(Role.REPORTER)
+    edge = system.clock() + timedelta(minutes=5)
+    violation = {"account_id": "acct_ahead", "category": "spam"}
+    ahead = client.post(
+        "/v1/violations",
+        json={**violation, "occurred_at": (edge + timedelta(microseconds=1)).isoformat()},
+        headers=reporter,
+    )
+    assert ahead.status_code == 422, ahead.text
+    assert ahead.json()["error"] == {
+        "code": "validation_failed",
+        "message": "The occurred_at time is more than 5 minutes in the future.",
+        "details": [{"field": "occurred_at", "message": "more than 5 minutes in the future"}],
+    }
+    assert system.store.head("acct_ahead").version == 0
+    in_another_offset = edge.astimezone(timezone(timedelta(hours=-3))).isoformat()
+    recorded = client.post(
+        "/v1/violations", json={**violation, "occurred_at": in_another_offset}, headers=reporter
+    )
+    assert recorded.status_code == 201, recorded.text
+    assert system.store.head("acct_ahead").version > 0
 
 
 def test_a_time_out_of_range_in_utc_is_refused_not_a_500(
