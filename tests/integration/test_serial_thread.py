@@ -9,13 +9,15 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from enforcement.api.serial_thread import SerialThread
+from enforcement.api.serial_thread import _POLL_S, SerialThread
 
 request = contextvars.ContextVar("request", default="none")
 
@@ -166,15 +168,68 @@ def test_a_job_raising_stopiteration_is_answered_with_a_runtime_error() -> None:
     # A future refuses StopIteration: it would never be settled, and its caller would wait
     # forever. AnyIO answers RuntimeError; so does this.
     worker = SerialThread("serial-stop")
+    stopped = StopIteration("done")
 
     def stop() -> None:
-        raise StopIteration
+        raise stopped
 
     async def main() -> None:
-        with pytest.raises(RuntimeError, match="StopIteration"):
+        with pytest.raises(RuntimeError, match="StopIteration") as raised:
             await asyncio.wait_for(worker.run(stop), 5)
+        assert raised.value.__cause__ is stopped  # the job's own exception, for its traceback
 
     asyncio.run(main())
+
+
+def test_a_thread_idle_for_less_than_idle_s_is_kept_while_its_loop_runs() -> None:
+    worker = SerialThread("serial-kept")  # idle_s at its default, 30 s
+
+    async def main() -> tuple[threading.Thread, threading.Thread]:
+        first = await worker.run(threading.current_thread)
+        # Longer than the thread's poll: it has looked at its loop and its idle time meanwhile.
+        await asyncio.sleep(2 * _POLL_S)
+        return first, await asyncio.wait_for(worker.run(threading.current_thread), 5)
+
+    first, second = asyncio.run(main())
+    assert first is second
+
+
+def test_the_thread_keeps_no_reference_to_a_finished_job() -> None:
+    """A job's arguments (a report, a drain's items) are let go when it ends, not kept until
+    the next job or the thread's end."""
+    worker = SerialThread("serial-forgets", idle_s=600)
+
+    class Payload:
+        pass
+
+    async def main() -> None:
+        payload = Payload()
+        gone = weakref.ref(payload)
+        assert await worker.run(id, payload) == id(payload)
+        del payload
+        assert await asyncio.to_thread(_wait_until, lambda: gone() is None)
+
+    asyncio.run(main())
+
+
+def test_a_future_cancelled_before_its_job_ends_is_left_cancelled() -> None:
+    """``submit``'s caller may cancel its future: the job's outcome then settles nothing (no
+    ``InvalidStateError`` in the event loop's callback)."""
+    worker = SerialThread("serial-cancelled-future")
+    release = threading.Event()
+
+    async def main() -> list[dict[str, Any]]:
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        future = worker.submit(release.wait, 5)
+        future.cancel()
+        release.set()
+        # Settled after the cancelled job's outcome was handed to the loop.
+        assert await asyncio.wait_for(worker.run(lambda: "next"), 5) == "next"
+        assert future.cancelled()
+        return errors
+
+    assert asyncio.run(main()) == []
 
 
 def test_a_thread_that_cannot_start_strands_no_job(monkeypatch: pytest.MonkeyPatch) -> None:
