@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from dramatiq.worker import WorkerThread
 
 from enforcement.bootstrap import Container, bootstrap
+from enforcement.closing import close_once_ended
 from enforcement.workers import redis_watch, runtime
 from enforcement.workers.actors import Actors
 from enforcement.workers.redis_watch import RedisWatch
@@ -203,8 +204,12 @@ def test_a_message_still_running_at_the_stop_keeps_the_broker_and_the_pool_until
             "closing the Redis clients and the database pool waits for it"
         ) in caplog.messages
         assert running("closing-broker") == ["closing-broker"]  # waiting for it
+        container.close()
+        assert running("closing-container") == ["closing-container"]  # waiting for it too
         go_on.set()
-        wait_until(lambda: not running("closing-broker"), "the broker closed")
+        wait_until(
+            lambda: not running("closing-broker", "closing-container"), "the broker and pool closed"
+        )
     finally:
         go_on.set()
         container.close()
@@ -238,3 +243,34 @@ def test_a_stop_waits_for_its_threads_up_to_its_bound_in_all() -> None:
     finally:
         go_on.set()
     assert runtime.join_within([busy, ended], 10.0) == []
+
+
+def test_closing_is_at_once_when_no_thread_runs_else_from_a_daemon_thread_after_them() -> None:
+    """``close_once_ended``: with every thread ended, the caller closes, once; with one still
+    running, a daemon thread of the given name closes once it has ended (a thread that is not
+    a daemon would keep the process alive at exit behind a thread that never ends)."""
+    closed: list[str] = []
+
+    def close() -> None:
+        closed.append(threading.current_thread().name)
+
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    close_once_ended([ended], close, "closing-test")
+    wait_until(lambda: not running("closing-test"), "no closing thread")
+    assert closed == [threading.current_thread().name]
+
+    closed.clear()
+    go_on = threading.Event()
+    busy = threading.Thread(target=go_on.wait, daemon=True)
+    busy.start()
+    try:
+        close_once_ended([ended, busy], close, "closing-test")
+        [closer] = [t for t in threading.enumerate() if t.name == "closing-test"]
+        assert closer.daemon
+        assert closed == []  # not while the busy thread runs
+    finally:
+        go_on.set()
+    closer.join()
+    assert closed == ["closing-test"]
