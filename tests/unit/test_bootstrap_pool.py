@@ -14,5 +14,8 @@ def test_only_a_file_database_gets_the_pool_options() -> None:
         "max_overflow": 40,
     }
     assert engine_options(Settings(database_url="sqlite://")) == {}
+    assert engine_options(Settings(database_url="sqlite:///")) == {}
     assert engine_options(Settings(database_url="sqlite:///:memory:")) == {}
+    shared = "sqlite:///file:shared?mode=memory&cache=shared&uri=true"  # a named memory database
+    assert engine_options(Settings(database_url=shared)) == {}
     assert engine_options(Settings(database_url="postgresql+psycopg://u@h/db")) == {}
