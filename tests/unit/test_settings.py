@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import FrozenInstanceError
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from enforcement.bootstrap import bootstrap
 from enforcement.notices import email
 from enforcement.notices.email import EmailSender
 from enforcement.settings import Settings, SettingsError
@@ -277,10 +279,18 @@ def test_a_number_setting_that_is_not_a_positive_whole_number_is_refused(
 
 
 def test_the_settings_are_read_from_the_process_environment(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("ENFORCEMENT_DEFAULT_RPM", "42")
     assert Settings.from_env().default_rpm == 42
+    # ``bootstrap()`` without settings (``serve``, ``worker``, the CLI) reads them there too
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    container = bootstrap()
+    try:
+        assert container.settings == Settings.from_env()
+        assert container.settings.default_rpm == 42
+    finally:
+        container.close()
 
 
 def test_settings_made_in_code_have_the_environments_defaults_and_never_change() -> None:
