@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from silent_support import admin_client, timed
 from test_service_support import FakeClock
 
+from enforcement.bootstrap import bootstrap
 from enforcement.migrations import upgrade
 from enforcement.settings import Settings
 from events import EventStore, create_engine
@@ -187,6 +188,18 @@ def test_a_silent_server_fails_a_statement_and_the_engine_connects_again_after(
             assert conn.exec_driver_sql("SELECT 2").scalar() == 2
     finally:
         engine.dispose()
+
+
+def test_the_settings_bound_is_the_one_the_applications_connections_get(pg_url: str) -> None:
+    """``ENFORCEMENT_DATABASE_TIMEOUT_MS`` reaches the engine ``bootstrap`` builds, in seconds."""
+    container = bootstrap(Settings(database_url=pg_url, database_timeout_ms=2500))
+    try:
+        with container.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            assert driver.answer_timeout == 2.5
+    finally:
+        container.close()
 
 
 def test_the_bound_is_on_any_wait_a_statement_running_longer_fails_too(pg_url: str) -> None:
