@@ -148,6 +148,7 @@ def test_a_python_gateways_check_raises_sustained_abuse_as_the_route_does(
     count = system.policy.sustained_abuse_denials.count
     decisions = [system.gate_check("acct_4", "key_1") for _ in range(count + 1)]
     assert decisions[0].allowed
+    assert decisions[0].remaining_tokens == 1000  # a check without tokens counts none
     assert [d.reason for d in decisions[1:]] == ["rate_limited"] * count
     state = system.standings.load("acct_4")
     assert [t.reason for t in active_throttles(state, system.clock())] == ["sustained_abuse"]
