@@ -5,6 +5,8 @@ unread when its timer fires (as after a freeze), and close it otherwise."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import resource
 import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -14,12 +16,14 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from enforcement.api.keep_alive import HTTP_PROTOCOL, H11KeepAlive
+from enforcement.api.keep_alive import HTTP_PROTOCOL, H11KeepAlive, _readable
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 PROTOCOLS = [H11KeepAlive, HTTP_PROTOCOL]
 # uvicorn runs uvloop's event loop when installed (as it is where serve runs), else asyncio's.
 LOOPS = ["asyncio", "uvloop"]
+# The first descriptor number ``select`` cannot watch (glibc's FD_SETSIZE).
+FD_SETSIZE = 1024
 T = TypeVar("T")
 
 
@@ -43,12 +47,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def answered_connection(
-    protocol_class: type[asyncio.Protocol],
+    protocol_class: type[asyncio.Protocol], lowest_fd: int = 0
 ) -> tuple[Any, asyncio.Transport, socket.socket]:
     """A connection served by ``protocol_class`` that answered one request and is now idle
-    (its keep-alive timer armed): the protocol, its transport, the client's socket."""
+    (its keep-alive timer armed): the protocol, its transport, the client's socket. The
+    server's socket is numbered ``lowest_fd`` or above."""
     config = Config(app=app, timeout_keep_alive=60, log_config=None, lifespan="off")
     server_side, client = socket.socketpair()
+    if lowest_fd:
+        with server_side:
+            server_side = socket.socket(
+                fileno=fcntl.fcntl(server_side.fileno(), fcntl.F_DUPFD, lowest_fd)
+            )
     client.setblocking(False)
     loop = asyncio.get_running_loop()
     state = ServerState()
@@ -78,11 +88,13 @@ async def answer(client: socket.socket) -> bytes:
     return received
 
 
-async def timer_falls_due(protocol_class: type[asyncio.Protocol], waiting: bytes) -> bytes:
+async def timer_falls_due(
+    protocol_class: type[asyncio.Protocol], waiting: bytes, lowest_fd: int = 0
+) -> bytes:
     """What the client of an idle connection gets when its keep-alive timer falls due with
     ``waiting`` sent, unread (nothing is awaited in between: the loop reads no socket before
     the timer runs, as after a freeze)."""
-    protocol, _, client = await answered_connection(protocol_class)
+    protocol, _, client = await answered_connection(protocol_class, lowest_fd)
     with client:
         if waiting:
             client.send(waiting)
@@ -104,6 +116,41 @@ def test_an_idle_connection_is_closed_when_the_keep_alive_falls_due(
     protocol_class: type[asyncio.Protocol], loop_name: str
 ) -> None:
     assert run(timer_falls_due(protocol_class, b""), loop_name) == b""
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("protocol_class", PROTOCOLS, ids=lambda c: c.__name__)
+def test_a_spared_connection_gets_its_keep_alive_timer_again(
+    protocol_class: type[asyncio.Protocol], loop_name: str
+) -> None:
+    """Else a connection spared for bytes that never become a request is never closed."""
+
+    async def scenario() -> bool:
+        protocol, _, client = await answered_connection(protocol_class)
+        with client:
+            client.send(REQUEST[:5])
+            armed = protocol.timeout_keep_alive_task
+            protocol.timeout_keep_alive_handler()
+            again = protocol.timeout_keep_alive_task
+            return again is not None and again is not armed and not again.cancelled()
+
+    assert run(scenario(), loop_name)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_connection_numbered_past_what_select_can_watch_is_spared_too(loop_name: str) -> None:
+    """A server with more than a thousand connections open: ``select`` refuses their numbers."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= FD_SETSIZE:
+        pytest.skip("this process may not open a descriptor numbered past FD_SETSIZE")
+    answered = run(timer_falls_due(HTTP_PROTOCOL, REQUEST, lowest_fd=FD_SETSIZE), loop_name)
+    assert answered.startswith(b"HTTP/1.1 200")
+
+
+def test_a_closed_socket_has_nothing_to_read() -> None:
+    """Its number is then -1 (closed meanwhile), which ``poll`` would refuse."""
+    closed = socket.socket()
+    closed.close()
+    assert _readable(closed.fileno()) is False
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
