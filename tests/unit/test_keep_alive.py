@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import resource
 import socket
 from collections.abc import Coroutine
@@ -151,6 +152,22 @@ def test_a_closed_socket_has_nothing_to_read() -> None:
     closed = socket.socket()
     closed.close()
     assert _readable(closed.fileno()) is False
+
+
+def test_a_socket_numbered_0_is_watched_like_any_other() -> None:
+    """As a connection's is when the server started with its standard input closed."""
+    server_side, client = socket.socketpair()
+    stdin = os.dup(0)
+    with server_side, client:
+        os.dup2(server_side.fileno(), 0)
+        try:
+            idle = _readable(0)
+            client.send(REQUEST)
+            waiting = _readable(0)
+        finally:
+            os.dup2(stdin, 0)
+            os.close(stdin)
+    assert (idle, waiting) == (False, True)
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
