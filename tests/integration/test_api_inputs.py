@@ -79,6 +79,17 @@ def test_a_time_without_an_offset_is_refused_and_nothing_is_written(
         headers=operator,
     )
     assert [d["field"] for d in details(expires)] == ["expires_at"]
+    as_of = client.get(
+        "/v1/accounts/acct_t/standing",
+        params={"as_of": "2026-01-01T00:00:00"},
+        headers=as_role(Role.AUDITOR),
+    )
+    assert as_of.status_code == 422, as_of.text
+    assert as_of.json()["error"] == {
+        "code": "validation_failed",
+        "message": "The as_of parameter is not an RFC 3339 time with a UTC offset.",
+        "details": [{"field": "as_of", "message": "expected e.g. 2026-11-24T10:00:00Z"}],
+    }
     assert system.store.head("acct_t").version == 0
 
     for stamp in ("2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00"):
