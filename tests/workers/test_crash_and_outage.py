@@ -856,6 +856,26 @@ def test_a_worker_told_to_stop_stops_its_consumers_and_exits_0(
     assert "is gone; stopping" not in worker.output()
 
 
+@POSTGRES_ONLY
+def test_a_worker_interrupted_by_ctrl_c_stops_its_consumers_quietly_and_exits_0(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Ctrl-C in a terminal signals the whole process group: each consumer process stops as it
+    does when the worker terminates it (no KeyboardInterrupt traceback from it), and the worker,
+    which sees its consumers end because a stop was asked for, not because one died, exits 0."""
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        consumers = spawned(started_consumers(worker, settings))
+        os.killpg(worker.proc.pid, signal.SIGINT)
+
+        assert worker.proc.wait(timeout=30) == 0
+        assert not any(alive(pid) for pid in consumers)
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.output()
+    assert "consumer process died" not in worker.output()
+
+
 def test_the_watch_gives_up_on_a_frozen_redis_within_its_timeout(
     redis_keeping_data: RedisServer,
 ) -> None:
