@@ -876,6 +876,22 @@ def test_a_worker_interrupted_by_ctrl_c_stops_its_consumers_quietly_and_exits_0(
     assert "consumer process died" not in worker.output()
 
 
+@POSTGRES_ONLY
+def test_a_worker_without_a_webhook_secret_says_so_once_for_each_consumer_process(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Only the processes that deliver notices warn that webhooks are refused: each consumer
+    process, not the worker's own (the relay and the sweep), which consumes nothing."""
+    worker = WorkerProcess(replace(settings, webhook_secret=None), tmp_path / "worker.log")
+    try:
+        started_consumers(worker, settings)
+        wait_until(lambda: "leads the relay" in worker.output(), "the worker to lead the relay")
+    finally:
+        worker.stop()
+    refused = [line for line in worker.output().splitlines() if "WEBHOOK_SECRET is unset" in line]
+    assert len(refused) == settings.worker_processes
+
+
 def test_the_watch_gives_up_on_a_frozen_redis_within_its_timeout(
     redis_keeping_data: RedisServer,
 ) -> None:
