@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.testclient import TestClient
+from test_service_support import fail_appending
 
 from enforcement.api import responses
 from enforcement.api.app import create_app
@@ -792,14 +793,7 @@ def test_a_batch_item_that_fails_in_the_store_answers_its_own_error(
 ) -> None:
     """An item the store fails on is answered with that failure's code and sentence (not an
     idempotency key's), the items around it recorded."""
-    append = system.store.append
-
-    def failing(account_id: str, *args: Any, **kwargs: Any) -> Any:
-        if account_id == "acct_f2":
-            raise StoreError("disk on fire")
-        return append(account_id, *args, **kwargs)
-
-    monkeypatch.setattr(system.store, "append", failing)
+    fail_appending(monkeypatch, system.store, "acct_f2", StoreError("disk on fire"))
     items = [{"account_id": f"acct_f{n}", "category": "spam"} for n in (1, 2, 3)]
     items[1]["idempotency_key"] = "key-f2"  # keyed: recorded alone, not with the first items
     response = client.post(

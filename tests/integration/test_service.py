@@ -16,6 +16,7 @@ from test_service_support import (
     FakeClock,
     assert_account_consistent,
     events_of,
+    fail_appending,
     fingerprint,
     open_system,
     types_of,
@@ -900,14 +901,7 @@ def test_a_batch_item_that_fails_in_the_store_fails_alone(
     and a retry would record the committed ones again)."""
     now = system.clock()
     spam = ViolationReport("spam", now)
-    append = system.store.append
-
-    def failing(account_id: str, *args: Any, **kwargs: Any) -> Any:
-        if account_id == "acct_x3":
-            raise failure
-        return append(account_id, *args, **kwargs)
-
-    monkeypatch.setattr(system.store, "append", failing)
+    fail_appending(monkeypatch, system.store, "acct_x3", failure)
     items = [
         ("acct_x1", spam, None, None),
         ("acct_x2", spam, None, None),

@@ -23,7 +23,7 @@ from enforcement import policy as rules
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.service import Actor, request_fingerprint
 from enforcement.settings import Settings
-from events import RecordedEvent
+from events import EventStore, RecordedEvent
 from projections.standing import StandingState, apply_all, fold, view
 from projections.stored import read_states
 from projections.tables import standings
@@ -82,6 +82,21 @@ def fail_deciding(monkeypatch: pytest.MonkeyPatch, account_id: str, error: type[
         return decide(policy, state, report, ctx)
 
     monkeypatch.setattr(rules, "decide_violation", flaky)
+
+
+def fail_appending(
+    monkeypatch: pytest.MonkeyPatch, store: EventStore, account_id: str, error: Exception
+) -> None:
+    """Appending to ``account_id``'s stream raises ``error`` (the store failing on that account
+    only); every other account's append is made as usual."""
+    append = store.append
+
+    def failing(account: str, *args: Any, **kwargs: Any) -> Any:
+        if account == account_id:
+            raise error
+        return append(account, *args, **kwargs)
+
+    monkeypatch.setattr(store, "append", failing)
 
 
 def fingerprint(**body: Any) -> str:
