@@ -837,6 +837,22 @@ def test_a_worker_whose_consumer_died_stops_with_a_failure_status(
     assert json.loads(died)["level"] == "error"
 
 
+def signalled_worker(
+    settings: Settings, tmp_path: Path, signal_it: Callable[[WorkerProcess], None]
+) -> tuple[int, list[int], str]:
+    """A worker whose consumer processes have started, signalled by ``signal_it``: its exit
+    status, its consumers still alive just after it exited, and its output."""
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        consumers = spawned(started_consumers(worker, settings))
+        signal_it(worker)
+        status = worker.proc.wait(timeout=30)
+        left = [pid for pid in consumers if alive(pid)]
+    finally:
+        worker.stop()
+    return status, left, worker.output()
+
+
 @POSTGRES_ONLY
 def test_a_worker_told_to_stop_stops_its_consumers_and_exits_0(
     settings: Settings, tmp_path: Path
@@ -844,16 +860,12 @@ def test_a_worker_told_to_stop_stops_its_consumers_and_exits_0(
     """SIGTERM to the worker alone (a supervisor that signals its main process only): it stops
     its consumer processes itself and waits for them before it exits, with status 0 (a stop
     asked for, not a failure); they do not find themselves orphaned."""
-    worker = WorkerProcess(settings, tmp_path / "worker.log")
-    try:
-        consumers = spawned(started_consumers(worker, settings))
-        worker.proc.send_signal(signal.SIGTERM)
-
-        assert worker.proc.wait(timeout=30) == 0
-        assert not any(alive(pid) for pid in consumers)  # joined before it exited
-    finally:
-        worker.stop()
-    assert "is gone; stopping" not in worker.output()
+    status, left, output = signalled_worker(
+        settings, tmp_path, lambda worker: worker.proc.send_signal(signal.SIGTERM)
+    )
+    assert status == 0
+    assert left == []  # joined before it exited
+    assert "is gone; stopping" not in output
 
 
 @POSTGRES_ONLY
@@ -863,17 +875,13 @@ def test_a_worker_interrupted_by_ctrl_c_stops_its_consumers_quietly_and_exits_0(
     """Ctrl-C in a terminal signals the whole process group: each consumer process stops as it
     does when the worker terminates it (no KeyboardInterrupt traceback from it), and the worker,
     which sees its consumers end because a stop was asked for, not because one died, exits 0."""
-    worker = WorkerProcess(settings, tmp_path / "worker.log")
-    try:
-        consumers = spawned(started_consumers(worker, settings))
-        os.killpg(worker.proc.pid, signal.SIGINT)
-
-        assert worker.proc.wait(timeout=30) == 0
-        assert not any(alive(pid) for pid in consumers)
-    finally:
-        worker.stop()
-    assert "Traceback" not in worker.output()
-    assert "consumer process died" not in worker.output()
+    status, left, output = signalled_worker(
+        settings, tmp_path, lambda worker: os.killpg(worker.proc.pid, signal.SIGINT)
+    )
+    assert status == 0
+    assert left == []
+    assert "Traceback" not in output
+    assert "consumer process died" not in output
 
 
 @POSTGRES_ONLY
