@@ -71,27 +71,35 @@ def test_the_end_of_a_suspension_is_pushed_as_a_status(system: Container, clock:
     assert gate.calls == ["holds_status", "set_status"]
 
 
+def push(system: Container, gate: EmbeddedGate, account_id: str, events: Any) -> None:
+    """What the push after a commit of ``events`` tells ``gate``."""
+    state = system.standings.load(account_id)
+    gatekeeping.apply_changes(gate, state, events, system.clock())
+
+
+def gate_with_a_lifted_throttle(system: Container, account_id: str) -> EmbeddedGate:
+    """A gate told of an operator's throttle of ``account_id`` alone (not of its status), whose
+    lift it was never told of (lost)."""
+    gate = EmbeddedGate(clock=lambda: system.clock().timestamp())
+    applied = system.service.operator(account_id, ops.ApplyThrottle(0.25, "load"), OPERATOR)
+    push(system, gate, account_id, applied.events)
+    throttle_id = applied.standing.active_throttles[0].throttle_id
+    assert gate.throttle_ids(account_id) == {throttle_id}
+    assert not gate.holds_status(account_id)
+    system.service.operator(account_id, ops.LiftThrottle(throttle_id), OPERATOR)  # not pushed
+    return gate
+
+
 def test_a_status_pushed_to_a_gate_that_had_not_learned_the_account_lifts_what_it_lacks(
     system: Container,
 ) -> None:
     """A gate that holds a throttle of the account but not its status (told of the throttle
     alone, its lift lost) is given the whole standing with the next status, the throttle the
     state no longer holds lifted, as its seeder would have done."""
-    service = system.service
-    gate = EmbeddedGate(clock=lambda: system.clock().timestamp())
+    gate = gate_with_a_lifted_throttle(system, "acct_13")
 
-    def push(events: Any) -> None:
-        state = system.standings.load("acct_13")
-        gatekeeping.apply_changes(gate, state, events, system.clock())
-
-    applied = service.operator("acct_13", ops.ApplyThrottle(0.25, "load"), OPERATOR)
-    push(applied.events)
-    throttle_id = applied.standing.active_throttles[0].throttle_id
-    assert gate.throttle_ids("acct_13") == {throttle_id}
-    assert not gate.holds_status("acct_13")
-    service.operator("acct_13", ops.LiftThrottle(throttle_id), OPERATOR)  # not pushed: lost
-
-    push(service.operator("acct_13", ops.Suspend("review"), OPERATOR).events)
+    suspended = system.service.operator("acct_13", ops.Suspend("review"), OPERATOR)
+    push(system, gate, "acct_13", suspended.events)
     assert gate.check("acct_13", "key_1").reason == "suspended"
     assert gate.throttle_ids("acct_13") == set()
 
@@ -100,13 +108,7 @@ def test_the_seeder_lifts_a_throttle_a_gate_holds_of_an_account_it_had_not_learn
     system: Container,
 ) -> None:
     """As above, when the gate's seeder learns the account (at its next check) instead."""
-    service = system.service
-    gate = EmbeddedGate(clock=lambda: system.clock().timestamp())
-    applied = service.operator("acct_14", ops.ApplyThrottle(0.25, "load"), OPERATOR)
-    state = system.standings.load("acct_14")
-    gatekeeping.apply_changes(gate, state, applied.events, system.clock())
-    throttle_id = applied.standing.active_throttles[0].throttle_id
-    service.operator("acct_14", ops.LiftThrottle(throttle_id), OPERATOR)  # not pushed: lost
+    gate = gate_with_a_lifted_throttle(system, "acct_14")
 
     gatekeeping.GateSeeder(gate, system.standings, system.clock)("acct_14")
     assert gate.holds_status("acct_14")
