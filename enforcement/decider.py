@@ -21,6 +21,8 @@ from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from events.types import new_event_id
 from projections import aup_events as ev
+from projections.lookback import METADATA_KEY as LOOKBACK_KEY
+from projections.lookback import duration_text
 from projections.reasons import percent, statement_of_reasons, violation_fact
 from projections.standing import StandingState, SuspensionRecord, ViolationRecord, active_suspension
 
@@ -117,9 +119,11 @@ def new_event(
     occurred_at: datetime | None = None,
 ) -> NewEvent:
     """``payload`` as a new event with the metadata every event carries (``policy_version``,
-    ``actor`` (default: the context's), ``causation_id``, ``correlation_id``, ``source``)."""
+    ``strike_lookback`` (``projections.lookback``), ``actor`` (default: the context's),
+    ``causation_id``, ``correlation_id``, ``source``)."""
     metadata = {
         "policy_version": policy.version,
+        LOOKBACK_KEY: duration_text(policy.strike_lookback),
         "actor": actor or ctx.actor,
         "causation_id": causation_id,
         "correlation_id": ctx.correlation_id,

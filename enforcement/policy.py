@@ -8,7 +8,8 @@ clock (``now`` is the context's), a database or the network: the same inputs, wi
 id factory, always give the same events. The production factory (``random_id``) makes fresh
 ids, and time-ordered event ids (``Context.event_id``).
 
-Every event carries the metadata ``policy_version, actor, causation_id, correlation_id, source``.
+Every event carries the metadata ``policy_version, strike_lookback, actor, causation_id,
+correlation_id, source``.
 Causation chains violation → decision → notice; every notice names its ``decision_event_id``;
 every restrictive decision carries a statement of reasons (``projections.reasons``).
 """

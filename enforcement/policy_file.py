@@ -8,7 +8,6 @@ keys, and per category its ``sections``, ``default_severity``, ``floor`` and
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,6 +18,7 @@ from typing import Any
 from enforcement.errors import PolicyError
 from enforcement.gate.base import MAX_DENIAL_COUNT
 from projections.aup_events import SEVERITIES
+from projections.lookback import DURATION, UNITS  # durations as events record one
 
 SEVERITY_RANK: Mapping[str, int] = MappingProxyType({s: i for i, s in enumerate(SEVERITIES)})
 
@@ -99,9 +99,7 @@ class Policy:
 
 DEFAULT_POLICY = Policy()
 
-_DURATION = re.compile(r"([0-9]+)([smhd])")
 MAX_DURATION = timedelta(days=36_500)  # a hundred years: longer is as good as indefinite
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DURATION_KEYS = {
     "strike_lookback",
     "remediation_window",
@@ -115,10 +113,10 @@ _DURATION_KEYS = {
 def parse_duration(text: object, key: str) -> timedelta:
     """``"90d"``, ``"24h"``, ``"10m"``, ``"30s"``: a positive whole number and one unit, at most
     ``MAX_DURATION`` (a decision's end must stay a time the log can hold)."""
-    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    match = DURATION.fullmatch(text) if isinstance(text, str) else None
     if match is None or int(match.group(1)) == 0:
         raise PolicyError(f'{key} must be a positive duration like "7d" or "24h", not {text!r}')
-    amount, unit = int(match.group(1)), _UNITS[match.group(2)]
+    amount, unit = int(match.group(1)), UNITS[match.group(2)]
     if amount > MAX_DURATION // timedelta(**{unit: 1}):
         raise PolicyError(f"{key} must be at most {MAX_DURATION.days} days, not {text!r}")
     return timedelta(**{unit: amount})

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from events import RecordedEvent
+from projections.lookback import LookbackOfRecord
 from projections.standing import StandingState, advance, view
 
 JSON = dict[str, Any]
@@ -37,12 +38,17 @@ def standing_diff(before: JSON, after: JSON) -> JSON:
 def history(
     account_id: str, events: Iterable[RecordedEvent], strike_lookback: timedelta
 ) -> Iterator[HistoryEntry]:
-    """Each event with the standing change it caused, seen at the moment it was recorded."""
+    """Each event with the standing change it caused, seen at the moment it was recorded, with
+    the strike lookback of the policy of that moment: the one the event records, else the last
+    one recorded before it (``projections.lookback``), else ``strike_lookback``. Both sides of
+    a change use it, so a change shows what the event did, not what a policy change did."""
     state = StandingState.empty(account_id)
+    of_record = LookbackOfRecord(strike_lookback)
     for event in events:
-        before = view(state, event.recorded_at, strike_lookback).to_json()
+        lookback = of_record.see(event.metadata)
+        before = view(state, event.recorded_at, lookback).to_json()
         state = advance(state, event)  # not ``apply``: a copy a step costs n² over n steps
-        after = view(state, event.recorded_at, strike_lookback).to_json()
+        after = view(state, event.recorded_at, lookback).to_json()
         sor = event.data.get("statement_of_reasons")
         yield HistoryEntry(
             event=event,

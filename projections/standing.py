@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 from events import RecordedEvent
 from events.timefmt import canonical_time, to_utc
 from projections import aup_events as ev
+from projections.lookback import LookbackOfRecord
 from projections.standing_state import (
     DECISION_TYPES,
     JSON,
@@ -491,9 +492,16 @@ def fold(
     """The standing at ``as_of`` from an account's events (in version order).
 
     Deterministic: the same events and ``as_of`` always give the same standing. An account with
-    no events recorded by ``as_of`` is in good standing at version 0.
+    no events recorded by ``as_of`` is in good standing at version 0. Strikes count for the
+    lookback recorded on the last of those events that records one (``projections.lookback``:
+    the policy that last acted on the account); ``strike_lookback`` when none does.
     """
-    return view(state_at(account_id, events, as_of), as_of, strike_lookback)
+    state = StandingState.empty(account_id)
+    lookback = LookbackOfRecord(strike_lookback)
+    for event in recorded_until(events, as_of):
+        lookback.see(event.metadata)
+        _apply_in_place(state, event)
+    return view(state, as_of, lookback.value)
 
 
 # The state and the view are defined beside this module; importers take all three from here.

@@ -28,7 +28,10 @@ class EventOut(BaseModel):
     schema_version: int
     data: dict[str, Any]
     metadata: dict[str, Any] = Field(
-        description="actor, source, policy_version, causation_id, correlation_id"
+        description=(
+            "actor, source, policy_version, strike_lookback (the policy's, as its file writes"
+            " it; events before 2026-12-07 have none), causation_id, correlation_id"
+        )
     )
     occurred_at: str
     recorded_at: str

@@ -50,7 +50,14 @@ from projections.standing import (
 P = DEFAULT_POLICY
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 SOR = {"ground": "AUP §2"}
-METADATA_KEYS = {"policy_version", "actor", "causation_id", "correlation_id", "source"}
+METADATA_KEYS = {
+    "policy_version",
+    "strike_lookback",
+    "actor",
+    "causation_id",
+    "correlation_id",
+    "source",
+}
 
 # POLICY.md's category table: AUP sections, default severity, floor.
 POLICY_TABLE = {
@@ -644,6 +651,7 @@ def test_every_event_carries_metadata_and_causation_chains() -> None:
     for event in decided:
         assert set(event.metadata) == METADATA_KEYS
         assert event.metadata["policy_version"] == "aup-2026-11"
+        assert event.metadata["strike_lookback"] == "90d"
         assert event.metadata["correlation_id"] == "req_1"
         uuid.UUID(event.event_id)
     assert reported.metadata["actor"] == "reporter"
