@@ -23,7 +23,9 @@ ROLES = ("reporter", "operator", "auditor", "gateway", "admin")
 STARTUP_SECONDS = 30
 
 
-def cli_env(database_url: str, workdir: Path) -> dict[str, str]:
+def cli_env(database_url: str, workdir: Path, policy_file: Path | None = None) -> dict[str, str]:
+    """The environment of a command on ``database_url`` (with the policy of ``policy_file``,
+    else the default one): none of this process' own ``ENFORCEMENT_`` settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
     env.update(
         {
@@ -32,6 +34,8 @@ def cli_env(database_url: str, workdir: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if policy_file is not None:
+        env["ENFORCEMENT_POLICY_FILE"] = str(policy_file)
     return env
 
 
@@ -118,11 +122,15 @@ def _wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path) -> No
 
 
 def start_server(
-    database_url: str, workdir: Path, backend: str, *serve_args: str
+    database_url: str,
+    workdir: Path,
+    backend: str,
+    *serve_args: str,
+    policy_file: Path | None = None,
 ) -> Iterator[Server]:
-    """``init``, then ``serve`` (with ``serve_args``) while the tokens are being created;
-    stopped when done."""
-    env = cli_env(database_url, workdir)
+    """``init``, then ``serve`` (with ``serve_args``, and the policy of ``policy_file``) while
+    the tokens are being created; stopped when done."""
+    env = cli_env(database_url, workdir, policy_file)
     init = run_cli(env, workdir, "init")
     assert init.returncode == 0, init.stderr
     log = workdir / "server.log"
