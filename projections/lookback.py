@@ -61,14 +61,17 @@ def recorded_lookback(metadata: Mapping[str, Any]) -> timedelta | None:
 class LookbackOfRecord:
     """The lookback of the last event seen that records one; ``fallback`` until one does."""
 
-    __slots__ = ("value",)
+    __slots__ = ("_text", "value")
 
     def __init__(self, fallback: timedelta) -> None:
         self.value = fallback
+        self._text: object = None  # the text ``value`` was read from: a stream repeats it
 
     def see(self, metadata: Mapping[str, Any]) -> timedelta:
         """Take the lookback ``metadata`` records, if any; the lookback of record after it."""
-        recorded = recorded_lookback(metadata)
-        if recorded is not None:
-            self.value = recorded
+        text = metadata.get(METADATA_KEY)
+        if text is not None and text != self._text:
+            recorded = parse_duration_text(text)
+            if recorded is not None:
+                self.value, self._text = recorded, text
         return self.value
