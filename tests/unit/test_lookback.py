@@ -175,6 +175,7 @@ def test_history_draws_each_change_with_the_lookback_its_event_recorded() -> Non
     assert reported.change["strikes"] == {"from": 0, "to": 1}
     assert dismissed.change["strikes"] == {"from": 1, "to": 0}
     assert dismissed.change["open_violations"] == {"from": ["vio_1"], "to": []}
+    assert [entry.policy_version for entry in (reported, dismissed)] == ["p", "p"]
 
 
 def test_history_draws_both_sides_of_a_change_with_the_event_s_lookback() -> None:
