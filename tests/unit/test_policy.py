@@ -643,6 +643,15 @@ def test_the_violation_records_reported_and_effective_severity() -> None:
 # --- metadata, causation, statements of reasons ---------------------------------------------
 
 
+def test_every_event_records_the_strike_lookback_of_the_policy_that_decided_it() -> None:
+    # Not the default's "90d": a past standing counts strikes with what this records.
+    account = Account()
+    policy = replace(P, strike_lookback=timedelta(hours=36))
+    report = ViolationReport("spam", NOW, description="d")
+    decided = decide_violation(policy, account.state, report, account.ctx(NOW))
+    assert {event.metadata["strike_lookback"] for event in decided} == {"36h"}
+
+
 def test_every_event_carries_metadata_and_causation_chains() -> None:
     account = Account()
     account.strike("vio_prior", NOW - timedelta(days=3))
