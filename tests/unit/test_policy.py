@@ -1600,6 +1600,7 @@ def test_an_operator_dismissal_names_the_violation_and_offers_no_appeal() -> Non
     sor = dismissed[0].data["statement_of_reasons"]
     assert [f.get("violation_id") for f in sor["facts"]] == [vid, None]
     assert sor["facts"][1] == {"description": "false positive", "actor": "op"}
+    assert sor["decision"] == f"Violation {vid} is dismissed and no longer counts as a strike."
     assert (sor["ground"], sor["categories"]) == ("AUP §2, §6 (phishing)", ["phishing"])
     assert_appeal_offered_only_where_possible(dismissed)
 
@@ -1691,9 +1692,15 @@ def test_an_appeal_of_a_policy_decision_cites_its_violations_sections() -> None:
 def test_an_operators_restriction_must_end_in_the_future() -> None:
     account = Account()
     ctx = account.ctx(NOW, "op")
-    for command in (ops.Suspend("r", until=NOW), ops.ApplyThrottle(0.5, "r", expires_at=NOW)):
-        with pytest.raises(ValidationFailed):
+    past = (
+        (ops.Suspend("r", until=NOW), "until"),
+        (ops.ApplyThrottle(0.5, "r", expires_at=NOW), "expires_at"),
+    )
+    for command, field_name in past:
+        with pytest.raises(ValidationFailed) as caught:
             ops.decide(P, account.state, command, ctx)
+        assert str(caught.value) == f"The {field_name} time must be in the future"
+        assert caught.value.details == [{"field": field_name, "message": "must be in the future"}]
     soon = NOW + timedelta(microseconds=1)
     for command in (ops.Suspend("r", until=soon), ops.ApplyThrottle(0.5, "r", expires_at=soon)):
         assert ops.decide(P, account.state, command, ctx)
@@ -1725,13 +1732,77 @@ def test_a_terminated_account_is_not_reinstated_by_an_operator() -> None:
     with pytest.raises(InvalidTransition) as caught:
         ops.decide(P, account.state, ops.Reinstate("r"), account.ctx(NOW, "op"))
     assert caught.value.code == "account_terminated"
+    assert str(caught.value) == (
+        "the account is terminated; it cannot be reinstated "
+        "(only an overturned appeal reverses a termination)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        (ops.Suspend("r"), "suspended"),
+        (ops.Terminate("r"), "terminated again"),
+        (ops.ApplyThrottle(0.5, "r"), "throttled"),
+    ],
+    ids=["suspend", "terminate", "throttle"],
+)
+def test_a_terminated_account_is_restricted_no_further(command: ops.Command, what: str) -> None:
+    account = Account()
+    account.record(ops.decide(P, account.state, ops.Terminate("r"), account.ctx(NOW, "op")), NOW)
+    with pytest.raises(InvalidTransition) as caught:
+        ops.decide(P, account.state, command, account.ctx(NOW, "op"))
+    assert caught.value.code == "account_terminated"
+    assert str(caught.value) == f"the account is terminated; it cannot be {what}"
+
+
+def test_an_operator_reinstates_only_a_suspended_account() -> None:
+    account = Account()
+    with pytest.raises(InvalidTransition) as caught:
+        ops.decide(P, account.state, ops.Reinstate("r"), account.ctx(NOW, "op"))
+    assert (caught.value.code, str(caught.value)) == (
+        "not_suspended",
+        "the account is not suspended",
+    )
+    _operator_suspends(account, None, NOW)
+    [reinstated, _notice] = ops.decide(P, account.state, ops.Reinstate("r"), account.ctx(NOW, "op"))
+    assert reinstated.data["statement_of_reasons"]["decision"] == "The account is reinstated."
+
+
+def test_an_operator_completes_a_remediation_and_configures_limits() -> None:
+    account = Account()
+    rem = of_type(account.report("spam", NOW), "RemediationRequested").data["remediation_id"]
+    complete = ops.CompleteRemediation(rem, "fixed")
+    [completed] = ops.decide(P, account.state, complete, account.ctx(NOW, "op"))
+    assert (completed.type, completed.data) == (
+        "RemediationCompleted",
+        {"remediation_id": rem, "note": "fixed"},
+    )
+    limits = ops.ConfigureLimits(60, 10_000, key_id="key_1")
+    [configured] = ops.decide(P, account.state, limits, account.ctx(NOW, "op"))
+    assert (configured.type, configured.data) == (
+        "RateLimitsConfigured",
+        {"key_id": "key_1", "requests_per_minute": 60, "tokens_per_day": 10_000},
+    )
+
+
+def test_an_operator_s_statement_gives_the_reason_else_that_an_operator_decided() -> None:
+    account = Account()
+    for reason, description in (("card testing", "card testing"), ("", "operator decision")):
+        command = ops.Suspend(reason)
+        [suspended, _notice] = ops.decide(P, account.state, command, account.ctx(NOW, "op"))
+        assert str(suspended.data["suspension_id"]).startswith("sus_")
+        facts = suspended.data["statement_of_reasons"]["facts"]
+        assert facts == [{"description": description, "actor": "op"}]
 
 
 @pytest.mark.parametrize("factor", [0, -0.5, 1.5])
 def test_a_throttle_factor_outside_0_to_1_is_refused(factor: float) -> None:
     account = Account()
-    with pytest.raises(ValidationFailed):
+    with pytest.raises(ValidationFailed) as caught:
         ops.decide(P, account.state, ops.ApplyThrottle(factor, "r"), account.ctx(NOW, "op"))
+    assert str(caught.value) == "The factor must be in (0, 1]"
+    assert caught.value.details == [{"field": "factor", "message": "must be in (0, 1]"}]
     [throttle, _] = ops.decide(P, account.state, ops.ApplyThrottle(1, "r"), account.ctx(NOW, "op"))
     assert throttle.data["factor"] == 1
 
@@ -1744,7 +1815,10 @@ def test_operator_commands_on_what_is_missing_or_closed_are_refused_with_their_c
     thr = ops.decide(P, account.state, ops.ApplyThrottle(0.5, "r"), account.ctx(NOW, "op"))
     account.record(thr, NOW)
     lifted = str(thr[0].data["throttle_id"])
-    account.record(ops.decide(P, account.state, ops.LiftThrottle(lifted), account.ctx(NOW)), NOW)
+    assert lifted.startswith("thr_")
+    [lift] = ops.decide(P, account.state, ops.LiftThrottle(lifted), account.ctx(NOW))
+    assert lift.data["reason"] == "lifted by an operator"
+    account.record([lift], NOW)
     timed = ops.ApplyThrottle(0.5, "r", expires_at=NOW + DAY)
     ran_out = ops.decide(P, account.state, timed, account.ctx(NOW, "op"))
     account.record(ran_out, NOW)
@@ -1795,8 +1869,9 @@ def test_operator_commands_on_what_is_missing_or_closed_are_refused_with_their_c
             f"Requests of API key key_1 are throttled to 25% of its limits until "
             f"{format_time(NOW + DAY)}.",
         ),
+        (ops.Terminate("r"), "The account is terminated."),
     ],
-    ids=["indefinite", "timed", "account-wide", "one key, timed"],
+    ids=["indefinite", "timed", "account-wide", "one key, timed", "termination"],
 )
 def test_an_operators_restriction_states_its_scope_and_end(command: ops.Command, text: str) -> None:
     account = Account()
