@@ -27,7 +27,9 @@ from enforcement.cli import time_option
 from enforcement.roles import Role
 from enforcement.tables import contacts
 from enforcement.tokens import Principal, create_token
-from events import StoreError
+from events import NewEvent, StoreError
+from events.dialects import drop_append_only_ddl
+from events.schema import events as events_table
 from events.schema import idempotency_keys
 
 
@@ -1112,6 +1114,60 @@ def test_a_path_with_a_trailing_slash_is_an_unknown_route_not_a_redirect(
         assert "location" not in answer.headers
         assert answer.json()["error"]["code"] == "not_found"
     assert system.store.head("acct_slash").version == 0
+
+
+def test_a_cursor_up_to_its_columns_range_is_a_page_and_past_it_a_422(
+    client: TestClient, as_role: Any
+) -> None:
+    """``after_version`` is an INTEGER's range, ``after_position`` a BIGINT's: the largest is an
+    (empty) page, one more a 422, not a driver's overflow."""
+    auditor = as_role(Role.AUDITOR)
+    for path, cursor, largest in (
+        ("/v1/accounts/acct_c/events", "after_version", 2**31 - 1),
+        ("/v1/events", "after_position", 2**63 - 1),
+    ):
+        page = client.get(path, params={cursor: largest}, headers=auditor)
+        assert page.status_code == 200, (cursor, page.text)
+        assert page.json()["events"] == []
+        beyond = client.get(path, params={cursor: largest + 1}, headers=auditor)
+        assert [d["field"] for d in details(beyond)] == [f"query.{cursor}"]
+
+
+def test_without_a_cursor_or_limit_a_page_is_the_first_100_or_500_events(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    for account in ("acct_p", "acct_q"):
+        system.store.append(account, 0, [NewEvent("Noted", {}, system.clock()) for _ in range(300)])
+    auditor = as_role(Role.AUDITOR)
+
+    history = client.get("/v1/accounts/acct_p/events", headers=auditor).json()
+    feed = client.get("/v1/events", headers=auditor).json()
+
+    assert [e["version"] for e in history["events"]] == list(range(1, 101))
+    assert history["next_after_version"] == 100
+    assert [e["position"] for e in feed["events"]] == [
+        e.position for e in system.store.read_all(0, 600)[:500]
+    ]
+    assert feed["next_after_position"] == feed["events"][-1]["position"]
+
+
+def test_verify_answers_where_a_changed_event_breaks_the_chain(
+    system: Container, client: TestClient, as_role: Any
+) -> None:
+    system.store.append("acct_v", 0, [NewEvent("Noted", {}, system.clock()) for _ in range(3)])
+    with system.engine.begin() as conn:
+        for statement in drop_append_only_ddl(system.engine.dialect.name):
+            conn.exec_driver_sql(statement)
+        where = (events_table.c.account_id == "acct_v") & (events_table.c.version == 2)
+        conn.execute(events_table.update().where(where).values(type="Forged"))
+
+    answer = client.get("/v1/accounts/acct_v/verify", headers=as_role(Role.AUDITOR))
+
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["ok"], body["events"], body["broken_at_version"]) == (False, 2, 2)
+    assert set(body) == {"ok", "events", "broken_at_version", "reason"}
+    assert "content" in body["reason"]
 
 
 def test_the_openapi_document_declares_the_token_and_the_roles_each_operation_lets_in(
