@@ -1180,6 +1180,7 @@ def test_the_openapi_document_declares_the_token_and_the_roles_each_operation_le
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     headers = {role: as_role(role) for role in Role}
     checked = 0
+    needs: set[str] = set()
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
             if path == "/healthz":
@@ -1191,14 +1192,18 @@ def test_the_openapi_document_declares_the_token_and_the_roles_each_operation_le
             url = re.sub(r"\{[a-z_]+\}", "x", path)
             body = None if method in ("get", "delete") else {}
             assert client.request(method, url, json=body).status_code == 401, (method, path)
-            let_in = {
-                role.value
-                for role in Role
-                if client.request(method, url, json=body, headers=headers[role]).status_code != 403
-            }
+            let_in: set[str] = set()
+            for role in Role:
+                answer = client.request(method, url, json=body, headers=headers[role])
+                if answer.status_code != 403:
+                    let_in.add(role.value)
+                else:
+                    needs.add(answer.json()["error"]["details"]["needs"])
             assert let_in == set(listed.group(1).split(", ")), (method, path)
             checked += 1
     assert checked >= 22
+    # A 403's details name the permission the role lacks; each is lacking for some role.
+    assert needs == {"report", "command", "read", "read_standing", "gate"}
 
 
 def test_the_bearer_credentials_are_read_as_http_writes_them_and_each_refusal_says_why(
