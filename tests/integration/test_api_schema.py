@@ -21,6 +21,8 @@ from schemathesis.generation import GenerationMode
 
 from enforcement.api.app import create_app
 from enforcement.bootstrap import bootstrap
+from enforcement.gate import GateDecision
+from enforcement.gate.decision import REASONS
 from enforcement.migrations import upgrade
 from enforcement.roles import Role
 from enforcement.settings import Settings
@@ -146,3 +148,34 @@ def test_the_schema_documents_what_the_routes_answer(api: Api) -> None:
     assert answer("/v1/accounts/{account_id}/contact", "put", "200").endswith("/ContactOut")
     standing = api.schema.raw_schema["components"]["schemas"]["StandingOut"]
     assert set(standing["required"]) >= {"status", "strikes", "suspension", "version", "as_of"}
+
+
+def test_the_schema_documents_the_gates_decision_as_the_gate_answers_it(api: Api) -> None:
+    """A gateway is written against this document, and schemathesis, with an admin token the
+    gate refuses, never sees an allowed check nor a denial: each field of the decision's JSON,
+    with its type, and which status answers what."""
+    document = api.schema.raw_schema
+    operation = document["paths"]["/v1/gate/check"]["post"]
+    assert operation["tags"] == ["gate"]
+    responses = operation["responses"]
+
+    def schema(status: str) -> str:
+        return json.dumps(responses[status]["content"]["application/json"]["schema"])
+
+    decision_ref = '"#/components/schemas/GateDecisionOut"'
+    assert schema("200") == schema("429") == f'{{"$ref": {decision_ref}}}'
+    assert decision_ref in schema("403") and "/ErrorBody" in schema("403")  # a role refused
+    assert responses["200"]["description"] == "Allowed (and counted)."
+    for status in ("403", "429"):
+        assert "429 for rate or token quota" in responses[status]["description"], status
+        assert "403 when the account is suspended" in responses[status]["description"], status
+    assert responses["403"]["description"].startswith("The token's role may not check, or ")
+
+    decision = GateDecision(True, "ok", 10, 9, 6.0, 1000, 990, 3600.5, 0.0).to_json()
+    json_type = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    out = document["components"]["schemas"]["GateDecisionOut"]
+    assert out["required"] == list(decision)
+    assert {name: field["type"] for name, field in out["properties"].items()} == {
+        name: json_type[type(value)] for name, value in decision.items()
+    }
+    assert out["properties"]["reason"]["enum"] == list(REASONS)
