@@ -156,6 +156,33 @@ def test_the_check_is_503_when_the_seeder_cannot_read(database_url: str, clock: 
     }
 
 
+def test_the_check_answers_each_decision_with_its_status(system: Container) -> None:
+    """200 when allowed, 429 for a rate or token quota, 403 for a suspended or terminated
+    account: each with the decision itself as its body, not the error body."""
+    for account_id, command in (
+        ("acct_r", ops.ConfigureLimits(requests_per_minute=1, tokens_per_day=1000, key_id="k")),
+        ("acct_q", ops.ConfigureLimits(requests_per_minute=600, tokens_per_day=0, key_id="k")),
+        ("acct_s", ops.Suspend("review", notify=False)),
+        ("acct_t", ops.Terminate("fraud", notify=False)),
+    ):
+        system.service.operator(account_id, command, OPERATOR)
+    app = create_app(system)
+    app.dependency_overrides[get_principal] = lambda: Principal("tok_g", "gw", Role.GATEWAY)
+    with TestClient(app) as client:
+        answers = [
+            client.post("/v1/gate/check", json={"account_id": account_id, "key_id": "k"})
+            for account_id in ("acct_r", "acct_r", "acct_q", "acct_s", "acct_t")
+        ]
+
+    assert [(a.status_code, a.json()["allowed"], a.json()["reason"]) for a in answers] == [
+        (200, True, "ok"),
+        (429, False, "rate_limited"),
+        (429, False, "token_quota_exceeded"),
+        (403, False, "suspended"),
+        (403, False, "terminated"),
+    ]
+
+
 def test_embedded_gates_of_two_processes_learn_each_others_decisions_in_time(
     database_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
