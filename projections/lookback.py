@@ -53,11 +53,6 @@ def parse_duration_text(text: object) -> timedelta | None:
         return None
 
 
-def recorded_lookback(metadata: Mapping[str, Any]) -> timedelta | None:
-    """The strike lookback an event's metadata records, or ``None`` when it records none."""
-    return parse_duration_text(metadata.get(METADATA_KEY))
-
-
 class LookbackOfRecord:
     """The lookback of the last event seen that records one; ``fallback`` until one does."""
 

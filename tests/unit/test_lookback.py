@@ -25,7 +25,6 @@ from projections.lookback import (
     LookbackOfRecord,
     duration_text,
     parse_duration_text,
-    recorded_lookback,
 )
 from projections.standing import fold
 
@@ -114,7 +113,7 @@ def test_no_text_for_what_a_policy_file_cannot_give() -> None:
 )
 def test_anything_else_recorded_reads_as_no_lookback(text: object) -> None:
     assert parse_duration_text(text) is None
-    assert recorded_lookback({"strike_lookback": text}) is None
+    assert LookbackOfRecord(RUNNING).see({"strike_lookback": text}) == RUNNING
 
 
 def test_the_lookback_of_record_is_the_last_one_seen_else_the_fallback() -> None:
