@@ -8,6 +8,8 @@ import errno
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -195,6 +197,59 @@ def test_a_database_another_process_reads_is_held_by_its_lock_where_proc_shows_n
         monkeypatch.setattr(restore, "other_opener", lambda *_: None)
         with pytest.raises(InUse, match="another process has it open"):
             DatabaseHold(database).take()
+
+
+# Another process tries, without waiting, to read-lock each byte given and then to read the
+# database through SQLite; it prints what it got.
+PROBE = """
+import fcntl, os, sqlite3, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+for byte in map(int, sys.argv[2:]):
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, byte)
+    except OSError:
+        print(byte, "locked")
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
+        print(byte, "free")
+try:
+    sqlite3.connect(sys.argv[1], timeout=0).execute("SELECT * FROM t").fetchall()
+except sqlite3.OperationalError as exc:
+    print(exc)
+"""
+
+
+def test_a_hold_takes_sqlites_exclusive_lock_byte_for_byte(tmp_path: Path) -> None:
+    """SQLite's pending byte and shared range (its unix VFS), write-locked as SQLite does for
+    an exclusive lock: no other connection can begin to read, and no byte beside them is held."""
+    database = tmp_path / "enforcement.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    pending = 0x40000000
+    shared = range(pending + 2, pending + 2 + 510)
+    probed = [pending - 1, pending, pending + 1, shared[0], shared[-1], shared[-1] + 1]
+    hold = DatabaseHold(database)
+    hold.take()
+    try:
+        seen = subprocess.run(
+            [sys.executable, "-c", PROBE, str(database), *map(str, probed)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.splitlines()
+    finally:
+        hold.release()
+    assert seen == [
+        f"{pending - 1} free",
+        f"{pending} locked",
+        f"{pending + 1} free",
+        f"{shared[0]} locked",
+        f"{shared[-1]} locked",
+        f"{shared[-1] + 1} free",
+        "database is locked",
+    ]
 
 
 def test_a_hold_refused_for_another_opener_keeps_no_lock(
