@@ -225,3 +225,59 @@ def test_a_terminated_accounts_violation_and_missed_remediation_are_each_replaye
     assert result.violations == 4
     assert result.differences == []
     assert len(applied) == len(set(applied))
+
+
+def test_the_shipped_policy_decides_each_recorded_report_again_event_for_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every field of a recorded report (its key, source, detection, evidence, description and
+    abuse report) and of its request (actor, correlation, cause, source) is decided again: the
+    shipped policy's simulated events are the recorded ones, ids, data and metadata, for a
+    violation, its notices and its missed remediation's suspension alike."""
+    account = Later()
+    report = ViolationReport(
+        "spam",
+        T0,
+        severity="low",
+        key_id="key_1",
+        source="detector_7",
+        detection="human_review",
+        evidence_ref="ev_1",
+        description="bulk mail",
+        abuse_report_id="rep_1",
+    )
+    ctx = Context(T0, "moderator", "req_1", account.ctx(T0).new_id, "cli", "evt_cause")
+    account.record(decide_violation(DEFAULT_POLICY, account.state, report, ctx), T0)
+    (remediation_id,) = account.state.remediations
+    due = T0 + DEFAULT_POLICY.remediation_window
+    expired = Context(due, "worker", "req_2", account.ctx(due).new_id, "scheduler")
+    account.record(
+        decide_remediation_expired(DEFAULT_POLICY, account.state, remediation_id, expired), due
+    )
+    simulated: list[RecordedEvent] = []
+
+    def keep(*args: Any) -> RecordedEvent:
+        event = _as_recorded(*args)
+        simulated.append(event)
+        return event
+
+    monkeypatch.setattr(whatif, "_as_recorded", keep)
+    replay_account(DEFAULT_POLICY, "acct_1", account.log)
+
+    def metadata(event: RecordedEvent) -> dict[str, Any]:
+        # A simulated decision's cause is the made-up event id of the one that caused it: only
+        # the causes from outside them are compared below.
+        return {k: v for k, v in event.metadata.items() if k != "causation_id"}
+
+    def seen(events: list[RecordedEvent]) -> list[tuple[Any, ...]]:
+        return [
+            (e.event_id, e.version, e.type, e.data, e.occurred_at, e.recorded_at, metadata(e))
+            for e in events
+        ]
+
+    assert seen(simulated) == seen(account.log)
+    # The causes from outside: the request's, and the remediation's request (the worker's).
+    firsts = ("ViolationReported", "RemediationExpired")
+    causes = [e.metadata["causation_id"] for e in simulated if e.type in firsts]
+    assert causes == [e.metadata["causation_id"] for e in account.log if e.type in firsts]
+    assert causes[0] == "evt_cause"
