@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta, timezone
 from typing import Any
 
@@ -602,7 +602,36 @@ def test_health_answers_head_as_get_without_a_body(client: TestClient) -> None:
     """Load balancers often probe with HEAD; it is not an operation of the OpenAPI document."""
     head = client.head("/healthz")
     assert (head.status_code, head.content) == (200, b"")
-    assert "head" not in client.get("/openapi.json").json()["paths"]["/healthz"]
+    health = client.get("/openapi.json").json()["paths"]["/healthz"]
+    assert list(health) == ["get"]
+    assert health["get"]["tags"] == ["health"]
+    # A failed ``SELECT 1`` is a 503 with the error body (test_api_unavailable), documented so.
+    assert health["get"]["responses"]["503"]["description"] == "The database does not answer."
+
+
+@pytest.mark.parametrize("run_workers", [False, True])
+def test_the_lifespan_starts_the_workers_only_when_asked_then_stops_them_and_closes(
+    system: Container, monkeypatch: pytest.MonkeyPatch, run_workers: bool
+) -> None:
+    """``serve`` installs ``start_workers``; the app starts them only with ``run_workers`` (never
+    by default) and, on shutdown, stops them before it closes the container."""
+    calls: list[str] = []
+
+    def start_workers() -> Callable[[], None]:
+        calls.append("start")
+        return lambda: calls.append("stop")
+
+    def close(original: Callable[[], None] = system.close) -> None:
+        calls.append("close")
+        original()
+
+    system.extras["start_workers"] = start_workers
+    monkeypatch.setattr(system, "close", close)
+    app = create_app(system, run_workers=True) if run_workers else create_app(system)
+    with TestClient(app) as client:
+        assert calls == (["start"] if run_workers else [])
+        assert client.get("/healthz").json() == {"status": "ok"}
+    assert calls == (["start", "stop", "close"] if run_workers else ["close"])
 
 
 def test_an_empty_body_of_another_media_type_is_a_missing_body(
