@@ -21,8 +21,8 @@ from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from events.types import new_event_id
 from projections import aup_events as ev
+from projections.durations import duration_text
 from projections.lookback import METADATA_KEY as LOOKBACK_KEY
-from projections.lookback import duration_text
 from projections.reasons import percent, statement_of_reasons, violation_fact
 from projections.standing import StandingState, SuspensionRecord, ViolationRecord, active_suspension
 

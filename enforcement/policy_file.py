@@ -18,7 +18,7 @@ from typing import Any
 from enforcement.errors import PolicyError
 from enforcement.gate.base import MAX_DENIAL_COUNT
 from projections.aup_events import SEVERITIES
-from projections.lookback import DURATION, UNITS  # durations as events record one
+from projections.durations import DURATION, UNITS
 
 SEVERITY_RANK: Mapping[str, int] = MappingProxyType({s: i for i, s in enumerate(SEVERITIES)})
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from events.timefmt import format_time
+from projections.durations import largest_whole_unit
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -74,14 +75,14 @@ def violation_fact(
     }
 
 
+_UNIT_WORDS = {"d": "day", "h": "hour", "m": "minute", "s": "second"}
+
+
 def human_duration(span: timedelta) -> str:
     """``20 days``, ``24 hours``, ``10 minutes``, ``1 day``: the largest whole unit."""
     seconds = int(span.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds and seconds % size == 0:
-            count = seconds // size
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
+    count, unit = largest_whole_unit(seconds) if seconds else (0, "s")
+    return f"{count} {_UNIT_WORDS[unit]}{'s' if count != 1 else ''}"
 
 
 def percent(factor: float) -> str:

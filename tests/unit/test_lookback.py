@@ -20,12 +20,9 @@ from hypothesis import strategies as st
 from enforcement.policy_file import MAX_DURATION
 from events import RecordedEvent
 from projections import aup_events as ev
+from projections.durations import duration_text, parse_duration_text
 from projections.history import history
-from projections.lookback import (
-    LookbackOfRecord,
-    duration_text,
-    parse_duration_text,
-)
+from projections.lookback import LookbackOfRecord
 from projections.standing import fold
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
