@@ -13,25 +13,16 @@ from datetime import timedelta
 from pathlib import Path
 
 from test_service_support import (
-    REPORTER,
     T0,
     FakeClock,
     assert_account_consistent,
     events_of,
     open_system,
+    report,
     types_of,
 )
 
-from enforcement.bootstrap import Container
-from enforcement.policy import ViolationReport
-from enforcement.service import Outcome
-
 DAY = timedelta(days=1)
-
-
-def report_spam(system: Container) -> Outcome:
-    violation = ViolationReport("spam", system.clock())
-    return system.service.report_violation("acct_1", violation, REPORTER)
 
 
 def test_a_shorter_lookback_later_leaves_past_standings_as_the_policy_of_the_day_drew_them(
@@ -39,7 +30,7 @@ def test_a_shorter_lookback_later_leaves_past_standings_as_the_policy_of_the_day
 ) -> None:
     clock = FakeClock()
     with open_system(database_url, clock) as default:
-        first = report_spam(default)
+        first = report(default, "acct_1", "spam")
     assert types_of(first.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
     assert {e.metadata["strike_lookback"] for e in first.events} == {"90d"}
 
@@ -59,7 +50,7 @@ def test_a_shorter_lookback_later_leaves_past_standings_as_the_policy_of_the_day
         assert service.standing("acct_1", clock()).strikes == 1
 
         # The new policy decides with its own lookback: no prior strike, a first-time minor.
-        second = report_spam(system)
+        second = report(system, "acct_1", "spam")
         assert types_of(second.events) == types_of(first.events)
         assert {e.metadata["strike_lookback"] for e in second.events} == {"30d"}
         assert second.standing.strikes == 1

@@ -19,6 +19,7 @@ from test_service_support import (
     fail_appending,
     fingerprint,
     open_system,
+    report,
     types_of,
 )
 
@@ -33,13 +34,6 @@ from projections import aup_events as ev
 
 DAY = timedelta(days=1)
 T = TypeVar("T")
-
-
-def report(
-    system: Container, account: str, category: str, severity: str | None = None, **kw: Any
-) -> Outcome:
-    violation = ViolationReport(category, system.clock(), severity, **kw)
-    return system.service.report_violation(account, violation, REPORTER)
 
 
 def command(system: Container, account: str, cmd: ops.Command) -> Outcome:

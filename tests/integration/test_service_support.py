@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from enforcement import policy as rules
 from enforcement.bootstrap import Container, bootstrap
-from enforcement.service import Actor, request_fingerprint
+from enforcement.service import Actor, Outcome, request_fingerprint
 from enforcement.settings import Settings
 from events import EventStore, RecordedEvent
 from projections.standing import StandingState, apply_all, fold, view
@@ -69,6 +69,14 @@ def open_system(
         yield container
     finally:
         container.close()
+
+
+def report(
+    system: Container, account: str, category: str, severity: str | None = None, **kw: Any
+) -> Outcome:
+    """A violation of ``category`` reported now (the system's clock) by ``REPORTER``."""
+    violation = rules.ViolationReport(category, system.clock(), severity, **kw)
+    return system.service.report_violation(account, violation, REPORTER)
 
 
 def fail_deciding(monkeypatch: pytest.MonkeyPatch, account_id: str, error: type[Exception]) -> None:
