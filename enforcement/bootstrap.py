@@ -6,6 +6,7 @@ engine or a broker at import time.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from enforcement import policy_activations
 from enforcement.closing import close_once_ended
 from enforcement.gate import Gate, GateDecision
 from enforcement.gatekeeping import (
@@ -127,6 +129,7 @@ def bootstrap(settings: Settings | None = None, clock: Clock = system_clock) -> 
         policy=policy,
         clock=clock,
         after_commit=GatePush(push_gate),
+        policy_start=functools.partial(policy_activations.in_force, engine),
     )
     container = Container(
         settings=settings,

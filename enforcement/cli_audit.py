@@ -1,5 +1,6 @@
 """The auditor's commands over the log, an account or all of it: ``standing``, ``history``,
-``verify`` (the hash chains), ``replay`` (the stored standings rebuilt) and ``export``.
+``verify`` (the hash chains), ``replay`` (the stored standings rebuilt), ``export``, and
+``policy-activations`` (the policies the deployment began with).
 
 Registered on ``enforcement.cli.app`` when that module is imported (it imports this one last).
 """
@@ -38,6 +39,36 @@ def standing(
         print(json.dumps(result, indent=2))
     else:
         console.print(standing_table(result))
+
+
+@app.command("policy-activations")
+def policy_activations(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the policies the serving processes began with.
+
+    Oldest first. A standing --as-of an instant counts strikes with the last one begun by then,
+    when it began after the account's last event.
+    """
+    from rich.table import Table
+
+    from enforcement import policy_activations as activations
+
+    with opened_container() as container:
+        rows = [row.to_json() for row in activations.listed(container.engine)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(
+            "No policy recorded yet: `enforcement serve` records its policy as it starts."
+        )
+        return
+    columns = ("position", "policy_version", "strike_lookback", "activated_at")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(escape(str(row[column])) for column in columns))
+    console.print(table)
 
 
 @app.command()

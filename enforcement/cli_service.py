@@ -96,12 +96,15 @@ def serve(
     from enforcement.api.app import create_app
     from enforcement.api.keep_alive import HTTP_PROTOCOL
     from enforcement.logs import configure_logging
+    from enforcement.policy_activations import record_when_possible
 
     settings = settings_or_fail()
     _check_can_listen(host, port)
     configure_logging()  # before the schema check, whose connection may log (a pooler)
     _check_schema(settings.database_url)
     container = container_or_fail(settings)
+    # The policy this process decides with, in force from now on (``policy_activations``).
+    record_when_possible(container.engine, container.policy, container.clock)
     if workers and container.settings.embedded:
         from enforcement.workers.runtime import install_embedded_workers
 

@@ -51,6 +51,7 @@ from events import (
 )
 from events.timefmt import to_utc
 from projections.history import HistoryEntry, history
+from projections.lookback import PolicyStart
 from projections.standing import Standing, StandingState, fold, recorded_until, view
 from projections.stored import StandingRepository
 
@@ -104,6 +105,7 @@ class EnforcementService:
         clock: Clock,
         new_id: Callable[[str], str] = rules.random_id,
         after_commit: AfterCommit | None = None,
+        policy_start: Callable[[datetime], PolicyStart | None] | None = None,
     ):
         self.store = store
         self.standings = standings
@@ -111,6 +113,8 @@ class EnforcementService:
         self.clock = clock
         self.new_id = new_id
         self.after_commit = after_commit
+        # The last policy the deployment began with by an instant (``policy_activations``).
+        self.policy_start = policy_start
         self._account_locks = tuple(threading.Lock() for _ in range(ACCOUNT_LOCK_STRIPES))
 
     def _context(self, actor: Actor, now: datetime, causation_id: str | None = None) -> Context:
@@ -243,8 +247,9 @@ class EnforcementService:
             now = to_utc(self.clock())
             return view(self.standings.load(account_id), now, self.policy.strike_lookback)
         as_of = to_utc(as_of)
+        start = None if self.policy_start is None else self.policy_start(as_of)
         events = self.store.iter_stream(account_id)
-        return fold(account_id, events, as_of, self.policy.strike_lookback)
+        return fold(account_id, events, as_of, self.policy.strike_lookback, start)
 
     def history(self, account_id: str, as_of: datetime | None = None) -> Iterator[HistoryEntry]:
         """Each event recorded up to ``as_of`` with the standing change it caused."""

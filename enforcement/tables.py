@@ -1,10 +1,11 @@
-"""The application's own tables: API tokens and contact data. Migrations create them."""
+"""The application's own tables: API tokens, contact data, policy activations. Migrations create
+them."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from events.schema import UTCDateTime, metadata
+from events.schema import Position, UTCDateTime, metadata
 
 api_tokens = sa.Table(
     "api_tokens",
@@ -28,4 +29,16 @@ contacts = sa.Table(
     # "since always"); a change of its target keeps it (``routes.accounts.set_contact``).
     sa.Column("email_since", UTCDateTime, nullable=True),
     sa.Column("webhook_since", UTCDateTime, nullable=True),
+)
+
+# The policies the deployment ran, each from the instant a serving process began with it
+# (``enforcement.policy_activations``). Append-only: the database refuses UPDATE and DELETE.
+policy_activations = sa.Table(
+    "policy_activations",
+    metadata,
+    sa.Column("position", Position, primary_key=True, autoincrement=True),
+    sa.Column("policy_version", sa.Text, nullable=False),
+    sa.Column("strike_lookback", sa.String(40), nullable=False),
+    sa.Column("activated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_policy_activations_activated_at", "activated_at"),
 )

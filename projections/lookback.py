@@ -9,18 +9,33 @@ the standing that the policy of the day produced". Events recorded before the ke
 none; the lookback the caller passes (the running policy's) stands in for them, as it did for
 every event before.
 
+A policy also begins before it acts on an account: the deployment records the instant each
+serving process began with its policy (``enforcement.policy_activations``). A standing drawn for
+an instant after that, and before the account's next event, counts strikes as that policy does
+(``PolicyStart``): the policy the next decision would have counted with.
+
 Pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from projections.durations import parse_duration_text
 
 METADATA_KEY = "strike_lookback"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStart:
+    """The last policy the deployment began with by some instant, and when it began."""
+
+    at: datetime
+    policy_version: str
+    strike_lookback: timedelta
 
 
 class LookbackOfRecord:

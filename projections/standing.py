@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 from events import RecordedEvent
 from events.timefmt import canonical_time, to_utc
 from projections import aup_events as ev
-from projections.lookback import LookbackOfRecord
+from projections.lookback import LookbackOfRecord, PolicyStart
 from projections.standing_state import (
     DECISION_TYPES,
     JSON,
@@ -488,20 +488,35 @@ def fold(
     events: Iterable[RecordedEvent],
     as_of: datetime,
     strike_lookback: timedelta,
+    policy_start: PolicyStart | None = None,
 ) -> Standing:
     """The standing at ``as_of`` from an account's events (in version order).
 
     Deterministic: the same events and ``as_of`` always give the same standing. An account with
     no events recorded by ``as_of`` is in good standing at version 0. Strikes count for the
     lookback recorded on the last of those events that records one (``projections.lookback``:
-    the policy that last acted on the account); ``strike_lookback`` when none does.
+    the policy that last acted on the account); ``strike_lookback`` when none does. A
+    ``policy_start`` (the last policy begun by ``as_of``) later than the last of the events
+    takes their place: its policy was in force and had not acted on the account yet.
     """
     state = StandingState.empty(account_id)
     lookback = LookbackOfRecord(strike_lookback)
+    last_at: datetime | None = None
     for event in recorded_until(events, as_of):
         lookback.see(event.metadata)
         _apply_in_place(state, event)
-    return view(state, as_of, lookback.value)
+        last_at = event.recorded_at
+    counted = lookback.value
+    if policy_start is not None and _begun_since(policy_start.at, last_at, as_of):
+        counted = policy_start.strike_lookback
+    return view(state, as_of, counted)
+
+
+def _begun_since(start: datetime, last_at: datetime | None, as_of: datetime) -> bool:
+    """Whether a policy begun at ``start`` began by ``as_of`` and after the event of ``last_at``
+    (``None``: no event)."""
+    start = to_utc(start)
+    return start <= to_utc(as_of) and (last_at is None or start > to_utc(last_at))
 
 
 # The state and the view are defined beside this module; importers take all three from here.

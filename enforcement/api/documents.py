@@ -109,6 +109,23 @@ class VerifyOut(BaseModel):
     reason: str | None = None
 
 
+class PolicyActivationOut(BaseModel):
+    """A policy a serving process began with: in force from ``activated_at`` on."""
+
+    position: int
+    policy_version: str
+    strike_lookback: str = Field(description='as the policy file writes it ("90d")')
+    activated_at: str
+
+
+class PolicyActivationsOut(BaseModel):
+    """Oldest first. A standing ``as_of`` an instant counts strikes with the last policy begun
+    by then when it began after the account's last event; else with the ``strike_lookback``
+    that event's metadata records."""
+
+    activations: list[PolicyActivationOut]
+
+
 class AccountCommandOut(BaseModel):
     """Every account command: the events it recorded and the standing after them (filing an
     appeal adds ``appeal_id``; setting the contact adds the contact as stored)."""
@@ -168,6 +185,7 @@ ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/accounts/{account_id}/events", "get", "200"): AccountEventsOut,
     ("/v1/events", "get", "200"): FeedOut,
     ("/v1/accounts/{account_id}/verify", "get", "200"): VerifyOut,
+    ("/v1/policy-activations", "get", "200"): PolicyActivationsOut,
     ("/v1/accounts/{account_id}/webhook-key", "get", "200"): WebhookKeyOut,
 }
 ACCOUNT_COMMANDS = "/v1/accounts/{account_id}/"

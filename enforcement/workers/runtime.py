@@ -478,6 +478,7 @@ def run_worker_processes(settings: Settings) -> int:
     the exit status: 0 when stopped by a signal, 1 when a consumer process died (everything
     stops then, as with Dramatiq's own command, so that a supervisor starts the worker again)."""
     from enforcement.bootstrap import bootstrap
+    from enforcement.policy_activations import record_when_possible
 
     ctx = multiprocessing.get_context("spawn")
     children = [
@@ -487,8 +488,9 @@ def run_worker_processes(settings: Settings) -> int:
     for child in children:
         child.start()
     container = bootstrap(settings)
-    _, stop = start_runtime(container, consumers=False, relay=True)
     done = threading.Event()
+    record_when_possible(container.engine, container.policy, container.clock, done)
+    _, stop = start_runtime(container, consumers=False, relay=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     status = 0

@@ -1,8 +1,9 @@
 """A policy change over the real server, on SQLite and PostgreSQL: a server with the default
 policy (strikes count for 90 days) decides a violation; the next server on the same database
-runs a policy whose strikes count for 30. Over HTTP and the CLI, its standing now counts with its
-own lookback, and a standing as of now, read from the log, with the lookback the log recorded.
-POLICY.md: "replaying the log gives the standing that the policy of the day produced"."""
+runs a policy whose strikes count for 30, and records as it starts that this policy is in force.
+Over HTTP and the CLI, its standing now, and a standing as of now, count with its own lookback;
+a standing as of an instant before it started, with the lookback the log recorded. POLICY.md:
+"replaying the log gives the standing that the policy of the day produced"."""
 
 from __future__ import annotations
 
@@ -65,21 +66,39 @@ def test_a_policy_change_leaves_the_standing_the_log_recorded(
     short.write_text('version = "aup-short"\nstrike_lookback = "30d"\n', encoding="utf-8")
     second_dir = tmp_path / "short"
     second_dir.mkdir()
+    before_second = format_time(datetime.now(UTC))
     with served(database_url, second_dir, backend, policy_file=short) as server:
         gateway = server.client("gateway")
         now = gateway.get(f"/v1/accounts/{acct}/standing").json()
-        recorded = gateway.get(
+        as_of_now = gateway.get(
             f"/v1/accounts/{acct}/standing", params={"as_of": now["as_of"]}
         ).json()
-        # The running policy's 30 days: the strike of 40 days ago has run out. The log's 90 days,
-        # recorded with each of its events: it still counts.
-        assert (now["strikes"], recorded["strikes"]) == (0, 1)
-        assert recorded["open_violations"] == [first[0]["data"]["violation_id"]]
+        before = gateway.get(
+            f"/v1/accounts/{acct}/standing", params={"as_of": before_second}
+        ).json()
+        # The running policy's 30 days, in force since this server started: the strike of 40
+        # days ago has run out. Before it started, the log's 90 days: it still counted.
+        assert (now["strikes"], as_of_now["strikes"], before["strikes"]) == (0, 0, 1)
+        assert as_of_now["open_violations"] == []
+        assert before["open_violations"] == [first[0]["data"]["violation_id"]]
+
+        activations = server.client("auditor").get("/v1/policy-activations")
+        assert activations.status_code == 200, activations.text
+        listed = activations.json()["activations"]
+        assert [(a["policy_version"], a["strike_lookback"]) for a in listed] == [
+            ("aup-2026-11", "90d"),
+            ("aup-short", "30d"),
+        ]
+        assert before_second < listed[1]["activated_at"] < now["as_of"]
 
         env = cli_env(database_url, second_dir, short)
-        cli = run_cli(env, second_dir, "standing", acct, "--as-of", now["as_of"], "--json")
+        for instant, strikes in ((before_second, 1), (now["as_of"], 0)):
+            cli = run_cli(env, second_dir, "standing", acct, "--as-of", instant, "--json")
+            assert cli.returncode == 0, cli.stderr
+            assert json.loads(cli.stdout)["strikes"] == strikes, instant
+        cli = run_cli(env, second_dir, "policy-activations", "--json")
         assert cli.returncode == 0, cli.stderr
-        assert json.loads(cli.stdout)["strikes"] == 1
+        assert json.loads(cli.stdout) == listed
 
         # The running policy decides with its own lookback: no prior strike, a first-time minor
         # (under the default policy, a second strike's throttle).

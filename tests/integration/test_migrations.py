@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 
 from enforcement.migrations import alembic_config, current_revision, downgrade, upgrade
-from enforcement.tables import api_tokens, contacts
+from enforcement.tables import api_tokens, contacts, policy_activations
 from events import EventStore, NewEvent, create_engine
 from events.dialects import APPEND_ONLY_MESSAGE
 from events.schema import metadata as events_metadata
@@ -89,7 +89,8 @@ def test_downgrade_to_base_removes_the_postgresql_trigger_function(empty_pg_url:
     try:
         with engine.connect() as conn:
             functions = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_proc WHERE proname = 'events_refuse_change'"
+                "SELECT count(*) FROM pg_proc WHERE proname IN "
+                "('events_refuse_change', 'policy_activations_refuse_change')"
             ).scalar_one()
     finally:
         engine.dispose()
@@ -101,7 +102,7 @@ def test_the_migrated_schema_matches_every_table_definition(empty_url: str) -> N
     and the application's own (``enforcement.tables``) share one ``MetaData``: the migrated
     database has each of them as defined, and no table besides them (Alembic's own aside)."""
     upgrade(empty_url)
-    defined = {api_tokens, contacts, standings, standing_records}
+    defined = {api_tokens, contacts, policy_activations, standing_records, standings}
     assert defined <= set(events_metadata.tables.values())
 
     engine = create_engine(empty_url)

@@ -4,7 +4,9 @@ log gives the standing that the policy of the day produced".
 One account's violation is decided under the default policy (strikes count for 90 days); the
 deployment then runs a policy whose strikes count for 30. The service of the new policy answers
 the standing now with its own lookback, as its next decision counts, and a past standing and the
-history with the lookback each event recorded (``projections.lookback``), from the log alone.
+history with the lookback each event recorded (``projections.lookback``), from the log alone;
+once the new policy is recorded as begun (``enforcement.policy_activations``, as ``serve``
+records it), a standing as of an instant after that with the new policy's lookback.
 """
 
 from __future__ import annotations
@@ -22,22 +24,41 @@ from test_service_support import (
     types_of,
 )
 
+from enforcement import policy_activations
+from enforcement.service import Outcome
+
 DAY = timedelta(days=1)
+
+
+def decided_under_the_default_policy(
+    database_url: str, clock: FakeClock, record_start: bool = False
+) -> Outcome:
+    """A spam violation of ``acct_1`` decided under the default policy (90 days), recorded as
+    begun first when ``record_start`` (as ``serve`` does)."""
+    with open_system(database_url, clock) as default:
+        if record_start:
+            policy_activations.record(default.engine, default.policy, clock())
+        first = report(default, "acct_1", "spam")
+    assert {e.metadata["strike_lookback"] for e in first.events} == {"90d"}
+    return first
+
+
+def short_policy(tmp_path: Path) -> Path:
+    """A policy file whose strikes count for 30 days."""
+    short = tmp_path / "short.toml"
+    short.write_text('version = "aup-short"\nstrike_lookback = "30d"\n', encoding="utf-8")
+    return short
 
 
 def test_a_shorter_lookback_later_leaves_past_standings_as_the_policy_of_the_day_drew_them(
     database_url: str, tmp_path: Path
 ) -> None:
     clock = FakeClock()
-    with open_system(database_url, clock) as default:
-        first = report(default, "acct_1", "spam")
+    first = decided_under_the_default_policy(database_url, clock)
     assert types_of(first.events) == ["ViolationReported", "NoticeIssued", "RemediationRequested"]
-    assert {e.metadata["strike_lookback"] for e in first.events} == {"90d"}
 
-    short = tmp_path / "short.toml"
-    short.write_text('version = "aup-short"\nstrike_lookback = "30d"\n', encoding="utf-8")
     clock.advance(40 * DAY)
-    with open_system(database_url, clock, short) as system:
+    with open_system(database_url, clock, short_policy(tmp_path)) as system:
         service = system.service
         # Now: the running policy's 30 days, by which the day-0 strike has run out...
         assert service.standing("acct_1").strikes == 0
@@ -45,8 +66,9 @@ def test_a_shorter_lookback_later_leaves_past_standings_as_the_policy_of_the_day
         day_35 = service.standing("acct_1", T0 + 35 * DAY)
         assert day_35.strikes == 1
         assert day_35.open_violations == (first.events[0].data["violation_id"],)
-        # Until the new policy acts on the account, the log holds only what the old one drew:
-        # a standing read as of now from the log is that one (README, "A policy change").
+        # With no record that the new policy began (``open_system`` is not ``serve``: it records
+        # none; test_policy_activations has the record) and until the new policy acts on the
+        # account, a standing as of now is the one the old policy drew.
         assert service.standing("acct_1", clock()).strikes == 1
 
         # The new policy decides with its own lookback: no prior strike, a first-time minor.
@@ -64,3 +86,29 @@ def test_a_shorter_lookback_later_leaves_past_standings_as_the_policy_of_the_day
             *["aup-short"] * 3,
         ]
         assert_account_consistent(system, "acct_1", T0 + 40 * DAY)
+
+
+def test_a_standing_as_of_counts_with_the_policy_begun_after_the_account_s_last_event(
+    database_url: str, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    decided_under_the_default_policy(database_url, clock, record_start=True)
+    clock.advance(40 * DAY)
+    with open_system(database_url, clock, short_policy(tmp_path)) as system:
+        service = system.service
+        # Before the 30-day policy is recorded: the lookback the log holds (90 days).
+        assert service.standing("acct_1", clock()).strikes == 1
+        policy_activations.record(system.engine, system.policy, clock())
+        clock.advance(timedelta(seconds=1))
+        # From its start on, a standing as of now is the standing now: the 30 days the next
+        # decision counts with, by which the strike of day 0 has run out.
+        assert service.standing("acct_1", clock()) == service.standing("acct_1")
+        assert service.standing("acct_1", clock()).strikes == 0
+        # Before it began, the past is as the 90-day policy drew it.
+        assert service.standing("acct_1", T0 + 39 * DAY).strikes == 1
+
+        # Once the new policy acts on the account, its event is the later word (30 days too).
+        second = report(system, "acct_1", "spam")
+        assert {e.metadata["strike_lookback"] for e in second.events} == {"30d"}
+        assert service.standing("acct_1", clock()).strikes == 1
+        assert service.standing("acct_1", clock()) == service.standing("acct_1")

@@ -22,7 +22,7 @@ from events import RecordedEvent
 from projections import aup_events as ev
 from projections.durations import duration_text, parse_duration_text
 from projections.history import history
-from projections.lookback import LookbackOfRecord
+from projections.lookback import LookbackOfRecord, PolicyStart
 from projections.standing import fold
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -154,6 +154,56 @@ def test_events_that_record_no_lookback_count_with_the_running_policy_s() -> Non
     # A later event that records one sets it for what came before too: the policy of the day.
     mixed = recorded([(spam("vio_1"), t(0), None), (spam("vio_2"), t(20), "90d")])
     assert fold("acct_1", mixed, t(35), RUNNING).strikes == 2
+
+
+# --- a policy begun before it acted on the account ---------------------------------------------
+
+
+def begun(days: float, lookback: timedelta) -> PolicyStart:
+    return PolicyStart(t(days), "aup-begun", lookback)
+
+
+def test_a_policy_begun_after_the_last_event_counts_with_its_own_lookback() -> None:
+    events = recorded([(spam("vio_1"), t(0), "90d")])
+    start = begun(30, timedelta(days=20))
+    # Before the new policy began: the lookback the event recorded (90 days).
+    assert fold("acct_1", events, t(29), RUNNING, start).strikes == 1
+    # From its start on, and before it acts on the account: its 20 days, by which the strike of
+    # day 0 has run out; the next decision would count none.
+    at_35 = fold("acct_1", events, t(35), RUNNING, start)
+    assert (at_35.strikes, at_35.open_violations, at_35.status) == (0, (), "good_standing")
+    # Longer than the recorded one: a strike the event's 30 days let go counts again.
+    shorter = recorded([(spam("vio_1"), t(0), "30d")])
+    assert fold("acct_1", shorter, t(50), RUNNING).strikes == 0
+    assert fold("acct_1", shorter, t(50), RUNNING, begun(45, timedelta(days=90))).strikes == 1
+
+
+def test_an_event_after_the_policy_began_counts_with_the_lookback_it_recorded() -> None:
+    events = recorded(
+        [
+            (spam("vio_1"), t(0), "90d"),
+            (ev.AdultContentApprovalChanged(True, "contract"), t(40), "90d"),
+        ]
+    )
+    # A policy begun on day 30, but the event of day 40 was decided with 90 days (a process of
+    # the older policy, during a rolling change): that event is the later word.
+    assert fold("acct_1", events, t(45), RUNNING, begun(30, timedelta(days=20))).strikes == 1
+    # An event recorded at the very instant the policy began is the later word too.
+    assert fold("acct_1", events, t(45), RUNNING, begun(40, timedelta(days=20))).strikes == 1
+    assert fold("acct_1", events, t(45), RUNNING, begun(41, timedelta(days=20))).strikes == 0
+
+
+def test_a_policy_begun_after_the_instant_read_is_not_counted() -> None:
+    events = recorded([(spam("vio_1"), t(0), "90d")])
+    # The caller passes the last start by ``as_of``; one after it is ignored, not trusted.
+    assert fold("acct_1", events, t(35), RUNNING, begun(36, timedelta(days=20))).strikes == 1
+    assert fold("acct_1", events, t(36), RUNNING, begun(36, timedelta(days=20))).strikes == 0
+
+
+def test_a_policy_start_before_any_event_changes_nothing_for_an_empty_account() -> None:
+    empty = fold("acct_1", [], t(5), RUNNING, begun(1, timedelta(days=20)))
+    assert empty == fold("acct_1", [], t(5), RUNNING)
+    assert (empty.version, empty.strikes, empty.status) == (0, 0, "good_standing")
 
 
 # --- history ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import redis
 import sqlalchemy as sa
 
 from enforcement import operator_decisions as ops
+from enforcement import policy_activations
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate import GateUnavailable, RedisGate
 from enforcement.settings import Settings
@@ -117,6 +118,10 @@ def test_a_worker_killed_mid_delivery_is_redelivered_and_recorded_once(
             "sha256=" + hmac.new(SECRET.encode(), attempts[1].body, hashlib.sha256).hexdigest()
         )
         assert attempts[1].headers["x-enforcement-signature"] == signature
+        # Each worker recorded as it started the policy it decides with; the second one found
+        # that policy already the last one recorded.
+        begun = policy_activations.listed(poster.engine)
+        assert [(a.policy_version, a.strike_lookback) for a in begun] == [("aup-2026-11", "90d")]
     finally:
         receiver.close()
         first.stop()

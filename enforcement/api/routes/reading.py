@@ -1,4 +1,5 @@
-"""Reading (operator, auditor; standing also gateway): standing, events, feed, verify."""
+"""Reading (operator, auditor; standing also gateway): standing, events, feed, verify, and the
+policies the deployment began with."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
+from enforcement import policy_activations
 from enforcement.api.deps import ContainerDep, Reader, StandingReader
 from enforcement.api.errors import READ_ERRORS
 from enforcement.api.schemas import AccountId
@@ -76,3 +78,12 @@ def verify(account_id: Account, container: ContainerDep, principal: Reader) -> d
         "broken_at_version": result.broken_at_version,
         "reason": result.reason,
     }
+
+
+@router.get("/policy-activations")
+def get_policy_activations(container: ContainerDep, principal: Reader) -> dict[str, Any]:
+    """Each policy the deployment's serving processes began with, oldest first: a standing
+    ``as_of`` an instant counts strikes with the last one begun by then when it began after the
+    account's last event (``enforcement.policy_activations``)."""
+    rows = policy_activations.listed(container.engine)
+    return {"activations": [row.to_json() for row in rows]}

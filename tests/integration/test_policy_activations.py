@@ -1,0 +1,236 @@
+"""The policies the deployment began with (``enforcement.policy_activations``), on SQLite and
+PostgreSQL: what a serving process records as it starts, what the database refuses, which one a
+standing ``as_of`` an instant counts strikes with, and how an auditor reads them (HTTP, CLI).
+
+POLICY.md: "replaying the log gives the standing that the policy of the day produced". A policy
+is in force from the moment it begins, before it acts on an account: a standing as of an instant
+after a change, before the account's next event, is the one the new policy decides on.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from api_support import api_system
+from sqlalchemy.exc import DBAPIError
+from test_service_support import T0, FakeClock
+from typer.testing import CliRunner
+
+from enforcement import policy_activations
+from enforcement.cli import app
+from enforcement.cli_output import console
+from enforcement.migrations import upgrade
+from enforcement.policy_file import DEFAULT_POLICY
+from enforcement.roles import Role
+from events import create_engine
+
+DAY = timedelta(days=1)
+SHORT = replace(DEFAULT_POLICY, version="aup-short", strike_lookback=timedelta(days=30))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_a_policy_is_recorded_once_until_another_one_begins(engine: sa.Engine) -> None:
+    first = policy_activations.record(engine, DEFAULT_POLICY, T0)
+    assert first is not None
+    assert (first.policy_version, first.strike_lookback, first.activated_at) == (
+        "aup-2026-11",
+        "90d",
+        T0,
+    )
+    # The same policy again (another process, a restart): nothing new.
+    assert policy_activations.record(engine, DEFAULT_POLICY, T0 + DAY) is None
+    second = policy_activations.record(engine, SHORT, T0 + 2 * DAY)
+    assert second is not None and second.strike_lookback == "30d"
+    # Only the version changed: a new policy all the same.
+    renamed = replace(SHORT, version="aup-short-2")
+    assert policy_activations.record(engine, renamed, T0 + 3 * DAY) is not None
+    # Back to the first: it begins again.
+    assert policy_activations.record(engine, DEFAULT_POLICY, T0 + 4 * DAY) is not None
+
+    listed = policy_activations.listed(engine)
+    assert [(a.policy_version, a.strike_lookback) for a in listed] == [
+        ("aup-2026-11", "90d"),
+        ("aup-short", "30d"),
+        ("aup-short-2", "30d"),
+        ("aup-2026-11", "90d"),
+    ]
+    assert [a.activated_at for a in listed] == [T0, T0 + 2 * DAY, T0 + 3 * DAY, T0 + 4 * DAY]
+    assert [a.position for a in listed] == sorted({a.position for a in listed})
+    assert listed[1].to_json() == {
+        "position": listed[1].position,
+        "policy_version": "aup-short",
+        "strike_lookback": "30d",
+        "activated_at": "2026-11-26T10:00:00.000000Z",
+    }
+
+
+def test_processes_that_start_at_once_with_one_policy_record_it_once(
+    database_url: str, engine: sa.Engine
+) -> None:
+    policy_activations.record(engine, DEFAULT_POLICY, T0)
+    starters = 8
+    # An engine each, connected before they start together, as processes' would be.
+    engines = [create_engine(database_url) for _ in range(starters)]
+    for each in engines:
+        each.connect().close()
+    barrier = threading.Barrier(starters)
+    recorded: list[object] = []
+
+    def start(own: sa.Engine) -> None:
+        barrier.wait()
+        recorded.append(policy_activations.record(own, SHORT, T0 + DAY))
+
+    threads = [threading.Thread(target=start, args=(each,)) for each in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    for each in engines:
+        each.dispose()
+    assert len(recorded) == starters
+    assert sum(row is not None for row in recorded) == 1
+    assert [a.policy_version for a in policy_activations.listed(engine)] == [
+        "aup-2026-11",
+        "aup-short",
+    ]
+
+
+def test_the_policy_in_force_is_the_last_one_begun_by_the_instant(engine: sa.Engine) -> None:
+    assert policy_activations.in_force(engine, T0) is None  # nothing recorded
+    policy_activations.record(engine, DEFAULT_POLICY, T0)
+    policy_activations.record(engine, SHORT, T0 + 2 * DAY)
+
+    assert policy_activations.in_force(engine, T0 - timedelta(microseconds=1)) is None
+    at_start = policy_activations.in_force(engine, T0)
+    assert at_start is not None
+    assert (at_start.at, at_start.policy_version, at_start.strike_lookback) == (
+        T0,
+        "aup-2026-11",
+        timedelta(days=90),
+    )
+    between = policy_activations.in_force(engine, T0 + 2 * DAY - timedelta(microseconds=1))
+    assert between is not None and between.policy_version == "aup-2026-11"
+    later = policy_activations.in_force(engine, T0 + 10 * DAY)
+    assert later is not None
+    assert (later.at, later.strike_lookback) == (T0 + 2 * DAY, timedelta(days=30))
+
+
+def test_the_database_refuses_to_change_or_remove_a_recorded_policy(engine: sa.Engine) -> None:
+    policy_activations.record(engine, DEFAULT_POLICY, T0)
+    statements = [
+        "UPDATE policy_activations SET strike_lookback = '1d'",
+        "DELETE FROM policy_activations",
+    ]
+    if engine.dialect.name == "postgresql":
+        statements.append("TRUNCATE policy_activations")
+    for statement in statements:
+        with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+        assert "policy activations are append-only" in str(caught.value.orig), statement
+    assert [a.strike_lookback for a in policy_activations.listed(engine)] == ["90d"]
+
+
+def test_a_process_that_starts_before_the_database_answers_records_its_policy_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database without the schema yet: every try fails, as against one that is down.
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    monkeypatch.setattr(policy_activations, "RETRY_SECONDS", (0.05,))
+    engine = create_engine(url)
+    clock = FakeClock()
+    try:
+        thread = policy_activations.record_when_possible(engine, SHORT, clock)
+        assert thread is not None and thread.is_alive()
+        clock.advance(DAY)
+        upgrade(url)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        listed = policy_activations.listed(engine)
+        assert [(a.policy_version, a.activated_at) for a in listed] == [("aup-short", T0 + DAY)]
+        # Once the database answers, at once and with no thread.
+        assert policy_activations.record_when_possible(engine, DEFAULT_POLICY, clock) is None
+        assert len(policy_activations.listed(engine)) == 2
+    finally:
+        engine.dispose()
+
+
+def test_a_stopped_process_stops_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy_activations, "RETRY_SECONDS", (0.05,))
+    engine = create_engine(f"sqlite:///{tmp_path / 'never.db'}")
+    stopped = threading.Event()
+    try:
+        thread = policy_activations.record_when_possible(engine, SHORT, FakeClock(), stopped)
+        assert thread is not None
+        stopped.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    finally:
+        engine.dispose()
+
+
+def test_an_auditor_reads_the_policies_over_http(database_url: str) -> None:
+    with api_system(database_url, FakeClock()) as api:
+        headers = {role: {"Authorization": f"Bearer {api.tokens[role]}"} for role in Role}
+        empty = api.client.get("/v1/policy-activations", headers=headers[Role.AUDITOR])
+        assert (empty.status_code, empty.json()) == (200, {"activations": []})
+
+        policy_activations.record(api.system.engine, api.system.policy, T0)
+        for role in (Role.AUDITOR, Role.OPERATOR, Role.ADMIN):
+            answer = api.client.get("/v1/policy-activations", headers=headers[role])
+            assert answer.status_code == 200, role
+            assert [a["strike_lookback"] for a in answer.json()["activations"]] == ["90d"]
+            assert answer.json()["activations"][0]["activated_at"] == "2026-11-24T10:00:00.000000Z"
+        for role in (Role.REPORTER, Role.GATEWAY):
+            assert (
+                api.client.get("/v1/policy-activations", headers=headers[role]).status_code == 403
+            )
+        assert api.client.get("/v1/policy-activations").status_code == 401
+
+
+def test_the_cli_lists_the_policies_as_a_table_and_as_json(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "width", 200)
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(
+            app, list(args), env={"ENFORCEMENT_DATABASE_URL": database_url}, catch_exceptions=False
+        )
+
+    none = run("policy-activations")
+    assert none.exit_code == 0, none.output
+    assert "No policy recorded yet" in none.stdout
+    assert json.loads(run("policy-activations", "--json").stdout) == []
+
+    engine = create_engine(database_url)
+    try:
+        policy_activations.record(engine, DEFAULT_POLICY, T0)
+        policy_activations.record(engine, SHORT, T0 + DAY)
+    finally:
+        engine.dispose()
+    table = run("policy-activations")
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.stdout.splitlines() if "aup-" in line]
+    assert len(rows) == 2
+    assert all(text in rows[0] for text in ("aup-2026-11", "90d", "2026-11-24T10:00:00.000000Z"))
+    assert all(text in rows[1] for text in ("aup-short", "30d", "2026-11-25T10:00:00.000000Z"))
+    listed = json.loads(run("policy-activations", "--json").stdout)
+    assert [(a["policy_version"], a["activated_at"]) for a in listed] == [
+        ("aup-2026-11", "2026-11-24T10:00:00.000000Z"),
+        ("aup-short", "2026-11-25T10:00:00.000000Z"),
+    ]
