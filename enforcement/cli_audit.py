@@ -57,11 +57,12 @@ def policy_activations(
     with opened_container() as container:
         rows = [row.to_json() for row in activations.listed(container.engine)]
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"activations": rows}, indent=2))
         return
     if not rows:
         console.print(
-            "No policy recorded yet: `enforcement serve` records its policy as it starts."
+            "No policy recorded yet: `enforcement serve` and `enforcement worker` record theirs "
+            "as they start."
         )
         return
     columns = ("position", "policy_version", "strike_lookback", "activated_at")

@@ -101,10 +101,11 @@ def serve(
     settings = settings_or_fail()
     _check_can_listen(host, port)
     configure_logging()  # before the schema check, whose connection may log (a pooler)
-    _check_schema(settings.database_url)
+    answered = _check_schema(settings.database_url)
     container = container_or_fail(settings)
-    # The policy this process decides with, in force from now on (``policy_activations``).
-    record_when_possible(container.engine, container.policy, container.clock)
+    # The policy this process decides with, in force from now on (``policy_activations``); not
+    # waited for when the database did not answer: ``/healthz`` says so meanwhile.
+    record_when_possible(container.engine, container.policy, container.clock, wait=answered)
     if workers and container.settings.embedded:
         from enforcement.workers.runtime import install_embedded_workers
 
@@ -167,12 +168,12 @@ NOT_BY_WAITING_TEXT = (
 )
 
 
-def _check_schema(url: str) -> None:
+def _check_schema(url: str) -> bool:
     """Exit 2 if the database has no schema, or an older revision than this release's: serving
     it would answer requests with errors, and a worker's relay would fail on it until stopped.
     A database that does not answer yet is left to ``/healthz`` (503 until it does) and to the
     relay's retries; one at a revision this release does not know (a newer release's) is
-    served, as during a rolling upgrade."""
+    served, as during a rolling upgrade. Whether the database answered."""
     from enforcement.migrations import current_revision, release_revisions
 
     require_sqlite_file(url)
@@ -186,12 +187,13 @@ def _check_schema(url: str) -> None:
             text in str(orig) for text in NOT_BY_WAITING_TEXT
         ):
             fail(database_error(exc))
-        return
+        return False
     head, known = release_revisions()
     if revision is None:
         fail(f"The database {redacted(url)} has no schema; run `enforcement init` to create it.")
     if is_older(revision, head, known):
         fail(older_schema(url, revision, head))
+    return True
 
 
 @app.command()
@@ -208,7 +210,7 @@ def worker() -> None:
         )
     load_policy_or_fail(settings.policy_file)  # before the processes start: one sentence
     configure_logging()
-    _check_schema(settings.database_url)  # an upgrade's worker started before `init`
-    status = run_worker_processes(settings)
+    answered = _check_schema(settings.database_url)  # an upgrade's worker started before `init`
+    status = run_worker_processes(settings, record_at_once=answered)
     if status:
         raise typer.Exit(status)

@@ -1,16 +1,21 @@
-"""When each policy began: the deployment's record of the policies it ran.
+"""When each policy began: the deployment's record of the policies its processes started with.
 
 Every event records the lookback of the policy that wrote it (``projections.lookback``), but a
 policy is in force before it acts on an account: a standing as of an instant after a policy
 change, and before the account's next event, is the one the new policy would decide on
 (POLICY.md: "the standing that the policy of the day produced"). So each serving process
-(``enforcement serve``, ``enforcement worker``) records, as it starts, the policy it runs, when
-it is not already the last one recorded; the table is append-only. A standing ``as_of`` an
-instant counts strikes with the last policy begun by then, when it began after the account's
-last event (``projections.standing.fold``).
+(``enforcement serve``, ``enforcement worker``) records, as it starts, the policy it runs and
+the instant. A standing ``as_of`` an instant counts strikes with the last policy begun by then,
+when it began after the account's last event (``projections.standing.fold``).
+
+Every start is recorded, also of a policy already recorded last: a process of the older policy
+may have written events since, and its restart with the new one must begin the new one again.
+The table is append-only, and in time order: a row's ``activated_at`` is when it was recorded
+(never before the row before it), and the database refuses UPDATE, DELETE and an insert out of
+that order. It is not hash-chained: it is not the log.
 
 What the record cannot tell: during a rolling change, processes of both policies serve at once;
-the record holds the order in which they started.
+the record holds the order in which they started, and each event the policy that wrote it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -62,36 +67,39 @@ _COLUMNS = (table.c.position, table.c.policy_version, table.c.strike_lookback, t
 
 
 def record(engine: Engine, policy: Policy, at: datetime) -> Activation | None:
-    """Record that ``policy`` runs from ``at`` on, unless it is already the last policy recorded
-    (same version and lookback); the new row, or ``None`` when there was nothing to record."""
+    """Record that ``policy`` runs from ``at`` on (a microsecond after the last row when that is
+    later: the rows stay in time order whatever the clocks of the processes); the new row, or
+    ``None`` for a lookback no policy file gives (nothing a reader could count with)."""
     lookback = duration_text(policy.strike_lookback)
-    if lookback is None:  # no policy file gives one; nothing a reader could count with
+    if lookback is None:
         return None
     with write_connection(engine) as conn, conn.begin():
-        if conn.dialect.name == "postgresql":  # two processes starting at once: one row
+        if conn.dialect.name == "postgresql":  # processes starting at once: one after the other
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({RECORD_LOCK_KEY})")
-        last = conn.execute(sa.select(*_COLUMNS).order_by(table.c.position.desc()).limit(1)).first()
-        if last is not None and (last[1], last[2]) == (policy.version, lookback):
-            return None
+        last = conn.execute(sa.select(sa.func.max(table.c.activated_at))).scalar()
+        at = to_utc(at)
+        if last is not None and at <= to_utc(last):
+            at = to_utc(last) + timedelta(microseconds=1)
         position = conn.execute(
             table.insert()
             .values(policy_version=policy.version, strike_lookback=lookback, activated_at=at)
             .returning(table.c.position)
         ).scalar_one()
-    activation = Activation(int(position), policy.version, lookback, to_utc(at))
+    activation = Activation(int(position), policy.version, lookback, at)
     log.info(
         "policy %s (strike lookback %s) recorded as in force from %s",
         policy.version,
         lookback,
-        activation.activated_at.isoformat(),
+        format_time(at),
     )
     return activation
 
 
-def listed(engine: Engine) -> list[Activation]:
-    """Every recorded activation, oldest first."""
+def listed(engine: Engine, after_position: int = 0, limit: int | None = None) -> list[Activation]:
+    """The recorded activations after ``after_position``, oldest first (at most ``limit``)."""
+    query = sa.select(*_COLUMNS).where(table.c.position > after_position).order_by(table.c.position)
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(*_COLUMNS).order_by(table.c.position)).all()
+        rows = conn.execute(query if limit is None else query.limit(limit)).all()
     return [Activation(int(p), v, lookback, to_utc(at)) for p, v, lookback, at in rows]
 
 
@@ -118,20 +126,28 @@ def record_when_possible(
     policy: Policy,
     clock: Callable[[], datetime],
     stopped: threading.Event | None = None,
+    wait: bool = True,
 ) -> threading.Thread | None:
     """``record`` now; when the database does not answer (a process may start before it:
     ``/healthz`` says 503 meanwhile), from a daemon thread that tries again until it does, or
-    until ``stopped`` is set. The thread, or ``None`` when the policy was recorded at once."""
-    try:
-        record(engine, policy, clock())
-        return None
-    except sa.exc.DBAPIError as exc:
-        log.warning("policy %s not recorded yet, the database said: %s", policy.version, exc.orig)
+    until ``stopped`` is set. With ``wait`` false (the database did not answer a moment ago),
+    the first try is the thread's too, so that start-up does not wait for it. The thread, or
+    ``None`` when the policy was recorded at once."""
+    if wait:
+        try:
+            record(engine, policy, clock())
+            return None
+        except sa.exc.DBAPIError as exc:
+            log.warning(
+                "policy %s not recorded yet, the database said: %s", policy.version, exc.orig
+            )
     stop = stopped or threading.Event()
 
     def again() -> None:
-        tries = 0
-        while not stop.wait(RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]):
+        tries = 0 if wait else -1  # -1: the first try at once
+        while True:
+            if tries >= 0 and stop.wait(RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]):
+                return
             tries += 1
             try:
                 record(engine, policy, clock())

@@ -110,7 +110,8 @@ class VerifyOut(BaseModel):
 
 
 class PolicyActivationOut(BaseModel):
-    """A policy a serving process began with: in force from ``activated_at`` on."""
+    """A policy a serving process began with: in force from ``activated_at`` on (when the start
+    was recorded)."""
 
     position: int
     policy_version: str
@@ -119,11 +120,12 @@ class PolicyActivationOut(BaseModel):
 
 
 class PolicyActivationsOut(BaseModel):
-    """Oldest first. A standing ``as_of`` an instant counts strikes with the last policy begun
-    by then when it began after the account's last event; else with the ``strike_lookback``
-    that event's metadata records."""
+    """Each start of a serving process, oldest first (in ``activated_at`` order too). A standing
+    ``as_of`` an instant counts strikes with the last policy begun by then when it began after
+    the account's last event; else with the ``strike_lookback`` that event's metadata records."""
 
     activations: list[PolicyActivationOut]
+    next_after_position: int | None
 
 
 class AccountCommandOut(BaseModel):

@@ -473,10 +473,12 @@ def _consumer_process(settings: Settings, parent_pid: int | None = None) -> None
     container.close()
 
 
-def run_worker_processes(settings: Settings) -> int:
+def run_worker_processes(settings: Settings, record_at_once: bool = True) -> int:
     """``enforcement worker``: consumer processes plus the relay and sweep in this one. Returns
     the exit status: 0 when stopped by a signal, 1 when a consumer process died (everything
-    stops then, as with Dramatiq's own command, so that a supervisor starts the worker again)."""
+    stops then, as with Dramatiq's own command, so that a supervisor starts the worker again).
+    It records the policy it runs (``policy_activations``): at once, or from a thread when
+    ``record_at_once`` is false (the database did not answer a moment ago)."""
     from enforcement.bootstrap import bootstrap
     from enforcement.policy_activations import record_when_possible
 
@@ -488,13 +490,14 @@ def run_worker_processes(settings: Settings) -> int:
     for child in children:
         child.start()
     container = bootstrap(settings)
-    done = threading.Event()
-    record_when_possible(container.engine, container.policy, container.clock, done)
     _, stop = start_runtime(container, consumers=False, relay=True)
+    done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     status = 0
     try:
+        policy, clock = container.policy, container.clock
+        record_when_possible(container.engine, policy, clock, done, wait=record_at_once)
         while not done.wait(1):
             dead = [c for c in children if not c.is_alive()]
             if dead and not done.is_set():  # not a signal to the whole group (Ctrl-C)

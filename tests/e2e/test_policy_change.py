@@ -98,7 +98,7 @@ def test_a_policy_change_leaves_the_standing_the_log_recorded(
             assert json.loads(cli.stdout)["strikes"] == strikes, instant
         cli = run_cli(env, second_dir, "policy-activations", "--json")
         assert cli.returncode == 0, cli.stderr
-        assert json.loads(cli.stdout) == listed
+        assert json.loads(cli.stdout) == {"activations": listed}
 
         # The running policy decides with its own lookback: no prior strike, a first-time minor
         # (under the default policy, a second strike's throttle).

@@ -90,7 +90,8 @@ def test_downgrade_to_base_removes_the_postgresql_trigger_function(empty_pg_url:
         with engine.connect() as conn:
             functions = conn.exec_driver_sql(
                 "SELECT count(*) FROM pg_proc WHERE proname IN "
-                "('events_refuse_change', 'policy_activations_refuse_change')"
+                "('events_refuse_change', 'policy_activations_refuse_change',"
+                " 'policy_activations_in_order')"
             ).scalar_one()
     finally:
         engine.dispose()

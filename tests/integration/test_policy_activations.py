@@ -43,7 +43,7 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def test_a_policy_is_recorded_once_until_another_one_begins(engine: sa.Engine) -> None:
+def test_every_start_is_recorded_in_time_order(engine: sa.Engine) -> None:
     first = policy_activations.record(engine, DEFAULT_POLICY, T0)
     assert first is not None
     assert (first.policy_version, first.strike_lookback, first.activated_at) == (
@@ -51,34 +51,43 @@ def test_a_policy_is_recorded_once_until_another_one_begins(engine: sa.Engine) -
         "90d",
         T0,
     )
-    # The same policy again (another process, a restart): nothing new.
-    assert policy_activations.record(engine, DEFAULT_POLICY, T0 + DAY) is None
     second = policy_activations.record(engine, SHORT, T0 + 2 * DAY)
     assert second is not None and second.strike_lookback == "30d"
-    # Only the version changed: a new policy all the same.
-    renamed = replace(SHORT, version="aup-short-2")
-    assert policy_activations.record(engine, renamed, T0 + 3 * DAY) is not None
-    # Back to the first: it begins again.
-    assert policy_activations.record(engine, DEFAULT_POLICY, T0 + 4 * DAY) is not None
+    # The same policy again (a restart, another process): a start all the same, since a process
+    # of an older policy may have written events in between.
+    again = policy_activations.record(engine, SHORT, T0 + 3 * DAY)
+    assert again is not None and again.position > second.position
+    # A process whose clock is behind the last row's: recorded a microsecond after it, so that
+    # position order and time order agree.
+    late_clock = policy_activations.record(engine, DEFAULT_POLICY, T0 + DAY)
+    assert late_clock is not None
+    assert late_clock.activated_at == T0 + 3 * DAY + timedelta(microseconds=1)
 
     listed = policy_activations.listed(engine)
     assert [(a.policy_version, a.strike_lookback) for a in listed] == [
         ("aup-2026-11", "90d"),
         ("aup-short", "30d"),
-        ("aup-short-2", "30d"),
+        ("aup-short", "30d"),
         ("aup-2026-11", "90d"),
     ]
-    assert [a.activated_at for a in listed] == [T0, T0 + 2 * DAY, T0 + 3 * DAY, T0 + 4 * DAY]
+    assert [a.activated_at for a in listed] == [
+        T0,
+        T0 + 2 * DAY,
+        T0 + 3 * DAY,
+        T0 + 3 * DAY + timedelta(microseconds=1),
+    ]
     assert [a.position for a in listed] == sorted({a.position for a in listed})
+    assert listed == [first, second, again, late_clock]
     assert listed[1].to_json() == {
         "position": listed[1].position,
         "policy_version": "aup-short",
         "strike_lookback": "30d",
         "activated_at": "2026-11-26T10:00:00.000000Z",
     }
+    assert policy_activations.listed(engine, after_position=second.position, limit=1) == [again]
 
 
-def test_processes_that_start_at_once_with_one_policy_record_it_once(
+def test_processes_that_start_at_once_are_recorded_one_after_the_other(
     database_url: str, engine: sa.Engine
 ) -> None:
     policy_activations.record(engine, DEFAULT_POLICY, T0)
@@ -101,11 +110,11 @@ def test_processes_that_start_at_once_with_one_policy_record_it_once(
         thread.join(timeout=30)
     for each in engines:
         each.dispose()
-    assert len(recorded) == starters
-    assert sum(row is not None for row in recorded) == 1
-    assert [a.policy_version for a in policy_activations.listed(engine)] == [
-        "aup-2026-11",
-        "aup-short",
+    assert len(recorded) == starters  # none refused
+    listed = policy_activations.listed(engine)
+    # Each after the one before it, in position order: the same clock reading, a microsecond on.
+    assert [a.activated_at for a in listed] == [T0] + [
+        T0 + DAY + timedelta(microseconds=n) for n in range(starters)
     ]
 
 
@@ -129,7 +138,9 @@ def test_the_policy_in_force_is_the_last_one_begun_by_the_instant(engine: sa.Eng
     assert (later.at, later.strike_lookback) == (T0 + 2 * DAY, timedelta(days=30))
 
 
-def test_the_database_refuses_to_change_or_remove_a_recorded_policy(engine: sa.Engine) -> None:
+def test_the_database_refuses_to_change_remove_or_back_date_a_recorded_policy(
+    engine: sa.Engine,
+) -> None:
     policy_activations.record(engine, DEFAULT_POLICY, T0)
     statements = [
         "UPDATE policy_activations SET strike_lookback = '1d'",
@@ -141,7 +152,25 @@ def test_the_database_refuses_to_change_or_remove_a_recorded_policy(engine: sa.E
         with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
             conn.exec_driver_sql(statement)
         assert "policy activations are append-only" in str(caught.value.orig), statement
-    assert [a.strike_lookback for a in policy_activations.listed(engine)] == ["90d"]
+    # Nor a row back-dated before the last one, or at its instant: the rows are in time order.
+    table = policy_activations.table
+    for at in (T0 - DAY, T0):
+        with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
+            conn.execute(
+                table.insert().values(
+                    policy_version="forged", strike_lookback="1d", activated_at=at
+                )
+            )
+        assert "policy activations are recorded in time order" in str(caught.value.orig), at
+    with engine.begin() as conn:  # a later one is accepted
+        conn.execute(
+            table.insert().values(
+                policy_version="later",
+                strike_lookback="1d",
+                activated_at=T0 + timedelta(microseconds=1),
+            )
+        )
+    assert [a.policy_version for a in policy_activations.listed(engine)] == ["aup-2026-11", "later"]
 
 
 def test_a_process_that_starts_before_the_database_answers_records_its_policy_later(
@@ -164,6 +193,14 @@ def test_a_process_that_starts_before_the_database_answers_records_its_policy_la
         # Once the database answers, at once and with no thread.
         assert policy_activations.record_when_possible(engine, DEFAULT_POLICY, clock) is None
         assert len(policy_activations.listed(engine)) == 2
+        # Not waited for (the database did not answer a moment ago): the thread's first try,
+        # at once.
+        clock.advance(DAY)
+        thread = policy_activations.record_when_possible(engine, SHORT, clock, wait=False)
+        assert thread is not None
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert policy_activations.listed(engine)[-1].activated_at == T0 + 2 * DAY
     finally:
         engine.dispose()
 
@@ -186,7 +223,10 @@ def test_an_auditor_reads_the_policies_over_http(database_url: str) -> None:
     with api_system(database_url, FakeClock()) as api:
         headers = {role: {"Authorization": f"Bearer {api.tokens[role]}"} for role in Role}
         empty = api.client.get("/v1/policy-activations", headers=headers[Role.AUDITOR])
-        assert (empty.status_code, empty.json()) == (200, {"activations": []})
+        assert (empty.status_code, empty.json()) == (
+            200,
+            {"activations": [], "next_after_position": None},
+        )
 
         policy_activations.record(api.system.engine, api.system.policy, T0)
         for role in (Role.AUDITOR, Role.OPERATOR, Role.ADMIN):
@@ -194,6 +234,25 @@ def test_an_auditor_reads_the_policies_over_http(database_url: str) -> None:
             assert answer.status_code == 200, role
             assert [a["strike_lookback"] for a in answer.json()["activations"]] == ["90d"]
             assert answer.json()["activations"][0]["activated_at"] == "2026-11-24T10:00:00.000000Z"
+
+        # Pages, as the events feed's: a full page names the position to read after.
+        for day in (1, 2):
+            policy_activations.record(api.system.engine, SHORT, T0 + day * DAY)
+        auditor = headers[Role.AUDITOR]
+        page = api.client.get("/v1/policy-activations?limit=2", headers=auditor).json()
+        assert [a["activated_at"][:10] for a in page["activations"]] == ["2026-11-24", "2026-11-25"]
+        assert page["next_after_position"] == page["activations"][-1]["position"]
+        rest = api.client.get(
+            f"/v1/policy-activations?after_position={page['next_after_position']}&limit=2",
+            headers=auditor,
+        ).json()
+        assert [a["activated_at"][:10] for a in rest["activations"]] == ["2026-11-26"]
+        assert rest["next_after_position"] is None
+        default_page = api.client.get("/v1/policy-activations", headers=auditor).json()
+        assert len(default_page["activations"]) == 3
+        for bad in ("limit=0", "limit=1001", "after_position=-1"):
+            answer = api.client.get(f"/v1/policy-activations?{bad}", headers=auditor)
+            assert answer.status_code == 422, bad
         for role in (Role.REPORTER, Role.GATEWAY):
             assert (
                 api.client.get("/v1/policy-activations", headers=headers[role]).status_code == 403
@@ -215,7 +274,7 @@ def test_the_cli_lists_the_policies_as_a_table_and_as_json(
     none = run("policy-activations")
     assert none.exit_code == 0, none.output
     assert "No policy recorded yet" in none.stdout
-    assert json.loads(run("policy-activations", "--json").stdout) == []
+    assert json.loads(run("policy-activations", "--json").stdout) == {"activations": []}
 
     engine = create_engine(database_url)
     try:
@@ -229,7 +288,7 @@ def test_the_cli_lists_the_policies_as_a_table_and_as_json(
     assert len(rows) == 2
     assert all(text in rows[0] for text in ("aup-2026-11", "90d", "2026-11-24T10:00:00.000000Z"))
     assert all(text in rows[1] for text in ("aup-short", "30d", "2026-11-25T10:00:00.000000Z"))
-    listed = json.loads(run("policy-activations", "--json").stdout)
+    listed = json.loads(run("policy-activations", "--json").stdout)["activations"]
     assert [(a["policy_version"], a["activated_at"]) for a in listed] == [
         ("aup-2026-11", "2026-11-24T10:00:00.000000Z"),
         ("aup-short", "2026-11-25T10:00:00.000000Z"),

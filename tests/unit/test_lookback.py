@@ -200,10 +200,12 @@ def test_a_policy_begun_after_the_instant_read_is_not_counted() -> None:
     assert fold("acct_1", events, t(36), RUNNING, begun(36, timedelta(days=20))).strikes == 0
 
 
-def test_a_policy_start_before_any_event_changes_nothing_for_an_empty_account() -> None:
-    empty = fold("acct_1", [], t(5), RUNNING, begun(1, timedelta(days=20)))
-    assert empty == fold("acct_1", [], t(5), RUNNING)
-    assert (empty.version, empty.strikes, empty.status) == (0, 0, "good_standing")
+def test_a_policy_begun_after_events_that_record_no_lookback_counts_with_its_own() -> None:
+    legacy = recorded([(spam("vio_1"), t(0), None)])  # recorded before the key existed
+    running = timedelta(days=90)
+    # Until a policy is recorded as begun: the running policy's, as before.
+    assert fold("acct_1", legacy, t(35), running).strikes == 1
+    assert fold("acct_1", legacy, t(35), running, begun(10, timedelta(days=20))).strikes == 0
 
 
 # --- history ----------------------------------------------------------------------------------

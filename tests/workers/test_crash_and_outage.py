@@ -118,10 +118,12 @@ def test_a_worker_killed_mid_delivery_is_redelivered_and_recorded_once(
             "sha256=" + hmac.new(SECRET.encode(), attempts[1].body, hashlib.sha256).hexdigest()
         )
         assert attempts[1].headers["x-enforcement-signature"] == signature
-        # Each worker recorded as it started the policy it decides with; the second one found
-        # that policy already the last one recorded.
+        # Each worker recorded as it started the policy it decides with, one after the other.
         begun = policy_activations.listed(poster.engine)
-        assert [(a.policy_version, a.strike_lookback) for a in begun] == [("aup-2026-11", "90d")]
+        assert [(a.policy_version, a.strike_lookback) for a in begun] == [
+            ("aup-2026-11", "90d")
+        ] * 2
+        assert begun[0].activated_at < begun[1].activated_at
     finally:
         receiver.close()
         first.stop()

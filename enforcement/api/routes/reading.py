@@ -81,9 +81,17 @@ def verify(account_id: Account, container: ContainerDep, principal: Reader) -> d
 
 
 @router.get("/policy-activations")
-def get_policy_activations(container: ContainerDep, principal: Reader) -> dict[str, Any]:
-    """Each policy the deployment's serving processes began with, oldest first: a standing
+def get_policy_activations(
+    container: ContainerDep,
+    principal: Reader,
+    after_position: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Each start of a serving process with the policy it runs, oldest first: a standing
     ``as_of`` an instant counts strikes with the last one begun by then when it began after the
     account's last event (``enforcement.policy_activations``)."""
-    rows = policy_activations.listed(container.engine)
-    return {"activations": [row.to_json() for row in rows]}
+    rows = policy_activations.listed(container.engine, after_position, limit)
+    return {
+        "activations": [row.to_json() for row in rows],
+        "next_after_position": rows[-1].position if len(rows) == limit else None,
+    }
