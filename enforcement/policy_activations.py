@@ -31,7 +31,8 @@ from sqlalchemy.engine import Engine
 
 from enforcement.policy_file import Policy
 from enforcement.tables import policy_activations as table
-from events.timefmt import format_time, to_utc
+from events.driver import fetch_all
+from events.timefmt import format_time, parse_sqlite_time, sqlite_time_text, to_utc
 from events.write_locks import write_connection
 from projections.durations import duration_text, parse_duration_text
 from projections.lookback import PolicyStart
@@ -103,22 +104,33 @@ def listed(engine: Engine, after_position: int = 0, limit: int | None = None) ->
     return [Activation(int(p), v, lookback, to_utc(at)) for p, v, lookback, at in rows]
 
 
+# A standing ``as_of`` reads this on every call: straight on the driver (``fetch_all``), as the
+# log's own reads, since SQLAlchemy's work per statement cost more than the query. Time order is
+# position order (the insert trigger).
+_IN_FORCE = (
+    "SELECT activated_at, policy_version, strike_lookback FROM policy_activations"
+    " WHERE activated_at <= {} ORDER BY activated_at DESC LIMIT 1"
+)
+_IN_FORCE_SQLITE, _IN_FORCE_POSTGRES = _IN_FORCE.format("?"), _IN_FORCE.format("%s")
+
+
 def in_force(engine: Engine, as_of: datetime) -> PolicyStart | None:
     """The last policy begun by ``as_of``, as ``fold`` takes it; ``None`` when none was recorded
     by then (or its lookback is not one this release reads)."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(*_COLUMNS)
-            .where(table.c.activated_at <= to_utc(as_of))
-            .order_by(table.c.activated_at.desc(), table.c.position.desc())
-            .limit(1)
-        ).first()
-    if row is None:
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:  # the time as SQLAlchemy's SQLite type writes it
+        rows = fetch_all(engine, _IN_FORCE_SQLITE, (sqlite_time_text(as_of),))
+    else:
+        rows = fetch_all(engine, _IN_FORCE_POSTGRES, (to_utc(as_of),))
+    if not rows:
         return None
-    lookback = parse_duration_text(row[2])
+    activated_at, version, text = rows[0]
+    lookback = parse_duration_text(text)
     if lookback is None:
         return None
-    return PolicyStart(to_utc(row[3]), row[1], lookback)
+    return PolicyStart(
+        parse_sqlite_time(activated_at) if sqlite else to_utc(activated_at), version, lookback
+    )
 
 
 def record_when_possible(
