@@ -30,6 +30,8 @@ from enforcement.cli_output import console
 from enforcement.migrations import upgrade
 from enforcement.policy_file import DEFAULT_POLICY
 from enforcement.roles import Role
+from enforcement.tables import policy_activations as activations_table
+from enforcement.workers.leader import LEADER_LOCK_KEY
 from events import create_engine
 
 DAY = timedelta(days=1)
@@ -44,6 +46,9 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 def test_every_start_is_recorded_in_time_order(engine: sa.Engine) -> None:
+    # A lookback with a fraction of a second: no policy file gives one, none to count with.
+    odd = replace(SHORT, strike_lookback=timedelta(days=1, microseconds=1))
+    assert policy_activations.record(engine, odd, T0) is None
     first = policy_activations.record(engine, DEFAULT_POLICY, T0)
     assert first is not None
     assert (first.policy_version, first.strike_lookback, first.activated_at) == (
@@ -118,6 +123,25 @@ def test_processes_that_start_at_once_are_recorded_one_after_the_other(
     ]
 
 
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_process_that_starts_while_a_worker_leads_records_its_policy(
+    database_url: str, engine: sa.Engine
+) -> None:
+    """The leading worker holds the leader lock for as long as it lives: recording a policy
+    takes a lock of its own, not that one (PostgreSQL's advisory locks)."""
+    # Waiting for a lock fails at once instead of hanging.
+    starting = create_engine(database_url, connect_args={"options": "-c lock_timeout=2s"})
+    try:
+        with engine.connect() as holder:
+            holder.exec_driver_sql(f"SELECT pg_advisory_lock({LEADER_LOCK_KEY})")
+            assert policy_activations.record(starting, DEFAULT_POLICY, T0) is not None
+            holder.exec_driver_sql(f"SELECT pg_advisory_unlock({LEADER_LOCK_KEY})")
+    finally:
+        starting.dispose()
+
+
 def test_the_policy_in_force_is_the_last_one_begun_by_the_instant(engine: sa.Engine) -> None:
     assert policy_activations.in_force(engine, T0) is None  # nothing recorded
     policy_activations.record(engine, DEFAULT_POLICY, T0)
@@ -136,6 +160,14 @@ def test_the_policy_in_force_is_the_last_one_begun_by_the_instant(engine: sa.Eng
     later = policy_activations.in_force(engine, T0 + 10 * DAY)
     assert later is not None
     assert (later.at, later.strike_lookback) == (T0 + 2 * DAY, timedelta(days=30))
+    # A lookback this release does not read (a later one wrote it): none in force.
+    with engine.begin() as conn:
+        conn.execute(
+            activations_table.insert().values(
+                policy_version="aup-later", strike_lookback="P30D", activated_at=T0 + 3 * DAY
+            )
+        )
+    assert policy_activations.in_force(engine, T0 + 10 * DAY) is None
 
 
 def test_the_database_refuses_to_change_remove_or_back_date_a_recorded_policy(
@@ -183,7 +215,7 @@ def test_a_process_that_starts_before_the_database_answers_records_its_policy_la
     clock = FakeClock()
     try:
         thread = policy_activations.record_when_possible(engine, SHORT, clock)
-        assert thread is not None and thread.is_alive()
+        assert thread is not None and thread.is_alive() and thread.daemon
         clock.advance(DAY)
         upgrade(url)
         thread.join(timeout=10)
@@ -203,6 +235,35 @@ def test_a_process_that_starts_before_the_database_answers_records_its_policy_la
         assert policy_activations.listed(engine)[-1].activated_at == T0 + 2 * DAY
     finally:
         engine.dispose()
+
+
+class CountedWaits(threading.Event):
+    """A stop that is never set, whose waits return at once: the tries' schedule, recorded."""
+
+    def __init__(self, tries: int) -> None:
+        super().__init__()
+        self.tries = tries
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return len(self.waits) > self.tries  # stopped after that many tries
+
+
+def test_the_tries_wait_longer_each_time_up_to_the_longest_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(policy_activations, "RETRY_SECONDS", (1.0, 2.0, 5.0))
+    engine = create_engine(f"sqlite:///{tmp_path / 'never.db'}")
+    stop = CountedWaits(tries=5)
+    try:
+        thread = policy_activations.record_when_possible(engine, SHORT, FakeClock(), stop)
+        assert thread is not None
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    finally:
+        engine.dispose()
+    assert stop.waits == [1.0, 2.0, 5.0, 5.0, 5.0, 5.0]
 
 
 def test_a_stopped_process_stops_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,6 +335,7 @@ def test_the_cli_lists_the_policies_as_a_table_and_as_json(
     none = run("policy-activations")
     assert none.exit_code == 0, none.output
     assert "No policy recorded yet" in none.stdout
+    assert "policy_version" not in none.stdout  # the sentence alone, no empty table
     assert json.loads(run("policy-activations", "--json").stdout) == {"activations": []}
 
     engine = create_engine(database_url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -172,6 +173,9 @@ def test_a_policy_begun_after_the_last_event_counts_with_its_own_lookback() -> N
     # day 0 has run out; the next decision would count none.
     at_35 = fold("acct_1", events, t(35), RUNNING, start)
     assert (at_35.strikes, at_35.open_violations, at_35.status) == (0, (), "good_standing")
+    # A start given without a zone is read as UTC, as every instant here is (``to_utc``).
+    naive = replace(start, at=start.at.replace(tzinfo=None))
+    assert fold("acct_1", events, t(35), RUNNING, naive) == at_35
     # Longer than the recorded one: a strike the event's 30 days let go counts again.
     shorter = recorded([(spam("vio_1"), t(0), "30d")])
     assert fold("acct_1", shorter, t(50), RUNNING).strikes == 0
