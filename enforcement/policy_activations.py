@@ -40,7 +40,8 @@ from projections.lookback import PolicyStart
 log = logging.getLogger(__name__)
 
 # Serializes ``record`` across processes on PostgreSQL (SQLite: ``BEGIN IMMEDIATE``), so that
-# processes starting at once with one policy record it once. Any constant, the same everywhere.
+# processes starting at once read the last row one after the other and record in time order.
+# Any constant no other lock uses (``workers.leader``, ``events.write_locks``).
 RECORD_LOCK_KEY = 7_301_947_563
 # Between tries to record the policy while the database does not answer (``record_when_possible``).
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
