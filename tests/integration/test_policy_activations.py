@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,8 @@ def test_every_start_is_recorded_in_time_order(engine: sa.Engine) -> None:
     assert second is not None and second.strike_lookback == "30d"
     # The same policy again (a restart, another process): a start all the same, since a process
     # of an older policy may have written events in between.
-    again = policy_activations.record(engine, SHORT, T0 + 3 * DAY)
+    # (A clock without a zone reads UTC.)
+    again = policy_activations.record(engine, SHORT, (T0 + 3 * DAY).replace(tzinfo=None))
     assert again is not None and again.position > second.position
     # A process whose clock is behind the last row's: recorded a microsecond after it, so that
     # position order and time order agree.
@@ -250,20 +251,31 @@ class CountedWaits(threading.Event):
         return len(self.waits) > self.tries  # stopped after that many tries
 
 
+@pytest.mark.parametrize("wait", [True, False])
 def test_the_tries_wait_longer_each_time_up_to_the_longest_wait(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait: bool
 ) -> None:
     monkeypatch.setattr(policy_activations, "RETRY_SECONDS", (1.0, 2.0, 5.0))
     engine = create_engine(f"sqlite:///{tmp_path / 'never.db'}")
     stop = CountedWaits(tries=5)
+    clock = FakeClock()
+    tries: list[datetime] = []  # a clock reading per try
+
+    def read_clock() -> datetime:
+        tries.append(clock())
+        return clock()
+
     try:
-        thread = policy_activations.record_when_possible(engine, SHORT, FakeClock(), stop)
+        thread = policy_activations.record_when_possible(engine, SHORT, read_clock, stop, wait=wait)
         assert thread is not None
         thread.join(timeout=10)
         assert not thread.is_alive()
     finally:
         engine.dispose()
+    # The first try at once (by the caller, or by the thread when not waited for), then one
+    # after each wait but the last.
     assert stop.waits == [1.0, 2.0, 5.0, 5.0, 5.0, 5.0]
+    assert len(tries) == 6
 
 
 def test_a_stopped_process_stops_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
