@@ -10,6 +10,7 @@ after a change, before the account's next event, is the one the new policy decid
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -207,8 +208,9 @@ def test_the_database_refuses_to_change_remove_or_back_date_a_recorded_policy(
 
 
 def test_a_process_that_starts_before_the_database_answers_records_its_policy_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="enforcement.policy_activations")
     # A database without the schema yet: every try fails, as against one that is down.
     url = f"sqlite:///{tmp_path / 'late.db'}"
     monkeypatch.setattr(policy_activations, "RETRY_SECONDS", (0.05,))
@@ -223,6 +225,13 @@ def test_a_process_that_starts_before_the_database_answers_records_its_policy_la
         assert not thread.is_alive()
         listed = policy_activations.listed(engine)
         assert [(a.policy_version, a.activated_at) for a in listed] == [("aup-short", T0 + DAY)]
+        # What the operator reads: the first try's failure, and the record once made.
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages[0].startswith("policy aup-short not recorded yet, the database said: ")
+        assert messages[-1] == (
+            "policy aup-short (strike lookback 30d) recorded as in force from"
+            " 2026-11-25T10:00:00.000000Z"
+        )
         # Once the database answers, at once and with no thread.
         assert policy_activations.record_when_possible(engine, DEFAULT_POLICY, clock) is None
         assert len(policy_activations.listed(engine)) == 2
@@ -253,7 +262,7 @@ class CountedWaits(threading.Event):
 
 @pytest.mark.parametrize("wait", [True, False])
 def test_the_tries_wait_longer_each_time_up_to_the_longest_wait(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, wait: bool
 ) -> None:
     monkeypatch.setattr(policy_activations, "RETRY_SECONDS", (1.0, 2.0, 5.0))
     engine = create_engine(f"sqlite:///{tmp_path / 'never.db'}")
@@ -276,6 +285,10 @@ def test_the_tries_wait_longer_each_time_up_to_the_longest_wait(
     # after each wait but the last.
     assert stop.waits == [1.0, 2.0, 5.0, 5.0, 5.0, 5.0]
     assert len(tries) == 6
+    # Each failed try in the thread says so.
+    still = [r for r in caplog.records if "still not recorded: " in r.getMessage()]
+    assert len(still) == (5 if wait else 6)
+    assert all(r.levelno == logging.WARNING for r in still)
 
 
 def test_a_stopped_process_stops_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
