@@ -187,7 +187,7 @@ def test_the_database_refuses_to_change_remove_or_back_date_a_recorded_policy(
             conn.exec_driver_sql(statement)
         assert "policy activations are append-only" in str(caught.value.orig), statement
     # Nor a row back-dated before the last one, or at its instant: the rows are in time order.
-    table = policy_activations.table
+    table = activations_table
     for at in (T0 - DAY, T0):
         with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
             conn.execute(
