@@ -296,6 +296,9 @@ def test_an_account_ceiling_that_does_not_divide_the_minute_rounds_up_too(gate: 
     decision = gate.check("acct", "key")  # the key at the default 600 rpm: the account binds
     assert (decision.limit_requests, decision.remaining_requests) == (7, 6)
     assert decision.reset_requests_s == 8.572
+    # One that divides it is not rounded up at all: 1.2 s, not 1.2 s and a microsecond.
+    gate.set_limits("even", None, rpm=50, tpd=100, version=1)
+    assert gate.check("even", "key").reset_requests_s == 1.2
 
 
 def test_the_token_window_is_the_utc_day() -> None:
