@@ -53,6 +53,8 @@ def test_a_key_bursts_to_its_limit_then_is_denied_without_consuming(gate: Gate) 
     assert remaining == [4, 3, 2, 1, 0]
     assert not denied.allowed and denied.reason == "rate_limited"
     assert 11 < denied.retry_after_s <= 12
+    # The minute in use is the wait and 48 s more (5 intervals less one), both rounded up alike.
+    assert round(denied.reset_requests_s * 1000) == round(denied.retry_after_s * 1000) + 48_000
     assert denied.remaining_tokens == 950  # the denied request took no tokens
     assert gate.check("acct", "key", tokens=10).remaining_tokens == 950
 
@@ -79,7 +81,8 @@ def test_token_quota_is_checked_before_counting(gate: Gate) -> None:
 
     assert first.allowed and first.remaining_tokens == 400
     assert too_big.reason == "token_quota_exceeded" and too_big.remaining_tokens == 400
-    assert too_big.retry_after_s == pytest.approx(too_big.reset_tokens_s, abs=0.01)
+    # The same instant's wait, both rounded up to the millisecond alike: equal, not close.
+    assert too_big.retry_after_s == too_big.reset_tokens_s
     assert fits.allowed and fits.remaining_tokens == 0
     assert exhausted.reason == "token_quota_exceeded"  # no quota left: even tokens=0 waits
     assert exhausted.remaining_tokens == 0
@@ -289,6 +292,11 @@ def test_a_limit_that_does_not_divide_the_minute_rounds_the_interval_up(gate: Ga
     decision = gate.check("acct", "key")
     # ceil(60 s / 7) = 8.571429 s, reported rounded up to the millisecond
     assert (decision.remaining_requests, decision.reset_requests_s) == (6, 8.572)
+    # Rounded up to a whole microsecond: 60 s / 59,999 is 1,000.017 us, so 1,001 us, which
+    # reports 2 ms (the account's ceiling set above the key's, so that the key binds).
+    gate.set_limits("fast", None, rpm=10_000_000, tpd=100, version=1)
+    gate.set_limits("fast", "key", rpm=59_999, tpd=100, version=1)
+    assert gate.check("fast", "key").reset_requests_s == 0.002
 
 
 def test_an_account_ceiling_that_does_not_divide_the_minute_rounds_up_too(gate: Gate) -> None:
@@ -299,6 +307,10 @@ def test_an_account_ceiling_that_does_not_divide_the_minute_rounds_up_too(gate: 
     # One that divides it is not rounded up at all: 1.2 s, not 1.2 s and a microsecond.
     gate.set_limits("even", None, rpm=50, tpd=100, version=1)
     assert gate.check("even", "key").reset_requests_s == 1.2
+    # And 60 s / 59,999 (1,000.017 us) to 1,001 us: 2 ms (the key set above the account).
+    gate.set_limits("fast", None, rpm=59_999, tpd=100, version=1)
+    gate.set_limits("fast", "key", rpm=10_000_000, tpd=100, version=1)
+    assert gate.check("fast", "key").reset_requests_s == 0.002
 
 
 def test_the_token_window_is_the_utc_day() -> None:

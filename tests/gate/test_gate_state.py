@@ -121,6 +121,8 @@ def test_lifted_throttle_tombstones_are_bounded(gate: Gate) -> None:
 
     assert gate.check("acct", "key").limit_requests == 300
     assert not gate.apply_throttle("acct", "t100", None, 0.5, None, version=200)  # still known
+    assert not gate.apply_throttle("acct", "t69", None, 0.5, None, version=138)  # the 32nd
+    assert gate.apply_throttle("acct", "t68", None, 0.5, None, version=136)  # forgotten
 
 
 @pytest.mark.parametrize(
