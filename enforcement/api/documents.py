@@ -60,7 +60,9 @@ class SuspensionOut(BaseModel):
 
 
 class StandingOut(BaseModel):
-    """An account's standing at ``as_of``, folded from the events recorded up to then."""
+    """An account's standing at ``as_of``, folded from the events recorded up to then (strikes
+    counted with the lookback of the policy that last acted on the account or began, whichever
+    came later: ``GET /v1/policy-activations``)."""
 
     account_id: str
     status: Status

@@ -32,7 +32,8 @@ def get_standing(
     principal: StandingReader,
     as_of: str | None = None,
 ) -> dict[str, Any]:
-    """The standing folded from the events recorded up to ``as_of`` (default now)."""
+    """The standing folded from the events recorded up to ``as_of`` (default now), its strikes
+    counted as the policy of that instant did (``enforcement.policy_activations``)."""
     moment = parse_query_time(as_of, "as_of")
     return container.service.standing(account_id, moment).to_json()
 
