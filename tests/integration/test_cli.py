@@ -318,6 +318,21 @@ def test_serve_hands_uvicorn_the_app_with_its_options_and_embeds_the_workers_if_
     assert served[1:] == [{"host": "127.0.0.1", "port": 8000, "timeout_keep_alive": 5, **fixed}]
     assert len(embedded) == 1 and embedded[0].settings.database_url == sqlite_url
 
+    # Each start records its policy: waited for when the database answered the schema check,
+    # else left to the recording thread.
+    from enforcement import policy_activations
+
+    waits: list[bool] = []
+    monkeypatch.setattr(
+        policy_activations,
+        "record_when_possible",
+        lambda engine, policy, clock, wait: waits.append(wait),
+    )
+    assert invoke(sqlite_url, "serve", "--no-workers").exit_code == 0
+    monkeypatch.setattr(cli_service, "_check_schema", lambda url: False)
+    assert invoke(sqlite_url, "serve", "--no-workers").exit_code == 0
+    assert waits == [True, False]
+
 
 def test_worker_runs_its_processes_and_exits_with_their_status(
     sqlite_url: str, invoke: Any, monkeypatch: pytest.MonkeyPatch
@@ -329,11 +344,11 @@ def test_worker_runs_its_processes_and_exits_with_their_status(
 
     upgrade(sqlite_url)
     statuses = iter([0, 1])
-    ran: list[str | None] = []
+    ran: list[tuple[str | None, bool]] = []
     logging: list[str] = []
 
-    def run_worker_processes(settings: Settings) -> int:
-        ran.append(settings.redis_url)
+    def run_worker_processes(settings: Settings, record_at_once: bool) -> int:
+        ran.append((settings.redis_url, record_at_once))
         return next(statuses)
 
     monkeypatch.setattr(runtime, "run_worker_processes", run_worker_processes)
@@ -349,8 +364,16 @@ def test_worker_runs_its_processes_and_exits_with_their_status(
 
     monkeypatch.setenv("ENFORCEMENT_REDIS_URL", "redis://127.0.0.1:1/0")
     assert [invoke(sqlite_url, "worker").exit_code for _ in range(2)] == [0, 1]
-    assert ran == ["redis://127.0.0.1:1/0"] * 2
+    # The database answered the schema check: the policy is recorded at once.
+    assert ran == [("redis://127.0.0.1:1/0", True)] * 2
     assert logging == ["configured"] * 2
+    # One that did not answer it: left to the recording thread, start-up does not wait.
+    from enforcement import cli_service
+
+    monkeypatch.setattr(cli_service, "_check_schema", lambda url: False)
+    statuses = iter([0])
+    assert invoke(sqlite_url, "worker").exit_code == 0
+    assert ran[-1] == ("redis://127.0.0.1:1/0", False)
 
 
 def test_serve_names_the_address_it_cannot_listen_on_in_one_sentence(
