@@ -212,6 +212,57 @@ def test_a_policy_begun_after_events_that_record_no_lookback_counts_with_its_own
     assert fold("acct_1", legacy, t(35), running, begun(10, timedelta(days=20))).strikes == 0
 
 
+# Histories of violations (some dismissed later), each event with a lookback text or none, the
+# days apart they were recorded, an instant to read at and a policy start: the properties below
+# hold for all of them.
+LOOKBACK_TEXTS = st.sampled_from([None, "10d", "30d", "90d", "36h"])
+histories = st.lists(
+    st.tuples(st.booleans(), st.integers(min_value=0, max_value=40), LOOKBACK_TEXTS),
+    min_size=1,
+    max_size=8,
+)
+
+
+def history_events(steps: list[tuple[bool, int, str | None]]) -> list[RecordedEvent]:
+    """A violation per step, or a dismissal of the last violation (``True``), days apart."""
+    day, violations, made = 0.0, [], []
+    for dismiss, gap, lookback in steps:
+        day += gap
+        if dismiss and violations:
+            made.append((ev.ViolationDismissed(violations[-1], "mistaken"), t(day), lookback))
+        else:
+            violations.append(f"vio_{len(violations)}")
+            made.append((spam(violations[-1]), t(day), lookback))
+    return recorded(made)
+
+
+@given(
+    histories,
+    st.integers(min_value=0, max_value=400),
+    st.integers(min_value=0, max_value=400),
+    st.sampled_from(["10d", "30d", "90d", "36h"]),
+)
+def test_a_start_after_the_last_event_counts_as_if_every_event_recorded_its_lookback(
+    steps: list[tuple[bool, int, str | None]], start_day: int, read_day: int, text: str
+) -> None:
+    events = history_events(steps)
+    lookback = parse_duration_text(text)
+    assert lookback is not None
+    start = PolicyStart(t(start_day), "aup-begun", lookback)
+    standing = fold("acct_1", events, t(read_day), RUNNING, start)
+    last = max(
+        (e for e in events if e.recorded_at <= t(read_day)), default=None, key=lambda e: e.version
+    )
+    if start.at <= t(read_day) and (last is None or start.at > last.recorded_at):
+        # Begun after the account's last event by then: as if every event had recorded the
+        # new policy's lookback.
+        relabelled = [replace(e, metadata={**e.metadata, "strike_lookback": text}) for e in events]
+        assert standing == fold("acct_1", relabelled, t(read_day), RUNNING)
+    else:
+        # Begun after the instant read, or before the last event: no part in the answer.
+        assert standing == fold("acct_1", events, t(read_day), RUNNING)
+
+
 # --- history ----------------------------------------------------------------------------------
 
 
