@@ -15,7 +15,10 @@ The table is append-only, and in time order: a row's ``activated_at`` is when it
 that order. It is not hash-chained: it is not the log.
 
 What the record cannot tell: during a rolling change, processes of both policies serve at once;
-the record holds the order in which they started, and each event the policy that wrote it.
+the record holds the order in which they started, and each event the policy that wrote it. Stops
+are not recorded: an account that a process of the old policy acted on after the new policy's
+last start keeps that event's lookback until a start after it (docs/operations.md, "Changing the
+policy": restart one process once the old ones have stopped).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 # processes starting at once read the last row one after the other and record in time order.
 # Any constant no other lock uses (``workers.leader``, ``events.write_locks``).
 RECORD_LOCK_KEY = 7_301_947_563
+# A start dated this much after the process's own clock (the last row was dated ahead of it) is
+# said in a warning: a host whose clock ran ahead dates every later start after its own.
+BEHIND_WARNING = timedelta(seconds=1)
 # Between tries to record the policy while the database does not answer (``record_when_possible``).
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -75,18 +81,35 @@ def record(engine: Engine, policy: Policy, at: datetime) -> Activation | None:
     lookback = duration_text(policy.strike_lookback)
     if lookback is None:
         return None
-    with write_connection(engine) as conn, conn.begin():
-        if conn.dialect.name == "postgresql":  # processes starting at once: one after the other
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({RECORD_LOCK_KEY})")
-        last = conn.execute(sa.select(sa.func.max(table.c.activated_at))).scalar()
-        at = to_utc(at)
-        if last is not None and at <= to_utc(last):
-            at = to_utc(last) + timedelta(microseconds=1)
-        position = conn.execute(
-            table.insert()
-            .values(policy_version=policy.version, strike_lookback=lookback, activated_at=at)
-            .returning(table.c.position)
-        ).scalar_one()
+    clock_at = at = to_utc(at)
+    with write_connection(engine) as connection:
+        postgres = connection.dialect.name == "postgresql"
+        # READ COMMITTED whatever the server's default: under REPEATABLE READ the snapshot would
+        # be taken before the lock is granted, and the last row read could be a stale one.
+        conn = (
+            connection.execution_options(isolation_level="READ COMMITTED")
+            if postgres
+            else connection
+        )
+        with conn.begin():
+            if postgres:  # processes starting at once: one after the other
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({RECORD_LOCK_KEY})")
+            last = conn.execute(sa.select(sa.func.max(table.c.activated_at))).scalar()
+            if last is not None and at <= to_utc(last):
+                at = to_utc(last) + timedelta(microseconds=1)
+            position = conn.execute(
+                table.insert()
+                .values(policy_version=policy.version, strike_lookback=lookback, activated_at=at)
+                .returning(table.c.position)
+            ).scalar_one()
+    if at - clock_at > BEHIND_WARNING:
+        log.warning(
+            "policy %s recorded as in force from %s, %s after this process's clock: a start "
+            "recorded earlier was dated ahead of it (check the clocks of the hosts)",
+            policy.version,
+            format_time(at),
+            at - clock_at,
+        )
     activation = Activation(int(position), policy.version, lookback, at)
     log.info(
         "policy %s (strike lookback %s) recorded as in force from %s",
@@ -150,9 +173,11 @@ def record_when_possible(
         try:
             record(engine, policy, clock())
             return None
-        except sa.exc.DBAPIError as exc:
+        except sa.exc.SQLAlchemyError as exc:  # a DBAPIError, or the pool's TimeoutError
             log.warning(
-                "policy %s not recorded yet, the database said: %s", policy.version, exc.orig
+                "policy %s not recorded yet, the database said: %s",
+                policy.version,
+                getattr(exc, "orig", None) or exc,
             )
     stop = stopped or threading.Event()
 
@@ -165,8 +190,12 @@ def record_when_possible(
             try:
                 record(engine, policy, clock())
                 return
-            except sa.exc.DBAPIError as exc:
-                log.warning("policy %s still not recorded: %s", policy.version, exc.orig)
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning(
+                    "policy %s still not recorded: %s",
+                    policy.version,
+                    getattr(exc, "orig", None) or exc,
+                )
 
     thread = threading.Thread(target=again, name="record-policy", daemon=True)
     thread.start()

@@ -128,6 +128,74 @@ def test_processes_that_start_at_once_are_recorded_one_after_the_other(
 @pytest.mark.parametrize(
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
+def test_a_start_waiting_for_another_reads_its_row_whatever_the_server_s_isolation(
+    database_url: str, engine: sa.Engine
+) -> None:
+    """Under REPEATABLE READ (a server's default may say so) a transaction's snapshot is taken
+    by its first statement, before the lock is granted: the start that waited would not see the
+    row the other one committed, and would be dated before it."""
+    repeatable = create_engine(database_url, isolation_level="REPEATABLE READ")
+    started: list[object] = []
+    try:
+        with engine.connect() as other, other.begin():
+            other.exec_driver_sql(
+                f"SELECT pg_advisory_xact_lock({policy_activations.RECORD_LOCK_KEY})"
+            )
+            later = threading.Thread(
+                target=lambda: started.append(policy_activations.record(repeatable, SHORT, T0))
+            )
+            later.start()
+            with engine.connect() as probe:  # until the start waits for the lock
+                waiting = (
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                for _ in range(500):
+                    if probe.exec_driver_sql(waiting).scalar_one():
+                        break
+                    threading.Event().wait(0.01)
+                else:
+                    pytest.fail("the start never waited for the lock")
+            other.execute(
+                activations_table.insert().values(
+                    policy_version="aup-2026-11", strike_lookback="90d", activated_at=T0 + DAY
+                )
+            )
+        later.join(timeout=30)
+    finally:
+        repeatable.dispose()
+    [row] = started
+    assert isinstance(row, policy_activations.Activation)
+    assert row.activated_at == T0 + DAY + timedelta(microseconds=1)
+    assert [a.activated_at for a in policy_activations.listed(engine)] == [
+        T0 + DAY,
+        T0 + DAY + timedelta(microseconds=1),
+    ]
+
+
+def test_a_start_dated_after_its_own_clock_says_so(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A host whose clock ran a year ahead recorded a start: every later start is dated after it.
+    policy_activations.record(engine, DEFAULT_POLICY, T0 + 365 * DAY)
+    caplog.set_level(logging.WARNING, logger="enforcement.policy_activations")
+    behind = policy_activations.record(engine, SHORT, T0)
+    assert behind is not None
+    assert behind.activated_at == T0 + 365 * DAY + timedelta(microseconds=1)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (
+        "policy aup-short recorded as in force from 2027-11-24T10:00:00.000001Z, "
+        "365 days, 0:00:00.000001 after this process's clock: a start recorded earlier was "
+        "dated ahead of it (check the clocks of the hosts)"
+    )
+    # A microsecond behind is no news: no warning.
+    caplog.clear()
+    policy_activations.record(engine, SHORT, T0 + 365 * DAY)
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_a_process_that_starts_while_a_worker_leads_records_its_policy(
     database_url: str, engine: sa.Engine
 ) -> None:
@@ -289,6 +357,30 @@ def test_the_tries_wait_longer_each_time_up_to_the_longest_wait(
     still = [r for r in caplog.records if "still not recorded: " in r.getMessage()]
     assert len(still) == (5 if wait else 6)
     assert all(r.levelno == logging.WARNING for r in still)
+
+
+def test_a_pool_that_ran_dry_is_tried_again_too(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database answers again while requests hold every pooled connection: SQLAlchemy's
+    # TimeoutError, not a DBAPIError. The thread tries again, at once and in the thread.
+    monkeypatch.setattr(policy_activations, "RETRY_SECONDS", (0.05,))
+    real = policy_activations.record
+    calls: list[int] = []
+
+    def record(*args: Any) -> object:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sa.exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached")
+        return real(*args)
+
+    monkeypatch.setattr(policy_activations, "record", record)
+    thread = policy_activations.record_when_possible(engine, SHORT, FakeClock())
+    assert thread is not None
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(calls) == 3
+    assert [a.policy_version for a in policy_activations.listed(engine)] == ["aup-short"]
 
 
 def test_a_stopped_process_stops_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
