@@ -112,3 +112,34 @@ def test_a_standing_as_of_counts_with_the_policy_begun_after_the_account_s_last_
         assert {e.metadata["strike_lookback"] for e in second.events} == {"30d"}
         assert service.standing("acct_1", clock()).strikes == 1
         assert service.standing("acct_1", clock()) == service.standing("acct_1")
+
+
+def test_an_old_process_acting_after_the_new_policy_began_holds_until_a_later_start(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A rolling update that starts the new processes before it stops the old ones: an event an
+    old process records after the new policy's start is the later word for its account, until
+    a process of the new policy starts after it (docs/operations.md, "Changing the policy")."""
+    clock = FakeClock()
+    decided_under_the_default_policy(database_url, clock, record_start=True)
+    clock.advance(40 * DAY)
+    with (
+        open_system(database_url, clock, short_policy(tmp_path)) as new,
+        open_system(database_url, clock) as old,
+    ):
+        policy_activations.record(new.engine, new.policy, clock())  # the new one starts
+        clock.advance(timedelta(minutes=1))
+        # The old process, still serving, decides on the account with its 90 days: the day-0
+        # strike counts, a second minor violation.
+        late = report(old, "acct_1", "spam")
+        assert {e.metadata["strike_lookback"] for e in late.events} == {"90d"}
+        clock.advance(timedelta(minutes=1))
+        # Read from a process of the new policy: now, its 30 days (one strike, the late one);
+        # as of now, the lookback the account's last event recorded (both strikes).
+        assert new.service.standing("acct_1").strikes == 1
+        assert new.service.standing("acct_1", clock()).strikes == 2
+        # The old process stops; one of the new policy starts after it: settled.
+        policy_activations.record(new.engine, new.policy, clock())
+        clock.advance(timedelta(seconds=1))
+        assert new.service.standing("acct_1", clock()) == new.service.standing("acct_1")
+        assert new.service.standing("acct_1", clock()).strikes == 1
