@@ -27,7 +27,7 @@ from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 from events import RecordedEvent
-from events.timefmt import canonical_time, to_utc
+from events.timefmt import canonical_time, parse_time, to_utc
 from projections import aup_events as ev
 from projections.lookback import LookbackOfRecord, PolicyStart
 from projections.standing_state import (
@@ -501,22 +501,22 @@ def fold(
     """
     state = StandingState.empty(account_id)
     lookback = LookbackOfRecord(strike_lookback)
-    last_at: datetime | None = None
     for event in recorded_until(events, as_of):
         lookback.see(event.metadata)
         _apply_in_place(state, event)
-        last_at = event.recorded_at
     counted = lookback.value
-    if policy_start is not None and _begun_since(policy_start.at, last_at, as_of):
+    if policy_start is not None and _begun_since(policy_start.at, state.last_recorded_at, as_of):
         counted = policy_start.strike_lookback
     return view(state, as_of, counted)
 
 
-def _begun_since(start: datetime, last_at: datetime | None, as_of: datetime) -> bool:
-    """Whether a policy begun at ``start`` began by ``as_of`` and after the event of ``last_at``
-    (``None``: no event)."""
+def _begun_since(start: datetime, last_recorded_at: str | None, as_of: datetime) -> bool:
+    """Whether a policy begun at ``start`` began by ``as_of`` and after the last event, recorded
+    at ``last_recorded_at`` (the state's; ``None``: no event)."""
     start = to_utc(start)
-    return start <= to_utc(as_of) and (last_at is None or start > to_utc(last_at))
+    if start > to_utc(as_of):
+        return False
+    return last_recorded_at is None or start > parse_time(last_recorded_at)
 
 
 # The state and the view are defined beside this module; importers take all three from here.
