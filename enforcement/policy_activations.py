@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 
 from enforcement.policy_file import Policy
 from enforcement.tables import policy_activations as table
+from enforcement.workers.retrying import one_line
 from events.driver import fetch_all
 from events.timefmt import format_time, parse_sqlite_time, sqlite_time_text, to_utc
 from events.write_locks import write_connection
@@ -175,9 +176,7 @@ def record_when_possible(
             return None
         except sa.exc.SQLAlchemyError as exc:  # a DBAPIError, or the pool's TimeoutError
             log.warning(
-                "policy %s not recorded yet, the database said: %s",
-                policy.version,
-                getattr(exc, "orig", None) or exc,
+                "policy %s not recorded yet, the database said: %s", policy.version, one_line(exc)
             )
     stop = stopped or threading.Event()
 
@@ -191,11 +190,7 @@ def record_when_possible(
                 record(engine, policy, clock())
                 return
             except sa.exc.SQLAlchemyError as exc:
-                log.warning(
-                    "policy %s still not recorded: %s",
-                    policy.version,
-                    getattr(exc, "orig", None) or exc,
-                )
+                log.warning("policy %s still not recorded: %s", policy.version, one_line(exc))
 
     thread = threading.Thread(target=again, name="record-policy", daemon=True)
     thread.start()
