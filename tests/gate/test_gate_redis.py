@@ -187,6 +187,16 @@ def test_the_key_layout(backend: Backend) -> None:
     assert client.zrange("{a:acct}:dkeys", 0, -1, withscores=True) == [(b"k1", int(denied_at))]
 
 
+def set_usage_expiry(client: redis.Redis, name: str, usage: tuple[float, ...], ms: int) -> int:
+    """Set an account's usage record to ``usage`` with its mirrored expiry, and the hash's own,
+    ``ms`` ahead on Redis's clock; that expiry (ms since the epoch)."""
+    seconds, micros = client.time()
+    expires = int(seconds * 1000 + micros // 1000 + ms)
+    client.hset(name, "u", struct.pack("<4d", *usage, expires))
+    client.pexpireat(name, expires)
+    return expires
+
+
 def test_a_denial_moves_the_hash_expiry_only_when_it_is_due(backend: Backend) -> None:
     # A denied check counts nothing, but a configured account's hash must not expire under
     # its checks: the expiry (mirrored in the usage record) moves once it falls within the
@@ -201,10 +211,7 @@ def test_a_denial_moves_the_hash_expiry_only_when_it_is_due(backend: Backend) ->
 
     def deny_with_expiry_in(ms: int) -> tuple[float, int]:
         """The mirrored expiry and the hash's TTL after a denial, the expiry ``ms`` ahead."""
-        seconds, micros = client.time()
-        expires = seconds * 1000 + micros // 1000 + ms
-        client.hset(name, "u", struct.pack("<4d", *counted, expires))
-        client.pexpireat(name, expires)
+        expires = set_usage_expiry(client, name, counted, ms)
         assert gate.check("acct", "key").reason == "rate_limited"
         *usage, mirrored = struct.unpack("<4d", client.hget(name, "u"))
         assert tuple(usage) == counted
@@ -229,11 +236,8 @@ def test_an_allowed_check_moves_the_usage_expiry_only_when_it_is_due(
 
     def check_with_expiry_in(ms: int) -> tuple[float, int]:
         """The mirrored expiry and the hash's TTL after a check, the expiry ``ms`` ahead."""
-        seconds, micros = client.time()
-        expires = seconds * 1000 + micros // 1000 + ms
         *usage, _ = struct.unpack("<4d", client.hget(name, "u"))
-        client.hset(name, "u", struct.pack("<4d", *usage, expires))
-        client.pexpireat(name, expires)
+        expires = set_usage_expiry(client, name, tuple(usage), ms)
         assert gate.check("acct", "key").allowed
         *_, mirrored = struct.unpack("<4d", client.hget(name, "u"))
         return mirrored - expires + ms, client.pttl(name)
