@@ -44,6 +44,9 @@ class Statements:
         stream = f"SELECT {columns} FROM events WHERE account_id = {p} AND version > {p}"
         self.stream = stream + " ORDER BY version"
         self.stream_limit = stream + f" ORDER BY version LIMIT {p}"
+        self.stream_of_type = (
+            f"SELECT {columns} FROM events WHERE account_id = {p} AND type = {p} ORDER BY version"
+        )
         # Up to the first version recorded after the bound (``EventStore.read_stream``).
         until = (
             f" AND version < coalesce((SELECT min(version) FROM events WHERE account_id = {p}"

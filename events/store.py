@@ -472,6 +472,12 @@ class EventStore:
         rows = self._fetch(sql.by_id, (event_id,))
         return decode(rows[0]) if rows else None
 
+    def read_stream_of_type(self, account_id: str, event_type: str) -> list[RecordedEvent]:
+        """The events of one stream of type ``event_type``, in version order (the stream's
+        others are neither decoded nor sent: found along the ``(account_id, version)`` index)."""
+        decode = decoder(self._sql.postgres)
+        return [decode(r) for r in self._fetch(self._sql.stream_of_type, (account_id, event_type))]
+
     def iter_stream(self, account_id: str, page_size: int = 1000) -> Iterator[RecordedEvent]:
         """Every event of a stream, in keyset pages (constant memory)."""
         after = 0

@@ -74,6 +74,23 @@ def test_read_stream_after_version_and_limit(store: EventStore) -> None:
     assert {e.account_id for e in store.read_stream("acct_2")} == {"acct_2"}
 
 
+def test_read_stream_of_type_reads_one_streams_events_of_one_type_in_version_order(
+    store: EventStore,
+) -> None:
+    kinds = ["Noted", "Marked", "Noted", "Noted", "Marked"]
+    store.append(
+        "acct_1", 0, [NewEvent(type=k, data={"n": i}, occurred_at=T0) for i, k in enumerate(kinds)]
+    )
+    store.append("acct_2", 0, [new(n=9)])
+
+    noted = store.read_stream_of_type("acct_1", "Noted")
+    assert [(e.version, e.data["n"]) for e in noted] == [(1, 0), (3, 2), (4, 3)]
+    assert noted == [e for e in store.read_stream("acct_1") if e.type == "Noted"]
+    assert [e.version for e in store.read_stream_of_type("acct_1", "Marked")] == [2, 5]
+    assert store.read_stream_of_type("acct_1", "Other") == []
+    assert store.read_stream_of_type("acct_3", "Noted") == []
+
+
 def test_read_stream_recorded_until_is_inclusive_and_exact_to_the_microsecond(
     timed_store: EventStore, clock: StepClock
 ) -> None:
