@@ -13,7 +13,8 @@ from datetime import datetime
 
 from enforcement.errors import InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy import Context, Decider, Policy
-from events import NewEvent
+from events import NewEvent, RecordedEvent
+from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from projections import aup_events as ev
 from projections.reasons import NOTHING_TO_APPEAL_REDRESS, percent
@@ -84,6 +85,16 @@ class ConfigureLimits:
     key_id: str | None = None  # None: the account-wide ceiling across all its keys
 
 
+@dataclass(frozen=True, slots=True)
+class ResendNotice:
+    """Send a notice again, as a copy under its own id (``NoticeIssued.resend_of``): after its
+    delivery failed for good (a contact corrected since), or when the account says it never
+    arrived. ``notice`` is the ``NoticeIssued`` event sent again."""
+
+    notice: RecordedEvent
+    reason: str
+
+
 Command = (
     Suspend
     | Reinstate
@@ -94,6 +105,7 @@ Command = (
     | CompleteRemediation
     | SetAdultContentApproval
     | ConfigureLimits
+    | ResendNotice
 )
 
 
@@ -242,7 +254,39 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
             d.emit(d.build(ev.AdultContentApprovalChanged(approved, reason), ctx.causation_id))
         case ConfigureLimits(rpm, tpd, key_id):
             d.emit(d.build(ev.RateLimitsConfigured(key_id, rpm, tpd), ctx.causation_id))
+        case ResendNotice(notice, reason):
+            if notice.type != "NoticeIssued" or notice.account_id != state.account_id:
+                raise NotFound(
+                    f"no notice {notice.data.get('notice_id')!r} on this account",
+                    code="notice_not_found",
+                )
+            d.emit(d.build(_resent(notice, reason, ctx.new_id("ntc")), notice.event_id))
     return d.events
+
+
+def _resent(notice: RecordedEvent, reason: str, notice_id: str) -> ev.NoticeIssued:
+    """A copy of ``notice`` (a ``NoticeIssued``) under ``notice_id``, naming the first notice
+    it copies (the one a copy of a copy copies), as sent again for ``reason``."""
+    data = notice.data
+    first = data.get("resend_of") or {
+        "notice_id": data["notice_id"],
+        "notice_event_id": notice.event_id,
+        "issued_at": format_time(notice.recorded_at),
+    }
+    return ev.NoticeIssued(
+        notice_id,
+        data["kind"],
+        data["decision_event_id"],
+        list(data["violation_ids"]),
+        copy_json(data["statement_of_reasons"]),
+        data["deadline"],
+        {
+            "notice_id": first["notice_id"],
+            "notice_event_id": first["notice_event_id"],
+            "issued_at": first["issued_at"],
+            "reason": reason,
+        },
+    )
 
 
 def decide_suspension_ended(

@@ -51,7 +51,12 @@ def _change_text(change: dict[str, Any]) -> str:
 
 
 def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
-    """What a notice delivery's outcome says (it changes nothing in the standing)."""
+    """What a notice, or its delivery's outcome, says (it changes nothing in the standing): a
+    notice its id and kind (the id an operator sends again), and what it copies, if it does."""
+    if event_type == "NoticeIssued":
+        first = data.get("resend_of")
+        copy = "" if not isinstance(first, dict) else f", a copy of {first.get('notice_id')}"
+        return f"notice {data.get('notice_id')} ({data.get('kind')}){copy}"
     channel = data.get("channel")
     attempt = "no channel" if channel == "none" else f"{channel}, attempt {data.get('attempt')}"
     if event_type == "NoticeDelivered":

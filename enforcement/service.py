@@ -28,7 +28,7 @@ from typing import cast
 from enforcement import operator_decisions as ops
 from enforcement import policy as rules
 from enforcement.batch_items import ItemResult, ReportItem, groupable, item_error, item_result
-from enforcement.errors import DomainError
+from enforcement.errors import DomainError, NotFound
 from enforcement.policy import Context, Policy, ViolationReport
 from enforcement.service_types import (
     Actor,
@@ -718,6 +718,41 @@ class EnforcementService:
         return self._execute(
             account_id,
             lambda state, ctx: ops.decide(self.policy, state, command, ctx),
+            actor,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+
+    def resend_notice(
+        self,
+        account_id: str,
+        notice_id: str,
+        reason: str,
+        actor: Actor,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Outcome:
+        """Send the account's notice ``notice_id`` again, as a copy under a new id
+        (``ops.ResendNotice``); ``NotFound`` when the account has no such notice. A key used
+        before answers (or conflicts) first, as every command's does."""
+        if idempotency_key is not None:
+            replay = self._replay(account_id, idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
+        notice = next(
+            (
+                e
+                for e in self.store.read_stream_of_type(account_id, "NoticeIssued")
+                if e.data["notice_id"] == notice_id
+            ),
+            None,
+        )
+        if notice is None:
+            raise NotFound(f"no notice {notice_id!r} on this account", code="notice_not_found")
+        return self.operator(
+            account_id,
+            ops.ResendNotice(notice, reason),
             actor,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,

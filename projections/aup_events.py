@@ -33,6 +33,8 @@ NOTICE_KINDS: tuple[str, ...] = (
 TRIAGE_OUTCOMES: tuple[str, ...] = ("confirmed", "rejected")
 APPEAL_OUTCOMES: tuple[str, ...] = ("upheld", "overturned")
 REINSTATEMENT_SCOPES: tuple[str, ...] = ("all", "termination", "suspension")
+# What a notice sent again (``NoticeIssued.resend_of``) says of the notice it copies.
+RESEND_FIELDS: tuple[str, ...] = ("notice_id", "notice_event_id", "issued_at", "reason")
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -119,7 +121,12 @@ class AbuseReportTriaged:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class NoticeIssued:
-    """The account is to be told of a decision (``decision_event_id``); delivery follows."""
+    """The account is to be told of a decision (``decision_event_id``); delivery follows.
+
+    ``resend_of``: None, or for a notice an operator sent again (a copy of an earlier one, under
+    its own ``notice_id``), the notice it copies: ``{"notice_id", "notice_event_id",
+    "issued_at", "reason"}``; a copy of a copy names the first notice.
+    """
 
     notice_id: str
     kind: str
@@ -127,9 +134,12 @@ class NoticeIssued:
     violation_ids: list[str]
     statement_of_reasons: JSON
     deadline: str | None
+    resend_of: JSON | None = None
 
     def __post_init__(self) -> None:
         _one_of("kind", self.kind, NOTICE_KINDS)
+        if self.resend_of is not None and set(self.resend_of) != set(RESEND_FIELDS):
+            raise ValueError(f"resend_of must have the keys {', '.join(RESEND_FIELDS)}")
 
 
 @fast_init
@@ -364,6 +374,10 @@ def build_codec() -> Codec:
         elif payload_class is AbuseReportReceived:
             # 2: ``source`` (who filed it), refused by an earlier release likewise.
             codec.register(payload_class, schema_version=2, upcasters={1: _report_v1_to_v2})
+        elif payload_class is NoticeIssued:
+            # 2: ``resend_of`` (a notice an operator sent again), refused by an earlier release
+            # likewise.
+            codec.register(payload_class, schema_version=2, upcasters={1: _notice_v1_to_v2})
         else:
             codec.register(payload_class, schema_version=1)
     return codec
@@ -380,6 +394,12 @@ def _report_v1_to_v2(data: JSON) -> JSON:
     """``AbuseReportReceived`` before ``source``: read as received through the API. (The gate
     filed some of them too, which only their metadata's ``source`` tells: ``source`` is None.)"""
     data.setdefault("source", None)
+    return data
+
+
+def _notice_v1_to_v2(data: JSON) -> JSON:
+    """``NoticeIssued`` before ``resend_of``: each was the first of its decision's notices."""
+    data.setdefault("resend_of", None)
     return data
 
 

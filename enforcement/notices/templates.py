@@ -34,6 +34,12 @@ INTROS = {
     "appeal_outcome": "Your appeal has been decided.",
     "dismissal": "A violation recorded against your account was dismissed.",
 }
+# The opening of a notice an operator sent again (``NoticeIssued.resend_of``): what it copies.
+RESENT = (
+    "This notice is a copy of notice {notice_id}, issued {issued_at}, sent again. It says what "
+    "held when that notice was issued: the account's standing may have changed since."
+)
+RESENT_TOLD = ("notice_id", "notice_event_id", "issued_at")
 # Added to a throttle's opening when the throttle comes with a remediation request (its deadline).
 REMEDY_TOO = (
     "You must also remedy violation {violations} and confirm it before the deadline below; "
@@ -60,7 +66,11 @@ def render(notice: RecordedEvent) -> RenderedNotice:
     kind = data["kind"]
     sor = data.get("statement_of_reasons") or {}
     subject = f"[TaaS] {SUBJECTS.get(kind, 'Enforcement notice')} ({notice.account_id})"
-    lines = [
+    first = data.get("resend_of")
+    lines = [] if first is None else [RESENT.format(**first), ""]
+    if first is not None:
+        subject += " (sent again)"
+    lines += [
         f"Account: {notice.account_id}",
         f"Decision: {sor.get('decision', kind)}",
         f"Ground: {sor.get('ground', 'AUP')}",
@@ -105,6 +115,8 @@ def render(notice: RecordedEvent) -> RenderedNotice:
         "text": text,
         "statement_of_reasons": sor,
         "issued_at": format_time(notice.recorded_at),
+        # What the notice copies; the operator's reason for sending it again stays in the log.
+        "resend_of": None if first is None else {k: first[k] for k in RESENT_TOLD},
     }
     return RenderedNotice(subject, text, body)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.harness import Server, assert_error, requested_events
+from tests.e2e.harness import Server, assert_error, requested_events, settled_events
 
 
 def account(prefix: str) -> str:
@@ -309,3 +309,40 @@ def test_contact_is_mutable_data_and_not_an_event(server: Server) -> None:
     }
     assert [d["field"] for d in assert_error(bad, 422)["details"]] == ["email"]
     assert requested_events(op) == before
+
+
+def test_a_notice_that_failed_for_good_is_sent_again_once_the_contact_is_set(
+    server: Server,
+) -> None:
+    op, acct = server.client("operator"), account("resend")
+    decided = report(server, acct)
+    [notice] = [e for e in decided["events"] if e["type"] == "NoticeIssued"]
+    [failed] = [
+        e for e in settled_events(op, acct) if e["metadata"]["causation_id"] == notice["event_id"]
+    ]
+    assert (failed["type"], failed["data"]["final"]) == ("NoticeDeliveryFailed", True)
+    notice_id = notice["data"]["notice_id"]
+    url = f"/v1/accounts/{acct}/notices/{notice_id}/resend"
+
+    assert_error(server.client("reporter").post(url, json={}), 403)
+    assert_error(op.post(f"/v1/accounts/{acct}/notices/ntc_none/resend", json={}), 404)
+    assert op.put(f"/v1/accounts/{acct}/contact", json={"email": "desk@example.com"}).is_success
+    body = ok(op.post(url, json={"reason": "contact corrected"}), "NoticeIssued")
+
+    [copy_] = body["events"]
+    assert body["notice_id"] == copy_["data"]["notice_id"] != notice_id
+    assert copy_["schema_version"] == 2
+    assert copy_["metadata"]["causation_id"] == notice["event_id"]
+    assert copy_["data"]["resend_of"] == {
+        "notice_id": notice_id,
+        "notice_event_id": notice["event_id"],
+        "issued_at": notice["recorded_at"],
+        "reason": "contact corrected",
+    }
+    assert body["standing"]["status"] == "remediation_due"
+    outcomes = [
+        (e["type"], e["data"]["channel"])
+        for e in settled_events(op, acct)
+        if e["metadata"]["causation_id"] == copy_["event_id"]
+    ]
+    assert outcomes == [("NoticeDelivered", "email")]

@@ -167,7 +167,14 @@ def decide_appeal(system: Container) -> Command:
     )
 
 
-# Each command of CONTRACT.md "Account commands" that records events, made possible on ACCOUNT.
+def resend(system: Container) -> Command:
+    path = f"notices/{_violation(system)['NoticeIssued']['notice_id']}/resend"
+    body = {"reason": "bounced"}
+    return Command("POST", path, body, dict(body), {"reason": ""})
+
+
+# Each command of CONTRACT.md "Account commands" that records events, made possible on ACCOUNT,
+# and the commands added to them (``resend``).
 COMMANDS: dict[str, Callable[[Container], Command]] = {
     make.__name__: make
     for make in (
@@ -184,6 +191,7 @@ COMMANDS: dict[str, Callable[[Container], Command]] = {
         triage,
         appeal,
         decide_appeal,
+        resend,
     )
 }
 

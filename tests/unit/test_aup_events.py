@@ -72,11 +72,11 @@ SAMPLES: list[Any] = [
 
 
 def test_every_contract_type_is_registered_at_its_schema_version() -> None:
-    """1, but for ``AccountSuspended`` at 2 since ``held_by`` and ``AbuseReportReceived`` at 2
-    since ``source``."""
+    """1, but for ``AccountSuspended`` at 2 since ``held_by``, ``AbuseReportReceived`` at 2
+    since ``source`` and ``NoticeIssued`` at 2 since ``resend_of``."""
     assert set(ev.CODEC.types) == CONTRACT_TYPES
     for name in CONTRACT_TYPES:
-        expected = 2 if name in ("AccountSuspended", "AbuseReportReceived") else 1
+        expected = 2 if name in ("AccountSuspended", "AbuseReportReceived", "NoticeIssued") else 1
         assert ev.CODEC.registration(name).schema_version == expected
     assert {type(s).__name__ for s in SAMPLES} == CONTRACT_TYPES
 
@@ -114,6 +114,32 @@ def test_an_abuse_report_stored_before_source_reads_as_received_through_the_api(
     filed = ev.AbuseReportReceived("rep_2", "spam", "keys", None, None, ev.GATE_SOURCE)
     new = ev.CODEC.encode(filed, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))
     assert (new.schema_version, new.data["source"]) == (2, "gate")
+
+
+def test_a_notice_stored_before_resend_of_reads_as_a_first_notice() -> None:
+    old = {
+        "notice_id": "ntc_1",
+        "kind": "warning",
+        "decision_event_id": "evt",
+        "violation_ids": ["vio_1"],
+        "statement_of_reasons": SOR,
+        "deadline": DUE,
+    }
+    payload = ev.CODEC.payload("NoticeIssued", 1, old)
+    assert payload == ev.NoticeIssued("ntc_1", "warning", "evt", ["vio_1"], SOR, DUE, None)
+    assert "resend_of" not in old  # the stored record is left as it is
+    first = {"notice_id": "ntc_1", "notice_event_id": "e1", "issued_at": DUE, "reason": "bounced"}
+    again = ev.NoticeIssued("ntc_2", "warning", "evt", ["vio_1"], SOR, DUE, first)
+    new = ev.CODEC.encode(again, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))
+    assert (new.schema_version, new.data["resend_of"]) == (2, first)
+
+
+def test_a_resent_notice_names_exactly_what_it_copies() -> None:
+    first = {"notice_id": "ntc_1", "notice_event_id": "e1", "issued_at": DUE}
+    with pytest.raises(ValueError, match="resend_of must have the keys"):
+        ev.NoticeIssued("ntc_2", "warning", "evt", [], SOR, None, first)
+    with pytest.raises(ValueError, match="resend_of must have the keys"):
+        ev.NoticeIssued("ntc_2", "warning", "evt", [], SOR, None, {**first, "reason": "", "x": 1})
 
 
 def test_a_violation_recorded_without_strike_is_a_strike() -> None:

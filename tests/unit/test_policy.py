@@ -1878,3 +1878,54 @@ def test_an_operators_restriction_states_its_scope_and_end(command: ops.Command,
     [decision, notice] = ops.decide(P, account.state, command, account.ctx(NOW, "op"))
     assert decision.data["statement_of_reasons"]["decision"] == text
     assert notice.data["statement_of_reasons"]["decision"] == text
+
+
+def _first_violation(account: Account) -> list[RecordedEvent]:
+    """A first minor violation's events (with its warning notice), recorded on ``account``."""
+    report = ViolationReport("spam", t(), None, description="d")
+    return account.record(decide_violation(P, account.state, report, account.ctx(t())), t())
+
+
+def test_an_operator_sends_a_notice_again_as_a_copy_that_changes_nothing_else() -> None:
+    """``ResendNotice``: one ``NoticeIssued`` under a new id, caused by the notice it copies,
+    with that notice's kind, decision, violations, statement and deadline, and ``resend_of``
+    naming it (a copy of a copy names the first); the standing does not change."""
+    account = Account()
+    [first] = [e for e in _first_violation(account) if e.type == "NoticeIssued"]
+    before = account.state
+    at = t(2)
+    [copy_] = ops.decide(P, before, ops.ResendNotice(first, "bounced"), account.ctx(at, "op"))
+    assert copy_.type == "NoticeIssued" and copy_.schema_version == 2
+    assert copy_.metadata["causation_id"] == first.event_id
+    assert copy_.metadata["actor"] == "op"
+    assert copy_.data["notice_id"] not in (first.data["notice_id"], None)
+    assert copy_.data["notice_id"].startswith("ntc_")
+    kept = ("kind", "decision_event_id", "violation_ids", "statement_of_reasons", "deadline")
+    assert {k: copy_.data[k] for k in kept} == {k: first.data[k] for k in kept}
+    named = {
+        "notice_id": first.data["notice_id"],
+        "notice_event_id": first.event_id,
+        "issued_at": format_time(first.recorded_at),
+    }
+    assert copy_.data["resend_of"] == {**named, "reason": "bounced"}
+    [recorded] = account.record([copy_], at)
+    assert account.state.to_json() == {
+        **before.to_json(),
+        "version": recorded.version,
+        "last_recorded_at": format_time(at),
+    }
+    [again] = ops.decide(P, account.state, ops.ResendNotice(recorded, ""), account.ctx(at, "op"))
+    assert again.data["resend_of"] == {**named, "reason": ""}
+    assert again.metadata["causation_id"] == recorded.event_id
+
+
+def test_only_a_notice_of_the_account_is_sent_again() -> None:
+    account = Account()
+    recorded = _first_violation(account)
+    [notice] = [e for e in recorded if e.type == "NoticeIssued"]
+    [decision] = [e for e in recorded if e.type == "RemediationRequested"]
+    elsewhere = replace(notice, account_id="acct_2")
+    for wrong in (decision, elsewhere):
+        with pytest.raises(NotFound) as caught:
+            ops.decide(P, account.state, ops.ResendNotice(wrong, "r"), account.ctx(t(1), "op"))
+        assert caught.value.code == "notice_not_found"

@@ -79,6 +79,25 @@ def test_the_history_table_says_how_each_notice_delivery_went() -> None:
     )
 
 
+def test_the_history_names_each_notice_and_what_a_copy_copies() -> None:
+    """The id an operator sends a notice again by (``…/notices/{notice_id}/resend``)."""
+    notice = {"notice_id": "ntc_1", "kind": "warning", "resend_of": None}
+    first = {"notice_id": "ntc_1", "notice_event_id": "e", "issued_at": "t", "reason": "r"}
+    copy_ = {**notice, "notice_id": "ntc_2", "resend_of": first}
+    old = {"notice_id": "ntc_0", "kind": "suspension"}  # recorded at schema version 1
+    events = [event("NoticeIssued", d, version=v) for v, d in ((1, notice), (2, copy_), (3, old))]
+    text = table_text(*events)
+    assert "notice ntc_1 (warning) " in text  # no more in its cell
+    assert "notice ntc_2 (warning), a copy of ntc_1" in text
+    assert "notice ntc_0 (suspension)" in text
+    header, *rows = history_csv_rows(HistoryEntry(e, {}, None, None) for e in events)
+    assert [row[header.index("delivery")] for row in rows] == [
+        "notice ntc_1 (warning)",
+        "notice ntc_2 (warning), a copy of ntc_1",
+        "notice ntc_0 (suspension)",
+    ]
+
+
 def test_the_history_csv_says_how_each_notice_delivery_went_as_the_table_does() -> None:
     outcome = {"notice_id": "ntc_1", "notice_event_id": "e", "channel": "email", "attempt": 1}
     events = [

@@ -299,6 +299,43 @@ def test_the_webhook_body_is_json_and_carries_the_same_notice() -> None:
         "text": rendered.text,
         "statement_of_reasons": notice.data["statement_of_reasons"],
         "issued_at": "2026-11-24T10:00:00.000000Z",
+        "resend_of": None,
+    }
+
+
+def test_a_notice_sent_again_says_what_it_copies_but_not_why() -> None:
+    """A copy (``ops.ResendNotice``) has the first notice's text under its own id, opens by
+    naming the notice it copies and when that was issued, and says so in its subject; the
+    operator's reason stays in the log, out of the text and the webhook's body."""
+    account = Account()
+    first = notice_in(account.violation("spam", T0))
+    at = T0 + timedelta(days=2)
+    copy_ = notice_in(account.operator(ops.ResendNotice(first, "mailbox was full"), at))
+    again = notice_in(account.operator(ops.ResendNotice(copy_, "still nothing"), at))
+    original, rendered, rendered_again = render(first), render(copy_), render(again)
+    assert rendered.subject == original.subject + " (sent again)"
+    opening = (
+        f"This notice is a copy of notice {first.data['notice_id']}, issued "
+        "2026-11-24T10:00:00.000000Z, sent again. It says what held when that notice was "
+        "issued: the account's standing may have changed since.\n\n"
+    )
+    assert rendered.text == opening + original.text.replace(
+        f"Notice id: {first.data['notice_id']} (issued 2026-11-24T10:00:00.000000Z)",
+        f"Notice id: {copy_.data['notice_id']} (issued 2026-11-26T10:00:00.000000Z)",
+    )
+    # A copy of the copy names the first notice too.
+    assert rendered_again.text == rendered.text.replace(
+        copy_.data["notice_id"], again.data["notice_id"]
+    )
+    told = {"notice_id": first.data["notice_id"], "notice_event_id": first.event_id}
+    assert rendered.body["resend_of"] == {**told, "issued_at": "2026-11-24T10:00:00.000000Z"}
+    assert rendered_again.body["resend_of"] == rendered.body["resend_of"]
+    assert rendered.body["notice_id"] == copy_.data["notice_id"] != first.data["notice_id"]
+    assert rendered.body["text"] == rendered.text
+    for text in (rendered.text, json.dumps(rendered.body)):
+        assert "mailbox" not in text
+    assert {k: rendered.body[k] for k in ("decision_event_id", "deadline", "violation_ids")} == {
+        k: original.body[k] for k in ("decision_event_id", "deadline", "violation_ids")
     }
 
 

@@ -771,6 +771,45 @@ def test_an_account_without_contact_data_gets_its_notice_recorded_undeliverable(
     assert not (tmp_path / "notices").exists()
 
 
+def test_a_notice_that_failed_for_good_goes_out_once_an_operator_sends_it_again(
+    system: System, smtp: SmtpSink, receiver: Receiver
+) -> None:
+    # Given a notice recorded undeliverable (no contact then), the contact set since
+    [notice] = [e for e in system.report("acct_later").events if e.type == "NoticeIssued"]
+    wait_until(lambda: system.outcomes(notice.event_id), "the notice's undeliverable failure")
+    system.contact("acct_later", email="desk@customer.test", webhook_url=receiver.url)
+
+    # When an operator sends it again
+    resent = system.container.service.resend_notice(
+        "acct_later", notice.data["notice_id"], "contact corrected", OPERATOR
+    )
+
+    # Then the copy, a notice of its own, is delivered once on each channel
+    [copy_] = resent.events
+    assert copy_.type == "NoticeIssued"
+    assert copy_.data["resend_of"]["notice_event_id"] == notice.event_id
+    wait_until(
+        lambda: delivered_once_each(system.store, [copy_.event_id], CHANNELS),
+        "NoticeDelivered of the copy on both channels",
+    )
+    assert sorted(summary(system, copy_.event_id)) == [
+        ("NoticeDelivered", "email", 1, None),
+        ("NoticeDelivered", "webhook", 1, None),
+    ]
+    [message] = smtp.for_event(copy_.event_id)
+    assert message["To"] == "desk@customer.test"
+    assert message["Subject"].endswith(" (sent again)")
+    assert message.get_content().startswith(
+        f"This notice is a copy of notice {notice.data['notice_id']}, issued "
+    )
+    [request] = receiver.for_event(copy_.event_id)
+    assert request.json()["resend_of"]["notice_id"] == notice.data["notice_id"]
+    # and the first notice keeps its one outcome: nothing else was sent
+    assert [e.data["channel"] for e in system.outcomes(notice.event_id)] == ["none"]
+    assert {r.event_id for r in receiver.requests} == {copy_.event_id}
+    assert [m["X-Enforcement-Event-Id"] for _, m in smtp.messages] == [copy_.event_id]
+
+
 def test_notify_false_records_no_notice_and_sends_nothing(
     system: System, smtp: SmtpSink, receiver: Receiver
 ) -> None:

@@ -275,6 +275,31 @@ def decide_appeal(
     return outcome_json(outcome)
 
 
+@router.post("/notices/{notice_id}/resend")
+def resend_notice(
+    account_id: Account,
+    notice_id: Id,
+    body: ReasonIn,
+    container: ContainerDep,
+    principal: Operator,
+    key: Idempotent,
+) -> dict[str, Any]:
+    """Send notice ``notice_id`` again: a copy under a new ``notice_id`` (``NoticeIssued``
+    with ``resend_of``), delivered to the account's contact as it is now, like any notice.
+    For a notice whose delivery failed for good (no contact then, a refused target) once the
+    contact is corrected, or one the account says it never received. 404 when the account has
+    no such notice."""
+    outcome = container.service.resend_notice(
+        account_id,
+        notice_id,
+        body.reason,
+        actor_of(principal),
+        idempotency_key=key.key,
+        fingerprint=key.fingerprint(body),
+    )
+    return {"notice_id": outcome.events[0].data["notice_id"], **outcome_json(outcome)}
+
+
 def _since(
     target: sa.Column[Any], stored: sa.Column[Any], given: sa.ColumnElement[Any]
 ) -> sa.ColumnElement[Any]:
