@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -690,6 +691,42 @@ class ApiMachine(RuleBasedStateMachine):
             the_id = data.draw(st.sampled_from(choices))
         statuses = {200, 409} if pick == "own" else {404}
         self.command(account, method, tail.format(the_id), body, key, caller, statuses)
+
+    @precondition(lambda self: any(self.ids(a, "NoticeIssued", "notice_id") for a in ACCOUNTS))
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        pick=st.sampled_from(["own", "own", "own", "other", "unknown"]),
+        data=st.data(),
+        key=st.sampled_from([None, None, *KEYS]),
+        caller=callers(OPERATORS),
+    )
+    def resend_notice(
+        self, account: str, pick: str, data: st.DataObject, key: str | None, caller: Caller
+    ) -> None:
+        """Any notice of the account may be sent again, whatever its standing: a copy caused
+        by it, naming the first notice (200); a notice of the other account, or none, is 404."""
+        other = ACCOUNTS[1 - ACCOUNTS.index(account)]
+        of = account if pick == "own" else other
+        notices = [e for e in self.history(of) if e["type"] == "NoticeIssued"]
+        notice = None if pick == "unknown" or not notices else data.draw(st.sampled_from(notices))
+        notice_id = UNKNOWN_ID if notice is None else notice["data"]["notice_id"]
+        statuses = {200} if notice is not None and pick == "own" else {404}
+        body = {"reason": "bounced"}
+        tail = f"notices/{notice_id}/resend"
+        answer = self.command(account, "POST", tail, body, key, caller, statuses)
+        if answer is None:
+            return
+        assert notice is not None
+        [copy] = answer["events"]
+        assert (copy["type"], answer["notice_id"]) == ("NoticeIssued", copy["data"]["notice_id"])
+        assert copy["metadata"]["causation_id"] == notice["event_id"]
+        first = notice["data"]["resend_of"] or {
+            "notice_id": notice_id,
+            "notice_event_id": notice["event_id"],
+            "issued_at": notice["recorded_at"],
+        }
+        named = ("notice_id", "notice_event_id", "issued_at")
+        assert copy["data"]["resend_of"] == {**{k: first[k] for k in named}, **body}
 
     @rule(
         account=st.sampled_from(ACCOUNTS),
