@@ -142,6 +142,13 @@ class AppealFiledOut(AccountCommandOut):
     appeal_id: str
 
 
+class NoticeResentOut(AccountCommandOut):
+    """The copy's ``notice_id`` (its event, a ``NoticeIssued`` with ``resend_of``, is the one of
+    ``events``)."""
+
+    notice_id: str
+
+
 class ContactOut(AccountCommandOut):
     """The contact as stored (not an event: ``events`` is empty)."""
 
@@ -183,6 +190,7 @@ ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/abuse-reports", "post", "200"): AbuseReportOut,
     ("/v1/accounts/{account_id}/appeals", "post", "200"): AppealFiledOut,
     ("/v1/accounts/{account_id}/contact", "put", "200"): ContactOut,
+    ("/v1/accounts/{account_id}/notices/{notice_id}/resend", "post", "200"): NoticeResentOut,
     ("/v1/violations", "post", "201"): ViolationRecordedOut,
     ("/v1/violations", "post", "200"): ViolationRecordedOut,
     ("/v1/accounts/{account_id}/standing", "get", "200"): StandingOut,

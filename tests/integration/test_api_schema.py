@@ -146,6 +146,10 @@ def test_the_schema_documents_what_the_routes_answer(api: Api) -> None:
     assert answer("/v1/abuse-reports", "post", "202").endswith("/AbuseReportOut")
     assert answer("/v1/accounts/{account_id}/appeals", "post", "200").endswith("/AppealFiledOut")
     assert answer("/v1/accounts/{account_id}/contact", "put", "200").endswith("/ContactOut")
+    resent = answer("/v1/accounts/{account_id}/notices/{notice_id}/resend", "post", "200")
+    assert resent.endswith("/NoticeResentOut")
+    notice_resent = api.schema.raw_schema["components"]["schemas"]["NoticeResentOut"]
+    assert set(notice_resent["required"]) == {"notice_id", "events", "standing"}
     standing = api.schema.raw_schema["components"]["schemas"]["StandingOut"]
     assert set(standing["required"]) >= {"status", "strikes", "suspension", "version", "as_of"}
 
