@@ -89,7 +89,8 @@ class ConfigureLimits:
 class ResendNotice:
     """Send a notice again, as a copy under its own id (``NoticeIssued.resend_of``): after its
     delivery failed for good (a contact corrected since), or when the account says it never
-    arrived. ``notice`` is the ``NoticeIssued`` event sent again."""
+    arrived. ``notice`` is the ``NoticeIssued`` event sent again; not one of a decision an
+    appeal overturned."""
 
     notice: RecordedEvent
     reason: str
@@ -259,6 +260,14 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
                 raise NotFound(
                     f"no notice {notice.data.get('notice_id')!r} on this account",
                     code="notice_not_found",
+                )
+            decision = state.decisions.get(notice.data["decision_event_id"])
+            if decision is not None and decision.overturned:
+                # It would tell the account of a restriction an appeal lifted: the appeal's
+                # outcome has its own notice.
+                raise InvalidTransition(
+                    f"the decision of notice {notice.data['notice_id']} was overturned on appeal",
+                    code="decision_overturned",
                 )
             d.emit(d.build(_resent(notice, reason, ctx.new_id("ntc")), notice.event_id))
     return d.events

@@ -375,8 +375,8 @@ def build_codec() -> Codec:
             # 2: ``source`` (who filed it), refused by an earlier release likewise.
             codec.register(payload_class, schema_version=2, upcasters={1: _report_v1_to_v2})
         elif payload_class is NoticeIssued:
-            # 2: ``resend_of`` (a notice an operator sent again), refused by an earlier release
-            # likewise.
+            # 2: ``resend_of`` (a notice an operator sent again). No earlier release decodes a
+            # notice (the fold passes over them; its delivery reads the fields it knows).
             codec.register(payload_class, schema_version=2, upcasters={1: _notice_v1_to_v2})
         else:
             codec.register(payload_class, schema_version=1)

@@ -64,7 +64,13 @@ def build_message(
     message["Date"] = format_datetime(notice.recorded_at)
     # One Message-ID per notice: a retry (or a re-send after a broker lost the message) is the
     # same message again, which mail systems and readers can recognise as one.
-    message["Message-ID"] = f"<{notice.event_id}@{sender.rpartition('@')[2]}>"
+    domain = sender.rpartition("@")[2]
+    message["Message-ID"] = f"<{notice.event_id}@{domain}>"
+    first = notice.data.get("resend_of")
+    if isinstance(first, dict):
+        # A copy an operator sent again answers the first notice: a mail reader shows the two
+        # in one thread.
+        message["In-Reply-To"] = message["References"] = f"<{first['notice_event_id']}@{domain}>"
     message["X-Enforcement-Event-Id"] = notice.event_id
     return message
 

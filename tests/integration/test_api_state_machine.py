@@ -703,14 +703,23 @@ class ApiMachine(RuleBasedStateMachine):
     def resend_notice(
         self, account: str, pick: str, data: st.DataObject, key: str | None, caller: Caller
     ) -> None:
-        """Any notice of the account may be sent again, whatever its standing: a copy caused
-        by it, naming the first notice (200); a notice of the other account, or none, is 404."""
+        """A notice of the account is sent again, whatever its standing, as a copy caused by
+        it, naming the first notice (200), unless an appeal overturned its decision (409); a
+        notice of the other account, or none, is 404."""
         other = ACCOUNTS[1 - ACCOUNTS.index(account)]
         of = account if pick == "own" else other
         notices = [e for e in self.history(of) if e["type"] == "NoticeIssued"]
         notice = None if pick == "unknown" or not notices else data.draw(st.sampled_from(notices))
         notice_id = UNKNOWN_ID if notice is None else notice["data"]["notice_id"]
-        statuses = {200} if notice is not None and pick == "own" else {404}
+        statuses = {404}
+        if notice is not None and pick == "own":
+            overturned = any(
+                e["type"] == "AppealDecided"
+                and e["data"]["outcome"] == "overturned"
+                and e["data"]["decision_event_id"] == notice["data"]["decision_event_id"]
+                for e in self.history(account)
+            )
+            statuses = {409} if overturned else {200}
         body = {"reason": "bounced"}
         tail = f"notices/{notice_id}/resend"
         answer = self.command(account, "POST", tail, body, key, caller, statuses)

@@ -1929,3 +1929,36 @@ def test_only_a_notice_of_the_account_is_sent_again() -> None:
         with pytest.raises(NotFound) as caught:
             ops.decide(P, account.state, ops.ResendNotice(wrong, "r"), account.ctx(t(1), "op"))
         assert caught.value.code == "notice_not_found"
+
+
+@pytest.mark.parametrize("outcome", ["upheld", "overturned"])
+def test_a_notice_of_a_decision_overturned_on_appeal_is_not_sent_again(outcome: str) -> None:
+    """It would tell the account of a suspension the appeal lifted; an upheld one's notice,
+    and the appeal outcome's own, may be sent again."""
+    account = Account()
+    report = ViolationReport("phishing", t(), "high", description="d")
+    decided = account.record(decide_violation(P, account.state, report, account.ctx(t())), t())
+    [suspension] = [e for e in decided if e.type == "AccountSuspended"]
+    [notice] = [e for e in decided if e.type == "NoticeIssued"]
+    ctx = account.ctx(t(1))
+    filed = account.record(
+        decide_appeal_filing(P, account.state, suspension.event_id, "not me", ctx), t(1)
+    )
+    appeal_id = filed[0].data["appeal_id"]
+    ruled = decide_appeal(P, account.state, appeal_id, outcome, "checked", account.ctx(t(2)))
+    [outcome_notice] = [e for e in account.record(ruled, t(2)) if e.type == "NoticeIssued"]
+
+    resend = ops.ResendNotice(notice, "r")
+    if outcome == "overturned":
+        with pytest.raises(InvalidTransition) as caught:
+            ops.decide(P, account.state, resend, account.ctx(t(3), "op"))
+        assert caught.value.code == "decision_overturned"
+        assert str(caught.value) == (
+            f"the decision of notice {notice.data['notice_id']} was overturned on appeal"
+        )
+    else:
+        assert types(ops.decide(P, account.state, resend, account.ctx(t(3), "op"))) == [
+            "NoticeIssued"
+        ]
+    again = ops.decide(P, account.state, ops.ResendNotice(outcome_notice, "r"), account.ctx(t(3)))
+    assert again[0].data["kind"] == "appeal_outcome"

@@ -131,6 +131,7 @@ def test_a_notice_goes_out_by_smtp_and_by_a_signed_webhook(
     assert message["To"] == "abuse-desk@customer.test"
     assert message["X-Enforcement-Event-Id"] == notice.event_id
     assert message["Message-ID"] == f"<{notice.event_id}@taas.invalid>"
+    assert (message["In-Reply-To"], message["References"]) == (None, None)
     assert "acct_42" in message["Subject"]
     text = message.get_content()
     sor = notice.data["statement_of_reasons"]
@@ -799,6 +800,10 @@ def test_a_notice_that_failed_for_good_goes_out_once_an_operator_sends_it_again(
     [message] = smtp.for_event(copy_.event_id)
     assert message["To"] == "desk@customer.test"
     assert message["Subject"].endswith(" (sent again)")
+    # in the first one's thread
+    assert message["Message-ID"] == f"<{copy_.event_id}@taas.invalid>"
+    first_id = f"<{notice.event_id}@taas.invalid>"
+    assert (message["In-Reply-To"], message["References"]) == (first_id, first_id)
     assert message.get_content().startswith(
         f"This notice is a copy of notice {notice.data['notice_id']}, issued "
     )
