@@ -1,6 +1,7 @@
 """The auditor's commands over the log, an account or all of it: ``standing``, ``history``,
-``verify`` (the hash chains), ``replay`` (the stored standings rebuilt), ``export``, and
-``policy-activations`` (the policies the deployment began with).
+``verify`` (the hash chains), ``replay`` (the stored standings rebuilt), ``export``,
+``notices`` (an account's notices and their deliveries) and ``policy-activations`` (the
+policies the deployment began with).
 
 Registered on ``enforcement.cli.app`` when that module is imported (it imports this one last).
 """
@@ -39,6 +40,37 @@ def standing(
         print(json.dumps(result, indent=2))
     else:
         console.print(standing_table(result))
+
+
+@app.command()
+def notices(
+    account: Annotated[str, typer.Argument(help="Account id.")],
+    state: Annotated[
+        str | None, typer.Option("--state", help="pending, delivered or failed.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List one account's notices and how each one's delivery went.
+
+    Oldest first. A failed notice (every channel failed for good) goes out once an operator
+    sends it again (POST /v1/accounts/{id}/notices/{notice_id}/resend) after mending its cause.
+    """
+    from enforcement.render import notices_table
+    from projections.notices import NOTICE_STATES
+
+    account_option(account, "ACCOUNT")
+    if state is not None and state not in NOTICE_STATES:
+        fail(f"--state must be one of {', '.join(NOTICE_STATES)}.")
+    with opened_container() as container:
+        found = container.service.notices(account)
+    rows = [n.to_json() for n in found if state is None or n.state == state]
+    if as_json:
+        print(json.dumps({"account_id": account, "notices": rows}, indent=2))
+        return
+    if not rows:
+        console.print(f"No {state or 'recorded'} notice for {escape(account)}.")
+        return
+    console.print(notices_table(account, rows))
 
 
 @app.command("policy-activations")

@@ -67,6 +67,33 @@ def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
     return ""
 
 
+def notices_table(account_id: str, notices: Iterable[dict[str, Any]]) -> Table:
+    """``enforcement notices``: each notice (``NoticeDeliveries.to_json``) with a line per
+    channel. Every cell is ``_shown``, each channel's line alone: a receiver's error text is
+    shown as written."""
+    table = Table(title=Text(f"Notices of {account_id}"))
+    for column in ("notice", "kind", "issued at", "state", "channels"):
+        table.add_column(column, overflow="fold")
+    for notice in notices:
+        copy = notice["resend_of"]
+        name = notice["notice_id"] + ("" if copy is None else f" (a copy of {copy})")
+        lines = [_shown(_channel_text(c)) for c in notice["channels"]] or [Text("no outcome yet")]
+        cells = (name, notice["kind"], notice["issued_at"], notice["state"])
+        table.add_row(*map(_shown, cells), Text("\n").join(lines))
+    return table
+
+
+def _channel_text(channel: dict[str, Any]) -> str:
+    """A channel's state and tries, and its last error unless it delivered."""
+    tries = channel["attempts"]
+    text = (
+        f"{channel['channel']}: {channel['state']} after {tries} tr{'y' if tries == 1 else 'ies'}"
+    )
+    if channel["state"] != "delivered" and channel["last_error"] is not None:
+        text += f" ({channel['last_error']})"
+    return text
+
+
 # Rows per table of a history: Rich sizes a table's columns over all its rows, so a long history
 # is printed a table at a time, as it is read (100,000 rows held in one table took 556 MB).
 HISTORY_TABLE_ROWS = 1000

@@ -52,6 +52,7 @@ from events import (
 from events.timefmt import to_utc
 from projections.history import HistoryEntry, history
 from projections.lookback import PolicyStart
+from projections.notices import NOTICE_TYPES, NoticeDeliveries, notice_deliveries
 from projections.standing import Standing, StandingState, fold, recorded_until, view
 from projections.stored import StandingRepository
 
@@ -722,6 +723,12 @@ class EnforcementService:
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
         )
+
+    def notices(self, account_id: str) -> list[NoticeDeliveries]:
+        """The account's notices, oldest first, each with how its delivery went on each
+        channel (``projections.notices``)."""
+        events = [e for t in NOTICE_TYPES for e in self.store.read_stream_of_type(account_id, t)]
+        return notice_deliveries(sorted(events, key=lambda e: e.version))
 
     def resend_notice(
         self,

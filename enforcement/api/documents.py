@@ -9,7 +9,7 @@ these schemas (``tests/integration/test_api_schema.py``, Schemathesis).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -142,6 +142,38 @@ class AppealFiledOut(AccountCommandOut):
     appeal_id: str
 
 
+class ChannelDeliveryOut(BaseModel):
+    """One channel's outcomes so far: ``delivered``, ``failed_for_good`` (nothing more is
+    tried) or ``retrying``; channel ``none`` when the account had no contact."""
+
+    channel: str
+    state: Literal["delivered", "failed_for_good", "retrying"]
+    attempts: int
+    last_error: str | None
+    last_outcome_at: str
+
+
+class NoticeDeliveriesOut(BaseModel):
+    """A notice and its channels, in the order of their first outcome. ``state``: ``pending``
+    (no outcome yet, or a channel retrying), ``delivered`` (one channel delivered it and none
+    is retrying), ``failed`` (every channel failed for good). ``resend_of``: for a copy an
+    operator sent again, the first notice's id."""
+
+    notice_id: str
+    notice_event_id: str
+    kind: str
+    decision_event_id: str
+    issued_at: str
+    resend_of: str | None
+    state: Literal["pending", "delivered", "failed"]
+    channels: list[ChannelDeliveryOut]
+
+
+class NoticesOut(BaseModel):
+    account_id: str
+    notices: list[NoticeDeliveriesOut]
+
+
 class NoticeResentOut(AccountCommandOut):
     """The copy's ``notice_id`` (its event, a ``NoticeIssued`` with ``resend_of``, is the one of
     ``events``)."""
@@ -195,6 +227,7 @@ ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/violations", "post", "200"): ViolationRecordedOut,
     ("/v1/accounts/{account_id}/standing", "get", "200"): StandingOut,
     ("/v1/accounts/{account_id}/events", "get", "200"): AccountEventsOut,
+    ("/v1/accounts/{account_id}/notices", "get", "200"): NoticesOut,
     ("/v1/events", "get", "200"): FeedOut,
     ("/v1/accounts/{account_id}/verify", "get", "200"): VerifyOut,
     ("/v1/policy-activations", "get", "200"): PolicyActivationsOut,

@@ -346,3 +346,11 @@ def test_a_notice_that_failed_for_good_is_sent_again_once_the_contact_is_set(
         if e["metadata"]["causation_id"] == copy_["event_id"]
     ]
     assert outcomes == [("NoticeDelivered", "email")]
+    listed = op.get(f"/v1/accounts/{acct}/notices")
+    assert listed.status_code == 200, listed.text
+    assert [(n["notice_id"], n["resend_of"], n["state"]) for n in listed.json()["notices"]] == [
+        (notice_id, None, "failed"),
+        (copy_["data"]["notice_id"], notice_id, "delivered"),
+    ]
+    failed = op.get(f"/v1/accounts/{acct}/notices", params={"state": "failed"}).json()
+    assert [n["notice_id"] for n in failed["notices"]] == [notice_id]

@@ -17,6 +17,7 @@ from enforcement.render import (
     history_json,
     history_table,
     history_tables,
+    notices_table,
     standing_table,
 )
 from events.types import RecordedEvent
@@ -329,3 +330,33 @@ def test_the_history_csv_has_a_column_for_each_field_of_an_event_and_its_rule() 
             "ground": "",
         },
     ]
+
+
+def test_the_notices_table_shows_a_receivers_error_as_written_a_line_per_channel() -> None:
+    """A receiver's answer ends up in a channel's ``last_error``: shown as written (its control
+    characters as escapes, no markup read), each channel on its own line."""
+    answer = "BadStatusLine: \x1b[2J[/bold]"
+    channel = {"attempts": 3, "last_error": answer, "last_outcome_at": "t"}
+    notice = {
+        "notice_id": "ntc_2",
+        "kind": "suspension",
+        "issued_at": "2026-12-04T00:46:54.000000Z",
+        "resend_of": "ntc_1",
+        "state": "pending",
+        "channels": [
+            {**channel, "channel": "webhook", "state": "retrying"},
+            {**channel, "channel": "email", "state": "delivered"},
+        ],
+    }
+    silent = {**notice, "notice_id": "ntc_3", "resend_of": None, "channels": []}
+    console = Console(width=250, record=True)
+    console.print(notices_table("acct_1", [notice, silent]))
+    text = console.export_text()
+    assert "Notices of acct_1" in text
+    assert "ntc_2 (a copy of ntc_1)" in text
+    assert "webhook: retrying after 3 tries (BadStatusLine: \\x1b[2J[/bold])" in text
+    assert "\x1b" not in text
+    [email] = [line for line in text.splitlines() if "email:" in line]
+    assert "email: delivered after 3 tries " in email and "BadStatusLine" not in email
+    [quiet] = [line for line in text.splitlines() if "ntc_3" in line]
+    assert "no outcome yet" in quiet and "copy" not in quiet

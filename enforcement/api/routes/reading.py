@@ -1,9 +1,9 @@
-"""Reading (operator, auditor; standing also gateway): standing, events, feed, verify, and the
-policies the deployment began with."""
+"""Reading (operator, auditor; standing also gateway): standing, events, feed, verify, an
+account's notices and their deliveries, and the policies the deployment began with."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
@@ -36,6 +36,23 @@ def get_standing(
     counted as the policy of that instant did (``enforcement.policy_activations``)."""
     moment = parse_query_time(as_of, "as_of")
     return container.service.standing(account_id, moment).to_json()
+
+
+@router.get("/accounts/{account_id}/notices")
+def get_notices(
+    account_id: Account,
+    container: ContainerDep,
+    principal: Reader,
+    state: Literal["pending", "delivered", "failed"] | None = None,
+) -> dict[str, Any]:
+    """The account's notices, oldest first, each with how its delivery went on each channel;
+    ``state`` keeps those in that state (``failed``: every channel failed for good, to send
+    again with ``POST …/notices/{notice_id}/resend`` once the cause is mended)."""
+    notices = container.service.notices(account_id)
+    return {
+        "account_id": account_id,
+        "notices": [n.to_json() for n in notices if state is None or n.state == state],
+    }
 
 
 @router.get("/accounts/{account_id}/events")

@@ -1,0 +1,186 @@
+"""An account's notices and how each one's delivery went (``projections.notices``), read over
+HTTP (``GET /v1/accounts/{id}/notices``) and the CLI (``enforcement notices``), on SQLite and
+PostgreSQL: what an operator looks at to find a notice that failed for good, and sends again."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from api_support import ApiSystem, api_system
+from test_service_support import OPERATOR, REPORTER, FakeClock
+from typer.testing import CliRunner
+
+from enforcement.bootstrap import Container
+from enforcement.cli import app
+from enforcement.cli_output import console
+from enforcement.notices.delivery import WORKER, delivered_key, failed_key, undeliverable_key
+from enforcement.policy import ViolationReport
+from enforcement.roles import Role
+from events import RecordedEvent
+from projections import aup_events as ev
+
+ACCOUNT = "acct_notices"
+
+
+def notice_of(events: list[RecordedEvent]) -> RecordedEvent:
+    [notice] = [e for e in events if e.type == "NoticeIssued"]
+    return notice
+
+
+def populate(system: Container, clock: FakeClock) -> tuple[RecordedEvent, RecordedEvent]:
+    """A warning recorded undeliverable (no contact), a copy an operator sent again, delivered
+    by e-mail on its second try while its webhook still retries."""
+    report = ViolationReport("spam", clock(), description="bulk mail")
+    first = notice_of(system.service.report_violation(ACCOUNT, report, REPORTER).events)
+    service = system.service
+
+    def outcome(notice: RecordedEvent, payload: object, key: str) -> None:
+        clock.advance(timedelta(minutes=1))
+        service.record_fact(
+            ACCOUNT, payload, WORKER, causation_id=notice.event_id, idempotency_key=key
+        )
+
+    data = first.data["notice_id"], first.event_id
+    undeliverable = "undeliverable: the account has no contact data"
+    outcome(first, ev.NoticeDeliveryFailed(*data, "none", 1, undeliverable, True),
+            undeliverable_key(first.event_id))  # fmt: skip
+    clock.advance(timedelta(hours=1))
+    copy = notice_of(
+        service.resend_notice(ACCOUNT, first.data["notice_id"], "contact set", OPERATOR).events
+    )
+    data = copy.data["notice_id"], copy.event_id
+    for channel in ("email", "webhook"):
+        failed = ev.NoticeDeliveryFailed(*data, channel, 1, "timed out", False)
+        outcome(copy, failed, failed_key(copy.event_id, channel, 1))
+    outcome(copy, ev.NoticeDelivered(*data, "email", 2), delivered_key(copy.event_id, "email"))
+    return first, copy
+
+
+def expected(first: RecordedEvent, copy: RecordedEvent) -> list[dict[str, Any]]:
+    common = {"kind": "warning", "decision_event_id": first.data["decision_event_id"]}
+    return [
+        {
+            **common,
+            "notice_id": first.data["notice_id"],
+            "notice_event_id": first.event_id,
+            "issued_at": "2026-11-24T10:00:00.000000Z",
+            "resend_of": None,
+            "state": "failed",
+            "channels": [
+                {
+                    "channel": "none",
+                    "state": "failed_for_good",
+                    "attempts": 1,
+                    "last_error": "undeliverable: the account has no contact data",
+                    "last_outcome_at": "2026-11-24T10:01:00.000000Z",
+                }
+            ],
+        },
+        {
+            **common,
+            "notice_id": copy.data["notice_id"],
+            "notice_event_id": copy.event_id,
+            "issued_at": "2026-11-24T11:01:00.000000Z",
+            "resend_of": first.data["notice_id"],
+            "state": "pending",
+            "channels": [
+                {
+                    "channel": "email",
+                    "state": "delivered",
+                    "attempts": 2,
+                    "last_error": "timed out",
+                    "last_outcome_at": "2026-11-24T11:04:00.000000Z",
+                },
+                {
+                    "channel": "webhook",
+                    "state": "retrying",
+                    "attempts": 1,
+                    "last_error": "timed out",
+                    "last_outcome_at": "2026-11-24T11:03:00.000000Z",
+                },
+            ],
+        },
+    ]
+
+
+@pytest.fixture
+def api(database_url: str) -> Any:
+    with api_system(database_url, FakeClock()) as running:
+        yield running
+
+
+def test_an_operator_or_auditor_reads_an_accounts_notices_over_http(api: ApiSystem) -> None:
+    headers = {role: {"Authorization": f"Bearer {api.tokens[role]}"} for role in Role}
+    url = f"/v1/accounts/{ACCOUNT}/notices"
+    empty = api.client.get(url, headers=headers[Role.AUDITOR])
+    assert (empty.status_code, empty.json()) == (200, {"account_id": ACCOUNT, "notices": []})
+
+    first, copy = populate(api.system, api.system.clock)  # type: ignore[arg-type]
+    listed = expected(first, copy)
+    for role in (Role.AUDITOR, Role.OPERATOR, Role.ADMIN):
+        answer = api.client.get(url, headers=headers[role])
+        assert answer.status_code == 200, role
+        assert answer.json() == {"account_id": ACCOUNT, "notices": listed}
+    for state, kept in (("failed", listed[:1]), ("pending", listed[1:]), ("delivered", [])):
+        answer = api.client.get(url, params={"state": state}, headers=headers[Role.AUDITOR])
+        assert answer.json()["notices"] == kept, state
+    bad = api.client.get(url, params={"state": "lost"}, headers=headers[Role.AUDITOR])
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "validation_failed"
+    for role in (Role.REPORTER, Role.GATEWAY):
+        assert api.client.get(url, headers=headers[role]).status_code == 403
+    assert api.client.get(url).status_code == 401
+    other = api.client.get("/v1/accounts/acct_other/notices", headers=headers[Role.AUDITOR])
+    assert other.json() == {"account_id": "acct_other", "notices": []}
+
+
+def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "width", 320)  # a row on one line
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(
+            app, list(args), env={"ENFORCEMENT_DATABASE_URL": database_url}, catch_exceptions=False
+        )
+
+    none = run("notices", ACCOUNT)
+    assert (none.exit_code, none.stdout.strip()) == (0, f"No recorded notice for {ACCOUNT}.")
+    assert json.loads(run("notices", ACCOUNT, "--json").stdout) == {
+        "account_id": ACCOUNT,
+        "notices": [],
+    }
+
+    clock = FakeClock()
+    with api_system(database_url, clock) as api:
+        first, copy = populate(api.system, clock)
+    listed = expected(first, copy)
+    assert json.loads(run("notices", ACCOUNT, "--json").stdout) == {
+        "account_id": ACCOUNT,
+        "notices": listed,
+    }
+    failed = json.loads(run("notices", ACCOUNT, "--json", "--state", "failed").stdout)
+    assert failed["notices"] == listed[:1]
+    none_delivered = run("notices", ACCOUNT, "--state", "delivered")
+    assert none_delivered.stdout.strip() == f"No delivered notice for {ACCOUNT}."
+
+    table = run("notices", ACCOUNT)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    [first_row] = [line for line in lines if first.data["notice_id"] + " " in line]
+    for text in ("warning", "2026-11-24T10:00:00.000000Z", "failed"):
+        assert text in first_row
+    assert "none: failed_for_good after 1 try (undeliverable" in first_row
+    [copy_row] = [line for line in lines if copy.data["notice_id"] in line]
+    assert f"(a copy of {first.data['notice_id']})" in copy_row
+    assert "email: delivered after 2 tries" in copy_row
+    assert "webhook: retrying after 1 try (timed out)" in table.stdout
+
+    bad = run("notices", ACCOUNT, "--state", "lost")
+    assert bad.exit_code == 2
+    assert "--state must be one of pending, delivered, failed." in bad.stderr
+    assert run("notices", "not an id").exit_code == 2
