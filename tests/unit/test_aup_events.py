@@ -128,6 +128,7 @@ def test_a_notice_stored_before_resend_of_reads_as_a_first_notice() -> None:
     payload = ev.CODEC.payload("NoticeIssued", 1, old)
     assert payload == ev.NoticeIssued("ntc_1", "warning", "evt", ["vio_1"], SOR, DUE, None)
     assert "resend_of" not in old  # the stored record is left as it is
+    assert ev.CODEC.upcast("NoticeIssued", 1, old) == {**old, "resend_of": None}
     first = {"notice_id": "ntc_1", "notice_event_id": "e1", "issued_at": DUE, "reason": "bounced"}
     again = ev.NoticeIssued("ntc_2", "warning", "evt", ["vio_1"], SOR, DUE, first)
     new = ev.CODEC.encode(again, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))

@@ -1929,6 +1929,7 @@ def test_only_a_notice_of_the_account_is_sent_again() -> None:
         with pytest.raises(NotFound) as caught:
             ops.decide(P, account.state, ops.ResendNotice(wrong, "r"), account.ctx(t(1), "op"))
         assert caught.value.code == "notice_not_found"
+        assert str(caught.value) == f"no notice {wrong.data.get('notice_id')!r} on this account"
 
 
 @pytest.mark.parametrize("outcome", ["upheld", "overturned"])
