@@ -841,6 +841,43 @@ def test_an_appeal_must_be_filed_within_the_window_and_target_a_decision(
     assert_account_consistent(system, "acct_w2")
 
 
+def test_a_notice_is_sent_again_only_from_its_account_and_a_key_answers_first(
+    system: Container,
+) -> None:
+    """``resend_notice`` looks the notice up by its ``notice_id`` on the account's own stream
+    (``NotFound`` otherwise, nothing recorded); a key used before answers its first result
+    before any notice is looked up, as every command's does."""
+    service = system.service
+    [notice] = [e for e in report(system, "acct_n", "spam").events if e.type == "NoticeIssued"]
+    notice_id = notice.data["notice_id"]
+    report(system, "acct_o", "spam")  # an account with notices of its own, not this one
+
+    unknown = refused(
+        system, "acct_n", NotFound, lambda: service.resend_notice("acct_n", "ntc_x", "r", OPERATOR)
+    )
+    elsewhere = refused(
+        system,
+        "acct_o",
+        NotFound,
+        lambda: service.resend_notice("acct_o", notice_id, "r", OPERATOR),
+    )
+    for error, wanted in ((unknown, "ntc_x"), (elsewhere, notice_id)):
+        assert isinstance(error, NotFound) and error.code == "notice_not_found"
+        assert str(error) == f"no notice {wanted!r} on this account"
+
+    def resend(wanted: str) -> Outcome:
+        return service.resend_notice(
+            "acct_n", wanted, "bounced", OPERATOR, idempotency_key="key-resend", fingerprint="f"
+        )
+
+    first = resend(notice_id)
+    assert types_of(first.events) == ["NoticeIssued"] and not first.replayed
+    again = resend("ntc_x")  # the key's first result, not a lookup of the notice named now
+    assert again.replayed
+    assert [e.event_id for e in again.events] == [e.event_id for e in first.events]
+    assert_account_consistent(system, "acct_n")
+
+
 def spy_appends(
     system: Container, monkeypatch: pytest.MonkeyPatch, seen: Callable[[Any], T]
 ) -> list[T]:
