@@ -38,6 +38,8 @@ class Statements:
             "occurred_at, recorded_at, prev_hash, hash"
         )
         self.postgres = pg
+        self._columns, self._mark = columns, p
+        self._all_of_types: dict[int, str] = {}
         self.head = (
             f"SELECT version, hash FROM events WHERE account_id = {p} ORDER BY version DESC LIMIT 1"
         )
@@ -125,6 +127,20 @@ class Statements:
         self.insert_arrays_after = self.insert_arrays.replace(
             " ORDER BY n", head_is + " ORDER BY n"
         )
+
+    def all_of_types(self, count: int) -> str:
+        """Events of any of ``count`` types after a position, a page in position order
+        (``EventStore.iter_all_of_types``): parameters the position, the types, the limit."""
+        sql = self._all_of_types.get(count)
+        if sql is None:
+            p = self._mark
+            types = ", ".join([p] * count)
+            sql = (
+                f"SELECT {self._columns} FROM events WHERE position > {p} AND type IN ({types}) "
+                f"ORDER BY position LIMIT {p}"
+            )
+            self._all_of_types[count] = sql
+        return sql
 
     def insert_many(self, count: int) -> str:
         """SQLite: ``count`` rows with their positions given (``events.writing`` assigns them)."""

@@ -512,6 +512,31 @@ class EventStore:
         finally:
             rows.close()  # stops the reader thread when the caller stops early
 
+    def iter_all_of_types(
+        self,
+        types: Sequence[str],
+        after_position: int = 0,
+        page_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """Every event of any of ``types`` after ``after_position``, in position order, in
+        keyset pages: the others are read by the database alone, neither sent nor decoded.
+        ``progress`` is told, after each page, the position it reached."""
+        sql = self._sql
+        decode = decoder(sql.postgres)
+        statement = sql.all_of_types(len(types))
+        after = after_position
+        while True:
+            page = self._fetch(statement, (after, *types, page_size))
+            for row in page:
+                yield decode(row)
+            if page:
+                after = _position_of(page[-1])
+                if progress is not None:
+                    progress(after)
+            if len(page) < page_size:
+                return
+
     def max_position(self) -> int:
         with self.engine.connect() as conn:
             return int(

@@ -91,6 +91,25 @@ def test_read_stream_of_type_reads_one_streams_events_of_one_type_in_version_ord
     assert store.read_stream_of_type("acct_3", "Noted") == []
 
 
+def test_iter_all_of_types_reads_the_logs_events_of_those_types_in_position_order(
+    store: EventStore,
+) -> None:
+    kinds = ["Noted", "Marked", "Other", "Noted"]
+    for account in ("acct_1", "acct_2", "acct_1"):
+        head = store.head(account).version
+        store.append(account, head, [NewEvent(type=k, data={}, occurred_at=T0) for k in kinds])
+    wanted = [e for e in store.read_all(limit=100) if e.type in ("Noted", "Marked")]
+    assert len(wanted) == 9
+
+    reached: list[int] = []
+    read = list(store.iter_all_of_types(["Noted", "Marked"], page_size=4, progress=reached.append))
+    assert read == wanted
+    assert reached == [wanted[3].position, wanted[7].position, wanted[8].position]
+    after = list(store.iter_all_of_types(["Marked"], after_position=wanted[1].position))
+    assert after == [e for e in wanted[2:] if e.type == "Marked"]
+    assert list(store.iter_all_of_types(["Nothing"])) == []
+
+
 def test_read_stream_recorded_until_is_inclusive_and_exact_to_the_microsecond(
     timed_store: EventStore, clock: StepClock
 ) -> None:
