@@ -44,33 +44,57 @@ def standing(
 
 @app.command()
 def notices(
-    account: Annotated[str, typer.Argument(help="Account id.")],
+    account: Annotated[
+        str | None, typer.Argument(help="Account id (or --all for every account).")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every account's notices.")] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="RFC 3339 time: notices issued then or later.")
+    ] = None,
     state: Annotated[
         str | None, typer.Option("--state", help="pending, delivered or failed.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List one account's notices and how each one's delivery went.
+    """List one account's notices, or every account's, and how each one's delivery went.
 
     Oldest first. A failed notice (every channel failed for good) goes out once an operator
-    sends it again (POST /v1/accounts/{id}/notices/{notice_id}/resend) after mending its cause.
+    sends it again (POST /v1/accounts/{id}/notices/{notice_id}/resend) after mending its cause:
+    --all --state failed lists them after a fault that failed many (a mail server without
+    STARTTLS, a missing webhook secret). --all reads the log's notices once, with a progress bar.
     """
+    from enforcement.progress import progress_bar
     from enforcement.render import notices_table
     from projections.notices import NOTICE_STATES
 
+    if (account is None) == (not every):
+        fail("Give an ACCOUNT or --all, not both.")
     account_option(account, "ACCOUNT")
+    issued_since = time_option(since, "--since")
     if state is not None and state not in NOTICE_STATES:
         fail(f"--state must be one of {', '.join(NOTICE_STATES)}.")
     with opened_container() as container:
-        found = container.service.notices(account)
+        if account is not None:
+            found = container.service.notices(account, issued_since)
+        else:
+            # Minutes on a long log: a bar on stderr when it is a terminal.
+            with progress_bar(sys.stderr.isatty()) as bar:
+                total = container.store.max_position()
+                task = bar.add_task("reading notices", total=total, unit="positions")
+                found = container.service.all_notices(
+                    issued_since, lambda at: bar.update(task, completed=at)
+                )
+                bar.update(task, completed=total)
     rows = [n.to_json() for n in found if state is None or n.state == state]
     if as_json:
-        print(json.dumps({"account_id": account, "notices": rows}, indent=2))
+        listed = {"notices": rows} if every else {"account_id": account, "notices": rows}
+        print(json.dumps(listed, indent=2))
         return
     if not rows:
-        console.print(f"No {state or 'recorded'} notice for {escape(account)}.")
+        whose = "any account" if every else escape(str(account))
+        console.print(f"No {state or 'recorded'} notice for {whose}.")
         return
-    console.print(notices_table(account, rows))
+    console.print(notices_table("every account" if every else str(account), rows, every))
 
 
 @app.command("policy-activations")

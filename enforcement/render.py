@@ -67,18 +67,21 @@ def _delivery_text(event_type: str, data: dict[str, Any]) -> str:
     return ""
 
 
-def notices_table(account_id: str, notices: Iterable[dict[str, Any]]) -> Table:
+def notices_table(whose: str, notices: Iterable[dict[str, Any]], accounts: bool = False) -> Table:
     """``enforcement notices``: each notice (``NoticeDeliveries.to_json``) with a line per
-    channel. Every cell is ``_shown``, each channel's line alone: a receiver's error text is
-    shown as written."""
-    table = Table(title=Text(f"Notices of {account_id}"))
-    for column in ("notice", "kind", "issued at", "state", "channels"):
+    channel, and with ``accounts`` its account first (every account's). Every cell is
+    ``_shown``, each channel's line alone: a receiver's error text is shown as written."""
+    table = Table(title=Text(f"Notices of {whose}"))
+    columns = ("notice", "kind", "issued at", "state", "channels")
+    for column in ("account", *columns) if accounts else columns:
         table.add_column(column, overflow="fold")
     for notice in notices:
         copy = notice["resend_of"]
         name = notice["notice_id"] + ("" if copy is None else f" (a copy of {copy})")
         lines = [_shown(_channel_text(c)) for c in notice["channels"]] or [Text("no outcome yet")]
-        cells = (name, notice["kind"], notice["issued_at"], notice["state"])
+        cells = [name, notice["kind"], notice["issued_at"], notice["state"]]
+        if accounts:
+            cells.insert(0, notice["account_id"])
         table.add_row(*map(_shown, cells), Text("\n").join(lines))
     return table
 

@@ -724,11 +724,22 @@ class EnforcementService:
             fingerprint=fingerprint,
         )
 
-    def notices(self, account_id: str) -> list[NoticeDeliveries]:
-        """The account's notices, oldest first, each with how its delivery went on each
-        channel (``projections.notices``)."""
+    def notices(
+        self, account_id: str, issued_since: datetime | None = None
+    ) -> list[NoticeDeliveries]:
+        """The account's notices (recorded since ``issued_since``), oldest first, each with how
+        its delivery went on each channel (``projections.notices``)."""
         events = [e for t in NOTICE_TYPES for e in self.store.read_stream_of_type(account_id, t)]
-        return notice_deliveries(sorted(events, key=lambda e: e.version))
+        return notice_deliveries(sorted(events, key=lambda e: e.version), issued_since)
+
+    def all_notices(
+        self, issued_since: datetime | None = None, progress: Callable[[int], None] | None = None
+    ) -> list[NoticeDeliveries]:
+        """Every account's notices (recorded since ``issued_since``), in log order, each with
+        how its delivery went: one pass over the log's notices and outcomes (``progress`` is
+        told the position reached)."""
+        events = self.store.iter_all_of_types(NOTICE_TYPES, progress=progress)
+        return notice_deliveries(events, issued_since)
 
     def resend_notice(
         self,

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from events import RecordedEvent
-from events.timefmt import format_time
+from events.timefmt import format_time, to_utc
 
 NOTICE_TYPES: tuple[str, ...] = ("NoticeIssued", "NoticeDelivered", "NoticeDeliveryFailed")
 CHANNEL_STATES: tuple[str, ...] = ("delivered", "failed_for_good", "retrying")
@@ -54,6 +55,7 @@ class ChannelDelivery:
 class NoticeDeliveries:
     """A notice and its channels' outcomes, in the order their first outcome was recorded."""
 
+    account_id: str
     notice_id: str
     notice_event_id: str
     kind: str
@@ -71,6 +73,7 @@ class NoticeDeliveries:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "account_id": self.account_id,
             "notice_id": self.notice_id,
             "notice_event_id": self.notice_event_id,
             "kind": self.kind,
@@ -82,16 +85,23 @@ class NoticeDeliveries:
         }
 
 
-def notice_deliveries(events: Iterable[RecordedEvent]) -> list[NoticeDeliveries]:
-    """The notices among ``events`` (one account's, in version order) with their channels'
-    outcomes, oldest notice first. Other events, and an outcome of a notice not among them,
+def notice_deliveries(
+    events: Iterable[RecordedEvent], issued_since: datetime | None = None
+) -> list[NoticeDeliveries]:
+    """The notices among ``events`` (one account's in version order, or the log's in position
+    order) with their channels' outcomes, oldest notice first; with ``issued_since``, only
+    those recorded then or later. Other events, and an outcome of a notice not among them,
     are passed over."""
+    since = None if issued_since is None else to_utc(issued_since)
     notices: dict[str, NoticeDeliveries] = {}
     for event in events:
         data = event.data
         if event.type == "NoticeIssued":
+            if since is not None and to_utc(event.recorded_at) < since:
+                continue
             first = data.get("resend_of")
             notices[event.event_id] = NoticeDeliveries(
+                event.account_id,
                 data["notice_id"],
                 event.event_id,
                 data["kind"],

@@ -60,7 +60,11 @@ def populate(system: Container, clock: FakeClock) -> tuple[RecordedEvent, Record
 
 
 def expected(first: RecordedEvent, copy: RecordedEvent) -> list[dict[str, Any]]:
-    common = {"kind": "warning", "decision_event_id": first.data["decision_event_id"]}
+    common = {
+        "account_id": ACCOUNT,
+        "kind": "warning",
+        "decision_event_id": first.data["decision_event_id"],
+    }
     return [
         {
             **common,
@@ -127,9 +131,13 @@ def test_an_operator_or_auditor_reads_an_accounts_notices_over_http(api: ApiSyst
     for state, kept in (("failed", listed[:1]), ("pending", listed[1:]), ("delivered", [])):
         answer = api.client.get(url, params={"state": state}, headers=headers[Role.AUDITOR])
         assert answer.json()["notices"] == kept, state
-    bad = api.client.get(url, params={"state": "lost"}, headers=headers[Role.AUDITOR])
-    assert bad.status_code == 422
-    assert bad.json()["error"]["code"] == "validation_failed"
+    since = {"since": "2026-11-24T11:01:00Z"}
+    later = api.client.get(url, params=since, headers=headers[Role.AUDITOR])
+    assert later.json()["notices"] == listed[1:]
+    for query in ({"state": "lost"}, {"since": "yesterday"}):
+        bad = api.client.get(url, params=query, headers=headers[Role.AUDITOR])
+        assert bad.status_code == 422, query
+        assert bad.json()["error"]["code"] == "validation_failed"
     for role in (Role.REPORTER, Role.GATEWAY):
         assert api.client.get(url, headers=headers[role]).status_code == 403
     assert api.client.get(url).status_code == 401
@@ -180,7 +188,45 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
     assert "email: delivered after 2 tries" in copy_row
     assert "webhook: retrying after 1 try (timed out)" in table.stdout
 
-    bad = run("notices", ACCOUNT, "--state", "lost")
-    assert bad.exit_code == 2
-    assert "--state must be one of pending, delivered, failed." in bad.stderr
-    assert run("notices", "not an id").exit_code == 2
+    # Since an instant: the copy alone (issued an hour after the first).
+    later = run("notices", ACCOUNT, "--json", "--since", "2026-11-24T11:01:00Z").stdout
+    assert json.loads(later)["notices"] == listed[1:]
+
+    # Every account's, from one pass over the log: an account of a notice no one delivered yet.
+    report = ViolationReport("spam", clock(), description="more mail")
+    with api_system(database_url, clock) as api:
+        third = notice_of(api.system.service.report_violation("acct_b", report, REPORTER).events)
+    every = json.loads(run("notices", "--all", "--json").stdout)["notices"]
+    assert [(n["account_id"], n["notice_id"], n["state"]) for n in every] == [
+        (ACCOUNT, first.data["notice_id"], "failed"),
+        (ACCOUNT, copy.data["notice_id"], "pending"),
+        ("acct_b", third.data["notice_id"], "pending"),
+    ]
+    assert every[:2] == listed
+    failed_anywhere = json.loads(run("notices", "--all", "--state", "failed", "--json").stdout)
+    assert failed_anywhere == {"notices": listed[:1]}
+    since = run("notices", "--all", "--json", "--since", "2026-11-24T11:01:00Z").stdout
+    assert [n["notice_id"] for n in json.loads(since)["notices"]] == [
+        copy.data["notice_id"],
+        third.data["notice_id"],
+    ]
+    wide = run("notices", "--all")
+    assert wide.exit_code == 0, wide.output
+    assert "Notices of every account" in wide.stdout
+    [b_row] = [line for line in wide.stdout.splitlines() if "acct_b" in line]
+    assert third.data["notice_id"] in b_row and "no outcome yet" in b_row
+    assert (
+        "No delivered notice for any account."
+        in run("notices", "--all", "--state", "delivered").stdout
+    )
+
+    for args, message in (
+        (("--state", "lost", ACCOUNT), "--state must be one of pending, delivered, failed."),
+        ((), "Give an ACCOUNT or --all, not both."),
+        (("--all", ACCOUNT), "Give an ACCOUNT or --all, not both."),
+        (("--since", "yesterday", ACCOUNT), "--since must be an RFC 3339 time"),
+        (("not an id",), "ACCOUNT must be an account id"),
+    ):
+        bad = run("notices", *args)
+        assert bad.exit_code == 2, args
+        assert message in bad.stderr, (args, bad.stderr)

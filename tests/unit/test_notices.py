@@ -4,7 +4,7 @@ folded from the notices and their outcome events (pure)."""
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given
@@ -17,25 +17,28 @@ T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
 
 
 class Log:
-    """One account's events, as the store records them (versions and times rising)."""
+    """Events as the store records them (positions and times rising), of ``acct_1`` unless
+    ``account`` says otherwise."""
 
     def __init__(self) -> None:
         self.events: list[RecordedEvent] = []
         self.ids = itertools.count(1)
+        self.account = "acct_1"
 
     def add(self, event_type: str, data: dict[str, Any]) -> RecordedEvent:
-        version = len(self.events) + 1
+        position = len(self.events) + 1
+        version = 1 + sum(e.account_id == self.account for e in self.events)
         event = RecordedEvent(
-            version,
+            position,
             f"0190c0de-0000-7000-8000-{next(self.ids):012d}",
-            "acct_1",
+            self.account,
             version,
             event_type,
             1,
             data,
             {},
             T0,
-            T0 + timedelta(minutes=version),
+            T0 + timedelta(minutes=position),
             "",
             "",
         )
@@ -74,6 +77,7 @@ def test_a_notice_without_an_outcome_is_pending() -> None:
     [found] = notice_deliveries(log.events)
 
     assert found.to_json() == {
+        "account_id": "acct_1",
         "notice_id": "ntc_1",
         "notice_event_id": notice.event_id,
         "kind": "warning",
@@ -145,6 +149,29 @@ def test_a_copy_names_the_first_notice_and_an_outcome_of_no_notice_is_passed_ove
         ("ntc_1", None, "failed"),
         ("ntc_2", "ntc_1", "delivered"),
     ]
+
+
+def test_the_logs_notices_of_every_account_and_those_issued_since_an_instant() -> None:
+    """Read from the whole log (``enforcement notices --all``): each notice names its account;
+    ``issued_since`` keeps those recorded then or later, with their outcomes."""
+    log = Log()
+    early = log.notice("ntc_1")  # recorded at T0 + 1 min
+    log.account = "acct_2"
+    other = log.notice("ntc_2")  # + 2 min
+    log.account = "acct_1"
+    log.failed(early, "none", 1, final=True)  # + 3 min
+    log.delivered(other, "email", 1)  # + 4 min
+
+    every = notice_deliveries(log.events)
+    assert [(n.account_id, n.notice_id, n.state) for n in every] == [
+        ("acct_1", "ntc_1", "failed"),
+        ("acct_2", "ntc_2", "delivered"),
+    ]
+    since = notice_deliveries(log.events, T0 + timedelta(minutes=2))
+    assert [(n.notice_id, n.state) for n in since] == [("ntc_2", "delivered")]
+    in_another_zone = (T0 + timedelta(minutes=2)).astimezone(timezone(timedelta(hours=-5)))
+    assert notice_deliveries(log.events, in_another_zone) == since
+    assert notice_deliveries(log.events, T0 + timedelta(minutes=2, microseconds=1)) == []
 
 
 OUTCOMES = st.lists(

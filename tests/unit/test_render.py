@@ -360,3 +360,15 @@ def test_the_notices_table_shows_a_receivers_error_as_written_a_line_per_channel
     assert "email: delivered after 3 tries " in email and "BadStatusLine" not in email
     [quiet] = [line for line in text.splitlines() if "ntc_3" in line]
     assert "no outcome yet" in quiet and "copy" not in quiet
+    assert "acct_1 " not in text.replace("Notices of acct_1", "")  # no account column
+
+    console = Console(width=250, record=True)
+    every = [{**notice, "account_id": "acct_\x1b9"}, {**silent, "account_id": "acct_2"}]
+    console.print(notices_table("every account", every, accounts=True))
+    text = console.export_text()
+    assert "Notices of every account" in text
+    [header] = [line for line in text.splitlines() if "issued at" in line]
+    assert header.index("account") < header.index("notice")
+    [row] = [line for line in text.splitlines() if "ntc_3" in line]
+    assert row.index("acct_2") < row.index("ntc_3")
+    assert "acct_\\x1b9" in text and "\x1b" not in text

@@ -44,11 +44,13 @@ def get_notices(
     container: ContainerDep,
     principal: Reader,
     state: Literal["pending", "delivered", "failed"] | None = None,
+    since: str | None = None,
 ) -> dict[str, Any]:
     """The account's notices, oldest first, each with how its delivery went on each channel;
     ``state`` keeps those in that state (``failed``: every channel failed for good, to send
-    again with ``POST …/notices/{notice_id}/resend`` once the cause is mended)."""
-    notices = container.service.notices(account_id)
+    again with ``POST …/notices/{notice_id}/resend`` once the cause is mended), ``since``
+    those issued then or later."""
+    notices = container.service.notices(account_id, parse_query_time(since, "since"))
     return {
         "account_id": account_id,
         "notices": [n.to_json() for n in notices if state is None or n.state == state],
