@@ -174,7 +174,7 @@ class NoticeDelivery:
             return "undeliverable"
         target = contact.email if channel == "email" else contact.webhook_url
         if target is None:
-            return "no_target"
+            return self._without_target(notice, channel, message_id)
         # Held from the look at what was delivered to the outcome's record: a second copy that
         # ran at the same time would see no delivery yet and send again.
         with self.guard.held(f"{notice_event_id}:{channel}", message_id):
@@ -182,6 +182,30 @@ class NoticeDelivery:
             if number is None:
                 return FAILED_FOR_GOOD
             return self._send(notice, target, channel, *number)
+
+    def _without_target(self, notice: RecordedEvent, channel: str, message_id: str | None) -> str:
+        """Nothing to send: the contact has no target on ``channel``. A channel tried before
+        whose tries are not over (a retry is due, its target removed since) is closed with a
+        final failure that says so: nothing would ever try it again, and the notice would wait
+        on it for good. One never tried (the contact had no such target then) records
+        nothing."""
+        event_id = notice.event_id
+        with self.guard.held(f"{event_id}:{channel}", message_id):
+            failed = self.failed_attempts(event_id, channel)
+            if failed == 0:
+                return "no_target"
+            if self.failed_for_good(event_id, channel, failed):
+                return FAILED_FOR_GOOD
+            key = delivered_key(event_id, channel)
+            if self.store.recorded_for_key(key, key) is not None:
+                return "already_delivered"
+            target = "an e-mail address" if channel == "email" else "a webhook_url"
+            error = f"the account's contact no longer has {target}: no try follows"
+            notice_id = notice.data["notice_id"]
+            self._failed(
+                notice.account_id, event_id, notice_id, channel, failed + 1, error, final=True
+            )
+            return "target_removed"
 
     def _send(
         self, notice: RecordedEvent, target: str, channel: str, attempt: int, final: bool

@@ -815,6 +815,75 @@ def test_a_notice_that_failed_for_good_goes_out_once_an_operator_sends_it_again(
     assert [m["X-Enforcement-Event-Id"] for _, m in smtp.messages] == [copy_.event_id]
 
 
+def test_a_channel_whose_target_was_removed_while_a_try_was_due_is_closed_for_good(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """Nothing would try it again (the re-send reckons channels by the contact as it is now),
+    and the notice would wait on it for good: it is closed with a final failure that says so.
+    A channel the contact never had records nothing."""
+    receiver = Receiver(fail_first=1_000)
+    system = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        set_contact(
+            system.engine, "acct_gone", email="desk@customer.test", webhook_url=receiver.url
+        )
+        notice = notice_in(report(system, "acct_gone").events)
+        webhook = WebhookSender(SECRET, allow_private=True)
+        delivery = NoticeDelivery(system.service, EmailSender(None, str(tmp_path)), webhook)
+        with pytest.raises(DeliveryFailed):
+            delivery.deliver(notice, "webhook", 0, 3)
+
+        set_contact(system.engine, "acct_gone", email="desk@customer.test")  # webhook removed
+        assert delivery.deliver(notice, "webhook", 1, 3) == "target_removed"
+        assert delivery.deliver(notice, "webhook", 2, 3) == "failed_for_good"  # closed
+
+        outcomes = [e for e in system.store.read_stream("acct_gone") if e.type.startswith("Notice")]
+        assert [(e.type, e.data.get("attempt"), e.data.get("final")) for e in outcomes] == [
+            ("NoticeIssued", None, None),
+            ("NoticeDeliveryFailed", 1, False),
+            ("NoticeDeliveryFailed", 2, True),
+        ]
+        assert outcomes[2].data["channel"] == "webhook"
+        assert outcomes[2].data["error"] == (
+            "the account's contact no longer has a webhook_url: no try follows"
+        )
+        assert outcomes[2].metadata["causation_id"] == notice
+        assert len(receiver.for_event(notice)) == 1
+
+        # E-mail: delivered, so a removed address closes nothing; one never tried, nothing.
+        assert delivery.deliver(notice, "email", 0, 3) == "delivered"
+        set_contact(system.engine, "acct_gone", webhook_url=receiver.url)  # e-mail removed
+        assert delivery.deliver(notice, "email", 0, 3) == "no_target"
+        mail_only = notice_in(report(system, "acct_mail").events)
+        set_contact(system.engine, "acct_mail", email="desk@customer.test")
+        assert delivery.deliver(mail_only, "webhook", 0, 3) == "no_target"
+        set_contact(system.engine, "acct_mail", webhook_url=receiver.url)
+        assert delivery.deliver(mail_only, "email", 0, 3) == "no_target"  # never tried
+        assert outcomes_of(system.store, mail_only) == []
+    finally:
+        system.close()
+        receiver.close()
+
+
+def test_a_removed_e_mail_address_closes_its_channel_too(sqlite_db: str, tmp_path: Path) -> None:
+    system = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        set_contact(system.engine, "acct_mx", email="desk@customer.test")
+        notice = notice_in(report(system, "acct_mx").events)
+        failing = EmailSender("smtp://127.0.0.1:9", str(tmp_path))  # nothing listens
+        delivery = NoticeDelivery(system.service, failing, WebhookSender(SECRET, False))
+        with pytest.raises(DeliveryFailed):
+            delivery.deliver(notice, "email", 0, 3)
+        set_contact(system.engine, "acct_mx", webhook_url="https://customer.test/h")
+        assert delivery.deliver(notice, "email", 1, 3) == "target_removed"
+        [closed] = [e for e in system.store.read_stream("acct_mx") if e.data.get("final")]
+        assert closed.data["error"] == (
+            "the account's contact no longer has an e-mail address: no try follows"
+        )
+    finally:
+        system.close()
+
+
 def test_notify_false_records_no_notice_and_sends_nothing(
     system: System, smtp: SmtpSink, receiver: Receiver
 ) -> None:
