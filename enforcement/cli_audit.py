@@ -52,7 +52,8 @@ def notices(
         str | None, typer.Option("--since", help="RFC 3339 time: notices issued then or later.")
     ] = None,
     state: Annotated[
-        str | None, typer.Option("--state", help="pending, delivered or failed.")
+        str | None,
+        typer.Option("--state", help="pending, delivered, partly_delivered, failed or sent_again."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -63,11 +64,14 @@ def notices(
     --all --state failed lists them after a fault that failed many (a mail server without
     STARTTLS, a missing webhook secret). --all reads the log's notices once, with a progress bar.
     """
+    from enforcement.notice_listing import listed_notices
     from enforcement.progress import progress_bar
     from enforcement.render import notices_table
     from projections.notices import NOTICE_STATES
 
-    if (account is None) == (not every):
+    if account is None and not every:
+        fail("Give an ACCOUNT, or --all for every account.")
+    if account is not None and every:
         fail("Give an ACCOUNT or --all, not both.")
     account_option(account, "ACCOUNT")
     issued_since = time_option(since, "--since")
@@ -75,14 +79,14 @@ def notices(
         fail(f"--state must be one of {', '.join(NOTICE_STATES)}.")
     with opened_container() as container:
         if account is not None:
-            found = container.service.notices(account, issued_since)
+            found = listed_notices(container, account, issued_since)
         else:
             # Minutes on a long log: a bar on stderr when it is a terminal.
             with progress_bar(sys.stderr.isatty()) as bar:
                 total = container.store.max_position()
                 task = bar.add_task("reading notices", total=total, unit="positions")
-                found = container.service.all_notices(
-                    issued_since, lambda at: bar.update(task, completed=at)
+                found = listed_notices(
+                    container, None, issued_since, lambda at: bar.update(task, completed=at)
                 )
                 bar.update(task, completed=total)
     rows = [n.to_json() for n in found if state is None or n.state == state]

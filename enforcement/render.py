@@ -88,6 +88,8 @@ def notices_table(whose: str, notices: Iterable[dict[str, Any]], accounts: bool 
 
 def _channel_text(channel: dict[str, Any]) -> str:
     """A channel's state and tries, and its last error unless it delivered."""
+    if channel["state"] == "awaiting":
+        return f"{channel['channel']}: no outcome yet"
     tries = channel["attempts"]
     text = (
         f"{channel['channel']}: {channel['state']} after {tries} tr{'y' if tries == 1 else 'ies'}"

@@ -1,34 +1,47 @@
 """Each notice of an account and how its delivery went, folded from its events (pure).
 
-A notice (``NoticeIssued``) is tried on each channel of the account's contact; every try ends in
+A notice (``NoticeIssued``) goes out on each channel of the account's contact; every try ends in
 an outcome event naming the notice's event id: ``NoticeDelivered``, or ``NoticeDeliveryFailed``
-with ``final`` when no try follows (its retries spent, a refused target, no contact: channel
-``none``). Per channel, what holds after its outcomes so far:
+with ``final`` when no try follows (its retries spent, a refused target, a target removed from
+the contact since a failed try; no contact at all: channel ``none``, which ends the notice).
+Per channel, what holds after its outcomes so far:
 
 - ``delivered``: a try delivered it (a later failure, from a copy of a message that raced it,
   changes nothing: the account has it);
-- ``failed_for_good``: a final failure and no delivery: nothing more is tried (send the notice
-  again, ``POST …/notices/{notice_id}/resend``, once its cause is mended);
-- ``retrying``: failures only, none final: another try is due.
+- ``failed_for_good``: a final failure and no delivery: nothing more is tried;
+- ``retrying``: failures only, none final: another try is due;
+- ``awaiting``: no outcome yet on a channel the notice goes out on (``with_awaited``: which
+  channels those are is not in the log; the contact tells, as the re-send of the notices
+  without an outcome reckons them).
 
-A notice is ``pending`` while it has no outcome or a channel is still ``retrying``,
-``delivered`` once every channel with an outcome has one and one of them delivered it, and
-``failed`` when every channel failed for good.
+A notice is ``pending`` while a channel is ``retrying`` or ``awaiting`` (or it has no channel
+at all), unless its account had no contact (``none``): then it is over. Once over, it is
+``delivered`` when every channel with an outcome delivered it, ``partly_delivered`` when one
+did and another failed for good, ``failed`` when none did, and ``sent_again`` when it failed
+and an operator sent a copy of it since (``POST …/notices/{notice_id}/resend``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from events import RecordedEvent
-from events.timefmt import format_time, to_utc
+from events.timefmt import format_time, parse_time, to_utc
 
 NOTICE_TYPES: tuple[str, ...] = ("NoticeIssued", "NoticeDelivered", "NoticeDeliveryFailed")
-CHANNEL_STATES: tuple[str, ...] = ("delivered", "failed_for_good", "retrying")
-NOTICE_STATES: tuple[str, ...] = ("pending", "delivered", "failed")
+CHANNEL_STATES: tuple[str, ...] = ("delivered", "failed_for_good", "retrying", "awaiting")
+NOTICE_STATES: tuple[str, ...] = (
+    "pending",
+    "delivered",
+    "partly_delivered",
+    "failed",
+    "sent_again",
+)
+# The channel of an outcome recorded when the account had no contact data at all.
+NO_CHANNEL = "none"
 
 
 @dataclass(slots=True)
@@ -37,9 +50,9 @@ class ChannelDelivery:
 
     channel: str
     state: str
-    attempts: int  # the highest attempt number recorded
+    attempts: int  # the highest attempt number recorded (0: none yet)
     last_error: str | None  # the last failure's error, None when none failed
-    last_outcome_at: str  # when the last outcome was recorded
+    last_outcome_at: str | None  # when the last outcome was recorded (None: none yet)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,7 +66,8 @@ class ChannelDelivery:
 
 @dataclass(slots=True)
 class NoticeDeliveries:
-    """A notice and its channels' outcomes, in the order their first outcome was recorded."""
+    """A notice and its channels, in the order of their first outcome (those ``awaiting``
+    last)."""
 
     account_id: str
     notice_id: str
@@ -63,13 +77,17 @@ class NoticeDeliveries:
     issued_at: str
     resend_of: str | None  # the first notice's id, for a copy an operator sent again
     channels: list[ChannelDelivery] = field(default_factory=list)
+    sent_again_as: list[str] = field(default_factory=list)  # the copies made of this one
 
     @property
     def state(self) -> str:
         states = {c.state for c in self.channels}
-        if not states or "retrying" in states:
+        over = any(c.channel == NO_CHANNEL for c in self.channels)
+        if not over and (not states or states & {"retrying", "awaiting"}):
             return "pending"
-        return "delivered" if "delivered" in states else "failed"
+        if "delivered" in states:
+            return "partly_delivered" if "failed_for_good" in states else "delivered"
+        return "sent_again" if self.sent_again_as else "failed"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +98,7 @@ class NoticeDeliveries:
             "decision_event_id": self.decision_event_id,
             "issued_at": self.issued_at,
             "resend_of": self.resend_of,
+            "sent_again_as": list(self.sent_again_as),
             "state": self.state,
             "channels": [c.to_json() for c in self.channels],
         }
@@ -91,15 +110,19 @@ def notice_deliveries(
     """The notices among ``events`` (one account's in version order, or the log's in position
     order) with their channels' outcomes, oldest notice first; with ``issued_since``, only
     those recorded then or later. Other events, and an outcome of a notice not among them,
-    are passed over."""
+    are passed over. A copy (``resend_of``) is named among the copies of the notice it was
+    made from (its ``causation_id``)."""
     since = None if issued_since is None else to_utc(issued_since)
     notices: dict[str, NoticeDeliveries] = {}
     for event in events:
         data = event.data
         if event.type == "NoticeIssued":
+            first = data.get("resend_of")
+            source = notices.get(str(event.metadata.get("causation_id")))
+            if isinstance(first, dict) and source is not None:
+                source.sent_again_as.append(data["notice_id"])
             if since is not None and to_utc(event.recorded_at) < since:
                 continue
-            first = data.get("resend_of")
             notices[event.event_id] = NoticeDeliveries(
                 event.account_id,
                 data["notice_id"],
@@ -116,19 +139,35 @@ def notice_deliveries(
     return list(notices.values())
 
 
+def with_awaited(
+    notices: list[NoticeDeliveries], channels_for: Callable[[str, datetime], tuple[str, ...]]
+) -> list[NoticeDeliveries]:
+    """``notices``, each with an ``awaiting`` channel for every channel it goes out on
+    (``channels_for(account, when it was issued)``) that has no outcome yet; none for a notice
+    whose account had no contact (``none``: it is over)."""
+    for notice in notices:
+        named = {c.channel for c in notice.channels}
+        if NO_CHANNEL in named:
+            continue
+        for channel in channels_for(notice.account_id, parse_time(notice.issued_at)):
+            if channel not in named:
+                notice.channels.append(ChannelDelivery(channel, "awaiting", 0, None, None))
+    return notices
+
+
 def _apply_outcome(notice: NoticeDeliveries, event: RecordedEvent) -> None:
     data = event.data
     channel = next((c for c in notice.channels if c.channel == data["channel"]), None)
     if channel is None:
-        channel = ChannelDelivery(data["channel"], "retrying", 0, None, "")
+        channel = ChannelDelivery(data["channel"], "retrying", 0, None, None)
         notice.channels.append(channel)
     channel.attempts = max(channel.attempts, data["attempt"])
     channel.last_outcome_at = format_time(event.recorded_at)
     if event.type == "NoticeDelivered":
         channel.state = "delivered"
         return
-    channel.last_error = data["error"]
     if channel.state == "delivered":
-        return
+        return  # a racing copy's failure: the account has it
+    channel.last_error = data["error"]
     if data["final"]:
         channel.state = "failed_for_good"

@@ -144,28 +144,33 @@ class AppealFiledOut(AccountCommandOut):
 
 class ChannelDeliveryOut(BaseModel):
     """One channel's outcomes so far: ``delivered``, ``failed_for_good`` (nothing more is
-    tried) or ``retrying``; channel ``none`` when the account had no contact."""
+    tried), ``retrying``, or ``awaiting`` (a channel of the contact without an outcome yet:
+    ``attempts`` 0, ``last_outcome_at`` null); channel ``none`` when the account had no
+    contact."""
 
     channel: str
-    state: Literal["delivered", "failed_for_good", "retrying"]
+    state: Literal["delivered", "failed_for_good", "retrying", "awaiting"]
     attempts: int
     last_error: str | None
-    last_outcome_at: str
+    last_outcome_at: str | None
 
 
 class NoticeDeliveriesOut(BaseModel):
-    """A notice and its channels, in the order of their first outcome. ``state``: ``pending``
-    (no outcome yet, or a channel retrying), ``delivered`` (one channel delivered it and none
-    is retrying), ``failed`` (every channel failed for good). ``resend_of``: for a copy an
-    operator sent again, the first notice's id."""
+    """A notice and its channels, in the order of their first outcome (those awaiting one
+    last). ``state``: ``pending`` (a channel retrying or awaiting), ``delivered`` (every channel
+    with an outcome delivered it), ``partly_delivered`` (one did, another failed for good),
+    ``failed`` (none did, and nothing more is tried), ``sent_again`` (failed, and a copy was
+    sent since: ``sent_again_as``). ``resend_of``: for a copy, the first notice's id."""
 
+    account_id: str
     notice_id: str
     notice_event_id: str
     kind: str
     decision_event_id: str
     issued_at: str
     resend_of: str | None
-    state: Literal["pending", "delivered", "failed"]
+    sent_again_as: list[str]
+    state: Literal["pending", "delivered", "partly_delivered", "failed", "sent_again"]
     channels: list[ChannelDeliveryOut]
 
 

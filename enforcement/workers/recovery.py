@@ -121,6 +121,23 @@ def _channels_without(
     return without
 
 
+def notice_channels(
+    engine: sa.Engine, accounts: set[str]
+) -> Callable[[str, datetime], tuple[str, ...]]:
+    """The channels a notice of one of ``accounts`` recorded at an instant goes out on, as the
+    re-send of the notices without an outcome reckons them (``_channels_without``): its
+    contact's as it is now that were set by then (all of them if none was), e-mail when it
+    has none (to be recorded undeliverable)."""
+    with engine.connect() as conn:
+        contact_of = _contacts(conn, accounts)
+    no_contact = ContactSince(Contact(None, None), {})
+
+    def channels(account: str, moment: datetime) -> tuple[str, ...]:
+        return contact_of.get(account, no_contact).channels_at(to_utc(moment))
+
+    return channels
+
+
 @dataclass(frozen=True)
 class ContactSince:
     """An account's contact as it is now, and since when each of its channels has been set

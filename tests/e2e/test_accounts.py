@@ -323,6 +323,8 @@ def test_a_notice_that_failed_for_good_is_sent_again_once_the_contact_is_set(
     assert (failed["type"], failed["data"]["final"]) == ("NoticeDeliveryFailed", True)
     notice_id = notice["data"]["notice_id"]
     url = f"/v1/accounts/{acct}/notices/{notice_id}/resend"
+    failed = op.get(f"/v1/accounts/{acct}/notices", params={"state": "failed"}).json()
+    assert [n["notice_id"] for n in failed["notices"]] == [notice_id]
 
     assert_error(server.client("reporter").post(url, json={}), 403)
     assert_error(op.post(f"/v1/accounts/{acct}/notices/ntc_none/resend", json={}), 404)
@@ -349,8 +351,8 @@ def test_a_notice_that_failed_for_good_is_sent_again_once_the_contact_is_set(
     listed = op.get(f"/v1/accounts/{acct}/notices")
     assert listed.status_code == 200, listed.text
     assert [(n["notice_id"], n["resend_of"], n["state"]) for n in listed.json()["notices"]] == [
-        (notice_id, None, "failed"),
+        (notice_id, None, "sent_again"),
         (copy_["data"]["notice_id"], notice_id, "delivered"),
     ]
-    failed = op.get(f"/v1/accounts/{acct}/notices", params={"state": "failed"}).json()
-    assert [n["notice_id"] for n in failed["notices"]] == [notice_id]
+    resent = op.get(f"/v1/accounts/{acct}/notices", params={"state": "sent_again"}).json()
+    assert [n["sent_again_as"] for n in resent["notices"]] == [[copy_["data"]["notice_id"]]]

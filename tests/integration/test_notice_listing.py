@@ -72,7 +72,8 @@ def expected(first: RecordedEvent, copy: RecordedEvent) -> list[dict[str, Any]]:
             "notice_event_id": first.event_id,
             "issued_at": "2026-11-24T10:00:00.000000Z",
             "resend_of": None,
-            "state": "failed",
+            "sent_again_as": [copy.data["notice_id"]],
+            "state": "sent_again",
             "channels": [
                 {
                     "channel": "none",
@@ -89,6 +90,7 @@ def expected(first: RecordedEvent, copy: RecordedEvent) -> list[dict[str, Any]]:
             "notice_event_id": copy.event_id,
             "issued_at": "2026-11-24T11:01:00.000000Z",
             "resend_of": first.data["notice_id"],
+            "sent_again_as": [],
             "state": "pending",
             "channels": [
                 {
@@ -128,7 +130,8 @@ def test_an_operator_or_auditor_reads_an_accounts_notices_over_http(api: ApiSyst
         answer = api.client.get(url, headers=headers[role])
         assert answer.status_code == 200, role
         assert answer.json() == {"account_id": ACCOUNT, "notices": listed}
-    for state, kept in (("failed", listed[:1]), ("pending", listed[1:]), ("delivered", [])):
+    kept_by_state = (("sent_again", listed[:1]), ("pending", listed[1:]), ("failed", []))
+    for state, kept in kept_by_state:
         answer = api.client.get(url, params={"state": state}, headers=headers[Role.AUDITOR])
         assert answer.json()["notices"] == kept, state
     since = {"since": "2026-11-24T11:01:00Z"}
@@ -171,8 +174,8 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
         "account_id": ACCOUNT,
         "notices": listed,
     }
-    failed = json.loads(run("notices", ACCOUNT, "--json", "--state", "failed").stdout)
-    assert failed["notices"] == listed[:1]
+    sent_again = json.loads(run("notices", ACCOUNT, "--json", "--state", "sent_again").stdout)
+    assert sent_again["notices"] == listed[:1]
     none_delivered = run("notices", ACCOUNT, "--state", "delivered")
     assert none_delivered.stdout.strip() == f"No delivered notice for {ACCOUNT}."
 
@@ -180,7 +183,7 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
     [first_row] = [line for line in lines if first.data["notice_id"] + " " in line]
-    for text in ("warning", "2026-11-24T10:00:00.000000Z", "failed"):
+    for text in ("warning", "2026-11-24T10:00:00.000000Z", "sent_again"):
         assert text in first_row
     assert "none: failed_for_good after 1 try (undeliverable" in first_row
     [copy_row] = [line for line in lines if copy.data["notice_id"] in line]
@@ -198,13 +201,23 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
         third = notice_of(api.system.service.report_violation("acct_b", report, REPORTER).events)
     every = json.loads(run("notices", "--all", "--json").stdout)["notices"]
     assert [(n["account_id"], n["notice_id"], n["state"]) for n in every] == [
-        (ACCOUNT, first.data["notice_id"], "failed"),
+        (ACCOUNT, first.data["notice_id"], "sent_again"),
         (ACCOUNT, copy.data["notice_id"], "pending"),
         ("acct_b", third.data["notice_id"], "pending"),
     ]
     assert every[:2] == listed
-    failed_anywhere = json.loads(run("notices", "--all", "--state", "failed", "--json").stdout)
-    assert failed_anywhere == {"notices": listed[:1]}
+    # acct_b has no contact: its notice awaits the e-mail that will record it undeliverable.
+    assert every[2]["channels"] == [
+        {
+            "channel": "email",
+            "state": "awaiting",
+            "attempts": 0,
+            "last_error": None,
+            "last_outcome_at": None,
+        }
+    ]
+    sent_anywhere = json.loads(run("notices", "--all", "--state", "sent_again", "--json").stdout)
+    assert sent_anywhere == {"notices": listed[:1]}
     since = run("notices", "--all", "--json", "--since", "2026-11-24T11:01:00Z").stdout
     assert [n["notice_id"] for n in json.loads(since)["notices"]] == [
         copy.data["notice_id"],
@@ -214,15 +227,18 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
     assert wide.exit_code == 0, wide.output
     assert "Notices of every account" in wide.stdout
     [b_row] = [line for line in wide.stdout.splitlines() if "acct_b" in line]
-    assert third.data["notice_id"] in b_row and "no outcome yet" in b_row
+    assert third.data["notice_id"] in b_row and "email: no outcome yet" in b_row
     assert (
         "No delivered notice for any account."
         in run("notices", "--all", "--state", "delivered").stdout
     )
 
     for args, message in (
-        (("--state", "lost", ACCOUNT), "--state must be one of pending, delivered, failed."),
-        ((), "Give an ACCOUNT or --all, not both."),
+        (
+            ("--state", "lost", ACCOUNT),
+            "--state must be one of pending, delivered, partly_delivered, failed, sent_again.",
+        ),
+        ((), "Give an ACCOUNT, or --all for every account."),
         (("--all", ACCOUNT), "Give an ACCOUNT or --all, not both."),
         (("--since", "yesterday", ACCOUNT), "--since must be an RFC 3339 time"),
         (("not an id",), "ACCOUNT must be an account id"),

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events import RecordedEvent
-from projections.notices import notice_deliveries
+from projections.notices import CHANNEL_STATES, NOTICE_STATES, notice_deliveries, with_awaited
 
 T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
 
@@ -25,7 +25,7 @@ class Log:
         self.ids = itertools.count(1)
         self.account = "acct_1"
 
-    def add(self, event_type: str, data: dict[str, Any]) -> RecordedEvent:
+    def add(self, event_type: str, data: dict[str, Any], cause: str | None = None) -> RecordedEvent:
         position = len(self.events) + 1
         version = 1 + sum(e.account_id == self.account for e in self.events)
         event = RecordedEvent(
@@ -36,7 +36,7 @@ class Log:
             event_type,
             1,
             data,
-            {},
+            {"causation_id": cause},
             T0,
             T0 + timedelta(minutes=position),
             "",
@@ -45,20 +45,26 @@ class Log:
         self.events.append(event)
         return event
 
-    def notice(self, notice_id: str, resend_of: str | None = None) -> RecordedEvent:
-        first = None
-        if resend_of is not None:
-            first = {"notice_id": resend_of, "notice_event_id": "e", "issued_at": "t"}
-            first["reason"] = "r"
+    def notice(self, notice_id: str, copy_of: RecordedEvent | None = None) -> RecordedEvent:
+        """A notice of the policy's (caused by its decision), or an operator's copy of
+        ``copy_of`` (caused by it, naming the first notice)."""
         data = {"notice_id": notice_id, "kind": "warning", "decision_event_id": "d"}
-        return self.add("NoticeIssued", {**data, "resend_of": first})
+        if copy_of is None:
+            return self.add("NoticeIssued", {**data, "resend_of": None}, cause="d")
+        first = copy_of.data["resend_of"] or {
+            "notice_id": copy_of.data["notice_id"],
+            "notice_event_id": copy_of.event_id,
+            "issued_at": "t",
+        }
+        resend_of = {**first, "reason": "r"}
+        return self.add("NoticeIssued", {**data, "resend_of": resend_of}, cause=copy_of.event_id)
 
     def delivered(self, notice: RecordedEvent, channel: str, attempt: int) -> None:
-        self.add("NoticeDelivered", self._outcome(notice, channel, attempt))
+        self.add("NoticeDelivered", self._outcome(notice, channel, attempt), notice.event_id)
 
     def failed(self, notice: RecordedEvent, channel: str, attempt: int, final: bool) -> None:
         data = {**self._outcome(notice, channel, attempt), "error": f"try {attempt}"}
-        self.add("NoticeDeliveryFailed", {**data, "final": final})
+        self.add("NoticeDeliveryFailed", {**data, "final": final}, notice.event_id)
 
     def _outcome(self, notice: RecordedEvent, channel: str, attempt: int) -> dict[str, Any]:
         return {
@@ -67,6 +73,10 @@ class Log:
             "channel": channel,
             "attempt": attempt,
         }
+
+
+def states(log: Log) -> list[tuple[str, str]]:
+    return [(n.notice_id, n.state) for n in notice_deliveries(log.events)]
 
 
 def test_a_notice_without_an_outcome_is_pending() -> None:
@@ -84,6 +94,7 @@ def test_a_notice_without_an_outcome_is_pending() -> None:
         "decision_event_id": "d",
         "issued_at": "2026-12-07T10:01:00.000000Z",
         "resend_of": None,
+        "sent_again_as": [],
         "state": "pending",
         "channels": [],
     }
@@ -96,10 +107,11 @@ def test_each_channel_says_what_its_outcomes_came_to() -> None:
     log.failed(notice, "email", 1, final=False)
     log.delivered(notice, "email", 2)
     log.failed(notice, "webhook", 2, final=True)
+    log.failed(notice, "email", 3, final=False)  # a racing copy's, after the delivery
 
     [found] = notice_deliveries(log.events)
 
-    assert found.state == "delivered"  # on one channel: the account has it
+    assert found.state == "partly_delivered"  # the account has it, on one channel
     assert [c.to_json() for c in found.channels] == [
         {
             "channel": "webhook",
@@ -111,9 +123,9 @@ def test_each_channel_says_what_its_outcomes_came_to() -> None:
         {
             "channel": "email",
             "state": "delivered",
-            "attempts": 2,
-            "last_error": "try 1",
-            "last_outcome_at": "2026-12-07T10:04:00.000000Z",
+            "attempts": 3,
+            "last_error": "try 1",  # the failure after the delivery changes nothing
+            "last_outcome_at": "2026-12-07T10:06:00.000000Z",
         },
     ]
 
@@ -123,31 +135,106 @@ def test_a_notice_is_pending_while_a_channel_retries_and_failed_when_all_failed_
     notice = log.notice("ntc_1")
     log.delivered(notice, "email", 1)
     log.failed(notice, "webhook", 1, final=False)
-    assert notice_deliveries(log.events)[0].state == "pending"
+    assert states(log) == [("ntc_1", "pending")]
+    log.delivered(notice, "webhook", 2)
+    assert states(log) == [("ntc_1", "delivered")]
 
     nobody = log.notice("ntc_2")
     log.failed(nobody, "none", 1, final=True)  # no contact: undeliverable
-    [first, second] = notice_deliveries(log.events)
-    assert (first.state, second.state) == ("pending", "failed")
-    assert [(c.channel, c.state) for c in second.channels] == [("none", "failed_for_good")]
+    refused = log.notice("ntc_3")
+    log.failed(refused, "webhook", 1, final=True)
+    assert states(log) == [("ntc_1", "delivered"), ("ntc_2", "failed"), ("ntc_3", "failed")]
 
 
-def test_a_copy_names_the_first_notice_and_an_outcome_of_no_notice_is_passed_over() -> None:
+def test_no_contact_ends_a_notice_whose_channel_was_retrying() -> None:
+    """A contact removed while a try was due: the next try finds none, recorded on the channel
+    "none", and no channel is tried again (the re-send passes such a notice over)."""
+    log = Log()
+    notice = log.notice("ntc_1")
+    log.failed(notice, "email", 1, final=False)
+    log.failed(notice, "none", 2, final=True)
+
+    [found] = notice_deliveries(log.events)
+    assert found.state == "failed"
+    assert [(c.channel, c.state) for c in found.channels] == [
+        ("email", "retrying"),
+        ("none", "failed_for_good"),
+    ]
+
+
+def test_a_failed_notice_sent_again_says_so_and_names_its_copies() -> None:
     log = Log()
     first = log.notice("ntc_1")
     log.failed(first, "none", 1, final=True)
-    copy = log.notice("ntc_2", resend_of="ntc_1")
-    log.delivered(copy, "email", 1)
+    copy = log.notice("ntc_2", copy_of=first)
+    log.failed(copy, "webhook", 1, final=True)
+    again = log.notice("ntc_3", copy_of=copy)  # a copy of the copy: it names the first
+    delivered = log.notice("ntc_4")
+    log.delivered(delivered, "email", 1)
+    log.notice("ntc_5", copy_of=delivered)  # the account said it never arrived
+
+    found = {n.notice_id: n for n in notice_deliveries(log.events)}
+
+    assert [(n, f.state, f.sent_again_as, f.resend_of) for n, f in found.items()] == [
+        ("ntc_1", "sent_again", ["ntc_2"], None),
+        ("ntc_2", "sent_again", ["ntc_3"], "ntc_1"),
+        ("ntc_3", "pending", [], "ntc_1"),
+        ("ntc_4", "delivered", ["ntc_5"], None),
+        ("ntc_5", "pending", [], "ntc_4"),
+    ]
+    assert again.metadata["causation_id"] == copy.event_id
+
+
+def test_an_outcome_of_no_notice_among_the_events_is_passed_over() -> None:
+    log = Log()
+    log.notice("ntc_1")
     elsewhere = Log()
     elsewhere.ids = itertools.count(100)
-    stray = elsewhere.notice("ntc_9")  # of no notice among the events
+    stray = elsewhere.notice("ntc_9")
     log.delivered(stray, "email", 1)
 
-    found = notice_deliveries(log.events)
+    assert states(log) == [("ntc_1", "pending")]
 
-    assert [(n.notice_id, n.resend_of, n.state) for n in found] == [
-        ("ntc_1", None, "failed"),
-        ("ntc_2", "ntc_1", "delivered"),
+
+def test_the_channels_without_an_outcome_are_awaited() -> None:
+    """Which channels a notice goes out on is not in the log: ``channels_for`` (the contact)
+    tells; one without an outcome keeps the notice pending. A notice whose account had no
+    contact awaits nothing."""
+    log = Log()
+    half = log.notice("ntc_1")
+    log.failed(half, "email", 1, final=True)
+    nobody = log.notice("ntc_2")
+    log.failed(nobody, "none", 1, final=True)
+    log.account = "acct_2"
+    log.notice("ntc_3")
+    asked: list[tuple[str, datetime]] = []
+
+    def channels_for(account: str, issued: datetime) -> tuple[str, ...]:
+        asked.append((account, issued))
+        return ("email", "webhook") if account == "acct_1" else ("email",)
+
+    found = with_awaited(notice_deliveries(log.events), channels_for)
+
+    assert [(n.notice_id, n.state) for n in found] == [
+        ("ntc_1", "pending"),
+        ("ntc_2", "failed"),
+        ("ntc_3", "pending"),
+    ]
+    assert [(c.channel, c.state) for c in found[0].channels] == [
+        ("email", "failed_for_good"),
+        ("webhook", "awaiting"),
+    ]
+    assert found[0].channels[1].to_json() == {
+        "channel": "webhook",
+        "state": "awaiting",
+        "attempts": 0,
+        "last_error": None,
+        "last_outcome_at": None,
+    }
+    assert [(c.channel, c.state) for c in found[2].channels] == [("email", "awaiting")]
+    assert asked == [
+        ("acct_1", T0 + timedelta(minutes=1)),
+        ("acct_2", T0 + timedelta(minutes=5)),
     ]
 
 
@@ -161,22 +248,25 @@ def test_the_logs_notices_of_every_account_and_those_issued_since_an_instant() -
     log.account = "acct_1"
     log.failed(early, "none", 1, final=True)  # + 3 min
     log.delivered(other, "email", 1)  # + 4 min
+    log.notice("ntc_3", copy_of=early)  # + 5 min
 
     every = notice_deliveries(log.events)
     assert [(n.account_id, n.notice_id, n.state) for n in every] == [
-        ("acct_1", "ntc_1", "failed"),
+        ("acct_1", "ntc_1", "sent_again"),
         ("acct_2", "ntc_2", "delivered"),
+        ("acct_1", "ntc_3", "pending"),
     ]
     since = notice_deliveries(log.events, T0 + timedelta(minutes=2))
-    assert [(n.notice_id, n.state) for n in since] == [("ntc_2", "delivered")]
+    assert [(n.notice_id, n.state) for n in since] == [("ntc_2", "delivered"), ("ntc_3", "pending")]
     in_another_zone = (T0 + timedelta(minutes=2)).astimezone(timezone(timedelta(hours=-5)))
     assert notice_deliveries(log.events, in_another_zone) == since
-    assert notice_deliveries(log.events, T0 + timedelta(minutes=2, microseconds=1)) == []
+    later = T0 + timedelta(minutes=2, microseconds=1)
+    assert [n.notice_id for n in notice_deliveries(log.events, later)] == ["ntc_3"]
 
 
 OUTCOMES = st.lists(
     st.tuples(
-        st.sampled_from(["email", "webhook"]),
+        st.sampled_from(["email", "webhook", "none"]),
         st.sampled_from(["delivered", "failed", "final"]),
         st.integers(min_value=1, max_value=6),
     ),
@@ -184,13 +274,14 @@ OUTCOMES = st.lists(
 )
 
 
-@given(outcomes=OUTCOMES)
+@given(outcomes=OUTCOMES, awaited=st.sets(st.sampled_from(["email", "webhook"])))
 def test_a_delivery_wins_a_final_failure_ends_the_tries_and_attempts_are_the_highest(
-    outcomes: list[tuple[str, str, int]],
+    outcomes: list[tuple[str, str, int]], awaited: set[str]
 ) -> None:
     """Whatever order the outcomes come in (copies of a message may race): a channel with a
     delivery is delivered, else one with a final failure failed for good, else retrying; its
-    attempts are the highest recorded, its error the last failure's."""
+    attempts are the highest recorded, its error the last failure's before any delivery. The
+    notice is pending while a channel retries or awaits, unless the account had no contact."""
     log = Log()
     notice = log.notice("ntc_1")
     for channel, outcome, attempt in outcomes:
@@ -199,11 +290,15 @@ def test_a_delivery_wins_a_final_failure_ends_the_tries_and_attempts_are_the_hig
         else:
             log.failed(notice, channel, attempt, final=outcome == "final")
 
-    [found] = notice_deliveries(log.events)
+    [found] = with_awaited(notice_deliveries(log.events), lambda *_: tuple(sorted(awaited)))
 
     seen = list(dict.fromkeys(channel for channel, _, _ in outcomes))
-    assert [c.channel for c in found.channels] == seen
-    for c in found.channels:
+    over = "none" in seen
+    waiting = [] if over else sorted(awaited - set(seen))
+    assert [c.channel for c in found.channels] == seen + waiting
+    for c in found.channels[len(seen) :]:
+        assert (c.state, c.attempts, c.last_error, c.last_outcome_at) == ("awaiting", 0, None, None)
+    for c in found.channels[: len(seen)]:
         mine = [(o, a) for ch, o, a in outcomes if ch == c.channel]
         kinds = {o for o, _ in mine}
         expected = (
@@ -215,13 +310,14 @@ def test_a_delivery_wins_a_final_failure_ends_the_tries_and_attempts_are_the_hig
         )
         assert c.state == expected
         assert c.attempts == max(a for _, a in mine)
-        failures = [a for o, a in mine if o != "delivered"]
-        assert c.last_error == (f"try {failures[-1]}" if failures else None)
+        before = list(itertools.takewhile(lambda oa: oa[0] != "delivered", mine))
+        assert c.last_error == (f"try {before[-1][1]}" if before else None)
     states = {c.state for c in found.channels}
-    assert found.state == (
-        "pending"
-        if not states or "retrying" in states
-        else "delivered"
-        if "delivered" in states
-        else "failed"
-    )
+    assert states <= set(CHANNEL_STATES) and found.state in NOTICE_STATES
+    if not over and (not states or states & {"retrying", "awaiting"}):
+        assert found.state == "pending"
+    elif "delivered" in states:
+        partly = "failed_for_good" in states
+        assert found.state == ("partly_delivered" if partly else "delivered")
+    else:
+        assert found.state == "failed"

@@ -13,6 +13,7 @@ from enforcement.api.errors import READ_ERRORS
 from enforcement.api.schemas import AccountId
 from enforcement.api.shapes import parse_query_time
 from enforcement.api.strict_json import StrictJsonRoute
+from enforcement.notice_listing import listed_notices
 from events.wire import event_to_json
 
 router = APIRouter(
@@ -43,14 +44,16 @@ def get_notices(
     account_id: Account,
     container: ContainerDep,
     principal: Reader,
-    state: Literal["pending", "delivered", "failed"] | None = None,
+    state: Literal["pending", "delivered", "partly_delivered", "failed", "sent_again"]
+    | None = None,
     since: str | None = None,
 ) -> dict[str, Any]:
-    """The account's notices, oldest first, each with how its delivery went on each channel;
-    ``state`` keeps those in that state (``failed``: every channel failed for good, to send
-    again with ``POST …/notices/{notice_id}/resend`` once the cause is mended), ``since``
-    those issued then or later."""
-    notices = container.service.notices(account_id, parse_query_time(since, "since"))
+    """The account's notices, oldest first, each with how its delivery went on each channel
+    (those of the contact without an outcome yet: ``awaiting``); ``state`` keeps those in that
+    state (``failed``: nothing delivered it and nothing more is tried, to send again with
+    ``POST …/notices/{notice_id}/resend`` once the cause is mended), ``since`` those issued
+    then or later."""
+    notices = listed_notices(container, account_id, parse_query_time(since, "since"))
     return {
         "account_id": account_id,
         "notices": [n.to_json() for n in notices if state is None or n.state == state],
