@@ -345,7 +345,7 @@ def test_the_notices_table_shows_a_receivers_error_as_written_a_line_per_channel
         "state": "pending",
         "channels": [
             {**channel, "channel": "webhook", "state": "retrying"},
-            {**channel, "channel": "email", "state": "delivered"},
+            {**channel, "channel": "email", "state": "delivered", "attempts": 1},
         ],
     }
     silent = {**notice, "notice_id": "ntc_3", "resend_of": None, "channels": []}
@@ -353,13 +353,28 @@ def test_the_notices_table_shows_a_receivers_error_as_written_a_line_per_channel
     console.print(notices_table("acct_1", [notice, silent]))
     text = console.export_text()
     assert "Notices of acct_1" in text
+    [header] = [line for line in text.splitlines() if "┃" in line and "━" not in line]
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == [
+        "notice",
+        "kind",
+        "issued at",
+        "state",
+        "channels",
+    ]
     assert "ntc_2 (a copy of ntc_1)" in text
     assert "webhook: retrying after 3 tries (BadStatusLine: \\x1b[2J[/bold])" in text
     assert "\x1b" not in text
     [email] = [line for line in text.splitlines() if "email:" in line]
-    assert "email: delivered after 3 tries " in email and "BadStatusLine" not in email
+    assert "email: delivered after 1 try " in email and "BadStatusLine" not in email
     [quiet] = [line for line in text.splitlines() if "ntc_3" in line]
-    assert "no outcome yet" in quiet and "copy" not in quiet
+    assert "no outcome yet" in quiet and quiet.split("│")[1].strip() == "ntc_3"
+
+    # Too narrow for a cell: it folds onto more lines, never cut short.
+    narrow = Console(width=80, record=True)
+    long_error = {**channel, "channel": "webhook", "state": "retrying", "last_error": "x" * 60}
+    narrow.print(notices_table("acct_1", [{**notice, "channels": [long_error]}]))
+    folded = narrow.export_text()
+    assert "…" not in folded and folded.count("x") == 60
     assert "acct_1 " not in text.replace("Notices of acct_1", "")  # no account column
 
     console = Console(width=250, record=True)
