@@ -170,10 +170,9 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
     with api_system(database_url, clock) as api:
         first, copy = populate(api.system, clock)
     listed = expected(first, copy)
-    assert json.loads(run("notices", ACCOUNT, "--json").stdout) == {
-        "account_id": ACCOUNT,
-        "notices": listed,
-    }
+    as_json = run("notices", ACCOUNT, "--json").stdout
+    assert json.loads(as_json) == {"account_id": ACCOUNT, "notices": listed}
+    assert as_json == json.dumps(json.loads(as_json), indent=2) + "\n"  # for a reader
     sent_again = json.loads(run("notices", ACCOUNT, "--json", "--state", "sent_again").stdout)
     assert sent_again["notices"] == listed[:1]
     none_delivered = run("notices", ACCOUNT, "--state", "delivered")
