@@ -17,7 +17,9 @@ own):
 - replay: ``projections.runner.rebuild_standings`` (what ``enforcement replay`` runs), in one
   process (``jobs=1``) and with ``--jobs`` processes folding ranges of accounts while the main
   one writes (``enforcement replay --jobs``; the default of ``--jobs`` is the CPU count);
-- verify: ``enforcement.auditing.verify_accounts`` (what ``enforcement verify`` runs).
+- verify: ``enforcement.auditing.verify_accounts`` (what ``enforcement verify`` runs);
+- notices: what ``enforcement notices --all`` reads and folds (the log's notices and their
+  outcomes, in one pass; each notice's channels without an outcome from its account's contact).
 
 Goals: replay at least 0.3x the floor's events/s, peak memory under 300 MB.
 
@@ -327,6 +329,22 @@ def measure(kind: str, url: str) -> dict[str, Any]:
         if broken:
             raise SystemExit(f"{len(broken)} chains do not verify, e.g. {broken[0]}")
         events = sum(r["events"] for r in results)
+    elif kind == "notices":
+        # ``enforcement notices --all``: the log's notices and their outcomes in one pass, each
+        # notice's channels without an outcome from its contact; ``events``: the whole log's.
+        from enforcement.workers.recovery import notice_channels
+        from events import EventStore, create_engine
+        from projections.notices import NOTICE_TYPES, notice_deliveries, with_awaited
+
+        engine = create_engine(url)
+        store = EventStore(engine)
+        events = store.max_position()
+        started = time.perf_counter()
+        notices = notice_deliveries(store.iter_all_of_types(NOTICE_TYPES))
+        with_awaited(notices, notice_channels(engine, {n.account_id for n in notices}))
+        engine.dispose()
+        if not notices:
+            raise SystemExit("the generated log holds no notice")
     else:
         raise SystemExit(f"unknown measurement {kind!r}")
     seconds = time.perf_counter() - started
@@ -448,13 +466,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             results = {}
             kinds = ["floor", "replay", *(f"replay:{args.jobs}" for _ in [1] if args.jobs > 1)]
-            for kind in [*kinds, "verify"]:
+            for kind in [*kinds, "verify", "notices"]:
                 runs = [run_measurement(kind, url) for _ in range(args.repeat)]
                 results[kind] = min(runs, key=lambda r: r["seconds"])
                 r = results[kind]
                 console.print(f"  {kind}: {r['events']:,} events in {r['seconds']:.1f}s")
             floor_rate = results["floor"]["events"] / results["floor"]["seconds"]
-            for kind in [*kinds, "verify"]:
+            for kind in [*kinds, "verify", "notices"]:
                 r = results[kind]
                 rows.append((backend, kind, r, (r["events"] / r["seconds"]) / floor_rate))
     table = Table(title=f"Replay and verify, {args.events:,} events / {args.accounts:,} accounts")
@@ -465,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "replay": "replay, 1 process",
         f"replay:{args.jobs}": f"replay, {args.jobs} fold processes",
         "verify": "verify",
+        "notices": "notices --all",
     }
     for backend, kind, r, ratio in rows:
         goal = not kind.startswith("replay") or ratio >= 0.3
@@ -477,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     console.print(table)
     console.print(
         "Peak MB of a parallel replay: the writing process plus N x the largest fold process. "
+        "notices --all reads only the notices and their outcomes; its events are the log's. "
         f"Goals: replay >= 0.3x the floor, peak memory < 300 MB. Python {sys.version.split()[0]}, "
         f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}."
