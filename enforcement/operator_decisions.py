@@ -90,10 +90,12 @@ class ResendNotice:
     """Send a notice again, as a copy under its own id (``NoticeIssued.resend_of``): after its
     delivery failed for good (a contact corrected since), or when the account says it never
     arrived. ``notice`` is the ``NoticeIssued`` event sent again; not one of a decision an
-    appeal overturned."""
+    appeal overturned. ``channels``: those of the contact's it goes out on (None: all), e.g.
+    the webhook alone when only it had failed."""
 
     notice: RecordedEvent
     reason: str
+    channels: tuple[str, ...] | None = None
 
 
 Command = (
@@ -255,7 +257,7 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
             d.emit(d.build(ev.AdultContentApprovalChanged(approved, reason), ctx.causation_id))
         case ConfigureLimits(rpm, tpd, key_id):
             d.emit(d.build(ev.RateLimitsConfigured(key_id, rpm, tpd), ctx.causation_id))
-        case ResendNotice(notice, reason):
+        case ResendNotice(notice, reason, channels):
             if notice.type != "NoticeIssued" or notice.account_id != state.account_id:
                 raise NotFound(
                     f"no notice {notice.data.get('notice_id')!r} on this account",
@@ -269,13 +271,17 @@ def decide(policy: Policy, state: StandingState, command: Command, ctx: Context)
                     f"the decision of notice {notice.data['notice_id']} was overturned on appeal",
                     code="decision_overturned",
                 )
-            d.emit(d.build(_resent(notice, reason, ctx.new_id("ntc")), notice.event_id))
+            copy = _resent(notice, reason, channels, ctx.new_id("ntc"))
+            d.emit(d.build(copy, notice.event_id))
     return d.events
 
 
-def _resent(notice: RecordedEvent, reason: str, notice_id: str) -> ev.NoticeIssued:
+def _resent(
+    notice: RecordedEvent, reason: str, channels: tuple[str, ...] | None, notice_id: str
+) -> ev.NoticeIssued:
     """A copy of ``notice`` (a ``NoticeIssued``) under ``notice_id``, naming the first notice
-    it copies (the one a copy of a copy copies), as sent again for ``reason``."""
+    it copies (the one a copy of a copy copies), as sent again for ``reason`` on ``channels``
+    (None: every channel of the contact)."""
     data = notice.data
     first = data.get("resend_of") or {
         "notice_id": data["notice_id"],
@@ -294,6 +300,7 @@ def _resent(notice: RecordedEvent, reason: str, notice_id: str) -> ev.NoticeIssu
             "notice_event_id": first["notice_event_id"],
             "issued_at": first["issued_at"],
             "reason": reason,
+            "channels": None if channels is None else list(channels),
         },
     )
 

@@ -748,12 +748,15 @@ class EnforcementService:
         reason: str,
         actor: Actor,
         *,
+        channels: tuple[str, ...] | None = None,
+        check: Callable[[], None] | None = None,
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
     ) -> Outcome:
-        """Send the account's notice ``notice_id`` again, as a copy under a new id
-        (``ops.ResendNotice``); ``NotFound`` when the account has no such notice. A key used
-        before answers (or conflicts) first, as every command's does."""
+        """Send the account's notice ``notice_id`` again, as a copy under a new id, on
+        ``channels`` (None: all; ``ops.ResendNotice``); ``NotFound`` when the account has no
+        such notice. A key used before answers (or conflicts) first, as every command's does;
+        then ``check`` (the contact has the channels' targets), which may refuse."""
         if idempotency_key is not None:
             replay = self._replay(account_id, idempotency_key, fingerprint)
             if replay is not None:
@@ -768,9 +771,11 @@ class EnforcementService:
         )
         if notice is None:
             raise NotFound(f"no notice {notice_id!r} on this account", code="notice_not_found")
+        if check is not None:
+            check()
         return self.operator(
             account_id,
-            ops.ResendNotice(notice, reason),
+            ops.ResendNotice(notice, reason, channels),
             actor,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,

@@ -34,7 +34,9 @@ TRIAGE_OUTCOMES: tuple[str, ...] = ("confirmed", "rejected")
 APPEAL_OUTCOMES: tuple[str, ...] = ("upheld", "overturned")
 REINSTATEMENT_SCOPES: tuple[str, ...] = ("all", "termination", "suspension")
 # What a notice sent again (``NoticeIssued.resend_of``) says of the notice it copies.
-RESEND_FIELDS: tuple[str, ...] = ("notice_id", "notice_event_id", "issued_at", "reason")
+RESEND_FIELDS: tuple[str, ...] = ("notice_id", "notice_event_id", "issued_at", "reason", "channels")
+# The channels a notice goes out on (a copy may be sent on some of them only).
+NOTICE_CHANNELS: tuple[str, ...] = ("email", "webhook")
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -125,7 +127,8 @@ class NoticeIssued:
 
     ``resend_of``: None, or for a notice an operator sent again (a copy of an earlier one, under
     its own ``notice_id``), the notice it copies: ``{"notice_id", "notice_event_id",
-    "issued_at", "reason"}``; a copy of a copy names the first notice.
+    "issued_at", "reason", "channels"}``; a copy of a copy names the first notice.
+    ``channels``: those the copy goes out on (of the contact's), None for all of them.
     """
 
     notice_id: str
@@ -138,8 +141,18 @@ class NoticeIssued:
 
     def __post_init__(self) -> None:
         _one_of("kind", self.kind, NOTICE_KINDS)
-        if self.resend_of is not None and set(self.resend_of) != set(RESEND_FIELDS):
-            raise ValueError(f"resend_of must have the keys {', '.join(RESEND_FIELDS)}")
+        if self.resend_of is not None:
+            if set(self.resend_of) != set(RESEND_FIELDS):
+                raise ValueError(f"resend_of must have the keys {', '.join(RESEND_FIELDS)}")
+            channels = self.resend_of["channels"]
+            if channels is not None and (
+                not channels
+                or len(set(channels)) != len(channels)
+                or not set(channels) <= set(NOTICE_CHANNELS)
+            ):
+                raise ValueError(
+                    "resend_of.channels must be null or some of email, webhook, each once"
+                )
 
 
 @fast_init

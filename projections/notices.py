@@ -76,6 +76,7 @@ class NoticeDeliveries:
     decision_event_id: str
     issued_at: str
     resend_of: str | None  # the first notice's id, for a copy an operator sent again
+    chosen_channels: list[str] | None = None  # a copy's, when sent on some channels only
     channels: list[ChannelDelivery] = field(default_factory=list)
     sent_again_as: list[str] = field(default_factory=list)  # the copies made of this one
 
@@ -98,6 +99,7 @@ class NoticeDeliveries:
             "decision_event_id": self.decision_event_id,
             "issued_at": self.issued_at,
             "resend_of": self.resend_of,
+            "chosen_channels": self.chosen_channels,
             "sent_again_as": list(self.sent_again_as),
             "state": self.state,
             "channels": [c.to_json() for c in self.channels],
@@ -131,6 +133,7 @@ def notice_deliveries(
                 data["decision_event_id"],
                 format_time(event.recorded_at),
                 None if not isinstance(first, dict) else first.get("notice_id"),
+                None if not isinstance(first, dict) else first.get("channels"),
             )
         elif event.type in ("NoticeDelivered", "NoticeDeliveryFailed"):
             notice = notices.get(data["notice_event_id"])
@@ -143,14 +146,15 @@ def with_awaited(
     notices: list[NoticeDeliveries], channels_for: Callable[[str, datetime], tuple[str, ...]]
 ) -> list[NoticeDeliveries]:
     """``notices``, each with an ``awaiting`` channel for every channel it goes out on
-    (``channels_for(account, when it was issued)``) that has no outcome yet; none for a notice
-    whose account had no contact (``none``: it is over)."""
+    (``channels_for(account, when it was issued)``, of a copy's chosen ones) that has no
+    outcome yet; none for a notice whose account had no contact (``none``: it is over)."""
     for notice in notices:
         named = {c.channel for c in notice.channels}
         if NO_CHANNEL in named:
             continue
+        chosen = notice.chosen_channels
         for channel in channels_for(notice.account_id, parse_time(notice.issued_at)):
-            if channel not in named:
+            if channel not in named and (chosen is None or channel in chosen):
                 notice.channels.append(ChannelDelivery(channel, "awaiting", 0, None, None))
     return notices
 

@@ -160,7 +160,8 @@ class NoticeDeliveriesOut(BaseModel):
     last). ``state``: ``pending`` (a channel retrying or awaiting), ``delivered`` (every channel
     with an outcome delivered it), ``partly_delivered`` (one did, another failed for good),
     ``failed`` (none did, and nothing more is tried), ``sent_again`` (failed, and a copy was
-    sent since: ``sent_again_as``). ``resend_of``: for a copy, the first notice's id."""
+    sent since: ``sent_again_as``). ``resend_of``: for a copy, the first notice's id;
+    ``chosen_channels``: a copy's channels when it was sent on some only."""
 
     account_id: str
     notice_id: str
@@ -169,6 +170,7 @@ class NoticeDeliveriesOut(BaseModel):
     decision_event_id: str
     issued_at: str
     resend_of: str | None
+    chosen_channels: list[str] | None
     sent_again_as: list[str]
     state: Literal["pending", "delivered", "partly_delivered", "failed", "sent_again"]
     channels: list[ChannelDeliveryOut]

@@ -206,6 +206,24 @@ class ReasonIn(Strict):
     reason: SafeText = ""
 
 
+def _each_once(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise PydanticCustomError("channels_repeated", "each channel at most once")
+    return value
+
+
+class ResendIn(Strict):
+    """``channels``: those of the contact's the copy goes out on (null: every one)."""
+
+    reason: SafeText = ""
+    channels: (
+        Annotated[
+            list[Literal["email", "webhook"]], Field(min_length=1), AfterValidator(_each_once)
+        ]
+        | None
+    ) = None
+
+
 class NoteIn(Strict):
     note: SafeText = ""
 

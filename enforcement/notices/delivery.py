@@ -152,6 +152,9 @@ class NoticeDelivery:
         if notice is None or notice.type != "NoticeIssued":
             log.warning("no NoticeIssued event %s", notice_event_id)
             return "unknown_notice"
+        chosen = (notice.data.get("resend_of") or {}).get("channels")
+        if chosen is not None and channel not in chosen:
+            return "not_chosen"  # a copy an operator sent on its other channels only
         contact = self.contact(notice.account_id)
         notice_id = notice.data["notice_id"]
         if channel == "email" and contact.email is None and contact.webhook_url is None:

@@ -52,7 +52,13 @@ def messages_for(event: RecordedEvent, channels: tuple[str, ...]) -> list[Messag
     """The messages an event calls for (pure)."""
     out: list[Message] = []
     if event.type == "NoticeIssued":
-        out += [Message("deliver_notice", (event.event_id, channel)) for channel in channels]
+        # A copy an operator sent on some channels only goes out on those.
+        chosen = (event.data.get("resend_of") or {}).get("channels")
+        out += [
+            Message("deliver_notice", (event.event_id, channel))
+            for channel in channels
+            if chosen is None or channel in chosen
+        ]
     elif event.type == "RemediationRequested":
         out.append(
             Message(

@@ -340,6 +340,7 @@ def test_a_notice_that_failed_for_good_is_sent_again_once_the_contact_is_set(
         "notice_event_id": notice["event_id"],
         "issued_at": notice["recorded_at"],
         "reason": "contact corrected",
+        "channels": None,
     }
     assert body["standing"]["status"] == "remediation_due"
     outcomes = [

@@ -72,6 +72,7 @@ def expected(first: RecordedEvent, copy: RecordedEvent) -> list[dict[str, Any]]:
             "notice_event_id": first.event_id,
             "issued_at": "2026-11-24T10:00:00.000000Z",
             "resend_of": None,
+            "chosen_channels": None,
             "sent_again_as": [copy.data["notice_id"]],
             "state": "sent_again",
             "channels": [
@@ -90,6 +91,7 @@ def expected(first: RecordedEvent, copy: RecordedEvent) -> list[dict[str, Any]]:
             "notice_event_id": copy.event_id,
             "issued_at": "2026-11-24T11:01:00.000000Z",
             "resend_of": first.data["notice_id"],
+            "chosen_channels": None,
             "sent_again_as": [],
             "state": "pending",
             "channels": [

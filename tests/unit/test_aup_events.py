@@ -130,6 +130,7 @@ def test_a_notice_stored_before_resend_of_reads_as_a_first_notice() -> None:
     assert "resend_of" not in old  # the stored record is left as it is
     assert ev.CODEC.upcast("NoticeIssued", 1, old) == {**old, "resend_of": None}
     first = {"notice_id": "ntc_1", "notice_event_id": "e1", "issued_at": DUE, "reason": "bounced"}
+    first["channels"] = ["webhook"]
     again = ev.NoticeIssued("ntc_2", "warning", "evt", ["vio_1"], SOR, DUE, first)
     new = ev.CODEC.encode(again, occurred_at=datetime(2026, 11, 24, tzinfo=UTC))
     assert (new.schema_version, new.data["resend_of"]) == (2, first)
@@ -141,6 +142,17 @@ def test_a_resent_notice_names_exactly_what_it_copies() -> None:
         ev.NoticeIssued("ntc_2", "warning", "evt", [], SOR, None, first)
     with pytest.raises(ValueError, match="resend_of must have the keys"):
         ev.NoticeIssued("ntc_2", "warning", "evt", [], SOR, None, {**first, "reason": "", "x": 1})
+    whole = {**first, "reason": ""}
+    for channels in ([], ["webhook", "webhook"], ["sms"], ["email", "fax"]):
+        with pytest.raises(ValueError, match=r"resend_of\.channels must be null or some of"):
+            ev.NoticeIssued(
+                "ntc_2", "warning", "evt", [], SOR, None, {**whole, "channels": channels}
+            )
+    for channels in (None, ["email"], ["webhook", "email"]):
+        resent = ev.NoticeIssued(
+            "ntc_2", "warning", "evt", [], SOR, None, {**whole, "channels": channels}
+        )
+        assert resent.resend_of is not None and resent.resend_of["channels"] == channels
 
 
 def test_a_violation_recorded_without_strike_is_a_strike() -> None:

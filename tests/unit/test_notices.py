@@ -56,7 +56,7 @@ class Log:
             "notice_event_id": copy_of.event_id,
             "issued_at": "t",
         }
-        resend_of = {**first, "reason": "r"}
+        resend_of = {**first, "reason": "r", "channels": None}
         return self.add("NoticeIssued", {**data, "resend_of": resend_of}, cause=copy_of.event_id)
 
     def delivered(self, notice: RecordedEvent, channel: str, attempt: int) -> None:
@@ -94,6 +94,7 @@ def test_a_notice_without_an_outcome_is_pending() -> None:
         "decision_event_id": "d",
         "issued_at": "2026-12-07T10:01:00.000000Z",
         "resend_of": None,
+        "chosen_channels": None,
         "sent_again_as": [],
         "state": "pending",
         "channels": [],
@@ -183,6 +184,24 @@ def test_a_failed_notice_sent_again_says_so_and_names_its_copies() -> None:
         ("ntc_5", "pending", [], "ntc_4"),
     ]
     assert again.metadata["causation_id"] == copy.event_id
+
+
+def test_a_copy_sent_on_some_channels_awaits_only_those() -> None:
+    log = Log()
+    first = log.notice("ntc_1")
+    log.delivered(first, "email", 1)
+    log.failed(first, "webhook", 1, final=True)
+    copy = log.notice("ntc_2", copy_of=first)
+    copy.data["resend_of"]["channels"] = ["webhook"]
+
+    found = with_awaited(notice_deliveries(log.events), lambda *_: ("email", "webhook"))
+
+    assert [(n.notice_id, n.state, n.chosen_channels) for n in found] == [
+        ("ntc_1", "partly_delivered", None),
+        ("ntc_2", "pending", ["webhook"]),
+    ]
+    assert [(c.channel, c.state) for c in found[1].channels] == [("webhook", "awaiting")]
+    assert found[1].to_json()["chosen_channels"] == ["webhook"]
 
 
 def test_an_outcome_of_no_notice_among_the_events_is_passed_over() -> None:

@@ -1907,15 +1907,16 @@ def test_an_operator_sends_a_notice_again_as_a_copy_that_changes_nothing_else() 
         "notice_event_id": first.event_id,
         "issued_at": format_time(first.recorded_at),
     }
-    assert copy_.data["resend_of"] == {**named, "reason": "bounced"}
+    assert copy_.data["resend_of"] == {**named, "reason": "bounced", "channels": None}
     [recorded] = account.record([copy_], at)
     assert account.state.to_json() == {
         **before.to_json(),
         "version": recorded.version,
         "last_recorded_at": format_time(at),
     }
-    [again] = ops.decide(P, account.state, ops.ResendNotice(recorded, ""), account.ctx(at, "op"))
-    assert again.data["resend_of"] == {**named, "reason": ""}
+    only = ops.ResendNotice(recorded, "", ("webhook",))
+    [again] = ops.decide(P, account.state, only, account.ctx(at, "op"))
+    assert again.data["resend_of"] == {**named, "reason": "", "channels": ["webhook"]}
     assert again.metadata["causation_id"] == recorded.event_id
 
 

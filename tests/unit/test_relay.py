@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -64,6 +65,25 @@ def test_a_notice_calls_for_one_delivery_per_channel() -> None:
     assert messages_for(notice, ("webhook",)) == [
         Message("deliver_notice", (notice.event_id, "webhook"))
     ]
+
+
+def test_a_copy_sent_on_some_channels_calls_for_those_only() -> None:
+    [notice] = [e for e in decided("spam") if e.type == "NoticeIssued"]
+    first = {"notice_id": "ntc_1", "notice_event_id": "e", "issued_at": "t", "reason": ""}
+    for chosen, expected in (
+        (None, CHANNELS),
+        (["webhook"], ("webhook",)),
+        (["email"], ("email",)),
+    ):
+        data = {**notice.data, "resend_of": {**first, "channels": chosen}}
+        copy = replace(notice, data=data)
+        assert messages_for(copy, CHANNELS) == [
+            Message("deliver_notice", (notice.event_id, channel)) for channel in expected
+        ]
+    only_webhook = replace(
+        notice, data={**notice.data, "resend_of": {**first, "channels": ["webhook"]}}
+    )
+    assert messages_for(only_webhook, ("email",)) == []  # the contact has no webhook
 
 
 def test_a_remediation_calls_for_its_expiry_at_its_due_time() -> None:

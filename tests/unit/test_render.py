@@ -84,6 +84,7 @@ def test_the_history_names_each_notice_and_what_a_copy_copies() -> None:
     """The id an operator sends a notice again by (``…/notices/{notice_id}/resend``)."""
     notice = {"notice_id": "ntc_1", "kind": "warning", "resend_of": None}
     first = {"notice_id": "ntc_1", "notice_event_id": "e", "issued_at": "t", "reason": "r"}
+    first["channels"] = None
     copy_ = {**notice, "notice_id": "ntc_2", "resend_of": first}
     old = {"notice_id": "ntc_0", "kind": "suspension"}  # recorded at schema version 1
     events = [event("NoticeIssued", d, version=v) for v, d in ((1, notice), (2, copy_), (3, old))]

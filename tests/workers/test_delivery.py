@@ -815,6 +815,40 @@ def test_a_notice_that_failed_for_good_goes_out_once_an_operator_sends_it_again(
     assert [m["X-Enforcement-Event-Id"] for _, m in smtp.messages] == [copy_.event_id]
 
 
+def test_a_copy_sent_on_the_webhook_alone_leaves_the_delivered_e_mail_alone(
+    system: System, smtp: SmtpSink, receiver: Receiver
+) -> None:
+    # Given a notice the e-mail delivered and the webhook refused for good
+    system.contact("acct_half", email="desk@customer.test", webhook_url="http://a..b/h")
+    [notice] = [e for e in system.report("acct_half").events if e.type == "NoticeIssued"]
+    wait_until(lambda: len(system.outcomes(notice.event_id)) == 2, "both channels' outcomes")
+    assert sorted(summary(system, notice.event_id)) == [
+        ("NoticeDelivered", "email", 1, None),
+        ("NoticeDeliveryFailed", "webhook", 1, True),  # a name that never resolves
+    ]
+
+    # When the webhook is mended and the notice sent again on it alone
+    system.contact("acct_half", email="desk@customer.test", webhook_url=receiver.url)
+    resent = system.container.service.resend_notice(
+        "acct_half", notice.data["notice_id"], "webhook fixed", OPERATOR, channels=("webhook",)
+    )
+    [copy_] = resent.events
+    assert copy_.data["resend_of"]["channels"] == ["webhook"]
+
+    # Then the copy goes out on the webhook, and no second e-mail is sent
+    wait_until(
+        lambda: delivered_once_each(system.store, [copy_.event_id], ("webhook",)),
+        "the copy's webhook delivery",
+    )
+    wait_until(system.caught_up, "the relay to pass every event")
+    assert summary(system, copy_.event_id) == [("NoticeDelivered", "webhook", 1, None)]
+    assert [m["X-Enforcement-Event-Id"] for _, m in smtp.messages] == [notice.event_id]
+    assert [r.event_id for r in receiver.requests] == [copy_.event_id]
+    # a message for the e-mail (a re-send of the notices without an outcome) sends nothing
+    assert system.actors.delivery.deliver(copy_.event_id, "email", 0, 3) == "not_chosen"
+    assert summary(system, copy_.event_id) == [("NoticeDelivered", "webhook", 1, None)]
+
+
 def test_a_channel_whose_target_was_removed_while_a_try_was_due_is_closed_for_good(
     sqlite_db: str, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from enforcement.api.schemas import (
     LimitsIn,
     NoteIn,
     ReasonIn,
+    ResendIn,
     SuspendIn,
     TerminateIn,
     ThrottleIn,
@@ -279,25 +280,51 @@ def decide_appeal(
 def resend_notice(
     account_id: Account,
     notice_id: Id,
-    body: ReasonIn,
+    body: ResendIn,
     container: ContainerDep,
     principal: Operator,
     key: Idempotent,
 ) -> dict[str, Any]:
     """Send notice ``notice_id`` again: a copy under a new ``notice_id`` (``NoticeIssued``
-    with ``resend_of``), delivered to the account's contact as it is now, like any notice.
-    For a notice whose delivery failed for good (no contact then, a refused target) once the
-    contact is corrected, or one the account says it never received. 404 when the account has
-    no such notice."""
+    with ``resend_of``), delivered to the account's contact as it is now, like any notice, on
+    every channel or on ``channels`` (the webhook alone when only it had failed). For a notice
+    whose delivery failed for good (no contact then, a refused target) once the contact is
+    corrected, or one the account says it never received. 404 when the account has no such
+    notice; 409 ``no_target`` when a channel asked for has no target in the contact."""
+    channels = None if body.channels is None else tuple(body.channels)
     outcome = container.service.resend_notice(
         account_id,
         notice_id,
         body.reason,
         actor_of(principal),
+        channels=channels,
+        check=None if channels is None else lambda: _has_targets(container, account_id, channels),
         idempotency_key=key.key,
         fingerprint=key.fingerprint(body),
     )
     return {"notice_id": outcome.events[0].data["notice_id"], **outcome_json(outcome)}
+
+
+def _has_targets(container: Container, account_id: str, channels: tuple[str, ...]) -> None:
+    """409 ``no_target`` unless the account's contact has a target on each of ``channels``."""
+    query = sa.select(contacts.c.email, contacts.c.webhook_url).where(
+        contacts.c.account_id == account_id
+    )
+    with container.engine.connect() as conn:
+        row = conn.execute(query).first()
+    targets = (
+        {"email": None, "webhook": None}
+        if row is None
+        else dict(email=row.email, webhook=row.webhook_url)
+    )
+    missing = [c for c in channels if targets[c] is None]
+    if missing:
+        field = "e-mail address" if missing[0] == "email" else "webhook_url"
+        raise ApiError(
+            409,
+            "no_target",
+            f"the account's contact has no {field}: set it with PUT …/contact first",
+        )
 
 
 def _since(
