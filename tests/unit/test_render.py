@@ -350,8 +350,10 @@ def test_the_notices_table_shows_a_receivers_error_as_written_a_line_per_channel
         ],
     }
     silent = {**notice, "notice_id": "ntc_3", "resend_of": None, "channels": []}
+    due = {"channel": "webhook", "state": "awaiting", "attempts": 0, "last_error": None}
+    awaited = {**silent, "notice_id": "ntc_4", "channels": [{**due, "last_outcome_at": None}]}
     console = Console(width=250, record=True)
-    console.print(notices_table("acct_1", [notice, silent]))
+    console.print(notices_table("acct_1", [notice, silent, awaited]))
     text = console.export_text()
     assert "Notices of acct_1" in text
     [header] = [line for line in text.splitlines() if "┃" in line and "━" not in line]
@@ -369,6 +371,8 @@ def test_the_notices_table_shows_a_receivers_error_as_written_a_line_per_channel
     assert "email: delivered after 1 try " in email and "BadStatusLine" not in email
     [quiet] = [line for line in text.splitlines() if "ntc_3" in line]
     assert "no outcome yet" in quiet and quiet.split("│")[1].strip() == "ntc_3"
+    [due_row] = [line for line in text.splitlines() if "ntc_4" in line]
+    assert due_row.split("│")[5].strip() == "webhook: no outcome yet"  # no tries to count
 
     # Too narrow for a cell: it folds onto more lines, never cut short.
     narrow = Console(width=80, record=True)
