@@ -31,6 +31,7 @@ from enforcement import operator_decisions as ops
 from enforcement.bootstrap import bootstrap
 from enforcement.notices.delivery import DeliveryFailed, NoticeDelivery
 from enforcement.notices.email import EmailSender, build_message, file_bytes, sweep_parts
+from enforcement.notices.guard import LocalGuard
 from enforcement.notices.templates import render
 from enforcement.notices.webhook import WebhookSender, account_key
 from enforcement.service import Actor
@@ -899,21 +900,46 @@ def test_a_channel_whose_target_was_removed_while_a_try_was_due_is_closed_for_go
         receiver.close()
 
 
-def test_a_removed_e_mail_address_closes_its_channel_too(sqlite_db: str, tmp_path: Path) -> None:
+def test_a_removed_e_mail_address_closes_its_channel_too(
+    sqlite_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     system = bootstrap(fast_settings(sqlite_db, tmp_path))
     try:
         set_contact(system.engine, "acct_mx", email="desk@customer.test")
         notice = notice_in(report(system, "acct_mx").events)
         failing = EmailSender("smtp://127.0.0.1:9", str(tmp_path))  # nothing listens
-        delivery = NoticeDelivery(system.service, failing, WebhookSender(SECRET, False))
+        guard = LocalGuard(5.0, wait_s=0.05)
+        delivery = NoticeDelivery(system.service, failing, WebhookSender(SECRET, False), guard)
         with pytest.raises(DeliveryFailed):
             delivery.deliver(notice, "email", 0, 3)
         set_contact(system.engine, "acct_mx", webhook_url="https://customer.test/h")
-        assert delivery.deliver(notice, "email", 1, 3) == "target_removed"
+        # Closed under the channel's guard, the one a try of it holds (here another's: it
+        # waits for it, then goes on without it, and says so).
+        caplog.set_level(logging.WARNING, logger="enforcement.notices")
+        with guard.held(f"{notice}:email"):
+            assert delivery.deliver(notice, "email", 1, 3) == "target_removed"
+        assert f"the delivery guard of {notice}:email was still held" in caplog.text
         [closed] = [e for e in system.store.read_stream("acct_mx") if e.data.get("final")]
         assert closed.data["error"] == (
             "the account's contact no longer has an e-mail address: no try follows"
         )
+
+        # One that failed, then was delivered (a copy of the message raced the retry's): the
+        # account has it, and its address removed since closes nothing.
+        set_contact(system.engine, "acct_won", email="desk@customer.test")
+        won = notice_in(report(system, "acct_won").events)
+        with pytest.raises(DeliveryFailed):
+            delivery.deliver(won, "email", 0, 3)
+        working = NoticeDelivery(
+            system.service, EmailSender(None, str(tmp_path)), WebhookSender(SECRET, False)
+        )
+        assert working.deliver(won, "email", 1, 3) == "delivered"
+        set_contact(system.engine, "acct_won", webhook_url="https://customer.test/h")
+        assert delivery.deliver(won, "email", 1, 3) == "already_delivered"
+        assert [(e.type, e.data["attempt"]) for e in outcomes_of(system.store, won)] == [
+            ("NoticeDeliveryFailed", 1),
+            ("NoticeDelivered", 2),
+        ]
     finally:
         system.close()
 
