@@ -756,7 +756,8 @@ class EnforcementService:
         """Send the account's notice ``notice_id`` again, as a copy under a new id, on
         ``channels`` (None: all; ``ops.ResendNotice``); ``NotFound`` when the account has no
         such notice. A key used before answers (or conflicts) first, as every command's does;
-        then ``check`` (the contact has the channels' targets), which may refuse."""
+        ``check`` (the contact has the channels' targets) comes after the decision's refusals
+        (``decision_overturned``), and may refuse too."""
         if idempotency_key is not None:
             replay = self._replay(account_id, idempotency_key, fingerprint)
             if replay is not None:
@@ -771,11 +772,17 @@ class EnforcementService:
         )
         if notice is None:
             raise NotFound(f"no notice {notice_id!r} on this account", code="notice_not_found")
-        if check is not None:
-            check()
-        return self.operator(
+        command = ops.ResendNotice(notice, reason, channels)
+
+        def decide(state: StandingState, ctx: Context) -> list[NewEvent]:
+            events = ops.decide(self.policy, state, command, ctx)
+            if check is not None:  # after the decision's own refusals
+                check()
+            return events
+
+        return self._execute(
             account_id,
-            ops.ResendNotice(notice, reason, channels),
+            decide,
             actor,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,

@@ -177,7 +177,7 @@ class NoticeDelivery:
             return "undeliverable"
         target = contact.email if channel == "email" else contact.webhook_url
         if target is None:
-            return self._without_target(notice, channel, message_id)
+            return self._without_target(notice, channel, numbered, message_id, chosen is not None)
         # Held from the look at what was delivered to the outcome's record: a second copy that
         # ran at the same time would see no delivery yet and send again.
         with self.guard.held(f"{notice_event_id}:{channel}", message_id):
@@ -186,19 +186,29 @@ class NoticeDelivery:
                 return FAILED_FOR_GOOD
             return self._send(notice, target, channel, *number)
 
-    def _without_target(self, notice: RecordedEvent, channel: str, message_id: str | None) -> str:
-        """Nothing to send: the contact has no target on ``channel``. A channel tried before
-        whose tries are not over (a retry is due, its target removed since) is closed with a
-        final failure that says so: nothing would ever try it again, and the notice would wait
-        on it for good. One never tried (the contact had no such target then) records
-        nothing."""
+    def _without_target(
+        self,
+        notice: RecordedEvent,
+        channel: str,
+        numbered: Callable[[], tuple[int, bool] | None],
+        message_id: str | None,
+        chosen: bool,
+    ) -> str:
+        """Nothing to send: the contact has no target on ``channel``. A channel whose tries are
+        not over is closed with a final failure that says so, when it was tried before (this
+        try's number is above 1: a retry, its target removed since; a failure that could not
+        be recorded counts, as the number does) or was ``chosen`` for a copy (the contact had
+        it when the copy was asked for): nothing would ever try it again, and the notice would
+        wait on it for good. A channel never tried, that the contact had no target for when
+        the notice went out, records nothing."""
         event_id = notice.event_id
         with self.guard.held(f"{event_id}:{channel}", message_id):
-            failed = self.failed_attempts(event_id, channel)
-            if failed == 0:
-                return "no_target"
-            if self.failed_for_good(event_id, channel, failed):
+            number = numbered()
+            if number is None:
                 return FAILED_FOR_GOOD
+            attempt = number[0]
+            if attempt == 1 and not chosen:
+                return "no_target"
             key = delivered_key(event_id, channel)
             if self.store.recorded_for_key(key, key) is not None:
                 return "already_delivered"
@@ -206,7 +216,7 @@ class NoticeDelivery:
             error = f"the account's contact no longer has {target}: no try follows"
             notice_id = notice.data["notice_id"]
             self._failed(
-                notice.account_id, event_id, notice_id, channel, failed + 1, error, final=True
+                notice.account_id, event_id, notice_id, channel, attempt, error, final=True
             )
             return "target_removed"
 

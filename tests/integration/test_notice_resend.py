@@ -96,3 +96,29 @@ def test_channels_are_some_of_email_and_webhook_each_once(api: ApiSystem, channe
     assert error["code"] == "validation_failed"
     assert {d["field"].split(".")[0] for d in error["details"]} == {"channels"}
     assert api.system.store.head(ACCOUNT).version == version
+
+
+def test_a_notice_of_an_overturned_decision_is_refused_as_such_before_its_channels(
+    api: ApiSystem,
+) -> None:
+    """The decision's own refusal comes first: ``decision_overturned``, not ``no_target``."""
+    clock = api.system.clock
+    report = ViolationReport("phishing", clock(), "high", description="a kit")
+    events = api.system.service.report_violation(ACCOUNT, report, REPORTER).events
+    [suspension] = [e for e in events if e.type == "AccountSuspended"]
+    [notice] = [e for e in events if e.type == "NoticeIssued"]
+    base = f"/v1/accounts/{ACCOUNT}"
+    body = {"decision_event_id": suspension.event_id, "statement": "not me"}
+    appeal = api.client.post(f"{base}/appeals", json=body, headers=headers(api)).json()
+    decided = api.client.post(
+        f"{base}/appeals/{appeal['appeal_id']}/decide",
+        json={"outcome": "overturned", "reason": "a false positive"},
+        headers=headers(api),
+    )
+    assert decided.status_code == 200, decided.text
+
+    url = f"{base}/notices/{notice.data['notice_id']}/resend"
+    refused = api.client.post(url, json={"channels": ["webhook"]}, headers=headers(api))
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "decision_overturned"

@@ -895,9 +895,59 @@ def test_a_channel_whose_target_was_removed_while_a_try_was_due_is_closed_for_go
         set_contact(system.engine, "acct_mail", webhook_url=receiver.url)
         assert delivery.deliver(mail_only, "email", 0, 3) == "no_target"  # never tried
         assert outcomes_of(system.store, mail_only) == []
+
+        # A retry whose first failure could not be recorded (its number says it is a retry)
+        # closes the channel too, at its own number.
+        assert delivery.deliver(mail_only, "email", 1, 3) == "target_removed"
+        [closed] = outcomes_of(system.store, mail_only)
+        assert (closed.data["channel"], closed.data["attempt"], closed.data["final"]) == (
+            "email",
+            2,
+            True,
+        )
     finally:
         system.close()
         receiver.close()
+
+
+def test_a_copy_whose_chosen_channel_lost_its_target_is_closed_at_its_first_try(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """The contact had the channel when the copy was asked for (409 ``no_target`` otherwise):
+    one removed since would leave the copy waiting on it for good."""
+    system = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        set_contact(system.engine, "acct_copy", email="desk@customer.test")
+        [first] = [e for e in report(system, "acct_copy").events if e.type == "NoticeIssued"]
+        delivery = NoticeDelivery(
+            system.service, EmailSender(None, str(tmp_path)), WebhookSender(SECRET, True)
+        )
+        copies = []
+        for channels in (("webhook",), ("email",)):
+            resent = system.service.resend_notice(
+                "acct_copy", first.data["notice_id"], "r", OPERATOR, channels=channels
+            )
+            copies.append(resent.events[0].event_id)
+        only_webhook, only_email = copies
+
+        assert delivery.deliver(only_webhook, "email", 0, 3) == "not_chosen"
+        assert delivery.deliver(only_webhook, "webhook", 0, 3) == "target_removed"
+        [closed] = outcomes_of(system.store, only_webhook)
+        assert (closed.data["channel"], closed.data["attempt"], closed.data["final"]) == (
+            "webhook",
+            1,
+            True,
+        )
+        set_contact(system.engine, "acct_copy", webhook_url="https://customer.test/h")
+        assert delivery.deliver(only_email, "email", 0, 3) == "target_removed"
+        set_contact(system.engine, "acct_copy")  # no contact at all: undeliverable
+        again = system.service.resend_notice(
+            "acct_copy", first.data["notice_id"], "r", OPERATOR, channels=("email",)
+        ).events[0]
+        assert delivery.deliver(again.event_id, "email", 0, 3) == "undeliverable"
+        assert [e.data["channel"] for e in outcomes_of(system.store, again.event_id)] == ["none"]
+    finally:
+        system.close()
 
 
 def test_a_removed_e_mail_address_closes_its_channel_too(
