@@ -40,6 +40,12 @@ def test_a_copy_goes_out_on_the_channels_asked_for_if_the_contact_has_them(
     notice = first_notice(api)
     url = f"/v1/accounts/{ACCOUNT}/notices/{notice['notice_id']}/resend"
     contact = f"/v1/accounts/{ACCOUNT}/contact"
+    # No contact at all: the first channel missing is named.
+    nowhere = api.client.post(url, json={"channels": ["email", "webhook"]}, headers=headers(api))
+    assert nowhere.status_code == 409, nowhere.text
+    assert nowhere.json()["error"]["message"] == (
+        "the account's contact has no e-mail address: set it with PUT …/contact first"
+    )
     assert api.client.put(
         contact, json={"email": "a@customer.test"}, headers=headers(api)
     ).is_success
@@ -65,7 +71,13 @@ def test_a_copy_goes_out_on_the_channels_asked_for_if_the_contact_has_them(
     assert copy["data"]["resend_of"]["channels"] == ["webhook"]
     assert copy["version"] == version + 1
     everywhere = api.client.post(url, json={}, headers=headers(api))
-    assert everywhere.json()["events"][0]["data"]["resend_of"]["channels"] is None
+    [whole] = everywhere.json()["events"]
+    assert whole["data"]["resend_of"]["channels"] is None
+    assert whole["data"]["resend_of"]["reason"] == ""
+    repeated = api.client.post(url, json={"channels": ["email", "email"]}, headers=headers(api))
+    assert repeated.json()["error"]["details"] == [
+        {"field": "channels", "message": "each channel at most once"}
+    ]
 
     # A key used before answers first, even once the contact lost the channel.
     assert api.client.put(
