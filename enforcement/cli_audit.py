@@ -59,10 +59,11 @@ def notices(
 ) -> None:
     """List one account's notices, or every account's, and how each one's delivery went.
 
-    Oldest first. A failed notice (every channel failed for good) goes out once an operator
-    sends it again (POST /v1/accounts/{id}/notices/{notice_id}/resend) after mending its cause:
-    --all --state failed lists them after a fault that failed many (a mail server without
-    STARTTLS, a missing webhook secret). --all reads the log's notices once, with a progress bar.
+    Oldest first. A failed notice (no channel delivered it, nothing more is tried) goes out
+    once an operator sends it again (POST /v1/accounts/{id}/notices/{notice_id}/resend) after
+    mending its cause: --all --state failed lists them after a fault that failed many (a mail
+    server without STARTTLS, a missing webhook secret). --all reads the log's notices once,
+    with a progress bar on a terminal.
     """
     from enforcement.notice_listing import listed_notices
     from enforcement.progress import progress_bar
