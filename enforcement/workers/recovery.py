@@ -69,9 +69,9 @@ def pending_deliveries(
     final outcome: ``NoticeDelivered``, or ``NoticeDeliveryFailed`` with ``final``. One
     channel's outcome says nothing of the other's."""
     since = to_utc(now) - window
-    notices = sa.select(events.c.event_id, events.c.account_id, events.c.recorded_at).where(
-        events.c.type == "NoticeIssued", events.c.recorded_at >= since
-    )
+    notices = sa.select(
+        events.c.event_id, events.c.account_id, events.c.recorded_at, _CHOSEN
+    ).where(events.c.type == "NoticeIssued", events.c.recorded_at >= since)
     if up_to_position is not None:
         notices = notices.where(events.c.position <= up_to_position)
     final = events.c.data["final"].as_boolean()
@@ -84,7 +84,7 @@ def pending_deliveries(
     )
     with store.engine.connect() as conn:
         issued = [
-            (str(r[0]), r[1], r[2]) for r in conn.execute(notices.order_by(events.c.position))
+            (str(r[0]), r[1], r[2], r[3]) for r in conn.execute(notices.order_by(events.c.position))
         ]
         return _channels_without(conn, issued, outcomes)
 
@@ -96,11 +96,18 @@ def _outcomes(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     ).where(*where)
 
 
+# The channels a copy an operator sent again was sent on (null: every one, or not a copy).
+_CHOSEN = events.c.data[("resend_of", "channels")]
+
+
 def _channels_without(
-    conn: sa.Connection, issued: Sequence[tuple[str, str, datetime]], outcomes: sa.Select[Any]
+    conn: sa.Connection,
+    issued: Sequence[tuple[str, str, datetime, list[str] | None]],
+    outcomes: sa.Select[Any],
 ) -> list[tuple[str, str]]:
     """``(notice event id, channel)`` for each notice of ``issued`` (event id, account, when it
-    was recorded; in log order) on each channel it goes out on that none of ``outcomes`` names.
+    was recorded, a copy's chosen channels; in log order) on each channel it goes out on that
+    none of ``outcomes`` names (of a copy's chosen channels only: it goes out on no other).
     A notice goes out on each channel its account has a target for (its contact as it is now),
     on e-mail when it has none; one recorded undeliverable (on the channel "none") goes out on
     none. A channel set after the notice was recorded is left out: the notice went out on the
@@ -109,15 +116,17 @@ def _channels_without(
     named: dict[str, set[str]] = {}
     for notice_event_id, channel in conn.execute(outcomes):
         named.setdefault(str(notice_event_id), set()).add(channel)
-    contact_of = _contacts(conn, {account for _, account, _ in issued})
+    contact_of = _contacts(conn, {account for _, account, _, _ in issued})
     no_contact = ContactSince(Contact(None, None), {})
     without = []
-    for event_id, account, recorded_at in issued:
+    for event_id, account, recorded_at, chosen in issued:
         seen = named.get(event_id, set())
         if "none" in seen:  # undeliverable: the account had no contact data
             continue
         channels = contact_of.get(account, no_contact).channels_at(to_utc(recorded_at))
-        without += [(event_id, c) for c in channels if c not in seen]
+        without += [
+            (event_id, c) for c in channels if c not in seen and (chosen is None or c in chosen)
+        ]
     return without
 
 
@@ -193,7 +202,7 @@ def untried_deliveries(
     by when the relay enqueued it, not when it was recorded: a notice that waited in the log
     while the workers were away is enqueued late, and its first message may still be queued."""
     notices = sa.select(
-        events.c.event_id, events.c.account_id, events.c.position, events.c.recorded_at
+        events.c.event_id, events.c.account_id, events.c.position, events.c.recorded_at, _CHOSEN
     ).where(
         events.c.type == "NoticeIssued",
         events.c.position > after_position,
@@ -209,7 +218,8 @@ def untried_deliveries(
             events.c.position > int(rows[0][2]),
             events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
         )
-        return _channels_without(conn, [(str(r[0]), r[1], r[3]) for r in rows], outcomes)
+        issued = [(str(r[0]), r[1], r[3], r[4]) for r in rows]
+        return _channels_without(conn, issued, outcomes)
 
 
 def lost_retries(

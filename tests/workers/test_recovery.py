@@ -151,6 +151,41 @@ def test_a_channel_set_after_a_notice_is_not_sent_it_again(
         system.close()
 
 
+def test_a_copy_sent_on_some_channels_is_sent_again_on_those_only(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Its other channels would only answer ``not_chosen``: they are neither sent nor counted
+    (the re-send's log line counts what it sends)."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        set_contact(system.engine, "acct_copy", "a@customer.test", "https://customer.test/h")
+        first = system.store.get_event(notice_of(system, "acct_copy"))
+        assert first is not None
+        delivered(system, "acct_copy", first.event_id, "email")
+        delivered(system, "acct_copy", first.event_id, "webhook")
+        copies = {
+            chosen: system.service.resend_notice(
+                "acct_copy", first.data["notice_id"], "r", WORKER, channels=chosen
+            )
+            .events[0]
+            .event_id
+            for chosen in (("webhook",), ("email",), None)
+        }
+
+        expected = [
+            (copies[("webhook",)], "webhook"),
+            (copies[("email",)], "email"),
+            (copies[None], "email"),
+            (copies[None], "webhook"),
+        ]
+        assert pending_deliveries(system.store, system.clock()) == expected
+        since = system.clock() - timedelta(days=1)
+        assert untried_deliveries(system.store, 0, system.store.max_position(), since) == expected
+    finally:
+        system.close()
+
+
 def test_an_outcome_or_a_channel_set_at_the_instant_of_its_notice_counts(
     database_url: str, tmp_path: Path
 ) -> None:
