@@ -410,6 +410,13 @@ def _report_v1_to_v2(data: JSON) -> JSON:
     return data
 
 
+def resend_channels(notice_data: JSON) -> list[str] | None:
+    """The channels a ``NoticeIssued`` (its data) goes out on, of its contact's: a copy's
+    chosen ones (``resend_of.channels``), or None for every one."""
+    first = notice_data.get("resend_of")
+    return first.get("channels") if isinstance(first, dict) else None
+
+
 def _notice_v1_to_v2(data: JSON) -> JSON:
     """``NoticeIssued`` before ``resend_of``: each was the first of its decision's notices."""
     data.setdefault("resend_of", None)

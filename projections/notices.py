@@ -30,6 +30,7 @@ from typing import Any
 
 from events import RecordedEvent
 from events.timefmt import format_time, parse_time, to_utc
+from projections.aup_events import resend_channels
 
 NOTICE_TYPES: tuple[str, ...] = ("NoticeIssued", "NoticeDelivered", "NoticeDeliveryFailed")
 CHANNEL_STATES: tuple[str, ...] = ("delivered", "failed_for_good", "retrying", "awaiting")
@@ -133,7 +134,7 @@ def notice_deliveries(
                 data["decision_event_id"],
                 format_time(event.recorded_at),
                 None if not isinstance(first, dict) else first.get("notice_id"),
-                None if not isinstance(first, dict) else first.get("channels"),
+                resend_channels(data),
             )
         elif event.type in ("NoticeDelivered", "NoticeDeliveryFailed"):
             notice = notices.get(data["notice_event_id"])

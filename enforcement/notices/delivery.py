@@ -152,7 +152,7 @@ class NoticeDelivery:
         if notice is None or notice.type != "NoticeIssued":
             log.warning("no NoticeIssued event %s", notice_event_id)
             return "unknown_notice"
-        chosen = (notice.data.get("resend_of") or {}).get("channels")
+        chosen = ev.resend_channels(notice.data)
         if chosen is not None and channel not in chosen:
             return "not_chosen"  # a copy an operator sent on its other channels only
         contact = self.contact(notice.account_id)

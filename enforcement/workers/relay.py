@@ -22,6 +22,7 @@ from enforcement.workers.retrying import CameBack, log_failure, retry_delay, wai
 from events import EventStore, RecordedEvent
 from events.dialects import write_connection
 from events.timefmt import parse_time, to_utc
+from projections.aup_events import resend_channels
 
 log = logging.getLogger("enforcement.relay")
 CHECKPOINT = "relay"
@@ -53,7 +54,7 @@ def messages_for(event: RecordedEvent, channels: tuple[str, ...]) -> list[Messag
     out: list[Message] = []
     if event.type == "NoticeIssued":
         # A copy an operator sent on some channels only goes out on those.
-        chosen = (event.data.get("resend_of") or {}).get("channels")
+        chosen = resend_channels(event.data)
         out += [
             Message("deliver_notice", (event.event_id, channel))
             for channel in channels
