@@ -14,6 +14,8 @@ import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
+
 from enforcement.notices.email import EmailRefused, EmailSender, build_message
 from enforcement.notices.guard import DeliveryGuard, LocalGuard
 from enforcement.notices.templates import render
@@ -52,6 +54,12 @@ class Contact:
         return tuple(c for c, target in with_target if target is not None) or ("email",)
 
 
+def contact_of(engine: Engine, account_id: str) -> Contact:
+    """The account's contact as it is now (no target on either channel when it has none)."""
+    rows = dialects.fetch_all(engine, _CONTACT_SQL[engine.dialect.name], (account_id,))
+    return Contact(None, None) if not rows else Contact(rows[0][0], rows[0][1])
+
+
 def hold_seconds(email: EmailSender, webhook: WebhookSender, record_seconds: float) -> float:
     """How long one delivery may hold its guard: the longer of the senders' deadlines, then
     ``record_seconds`` to record its outcome (the database's timeout)."""
@@ -81,9 +89,12 @@ class NoticeDelivery:
         )
 
     def contact(self, account_id: str) -> Contact:
-        engine = self.store.engine
-        rows = dialects.fetch_all(engine, _CONTACT_SQL[engine.dialect.name], (account_id,))
-        return Contact(None, None) if not rows else Contact(rows[0][0], rows[0][1])
+        return contact_of(self.store.engine, account_id)
+
+    def delivered(self, notice_event_id: str, channel: str) -> bool:
+        """Whether the notice's ``NoticeDelivered`` on ``channel`` is recorded."""
+        key = delivered_key(notice_event_id, channel)
+        return self.store.recorded_for_key(key, key) is not None
 
     def failed_attempts(self, notice_event_id: str, channel: str) -> int:
         """How many failed attempts on ``channel`` are recorded for the notice, by any message
@@ -209,8 +220,7 @@ class NoticeDelivery:
             attempt = number[0]
             if attempt == 1 and not chosen:
                 return "no_target"
-            key = delivered_key(event_id, channel)
-            if self.store.recorded_for_key(key, key) is not None:
+            if self.delivered(event_id, channel):
                 return "already_delivered"
             target = "an e-mail address" if channel == "email" else "a webhook_url"
             error = f"the account's contact no longer has {target}: no try follows"
@@ -225,8 +235,7 @@ class NoticeDelivery:
     ) -> str:
         """Send unless delivered already, and record the outcome."""
         notice_event_id, notice_id = notice.event_id, notice.data["notice_id"]
-        key = delivered_key(notice_event_id, channel)
-        if self.store.recorded_for_key(key, key) is not None:
+        if self.delivered(notice_event_id, channel):
             return "already_delivered"
         rendered = render(notice)
         try:
@@ -261,7 +270,7 @@ class NoticeDelivery:
             notice.account_id,
             notice_event_id,
             ev.NoticeDelivered(notice_id, notice_event_id, channel, attempt),
-            key,
+            delivered_key(notice_event_id, channel),
         )
         return "delivered"
 

@@ -33,6 +33,7 @@ from enforcement.api.schemas import (
 from enforcement.api.shapes import outcome_json
 from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.bootstrap import Container
+from enforcement.notices.delivery import contact_of
 from enforcement.tables import contacts
 from enforcement.tokens import Principal
 from events.dialects import conflict_insert, write_connection
@@ -307,16 +308,8 @@ def resend_notice(
 
 def _has_targets(container: Container, account_id: str, channels: tuple[str, ...]) -> None:
     """409 ``no_target`` unless the account's contact has a target on each of ``channels``."""
-    query = sa.select(contacts.c.email, contacts.c.webhook_url).where(
-        contacts.c.account_id == account_id
-    )
-    with container.engine.connect() as conn:
-        row = conn.execute(query).first()
-    targets = (
-        {"email": None, "webhook": None}
-        if row is None
-        else dict(email=row.email, webhook=row.webhook_url)
-    )
+    contact = contact_of(container.engine, account_id)
+    targets = {"email": contact.email, "webhook": contact.webhook_url}
     missing = [c for c in channels if targets[c] is None]
     if missing:
         field = "e-mail address" if missing[0] == "email" else "webhook_url"
