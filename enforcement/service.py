@@ -729,8 +729,8 @@ class EnforcementService:
     ) -> list[NoticeDeliveries]:
         """The account's notices (recorded since ``issued_since``), oldest first, each with how
         its delivery went on each channel (``projections.notices``)."""
-        events = [e for t in NOTICE_TYPES for e in self.store.read_stream_of_type(account_id, t)]
-        return notice_deliveries(sorted(events, key=lambda e: e.version), issued_since)
+        events = self.store.read_stream_of_types(account_id, NOTICE_TYPES)
+        return notice_deliveries(events, issued_since)
 
     def all_notices(
         self, issued_since: datetime | None = None, progress: Callable[[int], None] | None = None

@@ -39,16 +39,13 @@ class Statements:
         )
         self.postgres = pg
         self._columns, self._mark = columns, p
-        self._all_of_types: dict[int, str] = {}
+        self._of_types_sql: dict[tuple[str, int, str], str] = {}
         self.head = (
             f"SELECT version, hash FROM events WHERE account_id = {p} ORDER BY version DESC LIMIT 1"
         )
         stream = f"SELECT {columns} FROM events WHERE account_id = {p} AND version > {p}"
         self.stream = stream + " ORDER BY version"
         self.stream_limit = stream + f" ORDER BY version LIMIT {p}"
-        self.stream_of_type = (
-            f"SELECT {columns} FROM events WHERE account_id = {p} AND type = {p} ORDER BY version"
-        )
         # Up to the first version recorded after the bound (``EventStore.read_stream``).
         until = (
             f" AND version < coalesce((SELECT min(version) FROM events WHERE account_id = {p}"
@@ -131,15 +128,22 @@ class Statements:
     def all_of_types(self, count: int) -> str:
         """Events of any of ``count`` types after a position, a page in position order
         (``EventStore.iter_all_of_types``): parameters the position, the types, the limit."""
-        sql = self._all_of_types.get(count)
+        p = self._mark
+        return self._of_types(f"position > {p}", count, f"ORDER BY position LIMIT {p}")
+
+    def stream_of_types(self, count: int) -> str:
+        """One stream's events of any of ``count`` types, in version order
+        (``EventStore.read_stream_of_types``): parameters the account, the types."""
+        return self._of_types(f"account_id = {self._mark}", count, "ORDER BY version")
+
+    def _of_types(self, where: str, count: int, then: str) -> str:
+        """``SELECT`` every column of the events ``where`` holds of any of ``count`` types,
+        then ``then``: built once per shape."""
+        sql = self._of_types_sql.get((where, count, then))
         if sql is None:
-            p = self._mark
-            types = ", ".join([p] * count)
-            sql = (
-                f"SELECT {self._columns} FROM events WHERE position > {p} AND type IN ({types}) "
-                f"ORDER BY position LIMIT {p}"
-            )
-            self._all_of_types[count] = sql
+            types = ", ".join([self._mark] * count)
+            sql = f"SELECT {self._columns} FROM events WHERE {where} AND type IN ({types}) {then}"
+            self._of_types_sql[(where, count, then)] = sql
         return sql
 
     def insert_many(self, count: int) -> str:

@@ -473,10 +473,16 @@ class EventStore:
         return decode(rows[0]) if rows else None
 
     def read_stream_of_type(self, account_id: str, event_type: str) -> list[RecordedEvent]:
-        """The events of one stream of type ``event_type``, in version order (the stream's
-        others are neither decoded nor sent: found along the ``(account_id, version)`` index)."""
+        """The events of one stream of type ``event_type``, in version order."""
+        return self.read_stream_of_types(account_id, (event_type,))
+
+    def read_stream_of_types(self, account_id: str, types: Sequence[str]) -> list[RecordedEvent]:
+        """The events of one stream of any of ``types``, in version order, in one read (the
+        stream's others are neither decoded nor sent: found along the ``(account_id,
+        version)`` index)."""
+        statement = self._sql.stream_of_types(len(types))
         decode = decoder(self._sql.postgres)
-        return [decode(r) for r in self._fetch(self._sql.stream_of_type, (account_id, event_type))]
+        return [decode(r) for r in self._fetch(statement, (account_id, *types))]
 
     def iter_stream(self, account_id: str, page_size: int = 1000) -> Iterator[RecordedEvent]:
         """Every event of a stream, in keyset pages (constant memory)."""
