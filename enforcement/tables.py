@@ -29,6 +29,8 @@ contacts = sa.Table(
     # "since always"); a change of its target keeps it (``routes.accounts.set_contact``).
     sa.Column("email_since", UTCDateTime, nullable=True),
     sa.Column("webhook_since", UTCDateTime, nullable=True),
+    # The leader's look at the contacts changed lately (``workers.recovery``).
+    sa.Index("ix_contacts_updated_at", "updated_at"),
 )
 
 # The policies the deployment ran, each from the instant a serving process began with it

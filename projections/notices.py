@@ -12,7 +12,8 @@ Per channel, what holds after its outcomes so far:
 - ``retrying``: failures only, none final: another try is due;
 - ``awaiting``: no outcome yet on a channel the notice goes out on (``with_awaited``: which
   channels those are is not in the log; the contact tells, as the re-send of the notices
-  without an outcome reckons them).
+  without an outcome reckons them, and whether the notice is settled: delivered on a
+  channel, or sent again).
 
 A notice is ``pending`` while a channel is ``retrying`` or ``awaiting`` (or it has no channel
 at all), unless its account had no contact (``none``): then it is over. Once over, it is
@@ -144,17 +145,21 @@ def notice_deliveries(
 
 
 def with_awaited(
-    notices: list[NoticeDeliveries], channels_for: Callable[[str, datetime], tuple[str, ...]]
+    notices: list[NoticeDeliveries],
+    channels_for: Callable[[str, datetime, bool], tuple[str, ...]],
 ) -> list[NoticeDeliveries]:
     """``notices``, each with an ``awaiting`` channel for every channel it goes out on
-    (``channels_for(account, when it was issued)``, of a copy's chosen ones) that has no
-    outcome yet; none for a notice whose account had no contact (``none``: it is over)."""
+    (``channels_for(account, when it was issued, whether it is settled)``, of a copy's chosen
+    ones) that has no outcome yet; none for a notice whose account had no contact (``none``:
+    it is over). A notice is settled once a channel delivered it or a copy of it was sent:
+    a contact whose channels all replaced the notice's since gives such a notice none."""
     for notice in notices:
         named = {c.channel for c in notice.channels}
         if NO_CHANNEL in named:
             continue
         chosen = notice.chosen_channels
-        for channel in channels_for(notice.account_id, parse_time(notice.issued_at)):
+        settled = bool(notice.sent_again_as) or any(c.state == "delivered" for c in notice.channels)
+        for channel in channels_for(notice.account_id, parse_time(notice.issued_at), settled):
             if channel not in named and (chosen is None or channel in chosen):
                 notice.channels.append(ChannelDelivery(channel, "awaiting", 0, None, None))
     return notices

@@ -1,6 +1,7 @@
 """Recovery of notices whose messages a broker lost: the in-memory one at a restart (embedded
 mode), a Redis that lost its data (``redis_watch.RedisWatch``), or a retry the broker could not
-take (``lost_retries``).
+take (``lost_retries``); and of notices that a changed contact gives a channel their messages
+did not have (``contact_changed_deliveries``).
 
 The relay's checkpoint has already moved past the ``NoticeIssued`` events it enqueued. Every
 recent notice without a final outcome in the log (``NoticeDelivered``, or
@@ -40,6 +41,12 @@ UNTRIED_CHECKPOINT = "notice-untried-until-position"
 # (microseconds since the epoch, after the prefix), holding the position. Everything at or
 # before the position was in the broker by then.
 RELAY_SEEN_PREFIX = "notice-relay-seen-at-us:"
+# How far the contacts changed were looked at (``contact_changed_deliveries``): the leader's
+# clock at the last look, in microseconds since the epoch (a time, not a log position).
+CONTACTS_CHECKPOINT = "notice-contacts-until-us"
+# How far back before the last look the next one looks at contacts again: ``PUT …/contact``
+# stamps a change with its own process's clock, which may be behind the leader's.
+CONTACT_CLOCK_MARGIN = timedelta(minutes=1)
 
 
 def notices_without_outcome(
@@ -86,14 +93,24 @@ def pending_deliveries(
         issued = [
             (str(r[0]), r[1], r[2], r[3]) for r in conn.execute(notices.order_by(events.c.position))
         ]
-        return _channels_without(conn, issued, outcomes)
+        copies = _copies(events.c.recorded_at >= since)
+        return _channels_without(conn, issued, outcomes, copies)
 
 
 def _outcomes(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
-    """``(notice event id, channel)`` of the delivery outcomes ``where`` selects."""
+    """``(notice event id, channel, type)`` of the delivery outcomes ``where`` selects."""
     return sa.select(
-        events.c.data["notice_event_id"].as_string(), events.c.data["channel"].as_string()
+        events.c.data["notice_event_id"].as_string(),
+        events.c.data["channel"].as_string(),
+        events.c.type,
     ).where(*where)
+
+
+def _copies(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The event ids of the notices an operator sent again (``resend_of``) in a copy that
+    ``where`` selects."""
+    first = events.c.data[("resend_of", "notice_event_id")].as_string()
+    return sa.select(first).where(events.c.type == "NoticeIssued", first.is_not(None), *where)
 
 
 # The channels a copy an operator sent again was sent on (null: every one, or not a copy).
@@ -104,6 +121,7 @@ def _channels_without(
     conn: sa.Connection,
     issued: Sequence[tuple[str, str, datetime, list[str] | None]],
     outcomes: sa.Select[Any],
+    copies: sa.Select[Any],
 ) -> list[tuple[str, str]]:
     """``(notice event id, channel)`` for each notice of ``issued`` (event id, account, when it
     was recorded, a copy's chosen channels; in log order) on each channel it goes out on that
@@ -112,10 +130,17 @@ def _channels_without(
     on e-mail when it has none; one recorded undeliverable (on the channel "none") goes out on
     none. A channel set after the notice was recorded is left out: the notice went out on the
     others then (a webhook added months later is not sent two weeks of old notices), unless
-    every channel is newer than it: it then goes out on those rather than on none."""
+    every channel is newer than it and the notice is not settled: it then goes out on those
+    rather than on none. A notice is settled once a channel delivered it (``outcomes``), or
+    an operator sent a copy of it (``copies``): the account has it, or the copy, and a contact
+    that replaced the channels it went out on is not sent it a second time."""
     named: dict[str, set[str]] = {}
-    for notice_event_id, channel in conn.execute(outcomes):
+    settled: set[str] = set()
+    for notice_event_id, channel, kind in conn.execute(outcomes):
         named.setdefault(str(notice_event_id), set()).add(channel)
+        if kind == "NoticeDelivered":
+            settled.add(str(notice_event_id))
+    settled.update(str(first) for (first,) in conn.execute(copies))
     contact_of = _contacts(conn, {account for _, account, _, _ in issued})
     no_contact = ContactSince(Contact(None, None), {})
     without = []
@@ -123,7 +148,8 @@ def _channels_without(
         seen = named.get(event_id, set())
         if "none" in seen:  # undeliverable: the account had no contact data
             continue
-        channels = contact_of.get(account, no_contact).channels_at(to_utc(recorded_at))
+        contact = contact_of.get(account, no_contact)
+        channels = contact.channels_at(to_utc(recorded_at), settled=event_id in settled)
         without += [
             (event_id, c) for c in channels if c not in seen and (chosen is None or c in chosen)
         ]
@@ -132,17 +158,18 @@ def _channels_without(
 
 def notice_channels(
     engine: sa.Engine, accounts: set[str]
-) -> Callable[[str, datetime], tuple[str, ...]]:
-    """The channels a notice of one of ``accounts`` recorded at an instant goes out on, as the
-    re-send of the notices without an outcome reckons them (``_channels_without``): its
-    contact's as it is now that were set by then (all of them if none was), e-mail when it
-    has none (to be recorded undeliverable)."""
+) -> Callable[[str, datetime, bool], tuple[str, ...]]:
+    """The channels a notice of one of ``accounts`` recorded at an instant, settled or not,
+    goes out on, as the re-send of the notices without an outcome reckons them
+    (``_channels_without``): its contact's as it is now that were set by then (all of them if
+    none was and the notice is not settled), e-mail when it has none (to be recorded
+    undeliverable)."""
     with engine.connect() as conn:
         contact_of = _contacts(conn, accounts)
     no_contact = ContactSince(Contact(None, None), {})
 
-    def channels(account: str, moment: datetime) -> tuple[str, ...]:
-        return contact_of.get(account, no_contact).channels_at(to_utc(moment))
+    def channels(account: str, moment: datetime, settled: bool) -> tuple[str, ...]:
+        return contact_of.get(account, no_contact).channels_at(to_utc(moment), settled)
 
     return channels
 
@@ -155,12 +182,13 @@ class ContactSince:
     contact: Contact
     since: dict[str, datetime | None]
 
-    def channels_at(self, moment: datetime) -> tuple[str, ...]:
+    def channels_at(self, moment: datetime, settled: bool = False) -> tuple[str, ...]:
         """The channels a notice recorded at ``moment`` goes out on: those set by then, or all
-        of them if none was."""
+        of them if none was, unless the notice is ``settled`` (delivered on a channel, or sent
+        again): then none."""
         channels = self.contact.channels
         then = tuple(c for c in channels if self._set_by(c, moment))
-        return then or channels
+        return then if then or settled else channels
 
     def _set_by(self, channel: str, moment: datetime) -> bool:
         since = self.since.get(channel)
@@ -219,7 +247,60 @@ def untried_deliveries(
             events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
         )
         issued = [(str(r[0]), r[1], r[3], r[4]) for r in rows]
-        return _channels_without(conn, issued, outcomes)
+        copies = _copies(events.c.position > int(rows[0][2]))  # a copy comes after its notice
+        return _channels_without(conn, issued, outcomes, copies)
+
+
+def contact_changed_deliveries(
+    store: EventStore,
+    changed_after: datetime,
+    changed_until: datetime,
+    up_to_position: int,
+    now: datetime,
+) -> list[tuple[str, str]]:
+    """``(notice event id, channel)`` of each ``NoticeIssued`` recorded within the recovery
+    window, at or before ``up_to_position``, of an account whose contact was changed in
+    ``(changed_after, changed_until]``, on each channel it goes out on (``pending_deliveries``)
+    that has nothing recorded at all: no delivery, no attempt, not undeliverable.
+
+    Such a channel is one the contact gave the notice only since it changed: its message
+    found no target then and recorded nothing (a webhook-only contact replaced by an e-mail
+    address: the notice goes out by e-mail, unless it is settled). Nothing else would send it
+    before the next re-send of the notices without an outcome (a restart). ``up_to_position``
+    is a relay position seen longer ago than any retry waits, as for ``untried_deliveries``:
+    a message enqueued since may still be queued, and goes to the contact as it is when it
+    runs (sent here too, it would go out twice); a notice after it is judged by
+    ``untried_deliveries`` later, with the contact as it is then."""
+    changed = sa.select(contacts.c.account_id).where(
+        contacts.c.updated_at > to_utc(changed_after),
+        contacts.c.updated_at <= to_utc(changed_until),
+    )
+    since = to_utc(now) - RECOVERY_WINDOW
+    found: list[tuple[str, str]] = []
+    with store.engine.connect() as conn:
+        accounts = sorted(str(account) for (account,) in conn.execute(changed))
+        for start in range(0, len(accounts), 500):
+            chunk = events.c.account_id.in_(accounts[start : start + 500])
+            notices = sa.select(
+                events.c.event_id, events.c.account_id, events.c.recorded_at, _CHOSEN
+            ).where(
+                chunk,
+                events.c.type == "NoticeIssued",
+                events.c.recorded_at >= since,
+                events.c.position <= up_to_position,
+            )
+            issued = [
+                (str(r[0]), r[1], r[2], r[3])
+                for r in conn.execute(notices.order_by(events.c.position))
+            ]
+            if issued:
+                delivery = ("NoticeDelivered", "NoticeDeliveryFailed")
+                outcomes = _outcomes(
+                    chunk, events.c.type.in_(delivery), events.c.recorded_at >= since
+                )
+                copies = _copies(chunk, events.c.recorded_at >= since)
+                found += _channels_without(conn, issued, outcomes, copies)
+    return found
 
 
 def lost_retries(
@@ -270,8 +351,10 @@ def _followed(store: EventStore, notice: str, channel: str, attempt: int, most: 
 
 class LostRetryScan:
     """The leader's periodic look for failed attempts whose retry was lost (``lost_retries``),
-    and for relayed notices whose message died without any attempt recorded
-    (``untried_deliveries``).
+    for relayed notices whose message died without any attempt recorded
+    (``untried_deliveries``), and for relayed notices of accounts whose contact changed since
+    the last look that have a channel with nothing recorded (``contact_changed_deliveries``:
+    changes since ``CONTACT_CLOCK_MARGIN`` before the last look, ``CONTACTS_CHECKPOINT``).
 
     Each look takes the attempts recorded since the previous look up to ``lost_after`` ago, so
     each attempt is looked at once, when it is that old. How far the looks reached is kept in
@@ -347,12 +430,15 @@ class LostRetryScan:
         enqueued = max(seen.values(), default=0)
         if enqueued > marks.judged:
             lost += untried_deliveries(self.store, marks.judged, enqueued, now - RECOVERY_WINDOW)
+        lost += contact_changed_deliveries(
+            self.store, _contacts_after(marks.contacts_micros, now), now, enqueued, now
+        )
         lost = list(dict.fromkeys(lost))
         if not leads():
             return []
         send(lost)
         if leads():
-            self._reach(until, enqueued, list(seen))
+            self._reach(until, enqueued, list(seen), now)
         return lost
 
     def relay_positions_seen(self) -> dict[datetime, int]:
@@ -361,7 +447,12 @@ class LostRetryScan:
 
     def _marks(self) -> _Marks:
         """The checkpoints a look starts from, in one query."""
-        named = (RELAY_CHECKPOINT, LOST_RETRIES_CHECKPOINT, UNTRIED_CHECKPOINT)
+        named = (
+            RELAY_CHECKPOINT,
+            LOST_RETRIES_CHECKPOINT,
+            UNTRIED_CHECKPOINT,
+            CONTACTS_CHECKPOINT,
+        )
         query = sa.select(checkpoints.c.name, checkpoints.c.position).where(
             sa.or_(
                 checkpoints.c.name.in_(named),
@@ -374,6 +465,7 @@ class LostRetryScan:
             relayed=position.get(RELAY_CHECKPOINT, 0),
             scanned_micros=position.get(LOST_RETRIES_CHECKPOINT, 0),
             judged=position.get(UNTRIED_CHECKPOINT, 0),
+            contacts_micros=position.get(CONTACTS_CHECKPOINT, 0),
             seen={
                 EPOCH + timedelta(microseconds=int(name[len(RELAY_SEEN_PREFIX) :])): value
                 for name, value in position.items()
@@ -388,12 +480,14 @@ class LostRetryScan:
         with write_connection(self.store.engine) as conn, conn.begin():
             self.store.advance_checkpoint(conn, _seen_name(at), position)
 
-    def _reach(self, until: datetime, enqueued: int, seen: list[datetime]) -> None:
-        """Move both checkpoints on (the position never back, whoever writes last: the database
-        keeps the greater; the time to this look's ``until``, back too when a clock ahead wrote
-        it) and drop the relay positions ``seen`` that this look took up, in one transaction."""
+    def _reach(self, until: datetime, enqueued: int, seen: list[datetime], now: datetime) -> None:
+        """Move the checkpoints on (the position never back, whoever writes last: the database
+        keeps the greater; the times to this look's ``until`` and ``now``, back too when a clock
+        ahead wrote them) and drop the relay positions ``seen`` that this look took up, in one
+        transaction."""
         with write_connection(self.store.engine) as conn, conn.begin():
             self.store.set_checkpoint(conn, LOST_RETRIES_CHECKPOINT, _micros(until))
+            self.store.set_checkpoint(conn, CONTACTS_CHECKPOINT, _micros(now))
             self.store.advance_checkpoint(conn, UNTRIED_CHECKPOINT, enqueued)
             names = [_seen_name(at) for at in seen]
             if names:
@@ -407,7 +501,19 @@ class _Marks:
     relayed: int  # the relay's position
     scanned_micros: int  # ``LOST_RETRIES_CHECKPOINT``, 0 before the first look
     judged: int  # ``UNTRIED_CHECKPOINT``
+    contacts_micros: int  # ``CONTACTS_CHECKPOINT``, 0 before the first look
     seen: dict[datetime, int]  # the relay positions seen (``RELAY_SEEN_PREFIX``), by when
+
+
+def _contacts_after(micros: int, now: datetime) -> datetime:
+    """Where a look at ``now`` begins to look at contacts changed: ``CONTACT_CLOCK_MARGIN``
+    before the last look (or before ``now``, when a clock ahead made that look), at most the
+    recovery window back (the first look ever)."""
+    last = _scanned_until(micros)
+    earliest = now - RECOVERY_WINDOW
+    if last is None:
+        return earliest
+    return max(earliest, min(last, now) - CONTACT_CLOCK_MARGIN)
 
 
 def _scanned_until(micros: int) -> datetime | None:

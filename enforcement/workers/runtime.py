@@ -286,14 +286,17 @@ def start_background(
         )
 
         def resend_lost_retries(stepping_down: threading.Event) -> None:
-            """Send again the deliveries whose failed attempt's retry the broker could not take
-            (``recovery.LostRetryScan``). Delivery numbers its attempts on from those recorded,
-            so the notice's limit of attempts holds."""
+            """Send again the deliveries whose failed attempt's retry the broker could not take,
+            and send those a changed contact gave a channel (``recovery.LostRetryScan``).
+            Delivery numbers its attempts on from those recorded, so the notice's limit of
+            attempts holds."""
             leads = functools.partial(still_leads, leader, stepping_down)
             lost = lost_retry_scan.run(send_deliveries, leads)
             if lost:
                 log.warning(
-                    "re-sent %d notice deliveries whose retry or first message was lost", len(lost)
+                    "re-sent %d notice deliveries whose retry or first message was lost, or "
+                    "that a changed contact gave a channel",
+                    len(lost),
                 )
 
         helpers_started: list[threading.Thread] = []  # and not seen ended yet

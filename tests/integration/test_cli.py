@@ -229,7 +229,7 @@ def unusable_databases(tmp_path: Path) -> list[tuple[str, str]]:
         (f"sqlite:///{empty}", "has no schema; run `enforcement init`"),
         (
             older,
-            "is at schema revision 0002_read_models, this release needs 0005_policy_activations",
+            "is at schema revision 0002_read_models, this release needs 0006_contacts_updated_at",
         ),
     ]
 

@@ -247,3 +247,42 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
         bad = run("notices", *args)
         assert bad.exit_code == 2, args
         assert message in bad.stderr, (args, bad.stderr)
+
+
+def test_a_notice_a_channel_delivered_awaits_no_channel_of_a_contact_that_replaced_it(
+    api: ApiSystem,
+) -> None:
+    """A webhook-only contact replaced by an e-mail address (``PUT …/contact``, after the
+    notices): a notice the webhook refused for good awaits the e-mail (it goes out on it), one
+    the webhook delivered stays ``delivered`` (it is settled: it is not sent again by e-mail)."""
+    operator = {"Authorization": f"Bearer {api.tokens[Role.OPERATOR]}"}
+    clock: FakeClock = api.system.clock  # type: ignore[assignment]
+    contact = f"/v1/accounts/{ACCOUNT}/contact"
+    hook = {"email": None, "webhook_url": "https://customer.test/hook"}
+    assert api.client.put(contact, json=hook, headers=operator).status_code == 200
+    notices = []
+    for _ in range(2):
+        report = ViolationReport("spam", clock(), description="bulk mail")
+        outcome = api.system.service.report_violation(ACCOUNT, report, REPORTER)
+        notices.append(notice_of(outcome.events))
+    reached, refused = notices
+    for notice, payload in (
+        (reached, ev.NoticeDelivered(reached.data["notice_id"], reached.event_id, "webhook", 1)),
+        (refused, ev.NoticeDeliveryFailed(
+            refused.data["notice_id"], refused.event_id, "webhook", 1, "HTTP 410", True
+        )),
+    ):  # fmt: skip
+        api.system.service.record_fact(ACCOUNT, payload, WORKER, causation_id=notice.event_id)
+    clock.advance(timedelta(hours=1))
+    email = {"email": "owner@customer.test", "webhook_url": None}
+    assert api.client.put(contact, json=email, headers=operator).status_code == 200
+
+    answer = api.client.get(f"/v1/accounts/{ACCOUNT}/notices", headers=operator)
+    listed = [
+        (n["notice_event_id"], n["state"], [(c["channel"], c["state"]) for c in n["channels"]])
+        for n in answer.json()["notices"]
+    ]
+    assert listed == [
+        (reached.event_id, "delivered", [("webhook", "delivered")]),
+        (refused.event_id, "pending", [("webhook", "failed_for_good"), ("email", "awaiting")]),
+    ]

@@ -226,10 +226,10 @@ def test_the_channels_without_an_outcome_are_awaited() -> None:
     log.failed(nobody, "none", 1, final=True)
     log.account = "acct_2"
     log.notice("ntc_3")
-    asked: list[tuple[str, datetime]] = []
+    asked: list[tuple[str, datetime, bool]] = []
 
-    def channels_for(account: str, issued: datetime) -> tuple[str, ...]:
-        asked.append((account, issued))
+    def channels_for(account: str, issued: datetime, settled: bool) -> tuple[str, ...]:
+        asked.append((account, issued, settled))
         return ("email", "webhook") if account == "acct_1" else ("email",)
 
     found = with_awaited(notice_deliveries(log.events), channels_for)
@@ -252,9 +252,41 @@ def test_the_channels_without_an_outcome_are_awaited() -> None:
     }
     assert [(c.channel, c.state) for c in found[2].channels] == [("email", "awaiting")]
     assert asked == [
-        ("acct_1", T0 + timedelta(minutes=1)),
-        ("acct_2", T0 + timedelta(minutes=5)),
+        ("acct_1", T0 + timedelta(minutes=1), False),
+        ("acct_2", T0 + timedelta(minutes=5), False),
     ]
+
+
+def test_a_notice_delivered_on_a_channel_or_sent_again_is_asked_for_as_settled() -> None:
+    """A notice a channel delivered, or that an operator sent a copy of, is settled: the
+    contact's channels set after it (``channels_for`` as the contact reckons them) are not
+    awaited for it; one failed on every channel and not copied is not settled."""
+    log = Log()
+    reached = log.notice("ntc_1")
+    log.failed(reached, "webhook", 1, final=False)
+    log.delivered(reached, "webhook", 2)
+    failed = log.notice("ntc_2")
+    log.failed(failed, "webhook", 5, final=True)
+    copied = log.notice("ntc_3")
+    log.failed(copied, "webhook", 5, final=True)
+    log.notice("ntc_4", copy_of=copied)
+    asked: list[bool] = []
+
+    def channels_for(account: str, issued: datetime, settled: bool) -> tuple[str, ...]:
+        asked.append(settled)
+        return () if settled else ("email",)  # the webhook replaced by an e-mail address since
+
+    found = with_awaited(notice_deliveries(log.events), channels_for)
+
+    assert [(n.notice_id, n.state) for n in found] == [
+        ("ntc_1", "delivered"),
+        ("ntc_2", "pending"),
+        ("ntc_3", "sent_again"),
+        ("ntc_4", "pending"),
+    ]
+    assert [c.channel for c in found[1].channels] == ["webhook", "email"]
+    assert [c.channel for c in found[2].channels] == ["webhook"]
+    assert asked == [True, False, True, False]
 
 
 def test_the_logs_notices_of_every_account_and_those_issued_since_an_instant() -> None:

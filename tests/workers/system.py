@@ -121,10 +121,11 @@ def set_contact(
     account_id: str,
     email: str | None = None,
     webhook_url: str | None = None,
-    **since: datetime,
+    updated_at: datetime | None = None,
+    **since: datetime | None,
 ) -> None:
-    """Store the account's contact; ``email_since`` and ``webhook_since`` are NULL (since
-    always) unless given."""
+    """Store the account's contact, changed at ``updated_at`` (default: now);
+    ``email_since`` and ``webhook_since`` are NULL (since always) unless given."""
     with engine.begin() as conn:
         conn.execute(contacts.delete().where(contacts.c.account_id == account_id))
         conn.execute(
@@ -132,7 +133,7 @@ def set_contact(
                 account_id=account_id,
                 email=email,
                 webhook_url=webhook_url,
-                updated_at=datetime.now(UTC),
+                updated_at=datetime.now(UTC) if updated_at is None else updated_at,
                 **since,
             )
         )

@@ -39,7 +39,7 @@ from enforcement.settings import Settings
 from enforcement.workers import runtime
 from enforcement.workers.actors import QUEUE, Actors, register_actors
 from enforcement.workers.broker import make_broker
-from enforcement.workers.recovery import LostRetryScan
+from enforcement.workers.recovery import UNTRIED_CHECKPOINT, LostRetryScan
 from enforcement.workers.relay import CHECKPOINT, Message
 from enforcement.workers.runtime import build_actors, retry_lost_after, start_runtime
 from events import RecordedEvent
@@ -463,7 +463,10 @@ def test_a_retry_the_broker_could_not_take_is_sent_again(
             ("NoticeDeliveryFailed", "webhook", 1, False),
             ("NoticeDelivered", "webhook", 2, None),
         ]
-        resent = "re-sent 1 notice deliveries whose retry or first message was lost"
+        resent = (
+            "re-sent 1 notice deliveries whose retry or first message was lost, or that a "
+            "changed contact gave a channel"
+        )
         wait_until(lambda: resent in caplog.messages, "the leader to say what it re-sent")
         # not before the longest retry wait and the margin had passed
         times = [r.at for r in receiver.for_event(notice.event_id)]
@@ -560,6 +563,62 @@ def test_a_notice_whose_every_try_failed_before_recording_anything_is_sent_again
     finally:
         system.close()
         receiver.close()
+
+
+def test_a_webhook_replaced_by_an_email_address_gets_its_failed_notice_by_email_at_once(
+    sqlite_db: str, broker_url: str | None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A notice whose webhook refused it for good: once an operator replaces the webhook with
+    an e-mail address, the leader's next look sends it by e-mail, not the next restart. One
+    the webhook delivered is not sent a second time by e-mail (it is settled). The change comes
+    after the look for untried deliveries judged both notices, so it is this look that sends."""
+    refusing = Receiver(fail_first=100)
+    accepting = Receiver()
+    settings = fast_settings(
+        sqlite_db, tmp_path, redis_url=broker_url, notice_retries=0, sweep_seconds=0.1
+    )
+    caplog.set_level(logging.WARNING, logger="enforcement.workers")
+    system = System(settings)
+    try:
+        system.contact("acct_refused", webhook_url=refusing.url)
+        system.contact("acct_reached", webhook_url=accepting.url)
+        refused, reached = (
+            next(e for e in system.report(a).events if e.type == "NoticeIssued")
+            for a in ("acct_refused", "acct_reached")
+        )
+        wait_until(
+            lambda: (
+                delivered_once_each(system.store, [reached.event_id], ["webhook"])
+                and [e.data["final"] for e in system.outcomes(refused.event_id)] == [True]
+            ),
+            "the one webhook to deliver and the other to refuse for good",
+        )
+        wait_until(
+            lambda: untried_position(system) >= reached.position,
+            "the leader to judge both notices' first messages",
+        )
+        changed = datetime.now(UTC)
+        for account in ("acct_refused", "acct_reached"):
+            set_contact(system.container.engine, account, "o@customer.test", email_since=changed)
+
+        wait_until(
+            lambda: delivered_once_each(system.store, [refused.event_id], ["email"]),
+            "the refused notice to go out by e-mail",
+        )
+        resent = [m for m in caplog.messages if m.startswith("re-sent ")]
+        assert resent and all(m.startswith("re-sent 1 notice deliveries") for m in resent)
+        assert [e.data["channel"] for e in system.outcomes(reached.event_id)] == ["webhook"]
+        assert len(accepting.for_event(reached.event_id)) == 1
+    finally:
+        system.close()
+        refusing.close()
+        accepting.close()
+
+
+def untried_position(system: System) -> int:
+    """How far the leader's look for untried deliveries judged the relayed notices."""
+    with system.container.engine.connect() as conn:
+        return system.store.get_checkpoint(conn, UNTRIED_CHECKPOINT)
 
 
 def test_a_try_cut_off_at_its_time_limit_names_its_notice(

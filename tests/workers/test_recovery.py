@@ -22,11 +22,13 @@ from enforcement.notices.delivery import (
 from enforcement.service import Actor
 from enforcement.tables import contacts
 from enforcement.workers.recovery import (
+    CONTACTS_CHECKPOINT,
     LOST_RETRIES_CHECKPOINT,
     RECOVERY_WINDOW,
     UNTRIED_CHECKPOINT,
     LostRetryScan,
     _contacts,
+    contact_changed_deliveries,
     lost_retries,
     notices_without_outcome,
     pending_deliveries,
@@ -667,5 +669,178 @@ def test_a_look_reads_the_checkpoints_in_one_query(database_url: str, tmp_path: 
             sa.event.remove(system.engine, "before_cursor_execute", note)
         assert len(reads) == 1
         assert untried_until(system) == 100
+    finally:
+        system.close()
+
+
+def copy_of(system: Container, account: str, notice: str) -> str:
+    """An operator's copy of ``notice`` (``POST …/resend``), to every channel."""
+    first = system.store.get_event(notice)
+    assert first is not None
+    outcome = system.service.resend_notice(account, first.data["notice_id"], "r", WORKER)
+    return outcome.events[0].event_id
+
+
+def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A notice whose every channel is newer than it goes out on those, unless it is settled:
+    a channel delivered it, or an operator sent a copy of it. A webhook-only contact replaced
+    by an e-mail address then does not get a second time, by e-mail, what its webhook
+    delivered (or the copy, and the notice it copies) at the next re-send; a notice that
+    failed on the webhook and was not copied goes out by e-mail."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        accounts = ("acct_reached", "acct_copied", "acct_failed")
+        month_ago = system.clock() - timedelta(days=30)
+        for account in accounts:
+            hook = "https://customer.test/hook"
+            set_contact(system.engine, account, webhook_url=hook, webhook_since=month_ago)
+        notices = {account: notice_of(system, account) for account in accounts}
+        failed(system, "acct_reached", notices["acct_reached"], "webhook", final=False)
+        delivered(system, "acct_reached", notices["acct_reached"], "webhook")
+        for account in ("acct_copied", "acct_failed"):
+            failed(system, account, notices[account], "webhook", final=True)
+        copy = copy_of(system, "acct_copied", notices["acct_copied"])
+        failed(system, "acct_copied", copy, "webhook", final=True)
+        now = system.clock()
+        for account in accounts:  # the webhook replaced by an e-mail address
+            set_contact(system.engine, account, "owner@customer.test", email_since=now)
+
+        expected = [(notices["acct_failed"], "email"), (copy, "email")]
+        assert pending_deliveries(system.store, system.clock()) == expected
+        everything = untried_deliveries(system.store, 0, system.store.max_position(), month_ago)
+        assert everything == expected
+    finally:
+        system.close()
+
+
+def change_contact(
+    system: Container,
+    account: str,
+    at: datetime,
+    email: str | None = None,
+    webhook_url: str | None = None,
+) -> None:
+    """``PUT …/contact`` at ``at``: the contact replaced, each channel given set since then."""
+    set_contact(
+        system.engine,
+        account,
+        email,
+        webhook_url,
+        updated_at=at,
+        email_since=None if email is None else at,
+        webhook_since=None if webhook_url is None else at,
+    )
+
+
+def test_the_notices_a_changed_contact_gives_a_channel_are_those_with_nothing_on_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Of the accounts whose contact changed in the range, the notices up to the position
+    given that the contact now gives a channel with nothing recorded on it: the webhook's
+    notice retrying, or failed for good, gets the e-mail that replaced it; not one the webhook
+    delivered, nor one after the position, nor one older than the recovery window, nor one
+    whose account had no contact, nor an account changed outside the range."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        start = system.clock()
+        month_ago = start - timedelta(days=30)
+        names = ("retrying", "failed", "reached", "nobody", "same", "late")
+        accounts = {name: f"acct_{name}" for name in names}
+        for name, account in accounts.items():
+            if name != "nobody":
+                change_contact(system, account, month_ago, webhook_url="https://customer.test/h")
+        notices = {name: notice_of(system, account) for name, account in accounts.items()}
+        failed(system, accounts["retrying"], notices["retrying"], "webhook", final=False)
+        failed(system, accounts["failed"], notices["failed"], "webhook", final=True)
+        delivered(system, accounts["reached"], notices["reached"], "webhook")
+        failed(system, accounts["nobody"], notices["nobody"], "none", final=True)
+        relayed = system.store.get_event(notices["same"])
+        assert relayed is not None
+        changed = system.clock()
+        for name in ("retrying", "failed", "reached", "nobody", "late"):
+            change_contact(system, accounts[name], changed, email="owner@customer.test")
+        change_contact(system, accounts["same"], changed - timedelta(hours=1), email="o@c.test")
+
+        def look(after: datetime, until: datetime, now: datetime) -> list[tuple[str, str]]:
+            return contact_changed_deliveries(system.store, after, until, relayed.position, now)
+
+        in_range = look(changed - timedelta(seconds=1), changed, changed)
+        assert in_range == [(notices["retrying"], "email"), (notices["failed"], "email")]
+        assert look(changed, changed + timedelta(hours=1), changed) == []  # after is excluded
+        assert look(changed - timedelta(seconds=2), changed - timedelta(seconds=1), changed) == []
+        first = system.store.get_event(notices["retrying"])
+        assert first is not None
+        window_end = to_utc(first.recorded_at) + RECOVERY_WINDOW
+        assert look(changed - timedelta(seconds=1), changed, window_end) == in_range
+        past_it = window_end + timedelta(microseconds=1)
+        assert look(changed - timedelta(seconds=1), changed, past_it) == [
+            (notices["failed"], "email")
+        ]
+    finally:
+        system.close()
+
+
+def contacts_until(system: Container) -> datetime:
+    with system.engine.connect() as conn:
+        micros = system.store.get_checkpoint(conn, CONTACTS_CHECKPOINT)
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def test_each_look_takes_the_contacts_changed_since_a_minute_before_the_last_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The leader's look (``LostRetryScan``) sends the notices of the accounts whose contact
+    changed since ``CONTACT_CLOCK_MARGIN`` before its last look (a process whose clock is
+    behind stamps its change earlier), over the recovery window at the first look ever; it
+    moves the checkpoint to its own time once it sent them (back, when a clock ahead wrote
+    it), and not when it no longer leads."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        month_ago = system.clock() - timedelta(days=30)
+        for account in ("acct_a", "acct_b"):
+            change_contact(system, account, month_ago, webhook_url="https://customer.test/h")
+        a, b = notice_of(system, "acct_a"), notice_of(system, "acct_b")
+        for account, notice in (("acct_a", a), ("acct_b", b)):
+            failed(system, account, notice, "webhook", final=True)
+        relay_to(system, system.store.max_position())
+        with system.engine.begin() as conn:  # both judged by earlier looks, with their webhook
+            system.store.set_checkpoint(conn, UNTRIED_CHECKPOINT, system.store.max_position())
+        t = system.clock()
+        sent: list[list[tuple[str, str]]] = []
+
+        def look(at: datetime, leads: bool = True) -> list[tuple[str, str]]:
+            return leader(system, at).run(sent.append, lambda: leads)
+
+        change_contact(system, "acct_a", t + timedelta(days=1), email="a@customer.test")
+        first = t + timedelta(days=2)
+        assert look(first) == [(a, "email")]  # the first look ever: the window back
+        assert contacts_until(system) == first
+        # Stamped 30 s before that look by a clock behind the leader's, written after it.
+        change_contact(system, "acct_b", first - timedelta(seconds=30), email="b@customer.test")
+        second = first + timedelta(minutes=5)
+        assert look(second) == [(b, "email")]
+        third = second + timedelta(minutes=5)
+        assert look(third) == []
+        assert sent == [[(a, "email")], [(b, "email")], []]
+
+        change_contact(system, "acct_a", third + timedelta(minutes=1), email="a2@customer.test")
+        assert look(third + timedelta(minutes=5), leads=False) == []
+        assert contacts_until(system) == third  # not moved by a look that no longer leads
+        assert look(third + timedelta(minutes=5)) == [(a, "email")]
+
+        # A checkpoint a day ahead (a leader whose clock was ahead wrote it): this look takes
+        # the changes since a minute before its own time, and moves the checkpoint back.
+        fourth = third + timedelta(minutes=10)
+        with system.engine.begin() as conn:
+            ahead = (to_utc(fourth) + timedelta(days=1) - EPOCH) // timedelta(microseconds=1)
+            system.store.set_checkpoint(conn, CONTACTS_CHECKPOINT, ahead)
+        change_contact(system, "acct_b", fourth - timedelta(seconds=30), email="b2@c.test")
+        assert look(fourth) == [(b, "email")]
+        assert contacts_until(system) == fourth
     finally:
         system.close()
