@@ -737,8 +737,10 @@ class EnforcementService:
     ) -> list[NoticeDeliveries]:
         """Every account's notices (recorded since ``issued_since``), in log order, each with
         how its delivery went: one pass over the log's notices and outcomes (``progress`` is
-        told the position reached)."""
-        events = self.store.iter_all_of_types(NOTICE_TYPES, progress=progress)
+        told the position reached), from the first event recorded since ``issued_since``
+        (``EventStore.position_before``: a notice's outcomes and copies come after it)."""
+        after = 0 if issued_since is None else self.store.position_before(issued_since)
+        events = self.store.iter_all_of_types(NOTICE_TYPES, after, progress=progress)
         return notice_deliveries(events, issued_since)
 
     def resend_notice(

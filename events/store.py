@@ -543,6 +543,20 @@ class EventStore:
             if len(page) < page_size:
                 return
 
+    def position_before(self, recorded_since: datetime) -> int:
+        """A position after which lies every event recorded at or after ``recorded_since``:
+        one less than the smallest such event's (the last position when there is none), read
+        along the ``recorded_at`` index. Positions follow commit order and times need not
+        (a clock stepped back): it is the smallest position, not the earliest time's."""
+        last = self.max_position()  # read first: an event appended after it lies after it
+        with self.engine.connect() as conn:
+            first = conn.execute(
+                sa.select(sa.func.min(events.c.position)).where(
+                    events.c.recorded_at >= to_utc(recorded_since)
+                )
+            ).scalar_one()
+        return last if first is None else int(first) - 1
+
     def max_position(self) -> int:
         with self.engine.connect() as conn:
             return int(

@@ -19,7 +19,7 @@ from enforcement.cli_output import console
 from enforcement.notices.delivery import WORKER, delivered_key, failed_key, undeliverable_key
 from enforcement.policy import ViolationReport
 from enforcement.roles import Role
-from events import RecordedEvent
+from events import EventStore, RecordedEvent
 from projections import aup_events as ev
 
 ACCOUNT = "acct_notices"
@@ -219,11 +219,22 @@ def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
     ]
     sent_anywhere = json.loads(run("notices", "--all", "--state", "sent_again", "--json").stdout)
     assert sent_anywhere == {"notices": listed[:1]}
+    starts: list[int] = []
+    iter_all_of_types = EventStore.iter_all_of_types
+
+    def noted(self: EventStore, types: Any, after_position: int = 0, **kw: Any) -> Any:
+        starts.append(after_position)
+        return iter_all_of_types(self, types, after_position, **kw)
+
+    monkeypatch.setattr(EventStore, "iter_all_of_types", noted)
     since = run("notices", "--all", "--json", "--since", "2026-11-24T11:01:00Z").stdout
     assert [n["notice_id"] for n in json.loads(since)["notices"]] == [
         copy.data["notice_id"],
         third.data["notice_id"],
     ]
+    assert starts == [copy.position - 1]  # the log before the copy is not read
+    monkeypatch.undo()
+    monkeypatch.setattr(console, "width", 320)
     wide = run("notices", "--all")
     assert wide.exit_code == 0, wide.output
     assert "Notices of every account" in wide.stdout

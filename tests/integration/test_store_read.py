@@ -110,6 +110,27 @@ def test_iter_all_of_types_reads_the_logs_events_of_those_types_in_position_orde
     assert list(store.iter_all_of_types(["Nothing"])) == []
 
 
+def test_position_before_is_one_less_than_the_first_event_recorded_since_an_instant(
+    engine: sa.Engine,
+) -> None:
+    """The smallest position of the events recorded then or later, less one (inclusive, to the
+    microsecond; the last position when none was): positions follow commit order, and a
+    clock stepped back records a later event at an earlier time."""
+    times = iter(T0 + timedelta(seconds=s) for s in (10, 5, 20, 30))
+    store = EventStore(engine, clock=lambda: next(times))
+    recorded = [store.append("acct_1", n, [new(n=n)])[0] for n in range(4)]
+    ten, five, twenty, thirty = (e.position for e in recorded)
+
+    assert store.position_before(T0) == ten - 1
+    assert store.position_before(T0 + timedelta(seconds=6)) == ten - 1  # not five's
+    assert store.position_before(T0 + timedelta(seconds=20)) == twenty - 1
+    assert store.position_before(T0 + timedelta(seconds=20, microseconds=1)) == thirty - 1
+    in_another_zone = (T0 + timedelta(seconds=30)).astimezone(timezone(timedelta(hours=2)))
+    assert store.position_before(in_another_zone) == thirty - 1
+    assert store.position_before(T0 + timedelta(seconds=31)) == thirty
+    assert five == ten + 1
+
+
 def test_read_stream_recorded_until_is_inclusive_and_exact_to_the_microsecond(
     timed_store: EventStore, clock: StepClock
 ) -> None:
