@@ -13,7 +13,7 @@ Per channel, what holds after its outcomes so far:
 - ``awaiting``: no outcome yet on a channel the notice goes out on (``with_awaited``: which
   channels those are is not in the log; the contact tells, as the re-send of the notices
   without an outcome reckons them, and whether the notice is settled: delivered on a
-  channel, or sent again).
+  channel, or copied by a copy that will reach the account in its place).
 
 A notice is ``pending`` while a channel is ``retrying`` or ``awaiting`` (or it has no channel
 at all), unless its account had no contact (``none``): then it is over. Once over, it is
@@ -151,18 +151,35 @@ def with_awaited(
     """``notices``, each with an ``awaiting`` channel for every channel it goes out on
     (``channels_for(account, when it was issued, whether it is settled)``, of a copy's chosen
     ones) that has no outcome yet; none for a notice whose account had no contact (``none``:
-    it is over). A notice is settled once a channel delivered it or a copy of it was sent:
-    a contact whose channels all replaced the notice's since gives such a notice none."""
+    it is over). Settled, as the re-send reckons it (``workers.recovery.settled_notices``): a
+    notice a channel delivered, or that a copy will reach the account in place of (a copy sent
+    on every channel, or delivered, settles the notice it was made from and the first one);
+    a contact whose channels all replaced its own since gives it none."""
+    settled = _settled(notices)
     for notice in notices:
         named = {c.channel for c in notice.channels}
         if NO_CHANNEL in named:
             continue
         chosen = notice.chosen_channels
-        settled = bool(notice.sent_again_as) or any(c.state == "delivered" for c in notice.channels)
-        for channel in channels_for(notice.account_id, parse_time(notice.issued_at), settled):
+        issued = parse_time(notice.issued_at)
+        for channel in channels_for(notice.account_id, issued, notice.notice_id in settled):
             if channel not in named and (chosen is None or channel in chosen):
                 notice.channels.append(ChannelDelivery(channel, "awaiting", 0, None, None))
     return notices
+
+
+def _settled(notices: list[NoticeDeliveries]) -> set[str]:
+    """The notice ids of ``notices`` that are settled (``with_awaited``)."""
+    delivered = {n.notice_id for n in notices if any(c.state == "delivered" for c in n.channels)}
+    source = {copy: n.notice_id for n in notices for copy in n.sent_again_as}
+    settled = set(delivered)
+    for notice in notices:
+        if notice.resend_of is None:
+            continue
+        if notice.chosen_channels is None or notice.notice_id in delivered:
+            settled.add(notice.resend_of)
+            settled.add(source.get(notice.notice_id, notice.resend_of))
+    return settled
 
 
 def _apply_outcome(notice: NoticeDeliveries, event: RecordedEvent) -> None:

@@ -12,7 +12,7 @@ idempotent per notice and channel, so a channel that did go out is not sent twic
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,7 +46,7 @@ RELAY_SEEN_PREFIX = "notice-relay-seen-at-us:"
 CONTACTS_CHECKPOINT = "notice-contacts-until-us"
 # How far back before the last look the next one looks at contacts again: ``PUT …/contact``
 # stamps a change with its own process's clock, which may be behind the leader's.
-CONTACT_CLOCK_MARGIN = timedelta(minutes=1)
+CONTACT_CLOCK_MARGIN = timedelta(minutes=10)
 
 
 def notices_without_outcome(
@@ -107,10 +107,13 @@ def _outcomes(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
 
 
 def _copies(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
-    """The event ids of the notices an operator sent again (``resend_of``) in a copy that
-    ``where`` selects."""
+    """Of each copy an operator sent again (``resend_of``) that ``where`` selects: the first
+    notice's event id, the event id of the notice it was made from (its cause: the first, or
+    a copy of it), its own event id, and the channels it was sent on (null: every one)."""
     first = events.c.data[("resend_of", "notice_event_id")].as_string()
-    return sa.select(first).where(events.c.type == "NoticeIssued", first.is_not(None), *where)
+    return sa.select(
+        first, events.c.metadata["causation_id"].as_string(), events.c.event_id, _CHOSEN
+    ).where(events.c.type == "NoticeIssued", first.is_not(None), *where)
 
 
 # The channels a copy an operator sent again was sent on (null: every one, or not a copy).
@@ -131,16 +134,14 @@ def _channels_without(
     none. A channel set after the notice was recorded is left out: the notice went out on the
     others then (a webhook added months later is not sent two weeks of old notices), unless
     every channel is newer than it and the notice is not settled: it then goes out on those
-    rather than on none. A notice is settled once a channel delivered it (``outcomes``), or
-    an operator sent a copy of it (``copies``): the account has it, or the copy, and a contact
-    that replaced the channels it went out on is not sent it a second time."""
+    rather than on none (``settled_notices``)."""
     named: dict[str, set[str]] = {}
-    settled: set[str] = set()
+    delivered: set[str] = set()
     for notice_event_id, channel, kind in conn.execute(outcomes):
         named.setdefault(str(notice_event_id), set()).add(channel)
         if kind == "NoticeDelivered":
-            settled.add(str(notice_event_id))
-    settled.update(str(first) for (first,) in conn.execute(copies))
+            delivered.add(str(notice_event_id))
+    settled = settled_notices(delivered, conn.execute(copies))
     contact_of = _contacts(conn, {account for _, account, _, _ in issued})
     no_contact = ContactSince(Contact(None, None), {})
     without = []
@@ -154,6 +155,21 @@ def _channels_without(
             (event_id, c) for c in channels if c not in seen and (chosen is None or c in chosen)
         ]
     return without
+
+
+def settled_notices(delivered: set[str], copies: Iterable[Sequence[Any]]) -> set[str]:
+    """The event ids of the notices that are settled: a contact whose channels all replaced
+    theirs since is not sent them again. A notice is settled once a channel delivered it
+    (``delivered``), or a copy of it (``copies``: first notice, the notice it was made from,
+    the copy, its chosen channels) will reach the account in its place: one sent on every
+    channel (it goes out on the new ones itself) or one delivered. That settles the notice it
+    was made from and the first one. A copy sent on some channels only that none delivered
+    settles nothing: it goes out on no new channel, so the notice it copies does."""
+    settled = set(delivered)
+    for first, source, copy, chosen in copies:
+        if chosen is None or str(copy) in delivered:
+            settled.update((str(first), str(source)))
+    return settled
 
 
 def notice_channels(
@@ -184,8 +200,8 @@ class ContactSince:
 
     def channels_at(self, moment: datetime, settled: bool = False) -> tuple[str, ...]:
         """The channels a notice recorded at ``moment`` goes out on: those set by then, or all
-        of them if none was, unless the notice is ``settled`` (delivered on a channel, or sent
-        again): then none."""
+        of them if none was, unless the notice is ``settled`` (``settled_notices``): then
+        none."""
         channels = self.contact.channels
         then = tuple(c for c in channels if self._set_by(c, moment))
         return then if then or settled else channels
@@ -430,8 +446,12 @@ class LostRetryScan:
         enqueued = max(seen.values(), default=0)
         if enqueued > marks.judged:
             lost += untried_deliveries(self.store, marks.judged, enqueued, now - RECOVERY_WINDOW)
+        # Up to the furthest position known enqueued long ago: the one this look takes up, or
+        # the one an earlier look took up (no relay sighting is old enough after an uneven gap
+        # between looks: that position, everything up to it judged already, still holds).
+        judged = max(enqueued, marks.judged)
         lost += contact_changed_deliveries(
-            self.store, _contacts_after(marks.contacts_micros, now), now, enqueued, now
+            self.store, _contacts_after(marks.contacts_micros, now), now, judged, now
         )
         lost = list(dict.fromkeys(lost))
         if not leads():
@@ -507,13 +527,15 @@ class _Marks:
 
 def _contacts_after(micros: int, now: datetime) -> datetime:
     """Where a look at ``now`` begins to look at contacts changed: ``CONTACT_CLOCK_MARGIN``
-    before the last look (or before ``now``, when a clock ahead made that look), at most the
-    recovery window back (the first look ever)."""
+    before the last look, at most the recovery window back; the window back at the first look
+    ever, and when a clock ahead made the last look (going on from there would skip the
+    changes that right clocks stamped meanwhile; a channel sent already has something
+    recorded, and is not sent again)."""
     last = _scanned_until(micros)
     earliest = now - RECOVERY_WINDOW
-    if last is None:
+    if last is None or last > now:
         return earliest
-    return max(earliest, min(last, now) - CONTACT_CLOCK_MARGIN)
+    return max(earliest, last - CONTACT_CLOCK_MARGIN)
 
 
 def _scanned_until(micros: int) -> datetime | None:

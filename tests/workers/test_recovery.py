@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.gate.base import EPOCH
 from enforcement.migrations import upgrade
+from enforcement.notice_listing import listed_notices
 from enforcement.notices.delivery import (
     delivered_key,
     failed_key,
@@ -673,11 +674,16 @@ def test_a_look_reads_the_checkpoints_in_one_query(database_url: str, tmp_path: 
         system.close()
 
 
-def copy_of(system: Container, account: str, notice: str) -> str:
-    """An operator's copy of ``notice`` (``POST …/resend``), to every channel."""
+def copy_of(
+    system: Container, account: str, notice: str, channels: tuple[str, ...] | None = None
+) -> str:
+    """An operator's copy of ``notice`` (``POST …/resend``), to every channel or to
+    ``channels``."""
     first = system.store.get_event(notice)
     assert first is not None
-    outcome = system.service.resend_notice(account, first.data["notice_id"], "r", WORKER)
+    outcome = system.service.resend_notice(
+        account, first.data["notice_id"], "r", WORKER, channels=channels
+    )
     return outcome.events[0].event_id
 
 
@@ -685,33 +691,57 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
     database_url: str, tmp_path: Path
 ) -> None:
     """A notice whose every channel is newer than it goes out on those, unless it is settled:
-    a channel delivered it, or an operator sent a copy of it. A webhook-only contact replaced
-    by an e-mail address then does not get a second time, by e-mail, what its webhook
-    delivered (or the copy, and the notice it copies) at the next re-send; a notice that
-    failed on the webhook and was not copied goes out by e-mail."""
+    a channel delivered it, or a copy will reach the account in its place (one sent on every
+    channel, or one delivered; it settles the notice it was made from and the first one). A
+    webhook-only contact replaced by an e-mail address then does not get a second time, by
+    e-mail, what its webhook delivered, nor a notice and its copies each: the last copy goes.
+    A notice whose copy was sent on the webhook alone and refused goes out by e-mail itself
+    (that copy goes out on no new channel); one whose webhook-only copy was delivered does
+    not. A notice that failed on the webhook and was not copied goes out by e-mail."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path))
     try:
-        accounts = ("acct_reached", "acct_copied", "acct_failed")
+        accounts = ("reached", "copied", "failed", "chain", "chosen_failed", "chosen_reached")
         month_ago = system.clock() - timedelta(days=30)
         for account in accounts:
             hook = "https://customer.test/hook"
             set_contact(system.engine, account, webhook_url=hook, webhook_since=month_ago)
         notices = {account: notice_of(system, account) for account in accounts}
-        failed(system, "acct_reached", notices["acct_reached"], "webhook", final=False)
-        delivered(system, "acct_reached", notices["acct_reached"], "webhook")
-        for account in ("acct_copied", "acct_failed"):
+        failed(system, "reached", notices["reached"], "webhook", final=False)
+        delivered(system, "reached", notices["reached"], "webhook")
+        for account in accounts[1:]:
             failed(system, account, notices[account], "webhook", final=True)
-        copy = copy_of(system, "acct_copied", notices["acct_copied"])
-        failed(system, "acct_copied", copy, "webhook", final=True)
+        copy = copy_of(system, "copied", notices["copied"])
+        failed(system, "copied", copy, "webhook", final=True)
+        once = copy_of(system, "chain", notices["chain"])
+        failed(system, "chain", once, "webhook", final=True)
+        twice = copy_of(system, "chain", once)  # a copy of the copy
+        failed(system, "chain", twice, "webhook", final=True)
+        webhook = ("webhook",)
+        refused = copy_of(system, "chosen_failed", notices["chosen_failed"], webhook)
+        failed(system, "chosen_failed", refused, "webhook", final=True)
+        reached = copy_of(system, "chosen_reached", notices["chosen_reached"], webhook)
+        delivered(system, "chosen_reached", reached, "webhook")
         now = system.clock()
         for account in accounts:  # the webhook replaced by an e-mail address
             set_contact(system.engine, account, "owner@customer.test", email_since=now)
 
-        expected = [(notices["acct_failed"], "email"), (copy, "email")]
+        expected = [
+            (notices["failed"], "email"),
+            (notices["chosen_failed"], "email"),
+            (copy, "email"),
+            (twice, "email"),
+        ]
         assert pending_deliveries(system.store, system.clock()) == expected
         everything = untried_deliveries(system.store, 0, system.store.max_position(), month_ago)
         assert everything == expected
+        listed = {
+            n.notice_event_id: [c.channel for c in n.channels if c.state == "awaiting"]
+            for account in accounts
+            for n in listed_notices(system, account)
+        }
+        awaited = sorted((n, c) for n, channels in listed.items() for c in channels)
+        assert awaited == sorted(expected)  # the listing awaits what the re-send sends
     finally:
         system.close()
 
@@ -790,14 +820,14 @@ def contacts_until(system: Container) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
 
 
-def test_each_look_takes_the_contacts_changed_since_a_minute_before_the_last_one(
+def test_each_look_takes_the_contacts_changed_since_ten_minutes_before_the_last_one(
     database_url: str, tmp_path: Path
 ) -> None:
     """The leader's look (``LostRetryScan``) sends the notices of the accounts whose contact
     changed since ``CONTACT_CLOCK_MARGIN`` before its last look (a process whose clock is
-    behind stamps its change earlier), over the recovery window at the first look ever; it
-    moves the checkpoint to its own time once it sent them (back, when a clock ahead wrote
-    it), and not when it no longer leads."""
+    behind stamps its change earlier), over the recovery window at the first look ever and
+    after a look by a clock ahead; it moves the checkpoint to its own time once it sent them
+    (back, when a clock ahead wrote it), and not when it no longer leads."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path))
     try:
@@ -820,27 +850,62 @@ def test_each_look_takes_the_contacts_changed_since_a_minute_before_the_last_one
         first = t + timedelta(days=2)
         assert look(first) == [(a, "email")]  # the first look ever: the window back
         assert contacts_until(system) == first
-        # Stamped 30 s before that look by a clock behind the leader's, written after it.
-        change_contact(system, "acct_b", first - timedelta(seconds=30), email="b@customer.test")
+        # Stamped 4 min before that look by a clock behind the leader's, written after it.
+        change_contact(system, "acct_b", first - timedelta(minutes=4), email="b@customer.test")
         second = first + timedelta(minutes=5)
         assert look(second) == [(b, "email")]
         third = second + timedelta(minutes=5)
-        assert look(third) == []
-        assert sent == [[(a, "email")], [(b, "email")], []]
+        assert look(third) == [(b, "email")]  # within 10 min before the second look: again
+        fourth = third + timedelta(minutes=5)
+        assert look(fourth) == []
+        assert sent == [[(a, "email")], [(b, "email")], [(b, "email")], []]
 
-        change_contact(system, "acct_a", third + timedelta(minutes=1), email="a2@customer.test")
-        assert look(third + timedelta(minutes=5), leads=False) == []
-        assert contacts_until(system) == third  # not moved by a look that no longer leads
-        assert look(third + timedelta(minutes=5)) == [(a, "email")]
+        change_contact(system, "acct_a", fourth + timedelta(minutes=1), email="a2@customer.test")
+        assert look(fourth + timedelta(minutes=5), leads=False) == []
+        assert contacts_until(system) == fourth  # not moved by a look that no longer leads
+        assert look(fourth + timedelta(minutes=5)) == [(a, "email")]
 
-        # A checkpoint a day ahead (a leader whose clock was ahead wrote it): this look takes
-        # the changes since a minute before its own time, and moves the checkpoint back.
-        fourth = third + timedelta(minutes=10)
+        # A checkpoint a day ahead (a leader whose clock was ahead wrote it): this look goes
+        # back over the window, as the first one did (both accounts changed in it), and moves
+        # the checkpoint back to its own time.
+        fifth = fourth + timedelta(minutes=10)
         with system.engine.begin() as conn:
-            ahead = (to_utc(fourth) + timedelta(days=1) - EPOCH) // timedelta(microseconds=1)
+            ahead = (to_utc(fifth) + timedelta(days=1) - EPOCH) // timedelta(microseconds=1)
             system.store.set_checkpoint(conn, CONTACTS_CHECKPOINT, ahead)
-        change_contact(system, "acct_b", fourth - timedelta(seconds=30), email="b2@c.test")
-        assert look(fourth) == [(b, "email")]
-        assert contacts_until(system) == fourth
+        assert look(fifth) == [(a, "email"), (b, "email")]
+        assert contacts_until(system) == fifth
+    finally:
+        system.close()
+
+
+def test_a_look_without_a_relay_sighting_old_enough_still_sends_a_changed_contacts_notices(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Looks unevenly spaced (one late, as a slow sweep or a leader change makes them): the
+    look at +25 min finds no relay sighting old enough to take up (each is taken up once), yet
+    the notices judged before are still enqueued long ago, and a contact replaced two minutes
+    before it gets its notice there. Before, that look looked up to position 0, sent nothing,
+    and moved its checkpoint past the change for good. (Found by review rv6.)"""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path))
+    try:
+        month_ago = system.clock() - timedelta(days=30)
+        change_contact(system, "acct_a", month_ago, webhook_url="https://customer.test/h")
+        a = notice_of(system, "acct_a")
+        failed(system, "acct_a", a, "webhook", final=True)
+        relay_to(system, system.store.max_position())
+        t = system.clock()
+
+        def look(minutes: float) -> list[tuple[str, str]]:
+            at = t + timedelta(minutes=minutes)
+            return LostRetryScan(system.store, lambda: at, timedelta(minutes=15), 4).run(
+                lambda lost: None
+            )
+
+        for minutes in (0, 5, 10.5, 15, 20):
+            assert look(minutes) == []
+        assert untried_until(system) == system.store.max_position()
+        change_contact(system, "acct_a", t + timedelta(minutes=23), email="a@customer.test")
+        assert look(25) == [(a, "email")]
     finally:
         system.close()
