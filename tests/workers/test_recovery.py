@@ -195,7 +195,8 @@ def test_an_outcome_or_a_channel_set_at_the_instant_of_its_notice_counts(
     """With a clock that stands still: an outcome recorded at the very instant its notice was
     is its outcome on the window's last day too (the notice is not sent again), and a channel
     set at the very instant a notice was recorded was set by then (the notice went out on it,
-    so a re-send goes out on it too)."""
+    so a re-send goes out on it too); a copy sent at the instant of its notice settles it on
+    that last day too (a contact that replaced its channels gets the copy, not it)."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path), clock=lambda: T0)
     try:
@@ -203,12 +204,18 @@ def test_an_outcome_or_a_channel_set_at_the_instant_of_its_notice_counts(
         set_contact(system.engine, "acct_done", webhook_url=hook)
         month_ago = T0 - timedelta(days=30)
         set_contact(system.engine, "acct_new", email, hook, email_since=month_ago, webhook_since=T0)
+        set_contact(system.engine, "acct_copied", webhook_url=hook, webhook_since=month_ago)
         done = notice_of(system, "acct_done")
         new = notice_of(system, "acct_new")
+        copied = notice_of(system, "acct_copied")
         delivered(system, "acct_done", done, "webhook")
+        copy = copy_of(system, "acct_copied", copied)  # settles it, at that very instant
+        tomorrow = T0 + timedelta(days=1)
+        set_contact(system.engine, "acct_copied", email, email_since=tomorrow)
 
         last_day = T0 + RECOVERY_WINDOW
-        assert pending_deliveries(system.store, last_day) == [(new, "email"), (new, "webhook")]
+        expected = [(new, "email"), (new, "webhook"), (copy, "email")]
+        assert pending_deliveries(system.store, last_day) == expected
     finally:
         system.close()
 
@@ -802,6 +809,12 @@ def test_the_notices_a_changed_contact_gives_a_channel_are_those_with_nothing_on
         assert in_range == [(notices["retrying"], "email"), (notices["failed"], "email")]
         assert look(changed, changed + timedelta(hours=1), changed) == []  # after is excluded
         assert look(changed - timedelta(seconds=2), changed - timedelta(seconds=1), changed) == []
+        at_failed = system.store.get_event(notices["failed"])
+        assert at_failed is not None  # a notice at the position given is taken
+        up_to_it = contact_changed_deliveries(
+            system.store, changed - timedelta(seconds=1), changed, at_failed.position, changed
+        )
+        assert up_to_it == in_range
         first = system.store.get_event(notices["retrying"])
         assert first is not None
         window_end = to_utc(first.recorded_at) + RECOVERY_WINDOW
@@ -810,6 +823,73 @@ def test_the_notices_a_changed_contact_gives_a_channel_are_those_with_nothing_on
         assert look(changed - timedelta(seconds=1), changed, past_it) == [
             (notices["failed"], "email")
         ]
+    finally:
+        system.close()
+
+
+def test_an_outcome_or_a_copy_at_the_instant_of_its_notice_counts_for_a_changed_contact(
+    database_url: str, tmp_path: Path
+) -> None:
+    """With a clock that stands still, on the window's last day: a failed attempt recorded at
+    the very instant of its notice is on its channel (a contact that added an e-mail address
+    gives the notice no webhook to send again), and a copy sent at that instant settles the
+    notice (a contact that replaced its webhook by an e-mail address gets the copy, not it)."""
+    upgrade(database_url)
+    system = bootstrap(fast_settings(database_url, tmp_path), clock=lambda: T0)
+    try:
+        hook, email = "https://customer.test/hook", "owner@customer.test"
+        month_ago = T0 - timedelta(days=30)
+        for account in ("acct_tried", "acct_copied"):
+            set_contact(system.engine, account, webhook_url=hook, webhook_since=month_ago)
+        tried = notice_of(system, "acct_tried")
+        copied = notice_of(system, "acct_copied")
+        failed(system, "acct_tried", tried, "webhook", final=False)
+        failed(system, "acct_copied", copied, "webhook", final=True)
+        copy = copy_of(system, "acct_copied", copied)
+        failed(system, "acct_copied", copy, "webhook", final=True)
+        changed = T0 + timedelta(days=1)
+        since = {"email_since": changed, "webhook_since": month_ago}
+        set_contact(system.engine, "acct_tried", email, hook, updated_at=changed, **since)
+        set_contact(system.engine, "acct_copied", email, updated_at=changed, email_since=changed)
+
+        last_day = T0 + RECOVERY_WINDOW
+        found = contact_changed_deliveries(
+            system.store,
+            changed - timedelta(seconds=1),
+            changed,
+            system.store.max_position(),
+            last_day,
+        )
+        assert found == [(copy, "email")]
+    finally:
+        system.close()
+
+
+def test_the_accounts_of_many_changed_contacts_are_looked_at_in_chunks_none_twice(
+    sqlite_db: str, tmp_path: Path
+) -> None:
+    """Many contacts changed (an import): their accounts' notices are read 500 accounts at a
+    time, and an account left out between two chunks would not get its notice, one in two
+    chunks would get it twice."""
+    system = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        changed = system.clock()
+        accounts = [f"acct_{n:04}" for n in range(1001)]
+        email = "owner@customer.test"
+        rows = [{"account_id": a, "email": email, "updated_at": changed} for a in accounts]
+        with system.engine.begin() as conn:
+            conn.execute(contacts.insert(), rows)
+        at_the_edges = [accounts[n] for n in (499, 500, 998, 999)]
+        notices = [notice_of(system, account) for account in at_the_edges]
+
+        found = contact_changed_deliveries(
+            system.store,
+            changed - timedelta(seconds=1),
+            changed,
+            system.store.max_position(),
+            system.clock(),
+        )
+        assert found == [(notice, "email") for notice in notices]
     finally:
         system.close()
 
@@ -850,25 +930,26 @@ def test_each_look_takes_the_contacts_changed_since_ten_minutes_before_the_last_
         first = t + timedelta(days=2)
         assert look(first) == [(a, "email")]  # the first look ever: the window back
         assert contacts_until(system) == first
-        # Stamped 4 min before that look by a clock behind the leader's, written after it.
-        change_contact(system, "acct_b", first - timedelta(minutes=4), email="b@customer.test")
+        # Stamped before that look by clocks behind the leader's, written after it: 9.5 and
+        # 5.5 minutes before it. The next look takes both; the one after, only changes since
+        # 10 minutes before that next look: neither.
+        change_contact(system, "acct_a", first - timedelta(minutes=9.5), email="a1@c.test")
+        change_contact(system, "acct_b", first - timedelta(minutes=5.5), email="b@customer.test")
         second = first + timedelta(minutes=5)
-        assert look(second) == [(b, "email")]
+        assert look(second) == [(a, "email"), (b, "email")]
         third = second + timedelta(minutes=5)
-        assert look(third) == [(b, "email")]  # within 10 min before the second look: again
-        fourth = third + timedelta(minutes=5)
-        assert look(fourth) == []
-        assert sent == [[(a, "email")], [(b, "email")], [(b, "email")], []]
+        assert look(third) == []
+        assert sent == [[(a, "email")], [(a, "email"), (b, "email")], []]
 
-        change_contact(system, "acct_a", fourth + timedelta(minutes=1), email="a2@customer.test")
-        assert look(fourth + timedelta(minutes=5), leads=False) == []
-        assert contacts_until(system) == fourth  # not moved by a look that no longer leads
-        assert look(fourth + timedelta(minutes=5)) == [(a, "email")]
+        change_contact(system, "acct_a", third + timedelta(minutes=1), email="a2@customer.test")
+        assert look(third + timedelta(minutes=5), leads=False) == []
+        assert contacts_until(system) == third  # not moved by a look that no longer leads
+        assert look(third + timedelta(minutes=5)) == [(a, "email")]
 
         # A checkpoint a day ahead (a leader whose clock was ahead wrote it): this look goes
         # back over the window, as the first one did (both accounts changed in it), and moves
         # the checkpoint back to its own time.
-        fifth = fourth + timedelta(minutes=10)
+        fifth = third + timedelta(minutes=15)
         with system.engine.begin() as conn:
             ahead = (to_utc(fifth) + timedelta(days=1) - EPOCH) // timedelta(microseconds=1)
             system.store.set_checkpoint(conn, CONTACTS_CHECKPOINT, ahead)
