@@ -704,11 +704,20 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
     e-mail, what its webhook delivered, nor a notice and its copies each: the last copy goes.
     A notice whose copy was sent on the webhook alone and refused goes out by e-mail itself
     (that copy goes out on no new channel); one whose webhook-only copy was delivered does
-    not. A notice that failed on the webhook and was not copied goes out by e-mail."""
+    not; nor one whose webhook-only copy was copied again on every channel (the last copy
+    goes). A notice that failed on the webhook and was not copied goes out by e-mail."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path))
     try:
-        accounts = ("reached", "copied", "failed", "chain", "chosen_failed", "chosen_reached")
+        accounts = (
+            "reached",
+            "copied",
+            "failed",
+            "chain",
+            "chosen_failed",
+            "chosen_reached",
+            "chosen_chain",
+        )
         month_ago = system.clock() - timedelta(days=30)
         for account in accounts:
             hook = "https://customer.test/hook"
@@ -729,6 +738,10 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
         failed(system, "chosen_failed", refused, "webhook", final=True)
         reached = copy_of(system, "chosen_reached", notices["chosen_reached"], webhook)
         delivered(system, "chosen_reached", reached, "webhook")
+        partly = copy_of(system, "chosen_chain", notices["chosen_chain"], webhook)
+        failed(system, "chosen_chain", partly, "webhook", final=True)
+        wholly = copy_of(system, "chosen_chain", partly)  # of that copy, on every channel
+        failed(system, "chosen_chain", wholly, "webhook", final=True)
         now = system.clock()
         for account in accounts:  # the webhook replaced by an e-mail address
             set_contact(system.engine, account, "owner@customer.test", email_since=now)
@@ -738,6 +751,7 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
             (notices["chosen_failed"], "email"),
             (copy, "email"),
             (twice, "email"),
+            (wholly, "email"),
         ]
         assert pending_deliveries(system.store, system.clock()) == expected
         everything = untried_deliveries(system.store, 0, system.store.max_position(), month_ago)
@@ -955,6 +969,8 @@ def test_each_look_takes_the_contacts_changed_since_ten_minutes_before_the_last_
             system.store.set_checkpoint(conn, CONTACTS_CHECKPOINT, ahead)
         assert look(fifth) == [(a, "email"), (b, "email")]
         assert contacts_until(system) == fifth
+        # A checkpoint at the look's own instant is not ahead: only the last 10 minutes.
+        assert look(fifth) == []
     finally:
         system.close()
 
