@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import load_average, pg_database  # noqa: E402
+from common import DEFAULT_PG_URL, load_average, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -79,7 +79,6 @@ from projections.standing import (  # noqa: E402
 from projections.stored import changed_records, read_state  # noqa: E402
 from projections.tables import standing_records, standings  # noqa: E402
 
-DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 NOW = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 LONG = "acct_long_history"
 REPORTER = Actor(name="reporter:bench", correlation_id="bench", source="bench")

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from common import load_average, pg_database
+from common import DEFAULT_PG_URL, load_average, pg_database
 from rich.console import Console
 from rich.table import Table
 
@@ -73,7 +73,6 @@ from enforcement.tokens import create_token  # noqa: E402
 from events import create_engine  # noqa: E402
 
 ENFORCEMENT = str(Path(sys.executable).with_name("enforcement"))
-DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 
 CEILING_APP = '''
 """The framework's ceiling: one POST route that parses a JSON object and returns a constant."""

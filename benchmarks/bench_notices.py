@@ -58,7 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import pg_database  # noqa: E402
+from common import DEFAULT_PG_URL, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -73,7 +73,6 @@ from enforcement.workers.runtime import build_actors, start_background  # noqa: 
 from events.schema import events  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
-DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 CLI = str(Path(sys.executable).with_name("enforcement"))
 CONFIGS = ("embedded", "redis-sqlite", "redis-postgres")
 REPORTER = Actor(name="reporter:bench", correlation_id="bench")

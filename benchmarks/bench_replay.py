@@ -19,8 +19,7 @@ own):
   one writes (``enforcement replay --jobs``; the default of ``--jobs`` is the CPU count);
 - verify: ``enforcement.auditing.verify_accounts`` (what ``enforcement verify`` runs);
 - notices: what ``enforcement notices --all`` reads and folds (the log's notices and their
-  outcomes, in one pass; each notice's channels without an outcome from its account's contact),
-  and the same with ``--since`` the time of the event at 90% of the log (the pass starts there).
+  outcomes, in one pass; each notice's channels without an outcome from its account's contact).
 
 Goals: replay at least 0.3x the floor's events/s, peak memory under 300 MB.
 
@@ -55,7 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import pg_database  # noqa: E402
+from common import DEFAULT_PG_URL, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -75,7 +74,6 @@ from events.timefmt import format_time, parse_time  # noqa: E402
 from projections import aup_events as ev  # noqa: E402
 from projections.standing import StandingState, apply_all, remediation_is_open  # noqa: E402
 
-DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
 TEMPLATES = 400
 GROUP = 1000  # accounts interleaved in the log
@@ -346,22 +344,6 @@ def measure(kind: str, url: str) -> dict[str, Any]:
         engine.dispose()
         if not notices:
             raise SystemExit("the generated log holds no notice")
-    elif kind == "notices-since":
-        # ``enforcement notices --all --since T``, T the time of the event at 90% of the log:
-        # the product's path (``listed_notices``), which starts the pass at the first event
-        # recorded since T; ``events``: the whole log's, as for the row above.
-        from enforcement.bootstrap import bootstrap
-        from enforcement.notice_listing import listed_notices
-        from enforcement.settings import Settings
-
-        container = bootstrap(Settings(database_url=url))
-        events = container.store.max_position()
-        since = container.store.read_all(events * 9 // 10, 1)[0].recorded_at
-        started = time.perf_counter()
-        notices = listed_notices(container, None, since)
-        container.close()
-        if not notices:
-            raise SystemExit("the generated log holds no notice in its last tenth")
     else:
         raise SystemExit(f"unknown measurement {kind!r}")
     seconds = time.perf_counter() - started
@@ -483,13 +465,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             results = {}
             kinds = ["floor", "replay", *(f"replay:{args.jobs}" for _ in [1] if args.jobs > 1)]
-            for kind in [*kinds, "verify", "notices", "notices-since"]:
+            for kind in [*kinds, "verify", "notices"]:
                 runs = [run_measurement(kind, url) for _ in range(args.repeat)]
                 results[kind] = min(runs, key=lambda r: r["seconds"])
                 r = results[kind]
                 console.print(f"  {kind}: {r['events']:,} events in {r['seconds']:.1f}s")
             floor_rate = results["floor"]["events"] / results["floor"]["seconds"]
-            for kind in [*kinds, "verify", "notices", "notices-since"]:
+            for kind in [*kinds, "verify", "notices"]:
                 r = results[kind]
                 rows.append((backend, kind, r, (r["events"] / r["seconds"]) / floor_rate))
     table = Table(title=f"Replay and verify, {args.events:,} events / {args.accounts:,} accounts")
@@ -501,7 +483,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"replay:{args.jobs}": f"replay, {args.jobs} fold processes",
         "verify": "verify",
         "notices": "notices --all",
-        "notices-since": "notices --all --since (last 10%)",
     }
     for backend, kind, r, ratio in rows:
         goal = not kind.startswith("replay") or ratio >= 0.3
@@ -514,8 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     console.print(table)
     console.print(
         "Peak MB of a parallel replay: the writing process plus N x the largest fold process. "
-        "notices --all reads only the notices and their outcomes; its events are the log's, "
-        "also with --since (the time of the event at 90% of the log), which reads from there. "
+        "notices --all reads only the notices and their outcomes; its events are the log's. "
         f"Goals: replay >= 0.3x the floor, peak memory < 300 MB. Python {sys.version.split()[0]}, "
         f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}."

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import load_average  # noqa: E402
+from common import DEFAULT_PG_URL, load_average  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -75,7 +75,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     sys.exit(f"{exc}: install the benchmark extra: .venv/bin/pip install -e '.[bench]'")
 
-DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 PAGE_SIZE = 1000
 EVENTS_PER_STREAM = 10  # the 1-event-per-transaction workload uses N / 10 streams
 CHUNKS = 10  # append measurements alternate the two sides this many times

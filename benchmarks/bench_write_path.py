@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import load_average, pg_database  # noqa: E402
+from common import DEFAULT_PG_URL, load_average, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -53,7 +53,6 @@ from enforcement.service import Actor, EnforcementService  # noqa: E402
 from events import EventStore, create_engine  # noqa: E402
 from projections.stored import StandingRepository  # noqa: E402
 
-DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 EXISTING_ACCOUNTS = 50
 ACTOR = Actor("bench_write_path", "req_bench")
 

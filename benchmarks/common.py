@@ -1,4 +1,5 @@
-"""Pieces the benchmarks share: a temporary PostgreSQL database and the load average."""
+"""Pieces the benchmarks share: the PostgreSQL server they use by default, a temporary database
+on it, and the load average."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+
+# The Debian cluster (``pg_ctlcluster 15 main start``), fsync on: the server the benchmarks
+# measure on by default, not the tests' own, which runs without fsync.
+DEFAULT_PG_URL = "postgresql+psycopg://enforcement:enforcement@127.0.0.1:5432/postgres"
 
 
 @contextmanager
