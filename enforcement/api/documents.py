@@ -181,6 +181,12 @@ class NoticesOut(BaseModel):
     notices: list[NoticeDeliveriesOut]
 
 
+class AllNoticesOut(BaseModel):
+    """Every account's notices issued since the instant asked (``GET /v1/notices``)."""
+
+    notices: list[NoticeDeliveriesOut]
+
+
 class NoticeResentOut(AccountCommandOut):
     """The copy's ``notice_id`` (its event, a ``NoticeIssued`` with ``resend_of``, is the one of
     ``events``)."""
@@ -235,6 +241,7 @@ ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/accounts/{account_id}/standing", "get", "200"): StandingOut,
     ("/v1/accounts/{account_id}/events", "get", "200"): AccountEventsOut,
     ("/v1/accounts/{account_id}/notices", "get", "200"): NoticesOut,
+    ("/v1/notices", "get", "200"): AllNoticesOut,
     ("/v1/events", "get", "200"): FeedOut,
     ("/v1/accounts/{account_id}/verify", "get", "200"): VerifyOut,
     ("/v1/policy-activations", "get", "200"): PolicyActivationsOut,

@@ -325,6 +325,9 @@ def test_a_notice_that_failed_for_good_is_sent_again_once_the_contact_is_set(
     url = f"/v1/accounts/{acct}/notices/{notice_id}/resend"
     failed = op.get(f"/v1/accounts/{acct}/notices", params={"state": "failed"}).json()
     assert [n["notice_id"] for n in failed["notices"]] == [notice_id]
+    since = {"since": notice["recorded_at"], "state": "failed"}
+    everyone = op.get("/v1/notices", params=since).json()["notices"]
+    assert failed["notices"][0] in everyone  # every account's, the other tests' too
 
     assert_error(server.client("reporter").post(url, json={}), 403)
     assert_error(op.post(f"/v1/accounts/{acct}/notices/ntc_none/resend", json={}), 404)

@@ -150,6 +150,48 @@ def test_an_operator_or_auditor_reads_an_accounts_notices_over_http(api: ApiSyst
     assert other.json() == {"account_id": "acct_other", "notices": []}
 
 
+def test_every_accounts_notices_since_an_instant_are_read_over_http(api: ApiSystem) -> None:
+    """``GET /v1/notices?since=T[&state=S]``: every account's notices issued then or later, as
+    ``enforcement notices --all --since T --json`` lists them; ``since`` is required (a pass
+    over the whole log per request is asked for by giving an early one)."""
+    headers = {role: {"Authorization": f"Bearer {api.tokens[role]}"} for role in Role}
+    clock: FakeClock = api.system.clock  # type: ignore[assignment]
+    first, copy = populate(api.system, clock)
+    report = ViolationReport("spam", clock(), description="more mail")
+    other = notice_of(api.system.service.report_violation("acct_b", report, REPORTER).events)
+    listed = expected(first, copy)
+
+    def notices(**query: str) -> Any:
+        answer = api.client.get("/v1/notices", params=query, headers=headers[Role.AUDITOR])
+        assert answer.status_code == 200, answer.text
+        return answer.json()["notices"]
+
+    every = notices(since="2026-11-24T10:00:00Z")
+    assert every[:2] == listed
+    assert [(n["account_id"], n["notice_id"]) for n in every[2:]] == [
+        ("acct_b", other.data["notice_id"])
+    ]
+    later = notices(since="2026-11-24T11:01:00Z")
+    assert [n["notice_id"] for n in later] == [copy.data["notice_id"], other.data["notice_id"]]
+    assert notices(since="2026-11-24T10:00:00Z", state="sent_again") == listed[:1]
+    assert notices(since="2099-01-01T00:00:00Z") == []
+    for role in (Role.OPERATOR, Role.ADMIN):
+        answer = api.client.get("/v1/notices", params={"since": "2026-11-24T10:00:00Z"},
+                                headers=headers[role])  # fmt: skip
+        assert (answer.status_code, answer.json()["notices"]) == (200, every), role
+    for query in ({}, {"since": "yesterday"}, {"since": "2026-11-24T10:00:00Z", "state": "x"}):
+        bad = api.client.get("/v1/notices", params=query, headers=headers[Role.AUDITOR])
+        assert bad.status_code == 422, query
+        assert bad.json()["error"]["code"] == "validation_failed"
+    for role in (Role.REPORTER, Role.GATEWAY):
+        forbidden = api.client.get("/v1/notices", params={"since": "2026-11-24T10:00:00Z"},
+                                   headers=headers[role])  # fmt: skip
+        assert forbidden.status_code == 403
+    assert (
+        api.client.get("/v1/notices", params={"since": "2026-11-24T10:00:00Z"}).status_code == 401
+    )
+
+
 def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,6 @@
 """Reading (operator, auditor; standing also gateway): standing, events, feed, verify, an
-account's notices and their deliveries, and the policies the deployment began with."""
+account's notices and their deliveries (every account's since an instant), and the policies
+the deployment began with."""
 
 from __future__ import annotations
 
@@ -58,6 +59,23 @@ def get_notices(
         "account_id": account_id,
         "notices": [n.to_json() for n in notices if state is None or n.state == state],
     }
+
+
+@router.get("/notices")
+def get_all_notices(
+    container: ContainerDep,
+    principal: Reader,
+    since: str,
+    state: Literal["pending", "delivered", "partly_delivered", "failed", "sent_again"]
+    | None = None,
+) -> dict[str, Any]:
+    """Every account's notices issued ``since`` then or later (required: one pass over the
+    log from the first event recorded then, as ``enforcement notices --all --since``), oldest
+    first, each with how its delivery went on each channel; ``state`` keeps those in that
+    state (``failed``, after a fault that failed many: those to send again)."""
+    moment = parse_query_time(since, "since")
+    notices = listed_notices(container, None, moment)
+    return {"notices": [n.to_json() for n in notices if state is None or n.state == state]}
 
 
 @router.get("/accounts/{account_id}/events")
