@@ -25,6 +25,8 @@ Account = Annotated[AccountId, Path()]
 # driver overflow.
 MAX_VERSION = 2**31 - 1
 MAX_POSITION = 2**63 - 1
+# A notice's state, as ``projections.notices.NOTICE_STATES`` names them.
+NoticeState = Literal["pending", "delivered", "partly_delivered", "failed", "sent_again"]
 
 
 @router.get("/accounts/{account_id}/standing")
@@ -45,8 +47,7 @@ def get_notices(
     account_id: Account,
     container: ContainerDep,
     principal: Reader,
-    state: Literal["pending", "delivered", "partly_delivered", "failed", "sent_again"]
-    | None = None,
+    state: NoticeState | None = None,
     since: str | None = None,
 ) -> dict[str, Any]:
     """The account's notices, oldest first, each with how its delivery went on each channel
@@ -66,8 +67,7 @@ def get_all_notices(
     container: ContainerDep,
     principal: Reader,
     since: str,
-    state: Literal["pending", "delivered", "partly_delivered", "failed", "sent_again"]
-    | None = None,
+    state: NoticeState | None = None,
 ) -> dict[str, Any]:
     """Every account's notices issued ``since`` then or later (required: one pass over the
     log from the first event recorded then, as ``enforcement notices --all --since``), oldest
