@@ -186,7 +186,7 @@ class NoticeDelivery:
                 undeliverable_key(notice_event_id),
             )
             return "undeliverable"
-        target = contact.email if channel == "email" else contact.webhook_url
+        target = _target(contact, channel)
         if target is None:
             return self._without_target(notice, channel, numbered, message_id, chosen is not None)
         # Held from the look at what was delivered to the outcome's record: a second copy that
@@ -205,18 +205,24 @@ class NoticeDelivery:
         message_id: str | None,
         chosen: bool,
     ) -> str:
-        """Nothing to send: the contact has no target on ``channel``. A channel whose tries are
-        not over is closed with a final failure that says so, when it was tried before (this
-        try's number is above 1: a retry, its target removed since; a failure that could not
-        be recorded counts, as the number does) or was ``chosen`` for a copy (the contact had
-        it when the copy was asked for): nothing would ever try it again, and the notice would
-        wait on it for good. A channel never tried, that the contact had no target for when
-        the notice went out, records nothing."""
+        """Nothing to send: the contact had no target on ``channel`` when first read (it is read
+        again under the channel's guard: a target set again meanwhile is sent to). A channel
+        whose tries are not over is closed with a final failure that says so, when it was
+        tried before (this try's number is above 1: a retry, its target removed since; a
+        failure that could not be recorded counts, as the number does) or was ``chosen`` for
+        a copy (the contact had it when the copy was asked for): nothing would ever try it
+        again, and the notice would wait on it for good. A channel never tried, that the
+        contact had no target for when the notice went out, records nothing."""
         event_id = notice.event_id
         with self.guard.held(f"{event_id}:{channel}", message_id):
             number = numbered()
             if number is None:
                 return FAILED_FOR_GOOD
+            # Read again under the guard: a target set again while another try held it (or
+            # since the first read) is sent to, not closed.
+            target = _target(self.contact(notice.account_id), channel)
+            if target is not None:
+                return self._send(notice, target, channel, *number)
             attempt = number[0]
             if attempt == 1 and not chosen:
                 return "no_target"
@@ -298,6 +304,11 @@ class NoticeDelivery:
         outcome = self.outcomes.submit(Fact(account_id, payload, notice_event_id, key))
         if isinstance(outcome, Exception):
             raise outcome
+
+
+def _target(contact: Contact, channel: str) -> str | None:
+    """Where ``channel`` goes for ``contact``: its e-mail address or webhook URL, if set."""
+    return contact.email if channel == "email" else contact.webhook_url
 
 
 def delivered_key(notice_event_id: str, channel: str) -> str:

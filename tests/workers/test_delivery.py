@@ -973,6 +973,45 @@ def test_a_channel_whose_target_was_removed_while_a_try_was_due_is_closed_for_go
         receiver.close()
 
 
+def test_a_target_set_again_before_the_guard_is_held_is_sent_to_not_closed(
+    sqlite_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry read the contact without its webhook, then waited for the channel's guard
+    (another try held it) while the webhook was set again: read again under the guard, the
+    notice goes to it, as the retry's attempt, and nothing closes the channel. (Review rv5
+    N3: it was closed for good.)"""
+    receiver = Receiver(fail_first=1)
+    system = bootstrap(fast_settings(sqlite_db, tmp_path))
+    try:
+        set_contact(system.engine, "acct_back", webhook_url=receiver.url)
+        notice = notice_in(report(system, "acct_back").events)
+        webhook = WebhookSender(SECRET, allow_private=True)
+        delivery = NoticeDelivery(system.service, EmailSender(None, str(tmp_path)), webhook)
+        with pytest.raises(DeliveryFailed):
+            delivery.deliver(notice, "webhook", 0, 3)
+        reads: list[str] = []
+        read = NoticeDelivery.contact
+
+        def removed_at_the_first_read(self: NoticeDelivery, account_id: str) -> Any:
+            reads.append(account_id)
+            if len(reads) == 1:
+                return dataclasses.replace(read(self, account_id), webhook_url=None)
+            return read(self, account_id)
+
+        monkeypatch.setattr(NoticeDelivery, "contact", removed_at_the_first_read)
+        assert delivery.deliver(notice, "webhook", 1, 3) == "delivered"
+        assert len(reads) == 2
+        outcomes = outcomes_of(system.store, notice)
+        assert [(e.type, e.data["attempt"], e.data.get("final")) for e in outcomes] == [
+            ("NoticeDeliveryFailed", 1, False),
+            ("NoticeDelivered", 2, None),
+        ]
+        assert len(receiver.for_event(notice)) == 2
+    finally:
+        system.close()
+        receiver.close()
+
+
 def test_a_copy_whose_chosen_channel_lost_its_target_is_closed_at_its_first_try(
     sqlite_db: str, tmp_path: Path
 ) -> None:
