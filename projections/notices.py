@@ -152,9 +152,9 @@ def with_awaited(
     (``channels_for(account, when it was issued, whether it is settled)``, of a copy's chosen
     ones) that has no outcome yet; none for a notice whose account had no contact (``none``:
     it is over). Settled, as the re-send reckons it (``workers.recovery.settled_notices``): a
-    notice a channel delivered, or that a copy will reach the account in place of (a copy sent
-    on every channel, or delivered, settles the notice it was made from and the first one);
-    a contact whose channels all replaced its own since gives it none."""
+    notice a channel delivered, or that a later copy will reach the account in place of (a
+    copy sent on every channel, or delivered, settles the first notice and the copies of it
+    made before); a contact whose channels all replaced its own since gives it none."""
     settled = _settled(notices)
     for notice in notices:
         named = {c.channel for c in notice.channels}
@@ -169,16 +169,20 @@ def with_awaited(
 
 
 def _settled(notices: list[NoticeDeliveries]) -> set[str]:
-    """The notice ids of ``notices`` that are settled (``with_awaited``)."""
+    """The notice ids of ``notices`` (in log order) that are settled (``with_awaited``): a
+    copy sent on every channel, or delivered, settles the first notice it copies (a copy of a
+    copy names the first) and every copy of it listed before."""
     delivered = {n.notice_id for n in notices if any(c.state == "delivered" for c in n.channels)}
-    source = {copy: n.notice_id for n in notices for copy in n.sent_again_as}
     settled = set(delivered)
+    made: dict[str, list[str]] = {}  # the copies of each first notice so far
     for notice in notices:
         if notice.resend_of is None:
             continue
+        family = made.setdefault(notice.resend_of, [])
         if notice.chosen_channels is None or notice.notice_id in delivered:
             settled.add(notice.resend_of)
-            settled.add(source.get(notice.notice_id, notice.resend_of))
+            settled.update(family)
+        family.append(notice.notice_id)
     return settled
 
 

@@ -107,13 +107,15 @@ def _outcomes(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
 
 
 def _copies(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
-    """Of each copy an operator sent again (``resend_of``) that ``where`` selects: the first
-    notice's event id, the event id of the notice it was made from (its cause: the first, or
-    a copy of it), its own event id, and the channels it was sent on (null: every one)."""
+    """Of each copy an operator sent again (``resend_of``) that ``where`` selects, in log
+    order: the first notice's event id (a copy of a copy names the first too), its own event
+    id, and the channels it was sent on (null: every one)."""
     first = events.c.data[("resend_of", "notice_event_id")].as_string()
-    return sa.select(
-        first, events.c.metadata["causation_id"].as_string(), events.c.event_id, _CHOSEN
-    ).where(events.c.type == "NoticeIssued", first.is_not(None), *where)
+    return (
+        sa.select(first, events.c.event_id, _CHOSEN)
+        .where(events.c.type == "NoticeIssued", first.is_not(None), *where)
+        .order_by(events.c.position)
+    )
 
 
 # The channels a copy an operator sent again was sent on (null: every one, or not a copy).
@@ -160,15 +162,20 @@ def _channels_without(
 def settled_notices(delivered: set[str], copies: Iterable[Sequence[Any]]) -> set[str]:
     """The event ids of the notices that are settled: a contact whose channels all replaced
     theirs since is not sent them again. A notice is settled once a channel delivered it
-    (``delivered``), or a copy of it (``copies``: first notice, the notice it was made from,
-    the copy, its chosen channels) will reach the account in its place: one sent on every
-    channel (it goes out on the new ones itself) or one delivered. That settles the notice it
-    was made from and the first one. A copy sent on some channels only that none delivered
-    settles nothing: it goes out on no new channel, so the notice it copies does."""
+    (``delivered``), or a later copy of the same first notice (``copies``: first notice, copy,
+    its chosen channels, in log order) will reach the account in its place: one sent on every
+    channel (it goes out on the new ones itself) or one delivered. That settles the first
+    notice and every copy of it made before; so after a contact change the account gets the
+    last such copy, once. A copy sent on some channels only that none delivered settles
+    nothing: it goes out on no new channel, so the notice it copies does."""
     settled = set(delivered)
-    for first, source, copy, chosen in copies:
+    made: dict[str, list[str]] = {}  # the copies of each first notice so far
+    for first, copy, chosen in copies:
+        family = made.setdefault(str(first), [])
         if chosen is None or str(copy) in delivered:
-            settled.update((str(first), str(source)))
+            settled.add(str(first))
+            settled.update(family)
+        family.append(str(copy))
     return settled
 
 

@@ -131,6 +131,42 @@ def test_position_before_is_one_less_than_the_first_event_recorded_since_an_inst
     assert five == ten + 1
 
 
+def test_position_before_reads_the_recorded_at_index_not_every_position_before(
+    engine: sa.Engine,
+) -> None:
+    """Both databases turn ``min(position)`` into a walk of the positions from the first, each
+    row filtered by its time (the whole log before the instant read per call): the statement
+    is planned along ``ix_events_recorded_at`` instead (on PostgreSQL with sequential scans
+    off, so that the planner does not pick one on a tiny table). Found by review rv7."""
+    store = EventStore(engine)
+    for n in range(20):
+        store.append("acct_1", n, [new(n=n)])
+    statements: list[tuple[str, object]] = []
+
+    def note(
+        _conn: object, _cursor: object, statement: str, parameters: object, *_: object
+    ) -> None:
+        if "min(" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        store.position_before(T0)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    [(statement, parameters)] = statements
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+            steps = " ".join(str(row[-1]) for row in plan)
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).all()
+            steps = " ".join(str(row[0]) for row in plan)
+    assert "ix_events_recorded_at" in steps, steps
+    assert "events_pkey" not in steps, steps
+
+
 def test_read_stream_recorded_until_is_inclusive_and_exact_to_the_microsecond(
     timed_store: EventStore, clock: StepClock
 ) -> None:

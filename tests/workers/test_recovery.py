@@ -699,13 +699,14 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
 ) -> None:
     """A notice whose every channel is newer than it goes out on those, unless it is settled:
     a channel delivered it, or a copy will reach the account in its place (one sent on every
-    channel, or one delivered; it settles the notice it was made from and the first one). A
+    channel, or one delivered; it settles the first notice and the copies of it before). A
     webhook-only contact replaced by an e-mail address then does not get a second time, by
     e-mail, what its webhook delivered, nor a notice and its copies each: the last copy goes.
     A notice whose copy was sent on the webhook alone and refused goes out by e-mail itself
     (that copy goes out on no new channel); one whose webhook-only copy was delivered does
     not; nor one whose webhook-only copy was copied again on every channel (the last copy
-    goes). A notice that failed on the webhook and was not copied goes out by e-mail."""
+    goes), nor a notice copied twice and its first copy (the second goes: review rv7 R1). A
+    notice that failed on the webhook and was not copied goes out by e-mail."""
     upgrade(database_url)
     system = bootstrap(fast_settings(database_url, tmp_path))
     try:
@@ -717,6 +718,7 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
             "chosen_failed",
             "chosen_reached",
             "chosen_chain",
+            "two_copies",
         )
         month_ago = system.clock() - timedelta(days=30)
         for account in accounts:
@@ -742,6 +744,10 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
         failed(system, "chosen_chain", partly, "webhook", final=True)
         wholly = copy_of(system, "chosen_chain", partly)  # of that copy, on every channel
         failed(system, "chosen_chain", wholly, "webhook", final=True)
+        first_copy = copy_of(system, "two_copies", notices["two_copies"])
+        failed(system, "two_copies", first_copy, "webhook", final=True)
+        second_copy = copy_of(system, "two_copies", notices["two_copies"])  # the notice again
+        failed(system, "two_copies", second_copy, "webhook", final=True)
         now = system.clock()
         for account in accounts:  # the webhook replaced by an e-mail address
             set_contact(system.engine, account, "owner@customer.test", email_since=now)
@@ -752,6 +758,7 @@ def test_a_settled_notice_is_not_sent_to_a_contact_that_replaced_its_channels(
             (copy, "email"),
             (twice, "email"),
             (wholly, "email"),
+            (second_copy, "email"),
         ]
         assert pending_deliveries(system.store, system.clock()) == expected
         everything = untried_deliveries(system.store, 0, system.store.max_position(), month_ago)
