@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import bench_http
-from common import load_average
+from common import DEFAULT_PG_URL, load_average
 from rich.console import Console
 from rich.table import Table
 
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--workers", choices=("off", "on", "both"), default="off")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--pg-url", default=bench_http.DEFAULT_PG_URL)
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
     args = parser.parse_args()
     console = Console(width=150)
     clients = [int(c) for c in args.clients.split(",")]
