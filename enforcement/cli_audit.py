@@ -63,7 +63,8 @@ def notices(
     once an operator sends it again (POST /v1/accounts/{id}/notices/{notice_id}/resend) after
     mending its cause: --all --state failed lists them after a fault that failed many (a mail
     server without STARTTLS, a missing webhook secret). --all reads the log's notices once,
-    with a progress bar on a terminal.
+    from the first event recorded since --since when given, with a progress bar on a
+    terminal (GET /v1/notices?since= over HTTP).
     """
     from enforcement.notice_listing import listed_notices
     from enforcement.progress import progress_bar
