@@ -24,7 +24,7 @@ and an operator sent a copy of it since (``POST …/notices/{notice_id}/resend``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -151,10 +151,8 @@ def with_awaited(
     """``notices``, each with an ``awaiting`` channel for every channel it goes out on
     (``channels_for(account, when it was issued, whether it is settled)``, of a copy's chosen
     ones) that has no outcome yet; none for a notice whose account had no contact (``none``:
-    it is over). Settled, as the re-send reckons it (``workers.recovery.settled_notices``): a
-    notice a channel delivered, or that a later copy will reach the account in place of (a
-    copy sent on every channel, or delivered, settles the first notice and the copies of it
-    made before); a contact whose channels all replaced its own since gives it none."""
+    it is over). A settled notice (``settled_notices``) gets none from a contact whose
+    channels all replaced its own since."""
     settled = _settled(notices)
     for notice in notices:
         named = {c.channel for c in notice.channels}
@@ -169,21 +167,31 @@ def with_awaited(
 
 
 def _settled(notices: list[NoticeDeliveries]) -> set[str]:
-    """The notice ids of ``notices`` (in log order) that are settled (``with_awaited``): a
-    copy sent on every channel, or delivered, settles the first notice it copies (a copy of a
-    copy names the first) and every copy of it listed before."""
+    """The notice ids of ``notices`` (in log order) that are settled (``with_awaited``)."""
     delivered = {n.notice_id for n in notices if any(c.state == "delivered" for c in n.channels)}
-    settled = set(delivered)
+    copies = [(n.resend_of, n.notice_id, n.chosen_channels) for n in notices if n.resend_of]
+    return settled_notices(delivered, copies)
+
+
+def settled_notices(delivered: set[str], copies: Iterable[Sequence[Any]]) -> set[str]:
+    """The ids of the notices that are settled: a contact whose channels all replaced theirs
+    since is not sent them again (``with_awaited`` here, the re-send's reckoning in
+    ``workers.recovery``). A notice is settled once a channel delivered it (``delivered``), or
+    a later copy of the same first notice (``copies``: first notice, copy, its chosen
+    channels, in log order) will reach the account in its place: one sent on every channel
+    (it goes out on the new ones itself) or one delivered. That settles the first notice and
+    every copy of it made before; so after a contact change the account gets the last such
+    copy, once. A copy sent on some channels only that none delivered settles nothing: it
+    goes out on no new channel, so the notice it copies does."""
+    found = set(delivered)
     made: dict[str, list[str]] = {}  # the copies of each first notice so far
-    for notice in notices:
-        if notice.resend_of is None:
-            continue
-        family = made.setdefault(notice.resend_of, [])
-        if notice.chosen_channels is None or notice.notice_id in delivered:
-            settled.add(notice.resend_of)
-            settled.update(family)
-        family.append(notice.notice_id)
-    return settled
+    for first, copy, chosen in copies:
+        family = made.setdefault(str(first), [])
+        if chosen is None or str(copy) in delivered:
+            found.add(str(first))
+            found.update(family)
+        family.append(str(copy))
+    return found
 
 
 def _apply_outcome(notice: NoticeDeliveries, event: RecordedEvent) -> None:

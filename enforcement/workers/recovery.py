@@ -12,7 +12,7 @@ idempotent per notice and channel, so a channel that did go out is not sent twic
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +27,7 @@ from events import EventStore
 from events.dialects import write_connection
 from events.schema import checkpoints, events
 from events.timefmt import format_time, to_utc
+from projections.notices import settled_notices
 
 log = logging.getLogger("enforcement.workers")
 
@@ -136,7 +137,7 @@ def _channels_without(
     none. A channel set after the notice was recorded is left out: the notice went out on the
     others then (a webhook added months later is not sent two weeks of old notices), unless
     every channel is newer than it and the notice is not settled: it then goes out on those
-    rather than on none (``settled_notices``)."""
+    rather than on none (``projections.notices.settled_notices``)."""
     named: dict[str, set[str]] = {}
     delivered: set[str] = set()
     for notice_event_id, channel, kind in conn.execute(outcomes):
@@ -152,31 +153,11 @@ def _channels_without(
         if "none" in seen:  # undeliverable: the account had no contact data
             continue
         contact = contact_of.get(account, no_contact)
-        channels = contact.channels_at(to_utc(recorded_at), settled=event_id in settled)
+        channels = contact.channels_at(to_utc(recorded_at), event_id in settled)
         without += [
             (event_id, c) for c in channels if c not in seen and (chosen is None or c in chosen)
         ]
     return without
-
-
-def settled_notices(delivered: set[str], copies: Iterable[Sequence[Any]]) -> set[str]:
-    """The event ids of the notices that are settled: a contact whose channels all replaced
-    theirs since is not sent them again. A notice is settled once a channel delivered it
-    (``delivered``), or a later copy of the same first notice (``copies``: first notice, copy,
-    its chosen channels, in log order) will reach the account in its place: one sent on every
-    channel (it goes out on the new ones itself) or one delivered. That settles the first
-    notice and every copy of it made before; so after a contact change the account gets the
-    last such copy, once. A copy sent on some channels only that none delivered settles
-    nothing: it goes out on no new channel, so the notice it copies does."""
-    settled = set(delivered)
-    made: dict[str, list[str]] = {}  # the copies of each first notice so far
-    for first, copy, chosen in copies:
-        family = made.setdefault(str(first), [])
-        if chosen is None or str(copy) in delivered:
-            settled.add(str(first))
-            settled.update(family)
-        family.append(str(copy))
-    return settled
 
 
 def notice_channels(
@@ -205,10 +186,10 @@ class ContactSince:
     contact: Contact
     since: dict[str, datetime | None]
 
-    def channels_at(self, moment: datetime, settled: bool = False) -> tuple[str, ...]:
+    def channels_at(self, moment: datetime, settled: bool) -> tuple[str, ...]:
         """The channels a notice recorded at ``moment`` goes out on: those set by then, or all
-        of them if none was, unless the notice is ``settled`` (``settled_notices``): then
-        none."""
+        of them if none was, unless the notice is ``settled``
+        (``projections.notices.settled_notices``): then none."""
         channels = self.contact.channels
         then = tuple(c for c in channels if self._set_by(c, moment))
         return then if then or settled else channels
