@@ -50,8 +50,12 @@ class Contact:
     def channels(self) -> tuple[str, ...]:
         """The channels a notice goes out on: each with a target; e-mail when there is none
         (``attempt`` then records the notice undeliverable, on the channel "none")."""
-        with_target = (("email", self.email), ("webhook", self.webhook_url))
-        return tuple(c for c, target in with_target if target is not None) or ("email",)
+        with_target = [c for c in ("email", "webhook") if self.target(c) is not None]
+        return tuple(with_target) or ("email",)
+
+    def target(self, channel: str) -> str | None:
+        """Where ``channel`` goes: the e-mail address or the webhook URL, if set."""
+        return self.email if channel == "email" else self.webhook_url
 
 
 def contact_of(engine: Engine, account_id: str) -> Contact:
@@ -186,7 +190,7 @@ class NoticeDelivery:
                 undeliverable_key(notice_event_id),
             )
             return "undeliverable"
-        target = _target(contact, channel)
+        target = contact.target(channel)
         if target is None:
             return self._without_target(notice, channel, numbered, message_id, chosen is not None)
         # Held from the look at what was delivered to the outcome's record: a second copy that
@@ -220,7 +224,7 @@ class NoticeDelivery:
                 return FAILED_FOR_GOOD
             # Read again under the guard: a target set again while another try held it (or
             # since the first read) is sent to, not closed.
-            target = _target(self.contact(notice.account_id), channel)
+            target = self.contact(notice.account_id).target(channel)
             if target is not None:
                 return self._send(notice, target, channel, *number)
             attempt = number[0]
@@ -304,11 +308,6 @@ class NoticeDelivery:
         outcome = self.outcomes.submit(Fact(account_id, payload, notice_event_id, key))
         if isinstance(outcome, Exception):
             raise outcome
-
-
-def _target(contact: Contact, channel: str) -> str | None:
-    """Where ``channel`` goes for ``contact``: its e-mail address or webhook URL, if set."""
-    return contact.email if channel == "email" else contact.webhook_url
 
 
 def delivered_key(notice_event_id: str, channel: str) -> str:

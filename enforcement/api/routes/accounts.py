@@ -309,8 +309,7 @@ def resend_notice(
 def _has_targets(container: Container, account_id: str, channels: tuple[str, ...]) -> None:
     """409 ``no_target`` unless the account's contact has a target on each of ``channels``."""
     contact = contact_of(container.engine, account_id)
-    targets = {"email": contact.email, "webhook": contact.webhook_url}
-    missing = [c for c in channels if targets[c] is None]
+    missing = [c for c in channels if contact.target(c) is None]
     if missing:
         field = "e-mail address" if missing[0] == "email" else "webhook_url"
         raise ApiError(
