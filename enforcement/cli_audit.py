@@ -81,17 +81,21 @@ def notices(
         fail(f"--state must be one of {', '.join(NOTICE_STATES)}.")
     with opened_container() as container:
         if account is not None:
-            found = listed_notices(container, account, issued_since)
+            found = listed_notices(container, account, issued_since, state=state)
         else:
             # Minutes on a long log: a bar on stderr when it is a terminal.
             with progress_bar(sys.stderr.isatty()) as bar:
                 total = container.store.max_position()
                 task = bar.add_task("reading notices", total=total, unit="positions")
                 found = listed_notices(
-                    container, None, issued_since, lambda at: bar.update(task, completed=at)
+                    container,
+                    None,
+                    issued_since,
+                    lambda at: bar.update(task, completed=at),
+                    state=state,
                 )
                 bar.update(task, completed=total)
-    rows = [n.to_json() for n in found if state is None or n.state == state]
+    rows = [n.to_json() for n in found]
     if as_json:
         listed = {"notices": rows} if every else {"account_id": account, "notices": rows}
         print(json.dumps(listed, indent=2))

@@ -17,9 +17,11 @@ def listed_notices(
     account_id: str | None,
     issued_since: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    state: str | None = None,
 ) -> list[NoticeDeliveries]:
     """The notices of ``account_id`` (None: of every account, one pass over the log, telling
-    ``progress`` the position reached) issued since ``issued_since``, oldest first."""
+    ``progress`` the position reached) issued since ``issued_since``, oldest first; with
+    ``state``, those in that state (known only once the awaited channels are added)."""
     service = container.service
     if account_id is None:
         found = service.all_notices(issued_since, progress)
@@ -27,4 +29,6 @@ def listed_notices(
         found = service.notices(account_id, issued_since)
     if not found:
         return found
-    return with_awaited(found, notice_channels(container.engine, {n.account_id for n in found}))
+    accounts = {n.account_id for n in found}
+    listed = with_awaited(found, notice_channels(container.engine, accounts))
+    return [n for n in listed if state is None or n.state == state]

@@ -55,11 +55,9 @@ def get_notices(
     state (``failed``: nothing delivered it and nothing more is tried, to send again with
     ``POST …/notices/{notice_id}/resend`` once the cause is mended), ``since`` those issued
     then or later."""
-    notices = listed_notices(container, account_id, parse_query_time(since, "since"))
-    return {
-        "account_id": account_id,
-        "notices": [n.to_json() for n in notices if state is None or n.state == state],
-    }
+    moment = parse_query_time(since, "since")
+    notices = listed_notices(container, account_id, moment, state=state)
+    return {"account_id": account_id, "notices": [n.to_json() for n in notices]}
 
 
 @router.get("/notices")
@@ -74,8 +72,8 @@ def get_all_notices(
     first, each with how its delivery went on each channel; ``state`` keeps those in that
     state (``failed``, after a fault that failed many: those to send again)."""
     moment = parse_query_time(since, "since")
-    notices = listed_notices(container, None, moment)
-    return {"notices": [n.to_json() for n in notices if state is None or n.state == state]}
+    notices = listed_notices(container, None, moment, state=state)
+    return {"notices": [n.to_json() for n in notices]}
 
 
 @router.get("/accounts/{account_id}/events")
