@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -77,11 +77,9 @@ def pending_deliveries(
     final outcome: ``NoticeDelivered``, or ``NoticeDeliveryFailed`` with ``final``. One
     channel's outcome says nothing of the other's."""
     since = to_utc(now) - window
-    notices = sa.select(
-        events.c.event_id, events.c.account_id, events.c.recorded_at, _CHOSEN
-    ).where(events.c.type == "NoticeIssued", events.c.recorded_at >= since)
+    where = [events.c.recorded_at >= since]
     if up_to_position is not None:
-        notices = notices.where(events.c.position <= up_to_position)
+        where.append(events.c.position <= up_to_position)
     final = events.c.data["final"].as_boolean()
     outcomes = _outcomes(
         events.c.recorded_at >= since,
@@ -91,11 +89,35 @@ def pending_deliveries(
         ),
     )
     with store.engine.connect() as conn:
-        issued = [
-            (str(r[0]), r[1], r[2], r[3]) for r in conn.execute(notices.order_by(events.c.position))
-        ]
+        issued = _issued(conn, *where)
         copies = _copies(events.c.recorded_at >= since)
         return _channels_without(conn, issued, outcomes, copies)
+
+
+# The channels a copy an operator sent again was sent on (null: every one, or not a copy).
+_CHOSEN = events.c.data[("resend_of", "channels")]
+
+
+class _Issued(NamedTuple):
+    """A ``NoticeIssued`` as the re-sends reckon its channels."""
+
+    event_id: str
+    account_id: str
+    recorded_at: datetime
+    chosen: list[str] | None  # a copy's chosen channels (None: every one, or not a copy)
+    position: int
+
+
+def _issued(conn: sa.Connection, *where: sa.ColumnElement[bool]) -> list[_Issued]:
+    """The ``NoticeIssued`` events ``where`` selects, in log order."""
+    query = (
+        sa.select(
+            events.c.event_id, events.c.account_id, events.c.recorded_at, _CHOSEN, events.c.position
+        )
+        .where(events.c.type == "NoticeIssued", *where)
+        .order_by(events.c.position)
+    )
+    return [_Issued(str(r[0]), r[1], r[2], r[3], int(r[4])) for r in conn.execute(query)]
 
 
 def _outcomes(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
@@ -119,13 +141,9 @@ def _copies(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     )
 
 
-# The channels a copy an operator sent again was sent on (null: every one, or not a copy).
-_CHOSEN = events.c.data[("resend_of", "channels")]
-
-
 def _channels_without(
     conn: sa.Connection,
-    issued: Sequence[tuple[str, str, datetime, list[str] | None]],
+    issued: Sequence[_Issued],
     outcomes: sa.Select[Any],
     copies: sa.Select[Any],
 ) -> list[tuple[str, str]]:
@@ -145,10 +163,10 @@ def _channels_without(
         if kind == "NoticeDelivered":
             delivered.add(str(notice_event_id))
     settled = settled_notices(delivered, conn.execute(copies))
-    contact_of = _contacts(conn, {account for _, account, _, _ in issued})
+    contact_of = _contacts(conn, {notice.account_id for notice in issued})
     no_contact = ContactSince(Contact(None, None), {})
     without = []
-    for event_id, account, recorded_at, chosen in issued:
+    for event_id, account, recorded_at, chosen, _ in issued:
         seen = named.get(event_id, set())
         if "none" in seen:  # undeliverable: the account had no contact data
             continue
@@ -233,25 +251,22 @@ def untried_deliveries(
     ``RedisWatch`` to see) and no failed attempt is there for ``lost_retries`` to find. Judged
     by when the relay enqueued it, not when it was recorded: a notice that waited in the log
     while the workers were away is enqueued late, and its first message may still be queued."""
-    notices = sa.select(
-        events.c.event_id, events.c.account_id, events.c.position, events.c.recorded_at, _CHOSEN
-    ).where(
-        events.c.type == "NoticeIssued",
-        events.c.position > after_position,
-        events.c.position <= up_to_position,
-        events.c.recorded_at >= to_utc(since),
-    )
     with store.engine.connect() as conn:
-        rows = conn.execute(notices.order_by(events.c.position)).all()
-        if not rows:
+        issued = _issued(
+            conn,
+            events.c.position > after_position,
+            events.c.position <= up_to_position,
+            events.c.recorded_at >= to_utc(since),
+        )
+        if not issued:
             return []
-        # Every outcome of these notices comes after them in the log.
+        # Every outcome and copy of these notices comes after them in the log.
+        first = issued[0].position
         outcomes = _outcomes(
-            events.c.position > int(rows[0][2]),
+            events.c.position > first,
             events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
         )
-        issued = [(str(r[0]), r[1], r[3], r[4]) for r in rows]
-        copies = _copies(events.c.position > int(rows[0][2]))  # a copy comes after its notice
+        copies = _copies(events.c.position > first)
         return _channels_without(conn, issued, outcomes, copies)
 
 
@@ -285,18 +300,9 @@ def contact_changed_deliveries(
         accounts = sorted(str(account) for (account,) in conn.execute(changed))
         for start in range(0, len(accounts), 500):
             chunk = events.c.account_id.in_(accounts[start : start + 500])
-            notices = sa.select(
-                events.c.event_id, events.c.account_id, events.c.recorded_at, _CHOSEN
-            ).where(
-                chunk,
-                events.c.type == "NoticeIssued",
-                events.c.recorded_at >= since,
-                events.c.position <= up_to_position,
+            issued = _issued(
+                conn, chunk, events.c.recorded_at >= since, events.c.position <= up_to_position
             )
-            issued = [
-                (str(r[0]), r[1], r[2], r[3])
-                for r in conn.execute(notices.order_by(events.c.position))
-            ]
             if issued:
                 delivery = ("NoticeDelivered", "NoticeDeliveryFailed")
                 outcomes = _outcomes(
