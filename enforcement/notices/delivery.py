@@ -209,31 +209,32 @@ class NoticeDelivery:
         message_id: str | None,
         chosen: bool,
     ) -> str:
-        """Nothing to send: the contact had no target on ``channel`` when first read (it is read
-        again under the channel's guard: a target set again meanwhile is sent to). A channel
-        whose tries are not over is closed with a final failure that says so, when it was
-        tried before (this try's number is above 1: a retry, its target removed since; a
-        failure that could not be recorded counts, as the number does) or was ``chosen`` for
-        a copy (the contact had it when the copy was asked for): nothing would ever try it
-        again, and the notice would wait on it for good. A channel never tried, that the
-        contact had no target for when the notice went out, records nothing."""
+        """Nothing to send: the contact had no target on ``channel`` when first read. A channel
+        whose tries are not over is closed with a final failure that says so when it was tried
+        before (this try's number is above 1: a retry, its target removed since; a failure
+        that could not be recorded counts, as the number does) or was ``chosen`` for a copy
+        (the contact had it when the copy was asked for): nothing would ever try it again, and
+        the notice would wait on it for good. Before closing it, the contact is read again
+        under the channel's guard: a target set again meanwhile is sent to. A channel never
+        tried, that the contact had no target for when the notice went out, records nothing
+        (and reads nothing more)."""
         event_id = notice.event_id
         with self.guard.held(f"{event_id}:{channel}", message_id):
             number = numbered()
             if number is None:
                 return FAILED_FOR_GOOD
-            # Read again under the guard: a target set again while another try held it (or
-            # since the first read) is sent to, not closed.
-            target = self.contact(notice.account_id).target(channel)
-            if target is not None:
-                return self._send(notice, target, channel, *number)
             attempt = number[0]
             if attempt == 1 and not chosen:
                 return "no_target"
+            # Before closing it, read again under the guard: a target set again while another
+            # try held it (or since the first read) is sent to, not closed.
+            target = self.contact(notice.account_id).target(channel)
+            if target is not None:
+                return self._send(notice, target, channel, *number)
             if self.delivered(event_id, channel):
                 return "already_delivered"
-            target = "an e-mail address" if channel == "email" else "a webhook_url"
-            error = f"the account's contact no longer has {target}: no try follows"
+            field = "an e-mail address" if channel == "email" else "a webhook_url"
+            error = f"the account's contact no longer has {field}: no try follows"
             notice_id = notice.data["notice_id"]
             self._failed(
                 notice.account_id, event_id, notice_id, channel, attempt, error, final=True
