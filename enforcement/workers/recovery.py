@@ -156,6 +156,8 @@ def _channels_without(
     others then (a webhook added months later is not sent two weeks of old notices), unless
     every channel is newer than it and the notice is not settled: it then goes out on those
     rather than on none (``projections.notices.settled_notices``)."""
+    if not issued:
+        return []  # nothing to read outcomes, copies or contacts for
     named: dict[str, set[str]] = {}
     delivered: set[str] = set()
     for notice_event_id, channel, kind in conn.execute(outcomes):
@@ -303,13 +305,10 @@ def contact_changed_deliveries(
             issued = _issued(
                 conn, chunk, events.c.recorded_at >= since, events.c.position <= up_to_position
             )
-            if issued:
-                delivery = ("NoticeDelivered", "NoticeDeliveryFailed")
-                outcomes = _outcomes(
-                    chunk, events.c.type.in_(delivery), events.c.recorded_at >= since
-                )
-                copies = _copies(chunk, events.c.recorded_at >= since)
-                found += _channels_without(conn, issued, outcomes, copies)
+            delivery = ("NoticeDelivered", "NoticeDeliveryFailed")
+            outcomes = _outcomes(chunk, events.c.type.in_(delivery), events.c.recorded_at >= since)
+            copies = _copies(chunk, events.c.recorded_at >= since)
+            found += _channels_without(conn, issued, outcomes, copies)
     return found
 
 
