@@ -16,7 +16,7 @@ from typing import Any
 
 from enforcement.errors import ValidationFailed
 from enforcement.policy_file import SEVERITY_RANK, CategoryRule, Policy, ThrottleRule
-from events import NewEvent
+from events import NewEvent, RecordedEvent
 from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from events.types import new_event_id
@@ -24,7 +24,13 @@ from projections import aup_events as ev
 from projections.durations import duration_text
 from projections.lookback import METADATA_KEY as LOOKBACK_KEY
 from projections.reasons import percent, statement_of_reasons, violation_fact
-from projections.standing import StandingState, SuspensionRecord, ViolationRecord, active_suspension
+from projections.standing import (
+    StandingState,
+    SuspensionRecord,
+    ViolationRecord,
+    active_suspension,
+    apply_all,
+)
 
 JSON = dict[str, Any]
 IdFactory = Callable[[str], str]
@@ -289,3 +295,33 @@ def prior_strike_fact(v: ViolationRecord) -> JSON:
 def lasting(suspension: SuspensionRecord) -> str:
     """How long ``suspension`` lasts, for a statement: "indefinitely" or "until <time>"."""
     return "indefinitely" if suspension.until is None else f"until {suspension.until}"
+
+
+def as_recorded(
+    event: RecordedEvent | NewEvent, account_id: str, version: int, recorded_at: datetime
+) -> RecordedEvent:
+    """``event`` as the account's ``version``, recorded at ``recorded_at`` (a recorded one keeps
+    its position): a decided event as the fold will read it, before the store records it."""
+    return RecordedEvent(
+        position=event.position if isinstance(event, RecordedEvent) else 0,
+        event_id=event.event_id,
+        account_id=account_id,
+        version=version,
+        type=event.type,
+        schema_version=event.schema_version,
+        data=event.data,
+        metadata=event.metadata,
+        occurred_at=to_utc(event.occurred_at),
+        recorded_at=to_utc(recorded_at),
+        prev_hash="",
+        hash="",
+    )
+
+
+def with_decided(state: StandingState, events: Sequence[NewEvent], now: datetime) -> StandingState:
+    """``state`` after ``events``, decided at ``now`` and not yet recorded: what a decision
+    that follows them in the same command decides on."""
+    first = state.version + 1
+    return apply_all(
+        state, [as_recorded(e, state.account_id, first + i, now) for i, e in enumerate(events)]
+    )

@@ -29,7 +29,6 @@ from enforcement.decider import (
     effective_severity,
     lasting,
     new_event,
-    prior_strike_fact,
     random_id,
 )
 from enforcement.errors import InvalidTransition, NotFound, ValidationFailed
@@ -49,6 +48,7 @@ from enforcement.policy_file import (
     load_policy,
     parse_duration,
 )
+from enforcement.policy_ladder import ladder
 from events import NewEvent
 from events.timefmt import format_time, parse_time, to_utc
 from projections import aup_events as ev
@@ -57,7 +57,6 @@ from projections.standing import (
     StandingState,
     ThrottleRecord,
     ViolationRecord,
-    active_strikes,
     active_throttles,
     remediation_is_open,
 )
@@ -143,66 +142,8 @@ def decide_violation(
     )
     reported = d.build(payload, ctx.causation_id, actor=ctx.actor, occurred_at=report.occurred_at)
     d.emit(reported)
-    _ladder(d, rule, violation, reported.event_id)
+    ladder(d, rule, violation, reported.event_id)
     return d.events
-
-
-def _ladder(d: Decider, rule: CategoryRule, v: ViolationRecord, cause: str) -> None:
-    policy, state, now = d.policy, d.state, d.ctx.now
-    strikes = active_strikes(state, now, policy.strike_lookback)
-    prior = len(strikes)
-    if state.terminated:
-        return
-    if v.category == ADULT_CONTENT and state.adult_content_approved:
-        d.emit(d.build(ev.ViolationDismissed(v.violation_id, "adult_content_approved"), cause))
-        return
-    if v.category == SUSTAINED_ABUSE:
-        throttle = d.throttle(policy.sustained_abuse_throttle, "sustained_abuse", cause)
-        d.emit(throttle, d.notice("throttle", throttle))
-        return
-    if prior and v.severity != "critical":
-        # The prior strikes chose the rung: the statement lists them beside the violation.
-        d.extra_facts[:0] = [prior_strike_fact(s) for s in strikes]
-    if v.severity == "critical" or prior >= policy.termination_after_strikes:
-        if v.severity == "critical":
-            reason, text = "critical_violation", "The account is terminated permanently."
-        else:
-            reason = "strike_limit_reached"
-            text = f"The account is terminated: {prior} prior strikes were in force."
-        termination = d.terminate(reason, text, cause)
-        d.emit(termination)
-        # Only a severe violation "may be reported to relevant authorities" (AUP §6; POLICY.md's
-        # critical row): one of a referred category that a policy file lets be less than
-        # critical, terminating by the strike count, is not referred.
-        if v.severity == "critical" and rule.refer_to_authorities:
-            text = "The violation is referred to the relevant authorities (AUP §6)."
-            redress = appeal_elsewhere("the termination recorded with it", policy.appeal_window)
-            referral = ev.AuthorityReferralOpened(
-                d.ctx.new_id("ref"),
-                list(d.violation_ids),
-                v.category,
-                d.reasons(text, redress=redress),
-            )
-            d.emit(d.build(referral, cause))
-        d.emit(d.notice("termination", termination))
-        return
-    if v.severity == "high":
-        if prior == 0:
-            d.suspend(policy.first_high_suspension, "high_severity_first", cause)
-        else:
-            d.suspend(None, "high_severity_repeat", cause)
-        return
-    if prior == 0:
-        remediation = d.remediation(cause)
-        due = remediation.data["due_at"]
-        d.emit(d.notice("warning", remediation, deadline=due), remediation)
-    elif prior == 1:
-        throttle = d.throttle(policy.second_minor_throttle, "minor_second_strike", cause)
-        remediation = d.remediation(cause)
-        due = remediation.data["due_at"]
-        d.emit(throttle, d.notice("throttle", throttle, deadline=due), remediation)
-    else:
-        d.suspend(policy.third_minor_suspension, "minor_third_strike", cause)
 
 
 def sustained_abuse_due(

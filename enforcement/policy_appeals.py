@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from enforcement.decider import Context, Decider
+from enforcement.decider import Context, Decider, category_rule, with_decided
 from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy_file import Policy
+from enforcement.policy_ladder import ladder
 from events import NewEvent
 from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
@@ -89,9 +90,16 @@ def decide_appeal(
     Reversal: a termination is ended by ``AccountReinstated``; a suspension still in force by
     ``AccountReinstated`` too when that leaves the account unsuspended, else (it had replaced one
     that still runs, or the account is terminated) by ``SuspensionEnded`` "overturned", which
-    ends it alone, as it ends a replaced one; a throttle still in force by ``ThrottleLifted``.
-    The violations behind the decision are dismissed so their strikes no longer count (which
-    also closes its remediation).
+    ends it alone, as it ends a replaced one; a throttle still in force by ``ThrottleLifted``;
+    a remediation request, by ending as a suspension is ended the one its expiry imposed
+    (``missed_remediation_suspension``), if that still holds: a request reversed was never
+    owed, so neither is the penalty for not meeting it. The violations behind the decision are
+    dismissed so their strikes no longer count (which also closes its remediation).
+    A termination reversed is followed, after the notice, by the ladder's decisions on the
+    violations recorded while it held, on which nothing was decided then (POLICY.md: "violation
+    on a terminated account: recorded, nothing else decided"): with the termination reversed,
+    each is decided now, in the order recorded, as on an account not terminated (a critical
+    one terminates again, and the ones after it stay held by that termination).
     ``upheld`` changes nothing else. ``NotFound`` for an unknown appeal, ``InvalidTransition``
     for one already decided.
     """
@@ -117,14 +125,20 @@ def decide_appeal(
         policy, state, ctx, violations, automated=False, extra_facts=[fact], sections=sections
     )
     what = f"decision {decision.event_id} ({decision.type})"
-    restored = None
+    restored = missed = None
     if outcome == "upheld":
         text = f"The appeal is rejected: the {what} stands."
     else:
         text = f"The appeal is granted: the {what} is reversed"
         # An operator's decision taken on no violation has none to dismiss.
         text += " and its violations are dismissed." if decision.violation_ids else "."
-        restored = _restored_suspension(state, decision, ctx.now)
+        missed = _missed_suspension(state, decision, ctx.now)
+        if missed is not None:
+            text += (
+                f" Suspension {missed.target_id}, imposed because the remediation was not "
+                "completed, ends with it."
+            )
+        restored = _restored_suspension(state, missed or decision, ctx.now)
         if restored is not None and not state.terminated:
             until = "indefinitely" if restored.until is None else f"until {restored.until}"
             text += (
@@ -144,9 +158,39 @@ def decide_appeal(
     decided = d.build(payload, appeal.event_id)
     d.emit(decided)
     if outcome == "overturned":
-        _reverse(d, decision, appeal_id, decided, restored)
+        _reverse(d, decision, appeal_id, decided, restored, missed)
     d.emit(d.notice("appeal_outcome", decided))
+    if any(e.type == "AccountReinstated" and e.data["ends"] == "termination" for e in d.events):
+        return d.events + _decide_held(policy, state, d.events, appeal_id, ctx)
     return d.events
+
+
+def _decide_held(
+    policy: Policy, state: StandingState, reversal: list[NewEvent], appeal_id: str, ctx: Context
+) -> list[NewEvent]:
+    """The ladder's decisions, at ``ctx.now``, on each violation of ``state`` that has none and
+    is not dismissed (recorded while the account was terminated), after ``reversal``. Each is
+    decided on the state its predecessors' decisions left; its prior strikes are the strikes
+    recorded before it."""
+    held = [
+        v.violation_id
+        for v in state.violations.values()
+        if not (v.dismissed or v.decision_event_ids)
+    ]
+    current = with_decided(state, reversal, ctx.now)
+    decided: list[NewEvent] = []
+    fact = {
+        "appeal_id": appeal_id,
+        "description": "Recorded while the account was terminated, when nothing was decided on "
+        f"it; decided once appeal {appeal_id} reversed that termination.",
+    }
+    for i, violation_id in enumerate(held):
+        v = current.violations[violation_id]
+        d = Decider(policy, current, ctx, [v], automated=True, extra_facts=[fact])
+        ladder(d, category_rule(policy, v.category), v, v.event_id, frozenset(held[i:]))
+        current = with_decided(current, d.events, ctx.now)
+        decided += d.events
+    return decided
 
 
 def _restored_suspension(
@@ -167,19 +211,45 @@ def _restored_suspension(
     return replaced if suspension_runs(replaced, now) else None
 
 
+def _missed_suspension(
+    state: StandingState, decision: DecisionRecord, now: datetime
+) -> DecisionRecord | None:
+    """For a remediation request, the decision that suspended the account for missing it
+    (``decide_remediation_expired``: reason ``remediation_missed``, on the request's violations),
+    while that suspension still runs at ``now``, in force or held behind another; else None."""
+    if decision.type != "RemediationRequested":
+        return None
+    remediation = state.remediations.get(str(decision.target_id))
+    if remediation is None:
+        return None
+    for suspension in (state.suspension, *state.replaced_suspensions):
+        if suspension is None or suspension.reason != "remediation_missed":
+            continue
+        if not suspension_runs(suspension, now):
+            continue
+        imposed = state.decisions.get(suspension.event_id)
+        if imposed is not None and imposed.violation_ids == remediation.violation_ids:
+            return imposed
+    return None
+
+
 def _reverse(
     d: Decider,
     decision: DecisionRecord,
     appeal_id: str,
     decided: NewEvent,
     restored: SuspensionRecord | None,
+    missed: DecisionRecord | None,
 ) -> None:
-    """The events that reverse ``decision``; ``restored``: ``_restored_suspension``."""
+    """The events that reverse ``decision``; ``restored``: ``_restored_suspension``;
+    ``missed``: ``_missed_suspension``, ended with it."""
     state, now, cause = d.state, d.ctx.now, decided.event_id
     why = f"appeal {appeal_id} overturned decision {decision.event_id}"
     sor = decided.data["statement_of_reasons"]
     current = active_suspension(state, now)
     suspension = decision.target_id if decision.type == "AccountSuspended" else None
+    if missed is not None:
+        suspension = missed.target_id
     if (
         decision.type == "AccountTerminated"
         and state.terminated

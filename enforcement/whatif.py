@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from enforcement.decider import as_recorded
 from enforcement.policy import (
     Context,
     Policy,
@@ -323,7 +324,7 @@ def replay_account(
 
     def add(event: RecordedEvent | NewEvent, recorded_at: datetime) -> None:
         version = state.version + len(pending) + 1
-        pending.append(_as_recorded(event, account_id, version, recorded_at))
+        pending.append(as_recorded(event, account_id, version, recorded_at))
 
     def attribute(on: dict[str, list[_Decision]], decisions: Iterable[_Decision]) -> None:
         for d in decisions:
@@ -574,26 +575,6 @@ def _with_recorded_event_ids(
             )
         )
     return out
-
-
-def _as_recorded(
-    event: RecordedEvent | NewEvent, account_id: str, version: int, recorded_at: datetime
-) -> RecordedEvent:
-    """The event as the simulated state's next version (recorded ones keep their times)."""
-    return RecordedEvent(
-        position=event.position if isinstance(event, RecordedEvent) else 0,
-        event_id=event.event_id,
-        account_id=account_id,
-        version=version,
-        type=event.type,
-        schema_version=event.schema_version,
-        data=event.data,
-        metadata=event.metadata,
-        occurred_at=to_utc(event.occurred_at),
-        recorded_at=to_utc(recorded_at),
-        prev_hash="",
-        hash="",
-    )
 
 
 def _days(span: timedelta | None) -> str:

@@ -636,6 +636,32 @@ def test_an_overturned_appeal_reverses_a_termination(system: Container, clock: F
     assert_account_consistent(system, "acct_ap")
 
 
+def test_a_violation_held_by_an_overturned_termination_is_decided_then(
+    system: Container, clock: FakeClock
+) -> None:
+    """POLICY.md: a violation on a terminated account is recorded and nothing else; once an
+    appeal reverses the termination it is decided, in the same append as the reversal."""
+    termination = decision(report(system, "acct_held", "weapons_development"), "AccountTerminated")
+    clock.advance(DAY)
+    held = report(system, "acct_held", "csam")
+    assert types_of(held.events) == ["ViolationReported"]
+    clock.advance(DAY)
+    decided = overturn(system, "acct_held", termination, "misattributed")
+    assert types_of(decided.events) == [
+        "AppealDecided",
+        "AccountReinstated",
+        "ViolationDismissed",
+        "NoticeIssued",
+        "AccountTerminated",
+        "AuthorityReferralOpened",
+        "NoticeIssued",
+    ]
+    assert decided.standing.terminated
+    assert decided.standing.strikes == 1  # the csam; the weapons report is dismissed
+    assert decided.events[4].data["violation_ids"] == [held.events[0].data["violation_id"]]
+    assert_account_consistent(system, "acct_held")
+
+
 def overturn(system: Container, account: str, decision_event_id: str, why: str) -> Outcome:
     """Appeal the decision and overturn it at once."""
     filed = system.service.file_appeal(account, decision_event_id, "not us", OPERATOR)

@@ -145,14 +145,14 @@ def test_decisions_the_record_lacks_get_ids_of_their_own(
     two simulated suspensions of one account that no recorded event names. Each gets its own
     suspension id and event id (made-up ids are numbered across the account's replay)."""
     simulated: list[Any] = []
-    as_recorded = whatif._as_recorded
+    as_recorded = whatif.as_recorded
 
     def keep(*args: Any) -> Any:
         event = as_recorded(*args)
         simulated.append(event)
         return event
 
-    monkeypatch.setattr(whatif, "_as_recorded", keep)
+    monkeypatch.setattr(whatif, "as_recorded", keep)
     lenient = {"termination_after_strikes": 5, "third_minor_suspension": "3d"}
     what_if(ladder.store, policy_from_mapping(lenient))
 

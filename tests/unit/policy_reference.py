@@ -38,7 +38,10 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
   still referred to the authorities when its category calls for it.
 - ``sustained_abuse`` always takes its own row, whatever its severity and the strikes (README).
 - On a terminated account a violation is recorded and nothing else; it is a strike unless it is
-  ``sustained_abuse`` or adult content on an approved account.
+  ``sustained_abuse`` or adult content on an approved account. When an appeal reverses that
+  termination, each such violation not dismissed by the reversal is decided then, in the order
+  recorded, as on an account not terminated: its prior strikes are the active strikes recorded
+  before it (POLICY.md's rows then apply: a critical one terminates again).
 - A remediation is open until completed, expired, or all its violations are dismissed; the
   expiry fires once the clock is at or past ``due_at`` and suspends for 7 days from when it is
   recorded (design.md), or suspends nothing on a terminated account.
@@ -49,7 +52,10 @@ oracle; see the module docstring of ``test_policy_oracle.py`` for how they were 
 - An appeal may be filed until ``appeal_window`` after its decision, inclusive, and not against
   a decision already overturned. Overturned, it reverses that decision alone (a throttle is
   lifted, a remediation closed, a termination reversed, a suspension ended) and dismisses the
-  violations it was taken on; when the suspension it ends is the one in force, the longest other
+  violations it was taken on (a remediation request's reversal also ends, in the same way, the
+  suspension its expiry imposed, if that still runs: POLICY.md's "reverses the decision", whose
+  penalty for not meeting it goes with it); when the suspension it ends is the one in force, the
+  longest other
   one that still runs is in force again, unless it had been dropped: by running out of the one in
   force (that ends every suspension), a reinstatement, or an operator's strictly shorter
   suspension replacing the one in force (README: "winning an appeal must not leave the account
@@ -158,6 +164,7 @@ class Violation:
     occurred_at: datetime
     strike: bool
     dismissed: bool = False
+    held: bool = False  # recorded on a terminated account: nothing decided on it yet
 
 
 @dataclass
@@ -181,6 +188,7 @@ class Remediation:
     due_at: datetime
     violations: list[str]
     closed: bool = False
+    missed: Suspension | None = None  # the suspension its expiry imposed
 
 
 @dataclass
@@ -249,6 +257,8 @@ class Reference:
     adult_approved: bool = False
     limits: dict[str | None, tuple[int, int]] = field(default_factory=dict)  # key (None: ceiling)
     denials: list[datetime] = field(default_factory=list)  # the gate's, counted ones
+    # The decisions the last overturned termination took on the violations it had held.
+    held_decisions: list[Decision] = field(default_factory=list)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -353,36 +363,55 @@ class Reference:
         self.violations.append(violation)
         out: list[Decision] = [("ViolationReported", sev, strike)]
         if self.terminated:
+            violation.held = True
             return out
+        return [*out, *self._ladder(violation, prior, now)]
+
+    def _ladder(self, violation: Violation, prior: int, now: datetime) -> list[Decision]:
+        """The decisions on ``violation`` (already recorded) at ``now``, after ``prior``
+        strikes."""
+        key, category, sev = violation.key, violation.category, violation.severity
         if category == "sustained_abuse":
             factor, duration = self.policy.sustained_abuse_throttle
             throttle = self._throttle(factor, duration, now, [key])
             self.throttles[-1].sustained = True
-            return [*out, throttle, ("NoticeIssued", "throttle")]
-        if adult_ok:
+            return [throttle, ("NoticeIssued", "throttle")]
+        if category == "unapproved_adult_content" and self.adult_approved:
             violation.dismissed = True
-            return [*out, ("ViolationDismissed", "adult_content_approved")]
+            return [("ViolationDismissed", "adult_content_approved")]
         if sev == "critical" or prior >= self.policy.termination_after_strikes:
-            out.append(self._terminate(now, [key]))
+            out = [self._terminate(now, [key])]
             if sev == "critical" and self.policy.categories[category][2]:
                 out.append(("AuthorityReferralOpened", category))
             return [*out, ("NoticeIssued", "termination")]
         if sev == "high":
             until = now + self.policy.first_high_suspension if prior == 0 else None
-            return [*out, self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
+            return [self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
         # minor: low or medium
         if prior == 0:
-            return [*out, ("NoticeIssued", "warning"), self._remediate(f"rem_{key}", key, now)]
+            return [("NoticeIssued", "warning"), self._remediate(f"rem_{key}", key, now)]
         if prior == 1:
             factor, duration = self.policy.second_minor_throttle
             return [
-                *out,
                 self._throttle(factor, duration, now, [key]),
                 ("NoticeIssued", "throttle"),
                 self._remediate(f"rem_{key}", key, now),
             ]
         until = now + self.policy.third_minor_suspension
-        return [*out, self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
+        return [self._suspend(until, now, [key]), ("NoticeIssued", "suspension")]
+
+    def _decide_held(self, now: datetime) -> list[Decision]:
+        """The violations held by a termination just reversed, decided at ``now`` in order."""
+        out: list[Decision] = []
+        for i, violation in enumerate(self.violations):
+            if not violation.held or self.terminated:
+                continue
+            violation.held = False
+            if violation.dismissed:
+                continue
+            prior = sum(1 for v in self.violations[:i] if self.strike_active(v, now))
+            out += self._ladder(violation, prior, now)
+        return out
 
     def due_remediations(self, now: datetime) -> list[str]:
         return [r.key for r in self.remediations if not r.closed and r.due_at <= now]
@@ -399,6 +428,7 @@ class Reference:
             return out
         until = now + self.policy.missed_remediation_suspension
         suspended = self._suspend(until, now, list(rem.violations))
+        rem.missed = self.suspensions[-1]
         return [*out, suspended, ("NoticeIssued", "suspension")]
 
     def dismiss(self, key: str) -> None:
@@ -437,25 +467,29 @@ class Reference:
             target.lifted = True
         elif isinstance(target, Remediation):
             target.closed = True
+            if target.missed is not None and target.missed.in_force(now):
+                self._overturn_suspension(target.missed, now)
         elif isinstance(target, Suspension):
-            target.overturned = True
-            if target is self.suspension:
-                # Reversed alone: whichever other suspension still runs is in force again.
-                running = [
-                    s
-                    for s in self.suspensions
-                    if not (s.overturned or s.dropped) and s.in_force(now)
-                ]
-                longest = None
-                for s in running:
-                    if longest is None or s.longer_than(longest):
-                        longest = s
-                self.suspension = longest
+            self._overturn_suspension(target, now)
         else:
             self.terminated = False
         for key in record.violations:
             self.dismiss(key)
+        self.held_decisions = [] if target is not None else self._decide_held(now)
         return True
+
+    def _overturn_suspension(self, target: Suspension, now: datetime) -> None:
+        target.overturned = True
+        if target is self.suspension:
+            # Reversed alone: whichever other suspension still runs is in force again.
+            running = [
+                s for s in self.suspensions if not (s.overturned or s.dropped) and s.in_force(now)
+            ]
+            longest = None
+            for s in running:
+                if longest is None or s.longer_than(longest):
+                    longest = s
+            self.suspension = longest
 
     # --- operators' restrictions (CONTRACT.md; design.md: "an operator's [suspension] replaces
     # whatever is in force"; README: one that an operator's shorter suspension replaced never

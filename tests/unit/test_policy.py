@@ -39,6 +39,7 @@ from enforcement.policy import (
 from events import NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time
 from projections import aup_events as ev
+from projections.reasons import NOTHING_TO_APPEAL_REDRESS
 from projections.standing import (
     DECISION_TYPES,
     StandingState,
@@ -545,6 +546,12 @@ def test_adult_content_dismissal_reason() -> None:
     assert decided[1].data["reason"] == "adult_content_approved"
     assert decided[1].data["violation_id"] == decided[0].data["violation_id"]
     assert view(account.state, NOW, P.strike_lookback).strikes == 0
+    # POLICY.md: "every decision the system records must carry that citation".
+    sor = decided[1].data["statement_of_reasons"]
+    assert sor["ground"] == "AUP §4 (unapproved_adult_content)"
+    assert sor["automated_decision"] is True
+    assert sor["redress"] == NOTHING_TO_APPEAL_REDRESS
+    assert sor["decision"].endswith("approved for adult content, so it is no strike.")
 
 
 def test_adult_content_on_an_approved_terminated_account_is_no_strike() -> None:
@@ -826,10 +833,12 @@ def _decided(category: str, **kwargs: Any) -> tuple[Account, NewEvent]:
     return account, of_type(decided, decision_type)
 
 
-def _file(account: Account, decision: NewEvent, at: datetime) -> str:
-    filed = decide_appeal_filing(P, account.state, decision.event_id, "not me", account.ctx(at))
+def _file(account: Account, decision: NewEvent | str, at: datetime) -> str:
+    """File an appeal of ``decision`` (the event, or its id) at ``at``."""
+    event_id = decision if isinstance(decision, str) else decision.event_id
+    filed = decide_appeal_filing(P, account.state, event_id, "not me", account.ctx(at))
     assert types(filed) == ["AppealFiled"]
-    assert filed[0].metadata["causation_id"] == decision.event_id
+    assert filed[0].metadata["causation_id"] == event_id
     assert filed[0].metadata["actor"] == "reporter"  # the account's, not the policy's
     account.record(filed, at)
     return str(filed[0].data["appeal_id"])
@@ -1045,7 +1054,7 @@ def _in_force(account: Account, at: datetime) -> str | None:
     return None if s is None else s.suspension_id
 
 
-def _overturn(account: Account, decision: NewEvent, at: datetime) -> list[NewEvent]:
+def _overturn(account: Account, decision: NewEvent | str, at: datetime) -> list[NewEvent]:
     appeal_id = _file(account, decision, at)
     decided = decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(at, "op"))
     account.record(decided, at)
@@ -1529,10 +1538,13 @@ def test_every_rung_is_the_one_policy_md_gives_for_the_strikes_a_model_counts(
     (by an operator, or by an overturned appeal) and not sustained_abuse nor approved adult
     content, counted for ``strike_lookback`` from when it occurred; "prior strikes" are those
     counting when the new one is decided. Each report gets the events of its row, and a
-    suspension lasts as long as its row says."""
+    suspension lasts as long as its row says. A violation recorded on a terminated account
+    is decided by its row once an appeal reverses that termination, after the strikes
+    recorded before it."""
     account, now = Account(), NOW
     strikes: dict[str, datetime] = {}  # violation id -> occurred, for every strike not dismissed
     violations: list[str] = []
+    held: list[tuple[str, str, str]] = []  # reported while terminated: id, category, severity
     terminated = approved = False
     for (name, a, b, c), hours, micros in steps:
         now += timedelta(hours=hours, microseconds=micros)
@@ -1561,11 +1573,14 @@ def test_every_rung_is_the_one_policy_md_gives_for_the_strikes_a_model_counts(
                 violations.append(violation_id)
                 if a != "sustained_abuse" and not (a == "unapproved_adult_content" and approved):
                     strikes[violation_id] = occurred
+                if terminated:
+                    held.append((violation_id, a, severity))
                 terminated = terminated or "AccountTerminated" in types(decided)
             elif name == "dismiss" and violations:
                 violation_id = violations[a % len(violations)]
                 decided = ops.decide(policy, state, ops.DismissViolation(violation_id, "r"), ctx)
                 strikes.pop(violation_id, None)
+                held = [h for h in held if h[0] != violation_id]
             elif name == "approve":
                 decided = ops.decide(policy, state, ops.SetAdultContentApproval(a, "r"), ctx)
                 approved = a
@@ -1578,7 +1593,25 @@ def test_every_rung_is_the_one_policy_md_gives_for_the_strikes_a_model_counts(
                 if b == "overturned":  # the violations behind it no longer count
                     for violation_id in state.decisions[target].violation_ids:
                         strikes.pop(violation_id, None)
-                    terminated = terminated and target != state.termination_event_id
+                    if terminated and target == state.termination_event_id:
+                        terminated, rungs = False, []
+                        while held and not terminated:
+                            violation_id, category, severity = held.pop(0)
+                            before = violations[: violations.index(violation_id)]
+                            prior = sum(
+                                1
+                                for v in before
+                                if v in strikes and strikes[v] > now - policy.strike_lookback
+                            )
+                            rung = _modelled_rung(
+                                policy, category, severity, prior, False, approved
+                            )
+                            rungs += rung[1:]
+                            if "ViolationDismissed" in rung:
+                                strikes.pop(violation_id, None)
+                            terminated = "AccountTerminated" in rung
+                        assert types(decided)[len(types(decided)) - len(rungs) :] == rungs
+                        assert types(decided)[-len(rungs) - 1] == "NoticeIssued"
         except (NotFound, Conflict, InvalidTransition):
             decided = []
         account.record(decided, now)
@@ -1964,3 +1997,199 @@ def test_a_notice_of_a_decision_overturned_on_appeal_is_not_sent_again(outcome: 
         ]
     again = ops.decide(P, account.state, ops.ResendNotice(outcome_notice, "r"), account.ctx(t(3)))
     assert again[0].data["kind"] == "appeal_outcome"
+
+
+# --- violations a reversed termination had held -----------------------------------------------
+
+
+def _terminated_by_an_operator(account: Account) -> NewEvent:
+    decided = ops.decide(P, account.state, ops.Terminate("chargeback fraud"), account.ctx(t(0)))
+    account.record(decided, t(0))
+    return of_type(decided, "AccountTerminated")
+
+
+def test_a_critical_violation_held_by_a_termination_terminates_once_that_one_is_overturned() -> (
+    None
+):
+    account = Account()
+    termination = _terminated_by_an_operator(account)
+    held = account.report("csam", t(1))
+    assert types(held) == ["ViolationReported"]  # POLICY.md: recorded, nothing else decided
+    decided = _overturn(account, termination, t(2))
+
+    assert types(decided) == [
+        "AppealDecided",
+        "AccountReinstated",
+        "NoticeIssued",
+        "AccountTerminated",
+        "AuthorityReferralOpened",
+        "NoticeIssued",
+    ]
+    assert decided[2].data["kind"] == "appeal_outcome"
+    again = decided[3]
+    assert again.data["reason"] == "critical_violation"
+    assert again.data["violation_ids"] == [held[0].data["violation_id"]]
+    assert again.metadata["causation_id"] == held[0].event_id
+    assert again.metadata["actor"] == "policy"
+    facts = again.data["statement_of_reasons"]["facts"]
+    assert facts[-1]["appeal_id"] == decided[0].data["appeal_id"]
+    assert "while the account was terminated" in facts[-1]["description"]
+    assert decided[5].data["kind"] == "termination"
+    assert decided[5].data["decision_event_id"] == again.event_id
+    standing = view(account.state, t(2), P.strike_lookback)
+    assert standing.terminated
+    assert account.state.termination_event_id == again.event_id
+
+
+def test_held_violations_are_decided_in_the_order_recorded_each_after_the_ones_before() -> None:
+    account = Account()
+    termination = _terminated_by_an_operator(account)
+    first = account.report("spam", t(1))[0].data["violation_id"]
+    second = account.report("disinformation", t(1.5))[0].data["violation_id"]
+    decided = _overturn(account, termination, t(2))
+
+    assert types(decided)[3:] == [
+        "NoticeIssued",
+        "RemediationRequested",  # the first: no prior strike, a warning
+        "ThrottleApplied",  # the second: one prior strike (the first), not two
+        "NoticeIssued",
+        "RemediationRequested",
+    ]
+    assert [e.data.get("kind") for e in decided[3:] if e.type == "NoticeIssued"] == [
+        "warning",
+        "throttle",
+    ]
+    assert [e.data["violation_ids"] for e in decided[4:] if e.type != "NoticeIssued"] == [
+        [first],
+        [second],
+        [second],
+    ]
+    throttle = of_type(decided, "ThrottleApplied")
+    assert throttle.data["expires_at"] == format_time(t(2) + P.second_minor_throttle.duration)
+    standing = view(account.state, t(2), P.strike_lookback)
+    assert (standing.status, standing.strikes, len(standing.open_remediations)) == (
+        "throttled",
+        2,
+        2,
+    )
+
+
+def test_a_held_violation_stays_undecided_while_a_termination_holds() -> None:
+    account = Account()
+    termination = _terminated_by_an_operator(account)
+    account.report("csam", t(1))
+    minor = account.report("spam", t(1.5))[0].data["violation_id"]
+    upheld_id = _file(account, termination, t(2))
+    upheld = decide_appeal(P, account.state, upheld_id, "upheld", "r", account.ctx(t(2), "op"))
+    assert types(upheld) == ["AppealDecided", "NoticeIssued"]
+    account.record(upheld, t(2))
+
+    decided = _overturn(account, termination, t(3))
+    # The held csam terminates again; the spam after it is held by that termination in turn.
+    assert types(decided)[3:] == ["AccountTerminated", "AuthorityReferralOpened", "NoticeIssued"]
+    again = of_type(decided, "AccountTerminated")
+    decided = _overturn(account, again, t(4))
+    assert types(decided) == [
+        "AppealDecided",
+        "AccountReinstated",
+        "ViolationDismissed",  # the csam, behind the termination overturned
+        "NoticeIssued",
+        "NoticeIssued",  # the spam's warning: its one prior strike was just dismissed
+        "RemediationRequested",
+    ]
+    assert of_type(decided, "RemediationRequested").data["violation_ids"] == [minor]
+
+
+# --- a reversed remediation request takes its missed-remediation suspension with it ------------
+
+
+def _missed(account: Account, rem_id: str, due: datetime) -> NewEvent:
+    decided = decide_remediation_expired(P, account.state, rem_id, account.ctx(due, "scheduler"))
+    account.record(decided, due)
+    return of_type(decided, "AccountSuspended")
+
+
+def _request_of(account: Account, rem_id: str) -> str:
+    return account.state.remediations[rem_id].event_id
+
+
+def _overturn_request(account: Account, rem_id: str, at: datetime) -> list[NewEvent]:
+    """Appeal remediation ``rem_id``'s request and overturn it at ``at`` (not yet recorded)."""
+    appeal_id = _file(account, _request_of(account, rem_id), at)
+    return decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(at, "op"))
+
+
+def test_overturning_a_missed_remediation_request_ends_the_suspension_for_missing_it() -> None:
+    account, rem_id, due = _with_remediation()
+    suspended = _missed(account, rem_id, due)
+    later = due + DAY
+    decided = _overturn_request(account, rem_id, later)
+
+    assert types(decided) == [
+        "AppealDecided",
+        "AccountReinstated",
+        "ViolationDismissed",
+        "NoticeIssued",
+    ]
+    assert decided[1].data["ends"] == "suspension"
+    sid = suspended.data["suspension_id"]
+    assert (
+        decided[0]
+        .data["statement_of_reasons"]["decision"]
+        .endswith(
+            f"is reversed and its violations are dismissed. Suspension {sid}, imposed because the "
+            "remediation was not completed, ends with it."
+        )
+    )
+    account.record(decided, later)
+    standing = view(account.state, later, P.strike_lookback)
+    assert (standing.status, standing.strikes, standing.suspension) == ("good_standing", 0, None)
+
+
+def test_a_missed_remediation_suspension_that_ran_out_is_not_ended_again() -> None:
+    account, rem_id, due = _with_remediation()
+    suspended = _missed(account, rem_id, due)
+    over = parse_time(suspended.data["until"])
+    decided = _overturn_request(account, rem_id, over)
+    assert types(decided) == ["AppealDecided", "ViolationDismissed", "NoticeIssued"]
+    assert "imposed because" not in decided[0].data["statement_of_reasons"]["decision"]
+
+
+def test_a_missed_remediation_suspension_held_behind_a_longer_one_ends_never_to_return() -> None:
+    account, rem_id, due = _with_remediation()
+    account.given(
+        ev.AccountSuspended("sus_long", format_time(due + 30 * DAY), "operator", SOR), NOW
+    )
+    held = _missed(account, rem_id, due)
+    assert held.data["held_by"] == "sus_long"
+    later = due + DAY
+    decided = _overturn_request(account, rem_id, later)
+    assert types(decided) == [
+        "AppealDecided",
+        "SuspensionEnded",
+        "ViolationDismissed",
+        "NoticeIssued",
+    ]
+    assert decided[1].data == {
+        "suspension_id": held.data["suspension_id"],
+        "reason": ev.SUSPENSION_OVERTURNED,
+    }
+    account.record(decided, later)
+    assert _in_force(account, later) == "sus_long"
+    # Overturning the longer one now leaves the account unsuspended: the held one is gone.
+    (long_decision,) = [d for d in account.state.decisions.values() if d.target_id == "sus_long"]
+    _overturn(account, long_decision.event_id, later)
+    assert _in_force(account, later) is None
+
+
+def test_overturning_one_missed_remediation_request_leaves_the_suspension_for_another() -> None:
+    account = Account()
+    first = of_type(account.report("spam", t(0)), "RemediationRequested").data["remediation_id"]
+    second = of_type(account.report("spam", t(1)), "RemediationRequested").data["remediation_id"]
+    for_first = _missed(account, first, t(7))
+    for_second = _missed(account, second, t(8))  # longer: in force, the first's behind it
+    assert _in_force(account, t(8)) == for_second.data["suspension_id"]
+    decided = _overturn(account, _request_of(account, first), t(9))
+    assert types(decided)[:2] == ["AppealDecided", "SuspensionEnded"]
+    assert decided[1].data["suspension_id"] == for_first.data["suspension_id"]
+    assert _in_force(account, t(9)) == for_second.data["suspension_id"]

@@ -278,10 +278,15 @@ class Twins:
         except InvalidTransition:
             filed = []
         self._append(filed, self.now)
+        decided: list[NewEvent] = []
         if filed:
             appeal_id = filed[0].data["appeal_id"]
             decided = decide_appeal(self.policy, self.real.state, appeal_id, outcome, "r", ctx)
-            self._append(decided, self.now)
+            self._record(decided, self.now)  # a reversed termination's held violations' too
+            for event in decided:
+                if event.type == "RemediationRequested":
+                    (vid,) = event.data["violation_ids"]
+                    self._name(event.data["remediation_id"], f"rem_{self.keys[vid]}")
         kind = self.model.decisions[index].type
         if (
             kind == "AccountSuspended"
@@ -294,6 +299,13 @@ class Twins:
         note(f"appeal {outcome} {kind} {'filed' if filed else 'refused'}")
         step = f"appeal {outcome} against decision {index} at {self.now}"
         assert bool(filed) == self.model.appeal(index, outcome, self.now), step
+        # What follows the appeal's own notice: the decisions on the violations a reversed
+        # termination had held.
+        notice = next((i for i, e in enumerate(decided) if e.type == "NoticeIssued"), len(decided))
+        held = [decision(e) for e in decided[notice + 1 :]]
+        if held:
+            note(f"appeal decided held violations: {[d[0] for d in held]}")
+        assert held == (self.model.held_decisions if filed and outcome == "overturned" else [])
 
     def operator(self, command: Any, allowed: bool | list[ref.Decision] | None) -> None:
         """An operator's command the reference allows (``allowed``: true, or the decisions it

@@ -13,6 +13,7 @@ from test_history import table_copies
 
 from enforcement import operator_decisions as ops
 from enforcement import whatif
+from enforcement.decider import as_recorded
 from enforcement.policy import (
     DEFAULT_POLICY,
     Context,
@@ -20,7 +21,7 @@ from enforcement.policy import (
     decide_remediation_expired,
     decide_violation,
 )
-from enforcement.whatif import _as_recorded, replay_account
+from enforcement.whatif import replay_account
 from events import NewEvent, RecordedEvent
 from projections.standing import StandingState, advance_all, apply_all
 
@@ -36,7 +37,7 @@ def recorded_log(findings: int) -> list[RecordedEvent]:
     def record(events: list[NewEvent], at: datetime) -> None:
         nonlocal state
         recorded = [
-            _as_recorded(e, "acct_1", state.version + i, at) for i, e in enumerate(events, 1)
+            as_recorded(e, "acct_1", state.version + i, at) for i, e in enumerate(events, 1)
         ]
         state = apply_all(state, recorded)
         log.extend(recorded)
@@ -101,7 +102,7 @@ class Later:
 
     def record(self, events: list[NewEvent], recorded_at: datetime) -> None:
         recorded = [
-            _as_recorded(e, "acct_1", self.state.version + i, recorded_at)
+            as_recorded(e, "acct_1", self.state.version + i, recorded_at)
             for i, e in enumerate(events, 1)
         ]
         self.state = apply_all(self.state, recorded)
@@ -257,11 +258,11 @@ def test_the_shipped_policy_decides_each_recorded_report_again_event_for_event(
     simulated: list[RecordedEvent] = []
 
     def keep(*args: Any) -> RecordedEvent:
-        event = _as_recorded(*args)
+        event = as_recorded(*args)
         simulated.append(event)
         return event
 
-    monkeypatch.setattr(whatif, "_as_recorded", keep)
+    monkeypatch.setattr(whatif, "as_recorded", keep)
     replay_account(DEFAULT_POLICY, "acct_1", account.log)
 
     def metadata(event: RecordedEvent) -> dict[str, Any]:
