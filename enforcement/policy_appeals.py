@@ -168,15 +168,11 @@ def decide_appeal(
 def _decide_held(
     policy: Policy, state: StandingState, reversal: list[NewEvent], appeal_id: str, ctx: Context
 ) -> list[NewEvent]:
-    """The ladder's decisions, at ``ctx.now``, on each violation of ``state`` that has none and
-    is not dismissed (recorded while the account was terminated), after ``reversal``. Each is
+    """The ladder's decisions, at ``ctx.now``, on each violation the termination of ``state``
+    held (``held_violations``), after ``reversal`` (which reverses that termination). Each is
     decided on the state its predecessors' decisions left; its prior strikes are the strikes
     recorded before it."""
-    held = [
-        v.violation_id
-        for v in state.violations.values()
-        if not (v.dismissed or v.decision_event_ids)
-    ]
+    held = held_violations(state, str(state.termination_event_id))
     current = with_decided(state, reversal, ctx.now)
     decided: list[NewEvent] = []
     fact = {
@@ -191,6 +187,32 @@ def _decide_held(
         current = with_decided(current, d.events, ctx.now)
         decided += d.events
     return decided
+
+
+def held_violations(state: StandingState, termination_event_id: str) -> list[str]:
+    """The ids of the violations, in the order recorded, that the termination
+    ``termination_event_id`` holds undecided: recorded while it was in force (``held_by``), or
+    while one was whose reversal decided this termination on a violation it held (a held
+    violation that terminated again holds the ones after it in turn); not dismissed, and with
+    no decision. A violation that an earlier reversal left undecided (before 2026-12-07 none
+    was decided) is not one of them."""
+    holders: set[str] = set()
+    pending = [termination_event_id]
+    while pending:
+        holder = pending.pop()
+        if holder in holders:
+            continue
+        holders.add(holder)
+        decision = state.decisions.get(holder)
+        for violation_id in decision.violation_ids if decision is not None else ():
+            v = state.violations.get(violation_id)
+            if v is not None and v.held_by is not None:
+                pending.append(v.held_by)
+    return [
+        v.violation_id
+        for v in state.violations.values()
+        if v.held_by in holders and not (v.dismissed or v.decision_event_ids)
+    ]
 
 
 def _restored_suspension(

@@ -31,12 +31,14 @@ def ladder(
     prior = len(strikes)
     if state.terminated:
         return
-    if v.category == ADULT_CONTENT and state.adult_content_approved:
-        # No restriction, but a decision all the same: its statement cites the AUP (POLICY.md:
-        # "every decision the system records must carry that citation"), as an operator's does.
+    if v.category == ADULT_CONTENT and not v.strike:
+        # Not a strike: the account was approved for adult content when it was recorded (a
+        # held one is judged by then, not by the approval when it is decided). No restriction,
+        # but a decision all the same: its statement cites the AUP (POLICY.md: "every decision
+        # the system records must carry that citation"), as an operator's does.
         text = (
-            f"Violation {v.violation_id} is dismissed: the account is approved for adult "
-            "content, so it is no strike."
+            f"Violation {v.violation_id} is dismissed: the account was approved for adult "
+            "content when it was recorded, so it is no strike."
         )
         sor = d.reasons(text, redress=NOTHING_TO_APPEAL_REDRESS)
         payload = ev.ViolationDismissed(v.violation_id, "adult_content_approved", sor)

@@ -20,8 +20,9 @@ JSON = dict[str, Any]
 # Bump when the stored shape of ``StandingState`` changes, or what the fold keeps in it;
 # ``from_json`` then refuses older states and the stored standings must be rebuilt from the log
 # (the log is the truth). 3: DecisionRecord.appeal_deadline; 4: replaced_suspensions; 5: those
-# also keep a timed suspension ending at the same instant as the one replacing it (a 4 lacks it).
-STATE_SCHEMA = 5
+# also keep a timed suspension ending at the same instant as the one replacing it (a 4 lacks it);
+# 6: ViolationRecord.held_by.
+STATE_SCHEMA = 6
 # Event types that are decisions an appeal may target, and what each one targets.
 DECISION_TYPES = (
     "ThrottleApplied",
@@ -47,6 +48,9 @@ class ViolationRecord:
     strike: bool
     dismissed: bool = False
     decision_event_ids: tuple[str, ...] = ()
+    # The termination in force when it was recorded, which decided nothing on it (POLICY.md):
+    # its reversal on appeal decides it (``policy_appeals``). None when recorded otherwise.
+    held_by: str | None = None
 
 
 @fast_init

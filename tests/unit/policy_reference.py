@@ -376,8 +376,8 @@ class Reference:
             throttle = self._throttle(factor, duration, now, [key])
             self.throttles[-1].sustained = True
             return [throttle, ("NoticeIssued", "throttle")]
-        if category == "unapproved_adult_content" and self.adult_approved:
-            violation.dismissed = True
+        if category == "unapproved_adult_content" and not violation.strike:
+            violation.dismissed = True  # approved when recorded (a held one too)
             return [("ViolationDismissed", "adult_content_approved")]
         if sev == "critical" or prior >= self.policy.termination_after_strikes:
             out = [self._terminate(now, [key])]

@@ -551,7 +551,9 @@ def test_adult_content_dismissal_reason() -> None:
     assert sor["ground"] == "AUP §4 (unapproved_adult_content)"
     assert sor["automated_decision"] is True
     assert sor["redress"] == NOTHING_TO_APPEAL_REDRESS
-    assert sor["decision"].endswith("approved for adult content, so it is no strike.")
+    assert sor["decision"].endswith(
+        "approved for adult content when it was recorded, so it is no strike."
+    )
 
 
 def test_adult_content_on_an_approved_terminated_account_is_no_strike() -> None:
@@ -1544,7 +1546,8 @@ def test_every_rung_is_the_one_policy_md_gives_for_the_strikes_a_model_counts(
     account, now = Account(), NOW
     strikes: dict[str, datetime] = {}  # violation id -> occurred, for every strike not dismissed
     violations: list[str] = []
-    held: list[tuple[str, str, str]] = []  # reported while terminated: id, category, severity
+    # Reported while terminated: id, category, severity, whether approved for adult content then.
+    held: list[tuple[str, str, str, bool]] = []
     terminated = approved = False
     for (name, a, b, c), hours, micros in steps:
         now += timedelta(hours=hours, microseconds=micros)
@@ -1574,7 +1577,7 @@ def test_every_rung_is_the_one_policy_md_gives_for_the_strikes_a_model_counts(
                 if a != "sustained_abuse" and not (a == "unapproved_adult_content" and approved):
                     strikes[violation_id] = occurred
                 if terminated:
-                    held.append((violation_id, a, severity))
+                    held.append((violation_id, a, severity, approved))
                 terminated = terminated or "AccountTerminated" in types(decided)
             elif name == "dismiss" and violations:
                 violation_id = violations[a % len(violations)]
@@ -1596,16 +1599,14 @@ def test_every_rung_is_the_one_policy_md_gives_for_the_strikes_a_model_counts(
                     if terminated and target == state.termination_event_id:
                         terminated, rungs = False, []
                         while held and not terminated:
-                            violation_id, category, severity = held.pop(0)
+                            violation_id, category, severity, then = held.pop(0)
                             before = violations[: violations.index(violation_id)]
                             prior = sum(
                                 1
                                 for v in before
                                 if v in strikes and strikes[v] > now - policy.strike_lookback
                             )
-                            rung = _modelled_rung(
-                                policy, category, severity, prior, False, approved
-                            )
+                            rung = _modelled_rung(policy, category, severity, prior, False, then)
                             rungs += rung[1:]
                             if "ViolationDismissed" in rung:
                                 strikes.pop(violation_id, None)
@@ -2193,3 +2194,41 @@ def test_overturning_one_missed_remediation_request_leaves_the_suspension_for_an
     assert types(decided)[:2] == ["AppealDecided", "SuspensionEnded"]
     assert decided[1].data["suspension_id"] == for_first.data["suspension_id"]
     assert _in_force(account, t(9)) == for_second.data["suspension_id"]
+
+
+def test_held_adult_content_is_judged_by_the_approval_when_it_was_recorded() -> None:
+    account = Account()
+    approve = ops.SetAdultContentApproval(True, "verified")
+    account.record(ops.decide(P, account.state, approve, account.ctx(t(0))), t(0))
+    termination = _terminated_by_an_operator(account)
+    tolerated = account.report("unapproved_adult_content", t(1))[0].data["violation_id"]
+    revoke = ops.SetAdultContentApproval(False, "revoked")
+    account.record(ops.decide(P, account.state, revoke, account.ctx(t(1.5))), t(1.5))
+    unapproved = account.report("unapproved_adult_content", t(1.7))[0].data["violation_id"]
+    account.record(ops.decide(P, account.state, approve, account.ctx(t(1.8))), t(1.8))
+    decided = _overturn(account, termination, t(2))
+    # The first was no strike when recorded: dismissed, whatever the approval now. The second
+    # was a §4 violation when recorded: a warning, though the account is approved again now.
+    assert types(decided)[3:] == ["ViolationDismissed", "NoticeIssued", "RemediationRequested"]
+    assert decided[3].data["violation_id"] == tolerated
+    assert decided[5].data["violation_ids"] == [unapproved]
+
+
+def test_a_violation_an_earlier_reversal_left_undecided_stays_so_at_another_ones() -> None:
+    """A log from before 2026-12-07: a reversed termination decided nothing on the violation
+    it had held. Reversing a later termination decides only what that one holds."""
+    account = Account()
+    first = _terminated_by_an_operator(account)
+    old = account.report("spam", t(1))[0].data["violation_id"]
+    appeal_id = _file(account, first, t(2))
+    decided = decide_appeal(P, account.state, appeal_id, "overturned", "r", account.ctx(t(2)))
+    assert types(decided)[3:] == ["NoticeIssued", "RemediationRequested"]
+    account.record(decided[:3], t(2))  # as the release before recorded it
+    second = ops.decide(P, account.state, ops.Terminate("again"), account.ctx(t(200)))
+    account.record(second, t(200))
+    held = account.report("spam", t(201))[0].data["violation_id"]
+    decided = _overturn(account, of_type(second, "AccountTerminated"), t(202))
+    assert [e.data["violation_ids"] for e in decided if e.type == "RemediationRequested"] == [
+        [held]
+    ]
+    assert old not in str([e.data for e in decided])
