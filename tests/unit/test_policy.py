@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enforcement import operator_decisions as ops
+from enforcement.decider import with_decided
 from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy import (
     CATEGORIES,
@@ -2099,6 +2100,20 @@ def test_a_held_violation_stays_undecided_while_a_termination_holds() -> None:
         "RemediationRequested",
     ]
     assert of_type(decided, "RemediationRequested").data["violation_ids"] == [minor]
+
+
+def test_the_state_a_held_violation_is_decided_on_is_the_one_recording_the_decisions_gives() -> (
+    None
+):
+    """``with_decided``: what ``_decide_held`` folds each decision into before the next."""
+    account = Account()
+    account.report("spam", t(0))
+    before = account.state
+    report = ViolationReport("spam", t(1), None, description="d")
+    decided = decide_violation(P, before, report, account.ctx(t(1)))
+    assert len(decided) > 1
+    account.record(decided, t(1))
+    assert with_decided(before, decided, t(1)) == account.state
 
 
 # --- a reversed remediation request takes its missed-remediation suspension with it ------------
