@@ -318,7 +318,9 @@ def as_recorded(
     )
 
 
-def with_decided(state: StandingState, events: Sequence[NewEvent], now: datetime) -> StandingState:
+def with_decided(
+    state: StandingState, events: Sequence[NewEvent | RecordedEvent], now: datetime
+) -> StandingState:
     """``state`` after ``events``, decided at ``now`` and not yet recorded: what a decision
     that follows them in the same command decides on."""
     first = state.version + 1

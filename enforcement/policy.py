@@ -37,6 +37,7 @@ from enforcement.policy_appeals import (
     check_appeal_filing,
     decide_appeal,
     decide_appeal_filing,
+    decide_held,
 )
 from enforcement.policy_file import (
     CATEGORIES,
@@ -80,6 +81,7 @@ __all__ = [
     "decide_appeal_filing",
     "decide_gate_abuse_report",
     "decide_gate_sustained_abuse",
+    "decide_held",
     "decide_remediation_expired",
     "decide_triage",
     "decide_violation",

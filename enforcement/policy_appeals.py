@@ -3,13 +3,14 @@ undoes. Pure, as the whole policy is (``enforcement.policy``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from enforcement.decider import Context, Decider, category_rule, with_decided
 from enforcement.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from enforcement.policy_file import Policy
 from enforcement.policy_ladder import ladder
-from events import NewEvent
+from events import NewEvent, RecordedEvent
 from events.fastjson import copy_json
 from events.timefmt import format_time, parse_time, to_utc
 from projections import aup_events as ev
@@ -161,18 +162,24 @@ def decide_appeal(
         _reverse(d, decision, appeal_id, decided, restored, missed)
     d.emit(d.notice("appeal_outcome", decided))
     if any(e.type == "AccountReinstated" and e.data["ends"] == "termination" for e in d.events):
-        return d.events + _decide_held(policy, state, d.events, appeal_id, ctx)
+        return d.events + decide_held(policy, state, d.events, appeal_id, ctx)
     return d.events
 
 
-def _decide_held(
-    policy: Policy, state: StandingState, reversal: list[NewEvent], appeal_id: str, ctx: Context
+def decide_held(
+    policy: Policy,
+    state: StandingState,
+    reversal: Sequence[NewEvent | RecordedEvent],
+    appeal_id: str,
+    ctx: Context,
 ) -> list[NewEvent]:
     """The ladder's decisions, at ``ctx.now``, on each violation the termination of ``state``
     held (``held_violations``), after ``reversal`` (which reverses that termination). Each is
     decided on the state its predecessors' decisions left; its prior strikes are the strikes
-    recorded before it."""
-    held = held_violations(state, str(state.termination_event_id))
+    recorded before it. Nothing when ``state`` is not terminated."""
+    if state.termination_event_id is None:
+        return []  # not terminated: nothing held
+    held = held_violations(state, state.termination_event_id)
     current = with_decided(state, reversal, ctx.now)
     decided: list[NewEvent] = []
     fact = {

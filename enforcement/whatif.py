@@ -13,6 +13,11 @@ For each account, the recorded log is replayed into an in-memory ``StandingState
   after the simulated remediation's due time (a shorter ``remediation_window``) would have been
   refused as overdue: the simulated remediation expires at its due time instead (after a
   decision taken before that time, even one the store recorded after it);
+- an appeal that reversed a termination and decided, after its notice, the violations that
+  termination held (``policy_appeals.decide_held``): those decisions count as their
+  violations' recorded ones, and the other policy decides again, at that instant, the
+  violations a termination holds on the simulated state (none when the simulated account was
+  not terminated: they were decided when recorded);
 - everything else the log holds (operator commands, appeals, abuse-report triage, delivery
   receipts, and every event before ``since``) is applied as recorded, so the simulation meets
   the same dismissals, completions and reversals as reality did. The ids the other policy gives
@@ -47,6 +52,7 @@ from enforcement.policy import (
     Context,
     Policy,
     ViolationReport,
+    decide_held,
     decide_remediation_expired,
     decide_violation,
 )
@@ -399,6 +405,30 @@ def replay_account(
                 add(new, event.recorded_at)
             i += 1 + len(ladder)
             continue
+        if event.type == "AppealDecided" and redecided:
+            run = _same_transaction(log, i)
+            held = _held_decisions(event, run)
+            if held:
+                state = advance_all(state, pending)
+                pending.clear()
+                reversal = [event, *run[: len(run) - len(held)]]
+                attribute(recorded_on, held)
+                # Nothing when the simulated account is not terminated: decided when recorded.
+                ctx = _context_of(event, held, to_utc(event.occurred_at), made_up, "api")
+                again = decide_held(policy, state, reversal, event.data["appeal_id"], ctx)
+                again = _with_recorded_event_ids(again, held)
+                for past in reversal:
+                    add(past, past.recorded_at)
+                attribute(simulated_on, again)
+                for new in again:
+                    add(new, event.recorded_at)
+                    if (
+                        new.type == "RemediationRequested"
+                        and new.data["remediation_id"] in completions
+                    ):
+                        dues[new.data["remediation_id"]] = parse_time(new.data["due_at"])
+                i += 1 + len(run)
+                continue
         if event.type == "RemediationCompleted" and redecided:
             dues.pop(event.data["remediation_id"], None)
             if event.data["remediation_id"] in expired_early:  # refused as overdue
@@ -474,6 +504,28 @@ def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedE
             break
         ladder.append(event)
     return ladder
+
+
+def _same_transaction(log: Sequence[RecordedEvent], index: int) -> list[RecordedEvent]:
+    """The events after ``log[index]`` appended with it: the same time and request."""
+    first, run = log[index], []
+    for at in range(index + 1, len(log)):
+        event = log[at]
+        if event.recorded_at != first.recorded_at or event.metadata.get(
+            "correlation_id"
+        ) != first.metadata.get("correlation_id"):
+            break
+        run.append(event)
+    return run
+
+
+def _held_decisions(appeal: RecordedEvent, run: Sequence[RecordedEvent]) -> list[RecordedEvent]:
+    """What the appeal decision ``appeal`` decided, after its own notice in ``run`` (the events
+    appended with it), on the violations a reversed termination held."""
+    for at, event in enumerate(run):
+        if event.type == "NoticeIssued" and event.data["decision_event_id"] == appeal.event_id:
+            return list(run[at + 1 :])
+    return []
 
 
 def _decided_at(event: RecordedEvent, decisions: Sequence[RecordedEvent]) -> datetime:

@@ -4,12 +4,15 @@ with its square (no copy of the simulated state, nor of the rest of the log, per
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import test_policy
 from test_history import table_copies
+from test_policy import P, t
 
 from enforcement import operator_decisions as ops
 from enforcement import whatif
@@ -21,6 +24,7 @@ from enforcement.policy import (
     decide_remediation_expired,
     decide_violation,
 )
+from enforcement.policy_file import policy_from_mapping
 from enforcement.whatif import replay_account
 from events import NewEvent, RecordedEvent
 from projections.standing import StandingState, advance_all, apply_all
@@ -282,3 +286,64 @@ def test_the_shipped_policy_decides_each_recorded_report_again_event_for_event(
     causes = [e.metadata["causation_id"] for e in simulated if e.type in firsts]
     assert causes == [e.metadata["causation_id"] for e in account.log if e.type in firsts]
     assert causes[0] == "evt_cause"
+
+
+class Logged(test_policy.Account):
+    """``test_policy.Account`` keeping its log, for a replay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[RecordedEvent] = []
+
+    def record(self, new_events: Sequence[NewEvent], at: datetime) -> list[RecordedEvent]:
+        recorded = super().record(new_events, at)
+        self.log += recorded
+        return recorded
+
+
+def _changes(account: Logged, **keys: Any) -> dict[str, tuple[str, str, str]]:
+    result = replay_account(policy_from_mapping(keys), account.account_id, account.log)
+    return {
+        d.violation_id: (d.recorded.kind, d.simulated.kind, d.change) for d in result.differences
+    }
+
+
+def _held_by_an_operator_termination() -> tuple[Logged, str]:
+    """Two spam reports held by an operator's termination, which an appeal reverses: a
+    warning for the first, a throttle for the second (one prior strike), whose id it gives."""
+    account = Logged()
+    terminated = ops.decide(P, account.state, ops.Terminate("fraud"), account.ctx(t(0), "op"))
+    account.record(terminated, t(0))
+    account.report("spam", t(1))
+    second = account.report("spam", t(1.5))[0].data["violation_id"]
+    decided = test_policy._overturn(account, terminated[0].event_id, t(2))
+    assert "ThrottleApplied" in test_policy.types(decided)
+    return account, second
+
+
+def test_the_decisions_a_reversal_took_on_held_violations_are_theirs_and_decided_again() -> None:
+    account, second = _held_by_an_operator_termination()
+    assert _changes(account) == {}  # as recorded: the warning and the throttle are theirs
+    # Terminating at one prior strike: the second spam, decided again at the overturn on the
+    # simulated account (terminated by the operator as recorded), terminates.
+    assert _changes(account, termination_after_strikes=1) == {
+        second: ("throttle", "termination", "harsher")
+    }
+
+
+def test_a_violation_held_only_in_the_record_is_compared_with_its_decision_at_the_reversal() -> (
+    None
+):
+    """Four spam reports, the fourth terminating (three prior strikes); a fifth held by that
+    termination, which an appeal reverses: the fifth terminates again. With five strikes to
+    terminate, the simulated account is never terminated and the fifth is suspended when it
+    is reported: milder than the termination recorded for it, not "more"."""
+    account = Logged()
+    for day in range(4):
+        decided = account.report("spam", t(day))
+    termination = test_policy.of_type(decided, "AccountTerminated")
+    fifth = account.report("spam", t(4))[0].data["violation_id"]
+    again = test_policy._overturn(account, termination, t(5))
+    assert test_policy.of_type(again, "AccountTerminated").data["violation_ids"] == [fifth]
+    changes = _changes(account, termination_after_strikes=5)
+    assert changes[fifth] == ("termination", "suspension", "milder")
