@@ -3,7 +3,7 @@ undoes. Pure, as the whole policy is (``enforcement.policy``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from enforcement.decider import Context, Decider, category_rule, with_decided
@@ -172,11 +172,14 @@ def decide_held(
     reversal: Sequence[NewEvent | RecordedEvent],
     appeal_id: str,
     ctx: Context,
+    ctx_of: Callable[[str], Context] | None = None,
 ) -> list[NewEvent]:
     """The ladder's decisions, at ``ctx.now``, on each violation the termination of ``state``
     held (``held_violations``), after ``reversal`` (which reverses that termination). Each is
     decided on the state its predecessors' decisions left; its prior strikes are the strikes
-    recorded before it. Nothing when ``state`` is not terminated."""
+    recorded before it. ``ctx_of``: the context to decide a violation in, by its event id
+    (whatif's hands out the ids the record gave that violation's decisions); else ``ctx``.
+    Nothing when ``state`` is not terminated."""
     if state.termination_event_id is None:
         return []  # not terminated: nothing held
     held = held_violations(state, state.termination_event_id)
@@ -184,12 +187,14 @@ def decide_held(
     decided: list[NewEvent] = []
     fact = {
         "appeal_id": appeal_id,
+        "held_by": state.termination_event_id,  # a termination decided now takes the rest over
         "description": "Recorded while the account was terminated, when nothing was decided on "
         f"it; decided once appeal {appeal_id} reversed that termination.",
     }
     for i, violation_id in enumerate(held):
         v = current.violations[violation_id]
-        d = Decider(policy, current, ctx, [v], automated=True, extra_facts=[fact])
+        context = ctx if ctx_of is None else ctx_of(v.event_id)
+        d = Decider(policy, current, context, [v], automated=True, extra_facts=[fact])
         ladder(d, category_rule(policy, v.category), v, v.event_id, frozenset(held[i:]))
         current = with_decided(current, d.events, ctx.now)
         decided += d.events
@@ -198,27 +203,16 @@ def decide_held(
 
 def held_violations(state: StandingState, termination_event_id: str) -> list[str]:
     """The ids of the violations, in the order recorded, that the termination
-    ``termination_event_id`` holds undecided: recorded while it was in force (``held_by``), or
-    while one was whose reversal decided this termination on a violation it held (a held
-    violation that terminated again holds the ones after it in turn); not dismissed, and with
-    no decision. A violation that an earlier reversal left undecided (before 2026-12-07 none
-    was decided) is not one of them."""
-    holders: set[str] = set()
-    pending = [termination_event_id]
-    while pending:
-        holder = pending.pop()
-        if holder in holders:
-            continue
-        holders.add(holder)
-        decision = state.decisions.get(holder)
-        for violation_id in decision.violation_ids if decision is not None else ():
-            v = state.violations.get(violation_id)
-            if v is not None and v.held_by is not None:
-                pending.append(v.held_by)
+    ``termination_event_id`` holds undecided (``ViolationRecord.held_by``): recorded while it
+    was in force, or taken over from a termination whose reversal decided this one on a
+    violation it held (a held violation that terminated again holds the ones after it in
+    turn: the fold's ``_take_over_held``); not dismissed, and with no decision. A violation
+    that an earlier reversal left undecided (before 2026-12-07 none was decided) is not one of
+    them."""
     return [
         v.violation_id
         for v in state.violations.values()
-        if v.held_by in holders and not (v.dismissed or v.decision_event_ids)
+        if v.held_by == termination_event_id and not (v.dismissed or v.decision_event_ids)
     ]
 
 

@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from enforcement.decider import as_recorded
 from enforcement.policy import (
@@ -61,6 +61,7 @@ from events import EventStore, NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time, to_utc
 from projections.standing import StandingState, advance_all
 
+E = TypeVar("E", NewEvent, RecordedEvent)
 KINDS = ("none", "warning", "throttle", "suspension", "termination")
 CHANGES = ("more", "fewer", "harsher", "milder")
 # What the ladder records with a violation, in the same transaction, caused by it (or by one of
@@ -414,9 +415,17 @@ def replay_account(
                 reversal = [event, *run[: len(run) - len(held)]]
                 attribute(recorded_on, held)
                 # Nothing when the simulated account is not terminated: decided when recorded.
-                ctx = _context_of(event, held, to_utc(event.occurred_at), made_up, "api")
-                again = decide_held(policy, state, reversal, event.data["appeal_id"], ctx)
-                again = _with_recorded_event_ids(again, held)
+                # Each violation's decisions take the ids the record gave that violation's.
+                recorded = _by_violation(held)
+                context = _held_contexts(event, recorded, made_up)
+                simulated_held = decide_held(
+                    policy, state, reversal, event.data["appeal_id"], context(""), context
+                )
+                again = [
+                    renamed
+                    for cause, decisions in _by_violation(simulated_held).items()
+                    for renamed in _with_recorded_event_ids(decisions, recorded.get(cause, []))
+                ]
                 for past in reversal:
                     add(past, past.recorded_at)
                 attribute(simulated_on, again)
@@ -526,6 +535,28 @@ def _held_decisions(appeal: RecordedEvent, run: Sequence[RecordedEvent]) -> list
         if event.type == "NoticeIssued" and event.data["decision_event_id"] == appeal.event_id:
             return list(run[at + 1 :])
     return []
+
+
+def _held_contexts(
+    appeal: RecordedEvent, recorded: dict[str, list[RecordedEvent]], made_up: Iterator[int]
+) -> Callable[[str], Context]:
+    """The context to decide again, at ``appeal``, a violation held by a termination it
+    reversed, by the violation's event id: handing out the ids of what the record decided on
+    that violation there (``recorded``: ``_by_violation``)."""
+    now = to_utc(appeal.occurred_at)
+    return lambda cause: _context_of(appeal, recorded.get(cause, []), now, made_up, "api")
+
+
+def _by_violation(events: Sequence[E]) -> dict[str, list[E]]:
+    """``events`` by the event outside them their causation leads back to (a violation's, for
+    the decisions taken on it and their notices), each group in order."""
+    roots: dict[str, str] = {}
+    groups: dict[str, list[E]] = {}
+    for event in events:
+        cause = str(event.metadata.get("causation_id"))
+        root = roots[event.event_id] = roots.get(cause, cause)
+        groups.setdefault(root, []).append(event)
+    return groups
 
 
 def _decided_at(event: RecordedEvent, decisions: Sequence[RecordedEvent]) -> datetime:

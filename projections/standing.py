@@ -403,6 +403,21 @@ def _on_terminated(s: StandingState, p: ev.AccountTerminated, e: FoldEvent) -> N
     s.terminated = True
     s.termination_event_id = e.event_id
     _record_decision(s, e, p.violation_ids, None, p.statement_of_reasons)
+    _take_over_held(s, p.statement_of_reasons, e.event_id)
+
+
+def _take_over_held(s: StandingState, statement_of_reasons: Any, termination: str) -> None:
+    """A termination decided on a violation that another termination held, when an appeal
+    reversed that one (its statement has a fact naming it, ``held_by``:
+    ``policy_appeals.decide_held``), holds in its turn the violations that one still held
+    undecided: they are decided when this one is reversed."""
+    facts = statement_of_reasons.get("facts") if isinstance(statement_of_reasons, dict) else None
+    previous = {f.get("held_by") for f in facts or () if isinstance(f, dict)} - {None}
+    if not previous:
+        return
+    for violation_id, v in list(s.violations.items()):
+        if v.held_by in previous and not (v.dismissed or v.decision_event_ids):
+            s.violations[violation_id] = _with(v, held_by=termination)
 
 
 def _on_appeal_filed(s: StandingState, p: ev.AppealFiled, e: FoldEvent) -> None:

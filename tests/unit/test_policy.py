@@ -2247,3 +2247,33 @@ def test_a_violation_an_earlier_reversal_left_undecided_stays_so_at_another_ones
         [held]
     ]
     assert old not in str([e.data for e in decided])
+
+
+def test_each_termination_a_reversal_decides_holds_what_its_predecessor_still_held() -> None:
+    """Three reversals in a row: the violations each re-termination leaves held, whichever
+    termination they were recorded under, are decided at the next reversal, in the order
+    recorded, each after the strikes recorded before it only."""
+    account = Account()
+    first = _terminated_by_an_operator(account)
+    a = account.report("csam", t(1))[0].data["violation_id"]
+    b = account.report("csam", t(1.5))[0].data["violation_id"]
+    early = account.report("spam", t(1.7))[0].data["violation_id"]
+    second = of_type(_overturn(account, first, t(2)), "AccountTerminated")
+    assert second.data["violation_ids"] == [a]
+    late = account.report("spam", t(3))[0].data["violation_id"]  # under the second
+    third = of_type(_overturn(account, second, t(4)), "AccountTerminated")
+    assert third.data["violation_ids"] == [b]
+    assert {account.state.violations[v].held_by for v in (early, late)} == {third.event_id}
+    decided = _overturn(account, third, t(5))
+    # a and b are dismissed, each behind a termination reversed. The spam held since the first
+    # termination has no prior strike (the later spam, still undecided, is not prior to it):
+    # a warning; the later one has one, the earlier spam: a throttle.
+    on = {
+        v: [e.type for e in decided if v in (e.data.get("violation_ids") or ())]
+        for v in (early, late)
+    }
+    assert on == {
+        early: ["NoticeIssued", "RemediationRequested"],
+        late: ["ThrottleApplied", "NoticeIssued", "RemediationRequested"],
+    }
+    assert not account.state.terminated

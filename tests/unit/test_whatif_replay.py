@@ -27,6 +27,7 @@ from enforcement.policy import (
 from enforcement.policy_file import policy_from_mapping
 from enforcement.whatif import replay_account
 from events import NewEvent, RecordedEvent
+from events.timefmt import parse_time
 from projections.standing import StandingState, advance_all, apply_all
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -347,3 +348,29 @@ def test_a_violation_held_only_in_the_record_is_compared_with_its_decision_at_th
     assert test_policy.of_type(again, "AccountTerminated").data["violation_ids"] == [fifth]
     changes = _changes(account, termination_after_strikes=5)
     assert changes[fifth] == ("termination", "suspension", "milder")
+
+
+def test_each_held_violation_decided_again_takes_its_own_recorded_ids() -> None:
+    """Two violations held by an operator's termination, decided at its reversal: a warning
+    and remediation A for the first, a throttle and remediation B for the second. The account
+    completes A; B expires and suspends. A policy that suspends the first (high) asks for no
+    remediation there: the second's simulated remediation is still B, which its recorded
+    expiry closes as recorded, not A, which the recorded completion would close."""
+    account = Logged()
+    terminated = ops.decide(P, account.state, ops.Terminate("fraud"), account.ctx(t(0), "op"))
+    account.record(terminated, t(0))
+    first = account.report("disinformation", t(1))[0].data["violation_id"]
+    second = account.report("spam", t(1.5))[0].data["violation_id"]
+    decided = test_policy._overturn(account, terminated[0].event_id, t(2))
+    requests = [e for e in decided if e.type == "RemediationRequested"]
+    assert [r.data["violation_ids"] for r in requests] == [[first], [second]]
+    complete = ops.CompleteRemediation(requests[0].data["remediation_id"], "fixed")
+    account.record(ops.decide(P, account.state, complete, account.ctx(t(3), "op")), t(3))
+    due = parse_time(requests[1].data["due_at"])
+    b = requests[1].data["remediation_id"]
+    expired = decide_remediation_expired(P, account.state, b, account.ctx(due, "scheduler"))
+    assert "AccountSuspended" in test_policy.types(expired)
+    account.record(expired, due)
+    assert _changes(account) == {}
+    changes = _changes(account, categories={"disinformation": {"default_severity": "high"}})
+    assert set(changes) == {first}
