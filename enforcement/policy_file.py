@@ -206,6 +206,12 @@ def _denials(value: object, key: str, base: DenialRule) -> DenialRule:
     return DenialRule(count, window)
 
 
+# The categories the AUP itself names as severe (§6: "Severe violations (e.g. CSAM, weapons
+# development) result in immediate permanent termination"): a policy file may not make them
+# less than critical (POLICY.md's critical row terminates).
+AUP_SEVERE = frozenset({"csam", "weapons_development"})
+
+
 def _categories(value: object, base: Mapping[str, CategoryRule]) -> Mapping[str, CategoryRule]:
     table = _table(value, "categories", set(base))
     merged = dict(base)
@@ -231,6 +237,11 @@ def _category(value: object, key: str, base: CategoryRule) -> CategoryRule:
             raise PolicyError(f"{key}.{sub} must be one of {allowed}, not {severity!r}")
     if SEVERITY_RANK[floor] > SEVERITY_RANK[default]:
         raise PolicyError(f"{key}.floor ({floor}) is above its default_severity ({default})")
+    if key.rpartition(".")[2] in AUP_SEVERE and floor != "critical":
+        raise PolicyError(
+            f"{key}.floor must stay critical, not {floor}: AUP §6 terminates severe violations "
+            "(e.g. CSAM, weapons development) immediately and permanently"
+        )
     refer = table.get("refer_to_authorities", base.refer_to_authorities)
     if not isinstance(refer, bool):
         raise PolicyError(f"{key}.refer_to_authorities must be true or false, not {refer!r}")

@@ -182,6 +182,12 @@ def test_a_file_may_override_a_category() -> None:
         ("[categories.spam]\nsections = [true]", "categories.spam.sections"),
         ("[categories.spam]\nrefer_to_authorities = 'yes'", "categories.spam.refer_to_authorities"),
         ("[categories.spam]\ncolour = 'red'", "categories.spam.colour"),
+        ("[categories.csam]\nfloor = 'high'", "categories.csam.floor"),
+        ("[categories.csam]\ndefault_severity = 'high'", "categories.csam.floor"),
+        (
+            "[categories.weapons_development]\ndefault_severity = 'low'\nfloor = 'low'",
+            "categories.weapons_development.floor",
+        ),
         ("categories = 3", "categories"),
     ],
 )
@@ -189,6 +195,19 @@ def test_a_bad_file_names_the_offending_key(text: str, key: str) -> None:
     with pytest.raises(PolicyError) as caught:
         from_toml(text)
     assert key in str(caught.value)
+
+
+def test_the_aups_severe_categories_stay_critical_but_their_referral_may_change() -> None:
+    """AUP §6: "Severe violations (e.g. CSAM, weapons development) result in immediate
+    permanent termination and may be reported to relevant authorities"."""
+    with pytest.raises(PolicyError) as caught:
+        from_toml("[categories.csam]\nfloor = 'high'")
+    assert str(caught.value) == (
+        "categories.csam.floor must stay critical, not high: AUP §6 terminates severe "
+        "violations (e.g. CSAM, weapons development) immediately and permanently"
+    )
+    p = from_toml("[categories.csam]\nrefer_to_authorities = false\nsections = [2]")
+    assert p.categories["csam"] == CategoryRule((2,), "critical", "critical", False)
 
 
 @pytest.mark.parametrize("sub", ["default_severity", "floor"])

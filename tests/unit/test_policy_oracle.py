@@ -78,7 +78,7 @@ from enforcement.policy import (
     decide_triage,
     decide_violation,
 )
-from enforcement.policy_file import load_policy
+from enforcement.policy_file import AUP_SEVERE, load_policy
 from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
 from projections.standing import DECISION_TYPES, Standing, StandingState, fold, state_at, view
@@ -621,9 +621,17 @@ CLIMB = st.sampled_from([REPORT, REPORT, SPAN_STEP, APPEAL, STEP, STEP]).flatmap
 
 def category_rules(overrides: dict[str, dict[str, Any]], numbers: dict[str, Any]) -> list[str]:
     """The TOML of ``categories`` overrides (a floor above the default is written as the default,
-    as a file may not have it otherwise), their meaning put in ``numbers``."""
+    as a file may not have it otherwise; the AUP's severe categories keep their severities, as
+    a file may not lower them), their meaning put in ``numbers``."""
     table, parts = dict(ref.DEFAULT_CATEGORIES), []
-    for name, override in overrides.items():
+    for name, given_override in overrides.items():
+        override = {
+            k: v
+            for k, v in given_override.items()
+            if name not in AUP_SEVERE or k == "refer_to_authorities"
+        }
+        if not override:
+            continue
         default, floor, refer = table[name]
         rule = {"default_severity": default, "floor": floor, "refer_to_authorities": refer}
         rule |= override
