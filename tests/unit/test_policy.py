@@ -29,6 +29,7 @@ from enforcement.policy import (
     decide_appeal_filing,
     decide_gate_abuse_report,
     decide_gate_sustained_abuse,
+    decide_held,
     decide_remediation_expired,
     decide_triage,
     decide_violation,
@@ -2277,3 +2278,21 @@ def test_each_termination_a_reversal_decides_holds_what_its_predecessor_still_he
         late: ["ThrottleApplied", "NoticeIssued", "RemediationRequested"],
     }
     assert not account.state.terminated
+
+
+def test_a_reversal_decides_no_violation_that_termination_did_not_hold() -> None:
+    """A violation recorded with no decision while the account was not terminated (as
+    ``Account.strike`` records one) was held by no termination: neither the reversal of a
+    termination whose violations it sits beside, nor ``decide_held`` on an account not
+    terminated, decides it."""
+    account = Account()
+    account.strike("vio_undecided", t(0))
+    assert decide_held(P, account.state, [], "apl_1", account.ctx(t(0))) == []
+    for day in (1, 2, 3):
+        decided = account.report("spam", t(day))
+    termination = of_type(decided, "AccountTerminated")  # its violation was held by none
+    held = account.report("spam", t(4))[0].data["violation_id"]
+    decided = _overturn(account, termination, t(5))
+    decided_on = {vid for e in decided for vid in e.data.get("violation_ids") or ()}
+    assert held in decided_on
+    assert "vio_undecided" not in decided_on
