@@ -28,6 +28,7 @@ from enforcement.policy_file import policy_from_mapping
 from enforcement.whatif import replay_account
 from events import NewEvent, RecordedEvent
 from events.timefmt import parse_time
+from projections import aup_events as ev
 from projections.standing import StandingState, advance_all, apply_all
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -302,8 +303,10 @@ class Logged(test_policy.Account):
         return recorded
 
 
-def _changes(account: Logged, **keys: Any) -> dict[str, tuple[str, str, str]]:
-    result = replay_account(policy_from_mapping(keys), account.account_id, account.log)
+def _changes(
+    account: Logged, since: datetime | None = None, **keys: Any
+) -> dict[str, tuple[str, str, str]]:
+    result = replay_account(policy_from_mapping(keys), account.account_id, account.log, since)
     return {
         d.violation_id: (d.recorded.kind, d.simulated.kind, d.change) for d in result.differences
     }
@@ -374,3 +377,51 @@ def test_each_held_violation_decided_again_takes_its_own_recorded_ids() -> None:
     assert _changes(account) == {}
     changes = _changes(account, categories={"disinformation": {"default_severity": "high"}})
     assert set(changes) == {first}
+
+
+def test_the_simulated_account_after_a_reversal_holds_what_it_decided_on_held_violations() -> None:
+    """A spam report after the overturn: suspended as recorded (two prior strikes), where the
+    overturn and its decisions are replayed as recorded; held where the other policy's
+    termination at the overturn is; terminated where only that report is decided again."""
+    account, second = _held_by_an_operator_termination()
+    later = account.report("spam", t(3))[0].data["violation_id"]
+    assert _changes(account) == {}
+    assert _changes(account, termination_after_strikes=1) == {
+        second: ("throttle", "termination", "harsher"),
+        later: ("suspension", "none", "fewer"),
+    }
+    assert _changes(account, since=t(2.5), termination_after_strikes=1) == {
+        later: ("suspension", "termination", "harsher")
+    }
+
+
+def test_the_decisions_a_reversal_took_on_held_violations_are_not_the_ones_decided_again() -> None:
+    """Four spam reports held by an operator's termination, which an appeal reverses: the
+    fourth terminates (three prior strikes). With five strikes to terminate, the other policy
+    decides them again there on the account as it was before the recorded decisions: the
+    same for the first three, and for the fourth a suspension held behind the third's,
+    which lasts as long (no restriction)."""
+    account = Logged()
+    terminated = ops.decide(P, account.state, ops.Terminate("fraud"), account.ctx(t(0), "op"))
+    account.record(terminated, t(0))
+    for hours in range(4):
+        fourth = account.report("spam", t(1 + hours / 24))[0].data["violation_id"]
+    decided = test_policy._overturn(account, terminated[0].event_id, t(2))
+    assert test_policy.of_type(decided, "AccountTerminated").data["violation_ids"] == [fourth]
+    assert _changes(account, termination_after_strikes=5) == {
+        fourth: ("termination", "none", "fewer")
+    }
+
+
+def test_a_remediation_a_reversal_requested_expires_at_the_other_policys_due_time() -> None:
+    """The overturn's warning on the first held spam requests a remediation, completed five
+    days later, in time as recorded. With a three-day window, the other policy's request is
+    due before that completion: it expires there, and the missed remediation suspends."""
+    account = _held_by_an_operator_termination()[0]
+    requested = [e for e in account.log if e.type == "RemediationRequested"]
+    first = requested[0].data["violation_ids"][0]
+    account.given(ev.RemediationCompleted(requested[0].data["remediation_id"], "fixed"), t(7))
+    assert _changes(account) == {}
+    assert _changes(account, remediation_window="3d") == {
+        first: ("warning", "suspension", "harsher")
+    }
