@@ -61,7 +61,7 @@ from events import EventStore, NewEvent, RecordedEvent
 from events.timefmt import format_time, parse_time, to_utc
 from projections.standing import StandingState, advance_all
 
-E = TypeVar("E", NewEvent, RecordedEvent)
+E = TypeVar("E", NewEvent, RecordedEvent)  # an event decided again, or as recorded
 KINDS = ("none", "warning", "throttle", "suspension", "termination")
 CHANGES = ("more", "fewer", "harsher", "milder")
 # What the ladder records with a violation, in the same transaction, caused by it (or by one of
@@ -418,8 +418,9 @@ def replay_account(
                 # Each violation's decisions take the ids the record gave that violation's.
                 recorded = _by_violation(held)
                 context = _held_contexts(event, recorded, made_up)
+                at = context("")  # its instant; each violation is decided in its own context
                 simulated_held = decide_held(
-                    policy, state, reversal, event.data["appeal_id"], context(""), context
+                    policy, state, reversal, event.data["appeal_id"], at, context
                 )
                 again = [
                     renamed
