@@ -101,6 +101,11 @@ def serve(
     configure_logging()  # before the schema check, whose connection may log (a pooler)
     answered = _check_schema(settings.database_url)
     container = container_or_fail(settings)
+    import uvicorn  # here: after the checks, before anything is recorded
+
+    from enforcement.api.app import create_app
+    from enforcement.api.keep_alive import HTTP_PROTOCOL
+
     # The policy this process decides with, in force from now on (``policy_activations``); not
     # waited for when the database did not answer: ``/healthz`` says so meanwhile.
     record_when_possible(container.engine, container.policy, container.clock, wait=answered)
@@ -108,11 +113,6 @@ def serve(
         from enforcement.workers.runtime import install_embedded_workers
 
         install_embedded_workers(container)
-    import uvicorn
-
-    from enforcement.api.app import create_app
-    from enforcement.api.keep_alive import HTTP_PROTOCOL
-
     application = create_app(container, run_workers=workers)
     uvicorn.run(
         application,

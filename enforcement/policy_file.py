@@ -235,13 +235,15 @@ def _category(value: object, key: str, base: CategoryRule) -> CategoryRule:
         if severity not in SEVERITY_RANK:
             allowed = ", ".join(SEVERITIES)
             raise PolicyError(f"{key}.{sub} must be one of {allowed}, not {severity!r}")
+    if key.rpartition(".")[2] in AUP_SEVERE:
+        for sub, severity in (("default_severity", default), ("floor", floor)):
+            if severity != "critical":
+                raise PolicyError(
+                    f"{key}.{sub} must stay critical, not {severity}: AUP §6 terminates severe "
+                    "violations (e.g. CSAM, weapons development) immediately and permanently"
+                )
     if SEVERITY_RANK[floor] > SEVERITY_RANK[default]:
         raise PolicyError(f"{key}.floor ({floor}) is above its default_severity ({default})")
-    if key.rpartition(".")[2] in AUP_SEVERE and floor != "critical":
-        raise PolicyError(
-            f"{key}.floor must stay critical, not {floor}: AUP §6 terminates severe violations "
-            "(e.g. CSAM, weapons development) immediately and permanently"
-        )
     refer = table.get("refer_to_authorities", base.refer_to_authorities)
     if not isinstance(refer, bool):
         raise PolicyError(f"{key}.refer_to_authorities must be true or false, not {refer!r}")

@@ -183,9 +183,13 @@ def test_a_file_may_override_a_category() -> None:
         ("[categories.spam]\nrefer_to_authorities = 'yes'", "categories.spam.refer_to_authorities"),
         ("[categories.spam]\ncolour = 'red'", "categories.spam.colour"),
         ("[categories.csam]\nfloor = 'high'", "categories.csam.floor"),
-        ("[categories.csam]\ndefault_severity = 'high'", "categories.csam.floor"),
+        ("[categories.csam]\ndefault_severity = 'high'", "categories.csam.default_severity"),
         (
             "[categories.weapons_development]\ndefault_severity = 'low'\nfloor = 'low'",
+            "categories.weapons_development.default_severity",
+        ),
+        (
+            "[categories.weapons_development]\nfloor = 'high'",
             "categories.weapons_development.floor",
         ),
         ("categories = 3", "categories"),
