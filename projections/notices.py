@@ -33,7 +33,9 @@ from events import RecordedEvent
 from events.timefmt import format_time, parse_time, to_utc
 from projections.aup_events import resend_channels
 
-NOTICE_TYPES: tuple[str, ...] = ("NoticeIssued", "NoticeDelivered", "NoticeDeliveryFailed")
+# A delivery try's outcome names the notice's event id (``notice_event_id``).
+OUTCOME_TYPES: tuple[str, ...] = ("NoticeDelivered", "NoticeDeliveryFailed")
+NOTICE_TYPES: tuple[str, ...] = ("NoticeIssued", *OUTCOME_TYPES)
 CHANNEL_STATES: tuple[str, ...] = ("delivered", "failed_for_good", "retrying", "awaiting")
 NOTICE_STATES: tuple[str, ...] = (
     "pending",
@@ -137,7 +139,7 @@ def notice_deliveries(
                 None if not isinstance(first, dict) else first.get("notice_id"),
                 resend_channels(data),
             )
-        elif event.type in ("NoticeDelivered", "NoticeDeliveryFailed"):
+        elif event.type in OUTCOME_TYPES:
             notice = notices.get(data["notice_event_id"])
             if notice is not None:
                 _apply_outcome(notice, event)

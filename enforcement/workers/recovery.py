@@ -27,7 +27,7 @@ from events import EventStore
 from events.dialects import write_connection
 from events.schema import checkpoints, events
 from events.timefmt import format_time, to_utc
-from projections.notices import settled_notices
+from projections.notices import OUTCOME_TYPES, settled_notices
 
 log = logging.getLogger("enforcement.workers")
 
@@ -266,7 +266,7 @@ def untried_deliveries(
         first = issued[0].position
         outcomes = _outcomes(
             events.c.position > first,
-            events.c.type.in_(("NoticeDelivered", "NoticeDeliveryFailed")),
+            events.c.type.in_(OUTCOME_TYPES),
         )
         copies = _copies(events.c.position > first)
         return _channels_without(conn, issued, outcomes, copies)
@@ -302,12 +302,10 @@ def contact_changed_deliveries(
         accounts = sorted(str(account) for (account,) in conn.execute(changed))
         for start in range(0, len(accounts), 500):
             chunk = events.c.account_id.in_(accounts[start : start + 500])
-            issued = _issued(
-                conn, chunk, events.c.recorded_at >= since, events.c.position <= up_to_position
-            )
-            delivery = ("NoticeDelivered", "NoticeDeliveryFailed")
-            outcomes = _outcomes(chunk, events.c.type.in_(delivery), events.c.recorded_at >= since)
-            copies = _copies(chunk, events.c.recorded_at >= since)
+            recent = events.c.recorded_at >= since
+            issued = _issued(conn, chunk, recent, events.c.position <= up_to_position)
+            outcomes = _outcomes(chunk, events.c.type.in_(OUTCOME_TYPES), recent)
+            copies = _copies(chunk, recent)
             found += _channels_without(conn, issued, outcomes, copies)
     return found
 
