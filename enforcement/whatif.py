@@ -490,16 +490,7 @@ def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedE
     its transaction (same time, same request) and were caused by it, or by one of those
     decisions (a notice may come before the decision it announces)."""
     violation = log[index]
-    run: list[RecordedEvent] = []
-    for at in range(index + 1, len(log)):  # not ``log[index + 1 :]``: a copy of the rest
-        event = log[at]
-        if (
-            event.type not in _LADDER_TYPES
-            or event.recorded_at != violation.recorded_at
-            or event.metadata.get("correlation_id") != violation.metadata.get("correlation_id")
-        ):
-            break
-        run.append(event)
+    run = _same_transaction(log, index, lambda event: event.type in _LADDER_TYPES)
     causes = {violation.event_id}
     grew = True
     while grew:
@@ -516,14 +507,21 @@ def _recorded_ladder(log: Sequence[RecordedEvent], index: int) -> list[RecordedE
     return ladder
 
 
-def _same_transaction(log: Sequence[RecordedEvent], index: int) -> list[RecordedEvent]:
-    """The events after ``log[index]`` appended with it: the same time and request."""
+def _same_transaction(
+    log: Sequence[RecordedEvent],
+    index: int,
+    keep: Callable[[RecordedEvent], bool] = lambda event: True,
+) -> list[RecordedEvent]:
+    """The events after ``log[index]`` appended with it (the same time and request), up to the
+    first that ``keep`` refuses."""
     first, run = log[index], []
-    for at in range(index + 1, len(log)):
+    for at in range(index + 1, len(log)):  # not ``log[index + 1 :]``: a copy of the rest
         event = log[at]
-        if event.recorded_at != first.recorded_at or event.metadata.get(
-            "correlation_id"
-        ) != first.metadata.get("correlation_id"):
+        if (
+            not keep(event)
+            or event.recorded_at != first.recorded_at
+            or event.metadata.get("correlation_id") != first.metadata.get("correlation_id")
+        ):
             break
         run.append(event)
     return run
