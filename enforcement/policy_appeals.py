@@ -161,7 +161,7 @@ def decide_appeal(
     if outcome == "overturned":
         _reverse(d, decision, appeal_id, decided, restored, missed)
     d.emit(d.notice("appeal_outcome", decided))
-    if any(e.type == "AccountReinstated" and e.data["ends"] == "termination" for e in d.events):
+    if outcome == "overturned" and _ends_termination(state, decision):
         return d.events + decide_held(policy, state, d.events, appeal_id, ctx)
     return d.events
 
@@ -214,6 +214,16 @@ def held_violations(state: StandingState, termination_event_id: str) -> list[str
         for v in state.violations.values()
         if v.held_by == termination_event_id and not (v.dismissed or v.decision_event_ids)
     ]
+
+
+def _ends_termination(state: StandingState, decision: DecisionRecord) -> bool:
+    """Whether reversing ``decision`` ends the account's termination: it is the termination
+    in force."""
+    return (
+        decision.type == "AccountTerminated"
+        and state.terminated
+        and state.termination_event_id == decision.event_id
+    )
 
 
 def _restored_suspension(
@@ -273,11 +283,7 @@ def _reverse(
     suspension = decision.target_id if decision.type == "AccountSuspended" else None
     if missed is not None:
         suspension = missed.target_id
-    if (
-        decision.type == "AccountTerminated"
-        and state.terminated
-        and state.termination_event_id == decision.event_id
-    ):
+    if _ends_termination(state, decision):
         d.emit(d.build(ev.AccountReinstated(why, copy_json(sor), "termination"), cause))
     elif suspension is not None:
         in_force = current is not None and current.suspension_id == suspension
