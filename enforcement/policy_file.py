@@ -216,11 +216,12 @@ def _categories(value: object, base: Mapping[str, CategoryRule]) -> Mapping[str,
     table = _table(value, "categories", set(base))
     merged = dict(base)
     for name, override in table.items():
-        merged[name] = _category(override, f"categories.{name}", base[name])
+        merged[name] = _category(override, f"categories.{name}", base[name], name in AUP_SEVERE)
     return MappingProxyType(merged)
 
 
-def _category(value: object, key: str, base: CategoryRule) -> CategoryRule:
+def _category(value: object, key: str, base: CategoryRule, severe: bool) -> CategoryRule:
+    """The rule ``value`` overrides ``base`` with; ``severe``: one of ``AUP_SEVERE``."""
     table = _table(value, key, {"sections", "default_severity", "floor", "refer_to_authorities"})
     sections = table.get("sections", list(base.sections))
     if (
@@ -235,7 +236,7 @@ def _category(value: object, key: str, base: CategoryRule) -> CategoryRule:
         if severity not in SEVERITY_RANK:
             allowed = ", ".join(SEVERITIES)
             raise PolicyError(f"{key}.{sub} must be one of {allowed}, not {severity!r}")
-    if key.rpartition(".")[2] in AUP_SEVERE:
+    if severe:
         for sub, severity in (("default_severity", default), ("floor", floor)):
             if severity != "critical":
                 raise PolicyError(
