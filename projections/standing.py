@@ -242,7 +242,7 @@ def _on_violation_reported(s: StandingState, p: ev.ViolationReported, e: FoldEve
         description=p.description,
         key_id=p.key_id,
         strike=p.strike,
-        held_by=s.termination_event_id if s.terminated else None,
+        held_by=s.termination_event_id,  # None unless terminated
     )
 
 
