@@ -67,10 +67,14 @@ def _escape(code: int, upper: bool) -> str:
 def written_string(draw: st.DrawFn, text: str) -> str:
     """``text`` as a JSON string, each character raw or escaped (an astral one as a pair)."""
     parts = ['"']
+    # Each character's two coin flips (escaped? upper-case hex?) come from one drawn seed:
+    # two draws a character cost most of this test's time (each draw is Hypothesis'
+    # bookkeeping), and a drawn integer as a bit mask would escape few characters of a long
+    # text (Hypothesis favours small integers).
+    flips = draw(st.randoms(use_true_random=True))
     for char in text:
         code = ord(char)
-        escape = draw(st.booleans())
-        upper = draw(st.booleans())
+        escape, upper = flips.random() < 0.5, flips.random() < 0.5
         if char in _SHORT:
             parts.append(_SHORT[char] if escape else _escape(code, upper))
         elif code < 0x20 or 0xD800 <= code <= 0xDFFF:  # must be escaped (no UTF-8 for these)
