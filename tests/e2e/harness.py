@@ -1,4 +1,4 @@
-"""The e2e harness: ``enforcement serve`` as a subprocess, tokens made by the real CLI, clients
+"""The e2e harness: ``enforcement serve`` as a subprocess, a token made by the real CLI, clients
 that check ``X-Request-Id`` on every response, and helpers to read the feed and check errors.
 """
 
@@ -15,11 +15,15 @@ from typing import Any
 
 import httpx
 
+from enforcement.roles import Role
+from enforcement.tokens import create_token
+from events import create_engine
 from tests.processes import served_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("enforcement"))
 ROLES = ("reporter", "operator", "auditor", "gateway", "admin")
+CLI_ROLE = "reporter"
 STARTUP_SECONDS = 30
 
 
@@ -46,25 +50,33 @@ def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedP
 
 
 def create_tokens(env: dict[str, str], cwd: Path) -> dict[str, str]:
-    """``enforcement tokens create`` once per role, in parallel: the token is the last line."""
-    procs = {
-        role: subprocess.Popen(
-            [CLI, "tokens", "create", "--role", role, "--name", f"e2e-{role}"],
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for role in ROLES
-    }
-    tokens = {}
-    for role, proc in procs.items():
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, f"tokens create --role {role} failed: {err}"
-        tokens[role] = out.strip().splitlines()[-1]
-        assert tokens[role].startswith("enf_"), out
-    return tokens
+    """A token for each role: the reporter's by ``enforcement tokens create`` (the token is its
+    last line), the rest by the library call that command makes, meanwhile. The reporter's is
+    the one most requests carry, so a command that makes a token the server refuses fails nearly
+    every test here; a command process per role cost about 0.6 s of CPU each, at each of the
+    suite's 20 or so server starts (``test_cli`` tests the command itself)."""
+    proc = subprocess.Popen(
+        [CLI, "tokens", "create", "--role", CLI_ROLE, "--name", f"e2e-{CLI_ROLE}"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    engine = create_engine(env["ENFORCEMENT_DATABASE_URL"])
+    try:
+        tokens = {
+            role: create_token(engine, Role(role), f"e2e-{role}")
+            for role in ROLES
+            if role != CLI_ROLE
+        }
+    finally:
+        engine.dispose()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"tokens create --role {CLI_ROLE} failed: {err}"
+    tokens[CLI_ROLE] = out.strip().splitlines()[-1]
+    assert tokens[CLI_ROLE].startswith("enf_"), out
+    return {role: tokens[role] for role in ROLES}
 
 
 def _require_request_id(response: httpx.Response) -> None:
