@@ -1,7 +1,8 @@
 """The ``enforcement`` CLI against a populated database, on SQLite and on PostgreSQL.
 
-``init``, ``tokens create``, ``verify`` and the usage errors run the installed console script in a
-subprocess (what an operator types); the other commands run in process through Typer's runner.
+``init``, ``tokens create``, ``verify`` and some usage errors run the installed console script in
+a subprocess (what an operator types); the other commands run in process through Typer's runner
+(and the usage errors through the console entry point too).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typer.testing import CliRunner
 from enforcement.auditing import RESTRICTIVE
 from enforcement.bootstrap import Container, bootstrap
 from enforcement.cli import app
+from enforcement.cli import main as cli_main
 from enforcement.cli_output import console
 from enforcement.migrations import upgrade
 from enforcement.operator_decisions import Suspend
@@ -1317,18 +1319,43 @@ USAGE_ERRORS = [
 ]
 
 
-def test_usage_errors_exit_2_with_one_sentence(sqlite_url: str) -> None:
+# Also run as the installed command, each in a process of its own: an unknown option, an unknown
+# command, a value refused by a command, a missing argument.
+IN_OWN_PROCESS = [
+    ("standing", "acct_a", "--colour"),
+    ("frobnicate",),
+    ("standing", "bad acct!"),
+    ("backup",),
+]
+
+
+def test_usage_errors_exit_2_with_one_sentence(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through the console entry point (``main``) in this process, and those of
+    ``IN_OWN_PROCESS`` also as the command an operator types (a process is about 0.6 s of CPU,
+    nearly all imports)."""
+    assert set(IN_OWN_PROCESS) <= set(USAGE_ERRORS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENFORCEMENT_")}
     env["ENFORCEMENT_DATABASE_URL"] = sqlite_url
     procs = [
         subprocess.Popen(
             [CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for args in USAGE_ERRORS
+        for args in IN_OWN_PROCESS
     ]  # in parallel: each is a fresh interpreter
-
-    for args, proc in zip(USAGE_ERRORS, procs, strict=True):
+    for args, proc in zip(IN_OWN_PROCESS, procs, strict=True):
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 2, (args, stdout, stderr)
+        one_sentence(stderr)
+        assert stdout == "", args
+
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", sqlite_url)
+    for args in USAGE_ERRORS:
+        monkeypatch.setattr(sys, "argv", [CLI, *args])
+        with pytest.raises(SystemExit) as exited:
+            cli_main()
+        stdout, stderr = capsys.readouterr()
+        assert exited.value.code == 2, (args, stdout, stderr)
         one_sentence(stderr)
         assert stdout == "", args
