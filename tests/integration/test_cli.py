@@ -1350,6 +1350,8 @@ def test_usage_errors_exit_2_with_one_sentence(
         one_sentence(stderr)
         assert stdout == "", args
 
+    for name in [name for name in os.environ if name.startswith("ENFORCEMENT_")]:
+        monkeypatch.delenv(name)  # as for the processes: no setting but the database
     monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", sqlite_url)
     for args in USAGE_ERRORS:
         monkeypatch.setattr(sys, "argv", [CLI, *args])
