@@ -130,7 +130,7 @@ def check_copy(path: Path, show_progress: bool = True) -> CopyCheck:
     integrity_check``, a schema revision of this release's migrations, and every hash chain
     (``EventStore.verify_all``); with its figures (events, accounts, last position, size)."""
     from enforcement.auditing import verify_accounts
-    from enforcement.migrations import release_revisions
+    from enforcement.schema_revisions import release_revisions
     from events import EventStore
     from events.dialects import create_engine
     from events.schema import events

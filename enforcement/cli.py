@@ -317,7 +317,7 @@ def _older_schema() -> str | None:
     """``older_schema``'s sentence when a table is missing because the configured database was
     made by an older release (a command run before `enforcement init` after an upgrade), not
     because it has no schema; None otherwise, or when that cannot be told."""
-    from enforcement.migrations import current_revision, release_revisions
+    from enforcement.schema_revisions import current_revision, release_revisions
 
     try:
         url = Settings.from_env().database_url

@@ -35,7 +35,8 @@ KEEP_ALIVE_SECONDS = 5
 @app.command()
 def init() -> None:
     """Create or upgrade the schema (Alembic upgrade head); rebuild older stored standings."""
-    from enforcement.migrations import current_revision, upgrade
+    from enforcement.migrations import upgrade
+    from enforcement.schema_revisions import current_revision
 
     settings = settings_or_fail()
     try:
@@ -177,7 +178,7 @@ def _check_schema(url: str) -> bool:
     A database that does not answer yet is left to ``/healthz`` (503 until it does) and to the
     relay's retries; one at a revision this release does not know (a newer release's) is
     served, as during a rolling upgrade. Whether the database answered."""
-    from enforcement.migrations import current_revision, release_revisions
+    from enforcement.schema_revisions import current_revision, release_revisions
 
     require_sqlite_file(url)
     try:

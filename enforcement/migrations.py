@@ -1,4 +1,5 @@
-"""Run the Alembic migrations programmatically (``enforcement init``, tests)."""
+"""Run the Alembic migrations programmatically (``enforcement init``, tests); a database's
+revision is read without Alembic (``schema_revisions``)."""
 
 from __future__ import annotations
 
@@ -39,25 +40,11 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
-def release_revisions() -> tuple[str | None, set[str]]:
-    """This release's schema: the revision ``upgrade`` brings a database to, and every
-    revision of its migrations."""
+def alembic_revisions() -> tuple[str | None, list[str]]:
+    """Alembic's reading of the migrations: the head, and every revision from the first on
+    (what ``schema_revisions.REVISIONS`` must list)."""
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    return scripts.get_current_head(), {script.revision for script in scripts.walk_revisions()}
-
-
-def current_revision(database_url: str, connect_timeout: int | None = None) -> str | None:
-    """The database's schema revision (None: no schema). ``connect_timeout`` (seconds, on
-    PostgreSQL) bounds the wait for a server that accepts connections but does not answer."""
-    from alembic.runtime.migration import MigrationContext
-
-    from events.dialects import create_engine
-
-    engine = create_engine(database_url, connect_timeout=connect_timeout)
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        engine.dispose()
+    walked = [script.revision for script in scripts.walk_revisions()]  # from the head down
+    return scripts.get_current_head(), walked[::-1]

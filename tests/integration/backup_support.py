@@ -17,7 +17,8 @@ from aup_population import populate
 from test_service_support import FakeClock, open_system
 
 from enforcement.bootstrap import Container
-from enforcement.migrations import release_revisions, upgrade
+from enforcement.migrations import upgrade
+from enforcement.schema_revisions import release_revisions
 from events import create_engine
 from events.dialects import drop_append_only_ddl
 from events.schema import events as events_table

@@ -12,7 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 
-from enforcement.migrations import alembic_config, current_revision, downgrade, upgrade
+from enforcement.migrations import alembic_config, alembic_revisions, downgrade, upgrade
+from enforcement.schema_revisions import REVISIONS, current_revision, release_revisions
 from enforcement.tables import api_tokens, contacts, policy_activations
 from events import EventStore, NewEvent, create_engine
 from events.dialects import APPEND_ONLY_MESSAGE
@@ -73,6 +74,40 @@ def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
     upgrade(empty_url)
     assert current_revision(empty_url) == head_revision(empty_url)
     assert_a_working_append_only_log(empty_url)
+
+
+def test_the_revisions_listed_without_alembic_are_alembics() -> None:
+    """``schema_revisions.REVISIONS`` is every migration in ``alembic/versions/``, in order: a
+    new migration not listed there fails here, not at a start that calls its database older."""
+    head, walked = alembic_revisions()
+    assert list(REVISIONS) == walked
+    assert release_revisions() == (head, set(walked))
+
+
+def test_the_revision_read_without_alembic_is_alembics_at_every_step(empty_url: str) -> None:
+    def alembics() -> str | None:
+        engine = create_engine(empty_url)
+        try:
+            with engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        finally:
+            engine.dispose()
+
+    assert current_revision(empty_url) is None and alembics() is None  # no version table
+    for revision in REVISIONS:
+        upgrade(empty_url, revision)
+        assert current_revision(empty_url) == alembics() == revision
+    downgrade(empty_url, "base")
+    assert current_revision(empty_url) is None and alembics() is None  # the table, empty
+
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:  # branches, which Alembic would not read as one either
+            conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0001_a'), ('0001_b')"))
+    finally:
+        engine.dispose()
+    with pytest.raises(ValueError, match="alembic_version holds 2 revisions"):
+        current_revision(empty_url)
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -19,7 +19,7 @@ from enforcement.backup import (
     remove_part,
 )
 from enforcement.cli_backup import _size
-from enforcement.migrations import release_revisions
+from enforcement.schema_revisions import release_revisions
 from tests.unit.open_files import files_open_here
 
 

@@ -326,7 +326,7 @@ def test_a_missing_table_is_the_init_sentence_when_the_revision_cannot_be_read(
     """Whether an older release made the database cannot be told: neither settings that cannot
     be read nor a database that cannot be asked its revision make that a traceback; the question
     waits a bounded time (libpq's ``connect_timeout`` 0 waits for ever)."""
-    from enforcement import migrations
+    from enforcement import schema_revisions
 
     waits: list[int | None] = []
 
@@ -334,7 +334,7 @@ def test_a_missing_table_is_the_init_sentence_when_the_revision_cannot_be_read(
         waits.append(connect_timeout)
         raise sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
 
-    monkeypatch.setattr(migrations, "current_revision", unanswered)
+    monkeypatch.setattr(schema_revisions, "current_revision", unanswered)
     missing = sa.exc.ProgrammingError("SELECT", {}, sqlite3.ProgrammingError("no such table: x"))
     says = (
         "The database cannot be used (no such table: x); check ENFORCEMENT_DATABASE_URL and that "
