@@ -322,7 +322,7 @@ def _older_schema() -> str | None:
     try:
         url = Settings.from_env().database_url
         revision = current_revision(url, connect_timeout=SCHEMA_CHECK_TIMEOUT_SECONDS)
-    except (SettingsError, sqlalchemy_errors.DBAPIError):
+    except (SettingsError, sqlalchemy_errors.DBAPIError, ValueError):
         return None
     head, known = release_revisions()
     return older_schema(url, revision, head) if is_older(revision, head, known) else None

@@ -192,6 +192,8 @@ def _check_schema(url: str) -> bool:
         ):
             fail(database_error(exc))
         return False
+    except ValueError as exc:  # several revisions recorded: no release of these migrations
+        fail(f"The database {redacted(url)} cannot be used: {exc}.")
     head, known = release_revisions()
     if revision is None:
         fail(f"The database {redacted(url)} has no schema; run `enforcement init` to create it.")

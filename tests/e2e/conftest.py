@@ -1,5 +1,6 @@
 """The real server, as a subprocess, on SQLite and on PostgreSQL: one server per backend for the
-whole e2e package (not per test), with a token per role made by the real CLI."""
+whole e2e package (not per test), with a token per role (the reporter's made by the real CLI:
+``harness.create_tokens``)."""
 
 from __future__ import annotations
 

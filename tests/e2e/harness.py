@@ -54,7 +54,7 @@ def create_tokens(env: dict[str, str], cwd: Path) -> dict[str, str]:
     last line), the rest meanwhile by ``create_token`` (``issue_token``, which that command
     calls, less the token's id). The reporter's is the one most requests carry, so a command
     that makes a token the server refuses fails nearly every test here; a command process per
-    role cost about 0.6 s of CPU each, at each of the suite's 20 or so server starts
+    role cost about 0.6 s of CPU each, at each of a run's 14 or so server starts
     (``test_cli`` tests the command itself)."""
     proc = subprocess.Popen(
         [CLI, "tokens", "create", "--role", CLI_ROLE, "--name", f"e2e-{CLI_ROLE}"],

@@ -250,6 +250,48 @@ def test_a_command_on_a_database_an_older_release_made_says_to_upgrade_it(
         assert sentence.endswith("run `enforcement init` to upgrade it."), sentence
 
 
+def test_a_schema_recorded_at_several_revisions_is_refused_in_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Alembic's branches, which these migrations never make (a hand-edited version table):
+    ``serve``'s check exits 2 with one sentence, not a traceback."""
+    from enforcement import cli_service
+
+    url = f"sqlite:///{tmp_path / 'branched.db'}"
+    upgrade(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0001_b')"))
+    finally:
+        engine.dispose()
+    with pytest.raises(SystemExit) as exited:
+        cli_service._check_schema(url)
+    assert exited.value.code == 2
+    assert one_sentence(capsys.readouterr().err) == (
+        f"The database {url} cannot be used: alembic_version holds 2 revisions, where one was "
+        "expected."
+    )
+
+    # A command meeting a missing table on such a database: its own sentence, not a traceback.
+    [*_, (older, _)] = unusable_databases(tmp_path)
+    engine = sa.create_engine(older)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0001_b')"))
+    finally:
+        engine.dispose()
+    for name in [name for name in os.environ if name.startswith("ENFORCEMENT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", older)
+    monkeypatch.setattr(sys, "argv", [CLI, "standing", "acct_1"])
+    with pytest.raises(SystemExit) as exited:
+        cli_main()
+    assert exited.value.code == 2
+    sentence = one_sentence(capsys.readouterr().err)
+    assert "no such table" in sentence and "schema revision" not in sentence, sentence
+
+
 def test_serve_refuses_a_database_it_cannot_serve_and_a_busy_port(tmp_path: Path) -> None:
     """One sentence and exit 2 before anything starts: not a server that answers every request
     with "no such table", nor uvicorn's exit 3 for a port in use."""
