@@ -250,6 +250,24 @@ def test_a_command_on_a_database_an_older_release_made_says_to_upgrade_it(
         assert sentence.endswith("run `enforcement init` to upgrade it."), sentence
 
 
+def record_a_second_revision(url: str) -> None:
+    """A version table as Alembic's branches would leave it (these migrations never do)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0001_b')"))
+    finally:
+        engine.dispose()
+
+
+def only_the_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """This process's settings as a command's: none of its ``ENFORCEMENT_`` variables but the
+    database ``url``."""
+    for name in [name for name in os.environ if name.startswith("ENFORCEMENT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", url)
+
+
 def test_a_schema_recorded_at_several_revisions_is_refused_in_one_sentence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -259,12 +277,7 @@ def test_a_schema_recorded_at_several_revisions_is_refused_in_one_sentence(
 
     url = f"sqlite:///{tmp_path / 'branched.db'}"
     upgrade(url)
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0001_b')"))
-    finally:
-        engine.dispose()
+    record_a_second_revision(url)
     with pytest.raises(SystemExit) as exited:
         cli_service._check_schema(url)
     assert exited.value.code == 2
@@ -275,15 +288,8 @@ def test_a_schema_recorded_at_several_revisions_is_refused_in_one_sentence(
 
     # A command meeting a missing table on such a database: its own sentence, not a traceback.
     [*_, (older, _)] = unusable_databases(tmp_path)
-    engine = sa.create_engine(older)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0001_b')"))
-    finally:
-        engine.dispose()
-    for name in [name for name in os.environ if name.startswith("ENFORCEMENT_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", older)
+    record_a_second_revision(older)
+    only_the_database(monkeypatch, older)
     monkeypatch.setattr(sys, "argv", [CLI, "standing", "acct_1"])
     with pytest.raises(SystemExit) as exited:
         cli_main()
@@ -1405,9 +1411,7 @@ def test_usage_errors_exit_2_with_one_sentence(
         one_sentence(stderr)
         assert stdout == "", args
 
-    for name in [name for name in os.environ if name.startswith("ENFORCEMENT_")]:
-        monkeypatch.delenv(name)  # as for the processes: no setting but the database
-    monkeypatch.setenv("ENFORCEMENT_DATABASE_URL", sqlite_url)
+    only_the_database(monkeypatch, sqlite_url)  # as for the processes
     for args in USAGE_ERRORS:
         monkeypatch.setattr(sys, "argv", [CLI, *args])
         with pytest.raises(SystemExit) as exited:
