@@ -25,10 +25,6 @@ def ladder(
     prior strikes (``policy_appeals``: the violations a reversed termination held). The rows'
     precedence is ``policy.decide_violation``'s."""
     policy, state, now = d.policy, d.state, d.ctx.now
-    strikes = [
-        s for s in active_strikes(state, now, policy.strike_lookback) if s.violation_id not in later
-    ]
-    prior = len(strikes)
     if state.terminated:
         return
     if v.category == ADULT_CONTENT and not v.strike:
@@ -48,6 +44,10 @@ def ladder(
         throttle = d.throttle(policy.sustained_abuse_throttle, "sustained_abuse", cause)
         d.emit(throttle, d.notice("throttle", throttle))
         return
+    strikes = [
+        s for s in active_strikes(state, now, policy.strike_lookback) if s.violation_id not in later
+    ]
+    prior = len(strikes)
     if prior and v.severity != "critical":
         # The prior strikes chose the rung: the statement lists them beside the violation.
         d.extra_facts[:0] = [prior_strike_fact(s) for s in strikes]
