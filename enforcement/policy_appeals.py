@@ -21,6 +21,7 @@ from projections.standing import (
     SuspensionRecord,
     active_suspension,
     active_throttles,
+    held_undecided,
     suspension_runs,
 )
 
@@ -212,7 +213,7 @@ def held_violations(state: StandingState, termination_event_id: str) -> list[str
     return [
         v.violation_id
         for v in state.violations.values()
-        if v.held_by == termination_event_id and not (v.dismissed or v.decision_event_ids)
+        if held_undecided(v, (termination_event_id,))
     ]
 
 

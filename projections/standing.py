@@ -45,6 +45,7 @@ from projections.standing_state import (
     Table,
     ThrottleRecord,
     ViolationRecord,
+    held_undecided,
     record_json,
 )
 from projections.standing_view import (
@@ -416,7 +417,7 @@ def _take_over_held(s: StandingState, statement_of_reasons: Any, termination: st
     if not previous:
         return
     for violation_id, v in list(s.violations.items()):
-        if v.held_by in previous and not (v.dismissed or v.decision_event_ids):
+        if held_undecided(v, previous):
             s.violations[violation_id] = _with(v, held_by=termination)
 
 
@@ -567,6 +568,7 @@ __all__ = [
     "apply_all",
     "fold",
     "fold_new",
+    "held_undecided",
     "record_json",
     "recorded_until",
     "remediation_is_open",

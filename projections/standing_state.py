@@ -9,7 +9,7 @@ UTC, so string order is time order and the state serialises without conversion.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -379,3 +379,9 @@ def _record(record_class: type[R], data: JSON) -> R:
 
 def _optional_record(record_class: type[R], data: JSON | None) -> R | None:
     return None if data is None else _record(record_class, data)
+
+
+def held_undecided(v: ViolationRecord, by: Collection[str | None]) -> bool:
+    """Whether ``v`` is held by one of the terminations ``by`` and still waits for its
+    decision: neither dismissed nor decided since."""
+    return v.held_by in by and not (v.dismissed or v.decision_event_ids)
