@@ -4,7 +4,8 @@ This module holds the Typer ``app`` (the entry point ``main``, which turns every
 sentence and an exit status) and the helpers every command uses (the settings, the container, an
 option's checks). The commands are in ``cli_service`` (init, serve, worker), ``cli_credentials``
 (tokens, webhook-key), ``cli_audit`` (standing, history, verify, replay, export), ``cli_backup``
-(backup, restore) and ``cli_reports`` (report, whatif); how they write is ``cli_output``'s."""
+(backup, restore), ``cli_reports`` (report, whatif) and ``cli_operator`` (resend); how they
+write is ``cli_output``'s."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -129,6 +130,25 @@ def account_option(value: str | None, name: str) -> str | None:
     if value is not None and ACCOUNT_ID.fullmatch(value) is None:
         fail(f"{name} must be an account id: 1 to 128 characters of A-Za-z0-9._:-.")
     return value
+
+
+# The notices' commands (``notices``, ``resend``): one account's, or every account's since.
+NoticesAccount = Annotated[
+    str | None, typer.Argument(help="Account id (or --all for every account).")
+]
+EveryAccount = Annotated[bool, typer.Option("--all", help="Every account's notices.")]
+IssuedSince = Annotated[
+    str | None, typer.Option("--since", help="RFC 3339 time: notices issued then or later.")
+]
+
+
+def account_or_every(account: str | None, every: bool) -> None:
+    """A usage error unless exactly one of ACCOUNT (an account id) and --all is given."""
+    if account is None and not every:
+        fail("Give an ACCOUNT, or --all for every account.")
+    if account is not None and every:
+        fail("Give an ACCOUNT or --all, not both.")
+    account_option(account, "ACCOUNT")
 
 
 def redacted(url: str) -> str:
@@ -336,4 +356,5 @@ from enforcement import cli_credentials  # noqa: E402,F401 - tokens, webhook-key
 from enforcement import cli_audit  # noqa: E402,F401 - standing, history, verify, replay, export
 from enforcement import cli_backup  # noqa: E402,F401 - backup, restore
 from enforcement import cli_reports  # noqa: E402,F401 - report, whatif
+from enforcement import cli_operator  # noqa: E402,F401 - resend
 # isort: on

@@ -19,7 +19,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from enforcement.cli import account_option, app, opened_container, replay_standings, time_option
+from enforcement.cli import (
+    EveryAccount,
+    IssuedSince,
+    NoticesAccount,
+    account_option,
+    account_or_every,
+    app,
+    opened_container,
+    replay_standings,
+    time_option,
+)
 from enforcement.cli_output import EXIT_CHECK_FAILED, console, err_console, fail
 
 
@@ -44,13 +54,9 @@ def standing(
 
 @app.command()
 def notices(
-    account: Annotated[
-        str | None, typer.Argument(help="Account id (or --all for every account).")
-    ] = None,
-    every: Annotated[bool, typer.Option("--all", help="Every account's notices.")] = False,
-    since: Annotated[
-        str | None, typer.Option("--since", help="RFC 3339 time: notices issued then or later.")
-    ] = None,
+    account: NoticesAccount = None,
+    every: EveryAccount = False,
+    since: IssuedSince = None,
     state: Annotated[
         str | None,
         typer.Option("--state", help="pending, delivered, partly_delivered, failed or sent_again."),
@@ -60,9 +66,10 @@ def notices(
     """List one account's notices, or every account's, and how each one's delivery went.
 
     Oldest first. A failed notice (no channel delivered it, nothing more is tried) goes out
-    once an operator sends it again (POST /v1/accounts/{id}/notices/{notice_id}/resend) after
-    mending its cause: --all --state failed lists them after a fault that failed many (a mail
-    server without STARTTLS, a missing webhook secret). --all reads the log's notices once,
+    once an operator sends it again (`enforcement resend`, or POST
+    /v1/accounts/{id}/notices/{notice_id}/resend) after mending its cause: --all --state
+    failed lists them after a fault that failed many (a mail server without STARTTLS, a
+    missing webhook secret). --all reads the log's notices once,
     from the first event recorded since --since when given, with a progress bar on a
     terminal (GET /v1/notices?since= over HTTP).
     """
@@ -71,11 +78,7 @@ def notices(
     from enforcement.render import notices_table
     from projections.notices import NOTICE_STATES
 
-    if account is None and not every:
-        fail("Give an ACCOUNT, or --all for every account.")
-    if account is not None and every:
-        fail("Give an ACCOUNT or --all, not both.")
-    account_option(account, "ACCOUNT")
+    account_or_every(account, every)
     issued_since = time_option(since, "--since")
     if state is not None and state not in NOTICE_STATES:
         fail(f"--state must be one of {', '.join(NOTICE_STATES)}.")

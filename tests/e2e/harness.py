@@ -94,6 +94,9 @@ class Server:
     base_url: str
     tokens: dict[str, str]
     clients: dict[str, httpx.Client] = field(default_factory=dict)
+    # A command's environment and working directory on the server's database (``run_cli``).
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: Path = Path()
 
     def client(self, role: str | None = None, token: str | None = None) -> httpx.Client:
         """A client for ``role`` (``None``: no token), or for an explicit ``token``."""
@@ -158,7 +161,7 @@ def start_server(
     try:
         tokens = create_tokens(env, workdir)
         port = served_port(log, proc, STARTUP_SECONDS)
-        server = Server(backend, f"http://127.0.0.1:{port}", tokens)
+        server = Server(backend, f"http://127.0.0.1:{port}", tokens, env=env, workdir=workdir)
         _wait_healthy(server.base_url, proc, log)
         yield server
         server.close()

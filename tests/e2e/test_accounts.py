@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from tests.e2e.harness import Server, assert_error, requested_events, settled_events
+from tests.e2e.harness import Server, assert_error, requested_events, run_cli, settled_events
 
 
 def account(prefix: str) -> str:
@@ -360,3 +361,30 @@ def test_a_notice_that_failed_for_good_is_sent_again_once_the_contact_is_set(
     ]
     resent = op.get(f"/v1/accounts/{acct}/notices", params={"state": "sent_again"}).json()
     assert [n["sent_again_as"] for n in resent["notices"]] == [[copy_["data"]["notice_id"]]]
+
+
+def test_the_cli_sends_a_failed_notice_again_and_the_running_server_delivers_the_copy(
+    server: Server,
+) -> None:
+    """``enforcement resend``, a process of its own, appends the copy; the server's relay
+    reads it from the log and delivers it (the log is the outbox)."""
+    op, acct = server.client("operator"), account("cliresend")
+    [notice] = [e for e in report(server, acct)["events"] if e["type"] == "NoticeIssued"]
+    settled_events(op, acct)  # undeliverable: the account has no contact
+    assert op.put(f"/v1/accounts/{acct}/contact", json={"email": "desk@example.com"}).is_success
+
+    done = run_cli(server.env, server.workdir, "resend", acct, "--reason", "contact set", "--json")
+
+    assert done.returncode == 0, done.stderr
+    [resent] = json.loads(done.stdout)["notices"]
+    assert (resent["notice_id"], resent["outcome"]) == (notice["data"]["notice_id"], "sent")
+    events = settled_events(op, acct)
+    [copy_] = [e for e in events if e["type"] == "NoticeIssued" and e["data"] != notice["data"]]
+    assert copy_["data"]["notice_id"] == resent["copy_notice_id"]
+    assert copy_["metadata"]["source"] == "cli"
+    outcomes = [
+        (e["type"], e["data"]["channel"])
+        for e in events
+        if e["metadata"]["causation_id"] == copy_["event_id"]
+    ]
+    assert outcomes == [("NoticeDelivered", "email")]

@@ -33,6 +33,7 @@ from enforcement.api.schemas import (
 from enforcement.api.shapes import outcome_json
 from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.bootstrap import Container
+from enforcement.notice_resending import missing_target
 from enforcement.notices.delivery import contact_of
 from enforcement.tables import contacts
 from enforcement.tokens import Principal
@@ -308,15 +309,9 @@ def resend_notice(
 
 def _has_targets(container: Container, account_id: str, channels: tuple[str, ...]) -> None:
     """409 ``no_target`` unless the account's contact has a target on each of ``channels``."""
-    contact = contact_of(container.engine, account_id)
-    missing = [c for c in channels if contact.target(c) is None]
-    if missing:
-        field = "e-mail address" if missing[0] == "email" else "webhook_url"
-        raise ApiError(
-            409,
-            "no_target",
-            f"the account's contact has no {field}: set it with PUT …/contact first",
-        )
+    missing = missing_target(contact_of(container.engine, account_id), channels)
+    if missing is not None:
+        raise ApiError(409, "no_target", missing)
 
 
 def _since(

@@ -1,0 +1,291 @@
+"""``enforcement resend``: notices sent again in bulk after a fault that failed many, on SQLite
+and PostgreSQL: which notices it picks, the channels of each copy, what it refuses or passes
+over, what it records (and, in a dry run, does not), and its usage errors."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_support import ApiSystem, api_system
+from test_service_support import OPERATOR, REPORTER, FakeClock
+from typer.testing import CliRunner
+
+from enforcement.cli import app
+from enforcement.cli_output import console
+from enforcement.notices.delivery import WORKER, delivered_key, failed_key, undeliverable_key
+from enforcement.policy import ViolationReport
+from enforcement.roles import Role
+from events import RecordedEvent
+from events.timefmt import format_time
+from projections import aup_events as ev
+
+FIXED, NO_CONTACT, PARTLY, OVERTURNED, PENDING = (
+    "acct_fixed",
+    "acct_no_contact",
+    "acct_partly",
+    "acct_overturned",
+    "acct_pending",
+)
+UNDELIVERABLE = "undeliverable: the account has no contact data"
+
+
+def notice_of(events: list[RecordedEvent]) -> RecordedEvent:
+    [notice] = [e for e in events if e.type == "NoticeIssued"]
+    return notice
+
+
+class Population:
+    """Five accounts' first notices: failed for want of a contact (FIXED, whose contact is set
+    since; NO_CONTACT, whose is not; OVERTURNED, whose suspension an appeal overturned since),
+    delivered by e-mail and refused by the webhook (PARTLY), and still awaited (PENDING)."""
+
+    def __init__(self, api: ApiSystem) -> None:
+        self.api = api
+        self.service = api.system.service
+        self.clock = api.system.clock
+        self.first: dict[str, RecordedEvent] = {}
+        for account in (FIXED, NO_CONTACT, PENDING):
+            self.report(account, "spam")
+        self.report(PARTLY, "spam")
+        [suspension] = self.report(OVERTURNED, "phishing", "high")
+        for account in (FIXED, NO_CONTACT, OVERTURNED):
+            self.outcome(account, "none", UNDELIVERABLE, final=True)
+        self.outcome(PARTLY, "email", None)
+        self.outcome(PARTLY, "webhook", "410 Gone", final=True)
+        appeal = self.service.file_appeal(OVERTURNED, suspension.event_id, "not me", OPERATOR)
+        appeal_id = appeal.events[0].data["appeal_id"]
+        self.service.decide_appeal(
+            OVERTURNED, appeal_id, "overturned", "a false positive", OPERATOR
+        )
+        self.contact(FIXED, {"email": "fixed@customer.test"})
+        both = {"email": "p@customer.test", "webhook_url": "https://customer.test/hook"}
+        self.contact(PARTLY, both)
+        self.contact(OVERTURNED, {"email": "o@customer.test"})
+
+    def report(
+        self, account: str, category: str, severity: str | None = None
+    ) -> list[RecordedEvent]:
+        """The account's suspensions, if any, of a violation reported now; its notice is kept
+        in ``first``."""
+        self.clock.advance(timedelta(minutes=1))
+        report = ViolationReport(category, self.clock(), severity, description="seen")
+        events = self.service.report_violation(account, report, REPORTER).events
+        self.first[account] = notice_of(events)
+        return [e for e in events if e.type == "AccountSuspended"]
+
+    def outcome(self, account: str, channel: str, error: str | None, final: bool = False) -> None:
+        notice = self.first[account]
+        data = notice.data["notice_id"], notice.event_id
+        if error is None:
+            payload: object = ev.NoticeDelivered(*data, channel, 1)
+            key = delivered_key(notice.event_id, channel)
+        else:
+            payload = ev.NoticeDeliveryFailed(*data, channel, 1, error, final)
+            none = channel == "none"
+            key = (
+                undeliverable_key(notice.event_id)
+                if none
+                else failed_key(notice.event_id, channel, 1)
+            )
+        self.service.record_fact(
+            account, payload, WORKER, causation_id=notice.event_id, idempotency_key=key
+        )
+
+    def contact(self, account: str, body: dict[str, str]) -> None:
+        headers = {"Authorization": f"Bearer {self.api.tokens[Role.OPERATOR]}"}
+        answer = self.api.client.put(f"/v1/accounts/{account}/contact", json=body, headers=headers)
+        assert answer.is_success, answer.text
+
+    def notice_id(self, account: str) -> str:
+        return str(self.first[account].data["notice_id"])
+
+    def copies(self) -> list[RecordedEvent]:
+        """Every copy an operator sent again, in log order."""
+        return [
+            e
+            for e in self.api.system.store.read_all(0, 10_000)
+            if e.type == "NoticeIssued" and e.data.get("resend_of")
+        ]
+
+
+@pytest.fixture
+def population(database_url: str) -> Iterator[Population]:
+    with api_system(database_url, FakeClock()) as api:
+        yield Population(api)
+
+
+@pytest.fixture
+def run(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(console, "width", 320)  # a row on one line
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        env = {"ENFORCEMENT_DATABASE_URL": database_url}
+        return runner.invoke(app, ["resend", *args], env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def listed(result: Any) -> list[tuple[Any, ...]]:
+    """Each notice of the command's JSON as (account, notice, channels, outcome, reason)."""
+    shown = json.loads(result.stdout)["notices"]
+    return [
+        (n["account_id"], n["notice_id"], n["channels"], n["outcome"], n["reason"]) for n in shown
+    ]
+
+
+def test_every_failed_notice_is_sent_again_once_where_the_contact_has_a_target(
+    population: Population, run: Any
+) -> None:
+    p = population
+    before = p.api.system.store.max_position()
+    no_contact = "The account has no contact: set it with PUT …/contact first."
+    overturned = f"The decision of notice {p.notice_id(OVERTURNED)} was overturned on appeal."
+
+    dry = run("--all", "--reason", "contacts mended", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert listed(dry) == [
+        (FIXED, p.notice_id(FIXED), None, "would_send", None),
+        (NO_CONTACT, p.notice_id(NO_CONTACT), None, "would_send", None),
+        (OVERTURNED, p.notice_id(OVERTURNED), None, "would_send", None),
+    ]
+    assert p.api.system.store.max_position() == before  # a dry run records nothing
+
+    sent = run("--all", "--reason", "contacts mended", "--json")
+    assert sent.exit_code == 1, sent.output  # one was refused
+    shown = json.loads(sent.stdout)
+    [copy] = p.copies()
+    assert listed(sent) == [
+        (FIXED, p.notice_id(FIXED), None, "sent", None),
+        (NO_CONTACT, p.notice_id(NO_CONTACT), None, "refused", no_contact),
+        (OVERTURNED, p.notice_id(OVERTURNED), None, "skipped", overturned),
+    ]
+    assert shown["notices"][0]["copy_notice_id"] == copy.data["notice_id"]
+    assert copy.account_id == FIXED
+    assert copy.data["resend_of"] == {
+        "notice_id": p.notice_id(FIXED),
+        "notice_event_id": p.first[FIXED].event_id,
+        "issued_at": format_time(p.first[FIXED].recorded_at),
+        "reason": "contacts mended",
+        "channels": None,
+    }
+    assert copy.metadata["actor"] == f"cli:{getpass.getuser()}"
+    assert copy.metadata["source"] == "cli"
+    assert copy.metadata["correlation_id"] == shown["correlation_id"]
+    assert shown["correlation_id"].startswith("cli-resend-")
+
+    # Again: the notice sent again is no longer failed; the refusal stands until mended.
+    again = run("--all", "--reason", "contacts mended", "--json")
+    assert again.exit_code == 1, again.output
+    assert [(n[0], n[3]) for n in listed(again)] == [
+        (NO_CONTACT, "refused"),
+        (OVERTURNED, "skipped"),
+    ]
+    assert len(p.copies()) == 1
+    p.contact(NO_CONTACT, {"webhook_url": "https://no-contact.test/hook"})
+    mended = run(NO_CONTACT, "--reason", "contact set", "--json")
+    assert mended.exit_code == 0, mended.output
+    assert [(n[0], n[3]) for n in listed(mended)] == [(NO_CONTACT, "sent")]
+    assert [c.account_id for c in p.copies()] == [FIXED, NO_CONTACT]
+
+
+def test_a_partly_delivered_notice_goes_out_again_on_the_channels_that_did_not_deliver_it(
+    population: Population, run: Any
+) -> None:
+    p = population
+    sent = run("--all", "--state", "partly_delivered", "--reason", "hook mended", "--json")
+
+    assert sent.exit_code == 0, sent.output
+    assert listed(sent) == [(PARTLY, p.notice_id(PARTLY), ["webhook"], "sent", None)]
+    [copy] = p.copies()
+    assert copy.data["resend_of"]["channels"] == ["webhook"]
+    # --channel chooses for it; the contact must have each.
+    both = run(PARTLY, "--state", "partly_delivered", "--reason", "r", "--channel", "email")
+    assert both.exit_code == 0, both.output
+    assert p.copies()[-1].data["resend_of"]["channels"] == ["email"]
+
+
+def test_named_notices_are_sent_again_in_any_state_on_the_channels_asked_for(
+    population: Population, run: Any
+) -> None:
+    p = population
+    pending = p.notice_id(PENDING)
+    p.report(PENDING, "spam")  # a second notice, not named
+    no_webhook = "The account's contact has no webhook_url: set it with PUT …/contact first."
+    p.contact(PENDING, {"email": "pending@customer.test"})
+
+    refused = run(PENDING, "--notice", pending, "--channel", "webhook", "--reason", "r", "--json")
+    assert refused.exit_code == 1, refused.output
+    assert listed(refused) == [(PENDING, pending, ["webhook"], "refused", no_webhook)]
+    assert p.copies() == []
+
+    table = run(PENDING, "--notice", pending, "--reason", "never arrived")
+    assert table.exit_code == 0, table.output
+    [copy] = p.copies()
+    assert copy.data["resend_of"]["notice_id"] == pending
+    [row] = [line for line in table.stdout.splitlines() if pending in line]
+    assert f"sent as {copy.data['notice_id']}" in row and "the contact's" in row
+    assert "Sent 1 notice(s) again (correlation id cli-resend-" in table.stderr
+    assert "0 refused, 0 passed over." in table.stderr
+
+    dry = run("--all", "--reason", "r", "--dry-run", "--since", "2030-01-01T00:00:00Z")
+    assert dry.exit_code == 0 and dry.stdout.strip() == "No notice to send again."
+
+
+USAGE_ERRORS: list[tuple[tuple[str, ...], str]] = [
+    (("--reason", "r"), "Give an ACCOUNT, or --all for every account."),
+    ((FIXED, "--all", "--reason", "r"), "Give an ACCOUNT or --all, not both."),
+    (
+        ("--all", "--state", "pending", "--reason", "r"),
+        "--state must be one of failed, partly_delivered; name a notice in another state "
+        "with --notice.",
+    ),
+    (
+        ("--all", "--notice", "ntc_x", "--reason", "r"),
+        "--notice names a notice of ACCOUNT: give the ACCOUNT, not --all.",
+    ),
+    (
+        (FIXED, "--notice", "ntc_x", "--since", "2026-11-24T10:00:00Z", "--reason", "r"),
+        "Give --notice or --since, not both: --notice names the notices to send.",
+    ),
+    (
+        ("--all", "--channel", "sms", "--reason", "r"),
+        "--channel must be email or webhook, not 'sms'.",
+    ),
+    (
+        ("--all", "--channel", "email", "--channel", "email", "--reason", "r"),
+        "--channel names each channel at most once.",
+    ),
+    (("--all",), "--reason must say why the notices are sent again; it is empty."),
+    (("--all", "--reason", "  "), "--reason must say why the notices are sent again; it is empty."),
+    ((FIXED, "--notice", "ntc_nothing", "--reason", "r"), f"{FIXED} has no notice 'ntc_nothing'."),
+    (("--all", "--since", "yesterday", "--reason", "r"), "--since must be an RFC 3339 time"),
+    (("bad id", "--reason", "r"), "ACCOUNT must be an account id"),
+]
+
+
+def test_usage_errors_exit_2_with_one_sentence_and_record_nothing(
+    tmp_path: Path, migrated_templates: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite only: each is refused before the database is written."""
+    url = migrated_templates.sqlite(tmp_path / "enforcement.db")
+    with api_system(url, FakeClock()) as api:
+        api.system.service.report_violation(
+            FIXED, ViolationReport("spam", api.system.clock(), description="seen"), REPORTER
+        )
+        before = api.system.store.max_position()
+    runner = CliRunner()
+    for args, message in USAGE_ERRORS:
+        result = runner.invoke(
+            app, ["resend", *args], env={"ENFORCEMENT_DATABASE_URL": url}, catch_exceptions=False
+        )
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith(message), (args, result.stderr)
+    with api_system(url, FakeClock()) as api:
+        assert api.system.store.max_position() == before
