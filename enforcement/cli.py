@@ -9,6 +9,7 @@ write is ``cli_output``'s."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -348,6 +349,21 @@ def _older_schema() -> str | None:
     return older_schema(url, revision, head) if is_older(revision, head, known) else None
 
 
+def reflowed_help(typer_app: typer.Typer) -> None:
+    """Give each command of ``typer_app`` (and of its groups) its docstring as help, each
+    paragraph on one line for Rich to wrap at the terminal's width: Typer keeps a docstring's
+    own line breaks past its first paragraph, and then wraps those lines again, so that on an
+    80-column terminal every other line held a word or two."""
+    for info in typer_app.registered_commands:
+        doc = None if info.callback is None else info.callback.__doc__
+        if info.help is None and doc:
+            paragraphs = inspect.cleandoc(doc).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflowed_help(group.typer_instance)
+
+
 # Each module registers its commands on ``app`` as it is imported: in this order ``--help``
 # lists them (Typer keeps the order commands were registered in; ``tokens`` comes last).
 # isort: off
@@ -358,3 +374,5 @@ from enforcement import cli_backup  # noqa: E402,F401 - backup, restore
 from enforcement import cli_reports  # noqa: E402,F401 - report, whatif
 from enforcement import cli_operator  # noqa: E402,F401 - resend
 # isort: on
+
+reflowed_help(app)

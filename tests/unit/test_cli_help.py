@@ -1,7 +1,10 @@
-"""``enforcement --help``: the command list a newcomer reads first."""
+"""``enforcement --help``: the command list a newcomer reads first; each command's ``--help``
+says its docstring in paragraphs that the terminal wraps, not in the source's lines wrapped once
+more (``enforcement.cli.reflowed_help``)."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
@@ -46,3 +49,44 @@ def test_a_command_group_alone_prints_its_help() -> None:
     assert result.exit_code == 2
     assert "Manage API tokens." in result.output
     assert all(command in result.output for command in ("create", "list", "revoke"))
+
+
+def commands(typer_app: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [
+        (*prefix, str(info.name or info.callback.__name__))
+        for info in typer_app.registered_commands
+        if info.callback
+    ]
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None and group.name:
+            found += commands(group.typer_instance, (*prefix, group.name))
+    return found
+
+
+def callback_of(path: tuple[str, ...]) -> object:
+    typer_app = app
+    for name in path[:-1]:
+        [group] = [g for g in typer_app.registered_groups if g.name == name]
+        assert group.typer_instance is not None
+        typer_app = group.typer_instance
+    [info] = [
+        i
+        for i in typer_app.registered_commands
+        if (i.name or (i.callback.__name__ if i.callback else "")) == path[-1]
+    ]
+    return info.callback
+
+
+@pytest.mark.parametrize("path", commands(app), ids=" ".join)
+def test_each_paragraph_of_a_commands_docstring_is_one_line_of_a_wide_help(
+    path: tuple[str, ...],
+) -> None:
+    doc = inspect.getdoc(callback_of(path))
+    assert doc, f"{' '.join(path)} has no docstring"
+
+    shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "1000"})
+
+    assert shown.exit_code == 0, shown.output
+    lines = {line.strip() for line in shown.stdout.splitlines()}
+    for paragraph in doc.split("\n\n"):
+        assert " ".join(paragraph.split()) in lines, paragraph
