@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from itertools import islice
 
 from enforcement.bootstrap import Container
 from enforcement.workers.recovery import notice_channels
@@ -18,13 +19,15 @@ def listed_notices(
     issued_since: datetime | None = None,
     progress: Callable[[int], None] | None = None,
     state: str | None = None,
+    after: int = 0,
 ) -> list[NoticeDeliveries]:
-    """The notices of ``account_id`` (None: of every account, one pass over the log, telling
-    ``progress`` the position reached) issued since ``issued_since``, oldest first; with
-    ``state``, those in that state (known only once the awaited channels are added)."""
+    """The notices of ``account_id`` (None: of every account at a position past ``after``,
+    one pass over the log, telling ``progress`` the position reached) issued since
+    ``issued_since``, oldest first; with ``state``, those in that state (known only once the
+    awaited channels are added)."""
     service = container.service
     if account_id is None:
-        found = service.all_notices(issued_since, progress)
+        found = service.all_notices(issued_since, progress, after)
     else:
         found = service.notices(account_id, issued_since)
     if not found:
@@ -32,3 +35,30 @@ def listed_notices(
     accounts = {n.account_id for n in found}
     listed = with_awaited(found, notice_channels(container.engine, accounts))
     return [n for n in listed if state is None or n.state == state]
+
+
+def listed_page(
+    container: Container,
+    issued_since: datetime | None,
+    after_position: int,
+    limit: int,
+    state: str | None = None,
+) -> tuple[list[NoticeDeliveries], int | None]:
+    """A page of ``listed_notices(container, None, issued_since, state=state)``: of the first
+    ``limit`` notices issued since ``issued_since`` at a position after ``after_position``,
+    those in ``state``, and the position to ask the next page after (None: the last page).
+    Each account's notices are folded from its own stream (its outcomes and copies may lie
+    anywhere later in the log), so a page reads its ``limit`` notices and their accounts, not
+    the log past them; the pages in turn list what one pass lists."""
+    store = container.store
+    since = 0 if issued_since is None else store.position_before(issued_since)
+    start = max(after_position, since)
+    # One query: as many rows as the page holds.
+    issued = list(islice(store.iter_all_of_types(("NoticeIssued",), start, limit), limit))
+    accounts = dict.fromkeys(e.account_id for e in issued)
+    found = [n for a in accounts for n in container.service.notices(a, issued_since)]
+    listed = with_awaited(found, notice_channels(container.engine, set(accounts)))
+    by_event = {n.notice_event_id: n for n in listed}
+    page = [by_event[e.event_id] for e in issued if e.event_id in by_event]
+    following = issued[-1].position if len(issued) == limit else None
+    return [n for n in page if state is None or n.state == state], following

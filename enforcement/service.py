@@ -733,13 +733,18 @@ class EnforcementService:
         return notice_deliveries(events, issued_since)
 
     def all_notices(
-        self, issued_since: datetime | None = None, progress: Callable[[int], None] | None = None
+        self,
+        issued_since: datetime | None = None,
+        progress: Callable[[int], None] | None = None,
+        after_position: int = 0,
     ) -> list[NoticeDeliveries]:
-        """Every account's notices (recorded since ``issued_since``), in log order, each with
-        how its delivery went: one pass over the log's notices and outcomes (``progress`` is
-        told the position reached), from the first event recorded since ``issued_since``
-        (``EventStore.position_before``: a notice's outcomes and copies come after it)."""
+        """Every account's notices (recorded since ``issued_since``, at a position past
+        ``after_position``), in log order, each with how its delivery went: one pass over the
+        log's notices and outcomes (``progress`` is told the position reached), from the first
+        event recorded since ``issued_since`` (``EventStore.position_before``: a notice's
+        outcomes and copies come after it)."""
         after = 0 if issued_since is None else self.store.position_before(issued_since)
+        after = max(after, after_position)
         events = self.store.iter_all_of_types(NOTICE_TYPES, after, progress=progress)
         return notice_deliveries(events, issued_since)
 

@@ -182,9 +182,12 @@ class NoticesOut(BaseModel):
 
 
 class AllNoticesOut(BaseModel):
-    """Every account's notices issued since the instant asked (``GET /v1/notices``)."""
+    """Every account's notices issued since the instant asked (``GET /v1/notices``), or a page
+    of them (``limit``): the next is asked with ``after_position=next_after_position`` (null:
+    the last page, or no page asked)."""
 
     notices: list[NoticeDeliveriesOut]
+    next_after_position: int | None
 
 
 class NoticeResentOut(AccountCommandOut):

@@ -20,6 +20,7 @@ from enforcement.notices.delivery import WORKER, delivered_key, failed_key, unde
 from enforcement.policy import ViolationReport
 from enforcement.roles import Role
 from events import EventStore, RecordedEvent
+from events.timefmt import format_time
 from projections import aup_events as ev
 
 ACCOUNT = "acct_notices"
@@ -190,6 +191,81 @@ def test_every_accounts_notices_since_an_instant_are_read_over_http(api: ApiSyst
     assert (
         api.client.get("/v1/notices", params={"since": "2026-11-24T10:00:00Z"}).status_code == 401
     )
+
+
+def test_every_accounts_notices_come_in_pages_that_list_what_one_pass_lists(
+    api: ApiSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/notices?since=T&limit=N[&after_position=P]``: each page folds its notices
+    from their accounts' streams, and the pages in turn, in any size and with any state, list
+    what the whole answer lists; a page reads no more of the log than its notices."""
+    auditor = {"Authorization": f"Bearer {api.tokens[Role.AUDITOR]}"}
+    clock: FakeClock = api.system.clock  # type: ignore[assignment]
+    service = api.system.service
+    early = ViolationReport("spam", clock(), description="before the instant")
+    service.report_violation("acct_early", early, REPORTER)
+    clock.advance(timedelta(minutes=5))
+    since = format_time(clock())
+    populate(api.system, clock)  # a failed notice sent again; its copy delivered by e-mail
+    for account in ("acct_b", "acct_c", "acct_b", "acct_d"):
+        clock.advance(timedelta(minutes=1))
+        report = ViolationReport("spam", clock(), description="more mail")
+        notice = notice_of(service.report_violation(account, report, REPORTER).events)
+        if account == "acct_c":  # delivered, after the notices that follow it were issued
+            delivered = ev.NoticeDelivered(notice.data["notice_id"], notice.event_id, "email", 1)
+            key = delivered_key(notice.event_id, "email")
+            later_outcome = (account, delivered, notice.event_id, key)
+    clock.advance(timedelta(minutes=1))
+    account, delivered, cause, key = later_outcome
+    service.record_fact(account, delivered, WORKER, causation_id=cause, idempotency_key=key)
+
+    def get(**query: Any) -> Any:
+        answer = api.client.get("/v1/notices", params={"since": since, **query}, headers=auditor)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    whole = get()
+    assert whole["next_after_position"] is None
+    assert len(whole["notices"]) == 6 and "acct_early" not in str(whole)
+    states = {n["state"] for n in whole["notices"]}
+    assert states == {"sent_again", "pending", "delivered"}
+    read: list[int] = []  # how many notices each page's request read from the log
+    iter_all_of_types = EventStore.iter_all_of_types
+
+    def noted(self: EventStore, types: Any, *args: Any, **kw: Any) -> Any:
+        assert tuple(types) == ("NoticeIssued",)  # a page reads its notices, no outcome
+        read.append(0)
+        for event in iter_all_of_types(self, types, *args, **kw):
+            read[-1] += 1
+            yield event
+
+    with monkeypatch.context() as patched:
+        patched.setattr(EventStore, "iter_all_of_types", noted)
+        for state in (None, *sorted(states)):
+            one_pass = [n for n in whole["notices"] if state is None or n["state"] == state]
+            for limit in range(1, 8):
+                pages: list[Any] = []
+                after, asked = 0, 0
+                read.clear()
+                while True:
+                    chosen = {"state": state} if state else {}
+                    page = get(limit=limit, after_position=after, **chosen)
+                    asked += 1
+                    pages += page["notices"]
+                    if page["next_after_position"] is None:
+                        break
+                    assert page["next_after_position"] > after
+                    after = page["next_after_position"]
+                assert pages == one_pass, (state, limit)
+                assert asked == 6 // limit + 1, (state, limit)  # a full last page: once more
+                assert max(read) <= limit and sum(read) == 6, (state, limit, read)
+    # Past a position without a page: the rest at once.
+    third = whole["notices"][2]["notice_event_id"]
+    [position] = [e.position for e in api.system.store.read_all(0, 1000) if e.event_id == third]
+    assert get(after_position=position)["notices"] == whole["notices"][3:]
+    for query in ({"limit": 0}, {"limit": 1001}, {"after_position": -1}, {"limit": "x"}):
+        bad = api.client.get("/v1/notices", params={"since": since, **query}, headers=auditor)
+        assert bad.status_code == 422, query
 
 
 def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(

@@ -14,7 +14,7 @@ from enforcement.api.errors import READ_ERRORS
 from enforcement.api.schemas import AccountId
 from enforcement.api.shapes import parse_query_time
 from enforcement.api.strict_json import StrictJsonRoute
-from enforcement.notice_listing import listed_notices
+from enforcement.notice_listing import listed_notices, listed_page
 from events.wire import event_to_json
 
 router = APIRouter(
@@ -66,14 +66,22 @@ def get_all_notices(
     principal: Reader,
     since: str,
     state: NoticeState | None = None,
+    after_position: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> dict[str, Any]:
     """Every account's notices issued ``since`` then or later (required: one pass over the
     log from the first event recorded then, as ``enforcement notices --all --since``), oldest
     first, each with how its delivery went on each channel; ``state`` keeps those in that
-    state (``failed``, after a fault that failed many: those to send again)."""
+    state (``failed``, after a fault that failed many: those to send again). With ``limit``,
+    a page: of the next ``limit`` notices after ``after_position``, those in ``state``, and
+    ``next_after_position`` to ask the next page with (null: none follows); without, every
+    one at once."""
     moment = parse_query_time(since, "since")
-    notices = listed_notices(container, None, moment, state=state)
-    return {"notices": [n.to_json() for n in notices]}
+    if limit is None:
+        notices = listed_notices(container, None, moment, state=state, after=after_position)
+        return {"notices": [n.to_json() for n in notices], "next_after_position": None}
+    page, following = listed_page(container, moment, after_position, limit, state)
+    return {"notices": [n.to_json() for n in page], "next_after_position": following}
 
 
 @router.get("/accounts/{account_id}/events")
