@@ -9,8 +9,9 @@ outcome in 2 of every 5 events). Each backend measures, in one process and alter
 product's listing (``enforcement.notice_listing.listed_notices``, what the CLI runs) of every
 notice, and of those recorded since the time of the event at ``--since-fraction`` of the log
 from its end (default: the last tenth), beside that listing as it was before its pass started
-at ``EventStore.position_before`` (the whole log read, the older notices dropped); the best of
-``--repeats`` runs each.
+at ``EventStore.position_before`` (the whole log read, the older notices dropped), and the
+first page of 500 of each (``GET /v1/notices?limit=500``: ``listed_page``, each notice folded
+from its account's events); the best of ``--repeats`` runs each.
 
 Run from the repository root: ``.venv/bin/python benchmarks/bench_notices_since.py``.
 """
@@ -39,7 +40,7 @@ from rich.table import Table  # noqa: E402
 
 from enforcement.bootstrap import Container, bootstrap  # noqa: E402
 from enforcement.migrations import upgrade  # noqa: E402
-from enforcement.notice_listing import listed_notices  # noqa: E402
+from enforcement.notice_listing import listed_notices, listed_page  # noqa: E402
 from enforcement.settings import Settings  # noqa: E402
 from enforcement.workers.recovery import notice_channels  # noqa: E402
 from events import EventStore, NewEvent, StreamAppend, create_engine  # noqa: E402
@@ -52,6 +53,7 @@ from projections.notices import (  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ACCOUNTS_PER_TRANSACTION = 100
+PAGE = 500  # notices a page of ``GET /v1/notices`` holds in the rows that measure one
 
 
 def populate(url: str, n_events: int) -> int:
@@ -129,6 +131,14 @@ def measure(url: str, fraction: float, repeats: int) -> dict[str, tuple[float, i
             ),
             last_part: (
                 lambda: len(listed_notices(container, None, since)),
+                store.position_before(since) + 1,
+            ),
+            f"the first page of {PAGE} (GET /v1/notices?limit={PAGE})": (
+                lambda: len(listed_page(container, None, 0, PAGE)[0]),
+                1,
+            ),
+            f"{last_part}, its first page of {PAGE}": (
+                lambda: len(listed_page(container, since, 0, PAGE)[0]),
                 store.position_before(since) + 1,
             ),
         }

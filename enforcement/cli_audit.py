@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -31,6 +31,14 @@ from enforcement.cli import (
     time_option,
 )
 from enforcement.cli_output import EXIT_CHECK_FAILED, console, err_console, fail
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from rich.progress import Progress
+
+    from enforcement.bootstrap import Container
+    from projections.notices import NoticeDeliveries
 
 
 @app.command()
@@ -88,16 +96,7 @@ def notices(
         else:
             # Minutes on a long log: a bar on stderr when it is a terminal.
             with progress_bar(sys.stderr.isatty()) as bar:
-                total = container.store.max_position()
-                task = bar.add_task("reading notices", total=total, unit="positions")
-                found = listed_notices(
-                    container,
-                    None,
-                    issued_since,
-                    lambda at: bar.update(task, completed=at),
-                    state=state,
-                )
-                bar.update(task, completed=total)
+                found = every_notice(container, bar, issued_since, state)
     rows = [n.to_json() for n in found]
     if as_json:
         listed = {"notices": rows} if every else {"account_id": account, "notices": rows}
@@ -108,6 +107,21 @@ def notices(
         console.print(f"No {state or 'recorded'} notice for {whose}.")
         return
     console.print(notices_table("every account" if every else str(account), rows, every))
+
+
+def every_notice(
+    container: Container, bar: Progress, issued_since: datetime | None, state: str | None = None
+) -> list[NoticeDeliveries]:
+    """``listed_notices`` of every account, the pass over the log shown on ``bar``."""
+    from enforcement.notice_listing import listed_notices
+
+    total = container.store.max_position()
+    task = bar.add_task("reading notices", total=total, unit="positions")
+    found = listed_notices(
+        container, None, issued_since, lambda at: bar.update(task, completed=at), state=state
+    )
+    bar.update(task, completed=total)
+    return found
 
 
 @app.command("policy-activations")

@@ -10,6 +10,7 @@ import getpass
 import json
 import sys
 import uuid
+from collections import Counter
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -27,10 +28,7 @@ from enforcement.cli import (
 from enforcement.cli_output import EXIT_CHECK_FAILED, console, err_console, fail
 
 if TYPE_CHECKING:
-    from enforcement.notice_resending import PlannedResend, ResendResult
-
-# More notices than this to send: a progress bar on a terminal's stderr.
-_BAR_FROM = 20
+    from enforcement.notice_resending import ResendResult
 
 
 @app.command()
@@ -38,7 +36,10 @@ def resend(
     account: NoticesAccount = None,
     every: EveryAccount = False,
     reason: Annotated[
-        str, typer.Option("--reason", help="Why they are sent again (recorded on each copy).")
+        str,
+        typer.Option(
+            "--reason", help="Why they are sent again (recorded on each copy).", show_default=False
+        ),
     ] = "",
     since: IssuedSince = None,
     state: Annotated[
@@ -46,31 +47,51 @@ def resend(
     ] = "failed",
     notice: Annotated[
         list[str] | None,
-        typer.Option("--notice", help="A notice id of ACCOUNT to send again, in any state."),
+        typer.Option(
+            "--notice", help="A notice id of ACCOUNT to send again, in any state (repeatable)."
+        ),
     ] = None,
     channel: Annotated[
         list[str] | None,
-        typer.Option("--channel", help="email or webhook: the copies go out on these only."),
+        typer.Option(
+            "--channel", help="email or webhook: the copies go out on these only (repeatable)."
+        ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List what would be sent; record nothing.")
+        bool, typer.Option("--dry-run", help="Say what each would become; record nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Send notices again, once the cause of their failed delivery is mended.
+    """Send notices again, once the cause of their failed delivery is mended (--reason says
+    which).
 
     Each notice in --state (of ACCOUNT, or of every account with --all; issued since --since
     when given) goes out again as a copy, as POST /v1/accounts/{id}/notices/{notice_id}/resend
     sends one: to the contact as it is now, on every channel, on --channel's only, or, for a
-    partly_delivered notice, on the channels that did not deliver it. --notice names notices
-    of ACCOUNT to send again whatever their state. A notice whose account has no target on a
-    channel it would go out on is refused (set the contact first); one of a decision overturned
-    on appeal is passed over. A running `serve` or `worker` delivers the copies, or the next to
-    start. Exit 1 when any was refused; running the command again sends only what is still
-    failed.
+    partly_delivered notice, on the channels that did not deliver it. Of a notice and its
+    copies, only the last is looked at, so running the command again sends only what is still
+    failed. --notice names notices of ACCOUNT to send again whatever their state.
+
+    A notice whose account has no target on a channel it would go out on is refused (set the
+    contact first); one of a decision overturned on appeal, or sent again by someone else
+    meanwhile, is passed over. --dry-run says which would be sent, refused or passed over. A
+    running `serve` or `worker` delivers the copies, or the next to start. Exit 1 when any was
+    (or would be) refused; on a database error or Ctrl-C, what was sent so far is shown, and
+    running it again sends the rest.
     """
+    from sqlalchemy.exc import DBAPIError
+
+    from enforcement.cli import database_error
+    from enforcement.cli_audit import every_notice
     from enforcement.notice_listing import listed_notices
-    from enforcement.notice_resending import RESENDABLE_STATES, RESENT_REFUSED, planned, resend_all
+    from enforcement.notice_resending import (
+        RESENDABLE_STATES,
+        RESENT_REFUSED,
+        WOULD,
+        last_of_each,
+        planned,
+        resend_each,
+    )
     from enforcement.progress import progress_bar
     from enforcement.service_types import Actor
 
@@ -83,12 +104,17 @@ def resend(
         )
     if notice and account is None:
         fail("--notice names a notice of ACCOUNT: give the ACCOUNT, not --all.")
-    if notice and since is not None:
-        fail("Give --notice or --since, not both: --notice names the notices to send.")
+    if notice and (since is not None or state != "failed"):
+        fail("Give --notice or --since and --state, not both: --notice names the notices.")
     channels = _channels(channel)
     if not reason.strip():
         fail("--reason must say why the notices are sent again; it is empty.")
-    with opened_container() as container:
+    run_id = None if dry_run else f"cli-resend-{uuid.uuid4()}"
+    actor = Actor(name=f"cli:{_user()}", correlation_id=run_id or "dry-run", source="cli")
+    results: list[ResendResult] = []
+    stopped: str | None = None
+    status = 0
+    with opened_container() as container, progress_bar(every and sys.stderr.isatty()) as bar:
         if notice:
             found = listed_notices(container, account)
             known = {n.notice_id for n in found}
@@ -98,20 +124,29 @@ def resend(
             named = dict.fromkeys(notice)
             chosen = [n for n in found if n.notice_id in named]
         else:
-            chosen = listed_notices(container, account, issued_since, state=state)
+            if every:
+                listed = every_notice(container, bar, issued_since)
+            else:
+                listed = listed_notices(container, account, issued_since)
+            chosen = last_of_each(listed, state)
         plan = planned(chosen, channels)
-        if dry_run or not plan:
-            _show(plan, [], dry_run, as_json, None)
-            return
-        run_id = f"cli-resend-{uuid.uuid4()}"
-        actor = Actor(name=f"cli:{_user()}", correlation_id=run_id, source="cli")
-        with progress_bar(len(plan) > _BAR_FROM and sys.stderr.isatty()) as bar:
-            task = bar.add_task("sending again", total=len(plan), unit="notices")
-            results = resend_all(
-                container, plan, reason, actor, lambda done: bar.update(task, completed=done)
-            )
-    _show(plan, results, False, as_json, run_id)
-    if any(r.outcome == RESENT_REFUSED for r in results):
+        sending = bar.add_task("sending again", total=len(plan), unit="notices")
+        try:
+            for result in resend_each(container, plan, reason.strip(), actor, dry_run):
+                results.append(result)
+                bar.update(sending, completed=len(results))
+        except DBAPIError as exc:
+            stopped, status = database_error(exc), 2
+        except KeyboardInterrupt:
+            stopped, status = "interrupted", 130
+    _show(results, dry_run, as_json, run_id)
+    if stopped is not None:
+        fail(
+            f"Stopped after {len(results)} of {len(plan)} notices: {stopped.rstrip('.')}; "
+            "run the command again to send the rest.",
+            status,
+        )
+    if any(r.outcome in (RESENT_REFUSED, WOULD[RESENT_REFUSED]) for r in results):
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
@@ -134,55 +169,42 @@ def _user() -> str:
         return "unknown"
 
 
-def _show(
-    plan: list[PlannedResend],
-    results: list[ResendResult],
-    dry_run: bool,
-    as_json: bool,
-    run_id: str | None,
-) -> None:
-    """Each notice's result, or in a dry run the plan, as JSON or a table and a summary."""
+def _show(results: list[ResendResult], dry_run: bool, as_json: bool, run_id: str | None) -> None:
+    """Each notice's result, as JSON or a table and a summary on stderr."""
     from rich.table import Table
 
-    from enforcement.notice_resending import (
-        RESENT_REFUSED,
-        RESENT_SENT,
-        RESENT_SKIPPED,
-        ResendResult,
-    )
-
-    rows = [ResendResult(p, "would_send") for p in plan] if dry_run else results
     if as_json:
-        notices = [r.to_json() for r in rows]
-        print(
-            json.dumps({"dry_run": dry_run, "correlation_id": run_id, "notices": notices}, indent=2)
-        )
+        notices = [r.to_json() for r in results]
+        shown = {"dry_run": dry_run, "correlation_id": run_id, "notices": notices}
+        print(json.dumps(shown, indent=2))
         return
-    if not rows:
+    if not results:
         console.print("No notice to send again.")
         return
     table = Table("account", "notice", "kind", "state", "channels", "outcome")
-    for r in rows:
+    for r in results:
         p = r.planned
+        outcome = r.outcome.replace("_", " ")
         if r.copy_notice_id is not None:
             outcome = f"sent as {r.copy_notice_id}"
         elif r.reason is not None:
-            outcome = f"{r.outcome}: {r.reason}"
-        else:
-            outcome = r.outcome.replace("_", " ")
+            outcome = f"{outcome}: {r.reason}"
         on = "the contact's" if p.channels is None else ", ".join(p.channels)
         cells = (p.account_id, p.notice_id, p.kind, p.state, on, outcome)
         table.add_row(*(escape(cell) for cell in cells))
     console.print(table)
+    from enforcement.notice_resending import WOULD
+
+    canonical = {would: outcome for outcome, would in WOULD.items()}
+    count = Counter(canonical.get(r.outcome, r.outcome) for r in results)
     if dry_run:
-        summary = f"Dry run: {len(rows)} notice(s) would be sent again; nothing was recorded."
-    else:
-        count = {
-            k: sum(r.outcome == k for r in rows)
-            for k in (RESENT_SENT, RESENT_SKIPPED, RESENT_REFUSED)
-        }
         summary = (
-            f"Sent {count[RESENT_SENT]} notice(s) again (correlation id {run_id}); "
-            f"{count[RESENT_REFUSED]} refused, {count[RESENT_SKIPPED]} passed over."
+            f"Dry run, nothing recorded: {count['sent']} notice(s) would be sent again, "
+            f"{count['refused']} refused, {count['skipped']} passed over."
+        )
+    else:
+        summary = (
+            f"Sent {count['sent']} notice(s) again (correlation id {run_id}); "
+            f"{count['refused']} refused, {count['skipped']} passed over."
         )
     err_console.print(summary, markup=False, highlight=False, soft_wrap=True)

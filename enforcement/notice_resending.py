@@ -2,18 +2,23 @@
 server without STARTTLS, a webhook secret unset, contacts missing), each listed notice is sent
 again as a copy (``EnforcementService.resend_notice``, as ``POST …/notices/{id}/resend``).
 
-Which channels a copy goes out on (``planned``): those asked for; else, for a notice a channel
-delivered (``partly_delivered``), the channels that did not deliver it, so the account does not
-get the same notice twice by e-mail; else every channel of the contact as it is now. A copy is
-refused, and nothing written for it, when the contact has no target on a channel it would go out
-on (``missing_target``): sent to no target, it would only fail again, and hide the notice it
-copies from the failed ones. A notice of a decision an appeal overturned is never sent again:
-it is passed over (``RESENT_SKIPPED``), not refused.
+Which notices (``last_of_each``): of a notice and the copies made of it, only the last, and only
+when it is in the state asked for; so a notice once copied is looked at through its copy, and a
+run again sends only what is still failed. Which channels a copy goes out on (``planned``):
+those asked for; else, for a notice a channel delivered (``partly_delivered``), the channels
+that did not deliver it, so the account does not get the same notice twice by e-mail; for a
+failed copy sent on some channels only, those again; else every channel of the contact as it
+is now. A copy is refused, and nothing written for it, when the contact has no target on a
+channel it would go out on (``missing_target``): sent to no target, it would only fail again,
+and hide the notice it copies from the failed ones. A notice of a decision an appeal
+overturned is never sent again, nor one copied since it was listed (another run, ``POST
+…/resend``): both are passed over, not refused. A dry run asks the same questions, in the same
+transaction as a copy would be written, and writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from enforcement.bootstrap import Container
@@ -25,20 +30,33 @@ from projections.notices import NO_CHANNEL, NoticeDeliveries
 # The states a bulk resend picks notices in: nothing will try them again, and no channel (or
 # not every one) delivered them. Others are sent again only when named (``--notice``).
 RESENDABLE_STATES: tuple[str, ...] = ("failed", "partly_delivered")
-# How a notice ended: a copy sent, passed over (its decision overturned), or refused.
+# How a notice ended: a copy sent, passed over (its decision overturned, or copied meanwhile),
+# or refused; and what a dry run says of each.
 RESENT_SENT, RESENT_SKIPPED, RESENT_REFUSED = "sent", "skipped", "refused"
-_SKIPPED_CODES = frozenset({"decision_overturned"})
+WOULD: dict[str, str] = {
+    RESENT_SENT: "would_send",
+    RESENT_SKIPPED: "would_skip",
+    RESENT_REFUSED: "would_refuse",
+}
+_SKIPPED_CODES = frozenset({"decision_overturned", "sent_again_meanwhile"})
+
+
+class _WouldSend(Exception):
+    """A dry run's copy passed every check: nothing is written."""
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedResend:
-    """A notice to send again, and the channels its copy goes out on (None: the contact's)."""
+    """A notice to send again, the channels its copy goes out on (None: the contact's), and
+    how many copies had been made of it when it was listed."""
 
     account_id: str
     notice_id: str
+    notice_event_id: str
     kind: str
     state: str
     channels: tuple[str, ...] | None
+    copies: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +64,7 @@ class ResendResult:
     """What became of a planned resend: the copy's notice id, or why there is none."""
 
     planned: PlannedResend
-    outcome: str  # RESENT_SENT, RESENT_SKIPPED or RESENT_REFUSED
+    outcome: str  # RESENT_SENT, RESENT_SKIPPED or RESENT_REFUSED (a dry run: ``WOULD``'s)
     copy_notice_id: str | None = None
     reason: str | None = None
 
@@ -64,21 +82,38 @@ class ResendResult:
         }
 
 
+def last_of_each(notices: Sequence[NoticeDeliveries], state: str) -> list[NoticeDeliveries]:
+    """Of each notice listed and the copies of it listed (``resend_of``: the first notice's
+    id), the last, when it is in ``state``; in the order their first ones were listed."""
+    last: dict[tuple[str, str], NoticeDeliveries] = {}
+    for n in notices:
+        last[(n.account_id, n.resend_of or n.notice_id)] = n
+    return [n for n in last.values() if n.state == state]
+
+
 def planned(
     notices: Sequence[NoticeDeliveries], channels: tuple[str, ...] | None = None
 ) -> list[PlannedResend]:
     """A resend of each of ``notices``, in their order, on ``channels`` when given; else a
-    ``partly_delivered`` notice's on the channels that did not deliver it, and any other's on
-    the contact's (None)."""
+    ``partly_delivered`` notice's on the channels that did not deliver it, a copy's sent on
+    some channels on those, and any other's on the contact's (None)."""
     return [
-        PlannedResend(n.account_id, n.notice_id, n.kind, n.state, channels or _undelivered(n))
+        PlannedResend(
+            n.account_id,
+            n.notice_id,
+            n.notice_event_id,
+            n.kind,
+            n.state,
+            channels or _undelivered(n),
+            len(n.sent_again_as),
+        )
         for n in notices
     ]
 
 
 def _undelivered(notice: NoticeDeliveries) -> tuple[str, ...] | None:
     if notice.state != "partly_delivered":
-        return None
+        return None if notice.chosen_channels is None else tuple(notice.chosen_channels)
     return tuple(
         c.channel for c in notice.channels if c.state != "delivered" and c.channel != NO_CHANNEL
     )
@@ -98,35 +133,46 @@ def missing_target(contact: Contact, channels: tuple[str, ...] | None) -> str | 
     return None
 
 
-def resend_all(
+def resend_each(
     container: Container,
     plan: Sequence[PlannedResend],
     reason: str,
     actor: Actor,
-    progress: Callable[[int], None] | None = None,
-) -> list[ResendResult]:
-    """Send each of ``plan`` again, one transaction each, for ``reason`` as ``actor``; a
-    refusal (``missing_target``, or the service's) is recorded in its result and the next goes
-    on. ``progress`` is told how many are done."""
+    dry_run: bool = False,
+) -> Iterator[ResendResult]:
+    """Send each of ``plan`` again, one transaction each, for ``reason`` as ``actor``, and
+    yield what became of it; a refusal (``missing_target``, a copy made since it was listed,
+    or the service's) is its result and the next goes on. ``dry_run``: the same checks, in the
+    same transaction, and nothing written (``WOULD``'s outcomes). An error of the database
+    stops it, after the results of those already sent."""
     service, engine = container.service, container.engine
-    results: list[ResendResult] = []
-    for done, item in enumerate(plan, 1):
+    for item in plan:
 
         def check(item: PlannedResend = item) -> None:
+            made = sum(
+                e.metadata.get("causation_id") == item.notice_event_id
+                for e in service.store.read_stream_of_type(item.account_id, "NoticeIssued")
+            )
+            if made > item.copies:
+                raise Conflict(
+                    "it was sent again since it was listed (by another run, or POST …/resend)",
+                    code="sent_again_meanwhile",
+                )
             missing = missing_target(contact_of(engine, item.account_id), item.channels)
             if missing is not None:
                 raise Conflict(missing, code="no_target")
+            if dry_run:
+                raise _WouldSend
 
         try:
             outcome = service.resend_notice(
                 item.account_id, item.notice_id, reason, actor, channels=item.channels, check=check
             )
+        except _WouldSend:
+            yield ResendResult(item, WOULD[RESENT_SENT])
         except DomainError as exc:
             kind = RESENT_SKIPPED if exc.code in _SKIPPED_CODES else RESENT_REFUSED
-            results.append(ResendResult(item, kind, reason=exc.message))
+            yield ResendResult(item, WOULD[kind] if dry_run else kind, reason=exc.message)
         else:
             copy = outcome.events[0].data["notice_id"]
-            results.append(ResendResult(item, RESENT_SENT, copy_notice_id=copy))
-        if progress is not None:
-            progress(done)
-    return results
+            yield ResendResult(item, RESENT_SENT, copy_notice_id=copy)

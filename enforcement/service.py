@@ -732,6 +732,13 @@ class EnforcementService:
         events = self.store.read_stream_of_types(account_id, NOTICE_TYPES)
         return notice_deliveries(events, issued_since)
 
+    def accounts_notices(
+        self, account_ids: Sequence[str], issued_since: datetime | None = None
+    ) -> list[NoticeDeliveries]:
+        """``notices`` of each of ``account_ids`` in turn, read together."""
+        streams = self.store.read_streams_of_types(account_ids, NOTICE_TYPES)
+        return [n for events in streams.values() for n in notice_deliveries(events, issued_since)]
+
     def all_notices(
         self,
         issued_since: datetime | None = None,

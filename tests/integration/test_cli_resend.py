@@ -12,15 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from api_support import ApiSystem, api_system
 from test_service_support import OPERATOR, REPORTER, FakeClock
 from typer.testing import CliRunner
 
 from enforcement.cli import app
 from enforcement.cli_output import console
+from enforcement.notice_listing import listed_notices
+from enforcement.notice_resending import last_of_each, planned, resend_each
 from enforcement.notices.delivery import WORKER, delivered_key, failed_key, undeliverable_key
 from enforcement.policy import ViolationReport
 from enforcement.roles import Role
+from enforcement.service import EnforcementService
+from enforcement.service_types import Actor
 from events import RecordedEvent
 from events.timefmt import format_time
 from projections import aup_events as ev
@@ -149,12 +154,13 @@ def test_every_failed_notice_is_sent_again_once_where_the_contact_has_a_target(
     overturned = f"The decision of notice {p.notice_id(OVERTURNED)} was overturned on appeal."
 
     dry = run("--all", "--reason", "contacts mended", "--dry-run", "--json")
-    assert dry.exit_code == 0, dry.output
+    assert dry.exit_code == 1, dry.output  # one would be refused
     assert listed(dry) == [
         (FIXED, p.notice_id(FIXED), None, "would_send", None),
-        (NO_CONTACT, p.notice_id(NO_CONTACT), None, "would_send", None),
-        (OVERTURNED, p.notice_id(OVERTURNED), None, "would_send", None),
+        (NO_CONTACT, p.notice_id(NO_CONTACT), None, "would_refuse", no_contact),
+        (OVERTURNED, p.notice_id(OVERTURNED), None, "would_skip", overturned),
     ]
+    assert json.loads(dry.stdout)["correlation_id"] is None
     assert p.api.system.store.max_position() == before  # a dry run records nothing
 
     sent = run("--all", "--reason", "contacts mended", "--json")
@@ -205,9 +211,9 @@ def test_a_partly_delivered_notice_goes_out_again_on_the_channels_that_did_not_d
     assert listed(sent) == [(PARTLY, p.notice_id(PARTLY), ["webhook"], "sent", None)]
     [copy] = p.copies()
     assert copy.data["resend_of"]["channels"] == ["webhook"]
-    # --channel chooses for it; the contact must have each.
-    both = run(PARTLY, "--state", "partly_delivered", "--reason", "r", "--channel", "email")
-    assert both.exit_code == 0, both.output
+    # Named, it is sent again, on the channel chosen.
+    named = run(PARTLY, "--notice", p.notice_id(PARTLY), "--reason", "r", "--channel", "email")
+    assert named.exit_code == 0, named.output
     assert p.copies()[-1].data["resend_of"]["channels"] == ["email"]
 
 
@@ -252,7 +258,11 @@ USAGE_ERRORS: list[tuple[tuple[str, ...], str]] = [
     ),
     (
         (FIXED, "--notice", "ntc_x", "--since", "2026-11-24T10:00:00Z", "--reason", "r"),
-        "Give --notice or --since, not both: --notice names the notices to send.",
+        "Give --notice or --since and --state, not both: --notice names the notices.",
+    ),
+    (
+        (FIXED, "--notice", "ntc_x", "--state", "partly_delivered", "--reason", "r"),
+        "Give --notice or --since and --state, not both: --notice names the notices.",
     ),
     (
         ("--all", "--channel", "sms", "--reason", "r"),
@@ -289,3 +299,104 @@ def test_usage_errors_exit_2_with_one_sentence_and_record_nothing(
         assert result.stderr.startswith(message), (args, result.stderr)
     with api_system(url, FakeClock()) as api:
         assert api.system.store.max_position() == before
+
+
+def fail_last_copy(p: Population, account: str, channel: str) -> None:
+    """The account's last copy's delivery on ``channel`` failed for good."""
+    p.first[account] = [c for c in p.copies() if c.account_id == account][-1]
+    p.outcome(account, channel, "410 Gone", final=True)
+
+
+def test_a_notice_is_looked_at_through_its_last_copy_so_a_rerun_sends_nothing_twice(
+    population: Population, run: Any
+) -> None:
+    """A partly delivered notice once copied is not sent again; its copy, failed, goes out
+    on the copy's own channels (no second e-mail) (rv13: both were sent again on every run)."""
+    p = population
+    args = ("--all", "--state", "partly_delivered", "--reason", "hook mended", "--json")
+    assert [n[3] for n in listed(run(*args))] == ["sent"]
+    assert listed(run(*args)) == []
+    assert len(p.copies()) == 1
+    fail_last_copy(p, PARTLY, "webhook")
+
+    again = run(PARTLY, "--reason", "hook mended again", "--json")
+
+    assert [(n[2], n[3]) for n in listed(again)] == [(["webhook"], "sent")]
+    assert p.copies()[-1].data["resend_of"]["channels"] == ["webhook"]
+    assert listed(run(PARTLY, "--reason", "once more", "--json")) == []
+
+
+def test_two_failed_copies_of_one_notice_make_one_copy(population: Population, run: Any) -> None:
+    p = population
+    for _ in range(2):  # an operator sent it twice over HTTP; both copies failed
+        p.service.resend_notice(PARTLY, p.notice_id(PARTLY), "r", OPERATOR, channels=("webhook",))
+        fail_last_copy(p, PARTLY, "webhook")
+
+    sent = run(PARTLY, "--reason", "hook mended", "--json")
+
+    assert [n[3] for n in listed(sent)] == ["sent"]
+    assert len(p.copies()) == 3
+
+
+def test_a_notice_sent_again_since_it_was_listed_is_passed_over(population: Population) -> None:
+    """Two runs at once, or a run beside ``POST …/resend``: the copies are counted again in
+    the transaction that would write one (rv13: both runs sent every notice)."""
+    p = population
+    container = p.api.system
+    plan = planned(last_of_each(listed_notices(container, FIXED), "failed"))
+    p.service.resend_notice(FIXED, p.notice_id(FIXED), "r", OPERATOR)
+    actor = Actor(name="cli:test", correlation_id="c", source="cli")
+
+    [result] = resend_each(container, plan, "r", actor)
+
+    assert (result.outcome, result.reason) == (
+        "skipped",
+        "It was sent again since it was listed (by another run, or POST …/resend).",
+    )
+    assert len(p.copies()) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "why"),
+    [
+        (
+            sa.exc.OperationalError("INSERT", {}, Exception("database is locked")),
+            2,
+            "The database cannot be used (database is locked); check ENFORCEMENT_DATABASE_URL "
+            "and that the database is running",
+        ),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+    ids=["database-error", "ctrl-c"],
+)
+def test_a_run_stopped_half_way_shows_what_it_sent_and_a_rerun_sends_the_rest(
+    population: Population,
+    run: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    error: BaseException,
+    status: int,
+    why: str,
+) -> None:
+    p = population
+    p.contact(NO_CONTACT, {"email": "n@customer.test"})
+    resend_notice = EnforcementService.resend_notice
+    calls: list[str] = []
+
+    def second_fails(self: EnforcementService, account_id: str, *args: Any, **kw: Any) -> Any:
+        calls.append(account_id)
+        if len(calls) == 2:
+            raise error
+        return resend_notice(self, account_id, *args, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(EnforcementService, "resend_notice", second_fails)
+        stopped = run("--all", "--reason", "contacts mended", "--json")
+
+    assert stopped.exit_code == status, stopped.output
+    assert [(n[0], n[3]) for n in listed(stopped)] == [(FIXED, "sent")]
+    assert stopped.stderr.strip() == (
+        f"Stopped after 1 of 3 notices: {why}; run the command again to send the rest."
+    )
+    rest = run("--all", "--reason", "contacts mended", "--json")
+    assert [(n[0], n[3]) for n in listed(rest)] == [(NO_CONTACT, "sent"), (OVERTURNED, "skipped")]
+    assert [c.account_id for c in p.copies()] == [FIXED, NO_CONTACT]

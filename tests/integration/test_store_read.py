@@ -91,6 +91,29 @@ def test_read_stream_of_type_reads_one_streams_events_of_one_type_in_version_ord
     assert store.read_stream_of_type("acct_3", "Noted") == []
 
 
+def test_read_streams_of_types_reads_each_accounts_as_read_stream_of_types_does(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several accounts in one read (in reads of a bounded number of accounts: two here), each
+    account's events of the types in version order, an account without any listed empty."""
+    kinds = ["Noted", "Marked", "Other", "Noted"]
+    for account in ("acct_1", "acct_2", "acct_1", "acct_3", "acct_4"):
+        head = store.head(account).version
+        store.append(account, head, [NewEvent(type=k, data={}, occurred_at=T0) for k in kinds])
+    monkeypatch.setattr("events.store._STREAMS_PER_READ", 2)
+    types = ("Noted", "Marked")
+    asked = ["acct_3", "acct_1", "acct_none", "acct_2", "acct_4"]
+
+    found = store.read_streams_of_types(asked, types)
+
+    assert list(found) == asked
+    for account in asked:
+        assert found[account] == store.read_stream_of_types(account, types), account
+    assert [e.version for e in found["acct_1"]] == [1, 2, 4, 5, 6, 8]
+    assert found["acct_none"] == []
+    assert store.read_streams_of_types([], types) == {}
+
+
 def test_iter_all_of_types_reads_the_logs_events_of_those_types_in_position_order(
     store: EventStore,
 ) -> None:
