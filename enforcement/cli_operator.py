@@ -129,7 +129,8 @@ def resend(
             else:
                 listed = listed_notices(container, account, issued_since)
             chosen = last_of_each(listed, state)
-        plan = planned(chosen, channels)
+            found = listed
+        plan = planned(chosen, found, channels)
         sending = bar.add_task("sending again", total=len(plan), unit="notices")
         try:
             for result in resend_each(container, plan, reason.strip(), actor, dry_run):

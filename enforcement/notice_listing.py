@@ -47,17 +47,17 @@ def listed_page(
     """A page of ``listed_notices(container, None, issued_since, state=state)``: of the first
     ``limit`` notices issued since ``issued_since`` at a position after ``after_position``,
     those in ``state``, and the position to ask the next page after (None: the last page).
-    Each account's notices are folded from its own stream (its outcomes and copies may lie
-    anywhere later in the log), the page's accounts read together, so a page reads its
-    ``limit`` notices and their accounts, not the log past them; the pages in turn list what
-    one pass lists."""
+    Each account's notices are folded from its own notice events past the page's start (its
+    outcomes and copies come after a notice, anywhere later in the log), the page's accounts
+    read together: a page reads its ``limit`` notices and those accounts' notice events, not
+    the whole log past them. The pages in turn list what one pass lists."""
     store = container.store
     since = 0 if issued_since is None else store.position_before(issued_since)
     start = max(after_position, since)
     # One query: as many rows as the page holds.
     issued = list(islice(store.iter_all_of_types(("NoticeIssued",), start, limit), limit))
     accounts = list(dict.fromkeys(e.account_id for e in issued))
-    found = container.service.accounts_notices(accounts, issued_since)
+    found = container.service.accounts_notices(accounts, issued_since, start)
     listed = with_awaited(found, notice_channels(container.engine, set(accounts)))
     by_event = {n.notice_event_id: n for n in listed}
     page = [by_event[e.event_id] for e in issued if e.event_id in by_event]

@@ -13,13 +13,14 @@ channel it would go out on (``missing_target``): sent to no target, it would onl
 and hide the notice it copies from the failed ones. A notice of a decision an appeal
 overturned is never sent again, nor one copied since it was listed (another run, ``POST
 …/resend``): both are passed over, not refused. A dry run asks the same questions, in the same
-transaction as a copy would be written, and writes nothing.
+attempt (load, decide) as a copy would be written in, and writes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from enforcement.bootstrap import Container
 from enforcement.errors import Conflict, DomainError
@@ -92,11 +93,15 @@ def last_of_each(notices: Sequence[NoticeDeliveries], state: str) -> list[Notice
 
 
 def planned(
-    notices: Sequence[NoticeDeliveries], channels: tuple[str, ...] | None = None
+    notices: Sequence[NoticeDeliveries],
+    listed: Sequence[NoticeDeliveries],
+    channels: tuple[str, ...] | None = None,
 ) -> list[PlannedResend]:
-    """A resend of each of ``notices``, in their order, on ``channels`` when given; else a
-    ``partly_delivered`` notice's on the channels that did not deliver it, a copy's sent on
+    """A resend of each of ``notices`` (chosen from ``listed``, where the copies of each one's
+    first notice made after it are counted), in their order, on ``channels`` when given; else
+    a ``partly_delivered`` notice's on the channels that did not deliver it, a copy's sent on
     some channels on those, and any other's on the contact's (None)."""
+    later = _later_of_family(listed)
     return [
         PlannedResend(
             n.account_id,
@@ -105,10 +110,25 @@ def planned(
             n.kind,
             n.state,
             channels or _undelivered(n),
-            len(n.sent_again_as),
+            later.get(n.notice_event_id, 0),
         )
         for n in notices
     ]
+
+
+def _later_of_family(listed: Sequence[NoticeDeliveries]) -> dict[str, int]:
+    """For each notice of ``listed`` (log order), how many copies of its first notice follow
+    it in ``listed``."""
+    members: dict[tuple[str, str], list[str]] = {}
+    for n in listed:
+        members.setdefault((n.account_id, n.resend_of or n.notice_id), []).append(n.notice_event_id)
+    return {e: len(ids) - i - 1 for ids in members.values() for i, e in enumerate(ids)}
+
+
+def _first_of(data: dict[str, Any]) -> str:
+    """The id of the first notice of a ``NoticeIssued``'s family: its own, or the one it copies."""
+    first = data.get("resend_of")
+    return str(first["notice_id"]) if isinstance(first, dict) else str(data["notice_id"])
 
 
 def _undelivered(notice: NoticeDeliveries) -> tuple[str, ...] | None:
@@ -141,18 +161,18 @@ def resend_each(
     dry_run: bool = False,
 ) -> Iterator[ResendResult]:
     """Send each of ``plan`` again, one transaction each, for ``reason`` as ``actor``, and
-    yield what became of it; a refusal (``missing_target``, a copy made since it was listed,
-    or the service's) is its result and the next goes on. ``dry_run``: the same checks, in the
-    same transaction, and nothing written (``WOULD``'s outcomes). An error of the database
-    stops it, after the results of those already sent."""
+    yield what became of it; a refusal (``missing_target``, a copy of its family made since it
+    was listed, or the service's) is its result and the next goes on. ``dry_run``: the same
+    checks, in the same attempt, and nothing written (``WOULD``'s outcomes). An error of the
+    database stops it, after the results of those already sent."""
     service, engine = container.service, container.engine
     for item in plan:
 
         def check(item: PlannedResend = item) -> None:
-            made = sum(
-                e.metadata.get("causation_id") == item.notice_event_id
-                for e in service.store.read_stream_of_type(item.account_id, "NoticeIssued")
-            )
+            issued = service.store.read_stream_of_type(item.account_id, "NoticeIssued")
+            at = next(i for i, e in enumerate(issued) if e.event_id == item.notice_event_id)
+            family = _first_of(issued[at].data)
+            made = sum(_first_of(e.data) == family for e in issued[at + 1 :])
             if made > item.copies:
                 raise Conflict(
                     "it was sent again since it was listed (by another run, or POST …/resend)",

@@ -733,10 +733,14 @@ class EnforcementService:
         return notice_deliveries(events, issued_since)
 
     def accounts_notices(
-        self, account_ids: Sequence[str], issued_since: datetime | None = None
+        self,
+        account_ids: Sequence[str],
+        issued_since: datetime | None = None,
+        after_position: int = 0,
     ) -> list[NoticeDeliveries]:
-        """``notices`` of each of ``account_ids`` in turn, read together."""
-        streams = self.store.read_streams_of_types(account_ids, NOTICE_TYPES)
+        """``notices`` of each of ``account_ids`` in turn (those past ``after_position``: their
+        outcomes and copies come after them), read together."""
+        streams = self.store.read_streams_of_types(account_ids, NOTICE_TYPES, after_position)
         return [n for events in streams.values() for n in notice_deliveries(events, issued_since)]
 
     def all_notices(

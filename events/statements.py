@@ -137,11 +137,12 @@ class Statements:
         return self._of_types(f"account_id = {self._mark}", count, "ORDER BY version")
 
     def streams_of_types(self, streams: int, count: int) -> str:
-        """The events of ``streams`` streams of any of ``count`` types, each stream's in
-        version order (``EventStore.read_streams_of_types``): parameters the accounts, the
-        types."""
+        """The events of ``streams`` streams of any of ``count`` types after a position, each
+        stream's in version order (``EventStore.read_streams_of_types``): parameters the
+        position, the accounts, the types."""
         accounts = ", ".join([self._mark] * streams)
-        return self._of_types(f"account_id IN ({accounts})", count, "ORDER BY account_id, version")
+        where = f"position > {self._mark} AND account_id IN ({accounts})"
+        return self._of_types(where, count, "ORDER BY account_id, version")
 
     def _of_types(self, where: str, count: int, then: str) -> str:
         """``SELECT`` every column of the events ``where`` holds of any of ``count`` types,

@@ -488,7 +488,7 @@ class EventStore:
         return [decode(r) for r in self._fetch(statement, (account_id, *types))]
 
     def read_streams_of_types(
-        self, account_ids: Sequence[str], types: Sequence[str]
+        self, account_ids: Sequence[str], types: Sequence[str], after_position: int = 0
     ) -> dict[str, list[RecordedEvent]]:
         """``read_stream_of_types`` of each of ``account_ids``, in one read per 500 of them:
         each account's events in version order (an account without any: an empty list)."""
@@ -498,7 +498,7 @@ class EventStore:
         for start in range(0, len(accounts), _STREAMS_PER_READ):
             chunk = accounts[start : start + _STREAMS_PER_READ]
             statement = self._sql.streams_of_types(len(chunk), len(types))
-            for row in self._fetch(statement, (*chunk, *types)):
+            for row in self._fetch(statement, (after_position, *chunk, *types)):
                 event = decode(row)
                 found[event.account_id].append(event)
         return found

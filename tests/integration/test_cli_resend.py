@@ -343,7 +343,8 @@ def test_a_notice_sent_again_since_it_was_listed_is_passed_over(population: Popu
     the transaction that would write one (rv13: both runs sent every notice)."""
     p = population
     container = p.api.system
-    plan = planned(last_of_each(listed_notices(container, FIXED), "failed"))
+    listed = listed_notices(container, FIXED)
+    plan = planned(last_of_each(listed, "failed"), listed)
     p.service.resend_notice(FIXED, p.notice_id(FIXED), "r", OPERATOR)
     actor = Actor(name="cli:test", correlation_id="c", source="cli")
 
@@ -400,3 +401,25 @@ def test_a_run_stopped_half_way_shows_what_it_sent_and_a_rerun_sends_the_rest(
     rest = run("--all", "--reason", "contacts mended", "--json")
     assert [(n[0], n[3]) for n in listed(rest)] == [(NO_CONTACT, "sent"), (OVERTURNED, "skipped")]
     assert [c.account_id for c in p.copies()] == [FIXED, NO_CONTACT]
+
+
+def test_a_copy_of_its_first_notice_made_since_the_listing_passes_a_copy_over(
+    population: Population,
+) -> None:
+    """The plan names the family's last copy; a copy of the first notice made meanwhile (over
+    HTTP, from an older listing's id) is one of the family too (rv14: a second copy went)."""
+    p = population
+    container = p.api.system
+    first = p.notice_id(PARTLY)
+    p.service.resend_notice(PARTLY, first, "r", OPERATOR, channels=("webhook",))
+    fail_last_copy(p, PARTLY, "webhook")
+    listed = listed_notices(container, PARTLY)
+    plan = planned(last_of_each(listed, "failed"), listed)
+    assert [item.notice_id for item in plan] == [p.copies()[-1].data["notice_id"]]
+    p.service.resend_notice(PARTLY, first, "r", OPERATOR, channels=("webhook",))
+    actor = Actor(name="cli:test", correlation_id="c", source="cli")
+
+    [result] = resend_each(container, plan, "r", actor)
+
+    assert result.outcome == "skipped"
+    assert len(p.copies()) == 2

@@ -268,6 +268,40 @@ def test_every_accounts_notices_come_in_pages_that_list_what_one_pass_lists(
         assert bad.status_code == 422, query
 
 
+def test_a_page_reads_its_accounts_from_its_own_start_not_their_whole_past(
+    api: ApiSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of one account's last notice reads that notice and what follows it, not the
+    account's notices before the page (rv14: every page read its accounts' whole streams, so
+    paging a big account cost its history once per page)."""
+    auditor = {"Authorization": f"Bearer {api.tokens[Role.AUDITOR]}"}
+    clock: FakeClock = api.system.clock  # type: ignore[assignment]
+    service = api.system.service
+    for _ in range(12):  # the account's past, long before the instant asked
+        clock.advance(timedelta(days=100))
+        report = ViolationReport("spam", clock(), description="old")
+        service.report_violation("acct_big", report, REPORTER)
+    clock.advance(timedelta(days=1))
+    since = format_time(clock())
+    clock.advance(timedelta(minutes=1))
+    report = ViolationReport("spam", clock(), description="new")
+    service.report_violation("acct_big", report, REPORTER)
+    read: list[int] = []
+    read_streams_of_types = EventStore.read_streams_of_types
+
+    def counted(self: EventStore, *args: Any, **kw: Any) -> Any:
+        found = read_streams_of_types(self, *args, **kw)
+        read.append(sum(len(events) for events in found.values()))
+        return found
+
+    monkeypatch.setattr(EventStore, "read_streams_of_types", counted)
+    answer = api.client.get("/v1/notices", params={"since": since, "limit": 1}, headers=auditor)
+
+    assert answer.status_code == 200, answer.text
+    assert [n["state"] for n in answer.json()["notices"]] == ["pending"]
+    assert read == [1]  # the page's notice: none of the 12 before it
+
+
 def test_the_cli_lists_an_accounts_notices_as_a_table_and_as_json(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
