@@ -112,6 +112,13 @@ def test_read_streams_of_types_reads_each_accounts_as_read_stream_of_types_does(
     assert [e.version for e in found["acct_1"]] == [1, 2, 4, 5, 6, 8]
     assert found["acct_none"] == []
     assert store.read_streams_of_types([], types) == {}
+    middle = found["acct_1"][2].position
+    past = store.read_streams_of_types(["acct_1", "acct_2"], types, after_position=middle)
+    assert past == {
+        account: [e for e in found[account] if e.position > middle]
+        for account in ("acct_1", "acct_2")
+    }
+    assert past["acct_1"] and len(past["acct_1"]) < len(found["acct_1"])
 
 
 def test_iter_all_of_types_reads_the_logs_events_of_those_types_in_position_order(
