@@ -1,7 +1,8 @@
 """The auditor's commands over the log, an account or all of it: ``standing``, ``history``,
 ``verify`` (the hash chains), ``replay`` (the stored standings rebuilt), ``export``,
-``notices`` (an account's notices and their deliveries) and ``policy-activations`` (the
-policies the deployment began with).
+``notices`` (an account's notices and their deliveries), ``accounts`` (the accounts in a status
+or with something awaiting an operator) and ``policy-activations`` (the policies the
+deployment began with).
 
 Registered on ``enforcement.cli.app`` when that module is imported (it imports this one last).
 """
@@ -122,6 +123,71 @@ def every_notice(
     )
     bar.update(task, completed=total)
     return found
+
+
+@app.command()
+def accounts(
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="good_standing, warned, remediation_due, throttled, suspended or terminated.",
+        ),
+    ] = None,
+    has: Annotated[
+        str | None,
+        typer.Option(
+            "--has",
+            help="open_appeals, open_abuse_reports, indefinite_suspension or overdue_remediations.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the accounts' standings now: those in --status, or with --has what awaits an
+    operator.
+
+    An operator's queues: --has open_appeals (appeals to decide), --has indefinite_suspension
+    (suspended pending review), --has open_abuse_reports, --has overdue_remediations. Read from
+    the stored standings, in the database's order of account ids, with a progress bar on a
+    terminal (GET /v1/accounts over HTTP, in pages).
+    """
+    from typing import get_args
+
+    from rich.table import Table
+
+    from enforcement.account_listing import AWAITING, accounts_page
+    from enforcement.progress import progress_bar
+    from events.timefmt import format_time
+    from projections.standing_view import Status
+
+    if status is not None and status not in get_args(Status):
+        fail(f"--status must be one of {', '.join(get_args(Status))}.")
+    if has is not None and has not in AWAITING:
+        fail(f"--has must be one of {', '.join(AWAITING)}.")
+    with opened_container() as container, progress_bar(sys.stderr.isatty()) as bar:
+        task = bar.add_task("reading standings", total=None, unit="accounts")
+        page = accounts_page(
+            container,
+            status=status,
+            has=has,
+            progress=lambda seen: bar.update(task, completed=seen),
+        )
+    if as_json:
+        print(json.dumps({"accounts": [s.to_json() for s in page.accounts]}, indent=2))
+        return
+    if not page.accounts:
+        console.print("No account matches.")
+        return
+    table = Table("account", "status", "strikes", "suspended until", "open appeals",
+                  "open abuse reports", "overdue remediations")  # fmt: skip
+    for s in page.accounts:
+        until = "" if s.suspension is None else (
+            "indefinitely" if s.suspension.until is None else format_time(s.suspension.until)
+        )  # fmt: skip
+        cells = (s.account_id, s.status, s.strikes, until, s.open_appeals,
+                 s.open_abuse_reports, len(s.overdue_remediations))  # fmt: skip
+        table.add_row(*(escape(str(cell)) for cell in cells))
+    console.print(table)
 
 
 @app.command("policy-activations")

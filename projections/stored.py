@@ -359,13 +359,16 @@ def read_states(
 
 
 def iter_stored_states(
-    store: EventStore, page_size: int = 500, kinds: Sequence[str] | None = None
+    store: EventStore,
+    page_size: int = 500,
+    kinds: Sequence[str] | None = None,
+    after: str = "",
 ) -> Iterable[StandingState]:
-    """The state of every account with a stored standing, in account order, a page at a time
-    (``kinds`` as in ``read_states``). A row of another state schema (stored by an earlier
-    release, until its next write, ``enforcement init`` or ``replay``) is not skipped: that
-    account is folded from its log (whole, whatever ``kinds`` says)."""
-    after = ""
+    """The state of every account with a stored standing (whose id the database orders after
+    ``after``), in account order, a page at a time (``kinds`` as in ``read_states``). A row of
+    another state schema (stored by an earlier release, until its next write, ``enforcement
+    init`` or ``replay``) is not skipped: that account is folded from its log (whole, whatever
+    ``kinds`` says)."""
     while True:
         with store.engine.connect() as conn:
             rows = conn.execute(_HEADS_PAGE, {"after": after, "limit": page_size}).all()

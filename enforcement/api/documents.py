@@ -79,6 +79,14 @@ class StandingOut(BaseModel):
     as_of: str
 
 
+class AccountsOut(BaseModel):
+    """A page of the accounts' standings (``GET /v1/accounts``); the next is asked with
+    ``after=next_after`` (null: none follows)."""
+
+    accounts: list[StandingOut]
+    next_after: str | None
+
+
 class ViolationRecordedOut(BaseModel):
     """``POST /v1/violations``: the violation, the decisions the policy took on it, and the
     standing after them. ``events`` (an addition to the contract) is every event recorded, the
@@ -241,6 +249,7 @@ ANSWERS: dict[tuple[str, str, str], type[BaseModel]] = {
     ("/v1/accounts/{account_id}/notices/{notice_id}/resend", "post", "200"): NoticeResentOut,
     ("/v1/violations", "post", "201"): ViolationRecordedOut,
     ("/v1/violations", "post", "200"): ViolationRecordedOut,
+    ("/v1/accounts", "get", "200"): AccountsOut,
     ("/v1/accounts/{account_id}/standing", "get", "200"): StandingOut,
     ("/v1/accounts/{account_id}/events", "get", "200"): AccountEventsOut,
     ("/v1/accounts/{account_id}/notices", "get", "200"): NoticesOut,

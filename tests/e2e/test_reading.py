@@ -211,3 +211,26 @@ def test_the_auditors_script_verifies_an_account_over_http_and_names_a_changed_b
     )
     refused = run_verify_script("--url", server.base_url, "--token", "enf_wrong", acct)
     assert refused.returncode == 2 and "401" in refused.stderr
+
+
+def test_an_account_suspended_pending_review_is_found_among_the_accounts(server: Server) -> None:
+    """``GET /v1/accounts?has=indefinite_suspension``: the operator's review queue, paged."""
+    acct, reporter = account("review"), server.client("reporter")
+    for _ in range(2):  # high with a prior strike: suspended indefinitely, pending review
+        body = {"account_id": acct, "category": "phishing", "severity": "high"}
+        assert reporter.post("/v1/violations", json=body).status_code == 201
+    op = server.client("operator")
+    found: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        page = op.get("/v1/accounts", params={"has": "indefinite_suspension", "after": after})
+        assert page.status_code == 200, page.text
+        found += page.json()["accounts"]
+        if page.json()["next_after"] is None:
+            break
+        after = page.json()["next_after"]
+    [mine] = [a for a in found if a["account_id"] == acct]
+    assert mine == op.get(f"/v1/accounts/{acct}/standing").json() | {"as_of": mine["as_of"]}
+    assert (mine["status"], mine["suspension"]["until"]) == ("suspended", None)
+    assert all(a["suspension"]["until"] is None for a in found)
+    assert_error(reporter.get("/v1/accounts"), 403)

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from enforcement import policy_activations
+from enforcement import account_listing, policy_activations
+from enforcement.account_listing import Awaiting, accounts_page
 from enforcement.api.deps import ContainerDep, Reader, StandingReader
 from enforcement.api.errors import READ_ERRORS
 from enforcement.api.schemas import AccountId
@@ -16,6 +17,7 @@ from enforcement.api.shapes import parse_query_time
 from enforcement.api.strict_json import StrictJsonRoute
 from enforcement.notice_listing import listed_notices, listed_page
 from events.wire import event_to_json
+from projections.standing_view import Status
 
 router = APIRouter(
     prefix="/v1", tags=["reading"], responses=READ_ERRORS, route_class=StrictJsonRoute
@@ -82,6 +84,34 @@ def get_all_notices(
         return {"notices": [n.to_json() for n in notices], "next_after_position": None}
     page, following = listed_page(container, moment, after_position, limit, state)
     return {"notices": [n.to_json() for n in page], "next_after_position": following}
+
+
+@router.get("/accounts")
+def get_accounts(
+    container: ContainerDep,
+    principal: Reader,
+    status: Status | None = None,
+    has: Awaiting | None = None,
+    after: Annotated[str, Query(max_length=128)] = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The accounts' standings now, in the database's order of account ids after ``after``:
+    those in ``status``, with ``has`` (an open appeal or abuse report, a suspension without end
+    pending review, a remediation past due), up to ``limit`` of them. A page looks at no more
+    than 10,000 accounts, so it may hold fewer; ask the next with ``after=next_after`` until it
+    is null."""
+    page = accounts_page(
+        container,
+        status=status,
+        has=has,
+        after=after,
+        limit=limit,
+        scan_limit=account_listing.SCAN_LIMIT,
+    )
+    return {
+        "accounts": [s.to_json() for s in page.accounts],
+        "next_after": page.next_after,
+    }
 
 
 @router.get("/accounts/{account_id}/events")

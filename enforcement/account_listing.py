@@ -1,0 +1,91 @@
+"""Accounts as operators look for them (``GET /v1/accounts``, ``enforcement accounts``): every
+account's standing now, those in a status or with something awaiting an operator (an open
+appeal or abuse report, a suspension without end pending review, a remediation past due), in
+pages in the database's order of account ids.
+
+Read from the stored standings (one row per account, written with each append), each viewed at
+the instant asked as ``GET …/standing`` views it; a page holds up to its ``limit`` accounts
+that match, and looks at no more than ``SCAN_LIMIT`` accounts, so that a rare status does not
+make one request read every account: a page may then hold fewer, with the id to go on after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import islice
+from typing import Literal, get_args
+
+from enforcement.bootstrap import Container
+from events.timefmt import to_utc
+from projections.standing_view import Standing, view
+from projections.stored import iter_stored_states
+
+# What an account may have that awaits an operator (``has``).
+Awaiting = Literal[
+    "open_appeals", "open_abuse_reports", "indefinite_suspension", "overdue_remediations"
+]
+AWAITING: tuple[str, ...] = get_args(Awaiting)
+# The most accounts one page looks at.
+SCAN_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsPage:
+    """The accounts of a page that match, and the account id to ask the next page after
+    (None: no account follows the last one looked at)."""
+
+    accounts: list[Standing]
+    next_after: str | None
+
+
+def matches(standing: Standing, status: str | None, has: str | None) -> bool:
+    """Whether ``standing`` is in ``status`` (None: any) and has ``has`` (one of
+    ``AWAITING``; None: anything)."""
+    if status is not None and standing.status != status:
+        return False
+    if has is None:
+        return True
+    if has == "open_appeals":
+        return standing.open_appeals > 0
+    if has == "open_abuse_reports":
+        return standing.open_abuse_reports > 0
+    if has == "indefinite_suspension":
+        return standing.suspension is not None and standing.suspension.until is None
+    if has == "overdue_remediations":
+        return bool(standing.overdue_remediations)
+    raise ValueError(f"unknown has={has!r}; one of {', '.join(AWAITING)}")
+
+
+def accounts_page(
+    container: Container,
+    *,
+    status: str | None = None,
+    has: str | None = None,
+    after: str = "",
+    limit: int | None = None,
+    scan_limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AccountsPage:
+    """The standings now (as ``GET …/standing`` views them: the service's clock and policy) of
+    the accounts after ``after`` that ``matches``, up to ``limit`` of them (None: all),
+    looking at up to ``scan_limit`` accounts (None: all); ``progress`` is told how many were
+    looked at."""
+    service = container.service
+    now, lookback = to_utc(service.clock()), service.policy.strike_lookback
+    found: list[Standing] = []
+    seen, last = 0, None
+    states = iter_stored_states(container.store, after=after)
+    for state in states if scan_limit is None else islice(states, scan_limit):
+        seen, last = seen + 1, state.account_id
+        standing = view(state, now, lookback)
+        if matches(standing, status, has):
+            found.append(standing)
+        if progress is not None and seen % 500 == 0:
+            progress(seen)
+        if limit is not None and len(found) == limit:
+            break
+    if progress is not None:
+        progress(seen)
+    stopped = (limit is not None and len(found) == limit) or seen == scan_limit
+    return AccountsPage(found, last if stopped else None)
