@@ -98,7 +98,7 @@ def get_accounts(
     """The accounts' standings now, in the database's order of account ids after ``after``:
     those in ``status``, with ``has`` (an open appeal or abuse report, a suspension without end
     pending review, a remediation past due), up to ``limit`` of them. A page looks at no more
-    than 10,000 accounts, so it may hold fewer; ask the next with ``after=next_after`` until it
+    than 2,000 accounts, so it may hold fewer; ask the next with ``after=next_after`` until it
     is null."""
     page = accounts_page(
         container,
