@@ -3,10 +3,13 @@ account's standing now, those in a status or with something awaiting an operator
 appeal or abuse report, a suspension without end pending review, a remediation past due), in
 pages in the database's order of account ids.
 
-Read from the stored standings (one row per account, written with each append), each viewed at
-the instant asked as ``GET …/standing`` views it; a page holds up to its ``limit`` accounts
-that match, and looks at no more than ``SCAN_LIMIT`` accounts, so that a rare status does not
-make one request read every account: a page may then hold fewer, with the id to go on after.
+Every account with events, from the log's accounts in order (``projections.stored
+.iter_log_states``: each account's stored standing and the events after it, as ``GET
+…/standing`` reads it, so that rows a replay has not caught up yet are not trusted), each
+viewed at the instant asked as ``GET …/standing`` views it; a page holds up to its ``limit``
+accounts that match, and looks at no more than ``SCAN_LIMIT`` accounts, so that a rare status
+does not make one request read every account: a page may then hold fewer, with the id to go on
+after.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Literal, get_args
 from enforcement.bootstrap import Container
 from events.timefmt import to_utc
 from projections.standing_view import Standing, view
-from projections.stored import iter_stored_states
+from projections.stored import iter_log_states
 
 # What an account may have that awaits an operator (``has``).
 Awaiting = Literal[
@@ -52,7 +55,11 @@ def matches(standing: Standing, status: str | None, has: str | None) -> bool:
     if has == "open_abuse_reports":
         return standing.open_abuse_reports > 0
     if has == "indefinite_suspension":
-        return standing.suspension is not None and standing.suspension.until is None
+        return (
+            not standing.terminated
+            and standing.suspension is not None
+            and standing.suspension.until is None
+        )
     if has == "overdue_remediations":
         return bool(standing.overdue_remediations)
     raise ValueError(f"unknown has={has!r}; one of {', '.join(AWAITING)}")
@@ -76,7 +83,9 @@ def accounts_page(
     now, lookback = to_utc(service.clock()), service.policy.strike_lookback
     found: list[Standing] = []
     seen, last = 0, None
-    states = iter_stored_states(container.store, after=after)
+    # Without a filter, a page of ``limit`` reads no more states than it lists.
+    page_size = min(limit, 500) if limit is not None and status is None and has is None else 500
+    states = iter_log_states(container.store, page_size, after=after)
     for state in states if scan_limit is None else islice(states, scan_limit):
         seen, last = seen + 1, state.account_id
         standing = view(state, now, lookback)

@@ -146,3 +146,60 @@ def test_the_cli_lists_the_accounts_an_operator_looks_for(
     ):
         bad = run(*args)
         assert bad.exit_code == 2 and bad.stderr.startswith(message), bad.stderr
+
+
+def test_a_listing_while_a_replay_has_not_caught_up_gives_each_standing_as_the_log_does(
+    api: ApiSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``enforcement replay`` runs at any time: its pass rewrites the rows of each range of
+    accounts up to the horizon it took as it began, deleting what appends wrote since, and
+    its catch-up then applies the events after the horizon. Until that catch-up (or forever,
+    should the replay stop before it), an account appended to meanwhile has a row behind its
+    log, and one whose first event came meanwhile none: the listing must still give both as
+    ``GET …/standing`` does."""
+    import projections.catchup as catchup
+    from projections.runner import rebuild_standings
+
+    service, clock = api.system.service, api.system.clock
+    auditor = {"Authorization": f"Bearer {api.tokens[Role.AUDITOR]}"}
+
+    def report(account: str) -> None:
+        violation = ViolationReport("phishing", clock(), "high", description="seen")
+        service.report_violation(account, violation, REPORTER)
+
+    report("acct_a")
+    report("acct_c")
+    with api.system.engine.connect() as conn:
+        horizon = catchup._max_position(conn)
+    report("acct_c")  # after the horizon: suspended pending review now
+    report("acct_b")  # a new account, its id between the others
+    # The replay took its horizon before the last two reports, and stops after its pass.
+    monkeypatch.setattr(catchup, "_max_position", lambda conn: horizon)
+    monkeypatch.setattr(catchup, "_page", lambda conn, after, limit: [])
+    rebuild_standings(api.system.store, api.system.standings)
+
+    answer = api.client.get("/v1/accounts", headers=auditor)
+    listed = {a["account_id"]: a for a in answer.json()["accounts"]}
+    for account in ("acct_a", "acct_b", "acct_c"):
+        standing = get_standing(api, account)
+        assert listed.get(account, {}).get("version") == standing["version"], account
+        assert listed[account] == {**standing, "as_of": listed[account]["as_of"]}
+
+
+def test_an_after_that_no_account_id_could_be_is_refused(api: ApiSystem) -> None:
+    auditor = {"Authorization": f"Bearer {api.tokens[Role.AUDITOR]}"}
+    answer = api.client.get("/v1/accounts", params={"after": "a\x00b"}, headers=auditor)
+    assert answer.status_code == 422, answer.text
+
+
+def test_a_terminated_account_awaits_no_review_of_its_suspension(api: ApiSystem) -> None:
+    service, clock = api.system.service, api.system.clock
+    auditor = {"Authorization": f"Bearer {api.tokens[Role.AUDITOR]}"}
+    for _ in range(2):  # prior strikes: suspended pending review
+        violation = ViolationReport("phishing", clock(), "high", description="seen")
+        service.report_violation("acct_review", violation, REPORTER)
+    service.operator("acct_review", ops.Terminate("reviewed: gone"), OPERATOR)
+    answer = api.client.get(
+        "/v1/accounts", params={"has": "indefinite_suspension"}, headers=auditor
+    )
+    assert answer.json()["accounts"] == []

@@ -92,7 +92,7 @@ def get_accounts(
     principal: Reader,
     status: Status | None = None,
     has: Awaiting | None = None,
-    after: Annotated[str, Query(max_length=128)] = "",
+    after: Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9._:-]*$")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """The accounts' standings now, in the database's order of account ids after ``after``:
