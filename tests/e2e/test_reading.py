@@ -220,6 +220,7 @@ def test_an_account_suspended_pending_review_is_found_among_the_accounts(server:
         body = {"account_id": acct, "category": "phishing", "severity": "high"}
         assert reporter.post("/v1/violations", json=body).status_code == 201
     op = server.client("operator")
+    settled_events(op, acct)  # the notices' outcomes recorded: the account's last events
     found: list[dict[str, Any]] = []
     after = ""
     while True:
