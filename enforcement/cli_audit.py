@@ -147,9 +147,9 @@ def accounts(
     operator.
 
     An operator's queues: --has open_appeals (appeals to decide), --has indefinite_suspension
-    (suspended pending review), --has open_abuse_reports, --has overdue_remediations. Read from
-    the stored standings, in the database's order of account ids, with a progress bar on a
-    terminal (GET /v1/accounts over HTTP, in pages).
+    (suspended pending review), --has open_abuse_reports, --has overdue_remediations. Every
+    account with events, each read as `enforcement standing` reads it, in the database's order
+    of account ids, with a progress bar on a terminal (GET /v1/accounts over HTTP, in pages).
     """
     from typing import get_args
 

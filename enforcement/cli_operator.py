@@ -174,6 +174,8 @@ def _show(results: list[ResendResult], dry_run: bool, as_json: bool, run_id: str
     """Each notice's result, as JSON or a table and a summary on stderr."""
     from rich.table import Table
 
+    from enforcement.notice_resending import WOULD
+
     if as_json:
         notices = [r.to_json() for r in results]
         shown = {"dry_run": dry_run, "correlation_id": run_id, "notices": notices}
@@ -194,8 +196,6 @@ def _show(results: list[ResendResult], dry_run: bool, as_json: bool, run_id: str
         cells = (p.account_id, p.notice_id, p.kind, p.state, on, outcome)
         table.add_row(*(escape(cell) for cell in cells))
     console.print(table)
-    from enforcement.notice_resending import WOULD
-
     canonical = {would: outcome for outcome, would in WOULD.items()}
     count = Counter(canonical.get(r.outcome, r.outcome) for r in results)
     if dry_run:
