@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench_replay import fresh_database, populate  # noqa: E402
-from common import DEFAULT_PG_URL, load_average  # noqa: E402
+from common import add_pg_url_argument, load_average  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -67,11 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-        help="PostgreSQL server (default $BENCH_PG_URL or %(default)s: the Debian cluster)",
-    )
+    add_pg_url_argument(parser)
     args = parser.parse_args(argv)
     console = Console(width=110)
     workdir = Path(tempfile.mkdtemp(prefix="bench_accounts_"))

@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import DEFAULT_PG_URL, load_average, pg_database  # noqa: E402
+from common import add_pg_url_argument, load_average, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -540,12 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite,postgres",
         help="comma-separated: sqlite, postgres (default both)",
     )
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-        help="admin URL of a PostgreSQL server where databases may be created "
-        "and dropped (default $BENCH_PG_URL or %(default)s)",
-    )
+    add_pg_url_argument(parser)
     parser.add_argument(
         "--profile", action="store_true", help="also profile the long scenario under cProfile"
     )

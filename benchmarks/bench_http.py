@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from common import DEFAULT_PG_URL, load_average, pg_database
+from common import add_pg_url_argument, load_average, pg_database
 from rich.console import Console
 from rich.table import Table
 
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=100, help="violations per batch request")
     parser.add_argument("--batch-clients", type=int, default=4)
-    parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL))
+    add_pg_url_argument(parser)
     parser.add_argument("--no-workers", action="store_true", help="serve --no-workers")
     parser.add_argument("--goal", type=float, default=0.5, help="ratio to reach for `single`")
     parser.add_argument(

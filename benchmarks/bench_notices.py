@@ -58,7 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import DEFAULT_PG_URL, pg_database  # noqa: E402
+from common import add_pg_url_argument, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -517,11 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-threads", type=int, default=8)
     parser.add_argument("--worker-processes", type=int, default=2, help="Redis modes only")
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-        help="admin URL of a PostgreSQL server where a database may be created and dropped",
-    )
+    add_pg_url_argument(parser)
     args = parser.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = sorted(set(configs) - set(CONFIGS))

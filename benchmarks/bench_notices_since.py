@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common import DEFAULT_PG_URL, load_average, pg_database  # noqa: E402
+from common import add_pg_url_argument, load_average, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -166,11 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--since-fraction", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-        help="PostgreSQL server (default $BENCH_PG_URL or %(default)s: the Debian cluster)",
-    )
+    add_pg_url_argument(parser)
     args = parser.parse_args(argv)
     console = Console(width=110)
     workdir = Path(tempfile.mkdtemp(prefix="bench_notices_since_"))

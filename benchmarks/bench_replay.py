@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import DEFAULT_PG_URL, pg_database  # noqa: E402
+from common import add_pg_url_argument, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -436,12 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-        help="PostgreSQL server (default $BENCH_PG_URL or %(default)s: the Debian cluster, fsync "
-        "on, as the other benchmarks; not the tests' own server, which runs without fsync)",
-    )
+    add_pg_url_argument(parser)
     parser.add_argument("--workdir", type=Path, default=None, help="where the SQLite file goes")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (best kept)")
     parser.add_argument("--seed", type=int, default=7)

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import DEFAULT_PG_URL, load_average  # noqa: E402
+from common import add_pg_url_argument, load_average  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -567,12 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite,postgres",
         help="comma-separated list of sqlite, postgres (default both)",
     )
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-        help="admin URL of a PostgreSQL server where databases may be created "
-        "and dropped (default $BENCH_PG_URL or %(default)s)",
-    )
+    add_pg_url_argument(parser)
     parser.add_argument(
         "--idempotency-keys",
         action="store_true",

@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from common import DEFAULT_PG_URL, load_average, pg_database  # noqa: E402
+from common import add_pg_url_argument, load_average, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -193,7 +193,7 @@ def measure(svc: EnforcementService, existing: bool, threads: int, per_thread: i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL))
+    add_pg_url_argument(parser)
     parser.add_argument("--violations", type=int, default=400, help="per figure (default 400)")
     parser.add_argument("--delay-ms", type=float, default=0.25, help="proxy delay, each way")
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
-"""Pieces the benchmarks share: the PostgreSQL server they use by default, a temporary database
-on it, and the load average."""
+"""Pieces the benchmarks share: the PostgreSQL server they use by default (and their
+``--pg-url`` option), a temporary database on it, and the load average."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import uuid
 from collections.abc import Iterator
@@ -44,3 +45,15 @@ def load_average(all_three: bool = False) -> str:
     except OSError:
         return "n/a"
     return " ".join(f"{x:.2f}" for x in loads) if all_three else f"{loads[0]:.2f}"
+
+
+def add_pg_url_argument(parser: argparse.ArgumentParser) -> None:
+    """``--pg-url``: the admin URL of the PostgreSQL server where a benchmark creates and drops
+    its databases (default ``$BENCH_PG_URL``, else ``DEFAULT_PG_URL``)."""
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
+        help="admin URL of a PostgreSQL server where databases may be created and dropped "
+        "(default $BENCH_PG_URL or %(default)s: the Debian cluster, fsync on; not the tests' "
+        "own server, which runs without fsync)",
+    )
