@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from enforcement.bootstrap import Container
 from enforcement.errors import Conflict, DomainError
 from enforcement.notices.delivery import Contact, contact_of
 from enforcement.service_types import Actor
+from projections.aup_events import first_notice_id
 from projections.notices import NO_CHANNEL, NoticeDeliveries
 
 # The states a bulk resend picks notices in: nothing will try them again, and no channel (or
@@ -86,10 +86,13 @@ class ResendResult:
 def last_of_each(notices: Sequence[NoticeDeliveries], state: str) -> list[NoticeDeliveries]:
     """Of each notice listed and the copies of it listed (``resend_of``: the first notice's
     id), the last, when it is in ``state``; in the order their first ones were listed."""
-    last: dict[tuple[str, str], NoticeDeliveries] = {}
-    for n in notices:
-        last[(n.account_id, n.resend_of or n.notice_id)] = n
+    last = {_family(n): n for n in notices}
     return [n for n in last.values() if n.state == state]
+
+
+def _family(notice: NoticeDeliveries) -> tuple[str, str]:
+    """A notice's family: its account, and the first notice it is (or is a copy of)."""
+    return notice.account_id, notice.resend_of or notice.notice_id
 
 
 def planned(
@@ -121,14 +124,8 @@ def _later_of_family(listed: Sequence[NoticeDeliveries]) -> dict[str, int]:
     it in ``listed``."""
     members: dict[tuple[str, str], list[str]] = {}
     for n in listed:
-        members.setdefault((n.account_id, n.resend_of or n.notice_id), []).append(n.notice_event_id)
+        members.setdefault(_family(n), []).append(n.notice_event_id)
     return {e: len(ids) - i - 1 for ids in members.values() for i, e in enumerate(ids)}
-
-
-def _first_of(data: dict[str, Any]) -> str:
-    """The id of the first notice of a ``NoticeIssued``'s family: its own, or the one it copies."""
-    first = data.get("resend_of")
-    return str(first["notice_id"]) if isinstance(first, dict) else str(data["notice_id"])
 
 
 def _undelivered(notice: NoticeDeliveries) -> tuple[str, ...] | None:
@@ -171,8 +168,8 @@ def resend_each(
         def check(item: PlannedResend = item) -> None:
             issued = service.store.read_stream_of_type(item.account_id, "NoticeIssued")
             at = next(i for i, e in enumerate(issued) if e.event_id == item.notice_event_id)
-            family = _first_of(issued[at].data)
-            made = sum(_first_of(e.data) == family for e in issued[at + 1 :])
+            family = first_notice_id(issued[at].data)
+            made = sum(first_notice_id(e.data) == family for e in issued[at + 1 :])
             if made > item.copies:
                 raise Conflict(
                     "it was sent again since it was listed (by another run, or POST …/resend)",

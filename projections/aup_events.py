@@ -417,6 +417,13 @@ def resend_channels(notice_data: JSON) -> list[str] | None:
     return first.get("channels") if isinstance(first, dict) else None
 
 
+def first_notice_id(notice_data: JSON) -> str:
+    """The id of the first notice of a ``NoticeIssued``'s family (its data): the one a copy
+    copies (``resend_of.notice_id``), else its own."""
+    first = notice_data.get("resend_of")
+    return str(first["notice_id"]) if isinstance(first, dict) else str(notice_data["notice_id"])
+
+
 def _notice_v1_to_v2(data: JSON) -> JSON:
     """``NoticeIssued`` before ``resend_of``: each was the first of its decision's notices."""
     data.setdefault("resend_of", None)
