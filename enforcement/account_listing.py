@@ -3,26 +3,25 @@ account's standing now, those in a status or with something awaiting an operator
 appeal or abuse report, a suspension without end pending review, a remediation past due), in
 pages in the database's order of account ids.
 
-Every account with events, from the log's accounts in order (``projections.stored
-.iter_log_states``: each account's stored standing and the events after it, as ``GET
-…/standing`` reads it, so that rows a replay has not caught up yet are not trusted), each
-viewed at the instant asked as ``GET …/standing`` views it; a page holds up to its ``limit``
-accounts that match, and looks at no more than ``SCAN_LIMIT`` accounts, so that a rare status
-does not make one request read every account: a page may then hold fewer, with the id to go on
-after.
+Every account with events, from the log's accounts in order, each read and viewed at the
+instant asked as ``GET …/standing`` reads and views it (its stored standing and the events after
+it, so that rows a replay has not caught up yet are not trusted); a page holds up to its
+``limit`` accounts that match, and looks at no more than ``SCAN_LIMIT`` accounts, so that a rare
+status does not make one request read every account: a page may then hold fewer, with the id to
+go on after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Literal, get_args
 
 from enforcement.bootstrap import Container
 from events.timefmt import to_utc
+from projections.standing_state import StandingState
 from projections.standing_view import Standing, view
-from projections.stored import iter_log_states
 
 # What an account may have that awaits an operator (``has``).
 Awaiting = Literal[
@@ -43,26 +42,24 @@ class AccountsPage:
     next_after: str | None
 
 
+# What ``has`` asks of a standing, for each of ``AWAITING``.
+_HAS: dict[str, Callable[[Standing], bool]] = {
+    "open_appeals": lambda s: s.open_appeals > 0,
+    "open_abuse_reports": lambda s: s.open_abuse_reports > 0,
+    # A terminated account keeps its suspension, but nothing awaits review.
+    "indefinite_suspension": lambda s: (
+        not s.terminated and s.suspension is not None and s.suspension.until is None
+    ),
+    "overdue_remediations": lambda s: bool(s.overdue_remediations),
+}
+
+
 def matches(standing: Standing, status: str | None, has: str | None) -> bool:
     """Whether ``standing`` is in ``status`` (None: any) and has ``has`` (one of
     ``AWAITING``; None: anything)."""
     if status is not None and standing.status != status:
         return False
-    if has is None:
-        return True
-    if has == "open_appeals":
-        return standing.open_appeals > 0
-    if has == "open_abuse_reports":
-        return standing.open_abuse_reports > 0
-    if has == "indefinite_suspension":
-        return (
-            not standing.terminated
-            and standing.suspension is not None
-            and standing.suspension.until is None
-        )
-    if has == "overdue_remediations":
-        return bool(standing.overdue_remediations)
-    raise ValueError(f"unknown has={has!r}; one of {', '.join(AWAITING)}")
+    return has is None or _HAS[has](standing)
 
 
 def accounts_page(
@@ -85,7 +82,7 @@ def accounts_page(
     seen, last = 0, None
     # Without a filter, a page of ``limit`` reads no more states than it lists.
     page_size = min(limit, 500) if limit is not None and status is None and has is None else 500
-    states = iter_log_states(container.store, page_size, after=after)
+    states = _states(container, after, page_size)
     for state in states if scan_limit is None else islice(states, scan_limit):
         seen, last = seen + 1, state.account_id
         standing = view(state, now, lookback)
@@ -99,3 +96,13 @@ def accounts_page(
         progress(seen)
     stopped = (limit is not None and len(found) == limit) or seen == scan_limit
     return AccountsPage(found, last if stopped else None)
+
+
+def _states(container: Container, after: str, page_size: int) -> Iterator[StandingState]:
+    """The state of every account of the log after ``after``, in order, read as ``GET
+    …/standing`` reads it (``StandingRepository.load_many``: the stored rows and the events
+    after them), ``page_size`` accounts at a time."""
+    ids = container.store.account_ids(after, page_size)
+    while page := list(islice(ids, page_size)):
+        states = container.standings.load_many(page)
+        yield from (states[account_id] for account_id in page)

@@ -597,9 +597,9 @@ class EventStore:
             ).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
-    def account_ids(self) -> Iterator[str]:
-        """Every stream id, in order, paged."""
-        after = ""
+    def account_ids(self, after: str = "", page_size: int = 1000) -> Iterator[str]:
+        """Every stream id (that the database orders after ``after``), in order, in pages of
+        ``page_size``."""
         while True:
             with self.engine.connect() as conn:
                 page = list(
@@ -608,11 +608,11 @@ class EventStore:
                         .where(events.c.account_id > after)
                         .group_by(events.c.account_id)
                         .order_by(events.c.account_id)
-                        .limit(1000)
+                        .limit(page_size)
                     ).scalars()
                 )
             yield from page
-            if len(page) < 1000:
+            if len(page) < page_size:
                 return
             after = page[-1]
 

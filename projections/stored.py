@@ -380,43 +380,6 @@ def iter_stored_states(
         after = rows[-1][0]
 
 
-_LOG_HEADS_PAGE = (
-    sa.select(events_table.c.account_id, sa.func.max(events_table.c.version))
-    .where(events_table.c.account_id > sa.bindparam("after"))
-    .group_by(events_table.c.account_id)
-    .order_by(events_table.c.account_id)
-    .limit(sa.bindparam("limit"))
-)
-
-
-def iter_log_states(
-    store: EventStore, page_size: int = 500, after: str = ""
-) -> Iterable[StandingState]:
-    """The state at the head of its log of every account with events (whose id the database
-    orders after ``after``), in account order, a page at a time: its stored rows plus the
-    events after them, or its whole log when it has no rows of the current schema (a replay
-    under way or stopped before its catch-up leaves rows behind the log, and none of an
-    account begun meanwhile)."""
-    while True:
-        with store.engine.connect() as conn:
-            heads = conn.execute(_LOG_HEADS_PAGE, {"after": after, "limit": page_size}).all()
-            ids = [a for a, _ in heads]
-            stored = read_states(conn, ids)
-            states: dict[str, StandingState] = {}
-            for account_id, version in heads:
-                state = stored.get(account_id)
-                if state is None or state.version > version:
-                    state = StandingState.empty(account_id)
-                if state.version < version:
-                    tail = store.read_stream(account_id, after_version=state.version, conn=conn)
-                    state = apply_all(state, tail)
-                states[account_id] = state
-        yield from (states[a] for a in ids)
-        if len(heads) < page_size:
-            return
-        after = ids[-1]
-
-
 def count_older_states(conn: Connection) -> int:
     """How many stored standings are of another state schema than ``STATE_SCHEMA`` (stored by
     an earlier release): each is folded from its log when read, until rewritten. Compared in
@@ -804,7 +767,6 @@ __all__ = [
     "count_older_states",
     "delete_all",
     "delete_without_events",
-    "iter_log_states",
     "iter_stored_states",
     "loads_json",
     "read_state",
